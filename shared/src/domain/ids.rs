@@ -1,0 +1,161 @@
+//! Identifiers, parsed once at the edge and trusted afterwards.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what}: {why}")]
+pub struct IdError {
+    pub what: &'static str,
+    pub why: &'static str,
+}
+
+macro_rules! string_id {
+    ($(#[$m:meta])* $name:ident, $what:literal, $check:expr) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
+                let s = s.into();
+                let check: fn(&str) -> Result<(), &'static str> = $check;
+                check(&s).map_err(|why| IdError { what: $what, why })?;
+                Ok(Self(s))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::parse(s)
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+fn charset(s: &str, min: usize, max: usize, extra: &[u8]) -> Result<(), &'static str> {
+    if s.len() < min {
+        return Err("too short");
+    }
+    if s.len() > max {
+        return Err("too long");
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    {
+        return Err("contains a character outside the allowed set");
+    }
+    Ok(())
+}
+
+string_id!(
+    /// Merchant order number: 6–32 chars of `[0-9A-Za-z_-|*]`, unique per merchant.
+    OutTradeNo, "out_trade_no", |s| charset(s, 6, 32, b"_-|*")
+);
+string_id!(
+    /// Merchant refund number: ≤64 chars of `[0-9A-Za-z_-|*@]`.
+    OutRefundNo, "out_refund_no", |s| charset(s, 1, 64, b"_-|*@")
+);
+string_id!(
+    /// A user's openid under our mini program (or `sub_openid` in provider mode).
+    OpenId, "openid", |s| charset(s, 1, 128, b"_-")
+);
+string_id!(
+    /// Our product (SPU) id, `out_product_id` in the trading component.
+    ProductId, "product id", |s| charset(s, 1, 64, b"_-")
+);
+string_id!(
+    /// Our SKU id, `out_sku_id` in the trading component.
+    SkuId, "sku id", |s| charset(s, 1, 64, b"_-")
+);
+string_id!(
+    /// Our after-sale id, `out_aftersale_id` in the trading component.
+    AfterSaleId, "after-sale id", |s| charset(s, 1, 64, b"_-")
+);
+
+const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// `len` random characters of `[0-9A-Za-z]`, for nonces and id suffixes.
+pub fn random_alnum(len: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| ALNUM[rng.gen_range(0..ALNUM.len())] as char)
+        .collect()
+}
+
+impl OutTradeNo {
+    /// A fresh order number: `WX` + Beijing-time `yyyyMMddHHmmss` + 12 random characters
+    /// (28 chars), sortable by time and unguessable.
+    pub fn generate(now_ms: i64) -> Self {
+        Self(format!(
+            "WX{}{}",
+            crate::time::beijing_compact(now_ms),
+            random_alnum(12)
+        ))
+    }
+}
+
+impl OutRefundNo {
+    pub fn generate(now_ms: i64) -> Self {
+        Self(format!(
+            "RF{}{}",
+            crate::time::beijing_compact(now_ms),
+            random_alnum(12)
+        ))
+    }
+}
+
+impl AfterSaleId {
+    pub fn generate(now_ms: i64) -> Self {
+        Self(format!(
+            "AS{}{}",
+            crate::time::beijing_compact(now_ms),
+            random_alnum(10)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_trade_no_rules() {
+        assert!(OutTradeNo::parse("1409811653").is_ok());
+        assert!(OutTradeNo::parse("abc").is_err());
+        assert!(OutTradeNo::parse("a".repeat(33)).is_err());
+        assert!(OutTradeNo::parse("order 123").is_err());
+        assert!(OutTradeNo::parse("order@123").is_err());
+        let g = OutTradeNo::generate(0);
+        assert_eq!(g.as_str().len(), 28);
+        assert!(OutTradeNo::parse(g.as_str()).is_ok());
+        assert!(OutRefundNo::parse("r@1").is_ok());
+    }
+
+    #[test]
+    fn serde_refuses_invalid_ids() {
+        assert!(serde_json::from_str::<OutTradeNo>("\"bad id!\"").is_err());
+        assert!(serde_json::from_str::<OpenId>("\"oUpF8uMEb4qRXf22hE3X68TekukE\"").is_ok());
+    }
+}

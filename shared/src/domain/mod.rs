@@ -1,0 +1,16 @@
+//! The shop's own model: money, ids, orders, products, after-sales, each with the rules that
+//! keep it valid. No I/O here; handlers load, call a method, and store the result.
+
+pub mod aftersale;
+pub mod ids;
+pub mod money;
+pub mod order;
+pub mod product;
+
+pub use aftersale::{AfterSale, AfterSaleKind, AfterSaleStatus, AfterSaleTransitionError};
+pub use ids::{
+    random_alnum, AfterSaleId, IdError, OpenId, OutRefundNo, OutTradeNo, ProductId, SkuId,
+};
+pub use money::{Fen, MoneyError};
+pub use order::{Change, Delivery, FundType, Order, OrderItem, OrderStatus, TransitionError};
+pub use product::{AuditStatus, Listing, Product, SellError, Sku};

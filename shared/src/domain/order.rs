@@ -1,0 +1,430 @@
+//! The order and its status machine. Every change of status is a method that returns the
+//! change or a typed error; the store persists it with a condition on the previous version,
+//! so two writers can never both move an order.
+//!
+//! ```text
+//! CREATED ─prepay→ PREPAID ─pay→ PAID ─ship→ SHIPPED ─receive→ RECEIVED ─complete→ COMPLETED
+//!    │                │            │          │            │
+//!    └──close──────→ CLOSED        └─────refund (partial/full)─────→ PARTIALLY_REFUNDED / REFUNDED
+//! ```
+//! `PAID` with `fund_type = 1` additionally records settlement (`settled_at`).
+
+use super::{Fen, OpenId, OutTradeNo, ProductId, SkuId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Priced and stored; WeChat Pay not asked yet.
+    Created,
+    /// `prepay_id` obtained; waiting for the user to pay.
+    Prepaid,
+    /// Payment confirmed (notification or order query).
+    Paid,
+    Shipped,
+    Received,
+    Completed,
+    /// Closed unpaid (user, merchant or expiry). Final.
+    Closed,
+    /// Some of the paid amount went back to the user.
+    PartiallyRefunded,
+    /// Everything paid went back. Final.
+    Refunded,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 9] = [
+        OrderStatus::Created,
+        OrderStatus::Prepaid,
+        OrderStatus::Paid,
+        OrderStatus::Shipped,
+        OrderStatus::Received,
+        OrderStatus::Completed,
+        OrderStatus::Closed,
+        OrderStatus::PartiallyRefunded,
+        OrderStatus::Refunded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Created => "CREATED",
+            OrderStatus::Prepaid => "PREPAID",
+            OrderStatus::Paid => "PAID",
+            OrderStatus::Shipped => "SHIPPED",
+            OrderStatus::Received => "RECEIVED",
+            OrderStatus::Completed => "COMPLETED",
+            OrderStatus::Closed => "CLOSED",
+            OrderStatus::PartiallyRefunded => "PARTIALLY_REFUNDED",
+            OrderStatus::Refunded => "REFUNDED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Money has been received for this order (it may since have been refunded in part).
+    pub fn is_paid(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Paid
+                | OrderStatus::Shipped
+                | OrderStatus::Received
+                | OrderStatus::Completed
+                | OrderStatus::PartiallyRefunded
+                | OrderStatus::Refunded
+        )
+    }
+
+    pub fn is_unpaid_open(self) -> bool {
+        matches!(self, OrderStatus::Created | OrderStatus::Prepaid)
+    }
+}
+
+/// Which way the money flows (trading component `fund_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FundType {
+    /// Ordinary: the buyer pays our merchant account through WeChat Pay v2.
+    #[default]
+    Direct,
+    /// Secondary merchant: WeChat collects, settles into the shop's funds account.
+    SecondaryMerchant,
+}
+
+impl FundType {
+    pub fn code(self) -> u8 {
+        match self {
+            FundType::Direct => 0,
+            FundType::SecondaryMerchant => 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub product_id: ProductId,
+    pub sku_id: SkuId,
+    pub title: String,
+    pub head_img: String,
+    /// Unit price from the catalog at order time.
+    pub unit_price: Fen,
+    pub quantity: u32,
+}
+
+impl OrderItem {
+    pub fn line_total(&self) -> Result<Fen, super::MoneyError> {
+        self.unit_price.checked_mul(self.quantity)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub delivery_id: String,
+    pub waybill_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub out_trade_no: OutTradeNo,
+    pub openid: OpenId,
+    pub items: Vec<OrderItem>,
+    /// What the user pays: sum of item lines plus freight.
+    pub total: Fen,
+    #[serde(default)]
+    pub freight: Fen,
+    pub status: OrderStatus,
+    #[serde(default)]
+    pub fund_type: FundType,
+    #[serde(default)]
+    pub prepay_id: Option<String>,
+    #[serde(default)]
+    pub prepay_at_ms: Option<i64>,
+    #[serde(default)]
+    pub transaction_id: Option<String>,
+    #[serde(default)]
+    pub paid_at_ms: Option<i64>,
+    /// Trading component order id (beyond 2^53: kept as u64, never f64).
+    #[serde(default)]
+    pub wx_order_id: Option<u64>,
+    #[serde(default)]
+    pub ticket: Option<String>,
+    #[serde(default)]
+    pub scene: Option<u32>,
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    #[serde(default)]
+    pub delivery: Option<Delivery>,
+    #[serde(default)]
+    pub refunded: Fen,
+    #[serde(default)]
+    pub settled_at_ms: Option<i64>,
+    #[serde(default)]
+    pub close_reason: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Unpaid orders close (and release stock) after this time.
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("order is {from:?}; cannot {action}")]
+    NotAllowed {
+        from: OrderStatus,
+        action: &'static str,
+    },
+    #[error("order was already paid with a different transaction ({existing})")]
+    OtherTransaction { existing: String },
+    #[error("refund of {requested} fen exceeds the {refundable} fen still refundable")]
+    RefundTooLarge { requested: Fen, refundable: Fen },
+}
+
+/// Whether a transition changed anything: a repeat of an applied event is `Unchanged`, which
+/// callers treat as success (replays and duplicate notifications are harmless).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Changed,
+    Unchanged,
+}
+
+impl Order {
+    fn not_allowed(&self, action: &'static str) -> TransitionError {
+        TransitionError::NotAllowed {
+            from: self.status,
+            action,
+        }
+    }
+
+    /// CREATED → PREPAID with the WeChat Pay prepay id. Re-prepaying an unpaid order (a new
+    /// prepay id after two hours) keeps it PREPAID.
+    pub fn prepay(&mut self, prepay_id: String, now_ms: i64) -> Result<Change, TransitionError> {
+        match self.status {
+            OrderStatus::Created | OrderStatus::Prepaid => {
+                if self.prepay_id.as_deref() == Some(prepay_id.as_str()) {
+                    return Ok(Change::Unchanged);
+                }
+                self.status = OrderStatus::Prepaid;
+                self.prepay_id = Some(prepay_id);
+                self.prepay_at_ms = Some(now_ms);
+                self.updated_at_ms = now_ms;
+                Ok(Change::Changed)
+            }
+            _ => Err(self.not_allowed("prepay")),
+        }
+    }
+
+    /// CREATED/PREPAID → PAID. The same transaction again is `Unchanged`; a different one is
+    /// an error (two payments for one order must be looked at by a person). A CLOSED order
+    /// that WeChat says was paid is paid: the money moved, and the close lost the race.
+    pub fn pay(
+        &mut self,
+        transaction_id: &str,
+        paid_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<Change, TransitionError> {
+        if self.status.is_paid() {
+            return match self.transaction_id.as_deref() {
+                Some(t) if t == transaction_id => Ok(Change::Unchanged),
+                Some(t) => Err(TransitionError::OtherTransaction {
+                    existing: t.to_owned(),
+                }),
+                None => Err(self.not_allowed("pay")),
+            };
+        }
+        match self.status {
+            OrderStatus::Created | OrderStatus::Prepaid | OrderStatus::Closed => {
+                self.status = OrderStatus::Paid;
+                self.transaction_id = Some(transaction_id.to_owned());
+                self.paid_at_ms = Some(paid_at_ms);
+                self.close_reason = None;
+                self.updated_at_ms = now_ms;
+                Ok(Change::Changed)
+            }
+            _ => Err(self.not_allowed("pay")),
+        }
+    }
+
+    /// CREATED/PREPAID → CLOSED.
+    pub fn close(&mut self, reason: &str, now_ms: i64) -> Result<Change, TransitionError> {
+        match self.status {
+            OrderStatus::Closed => Ok(Change::Unchanged),
+            OrderStatus::Created | OrderStatus::Prepaid => {
+                self.status = OrderStatus::Closed;
+                self.close_reason = Some(reason.to_owned());
+                self.updated_at_ms = now_ms;
+                Ok(Change::Changed)
+            }
+            _ => Err(self.not_allowed("close")),
+        }
+    }
+
+    /// PAID → SHIPPED.
+    pub fn ship(&mut self, delivery: Delivery, now_ms: i64) -> Result<Change, TransitionError> {
+        match self.status {
+            OrderStatus::Shipped if self.delivery.as_ref() == Some(&delivery) => {
+                Ok(Change::Unchanged)
+            }
+            OrderStatus::Paid => {
+                self.status = OrderStatus::Shipped;
+                self.delivery = Some(delivery);
+                self.updated_at_ms = now_ms;
+                Ok(Change::Changed)
+            }
+            _ => Err(self.not_allowed("ship")),
+        }
+    }
+
+    /// SHIPPED → RECEIVED.
+    pub fn receive(&mut self, now_ms: i64) -> Result<Change, TransitionError> {
+        match self.status {
+            OrderStatus::Received => Ok(Change::Unchanged),
+            OrderStatus::Shipped => {
+                self.status = OrderStatus::Received;
+                self.updated_at_ms = now_ms;
+                Ok(Change::Changed)
+            }
+            _ => Err(self.not_allowed("confirm receipt")),
+        }
+    }
+
+    /// RECEIVED → COMPLETED (after-sale window over).
+    pub fn complete(&mut self, now_ms: i64) -> Result<Change, TransitionError> {
+        match self.status {
+            OrderStatus::Completed => Ok(Change::Unchanged),
+            OrderStatus::Received => {
+                self.status = OrderStatus::Completed;
+                self.updated_at_ms = now_ms;
+                Ok(Change::Changed)
+            }
+            _ => Err(self.not_allowed("complete")),
+        }
+    }
+
+    /// Money still refundable.
+    pub fn refundable(&self) -> Fen {
+        self.total.checked_sub(self.refunded).unwrap_or(Fen::ZERO)
+    }
+
+    /// Checks that `amount` may be refunded now (used before asking WeChat).
+    pub fn check_refund(&self, amount: Fen) -> Result<(), TransitionError> {
+        if !self.status.is_paid() || self.status == OrderStatus::Refunded {
+            return Err(self.not_allowed("refund"));
+        }
+        if amount == Fen::ZERO || amount > self.refundable() {
+            return Err(TransitionError::RefundTooLarge {
+                requested: amount,
+                refundable: self.refundable(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a successful refund of `amount`: PARTIALLY_REFUNDED, or REFUNDED when nothing
+    /// is left. Idempotency per refund is the caller's (keyed by `out_refund_no`).
+    pub fn refund(&mut self, amount: Fen, now_ms: i64) -> Result<Change, TransitionError> {
+        self.check_refund(amount)?;
+        self.refunded =
+            self.refunded
+                .checked_add(amount)
+                .map_err(|_| TransitionError::RefundTooLarge {
+                    requested: amount,
+                    refundable: self.refundable(),
+                })?;
+        self.status = if self.refundable() == Fen::ZERO {
+            OrderStatus::Refunded
+        } else {
+            OrderStatus::PartiallyRefunded
+        };
+        self.updated_at_ms = now_ms;
+        Ok(Change::Changed)
+    }
+
+    /// fund_type=1: WeChat settled the order into the shop's funds account.
+    pub fn settle(&mut self, now_ms: i64) -> Result<Change, TransitionError> {
+        if self.settled_at_ms.is_some() {
+            return Ok(Change::Unchanged);
+        }
+        if !self.status.is_paid() {
+            return Err(self.not_allowed("settle"));
+        }
+        self.settled_at_ms = Some(now_ms);
+        self.updated_at_ms = now_ms;
+        Ok(Change::Changed)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn sample_order(total: i64) -> Order {
+        Order {
+            out_trade_no: OutTradeNo::parse("WX20240101000000abc").unwrap(),
+            openid: OpenId::parse("o_user_1").unwrap(),
+            items: vec![OrderItem {
+                product_id: ProductId::parse("p1").unwrap(),
+                sku_id: SkuId::parse("s1").unwrap(),
+                title: "Tea".into(),
+                head_img: String::new(),
+                unit_price: Fen::new(total).unwrap(),
+                quantity: 1,
+            }],
+            total: Fen::new(total).unwrap(),
+            freight: Fen::ZERO,
+            status: OrderStatus::Created,
+            fund_type: FundType::Direct,
+            prepay_id: None,
+            prepay_at_ms: None,
+            transaction_id: None,
+            paid_at_ms: None,
+            wx_order_id: None,
+            ticket: None,
+            scene: None,
+            trace_id: None,
+            delivery: None,
+            refunded: Fen::ZERO,
+            settled_at_ms: None,
+            close_reason: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            expires_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn happy_path_and_repeats() {
+        let mut o = sample_order(100);
+        assert_eq!(o.prepay("p".into(), 1), Ok(Change::Changed));
+        assert_eq!(o.pay("t1", 2, 2), Ok(Change::Changed));
+        assert_eq!(o.pay("t1", 2, 3), Ok(Change::Unchanged));
+        assert!(matches!(
+            o.pay("t2", 2, 3),
+            Err(TransitionError::OtherTransaction { .. })
+        ));
+        assert!(o.close("x", 4).is_err());
+        let d = Delivery {
+            delivery_id: "SF".into(),
+            waybill_id: "1".into(),
+        };
+        assert_eq!(o.ship(d.clone(), 5), Ok(Change::Changed));
+        assert_eq!(o.ship(d, 5), Ok(Change::Unchanged));
+        assert_eq!(o.receive(6), Ok(Change::Changed));
+        assert_eq!(o.refund(Fen::new(40).unwrap(), 7), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::PartiallyRefunded);
+        assert!(o.refund(Fen::new(61).unwrap(), 8).is_err());
+        assert_eq!(o.refund(Fen::new(60).unwrap(), 8), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Refunded);
+        assert!(o.refund(Fen::new(1).unwrap(), 9).is_err());
+    }
+
+    #[test]
+    fn unpaid_order_cannot_ship_or_refund() {
+        let mut o = sample_order(100);
+        assert!(o.ship(Delivery::default(), 1).is_err());
+        assert!(o.refund(Fen::new(1).unwrap(), 1).is_err());
+        assert_eq!(o.close("user", 1), Ok(Change::Changed));
+        assert_eq!(o.close("user", 2), Ok(Change::Unchanged));
+        // A payment that raced the close still wins: the money moved.
+        assert_eq!(o.pay("t", 3, 3), Ok(Change::Changed));
+    }
+}

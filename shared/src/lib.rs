@@ -1,0 +1,10 @@
+//! `wxshop` — a WeChat Mini Program shop back end: WeChat Pay v2, the trading component,
+//! message push, durable state. Every Lambda function and `wxlocal` run this same code.
+//!
+//! Modules: one per outside party (`pay`, `shop`, `push`), one per concern (`domain`, `store`,
+//! `outbox`, `session`, `config`, `time`), and `handlers` with one module per function.
+
+pub mod domain;
+pub mod pay;
+pub mod store;
+pub mod time;

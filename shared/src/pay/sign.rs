@@ -1,0 +1,220 @@
+//! APIv2 signatures: MD5 or HMAC-SHA256 over the sorted, non-empty fields plus `&key=`.
+//!
+//! Always over the raw field map as received — never a typed struct, which drops fields
+//! WeChat adds over time and breaks verification (gopay#45, WxJava#266/#1407).
+
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use subtle::ConstantTimeEq;
+
+/// The flat field map of one v2 message. `BTreeMap` sorts keys by bytes, as signing needs.
+pub type Fields = BTreeMap<String, String>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum SignType {
+    #[default]
+    #[serde(rename = "MD5")]
+    Md5,
+    #[serde(rename = "HMAC-SHA256")]
+    HmacSha256,
+}
+
+impl SignType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignType::Md5 => "MD5",
+            SignType::HmacSha256 => "HMAC-SHA256",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "MD5" => Some(SignType::Md5),
+            "HMAC-SHA256" => Some(SignType::HmacSha256),
+            _ => None,
+        }
+    }
+
+    fn hex_len(self) -> usize {
+        match self {
+            SignType::Md5 => 32,
+            SignType::HmacSha256 => 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("message has no sign")]
+    MissingSign,
+    #[error("sign is empty")]
+    EmptySign,
+    #[error("unknown sign_type `{0}`")]
+    UnknownSignType(String),
+    #[error("sign has {0} characters; expected 32 (MD5) or 64 (HMAC-SHA256)")]
+    BadLength(usize),
+    #[error("sign does not match")]
+    Mismatch,
+}
+
+/// Feeds `k=v&…&key=KEY` to `sink` without building the string.
+fn canonical<'a, I>(fields: I, key: &str, mut sink: impl FnMut(&[u8]))
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    for (k, v) in fields {
+        if k == "sign" || v.is_empty() {
+            continue;
+        }
+        sink(k.as_bytes());
+        sink(b"=");
+        sink(v.as_bytes());
+        sink(b"&");
+    }
+    sink(b"key=");
+    sink(key.as_bytes());
+}
+
+/// Signs fields given in byte-sorted key order (as a `BTreeMap` iterates).
+pub fn sign_sorted<'a, I>(fields: I, key: &str, sign_type: SignType) -> String
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    let digest: Vec<u8> = match sign_type {
+        SignType::Md5 => {
+            let mut h = Md5::new();
+            canonical(fields, key, |b| h.update(b));
+            h.finalize().to_vec()
+        }
+        SignType::HmacSha256 => {
+            // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+            let mut m = match Hmac::<Sha256>::new_from_slice(key.as_bytes()) {
+                Ok(m) => m,
+                Err(_) => return String::new(),
+            };
+            canonical(fields, key, |b| m.update(b));
+            m.finalize().into_bytes().to_vec()
+        }
+    };
+    hex::encode_upper(digest)
+}
+
+/// The signature of `fields` (its own `sign` ignored).
+pub fn sign(fields: &Fields, key: &str, sign_type: SignType) -> String {
+    sign_sorted(
+        fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        key,
+        sign_type,
+    )
+}
+
+/// Adds `nonce_str` if missing, `sign_type` when HMAC, and `sign`.
+pub fn sign_in_place(fields: &mut Fields, key: &str, sign_type: SignType) {
+    if sign_type == SignType::HmacSha256 {
+        fields.insert("sign_type".into(), sign_type.as_str().into());
+    }
+    let s = sign(fields, key, sign_type);
+    fields.insert("sign".into(), s);
+}
+
+/// The algorithm a received message was signed with: `sign_type` if present, else the
+/// signature's length (HMAC notifications may come without `sign_type`, WxJava#1585).
+pub fn detect_sign_type(fields: &Fields) -> Result<SignType, VerifyError> {
+    let sign = fields.get("sign").ok_or(VerifyError::MissingSign)?;
+    if sign.is_empty() {
+        return Err(VerifyError::EmptySign);
+    }
+    let by_len = match sign.len() {
+        32 => SignType::Md5,
+        64 => SignType::HmacSha256,
+        n => return Err(VerifyError::BadLength(n)),
+    };
+    match fields.get("sign_type").filter(|s| !s.is_empty()) {
+        Some(st) => {
+            let declared = SignType::parse(st)
+                .ok_or_else(|| VerifyError::UnknownSignType(st.chars().take(20).collect()))?;
+            if declared.hex_len() != sign.len() {
+                return Err(VerifyError::BadLength(sign.len()));
+            }
+            Ok(declared)
+        }
+        None => Ok(by_len),
+    }
+}
+
+/// Verifies a received message over all its non-empty fields, in constant time. A missing
+/// or empty `sign` fails; it is never skipped.
+pub fn verify(fields: &Fields, key: &str) -> Result<SignType, VerifyError> {
+    let sign_type = detect_sign_type(fields)?;
+    let expected = sign(fields, key, sign_type);
+    let got = fields.get("sign").map(String::as_str).unwrap_or_default();
+    // WeChat sends uppercase hex; accept lowercase too, comparing in constant time.
+    let got_upper = got.to_ascii_uppercase();
+    if bool::from(expected.as_bytes().ct_eq(got_upper.as_bytes())) {
+        Ok(sign_type)
+    } else {
+        Err(VerifyError::Mismatch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn official_example() {
+        let f = fields(&[
+            ("appid", "wxd930ea5d5a258f4f"),
+            ("mch_id", "10000100"),
+            ("device_info", "1000"),
+            ("body", "test"),
+            ("nonce_str", "ibuaiVcKdpRxkhJA"),
+        ]);
+        let key = "192006250b4c09247ec02edce69f6a2d";
+        assert_eq!(
+            sign(&f, key, SignType::Md5),
+            "9A0A8659F005D6984697E2CA0A9CF3B7"
+        );
+        assert_eq!(
+            sign(&f, key, SignType::HmacSha256),
+            "6A9AE1657590FD6257D693A078E1C3E4BB6BA4DC30B23E0EE2496E54170DACD6"
+        );
+    }
+
+    #[test]
+    fn empty_values_and_sign_are_skipped() {
+        let key = "k";
+        let a = fields(&[("a", "1"), ("b", "")]);
+        let b = fields(&[("a", "1"), ("sign", "X")]);
+        assert_eq!(sign(&a, key, SignType::Md5), sign(&b, key, SignType::Md5));
+    }
+
+    #[test]
+    fn verify_requires_sign_and_detects_algorithm() {
+        let key = "192006250b4c09247ec02edce69f6a2d";
+        let mut f = fields(&[("test1", "test1"), ("test2", "test2")]);
+        assert_eq!(verify(&f, key), Err(VerifyError::MissingSign));
+        f.insert("sign".into(), String::new());
+        assert_eq!(verify(&f, key), Err(VerifyError::EmptySign));
+        f.insert(
+            "sign".into(),
+            "EDAC6D70D2FDF5A2382F8204FC96A1918017E46ACC5297F565ED1A7610ACF659".into(),
+        );
+        assert_eq!(verify(&f, key), Ok(SignType::HmacSha256));
+        f.insert("sign".into(), "1E3A8D73B5A4AEE787C0F68B5DAB8520".into());
+        assert_eq!(verify(&f, key), Ok(SignType::Md5));
+        f.insert("sign".into(), "1E3A8D73B5A4AEE787C0F68B5DAB852".into());
+        assert_eq!(verify(&f, key), Err(VerifyError::BadLength(31)));
+        f.insert("sign".into(), "0E3A8D73B5A4AEE787C0F68B5DAB8520".into());
+        assert_eq!(verify(&f, key), Err(VerifyError::Mismatch));
+    }
+}
