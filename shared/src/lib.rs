@@ -4,7 +4,12 @@
 //! Modules: one per outside party (`pay`, `shop`, `push`), one per concern (`domain`, `store`,
 //! `outbox`, `session`, `config`, `time`), and `handlers` with one module per function.
 
+pub mod config;
 pub mod domain;
+pub mod outbox;
 pub mod pay;
+pub mod push;
+pub mod session;
+pub mod shop;
 pub mod store;
 pub mod time;

@@ -1,0 +1,1 @@
+//! Outbox: every external effect, claimed with a lease, retried with back-off, dead-lettered.

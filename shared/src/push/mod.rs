@@ -1,0 +1,1 @@
+//! Message push from the WeChat platform: URL verification, safe mode, typed events.

@@ -1,0 +1,1 @@
+//! Mini-program login sessions.

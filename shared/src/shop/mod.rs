@@ -1,0 +1,1 @@
+//! WeChat platform (api.weixin.qq.com): access token, login, trading component client.
