@@ -1,0 +1,81 @@
+//! `App`: everything a function needs, built once per container (Lambda) or process
+//! (`wxlocal`) and borrowed by every invocation.
+
+use crate::config::{Config, ConfigError, StoreConfig};
+use crate::pay::client::PayClient;
+use crate::push::PushConfig;
+use crate::session::SessionKeys;
+use crate::shop::client::WxClient;
+use crate::store::{DynStore, StoreError};
+use crate::time::Clock;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub pay: PayClient,
+    pub wx: WxClient,
+    pub push: Arc<PushConfig>,
+    pub sessions: SessionKeys,
+    pub clock: Clock,
+}
+
+/// Why a container could not start; the message lists every problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot build a WeChat client: {0}")]
+    Client(String),
+}
+
+/// Opens the configured store.
+pub async fn open_store(cfg: &StoreConfig) -> Result<DynStore, StoreError> {
+    match cfg {
+        #[cfg(feature = "sqlite")]
+        StoreConfig::Memory => Ok(Arc::new(crate::store::sqlite::SqliteStore::memory()?)),
+        #[cfg(feature = "sqlite")]
+        StoreConfig::Sqlite(path) => Ok(Arc::new(crate::store::sqlite::SqliteStore::open(path)?)),
+        #[cfg(feature = "dynamodb")]
+        StoreConfig::Dynamo { table, endpoint } => Ok(Arc::new(
+            crate::store::dynamo::DynamoStore::connect(table, endpoint.as_deref()).await?,
+        )),
+        #[allow(unreachable_patterns)]
+        other => Err(StoreError::Backend(format!(
+            "store {other:?} is not compiled into this binary"
+        ))),
+    }
+}
+
+impl App {
+    /// Reads the environment and builds everything; every configuration problem at once.
+    pub async fn from_env() -> Result<App, StartupError> {
+        let config = Config::from_env()?;
+        let store = open_store(&config.store).await?;
+        App::new(config, store, Clock::default())
+    }
+
+    pub fn new(config: Config, store: DynStore, clock: Clock) -> Result<App, StartupError> {
+        let pay = PayClient::from_config(&config).map_err(|e| StartupError::Client(e.to_string()))?;
+        let wx = WxClient::from_config(&config, store.clone()).map_err(|e| StartupError::Client(e.to_string()))?;
+        let push = PushConfig::new(
+            config.user_appid(),
+            secrecy::ExposeSecret::expose_secret(&config.push_token),
+            config.push_aes_key.as_ref().map(secrecy::ExposeSecret::expose_secret),
+        )
+        .map_err(|e| StartupError::Client(e.to_string()))?;
+        let sessions = SessionKeys::new(&config.session_secret);
+        Ok(App {
+            config: Arc::new(config),
+            store,
+            pay,
+            wx,
+            push: Arc::new(push),
+            sessions,
+            clock,
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! The HTTP shapes every function shares: requests as `http::Request<Bytes>`, JSON results,
+//! and one error shape, `{"code": "SCREAMING_SNAKE", "message": "…"}`, so the mini program
+//! (and `miniprogram/wxshop.js`) handles every failure the same way.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+
+pub type Request = http::Request<Bytes>;
+pub type Response = http::Response<Bytes>;
+
+/// A failure a caller can act on. `message` is for people; `code` is for programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+    /// Something on our side or WeChat's failed; retrying later may work.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+    }
+
+    pub fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            code: &'a str,
+            message: &'a str,
+        }
+        let body = serde_json::to_vec(&Body { code: self.code, message: &self.message }).unwrap_or_default();
+        with_type(self.status, body.into(), "application/json")
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        ApiError::unavailable("STORE_UNAVAILABLE", "storage is unavailable; retry shortly")
+    }
+}
+
+pub fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Response {
+    let mut resp = http::Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// 200 with a JSON body.
+pub fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => with_type(StatusCode::OK, body.into(), "application/json"),
+        Err(e) => ApiError::internal(format!("could not encode the result: {e}")).into_response(),
+    }
+}
+
+pub fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response {
+    with_type(status, body.into(), content_type)
+}
+
+/// Parses a JSON body into `T`, with an error that says what was wrong.
+pub fn parse_json<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+    let body: &[u8] = if req.body().is_empty() { b"{}" } else { req.body() };
+    if body.len() > 64 * 1024 {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE", "request body is over 64 KiB"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("BAD_REQUEST", format!("invalid request body: {e}")))
+}
+
+/// The bearer token of `Authorization`, if any.
+pub fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Query-string parameters (`?a=1&b=2`), percent-decoded.
+pub fn query_params(req: &Request) -> std::collections::HashMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+/// The caller's IP for `spbill_create_ip`: the first `X-Forwarded-For` hop, else loopback.
+pub fn client_ip(req: &Request) -> String {
+    req.headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
+        .unwrap_or_else(|| "127.0.0.1".to_owned())
+}
