@@ -1,0 +1,23 @@
+/**
+ * Example configuration: every deployment-specific value in one place.
+ * Copy into your mini program (e.g. `utils/config.js`) and edit.
+ */
+'use strict';
+
+module.exports = {
+  // The HTTP API of the wxshop stack (SAM output `ApiUrl`), no trailing slash.
+  // It must also be whitelisted as a "request legal domain" (request 合法域名) in the
+  // mini program's admin console. For local development against `wxlocal serve`, use
+  // http://127.0.0.1:8787 and tick "do not verify legal domains" in the developer tools.
+  baseUrl: 'https://abc123.execute-api.ap-east-1.amazonaws.com',
+
+  // Storage key for the session ({ token, expires_at, openid }).
+  storageKey: 'wxshop.session',
+
+  // After the cashier closes, ask the server (queryOrder) every intervalMs until the order is
+  // paid: at most timeoutMs after a successful cashier, failTimeoutMs after cancel/failure.
+  payPoll: { intervalMs: 1000, timeoutMs: 10000, failTimeoutMs: 2000 },
+
+  // Per-request timeout passed to wx.request.
+  requestTimeoutMs: 15000,
+};

@@ -1,0 +1,317 @@
+// Pure unit tests: a fully stubbed `wx`, no server. Retry-once, error mapping, pay routing.
+'use strict';
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { createClient, _internal } = require('../wxshop.js');
+
+/**
+ * A fake wx. `routes[name]` is a function (data, header, call#) returning
+ * { statusCode, data } or { fail: errMsg }.
+ */
+function fakeWx(routes, extra) {
+  const storage = new Map();
+  const calls = [];
+  let loginCount = 0;
+  const wx = Object.assign(
+    {
+      storage,
+      calls,
+      get loginCount() {
+        return loginCount;
+      },
+      getStorageSync: (k) => (storage.has(k) ? storage.get(k) : ''),
+      setStorageSync: (k, v) => storage.set(k, v),
+      removeStorageSync: (k) => storage.delete(k),
+      login: ({ success }) => {
+        loginCount += 1;
+        setImmediate(() => success({ code: 'code-' + loginCount, errMsg: 'login:ok' }));
+      },
+      getEnterOptionsSync: () => ({ scene: 1175 }),
+      request: (opts) => {
+        const name = opts.url.replace(/^.*\/fn\//, '');
+        const n = calls.filter((c) => c.name === name).length;
+        calls.push({ name, url: opts.url, method: opts.method, data: opts.data, header: opts.header });
+        const route = routes[name];
+        const out = route ? route(opts.data, opts.header, n) : { statusCode: 404, data: { code: 'NOT_FOUND', message: 'no route' } };
+        setImmediate(() => {
+          if (out.fail) opts.fail({ errMsg: out.fail });
+          else opts.success({ statusCode: out.statusCode, data: out.data, header: {} });
+        });
+      },
+    },
+    extra || {}
+  );
+  return wx;
+}
+
+const future = () => Math.floor(Date.now() / 1000) + 3600;
+const loginRoute = (data) => ({ statusCode: 200, data: { token: 'tok-' + data.code, expires_at: future(), openid: 'o-alice' } });
+const bearer = (h) => (h && h.Authorization) || '';
+
+test('login stores the session and later calls send the bearer token', async () => {
+  const wx = fakeWx({
+    login: loginRoute,
+    queryOrder: (d, h) => ({ statusCode: 200, data: { order: { out_trade_no: d.out_trade_no, status: 'PAID' }, auth: bearer(h) } }),
+  });
+  const c = createClient({ baseUrl: 'http://x/', wx });
+  const r = await c.callFunction({ name: 'queryOrder', data: { out_trade_no: 'T1' } });
+  assert.equal(r.result.auth, 'Bearer tok-code-1');
+  assert.equal(wx.loginCount, 1);
+  assert.equal(wx.storage.get('wxshop.session').token, 'tok-code-1');
+  assert.equal(wx.calls[0].url, 'http://x/fn/login');
+  assert.deepEqual(wx.calls[0].data, { code: 'code-1' });
+  assert.equal(wx.calls[0].header.Authorization, undefined, 'login carries no token');
+  assert.equal(wx.calls[1].method, 'POST');
+  // A second call reuses the stored token.
+  await c.callFunction({ name: 'queryOrder', data: { out_trade_no: 'T1' } });
+  assert.equal(wx.loginCount, 1);
+});
+
+test('an expired stored token is refreshed before the call', async () => {
+  const wx = fakeWx({ login: loginRoute, ping: (d, h) => ({ statusCode: 200, data: { auth: bearer(h) } }) });
+  wx.storage.set('wxshop.session', { token: 'old', expires_at: Math.floor(Date.now() / 1000) - 10 });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  const r = await c.callFunction({ name: 'ping' });
+  assert.equal(r.result.auth, 'Bearer tok-code-1');
+  assert.deepEqual(wx.calls.map((x) => x.name), ['login', 'ping']);
+});
+
+test('a 401 logs in again and retries exactly once', async () => {
+  const wx = fakeWx({
+    login: loginRoute,
+    ping: (d, h) =>
+      bearer(h) === 'Bearer bogus'
+        ? { statusCode: 401, data: { code: 'UNAUTHENTICATED', message: 'bad token' } }
+        : { statusCode: 200, data: { ok: true, auth: bearer(h) } },
+  });
+  wx.storage.set('wxshop.session', { token: 'bogus', expires_at: future() });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  const r = await c.callFunction({ name: 'ping', data: { a: 1 } });
+  assert.deepEqual(r, { result: { ok: true, auth: 'Bearer tok-code-1' } });
+  assert.deepEqual(wx.calls.map((x) => x.name), ['ping', 'login', 'ping']);
+  assert.deepEqual(wx.calls[2].data, { a: 1 });
+  assert.equal(wx.storage.get('wxshop.session').token, 'tok-code-1');
+});
+
+test('a second 401 is not retried again and surfaces as UNAUTHENTICATED', async () => {
+  const wx = fakeWx({ login: loginRoute, ping: () => ({ statusCode: 401, data: { code: 'UNAUTHENTICATED', message: 'nope' } }) });
+  wx.storage.set('wxshop.session', { token: 'bogus', expires_at: future() });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  await assert.rejects(c.callFunction({ name: 'ping' }), { code: 'UNAUTHENTICATED', message: 'nope', statusCode: 401 });
+  assert.deepEqual(wx.calls.map((x) => x.name), ['ping', 'login', 'ping']);
+  assert.equal(wx.loginCount, 1);
+});
+
+test('a bare-string token in storage is accepted and refreshed on 401', async () => {
+  const wx = fakeWx({
+    login: loginRoute,
+    ping: (d, h) => (bearer(h) === 'Bearer legacy' ? { statusCode: 401, data: { code: 'UNAUTHENTICATED', message: 'x' } } : { statusCode: 200, data: {} }),
+  });
+  wx.storage.set('wxshop.session', 'legacy');
+  const c = createClient({ baseUrl: 'http://x', wx });
+  await c.callFunction({ name: 'ping' });
+  assert.deepEqual(wx.calls.map((x) => x.name), ['ping', 'login', 'ping']);
+});
+
+test('concurrent calls without a session share one login', async () => {
+  const wx = fakeWx({ login: loginRoute, ping: () => ({ statusCode: 200, data: {} }) });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  await Promise.all([c.callFunction({ name: 'ping' }), c.callFunction({ name: 'ping' }), c.callFunction({ name: 'ping' })]);
+  assert.equal(wx.loginCount, 1);
+});
+
+test('error mapping: {code,message} bodies, non-JSON bodies, network failures', async () => {
+  const wx = fakeWx({
+    login: loginRoute,
+    bad: () => ({ statusCode: 400, data: { code: 'PRODUCT_NOT_FOUND', message: 'no such product' } }),
+    boom: () => ({ statusCode: 502, data: '<html>Bad Gateway</html>' }),
+    jsonText: () => ({ statusCode: 409, data: '{"code":"CONFLICT","message":"busy"}' }),
+    down: () => ({ fail: 'request:fail timeout' }),
+  });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  await assert.rejects(c.callFunction({ name: 'bad' }), (e) => {
+    assert.deepEqual(e, { code: 'PRODUCT_NOT_FOUND', message: 'no such product', statusCode: 400 });
+    return true;
+  });
+  await assert.rejects(c.callFunction({ name: 'boom' }), { code: 'SERVER_ERROR', statusCode: 502 });
+  await assert.rejects(c.callFunction({ name: 'jsonText' }), { code: 'CONFLICT', message: 'busy', statusCode: 409 });
+  await assert.rejects(c.callFunction({ name: 'down' }), { code: 'NETWORK_ERROR', message: 'request:fail timeout', statusCode: 0 });
+  // A network failure is not retried (only 401 is).
+  assert.equal(wx.calls.filter((x) => x.name === 'down').length, 1);
+});
+
+test('a failing login surfaces its own error', async () => {
+  const wx = fakeWx({ login: () => ({ statusCode: 400, data: { code: 'INVALID_CODE', message: 'code been used' } }) });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  await assert.rejects(c.callFunction({ name: 'ping' }), { code: 'INVALID_CODE', statusCode: 400 });
+  const wx2 = fakeWx({}, { login: ({ fail }) => fail({ errMsg: 'login:fail no network' }) });
+  const c2 = createClient({ baseUrl: 'http://x', wx: wx2 });
+  await assert.rejects(c2.login(), { code: 'WX_LOGIN_FAILED', message: 'login:fail no network' });
+});
+
+function payFixture(extra) {
+  return Object.assign(
+    {
+      out_trade_no: 'T100',
+      total_fee: 1990,
+      payment: { timeStamp: 1700000000, nonceStr: 'n', package: 'prepay_id=wx1', signType: 'MD5', paySign: 'S' },
+    },
+    extra || {}
+  );
+}
+
+test('pay: success cashier, then polls until PAID', async () => {
+  let paidCalls = null;
+  const wx = fakeWx(
+    {
+      login: loginRoute,
+      queryOrder: (d, h, n) => ({ statusCode: 200, data: { order: { out_trade_no: d.out_trade_no, status: n < 2 ? 'PREPAID' : 'PAID' } } }),
+    },
+    {
+      requestPayment: (p) => {
+        paidCalls = p;
+        setImmediate(() => p.success({ errMsg: 'requestPayment:ok' }));
+      },
+      requestOrderPayment: () => assert.fail('requestOrderPayment must not be used'),
+    }
+  );
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 2000 } });
+  const r = await c.pay(payFixture());
+  assert.equal(r.paid, true);
+  assert.equal(r.cashier, 'ok');
+  assert.equal(r.order.status, 'PAID');
+  assert.equal(paidCalls.timeStamp, '1700000000', 'timeStamp is passed as a string');
+  assert.equal(paidCalls.package, 'prepay_id=wx1');
+  assert.equal(paidCalls.orderInfo, undefined);
+  assert.equal(wx.calls.filter((x) => x.name === 'queryOrder').length, 3);
+  assert.deepEqual(wx.calls.find((x) => x.name === 'queryOrder').data, { out_trade_no: 'T100' });
+});
+
+test('pay: ticket/orderInfo/fund_type 1 use requestOrderPayment with orderInfo', async () => {
+  for (const extra of [{ ticket: 'tk', orderInfo: { out_order_id: 'T100' } }, { fund_type: 1 }, { ticket: 'tk' }]) {
+    let used = null;
+    const wx = fakeWx(
+      { login: loginRoute, queryOrder: () => ({ statusCode: 200, data: { order: { status: 'PAID' } } }) },
+      {
+        requestPayment: () => assert.fail('requestPayment must not be used'),
+        requestOrderPayment: (p) => {
+          used = p;
+          setImmediate(() => p.success({ errMsg: 'requestOrderPayment:ok' }));
+        },
+      }
+    );
+    const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+    const r = await c.pay(payFixture(extra));
+    assert.equal(r.paid, true);
+    assert.equal(used.paySign, 'S');
+    assert.deepEqual(used.orderInfo, extra.orderInfo);
+  }
+  assert.equal(_internal.needsOrderPayment({}), false);
+});
+
+test('pay: a cancelled cashier resolves paid:false within the bound', async () => {
+  const wx = fakeWx(
+    { login: loginRoute, queryOrder: () => ({ statusCode: 200, data: { order: { status: 'PREPAID' } } }) },
+    { requestPayment: (p) => setImmediate(() => p.fail({ errMsg: 'requestPayment:fail cancel' })) }
+  );
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 20, timeoutMs: 5000, failTimeoutMs: 100 } });
+  const t0 = Date.now();
+  const r = await c.pay(payFixture());
+  const took = Date.now() - t0;
+  assert.equal(r.paid, false);
+  assert.equal(r.cashier, 'cancel');
+  assert.equal(r.order.status, 'PREPAID');
+  assert.ok(took < 1000, `took ${took} ms`);
+  assert.ok(wx.calls.filter((x) => x.name === 'queryOrder').length >= 2);
+});
+
+test('pay: a failed cashier whose order turns out paid still reports paid', async () => {
+  const wx = fakeWx(
+    { login: loginRoute, queryOrder: () => ({ statusCode: 200, data: { order: { status: 'PAID' } } }) },
+    { requestPayment: (p) => setImmediate(() => p.fail({ errMsg: 'requestPayment:fail system error' })) }
+  );
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  const r = await c.pay(payFixture());
+  assert.deepEqual([r.paid, r.cashier], [true, 'fail']);
+});
+
+test('pay: polling stops at the bound when the server keeps failing', async () => {
+  const wx = fakeWx(
+    { login: loginRoute, queryOrder: () => ({ fail: 'request:fail' }) },
+    { requestPayment: (p) => setImmediate(() => p.success({})) }
+  );
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 10, timeoutMs: 150 } });
+  const t0 = Date.now();
+  const r = await c.pay(payFixture());
+  assert.ok(Date.now() - t0 < 1000);
+  assert.equal(r.paid, false);
+  assert.equal(r.order, null);
+  assert.equal(r.error.code, 'NETWORK_ERROR');
+});
+
+test('pay: a CLOSED order stops polling early', async () => {
+  const wx = fakeWx(
+    { login: loginRoute, queryOrder: () => ({ statusCode: 200, data: { order: { status: 'CLOSED' } } }) },
+    { requestPayment: (p) => setImmediate(() => p.success({})) }
+  );
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 10, timeoutMs: 5000 } });
+  const r = await c.pay(payFixture());
+  assert.equal(r.paid, false);
+  assert.equal(wx.calls.filter((x) => x.name === 'queryOrder').length, 1);
+});
+
+test('buy: sends items, enter scene and an idempotency key, then pays', async () => {
+  const wx = fakeWx(
+    {
+      login: loginRoute,
+      unifiedOrder: (d) => ({ statusCode: 200, data: payFixture({ echo: d }) }),
+      queryOrder: () => ({ statusCode: 200, data: { order: { status: 'PAID' } } }),
+    },
+    { requestPayment: (p) => setImmediate(() => p.success({})) }
+  );
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  const items = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+  const r = await c.buy({ items });
+  assert.equal(r.paid, true);
+  const sent = wx.calls.find((x) => x.name === 'unifiedOrder').data;
+  assert.deepEqual(sent.items, items);
+  assert.equal(sent.scene, 1175);
+  assert.match(sent.idempotency_key, /^[0-9a-f]{32}$/);
+  await c.buy({ items, idempotencyKey: 'k-1' });
+  assert.equal(wx.calls.filter((x) => x.name === 'unifiedOrder')[1].data.idempotency_key, 'k-1');
+  assert.notEqual(_internal.newIdempotencyKey(), _internal.newIdempotencyKey());
+});
+
+test('buy: the same idempotency key is reused on the 401 retry', async () => {
+  const wx = fakeWx(
+    {
+      login: loginRoute,
+      unifiedOrder: (d, h) =>
+        bearer(h) === 'Bearer bogus' ? { statusCode: 401, data: { code: 'UNAUTHENTICATED', message: 'x' } } : { statusCode: 200, data: payFixture() },
+      queryOrder: () => ({ statusCode: 200, data: { order: { status: 'PAID' } } }),
+    },
+    { requestPayment: (p) => setImmediate(() => p.success({})) }
+  );
+  wx.storage.set('wxshop.session', { token: 'bogus', expires_at: future() });
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  await c.buy({ items: [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }] });
+  const keys = wx.calls.filter((x) => x.name === 'unifiedOrder').map((x) => x.data.idempotency_key);
+  assert.equal(keys.length, 2);
+  assert.equal(keys[0], keys[1]);
+});
+
+test('buy: an order error rejects with the error shape and never opens the cashier', async () => {
+  const wx = fakeWx(
+    { login: loginRoute, unifiedOrder: () => ({ statusCode: 404, data: { code: 'PRODUCT_NOT_FOUND', message: 'nope' } }) },
+    { requestPayment: () => assert.fail('cashier must not open') }
+  );
+  const c = createClient({ baseUrl: 'http://x', wx });
+  await assert.rejects(c.buy({ items: [{ product_id: 'x', sku_id: 'y', quantity: 1 }] }), { code: 'PRODUCT_NOT_FOUND', statusCode: 404 });
+  await assert.rejects(c.buy({ items: [] }), { code: 'INVALID_ARGUMENT' });
+});
+
+test('createClient validates its options', () => {
+  assert.throws(() => createClient({ wx: {} }), /baseUrl/);
+  assert.throws(() => createClient({ baseUrl: 'http://x' }), /wx/);
+});

@@ -1,0 +1,454 @@
+/**
+ * wxshop mini-program client: call the wxshop functions by name and pay.
+ *
+ * The back end exposes one HTTPS route per function (`POST {baseUrl}/fn/{name}`), the same
+ * shape as `wx.cloud.callFunction({ name })`. This module hides the session (login, token in
+ * storage, refresh once on 401), maps every failure to one error shape
+ * `{ code, message, statusCode }`, opens the WeChat cashier and then asks the server whether
+ * the order is really paid: the cashier's "success" is only a hint, the server's order status
+ * (fed by the payment notification or `pay/orderquery`) is the truth.
+ *
+ * Plain CommonJS, ES2017 syntax without async/await (Promise chains only), no dependencies:
+ * it runs as-is in the mini-program runtime, the developer tools and Node (tests inject `wx`).
+ *
+ *   const { createClient } = require('./wxshop');
+ *   const shop = createClient({ baseUrl: 'https://abc123.execute-api.ap-east-1.amazonaws.com' });
+ *   shop.buy({ items: [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }] })
+ *     .then(function (r) { if (r.paid) { ... } });
+ */
+'use strict';
+
+/** Statuses that mean "the money arrived" (contract with `shared/src/domain/order.rs`). */
+var PAID_STATUSES = ['PAID', 'SHIPPED', 'RECEIVED', 'COMPLETED'];
+/** Statuses after which polling cannot turn into PAID any more. */
+var FINAL_UNPAID_STATUSES = ['CLOSED', 'REFUNDED', 'PARTIALLY_REFUNDED'];
+
+var DEFAULTS = {
+  storageKey: 'wxshop.session',
+  // Poll `queryOrder` every intervalMs, for at most timeoutMs after a successful cashier and
+  // at most failTimeoutMs after a cancelled/failed one (one query is always made).
+  payPoll: { intervalMs: 1000, timeoutMs: 10000, failTimeoutMs: 2000 },
+  // Per-request timeout handed to wx.request.
+  requestTimeoutMs: 15000,
+  // A token this close to its expires_at is treated as expired (clock skew, latency).
+  expirySkewSeconds: 30,
+};
+
+function assign(target) {
+  for (var i = 1; i < arguments.length; i++) {
+    var src = arguments[i];
+    if (src) {
+      for (var k in src) {
+        if (Object.prototype.hasOwnProperty.call(src, k) && src[k] !== undefined) target[k] = src[k];
+      }
+    }
+  }
+  return target;
+}
+
+/** Our single error shape. Every rejection of this module is one of these. */
+function makeError(code, message, statusCode, extra) {
+  return assign({ code: code, message: message || code, statusCode: statusCode || 0 }, extra);
+}
+
+/** Map a wx.request completion (status + body) to the error shape. */
+function httpError(statusCode, data) {
+  var body = data;
+  if (typeof body === 'string') {
+    try {
+      body = JSON.parse(body);
+    } catch (e) {
+      body = null;
+    }
+  }
+  if (body && typeof body === 'object' && typeof body.code === 'string' && body.code) {
+    return makeError(body.code, typeof body.message === 'string' ? body.message : body.code, statusCode);
+  }
+  var code = statusCode === 401 ? 'UNAUTHENTICATED' : statusCode >= 500 ? 'SERVER_ERROR' : 'HTTP_ERROR';
+  var text = typeof data === 'string' && data ? data.slice(0, 200) : 'HTTP ' + statusCode;
+  return makeError(code, text, statusCode);
+}
+
+/** Normalise anything thrown inside a promise chain into the error shape. */
+function toError(e) {
+  if (e && typeof e === 'object' && typeof e.code === 'string') return e;
+  return makeError('CLIENT_ERROR', e && e.message ? e.message : String(e), 0);
+}
+
+function trimSlash(s) {
+  return String(s).replace(/\/+$/, '');
+}
+
+function randomHex(n) {
+  var s = '';
+  while (s.length < n) s += Math.floor(Math.random() * 0x100000000).toString(16);
+  return s.slice(0, n);
+}
+
+/** A fresh idempotency key: time-ordered prefix + randomness, 32 characters. */
+function newIdempotencyKey() {
+  return (Date.now().toString(16) + randomHex(32)).slice(0, 32);
+}
+
+function delay(ms) {
+  return new Promise(function (resolve) {
+    setTimeout(resolve, ms);
+  });
+}
+
+/** `wx.requestPayment` wants strings; some sources (e.g. getpaymentparams) give numbers. */
+function paymentParams(payment) {
+  var p = {
+    timeStamp: String(payment.timeStamp),
+    nonceStr: payment.nonceStr,
+    package: payment.package,
+    signType: payment.signType,
+    paySign: payment.paySign,
+  };
+  return p;
+}
+
+/** Did the server hand us a trading-component order (→ wx.requestOrderPayment)? */
+function needsOrderPayment(orderResult) {
+  return Boolean(
+    orderResult.ticket ||
+      orderResult.orderInfo ||
+      orderResult.fund_type === 1 ||
+      orderResult.fund_type === '1'
+  );
+}
+
+/** 'ok' | 'cancel' | 'fail' from a wx payment API's fail result. */
+function cashierOutcome(res) {
+  var msg = res && res.errMsg ? String(res.errMsg) : '';
+  return /cancel/i.test(msg) ? 'cancel' : 'fail';
+}
+
+/**
+ * createClient({ baseUrl, storageKey?, payPoll?: { intervalMs, timeoutMs, failTimeoutMs? },
+ *                requestTimeoutMs?, wx? })
+ */
+function createClient(options) {
+  options = options || {};
+  if (!options.baseUrl) throw new Error('wxshop.createClient: baseUrl is required');
+  /* global wx */
+  var w = options.wx || (typeof wx !== 'undefined' ? wx : null);
+  if (!w) throw new Error('wxshop.createClient: no `wx` object (pass options.wx outside the mini program)');
+
+  var baseUrl = trimSlash(options.baseUrl);
+  var storageKey = options.storageKey || DEFAULTS.storageKey;
+  var poll = assign({}, DEFAULTS.payPoll, options.payPoll);
+  if (options.payPoll && options.payPoll.failTimeoutMs === undefined) {
+    poll.failTimeoutMs = Math.min(DEFAULTS.payPoll.failTimeoutMs, poll.timeoutMs);
+  }
+  var requestTimeoutMs = options.requestTimeoutMs || DEFAULTS.requestTimeoutMs;
+  var skew = options.expirySkewSeconds === undefined ? DEFAULTS.expirySkewSeconds : options.expirySkewSeconds;
+
+  var loginInFlight = null;
+
+  // ---- session storage -------------------------------------------------------------------
+
+  function readSession() {
+    var s;
+    try {
+      s = w.getStorageSync(storageKey);
+    } catch (e) {
+      return null;
+    }
+    if (!s) return null;
+    if (typeof s === 'string') {
+      // Tolerate a bare token (or a JSON string) written by older code.
+      try {
+        var parsed = JSON.parse(s);
+        if (parsed && typeof parsed === 'object') s = parsed;
+        else return { token: s };
+      } catch (e) {
+        return { token: s };
+      }
+    }
+    return s && typeof s.token === 'string' && s.token ? s : null;
+  }
+
+  function writeSession(session) {
+    try {
+      w.setStorageSync(storageKey, session);
+    } catch (e) {
+      // Storage full or unavailable: the session still lives in memory for this call chain.
+    }
+  }
+
+  function clearSession() {
+    try {
+      if (typeof w.removeStorageSync === 'function') w.removeStorageSync(storageKey);
+      else w.setStorageSync(storageKey, '');
+    } catch (e) {
+      /* ignore */
+    }
+  }
+
+  function isFresh(session) {
+    if (!session || !session.token) return false;
+    if (typeof session.expires_at !== 'number') return true; // unknown: let the server decide (401)
+    return session.expires_at - skew > Date.now() / 1000;
+  }
+
+  // ---- transport -------------------------------------------------------------------------
+
+  /** One POST to /fn/{name}. Resolves the parsed body on 2xx, rejects the error shape. */
+  function post(name, data, token) {
+    return new Promise(function (resolve, reject) {
+      var header = { 'content-type': 'application/json' };
+      if (token) header.Authorization = 'Bearer ' + token;
+      w.request({
+        url: baseUrl + '/fn/' + encodeURIComponent(name),
+        method: 'POST',
+        data: data === undefined ? {} : data,
+        header: header,
+        dataType: 'json',
+        timeout: requestTimeoutMs,
+        success: function (res) {
+          var status = res.statusCode;
+          if (status >= 200 && status < 300) {
+            var body = res.data;
+            if (typeof body === 'string' && body) {
+              try {
+                body = JSON.parse(body);
+              } catch (e) {
+                /* keep the text */
+              }
+            }
+            resolve(body);
+          } else {
+            reject(httpError(status, res.data));
+          }
+        },
+        fail: function (res) {
+          reject(makeError('NETWORK_ERROR', (res && res.errMsg) || 'request failed', 0));
+        },
+      });
+    });
+  }
+
+  // ---- login -----------------------------------------------------------------------------
+
+  function wxLoginCode() {
+    return new Promise(function (resolve, reject) {
+      w.login({
+        success: function (res) {
+          if (res && res.code) resolve(res.code);
+          else reject(makeError('WX_LOGIN_FAILED', (res && res.errMsg) || 'wx.login returned no code', 0));
+        },
+        fail: function (res) {
+          reject(makeError('WX_LOGIN_FAILED', (res && res.errMsg) || 'wx.login failed', 0));
+        },
+      });
+    });
+  }
+
+  /** wx.login → /fn/login → session in storage. Concurrent callers share one login. */
+  function login() {
+    if (loginInFlight) return loginInFlight;
+    loginInFlight = wxLoginCode()
+      .then(function (code) {
+        return post('login', { code: code }, null);
+      })
+      .then(function (body) {
+        if (!body || typeof body.token !== 'string' || !body.token) {
+          throw makeError('BAD_RESPONSE', 'login returned no token', 200);
+        }
+        var session = { token: body.token, expires_at: body.expires_at, openid: body.openid };
+        writeSession(session);
+        return session;
+      });
+    var clear = function () {
+      loginInFlight = null;
+    };
+    loginInFlight.then(clear, clear);
+    return loginInFlight;
+  }
+
+  function ensureSession() {
+    var s = readSession();
+    return isFresh(s) ? Promise.resolve(s) : login();
+  }
+
+  // ---- functions -------------------------------------------------------------------------
+
+  /**
+   * callFunction({ name, data }) → { result } like wx.cloud.callFunction; rejects
+   * { code, message, statusCode }. A 401 clears the session, logs in again and retries once.
+   */
+  function callFunction(params) {
+    params = params || {};
+    var name = params.name;
+    var data = params.data === undefined ? {} : params.data;
+    if (!name) return Promise.reject(makeError('INVALID_ARGUMENT', 'callFunction: name is required', 0));
+    if (name === 'login') {
+      return post('login', data, null)
+        .then(function (body) {
+          return { result: body };
+        })
+        .catch(function (e) {
+          throw toError(e);
+        });
+    }
+    return ensureSession()
+      .then(function (s) {
+        return post(name, data, s.token).catch(function (e) {
+          if (!e || e.statusCode !== 401) throw e;
+          clearSession();
+          return login().then(function (fresh) {
+            return post(name, data, fresh.token);
+          });
+        });
+      })
+      .then(function (body) {
+        return { result: body };
+      })
+      .catch(function (e) {
+        throw toError(e);
+      });
+  }
+
+  // ---- pay -------------------------------------------------------------------------------
+
+  function openCashier(orderResult) {
+    return new Promise(function (resolve) {
+      var params = paymentParams(orderResult.payment);
+      var api = w.requestPayment;
+      if (needsOrderPayment(orderResult) && typeof w.requestOrderPayment === 'function') {
+        api = w.requestOrderPayment;
+        if (orderResult.orderInfo) params.orderInfo = orderResult.orderInfo;
+      }
+      params.success = function () {
+        resolve({ cashier: 'ok' });
+      };
+      params.fail = function (res) {
+        resolve({ cashier: cashierOutcome(res), errMsg: res && res.errMsg });
+      };
+      try {
+        api.call(w, params);
+      } catch (e) {
+        resolve({ cashier: 'fail', errMsg: e && e.message });
+      }
+    });
+  }
+
+  /** Poll queryOrder until a paid (or final) status or the deadline. Never rejects. */
+  function pollOrder(outTradeNo, boundMs) {
+    var deadline = Date.now() + boundMs;
+    var lastOrder = null;
+    var lastError = null;
+    function once() {
+      return callFunction({ name: 'queryOrder', data: { out_trade_no: outTradeNo } }).then(
+        function (r) {
+          var order = r.result && r.result.order ? r.result.order : null;
+          if (order) lastOrder = order;
+          lastError = null;
+          var st = order && order.status;
+          if (PAID_STATUSES.indexOf(st) >= 0 || FINAL_UNPAID_STATUSES.indexOf(st) >= 0) return true;
+          return false;
+        },
+        function (e) {
+          lastError = e;
+          // A 4xx other than a transient one will not fix itself: stop early.
+          return e.statusCode >= 400 && e.statusCode < 500 && e.statusCode !== 429;
+        }
+      );
+    }
+    function loop() {
+      return once().then(function (done) {
+        var left = deadline - Date.now();
+        if (done || left <= 0) return { order: lastOrder, error: lastError };
+        return delay(Math.min(poll.intervalMs, left)).then(loop);
+      });
+    }
+    return loop();
+  }
+
+  /**
+   * pay(unifiedOrder result) → { paid, order, cashier } after asking the server.
+   * Rejects only when the argument is unusable; payment failures resolve with paid: false.
+   */
+  function pay(orderResult) {
+    if (!orderResult || !orderResult.out_trade_no || !orderResult.payment) {
+      return Promise.reject(makeError('INVALID_ARGUMENT', 'pay: expected the result of unifiedOrder', 0));
+    }
+    return openCashier(orderResult).then(function (c) {
+      var bound = c.cashier === 'ok' ? poll.timeoutMs : poll.failTimeoutMs;
+      return pollOrder(orderResult.out_trade_no, bound).then(function (p) {
+        var status = p.order && p.order.status;
+        var out = {
+          paid: PAID_STATUSES.indexOf(status) >= 0,
+          order: p.order,
+          cashier: c.cashier,
+          out_trade_no: orderResult.out_trade_no,
+        };
+        if (c.errMsg) out.errMsg = c.errMsg;
+        if (p.error) out.error = p.error;
+        return out;
+      });
+    });
+  }
+
+  // ---- buy -------------------------------------------------------------------------------
+
+  function enterScene() {
+    try {
+      if (typeof w.getEnterOptionsSync === 'function') {
+        var o = w.getEnterOptionsSync();
+        if (o && o.scene !== undefined) return Number(o.scene);
+      }
+      if (typeof w.getLaunchOptionsSync === 'function') {
+        var l = w.getLaunchOptionsSync();
+        if (l && l.scene !== undefined) return Number(l.scene);
+      }
+    } catch (e) {
+      /* no scene: the server treats it as an ordinary order */
+    }
+    return undefined;
+  }
+
+  /**
+   * buy({ items, idempotencyKey? }) → unifiedOrder then pay. Rejects (error shape) only when
+   * the order could not be created; resolves pay()'s result otherwise. Pass the same
+   * idempotencyKey to retry a buy without creating a second order.
+   */
+  function buy(params) {
+    params = params || {};
+    if (!Array.isArray(params.items) || params.items.length === 0) {
+      return Promise.reject(makeError('INVALID_ARGUMENT', 'buy: items must be a non-empty array', 0));
+    }
+    var data = {
+      items: params.items,
+      idempotency_key: params.idempotencyKey || newIdempotencyKey(),
+    };
+    var scene = enterScene();
+    if (scene !== undefined && !isNaN(scene)) data.scene = scene;
+    return callFunction({ name: 'unifiedOrder', data: data }).then(function (r) {
+      var result = r.result;
+      if (!result || !result.out_trade_no || !result.payment) {
+        throw makeError('BAD_RESPONSE', 'unifiedOrder returned no payment parameters', 200);
+      }
+      return pay(result);
+    });
+  }
+
+  return {
+    login: login,
+    callFunction: callFunction,
+    pay: pay,
+    buy: buy,
+    /** The stored session ({ token, expires_at, openid }) or null. */
+    session: readSession,
+    /** Forget the stored session (e.g. on logout). */
+    logout: clearSession,
+  };
+}
+
+module.exports = {
+  createClient: createClient,
+  PAID_STATUSES: PAID_STATUSES,
+  // exported for tests
+  _internal: { httpError: httpError, newIdempotencyKey: newIdempotencyKey, needsOrderPayment: needsOrderPayment },
+};
