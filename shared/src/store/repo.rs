@@ -1,1 +1,540 @@
+//! The typed layer every handler uses: domain values in, domain values out, over any
+//! [`Store`].
+//!
+//! Why it is shaped so:
+//! - **Reads return [`Versioned`]**, and every update in a [`Batch`] is conditional on that
+//!   version and writes `version + 1`. A handler therefore cannot overwrite a change it has
+//!   not seen: load → call the domain method → `update_*` → `commit`, and on
+//!   [`StoreError::Conflict`] reload and try again (or report the race).
+//! - **One [`Batch`] per state change** collects the transition and its outbox entries (and an
+//!   event's dedupe record) so they are written all-or-nothing.
+//! - **Each builder method adds exactly one write and returns its index**, so the index in
+//!   `StoreError::Conflict { index }` can be matched against what the caller added (e.g. "the
+//!   event record already existed" vs "the order moved under us").
+//! - **Record layout is fixed here, once** (which index carries what), so the backends stay
+//!   generic and the layout is the same on SQLite and DynamoDB.
 
+use super::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
+use crate::domain::{
+    AfterSale, AfterSaleId, AuditStatus, Fen, OpenId, Order, OrderStatus, OutRefundNo, OutTradeNo,
+    Product, ProductId,
+};
+use crate::outbox::{self, OutboxEntry};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// A value as read, with the record version a conditional update must name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub version: u64,
+}
+
+impl<T> Versioned<T> {
+    /// The value as it will be stored after an update of this one commits.
+    pub fn updated(&self, value: T) -> Versioned<T> {
+        Versioned {
+            value,
+            version: self.version + 1,
+        }
+    }
+}
+
+fn versioned<T: DeserializeOwned>(rec: &Record) -> Result<Versioned<T>, StoreError> {
+    Ok(Versioned {
+        value: rec.decode()?,
+        version: rec.version,
+    })
+}
+
+async fn get_typed<T: DeserializeOwned>(
+    store: &dyn Store,
+    kind: Kind,
+    id: &str,
+) -> Result<Option<Versioned<T>>, StoreError> {
+    store
+        .get(kind, id)
+        .await?
+        .as_ref()
+        .map(versioned)
+        .transpose()
+}
+
+// ---------------------------------------------------------------- orders
+
+/// Orders: id = out_trade_no, owner = openid, status = status, sort = created_at_ms.
+fn order_record(o: &Order, version: u64) -> Result<Record, StoreError> {
+    let mut rec = Record::new(Kind::Order, o.out_trade_no.as_str(), Record::encode(o)?);
+    rec.version = version;
+    rec.owner = Some(o.openid.as_str().to_owned());
+    rec.status = Some(o.status.as_str().to_owned());
+    rec.sort = o.created_at_ms;
+    Ok(rec)
+}
+
+pub async fn get_order(
+    store: &dyn Store,
+    out_trade_no: &OutTradeNo,
+) -> Result<Option<Versioned<Order>>, StoreError> {
+    get_typed(store, Kind::Order, out_trade_no.as_str()).await
+}
+
+/// A user's orders, newest first, `limit` at a time.
+pub async fn orders_of(
+    store: &dyn Store,
+    openid: &OpenId,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<(Vec<Order>, Option<String>), StoreError> {
+    let mut q = Query::new(Kind::Order, Index::Owner(openid.as_str().to_owned()));
+    q.descending = true;
+    q.limit = limit.max(1);
+    q.cursor = cursor;
+    let page = store.query(q).await?;
+    let orders = page
+        .records
+        .iter()
+        .map(Record::decode)
+        .collect::<Result<Vec<Order>, _>>()?;
+    Ok((orders, page.next))
+}
+
+/// Orders in `status` created before `created_before_ms`, oldest first (for sweeps: close
+/// expired unpaid orders, re-drive stuck ones).
+pub async fn orders_in_status(
+    store: &dyn Store,
+    status: OrderStatus,
+    created_before_ms: i64,
+    limit: usize,
+) -> Result<Vec<Versioned<Order>>, StoreError> {
+    let mut q = Query::new(Kind::Order, Index::Status(status.as_str().to_owned()));
+    q.sort_max = Some(created_before_ms.saturating_sub(1));
+    q.limit = limit.max(1);
+    let page = store.query(q).await?;
+    page.records.iter().map(versioned).collect()
+}
+
+// ---------------------------------------------------------------- products
+
+/// Every product is listed under this owner, so "all products" is one index query.
+pub const PRODUCTS_OWNER: &str = "all";
+
+pub fn audit_str(a: AuditStatus) -> &'static str {
+    match a {
+        AuditStatus::Draft => "DRAFT",
+        AuditStatus::Auditing => "AUDITING",
+        AuditStatus::Approved => "APPROVED",
+        AuditStatus::Rejected => "REJECTED",
+    }
+}
+
+/// Products: id = product_id, owner = "all", status = audit status, sort = 0 (so both
+/// listings are ordered by product id, stable while products change).
+fn product_record(p: &Product, version: u64) -> Result<Record, StoreError> {
+    let mut rec = Record::new(Kind::Product, p.product_id.as_str(), Record::encode(p)?);
+    rec.version = version;
+    rec.owner = Some(PRODUCTS_OWNER.to_owned());
+    rec.status = Some(audit_str(p.audit).to_owned());
+    rec.sort = 0;
+    Ok(rec)
+}
+
+pub async fn get_product(
+    store: &dyn Store,
+    product_id: &ProductId,
+) -> Result<Option<Versioned<Product>>, StoreError> {
+    get_typed(store, Kind::Product, product_id.as_str()).await
+}
+
+/// Which products [`list_products`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProductFilter {
+    All,
+    Audit(AuditStatus),
+}
+
+/// Products by id, `limit` at a time.
+pub async fn list_products(
+    store: &dyn Store,
+    filter: ProductFilter,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<(Vec<Versioned<Product>>, Option<String>), StoreError> {
+    let index = match filter {
+        ProductFilter::All => Index::Owner(PRODUCTS_OWNER.to_owned()),
+        ProductFilter::Audit(a) => Index::Status(audit_str(a).to_owned()),
+    };
+    let mut q = Query::new(Kind::Product, index);
+    q.limit = limit.max(1);
+    q.cursor = cursor;
+    let page = store.query(q).await?;
+    let products = page
+        .records
+        .iter()
+        .map(versioned)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((products, page.next))
+}
+
+// ---------------------------------------------------------------- after-sales
+
+/// After-sales: id = after-sale id, owner = out_trade_no, status = status, sort = created.
+fn aftersale_record(a: &AfterSale, version: u64) -> Result<Record, StoreError> {
+    let mut rec = Record::new(Kind::AfterSale, a.id.as_str(), Record::encode(a)?);
+    rec.version = version;
+    rec.owner = Some(a.out_trade_no.as_str().to_owned());
+    rec.status = Some(a.status.as_str().to_owned());
+    rec.sort = a.created_at_ms;
+    Ok(rec)
+}
+
+pub async fn get_aftersale(
+    store: &dyn Store,
+    id: &AfterSaleId,
+) -> Result<Option<Versioned<AfterSale>>, StoreError> {
+    get_typed(store, Kind::AfterSale, id.as_str()).await
+}
+
+/// An order's after-sales, oldest first (at most 100; an order never has that many).
+pub async fn aftersales_of_order(
+    store: &dyn Store,
+    out_trade_no: &OutTradeNo,
+) -> Result<Vec<Versioned<AfterSale>>, StoreError> {
+    let mut q = Query::new(
+        Kind::AfterSale,
+        Index::Owner(out_trade_no.as_str().to_owned()),
+    );
+    q.limit = 100;
+    let page = store.query(q).await?;
+    page.records.iter().map(versioned).collect()
+}
+
+// ---------------------------------------------------------------- refunds
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RefundStatus {
+    /// Recorded; `secapi/pay/refund` not accepted yet.
+    Pending,
+    /// WeChat accepted the refund; waiting for the refund notification.
+    Processing,
+    Success,
+    /// `REFUNDCLOSE` or `CHANGE`: the money did not go back.
+    Failed,
+}
+
+impl RefundStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundStatus::Pending => "PENDING",
+            RefundStatus::Processing => "PROCESSING",
+            RefundStatus::Success => "SUCCESS",
+            RefundStatus::Failed => "FAILED",
+        }
+    }
+}
+
+/// One refund, keyed by `out_refund_no` (fixed by the after-sale for all retries).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRecord {
+    pub out_refund_no: OutRefundNo,
+    pub out_trade_no: OutTradeNo,
+    pub aftersale_id: AfterSaleId,
+    pub amount: Fen,
+    pub status: RefundStatus,
+    #[serde(default)]
+    pub refund_id: Option<String>,
+    #[serde(default)]
+    pub created_at_ms: i64,
+    #[serde(default)]
+    pub updated_at_ms: i64,
+}
+
+impl RefundRecord {
+    /// A new `Pending` refund.
+    pub fn new(
+        out_refund_no: OutRefundNo,
+        out_trade_no: OutTradeNo,
+        aftersale_id: AfterSaleId,
+        amount: Fen,
+        now_ms: i64,
+    ) -> Self {
+        RefundRecord {
+            out_refund_no,
+            out_trade_no,
+            aftersale_id,
+            amount,
+            status: RefundStatus::Pending,
+            refund_id: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        }
+    }
+}
+
+/// Refunds: id = out_refund_no, owner = out_trade_no, status = status, sort = created.
+fn refund_record(r: &RefundRecord, version: u64) -> Result<Record, StoreError> {
+    let mut rec = Record::new(Kind::Refund, r.out_refund_no.as_str(), Record::encode(r)?);
+    rec.version = version;
+    rec.owner = Some(r.out_trade_no.as_str().to_owned());
+    rec.status = Some(r.status.as_str().to_owned());
+    rec.sort = r.created_at_ms;
+    Ok(rec)
+}
+
+pub async fn get_refund(
+    store: &dyn Store,
+    out_refund_no: &OutRefundNo,
+) -> Result<Option<Versioned<RefundRecord>>, StoreError> {
+    get_typed(store, Kind::Refund, out_refund_no.as_str()).await
+}
+
+/// An order's refunds, oldest first (at most 100).
+pub async fn refunds_of_order(
+    store: &dyn Store,
+    out_trade_no: &OutTradeNo,
+) -> Result<Vec<Versioned<RefundRecord>>, StoreError> {
+    let mut q = Query::new(Kind::Refund, Index::Owner(out_trade_no.as_str().to_owned()));
+    q.limit = 100;
+    let page = store.query(q).await?;
+    page.records.iter().map(versioned).collect()
+}
+
+// ---------------------------------------------------------------- events
+
+/// An inbound push or notification as received, stored once per dedupe key so a replay is
+/// recognised (the create fails with a conflict on its write).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Who sent it: `pay`, `refund`, `push`, …
+    pub source: String,
+    /// The sender's identity for the event (e.g. `transaction_id`, `FromUserName+CreateTime`).
+    pub key: String,
+    pub received_at_ms: i64,
+    /// The verified body as received (or a summary of it).
+    pub body: String,
+    /// Epoch seconds after which the record (and its dedupe) is dropped; `None` keeps it.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+impl EventRecord {
+    pub fn new(
+        source: impl Into<String>,
+        key: impl Into<String>,
+        received_at_ms: i64,
+        body: impl Into<String>,
+    ) -> Self {
+        EventRecord {
+            source: source.into(),
+            key: key.into(),
+            received_at_ms,
+            body: body.into(),
+            expires_at: None,
+        }
+    }
+
+    /// The record id: `{source}/{key}`, so sources never share dedupe keys.
+    pub fn dedupe_id(source: &str, key: &str) -> String {
+        format!("{source}/{key}")
+    }
+}
+
+/// Events: id = `{source}/{key}`, owner = source, sort = received_at_ms.
+fn event_record(e: &EventRecord, version: u64) -> Result<Record, StoreError> {
+    let mut rec = Record::new(
+        Kind::Event,
+        EventRecord::dedupe_id(&e.source, &e.key),
+        Record::encode(e)?,
+    );
+    rec.version = version;
+    rec.owner = Some(e.source.clone());
+    rec.sort = e.received_at_ms;
+    rec.expires_at = e.expires_at;
+    Ok(rec)
+}
+
+pub async fn get_event(
+    store: &dyn Store,
+    source: &str,
+    key: &str,
+) -> Result<Option<Versioned<EventRecord>>, StoreError> {
+    get_typed(store, Kind::Event, &EventRecord::dedupe_id(source, key)).await
+}
+
+/// Records `event` on its own: `Ok(true)` if new, `Ok(false)` if it was already recorded.
+pub async fn record_event(store: &dyn Store, event: &EventRecord) -> Result<bool, StoreError> {
+    let mut b = Batch::new();
+    b.record_event(event);
+    match b.commit(store).await {
+        Ok(()) => Ok(true),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------- batch
+
+/// Writes collected for one atomic commit. Every method adds exactly one write and returns
+/// its index in the batch (the `index` of a [`StoreError::Conflict`] it causes).
+///
+/// Encoding errors are kept and reported by [`Batch::commit`], so building stays fluent.
+#[derive(Debug, Default)]
+pub struct Batch {
+    writes: Vec<Write>,
+    error: Option<StoreError>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// The writes so far (for inspection and tests).
+    pub fn writes(&self) -> &[Write] {
+        &self.writes
+    }
+
+    /// Adds a raw write.
+    pub fn push(&mut self, write: Write) -> usize {
+        self.writes.push(write);
+        self.writes.len() - 1
+    }
+
+    fn put(&mut self, record: Result<Record, StoreError>, expect: Expect) -> usize {
+        match record {
+            Ok(record) => self.push(Write::put(record, expect)),
+            Err(e) => {
+                self.error.get_or_insert(e);
+                // Keep indexes aligned with calls; the batch never commits anyway.
+                self.push(Write::Check {
+                    kind: Kind::Kv,
+                    id: String::new(),
+                    expect: Expect::Any,
+                })
+            }
+        }
+    }
+
+    fn update<T>(
+        &mut self,
+        kind: Kind,
+        prev: &Versioned<T>,
+        prev_id: &str,
+        next_id: &str,
+        record: impl FnOnce(u64) -> Result<Record, StoreError>,
+    ) -> usize {
+        if prev_id != next_id {
+            self.error.get_or_insert(StoreError::Backend(format!(
+                "update of {kind:?} {prev_id} tried to change its id to {next_id}"
+            )));
+        }
+        let rec = record(prev.version + 1);
+        self.put(rec, Expect::Version(prev.version))
+    }
+
+    /// A new order (fails if the out_trade_no exists).
+    pub fn create_order(&mut self, order: &Order) -> usize {
+        self.put(order_record(order, 1), Expect::Absent)
+    }
+
+    /// `prev` as read, replaced by `next` (fails if the order changed since).
+    pub fn update_order(&mut self, prev: &Versioned<Order>, next: &Order) -> usize {
+        self.update(
+            Kind::Order,
+            prev,
+            prev.value.out_trade_no.as_str(),
+            next.out_trade_no.as_str(),
+            |v| order_record(next, v),
+        )
+    }
+
+    pub fn create_product(&mut self, product: &Product) -> usize {
+        self.put(product_record(product, 1), Expect::Absent)
+    }
+
+    pub fn update_product(&mut self, prev: &Versioned<Product>, next: &Product) -> usize {
+        self.update(
+            Kind::Product,
+            prev,
+            prev.value.product_id.as_str(),
+            next.product_id.as_str(),
+            |v| product_record(next, v),
+        )
+    }
+
+    pub fn create_aftersale(&mut self, aftersale: &AfterSale) -> usize {
+        self.put(aftersale_record(aftersale, 1), Expect::Absent)
+    }
+
+    pub fn update_aftersale(&mut self, prev: &Versioned<AfterSale>, next: &AfterSale) -> usize {
+        self.update(
+            Kind::AfterSale,
+            prev,
+            prev.value.id.as_str(),
+            next.id.as_str(),
+            |v| aftersale_record(next, v),
+        )
+    }
+
+    pub fn create_refund(&mut self, refund: &RefundRecord) -> usize {
+        self.put(refund_record(refund, 1), Expect::Absent)
+    }
+
+    pub fn update_refund(&mut self, prev: &Versioned<RefundRecord>, next: &RefundRecord) -> usize {
+        self.update(
+            Kind::Refund,
+            prev,
+            prev.value.out_refund_no.as_str(),
+            next.out_refund_no.as_str(),
+            |v| refund_record(next, v),
+        )
+    }
+
+    /// Records an event once: a conflict on this write means it is a replay.
+    pub fn record_event(&mut self, event: &EventRecord) -> usize {
+        self.put(event_record(event, 1), Expect::Absent)
+    }
+
+    /// Adds an outbox entry, written with the rest of the batch.
+    pub fn enqueue(&mut self, entry: OutboxEntry) -> usize {
+        self.put(outbox::to_record(&entry, 1), Expect::Absent)
+    }
+
+    /// Only a condition: the order is still at the version read.
+    pub fn check_order(&mut self, order: &Versioned<Order>) -> usize {
+        self.push(Write::Check {
+            kind: Kind::Order,
+            id: order.value.out_trade_no.as_str().to_owned(),
+            expect: Expect::Version(order.version),
+        })
+    }
+
+    /// Only a condition: the product is still at the version read.
+    pub fn check_product(&mut self, product: &Versioned<Product>) -> usize {
+        self.push(Write::Check {
+            kind: Kind::Product,
+            id: product.value.product_id.as_str().to_owned(),
+            expect: Expect::Version(product.version),
+        })
+    }
+
+    /// Writes everything or nothing. `Conflict { index }` names the write (as returned by the
+    /// method that added it) whose condition failed. An empty batch is a no-op.
+    pub async fn commit(self, store: &dyn Store) -> Result<(), StoreError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        store.write(self.writes).await
+    }
+}
