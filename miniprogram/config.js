@@ -5,7 +5,7 @@
 'use strict';
 
 module.exports = {
-  // The HTTP API of the wxshop stack (SAM output `ApiUrl`), no trailing slash.
+  // The HTTP API of the wxshop stack (its invoke URL from the stack outputs), no trailing slash.
   // It must also be whitelisted as a "request legal domain" (request 合法域名) in the
   // mini program's admin console. For local development against `wxlocal serve`, use
   // http://127.0.0.1:8787 and tick "do not verify legal domains" in the developer tools.

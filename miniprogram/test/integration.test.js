@@ -1,0 +1,288 @@
+// Integration tests: the real client against a real `wxlocal serve` on 127.0.0.1.
+//
+// The stubbed `wx` does real HTTP for `wx.request`, and drives the wxlocal WeChat sandbox for
+// what the user would do: `wx.login` gets a code from /sandbox/_control/login, a successful
+// `wx.requestPayment` is /sandbox/_control/pay (the sandbox then notifies the back end
+// asynchronously, like WeChat Pay does).
+//
+// Binary: $WXLOCAL_BIN, else <repo>/target/debug/wxlocal (built with `cargo build -p wxlocal`
+// once if missing). If the binary cannot serve, every test here fails with the reason; they are
+// never skipped silently.
+'use strict';
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn, spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const path = require('node:path');
+const readline = require('node:readline');
+const { createClient } = require('../wxshop.js');
+
+const REPO = path.resolve(__dirname, '..', '..');
+const BIN = process.env.WXLOCAL_BIN || path.join(REPO, 'target', 'debug', 'wxlocal');
+const START_TIMEOUT_MS = 20000;
+const BUILD_TIMEOUT_MS = 15 * 60 * 1000; // only when the binary has to be built first
+const TEST_TIMEOUT_MS = 15000;
+const PAID = ['PAID', 'SHIPPED', 'RECEIVED', 'COMPLETED'];
+const TEA = { product_id: 'tea', sku_id: 'tea-250g', quantity: 1 };
+
+let server = null; // { child, baseUrl, stderr() }
+let startError = null;
+
+function ensureBinary() {
+  if (fs.existsSync(BIN)) return;
+  if (process.env.WXLOCAL_BIN) throw new Error(`WXLOCAL_BIN=${BIN} does not exist`);
+  process.stderr.write(`# ${BIN} missing: running cargo build -p wxlocal in ${REPO}\n`);
+  const r = spawnSync('cargo', ['build', '-p', 'wxlocal'], { cwd: REPO, stdio: ['ignore', 'inherit', 'inherit'], timeout: BUILD_TIMEOUT_MS });
+  if (r.error) throw new Error(`cargo build -p wxlocal failed to run: ${r.error.message}`);
+  if (r.status !== 0) throw new Error(`cargo build -p wxlocal exited with ${r.status}`);
+  if (!fs.existsSync(BIN)) throw new Error(`cargo build -p wxlocal succeeded but ${BIN} is still missing`);
+}
+
+function startWxlocal() {
+  ensureBinary();
+  return new Promise((resolve, reject) => {
+    const args = ['serve', '--addr', '127.0.0.1:0', '--store', 'memory', '--seed'];
+    const child = spawn(BIN, args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    let errTail = '';
+    child.stderr.on('data', (b) => {
+      errTail = (errTail + b.toString()).slice(-4000);
+    });
+    const stderr = () => (errTail.trim() ? `\n--- wxlocal stderr (tail) ---\n${errTail.trim()}` : ' (no stderr output)');
+    let settled = false;
+    const fail = (why) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      try {
+        child.kill('SIGKILL');
+      } catch (e) {
+        /* already gone */
+      }
+      reject(new Error(`wxlocal could not serve: \`${BIN} ${args.join(' ')}\` ${why}${stderr()}`));
+    };
+    const timer = setTimeout(() => fail(`printed no "wxlocal listening on http://…" line within ${START_TIMEOUT_MS} ms`), START_TIMEOUT_MS);
+    child.on('error', (e) => fail(`failed to start: ${e.message}`));
+    child.on('exit', (code, sig) => fail(`exited early (code ${code}, signal ${sig})`));
+    const lines = readline.createInterface({ input: child.stdout });
+    lines.once('line', (line) => {
+      const m = /^wxlocal listening on (http:\/\/\S+)\s*$/.exec(line);
+      if (!m) return fail(`printed an unexpected first line: ${JSON.stringify(line)}`);
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      child.removeAllListeners('exit');
+      lines.on('line', () => {}); // keep draining stdout
+      resolve({ child, baseUrl: m[1].replace(/\/+$/, ''), stderr });
+    });
+  });
+}
+
+function stopWxlocal() {
+  if (!server) return Promise.resolve();
+  const { child } = server;
+  server = null;
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const hard = setTimeout(() => child.kill('SIGKILL'), 3000);
+    child.once('exit', () => {
+      clearTimeout(hard);
+      resolve();
+    });
+    child.kill('SIGTERM');
+  });
+}
+
+/** POST JSON with a bounded wait; returns { status, body }. */
+async function postJson(url, body, headers) {
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: Object.assign({ 'content-type': 'application/json' }, headers || {}),
+    body: JSON.stringify(body === undefined ? {} : body),
+    signal: AbortSignal.timeout(10000),
+  });
+  const text = await res.text();
+  let parsed = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    /* keep text, as wx.request does for non-JSON bodies */
+  }
+  return { status: res.status, body: parsed };
+}
+
+/**
+ * A `wx` for Node backed by wxlocal. `cashier` decides what the user does in the cashier:
+ * 'pay' (pay through the sandbox) or 'cancel'.
+ */
+function sandboxWx(baseUrl, opts) {
+  opts = opts || {};
+  const storage = new Map();
+  const log = []; // [{ name, status }]
+  const prepayToOrder = new Map(); // payment.package → out_trade_no, learned from unifiedOrder replies
+  let logins = 0;
+  const cashier = (p, api) => {
+    const outTradeNo = prepayToOrder.get(p.package);
+    if (opts.cashier === 'cancel') return setImmediate(() => p.fail({ errMsg: `${api}:fail cancel` }));
+    if (!outTradeNo) return setImmediate(() => p.fail({ errMsg: `${api}:fail unknown package ${p.package}` }));
+    postJson(`${baseUrl}/sandbox/_control/pay`, { out_trade_no: outTradeNo }).then(
+      (r) => (r.status === 200 ? p.success({ errMsg: `${api}:ok` }) : p.fail({ errMsg: `${api}:fail sandbox ${r.status} ${JSON.stringify(r.body)}` })),
+      (e) => p.fail({ errMsg: `${api}:fail ${e.message}` })
+    );
+  };
+  return {
+    storage,
+    log,
+    get logins() {
+      return logins;
+    },
+    getStorageSync: (k) => (storage.has(k) ? storage.get(k) : ''),
+    setStorageSync: (k, v) => storage.set(k, v),
+    removeStorageSync: (k) => storage.delete(k),
+    getEnterOptionsSync: () => ({ scene: 1001, path: 'pages/buy/buy', query: {} }),
+    login: ({ success, fail }) => {
+      logins += 1;
+      postJson(`${baseUrl}/sandbox/_control/login`, { user: opts.user || 'alice' }).then(
+        (r) => (r.status === 200 && r.body && r.body.code ? success({ code: r.body.code, errMsg: 'login:ok' }) : fail({ errMsg: `login:fail sandbox ${r.status} ${JSON.stringify(r.body)}` })),
+        (e) => fail({ errMsg: `login:fail ${e.message}` })
+      );
+    },
+    request: ({ url, method, data, header, timeout, success, fail }) => {
+      const name = url.replace(/^.*\/fn\//, '');
+      fetch(url, {
+        method: method || 'GET',
+        headers: header || {},
+        body: method === 'GET' ? undefined : typeof data === 'string' ? data : JSON.stringify(data),
+        signal: AbortSignal.timeout(timeout || 10000),
+      })
+        .then(async (res) => {
+          const text = await res.text();
+          let body = text;
+          try {
+            body = JSON.parse(text);
+          } catch (e) {
+            /* non-JSON stays a string */
+          }
+          log.push({ name, status: res.status });
+          if (name === 'unifiedOrder' && res.status === 200 && body && body.payment) {
+            prepayToOrder.set(body.payment.package, body.out_trade_no);
+          }
+          success({ statusCode: res.status, data: body, header: Object.fromEntries(res.headers) });
+        })
+        .catch((e) => {
+          log.push({ name, status: 0 });
+          fail({ errMsg: `request:fail ${e.message}` });
+        });
+    },
+    requestPayment: (p) => cashier(p, 'requestPayment'),
+    requestOrderPayment: (p) => cashier(p, 'requestOrderPayment'),
+  };
+}
+
+function client(wx, extra) {
+  return createClient(
+    Object.assign({ baseUrl: server.baseUrl, wx, payPoll: { intervalMs: 200, timeoutMs: 10000, failTimeoutMs: 1000 } }, extra || {})
+  );
+}
+
+test.before(
+  async () => {
+    try {
+      server = await startWxlocal();
+    } catch (e) {
+      startError = e;
+    }
+  },
+  { timeout: BUILD_TIMEOUT_MS + START_TIMEOUT_MS }
+);
+
+test.after(() => stopWxlocal(), { timeout: 5000 });
+
+/** Every test fails with the start-up reason when wxlocal is not serving. */
+function requireServer() {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+}
+
+test('a full purchase of the seeded tea is paid', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const wx = sandboxWx(server.baseUrl, { cashier: 'pay' });
+  const shop = client(wx);
+  const r = await shop.buy({ items: [TEA] });
+  assert.equal(r.cashier, 'ok', `cashier: ${r.errMsg}`);
+  assert.equal(r.paid, true, `order: ${JSON.stringify(r.order)} error: ${JSON.stringify(r.error)}`);
+  assert.ok(PAID.includes(r.order.status), r.order.status);
+  assert.equal(r.order.out_trade_no, r.out_trade_no);
+  assert.equal(r.order.total_fee, 1990);
+  assert.equal(wx.logins, 1);
+  const session = wx.storage.get('wxshop.session');
+  assert.ok(session && session.token && session.openid, JSON.stringify(session));
+  assert.equal(typeof session.expires_at, 'number');
+});
+
+test('a bogus stored token is refreshed once via login and the call succeeds', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const wx = sandboxWx(server.baseUrl);
+  wx.storage.set('wxshop.session', { token: 'bogus.token.value', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o-x' });
+  const shop = client(wx);
+  const r = await shop.callFunction({ name: 'unifiedOrder', data: { items: [TEA], scene: 1001, idempotency_key: `it-${Date.now()}` } });
+  assert.ok(r.result.out_trade_no, JSON.stringify(r.result));
+  assert.equal(r.result.total_fee, 1990);
+  assert.ok(r.result.payment && r.result.payment.package && r.result.payment.paySign);
+  assert.deepEqual(
+    wx.log.map((x) => `${x.name} ${x.status}`),
+    ['unifiedOrder 401', 'login 200', 'unifiedOrder 200']
+  );
+  assert.equal(wx.logins, 1);
+  assert.notEqual(wx.storage.get('wxshop.session').token, 'bogus.token.value');
+  // The refreshed token works for the next call without another login.
+  const q = await shop.callFunction({ name: 'queryOrder', data: { out_trade_no: r.result.out_trade_no } });
+  assert.equal(q.result.order.out_trade_no, r.result.out_trade_no);
+  assert.equal(wx.logins, 1);
+});
+
+test('an expired stored token is replaced before the call', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const wx = sandboxWx(server.baseUrl);
+  wx.storage.set('wxshop.session', { token: 'old', expires_at: Math.floor(Date.now() / 1000) - 60 });
+  const shop = client(wx);
+  // Whatever the server says about an unknown order, it must not be a 401: the client logged in first.
+  await shop.callFunction({ name: 'queryOrder', data: { out_trade_no: 'NO_SUCH_ORDER_0001' } }).catch((e) => {
+    assert.notEqual(e.statusCode, 401, JSON.stringify(e));
+    assert.match(e.code, /^[A-Z][A-Z0-9_]*$/, JSON.stringify(e));
+  });
+  assert.deepEqual(wx.log.map((x) => x.name), ['login', 'queryOrder']);
+  assert.equal(wx.logins, 1);
+});
+
+test('a server error surfaces as {code, message, statusCode}', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const wx = sandboxWx(server.baseUrl, { cashier: 'pay' });
+  const shop = client(wx);
+  let caught = null;
+  try {
+    await shop.buy({ items: [{ product_id: 'no-such-product', sku_id: 'nope', quantity: 1 }] });
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught, 'buy of an unknown product must reject');
+  assert.match(caught.code, /^[A-Z][A-Z0-9_]*$/, JSON.stringify(caught));
+  assert.equal(typeof caught.message, 'string');
+  assert.ok(caught.statusCode >= 400 && caught.statusCode < 500, JSON.stringify(caught));
+  assert.ok(!wx.log.some((x) => x.name === 'queryOrder'), 'no polling after a failed order');
+});
+
+test('a cancelled cashier resolves paid:false via polling within the bound', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const wx = sandboxWx(server.baseUrl, { cashier: 'cancel' });
+  const shop = client(wx, { payPoll: { intervalMs: 200, timeoutMs: 10000, failTimeoutMs: 1000 } });
+  const t0 = Date.now();
+  const r = await shop.buy({ items: [TEA] });
+  const took = Date.now() - t0;
+  assert.equal(r.cashier, 'cancel');
+  assert.equal(r.paid, false);
+  assert.ok(r.order, `polling returned no order: ${JSON.stringify(r.error)}`);
+  assert.ok(!PAID.includes(r.order.status), r.order.status);
+  assert.ok(wx.log.some((x) => x.name === 'queryOrder' && x.status === 200));
+  assert.ok(took < 5000, `took ${took} ms`);
+});
