@@ -112,11 +112,21 @@ pub fn sign(fields: &Fields, key: &str, sign_type: SignType) -> String {
 
 /// Adds `nonce_str` if missing, `sign_type` when HMAC, and `sign`.
 pub fn sign_in_place(fields: &mut Fields, key: &str, sign_type: SignType) {
+    if fields.get("nonce_str").is_none_or(String::is_empty) {
+        fields.insert("nonce_str".into(), crate::domain::random_alnum(32));
+    }
     if sign_type == SignType::HmacSha256 {
         fields.insert("sign_type".into(), sign_type.as_str().into());
     }
     let s = sign(fields, key, sign_type);
     fields.insert("sign".into(), s);
+}
+
+/// Signs `fields` (see [`sign_in_place`]) and serialises them as an `<xml>` message — what a
+/// request to WeChat, a sandbox reply and a sandbox notification all are.
+pub fn signed_xml(mut fields: Fields, key: &str, sign_type: SignType) -> String {
+    sign_in_place(&mut fields, key, sign_type);
+    super::xml::encode(&fields)
 }
 
 /// The algorithm a received message was signed with: `sign_type` if present, else the

@@ -1,0 +1,339 @@
+//! The trade bill of `pay/downloadbill`: a CSV-like text table, parsed by header name.
+//!
+//! Shape (WeChat's own, not RFC 4180): optional UTF-8 BOM; a header line; one line per
+//! record where every field starts with a backtick (so records split on `` ,` `` and commas
+//! inside values survive); blank lines anywhere; then a summary header and one summary line.
+//! Columns differ between `ALL`, `SUCCESS` and `REFUND` bills and change over time, so
+//! nothing is read by position. Amounts are yuan with two decimals and become exact [`Fen`];
+//! the fee column (5 decimals, negative on refunds) and the rate stay text.
+
+use crate::domain::{Fen, MoneyError};
+use std::collections::BTreeMap;
+
+/// Which records a bill holds (`bill_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BillType {
+    #[default]
+    All,
+    Success,
+    Refund,
+    RechargeRefund,
+}
+
+impl BillType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillType::All => "ALL",
+            BillType::Success => "SUCCESS",
+            BillType::Refund => "REFUND",
+            BillType::RechargeRefund => "RECHARGE_REFUND",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BillError {
+    #[error("bill is empty")]
+    Empty,
+    #[error("bill has no summary lines")]
+    NoSummary,
+    #[error("bill line {line}: {got} fields, header has {want}")]
+    FieldCount {
+        line: usize,
+        got: usize,
+        want: usize,
+    },
+    #[error("bill line {line}, column `{column}`: {source}")]
+    Amount {
+        line: usize,
+        column: String,
+        source: MoneyError,
+    },
+    #[error("bill summary: `{0}` is not a count")]
+    Count(String),
+}
+
+/// One record of the bill. Typed columns are `None` when the bill type has no such column
+/// or the cell is empty; `columns` holds every cell by its header name.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct BillRow {
+    /// 交易时间 (Beijing `yyyy-MM-dd HH:mm:ss`) as epoch ms.
+    pub trade_time_ms: Option<i64>,
+    /// 公众账号ID
+    pub appid: Option<String>,
+    /// 商户号
+    pub mch_id: Option<String>,
+    /// 特约商户号 / 子商户号 (`0` for direct merchants)
+    pub sub_mch_id: Option<String>,
+    /// 微信订单号
+    pub transaction_id: Option<String>,
+    /// 商户订单号
+    pub out_trade_no: Option<String>,
+    /// 用户标识
+    pub openid: Option<String>,
+    /// 交易类型
+    pub trade_type: Option<String>,
+    /// 交易状态 (SUCCESS, REFUND, …)
+    pub trade_state: Option<String>,
+    /// 货币种类
+    pub fee_type: Option<String>,
+    /// 应结订单金额
+    pub settlement_total_fee: Option<Fen>,
+    /// 代金券金额
+    pub coupon_fee: Option<Fen>,
+    /// 微信退款单号 (`0` when none)
+    pub refund_id: Option<String>,
+    /// 商户退款单号 (`0` when none)
+    pub out_refund_no: Option<String>,
+    /// 退款金额
+    pub refund_fee: Option<Fen>,
+    /// 充值券退款金额
+    pub coupon_refund_fee: Option<Fen>,
+    /// 退款状态
+    pub refund_status: Option<String>,
+    /// 商品名称
+    pub body: Option<String>,
+    /// 商户数据包
+    pub attach: Option<String>,
+    /// 手续费, yuan with 5 decimals, negative on refunds — text on purpose.
+    pub service_fee: Option<String>,
+    /// 费率, e.g. `0.60%`.
+    pub rate: Option<String>,
+    /// 订单金额
+    pub total_fee: Option<Fen>,
+    /// 申请退款金额
+    pub requested_refund_fee: Option<Fen>,
+    /// Every cell by header name.
+    pub columns: BTreeMap<String, String>,
+}
+
+/// The summary line.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct BillSummary {
+    /// 总交易单数
+    pub count: u64,
+    /// 应结订单总金额
+    pub settlement_total_fee: Option<Fen>,
+    /// 退款总金额
+    pub refund_fee: Option<Fen>,
+    /// 充值券退款总金额
+    pub coupon_refund_fee: Option<Fen>,
+    /// 手续费总金额 (text: 5 decimals)
+    pub service_fee: Option<String>,
+    /// 订单总金额
+    pub total_fee: Option<Fen>,
+    /// 申请退款总金额
+    pub requested_refund_fee: Option<Fen>,
+    pub columns: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Bill {
+    pub header: Vec<String>,
+    pub rows: Vec<BillRow>,
+    pub summary: BillSummary,
+}
+
+impl Bill {
+    /// The bill of a day without trades (`No Bill Exist`).
+    pub fn empty() -> Self {
+        Bill::default()
+    }
+}
+
+fn header_cells(line: &str) -> Vec<String> {
+    line.split(',').map(|c| c.trim().to_owned()).collect()
+}
+
+fn value_cells(line: &str) -> Vec<String> {
+    let line = line.strip_prefix('`').unwrap_or(line);
+    line.split(",`").map(str::to_owned).collect()
+}
+
+fn zip(
+    header: &[String],
+    cells: Vec<String>,
+    line: usize,
+) -> Result<BTreeMap<String, String>, BillError> {
+    if cells.len() != header.len() {
+        return Err(BillError::FieldCount {
+            line,
+            got: cells.len(),
+            want: header.len(),
+        });
+    }
+    Ok(header.iter().cloned().zip(cells).collect())
+}
+
+struct Cols<'a> {
+    map: &'a BTreeMap<String, String>,
+    line: usize,
+}
+
+impl Cols<'_> {
+    fn text(&self, names: &[&str]) -> Option<String> {
+        names
+            .iter()
+            .find_map(|n| self.map.get(*n))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    }
+
+    fn fen(&self, name: &str) -> Result<Option<Fen>, BillError> {
+        match self.text(&[name]) {
+            None => Ok(None),
+            Some(v) => Fen::from_yuan_str(&v)
+                .map(Some)
+                .map_err(|source| BillError::Amount {
+                    line: self.line,
+                    column: name.to_owned(),
+                    source,
+                }),
+        }
+    }
+}
+
+/// Parses the text of a successful `downloadbill` response.
+pub fn parse_bill(text: &str) -> Result<Bill, BillError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // (1-based line number, content) of the non-blank lines.
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    let Some(((_, header_line), rest)) = lines.split_first() else {
+        return Err(BillError::Empty);
+    };
+    let header = header_cells(header_line.trim_start_matches('\u{feff}'));
+    // Records start with a backtick; the first line after the header that does not is the
+    // summary header.
+    let split = rest
+        .iter()
+        .position(|(_, l)| !l.starts_with('`'))
+        .ok_or(BillError::NoSummary)?;
+    let (records, summary_part) = rest.split_at(split);
+    let [(_, summary_header), (summary_no, summary_values)] = summary_part else {
+        return Err(BillError::NoSummary);
+    };
+
+    let mut rows = Vec::with_capacity(records.len());
+    for (no, line) in records {
+        let columns = zip(&header, value_cells(line), *no)?;
+        let c = Cols {
+            map: &columns,
+            line: *no,
+        };
+        let row = BillRow {
+            trade_time_ms: c
+                .text(&["交易时间"])
+                .and_then(|t| crate::time::parse_beijing_datetime(&t)),
+            appid: c.text(&["公众账号ID"]),
+            mch_id: c.text(&["商户号"]),
+            sub_mch_id: c.text(&["特约商户号", "子商户号"]),
+            transaction_id: c.text(&["微信订单号"]),
+            out_trade_no: c.text(&["商户订单号"]),
+            openid: c.text(&["用户标识"]),
+            trade_type: c.text(&["交易类型"]),
+            trade_state: c.text(&["交易状态"]),
+            fee_type: c.text(&["货币种类"]),
+            settlement_total_fee: c.fen("应结订单金额")?,
+            coupon_fee: c.fen("代金券金额")?,
+            refund_id: c.text(&["微信退款单号"]),
+            out_refund_no: c.text(&["商户退款单号"]),
+            refund_fee: c.fen("退款金额")?,
+            coupon_refund_fee: c.fen("充值券退款金额")?,
+            refund_status: c.text(&["退款状态"]),
+            body: c.text(&["商品名称"]),
+            attach: c.text(&["商户数据包"]),
+            service_fee: c.text(&["手续费"]),
+            rate: c.text(&["费率"]),
+            total_fee: c.fen("订单金额")?,
+            requested_refund_fee: c.fen("申请退款金额")?,
+            columns: BTreeMap::new(),
+        };
+        rows.push(BillRow { columns, ..row });
+    }
+
+    let sheader = header_cells(summary_header);
+    let scols = zip(&sheader, value_cells(summary_values), *summary_no)?;
+    let c = Cols {
+        map: &scols,
+        line: *summary_no,
+    };
+    let count_text = c.text(&["总交易单数"]).unwrap_or_else(|| "0".into());
+    let summary = BillSummary {
+        count: count_text
+            .parse()
+            .map_err(|_| BillError::Count(count_text.chars().take(20).collect()))?,
+        settlement_total_fee: c.fen("应结订单总金额")?,
+        refund_fee: c.fen("退款总金额")?,
+        coupon_refund_fee: c.fen("充值券退款总金额")?,
+        service_fee: c.text(&["手续费总金额"]),
+        total_fee: c.fen("订单总金额")?,
+        requested_refund_fee: c.fen("申请退款总金额")?,
+        columns: BTreeMap::new(),
+    };
+    Ok(Bill {
+        header,
+        rows,
+        summary: BillSummary {
+            columns: scols,
+            ..summary
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注";
+    const SUMMARY: &str = "总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额";
+
+    #[test]
+    fn parses_all_bill_with_bom_crlf_and_commas() {
+        let text = format!(
+            "\u{feff}{HEADER}\r\n`2026-09-24 10:00:00,`wx123,`1900000001,`0,`,`4200001,`pay_w1,`o1,`JSAPI,`SUCCESS,`OTHERS,`CNY,`9.90,`0.00,`0,`0,`0.00,`0.00,`,`,`Tea, green,`,`0.05940,`0.60%,`9.90,`0.00,`\r\n\r\n`2026-09-24 11:00:00,`wx123,`1900000001,`0,`,`4200002,`pay_w2,`o1,`JSAPI,`REFUND,`OTHERS,`CNY,`0.00,`0.00,`500001,`rfd_1,`9.90,`0.00,`ORIGINAL,`SUCCESS,`Lily,`,`-0.05940,`0.60%,`9.90,`9.90,`\r\n{SUMMARY}\r\n`2,`9.90,`9.90,`0.00,`0.00000,`19.80,`9.90\r\n"
+        );
+        let bill = parse_bill(&text).unwrap();
+        assert_eq!(bill.rows.len(), 2);
+        let r = &bill.rows[0];
+        assert_eq!(r.out_trade_no.as_deref(), Some("pay_w1"));
+        assert_eq!(r.settlement_total_fee, Some(Fen::new(990).unwrap()));
+        assert_eq!(r.body.as_deref(), Some("Tea, green"));
+        assert_eq!(r.service_fee.as_deref(), Some("0.05940"));
+        assert_eq!(
+            r.trade_time_ms,
+            crate::time::parse_beijing_datetime("2026-09-24 10:00:00")
+        );
+        assert_eq!(bill.rows[1].refund_fee, Some(Fen::new(990).unwrap()));
+        assert_eq!(bill.rows[1].out_refund_no.as_deref(), Some("rfd_1"));
+        assert_eq!(bill.summary.count, 2);
+        assert_eq!(bill.summary.total_fee, Some(Fen::new(1980).unwrap()));
+        assert_eq!(bill.summary.service_fee.as_deref(), Some("0.00000"));
+    }
+
+    #[test]
+    fn header_only_bill_and_errors() {
+        let empty = format!("{HEADER}\n{SUMMARY}\n`0,`0.00,`0.00,`0.00,`0.00000,`0.00,`0.00\n");
+        let bill = parse_bill(&empty).unwrap();
+        assert!(bill.rows.is_empty());
+        assert_eq!(bill.summary.count, 0);
+        assert_eq!(parse_bill(""), Err(BillError::Empty));
+        assert_eq!(parse_bill(HEADER), Err(BillError::NoSummary));
+        let short =
+            format!("{HEADER}\n`2026-09-24 10:00:00,`wx\n{SUMMARY}\n`0,`0,`0,`0,`0,`0,`0\n");
+        assert!(matches!(
+            parse_bill(&short),
+            Err(BillError::FieldCount { line: 2, .. })
+        ));
+        let bad = format!("商户订单号,订单金额\n`a,`1.234\n{SUMMARY}\n`1,`0,`0,`0,`0,`0,`0\n");
+        assert!(matches!(
+            parse_bill(&bad),
+            Err(BillError::Amount { line: 2, .. })
+        ));
+    }
+}

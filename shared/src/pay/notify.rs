@@ -1,0 +1,351 @@
+//! Payment notifications (`notify_url`): parse, verify, type — and build genuine ones for the
+//! local sandbox.
+//!
+//! The order of checks is the point of this module. The body is hostile until the signature
+//! says otherwise (fake "paid" notifications are the classic v2 fraud), so: hardened XML
+//! decode → `return_code` → a `sign` that must be present and must verify over *every*
+//! received field (algorithm from `sign_type`, else from the signature's length) → only then
+//! a typed view. Checking that the notification is for *our* merchant and that `total_fee`
+//! equals the stored order stays with the caller, who knows both ([`PaymentNotification::check_merchant`]
+//! helps with the first).
+
+use super::sign::{self, Fields, SignType, VerifyError};
+use super::types::{FieldError, Reader};
+use super::xml::{self, XmlError};
+use crate::domain::{Fen, IdError, OpenId, OutTradeNo};
+
+/// Why a notification was not accepted. Messages never include the API key or the body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyError {
+    #[error("notification XML refused: {0}")]
+    Xml(#[from] XmlError),
+    /// `return_code` is not `SUCCESS`: a communication-level message with nothing to act on.
+    #[error("notification return_code is `{code}`: {msg}")]
+    ReturnFail { code: String, msg: String },
+    #[error("notification signature refused: {0}")]
+    Sign(#[from] VerifyError),
+    #[error("notification field refused: {0}")]
+    Field(#[from] FieldError),
+    #[error("notification id refused: {0}")]
+    Id(#[from] IdError),
+    #[error("notification is for another merchant: `{field}` is `{got}`")]
+    WrongMerchant { field: &'static str, got: String },
+    #[error("req_info is not valid base64")]
+    Base64,
+    #[error("req_info does not decrypt with our key (bad length or padding)")]
+    Decrypt,
+    #[error("decrypted req_info refused: {0}")]
+    InnerXml(XmlError),
+}
+
+/// A verified payment notification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentNotification {
+    pub appid: String,
+    pub mch_id: String,
+    pub sub_appid: Option<String>,
+    pub sub_mch_id: Option<String>,
+    /// The payer under `appid` (direct mode always; provider mode when WeChat sends it).
+    pub openid: Option<String>,
+    /// The payer under `sub_appid` (provider mode).
+    pub sub_openid: Option<String>,
+    pub out_trade_no: OutTradeNo,
+    pub transaction_id: String,
+    /// The order amount; compare it with the stored order.
+    pub total_fee: Fen,
+    /// What the payer paid in cash (lower than `total_fee` when coupons apply).
+    pub cash_fee: Option<Fen>,
+    /// `CNY` when WeChat omits it.
+    pub fee_type: String,
+    /// `result_code == SUCCESS`.
+    pub success: bool,
+    pub err_code: Option<String>,
+    pub err_code_des: Option<String>,
+    pub trade_type: Option<String>,
+    pub bank_type: Option<String>,
+    pub time_end_ms: Option<i64>,
+    pub attach: Option<String>,
+    /// The algorithm the notification was signed with.
+    pub sign_type: SignType,
+    /// Every received field, as verified.
+    pub fields: Fields,
+}
+
+impl PaymentNotification {
+    /// The payer's openid under the mini program the user logged into: `sub_openid` when
+    /// present (provider mode), else `openid`.
+    pub fn payer_openid(&self) -> Option<&str> {
+        self.sub_openid.as_deref().or(self.openid.as_deref())
+    }
+
+    /// Refuses a notification addressed to another merchant or app. `sub_*` are compared
+    /// when configured (provider mode), and must then be present.
+    pub fn check_merchant(
+        &self,
+        appid: &str,
+        mch_id: &str,
+        sub_appid: Option<&str>,
+        sub_mch_id: Option<&str>,
+    ) -> Result<(), NotifyError> {
+        check_merchant(&self.fields, appid, mch_id, sub_appid, sub_mch_id)
+    }
+}
+
+pub(crate) fn check_merchant(
+    fields: &Fields,
+    appid: &str,
+    mch_id: &str,
+    sub_appid: Option<&str>,
+    sub_mch_id: Option<&str>,
+) -> Result<(), NotifyError> {
+    let r = Reader(fields);
+    let expect = |field: &'static str, want: Option<&str>| -> Result<(), NotifyError> {
+        let got = r.opt(field);
+        match want {
+            Some(w) if got != Some(w) => Err(NotifyError::WrongMerchant {
+                field,
+                got: got.unwrap_or("").chars().take(64).collect(),
+            }),
+            _ => Ok(()),
+        }
+    };
+    expect("appid", Some(appid))?;
+    expect("mch_id", Some(mch_id))?;
+    expect("sub_appid", sub_appid)?;
+    expect("sub_mch_id", sub_mch_id)?;
+    Ok(())
+}
+
+/// Decodes the body and checks `return_code`: the part every notification shares.
+pub(crate) fn decode_checked(body: &[u8]) -> Result<Fields, NotifyError> {
+    let fields = xml::decode(body)?;
+    let code = fields.get("return_code").map(String::as_str).unwrap_or("");
+    if code != "SUCCESS" {
+        return Err(NotifyError::ReturnFail {
+            code: code.chars().take(32).collect(),
+            msg: fields
+                .get("return_msg")
+                .map(|m| m.chars().take(128).collect())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(fields)
+}
+
+/// Parses and verifies a payment notification body. Nothing in it is believed before the
+/// signature verifies.
+pub fn parse_payment_notification(
+    body: &[u8],
+    api_key: &str,
+) -> Result<PaymentNotification, NotifyError> {
+    let fields = decode_checked(body)?;
+    let sign_type = sign::verify(&fields, api_key)?;
+    let r = Reader(&fields);
+    let n = PaymentNotification {
+        appid: r.req_string("appid")?,
+        mch_id: r.req_string("mch_id")?,
+        sub_appid: r.opt_string("sub_appid"),
+        sub_mch_id: r.opt_string("sub_mch_id"),
+        openid: r.opt_string("openid"),
+        sub_openid: r.opt_string("sub_openid"),
+        out_trade_no: OutTradeNo::parse(r.req("out_trade_no")?)?,
+        transaction_id: r.req_string("transaction_id")?,
+        total_fee: r.fen("total_fee")?,
+        cash_fee: r.opt_fen("cash_fee")?,
+        fee_type: r.opt("fee_type").unwrap_or("CNY").to_owned(),
+        success: r.opt("result_code") == Some("SUCCESS"),
+        err_code: r.opt_string("err_code"),
+        err_code_des: r.opt_string("err_code_des"),
+        trade_type: r.opt_string("trade_type"),
+        bank_type: r.opt_string("bank_type"),
+        time_end_ms: r.opt_compact_time("time_end")?,
+        attach: r.opt_string("attach"),
+        sign_type,
+        fields: Fields::new(),
+    };
+    Ok(PaymentNotification { fields, ..n })
+}
+
+/// The reply that stops WeChat's retries. Send it only after the state change is durable.
+pub fn reply_success() -> &'static str {
+    "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>"
+}
+
+/// A `FAIL` reply: WeChat will retry. For transient trouble on our side only.
+pub fn reply_fail(msg: &str) -> String {
+    let mut f = Fields::new();
+    f.insert("return_code".into(), "FAIL".into());
+    f.insert("return_msg".into(), msg.into());
+    xml::encode(&f)
+}
+
+/// What the sandbox needs to produce a genuine, signed payment notification.
+#[derive(Clone, Debug)]
+pub struct PaymentNotificationSpec {
+    pub appid: String,
+    pub mch_id: String,
+    pub sub_appid: Option<String>,
+    pub sub_mch_id: Option<String>,
+    /// The payer; sent as `sub_openid` when `sub_appid` is set, else as `openid`.
+    pub openid: OpenId,
+    pub out_trade_no: OutTradeNo,
+    pub transaction_id: String,
+    pub total_fee: Fen,
+    pub time_end_ms: i64,
+    pub attach: Option<String>,
+    pub sign_type: SignType,
+    /// Leave `sign_type` out even for HMAC, as real HMAC notifications sometimes do.
+    pub omit_sign_type: bool,
+}
+
+/// The unsigned fields of a successful JSAPI payment notification.
+pub fn payment_notification_fields(spec: &PaymentNotificationSpec) -> Fields {
+    let mut f = Fields::new();
+    let mut put = |k: &str, v: &str| {
+        f.insert(k.to_owned(), v.to_owned());
+    };
+    put("return_code", "SUCCESS");
+    put("result_code", "SUCCESS");
+    put("appid", &spec.appid);
+    put("mch_id", &spec.mch_id);
+    put("nonce_str", &crate::domain::random_alnum(32));
+    if let Some(s) = &spec.sub_mch_id {
+        put("sub_mch_id", s);
+    }
+    match &spec.sub_appid {
+        Some(s) => {
+            put("sub_appid", s);
+            put("sub_openid", spec.openid.as_str());
+            put("sub_is_subscribe", "N");
+        }
+        None => put("openid", spec.openid.as_str()),
+    }
+    put("is_subscribe", "N");
+    put("trade_type", "JSAPI");
+    put("bank_type", "OTHERS");
+    let fee = spec.total_fee.to_string();
+    put("total_fee", &fee);
+    put("cash_fee", &fee);
+    put("fee_type", "CNY");
+    put("transaction_id", &spec.transaction_id);
+    put("out_trade_no", spec.out_trade_no.as_str());
+    put("time_end", &crate::time::beijing_compact(spec.time_end_ms));
+    if let Some(a) = &spec.attach {
+        put("attach", a);
+    }
+    f
+}
+
+/// A signed payment notification body, as WeChat would post it.
+pub fn build_payment_notification(spec: &PaymentNotificationSpec, api_key: &str) -> String {
+    let mut f = payment_notification_fields(spec);
+    if spec.omit_sign_type {
+        let s = sign::sign(&f, api_key, spec.sign_type);
+        f.insert("sign".into(), s);
+        xml::encode(&f)
+    } else {
+        sign::signed_xml(f, api_key, spec.sign_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "192006250b4c09247ec02edce69f6a2d";
+
+    fn spec(sign_type: SignType, omit: bool, sub: bool) -> PaymentNotificationSpec {
+        PaymentNotificationSpec {
+            appid: "wx2421b1c4370ec43b".into(),
+            mch_id: "10000100".into(),
+            sub_appid: sub.then(|| "wxsub".to_owned()),
+            sub_mch_id: sub.then(|| "1900000109".to_owned()),
+            openid: OpenId::parse("oUpF8uMEb4qRXf22hE3X68TekukE").unwrap(),
+            out_trade_no: OutTradeNo::parse("1409811653").unwrap(),
+            transaction_id: "1004400740201409030005092168".into(),
+            total_fee: Fen::new(101).unwrap(),
+            time_end_ms: 1_409_721_340_000,
+            attach: Some("a&b<c>".into()),
+            sign_type,
+            omit_sign_type: omit,
+        }
+    }
+
+    #[test]
+    fn built_notifications_parse_back() {
+        for (st, omit, sub) in [
+            (SignType::Md5, false, false),
+            (SignType::HmacSha256, false, true),
+            (SignType::HmacSha256, true, false),
+        ] {
+            let body = build_payment_notification(&spec(st, omit, sub), KEY);
+            let n = parse_payment_notification(body.as_bytes(), KEY).unwrap();
+            assert_eq!(n.sign_type, st);
+            assert!(n.success);
+            assert_eq!(n.total_fee.get(), 101);
+            assert_eq!(n.time_end_ms, Some(1_409_721_340_000));
+            assert_eq!(n.attach.as_deref(), Some("a&b<c>"));
+            assert_eq!(n.payer_openid(), Some("oUpF8uMEb4qRXf22hE3X68TekukE"));
+            assert_eq!(
+                n.fields.contains_key("sign_type"),
+                st == SignType::HmacSha256 && !omit
+            );
+            if sub {
+                assert!(n
+                    .check_merchant(
+                        "wx2421b1c4370ec43b",
+                        "10000100",
+                        Some("wxsub"),
+                        Some("1900000109")
+                    )
+                    .is_ok());
+            } else {
+                assert!(n
+                    .check_merchant("wx2421b1c4370ec43b", "10000100", None, None)
+                    .is_ok());
+                assert!(matches!(
+                    n.check_merchant("wx2421b1c4370ec43b", "10000101", None, None),
+                    Err(NotifyError::WrongMerchant {
+                        field: "mch_id",
+                        ..
+                    })
+                ));
+                assert!(n
+                    .check_merchant("wx2421b1c4370ec43b", "10000100", None, Some("1"))
+                    .is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(
+            reply_success(),
+            "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>"
+        );
+        let f = xml::decode(reply_fail("db <down>").as_bytes()).unwrap();
+        assert_eq!(f["return_code"], "FAIL");
+        assert_eq!(f["return_msg"], "db <down>");
+    }
+
+    #[test]
+    fn return_fail_is_typed_and_unsigned_is_refused() {
+        let body = b"<xml><return_code>FAIL</return_code><return_msg>bad</return_msg></xml>";
+        assert!(matches!(
+            parse_payment_notification(body, KEY),
+            Err(NotifyError::ReturnFail { .. })
+        ));
+        let mut f = payment_notification_fields(&spec(SignType::Md5, false, false));
+        let body = xml::encode(&f);
+        assert_eq!(
+            parse_payment_notification(body.as_bytes(), KEY),
+            Err(NotifyError::Sign(VerifyError::MissingSign))
+        );
+        sign::sign_in_place(&mut f, KEY, SignType::Md5);
+        f.insert("total_fee".into(), "1".into());
+        assert_eq!(
+            parse_payment_notification(xml::encode(&f).as_bytes(), KEY),
+            Err(NotifyError::Sign(VerifyError::Mismatch))
+        );
+    }
+}
