@@ -59,12 +59,17 @@ impl App {
     }
 
     pub fn new(config: Config, store: DynStore, clock: Clock) -> Result<App, StartupError> {
-        let pay = PayClient::from_config(&config).map_err(|e| StartupError::Client(e.to_string()))?;
-        let wx = WxClient::from_config(&config, store.clone()).map_err(|e| StartupError::Client(e.to_string()))?;
+        let pay =
+            PayClient::from_config(&config).map_err(|e| StartupError::Client(e.to_string()))?;
+        let wx = WxClient::from_config(&config, store.clone())
+            .map_err(|e| StartupError::Client(e.to_string()))?;
         let push = PushConfig::new(
             config.user_appid(),
             secrecy::ExposeSecret::expose_secret(&config.push_token),
-            config.push_aes_key.as_ref().map(secrecy::ExposeSecret::expose_secret),
+            config
+                .push_aes_key
+                .as_ref()
+                .map(secrecy::ExposeSecret::expose_secret),
         )
         .map_err(|e| StartupError::Client(e.to_string()))?;
         let sessions = SessionKeys::new(&config.session_secret);

@@ -19,7 +19,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -50,14 +54,24 @@ impl ApiError {
             code: &'a str,
             message: &'a str,
         }
-        let body = serde_json::to_vec(&Body { code: self.code, message: &self.message }).unwrap_or_default();
+        let body = serde_json::to_vec(&Body {
+            code: self.code,
+            message: &self.message,
+        })
+        .unwrap_or_default();
         with_type(self.status, body.into(), "application/json")
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -90,11 +104,20 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static s
 
 /// Parses a JSON body into `T`, with an error that says what was wrong.
 pub fn parse_json<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
-    let body: &[u8] = if req.body().is_empty() { b"{}" } else { req.body() };
+    let body: &[u8] = if req.body().is_empty() {
+        b"{}"
+    } else {
+        req.body()
+    };
     if body.len() > 64 * 1024 {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE", "request body is over 64 KiB"));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            "request body is over 64 KiB",
+        ));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("BAD_REQUEST", format!("invalid request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("BAD_REQUEST", format!("invalid request body: {e}")))
 }
 
 /// The bearer token of `Authorization`, if any.
@@ -111,7 +134,11 @@ pub fn bearer(req: &Request) -> Option<&str> {
 pub fn query_params(req: &Request) -> std::collections::HashMap<String, String> {
     req.uri()
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 

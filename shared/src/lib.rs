@@ -4,8 +4,11 @@
 //! Modules: one per outside party (`pay`, `shop`, `push`), one per concern (`domain`, `store`,
 //! `outbox`, `session`, `config`, `time`), and `handlers` with one module per function.
 
+pub mod app;
 pub mod config;
 pub mod domain;
+pub mod handlers;
+pub mod http;
 pub mod outbox;
 pub mod pay;
 pub mod push;

@@ -3,6 +3,19 @@
 //! `wxlocal`'s gateway both dispatch through [`handle`] using [`ROUTES`], the one routing
 //! table (the SAM template is tested against it).
 
+pub mod aftersale_sync;
+pub mod audit_callback;
+pub mod catalog_sync;
+pub mod common;
+pub mod funds;
+pub mod login;
+pub mod order_sync;
+pub mod pay_callback;
+pub mod pay_orders;
+pub mod query_order;
+pub mod shop_orders;
+pub mod unified_order;
+
 use crate::app::App;
 use crate::http::{ApiError, Request, Response};
 
@@ -83,23 +96,83 @@ pub struct Route {
     pub caller: Caller,
 }
 
-const fn route(method: &'static str, path: &'static str, function: Function, caller: Caller) -> Route {
-    Route { method, path, function, caller }
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    function: Function,
+    caller: Caller,
+) -> Route {
+    Route {
+        method,
+        path,
+        function,
+        caller,
+    }
 }
 
 /// Every HTTP route, in one place (contract: ARCHITECTURE.md, Functions).
 pub static ROUTES: &[Route] = &[
     route("POST", "/fn/login", Function::Login, Caller::MiniProgram),
-    route("POST", "/fn/unifiedOrder", Function::UnifiedOrder, Caller::MiniProgram),
-    route("POST", "/fn/queryOrder", Function::QueryOrder, Caller::MiniProgram),
-    route("POST", "/fn/aftersaleSync", Function::AftersaleSync, Caller::MiniProgram),
-    route("POST", "/callbacks/pay", Function::PayCallback, Caller::WeChat),
-    route("POST", "/callbacks/refund", Function::PayCallback, Caller::WeChat),
-    route("GET", "/callbacks/wechat", Function::AuditCallback, Caller::WeChat),
-    route("POST", "/callbacks/wechat", Function::AuditCallback, Caller::WeChat),
-    route("POST", "/admin/orderSync", Function::OrderSync, Caller::Admin),
-    route("POST", "/admin/aftersaleSync", Function::AftersaleSync, Caller::Admin),
-    route("POST", "/admin/catalogSync", Function::CatalogSync, Caller::Admin),
+    route(
+        "POST",
+        "/fn/unifiedOrder",
+        Function::UnifiedOrder,
+        Caller::MiniProgram,
+    ),
+    route(
+        "POST",
+        "/fn/queryOrder",
+        Function::QueryOrder,
+        Caller::MiniProgram,
+    ),
+    route(
+        "POST",
+        "/fn/aftersaleSync",
+        Function::AftersaleSync,
+        Caller::MiniProgram,
+    ),
+    route(
+        "POST",
+        "/callbacks/pay",
+        Function::PayCallback,
+        Caller::WeChat,
+    ),
+    route(
+        "POST",
+        "/callbacks/refund",
+        Function::PayCallback,
+        Caller::WeChat,
+    ),
+    route(
+        "GET",
+        "/callbacks/wechat",
+        Function::AuditCallback,
+        Caller::WeChat,
+    ),
+    route(
+        "POST",
+        "/callbacks/wechat",
+        Function::AuditCallback,
+        Caller::WeChat,
+    ),
+    route(
+        "POST",
+        "/admin/orderSync",
+        Function::OrderSync,
+        Caller::Admin,
+    ),
+    route(
+        "POST",
+        "/admin/aftersaleSync",
+        Function::AftersaleSync,
+        Caller::Admin,
+    ),
+    route(
+        "POST",
+        "/admin/catalogSync",
+        Function::CatalogSync,
+        Caller::Admin,
+    ),
     route("POST", "/admin/funds", Function::Funds, Caller::Admin),
 ];
 
@@ -112,7 +185,15 @@ pub fn find_route(method: &str, path: &str) -> Option<&'static Route> {
 /// authorised by the caller of this function: IAM in AWS, the gateway locally).
 pub async fn handle(app: &App, route: &Route, req: Request) -> Response {
     let result: Result<Response, ApiError> = match route.function {
-        _ => Err(ApiError::not_found("NO_SUCH_FUNCTION", format!("{} is not deployed here", route.function.name()))),
+        Function::Login => login::handle(app, req).await,
+        Function::UnifiedOrder => unified_order::handle(app, req).await,
+        Function::QueryOrder => query_order::handle(app, req).await,
+        Function::PayCallback => Ok(pay_callback::handle(app, req).await),
+        Function::OrderSync => order_sync::handle(app, req).await,
+        Function::AuditCallback => audit_callback::handle(app, req).await,
+        Function::AftersaleSync => aftersale_sync::handle(app, req).await,
+        Function::CatalogSync => catalog_sync::handle(app, req).await,
+        Function::Funds => funds::handle(app, req).await,
     };
     result.unwrap_or_else(|e| {
         if e.status.is_server_error() {

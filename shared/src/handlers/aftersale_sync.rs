@@ -1,0 +1,460 @@
+//! `aftersaleSync`: after-sales from both sides. The user (`/fn/aftersaleSync`) applies for a
+//! refund (or return and refund), cancels, lists; the merchant (`/admin/aftersaleSync`)
+//! approves or rejects. Approval fixes an `out_refund_no` once and queues
+//! `secapi/pay/refund`, so every retry asks WeChat for the same refund; the refund
+//! notification (`payCallback`) completes it. With the trading component on, each state is
+//! mirrored to `shop/ecaftersale/*` through the outbox.
+
+use super::common::{authenticate, own_order, MAX_CONFLICT_RETRIES};
+use super::order_sync::TaskError;
+use crate::app::App;
+use crate::domain::{
+    AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, Change, Fen, OutTradeNo,
+};
+use crate::http::{json, parse_json, ApiError, Request, Response};
+use crate::outbox::{OutboxEntry, Task};
+use crate::store::repo::{self, Batch, RefundRecord, RefundStatus};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+enum UserAction {
+    Apply {
+        out_trade_no: String,
+        /// Fen; defaults to everything still refundable.
+        #[serde(default)]
+        amount: Option<i64>,
+        #[serde(default)]
+        reason: String,
+        /// `refund` (default) or `return`.
+        #[serde(default, rename = "type")]
+        kind: Option<String>,
+    },
+    Cancel {
+        aftersale_id: String,
+    },
+    List {
+        out_trade_no: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+enum AdminAction {
+    Approve {
+        aftersale_id: String,
+    },
+    Reject {
+        aftersale_id: String,
+        #[serde(default)]
+        reason: String,
+    },
+    List {
+        out_trade_no: String,
+    },
+}
+
+#[derive(Serialize)]
+struct AfterSaleView<'a> {
+    aftersale_id: &'a str,
+    out_trade_no: &'a str,
+    status: AfterSaleStatus,
+    kind: AfterSaleKind,
+    amount: i64,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out_refund_no: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refund_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reject_reason: Option<&'a str>,
+}
+
+fn view(a: &AfterSale) -> AfterSaleView<'_> {
+    AfterSaleView {
+        aftersale_id: a.id.as_str(),
+        out_trade_no: a.out_trade_no.as_str(),
+        status: a.status,
+        kind: a.kind,
+        amount: a.amount.get(),
+        reason: &a.reason,
+        out_refund_no: a.out_refund_no.as_ref().map(|n| n.as_str()),
+        refund_id: a.refund_id.as_deref(),
+        reject_reason: a.reject_reason.as_deref(),
+    }
+}
+
+fn parse_id(id: &str) -> Result<AfterSaleId, ApiError> {
+    AfterSaleId::parse(id).map_err(|e| ApiError::bad_request("BAD_AFTERSALE_ID", e.to_string()))
+}
+
+pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
+    if req.uri().path().starts_with("/admin/") {
+        admin(app, req).await
+    } else {
+        user(app, req).await
+    }
+}
+
+async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
+    let openid = authenticate(app, &req)?;
+    match parse_json::<UserAction>(&req)? {
+        UserAction::Apply {
+            out_trade_no,
+            amount,
+            reason,
+            kind,
+        } => {
+            let order = own_order(app, &openid, &out_trade_no).await?.value;
+            let kind = match kind.as_deref() {
+                None | Some("refund") => AfterSaleKind::RefundOnly,
+                Some("return") => AfterSaleKind::ReturnAndRefund,
+                Some(o) => {
+                    return Err(ApiError::bad_request(
+                        "BAD_TYPE",
+                        format!("type `{o}` must be refund or return"),
+                    ))
+                }
+            };
+            let amount = match amount {
+                None => order.refundable(),
+                Some(a) => {
+                    Fen::new(a).map_err(|e| ApiError::bad_request("BAD_AMOUNT", e.to_string()))?
+                }
+            };
+            order
+                .check_refund(amount)
+                .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+            // Open after-sales must not together ask for more than is refundable.
+            let existing =
+                repo::aftersales_of_order(app.store.as_ref(), &order.out_trade_no).await?;
+            let open: i64 = existing
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a.value.status,
+                        AfterSaleStatus::Requested
+                            | AfterSaleStatus::Refunding
+                            | AfterSaleStatus::RefundFailed
+                    )
+                })
+                .map(|a| a.value.amount.get())
+                .sum();
+            if open + amount.get() > order.refundable().get() {
+                return Err(ApiError::conflict(
+                    "NOT_REFUNDABLE",
+                    "open after-sales already cover this amount",
+                ));
+            }
+            let reason: String = reason.trim().chars().take(200).collect();
+            let now = app.clock.now_ms();
+            let aftersale = AfterSale {
+                id: AfterSaleId::generate(now),
+                out_trade_no: order.out_trade_no.clone(),
+                openid: openid.clone(),
+                kind,
+                amount,
+                reason: if reason.is_empty() {
+                    "no reason given".into()
+                } else {
+                    reason
+                },
+                status: AfterSaleStatus::Requested,
+                out_refund_no: None,
+                refund_id: None,
+                wx_aftersale_id: None,
+                reject_reason: None,
+                created_at_ms: now,
+                updated_at_ms: now,
+            };
+            let mut batch = Batch::new();
+            batch.create_aftersale(&aftersale);
+            batch.check_order(
+                &repo::get_order(app.store.as_ref(), &order.out_trade_no)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?,
+            );
+            if order.wx_order_id.is_some() {
+                batch.enqueue(OutboxEntry::new(
+                    Task::AfterSaleSync {
+                        aftersale_id: aftersale.id.clone(),
+                    },
+                    now,
+                ));
+            }
+            batch.commit(app.store.as_ref()).await.map_err(|e| {
+                if e.is_conflict() {
+                    ApiError::conflict("RETRY", "the order changed meanwhile; retry")
+                } else {
+                    e.into()
+                }
+            })?;
+            tracing::info!(aftersale_id = %aftersale.id, out_trade_no = %aftersale.out_trade_no, amount = amount.get(), "after-sale requested");
+            Ok(json(&serde_json::json!({ "aftersale": view(&aftersale) })))
+        }
+        UserAction::Cancel { aftersale_id } => {
+            let id = parse_id(&aftersale_id)?;
+            let a = update(app, &id, Some(&openid), |a, now| {
+                a.cancel(now).map_err(|e| e.to_string())
+            })
+            .await?;
+            Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
+        }
+        UserAction::List { out_trade_no } => {
+            let order = own_order(app, &openid, &out_trade_no).await?.value;
+            list(app, &order.out_trade_no).await
+        }
+    }
+}
+
+async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
+    match parse_json::<AdminAction>(&req)? {
+        AdminAction::Approve { aftersale_id } => {
+            let id = parse_id(&aftersale_id)?;
+            let a = approve(app, &id).await?;
+            Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
+        }
+        AdminAction::Reject {
+            aftersale_id,
+            reason,
+        } => {
+            let id = parse_id(&aftersale_id)?;
+            let reason = if reason.trim().is_empty() {
+                "rejected by merchant".to_owned()
+            } else {
+                reason.chars().take(200).collect()
+            };
+            let a = update(app, &id, None, |a, now| {
+                a.reject(&reason, now).map_err(|e| e.to_string())
+            })
+            .await?;
+            Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
+        }
+        AdminAction::List { out_trade_no } => {
+            let no = OutTradeNo::parse(out_trade_no)
+                .map_err(|e| ApiError::bad_request("BAD_OUT_TRADE_NO", e.to_string()))?;
+            list(app, &no).await
+        }
+    }
+}
+
+async fn list(app: &App, no: &OutTradeNo) -> Result<Response, ApiError> {
+    let all = repo::aftersales_of_order(app.store.as_ref(), no).await?;
+    let views: Vec<AfterSaleView<'_>> = all.iter().map(|a| view(&a.value)).collect();
+    Ok(json(&serde_json::json!({ "aftersales": views })))
+}
+
+/// Applies a transition (with the sync to WeChat queued) under a version condition.
+async fn update(
+    app: &App,
+    id: &AfterSaleId,
+    owner: Option<&crate::domain::OpenId>,
+    f: impl Fn(&mut AfterSale, i64) -> Result<Change, String>,
+) -> Result<AfterSale, ApiError> {
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let current = repo::get_aftersale(app.store.as_ref(), id)
+            .await?
+            .filter(|a| owner.is_none_or(|o| &a.value.openid == o))
+            .ok_or_else(|| {
+                ApiError::not_found("AFTERSALE_NOT_FOUND", format!("no after-sale {id}"))
+            })?;
+        let now = app.clock.now_ms();
+        let mut next = current.value.clone();
+        if f(&mut next, now).map_err(|e| ApiError::conflict("AFTERSALE_STATE", e))?
+            == Change::Unchanged
+        {
+            return Ok(next);
+        }
+        let mut batch = Batch::new();
+        batch.update_aftersale(&current, &next);
+        let order = repo::get_order(app.store.as_ref(), &next.out_trade_no).await?;
+        if order
+            .as_ref()
+            .is_some_and(|o| o.value.wx_order_id.is_some())
+        {
+            batch.enqueue(OutboxEntry::new(
+                Task::AfterSaleSync {
+                    aftersale_id: id.clone(),
+                },
+                now,
+            ));
+        }
+        match batch.commit(app.store.as_ref()).await {
+            Ok(()) => return Ok(next),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::unavailable(
+        "BUSY",
+        "after-sale kept changing; retry",
+    ))
+}
+
+/// Approval: REFUNDING with a fixed `out_refund_no`, the refund record and the refund task,
+/// in one write.
+async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let current = repo::get_aftersale(app.store.as_ref(), id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found("AFTERSALE_NOT_FOUND", format!("no after-sale {id}"))
+            })?;
+        let order = repo::get_order(app.store.as_ref(), &current.value.out_trade_no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+        order
+            .value
+            .check_refund(current.value.amount)
+            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+        let now = app.clock.now_ms();
+        let mut next = current.value.clone();
+        if next
+            .approve(now)
+            .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?
+            == Change::Unchanged
+        {
+            return Ok(next);
+        }
+        let Some(out_refund_no) = next.out_refund_no.clone() else {
+            return Err(ApiError::internal("approval did not fix a refund number"));
+        };
+        let mut batch = Batch::new();
+        batch.update_aftersale(&current, &next);
+        batch.check_order(&order);
+        match repo::get_refund(app.store.as_ref(), &out_refund_no).await? {
+            None => {
+                batch.create_refund(&RefundRecord::new(
+                    out_refund_no,
+                    next.out_trade_no.clone(),
+                    id.clone(),
+                    next.amount,
+                    now,
+                ));
+            }
+            Some(r) => {
+                // Approved again after a failed refund: same number, pending again.
+                let mut nr = r.value.clone();
+                nr.status = RefundStatus::Pending;
+                nr.updated_at_ms = now;
+                batch.update_refund(&r, &nr);
+            }
+        }
+        batch.enqueue(OutboxEntry::new(
+            Task::Refund {
+                aftersale_id: id.clone(),
+            },
+            now,
+        ));
+        if order.value.wx_order_id.is_some() {
+            batch.enqueue(OutboxEntry::new(
+                Task::AfterSaleSync {
+                    aftersale_id: id.clone(),
+                },
+                now,
+            ));
+        }
+        match batch.commit(app.store.as_ref()).await {
+            Ok(()) => {
+                tracing::info!(aftersale_id = %id, "after-sale approved; refund queued");
+                return Ok(next);
+            }
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::unavailable(
+        "BUSY",
+        "after-sale kept changing; retry",
+    ))
+}
+
+/// Outbox task: `secapi/pay/refund` for an approved after-sale (same `out_refund_no` on
+/// every retry). The outcome arrives as a refund notification.
+pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> {
+    let a = repo::get_aftersale(app.store.as_ref(), id)
+        .await?
+        .ok_or_else(|| TaskError::Permanent(format!("no after-sale {id}")))?;
+    if a.value.status != AfterSaleStatus::Refunding {
+        return Ok(()); // refunded, or no longer wanted
+    }
+    let Some(out_refund_no) = a.value.out_refund_no.clone() else {
+        return Err(TaskError::Permanent(
+            "approved after-sale without a refund number".into(),
+        ));
+    };
+    let refund = repo::get_refund(app.store.as_ref(), &out_refund_no)
+        .await?
+        .ok_or_else(|| TaskError::Permanent(format!("no refund record {out_refund_no}")))?;
+    if refund.value.status != RefundStatus::Pending {
+        return Ok(());
+    }
+    let order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+        .await?
+        .ok_or_else(|| TaskError::Permanent("order vanished".into()))?;
+    match super::pay_orders::refund(
+        app,
+        &order.value,
+        &out_refund_no,
+        a.value.amount,
+        &a.value.reason,
+    )
+    .await
+    {
+        Ok(()) => {
+            let mut next = refund.value.clone();
+            next.status = RefundStatus::Processing;
+            next.updated_at_ms = app.clock.now_ms();
+            let mut batch = Batch::new();
+            batch.update_refund(&refund, &next);
+            match batch.commit(app.store.as_ref()).await {
+                // A notification that beat us already moved it on: fine.
+                Ok(()) => Ok(()),
+                Err(e) if e.is_conflict() => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(TaskError::Permanent(msg)) => {
+            // WeChat will not refund: the after-sale shows it, a person decides.
+            let now = app.clock.now_ms();
+            let mut na = a.value.clone();
+            let _ = na.refund_failed(now);
+            let mut nr = refund.value.clone();
+            nr.status = RefundStatus::Failed;
+            nr.updated_at_ms = now;
+            let mut batch = Batch::new();
+            batch.update_aftersale(&a, &na);
+            batch.update_refund(&refund, &nr);
+            batch.commit(app.store.as_ref()).await?;
+            Err(TaskError::Permanent(msg))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Outbox task: mirror the after-sale's state to `shop/ecaftersale/*`.
+pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError> {
+    let a = repo::get_aftersale(app.store.as_ref(), id)
+        .await?
+        .ok_or_else(|| TaskError::Permanent(format!("no after-sale {id}")))?;
+    let order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+        .await?
+        .ok_or_else(|| TaskError::Permanent("order vanished".into()))?;
+    let wx_id = match a.value.wx_aftersale_id {
+        Some(wx) => wx,
+        None => {
+            let wx = super::shop_orders::aftersale_add(app, &order.value, &a.value).await?;
+            // Remember WeChat's id (conditional; a concurrent change just means we retry).
+            let mut next = a.value.clone();
+            next.wx_aftersale_id = Some(wx);
+            let mut batch = Batch::new();
+            batch.update_aftersale(&a, &next);
+            batch
+                .commit(app.store.as_ref())
+                .await
+                .map_err(|e| TaskError::Retry(e.to_string()))?;
+            wx
+        }
+    };
+    super::shop_orders::aftersale_state(app, &order.value, &a.value, wx_id).await
+}

@@ -1,0 +1,204 @@
+//! `auditCallback`: message push from the WeChat platform. GET is the console's URL
+//! verification; POST carries events (plaintext or safe mode, XML or JSON). Every event is
+//! verified, recorded once (replays are no-ops), applied to our state (audit verdicts make
+//! products orderable or carry the reason; fund_type=1 payments and settlements; after-sale
+//! events), and answered `success` — unknown events too, kept raw for later.
+//!
+//! Nothing is acknowledged before it is stored: a store failure answers 503 so WeChat
+//! retries.
+
+use super::common::MAX_CONFLICT_RETRIES;
+use crate::app::App;
+use crate::domain::{AfterSaleStatus, AuditStatus, Change, Fen, Listing, OutTradeNo, ProductId};
+use crate::http::{query_params, text, ApiError, Request, Response};
+use crate::push::{self, AuditVerdict, PushEvent, PushQuery};
+use crate::store::repo::{self, Batch, EventRecord};
+use http::StatusCode;
+use sha2::{Digest, Sha256};
+
+fn push_query(req: &Request) -> PushQuery {
+    let params = query_params(req);
+    serde_json::to_value(&params)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
+    let query = push_query(&req);
+    if req.method() == http::Method::GET {
+        return match push::verify_url(
+            &query,
+            secrecy::ExposeSecret::expose_secret(&app.config.push_token),
+        ) {
+            Ok(echo) => Ok(text(StatusCode::OK, echo, "text/plain")),
+            Err(e) => {
+                tracing::warn!(security = true, error = %e, "push URL verification refused");
+                Err(ApiError::forbidden("signature does not verify"))
+            }
+        };
+    }
+    let msg = push::parse(&query, req.body(), &app.push).map_err(|e| {
+        tracing::warn!(security = true, error = %e, "push message refused");
+        if e.is_unauthenticated() {
+            ApiError::forbidden(format!("push refused: {e}"))
+        } else {
+            ApiError::bad_request(e.code(), format!("push refused: {e}"))
+        }
+    })?;
+    let event = match msg.event() {
+        Ok(ev) => ev,
+        Err(e) => {
+            // Verified but not the documented shape: keep it raw, acknowledge.
+            tracing::warn!(error = %e, "push event with an unexpected shape; kept raw");
+            let key = format!("malformed/{}", hex::encode(Sha256::digest(req.body())));
+            let ev = EventRecord::new(
+                "push",
+                key,
+                app.clock.now_ms(),
+                String::from_utf8_lossy(req.body()).into_owned(),
+            );
+            repo::record_event(app.store.as_ref(), &ev).await?;
+            return Ok(text(StatusCode::OK, push::reply_success(), "text/plain"));
+        }
+    };
+    let key = event.dedupe_key();
+    let body = String::from_utf8_lossy(req.body()).into_owned();
+    let ev = EventRecord::new("push", key.clone(), app.clock.now_ms(), body);
+    if repo::get_event(app.store.as_ref(), "push", &key)
+        .await?
+        .is_some()
+    {
+        tracing::info!(event = event.name(), "push event replayed; already applied");
+        return Ok(text(StatusCode::OK, push::reply_success(), "text/plain"));
+    }
+    apply(app, &event).await?;
+    // Recorded after applying: every application is idempotent, so a crash between the two
+    // only means a harmless second application when WeChat retries.
+    repo::record_event(app.store.as_ref(), &ev).await?;
+    tracing::info!(event = event.name(), "push event applied");
+    Ok(text(StatusCode::OK, push::reply_success(), "text/plain"))
+}
+
+async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
+    match event {
+        PushEvent::SpuAudit { body, .. } => {
+            let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
+                return Ok(());
+            };
+            let verdict = body.verdict();
+            update_product(app, &id, |p| match verdict {
+                AuditVerdict::Approved => {
+                    p.audit = AuditStatus::Approved;
+                    p.reject_reason = None;
+                    if body.product_id.is_some() {
+                        p.wx_product_id = body.product_id;
+                    }
+                }
+                AuditVerdict::Rejected => {
+                    p.audit = AuditStatus::Rejected;
+                    p.reject_reason = Some(body.reject_reason.clone());
+                }
+                AuditVerdict::Other(_) => {}
+            })
+            .await
+        }
+        PushEvent::SpuStatusUpdate { body, .. } => {
+            let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
+                return Ok(());
+            };
+            let status = body.status;
+            update_product(app, &id, |p| match status {
+                13 => p.listing = Listing::Delisted,
+                5 => p.listing = Listing::Listed,
+                _ => {}
+            })
+            .await
+        }
+        PushEvent::OrderPay { body, .. } => {
+            // fund_type=1: WeChat collected the money; this is the payment notification.
+            let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
+                return Ok(());
+            };
+            let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+                tracing::warn!(security = true, out_order_id = %no, "order pay event for an unknown order");
+                return Ok(());
+            };
+            let amount = body.amount.unwrap_or(order.value.total);
+            let paid_at = crate::time::parse_beijing_datetime(&body.pay_time)
+                .unwrap_or_else(|| app.clock.now_ms());
+            match super::common::record_payment(app, &no, &body.transaction_id, amount, paid_at)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(super::common::PaymentError::Store(e)) => Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(security = true, out_order_id = %no, error = %e, "order pay event does not match");
+                    Ok(())
+                }
+            }
+        }
+        PushEvent::OrderSettle { body, .. } => {
+            let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
+                return Ok(());
+            };
+            for _ in 0..MAX_CONFLICT_RETRIES {
+                let Some(current) = repo::get_order(app.store.as_ref(), &no).await? else {
+                    return Ok(());
+                };
+                let mut next = current.value.clone();
+                match next.settle(app.clock.now_ms()) {
+                    Ok(Change::Changed) => {}
+                    Ok(Change::Unchanged) => return Ok(()),
+                    Err(e) => {
+                        tracing::warn!(out_order_id = %no, error = %e, "settle event for an unpaid order");
+                        return Ok(());
+                    }
+                }
+                let mut batch = Batch::new();
+                batch.update_order(&current, &next);
+                match batch.commit(app.store.as_ref()).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.is_conflict() => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(ApiError::unavailable("BUSY", "order kept changing"))
+        }
+        PushEvent::AfterSale { kind, body, .. } => {
+            tracing::info!(kind = kind.name(), aftersale = ?body, "after-sale event recorded");
+            let _ = (AfterSaleStatus::Requested, Fen::ZERO);
+            Ok(())
+        }
+        // Brand/category/scene/account verdicts, funds notices and the rest are recorded
+        // (for the merchant to read) and acknowledged.
+        _ => Ok(()),
+    }
+}
+
+async fn update_product(
+    app: &App,
+    id: &ProductId,
+    f: impl Fn(&mut crate::domain::Product),
+) -> Result<(), ApiError> {
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let Some(current) = repo::get_product(app.store.as_ref(), id).await? else {
+            tracing::warn!(out_product_id = %id, "audit event for a product we do not have");
+            return Ok(());
+        };
+        let mut next = current.value.clone();
+        f(&mut next);
+        if next == current.value {
+            return Ok(());
+        }
+        next.updated_at_ms = app.clock.now_ms();
+        let mut batch = Batch::new();
+        batch.update_product(&current, &next);
+        match batch.commit(app.store.as_ref()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::unavailable("BUSY", "product kept changing"))
+}

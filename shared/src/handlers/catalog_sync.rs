@@ -1,0 +1,338 @@
+//! `catalogSync` (merchant): the catalog and the trading-component onboarding. Products are
+//! stored here with their price, stock and WeChat audit state; with the component on they are
+//! uploaded (`shop/spu/add|update`) and become orderable only when the audit event approves
+//! them and they are listed. With the component off, a product is ours alone and sellable as
+//! soon as it is listed.
+//!
+//! Onboarding, categories, images and qualification audits go to WeChat as they are (a
+//! fixed list of `shop/*` paths), so the merchant drives every access task from one place.
+
+use super::common::{component_on, MAX_CONFLICT_RETRIES};
+use super::shop_orders::wx_error;
+use crate::app::App;
+use crate::domain::{AuditStatus, Fen, Listing, Product, ProductId, Sku, SkuId};
+use crate::http::{json, parse_json, ApiError, Request, Response};
+use crate::shop::catalog::{Spu, SpuSku};
+use crate::shop::types::ProductKey;
+use crate::store::repo::{self, Batch};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct SkuInput {
+    sku_id: String,
+    price: i64,
+    #[serde(default)]
+    market_price: Option<i64>,
+    stock: u32,
+}
+
+#[derive(Deserialize)]
+struct ProductInput {
+    product_id: String,
+    title: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    head_img: Vec<String>,
+    #[serde(default)]
+    third_cat_id: u64,
+    #[serde(default)]
+    brand_id: u64,
+    skus: Vec<SkuInput>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+enum Action {
+    /// Create or update a product (and upload it for audit when the component is on).
+    Upsert {
+        product: ProductInput,
+    },
+    Listing {
+        product_id: String,
+    },
+    Delisting {
+        product_id: String,
+    },
+    SetStock {
+        product_id: String,
+        sku_id: String,
+        stock: u32,
+    },
+    Get {
+        product_id: String,
+    },
+    Products,
+    /// Pass-through of an onboarding / category / qualification call.
+    Wechat {
+        api: String,
+        #[serde(default)]
+        body: serde_json::Value,
+    },
+}
+
+/// The `shop/*` calls the merchant may make through `wechat`.
+const PASS_THROUGH: &[&str] = &[
+    "shop/register/apply",
+    "shop/register/check",
+    "shop/register/finish_access_info",
+    "shop/register/apply_scene",
+    "shop/account/get_category_list",
+    "shop/account/get_brand_list",
+    "shop/account/update_info",
+    "shop/account/get_info",
+    "shop/cat/get",
+    "shop/img/upload",
+    "shop/audit/audit_brand",
+    "shop/audit/audit_category",
+    "shop/audit/result",
+    "shop/audit/get_miniapp_certificate",
+    "shop/spu/get",
+    "shop/spu/get_list",
+    "shop/spu/del_audit",
+];
+
+fn bad(code: &'static str) -> impl Fn(crate::domain::IdError) -> ApiError {
+    move |e| ApiError::bad_request(code, e.to_string())
+}
+
+fn product_from_input(
+    input: ProductInput,
+    existing: Option<&Product>,
+    now: i64,
+) -> Result<Product, ApiError> {
+    let product_id = ProductId::parse(input.product_id).map_err(bad("BAD_PRODUCT_ID"))?;
+    let title = input.title.trim().to_owned();
+    if title.is_empty() || title.chars().count() > 60 {
+        return Err(ApiError::bad_request(
+            "BAD_TITLE",
+            "title must be 1–60 characters",
+        ));
+    }
+    if input.skus.is_empty() || input.skus.len() > 100 {
+        return Err(ApiError::bad_request(
+            "BAD_SKUS",
+            "a product needs 1–100 skus",
+        ));
+    }
+    let mut skus: Vec<Sku> = Vec::with_capacity(input.skus.len());
+    for s in input.skus {
+        let sku_id = SkuId::parse(s.sku_id).map_err(bad("BAD_SKU_ID"))?;
+        if skus.iter().any(|k| k.sku_id == sku_id) {
+            return Err(ApiError::bad_request(
+                "BAD_SKUS",
+                format!("sku {sku_id} appears twice"),
+            ));
+        }
+        let price =
+            Fen::new(s.price).map_err(|e| ApiError::bad_request("BAD_PRICE", e.to_string()))?;
+        if price == Fen::ZERO {
+            return Err(ApiError::bad_request(
+                "BAD_PRICE",
+                "price must be at least 1 fen",
+            ));
+        }
+        let market_price = Fen::new(s.market_price.unwrap_or(s.price))
+            .map_err(|e| ApiError::bad_request("BAD_PRICE", e.to_string()))?;
+        let wx_sku_id = existing
+            .and_then(|p| p.sku(&sku_id))
+            .and_then(|k| k.wx_sku_id);
+        skus.push(Sku {
+            sku_id,
+            price,
+            market_price,
+            stock: s.stock,
+            wx_sku_id,
+            attrs: Vec::new(),
+        });
+    }
+    Ok(Product {
+        product_id,
+        title,
+        path: input.path.unwrap_or_else(|| "pages/product/detail".into()),
+        head_img: input.head_img,
+        third_cat_id: input.third_cat_id,
+        brand_id: input.brand_id,
+        skus,
+        audit: existing.map(|p| p.audit).unwrap_or_default(),
+        reject_reason: existing.and_then(|p| p.reject_reason.clone()),
+        listing: existing.map(|p| p.listing).unwrap_or_default(),
+        wx_product_id: existing.and_then(|p| p.wx_product_id),
+        updated_at_ms: now,
+    })
+}
+
+fn spu(p: &Product) -> Spu {
+    Spu {
+        out_product_id: Some(p.product_id.to_string()),
+        title: p.title.clone(),
+        path: format!("{}?product_id={}", p.path, p.product_id),
+        head_img: p.head_img.clone(),
+        third_cat_id: p.third_cat_id,
+        brand_id: p.brand_id,
+        skus: p
+            .skus
+            .iter()
+            .map(|s| SpuSku {
+                out_product_id: p.product_id.to_string(),
+                out_sku_id: s.sku_id.to_string(),
+                thumb_img: p.head_img.first().cloned().unwrap_or_default(),
+                sale_price: s.price,
+                market_price: s.market_price,
+                stock_num: i64::from(s.stock),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
+    match parse_json::<Action>(&req)? {
+        Action::Upsert { product } => {
+            let p = upsert(app, product).await?;
+            Ok(json(&serde_json::json!({ "product": p })))
+        }
+        Action::Listing { product_id } => {
+            let id = ProductId::parse(product_id).map_err(bad("BAD_PRODUCT_ID"))?;
+            let p = set_listing(app, &id, Listing::Listed).await?;
+            Ok(json(&serde_json::json!({ "product": p })))
+        }
+        Action::Delisting { product_id } => {
+            let id = ProductId::parse(product_id).map_err(bad("BAD_PRODUCT_ID"))?;
+            let p = set_listing(app, &id, Listing::Delisted).await?;
+            Ok(json(&serde_json::json!({ "product": p })))
+        }
+        Action::SetStock {
+            product_id,
+            sku_id,
+            stock,
+        } => {
+            let id = ProductId::parse(product_id).map_err(bad("BAD_PRODUCT_ID"))?;
+            let sku = SkuId::parse(sku_id).map_err(bad("BAD_SKU_ID"))?;
+            let p = modify(app, &id, |p| {
+                let s =
+                    p.skus.iter_mut().find(|s| s.sku_id == sku).ok_or_else(|| {
+                        ApiError::not_found("NO_SUCH_SKU", format!("no sku {sku}"))
+                    })?;
+                s.stock = stock;
+                Ok(())
+            })
+            .await?;
+            Ok(json(&serde_json::json!({ "product": p })))
+        }
+        Action::Get { product_id } => {
+            let id = ProductId::parse(product_id).map_err(bad("BAD_PRODUCT_ID"))?;
+            let p = repo::get_product(app.store.as_ref(), &id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}"))
+                })?;
+            Ok(json(&serde_json::json!({ "product": p.value })))
+        }
+        Action::Products => {
+            let all = repo::list_products(app.store.as_ref(), repo::ProductFilter::All, 100, None)
+                .await?;
+            let products: Vec<&Product> = all.0.iter().map(|p| &p.value).collect();
+            Ok(json(
+                &serde_json::json!({ "products": products, "next": all.1 }),
+            ))
+        }
+        Action::Wechat { api, body } => {
+            let api = api.trim_start_matches('/');
+            if !PASS_THROUGH.contains(&api) {
+                return Err(ApiError::bad_request(
+                    "UNSUPPORTED_API",
+                    format!("`{api}` is not one of: {}", PASS_THROUGH.join(", ")),
+                ));
+            }
+            let body = if body.is_null() {
+                serde_json::json!({})
+            } else {
+                body
+            };
+            let reply: serde_json::Value = app.wx.post_json(api, &body).await.map_err(wx_error)?;
+            Ok(json(&reply))
+        }
+    }
+}
+
+async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
+    let id = ProductId::parse(input.product_id.clone()).map_err(bad("BAD_PRODUCT_ID"))?;
+    let existing = repo::get_product(app.store.as_ref(), &id).await?;
+    let now = app.clock.now_ms();
+    let mut product = product_from_input(input, existing.as_ref().map(|p| &p.value), now)?;
+    if component_on(app) {
+        // Upload for audit; orderable only once the audit event approves it.
+        let result = if product.wx_product_id.is_some() {
+            app.wx.spu_update(&spu(&product)).await
+        } else {
+            app.wx.spu_add(&spu(&product)).await
+        }
+        .map_err(wx_error)?;
+        product.wx_product_id = Some(result.product_id);
+        product.audit = AuditStatus::Auditing;
+        product.reject_reason = None;
+    } else {
+        product.audit = AuditStatus::Approved;
+    }
+    let mut batch = Batch::new();
+    match &existing {
+        None => {
+            batch.create_product(&product);
+        }
+        Some(prev) => {
+            batch.update_product(prev, &product);
+        }
+    }
+    batch.commit(app.store.as_ref()).await.map_err(|e| {
+        if e.is_conflict() {
+            ApiError::conflict("RETRY", "the product changed meanwhile; retry")
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(product)
+}
+
+async fn set_listing(app: &App, id: &ProductId, listing: Listing) -> Result<Product, ApiError> {
+    if component_on(app) {
+        let key = ProductKey::Out(id.to_string());
+        match listing {
+            Listing::Listed => app.wx.spu_listing(&key).await,
+            Listing::Delisted => app.wx.spu_delisting(&key).await,
+        }
+        .map_err(wx_error)?;
+    }
+    modify(app, id, |p| {
+        p.listing = listing;
+        Ok(())
+    })
+    .await
+}
+
+async fn modify(
+    app: &App,
+    id: &ProductId,
+    f: impl Fn(&mut Product) -> Result<(), ApiError>,
+) -> Result<Product, ApiError> {
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let current = repo::get_product(app.store.as_ref(), id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))?;
+        let mut next = current.value.clone();
+        f(&mut next)?;
+        next.updated_at_ms = app.clock.now_ms();
+        let mut batch = Batch::new();
+        batch.update_product(&current, &next);
+        match batch.commit(app.store.as_ref()).await {
+            Ok(()) => return Ok(next),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::unavailable(
+        "BUSY",
+        "product kept changing; retry",
+    ))
+}

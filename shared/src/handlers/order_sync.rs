@@ -1,0 +1,393 @@
+//! `orderSync`: carries out the outbox — `shop/order/pay`, `shop/delivery/send`,
+//! `shop/delivery/recieve`, after-sale syncs, refunds, closes — with retry, back-off and
+//! dead letters; a schedule re-drives anything stuck and reconciles unpaid orders with
+//! `pay/orderquery`; merchants ship, re-sync and replay dead letters through
+//! `POST /admin/orderSync`.
+//!
+//! Triggers: DynamoDB stream (new outbox entries, [`on_outbox_records`]), the schedule
+//! ([`on_schedule`]), and HTTP ([`handle`]). `wxlocal` runs [`drain`] in a loop instead of the
+//! stream.
+
+use super::common::{close_and_release, MAX_CONFLICT_RETRIES};
+use crate::app::App;
+use crate::domain::{Change, Delivery, OrderStatus, OutTradeNo};
+use crate::http::{json, parse_json, ApiError, Request, Response};
+use crate::outbox::{self, Claimed, OutboxEntry, Task};
+use crate::store::repo::{self, Batch};
+use serde::Deserialize;
+
+/// How long a worker holds an entry before another may take it over.
+pub const LEASE_MS: i64 = 60_000;
+
+/// What running one task came to.
+#[derive(Debug)]
+pub enum TaskError {
+    /// Try again later (network, WeChat busy, token).
+    Retry(String),
+    /// Will never work as it is (bad data, WeChat refuses): dead letter.
+    Permanent(String),
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskError::Retry(m) => write!(f, "retryable: {m}"),
+            TaskError::Permanent(m) => write!(f, "permanent: {m}"),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for TaskError {
+    fn from(e: crate::store::StoreError) -> Self {
+        TaskError::Retry(e.to_string())
+    }
+}
+
+impl From<ApiError> for TaskError {
+    fn from(e: ApiError) -> Self {
+        if e.status.is_server_error() {
+            TaskError::Retry(e.to_string())
+        } else {
+            TaskError::Permanent(e.to_string())
+        }
+    }
+}
+
+/// Counts of one drain.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+pub struct DrainReport {
+    pub done: usize,
+    pub retried: usize,
+    pub dead: usize,
+}
+
+/// Runs one claimed entry and settles it (complete, retry or dead-letter).
+pub async fn run_claimed(
+    app: &App,
+    claimed: Claimed,
+    report: &mut DrainReport,
+) -> Result<(), crate::store::StoreError> {
+    let task = claimed.entry.task.clone();
+    let result = run_task(app, &task).await;
+    let now = app.clock.now_ms();
+    match result {
+        Ok(()) => {
+            report.done += 1;
+            outbox::complete(app.store.as_ref(), &claimed).await
+        }
+        Err(TaskError::Retry(msg)) => {
+            tracing::warn!(task = task.name(), id = %claimed.entry.id, attempts = claimed.entry.attempts, error = %msg, "outbox task failed; will retry");
+            match outbox::retry(app.store.as_ref(), &claimed, &msg, now).await? {
+                outbox::RetryOutcome::Dead => report.dead += 1,
+                _ => report.retried += 1,
+            }
+            Ok(())
+        }
+        Err(TaskError::Permanent(msg)) => {
+            tracing::error!(task = task.name(), id = %claimed.entry.id, error = %msg, "outbox task failed permanently; dead-lettered");
+            report.dead += 1;
+            outbox::dead(app.store.as_ref(), &claimed, &msg, now).await
+        }
+    }
+}
+
+/// Claims and runs due entries until none are due or `max` were run.
+pub async fn drain(app: &App, max: usize) -> Result<DrainReport, crate::store::StoreError> {
+    let mut report = DrainReport::default();
+    let mut ran = 0;
+    while ran < max {
+        let batch = outbox::claim_due(
+            app.store.as_ref(),
+            app.clock.now_ms(),
+            LEASE_MS,
+            25.min(max - ran),
+        )
+        .await?;
+        if batch.is_empty() {
+            break;
+        }
+        ran += batch.len();
+        let results = futures::future::join_all(batch.into_iter().map(|c| async {
+            let mut r = DrainReport::default();
+            let outcome = run_claimed(app, c, &mut r).await;
+            (outcome, r)
+        }))
+        .await;
+        for (outcome, r) in results {
+            report.done += r.done;
+            report.retried += r.retried;
+            report.dead += r.dead;
+            if let Err(e) = outcome {
+                // Lost the lease or the store failed: the entry comes back by itself.
+                tracing::warn!(error = %e, "could not settle an outbox entry");
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// DynamoDB stream: new outbox entries by id. Returns the ids that could not be settled (the
+/// stream retries those; everything else is acknowledged).
+pub async fn on_outbox_records(app: &App, ids: Vec<String>) -> Vec<String> {
+    let mut failed = Vec::new();
+    for id in ids {
+        let mut report = DrainReport::default();
+        let outcome =
+            match outbox::claim_one(app.store.as_ref(), &id, app.clock.now_ms(), LEASE_MS).await {
+                Ok(Some(c)) => run_claimed(app, c, &mut report).await,
+                Ok(None) => Ok(()), // gone or leased by someone else: theirs now
+                Err(e) => Err(e),
+            };
+        if let Err(e) = outcome {
+            tracing::warn!(id, error = %e, "stream record not settled");
+            failed.push(id);
+        }
+    }
+    failed
+}
+
+/// The schedule: drain what is due, then sweep unpaid orders (ask WeChat Pay; close the
+/// expired ones and release their stock).
+pub async fn on_schedule(app: &App) -> serde_json::Value {
+    let drained = drain(app, 500).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "drain failed");
+        DrainReport::default()
+    });
+    let swept = sweep_unpaid(app).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "sweep failed");
+        SweepReport::default()
+    });
+    serde_json::json!({ "drained": drained, "swept": swept })
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct SweepReport {
+    pub checked: usize,
+    pub paid: usize,
+    pub closed: usize,
+}
+
+/// Unpaid orders older than a minute: paid ones are recorded, expired ones closed.
+pub async fn sweep_unpaid(app: &App) -> Result<SweepReport, ApiError> {
+    let mut report = SweepReport::default();
+    let now = app.clock.now_ms();
+    for status in [OrderStatus::Prepaid, OrderStatus::Created] {
+        let orders = repo::orders_in_status(app.store.as_ref(), status, now - 60_000, 200).await?;
+        for o in orders {
+            report.checked += 1;
+            let order = o.value;
+            if status == OrderStatus::Prepaid && order.fund_type == crate::domain::FundType::Direct
+            {
+                match super::pay_orders::query_and_record(app, &order).await {
+                    Ok(Some(updated)) if updated.status.is_paid() => {
+                        report.paid += 1;
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "sweep: order query failed");
+                        continue;
+                    }
+                }
+            }
+            if order.expires_at_ms <= now {
+                close_and_release(app, &order.out_trade_no, "expired unpaid").await?;
+                report.closed += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Performs one task against WeChat. Each is idempotent there (or made so here), because a
+/// lease can run out mid-call and another worker may repeat it.
+pub async fn run_task(app: &App, task: &Task) -> Result<(), TaskError> {
+    match task {
+        Task::OrderPay { out_trade_no } => {
+            super::shop_orders::sync_payment(app, out_trade_no).await
+        }
+        Task::DeliverySend { out_trade_no } => {
+            super::shop_orders::sync_delivery(app, out_trade_no).await
+        }
+        Task::DeliveryRecieve { out_trade_no } => {
+            super::shop_orders::sync_receipt(app, out_trade_no).await
+        }
+        Task::AfterSaleSync { aftersale_id } => {
+            super::aftersale_sync::sync_to_wechat(app, aftersale_id).await
+        }
+        Task::Refund { aftersale_id } => {
+            super::aftersale_sync::issue_refund(app, aftersale_id).await
+        }
+        Task::OrderClose { out_trade_no } => close_at_wechat(app, out_trade_no).await,
+        Task::Custom { name, .. } => Err(TaskError::Permanent(format!(
+            "no runner for custom task `{name}`"
+        ))),
+    }
+}
+
+/// `pay/closeorder` (and the component order) for an order we closed. If WeChat says it was
+/// paid meanwhile, the payment is recorded: the money moved, so the order is paid.
+async fn close_at_wechat(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
+    let order = repo::get_order(app.store.as_ref(), no)
+        .await?
+        .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?
+        .value;
+    if order.fund_type == crate::domain::FundType::Direct && order.prepay_id.is_some() {
+        super::pay_orders::close(app, &order).await?;
+    }
+    if order.wx_order_id.is_some() && order.status == OrderStatus::Closed {
+        super::shop_orders::sync_cancel(app, &order).await?;
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+enum AdminAction {
+    /// Ship a paid order (`delivery_id` from `companies`).
+    Ship {
+        out_trade_no: String,
+        delivery_id: String,
+        waybill_id: String,
+    },
+    /// Courier companies the trading component knows.
+    Companies,
+    /// Queue `shop/order/pay` again for a paid order.
+    Resync {
+        out_trade_no: String,
+    },
+    /// Run due outbox entries now.
+    Drain,
+    /// Sweep unpaid orders now.
+    Sweep,
+    DeadLetters {
+        #[serde(default)]
+        cursor: Option<String>,
+    },
+    Replay {
+        id: String,
+    },
+    /// Compare a day's WeChat Pay bill with stored orders.
+    Reconcile {
+        bill_date: String,
+    },
+}
+
+pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
+    let action: AdminAction = parse_json(&req)?;
+    let now = app.clock.now_ms();
+    match action {
+        AdminAction::Ship {
+            out_trade_no,
+            delivery_id,
+            waybill_id,
+        } => {
+            let no = OutTradeNo::parse(out_trade_no)
+                .map_err(|e| ApiError::bad_request("BAD_OUT_TRADE_NO", e.to_string()))?;
+            if delivery_id.trim().is_empty()
+                || waybill_id.trim().is_empty()
+                || delivery_id.len() > 64
+                || waybill_id.len() > 64
+            {
+                return Err(ApiError::bad_request(
+                    "BAD_DELIVERY",
+                    "delivery_id and waybill_id are required (≤64 characters)",
+                ));
+            }
+            let order = ship(
+                app,
+                &no,
+                Delivery {
+                    delivery_id,
+                    waybill_id,
+                },
+            )
+            .await?;
+            Ok(json(
+                &serde_json::json!({ "order": super::query_order::view(&order) }),
+            ))
+        }
+        AdminAction::Companies => {
+            let companies = super::shop_orders::companies(app).await?;
+            Ok(json(&serde_json::json!({ "companies": companies })))
+        }
+        AdminAction::Resync { out_trade_no } => {
+            let no = OutTradeNo::parse(out_trade_no)
+                .map_err(|e| ApiError::bad_request("BAD_OUT_TRADE_NO", e.to_string()))?;
+            let order = repo::get_order(app.store.as_ref(), &no)
+                .await?
+                .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?;
+            if !order.value.status.is_paid() {
+                return Err(ApiError::conflict(
+                    "ORDER_NOT_PAID",
+                    "only paid orders are synced",
+                ));
+            }
+            let entry = OutboxEntry::new(Task::OrderPay { out_trade_no: no }, now);
+            let id = entry.id.clone();
+            outbox::enqueue(app.store.as_ref(), &entry).await?;
+            Ok(json(&serde_json::json!({ "queued": id })))
+        }
+        AdminAction::Drain => Ok(json(&drain(app, 1000).await?)),
+        AdminAction::Sweep => Ok(json(&sweep_unpaid(app).await?)),
+        AdminAction::DeadLetters { cursor } => {
+            let (entries, next) = outbox::list_dead(app.store.as_ref(), 50, cursor).await?;
+            Ok(json(
+                &serde_json::json!({ "dead_letters": entries, "next": next }),
+            ))
+        }
+        AdminAction::Replay { id } => {
+            if outbox::replay_dead(app.store.as_ref(), &id, now).await? {
+                Ok(json(&serde_json::json!({ "replayed": id })))
+            } else {
+                Err(ApiError::not_found(
+                    "NO_SUCH_DEAD_LETTER",
+                    format!("no dead letter {id}"),
+                ))
+            }
+        }
+        AdminAction::Reconcile { bill_date } => Ok(json(
+            &super::pay_orders::reconcile_bill(app, &bill_date).await?,
+        )),
+    }
+}
+
+async fn ship(
+    app: &App,
+    no: &OutTradeNo,
+    delivery: Delivery,
+) -> Result<crate::domain::Order, ApiError> {
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let current = repo::get_order(app.store.as_ref(), no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?;
+        let now = app.clock.now_ms();
+        let mut next = current.value.clone();
+        match next
+            .ship(delivery.clone(), now)
+            .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPABLE", e.to_string()))?
+        {
+            Change::Unchanged => return Ok(next),
+            Change::Changed => {}
+        }
+        let mut batch = Batch::new();
+        batch.update_order(&current, &next);
+        if next.wx_order_id.is_some() {
+            batch.enqueue(OutboxEntry::new(
+                Task::DeliverySend {
+                    out_trade_no: no.clone(),
+                },
+                now,
+            ));
+        }
+        match batch.commit(app.store.as_ref()).await {
+            Ok(()) => {
+                tracing::info!(out_trade_no = %no, "order shipped");
+                return Ok(next);
+            }
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::unavailable("BUSY", "order kept changing; retry"))
+}

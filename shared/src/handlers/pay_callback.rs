@@ -1,0 +1,224 @@
+//! `payCallback`: WeChat Pay's payment (`/callbacks/pay`) and refund (`/callbacks/refund`)
+//! notifications.
+//!
+//! The rules (WECHAT_PAY_V2.md §3.4): verify the signature (payments) or decrypt (refunds)
+//! before believing anything; check appid/mch_id (and sub_* in provider mode); check the
+//! amount against the stored order; apply the transition and its outbox entry in one
+//! conditional write; only then answer `SUCCESS`. Repeats answer `SUCCESS` and change nothing.
+//! Forged, foreign or mismatched messages answer `FAIL`, change nothing, and are logged as
+//! security events. `FAIL` for our own transient failures makes WeChat retry.
+
+use super::common::{record_payment, PaymentError, PaymentOutcome, MAX_CONFLICT_RETRIES};
+use crate::app::App;
+use crate::domain::Change;
+use crate::http::{text, Request, Response};
+use crate::outbox::{OutboxEntry, Task};
+use crate::pay::notify::{parse_payment_notification, reply_fail, reply_success};
+use crate::pay::refund_notify::parse_refund_notification;
+use crate::pay::types::RefundStatus as WxRefundStatus;
+use crate::store::repo::{self, Batch, RefundStatus};
+use http::StatusCode;
+
+fn xml(body: String) -> Response {
+    text(StatusCode::OK, body, "application/xml")
+}
+
+fn success() -> Response {
+    xml(reply_success().to_owned())
+}
+
+/// Refused: WeChat will retry, a forger learns nothing useful.
+fn refused(reason: &str) -> Response {
+    xml(reply_fail(reason))
+}
+
+pub async fn handle(app: &App, req: Request) -> Response {
+    if req.uri().path().ends_with("/refund") {
+        refund(app, req).await
+    } else {
+        payment(app, req).await
+    }
+}
+
+async fn payment(app: &App, req: Request) -> Response {
+    let cfg = &app.config;
+    let n = match parse_payment_notification(req.body(), cfg.api_key()) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(security = true, error = %e, "payment notification refused");
+            return refused("invalid notification");
+        }
+    };
+    if let Err(e) = n.check_merchant(
+        &cfg.appid,
+        &cfg.mch_id,
+        cfg.sub_appid.as_deref(),
+        cfg.sub_mch_id.as_deref(),
+    ) {
+        tracing::warn!(security = true, out_trade_no = %n.out_trade_no, error = %e, "payment notification for another merchant");
+        return refused("wrong merchant");
+    }
+    if !n.success {
+        // A failed payment: nothing to record; the order stays payable.
+        tracing::info!(out_trade_no = %n.out_trade_no, err_code = ?n.err_code, "payment failed notification");
+        return success();
+    }
+    let paid_at = n.time_end_ms.unwrap_or_else(|| app.clock.now_ms());
+    match record_payment(
+        app,
+        &n.out_trade_no,
+        &n.transaction_id,
+        n.total_fee,
+        paid_at,
+    )
+    .await
+    {
+        Ok(PaymentOutcome::Recorded(_)) | Ok(PaymentOutcome::AlreadyRecorded(_)) => success(),
+        Err(PaymentError::Store(e)) => {
+            tracing::error!(out_trade_no = %n.out_trade_no, error = %e, "could not store payment; WeChat will retry");
+            refused("temporarily unavailable")
+        }
+        Err(PaymentError::Transition(crate::domain::TransitionError::OtherTransaction {
+            existing,
+        })) => {
+            // Paid twice. The second payment is real money: acknowledge (WeChat cannot fix
+            // it by retrying) and keep the evidence for a refund by a person.
+            tracing::error!(security = true, out_trade_no = %n.out_trade_no, existing, transaction_id = %n.transaction_id, "second payment for a paid order");
+            let ev = repo::EventRecord::new(
+                "double_payment",
+                &n.transaction_id,
+                app.clock.now_ms(),
+                crate::pay::xml::encode(&n.fields),
+            );
+            match repo::record_event(app.store.as_ref(), &ev).await {
+                Ok(_) => success(),
+                Err(_) => refused("temporarily unavailable"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(security = true, out_trade_no = %n.out_trade_no, error = %e, "payment notification does not match the order");
+            refused("order mismatch")
+        }
+    }
+}
+
+async fn refund(app: &App, req: Request) -> Response {
+    let cfg = &app.config;
+    let n = match parse_refund_notification(req.body(), cfg.api_key()) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(security = true, error = %e, "refund notification refused");
+            return refused("invalid notification");
+        }
+    };
+    if let Err(e) = n.check_merchant(
+        &cfg.appid,
+        &cfg.mch_id,
+        cfg.sub_appid.as_deref(),
+        cfg.sub_mch_id.as_deref(),
+    ) {
+        tracing::warn!(security = true, error = %e, "refund notification for another merchant");
+        return refused("wrong merchant");
+    }
+    match apply_refund(app, &n).await {
+        Ok(()) => success(),
+        Err(RefundApplyError::Mismatch(why)) => {
+            tracing::warn!(security = true, out_refund_no = %n.out_refund_no, why, "refund notification does not match our refund");
+            refused("refund mismatch")
+        }
+        Err(RefundApplyError::Unavailable(why)) => {
+            tracing::error!(out_refund_no = %n.out_refund_no, why, "could not store refund; WeChat will retry");
+            refused("temporarily unavailable")
+        }
+    }
+}
+
+enum RefundApplyError {
+    Mismatch(String),
+    Unavailable(String),
+}
+
+impl From<crate::store::StoreError> for RefundApplyError {
+    fn from(e: crate::store::StoreError) -> Self {
+        RefundApplyError::Unavailable(e.to_string())
+    }
+}
+
+/// Refund outcome → refund record, order (refunded amount) and after-sale, atomically, plus
+/// the after-sale sync to the trading component.
+async fn apply_refund(
+    app: &App,
+    n: &crate::pay::refund_notify::RefundNotification,
+) -> Result<(), RefundApplyError> {
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let Some(refund) = repo::get_refund(app.store.as_ref(), &n.out_refund_no).await? else {
+            return Err(RefundApplyError::Mismatch("unknown out_refund_no".into()));
+        };
+        if refund.value.out_trade_no != n.out_trade_no || refund.value.amount != n.refund_fee {
+            return Err(RefundApplyError::Mismatch("order or amount differs".into()));
+        }
+        if matches!(
+            refund.value.status,
+            RefundStatus::Success | RefundStatus::Failed
+        ) {
+            return Ok(()); // already applied: a repeat
+        }
+        let Some(order) = repo::get_order(app.store.as_ref(), &n.out_trade_no).await? else {
+            return Err(RefundApplyError::Mismatch("unknown order".into()));
+        };
+        if order.value.total != n.total_fee {
+            return Err(RefundApplyError::Mismatch("order total differs".into()));
+        }
+        let aftersale = repo::get_aftersale(app.store.as_ref(), &refund.value.aftersale_id).await?;
+        let now = app.clock.now_ms();
+        let mut batch = Batch::new();
+        let mut next_refund = refund.value.clone();
+        next_refund.refund_id = Some(n.refund_id.clone());
+        next_refund.updated_at_ms = now;
+        let ok = n.refund_status == WxRefundStatus::Success;
+        next_refund.status = if ok {
+            RefundStatus::Success
+        } else {
+            RefundStatus::Failed
+        };
+        batch.update_refund(&refund, &next_refund);
+        if ok {
+            let mut next_order = order.value.clone();
+            next_order
+                .refund(n.refund_fee, now)
+                .map_err(|e| RefundApplyError::Mismatch(e.to_string()))?;
+            batch.update_order(&order, &next_order);
+        }
+        if let Some(a) = &aftersale {
+            let mut next_a = a.value.clone();
+            let changed = if ok {
+                next_a.refunded(Some(n.refund_id.clone()), now)
+            } else {
+                next_a.refund_failed(now)
+            }
+            .map_err(|e| RefundApplyError::Mismatch(e.to_string()))?;
+            if changed == Change::Changed {
+                batch.update_aftersale(a, &next_a);
+                if order.value.wx_order_id.is_some() {
+                    batch.enqueue(OutboxEntry::new(
+                        Task::AfterSaleSync {
+                            aftersale_id: next_a.id.clone(),
+                        },
+                        now,
+                    ));
+                }
+            }
+        }
+        match batch.commit(app.store.as_ref()).await {
+            Ok(()) => {
+                tracing::info!(out_refund_no = %n.out_refund_no, ok, refund_fee = n.refund_fee.get(), "refund recorded");
+                return Ok(());
+            }
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(RefundApplyError::Unavailable(
+        "records kept changing".into(),
+    ))
+}

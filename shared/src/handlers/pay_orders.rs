@@ -1,0 +1,175 @@
+//! Our orders in WeChat Pay's terms: the one place that maps `Order` to `pay/unifiedorder`,
+//! `pay/orderquery`, `pay/closeorder`, `secapi/pay/refund` and the daily bill, and maps
+//! `PayError` to what callers do next (retry later, or stop).
+
+use super::order_sync::TaskError;
+use crate::app::App;
+use crate::domain::{Fen, Order, OutRefundNo};
+use crate::http::ApiError;
+use crate::pay::bill::BillType;
+use crate::pay::client::{OrderRef, PayError, RefundRequest, UnifiedOrderRequest};
+use crate::pay::types::TradeState;
+use crate::store::repo;
+
+fn task_error(e: PayError) -> TaskError {
+    if e.is_retryable() {
+        TaskError::Retry(e.to_string())
+    } else {
+        TaskError::Permanent(e.to_string())
+    }
+}
+
+fn api_error(e: PayError) -> ApiError {
+    if e.is_retryable() {
+        ApiError::unavailable(
+            "PAYMENT_UNAVAILABLE",
+            format!("WeChat Pay is unavailable ({e}); retry shortly"),
+        )
+    } else {
+        ApiError::new(
+            http::StatusCode::BAD_GATEWAY,
+            "PAYMENT_REFUSED",
+            format!("WeChat Pay refused the order: {e}"),
+        )
+    }
+}
+
+/// `<shop>-<goods>` within 127 characters.
+fn body_text(order: &Order) -> String {
+    let first = order
+        .items
+        .first()
+        .map(|i| i.title.as_str())
+        .unwrap_or("order");
+    let more = if order.items.len() > 1 {
+        format!(" +{}", order.items.len() - 1)
+    } else {
+        String::new()
+    };
+    format!("wxshop-{first}{more}").chars().take(120).collect()
+}
+
+/// `pay/unifiedorder` → prepay_id.
+pub async fn unified_order(app: &App, order: &Order, ip: &str) -> Result<String, ApiError> {
+    let req = UnifiedOrderRequest {
+        body: body_text(order),
+        out_trade_no: order.out_trade_no.clone(),
+        total_fee: order.total,
+        spbill_create_ip: ip.to_owned(),
+        notify_url: app.config.notify_url.clone(),
+        openid: order.openid.clone(),
+        time_start: Some(order.created_at_ms),
+        time_expire: Some(order.expires_at_ms),
+        attach: None,
+        detail: None,
+    };
+    app.pay
+        .unified_order(&req)
+        .await
+        .map(|r| r.prepay_id)
+        .map_err(api_error)
+}
+
+/// Asks WeChat Pay about an unpaid order; records the payment if it was paid (after checking
+/// the amount). `Some(order)` when the stored order changed.
+pub async fn query_and_record(app: &App, order: &Order) -> Result<Option<Order>, ApiError> {
+    let resp = app
+        .pay
+        .order_query(OrderRef::OutTradeNo(order.out_trade_no.clone()))
+        .await
+        .map_err(api_error)?;
+    if resp.trade_state != TradeState::Success && resp.trade_state != TradeState::Refund {
+        return Ok(None);
+    }
+    let (Some(txid), Some(total)) = (resp.transaction_id.as_deref(), resp.total_fee) else {
+        return Err(ApiError::unavailable(
+            "WECHAT_BAD_REPLY",
+            "paid order query without transaction_id or total_fee",
+        ));
+    };
+    let paid_at = resp.time_end_ms.unwrap_or_else(|| app.clock.now_ms());
+    super::query_order::record(app, order, txid, total, paid_at)
+        .await
+        .map(Some)
+}
+
+/// `pay/closeorder`; ORDERPAID means the user paid meanwhile, which is then recorded.
+pub async fn close(app: &App, order: &Order) -> Result<(), TaskError> {
+    match app.pay.close_order(&order.out_trade_no).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.err_code() == Some("ORDERCLOSED") || e.err_code() == Some("ORDERNOTEXIST") => {
+            Ok(())
+        }
+        Err(e) if e.err_code() == Some("ORDERPAID") => {
+            tracing::warn!(out_trade_no = %order.out_trade_no, "closed order was paid meanwhile; recording the payment");
+            query_and_record(app, order)
+                .await
+                .map(|_| ())
+                .map_err(TaskError::from)
+        }
+        Err(e) => Err(task_error(e)),
+    }
+}
+
+/// `secapi/pay/refund` with a fixed `out_refund_no` (retries ask for the same refund).
+pub async fn refund(
+    app: &App,
+    order: &Order,
+    out_refund_no: &OutRefundNo,
+    amount: Fen,
+    reason: &str,
+) -> Result<(), TaskError> {
+    let req = RefundRequest {
+        out_trade_no: order.out_trade_no.clone(),
+        out_refund_no: out_refund_no.clone(),
+        total_fee: order.total,
+        refund_fee: amount,
+        refund_desc: Some(reason.chars().take(80).collect()),
+        notify_url: Some(app.config.refund_notify_url.clone()),
+    };
+    app.pay.refund(&req).await.map(|_| ()).map_err(task_error)
+}
+
+/// Compares a day's bill with stored orders: every bill payment must be a stored, paid order
+/// with the same amount and transaction.
+pub async fn reconcile_bill(app: &App, bill_date: &str) -> Result<serde_json::Value, ApiError> {
+    let bill = app
+        .pay
+        .download_bill(bill_date, BillType::Success)
+        .await
+        .map_err(api_error)?;
+    let mut mismatches = Vec::new();
+    let mut checked = 0usize;
+    for row in &bill.rows {
+        let Some(no) = row.out_trade_no.as_deref() else {
+            continue;
+        };
+        checked += 1;
+        let parsed = crate::domain::OutTradeNo::parse(no);
+        let stored = match parsed {
+            Ok(n) => repo::get_order(app.store.as_ref(), &n).await?,
+            Err(_) => None,
+        };
+        let problem = match stored {
+            None => Some("not in our store".to_owned()),
+            Some(o) if !o.value.status.is_paid() => Some(format!("stored as {:?}", o.value.status)),
+            Some(o) if row.total_fee.is_some_and(|t| t != o.value.total) => Some(format!(
+                "amount {} in bill, {} stored",
+                row.total_fee.map(|f| f.get()).unwrap_or(0),
+                o.value.total
+            )),
+            Some(o)
+                if row.transaction_id.is_some()
+                    && o.value.transaction_id.as_deref() != row.transaction_id.as_deref() =>
+            {
+                Some("transaction id differs".to_owned())
+            }
+            Some(_) => None,
+        };
+        if let Some(p) = problem {
+            tracing::error!(out_trade_no = no, problem = %p, "bill mismatch");
+            mismatches.push(serde_json::json!({ "out_trade_no": no, "problem": p }));
+        }
+    }
+    Ok(serde_json::json!({ "bill_date": bill_date, "checked": checked, "mismatches": mismatches }))
+}

@@ -1,0 +1,192 @@
+//! `queryOrder`: the caller's orders. For an unpaid order WeChat Pay is asked directly
+//! (`pay/orderquery`), so a paid order reads paid even before its notification lands — and
+//! that payment is recorded through the same path as a notification. Also: close an unpaid
+//! order, and confirm receipt of a shipped one.
+
+use super::common::{
+    authenticate, close_and_release, own_order, record_payment, MAX_CONFLICT_RETRIES,
+};
+use crate::app::App;
+use crate::domain::{Change, FundType, Order, OrderStatus};
+use crate::http::{json, parse_json, ApiError, Request, Response};
+use crate::outbox::{OutboxEntry, Task};
+use crate::store::repo::{self, Batch};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize)]
+struct QueryOrderRequest {
+    #[serde(default)]
+    out_trade_no: Option<String>,
+    /// `close` an unpaid order; `confirm` receipt of a shipped one.
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// An order as the mini program sees it.
+#[derive(Serialize)]
+pub struct OrderView<'a> {
+    pub out_trade_no: &'a str,
+    pub status: OrderStatus,
+    pub total_fee: i64,
+    pub refunded_fee: i64,
+    pub items: Vec<ItemView<'a>>,
+    pub created_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paid_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<&'a crate::domain::Delivery>,
+    pub fund_type: u8,
+}
+
+#[derive(Serialize)]
+pub struct ItemView<'a> {
+    pub product_id: &'a str,
+    pub sku_id: &'a str,
+    pub title: &'a str,
+    pub unit_price: i64,
+    pub quantity: u32,
+}
+
+pub fn view(o: &Order) -> OrderView<'_> {
+    OrderView {
+        out_trade_no: o.out_trade_no.as_str(),
+        status: o.status,
+        total_fee: o.total.get(),
+        refunded_fee: o.refunded.get(),
+        items: o
+            .items
+            .iter()
+            .map(|i| ItemView {
+                product_id: i.product_id.as_str(),
+                sku_id: i.sku_id.as_str(),
+                title: &i.title,
+                unit_price: i.unit_price.get(),
+                quantity: i.quantity,
+            })
+            .collect(),
+        created_at: o.created_at_ms,
+        paid_at: o.paid_at_ms,
+        transaction_id: o.transaction_id.as_deref(),
+        delivery: o.delivery.as_ref(),
+        fund_type: o.fund_type.code(),
+    }
+}
+
+pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
+    let openid = authenticate(app, &req)?;
+    let body: QueryOrderRequest = parse_json(&req)?;
+    let Some(no) = body.out_trade_no else {
+        if body.action.is_some() {
+            return Err(ApiError::bad_request(
+                "BAD_REQUEST",
+                "`action` needs `out_trade_no`",
+            ));
+        }
+        let limit = body.limit.unwrap_or(20).clamp(1, 100);
+        let (orders, next) =
+            repo::orders_of(app.store.as_ref(), &openid, limit, body.cursor.clone()).await?;
+        let views: Vec<OrderView<'_>> = orders.iter().map(view).collect();
+        return Ok(json(&serde_json::json!({ "orders": views, "next": next })));
+    };
+    let order = own_order(app, &openid, &no).await?.value;
+    let order = match body.action.as_deref() {
+        None => refresh_unpaid(app, order).await?,
+        Some("close") => close(app, order).await?,
+        Some("confirm") => confirm_receipt(app, order).await?,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "BAD_ACTION",
+                format!("unknown action `{other}`; use close or confirm"),
+            ))
+        }
+    };
+    Ok(json(&serde_json::json!({ "order": view(&order) })))
+}
+
+/// For an unpaid order, asks WeChat whether it was paid and records it if so. A failure to
+/// ask is not the caller's problem: they get the stored state.
+pub async fn refresh_unpaid(app: &App, order: Order) -> Result<Order, ApiError> {
+    if order.status != OrderStatus::Prepaid || order.fund_type != FundType::Direct {
+        return Ok(order);
+    }
+    match super::pay_orders::query_and_record(app, &order).await {
+        Ok(Some(updated)) => Ok(updated),
+        Ok(None) => Ok(order),
+        Err(e) => {
+            tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "order query failed; showing stored state");
+            Ok(order)
+        }
+    }
+}
+
+async fn close(app: &App, order: Order) -> Result<Order, ApiError> {
+    if order.status.is_paid() {
+        return Err(ApiError::conflict(
+            "ORDER_PAID",
+            "the order is paid; ask for a refund instead",
+        ));
+    }
+    // Paid at the last second? Then it is paid, not closed.
+    let order = refresh_unpaid(app, order).await?;
+    if order.status.is_paid() {
+        return Err(ApiError::conflict(
+            "ORDER_PAID",
+            "the order was just paid; ask for a refund instead",
+        ));
+    }
+    close_and_release(app, &order.out_trade_no, "closed by user").await
+}
+
+async fn confirm_receipt(app: &App, order: Order) -> Result<Order, ApiError> {
+    let no = order.out_trade_no.clone();
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let current = repo::get_order(app.store.as_ref(), &no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+        let now = app.clock.now_ms();
+        let mut next = current.value.clone();
+        match next
+            .receive(now)
+            .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPED", e.to_string()))?
+        {
+            Change::Unchanged => return Ok(next),
+            Change::Changed => {}
+        }
+        let mut batch = Batch::new();
+        batch.update_order(&current, &next);
+        if next.wx_order_id.is_some() {
+            batch.enqueue(OutboxEntry::new(
+                Task::DeliveryRecieve {
+                    out_trade_no: no.clone(),
+                },
+                now,
+            ));
+        }
+        match batch.commit(app.store.as_ref()).await {
+            Ok(()) => return Ok(next),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::unavailable("BUSY", "order kept changing; retry"))
+}
+
+/// Records a confirmed payment, mapping its failure for HTTP callers.
+pub async fn record(
+    app: &App,
+    order: &Order,
+    transaction_id: &str,
+    total: crate::domain::Fen,
+    paid_at_ms: i64,
+) -> Result<Order, ApiError> {
+    use super::common::PaymentOutcome;
+    match record_payment(app, &order.out_trade_no, transaction_id, total, paid_at_ms).await? {
+        PaymentOutcome::Recorded(o) | PaymentOutcome::AlreadyRecorded(o) => Ok(o),
+    }
+}

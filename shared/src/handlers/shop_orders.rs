@@ -1,0 +1,309 @@
+//! Our orders and after-sales in the trading component's terms: the one place that maps
+//! `Order`/`AfterSale` to `shop/order/*`, `shop/delivery/*` and `shop/ecaftersale/*`, and
+//! `WxError` to what callers do next.
+
+use super::order_sync::TaskError;
+use crate::app::App;
+use crate::domain::{AfterSale, AfterSaleStatus, FundType, Order, OutTradeNo};
+use crate::http::ApiError;
+use crate::shop::error::WxError;
+use crate::shop::order::{
+    DeliveryDetailReq, DeliveryParcel, DeliveryProduct, DeliverySendRequest, OrderAddRequest,
+    OrderAddResult, OrderDetail, OrderPayRequest, OrderProductInfo, PayInfo, PriceInfo,
+};
+use crate::shop::types::OrderKey;
+use crate::store::repo;
+use crate::time::beijing_datetime;
+
+pub fn wx_error(e: WxError) -> ApiError {
+    if e.is_retryable() {
+        ApiError::unavailable(
+            "WECHAT_UNAVAILABLE",
+            format!("WeChat is unavailable ({e}); retry shortly"),
+        )
+    } else {
+        ApiError::new(
+            http::StatusCode::BAD_GATEWAY,
+            "WECHAT_REFUSED",
+            format!("WeChat refused the request: {e}"),
+        )
+    }
+}
+
+fn task_error(e: WxError) -> TaskError {
+    if e.is_retryable() {
+        TaskError::Retry(e.to_string())
+    } else {
+        TaskError::Permanent(e.to_string())
+    }
+}
+
+fn key(order: &Order) -> OrderKey {
+    match order.wx_order_id {
+        Some(id) => OrderKey::Id(id),
+        None => OrderKey::Out(order.out_trade_no.to_string()),
+    }
+}
+
+fn order_path(app: &App, no: &OutTradeNo) -> String {
+    format!("{}?out_trade_no={no}", app.config.order_path)
+}
+
+/// `shop/order/add` for a priced order (with the prepay id when WeChat Pay is ours).
+pub async fn add_order(
+    app: &App,
+    order: &Order,
+    prepay_id: Option<&str>,
+) -> Result<OrderAddResult, ApiError> {
+    let now = app.clock.now_ms();
+    let path = order_path(app, &order.out_trade_no);
+    let product_infos = order
+        .items
+        .iter()
+        .map(|i| OrderProductInfo {
+            product_id: None,
+            out_product_id: i.product_id.to_string(),
+            sku_id: None,
+            out_sku_id: i.sku_id.to_string(),
+            product_cnt: i64::from(i.quantity),
+            sale_price: i.unit_price,
+            sku_real_price: i.line_total().ok(),
+            real_price: None,
+            path: path.clone(),
+            title: i.title.clone(),
+            head_img: i.head_img.clone(),
+        })
+        .collect();
+    let secondary = order.fund_type == FundType::SecondaryMerchant;
+    let req = OrderAddRequest {
+        create_time: Some(beijing_datetime(now)),
+        out_order_id: order.out_trade_no.to_string(),
+        openid: order.openid.to_string(),
+        path,
+        scene: order.scene.map(i64::from),
+        out_user_id: None,
+        order_detail: OrderDetail {
+            product_infos,
+            pay_info: Some(PayInfo {
+                pay_method_type: 0,
+                prepay_id: prepay_id.map(str::to_owned),
+                prepay_time: prepay_id.map(|_| beijing_datetime(now)),
+                transaction_id: None,
+                pay_time: None,
+                pay_method: None,
+            }),
+            price_info: PriceInfo {
+                order_price: order.total,
+                freight: order.freight,
+                discounted_price: None,
+                additional_price: None,
+                additional_remarks: None,
+            },
+            delivery_detail: None,
+            promotion_info: None,
+        },
+        delivery_detail: DeliveryDetailReq { delivery_type: 1 },
+        address_info: None,
+        fund_type: Some(order.fund_type.code()),
+        expire_time: Some(order.expires_at_ms / 1000),
+        aftersale_duration: None,
+        trace_id: if secondary {
+            Some(
+                order
+                    .trace_id
+                    .clone()
+                    .unwrap_or_else(|| order.out_trade_no.to_string()),
+            )
+        } else {
+            order.trace_id.clone()
+        },
+        default_receiving_address: None,
+    };
+    app.wx.order_add(&req).await.map_err(wx_error)
+}
+
+/// `shop/order/getpaymentparams` (fund_type=1).
+pub async fn payment_params(
+    app: &App,
+    order: &Order,
+) -> Result<crate::shop::order::PaymentParams, ApiError> {
+    app.wx
+        .order_get_payment_params(&key(order), order.openid.as_str())
+        .await
+        .map_err(wx_error)
+}
+
+async fn load(app: &App, no: &OutTradeNo) -> Result<Order, TaskError> {
+    Ok(repo::get_order(app.store.as_ref(), no)
+        .await?
+        .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?
+        .value)
+}
+
+/// Outbox: `shop/order/pay` (action 1) for a paid order. Status 10 only at WeChat: a repeat
+/// after success answers 100000, which means the sync already happened.
+pub async fn sync_payment(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
+    let order = load(app, no).await?;
+    if order.wx_order_id.is_none() || order.fund_type != FundType::Direct {
+        return Ok(());
+    }
+    let req = OrderPayRequest {
+        key: key(&order),
+        openid: order.openid.to_string(),
+        action_type: 1,
+        action_remark: None,
+        transaction_id: order.transaction_id.clone(),
+        pay_time: order.paid_at_ms.map(beijing_datetime),
+    };
+    match app.wx.order_pay(&req).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.errcode() == Some(100000) => already_synced(app, &order, 20).await,
+        Err(e) => Err(task_error(e)),
+    }
+}
+
+/// WeChat refused a transition as out of order: fine if its order is already past it.
+async fn already_synced(app: &App, order: &Order, at_least: i64) -> Result<(), TaskError> {
+    match app.wx.order_get(&key(order), order.openid.as_str()).await {
+        Ok(info) if info.status >= at_least => Ok(()),
+        Ok(info) => Err(TaskError::Permanent(format!(
+            "trading component order is in status {}",
+            info.status
+        ))),
+        Err(e) => Err(task_error(e)),
+    }
+}
+
+/// Outbox: `shop/order/pay` with a cancel action for an order we closed unpaid.
+pub async fn sync_cancel(app: &App, order: &Order) -> Result<(), TaskError> {
+    let action_type = match order.close_reason.as_deref() {
+        Some("closed by user") => 3,
+        Some("expired unpaid") => 4,
+        _ => 5,
+    };
+    let req = OrderPayRequest {
+        key: key(order),
+        openid: order.openid.to_string(),
+        action_type,
+        action_remark: order.close_reason.clone(),
+        transaction_id: None,
+        pay_time: None,
+    };
+    match app.wx.order_pay(&req).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.errcode() == Some(100000) => Ok(()),
+        Err(e) => Err(task_error(e)),
+    }
+}
+
+/// Outbox: `shop/delivery/send` (everything in one parcel).
+pub async fn sync_delivery(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
+    let order = load(app, no).await?;
+    let (Some(_), Some(d)) = (order.wx_order_id, order.delivery.as_ref()) else {
+        return Ok(());
+    };
+    let req = DeliverySendRequest {
+        key: key(&order),
+        openid: order.openid.to_string(),
+        finish_all_delivery: 1,
+        delivery_list: vec![DeliveryParcel {
+            delivery_id: d.delivery_id.clone(),
+            waybill_id: d.waybill_id.clone(),
+            product_info_list: order
+                .items
+                .iter()
+                .map(|i| DeliveryProduct {
+                    out_product_id: i.product_id.to_string(),
+                    out_sku_id: i.sku_id.to_string(),
+                    product_cnt: i64::from(i.quantity),
+                })
+                .collect(),
+        }],
+        ship_done_time: Some(beijing_datetime(app.clock.now_ms())),
+    };
+    match app.wx.delivery_send(&req).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.errcode() == Some(100000) => already_synced(app, &order, 30).await,
+        Err(e) => Err(task_error(e)),
+    }
+}
+
+/// Outbox: `shop/delivery/recieve` (WeChat's spelling).
+pub async fn sync_receipt(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
+    let order = load(app, no).await?;
+    if order.wx_order_id.is_none() {
+        return Ok(());
+    }
+    match app
+        .wx
+        .delivery_recieve(&key(&order), order.openid.as_str())
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.errcode() == Some(100000) => already_synced(app, &order, 100).await,
+        Err(e) => Err(task_error(e)),
+    }
+}
+
+/// Courier companies for shipping.
+pub async fn companies(app: &App) -> Result<serde_json::Value, ApiError> {
+    let list = app.wx.delivery_get_company_list().await.map_err(wx_error)?;
+    Ok(serde_json::Value::Array(
+        list.iter()
+            .map(|c| serde_json::json!({ "delivery_id": c.delivery_id, "delivery_name": c.delivery_name }))
+            .collect(),
+    ))
+}
+
+/// Outbox: `shop/ecaftersale/add` → WeChat's after-sale id.
+pub async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, TaskError> {
+    let item = order
+        .items
+        .first()
+        .ok_or_else(|| TaskError::Permanent("order has no items".into()))?;
+    let req = crate::shop::aftersale::EcAfterSaleAddRequest {
+        order: key(order),
+        out_aftersale_id: Some(a.id.to_string()),
+        openid: order.openid.to_string(),
+        kind: i64::from(a.kind.code()),
+        product_info: crate::shop::aftersale::EcProductInfo {
+            product_id: None,
+            out_product_id: Some(item.product_id.to_string()),
+            sku_id: None,
+            out_sku_id: Some(item.sku_id.to_string()),
+            product_cnt: i64::from(item.quantity),
+        },
+        orderamt: a.amount,
+        refund_reason: a.reason.clone(),
+        refund_reason_type: 12,
+        media_list: Vec::new(),
+    };
+    app.wx.ecaftersale_add(&req).await.map_err(task_error)
+}
+
+/// Outbox: mirror a state: cancel, reject, accept the refund, or (refunded) upload the
+/// refund as proof.
+pub async fn aftersale_state(
+    app: &App,
+    order: &Order,
+    a: &AfterSale,
+    wx_id: u64,
+) -> Result<(), TaskError> {
+    let key = crate::shop::types::AfterSaleKey::Id(wx_id);
+    let r = match a.status {
+        AfterSaleStatus::Requested | AfterSaleStatus::RefundFailed => return Ok(()),
+        AfterSaleStatus::Cancelled => app.wx.ecaftersale_cancel(&key, order.openid.as_str()).await,
+        AfterSaleStatus::Rejected => app.wx.ecaftersale_reject(&key).await,
+        AfterSaleStatus::Refunding => app.wx.ecaftersale_acceptrefund(&key).await,
+        // The money went back: confirm WeChat's record of the after-sale agrees.
+        AfterSaleStatus::Refunded => app.wx.ecaftersale_get(&key).await.map(|wx| {
+            tracing::info!(aftersale_id = %a.id, wx_status = wx.status, "after-sale refunded; WeChat status checked");
+        }),
+    };
+    match r {
+        Ok(()) => Ok(()),
+        // Already in that state (or past it) at WeChat.
+        Err(e) if e.errcode() == Some(100000) => Ok(()),
+        Err(e) => Err(task_error(e)),
+    }
+}

@@ -1,0 +1,421 @@
+//! `unifiedOrder`: the caller's cart → a priced order → WeChat Pay prepay (and the trading
+//! component order when it is on) → the parameters for `wx.requestPayment` /
+//! `wx.requestOrderPayment`.
+//!
+//! Prices come from the catalog only; the body's items carry ids and quantities, and any
+//! price a client sends is ignored. Stock is taken in the same atomic write that creates the
+//! order (conditional on each product's version) and given back when the order closes. A
+//! retried call with the same idempotency key returns the same order.
+
+use super::common::{authenticate, close_and_release, component_on, MAX_CONFLICT_RETRIES};
+use crate::app::App;
+use crate::config::TradingComponent;
+use crate::domain::{
+    Fen, FundType, OpenId, Order, OrderItem, OrderStatus, OutTradeNo, Product, ProductId,
+    SellError, SkuId,
+};
+use crate::http::{client_ip, json, parse_json, ApiError, Request, Response};
+use crate::store::idempotency::{self, Claim};
+use crate::store::repo::{self, Batch, Versioned};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+const MAX_LINES: usize = 20;
+const MAX_QUANTITY: u32 = 99;
+/// An in-progress record older than this is presumed dead (Lambda timeout is shorter).
+const IN_PROGRESS_MS: i64 = 30_000;
+/// How long a completed call's result is replayed for a repeated key.
+const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+pub struct CartLine {
+    pub product_id: String,
+    pub sku_id: String,
+    pub quantity: u32,
+}
+
+#[derive(Deserialize)]
+struct UnifiedOrderRequest {
+    #[serde(default)]
+    items: Vec<CartLine>,
+    /// Enter scene of the mini program (`wx.getEnterOptionsSync().scene`).
+    #[serde(default)]
+    scene: Option<u32>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// The result (contract: ARCHITECTURE.md). `payment` spreads into `wx.requestPayment`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct UnifiedOrderResult {
+    pub out_trade_no: String,
+    pub total_fee: i64,
+    pub status: OrderStatus,
+    pub fund_type: u8,
+    pub payment: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ticket: Option<String>,
+    #[serde(rename = "orderInfo", skip_serializing_if = "Option::is_none", default)]
+    pub order_info: Option<serde_json::Value>,
+}
+
+pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
+    let openid = authenticate(app, &req)?;
+    let body: UnifiedOrderRequest = parse_json(&req)?;
+    let lines = validate_cart(&body.items)?;
+
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(body.idempotency_key.clone());
+    let Some(key) = key else {
+        let result = place(app, &openid, &lines, body.scene, &client_ip(&req)).await?;
+        return Ok(json(&result));
+    };
+    if key.is_empty() || key.len() > 128 {
+        return Err(ApiError::bad_request(
+            "BAD_IDEMPOTENCY_KEY",
+            "idempotency key must be 1–128 characters",
+        ));
+    }
+    let record_key = format!("unifiedOrder:{openid}:{key}");
+    let hash = payload_hash(&lines, body.scene);
+    let now = app.clock.now_ms();
+    match idempotency::claim(
+        app.store.as_ref(),
+        &record_key,
+        &hash,
+        now,
+        IN_PROGRESS_MS,
+        IDEMPOTENCY_TTL_SECS,
+    )
+    .await?
+    {
+        Claim::Completed(stored) => {
+            let result: UnifiedOrderResult = serde_json::from_str(&stored)
+                .map_err(|e| ApiError::internal(format!("stored result unreadable: {e}")))?;
+            return Ok(json(&result));
+        }
+        Claim::InProgress => {
+            return Err(ApiError::conflict(
+                "REQUEST_IN_PROGRESS",
+                "the same order request is being processed; retry in a moment",
+            ))
+        }
+        Claim::PayloadMismatch => {
+            return Err(ApiError::new(
+                http::StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "this idempotency key was used for a different cart; use a new key",
+            ))
+        }
+        Claim::New => {}
+    }
+    match place(app, &openid, &lines, body.scene, &client_ip(&req)).await {
+        Ok(result) => {
+            let stored =
+                serde_json::to_string(&result).map_err(|e| ApiError::internal(e.to_string()))?;
+            idempotency::complete(app.store.as_ref(), &record_key, &stored).await?;
+            Ok(json(&result))
+        }
+        Err(e) => {
+            // A failed call may be retried with the same key.
+            if let Err(release) = idempotency::release(app.store.as_ref(), &record_key).await {
+                tracing::warn!(error = %release, "could not release idempotency record");
+            }
+            Err(e)
+        }
+    }
+}
+
+struct Line {
+    product_id: ProductId,
+    sku_id: SkuId,
+    quantity: u32,
+}
+
+fn validate_cart(items: &[CartLine]) -> Result<Vec<Line>, ApiError> {
+    if items.is_empty() || items.len() > MAX_LINES {
+        return Err(ApiError::bad_request(
+            "BAD_CART",
+            format!("`items` must have 1–{MAX_LINES} lines"),
+        ));
+    }
+    let mut lines: Vec<Line> = Vec::with_capacity(items.len());
+    for it in items {
+        let product_id = ProductId::parse(it.product_id.clone())
+            .map_err(|e| ApiError::bad_request("BAD_CART", e.to_string()))?;
+        let sku_id = SkuId::parse(it.sku_id.clone())
+            .map_err(|e| ApiError::bad_request("BAD_CART", e.to_string()))?;
+        if it.quantity == 0 || it.quantity > MAX_QUANTITY {
+            return Err(ApiError::bad_request(
+                "BAD_CART",
+                format!("quantity must be 1–{MAX_QUANTITY}"),
+            ));
+        }
+        if lines
+            .iter()
+            .any(|l| l.product_id == product_id && l.sku_id == sku_id)
+        {
+            return Err(ApiError::bad_request(
+                "BAD_CART",
+                format!("sku {sku_id} appears twice; send one line with the total quantity"),
+            ));
+        }
+        lines.push(Line {
+            product_id,
+            sku_id,
+            quantity: it.quantity,
+        });
+    }
+    Ok(lines)
+}
+
+fn payload_hash(lines: &[Line], scene: Option<u32>) -> String {
+    let mut h = Sha256::new();
+    for l in lines {
+        h.update(l.product_id.as_str().as_bytes());
+        h.update([0]);
+        h.update(l.sku_id.as_str().as_bytes());
+        h.update([0]);
+        h.update(l.quantity.to_be_bytes());
+    }
+    h.update(scene.unwrap_or(0).to_be_bytes());
+    hex::encode(h.finalize())
+}
+
+fn sell_error(e: SellError) -> ApiError {
+    match e {
+        SellError::SoldOut { .. } => ApiError::conflict("SOLD_OUT", e.to_string()),
+        SellError::NoSuchSku(..) => ApiError::not_found("NO_SUCH_SKU", e.to_string()),
+        SellError::NotApproved(_) | SellError::NotListed(_) => {
+            ApiError::conflict("NOT_FOR_SALE", e.to_string())
+        }
+    }
+}
+
+/// Prices the cart from the catalog, takes the stock and creates the order, atomically.
+async fn create_priced_order(
+    app: &App,
+    openid: &OpenId,
+    lines: &[Line],
+    scene: Option<u32>,
+) -> Result<Order, ApiError> {
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let mut products: Vec<(Versioned<Product>, Product)> = Vec::new();
+        for l in lines {
+            if products
+                .iter()
+                .any(|(p, _)| p.value.product_id == l.product_id)
+            {
+                continue;
+            }
+            let p = repo::get_product(app.store.as_ref(), &l.product_id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {}", l.product_id))
+                })?;
+            let copy = p.value.clone();
+            products.push((p, copy));
+        }
+        let mut items = Vec::with_capacity(lines.len());
+        let mut total = Fen::ZERO;
+        for l in lines {
+            let Some((_, product)) = products
+                .iter_mut()
+                .find(|(p, _)| p.value.product_id == l.product_id)
+            else {
+                continue;
+            };
+            let unit_price = product.reserve(&l.sku_id, l.quantity).map_err(sell_error)?;
+            let item = OrderItem {
+                product_id: l.product_id.clone(),
+                sku_id: l.sku_id.clone(),
+                title: product.title.clone(),
+                head_img: product.head_img.first().cloned().unwrap_or_default(),
+                unit_price,
+                quantity: l.quantity,
+            };
+            total = total
+                .checked_add(
+                    item.line_total()
+                        .map_err(|e| ApiError::bad_request("BAD_CART", e.to_string()))?,
+                )
+                .map_err(|e| ApiError::bad_request("BAD_CART", e.to_string()))?;
+            items.push(item);
+        }
+        if total == Fen::ZERO {
+            return Err(ApiError::bad_request(
+                "BAD_CART",
+                "the order total is zero; WeChat Pay needs at least 1 fen",
+            ));
+        }
+        let now = app.clock.now_ms();
+        let order = Order {
+            out_trade_no: OutTradeNo::generate(now),
+            openid: openid.clone(),
+            items,
+            total,
+            freight: Fen::ZERO,
+            status: OrderStatus::Created,
+            fund_type: app.config.fund_type,
+            prepay_id: None,
+            prepay_at_ms: None,
+            transaction_id: None,
+            paid_at_ms: None,
+            wx_order_id: None,
+            ticket: None,
+            scene,
+            trace_id: None,
+            delivery: None,
+            refunded: Fen::ZERO,
+            settled_at_ms: None,
+            close_reason: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            expires_at_ms: now + app.config.order_ttl_secs * 1000,
+        };
+        let mut batch = Batch::new();
+        batch.create_order(&order);
+        for (before, after) in &products {
+            batch.update_product(before, after);
+        }
+        match batch.commit(app.store.as_ref()).await {
+            Ok(()) => return Ok(order),
+            // Someone bought from the same product meanwhile: price and reserve again.
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::unavailable("BUSY", "the catalog is busy; retry"))
+}
+
+async fn place(
+    app: &App,
+    openid: &OpenId,
+    lines: &[Line],
+    scene: Option<u32>,
+    ip: &str,
+) -> Result<UnifiedOrderResult, ApiError> {
+    let order = create_priced_order(app, openid, lines, scene).await?;
+    let no = order.out_trade_no.clone();
+    tracing::info!(out_trade_no = %no, total_fee = order.total.get(), "order created");
+    match prepay(app, order, ip).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            // Nothing was paid: close the order and give the stock back.
+            if let Err(close) = close_and_release(app, &no, "prepay failed").await {
+                tracing::error!(out_trade_no = %no, error = %close, "could not close the failed order; the sweep will");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Whether this order goes through the trading component.
+async fn needs_component(app: &App, scene: Option<u32>) -> Result<bool, ApiError> {
+    match app.config.trading_component {
+        TradingComponent::Off => Ok(false),
+        TradingComponent::Always => Ok(true),
+        TradingComponent::SceneCheck => match scene {
+            None => Ok(false),
+            Some(scene) => app
+                .wx
+                .scene_check(i64::from(scene))
+                .await
+                .map(|c| c.matched())
+                .map_err(|e| {
+                    ApiError::unavailable("WECHAT_UNAVAILABLE", format!("scene check failed: {e}"))
+                }),
+        },
+    }
+}
+
+async fn prepay(app: &App, mut order: Order, ip: &str) -> Result<UnifiedOrderResult, ApiError> {
+    let now = app.clock.now_ms();
+    let no = order.out_trade_no.clone();
+    let use_component = order.fund_type == FundType::SecondaryMerchant
+        || (component_on(app) && needs_component(app, order.scene).await?);
+
+    let payment = if order.fund_type == FundType::SecondaryMerchant {
+        // WeChat collects the money: the component order is the payment.
+        let added = super::shop_orders::add_order(app, &order, None).await?;
+        order.wx_order_id = Some(added.order_id);
+        order.ticket = Some(added.ticket.clone());
+        let params = super::shop_orders::payment_params(app, &order).await?;
+        order
+            .prepay(
+                params.package.trim_start_matches("prepay_id=").to_owned(),
+                now,
+            )
+            .map_err(|e| ApiError::conflict("ORDER_NOT_OPEN", e.to_string()))?;
+        serde_json::to_value(&params).map_err(|e| ApiError::internal(e.to_string()))?
+    } else {
+        let prepay_id = super::pay_orders::unified_order(app, &order, ip).await?;
+        if use_component {
+            let added = super::shop_orders::add_order(app, &order, Some(&prepay_id)).await?;
+            order.wx_order_id = Some(added.order_id);
+            order.ticket = Some(added.ticket);
+        }
+        order
+            .prepay(prepay_id.clone(), now)
+            .map_err(|e| ApiError::conflict("ORDER_NOT_OPEN", e.to_string()))?;
+        let appid = app.config.user_appid();
+        let params = crate::pay::jsapi::payment_params(
+            appid,
+            &prepay_id,
+            app.config.api_key(),
+            app.config.sign_type,
+            app.clock.now_secs(),
+        );
+        serde_json::to_value(&params).map_err(|e| ApiError::internal(e.to_string()))?
+    };
+
+    // Store PREPAID with the ids; conditional on the version we created.
+    let saved = save_prepaid(app, &order).await?;
+    let order_info = if use_component {
+        Some(
+            serde_json::json!({ "out_order_id": no.as_str(), "order_id": saved.wx_order_id.map(|i| i.to_string()) }),
+        )
+    } else {
+        None
+    };
+    Ok(UnifiedOrderResult {
+        out_trade_no: no.to_string(),
+        total_fee: saved.total.get(),
+        status: saved.status,
+        fund_type: saved.fund_type.code(),
+        payment,
+        ticket: saved.ticket.clone(),
+        order_info,
+    })
+}
+
+async fn save_prepaid(app: &App, prepared: &Order) -> Result<Order, ApiError> {
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let current = repo::get_order(app.store.as_ref(), &prepared.out_trade_no)
+            .await?
+            .ok_or_else(|| ApiError::internal("order vanished"))?;
+        let mut next = current.value.clone();
+        if next.status.is_paid() {
+            // Paid already (a very quick user): nothing to add.
+            return Ok(next);
+        }
+        if let Some(p) = &prepared.prepay_id {
+            next.prepay(p.clone(), app.clock.now_ms())
+                .map_err(|e| ApiError::conflict("ORDER_NOT_OPEN", e.to_string()))?;
+        }
+        next.wx_order_id = prepared.wx_order_id;
+        next.ticket = prepared.ticket.clone();
+        let mut batch = Batch::new();
+        batch.update_order(&current, &next);
+        match batch.commit(app.store.as_ref()).await {
+            Ok(()) => return Ok(next),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::unavailable("BUSY", "order kept changing; retry"))
+}
