@@ -1,1 +1,830 @@
+//! The DynamoDB backend of [`Store`] (production).
+//!
+//! # Single-table design
+//!
+//! Every record of every [`Kind`] is one item of one table (see `docs/STORAGE.md`):
+//!
+//! | attribute | type | content |
+//! |---|---|---|
+//! | `pk` | S | table hash key, `"{kind}#{id}"` — kinds never collide |
+//! | `kind`, `id` | S | the parts of the key, so items decode without parsing `pk` |
+//! | `v` | N | [`Record::version`]; every conditional update tests it |
+//! | `body` | S | the JSON body owned by the layer above |
+//! | `sort` | N | [`Record::sort`], kept even when the record is in no index |
+//! | `gsi1pk`, `gsi1sk` | S, S | index `gsi1` (by owner): `"{kind}#{owner}"`, only when `owner` is set |
+//! | `gsi2pk`, `gsi2sk` | S, S | index `gsi2` (by status): `"{kind}#{status}"`, only when `status` is set |
+//! | `ttl` | N | [`Record::expires_at`] (epoch seconds), the table's TTL attribute |
+//!
+//! The GSI sort keys are strings `"{sortkey:020}#{id}"` where `sortkey` is `sort` with its sign
+//! bit flipped (`sort as u64 ^ 1 << 63`): that maps `i64` onto `u64` preserving order, so negative
+//! sorts order correctly, and 20 zero-padded digits hold any `u64`. Comparing those strings
+//! byte-wise — as DynamoDB does — orders by (`sort`, `id`), the order the [`Store`] contract
+//! promises. A numeric sort key would leave ties between equal `sort`s in no defined order, and
+//! pagination over such ties would be unreliable.
+//!
+//! Sparse indexes: an item without `owner` has no `gsi1*` attributes and is absent from `gsi1`.
+//!
+//! # Semantics
+//!
+//! - `get` is a strongly consistent `GetItem`. Expired items (`ttl <= now`) are treated as
+//!   absent: DynamoDB deletes TTL-expired items lazily (typically within days), and moto never.
+//! - `write` of one item is a conditional `PutItem`/`DeleteItem` (a lone `Check` is a one-item
+//!   transaction); several are one `TransactWriteItems` (at most 100). [`Expect`] becomes a
+//!   condition expression that also treats an expired item as absent. The first item whose
+//!   cancellation reason is `ConditionalCheckFailed` becomes [`StoreError::Conflict`]; any other
+//!   failure (including `TransactionConflict` with a concurrent transaction) is
+//!   [`StoreError::Backend`] — the caller may retry.
+//! - `query` reads `gsi1`/`gsi2`. **GSI reads are eventually consistent** in AWS: a record can
+//!   show up late or show a stale status. Callers that act on what a query returned (the outbox
+//!   claiming due entries, sweeps) must re-check with a conditional write on the version they
+//!   saw — which they do anyway, since every state change is a conditional write. Expired records
+//!   are dropped client-side, so a DynamoDB page may yield fewer records than requested; the
+//!   query loops until it has `limit` records or the index is exhausted. The cursor is the
+//!   base64 (URL-safe) JSON of the exclusive start key of the next page (the index key of the
+//!   last record returned), checked against the query it is used with.
 
+use super::{now_secs, Expect, Index, Kind, Page, Query, Record, Store, StoreError, Write};
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType,
+    StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification, TransactWriteItem,
+};
+use aws_sdk_dynamodb::Client;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use base64::Engine as _;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+/// Table hash key.
+const PK: &str = "pk";
+const KIND: &str = "kind";
+const ID: &str = "id";
+const VERSION: &str = "v";
+const BODY: &str = "body";
+const SORT: &str = "sort";
+/// The table's TTL attribute (epoch seconds).
+pub const TTL_ATTRIBUTE: &str = "ttl";
+/// Index by owner.
+pub const GSI_OWNER: &str = "gsi1";
+/// Index by status.
+pub const GSI_STATUS: &str = "gsi2";
+const GSI1_PK: &str = "gsi1pk";
+const GSI1_SK: &str = "gsi1sk";
+const GSI2_PK: &str = "gsi2pk";
+const GSI2_SK: &str = "gsi2sk";
+
+/// Largest batch `TransactWriteItems` accepts.
+const MAX_BATCH: usize = 100;
+/// Largest page asked of DynamoDB in one `Query` call.
+const MAX_QUERY_PAGE: usize = 1000;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// [`Store`] on one DynamoDB table. Cheap to clone (the SDK client is shared).
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    /// A store on `table`, configured from the environment the way every AWS SDK is (in Lambda:
+    /// the function's role and region).
+    ///
+    /// With `endpoint` (a local DynamoDB-compatible server such as moto), requests go there;
+    /// unless the environment sets them, the region is `us-east-1` and the credentials are a
+    /// dummy static pair (local servers accept any signature).
+    pub async fn connect(table: &str, endpoint: Option<&str>) -> Result<DynamoStore, StoreError> {
+        if table.is_empty() {
+            return Err(StoreError::Backend("dynamodb: empty table name".into()));
+        }
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(url) = endpoint {
+            loader = loader.endpoint_url(url);
+            if env_unset("AWS_REGION") && env_unset("AWS_DEFAULT_REGION") {
+                loader = loader.region(aws_config::Region::new("us-east-1"));
+            }
+            if env_unset("AWS_ACCESS_KEY_ID") {
+                loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                    "wxshop-local",
+                    "wxshop-local",
+                    None,
+                    None,
+                    "wxshop-local-static",
+                ));
+            }
+        }
+        let config = loader.load().await;
+        if config.region().is_none() {
+            return Err(StoreError::Backend(
+                "dynamodb: no AWS region configured (set AWS_REGION)".into(),
+            ));
+        }
+        Ok(DynamoStore {
+            client: Client::new(&config),
+            table: table.to_string(),
+        })
+    }
+
+    /// A store over an already configured client.
+    pub fn from_client(client: Client, table: impl Into<String>) -> Self {
+        DynamoStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates the table as production has it (for tests and local servers; in AWS the SAM
+    /// template creates it): on-demand billing, `gsi1`/`gsi2` projecting all attributes, a
+    /// stream of new images (feeding `orderSync`), TTL on `ttl`. An existing table is kept; TTL
+    /// is (re-)enabled either way. Waits until the table is active.
+    pub async fn create_table(&self) -> Result<(), StoreError> {
+        let s = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build_err)
+        };
+        let key = |name: &str, key_type: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(key_type)
+                .build()
+                .map_err(build_err)
+        };
+        let gsi = |name: &str, hash: &str, range: &str| -> Result<_, StoreError> {
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .key_schema(key(hash, KeyType::Hash)?)
+                .key_schema(key(range, KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .map_err(build_err)
+        };
+        let created = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(s(PK)?)
+            .attribute_definitions(s(GSI1_PK)?)
+            .attribute_definitions(s(GSI1_SK)?)
+            .attribute_definitions(s(GSI2_PK)?)
+            .attribute_definitions(s(GSI2_SK)?)
+            .key_schema(key(PK, KeyType::Hash)?)
+            .global_secondary_indexes(gsi(GSI_OWNER, GSI1_PK, GSI1_SK)?)
+            .global_secondary_indexes(gsi(GSI_STATUS, GSI2_PK, GSI2_SK)?)
+            .stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewImage)
+                    .build()
+                    .map_err(build_err)?,
+            )
+            .send()
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("ResourceInUseException") => {}
+            Err(e) => return Err(sdk_err("CreateTable", &e)),
+        }
+        self.wait_active().await?;
+        let ttl = self
+            .client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .enabled(true)
+                    .attribute_name(TTL_ATTRIBUTE)
+                    .build()
+                    .map_err(build_err)?,
+            )
+            .send()
+            .await;
+        match ttl {
+            Ok(_) => Ok(()),
+            // Already enabled on an existing table.
+            Err(e) if e.message().is_some_and(|m| m.contains("already enabled")) => Ok(()),
+            Err(e) => Err(sdk_err("UpdateTimeToLive", &e)),
+        }
+    }
+
+    /// Deletes the table (tests).
+    pub async fn delete_table(&self) -> Result<(), StoreError> {
+        self.client
+            .delete_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| sdk_err("DeleteTable", &e))
+    }
+
+    async fn wait_active(&self) -> Result<(), StoreError> {
+        for _ in 0..120 {
+            let out = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map_err(|e| sdk_err("DescribeTable", &e))?;
+            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(StoreError::Backend(format!(
+            "dynamodb: table {} did not become active",
+            self.table
+        )))
+    }
+
+    async fn write_one(&self, write: Write, now: i64) -> Result<(), StoreError> {
+        match write {
+            Write::Put { record, expect } => {
+                let cond = Condition::of(expect, now);
+                let item = to_item(&record);
+                let mut req = self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item));
+                if let Some(c) = cond {
+                    req = req
+                        .condition_expression(c.expression)
+                        .set_expression_attribute_names(Some(c.names))
+                        .set_expression_attribute_values(Some(c.values));
+                }
+                match req.send().await {
+                    Ok(_) => Ok(()),
+                    Err(e) => match e.as_service_error() {
+                        Some(PutItemError::ConditionalCheckFailedException(_)) => {
+                            Err(StoreError::Conflict { index: 0 })
+                        }
+                        _ => Err(sdk_err("PutItem", &e)),
+                    },
+                }
+            }
+            Write::Delete { kind, id, expect } => {
+                let cond = Condition::of(expect, now);
+                let mut req = self
+                    .client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key(PK, s(pk(kind, &id)));
+                if let Some(c) = cond {
+                    req = req
+                        .condition_expression(c.expression)
+                        .set_expression_attribute_names(Some(c.names))
+                        .set_expression_attribute_values(Some(c.values));
+                }
+                match req.send().await {
+                    Ok(_) => Ok(()),
+                    Err(e) => match e.as_service_error() {
+                        Some(DeleteItemError::ConditionalCheckFailedException(_)) => {
+                            Err(StoreError::Conflict { index: 0 })
+                        }
+                        _ => Err(sdk_err("DeleteItem", &e)),
+                    },
+                }
+            }
+            // There is no stand-alone condition check outside a transaction.
+            check @ Write::Check { .. } => self.transact(vec![check], now).await,
+        }
+    }
+
+    async fn transact(&self, writes: Vec<Write>, now: i64) -> Result<(), StoreError> {
+        let mut items = Vec::with_capacity(writes.len());
+        for write in writes {
+            items.push(self.transact_item(write, now)?);
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(tc)) =
+                    e.as_service_error()
+                {
+                    if let Some(index) = tc
+                        .cancellation_reasons()
+                        .iter()
+                        .position(|r| r.code() == Some("ConditionalCheckFailed"))
+                    {
+                        return Err(StoreError::Conflict { index });
+                    }
+                }
+                Err(sdk_err("TransactWriteItems", &e))
+            }
+        }
+    }
+
+    fn transact_item(&self, write: Write, now: i64) -> Result<TransactWriteItem, StoreError> {
+        Ok(match write {
+            Write::Put { record, expect } => {
+                let mut b = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(to_item(&record)));
+                if let Some(c) = Condition::of(expect, now) {
+                    b = b
+                        .condition_expression(c.expression)
+                        .set_expression_attribute_names(Some(c.names))
+                        .set_expression_attribute_values(Some(c.values));
+                }
+                TransactWriteItem::builder()
+                    .put(b.build().map_err(build_err)?)
+                    .build()
+            }
+            Write::Delete { kind, id, expect } => {
+                let mut b = Delete::builder()
+                    .table_name(&self.table)
+                    .key(PK, s(pk(kind, &id)));
+                if let Some(c) = Condition::of(expect, now) {
+                    b = b
+                        .condition_expression(c.expression)
+                        .set_expression_attribute_names(Some(c.names))
+                        .set_expression_attribute_values(Some(c.values));
+                }
+                TransactWriteItem::builder()
+                    .delete(b.build().map_err(build_err)?)
+                    .build()
+            }
+            Write::Check { kind, id, expect } => {
+                // A check must carry a condition; `Any` holds for every item, present or not.
+                let c = Condition::of(expect, now).unwrap_or_else(Condition::always);
+                let b = ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .key(PK, s(pk(kind, &id)))
+                    .condition_expression(c.expression)
+                    .set_expression_attribute_names(Some(c.names))
+                    .set_expression_attribute_values(if c.values.is_empty() {
+                        None
+                    } else {
+                        Some(c.values)
+                    });
+                TransactWriteItem::builder()
+                    .condition_check(b.build().map_err(build_err)?)
+                    .build()
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(pk(kind, id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err("GetItem", &e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let record = from_item(kind, item)?;
+        if record.is_expired(now_secs()) {
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        if writes.len() > MAX_BATCH {
+            return Err(StoreError::TooLarge(writes.len()));
+        }
+        let mut keys = HashSet::new();
+        for w in &writes {
+            let (kind, id) = match w {
+                Write::Put { record, .. } => (record.kind, record.id.as_str()),
+                Write::Delete { kind, id, .. } | Write::Check { kind, id, .. } => {
+                    (*kind, id.as_str())
+                }
+            };
+            if !keys.insert(pk(kind, id)) {
+                return Err(StoreError::Backend(format!(
+                    "dynamodb: batch writes {} {id} more than once",
+                    kind.as_str()
+                )));
+            }
+        }
+        let now = now_secs();
+        let mut writes = writes;
+        match writes.len() {
+            0 => Ok(()),
+            1 => match writes.pop() {
+                Some(w) => self.write_one(w, now).await,
+                None => Ok(()),
+            },
+            _ => self.transact(writes, now).await,
+        }
+    }
+
+    async fn query(&self, query: Query) -> Result<Page, StoreError> {
+        let (index, pk_attr, sk_attr, partition) = match &query.index {
+            Index::Owner(owner) => (GSI_OWNER, GSI1_PK, GSI1_SK, gsi_pk(query.kind, owner)),
+            Index::Status(status) => (GSI_STATUS, GSI2_PK, GSI2_SK, gsi_pk(query.kind, status)),
+        };
+        let mut start = match &query.cursor {
+            Some(c) => Some(decode_cursor(c, pk_attr, sk_attr, &partition)?),
+            None => None,
+        };
+        if query.limit == 0 {
+            return Ok(Page::default());
+        }
+        if let (Some(lo), Some(hi)) = (query.sort_min, query.sort_max) {
+            if lo > hi {
+                return Ok(Page::default());
+            }
+        }
+
+        let mut names = HashMap::from([("#pk".to_string(), pk_attr.to_string())]);
+        let mut values = HashMap::from([(":pk".to_string(), s(partition.clone()))]);
+        let mut key_cond = "#pk = :pk".to_string();
+        // Bounds on the "{sortkey}#{id}" strings: ">= {lo}" includes every id at `lo`, and
+        // "< {hi}$" ('$' sorts right after '#') includes every id at `hi`.
+        let lo = query.sort_min.map(sort_prefix);
+        let hi = query.sort_max.map(|v| format!("{}$", sort_prefix(v)));
+        match (lo, hi) {
+            (Some(lo), Some(hi)) => {
+                key_cond.push_str(" AND #sk BETWEEN :lo AND :hi");
+                values.insert(":lo".into(), s(lo));
+                values.insert(":hi".into(), s(hi));
+            }
+            (Some(lo), None) => {
+                key_cond.push_str(" AND #sk >= :lo");
+                values.insert(":lo".into(), s(lo));
+            }
+            (None, Some(hi)) => {
+                key_cond.push_str(" AND #sk < :hi");
+                values.insert(":hi".into(), s(hi));
+            }
+            (None, None) => {}
+        }
+        if key_cond.contains("#sk") {
+            names.insert("#sk".into(), sk_attr.to_string());
+        }
+
+        let now = now_secs();
+        let mut records: Vec<Record> = Vec::new();
+        let mut more = false;
+        'pages: loop {
+            // One more than needed tells whether another live record follows.
+            let ask = (query.limit - records.len())
+                .saturating_add(1)
+                .min(MAX_QUERY_PAGE);
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression(&key_cond)
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .scan_index_forward(!query.descending)
+                .limit(i32::try_from(ask).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_err("Query", &e))?;
+            for item in out.items() {
+                let record = from_item(query.kind, item)?;
+                if record.is_expired(now) {
+                    continue;
+                }
+                if records.len() == query.limit {
+                    more = true;
+                    break 'pages;
+                }
+                records.push(record);
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        let next = match (more, records.last()) {
+            (true, Some(last)) => Some(encode_cursor(last, pk_attr, sk_attr, &partition)),
+            _ => None,
+        };
+        Ok(Page { records, next })
+    }
+
+    fn backend(&self) -> &'static str {
+        "dynamodb"
+    }
+}
+
+/// A condition expression with exactly the names and values it uses (DynamoDB rejects unused
+/// ones, and moto answers HTTP 500 to undefined `#names`).
+struct Condition {
+    expression: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Condition {
+    fn of(expect: Expect, now: i64) -> Option<Condition> {
+        match expect {
+            Expect::Any => None,
+            Expect::Absent => Some(Condition {
+                expression: "attribute_not_exists(#pk) OR #ttl <= :now".into(),
+                names: HashMap::from([
+                    ("#pk".into(), PK.into()),
+                    ("#ttl".into(), TTL_ATTRIBUTE.into()),
+                ]),
+                values: HashMap::from([(":now".into(), n(now))]),
+            }),
+            Expect::Version(v) => Some(Condition {
+                expression: "#v = :v AND (attribute_not_exists(#ttl) OR #ttl > :now)".into(),
+                names: HashMap::from([
+                    ("#v".into(), VERSION.into()),
+                    ("#ttl".into(), TTL_ATTRIBUTE.into()),
+                ]),
+                values: HashMap::from([(":v".into(), n(v)), (":now".into(), n(now))]),
+            }),
+        }
+    }
+
+    /// True for every item, present or not (for a `Check` with [`Expect::Any`]).
+    fn always() -> Condition {
+        Condition {
+            expression: "attribute_not_exists(#pk) OR attribute_exists(#pk)".into(),
+            names: HashMap::from([("#pk".into(), PK.into())]),
+            values: HashMap::new(),
+        }
+    }
+}
+
+fn env_unset(name: &str) -> bool {
+    std::env::var_os(name).is_none_or(|v| v.is_empty())
+}
+
+fn pk(kind: Kind, id: &str) -> String {
+    format!("{}#{id}", kind.as_str())
+}
+
+fn gsi_pk(kind: Kind, key: &str) -> String {
+    format!("{}#{key}", kind.as_str())
+}
+
+/// `sort` as 20 digits that order like the `i64` (sign bit flipped).
+fn sort_prefix(sort: i64) -> String {
+    format!("{:020}", (sort as u64) ^ (1u64 << 63))
+}
+
+fn gsi_sk(sort: i64, id: &str) -> String {
+    format!("{}#{id}", sort_prefix(sort))
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn to_item(r: &Record) -> Item {
+    let mut item = HashMap::from([
+        (PK.to_string(), s(pk(r.kind, &r.id))),
+        (KIND.to_string(), s(r.kind.as_str())),
+        (ID.to_string(), s(r.id.clone())),
+        (VERSION.to_string(), n(r.version)),
+        (BODY.to_string(), s(r.body.clone())),
+        (SORT.to_string(), n(r.sort)),
+    ]);
+    if let Some(owner) = &r.owner {
+        item.insert(GSI1_PK.into(), s(gsi_pk(r.kind, owner)));
+        item.insert(GSI1_SK.into(), s(gsi_sk(r.sort, &r.id)));
+    }
+    if let Some(status) = &r.status {
+        item.insert(GSI2_PK.into(), s(gsi_pk(r.kind, status)));
+        item.insert(GSI2_SK.into(), s(gsi_sk(r.sort, &r.id)));
+    }
+    if let Some(t) = r.expires_at {
+        item.insert(TTL_ATTRIBUTE.into(), n(t));
+    }
+    item
+}
+
+fn from_item(kind: Kind, item: &Item) -> Result<Record, StoreError> {
+    let id = match item.get(ID) {
+        Some(AttributeValue::S(id)) => id.clone(),
+        _ => {
+            let id = match item.get(PK) {
+                Some(AttributeValue::S(pk)) => pk.clone(),
+                _ => String::new(),
+            };
+            return Err(corrupt(kind, &id, "missing id"));
+        }
+    };
+    let bad = |why: &str| corrupt(kind, &id, why);
+    let str_attr = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(Some(v.as_str())),
+        None => Ok(None),
+        Some(_) => Err(bad(&format!("{name} is not a string"))),
+    };
+    let num_attr = |name: &str| match item.get(name) {
+        Some(AttributeValue::N(v)) => v
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| bad(&format!("{name} is not an integer"))),
+        None => Ok(None),
+        Some(_) => Err(bad(&format!("{name} is not a number"))),
+    };
+    if str_attr(KIND)? != Some(kind.as_str()) {
+        return Err(bad("kind does not match"));
+    }
+    let version = match item.get(VERSION) {
+        Some(AttributeValue::N(v)) => v.parse::<u64>().map_err(|_| bad("bad version"))?,
+        _ => return Err(bad("missing version")),
+    };
+    let body = str_attr(BODY)?
+        .ok_or_else(|| bad("missing body"))?
+        .to_string();
+    let prefix = format!("{}#", kind.as_str());
+    let strip = |name: &str| -> Result<Option<String>, StoreError> {
+        match str_attr(name)? {
+            None => Ok(None),
+            Some(v) => v
+                .strip_prefix(&prefix)
+                .map(|k| Some(k.to_string()))
+                .ok_or_else(|| bad(&format!("{name} has the wrong kind"))),
+        }
+    };
+    Ok(Record {
+        kind,
+        owner: strip(GSI1_PK)?,
+        status: strip(GSI2_PK)?,
+        version,
+        body,
+        sort: num_attr(SORT)?.unwrap_or(0),
+        expires_at: num_attr(TTL_ATTRIBUTE)?,
+        id,
+    })
+}
+
+fn corrupt(kind: Kind, id: &str, why: &str) -> StoreError {
+    StoreError::Corrupt {
+        kind,
+        id: id.to_string(),
+        why: why.to_string(),
+    }
+}
+
+fn encode_cursor(last: &Record, pk_attr: &str, sk_attr: &str, partition: &str) -> String {
+    let key = BTreeMap::from([
+        (PK, pk(last.kind, &last.id)),
+        (pk_attr, partition.to_string()),
+        (sk_attr, gsi_sk(last.sort, &last.id)),
+    ]);
+    let json = serde_json::to_vec(&key).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+/// The exclusive start key in `cursor`, if it was made by a query on the same index partition.
+fn decode_cursor(
+    cursor: &str,
+    pk_attr: &str,
+    sk_attr: &str,
+    partition: &str,
+) -> Result<Item, StoreError> {
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::BadCursor)?;
+    let key: BTreeMap<String, String> =
+        serde_json::from_slice(&json).map_err(|_| StoreError::BadCursor)?;
+    let valid = key.len() == 3
+        && key.get(pk_attr).map(String::as_str) == Some(partition)
+        && key.get(PK).is_some_and(|v| !v.is_empty())
+        && key.get(sk_attr).is_some_and(|v| v.len() > 21);
+    if !valid {
+        return Err(StoreError::BadCursor);
+    }
+    Ok(key.into_iter().map(|(k, v)| (k, s(v))).collect())
+}
+
+fn build_err(e: aws_smithy_types::error::operation::BuildError) -> StoreError {
+    StoreError::Backend(format!("dynamodb: request: {e}"))
+}
+
+/// A [`StoreError::Backend`] naming the operation and DynamoDB's error code and message. Never
+/// includes the request (credentials, item contents).
+fn sdk_err<E, R>(op: &str, err: &SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let detail = match err {
+        SdkError::ServiceError(_) => format!(
+            "{}: {}",
+            err.code().unwrap_or("unknown error"),
+            err.message().unwrap_or("no message")
+        ),
+        SdkError::TimeoutError(_) => "timed out".to_string(),
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => {
+            DisplayErrorContext(err).to_string()
+        }
+        _ => "unreadable response".to_string(),
+    };
+    StoreError::Backend(format!("dynamodb {op}: {detail}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_keys_order_like_sort_then_id() {
+        let keys = [
+            (i64::MIN, "a"),
+            (-5, "b"),
+            (-5, "c"),
+            (-1, "a"),
+            (0, "a"),
+            (0, "ab"),
+            (0, "b"),
+            (7, "a"),
+            (i64::MAX, "z"),
+        ];
+        let strings: Vec<String> = keys.iter().map(|(s, id)| gsi_sk(*s, id)).collect();
+        let mut sorted = strings.clone();
+        sorted.sort();
+        assert_eq!(strings, sorted);
+        assert!(strings.iter().all(|k| k.len() > 21));
+        // Bounds: every id at the bound is inside, nothing at the neighbours.
+        assert!(gsi_sk(0, "zzz") < format!("{}$", sort_prefix(0)));
+        assert!(gsi_sk(1, "") > format!("{}$", sort_prefix(0)));
+        assert!(gsi_sk(0, "") >= sort_prefix(0));
+        assert!(gsi_sk(-1, "zzz") < sort_prefix(0));
+    }
+
+    #[test]
+    fn items_round_trip() {
+        let mut r = Record::new(Kind::Order, "o#1", "{\"a\":1}".into());
+        r.version = 3;
+        r.owner = Some("openid#x".into());
+        r.status = Some("PAID".into());
+        r.sort = -42;
+        r.expires_at = Some(1_800_000_000);
+        assert_eq!(from_item(Kind::Order, &to_item(&r)).unwrap(), r);
+        let bare = Record::new(Kind::Kv, "k", "null".into());
+        let item = to_item(&bare);
+        assert!(!item.contains_key(GSI1_PK) && !item.contains_key(TTL_ATTRIBUTE));
+        assert_eq!(from_item(Kind::Kv, &item).unwrap(), bare);
+        assert!(matches!(
+            from_item(Kind::Order, &item),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn cursors_are_checked() {
+        let mut r = Record::new(Kind::Outbox, "e1", "{}".into());
+        r.status = Some("DUE".into());
+        let c = encode_cursor(&r, GSI2_PK, GSI2_SK, "outbox#DUE");
+        assert!(decode_cursor(&c, GSI2_PK, GSI2_SK, "outbox#DUE").is_ok());
+        assert_eq!(
+            decode_cursor(&c, GSI2_PK, GSI2_SK, "outbox#DONE"),
+            Err(StoreError::BadCursor)
+        );
+        assert_eq!(
+            decode_cursor(&c, GSI1_PK, GSI1_SK, "outbox#DUE"),
+            Err(StoreError::BadCursor)
+        );
+        assert_eq!(
+            decode_cursor("not base64!", GSI2_PK, GSI2_SK, "outbox#DUE"),
+            Err(StoreError::BadCursor)
+        );
+    }
+}

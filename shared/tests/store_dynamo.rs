@@ -1,0 +1,617 @@
+//! The DynamoDB store against a real DynamoDB-compatible server: moto's, started here on
+//! 127.0.0.1 at a free port (`scripts/ensure-moto.sh` installs it when missing) and killed when
+//! the test ends. If moto cannot be started the test fails — it never skips.
+//!
+//!     cargo test -p wxshop --test store_dynamo
+#![cfg(feature = "dynamodb")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wxshop::store::dynamo::DynamoStore;
+use wxshop::store::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
+
+/// moto's server process; killed on drop (also when a test panics).
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python() -> String {
+    std::env::var("WXSHOP_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn ensure_moto() {
+    let importable = |py: &str| {
+        Command::new(py)
+            .args(["-c", "import moto.server, flask"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if importable(&python()) {
+        return;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-moto.sh");
+    let out = Command::new("bash").arg(&script).output();
+    match out {
+        Ok(o) if o.status.success() && importable(&python()) => {}
+        Ok(o) => panic!(
+            "moto is not installed and {} failed: {}{}\n\
+             install it with `pip install 'moto[server]'` (or set WXSHOP_PYTHON)",
+            script.display(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("cannot run {}: {e}", script.display()),
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Starts moto's server and waits until it answers.
+fn start_moto() -> Moto {
+    ensure_moto();
+    let mut last_error = String::new();
+    for _attempt in 0..3 {
+        let port = free_port();
+        let child = Command::new(python())
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start `{} -m moto.server`: {e}", python()),
+        };
+        let mut moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = moto.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                last_error = format!("moto exited with {status}: {err}");
+                break;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // moto logs every request to stderr; don't let the pipe fill up.
+                moto.child.stderr.take();
+                return moto;
+            }
+            if Instant::now() > deadline {
+                panic!("moto did not start listening on 127.0.0.1:{port} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    panic!("could not start moto's server: {last_error}");
+}
+
+fn table_name(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("wxshop-test-{tag}-{}-{nanos}", std::process::id())
+}
+
+async fn new_store(moto: &Moto, tag: &str) -> DynamoStore {
+    let store = DynamoStore::connect(&table_name(tag), Some(&moto.endpoint))
+        .await
+        .unwrap();
+    store.create_table().await.unwrap();
+    store
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn rec(kind: Kind, id: &str, version: u64) -> Record {
+    let mut r = Record::new(kind, id, format!("{{\"id\":\"{id}\",\"v\":{version}}}"));
+    r.version = version;
+    r
+}
+
+fn indexed(kind: Kind, id: &str, owner: &str, status: &str, sort: i64) -> Record {
+    let mut r = rec(kind, id, 1);
+    r.owner = Some(owner.into());
+    r.status = Some(status.into());
+    r.sort = sort;
+    r
+}
+
+fn ids(records: &[Record]) -> Vec<&str> {
+    records.iter().map(|r| r.id.as_str()).collect()
+}
+
+/// The one suite every backend passes (`wxshop::store::conformance`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_against_moto() {
+    let moto = start_moto();
+    let store = new_store(&moto, "conformance").await;
+    wxshop::store::conformance::run_all(Arc::new(store)).await;
+}
+
+/// What only the DynamoDB backend has: the table's shape, odd ids, backend errors — plus
+/// direct checks of get/write/query/conflicts/TTL that name DynamoDB's edge cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamo_specifics_against_moto() {
+    let moto = start_moto();
+
+    // The table as production has it: GSIs, stream, TTL.
+    let store = new_store(&moto, "direct").await;
+    let desc = store
+        .client()
+        .describe_table()
+        .table_name(store.table())
+        .send()
+        .await
+        .unwrap();
+    let table = desc.table().unwrap();
+    assert_eq!(table.global_secondary_indexes().len(), 2);
+    assert!(table
+        .stream_specification()
+        .is_some_and(|s| s.stream_enabled()));
+    let ttl = store
+        .client()
+        .describe_time_to_live()
+        .table_name(store.table())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ttl.time_to_live_description()
+            .and_then(|d| d.attribute_name()),
+        Some("ttl")
+    );
+    // Creating it again is harmless.
+    store.create_table().await.unwrap();
+
+    direct::get_and_put(&store).await;
+    direct::versions_and_deletes(&store).await;
+    direct::batches(&store).await;
+    direct::expiry(&store).await;
+    direct::queries(&store).await;
+    direct::concurrent_claims(Arc::new(store.clone())).await;
+
+    // Failures of the backend itself are Backend errors without secrets.
+    let missing = DynamoStore::connect("no-such-table", Some(&moto.endpoint))
+        .await
+        .unwrap();
+    match missing.get(Kind::Order, "x").await {
+        Err(StoreError::Backend(msg)) => {
+            assert!(msg.contains("ResourceNotFound"), "{msg}");
+            assert!(!msg.contains("wxshop-local"), "{msg}");
+        }
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+    assert_eq!(missing.backend(), "dynamodb");
+}
+
+mod direct {
+    use super::*;
+
+    pub async fn get_and_put(store: &DynamoStore) {
+        assert_eq!(store.get(Kind::Order, "o1").await.unwrap(), None);
+        let mut r = indexed(Kind::Order, "o1", "openid-1", "CREATED", 1_700_000_000_000);
+        r.expires_at = Some(now() + 3600);
+        store
+            .write(vec![Write::put(r.clone(), Expect::Absent)])
+            .await
+            .unwrap();
+        assert_eq!(store.get(Kind::Order, "o1").await.unwrap(), Some(r.clone()));
+        // Same id, other kind: a different record.
+        assert_eq!(store.get(Kind::Product, "o1").await.unwrap(), None);
+        // Absent on a live record conflicts.
+        assert_eq!(
+            store
+                .write(vec![Write::put(r.clone(), Expect::Absent)])
+                .await,
+            Err(StoreError::Conflict { index: 0 })
+        );
+        // Any overwrites, dropping attributes the new record lacks.
+        let plain = rec(Kind::Order, "o1", 7);
+        store
+            .write(vec![Write::put(plain.clone(), Expect::Any)])
+            .await
+            .unwrap();
+        assert_eq!(store.get(Kind::Order, "o1").await.unwrap(), Some(plain));
+        // Ids with the separator and non-ASCII text survive.
+        let odd = rec(Kind::Kv, "a#b/商品 ✓", 1);
+        store
+            .write(vec![Write::put(odd.clone(), Expect::Absent)])
+            .await
+            .unwrap();
+        assert_eq!(store.get(Kind::Kv, "a#b/商品 ✓").await.unwrap(), Some(odd));
+        // Empty batch is a no-op.
+        store.write(vec![]).await.unwrap();
+    }
+
+    pub async fn versions_and_deletes(store: &DynamoStore) {
+        let r1 = rec(Kind::AfterSale, "as1", 1);
+        store
+            .write(vec![Write::put(r1, Expect::Absent)])
+            .await
+            .unwrap();
+        let r2 = rec(Kind::AfterSale, "as1", 2);
+        store
+            .write(vec![Write::put(r2.clone(), Expect::Version(1))])
+            .await
+            .unwrap();
+        // A stale version conflicts and changes nothing.
+        assert_eq!(
+            store
+                .write(vec![Write::put(
+                    rec(Kind::AfterSale, "as1", 2),
+                    Expect::Version(1)
+                )])
+                .await,
+            Err(StoreError::Conflict { index: 0 })
+        );
+        // Version on a missing record conflicts.
+        assert_eq!(
+            store
+                .write(vec![Write::put(
+                    rec(Kind::AfterSale, "nope", 2),
+                    Expect::Version(1)
+                )])
+                .await,
+            Err(StoreError::Conflict { index: 0 })
+        );
+        assert_eq!(store.get(Kind::AfterSale, "as1").await.unwrap(), Some(r2));
+        let del = |expect| Write::Delete {
+            kind: Kind::AfterSale,
+            id: "as1".into(),
+            expect,
+        };
+        assert_eq!(
+            store.write(vec![del(Expect::Version(1))]).await,
+            Err(StoreError::Conflict { index: 0 })
+        );
+        assert_eq!(
+            store.write(vec![del(Expect::Absent)]).await,
+            Err(StoreError::Conflict { index: 0 })
+        );
+        store.write(vec![del(Expect::Version(2))]).await.unwrap();
+        assert_eq!(store.get(Kind::AfterSale, "as1").await.unwrap(), None);
+        // Deleting what is not there: fine unconditionally, a conflict on a version.
+        store.write(vec![del(Expect::Any)]).await.unwrap();
+        assert_eq!(
+            store.write(vec![del(Expect::Version(2))]).await,
+            Err(StoreError::Conflict { index: 0 })
+        );
+        // A lone check.
+        let check = |id: &str, expect| Write::Check {
+            kind: Kind::AfterSale,
+            id: id.into(),
+            expect,
+        };
+        store
+            .write(vec![check("as1", Expect::Absent)])
+            .await
+            .unwrap();
+        store.write(vec![check("as1", Expect::Any)]).await.unwrap();
+        assert_eq!(
+            store.write(vec![check("as1", Expect::Version(1))]).await,
+            Err(StoreError::Conflict { index: 0 })
+        );
+    }
+
+    pub async fn batches(store: &DynamoStore) {
+        let order = rec(Kind::Order, "b-order", 1);
+        store
+            .write(vec![Write::put(order, Expect::Absent)])
+            .await
+            .unwrap();
+        // Transition + outbox entry, atomically.
+        let paid = rec(Kind::Order, "b-order", 2);
+        let outbox = rec(Kind::Outbox, "b-order:pay", 1);
+        store
+            .write(vec![
+                Write::put(paid.clone(), Expect::Version(1)),
+                Write::put(outbox.clone(), Expect::Absent),
+                Write::Check {
+                    kind: Kind::Product,
+                    id: "nothing".into(),
+                    expect: Expect::Any,
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(store.get(Kind::Order, "b-order").await.unwrap(), Some(paid));
+        assert_eq!(
+            store.get(Kind::Outbox, "b-order:pay").await.unwrap(),
+            Some(outbox)
+        );
+        // The first failing condition is reported, by index; nothing is written.
+        let res = store
+            .write(vec![
+                Write::put(rec(Kind::Event, "b-new", 1), Expect::Absent),
+                Write::put(rec(Kind::Product, "b-prod", 1), Expect::Absent),
+                Write::Check {
+                    kind: Kind::Order,
+                    id: "b-order".into(),
+                    expect: Expect::Version(1),
+                },
+                Write::put(rec(Kind::Outbox, "b-order:pay", 1), Expect::Absent),
+            ])
+            .await;
+        assert_eq!(res, Err(StoreError::Conflict { index: 2 }));
+        assert_eq!(store.get(Kind::Event, "b-new").await.unwrap(), None);
+        assert_eq!(store.get(Kind::Product, "b-prod").await.unwrap(), None);
+        assert_eq!(
+            store
+                .get(Kind::Order, "b-order")
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            2
+        );
+        let res = store
+            .write(vec![
+                Write::Delete {
+                    kind: Kind::Outbox,
+                    id: "b-order:pay".into(),
+                    expect: Expect::Version(1),
+                },
+                Write::put(rec(Kind::Order, "b-order", 3), Expect::Version(1)),
+            ])
+            .await;
+        assert_eq!(res, Err(StoreError::Conflict { index: 1 }));
+        assert!(store
+            .get(Kind::Outbox, "b-order:pay")
+            .await
+            .unwrap()
+            .is_some());
+        // 100 writes is the limit.
+        let many: Vec<Write> = (0..100)
+            .map(|i| Write::put(rec(Kind::Event, &format!("many-{i}"), 1), Expect::Absent))
+            .collect();
+        store.write(many).await.unwrap();
+        assert!(store.get(Kind::Event, "many-99").await.unwrap().is_some());
+        let too_many: Vec<Write> = (0..101)
+            .map(|i| Write::put(rec(Kind::Event, &format!("more-{i}"), 1), Expect::Any))
+            .collect();
+        assert_eq!(store.write(too_many).await, Err(StoreError::TooLarge(101)));
+    }
+
+    pub async fn expiry(store: &DynamoStore) {
+        let mut old = rec(Kind::Idempotency, "idem-1", 4);
+        old.expires_at = Some(now() - 10);
+        old.owner = Some("o".into());
+        old.status = Some("DONE".into());
+        store
+            .write(vec![Write::put(old, Expect::Any)])
+            .await
+            .unwrap();
+        // Invisible to reads and queries...
+        assert_eq!(store.get(Kind::Idempotency, "idem-1").await.unwrap(), None);
+        let page = store
+            .query(Query::new(Kind::Idempotency, Index::Owner("o".into())))
+            .await
+            .unwrap();
+        assert!(page.records.is_empty() && page.next.is_none());
+        // ...not there for a version condition...
+        for write in [
+            Write::put(rec(Kind::Idempotency, "idem-1", 5), Expect::Version(4)),
+            Write::Delete {
+                kind: Kind::Idempotency,
+                id: "idem-1".into(),
+                expect: Expect::Version(4),
+            },
+            Write::Check {
+                kind: Kind::Idempotency,
+                id: "idem-1".into(),
+                expect: Expect::Version(4),
+            },
+        ] {
+            assert_eq!(
+                store.write(vec![write]).await,
+                Err(StoreError::Conflict { index: 0 })
+            );
+        }
+        // ...and absent for a create, alone or in a batch.
+        store
+            .write(vec![Write::Check {
+                kind: Kind::Idempotency,
+                id: "idem-1".into(),
+                expect: Expect::Absent,
+            }])
+            .await
+            .unwrap();
+        let mut fresh = rec(Kind::Idempotency, "idem-1", 1);
+        fresh.expires_at = Some(now() + 60);
+        store
+            .write(vec![
+                Write::put(fresh.clone(), Expect::Absent),
+                Write::put(rec(Kind::Kv, "idem-side", 1), Expect::Absent),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(Kind::Idempotency, "idem-1").await.unwrap(),
+            Some(fresh)
+        );
+    }
+
+    pub async fn queries(store: &DynamoStore) {
+        let records = [
+            indexed(Kind::Order, "q-c", "alice", "PAID", 5),
+            indexed(Kind::Order, "q-a", "alice", "PAID", 5),
+            indexed(Kind::Order, "q-b", "alice", "CREATED", -3),
+            indexed(Kind::Order, "q-d", "alice", "PAID", i64::MIN),
+            indexed(Kind::Order, "q-e", "alice", "PAID", i64::MAX),
+            indexed(Kind::Order, "q-f", "alice", "PAID", 0),
+            indexed(Kind::Order, "q-g", "bob", "PAID", 1),
+            // Same owner, other kind: never mixed in.
+            indexed(Kind::AfterSale, "q-h", "alice", "PAID", 2),
+        ];
+        let mut expired = indexed(Kind::Order, "q-x", "alice", "PAID", 1);
+        expired.expires_at = Some(now() - 1);
+        let mut writes: Vec<Write> = records
+            .iter()
+            .map(|r| Write::put(r.clone(), Expect::Absent))
+            .collect();
+        writes.push(Write::put(expired, Expect::Any));
+        store.write(writes).await.unwrap();
+
+        let q = |index: Index| Query::new(Kind::Order, index);
+        let alice = store.query(q(Index::Owner("alice".into()))).await.unwrap();
+        assert_eq!(
+            ids(&alice.records),
+            ["q-d", "q-b", "q-f", "q-a", "q-c", "q-e"]
+        );
+        assert_eq!(alice.next, None);
+        assert_eq!(alice.records[1], records[2]);
+
+        let mut desc = q(Index::Status("PAID".into()));
+        desc.descending = true;
+        let paid = store.query(desc).await.unwrap();
+        assert_eq!(
+            ids(&paid.records),
+            ["q-e", "q-c", "q-a", "q-g", "q-f", "q-d"]
+        );
+
+        // Inclusive bounds, ties at both ends included.
+        let mut bounded = q(Index::Owner("alice".into()));
+        bounded.sort_min = Some(-3);
+        bounded.sort_max = Some(5);
+        let page = store.query(bounded.clone()).await.unwrap();
+        assert_eq!(ids(&page.records), ["q-b", "q-f", "q-a", "q-c"]);
+        bounded.sort_max = None;
+        bounded.sort_min = Some(0);
+        let page = store.query(bounded.clone()).await.unwrap();
+        assert_eq!(ids(&page.records), ["q-f", "q-a", "q-c", "q-e"]);
+        bounded.sort_min = None;
+        bounded.sort_max = Some(0);
+        bounded.descending = true;
+        let page = store.query(bounded).await.unwrap();
+        assert_eq!(ids(&page.records), ["q-f", "q-b", "q-d"]);
+
+        // Pages of 2 through the cursor, the expired record skipped, ties split across pages.
+        for descending in [false, true] {
+            let mut query = q(Index::Status("PAID".into()));
+            query.limit = 2;
+            query.descending = descending;
+            let mut seen = Vec::new();
+            let mut pages = 0;
+            loop {
+                let page = store.query(query.clone()).await.unwrap();
+                pages += 1;
+                assert!(page.records.len() <= 2);
+                seen.extend(page.records.iter().map(|r| r.id.clone()));
+                match page.next {
+                    Some(c) => query.cursor = Some(c),
+                    None => break,
+                }
+            }
+            let mut want = vec!["q-d", "q-f", "q-g", "q-a", "q-c", "q-e"];
+            if descending {
+                want.reverse();
+            }
+            assert_eq!(seen, want);
+            assert_eq!(pages, 3);
+        }
+
+        // Limit 1 with the next live record behind an expired one.
+        let mut one = q(Index::Status("PAID".into()));
+        one.sort_min = Some(0);
+        one.limit = 1;
+        let page = store.query(one.clone()).await.unwrap();
+        assert_eq!(ids(&page.records), ["q-f"]);
+        one.cursor = page.next;
+        let page = store.query(one).await.unwrap();
+        assert_eq!(ids(&page.records), ["q-g"]);
+
+        assert!(store
+            .query(q(Index::Owner("nobody".into())))
+            .await
+            .unwrap()
+            .records
+            .is_empty());
+
+        // Cursors are opaque and bound to their query.
+        let mut bad = q(Index::Owner("alice".into()));
+        bad.cursor = Some("garbage!".into());
+        assert_eq!(store.query(bad).await, Err(StoreError::BadCursor));
+        let mut first = q(Index::Owner("alice".into()));
+        first.limit = 1;
+        let cursor = store.query(first).await.unwrap().next.unwrap();
+        let mut other = q(Index::Owner("bob".into()));
+        other.cursor = Some(cursor);
+        assert_eq!(store.query(other).await, Err(StoreError::BadCursor));
+
+        // A status change moves the record between status partitions.
+        let mut shipped = records[0].clone();
+        shipped.version = 2;
+        shipped.status = Some("SHIPPED".into());
+        store
+            .write(vec![Write::put(shipped, Expect::Version(1))])
+            .await
+            .unwrap();
+        let page = store
+            .query(q(Index::Status("SHIPPED".into())))
+            .await
+            .unwrap();
+        assert_eq!(ids(&page.records), ["q-c"]);
+        let page = store.query(q(Index::Status("PAID".into()))).await.unwrap();
+        assert!(!ids(&page.records).contains(&"q-c"));
+    }
+
+    /// Concurrent creates of one key: exactly one wins, the others see a conflict.
+    pub async fn concurrent_claims(store: Arc<DynamoStore>) {
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .write(vec![Write::put(
+                            rec(Kind::Outbox, "claim", i),
+                            Expect::Absent,
+                        )])
+                        .await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => wins += 1,
+                Err(e) => assert_eq!(e, StoreError::Conflict { index: 0 }),
+            }
+        }
+        assert_eq!(wins, 1);
+    }
+}
