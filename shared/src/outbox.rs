@@ -425,6 +425,7 @@ pub async fn replay_dead(store: &dyn Store, id: &str, now_ms: i64) -> Result<boo
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

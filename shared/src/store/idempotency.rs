@@ -223,6 +223,7 @@ pub async fn release(store: &dyn Store, key: &str) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

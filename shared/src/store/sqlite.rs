@@ -296,7 +296,10 @@ fn run_query(conn: &Connection, q: &Query, now: i64) -> Result<Page, StoreError>
         Index::Status(s) => ("status", s.as_str()),
     };
     let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
-    let limit = q.limit.clamp(1, MAX_PAGE);
+    if q.limit == 0 {
+        return Ok(Page::default());
+    }
+    let limit = q.limit.min(MAX_PAGE);
     let (cmp, order) = if q.descending {
         ("<", "DESC")
     } else {
@@ -402,6 +405,7 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
