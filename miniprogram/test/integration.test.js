@@ -119,13 +119,15 @@ function sandboxWx(baseUrl, opts) {
   opts = opts || {};
   const storage = new Map();
   const log = []; // [{ name, status }]
-  const prepayToOrder = new Map(); // payment.package → out_trade_no, learned from unifiedOrder replies
+  const prepayToOrder = new Map(); // payment.package → unifiedOrder reply (what WeChat knows about the prepay)
   let logins = 0;
   const cashier = (p, api) => {
-    const outTradeNo = prepayToOrder.get(p.package);
+    const order = prepayToOrder.get(p.package);
     if (opts.cashier === 'cancel') return setImmediate(() => p.fail({ errMsg: `${api}:fail cancel` }));
-    if (!outTradeNo) return setImmediate(() => p.fail({ errMsg: `${api}:fail unknown package ${p.package}` }));
-    postJson(`${baseUrl}/sandbox/_control/pay`, { out_trade_no: outTradeNo }).then(
+    if (!order) return setImmediate(() => p.fail({ errMsg: `${api}:fail unknown package ${p.package}` }));
+    // fund_type 1 orders are paid through the trading component (out_order_id), others through Pay v2.
+    const body = Number(order.fund_type) === 1 ? { out_order_id: order.out_trade_no } : { out_trade_no: order.out_trade_no };
+    postJson(`${baseUrl}/sandbox/_control/pay`, body).then(
       (r) => (r.status === 200 ? p.success({ errMsg: `${api}:ok` }) : p.fail({ errMsg: `${api}:fail sandbox ${r.status} ${JSON.stringify(r.body)}` })),
       (e) => p.fail({ errMsg: `${api}:fail ${e.message}` })
     );
@@ -165,7 +167,7 @@ function sandboxWx(baseUrl, opts) {
           }
           log.push({ name, status: res.status });
           if (name === 'unifiedOrder' && res.status === 200 && body && body.payment) {
-            prepayToOrder.set(body.payment.package, body.out_trade_no);
+            prepayToOrder.set(body.payment.package, body);
           }
           success({ statusCode: res.status, data: body, header: Object.fromEntries(res.headers) });
         })
