@@ -43,10 +43,11 @@ function startWxlocal() {
   ensureBinary();
   return new Promise((resolve, reject) => {
     const args = ['serve', '--addr', '127.0.0.1:0', '--store', 'memory', '--seed'];
-    const child = spawn(BIN, args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    const env = Object.assign({}, process.env, { NO_COLOR: '1' });
+    const child = spawn(BIN, args, { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let errTail = '';
     child.stderr.on('data', (b) => {
-      errTail = (errTail + b.toString()).slice(-4000);
+      errTail = (errTail + b.toString().replace(/\x1b\[[0-9;]*m/g, '')).slice(-4000);
     });
     const stderr = () => (errTail.trim() ? `\n--- wxlocal stderr (tail) ---\n${errTail.trim()}` : ' (no stderr output)');
     let settled = false;
