@@ -9,6 +9,8 @@ pub mod config;
 pub mod domain;
 pub mod handlers;
 pub mod http;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod outbox;
 pub mod pay;
 pub mod push;

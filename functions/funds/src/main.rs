@@ -1,1 +1,9 @@
-fn main() {}
+//! The `funds` Lambda function. Everything happens in `wxshop::lambda::run`; see
+//! docs/DEPLOY.md and infra/template.yaml.
+
+use wxshop::handlers::Function;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    wxshop::lambda::run(Function::Funds).await
+}

@@ -1,0 +1,598 @@
+//! The AWS Lambda entry point every `functions/*` binary calls: [`run`].
+//!
+//! One cold start does, in order:
+//! 1. JSON logs through `tracing` (level from `AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`, else
+//!    `info`); every line of an invocation carries its `request_id` and `function`. Bodies and
+//!    secrets are never logged.
+//! 2. The keys: when `WXSHOP_SECRET_ARN` is set, the secret (a JSON object of strings) is read
+//!    once with the Secrets Manager API. Configuration then looks every variable up in the
+//!    environment first and in the secret second ([`Config::from_lookup`]), so the template
+//!    keeps secrets out of the function environment and a developer can still override any of
+//!    them locally. (The SDK was chosen over the Parameters and Secrets extension: no layer ARN
+//!    per region in the template, and one fewer process in the sandbox.)
+//! 3. [`App`] once — config, store, WeChat clients. Any failure is posted to the Runtime API's
+//!    `/runtime/init/error` (`Runtime.ConfigError`, with the message listing every problem)
+//!    and the process exits non-zero, so a misconfigured stack says what to fix on its first
+//!    invocation.
+//! 4. The invocation loop. HTTP functions take API Gateway HTTP API (payload 2.0) events through
+//!    `lambda_http` and dispatch with [`handlers::find_route`] + [`handlers::handle`], exactly
+//!    like `wxlocal`. `orderSync` takes three shapes in one binary: DynamoDB stream records of
+//!    new outbox entries, the EventBridge schedule, and its admin HTTP route.
+//!
+//! `/admin/*` routes are IAM-authorised by API Gateway before they get here; the handler does
+//! not check again.
+
+use crate::app::{open_store, App, StartupError};
+use crate::config::Config;
+use crate::handlers::{self, Function, Route};
+use crate::http::ApiError;
+use crate::time::Clock;
+use bytes::Bytes;
+use lambda_http::request::RequestContext;
+use lambda_http::{IntoResponse, RequestExt};
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+pub use lambda_runtime::Error;
+
+/// Environment variable naming the Secrets Manager secret with the keys.
+pub const SECRET_ARN_VAR: &str = "WXSHOP_SECRET_ARN";
+
+/// Runs `function` until the Lambda service stops the sandbox.
+///
+/// Returns an error (and the binary exits non-zero) only when the cold start fails — after the
+/// failure has been reported to the Runtime API — or when the runtime loop itself fails.
+pub async fn run(function: Function) -> Result<(), Error> {
+    init_logging();
+    let started = Instant::now();
+    let app = match start().await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(function = function.name(), error_type = e.error_type, error = %e.message, "cold start failed");
+            report_init_error(&e).await;
+            return Err(Box::new(e));
+        }
+    };
+    tracing::info!(
+        function = function.name(),
+        store = app.store.backend(),
+        init_ms = started.elapsed().as_millis() as u64,
+        "ready"
+    );
+    let app = &app;
+    if function == Function::OrderSync {
+        lambda_runtime::run(lambda_runtime::service_fn(
+            move |event: LambdaEvent<Value>| async move {
+                let span = invocation_span(function, &event.context.request_id);
+                order_sync_event(app, event).instrument(span).await
+            },
+        ))
+        .await
+    } else {
+        lambda_http::run(lambda_http::service_fn(
+            move |req: lambda_http::Request| async move {
+                let request_id = req
+                    .lambda_context_ref()
+                    .map(|c| c.request_id.clone())
+                    .unwrap_or_default();
+                let span = invocation_span(function, &request_id);
+                Ok::<_, InvocationError>(to_lambda_response(
+                    http_event(app, function, req).instrument(span).await,
+                ))
+            },
+        ))
+        .await
+    }
+}
+
+fn invocation_span(function: Function, request_id: &str) -> tracing::Span {
+    tracing::info_span!("invocation", request_id = %request_id, function = function.name())
+}
+
+// ------------------------------------------------------------------ logging
+
+/// JSON lines on stdout (CloudWatch reads them as structured logs). A second call is a no-op.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        // Lambda's levels are TRACE..FATAL; tracing has no FATAL.
+        .map(|v| match v.trim().to_ascii_lowercase().as_str() {
+            "fatal" => "error".to_owned(),
+            other => other.to_owned(),
+        })
+        .or_else(|| {
+            std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        })
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(false)
+        .with_writer(std::io::stdout)
+        .try_init();
+}
+
+// ------------------------------------------------------------------ cold start
+
+/// Why a cold start failed. `error_type` is what the Runtime API and CloudWatch show.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct InitError {
+    /// `ConfigError` (configuration or secret) or `StartupError` (store, clients).
+    pub error_type: &'static str,
+    /// Every problem, one per line; names variables, never their secret values.
+    pub message: String,
+}
+
+impl InitError {
+    fn config(message: impl Into<String>) -> Self {
+        InitError {
+            error_type: "ConfigError",
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StartupError> for InitError {
+    fn from(e: StartupError) -> Self {
+        match e {
+            StartupError::Config(c) => InitError::config(c.to_string()),
+            other => InitError {
+                error_type: "StartupError",
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<InitError> for Diagnostic {
+    fn from(e: InitError) -> Self {
+        Diagnostic {
+            error_type: e.error_type.to_owned(),
+            error_message: e.message,
+        }
+    }
+}
+
+/// Builds the [`App`]: secret (if any) → config → store → clients.
+pub async fn start() -> Result<App, InitError> {
+    let secret = match std::env::var(SECRET_ARN_VAR)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        Some(arn) => read_secret(arn.trim()).await?,
+        None => HashMap::new(),
+    };
+    let config = Config::from_lookup(|k| lookup(k, &secret)).map_err(StartupError::from)?;
+    let store = open_store(&config.store)
+        .await
+        .map_err(StartupError::from)?;
+    Ok(App::new(config, store, Clock::default())?)
+}
+
+/// The environment first (non-empty values only), then the secret.
+fn lookup(key: &str, secret: &HashMap<String, String>) -> Option<String> {
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| secret.get(key).cloned())
+}
+
+/// Reads the secret's JSON object. Numbers and booleans become their text; other values are
+/// refused by key name (their content is never echoed).
+async fn read_secret(arn: &str) -> Result<HashMap<String, String>, InitError> {
+    use aws_sdk_secretsmanager::error::DisplayErrorContext;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let client = aws_sdk_secretsmanager::Client::new(&sdk);
+    let out = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| {
+            InitError::config(format!(
+                "cannot read the secret {SECRET_ARN_VAR}={arn}: {}",
+                DisplayErrorContext(&e)
+            ))
+        })?;
+    let text = out.secret_string().ok_or_else(|| {
+        InitError::config(format!(
+            "the secret {arn} has no SecretString (binary secrets are not supported)"
+        ))
+    })?;
+    parse_secret(text).map_err(|why| InitError::config(format!("the secret {arn} {why}")))
+}
+
+/// `{"KEY": "value", …}` → map. Errors name keys only.
+pub fn parse_secret(text: &str) -> Result<HashMap<String, String>, String> {
+    let object: serde_json::Map<String, Value> = match serde_json::from_str(text) {
+        Ok(Value::Object(o)) => o,
+        _ => return Err("is not a JSON object of strings".to_owned()),
+    };
+    let mut values = HashMap::with_capacity(object.len());
+    let mut bad = Vec::new();
+    for (k, v) in object {
+        match v {
+            Value::String(s) => {
+                values.insert(k, s);
+            }
+            Value::Number(n) => {
+                values.insert(k, n.to_string());
+            }
+            Value::Bool(b) => {
+                values.insert(k, b.to_string());
+            }
+            Value::Null => {}
+            _ => bad.push(k),
+        }
+    }
+    if bad.is_empty() {
+        Ok(values)
+    } else {
+        bad.sort();
+        Err(format!(
+            "has values that are not strings: {}",
+            bad.join(", ")
+        ))
+    }
+}
+
+/// Tells the Lambda service why the sandbox cannot start (best effort: the exit follows).
+async fn report_init_error(e: &InitError) {
+    let Some(api) = std::env::var("AWS_LAMBDA_RUNTIME_API")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        return;
+    };
+    let url = format!("http://{api}/2018-06-01/runtime/init/error");
+    let body = json!({ "errorMessage": e.message, "errorType": e.error_type });
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+    {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot report the init error");
+            return;
+        }
+    };
+    let sent = client
+        .post(url)
+        .header(
+            "Lambda-Runtime-Function-Error-Type",
+            format!("Runtime.{}", e.error_type),
+        )
+        .json(&body)
+        .send()
+        .await;
+    if let Err(err) = sent {
+        tracing::error!(error = %err, "cannot report the init error");
+    }
+}
+
+// ------------------------------------------------------------------ HTTP
+
+/// An invocation that could not be handled at all (unknown event shape). HTTP failures are
+/// not errors here: they are responses with `{"code", "message"}`.
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    #[error("{0}")]
+    UnknownEvent(String),
+    #[error("invalid API Gateway event: {0}")]
+    BadHttpEvent(String),
+}
+
+impl From<InvocationError> for Diagnostic {
+    fn from(e: InvocationError) -> Self {
+        let error_type = match e {
+            InvocationError::UnknownEvent(_) => "UnknownEvent",
+            InvocationError::BadHttpEvent(_) => "BadHttpEvent",
+        };
+        Diagnostic {
+            error_type: error_type.to_owned(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
+/// One API Gateway request: route → handler → response. Never fails.
+async fn http_event(
+    app: &App,
+    function: Function,
+    req: lambda_http::Request,
+) -> crate::http::Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let (route, req) = match to_wx_request(function, req) {
+        Ok(found) => found,
+        Err(resp) => {
+            tracing::info!(%method, status = resp.status().as_u16(), "no such route");
+            return *resp;
+        }
+    };
+    let resp = handlers::handle(app, route, req).await;
+    tracing::info!(
+        %method,
+        path = route.path,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+/// Finds this function's route for the request and turns the `lambda_http` request into the
+/// `http::Request<Bytes>` the handlers take (body already base64-decoded by `lambda_http`;
+/// URI = route path + query string, whatever the stage).
+fn to_wx_request(
+    function: Function,
+    req: lambda_http::Request,
+) -> Result<(&'static Route, crate::http::Request), Box<crate::http::Response>> {
+    let stage = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.clone(),
+        _ => None,
+    };
+    let raw = match req.raw_http_path() {
+        "" => req.uri().path().to_owned(),
+        p => p.to_owned(),
+    };
+    let path = strip_stage(&raw, stage.as_deref());
+    let route = handlers::find_route(req.method().as_str(), path)
+        .filter(|r| r.function == function)
+        .ok_or_else(|| {
+            Box::new(
+                ApiError::not_found(
+                    "NO_SUCH_ROUTE",
+                    format!(
+                        "{} {} is not served by {}",
+                        req.method(),
+                        path,
+                        function.name()
+                    ),
+                )
+                .into_response(),
+            )
+        })?;
+    let (mut parts, body) = req.into_parts();
+    let target = match parts.uri.query() {
+        Some(q) if !q.is_empty() => format!("{}?{q}", route.path),
+        _ => route.path.to_owned(),
+    };
+    if let Ok(uri) = target.parse() {
+        parts.uri = uri;
+    }
+    let body = match body {
+        lambda_http::Body::Text(s) => Bytes::from(s),
+        lambda_http::Body::Binary(b) => Bytes::from(b),
+        _ => Bytes::new(),
+    };
+    Ok((route, http::Request::from_parts(parts, body)))
+}
+
+/// `/prod/fn/login` with stage `prod` → `/fn/login`; the `$default` stage has no prefix.
+pub fn strip_stage<'a>(path: &'a str, stage: Option<&str>) -> &'a str {
+    match stage {
+        Some(s) if !s.is_empty() && s != "$default" => path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(s))
+            .filter(|rest| rest.starts_with('/'))
+            .unwrap_or(path),
+        _ => path,
+    }
+}
+
+fn to_lambda_response(resp: crate::http::Response) -> http::Response<lambda_http::Body> {
+    resp.map(|b| lambda_http::Body::Binary(b.to_vec()))
+}
+
+// ------------------------------------------------------------------ orderSync
+
+/// The three event shapes `orderSync` is invoked with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventShape {
+    /// DynamoDB stream records (outbox inserts).
+    Stream,
+    /// EventBridge schedule.
+    Schedule,
+    /// API Gateway HTTP API (payload 2.0).
+    Http,
+}
+
+/// Tells the shapes apart from the JSON alone.
+pub fn event_shape(event: &Value) -> Option<EventShape> {
+    if let Some(records) = event.get("Records").and_then(Value::as_array) {
+        if records
+            .iter()
+            .all(|r| r.get("eventSource").and_then(Value::as_str) == Some("aws:dynamodb"))
+        {
+            return Some(EventShape::Stream);
+        }
+        return None;
+    }
+    if event.get("source").and_then(Value::as_str) == Some("aws.events")
+        || event.get("detail-type").is_some()
+    {
+        return Some(EventShape::Schedule);
+    }
+    if event
+        .pointer("/requestContext/http")
+        .is_some_and(Value::is_object)
+    {
+        return Some(EventShape::Http);
+    }
+    None
+}
+
+async fn order_sync_event(app: &App, event: LambdaEvent<Value>) -> Result<Value, InvocationError> {
+    let (payload, context) = event.into_parts();
+    match event_shape(&payload) {
+        Some(EventShape::Stream) => Ok(stream_event(app, &payload).await),
+        Some(EventShape::Schedule) => {
+            let started = Instant::now();
+            let result = handlers::order_sync::on_schedule(app).await;
+            tracing::info!(ms = started.elapsed().as_millis() as u64, "schedule");
+            Ok(result)
+        }
+        Some(EventShape::Http) => {
+            let request: lambda_http::request::LambdaRequest =
+                serde_json::from_value(payload).map_err(|e| InvocationError::BadHttpEvent(e.to_string()))?;
+            let req = lambda_http::Request::from(request).with_lambda_context(context);
+            let resp = http_event(app, Function::OrderSync, req).await;
+            Ok(api_gateway_v2_response(resp).await)
+        }
+        None => Err(InvocationError::UnknownEvent(
+            "orderSync handles DynamoDB stream records, EventBridge schedules and API Gateway HTTP API events".to_owned(),
+        )),
+    }
+}
+
+/// The outbox entries of a stream batch: (entry id, sequence number), in order. Records that
+/// are not outbox inserts are skipped (the event source's filter already drops them).
+pub fn outbox_records(event: &Value) -> Vec<(String, String)> {
+    let Some(records) = event.get("Records").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    records
+        .iter()
+        .filter(|r| r.get("eventName").and_then(Value::as_str) == Some("INSERT"))
+        .filter_map(|r| {
+            let id = r
+                .pointer("/dynamodb/Keys/pk/S")?
+                .as_str()?
+                .strip_prefix("outbox#")?;
+            let seq = r.pointer("/dynamodb/SequenceNumber")?.as_str()?;
+            Some((id.to_owned(), seq.to_owned()))
+        })
+        .filter(|(id, _)| !id.is_empty())
+        .collect()
+}
+
+/// Runs the outbox entries and reports the failed ones by sequence number, so Lambda retries
+/// (and bisects) only those (`ReportBatchItemFailures`).
+async fn stream_event(app: &App, event: &Value) -> Value {
+    let started = Instant::now();
+    let records = outbox_records(event);
+    let ids: Vec<String> = records.iter().map(|(id, _)| id.clone()).collect();
+    let failed = if ids.is_empty() {
+        Vec::new()
+    } else {
+        handlers::order_sync::on_outbox_records(app, ids).await
+    };
+    let failures: Vec<Value> = records
+        .iter()
+        .filter(|(id, _)| failed.contains(id))
+        .map(|(_, seq)| json!({ "itemIdentifier": seq }))
+        .collect();
+    tracing::info!(
+        records = records.len(),
+        failed = failures.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "outbox batch"
+    );
+    json!({ "batchItemFailures": failures })
+}
+
+/// An HTTP response as API Gateway's payload 2.0 expects it from a plain (non-`lambda_http`)
+/// handler: text bodies as text, anything else base64.
+async fn api_gateway_v2_response(resp: crate::http::Response) -> Value {
+    use base64::Engine as _;
+    let resp = to_lambda_response(resp).into_response().await;
+    let (parts, body) = resp.into_parts();
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        if let Ok(v) = value.to_str() {
+            headers.insert(name.as_str().to_owned(), Value::String(v.to_owned()));
+        }
+    }
+    let (body, base64) = match body {
+        lambda_http::Body::Text(s) => (s, false),
+        lambda_http::Body::Binary(b) => (base64::engine::general_purpose::STANDARD.encode(b), true),
+        _ => (String::new(), false),
+    };
+    json!({
+        "statusCode": parts.status.as_u16(),
+        "headers": headers,
+        "body": body,
+        "isBase64Encoded": base64,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_a_named_stage_only() {
+        assert_eq!(strip_stage("/prod/fn/login", Some("prod")), "/fn/login");
+        assert_eq!(strip_stage("/fn/login", Some("prod")), "/fn/login");
+        assert_eq!(
+            strip_stage("/production/fn/login", Some("prod")),
+            "/production/fn/login"
+        );
+        assert_eq!(strip_stage("/fn/login", Some("$default")), "/fn/login");
+        assert_eq!(strip_stage("/fn/login", None), "/fn/login");
+    }
+
+    #[test]
+    fn tells_event_shapes_apart() {
+        let stream = json!({"Records": [{"eventSource": "aws:dynamodb", "eventName": "INSERT"}]});
+        let schedule =
+            json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+        let http = json!({"version": "2.0", "rawPath": "/admin/orderSync", "requestContext": {"http": {"method": "POST"}}});
+        let sqs = json!({"Records": [{"eventSource": "aws:sqs"}]});
+        assert_eq!(event_shape(&stream), Some(EventShape::Stream));
+        assert_eq!(event_shape(&schedule), Some(EventShape::Schedule));
+        assert_eq!(event_shape(&http), Some(EventShape::Http));
+        assert_eq!(event_shape(&sqs), None);
+        assert_eq!(event_shape(&json!({})), None);
+    }
+
+    #[test]
+    fn picks_outbox_inserts_with_their_sequence_numbers() {
+        let event = json!({"Records": [
+            {"eventSource": "aws:dynamodb", "eventName": "INSERT",
+             "dynamodb": {"Keys": {"pk": {"S": "outbox#a1"}}, "SequenceNumber": "100"}},
+            {"eventSource": "aws:dynamodb", "eventName": "MODIFY",
+             "dynamodb": {"Keys": {"pk": {"S": "outbox#a2"}}, "SequenceNumber": "101"}},
+            {"eventSource": "aws:dynamodb", "eventName": "INSERT",
+             "dynamodb": {"Keys": {"pk": {"S": "order#o1"}}, "SequenceNumber": "102"}},
+            {"eventSource": "aws:dynamodb", "eventName": "INSERT",
+             "dynamodb": {"Keys": {"pk": {"S": "outbox#b2"}}, "SequenceNumber": "103"}}
+        ]});
+        assert_eq!(
+            outbox_records(&event),
+            vec![
+                ("a1".to_owned(), "100".to_owned()),
+                ("b2".to_owned(), "103".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn secret_values_become_strings_and_errors_name_keys_only() {
+        let m = parse_secret(r#"{"A": "x", "B": 3, "C": null}"#).unwrap();
+        assert_eq!(m.get("A").map(String::as_str), Some("x"));
+        assert_eq!(m.get("B").map(String::as_str), Some("3"));
+        assert!(!m.contains_key("C"));
+        let e = parse_secret(r#"{"K": {"nested": "topsecret"}}"#).unwrap_err();
+        assert!(e.contains('K') && !e.contains("topsecret"), "{e}");
+        assert!(parse_secret("not json topsecret")
+            .unwrap_err()
+            .find("topsecret")
+            .is_none());
+    }
+}

@@ -1,0 +1,288 @@
+//! The SAM template (infra/template.yaml) against the code: cfn-lint passes, the HTTP API's
+//! routes are exactly `wxshop::handlers::ROUTES` (with IAM on the admin routes and on nothing
+//! else), every function is built from its own binary on arm64/provided.al2023, and the
+//! orderSync wiring (stream filter, partial batch failures, DLQ, schedule) is in place.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_yaml::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use wxshop::handlers::{Caller, Function, ROUTES};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn template() -> Value {
+    let text = std::fs::read_to_string(root().join("infra/template.yaml")).expect("read template");
+    serde_yaml::from_str(&text).expect("template is YAML (short tags included)")
+}
+
+/// A plain string, or the argument of `!Ref`/`!Sub` & co. shown as `!Tag value`.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Tagged(t) => format!("{} {}", t.tag, text(&t.value)),
+        other => format!("{other:?}"),
+    }
+}
+
+fn functions(t: &Value) -> Vec<(String, &Value)> {
+    t["Resources"]
+        .as_mapping()
+        .expect("Resources")
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::Serverless::Function"))
+        .map(|(k, r)| (k.as_str().expect("logical id").to_owned(), r))
+        .collect()
+}
+
+fn binary_of(resource: &Value) -> String {
+    resource["Metadata"]["BuildProperties"]["Binary"]
+        .as_str()
+        .expect("Metadata.BuildProperties.Binary")
+        .to_owned()
+}
+
+#[test]
+fn cfn_lint_passes() {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/cfn-lint.sh"))
+        .current_dir(root())
+        .output()
+        .expect("run scripts/cfn-lint.sh");
+    assert!(
+        out.status.success(),
+        "scripts/cfn-lint.sh failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn http_api_routes_are_exactly_the_routing_table() {
+    let t = template();
+    // (method, path, binary, iam)
+    let mut in_template = BTreeSet::new();
+    for (id, f) in functions(&t) {
+        let binary = binary_of(f);
+        let Some(events) = f["Properties"]["Events"].as_mapping() else {
+            continue;
+        };
+        for (name, ev) in events {
+            if ev["Type"].as_str() != Some("HttpApi") {
+                continue;
+            }
+            let p = &ev["Properties"];
+            assert_eq!(
+                text(&p["ApiId"]),
+                "!Ref Api",
+                "{id}.{name:?} must attach to Api"
+            );
+            let auth = p["Auth"]["Authorizer"].as_str().unwrap_or("NONE");
+            assert!(
+                auth == "AWS_IAM" || auth == "NONE",
+                "{id}.{name:?}: unexpected authorizer {auth}"
+            );
+            let added = in_template.insert((
+                p["Method"].as_str().expect("Method").to_uppercase(),
+                p["Path"].as_str().expect("Path").to_owned(),
+                binary.clone(),
+                auth == "AWS_IAM",
+            ));
+            assert!(added, "{id}.{name:?} duplicates a route");
+        }
+    }
+    let in_code: BTreeSet<_> = ROUTES
+        .iter()
+        .map(|r| {
+            (
+                r.method.to_owned(),
+                r.path.to_owned(),
+                r.function.binary().to_owned(),
+                r.caller == Caller::Admin,
+            )
+        })
+        .collect();
+    let missing: Vec<_> = in_code.difference(&in_template).collect();
+    let extra: Vec<_> = in_template.difference(&in_code).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "template routes differ from ROUTES\n  missing from the template: {missing:?}\n  not in ROUTES: {extra:?}"
+    );
+    assert!(
+        t["Resources"]["Api"]["Properties"]["Auth"]["EnableIamAuthorizer"].as_bool() == Some(true),
+        "Api needs Auth.EnableIamAuthorizer for the admin routes"
+    );
+}
+
+#[test]
+fn one_function_per_binary_on_arm64_al2023() {
+    let t = template();
+    let g = &t["Globals"]["Function"];
+    assert_eq!(g["Runtime"].as_str(), Some("provided.al2023"));
+    assert_eq!(g["Handler"].as_str(), Some("bootstrap"));
+    assert_eq!(g["Architectures"][0].as_str(), Some("arm64"));
+    assert_eq!(g["CodeUri"].as_str(), Some(".."));
+    let mut binaries = BTreeSet::new();
+    for (id, f) in functions(&t) {
+        assert_eq!(
+            f["Metadata"]["BuildMethod"].as_str(),
+            Some("rust-cargolambda"),
+            "{id}"
+        );
+        let mem = f["Properties"]["MemorySize"].as_u64().unwrap_or(128);
+        assert!((128..=256).contains(&mem), "{id}: MemorySize {mem}");
+        let binary = binary_of(f);
+        assert!(
+            root()
+                .join("functions")
+                .join(&binary)
+                .join("Cargo.toml")
+                .exists(),
+            "{id}: no functions/{binary}"
+        );
+        assert!(binaries.insert(binary), "{id}: binary used twice");
+    }
+    let expected: BTreeSet<String> = Function::ALL
+        .iter()
+        .map(|f| f.binary().to_owned())
+        .collect();
+    assert_eq!(binaries, expected);
+    let pay = functions(&t)
+        .into_iter()
+        .find(|(_, f)| binary_of(f) == "pay-callback")
+        .expect("pay-callback")
+        .1;
+    let timeout = pay["Properties"]["Timeout"]
+        .as_u64()
+        .expect("payCallback Timeout");
+    assert!(
+        timeout <= 5,
+        "WeChat Pay waits 5 s; payCallback Timeout is {timeout}"
+    );
+}
+
+#[test]
+fn environment_has_no_secrets_and_names_the_secret() {
+    let t = template();
+    let vars = t["Globals"]["Function"]["Environment"]["Variables"]
+        .as_mapping()
+        .expect("Globals env");
+    let names: BTreeSet<&str> = vars.keys().filter_map(Value::as_str).collect();
+    for secret in [
+        "WX_APPSECRET",
+        "WXPAY_API_KEY",
+        "SESSION_SECRET",
+        "WX_PUSH_TOKEN",
+        "WX_PUSH_AES_KEY",
+        "WXPAY_CERT_P12_BASE64",
+        "WXPAY_CERT_P12_PASSWORD",
+    ] {
+        assert!(
+            !names.contains(secret),
+            "{secret} must come from the secret, not the environment"
+        );
+    }
+    for required in [
+        "WXSHOP_SECRET_ARN",
+        "STORE",
+        "WX_APPID",
+        "WXPAY_MCH_ID",
+        "WXPAY_NOTIFY_URL",
+    ] {
+        assert!(
+            names.contains(required),
+            "{required} missing from the environment"
+        );
+    }
+    assert_eq!(
+        text(&vars[&Value::from("WXSHOP_SECRET_ARN")]),
+        "!Ref Secrets"
+    );
+    assert!(text(&vars[&Value::from("STORE")]).contains("dynamodb:${Table}"));
+    assert!(text(&vars[&Value::from("WXPAY_NOTIFY_URL")]).ends_with("/callbacks/pay"));
+    // Every function may read that secret and nothing else.
+    for (id, f) in functions(&t) {
+        let policies = f["Properties"]["Policies"].as_sequence().expect("Policies");
+        let secret_reads: Vec<_> = policies
+            .iter()
+            .filter_map(|p| p.get("AWSSecretsManagerGetSecretValuePolicy"))
+            .collect();
+        assert_eq!(secret_reads.len(), 1, "{id}");
+        assert_eq!(text(&secret_reads[0]["SecretArn"]), "!Ref Secrets", "{id}");
+    }
+}
+
+#[test]
+fn table_and_order_sync_wiring() {
+    let t = template();
+    let table = &t["Resources"]["Table"];
+    assert_eq!(table["DeletionPolicy"].as_str(), Some("Retain"));
+    assert_eq!(table["UpdateReplacePolicy"].as_str(), Some("Retain"));
+    let p = &table["Properties"];
+    assert_eq!(p["BillingMode"].as_str(), Some("PAY_PER_REQUEST"));
+    assert_eq!(
+        p["TimeToLiveSpecification"]["AttributeName"].as_str(),
+        Some("ttl")
+    );
+    assert_eq!(
+        p["StreamSpecification"]["StreamViewType"].as_str(),
+        Some("NEW_IMAGE")
+    );
+    assert_eq!(
+        p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(p["KeySchema"][0]["AttributeName"].as_str(), Some("pk"));
+    let gsis: Vec<&str> = p["GlobalSecondaryIndexes"]
+        .as_sequence()
+        .expect("GSIs")
+        .iter()
+        .filter_map(|g| g["IndexName"].as_str())
+        .collect();
+    assert_eq!(gsis, ["gsi1", "gsi2"]);
+
+    let order_sync = functions(&t)
+        .into_iter()
+        .find(|(_, f)| binary_of(f) == "order-sync")
+        .expect("order-sync")
+        .1;
+    let events = &order_sync["Properties"]["Events"];
+    let stream = &events["Outbox"]["Properties"];
+    assert_eq!(events["Outbox"]["Type"].as_str(), Some("DynamoDB"));
+    assert_eq!(text(&stream["Stream"]), "!GetAtt Table.StreamArn");
+    assert_eq!(stream["BisectBatchOnFunctionError"].as_bool(), Some(true));
+    assert!(stream["MaximumRetryAttempts"].as_u64().is_some());
+    assert_eq!(
+        stream["FunctionResponseTypes"][0].as_str(),
+        Some("ReportBatchItemFailures")
+    );
+    assert_eq!(
+        text(&stream["DestinationConfig"]["OnFailure"]["Destination"]),
+        "!GetAtt DeadLetterQueue.Arn"
+    );
+    let pattern: serde_json::Value = serde_json::from_str(
+        stream["FilterCriteria"]["Filters"][0]["Pattern"]
+            .as_str()
+            .expect("filter pattern"),
+    )
+    .expect("filter pattern is JSON");
+    assert_eq!(pattern["eventName"][0], "INSERT");
+    assert_eq!(
+        pattern["dynamodb"]["Keys"]["pk"]["S"][0]["prefix"],
+        "outbox#"
+    );
+    assert_eq!(events["Sweep"]["Type"].as_str(), Some("Schedule"));
+    assert_eq!(
+        events["Sweep"]["Properties"]["Schedule"].as_str(),
+        Some("rate(5 minutes)")
+    );
+}

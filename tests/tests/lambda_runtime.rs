@@ -1,0 +1,792 @@
+//! The real function binaries, run as Lambda runs them: each is started with
+//! `AWS_LAMBDA_RUNTIME_API` pointing at a small Runtime API server in this test, which hands it
+//! API Gateway HTTP API (2.0), DynamoDB stream and EventBridge schedule events and records what
+//! comes back (`/response`, `/error`, `/init/error`).
+//!
+//! The binaries are built (debug) by this test with `cargo build -p <functions> --features
+//! <function>/local-store`: `local-store` adds SQLite to the Lambda binaries so `STORE=memory`
+//! works without a DynamoDB server (the deployed binaries have no SQLite). WeChat is never
+//! called: `WX_API_BASE_URL`/`WXPAY_BASE_URL` point at a closed local port, and every request
+//! here is answered before any WeChat call (401, 400, FAIL, URL verification, routing).
+//!
+//! The Secrets Manager path (`WXSHOP_SECRET_ARN`) runs against moto's server
+//! (`scripts/ensure-moto.sh` installs it when missing).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const API_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
+const SESSION_SECRET: &str = "s3ss10n-s3cr3t-0123456789abcdefXYZ";
+const APPSECRET: &str = "appsecret-value-never-logged";
+const PUSH_TOKEN: &str = "pushtoken123";
+
+// ------------------------------------------------------------------ building the binaries
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// binary name → executable, built once per test process.
+fn binaries() -> &'static HashMap<String, PathBuf> {
+    static BINS: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let names: Vec<&str> = wxshop::handlers::Function::ALL
+            .iter()
+            .map(|f| f.binary())
+            .collect();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+        ]);
+        for n in &names {
+            cmd.args(["-p", n]);
+        }
+        let features: Vec<String> = names.iter().map(|n| format!("{n}/local-store")).collect();
+        cmd.args(["--features", &features.join(",")]);
+        let out = cmd
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build of the function binaries failed"
+        );
+        let mut bins = HashMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(msg) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if msg["reason"] == "compiler-artifact" {
+                if let (Some(name), Some(exe)) =
+                    (msg["target"]["name"].as_str(), msg["executable"].as_str())
+                {
+                    if names.contains(&name) {
+                        bins.insert(name.to_owned(), PathBuf::from(exe));
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            bins.len(),
+            names.len(),
+            "not every function binary was built: {bins:?}"
+        );
+        bins
+    })
+}
+
+// ------------------------------------------------------------------ the Runtime API
+
+#[derive(Debug)]
+enum Outcome {
+    Response {
+        id: String,
+        body: Value,
+    },
+    Error {
+        id: String,
+        error_type: String,
+        body: Value,
+    },
+    InitError {
+        error_type: String,
+        body: Value,
+    },
+}
+
+#[derive(Clone)]
+struct ApiState {
+    events: Arc<Mutex<VecDeque<(String, Value)>>>,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+}
+
+struct RuntimeApi {
+    addr: std::net::SocketAddr,
+    outcomes: mpsc::UnboundedReceiver<Outcome>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RuntimeApi {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn next_invocation(State(s): State<ApiState>) -> axum::response::Response {
+    loop {
+        let next = s.events.lock().unwrap().pop_front();
+        if let Some((id, event)) = next {
+            let deadline = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                + 30_000;
+            let mut headers = HeaderMap::new();
+            headers.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
+            headers.insert(
+                "lambda-runtime-deadline-ms",
+                deadline.to_string().parse().unwrap(),
+            );
+            headers.insert(
+                "lambda-runtime-invoked-function-arn",
+                "arn:aws:lambda:us-east-1:123456789012:function:wxshop-test"
+                    .parse()
+                    .unwrap(),
+            );
+            headers.insert(
+                "lambda-runtime-trace-id",
+                "Root=1-00000000-000000000000000000000000".parse().unwrap(),
+            );
+            headers.insert("content-type", "application/json".parse().unwrap());
+            return (StatusCode::OK, headers, event.to_string()).into_response();
+        }
+        // No more events: hold the long poll, as Lambda does between invocations.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn error_type(h: &HeaderMap) -> String {
+    h.get("lambda-runtime-function-error-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn json_body(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))
+}
+
+impl RuntimeApi {
+    async fn start(events: Vec<Value>) -> RuntimeApi {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = ApiState {
+            events: Arc::new(Mutex::new(
+                events
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| (format!("req-{i}"), e))
+                    .collect(),
+            )),
+            outcomes: tx,
+        };
+        let app = Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(|State(s): State<ApiState>, UrlPath(id): UrlPath<String>, body: String| async move {
+                    let _ = s.outcomes.send(Outcome::Response { id, body: json_body(&body) });
+                    StatusCode::ACCEPTED
+                }),
+            )
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/error",
+                post(
+                    |State(s): State<ApiState>, UrlPath(id): UrlPath<String>, h: HeaderMap, body: String| async move {
+                        let _ = s.outcomes.send(Outcome::Error { id, error_type: error_type(&h), body: json_body(&body) });
+                        StatusCode::ACCEPTED
+                    },
+                ),
+            )
+            .route(
+                "/2018-06-01/runtime/init/error",
+                post(|State(s): State<ApiState>, h: HeaderMap, body: String| async move {
+                    let _ = s.outcomes.send(Outcome::InitError { error_type: error_type(&h), body: json_body(&body) });
+                    StatusCode::ACCEPTED
+                }),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        RuntimeApi {
+            addr,
+            outcomes: rx,
+            server,
+        }
+    }
+
+    async fn next_outcome(&mut self) -> Outcome {
+        tokio::time::timeout(Duration::from_secs(30), self.outcomes.recv())
+            .await
+            .expect("the function answered nothing within 30 s")
+            .expect("runtime API closed")
+    }
+}
+
+// ------------------------------------------------------------------ the function process
+
+/// A configuration that is complete and calls no real WeChat host.
+fn valid_config() -> Vec<(&'static str, String)> {
+    vec![
+        ("WX_APPID", "wx0123456789abcdef".into()),
+        ("WX_APPSECRET", APPSECRET.into()),
+        ("WXPAY_MCH_ID", "1900000109".into()),
+        ("WXPAY_API_KEY", API_KEY.into()),
+        ("SESSION_SECRET", SESSION_SECRET.into()),
+        ("WX_PUSH_TOKEN", PUSH_TOKEN.into()),
+        (
+            "WXPAY_NOTIFY_URL",
+            "https://shop.example.com/callbacks/pay".into(),
+        ),
+        ("STORE", "memory".into()),
+        // Port 9 (discard) on loopback: nothing listens; a WeChat call would fail fast.
+        ("WX_API_BASE_URL", "http://127.0.0.1:9".into()),
+        ("WXPAY_BASE_URL", "http://127.0.0.1:9".into()),
+    ]
+}
+
+struct FunctionProcess {
+    child: tokio::process::Child,
+    stdout: tokio::task::JoinHandle<String>,
+}
+
+impl FunctionProcess {
+    fn spawn(binary: &str, api: &RuntimeApi, env: &[(&str, String)]) -> FunctionProcess {
+        let exe = &binaries()[binary];
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", format!("wxshop-{binary}"))
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_LEVEL", "DEBUG")
+            .env("AWS_REGION", "us-east-1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the function binary");
+        let mut out = child.stdout.take().unwrap();
+        let stdout = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s).await;
+            s
+        });
+        FunctionProcess { child, stdout }
+    }
+
+    /// Stops the process and returns its log (stdout).
+    async fn stop(mut self) -> String {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        tokio::time::timeout(Duration::from_secs(10), self.stdout)
+            .await
+            .expect("log reader")
+            .unwrap_or_default()
+    }
+}
+
+/// Logs are JSON lines, carry request id and function, and never a secret.
+fn check_logs(log: &str, function: &str) {
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("log line is not JSON: {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "no logs");
+    assert!(
+        lines.iter().any(|l| l["span"]["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("req-"))
+            && l["span"]["function"] == function),
+        "no log line carries request_id and function={function}:\n{log}"
+    );
+    for secret in [API_KEY, SESSION_SECRET, APPSECRET, PUSH_TOKEN] {
+        assert!(!log.contains(secret), "a secret reached the logs");
+    }
+}
+
+// ------------------------------------------------------------------ events
+
+fn http_event(
+    method: &str,
+    raw_path: &str,
+    stage: &str,
+    query: &str,
+    headers: Value,
+    body: Option<&str>,
+    base64: bool,
+) -> Value {
+    json!({
+        "version": "2.0",
+        "routeKey": format!("{method} {raw_path}"),
+        "rawPath": raw_path,
+        "rawQueryString": query,
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "shop.example.com",
+            "domainPrefix": "shop",
+            "http": {
+                "method": method,
+                "path": raw_path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.7",
+                "userAgent": "wxshop-test"
+            },
+            "requestId": "apigw-1",
+            "routeKey": format!("{method} {raw_path}"),
+            "stage": stage,
+            "time": "01/Jan/2026:00:00:00 +0000",
+            "timeEpoch": 1767225600000u64
+        },
+        "body": body,
+        "isBase64Encoded": base64
+    })
+}
+
+fn post_json(path: &str, body: &str) -> Value {
+    http_event(
+        "POST",
+        path,
+        "$default",
+        "",
+        json!({"content-type": "application/json"}),
+        Some(body),
+        false,
+    )
+}
+
+fn response_of(o: Outcome) -> (String, Value) {
+    match o {
+        Outcome::Response { id, body } => (id, body),
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+/// The JSON body of an API Gateway 2.0 response.
+fn body_json(resp: &Value) -> Value {
+    let body = resp["body"].as_str().unwrap_or_default();
+    let text = if resp["isBase64Encoded"] == true {
+        String::from_utf8(base64_decode(body)).unwrap()
+    } else {
+        body.to_owned()
+    };
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+fn body_text(resp: &Value) -> String {
+    match body_json(resp) {
+        Value::String(s) => s,
+        v => v.to_string(),
+    }
+}
+
+/// Minimal standard base64 decoding (test helper; avoids another dependency).
+fn base64_decode(s: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = A.iter().position(|a| *a == c).expect("base64") as u32;
+        buf = (buf << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    out
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, x)| acc | (*x as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_order_routes_by_raw_path_and_stage() {
+    let mut api = RuntimeApi::start(vec![
+        post_json("/fn/queryOrder", "{}"),
+        // A named stage prefixes rawPath; the route is still found.
+        http_event(
+            "POST",
+            "/prod/fn/queryOrder",
+            "prod",
+            "",
+            json!({"content-type": "application/json"}),
+            Some("{}"),
+            false,
+        ),
+        // Another function's route is not served here.
+        post_json("/fn/login", "{}"),
+    ])
+    .await;
+    let f = FunctionProcess::spawn("query-order", &api, &valid_config());
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(response_of(api.next_outcome().await));
+    }
+    let log = f.stop().await;
+    let (id, r) = &seen[0];
+    assert_eq!(id, "req-0");
+    assert_eq!(r["statusCode"], 401, "{r}");
+    assert_eq!(body_json(r)["code"], "UNAUTHENTICATED", "{r}");
+    assert_eq!(seen[1].1["statusCode"], 401, "{}", seen[1].1);
+    assert_eq!(seen[2].1["statusCode"], 404, "{}", seen[2].1);
+    assert_eq!(body_json(&seen[2].1)["code"], "NO_SUCH_ROUTE");
+    check_logs(&log, "queryOrder");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_an_empty_body_is_a_400() {
+    let mut api = RuntimeApi::start(vec![http_event(
+        "POST",
+        "/fn/login",
+        "$default",
+        "",
+        json!({"content-type": "application/json"}),
+        None,
+        false,
+    )])
+    .await;
+    let f = FunctionProcess::spawn("login", &api, &valid_config());
+    let (_, r) = response_of(api.next_outcome().await);
+    let log = f.stop().await;
+    assert_eq!(r["statusCode"], 400, "{r}");
+    assert!(body_json(&r)["code"].is_string(), "{r}");
+    check_logs(&log, "login");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_callback_answers_a_forged_notification_with_fail() {
+    let forged = "<xml><return_code><![CDATA[SUCCESS]]></return_code><appid><![CDATA[wx0123456789abcdef]]></appid>\
+        <mch_id><![CDATA[1900000109]]></mch_id><nonce_str><![CDATA[abc]]></nonce_str>\
+        <result_code><![CDATA[SUCCESS]]></result_code><out_trade_no><![CDATA[WX1]]></out_trade_no>\
+        <total_fee>1</total_fee><transaction_id><![CDATA[42000000]]></transaction_id>\
+        <sign><![CDATA[0123456789ABCDEF0123456789ABCDEF]]></sign></xml>";
+    let mut api = RuntimeApi::start(vec![http_event(
+        "POST",
+        "/callbacks/pay",
+        "$default",
+        "",
+        json!({"content-type": "text/xml"}),
+        // API Gateway base64-encodes bodies it does not treat as text.
+        Some(&base64_encode(forged.as_bytes())),
+        true,
+    )])
+    .await;
+    let f = FunctionProcess::spawn("pay-callback", &api, &valid_config());
+    let (_, r) = response_of(api.next_outcome().await);
+    let log = f.stop().await;
+    let body = body_text(&r);
+    assert!(body.contains("FAIL"), "expected the FAIL XML, got {r}");
+    assert!(
+        !body.contains(">SUCCESS<") && !body.contains("[SUCCESS]"),
+        "{r}"
+    );
+    check_logs(&log, "payCallback");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_callback_verifies_the_push_url() {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let nonce = "1234567";
+    let signature = wxshop::push::sign(PUSH_TOKEN, &ts, nonce);
+    let good = format!("signature={signature}&timestamp={ts}&nonce={nonce}&echostr=echo-8899");
+    let bad = format!(
+        "signature={}&timestamp={ts}&nonce={nonce}&echostr=echo-8899",
+        "0".repeat(40)
+    );
+    let mut api = RuntimeApi::start(vec![
+        http_event(
+            "GET",
+            "/callbacks/wechat",
+            "$default",
+            &good,
+            json!({}),
+            None,
+            false,
+        ),
+        http_event(
+            "GET",
+            "/callbacks/wechat",
+            "$default",
+            &bad,
+            json!({}),
+            None,
+            false,
+        ),
+    ])
+    .await;
+    let f = FunctionProcess::spawn("audit-callback", &api, &valid_config());
+    let (_, ok) = response_of(api.next_outcome().await);
+    let (_, refused) = response_of(api.next_outcome().await);
+    let log = f.stop().await;
+    assert_eq!(ok["statusCode"], 200, "{ok}");
+    assert_eq!(body_text(&ok), "echo-8899");
+    assert_eq!(refused["statusCode"], 403, "{refused}");
+    check_logs(&log, "auditCallback");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_sync_takes_schedule_stream_and_http_events() {
+    let stream = json!({"Records": [
+        {"eventID": "1", "eventName": "INSERT", "eventVersion": "1.1", "eventSource": "aws:dynamodb",
+         "awsRegion": "us-east-1",
+         "dynamodb": {"Keys": {"pk": {"S": "outbox#does-not-exist"}}, "SequenceNumber": "111",
+                      "SizeBytes": 26, "StreamViewType": "NEW_IMAGE"},
+         "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026"},
+        {"eventID": "2", "eventName": "MODIFY", "eventVersion": "1.1", "eventSource": "aws:dynamodb",
+         "awsRegion": "us-east-1",
+         "dynamodb": {"Keys": {"pk": {"S": "order#o1"}}, "SequenceNumber": "222",
+                      "SizeBytes": 26, "StreamViewType": "NEW_IMAGE"},
+         "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026"}
+    ]});
+    let schedule = json!({
+        "version": "0", "id": "e1", "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": "123456789012", "time": "2026-01-01T00:00:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/sweep"], "detail": {}
+    });
+    let mut api = RuntimeApi::start(vec![
+        schedule,
+        stream,
+        post_json("/admin/orderSync", "{}"),
+        json!({"something": "else"}),
+    ])
+    .await;
+    let f = FunctionProcess::spawn("order-sync", &api, &valid_config());
+    let (_, swept) = response_of(api.next_outcome().await);
+    let (_, batch) = response_of(api.next_outcome().await);
+    let (_, admin) = response_of(api.next_outcome().await);
+    let unknown = api.next_outcome().await;
+    let log = f.stop().await;
+
+    assert!(swept.is_object(), "schedule result: {swept}");
+    let failures = batch["batchItemFailures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{batch}"));
+    for fail in failures {
+        // Only the outbox record may be reported; the MODIFY of an order is not ours.
+        assert_eq!(fail["itemIdentifier"], "111", "{batch}");
+    }
+    let status = admin["statusCode"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{admin}"));
+    assert!(status != 404 && status < 500, "admin route: {admin}");
+    match unknown {
+        Outcome::Error {
+            id,
+            error_type,
+            body,
+        } => {
+            assert_eq!(id, "req-3");
+            assert_eq!(body["errorType"], "UnknownEvent", "{body} ({error_type})");
+        }
+        other => panic!("an unknown event must be an invocation error: {other:?}"),
+    }
+    check_logs(&log, "orderSync");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_configuration_is_an_init_error_naming_every_variable() {
+    let mut api = RuntimeApi::start(vec![post_json("/fn/login", "{}")]).await;
+    let mut f = FunctionProcess::spawn("login", &api, &[("WXPAY_SIGN_TYPE", "SHA1".into())]);
+    let outcome = api.next_outcome().await;
+    let status = tokio::time::timeout(Duration::from_secs(10), f.child.wait())
+        .await
+        .expect("the function exits after an init error")
+        .unwrap();
+    assert!(!status.success(), "exit status {status}");
+    let _ = f.stop().await;
+    match outcome {
+        Outcome::InitError { error_type, body } => {
+            assert_eq!(error_type, "Runtime.ConfigError");
+            assert_eq!(body["errorType"], "ConfigError");
+            let msg = body["errorMessage"].as_str().unwrap();
+            for var in [
+                "WX_APPID",
+                "WX_APPSECRET",
+                "WXPAY_MCH_ID",
+                "WXPAY_API_KEY",
+                "SESSION_SECRET",
+                "WX_PUSH_TOKEN",
+                "WXPAY_NOTIFY_URL",
+                "WXPAY_SIGN_TYPE",
+            ] {
+                assert!(msg.contains(var), "{var} missing from: {msg}");
+            }
+        }
+        other => panic!("expected /init/error, got {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------------ secrets (moto)
+
+struct Moto {
+    child: tokio::process::Child,
+    url: String,
+}
+
+async fn start_moto() -> Moto {
+    let ensure = std::process::Command::new("bash")
+        .arg(workspace_root().join("scripts/ensure-moto.sh"))
+        .status()
+        .expect("run scripts/ensure-moto.sh");
+    assert!(ensure.success(), "scripts/ensure-moto.sh failed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(
+        std::env::var("WXSHOP_PYTHON").unwrap_or_else(|_| "python3".into()),
+    )
+    .args([
+        "-m",
+        "moto.server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("start moto");
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client.get(format!("{url}/moto-api/")).send().await.is_ok() {
+            return Moto { child, url };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("moto did not start on {url}");
+}
+
+/// Creates a secret through moto's Secrets Manager JSON API; returns its ARN.
+async fn create_secret(moto: &Moto, name: &str, value: &Value) -> String {
+    let resp: Value = reqwest::Client::new()
+        .post(&moto.url)
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-target", "secretsmanager.CreateSecret")
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/secretsmanager/aws4_request, SignedHeaders=host, Signature=00",
+        )
+        .body(json!({"Name": name, "SecretString": value.to_string()}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    resp["ARN"]
+        .as_str()
+        .unwrap_or_else(|| panic!("CreateSecret: {resp}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_come_from_secrets_manager() {
+    let mut moto = start_moto().await;
+    let full = create_secret(
+        &moto,
+        "wxshop-full",
+        &json!({
+            "WX_APPSECRET": APPSECRET, "WXPAY_API_KEY": API_KEY, "SESSION_SECRET": SESSION_SECRET,
+            "WX_PUSH_TOKEN": PUSH_TOKEN, "WX_PUSH_AES_KEY": "", "WXPAY_CERT_P12_BASE64": ""
+        }),
+    )
+    .await;
+    let partial = create_secret(
+        &moto,
+        "wxshop-partial",
+        &json!({"WX_APPSECRET": APPSECRET, "WXPAY_API_KEY": "", "SESSION_SECRET": SESSION_SECRET, "WX_PUSH_TOKEN": PUSH_TOKEN}),
+    )
+    .await;
+    let env = |arn: &str| -> Vec<(&'static str, String)> {
+        let secret_keys = [
+            "WX_APPSECRET",
+            "WXPAY_API_KEY",
+            "SESSION_SECRET",
+            "WX_PUSH_TOKEN",
+        ];
+        let mut env: Vec<(&'static str, String)> = valid_config()
+            .into_iter()
+            .filter(|(k, _)| !secret_keys.contains(k))
+            .collect();
+        env.push(("WXSHOP_SECRET_ARN", arn.to_owned()));
+        env.push(("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.url.clone()));
+        env.push(("AWS_ACCESS_KEY_ID", "test".into()));
+        env.push(("AWS_SECRET_ACCESS_KEY", "test".into()));
+        env
+    };
+
+    // Every key in the secret: the function starts and serves.
+    let mut api = RuntimeApi::start(vec![post_json("/fn/queryOrder", "{}")]).await;
+    let f = FunctionProcess::spawn("query-order", &api, &env(&full));
+    let outcome = api.next_outcome().await;
+    let log = f.stop().await;
+    let (_, r) = response_of(outcome);
+    assert_eq!(r["statusCode"], 401, "{r}");
+    check_logs(&log, "queryOrder");
+
+    // An empty field in the secret counts as unset and is named at cold start.
+    let mut api = RuntimeApi::start(vec![post_json("/fn/queryOrder", "{}")]).await;
+    let f = FunctionProcess::spawn("query-order", &api, &env(&partial));
+    let outcome = api.next_outcome().await;
+    let log = f.stop().await;
+    match outcome {
+        Outcome::InitError { body, .. } => {
+            let msg = body["errorMessage"].as_str().unwrap();
+            assert!(msg.contains("WXPAY_API_KEY"), "{msg}");
+            assert!(!msg.contains("WX_APPSECRET"), "{msg}");
+        }
+        other => panic!("expected /init/error, got {other:?}"),
+    }
+    for secret in [SESSION_SECRET, APPSECRET] {
+        assert!(!log.contains(secret), "a secret reached the logs");
+    }
+    let _ = moto.child.start_kill();
+    let _ = moto.child.wait().await;
+}
