@@ -197,6 +197,7 @@ fn strip_pkcs7(plain: &[u8]) -> Result<&[u8], PushError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 

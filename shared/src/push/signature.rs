@@ -96,7 +96,7 @@ impl PushQuery {
     }
 
     /// A parameter, with empty values treated as absent.
-    pub(crate) fn get<'a>(v: &'a Option<String>) -> Option<&'a str> {
+    pub(crate) fn get(v: &Option<String>) -> Option<&str> {
         v.as_deref().filter(|s| !s.is_empty())
     }
 
@@ -167,6 +167,7 @@ pub(crate) fn check_timestamp(ts: &str) -> Result<(), PushError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 
