@@ -121,9 +121,10 @@ pub fn decrypt(cfg: &PushConfig, encrypt: &str) -> Result<Vec<u8>, PushError> {
         return Err(PushError::BadCiphertextLength(buf.len()));
     }
     let iv = iv_of(key);
+    let cipher_len = buf.len();
     let plain = cbc::Decryptor::<Aes256>::new(key.into(), (&iv).into())
         .decrypt_padded_mut::<NoPadding>(&mut buf)
-        .map_err(|_| PushError::BadCiphertextLength(encrypt.len()))?;
+        .map_err(|_| PushError::BadCiphertextLength(cipher_len))?;
 
     let content = strip_pkcs7(plain)?;
     if content.len() < 20 {
