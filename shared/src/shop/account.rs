@@ -11,7 +11,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 /// `register/check` → `data`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RegisterStatus {
     /// 2 = access completed, 3 = banned.
@@ -28,7 +28,7 @@ impl RegisterStatus {
 }
 
 /// Task flags of the onboarding checklist (0/1 each).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AccessInfo {
     pub spu_audit_success: i64,
@@ -48,7 +48,7 @@ pub struct AccessInfo {
     pub open_product_task_finished: i64,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SceneGroup {
     #[serde(deserialize_with = "serde_num::i64_or_string")]
@@ -60,7 +60,7 @@ pub struct SceneGroup {
     pub scene_group_ext_list: Vec<SceneGroupExt>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SceneGroupExt {
     #[serde(deserialize_with = "serde_num::i64_or_string")]
@@ -71,7 +71,7 @@ pub struct SceneGroupExt {
 }
 
 /// `account/get_category_list` → `data[]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AccountCategory {
     #[serde(deserialize_with = "serde_num::u64_or_string")]
@@ -86,7 +86,7 @@ pub struct AccountCategory {
 }
 
 /// `account/get_brand_list` → `data[]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AccountBrand {
     #[serde(deserialize_with = "serde_num::u64_or_string")]

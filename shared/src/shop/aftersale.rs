@@ -39,11 +39,17 @@ pub struct EcAfterSaleAddRequest {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EcProductInfo {
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "serde_num::opt_u64")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "serde_num::opt_u64"
+    )]
     pub product_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out_product_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "serde_num::opt_u64")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "serde_num::opt_u64"
+    )]
     pub sku_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out_sku_id: Option<String>,
@@ -52,7 +58,7 @@ pub struct EcProductInfo {
 }
 
 /// `ecaftersale/get` → `after_sales_order`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EcAfterSaleOrder {
     #[serde(deserialize_with = "serde_num::u64_or_string")]
@@ -87,7 +93,7 @@ pub struct EcAfterSaleOrder {
     pub complaint_order_id_list: Vec<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ReturnInfo {
     #[serde(deserialize_with = "serde_num::opt_i64")]
@@ -97,7 +103,7 @@ pub struct ReturnInfo {
     pub waybill_id: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RefundPayDetail {
     #[serde(deserialize_with = "serde_num::opt_string_or_number")]
@@ -153,7 +159,7 @@ impl Default for EcAfterSaleListRequest {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EcAfterSaleList {
     pub after_sales_orders: Vec<EcAfterSaleRef>,
@@ -162,7 +168,7 @@ pub struct EcAfterSaleList {
 }
 
 /// The ids of one after-sale in a list.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EcAfterSaleRef {
     #[serde(deserialize_with = "serde_num::opt_u64")]
@@ -246,7 +252,7 @@ pub struct LegacyAfterSaleUpdateRequest {
 }
 
 /// One record of `aftersale/get` → `aftersale_infos[]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LegacyAfterSaleInfo {
     #[serde(deserialize_with = "serde_num::opt_u64")]
@@ -306,7 +312,11 @@ impl WxClient {
     }
 
     /// `shop/ecaftersale/cancel`: the user withdraws the request.
-    pub async fn ecaftersale_cancel(&self, key: &AfterSaleKey, openid: &str) -> Result<(), WxError> {
+    pub async fn ecaftersale_cancel(
+        &self,
+        key: &AfterSaleKey,
+        openid: &str,
+    ) -> Result<(), WxError> {
         self.unit("shop/ecaftersale/cancel", &KeyOpenid { key, openid })
             .await
     }
@@ -329,11 +339,8 @@ impl WxClient {
             key: &'a AfterSaleKey,
             address_info: &'a AddressInfo,
         }
-        self.unit(
-            "shop/ecaftersale/acceptreturn",
-            &Req { key, address_info },
-        )
-        .await
+        self.unit("shop/ecaftersale/acceptreturn", &Req { key, address_info })
+            .await
     }
 
     /// `shop/ecaftersale/reject`.
@@ -342,7 +349,10 @@ impl WxClient {
     }
 
     /// `shop/ecaftersale/uploadreturninfo`.
-    pub async fn ecaftersale_uploadreturninfo(&self, req: &ReturnInfoUpload) -> Result<(), WxError> {
+    pub async fn ecaftersale_uploadreturninfo(
+        &self,
+        req: &ReturnInfoUpload,
+    ) -> Result<(), WxError> {
         self.unit("shop/ecaftersale/uploadreturninfo", req).await
     }
 
@@ -364,7 +374,10 @@ impl WxClient {
     }
 
     /// Legacy `shop/aftersale/update`.
-    pub async fn aftersale_update(&self, req: &LegacyAfterSaleUpdateRequest) -> Result<(), WxError> {
+    pub async fn aftersale_update(
+        &self,
+        req: &LegacyAfterSaleUpdateRequest,
+    ) -> Result<(), WxError> {
         self.unit("shop/aftersale/update", req).await
     }
 

@@ -21,7 +21,7 @@ pub const NO_BRAND_ID: u64 = 2_100_000_000;
 // ---------------------------------------------------------------- categories
 
 /// One leaf of `cat/get`'s `third_cat_list`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ThirdCategory {
     #[serde(deserialize_with = "serde_num::u64_or_string")]
@@ -77,7 +77,7 @@ pub struct ImgUpload {
 }
 
 /// `img/upload` → `img_info`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ImgInfo {
     pub media_id: Option<String>,
@@ -169,7 +169,7 @@ struct AuditIdReply {
 }
 
 /// `audit/result` → `data`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuditResult {
     /// 0 in review, 1 approved, 9 rejected.
@@ -181,14 +181,14 @@ pub struct AuditResult {
 }
 
 /// `audit/get_miniapp_certificate` reply.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MiniappCertificate {
     pub category_info_list: Vec<MiniappCategoryCert>,
     pub brand_info: Option<MiniappBrandCert>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MiniappCategoryCert {
     #[serde(deserialize_with = "serde_num::u64_or_string")]
@@ -200,7 +200,7 @@ pub struct MiniappCategoryCert {
     pub certificate_url: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MiniappBrandCert {
     pub brand_wording: String,
@@ -266,7 +266,7 @@ pub struct SkuAttr {
 }
 
 /// `spu/add` and `spu/update` → `data`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SpuWriteResult {
     #[serde(deserialize_with = "serde_num::u64_or_string")]
@@ -277,7 +277,7 @@ pub struct SpuWriteResult {
     pub skus: Vec<SkuIds>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SkuIds {
     #[serde(deserialize_with = "serde_num::u64_or_string")]
@@ -312,7 +312,7 @@ pub struct SkuWithoutAudit {
 }
 
 /// An SPU as `spu/get` / `spu/get_list` return it.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SpuInfo {
     #[serde(deserialize_with = "serde_num::u64_or_string")]
@@ -341,7 +341,7 @@ pub struct SpuInfo {
     pub skus: Vec<SkuInfo>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SpuAuditInfo {
     pub submit_time: Option<String>,
@@ -349,7 +349,7 @@ pub struct SpuAuditInfo {
     pub reject_reason: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SkuInfo {
     #[serde(deserialize_with = "serde_num::opt_u64")]
@@ -402,7 +402,7 @@ impl Default for SpuListRequest {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SpuList {
     #[serde(deserialize_with = "serde_num::i64_or_string")]
@@ -419,7 +419,7 @@ struct SpuGetReply {
 // ---------------------------------------------------------------- scene
 
 /// `scene/check` reply.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SceneCheck {
     /// 1 = this scene must use `order/add` + `wx.requestOrderPayment`.
@@ -471,8 +471,11 @@ impl WxClient {
                     ImgSource::Url(u) => form.text("upload_type", "1").text("img_url", u.clone()),
                     ImgSource::Bytes { bytes, filename } => form.text("upload_type", "0").part(
                         "media",
-                        reqwest::multipart::Part::stream_with_length(bytes.clone(), bytes.len() as u64)
-                            .file_name(filename.clone()),
+                        reqwest::multipart::Part::stream_with_length(
+                            bytes.clone(),
+                            bytes.len() as u64,
+                        )
+                        .file_name(filename.clone()),
                     ),
                 };
                 http.post(url).multipart(form)
@@ -598,8 +601,10 @@ impl WxClient {
 }
 
 fn audit_id(path: &str, r: AuditIdReply) -> Result<String, WxError> {
-    r.audit_id.filter(|s| !s.is_empty()).ok_or_else(|| WxError::Decode {
-        path: path.into(),
-        why: "no audit_id".into(),
-    })
+    r.audit_id
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| WxError::Decode {
+            path: path.into(),
+            why: "no audit_id".into(),
+        })
 }

@@ -71,7 +71,8 @@ pub(crate) struct Inner {
     pub(crate) token: TokenManager,
     pub(crate) clock: Clock,
     /// `shop/cat/get` result and when it was fetched (epoch seconds).
-    pub(crate) categories: tokio::sync::Mutex<Option<(i64, Arc<Vec<super::catalog::ThirdCategory>>)>>,
+    pub(crate) categories:
+        tokio::sync::Mutex<Option<(i64, Arc<Vec<super::catalog::ThirdCategory>>)>>,
 }
 
 /// Client for api.weixin.qq.com. Cheap to clone; clones share the token and caches.
@@ -221,7 +222,11 @@ impl WxClient {
         let token = self.inner.token.access_token().await?;
         match self.send_once(path, &token, &make).await {
             Err(e) if e.is_token_error() => {
-                tracing::info!(path, errcode = e.errcode(), "access token rejected; refreshing and retrying once");
+                tracing::info!(
+                    path,
+                    errcode = e.errcode(),
+                    "access token rejected; refreshing and retrying once"
+                );
                 let fresh = self.inner.token.refresh_after_rejection(&token).await?;
                 self.send_once(path, &fresh, &make).await
             }

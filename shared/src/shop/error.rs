@@ -191,7 +191,9 @@ mod tests {
     #[test]
     fn rid_extraction() {
         assert_eq!(
-            rid_from_errmsg("invalid credential, access_token is invalid rid: 6519ab12-1e6a1f1b-7b0e2f3c"),
+            rid_from_errmsg(
+                "invalid credential, access_token is invalid rid: 6519ab12-1e6a1f1b-7b0e2f3c"
+            ),
             Some("6519ab12-1e6a1f1b-7b0e2f3c".into())
         );
         assert_eq!(rid_from_errmsg("ok"), None);

@@ -15,7 +15,7 @@ use base64::Engine;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FundsBalance {
     /// Withdrawable.
@@ -32,7 +32,7 @@ struct BalanceReply {
     balance_info: FundsBalance,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FundsFlowIds {
     #[serde(deserialize_with = "string_list")]
@@ -43,7 +43,7 @@ pub struct FundsFlowIds {
 
 /// `getorderflow` → `funds_flow`. Amounts were yuan strings; the direction is `flow_type`
 /// (收入 income / 支出 expense), not a sign.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FundsFlow {
     #[serde(deserialize_with = "serde_num::string_or_number")]
@@ -77,14 +77,17 @@ pub struct BankAccount {
     pub account_bank: String,
     #[serde(deserialize_with = "serde_num::string_or_number")]
     pub bank_address_code: String,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "serde_num::opt_string_or_number")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "serde_num::opt_string_or_number"
+    )]
     pub bank_branch_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bank_name: Option<String>,
     pub account_number: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BankAccountStatus {
     pub account_info: Option<BankAccount>,
@@ -92,7 +95,7 @@ pub struct BankAccountStatus {
     pub verify_fail_reason: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SubmittedWithdraw {
     #[serde(deserialize_with = "serde_num::string_or_number")]
@@ -100,7 +103,7 @@ pub struct SubmittedWithdraw {
     pub qrcode_ticket: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WithdrawIds {
     #[serde(deserialize_with = "string_list")]
@@ -110,7 +113,7 @@ pub struct WithdrawIds {
 }
 
 /// `getwithdrawdetail` → `withdraw_info`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WithdrawInfo {
     #[serde(deserialize_with = "serde_num::fen")]
@@ -149,7 +152,7 @@ struct QrcodeReply {
 }
 
 /// `qrcode/check` reply.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct QrcodeCheck {
     /// 0 not scanned, 1 confirmed, 2 cancelled, 3 expired, 4 scanned.
@@ -182,7 +185,7 @@ pub struct BankListRequest {
     pub bank_type: Option<i64>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BankInfo {
     pub account_bank: String,
@@ -197,7 +200,7 @@ pub struct BankInfo {
     pub need_branch: bool,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BankList {
     pub data: Vec<BankInfo>,
@@ -205,7 +208,7 @@ pub struct BankList {
     pub total_count: Option<i64>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Province {
     #[serde(deserialize_with = "serde_num::string_or_number")]
@@ -213,7 +216,7 @@ pub struct Province {
     pub province_name: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct City {
     #[serde(deserialize_with = "serde_num::string_or_number")]
@@ -223,7 +226,7 @@ pub struct City {
     pub bank_address_code: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Listed<T> {
     pub data: Vec<T>,
@@ -242,7 +245,7 @@ pub struct SubBranchRequest {
     pub limit: Option<u32>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SubBranches {
     pub account_bank: String,
@@ -258,7 +261,7 @@ pub struct SubBranches {
     pub data: Vec<SubBranch>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SubBranch {
     #[serde(deserialize_with = "serde_num::string_or_number")]

@@ -62,10 +62,16 @@ pub struct OrderDetail {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OrderProductInfo {
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "serde_num::opt_u64")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "serde_num::opt_u64"
+    )]
     pub product_id: Option<u64>,
     pub out_product_id: String,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "serde_num::opt_u64")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "serde_num::opt_u64"
+    )]
     pub sku_id: Option<u64>,
     pub out_sku_id: String,
     #[serde(deserialize_with = "serde_num::i64_or_string")]
@@ -74,10 +80,16 @@ pub struct OrderProductInfo {
     #[serde(deserialize_with = "serde_num::fen")]
     pub sale_price: Fen,
     /// Total actually paid for this line after discounts.
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "serde_num::opt_fen")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "serde_num::opt_fen"
+    )]
     pub sku_real_price: Option<Fen>,
     /// Per-unit price after discount allocation (`order/get`).
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "serde_num::opt_fen")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "serde_num::opt_fen"
+    )]
     pub real_price: Option<Fen>,
     pub path: String,
     pub title: String,
@@ -109,9 +121,15 @@ pub struct PriceInfo {
     pub order_price: Fen,
     #[serde(deserialize_with = "serde_num::fen")]
     pub freight: Fen,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "serde_num::opt_fen")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "serde_num::opt_fen"
+    )]
     pub discounted_price: Option<Fen>,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "serde_num::opt_fen")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "serde_num::opt_fen"
+    )]
     pub additional_price: Option<Fen>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub additional_remarks: Option<String>,
@@ -124,7 +142,7 @@ pub struct DeliveryDetailReq {
 }
 
 /// `order_detail.delivery_detail` of `order/get` (after `delivery/send`).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeliveryDetailInfo {
     #[serde(deserialize_with = "serde_num::i64_or_string")]
@@ -134,7 +152,7 @@ pub struct DeliveryDetailInfo {
     pub delivery_list: Vec<DeliveryParcelInfo>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeliveryParcelInfo {
     pub delivery_id: String,
@@ -142,7 +160,7 @@ pub struct DeliveryParcelInfo {
 }
 
 /// `order/add` → `data`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OrderAddResult {
     #[serde(deserialize_with = "serde_num::u64_or_string")]
@@ -171,7 +189,7 @@ pub struct OrderPayRequest {
 }
 
 /// An order as `order/get` / `order/get_list` return it.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OrderInfo {
     #[serde(deserialize_with = "serde_num::u64_or_string")]
@@ -218,7 +236,7 @@ impl Default for OrderListRequest {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OrderList {
     pub orders: Vec<OrderInfo>,
@@ -256,7 +274,7 @@ struct OrderGetReply {
 
 // ---------------------------------------------------------------- delivery
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeliveryCompany {
     pub delivery_id: String,

@@ -2,9 +2,9 @@
 //!
 //! Why it is built this way:
 //! - Many containers run at once, and `cgi-bin/token` invalidates the previous token on each
-//!   call, so tokens are kept in the store's TTL key-value space (`Kind::Kv`,
-//!   `access_token:{appid}`) and written with compare-and-set (`Expect::Absent` /
-//!   `Expect::Version`): the first container to refresh publishes, the others adopt.
+//!   call, so tokens are kept in the store's TTL key-value space ([`crate::store::kv`], key
+//!   `access_token:{appid}`, value the token, TTL its expiry) and written with
+//!   compare-and-set: the first container to refresh publishes, the others adopt.
 //! - Inside one container a tokio mutex makes sure only one refresh is in flight; callers
 //!   queue behind it and then find the fresh token in memory (no stampede on WeChat).
 //! - Tokens are refreshed [`REFRESH_MARGIN_SECS`] before they expire, so a call never starts
@@ -20,10 +20,10 @@
 use super::client::decode_reply;
 use super::error::WxError;
 use crate::config::TokenMode;
-use crate::store::{DynStore, Expect, Kind, Record, StoreError, Write};
+use crate::store::{kv, DynStore, Kind, StoreError};
 use crate::time::Clock;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::fmt;
 use std::sync::Mutex as StdMutex;
 
@@ -91,16 +91,6 @@ impl fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AccessToken(<redacted>, expires_at={})", self.expires_at)
     }
-}
-
-
-/// What we keep in the store.
-#[derive(Serialize, Deserialize)]
-struct StoredToken {
-    access_token: String,
-    expires_at: i64,
-    #[serde(default)]
-    fetched_at: i64,
 }
 
 /// Obtains, caches and shares the access token for one appid.
@@ -187,23 +177,10 @@ impl TokenManager {
         let _one_refresh = self.refresh.lock().await;
         self.forget_if(failed);
         let key = self.store_key();
-        if let Some(rec) = self.store.get(Kind::Kv, &key).await? {
-            let stored: Option<StoredToken> = rec.decode().ok();
-            if stored.is_some_and(|s| s.access_token == failed.expose()) {
-                match self
-                    .store
-                    .write(vec![Write::Delete {
-                        kind: Kind::Kv,
-                        id: key,
-                        expect: Expect::Version(rec.version),
-                    }])
-                    .await
-                {
-                    Ok(()) => {}
-                    // Someone replaced it meanwhile: nothing left to invalidate.
-                    Err(e) if e.is_conflict() => {}
-                    Err(e) => return Err(e.into()),
-                }
+        if let Some(e) = kv::get(self.store.as_ref(), &key).await? {
+            if e.value == failed.expose() {
+                // `false`: someone replaced it meanwhile; nothing left to invalidate.
+                kv::delete_if(self.store.as_ref(), &key, e.version).await?;
             }
         }
         Ok(())
@@ -262,20 +239,21 @@ impl TokenManager {
         Ok(token)
     }
 
-    /// The record version (if any) and the stored token (if readable).
+    /// The entry version (if any) and the stored token (if readable).
     async fn load(&self) -> (Option<u64>, Option<AccessToken>) {
-        match self.store.get(Kind::Kv, &self.store_key()).await {
-            Ok(Some(rec)) => {
-                let token = rec
-                    .decode::<StoredToken>()
-                    .ok()
-                    .map(|s| {
-                        let lifetime = s.expires_at - s.fetched_at;
-                        AccessToken::new(s.access_token, s.expires_at).with_lifetime(lifetime)
-                    });
-                (Some(rec.version), token)
+        match kv::get(self.store.as_ref(), &self.store_key()).await {
+            Ok(Some(e)) => {
+                let token = (!e.value.is_empty()).then(|| AccessToken::new(e.value, e.expires_at));
+                (Some(e.version), token)
             }
             Ok(None) => (None, None),
+            Err(StoreError::Corrupt { .. }) => {
+                // Unreadable entry: overwrite it with a fresh token.
+                match self.store.get(Kind::Kv, &self.store_key()).await {
+                    Ok(Some(rec)) => (Some(rec.version), None),
+                    _ => (None, None),
+                }
+            }
             Err(e) => {
                 // The store is a cache here; WeChat remains the source of truth.
                 tracing::warn!(error = %e, "token store unreadable; fetching from WeChat");
@@ -294,22 +272,18 @@ impl TokenManager {
         rejected: Option<&str>,
     ) -> AccessToken {
         let key = self.store_key();
-        let body = match Record::encode(&StoredToken {
-            access_token: fetched.expose().to_owned(),
-            expires_at: fetched.expires_at,
-            fetched_at: fetched.expires_at - fetched.lifetime,
-        }) {
-            Ok(b) => b,
-            Err(_) => return fetched,
-        };
         for _ in 0..3 {
-            let mut rec = Record::new(Kind::Kv, key.clone(), body.clone());
-            rec.version = version.map_or(1, |v| v + 1);
-            rec.expires_at = Some(fetched.expires_at);
-            let expect = version.map_or(Expect::Absent, Expect::Version);
-            match self.store.write(vec![Write::put(rec, expect)]).await {
-                Ok(()) => return fetched,
-                Err(StoreError::Conflict { .. }) => {
+            match kv::put_if(
+                self.store.as_ref(),
+                &key,
+                fetched.expose(),
+                fetched.expires_at,
+                version,
+            )
+            .await
+            {
+                Ok(true) => return fetched,
+                Ok(false) => {
                     let (v, theirs) = self.load().await;
                     let now = self.clock.now_secs();
                     if let Some(t) = theirs {
@@ -380,9 +354,16 @@ impl TokenManager {
                 why: "empty access_token or expires_in".into(),
             });
         }
-        tracing::info!(path, expires_in = reply.expires_in, force_refresh, "access token obtained");
-        Ok(AccessToken::new(reply.access_token, started + reply.expires_in)
-            .with_lifetime(reply.expires_in))
+        tracing::info!(
+            path,
+            expires_in = reply.expires_in,
+            force_refresh,
+            "access token obtained"
+        );
+        Ok(
+            AccessToken::new(reply.access_token, started + reply.expires_in)
+                .with_lifetime(reply.expires_in),
+        )
     }
 }
 
