@@ -287,6 +287,7 @@ pub fn parse_bill(text: &str) -> Result<Bill, BillError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

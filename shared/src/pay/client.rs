@@ -802,6 +802,7 @@ fn refund_records(fields: &Fields) -> Result<Vec<RefundRecord>, FieldError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

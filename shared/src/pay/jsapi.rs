@@ -89,6 +89,7 @@ pub fn payment_params_with_nonce(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -249,6 +249,7 @@ pub fn build_payment_notification(spec: &PaymentNotificationSpec, api_key: &str)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -195,6 +195,7 @@ pub fn build_refund_notification(spec: &RefundNotificationSpec, api_key: &str) -
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

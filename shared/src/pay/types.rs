@@ -189,6 +189,7 @@ pub(crate) fn invalid(field: &str, reason: impl std::fmt::Display) -> FieldError
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
