@@ -1,0 +1,512 @@
+//! Secondary-merchant funds (`/api/shop/funds/*`, WECHAT_SHOP.md §14): balance, order
+//! flows, bank account, withdrawals with the admin's QR confirmation.
+//!
+//! Why modelled at all: in fund_type=1 mode WeChat, not the merchant, holds the money. Paid
+//! orders sit in `pending_amount` until settled (`/_control/settle`, which also pushes
+//! `open_product_order_settle`), only `available_amount` can be withdrawn, one withdrawal a
+//! day (9700101 for the second), and a withdrawal only proceeds once the admin scans its QR
+//! code (`/_control/funds/qrcode`). The `funds` function is tested against these rules.
+
+use super::deliver::push_event;
+use super::shop::{int_of, str_of};
+use super::{random_alnum, random_digits, Sandbox, State, WxErr, WxResult};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use wxshop::time::{beijing_date, beijing_datetime};
+
+/// Documented: more than one withdrawal in a day; no data; bad parameter.
+pub const E_WITHDRAW_TWICE: i64 = 9_700_101;
+pub const E_NO_DATA: i64 = 9_710_001;
+pub const E_PARAM: i64 = 400;
+/// Chosen: the amount exceeds `available_amount`.
+pub const E_BALANCE: i64 = 9_700_102;
+/// Documented for `qrcode/get`: ticket expired / invalid.
+pub const E_QR_EXPIRED: i64 = 60_220;
+pub const E_QR_INVALID: i64 = 60_208;
+
+/// A 1×1 PNG: the QR image the admin would scan.
+const QR_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub id: String,
+    pub time_ms: i64,
+    pub kind: &'static str,
+    pub income: bool,
+    pub amount: i64,
+    pub balance: i64,
+    pub busi_type: &'static str,
+    pub request_no: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Withdraw {
+    pub out_request_no: String,
+    pub amount: i64,
+    pub create_ms: i64,
+    pub update_ms: i64,
+    pub status: &'static str,
+    pub reason: String,
+    pub remark: String,
+    pub bank_memo: String,
+    pub qrcode_ticket: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct QrCode {
+    pub status: i64,
+    pub withdraw: Option<String>,
+}
+
+#[derive(Default)]
+pub struct FundsState {
+    pub available: i64,
+    pub pending: i64,
+    pub flows: Vec<Flow>,
+    pub bank: Option<Value>,
+    pub bank_changes: BTreeMap<String, u32>,
+    pub withdraws: BTreeMap<String, Withdraw>,
+    pub qrcodes: BTreeMap<String, QrCode>,
+    pub settled: BTreeMap<String, String>,
+}
+
+fn flow(
+    st: &mut State,
+    kind: &'static str,
+    income: bool,
+    amount: i64,
+    busi: &'static str,
+    no: &str,
+    now: i64,
+) {
+    let id = format!("{}{}", beijing_date(now), random_digits(12));
+    let f = &mut st.funds;
+    f.flows.push(Flow {
+        id,
+        time_ms: now,
+        kind,
+        income,
+        amount,
+        balance: f.available + f.pending,
+        busi_type: busi,
+        request_no: no.to_owned(),
+    });
+}
+
+/// A fund_type=1 order was paid: its amount awaits settlement.
+pub fn on_paid(st: &mut State, out_order_id: &str, amount: i64, now: i64) {
+    st.funds.pending += amount;
+    flow(st, "交易", true, amount, "订单", out_order_id, now);
+}
+
+/// An after-sale refunded part of a fund_type=1 order.
+pub fn on_refund(st: &mut State, out_order_id: &str, amount: i64, now: i64) {
+    if st.funds.settled.contains_key(out_order_id) {
+        st.funds.available -= amount;
+    } else {
+        st.funds.pending -= amount;
+    }
+    flow(st, "退款", false, amount, "售后", out_order_id, now);
+}
+
+/// `/_control/settle`: the order's money becomes withdrawable; `open_product_order_settle`.
+pub fn settle(sb: &Sandbox, out_order_id: &str) -> Result<Value, String> {
+    let now = sb.now_ms();
+    let body = {
+        let mut st = sb.st();
+        let Some(o) = st.shop.orders.get(out_order_id) else {
+            return Err(format!("no shop order {out_order_id}"));
+        };
+        if o.fund_type != 1 {
+            return Err(format!("order {out_order_id} is not fund_type=1"));
+        }
+        if !matches!(o.status, 20 | 21 | 30 | 100 | 200) {
+            return Err(format!(
+                "order {out_order_id} is not paid (status {})",
+                o.status
+            ));
+        }
+        if st.funds.settled.contains_key(out_order_id) {
+            return Err(format!("order {out_order_id} is already settled"));
+        }
+        let (order_id, amount) = (o.order_id, o.order_price - o.refunded);
+        let settle_no = format!("S{}{}", beijing_date(now), random_digits(12));
+        st.funds.pending -= amount;
+        st.funds.available += amount;
+        st.funds
+            .settled
+            .insert(out_order_id.to_owned(), settle_no.clone());
+        if let Some(o) = st.shop.orders.get_mut(out_order_id) {
+            o.settled = true;
+        }
+        json!({"order_id": order_id, "out_order_id": out_order_id, "settle_no": settle_no,
+               "amount": amount, "settle_time": beijing_datetime(now)})
+    };
+    push_event(sb, "open_product_order_settle", "order_info", body.clone());
+    Ok(body)
+}
+
+fn yuan(fen: i64) -> String {
+    let sign = if fen < 0 { "-" } else { "" };
+    format!("{sign}{}.{:02}", fen.abs() / 100, fen.abs() % 100)
+}
+
+fn page(v: &Value) -> Result<(usize, usize), WxErr> {
+    let n = int_of(v, "page_num").ok_or_else(|| WxErr::new(E_PARAM, "page_num required"))?;
+    let size = int_of(v, "page_size").ok_or_else(|| WxErr::new(E_PARAM, "page_size required"))?;
+    if n < 1 || !(1..=100).contains(&size) {
+        return Err(WxErr::new(E_PARAM, "page_num ≥ 1, page_size 1..100"));
+    }
+    Ok((((n - 1) * size) as usize, size as usize))
+}
+
+pub fn handle(sb: &Sandbox, name: &str, v: &Value) -> WxResult {
+    match name {
+        "getbalance" => {
+            let st = sb.st();
+            Ok(
+                json!({"balance_info": {"available_amount": st.funds.available,
+                                       "pending_amount": st.funds.pending}}),
+            )
+        }
+        "scanorderflow" => {
+            let date = str_of(v, "date").ok_or_else(|| WxErr::new(E_PARAM, "date required"))?;
+            if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(WxErr::new(E_PARAM, "date must be yyyyMMdd"));
+            }
+            let (skip, size) = page(v)?;
+            let st = sb.st();
+            let ids: Vec<&String> = st
+                .funds
+                .flows
+                .iter()
+                .filter(|f| beijing_date(f.time_ms) == date)
+                .map(|f| &f.id)
+                .collect();
+            let total = ids.len();
+            let ids: Vec<&&String> = ids.iter().skip(skip).take(size).collect();
+            Ok(json!({"funds_flow_ids": ids, "total_num": total}))
+        }
+        "getorderflow" => {
+            let id = str_of(v, "funds_flow_id")
+                .or_else(|| str_of(v, "funds_flow_no"))
+                .ok_or_else(|| WxErr::new(E_PARAM, "funds_flow_id required"))?;
+            let st = sb.st();
+            let f = st
+                .funds
+                .flows
+                .iter()
+                .find(|f| f.id == id)
+                .ok_or_else(|| WxErr::new(E_NO_DATA, "no data"))?;
+            Ok(json!({"funds_flow": {
+                "funds_flow_id": f.id, "bookkeeping_time": beijing_datetime(f.time_ms),
+                "type": f.kind, "flow_type": if f.income { "收入" } else { "支出" },
+                "amount": yuan(f.amount), "balance": yuan(f.balance),
+                "busi_type": f.busi_type, "request_no": f.request_no}}))
+        }
+        "getbankaccount" => {
+            let st = sb.st();
+            match &st.funds.bank {
+                Some(a) => Ok(json!({"account_info": a, "verify_fail_reason": ""})),
+                None => Err(WxErr::new(E_NO_DATA, "no bank account set")),
+            }
+        }
+        "setbankaccount" => set_bank_account(sb, v),
+        "submitwithdraw" => submit_withdraw(sb, v),
+        "scanwithdraw" => {
+            let (skip, size) = page(v)?;
+            let st = sb.st();
+            let mut all: Vec<&Withdraw> = st.funds.withdraws.values().collect();
+            all.sort_by_key(|w| std::cmp::Reverse(w.create_ms));
+            let nos: Vec<&String> = all
+                .iter()
+                .skip(skip)
+                .take(size)
+                .map(|w| &w.out_request_no)
+                .collect();
+            Ok(json!({"out_request_nos": nos, "total_num": all.len()}))
+        }
+        "getwithdrawdetail" => {
+            let no = str_of(v, "out_request_no")
+                .ok_or_else(|| WxErr::new(E_PARAM, "out_request_no required"))?;
+            let st = sb.st();
+            let w = st
+                .funds
+                .withdraws
+                .get(no)
+                .ok_or_else(|| WxErr::new(E_NO_DATA, "no data"))?;
+            let bank = st.funds.bank.clone().unwrap_or(json!({}));
+            let num = bank
+                .get("account_number")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let masked = format!("****{}", &num[num.len().saturating_sub(4)..]);
+            Ok(json!({"withdraw_info": {
+                "amount": w.amount, "create_time": w.create_ms / 1000,
+                "update_time": w.update_ms / 1000, "reason": w.reason, "remark": w.remark,
+                "bank_memo": w.bank_memo,
+                "bank_name": bank.get("account_bank").cloned().unwrap_or(json!("")),
+                "bank_num": masked, "status": w.status}}))
+        }
+        "qrcode/gen" => {
+            if int_of(v, "identity_type") != Some(1) {
+                return Err(WxErr::new(E_PARAM, "identity_type must be 1 (admin)"));
+            }
+            let t = new_ticket(&mut sb.st(), None);
+            Ok(json!({"qrcode_ticket": t}))
+        }
+        "qrcode/get" => {
+            let t = str_of(v, "qrcode_ticket")
+                .ok_or_else(|| WxErr::new(E_PARAM, "qrcode_ticket required"))?;
+            if t.len() > 256 {
+                return Err(WxErr::new(-2, "token too long"));
+            }
+            let st = sb.st();
+            match st.funds.qrcodes.get(t) {
+                None => Err(WxErr::new(E_QR_INVALID, "invalid ticket")),
+                Some(q) if q.status == 3 => Err(WxErr::new(E_QR_EXPIRED, "ticket expired")),
+                Some(_) => Ok(json!({"qrcode_buf": QR_PNG})),
+            }
+        }
+        "qrcode/check" => {
+            let t = str_of(v, "qrcode_ticket")
+                .ok_or_else(|| WxErr::new(E_PARAM, "qrcode_ticket required"))?;
+            let st = sb.st();
+            let q = st
+                .funds
+                .qrcodes
+                .get(t)
+                .ok_or_else(|| WxErr::new(E_QR_INVALID, "invalid ticket"))?;
+            Ok(json!({"status": q.status,
+                      "scan_user_type": if matches!(q.status, 1 | 4) { 1 } else { 0 },
+                      "self_check_err_code": 0, "self_check_err_msg": ""}))
+        }
+        "getbanklist" | "getbankbynum" => Ok(json!({"data": [
+            {"account_bank": "招商银行", "bank_code": "1001", "bank_id": "1001",
+             "bank_name": "招商银行", "bank_type": 1, "need_branch": false},
+            {"account_bank": "其他银行", "bank_code": "1099", "bank_id": "1099",
+             "bank_name": "其他银行", "bank_type": 1, "need_branch": true}],
+            "total_count": 2})),
+        "getprovince" => Ok(
+            json!({"data": [{"province_code": 44, "province_name": "广东省"}],
+                                   "total_count": 1}),
+        ),
+        "getcity" => Ok(json!({"data": [{"city_code": 584, "city_name": "深圳市",
+                                         "bank_address_code": "440300"}], "total_count": 1})),
+        "getsubbranch" => Ok(
+            json!({"account_bank": "其他银行", "account_bank_code": 1099,
+            "bank_alias": "深圳农商银行", "bank_alias_code": "1000009561", "count": 1,
+            "total_count": 1, "data": [{"branch_id": "402584009991",
+                                        "branch_name": "深圳农村商业银行营业部"}]}),
+        ),
+        _ => Err(WxErr::new(40066, "invalid url")),
+    }
+}
+
+fn new_ticket(st: &mut State, withdraw: Option<String>) -> String {
+    let t = format!("qr_{}", random_alnum(40));
+    st.funds.qrcodes.insert(
+        t.clone(),
+        QrCode {
+            status: 0,
+            withdraw,
+        },
+    );
+    t
+}
+
+fn set_bank_account(sb: &Sandbox, v: &Value) -> WxResult {
+    let a = v
+        .get("account_info")
+        .filter(|a| a.is_object())
+        .ok_or_else(|| WxErr::new(E_PARAM, "account_info required"))?;
+    let kind = str_of(a, "bank_account_type").unwrap_or_default();
+    if !matches!(kind, "ACCOUNT_TYPE_BUSINESS" | "ACCOUNT_TYPE_PRIVATE") {
+        return Err(WxErr::new(
+            E_PARAM,
+            "bank_account_type must be ACCOUNT_TYPE_BUSINESS or ACCOUNT_TYPE_PRIVATE",
+        ));
+    }
+    let bank =
+        str_of(a, "account_bank").ok_or_else(|| WxErr::new(E_PARAM, "account_bank required"))?;
+    let code = str_of(a, "bank_address_code").unwrap_or_default();
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(WxErr::new(
+            E_PARAM,
+            "bank_address_code must be 6 digits (getcity)",
+        ));
+    }
+    let num = str_of(a, "account_number").unwrap_or_default();
+    if !(8..=30).contains(&num.len()) || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(WxErr::new(E_PARAM, "account_number must be 8-30 digits"));
+    }
+    if bank == "其他银行"
+        && str_of(a, "bank_branch_id").is_none()
+        && str_of(a, "bank_name").is_none()
+    {
+        return Err(WxErr::new(
+            E_PARAM,
+            "account_bank 其他银行 needs bank_branch_id or bank_name",
+        ));
+    }
+    let today = beijing_date(sb.now_ms());
+    let mut st = sb.st();
+    let n = st.funds.bank_changes.entry(today).or_insert(0);
+    if *n >= 5 {
+        return Err(WxErr::new(E_PARAM, "bank account changed 5 times today"));
+    }
+    *n += 1;
+    st.funds.bank = Some(a.clone());
+    Ok(json!({}))
+}
+
+fn submit_withdraw(sb: &Sandbox, v: &Value) -> WxResult {
+    let amount = int_of(v, "amount").ok_or_else(|| WxErr::new(E_PARAM, "amount required"))?;
+    if amount < 1 {
+        return Err(WxErr::new(E_PARAM, "amount must be ≥ 1 fen"));
+    }
+    let now = sb.now_ms();
+    let today = beijing_date(now);
+    let (out_request_no, ticket) = {
+        let mut st = sb.st();
+        if st.funds.bank.is_none() {
+            return Err(WxErr::new(
+                E_NO_DATA,
+                "no bank account set (setbankaccount)",
+            ));
+        }
+        if st
+            .funds
+            .withdraws
+            .values()
+            .any(|w| beijing_date(w.create_ms) == today)
+        {
+            return Err(WxErr::new(E_WITHDRAW_TWICE, "only one withdrawal a day"));
+        }
+        if amount > st.funds.available {
+            return Err(WxErr::new(
+                E_BALANCE,
+                format!(
+                    "amount {amount} exceeds the available balance {}",
+                    st.funds.available
+                ),
+            ));
+        }
+        let no = format!("{}{}", today, random_digits(12));
+        let ticket = new_ticket(&mut st, Some(no.clone()));
+        st.funds.available -= amount;
+        st.funds.withdraws.insert(
+            no.clone(),
+            Withdraw {
+                out_request_no: no.clone(),
+                amount,
+                create_ms: now,
+                update_ms: now,
+                status: "BEFORE_SCAN_QRCODE",
+                reason: String::new(),
+                remark: str_of(v, "remark").unwrap_or_default().to_owned(),
+                bank_memo: str_of(v, "bank_memo").unwrap_or_default().to_owned(),
+                qrcode_ticket: ticket.clone(),
+            },
+        );
+        (no, ticket)
+    };
+    push_event(
+        sb,
+        "withdraw_notify",
+        "withdraw_info",
+        json!({"out_request_no": out_request_no, "event": 1}),
+    );
+    Ok(json!({"out_request_no": out_request_no, "qrcode_ticket": ticket}))
+}
+
+/// `/_control/funds/qrcode`: the admin scans (4), confirms (1), cancels (2), or it expires (3).
+pub fn set_qrcode_status(sb: &Sandbox, ticket: &str, status: i64) -> Result<Value, String> {
+    if !(0..=4).contains(&status) {
+        return Err("status must be 0..=4".into());
+    }
+    let now = sb.now_ms();
+    let (withdraw, event) = {
+        let mut st = sb.st();
+        let Some(q) = st.funds.qrcodes.get_mut(ticket) else {
+            return Err(format!("no qrcode ticket {ticket}"));
+        };
+        if matches!(q.status, 1..=3) {
+            return Err(format!("qrcode already final (status {})", q.status));
+        }
+        q.status = status;
+        let wno = q.withdraw.clone();
+        let mut event = None;
+        if let Some(no) = &wno {
+            let amount = st.funds.withdraws.get(no).map(|w| w.amount).unwrap_or(0);
+            let new_status = match status {
+                4 => Some("AFTER_SCAN_QRCODE"),
+                1 => Some("CREATE_SUCCESS"),
+                2 | 3 => Some("CLOSE"),
+                _ => None,
+            };
+            if let Some(s) = new_status {
+                if let Some(w) = st.funds.withdraws.get_mut(no) {
+                    w.status = s;
+                    w.update_ms = now;
+                    if s == "CLOSE" {
+                        w.reason = "管理员未确认提现".into();
+                    }
+                }
+                match s {
+                    "CLOSE" => {
+                        st.funds.available += amount;
+                        event = Some(4);
+                    }
+                    "CREATE_SUCCESS" => {
+                        flow(&mut st, "提现", false, amount, "提现", no, now);
+                        event = Some(2);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        (wno, event)
+    };
+    if let (Some(no), Some(e)) = (&withdraw, event) {
+        push_event(
+            sb,
+            "withdraw_notify",
+            "withdraw_info",
+            json!({"out_request_no": no, "event": e}),
+        );
+        if e == 2 {
+            // The bank transfer completes a moment later.
+            let sb2 = sb.clone();
+            let no = no.clone();
+            let epoch = sb.st().epoch;
+            tokio::spawn(async move {
+                tokio::time::sleep(sb2.scaled(2.0)).await;
+                let done = {
+                    let mut st = sb2.st();
+                    if st.epoch != epoch {
+                        return;
+                    }
+                    let now = sb2.now_ms();
+                    match st.funds.withdraws.get_mut(&no) {
+                        Some(w) if w.status == "CREATE_SUCCESS" => {
+                            w.status = "SUCCESS";
+                            w.update_ms = now;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if done {
+                    push_event(
+                        &sb2,
+                        "withdraw_notify",
+                        "withdraw_info",
+                        json!({"out_request_no": no, "event": 3}),
+                    );
+                }
+            });
+        }
+    }
+    Ok(json!({"qrcode_ticket": ticket, "status": status, "out_request_no": withdraw}))
+}

@@ -1,0 +1,767 @@
+//! The faithful WeChat sandbox: a local stand-in for both WeChat hosts, so the whole shop can
+//! be developed and tested without a merchant account.
+//!
+//! Why "faithful": the code under test is only as good as the peer it is tested against. A
+//! mock that accepts anything hides exactly the bugs that cost money in production (wrong
+//! signatures, changed parameters on retry, prices that do not match the catalog, an unpaid
+//! order marked paid). So the sandbox checks signatures and required fields the way WeChat
+//! does, answers with WeChat's error codes, signs its replies, and delivers real signed (or
+//! encrypted) notifications on WeChat's retry schedule, compressible with `time_scale`.
+//!
+//! Layout: [`mch`] is the merchant API v2 (`/mch/...`), [`platform`] the access token and
+//! login, [`shop`] the trading component (`/api/shop/...`), [`funds`] the secondary-merchant
+//! funds APIs, [`deliver`] every outgoing notification (pay, refund, message push) and its
+//! retries. This file holds the configuration, the shared state, fault injection, the routes
+//! and the `/_control/*` endpoints a test uses to act as the user or as WeChat's staff.
+//!
+//! Routes are relative to `/sandbox` (the gateway nests them there; [`serve`] does the same).
+
+pub mod deliver;
+pub mod funds;
+pub mod mch;
+pub mod platform;
+pub mod shop;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+use wxshop::time::Clock;
+
+/// How the sandbox behaves; the lead builds it from the same variables as the app.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    pub appid: String,
+    pub appsecret: String,
+    pub mch_id: String,
+    pub api_key: String,
+    /// Service-provider mode when set: every merchant call must carry this `sub_mch_id`.
+    pub sub_mch_id: Option<String>,
+    pub sub_appid: Option<String>,
+    /// Where platform events are pushed (our `/callbacks/wechat`); `None` = nowhere.
+    pub push_url: Option<String>,
+    pub push_token: String,
+    /// 43-char EncodingAESKey: events are pushed in safe mode (encrypted) when set.
+    pub push_aes_key: Option<String>,
+    /// 1.0 = real time; 0.001 compresses WeChat's 15 s retry gap to 15 ms.
+    pub time_scale: f64,
+    /// Approve products (and brand/category audits) automatically after they are submitted.
+    pub auto_audit: bool,
+}
+
+impl Default for SandboxConfig {
+    /// The local defaults documented for `wxlocal` (never real credentials).
+    fn default() -> Self {
+        SandboxConfig {
+            appid: "wx0000000000000001".into(),
+            appsecret: "local-appsecret-0000000000000001".into(),
+            mch_id: "1900000001".into(),
+            api_key: "localapikey0000000000000000000001"
+                .chars()
+                .take(32)
+                .collect(),
+            sub_mch_id: None,
+            sub_appid: None,
+            push_url: None,
+            push_token: "localpushtoken".into(),
+            push_aes_key: None,
+            time_scale: 1.0,
+            auto_audit: true,
+        }
+    }
+}
+
+/// An error the platform API answers with: `{"errcode", "errmsg"}` (HTTP 200, as WeChat).
+#[derive(Debug, Clone)]
+pub struct WxErr {
+    pub code: i64,
+    pub msg: String,
+}
+
+impl WxErr {
+    pub fn new(code: i64, msg: impl Into<String>) -> Self {
+        WxErr {
+            code,
+            msg: msg.into(),
+        }
+    }
+    /// WeChat's answer for a body that is not what the API expects.
+    pub fn format(what: impl std::fmt::Display) -> Self {
+        WxErr::new(47001, format!("data format error hint: {what}"))
+    }
+    pub fn missing(field: &str) -> Self {
+        WxErr::format(format!("missing {field}"))
+    }
+}
+
+pub type WxResult = Result<Value, WxErr>;
+
+/// Everything the sandbox remembers. Replaced wholesale by `/_control/reset`.
+#[derive(Default)]
+pub struct State {
+    /// Bumped by reset; background tasks of an older epoch stop touching state.
+    pub epoch: u64,
+    pub seq: u64,
+    pub calls: Vec<(String, Value)>,
+    pub faults: Vec<Fault>,
+    pub pay: mch::PayState,
+    pub platform: platform::PlatformState,
+    pub shop: shop::ShopState,
+    pub funds: funds::FundsState,
+    pub out: deliver::DeliveryState,
+}
+
+impl State {
+    /// A fresh number for ids (monotonic within an epoch).
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+}
+
+pub(crate) struct Inner {
+    cfg: RwLock<SandboxConfig>,
+    pub(crate) clock: Clock,
+    pub(crate) http: reqwest::Client,
+    st: Mutex<State>,
+}
+
+/// The sandbox. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Sandbox {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Sandbox {
+    pub fn new(cfg: SandboxConfig) -> Sandbox {
+        Sandbox::with_clock(cfg, Clock::default())
+    }
+
+    /// Shares a clock with the app, so `Clock::advance` moves both (token expiry, 5-s rule).
+    pub fn with_clock(cfg: SandboxConfig, clock: Clock) -> Sandbox {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Sandbox {
+            inner: Arc::new(Inner {
+                cfg: RwLock::new(cfg),
+                clock,
+                http,
+                st: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// A snapshot of the configuration.
+    pub fn cfg(&self) -> SandboxConfig {
+        match self.inner.cfg.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Where events go; for stacks that learn their own address only after binding.
+    pub fn set_push_url(&self, url: Option<String>) {
+        match self.inner.cfg.write() {
+            Ok(mut c) => c.push_url = url,
+            Err(p) => p.into_inner().push_url = url,
+        }
+    }
+
+    pub fn set_auto_audit(&self, on: bool) {
+        match self.inner.cfg.write() {
+            Ok(mut c) => c.auto_audit = on,
+            Err(p) => p.into_inner().auto_audit = on,
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// The state lock. Never held across an `.await`.
+    pub(crate) fn st(&self) -> MutexGuard<'_, State> {
+        match self.inner.st.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// `d` seconds of WeChat time in real time.
+    pub(crate) fn scaled(&self, secs: f64) -> Duration {
+        let scale = self.cfg().time_scale;
+        let s = secs * scale;
+        if s.is_finite() && s > 0.0 {
+            Duration::from_secs_f64(s)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Requests received by APIs whose path ends with `path_suffix` (e.g. `shop/order/pay`,
+    /// `pay/unifiedorder`): the JSON body, or the XML fields / query as a JSON object.
+    pub fn calls(&self, path_suffix: &str) -> Vec<Value> {
+        let suffix = path_suffix.trim_start_matches('/');
+        self.st()
+            .calls
+            .iter()
+            .filter(|(p, _)| p.ends_with(suffix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Payment notifications for `out_trade_no` that our endpoint acknowledged with
+    /// `return_code` SUCCESS (duplicates count; failed attempts do not).
+    pub fn notifications_delivered(&self, out_trade_no: &str) -> usize {
+        self.st().out.acked(deliver::Kind::Pay, out_trade_no)
+    }
+
+    /// Refund notifications for `out_refund_no` that were acknowledged.
+    pub fn refund_notifications_delivered(&self, out_refund_no: &str) -> usize {
+        self.st().out.acked(deliver::Kind::Refund, out_refund_no)
+    }
+
+    /// Every delivery attempt so far (pay, refund, push), oldest first.
+    pub fn deliveries(&self) -> Vec<Value> {
+        self.st().out.log_json()
+    }
+
+    /// Events pushed to `push_url` (the plaintext event, before any encryption), oldest first.
+    pub fn pushed_events(&self) -> Vec<Value> {
+        self.st().out.pushed.clone()
+    }
+
+    /// Forgets everything; background deliveries of the old state stop.
+    pub fn reset(&self) {
+        let mut st = self.st();
+        let epoch = st.epoch + 1;
+        *st = State::default();
+        st.epoch = epoch;
+    }
+
+    /// The routes, relative to `/sandbox`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/mch/{*path}", post(mch_route))
+            .route("/api/cgi-bin/token", get(token_route))
+            .route("/api/cgi-bin/stable_token", post(stable_token_route))
+            .route("/api/sns/jscode2session", get(jscode_route))
+            .route("/api/shop/{*path}", post(shop_route))
+            .route("/_control/pay", post(control_pay))
+            .route("/_control/login", post(control_login))
+            .route("/_control/audit", post(control_audit))
+            .route("/_control/tokens/expire", post(control_expire_tokens))
+            .route("/_control/expire_tokens", post(control_expire_tokens))
+            .route("/_control/settle", post(control_settle))
+            .route("/_control/funds/qrcode", post(control_qrcode))
+            .route(
+                "/_control/faults",
+                post(control_faults_add)
+                    .delete(control_faults_clear)
+                    .get(control_faults_list),
+            )
+            .route(
+                "/_control/notifications",
+                post(control_notifications).get(control_notifications_log),
+            )
+            .route("/_control/clock", post(control_clock))
+            .route("/_control/reset", post(control_reset))
+            .route("/_control/calls", get(control_calls))
+            .route("/_control/state", get(control_state))
+            .with_state(self.clone())
+    }
+
+    /// Records the call and applies any matching fault. `Some` = answer with this instead.
+    async fn intercept(&self, path: &str, record: Value, xml: bool) -> Option<Response> {
+        let hit = {
+            let mut st = self.st();
+            st.calls.push((path.to_owned(), record));
+            take_fault(&mut st.faults, path)
+        };
+        let fault = hit?;
+        match fault.mode {
+            FaultMode::Delay => {
+                tokio::time::sleep(Duration::from_millis(fault.delay_ms.unwrap_or(1000))).await;
+                None
+            }
+            FaultMode::Http500 => Some(
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "sandbox: injected HTTP 500",
+                )
+                    .into_response(),
+            ),
+            FaultMode::Errcode => {
+                if xml {
+                    Some(mch::injected_error(
+                        self,
+                        fault.err_code.as_deref().unwrap_or("SYSTEMERROR"),
+                    ))
+                } else {
+                    Some(wx_json(Err(WxErr::new(
+                        fault.errcode.unwrap_or(-1),
+                        "system error (sandbox: injected fault)",
+                    ))))
+                }
+            }
+        }
+    }
+}
+
+/// Runs the sandbox alone (`wxlocal sandbox`), mounted at `/sandbox` like in the gateway.
+pub async fn serve(addr: SocketAddr, cfg: SandboxConfig) -> std::io::Result<()> {
+    let running = bind(addr, cfg).await?;
+    tracing::info!(addr = %running.addr, "WeChat sandbox listening under /sandbox");
+    running
+        .handle
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
+/// A sandbox bound to a socket and serving in the background (tests bind `127.0.0.1:0`).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub sandbox: Sandbox,
+    pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// `http://127.0.0.1:PORT/sandbox`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/sandbox", self.addr)
+    }
+}
+
+/// Binds `addr` and serves the sandbox under `/sandbox` in a background task.
+pub async fn bind(addr: SocketAddr, cfg: SandboxConfig) -> std::io::Result<Running> {
+    let sandbox = Sandbox::new(cfg);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new().nest("/sandbox", sandbox.router());
+    let handle = tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(Running {
+        addr,
+        sandbox,
+        handle,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultMode {
+    Errcode,
+    Http500,
+    Delay,
+}
+
+/// One injected failure: which calls (`path` suffix or `*`), how, and how often.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+pub struct Fault {
+    pub path: String,
+    pub mode: FaultMode,
+    /// Platform API errcode (default -1, "system busy").
+    #[serde(default)]
+    pub errcode: Option<i64>,
+    /// Merchant API `err_code` (default `SYSTEMERROR`).
+    #[serde(default)]
+    pub err_code: Option<String>,
+    /// Probability per matching call.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Fail exactly the next `count` matching calls.
+    #[serde(default)]
+    pub count: Option<u64>,
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+}
+
+fn fault_matches(f: &Fault, path: &str) -> bool {
+    let p = f.path.trim_start_matches('/');
+    p == "*" || path == p || path.ends_with(&format!("/{p}"))
+}
+
+fn take_fault(faults: &mut Vec<Fault>, path: &str) -> Option<Fault> {
+    let idx = faults.iter().position(|f| {
+        if !fault_matches(f, path) {
+            return false;
+        }
+        match (f.count, f.rate) {
+            (Some(n), _) => n > 0,
+            (None, Some(r)) => rand::random::<f64>() < r,
+            (None, None) => true,
+        }
+    })?;
+    let f = faults[idx].clone();
+    if let Some(n) = f.count {
+        if n <= 1 {
+            faults.remove(idx);
+        } else {
+            faults[idx].count = Some(n - 1);
+        }
+    }
+    Some(f)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers shared by the modules
+
+/// The platform API's JSON answer: the payload plus `errcode: 0, errmsg: "ok"`, or the error.
+pub(crate) fn wx_json(r: WxResult) -> Response {
+    let v = match r {
+        Ok(Value::Object(mut m)) => {
+            m.insert("errcode".into(), json!(0));
+            m.insert("errmsg".into(), json!("ok"));
+            Value::Object(m)
+        }
+        Ok(_) => json!({"errcode": 0, "errmsg": "ok"}),
+        Err(e) => json!({"errcode": e.code, "errmsg": e.msg}),
+    };
+    Json(v).into_response()
+}
+
+fn control_err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({"error": msg.into()}))).into_response()
+}
+
+fn parse_json_body(body: &Bytes) -> Result<Value, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))
+}
+
+/// Lowercase hex MD5.
+pub(crate) fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(data))
+}
+
+/// A random string of `[A-Za-z0-9]`.
+pub(crate) fn random_alnum(n: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// A random string of decimal digits.
+pub(crate) fn random_digits(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// API routes
+
+async fn mch_route(
+    AxState(sb): AxState<Sandbox>,
+    Path(path): Path<String>,
+    body: Bytes,
+) -> Response {
+    let path = format!("mch/{path}");
+    let record = match wxshop::pay::xml::decode(&body) {
+        Ok(f) => json!(f),
+        Err(_) => json!({"_raw": String::from_utf8_lossy(&body)}),
+    };
+    if let Some(r) = sb.intercept(&path, record, true).await {
+        return r;
+    }
+    mch::handle(&sb, &path, &body)
+}
+
+async fn token_route(
+    AxState(sb): AxState<Sandbox>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = sb.intercept("api/cgi-bin/token", json!(q), false).await {
+        return r;
+    }
+    wx_json(platform::token(&sb, &q))
+}
+
+async fn stable_token_route(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(_) => {
+            let _ = sb
+                .intercept("api/cgi-bin/stable_token", json!({}), false)
+                .await;
+            return wx_json(Err(WxErr::new(47001, "data format error")));
+        }
+    };
+    if let Some(r) = sb
+        .intercept("api/cgi-bin/stable_token", v.clone(), false)
+        .await
+    {
+        return r;
+    }
+    wx_json(platform::stable_token(&sb, &v))
+}
+
+async fn jscode_route(
+    AxState(sb): AxState<Sandbox>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = sb
+        .intercept("api/sns/jscode2session", json!(q), false)
+        .await
+    {
+        return r;
+    }
+    wx_json(platform::jscode2session(&sb, &q))
+}
+
+async fn shop_route(
+    AxState(sb): AxState<Sandbox>,
+    Path(path): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let api = format!("shop/{path}");
+    let full = format!("api/{api}");
+    let is_upload = api == "shop/img/upload";
+    let parsed = if is_upload {
+        Ok(shop::upload_fields(&headers, &q, &body))
+    } else {
+        parse_json_body(&body)
+    };
+    let record = parsed.clone().unwrap_or_else(|_| json!({}));
+    if let Some(r) = sb.intercept(&full, record, false).await {
+        return r;
+    }
+    if let Err(e) = platform::check_access_token(&sb, q.get("access_token")) {
+        return wx_json(Err(e));
+    }
+    let v = match parsed {
+        Ok(v) if v.is_object() => v,
+        _ => return wx_json(Err(WxErr::new(47001, "data format error"))),
+    };
+    let r = if let Some(name) = api.strip_prefix("shop/funds/") {
+        funds::handle(&sb, name, &v)
+    } else {
+        shop::handle(&sb, &api, &v, body.len())
+    };
+    wx_json(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control routes
+
+async fn control_pay(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    let wait = v.get("wait").and_then(Value::as_bool).unwrap_or(false);
+    let r = if let Some(no) = v.get("out_trade_no").and_then(Value::as_str) {
+        mch::user_pays(&sb, no)
+    } else if let Some(no) = v.get("out_order_id").and_then(Value::as_str) {
+        shop::user_pays_order(&sb, no)
+    } else {
+        Err("give out_trade_no (WeChat Pay order) or out_order_id (fund_type=1 order)".into())
+    };
+    match r {
+        Ok((result, job)) => {
+            if let Some(job) = job {
+                if wait {
+                    job.await;
+                } else {
+                    tokio::spawn(job);
+                }
+            }
+            Json(result).into_response()
+        }
+        Err(e) => control_err(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn control_login(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    let user = v.get("user").and_then(Value::as_str).unwrap_or("alice");
+    if user.is_empty() {
+        return control_err(StatusCode::BAD_REQUEST, "user must not be empty");
+    }
+    Json(platform::mint_code(&sb, user)).into_response()
+}
+
+async fn control_audit(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    let approve = v.get("approve").and_then(Value::as_bool).unwrap_or(true);
+    let reason = v
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or(if approve { "" } else { "不符合平台规则" })
+        .to_owned();
+    let r = if let Some(p) = v.get("out_product_id").and_then(Value::as_str) {
+        shop::verdict_spu(&sb, p, approve, &reason)
+    } else if let Some(a) = v.get("audit_id").and_then(Value::as_str) {
+        shop::verdict_qualification(&sb, a, approve, &reason)
+    } else {
+        Err("give out_product_id (product) or audit_id (brand/category audit)".into())
+    };
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => control_err(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn control_expire_tokens(AxState(sb): AxState<Sandbox>) -> Response {
+    let n = platform::expire_all(&sb);
+    Json(json!({"expired": n})).into_response()
+}
+
+async fn control_settle(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(no) = v.get("out_order_id").and_then(Value::as_str) else {
+        return control_err(StatusCode::BAD_REQUEST, "give out_order_id");
+    };
+    match funds::settle(&sb, no) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => control_err(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn control_qrcode(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    let (Some(t), Some(s)) = (
+        v.get("qrcode_ticket").and_then(Value::as_str),
+        v.get("status").and_then(Value::as_i64),
+    ) else {
+        return control_err(
+            StatusCode::BAD_REQUEST,
+            "give qrcode_ticket and status 0..=4",
+        );
+    };
+    match funds::set_qrcode_status(&sb, t, s) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => control_err(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn control_faults_add(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let f: Fault = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, format!("bad fault: {e}")),
+    };
+    if let Some(r) = f.rate {
+        if !(0.0..=1.0).contains(&r) {
+            return control_err(StatusCode::BAD_REQUEST, "rate must be within 0.0..=1.0");
+        }
+    }
+    let mut st = sb.st();
+    st.faults.push(f);
+    Json(json!({"faults": st.faults})).into_response()
+}
+
+async fn control_faults_clear(AxState(sb): AxState<Sandbox>) -> Response {
+    sb.st().faults.clear();
+    Json(json!({"faults": []})).into_response()
+}
+
+async fn control_faults_list(AxState(sb): AxState<Sandbox>) -> Response {
+    Json(json!({"faults": sb.st().faults})).into_response()
+}
+
+async fn control_notifications(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    let flush = {
+        let mut st = sb.st();
+        let o = &mut st.out.opts;
+        if let Some(n) = v.get("duplicate").and_then(Value::as_u64) {
+            o.duplicate = n.min(10) as usize;
+        }
+        if let Some(b) = v.get("omit_sign_type").and_then(Value::as_bool) {
+            o.omit_sign_type = b;
+        }
+        let mut flush = v.get("flush").and_then(Value::as_bool).unwrap_or(false);
+        if let Some(b) = v.get("reorder").and_then(Value::as_bool) {
+            o.reorder = b;
+            flush |= !b;
+        }
+        flush
+    };
+    if flush {
+        deliver::flush_held(&sb);
+    }
+    let o = sb.st().out.opts.clone();
+    Json(
+        json!({"duplicate": o.duplicate, "reorder": o.reorder, "omit_sign_type": o.omit_sign_type}),
+    )
+    .into_response()
+}
+
+async fn control_notifications_log(AxState(sb): AxState<Sandbox>) -> Response {
+    Json(json!({"deliveries": sb.deliveries(), "pushed": sb.pushed_events()})).into_response()
+}
+
+async fn control_clock(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    if let Some(ms) = v.get("advance_ms").and_then(Value::as_i64) {
+        sb.clock().advance(ms);
+    }
+    Json(json!({"now_ms": sb.now_ms()})).into_response()
+}
+
+async fn control_reset(AxState(sb): AxState<Sandbox>) -> Response {
+    sb.reset();
+    Json(json!({"reset": true})).into_response()
+}
+
+async fn control_calls(
+    AxState(sb): AxState<Sandbox>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let p = q.get("path").map(String::as_str).unwrap_or("");
+    Json(json!({"calls": sb.calls(p)})).into_response()
+}
+
+async fn control_state(AxState(sb): AxState<Sandbox>) -> Response {
+    let st = sb.st();
+    Json(json!({
+        "pay_orders": st.pay.orders.values().map(mch::PayOrder::summary).collect::<Vec<_>>(),
+        "refunds": st.pay.refunds.values().map(mch::Refund::summary).collect::<Vec<_>>(),
+        "shop_orders": st.shop.orders.values().map(|o| o.to_json(true)).collect::<Vec<_>>(),
+        "products": st.shop.products.values().map(|p| p.to_json(true)).collect::<Vec<_>>(),
+        "balance": {"available_amount": st.funds.available, "pending_amount": st.funds.pending},
+    }))
+    .into_response()
+}

@@ -1,0 +1,231 @@
+//! `api.weixin.qq.com` credentials: `cgi-bin/token`, `cgi-bin/stable_token`, the
+//! `access_token` check in front of every `shop/*` call, and `sns/jscode2session`.
+//!
+//! Why faithful here: token handling is where serverless shops break first (each classic
+//! `token` call invalidates the previous one; expired tokens must be refreshed once and the
+//! call retried). The sandbox keeps tokens for 7200 s on its clock, answers 40001/42001 as
+//! WeChat does, and `/_control/tokens/expire` expires them all at once. Login codes are
+//! single-use when minted; any other well-formed code logs in as a stable user derived from
+//! the code, so command-line tools need not mint first.
+
+use super::{md5_hex, random_alnum, Sandbox, WxErr, WxResult};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+pub const TOKEN_TTL_MS: i64 = 7_200_000;
+/// How long the previous classic token keeps working after a refresh.
+const OVERLAP_MS: i64 = 300_000;
+
+#[derive(Clone, Debug)]
+struct Token {
+    expires_ms: i64,
+    /// Made invalid (not expired) by a newer token: 40001 rather than 42001.
+    revoked: bool,
+}
+
+#[derive(Default)]
+pub struct PlatformState {
+    tokens: HashMap<String, Token>,
+    classic: Option<String>,
+    stable: Option<String>,
+    /// Minted login codes → (user, used).
+    codes: HashMap<String, (String, bool)>,
+}
+
+/// A stable, openid-shaped id (28 chars, starting with `o`) for `seed`.
+pub fn openid_for(seed: &str) -> String {
+    let a = md5_hex(format!("openid:{seed}").as_bytes());
+    let b = md5_hex(format!("openid2:{seed}").as_bytes());
+    let raw = hex::decode(format!("{a}{b}")).unwrap_or_default();
+    let s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    format!("o{}", &s[..27.min(s.len())])
+}
+
+/// The openid of sandbox user `user` (what `/_control/login` codes resolve to).
+pub fn user_openid(sb: &Sandbox, user: &str) -> String {
+    openid_for(&format!("{}:user:{user}", sb.cfg().appid))
+}
+
+fn check_app(sb: &Sandbox, appid: Option<&String>, secret: Option<&String>) -> Result<(), WxErr> {
+    let cfg = sb.cfg();
+    let appid = appid.map(String::as_str).unwrap_or_default();
+    let secret = secret.map(String::as_str).unwrap_or_default();
+    if appid.is_empty() {
+        return Err(WxErr::new(41002, "appid missing"));
+    }
+    if appid != cfg.appid && Some(appid) != cfg.sub_appid.as_deref() {
+        return Err(WxErr::new(40013, "invalid appid"));
+    }
+    if secret.is_empty() {
+        return Err(WxErr::new(41004, "appsecret missing"));
+    }
+    if secret != cfg.appsecret {
+        return Err(WxErr::new(40125, "invalid appsecret"));
+    }
+    Ok(())
+}
+
+fn new_token() -> String {
+    // Real tokens are ~150 chars of base64-ish text.
+    format!("90_{}", random_alnum(130))
+}
+
+fn revoke_soon(st: &mut PlatformState, old: Option<String>, now: i64) {
+    if let Some(t) = old.and_then(|o| st.tokens.get_mut(&o)) {
+        t.expires_ms = t.expires_ms.min(now + OVERLAP_MS);
+    }
+}
+
+/// `GET cgi-bin/token`: a new token every call; the previous one lasts 5 more minutes.
+pub fn token(sb: &Sandbox, q: &HashMap<String, String>) -> WxResult {
+    if q.get("grant_type").map(String::as_str) != Some("client_credential") {
+        return Err(WxErr::new(40002, "invalid grant_type"));
+    }
+    check_app(sb, q.get("appid"), q.get("secret"))?;
+    let now = sb.now_ms();
+    let t = new_token();
+    let mut st = sb.st();
+    let p = &mut st.platform;
+    let old = p.classic.replace(t.clone());
+    revoke_soon(p, old, now);
+    p.tokens.insert(
+        t.clone(),
+        Token {
+            expires_ms: now + TOKEN_TTL_MS,
+            revoked: false,
+        },
+    );
+    Ok(json!({"access_token": t, "expires_in": 7200}))
+}
+
+/// `POST cgi-bin/stable_token`: the same token while valid; `force_refresh` makes a new one.
+pub fn stable_token(sb: &Sandbox, v: &Value) -> WxResult {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    if s("grant_type").as_deref() != Some("client_credential") {
+        return Err(WxErr::new(40002, "invalid grant_type"));
+    }
+    check_app(sb, s("appid").as_ref(), s("secret").as_ref())?;
+    let force = v
+        .get("force_refresh")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let now = sb.now_ms();
+    let mut st = sb.st();
+    let p = &mut st.platform;
+    if !force {
+        if let Some(cur) = &p.stable {
+            if let Some(t) = p.tokens.get(cur) {
+                if !t.revoked && t.expires_ms > now {
+                    return Ok(
+                        json!({"access_token": cur, "expires_in": (t.expires_ms - now) / 1000}),
+                    );
+                }
+            }
+        }
+    }
+    let t = new_token();
+    let old = p.stable.replace(t.clone());
+    revoke_soon(p, old, now);
+    p.tokens.insert(
+        t.clone(),
+        Token {
+            expires_ms: now + TOKEN_TTL_MS,
+            revoked: false,
+        },
+    );
+    Ok(json!({"access_token": t, "expires_in": 7200}))
+}
+
+/// The `access_token` query parameter of a platform call.
+pub fn check_access_token(sb: &Sandbox, token: Option<&String>) -> Result<(), WxErr> {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(WxErr::new(41001, "access_token missing"));
+    };
+    let now = sb.now_ms();
+    let st = sb.st();
+    match st.platform.tokens.get(token) {
+        None => Err(WxErr::new(
+            40001,
+            "invalid credential, access_token is invalid or not latest",
+        )),
+        Some(t) if t.revoked => Err(WxErr::new(
+            40001,
+            "invalid credential, access_token is invalid or not latest",
+        )),
+        Some(t) if t.expires_ms <= now => Err(WxErr::new(42001, "access_token expired")),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Expires every token (they answer 42001 from now on). Returns how many.
+pub fn expire_all(sb: &Sandbox) -> usize {
+    let now = sb.now_ms();
+    let mut st = sb.st();
+    let mut n = 0;
+    for t in st.platform.tokens.values_mut() {
+        if t.expires_ms > now {
+            t.expires_ms = now;
+            n += 1;
+        }
+    }
+    n
+}
+
+/// `POST /_control/login {"user"}`: a single-use code for that user.
+pub fn mint_code(sb: &Sandbox, user: &str) -> Value {
+    let code = format!("0{}", random_alnum(31));
+    let openid = user_openid(sb, user);
+    sb.st()
+        .platform
+        .codes
+        .insert(code.clone(), (user.to_owned(), false));
+    json!({"code": code, "openid": openid, "user": user})
+}
+
+fn well_formed(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 128
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `GET sns/jscode2session`.
+pub fn jscode2session(sb: &Sandbox, q: &HashMap<String, String>) -> WxResult {
+    check_app(sb, q.get("appid"), q.get("secret"))?;
+    if q.get("grant_type").map(String::as_str) != Some("authorization_code") {
+        return Err(WxErr::new(40002, "invalid grant_type"));
+    }
+    let code = q.get("js_code").map(String::as_str).unwrap_or_default();
+    if !well_formed(code) {
+        return Err(WxErr::new(40029, "invalid code"));
+    }
+    let cfg = sb.cfg();
+    let mut st = sb.st();
+    let openid = match st.platform.codes.get_mut(code) {
+        Some((_, true)) => return Err(WxErr::new(40163, "code been used")),
+        Some((user, used)) => {
+            *used = true;
+            openid_for(&format!("{}:user:{user}", cfg.appid))
+        }
+        None => openid_for(&format!("{}:code:{code}", cfg.appid)),
+    };
+    let session_key = base64::engine::general_purpose::STANDARD.encode(random_alnum(16));
+    Ok(json!({"openid": openid, "session_key": session_key}))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openids_look_like_wechat_ones() {
+        let a = openid_for("x");
+        assert_eq!(a.len(), 28);
+        assert!(a.starts_with('o'));
+        assert_eq!(a, openid_for("x"));
+        assert_ne!(a, openid_for("y"));
+    }
+}

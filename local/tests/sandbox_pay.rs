@@ -1,0 +1,450 @@
+//! The merchant API v2 of the sandbox over real HTTP: unifiedorder rules, signatures,
+//! payment notifications with WeChat's retries, refunds with encrypted notifications, bills.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod sandbox_util;
+
+use sandbox_util::*;
+use serde_json::json;
+use wxshop::pay::sign::{verify, SignType};
+
+#[tokio::test]
+async fn unifiedorder_success_idempotency_and_refusals() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let notify = "http://127.0.0.1:9/callbacks/pay";
+
+    // Success, reply signed MD5 like the request.
+    let r = mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("ORD000001", "1990", notify),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r["return_code"], "SUCCESS", "{r:?}");
+    assert_eq!(r["result_code"], "SUCCESS", "{r:?}");
+    assert_eq!(verify(&r, KEY), Ok(SignType::Md5));
+    let prepay = r["prepay_id"].clone();
+    assert!(prepay.starts_with("wx"));
+
+    // Identical parameters (new nonce) → the same prepay_id.
+    let mut again = order_fields("ORD000001", "1990", notify);
+    again.insert("nonce_str".into(), "anothernonce".into());
+    let r2 = mch(&base, "pay/unifiedorder", again, SignType::Md5).await;
+    assert_eq!(r2["prepay_id"], prepay);
+
+    // Changed amount → OUT_TRADE_NO_USED.
+    let r3 = mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("ORD000001", "2000", notify),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r3["result_code"], "FAIL");
+    assert_eq!(r3["err_code"], "OUT_TRADE_NO_USED");
+    assert_eq!(verify(&r3, KEY), Ok(SignType::Md5));
+
+    // HMAC request → HMAC reply.
+    let r4 = mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("ORD000002", "1", notify),
+        SignType::HmacSha256,
+    )
+    .await;
+    assert_eq!(r4["result_code"], "SUCCESS");
+    assert_eq!(verify(&r4, KEY), Ok(SignType::HmacSha256));
+
+    // Bad signature → return_code FAIL 签名错误.
+    let mut body = signed(order_fields("ORD000003", "1", notify), SignType::Md5);
+    body = body.replace("ORD000003", "ORD000004");
+    let (_, text) = post_raw(&format!("{base}/mch/pay/unifiedorder"), body).await;
+    let f = wxshop::pay::xml::decode(text.as_bytes()).unwrap();
+    assert_eq!(f["return_code"], "FAIL");
+    assert_eq!(f["return_msg"], "签名错误");
+
+    // HMAC signature without sign_type is verified as MD5 → 签名错误.
+    let mut f5 = order_fields("ORD000005", "1", notify);
+    f5.insert("appid".into(), APPID.into());
+    f5.insert("mch_id".into(), MCH_ID.into());
+    f5.insert("nonce_str".into(), "n".into());
+    let s = wxshop::pay::sign::sign(&f5, KEY, SignType::HmacSha256);
+    f5.insert("sign".into(), s);
+    let (_, text) = post_raw(
+        &format!("{base}/mch/pay/unifiedorder"),
+        wxshop::pay::xml::encode(&f5),
+    )
+    .await;
+    assert!(text.contains("签名错误"), "{text}");
+
+    // Format and business checks.
+    let r = mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("ORD1", "1", notify),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r["return_code"], "FAIL", "out_trade_no shorter than 6");
+    let r = mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("ORD000006", "1.5", notify),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r["return_code"], "FAIL", "total_fee must be whole fen");
+    let r = mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("ORD000006", "0", notify),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r["return_code"], "FAIL", "total_fee ≥ 1");
+    let r = mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("ORD000006", "1", "http://x.test/pay?a=1"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r["return_code"], "FAIL", "notify_url with a query");
+    let mut no_openid = order_fields("ORD000006", "1", notify);
+    no_openid.remove("openid");
+    let r = mch(&base, "pay/unifiedorder", no_openid, SignType::Md5).await;
+    assert_eq!(
+        (r["result_code"].as_str(), r["err_code"].as_str()),
+        ("FAIL", "PARAM_ERROR")
+    );
+    let mut no_body = order_fields("ORD000006", "1", notify);
+    no_body.remove("body");
+    let r = mch(&base, "pay/unifiedorder", no_body, SignType::Md5).await;
+    assert_eq!(r["err_code"], "LACK_PARAMS");
+
+    // Query a missing order; close one.
+    let r = mch(
+        &base,
+        "pay/orderquery",
+        fields(&[("out_trade_no", "NOSUCH001")]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r["err_code"], "ORDERNOTEXIST");
+    let r = mch(
+        &base,
+        "pay/closeorder",
+        fields(&[("out_trade_no", "ORD000002")]),
+        SignType::HmacSha256,
+    )
+    .await;
+    assert_eq!(r["result_code"], "SUCCESS");
+    let r = mch(
+        &base,
+        "pay/closeorder",
+        fields(&[("out_trade_no", "ORD000002")]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r["err_code"], "ORDERCLOSED");
+    let r = mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("ORD000002", "1", notify),
+        SignType::HmacSha256,
+    )
+    .await;
+    assert_eq!(r["err_code"], "ORDERCLOSED");
+    assert_eq!(sb.sandbox.calls("pay/unifiedorder").len(), 13);
+}
+
+#[tokio::test]
+async fn provider_mode_needs_sub_mch_id() {
+    let mut c = cfg();
+    c.sub_mch_id = Some("1900000109".into());
+    c.sub_appid = Some("wxsubapp000000001".into());
+    let sb = start(c).await;
+    let base = sb.base_url();
+    let f = order_fields("ORD100001", "1", "http://127.0.0.1:9/pay");
+    let r = mch(&base, "pay/unifiedorder", f.clone(), SignType::Md5).await;
+    assert_eq!(r["return_code"], "FAIL");
+    assert_eq!(r["return_msg"], "受理机构必须传入sub_mch_id");
+    let mut f2 = f;
+    f2.remove("openid");
+    f2.insert("sub_mch_id".into(), "1900000109".into());
+    f2.insert("sub_appid".into(), "wxsubapp000000001".into());
+    f2.insert("sub_openid".into(), "oSub000000000000000000000001".into());
+    let r = mch(&base, "pay/unifiedorder", f2, SignType::Md5).await;
+    assert_eq!(r["result_code"], "SUCCESS", "{r:?}");
+    assert_eq!(r["sub_mch_id"], "1900000109");
+}
+
+#[tokio::test]
+async fn payment_notification_is_retried_until_success() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let recv = Receiver::start(200, PAY_OK).await;
+    // 500, then FAIL, then a non-XML 200: all three count as failures.
+    recv.plan(&[(500, "oops"), (200, PAY_FAIL), (200, "ok")]);
+    let notify = format!("{}/callbacks/pay", recv.url);
+    let r = mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("PAY000001", "1990", &notify),
+        SignType::HmacSha256,
+    )
+    .await;
+    assert_eq!(r["result_code"], "SUCCESS");
+
+    let paid = post_json(
+        &format!("{base}/_control/pay"),
+        json!({"out_trade_no": "PAY000001"}),
+    )
+    .await;
+    let txn = paid["transaction_id"].as_str().unwrap().to_owned();
+    assert_eq!(txn.len(), 28);
+    wait_for("an acknowledged notification", 3000, || {
+        sb.sandbox.notifications_delivered("PAY000001") == 1
+    })
+    .await;
+    let got = recv.got();
+    assert_eq!(got.len(), 4, "first attempt + 3 retries");
+    for g in &got {
+        assert_eq!(
+            g.body, got[0].body,
+            "every retry carries the same notification"
+        );
+    }
+    let n = wxshop::pay::notify::parse_payment_notification(&got[0].body, KEY).unwrap();
+    assert_eq!(n.transaction_id, txn);
+    assert_eq!(n.total_fee.get(), 1990);
+    assert_eq!(n.sign_type, SignType::HmacSha256);
+    let raw = wxshop::pay::xml::decode(&got[0].body).unwrap();
+    assert_eq!(raw["sign_type"], "HMAC-SHA256");
+    assert_eq!(raw["time_end"].len(), 14);
+    assert_eq!(sb.sandbox.deliveries().len(), 4);
+
+    // The order is paid: query, close and re-order say so.
+    let q = mch(
+        &base,
+        "pay/orderquery",
+        fields(&[("transaction_id", &txn)]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(q["trade_state"], "SUCCESS");
+    assert_eq!(q["out_trade_no"], "PAY000001");
+    let c = mch(
+        &base,
+        "pay/closeorder",
+        fields(&[("out_trade_no", "PAY000001")]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(c["err_code"], "ORDERPAID");
+    let u = mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("PAY000001", "1990", &notify),
+        SignType::HmacSha256,
+    )
+    .await;
+    assert_eq!(u["err_code"], "ORDERPAID");
+    // Paying twice is refused by the control endpoint.
+    let status = reqwest::Client::new()
+        .post(format!("{base}/_control/pay"))
+        .json(&json!({"out_trade_no": "PAY000001"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 409);
+}
+
+#[tokio::test]
+async fn duplicates_and_missing_sign_type_on_request() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let recv = Receiver::start(200, PAY_OK).await;
+    let notify = format!("{}/cb", recv.url);
+    post_json(
+        &format!("{base}/_control/notifications"),
+        json!({"duplicate": 2, "omit_sign_type": true}),
+    )
+    .await;
+    mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("DUP000001", "5", &notify),
+        SignType::HmacSha256,
+    )
+    .await;
+    post_json(
+        &format!("{base}/_control/pay"),
+        json!({"out_trade_no": "DUP000001", "wait": true}),
+    )
+    .await;
+    assert_eq!(sb.sandbox.notifications_delivered("DUP000001"), 3);
+    let got = recv.got();
+    assert_eq!(got.len(), 3);
+    let raw = wxshop::pay::xml::decode(&got[0].body).unwrap();
+    assert!(!raw.contains_key("sign_type"));
+    assert_eq!(raw["sign"].len(), 64);
+    // Verification must pick HMAC from the signature's length.
+    assert!(wxshop::pay::notify::parse_payment_notification(&got[0].body, KEY).is_ok());
+}
+
+#[tokio::test]
+async fn reorder_delivers_later_notifications_first() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let recv = Receiver::start(200, PAY_OK).await;
+    let notify = format!("{}/cb", recv.url);
+    post_json(
+        &format!("{base}/_control/notifications"),
+        json!({"reorder": true}),
+    )
+    .await;
+    for no in ["REO000001", "REO000002"] {
+        mch(
+            &base,
+            "pay/unifiedorder",
+            order_fields(no, "5", &notify),
+            SignType::Md5,
+        )
+        .await;
+        post_json(&format!("{base}/_control/pay"), json!({"out_trade_no": no})).await;
+    }
+    wait_for("both notifications", 3000, || recv.got().len() == 2).await;
+    let got = recv.got();
+    let first = wxshop::pay::xml::decode(&got[0].body).unwrap();
+    assert_eq!(first["out_trade_no"], "REO000002");
+}
+
+#[tokio::test]
+async fn refund_sends_an_encrypted_notification() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let recv = Receiver::start(200, PAY_OK).await;
+    let notify = format!("{}/callbacks/pay", recv.url);
+    let refund_notify = format!("{}/callbacks/refund", recv.url);
+    mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("REF000001", "1000", &notify),
+        SignType::Md5,
+    )
+    .await;
+
+    // Not paid yet: refused.
+    let rf = |no: &str, fee: &str| {
+        fields(&[
+            ("out_trade_no", "REF000001"),
+            ("out_refund_no", no),
+            ("total_fee", "1000"),
+            ("refund_fee", fee),
+            ("notify_url", &refund_notify),
+        ])
+    };
+    let r = mch(&base, "secapi/pay/refund", rf("R1", "400"), SignType::Md5).await;
+    assert_eq!(r["result_code"], "FAIL");
+
+    post_json(
+        &format!("{base}/_control/pay"),
+        json!({"out_trade_no": "REF000001", "wait": true}),
+    )
+    .await;
+    let r = mch(&base, "secapi/pay/refund", rf("R1", "400"), SignType::Md5).await;
+    assert_eq!(r["result_code"], "SUCCESS", "{r:?}");
+    assert_eq!(verify(&r, KEY), Ok(SignType::Md5));
+    let refund_id = r["refund_id"].clone();
+    // Same out_refund_no, same amounts: the same refund.
+    let again = mch(&base, "secapi/pay/refund", rf("R1", "400"), SignType::Md5).await;
+    assert_eq!(again["refund_id"], refund_id);
+    // Same out_refund_no, other amount: refused.
+    let changed = mch(&base, "secapi/pay/refund", rf("R1", "300"), SignType::Md5).await;
+    assert_eq!(changed["err_code"], "PARAM_ERROR");
+    // More than what is left.
+    let over = mch(&base, "secapi/pay/refund", rf("R2", "700"), SignType::Md5).await;
+    assert_eq!(over["result_code"], "FAIL");
+    assert_eq!(over["err_code"], "ERROR");
+    assert!(!over["err_code_des"].is_empty());
+
+    wait_for("the refund notification", 3000, || {
+        sb.sandbox.refund_notifications_delivered("R1") == 1
+    })
+    .await;
+    let g = recv
+        .got()
+        .into_iter()
+        .find(|g| g.path_query == "/callbacks/refund")
+        .unwrap();
+    let outer = wxshop::pay::xml::decode(&g.body).unwrap();
+    assert!(
+        !outer.contains_key("sign"),
+        "refund notifications are not signed"
+    );
+    let n = wxshop::pay::refund_notify::parse_refund_notification(&g.body, KEY).unwrap();
+    let dbg = format!("{n:?}");
+    assert!(dbg.contains("R1") && dbg.contains("REF000001"), "{dbg}");
+    let plain = wxlocal::sandbox::deliver::decrypt_req_info(KEY, &outer["req_info"]).unwrap();
+    let inner = wxshop::pay::xml::decode_root(&plain, "root").unwrap();
+    assert_eq!(inner["refund_status"], "SUCCESS");
+    assert_eq!(inner["refund_fee"], "400");
+    assert_eq!(inner["refund_id"], refund_id);
+
+    let q = mch(
+        &base,
+        "pay/refundquery",
+        fields(&[("out_trade_no", "REF000001")]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(q["refund_count"], "1");
+    assert_eq!(q["refund_status_0"], "SUCCESS");
+    let q = mch(
+        &base,
+        "pay/refundquery",
+        fields(&[("out_refund_no", "NOPE")]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(q["err_code"], "REFUNDNOTEXIST");
+    let o = mch(
+        &base,
+        "pay/orderquery",
+        fields(&[("out_trade_no", "REF000001")]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(o["trade_state"], "REFUND");
+
+    // The bill of today lists the payment and the refund, in yuan with backticks.
+    let today = wxshop::time::beijing_date(sb.sandbox.now_ms());
+    let body = signed(
+        fields(&[("bill_date", &today), ("bill_type", "ALL")]),
+        SignType::Md5,
+    );
+    let (_, csv) = post_raw(&format!("{base}/mch/pay/downloadbill"), body).await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("交易时间,公众账号ID,商户号"), "{csv}");
+    assert_eq!(lines.len(), 5, "{csv}");
+    assert!(
+        lines[1].contains("`REF000001") && lines[1].contains("`10.00"),
+        "{csv}"
+    );
+    assert!(
+        lines[2].contains("`REFUND") && lines[2].contains("`4.00"),
+        "{csv}"
+    );
+    assert!(lines[3].starts_with("总交易单数"));
+    assert!(lines[4].starts_with("`2,`10.00,`4.00"), "{csv}");
+    let body = signed(fields(&[("bill_date", "20200101")]), SignType::Md5);
+    let (_, none) = post_raw(&format!("{base}/mch/pay/downloadbill"), body).await;
+    assert!(
+        none.starts_with('<') && none.contains("No Bill Exist"),
+        "{none}"
+    );
+}
