@@ -1666,3 +1666,43 @@ async fn funds_for_payment_management_service_carry_biz_type_and_mchid() {
         json!({"biz_type":1,"mchid":"1230000109"})
     );
 }
+
+#[tokio::test]
+async fn from_config_uses_the_mini_program_credentials_and_base_url() {
+    let fake = Fake::start().await;
+    let base = fake.base.clone();
+    let vars: HashMap<&str, String> = [
+        ("WX_APPID", APPID.to_owned()),
+        ("WX_APPSECRET", SECRET.to_owned()),
+        ("WXPAY_MCH_ID", "1900000109".to_owned()),
+        (
+            "WXPAY_API_KEY",
+            "192006250b4c09247ec02edce69f6a2d".to_owned(),
+        ),
+        (
+            "SESSION_SECRET",
+            "0123456789abcdef0123456789abcdef".to_owned(),
+        ),
+        ("WX_PUSH_TOKEN", "tok".to_owned()),
+        (
+            "WXPAY_NOTIFY_URL",
+            "https://x.example/callbacks/pay".to_owned(),
+        ),
+        ("WX_API_BASE_URL", base),
+    ]
+    .into_iter()
+    .collect();
+    let cfg = wxshop::config::Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+    let clock = Clock::default();
+    clock.advance(3_600_000);
+    let client = WxClient::from_config_with_clock(&cfg, store(), clock.clone()).unwrap();
+    client.order_add(&sample_order()).await.unwrap_err(); // canned `ok` has no order_id
+    let body = fake.last("shop/order/add").json();
+    let stamped =
+        wxshop::time::parse_beijing_datetime(body["create_time"].as_str().unwrap()).unwrap();
+    assert!(
+        (stamped - clock.now_ms()).abs() < 5000,
+        "stamped with the shared clock"
+    );
+    assert_eq!(fake.with(|s| s.stable_bodies[0]["appid"].clone()), APPID);
+}

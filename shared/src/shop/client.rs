@@ -155,7 +155,18 @@ impl WxClient {
     /// From the process configuration. The appid is the mini program's (`sub_appid` in
     /// service-provider mode), whose AppSecret is `WX_APPSECRET`.
     pub fn from_config(cfg: &Config, store: DynStore) -> Result<Self, WxError> {
-        Self::new(
+        Self::from_config_with_clock(cfg, store, Clock::default())
+    }
+
+    /// As [`WxClient::from_config`], sharing the app's clock: `order/add`'s `create_time`
+    /// and token expiry then follow the same time as everything else (the sandbox's time
+    /// knob moves both).
+    pub fn from_config_with_clock(
+        cfg: &Config,
+        store: DynStore,
+        clock: Clock,
+    ) -> Result<Self, WxError> {
+        Self::new_with_clock(
             WxClientConfig {
                 api_base_url: cfg.api_base_url.clone(),
                 appid: cfg.user_appid().to_owned(),
@@ -164,6 +175,7 @@ impl WxClient {
                 timeout: Duration::from_millis(cfg.http_timeout_ms),
             },
             store,
+            clock,
         )
     }
 
