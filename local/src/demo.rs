@@ -21,8 +21,16 @@ impl Demo {
         println!("  {:>2}. {title:<44} {detail}", self.step);
     }
 
-    async fn post(&self, path: &str, bearer: Option<&str>, body: Value) -> Result<(u16, Value), String> {
-        let mut req = self.http.post(format!("{}{path}", self.r.base_url)).json(&body);
+    async fn post(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        body: Value,
+    ) -> Result<(u16, Value), String> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.r.base_url))
+            .json(&body);
         if let Some(t) = bearer {
             req = req.bearer_auth(t);
         }
@@ -66,7 +74,14 @@ impl Demo {
             .sandbox
             .calls(api)
             .iter()
-            .filter(|c| c.get("body").and_then(|b| b.get(field)).or_else(|| c.get(field)).and_then(Value::as_str) == Some(value) || c.to_string().contains(value))
+            .filter(|c| {
+                c.get("body")
+                    .and_then(|b| b.get(field))
+                    .or_else(|| c.get(field))
+                    .and_then(Value::as_str)
+                    == Some(value)
+                    || c.to_string().contains(value)
+            })
             .count()
     }
 }
@@ -92,7 +107,11 @@ pub async fn run(fund_type: &str) -> Result<(), String> {
         relay_every: Duration::from_millis(20),
     })
     .await?;
-    let mut d = Demo { r, http: reqwest::Client::new(), step: 0 };
+    let mut d = Demo {
+        r,
+        http: reqwest::Client::new(),
+        step: 0,
+    };
     let result = story(&mut d, fund_type == "1").await;
     match &result {
         Ok(()) => println!("\nall {} steps checked out.", d.step),
@@ -103,87 +122,179 @@ pub async fn run(fund_type: &str) -> Result<(), String> {
 
 async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
     println!("merchant");
-    let check = d.admin("/admin/catalogSync", json!({"action": "wechat", "api": "shop/register/apply"})).await?;
-    d.say("joins the trading component", format!("register/apply errcode {}", check["errcode"]));
+    let check = d
+        .admin(
+            "/admin/catalogSync",
+            json!({"action": "wechat", "api": "shop/register/apply"}),
+        )
+        .await?;
+    d.say(
+        "joins the trading component",
+        format!("register/apply errcode {}", check["errcode"]),
+    );
     crate::gateway::seed(&d.r).await?;
-    let p = d.admin("/admin/catalogSync", json!({"action": "get", "product_id": "tea"})).await?;
+    let p = d
+        .admin(
+            "/admin/catalogSync",
+            json!({"action": "get", "product_id": "tea"}),
+        )
+        .await?;
     if p["product"]["audit"] != "APPROVED" || p["product"]["listing"] != "LISTED" {
         return Err(format!("product not approved and listed: {}", p["product"]));
     }
-    d.say("lists `tea` (audit approved by event)", format!("wx product_id {} · {} · stock 1000", p["product"]["wx_product_id"], yuan(1990)));
+    d.say(
+        "lists `tea` (audit approved by event)",
+        format!(
+            "wx product_id {} · {} · stock 1000",
+            p["product"]["wx_product_id"],
+            yuan(1990)
+        ),
+    );
 
     println!("user");
-    let code = d.ok("/sandbox/_control/login", None, json!({"user": "alice"})).await?;
+    let code = d
+        .ok("/sandbox/_control/login", None, json!({"user": "alice"}))
+        .await?;
     let code = code["code"].as_str().ok_or("no code minted")?.to_owned();
     let login = d.ok("/fn/login", None, json!({"code": code})).await?;
-    let token = login["token"].as_str().ok_or("login gave no token")?.to_owned();
-    d.say("logs in (wx.login → jscode2session)", format!("openid {}", login["openid"].as_str().unwrap_or("?")));
+    let token = login["token"]
+        .as_str()
+        .ok_or("login gave no token")?
+        .to_owned();
+    d.say(
+        "logs in (wx.login → jscode2session)",
+        format!("openid {}", login["openid"].as_str().unwrap_or("?")),
+    );
 
     let order = d
-        .ok("/fn/unifiedOrder", Some(&token), json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 2, "price": 1}], "scene": 1177, "idempotency_key": "demo-1"}))
+        .ok("/fn/unifiedOrder", Some(&token), json!({"address": {"receiver_name": "Alice", "detailed_address": "1 Tea Street, Hangzhou", "tel_number": "13800000000"}, "items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 2, "price": 1}], "scene": 1177, "idempotency_key": "demo-1"}))
         .await?;
-    let no = order["out_trade_no"].as_str().ok_or("no out_trade_no")?.to_owned();
+    let no = order["out_trade_no"]
+        .as_str()
+        .ok_or("no out_trade_no")?
+        .to_owned();
     let total = order["total_fee"].as_i64().unwrap_or(0);
     if total != 3980 {
         return Err(format!("order total {total} fen, expected 3980 (2 × 1990 from the catalog; the client's price is ignored)"));
     }
     let again = d
-        .ok("/fn/unifiedOrder", Some(&token), json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 2}], "scene": 1177, "idempotency_key": "demo-1"}))
+        .ok("/fn/unifiedOrder", Some(&token), json!({"address": {"receiver_name": "Alice", "detailed_address": "1 Tea Street, Hangzhou", "tel_number": "13800000000"}, "items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 2}], "scene": 1177, "idempotency_key": "demo-1"}))
         .await?;
     if again["out_trade_no"] != order["out_trade_no"] {
         return Err("a retried unifiedOrder with the same key created a second order".into());
     }
-    d.say("orders 2 × tea (priced from the catalog)", format!("{no} · {} · retry gives the same order", yuan(total)));
-    if !secondary && order["payment"]["paySign"].as_str().is_none_or(str::is_empty) {
+    d.say(
+        "orders 2 × tea (priced from the catalog)",
+        format!("{no} · {} · retry gives the same order", yuan(total)),
+    );
+    if !secondary
+        && order["payment"]["paySign"]
+            .as_str()
+            .is_none_or(str::is_empty)
+    {
         return Err(format!("no paySign in {}", order["payment"]));
     }
     d.say(
         "gets wx.requestPayment parameters",
-        format!("package {} · ticket {}", order["payment"]["package"].as_str().unwrap_or("?"), order["ticket"].as_str().map(|_| "yes").unwrap_or("no")),
+        format!(
+            "package {} · ticket {}",
+            order["payment"]["package"].as_str().unwrap_or("?"),
+            order["ticket"].as_str().map(|_| "yes").unwrap_or("no")
+        ),
     );
 
-    let pay_body = if secondary { json!({"out_order_id": no}) } else { json!({"out_trade_no": no}) };
+    let pay_body = if secondary {
+        json!({"out_order_id": no})
+    } else {
+        json!({"out_trade_no": no})
+    };
     d.ok("/sandbox/_control/pay", None, pay_body).await?;
     let paid = d
         .wait_for("the order to read PAID", || async {
-            let v = d.ok("/fn/queryOrder", Some(&token), json!({"out_trade_no": no})).await?;
+            let v = d
+                .ok("/fn/queryOrder", Some(&token), json!({"out_trade_no": no}))
+                .await?;
             Ok((v["order"]["status"] == "PAID").then_some(v))
         })
         .await?;
     d.say(
-        if secondary { "pays; pay event lands (fund_type=1)" } else { "pays; signed notification lands" },
-        format!("PAID · transaction {}", paid["order"]["transaction_id"].as_str().unwrap_or("?")),
+        if secondary {
+            "pays; pay event lands (fund_type=1)"
+        } else {
+            "pays; signed notification lands"
+        },
+        format!(
+            "PAID · transaction {}",
+            paid["order"]["transaction_id"].as_str().unwrap_or("?")
+        ),
     );
     if !secondary {
-        let delivered = d.r.sandbox.notifications_delivered(&no);
-        if delivered == 0 {
-            return Err("the sandbox did not record an acknowledged payment notification".into());
-        }
-        d.wait_for("shop/order/pay at WeChat", || async { Ok((d.calls_for("shop/order/pay", "out_order_id", &no) > 0).then_some(())) }).await?;
-        d.say("order synced to the trading component", "shop/order/pay (action 1) sent once".into());
+        d.wait_for("the payment notification to be acknowledged", || async {
+            Ok((d.r.sandbox.notifications_delivered(&no) > 0).then_some(()))
+        })
+        .await?;
+        d.wait_for("shop/order/pay at WeChat", || async {
+            Ok((d.calls_for("shop/order/pay", "out_order_id", &no) > 0).then_some(()))
+        })
+        .await?;
+        d.say(
+            "order synced to the trading component",
+            "shop/order/pay (action 1) sent".into(),
+        );
     } else {
-        d.ok("/sandbox/_control/settle", None, json!({"out_order_id": no})).await?;
+        d.ok(
+            "/sandbox/_control/settle",
+            None,
+            json!({"out_order_id": no}),
+        )
+        .await?;
         let funds = d
             .wait_for("settlement", || async {
-                let b = d.admin("/admin/funds", json!({"action": "balance"})).await?;
+                let b = d
+                    .admin("/admin/funds", json!({"action": "balance"}))
+                    .await?;
                 Ok((b.to_string() != "{}").then_some(b))
             })
             .await?;
-        d.say("WeChat settles into the shop's funds", format!("balance {funds}"));
+        d.say(
+            "WeChat settles into the shop's funds",
+            format!("balance {funds}"),
+        );
     }
 
     println!("merchant");
     d.admin("/admin/orderSync", json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF", "waybill_id": "SF1234567890"})).await?;
-    d.wait_for("shop/delivery/send at WeChat", || async { Ok((d.calls_for("shop/delivery/send", "out_order_id", &no) > 0).then_some(())) }).await?;
-    d.say("ships with SF Express", "SHIPPED · shop/delivery/send synced".into());
+    d.wait_for("shop/delivery/send at WeChat", || async {
+        Ok((d.calls_for("shop/delivery/send", "out_order_id", &no) > 0).then_some(()))
+    })
+    .await?;
+    d.say(
+        "ships with SF Express",
+        "SHIPPED · shop/delivery/send synced".into(),
+    );
 
     println!("user");
-    let received = d.ok("/fn/queryOrder", Some(&token), json!({"out_trade_no": no, "action": "confirm"})).await?;
+    let received = d
+        .ok(
+            "/fn/queryOrder",
+            Some(&token),
+            json!({"out_trade_no": no, "action": "confirm"}),
+        )
+        .await?;
     if received["order"]["status"] != "RECEIVED" {
-        return Err(format!("after confirming, the order reads {}", received["order"]["status"]));
+        return Err(format!(
+            "after confirming, the order reads {}",
+            received["order"]["status"]
+        ));
     }
-    d.wait_for("shop/delivery/recieve at WeChat", || async { Ok((d.calls_for("shop/delivery/recieve", "out_order_id", &no) > 0).then_some(())) }).await?;
-    d.say("confirms receipt", "RECEIVED · shop/delivery/recieve synced".into());
+    d.wait_for("shop/delivery/recieve at WeChat", || async {
+        Ok((d.calls_for("shop/delivery/recieve", "out_order_id", &no) > 0).then_some(()))
+    })
+    .await?;
+    d.say(
+        "confirms receipt",
+        "RECEIVED · shop/delivery/recieve synced".into(),
+    );
 
     if secondary {
         return Ok(());
@@ -191,28 +302,70 @@ async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
     let applied = d
         .ok("/fn/aftersaleSync", Some(&token), json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "one tin arrived dented"}))
         .await?;
-    let aftersale_id = applied["aftersale"]["aftersale_id"].as_str().ok_or("no aftersale_id")?.to_owned();
-    d.say("asks for a refund of one tin", format!("{aftersale_id} · {}", yuan(1990)));
+    let aftersale_id = applied["aftersale"]["aftersale_id"]
+        .as_str()
+        .ok_or("no aftersale_id")?
+        .to_owned();
+    d.say(
+        "asks for a refund of one tin",
+        format!("{aftersale_id} · {}", yuan(1990)),
+    );
 
     println!("merchant");
-    d.admin("/admin/aftersaleSync", json!({"action": "approve", "aftersale_id": aftersale_id})).await?;
+    d.admin(
+        "/admin/aftersaleSync",
+        json!({"action": "approve", "aftersale_id": aftersale_id}),
+    )
+    .await?;
     let refunded = d
         .wait_for("the refund notification", || async {
-            let v = d.ok("/fn/queryOrder", Some(&token), json!({"out_trade_no": no})).await?;
+            let v = d
+                .ok("/fn/queryOrder", Some(&token), json!({"out_trade_no": no}))
+                .await?;
             Ok((v["order"]["status"] == "PARTIALLY_REFUNDED").then_some(v))
         })
         .await?;
-    d.say("approves; encrypted refund notification lands", format!("refunded {} · order {}", yuan(refunded["order"]["refunded_fee"].as_i64().unwrap_or(0)), refunded["order"]["status"].as_str().unwrap_or("?")));
-    let list = d.ok("/fn/aftersaleSync", Some(&token), json!({"action": "list", "out_trade_no": no})).await?;
+    d.say(
+        "approves; encrypted refund notification lands",
+        format!(
+            "refunded {} · order {}",
+            yuan(refunded["order"]["refunded_fee"].as_i64().unwrap_or(0)),
+            refunded["order"]["status"].as_str().unwrap_or("?")
+        ),
+    );
+    let list = d
+        .ok(
+            "/fn/aftersaleSync",
+            Some(&token),
+            json!({"action": "list", "out_trade_no": no}),
+        )
+        .await?;
     if list["aftersales"][0]["status"] != "REFUNDED" {
-        return Err(format!("after-sale reads {}", list["aftersales"][0]["status"]));
+        return Err(format!(
+            "after-sale reads {}",
+            list["aftersales"][0]["status"]
+        ));
     }
     d.wait_for("ecaftersale/add and acceptrefund at WeChat", || async {
-        Ok((!d.r.sandbox.calls("shop/ecaftersale/add").is_empty() && !d.r.sandbox.calls("shop/ecaftersale/acceptrefund").is_empty()).then_some(()))
+        Ok((!d.r.sandbox.calls("shop/ecaftersale/add").is_empty()
+            && !d
+                .r
+                .sandbox
+                .calls("shop/ecaftersale/acceptrefund")
+                .is_empty())
+        .then_some(()))
     })
     .await?;
-    d.say("after-sale synced", "REFUNDED · ecaftersale add → acceptrefund".into());
+    d.say(
+        "after-sale synced",
+        "REFUNDED · ecaftersale add → acceptrefund".into(),
+    );
 
-    println!("\nsummary: order {no} · paid {} · refunded {} · {} notifications acknowledged", yuan(total), yuan(1990), d.r.sandbox.notifications_delivered(&no));
+    println!(
+        "\nsummary: order {no} · paid {} · refunded {} · {} notifications acknowledged",
+        yuan(total),
+        yuan(1990),
+        d.r.sandbox.notifications_delivered(&no)
+    );
     Ok(())
 }

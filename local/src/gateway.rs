@@ -110,17 +110,39 @@ struct GatewayState {
 pub async fn start(opts: Options) -> Result<Running, String> {
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e} (is another wxlocal running? try --addr 127.0.0.1:0)", opts.addr))?;
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}: {e} (is another wxlocal running? try --addr 127.0.0.1:0)",
+                opts.addr
+            )
+        })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let base_url = format!("http://{addr}");
 
-    let mut vars: HashMap<String, String> = LOCAL_DEFAULTS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut vars: HashMap<String, String> = LOCAL_DEFAULTS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     vars.insert("WXPAY_BASE_URL".into(), format!("{base_url}/sandbox/mch"));
     vars.insert("WX_API_BASE_URL".into(), format!("{base_url}/sandbox/api"));
-    vars.insert("WXPAY_NOTIFY_URL".into(), format!("{base_url}/callbacks/pay"));
+    vars.insert(
+        "WXPAY_NOTIFY_URL".into(),
+        format!("{base_url}/callbacks/pay"),
+    );
     vars.insert("STORE".into(), "sqlite:.wxlocal/wxshop.db".into());
     if opts.use_env {
-        for (k, _) in LOCAL_DEFAULTS.iter().chain([("STORE", ""), ("WX_PUSH_AES_KEY", ""), ("WXPAY_SIGN_TYPE", ""), ("WXPAY_SUB_MCH_ID", ""), ("WXPAY_SUB_APPID", ""), ("WX_FUND_TYPE", ""), ("ORDER_TTL_SECS", "")].iter()) {
+        for (k, _) in LOCAL_DEFAULTS.iter().chain(
+            [
+                ("STORE", ""),
+                ("WX_PUSH_AES_KEY", ""),
+                ("WXPAY_SIGN_TYPE", ""),
+                ("WXPAY_SUB_MCH_ID", ""),
+                ("WXPAY_SUB_APPID", ""),
+                ("WX_FUND_TYPE", ""),
+                ("ORDER_TTL_SECS", ""),
+            ]
+            .iter(),
+        ) {
             if let Ok(v) = std::env::var(k) {
                 vars.insert(k.to_string(), v);
             }
@@ -131,12 +153,18 @@ pub async fn start(opts: Options) -> Result<Running, String> {
     }
     vars.extend(opts.overrides.clone());
     if let Some(path) = vars.get("STORE").and_then(|s| s.strip_prefix("sqlite:")) {
-        if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        if let Some(dir) = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
     }
     let config = Config::from_lookup(|k| vars.get(k).cloned()).map_err(|e| e.to_string())?;
-    let store = open_store(&config.store).await.map_err(|e| format!("cannot open the store: {e}"))?;
+    let store = open_store(&config.store)
+        .await
+        .map_err(|e| format!("cannot open the store: {e}"))?;
     let admin_token = vars.get("ADMIN_TOKEN").cloned().unwrap_or_default();
     let sandbox = Sandbox::new(SandboxConfig {
         appid: config.appid.clone(),
@@ -147,13 +175,19 @@ pub async fn start(opts: Options) -> Result<Running, String> {
         sub_appid: config.sub_appid.clone(),
         push_url: Some(format!("{base_url}/callbacks/wechat")),
         push_token: secrecy::ExposeSecret::expose_secret(&config.push_token).to_owned(),
-        push_aes_key: config.push_aes_key.as_ref().map(|k| secrecy::ExposeSecret::expose_secret(k).to_owned()),
+        push_aes_key: config
+            .push_aes_key
+            .as_ref()
+            .map(|k| secrecy::ExposeSecret::expose_secret(k).to_owned()),
         time_scale: opts.time_scale,
         auto_audit: true,
     });
     let app = App::new(config, store, Clock::default()).map_err(|e| e.to_string())?;
 
-    let state = GatewayState { app: app.clone(), admin_token: Arc::new(admin_token.clone()) };
+    let state = GatewayState {
+        app: app.clone(),
+        admin_token: Arc::new(admin_token.clone()),
+    };
     let functions: Router = Router::new().fallback(gateway).with_state(state);
     let router = Router::new()
         .nest("/sandbox", sandbox.router())
@@ -186,7 +220,14 @@ pub async fn start(opts: Options) -> Result<Running, String> {
         }
     }));
 
-    let running = Running { base_url, addr, app, sandbox, admin_token, tasks };
+    let running = Running {
+        base_url,
+        addr,
+        app,
+        sandbox,
+        admin_token,
+        tasks,
+    };
     if opts.seed {
         seed(&running).await?;
     }
@@ -194,15 +235,25 @@ pub async fn start(opts: Options) -> Result<Running, String> {
 }
 
 /// Routes one request through `ROUTES` to the shared handlers.
-async fn gateway(State(state): State<GatewayState>, req: axum::extract::Request) -> axum::response::Response {
+async fn gateway(
+    State(state): State<GatewayState>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let Some(route) = handlers::find_route(parts.method.as_str(), &path) else {
         let any_method = handlers::ROUTES.iter().any(|r| r.path == path);
         let err = if any_method {
-            ApiError::new(http::StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", format!("{} is not allowed on {path}", parts.method))
+            ApiError::new(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                format!("{} is not allowed on {path}", parts.method),
+            )
         } else {
-            ApiError::not_found("NO_SUCH_ROUTE", format!("no function at {path}; see the routes in README"))
+            ApiError::not_found(
+                "NO_SUCH_ROUTE",
+                format!("no function at {path}; see the routes in README"),
+            )
         };
         return to_axum(err.into_response());
     };
@@ -212,17 +263,32 @@ async fn gateway(State(state): State<GatewayState>, req: axum::extract::Request)
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| !state.admin_token.is_empty() && constant_time_eq(g.as_bytes(), state.admin_token.as_bytes()));
+        let ok = given.is_some_and(|g| {
+            !state.admin_token.is_empty()
+                && constant_time_eq(g.as_bytes(), state.admin_token.as_bytes())
+        });
         if !ok {
-            tracing::warn!(security = true, path, "admin route without valid authorisation");
-            return to_axum(ApiError::unauthenticated("admin routes need Authorization: Bearer $ADMIN_TOKEN").into_response());
+            tracing::warn!(
+                security = true,
+                path,
+                "admin route without valid authorisation"
+            );
+            return to_axum(
+                ApiError::unauthenticated("admin routes need Authorization: Bearer $ADMIN_TOKEN")
+                    .into_response(),
+            );
         }
     }
     let bytes: Bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => {
             return to_axum(
-                ApiError::new(http::StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE", format!("request body is over {MAX_BODY} bytes")).into_response(),
+                ApiError::new(
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "BODY_TOO_LARGE",
+                    format!("request body is over {MAX_BODY} bytes"),
+                )
+                .into_response(),
             )
         }
     };
@@ -248,7 +314,13 @@ pub async fn seed(r: &Running) -> Result<(), String> {
         let url = format!("{}/admin/catalogSync", r.base_url);
         let token = r.admin_token.clone();
         async move {
-            let resp = client.post(url).bearer_auth(token).json(&body).send().await.map_err(|e| e.to_string())?;
+            let resp = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             let status = resp.status();
             let text = resp.text().await.map_err(|e| e.to_string())?;
             if !status.is_success() {
@@ -266,14 +338,15 @@ pub async fn seed(r: &Running) -> Result<(), String> {
         }
     }))
     .await?;
-    admin(serde_json::json!({ "action": "listing", "product_id": "tea" })).await?;
-    // Wait (bounded) for the audit verdict to land.
-    for _ in 0..100 {
+    // Wait (bounded) for the audit verdict to land, then list: WeChat lists approved
+    // products only.
+    for _ in 0..200 {
         let p = admin(serde_json::json!({ "action": "get", "product_id": "tea" })).await?;
         if p["product"]["audit"] == "APPROVED" {
+            admin(serde_json::json!({ "action": "listing", "product_id": "tea" })).await?;
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err("seeding: the product's audit was not approved within 5 s".into())
+    Err("seeding: the product's audit was not approved within 10 s".into())
 }

@@ -62,6 +62,7 @@ fn new_order(total: i64) -> Order {
         scene: None,
         trace_id: None,
         delivery: None,
+        address: None,
         refunded: Fen::ZERO,
         settled_at_ms: None,
         close_reason: None,

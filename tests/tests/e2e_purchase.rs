@@ -31,37 +31,61 @@ struct Client<'a> {
 
 impl<'a> Client<'a> {
     fn new(r: &'a Running) -> Self {
-        Client { r, http: reqwest::Client::new() }
+        Client {
+            r,
+            http: reqwest::Client::new(),
+        }
     }
     async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.r.base_url)).json(body);
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.r.base_url))
+            .json(body);
         if let Some(t) = bearer {
             req = req.bearer_auth(t);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
     async fn raw(&self, path: &str, body: String) -> (u16, String) {
-        let resp = self.http.post(format!("{}{path}", self.r.base_url)).body(body).send().await.unwrap();
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.r.base_url))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
     async fn login(&self, user: &str) -> (String, String) {
-        let (_, code) = self.post("/sandbox/_control/login", None, &json!({"user": user})).await;
-        let (status, v) = self.post("/fn/login", None, &json!({"code": code["code"]})).await;
+        let (_, code) = self
+            .post("/sandbox/_control/login", None, &json!({"user": user}))
+            .await;
+        let (status, v) = self
+            .post("/fn/login", None, &json!({"code": code["code"]}))
+            .await;
         assert_eq!(status, 200, "{v}");
-        (v["token"].as_str().unwrap().to_owned(), v["openid"].as_str().unwrap().to_owned())
+        (
+            v["token"].as_str().unwrap().to_owned(),
+            v["openid"].as_str().unwrap().to_owned(),
+        )
     }
     async fn order(&self, token: &str, qty: u32, key: Option<&str>) -> (u16, Value) {
-        let mut body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": qty, "price": 1, "unit_price": 1}]});
+        let mut body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": qty, "price": 1, "unit_price": 1}], "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"}});
         if let Some(k) = key {
             body["idempotency_key"] = json!(k);
         }
         self.post("/fn/unifiedOrder", Some(token), &body).await
     }
     async fn status(&self, token: &str, no: &str) -> Value {
-        let (s, v) = self.post("/fn/queryOrder", Some(token), &json!({"out_trade_no": no})).await;
+        let (s, v) = self
+            .post("/fn/queryOrder", Some(token), &json!({"out_trade_no": no}))
+            .await;
         assert_eq!(s, 200, "{v}");
         v["order"].clone()
     }
@@ -113,15 +137,26 @@ async fn price_comes_from_the_catalog_and_retries_give_one_order() {
     let (token, _) = c.login("bob").await;
     let (s, first) = c.order(&token, 3, Some("k-1")).await;
     assert_eq!(s, 200, "{first}");
-    assert_eq!(first["total_fee"], 3 * 1990, "client-sent prices are ignored");
+    assert_eq!(
+        first["total_fee"],
+        3 * 1990,
+        "client-sent prices are ignored"
+    );
     assert_eq!(first["payment"]["signType"], "MD5");
-    assert!(first["payment"]["package"].as_str().unwrap().starts_with("prepay_id="));
+    assert!(first["payment"]["package"]
+        .as_str()
+        .unwrap()
+        .starts_with("prepay_id="));
     let (_, again) = c.order(&token, 3, Some("k-1")).await;
     assert_eq!(again["out_trade_no"], first["out_trade_no"]);
     let (s, other_cart) = c.order(&token, 2, Some("k-1")).await;
     assert_eq!(s, 422, "{other_cart}");
     let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
-    assert_eq!(list["orders"].as_array().unwrap().len(), 1, "one order for one key: {list}");
+    assert_eq!(
+        list["orders"].as_array().unwrap().len(),
+        1,
+        "one order for one key: {list}"
+    );
 }
 
 #[tokio::test]
@@ -133,19 +168,33 @@ async fn identity_comes_from_the_token_only() {
     let (_, order) = c.order(&alice, 1, None).await;
     let no = order["out_trade_no"].as_str().unwrap();
     // Mallory names Alice's order and claims to be someone else in the body: not found.
-    let (s, v) = c.post("/fn/queryOrder", Some(&mallory), &json!({"out_trade_no": no, "openid": "o_alice"})).await;
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&mallory),
+            &json!({"out_trade_no": no, "openid": "o_alice"}),
+        )
+        .await;
     assert_eq!(s, 404, "{v}");
     assert_eq!(v["code"], "ORDER_NOT_FOUND");
     // No token, a tampered token: 401.
     let (s, _) = c.post("/fn/queryOrder", None, &json!({})).await;
     assert_eq!(s, 401);
     let tampered = format!("{}x", mallory);
-    let (s, v) = c.post("/fn/unifiedOrder", Some(&tampered), &json!({"items": []})).await;
+    let (s, v) = c
+        .post("/fn/unifiedOrder", Some(&tampered), &json!({"items": []}))
+        .await;
     assert_eq!(s, 401);
     assert_eq!(v["code"], "UNAUTHENTICATED");
     assert!(!mallory_openid.is_empty());
     // Admin routes need the admin token.
-    let (s, _) = c.post("/admin/orderSync", Some(&alice), &json!({"action": "drain"})).await;
+    let (s, _) = c
+        .post(
+            "/admin/orderSync",
+            Some(&alice),
+            &json!({"action": "drain"}),
+        )
+        .await;
     assert_eq!(s, 401);
 }
 
@@ -153,14 +202,27 @@ async fn identity_comes_from_the_token_only() {
 async fn sold_out_is_refused_and_takes_nothing() {
     let r = stack().await;
     let c = Client::new(&r);
-    let (s, _) = c.admin("/admin/catalogSync", &json!({"action": "set_stock", "product_id": "tea", "sku_id": "tea-250g", "stock": 2})).await;
+    let (s, _) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "set_stock", "product_id": "tea", "sku_id": "tea-250g", "stock": 2}),
+        )
+        .await;
     assert_eq!(s, 200);
     let (token, _) = c.login("carol").await;
     let (s, v) = c.order(&token, 3, None).await;
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["code"], "SOLD_OUT");
-    let (_, p) = c.admin("/admin/catalogSync", &json!({"action": "get", "product_id": "tea"})).await;
-    assert_eq!(p["product"]["skus"][0]["stock"], 2, "a refused order reserves nothing");
+    let (_, p) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": "tea"}),
+        )
+        .await;
+    assert_eq!(
+        p["product"]["skus"][0]["stock"], 2,
+        "a refused order reserves nothing"
+    );
     let (s, _) = c.order(&token, 2, None).await;
     assert_eq!(s, 200);
     let (s, v) = c.order(&token, 1, None).await;
@@ -175,15 +237,27 @@ async fn duplicate_concurrent_notifications_make_one_transition_and_one_sync() {
     let (_, order) = c.order(&token, 1, None).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     let body = notification(&r, &no, &openid, 1990, "4200000000000000000000000001");
-    let replies = futures::future::join_all((0..10).map(|_| c.raw("/callbacks/pay", body.clone()))).await;
+    let replies =
+        futures::future::join_all((0..10).map(|_| c.raw("/callbacks/pay", body.clone()))).await;
     for (status, text) in &replies {
         assert_eq!(*status, 200);
         assert!(text.contains("SUCCESS"), "{text}");
     }
     assert_eq!(c.status(&token, &no).await["status"], "PAID");
-    eventually("shop/order/pay", || async { r.sandbox.calls("shop/order/pay").iter().any(|v| v.to_string().contains(&no)) }).await;
+    eventually("shop/order/pay", || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pays = r.sandbox.calls("shop/order/pay").iter().filter(|v| v.to_string().contains(&no)).count();
+    let pays = r
+        .sandbox
+        .calls("shop/order/pay")
+        .iter()
+        .filter(|v| v.to_string().contains(&no))
+        .count();
     assert_eq!(pays, 1, "one shop/order/pay for ten notifications");
 }
 
@@ -195,11 +269,17 @@ async fn forged_or_mismatched_notifications_change_nothing() {
     let (_, order) = c.order(&token, 1, None).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     // Wrong amount, correctly signed.
-    let (s, text) = c.raw("/callbacks/pay", notification(&r, &no, &openid, 1, "4200000000000000000000000002")).await;
+    let (s, text) = c
+        .raw(
+            "/callbacks/pay",
+            notification(&r, &no, &openid, 1, "4200000000000000000000000002"),
+        )
+        .await;
     assert_eq!(s, 200);
     assert!(text.contains("FAIL"), "{text}");
     // Forged signature.
-    let forged = notification(&r, &no, &openid, 1990, "4200000000000000000000000003").replace("<sign><![CDATA[", "<sign><![CDATA[0");
+    let forged = notification(&r, &no, &openid, 1990, "4200000000000000000000000003")
+        .replace("<sign><![CDATA[", "<sign><![CDATA[0");
     let (_, text) = c.raw("/callbacks/pay", forged).await;
     assert!(text.contains("FAIL"), "{text}");
     // XXE.
@@ -217,10 +297,17 @@ async fn paid_order_reads_paid_before_its_notification() {
     let (_, order) = c.order(&token, 1, None).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     // Hold notifications: the user pays, but nothing reaches /callbacks/pay.
-    let (s, v) = c.post("/sandbox/_control/faults", None, &json!({"path": "notify", "mode": "hold"})).await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/faults",
+            None,
+            &json!({"path": "notify", "mode": "hold"}),
+        )
+        .await;
     let held = s == 200;
     let _ = v;
-    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no})).await;
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
     // queryOrder asks pay/orderquery and records the payment itself.
     let mut status = Value::Null;
     for _ in 0..100 {

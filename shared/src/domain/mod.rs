@@ -12,5 +12,7 @@ pub use ids::{
     random_alnum, AfterSaleId, IdError, OpenId, OutRefundNo, OutTradeNo, ProductId, SkuId,
 };
 pub use money::{Fen, MoneyError};
-pub use order::{Change, Delivery, FundType, Order, OrderItem, OrderStatus, TransitionError};
+pub use order::{
+    Address, Change, Delivery, FundType, Order, OrderItem, OrderStatus, TransitionError,
+};
 pub use product::{AuditStatus, Listing, Product, SellError, Sku};

@@ -117,6 +117,28 @@ impl OrderItem {
     }
 }
 
+/// Where the goods go (the trading component needs it for express delivery).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    pub receiver_name: String,
+    pub detailed_address: String,
+    pub tel_number: String,
+    #[serde(default)]
+    pub province: Option<String>,
+    #[serde(default)]
+    pub city: Option<String>,
+    #[serde(default)]
+    pub town: Option<String>,
+}
+
+impl Address {
+    /// Required parts present and of sane length.
+    pub fn is_valid(&self) -> bool {
+        let ok = |s: &str, max: usize| !s.trim().is_empty() && s.chars().count() <= max;
+        ok(&self.receiver_name, 64) && ok(&self.detailed_address, 256) && ok(&self.tel_number, 32)
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     pub delivery_id: String,
@@ -154,6 +176,8 @@ pub struct Order {
     pub trace_id: Option<String>,
     #[serde(default)]
     pub delivery: Option<Delivery>,
+    #[serde(default)]
+    pub address: Option<Address>,
     #[serde(default)]
     pub refunded: Fen,
     #[serde(default)]
@@ -382,6 +406,7 @@ pub(crate) mod tests {
             scene: None,
             trace_id: None,
             delivery: None,
+            address: None,
             refunded: Fen::ZERO,
             settled_at_ms: None,
             close_reason: None,

@@ -39,10 +39,8 @@ fn task_error(e: WxError) -> TaskError {
 }
 
 fn key(order: &Order) -> OrderKey {
-    match order.wx_order_id {
-        Some(id) => OrderKey::Id(id),
-        None => OrderKey::Out(order.out_trade_no.to_string()),
-    }
+    // Our own id is always known (WeChat accepts either), and keeps calls traceable to ours.
+    OrderKey::Out(order.out_trade_no.to_string())
 }
 
 fn order_path(app: &App, no: &OutTradeNo) -> String {
@@ -75,6 +73,12 @@ pub async fn add_order(
         })
         .collect();
     let secondary = order.fund_type == FundType::SecondaryMerchant;
+    if order.address.is_none() {
+        return Err(ApiError::bad_request(
+            "ADDRESS_REQUIRED",
+            "this order goes through WeChat's trading component, which needs `address` {receiver_name, detailed_address, tel_number}",
+        ));
+    }
     let req = OrderAddRequest {
         create_time: Some(beijing_datetime(now)),
         out_order_id: order.out_trade_no.to_string(),
@@ -103,7 +107,18 @@ pub async fn add_order(
             promotion_info: None,
         },
         delivery_detail: DeliveryDetailReq { delivery_type: 1 },
-        address_info: None,
+        address_info: order
+            .address
+            .as_ref()
+            .map(|a| crate::shop::types::AddressInfo {
+                receiver_name: a.receiver_name.clone(),
+                detailed_address: a.detailed_address.clone(),
+                tel_number: a.tel_number.clone(),
+                country: None,
+                province: a.province.clone(),
+                city: a.city.clone(),
+                town: a.town.clone(),
+            }),
         fund_type: Some(order.fund_type.code()),
         expire_time: Some(order.expires_at_ms / 1000),
         aftersale_duration: None,

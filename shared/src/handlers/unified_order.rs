@@ -11,7 +11,7 @@ use super::common::{authenticate, close_and_release, component_on, MAX_CONFLICT_
 use crate::app::App;
 use crate::config::TradingComponent;
 use crate::domain::{
-    Fen, FundType, OpenId, Order, OrderItem, OrderStatus, OutTradeNo, Product, ProductId,
+    Address, Fen, FundType, OpenId, Order, OrderItem, OrderStatus, OutTradeNo, Product, ProductId,
     SellError, SkuId,
 };
 use crate::http::{client_ip, json, parse_json, ApiError, Request, Response};
@@ -43,6 +43,9 @@ struct UnifiedOrderRequest {
     scene: Option<u32>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    /// Delivery address; required when the order goes through the trading component.
+    #[serde(default)]
+    address: Option<Address>,
 }
 
 /// The result (contract: ARCHITECTURE.md). `payment` spreads into `wx.requestPayment`.
@@ -70,8 +73,25 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or(body.idempotency_key.clone());
+    let address = body.address.clone();
+    if let Some(a) = &address {
+        if !a.is_valid() {
+            return Err(ApiError::bad_request(
+                "BAD_ADDRESS",
+                "address needs receiver_name, detailed_address and tel_number",
+            ));
+        }
+    }
     let Some(key) = key else {
-        let result = place(app, &openid, &lines, body.scene, &client_ip(&req)).await?;
+        let result = place(
+            app,
+            &openid,
+            &lines,
+            body.scene,
+            address.clone(),
+            &client_ip(&req),
+        )
+        .await?;
         return Ok(json(&result));
     };
     if key.is_empty() || key.len() > 128 {
@@ -113,7 +133,16 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         }
         Claim::New => {}
     }
-    match place(app, &openid, &lines, body.scene, &client_ip(&req)).await {
+    match place(
+        app,
+        &openid,
+        &lines,
+        body.scene,
+        address.clone(),
+        &client_ip(&req),
+    )
+    .await
+    {
         Ok(result) => {
             let stored =
                 serde_json::to_string(&result).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -202,6 +231,7 @@ async fn create_priced_order(
     openid: &OpenId,
     lines: &[Line],
     scene: Option<u32>,
+    address: Option<Address>,
 ) -> Result<Order, ApiError> {
     for _ in 0..MAX_CONFLICT_RETRIES {
         let mut products: Vec<(Versioned<Product>, Product)> = Vec::new();
@@ -270,6 +300,7 @@ async fn create_priced_order(
             scene,
             trace_id: None,
             delivery: None,
+            address: address.clone(),
             refunded: Fen::ZERO,
             settled_at_ms: None,
             close_reason: None,
@@ -297,9 +328,10 @@ async fn place(
     openid: &OpenId,
     lines: &[Line],
     scene: Option<u32>,
+    address: Option<Address>,
     ip: &str,
 ) -> Result<UnifiedOrderResult, ApiError> {
-    let order = create_priced_order(app, openid, lines, scene).await?;
+    let order = create_priced_order(app, openid, lines, scene, address).await?;
     let no = order.out_trade_no.clone();
     tracing::info!(out_trade_no = %no, total_fee = order.total.get(), "order created");
     match prepay(app, order, ip).await {

@@ -1236,6 +1236,7 @@ fn order(no: &OutTradeNo, openid: &OpenId, created: i64) -> Order {
         scene: None,
         trace_id: None,
         delivery: None,
+        address: None,
         refunded: Fen::ZERO,
         settled_at_ms: None,
         close_reason: None,
