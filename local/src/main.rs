@@ -18,12 +18,16 @@ USAGE:
 ";
 
 fn flag(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn parse_addr(s: Option<String>, default: &str) -> Result<SocketAddr, String> {
     let s = s.unwrap_or_else(|| default.to_owned());
-    s.parse().map_err(|_| format!("--addr `{s}` is not host:port, e.g. 127.0.0.1:8787"))
+    s.parse()
+        .map_err(|_| format!("--addr `{s}` is not host:port, e.g. 127.0.0.1:8787"))
 }
 
 #[tokio::main]
@@ -71,7 +75,11 @@ async fn serve(args: &[String]) -> Result<(), String> {
     let addr = parse_addr(flag(args, "--addr"), "127.0.0.1:8787")?;
     let time_scale = match flag(args, "--time-scale") {
         None => 1.0,
-        Some(s) => s.parse::<f64>().ok().filter(|v| *v > 0.0).ok_or("--time-scale must be a positive number")?,
+        Some(s) => s
+            .parse::<f64>()
+            .ok()
+            .filter(|v| *v > 0.0)
+            .ok_or("--time-scale must be a positive number")?,
     };
     let opts = wxlocal::gateway::Options {
         addr,

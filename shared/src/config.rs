@@ -19,7 +19,10 @@ pub enum StoreConfig {
     /// SQLite `:memory:` — throwaway.
     Memory,
     /// DynamoDB table, optionally at a custom endpoint (local servers).
-    Dynamo { table: String, endpoint: Option<String> },
+    Dynamo {
+        table: String,
+        endpoint: Option<String>,
+    },
 }
 
 impl StoreConfig {
@@ -37,10 +40,15 @@ impl StoreConfig {
             if t.is_empty() {
                 Err("STORE=dynamodb: needs a table name, e.g. dynamodb:wxshop".into())
             } else {
-                Ok(StoreConfig::Dynamo { table: t.to_owned(), endpoint })
+                Ok(StoreConfig::Dynamo {
+                    table: t.to_owned(),
+                    endpoint,
+                })
             }
         } else {
-            Err(format!("STORE=`{s}` is not one of sqlite:PATH, memory, dynamodb:TABLE"))
+            Err(format!(
+                "STORE=`{s}` is not one of sqlite:PATH, memory, dynamodb:TABLE"
+            ))
         }
     }
 }
@@ -67,7 +75,10 @@ pub enum TokenMode {
 #[derive(Clone)]
 pub enum ClientCert {
     /// PKCS#12 bytes (from base64) and its password (default: mch_id).
-    Pkcs12 { der: Vec<u8>, password: SecretString },
+    Pkcs12 {
+        der: Vec<u8>,
+        password: SecretString,
+    },
     /// PEM certificate chain and private key.
     Pem { cert: String, key: SecretString },
 }
@@ -143,13 +154,25 @@ impl Config {
         let appid = required("WX_APPID", "the mini program's AppID, wx…");
         let appsecret = required("WX_APPSECRET", "the mini program's AppSecret");
         let mch_id = required("WXPAY_MCH_ID", "the WeChat Pay merchant id");
-        let api_key = required("WXPAY_API_KEY", "the 32-character APIv2 key from the merchant platform");
-        let session_secret = required("SESSION_SECRET", "at least 32 random characters to sign session tokens");
-        let push_token = required("WX_PUSH_TOKEN", "the Token set in the mini program's message push settings");
+        let api_key = required(
+            "WXPAY_API_KEY",
+            "the 32-character APIv2 key from the merchant platform",
+        );
+        let session_secret = required(
+            "SESSION_SECRET",
+            "at least 32 random characters to sign session tokens",
+        );
+        let push_token = required(
+            "WX_PUSH_TOKEN",
+            "the Token set in the mini program's message push settings",
+        );
         let notify_url = required("WXPAY_NOTIFY_URL", "public URL of /callbacks/pay");
 
         if !api_key.is_empty() && api_key.len() != 32 {
-            problems.push(format!("WXPAY_API_KEY must be 32 characters (has {})", api_key.len()));
+            problems.push(format!(
+                "WXPAY_API_KEY must be 32 characters (has {})",
+                api_key.len()
+            ));
         }
         if !session_secret.is_empty() && session_secret.len() < 32 {
             problems.push("SESSION_SECRET must be at least 32 characters".into());
@@ -164,7 +187,10 @@ impl Config {
         let push_aes_key = get("WX_PUSH_AES_KEY");
         if let Some(k) = &push_aes_key {
             if k.len() != 43 {
-                problems.push(format!("WX_PUSH_AES_KEY must be the 43-character EncodingAESKey (has {})", k.len()));
+                problems.push(format!(
+                    "WX_PUSH_AES_KEY must be the 43-character EncodingAESKey (has {})",
+                    k.len()
+                ));
             }
         }
         let sub_mch_id = get("WXPAY_SUB_MCH_ID");
@@ -187,7 +213,9 @@ impl Config {
             Some("always") => TradingComponent::Always,
             Some("scene") => TradingComponent::SceneCheck,
             Some(o) => {
-                problems.push(format!("WX_TRADING_COMPONENT=`{o}` must be off, always or scene"));
+                problems.push(format!(
+                    "WX_TRADING_COMPONENT=`{o}` must be off, always or scene"
+                ));
                 TradingComponent::Off
             }
         };
@@ -200,7 +228,9 @@ impl Config {
             }
         };
         if fund_type == FundType::SecondaryMerchant && trading_component == TradingComponent::Off {
-            problems.push("WX_FUND_TYPE=1 needs the trading component (WX_TRADING_COMPONENT=always)".into());
+            problems.push(
+                "WX_FUND_TYPE=1 needs the trading component (WX_TRADING_COMPONENT=always)".into(),
+            );
         }
         let token_mode = match get("WX_TOKEN_MODE").as_deref() {
             None | Some("stable") => TokenMode::Stable,
@@ -210,13 +240,19 @@ impl Config {
                 TokenMode::Stable
             }
         };
-        let client_cert = match (get("WXPAY_CERT_P12_BASE64"), get("WXPAY_CERT_PEM"), get("WXPAY_KEY_PEM")) {
+        let client_cert = match (
+            get("WXPAY_CERT_P12_BASE64"),
+            get("WXPAY_CERT_PEM"),
+            get("WXPAY_KEY_PEM"),
+        ) {
             (Some(p12), _, _) => {
                 use base64::Engine;
                 match base64::engine::general_purpose::STANDARD.decode(p12.trim()) {
                     Ok(der) => Some(ClientCert::Pkcs12 {
                         der,
-                        password: get("WXPAY_CERT_P12_PASSWORD").unwrap_or_else(|| mch_id.clone()).into(),
+                        password: get("WXPAY_CERT_P12_PASSWORD")
+                            .unwrap_or_else(|| mch_id.clone())
+                            .into(),
                     }),
                     Err(_) => {
                         problems.push("WXPAY_CERT_P12_BASE64 is not valid base64".into());
@@ -224,7 +260,10 @@ impl Config {
                     }
                 }
             }
-            (None, Some(cert), Some(key)) => Some(ClientCert::Pem { cert, key: key.into() }),
+            (None, Some(cert), Some(key)) => Some(ClientCert::Pem {
+                cert,
+                key: key.into(),
+            }),
             (None, Some(_), None) | (None, None, Some(_)) => {
                 problems.push("WXPAY_CERT_PEM and WXPAY_KEY_PEM must be set together".into());
                 None
@@ -256,7 +295,8 @@ impl Config {
             if url::Url::parse(&notify_url).is_err() {
                 problems.push(format!("WXPAY_NOTIFY_URL=`{notify_url}` is not a URL"));
             } else if notify_url.contains('?') {
-                problems.push("WXPAY_NOTIFY_URL must not have a query string (WeChat drops it)".into());
+                problems
+                    .push("WXPAY_NOTIFY_URL must not have a query string (WeChat drops it)".into());
             }
         }
         let refund_notify_url = get("WXPAY_REFUND_NOTIFY_URL").unwrap_or_else(|| {
@@ -317,7 +357,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -325,7 +368,16 @@ mod tests {
     fn lists_every_problem_at_once() {
         let err = Config::from_lookup(env(&[("WXPAY_SIGN_TYPE", "SHA1")])).unwrap_err();
         let text = err.to_string();
-        for k in ["WX_APPID", "WX_APPSECRET", "WXPAY_MCH_ID", "WXPAY_API_KEY", "SESSION_SECRET", "WX_PUSH_TOKEN", "WXPAY_NOTIFY_URL", "WXPAY_SIGN_TYPE"] {
+        for k in [
+            "WX_APPID",
+            "WX_APPSECRET",
+            "WXPAY_MCH_ID",
+            "WXPAY_API_KEY",
+            "SESSION_SECRET",
+            "WX_PUSH_TOKEN",
+            "WXPAY_NOTIFY_URL",
+            "WXPAY_SIGN_TYPE",
+        ] {
             assert!(text.contains(k), "{k} missing from: {text}");
         }
     }
