@@ -410,7 +410,7 @@ function createClient(options) {
   }
 
   /**
-   * buy({ items, idempotencyKey? }) → unifiedOrder then pay. Rejects (error shape) only when
+   * buy({ items, address?, idempotencyKey? }) → unifiedOrder then pay. Rejects (error shape) only when
    * the order could not be created; resolves pay()'s result otherwise. Pass the same
    * idempotencyKey to retry a buy without creating a second order.
    */
@@ -422,6 +422,7 @@ function createClient(options) {
     var data = {
       items: params.items,
       idempotency_key: params.idempotencyKey || newIdempotencyKey(),
+      address: params.address,
     };
     var scene = enterScene();
     if (scene !== undefined && !isNaN(scene)) data.scene = scene;

@@ -24,6 +24,7 @@ const START_TIMEOUT_MS = 20000;
 const BUILD_TIMEOUT_MS = 15 * 60 * 1000; // only when the binary has to be built first
 const TEST_TIMEOUT_MS = 15000;
 const PAID = ['PAID', 'SHIPPED', 'RECEIVED', 'COMPLETED'];
+const ADDRESS = { receiver_name: 'Alice', detailed_address: '1 Tea Street, Hangzhou', tel_number: '13800000000' };
 const TEA = { product_id: 'tea', sku_id: 'tea-250g', quantity: 1 };
 
 let server = null; // { child, baseUrl, stderr() }
@@ -211,7 +212,7 @@ test('a full purchase of the seeded tea is paid', { timeout: TEST_TIMEOUT_MS }, 
   requireServer();
   const wx = sandboxWx(server.baseUrl, { cashier: 'pay' });
   const shop = client(wx);
-  const r = await shop.buy({ items: [TEA] });
+  const r = await shop.buy({ items: [TEA], address: ADDRESS });
   assert.equal(r.cashier, 'ok', `cashier: ${r.errMsg}`);
   assert.equal(r.paid, true, `order: ${JSON.stringify(r.order)} error: ${JSON.stringify(r.error)}`);
   assert.ok(PAID.includes(r.order.status), r.order.status);
@@ -228,7 +229,7 @@ test('a bogus stored token is refreshed once via login and the call succeeds', {
   const wx = sandboxWx(server.baseUrl);
   wx.storage.set('wxshop.session', { token: 'bogus.token.value', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o-x' });
   const shop = client(wx);
-  const r = await shop.callFunction({ name: 'unifiedOrder', data: { items: [TEA], scene: 1001, idempotency_key: `it-${Date.now()}` } });
+  const r = await shop.callFunction({ name: 'unifiedOrder', data: { items: [TEA], address: ADDRESS, scene: 1001, idempotency_key: `it-${Date.now()}` } });
   assert.ok(r.result.out_trade_no, JSON.stringify(r.result));
   assert.equal(r.result.total_fee, 1990);
   assert.ok(r.result.payment && r.result.payment.package && r.result.payment.paySign);
@@ -264,7 +265,7 @@ test('a server error surfaces as {code, message, statusCode}', { timeout: TEST_T
   const shop = client(wx);
   let caught = null;
   try {
-    await shop.buy({ items: [{ product_id: 'no-such-product', sku_id: 'nope', quantity: 1 }] });
+    await shop.buy({ items: [{ product_id: 'no-such-product', sku_id: 'nope', quantity: 1 }], address: ADDRESS });
   } catch (e) {
     caught = e;
   }
@@ -280,7 +281,7 @@ test('a cancelled cashier resolves paid:false via polling within the bound', { t
   const wx = sandboxWx(server.baseUrl, { cashier: 'cancel' });
   const shop = client(wx, { payPoll: { intervalMs: 200, timeoutMs: 10000, failTimeoutMs: 1000 } });
   const t0 = Date.now();
-  const r = await shop.buy({ items: [TEA] });
+  const r = await shop.buy({ items: [TEA], address: ADDRESS });
   const took = Date.now() - t0;
   assert.equal(r.cashier, 'cancel');
   assert.equal(r.paid, false);

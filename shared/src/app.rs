@@ -61,7 +61,7 @@ impl App {
     pub fn new(config: Config, store: DynStore, clock: Clock) -> Result<App, StartupError> {
         let pay =
             PayClient::from_config(&config).map_err(|e| StartupError::Client(e.to_string()))?;
-        let wx = WxClient::from_config(&config, store.clone())
+        let wx = WxClient::from_config_with_clock(&config, store.clone(), clock.clone())
             .map_err(|e| StartupError::Client(e.to_string()))?;
         let push = PushConfig::new(
             config.user_appid(),
