@@ -284,12 +284,23 @@ pub fn decrypt_req_info(api_key: &str, req_info: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// Base64 for EncodingAESKey: 43 characters + `=` leave trailing bits set in the last
+/// character, which a strict decoder refuses (WeChat's own keys do this).
+const KEY_B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// Message-push safe mode: AES-256-CBC (key = base64(EncodingAESKey + "="), IV = key[..16])
 /// over `random16 || be32(len) || msg || appid`, PKCS#7 over 32-byte blocks.
 pub fn encrypt_push(encoding_aes_key: &str, appid: &str, msg: &[u8]) -> Option<String> {
     use aes::cipher::{block_padding::NoPadding, BlockEncryptMut, KeyIvInit};
     let b64 = base64::engine::general_purpose::STANDARD;
-    let key = b64.decode(format!("{encoding_aes_key}=")).ok()?;
+    let key = KEY_B64
+        .decode(encoding_aes_key.trim_end_matches('='))
+        .ok()?;
     if key.len() != 32 {
         return None;
     }
@@ -307,7 +318,9 @@ pub fn encrypt_push(encoding_aes_key: &str, appid: &str, msg: &[u8]) -> Option<S
 pub fn decrypt_push(encoding_aes_key: &str, encrypted: &str) -> Option<(Vec<u8>, String)> {
     use aes::cipher::{block_padding::NoPadding, BlockDecryptMut, KeyIvInit};
     let b64 = base64::engine::general_purpose::STANDARD;
-    let key = b64.decode(format!("{encoding_aes_key}=")).ok()?;
+    let key = KEY_B64
+        .decode(encoding_aes_key.trim_end_matches('='))
+        .ok()?;
     if key.len() != 32 {
         return None;
     }

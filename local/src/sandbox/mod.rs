@@ -709,6 +709,9 @@ async fn control_notifications(AxState(sb): AxState<Sandbox>, body: Bytes) -> Re
         if let Some(b) = v.get("omit_sign_type").and_then(Value::as_bool) {
             o.omit_sign_type = b;
         }
+        if let Some(f) = v.get("push_format").and_then(Value::as_str) {
+            o.push_xml = f.eq_ignore_ascii_case("xml");
+        }
         let mut flush = v.get("flush").and_then(Value::as_bool).unwrap_or(false);
         if let Some(b) = v.get("reorder").and_then(Value::as_bool) {
             o.reorder = b;

@@ -1854,6 +1854,18 @@ fn aftersale_add(sb: &Sandbox, v: &Value) -> WxResult {
             format!("order status {} does not allow after-sales", o.status),
         ));
     }
+    let out_as = str_of(v, "out_aftersale_id").unwrap_or_default().to_owned();
+    if !out_as.is_empty() {
+        // Re-entrant on the merchant's id, like WeChat's other add APIs.
+        if let Some(a) = st
+            .shop
+            .aftersales
+            .values()
+            .find(|a| a.out_aftersale_id == out_as)
+        {
+            return Ok(json!({"aftersale_id": a.aftersale_id}));
+        }
+    }
     let line = o.product_infos.iter().find(|l| {
         let by_out = str_of(pi, "out_product_id")
             .is_some_and(|p| l.get("out_product_id").and_then(Value::as_str) == Some(p));
@@ -1879,17 +1891,6 @@ fn aftersale_add(sb: &Sandbox, v: &Value) -> WxResult {
             "orderamt {amt} exceeds the refundable amount {}",
             o.order_price - open
         )));
-    }
-    let out_as = str_of(v, "out_aftersale_id").unwrap_or_default().to_owned();
-    if !out_as.is_empty() {
-        if let Some(a) = st
-            .shop
-            .aftersales
-            .values()
-            .find(|a| a.out_aftersale_id == out_as)
-        {
-            return Ok(json!({"aftersale_id": a.aftersale_id}));
-        }
     }
     let id = 4_000_000_001_000_000 + st.next_seq() * 97 + rand::random::<u64>() % 97;
     let mut product_info = pi.clone();

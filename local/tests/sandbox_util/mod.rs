@@ -160,7 +160,7 @@ pub async fn mch(base: &str, api: &str, f: Fields, st: SignType) -> Fields {
     xml::decode(body.as_bytes()).unwrap()
 }
 
-pub async fn post_json(url: &str, body: Value) -> Value {
+pub async fn post_json(url: impl reqwest::IntoUrl, body: Value) -> Value {
     reqwest::Client::new()
         .post(url)
         .json(&body)
@@ -172,7 +172,7 @@ pub async fn post_json(url: &str, body: Value) -> Value {
         .unwrap()
 }
 
-pub async fn get_json(url: &str) -> Value {
+pub async fn get_json(url: impl reqwest::IntoUrl) -> Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
