@@ -253,7 +253,7 @@ async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
                 let b = d
                     .admin("/admin/funds", json!({"action": "balance"}))
                     .await?;
-                Ok((b.to_string() != "{}").then_some(b))
+                Ok(b.as_object().is_some_and(|m| !m.is_empty()).then_some(b))
             })
             .await?;
         d.say(

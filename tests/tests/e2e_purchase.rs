@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 //! End to end, over HTTP only, as a mini program, WeChat and a merchant would: the stack
 //! runs in-process on a random 127.0.0.1 port with the sandbox standing in for WeChat.
 
@@ -305,18 +306,32 @@ async fn paid_order_reads_paid_before_its_notification() {
     let (_, order) = c.order(&token, 1, None).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     assert_eq!(c.status(&token, &no).await["status"], "PREPAID");
-    let (s, v) = c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no})).await;
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
     assert_eq!(s, 200, "{v}");
     // queryOrder asks pay/orderquery and records the payment itself.
     assert_eq!(c.status(&token, &no).await["status"], "PAID");
-    assert_eq!(r.sandbox.notifications_delivered(&no), 0, "no notification could have landed");
+    assert_eq!(
+        r.sandbox.notifications_delivered(&no),
+        0,
+        "no notification could have landed"
+    );
     // …and the trading component hears of it through the same outbox path.
-    eventually("shop/order/pay", || async { r.sandbox.calls("shop/order/pay").iter().any(|v| v.to_string().contains(&no)) }).await;
+    eventually("shop/order/pay", || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
 }
 
 /// The demo story (order → pay → sync → ship → confirm → refund → after-sale sync) is itself
 /// a checked end-to-end test: it fails at the first step whose effect did not happen.
 #[tokio::test]
 async fn the_whole_story_including_the_refund_checks_out() {
-    wxlocal::demo::run("0").await.expect("every demo step checks out");
+    wxlocal::demo::run("0")
+        .await
+        .expect("every demo step checks out");
 }
