@@ -1,0 +1,123 @@
+//! Fault injection: errcodes, HTTP 500 and delays on chosen APIs, by count or rate.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod sandbox_util;
+
+use sandbox_util::*;
+use serde_json::json;
+use std::time::Instant;
+use wxshop::pay::sign::{verify, SignType};
+
+#[tokio::test]
+async fn faults_by_count_rate_and_mode() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let tok = token(&base).await;
+    let faults = format!("{base}/_control/faults");
+
+    // errcode on shop/order/pay, twice.
+    post_json(
+        &faults,
+        json!({"path": "shop/order/pay", "mode": "errcode", "errcode": -1, "count": 2}),
+    )
+    .await;
+    let body = json!({"out_order_id": "X", "openid": "o", "action_type": 1});
+    assert_eq!(
+        shop(&base, &tok, "order/pay", body.clone()).await["errcode"],
+        -1
+    );
+    assert_eq!(
+        shop(&base, &tok, "order/pay", body.clone()).await["errcode"],
+        -1
+    );
+    // Third call reaches the real logic (order does not exist).
+    assert_eq!(
+        shop(&base, &tok, "order/pay", body.clone()).await["errcode"],
+        1_010_011
+    );
+    assert_eq!(
+        sb.sandbox.calls("shop/order/pay").len(),
+        3,
+        "faulted calls are recorded too"
+    );
+
+    // HTTP 500 once on unifiedorder, then normal.
+    post_json(
+        &faults,
+        json!({"path": "pay/unifiedorder", "mode": "http500", "count": 1}),
+    )
+    .await;
+    let notify = "http://127.0.0.1:9/pay";
+    let (status, _) = post_raw(
+        &format!("{base}/mch/pay/unifiedorder"),
+        signed(order_fields("FLT000001", "1", notify), SignType::Md5),
+    )
+    .await;
+    assert_eq!(status, 500);
+    let ok = mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("FLT000001", "1", notify),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(ok["result_code"], "SUCCESS");
+
+    // A merchant-API errcode fault is a signed SYSTEMERROR.
+    post_json(
+        &faults,
+        json!({"path": "pay/orderquery", "mode": "errcode", "count": 1}),
+    )
+    .await;
+    let q = mch(
+        &base,
+        "pay/orderquery",
+        fields(&[("out_trade_no", "FLT000001")]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(q["err_code"], "SYSTEMERROR");
+    assert!(verify(&q, KEY).is_ok());
+
+    // Delay.
+    post_json(
+        &faults,
+        json!({"path": "cat/get", "mode": "delay", "delay_ms": 150, "count": 1}),
+    )
+    .await;
+    let t = Instant::now();
+    assert_eq!(shop(&base, &tok, "cat/get", json!({})).await["errcode"], 0);
+    assert!(t.elapsed().as_millis() >= 150);
+
+    // "*" with rate 1.0 hits everything until cleared.
+    post_json(
+        &faults,
+        json!({"path": "*", "mode": "errcode", "errcode": 45009, "rate": 1.0}),
+    )
+    .await;
+    assert_eq!(
+        shop(&base, &tok, "cat/get", json!({})).await["errcode"],
+        45009
+    );
+    let listed = get_json(&faults).await;
+    assert_eq!(listed["faults"].as_array().unwrap().len(), 1);
+    let cleared = reqwest::Client::new().delete(&faults).send().await.unwrap();
+    assert!(cleared.status().is_success());
+    assert_eq!(shop(&base, &tok, "cat/get", json!({})).await["errcode"], 0);
+
+    // rate 0.0 never fires.
+    post_json(
+        &faults,
+        json!({"path": "cat/get", "mode": "http500", "rate": 0.0}),
+    )
+    .await;
+    assert_eq!(shop(&base, &tok, "cat/get", json!({})).await["errcode"], 0);
+
+    // Reset forgets everything.
+    post_json(format!("{base}/_control/reset"), json!({})).await;
+    assert!(sb.sandbox.calls("cat/get").is_empty());
+    assert_eq!(
+        shop(&base, &tok, "cat/get", json!({})).await["errcode"],
+        40001
+    );
+}

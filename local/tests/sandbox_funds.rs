@@ -1,0 +1,237 @@
+//! Secondary-merchant (fund_type=1) orders and the funds APIs over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod sandbox_util;
+
+use sandbox_util::*;
+use serde_json::json;
+use wxshop::push::{parse, PushConfig, PushEvent, PushQuery};
+
+#[tokio::test]
+async fn fund_type_1_order_settles_and_withdraws() {
+    let recv = Receiver::start(200, "success").await;
+    let mut c = cfg();
+    c.push_url = Some(format!("{}/callbacks/wechat", recv.url));
+    let sb = start(c).await;
+    let base = sb.base_url();
+    let tok = token(&base).await;
+    let openid = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
+
+    assert_eq!(
+        shop(&base, &tok, "spu/add", spu("tea", 1990)).await["errcode"],
+        0
+    );
+    wait_for("audit", 3000, || !recv.got().is_empty()).await;
+    assert_eq!(
+        shop(&base, &tok, "spu/listing", json!({"out_product_id": "tea"})).await["errcode"],
+        0
+    );
+    let body = order_add_body(sb.sandbox.now_ms(), "F1", openid, "tea", 1990, 1, None);
+    assert_eq!(shop(&base, &tok, "order/add", body).await["errcode"], 0);
+    let pp = shop(
+        &base,
+        &tok,
+        "order/getpaymentparams",
+        json!({"out_order_id": "F1", "openid": openid}),
+    )
+    .await;
+    assert_eq!(pp["errcode"], 0, "{pp}");
+    assert!(pp["payment_params"]["package"]
+        .as_str()
+        .unwrap()
+        .starts_with("prepay_id="));
+
+    let paid = post_json(
+        format!("{base}/_control/pay"),
+        json!({"out_order_id": "F1"}),
+    )
+    .await;
+    assert_eq!(paid["amount"], 1990);
+    wait_for("order pay push", 3000, || recv.got().len() >= 2).await;
+    let g = recv.got()[1].clone();
+    let q = PushQuery::from_query_str(g.path_query.split_once('?').unwrap().1);
+    let msg = parse(
+        &q,
+        &g.body,
+        &PushConfig::new(APPID, PUSH_TOKEN, None).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        matches!(msg.event().unwrap(), PushEvent::OrderPay { .. }),
+        "{:?}",
+        msg.raw
+    );
+    // fund_type=1 orders do not sync payment.
+    let r = shop(
+        &base,
+        &tok,
+        "order/pay",
+        json!({"out_order_id": "F1", "openid": openid, "action_type": 1}),
+    )
+    .await;
+    assert_eq!(r["errcode"], 100_000);
+    let again = shop(
+        &base,
+        &tok,
+        "order/getpaymentparams",
+        json!({"out_order_id": "F1", "openid": openid}),
+    )
+    .await;
+    assert_eq!(again["errcode"], 1_010_043);
+
+    let bal = shop(&base, &tok, "funds/getbalance", json!({})).await;
+    assert_eq!(
+        bal["balance_info"],
+        json!({"available_amount": 0, "pending_amount": 1990})
+    );
+    let s = post_json(
+        format!("{base}/_control/settle"),
+        json!({"out_order_id": "F1"}),
+    )
+    .await;
+    assert_eq!(s["amount"], 1990);
+    wait_for("settle push", 3000, || {
+        recv.got()
+            .iter()
+            .any(|g| String::from_utf8_lossy(&g.body).contains("open_product_order_settle"))
+    })
+    .await;
+    let bal = shop(&base, &tok, "funds/getbalance", json!({})).await;
+    assert_eq!(
+        bal["balance_info"],
+        json!({"available_amount": 1990, "pending_amount": 0})
+    );
+
+    let today = wxshop::time::beijing_date(sb.sandbox.now_ms());
+    let flows = shop(
+        &base,
+        &tok,
+        "funds/scanorderflow",
+        json!({"date": today, "page_num": 1, "page_size": 10}),
+    )
+    .await;
+    assert_eq!(flows["total_num"], 1);
+    let id = flows["funds_flow_ids"][0].as_str().unwrap();
+    let f = shop(
+        &base,
+        &tok,
+        "funds/getorderflow",
+        json!({"funds_flow_id": id}),
+    )
+    .await;
+    assert_eq!(f["funds_flow"]["amount"], "19.90");
+    assert_eq!(f["funds_flow"]["flow_type"], "收入");
+
+    // Withdrawals need a bank account, the balance, and happen once a day.
+    assert_eq!(
+        shop(&base, &tok, "funds/submitwithdraw", json!({"amount": 100})).await["errcode"],
+        9_710_001
+    );
+    let bad = json!({"account_info": {"bank_account_type": "ACCOUNT_TYPE_BUSINESS", "account_bank": "招商银行",
+        "bank_address_code": "12", "account_number": "6225880000000000"}});
+    assert_eq!(
+        shop(&base, &tok, "funds/setbankaccount", bad).await["errcode"],
+        400
+    );
+    let good = json!({"account_info": {"bank_account_type": "ACCOUNT_TYPE_BUSINESS", "account_bank": "招商银行",
+        "bank_address_code": "440300", "account_number": "6225880000000000"}});
+    assert_eq!(
+        shop(&base, &tok, "funds/setbankaccount", good).await["errcode"],
+        0
+    );
+    assert_eq!(
+        shop(&base, &tok, "funds/getbankaccount", json!({})).await["account_info"]["account_bank"],
+        "招商银行"
+    );
+    assert_eq!(
+        shop(&base, &tok, "funds/submitwithdraw", json!({"amount": 5000})).await["errcode"],
+        9_700_102
+    );
+    let w = shop(
+        &base,
+        &tok,
+        "funds/submitwithdraw",
+        json!({"amount": 1000, "remark": "weekly"}),
+    )
+    .await;
+    assert_eq!(w["errcode"], 0, "{w}");
+    let no = w["out_request_no"].as_str().unwrap().to_owned();
+    let ticket = w["qrcode_ticket"].as_str().unwrap().to_owned();
+    assert_eq!(
+        shop(&base, &tok, "funds/submitwithdraw", json!({"amount": 1})).await["errcode"],
+        9_700_101
+    );
+    let bal = shop(&base, &tok, "funds/getbalance", json!({})).await;
+    assert_eq!(bal["balance_info"]["available_amount"], 990);
+
+    let img = shop(
+        &base,
+        &tok,
+        "funds/qrcode/get",
+        json!({"qrcode_ticket": ticket}),
+    )
+    .await;
+    assert!(img["qrcode_buf"].is_string());
+    assert_eq!(
+        shop(
+            &base,
+            &tok,
+            "funds/qrcode/check",
+            json!({"qrcode_ticket": ticket})
+        )
+        .await["status"],
+        0
+    );
+    assert_eq!(
+        shop(
+            &base,
+            &tok,
+            "funds/qrcode/get",
+            json!({"qrcode_ticket": "nope"})
+        )
+        .await["errcode"],
+        60_208
+    );
+    post_json(
+        format!("{base}/_control/funds/qrcode"),
+        json!({"qrcode_ticket": ticket, "status": 1}),
+    )
+    .await;
+    assert_eq!(
+        shop(
+            &base,
+            &tok,
+            "funds/qrcode/check",
+            json!({"qrcode_ticket": ticket})
+        )
+        .await["status"],
+        1
+    );
+    let detail = || {
+        shop(
+            &base,
+            &tok,
+            "funds/getwithdrawdetail",
+            json!({"out_request_no": no}),
+        )
+    };
+    let mut status = detail().await["withdraw_info"]["status"].clone();
+    for _ in 0..200 {
+        if status == "SUCCESS" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        status = detail().await["withdraw_info"]["status"].clone();
+    }
+    assert_eq!(status, "SUCCESS");
+    let list = shop(
+        &base,
+        &tok,
+        "funds/scanwithdraw",
+        json!({"page_num": 1, "page_size": 10}),
+    )
+    .await;
+    assert_eq!(list["total_num"], 1);
+    let gen = shop(&base, &tok, "funds/qrcode/gen", json!({"identity_type": 1})).await;
+    assert!(gen["qrcode_ticket"].is_string());
+}
