@@ -244,7 +244,21 @@ async fn duplicate_concurrent_notifications_make_one_transition_and_one_sync() {
     let (token, openid) = c.login("dave").await;
     let (_, order) = c.order(&token, 1, None).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    let body = notification(&r, &no, &openid, 1990, "4200000000000000000000000001");
+    // The user pays (the sandbox knows the transaction), then WeChat's notification arrives
+    // ten more times at once, as WeChat's several servers may send it.
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    let mut txid = String::new();
+    for _ in 0..200 {
+        let o = c.status(&token, &no).await;
+        if o["status"] == "PAID" {
+            txid = o["transaction_id"].as_str().unwrap().to_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!txid.is_empty(), "order never read PAID");
+    let body = notification(&r, &no, &openid, 1990, &txid);
     let replies =
         futures::future::join_all((0..10).map(|_| c.raw("/callbacks/pay", body.clone()))).await;
     for (status, text) in &replies {
@@ -259,14 +273,22 @@ async fn duplicate_concurrent_notifications_make_one_transition_and_one_sync() {
             .any(|v| v.to_string().contains(&no))
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let pays = r
         .sandbox
         .calls("shop/order/pay")
         .iter()
         .filter(|v| v.to_string().contains(&no))
         .count();
-    assert_eq!(pays, 1, "one shop/order/pay for ten notifications");
+    assert_eq!(pays, 1, "one shop/order/pay for eleven notifications");
+    let (_, dead) = c
+        .admin("/admin/orderSync", &json!({"action": "dead_letters"}))
+        .await;
+    assert_eq!(
+        dead["dead_letters"].as_array().map(Vec::len),
+        Some(0),
+        "{dead}"
+    );
 }
 
 #[tokio::test]
@@ -334,4 +356,57 @@ async fn the_whole_story_including_the_refund_checks_out() {
     wxlocal::demo::run("0")
         .await
         .expect("every demo step checks out");
+}
+
+/// WeChat answering "system busy" twice: the outbox retries with back-off and the order
+/// still converges (paid, synced once), with nothing dead-lettered.
+#[tokio::test]
+async fn injected_faults_are_recovered_by_retries() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("grace").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/faults",
+            None,
+            &json!({"path": "shop/order/pay", "mode": "errcode", "errcode": -1, "count": 2}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    let synced = || async {
+        let (_, dead) = c
+            .admin("/admin/orderSync", &json!({"action": "dead_letters"}))
+            .await;
+        assert_eq!(
+            dead["dead_letters"].as_array().map(Vec::len),
+            Some(0),
+            "a transient error must not dead-letter: {dead}"
+        );
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .filter(|v| v.to_string().contains(&no))
+            .count()
+            >= 3
+    };
+    for _ in 0..100 {
+        if synced().await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two refused attempts, then the one that landed.
+    assert_eq!(
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .filter(|v| v.to_string().contains(&no))
+            .count(),
+        3
+    );
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
 }
