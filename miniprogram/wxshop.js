@@ -125,6 +125,27 @@ function cashierOutcome(res) {
 }
 
 /**
+ * Map a `wx.chooseAddress` success result to the server's address shape:
+ * { receiver_name, detailed_address, tel_number, province, city, town }.
+ */
+function addressFromWx(res) {
+  if (!res) return null;
+  var province = res.provinceName || '';
+  var city = res.cityName || '';
+  var town = res.countyName || '';
+  var street = res.streetName || '';
+  var out = {
+    receiver_name: res.userName || '',
+    detailed_address: [province, city, town, street, res.detailInfo || ''].join(''),
+    tel_number: res.telNumber || '',
+  };
+  if (province) out.province = province;
+  if (city) out.city = city;
+  if (town) out.town = town;
+  return out;
+}
+
+/**
  * createClient({ baseUrl, storageKey?, payPoll?: { intervalMs, timeoutMs, failTimeoutMs? },
  *                requestTimeoutMs?, wx? })
  */
@@ -422,8 +443,10 @@ function createClient(options) {
     var data = {
       items: params.items,
       idempotency_key: params.idempotencyKey || newIdempotencyKey(),
-      address: params.address,
     };
+    // Delivery address { receiver_name, detailed_address, tel_number, province?, city?, town? };
+    // required by the server when the order goes through the trading component.
+    if (params.address) data.address = params.address;
     var scene = enterScene();
     if (scene !== undefined && !isNaN(scene)) data.scene = scene;
     return callFunction({ name: 'unifiedOrder', data: data }).then(function (r) {
@@ -449,6 +472,7 @@ function createClient(options) {
 
 module.exports = {
   createClient: createClient,
+  addressFromWx: addressFromWx,
   PAID_STATUSES: PAID_STATUSES,
   // exported for tests
   _internal: { httpError: httpError, newIdempotencyKey: newIdempotencyKey, needsOrderPayment: needsOrderPayment },

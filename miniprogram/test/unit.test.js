@@ -3,7 +3,7 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { createClient, _internal } = require('../wxshop.js');
+const { createClient, addressFromWx, _internal } = require('../wxshop.js');
 
 /**
  * A fake wx. `routes[name]` is a function (data, header, call#) returning
@@ -281,6 +281,37 @@ test('buy: sends items, enter scene and an idempotency key, then pays', async ()
   await c.buy({ items, idempotencyKey: 'k-1' });
   assert.equal(wx.calls.filter((x) => x.name === 'unifiedOrder')[1].data.idempotency_key, 'k-1');
   assert.notEqual(_internal.newIdempotencyKey(), _internal.newIdempotencyKey());
+});
+
+test('buy: forwards the delivery address only when given', async () => {
+  const wx = fakeWx(
+    {
+      login: loginRoute,
+      unifiedOrder: () => ({ statusCode: 200, data: payFixture() }),
+      queryOrder: () => ({ statusCode: 200, data: { order: { status: 'PAID' } } }),
+    },
+    { requestPayment: (p) => setImmediate(() => p.success({})) }
+  );
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  const items = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+  const address = { receiver_name: 'Alice', detailed_address: '1 Tea St', tel_number: '13800000000' };
+  await c.buy({ items, address });
+  await c.buy({ items });
+  const sent = wx.calls.filter((x) => x.name === 'unifiedOrder').map((x) => x.data);
+  assert.deepEqual(sent[0].address, address);
+  assert.equal('address' in sent[1], false);
+});
+
+test('addressFromWx maps a wx.chooseAddress result', () => {
+  const a = addressFromWx({
+    userName: '张三', telNumber: '020-81167888', provinceName: '广东省', cityName: '广州市',
+    countyName: '海珠区', detailInfo: '新港中路397号', postalCode: '510000', errMsg: 'chooseAddress:ok',
+  });
+  assert.deepEqual(a, {
+    receiver_name: '张三', detailed_address: '广东省广州市海珠区新港中路397号', tel_number: '020-81167888',
+    province: '广东省', city: '广州市', town: '海珠区',
+  });
+  assert.equal(addressFromWx(null), null);
 });
 
 test('buy: the same idempotency key is reused on the 401 retry', async () => {
