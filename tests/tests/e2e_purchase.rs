@@ -410,3 +410,98 @@ async fn injected_faults_are_recovered_by_retries() {
     );
     assert_eq!(c.status(&token, &no).await["status"], "PAID");
 }
+
+/// An after-sale the user opens in WeChat's own order centre reaches the merchant (imported
+/// from the push event), can be approved and refunded; a cancel in WeChat cancels ours.
+#[tokio::test]
+async fn aftersales_opened_in_wechat_are_imported_and_cancels_apply() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("heidi").await;
+    let (_, order) = c.order(&token, 2, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("shop/order/pay", || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+
+    let (s, opened) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "apply", "out_order_id": no, "orderamt": 1990, "reason": "dented"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{opened}");
+    let wx_id = opened["aftersale_id"].as_u64().unwrap();
+    let list = || async {
+        c.post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await
+        .1
+    };
+    eventually("the imported after-sale", || async {
+        list().await["aftersales"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    let imported = list().await["aftersales"][0].clone();
+    assert_eq!(imported["aftersale_id"], format!("WXAS{wx_id}"));
+    assert_eq!(imported["amount"], 1990);
+    assert_eq!(imported["status"], "REQUESTED");
+
+    // The merchant approves it like any other; the refund completes through the notification.
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": imported["aftersale_id"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the refund", || async {
+        list().await["aftersales"][0]["status"] == "REFUNDED"
+    })
+    .await;
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+
+    // A second request opened in WeChat, then cancelled there.
+    let (_, second) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "apply", "out_order_id": no, "orderamt": 1990}),
+        )
+        .await;
+    let second_id = format!("WXAS{}", second["aftersale_id"].as_u64().unwrap());
+    eventually("the second import", || async {
+        list().await["aftersales"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "cancel", "aftersale_id": second["aftersale_id"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the cancel", || async {
+        list().await["aftersales"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["aftersale_id"] == second_id && a["status"] == "CANCELLED")
+    })
+    .await;
+}

@@ -265,6 +265,7 @@ impl Sandbox {
             .route("/_control/tokens/expire", post(control_expire_tokens))
             .route("/_control/expire_tokens", post(control_expire_tokens))
             .route("/_control/settle", post(control_settle))
+            .route("/_control/aftersale", post(control_aftersale))
             .route("/_control/funds/qrcode", post(control_qrcode))
             .route(
                 "/_control/faults",
@@ -646,6 +647,17 @@ async fn control_settle(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response 
         return control_err(StatusCode::BAD_REQUEST, "give out_order_id");
     };
     match funds::settle(&sb, no) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => control_err(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn control_aftersale(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    match shop::user_aftersale(&sb, &v) {
         Ok(v) => Json(v).into_response(),
         Err(e) => control_err(StatusCode::CONFLICT, e),
     }

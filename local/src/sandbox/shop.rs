@@ -2152,3 +2152,86 @@ fn account_brands(sb: &Sandbox) -> WxResult {
         .collect();
     Ok(json!({"data": data}))
 }
+
+/// Control: the user acts in WeChat's own order centre, not through the mini program.
+/// `{"action":"apply","out_order_id","orderamt","type"?,"reason"?}` opens an after-sale (no
+/// `out_aftersale_id`: the merchant has never seen it) and pushes `aftersale_new_order`;
+/// `{"action":"cancel","aftersale_id"}` cancels one and pushes `aftersale_user_cancel`.
+pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
+    let action = str_of(v, "action").unwrap_or("apply");
+    match action {
+        "apply" => {
+            let out_order_id = str_of(v, "out_order_id")
+                .ok_or("give out_order_id")?
+                .to_owned();
+            let (openid, line) = {
+                let st = sb.st();
+                let o = st
+                    .shop
+                    .orders
+                    .get(&out_order_id)
+                    .ok_or("no such trading-component order")?;
+                (
+                    o.openid.clone(),
+                    o.product_infos.first().cloned().unwrap_or(json!({})),
+                )
+            };
+            let req = json!({
+                "out_order_id": out_order_id, "openid": openid,
+                "type": int_of(v, "type").unwrap_or(1),
+                "orderamt": int_of(v, "orderamt").ok_or("give orderamt (fen)")?,
+                "refund_reason": str_of(v, "reason").unwrap_or("requested in WeChat"),
+                "refund_reason_type": 12,
+                "product_info": {"out_product_id": line.get("out_product_id"), "out_sku_id": line.get("out_sku_id"), "product_cnt": 1},
+            });
+            let r = aftersale_add(sb, &req).map_err(|e| format!("{} {}", e.code, e.msg))?;
+            let id = r
+                .get("aftersale_id")
+                .and_then(Value::as_u64)
+                .ok_or("no id")?;
+            let order_id = sb
+                .st()
+                .shop
+                .orders
+                .get(&out_order_id)
+                .map(|o| o.order_id)
+                .unwrap_or(0);
+            push_event(
+                sb,
+                "aftersale_new_order",
+                "aftersale_info",
+                json!({"aftersale_id": id, "out_aftersale_id": "", "order_id": order_id, "out_order_id": out_order_id}),
+            );
+            Ok(json!({"aftersale_id": id}))
+        }
+        "cancel" => {
+            let id = u64_of(v, "aftersale_id").ok_or("give aftersale_id")?;
+            let (out_id, openid) = {
+                let mut st = sb.st();
+                let a = st
+                    .shop
+                    .aftersales
+                    .get_mut(&id)
+                    .ok_or("no such after-sale")?;
+                if a.status != 2 {
+                    return Err(format!(
+                        "after-sale status {} cannot be cancelled",
+                        a.status
+                    ));
+                }
+                a.status = 1;
+                a.update_ms = sb.now_ms();
+                (a.out_aftersale_id.clone(), a.openid.clone())
+            };
+            let _ = openid;
+            push_event(
+                sb,
+                "aftersale_user_cancel",
+                "aftersale_info",
+                json!({"aftersale_id": id, "out_aftersale_id": out_id}),
+            );
+            Ok(json!({"aftersale_id": id, "status": 1}))
+        }
+        other => Err(format!("unknown action `{other}`: apply or cancel")),
+    }
+}

@@ -458,3 +458,113 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
     };
     super::shop_orders::aftersale_state(app, &order.value, &a.value, wx_id).await
 }
+
+/// Our id for an after-sale the user opened in WeChat's own order centre.
+fn imported_id(wx_id: u64) -> Result<AfterSaleId, ApiError> {
+    AfterSaleId::parse(format!("WXAS{wx_id}")).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// After-sale events pushed by WeChat (`aftersale_*`). A request the user opened in WeChat's
+/// order centre is imported (from `shop/ecaftersale/get`) so the merchant sees and decides it
+/// here; a cancellation in WeChat cancels ours. Other events are recorded by the caller and
+/// need nothing from us: refunds are completed by the refund notification.
+pub async fn on_wechat_event(
+    app: &App,
+    kind: &crate::push::AfterSaleEventKind,
+    info: &crate::push::AfterSaleInfo,
+) -> Result<(), ApiError> {
+    use crate::push::AfterSaleEventKind as K;
+    let ours = if !info.out_aftersale_id.is_empty() {
+        AfterSaleId::parse(info.out_aftersale_id.clone()).ok()
+    } else {
+        info.aftersale_id.map(imported_id).transpose()?
+    };
+    match kind {
+        K::NewOrder => {
+            let (Some(wx_id), Some(id)) = (info.aftersale_id, ours) else {
+                return Ok(());
+            };
+            if repo::get_aftersale(app.store.as_ref(), &id)
+                .await?
+                .is_some()
+            {
+                return Ok(()); // ours (we created it) or already imported
+            }
+            let wx = app
+                .wx
+                .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+                .await
+                .map_err(super::shop_orders::wx_error)?;
+            let Some(out_order_id) = wx
+                .out_order_id
+                .clone()
+                .or_else(|| (!info.out_order_id.is_empty()).then(|| info.out_order_id.clone()))
+            else {
+                tracing::warn!(
+                    wx_aftersale_id = wx_id,
+                    "after-sale for an order we cannot name; recorded only"
+                );
+                return Ok(());
+            };
+            let Ok(no) = OutTradeNo::parse(out_order_id) else {
+                return Ok(());
+            };
+            let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+                tracing::warn!(out_order_id = %no, "after-sale for an order we do not have; recorded only");
+                return Ok(());
+            };
+            let now = app.clock.now_ms();
+            let amount = wx.orderamt.min(order.value.refundable());
+            let aftersale = AfterSale {
+                id,
+                out_trade_no: no,
+                openid: order.value.openid.clone(),
+                kind: if wx.kind == 2 {
+                    AfterSaleKind::ReturnAndRefund
+                } else {
+                    AfterSaleKind::RefundOnly
+                },
+                amount,
+                reason: if wx.refund_reason.trim().is_empty() {
+                    "requested in WeChat".into()
+                } else {
+                    wx.refund_reason.chars().take(200).collect()
+                },
+                status: AfterSaleStatus::Requested,
+                out_refund_no: None,
+                refund_id: None,
+                wx_aftersale_id: Some(wx_id),
+                reject_reason: None,
+                created_at_ms: now,
+                updated_at_ms: now,
+            };
+            let mut batch = Batch::new();
+            batch.create_aftersale(&aftersale);
+            match batch.commit(app.store.as_ref()).await {
+                Ok(()) => {
+                    tracing::info!(aftersale_id = %aftersale.id, amount = amount.get(), "after-sale imported from WeChat");
+                    Ok(())
+                }
+                Err(e) if e.is_conflict() => Ok(()), // imported concurrently
+                Err(e) => Err(e.into()),
+            }
+        }
+        K::UserCancel => {
+            let Some(id) = ours else { return Ok(()) };
+            match update(app, &id, None, |a, now| {
+                a.cancel(now).map_err(|e| e.to_string())
+            })
+            .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.status.is_server_error() => Err(e),
+                // Unknown here, or already past cancelling (refunding): nothing to undo.
+                Err(e) => {
+                    tracing::warn!(aftersale_id = %id, error = %e, "user cancel event not applied");
+                    Ok(())
+                }
+            }
+        }
+        _ => Ok(()),
+    }
+}

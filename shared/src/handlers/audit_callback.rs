@@ -9,7 +9,7 @@
 
 use super::common::MAX_CONFLICT_RETRIES;
 use crate::app::App;
-use crate::domain::{AfterSaleStatus, AuditStatus, Change, Fen, Listing, OutTradeNo, ProductId};
+use crate::domain::{AuditStatus, Change, Listing, OutTradeNo, ProductId};
 use crate::http::{query_params, text, ApiError, Request, Response};
 use crate::push::{self, AuditVerdict, PushEvent, PushQuery};
 use crate::store::repo::{self, Batch, EventRecord};
@@ -166,9 +166,7 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
             Err(ApiError::unavailable("BUSY", "order kept changing"))
         }
         PushEvent::AfterSale { kind, body, .. } => {
-            tracing::info!(kind = kind.name(), aftersale = ?body, "after-sale event recorded");
-            let _ = (AfterSaleStatus::Requested, Fen::ZERO);
-            Ok(())
+            super::aftersale_sync::on_wechat_event(app, kind, body).await
         }
         // Brand/category/scene/account verdicts, funds notices and the rest are recorded
         // (for the merchant to read) and acknowledged.
