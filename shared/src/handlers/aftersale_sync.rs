@@ -5,7 +5,7 @@
 //! notification (`payCallback`) completes it. With the trading component on, each state is
 //! mirrored to `shop/ecaftersale/*` through the outbox.
 
-use super::common::{authenticate, own_order, MAX_CONFLICT_RETRIES};
+use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
 use crate::app::App;
 use crate::domain::{
@@ -251,7 +251,7 @@ async fn update(
     owner: Option<&crate::domain::OpenId>,
     f: impl Fn(&mut AfterSale, i64) -> Result<Change, String>,
 ) -> Result<AfterSale, ApiError> {
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    with_retries(app, || async {
         let current = repo::get_aftersale(app.store.as_ref(), id)
             .await?
             .filter(|a| owner.is_none_or(|o| &a.value.openid == o))
@@ -263,7 +263,7 @@ async fn update(
         if f(&mut next, now).map_err(|e| ApiError::conflict("AFTERSALE_STATE", e))?
             == Change::Unchanged
         {
-            return Ok(next);
+            return Ok(Attempt::Done(next));
         }
         let mut batch = Batch::new();
         batch.update_aftersale(&current, &next);
@@ -279,22 +279,15 @@ async fn update(
                 now,
             ));
         }
-        match batch.commit(app.store.as_ref()).await {
-            Ok(()) => return Ok(next),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::unavailable(
-        "BUSY",
-        "after-sale kept changing; retry",
-    ))
+        Ok(Attempt::Commit(batch, next))
+    })
+    .await
 }
 
 /// Approval: REFUNDING with a fixed `out_refund_no`, the refund record and the refund task,
 /// in one write.
 async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    let approved = with_retries(app, || async {
         let current = repo::get_aftersale(app.store.as_ref(), id)
             .await?
             .ok_or_else(|| {
@@ -314,7 +307,7 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
             .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?
             == Change::Unchanged
         {
-            return Ok(next);
+            return Ok(Attempt::Done(next));
         }
         let Some(out_refund_no) = next.out_refund_no.clone() else {
             return Err(ApiError::internal("approval did not fix a refund number"));
@@ -354,19 +347,11 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
                 now,
             ));
         }
-        match batch.commit(app.store.as_ref()).await {
-            Ok(()) => {
-                tracing::info!(aftersale_id = %id, "after-sale approved; refund queued");
-                return Ok(next);
-            }
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::unavailable(
-        "BUSY",
-        "after-sale kept changing; retry",
-    ))
+        Ok(Attempt::Commit(batch, next))
+    })
+    .await?;
+    tracing::info!(aftersale_id = %id, status = approved.status.as_str(), "after-sale approved; refund queued");
+    Ok(approved)
 }
 
 /// Outbox task: `secapi/pay/refund` for an approved after-sale (same `out_refund_no` on

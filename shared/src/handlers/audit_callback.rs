@@ -7,12 +7,12 @@
 //! Nothing is acknowledged before it is stored: a store failure answers 503 so WeChat
 //! retries.
 
-use super::common::MAX_CONFLICT_RETRIES;
+use super::common::transition_order;
 use crate::app::App;
 use crate::domain::{AuditStatus, Change, Listing, OutTradeNo, ProductId};
 use crate::http::{query_params, text, ApiError, Request, Response};
 use crate::push::{self, AuditVerdict, PushEvent, PushQuery};
-use crate::store::repo::{self, Batch, EventRecord};
+use crate::store::repo::{self, EventRecord};
 use http::StatusCode;
 use sha2::{Digest, Sha256};
 
@@ -142,28 +142,22 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
             let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
                 return Ok(());
             };
-            for _ in 0..MAX_CONFLICT_RETRIES {
-                let Some(current) = repo::get_order(app.store.as_ref(), &no).await? else {
-                    return Ok(());
-                };
-                let mut next = current.value.clone();
-                match next.settle(app.clock.now_ms()) {
-                    Ok(Change::Changed) => {}
-                    Ok(Change::Unchanged) => return Ok(()),
-                    Err(e) => {
-                        tracing::warn!(out_order_id = %no, error = %e, "settle event for an unpaid order");
-                        return Ok(());
-                    }
-                }
-                let mut batch = Batch::new();
-                batch.update_order(&current, &next);
-                match batch.commit(app.store.as_ref()).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) if e.is_conflict() => continue,
-                    Err(e) => return Err(e.into()),
-                }
+            if repo::get_order(app.store.as_ref(), &no).await?.is_none() {
+                return Ok(());
             }
-            Err(ApiError::unavailable("BUSY", "order kept changing"))
+            transition_order(
+                app,
+                &no,
+                |o, now| {
+                    o.settle(now).or_else(|e| {
+                        tracing::warn!(out_order_id = %o.out_trade_no, error = %e, "settle event for an unpaid order");
+                        Ok(Change::Unchanged)
+                    })
+                },
+                |_| None,
+            )
+            .await
+            .map(|_| ())
         }
         PushEvent::AfterSale { kind, body, .. } => {
             super::aftersale_sync::on_wechat_event(app, kind, body).await
@@ -179,24 +173,13 @@ async fn update_product(
     id: &ProductId,
     f: impl Fn(&mut crate::domain::Product),
 ) -> Result<(), ApiError> {
-    for _ in 0..MAX_CONFLICT_RETRIES {
-        let Some(current) = repo::get_product(app.store.as_ref(), id).await? else {
-            tracing::warn!(out_product_id = %id, "audit event for a product we do not have");
-            return Ok(());
-        };
-        let mut next = current.value.clone();
-        f(&mut next);
-        if next == current.value {
-            return Ok(());
-        }
-        next.updated_at_ms = app.clock.now_ms();
-        let mut batch = Batch::new();
-        batch.update_product(&current, &next);
-        match batch.commit(app.store.as_ref()).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
+    let found = super::common::update_product(app, id, |p| {
+        f(p);
+        Ok(())
+    })
+    .await?;
+    if found.is_none() {
+        tracing::warn!(out_product_id = %id, "audit event for a product we do not have");
     }
-    Err(ApiError::unavailable("BUSY", "product kept changing"))
+    Ok(())
 }

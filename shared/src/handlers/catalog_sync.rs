@@ -7,7 +7,7 @@
 //! Onboarding, categories, images and qualification audits go to WeChat as they are (a
 //! fixed list of `shop/*` paths), so the merchant drives every access task from one place.
 
-use super::common::{component_on, MAX_CONFLICT_RETRIES};
+use super::common::component_on;
 use super::shop_orders::wx_error;
 use crate::app::App;
 use crate::domain::{AuditStatus, Fen, Listing, Product, ProductId, Sku, SkuId};
@@ -316,23 +316,7 @@ async fn modify(
     id: &ProductId,
     f: impl Fn(&mut Product) -> Result<(), ApiError>,
 ) -> Result<Product, ApiError> {
-    for _ in 0..MAX_CONFLICT_RETRIES {
-        let current = repo::get_product(app.store.as_ref(), id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))?;
-        let mut next = current.value.clone();
-        f(&mut next)?;
-        next.updated_at_ms = app.clock.now_ms();
-        let mut batch = Batch::new();
-        batch.update_product(&current, &next);
-        match batch.commit(app.store.as_ref()).await {
-            Ok(()) => return Ok(next),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::unavailable(
-        "BUSY",
-        "product kept changing; retry",
-    ))
+    super::common::update_product(app, id, f)
+        .await?
+        .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))
 }

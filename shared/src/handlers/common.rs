@@ -13,6 +13,86 @@ use crate::store::StoreError;
 /// How many times a read-modify-write is retried when another writer got there first.
 pub const MAX_CONFLICT_RETRIES: usize = 8;
 
+/// What one attempt of a read-modify-write decided.
+pub enum Attempt<T> {
+    /// Nothing to write (already in the wanted state, or nothing to do): finished.
+    Done(T),
+    /// Write this batch (its writes carry version conditions); `T` is the result if it lands.
+    Commit(Batch, T),
+}
+
+/// The one optimistic-concurrency loop: read, decide, write conditionally; when another
+/// writer got there first (a version conflict), read again and decide again.
+pub async fn with_retries<T, E, F, Fut>(app: &App, mut attempt: F) -> Result<T, E>
+where
+    E: From<StoreError>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Attempt<T>, E>>,
+{
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        match attempt().await? {
+            Attempt::Done(v) => return Ok(v),
+            Attempt::Commit(batch, v) => match batch.commit(app.store.as_ref()).await {
+                Ok(()) => return Ok(v),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    Err(StoreError::Backend("records kept changing under concurrent writers; retry".into()).into())
+}
+
+/// Applies `change` to an order (with an optional outbox task for the new state) under a
+/// version condition, retrying on conflicts. `Unchanged` writes nothing.
+pub async fn transition_order(
+    app: &App,
+    no: &OutTradeNo,
+    change: impl Fn(&mut Order, i64) -> Result<Change, ApiError>,
+    task: impl Fn(&Order) -> Option<Task>,
+) -> Result<Order, ApiError> {
+    with_retries(app, || async {
+        let current = repo::get_order(app.store.as_ref(), no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?;
+        let now = app.clock.now_ms();
+        let mut next = current.value.clone();
+        if change(&mut next, now)? == Change::Unchanged {
+            return Ok(Attempt::Done(next));
+        }
+        let mut batch = Batch::new();
+        batch.update_order(&current, &next);
+        if let Some(t) = task(&next) {
+            batch.enqueue(OutboxEntry::new(t, now));
+        }
+        Ok(Attempt::Commit(batch, next))
+    })
+    .await
+}
+
+/// Changes a product under a version condition, retrying on conflicts. A change that leaves
+/// the product as it was writes nothing.
+pub async fn update_product(
+    app: &App,
+    id: &crate::domain::ProductId,
+    change: impl Fn(&mut crate::domain::Product) -> Result<(), ApiError>,
+) -> Result<Option<crate::domain::Product>, ApiError> {
+    with_retries(app, || async {
+        let Some(current) = repo::get_product(app.store.as_ref(), id).await? else {
+            return Ok(Attempt::Done(None));
+        };
+        let mut next = current.value.clone();
+        change(&mut next)?;
+        if next == current.value {
+            return Ok(Attempt::Done(Some(next)));
+        }
+        next.updated_at_ms = app.clock.now_ms();
+        let mut batch = Batch::new();
+        batch.update_product(&current, &next);
+        Ok(Attempt::Commit(batch, Some(next)))
+    })
+    .await
+}
+
 /// The caller's openid, from the verified session token only — never from the body.
 pub fn authenticate(app: &App, req: &Request) -> Result<OpenId, ApiError> {
     let token = bearer(req).ok_or_else(|| {
@@ -77,7 +157,7 @@ pub async fn record_payment(
     total_fee: Fen,
     paid_at_ms: i64,
 ) -> Result<PaymentOutcome, PaymentError> {
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    let outcome = with_retries(app, || async {
         let current = repo::get_order(app.store.as_ref(), no)
             .await?
             .ok_or_else(|| PaymentError::UnknownOrder(no.clone()))?;
@@ -89,9 +169,8 @@ pub async fn record_payment(
         }
         let now = app.clock.now_ms();
         let mut next = current.value.clone();
-        match next.pay(transaction_id, paid_at_ms, now)? {
-            Change::Unchanged => return Ok(PaymentOutcome::AlreadyRecorded(next)),
-            Change::Changed => {}
+        if next.pay(transaction_id, paid_at_ms, now)? == Change::Unchanged {
+            return Ok(Attempt::Done(PaymentOutcome::AlreadyRecorded(next)));
         }
         let mut batch = Batch::new();
         batch.update_order(&current, &next);
@@ -103,18 +182,13 @@ pub async fn record_payment(
                 now,
             ));
         }
-        match batch.commit(app.store.as_ref()).await {
-            Ok(()) => {
-                tracing::info!(out_trade_no = %no, transaction_id, total_fee = total_fee.get(), "payment recorded");
-                return Ok(PaymentOutcome::Recorded(next));
-            }
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
+        Ok(Attempt::Commit(batch, PaymentOutcome::Recorded(next)))
+    })
+    .await?;
+    if let PaymentOutcome::Recorded(_) = outcome {
+        tracing::info!(out_trade_no = %no, transaction_id, total_fee = total_fee.get(), "payment recorded");
     }
-    Err(PaymentError::Store(StoreError::Backend(
-        "order kept changing; retry".into(),
-    )))
+    Ok(outcome)
 }
 
 /// Closes an unpaid order and puts its stock back, atomically. Returns the closed order, or
@@ -124,12 +198,12 @@ pub async fn close_and_release(
     no: &OutTradeNo,
     reason: &str,
 ) -> Result<Order, ApiError> {
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    let (order, closed) = with_retries::<_, ApiError, _, _>(app, || async {
         let current = repo::get_order(app.store.as_ref(), no)
             .await?
             .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?;
         if !current.value.status.is_unpaid_open() {
-            return Ok(current.value);
+            return Ok(Attempt::Done((current.value, false)));
         }
         let now = app.clock.now_ms();
         let mut next = current.value.clone();
@@ -167,16 +241,13 @@ pub async fn close_and_release(
                 now,
             ));
         }
-        match batch.commit(app.store.as_ref()).await {
-            Ok(()) => {
-                tracing::info!(out_trade_no = %no, reason, "order closed, stock released");
-                return Ok(next);
-            }
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
+        Ok(Attempt::Commit(batch, (next, true)))
+    })
+    .await?;
+    if closed {
+        tracing::info!(out_trade_no = %no, reason, "order closed, stock released");
     }
-    Err(ApiError::unavailable("BUSY", "order kept changing; retry"))
+    Ok(order)
 }
 
 impl From<PaymentError> for ApiError {

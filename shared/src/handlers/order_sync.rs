@@ -8,12 +8,12 @@
 //! ([`on_schedule`]), and HTTP ([`handle`]). `wxlocal` runs [`drain`] in a loop instead of the
 //! stream.
 
-use super::common::{close_and_release, MAX_CONFLICT_RETRIES};
+use super::common::{close_and_release, transition_order};
 use crate::app::App;
-use crate::domain::{Change, Delivery, OrderStatus, OutTradeNo};
+use crate::domain::{Delivery, OrderStatus, OutTradeNo};
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{self, Claimed, OutboxEntry, Task};
-use crate::store::repo::{self, Batch};
+use crate::store::repo;
 use serde::Deserialize;
 
 /// How long a worker holds an entry before another may take it over.
@@ -357,37 +357,20 @@ async fn ship(
     no: &OutTradeNo,
     delivery: Delivery,
 ) -> Result<crate::domain::Order, ApiError> {
-    for _ in 0..MAX_CONFLICT_RETRIES {
-        let current = repo::get_order(app.store.as_ref(), no)
-            .await?
-            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?;
-        let now = app.clock.now_ms();
-        let mut next = current.value.clone();
-        match next
-            .ship(delivery.clone(), now)
-            .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPABLE", e.to_string()))?
-        {
-            Change::Unchanged => return Ok(next),
-            Change::Changed => {}
-        }
-        let mut batch = Batch::new();
-        batch.update_order(&current, &next);
-        if next.wx_order_id.is_some() {
-            batch.enqueue(OutboxEntry::new(
-                Task::DeliverySend {
-                    out_trade_no: no.clone(),
-                },
-                now,
-            ));
-        }
-        match batch.commit(app.store.as_ref()).await {
-            Ok(()) => {
-                tracing::info!(out_trade_no = %no, "order shipped");
-                return Ok(next);
-            }
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::unavailable("BUSY", "order kept changing; retry"))
+    let order = transition_order(
+        app,
+        no,
+        |o, now| {
+            o.ship(delivery.clone(), now)
+                .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPABLE", e.to_string()))
+        },
+        |o| {
+            o.wx_order_id.map(|_| Task::DeliverySend {
+                out_trade_no: o.out_trade_no.clone(),
+            })
+        },
+    )
+    .await?;
+    tracing::info!(out_trade_no = %no, "order shipped");
+    Ok(order)
 }

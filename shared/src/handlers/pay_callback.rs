@@ -8,7 +8,7 @@
 //! Forged, foreign or mismatched messages answer `FAIL`, change nothing, and are logged as
 //! security events. `FAIL` for our own transient failures makes WeChat retry.
 
-use super::common::{record_payment, PaymentError, PaymentOutcome, MAX_CONFLICT_RETRIES};
+use super::common::{record_payment, with_retries, Attempt, PaymentError, PaymentOutcome};
 use crate::app::App;
 use crate::domain::Change;
 use crate::http::{text, Request, Response};
@@ -150,7 +150,7 @@ async fn apply_refund(
     app: &App,
     n: &crate::pay::refund_notify::RefundNotification,
 ) -> Result<(), RefundApplyError> {
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    let applied = with_retries(app, || async {
         let Some(refund) = repo::get_refund(app.store.as_ref(), &n.out_refund_no).await? else {
             return Err(RefundApplyError::Mismatch("unknown out_refund_no".into()));
         };
@@ -161,7 +161,7 @@ async fn apply_refund(
             refund.value.status,
             RefundStatus::Success | RefundStatus::Failed
         ) {
-            return Ok(()); // already applied: a repeat
+            return Ok(Attempt::Done(false)); // already applied: a repeat
         }
         let Some(order) = repo::get_order(app.store.as_ref(), &n.out_trade_no).await? else {
             return Err(RefundApplyError::Mismatch("unknown order".into()));
@@ -209,16 +209,11 @@ async fn apply_refund(
                 }
             }
         }
-        match batch.commit(app.store.as_ref()).await {
-            Ok(()) => {
-                tracing::info!(out_refund_no = %n.out_refund_no, ok, refund_fee = n.refund_fee.get(), "refund recorded");
-                return Ok(());
-            }
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
+        Ok(Attempt::Commit(batch, true))
+    })
+    .await?;
+    if applied {
+        tracing::info!(out_refund_no = %n.out_refund_no, status = ?n.refund_status, refund_fee = n.refund_fee.get(), "refund recorded");
     }
-    Err(RefundApplyError::Unavailable(
-        "records kept changing".into(),
-    ))
+    Ok(())
 }

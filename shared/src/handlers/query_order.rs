@@ -3,14 +3,12 @@
 //! that payment is recorded through the same path as a notification. Also: close an unpaid
 //! order, and confirm receipt of a shipped one.
 
-use super::common::{
-    authenticate, close_and_release, own_order, record_payment, MAX_CONFLICT_RETRIES,
-};
+use super::common::{authenticate, close_and_release, own_order, record_payment, transition_order};
 use crate::app::App;
-use crate::domain::{Change, FundType, Order, OrderStatus};
+use crate::domain::{FundType, Order, OrderStatus};
 use crate::http::{json, parse_json, ApiError, Request, Response};
-use crate::outbox::{OutboxEntry, Task};
-use crate::store::repo::{self, Batch};
+use crate::outbox::Task;
+use crate::store::repo;
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -144,37 +142,20 @@ async fn close(app: &App, order: Order) -> Result<Order, ApiError> {
 }
 
 async fn confirm_receipt(app: &App, order: Order) -> Result<Order, ApiError> {
-    let no = order.out_trade_no.clone();
-    for _ in 0..MAX_CONFLICT_RETRIES {
-        let current = repo::get_order(app.store.as_ref(), &no)
-            .await?
-            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
-        let now = app.clock.now_ms();
-        let mut next = current.value.clone();
-        match next
-            .receive(now)
-            .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPED", e.to_string()))?
-        {
-            Change::Unchanged => return Ok(next),
-            Change::Changed => {}
-        }
-        let mut batch = Batch::new();
-        batch.update_order(&current, &next);
-        if next.wx_order_id.is_some() {
-            batch.enqueue(OutboxEntry::new(
-                Task::DeliveryRecieve {
-                    out_trade_no: no.clone(),
-                },
-                now,
-            ));
-        }
-        match batch.commit(app.store.as_ref()).await {
-            Ok(()) => return Ok(next),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::unavailable("BUSY", "order kept changing; retry"))
+    transition_order(
+        app,
+        &order.out_trade_no,
+        |o, now| {
+            o.receive(now)
+                .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPED", e.to_string()))
+        },
+        |o| {
+            o.wx_order_id.map(|_| Task::DeliveryRecieve {
+                out_trade_no: o.out_trade_no.clone(),
+            })
+        },
+    )
+    .await
 }
 
 /// Records a confirmed payment, mapping its failure for HTTP callers.

@@ -7,7 +7,7 @@
 //! order (conditional on each product's version) and given back when the order closes. A
 //! retried call with the same idempotency key returns the same order.
 
-use super::common::{authenticate, close_and_release, component_on, MAX_CONFLICT_RETRIES};
+use super::common::{authenticate, close_and_release, component_on, with_retries, Attempt};
 use crate::app::App;
 use crate::config::TradingComponent;
 use crate::domain::{
@@ -233,7 +233,8 @@ async fn create_priced_order(
     scene: Option<u32>,
     address: Option<Address>,
 ) -> Result<Order, ApiError> {
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    // A conflict means someone bought from the same product meanwhile: price and reserve again.
+    with_retries(app, || async {
         let mut products: Vec<(Versioned<Product>, Product)> = Vec::new();
         for l in lines {
             if products
@@ -313,14 +314,9 @@ async fn create_priced_order(
         for (before, after) in &products {
             batch.update_product(before, after);
         }
-        match batch.commit(app.store.as_ref()).await {
-            Ok(()) => return Ok(order),
-            // Someone bought from the same product meanwhile: price and reserve again.
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::unavailable("BUSY", "the catalog is busy; retry"))
+        Ok(Attempt::Commit(batch, order))
+    })
+    .await
 }
 
 async fn place(
@@ -426,14 +422,14 @@ async fn prepay(app: &App, mut order: Order, ip: &str) -> Result<UnifiedOrderRes
 }
 
 async fn save_prepaid(app: &App, prepared: &Order) -> Result<Order, ApiError> {
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    with_retries(app, || async {
         let current = repo::get_order(app.store.as_ref(), &prepared.out_trade_no)
             .await?
             .ok_or_else(|| ApiError::internal("order vanished"))?;
         let mut next = current.value.clone();
         if next.status.is_paid() {
             // Paid already (a very quick user): nothing to add.
-            return Ok(next);
+            return Ok(Attempt::Done(next));
         }
         if let Some(p) = &prepared.prepay_id {
             next.prepay(p.clone(), app.clock.now_ms())
@@ -443,11 +439,7 @@ async fn save_prepaid(app: &App, prepared: &Order) -> Result<Order, ApiError> {
         next.ticket = prepared.ticket.clone();
         let mut batch = Batch::new();
         batch.update_order(&current, &next);
-        match batch.commit(app.store.as_ref()).await {
-            Ok(()) => return Ok(next),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::unavailable("BUSY", "order kept changing; retry"))
+        Ok(Attempt::Commit(batch, next))
+    })
+    .await
 }
