@@ -33,7 +33,11 @@ fn parse_addr(s: Option<String>, default: &str) -> Result<SocketAddr, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    // The demo prints its own story; expected retries (e.g. a benign write race) would only be
+    // noise there. `RUST_LOG` still wins.
+    let quiet = args.first().map(String::as_str) == Some("demo");
+    let level =
+        std::env::var("RUST_LOG").unwrap_or_else(|_| if quiet { "error" } else { "warn" }.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(level))
         .with_writer(std::io::stderr)
