@@ -1,0 +1,300 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+#![allow(dead_code)] // shared by the reliability_* tests; each uses a part
+//! Helpers shared by the `reliability_*` tests (included with `#[path]`; on its own this file
+//! is an empty test target). Everything talks to a stack over HTTP on 127.0.0.1, as its
+//! users do; every wait is bounded.
+
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use wxlocal::gateway::{start, Options, Running};
+use wxshop::domain::{Fen, OpenId, OutTradeNo};
+use wxshop::pay::notify::{build_payment_notification, PaymentNotificationSpec};
+use wxshop::pay::SignType;
+
+/// `WXSHOP_STORM_SCALE` (default 1): multiplies the sizes of the load tests.
+pub fn scale() -> usize {
+    std::env::var("WXSHOP_STORM_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1)
+}
+
+/// A dead address: notifications the sandbox sends by itself go nowhere, so only the
+/// notifications a test sends can move an order to PAID.
+pub const DEAD_NOTIFY_URL: &str = "http://127.0.0.1:9/callbacks/pay";
+
+pub async fn stack_with(vars: &[(&str, &str)]) -> Running {
+    let mut overrides = HashMap::new();
+    overrides.insert("ORDER_TTL_SECS".to_owned(), "900".to_owned());
+    for (k, v) in vars {
+        overrides.insert((*k).to_owned(), (*v).to_owned());
+    }
+    start(Options {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        store: Some("memory".into()),
+        seed: true,
+        time_scale: 0.001,
+        overrides,
+        use_env: false,
+        relay_every: Duration::from_millis(20),
+    })
+    .await
+    .expect("stack starts")
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub admin_token: String,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(r: &Running) -> Self {
+        Client::at(&r.base_url, &r.admin_token)
+    }
+
+    pub fn at(base: &str, admin_token: &str) -> Self {
+        Client {
+            base: base.to_owned(),
+            admin_token: admin_token.to_owned(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// POSTs raw bytes; `Err` if the connection failed (e.g. the server died).
+    pub async fn try_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<(u16, String), reqwest::Error> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
+    }
+
+    pub async fn raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+        self.try_raw(path, body).await.unwrap()
+    }
+
+    /// Logs `user` in through the sandbox: (session token, openid).
+    pub async fn login(&self, user: &str) -> (String, String) {
+        let (_, code) = self
+            .post("/sandbox/_control/login", None, &json!({"user": user}))
+            .await;
+        let (status, v) = self
+            .post("/fn/login", None, &json!({"code": code["code"]}))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        (
+            v["token"].as_str().unwrap().to_owned(),
+            v["openid"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn order(&self, token: &str, qty: u32, key: Option<&str>) -> (u16, Value) {
+        let mut body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": qty}],
+            "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"}});
+        if let Some(k) = key {
+            body["idempotency_key"] = json!(k);
+        }
+        self.post("/fn/unifiedOrder", Some(token), &body).await
+    }
+
+    /// The caller's order as `queryOrder` shows it.
+    pub async fn status(&self, token: &str, no: &str) -> Value {
+        let (s, v) = self
+            .post("/fn/queryOrder", Some(token), &json!({"out_trade_no": no}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["order"].clone()
+    }
+
+    pub async fn admin(&self, path: &str, body: &Value) -> (u16, Value) {
+        let token = self.admin_token.clone();
+        self.post(path, Some(&token), body).await
+    }
+
+    pub async fn stock(&self) -> i64 {
+        let (s, p) = self
+            .admin(
+                "/admin/catalogSync",
+                &json!({"action": "get", "product_id": "tea"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{p}");
+        p["product"]["skus"][0]["stock"].as_i64().unwrap()
+    }
+
+    pub async fn set_stock(&self, stock: u64) {
+        let (s, v) = self
+            .admin(
+                "/admin/catalogSync",
+                &json!({"action": "set_stock", "product_id": "tea", "sku_id": "tea-250g", "stock": stock}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    /// The user pays at the sandbox (WeChat Pay): the transaction id WeChat assigned.
+    pub async fn pay_at_sandbox(&self, no: &str) -> String {
+        let (s, v) = self
+            .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["transaction_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `shop/order/pay` calls the sandbox received, by `out_order_id`.
+    pub async fn order_pay_calls(&self) -> HashMap<String, usize> {
+        let (s, v) = self
+            .get("/sandbox/_control/calls?path=shop/order/pay")
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let mut by = HashMap::new();
+        for c in v["calls"].as_array().unwrap() {
+            let id = c["out_order_id"].as_str().unwrap_or("?").to_owned();
+            *by.entry(id).or_insert(0) += 1;
+        }
+        by
+    }
+
+    pub async fn dead_letters(&self) -> Vec<Value> {
+        let (s, v) = self
+            .admin("/admin/orderSync", &json!({"action": "dead_letters"}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["dead_letters"].as_array().unwrap().clone()
+    }
+
+    pub async fn fault(&self, f: Value) {
+        let (s, v) = self.post("/sandbox/_control/faults", None, &f).await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    pub async fn clear_faults(&self) {
+        let resp = self
+            .http
+            .delete(format!("{}/sandbox/_control/faults", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+}
+
+/// Polls `f` every 25 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+pub struct Notice<'a> {
+    pub appid: &'a str,
+    pub mch_id: &'a str,
+    pub sub_appid: Option<&'a str>,
+    pub sub_mch_id: Option<&'a str>,
+    pub api_key: &'a str,
+    pub openid: &'a str,
+    pub no: &'a str,
+    pub total: i64,
+    pub txid: &'a str,
+}
+
+/// A correctly signed payment notification as WeChat Pay sends it.
+pub fn signed_notification(n: &Notice<'_>) -> String {
+    build_payment_notification(
+        &PaymentNotificationSpec {
+            appid: n.appid.to_owned(),
+            mch_id: n.mch_id.to_owned(),
+            sub_appid: n.sub_appid.map(str::to_owned),
+            sub_mch_id: n.sub_mch_id.map(str::to_owned),
+            openid: OpenId::parse(n.openid).unwrap(),
+            out_trade_no: OutTradeNo::parse(n.no).unwrap(),
+            transaction_id: n.txid.to_owned(),
+            total_fee: Fen::new(n.total).unwrap(),
+            time_end_ms: 1_700_000_000_000,
+            attach: None,
+            sign_type: SignType::Md5,
+            omit_sign_type: false,
+        },
+        n.api_key,
+    )
+}
+
+/// A notification for our own merchant (the stack's configuration).
+pub fn notification(r: &Running, no: &str, openid: &str, total: i64, txid: &str) -> String {
+    let cfg = &r.app.config;
+    signed_notification(&Notice {
+        appid: &cfg.appid,
+        mch_id: &cfg.mch_id,
+        sub_appid: cfg.sub_appid.as_deref(),
+        sub_mch_id: cfg.sub_mch_id.as_deref(),
+        api_key: cfg.api_key(),
+        openid,
+        no,
+        total,
+        txid,
+    })
+}
+
+/// `return_code` of a WeChat Pay XML reply.
+pub fn return_code(reply: &str) -> &'static str {
+    if reply.contains("<return_code><![CDATA[SUCCESS]]>") {
+        "SUCCESS"
+    } else if reply.contains("<return_code><![CDATA[FAIL]]>") {
+        "FAIL"
+    } else {
+        "OTHER"
+    }
+}
