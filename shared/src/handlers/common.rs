@@ -10,8 +10,11 @@ use crate::outbox::{OutboxEntry, Task};
 use crate::store::repo::{self, Batch, Versioned};
 use crate::store::StoreError;
 
-/// How many times a read-modify-write is retried when another writer got there first.
-pub const MAX_CONFLICT_RETRIES: usize = 8;
+/// How many times a read-modify-write is retried when another writer got there first. A hot
+/// product (every checkout writes its stock) sees a conflict per concurrent buyer; with the
+/// jittered waits below, 16 rounds span up to ~0.7 s, enough for tens of concurrent buyers
+/// (tests/tests/reliability_storms.rs).
+pub const MAX_CONFLICT_RETRIES: usize = 16;
 
 /// What one attempt of a read-modify-write decided.
 pub enum Attempt<T> {
@@ -29,12 +32,20 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Attempt<T>, E>>,
 {
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    for round in 0..MAX_CONFLICT_RETRIES {
         match attempt().await? {
             Attempt::Done(v) => return Ok(v),
             Attempt::Commit(batch, v) => match batch.commit(app.store.as_ref()).await {
                 Ok(()) => return Ok(v),
-                Err(e) if e.is_conflict() => continue,
+                // Writers that collided would collide again if they all re-read at once
+                // (16 concurrent checkouts of one product exhausted the retries): wait a
+                // random, growing moment (≤ 1, 2, 4 … 64 ms) so they spread out.
+                Err(e) if e.is_conflict() => {
+                    let cap = 1u64 << round.min(6);
+                    let wait = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap);
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             },
         }
