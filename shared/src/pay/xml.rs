@@ -76,10 +76,7 @@ pub fn decode_root(body: &[u8], root: &'static str) -> Result<Fields, XmlError> 
                         seen_root = true;
                     }
                     2 => {
-                        let name = std::str::from_utf8(e.name().as_ref())
-                            .map_err(|_| XmlError::NotUtf8)?
-                            .to_owned();
-                        current = Some(name);
+                        current = Some(field_name(e.name().as_ref())?);
                         value.clear();
                     }
                     _ => return Err(XmlError::TooDeep),
@@ -93,9 +90,7 @@ pub fn decode_root(body: &[u8], root: &'static str) -> Result<Fields, XmlError> 
                     seen_root = true;
                 }
                 1 => {
-                    let name = std::str::from_utf8(e.name().as_ref())
-                        .map_err(|_| XmlError::NotUtf8)?
-                        .to_owned();
+                    let name = field_name(e.name().as_ref())?;
                     insert(&mut fields, name, String::new())?;
                 }
                 _ => return Err(XmlError::TooDeep),
@@ -130,6 +125,25 @@ pub fn decode_root(body: &[u8], root: &'static str) -> Result<Fields, XmlError> 
         return Err(XmlError::WrongRoot { expected: root });
     }
     Ok(fields)
+}
+
+/// A field's element name, which must be an XML name (quick-xml reads `<a</>` as an element
+/// named `a<`, which would not survive re-encoding): ASCII letters, digits, `_ - . :` or any
+/// non-ASCII character, not starting with a digit, `-` or `.`.
+fn field_name(raw: &[u8]) -> Result<String, XmlError> {
+    let name = std::str::from_utf8(raw).map_err(|_| XmlError::NotUtf8)?;
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "_-.:".contains(c) || !c.is_ascii();
+    let ok_first = name
+        .chars()
+        .next()
+        .is_some_and(|c| !c.is_ascii_digit() && c != '-' && c != '.');
+    if !ok_first || !name.chars().all(ok_char) {
+        return Err(XmlError::Malformed(format!(
+            "`{}` is not a field name",
+            name.escape_debug().take(64).collect::<String>()
+        )));
+    }
+    Ok(name.to_owned())
 }
 
 fn insert(fields: &mut Fields, name: String, value: String) -> Result<(), XmlError> {
@@ -210,5 +224,30 @@ mod tests {
             Err(XmlError::Malformed(_))
         ));
         assert_eq!(decode(b""), Err(XmlError::Empty));
+    }
+
+    /// Found by `cargo fuzz run notify_verify`: `<a</>` was read as a field named `a<`, which
+    /// `encode` then wrote as a tag that does not read back.
+    #[test]
+    fn refuses_field_names_that_are_not_xml_names() {
+        for body in [
+            &b"<xml><],.**\x02<//></xml>"[..],
+            b"<xml><a</></xml>",
+            b"<xml><a<>1</a<></xml>",
+            b"<xml><1a>1</1a></xml>",
+            b"<xml><-a/></xml>",
+            b"<xml><a&b>1</a&b></xml>",
+        ] {
+            assert!(
+                matches!(decode(body), Err(XmlError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let mut f = Fields::new();
+        for name in ["coupon_fee_0", "a.b-c", "ns:x", "_x", "字段"] {
+            f.insert(name.into(), "v".into());
+        }
+        assert_eq!(decode(encode(&f).as_bytes()), Ok(f));
     }
 }
