@@ -325,6 +325,9 @@ def from_vectors():
     for s in ["<xml/>", "<xml></xml>", "<xml><a/></xml>", "<xml><a>&amp;&lt;</a></xml>",
               "<xml><a><![CDATA[]]>]]&gt;</a></xml>", "<root><a>1</a></root>"]:
         add("xml_decode", s)
+    # Crashes found by fuzzing, kept as regression seeds (docs/RELIABILITY.md, Fuzzing).
+    add("xml_decode", "<xml><<//></xml>")
+    add("notify_verify", "<xml><],,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,.******\x02<//></xml>")
     add("push_decrypt", "signature=x&timestamp=1&nonce=2&echostr=e\n", 5)
     add("push_decrypt", "", 4)
     add("json_events", '{"errcode":0,"errmsg":"ok"}')
