@@ -2,7 +2,9 @@
 //! and lists a product (approved by an audit event), a user logs in, orders, pays; the
 //! notification lands, the order syncs to the trading component, the merchant ships, the user
 //! confirms, asks for a refund, the merchant approves, the refund notification lands and the
-//! after-sale syncs. Every step's effect is checked through the same HTTP entry points users
+//! after-sale syncs. With `--fund-type 1` (secondary merchant) WeChat collects the money
+//! instead: the pay event lands, the order settles into the shop's funds account, and the
+//! merchant withdraws to the bank with the admin's QR confirmation. Every step's effect is checked through the same HTTP entry points users
 //! have; the exit code says whether all of them held.
 
 use crate::gateway::{start, Options, Running};
@@ -195,7 +197,11 @@ async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
         return Err(format!("no paySign in {}", order["payment"]));
     }
     d.say(
-        "gets wx.requestPayment parameters",
+        if secondary {
+            "gets wx.requestOrderPayment parameters"
+        } else {
+            "gets wx.requestPayment parameters"
+        },
         format!(
             "package {} · ticket {}",
             order["payment"]["package"].as_str().unwrap_or("?"),
@@ -241,25 +247,6 @@ async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
             "order synced to the trading component",
             "shop/order/pay (action 1) sent".into(),
         );
-    } else {
-        d.ok(
-            "/sandbox/_control/settle",
-            None,
-            json!({"out_order_id": no}),
-        )
-        .await?;
-        let funds = d
-            .wait_for("settlement", || async {
-                let b = d
-                    .admin("/admin/funds", json!({"action": "balance"}))
-                    .await?;
-                Ok(b.as_object().is_some_and(|m| !m.is_empty()).then_some(b))
-            })
-            .await?;
-        d.say(
-            "WeChat settles into the shop's funds",
-            format!("balance {funds}"),
-        );
     }
 
     println!("merchant");
@@ -297,7 +284,7 @@ async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
     );
 
     if secondary {
-        return Ok(());
+        return funds_story(d, &no, total).await;
     }
     let applied = d
         .ok("/fn/aftersaleSync", Some(&token), json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "one tin arrived dented"}))
@@ -366,6 +353,212 @@ async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
         yuan(total),
         yuan(1990),
         d.r.sandbox.notifications_delivered(&no)
+    );
+    Ok(())
+}
+
+/// fund_type=1: WeChat holds the money. It settles into the shop's funds account, and the
+/// merchant withdraws it to the bank with the admin's QR confirmation.
+async fn funds_story(d: &mut Demo, no: &str, total: i64) -> Result<(), String> {
+    println!("WeChat");
+    let before = d
+        .admin("/admin/funds", json!({"action": "balance"}))
+        .await?;
+    if before["pending_fen"].as_i64() != Some(total) {
+        return Err(format!("before settlement the balance reads {before}"));
+    }
+    d.ok(
+        "/sandbox/_control/settle",
+        None,
+        json!({"out_order_id": no}),
+    )
+    .await?;
+    let balance = d
+        .wait_for("settlement into the funds account", || async {
+            let b = d
+                .admin("/admin/funds", json!({"action": "balance"}))
+                .await?;
+            Ok((b["available_fen"].as_i64() == Some(total)).then_some(b))
+        })
+        .await?;
+    let out_trade_no =
+        wxshop::domain::OutTradeNo::parse(no.to_owned()).map_err(|e| e.to_string())?;
+    d.wait_for("the settle event on our order", || async {
+        let o = wxshop::store::repo::get_order(d.r.app.store.as_ref(), &out_trade_no)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(o.and_then(|o| o.value.settled_at_ms))
+    })
+    .await?;
+    d.say(
+        "settles the order (order_settle event)",
+        format!(
+            "pending {} → available {}",
+            yuan(before["pending_fen"].as_i64().unwrap_or(0)),
+            yuan(balance["available_fen"].as_i64().unwrap_or(0))
+        ),
+    );
+
+    println!("merchant");
+    let flows = d.admin("/admin/funds", json!({"action": "flows"})).await?;
+    let income = flows["flows"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["request_no"] == no))
+        .ok_or_else(|| format!("no funds flow for {no} in {flows}"))?;
+    d.say(
+        "reads today's funds flows",
+        format!(
+            "{} flow(s) · {} {} {}",
+            flows["total"],
+            income["kind"].as_str().unwrap_or("?"),
+            income["direction"].as_str().unwrap_or("?"),
+            yuan(income["amount_fen"].as_i64().unwrap_or(0))
+        ),
+    );
+
+    let account = json!({"bank_account_type": "ACCOUNT_TYPE_BUSINESS", "account_bank": "招商银行",
+        "bank_address_code": "440300", "account_number": "6225880112345678"});
+    let mut bad = account.clone();
+    bad["account_number"] = json!("6225-8801");
+    let (status, refused) = d
+        .post(
+            "/admin/funds",
+            Some(&d.r.admin_token.clone()),
+            json!({"action": "set_bank_account", "account": bad}),
+        )
+        .await?;
+    if status != 400 || refused["code"] != "BAD_BANK_ACCOUNT" {
+        return Err(format!("a malformed account answered {status}: {refused}"));
+    }
+    let set = d
+        .admin(
+            "/admin/funds",
+            json!({"action": "set_bank_account", "account": account}),
+        )
+        .await?;
+    d.say(
+        "sets the settlement bank account",
+        format!(
+            "{} {} · a malformed number was refused (400)",
+            set["account"]["account_bank"].as_str().unwrap_or("?"),
+            set["account"]["account_number_masked"]
+                .as_str()
+                .unwrap_or("?")
+        ),
+    );
+
+    let amount = total / 2;
+    let w = d
+        .admin(
+            "/admin/funds",
+            json!({"action": "withdraw", "amount_fen": amount, "remark": "demo payout"}),
+        )
+        .await?;
+    let ticket = w["qrcode_ticket"]
+        .as_str()
+        .ok_or("withdraw gave no qrcode_ticket")?
+        .to_owned();
+    let withdraw_id = w["withdrawal"]["withdraw_id"]
+        .as_str()
+        .ok_or("withdraw gave no withdraw_id")?
+        .to_owned();
+    let png = w["qrcode_png_base64"]
+        .as_str()
+        .ok_or("withdraw gave no QR code PNG")?;
+    let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, png)
+        .map_err(|e| format!("QR code is not base64: {e}"))?;
+    if !png.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Err("the QR code is not a PNG".into());
+    }
+    d.say(
+        &format!("withdraws {} to the bank", yuan(amount)),
+        format!(
+            "{withdraw_id} · {} · QR code PNG {} bytes",
+            w["withdrawal"]["status"].as_str().unwrap_or("?"),
+            png.len()
+        ),
+    );
+
+    println!("shop admin");
+    d.ok(
+        "/sandbox/_control/funds/qrcode",
+        None,
+        json!({"qrcode_ticket": ticket, "status": 4}),
+    )
+    .await?;
+    d.ok(
+        "/sandbox/_control/funds/qrcode",
+        None,
+        json!({"qrcode_ticket": ticket, "status": 1}),
+    )
+    .await?;
+    let done = d
+        .wait_for("the withdrawal to succeed", || async {
+            let s = d
+                .admin(
+                    "/admin/funds",
+                    json!({"action": "withdraw_status", "qrcode_ticket": ticket}),
+                )
+                .await?;
+            Ok((s["withdrawal"]["status"] == "SUCCESS").then_some(s))
+        })
+        .await?;
+    d.say(
+        "scans the QR code in WeChat and confirms",
+        format!(
+            "QR {} · withdrawal {}",
+            done["qrcode"]["status_text"].as_str().unwrap_or("?"),
+            done["withdrawal"]["status"].as_str().unwrap_or("?")
+        ),
+    );
+
+    println!("merchant");
+    let recorded = d
+        .wait_for("withdraw_notify events on the record", || async {
+            let h = d
+                .admin("/admin/funds", json!({"action": "withdrawals"}))
+                .await?;
+            let w = h["withdrawals"]
+                .as_array()
+                .and_then(|l| l.iter().find(|w| w["withdraw_id"] == withdraw_id.as_str()))
+                .cloned();
+            Ok(w.filter(|w| {
+                w["events"]
+                    .as_array()
+                    .is_some_and(|e| e.contains(&json!(3)))
+            }))
+        })
+        .await?;
+    let (status, again) = d
+        .post(
+            "/admin/funds",
+            Some(&d.r.admin_token.clone()),
+            json!({"action": "withdraw", "amount_fen": 1}),
+        )
+        .await?;
+    if status != 409 || again["code"] != "WITHDRAWAL_DAILY_LIMIT" {
+        return Err(format!(
+            "a second withdrawal the same day answered {status}: {again}"
+        ));
+    }
+    let after = d
+        .admin("/admin/funds", json!({"action": "balance"}))
+        .await?;
+    if after["available_fen"].as_i64() != Some(total - amount) {
+        return Err(format!("after withdrawing, the balance reads {after}"));
+    }
+    d.say(
+        "history, and a second withdrawal today",
+        format!(
+            "events {} recorded · second refused (WITHDRAWAL_DAILY_LIMIT) · {} left",
+            recorded["events"],
+            yuan(total - amount)
+        ),
+    );
+    println!(
+        "\nsummary: order {no} · paid {} · settled · withdrew {} ({withdraw_id})",
+        yuan(total),
+        yuan(amount)
     );
     Ok(())
 }

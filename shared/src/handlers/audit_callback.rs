@@ -162,7 +162,8 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
         PushEvent::AfterSale { kind, body, .. } => {
             super::aftersale_sync::on_wechat_event(app, kind, body).await
         }
-        // Brand/category/scene/account verdicts, funds notices and the rest are recorded
+        PushEvent::WithdrawNotify { body, .. } => super::funds::on_withdraw_notify(app, body).await,
+        // Brand/category/scene/account verdicts and the rest are recorded
         // (for the merchant to read) and acknowledged.
         _ => Ok(()),
     }

@@ -1,51 +1,97 @@
-//! `funds` (merchant, secondary-merchant mode): the shop's funds account at WeChat —
-//! balance, order flows, bank account, withdrawals confirmed by QR code — over
-//! `shop/funds/*`. Amounts in and out are integer fen; a withdrawal is checked against the
-//! balance before WeChat is asked, and recorded.
+//! `funds` (merchant, secondary-merchant mode, `POST /admin/funds`): the shop's funds account
+//! at WeChat — balance, order flows, settlement bank account, withdrawals confirmed by the
+//! admin's QR scan, withdrawal history — over the typed `shop/funds/*` client
+//! ([`crate::shop::funds`]). Amounts in and out are integer fen (`*_fen`).
+//!
+//! Everything is checked before WeChat is asked: a withdrawal must be a positive amount within
+//! `available_amount` (409 without calling `submitwithdraw` otherwise), a bank account must be
+//! well-formed (400 listing what to fix). WeChat's own refusals come back as clear codes
+//! (`WITHDRAWAL_DAILY_LIMIT` for 9700101, `FLOW_NOT_FOUND` for 9710001 …).
+//!
+//! Each withdrawal is recorded (`Kind::Withdrawal`, id = WeChat's `out_request_no`, owner
+//! index `withdrawals`, status index = WeChat's status) and kept current from
+//! `getwithdrawdetail` (status polling, history) and from the `withdraw_notify` push event
+//! ([`on_withdraw_notify`], called by `auditCallback`). Statuses only move forward.
+//!
+//! The QR code: `submitwithdraw` gives a `qrcode_ticket`; `qrcode/get` gives WeChat's image
+//! (its format is UNVERIFIED, WECHAT_SHOP.md §14.3). The answer always carries a PNG we render
+//! (`qrcode_png_base64`, of the text `qrcode/get` returned if it was text, else of the
+//! ticket), plus WeChat's own image untouched (`wechat_qrcode_image_base64`) when it sent one.
+//!
+//! Actions (`{"action": …}`):
+//! `balance` · `flows {date?: "yyyyMMdd", page?, page_size?}` · `flow {flow_id}` ·
+//! `bank_account` · `set_bank_account {account: {bank_account_type, account_bank,
+//! bank_address_code, account_number, bank_branch_id?, bank_name?}}` ·
+//! `withdraw {amount_fen, remark?, bank_memo?}` · `withdraw_status {qrcode_ticket | withdraw_id}`
+//! · `withdrawals {page?, page_size?}`.
 
 use super::shop_orders::wx_error;
 use crate::app::App;
+use crate::domain::Fen;
 use crate::http::{json, parse_json, ApiError, Request, Response};
-use serde::Deserialize;
-use serde_json::json;
+use crate::push::WithdrawNotify;
+use crate::shop::funds::{BankAccount, BankAccountStatus, FundsFlow, QrcodeCheck, WithdrawInfo};
+use crate::shop::WxError;
+use crate::store::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
+use base64::Engine;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Documented funds errcodes (WECHAT_SHOP.md §14.2) and the sandbox's chosen balance code.
+const E_WITHDRAW_TWICE: i64 = 9_700_101;
+const E_BALANCE: i64 = 9_700_102;
+const E_NO_DATA: i64 = 9_710_001;
+const E_PARAM: i64 = 400;
+const E_QR_EXPIRED: i64 = 60_220;
+const E_QR_INVALID: i64 = 60_208;
+
+/// Owner-index key of every withdrawal record.
+const OWNER: &str = "withdrawals";
+const MAX_PAGE_SIZE: u32 = 100;
+const MAX_REMARK_CHARS: usize = 50;
+const MAX_CONFLICT_RETRIES: usize = 8;
 
 #[derive(Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 enum Action {
     Balance,
     Flows {
+        #[serde(default)]
+        date: Option<String>,
         #[serde(default = "one")]
         page: u32,
         #[serde(default = "twenty")]
         page_size: u32,
-        #[serde(default)]
-        start_time: Option<i64>,
-        #[serde(default)]
-        end_time: Option<i64>,
     },
     Flow {
-        flow_id: String,
+        #[serde(default)]
+        flow_id: Option<String>,
     },
     BankAccount,
     SetBankAccount {
-        account: serde_json::Value,
+        #[serde(default)]
+        account: Option<Value>,
     },
     Withdraw {
-        amount: i64,
         #[serde(default)]
-        remark: String,
+        amount_fen: Option<Value>,
+        #[serde(default)]
+        remark: Option<String>,
+        #[serde(default)]
+        bank_memo: Option<String>,
+    },
+    WithdrawStatus {
+        #[serde(default)]
+        qrcode_ticket: Option<String>,
+        #[serde(default)]
+        withdraw_id: Option<String>,
     },
     Withdrawals {
         #[serde(default = "one")]
         page: u32,
         #[serde(default = "twenty")]
         page_size: u32,
-    },
-    Withdrawal {
-        withdraw_id: String,
-    },
-    QrcodeCheck {
-        qrcode_ticket: String,
     },
 }
 
@@ -56,136 +102,1091 @@ fn twenty() -> u32 {
     20
 }
 
-async fn call(
-    app: &App,
-    path: &str,
-    body: serde_json::Value,
-) -> Result<serde_json::Value, ApiError> {
-    app.wx.post_json(path, &body).await.map_err(wx_error)
-}
-
 pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     let result = match parse_json::<Action>(&req)? {
-        Action::Balance => call(app, "shop/funds/getbalance", json!({})).await?,
+        Action::Balance => balance(app).await?,
         Action::Flows {
+            date,
             page,
             page_size,
-            start_time,
-            end_time,
-        } => {
-            if page == 0 || page_size == 0 || page_size > 100 {
-                return Err(ApiError::bad_request(
-                    "BAD_PAGE",
-                    "page ≥ 1 and page_size 1–100",
-                ));
-            }
-            let mut body = json!({ "page_num": page, "page_size": page_size });
-            if let Some(s) = start_time {
-                body["start_create_time"] = json!(s);
-            }
-            if let Some(e) = end_time {
-                body["end_create_time"] = json!(e);
-            }
-            call(app, "shop/funds/scanorderflow", body).await?
-        }
-        Action::Flow { flow_id } => {
-            if flow_id.is_empty()
-                || flow_id.len() > 64
-                || !flow_id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
-                return Err(ApiError::bad_request(
-                    "BAD_FLOW_ID",
-                    "flow_id must be 1–64 letters, digits, _ or -",
-                ));
-            }
-            call(
-                app,
-                "shop/funds/getorderflow",
-                json!({ "flow_id": flow_id }),
-            )
-            .await?
-        }
-        Action::BankAccount => call(app, "shop/funds/getbankaccount", json!({})).await?,
-        Action::SetBankAccount { account } => {
-            let number = account
-                .get("account_number")
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
-            let name = account
-                .get("account_name")
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
-            if number.len() < 8
-                || number.len() > 32
-                || !number.bytes().all(|b| b.is_ascii_digit())
-                || name.trim().is_empty()
-            {
-                return Err(ApiError::bad_request(
-                    "BAD_BANK_ACCOUNT",
-                    "account.account_number must be 8–32 digits and account.account_name is required",
-                ));
-            }
-            call(
-                app,
-                "shop/funds/setbankaccount",
-                json!({ "account_info": account }),
-            )
-            .await?
-        }
-        Action::Withdraw { amount, remark } => {
-            if amount <= 0 {
-                return Err(ApiError::bad_request(
-                    "BAD_AMOUNT",
-                    "amount must be a positive number of fen",
-                ));
-            }
-            let balance = call(app, "shop/funds/getbalance", json!({})).await?;
-            let available = balance
-                .get("avail_amount")
-                .and_then(|v| {
-                    v.as_i64()
-                        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                })
-                .unwrap_or(0);
-            if amount > available {
-                return Err(ApiError::conflict(
-                    "INSUFFICIENT_BALANCE",
-                    format!("{amount} fen requested, {available} fen available"),
-                ));
-            }
-            call(
-                app,
-                "shop/funds/submitwithdraw",
-                json!({ "amount": amount, "remark": remark.chars().take(50).collect::<String>() }),
-            )
-            .await?
-        }
-        Action::Withdrawals { page, page_size } => {
-            call(
-                app,
-                "shop/funds/scanwithdraw",
-                json!({ "page_num": page, "page_size": page_size }),
-            )
-            .await?
-        }
-        Action::Withdrawal { withdraw_id } => {
-            call(
-                app,
-                "shop/funds/getwithdrawdetail",
-                json!({ "withdraw_id": withdraw_id }),
-            )
-            .await?
-        }
-        Action::QrcodeCheck { qrcode_ticket } => {
-            call(
-                app,
-                "shop/funds/qrcode/check",
-                json!({ "qrcode_ticket": qrcode_ticket }),
-            )
-            .await?
-        }
+        } => flows(app, date, page, page_size).await?,
+        Action::Flow { flow_id } => flow(app, flow_id).await?,
+        Action::BankAccount => bank_account(app).await?,
+        Action::SetBankAccount { account } => set_bank_account(app, account).await?,
+        Action::Withdraw {
+            amount_fen,
+            remark,
+            bank_memo,
+        } => withdraw(app, amount_fen, remark, bank_memo).await?,
+        Action::WithdrawStatus {
+            qrcode_ticket,
+            withdraw_id,
+        } => withdraw_status(app, qrcode_ticket, withdraw_id).await?,
+        Action::Withdrawals { page, page_size } => withdrawals(app, page, page_size).await?,
     };
     Ok(json(&result))
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+/// WeChat's refusal of a funds call, as a code the merchant's tool can act on.
+fn funds_error(e: WxError) -> ApiError {
+    let msg = e.to_string();
+    match e.errcode() {
+        Some(E_WITHDRAW_TWICE) => ApiError::conflict(
+            "WITHDRAWAL_DAILY_LIMIT",
+            format!(
+                "WeChat allows one withdrawal a day and one was already made today (Beijing time); try again tomorrow ({msg})"
+            ),
+        ),
+        Some(E_BALANCE) => ApiError::conflict(
+            "INSUFFICIENT_BALANCE",
+            format!("WeChat says the amount exceeds the available balance ({msg})"),
+        ),
+        Some(E_PARAM) => ApiError::bad_request(
+            "WECHAT_REJECTED_PARAMETERS",
+            format!("WeChat refused the parameters: {msg}"),
+        ),
+        Some(E_QR_INVALID) => ApiError::not_found(
+            "QRCODE_NOT_FOUND",
+            format!("WeChat does not know this qrcode_ticket ({msg})"),
+        ),
+        Some(E_QR_EXPIRED) => ApiError::new(
+            StatusCode::GONE,
+            "QRCODE_EXPIRED",
+            format!("the QR code expired; start the withdrawal again ({msg})"),
+        ),
+        _ => wx_error(e),
+    }
+}
+
+fn is_no_data(e: &WxError) -> bool {
+    e.errcode() == Some(E_NO_DATA)
+}
+
+// ---------------------------------------------------------------------------------------
+// Balance and flows
+
+#[derive(Serialize)]
+struct BalanceView {
+    available_fen: i64,
+    pending_fen: i64,
+    total_fen: i64,
+}
+
+async fn balance(app: &App) -> Result<Value, ApiError> {
+    let b = app.wx.funds_get_balance().await.map_err(funds_error)?;
+    let view = BalanceView {
+        available_fen: b.available_amount.get(),
+        pending_fen: b.pending_amount.get(),
+        total_fen: b
+            .available_amount
+            .get()
+            .saturating_add(b.pending_amount.get()),
+    };
+    to_value(&view)
+}
+
+/// One funds flow, amounts in fen (WeChat wrote yuan strings).
+#[derive(Serialize)]
+struct FlowView {
+    flow_id: String,
+    bookkeeping_time: String,
+    /// 交易 / 手续费 / 退款 / 提现 …, as WeChat wrote it.
+    kind: String,
+    /// `income`, `expense`, or WeChat's text if it is neither 收入 nor 支出.
+    direction: String,
+    amount_fen: i64,
+    balance_fen: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    busi_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_no: Option<String>,
+}
+
+impl From<FundsFlow> for FlowView {
+    fn from(f: FundsFlow) -> Self {
+        let direction = match f.flow_type.as_str() {
+            "收入" => "income".to_owned(),
+            "支出" => "expense".to_owned(),
+            other => other.to_owned(),
+        };
+        FlowView {
+            flow_id: f.funds_flow_id,
+            bookkeeping_time: f.bookkeeping_time,
+            kind: f.kind,
+            direction,
+            amount_fen: f.amount.get(),
+            balance_fen: f.balance.get(),
+            busi_type: f.busi_type,
+            request_no: f.request_no,
+        }
+    }
+}
+
+fn check_page(page: u32, page_size: u32) -> Result<(), ApiError> {
+    if page == 0 || page_size == 0 || page_size > MAX_PAGE_SIZE {
+        return Err(ApiError::bad_request(
+            "BAD_PAGE",
+            format!("page must be ≥ 1 and page_size 1–{MAX_PAGE_SIZE}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_date(date: &str) -> Result<(), ApiError> {
+    let ok = date.len() == 8
+        && date.bytes().all(|b| b.is_ascii_digit())
+        && chrono::NaiveDate::parse_from_str(date, "%Y%m%d").is_ok();
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "BAD_DATE",
+            "date must be a calendar day written yyyyMMdd (Beijing time), e.g. 20240131",
+        ))
+    }
+}
+
+async fn flows(
+    app: &App,
+    date: Option<String>,
+    page: u32,
+    page_size: u32,
+) -> Result<Value, ApiError> {
+    check_page(page, page_size)?;
+    let date = date.unwrap_or_else(|| crate::time::beijing_date(app.clock.now_ms()));
+    check_date(&date)?;
+    let ids = match app.wx.funds_scan_order_flow(&date, page, page_size).await {
+        Ok(ids) => ids,
+        Err(e) if is_no_data(&e) => Default::default(),
+        Err(e) => return Err(funds_error(e)),
+    };
+    let details = futures::future::join_all(
+        ids.funds_flow_ids
+            .iter()
+            .map(|id| app.wx.funds_get_order_flow(id)),
+    )
+    .await;
+    let mut flows = Vec::with_capacity(details.len());
+    for (id, d) in ids.funds_flow_ids.iter().zip(details) {
+        match d {
+            Ok(f) => flows.push(to_value(&FlowView::from(f))?),
+            // Listed a moment ago: report the one that failed, keep the page.
+            Err(e) => flows.push(json!({"flow_id": id, "error": e.to_string()})),
+        }
+    }
+    Ok(json!({
+        "date": date,
+        "page": page,
+        "page_size": page_size,
+        "total": ids.total_num,
+        "flows": flows,
+    }))
+}
+
+fn check_id(what: &'static str, code: &'static str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ApiError::bad_request(
+            code,
+            format!("{what} must be 1–64 letters, digits, _ or -"),
+        ));
+    }
+    Ok(())
+}
+
+async fn flow(app: &App, flow_id: Option<String>) -> Result<Value, ApiError> {
+    let flow_id = flow_id.unwrap_or_default();
+    check_id("flow_id", "BAD_FLOW_ID", &flow_id)?;
+    match app.wx.funds_get_order_flow(&flow_id).await {
+        Ok(f) => Ok(json!({ "flow": FlowView::from(f) })),
+        Err(e) if is_no_data(&e) => Err(ApiError::not_found(
+            "FLOW_NOT_FOUND",
+            format!("WeChat has no funds flow {flow_id}; list them with action `flows`"),
+        )),
+        Err(e) => Err(funds_error(e)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bank account
+
+const ACCOUNT_TYPES: [&str; 2] = ["ACCOUNT_TYPE_BUSINESS", "ACCOUNT_TYPE_PRIVATE"];
+const OTHER_BANK: &str = "其他银行";
+const ACCOUNT_FIELDS: [&str; 6] = [
+    "bank_account_type",
+    "account_bank",
+    "bank_address_code",
+    "account_number",
+    "bank_branch_id",
+    "bank_name",
+];
+
+/// The account as shown back: the number masked to its last four digits.
+fn account_view(a: &BankAccount) -> Value {
+    let digits = a.account_number.chars().count();
+    let tail: String = a
+        .account_number
+        .chars()
+        .skip(digits.saturating_sub(4))
+        .collect();
+    json!({
+        "bank_account_type": a.bank_account_type,
+        "account_bank": a.account_bank,
+        "bank_address_code": a.bank_address_code,
+        "bank_branch_id": a.bank_branch_id,
+        "bank_name": a.bank_name,
+        "account_number_masked": format!("****{tail}"),
+    })
+}
+
+fn status_view(s: &BankAccountStatus) -> Value {
+    json!({
+        "account": s.account_info.as_ref().map(account_view),
+        "verify_fail_reason": s.verify_fail_reason.as_deref().filter(|r| !r.is_empty()),
+    })
+}
+
+async fn bank_account(app: &App) -> Result<Value, ApiError> {
+    match app.wx.funds_get_bank_account().await {
+        Ok(s) => Ok(status_view(&s)),
+        Err(e) if is_no_data(&e) => Ok(json!({ "account": null, "verify_fail_reason": null })),
+        Err(e) => Err(funds_error(e)),
+    }
+}
+
+/// A string field, or a number written as its decimal digits (codes arrive both ways).
+fn text_field(a: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+    match a.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
+        Some(Value::Number(n)) if n.is_u64() => Ok(Some(n.to_string())),
+        Some(_) => Err(format!("{key} must be a string")),
+    }
+}
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Parses and checks a settlement account, listing every problem at once.
+pub fn parse_bank_account(v: Option<&Value>) -> Result<BankAccount, Vec<String>> {
+    let Some(a) = v.and_then(Value::as_object) else {
+        return Err(vec![
+            "account must be an object {bank_account_type, account_bank, bank_address_code, account_number, bank_branch_id?, bank_name?}".into(),
+        ]);
+    };
+    let mut problems = Vec::new();
+    for k in a.keys() {
+        if !ACCOUNT_FIELDS.contains(&k.as_str()) {
+            problems.push(format!(
+                "unknown field {k} (expected one of {})",
+                ACCOUNT_FIELDS.join(", ")
+            ));
+        }
+    }
+    let mut field = |key: &str| match text_field(a, key) {
+        Ok(v) => v,
+        Err(p) => {
+            problems.push(p);
+            None
+        }
+    };
+    let kind = field("bank_account_type");
+    let bank = field("account_bank");
+    let code = field("bank_address_code");
+    let number = field("account_number");
+    let branch = field("bank_branch_id");
+    let name = field("bank_name");
+    if matches!(a.get("account_number"), Some(Value::Number(_))) {
+        problems.push(
+            "account_number must be a string of digits (a JSON number loses leading zeros)".into(),
+        );
+    }
+    match kind.as_deref() {
+        Some(k) if ACCOUNT_TYPES.contains(&k) => {}
+        Some(k) => problems.push(format!(
+            "bank_account_type {k:?} must be ACCOUNT_TYPE_BUSINESS (corporate) or ACCOUNT_TYPE_PRIVATE (personal card)"
+        )),
+        None => problems.push(
+            "bank_account_type is required: ACCOUNT_TYPE_BUSINESS or ACCOUNT_TYPE_PRIVATE".into(),
+        ),
+    }
+    match bank.as_deref() {
+        Some(b) if !b.is_empty() && b.chars().count() <= 128 => {}
+        _ => problems.push(
+            "account_bank is required: the bank's name as getbankbynum/getbanklist give it (≤128 characters)".into(),
+        ),
+    }
+    match code.as_deref() {
+        Some(c) if c.len() == 6 && all_digits(c) => {}
+        _ => problems.push(
+            "bank_address_code must be the 6-digit code of the account's city (getcity)".into(),
+        ),
+    }
+    match number.as_deref() {
+        Some(n) if all_digits(n) && (8..=30).contains(&n.len()) => {}
+        Some(n) if !all_digits(n) => {
+            problems.push("account_number must contain digits only (no spaces or dashes)".into())
+        }
+        Some(n) => problems.push(format!(
+            "account_number must be 8–30 digits (got {})",
+            n.len()
+        )),
+        None => problems.push("account_number is required".into()),
+    }
+    if let Some(b) = branch.as_deref() {
+        if !all_digits(b) || b.len() > 32 {
+            problems.push("bank_branch_id must be digits (a branch_id from getsubbranch)".into());
+        }
+    }
+    if let Some(n) = name.as_deref() {
+        if n.is_empty() || n.chars().count() > 128 {
+            problems.push("bank_name must be the branch's full name (1–128 characters)".into());
+        }
+    }
+    if bank.as_deref() == Some(OTHER_BANK) && branch.is_none() && name.is_none() {
+        problems.push(format!(
+            "account_bank {OTHER_BANK} needs bank_branch_id or bank_name (getsubbranch)"
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(BankAccount {
+        bank_account_type: kind.unwrap_or_default(),
+        account_bank: bank.unwrap_or_default(),
+        bank_address_code: code.unwrap_or_default(),
+        bank_branch_id: branch,
+        bank_name: name,
+        account_number: number.unwrap_or_default(),
+    })
+}
+
+async fn set_bank_account(app: &App, account: Option<Value>) -> Result<Value, ApiError> {
+    let account = parse_bank_account(account.as_ref()).map_err(|problems| {
+        ApiError::bad_request(
+            "BAD_BANK_ACCOUNT",
+            format!("fix the bank account: {}", problems.join("; ")),
+        )
+    })?;
+    app.wx
+        .funds_set_bank_account(&account)
+        .await
+        .map_err(|e| match e.errcode() {
+            Some(E_PARAM) => ApiError::bad_request(
+                "BANK_ACCOUNT_REFUSED",
+                format!("WeChat refused the bank account (at most 5 changes a day; it must match the shop's legal entity): {e}"),
+            ),
+            _ => funds_error(e),
+        })?;
+    tracing::info!(account_bank = %account.account_bank, "settlement bank account set");
+    // Binding can fail later on WeChat's side; show what it holds now.
+    match app.wx.funds_get_bank_account().await {
+        Ok(s) => Ok(status_view(&s)),
+        Err(e) => {
+            tracing::warn!(error = %e, "bank account set, but could not be read back");
+            Ok(json!({ "account": account_view(&account), "verify_fail_reason": null }))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Withdrawals: the stored record
+
+/// A withdrawal as we keep it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withdrawal {
+    /// WeChat's `out_request_no`.
+    pub withdraw_id: String,
+    pub amount: Fen,
+    /// WeChat's `withdraw_info.status` (`BEFORE_SCAN_QRCODE` … `SUCCESS`), or `UNKNOWN`.
+    pub status: String,
+    #[serde(default)]
+    pub qrcode_ticket: Option<String>,
+    #[serde(default)]
+    pub remark: Option<String>,
+    #[serde(default)]
+    pub bank_memo: Option<String>,
+    /// Why it failed or was closed, as WeChat says.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `withdraw_notify` events seen, in arrival order.
+    #[serde(default)]
+    pub events: Vec<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// How far along a status is; a status never moves back.
+fn status_rank(s: &str) -> u8 {
+    match s {
+        "UNKNOWN" => 0,
+        "INIT" => 1,
+        "BEFORE_SCAN_QRCODE" => 2,
+        "AFTER_SCAN_QRCODE" => 3,
+        "CREATE_SUCCESS" => 4,
+        "SUCCESS" | "FAIL" | "CLOSE" => 5,
+        // The bank returned a successful transfer.
+        "REFUND" => 6,
+        _ => 1,
+    }
+}
+
+impl Withdrawal {
+    fn from_detail(withdraw_id: &str, d: &WithdrawInfo, now_ms: i64) -> Self {
+        Withdrawal {
+            withdraw_id: withdraw_id.to_owned(),
+            amount: d.amount,
+            status: d.status.clone(),
+            qrcode_ticket: None,
+            remark: d.remark.clone().filter(|r| !r.is_empty()),
+            bank_memo: d.bank_memo.clone().filter(|r| !r.is_empty()),
+            reason: d.reason.clone().filter(|r| !r.is_empty()),
+            events: Vec::new(),
+            created_at_ms: if d.create_time > 0 {
+                d.create_time.saturating_mul(1000)
+            } else {
+                now_ms
+            },
+            updated_at_ms: now_ms,
+        }
+    }
+
+    /// Takes WeChat's newer view, never moving the status back. Returns whether it changed.
+    fn apply_detail(&mut self, d: &WithdrawInfo, now_ms: i64) -> bool {
+        let before = self.clone();
+        if status_rank(&d.status) >= status_rank(&self.status) {
+            self.status = d.status.clone();
+            if let Some(r) = d.reason.as_ref().filter(|r| !r.is_empty()) {
+                self.reason = Some(r.clone());
+            }
+        }
+        if self.amount == Fen::ZERO {
+            self.amount = d.amount;
+        }
+        let changed = *self != before;
+        if changed {
+            self.updated_at_ms = now_ms;
+        }
+        changed
+    }
+
+    /// Without WeChat's detail: what a `withdraw_notify` event implies (UNVERIFIED enum:
+    /// 3 success, 4 failure).
+    fn apply_event_only(&mut self, event: Option<i64>) {
+        let implied = match event {
+            Some(3) => "SUCCESS",
+            Some(4) => "FAIL",
+            _ => return,
+        };
+        if status_rank(implied) > status_rank(&self.status) {
+            self.status = implied.to_owned();
+        }
+    }
+}
+
+fn to_record(w: &Withdrawal, version: u64) -> Result<Record, StoreError> {
+    let mut r = Record::new(Kind::Withdrawal, w.withdraw_id.clone(), Record::encode(w)?);
+    r.version = version;
+    r.owner = Some(OWNER.to_owned());
+    r.status = Some(w.status.clone());
+    r.sort = w.created_at_ms;
+    Ok(r)
+}
+
+/// The pointer from a QR ticket to its withdrawal (not in any index).
+fn ticket_key(ticket: &str) -> String {
+    format!("qrcode:{ticket}")
+}
+
+/// A stored withdrawal and its version.
+pub async fn get_withdrawal(
+    store: &dyn Store,
+    withdraw_id: &str,
+) -> Result<Option<(u64, Withdrawal)>, StoreError> {
+    match store.get(Kind::Withdrawal, withdraw_id).await? {
+        Some(r) => Ok(Some((r.version, r.decode()?))),
+        None => Ok(None),
+    }
+}
+
+/// Stored withdrawals, newest first.
+pub async fn list_withdrawals(
+    store: &dyn Store,
+    limit: usize,
+) -> Result<Vec<Withdrawal>, StoreError> {
+    let mut q = Query::new(Kind::Withdrawal, Index::Owner(OWNER.to_owned()));
+    q.descending = true;
+    q.limit = limit;
+    let page = store.query(q).await?;
+    page.records.iter().map(Record::decode).collect()
+}
+
+async fn withdrawal_for_ticket(
+    store: &dyn Store,
+    ticket: &str,
+) -> Result<Option<String>, StoreError> {
+    #[derive(Deserialize)]
+    struct Pointer {
+        withdraw_id: String,
+    }
+    match store.get(Kind::Withdrawal, &ticket_key(ticket)).await? {
+        Some(r) => Ok(Some(r.decode::<Pointer>()?.withdraw_id)),
+        None => Ok(None),
+    }
+}
+
+/// Creates or updates one withdrawal under optimistic concurrency. `f` gets the stored value
+/// (if any) and returns the value to store, or `None` to leave it as it is.
+async fn upsert(
+    store: &dyn Store,
+    withdraw_id: &str,
+    f: impl Fn(Option<Withdrawal>) -> Option<Withdrawal>,
+) -> Result<Option<Withdrawal>, StoreError> {
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let current = get_withdrawal(store, withdraw_id).await?;
+        let (expect, version, old) = match current {
+            Some((v, w)) => (Expect::Version(v), v + 1, Some(w)),
+            None => (Expect::Absent, 1, None),
+        };
+        let Some(next) = f(old.clone()) else {
+            return Ok(old);
+        };
+        if old.as_ref() == Some(&next) {
+            return Ok(old);
+        }
+        match store
+            .write(vec![Write::put(to_record(&next, version)?, expect)])
+            .await
+        {
+            Ok(()) => return Ok(Some(next)),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Backend(
+        "withdrawal record kept changing under concurrent writers; retry".into(),
+    ))
+}
+
+/// The withdrawal as the merchant sees it.
+fn withdrawal_view(w: &Withdrawal) -> Value {
+    json!({
+        "withdraw_id": w.withdraw_id,
+        "amount_fen": w.amount.get(),
+        "status": w.status,
+        "qrcode_ticket": w.qrcode_ticket,
+        "remark": w.remark,
+        "bank_memo": w.bank_memo,
+        "reason": w.reason,
+        "events": w.events,
+        "created_at": w.created_at_ms,
+        "updated_at": w.updated_at_ms,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Withdrawals: actions
+
+fn parse_amount(v: Option<&Value>) -> Result<Fen, ApiError> {
+    let bad = |why: &str| {
+        ApiError::bad_request(
+            "BAD_AMOUNT",
+            format!("amount_fen {why}: give a positive whole number of fen, e.g. 1000 for ¥10.00"),
+        )
+    };
+    let v = v.ok_or_else(|| bad("is required"))?;
+    let n = v
+        .as_i64()
+        .ok_or_else(|| bad(&format!("is {v}, not an integer")))?;
+    if n <= 0 {
+        return Err(bad(&format!("is {n}")));
+    }
+    Fen::new(n).map_err(|e| bad(&e.to_string()))
+}
+
+fn check_note(field: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
+    match v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) {
+        Some(s) if s.chars().count() > MAX_REMARK_CHARS => Err(ApiError::bad_request(
+            "BAD_REMARK",
+            format!("{field} must be at most {MAX_REMARK_CHARS} characters"),
+        )),
+        other => Ok(other),
+    }
+}
+
+async fn withdraw(
+    app: &App,
+    amount: Option<Value>,
+    remark: Option<String>,
+    bank_memo: Option<String>,
+) -> Result<Value, ApiError> {
+    let amount = parse_amount(amount.as_ref())?;
+    let remark = check_note("remark", remark)?;
+    let bank_memo = check_note("bank_memo", bank_memo)?;
+    let balance = app.wx.funds_get_balance().await.map_err(funds_error)?;
+    if amount > balance.available_amount {
+        return Err(ApiError::conflict(
+            "INSUFFICIENT_BALANCE",
+            format!(
+                "{amount} fen requested but only {} fen is available to withdraw ({} fen still awaits settlement)",
+                balance.available_amount, balance.pending_amount
+            ),
+        ));
+    }
+    let submitted = app
+        .wx
+        .funds_submit_withdraw(amount, remark.as_deref(), bank_memo.as_deref())
+        .await
+        .map_err(|e| {
+            if is_no_data(&e) {
+                ApiError::conflict(
+                    "NO_BANK_ACCOUNT",
+                    format!("set the settlement bank account first (action set_bank_account): {e}"),
+                )
+            } else {
+                funds_error(e)
+            }
+        })?;
+    let id = submitted.out_request_no.clone();
+    let ticket = submitted.qrcode_ticket.clone();
+    tracing::info!(withdraw_id = %id, amount = amount.get(), "withdrawal submitted; awaiting the admin's QR confirmation");
+
+    // WeChat holds the withdrawal now: a store failure must not hide the QR code. A later
+    // `withdraw_status`, `withdrawals` or `withdraw_notify` records it.
+    let now = app.clock.now_ms();
+    let recorded = record_submitted(
+        app.store.as_ref(),
+        &id,
+        amount,
+        &ticket,
+        &remark,
+        &bank_memo,
+        now,
+    )
+    .await;
+    let (recorded, view) = match recorded {
+        Ok(w) => (true, withdrawal_view(&w)),
+        Err(e) => {
+            tracing::error!(withdraw_id = %id, error = %e, "withdrawal submitted but not recorded");
+            let w = Withdrawal {
+                withdraw_id: id.clone(),
+                amount,
+                status: "BEFORE_SCAN_QRCODE".into(),
+                qrcode_ticket: Some(ticket.clone()),
+                remark,
+                bank_memo,
+                reason: None,
+                events: Vec::new(),
+                created_at_ms: now,
+                updated_at_ms: now,
+            };
+            (false, withdrawal_view(&w))
+        }
+    };
+
+    let mut out = json!({
+        "withdrawal": view,
+        "recorded": recorded,
+        "qrcode_ticket": ticket,
+        "next": "the shop's admin scans the QR code in WeChat and confirms; poll action withdraw_status",
+    });
+    let (content, wechat_image) = match app.wx.funds_qrcode_get(&ticket).await {
+        Ok(bytes) => qr_content(&bytes, &ticket),
+        Err(e) => {
+            tracing::warn!(withdraw_id = %id, error = %e, "qrcode/get failed; rendering the ticket");
+            (ticket.clone(), None)
+        }
+    };
+    match qr_png(&content) {
+        Ok(png) => {
+            out["qrcode_png_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(png));
+            out["qrcode_content"] = json!(content);
+        }
+        Err(e) => {
+            tracing::error!(withdraw_id = %id, error = %e, "could not render the QR code");
+            out["qrcode_error"] = json!(e);
+        }
+    }
+    if let Some((mime, bytes)) = wechat_image {
+        out["wechat_qrcode_image_base64"] =
+            json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+        out["wechat_qrcode_image_type"] = json!(mime);
+    }
+    Ok(out)
+}
+
+async fn record_submitted(
+    store: &dyn Store,
+    id: &str,
+    amount: Fen,
+    ticket: &str,
+    remark: &Option<String>,
+    bank_memo: &Option<String>,
+    now: i64,
+) -> Result<Withdrawal, StoreError> {
+    // `withdraw_notify` may have created it already (from WeChat's detail): merge.
+    let stored = upsert(store, id, |old| {
+        let mut w = old.unwrap_or_else(|| Withdrawal {
+            withdraw_id: id.to_owned(),
+            amount,
+            status: "BEFORE_SCAN_QRCODE".into(),
+            qrcode_ticket: None,
+            remark: None,
+            bank_memo: None,
+            reason: None,
+            events: Vec::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        });
+        w.amount = amount;
+        w.qrcode_ticket = Some(ticket.to_owned());
+        w.remark.clone_from(remark);
+        w.bank_memo.clone_from(bank_memo);
+        Some(w)
+    })
+    .await?
+    .ok_or_else(|| StoreError::Backend("withdrawal not written".into()))?;
+    let mut pointer = Record::new(
+        Kind::Withdrawal,
+        ticket_key(ticket),
+        Record::encode(&json!({ "withdraw_id": id }))?,
+    );
+    pointer.sort = now;
+    store.write(vec![Write::put(pointer, Expect::Any)]).await?;
+    Ok(stored)
+}
+
+/// What the PNG should encode, and WeChat's own image if `qrcode/get` sent one.
+fn qr_content(bytes: &[u8], ticket: &str) -> (String, Option<(&'static str, Vec<u8>)>) {
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
+    const JPEG: &[u8] = b"\xff\xd8\xff";
+    if bytes.starts_with(PNG) {
+        return (ticket.to_owned(), Some(("image/png", bytes.to_vec())));
+    }
+    if bytes.starts_with(JPEG) {
+        return (ticket.to_owned(), Some(("image/jpeg", bytes.to_vec())));
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text)
+            if !text.trim().is_empty()
+                && text.len() <= 1024
+                && !text.chars().any(char::is_control) =>
+        {
+            (text.trim().to_owned(), None)
+        }
+        _ => (ticket.to_owned(), None),
+    }
+}
+
+/// Renders `content` as a QR code PNG (8-bit grey, 4-module quiet zone), ready to scan.
+pub fn qr_png(content: &str) -> Result<Vec<u8>, String> {
+    let code = qrcode::QrCode::with_error_correction_level(content, qrcode::EcLevel::M)
+        .map_err(|e| format!("cannot encode {} bytes as a QR code: {e}", content.len()))?;
+    let modules = code.width();
+    let colors = code.to_colors();
+    const QUIET: usize = 4;
+    let side_modules = modules + 2 * QUIET;
+    let scale = (400 / side_modules).clamp(3, 10);
+    let side = side_modules * scale;
+    let mut pixels = vec![255u8; side * side];
+    for (i, c) in colors.iter().enumerate() {
+        if *c != qrcode::Color::Dark {
+            continue;
+        }
+        let (mx, my) = (i % modules + QUIET, i / modules + QUIET);
+        for y in my * scale..(my + 1) * scale {
+            let row = y * side;
+            pixels[row + mx * scale..row + (mx + 1) * scale].fill(0);
+        }
+    }
+    let side32 = u32::try_from(side).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, side32, side32);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().map_err(|e| e.to_string())?;
+        w.write_image_data(&pixels).map_err(|e| e.to_string())?;
+        w.finish().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+fn qrcode_view(c: &QrcodeCheck) -> Value {
+    let text = match c.status {
+        0 => "not scanned yet",
+        1 => "confirmed by the admin",
+        2 => "cancelled by the admin: start a new withdrawal",
+        3 => "expired: start a new withdrawal",
+        4 => "scanned, awaiting confirmation",
+        _ => "unknown",
+    };
+    json!({
+        "status": c.status,
+        "status_text": text,
+        "confirmed": c.is_confirmed(),
+        "scan_user_type": c.scan_user_type,
+        "self_check_err_code": c.self_check_err_code.filter(|c| *c != 0),
+        "self_check_err_msg": c.self_check_err_msg.as_deref().filter(|m| !m.is_empty()),
+    })
+}
+
+fn check_ticket(t: &str) -> Result<(), ApiError> {
+    if t.is_empty() || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::bad_request(
+            "BAD_QRCODE_TICKET",
+            "qrcode_ticket must be the 1–256 character ticket returned by withdraw",
+        ));
+    }
+    Ok(())
+}
+
+/// WeChat's detail of one withdrawal, recorded.
+async fn refresh(app: &App, id: &str) -> Result<Withdrawal, ApiError> {
+    let detail = match app.wx.funds_get_withdraw_detail(id).await {
+        Ok(d) => d,
+        Err(e) if is_no_data(&e) => {
+            return Err(ApiError::not_found(
+                "WITHDRAWAL_NOT_FOUND",
+                format!("WeChat has no withdrawal {id}; list them with action `withdrawals`"),
+            ))
+        }
+        Err(e) => return Err(funds_error(e)),
+    };
+    let now = app.clock.now_ms();
+    let stored = upsert(app.store.as_ref(), id, |old| match old {
+        Some(mut w) => w.apply_detail(&detail, now).then_some(w),
+        None => Some(Withdrawal::from_detail(id, &detail, now)),
+    })
+    .await?;
+    Ok(stored.unwrap_or_else(|| Withdrawal::from_detail(id, &detail, now)))
+}
+
+async fn withdraw_status(
+    app: &App,
+    ticket: Option<String>,
+    withdraw_id: Option<String>,
+) -> Result<Value, ApiError> {
+    let ticket = ticket.filter(|t| !t.is_empty());
+    let withdraw_id = withdraw_id.filter(|t| !t.is_empty());
+    if ticket.is_none() && withdraw_id.is_none() {
+        return Err(ApiError::bad_request(
+            "BAD_REQUEST",
+            "give qrcode_ticket or withdraw_id (both returned by withdraw)",
+        ));
+    }
+    if let Some(id) = &withdraw_id {
+        check_id("withdraw_id", "BAD_WITHDRAW_ID", id)?;
+    }
+    let mut qrcode = None;
+    let mut id = withdraw_id;
+    if let Some(t) = &ticket {
+        check_ticket(t)?;
+        let check = app.wx.funds_qrcode_check(t).await.map_err(funds_error)?;
+        qrcode = Some(qrcode_view(&check));
+        if id.is_none() {
+            id = withdrawal_for_ticket(app.store.as_ref(), t).await?;
+        }
+    }
+    let withdrawal = match &id {
+        Some(id) => Some(withdrawal_view(&refresh(app, id).await?)),
+        None => None,
+    };
+    Ok(json!({ "withdrawal": withdrawal, "qrcode": qrcode }))
+}
+
+async fn withdrawals(app: &App, page: u32, page_size: u32) -> Result<Value, ApiError> {
+    check_page(page, page_size)?;
+    let ids = match app.wx.funds_scan_withdraw(page, page_size).await {
+        Ok(ids) => ids,
+        Err(e) if is_no_data(&e) => Default::default(),
+        Err(e) => return Err(funds_error(e)),
+    };
+    let refreshed =
+        futures::future::join_all(ids.out_request_nos.iter().map(|id| refresh(app, id))).await;
+    let mut list = Vec::with_capacity(refreshed.len());
+    for (id, r) in ids.out_request_nos.iter().zip(refreshed) {
+        match r {
+            Ok(w) => list.push(withdrawal_view(&w)),
+            Err(e) => list.push(json!({"withdraw_id": id, "error": e.message})),
+        }
+    }
+    Ok(json!({
+        "page": page,
+        "page_size": page_size,
+        "total": ids.total_num,
+        "withdrawals": list,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// The push event
+
+/// `withdraw_notify` (through `auditCallback`): records the event on the withdrawal and takes
+/// WeChat's current detail. Only a store failure is an error (WeChat then retries).
+pub async fn on_withdraw_notify(app: &App, body: &WithdrawNotify) -> Result<(), ApiError> {
+    let id = body.out_request_no.trim();
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        tracing::warn!(out_request_no = %body.out_request_no, "withdraw_notify with an unusable out_request_no");
+        return Ok(());
+    }
+    let detail = match app.wx.funds_get_withdraw_detail(id).await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(withdraw_id = %id, error = %e, "withdraw_notify: detail unavailable; recording the event only");
+            None
+        }
+    };
+    let now = app.clock.now_ms();
+    let event = body.event;
+    let stored = upsert(app.store.as_ref(), id, |old| {
+        let mut w = match (old, &detail) {
+            (Some(mut w), Some(d)) => {
+                w.apply_detail(d, now);
+                w
+            }
+            (Some(mut w), None) => {
+                w.apply_event_only(event);
+                w
+            }
+            (None, Some(d)) => Withdrawal::from_detail(id, d, now),
+            // Neither ours nor readable: the raw event stays in the event log.
+            (None, None) => return None,
+        };
+        if let Some(e) = event {
+            w.events.push(e);
+        }
+        w.updated_at_ms = now;
+        Some(w)
+    })
+    .await?;
+    match stored {
+        Some(w) => {
+            tracing::info!(withdraw_id = %id, event = ?event, status = %w.status, "withdraw_notify recorded")
+        }
+        None => tracing::warn!(withdraw_id = %id, "withdraw_notify for a withdrawal we cannot see"),
+    }
+    Ok(())
+}
+
+fn to_value<T: Serialize>(v: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn good() -> Value {
+        json!({"bank_account_type": "ACCOUNT_TYPE_BUSINESS", "account_bank": "招商银行",
+               "bank_address_code": "440300", "account_number": "6225880112345678"})
+    }
+
+    #[test]
+    fn a_good_account_parses() {
+        let a = parse_bank_account(Some(&good())).unwrap();
+        assert_eq!(a.account_number, "6225880112345678");
+        assert_eq!(a.bank_address_code, "440300");
+        let mut v = good();
+        v["bank_address_code"] = json!(440300);
+        assert_eq!(
+            parse_bank_account(Some(&v)).unwrap().bank_address_code,
+            "440300"
+        );
+    }
+
+    #[test]
+    fn every_problem_of_a_bad_account_is_listed() {
+        let v = json!({"bank_account_type": "SAVINGS", "account_bank": "",
+                       "bank_address_code": "44", "account_number": "12-34", "acount": 1});
+        let p = parse_bank_account(Some(&v)).unwrap_err();
+        let all = p.join("\n");
+        for needle in [
+            "unknown field acount",
+            "bank_account_type",
+            "account_bank",
+            "bank_address_code",
+            "digits only",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+        assert!(parse_bank_account(None).is_err());
+        let mut short = good();
+        short["account_number"] = json!("1234");
+        assert!(parse_bank_account(Some(&short)).unwrap_err()[0].contains("8–30"));
+        let mut numeric = good();
+        numeric["account_number"] = json!(6225880112345678u64);
+        assert!(parse_bank_account(Some(&numeric)).is_err());
+        let mut other = good();
+        other["account_bank"] = json!("其他银行");
+        assert!(parse_bank_account(Some(&other)).unwrap_err()[0].contains("bank_branch_id"));
+        other["bank_branch_id"] = json!("402584009991");
+        assert!(parse_bank_account(Some(&other)).is_ok());
+    }
+
+    #[test]
+    fn amounts_must_be_positive_integers() {
+        assert!(parse_amount(Some(&json!(100))).is_ok());
+        for bad in [json!(0), json!(-5), json!(1.5), json!("100")] {
+            let e = parse_amount(Some(&bad)).unwrap_err();
+            assert_eq!(e.code, "BAD_AMOUNT", "{bad}");
+        }
+        assert_eq!(parse_amount(None).unwrap_err().code, "BAD_AMOUNT");
+    }
+
+    #[test]
+    fn statuses_never_move_back() {
+        let d = |s: &str| WithdrawInfo {
+            amount: Fen::new(100).unwrap(),
+            status: s.into(),
+            ..Default::default()
+        };
+        let mut w = Withdrawal::from_detail("1", &d("SUCCESS"), 1);
+        assert!(!w.apply_detail(&d("BEFORE_SCAN_QRCODE"), 2));
+        assert_eq!(w.status, "SUCCESS");
+        assert!(w.apply_detail(&d("REFUND"), 3));
+        assert_eq!(w.status, "REFUND");
+        let mut w = Withdrawal::from_detail("1", &d("BEFORE_SCAN_QRCODE"), 1);
+        w.apply_event_only(Some(3));
+        assert_eq!(w.status, "SUCCESS");
+        w.apply_event_only(Some(1));
+        assert_eq!(w.status, "SUCCESS");
+    }
+
+    #[test]
+    fn the_qr_png_decodes_and_is_square() {
+        let png = qr_png("qr_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd").unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+        let dec = png::Decoder::new(std::io::Cursor::new(png));
+        let reader = dec.read_info().unwrap();
+        let info = reader.info();
+        assert_eq!(info.width, info.height);
+        assert!(info.width >= 21 * 3);
+    }
+
+    #[test]
+    fn qr_content_prefers_text_and_keeps_images() {
+        let (c, img) = qr_content(b"https://example.invalid/q/abc", "t");
+        assert_eq!(c, "https://example.invalid/q/abc");
+        assert!(img.is_none());
+        let (c, img) = qr_content(b"\x89PNG\r\n\x1a\nrest", "t");
+        assert_eq!(c, "t");
+        assert_eq!(img.unwrap().0, "image/png");
+        let (c, _) = qr_content(&[0, 1, 2, 200], "t");
+        assert_eq!(c, "t");
+    }
 }

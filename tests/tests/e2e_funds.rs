@@ -1,0 +1,458 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! Secondary-merchant mode (`WX_FUND_TYPE=1`) end to end over HTTP: WeChat collects the money
+//! (`shop/order/add` fund_type=1 + `getpaymentparams`, the pay and settle events), the balance
+//! moves from pending to available, and the merchant withdraws through `POST /admin/funds`
+//! with the admin's QR confirmation. Bad input is refused clearly and changes nothing.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use wxlocal::gateway::{start, Options, Running};
+use wxshop::domain::OutTradeNo;
+use wxshop::handlers::funds::{get_withdrawal, list_withdrawals};
+
+async fn stack() -> Running {
+    let mut overrides = std::collections::HashMap::new();
+    overrides.insert("ORDER_TTL_SECS".to_owned(), "900".to_owned());
+    overrides.insert("WX_FUND_TYPE".to_owned(), "1".to_owned());
+    start(Options {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        store: Some("memory".into()),
+        seed: true,
+        time_scale: 0.001,
+        overrides,
+        use_env: false,
+        relay_every: Duration::from_millis(20),
+    })
+    .await
+    .expect("stack starts")
+}
+
+struct Client<'a> {
+    r: &'a Running,
+    http: reqwest::Client,
+}
+
+impl<'a> Client<'a> {
+    fn new(r: &'a Running) -> Self {
+        Client {
+            r,
+            http: reqwest::Client::new(),
+        }
+    }
+    async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.r.base_url))
+            .json(body);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+    async fn control(&self, path: &str, body: &Value) -> Value {
+        let (s, v) = self
+            .post(&format!("/sandbox/_control/{path}"), None, body)
+            .await;
+        assert_eq!(s, 200, "{path}: {v}");
+        v
+    }
+    async fn login(&self, user: &str) -> String {
+        let code = self.control("login", &json!({"user": user})).await;
+        let (status, v) = self
+            .post("/fn/login", None, &json!({"code": code["code"]}))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+    async fn funds(&self, body: Value) -> (u16, Value) {
+        let token = self.r.admin_token.clone();
+        self.post("/admin/funds", Some(&token), &body).await
+    }
+    async fn funds_ok(&self, body: Value) -> Value {
+        let (s, v) = self.funds(body.clone()).await;
+        assert_eq!(s, 200, "{body} → {v}");
+        v
+    }
+    async fn balance(&self) -> (i64, i64) {
+        let b = self.funds_ok(json!({"action": "balance"})).await;
+        (
+            b["available_fen"].as_i64().unwrap(),
+            b["pending_fen"].as_i64().unwrap(),
+        )
+    }
+    fn calls(&self, api: &str) -> usize {
+        self.r.sandbox.calls(api).len()
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn account() -> Value {
+    json!({"bank_account_type": "ACCOUNT_TYPE_BUSINESS", "account_bank": "招商银行",
+           "bank_address_code": "440300", "account_number": "6225880112345678"})
+}
+
+/// Orders 2 × tea as a fund_type=1 order, pays it through WeChat and lets WeChat settle it.
+/// Returns the order number and its total.
+async fn buy_pay_settle(c: &Client<'_>) -> (String, i64) {
+    let token = c.login("alice").await;
+    let (s, order) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 2}],
+                    "address": {"receiver_name": "Alice", "detailed_address": "1 Tea Street",
+                                "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let total = order["total_fee"].as_i64().unwrap();
+    assert_eq!(total, 2 * 1990);
+    assert_eq!(order["fund_type"], 1);
+    // The payment parameters come from shop/order/getpaymentparams, not WeChat Pay.
+    assert!(order["payment"]["package"]
+        .as_str()
+        .unwrap()
+        .starts_with("prepay_id="));
+    assert!(!order["payment"]["paySign"].as_str().unwrap().is_empty());
+    let added = c.r.sandbox.calls("shop/order/add");
+    assert!(
+        added
+            .iter()
+            .any(|a| a.to_string().contains(&no) && a.to_string().contains("\"fund_type\":1")),
+        "shop/order/add with fund_type 1: {added:?}"
+    );
+    assert!(c.calls("shop/order/getpaymentparams") >= 1);
+    assert_eq!(c.calls("pay/unifiedorder"), 0, "no WeChat Pay prepay");
+
+    // The user pays in WeChat: open_product_order_pay lands, the order reads PAID.
+    c.control("pay", &json!({"out_order_id": no})).await;
+    eventually("the order to read PAID", || async {
+        let (_, v) = c
+            .post("/fn/queryOrder", Some(&token), &json!({"out_trade_no": no}))
+            .await;
+        v["order"]["status"] == "PAID"
+    })
+    .await;
+    assert_eq!(
+        c.balance().await,
+        (0, total),
+        "paid money awaits settlement"
+    );
+    assert_eq!(c.calls("shop/order/pay"), 0, "fund_type=1 syncs no payment");
+
+    // WeChat settles: open_product_order_settle lands, the balance becomes withdrawable.
+    c.control("settle", &json!({"out_order_id": no})).await;
+    let out = OutTradeNo::parse(no.clone()).unwrap();
+    eventually("the order to be settled", || async {
+        wxshop::store::repo::get_order(c.r.app.store.as_ref(), &out)
+            .await
+            .unwrap()
+            .is_some_and(|o| o.value.settled_at_ms.is_some())
+    })
+    .await;
+    assert_eq!(c.balance().await, (total, 0), "settled money is available");
+    (no, total)
+}
+
+#[tokio::test]
+async fn fund_type_1_purchase_settles_and_is_withdrawn() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    assert_eq!(c.balance().await, (0, 0));
+    let (no, total) = buy_pay_settle(&c).await;
+
+    // The order's money shows in today's flows, in fen, and by id.
+    let flows = c.funds_ok(json!({"action": "flows"})).await;
+    let income = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["request_no"] == no.as_str())
+        .unwrap_or_else(|| panic!("no flow for {no}: {flows}"))
+        .clone();
+    assert_eq!(income["amount_fen"], total);
+    assert_eq!(income["direction"], "income");
+    let one = c
+        .funds_ok(json!({"action": "flow", "flow_id": income["flow_id"]}))
+        .await;
+    assert_eq!(one["flow"]["amount_fen"], total);
+
+    // Bank account: none yet, then set, shown masked.
+    let none = c.funds_ok(json!({"action": "bank_account"})).await;
+    assert!(none["account"].is_null(), "{none}");
+    let set = c
+        .funds_ok(json!({"action": "set_bank_account", "account": account()}))
+        .await;
+    assert_eq!(set["account"]["account_number_masked"], "****5678");
+    let shown = c.funds_ok(json!({"action": "bank_account"})).await;
+    assert_eq!(shown["account"]["account_bank"], "招商银行");
+    assert!(!shown.to_string().contains("6225880112345678"), "{shown}");
+
+    // Withdraw part of it: a QR code PNG for the admin, and a stored record.
+    let w = c
+        .funds_ok(json!({"action": "withdraw", "amount_fen": 1000, "remark": "payout"}))
+        .await;
+    let ticket = w["qrcode_ticket"].as_str().unwrap().to_owned();
+    let id = w["withdrawal"]["withdraw_id"].as_str().unwrap().to_owned();
+    assert!(
+        w["qrcode_png_base64"]
+            .as_str()
+            .unwrap()
+            .starts_with("iVBORw0KGgo"),
+        "a base64 PNG: {w}"
+    );
+    assert!(w["qrcode_png_base64"].as_str().unwrap().len() > 200);
+    assert_eq!(w["withdrawal"]["amount_fen"], 1000);
+    assert_eq!(w["recorded"], true);
+    let (_, stored) = get_withdrawal(r.app.store.as_ref(), &id)
+        .await
+        .unwrap()
+        .expect("withdrawal recorded");
+    assert_eq!(stored.amount.get(), 1000);
+    assert_eq!(stored.qrcode_ticket.as_deref(), Some(ticket.as_str()));
+    assert_eq!(c.balance().await, (total - 1000, 0));
+
+    let waiting = c
+        .funds_ok(json!({"action": "withdraw_status", "qrcode_ticket": ticket}))
+        .await;
+    assert_eq!(waiting["qrcode"]["status"], 0, "{waiting}");
+    assert_eq!(waiting["withdrawal"]["status"], "BEFORE_SCAN_QRCODE");
+
+    // The admin scans and confirms; the bank transfer completes.
+    c.control(
+        "funds/qrcode",
+        &json!({"qrcode_ticket": ticket, "status": 4}),
+    )
+    .await;
+    c.control(
+        "funds/qrcode",
+        &json!({"qrcode_ticket": ticket, "status": 1}),
+    )
+    .await;
+    eventually("the withdrawal to succeed", || async {
+        let s = c
+            .funds_ok(json!({"action": "withdraw_status", "withdraw_id": id}))
+            .await;
+        s["withdrawal"]["status"] == "SUCCESS"
+    })
+    .await;
+    let by_ticket = c
+        .funds_ok(json!({"action": "withdraw_status", "qrcode_ticket": ticket}))
+        .await;
+    assert_eq!(by_ticket["qrcode"]["confirmed"], true);
+    assert_eq!(by_ticket["withdrawal"]["withdraw_id"], id.as_str());
+    // withdraw_notify events (1 issued, 2 verified, 3 success) land on the record.
+    eventually("withdraw_notify to be recorded", || async {
+        let (_, w) = get_withdrawal(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        w.status == "SUCCESS" && w.events.contains(&3)
+    })
+    .await;
+
+    // A second withdrawal the same day: WeChat's 9700101, surfaced clearly; nothing stored.
+    let (s, again) = c
+        .funds(json!({"action": "withdraw", "amount_fen": 500}))
+        .await;
+    assert_eq!(s, 409, "{again}");
+    assert_eq!(again["code"], "WITHDRAWAL_DAILY_LIMIT");
+    assert!(again["message"]
+        .as_str()
+        .unwrap()
+        .contains("one withdrawal a day"));
+    assert_eq!(c.balance().await, (total - 1000, 0));
+    assert_eq!(
+        list_withdrawals(r.app.store.as_ref(), 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let history = c.funds_ok(json!({"action": "withdrawals"})).await;
+    assert_eq!(history["total"], 1, "{history}");
+    assert_eq!(history["withdrawals"][0]["withdraw_id"], id.as_str());
+    assert_eq!(history["withdrawals"][0]["status"], "SUCCESS");
+    assert_eq!(history["withdrawals"][0]["amount_fen"], 1000);
+}
+
+#[tokio::test]
+async fn bad_funds_input_is_refused_and_changes_nothing() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (_, total) = buy_pay_settle(&c).await;
+    let balance = c.balance().await;
+    assert_eq!(balance, (total, 0));
+    let stored = || async { list_withdrawals(r.app.store.as_ref(), 100).await.unwrap() };
+
+    // No bank account yet: WeChat's refusal says what to do.
+    let (s, v) = c
+        .funds(json!({"action": "withdraw", "amount_fen": 100}))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["code"], "NO_BANK_ACCOUNT");
+    c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
+        .await;
+    let submits = c.calls("shop/funds/submitwithdraw");
+
+    // Negative, zero, fractional, missing: 400 before anything is asked.
+    for amount in [json!(-100), json!(0), json!(1.5), json!("100"), Value::Null] {
+        let (s, v) = c
+            .funds(json!({"action": "withdraw", "amount_fen": amount}))
+            .await;
+        assert_eq!(s, 400, "{amount}: {v}");
+        assert_eq!(v["code"], "BAD_AMOUNT", "{v}");
+    }
+    // Over the available balance: 409 without calling submitwithdraw.
+    let (s, v) = c
+        .funds(json!({"action": "withdraw", "amount_fen": total + 1}))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["code"], "INSUFFICIENT_BALANCE");
+    assert!(v["message"].as_str().unwrap().contains(&total.to_string()));
+    assert_eq!(c.calls("shop/funds/submitwithdraw"), submits);
+
+    // Malformed bank accounts: 400 naming what to fix; WeChat not asked; account unchanged.
+    let sets = c.calls("shop/funds/setbankaccount");
+    let mut letters = account();
+    letters["account_number"] = json!("6225-8801-1234");
+    let mut short = account();
+    short["account_number"] = json!("1234");
+    let mut kind = account();
+    kind["bank_account_type"] = json!("SAVINGS");
+    let mut city = account();
+    city["bank_address_code"] = json!("44");
+    let mut nameless = account();
+    nameless["account_bank"] = json!("");
+    for (bad, needle) in [
+        (letters, "account_number"),
+        (short, "8–30 digits"),
+        (kind, "bank_account_type"),
+        (city, "bank_address_code"),
+        (nameless, "account_bank"),
+        (json!("6225880112345678"), "object"),
+    ] {
+        let (s, v) = c
+            .funds(json!({"action": "set_bank_account", "account": bad}))
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["code"], "BAD_BANK_ACCOUNT");
+        assert!(v["message"].as_str().unwrap().contains(needle), "{v}");
+    }
+    assert_eq!(c.calls("shop/funds/setbankaccount"), sets);
+    let shown = c.funds_ok(json!({"action": "bank_account"})).await;
+    assert_eq!(shown["account"]["account_number_masked"], "****5678");
+
+    // Unknown flow id: 404; a malformed one: 400.
+    let (s, v) = c
+        .funds(json!({"action": "flow", "flow_id": "20990101000000000000"}))
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["code"], "FLOW_NOT_FOUND");
+    let (s, v) = c
+        .funds(json!({"action": "flow", "flow_id": "../etc"}))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "BAD_FLOW_ID");
+    // Unknown withdrawal and ticket: 404.
+    let (s, v) = c
+        .funds(json!({"action": "withdraw_status", "withdraw_id": "2099010100000"}))
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["code"], "WITHDRAWAL_NOT_FOUND");
+    let (s, v) = c
+        .funds(json!({"action": "withdraw_status", "qrcode_ticket": "qr_nope"}))
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["code"], "QRCODE_NOT_FOUND");
+    // Bad paging and dates.
+    let (s, _) = c.funds(json!({"action": "flows", "page_size": 1000})).await;
+    assert_eq!(s, 400);
+    let (s, _) = c
+        .funds(json!({"action": "flows", "date": "2024-01-01"}))
+        .await;
+    assert_eq!(s, 400);
+
+    // Nothing changed.
+    assert_eq!(c.balance().await, balance);
+    assert!(stored().await.is_empty());
+    let history = c.funds_ok(json!({"action": "withdrawals"})).await;
+    assert_eq!(history["total"], 0, "{history}");
+}
+
+#[tokio::test]
+async fn a_cancelled_qr_code_closes_the_withdrawal_and_returns_the_money() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (_, total) = buy_pay_settle(&c).await;
+    c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
+        .await;
+    let w = c
+        .funds_ok(json!({"action": "withdraw", "amount_fen": total}))
+        .await;
+    let ticket = w["qrcode_ticket"].as_str().unwrap().to_owned();
+    let id = w["withdrawal"]["withdraw_id"].as_str().unwrap().to_owned();
+    assert_eq!(c.balance().await, (0, 0));
+    c.control(
+        "funds/qrcode",
+        &json!({"qrcode_ticket": ticket, "status": 2}),
+    )
+    .await;
+    // withdraw_notify (4) updates the record from WeChat's detail, without polling.
+    eventually("the record to read CLOSE", || async {
+        let (_, w) = get_withdrawal(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        w.status == "CLOSE" && w.events.contains(&4)
+    })
+    .await;
+    let s = c
+        .funds_ok(json!({"action": "withdraw_status", "qrcode_ticket": ticket}))
+        .await;
+    assert_eq!(s["qrcode"]["status"], 2);
+    assert!(s["withdrawal"]["reason"].is_string(), "{s}");
+    assert_eq!(
+        c.balance().await,
+        (total, 0),
+        "a closed withdrawal gives it back"
+    );
+}
+
+#[tokio::test]
+async fn empty_account_and_unknown_actions() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let history = c.funds_ok(json!({"action": "withdrawals"})).await;
+    assert_eq!(history["withdrawals"], json!([]));
+    let flows = c.funds_ok(json!({"action": "flows"})).await;
+    assert_eq!(flows["flows"], json!([]));
+    let (s, v) = c.funds(json!({"action": "nope"})).await;
+    assert_eq!(s, 400, "{v}");
+    // Admin only.
+    let (s, _) = c
+        .post("/admin/funds", None, &json!({"action": "balance"}))
+        .await;
+    assert_eq!(s, 401);
+}
