@@ -1,0 +1,531 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! Hostile input: each case asserts the reply and that nothing changed (the order, its
+//! syncs, the catalog), then — where it makes sense — that the genuine version of the same
+//! request *does* change it, so a test that refuses everything could not pass.
+
+#[path = "reliability_support.rs"]
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+use wxlocal::gateway::Running;
+
+/// Everything an attacker could have moved for one unpaid order.
+async fn untouched(r: &Running, c: &Client, token: &str, no: &str) {
+    let o = c.status(token, no).await;
+    assert_eq!(o["status"], "PREPAID", "{o}");
+    assert!(o["transaction_id"].is_null(), "{o}");
+    assert!(
+        !r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v["out_order_id"] == no),
+        "no sync for an order that was not paid"
+    );
+    assert!(c.dead_letters().await.is_empty());
+}
+
+fn without_sign(xml: &str) -> String {
+    let a = xml.find("<sign>").unwrap();
+    let b = xml.find("</sign>").unwrap() + "</sign>".len();
+    format!("{}{}", &xml[..a], &xml[b..])
+}
+
+fn with_sign(xml: &str, sign: &str) -> String {
+    format!(
+        "{}<sign><![CDATA[{sign}]]></sign></xml>",
+        without_sign(xml).trim_end_matches("</xml>")
+    )
+}
+
+#[tokio::test]
+async fn forged_foreign_and_malformed_payment_notifications_change_nothing() {
+    let r = stack_with(&[("WXPAY_NOTIFY_URL", DEAD_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("victim").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let cfg = &r.app.config;
+    let txid = "4200000000202401010000000000001";
+    let genuine = notification(&r, &no, &openid, 1990, txid);
+    let spec = |appid: &'static str, mch: &'static str, total: i64, key: &'static str| {
+        (appid, mch, total, key)
+    };
+    let mut cases: Vec<(&str, String)> = Vec::new();
+    for (what, (appid, mch, total, key)) in [
+        (
+            "wrong amount",
+            spec("", "", 1, cfg.api_key().to_owned().leak()),
+        ),
+        (
+            "wrong appid",
+            spec(
+                "wx00000000000000ff",
+                "",
+                1990,
+                cfg.api_key().to_owned().leak(),
+            ),
+        ),
+        (
+            "wrong mch_id",
+            spec("", "1900000999", 1990, cfg.api_key().to_owned().leak()),
+        ),
+        (
+            "signed with another key",
+            spec("", "", 1990, "otherkey00000000000000000000000x"),
+        ),
+    ] {
+        let appid = if appid.is_empty() { &cfg.appid } else { appid };
+        let mch = if mch.is_empty() { &cfg.mch_id } else { mch };
+        cases.push((
+            what,
+            signed_notification(&Notice {
+                appid,
+                mch_id: mch,
+                sub_appid: None,
+                sub_mch_id: None,
+                api_key: key,
+                openid: &openid,
+                no: &no,
+                total,
+                txid,
+            }),
+        ));
+    }
+    cases.push(("forged sign", with_sign(&genuine, &"0".repeat(32))));
+    cases.push(("empty sign", with_sign(&genuine, "")));
+    cases.push(("missing sign", without_sign(&genuine)));
+    cases.push((
+        "field changed after signing",
+        genuine.replace(txid, "4200000000202401010000000000009"),
+    ));
+    cases.push((
+        "XXE",
+        format!(
+            r#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>{}"#,
+            genuine.replace(&no, "&e;")
+        ),
+    ));
+    let mut lol = String::from(r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol0 "lol">"#);
+    for i in 1..10 {
+        let prev = format!("&lol{};", i - 1);
+        lol.push_str(&format!(r#"<!ENTITY lol{i} "{}">"#, prev.repeat(10)));
+    }
+    lol.push_str("]><xml><return_code>&lol9;</return_code></xml>");
+    cases.push(("billion laughs", lol));
+    cases.push((
+        "deep nesting",
+        format!(
+            "<xml>{}{}</xml>",
+            "<a>".repeat(50_000),
+            "</a>".repeat(50_000)
+        ),
+    ));
+    cases.push(("not XML", "{\"return_code\":\"SUCCESS\"}".to_owned()));
+    cases.push(("empty body", String::new()));
+
+    for (what, body) in &cases {
+        let (s, text) = c.raw("/callbacks/pay", body.clone()).await;
+        assert_eq!(s, 200, "{what}: {text}");
+        assert_eq!(return_code(&text), "FAIL", "{what}: {text}");
+        assert!(
+            !text.contains("passwd") && !text.contains("lollol"),
+            "{what}: nothing expanded into the reply: {text}"
+        );
+    }
+    // Invalid UTF-8 inside an otherwise genuine message.
+    let mut bytes = genuine.clone().into_bytes();
+    let at = genuine.find("<openid>").unwrap() + 10;
+    bytes[at] = 0xff;
+    bytes[at + 1] = 0xfe;
+    let (s, text) = c.raw("/callbacks/pay", bytes).await;
+    assert_eq!((s, return_code(&text)), (200, "FAIL"), "{text}");
+    // Unknown order, correctly signed: refused, and no order appears.
+    let ghost = "WX20240101000000GHOST0001";
+    let (s, text) = c
+        .raw(
+            "/callbacks/pay",
+            notification(&r, ghost, &openid, 1990, txid),
+        )
+        .await;
+    assert_eq!((s, return_code(&text)), (200, "FAIL"), "{text}");
+    let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
+    assert_eq!(list["orders"].as_array().unwrap().len(), 1, "{list}");
+
+    untouched(&r, &c, &token, &no).await;
+    // The genuine notification is believed: the refusals above were not blanket refusals.
+    let (_, text) = c.raw("/callbacks/pay", genuine).await;
+    assert_eq!(return_code(&text), "SUCCESS", "{text}");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+    eprintln!(
+        "FIGURES hostile notifications: {} refused cases + invalid UTF-8 + unknown order, 0 state changes",
+        cases.len()
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_before_any_handler() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("big").await;
+    let stock = c.stock().await;
+    let big = vec![b'a'; 10 * 1024 * 1024];
+    for path in ["/callbacks/pay", "/callbacks/refund", "/callbacks/wechat"] {
+        match c.try_raw(path, big.clone()).await {
+            Ok((s, text)) => assert_eq!(s, 413, "{path}: {text}"),
+            // The server may answer 413 and close before the client finished sending;
+            // either way nothing was processed (checked below).
+            Err(e) => eprintln!("{path}: connection closed while sending 10 MB: {e}"),
+        }
+    }
+    let mut body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}]});
+    body["padding"] = json!("x".repeat(10 * 1024 * 1024));
+    let resp = c
+        .http
+        .post(format!("{}/fn/unifiedOrder", c.base))
+        .bearer_auth(&token)
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status().as_u16(), 413);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["code"], "BODY_TOO_LARGE");
+    }
+    // Just over the cap is refused too; just under reaches the handler.
+    let (s, _) = c
+        .raw("/callbacks/pay", vec![b' '; wxlocal::gateway::MAX_BODY + 1])
+        .await;
+    assert_eq!(s, 413);
+    let (s, text) = c
+        .raw("/callbacks/pay", vec![b' '; wxlocal::gateway::MAX_BODY])
+        .await;
+    assert_eq!((s, return_code(&text)), (200, "FAIL"));
+    assert_eq!(c.stock().await, stock, "no order was taken");
+    let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
+    assert_eq!(list["orders"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn provider_mode_refuses_a_foreign_sub_merchant() {
+    let r = stack_with(&[
+        ("WXPAY_NOTIFY_URL", DEAD_NOTIFY_URL),
+        ("WXPAY_SUB_MCH_ID", "1900000109"),
+        ("WXPAY_SUB_APPID", "wx0000000000000002"),
+    ])
+    .await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("sub").await;
+    let (s, order) = c.order(&token, 1, None).await;
+    assert_eq!(s, 200, "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let cfg = &r.app.config;
+    let txid = "4200000000202401010000000000002";
+    let notice = |sub_appid: &str, sub_mch: Option<&str>| {
+        signed_notification(&Notice {
+            appid: &cfg.appid,
+            mch_id: &cfg.mch_id,
+            sub_appid: Some(sub_appid),
+            sub_mch_id: sub_mch,
+            api_key: cfg.api_key(),
+            openid: &openid,
+            no: &no,
+            total: 1990,
+            txid,
+        })
+    };
+    for (what, body) in [
+        (
+            "another sub-merchant",
+            notice("wx0000000000000002", Some("1900000999")),
+        ),
+        ("no sub-merchant", notice("wx0000000000000002", None)),
+        (
+            "another sub-appid",
+            notice("wx00000000000000ff", Some("1900000109")),
+        ),
+    ] {
+        let (s, text) = c.raw("/callbacks/pay", body).await;
+        assert_eq!((s, return_code(&text)), (200, "FAIL"), "{what}: {text}");
+    }
+    let o = c.status(&token, &no).await;
+    assert_eq!(o["status"], "PREPAID", "{o}");
+    let (_, text) = c
+        .raw(
+            "/callbacks/pay",
+            notice("wx0000000000000002", Some("1900000109")),
+        )
+        .await;
+    assert_eq!(return_code(&text), "SUCCESS", "ours is believed: {text}");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+}
+
+/// An old genuine payment notification replayed after the order was refunded: the refund
+/// stands (the payment is already recorded, so the replay is a harmless duplicate).
+#[tokio::test]
+async fn replayed_payment_notification_after_a_refund_changes_nothing() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("refundee").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let txid = c.pay_at_sandbox(&no).await;
+    eventually("PAID and synced", Duration::from_secs(10), || async {
+        c.order_pay_calls().await.contains_key(&no)
+    })
+    .await;
+    let (s, opened) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "apply", "out_order_id": no, "orderamt": 1990, "reason": "broken"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{opened}");
+    let id = format!("WXAS{}", opened["aftersale_id"].as_u64().unwrap());
+    eventually(
+        "the imported after-sale",
+        Duration::from_secs(10),
+        || async {
+            let (_, v) = c
+                .admin(
+                    "/admin/aftersaleSync",
+                    &json!({"action": "approve", "aftersale_id": id}),
+                )
+                .await;
+            v["aftersale"].is_object() || v["status"].is_string() || v.get("code").is_none()
+        },
+    )
+    .await;
+    eventually("the refund", Duration::from_secs(10), || async {
+        c.status(&token, &no).await["refunded_fee"] == 1990
+    })
+    .await;
+    let before = c.status(&token, &no).await;
+    let syncs_before = c.order_pay_calls().await.get(&no).copied();
+
+    let replay = notification(&r, &no, &openid, 1990, &txid);
+    let (s, text) = c.raw("/callbacks/pay", replay).await;
+    assert_eq!(s, 200);
+    // The rule (pay_callback.rs): a payment already recorded answers SUCCESS, so WeChat
+    // stops retrying; nothing is applied again.
+    assert_eq!(return_code(&text), "SUCCESS", "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = c.status(&token, &no).await;
+    assert_eq!(after, before, "the replay changed the order");
+    assert_eq!(c.order_pay_calls().await.get(&no).copied(), syncs_before);
+    // A second, different payment for the refunded order is real money: acknowledged and
+    // kept as evidence, but the order is not re-paid.
+    let (_, text) = c
+        .raw(
+            "/callbacks/pay",
+            notification(&r, &no, &openid, 1990, "4200000000202401019999999999999"),
+        )
+        .await;
+    assert_eq!(return_code(&text), "SUCCESS", "{text}");
+    let after = c.status(&token, &no).await;
+    assert_eq!(after["transaction_id"], txid.as_str());
+    assert_eq!(after["refunded_fee"], 1990);
+    assert_eq!(after["status"], before["status"]);
+}
+
+#[tokio::test]
+async fn users_cannot_be_spoofed_and_bad_tokens_are_refused() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (alice, alice_openid) = c.login("alice").await;
+    let (mallory, _) = c.login("mallory").await;
+    // Mallory orders "as Alice" by naming her openid in the body: the order is Mallory's.
+    let mut body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+        "address": {"receiver_name": "M", "detailed_address": "2 Road", "tel_number": "13800000001"},
+        "openid": alice_openid, "_openid": alice_openid});
+    let (s, v) = c.post("/fn/unifiedOrder", Some(&mallory), &body).await;
+    assert_eq!(s, 200, "{v}");
+    let no = v["out_trade_no"].as_str().unwrap().to_owned();
+    let (_, alices) = c.post("/fn/queryOrder", Some(&alice), &json!({})).await;
+    assert_eq!(alices["orders"].as_array().unwrap().len(), 0, "{alices}");
+    let (s, _) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&alice),
+            &json!({"out_trade_no": no, "action": "close"}),
+        )
+        .await;
+    assert_eq!(s, 404, "Alice cannot see or close Mallory's order");
+    assert_eq!(c.status(&mallory, &no).await["status"], "PREPAID");
+
+    // Expired (genuinely signed), tampered, foreign-key, empty and missing tokens: 401.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expired = r.app.sessions.issue(
+        &wxshop::domain::OpenId::parse(alice_openid.clone()).unwrap(),
+        now - 7200,
+        60,
+    );
+    let (head, sig) = alice.split_once('.').unwrap();
+    let mut flipped = sig.to_owned().into_bytes();
+    flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
+    let tampered_sig = format!("{head}.{}", String::from_utf8(flipped).unwrap());
+    let (_, msig) = mallory.split_once('.').unwrap();
+    let swapped = format!("{head}.{msig}");
+    body["openid"] = Value::Null;
+    for (what, token) in [
+        ("expired", Some(expired.as_str())),
+        ("tampered signature", Some(tampered_sig.as_str())),
+        ("Alice's payload with Mallory's signature", Some(&swapped)),
+        ("garbage", Some("not-a-token")),
+        ("empty", Some("")),
+        ("missing", None),
+    ] {
+        for path in ["/fn/unifiedOrder", "/fn/queryOrder", "/fn/aftersaleSync"] {
+            let (s, v) = c.post(path, token, &body).await;
+            assert_eq!(s, 401, "{what} on {path}: {v}");
+            assert_eq!(v["code"], "UNAUTHENTICATED", "{what}: {v}");
+        }
+    }
+    let (_, alices) = c.post("/fn/queryOrder", Some(&alice), &json!({})).await;
+    assert_eq!(alices["orders"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_admin_token() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (user, _) = c.login("user").await;
+    let stock = c.stock().await;
+    let wrong = format!("{}x", r.admin_token);
+    let calls = [
+        (
+            "/admin/catalogSync",
+            json!({"action": "set_stock", "product_id": "tea", "sku_id": "tea-250g", "stock": 0}),
+        ),
+        ("/admin/orderSync", json!({"action": "dead_letters"})),
+        ("/admin/aftersaleSync", json!({"action": "list"})),
+        ("/admin/funds", json!({"action": "balance"})),
+    ];
+    for (path, body) in &calls {
+        for (what, token) in [
+            ("no token", None),
+            ("a user's session token", Some(user.as_str())),
+            ("a wrong admin token", Some(wrong.as_str())),
+            ("an empty token", Some("")),
+        ] {
+            let (s, v) = c.post(path, token, body).await;
+            assert_eq!(s, 401, "{path} with {what}: {v}");
+        }
+    }
+    // Basic auth or the token in the body does not count either.
+    let resp = c
+        .http
+        .post(format!("{}/admin/catalogSync", c.base))
+        .basic_auth("admin", Some(&r.admin_token))
+        .json(&calls[0].1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(c.stock().await, stock, "the stock did not move");
+}
+
+/// A product audit verdict (the kind of event that decides what may be sold) replayed with a
+/// bad signature, or encrypted for another mini program, is refused and changes nothing.
+#[tokio::test]
+async fn push_events_with_bad_signatures_or_a_foreign_appid_change_nothing() {
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    let r = stack_with(&[("WX_PUSH_AES_KEY", AES)]).await;
+    let c = Client::new(&r);
+    let approved = || async {
+        let (_, p) = c
+            .admin(
+                "/admin/catalogSync",
+                &json!({"action": "get", "product_id": "tea"}),
+            )
+            .await;
+        p["product"]["audit"].clone()
+    };
+    assert_eq!(approved().await, "APPROVED");
+    // The genuine approval the sandbox pushed while seeding, turned into a rejection.
+    let mut ev = r
+        .sandbox
+        .pushed_events()
+        .into_iter()
+        .find(|e| e["Event"] == "open_product_spu_audit")
+        .expect("the seed's audit push");
+    ev["OpenProductSpuAudit"]["status"] = json!(3);
+    ev["OpenProductSpuAudit"]["reject_reason"] = json!("forged");
+    ev["CreateTime"] = json!(ev["CreateTime"].as_i64().unwrap_or(1_700_000_000) + 1);
+    let msg = ev.to_string();
+    let token = "localpushtoken";
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let ours = wxshop::push::PushConfig::new(&r.app.config.appid, token, Some(AES)).unwrap();
+    let foreign = wxshop::push::PushConfig::new("wx00000000000000ff", token, Some(AES)).unwrap();
+    let post = |query: String, body: String| {
+        let c = c.clone();
+        async move {
+            let resp = c
+                .http
+                .post(format!("{}/callbacks/wechat?{query}", c.base))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (env_foreign, sig_foreign) = wxshop::push::encrypt(&foreign, &msg, &ts, "nonce1").unwrap();
+    let (env_ours, sig_ours) = wxshop::push::encrypt(&ours, &msg, &ts, "nonce2").unwrap();
+    let q = |nonce: &str, sig: &str| {
+        wxshop::push::PushQuery::signed_aes(token, &ts, nonce, sig).to_query_string()
+    };
+    let cases = [
+        (
+            "foreign appid, valid signature",
+            q("nonce1", &sig_foreign),
+            env_foreign,
+        ),
+        (
+            "bad msg_signature",
+            q("nonce2", &"0".repeat(40)),
+            env_ours.clone(),
+        ),
+        (
+            "signature of another message",
+            q("nonce2", &sig_foreign),
+            env_ours.clone(),
+        ),
+        (
+            "plaintext where safe mode is on",
+            wxshop::push::PushQuery::signed(token, &ts, "nonce3").to_query_string(),
+            msg.clone(),
+        ),
+        ("no signature at all", String::new(), env_ours.clone()),
+    ];
+    for (what, query, body) in &cases {
+        let (s, text) = post(query.clone(), body.clone()).await;
+        assert!((400..500).contains(&s), "{what}: {s} {text}");
+        assert_eq!(approved().await, "APPROVED", "{what} changed the audit");
+    }
+    // GET URL verification with a bad signature echoes nothing.
+    let resp = c
+        .http
+        .get(format!(
+            "{}/callbacks/wechat?signature=bad&timestamp={ts}&nonce=n&echostr=ECHO",
+            c.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    assert!(!resp.text().await.unwrap().contains("ECHO"));
+    // The genuine message is believed: the refusals were not blanket refusals.
+    let (s, text) = post(q("nonce2", &sig_ours), env_ours).await;
+    assert_eq!(s, 200, "{text}");
+    assert_eq!(approved().await, "REJECTED");
+}
