@@ -70,8 +70,15 @@ pub fn parse(query: &PushQuery, body: &[u8], cfg: &PushConfig) -> Result<PushMes
     let (timestamp, nonce) = query.timestamp_nonce()?;
     match PushQuery::get(&query.encrypt_type) {
         None | Some("raw") => {
+            // With an EncodingAESKey configured we are in safe mode: the body must be
+            // authenticated by `msg_signature`. The plain `signature` covers only token,
+            // timestamp and nonce, so a plaintext body under it could be anything.
             query.check_signature(&cfg.token)?;
-            read_message(body, false)
+            let message = read_message(body, false)?;
+            if cfg.aes_key.is_some() {
+                return Err(PushError::MissingParam("msg_signature"));
+            }
+            Ok(message)
         }
         Some("aes") => {
             if cfg.aes_key.is_none() {
