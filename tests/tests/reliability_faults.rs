@@ -1,0 +1,189 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! Faults: WeChat failing about 30 % of calls (error codes, HTTP 500, answers slower than
+//! our client's timeout) must not lose or double anything: every order converges — paid,
+//! synced once — through retries; only a permanent refusal dead-letters, and a dead letter
+//! can be listed and replayed.
+//!
+//! The outbox backs off 2 s, 4 s, 8 s … between attempts. To keep this under a minute the
+//! test moves the app's clock forward (`App::clock`, the same clock the outbox reads) before
+//! each `drain`, which is what waiting would do.
+
+#[path = "reliability_support.rs"]
+mod support;
+
+use futures::stream::{self, StreamExt};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::*;
+
+async fn shop_status(c: &Client, no: &str) -> Option<i64> {
+    let (_, st) = c.get("/sandbox/_control/state").await;
+    st["shop_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["out_order_id"] == no)
+        .and_then(|o| o["status"].as_i64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_percent_faults_every_order_converges_through_retries() {
+    let n = 30 * scale();
+    let r = stack_with(&[("WX_HTTP_TIMEOUT_MS", "300")]).await;
+    let c = Client::new(&r);
+    c.set_stock((n * 2) as u64).await;
+    let (token, _) = c.login("faulty").await;
+    let mut orders = Vec::new();
+    for _ in 0..n {
+        let (s, v) = c.order(&token, 1, None).await;
+        assert_eq!(s, 200, "{v}");
+        orders.push(v["out_trade_no"].as_str().unwrap().to_owned());
+    }
+    // From here on, every WeChat API (token, pay/orderquery, shop/order/pay, …) fails ~30 %
+    // of the time: three faults of 12 % each (1 − 0.88³ ≈ 32 %).
+    for f in [
+        json!({"path": "*", "mode": "errcode", "errcode": -1, "err_code": "SYSTEMERROR", "rate": 0.12}),
+        json!({"path": "*", "mode": "http500", "rate": 0.12}),
+        json!({"path": "*", "mode": "delay", "delay_ms": 1000, "rate": 0.12}),
+    ] {
+        c.fault(f).await;
+    }
+    let t0 = Instant::now();
+    // The users pay; WeChat Pay notifies (our callback needs nothing from WeChat to record
+    // a payment). Meanwhile each user's app polls queryOrder, which asks pay/orderquery
+    // under the same faults and must still answer (or say "retry" with 503).
+    let polled: Vec<(usize, usize)> = stream::iter(orders.clone())
+        .map(|no| {
+            let c = c.clone();
+            let token = token.clone();
+            async move {
+                c.pay_at_sandbox(&no).await;
+                let (mut polls, mut unavailable) = (0, 0);
+                loop {
+                    polls += 1;
+                    assert!(polls < 400, "{no} never read PAID");
+                    let (s, v) = c
+                        .post("/fn/queryOrder", Some(&token), &json!({"out_trade_no": no}))
+                        .await;
+                    match s {
+                        200 if v["order"]["status"] == "PAID" => return (polls, unavailable),
+                        200 => {}
+                        503 => unavailable += 1,
+                        _ => panic!("queryOrder {s} {v}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let paid_after = t0.elapsed();
+    let unavailable: usize = polled.iter().map(|p| p.1).sum();
+
+    // Syncs converge: run what is due, let the back-off elapse, again (bounded).
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        assert!(
+            rounds <= 40 && t0.elapsed() < Duration::from_secs(45),
+            "syncs did not converge"
+        );
+        let (s, v) = c
+            .admin("/admin/orderSync", &json!({"action": "drain"}))
+            .await;
+        assert!(s == 200 || s == 503, "{s} {v}");
+        let mut synced = 0;
+        let (_, st) = c.get("/sandbox/_control/state").await;
+        for o in st["shop_orders"].as_array().unwrap() {
+            if orders.iter().any(|no| o["out_order_id"] == no.as_str()) && o["status"] == 20 {
+                synced += 1;
+            }
+        }
+        if synced == n {
+            break;
+        }
+        r.app.clock.advance(20_000);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let converged = t0.elapsed();
+    // Nothing dead-lettered: every failure above was transient.
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "transient faults dead-lettered: {dead:?}");
+    let calls = c.order_pay_calls().await;
+    let attempts: usize = orders
+        .iter()
+        .map(|no| calls.get(no).copied().unwrap_or(0))
+        .sum();
+    for no in &orders {
+        let o = c.status(&token, no).await;
+        assert_eq!(o["status"], "PAID", "{o}");
+    }
+    c.clear_faults().await;
+    let (_, faults_log) = c.get("/sandbox/_control/notifications").await;
+    let deliveries = faults_log["deliveries"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    eprintln!(
+        "FIGURES faults: orders={n} fault_rate≈32% paid_in={paid_after:?} queryOrder_polls={} \
+         queryOrder_503={unavailable} shop/order/pay_attempts={attempts} (retries={}) \
+         drain_rounds={rounds} converged_in={converged:?} dead_letters=0 pay_notification_attempts={deliveries}",
+        polled.iter().map(|p| p.0).sum::<usize>(),
+        attempts - n,
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_is_dead_lettered_listed_and_replayable() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("deadletter").await;
+    let (_, v) = c.order(&token, 1, None).await;
+    let no = v["out_trade_no"].as_str().unwrap().to_owned();
+    // WeChat refuses the next shop/order/pay with a permanent error (47001, data format).
+    c.fault(json!({"path": "shop/order/pay", "mode": "errcode", "errcode": 47001, "count": 1}))
+        .await;
+    c.pay_at_sandbox(&no).await;
+    eventually("the dead letter", Duration::from_secs(10), || async {
+        !c.dead_letters().await.is_empty()
+    })
+    .await;
+    let dead: Vec<Value> = c.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let entry = &dead[0];
+    assert_eq!(entry["task"]["type"], "order_pay", "{entry}");
+    assert_eq!(entry["task"]["out_trade_no"], no.as_str());
+    assert_eq!(
+        entry["attempts"], 1,
+        "a permanent error is not retried: {entry}"
+    );
+    assert!(
+        entry["last_error"].as_str().unwrap().contains("47001"),
+        "{entry}"
+    );
+    // Not retried by itself meanwhile.
+    r.app.clock.advance(3_600_000);
+    let (s, _) = c
+        .admin("/admin/orderSync", &json!({"action": "drain"}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(c.order_pay_calls().await.get(&no).copied(), Some(1));
+    assert_ne!(shop_status(&c, &no).await, Some(20));
+    // The merchant fixes the cause (the fault is gone) and replays it.
+    let id = entry["id"].as_str().unwrap().to_owned();
+    let (s, v) = c
+        .admin("/admin/orderSync", &json!({"action": "replay", "id": id}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c
+        .admin("/admin/orderSync", &json!({"action": "replay", "id": id}))
+        .await;
+    assert_eq!(s, 404, "a replayed letter is no longer dead: {v}");
+    eventually("the replayed sync", Duration::from_secs(10), || async {
+        shop_status(&c, &no).await == Some(20)
+    })
+    .await;
+    assert!(c.dead_letters().await.is_empty());
+    assert_eq!(c.order_pay_calls().await.get(&no).copied(), Some(2));
+}
