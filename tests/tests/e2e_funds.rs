@@ -441,6 +441,46 @@ async fn a_cancelled_qr_code_closes_the_withdrawal_and_returns_the_money() {
 }
 
 #[tokio::test]
+async fn a_withdrawal_started_elsewhere_is_recorded_from_withdraw_notify() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (_, total) = buy_pay_settle(&c).await;
+    c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
+        .await;
+    // Started outside this back end (say, in the MP admin console): only the events tell us.
+    let submitted = r
+        .app
+        .wx
+        .funds_submit_withdraw(wxshop::domain::Fen::new(700).unwrap(), None, None)
+        .await
+        .unwrap();
+    let id = submitted.out_request_no.clone();
+    eventually("withdraw_notify to create the record", || async {
+        get_withdrawal(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .is_some_and(|(_, w)| w.amount.get() == 700 && w.events.contains(&1))
+    })
+    .await;
+    c.control(
+        "funds/qrcode",
+        &json!({"qrcode_ticket": submitted.qrcode_ticket, "status": 1}),
+    )
+    .await;
+    eventually("the record to read SUCCESS", || async {
+        let (_, w) = get_withdrawal(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        w.status == "SUCCESS" && w.events.contains(&2) && w.events.contains(&3)
+    })
+    .await;
+    assert_eq!(c.balance().await, (total - 700, 0));
+    let history = c.funds_ok(json!({"action": "withdrawals"})).await;
+    assert_eq!(history["withdrawals"][0]["withdraw_id"], id.as_str());
+}
+
+#[tokio::test]
 async fn empty_account_and_unknown_actions() {
     let r = stack().await;
     let c = Client::new(&r);

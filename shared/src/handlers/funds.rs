@@ -34,6 +34,7 @@ use crate::shop::funds::{BankAccount, BankAccountStatus, FundsFlow, QrcodeCheck,
 use crate::shop::WxError;
 use crate::store::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
 use base64::Engine;
+use futures::StreamExt;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -51,6 +52,8 @@ const OWNER: &str = "withdrawals";
 const MAX_PAGE_SIZE: u32 = 100;
 const MAX_REMARK_CHARS: usize = 50;
 const MAX_CONFLICT_RETRIES: usize = 8;
+/// Detail calls in flight at once for a page (WeChat rate-limits with 300000).
+const CONCURRENT_DETAILS: usize = 8;
 
 #[derive(Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -263,12 +266,15 @@ async fn flows(
         Err(e) if is_no_data(&e) => Default::default(),
         Err(e) => return Err(funds_error(e)),
     };
-    let details = futures::future::join_all(
-        ids.funds_flow_ids
-            .iter()
-            .map(|id| app.wx.funds_get_order_flow(id)),
-    )
-    .await;
+    let calls: Vec<_> = ids
+        .funds_flow_ids
+        .iter()
+        .map(|id| app.wx.funds_get_order_flow(id))
+        .collect();
+    let details: Vec<_> = futures::stream::iter(calls)
+        .buffered(CONCURRENT_DETAILS)
+        .collect()
+        .await;
     let mut flows = Vec::with_capacity(details.len());
     for (id, d) in ids.funds_flow_ids.iter().zip(details) {
         match d {
@@ -1010,8 +1016,15 @@ async fn withdrawals(app: &App, page: u32, page_size: u32) -> Result<Value, ApiE
         Err(e) if is_no_data(&e) => Default::default(),
         Err(e) => return Err(funds_error(e)),
     };
-    let refreshed =
-        futures::future::join_all(ids.out_request_nos.iter().map(|id| refresh(app, id))).await;
+    let calls: Vec<_> = ids
+        .out_request_nos
+        .iter()
+        .map(|id| refresh(app, id))
+        .collect();
+    let refreshed: Vec<_> = futures::stream::iter(calls)
+        .buffered(CONCURRENT_DETAILS)
+        .collect()
+        .await;
     let mut list = Vec::with_capacity(refreshed.len());
     for (id, r) in ids.out_request_nos.iter().zip(refreshed) {
         match r {
