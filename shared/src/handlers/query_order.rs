@@ -40,6 +40,9 @@ pub struct OrderView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<&'a crate::domain::Delivery>,
     pub fund_type: u8,
+    /// fund_type=1: when WeChat settled the order into the shop's funds account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -73,6 +76,7 @@ pub fn view(o: &Order) -> OrderView<'_> {
         transaction_id: o.transaction_id.as_deref(),
         delivery: o.delivery.as_ref(),
         fund_type: o.fund_type.code(),
+        settled_at: o.settled_at_ms,
     }
 }
 
