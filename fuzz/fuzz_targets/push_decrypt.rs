@@ -2,15 +2,16 @@
 //! and the encrypt → decrypt round trips.
 //!
 //! The first byte chooses the mode, the rest is the payload:
-//! - 0: the payload is a plaintext push, sent with a genuine `signature`: `parse` reads
-//!   exactly what `decode_message` reads;
+//! - 0: the payload is a plaintext push, sent with a genuine `signature`: in plaintext mode
+//!   `parse` reads exactly what `decode_message` reads; in safe mode it refuses it;
 //! - 1: the payload is a message: `encrypt` makes a genuine safe-mode push of it, which
 //!   `parse` accepts and reads as `decode_message` does (with `encrypted`);
 //! - 2: the payload is a safe-mode envelope with a genuine `msg_signature` over its
 //!   `Encrypt` value (taken from the flat XML or JSON, when there is one);
 //! - 3: the payload is an `Encrypt` value for `decrypt`;
 //! - 4: the payload is any bytes: `encrypt_payload_with` → `decrypt` gives them back;
-//! - 5: the payload is `query\nbody`, both hostile: `parse` and `verify_url` must not panic.
+//! - 5: the payload is `query\nbody`, both hostile: `parse` (both modes) and `verify_url`
+//!   must not panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -32,6 +33,14 @@ fn cfg() -> PushConfig {
     }
 }
 
+/// Plaintext mode: no EncodingAESKey.
+fn plain_cfg() -> PushConfig {
+    match PushConfig::new(APPID, TOKEN, None) {
+        Ok(c) => c,
+        Err(e) => panic!("fixed push config refused: {e}"),
+    }
+}
+
 /// The `Encrypt` value of a flat envelope, read independently of the code under test.
 fn encrypt_value(body: &[u8]) -> Option<String> {
     if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(body) {
@@ -48,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
     match mode % 6 {
         0 => {
             let q = PushQuery::signed(TOKEN, TS, NONCE);
-            let parsed = parse(&q, payload, &cfg);
+            // Safe mode (an AES key configured) refuses every plaintext body: `signature`
+            // does not cover it.
+            assert!(parse(&q, payload, &cfg).is_err());
+            let parsed = parse(&q, payload, &plain_cfg());
             assert_eq!(parsed, decode_message(payload));
             if let Ok(msg) = parsed {
                 if let Ok(ev) = msg.event() {
@@ -118,8 +130,10 @@ fuzz_target!(|data: &[u8]| {
             };
             let q = PushQuery::from_query_str(&String::from_utf8_lossy(query));
             let _ = verify_url(&q, TOKEN);
-            if let Ok(msg) = parse(&q, body, &cfg) {
-                let _ = msg.event();
+            for c in [&cfg, &plain_cfg()] {
+                if let Ok(msg) = parse(&q, body, c) {
+                    let _ = msg.event();
+                }
             }
         }
     }
