@@ -1,0 +1,53 @@
+"""Prints the comparison table of scripts/bench-peers.sh from its JSON lines (stdin or file)."""
+import json
+import sys
+
+
+def fmt(x):
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def ratio(a, b):
+    return "—" if not a or not b else f"{a / b:,.1f}×"
+
+
+def main():
+    src = open(sys.argv[1], encoding="utf-8") if len(sys.argv) > 1 else sys.stdin
+    rows = [json.loads(line) for line in src if line.strip().startswith("{")]
+    notify = {}
+    for r in rows:
+        if "impl" in r:
+            notify[(r["impl"], r["case"])] = r
+    ops = lambda impl, case: notify.get((impl, case), {}).get("ops_per_sec")
+    refused = lambda impl, case: notify.get((impl, case), {}).get("refused")
+    floor = ops("wxshop", "floor_md5")
+    print("\nNotification verify + parse, single thread (notifications/s, median of rounds)\n")
+    print(f"| case | wxshop | wechatpy | tenpay | wxshop ÷ wechatpy | wxshop ÷ tenpay | floor ÷ wxshop |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for case in ("pay_md5", "pay_hmac", "refund"):
+        w, py, tp = ops("wxshop", case), ops("wechatpy", case), ops("tenpay", case)
+        pys = fmt(py) if py else f"refused ({refused('wechatpy', case)})" if refused("wechatpy", case) else "—"
+        tps = fmt(tp) if tp else f"refused ({refused('tenpay', case)})" if refused("tenpay", case) else "—"
+        print(f"| {case} | {fmt(w)} | {pys} | {tps} | {ratio(w, py)} | {ratio(w, tp)} | {ratio(floor, w)} |")
+    print(f"| floor: MD5 of the canonical string once | {fmt(floor)} | | | | | 1.0× |")
+    tenpay_md5 = ops("tenpay", "pay_md5")
+    cb = [r for r in rows if r.get("bench") == "paycallback" and r.get("pass") == "first"]
+    if cb:
+        print("\npayCallback in-process (verify, checks, conditional transition + outbox, SUCCESS)\n")
+        print("| store | logs | notifications/s | p50 µs | p99 µs | ÷ tenpay parse-only (pay_md5) |")
+        print("|---|---|---:|---:|---:|---:|")
+        for r in cb:
+            print(f"| {r['store']} | {'JSON' if r['logs'] else 'off'} | {fmt(r['ops_per_sec'])} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {ratio(r['ops_per_sec'], tenpay_md5)} |")
+    for r in rows:
+        if r.get("bench") == "coldstart":
+            print(f"\ncold start {r['bin']}: median {r['cold_median_ms']:.2f} ms over {r['runs']} runs "
+                  f"(min {r['cold_min_ms']:.2f}, max {r['cold_max_ms']:.2f}); size {r['size_bytes'] / 1e6:.2f} MB; "
+                  f"VmHWM after {r['invocations']} invocations {r['vm_hwm_kb'] / 1024:.1f} MiB")
+        if r.get("bench") == "stack":
+            print(f"\nwxlocal ({r['store']}, {r['concurrency']} clients): {r['purchases_per_sec']:,.0f} purchases/s "
+                  f"over {r['purchases']}; p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; "
+                  f"CPU {r['cpu_ms_per_purchase']:.2f} ms/purchase")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The notification comparison of issue 8 in one command (see docs/PERFORMANCE.md):
+# builds wxshop-bench (release), installs the peers in a scratch folder (target/bench-peers/,
+# never committed: wechatpy in a venv, tenpay with npm), runs every implementation in its own
+# process, one after another, on the same payloads (bench/payloads.json), then payCallback
+# in-process on SQLite and :memory:, and prints a table with ratios.
+#
+#   scripts/bench-peers.sh            # notify + payCallback
+#   scripts/bench-peers.sh --full     # also cold start (login, pay-callback) and wxlocal
+#   SECS=1 ROUNDS=5 N=5000            # round length, rounds, payCallback notifications
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SCRATCH=$ROOT/target/bench-peers
+SECS=${SECS:-1}
+ROUNDS=${ROUNDS:-5}
+N=${N:-5000}
+FULL=0
+[[ "${1:-}" == "--full" ]] && FULL=1
+mkdir -p "$SCRATCH"
+OUT=$SCRATCH/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl
+
+echo "== build wxshop-bench (release)" >&2
+cargo build --release --quiet -p wxshop-bench
+BENCH=$ROOT/target/release/wxshop-bench
+
+echo "== peers in $SCRATCH" >&2
+PY=${PYTHON:-python3}
+if [[ ! -x "$SCRATCH/venv/bin/python" ]]; then
+  "$PY" -m venv "$SCRATCH/venv"
+fi
+if ! "$SCRATCH/venv/bin/python" -c 'import wechatpy, cryptography' 2>/dev/null; then
+  "$SCRATCH/venv/bin/pip" install --quiet 'wechatpy==1.8.18' cryptography
+fi
+if [[ ! -d "$SCRATCH/node/node_modules/tenpay" ]]; then
+  mkdir -p "$SCRATCH/node"
+  (cd "$SCRATCH/node" && { [[ -f package.json ]] || npm init -y >/dev/null; } \
+    && npm install --silent --no-audit --no-fund 'tenpay@2.1.18' >/dev/null)
+fi
+
+{
+  echo "# machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)" >&2
+  echo "== wxshop" >&2
+  "$BENCH" notify --secs "$SECS" --rounds "$ROUNDS"
+  echo "== wechatpy" >&2
+  "$SCRATCH/venv/bin/python" "$ROOT/bench/peers/wechatpy_bench.py" "$ROOT/bench/payloads.json" "$SECS" "$ROUNDS"
+  echo "== tenpay" >&2
+  (cd "$SCRATCH/node" && NODE_PATH="$SCRATCH/node/node_modules" node "$ROOT/bench/peers/tenpay_bench.js" "$ROOT/bench/payloads.json" "$SECS" "$ROUNDS")
+  echo "== payCallback (sqlite file WAL, :memory:)" >&2
+  "$BENCH" paycallback --store sqlite --n "$N"
+  "$BENCH" paycallback --store memory --n "$N"
+  "$BENCH" paycallback --store sqlite --n "$N" --logs
+  if [[ $FULL == 1 ]]; then
+    echo "== cold start (release login, pay-callback)" >&2
+    cargo build --release --quiet -p login -p pay-callback
+    "$BENCH" coldstart --bin "$ROOT/target/release/login"
+    "$BENCH" coldstart --bin "$ROOT/target/release/pay-callback"
+    echo "== wxlocal purchases" >&2
+    "$BENCH" stack --purchases 2000 --concurrency 16
+  fi
+} | tee "$OUT" >/dev/null
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+"$PY" "$ROOT/bench/peers/table.py" "$OUT"
+echo
+echo "raw results: ${OUT#"$ROOT"/}"
