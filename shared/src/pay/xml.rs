@@ -131,8 +131,21 @@ pub fn decode_root(body: &[u8], root: &'static str) -> Result<Fields, XmlError> 
 /// named `a<`, which would not survive re-encoding): ASCII letters, digits, `_ - . :` or any
 /// non-ASCII character, not starting with a digit, `-` or `.`.
 fn field_name(raw: &[u8]) -> Result<String, XmlError> {
+    // Fast path for the ASCII names WeChat sends (same rule, bytes instead of chars); anything
+    // else takes the general path below.
+    let ascii_ok = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':');
+    if raw
+        .first()
+        .is_some_and(|b| !b.is_ascii_digit() && !matches!(b, b'-' | b'.'))
+        && raw.iter().all(ascii_ok)
+    {
+        if let Ok(name) = std::str::from_utf8(raw) {
+            return Ok(name.to_owned());
+        }
+    }
     let name = std::str::from_utf8(raw).map_err(|_| XmlError::NotUtf8)?;
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || "_-.:".contains(c) || !c.is_ascii();
+    let ok_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':') || !c.is_ascii();
     let ok_first = name
         .chars()
         .next()
@@ -150,11 +163,16 @@ fn insert(fields: &mut Fields, name: String, value: String) -> Result<(), XmlErr
     if fields.len() >= MAX_FIELDS {
         return Err(XmlError::TooManyFields);
     }
-    if fields.contains_key(&name) {
-        return Err(XmlError::Duplicate(name));
+    // One search, not two (`contains_key` + `insert`).
+    match fields.entry(name) {
+        std::collections::btree_map::Entry::Occupied(e) => {
+            Err(XmlError::Duplicate(e.key().clone()))
+        }
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(value);
+            Ok(())
+        }
     }
-    fields.insert(name, value);
-    Ok(())
 }
 
 /// Serialises fields as `<xml>` with every value in CDATA (numbers too: WeChat accepts both,
