@@ -22,7 +22,7 @@ def main():
     refused = lambda impl, case: notify.get((impl, case), {}).get("refused")
     floor = ops("wxshop", "floor_md5")
     print("\nNotification verify + parse, single thread (notifications/s, median of rounds)\n")
-    print(f"| case | wxshop | wechatpy | tenpay | wxshop ÷ wechatpy | wxshop ÷ tenpay | floor ÷ wxshop |")
+    print(f"| case | wxshop | wechatpy | tenpay | wxshop ÷ wechatpy | wxshop ÷ tenpay | wxshop time ÷ floor time |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for case in ("pay_md5", "pay_hmac", "refund"):
         w, py, tp = ops("wxshop", case), ops("wechatpy", case), ops("tenpay", case)
