@@ -298,3 +298,83 @@ pub fn return_code(reply: &str) -> &'static str {
         "OTHER"
     }
 }
+
+/// The `wxlocal` binary, built (incrementally) first so the test never runs a stale one.
+pub fn wxlocal_bin() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "-q", "-p", "wxlocal"])
+        .current_dir(&root)
+        .status()
+        .expect("cargo build -p wxlocal runs");
+    assert!(status.success(), "cargo build -p wxlocal failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join("wxlocal")
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let d = std::env::temp_dir().join(format!("wxshop-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A child `wxlocal serve` (stderr to `log`), with the base URL from its first stdout line.
+pub fn spawn_serve(
+    bin: &std::path::Path,
+    store: &str,
+    seed: bool,
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--store", store]);
+    if seed {
+        cmd.arg("--seed");
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("wxlocal serve starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        for _ in lines {} // keep draining so the child never blocks on stdout
+    });
+    let Ok(first) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = child.kill();
+        panic!(
+            "wxlocal serve printed no address within 60 s; log: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    };
+    let base = first
+        .strip_prefix("wxlocal listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    (child, base)
+}
