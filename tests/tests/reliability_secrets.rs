@@ -127,7 +127,7 @@ async fn no_secret_reaches_the_logs() {
     child.kill().unwrap();
     child.wait().unwrap();
     let serve_log = std::fs::read_to_string(&log).unwrap();
-    assert_clean("serve", &serve_log, &own, &[token.clone()]);
+    assert_clean("serve", &serve_log, &own, std::slice::from_ref(&token));
     eprintln!(
         "FIGURES secrets: demo log {} bytes, serve log {} bytes, {} secret values + session tokens + session_key searched, 0 found",
         demo_log.len(),
