@@ -505,3 +505,35 @@ async fn aftersales_opened_in_wechat_are_imported_and_cancels_apply() {
     })
     .await;
 }
+
+/// `wxlocal serve --seed` twice on the same SQLite file: the second sandbox has never seen the
+/// product our store remembers, so the upload falls back from `spu/update` to `spu/add` and
+/// the stack starts (it used to fail with "product not exist").
+#[tokio::test]
+async fn seeding_again_on_an_existing_store_works() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("wxshop-seed-{}-{nanos}", std::process::id()));
+    let store = format!("sqlite:{}/wxshop.db", dir.display());
+    for round in 0..2 {
+        let r = start(Options {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            store: Some(store.clone()),
+            seed: true,
+            time_scale: 0.001,
+            overrides: Default::default(),
+            use_env: false,
+            relay_every: Duration::from_millis(20),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start {round}: {e}"));
+        let c = Client::new(&r);
+        let (token, _) = c.login("ivan").await;
+        let (s, v) = c.order(&token, 1, None).await;
+        assert_eq!(s, 200, "round {round}: {v}");
+        r.stop();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

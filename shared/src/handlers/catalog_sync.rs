@@ -71,6 +71,9 @@ enum Action {
     },
 }
 
+/// `errcode` for "product not found" (WECHAT_SHOP.md §11, 9401002).
+const PRODUCT_NOT_FOUND: i64 = 9401002;
+
 /// The `shop/*` calls the merchant may make through `wechat`.
 const PASS_THROUGH: &[&str] = &[
     "shop/register/apply",
@@ -264,10 +267,17 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
     let mut product = product_from_input(input, existing.as_ref().map(|p| &p.value), now)?;
     if component_on(app) {
         // Upload for audit; orderable only once the audit event approves it.
-        let result = if product.wx_product_id.is_some() {
-            app.wx.spu_update(&spu(&product)).await
-        } else {
-            app.wx.spu_add(&spu(&product)).await
+        let result = match product.wx_product_id {
+            Some(_) => match app.wx.spu_update(&spu(&product)).await {
+                // WeChat no longer has it (deleted in the console, or a fresh sandbox):
+                // upload it again.
+                Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
+                    tracing::warn!(product_id = %product.product_id, "WeChat lost the product; uploading it again");
+                    app.wx.spu_add(&spu(&product)).await
+                }
+                other => other,
+            },
+            None => app.wx.spu_add(&spu(&product)).await,
         }
         .map_err(wx_error)?;
         product.wx_product_id = Some(result.product_id);
