@@ -6,25 +6,15 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use wxlocal::gateway::{start, Options, Running};
+use wxlocal::gateway::Running;
+
+#[path = "reliability_support.rs"]
+mod support;
 use wxshop::domain::OutTradeNo;
 use wxshop::handlers::funds::{get_withdrawal, list_withdrawals};
 
 async fn stack() -> Running {
-    let mut overrides = std::collections::HashMap::new();
-    overrides.insert("ORDER_TTL_SECS".to_owned(), "900".to_owned());
-    overrides.insert("WX_FUND_TYPE".to_owned(), "1".to_owned());
-    start(Options {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        store: Some("memory".into()),
-        seed: true,
-        time_scale: 0.001,
-        overrides,
-        use_env: false,
-        relay_every: Duration::from_millis(20),
-    })
-    .await
-    .expect("stack starts")
+    support::stack_with(&[("WX_FUND_TYPE", "1")]).await
 }
 
 struct Client<'a> {

@@ -5,31 +5,16 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use wxlocal::gateway::{start, Options, Running};
+
+#[path = "reliability_support.rs"]
+mod support;
+use support::stack_with;
 use wxshop::domain::{Fen, OpenId, OutTradeNo};
 use wxshop::pay::notify::{build_payment_notification, PaymentNotificationSpec};
 use wxshop::pay::SignType;
 
 async fn stack() -> Running {
     stack_with(&[]).await
-}
-
-async fn stack_with(vars: &[(&str, &str)]) -> Running {
-    let mut overrides = std::collections::HashMap::new();
-    overrides.insert("ORDER_TTL_SECS".to_owned(), "900".to_owned());
-    for (k, v) in vars {
-        overrides.insert(k.to_string(), v.to_string());
-    }
-    start(Options {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        store: Some("memory".into()),
-        seed: true,
-        time_scale: 0.001,
-        overrides,
-        use_env: false,
-        relay_every: Duration::from_millis(20),
-    })
-    .await
-    .expect("stack starts")
 }
 
 struct Client<'a> {
