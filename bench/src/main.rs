@@ -4,7 +4,7 @@
 //! ```text
 //! wxshop-bench notify      [--secs S] [--rounds R]             verify+parse, notifications/s
 //! wxshop-bench notify-iters --case C --iters N                   fixed work for callgrind
-//! wxshop-bench paycallback --store sqlite|memory [--n N] [--logs] [--component off|always]
+//! wxshop-bench paycallback --store sqlite|memory [--n N] [--concurrency N] [--logs] [--component off|always]
 //! wxshop-bench coldstart   --bin PATH [--runs N] [--invocations N] [--store S]
 //! wxshop-bench stack       [--purchases N] [--concurrency C] [--store S]
 //! ```
