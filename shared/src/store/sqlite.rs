@@ -4,15 +4,23 @@
 //! - **One table, two indexes** — `records(kind, id, …)` with `(kind, owner, sort, id)` and
 //!   `(kind, status, sort, id)` mirrors the DynamoDB single-table layout, so the two backends
 //!   answer the same queries in the same order and one conformance suite covers both.
-//! - **`BEGIN IMMEDIATE` per batch** — the write lock is taken before the first condition is
-//!   read, so checking every [`Expect`] and applying the writes is one atomic step, even
-//!   against another process using the same file. A failed condition rolls everything back.
 //! - **WAL + `synchronous=FULL`** — a write acknowledged to the caller has reached the disk,
 //!   so it survives the process being killed (and a power cut); readers never block writers.
-//! - **One connection behind a `std::sync::Mutex`, used from `spawn_blocking`** — SQLite calls
-//!   block, so they never run on the async worker threads; the mutex serialises them, which
-//!   is what SQLite would do with its own write lock anyway, and keeps the code trivially safe
-//!   under many concurrent tasks.
+//! - **Group commit on one writer thread** — the fsync of a commit costs far more than the
+//!   writes in it, so a dedicated thread owns the write connection and takes every queued
+//!   [`Store::write`] call at once: one `BEGIN IMMEDIATE` transaction, a `SAVEPOINT` per call
+//!   (a call whose [`Expect`] fails is rolled back to its savepoint and answered
+//!   `Conflict`, the others go on, each seeing the earlier calls' effects: serial order), one
+//!   `COMMIT`, one fsync — and only then is every caller answered. A failed commit fails
+//!   every call of the group. The write lock is taken before the first condition is read, so
+//!   checking and applying is one atomic step, even against another process on the file.
+//! - **Reads see committed state only** — on a file they use connections of their own (a WAL
+//!   reader sees the last committed transaction, never the group being built), taken from a
+//!   small pool and run in place: a point read is a few microseconds and never waits for a
+//!   lock (busy timeout 0; if the file is locked, e.g. by another process's recovery, the
+//!   read goes to the writer thread, which waits). `:memory:` has one connection only: reads
+//!   use it in place when the writer is between groups, else the writer thread runs them
+//!   between groups. Queries, which may return many rows, run on the blocking pool.
 //! - **Expiry is a filter, not a sweep** — records whose `expires_at` is due are invisible to
 //!   every read and count as absent for conditions, exactly like DynamoDB's lazy TTL.
 //!   [`SqliteStore::purge_expired`] reclaims their space when someone wants it to.
@@ -20,11 +28,12 @@
 use super::{now_secs, Expect, Index, Kind, Page, Query, Record, Store, StoreError, Write};
 use async_trait::async_trait;
 use base64::Engine as _;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use std::collections::HashSet;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
+use std::thread::JoinHandle;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// Most writes one batch may carry (DynamoDB's `TransactWriteItems` limit).
 const MAX_BATCH: usize = 100;
@@ -32,6 +41,8 @@ const MAX_BATCH: usize = 100;
 const MAX_PAGE: usize = 1000;
 /// How long a writer waits for another process holding the file's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most `write` calls committed together (each at most [`MAX_BATCH`] writes).
+const MAX_GROUP: usize = 256;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
@@ -50,17 +61,65 @@ CREATE INDEX IF NOT EXISTS records_by_status ON records (kind, status, sort, id)
 ";
 
 const COLUMNS: &str = "kind, id, version, body, owner, status, sort, expires_at";
+const GET: &str = "SELECT version, body, owner, status, sort, expires_at FROM records
+                    WHERE kind = ?1 AND id = ?2 AND (expires_at IS NULL OR expires_at > ?3)";
+const LIVE_VERSION: &str = "SELECT version FROM records WHERE kind = ?1 AND id = ?2
+                              AND (expires_at IS NULL OR expires_at > ?3)";
+const UPSERT: &str = "INSERT OR REPLACE INTO records
+                        (kind, id, version, body, owner, status, sort, expires_at)
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const DELETE: &str = "DELETE FROM records WHERE kind = ?1 AND id = ?2";
+const PURGE: &str = "DELETE FROM records WHERE expires_at IS NOT NULL AND expires_at <= ?1";
 
-/// [`Store`] on an embedded SQLite database. Cheap to clone (shares one connection).
+/// [`Store`] on an embedded SQLite database. Cheap to clone (shares the writer thread and
+/// the read connections); the writer thread ends when the last clone is dropped.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    conn: Mutex<Connection>,
+    /// To the writer thread. `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Readers,
     /// `None` for an in-memory database.
     path: Option<PathBuf>,
+}
+
+/// Where reads run.
+enum Readers {
+    /// A file: read connections of their own, idle ones kept here.
+    File(Mutex<Vec<Connection>>),
+    /// `:memory:`: the writer's connection (a second one would be another database), locked
+    /// by the writer thread from `BEGIN` to `COMMIT` so reads never see a group being built.
+    Memory(Arc<Mutex<Connection>>),
+}
+
+/// What the writer thread is asked to do.
+enum Job {
+    /// One `Store::write` call, committed with whatever else is queued.
+    Write(Call),
+    /// Runs on the writer connection between groups (outside any transaction).
+    Direct(DirectFn),
+}
+
+type DirectFn = Box<dyn FnOnce(&mut Connection) + Send>;
+
+struct Call {
+    writes: Vec<Write>,
+    now: i64,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer loop once it has answered what it holds.
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -78,6 +137,44 @@ fn backend_err(e: rusqlite::Error) -> StoreError {
 fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} is out of range")))
 }
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves no transaction open that matters: the writer
+    // rolls back anything it cannot finish, and reads hold none.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Why a read did not answer: the file was locked (try elsewhere), or a real failure.
+enum ReadError {
+    Busy,
+    Fail(StoreError),
+}
+
+impl From<StoreError> for ReadError {
+    fn from(e: StoreError) -> Self {
+        ReadError::Fail(e)
+    }
+}
+
+impl From<rusqlite::Error> for ReadError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => ReadError::Busy,
+            _ => ReadError::Fail(backend_err(e)),
+        }
+    }
+}
+
+impl From<ReadError> for StoreError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Busy => StoreError::Backend("sqlite: database is locked".into()),
+            ReadError::Fail(e) => e,
+        }
+    }
+}
+
+type ReadResult<T> = Result<T, ReadError>;
 
 impl SqliteStore {
     /// Opens (creating if needed, with its parent directory) a database file in WAL mode with
@@ -109,20 +206,33 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(backend_err)?;
-        Self::init(conn, Some(path.to_path_buf()))
+        Self::start(conn, Some(path.to_path_buf()))
     }
 
     /// A private in-memory database (for unit tests and `--store memory`).
     pub fn memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory().map_err(backend_err)?;
-        Self::init(conn, None)
+        Self::start(conn, None)
     }
 
-    fn init(conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
+    /// Creates the schema and starts the writer thread on `conn`.
+    fn start(conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
         conn.execute_batch(SCHEMA).map_err(backend_err)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let readers = match &path {
+            Some(_) => Readers::File(Mutex::new(Vec::new())),
+            None => Readers::Memory(Arc::clone(&conn)),
+        };
+        let (jobs, queue) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(&conn, &queue))
+            .map_err(|e| StoreError::Backend(format!("sqlite: cannot start the writer: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
+                jobs: Some(jobs),
+                writer: Some(writer),
+                readers,
                 path,
             }),
         })
@@ -136,35 +246,275 @@ impl SqliteStore {
     /// Deletes records whose expiry is due (they are already invisible). Returns how many.
     pub async fn purge_expired(&self) -> Result<usize, StoreError> {
         let now = now_secs();
-        self.run(move |conn| {
-            conn.execute(
-                "DELETE FROM records WHERE expires_at IS NOT NULL AND expires_at <= ?1",
-                params![now],
-            )
-            .map_err(backend_err)
+        self.on_writer(move |conn| {
+            conn.prepare_cached(PURGE)?
+                .execute(params![now])
+                .map_err(ReadError::from)
         })
         .await
     }
 
-    /// Runs `f` with the connection on the blocking pool.
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.inner
+            .jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or_else(|| StoreError::Backend("sqlite: the writer thread has stopped".into()))
+    }
+
+    /// Runs `f` on the writer connection between groups.
+    async fn on_writer<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> ReadResult<T> + Send + 'static,
     {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Direct(Box::new(move |conn| {
+            let _ = reply.send(f(conn).map_err(StoreError::from));
+        })))?;
+        answer.await.map_err(|_| {
+            StoreError::Backend("sqlite: the writer thread stopped before answering".into())
+        })?
+    }
+
+    /// A read on committed state, in place (see the module notes).
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> ReadResult<T> + Send + 'static,
+    {
+        match &self.inner.readers {
+            Readers::File(idle) => match read_file(idle, self.path(), &f) {
+                Err(ReadError::Busy) => {} // the file is locked: the writer thread waits
+                done => return done.map_err(StoreError::from),
+            },
+            Readers::Memory(conn) => match conn.try_lock() {
+                Ok(c) => return f(&c).map_err(StoreError::from),
+                Err(TryLockError::Poisoned(p)) => {
+                    return f(&p.into_inner()).map_err(StoreError::from)
+                }
+                Err(TryLockError::WouldBlock) => {} // a group is being built: after it
+            },
+        }
+        self.on_writer(move |conn| f(conn)).await
+    }
+
+    /// A read that may return many rows: on the blocking pool for a file.
+    async fn read_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> ReadResult<T> + Send + Sync + 'static,
+    {
+        if matches!(self.inner.readers, Readers::Memory(_)) {
+            return self.read(f).await;
+        }
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock leaves no open transaction behind (rusqlite's
-            // `Transaction` rolls back on drop), so the connection is still good to use.
-            let mut conn = inner
-                .conn
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut conn)
+        let f = Arc::new(f);
+        let g = Arc::clone(&f);
+        let out = tokio::task::spawn_blocking(move || match &inner.readers {
+            Readers::File(idle) => read_file(idle, inner.path.as_deref(), g.as_ref()),
+            Readers::Memory(_) => Err(ReadError::Busy),
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("sqlite task failed: {e}")))?
+        .map_err(|e| StoreError::Backend(format!("sqlite read task failed: {e}")))?;
+        match out {
+            Err(ReadError::Busy) => self.on_writer(move |conn| f(conn)).await,
+            done => done.map_err(StoreError::from),
+        }
     }
+}
+
+/// Runs `f` on an idle read connection of the file (opening one if none is idle); the
+/// connection goes back to the pool unless it failed.
+fn read_file<T>(
+    idle: &Mutex<Vec<Connection>>,
+    path: Option<&Path>,
+    f: &dyn Fn(&Connection) -> ReadResult<T>,
+) -> ReadResult<T> {
+    let pooled = lock(idle).pop();
+    let conn = match (pooled, path) {
+        (Some(c), _) => c,
+        (None, Some(path)) => open_reader(path)?,
+        (None, None) => return Err(ReadError::Busy),
+    };
+    let out = f(&conn);
+    if out.is_ok() {
+        lock(idle).push(conn);
+    }
+    out
+}
+
+/// A read connection: never writes, never waits for a lock (the caller falls back to the
+/// writer thread, which does).
+fn open_reader(path: &Path) -> ReadResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(Duration::ZERO)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// The writer thread: takes every queued job, runs the direct ones, commits the writes as
+/// one group, then answers. Ends when every sender is gone.
+fn writer_loop(conn: &Mutex<Connection>, queue: &mpsc::Receiver<Job>) {
+    let mut calls: Vec<Call> = Vec::new();
+    let mut direct: Vec<DirectFn> = Vec::new();
+    while let Ok(first) = queue.recv() {
+        let mut job = Some(first);
+        while let Some(j) = job.take() {
+            match j {
+                Job::Write(call) => calls.push(call),
+                Job::Direct(f) => direct.push(f),
+            }
+            if calls.len() < MAX_GROUP {
+                job = queue.try_recv().ok();
+            }
+        }
+        let results = {
+            let mut c = lock(conn);
+            for f in direct.drain(..) {
+                f(&mut c);
+            }
+            if calls.is_empty() {
+                Vec::new()
+            } else {
+                commit_group(&mut c, &calls)
+            }
+        };
+        for (call, result) in calls.drain(..).zip(results) {
+            let _ = call.reply.send(result);
+        }
+    }
+}
+
+fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(drop)
+        .map_err(backend_err)
+}
+
+/// Commits `calls` as one transaction, each atomic under its own savepoint, in order.
+/// Returns one result per call; nothing is answered before the commit is durable, and a
+/// failed commit (or a transaction SQLite abandoned) fails every call.
+fn commit_group(conn: &mut Connection, calls: &[Call]) -> Vec<Result<(), StoreError>> {
+    let all_fail = |why: String| vec![Err(StoreError::Backend(why)); calls.len()];
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
+        return all_fail(format!("{e}; nothing was written"));
+    }
+    let mut results = Vec::with_capacity(calls.len());
+    for call in calls {
+        match apply_call(conn, &call.writes, call.now) {
+            Ok(result) => results.push(result),
+            Err(e) => {
+                if !conn.is_autocommit() {
+                    let _ = exec(conn, "ROLLBACK");
+                }
+                return all_fail(format!(
+                    "{e}; the group was rolled back, nothing was written"
+                ));
+            }
+        }
+    }
+    if let Err(e) = exec(conn, "COMMIT") {
+        if !conn.is_autocommit() {
+            let _ = exec(conn, "ROLLBACK");
+        }
+        return all_fail(format!("commit failed, nothing was written: {e}"));
+    }
+    results
+}
+
+/// One call under a savepoint: `Ok(result)` is the call's own outcome (a conflict or failed
+/// statement rolled back to the savepoint); `Err` means the transaction itself is broken.
+fn apply_call(
+    conn: &Connection,
+    writes: &[Write],
+    now: i64,
+) -> Result<Result<(), StoreError>, StoreError> {
+    exec(conn, "SAVEPOINT call")?;
+    let result = apply_writes(conn, writes, now);
+    if conn.is_autocommit() {
+        // SQLite abandoned the transaction (I/O error, disk full…): earlier calls are gone.
+        return Err(result
+            .err()
+            .unwrap_or_else(|| StoreError::Backend("sqlite: the transaction ended early".into())));
+    }
+    if result.is_err() {
+        exec(conn, "ROLLBACK TO call")?;
+    }
+    exec(conn, "RELEASE call")?;
+    Ok(result)
+}
+
+fn holds(expect: Expect, live: Option<u64>) -> bool {
+    match expect {
+        Expect::Any => true,
+        Expect::Absent => live.is_none(),
+        Expect::Version(v) => live == Some(v),
+    }
+}
+
+fn key_of(w: &Write) -> (Kind, &str) {
+    match w {
+        Write::Put { record, .. } => (record.kind, record.id.as_str()),
+        Write::Delete { kind, id, .. } | Write::Check { kind, id, .. } => (*kind, id.as_str()),
+    }
+}
+
+/// Checks each write's condition in order and applies it; the first that fails is
+/// `Conflict { index }` (the caller rolls back to the call's savepoint).
+fn apply_writes(conn: &Connection, writes: &[Write], now: i64) -> Result<(), StoreError> {
+    for (index, w) in writes.iter().enumerate() {
+        let (kind, id) = key_of(w);
+        let expect = match w {
+            Write::Put { expect, .. }
+            | Write::Delete { expect, .. }
+            | Write::Check { expect, .. } => *expect,
+        };
+        if expect != Expect::Any {
+            let live: Option<i64> = conn
+                .prepare_cached(LIVE_VERSION)
+                .and_then(|mut s| {
+                    s.query_row(params![kind.as_str(), id, now], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(backend_err)?;
+            if !holds(expect, live.map(|v| u64::try_from(v).unwrap_or(0))) {
+                return Err(StoreError::Conflict { index });
+            }
+        }
+        match w {
+            Write::Put { record, .. } => {
+                let version = to_i64(record.version, "version")?;
+                conn.prepare_cached(UPSERT)
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            record.kind.as_str(),
+                            record.id,
+                            version,
+                            record.body,
+                            record.owner,
+                            record.status,
+                            record.sort,
+                            record.expires_at,
+                        ])
+                    })
+                    .map_err(backend_err)?;
+            }
+            Write::Delete { kind, id, .. } => {
+                conn.prepare_cached(DELETE)
+                    .and_then(|mut s| s.execute(params![kind.as_str(), id]))
+                    .map_err(backend_err)?;
+            }
+            Write::Check { .. } => {}
+        }
+    }
+    Ok(())
 }
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Record)> {
@@ -194,85 +544,25 @@ fn finish_record((kind, mut rec): (String, Record)) -> Result<Record, StoreError
     Ok(rec)
 }
 
-/// Version of the live record under (kind, id), if any.
-fn live_version(
-    conn: &Connection,
-    kind: Kind,
-    id: &str,
-    now: i64,
-) -> Result<Option<u64>, StoreError> {
-    let v: Option<i64> = conn
-        .query_row(
-            "SELECT version FROM records WHERE kind = ?1 AND id = ?2
-               AND (expires_at IS NULL OR expires_at > ?3)",
-            params![kind.as_str(), id, now],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(backend_err)?;
-    Ok(v.map(|v| u64::try_from(v).unwrap_or(0)))
-}
-
-fn holds(expect: Expect, live: Option<u64>) -> bool {
-    match expect {
-        Expect::Any => true,
-        Expect::Absent => live.is_none(),
-        Expect::Version(v) => live == Some(v),
-    }
-}
-
-fn key_of(w: &Write) -> (Kind, &str) {
-    match w {
-        Write::Put { record, .. } => (record.kind, record.id.as_str()),
-        Write::Delete { kind, id, .. } | Write::Check { kind, id, .. } => (*kind, id.as_str()),
-    }
-}
-
-fn apply_batch(conn: &mut Connection, writes: &[Write], now: i64) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend_err)?;
-    for (index, w) in writes.iter().enumerate() {
-        let (kind, id) = key_of(w);
-        let expect = match w {
-            Write::Put { expect, .. }
-            | Write::Delete { expect, .. }
-            | Write::Check { expect, .. } => *expect,
-        };
-        if !holds(expect, live_version(&tx, kind, id, now)?) {
-            // Dropping `tx` rolls back whatever earlier writes of this batch did.
-            return Err(StoreError::Conflict { index });
-        }
-        match w {
-            Write::Put { record, .. } => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO records
-                        (kind, id, version, body, owner, status, sort, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        record.kind.as_str(),
-                        record.id,
-                        to_i64(record.version, "version")?,
-                        record.body,
-                        record.owner,
-                        record.status,
-                        record.sort,
-                        record.expires_at,
-                    ],
-                )
-                .map_err(backend_err)?;
-            }
-            Write::Delete { kind, id, .. } => {
-                tx.execute(
-                    "DELETE FROM records WHERE kind = ?1 AND id = ?2",
-                    params![kind.as_str(), id],
-                )
-                .map_err(backend_err)?;
-            }
-            Write::Check { .. } => {}
-        }
-    }
-    tx.commit().map_err(backend_err)
+/// The live record under (kind, id).
+fn get_record(conn: &Connection, kind: Kind, id: &str, now: i64) -> ReadResult<Option<Record>> {
+    let mut stmt = conn.prepare_cached(GET)?;
+    let row = stmt
+        .query_row(params![kind.as_str(), id, now], |row| {
+            let version: i64 = row.get(0)?;
+            Ok(Record {
+                kind,
+                id: id.to_owned(),
+                version: u64::try_from(version).unwrap_or(0),
+                body: row.get(1)?,
+                owner: row.get(2)?,
+                status: row.get(3)?,
+                sort: row.get(4)?,
+                expires_at: row.get(5)?,
+            })
+        })
+        .optional()?;
+    Ok(row)
 }
 
 /// Cursor = the (sort, id) of the last record returned, opaque to callers.
@@ -290,7 +580,7 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String), StoreError> {
     Ok((sort, id.to_owned()))
 }
 
-fn run_query(conn: &Connection, q: &Query, now: i64) -> Result<Page, StoreError> {
+fn run_query(conn: &Connection, q: &Query, now: i64) -> ReadResult<Page> {
     let (column, key) = match &q.index {
         Index::Owner(o) => ("owner", o.as_str()),
         Index::Status(s) => ("status", s.as_str()),
@@ -330,14 +620,12 @@ fn run_query(conn: &Connection, q: &Query, now: i64) -> Result<Page, StoreError>
           ORDER BY sort {order}, id {order}
           LIMIT ?6"
     );
-    let mut stmt = conn.prepare_cached(&sql).map_err(backend_err)?;
-    let rows = stmt
-        .query_map(rusqlite::params_from_iter(args), row_to_record)
-        .map_err(backend_err)?;
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_record)?;
     let mut records = Vec::with_capacity(limit.min(64));
     let mut more = false;
     for row in rows {
-        let rec = finish_record(row.map_err(backend_err)?)?;
+        let rec = finish_record(row?)?;
         if records.len() == limit {
             more = true;
             break;
@@ -357,21 +645,8 @@ impl Store for SqliteStore {
     async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
         let id = id.to_owned();
         let now = now_secs();
-        self.run(move |conn| {
-            let row = conn
-                .query_row(
-                    &format!(
-                        "SELECT {COLUMNS} FROM records WHERE kind = ?1 AND id = ?2
-                           AND (expires_at IS NULL OR expires_at > ?3)"
-                    ),
-                    params![kind.as_str(), id, now],
-                    row_to_record,
-                )
-                .optional()
-                .map_err(backend_err)?;
-            row.map(finish_record).transpose()
-        })
-        .await
+        self.read(move |conn| get_record(conn, kind, &id, now))
+            .await
     }
 
     async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
@@ -381,22 +656,34 @@ impl Store for SqliteStore {
         if writes.len() > MAX_BATCH {
             return Err(StoreError::TooLarge(writes.len()));
         }
-        let mut keys = HashSet::with_capacity(writes.len());
-        for w in &writes {
-            let (kind, id) = key_of(w);
-            if !keys.insert((kind, id)) {
+        for (i, w) in writes.iter().enumerate() {
+            let key = key_of(w);
+            if writes[..i].iter().any(|earlier| key_of(earlier) == key) {
+                let (kind, id) = key;
                 return Err(StoreError::Backend(format!(
                     "batch writes {kind:?} {id} more than once"
                 )));
             }
         }
-        let now = now_secs();
-        self.run(move |conn| apply_batch(conn, &writes, now)).await
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Write(Call {
+            writes,
+            now: now_secs(),
+            reply,
+        }))?;
+        answer.await.map_err(|_| {
+            StoreError::Backend(
+                "sqlite: the writer thread stopped before answering; the write may or may not \
+                 have happened"
+                    .into(),
+            )
+        })?
     }
 
     async fn query(&self, query: Query) -> Result<Page, StoreError> {
         let now = now_secs();
-        self.run(move |conn| run_query(conn, &query, now)).await
+        self.read_blocking(move |conn| run_query(conn, &query, now))
+            .await
     }
 
     fn backend(&self) -> &'static str {
