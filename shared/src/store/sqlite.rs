@@ -724,4 +724,136 @@ mod tests {
         assert_eq!(err, StoreError::Conflict { index: 1 });
         assert!(s.get(Kind::Kv, "b").await.unwrap().is_none());
     }
+
+    fn call(writes: Vec<Write>) -> (Call, oneshot::Receiver<Result<(), StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        let now = now_secs();
+        (Call { writes, now, reply }, answer)
+    }
+
+    fn put(id: &str, expect: Expect) -> Write {
+        Write::put(Record::new(Kind::Kv, id, format!("\"{id}\"")), expect)
+    }
+
+    fn exists(conn: &Connection, id: &str) -> bool {
+        get_record(conn, Kind::Kv, id, now_secs())
+            .map_err(StoreError::from)
+            .unwrap()
+            .is_some()
+    }
+
+    /// One group, in order: each call sees the earlier calls' effects, and the one whose
+    /// condition fails is undone alone.
+    #[test]
+    fn a_group_runs_calls_in_order_and_undoes_only_the_failing_one() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let mut a_v2 = Record::new(Kind::Kv, "a", "2".into());
+        a_v2.version = 2;
+        let calls = vec![
+            call(vec![put("a", Expect::Absent)]).0,
+            // Writes b, then fails on a (written by the call before it): b is undone too.
+            call(vec![put("b", Expect::Absent), put("a", Expect::Absent)]).0,
+            // Sees a at version 1 (the first call's, not committed yet) and updates it.
+            call(vec![
+                Write::put(a_v2, Expect::Version(1)),
+                put("c", Expect::Absent),
+            ])
+            .0,
+        ];
+        let results = commit_group(&mut conn, &calls);
+        assert_eq!(
+            results,
+            vec![Ok(()), Err(StoreError::Conflict { index: 1 }), Ok(())]
+        );
+        assert!(exists(&conn, "a") && exists(&conn, "c"));
+        assert!(!exists(&conn, "b"));
+        let a = get_record(&conn, Kind::Kv, "a", now_secs())
+            .map_err(StoreError::from)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.version, 2);
+        assert!(conn.is_autocommit(), "the group's transaction is closed");
+    }
+
+    /// A connection whose COMMIT fails whenever a record `poison` was written (a deferred
+    /// foreign key SQLite checks only at COMMIT).
+    fn poisoned_connection() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             CREATE TABLE parent (id TEXT PRIMARY KEY);
+             CREATE TABLE child (pid TEXT REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);
+             CREATE TRIGGER poison AFTER INSERT ON records WHEN NEW.id = 'poison'
+             BEGIN INSERT INTO child VALUES ('nobody'); END;",
+        )
+        .unwrap();
+        conn
+    }
+
+    /// The commit fails: every call of the group fails, none of their writes is kept, and
+    /// the connection takes the next group.
+    #[test]
+    fn a_failed_commit_fails_every_call_of_the_group() {
+        let mut conn = poisoned_connection();
+        let calls = vec![
+            call(vec![put("x", Expect::Absent)]).0,
+            call(vec![put("poison", Expect::Absent)]).0,
+            call(vec![put("y", Expect::Absent)]).0,
+            call(vec![put("x", Expect::Absent)]).0, // a conflict, failed by the commit too
+        ];
+        let results = commit_group(&mut conn, &calls);
+        assert_eq!(results.len(), 4);
+        for r in &results {
+            assert!(
+                matches!(r, Err(StoreError::Backend(m)) if m.contains("commit failed")),
+                "{r:?}"
+            );
+        }
+        assert!(!exists(&conn, "x") && !exists(&conn, "y") && !exists(&conn, "poison"));
+        assert!(conn.is_autocommit());
+        let next = vec![call(vec![put("x", Expect::Absent)]).0];
+        assert_eq!(commit_group(&mut conn, &next), vec![Ok(())]);
+        assert!(exists(&conn, "x"));
+    }
+
+    /// Through the store: the failing call is answered with an error, nothing of it is
+    /// readable, and the writer thread goes on serving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_survives_a_failed_commit() {
+        let s = SqliteStore::start(poisoned_connection(), None).unwrap();
+        let err = s
+            .write(vec![put("poison", Expect::Absent)])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+        assert!(s.get(Kind::Kv, "poison").await.unwrap().is_none());
+        s.write(vec![put("fine", Expect::Absent)]).await.unwrap();
+        assert!(s.get(Kind::Kv, "fine").await.unwrap().is_some());
+    }
+
+    /// In memory, a read while the writer holds the connection (a group being built) waits
+    /// for the group's end and sees only what it committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::await_holding_lock)] // the point: the lock is held as a group would hold it
+    async fn memory_reads_wait_for_the_group_and_see_only_its_commit() {
+        let s = SqliteStore::memory().unwrap();
+        let Readers::Memory(shared) = &s.inner.readers else {
+            panic!("memory store without the shared connection");
+        };
+        let guard = shared.lock().unwrap();
+        guard
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 INSERT INTO records (kind, id, version, body, sort) VALUES ('kv', 'u', 1, '1', 0);",
+            )
+            .unwrap();
+        let s2 = s.clone();
+        let read = tokio::spawn(async move { s2.get(Kind::Kv, "u").await });
+        tokio::task::yield_now().await;
+        guard.execute_batch("ROLLBACK").unwrap();
+        drop(guard);
+        assert_eq!(read.await.unwrap(), Ok(None));
+    }
 }
