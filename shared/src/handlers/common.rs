@@ -16,6 +16,39 @@ use crate::store::StoreError;
 /// (tests/tests/reliability_storms.rs).
 pub const MAX_CONFLICT_RETRIES: usize = 16;
 
+/// How many in-process turn locks there are (see [`take_turns`]); keys share them by hash.
+const TURNS: usize = 64;
+static TURN_LOCKS: [tokio::sync::Mutex<()>; TURNS] =
+    [const { tokio::sync::Mutex::const_new(()) }; TURNS];
+
+/// Turns, in arrival order, at the read-modify-write of hot records (a product's stock:
+/// every checkout of it writes it). Optimistic concurrency lets only one of N concurrent
+/// writers of a record win each commit; the others re-read and try again, and with many
+/// buyers of one product an unlucky one can lose every round ([`MAX_CONFLICT_RETRIES`]).
+/// Waiting for a turn in this process instead (a fair, FIFO lock) leaves conflicts only
+/// between processes (Lambda containers), where the retries still apply. Keys hash onto
+/// [`TURNS`] locks, taken in ascending order, so memory is bounded and there is no deadlock;
+/// two keys on one lock just take turns. Hold the guards until the write has committed.
+pub async fn take_turns<'k>(
+    keys: impl IntoIterator<Item = &'k str>,
+) -> Vec<tokio::sync::MutexGuard<'static, ()>> {
+    let mut slots: Vec<usize> = keys
+        .into_iter()
+        .map(|k| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(k, &mut h);
+            (std::hash::Hasher::finish(&h) % TURNS as u64) as usize
+        })
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let mut guards = Vec::with_capacity(slots.len());
+    for slot in slots {
+        guards.push(TURN_LOCKS[slot].lock().await);
+    }
+    guards
+}
+
 /// What one attempt of a read-modify-write decided.
 pub enum Attempt<T> {
     /// Nothing to write (already in the wanted state, or nothing to do): finished.

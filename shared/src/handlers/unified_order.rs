@@ -7,7 +7,9 @@
 //! order (conditional on each product's version) and given back when the order closes. A
 //! retried call with the same idempotency key returns the same order.
 
-use super::common::{authenticate, close_and_release, component_on, with_retries, Attempt};
+use super::common::{
+    authenticate, close_and_release, component_on, take_turns, with_retries, Attempt,
+};
 use crate::app::App;
 use crate::config::TradingComponent;
 use crate::domain::{
@@ -233,7 +235,12 @@ async fn create_priced_order(
     scene: Option<u32>,
     address: Option<Address>,
 ) -> Result<Order, ApiError> {
-    // A conflict means someone bought from the same product meanwhile: price and reserve again.
+    // Buyers of the same product in this process take turns (see `take_turns`): without
+    // them, concurrent checkouts of one product conflict on its stock and an unlucky one
+    // can exhaust the retries. The turns are held until the write has committed.
+    let _turns = take_turns(lines.iter().map(|l| l.product_id.as_str())).await;
+    // A conflict means someone bought from the same product meanwhile (another process):
+    // price and reserve again.
     with_retries(app, || async {
         let mut products: Vec<(Versioned<Product>, Product)> = Vec::new();
         for l in lines {
