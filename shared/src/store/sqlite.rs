@@ -68,6 +68,21 @@ const LIVE_VERSION: &str = "SELECT version FROM records WHERE kind = ?1 AND id =
 const UPSERT: &str = "INSERT OR REPLACE INTO records
                         (kind, id, version, body, owner, status, sort, expires_at)
                       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+/// A put that holds only when no live record has the key (an expired one is replaced).
+const PUT_IF_ABSENT: &str = "INSERT INTO records
+                               (kind, id, version, body, owner, status, sort, expires_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                             ON CONFLICT (kind, id) DO UPDATE SET
+                               version = excluded.version, body = excluded.body,
+                               owner = excluded.owner, status = excluded.status,
+                               sort = excluded.sort, expires_at = excluded.expires_at
+                             WHERE records.expires_at IS NOT NULL AND records.expires_at <= ?9";
+/// A put that holds only when the live record has version `?9`.
+const PUT_IF_VERSION: &str = "UPDATE records SET
+                                version = ?3, body = ?4, owner = ?5, status = ?6, sort = ?7,
+                                expires_at = ?8
+                              WHERE kind = ?1 AND id = ?2 AND version = ?9
+                                AND (expires_at IS NULL OR expires_at > ?10)";
 const DELETE: &str = "DELETE FROM records WHERE kind = ?1 AND id = ?2";
 const PURGE: &str = "DELETE FROM records WHERE expires_at IS NOT NULL AND expires_at <= ?1";
 
@@ -467,54 +482,103 @@ fn key_of(w: &Write) -> (Kind, &str) {
 }
 
 /// Checks each write's condition in order and applies it; the first that fails is
-/// `Conflict { index }` (the caller rolls back to the call's savepoint).
+/// `Conflict { index }` (the caller rolls back to the call's savepoint). A conditional put is
+/// one statement whose `WHERE` is the condition (no row changed = it did not hold): one
+/// B-tree search instead of a read and a write, and an update in place keeps the index
+/// entries that did not change.
 fn apply_writes(conn: &Connection, writes: &[Write], now: i64) -> Result<(), StoreError> {
     for (index, w) in writes.iter().enumerate() {
-        let (kind, id) = key_of(w);
-        let expect = match w {
-            Write::Put { expect, .. }
-            | Write::Delete { expect, .. }
-            | Write::Check { expect, .. } => *expect,
+        let held = match w {
+            Write::Put { record, expect } => put(conn, record, *expect, now)?,
+            Write::Delete { kind, id, expect } => {
+                let held = holds(*expect, live_version(conn, *kind, id, now)?);
+                if held {
+                    conn.prepare_cached(DELETE)
+                        .and_then(|mut s| s.execute(params![kind.as_str(), id]))
+                        .map_err(backend_err)?;
+                }
+                held
+            }
+            Write::Check { kind, id, expect } => {
+                *expect == Expect::Any || holds(*expect, live_version(conn, *kind, id, now)?)
+            }
         };
-        if expect != Expect::Any {
-            let live: Option<i64> = conn
-                .prepare_cached(LIVE_VERSION)
-                .and_then(|mut s| {
-                    s.query_row(params![kind.as_str(), id, now], |r| r.get(0))
-                        .optional()
-                })
-                .map_err(backend_err)?;
-            if !holds(expect, live.map(|v| u64::try_from(v).unwrap_or(0))) {
-                return Err(StoreError::Conflict { index });
-            }
-        }
-        match w {
-            Write::Put { record, .. } => {
-                let version = to_i64(record.version, "version")?;
-                conn.prepare_cached(UPSERT)
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            record.kind.as_str(),
-                            record.id,
-                            version,
-                            record.body,
-                            record.owner,
-                            record.status,
-                            record.sort,
-                            record.expires_at,
-                        ])
-                    })
-                    .map_err(backend_err)?;
-            }
-            Write::Delete { kind, id, .. } => {
-                conn.prepare_cached(DELETE)
-                    .and_then(|mut s| s.execute(params![kind.as_str(), id]))
-                    .map_err(backend_err)?;
-            }
-            Write::Check { .. } => {}
+        if !held {
+            return Err(StoreError::Conflict { index });
         }
     }
     Ok(())
+}
+
+/// Writes `record` if `expect` holds; `false` (nothing written) if it does not.
+fn put(conn: &Connection, record: &Record, expect: Expect, now: i64) -> Result<bool, StoreError> {
+    let version = to_i64(record.version, "version")?;
+    let r = record;
+    let changed = match expect {
+        Expect::Any => conn.prepare_cached(UPSERT).and_then(|mut s| {
+            s.execute(params![
+                r.kind.as_str(),
+                r.id,
+                version,
+                r.body,
+                r.owner,
+                r.status,
+                r.sort,
+                r.expires_at,
+            ])
+        }),
+        Expect::Absent => conn.prepare_cached(PUT_IF_ABSENT).and_then(|mut s| {
+            s.execute(params![
+                r.kind.as_str(),
+                r.id,
+                version,
+                r.body,
+                r.owner,
+                r.status,
+                r.sort,
+                r.expires_at,
+                now,
+            ])
+        }),
+        Expect::Version(expected) => {
+            let Ok(expected) = i64::try_from(expected) else {
+                return Ok(false); // no stored version is that large
+            };
+            conn.prepare_cached(PUT_IF_VERSION).and_then(|mut s| {
+                s.execute(params![
+                    r.kind.as_str(),
+                    r.id,
+                    version,
+                    r.body,
+                    r.owner,
+                    r.status,
+                    r.sort,
+                    r.expires_at,
+                    expected,
+                    now,
+                ])
+            })
+        }
+    }
+    .map_err(backend_err)?;
+    Ok(changed == 1)
+}
+
+/// Version of the live record under (kind, id), if any.
+fn live_version(
+    conn: &Connection,
+    kind: Kind,
+    id: &str,
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
+    let v: Option<i64> = conn
+        .prepare_cached(LIVE_VERSION)
+        .and_then(|mut s| {
+            s.query_row(params![kind.as_str(), id, now], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend_err)?;
+    Ok(v.map(|v| u64::try_from(v).unwrap_or(0)))
 }
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Record)> {
