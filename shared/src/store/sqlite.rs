@@ -42,6 +42,8 @@ const MAX_BATCH: usize = 100;
 const MAX_PAGE: usize = 1000;
 /// How long a writer waits for another process holding the file's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most idle read connections kept (more are opened when reads overlap, then closed).
+const MAX_IDLE_READERS: usize = 8;
 /// Most `write` calls committed together (each at most [`MAX_BATCH`] writes).
 const MAX_GROUP: usize = 256;
 
@@ -341,7 +343,7 @@ impl SqliteStore {
 }
 
 /// Runs `f` on an idle read connection of the file (opening one if none is idle); the
-/// connection goes back to the pool unless it failed.
+/// connection goes back to the pool unless it failed or the pool is full.
 fn read_file<T>(
     idle: &Mutex<Vec<Connection>>,
     path: Option<&Path>,
@@ -355,7 +357,10 @@ fn read_file<T>(
     };
     let out = f(&conn);
     if out.is_ok() {
-        lock(idle).push(conn);
+        let mut idle = lock(idle);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
     }
     out
 }
