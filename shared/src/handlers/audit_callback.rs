@@ -180,7 +180,15 @@ async fn update_product(
     })
     .await?;
     if found.is_none() {
-        tracing::warn!(out_product_id = %id, "audit event for a product we do not have");
+        // catalogSync uploads a product (`spu/add`) before it stores it, so a quick verdict
+        // (the sandbox audits in milliseconds) can overtake the store write. Acknowledged and
+        // recorded, it would be lost and the product left `AUDITING` for good; unanswered, it
+        // is pushed again (three attempts, 5 s apart), by when the product is stored.
+        tracing::warn!(out_product_id = %id, "audit event for a product we do not have (yet); not acknowledged");
+        return Err(ApiError::unavailable(
+            "PRODUCT_NOT_STORED",
+            format!("no product {id} here (yet); push the event again"),
+        ));
     }
     Ok(())
 }
