@@ -455,7 +455,7 @@ fn commit_group(conn: &mut Connection, calls: &[Call]) -> Vec<Result<(), StoreEr
 /// writes changes another's condition, and every condition is checked before anything is
 /// written — a call that conflicts writes nothing, and later calls see exactly the earlier
 /// calls' effects. (A savepoint per call would make SQLite copy every page a call touches
-/// into a sub-journal, ~20 % of the writer's instructions on the payCallback path.)
+/// into a sub-journal, ~14 % of the writer's instructions on the payCallback path.)
 /// `Ok(Err(Conflict))`: the call's condition failed; `Err`: a statement failed (the caller
 /// rolls the group back).
 fn apply_call(
