@@ -23,6 +23,7 @@
 use super::sign::Fields;
 use super::xml::{self, XmlError, MAX_BODY, MAX_FIELDS};
 use std::borrow::Cow;
+use std::cmp::Ordering;
 
 /// The fields of one flat message, sorted by name (bytes, as `BTreeMap` and signing sort),
 /// names unique. Borrowed from the body on the fast path; owned when the reference decoder
@@ -111,7 +112,7 @@ fn fast<'a>(body: &'a [u8], root: &str) -> Option<Vec<Field<'a>>> {
         }
         let start = i + 1;
         i = start;
-        while b.get(i).is_some_and(|&c| name_byte(c)) {
+        while b.get(i).is_some_and(|&c| NAME_BYTE[usize::from(c)]) {
             i += 1;
         }
         let first = *b.get(start)?;
@@ -137,11 +138,33 @@ fn fast<'a>(body: &'a [u8], root: &str) -> Option<Vec<Field<'a>>> {
             return None;
         }
     }
-    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    if out.windows(2).any(|w| w[0].0 == w[1].0) {
-        return None;
+    sort_unique(&mut out).then_some(out)
+}
+
+/// Sorts fields by name; false on a duplicate name. An insertion sort: WeChat sends fields
+/// in name order with `sign` appended last, so each field moves at most a few places.
+fn sort_unique(fields: &mut [Field<'_>]) -> bool {
+    for i in 1..fields.len() {
+        let mut j = i;
+        while j > 0 {
+            match name_cmp(&fields[j - 1].0, &fields[j].0) {
+                Ordering::Less => break,
+                Ordering::Equal => return false,
+                Ordering::Greater => fields.swap(j - 1, j),
+            }
+            j -= 1;
+        }
     }
-    Some(out)
+    true
+}
+
+/// Byte order of names (as `BTreeMap` and signing sort), deciding on the first byte when it
+/// can.
+fn name_cmp(a: &str, b: &str) -> Ordering {
+    match (a.as_bytes().first(), b.as_bytes().first()) {
+        (Some(x), Some(y)) if x != y => x.cmp(y),
+        _ => a.cmp(b),
+    }
 }
 
 /// The value of the field opened just before `i`, up to and including `</name>`: text
@@ -161,18 +184,31 @@ fn value<'a>(text: &'a str, mut i: usize, name: &[u8]) -> Option<(Cow<'a, str>, 
                 return Some((value, i + 3 + n));
             }
             let cdata = rest.strip_prefix(b"<![CDATA[")?;
-            let len = cdata.windows(3).position(|w| w == b"]]>")?;
+            let len = cdata_len(cdata)?;
             let s = i + 9;
             append(&mut value, Cow::Borrowed(text.get(s..s + len)?));
             i = s + len + 3;
         } else {
-            let len = rest.iter().position(|&c| c == b'<')?;
+            let len = memchr::memchr(b'<', rest)?;
             append(&mut value, unescape(text.get(i..i + len)?)?);
             i += len;
         }
     }
 }
 
+/// Where the first `]]>` starts in `b`.
+fn cdata_len(b: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    loop {
+        let p = from + memchr::memchr(b']', b.get(from..)?)?;
+        if b.get(p..p + 3) == Some(b"]]>") {
+            return Some(p);
+        }
+        from = p + 1;
+    }
+}
+
+#[inline]
 fn append<'a>(value: &mut Cow<'a, str>, chunk: Cow<'a, str>) {
     if chunk.is_empty() {
         return;
@@ -189,18 +225,14 @@ fn append<'a>(value: &mut Cow<'a, str>, chunk: Cow<'a, str>) {
 /// otherwise, so the reference decides.
 fn unescape(chunk: &str) -> Option<Cow<'_, str>> {
     let b = chunk.as_bytes();
-    let Some(mut amp) = b.iter().position(|&c| c == b'&') else {
+    let Some(mut amp) = memchr::memchr(b'&', b) else {
         return Some(Cow::Borrowed(chunk));
     };
     let mut out = String::with_capacity(chunk.len());
     let mut last = 0;
     loop {
         // The next `&` or `;` after this `&` must be a `;`.
-        let semi = amp
-            + 1
-            + b.get(amp + 1..)?
-                .iter()
-                .position(|&c| c == b'&' || c == b';')?;
+        let semi = amp + 1 + memchr::memchr2(b'&', b';', b.get(amp + 1..)?)?;
         if b.get(semi) != Some(&b';') {
             return None;
         }
@@ -214,7 +246,7 @@ fn unescape(chunk: &str) -> Option<Cow<'_, str>> {
             pat => out.push(char_ref(pat.strip_prefix('#')?)?),
         }
         last = semi + 1;
-        match b.get(last..)?.iter().position(|&c| c == b'&') {
+        match memchr::memchr(b'&', b.get(last..)?) {
             Some(p) => amp = last + p,
             None => break,
         }
@@ -252,11 +284,18 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The ASCII bytes of a field name the reference accepts (its `field_name`); names with
-/// other characters take the reference path.
-fn name_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':')
-}
+/// The ASCII bytes of a field name the reference accepts (its `field_name`: letters, digits,
+/// `_ - . :`); names with other characters take the reference path.
+const NAME_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':');
+        c += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

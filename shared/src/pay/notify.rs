@@ -107,51 +107,35 @@ impl PaymentNotification {
         sub_appid: Option<&str>,
         sub_mch_id: Option<&str>,
     ) -> Result<(), NotifyError> {
-        let got = MerchantIds {
-            appid: &self.appid,
-            mch_id: &self.mch_id,
-            sub_appid: self.sub_appid.as_deref(),
-            sub_mch_id: self.sub_mch_id.as_deref(),
-        };
-        got.check(appid, mch_id, sub_appid, sub_mch_id)
+        check_merchant_ids(
+            [
+                Some(&self.appid),
+                Some(&self.mch_id),
+                self.sub_appid.as_deref(),
+                self.sub_mch_id.as_deref(),
+            ],
+            [Some(appid), Some(mch_id), sub_appid, sub_mch_id],
+        )
     }
 }
 
-/// The ids a notification is addressed to, as received (empty values already counted as
-/// absent by the typed view).
-pub(crate) struct MerchantIds<'a> {
-    pub appid: &'a str,
-    pub mch_id: &'a str,
-    pub sub_appid: Option<&'a str>,
-    pub sub_mch_id: Option<&'a str>,
-}
-
-impl MerchantIds<'_> {
-    pub(crate) fn check(
-        &self,
-        appid: &str,
-        mch_id: &str,
-        sub_appid: Option<&str>,
-        sub_mch_id: Option<&str>,
-    ) -> Result<(), NotifyError> {
-        let expect = |field: &'static str,
-                      got: Option<&str>,
-                      want: Option<&str>|
-         -> Result<(), NotifyError> {
-            match want {
-                Some(w) if got != Some(w) => Err(NotifyError::WrongMerchant {
-                    field,
-                    got: got.unwrap_or("").chars().take(64).collect(),
-                }),
-                _ => Ok(()),
-            }
-        };
-        expect("appid", Some(self.appid), Some(appid))?;
-        expect("mch_id", Some(self.mch_id), Some(mch_id))?;
-        expect("sub_appid", self.sub_appid, sub_appid)?;
-        expect("sub_mch_id", self.sub_mch_id, sub_mch_id)?;
-        Ok(())
+/// Compares the ids a notification is addressed to — `appid`, `mch_id`, `sub_appid`,
+/// `sub_mch_id` as received, empty counted as absent — with ours (`None`: not configured,
+/// not compared).
+pub(crate) fn check_merchant_ids(
+    got: [Option<&str>; 4],
+    want: [Option<&str>; 4],
+) -> Result<(), NotifyError> {
+    const NAMES: [&str; 4] = ["appid", "mch_id", "sub_appid", "sub_mch_id"];
+    for ((field, got), want) in NAMES.into_iter().zip(got).zip(want) {
+        if want.is_some_and(|w| got != Some(w)) {
+            return Err(NotifyError::WrongMerchant {
+                field,
+                got: got.unwrap_or("").chars().take(64).collect(),
+            });
+        }
     }
+    Ok(())
 }
 
 /// Decodes the body (borrowed fields) and checks `return_code`: the part every notification

@@ -15,7 +15,7 @@
 //! asked ([`RefundNotification::outer`], [`RefundNotification::fields`]).
 
 use super::flat;
-use super::notify::{decode_checked, MerchantIds, NotifyError};
+use super::notify::{check_merchant_ids, decode_checked, NotifyError};
 use super::sign::Fields;
 use super::types::{Reader, RefundStatus};
 use super::xml;
@@ -23,7 +23,6 @@ use crate::domain::{Fen, OutRefundNo, OutTradeNo};
 use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyInit};
 use base64::Engine;
 use md5::{Digest, Md5};
-use std::borrow::Cow;
 
 type Dec = ecb::Decryptor<aes::Aes256>;
 type Enc = ecb::Encryptor<aes::Aes256>;
@@ -65,13 +64,15 @@ impl RefundNotification {
         sub_appid: Option<&str>,
         sub_mch_id: Option<&str>,
     ) -> Result<(), NotifyError> {
-        let got = MerchantIds {
-            appid: &self.appid,
-            mch_id: &self.mch_id,
-            sub_appid: self.sub_appid.as_deref(),
-            sub_mch_id: self.sub_mch_id.as_deref(),
-        };
-        got.check(appid, mch_id, sub_appid, sub_mch_id)
+        check_merchant_ids(
+            [
+                Some(&self.appid),
+                Some(&self.mch_id),
+                self.sub_appid.as_deref(),
+                self.sub_mch_id.as_deref(),
+            ],
+            [Some(appid), Some(mch_id), sub_appid, sub_mch_id],
+        )
     }
 
     /// The outer message's fields without `req_info` (the ciphertext is no use to anyone
@@ -101,19 +102,19 @@ fn aes_key(api_key: &str) -> [u8; 32] {
 /// Decrypts `req_info` to its plaintext bytes (the `<root>` XML): one buffer, decrypted in
 /// place.
 pub fn decrypt_req_info(req_info: &str, api_key: &str) -> Result<Vec<u8>, NotifyError> {
-    let compact: Cow<'_, [u8]> = if req_info.bytes().any(|c| c.is_ascii_whitespace()) {
-        Cow::Owned(
-            req_info
+    let engine = base64::engine::general_purpose::STANDARD;
+    // Whitespace is invalid base64, so a body with none decodes on the first try; only one
+    // with line breaks is compacted first (same result, no scan of every body).
+    let mut data = match engine.decode(req_info) {
+        Ok(d) => d,
+        Err(_) => {
+            let compact: Vec<u8> = req_info
                 .bytes()
                 .filter(|c| !c.is_ascii_whitespace())
-                .collect(),
-        )
-    } else {
-        Cow::Borrowed(req_info.as_bytes())
+                .collect();
+            engine.decode(compact).map_err(|_| NotifyError::Base64)?
+        }
     };
-    let mut data = base64::engine::general_purpose::STANDARD
-        .decode(compact)
-        .map_err(|_| NotifyError::Base64)?;
     if data.is_empty() || data.len() % 16 != 0 {
         return Err(NotifyError::Decrypt);
     }

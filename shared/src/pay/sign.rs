@@ -59,44 +59,46 @@ pub enum VerifyError {
     Mismatch,
 }
 
-/// Feeds `k=v&…&key=KEY` to `sink` without building the string.
-fn canonical<'a, I>(fields: I, key: &str, mut sink: impl FnMut(&[u8]))
-where
-    I: IntoIterator<Item = (&'a str, &'a str)>,
-{
-    for (k, v) in fields {
-        if k == "sign" || v.is_empty() {
-            continue;
-        }
-        sink(k.as_bytes());
-        sink(b"=");
-        sink(v.as_bytes());
-        sink(b"&");
-    }
-    sink(b"key=");
-    sink(key.as_bytes());
-}
-
-/// [`canonical`], handed to `update` in pieces of up to 1 KiB gathered in a stack buffer.
-fn canonical_chunked<'a, I>(fields: I, key: &str, mut update: impl FnMut(&[u8]))
+/// Feeds `k=v&…&key=KEY` (fields in byte-sorted key order; `sign` and empty values skipped)
+/// to `update` in pieces of up to 1 KiB, gathered in a stack buffer.
+fn canonical<'a, I>(fields: I, key: &str, mut update: impl FnMut(&[u8]))
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
     const CHUNK: usize = 1024;
     let mut buf = [0u8; CHUNK];
     let mut len = 0;
-    canonical(fields, key, |b| {
-        if len + b.len() > CHUNK {
+    let pairs = fields
+        .into_iter()
+        .filter(|(k, v)| *k != "sign" && !v.is_empty())
+        .map(|(k, v)| (k.as_bytes(), b'=', v.as_bytes(), b'&'));
+    let last = std::iter::once((&b"key"[..], b'=', key.as_bytes(), 0));
+    for (k, eq, v, amp) in pairs.chain(last) {
+        let need = k.len() + v.len() + 2;
+        if len + need > CHUNK {
             update(&buf[..len]);
             len = 0;
-            if b.len() > CHUNK {
-                update(b);
-                return;
+            if need > CHUNK {
+                update(k);
+                update(&[eq]);
+                update(v);
+                if amp != 0 {
+                    update(&[amp]);
+                }
+                continue;
             }
         }
-        buf[len..len + b.len()].copy_from_slice(b);
-        len += b.len();
-    });
+        buf[len..len + k.len()].copy_from_slice(k);
+        len += k.len();
+        buf[len] = eq;
+        len += 1;
+        buf[len..len + v.len()].copy_from_slice(v);
+        len += v.len();
+        if amp != 0 {
+            buf[len] = amp;
+            len += 1;
+        }
+    }
     update(&buf[..len]);
 }
 
@@ -113,7 +115,7 @@ where
     match sign_type {
         SignType::Md5 => {
             let mut h = Md5::new();
-            canonical_chunked(fields, key, |b| h.update(b));
+            canonical(fields, key, |b| h.update(b));
             out[..16].copy_from_slice(&h.finalize());
             16
         }
@@ -122,7 +124,7 @@ where
             let Ok(mut m) = Hmac::<Sha256>::new_from_slice(key.as_bytes()) else {
                 return 0;
             };
-            canonical_chunked(fields, key, |b| m.update(b));
+            canonical(fields, key, |b| m.update(b));
             out.copy_from_slice(&m.finalize().into_bytes());
             32
         }
