@@ -162,13 +162,16 @@ fn sort_unique(fields: &mut [Field<'_>]) -> bool {
     true
 }
 
-/// Byte order of names (as `BTreeMap` and signing sort), deciding on the first byte when it
-/// can (most comparisons end there, without a call to `memcmp`).
+/// Byte order of names (as `BTreeMap` and signing sort), deciding on the first four bytes
+/// when they differ (most comparisons end there, without a call to `memcmp`).
 fn name_cmp(a: &str, b: &str) -> Ordering {
-    match (a.as_bytes().first(), b.as_bytes().first()) {
-        (Some(x), Some(y)) if x != y => x.cmp(y),
-        _ => a.cmp(b),
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    for (x, y) in a.iter().zip(b).take(4) {
+        if x != y {
+            return x.cmp(y);
+        }
     }
+    a.cmp(b)
 }
 
 /// The value of the field opened just before `i`, up to and including `</name>`: text
@@ -194,7 +197,12 @@ fn value<'a>(text: &'a str, mut i: usize, name: &[u8]) -> Option<(Cow<'a, str>, 
             i = s + len + 3;
         } else {
             let len = memchr::memchr(b'<', rest)?;
-            append(&mut value, unescape(text.get(i..i + len)?)?);
+            let chunk = text.get(i..i + len)?;
+            if chunk.as_bytes().contains(&b'&') {
+                append(&mut value, unescape(chunk)?);
+            } else {
+                append(&mut value, Cow::Borrowed(chunk));
+            }
             i += len;
         }
     }
@@ -212,14 +220,11 @@ fn cdata_len(b: &[u8]) -> Option<usize> {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn append<'a>(value: &mut Cow<'a, str>, chunk: Cow<'a, str>) {
-    if chunk.is_empty() {
-        return;
-    }
     if value.is_empty() {
         *value = chunk;
-    } else {
+    } else if !chunk.is_empty() {
         value.to_mut().push_str(&chunk);
     }
 }
