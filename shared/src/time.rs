@@ -130,8 +130,9 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let y = 1900 + x % 200;
-            let rest = (x >> 8) % 1_3_32_24_60_61;
-            cases.push(format!("{y:04}{:010}", rest));
+            let (m, d, h) = (x % 14, (x >> 8) % 33, (x >> 16) % 25);
+            let (mi, sec) = ((x >> 24) % 61, (x >> 32) % 62);
+            cases.push(format!("{y:04}{m:02}{d:02}{h:02}{mi:02}{sec:02}"));
         }
         for s in &cases {
             if let Some(fast) = compact_digits(s) {
