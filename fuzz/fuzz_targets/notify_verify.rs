@@ -20,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(n) = &parsed {
         // Accepted means: the signature verified over every field received.
-        assert_eq!(n.fields, fields);
+        assert_eq!(n.fields(), fields);
+        assert_eq!(n.body(), data);
         assert_eq!(sign::verify(&fields, KEY), Ok(n.sign_type));
     }
 

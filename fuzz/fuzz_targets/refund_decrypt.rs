@@ -37,8 +37,8 @@ fuzz_target!(|data: &[u8]| {
         0 | 1 => {
             let key = if mode % 5 == 0 { KEY } else { GOPAY_KEY };
             if let Ok(n) = parse_refund_notification(payload, key) {
-                assert!(!n.outer.contains_key("req_info"));
-                assert_eq!(n.out_trade_no.as_str(), n.fields["out_trade_no"]);
+                assert!(!n.outer().contains_key("req_info"));
+                assert_eq!(n.out_trade_no.as_str(), n.fields()["out_trade_no"]);
             }
         }
         2 => {
@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
             let body = outer(&encrypt_req_info(text, KEY));
             let inner = xml::decode_root(payload, "root");
             match parse_refund_notification(body.as_bytes(), KEY) {
-                Ok(n) => assert_eq!(Ok::<_, XmlError>(n.fields), inner),
+                Ok(n) => assert_eq!(Ok::<_, XmlError>(n.fields()), inner),
                 Err(NotifyError::Base64 | NotifyError::Decrypt) => {
                     panic!("genuine req_info refused")
                 }

@@ -36,11 +36,36 @@ pub fn beijing_date(ms: i64) -> String {
 
 /// Parses `yyyyMMddHHmmss` (Beijing time) into epoch milliseconds.
 pub fn parse_beijing_compact(s: &str) -> Option<i64> {
-    let naive = NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()?;
+    // `time_end` of every payment notification: 14 digits of an ordinary date and time are
+    // read directly (chrono's format parser was ~6 % of verify+parse); anything else — leap
+    // seconds, other lengths, out-of-range parts — gets chrono's verdict.
+    let naive = match compact_digits(s) {
+        Some(n) => n,
+        None => NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()?,
+    };
     beijing()
         .from_local_datetime(&naive)
         .single()
         .map(|d| d.timestamp_millis())
+}
+
+/// `yyyyMMddHHmmss` of 14 ASCII digits naming a valid date and a time without a leap second.
+fn compact_digits(s: &str) -> Option<NaiveDateTime> {
+    let b = s.as_bytes();
+    if b.len() != 14 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = |from: usize, len: usize| {
+        b[from..from + len]
+            .iter()
+            .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
+    };
+    let year = i32::try_from(n(0, 4)).ok()?;
+    chrono::NaiveDate::from_ymd_opt(year, n(4, 2), n(6, 2))?.and_hms_opt(
+        n(8, 2),
+        n(10, 2),
+        n(12, 2),
+    )
 }
 
 /// Parses `yyyy-MM-dd HH:mm:ss` (Beijing time) into epoch milliseconds.
@@ -75,6 +100,47 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_fast_path_agrees_with_chrono() {
+        let chrono_only = |s: &str| NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok();
+        let mut cases: Vec<String> = [
+            "20140903131540",
+            "00000101000000",
+            "99991231235959",
+            "20240229120000",
+            "20230229120000",
+            "20141303131540",
+            "20140900131540",
+            "20140932131540",
+            "20140903241540",
+            "20140903136040",
+            "20140903131560",
+            "20140903131561",
+            "2014090313154",
+            "201409031315400",
+            "2014090313154a",
+        ]
+        .map(String::from)
+        .to_vec();
+        // A spread of digit strings, valid and not.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let y = 1900 + x % 200;
+            let (m, d, h) = (x % 14, (x >> 8) % 33, (x >> 16) % 25);
+            let (mi, sec) = ((x >> 24) % 61, (x >> 32) % 62);
+            cases.push(format!("{y:04}{m:02}{d:02}{h:02}{mi:02}{sec:02}"));
+        }
+        for s in &cases {
+            if let Some(fast) = compact_digits(s) {
+                assert_eq!(Some(fast), chrono_only(s), "{s}");
+            }
+        }
+        assert!(compact_digits("20140903131540").is_some());
+    }
 
     #[test]
     fn formats_in_beijing_time() {

@@ -88,7 +88,7 @@ async fn payment(app: &App, req: Request) -> Response {
                 "double_payment",
                 &n.transaction_id,
                 app.clock.now_ms(),
-                crate::pay::xml::encode(&n.fields),
+                crate::pay::xml::encode(&n.fields()),
             );
             match repo::record_event(app.store.as_ref(), &ev).await {
                 Ok(_) => success(),

@@ -9,6 +9,7 @@
 
 pub mod bill;
 pub mod client;
+pub mod flat;
 pub mod jsapi;
 pub mod notify;
 pub mod refund_notify;

@@ -8,7 +8,15 @@
 //! a typed view. Checking that the notification is for *our* merchant and that `total_fee`
 //! equals the stored order stays with the caller, who knows both ([`PaymentNotification::check_merchant`]
 //! helps with the first).
+//!
+//! This is the hot path of issue 8 (docs/PERFORMANCE.md, "Notification hot path"), so the
+//! fields are never copied: [`flat::scan`] borrows them from the body (same verdicts and
+//! errors as [`xml::decode`]), the signature is computed over those borrowed, sorted fields,
+//! and the typed view copies only what it keeps. Instead of a second owned field map the
+//! notification keeps the verified body (one copy) and decodes it again on the rare path that
+//! wants every field ([`PaymentNotification::fields`]: evidence of a double payment).
 
+use super::flat::{self, Flat};
 use super::sign::{self, Fields, SignType, VerifyError};
 use super::types::{FieldError, Reader};
 use super::xml::{self, XmlError};
@@ -67,8 +75,8 @@ pub struct PaymentNotification {
     pub attach: Option<String>,
     /// The algorithm the notification was signed with.
     pub sign_type: SignType,
-    /// Every received field, as verified.
-    pub fields: Fields,
+    /// The body as received and verified.
+    body: Box<[u8]>,
 }
 
 impl PaymentNotification {
@@ -76,6 +84,18 @@ impl PaymentNotification {
     /// present (provider mode), else `openid`.
     pub fn payer_openid(&self) -> Option<&str> {
         self.sub_openid.as_deref().or(self.openid.as_deref())
+    }
+
+    /// The body as received; its signature verified.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Every received field, as verified (decoded again from [`Self::body`]: an owned map
+    /// per notification is what made the hot path slow, and only rare paths need it).
+    pub fn fields(&self) -> Fields {
+        // The body decoded once already; decoding is deterministic.
+        xml::decode(&self.body).unwrap_or_default()
     }
 
     /// Refuses a notification addressed to another merchant or app. `sub_*` are compared
@@ -87,39 +107,42 @@ impl PaymentNotification {
         sub_appid: Option<&str>,
         sub_mch_id: Option<&str>,
     ) -> Result<(), NotifyError> {
-        check_merchant(&self.fields, appid, mch_id, sub_appid, sub_mch_id)
+        check_merchant_ids(
+            [
+                Some(&self.appid),
+                Some(&self.mch_id),
+                self.sub_appid.as_deref(),
+                self.sub_mch_id.as_deref(),
+            ],
+            [Some(appid), Some(mch_id), sub_appid, sub_mch_id],
+        )
     }
 }
 
-pub(crate) fn check_merchant(
-    fields: &Fields,
-    appid: &str,
-    mch_id: &str,
-    sub_appid: Option<&str>,
-    sub_mch_id: Option<&str>,
+/// Compares the ids a notification is addressed to — `appid`, `mch_id`, `sub_appid`,
+/// `sub_mch_id` as received, empty counted as absent — with ours (`None`: not configured,
+/// not compared).
+pub(crate) fn check_merchant_ids(
+    got: [Option<&str>; 4],
+    want: [Option<&str>; 4],
 ) -> Result<(), NotifyError> {
-    let r = Reader(fields);
-    let expect = |field: &'static str, want: Option<&str>| -> Result<(), NotifyError> {
-        let got = r.opt(field);
-        match want {
-            Some(w) if got != Some(w) => Err(NotifyError::WrongMerchant {
+    const NAMES: [&str; 4] = ["appid", "mch_id", "sub_appid", "sub_mch_id"];
+    for ((field, got), want) in NAMES.into_iter().zip(got).zip(want) {
+        if want.is_some_and(|w| got != Some(w)) {
+            return Err(NotifyError::WrongMerchant {
                 field,
                 got: got.unwrap_or("").chars().take(64).collect(),
-            }),
-            _ => Ok(()),
+            });
         }
-    };
-    expect("appid", Some(appid))?;
-    expect("mch_id", Some(mch_id))?;
-    expect("sub_appid", sub_appid)?;
-    expect("sub_mch_id", sub_mch_id)?;
+    }
     Ok(())
 }
 
-/// Decodes the body and checks `return_code`: the part every notification shares.
-pub(crate) fn decode_checked(body: &[u8]) -> Result<Fields, NotifyError> {
-    let fields = xml::decode(body)?;
-    let code = fields.get("return_code").map(String::as_str).unwrap_or("");
+/// Decodes the body (borrowed fields) and checks `return_code`: the part every notification
+/// shares.
+pub(crate) fn decode_checked(body: &[u8]) -> Result<Flat<'_>, NotifyError> {
+    let fields = flat::scan(body)?;
+    let code = fields.get("return_code").unwrap_or("");
     if code != "SUCCESS" {
         return Err(NotifyError::ReturnFail {
             code: code.chars().take(32).collect(),
@@ -139,9 +162,14 @@ pub fn parse_payment_notification(
     api_key: &str,
 ) -> Result<PaymentNotification, NotifyError> {
     let fields = decode_checked(body)?;
-    let sign_type = sign::verify(&fields, api_key)?;
+    let sign_type = sign::verify_sorted(
+        fields.iter(),
+        fields.get("sign"),
+        fields.get("sign_type"),
+        api_key,
+    )?;
     let r = Reader(&fields);
-    let n = PaymentNotification {
+    Ok(PaymentNotification {
         appid: r.req_string("appid")?,
         mch_id: r.req_string("mch_id")?,
         sub_appid: r.opt_string("sub_appid"),
@@ -161,9 +189,8 @@ pub fn parse_payment_notification(
         time_end_ms: r.opt_compact_time("time_end")?,
         attach: r.opt_string("attach"),
         sign_type,
-        fields: Fields::new(),
-    };
-    Ok(PaymentNotification { fields, ..n })
+        body: body.into(),
+    })
 }
 
 /// The reply that stops WeChat's retries. Send it only after the state change is durable.
@@ -288,7 +315,7 @@ mod tests {
             assert_eq!(n.attach.as_deref(), Some("a&b<c>"));
             assert_eq!(n.payer_openid(), Some("oUpF8uMEb4qRXf22hE3X68TekukE"));
             assert_eq!(
-                n.fields.contains_key("sign_type"),
+                n.fields().contains_key("sign_type"),
                 st == SignType::HmacSha256 && !omit
             );
             if sub {

@@ -7,8 +7,15 @@
 //! element. ECB has no integrity check, so callers must still match `out_refund_no`, amounts
 //! and merchant ids against their own records. [`encrypt_req_info`] lets the sandbox produce
 //! the real thing.
+//!
+//! Like payments, this is a hot path (docs/PERFORMANCE.md): both XML layers are scanned with
+//! borrowed fields ([`super::flat`]), `req_info` is base64-decoded into one buffer and
+//! decrypted in place, and the notification keeps the two bodies (the outer one as received,
+//! the decrypted `<root>`) rather than two owned field maps, decoding them again only when
+//! asked ([`RefundNotification::outer`], [`RefundNotification::fields`]).
 
-use super::notify::{decode_checked, NotifyError};
+use super::flat;
+use super::notify::{check_merchant_ids, decode_checked, NotifyError};
 use super::sign::Fields;
 use super::types::{Reader, RefundStatus};
 use super::xml;
@@ -42,10 +49,10 @@ pub struct RefundNotification {
     /// `refund_recv_accout` (sic): where the money went, e.g. "支付用户零钱".
     pub refund_recv_account: Option<String>,
     pub refund_request_source: Option<String>,
-    /// The outer message's fields (without any secret; `req_info` still encrypted).
-    pub outer: Fields,
-    /// The decrypted `<root>` fields.
-    pub fields: Fields,
+    /// The outer body as received (`req_info` still encrypted).
+    outer_body: Box<[u8]>,
+    /// The decrypted `<root>` XML.
+    plaintext: Vec<u8>,
 }
 
 impl RefundNotification {
@@ -57,7 +64,29 @@ impl RefundNotification {
         sub_appid: Option<&str>,
         sub_mch_id: Option<&str>,
     ) -> Result<(), NotifyError> {
-        super::notify::check_merchant(&self.outer, appid, mch_id, sub_appid, sub_mch_id)
+        check_merchant_ids(
+            [
+                Some(&self.appid),
+                Some(&self.mch_id),
+                self.sub_appid.as_deref(),
+                self.sub_mch_id.as_deref(),
+            ],
+            [Some(appid), Some(mch_id), sub_appid, sub_mch_id],
+        )
+    }
+
+    /// The outer message's fields without `req_info` (the ciphertext is no use to anyone
+    /// downstream). Decoded again from the body: only rare paths need every field.
+    pub fn outer(&self) -> Fields {
+        // The body decoded once already; decoding is deterministic.
+        let mut outer = xml::decode(&self.outer_body).unwrap_or_default();
+        outer.remove("req_info");
+        outer
+    }
+
+    /// The decrypted `<root>` fields, decoded again from the plaintext.
+    pub fn fields(&self) -> Fields {
+        xml::decode_root(&self.plaintext, "root").unwrap_or_default()
     }
 }
 
@@ -70,22 +99,32 @@ fn aes_key(api_key: &str) -> [u8; 32] {
     key
 }
 
-/// Decrypts `req_info` to its plaintext bytes (the `<root>` XML).
+/// Decrypts `req_info` to its plaintext bytes (the `<root>` XML): one buffer, decrypted in
+/// place.
 pub fn decrypt_req_info(req_info: &str, api_key: &str) -> Result<Vec<u8>, NotifyError> {
-    let compact: String = req_info
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    let data = base64::engine::general_purpose::STANDARD
-        .decode(compact.as_bytes())
-        .map_err(|_| NotifyError::Base64)?;
+    let engine = base64::engine::general_purpose::STANDARD;
+    // Whitespace is invalid base64, so a body with none decodes on the first try; only one
+    // with line breaks is compacted first (same result, no scan of every body).
+    let mut data = match engine.decode(req_info) {
+        Ok(d) => d,
+        Err(_) => {
+            let compact: Vec<u8> = req_info
+                .bytes()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect();
+            engine.decode(compact).map_err(|_| NotifyError::Base64)?
+        }
+    };
     if data.is_empty() || data.len() % 16 != 0 {
         return Err(NotifyError::Decrypt);
     }
     let key = aes_key(api_key);
-    Dec::new(&key.into())
-        .decrypt_padded_vec_mut::<Pkcs7>(&data)
-        .map_err(|_| NotifyError::Decrypt)
+    let len = Dec::new(&key.into())
+        .decrypt_padded_mut::<Pkcs7>(&mut data)
+        .map_err(|_| NotifyError::Decrypt)?
+        .len();
+    data.truncate(len);
+    Ok(data)
 }
 
 /// Encrypts a `<root>` plaintext as WeChat does (standard 16-byte PKCS#7), base64.
@@ -100,16 +139,16 @@ pub fn parse_refund_notification(
     body: &[u8],
     api_key: &str,
 ) -> Result<RefundNotification, NotifyError> {
-    let mut outer = decode_checked(body)?;
+    let outer = decode_checked(body)?;
     let r = Reader(&outer);
     let appid = r.req_string("appid")?;
     let mch_id = r.req_string("mch_id")?;
     let sub_appid = r.opt_string("sub_appid");
     let sub_mch_id = r.opt_string("sub_mch_id");
-    let plain = decrypt_req_info(r.req("req_info")?, api_key)?;
-    let inner = xml::decode_root(&plain, "root").map_err(NotifyError::InnerXml)?;
+    let plaintext = decrypt_req_info(r.req("req_info")?, api_key)?;
+    let inner = flat::scan_root(&plaintext, "root").map_err(NotifyError::InnerXml)?;
     let i = Reader(&inner);
-    let n = RefundNotification {
+    Ok(RefundNotification {
         appid,
         mch_id,
         sub_appid,
@@ -127,15 +166,9 @@ pub fn parse_refund_notification(
         refund_account: i.opt_string("refund_account"),
         refund_recv_account: i.opt_string("refund_recv_accout"),
         refund_request_source: i.opt_string("refund_request_source"),
-        outer: Fields::new(),
-        fields: Fields::new(),
-    };
-    // The ciphertext is no use to anyone downstream; don't carry it around.
-    outer.remove("req_info");
-    Ok(RefundNotification {
-        outer,
-        fields: inner,
-        ..n
+        outer_body: body.into(),
+        // Last: the fields above borrow from it.
+        plaintext,
     })
 }
 
@@ -231,7 +264,9 @@ mod tests {
         assert_eq!(n.refund_status, RefundStatus::Success);
         assert_eq!(n.success_time_ms, Some(1_409_721_340_000));
         assert_eq!(n.sub_mch_id.as_deref(), Some("1900000109"));
-        assert!(!n.outer.contains_key("req_info"));
+        assert!(!n.outer().contains_key("req_info"));
+        assert_eq!(n.outer()["mch_id"], "10000100");
+        assert_eq!(n.fields()["refund_fee"], "40");
         assert!(n
             .check_merchant("wx1", "10000100", None, Some("1900000109"))
             .is_ok());

@@ -59,38 +59,64 @@ pub enum VerifyError {
     Mismatch,
 }
 
-/// Feeds `k=v&…&key=KEY` to `sink` without building the string.
-fn canonical<'a, I>(fields: I, key: &str, mut sink: impl FnMut(&[u8]))
+/// Feeds `k=v&…&key=KEY` (fields in byte-sorted key order; `sign` and empty values skipped)
+/// to `update` in pieces of up to 1 KiB, gathered in a stack buffer.
+fn canonical<'a, I>(fields: I, key: &str, mut update: impl FnMut(&[u8]))
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    for (k, v) in fields {
-        if k == "sign" || v.is_empty() {
-            continue;
+    const CHUNK: usize = 1024;
+    let mut buf = [0u8; CHUNK];
+    let mut len = 0;
+    let pairs = fields
+        .into_iter()
+        .filter(|(k, v)| *k != "sign" && !v.is_empty())
+        .map(|(k, v)| (k.as_bytes(), b'=', v.as_bytes(), b'&'));
+    let last = std::iter::once((&b"key"[..], b'=', key.as_bytes(), 0));
+    for (k, eq, v, amp) in pairs.chain(last) {
+        let need = k.len() + v.len() + 2;
+        if len + need > CHUNK {
+            update(&buf[..len]);
+            len = 0;
+            if need > CHUNK {
+                update(k);
+                update(&[eq]);
+                update(v);
+                if amp != 0 {
+                    update(&[amp]);
+                }
+                continue;
+            }
         }
-        sink(k.as_bytes());
-        sink(b"=");
-        sink(v.as_bytes());
-        sink(b"&");
+        buf[len..len + k.len()].copy_from_slice(k);
+        len += k.len();
+        buf[len] = eq;
+        len += 1;
+        buf[len..len + v.len()].copy_from_slice(v);
+        len += v.len();
+        if amp != 0 {
+            buf[len] = amp;
+            len += 1;
+        }
     }
-    sink(b"key=");
-    sink(key.as_bytes());
+    update(&buf[..len]);
 }
 
 /// The raw digest of fields given in byte-sorted key order into `out`; returns its length
 /// (16 for MD5, 32 for HMAC-SHA256).
 ///
-/// The canonical string is gathered in one buffer first: feeding MD5/HMAC dozens of 1–30-byte
-/// pieces costs more than copying them (docs/PERFORMANCE.md, callgrind).
+/// The canonical string is gathered in a stack buffer and handed to the hash in a few large
+/// pieces: feeding MD5/HMAC dozens of 1–30-byte pieces costs more than copying them, and a
+/// heap buffer costs an allocation per message (docs/PERFORMANCE.md, callgrind).
 fn digest_sorted<'a, I>(fields: I, key: &str, sign_type: SignType, out: &mut [u8; 32]) -> usize
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    let mut buf = Vec::with_capacity(1024);
-    canonical(fields, key, |b| buf.extend_from_slice(b));
     match sign_type {
         SignType::Md5 => {
-            out[..16].copy_from_slice(&Md5::digest(&buf));
+            let mut h = Md5::new();
+            canonical(fields, key, |b| h.update(b));
+            out[..16].copy_from_slice(&h.finalize());
             16
         }
         SignType::HmacSha256 => {
@@ -98,7 +124,7 @@ where
             let Ok(mut m) = Hmac::<Sha256>::new_from_slice(key.as_bytes()) else {
                 return 0;
             };
-            m.update(&buf);
+            canonical(fields, key, |b| m.update(b));
             out.copy_from_slice(&m.finalize().into_bytes());
             32
         }
@@ -158,7 +184,15 @@ pub fn signed_xml(mut fields: Fields, key: &str, sign_type: SignType) -> String 
 /// The algorithm a received message was signed with: `sign_type` if present, else the
 /// signature's length (HMAC notifications may come without `sign_type`, WxJava#1585).
 pub fn detect_sign_type(fields: &Fields) -> Result<SignType, VerifyError> {
-    let sign = fields.get("sign").ok_or(VerifyError::MissingSign)?;
+    detect(
+        fields.get("sign").map(String::as_str),
+        fields.get("sign_type").map(String::as_str),
+    )
+}
+
+/// [`detect_sign_type`] given the received `sign` and `sign_type` values.
+fn detect(sign: Option<&str>, sign_type: Option<&str>) -> Result<SignType, VerifyError> {
+    let sign = sign.ok_or(VerifyError::MissingSign)?;
     if sign.is_empty() {
         return Err(VerifyError::EmptySign);
     }
@@ -167,7 +201,7 @@ pub fn detect_sign_type(fields: &Fields) -> Result<SignType, VerifyError> {
         64 => SignType::HmacSha256,
         n => return Err(VerifyError::BadLength(n)),
     };
-    match fields.get("sign_type").filter(|s| !s.is_empty()) {
+    match sign_type.filter(|s| !s.is_empty()) {
         Some(st) => {
             let declared = SignType::parse(st)
                 .ok_or_else(|| VerifyError::UnknownSignType(st.chars().take(20).collect()))?;
@@ -183,19 +217,33 @@ pub fn detect_sign_type(fields: &Fields) -> Result<SignType, VerifyError> {
 /// Verifies a received message over all its non-empty fields, in constant time. A missing
 /// or empty `sign` fails; it is never skipped.
 pub fn verify(fields: &Fields, key: &str) -> Result<SignType, VerifyError> {
-    let sign_type = detect_sign_type(fields)?;
-    let mut raw = [0u8; 32];
-    let n = digest_sorted(
+    verify_sorted(
         fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        fields.get("sign").map(String::as_str),
+        fields.get("sign_type").map(String::as_str),
         key,
-        sign_type,
-        &mut raw,
-    );
+    )
+}
+
+/// [`verify`] over fields given in byte-sorted key order with unique names (as
+/// [`super::flat::Flat`] holds them), plus their `sign` and `sign_type` values.
+pub fn verify_sorted<'a, I>(
+    fields: I,
+    sign: Option<&str>,
+    sign_type: Option<&str>,
+    key: &str,
+) -> Result<SignType, VerifyError>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    let sign_type = detect(sign, sign_type)?;
+    let mut raw = [0u8; 32];
+    let n = digest_sorted(fields, key, sign_type, &mut raw);
     let mut expected = [0u8; 64];
     hex_upper_into(&raw[..n], &mut expected[..2 * n]);
-    let got = fields.get("sign").map(String::as_bytes).unwrap_or_default();
+    let got = sign.map(str::as_bytes).unwrap_or_default();
     // WeChat sends uppercase hex; accept lowercase too, comparing in constant time (no
-    // allocation: `detect_sign_type` has checked the length).
+    // allocation: `detect` has checked the length).
     let mut got_upper = [0u8; 64];
     if n == 0 || got.len() != 2 * n {
         return Err(VerifyError::Mismatch);

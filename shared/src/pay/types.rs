@@ -117,13 +117,31 @@ pub enum FieldError {
     Invalid { field: String, reason: String },
 }
 
+/// Where a [`Reader`] looks fields up: the owned map, or the borrowed fields of the
+/// notification fast path ([`super::flat::Flat`]).
+pub(crate) trait Lookup {
+    fn lookup(&self, k: &str) -> Option<&str>;
+}
+
+impl Lookup for Fields {
+    fn lookup(&self, k: &str) -> Option<&str> {
+        self.get(k).map(String::as_str)
+    }
+}
+
+impl Lookup for super::flat::Flat<'_> {
+    fn lookup(&self, k: &str) -> Option<&str> {
+        self.get(k)
+    }
+}
+
 /// Readers over a verified field map. Empty values count as absent (WeChat signs and sends
 /// empty elements as if absent).
-pub(crate) struct Reader<'a>(pub &'a Fields);
+pub(crate) struct Reader<'a, F: Lookup + ?Sized = Fields>(pub &'a F);
 
-impl<'a> Reader<'a> {
+impl<'a, F: Lookup + ?Sized> Reader<'a, F> {
     pub fn opt(&self, k: &str) -> Option<&'a str> {
-        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+        self.0.lookup(k).filter(|v| !v.is_empty())
     }
 
     pub fn opt_string(&self, k: &str) -> Option<String> {
