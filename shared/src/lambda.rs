@@ -8,8 +8,10 @@
 //!    once with the Secrets Manager API. Configuration then looks every variable up in the
 //!    environment first and in the secret second ([`Config::from_lookup`]), so the template
 //!    keeps secrets out of the function environment and a developer can still override any of
-//!    them locally. (The SDK was chosen over the Parameters and Secrets extension: no layer ARN
-//!    per region in the template, and one fewer process in the sandbox.)
+//!    them locally. (A direct API call was chosen over the Parameters and Secrets extension: no
+//!    layer ARN per region in the template, and one fewer process in the sandbox. It is one
+//!    SigV4-signed request, [`crate::aws::secrets`], not the SDK client: see "Cold start, size,
+//!    memory" in `docs/PERFORMANCE.md`.)
 //! 3. [`App`] once — config, store, WeChat clients. Any failure is posted to the Runtime API's
 //!    `/runtime/init/error` (`Runtime.ConfigError`, with the message listing every problem)
 //!    and the process exits non-zero, so a misconfigured stack says what to fix on its first
@@ -95,8 +97,15 @@ fn invocation_span(function: Function, request_id: &str) -> tracing::Span {
 // ------------------------------------------------------------------ logging
 
 /// JSON lines on stdout (CloudWatch reads them as structured logs). A second call is a no-op.
+///
+/// The level is `AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`, else `info`, parsed as
+/// `tracing_subscriber::filter::Targets` (`level` or `target=level,…` directives — the
+/// `env-filter` syntax without span/field filters, and without its regex engine in the
+/// binary); an unparsable value means `info`.
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -111,14 +120,17 @@ fn init_logging() {
                 .filter(|v| !v.trim().is_empty())
         })
         .unwrap_or_else(|| "info".to_owned());
-    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = level.trim().parse::<Targets>().unwrap_or_else(|_| {
+        Targets::new().with_default(tracing_subscriber::filter::LevelFilter::INFO)
+    });
     let _ = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(filter)
         .with_current_span(true)
         .with_span_list(false)
         .with_target(false)
         .with_writer(std::io::stdout)
+        .finish()
+        .with(filter)
         .try_init();
 }
 
@@ -191,28 +203,19 @@ fn lookup(key: &str, secret: &HashMap<String, String>) -> Option<String> {
 /// Reads the secret's JSON object. Numbers and booleans become their text; other values are
 /// refused by key name (their content is never echoed).
 async fn read_secret(arn: &str) -> Result<HashMap<String, String>, InitError> {
-    use aws_sdk_secretsmanager::error::DisplayErrorContext;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    let client = aws_sdk_secretsmanager::Client::new(&sdk);
-    let out = client
-        .get_secret_value()
-        .secret_id(arn)
-        .send()
+    let text = crate::aws::secrets::get_secret_string(arn)
         .await
-        .map_err(|e| {
+        .map_err(|why| {
             InitError::config(format!(
-                "cannot read the secret {SECRET_ARN_VAR}={arn}: {}",
-                DisplayErrorContext(&e)
+                "cannot read the secret {SECRET_ARN_VAR}={arn}: {why}"
+            ))
+        })?
+        .ok_or_else(|| {
+            InitError::config(format!(
+                "the secret {arn} has no SecretString (binary secrets are not supported)"
             ))
         })?;
-    let text = out.secret_string().ok_or_else(|| {
-        InitError::config(format!(
-            "the secret {arn} has no SecretString (binary secrets are not supported)"
-        ))
-    })?;
-    parse_secret(text).map_err(|why| InitError::config(format!("the secret {arn} {why}")))
+    parse_secret(&text).map_err(|why| InitError::config(format!("the secret {arn} {why}")))
 }
 
 /// `{"KEY": "value", …}` → map. Errors name keys only.

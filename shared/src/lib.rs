@@ -5,6 +5,8 @@
 //! `outbox`, `session`, `config`, `time`), and `handlers` with one module per function.
 
 pub mod app;
+#[cfg(any(feature = "dynamodb", feature = "lambda"))]
+pub mod aws;
 pub mod config;
 pub mod domain;
 pub mod handlers;

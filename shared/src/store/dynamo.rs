@@ -45,7 +45,6 @@
 
 use super::{now_secs, Expect, Index, Kind, Page, Query, Record, Store, StoreError, Write};
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -94,40 +93,58 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
-    /// A store on `table`, configured from the environment the way every AWS SDK is (in Lambda:
-    /// the function's role and region).
+    /// A store on `table`, configured from the environment as Lambda sets it (see
+    /// [`crate::aws`]): region from `AWS_REGION` (or `AWS_DEFAULT_REGION`), credentials from
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, endpoint override
+    /// from `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`). Requests go through
+    /// [`crate::aws::http::ReqwestHttpClient`].
     ///
     /// With `endpoint` (a local DynamoDB-compatible server such as moto), requests go there;
     /// unless the environment sets them, the region is `us-east-1` and the credentials are a
     /// dummy static pair (local servers accept any signature).
     pub async fn connect(table: &str, endpoint: Option<&str>) -> Result<DynamoStore, StoreError> {
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
         if table.is_empty() {
             return Err(StoreError::Backend("dynamodb: empty table name".into()));
         }
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(url) = endpoint {
-            loader = loader.endpoint_url(url);
-            if env_unset("AWS_REGION") && env_unset("AWS_DEFAULT_REGION") {
-                loader = loader.region(aws_config::Region::new("us-east-1"));
-            }
-            if env_unset("AWS_ACCESS_KEY_ID") {
-                loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+        let local = endpoint.is_some();
+        let region = crate::aws::region_from_env()
+            .or_else(|| local.then(|| "us-east-1".to_owned()))
+            .ok_or_else(|| {
+                StoreError::Backend("dynamodb: no AWS region configured (set AWS_REGION)".into())
+            })?;
+        let credentials =
+            match crate::aws::credentials_from_env() {
+                Some(c) => c,
+                None if local => Credentials::new(
                     "wxshop-local",
                     "wxshop-local",
                     None,
                     None,
                     "wxshop-local-static",
-                ));
-            }
-        }
-        let config = loader.load().await;
-        if config.region().is_none() {
-            return Err(StoreError::Backend(
-                "dynamodb: no AWS region configured (set AWS_REGION)".into(),
-            ));
+                ),
+                None => return Err(StoreError::Backend(
+                    "dynamodb: no AWS credentials in the environment (set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY)"
+                        .into(),
+                )),
+            };
+        let http = crate::aws::http::ReqwestHttpClient::new().map_err(|e| {
+            StoreError::Backend(format!("dynamodb: cannot build the HTTP client: {e}"))
+        })?;
+        let mut config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .credentials_provider(credentials)
+            .http_client(http);
+        if let Some(url) = endpoint
+            .map(str::to_owned)
+            .or_else(|| crate::aws::endpoint_from_env("DYNAMODB"))
+        {
+            config = config.endpoint_url(url);
         }
         Ok(DynamoStore {
-            client: Client::new(&config),
+            client: Client::from_conf(config.build()),
             table: table.to_string(),
         })
     }
@@ -582,10 +599,6 @@ impl Condition {
             values: HashMap::new(),
         }
     }
-}
-
-fn env_unset(name: &str) -> bool {
-    std::env::var_os(name).is_none_or(|v| v.is_empty())
 }
 
 fn pk(kind: Kind, id: &str) -> String {
