@@ -46,10 +46,12 @@ fi
   "$SCRATCH/venv/bin/python" "$ROOT/bench/peers/wechatpy_bench.py" "$ROOT/bench/payloads.json" "$SECS" "$ROUNDS"
   echo "== tenpay" >&2
   (cd "$SCRATCH/node" && NODE_PATH="$SCRATCH/node/node_modules" node "$ROOT/bench/peers/tenpay_bench.js" "$ROOT/bench/payloads.json" "$SECS" "$ROUNDS")
-  echo "== payCallback (sqlite file WAL, :memory:)" >&2
-  "$BENCH" paycallback --store sqlite --n "$N"
-  "$BENCH" paycallback --store memory --n "$N"
-  "$BENCH" paycallback --store sqlite --n "$N" --logs
+  echo "== payCallback (sqlite file WAL, :memory:; one at a time and 256 in flight)" >&2
+  for c in 1 256; do
+    "$BENCH" paycallback --store sqlite --n "$N" --concurrency "$c"
+    "$BENCH" paycallback --store memory --n "$N" --concurrency "$c"
+  done
+  "$BENCH" paycallback --store sqlite --n "$N" --concurrency 256 --logs
   if [[ $FULL == 1 ]]; then
     echo "== cold start (release login, pay-callback)" >&2
     cargo build --release --quiet -p login -p pay-callback
@@ -57,6 +59,8 @@ fi
     "$BENCH" coldstart --bin "$ROOT/target/release/pay-callback"
     echo "== wxlocal purchases" >&2
     "$BENCH" stack --purchases 2000 --concurrency 16
+    rm -f "$SCRATCH"/stack.db*
+    "$BENCH" stack --purchases 2000 --concurrency 16 --store "sqlite:$SCRATCH/stack.db"
   fi
 } | tee "$OUT" >/dev/null
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

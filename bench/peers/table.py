@@ -34,10 +34,10 @@ def main():
     cb = [r for r in rows if r.get("bench") == "paycallback" and r.get("pass") == "first"]
     if cb:
         print("\npayCallback in-process (verify, checks, conditional transition + outbox, SUCCESS)\n")
-        print("| store | logs | notifications/s | p50 µs | p99 µs | ÷ tenpay parse-only (pay_md5) |")
-        print("|---|---|---:|---:|---:|---:|")
+        print("| store | in flight | logs | notifications/s | p50 µs | p99 µs | ÷ tenpay parse-only (pay_md5) |")
+        print("|---|---:|---|---:|---:|---:|---:|")
         for r in cb:
-            print(f"| {r['store']} | {'JSON' if r['logs'] else 'off'} | {fmt(r['ops_per_sec'])} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {ratio(r['ops_per_sec'], tenpay_md5)} |")
+            print(f"| {r['store']} | {r.get('concurrency', 1)} | {'JSON' if r['logs'] else 'off'} | {fmt(r['ops_per_sec'])} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {ratio(r['ops_per_sec'], tenpay_md5)} |")
     for r in rows:
         if r.get("bench") == "coldstart":
             print(f"\ncold start {r['bin']}: median {r['cold_median_ms']:.2f} ms over {r['runs']} runs "
