@@ -29,7 +29,7 @@ fn genuine_fields() -> Fields {
     })
 }
 
-fn parse(body: &[u8]) -> Result<PaymentNotification, NotifyError> {
+fn parse(body: &[u8]) -> Result<PaymentNotification<'_>, NotifyError> {
     parse_payment_notification(body, KEY)
 }
 

@@ -156,7 +156,8 @@ fn generated_payment_notifications_verify() {
     let resigned = sign(&f, s(v, "key"), SignType::HmacSha256);
     f.insert("sign".into(), resigned);
     assert_eq!(detect_sign_type(&f), Ok(SignType::HmacSha256));
-    let n = parse_payment_notification(xml::encode(&f).as_bytes(), s(v, "key")).unwrap();
+    let body = xml::encode(&f);
+    let n = parse_payment_notification(body.as_bytes(), s(v, "key")).unwrap();
     assert_eq!(n.sign_type, SignType::HmacSha256);
 }
 

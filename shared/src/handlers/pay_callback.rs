@@ -86,7 +86,7 @@ async fn payment(app: &App, req: Request) -> Response {
             tracing::error!(security = true, out_trade_no = %n.out_trade_no, existing, transaction_id = %n.transaction_id, "second payment for a paid order");
             let ev = repo::EventRecord::new(
                 "double_payment",
-                &n.transaction_id,
+                n.transaction_id.as_ref(),
                 app.clock.now_ms(),
                 crate::pay::xml::encode(&n.fields()),
             );

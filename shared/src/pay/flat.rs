@@ -60,6 +60,11 @@ impl<'a> Flat<'a> {
         self.fields.is_empty()
     }
 
+    /// The fields themselves (name order), to move values out without copying them.
+    pub fn into_fields(self) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
+        self.fields
+    }
+
     /// An owned copy, as [`super::xml::decode`] would have returned it.
     pub fn to_fields(&self) -> Fields {
         self.iter()

@@ -18,9 +18,10 @@
 
 use super::flat::{self, Flat};
 use super::sign::{self, Fields, SignType, VerifyError};
-use super::types::{FieldError, Reader};
+use super::types::{invalid, FieldError};
 use super::xml::{self, XmlError};
 use crate::domain::{Fen, IdError, OpenId, OutTradeNo};
+use std::borrow::Cow;
 
 /// Why a notification was not accepted. Messages never include the API key or the body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,40 +47,53 @@ pub enum NotifyError {
     InnerXml(XmlError),
 }
 
-/// A verified payment notification.
+/// A verified payment notification, borrowing its text from the body it was parsed from.
+///
+/// Values are `Cow`s: borrowed from the body unless the XML had to be unescaped (an entity,
+/// a value split across text and CDATA, or a body only the reference decoder accepts), so
+/// the hot path copies nothing but `out_trade_no` (docs/PERFORMANCE.md, "Notification hot
+/// path"). [`PaymentNotification::into_owned`] detaches it from the body.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PaymentNotification {
-    pub appid: String,
-    pub mch_id: String,
-    pub sub_appid: Option<String>,
-    pub sub_mch_id: Option<String>,
+pub struct PaymentNotification<'a> {
+    pub appid: Cow<'a, str>,
+    pub mch_id: Cow<'a, str>,
+    pub sub_appid: Option<Cow<'a, str>>,
+    pub sub_mch_id: Option<Cow<'a, str>>,
     /// The payer under `appid` (direct mode always; provider mode when WeChat sends it).
-    pub openid: Option<String>,
+    pub openid: Option<Cow<'a, str>>,
     /// The payer under `sub_appid` (provider mode).
-    pub sub_openid: Option<String>,
+    pub sub_openid: Option<Cow<'a, str>>,
     pub out_trade_no: OutTradeNo,
-    pub transaction_id: String,
+    pub transaction_id: Cow<'a, str>,
     /// The order amount; compare it with the stored order.
     pub total_fee: Fen,
     /// What the payer paid in cash (lower than `total_fee` when coupons apply).
     pub cash_fee: Option<Fen>,
     /// `CNY` when WeChat omits it.
-    pub fee_type: String,
+    pub fee_type: Cow<'a, str>,
     /// `result_code == SUCCESS`.
     pub success: bool,
-    pub err_code: Option<String>,
-    pub err_code_des: Option<String>,
-    pub trade_type: Option<String>,
-    pub bank_type: Option<String>,
+    pub err_code: Option<Cow<'a, str>>,
+    pub err_code_des: Option<Cow<'a, str>>,
+    pub trade_type: Option<Cow<'a, str>>,
+    pub bank_type: Option<Cow<'a, str>>,
     pub time_end_ms: Option<i64>,
-    pub attach: Option<String>,
+    pub attach: Option<Cow<'a, str>>,
     /// The algorithm the notification was signed with.
     pub sign_type: SignType,
     /// The body as received and verified.
-    body: Box<[u8]>,
+    body: Cow<'a, [u8]>,
 }
 
-impl PaymentNotification {
+fn owned(c: Cow<'_, str>) -> Cow<'static, str> {
+    Cow::Owned(c.into_owned())
+}
+
+fn owned_opt(c: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
+    c.map(owned)
+}
+
+impl PaymentNotification<'_> {
     /// The payer's openid under the mini program the user logged into: `sub_openid` when
     /// present (provider mode), else `openid`.
     pub fn payer_openid(&self) -> Option<&str> {
@@ -98,6 +112,32 @@ impl PaymentNotification {
         xml::decode(&self.body).unwrap_or_default()
     }
 
+    /// The same notification, owning its text (to keep it beyond the request body).
+    pub fn into_owned(self) -> PaymentNotification<'static> {
+        PaymentNotification {
+            appid: owned(self.appid),
+            mch_id: owned(self.mch_id),
+            sub_appid: owned_opt(self.sub_appid),
+            sub_mch_id: owned_opt(self.sub_mch_id),
+            openid: owned_opt(self.openid),
+            sub_openid: owned_opt(self.sub_openid),
+            out_trade_no: self.out_trade_no,
+            transaction_id: owned(self.transaction_id),
+            total_fee: self.total_fee,
+            cash_fee: self.cash_fee,
+            fee_type: owned(self.fee_type),
+            success: self.success,
+            err_code: owned_opt(self.err_code),
+            err_code_des: owned_opt(self.err_code_des),
+            trade_type: owned_opt(self.trade_type),
+            bank_type: owned_opt(self.bank_type),
+            time_end_ms: self.time_end_ms,
+            attach: owned_opt(self.attach),
+            sign_type: self.sign_type,
+            body: Cow::Owned(self.body.into_owned()),
+        }
+    }
+
     /// Refuses a notification addressed to another merchant or app. `sub_*` are compared
     /// when configured (provider mode), and must then be present.
     pub fn check_merchant(
@@ -109,8 +149,8 @@ impl PaymentNotification {
     ) -> Result<(), NotifyError> {
         check_merchant_ids(
             [
-                Some(&self.appid),
-                Some(&self.mch_id),
+                Some(self.appid.as_ref()),
+                Some(self.mch_id.as_ref()),
                 self.sub_appid.as_deref(),
                 self.sub_mch_id.as_deref(),
             ],
@@ -157,10 +197,10 @@ pub(crate) fn decode_checked(body: &[u8]) -> Result<Flat<'_>, NotifyError> {
 
 /// Parses and verifies a payment notification body. Nothing in it is believed before the
 /// signature verifies.
-pub fn parse_payment_notification(
-    body: &[u8],
+pub fn parse_payment_notification<'a>(
+    body: &'a [u8],
     api_key: &str,
-) -> Result<PaymentNotification, NotifyError> {
+) -> Result<PaymentNotification<'a>, NotifyError> {
     let fields = decode_checked(body)?;
     let sign_type = sign::verify_sorted(
         fields.iter(),
@@ -168,29 +208,103 @@ pub fn parse_payment_notification(
         fields.get("sign_type"),
         api_key,
     )?;
-    let r = Reader(&fields);
+    // Verified: take the values the typed view keeps out of the fields in one pass (a
+    // `match` on the name per field instead of a lookup per typed field), moving them.
+    let mut v = PaymentFields::default();
+    for (name, value) in fields.into_fields() {
+        if value.is_empty() {
+            continue; // empty counts as absent, as WeChat signs it
+        }
+        let slot = match name.as_ref() {
+            "appid" => &mut v.appid,
+            "mch_id" => &mut v.mch_id,
+            "sub_appid" => &mut v.sub_appid,
+            "sub_mch_id" => &mut v.sub_mch_id,
+            "openid" => &mut v.openid,
+            "sub_openid" => &mut v.sub_openid,
+            "out_trade_no" => &mut v.out_trade_no,
+            "transaction_id" => &mut v.transaction_id,
+            "total_fee" => &mut v.total_fee,
+            "cash_fee" => &mut v.cash_fee,
+            "fee_type" => &mut v.fee_type,
+            "result_code" => &mut v.result_code,
+            "err_code" => &mut v.err_code,
+            "err_code_des" => &mut v.err_code_des,
+            "trade_type" => &mut v.trade_type,
+            "bank_type" => &mut v.bank_type,
+            "time_end" => &mut v.time_end,
+            "attach" => &mut v.attach,
+            _ => continue,
+        };
+        *slot = Some(value);
+    }
+    let req = |f: Option<Cow<'a, str>>, name: &str| f.ok_or_else(|| missing(name));
+    let appid = req(v.appid, "appid")?;
+    let mch_id = req(v.mch_id, "mch_id")?;
+    let out_trade_no = OutTradeNo::parse(req(v.out_trade_no, "out_trade_no")?.as_ref())?;
+    let transaction_id = req(v.transaction_id, "transaction_id")?;
+    let total_fee = fen("total_fee", &req(v.total_fee, "total_fee")?)?;
+    let cash_fee = v.cash_fee.map(|c| fen("cash_fee", &c)).transpose()?;
+    let time_end_ms = v
+        .time_end
+        .map(|t| {
+            crate::time::parse_beijing_compact(&t)
+                .ok_or_else(|| invalid("time_end", "not yyyyMMddHHmmss"))
+        })
+        .transpose()?;
     Ok(PaymentNotification {
-        appid: r.req_string("appid")?,
-        mch_id: r.req_string("mch_id")?,
-        sub_appid: r.opt_string("sub_appid"),
-        sub_mch_id: r.opt_string("sub_mch_id"),
-        openid: r.opt_string("openid"),
-        sub_openid: r.opt_string("sub_openid"),
-        out_trade_no: OutTradeNo::parse(r.req("out_trade_no")?)?,
-        transaction_id: r.req_string("transaction_id")?,
-        total_fee: r.fen("total_fee")?,
-        cash_fee: r.opt_fen("cash_fee")?,
-        fee_type: r.opt("fee_type").unwrap_or("CNY").to_owned(),
-        success: r.opt("result_code") == Some("SUCCESS"),
-        err_code: r.opt_string("err_code"),
-        err_code_des: r.opt_string("err_code_des"),
-        trade_type: r.opt_string("trade_type"),
-        bank_type: r.opt_string("bank_type"),
-        time_end_ms: r.opt_compact_time("time_end")?,
-        attach: r.opt_string("attach"),
+        appid,
+        mch_id,
+        sub_appid: v.sub_appid,
+        sub_mch_id: v.sub_mch_id,
+        openid: v.openid,
+        sub_openid: v.sub_openid,
+        out_trade_no,
+        transaction_id,
+        total_fee,
+        cash_fee,
+        fee_type: v.fee_type.unwrap_or(Cow::Borrowed("CNY")),
+        success: v.result_code.as_deref() == Some("SUCCESS"),
+        err_code: v.err_code,
+        err_code_des: v.err_code_des,
+        trade_type: v.trade_type,
+        bank_type: v.bank_type,
+        time_end_ms,
+        attach: v.attach,
         sign_type,
-        body: body.into(),
+        body: Cow::Borrowed(body),
     })
+}
+
+/// The non-empty values [`parse_payment_notification`] reads, by name.
+#[derive(Default)]
+struct PaymentFields<'a> {
+    appid: Option<Cow<'a, str>>,
+    mch_id: Option<Cow<'a, str>>,
+    sub_appid: Option<Cow<'a, str>>,
+    sub_mch_id: Option<Cow<'a, str>>,
+    openid: Option<Cow<'a, str>>,
+    sub_openid: Option<Cow<'a, str>>,
+    out_trade_no: Option<Cow<'a, str>>,
+    transaction_id: Option<Cow<'a, str>>,
+    total_fee: Option<Cow<'a, str>>,
+    cash_fee: Option<Cow<'a, str>>,
+    fee_type: Option<Cow<'a, str>>,
+    result_code: Option<Cow<'a, str>>,
+    err_code: Option<Cow<'a, str>>,
+    err_code_des: Option<Cow<'a, str>>,
+    trade_type: Option<Cow<'a, str>>,
+    bank_type: Option<Cow<'a, str>>,
+    time_end: Option<Cow<'a, str>>,
+    attach: Option<Cow<'a, str>>,
+}
+
+fn missing(name: &str) -> FieldError {
+    FieldError::Missing(name.to_owned())
+}
+
+fn fen(name: &str, v: &str) -> Result<Fen, FieldError> {
+    Fen::parse(v).map_err(|e| invalid(name, e))
 }
 
 /// The reply that stops WeChat's retries. Send it only after the state change is durable.
