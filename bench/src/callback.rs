@@ -45,7 +45,7 @@ pub fn config_vars(store: &str, component: &str) -> HashMap<String, String> {
     .collect()
 }
 
-fn order(no: &OutTradeNo, openid: &OpenId, now: i64) -> Result<Order, String> {
+pub fn order(no: &OutTradeNo, openid: &OpenId, now: i64) -> Result<Order, String> {
     let price = Fen::new(1990).map_err(|e| e.to_string())?;
     Ok(Order {
         out_trade_no: no.clone(),

@@ -15,6 +15,7 @@
 mod callback;
 mod coldstart;
 mod notify;
+mod sqlite_floor;
 mod stack;
 mod stats;
 
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
         "notify" => notify::run(rest),
         "notify-iters" => notify::run_iters(rest),
         "paycallback" => callback::run(rest),
+        "sqlite-floor" => sqlite_floor::run(rest),
         "coldstart" => coldstart::run(rest),
         "stack" => stack::run(rest),
         other => Err(format!("unknown subcommand `{other}`")),

@@ -62,7 +62,7 @@ async fn get_typed<T: DeserializeOwned>(
 // ---------------------------------------------------------------- orders
 
 /// Orders: id = out_trade_no, owner = openid, status = status, sort = created_at_ms.
-fn order_record(o: &Order, version: u64) -> Result<Record, StoreError> {
+pub fn order_record(o: &Order, version: u64) -> Result<Record, StoreError> {
     let mut rec = Record::new(Kind::Order, o.out_trade_no.as_str(), Record::encode(o)?);
     rec.version = version;
     rec.owner = Some(o.openid.as_str().to_owned());

@@ -1,0 +1,193 @@
+//! The store's floor for `payCallback` on SQLite: the SQL a payment needs and nothing else —
+//! no tokio, no writer thread, no JSON work, no notification — on one thread, so it is also
+//! the most a single SQLite writer can do (SQLite serialises writers).
+//!
+//! `ours`: per payment, the statements `SqliteStore` runs, on its schema and with the real
+//! records (`repo::order_record`, `outbox::to_record`, encoded before the clock starts): read
+//! the order by key, update it conditionally on its version (body, status, version), insert
+//! the outbox entry; `--group` payments per transaction, WAL, `synchronous=FULL`, as the
+//! store's group commit does at high concurrency. `minimal`: one `UPDATE` of a small row by
+//! integer key on a table without indexes, `--group` per transaction — what any durable
+//! "mark paid" costs on SQLite whatever the record layout.
+
+use crate::callback::order;
+use crate::stats::us;
+use serde_json::json;
+use std::time::Instant;
+use wxshop::domain::{OpenId, OutTradeNo};
+use wxshop::outbox::{to_record, OutboxEntry, Task};
+use wxshop::store::repo::order_record;
+use wxshop::store::Record;
+
+const SCHEMA: &str = "
+CREATE TABLE records (
+    kind TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
+    owner TEXT, status TEXT, sort INTEGER NOT NULL, expires_at INTEGER,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE INDEX records_by_owner  ON records (kind, owner, sort, id);
+CREATE INDEX records_by_status ON records (kind, status, sort, id);
+CREATE TABLE minimal (id INTEGER PRIMARY KEY, status INTEGER NOT NULL, txn TEXT);
+";
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let n = crate::num(args, "--n", 50_000usize);
+    let group = crate::num(args, "--group", 256usize).max(1);
+    let dir = std::env::temp_dir().join(format!("wxshop-sqlite-floor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("floor.db");
+    let result = measure(&path, n, group);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn db(e: rusqlite::Error) -> String {
+    e.to_string()
+}
+
+fn measure(path: &std::path::Path, n: usize, group: usize) -> Result<(), String> {
+    let mut conn = rusqlite::Connection::open(path).map_err(db)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(db)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db)?;
+    conn.execute_batch(SCHEMA).map_err(db)?;
+
+    // The records, as the store would write them: PREPAID orders, then PAID + outbox entry.
+    let now = 1_764_000_000_000_i64;
+    let openid = OpenId::parse("oUpF8uMEb4qRXf22hE3X68TekukE").map_err(|e| e.to_string())?;
+    let mut created = Vec::with_capacity(n);
+    let mut paid = Vec::with_capacity(n);
+    for i in 0..n {
+        let no = OutTradeNo::parse(format!("FLOOR{now}{i:08}")).map_err(|e| e.to_string())?;
+        let mut o = order(&no, &openid, now)?;
+        created.push(order_record(&o, 1).map_err(|e| e.to_string())?);
+        o.pay(&format!("42000{i:023}"), now, now)
+            .map_err(|e| e.to_string())?;
+        let entry = OutboxEntry::new(Task::OrderPay { out_trade_no: no }, now);
+        paid.push((
+            order_record(&o, 2).map_err(|e| e.to_string())?,
+            to_record(&entry, 1).map_err(|e| e.to_string())?,
+        ));
+    }
+    let insert = "INSERT INTO records (kind, id, version, body, owner, status, sort, expires_at)
+                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    let bind = |r: &Record| {
+        (
+            r.kind.as_str(),
+            r.id.clone(),
+            r.version as i64,
+            r.body.clone(),
+            r.owner.clone(),
+            r.status.clone(),
+            r.sort,
+            r.expires_at,
+        )
+    };
+    for chunk in created.chunks(1000) {
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut st = tx.prepare_cached(insert).map_err(db)?;
+            for r in chunk {
+                st.execute(bind(r)).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+    }
+    {
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut st = tx
+                .prepare_cached("INSERT INTO minimal (id, status) VALUES (?1, 0)")
+                .map_err(db)?;
+            for i in 0..n {
+                st.execute([i as i64]).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+    }
+
+    // ours: read + conditional update + outbox insert per payment.
+    let t = Instant::now();
+    for chunk in paid.chunks(group) {
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut get = tx
+                .prepare_cached(
+                    "SELECT version, body FROM records WHERE kind = ?1 AND id = ?2
+                     AND (expires_at IS NULL OR expires_at > ?3)",
+                )
+                .map_err(db)?;
+            let mut upd = tx
+                .prepare_cached(
+                    "UPDATE records SET version = ?3, body = ?4, owner = ?5, status = ?6,
+                     sort = ?7, expires_at = ?8 WHERE kind = ?1 AND id = ?2 AND version = ?9",
+                )
+                .map_err(db)?;
+            let mut ins = tx.prepare_cached(insert).map_err(db)?;
+            for (o, e) in chunk {
+                let (version, body): (i64, String) = get
+                    .query_row((o.kind.as_str(), &o.id, now / 1000), |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .map_err(db)?;
+                std::hint::black_box(&body);
+                let changed = upd
+                    .execute((
+                        o.kind.as_str(),
+                        &o.id,
+                        o.version as i64,
+                        &o.body,
+                        &o.owner,
+                        &o.status,
+                        o.sort,
+                        o.expires_at,
+                        version,
+                    ))
+                    .map_err(db)?;
+                if changed != 1 {
+                    return Err(format!("order {} not updated", o.id));
+                }
+                ins.execute(bind(e)).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+    }
+    let ours = t.elapsed();
+
+    // minimal: one small UPDATE by integer key per payment.
+    let t = Instant::now();
+    for (g, chunk) in paid.chunks(group).enumerate() {
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut upd = tx
+                .prepare_cached("UPDATE minimal SET status = 1, txn = ?2 WHERE id = ?1")
+                .map_err(db)?;
+            for (j, (o, _)) in chunk.iter().enumerate() {
+                let id = (g * group + j) as i64;
+                if upd.execute((id, &o.id)).map_err(db)? != 1 {
+                    return Err(format!("row {id} not updated"));
+                }
+            }
+        }
+        tx.commit().map_err(db)?;
+    }
+    let minimal = t.elapsed();
+
+    let order_body = paid.first().map(|(o, _)| o.body.len()).unwrap_or(0);
+    let outbox_body = paid.first().map(|(_, e)| e.body.len()).unwrap_or(0);
+    for (case, d) in [("ours", ours), ("minimal", minimal)] {
+        let per = d.as_secs_f64() / n as f64;
+        println!(
+            "{}",
+            json!({
+                "bench": "sqlite_floor", "case": case, "n": n, "group": group,
+                "journal_mode": mode, "synchronous": "FULL",
+                "ops_per_sec": 1.0 / per, "us_per_op": us(d) / n as f64,
+                "order_body_bytes": order_body, "outbox_body_bytes": outbox_body,
+            })
+        );
+    }
+    Ok(())
+}
