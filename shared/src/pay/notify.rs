@@ -460,6 +460,27 @@ mod tests {
     }
 
     #[test]
+    fn notifications_borrow_the_body_and_can_outlive_it() {
+        let built = build_payment_notification(&spec(SignType::Md5, false, false), KEY);
+        // The same value as escaped text instead of CDATA (the signature covers values).
+        let body = built.replace("<![CDATA[a&b<c>]]>", "a&amp;b&lt;c&gt;");
+        assert_ne!(body, built);
+        let n = parse_payment_notification(body.as_bytes(), KEY).unwrap();
+        // CDATA and plain text are borrowed from the body; an unescaped value is owned.
+        assert!(matches!(n.transaction_id, Cow::Borrowed(_)));
+        assert!(matches!(n.attach, Some(Cow::Owned(_))));
+        let kept = n.into_owned();
+        drop(body);
+        assert_eq!(kept.attach.as_deref(), Some("a&b<c>"));
+        assert_eq!(kept.transaction_id, "1004400740201409030005092168");
+        assert_eq!(kept.out_trade_no.as_str(), "1409811653");
+        assert_eq!(
+            kept.fields().get("total_fee").map(String::as_str),
+            Some("101")
+        );
+    }
+
+    #[test]
     fn replies() {
         assert_eq!(
             reply_success(),
