@@ -18,7 +18,7 @@
 
 use super::flat::{self, Flat};
 use super::sign::{self, Fields, SignType, VerifyError};
-use super::types::{invalid, FieldError};
+use super::types::{compact_time_value, fen_value, missing, FieldError};
 use super::xml::{self, XmlError};
 use crate::domain::{Fen, IdError, OpenId, OutTradeNo};
 use std::borrow::Cow;
@@ -243,14 +243,11 @@ pub fn parse_payment_notification<'a>(
     let mch_id = req(v.mch_id, "mch_id")?;
     let out_trade_no = OutTradeNo::parse(req(v.out_trade_no, "out_trade_no")?.as_ref())?;
     let transaction_id = req(v.transaction_id, "transaction_id")?;
-    let total_fee = fen("total_fee", &req(v.total_fee, "total_fee")?)?;
-    let cash_fee = v.cash_fee.map(|c| fen("cash_fee", &c)).transpose()?;
+    let total_fee = fen_value("total_fee", &req(v.total_fee, "total_fee")?)?;
+    let cash_fee = v.cash_fee.map(|c| fen_value("cash_fee", &c)).transpose()?;
     let time_end_ms = v
         .time_end
-        .map(|t| {
-            crate::time::parse_beijing_compact(&t)
-                .ok_or_else(|| invalid("time_end", "not yyyyMMddHHmmss"))
-        })
+        .map(|t| compact_time_value("time_end", &t))
         .transpose()?;
     Ok(PaymentNotification {
         appid,
@@ -297,14 +294,6 @@ struct PaymentFields<'a> {
     bank_type: Option<Cow<'a, str>>,
     time_end: Option<Cow<'a, str>>,
     attach: Option<Cow<'a, str>>,
-}
-
-fn missing(name: &str) -> FieldError {
-    FieldError::Missing(name.to_owned())
-}
-
-fn fen(name: &str, v: &str) -> Result<Fen, FieldError> {
-    Fen::parse(v).map_err(|e| invalid(name, e))
 }
 
 /// The reply that stops WeChat's retries. Send it only after the state change is durable.

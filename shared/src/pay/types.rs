@@ -117,6 +117,21 @@ pub enum FieldError {
     Invalid { field: String, reason: String },
 }
 
+/// Field `k` is absent or empty.
+pub(crate) fn missing(k: &str) -> FieldError {
+    FieldError::Missing(k.to_owned())
+}
+
+/// Field `k`'s value as an amount in fen.
+pub(crate) fn fen_value(k: &str, v: &str) -> Result<Fen, FieldError> {
+    Fen::parse(v).map_err(|e| invalid(k, e))
+}
+
+/// Field `k`'s value, `yyyyMMddHHmmss` Beijing time, as epoch ms.
+pub(crate) fn compact_time_value(k: &str, v: &str) -> Result<i64, FieldError> {
+    crate::time::parse_beijing_compact(v).ok_or_else(|| invalid(k, "not yyyyMMddHHmmss"))
+}
+
 /// Where a [`Reader`] looks fields up: the owned map, or the borrowed fields of the
 /// notification fast path ([`super::flat::Flat`]).
 pub(crate) trait Lookup {
@@ -149,7 +164,7 @@ impl<'a, F: Lookup + ?Sized> Reader<'a, F> {
     }
 
     pub fn req(&self, k: &str) -> Result<&'a str, FieldError> {
-        self.opt(k).ok_or_else(|| FieldError::Missing(k.to_owned()))
+        self.opt(k).ok_or_else(|| missing(k))
     }
 
     pub fn req_string(&self, k: &str) -> Result<String, FieldError> {
@@ -157,25 +172,16 @@ impl<'a, F: Lookup + ?Sized> Reader<'a, F> {
     }
 
     pub fn fen(&self, k: &str) -> Result<Fen, FieldError> {
-        let v = self.req(k)?;
-        Fen::parse(v).map_err(|e| invalid(k, e))
+        fen_value(k, self.req(k)?)
     }
 
     pub fn opt_fen(&self, k: &str) -> Result<Option<Fen>, FieldError> {
-        match self.opt(k) {
-            None => Ok(None),
-            Some(v) => Fen::parse(v).map(Some).map_err(|e| invalid(k, e)),
-        }
+        self.opt(k).map(|v| fen_value(k, v)).transpose()
     }
 
     /// `yyyyMMddHHmmss` Beijing time → epoch ms.
     pub fn opt_compact_time(&self, k: &str) -> Result<Option<i64>, FieldError> {
-        match self.opt(k) {
-            None => Ok(None),
-            Some(v) => crate::time::parse_beijing_compact(v)
-                .map(Some)
-                .ok_or_else(|| invalid(k, "not yyyyMMddHHmmss")),
-        }
+        self.opt(k).map(|v| compact_time_value(k, v)).transpose()
     }
 
     /// `yyyy-MM-dd HH:mm:ss` Beijing time → epoch ms.
