@@ -2,7 +2,8 @@
 //! no tokio, no writer thread, no JSON work, no notification — on one thread, so it is also
 //! the most a single SQLite writer can do (SQLite serialises writers).
 //!
-//! `ours`: per payment, the statements `SqliteStore` runs, on its schema and with the real
+//! `ours`: per payment, the statements `SqliteStore` runs (`store::sqlite::{SCHEMA, GET,
+//! PUT_IF_VERSION, PUT_IF_ABSENT}`, the store's own constants), with the real
 //! records (`repo::order_record`, `outbox::to_record`, encoded before the clock starts): read
 //! the order by key, update it conditionally on its version (body, status, version), insert
 //! the outbox entry; `--group` payments per transaction, WAL, `synchronous=FULL`, as the
@@ -17,18 +18,12 @@ use std::time::Instant;
 use wxshop::domain::{OpenId, OutTradeNo};
 use wxshop::outbox::{to_record, OutboxEntry, Task};
 use wxshop::store::repo::order_record;
+use wxshop::store::sqlite::{GET, PUT_IF_ABSENT, PUT_IF_VERSION, SCHEMA};
 use wxshop::store::Record;
 
-const SCHEMA: &str = "
-CREATE TABLE records (
-    kind TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
-    owner TEXT, status TEXT, sort INTEGER NOT NULL, expires_at INTEGER,
-    PRIMARY KEY (kind, id)
-) WITHOUT ROWID;
-CREATE INDEX records_by_owner  ON records (kind, owner, sort, id);
-CREATE INDEX records_by_status ON records (kind, status, sort, id);
-CREATE TABLE minimal (id INTEGER PRIMARY KEY, status INTEGER NOT NULL, txn TEXT);
-";
+/// The `minimal` case's table, beside the store's own schema.
+const MINIMAL: &str =
+    "CREATE TABLE minimal (id INTEGER PRIMARY KEY, status INTEGER NOT NULL, txn TEXT);";
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let n = crate::num(args, "--n", 50_000usize);
@@ -53,6 +48,7 @@ fn measure(path: &std::path::Path, n: usize, group: usize) -> Result<(), String>
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(db)?;
     conn.execute_batch(SCHEMA).map_err(db)?;
+    conn.execute_batch(MINIMAL).map_err(db)?;
 
     // The records, as the store would write them: PREPAID orders, then PAID + outbox entry.
     let now = 1_764_000_000_000_i64;
@@ -71,8 +67,7 @@ fn measure(path: &std::path::Path, n: usize, group: usize) -> Result<(), String>
             to_record(&entry, 1).map_err(|e| e.to_string())?,
         ));
     }
-    let insert = "INSERT INTO records (kind, id, version, body, owner, status, sort, expires_at)
-                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    let now_secs = now / 1000;
     let bind = |r: &Record| {
         (
             r.kind.as_str(),
@@ -83,12 +78,13 @@ fn measure(path: &std::path::Path, n: usize, group: usize) -> Result<(), String>
             r.status.clone(),
             r.sort,
             r.expires_at,
+            now_secs,
         )
     };
     for chunk in created.chunks(1000) {
         let tx = conn.transaction().map_err(db)?;
         {
-            let mut st = tx.prepare_cached(insert).map_err(db)?;
+            let mut st = tx.prepare_cached(PUT_IF_ABSENT).map_err(db)?;
             for r in chunk {
                 st.execute(bind(r)).map_err(db)?;
             }
@@ -113,22 +109,12 @@ fn measure(path: &std::path::Path, n: usize, group: usize) -> Result<(), String>
     for chunk in paid.chunks(group) {
         let tx = conn.transaction().map_err(db)?;
         {
-            let mut get = tx
-                .prepare_cached(
-                    "SELECT version, body FROM records WHERE kind = ?1 AND id = ?2
-                     AND (expires_at IS NULL OR expires_at > ?3)",
-                )
-                .map_err(db)?;
-            let mut upd = tx
-                .prepare_cached(
-                    "UPDATE records SET version = ?3, body = ?4, owner = ?5, status = ?6,
-                     sort = ?7, expires_at = ?8 WHERE kind = ?1 AND id = ?2 AND version = ?9",
-                )
-                .map_err(db)?;
-            let mut ins = tx.prepare_cached(insert).map_err(db)?;
+            let mut get = tx.prepare_cached(GET).map_err(db)?;
+            let mut upd = tx.prepare_cached(PUT_IF_VERSION).map_err(db)?;
+            let mut ins = tx.prepare_cached(PUT_IF_ABSENT).map_err(db)?;
             for (o, e) in chunk {
                 let (version, body): (i64, String) = get
-                    .query_row((o.kind.as_str(), &o.id, now / 1000), |r| {
+                    .query_row((o.kind.as_str(), &o.id, now_secs), |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })
                     .map_err(db)?;
@@ -144,6 +130,7 @@ fn measure(path: &std::path::Path, n: usize, group: usize) -> Result<(), String>
                         o.sort,
                         o.expires_at,
                         version,
+                        now_secs,
                     ))
                     .map_err(db)?;
                 if changed != 1 {

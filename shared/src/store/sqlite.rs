@@ -47,7 +47,9 @@ const MAX_IDLE_READERS: usize = 8;
 /// Most `write` calls committed together (each at most [`MAX_BATCH`] writes).
 const MAX_GROUP: usize = 256;
 
-const SCHEMA: &str = "
+/// The schema, and below the statements a payment runs: public so that `wxshop-bench
+/// sqlite-floor` measures exactly this SQL (docs/PERFORMANCE.md, "The store's floor").
+pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     kind       TEXT    NOT NULL,
     id         TEXT    NOT NULL,
@@ -64,7 +66,7 @@ CREATE INDEX IF NOT EXISTS records_by_status ON records (kind, status, sort, id)
 ";
 
 const COLUMNS: &str = "kind, id, version, body, owner, status, sort, expires_at";
-const GET: &str = "SELECT version, body, owner, status, sort, expires_at FROM records
+pub const GET: &str = "SELECT version, body, owner, status, sort, expires_at FROM records
                     WHERE kind = ?1 AND id = ?2 AND (expires_at IS NULL OR expires_at > ?3)";
 const LIVE_VERSION: &str = "SELECT version FROM records WHERE kind = ?1 AND id = ?2
                               AND (expires_at IS NULL OR expires_at > ?3)";
@@ -72,7 +74,7 @@ const UPSERT: &str = "INSERT OR REPLACE INTO records
                         (kind, id, version, body, owner, status, sort, expires_at)
                       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 /// A put that holds only when no live record has the key (an expired one is replaced).
-const PUT_IF_ABSENT: &str = "INSERT INTO records
+pub const PUT_IF_ABSENT: &str = "INSERT INTO records
                                (kind, id, version, body, owner, status, sort, expires_at)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                              ON CONFLICT (kind, id) DO UPDATE SET
@@ -81,7 +83,7 @@ const PUT_IF_ABSENT: &str = "INSERT INTO records
                                sort = excluded.sort, expires_at = excluded.expires_at
                              WHERE records.expires_at IS NOT NULL AND records.expires_at <= ?9";
 /// A put that holds only when the live record has version `?9`.
-const PUT_IF_VERSION: &str = "UPDATE records SET
+pub const PUT_IF_VERSION: &str = "UPDATE records SET
                                 version = ?3, body = ?4, owner = ?5, status = ?6, sort = ?7,
                                 expires_at = ?8
                               WHERE kind = ?1 AND id = ?2 AND version = ?9
