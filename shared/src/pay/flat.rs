@@ -109,6 +109,11 @@ fn fast<'a>(body: &'a [u8], root: &str) -> Option<Vec<Field<'a>>> {
     // 21 fields (1,008 bytes) stay within malloc's per-thread cache; WeChat's payment
     // notifications have 15–22, and the vector grows for more.
     let mut out: Vec<Field<'a>> = Vec::with_capacity(21);
+    // WeChat sends the fields in name order with `sign` last: kept aside, the others need
+    // one comparison each to confirm their order (no sort), and `sign` goes in its place at
+    // the end with one insert.
+    let mut sign: Option<Field<'a>> = None;
+    let mut in_order = true;
     loop {
         i = skip_ws(b, i);
         if b.get(i..i + 2)? == b"</" {
@@ -144,12 +149,28 @@ fn fast<'a>(body: &'a [u8], root: &str) -> Option<Vec<Field<'a>>> {
             }
             _ => return None,
         };
-        out.push((Cow::Borrowed(name), value));
-        if out.len() > MAX_FIELDS {
+        if name == "sign" {
+            if sign.replace((Cow::Borrowed(name), value)).is_some() {
+                return None; // a duplicate: the reference decides
+            }
+        } else {
+            if let Some((prev, _)) = out.last() {
+                in_order &= name_cmp(prev, name) == Ordering::Less;
+            }
+            out.push((Cow::Borrowed(name), value));
+        }
+        if out.len() + usize::from(sign.is_some()) > MAX_FIELDS {
             return None;
         }
     }
-    sort_unique(&mut out).then_some(out)
+    if !in_order && !sort_unique(&mut out) {
+        return None;
+    }
+    if let Some(sign) = sign {
+        let at = out.partition_point(|(k, _)| name_cmp(k, "sign") == Ordering::Less);
+        out.insert(at, sign);
+    }
+    Some(out)
 }
 
 /// Sorts fields by name; false on a duplicate name. An insertion sort: WeChat sends fields
@@ -193,29 +214,32 @@ fn value<'a>(text: &'a str, mut i: usize, name: &[u8]) -> Option<(Cow<'a, str>, 
     let mut value: Cow<'a, str> = Cow::Borrowed("");
     loop {
         let rest = b.get(i..)?;
-        if rest.first() == Some(&b'<') {
-            if let Some(after) = rest.strip_prefix(b"</") {
+        match rest {
+            [b'<', b'/', after @ ..] => {
                 let n = name.len();
-                if after.get(..n)? != name || after.get(n) != Some(&b'>') {
+                if !same_short(after.get(..n)?, name) || after.get(n) != Some(&b'>') {
                     return None;
                 }
                 return Some((value, i + 3 + n));
             }
-            let cdata = rest.strip_prefix(b"<![CDATA[")?;
-            let len = cdata_len(cdata)?;
-            let s = i + 9;
-            append(&mut value, Cow::Borrowed(text.get(s..s + len)?));
-            i = s + len + 3;
-        } else {
-            let len = memchr::memchr(b'<', rest)?;
-            let chunk = text.get(i..i + len)?;
-            // Values are short: a plain loop beats a `memchr` call here.
-            if chunk.bytes().any(|c| c == b'&') {
-                append(&mut value, unescape(chunk)?);
-            } else {
-                append(&mut value, Cow::Borrowed(chunk));
+            [b'<', ..] => {
+                let cdata = rest.strip_prefix(b"<![CDATA[")?;
+                let len = cdata_len(cdata)?;
+                let s = i + 9;
+                append(&mut value, Cow::Borrowed(text.get(s..s + len)?));
+                i = s + len + 3;
             }
-            i += len;
+            _ => {
+                let (len, found) = find2(rest, b'<', b'&')?;
+                if found == b'&' {
+                    let len = len + memchr::memchr(b'<', rest.get(len..)?)?;
+                    append(&mut value, unescape(text.get(i..i + len)?)?);
+                    i += len;
+                } else {
+                    append(&mut value, Cow::Borrowed(text.get(i..i + len)?));
+                    i += len;
+                }
+            }
         }
     }
 }
@@ -224,11 +248,58 @@ fn value<'a>(text: &'a str, mut i: usize, name: &[u8]) -> Option<(Cow<'a, str>, 
 fn cdata_len(b: &[u8]) -> Option<usize> {
     let mut from = 0;
     loop {
-        let p = from + memchr::memchr(b']', b.get(from..)?)?;
+        let p = from + find2(b.get(from..)?, b']', b']')?.0;
         if b.get(p..p + 3) == Some(b"]]>") {
             return Some(p);
         }
         from = p + 1;
+    }
+}
+
+/// The first `x` or `y` in `b`: its index and which it is. Eight bytes at a time without a
+/// call for the first 32 bytes (a notification's values are short, and there a `memchr`
+/// call and its set-up cost more than the search), then `memchr2` for what is left.
+#[inline(always)]
+fn find2(b: &[u8], x: u8, y: u8) -> Option<(usize, u8)> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let (px, py) = (LO * u64::from(x), LO * u64::from(y));
+    let mut i = 0;
+    while i < 32 {
+        let Some(w) = b.get(i..).and_then(<[u8]>::first_chunk::<8>) else {
+            // Fewer than 8 bytes left.
+            let p = i + b.get(i..)?.iter().position(|&c| c == x || c == y)?;
+            return b.get(p).map(|&c| (p, c));
+        };
+        let w = u64::from_le_bytes(*w);
+        let (a, c) = (w ^ px, w ^ py);
+        // A byte of `a` (or `c`) is zero where `w` has `x` (or `y`); the lowest flagged byte
+        // is exact (borrows only flag bytes above a real zero).
+        let t = (a.wrapping_sub(LO) & !a | c.wrapping_sub(LO) & !c) & HI;
+        if t != 0 {
+            let p = i + (t.trailing_zeros() / 8) as usize;
+            return b.get(p).map(|&c| (p, c));
+        }
+        i += 8;
+    }
+    let p = i + memchr::memchr2(x, y, b.get(i..)?)?;
+    b.get(p).map(|&c| (p, c))
+}
+
+/// `a == b` for slices of the same length, without a `memcmp` call up to 16 bytes (an end
+/// tag's name): the first and the last 8 (or 4) bytes, overlapping, as integers.
+#[inline(always)]
+fn same_short(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        a.first_chunk::<8>() == b.first_chunk::<8>() && a.last_chunk::<8>() == b.last_chunk::<8>()
+    } else if (4..8).contains(&n) {
+        a.first_chunk::<4>() == b.first_chunk::<4>() && a.last_chunk::<4>() == b.last_chunk::<4>()
+    } else {
+        a == b
     }
 }
 
@@ -432,6 +503,8 @@ mod tests {
             Just("xml".to_owned()),
             Just("字".to_owned()),
             "[a-z_:.0-9-]{1,4}",
+            // End tags compared 4, 8 and 16 bytes at a time.
+            "[a-z_]{5,18}",
         ];
         let text = prop_oneof![
             "[a-z0-9 ]{0,6}",
@@ -441,6 +514,9 @@ mod tests {
             "&[a-z#]{0,5};?",
             Just("茶]]>".to_owned()),
             "[ \t\r\n\x0c]{1,3}",
+            // Past the first 32 bytes the search for `<`, `&` or `]` is `memchr`'s.
+            "[a-z\\]&;]{20,70}",
+            "[a-z0-9]{25,70}&amp;[a-z]{0,9}",
         ];
         let raw = prop_oneof![
             Just("<".to_owned()),
@@ -469,6 +545,24 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// `find2` finds the first of its two bytes, at any distance (the word-at-a-time
+        /// part, the tail under 8 bytes, and `memchr2` past 32 bytes).
+        #[test]
+        fn find2_finds_the_first_of_two_bytes(
+            hay in prop::collection::vec(prop::sample::select(vec![b'a', b'<', b'&', b']', 0x80, 0xff, 0]), 0..90),
+            x in prop::sample::select(vec![b'<', b']', 0xff, 0]),
+            y in prop::sample::select(vec![b'&', b']', 0x80]),
+        ) {
+            let want = hay.iter().position(|&c| c == x || c == y).map(|p| (p, hay[p]));
+            prop_assert_eq!(find2(&hay, x, y), want);
+        }
+
+        /// `same_short` is `==`, whatever the length.
+        #[test]
+        fn same_short_is_equality(a in "[ab]{0,20}", b in "[ab]{0,20}") {
+            prop_assert_eq!(same_short(a.as_bytes(), b.as_bytes()), a == b);
+        }
 
         /// The name order the sort uses is byte order (as `BTreeMap` and signing sort),
         /// whether the names are shorter than, as long as or longer than its 4-byte prefix.
