@@ -173,8 +173,9 @@ fn fast<'a>(body: &'a [u8], root: &str) -> Option<Vec<Field<'a>>> {
     Some(out)
 }
 
-/// Sorts fields by name; false on a duplicate name. An insertion sort: WeChat sends fields
-/// in name order with `sign` appended last, so each field moves at most a few places.
+/// Sorts fields by name; false on a duplicate name. Only for fields that did not arrive in
+/// name order (WeChat's do, once `sign` is set aside), so an insertion sort: fields out of
+/// place by a few positions move a few places.
 fn sort_unique(fields: &mut [Field<'_>]) -> bool {
     for i in 1..fields.len() {
         let mut j = i;
@@ -230,15 +231,14 @@ fn value<'a>(text: &'a str, mut i: usize, name: &[u8]) -> Option<(Cow<'a, str>, 
                 i = s + len + 3;
             }
             _ => {
-                let (len, found) = find2(rest, b'<', b'&')?;
+                let (mut len, found) = find2(rest, b'<', b'&')?;
                 if found == b'&' {
-                    let len = len + memchr::memchr(b'<', rest.get(len..)?)?;
+                    len += memchr::memchr(b'<', rest.get(len..)?)?;
                     append(&mut value, unescape(text.get(i..i + len)?)?);
-                    i += len;
                 } else {
                     append(&mut value, Cow::Borrowed(text.get(i..i + len)?));
-                    i += len;
                 }
+                i += len;
             }
         }
     }
@@ -248,7 +248,7 @@ fn value<'a>(text: &'a str, mut i: usize, name: &[u8]) -> Option<(Cow<'a, str>, 
 fn cdata_len(b: &[u8]) -> Option<usize> {
     let mut from = 0;
     loop {
-        let p = from + find2(b.get(from..)?, b']', b']')?.0;
+        let p = from + find2(b.get(from..)?, b']', b']')?.0; // one byte: both the same
         if b.get(p..p + 3) == Some(b"]]>") {
             return Some(p);
         }
