@@ -522,3 +522,53 @@ async fn seeding_again_on_an_existing_store_works() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The schedule reclaims expired records (sessions, idempotency keys, replay guards) on
+/// SQLite, where nothing else deletes them; live records stay.
+#[tokio::test]
+async fn the_schedule_purges_expired_records_on_sqlite() {
+    use wxshop::store::{Expect, Kind, Record, Write};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("wxshop-purge-{}-{nanos}", std::process::id()));
+    let r = start(Options {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        store: Some(format!("sqlite:{}/wxshop.db", dir.display())),
+        seed: false,
+        time_scale: 0.001,
+        overrides: Default::default(),
+        use_env: false,
+        relay_every: Duration::from_millis(20),
+    })
+    .await
+    .unwrap();
+    let mut old = Record::new(Kind::Kv, "purge-test-old", "1".into());
+    old.expires_at = Some(1);
+    let live = Record::new(Kind::Kv, "purge-test-live", "1".into());
+    r.app
+        .store
+        .write(vec![
+            Write::put(old, Expect::Any),
+            Write::put(live, Expect::Any),
+        ])
+        .await
+        .unwrap();
+    let report = wxshop::handlers::order_sync::on_schedule(&r.app).await;
+    assert_eq!(report["purged"], 1, "{report}");
+    assert_eq!(
+        r.app.store.purge_expired().await.unwrap(),
+        0,
+        "nothing expired is left"
+    );
+    assert!(r
+        .app
+        .store
+        .get(Kind::Kv, "purge-test-live")
+        .await
+        .unwrap()
+        .is_some());
+    r.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -12,8 +12,9 @@ use super::shop_orders::wx_error;
 use crate::app::App;
 use crate::domain::{AuditStatus, Fen, Listing, Product, ProductId, Sku, SkuId};
 use crate::http::{json, parse_json, ApiError, Request, Response};
-use crate::shop::catalog::{Spu, SpuSku};
+use crate::shop::catalog::{Spu, SpuSku, SpuWriteResult};
 use crate::shop::types::ProductKey;
+use crate::shop::WxError;
 use crate::store::repo::{self, Batch};
 use serde::Deserialize;
 
@@ -73,6 +74,12 @@ enum Action {
 
 /// `errcode` for "product not found" (WECHAT_SHOP.md §11, 9401002).
 const PRODUCT_NOT_FOUND: i64 = 9401002;
+
+/// `errcode` for "product under audit, do not resubmit; use `del_audit`" (§11, 1000002).
+const PRODUCT_UNDER_AUDIT: i64 = 1000002;
+
+/// `errcode` for "product id already exists, call `update`" (§11, 1000012).
+const PRODUCT_EXISTS: i64 = 1000012;
 
 /// The `shop/*` calls the merchant may make through `wechat`.
 const PASS_THROUGH: &[&str] = &[
@@ -267,19 +274,7 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
     let mut product = product_from_input(input, existing.as_ref().map(|p| &p.value), now)?;
     if component_on(app) {
         // Upload for audit; orderable only once the audit event approves it.
-        let result = match product.wx_product_id {
-            Some(_) => match app.wx.spu_update(&spu(&product)).await {
-                // WeChat no longer has it (deleted in the console, or a fresh sandbox):
-                // upload it again.
-                Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
-                    tracing::warn!(product_id = %product.product_id, "WeChat lost the product; uploading it again");
-                    app.wx.spu_add(&spu(&product)).await
-                }
-                other => other,
-            },
-            None => app.wx.spu_add(&spu(&product)).await,
-        }
-        .map_err(wx_error)?;
+        let result = upload(app, &product).await.map_err(wx_error)?;
         product.wx_product_id = Some(result.product_id);
         product.audit = AuditStatus::Auditing;
         product.reject_reason = None;
@@ -303,6 +298,58 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
         }
     })?;
     Ok(product)
+}
+
+/// Uploads `product` for audit: `spu/add` for a product WeChat does not know yet, `spu/update`
+/// otherwise. What we store can be behind WeChat, so each mismatch is repaired here rather
+/// than refused forever:
+/// - WeChat lost a product we uploaded (deleted in the console, a fresh sandbox): add it again;
+/// - WeChat already has a product we never stored (an earlier upsert whose store write
+///   failed after `spu/add` succeeded, or a second environment on the same account): update it;
+/// - the product is still under audit (an edit before the verdict): withdraw that audit and
+///   submit this version, the one the merchant means.
+async fn upload(app: &App, product: &Product) -> Result<SpuWriteResult, WxError> {
+    let spu = spu(product);
+    let first = match product.wx_product_id {
+        Some(_) => app.wx.spu_update(&spu).await,
+        None => app.wx.spu_add(&spu).await,
+    };
+    match first {
+        Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) && product.wx_product_id.is_some() => {
+            tracing::warn!(product_id = %product.product_id, "WeChat lost the product; uploading it again");
+            app.wx.spu_add(&spu).await
+        }
+        Err(e) if e.errcode() == Some(PRODUCT_EXISTS) => {
+            tracing::info!(product_id = %product.product_id, "WeChat already has the product; updating it");
+            resubmit(app, product, &spu).await
+        }
+        Err(e) if e.errcode() == Some(PRODUCT_UNDER_AUDIT) => {
+            withdraw_then_update(app, product, &spu).await
+        }
+        other => other,
+    }
+}
+
+/// `spu/update`, withdrawing a pending audit first if WeChat asks for that.
+async fn resubmit(app: &App, product: &Product, spu: &Spu) -> Result<SpuWriteResult, WxError> {
+    match app.wx.spu_update(spu).await {
+        Err(e) if e.errcode() == Some(PRODUCT_UNDER_AUDIT) => {
+            withdraw_then_update(app, product, spu).await
+        }
+        other => other,
+    }
+}
+
+async fn withdraw_then_update(
+    app: &App,
+    product: &Product,
+    spu: &Spu,
+) -> Result<SpuWriteResult, WxError> {
+    tracing::info!(product_id = %product.product_id, "product under audit; withdrawing that audit to submit this version");
+    app.wx
+        .spu_del_audit(&ProductKey::Out(product.product_id.to_string()))
+        .await?;
+    app.wx.spu_update(spu).await
 }
 
 async fn set_listing(app: &App, id: &ProductId, listing: Listing) -> Result<Product, ApiError> {

@@ -146,8 +146,8 @@ pub async fn on_outbox_records(app: &App, ids: Vec<String>) -> Vec<String> {
     failed
 }
 
-/// The schedule: drain what is due, then sweep unpaid orders (ask WeChat Pay; close the
-/// expired ones and release their stock).
+/// The schedule: drain what is due, sweep unpaid orders (ask WeChat Pay; close the expired
+/// ones and release their stock), then purge expired records.
 pub async fn on_schedule(app: &App) -> serde_json::Value {
     let drained = drain(app, 500).await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "drain failed");
@@ -157,7 +157,13 @@ pub async fn on_schedule(app: &App) -> serde_json::Value {
         tracing::error!(error = %e, "sweep failed");
         SweepReport::default()
     });
-    serde_json::json!({ "drained": drained, "swept": swept })
+    // Expired records (sessions, idempotency keys, replay guards) are invisible already; on
+    // SQLite this reclaims their space, on DynamoDB TTL does it and this is a no-op.
+    let purged = app.store.purge_expired().await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "purge failed");
+        0
+    });
+    serde_json::json!({ "drained": drained, "swept": swept, "purged": purged })
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]

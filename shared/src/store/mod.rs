@@ -231,6 +231,12 @@ pub trait Store: Send + Sync + 'static {
     /// Live records of `query.kind` on one index, ordered by (`sort`, `id`).
     async fn query(&self, query: Query) -> Result<Page, StoreError>;
 
+    /// Deletes records whose expiry is due (already invisible to reads) and says how many.
+    /// The default does nothing: DynamoDB's TTL deletes expired items by itself.
+    async fn purge_expired(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
     /// Backend name for logs (`sqlite`, `dynamodb`).
     fn backend(&self) -> &'static str;
 }

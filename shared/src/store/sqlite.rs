@@ -24,7 +24,7 @@
 //!   between groups. Queries, which may return many rows, run on the blocking pool.
 //! - **Expiry is a filter, not a sweep** — records whose `expires_at` is due are invisible to
 //!   every read and count as absent for conditions, exactly like DynamoDB's lazy TTL.
-//!   [`SqliteStore::purge_expired`] reclaims their space when someone wants it to.
+//!   `Store::purge_expired` reclaims their space; the schedule (`orderSync`) calls it.
 
 use super::{now_secs, Expect, Index, Kind, Page, Query, Record, Store, StoreError, Write};
 use async_trait::async_trait;
@@ -261,17 +261,6 @@ impl SqliteStore {
     /// The database file, or `None` in memory.
     pub fn path(&self) -> Option<&Path> {
         self.inner.path.as_deref()
-    }
-
-    /// Deletes records whose expiry is due (they are already invisible). Returns how many.
-    pub async fn purge_expired(&self) -> Result<usize, StoreError> {
-        let now = now_secs();
-        self.on_writer(move |conn| {
-            conn.prepare_cached(PURGE)?
-                .execute(params![now])
-                .map_err(ReadError::from)
-        })
-        .await
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
@@ -713,6 +702,16 @@ fn run_query(conn: &Connection, q: &Query, now: i64) -> ReadResult<Page> {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn purge_expired(&self) -> Result<usize, StoreError> {
+        let now = now_secs();
+        self.on_writer(move |conn| {
+            conn.prepare_cached(PURGE)?
+                .execute(params![now])
+                .map_err(ReadError::from)
+        })
+        .await
+    }
+
     async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
         let id = id.to_owned();
         let now = now_secs();
