@@ -9,7 +9,10 @@
 //! the outbox entry; `--group` payments per transaction, WAL, `synchronous=FULL`, as the
 //! store's group commit does at high concurrency. `minimal`: one `UPDATE` of a small row by
 //! integer key on a table without indexes, `--group` per transaction — what any durable
-//! "mark paid" costs on SQLite whatever the record layout.
+//! "mark paid" costs on SQLite whatever the record layout. `narrow`: the read of `ours`, then
+//! the payment recorded as one insert into a narrow append-only `payments` table (integer
+//! rowid, unique `out_trade_no`) and nothing else — the floor of the redesign that issue 8's
+//! payCallback target would need (PAID and the `shop/order/pay` task derived from that row).
 
 use crate::callback::order;
 use crate::stats::us;
@@ -24,6 +27,12 @@ use wxshop::store::Record;
 /// The `minimal` case's table, beside the store's own schema.
 const MINIMAL: &str =
     "CREATE TABLE minimal (id INTEGER PRIMARY KEY, status INTEGER NOT NULL, txn TEXT);";
+
+/// The `narrow` case's table: a payment as an append-only fact (the order's PAID state and the
+/// `shop/order/pay` task would be derived from it; a relay would read it in rowid order).
+const NARROW: &str = "CREATE TABLE payments (
+    seq INTEGER PRIMARY KEY, out_trade_no TEXT NOT NULL UNIQUE, transaction_id TEXT NOT NULL,
+    total_fee INTEGER NOT NULL, time_end INTEGER NOT NULL);";
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let n = crate::num(args, "--n", 50_000usize);
@@ -49,6 +58,7 @@ fn measure(path: &std::path::Path, n: usize, group: usize) -> Result<(), String>
         .map_err(db)?;
     conn.execute_batch(SCHEMA).map_err(db)?;
     conn.execute_batch(MINIMAL).map_err(db)?;
+    conn.execute_batch(NARROW).map_err(db)?;
 
     // The records, as the store would write them: PREPAID orders, then PAID + outbox entry.
     let now = 1_764_000_000_000_i64;
@@ -162,9 +172,37 @@ fn measure(path: &std::path::Path, n: usize, group: usize) -> Result<(), String>
     }
     let minimal = t.elapsed();
 
+    // narrow: read the order (as for the amount check; on a reader connection in the store,
+    // here on the one thread), then record the payment as one narrow insert.
+    let txns: Vec<String> = (0..n).map(|i| format!("4200001234{now}{i:08}")).collect();
+    let t = Instant::now();
+    for (chunk, txns) in paid.chunks(group).zip(txns.chunks(group)) {
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut get = tx.prepare_cached(GET).map_err(db)?;
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO payments (out_trade_no, transaction_id, total_fee, time_end)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (out_trade_no) DO NOTHING",
+                )
+                .map_err(db)?;
+            for ((o, _), txn) in chunk.iter().zip(txns) {
+                let body: String = get
+                    .query_row((o.kind.as_str(), &o.id, now_secs), |r| r.get(1))
+                    .map_err(db)?;
+                std::hint::black_box(&body);
+                if ins.execute((&o.id, txn, 1990_i64, now)).map_err(db)? != 1 {
+                    return Err(format!("payment {} not recorded", o.id));
+                }
+            }
+        }
+        tx.commit().map_err(db)?;
+    }
+    let narrow = t.elapsed();
+
     let order_body = paid.first().map(|(o, _)| o.body.len()).unwrap_or(0);
     let outbox_body = paid.first().map(|(_, e)| e.body.len()).unwrap_or(0);
-    for (case, d) in [("ours", ours), ("minimal", minimal)] {
+    for (case, d) in [("ours", ours), ("minimal", minimal), ("narrow", narrow)] {
         let per = d.as_secs_f64() / n as f64;
         println!(
             "{}",
