@@ -38,6 +38,7 @@ pub async fn run_all(store: DynStore) {
     check_writes(&store).await;
     deletes(&store).await;
     index_queries(&store).await;
+    batched_updates_move_index_entries(&store).await;
     ttl_expiry(&store).await;
     outbox_leases(&store).await;
     outbox_retry_dead_replay(&store).await;
@@ -493,6 +494,113 @@ pub async fn deletes(store: &DynStore) {
     assert_eq!(
         get(store, Kind::AfterSale, &id).await.map(|r| r.version),
         Some(1)
+    );
+}
+
+/// A versioned put inside a multi-write call, changing any combination of owner, status and
+/// sort (to and from none): reads and both indexes show the new values only, in the new
+/// order; an expiry set by the put hides the record. (SQLite updates such a put in place,
+/// naming in its `SET` only the indexed columns that change.)
+pub async fn batched_updates_move_index_entries(store: &DynStore) {
+    let p = prefix();
+    let owners = [Some(format!("{p}-oa")), Some(format!("{p}-ob")), None];
+    let statuses = [Some(format!("{p}-sa")), Some(format!("{p}-sb")), None];
+    let by_owner = |o: &str| Query::new(Kind::Order, Index::Owner(o.to_owned()));
+    let by_status = |s: &str| Query::new(Kind::Order, Index::Status(s.to_owned()));
+    // A neighbour in the same partitions, sorted between the record's two sort values.
+    let mut n = rec(Kind::Order, &format!("{p}-n"), "n");
+    n.owner = owners[0].clone();
+    n.status = statuses[0].clone();
+    n.sort = 50;
+    must_write(store, vec![put(n.clone(), Expect::Absent)], "neighbour").await;
+    let mut case = 0;
+    for change in 0..8u8 {
+        for to_none in [false, true] {
+            case += 1;
+            let id = format!("{p}-r{case}");
+            let mut r = rec(Kind::Order, &id, "before");
+            r.owner = owners[0].clone();
+            r.status = statuses[0].clone();
+            r.sort = 10;
+            must_write(store, vec![put(r.clone(), Expect::Absent)], "create").await;
+            let mut next = rec(Kind::Order, &id, "after");
+            next.version = 2;
+            let other = if to_none { 2 } else { 1 };
+            next.owner = owners[if change & 1 != 0 { other } else { 0 }].clone();
+            next.status = statuses[if change & 2 != 0 { other } else { 0 }].clone();
+            next.sort = if change & 4 != 0 { 90 } else { 10 };
+            let side = rec(Kind::Kv, &format!("{id}-side"), "side");
+            must_write(
+                store,
+                vec![
+                    put(next.clone(), Expect::Version(1)),
+                    put(side, Expect::Absent),
+                ],
+                &format!("update {change:03b} (to none: {to_none})"),
+            )
+            .await;
+            assert_eq!(get(store, Kind::Order, &id).await, Some(next.clone()));
+            for o in owners.iter().flatten() {
+                let ids = collect_ids(store, by_owner(o), 100).await;
+                let want = next.owner.as_deref() == Some(o.as_str());
+                assert_eq!(
+                    ids.contains(&id),
+                    want,
+                    "[{}] owner {o}, case {change:03b}/{to_none}: {ids:?}",
+                    store.backend()
+                );
+                if want && o == owners[0].as_deref().unwrap_or_default() {
+                    let at = ids.iter().position(|x| *x == id);
+                    let at_n = ids.iter().position(|x| *x == n.id);
+                    assert_eq!(
+                        at < at_n,
+                        next.sort < n.sort,
+                        "[{}] sort order {ids:?}",
+                        store.backend()
+                    );
+                }
+            }
+            for s in statuses.iter().flatten() {
+                let ids = collect_ids(store, by_status(s), 100).await;
+                let want = next.status.as_deref() == Some(s.as_str());
+                assert_eq!(
+                    ids.contains(&id),
+                    want,
+                    "[{}] status {s}, case {change:03b}/{to_none}: {ids:?}",
+                    store.backend()
+                );
+            }
+            // Retire it: an expiry set by a batched versioned put (nothing indexed changes).
+            let mut gone = next.clone();
+            gone.version = 3;
+            gone.expires_at = Some(now_secs() - 1);
+            must_write(
+                store,
+                vec![
+                    put(gone, Expect::Version(2)),
+                    check(Kind::Kv, &format!("{id}-side"), Expect::Version(1)),
+                ],
+                "expire",
+            )
+            .await;
+            assert_eq!(
+                get(store, Kind::Order, &id).await,
+                None,
+                "expired by the put"
+            );
+        }
+    }
+    let ids = collect_ids(
+        store,
+        by_owner(owners[0].as_deref().unwrap_or_default()),
+        100,
+    )
+    .await;
+    assert_eq!(
+        ids,
+        vec![n.id.clone()],
+        "[{}] only the neighbour is left",
+        store.backend()
     );
 }
 

@@ -47,8 +47,9 @@ const MAX_IDLE_READERS: usize = 8;
 /// Most `write` calls committed together (each at most [`MAX_BATCH`] writes).
 const MAX_GROUP: usize = 256;
 
-/// The schema, and below the statements a payment runs: public so that `wxshop-bench
-/// sqlite-floor` measures exactly this SQL (docs/PERFORMANCE.md, "The store's floor").
+/// The schema, and below the statements a payment runs (a two-write call: the order's
+/// `LIVE_INDEXED` + `UPDATE_LIVE`, the outbox entry's `LIVE_VERSION` + `UPSERT`): public so
+/// that `wxshop-bench sqlite-floor` measures exactly this SQL (docs/PERFORMANCE.md, "The store's floor").
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     kind       TEXT    NOT NULL,
@@ -68,9 +69,9 @@ CREATE INDEX IF NOT EXISTS records_by_status ON records (kind, status, sort, id)
 const COLUMNS: &str = "kind, id, version, body, owner, status, sort, expires_at";
 pub const GET: &str = "SELECT version, body, owner, status, sort, expires_at FROM records
                     WHERE kind = ?1 AND id = ?2 AND (expires_at IS NULL OR expires_at > ?3)";
-const LIVE_VERSION: &str = "SELECT version FROM records WHERE kind = ?1 AND id = ?2
+pub const LIVE_VERSION: &str = "SELECT version FROM records WHERE kind = ?1 AND id = ?2
                               AND (expires_at IS NULL OR expires_at > ?3)";
-const UPSERT: &str = "INSERT OR REPLACE INTO records
+pub const UPSERT: &str = "INSERT OR REPLACE INTO records
                         (kind, id, version, body, owner, status, sort, expires_at)
                       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 /// A put that holds only when no live record has the key (an expired one is replaced).
@@ -88,6 +89,32 @@ pub const PUT_IF_VERSION: &str = "UPDATE records SET
                                 expires_at = ?8
                               WHERE kind = ?1 AND id = ?2 AND version = ?9
                                 AND (expires_at IS NULL OR expires_at > ?10)";
+/// The live record's version, and whether its indexed columns equal the put's (`?4`–`?6`:
+/// owner, status, sort), so that the put can leave unchanged index entries alone.
+pub const LIVE_INDEXED: &str = "SELECT version, owner IS ?4, status IS ?5, sort = ?6 FROM records
+                              WHERE kind = ?1 AND id = ?2
+                                AND (expires_at IS NULL OR expires_at > ?3)";
+/// In-place updates of a record known to be live, by which indexed columns change (bit 0
+/// owner, bit 1 status, bit 2 sort): SQLite rewrites the entries of exactly the indexes whose
+/// columns a `SET` names, so an order's transition (owner and sort unchanged) moves only its
+/// status entry and a product's stock change touches no index (docs/STORAGE.md).
+pub const UPDATE_LIVE: [&str; 8] = [
+    "UPDATE records SET version = ?3, body = ?4, expires_at = ?8 WHERE kind = ?1 AND id = ?2",
+    "UPDATE records SET version = ?3, body = ?4, expires_at = ?8, owner = ?5
+     WHERE kind = ?1 AND id = ?2",
+    "UPDATE records SET version = ?3, body = ?4, expires_at = ?8, status = ?6
+     WHERE kind = ?1 AND id = ?2",
+    "UPDATE records SET version = ?3, body = ?4, expires_at = ?8, owner = ?5, status = ?6
+     WHERE kind = ?1 AND id = ?2",
+    "UPDATE records SET version = ?3, body = ?4, expires_at = ?8, sort = ?7
+     WHERE kind = ?1 AND id = ?2",
+    "UPDATE records SET version = ?3, body = ?4, expires_at = ?8, owner = ?5, sort = ?7
+     WHERE kind = ?1 AND id = ?2",
+    "UPDATE records SET version = ?3, body = ?4, expires_at = ?8, status = ?6, sort = ?7
+     WHERE kind = ?1 AND id = ?2",
+    "UPDATE records SET version = ?3, body = ?4, expires_at = ?8, owner = ?5, status = ?6,
+       sort = ?7 WHERE kind = ?1 AND id = ?2",
+];
 const DELETE: &str = "DELETE FROM records WHERE kind = ?1 AND id = ?2";
 const PURGE: &str = "DELETE FROM records WHERE expires_at IS NOT NULL AND expires_at <= ?1";
 
@@ -461,22 +488,44 @@ fn apply_call(
             false => Err(StoreError::Conflict { index: 0 }),
         });
     }
+    // Which indexed columns each put changes, learnt while checking its condition (bit 0
+    // owner, 1 status, 2 sort); `None`: not known to be live, written as an upsert.
+    let mut changes: [Option<usize>; MAX_BATCH] = [None; MAX_BATCH];
     for (index, w) in writes.iter().enumerate() {
-        let (kind, id) = key_of(w);
-        let expect = match w {
-            Write::Put { expect, .. }
-            | Write::Delete { expect, .. }
-            | Write::Check { expect, .. } => *expect,
-        };
-        if expect != Expect::Any && !holds(expect, live_version(conn, kind, id, now)?) {
-            return Ok(Err(StoreError::Conflict { index }));
+        match w {
+            Write::Put {
+                record,
+                expect: expect @ Expect::Version(_),
+            } => {
+                let live = live_indexed(conn, record, now)?;
+                if !holds(*expect, live.map(|(v, _)| v)) {
+                    return Ok(Err(StoreError::Conflict { index }));
+                }
+                if let Some(slot) = changes.get_mut(index) {
+                    *slot = live.map(|(_, c)| c);
+                }
+            }
+            _ => {
+                let (kind, id) = key_of(w);
+                let expect = match w {
+                    Write::Put { expect, .. }
+                    | Write::Delete { expect, .. }
+                    | Write::Check { expect, .. } => *expect,
+                };
+                if expect != Expect::Any && !holds(expect, live_version(conn, kind, id, now)?) {
+                    return Ok(Err(StoreError::Conflict { index }));
+                }
+            }
         }
     }
-    for w in writes {
+    for (index, w) in writes.iter().enumerate() {
         match w {
-            Write::Put { record, .. } => {
-                put(conn, record, Expect::Any, now)?;
-            }
+            Write::Put { record, .. } => match changes.get(index).copied().flatten() {
+                Some(changed) => update_live(conn, record, changed)?,
+                None => {
+                    put(conn, record, Expect::Any, now)?;
+                }
+            },
             Write::Delete { kind, id, .. } => {
                 conn.prepare_cached(DELETE)
                     .and_then(|mut s| s.execute(params![kind.as_str(), id]))
@@ -558,6 +607,65 @@ fn put(conn: &Connection, record: &Record, expect: Expect, now: i64) -> Result<b
     }
     .map_err(backend_err)?;
     Ok(changed == 1)
+}
+
+/// The live record under `record`'s key, if any: its version, and which of the indexed
+/// columns `record` changes (bit 0 owner, 1 status, 2 sort).
+fn live_indexed(
+    conn: &Connection,
+    record: &Record,
+    now: i64,
+) -> Result<Option<(u64, usize)>, StoreError> {
+    let r = record;
+    conn.prepare_cached(LIVE_INDEXED)
+        .and_then(|mut s| {
+            s.query_row(
+                params![r.kind.as_str(), r.id, now, r.owner, r.status, r.sort],
+                |row| {
+                    let version: i64 = row.get(0)?;
+                    let same = |i: usize| row.get::<_, Option<bool>>(i).map(|b| b == Some(true));
+                    let changed = usize::from(!same(1)?)
+                        | usize::from(!same(2)?) << 1
+                        | usize::from(!same(3)?) << 2;
+                    Ok((u64::try_from(version).unwrap_or(0), changed))
+                },
+            )
+            .optional()
+        })
+        .map_err(backend_err)
+}
+
+/// Rewrites a record known to be live in place, setting the indexed columns in `changed`
+/// only ([`UPDATE_LIVE`]).
+fn update_live(conn: &Connection, record: &Record, changed: usize) -> Result<(), StoreError> {
+    let r = record;
+    let version = to_i64(r.version, "version")?;
+    let sql = UPDATE_LIVE.get(changed).copied().unwrap_or(UPDATE_LIVE[7]);
+    let n = conn
+        .prepare_cached(sql)
+        .and_then(|mut s| {
+            s.execute(params![
+                r.kind.as_str(),
+                r.id,
+                version,
+                r.body,
+                r.owner,
+                r.status,
+                r.sort,
+                r.expires_at,
+            ])
+        })
+        .map_err(backend_err)?;
+    if n == 1 {
+        Ok(())
+    } else {
+        // Its condition was checked in this transaction: the row cannot have gone.
+        Err(StoreError::Backend(format!(
+            "sqlite: {} {} vanished between its check and its write",
+            r.kind.as_str(),
+            r.id
+        )))
+    }
 }
 
 /// Version of the live record under (kind, id), if any.
