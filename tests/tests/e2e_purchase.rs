@@ -491,6 +491,92 @@ async fn aftersales_opened_in_wechat_are_imported_and_cancels_apply() {
     .await;
 }
 
+/// `shop/ecaftersale/add` applied by WeChat but its answer lost: the retry finds the
+/// after-sale under our id and adopts it instead of adding it a second time (which WeChat does
+/// not document as harmless).
+#[tokio::test]
+async fn an_aftersale_add_whose_answer_was_lost_is_adopted_not_repeated() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("ivy").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("shop/order/pay", || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/faults",
+            None,
+            &json!({"path": "shop/ecaftersale/add", "mode": "lost", "count": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, applied) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "dented"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{applied}");
+    let list = || async {
+        c.post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await
+        .1
+    };
+    let ours = applied["aftersale"]["aftersale_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = wxshop::domain::AfterSaleId::parse(ours.clone()).unwrap();
+    let stored = || async {
+        wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .and_then(|a| a.value.wx_aftersale_id)
+    };
+    eventually("WeChat's after-sale id stored", || async {
+        stored().await.is_some()
+    })
+    .await;
+    let adds = r.sandbox.calls("shop/ecaftersale/add");
+    assert_eq!(
+        adds.len(),
+        1,
+        "one add, its answer lost, then a lookup: {adds:?}"
+    );
+    let lookups = r.sandbox.calls("shop/ecaftersale/get");
+    assert!(
+        lookups
+            .iter()
+            .any(|v| v["out_aftersale_id"] == ours.as_str()),
+        "the retry looked it up by our id: {lookups:?}"
+    );
+    // And the state moves on from there as usual: the merchant approves, the refund lands.
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": ours}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the refund", || async {
+        list().await["aftersales"][0]["status"] == "REFUNDED"
+    })
+    .await;
+}
+
 /// `wxlocal serve --seed` twice on the same SQLite file: the second sandbox has never seen the
 /// product our store remembers, so the upload falls back from `spu/update` to `spu/add` and
 /// the stack starts (it used to fail with "product not exist").

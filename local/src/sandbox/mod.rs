@@ -284,12 +284,43 @@ impl Sandbox {
             .with_state(self.clone())
     }
 
-    /// Records the call and applies any matching fault. `Some` = answer with this instead.
+    /// Records the call and applies any matching fault, then answers: with the fault's answer
+    /// instead of the API's, or with the API's (`apply`), or — a `lost` fault — runs the API
+    /// and loses its answer (HTTP 500), as when WeChat applied a call whose reply never came.
+    async fn answer(
+        &self,
+        path: &str,
+        record: Value,
+        xml: bool,
+        apply: impl FnOnce() -> Response,
+    ) -> Response {
+        if let Some(r) = self.intercept(path, record, xml).await {
+            return r;
+        }
+        if self.take_lost(path) {
+            drop(apply());
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "sandbox: injected fault: the call was applied, its answer lost",
+            )
+                .into_response();
+        }
+        apply()
+    }
+
+    /// Takes a matching `lost` fault (after the call was recorded), if one is due.
+    fn take_lost(&self, path: &str) -> bool {
+        let mut st = self.st();
+        take_fault_where(&mut st.faults, path, |f| f.mode == FaultMode::Lost).is_some()
+    }
+
+    /// Records the call and applies any matching fault other than `lost` (which
+    /// [`Sandbox::answer`] applies). `Some` = answer with this instead.
     async fn intercept(&self, path: &str, record: Value, xml: bool) -> Option<Response> {
         let hit = {
             let mut st = self.st();
             st.calls.push((path.to_owned(), record));
-            take_fault(&mut st.faults, path)
+            take_fault_where(&mut st.faults, path, |f| f.mode != FaultMode::Lost)
         };
         let fault = hit?;
         match fault.mode {
@@ -297,6 +328,7 @@ impl Sandbox {
                 tokio::time::sleep(Duration::from_millis(fault.delay_ms.unwrap_or(1000))).await;
                 None
             }
+            FaultMode::Lost => None,
             FaultMode::Http500 => Some(
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -368,6 +400,9 @@ pub enum FaultMode {
     Errcode,
     Http500,
     Delay,
+    /// The call is applied, then its answer is lost (HTTP 500): a retry meets what the
+    /// first call did.
+    Lost,
 }
 
 /// One injected failure: which calls (`path` suffix or `*`), how, and how often.
@@ -396,9 +431,13 @@ fn fault_matches(f: &Fault, path: &str) -> bool {
     p == "*" || path == p || path.ends_with(&format!("/{p}"))
 }
 
-fn take_fault(faults: &mut Vec<Fault>, path: &str) -> Option<Fault> {
+fn take_fault_where(
+    faults: &mut Vec<Fault>,
+    path: &str,
+    which: impl Fn(&Fault) -> bool,
+) -> Option<Fault> {
     let idx = faults.iter().position(|f| {
-        if !fault_matches(f, path) {
+        if !which(f) || !fault_matches(f, path) {
             return false;
         }
         match (f.count, f.rate) {
@@ -484,20 +523,18 @@ async fn mch_route(
         Ok(f) => json!(f),
         Err(_) => json!({"_raw": String::from_utf8_lossy(&body)}),
     };
-    if let Some(r) = sb.intercept(&path, record, true).await {
-        return r;
-    }
-    mch::handle(&sb, &path, &body)
+    sb.answer(&path, record, true, || mch::handle(&sb, &path, &body))
+        .await
 }
 
 async fn token_route(
     AxState(sb): AxState<Sandbox>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = sb.intercept("api/cgi-bin/token", json!(q), false).await {
-        return r;
-    }
-    wx_json(platform::token(&sb, &q))
+    sb.answer("api/cgi-bin/token", json!(q), false, || {
+        wx_json(platform::token(&sb, &q))
+    })
+    .await
 }
 
 async fn stable_token_route(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
@@ -510,26 +547,20 @@ async fn stable_token_route(AxState(sb): AxState<Sandbox>, body: Bytes) -> Respo
             return wx_json(Err(WxErr::new(47001, "data format error")));
         }
     };
-    if let Some(r) = sb
-        .intercept("api/cgi-bin/stable_token", v.clone(), false)
-        .await
-    {
-        return r;
-    }
-    wx_json(platform::stable_token(&sb, &v))
+    sb.answer("api/cgi-bin/stable_token", v.clone(), false, || {
+        wx_json(platform::stable_token(&sb, &v))
+    })
+    .await
 }
 
 async fn jscode_route(
     AxState(sb): AxState<Sandbox>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = sb
-        .intercept("api/sns/jscode2session", json!(q), false)
-        .await
-    {
-        return r;
-    }
-    wx_json(platform::jscode2session(&sb, &q))
+    sb.answer("api/sns/jscode2session", json!(q), false, || {
+        wx_json(platform::jscode2session(&sb, &q))
+    })
+    .await
 }
 
 async fn shop_route(
@@ -548,22 +579,22 @@ async fn shop_route(
         parse_json_body(&body)
     };
     let record = parsed.clone().unwrap_or_else(|_| json!({}));
-    if let Some(r) = sb.intercept(&full, record, false).await {
-        return r;
-    }
-    if let Err(e) = platform::check_access_token(&sb, q.get("access_token")) {
-        return wx_json(Err(e));
-    }
-    let v = match parsed {
-        Ok(v) if v.is_object() => v,
-        _ => return wx_json(Err(WxErr::new(47001, "data format error"))),
-    };
-    let r = if let Some(name) = api.strip_prefix("shop/funds/") {
-        funds::handle(&sb, name, &v)
-    } else {
-        shop::handle(&sb, &api, &v, body.len())
-    };
-    wx_json(r)
+    sb.answer(&full, record, false, || {
+        if let Err(e) = platform::check_access_token(&sb, q.get("access_token")) {
+            return wx_json(Err(e));
+        }
+        let v = match parsed {
+            Ok(v) if v.is_object() => v,
+            _ => return wx_json(Err(WxErr::new(47001, "data format error"))),
+        };
+        let r = if let Some(name) = api.strip_prefix("shop/funds/") {
+            funds::handle(&sb, name, &v)
+        } else {
+            shop::handle(&sb, &api, &v, body.len())
+        };
+        wx_json(r)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -428,7 +428,7 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
     let wx_id = match a.value.wx_aftersale_id {
         Some(wx) => wx,
         None => {
-            let wx = super::shop_orders::aftersale_add(app, &order.value, &a.value).await?;
+            let wx = super::shop_orders::aftersale_find_or_add(app, &order.value, &a.value).await?;
             // Remember WeChat's id (conditional; a concurrent change just means we retry).
             let mut next = a.value.clone();
             next.wx_aftersale_id = Some(wx);

@@ -270,8 +270,34 @@ pub async fn companies(app: &App) -> Result<serde_json::Value, ApiError> {
     ))
 }
 
+/// Outbox: WeChat's id for our after-sale, adding it (`shop/ecaftersale/add`) only if WeChat
+/// does not have it under our id yet. An `add` whose answer was lost, or whose id we failed to
+/// store, is then adopted on the retry instead of repeated: WeChat does not document a second
+/// `add` with the same `out_aftersale_id` as harmless (it may open a second request or refuse
+/// it as over the refundable amount). WeChat's errcode for "no such after-sale" is
+/// UNVERIFIED (1020xxx by analogy), so any refusal of the lookup means "not there": add.
+pub async fn aftersale_find_or_add(
+    app: &App,
+    order: &Order,
+    a: &AfterSale,
+) -> Result<u64, TaskError> {
+    let ours = crate::shop::AfterSaleKey::Out(a.id.to_string());
+    match app.wx.ecaftersale_get(&ours).await {
+        Ok(found) => {
+            tracing::info!(aftersale_id = %a.id, wx_aftersale_id = found.aftersale_id, "WeChat already has the after-sale; adopting it");
+            Ok(found.aftersale_id)
+        }
+        Err(e @ (WxError::Api { .. } | WxError::Decode { .. }))
+            if e.kind() == crate::shop::WxErrorKind::Permanent =>
+        {
+            aftersale_add(app, order, a).await
+        }
+        Err(e) => Err(task_error(e)),
+    }
+}
+
 /// Outbox: `shop/ecaftersale/add` → WeChat's after-sale id.
-pub async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, TaskError> {
+async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, TaskError> {
     let item = order
         .items
         .first()
