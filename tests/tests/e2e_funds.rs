@@ -213,6 +213,15 @@ async fn fund_type_1_purchase_settles_and_is_withdrawn() {
     );
     assert!(w["qrcode_png_base64"].as_str().unwrap().len() > 200);
     assert_eq!(w["withdrawal"]["amount_fen"], 1000);
+    // The same request again (its answer lost on the way, say): WeChat refuses a second
+    // withdrawal today, and the caller gets the pending one's QR code back, not a refusal.
+    let again = c
+        .funds_ok(json!({"action": "withdraw", "amount_fen": 1000, "remark": "payout"}))
+        .await;
+    assert_eq!(again["resumed"], true, "{again}");
+    assert_eq!(again["withdrawal"]["withdraw_id"], id.as_str());
+    assert_eq!(again["qrcode_ticket"], ticket.as_str());
+    assert!(again["qrcode_png_base64"].is_string(), "{again}");
     assert_eq!(w["recorded"], true);
     let (_, stored) = get_withdrawal(r.app.store.as_ref(), &id)
         .await

@@ -140,7 +140,7 @@ fn funds_error(e: WxError) -> ApiError {
         Some(E_WITHDRAW_TWICE) => ApiError::conflict(
             "WITHDRAWAL_DAILY_LIMIT",
             format!(
-                "WeChat allows one withdrawal a day and one was already made today (Beijing time); try again tomorrow ({msg})"
+                "WeChat allows one withdrawal a day and one was already made today (Beijing time); try again tomorrow. An earlier attempt whose answer never arrived counts too: action withdrawals lists it ({msg})"
             ),
         ),
         Some(E_BALANCE) => ApiError::conflict(
@@ -750,17 +750,33 @@ async fn withdraw(
     let submitted = app
         .wx
         .funds_submit_withdraw(amount, remark.as_deref(), bank_memo.as_deref())
-        .await
-        .map_err(|e| {
-            if is_no_data(&e) {
-                ApiError::conflict(
-                    "NO_BANK_ACCOUNT",
-                    format!("set the settlement bank account first (action set_bank_account): {e}"),
-                )
-            } else {
-                funds_error(e)
-            }
-        })?;
+        .await;
+    let submitted = match submitted {
+        Ok(s) => s,
+        Err(e) if is_no_data(&e) => {
+            return Err(ApiError::conflict(
+                "NO_BANK_ACCOUNT",
+                format!("set the settlement bank account first (action set_bank_account): {e}"),
+            ))
+        }
+        Err(e) if e.errcode() == Some(E_WITHDRAW_TWICE) => {
+            // A retry of today's submission whose answer the caller never got (the function
+            // timed out after recording it) gets that withdrawal's QR code again.
+            return match pending_today(app, amount).await {
+                Some(w) => {
+                    tracing::info!(withdraw_id = %w.withdraw_id, "today's withdrawal of this amount awaits confirmation; answering its QR code again");
+                    let ticket = w.qrcode_ticket.clone().unwrap_or_default();
+                    let mut out =
+                        submitted_answer(app, &w.withdraw_id, withdrawal_view(&w), true, ticket)
+                            .await;
+                    out["resumed"] = json!(true);
+                    Ok(out)
+                }
+                None => Err(funds_error(e)),
+            };
+        }
+        Err(e) => return Err(funds_error(e)),
+    };
     let id = submitted.out_request_no.clone();
     let ticket = submitted.qrcode_ticket.clone();
     tracing::info!(withdraw_id = %id, amount = amount.get(), "withdrawal submitted; awaiting the admin's QR confirmation");
@@ -798,6 +814,30 @@ async fn withdraw(
         }
     };
 
+    Ok(submitted_answer(app, &id, view, recorded, ticket).await)
+}
+
+/// Today's (Beijing time) stored withdrawal of `amount` that still awaits the admin's QR
+/// confirmation, with its ticket.
+async fn pending_today(app: &App, amount: Fen) -> Option<Withdrawal> {
+    let today = crate::time::beijing_date(app.clock.now_ms());
+    let recent = list_withdrawals(app.store.as_ref(), 5).await.ok()?;
+    recent.into_iter().find(|w| {
+        w.amount == amount
+            && w.status == "BEFORE_SCAN_QRCODE"
+            && w.qrcode_ticket.is_some()
+            && crate::time::beijing_date(w.created_at_ms) == today
+    })
+}
+
+/// The answer to a submitted withdrawal: its view, and the QR code the admin confirms.
+async fn submitted_answer(
+    app: &App,
+    id: &str,
+    view: Value,
+    recorded: bool,
+    ticket: String,
+) -> Value {
     let mut out = json!({
         "withdrawal": view,
         "recorded": recorded,
@@ -826,7 +866,7 @@ async fn withdraw(
             json!(base64::engine::general_purpose::STANDARD.encode(bytes));
         out["wechat_qrcode_image_type"] = json!(mime);
     }
-    Ok(out)
+    out
 }
 
 async fn record_submitted(
