@@ -577,6 +577,37 @@ async fn an_aftersale_add_whose_answer_was_lost_is_adopted_not_repeated() {
     .await;
 }
 
+/// `unifiedOrder` failing after WeChat Pay opened the prepay order (here the component's
+/// `shop/order/add` refuses): our order is closed with its stock back, and the prepay order
+/// is closed at WeChat Pay too (`pay/closeorder`), so it cannot be paid later.
+#[tokio::test]
+async fn a_failed_unified_order_closes_what_wechat_pay_opened() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("judy").await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/faults",
+            None,
+            &json!({"path": "shop/order/add", "mode": "errcode", "errcode": 47001, "count": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c.order(&token, 1, None).await;
+    assert!(s >= 400, "the order must fail: {s} {v}");
+    let opened = r.sandbox.calls("pay/unifiedorder");
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    let no = opened[0]["out_trade_no"].as_str().unwrap().to_owned();
+    eventually("pay/closeorder for the failed order", || async {
+        r.sandbox
+            .calls("pay/closeorder")
+            .iter()
+            .any(|v| v["out_trade_no"] == no.as_str())
+    })
+    .await;
+    assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
+}
+
 /// `wxlocal serve --seed` twice on the same SQLite file: the second sandbox has never seen the
 /// product our store remembers, so the upload falls back from `spu/update` to `spu/add` and
 /// the stack starts (it used to fail with "product not exist").

@@ -242,6 +242,25 @@ pub async fn close_and_release(
     no: &OutTradeNo,
     reason: &str,
 ) -> Result<Order, ApiError> {
+    close_and_release_opened(app, no, reason, &OpenedAtWechat::default()).await
+}
+
+/// What WeChat already holds for an order we have not stored yet: a `unifiedOrder` that
+/// failed after `pay/unifiedorder` or `shop/order/add` succeeded.
+#[derive(Debug, Default, Clone)]
+pub struct OpenedAtWechat {
+    pub prepay_id: Option<String>,
+    pub wx_order_id: Option<u64>,
+}
+
+/// [`close_and_release`] of an order WeChat may hold more of than we stored: the ids are
+/// kept on the closed order so that the close task closes them at WeChat too.
+pub async fn close_and_release_opened(
+    app: &App,
+    no: &OutTradeNo,
+    reason: &str,
+    opened: &OpenedAtWechat,
+) -> Result<Order, ApiError> {
     let (order, closed) = with_retries::<_, ApiError, _, _>(app, || async {
         let current = repo::get_order(app.store.as_ref(), no)
             .await?
@@ -253,6 +272,12 @@ pub async fn close_and_release(
         let mut next = current.value.clone();
         next.close(reason, now)
             .map_err(|e| ApiError::conflict("ORDER_NOT_OPEN", e.to_string()))?;
+        if next.prepay_id.is_none() {
+            next.prepay_id.clone_from(&opened.prepay_id);
+        }
+        if next.wx_order_id.is_none() {
+            next.wx_order_id = opened.wx_order_id;
+        }
         let mut batch = Batch::new();
         batch.update_order(&current, &next);
         // Stock goes back to each product (one update per product, conditional on version).

@@ -8,7 +8,8 @@
 //! retried call with the same idempotency key returns the same order.
 
 use super::common::{
-    authenticate, close_and_release, component_on, take_turns, with_retries, Attempt,
+    authenticate, close_and_release_opened, component_on, take_turns, with_retries, Attempt,
+    OpenedAtWechat,
 };
 use crate::app::App;
 use crate::config::TradingComponent;
@@ -337,11 +338,13 @@ async fn place(
     let order = create_priced_order(app, openid, lines, scene, address).await?;
     let no = order.out_trade_no.clone();
     tracing::info!(out_trade_no = %no, total_fee = order.total.get(), "order created");
-    match prepay(app, order, ip).await {
+    let mut opened = OpenedAtWechat::default();
+    match prepay(app, order, ip, &mut opened).await {
         Ok(r) => Ok(r),
         Err(e) => {
-            // Nothing was paid: close the order and give the stock back.
-            if let Err(close) = close_and_release(app, &no, "prepay failed").await {
+            // Nothing was paid: close the order and give the stock back — and close what
+            // WeChat already opened for it (a prepay order, a component order).
+            if let Err(close) = close_and_release_opened(app, &no, "prepay failed", &opened).await {
                 tracing::error!(out_trade_no = %no, error = %close, "could not close the failed order; the sweep will");
             }
             Err(e)
@@ -368,7 +371,12 @@ async fn needs_component(app: &App, scene: Option<u32>) -> Result<bool, ApiError
     }
 }
 
-async fn prepay(app: &App, mut order: Order, ip: &str) -> Result<UnifiedOrderResult, ApiError> {
+async fn prepay(
+    app: &App,
+    mut order: Order,
+    ip: &str,
+    opened: &mut OpenedAtWechat,
+) -> Result<UnifiedOrderResult, ApiError> {
     let now = app.clock.now_ms();
     let no = order.out_trade_no.clone();
     let use_component = order.fund_type == FundType::SecondaryMerchant
@@ -377,6 +385,7 @@ async fn prepay(app: &App, mut order: Order, ip: &str) -> Result<UnifiedOrderRes
     let payment = if order.fund_type == FundType::SecondaryMerchant {
         // WeChat collects the money: the component order is the payment.
         let added = super::shop_orders::add_order(app, &order, None).await?;
+        opened.wx_order_id = Some(added.order_id);
         order.wx_order_id = Some(added.order_id);
         order.ticket = Some(added.ticket.clone());
         let params = super::shop_orders::payment_params(app, &order).await?;
@@ -389,8 +398,10 @@ async fn prepay(app: &App, mut order: Order, ip: &str) -> Result<UnifiedOrderRes
         serde_json::to_value(&params).map_err(|e| ApiError::internal(e.to_string()))?
     } else {
         let prepay_id = super::pay_orders::unified_order(app, &order, ip).await?;
+        opened.prepay_id = Some(prepay_id.clone());
         if use_component {
             let added = super::shop_orders::add_order(app, &order, Some(&prepay_id)).await?;
+            opened.wx_order_id = Some(added.order_id);
             order.wx_order_id = Some(added.order_id);
             order.ticket = Some(added.ticket);
         }
