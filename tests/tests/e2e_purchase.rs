@@ -608,6 +608,89 @@ async fn a_failed_unified_order_closes_what_wechat_pay_opened() {
     assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
 }
 
+/// A refund WeChat accepted and then closed (the refund notification says REFUNDCLOSE): the
+/// after-sale reads REFUND_FAILED, and approving it again issues a new refund under a new
+/// `out_refund_no` — the old number would only return the closed refund — which succeeds.
+#[tokio::test]
+async fn a_refund_wechat_closed_is_issued_again_under_a_new_number() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("kai").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("PAID", || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let (s, applied) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "broken"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{applied}");
+    let id = applied["aftersale"]["aftersale_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/refund_outcome",
+            None,
+            &json!({"status": "REFUNDCLOSE", "count": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let list = || async {
+        c.post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await
+        .1["aftersales"][0]
+            .clone()
+    };
+    let approve = || async {
+        let (s, v) = c
+            .admin(
+                "/admin/aftersaleSync",
+                &json!({"action": "approve", "aftersale_id": id}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    };
+    approve().await;
+    eventually("REFUND_FAILED", || async {
+        list().await["status"] == "REFUND_FAILED"
+    })
+    .await;
+    let first = list().await["out_refund_no"].as_str().unwrap().to_owned();
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 0);
+
+    approve().await;
+    eventually("REFUNDED", || async {
+        list().await["status"] == "REFUNDED"
+    })
+    .await;
+    let second = list().await["out_refund_no"].as_str().unwrap().to_owned();
+    assert_ne!(first, second, "a new refund number");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+    let refunds: Vec<_> = r
+        .sandbox
+        .calls("secapi/pay/refund")
+        .into_iter()
+        .map(|v| v["out_refund_no"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        refunds.contains(&first) && refunds.contains(&second),
+        "{refunds:?}"
+    );
+}
+
 /// `wxlocal serve --seed` twice on the same SQLite file: the second sandbox has never seen the
 /// product our store remembers, so the upload falls back from `spu/update` to `spu/add` and
 /// the stack starts (it used to fail with "product not exist").

@@ -114,6 +114,9 @@ pub struct PayState {
     pub orders: BTreeMap<String, PayOrder>,
     pub refunds: BTreeMap<String, Refund>,
     pub by_txn: HashMap<String, String>,
+    /// Outcomes for the next accepted refunds instead of `SUCCESS` (`REFUNDCLOSE`, `CHANGE`),
+    /// set with `/_control/refund_outcome`.
+    pub refund_outcomes: std::collections::VecDeque<&'static str>,
 }
 
 impl PayState {
@@ -837,14 +840,21 @@ async fn complete_refund(sb: Sandbox, out_refund_no: String, _st: SignType, epoc
             return;
         }
         let id = state.next_seq();
+        let outcome = state.pay.refund_outcomes.pop_front().unwrap_or("SUCCESS");
         let Some(r) = state.pay.refunds.get_mut(&out_refund_no) else {
             return;
         };
-        r.status = "SUCCESS";
-        r.success_ms = Some(now);
+        r.status = outcome;
+        let ok = outcome == "SUCCESS";
+        r.success_ms = ok.then_some(now);
         let r = r.clone();
         let order = state.pay.orders.get_mut(&r.out_trade_no).map(|o| {
-            o.state = TradeState::Refund;
+            if ok {
+                o.state = TradeState::Refund;
+            } else {
+                // The money did not go back: refundable again.
+                o.refunded -= r.refund_fee;
+            }
             o.clone()
         });
         (r, order, id)
@@ -852,7 +862,7 @@ async fn complete_refund(sb: Sandbox, out_refund_no: String, _st: SignType, epoc
     let Some(url) = r.notify_url.clone() else {
         return;
     };
-    let inner = fields(&[
+    let mut inner = fields(&[
         ("out_refund_no", r.out_refund_no.clone()),
         ("out_trade_no", r.out_trade_no.clone()),
         ("refund_account", r.refund_account.clone()),
@@ -860,13 +870,19 @@ async fn complete_refund(sb: Sandbox, out_refund_no: String, _st: SignType, epoc
         ("refund_id", r.refund_id.clone()),
         ("refund_recv_accout", "支付用户零钱".into()),
         ("refund_request_source", "API".into()),
-        ("refund_status", "SUCCESS".into()),
+        ("refund_status", r.status.into()),
         ("settlement_refund_fee", r.refund_fee.to_string()),
         ("settlement_total_fee", r.total_fee.to_string()),
-        ("success_time", beijing_datetime(now)),
+        (
+            "success_time",
+            r.success_ms.map(beijing_datetime).unwrap_or_default(),
+        ),
         ("total_fee", r.total_fee.to_string()),
         ("transaction_id", r.transaction_id.clone()),
     ]);
+    if r.success_ms.is_none() {
+        inner.remove("success_time"); // sent on SUCCESS only
+    }
     let req_info =
         deliver::encrypt_req_info(&cfg.api_key, xml::encode_root(&inner, "root").as_bytes());
     let mut outer = fields(&[

@@ -266,6 +266,7 @@ impl Sandbox {
             .route("/_control/expire_tokens", post(control_expire_tokens))
             .route("/_control/settle", post(control_settle))
             .route("/_control/aftersale", post(control_aftersale))
+            .route("/_control/refund_outcome", post(control_refund_outcome))
             .route("/_control/funds/qrcode", post(control_qrcode))
             .route(
                 "/_control/faults",
@@ -681,6 +682,26 @@ async fn control_settle(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response 
         Ok(v) => Json(v).into_response(),
         Err(e) => control_err(StatusCode::CONFLICT, e),
     }
+}
+
+/// `{"status": "REFUNDCLOSE" | "CHANGE", "count": n}`: the next `n` accepted refunds end that
+/// way instead of `SUCCESS` (their notification says so; the money stays refundable).
+async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    let status = match v.get("status").and_then(Value::as_str) {
+        Some("REFUNDCLOSE") => "REFUNDCLOSE",
+        Some("CHANGE") => "CHANGE",
+        _ => return control_err(StatusCode::BAD_REQUEST, "status: REFUNDCLOSE or CHANGE"),
+    };
+    let count = v.get("count").and_then(Value::as_u64).unwrap_or(1).min(100);
+    let mut st = sb.st();
+    for _ in 0..count {
+        st.pay.refund_outcomes.push_back(status);
+    }
+    Json(json!({"pending_outcomes": st.pay.refund_outcomes.len()})).into_response()
 }
 
 async fn control_aftersale(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {

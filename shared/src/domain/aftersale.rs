@@ -132,6 +132,24 @@ impl AfterSale {
         }
     }
 
+    /// A fresh refund number for an approved after-sale whose previous refund WeChat created
+    /// and then closed (`REFUNDCLOSE`, `CHANGE`): asking again under the old number would only
+    /// return that closed refund.
+    pub fn renumber_refund(
+        &mut self,
+        now_ms: i64,
+    ) -> Result<OutRefundNo, AfterSaleTransitionError> {
+        match self.status {
+            AfterSaleStatus::Refunding => {
+                let no = OutRefundNo::generate(now_ms);
+                self.out_refund_no = Some(no.clone());
+                self.updated_at_ms = now_ms;
+                Ok(no)
+            }
+            _ => Err(self.err("renumber the refund")),
+        }
+    }
+
     pub fn refunded(
         &mut self,
         refund_id: Option<String>,

@@ -313,8 +313,6 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
             return Err(ApiError::internal("approval did not fix a refund number"));
         };
         let mut batch = Batch::new();
-        batch.update_aftersale(&current, &next);
-        batch.check_order(&order);
         match repo::get_refund(app.store.as_ref(), &out_refund_no).await? {
             None => {
                 batch.create_refund(&RefundRecord::new(
@@ -325,14 +323,34 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
                     now,
                 ));
             }
+            Some(r) if r.value.status == RefundStatus::Failed && r.value.refund_id.is_some() => {
+                // WeChat created that refund and closed it (the refund notification said
+                // REFUNDCLOSE or CHANGE): the old number would only return it. A new one; the
+                // failed refund stays on record.
+                let fresh = next
+                    .renumber_refund(now)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                tracing::info!(aftersale_id = %id, old = %out_refund_no, new = %fresh, "approved again after WeChat closed the refund: a new refund number");
+                batch.create_refund(&RefundRecord::new(
+                    fresh,
+                    next.out_trade_no.clone(),
+                    id.clone(),
+                    next.amount,
+                    now,
+                ));
+            }
             Some(r) => {
-                // Approved again after a failed refund: same number, pending again.
+                // Approved again after WeChat refused to take the refund at all (nothing was
+                // created under the number): same number, pending again, as WeChat asks.
                 let mut nr = r.value.clone();
                 nr.status = RefundStatus::Pending;
                 nr.updated_at_ms = now;
                 batch.update_refund(&r, &nr);
             }
         }
+        // After the refund number is settled (a renumbering changes the after-sale).
+        batch.update_aftersale(&current, &next);
+        batch.check_order(&order);
         batch.enqueue(OutboxEntry::new(
             Task::Refund {
                 aftersale_id: id.clone(),
