@@ -691,6 +691,68 @@ async fn a_refund_wechat_closed_is_issued_again_under_a_new_number() {
     );
 }
 
+/// WeChat refusing a state move with "not in this state" (100000) is success only when its
+/// after-sale is already there: approving a return-and-refund before the goods came back
+/// (WeChat takes the refund only after the return) is reported, not silently counted as done.
+#[tokio::test]
+async fn a_state_refusal_is_success_only_when_wechat_is_already_there() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lena").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("shop/order/pay", || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    let (s, applied) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 1990, "type": "return"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{applied}");
+    let id = applied["aftersale"]["aftersale_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let dead = || async {
+        c.admin("/admin/orderSync", &json!({"action": "dead_letters"}))
+            .await
+            .1["dead_letters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually("the refused acceptrefund dead-lettered", || async {
+        dead()
+            .await
+            .iter()
+            .any(|d| d["task"]["type"] == "after_sale_sync")
+    })
+    .await;
+    let entry = dead()
+        .await
+        .into_iter()
+        .find(|d| d["task"]["type"] == "after_sale_sync")
+        .unwrap();
+    let why = entry["last_error"].as_str().unwrap();
+    assert!(why.contains("100000") && why.contains("return"), "{entry}");
+}
+
 /// `wxlocal serve --seed` twice on the same SQLite file: the second sandbox has never seen the
 /// product our store remembers, so the upload falls back from `spu/update` to `spu/add` and
 /// the stack starts (it used to fail with "product not exist").

@@ -336,15 +336,58 @@ pub async fn aftersale_state(
         AfterSaleStatus::Cancelled => app.wx.ecaftersale_cancel(&key, order.openid.as_str()).await,
         AfterSaleStatus::Rejected => app.wx.ecaftersale_reject(&key).await,
         AfterSaleStatus::Refunding => app.wx.ecaftersale_acceptrefund(&key).await,
-        // The money went back: confirm WeChat's record of the after-sale agrees.
-        AfterSaleStatus::Refunded => app.wx.ecaftersale_get(&key).await.map(|wx| {
-            tracing::info!(aftersale_id = %a.id, wx_status = wx.status, "after-sale refunded; WeChat status checked");
-        }),
+        // The money went back: WeChat's after-sale must say so too. If the refund
+        // notification overtook the Refunding sync, the refund is accepted there now.
+        AfterSaleStatus::Refunded => {
+            let wx = app.wx.ecaftersale_get(&key).await.map_err(task_error)?;
+            if matches!(wx.status, 13..=15) {
+                return Ok(());
+            }
+            tracing::info!(aftersale_id = %a.id, wx_status = wx.status, "after-sale refunded here, not yet at WeChat: accepting the refund there");
+            app.wx.ecaftersale_acceptrefund(&key).await
+        }
     };
     match r {
         Ok(()) => Ok(()),
-        // Already in that state (or past it) at WeChat.
-        Err(e) if e.errcode() == Some(100000) => Ok(()),
+        // "Not in this state": fine if WeChat's after-sale is already there (or past it),
+        // which it says when read back; otherwise the refusal stands.
+        Err(e) if e.errcode() == Some(100000) => confirm_state(app, a, &key, e).await,
         Err(e) => Err(task_error(e)),
     }
+}
+
+/// After a state refusal (100000): WeChat's after-sale, read back, must already be where our
+/// state puts it (EC status numbers, WECHAT_SHOP.md §7.3), else the refusal is a real one.
+async fn confirm_state(
+    app: &App,
+    a: &AfterSale,
+    key: &crate::shop::types::AfterSaleKey,
+    refusal: WxError,
+) -> Result<(), TaskError> {
+    let wx = app.wx.ecaftersale_get(key).await.map_err(task_error)?;
+    let there = match a.status {
+        AfterSaleStatus::Cancelled => wx.status == 1,
+        AfterSaleStatus::Rejected => matches!(wx.status, 4 | 5),
+        // 13 refund done, 14 return-refund done, 15 the platform refunding.
+        AfterSaleStatus::Refunding | AfterSaleStatus::Refunded => matches!(wx.status, 13..=15),
+        _ => true,
+    };
+    if there {
+        return Ok(());
+    }
+    let hint = if matches!(
+        a.status,
+        AfterSaleStatus::Refunding | AfterSaleStatus::Refunded
+    ) && a.kind == crate::domain::AfterSaleKind::ReturnAndRefund
+    {
+        "; a return-and-refund needs the goods back before WeChat takes the refund (accept the return, then the refund, in WeChat's merchant tools)"
+    } else {
+        ""
+    };
+    Err(TaskError::Permanent(format!(
+        "WeChat refused to move after-sale {} to {}: {refusal}; its status there is {}{hint}",
+        a.id,
+        a.status.as_str(),
+        wx.status
+    )))
 }
