@@ -263,6 +263,7 @@ fn new_aftersale() -> AfterSale {
         out_refund_no: None,
         refund_id: None,
         wx_aftersale_id: None,
+        wx_add_claimed_until_ms: None,
         reject_reason: None,
         created_at_ms: 0,
         updated_at_ms: 0,

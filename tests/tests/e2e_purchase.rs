@@ -753,6 +753,70 @@ async fn a_state_refusal_is_success_only_when_wechat_is_already_there() {
     assert!(why.contains("100000") && why.contains("return"), "{entry}");
 }
 
+/// Apply and approve each queue a sync of the after-sale, and the two can run at once: while
+/// one adds it at WeChat (slowly here: a 300 ms delay on `ecaftersale/add`), the other waits
+/// for it instead of adding it a second time.
+#[tokio::test]
+async fn concurrent_syncs_add_an_aftersale_at_wechat_once() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("mona").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("shop/order/pay", || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/faults",
+            None,
+            &json!({"path": "shop/ecaftersale/add", "mode": "delay", "delay_ms": 300, "count": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, applied) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "late"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{applied}");
+    let id = applied["aftersale"]["aftersale_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("acceptrefund at WeChat", || async {
+        !r.sandbox.calls("shop/ecaftersale/acceptrefund").is_empty()
+    })
+    .await;
+    // Past the waiting task's retry (2 s back-off), which must find the id stored.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let adds = r.sandbox.calls("shop/ecaftersale/add");
+    assert_eq!(adds.len(), 1, "{adds:?}");
+    let (_, dead) = c
+        .admin("/admin/orderSync", &json!({"action": "dead_letters"}))
+        .await;
+    assert_eq!(
+        dead["dead_letters"].as_array().map(Vec::len),
+        Some(0),
+        "{dead}"
+    );
+}
+
 /// `wxlocal serve --seed` twice on the same SQLite file: the second sandbox has never seen the
 /// product our store remembers, so the upload falls back from `spu/update` to `spu/add` and
 /// the stack starts (it used to fail with "product not exist").

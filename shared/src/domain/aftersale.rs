@@ -66,6 +66,10 @@ pub struct AfterSale {
     pub refund_id: Option<String>,
     #[serde(default)]
     pub wx_aftersale_id: Option<u64>,
+    /// While one sync task adds the after-sale at WeChat (`ecaftersale/add`), until when the
+    /// others wait: two adds at once could open two after-sales there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wx_add_claimed_until_ms: Option<i64>,
     #[serde(default)]
     pub reject_reason: Option<String>,
     pub created_at_ms: i64,

@@ -163,6 +163,7 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                 out_refund_no: None,
                 refund_id: None,
                 wx_aftersale_id: None,
+                wx_add_claimed_until_ms: None,
                 reject_reason: None,
                 created_at_ms: now,
                 updated_at_ms: now,
@@ -435,6 +436,10 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
     }
 }
 
+/// How long a sync task's claim on adding an after-sale at WeChat holds: past the WeChat
+/// client's timeout (5 s by default) and its retry, so a claim outlives the call it guards.
+const ADD_CLAIM_MS: i64 = 20_000;
+
 /// Outbox task: mirror the after-sale's state to `shop/ecaftersale/*`.
 pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError> {
     let a = repo::get_aftersale(app.store.as_ref(), id)
@@ -443,23 +448,63 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
     let order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
         .await?
         .ok_or_else(|| TaskError::Permanent("order vanished".into()))?;
-    let wx_id = match a.value.wx_aftersale_id {
-        Some(wx) => wx,
-        None => {
-            let wx = super::shop_orders::aftersale_find_or_add(app, &order.value, &a.value).await?;
-            // Remember WeChat's id (conditional; a concurrent change just means we retry).
-            let mut next = a.value.clone();
-            next.wx_aftersale_id = Some(wx);
-            let mut batch = Batch::new();
-            batch.update_aftersale(&a, &next);
-            batch
-                .commit(app.store.as_ref())
-                .await
-                .map_err(|e| TaskError::Retry(e.to_string()))?;
-            wx
-        }
+    let (a, wx_id) = match a.value.wx_aftersale_id {
+        Some(wx) => (a.value, wx),
+        None => add_at_wechat(app, &order.value, a).await?,
     };
-    super::shop_orders::aftersale_state(app, &order.value, &a.value, wx_id).await
+    super::shop_orders::aftersale_state(app, &order.value, &a, wx_id).await
+}
+
+/// Adds the after-sale at WeChat (or adopts the one WeChat has under our id) and stores
+/// WeChat's id: the after-sale as it is now, and that id. One task at a time does it — apply
+/// and approve each queue a sync, and the two may run together — by a claim written
+/// conditionally first; a task that finds a live claim retries later.
+async fn add_at_wechat(
+    app: &App,
+    order: &crate::domain::Order,
+    a: repo::Versioned<AfterSale>,
+) -> Result<(AfterSale, u64), TaskError> {
+    let id = a.value.id.clone();
+    let now = app.clock.now_ms();
+    if let Some(until) = a.value.wx_add_claimed_until_ms.filter(|t| *t > now) {
+        return Err(TaskError::Retry(format!(
+            "after-sale {id} is being added at WeChat by another task (claim until {until})"
+        )));
+    }
+    let mut claimed = a.value.clone();
+    claimed.wx_add_claimed_until_ms = Some(now + ADD_CLAIM_MS);
+    let mut batch = Batch::new();
+    batch.update_aftersale(&a, &claimed);
+    batch
+        .commit(app.store.as_ref())
+        .await
+        .map_err(|e| TaskError::Retry(format!("claiming the add: {e}")))?;
+    let found = super::shop_orders::aftersale_find_or_add(app, order, &claimed).await;
+    // Record the outcome whatever changed meanwhile (an approval, say): WeChat's id, and the
+    // claim released either way, so that a retry after a failed add need not wait for it.
+    let wx = found.as_ref().ok().copied();
+    let stored = with_retries::<_, TaskError, _, _>(app, || async {
+        let current = repo::get_aftersale(app.store.as_ref(), &id)
+            .await?
+            .ok_or_else(|| TaskError::Permanent(format!("no after-sale {id}")))?;
+        let mut next = current.value.clone();
+        if next.wx_aftersale_id.is_none() {
+            next.wx_aftersale_id = wx;
+        }
+        next.wx_add_claimed_until_ms = None;
+        if next == current.value {
+            return Ok(Attempt::Done(next));
+        }
+        let mut batch = Batch::new();
+        batch.update_aftersale(&current, &next);
+        Ok(Attempt::Commit(batch, next))
+    })
+    .await?;
+    found?;
+    let wx_id = stored
+        .wx_aftersale_id
+        .ok_or_else(|| TaskError::Retry(format!("after-sale {id}: WeChat's id was not kept")))?;
+    Ok((stored, wx_id))
 }
 
 /// Our id for an after-sale the user opened in WeChat's own order centre.
@@ -537,6 +582,7 @@ pub async fn on_wechat_event(
                 out_refund_no: None,
                 refund_id: None,
                 wx_aftersale_id: Some(wx_id),
+                wx_add_claimed_until_ms: None,
                 reject_reason: None,
                 created_at_ms: now,
                 updated_at_ms: now,

@@ -1565,6 +1565,7 @@ pub async fn repo_round_trip(store: &DynStore) {
             out_refund_no: None,
             refund_id: None,
             wx_aftersale_id: None,
+            wx_add_claimed_until_ms: None,
             reject_reason: None,
             created_at_ms: t + i as i64,
             updated_at_ms: t,
