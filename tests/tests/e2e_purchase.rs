@@ -102,6 +102,24 @@ where
     panic!("timed out waiting for {what}");
 }
 
+/// `user` logs in, orders `qty` tea and pays; returns once the trading component has the
+/// payment (`shop/order/pay`): (token, out_trade_no).
+async fn paid_and_synced(r: &Running, c: &Client<'_>, user: &str, qty: u32) -> (String, String) {
+    let (token, _) = c.login(user).await;
+    let (_, order) = c.order(&token, qty, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("shop/order/pay", || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    (token, no)
+}
+
 fn notification(r: &Running, no: &str, openid: &str, total: i64, txid: &str) -> String {
     let cfg = &r.app.config;
     build_payment_notification(
@@ -402,18 +420,7 @@ async fn injected_faults_are_recovered_by_retries() {
 async fn aftersales_opened_in_wechat_are_imported_and_cancels_apply() {
     let r = stack().await;
     let c = Client::new(&r);
-    let (token, _) = c.login("heidi").await;
-    let (_, order) = c.order(&token, 2, None).await;
-    let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-        .await;
-    eventually("shop/order/pay", || async {
-        r.sandbox
-            .calls("shop/order/pay")
-            .iter()
-            .any(|v| v.to_string().contains(&no))
-    })
-    .await;
+    let (token, no) = paid_and_synced(&r, &c, "heidi", 2).await;
 
     let (s, opened) = c
         .post(
@@ -498,18 +505,7 @@ async fn aftersales_opened_in_wechat_are_imported_and_cancels_apply() {
 async fn an_aftersale_add_whose_answer_was_lost_is_adopted_not_repeated() {
     let r = stack().await;
     let c = Client::new(&r);
-    let (token, _) = c.login("ivy").await;
-    let (_, order) = c.order(&token, 1, None).await;
-    let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-        .await;
-    eventually("shop/order/pay", || async {
-        r.sandbox
-            .calls("shop/order/pay")
-            .iter()
-            .any(|v| v.to_string().contains(&no))
-    })
-    .await;
+    let (token, no) = paid_and_synced(&r, &c, "ivy", 1).await;
     let (s, v) = c
         .post(
             "/sandbox/_control/faults",
@@ -698,18 +694,7 @@ async fn a_refund_wechat_closed_is_issued_again_under_a_new_number() {
 async fn a_state_refusal_is_success_only_when_wechat_is_already_there() {
     let r = stack().await;
     let c = Client::new(&r);
-    let (token, _) = c.login("lena").await;
-    let (_, order) = c.order(&token, 1, None).await;
-    let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-        .await;
-    eventually("shop/order/pay", || async {
-        r.sandbox
-            .calls("shop/order/pay")
-            .iter()
-            .any(|v| v.to_string().contains(&no))
-    })
-    .await;
+    let (token, no) = paid_and_synced(&r, &c, "lena", 1).await;
     let (s, applied) = c
         .post(
             "/fn/aftersaleSync",
@@ -760,18 +745,7 @@ async fn a_state_refusal_is_success_only_when_wechat_is_already_there() {
 async fn concurrent_syncs_add_an_aftersale_at_wechat_once() {
     let r = stack().await;
     let c = Client::new(&r);
-    let (token, _) = c.login("mona").await;
-    let (_, order) = c.order(&token, 1, None).await;
-    let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-        .await;
-    eventually("shop/order/pay", || async {
-        r.sandbox
-            .calls("shop/order/pay")
-            .iter()
-            .any(|v| v.to_string().contains(&no))
-    })
-    .await;
+    let (token, no) = paid_and_synced(&r, &c, "mona", 1).await;
     let (s, v) = c
         .post(
             "/sandbox/_control/faults",
