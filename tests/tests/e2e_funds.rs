@@ -495,3 +495,59 @@ async fn empty_account_and_unknown_actions() {
         .await;
     assert_eq!(s, 401);
 }
+
+/// A forged `open_product_order_pay` push — in plaintext mode the signature covers the token,
+/// timestamp and nonce, not the body, so any body can ride on a signature once seen — for an
+/// order nobody paid: acknowledged, kept as evidence, and the order stays unpaid, because
+/// WeChat's own record of the order (`shop/order/get`) does not say paid.
+#[tokio::test]
+async fn a_forged_order_pay_push_does_not_pay_the_order() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let token = c.login("mallory").await;
+    let (s, order) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+                    "address": {"receiver_name": "M", "detailed_address": "1 Road",
+                                "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let query = wxshop::push::PushQuery::signed("localpushtoken", &ts, "n1").to_query_string();
+    let forged = json!({"ToUserName": "gh_x", "FromUserName": "oX", "CreateTime": ts.parse::<i64>().unwrap(),
+        "MsgType": "event", "Event": "open_product_order_pay",
+        "order_info": {"out_order_id": no, "transaction_id": "4200000000000000forged", "pay_time": ""}});
+    let resp = c
+        .http
+        .post(format!("{}/callbacks/wechat?{query}", r.base_url))
+        .body(forged.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    assert!(
+        status == 503 || (status == 200 && text == "success"),
+        "{status} {text}"
+    );
+    let (_, q) = c
+        .post("/fn/queryOrder", Some(&token), &json!({"out_trade_no": no}))
+        .await;
+    assert_ne!(q["order"]["status"], "PAID", "{q}");
+    let stored = wxshop::store::repo::get_order(
+        r.app.store.as_ref(),
+        &OutTradeNo::parse(no.clone()).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!stored.value.status.is_paid(), "{:?}", stored.value.status);
+}

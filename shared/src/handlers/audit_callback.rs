@@ -9,7 +9,7 @@
 
 use super::common::transition_order;
 use crate::app::App;
-use crate::domain::{AuditStatus, Change, Listing, OutTradeNo, ProductId};
+use crate::domain::{AuditStatus, Change, FundType, Listing, OutTradeNo, ProductId};
 use crate::http::{query_params, text, ApiError, Request, Response};
 use crate::push::{self, AuditVerdict, PushEvent, PushQuery};
 use crate::store::repo::{self, EventRecord};
@@ -115,29 +115,7 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
             })
             .await
         }
-        PushEvent::OrderPay { body, .. } => {
-            // fund_type=1: WeChat collected the money; this is the payment notification.
-            let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
-                return Ok(());
-            };
-            let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
-                tracing::warn!(security = true, out_order_id = %no, "order pay event for an unknown order");
-                return Ok(());
-            };
-            let amount = body.amount.unwrap_or(order.value.total);
-            let paid_at = crate::time::parse_beijing_datetime(&body.pay_time)
-                .unwrap_or_else(|| app.clock.now_ms());
-            match super::common::record_payment(app, &no, &body.transaction_id, amount, paid_at)
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(super::common::PaymentError::Store(e)) => Err(e.into()),
-                Err(e) => {
-                    tracing::warn!(security = true, out_order_id = %no, error = %e, "order pay event does not match");
-                    Ok(())
-                }
-            }
-        }
+        PushEvent::OrderPay { body, .. } => on_order_pay(app, body).await,
         PushEvent::OrderSettle { body, .. } => {
             let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
                 return Ok(());
@@ -190,5 +168,93 @@ async fn update_product(
             format!("no product {id} here (yet); push the event again"),
         ));
     }
+    Ok(())
+}
+
+/// `open_product_order_pay`: for fund_type=1, WeChat collected the money and this event is the
+/// payment notification. The event alone is not proof — in plaintext push mode its signature
+/// covers the token, timestamp and nonce, not the body, so a body can be replayed under any
+/// signature once seen — so the payment is recorded only as WeChat's own record of the order
+/// (`shop/order/get`) states it: paid, our amount, its transaction id. Orders WeChat Pay
+/// collects itself are recorded from their signed payment notification only.
+async fn on_order_pay(app: &App, body: &push::OrderPay) -> Result<(), ApiError> {
+    let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
+        return Ok(());
+    };
+    let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+        tracing::warn!(security = true, out_order_id = %no, "order pay event for an unknown order");
+        return Ok(());
+    };
+    let order = order.value;
+    if order.fund_type != FundType::SecondaryMerchant {
+        return not_recorded(
+            app,
+            &no,
+            "the order is paid through WeChat Pay, whose notification records it".into(),
+        )
+        .await;
+    }
+    let key = crate::shop::OrderKey::Out(no.to_string());
+    let wx = app
+        .wx
+        .order_get(&key, order.openid.as_str())
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(
+                "WECHAT_UNAVAILABLE",
+                format!("cannot confirm the payment with shop/order/get: {e}"),
+            )
+        })?;
+    if wx.status == 10 {
+        // Not paid there (yet): WeChat pushes again on our 503.
+        return Err(ApiError::unavailable(
+            "NOT_PAID_AT_WECHAT",
+            format!("WeChat's order {no} still reads unpaid; retry"),
+        ));
+    }
+    let price = wx.order_detail.price_info.order_price;
+    if !matches!(wx.status, 20 | 21 | 30 | 100) || price != order.total {
+        return not_recorded(
+            app,
+            &no,
+            format!(
+                "WeChat's order is in status {} for {} fen; ours is {} fen",
+                wx.status,
+                price.get(),
+                order.total.get()
+            ),
+        )
+        .await;
+    }
+    let pay = wx.order_detail.pay_info.unwrap_or_default();
+    let txid = pay
+        .transaction_id
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| body.transaction_id.clone());
+    let paid_at = pay
+        .pay_time
+        .as_deref()
+        .and_then(crate::time::parse_beijing_datetime)
+        .or_else(|| crate::time::parse_beijing_datetime(&body.pay_time))
+        .unwrap_or_else(|| app.clock.now_ms());
+    match super::common::record_payment(app, &no, &txid, price, paid_at).await {
+        Ok(_) => Ok(()),
+        Err(super::common::PaymentError::Store(e)) => Err(e.into()),
+        Err(e) => not_recorded(app, &no, e.to_string()).await,
+    }
+}
+
+/// An order pay event we do not record: a security warning, and the event kept as evidence
+/// (acknowledged: WeChat's retries would say the same).
+async fn not_recorded(app: &App, no: &OutTradeNo, why: String) -> Result<(), ApiError> {
+    tracing::warn!(security = true, out_order_id = %no, why, "order pay event not recorded");
+    let now = app.clock.now_ms();
+    let ev = EventRecord::new(
+        "order_pay_refused",
+        format!("{no}/{now}"),
+        now,
+        serde_json::json!({"out_order_id": no.as_str(), "why": why}).to_string(),
+    );
+    repo::record_event(app.store.as_ref(), &ev).await?;
     Ok(())
 }
