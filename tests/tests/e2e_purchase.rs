@@ -791,6 +791,133 @@ async fn concurrent_syncs_add_an_aftersale_at_wechat_once() {
     );
 }
 
+/// A refund notification as WeChat would send it for our refund `out_refund_no` of `no`.
+fn refund_notification(
+    r: &Running,
+    no: &str,
+    out_refund_no: &str,
+    status: wxshop::pay::types::RefundStatus,
+) -> String {
+    let cfg = &r.app.config;
+    wxshop::pay::refund_notify::build_refund_notification(
+        &wxshop::pay::refund_notify::RefundNotificationSpec {
+            appid: cfg.appid.clone(),
+            mch_id: cfg.mch_id.clone(),
+            sub_appid: None,
+            sub_mch_id: None,
+            out_trade_no: OutTradeNo::parse(no).unwrap(),
+            out_refund_no: wxshop::domain::OutRefundNo::parse(out_refund_no).unwrap(),
+            transaction_id: "4200000000000000000000000000".into(),
+            refund_id: "50300000000000000000000000001".into(),
+            total_fee: Fen::new(1990).unwrap(),
+            refund_fee: Fen::new(1990).unwrap(),
+            success_time_ms: Some(1_700_000_000_000),
+            refund_status: status,
+        },
+        cfg.api_key(),
+    )
+}
+
+/// Refund notifications move our records only to where the money is: one without an outcome
+/// (`PROCESSING`) changes nothing — it used to count as a failure — and a `SUCCESS` for a
+/// refund we recorded as failed (WeChat refused the request: `TRADE_OVERDUE`) records the
+/// refund, where it used to be acknowledged and dropped.
+#[tokio::test]
+async fn refund_notifications_follow_the_money() {
+    use wxshop::pay::types::RefundStatus as Wx;
+    for (user, fault, outcome) in [
+        ("olga", "SYSTEMERROR", Wx::Processing),
+        ("pia", "TRADE_OVERDUE", Wx::Success),
+    ] {
+        // A stack each: a retried refund of one case must not meet the other's fault.
+        refund_notification_case(user, fault, outcome).await;
+    }
+}
+
+async fn refund_notification_case(
+    user: &str,
+    fault: &str,
+    outcome: wxshop::pay::types::RefundStatus,
+) {
+    use wxshop::pay::types::RefundStatus as Wx;
+    let r = stack().await;
+    let c = Client::new(&r);
+    let list = |token: String, no: String| {
+        let c = &c;
+        async move {
+            c.post(
+                "/fn/aftersaleSync",
+                Some(&token),
+                &json!({"action": "list", "out_trade_no": no}),
+            )
+            .await
+            .1["aftersales"][0]
+                .clone()
+        }
+    };
+    {
+        let (token, no) = paid_and_synced(&r, &c, user, 1).await;
+        let (s, applied) = c
+            .post(
+                "/fn/aftersaleSync",
+                Some(&token),
+                &json!({"action": "apply", "out_trade_no": no, "amount": 1990}),
+            )
+            .await;
+        assert_eq!(s, 200, "{applied}");
+        let id = applied["aftersale"]["aftersale_id"].clone();
+        let (s, v) = c
+            .post(
+                "/sandbox/_control/faults",
+                None,
+                &json!({"path": "secapi/pay/refund", "mode": "errcode", "err_code": fault, "count": 1}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = c
+            .admin(
+                "/admin/aftersaleSync",
+                &json!({"action": "approve", "aftersale_id": id}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        if outcome == Wx::Success {
+            eventually("REFUND_FAILED", || async {
+                list(token.clone(), no.clone()).await["status"] == "REFUND_FAILED"
+            })
+            .await;
+        }
+        let before = list(token.clone(), no.clone()).await;
+        let out_refund_no = before["out_refund_no"].as_str().unwrap().to_owned();
+        let (s, reply) = c
+            .raw(
+                "/callbacks/refund",
+                refund_notification(&r, &no, &out_refund_no, outcome.clone()),
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert!(reply.contains("SUCCESS"), "{reply}");
+        if outcome == Wx::Processing {
+            let now = list(token.clone(), no.clone()).await;
+            assert_eq!(
+                now["status"], "REFUNDING",
+                "PROCESSING is no outcome: {now}"
+            );
+            // The retried refund completes as usual.
+            eventually("REFUNDED", || async {
+                list(token.clone(), no.clone()).await["status"] == "REFUNDED"
+            })
+            .await;
+        } else {
+            eventually("REFUNDED", || async {
+                list(token.clone(), no.clone()).await["status"] == "REFUNDED"
+            })
+            .await;
+            assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+        }
+    }
+}
+
 /// `wxlocal serve --seed` twice on the same SQLite file: the second sandbox has never seen the
 /// product our store remembers, so the upload falls back from `spu/update` to `spu/add` and
 /// the stack starts (it used to fail with "product not exist").

@@ -419,17 +419,34 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
             }
         }
         Err(TaskError::Permanent(msg)) => {
-            // WeChat will not refund: the after-sale shows it, a person decides.
-            let now = app.clock.now_ms();
-            let mut na = a.value.clone();
-            let _ = na.refund_failed(now);
-            let mut nr = refund.value.clone();
-            nr.status = RefundStatus::Failed;
-            nr.updated_at_ms = now;
-            let mut batch = Batch::new();
-            batch.update_aftersale(&a, &na);
-            batch.update_refund(&refund, &nr);
-            batch.commit(app.store.as_ref()).await?;
+            // WeChat will not refund: the after-sale shows it, a person decides. Recorded
+            // whatever else changed the after-sale meanwhile (its sync to the trading
+            // component writes it too): a lost race must not turn into a second request.
+            with_retries::<_, TaskError, _, _>(app, || async {
+                let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? else {
+                    return Ok(Attempt::Done(()));
+                };
+                let Some(refund) = repo::get_refund(app.store.as_ref(), &out_refund_no).await?
+                else {
+                    return Ok(Attempt::Done(()));
+                };
+                if refund.value.status != RefundStatus::Pending
+                    || a.value.out_refund_no.as_ref() != Some(&out_refund_no)
+                {
+                    return Ok(Attempt::Done(())); // a notification or a person moved it on
+                }
+                let now = app.clock.now_ms();
+                let mut na = a.value.clone();
+                let _ = na.refund_failed(now);
+                let mut nr = refund.value.clone();
+                nr.status = RefundStatus::Failed;
+                nr.updated_at_ms = now;
+                let mut batch = Batch::new();
+                batch.update_aftersale(&a, &na);
+                batch.update_refund(&refund, &nr);
+                Ok(Attempt::Commit(batch, ()))
+            })
+            .await?;
             Err(TaskError::Permanent(msg))
         }
         Err(e) => Err(e),

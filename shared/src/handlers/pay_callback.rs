@@ -97,6 +97,15 @@ async fn payment(app: &App, req: Request) -> Response {
         }
         Err(e) => {
             tracing::warn!(security = true, out_trade_no = %n.out_trade_no, error = %e, "payment notification does not match the order");
+            // Verified (signed by WeChat, our merchant) yet not applicable: money may have
+            // moved, so the notification is kept as evidence, not only logged.
+            let ev = repo::EventRecord::new(
+                "payment_mismatch",
+                n.transaction_id.as_ref(),
+                app.clock.now_ms(),
+                crate::pay::xml::encode(&n.fields()),
+            );
+            let _ = repo::record_event(app.store.as_ref(), &ev).await;
             refused("order mismatch")
         }
     }
@@ -124,6 +133,18 @@ async fn refund(app: &App, req: Request) -> Response {
         Ok(()) => success(),
         Err(RefundApplyError::Mismatch(why)) => {
             tracing::warn!(security = true, out_refund_no = %n.out_refund_no, why, "refund notification does not match our refund");
+            // Signed by WeChat yet not ours to apply: kept as evidence for a person, since
+            // after WeChat's last retry the logs would be the only trace.
+            let ev = repo::EventRecord::new(
+                "refund_mismatch",
+                format!("{}/{}", n.out_refund_no, n.refund_id),
+                app.clock.now_ms(),
+                serde_json::json!({"why": why, "out_refund_no": n.out_refund_no.as_str(),
+                    "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
+                    "refund_fee": n.refund_fee.get(), "status": n.refund_status.as_str()})
+                .to_string(),
+            );
+            let _ = repo::record_event(app.store.as_ref(), &ev).await;
             refused("refund mismatch")
         }
         Err(RefundApplyError::Unavailable(why)) => {
@@ -157,11 +178,36 @@ async fn apply_refund(
         if refund.value.out_trade_no != n.out_trade_no || refund.value.amount != n.refund_fee {
             return Err(RefundApplyError::Mismatch("order or amount differs".into()));
         }
-        if matches!(
-            refund.value.status,
-            RefundStatus::Success | RefundStatus::Failed
-        ) {
-            return Ok(Attempt::Done(false)); // already applied: a repeat
+        // Only SUCCESS, CHANGE and REFUNDCLOSE are outcomes; anything else changes nothing.
+        let ok = match &n.refund_status {
+            WxRefundStatus::Success => true,
+            WxRefundStatus::Change | WxRefundStatus::RefundClose => false,
+            other => {
+                tracing::warn!(out_refund_no = %n.out_refund_no, status = ?other, "refund notification without an outcome: nothing changes");
+                return Ok(Attempt::Done(false));
+            }
+        };
+        match refund.value.status {
+            RefundStatus::Success => return Ok(Attempt::Done(false)), // a repeat
+            // A repeat of the failure; or WeChat closed a refund we already took as failed.
+            RefundStatus::Failed if !ok => return Ok(Attempt::Done(false)),
+            // SUCCESS for a refund we took as failed: the money went back after all (WeChat
+            // refused our request yet refunded, or a closed refund's retry succeeded) — the
+            // record follows the money, unless it names another WeChat refund.
+            RefundStatus::Failed => {
+                if refund
+                    .value
+                    .refund_id
+                    .as_deref()
+                    .is_some_and(|id| id != n.refund_id)
+                {
+                    return Err(RefundApplyError::Mismatch(
+                        "SUCCESS for another WeChat refund than the one that failed".into(),
+                    ));
+                }
+                tracing::warn!(out_refund_no = %n.out_refund_no, "refund recorded as failed succeeded at WeChat: recording it");
+            }
+            RefundStatus::Pending | RefundStatus::Processing => {}
         }
         let Some(order) = repo::get_order(app.store.as_ref(), &n.out_trade_no).await? else {
             return Err(RefundApplyError::Mismatch("unknown order".into()));
@@ -175,7 +221,6 @@ async fn apply_refund(
         let mut next_refund = refund.value.clone();
         next_refund.refund_id = Some(n.refund_id.clone());
         next_refund.updated_at_ms = now;
-        let ok = n.refund_status == WxRefundStatus::Success;
         next_refund.status = if ok {
             RefundStatus::Success
         } else {
