@@ -918,6 +918,95 @@ async fn refund_notification_case(
     }
 }
 
+/// The tea SKU's stock, as the catalog has it.
+async fn tea_stock(c: &Client<'_>) -> i64 {
+    let (s, p) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": "tea"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{p}");
+    p["product"]["skus"][0]["stock"].as_i64().unwrap()
+}
+
+/// A payment that lands after the order was closed (the user paid as it closed): the order is
+/// PAID — the money is real — and the stock the close gave back is taken again.
+#[tokio::test]
+async fn a_payment_after_the_close_takes_the_stock_again() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("quinn").await;
+    let start = tea_stock(&c).await;
+    let (s, order) = c.order(&token, 2, None).await;
+    assert_eq!(s, 200, "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    assert_eq!(tea_stock(&c).await, start - 2);
+    let (s, closed) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "close"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{closed}");
+    assert_eq!(closed["order"]["status"], "CLOSED", "{closed}");
+    assert_eq!(tea_stock(&c).await, start, "the close gave the stock back");
+    let total = order["total_fee"].as_i64().unwrap();
+    let (s, reply) = c
+        .raw(
+            "/callbacks/pay",
+            notification(&r, &no, &openid, total, "4200000000202612030000000001"),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(reply.contains("SUCCESS"), "{reply}");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+    assert_eq!(
+        tea_stock(&c).await,
+        start - 2,
+        "the paid order's stock is taken again"
+    );
+
+    // Sold out between the close and the payment: still PAID, and the oversell is on record.
+    let (_, second) = c.order(&token, 1, None).await;
+    let no2 = second["out_trade_no"].as_str().unwrap().to_owned();
+    c.post(
+        "/fn/queryOrder",
+        Some(&token),
+        &json!({"out_trade_no": no2, "action": "close"}),
+    )
+    .await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "set_stock", "product_id": "tea", "sku_id": "tea-250g", "stock": 0}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let total2 = second["total_fee"].as_i64().unwrap();
+    let (_, reply) = c
+        .raw(
+            "/callbacks/pay",
+            notification(&r, &no2, &openid, total2, "4200000000202612030000000002"),
+        )
+        .await;
+    assert!(reply.contains("SUCCESS"), "{reply}");
+    assert_eq!(c.status(&token, &no2).await["status"], "PAID");
+    assert_eq!(tea_stock(&c).await, 0);
+    let id = wxshop::store::repo::EventRecord::dedupe_id("paid_after_close_oversold", &no2);
+    let ev = r
+        .app
+        .store
+        .get(wxshop::store::Kind::Event, &id)
+        .await
+        .unwrap();
+    assert!(
+        ev.is_some_and(|e| e.body.contains("tea/tea-250g")),
+        "the oversell is recorded"
+    );
+}
+
 /// `wxlocal serve --seed` twice on the same SQLite file: the second sandbox has never seen the
 /// product our store remembers, so the upload falls back from `spu/update` to `spu/add` and
 /// the stack starts (it used to fail with "product not exist").

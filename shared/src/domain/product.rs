@@ -117,6 +117,19 @@ impl Product {
     }
 
     /// Puts units back (order closed or expired unpaid).
+    /// Takes `qty` of a SKU back whatever the product's audit or listing (an order closed
+    /// unpaid, then paid after all, had given it back); `false` if that much is no longer
+    /// there (nothing taken).
+    pub fn take_back(&mut self, sku_id: &SkuId, qty: u32) -> bool {
+        match self.skus.iter_mut().find(|s| &s.sku_id == sku_id) {
+            Some(sku) if sku.stock >= qty => {
+                sku.stock -= qty;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn release(&mut self, sku_id: &SkuId, qty: u32) {
         if let Some(sku) = self.skus.iter_mut().find(|s| &s.sku_id == sku_id) {
             sku.stock = sku.stock.saturating_add(qty);

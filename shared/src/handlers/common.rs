@@ -212,12 +212,31 @@ pub async fn record_payment(
             });
         }
         let now = app.clock.now_ms();
+        let was_closed = current.value.status == crate::domain::OrderStatus::Closed;
         let mut next = current.value.clone();
         if next.pay(transaction_id, paid_at_ms, now)? == Change::Unchanged {
             return Ok(Attempt::Done(PaymentOutcome::AlreadyRecorded(next)));
         }
         let mut batch = Batch::new();
         batch.update_order(&current, &next);
+        if was_closed {
+            // Paid after we closed it (the payment raced the close): the money is real, so
+            // the order is paid — and its stock, given back at the close, is taken again.
+            // What is no longer there is an oversell, kept as an event for a person.
+            let short = take_stock_back(app, &mut batch, &next).await?;
+            if short.is_empty() {
+                tracing::warn!(out_trade_no = %no, "paid after it was closed: stock taken again");
+            } else {
+                tracing::error!(security = true, out_trade_no = %no, short = ?short, "paid after it was closed and sold out meanwhile: refund or deliver by hand");
+                batch.record_event(&repo::EventRecord::new(
+                    "paid_after_close_oversold",
+                    no.as_str(),
+                    now,
+                    serde_json::json!({"out_trade_no": no.as_str(), "transaction_id": transaction_id,
+                                       "short": short}).to_string(),
+                ));
+            }
+        }
         if component_on(app) && next.fund_type == FundType::Direct {
             batch.enqueue(OutboxEntry::new(
                 Task::OrderPay {
@@ -233,6 +252,39 @@ pub async fn record_payment(
         tracing::info!(out_trade_no = %no, transaction_id, total_fee = total_fee.get(), "payment recorded");
     }
     Ok(outcome)
+}
+
+/// Adds to `batch` the stock updates that take `order`'s items again (one conditional update
+/// per product); returns the `product/sku` lines that could not be taken.
+async fn take_stock_back(
+    app: &App,
+    batch: &mut Batch,
+    order: &Order,
+) -> Result<Vec<String>, PaymentError> {
+    let mut short = Vec::new();
+    let mut seen: Vec<&crate::domain::ProductId> = Vec::new();
+    for item in &order.items {
+        if seen.contains(&&item.product_id) {
+            continue;
+        }
+        seen.push(&item.product_id);
+        let Some(p) = repo::get_product(app.store.as_ref(), &item.product_id).await? else {
+            short.push(format!("{}/*", item.product_id));
+            continue;
+        };
+        let mut np = p.value.clone();
+        for line in order
+            .items
+            .iter()
+            .filter(|i| i.product_id == item.product_id)
+        {
+            if !np.take_back(&line.sku_id, line.quantity) {
+                short.push(format!("{}/{}", line.product_id, line.sku_id));
+            }
+        }
+        batch.update_product(&p, &np);
+    }
+    Ok(short)
 }
 
 /// Closes an unpaid order and puts its stock back, atomically. Returns the closed order, or
