@@ -93,6 +93,33 @@ async fn forged_foreign_and_malformed_payment_notifications_change_nothing() {
             }),
         ));
     }
+    cases.push((
+        "a sub-merchant's notification, none configured",
+        signed_notification(&Notice {
+            appid: &cfg.appid,
+            mch_id: &cfg.mch_id,
+            sub_appid: Some("wx00000000000000aa"),
+            sub_mch_id: Some("1900000109"),
+            api_key: cfg.api_key(),
+            openid: &openid,
+            no: &no,
+            total: 1990,
+            txid,
+        }),
+    ));
+    // Genuinely signed, but in another currency / with more cash than the total.
+    for (what, field, value) in [
+        ("another currency", "fee_type", "USD"),
+        ("cash_fee above total_fee", "cash_fee", "1991"),
+    ] {
+        let mut fields = wxshop::pay::xml::decode(genuine.as_bytes()).unwrap();
+        fields.remove("sign");
+        fields.insert(field.to_owned(), value.to_owned());
+        cases.push((
+            what,
+            wxshop::pay::sign::signed_xml(fields, cfg.api_key(), wxshop::pay::SignType::Md5),
+        ));
+    }
     cases.push(("forged sign", with_sign(&genuine, &"0".repeat(32))));
     cases.push(("empty sign", with_sign(&genuine, "")));
     cases.push(("missing sign", without_sign(&genuine)));

@@ -58,6 +58,11 @@ async fn payment(app: &App, req: Request) -> Response {
         tracing::warn!(security = true, out_trade_no = %n.out_trade_no, error = %e, "payment notification for another merchant");
         return refused("wrong merchant");
     }
+    if n.fee_type.as_ref() != "CNY" || n.cash_fee.is_some_and(|c| c > n.total_fee) {
+        // Our orders are priced in fen of CNY, and the payer cannot pay more than the total.
+        tracing::warn!(security = true, out_trade_no = %n.out_trade_no, fee_type = %n.fee_type, "payment notification in another currency or with cash_fee above total_fee");
+        return refused("order mismatch");
+    }
     if !n.success {
         // A failed payment: nothing to record; the order stays payable.
         tracing::info!(out_trade_no = %n.out_trade_no, err_code = ?n.err_code, "payment failed notification");

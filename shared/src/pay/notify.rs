@@ -161,14 +161,18 @@ impl PaymentNotification<'_> {
 
 /// Compares the ids a notification is addressed to — `appid`, `mch_id`, `sub_appid`,
 /// `sub_mch_id` as received, empty counted as absent — with ours (`None`: not configured,
-/// not compared).
+/// and then the notification must not name one either).
 pub(crate) fn check_merchant_ids(
     got: [Option<&str>; 4],
     want: [Option<&str>; 4],
 ) -> Result<(), NotifyError> {
     const NAMES: [&str; 4] = ["appid", "mch_id", "sub_appid", "sub_mch_id"];
     for ((field, got), want) in NAMES.into_iter().zip(got).zip(want) {
-        if want.is_some_and(|w| got != Some(w)) {
+        // A sub-merchant's notification where we have none configured (direct mode) is not
+        // ours either.
+        if want.is_some_and(|w| got != Some(w))
+            || (want.is_none() && got.is_some_and(|g| !g.is_empty()))
+        {
             return Err(NotifyError::WrongMerchant {
                 field,
                 got: got.unwrap_or("").chars().take(64).collect(),
