@@ -796,6 +796,7 @@ fn refund_notification(
     r: &Running,
     no: &str,
     out_refund_no: &str,
+    txid: &str,
     status: wxshop::pay::types::RefundStatus,
 ) -> String {
     let cfg = &r.app.config;
@@ -807,7 +808,7 @@ fn refund_notification(
             sub_mch_id: None,
             out_trade_no: OutTradeNo::parse(no).unwrap(),
             out_refund_no: wxshop::domain::OutRefundNo::parse(out_refund_no).unwrap(),
-            transaction_id: "4200000000000000000000000000".into(),
+            transaction_id: txid.to_owned(),
             refund_id: "50300000000000000000000000001".into(),
             total_fee: Fen::new(1990).unwrap(),
             refund_fee: Fen::new(1990).unwrap(),
@@ -889,10 +890,34 @@ async fn refund_notification_case(
         }
         let before = list(token.clone(), no.clone()).await;
         let out_refund_no = before["out_refund_no"].as_str().unwrap().to_owned();
+        let txid = wxshop::store::repo::get_order(
+            r.app.store.as_ref(),
+            &OutTradeNo::parse(no.clone()).unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .transaction_id
+        .unwrap();
+        // A refund of another payment than the order's is not ours to apply.
+        let (_, reply) = c
+            .raw(
+                "/callbacks/refund",
+                refund_notification(
+                    &r,
+                    &no,
+                    &out_refund_no,
+                    "4200000000000000000000000009",
+                    outcome.clone(),
+                ),
+            )
+            .await;
+        assert!(reply.contains("FAIL"), "{reply}");
         let (s, reply) = c
             .raw(
                 "/callbacks/refund",
-                refund_notification(&r, &no, &out_refund_no, outcome.clone()),
+                refund_notification(&r, &no, &out_refund_no, &txid, outcome.clone()),
             )
             .await;
         assert_eq!(s, 200);

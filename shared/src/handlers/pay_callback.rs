@@ -183,6 +183,22 @@ async fn apply_refund(
         if refund.value.out_trade_no != n.out_trade_no || refund.value.amount != n.refund_fee {
             return Err(RefundApplyError::Mismatch("order or amount differs".into()));
         }
+        let Some(order) = repo::get_order(app.store.as_ref(), &n.out_trade_no).await? else {
+            return Err(RefundApplyError::Mismatch("unknown order".into()));
+        };
+        if order.value.total != n.total_fee {
+            return Err(RefundApplyError::Mismatch("order total differs".into()));
+        }
+        if order
+            .value
+            .transaction_id
+            .as_deref()
+            .is_some_and(|t| t != n.transaction_id)
+        {
+            return Err(RefundApplyError::Mismatch(
+                "the refund is of another payment than the order's".into(),
+            ));
+        }
         // Only SUCCESS, CHANGE and REFUNDCLOSE are outcomes; anything else changes nothing.
         let ok = match &n.refund_status {
             WxRefundStatus::Success => true,
@@ -213,12 +229,6 @@ async fn apply_refund(
                 tracing::warn!(out_refund_no = %n.out_refund_no, "refund recorded as failed succeeded at WeChat: recording it");
             }
             RefundStatus::Pending | RefundStatus::Processing => {}
-        }
-        let Some(order) = repo::get_order(app.store.as_ref(), &n.out_trade_no).await? else {
-            return Err(RefundApplyError::Mismatch("unknown order".into()));
-        };
-        if order.value.total != n.total_fee {
-            return Err(RefundApplyError::Mismatch("order total differs".into()));
         }
         let aftersale = repo::get_aftersale(app.store.as_ref(), &refund.value.aftersale_id).await?;
         let now = app.clock.now_ms();
