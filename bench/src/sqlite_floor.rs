@@ -23,12 +23,11 @@ use wxshop::domain::{OpenId, OutTradeNo};
 use wxshop::outbox::{to_record, OutboxEntry, Task};
 use wxshop::store::repo::order_record;
 use wxshop::store::sqlite::{
-    GET, LIVE_INDEXED, LIVE_VERSION, PUT_IF_ABSENT, SCHEMA, UPDATE_LIVE, UPSERT,
+    columns, GET, LIVE_INDEXED, LIVE_VERSION, PUT_IF_ABSENT, SCHEMA, UPDATE_LIVE, UPSERT,
 };
 
 /// `UPDATE_LIVE`'s statement for a put that changes the status only (an order's transition).
 const STATUS_ONLY: usize = 0b010;
-use wxshop::store::Record;
 
 /// The `minimal` case's table, beside the store's own schema.
 const MINIMAL: &str =
@@ -84,25 +83,15 @@ fn measure(path: &std::path::Path, n: usize, group: usize) -> Result<(), String>
         ));
     }
     let now_secs = now / 1000;
-    let bind = |r: &Record| {
-        (
-            r.kind.as_str(),
-            r.id.clone(),
-            r.version as i64,
-            r.body.clone(),
-            r.owner.clone(),
-            r.status.clone(),
-            r.sort,
-            r.expires_at,
-            now_secs,
-        )
-    };
     for chunk in created.chunks(1000) {
         let tx = conn.transaction().map_err(db)?;
         {
             let mut st = tx.prepare_cached(PUT_IF_ABSENT).map_err(db)?;
             for r in chunk {
-                st.execute(bind(r)).map_err(db)?;
+                let version = r.version as i64;
+                let [k, id, v, body, owner, status, sort, exp] = columns(r, &version);
+                st.execute([k, id, v, body, owner, status, sort, exp, &now_secs])
+                    .map_err(db)?;
             }
         }
         tx.commit().map_err(db)?;
@@ -164,22 +153,11 @@ fn measure(path: &std::path::Path, n: usize, group: usize) -> Result<(), String>
                 if !absent {
                     return Err(format!("outbox entry {} exists", e.id));
                 }
-                let changed = upd
-                    .execute((
-                        o.kind.as_str(),
-                        &o.id,
-                        o.version as i64,
-                        &o.body,
-                        &o.owner,
-                        &o.status,
-                        o.sort,
-                        o.expires_at,
-                    ))
-                    .map_err(db)?;
+                let changed = upd.execute(columns(o, &(o.version as i64))).map_err(db)?;
                 if changed != 1 {
                     return Err(format!("order {} not updated", o.id));
                 }
-                ins.execute(bind8(e)).map_err(db)?;
+                ins.execute(columns(e, &(e.version as i64))).map_err(db)?;
             }
         }
         tx.commit().map_err(db)?;
@@ -248,30 +226,4 @@ fn measure(path: &std::path::Path, n: usize, group: usize) -> Result<(), String>
         );
     }
     Ok(())
-}
-
-/// A record's eight columns, as the store binds them (no copies).
-#[allow(clippy::type_complexity)]
-fn bind8(
-    r: &Record,
-) -> (
-    &str,
-    &str,
-    i64,
-    &str,
-    Option<&str>,
-    Option<&str>,
-    i64,
-    Option<i64>,
-) {
-    (
-        r.kind.as_str(),
-        r.id.as_str(),
-        r.version as i64,
-        r.body.as_str(),
-        r.owner.as_deref(),
-        r.status.as_deref(),
-        r.sort,
-        r.expires_at,
-    )
 }

@@ -29,6 +29,7 @@
 use super::{now_secs, Expect, Index, Kind, Page, Query, Record, Store, StoreError, Write};
 use async_trait::async_trait;
 use base64::Engine as _;
+use rusqlite::types::{ToSql, ToSqlOutput};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
@@ -490,7 +491,7 @@ fn apply_call(
     }
     // Which indexed columns each put changes, learnt while checking its condition (bit 0
     // owner, 1 status, 2 sort); `None`: not known to be live, written as an upsert.
-    let mut changes: [Option<usize>; MAX_BATCH] = [None; MAX_BATCH];
+    let mut changes: [Option<u8>; MAX_BATCH] = [None; MAX_BATCH];
     for (index, w) in writes.iter().enumerate() {
         match w {
             Write::Put {
@@ -558,49 +559,21 @@ fn key_of(w: &Write) -> (Kind, &str) {
 /// the index entries that did not change.
 fn put(conn: &Connection, record: &Record, expect: Expect, now: i64) -> Result<bool, StoreError> {
     let version = to_i64(record.version, "version")?;
-    let r = record;
+    let [kind, id, v, body, owner, status, sort, expires_at] = columns(record, &version);
     let changed = match expect {
-        Expect::Any => conn.prepare_cached(UPSERT).and_then(|mut s| {
-            s.execute(params![
-                r.kind.as_str(),
-                r.id,
-                version,
-                r.body,
-                r.owner,
-                r.status,
-                r.sort,
-                r.expires_at,
-            ])
-        }),
+        Expect::Any => conn
+            .prepare_cached(UPSERT)
+            .and_then(|mut s| s.execute(columns(record, &version))),
         Expect::Absent => conn.prepare_cached(PUT_IF_ABSENT).and_then(|mut s| {
-            s.execute(params![
-                r.kind.as_str(),
-                r.id,
-                version,
-                r.body,
-                r.owner,
-                r.status,
-                r.sort,
-                r.expires_at,
-                now,
-            ])
+            s.execute([kind, id, v, body, owner, status, sort, expires_at, &now])
         }),
         Expect::Version(expected) => {
             let Ok(expected) = i64::try_from(expected) else {
                 return Ok(false); // no stored version is that large
             };
             conn.prepare_cached(PUT_IF_VERSION).and_then(|mut s| {
-                s.execute(params![
-                    r.kind.as_str(),
-                    r.id,
-                    version,
-                    r.body,
-                    r.owner,
-                    r.status,
-                    r.sort,
-                    r.expires_at,
-                    expected,
-                    now,
+                s.execute([
+                    kind, id, v, body, owner, status, sort, expires_at, &expected, &now,
                 ])
             })
         }
@@ -609,13 +582,34 @@ fn put(conn: &Connection, record: &Record, expect: Expect, now: i64) -> Result<b
     Ok(changed == 1)
 }
 
+/// A record's columns in `COLUMNS` order with `version` (the `?1`–`?8` of every statement
+/// that writes a record).
+pub fn columns<'a>(r: &'a Record, version: &'a i64) -> [&'a dyn ToSql; 8] {
+    [
+        &r.kind,
+        &r.id,
+        version,
+        &r.body,
+        &r.owner,
+        &r.status,
+        &r.sort,
+        &r.expires_at,
+    ]
+}
+
+impl ToSql for Kind {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
 /// The live record under `record`'s key, if any: its version, and which of the indexed
 /// columns `record` changes (bit 0 owner, 1 status, 2 sort).
 fn live_indexed(
     conn: &Connection,
     record: &Record,
     now: i64,
-) -> Result<Option<(u64, usize)>, StoreError> {
+) -> Result<Option<(u64, u8)>, StoreError> {
     let r = record;
     conn.prepare_cached(LIVE_INDEXED)
         .and_then(|mut s| {
@@ -624,9 +618,8 @@ fn live_indexed(
                 |row| {
                     let version: i64 = row.get(0)?;
                     let same = |i: usize| row.get::<_, Option<bool>>(i).map(|b| b == Some(true));
-                    let changed = usize::from(!same(1)?)
-                        | usize::from(!same(2)?) << 1
-                        | usize::from(!same(3)?) << 2;
+                    let changed =
+                        u8::from(!same(1)?) | u8::from(!same(2)?) << 1 | u8::from(!same(3)?) << 2;
                     Ok((u64::try_from(version).unwrap_or(0), changed))
                 },
             )
@@ -637,24 +630,16 @@ fn live_indexed(
 
 /// Rewrites a record known to be live in place, setting the indexed columns in `changed`
 /// only ([`UPDATE_LIVE`]).
-fn update_live(conn: &Connection, record: &Record, changed: usize) -> Result<(), StoreError> {
+fn update_live(conn: &Connection, record: &Record, changed: u8) -> Result<(), StoreError> {
     let r = record;
     let version = to_i64(r.version, "version")?;
-    let sql = UPDATE_LIVE.get(changed).copied().unwrap_or(UPDATE_LIVE[7]);
+    let sql = UPDATE_LIVE
+        .get(usize::from(changed))
+        .copied()
+        .unwrap_or(UPDATE_LIVE[7]);
     let n = conn
         .prepare_cached(sql)
-        .and_then(|mut s| {
-            s.execute(params![
-                r.kind.as_str(),
-                r.id,
-                version,
-                r.body,
-                r.owner,
-                r.status,
-                r.sort,
-                r.expires_at,
-            ])
-        })
+        .and_then(|mut s| s.execute(columns(r, &version)))
         .map_err(backend_err)?;
     if n == 1 {
         Ok(())
