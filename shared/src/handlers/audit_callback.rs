@@ -248,13 +248,8 @@ async fn on_order_pay(app: &App, body: &push::OrderPay) -> Result<(), ApiError> 
 /// (acknowledged: WeChat's retries would say the same).
 async fn not_recorded(app: &App, no: &OutTradeNo, why: String) -> Result<(), ApiError> {
     tracing::warn!(security = true, out_order_id = %no, why, "order pay event not recorded");
-    let now = app.clock.now_ms();
-    let ev = EventRecord::new(
-        "order_pay_refused",
-        format!("{no}/{now}"),
-        now,
-        serde_json::json!({"out_order_id": no.as_str(), "why": why}).to_string(),
-    );
-    repo::record_event(app.store.as_ref(), &ev).await?;
+    let evidence = serde_json::json!({"out_order_id": no.as_str(), "why": why}).to_string();
+    let key = format!("{no}/{}", app.clock.now_ms());
+    super::common::keep_evidence(app, "order_pay_refused", key, evidence).await?;
     Ok(())
 }

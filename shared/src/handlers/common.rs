@@ -254,6 +254,18 @@ pub async fn record_payment(
     Ok(outcome)
 }
 
+/// Keeps `body` as evidence for a person (an event `source`/`key`, received now): what was
+/// refused or could not be applied although money may have moved.
+pub async fn keep_evidence(
+    app: &App,
+    source: &str,
+    key: impl Into<String>,
+    body: impl Into<String>,
+) -> Result<bool, StoreError> {
+    let ev = repo::EventRecord::new(source, key, app.clock.now_ms(), body);
+    repo::record_event(app.store.as_ref(), &ev).await
+}
+
 /// Adds to `batch` the stock updates that take `order`'s items again (one conditional update
 /// per product); returns the `product/sku` lines that could not be taken.
 async fn take_stock_back(

@@ -8,7 +8,9 @@
 //! Forged, foreign or mismatched messages answer `FAIL`, change nothing, and are logged as
 //! security events. `FAIL` for our own transient failures makes WeChat retry.
 
-use super::common::{record_payment, with_retries, Attempt, PaymentError, PaymentOutcome};
+use super::common::{
+    keep_evidence, record_payment, with_retries, Attempt, PaymentError, PaymentOutcome,
+};
 use crate::app::App;
 use crate::domain::Change;
 use crate::http::{text, Request, Response};
@@ -89,13 +91,8 @@ async fn payment(app: &App, req: Request) -> Response {
             // Paid twice. The second payment is real money: acknowledge (WeChat cannot fix
             // it by retrying) and keep the evidence for a refund by a person.
             tracing::error!(security = true, out_trade_no = %n.out_trade_no, existing, transaction_id = %n.transaction_id, "second payment for a paid order");
-            let ev = repo::EventRecord::new(
-                "double_payment",
-                n.transaction_id.as_ref(),
-                app.clock.now_ms(),
-                crate::pay::xml::encode(&n.fields()),
-            );
-            match repo::record_event(app.store.as_ref(), &ev).await {
+            let evidence = crate::pay::xml::encode(&n.fields());
+            match keep_evidence(app, "double_payment", n.transaction_id.as_ref(), evidence).await {
                 Ok(_) => success(),
                 Err(_) => refused("temporarily unavailable"),
             }
@@ -104,13 +101,9 @@ async fn payment(app: &App, req: Request) -> Response {
             tracing::warn!(security = true, out_trade_no = %n.out_trade_no, error = %e, "payment notification does not match the order");
             // Verified (signed by WeChat, our merchant) yet not applicable: money may have
             // moved, so the notification is kept as evidence, not only logged.
-            let ev = repo::EventRecord::new(
-                "payment_mismatch",
-                n.transaction_id.as_ref(),
-                app.clock.now_ms(),
-                crate::pay::xml::encode(&n.fields()),
-            );
-            let _ = repo::record_event(app.store.as_ref(), &ev).await;
+            let evidence = crate::pay::xml::encode(&n.fields());
+            let _ =
+                keep_evidence(app, "payment_mismatch", n.transaction_id.as_ref(), evidence).await;
             refused("order mismatch")
         }
     }
@@ -140,16 +133,11 @@ async fn refund(app: &App, req: Request) -> Response {
             tracing::warn!(security = true, out_refund_no = %n.out_refund_no, why, "refund notification does not match our refund");
             // Signed by WeChat yet not ours to apply: kept as evidence for a person, since
             // after WeChat's last retry the logs would be the only trace.
-            let ev = repo::EventRecord::new(
-                "refund_mismatch",
-                format!("{}/{}", n.out_refund_no, n.refund_id),
-                app.clock.now_ms(),
-                serde_json::json!({"why": why, "out_refund_no": n.out_refund_no.as_str(),
-                    "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
-                    "refund_fee": n.refund_fee.get(), "status": n.refund_status.as_str()})
-                .to_string(),
-            );
-            let _ = repo::record_event(app.store.as_ref(), &ev).await;
+            let evidence = serde_json::json!({"why": why, "out_refund_no": n.out_refund_no.as_str(),
+                "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
+                "refund_fee": n.refund_fee.get(), "status": n.refund_status.as_str()});
+            let key = format!("{}/{}", n.out_refund_no, n.refund_id);
+            let _ = keep_evidence(app, "refund_mismatch", key, evidence.to_string()).await;
             refused("refund mismatch")
         }
         Err(RefundApplyError::Unavailable(why)) => {
