@@ -52,6 +52,20 @@ impl<'a> Client<'a> {
         assert_eq!(s, 200, "{path}: {v}");
         v
     }
+    /// `qty` × tea through `unifiedOrder`: the order as answered.
+    async fn order_tea(&self, token: &str, qty: u32) -> Value {
+        let (s, order) = self
+            .post(
+                "/fn/unifiedOrder",
+                Some(token),
+                &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": qty}],
+                        "address": {"receiver_name": "Alice", "detailed_address": "1 Tea Street",
+                                    "tel_number": "13800000000"}}),
+            )
+            .await;
+        assert_eq!(s, 200, "{order}");
+        order
+    }
     async fn login(&self, user: &str) -> String {
         let code = self.control("login", &json!({"user": user})).await;
         let (status, v) = self
@@ -104,16 +118,7 @@ fn account() -> Value {
 /// Returns the order number and its total.
 async fn buy_pay_settle(c: &Client<'_>) -> (String, i64) {
     let token = c.login("alice").await;
-    let (s, order) = c
-        .post(
-            "/fn/unifiedOrder",
-            Some(&token),
-            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 2}],
-                    "address": {"receiver_name": "Alice", "detailed_address": "1 Tea Street",
-                                "tel_number": "13800000000"}}),
-        )
-        .await;
-    assert_eq!(s, 200, "{order}");
+    let order = c.order_tea(&token, 2).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     let total = order["total_fee"].as_i64().unwrap();
     assert_eq!(total, 2 * 1990);
@@ -505,16 +510,7 @@ async fn a_forged_order_pay_push_does_not_pay_the_order() {
     let r = stack().await;
     let c = Client::new(&r);
     let token = c.login("mallory").await;
-    let (s, order) = c
-        .post(
-            "/fn/unifiedOrder",
-            Some(&token),
-            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
-                    "address": {"receiver_name": "M", "detailed_address": "1 Road",
-                                "tel_number": "13800000000"}}),
-        )
-        .await;
-    assert_eq!(s, 200, "{order}");
+    let order = c.order_tea(&token, 1).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -86,6 +86,53 @@ impl<'a> Client<'a> {
         let token = self.r.admin_token.clone();
         self.post(path, Some(&token), body).await
     }
+    /// Injects a sandbox fault (`/sandbox/_control/faults`).
+    async fn fault(&self, fault: Value) {
+        let (s, v) = self.post("/sandbox/_control/faults", None, &fault).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    /// The user applies for an after-sale on `no` (`extra`: amount, reason, type): its id.
+    async fn apply(&self, token: &str, no: &str, extra: Value) -> String {
+        let mut body = json!({"action": "apply", "out_trade_no": no});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        let (s, applied) = self.post("/fn/aftersaleSync", Some(token), &body).await;
+        assert_eq!(s, 200, "{applied}");
+        applied["aftersale"]["aftersale_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+    /// The merchant approves an after-sale.
+    async fn approve(&self, id: &str) {
+        let (s, v) = self
+            .admin(
+                "/admin/aftersaleSync",
+                &json!({"action": "approve", "aftersale_id": id}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    /// The first after-sale of `no`, as the user lists it.
+    async fn aftersale(&self, token: &str, no: &str) -> Value {
+        self.post(
+            "/fn/aftersaleSync",
+            Some(token),
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await
+        .1["aftersales"][0]
+            .clone()
+    }
+    async fn dead_letters(&self) -> Vec<Value> {
+        self.admin("/admin/orderSync", &json!({"action": "dead_letters"}))
+            .await
+            .1["dead_letters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 async fn eventually<F, Fut>(what: &str, mut f: F)
@@ -506,35 +553,11 @@ async fn an_aftersale_add_whose_answer_was_lost_is_adopted_not_repeated() {
     let r = stack().await;
     let c = Client::new(&r);
     let (token, no) = paid_and_synced(&r, &c, "ivy", 1).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/faults",
-            None,
-            &json!({"path": "shop/ecaftersale/add", "mode": "lost", "count": 1}),
-        )
+    c.fault(json!({"path": "shop/ecaftersale/add", "mode": "lost", "count": 1}))
         .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, applied) = c
-        .post(
-            "/fn/aftersaleSync",
-            Some(&token),
-            &json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "dented"}),
-        )
+    let ours = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "dented"}))
         .await;
-    assert_eq!(s, 200, "{applied}");
-    let list = || async {
-        c.post(
-            "/fn/aftersaleSync",
-            Some(&token),
-            &json!({"action": "list", "out_trade_no": no}),
-        )
-        .await
-        .1
-    };
-    let ours = applied["aftersale"]["aftersale_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let id = wxshop::domain::AfterSaleId::parse(ours.clone()).unwrap();
     let stored = || async {
         wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &id)
@@ -560,15 +583,9 @@ async fn an_aftersale_add_whose_answer_was_lost_is_adopted_not_repeated() {
         "the retry looked it up by our id: {lookups:?}"
     );
     // And the state moves on from there as usual: the merchant approves, the refund lands.
-    let (s, v) = c
-        .admin(
-            "/admin/aftersaleSync",
-            &json!({"action": "approve", "aftersale_id": ours}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.approve(&ours).await;
     eventually("the refund", || async {
-        list().await["aftersales"][0]["status"] == "REFUNDED"
+        c.aftersale(&token, &no).await["status"] == "REFUNDED"
     })
     .await;
 }
@@ -581,14 +598,8 @@ async fn a_failed_unified_order_closes_what_wechat_pay_opened() {
     let r = stack().await;
     let c = Client::new(&r);
     let (token, _) = c.login("judy").await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/faults",
-            None,
-            &json!({"path": "shop/order/add", "mode": "errcode", "errcode": 47001, "count": 1}),
-        )
+    c.fault(json!({"path": "shop/order/add", "mode": "errcode", "errcode": 47001, "count": 1}))
         .await;
-    assert_eq!(s, 200, "{v}");
     let (s, v) = c.order(&token, 1, None).await;
     assert!(s >= 400, "the order must fail: {s} {v}");
     let opened = r.sandbox.calls("pay/unifiedorder");
@@ -620,18 +631,9 @@ async fn a_refund_wechat_closed_is_issued_again_under_a_new_number() {
         c.status(&token, &no).await["status"] == "PAID"
     })
     .await;
-    let (s, applied) = c
-        .post(
-            "/fn/aftersaleSync",
-            Some(&token),
-            &json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "broken"}),
-        )
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "broken"}))
         .await;
-    assert_eq!(s, 200, "{applied}");
-    let id = applied["aftersale"]["aftersale_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let (s, v) = c
         .post(
             "/sandbox/_control/refund_outcome",
@@ -640,39 +642,29 @@ async fn a_refund_wechat_closed_is_issued_again_under_a_new_number() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let list = || async {
-        c.post(
-            "/fn/aftersaleSync",
-            Some(&token),
-            &json!({"action": "list", "out_trade_no": no}),
-        )
-        .await
-        .1["aftersales"][0]
-            .clone()
-    };
     let approve = || async {
-        let (s, v) = c
-            .admin(
-                "/admin/aftersaleSync",
-                &json!({"action": "approve", "aftersale_id": id}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
+        c.approve(&id).await;
     };
     approve().await;
     eventually("REFUND_FAILED", || async {
-        list().await["status"] == "REFUND_FAILED"
+        c.aftersale(&token, &no).await["status"] == "REFUND_FAILED"
     })
     .await;
-    let first = list().await["out_refund_no"].as_str().unwrap().to_owned();
+    let first = c.aftersale(&token, &no).await["out_refund_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 0);
 
     approve().await;
     eventually("REFUNDED", || async {
-        list().await["status"] == "REFUNDED"
+        c.aftersale(&token, &no).await["status"] == "REFUNDED"
     })
     .await;
-    let second = list().await["out_refund_no"].as_str().unwrap().to_owned();
+    let second = c.aftersale(&token, &no).await["out_refund_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_ne!(first, second, "a new refund number");
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
     let refunds: Vec<_> = r
@@ -695,41 +687,19 @@ async fn a_state_refusal_is_success_only_when_wechat_is_already_there() {
     let r = stack().await;
     let c = Client::new(&r);
     let (token, no) = paid_and_synced(&r, &c, "lena", 1).await;
-    let (s, applied) = c
-        .post(
-            "/fn/aftersaleSync",
-            Some(&token),
-            &json!({"action": "apply", "out_trade_no": no, "amount": 1990, "type": "return"}),
-        )
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "type": "return"}))
         .await;
-    assert_eq!(s, 200, "{applied}");
-    let id = applied["aftersale"]["aftersale_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (s, v) = c
-        .admin(
-            "/admin/aftersaleSync",
-            &json!({"action": "approve", "aftersale_id": id}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    let dead = || async {
-        c.admin("/admin/orderSync", &json!({"action": "dead_letters"}))
-            .await
-            .1["dead_letters"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
+    c.approve(&id).await;
     eventually("the refused acceptrefund dead-lettered", || async {
-        dead()
+        c.dead_letters()
             .await
             .iter()
             .any(|d| d["task"]["type"] == "after_sale_sync")
     })
     .await;
-    let entry = dead()
+    let entry = c
+        .dead_letters()
         .await
         .into_iter()
         .find(|d| d["task"]["type"] == "after_sale_sync")
@@ -746,33 +716,12 @@ async fn concurrent_syncs_add_an_aftersale_at_wechat_once() {
     let r = stack().await;
     let c = Client::new(&r);
     let (token, no) = paid_and_synced(&r, &c, "mona", 1).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/faults",
-            None,
-            &json!({"path": "shop/ecaftersale/add", "mode": "delay", "delay_ms": 300, "count": 1}),
-        )
+    c.fault(json!({"path": "shop/ecaftersale/add", "mode": "delay", "delay_ms": 300, "count": 1}))
         .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, applied) = c
-        .post(
-            "/fn/aftersaleSync",
-            Some(&token),
-            &json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "late"}),
-        )
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "late"}))
         .await;
-    assert_eq!(s, 200, "{applied}");
-    let id = applied["aftersale"]["aftersale_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (s, v) = c
-        .admin(
-            "/admin/aftersaleSync",
-            &json!({"action": "approve", "aftersale_id": id}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.approve(&id).await;
     eventually("acceptrefund at WeChat", || async {
         !r.sandbox.calls("shop/ecaftersale/acceptrefund").is_empty()
     })
@@ -843,52 +792,21 @@ async fn refund_notification_case(
     use wxshop::pay::types::RefundStatus as Wx;
     let r = stack().await;
     let c = Client::new(&r);
-    let list = |token: String, no: String| {
-        let c = &c;
-        async move {
-            c.post(
-                "/fn/aftersaleSync",
-                Some(&token),
-                &json!({"action": "list", "out_trade_no": no}),
-            )
-            .await
-            .1["aftersales"][0]
-                .clone()
-        }
-    };
     {
         let (token, no) = paid_and_synced(&r, &c, user, 1).await;
-        let (s, applied) = c
-            .post(
-                "/fn/aftersaleSync",
-                Some(&token),
-                &json!({"action": "apply", "out_trade_no": no, "amount": 1990}),
-            )
-            .await;
-        assert_eq!(s, 200, "{applied}");
-        let id = applied["aftersale"]["aftersale_id"].clone();
-        let (s, v) = c
-            .post(
-                "/sandbox/_control/faults",
-                None,
-                &json!({"path": "secapi/pay/refund", "mode": "errcode", "err_code": fault, "count": 1}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
-        let (s, v) = c
-            .admin(
-                "/admin/aftersaleSync",
-                &json!({"action": "approve", "aftersale_id": id}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
+        let id = c.apply(&token, &no, json!({"amount": 1990})).await;
+        c.fault(
+            json!({"path": "secapi/pay/refund", "mode": "errcode", "err_code": fault, "count": 1}),
+        )
+        .await;
+        c.approve(&id).await;
         if outcome == Wx::Success {
             eventually("REFUND_FAILED", || async {
-                list(token.clone(), no.clone()).await["status"] == "REFUND_FAILED"
+                c.aftersale(&token, &no).await["status"] == "REFUND_FAILED"
             })
             .await;
         }
-        let before = list(token.clone(), no.clone()).await;
+        let before = c.aftersale(&token, &no).await;
         let out_refund_no = before["out_refund_no"].as_str().unwrap().to_owned();
         let txid = wxshop::store::repo::get_order(
             r.app.store.as_ref(),
@@ -923,19 +841,19 @@ async fn refund_notification_case(
         assert_eq!(s, 200);
         assert!(reply.contains("SUCCESS"), "{reply}");
         if outcome == Wx::Processing {
-            let now = list(token.clone(), no.clone()).await;
+            let now = c.aftersale(&token, &no).await;
             assert_eq!(
                 now["status"], "REFUNDING",
                 "PROCESSING is no outcome: {now}"
             );
             // The retried refund completes as usual.
             eventually("REFUNDED", || async {
-                list(token.clone(), no.clone()).await["status"] == "REFUNDED"
+                c.aftersale(&token, &no).await["status"] == "REFUNDED"
             })
             .await;
         } else {
             eventually("REFUNDED", || async {
-                list(token.clone(), no.clone()).await["status"] == "REFUNDED"
+                c.aftersale(&token, &no).await["status"] == "REFUNDED"
             })
             .await;
             assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
@@ -945,14 +863,7 @@ async fn refund_notification_case(
 
 /// The tea SKU's stock, as the catalog has it.
 async fn tea_stock(c: &Client<'_>) -> i64 {
-    let (s, p) = c
-        .admin(
-            "/admin/catalogSync",
-            &json!({"action": "get", "product_id": "tea"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{p}");
-    p["product"]["skus"][0]["stock"].as_i64().unwrap()
+    support::Client::new(c.r).stock().await
 }
 
 /// A payment that lands after the order was closed (the user paid as it closed): the order is
