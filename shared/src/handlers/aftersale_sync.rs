@@ -314,16 +314,8 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
             return Err(ApiError::internal("approval did not fix a refund number"));
         };
         let mut batch = Batch::new();
-        match repo::get_refund(app.store.as_ref(), &out_refund_no).await? {
-            None => {
-                batch.create_refund(&RefundRecord::new(
-                    out_refund_no,
-                    next.out_trade_no.clone(),
-                    id.clone(),
-                    next.amount,
-                    now,
-                ));
-            }
+        let new_refund = match repo::get_refund(app.store.as_ref(), &out_refund_no).await? {
+            None => Some(out_refund_no),
             Some(r) if r.value.status == RefundStatus::Failed && r.value.refund_id.is_some() => {
                 // WeChat created that refund and closed it (the refund notification said
                 // REFUNDCLOSE or CHANGE): the old number would only return it. A new one; the
@@ -332,13 +324,7 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
                     .renumber_refund(now)
                     .map_err(|e| ApiError::internal(e.to_string()))?;
                 tracing::info!(aftersale_id = %id, old = %out_refund_no, new = %fresh, "approved again after WeChat closed the refund: a new refund number");
-                batch.create_refund(&RefundRecord::new(
-                    fresh,
-                    next.out_trade_no.clone(),
-                    id.clone(),
-                    next.amount,
-                    now,
-                ));
+                Some(fresh)
             }
             Some(r) => {
                 // Approved again after WeChat refused to take the refund at all (nothing was
@@ -347,7 +333,17 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
                 nr.status = RefundStatus::Pending;
                 nr.updated_at_ms = now;
                 batch.update_refund(&r, &nr);
+                None
             }
+        };
+        if let Some(no) = new_refund {
+            batch.create_refund(&RefundRecord::new(
+                no,
+                next.out_trade_no.clone(),
+                id.clone(),
+                next.amount,
+                now,
+            ));
         }
         // After the refund number is settled (a renumbering changes the after-sale).
         batch.update_aftersale(&current, &next);
