@@ -556,3 +556,74 @@ async fn push_events_with_bad_signatures_or_a_foreign_appid_change_nothing() {
     assert_eq!(s, 200, "{text}");
     assert_eq!(approved().await, "REJECTED");
 }
+
+/// Plaintext push mode: WeChat's `signature` covers token, timestamp and nonce, not the body.
+/// A signed URL seen once (a proxy log, say) must not carry another body, nor be used long
+/// after its time: both refused, the product untouched. The genuine redelivery of the same body
+/// still passes, and the same body under a fresh signature is believed — the refusals are not
+/// blanket refusals.
+#[tokio::test]
+async fn plaintext_push_signatures_hold_for_one_body_and_only_near_their_time() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let audit = || async {
+        let (_, p) = c
+            .admin(
+                "/admin/catalogSync",
+                &json!({"action": "get", "product_id": "tea"}),
+            )
+            .await;
+        p["product"]["audit"].clone()
+    };
+    assert_eq!(audit().await, "APPROVED");
+    let genuine = r
+        .sandbox
+        .pushed_events()
+        .into_iter()
+        .find(|e| e["Event"] == "open_product_spu_audit")
+        .expect("the seed's audit push");
+    let mut forged = genuine.clone();
+    forged["OpenProductSpuAudit"]["status"] = json!(3);
+    forged["OpenProductSpuAudit"]["reject_reason"] = json!("forged");
+    forged["CreateTime"] = json!(genuine["CreateTime"].as_i64().unwrap_or(1_700_000_000) + 1);
+    let now = r.app.clock.now_secs();
+    let url = |ts: i64, nonce: &str| {
+        let q = wxshop::push::PushQuery::signed("localpushtoken", &ts.to_string(), nonce);
+        format!("{}/callbacks/wechat?{}", c.base, q.to_query_string())
+    };
+    let post = |url: String, body: &Value| {
+        let c = c.clone();
+        let body = body.to_string();
+        async move {
+            let resp = c.http.post(url).body(body).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    // A signed URL used for the genuine message, then for a forged one: refused.
+    let (s, t) = post(url(now, "n-seen"), &genuine).await;
+    assert_eq!((s, t.as_str()), (200, "success"));
+    let (s, t) = post(url(now, "n-seen"), &forged).await;
+    assert_eq!(s, 403, "{t}");
+    assert!(t.contains("already used"), "{t}");
+    assert_eq!(
+        audit().await,
+        "APPROVED",
+        "a reused signature changed the audit"
+    );
+    // WeChat's redelivery of the same body under the same URL is fine.
+    let (s, t) = post(url(now, "n-seen"), &genuine).await;
+    assert_eq!((s, t.as_str()), (200, "success"));
+    // A validly signed URL from long ago, never used: refused for its age.
+    let (s, t) = post(url(now - 3_600, "n-old"), &forged).await;
+    assert_eq!(s, 403, "{t}");
+    assert!(t.contains("timestamp"), "{t}");
+    assert_eq!(
+        audit().await,
+        "APPROVED",
+        "a stale signature changed the audit"
+    );
+    // The same body, freshly signed: believed.
+    let (s, t) = post(url(now, "n-fresh"), &forged).await;
+    assert_eq!((s, t.as_str()), (200, "success"));
+    assert_eq!(audit().await, "REJECTED");
+}

@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::domain::{AuditStatus, Change, FundType, Listing, OutTradeNo, ProductId};
 use crate::http::{query_params, text, ApiError, Request, Response};
 use crate::push::{self, AuditVerdict, PushEvent, PushQuery};
+use crate::store::kv;
 use crate::store::repo::{self, EventRecord};
 use http::StatusCode;
 use sha2::{Digest, Sha256};
@@ -46,6 +47,9 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             ApiError::bad_request(e.code(), format!("push refused: {e}"))
         }
     })?;
+    if app.push.aes_key.is_none() {
+        bind_plaintext_push(app, &query, req.body()).await?;
+    }
     let event = match msg.event() {
         Ok(ev) => ev,
         Err(e) => {
@@ -78,6 +82,62 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     repo::record_event(app.store.as_ref(), &ev).await?;
     tracing::info!(event = event.name(), "push event applied");
     Ok(text(StatusCode::OK, push::reply_success(), "text/plain"))
+}
+
+/// How far a plaintext-mode push's `timestamp` may be from our clock, either way. WeChat
+/// stamps a push as it sends it; its redeliveries come seconds later.
+const PLAINTEXT_WINDOW_SECS: i64 = 300;
+
+/// Plaintext mode only. A push's `signature` covers token, timestamp and nonce but not the
+/// body, so anyone who once saw a signed push URL (a proxy's log, say) could post any body
+/// under it. A signed URL is therefore honoured only within [`PLAINTEXT_WINDOW_SECS`] of its
+/// timestamp, and only for the first body it came with (a hash of it is kept until the window
+/// ends): WeChat's redelivery of the same body passes, another body under a used signature is
+/// refused. Safe mode needs none of this: `msg_signature` covers the body.
+async fn bind_plaintext_push(app: &App, query: &PushQuery, body: &[u8]) -> Result<(), ApiError> {
+    let Some((timestamp, signature)) = query.plaintext_binding() else {
+        return Err(ApiError::forbidden("push refused: no signature"));
+    };
+    if (app.clock.now_secs() - timestamp).abs() > PLAINTEXT_WINDOW_SECS {
+        tracing::warn!(
+            security = true,
+            timestamp,
+            "plaintext push outside its time window refused"
+        );
+        return Err(ApiError::forbidden(format!(
+            "push refused: its timestamp is more than {PLAINTEXT_WINDOW_SECS} s from now \
+             (plaintext-mode pushes are accepted only close to their time; check this host's clock)"
+        )));
+    }
+    let key = format!("push-signature/{signature}");
+    let digest = hex::encode(Sha256::digest(body));
+    let store = app.store.as_ref();
+    let mut bound = kv::get(store, &key).await?;
+    if bound.is_none()
+        && !kv::put_if(
+            store,
+            &key,
+            &digest,
+            timestamp + PLAINTEXT_WINDOW_SECS + 1,
+            None,
+        )
+        .await?
+    {
+        // Another delivery under this signature was bound meanwhile.
+        bound = kv::get(store, &key).await?;
+    }
+    match bound {
+        Some(e) if e.value != digest => {
+            tracing::warn!(
+                security = true,
+                "plaintext push: another body under a signature already used; refused"
+            );
+            Err(ApiError::forbidden(
+                "push refused: this signature was already used for another message",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {

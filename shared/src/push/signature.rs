@@ -95,6 +95,16 @@ impl PushQuery {
         s.finish()
     }
 
+    /// What binds a verified plaintext-mode push to its time: `timestamp` (epoch seconds) and
+    /// `signature`. In plaintext mode the signature covers only token, timestamp and nonce —
+    /// not the body — so the handler allows it for one body, and only close to its time.
+    /// `None` unless both are present and the timestamp is decimal.
+    pub fn plaintext_binding(&self) -> Option<(i64, &str)> {
+        let ts = Self::get(&self.timestamp)?;
+        check_timestamp(ts).ok()?;
+        Some((ts.parse().ok()?, Self::get(&self.signature)?))
+    }
+
     /// A parameter, with empty values treated as absent.
     pub(crate) fn get(v: &Option<String>) -> Option<&str> {
         v.as_deref().filter(|s| !s.is_empty())
