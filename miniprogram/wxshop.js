@@ -458,11 +458,80 @@ function createClient(options) {
     });
   }
 
+  // ---- after-sales ---------------------------------------------------------------------------
+
+  function aftersaleCall(data) {
+    return callFunction({ name: 'aftersaleSync', data: data }).then(function (r) {
+      return r.result;
+    });
+  }
+
+  function missing(what, params, names) {
+    for (var i = 0; i < names.length; i++) {
+      var v = params[names[i]];
+      if (typeof v !== 'string' || v.trim() === '') {
+        return Promise.reject(makeError('INVALID_ARGUMENT', what + ': ' + names[i] + ' is required', 0));
+      }
+    }
+    return null;
+  }
+
+  var aftersale = {
+    /**
+     * Asks for money back on a paid order: { out_trade_no, amount? (fen; default: all that is
+     * refundable), reason?, type?: 'refund' | 'return' } → { aftersale }.
+     */
+    apply: function (params) {
+      params = params || {};
+      var bad = missing('aftersale.apply', params, ['out_trade_no']);
+      if (bad) return bad;
+      if (params.type !== undefined && params.type !== 'refund' && params.type !== 'return') {
+        return Promise.reject(makeError('INVALID_ARGUMENT', "aftersale.apply: type is 'refund' or 'return'", 0));
+      }
+      var data = { action: 'apply', out_trade_no: params.out_trade_no };
+      if (params.amount !== undefined) data.amount = params.amount;
+      if (params.reason !== undefined) data.reason = params.reason;
+      if (params.type !== undefined) data.type = params.type;
+      return aftersaleCall(data);
+    },
+    /**
+     * Return and refund, once the merchant accepted the return (status AWAITING_RETURN, the
+     * address in aftersale.goods_return.address): the parcel the goods went back in,
+     * { aftersale_id, delivery_id, delivery_name, waybill_id } → { aftersale } (RETURNING).
+     */
+    sendBack: function (params) {
+      params = params || {};
+      var names = ['aftersale_id', 'delivery_id', 'delivery_name', 'waybill_id'];
+      var bad = missing('aftersale.sendBack', params, names);
+      if (bad) return bad;
+      var data = { action: 'return' };
+      names.forEach(function (k) {
+        data[k] = params[k];
+      });
+      return aftersaleCall(data);
+    },
+    /** Withdraws a request not yet under way (REQUESTED or AWAITING_RETURN) → { aftersale }. */
+    cancel: function (aftersaleId) {
+      var bad = missing('aftersale.cancel', { aftersale_id: aftersaleId }, ['aftersale_id']);
+      if (bad) return bad;
+      return aftersaleCall({ action: 'cancel', aftersale_id: aftersaleId });
+    },
+    /** The order's after-sales, oldest first → [aftersale]. */
+    list: function (outTradeNo) {
+      var bad = missing('aftersale.list', { out_trade_no: outTradeNo }, ['out_trade_no']);
+      if (bad) return bad;
+      return aftersaleCall({ action: 'list', out_trade_no: outTradeNo }).then(function (r) {
+        return (r && r.aftersales) || [];
+      });
+    },
+  };
+
   return {
     login: login,
     callFunction: callFunction,
     pay: pay,
     buy: buy,
+    aftersale: aftersale,
     /** The stored session ({ token, expires_at, openid }) or null. */
     session: readSession,
     /** Forget the stored session (e.g. on logout). */

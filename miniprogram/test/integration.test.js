@@ -26,6 +26,7 @@ const TEST_TIMEOUT_MS = 15000;
 const PAID = ['PAID', 'SHIPPED', 'RECEIVED', 'COMPLETED'];
 const ADDRESS = { receiver_name: 'Alice', detailed_address: '1 Tea Street, Hangzhou', tel_number: '13800000000' };
 const TEA = { product_id: 'tea', sku_id: 'tea-250g', quantity: 1 };
+const delay = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 let server = null; // { child, baseUrl, stderr() }
 let startError = null;
@@ -289,4 +290,42 @@ test('a cancelled cashier resolves paid:false via polling within the bound', { t
   assert.ok(!PAID.includes(r.order.status), r.order.status);
   assert.ok(wx.log.some((x) => x.name === 'queryOrder' && x.status === 200));
   assert.ok(took < 5000, `took ${took} ms`);
+});
+
+test('a return and refund through the client: return accepted, parcel sent back, refunded', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const wx = sandboxWx(server.baseUrl, { cashier: 'pay' });
+  const shop = client(wx);
+  const bought = await shop.buy({ items: [TEA], address: ADDRESS });
+  assert.equal(bought.paid, true, JSON.stringify(bought.order));
+  const admin = async (body) => {
+    const res = await fetch(`${server.baseUrl}/admin/aftersaleSync`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${process.env.ADMIN_TOKEN || 'local-admin-token'}` },
+      body: JSON.stringify(body),
+    });
+    return { status: res.status, body: await res.json() };
+  };
+  const until = async (what, f) => {
+    const end = Date.now() + 10000;
+    for (;;) {
+      const v = await f();
+      if (v) return v;
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await delay(100);
+    }
+  };
+  const applied = await shop.aftersale.apply({ out_trade_no: bought.out_trade_no, type: 'return', reason: 'too big' });
+  const id = applied.aftersale.aftersale_id;
+  const address = { receiver_name: 'Returns desk', detailed_address: '8 Warehouse Road', tel_number: '021-5555-0101' };
+  const accepted = await admin({ action: 'approve', aftersale_id: id, return_address: address });
+  assert.equal(accepted.status, 200, JSON.stringify(accepted.body));
+  const [mine] = await shop.aftersale.list(bought.out_trade_no);
+  assert.equal(mine.status, 'AWAITING_RETURN');
+  assert.equal(mine.goods_return.address.detailed_address, '8 Warehouse Road');
+  const sent = await shop.aftersale.sendBack({ aftersale_id: id, delivery_id: 'SF', delivery_name: 'SF Express', waybill_id: 'SF1234567890' });
+  assert.equal(sent.aftersale.status, 'RETURNING');
+  const refunding = await admin({ action: 'approve', aftersale_id: id });
+  assert.equal(refunding.status, 200, JSON.stringify(refunding.body));
+  await until('REFUNDED', async () => (await shop.aftersale.list(bought.out_trade_no))[0].status === 'REFUNDED');
 });

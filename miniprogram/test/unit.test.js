@@ -346,3 +346,27 @@ test('createClient validates its options', () => {
   assert.throws(() => createClient({ wx: {} }), /baseUrl/);
   assert.throws(() => createClient({ baseUrl: 'http://x' }), /wx/);
 });
+
+test('aftersale helpers send the actions aftersaleSync takes and refuse missing fields locally', async () => {
+  const wx = fakeWx({
+    login: loginRoute,
+    aftersaleSync: (d) => {
+      if (d.action === 'list') return { statusCode: 200, data: { aftersales: [{ aftersale_id: 'AS1', status: 'AWAITING_RETURN' }] } };
+      return { statusCode: 200, data: { aftersale: { aftersale_id: d.aftersale_id || 'AS1', sent: d } } };
+    },
+  });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  const applied = await c.aftersale.apply({ out_trade_no: 'T1', type: 'return', reason: 'too big' });
+  assert.deepEqual(applied.aftersale.sent, { action: 'apply', out_trade_no: 'T1', reason: 'too big', type: 'return' });
+  const sent = await c.aftersale.sendBack({ aftersale_id: 'AS1', delivery_id: 'SF', delivery_name: 'SF Express', waybill_id: 'SF1' });
+  assert.deepEqual(sent.aftersale.sent, { action: 'return', aftersale_id: 'AS1', delivery_id: 'SF', delivery_name: 'SF Express', waybill_id: 'SF1' });
+  const cancelled = await c.aftersale.cancel('AS1');
+  assert.deepEqual(cancelled.aftersale.sent, { action: 'cancel', aftersale_id: 'AS1' });
+  assert.deepEqual(await c.aftersale.list('T1'), [{ aftersale_id: 'AS1', status: 'AWAITING_RETURN' }]);
+
+  const before = wx.calls.length;
+  await assert.rejects(c.aftersale.sendBack({ aftersale_id: 'AS1', delivery_id: 'SF', delivery_name: 'SF' }), (e) => e.code === 'INVALID_ARGUMENT' && /waybill_id/.test(e.message));
+  await assert.rejects(c.aftersale.apply({ out_trade_no: 'T1', type: 'exchange' }), (e) => e.code === 'INVALID_ARGUMENT');
+  await assert.rejects(c.aftersale.apply({}), (e) => e.code === 'INVALID_ARGUMENT');
+  assert.equal(wx.calls.length, before, 'nothing was sent for invalid arguments');
+});

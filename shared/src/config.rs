@@ -126,6 +126,8 @@ pub struct Config {
     pub order_path: String,
     /// HTTP timeout for calls to WeChat, ms.
     pub http_timeout_ms: u64,
+    /// Where users send goods back (return and refund), unless the approval names another.
+    pub return_address: Option<crate::domain::Address>,
 }
 
 /// Every problem found, one per line.
@@ -232,6 +234,22 @@ impl Config {
                 "WX_FUND_TYPE=1 needs the trading component (WX_TRADING_COMPONENT=always)".into(),
             );
         }
+        let return_address = match get("WX_RETURN_ADDRESS") {
+            None => None,
+            Some(raw) => match serde_json::from_str::<crate::domain::Address>(&raw) {
+                Ok(a) if a.is_valid() => Some(a),
+                Ok(_) => {
+                    problems.push("WX_RETURN_ADDRESS needs a non-empty receiver_name, detailed_address and tel_number".into());
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!(
+                        "WX_RETURN_ADDRESS must be JSON like {{\"receiver_name\":\"…\",\"detailed_address\":\"…\",\"tel_number\":\"…\"}}: {e}"
+                    ));
+                    None
+                }
+            },
+        };
         let token_mode = match get("WX_TOKEN_MODE").as_deref() {
             None | Some("stable") => TokenMode::Stable,
             Some("classic") => TokenMode::Classic,
@@ -334,6 +352,7 @@ impl Config {
             order_ttl_secs,
             order_path: get("WX_ORDER_PATH").unwrap_or_else(|| "pages/order/detail".into()),
             http_timeout_ms,
+            return_address,
         })
     }
 

@@ -239,6 +239,9 @@ enum AfterSaleEvent {
     Approve,
     Refunded(Option<u8>),
     RefundFailed,
+    AcceptReturn,
+    /// The user's parcel: one of two waybills.
+    GoodsSent(u8),
 }
 
 fn aftersale_event() -> impl Strategy<Value = AfterSaleEvent> {
@@ -248,15 +251,25 @@ fn aftersale_event() -> impl Strategy<Value = AfterSaleEvent> {
         Just(AfterSaleEvent::Approve),
         prop::option::of(0u8..3).prop_map(AfterSaleEvent::Refunded),
         Just(AfterSaleEvent::RefundFailed),
+        Just(AfterSaleEvent::AcceptReturn),
+        (0u8..2).prop_map(AfterSaleEvent::GoodsSent),
     ]
 }
 
-fn new_aftersale() -> AfterSale {
+fn waybill(n: u8) -> wxshop::domain::ReturnWaybill {
+    wxshop::domain::ReturnWaybill {
+        delivery_id: "SF".into(),
+        delivery_name: "SF Express".into(),
+        waybill_id: format!("SF{n}"),
+    }
+}
+
+fn new_aftersale(kind: AfterSaleKind) -> AfterSale {
     AfterSale {
         id: AfterSaleId::parse("AS1").unwrap(),
         out_trade_no: OutTradeNo::parse("WX20240101000000prop").unwrap(),
         openid: OpenId::parse("o_prop").unwrap(),
-        kind: AfterSaleKind::RefundOnly,
+        kind,
         amount: Fen::new(50).unwrap(),
         reason: "broken".into(),
         status: AfterSaleStatus::Requested,
@@ -265,6 +278,7 @@ fn new_aftersale() -> AfterSale {
         wx_aftersale_id: None,
         wx_add_claimed_until_ms: None,
         reject_reason: None,
+        goods_return: None,
         created_at_ms: 0,
         updated_at_ms: 0,
     }
@@ -278,6 +292,11 @@ fn aftersale_edge_allowed(from: AfterSaleStatus, to: AfterSaleStatus) -> bool {
             (Requested, Cancelled)
                 | (Requested, Rejected)
                 | (Requested, Refunding)
+                | (Requested, AwaitingReturn)
+                | (AwaitingReturn, Returning)
+                | (AwaitingReturn, Cancelled)
+                | (Returning, Refunding)
+                | (Returning, Rejected)
                 | (Refunding, Refunded)
                 | (Refunding, RefundFailed)
                 | (RefundFailed, Refunding)
@@ -290,9 +309,11 @@ proptest! {
 
     #[test]
     fn aftersales_never_reach_an_illegal_state(
+        returns in any::<bool>(),
         events in prop::collection::vec(aftersale_event(), 0..30)
     ) {
-        let mut a = new_aftersale();
+        let kind = if returns { AfterSaleKind::ReturnAndRefund } else { AfterSaleKind::RefundOnly };
+        let mut a = new_aftersale(kind);
         let mut refund_no = None;
         for (step, ev) in events.iter().enumerate() {
             let now = step as i64 + 1;
@@ -303,6 +324,16 @@ proptest! {
                 AfterSaleEvent::Approve => a.approve(now),
                 AfterSaleEvent::Refunded(id) => a.refunded(id.map(|n| format!("r{n}")), now),
                 AfterSaleEvent::RefundFailed => a.refund_failed(now),
+                AfterSaleEvent::AcceptReturn => a.accept_return(
+                    wxshop::domain::Address {
+                        receiver_name: "Returns".into(),
+                        detailed_address: "8 Warehouse Road".into(),
+                        tel_number: "021".into(),
+                        ..Default::default()
+                    },
+                    now,
+                ),
+                AfterSaleEvent::GoodsSent(n) => a.goods_sent(waybill(*n), now),
             };
             match result {
                 Err(_) | Ok(Change::Unchanged) => prop_assert_eq!(&a, &before),
@@ -330,6 +361,25 @@ proptest! {
             }
             if a.status == AfterSaleStatus::Rejected {
                 prop_assert!(a.reject_reason.is_some());
+            }
+            // A refund only never waits for goods; a return and refund is refunded only
+            // once the goods were sent back, and its parcel, once known, never changes.
+            match a.kind {
+                AfterSaleKind::RefundOnly => prop_assert!(a.goods_return.is_none()),
+                AfterSaleKind::ReturnAndRefund => {
+                    if a.out_refund_no.is_some() {
+                        prop_assert!(
+                            a.goods_return.as_ref().is_some_and(|g| g.waybill.is_some()),
+                            "refunding a return before the goods were sent back"
+                        );
+                    }
+                    if let Some(w) = before.goods_return.as_ref().and_then(|g| g.waybill.as_ref()) {
+                        prop_assert_eq!(
+                            a.goods_return.as_ref().and_then(|g| g.waybill.as_ref()),
+                            Some(w)
+                        );
+                    }
+                }
             }
             // Money never moves back once refunded: Refunded is final.
             if before.status == AfterSaleStatus::Refunded {

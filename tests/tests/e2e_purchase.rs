@@ -680,16 +680,16 @@ async fn a_refund_wechat_closed_is_issued_again_under_a_new_number() {
 }
 
 /// WeChat refusing a state move with "not in this state" (100000) is success only when its
-/// after-sale is already there: approving a return-and-refund before the goods came back
-/// (WeChat takes the refund only after the return) is reported, not silently counted as done.
+/// after-sale is already there: an `acceptrefund` refused while WeChat's after-sale still
+/// waits for the merchant (status 2) is reported, not silently counted as done.
 #[tokio::test]
 async fn a_state_refusal_is_success_only_when_wechat_is_already_there() {
     let r = stack().await;
     let c = Client::new(&r);
     let (token, no) = paid_and_synced(&r, &c, "lena", 1).await;
-    let id = c
-        .apply(&token, &no, json!({"amount": 1990, "type": "return"}))
+    c.fault(json!({"path": "shop/ecaftersale/acceptrefund", "mode": "errcode", "errcode": 100000, "count": 1}))
         .await;
+    let id = c.apply(&token, &no, json!({"amount": 1990})).await;
     c.approve(&id).await;
     eventually("the refused acceptrefund dead-lettered", || async {
         c.dead_letters()
@@ -705,7 +705,172 @@ async fn a_state_refusal_is_success_only_when_wechat_is_already_there() {
         .find(|d| d["task"]["type"] == "after_sale_sync")
         .unwrap();
     let why = entry["last_error"].as_str().unwrap();
-    assert!(why.contains("100000") && why.contains("return"), "{entry}");
+    assert!(
+        why.contains("100000") && why.contains("status there is 2"),
+        "{entry}"
+    );
+}
+
+/// WeChat's after-sale status for ours (read through the app's own client).
+async fn wx_aftersale_status(r: &Running, id: &str) -> Option<i64> {
+    let id = wxshop::domain::AfterSaleId::parse(id.to_owned()).unwrap();
+    let wx = wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &id)
+        .await
+        .unwrap()?
+        .value
+        .wx_aftersale_id?;
+    let got = r
+        .app
+        .wx
+        .ecaftersale_get(&wxshop::shop::types::AfterSaleKey::Id(wx))
+        .await
+        .ok()?;
+    Some(got.status)
+}
+
+/// The after-sale ends REFUNDED here and refunded at WeChat (13–15), with nothing dead-lettered.
+async fn refunded_here_and_at_wechat(r: &Running, c: &Client<'_>, token: &str, no: &str, id: &str) {
+    eventually("refunded", || async {
+        c.aftersale(token, no).await["status"] == "REFUNDED"
+    })
+    .await;
+    eventually("refunded at WeChat too", || async {
+        matches!(wx_aftersale_status(r, id).await, Some(13..=15))
+    })
+    .await;
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+fn return_address() -> Value {
+    json!({"receiver_name": "Returns desk", "detailed_address": "8 Warehouse Road",
+           "tel_number": "021-5555-0101", "province": "Shanghai", "city": "Shanghai"})
+}
+
+/// A return and refund: the merchant's first approval accepts the return with the address
+/// (none given and no `WX_RETURN_ADDRESS`: refused, saying what to pass), the refund cannot be
+/// approved before the goods are sent back, the user's parcel goes to WeChat, and only then
+/// does the second approval refund — WeChat's after-sale walks 2 → 6 → 8 → refunded.
+#[tokio::test]
+async fn a_return_and_refund_gets_the_goods_back_before_the_money() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "nora", 1).await;
+    let id = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "type": "return", "reason": "too big"}),
+        )
+        .await;
+    let approve = |extra: Value| {
+        let c = &c;
+        let id = id.clone();
+        async move {
+            let mut body = json!({"action": "approve", "aftersale_id": id});
+            if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+                b.extend(e);
+            }
+            c.admin("/admin/aftersaleSync", &body).await
+        }
+    };
+    let (s, v) = approve(json!({})).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "RETURN_ADDRESS_MISSING", "{v}");
+    assert_eq!(c.aftersale(&token, &no).await["status"], "REQUESTED");
+
+    let (s, v) = approve(json!({"return_address": return_address()})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["status"], "AWAITING_RETURN", "{v}");
+    let mine = c.aftersale(&token, &no).await;
+    assert_eq!(
+        mine["goods_return"]["address"]["detailed_address"], "8 Warehouse Road",
+        "the user sees where to send the goods: {mine}"
+    );
+    eventually("acceptreturn at WeChat", || async {
+        wx_aftersale_status(&r, &id).await == Some(6)
+    })
+    .await;
+    let accepted = r.sandbox.calls("shop/ecaftersale/acceptreturn");
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    assert_eq!(accepted[0]["address_info"]["receiver_name"], "Returns desk");
+
+    // No refund before the goods are on their way back.
+    let (s, v) = approve(json!({})).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(r.sandbox.calls("secapi/pay/refund").is_empty());
+
+    let waybill = json!({"action": "return", "aftersale_id": id, "delivery_id": "SF",
+                         "delivery_name": "顺丰速运", "waybill_id": "SF1234567890"});
+    let (s, v) = c.post("/fn/aftersaleSync", Some(&token), &waybill).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["status"], "RETURNING", "{v}");
+    // The same parcel again changes nothing; an empty waybill is refused.
+    let (s, _) = c.post("/fn/aftersaleSync", Some(&token), &waybill).await;
+    assert_eq!(s, 200);
+    let mut bad = waybill.clone();
+    bad["waybill_id"] = json!(" ");
+    let (s, v) = c.post("/fn/aftersaleSync", Some(&token), &bad).await;
+    assert_eq!(s, 400, "{v}");
+    eventually("the return parcel at WeChat", || async {
+        wx_aftersale_status(&r, &id).await == Some(8)
+    })
+    .await;
+    let uploaded = r.sandbox.calls("shop/ecaftersale/uploadreturninfo");
+    assert_eq!(uploaded.len(), 1, "{uploaded:?}");
+    assert_eq!(uploaded[0]["waybill_id"], "SF1234567890");
+
+    let (s, v) = approve(json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["status"], "REFUNDING", "{v}");
+    refunded_here_and_at_wechat(&r, &c, &token, &no, &id).await;
+    assert_eq!(r.sandbox.calls("secapi/pay/refund").len(), 1);
+}
+
+/// The user may enter the return parcel in WeChat's own order centre instead: the push
+/// (`aftersale_wait_merchant_confirm_receipt`) brings the waybill to ours, and the merchant
+/// approves the refund here. `WX_RETURN_ADDRESS` stands in for an address in the approval.
+#[tokio::test]
+async fn a_return_parcel_entered_in_wechat_reaches_ours() {
+    let r = stack_with(&[("WX_RETURN_ADDRESS", &return_address().to_string())]).await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "olga", 1).await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "type": "return"}))
+        .await;
+    c.approve(&id).await;
+    eventually("acceptreturn at WeChat", || async {
+        wx_aftersale_status(&r, &id).await == Some(6)
+    })
+    .await;
+    let aid = wxshop::domain::AfterSaleId::parse(id.clone()).unwrap();
+    let wx = wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &aid)
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .wx_aftersale_id
+        .unwrap();
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "return", "aftersale_id": wx, "delivery_id": "YTO",
+                    "delivery_name": "圆通速递", "waybill_id": "YT0000001"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the parcel known here", || async {
+        let a = c.aftersale(&token, &no).await;
+        a["status"] == "RETURNING" && a["goods_return"]["waybill"]["waybill_id"] == "YT0000001"
+    })
+    .await;
+    c.approve(&id).await;
+    refunded_here_and_at_wechat(&r, &c, &token, &no, &id).await;
+    assert!(r
+        .sandbox
+        .calls("shop/ecaftersale/uploadreturninfo")
+        .is_empty());
 }
 
 /// Apply and approve each queue a sync of the after-sale, and the two can run at once: while

@@ -2088,10 +2088,16 @@ fn aftersale_move(sb: &Sandbox, v: &Value, action: &str) -> WxResult {
         }
     }
     drop(st);
-    if next == 13 {
+    let event = match next {
+        // The parcel is on its way back: the merchant is to confirm its receipt.
+        8 => Some("aftersale_wait_merchant_confirm_receipt"),
+        13 => Some("aftersale_refund_success"),
+        _ => None,
+    };
+    if let Some(event) = event {
         push_event(
             sb,
-            "aftersale_refund_success",
+            event,
             "aftersale_info",
             json!({"aftersale_id": id, "out_aftersale_id": a.out_aftersale_id}),
         );
@@ -2156,7 +2162,10 @@ fn account_brands(sb: &Sandbox) -> WxResult {
 /// Control: the user acts in WeChat's own order centre, not through the mini program.
 /// `{"action":"apply","out_order_id","orderamt","type"?,"reason"?}` opens an after-sale (no
 /// `out_aftersale_id`: the merchant has never seen it) and pushes `aftersale_new_order`;
-/// `{"action":"cancel","aftersale_id"}` cancels one and pushes `aftersale_user_cancel`.
+/// `{"action":"cancel","aftersale_id"}` cancels one and pushes `aftersale_user_cancel`;
+/// `{"action":"return","aftersale_id","delivery_id","delivery_name","waybill_id"}` enters the
+/// return parcel (as `ecaftersale/uploadreturninfo`, which pushes
+/// `aftersale_wait_merchant_confirm_receipt`).
 pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
     let action = str_of(v, "action").unwrap_or("apply");
     match action {
@@ -2232,6 +2241,25 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
             );
             Ok(json!({"aftersale_id": id, "status": 1}))
         }
-        other => Err(format!("unknown action `{other}`: apply or cancel")),
+        "return" => {
+            let id = u64_of(v, "aftersale_id").ok_or("give aftersale_id")?;
+            let openid = {
+                let st = sb.st();
+                st.shop
+                    .aftersales
+                    .get(&id)
+                    .ok_or("no such after-sale")?
+                    .openid
+                    .clone()
+            };
+            let mut req = v.clone();
+            if let Some(m) = req.as_object_mut() {
+                m.insert("openid".into(), json!(openid));
+            }
+            aftersale_move(sb, &req, "uploadreturninfo")
+                .map_err(|e| format!("{} {}", e.code, e.msg))?;
+            Ok(json!({"aftersale_id": id, "status": 8}))
+        }
+        other => Err(format!("unknown action `{other}`: apply, cancel or return")),
     }
 }

@@ -5,8 +5,18 @@
 //!     │  └─reject→ REJECTED          └─refund failed→ REFUND_FAILED ─approve→ REFUNDING
 //!     └─cancel→ CANCELLED
 //! ```
+//!
+//! A return and refund first gets the goods back: the merchant accepts the return, giving
+//! the address; the user sends the parcel and says with which waybill; once it is there the
+//! merchant approves the refund, and from REFUNDING on it is as above.
+//!
+//! ```text
+//! REQUESTED ─accept_return→ AWAITING_RETURN ─goods_sent→ RETURNING ─approve→ REFUNDING …
+//!     │                         └─cancel→ CANCELLED         └─reject→ REJECTED
+//!     └─reject→ REJECTED, cancel→ CANCELLED
+//! ```
 
-use super::{AfterSaleId, Fen, OpenId, OutRefundNo, OutTradeNo};
+use super::{Address, AfterSaleId, Fen, OpenId, OutRefundNo, OutTradeNo};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +25,11 @@ pub enum AfterSaleStatus {
     Requested,
     Cancelled,
     Rejected,
+    /// Return and refund: the merchant accepted the return; the user is to send the goods.
+    AwaitingReturn,
+    /// Return and refund: the user sent the goods back (waybill known); the merchant is to
+    /// confirm they arrived by approving the refund.
+    Returning,
     Refunding,
     RefundFailed,
     Refunded,
@@ -26,6 +41,8 @@ impl AfterSaleStatus {
             AfterSaleStatus::Requested => "REQUESTED",
             AfterSaleStatus::Cancelled => "CANCELLED",
             AfterSaleStatus::Rejected => "REJECTED",
+            AfterSaleStatus::AwaitingReturn => "AWAITING_RETURN",
+            AfterSaleStatus::Returning => "RETURNING",
             AfterSaleStatus::Refunding => "REFUNDING",
             AfterSaleStatus::RefundFailed => "REFUND_FAILED",
             AfterSaleStatus::Refunded => "REFUNDED",
@@ -72,8 +89,29 @@ pub struct AfterSale {
     pub wx_add_claimed_until_ms: Option<i64>,
     #[serde(default)]
     pub reject_reason: Option<String>,
+    /// Return and refund only, once the merchant accepted the return.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goods_return: Option<GoodsReturn>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// The goods' way back: where to (the merchant's `address_info` of `ecaftersale/acceptreturn`)
+/// and, once the user sent them, the parcel (`ecaftersale/uploadreturninfo`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoodsReturn {
+    pub address: Address,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waybill: Option<ReturnWaybill>,
+}
+
+/// The user's parcel back to the merchant: the express company (WeChat's `delivery_id`, e.g.
+/// `SF`, and its name) and the waybill number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnWaybill {
+    pub delivery_id: String,
+    pub delivery_name: String,
+    pub waybill_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,7 +132,8 @@ impl AfterSale {
     pub fn cancel(&mut self, now_ms: i64) -> Result<super::Change, AfterSaleTransitionError> {
         match self.status {
             AfterSaleStatus::Cancelled => Ok(super::Change::Unchanged),
-            AfterSaleStatus::Requested => {
+            // Before the goods are on their way back the user may still change their mind.
+            AfterSaleStatus::Requested | AfterSaleStatus::AwaitingReturn => {
                 self.status = AfterSaleStatus::Cancelled;
                 self.updated_at_ms = now_ms;
                 Ok(super::Change::Changed)
@@ -110,7 +149,9 @@ impl AfterSale {
     ) -> Result<super::Change, AfterSaleTransitionError> {
         match self.status {
             AfterSaleStatus::Rejected => Ok(super::Change::Unchanged),
-            AfterSaleStatus::Requested => {
+            // A returned parcel may be refused too (not what was sold, damaged): WeChat
+            // allows a rejection while it waits for the merchant's receipt.
+            AfterSaleStatus::Requested | AfterSaleStatus::Returning => {
                 self.status = AfterSaleStatus::Rejected;
                 self.reject_reason = Some(reason.to_owned());
                 self.updated_at_ms = now_ms;
@@ -120,19 +161,78 @@ impl AfterSale {
         }
     }
 
-    /// Merchant approves: REFUNDING, with a refund number fixed once for all retries.
+    /// Merchant approves the refund: REFUNDING, with a refund number fixed once for all
+    /// retries. A return and refund only once the goods were sent back (RETURNING).
     pub fn approve(&mut self, now_ms: i64) -> Result<super::Change, AfterSaleTransitionError> {
+        let ready = match self.kind {
+            AfterSaleKind::RefundOnly => self.status == AfterSaleStatus::Requested,
+            AfterSaleKind::ReturnAndRefund => self.status == AfterSaleStatus::Returning,
+        };
         match self.status {
             AfterSaleStatus::Refunding | AfterSaleStatus::Refunded => Ok(super::Change::Unchanged),
-            AfterSaleStatus::Requested | AfterSaleStatus::RefundFailed => {
-                if self.out_refund_no.is_none() {
-                    self.out_refund_no = Some(OutRefundNo::generate(now_ms));
-                }
-                self.status = AfterSaleStatus::Refunding;
+            AfterSaleStatus::RefundFailed => self.start_refund(now_ms),
+            _ if ready => self.start_refund(now_ms),
+            AfterSaleStatus::Requested | AfterSaleStatus::AwaitingReturn => {
+                Err(self.err("refund before the goods were sent back"))
+            }
+            _ => Err(self.err("approve")),
+        }
+    }
+
+    fn start_refund(&mut self, now_ms: i64) -> Result<super::Change, AfterSaleTransitionError> {
+        if self.out_refund_no.is_none() {
+            self.out_refund_no = Some(OutRefundNo::generate(now_ms));
+        }
+        self.status = AfterSaleStatus::Refunding;
+        self.updated_at_ms = now_ms;
+        Ok(super::Change::Changed)
+    }
+
+    /// Merchant accepts a return and refund: the user is to send the goods to `address`.
+    pub fn accept_return(
+        &mut self,
+        address: Address,
+        now_ms: i64,
+    ) -> Result<super::Change, AfterSaleTransitionError> {
+        if self.kind != AfterSaleKind::ReturnAndRefund {
+            return Err(self.err("accept a return (it is a refund only)"));
+        }
+        match self.status {
+            AfterSaleStatus::AwaitingReturn | AfterSaleStatus::Returning => {
+                Ok(super::Change::Unchanged)
+            }
+            AfterSaleStatus::Requested => {
+                self.status = AfterSaleStatus::AwaitingReturn;
+                self.goods_return = Some(GoodsReturn {
+                    address,
+                    waybill: None,
+                });
                 self.updated_at_ms = now_ms;
                 Ok(super::Change::Changed)
             }
-            _ => Err(self.err("approve")),
+            _ => Err(self.err("accept a return")),
+        }
+    }
+
+    /// The user sent the goods back with `waybill`. The same waybill again changes nothing;
+    /// another one, once sent, is refused.
+    pub fn goods_sent(
+        &mut self,
+        waybill: ReturnWaybill,
+        now_ms: i64,
+    ) -> Result<super::Change, AfterSaleTransitionError> {
+        if self.status == AfterSaleStatus::AwaitingReturn {
+            if let Some(g) = self.goods_return.as_mut() {
+                g.waybill = Some(waybill);
+                self.status = AfterSaleStatus::Returning;
+                self.updated_at_ms = now_ms;
+                return Ok(super::Change::Changed);
+            }
+        }
+        if self.goods_return.as_ref().and_then(|g| g.waybill.as_ref()) == Some(&waybill) {
+            Ok(super::Change::Unchanged)
+        } else {
+            Err(self.err("record the goods sent back"))
         }
     }
 

@@ -7,7 +7,9 @@ pub mod money;
 pub mod order;
 pub mod product;
 
-pub use aftersale::{AfterSale, AfterSaleKind, AfterSaleStatus, AfterSaleTransitionError};
+pub use aftersale::{
+    AfterSale, AfterSaleKind, AfterSaleStatus, AfterSaleTransitionError, GoodsReturn, ReturnWaybill,
+};
 pub use ids::{
     random_alnum, AfterSaleId, IdError, OpenId, OutRefundNo, OutTradeNo, ProductId, SkuId,
 };

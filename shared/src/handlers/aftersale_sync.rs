@@ -1,15 +1,18 @@
 //! `aftersaleSync`: after-sales from both sides. The user (`/fn/aftersaleSync`) applies for a
-//! refund (or return and refund), cancels, lists; the merchant (`/admin/aftersaleSync`)
-//! approves or rejects. Approval fixes an `out_refund_no` once and queues
-//! `secapi/pay/refund`, so every retry asks WeChat for the same refund; the refund
-//! notification (`payCallback`) completes it. With the trading component on, each state is
-//! mirrored to `shop/ecaftersale/*` through the outbox.
+//! refund (or return and refund), says which parcel the goods went back in, cancels, lists;
+//! the merchant (`/admin/aftersaleSync`) approves or rejects. Approving a refund fixes an
+//! `out_refund_no` once and queues `secapi/pay/refund`, so every retry asks WeChat for the
+//! same refund; the refund notification (`payCallback`) completes it. A return and refund is
+//! approved twice: first the return (with the address the goods go to), then — once the user
+//! sent them back — the refund. With the trading component on, each state is mirrored to
+//! `shop/ecaftersale/*` through the outbox.
 
 use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
 use crate::app::App;
 use crate::domain::{
-    AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, Change, Fen, OutTradeNo,
+    Address, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, Change, Fen, GoodsReturn,
+    OutTradeNo, ReturnWaybill,
 };
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{OutboxEntry, Task};
@@ -33,6 +36,14 @@ enum UserAction {
     Cancel {
         aftersale_id: String,
     },
+    /// Return and refund: the goods went back in this parcel.
+    Return {
+        aftersale_id: String,
+        /// The express company's id in WeChat's list (`shop/delivery/get_company_list`).
+        delivery_id: String,
+        delivery_name: String,
+        waybill_id: String,
+    },
     List {
         out_trade_no: String,
     },
@@ -43,6 +54,9 @@ enum UserAction {
 enum AdminAction {
     Approve {
         aftersale_id: String,
+        /// Return and refund: where the goods go (default `WX_RETURN_ADDRESS`).
+        #[serde(default)]
+        return_address: Option<Address>,
     },
     Reject {
         aftersale_id: String,
@@ -68,6 +82,9 @@ struct AfterSaleView<'a> {
     refund_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reject_reason: Option<&'a str>,
+    /// Return and refund: where to send the goods, and the parcel once sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    goods_return: Option<&'a GoodsReturn>,
 }
 
 fn view(a: &AfterSale) -> AfterSaleView<'_> {
@@ -81,6 +98,7 @@ fn view(a: &AfterSale) -> AfterSaleView<'_> {
         out_refund_no: a.out_refund_no.as_ref().map(|n| n.as_str()),
         refund_id: a.refund_id.as_deref(),
         reject_reason: a.reject_reason.as_deref(),
+        goods_return: a.goods_return.as_ref(),
     }
 }
 
@@ -134,6 +152,8 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     matches!(
                         a.value.status,
                         AfterSaleStatus::Requested
+                            | AfterSaleStatus::AwaitingReturn
+                            | AfterSaleStatus::Returning
                             | AfterSaleStatus::Refunding
                             | AfterSaleStatus::RefundFailed
                     )
@@ -165,6 +185,7 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                 wx_aftersale_id: None,
                 wx_add_claimed_until_ms: None,
                 reject_reason: None,
+                goods_return: None,
                 created_at_ms: now,
                 updated_at_ms: now,
             };
@@ -201,6 +222,37 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
             .await?;
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
+        UserAction::Return {
+            aftersale_id,
+            delivery_id,
+            delivery_name,
+            waybill_id,
+        } => {
+            let id = parse_id(&aftersale_id)?;
+            let field = |name: &'static str, v: String, max: usize| {
+                let v = v.trim().to_owned();
+                if v.is_empty() || v.chars().count() > max {
+                    Err(ApiError::bad_request(
+                        "BAD_WAYBILL",
+                        format!("{name} must be 1 to {max} characters"),
+                    ))
+                } else {
+                    Ok(v)
+                }
+            };
+            let waybill = ReturnWaybill {
+                delivery_id: field("delivery_id", delivery_id, 64)?,
+                delivery_name: field("delivery_name", delivery_name, 64)?,
+                waybill_id: field("waybill_id", waybill_id, 64)?,
+            };
+            let a = update(app, &id, Some(&openid), |a, now| {
+                a.goods_sent(waybill.clone(), now)
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+            tracing::info!(aftersale_id = %a.id, "goods sent back");
+            Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
+        }
         UserAction::List { out_trade_no } => {
             let order = own_order(app, &openid, &out_trade_no).await?.value;
             list(app, &order.out_trade_no).await
@@ -210,9 +262,23 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
 
 async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
     match parse_json::<AdminAction>(&req)? {
-        AdminAction::Approve { aftersale_id } => {
+        AdminAction::Approve {
+            aftersale_id,
+            return_address,
+        } => {
             let id = parse_id(&aftersale_id)?;
-            let a = approve(app, &id).await?;
+            let current = repo::get_aftersale(app.store.as_ref(), &id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found("AFTERSALE_NOT_FOUND", format!("no after-sale {id}"))
+                })?;
+            let a = if current.value.kind == AfterSaleKind::ReturnAndRefund
+                && current.value.status == AfterSaleStatus::Requested
+            {
+                accept_return(app, &id, return_address).await?
+            } else {
+                approve(app, &id).await?
+            };
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
         AdminAction::Reject {
@@ -283,6 +349,38 @@ async fn update(
         Ok(Attempt::Commit(batch, next))
     })
     .await
+}
+
+/// The first approval of a return and refund: the goods are to come back to `address` (or
+/// `WX_RETURN_ADDRESS`); the refund waits until the user has sent them.
+async fn accept_return(
+    app: &App,
+    id: &AfterSaleId,
+    address: Option<Address>,
+) -> Result<AfterSale, ApiError> {
+    let address = address
+        .or_else(|| app.config.return_address.clone())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "RETURN_ADDRESS_MISSING",
+                "a return and refund is approved with the address the goods go back to: pass \
+                 return_address {receiver_name, detailed_address, tel_number, province?, city?, \
+                 town?} or set WX_RETURN_ADDRESS",
+            )
+        })?;
+    if !address.is_valid() {
+        return Err(ApiError::bad_request(
+            "BAD_RETURN_ADDRESS",
+            "return_address needs a receiver_name, detailed_address and tel_number",
+        ));
+    }
+    let a = update(app, id, None, |a, now| {
+        a.accept_return(address.clone(), now)
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    tracing::info!(aftersale_id = %id, "return accepted; waiting for the goods");
+    Ok(a)
 }
 
 /// Approval: REFUNDING with a fixed `out_refund_no`, the refund record and the refund task,
@@ -597,6 +695,7 @@ pub async fn on_wechat_event(
                 wx_aftersale_id: Some(wx_id),
                 wx_add_claimed_until_ms: None,
                 reject_reason: None,
+                goods_return: None,
                 created_at_ms: now,
                 updated_at_ms: now,
             };
@@ -623,6 +722,39 @@ pub async fn on_wechat_event(
                 // Unknown here, or already past cancelling (refunding): nothing to undo.
                 Err(e) => {
                     tracing::warn!(aftersale_id = %id, error = %e, "user cancel event not applied");
+                    Ok(())
+                }
+            }
+        }
+        K::WaitMerchantConfirmReceipt => {
+            // The user entered the return parcel in WeChat's own order centre: ours learns it
+            // too, so the merchant can approve the refund here.
+            let (Some(id), Some(wx_id)) = (ours, info.aftersale_id) else {
+                return Ok(());
+            };
+            let wx = app
+                .wx
+                .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+                .await
+                .map_err(super::shop_orders::wx_error)?;
+            let Some(ri) = wx.return_info.filter(|r| !r.waybill_id.trim().is_empty()) else {
+                return Ok(());
+            };
+            let waybill = ReturnWaybill {
+                delivery_id: ri.delivery_id.chars().take(64).collect(),
+                delivery_name: ri.delivery_name.chars().take(64).collect(),
+                waybill_id: ri.waybill_id.chars().take(64).collect(),
+            };
+            match update(app, &id, None, |a, now| {
+                a.goods_sent(waybill.clone(), now)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.status.is_server_error() => Err(e),
+                Err(e) => {
+                    tracing::warn!(aftersale_id = %id, error = %e, "return parcel event not applied");
                     Ok(())
                 }
             }

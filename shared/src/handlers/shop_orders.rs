@@ -331,8 +331,21 @@ pub async fn aftersale_state(
     wx_id: u64,
 ) -> Result<(), TaskError> {
     let key = crate::shop::types::AfterSaleKey::Id(wx_id);
+    if a.kind == crate::domain::AfterSaleKind::ReturnAndRefund
+        && matches!(
+            a.status,
+            AfterSaleStatus::AwaitingReturn
+                | AfterSaleStatus::Returning
+                | AfterSaleStatus::Refunding
+                | AfterSaleStatus::Refunded
+        )
+    {
+        return return_steps(app, order, a, &key).await;
+    }
     let r = match a.status {
         AfterSaleStatus::Requested | AfterSaleStatus::RefundFailed => return Ok(()),
+        // A refund only never gets here (`accept_return` refuses it); nothing to mirror.
+        AfterSaleStatus::AwaitingReturn | AfterSaleStatus::Returning => return Ok(()),
         AfterSaleStatus::Cancelled => app.wx.ecaftersale_cancel(&key, order.openid.as_str()).await,
         AfterSaleStatus::Rejected => app.wx.ecaftersale_reject(&key).await,
         AfterSaleStatus::Refunding => app.wx.ecaftersale_acceptrefund(&key).await,
@@ -356,6 +369,76 @@ pub async fn aftersale_state(
     }
 }
 
+/// A return and refund at WeChat goes step by step — accept the return (EC status 2 → 6), the
+/// user's waybill (6 → 8), accept the refund (8 → 13/14) — and a sync may find several of our
+/// steps not yet mirrored (the user sent the goods before the acceptance was synced, say). So
+/// each sync reads WeChat's status and takes the missing steps, in order, up to ours. A step
+/// WeChat refuses as "not in this state" (100000) is read again: someone else took it.
+async fn return_steps(
+    app: &App,
+    order: &Order,
+    a: &AfterSale,
+    key: &crate::shop::types::AfterSaleKey,
+) -> Result<(), TaskError> {
+    let goods = a.goods_return.as_ref().ok_or_else(|| {
+        TaskError::Permanent(format!(
+            "after-sale {} is {} without a return address",
+            a.id,
+            a.status.as_str()
+        ))
+    })?;
+    let refund_wanted = matches!(
+        a.status,
+        AfterSaleStatus::Refunding | AfterSaleStatus::Refunded
+    );
+    for _ in 0..4 {
+        let wx = app.wx.ecaftersale_get(key).await.map_err(task_error)?;
+        let r = match (wx.status, &goods.waybill) {
+            (2, _) => {
+                let ad = &goods.address;
+                let address_info = crate::shop::types::AddressInfo {
+                    receiver_name: ad.receiver_name.clone(),
+                    detailed_address: ad.detailed_address.clone(),
+                    tel_number: ad.tel_number.clone(),
+                    country: None,
+                    province: ad.province.clone(),
+                    city: ad.city.clone(),
+                    town: ad.town.clone(),
+                };
+                app.wx.ecaftersale_acceptreturn(key, &address_info).await
+            }
+            (6, Some(w)) => {
+                let req = crate::shop::aftersale::ReturnInfoUpload {
+                    key: key.clone(),
+                    openid: order.openid.to_string(),
+                    delivery_id: w.delivery_id.clone(),
+                    delivery_name: w.delivery_name.clone(),
+                    waybill_id: w.waybill_id.clone(),
+                };
+                app.wx.ecaftersale_uploadreturninfo(&req).await
+            }
+            (8, _) if refund_wanted => app.wx.ecaftersale_acceptrefund(key).await,
+            // There (6 while waiting for the goods, 8 while they travel), past it (13–15), or
+            // moved by the user or the platform (cancelled, closed): nothing for us to do.
+            (status, _) => {
+                tracing::debug!(aftersale_id = %a.id, wx_status = status, ours = a.status.as_str(), "return and refund mirrored");
+                return Ok(());
+            }
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.errcode() == Some(100000) => {
+                tracing::info!(aftersale_id = %a.id, error = %e, "return step refused as not in this state; reading WeChat's status again");
+            }
+            Err(e) => return Err(task_error(e)),
+        }
+    }
+    Err(TaskError::Retry(format!(
+        "after-sale {}: WeChat's status did not settle after four steps",
+        a.id
+    )))
+}
+
 /// After a state refusal (100000): WeChat's after-sale, read back, must already be where our
 /// state puts it (EC status numbers, WECHAT_SHOP.md §7.3), else the refusal is a real one.
 async fn confirm_state(
@@ -375,17 +458,8 @@ async fn confirm_state(
     if there {
         return Ok(());
     }
-    let hint = if matches!(
-        a.status,
-        AfterSaleStatus::Refunding | AfterSaleStatus::Refunded
-    ) && a.kind == crate::domain::AfterSaleKind::ReturnAndRefund
-    {
-        "; a return-and-refund needs the goods back before WeChat takes the refund (accept the return, then the refund, in WeChat's merchant tools)"
-    } else {
-        ""
-    };
     Err(TaskError::Permanent(format!(
-        "WeChat refused to move after-sale {} to {}: {refusal}; its status there is {}{hint}",
+        "WeChat refused to move after-sale {} to {}: {refusal}; its status there is {}",
         a.id,
         a.status.as_str(),
         wx.status

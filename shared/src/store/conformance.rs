@@ -1567,6 +1567,7 @@ pub async fn repo_round_trip(store: &DynStore) {
             wx_aftersale_id: None,
             wx_add_claimed_until_ms: None,
             reject_reason: None,
+            goods_return: None,
             created_at_ms: t + i as i64,
             updated_at_ms: t,
         });
