@@ -791,9 +791,16 @@ async fn a_return_and_refund_gets_the_goods_back_before_the_money() {
         wx_aftersale_status(&r, &id).await == Some(6)
     })
     .await;
+    // (The apply's sync and the approval's may both ask: one is refused as "not in this
+    // state" and reads again. Never with another address.)
     let accepted = r.sandbox.calls("shop/ecaftersale/acceptreturn");
-    assert_eq!(accepted.len(), 1, "{accepted:?}");
-    assert_eq!(accepted[0]["address_info"]["receiver_name"], "Returns desk");
+    assert!(
+        !accepted.is_empty()
+            && accepted
+                .iter()
+                .all(|a| a["address_info"]["receiver_name"] == "Returns desk"),
+        "{accepted:?}"
+    );
 
     // No refund before the goods are on their way back.
     let (s, v) = approve(json!({})).await;
@@ -817,8 +824,10 @@ async fn a_return_and_refund_gets_the_goods_back_before_the_money() {
     })
     .await;
     let uploaded = r.sandbox.calls("shop/ecaftersale/uploadreturninfo");
-    assert_eq!(uploaded.len(), 1, "{uploaded:?}");
-    assert_eq!(uploaded[0]["waybill_id"], "SF1234567890");
+    assert!(
+        !uploaded.is_empty() && uploaded.iter().all(|u| u["waybill_id"] == "SF1234567890"),
+        "{uploaded:?}"
+    );
 
     let (s, v) = approve(json!({})).await;
     assert_eq!(s, 200, "{v}");
@@ -1188,4 +1197,46 @@ async fn the_schedule_purges_expired_records_on_sqlite() {
         .is_some());
     r.stop();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A sync that finds several return steps not yet mirrored takes them in order: WeChat is
+/// busy (-1) when the return is accepted, and by the time a sync gets through the user has
+/// sent the goods back and the merchant has approved the refund — WeChat still ends
+/// refunded, with our parcel, one refund and nothing dead-lettered.
+#[tokio::test]
+async fn a_late_sync_takes_the_missing_return_steps_in_order() {
+    let r = stack_with(&[("WX_RETURN_ADDRESS", &return_address().to_string())]).await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "petra", 1).await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "type": "return"}))
+        .await;
+    eventually("the after-sale at WeChat", || async {
+        wx_aftersale_status(&r, &id).await == Some(2)
+    })
+    .await;
+    c.fault(json!({"path": "shop/ecaftersale/acceptreturn", "mode": "errcode", "errcode": -1, "count": 1}))
+        .await;
+    c.approve(&id).await;
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "return", "aftersale_id": id, "delivery_id": "SF",
+                    "delivery_name": "顺丰速运", "waybill_id": "SF42"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    c.approve(&id).await;
+    refunded_here_and_at_wechat(&r, &c, &token, &no, &id).await;
+    // Syncs of one after-sale may run side by side: a step another took is refused as "not
+    // in this state" and read again, so a step may be asked twice, never with other data.
+    let uploads = r.sandbox.calls("shop/ecaftersale/uploadreturninfo");
+    assert!(!uploads.is_empty());
+    assert!(
+        uploads.iter().all(|u| u["waybill_id"] == "SF42"),
+        "{uploads:?}"
+    );
+    assert!(!r.sandbox.calls("shop/ecaftersale/acceptreturn").is_empty());
+    assert_eq!(r.sandbox.calls("secapi/pay/refund").len(), 1);
 }
