@@ -470,6 +470,25 @@ async fn response_for_another_merchant_is_refused() {
     assert_eq!(e, PayError::WrongMerchant("mch_id"));
 }
 
+/// WeChat echoes appid and mch_id in every SUCCESS reply: a signed reply without them is not
+/// known to be about our merchant and is refused like a foreign one.
+#[tokio::test]
+async fn response_without_the_merchant_ids_is_refused() {
+    for missing in ["appid", "mch_id"] {
+        let srv = serve(move |_, _| {
+            let mut f = base_fields(&[("result_code", "SUCCESS"), ("prepay_id", "x")]);
+            f.remove(missing);
+            reply(signed_xml(f, KEY, SignType::Md5))
+        })
+        .await;
+        let e = client(&srv.base)
+            .unified_order(&order_request())
+            .await
+            .unwrap_err();
+        assert_eq!(e, PayError::WrongMerchant(missing), "{missing}");
+    }
+}
+
 #[tokio::test]
 async fn http_errors_timeouts_and_connect_failures() {
     let srv = serve(|_, _| Reply {

@@ -517,16 +517,21 @@ impl PayClient {
             tracing::warn!(api = api.path(), reason = %e, "WeChat Pay response signature refused");
             return Err(PayError::BadSignature);
         }
-        let echoes: [(&'static str, Option<&str>); 3] = [
-            ("appid", Some(&self.cfg.appid)),
-            ("mch_id", Some(&self.cfg.mch_id)),
-            ("sub_mch_id", self.cfg.sub_mch_id.as_deref()),
-        ];
-        for (k, want) in echoes {
-            if let (Some(got), Some(want)) = (r.opt(k), want) {
-                if got != want {
-                    return Err(PayError::WrongMerchant(k));
-                }
+        // WeChat echoes appid and mch_id in every reply whose return_code is SUCCESS (§2.2):
+        // a signed reply without them, or with others, is not about our merchant.
+        for (k, want) in [("appid", &self.cfg.appid), ("mch_id", &self.cfg.mch_id)] {
+            if r.opt(k) != Some(want.as_str()) {
+                tracing::warn!(
+                    api = api.path(),
+                    field = k,
+                    "WeChat Pay reply for another merchant (or without its id) refused"
+                );
+                return Err(PayError::WrongMerchant(k));
+            }
+        }
+        if let (Some(got), Some(want)) = (r.opt("sub_mch_id"), self.cfg.sub_mch_id.as_deref()) {
+            if got != want {
+                return Err(PayError::WrongMerchant("sub_mch_id"));
             }
         }
         if r.opt("result_code") != Some("SUCCESS") {
