@@ -1240,3 +1240,32 @@ async fn a_late_sync_takes_the_missing_return_steps_in_order() {
     assert!(!r.sandbox.calls("shop/ecaftersale/acceptreturn").is_empty());
     assert_eq!(r.sandbox.calls("secapi/pay/refund").len(), 1);
 }
+
+/// A return step WeChat keeps refusing while its after-sale stays where it was (here
+/// `acceptreturn`, "not in this state" each time) is a real refusal: dead-lettered with the
+/// status and WeChat's error, not retried for ever.
+#[tokio::test]
+async fn a_return_step_refused_in_place_is_dead_lettered() {
+    let r = stack_with(&[("WX_RETURN_ADDRESS", &return_address().to_string())]).await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "quinn", 1).await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "type": "return"}))
+        .await;
+    eventually("the after-sale at WeChat", || async {
+        wx_aftersale_status(&r, &id).await == Some(2)
+    })
+    .await;
+    c.fault(json!({"path": "shop/ecaftersale/acceptreturn", "mode": "errcode", "errcode": 100000, "count": 100}))
+        .await;
+    c.approve(&id).await;
+    eventually("the refused step dead-lettered", || async {
+        c.dead_letters().await.iter().any(|d| {
+            d["last_error"].as_str().is_some_and(|e| {
+                e.contains("refused the next return step") && e.contains("status 2")
+            })
+        })
+    })
+    .await;
+    assert_eq!(wx_aftersale_status(&r, &id).await, Some(2));
+}

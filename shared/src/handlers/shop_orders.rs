@@ -391,8 +391,16 @@ async fn return_steps(
         a.status,
         AfterSaleStatus::Refunding | AfterSaleStatus::Refunded
     );
+    // A step refused while WeChat's status stays where it was is a real refusal.
+    let mut refused: Option<(i64, WxError)> = None;
     for _ in 0..4 {
         let wx = app.wx.ecaftersale_get(key).await.map_err(task_error)?;
+        if let Some((at, e)) = refused.take().filter(|(at, _)| *at == wx.status) {
+            return Err(TaskError::Permanent(format!(
+                "WeChat refused the next return step of after-sale {} at its status {at}: {e}",
+                a.id
+            )));
+        }
         let r = match (wx.status, &goods.waybill) {
             (2, _) => {
                 let ad = &goods.address;
@@ -429,6 +437,7 @@ async fn return_steps(
             Ok(()) => {}
             Err(e) if e.errcode() == Some(100000) => {
                 tracing::info!(aftersale_id = %a.id, error = %e, "return step refused as not in this state; reading WeChat's status again");
+                refused = Some((wx.status, e));
             }
             Err(e) => return Err(task_error(e)),
         }
