@@ -68,9 +68,29 @@ fn compact_digits(s: &str) -> Option<NaiveDateTime> {
     )
 }
 
+/// `yyyy-MM-dd HH:mm:ss` of ASCII digits and exactly those separators, naming a valid date
+/// and a time without a leap second: the digits, read as [`compact_digits`] does.
+fn dashed_digits(s: &str) -> Option<NaiveDateTime> {
+    const DIGITS: [usize; 14] = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
+    let b = s.as_bytes();
+    if b.len() != 19 || [b[4], b[7], b[10], b[13], b[16]] != *b"-- ::" {
+        return None;
+    }
+    let mut compact = [0u8; 14];
+    for (d, &i) in compact.iter_mut().zip(&DIGITS) {
+        *d = b[i];
+    }
+    compact_digits(std::str::from_utf8(&compact).ok()?)
+}
+
 /// Parses `yyyy-MM-dd HH:mm:ss` (Beijing time) into epoch milliseconds.
 pub fn parse_beijing_datetime(s: &str) -> Option<i64> {
-    let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok()?;
+    // A refund notification's `success_time`: read directly, as `time_end` is (chrono's format
+    // parser was ~9 % of a refund's verify+parse); anything else gets chrono's verdict.
+    let naive = match dashed_digits(s) {
+        Some(n) => n,
+        None => NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok()?,
+    };
     beijing()
         .from_local_datetime(&naive)
         .single()
@@ -140,6 +160,49 @@ mod tests {
             }
         }
         assert!(compact_digits("20140903131540").is_some());
+    }
+
+    #[test]
+    fn dashed_fast_path_agrees_with_chrono() {
+        let chrono_only = |s: &str| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok();
+        let mut cases: Vec<String> = [
+            "2014-09-03 13:15:40",
+            "0000-01-01 00:00:00",
+            "9999-12-31 23:59:59",
+            "2024-02-29 12:00:00",
+            "2023-02-29 12:00:00",
+            "2014-13-03 13:15:40",
+            "2014-09-03 24:15:40",
+            "2014-09-03 13:15:60",
+            "2014-09-03T13:15:40",
+            "2014/09/03 13:15:40",
+            "2014-09-03 13:15:4",
+            "2014-09-03 13:15:400",
+            "2014-9-03 13:15:40",
+            "2014-09-03 13:1a:40",
+            "+2014-09-03 13:15:40",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let y = 1900 + x % 200;
+            let (m, d, h) = (x % 14, (x >> 8) % 33, (x >> 16) % 25);
+            let (mi, sec) = ((x >> 24) % 61, (x >> 32) % 62);
+            cases.push(format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{sec:02}"));
+        }
+        let mut fast_ones = 0;
+        for s in &cases {
+            if let Some(fast) = dashed_digits(s) {
+                fast_ones += 1;
+                assert_eq!(Some(fast), chrono_only(s), "{s}");
+            }
+        }
+        assert!(fast_ones > 1000, "the fast path takes ordinary times");
+        assert!(dashed_digits("2014-09-03 13:15:40").is_some());
     }
 
     #[test]
