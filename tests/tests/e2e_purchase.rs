@@ -1269,3 +1269,47 @@ async fn a_return_step_refused_in_place_is_dead_lettered() {
     .await;
     assert_eq!(wx_aftersale_status(&r, &id).await, Some(2));
 }
+
+/// The merchant may refuse a parcel that came back (not what was sold): WeChat's after-sale
+/// ends refused too (5), even when the refusal overtakes the parcel's own sync (WeChat busy
+/// at the first `uploadreturninfo`) — the parcel is mirrored first, then refused. No refund.
+#[tokio::test]
+async fn a_returned_parcel_can_be_refused() {
+    let r = stack_with(&[("WX_RETURN_ADDRESS", &return_address().to_string())]).await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "rita", 1).await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "type": "return"}))
+        .await;
+    c.approve(&id).await;
+    eventually("acceptreturn at WeChat", || async {
+        wx_aftersale_status(&r, &id).await == Some(6)
+    })
+    .await;
+    c.fault(json!({"path": "shop/ecaftersale/uploadreturninfo", "mode": "errcode", "errcode": -1, "count": 1}))
+        .await;
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "return", "aftersale_id": id, "delivery_id": "SF",
+                    "delivery_name": "顺丰速运", "waybill_id": "SF77"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "reject", "aftersale_id": id, "reason": "not what was sold"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["status"], "REJECTED", "{v}");
+    eventually("refused at WeChat", || async {
+        wx_aftersale_status(&r, &id).await == Some(5)
+    })
+    .await;
+    assert!(r.sandbox.calls("secapi/pay/refund").is_empty());
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}

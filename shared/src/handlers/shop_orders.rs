@@ -331,14 +331,16 @@ pub async fn aftersale_state(
     wx_id: u64,
 ) -> Result<(), TaskError> {
     let key = crate::shop::types::AfterSaleKey::Id(wx_id);
+    // A return under way (or a parcel refused after it came back) goes through WeChat's
+    // return steps; a request refused or cancelled before the return was accepted does not.
     if a.kind == crate::domain::AfterSaleKind::ReturnAndRefund
-        && matches!(
+        && (matches!(
             a.status,
             AfterSaleStatus::AwaitingReturn
                 | AfterSaleStatus::Returning
                 | AfterSaleStatus::Refunding
                 | AfterSaleStatus::Refunded
-        )
+        ) || (a.status == AfterSaleStatus::Rejected && a.goods_return.is_some()))
     {
         return return_steps(app, order, a, &key).await;
     }
@@ -370,10 +372,11 @@ pub async fn aftersale_state(
 }
 
 /// A return and refund at WeChat goes step by step — accept the return (EC status 2 → 6), the
-/// user's waybill (6 → 8), accept the refund (8 → 13/14) — and a sync may find several of our
-/// steps not yet mirrored (the user sent the goods before the acceptance was synced, say). So
-/// each sync reads WeChat's status and takes the missing steps, in order, up to ours. A step
-/// WeChat refuses as "not in this state" (100000) is read again: someone else took it.
+/// user's waybill (6 → 8), then accept the refund (8 → 13/14) or refuse the parcel (8 → 5) —
+/// and a sync may find several of our steps not yet mirrored (the user sent the goods before
+/// the acceptance was synced, say). So each sync reads WeChat's status and takes the missing
+/// steps, in order, up to ours. A step WeChat refuses as "not in this state" (100000) is read
+/// again: someone else took it.
 async fn return_steps(
     app: &App,
     order: &Order,
@@ -426,6 +429,7 @@ async fn return_steps(
                 app.wx.ecaftersale_uploadreturninfo(&req).await
             }
             (8, _) if refund_wanted => app.wx.ecaftersale_acceptrefund(key).await,
+            (8, _) if a.status == AfterSaleStatus::Rejected => app.wx.ecaftersale_reject(key).await,
             // There (6 while waiting for the goods, 8 while they travel), past it (13–15), or
             // moved by the user or the platform (cancelled, closed): nothing for us to do.
             (status, _) => {
