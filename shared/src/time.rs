@@ -121,6 +121,27 @@ impl Clock {
 mod tests {
     use super::*;
 
+    /// 20,000 pseudo-random (year, month, day, hour, minute, second), each part a little past
+    /// its range (month 0–13, day 0–32, hour 0–24, minute 0–60, second 0–61), formatted.
+    fn spread(seed: u64, format: impl Fn([u64; 6]) -> String) -> Vec<String> {
+        let mut x = seed;
+        (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format([
+                    1900 + x % 200,
+                    x % 14,
+                    (x >> 8) % 33,
+                    (x >> 16) % 25,
+                    (x >> 24) % 61,
+                    (x >> 32) % 62,
+                ])
+            })
+            .collect()
+    }
+
     #[test]
     fn compact_fast_path_agrees_with_chrono() {
         let chrono_only = |s: &str| NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok();
@@ -144,16 +165,9 @@ mod tests {
         .map(String::from)
         .to_vec();
         // A spread of digit strings, valid and not.
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let y = 1900 + x % 200;
-            let (m, d, h) = (x % 14, (x >> 8) % 33, (x >> 16) % 25);
-            let (mi, sec) = ((x >> 24) % 61, (x >> 32) % 62);
-            cases.push(format!("{y:04}{m:02}{d:02}{h:02}{mi:02}{sec:02}"));
-        }
+        cases.extend(spread(0x9E37_79B9_7F4A_7C15, |[y, m, d, h, mi, sec]| {
+            format!("{y:04}{m:02}{d:02}{h:02}{mi:02}{sec:02}")
+        }));
         for s in &cases {
             if let Some(fast) = compact_digits(s) {
                 assert_eq!(Some(fast), chrono_only(s), "{s}");
@@ -184,16 +198,9 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let y = 1900 + x % 200;
-            let (m, d, h) = (x % 14, (x >> 8) % 33, (x >> 16) % 25);
-            let (mi, sec) = ((x >> 24) % 61, (x >> 32) % 62);
-            cases.push(format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{sec:02}"));
-        }
+        cases.extend(spread(0x2545_F491_4F6C_DD1D, |[y, m, d, h, mi, sec]| {
+            format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{sec:02}")
+        }));
         let mut fast_ones = 0;
         for s in &cases {
             if let Some(fast) = dashed_digits(s) {

@@ -455,18 +455,26 @@ async fn bad_response_signatures_are_refused() {
     }
 }
 
-#[tokio::test]
-async fn response_for_another_merchant_is_refused() {
-    let srv = serve(|_, _| {
+/// What `unified_order` answers to a signed SUCCESS reply changed by `edit`.
+async fn unified_order_refusal(edit: impl Fn(&mut Fields) + Send + Sync + 'static) -> PayError {
+    let srv = serve(move |_, _| {
         let mut f = base_fields(&[("result_code", "SUCCESS"), ("prepay_id", "x")]);
-        f.insert("mch_id".into(), "99999999".into());
+        edit(&mut f);
         reply(signed_xml(f, KEY, SignType::Md5))
     })
     .await;
-    let e = client(&srv.base)
+    client(&srv.base)
         .unified_order(&order_request())
         .await
-        .unwrap_err();
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn response_for_another_merchant_is_refused() {
+    let e = unified_order_refusal(|f| {
+        f.insert("mch_id".into(), "99999999".into());
+    })
+    .await;
     assert_eq!(e, PayError::WrongMerchant("mch_id"));
 }
 
@@ -475,16 +483,10 @@ async fn response_for_another_merchant_is_refused() {
 #[tokio::test]
 async fn response_without_the_merchant_ids_is_refused() {
     for missing in ["appid", "mch_id"] {
-        let srv = serve(move |_, _| {
-            let mut f = base_fields(&[("result_code", "SUCCESS"), ("prepay_id", "x")]);
+        let e = unified_order_refusal(move |f| {
             f.remove(missing);
-            reply(signed_xml(f, KEY, SignType::Md5))
         })
         .await;
-        let e = client(&srv.base)
-            .unified_order(&order_request())
-            .await
-            .unwrap_err();
         assert_eq!(e, PayError::WrongMerchant(missing), "{missing}");
     }
 }

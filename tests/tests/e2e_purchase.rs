@@ -558,15 +558,8 @@ async fn an_aftersale_add_whose_answer_was_lost_is_adopted_not_repeated() {
     let ours = c
         .apply(&token, &no, json!({"amount": 1990, "reason": "dented"}))
         .await;
-    let id = wxshop::domain::AfterSaleId::parse(ours.clone()).unwrap();
-    let stored = || async {
-        wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &id)
-            .await
-            .unwrap()
-            .and_then(|a| a.value.wx_aftersale_id)
-    };
     eventually("WeChat's after-sale id stored", || async {
-        stored().await.is_some()
+        wx_aftersale_id(&r, &ours).await.is_some()
     })
     .await;
     let adds = r.sandbox.calls("shop/ecaftersale/add");
@@ -711,14 +704,19 @@ async fn a_state_refusal_is_success_only_when_wechat_is_already_there() {
     );
 }
 
-/// WeChat's after-sale status for ours (read through the app's own client).
-async fn wx_aftersale_status(r: &Running, id: &str) -> Option<i64> {
+/// WeChat's id of our after-sale `id`, once stored.
+async fn wx_aftersale_id(r: &Running, id: &str) -> Option<u64> {
     let id = wxshop::domain::AfterSaleId::parse(id.to_owned()).unwrap();
-    let wx = wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &id)
+    wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &id)
         .await
         .unwrap()?
         .value
-        .wx_aftersale_id?;
+        .wx_aftersale_id
+}
+
+/// WeChat's after-sale status for ours (read through the app's own client).
+async fn wx_aftersale_status(r: &Running, id: &str) -> Option<i64> {
+    let wx = wx_aftersale_id(r, id).await?;
     let got = r
         .app
         .wx
@@ -740,6 +738,35 @@ async fn refunded_here_and_at_wechat(r: &Running, c: &Client<'_>, token: &str, n
     .await;
     let dead = c.dead_letters().await;
     assert!(dead.is_empty(), "{dead:?}");
+}
+
+/// Waits until WeChat's after-sale for ours has EC status `status` (`what` names the step).
+async fn wx_status_reaches(r: &Running, id: &str, status: i64, what: &str) {
+    eventually(what, || async {
+        wx_aftersale_status(r, id).await == Some(status)
+    })
+    .await;
+}
+
+/// A stack whose approvals of a return take the address from `WX_RETURN_ADDRESS`.
+async fn return_stack() -> Running {
+    stack_with(&[("WX_RETURN_ADDRESS", &return_address().to_string())]).await
+}
+
+/// `user` buys one tea (paid, synced) and applies for its return and refund:
+/// (token, out_trade_no, after-sale id).
+async fn return_requested(r: &Running, c: &Client<'_>, user: &str) -> (String, String, String) {
+    let (token, no) = paid_and_synced(r, c, user, 1).await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "type": "return"}))
+        .await;
+    (token, no, id)
+}
+
+/// The user's `aftersaleSync` call sending the goods of `id` back by SF with `waybill_id`.
+fn send_back(id: &str, waybill_id: &str) -> Value {
+    json!({"action": "return", "aftersale_id": id, "delivery_id": "SF",
+           "delivery_name": "顺丰速运", "waybill_id": waybill_id})
 }
 
 fn return_address() -> Value {
@@ -787,10 +814,7 @@ async fn a_return_and_refund_gets_the_goods_back_before_the_money() {
         mine["goods_return"]["address"]["detailed_address"], "8 Warehouse Road",
         "the user sees where to send the goods: {mine}"
     );
-    eventually("acceptreturn at WeChat", || async {
-        wx_aftersale_status(&r, &id).await == Some(6)
-    })
-    .await;
+    wx_status_reaches(&r, &id, 6, "acceptreturn at WeChat").await;
     // (The apply's sync and the approval's may both ask: one is refused as "not in this
     // state" and reads again. Never with another address.)
     let accepted = r.sandbox.calls("shop/ecaftersale/acceptreturn");
@@ -807,8 +831,7 @@ async fn a_return_and_refund_gets_the_goods_back_before_the_money() {
     assert_eq!(s, 409, "{v}");
     assert!(r.sandbox.calls("secapi/pay/refund").is_empty());
 
-    let waybill = json!({"action": "return", "aftersale_id": id, "delivery_id": "SF",
-                         "delivery_name": "顺丰速运", "waybill_id": "SF1234567890"});
+    let waybill = send_back(&id, "SF1234567890");
     let (s, v) = c.post("/fn/aftersaleSync", Some(&token), &waybill).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["aftersale"]["status"], "RETURNING", "{v}");
@@ -819,10 +842,7 @@ async fn a_return_and_refund_gets_the_goods_back_before_the_money() {
     bad["waybill_id"] = json!(" ");
     let (s, v) = c.post("/fn/aftersaleSync", Some(&token), &bad).await;
     assert_eq!(s, 400, "{v}");
-    eventually("the return parcel at WeChat", || async {
-        wx_aftersale_status(&r, &id).await == Some(8)
-    })
-    .await;
+    wx_status_reaches(&r, &id, 8, "the return parcel at WeChat").await;
     let uploaded = r.sandbox.calls("shop/ecaftersale/uploadreturninfo");
     assert!(
         !uploaded.is_empty() && uploaded.iter().all(|u| u["waybill_id"] == "SF1234567890"),
@@ -841,25 +861,12 @@ async fn a_return_and_refund_gets_the_goods_back_before_the_money() {
 /// approves the refund here. `WX_RETURN_ADDRESS` stands in for an address in the approval.
 #[tokio::test]
 async fn a_return_parcel_entered_in_wechat_reaches_ours() {
-    let r = stack_with(&[("WX_RETURN_ADDRESS", &return_address().to_string())]).await;
+    let r = return_stack().await;
     let c = Client::new(&r);
-    let (token, no) = paid_and_synced(&r, &c, "olga", 1).await;
-    let id = c
-        .apply(&token, &no, json!({"amount": 1990, "type": "return"}))
-        .await;
+    let (token, no, id) = return_requested(&r, &c, "olga").await;
     c.approve(&id).await;
-    eventually("acceptreturn at WeChat", || async {
-        wx_aftersale_status(&r, &id).await == Some(6)
-    })
-    .await;
-    let aid = wxshop::domain::AfterSaleId::parse(id.clone()).unwrap();
-    let wx = wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &aid)
-        .await
-        .unwrap()
-        .unwrap()
-        .value
-        .wx_aftersale_id
-        .unwrap();
+    wx_status_reaches(&r, &id, 6, "acceptreturn at WeChat").await;
+    let wx = wx_aftersale_id(&r, &id).await.unwrap();
     let (s, v) = c
         .post(
             "/sandbox/_control/aftersale",
@@ -1205,26 +1212,15 @@ async fn the_schedule_purges_expired_records_on_sqlite() {
 /// refunded, with our parcel, one refund and nothing dead-lettered.
 #[tokio::test]
 async fn a_late_sync_takes_the_missing_return_steps_in_order() {
-    let r = stack_with(&[("WX_RETURN_ADDRESS", &return_address().to_string())]).await;
+    let r = return_stack().await;
     let c = Client::new(&r);
-    let (token, no) = paid_and_synced(&r, &c, "petra", 1).await;
-    let id = c
-        .apply(&token, &no, json!({"amount": 1990, "type": "return"}))
-        .await;
-    eventually("the after-sale at WeChat", || async {
-        wx_aftersale_status(&r, &id).await == Some(2)
-    })
-    .await;
+    let (token, no, id) = return_requested(&r, &c, "petra").await;
+    wx_status_reaches(&r, &id, 2, "the after-sale at WeChat").await;
     c.fault(json!({"path": "shop/ecaftersale/acceptreturn", "mode": "errcode", "errcode": -1, "count": 1}))
         .await;
     c.approve(&id).await;
     let (s, v) = c
-        .post(
-            "/fn/aftersaleSync",
-            Some(&token),
-            &json!({"action": "return", "aftersale_id": id, "delivery_id": "SF",
-                    "delivery_name": "顺丰速运", "waybill_id": "SF42"}),
-        )
+        .post("/fn/aftersaleSync", Some(&token), &send_back(&id, "SF42"))
         .await;
     assert_eq!(s, 200, "{v}");
     c.approve(&id).await;
@@ -1246,16 +1242,10 @@ async fn a_late_sync_takes_the_missing_return_steps_in_order() {
 /// status and WeChat's error, not retried for ever.
 #[tokio::test]
 async fn a_return_step_refused_in_place_is_dead_lettered() {
-    let r = stack_with(&[("WX_RETURN_ADDRESS", &return_address().to_string())]).await;
+    let r = return_stack().await;
     let c = Client::new(&r);
-    let (token, no) = paid_and_synced(&r, &c, "quinn", 1).await;
-    let id = c
-        .apply(&token, &no, json!({"amount": 1990, "type": "return"}))
-        .await;
-    eventually("the after-sale at WeChat", || async {
-        wx_aftersale_status(&r, &id).await == Some(2)
-    })
-    .await;
+    let (_, _, id) = return_requested(&r, &c, "quinn").await;
+    wx_status_reaches(&r, &id, 2, "the after-sale at WeChat").await;
     c.fault(json!({"path": "shop/ecaftersale/acceptreturn", "mode": "errcode", "errcode": 100000, "count": 100}))
         .await;
     c.approve(&id).await;
@@ -1275,26 +1265,15 @@ async fn a_return_step_refused_in_place_is_dead_lettered() {
 /// at the first `uploadreturninfo`) — the parcel is mirrored first, then refused. No refund.
 #[tokio::test]
 async fn a_returned_parcel_can_be_refused() {
-    let r = stack_with(&[("WX_RETURN_ADDRESS", &return_address().to_string())]).await;
+    let r = return_stack().await;
     let c = Client::new(&r);
-    let (token, no) = paid_and_synced(&r, &c, "rita", 1).await;
-    let id = c
-        .apply(&token, &no, json!({"amount": 1990, "type": "return"}))
-        .await;
+    let (token, _no, id) = return_requested(&r, &c, "rita").await;
     c.approve(&id).await;
-    eventually("acceptreturn at WeChat", || async {
-        wx_aftersale_status(&r, &id).await == Some(6)
-    })
-    .await;
+    wx_status_reaches(&r, &id, 6, "acceptreturn at WeChat").await;
     c.fault(json!({"path": "shop/ecaftersale/uploadreturninfo", "mode": "errcode", "errcode": -1, "count": 1}))
         .await;
     let (s, v) = c
-        .post(
-            "/fn/aftersaleSync",
-            Some(&token),
-            &json!({"action": "return", "aftersale_id": id, "delivery_id": "SF",
-                    "delivery_name": "顺丰速运", "waybill_id": "SF77"}),
-        )
+        .post("/fn/aftersaleSync", Some(&token), &send_back(&id, "SF77"))
         .await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = c
@@ -1305,10 +1284,7 @@ async fn a_returned_parcel_can_be_refused() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["aftersale"]["status"], "REJECTED", "{v}");
-    eventually("refused at WeChat", || async {
-        wx_aftersale_status(&r, &id).await == Some(5)
-    })
-    .await;
+    wx_status_reaches(&r, &id, 5, "refused at WeChat").await;
     assert!(r.sandbox.calls("secapi/pay/refund").is_empty());
     let dead = c.dead_letters().await;
     assert!(dead.is_empty(), "{dead:?}");

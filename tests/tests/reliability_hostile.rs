@@ -459,31 +459,42 @@ async fn admin_routes_need_the_admin_token() {
 
 /// A product audit verdict (the kind of event that decides what may be sold) replayed with a
 /// bad signature, or encrypted for another mini program, is refused and changes nothing.
-#[tokio::test]
-async fn push_events_with_bad_signatures_or_a_foreign_appid_change_nothing() {
-    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
-    let r = stack_with(&[("WX_PUSH_AES_KEY", AES)]).await;
-    let c = Client::new(&r);
-    let approved = || async {
-        let (_, p) = c
-            .admin(
-                "/admin/catalogSync",
-                &json!({"action": "get", "product_id": "tea"}),
-            )
-            .await;
-        p["product"]["audit"].clone()
-    };
-    assert_eq!(approved().await, "APPROVED");
-    // The genuine approval the sandbox pushed while seeding, turned into a rejection.
-    let mut ev = r
+/// The seeded tea's audit status, as the merchant reads it.
+async fn tea_audit(c: &Client) -> Value {
+    let (_, p) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": "tea"}),
+        )
+        .await;
+    p["product"]["audit"].clone()
+}
+
+/// The audit approval the sandbox pushed while seeding, and the same event turned into a
+/// (later) rejection.
+fn seeded_audit_and_forged_rejection(r: &Running) -> (Value, Value) {
+    let genuine = r
         .sandbox
         .pushed_events()
         .into_iter()
         .find(|e| e["Event"] == "open_product_spu_audit")
         .expect("the seed's audit push");
-    ev["OpenProductSpuAudit"]["status"] = json!(3);
-    ev["OpenProductSpuAudit"]["reject_reason"] = json!("forged");
-    ev["CreateTime"] = json!(ev["CreateTime"].as_i64().unwrap_or(1_700_000_000) + 1);
+    let mut forged = genuine.clone();
+    forged["OpenProductSpuAudit"]["status"] = json!(3);
+    forged["OpenProductSpuAudit"]["reject_reason"] = json!("forged");
+    forged["CreateTime"] = json!(genuine["CreateTime"].as_i64().unwrap_or(1_700_000_000) + 1);
+    (genuine, forged)
+}
+
+#[tokio::test]
+async fn push_events_with_bad_signatures_or_a_foreign_appid_change_nothing() {
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    let r = stack_with(&[("WX_PUSH_AES_KEY", AES)]).await;
+    let c = Client::new(&r);
+    let approved = || tea_audit(&c);
+    assert_eq!(approved().await, "APPROVED");
+    // The genuine approval the sandbox pushed while seeding, turned into a rejection.
+    let (_, ev) = seeded_audit_and_forged_rejection(&r);
     let msg = ev.to_string();
     let token = "localpushtoken";
     let ts = std::time::SystemTime::now()
@@ -566,26 +577,9 @@ async fn push_events_with_bad_signatures_or_a_foreign_appid_change_nothing() {
 async fn plaintext_push_signatures_hold_for_one_body_and_only_near_their_time() {
     let r = stack_with(&[]).await;
     let c = Client::new(&r);
-    let audit = || async {
-        let (_, p) = c
-            .admin(
-                "/admin/catalogSync",
-                &json!({"action": "get", "product_id": "tea"}),
-            )
-            .await;
-        p["product"]["audit"].clone()
-    };
+    let audit = || tea_audit(&c);
     assert_eq!(audit().await, "APPROVED");
-    let genuine = r
-        .sandbox
-        .pushed_events()
-        .into_iter()
-        .find(|e| e["Event"] == "open_product_spu_audit")
-        .expect("the seed's audit push");
-    let mut forged = genuine.clone();
-    forged["OpenProductSpuAudit"]["status"] = json!(3);
-    forged["OpenProductSpuAudit"]["reject_reason"] = json!("forged");
-    forged["CreateTime"] = json!(genuine["CreateTime"].as_i64().unwrap_or(1_700_000_000) + 1);
+    let (genuine, forged) = seeded_audit_and_forged_rejection(&r);
     let now = r.app.clock.now_secs();
     let url = |ts: i64, nonce: &str| {
         let q = wxshop::push::PushQuery::signed("localpushtoken", &ts.to_string(), nonce);

@@ -107,18 +107,7 @@ pub async fn add_order(
             promotion_info: None,
         },
         delivery_detail: DeliveryDetailReq { delivery_type: 1 },
-        address_info: order
-            .address
-            .as_ref()
-            .map(|a| crate::shop::types::AddressInfo {
-                receiver_name: a.receiver_name.clone(),
-                detailed_address: a.detailed_address.clone(),
-                tel_number: a.tel_number.clone(),
-                country: None,
-                province: a.province.clone(),
-                city: a.city.clone(),
-                town: a.town.clone(),
-            }),
+        address_info: order.address.as_ref().map(address_info),
         fund_type: Some(order.fund_type.code()),
         expire_time: Some(order.expires_at_ms / 1000),
         aftersale_duration: None,
@@ -371,6 +360,19 @@ pub async fn aftersale_state(
     }
 }
 
+/// An address as the trading component takes it (`address_info`: delivery, return).
+fn address_info(a: &crate::domain::Address) -> crate::shop::types::AddressInfo {
+    crate::shop::types::AddressInfo {
+        receiver_name: a.receiver_name.clone(),
+        detailed_address: a.detailed_address.clone(),
+        tel_number: a.tel_number.clone(),
+        country: None,
+        province: a.province.clone(),
+        city: a.city.clone(),
+        town: a.town.clone(),
+    }
+}
+
 /// A return and refund at WeChat goes step by step — accept the return (EC status 2 → 6), the
 /// user's waybill (6 → 8), then accept the refund (8 → 13/14) or refuse the parcel (8 → 5) —
 /// and a sync may find several of our steps not yet mirrored (the user sent the goods before
@@ -406,17 +408,9 @@ async fn return_steps(
         }
         let r = match (wx.status, &goods.waybill) {
             (2, _) => {
-                let ad = &goods.address;
-                let address_info = crate::shop::types::AddressInfo {
-                    receiver_name: ad.receiver_name.clone(),
-                    detailed_address: ad.detailed_address.clone(),
-                    tel_number: ad.tel_number.clone(),
-                    country: None,
-                    province: ad.province.clone(),
-                    city: ad.city.clone(),
-                    town: ad.town.clone(),
-                };
-                app.wx.ecaftersale_acceptreturn(key, &address_info).await
+                app.wx
+                    .ecaftersale_acceptreturn(key, &address_info(&goods.address))
+                    .await
             }
             (6, Some(w)) => {
                 let req = crate::shop::aftersale::ReturnInfoUpload {
