@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use wxshop::pay::notify::parse_payment_notification;
-use wxshop::pay::refund_notify::parse_refund_notification;
+use wxshop::pay::refund_notify::RefundKey;
 use wxshop::pay::sign::Fields;
 
 pub const PAYLOADS: &str = include_str!("../payloads.json");
@@ -77,7 +77,8 @@ fn cases(p: &Payloads) -> Result<Vec<(&'static str, Case)>, String> {
     };
     let (rb, rk, ra, rm) = (
         p.refund.clone(),
-        p.key.clone(),
+        // As `payCallback` does: the key derived once (`App::refund_key`), not per call.
+        RefundKey::new(&p.key),
         p.appid.clone(),
         p.mch_id.clone(),
     );
@@ -103,7 +104,7 @@ fn cases(p: &Payloads) -> Result<Vec<(&'static str, Case)>, String> {
         (
             "refund",
             Box::new(move || {
-                parse_refund_notification(black_box(rb.as_bytes()), &rk)
+                rk.parse_notification(black_box(rb.as_bytes()))
                     .and_then(|n| n.check_merchant(&ra, &rm, None, None).map(|_| n))
                     .map(|n| black_box(n).refund_fee.get() > 0)
                     .unwrap_or(false)

@@ -3,6 +3,7 @@
 
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::pay::client::PayClient;
+use crate::pay::RefundKey;
 use crate::push::PushConfig;
 use crate::session::SessionKeys;
 use crate::shop::client::WxClient;
@@ -18,6 +19,8 @@ pub struct App {
     pub wx: WxClient,
     pub push: Arc<PushConfig>,
     pub sessions: SessionKeys,
+    /// Decrypts refund notifications (derived from the API key once).
+    pub refund_key: Arc<RefundKey>,
     pub clock: Clock,
 }
 
@@ -73,6 +76,7 @@ impl App {
         )
         .map_err(|e| StartupError::Client(e.to_string()))?;
         let sessions = SessionKeys::new(&config.session_secret);
+        let refund_key = Arc::new(RefundKey::new(config.api_key()));
         Ok(App {
             config: Arc::new(config),
             store,
@@ -80,6 +84,7 @@ impl App {
             wx,
             push: Arc::new(push),
             sessions,
+            refund_key,
             clock,
         })
     }

@@ -16,7 +16,6 @@ use crate::domain::Change;
 use crate::http::{text, Request, Response};
 use crate::outbox::{OutboxEntry, Task};
 use crate::pay::notify::{parse_payment_notification, reply_fail, reply_success};
-use crate::pay::refund_notify::parse_refund_notification;
 use crate::pay::types::RefundStatus as WxRefundStatus;
 use crate::store::repo::{self, Batch, RefundStatus};
 use http::StatusCode;
@@ -111,7 +110,7 @@ async fn payment(app: &App, req: Request) -> Response {
 
 async fn refund(app: &App, req: Request) -> Response {
     let cfg = &app.config;
-    let n = match parse_refund_notification(req.body(), cfg.api_key()) {
+    let n = match app.refund_key.parse_notification(req.body()) {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(security = true, error = %e, "refund notification refused");

@@ -30,7 +30,7 @@ pub use notify::{
 };
 pub use refund_notify::{
     build_refund_notification, decrypt_req_info, encrypt_req_info, parse_refund_notification,
-    RefundNotification, RefundNotificationSpec,
+    RefundKey, RefundNotification, RefundNotificationSpec,
 };
 pub use sign::{sign, sign_in_place, signed_xml, verify, Fields, SignType, VerifyError};
 pub use types::{FieldError, RefundStatus, TradeState};
