@@ -123,11 +123,11 @@ pub struct Address {
     pub receiver_name: String,
     pub detailed_address: String,
     pub tel_number: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub province: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub city: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub town: Option<String>,
 }
 
@@ -157,32 +157,32 @@ pub struct Order {
     pub status: OrderStatus,
     #[serde(default)]
     pub fund_type: FundType,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepay_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepay_at_ms: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paid_at_ms: Option<i64>,
     /// Trading component order id (beyond 2^53: kept as u64, never f64).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wx_order_id: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scene: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Address>,
     #[serde(default)]
     pub refunded: Fen,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at_ms: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_reason: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -440,6 +440,39 @@ pub(crate) mod tests {
         assert_eq!(o.refund(Fen::new(60).unwrap(), 8), Ok(Change::Changed));
         assert_eq!(o.status, OrderStatus::Refunded);
         assert!(o.refund(Fen::new(1).unwrap(), 9).is_err());
+    }
+
+    /// Stored orders leave out what is not set (every read and write of an order handles
+    /// its JSON; DynamoDB bills by item size), and records written before, with explicit
+    /// `null`s, still read as the same order.
+    #[test]
+    fn records_omit_unset_fields_and_old_records_still_read() {
+        let mut o = sample_order(100);
+        o.address = Some(Address {
+            receiver_name: "Li".into(),
+            detailed_address: "1 Road".into(),
+            tel_number: "1".into(),
+            ..Address::default()
+        });
+        let json = serde_json::to_string(&o).unwrap();
+        assert!(!json.contains("null"), "{json}");
+        assert!(
+            !json.contains("prepay_id") && !json.contains("province"),
+            "{json}"
+        );
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for k in [
+            "prepay_id",
+            "transaction_id",
+            "paid_at_ms",
+            "wx_order_id",
+            "delivery",
+        ] {
+            old[k] = serde_json::Value::Null;
+        }
+        old["address"]["city"] = serde_json::Value::Null;
+        assert_eq!(serde_json::from_value::<Order>(old).unwrap(), o);
+        assert_eq!(serde_json::from_str::<Order>(&json).unwrap(), o);
     }
 
     #[test]
