@@ -127,10 +127,7 @@ fn fast<'a>(body: &'a [u8], root: &str) -> Option<Vec<Field<'a>>> {
             return None;
         }
         let start = i + 1;
-        i = start;
-        while b.get(i).is_some_and(|&c| NAME_BYTE[usize::from(c)]) {
-            i += 1;
-        }
+        i = name_end(b, start);
         let first = *b.get(start)?;
         if i == start || first.is_ascii_digit() || first == b'-' || first == b'.' {
             return None;
@@ -376,6 +373,44 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// Where the name starting at `i` ends: the first byte that is not a [`NAME_BYTE`]. Eight
+/// bytes at a time while they are `a`–`z` or `_` (every name WeChat sends), then byte by byte
+/// from the first other byte (the table lookup per byte was ~800 instructions a payment
+/// notification; docs/PERFORMANCE.md).
+#[inline(always)]
+fn name_end(b: &[u8], mut i: usize) -> usize {
+    while let Some(w) = b.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+        let other = not_lower_or_underscore(u64::from_le_bytes(*w));
+        if other != 0 {
+            i += (other.trailing_zeros() / 8) as usize;
+            break;
+        }
+        i += 8;
+    }
+    while b.get(i).is_some_and(|&c| NAME_BYTE[usize::from(c)]) {
+        i += 1;
+    }
+    i
+}
+
+/// The high bit of each byte of `w` that is not `a`–`z` or `_`, the others clear. Exact for
+/// every byte (no borrow or carry crosses bytes: each sum stays below 0x100).
+#[inline(always)]
+fn not_lower_or_underscore(w: u64) -> u64 {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let low7 = w & !HI;
+    // High bit set where the low 7 bits are ≥ `a` (0x61), and where they are ≥ `{` (0x7b).
+    let from_a = low7 + LO * 0x1f;
+    let past_z = low7 + LO * 0x05;
+    let lower = from_a & !past_z;
+    // High bit set where the low 7 bits are not `_` (0x5f).
+    let x = low7 ^ (LO * 0x5f);
+    let not_underscore = (x + LO * 0x7f) | x;
+    let ok = (lower | !not_underscore) & !w; // and the byte itself is ASCII
+    !ok & HI
+}
+
 /// The ASCII bytes of a field name the reference accepts (its `field_name`: letters, digits,
 /// `_ - . :`); names with other characters take the reference path.
 const NAME_BYTE: [bool; 256] = {
@@ -393,6 +428,35 @@ const NAME_BYTE: [bool; 256] = {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// The byte loop `name_end` replaces.
+    fn name_end_bytewise(b: &[u8], mut i: usize) -> usize {
+        while b.get(i).is_some_and(|&c| NAME_BYTE[usize::from(c)]) {
+            i += 1;
+        }
+        i
+    }
+
+    #[test]
+    fn name_end_finds_the_first_byte_that_ends_a_name() {
+        for c in 0..=255u8 {
+            let word = u64::from_le_bytes([b'a', b'z', b'_', c, b'm', c, b'q', b'_']);
+            let flagged = not_lower_or_underscore(word);
+            let expect_ok = c.is_ascii_lowercase() || c == b'_';
+            assert_eq!(
+                flagged,
+                if expect_ok { 0 } else { 0x0000_8000_8000_0000 },
+                "{c:#x}"
+            );
+            for at in 0..12 {
+                let mut body = b"abcdefgh_ijklmnop_qrst".to_vec();
+                body.insert(at.min(body.len()), c);
+                for from in 0..3 {
+                    assert_eq!(name_end(&body, from), name_end_bytewise(&body, from));
+                }
+            }
+        }
+    }
     use proptest::prelude::*;
 
     /// The property the whole module rests on.
@@ -556,6 +620,16 @@ mod tests {
         ) {
             let want = hay.iter().position(|&c| c == x || c == y).map(|p| (p, hay[p]));
             prop_assert_eq!(find2(&hay, x, y), want);
+        }
+
+        /// `name_end` stops where the byte loop stops, on names of every length with any
+        /// byte after (or inside) them.
+        #[test]
+        fn name_end_is_the_byte_loop(
+            body in prop::collection::vec(prop::sample::select(vec![b'a', b'z', b'_', b'`', b'{', b'^', b'A', b'0', b'-', b'.', b':', b'>', b'/', b' ', 0x80, 0xe1, 0xff, 0x00]), 0..40),
+            from in 0usize..4,
+        ) {
+            prop_assert_eq!(name_end(&body, from), name_end_bytewise(&body, from));
         }
 
         /// `same_short` is `==`, whatever the length.
