@@ -2,18 +2,21 @@
 # The notification comparison of issue 8 in one command (see docs/PERFORMANCE.md):
 # builds wxshop-bench (release), installs the peers in a scratch folder (target/bench-peers/,
 # never committed: wechatpy in a venv, tenpay with npm), runs every implementation in its own
-# process, one after another, on the same payloads (bench/payloads.json), then payCallback
-# in-process on SQLite and :memory:, and prints a table with ratios.
+# process, one after another, on the same payloads (bench/payloads.json) — PASSES times,
+# alternating, so that a slow moment of the machine does not fall on one implementation
+# only — then payCallback in-process on SQLite and :memory:, and prints a table with ratios
+# (medians over the passes, and the range of the per-pass ratios).
 #
 #   scripts/bench-peers.sh            # notify + payCallback
 #   scripts/bench-peers.sh --full     # also cold start (login, pay-callback) and wxlocal
-#   SECS=1 ROUNDS=5 N=5000            # round length, rounds, payCallback notifications
+#   SECS=1 ROUNDS=3 PASSES=3 N=5000   # round length, rounds per pass, passes, payCallback notifications
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCRATCH=$ROOT/target/bench-peers
 SECS=${SECS:-1}
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-3}
+PASSES=${PASSES:-3}
 N=${N:-5000}
 FULL=0
 [[ "${1:-}" == "--full" ]] && FULL=1
@@ -40,12 +43,12 @@ fi
 
 {
   echo "# machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)" >&2
-  echo "== wxshop" >&2
-  "$BENCH" notify --secs "$SECS" --rounds "$ROUNDS"
-  echo "== wechatpy" >&2
-  "$SCRATCH/venv/bin/python" "$ROOT/bench/peers/wechatpy_bench.py" "$ROOT/bench/payloads.json" "$SECS" "$ROUNDS"
-  echo "== tenpay" >&2
-  (cd "$SCRATCH/node" && NODE_PATH="$SCRATCH/node/node_modules" node "$ROOT/bench/peers/tenpay_bench.js" "$ROOT/bench/payloads.json" "$SECS" "$ROUNDS")
+  for pass in $(seq 1 "$PASSES"); do
+    echo "== pass $pass/$PASSES: wxshop, wechatpy, tenpay" >&2
+    "$BENCH" notify --secs "$SECS" --rounds "$ROUNDS"
+    "$SCRATCH/venv/bin/python" "$ROOT/bench/peers/wechatpy_bench.py" "$ROOT/bench/payloads.json" "$SECS" "$ROUNDS"
+    (cd "$SCRATCH/node" && NODE_PATH="$SCRATCH/node/node_modules" node "$ROOT/bench/peers/tenpay_bench.js" "$ROOT/bench/payloads.json" "$SECS" "$ROUNDS")
+  done
   echo "== payCallback (sqlite file WAL, :memory:; one at a time and 256 in flight)" >&2
   for c in 1 256; do
     "$BENCH" paycallback --store sqlite --n "$N" --concurrency "$c"

@@ -1,5 +1,6 @@
 """Prints the comparison table of scripts/bench-peers.sh from its JSON lines (stdin or file)."""
 import json
+import statistics
 import sys
 
 
@@ -14,21 +15,34 @@ def ratio(a, b):
 def main():
     src = open(sys.argv[1], encoding="utf-8") if len(sys.argv) > 1 else sys.stdin
     rows = [json.loads(line) for line in src if line.strip().startswith("{")]
+    # One row per implementation, case and pass (scripts/bench-peers.sh alternates them).
     notify = {}
     for r in rows:
         if "impl" in r:
-            notify[(r["impl"], r["case"])] = r
-    ops = lambda impl, case: notify.get((impl, case), {}).get("ops_per_sec")
-    refused = lambda impl, case: notify.get((impl, case), {}).get("refused")
+            notify.setdefault((r["impl"], r["case"]), []).append(r)
+    passes = lambda impl, case: [r["ops_per_sec"] for r in notify.get((impl, case), []) if r.get("ops_per_sec")]
+    ops = lambda impl, case: statistics.median(passes(impl, case)) if passes(impl, case) else None
+    refused = lambda impl, case: next((r["refused"] for r in notify.get((impl, case), []) if r.get("refused")), None)
+
+    def per_pass(case, peer):
+        # wxshop ÷ peer pass by pass (each pass ran the three one after another).
+        rs = [w / p for w, p in zip(passes("wxshop", case), passes(peer, case)) if p]
+        if len(rs) < 2:
+            return ""
+        return f" ({min(rs):,.1f}–{max(rs):,.1f}×)"
+
     floor = ops("wxshop", "floor_md5")
-    print("\nNotification verify + parse, single thread (notifications/s, median of rounds)\n")
+    n = max((len(v) for v in notify.values()), default=0)
+    print(f"\nNotification verify + parse, single thread (notifications/s: median over {n} pass(es), "
+          "each the median of its rounds; in brackets the range of the ratio pass by pass)\n")
     print(f"| case | wxshop | wechatpy | tenpay | wxshop ÷ wechatpy | wxshop ÷ tenpay | wxshop time ÷ floor time |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for case in ("pay_md5", "pay_hmac", "refund"):
         w, py, tp = ops("wxshop", case), ops("wechatpy", case), ops("tenpay", case)
         pys = fmt(py) if py else f"refused ({refused('wechatpy', case)})" if refused("wechatpy", case) else "—"
         tps = fmt(tp) if tp else f"refused ({refused('tenpay', case)})" if refused("tenpay", case) else "—"
-        print(f"| {case} | {fmt(w)} | {pys} | {tps} | {ratio(w, py)} | {ratio(w, tp)} | {ratio(floor, w)} |")
+        print(f"| {case} | {fmt(w)} | {pys} | {tps} | {ratio(w, py)}{per_pass(case, 'wechatpy')} "
+              f"| {ratio(w, tp)}{per_pass(case, 'tenpay')} | {ratio(floor, w)} |")
     print(f"| floor: MD5 of the canonical string once | {fmt(floor)} | | | | | 1.0× |")
     tenpay_md5 = ops("tenpay", "pay_md5")
     cb = [r for r in rows if r.get("bench") == "paycallback" and r.get("pass") == "first"]
