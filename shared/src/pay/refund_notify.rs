@@ -279,13 +279,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn built_notification_parses_back() {
-        let spec = RefundNotificationSpec {
+    /// A refund of 40 of 100 fen to merchant 10000100 (sub-merchant `sub_mch_id`).
+    fn spec(sub_mch_id: Option<&str>) -> RefundNotificationSpec {
+        RefundNotificationSpec {
             appid: "wx1".into(),
             mch_id: "10000100".into(),
             sub_appid: None,
-            sub_mch_id: Some("1900000109".into()),
+            sub_mch_id: sub_mch_id.map(Into::into),
             out_trade_no: OutTradeNo::parse("1409811653").unwrap(),
             out_refund_no: OutRefundNo::parse("R1409811653").unwrap(),
             transaction_id: "4200000215201811190261405420".into(),
@@ -294,7 +294,12 @@ mod tests {
             refund_fee: Fen::new(40).unwrap(),
             refund_status: RefundStatus::Success,
             success_time_ms: Some(1_409_721_340_000),
-        };
+        }
+    }
+
+    #[test]
+    fn built_notification_parses_back() {
+        let spec = spec(Some("1900000109"));
         let body = build_refund_notification(&spec, KEY);
         let n = parse_refund_notification(body.as_bytes(), KEY).unwrap();
         assert_eq!(n.refund_fee.get(), 40);
@@ -425,20 +430,7 @@ mod tests {
 
     #[test]
     fn a_kept_key_parses_like_the_api_key() {
-        let spec = RefundNotificationSpec {
-            appid: "wx1".into(),
-            mch_id: "10000100".into(),
-            sub_appid: None,
-            sub_mch_id: None,
-            out_trade_no: OutTradeNo::parse("1409811653").unwrap(),
-            out_refund_no: OutRefundNo::parse("R1409811653").unwrap(),
-            transaction_id: "4200000215201811190261405420".into(),
-            refund_id: "50000408942018111907145868882".into(),
-            total_fee: Fen::new(100).unwrap(),
-            refund_fee: Fen::new(40).unwrap(),
-            refund_status: RefundStatus::Success,
-            success_time_ms: Some(1_409_721_340_000),
-        };
+        let spec = spec(None);
         let body = build_refund_notification(&spec, KEY);
         let key = RefundKey::new(KEY);
         let kept = key.parse_notification(body.as_bytes()).unwrap();
