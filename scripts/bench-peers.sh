@@ -55,6 +55,8 @@ fi
     "$BENCH" paycallback --store memory --n "$N" --concurrency "$c"
   done
   "$BENCH" paycallback --store sqlite --n "$N" --concurrency 256 --logs
+  echo "== the store's floor (the SQL of a payment alone, one thread)" >&2
+  "$BENCH" sqlite-floor --n 20000 --group 20000
   if [[ $FULL == 1 ]]; then
     echo "== cold start (release login, pay-callback)" >&2
     cargo build --release --quiet -p login -p pay-callback

@@ -52,6 +52,13 @@ def main():
         print("|---|---:|---|---:|---:|---:|---:|")
         for r in cb:
             print(f"| {r['store']} | {r.get('concurrency', 1)} | {'JSON' if r['logs'] else 'off'} | {fmt(r['ops_per_sec'])} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {ratio(r['ops_per_sec'], tenpay_md5)} |")
+    floor_sql = next((r for r in rows if r.get("bench") == "sqlite_floor" and r.get("case") == "ours"), None)
+    file256 = next((r for r in cb if r["store"] == "sqlite" and r.get("concurrency") == 256 and not r["logs"]), None)
+    if floor_sql and file256:
+        print(f"\nthe store's floor (sqlite-floor `ours`: the SQL of one payment alone, one thread, "
+              f"one commit): {fmt(floor_sql['ops_per_sec'])}/s ({floor_sql['us_per_op']:.1f} µs); "
+              f"payCallback on the file at 256 in flight is {ratio(file256['ops_per_sec'], floor_sql['ops_per_sec'])} of it "
+              "(the restatement docs/PERFORMANCE.md suggests: at least 0.5×)")
     for r in rows:
         if r.get("bench") == "coldstart":
             print(f"\ncold start {r['bin']}: median {r['cold_median_ms']:.2f} ms over {r['runs']} runs "
