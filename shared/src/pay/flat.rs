@@ -428,6 +428,7 @@ const NAME_BYTE: [bool; 256] = {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// The byte loop `name_end` replaces.
     fn name_end_bytewise(b: &[u8], mut i: usize) -> usize {
@@ -457,7 +458,6 @@ mod tests {
             }
         }
     }
-    use proptest::prelude::*;
 
     /// The property the whole module rests on.
     fn agrees(body: &[u8], root: &'static str) {
