@@ -12,7 +12,7 @@ use super::{random_alnum, random_digits, Sandbox, SandboxConfig};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use wxshop::pay::sign::{sign as sign_fields, sign_in_place, Fields, SignType};
 use wxshop::pay::xml;
 use wxshop::time::{beijing_compact, beijing_date, beijing_datetime, parse_beijing_compact};
@@ -114,6 +114,9 @@ pub struct PayState {
     pub orders: BTreeMap<String, PayOrder>,
     pub refunds: BTreeMap<String, Refund>,
     pub by_txn: HashMap<String, String>,
+    /// Every `prepay_id` issued (`shop/order/add` checks the one it is given): a set, so the
+    /// check does not scan every order, which made the sandbox slower with each order.
+    pub prepay_ids: HashSet<String>,
     /// Outcomes for the next accepted refunds instead of `SUCCESS` (`REFUNDCLOSE`, `CHANGE`),
     /// set with `/_control/refund_outcome`.
     pub refund_outcomes: std::collections::VecDeque<&'static str>,
@@ -473,6 +476,7 @@ fn unifiedorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> 
         beijing_compact(now),
         random_alnum(20).to_ascii_lowercase()
     );
+    state.pay.prepay_ids.insert(prepay_id.clone());
     state.pay.orders.insert(
         out_trade_no.to_owned(),
         PayOrder {

@@ -291,6 +291,8 @@ pub struct ShopState {
     pub account: Map<String, Value>,
     pub products: BTreeMap<String, Product>,
     pub orders: BTreeMap<String, ShopOrder>,
+    /// `order_id` → `out_order_id` of every order, so a lookup by `order_id` is not a scan.
+    pub order_ids: HashMap<u64, String>,
     pub aftersales: BTreeMap<u64, EcAfterSale>,
     pub audits: BTreeMap<String, Qualification>,
     pub brands: BTreeMap<u64, String>,
@@ -320,10 +322,7 @@ impl ShopState {
 
     fn order_key(&self, v: &Value) -> Result<String, WxErr> {
         let found = if let Some(id) = u64_of(v, "order_id") {
-            self.orders
-                .values()
-                .find(|o| o.order_id == id)
-                .map(|o| o.out_order_id.clone())
+            self.order_ids.get(&id).cloned()
         } else if let Some(out) = str_of(v, "out_order_id") {
             self.orders.get(out).map(|o| o.out_order_id.clone())
         } else {
@@ -1387,7 +1386,7 @@ fn order_add(sb: &Sandbox, v: &Value) -> WxResult {
 
     let mut st = sb.st();
     if let Some(p) = &prepay_id {
-        if !st.pay.orders.values().any(|o| &o.prepay_id == p) {
+        if !st.pay.prepay_ids.contains(p) {
             return Err(WxErr::format(format!("prepay_id `{p}` does not exist")));
         }
     }
@@ -1514,6 +1513,7 @@ fn order_add(sb: &Sandbox, v: &Value) -> WxResult {
         refunded: 0,
         settled: false,
     };
+    st.shop.order_ids.insert(order_id, out_order_id.to_owned());
     st.shop.orders.insert(out_order_id.to_owned(), order);
     let stringify = v
         .get("stringify_64bits_number")
