@@ -94,10 +94,9 @@ struct Attempt {
 pub struct DeliveryState {
     pub opts: Opts,
     log: Vec<Attempt>,
-    /// Acknowledged attempts per message (`log` counted once, as it grows): [`Self::acked`]
-    /// is polled while tests and benchmarks wait, and a scan of the whole log made each poll
-    /// slower than the last.
-    /// Indexed by [`Kind::index`], then keyed by the message's key.
+    /// Acknowledged attempts per message, by [`Kind::index`] then key, counted as `log` grows:
+    /// [`Self::acked`] is polled while tests and benchmarks wait, and a scan of the whole log
+    /// made each poll slower than the last.
     acked: [HashMap<String, usize>; 3],
     held: Vec<Outgoing>,
     /// Plaintext events pushed (before encryption).
