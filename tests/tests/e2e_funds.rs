@@ -547,3 +547,101 @@ async fn a_forged_order_pay_push_does_not_pay_the_order() {
     .unwrap();
     assert!(!stored.value.status.is_paid(), "{:?}", stored.value.status);
 }
+
+/// The user paid (WeChat collected) but the pay push never got through — every attempt met
+/// `shop/order/get` failing, and WeChat gives up after three. When the order's time is up,
+/// the sweep asks WeChat before closing it: the payment is recorded, not the order closed
+/// and its stock released while WeChat holds the money (the sweep used to close it).
+#[tokio::test]
+async fn a_paid_order_whose_pay_push_was_lost_is_recorded_by_the_sweep() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let token = c.login("lostpush").await;
+    let order = c.order_tea(&token, 1).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.control(
+        "faults",
+        &json!({"path": "shop/order/get", "mode": "http500", "count": 1000}),
+    )
+    .await;
+    c.control("pay", &json!({"out_order_id": no})).await;
+    // Three push attempts (5 s apart, time-compressed), each answered 503 after its
+    // `shop/order/get` failed; then WeChat stops.
+    eventually("WeChat to give up pushing", || async {
+        r.sandbox
+            .deliveries()
+            .iter()
+            .filter(|d| d["kind"] == "push" && d["status"] == 503)
+            .count()
+            >= 3
+    })
+    .await;
+    let resp = c
+        .http
+        .delete(format!("{}/sandbox/_control/faults", r.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let out = OutTradeNo::parse(no.clone()).unwrap();
+    let stored = wxshop::store::repo::get_order(r.app.store.as_ref(), &out)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.value.status.is_paid(), "{:?}", stored.value.status);
+    // The order's time runs out; the schedule's sweep comes by.
+    r.app.clock.advance(16 * 60_000);
+    let token_admin = r.admin_token.clone();
+    let (s, v) = c
+        .post(
+            "/admin/orderSync",
+            Some(&token_admin),
+            &json!({"action": "sweep"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let stored = wxshop::store::repo::get_order(r.app.store.as_ref(), &out)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.value.status,
+        wxshop::domain::OrderStatus::Paid,
+        "{v}"
+    );
+    assert!(stored.value.transaction_id.is_some());
+}
+
+/// The user closes an unpaid fund_type=1 order: it is closed at WeChat with `shop/order/close`
+/// (so it can no longer be paid there), never with `shop/order/pay`, which WeChat refuses for
+/// these orders (and whose refusal was taken as done, leaving the order payable at WeChat).
+#[tokio::test]
+async fn closing_a_fund_type_1_order_closes_it_at_wechat() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let token = c.login("closer").await;
+    let order = c.order_tea(&token, 1).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "close"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["order"]["status"], "CLOSED");
+    eventually("shop/order/close at WeChat", || async {
+        r.sandbox
+            .calls("shop/order/close")
+            .iter()
+            .any(|call| call["out_order_id"] == no.as_str())
+    })
+    .await;
+    assert_eq!(c.calls("shop/order/pay"), 0, "no order/pay for fund_type=1");
+    // WeChat no longer lets the user pay it.
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
+        .await;
+    assert_ne!(s, 200, "a closed order cannot be paid at WeChat: {v}");
+}

@@ -583,6 +583,50 @@ async fn an_aftersale_add_whose_answer_was_lost_is_adopted_not_repeated() {
     .await;
 }
 
+/// The same lost `add`, but the lookup on the retry comes back unreadable (HTTP 200, not
+/// WeChat's JSON): WeChat may well hold the after-sale, so it is not added a second time; the
+/// sync is dead-lettered for a person instead (it used to add it again).
+#[tokio::test]
+async fn an_unreadable_aftersale_lookup_is_not_taken_as_absent() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "ivan", 1).await;
+    c.fault(json!({"path": "shop/ecaftersale/add", "mode": "lost", "count": 1}))
+        .await;
+    let ours = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "dented"}))
+        .await;
+    eventually("the add whose answer is lost", || async {
+        !r.sandbox.calls("shop/ecaftersale/add").is_empty()
+    })
+    .await;
+    // The retry (after the outbox's backoff) looks the after-sale up first.
+    c.fault(json!({"path": "shop/ecaftersale/get", "mode": "garbled", "count": 1}))
+        .await;
+    eventually("the sync dead-lettered", || async {
+        c.dead_letters()
+            .await
+            .iter()
+            .any(|d| d["task"]["aftersale_id"] == ours.as_str())
+    })
+    .await;
+    let adds = r.sandbox.calls("shop/ecaftersale/add");
+    assert_eq!(adds.len(), 1, "not added a second time: {adds:?}");
+    let letter = c
+        .dead_letters()
+        .await
+        .into_iter()
+        .find(|d| d["task"]["aftersale_id"] == ours.as_str())
+        .unwrap();
+    assert!(
+        letter["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not adding it again"),
+        "{letter}"
+    );
+}
+
 /// `unifiedOrder` failing after WeChat Pay opened the prepay order (here the component's
 /// `shop/order/add` refuses): our order is closed with its stock back, and the prepay order
 /// is closed at WeChat Pay too (`pay/closeorder`), so it cannot be paid later.

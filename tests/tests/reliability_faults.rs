@@ -187,3 +187,109 @@ async fn a_permanent_refusal_is_dead_lettered_listed_and_replayable() {
     assert!(c.dead_letters().await.is_empty());
     assert_eq!(c.order_pay_calls().await.get(&no).copied(), Some(2));
 }
+
+/// `shop/order/pay` calls for `no` with an action other than 1 (pay): cancels.
+async fn cancels_sent(c: &Client, no: &str) -> Vec<Value> {
+    let (_, v) = c.get("/sandbox/_control/calls?path=shop/order/pay").await;
+    v["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|call| call["out_order_id"] == no && call["action_type"] != 1)
+        .cloned()
+        .collect()
+}
+
+/// The user pays while the order is being closed (their `queryOrder` could not reach WeChat
+/// Pay, so the close went ahead): `pay/closeorder` answers ORDERPAID and the payment is
+/// recorded — and the component order stays paid. It used to be cancelled there all the same
+/// (from the order as read before the close), and the payment sync then took WeChat's
+/// "cancelled" (250 ≥ 20) for "already paid": paid here, cancelled at WeChat, silently.
+#[tokio::test]
+async fn a_payment_racing_the_close_keeps_the_component_order_paid() {
+    let r = stack_with(&[("WXPAY_NOTIFY_URL", DEAD_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("racer").await;
+    let (s, v) = c.order(&token, 1, None).await;
+    assert_eq!(s, 200, "{v}");
+    let no = v["out_trade_no"].as_str().unwrap().to_owned();
+    assert_eq!(shop_status(&c, &no).await, Some(10));
+    c.pay_at_sandbox(&no).await; // its notification goes nowhere
+    c.fault(json!({"path": "pay/orderquery", "mode": "http500", "count": 1}))
+        .await;
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "close"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["order"]["status"], "CLOSED", "{v}");
+    eventually(
+        "the payment found by the close",
+        Duration::from_secs(10),
+        || async { c.status(&token, &no).await["status"] == "PAID" },
+    )
+    .await;
+    eventually("the payment synced", Duration::from_secs(10), || async {
+        shop_status(&c, &no).await == Some(20)
+    })
+    .await;
+    // The outbox has nothing left that could still cancel it.
+    r.app.clock.advance(3_600_000);
+    let (s, _) = c
+        .admin("/admin/orderSync", &json!({"action": "drain"}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(shop_status(&c, &no).await, Some(20));
+    assert!(cancels_sent(&c, &no).await.is_empty());
+    assert!(c.dead_letters().await.is_empty());
+}
+
+/// The merchant ships while the payment sync is still failing (WeChat's order still reads
+/// unpaid): `delivery/send` is refused as out of order, and that waits for the payment sync
+/// instead of being dead-lettered as final.
+#[tokio::test]
+async fn shipping_before_the_payment_sync_waits_for_it() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("eager").await;
+    let (_, v) = c.order(&token, 1, None).await;
+    let no = v["out_trade_no"].as_str().unwrap().to_owned();
+    c.fault(json!({"path": "shop/order/pay", "mode": "errcode", "errcode": -1, "count": 3}))
+        .await;
+    c.pay_at_sandbox(&no).await;
+    eventually("PAID", Duration::from_secs(10), || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF", "waybill_id": "SF100"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("delivery/send tried", Duration::from_secs(10), || async {
+        let (_, v) = c
+            .get("/sandbox/_control/calls?path=shop/delivery/send")
+            .await;
+        !v["calls"].as_array().unwrap().is_empty()
+    })
+    .await;
+    for _ in 0..8 {
+        r.app.clock.advance(120_000);
+        c.admin("/admin/orderSync", &json!({"action": "drain"}))
+            .await;
+        if shop_status(&c, &no).await == Some(30) {
+            break;
+        }
+    }
+    let dead = c.dead_letters().await;
+    let (_, sends) = c
+        .get("/sandbox/_control/calls?path=shop/delivery/send")
+        .await;
+    assert_eq!(shop_status(&c, &no).await, Some(30), "{dead:?} {sends}");
+    assert!(dead.is_empty(), "{dead:?}");
+}

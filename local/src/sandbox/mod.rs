@@ -337,6 +337,14 @@ impl Sandbox {
                 )
                     .into_response(),
             ),
+            FaultMode::Garbled => Some(
+                (
+                    StatusCode::OK,
+                    [(axum::http::header::CONTENT_TYPE, "text/html")],
+                    "<html><body>sandbox: injected garbled answer</body></html>",
+                )
+                    .into_response(),
+            ),
             FaultMode::Errcode => {
                 if xml {
                     Some(mch::injected_error(
@@ -404,6 +412,9 @@ pub enum FaultMode {
     /// The call is applied, then its answer is lost (HTTP 500): a retry meets what the
     /// first call did.
     Lost,
+    /// HTTP 200 with a body that is not the API's (an HTML page, as a proxy in the way may
+    /// answer): the caller cannot tell what happened.
+    Garbled,
 }
 
 /// One injected failure: which calls (`path` suffix or `*`), how, and how often.

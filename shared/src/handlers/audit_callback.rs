@@ -254,53 +254,24 @@ async fn on_order_pay(app: &App, body: &push::OrderPay) -> Result<(), ApiError> 
         )
         .await;
     }
-    let key = crate::shop::OrderKey::Out(no.to_string());
-    let wx = app
-        .wx
-        .order_get(&key, order.openid.as_str())
-        .await
-        .map_err(|e| {
-            ApiError::unavailable(
-                "WECHAT_UNAVAILABLE",
-                format!("cannot confirm the payment with shop/order/get: {e}"),
-            )
-        })?;
-    if wx.status == 10 {
+    use super::shop_orders::{query_component_payment, ComponentPayment};
+    let push = Some((body.transaction_id.as_str(), body.pay_time.as_str()));
+    match query_component_payment(app, &order, push).await? {
+        ComponentPayment::Recorded(_) => Ok(()),
         // Not paid there (yet): WeChat pushes again on our 503.
-        return Err(ApiError::unavailable(
+        ComponentPayment::Unpaid { status: 10 | 11 } => Err(ApiError::unavailable(
             "NOT_PAID_AT_WECHAT",
             format!("WeChat's order {no} still reads unpaid; retry"),
-        ));
-    }
-    let price = wx.order_detail.price_info.order_price;
-    if !matches!(wx.status, 20 | 21 | 30 | 100) || price != order.total {
-        return not_recorded(
-            app,
-            &no,
-            format!(
-                "WeChat's order is in status {} for {} fen; ours is {} fen",
-                wx.status,
-                price.get(),
-                order.total.get()
-            ),
-        )
-        .await;
-    }
-    let pay = wx.order_detail.pay_info.unwrap_or_default();
-    let txid = pay
-        .transaction_id
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| body.transaction_id.clone());
-    let paid_at = pay
-        .pay_time
-        .as_deref()
-        .and_then(crate::time::parse_beijing_datetime)
-        .or_else(|| crate::time::parse_beijing_datetime(&body.pay_time))
-        .unwrap_or_else(|| app.clock.now_ms());
-    match super::common::record_payment(app, &no, &txid, price, paid_at).await {
-        Ok(_) => Ok(()),
-        Err(super::common::PaymentError::Store(e)) => Err(e.into()),
-        Err(e) => not_recorded(app, &no, e.to_string()).await,
+        )),
+        ComponentPayment::Unpaid { status } => {
+            not_recorded(
+                app,
+                &no,
+                format!("WeChat's order is in status {status} (closed unpaid)"),
+            )
+            .await
+        }
+        ComponentPayment::Refused(why) => not_recorded(app, &no, why).await,
     }
 }
 

@@ -111,13 +111,31 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     Ok(json(&serde_json::json!({ "order": view(&order) })))
 }
 
-/// For an unpaid order, asks WeChat whether it was paid and records it if so. A failure to
-/// ask is not the caller's problem: they get the stored state.
+/// For an unpaid order, asks WeChat whether it was paid and records it if so — WeChat Pay's
+/// `orderquery`, or for fund_type=1 (WeChat collects) the component's `shop/order/get`, since
+/// the pay push may be late or lost. A failure to ask is not the caller's problem: they get
+/// the stored state.
 pub async fn refresh_unpaid(app: &App, order: Order) -> Result<Order, ApiError> {
-    if order.status != OrderStatus::Prepaid || order.fund_type != FundType::Direct {
+    if order.status != OrderStatus::Prepaid {
         return Ok(order);
     }
-    match super::pay_orders::query_and_record(app, &order).await {
+    let asked = match order.fund_type {
+        FundType::Direct => super::pay_orders::query_and_record(app, &order).await,
+        FundType::SecondaryMerchant if order.wx_order_id.is_some() => {
+            use super::shop_orders::{query_component_payment, ComponentPayment};
+            match query_component_payment(app, &order, None).await {
+                Ok(ComponentPayment::Recorded(o)) => Ok(Some(*o)),
+                Ok(ComponentPayment::Unpaid { .. }) => Ok(None),
+                Ok(ComponentPayment::Refused(why)) => {
+                    tracing::warn!(security = true, out_trade_no = %order.out_trade_no, why, "WeChat's order contradicts ours; not recorded");
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        FundType::SecondaryMerchant => Ok(None),
+    };
+    match asked {
         Ok(Some(updated)) => Ok(updated),
         Ok(None) => Ok(order),
         Err(e) => {

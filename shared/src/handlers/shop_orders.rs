@@ -166,20 +166,67 @@ pub async fn sync_payment(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     }
 }
 
-/// WeChat refused a transition as out of order: fine if its order is already past it.
-async fn already_synced(app: &App, order: &Order, at_least: i64) -> Result<(), TaskError> {
+/// Where WeChat's order stands against a step of ours (`step`: the status the step leads to —
+/// 20 paid, 30 shipped, 100 received).
+#[derive(Debug, PartialEq, Eq)]
+enum StepAtWechat {
+    /// At or past the step: a refusal of it means it happened already.
+    Done,
+    /// Not past the step before it (the outbox runs an order's tasks independently, so
+    /// shipping may come before the payment sync): try again later.
+    Waiting,
+    /// Cancelled there, or somewhere the step cannot follow from.
+    Never,
+}
+
+fn step_at_wechat(status: i64, step: i64) -> StepAtWechat {
+    let before = match step {
+        100 => 30,
+        30 => 20,
+        _ => 10,
+    };
+    match status {
+        // Cancelled: unpaid timeout (181), user/merchant cancel (250). Numerically past
+        // every step, yet none of them happened.
+        181 | 250 => StepAtWechat::Never,
+        // Every item went through after-sales: only a paid order gets there, and nothing is
+        // left to ship or receive.
+        200 => StepAtWechat::Done,
+        s if s >= step => StepAtWechat::Done,
+        // Not past the step before this one — or only just: the refusal may predate it (the
+        // payment synced between our call and this read). Bounded by the outbox's attempts.
+        s if s <= before => StepAtWechat::Waiting,
+        _ => StepAtWechat::Never,
+    }
+}
+
+/// WeChat refused a step with 100000 (not allowed in the order's state): fine if its order is
+/// already past it, a retry if the step before has not reached WeChat yet, and for a person
+/// (dead letter) if the order was cancelled there — never silently "done".
+async fn already_synced(app: &App, order: &Order, step: i64) -> Result<(), TaskError> {
     match app.wx.order_get(&key(order), order.openid.as_str()).await {
-        Ok(info) if info.status >= at_least => Ok(()),
-        Ok(info) => Err(TaskError::Permanent(format!(
-            "trading component order is in status {}",
-            info.status
-        ))),
+        Ok(info) => match step_at_wechat(info.status, step) {
+            StepAtWechat::Done => Ok(()),
+            StepAtWechat::Waiting => Err(TaskError::Retry(format!(
+                "trading component order is in status {}, before this step's turn",
+                info.status
+            ))),
+            StepAtWechat::Never => Err(TaskError::Permanent(format!(
+                "trading component order is in status {}",
+                info.status
+            ))),
+        },
         Err(e) => Err(task_error(e)),
     }
 }
 
-/// Outbox: `shop/order/pay` with a cancel action for an order we closed unpaid.
+/// Outbox: the component order of an order we closed unpaid is cancelled there too —
+/// `shop/order/pay` with a cancel action, or `shop/order/close` for fund_type=1, where
+/// `order/pay` is refused (WeChat collects the money and syncs no payment result).
 pub async fn sync_cancel(app: &App, order: &Order) -> Result<(), TaskError> {
+    if order.fund_type == FundType::SecondaryMerchant {
+        return close_component_order(app, order).await;
+    }
     let action_type = match order.close_reason.as_deref() {
         Some("closed by user") => 3,
         Some("expired unpaid") => 4,
@@ -195,9 +242,117 @@ pub async fn sync_cancel(app: &App, order: &Order) -> Result<(), TaskError> {
     };
     match app.wx.order_pay(&req).await {
         Ok(()) => Ok(()),
-        Err(e) if e.errcode() == Some(100000) => Ok(()),
+        Err(e) if e.errcode() == Some(100000) => cancelled_at_wechat(app, order).await,
         Err(e) => Err(task_error(e)),
     }
+}
+
+/// A cancel refused as out of order is done only if WeChat's order is cancelled already.
+async fn cancelled_at_wechat(app: &App, order: &Order) -> Result<(), TaskError> {
+    match app.wx.order_get(&key(order), order.openid.as_str()).await {
+        Ok(info) if matches!(info.status, 181 | 250) => Ok(()),
+        Ok(info) => Err(TaskError::Permanent(format!(
+            "cannot cancel: trading component order is in status {}",
+            info.status
+        ))),
+        Err(e) => Err(task_error(e)),
+    }
+}
+
+/// `shop/order/close` for a fund_type=1 order we closed. If WeChat refuses because the user
+/// paid meanwhile, the payment is recorded: the money moved, so the order is paid.
+async fn close_component_order(app: &App, order: &Order) -> Result<(), TaskError> {
+    let refused = match app.wx.order_close(&key(order), order.openid.as_str()).await {
+        Ok(()) => return Ok(()),
+        Err(e) if e.is_retryable() => return Err(task_error(e)),
+        Err(e) => e,
+    };
+    match query_component_payment(app, order, None).await? {
+        ComponentPayment::Unpaid { status: 181 | 250 } => Ok(()),
+        ComponentPayment::Recorded(_) => {
+            tracing::warn!(out_trade_no = %order.out_trade_no, "closed order was paid at WeChat meanwhile; payment recorded");
+            Ok(())
+        }
+        ComponentPayment::Refused(why) => Err(TaskError::Permanent(why)),
+        ComponentPayment::Unpaid { .. } => Err(task_error(refused)),
+    }
+}
+
+/// What the trading component says of a fund_type=1 order's payment (WeChat collected it).
+#[derive(Debug)]
+pub enum ComponentPayment {
+    /// Paid there, and recorded here (now or before).
+    Recorded(Box<Order>),
+    /// Not paid there: waiting for payment (10, 11) or closed unpaid (181, 250).
+    Unpaid { status: i64 },
+    /// WeChat's verified record contradicts ours (price, status): nothing recorded; the
+    /// caller keeps the evidence for a person.
+    Refused(String),
+}
+
+/// Asks `shop/order/get` whether a fund_type=1 order was paid and records the payment if so,
+/// with the amount WeChat holds checked against ours. The `open_product_order_pay` push, the
+/// unpaid sweep and `queryOrder` all come here: a push may never arrive (WeChat does not
+/// guarantee callbacks), so WeChat's record of the order is what decides. `push` is what an
+/// event said (transaction id, pay time), used where `order/get` leaves them out.
+pub async fn query_component_payment(
+    app: &App,
+    order: &Order,
+    push: Option<(&str, &str)>,
+) -> Result<ComponentPayment, ApiError> {
+    let wx = app
+        .wx
+        .order_get(&key(order), order.openid.as_str())
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(
+                "WECHAT_UNAVAILABLE",
+                format!("cannot read the order with shop/order/get: {e}"),
+            )
+        })?;
+    if matches!(wx.status, 10 | 11 | 181 | 250) {
+        return Ok(ComponentPayment::Unpaid { status: wx.status });
+    }
+    let price = wx.order_detail.price_info.order_price;
+    if !component_paid(wx.status) || price != order.total {
+        return Ok(ComponentPayment::Refused(format!(
+            "WeChat's order is in status {} for {} fen; ours is {} fen",
+            wx.status,
+            price.get(),
+            order.total.get()
+        )));
+    }
+    let pay = wx.order_detail.pay_info.unwrap_or_default();
+    let Some(txid) = pay
+        .transaction_id
+        .filter(|t| !t.is_empty())
+        .or_else(|| push.map(|(t, _)| t.to_owned()).filter(|t| !t.is_empty()))
+    else {
+        return Err(ApiError::unavailable(
+            "WECHAT_BAD_REPLY",
+            "WeChat's paid order has no transaction_id yet; retry",
+        ));
+    };
+    let paid_at = pay
+        .pay_time
+        .as_deref()
+        .and_then(crate::time::parse_beijing_datetime)
+        .or_else(|| push.and_then(|(_, t)| crate::time::parse_beijing_datetime(t)))
+        .unwrap_or_else(|| app.clock.now_ms());
+    use super::common::{record_payment, PaymentError, PaymentOutcome};
+    match record_payment(app, &order.out_trade_no, &txid, price, paid_at).await {
+        Ok(PaymentOutcome::Recorded(o) | PaymentOutcome::AlreadyRecorded(o)) => {
+            Ok(ComponentPayment::Recorded(Box::new(o)))
+        }
+        Err(PaymentError::Store(e)) => Err(e.into()),
+        Err(e) => Ok(ComponentPayment::Refused(e.to_string())),
+    }
+}
+
+/// Component order statuses that mean "paid" (20 paid, 21 partly shipped, 30 shipped,
+/// 100 done; 200: every item went through after-sales, which only a paid order has).
+fn component_paid(status: i64) -> bool {
+    matches!(status, 20 | 21 | 30 | 100 | 200)
 }
 
 /// Outbox: `shop/delivery/send` (everything in one parcel).
@@ -264,7 +419,8 @@ pub async fn companies(app: &App) -> Result<serde_json::Value, ApiError> {
 /// store, is then adopted on the retry instead of repeated: WeChat does not document a second
 /// `add` with the same `out_aftersale_id` as harmless (it may open a second request or refuse
 /// it as over the refundable amount). WeChat's errcode for "no such after-sale" is
-/// UNVERIFIED (1020xxx by analogy), so any refusal of the lookup means "not there": add.
+/// UNVERIFIED (1020xxx by analogy), so any refusal of the lookup means "not there": add. An
+/// answer without errcode that we cannot read, or without an id, is never taken as "not there".
 pub async fn aftersale_find_or_add(
     app: &App,
     order: &Order,
@@ -272,15 +428,22 @@ pub async fn aftersale_find_or_add(
 ) -> Result<u64, TaskError> {
     let ours = crate::shop::AfterSaleKey::Out(a.id.to_string());
     match app.wx.ecaftersale_get(&ours).await {
-        Ok(found) => {
+        Ok(found) if found.aftersale_id != 0 => {
             tracing::info!(aftersale_id = %a.id, wx_aftersale_id = found.aftersale_id, "WeChat already has the after-sale; adopting it");
             Ok(found.aftersale_id)
         }
-        Err(e @ (WxError::Api { .. } | WxError::Decode { .. }))
-            if e.kind() == crate::shop::WxErrorKind::Permanent =>
-        {
+        // errcode 0 yet no after-sale id: neither "not there" (a second `add` could open a
+        // second request) nor an id to adopt. For a person.
+        Ok(_) => Err(TaskError::Permanent(
+            "shop/ecaftersale/get answered without an aftersale_id; not adding it again".into(),
+        )),
+        Err(e @ WxError::Api { .. }) if e.kind() == crate::shop::WxErrorKind::Permanent => {
             aftersale_add(app, order, a).await
         }
+        // A reply we cannot read came with errcode 0: WeChat has something under our id.
+        Err(e @ WxError::Decode { .. }) => Err(TaskError::Permanent(format!(
+            "cannot read WeChat's after-sale under our id ({e}); not adding it again"
+        ))),
         Err(e) => Err(task_error(e)),
     }
 }
@@ -471,4 +634,33 @@ async fn confirm_state(
         a.status.as_str(),
         wx.status
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{step_at_wechat, StepAtWechat::*};
+
+    /// Component statuses: 10 unpaid, 20 paid, 21 partly shipped, 30 shipped, 100 done,
+    /// 181/250 cancelled, 200 every item through after-sales.
+    #[test]
+    fn a_cancelled_component_order_never_counts_as_past_a_step() {
+        for step in [20, 30, 100] {
+            assert_eq!(step_at_wechat(181, step), Never, "181 at step {step}");
+            assert_eq!(step_at_wechat(250, step), Never, "250 at step {step}");
+            assert_eq!(step_at_wechat(200, step), Done, "200 at step {step}");
+            assert_eq!(step_at_wechat(100, step), Done, "100 at step {step}");
+        }
+        assert_eq!(step_at_wechat(20, 20), Done);
+        // A step refused while WeChat's order is at (or before) the step before it: that step
+        // may have landed between the refusal and the read, so it is tried again.
+        assert_eq!(step_at_wechat(10, 20), Waiting);
+        assert_eq!(step_at_wechat(10, 30), Waiting);
+        assert_eq!(step_at_wechat(20, 30), Waiting);
+        assert_eq!(step_at_wechat(30, 30), Done);
+        assert_eq!(step_at_wechat(10, 100), Waiting);
+        assert_eq!(step_at_wechat(20, 100), Waiting);
+        assert_eq!(step_at_wechat(30, 100), Waiting);
+        // Partly shipped by someone else: our one-parcel shipment does not follow from it.
+        assert_eq!(step_at_wechat(21, 30), Never);
+    }
 }

@@ -31,9 +31,10 @@
 //! - `write` of one item is a conditional `PutItem`/`DeleteItem` (a lone `Check` is a one-item
 //!   transaction); several are one `TransactWriteItems` (at most 100). [`Expect`] becomes a
 //!   condition expression that also treats an expired item as absent. The first item whose
-//!   cancellation reason is `ConditionalCheckFailed` becomes [`StoreError::Conflict`]; any other
-//!   failure (including `TransactionConflict` with a concurrent transaction) is
-//!   [`StoreError::Backend`] — the caller may retry.
+//!   cancellation reason is `ConditionalCheckFailed` becomes [`StoreError::Conflict`]; a
+//!   transaction cancelled only by `TransactionConflict` (a concurrent write to one of its
+//!   items; nothing written) is sent again after a short random backoff, up to 4 attempts;
+//!   any other failure is [`StoreError::Backend`].
 //! - `query` reads `gsi1`/`gsi2`. **GSI reads are eventually consistent** in AWS: a record can
 //!   show up late or show a stale status. Callers that act on what a query returned (the outbox
 //!   claiming due entries, sweeps) must re-check with a conditional write on the version they
@@ -336,27 +337,31 @@ impl DynamoStore {
         for write in writes {
             items.push(self.transact_item(write, now)?);
         }
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                if let Some(TransactWriteItemsError::TransactionCanceledException(tc)) =
-                    e.as_service_error()
-                {
-                    if let Some(index) = tc
-                        .cancellation_reasons()
-                        .iter()
-                        .position(|r| r.code() == Some("ConditionalCheckFailed"))
-                    {
-                        return Err(StoreError::Conflict { index });
-                    }
+        let mut attempt = 1;
+        loop {
+            let Err(e) = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await
+            else {
+                return Ok(());
+            };
+            let reasons: Vec<Option<&str>> = match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(tc)) => {
+                    tc.cancellation_reasons().iter().map(|r| r.code()).collect()
                 }
-                Err(sdk_err("TransactWriteItems", &e))
+                _ => Vec::new(),
+            };
+            match cancelled_by(&reasons) {
+                Cancelled::Condition(index) => return Err(StoreError::Conflict { index }),
+                Cancelled::Contention if attempt < CONTENTION_ATTEMPTS => {
+                    tracing::debug!(attempt, "transaction cancelled by contention; retrying");
+                    tokio::time::sleep(contention_backoff(attempt)).await;
+                    attempt += 1;
+                }
+                _ => return Err(sdk_err("TransactWriteItems", &e)),
             }
         }
     }
@@ -752,6 +757,53 @@ fn build_err(e: aws_smithy_types::error::operation::BuildError) -> StoreError {
 
 /// A [`StoreError::Backend`] naming the operation and DynamoDB's error code and message. Never
 /// includes the request (credentials, item contents).
+/// Attempts of a transaction cancelled by contention alone (below).
+const CONTENTION_ATTEMPTS: u32 = 4;
+
+/// Why DynamoDB cancelled a transaction, from its cancellation reasons (one per item, in
+/// order; `None`/"None" for the items that were not the cause).
+#[derive(Debug, PartialEq, Eq)]
+enum Cancelled {
+    /// Item `index`'s condition failed: [`StoreError::Conflict`].
+    Condition(usize),
+    /// Only `TransactionConflict`: another transaction or write touched one of the items at
+    /// the same moment. Nothing was written, and AWS's advice is to retry with backoff — the
+    /// same race on SQLite is a `Conflict` that the callers' retry loops absorb, so here it is
+    /// retried in place (it used to reach the buyer as a 503).
+    Contention,
+    /// Anything else (throttling, validation, …): [`StoreError::Backend`].
+    Other,
+}
+
+fn cancelled_by(reasons: &[Option<&str>]) -> Cancelled {
+    if let Some(index) = reasons
+        .iter()
+        .position(|r| *r == Some("ConditionalCheckFailed"))
+    {
+        return Cancelled::Condition(index);
+    }
+    let mut contention = false;
+    for r in reasons {
+        match r {
+            None | Some("None") => {}
+            Some("TransactionConflict") => contention = true,
+            Some(_) => return Cancelled::Other,
+        }
+    }
+    if contention {
+        Cancelled::Contention
+    } else {
+        Cancelled::Other
+    }
+}
+
+/// 20, 40, 80 ms, each with up to as much again at random, so that two writers that collided
+/// do not collide again.
+fn contention_backoff(attempt: u32) -> Duration {
+    let base = 10u64 << attempt.min(6);
+    Duration::from_millis(base + rand::random::<u64>() % base)
+}
+
 fn sdk_err<E, R>(op: &str, err: &SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -775,6 +827,42 @@ where
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn a_transaction_cancelled_by_contention_alone_is_retried_not_reported_as_a_failure() {
+        use super::{cancelled_by, Cancelled};
+        let c = |r: &[Option<&str>]| cancelled_by(r);
+        assert_eq!(
+            c(&[Some("None"), Some("TransactionConflict")]),
+            Cancelled::Contention
+        );
+        assert_eq!(
+            c(&[None, Some("TransactionConflict")]),
+            Cancelled::Contention
+        );
+        // A failed condition decides, wherever it is.
+        assert_eq!(
+            c(&[Some("TransactionConflict"), Some("ConditionalCheckFailed")]),
+            Cancelled::Condition(1)
+        );
+        assert_eq!(
+            c(&[Some("ConditionalCheckFailed"), Some("None")]),
+            Cancelled::Condition(0)
+        );
+        // Anything else is not ours to retry.
+        assert_eq!(
+            c(&[Some("TransactionConflict"), Some("ThrottlingError")]),
+            Cancelled::Other
+        );
+        assert_eq!(c(&[Some("ValidationError")]), Cancelled::Other);
+        assert_eq!(c(&[]), Cancelled::Other);
+        assert_eq!(c(&[Some("None")]), Cancelled::Other);
+        for attempt in 1..super::CONTENTION_ATTEMPTS {
+            let d = super::contention_backoff(attempt);
+            let base = 10u64 << attempt;
+            assert!(d.as_millis() >= u128::from(base) && d.as_millis() < u128::from(2 * base));
+        }
+    }
+
     use super::*;
 
     #[test]
