@@ -608,6 +608,88 @@ async fn a_failed_unified_order_closes_what_wechat_pay_opened() {
     assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
 }
 
+/// WeChat Pay counts `body` and `refund_desc` in UTF-8 bytes (127 and 80). A product titled
+/// with 60 Chinese characters (180 bytes) is bought, paid and refunded for a 60-character
+/// reason: what we send is cut to fit on a character boundary, where it used to be sent
+/// whole and refused (return_code FAIL), leaving the product unbuyable.
+#[tokio::test]
+async fn a_long_chinese_title_and_reason_fit_wechat_pays_byte_limits() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let title = "西湖龙井".repeat(15);
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "upsert", "product": {
+                "product_id": "longjing", "title": title,
+                "head_img": ["https://mmecimage.cn/p/wxlocal/tea.jpg"], "third_cat_id": 6153,
+                "brand_id": 2100000000,
+                "skus": [{"sku_id": "longjing-1", "price": 1990, "stock": 10}]
+            }}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the audit verdict", || async {
+        c.admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": "longjing"}),
+        )
+        .await
+        .1["product"]["audit"]
+            == "APPROVED"
+    })
+    .await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "longjing"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    let (token, _) = c.login("yan").await;
+    let (s, order) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "longjing", "sku_id": "longjing-1", "quantity": 1}],
+                    "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "a long Chinese title must stay buyable: {order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let sent = r
+        .sandbox
+        .calls("pay/unifiedorder")
+        .into_iter()
+        .find(|v| v["out_trade_no"] == no.as_str())
+        .unwrap();
+    let body = sent["body"].as_str().unwrap();
+    assert!(body.len() <= 127, "{} bytes: {body}", body.len());
+    assert_eq!(body, format!("wxshop-{}", &title[..120]), "cut whole");
+
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("PAID", || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let reason = "茶叶受潮".repeat(15);
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": reason}))
+        .await;
+    c.approve(&id).await;
+    eventually("REFUNDED", || async {
+        c.aftersale(&token, &no).await["status"] == "REFUNDED"
+    })
+    .await;
+    let desc = r.sandbox.calls("secapi/pay/refund")[0]["refund_desc"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(desc, reason[..78], "26 characters, 78 bytes");
+}
+
 /// A refund WeChat accepted and then closed (the refund notification says REFUNDCLOSE): the
 /// after-sale reads REFUND_FAILED, and approving it again issues a new refund under a new
 /// `out_refund_no` — the old number would only return the closed refund — which succeeds.
