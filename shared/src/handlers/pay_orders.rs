@@ -22,6 +22,22 @@ fn task_error(e: PayError) -> TaskError {
     }
 }
 
+/// For `secapi/pay/refund`: a reply we cannot read or believe (bad signature, not decodable,
+/// for another merchant, SUCCESS without `refund_id`) comes after WeChat may have accepted
+/// the refund, so its outcome is unknown, never a refusal. Asking again under the same
+/// `out_refund_no` is safe (WeChat answers with the refund it already has) and tells us.
+fn refund_task_error(e: PayError) -> TaskError {
+    match e {
+        PayError::BadSignature
+        | PayError::Decode(_)
+        | PayError::Field(_)
+        | PayError::WrongMerchant(_) => TaskError::Retry(format!(
+            "refund outcome unknown ({e}); asking again under the same out_refund_no"
+        )),
+        e => task_error(e),
+    }
+}
+
 fn api_error(e: PayError) -> ApiError {
     if e.is_retryable() {
         ApiError::unavailable(
@@ -133,7 +149,11 @@ pub async fn refund(
         refund_desc: Some(truncate_bytes(reason, MAX_REFUND_DESC_BYTES).to_owned()),
         notify_url: Some(app.config.refund_notify_url.clone()),
     };
-    app.pay.refund(&req).await.map(|_| ()).map_err(task_error)
+    app.pay
+        .refund(&req)
+        .await
+        .map(|_| ())
+        .map_err(refund_task_error)
 }
 
 /// Compares a day's bill with stored orders: every bill payment must be a stored, paid order
