@@ -160,6 +160,65 @@ async fn unifiedorder_success_idempotency_and_refusals() {
     assert_eq!(sb.sandbox.calls("pay/unifiedorder").len(), 13);
 }
 
+/// WeChat counts field lengths in UTF-8 bytes: 42 Chinese characters (126 bytes) fit `body`,
+/// 43 (129 bytes) are refused like WeChat refuses them; `attach` and `refund_desc` alike.
+#[tokio::test]
+async fn field_lengths_count_utf8_bytes() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let notify = "http://127.0.0.1:9/callbacks/pay";
+    let with = |no: &str, k: &str, v: String| {
+        let mut f = order_fields(no, "1", notify);
+        f.insert(k.into(), v);
+        f
+    };
+    let r = mch(
+        &base,
+        "pay/unifiedorder",
+        with("LEN000001", "body", "茶".repeat(42)),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r["result_code"], "SUCCESS", "126 bytes fit: {r:?}");
+    let r = mch(
+        &base,
+        "pay/unifiedorder",
+        with("LEN000002", "body", "茶".repeat(43)),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(
+        (r["return_code"].as_str(), r["return_msg"].as_str()),
+        ("FAIL", "body参数长度有误"),
+        "129 bytes, 43 characters: {r:?}"
+    );
+    let r = mch(
+        &base,
+        "pay/unifiedorder",
+        with("LEN000003", "attach", "茶".repeat(43)),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r["return_msg"], "attach参数长度有误", "{r:?}");
+    let r = mch(
+        &base,
+        "secapi/pay/refund",
+        fields(&[
+            ("out_trade_no", "LEN000001"),
+            ("out_refund_no", "LENR1"),
+            ("total_fee", "1"),
+            ("refund_fee", "1"),
+            ("refund_desc", &"坏".repeat(27)),
+        ]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(
+        r["return_msg"], "refund_desc参数长度有误",
+        "81 bytes, 27 characters: {r:?}"
+    );
+}
+
 #[tokio::test]
 async fn provider_mode_needs_sub_mch_id() {
     let mut c = cfg();

@@ -673,6 +673,73 @@ async fn order_query_close_refund_and_refund_query() {
     assert_eq!(srv.last().1["out_trade_no"], "1409811653");
 }
 
+/// WeChat counts field lengths in UTF-8 bytes: a `body` of 43 Chinese characters (129 bytes)
+/// or a `refund_desc` of 27 (81 bytes) is refused before anything is sent — WeChat would
+/// answer return_code FAIL — while 42 (126 bytes) goes out whole. `truncate_bytes` fits text
+/// on a character boundary.
+#[tokio::test]
+async fn field_lengths_count_utf8_bytes() {
+    let srv = serve(|path, f| match path {
+        "pay/unifiedorder" => ok(&[("prepay_id", "wx2014"), ("trade_type", "JSAPI")]),
+        _ => ok(&[
+            ("out_refund_no", &f["out_refund_no"]),
+            ("refund_id", "2008450740201411110000174436"),
+        ]),
+    })
+    .await;
+    let c = client(&srv.base);
+    let fits = "茶".repeat(42);
+    let order = |body: &str, attach: Option<String>| UnifiedOrderRequest {
+        body: body.to_owned(),
+        attach,
+        ..order_request()
+    };
+    c.unified_order(&order(&fits, None)).await.unwrap();
+    assert_eq!(srv.last().1["body"], fits);
+    let before = srv.seen().len();
+    for req in [
+        order(&"茶".repeat(43), None),
+        order("tea", Some("茶".repeat(43))),
+    ] {
+        let e = c.unified_order(&req).await.unwrap_err();
+        assert!(
+            matches!(&e, PayError::InvalidRequest(m) if m.contains("bytes")),
+            "{e:?}"
+        );
+        assert!(!e.is_retryable());
+    }
+    let refund = RefundRequest {
+        out_trade_no: OutTradeNo::parse("1409811653").unwrap(),
+        out_refund_no: OutRefundNo::parse("RF20240101abc").unwrap(),
+        total_fee: Fen::new(2999).unwrap(),
+        refund_fee: Fen::new(1000).unwrap(),
+        refund_desc: Some("坏".repeat(27)),
+        notify_url: None,
+    };
+    assert!(matches!(
+        c.refund(&refund).await,
+        Err(PayError::InvalidRequest(_))
+    ));
+    assert_eq!(srv.seen().len(), before, "nothing over-long was sent");
+
+    let reason = "坏".repeat(27);
+    let cut = truncate_bytes(&reason, MAX_REFUND_DESC_BYTES);
+    assert_eq!(
+        cut,
+        "坏".repeat(26),
+        "78 bytes: the 27th character does not fit whole"
+    );
+    c.refund(&RefundRequest {
+        refund_desc: Some(cut.to_owned()),
+        ..refund
+    })
+    .await
+    .unwrap();
+    assert_eq!(srv.last().1["refund_desc"], cut);
+    assert_eq!(truncate_bytes("tea", 2), "te");
+    assert_eq!(truncate_bytes("茶", 2), "");
+}
+
 const BILL: &str = "\u{feff}交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注\r\n`2026-09-24 10:00:00,`wxd930ea5d5a258f4f,`10000100,`0,`,`4200001,`WX1,`o1,`JSAPI,`SUCCESS,`OTHERS,`CNY,`29.99,`0.00,`0,`0,`0.00,`0.00,`,`,`茶店-龙井,`a=1,`0.18000,`0.60%,`29.99,`0.00,`\r\n`2026-09-24 11:00:00,`wxd930ea5d5a258f4f,`10000100,`0,`,`4200001,`WX1,`o1,`JSAPI,`REFUND,`OTHERS,`CNY,`0.00,`0.00,`5001,`RF1,`10.00,`0.00,`ORIGINAL,`SUCCESS,`茶店-龙井,`a=1,`-0.06000,`0.60%,`0.00,`10.00,`\r\n总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额\r\n`2,`29.99,`10.00,`0.00,`0.12000,`29.99,`10.00\r\n";
 
 #[tokio::test]

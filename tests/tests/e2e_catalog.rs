@@ -126,3 +126,40 @@ async fn a_product_wechat_already_has_but_we_never_stored_is_updated() {
     b.stop();
     a.stop();
 }
+
+/// The merchant gets a WeChat-hosted image through `wechat` `shop/img/upload`: WeChat takes
+/// that call as multipart form fields, not JSON, so it goes out as such and answers
+/// `img_info.temp_img_url` (it used to go out as JSON, which WeChat cannot read). Binary
+/// uploads, which cannot travel in the JSON API, are refused with what to do instead.
+#[tokio::test]
+async fn an_image_is_uploaded_to_wechat_by_url() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let upload = |body: Value| {
+        let c = c.clone();
+        async move {
+            c.admin(
+                "/admin/catalogSync",
+                &json!({"action": "wechat", "api": "shop/img/upload", "body": body}),
+            )
+            .await
+        }
+    };
+    let (s, v) = upload(json!({
+        "resp_type": 1, "upload_type": 1, "img_url": "https://example.com/kettle.jpg"
+    }))
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let url = v["img_info"]["temp_img_url"].as_str().unwrap_or_default();
+    assert!(url.starts_with("https://mmecimage.cn/p/"), "{v}");
+    let (_, calls) = c.get("/sandbox/_control/calls?path=shop/img/upload").await;
+    assert_eq!(
+        calls["calls"][0]["img_url"], "https://example.com/kettle.jpg",
+        "{calls}"
+    );
+
+    let (s, v) = upload(json!({"resp_type": 0, "upload_type": 0})).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("img_url"), "{v}");
+    r.stop();
+}

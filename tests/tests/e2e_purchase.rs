@@ -652,6 +652,88 @@ async fn a_failed_unified_order_closes_what_wechat_pay_opened() {
     assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
 }
 
+/// WeChat Pay counts `body` and `refund_desc` in UTF-8 bytes (127 and 80). A product titled
+/// with 60 Chinese characters (180 bytes) is bought, paid and refunded for a 60-character
+/// reason: what we send is cut to fit on a character boundary, where it used to be sent
+/// whole and refused (return_code FAIL), leaving the product unbuyable.
+#[tokio::test]
+async fn a_long_chinese_title_and_reason_fit_wechat_pays_byte_limits() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let title = "西湖龙井".repeat(15);
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "upsert", "product": {
+                "product_id": "longjing", "title": title,
+                "head_img": ["https://mmecimage.cn/p/wxlocal/tea.jpg"], "third_cat_id": 6153,
+                "brand_id": 2100000000,
+                "skus": [{"sku_id": "longjing-1", "price": 1990, "stock": 10}]
+            }}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the audit verdict", || async {
+        c.admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": "longjing"}),
+        )
+        .await
+        .1["product"]["audit"]
+            == "APPROVED"
+    })
+    .await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "longjing"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    let (token, _) = c.login("yan").await;
+    let (s, order) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "longjing", "sku_id": "longjing-1", "quantity": 1}],
+                    "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "a long Chinese title must stay buyable: {order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let sent = r
+        .sandbox
+        .calls("pay/unifiedorder")
+        .into_iter()
+        .find(|v| v["out_trade_no"] == no.as_str())
+        .unwrap();
+    let body = sent["body"].as_str().unwrap();
+    assert!(body.len() <= 127, "{} bytes: {body}", body.len());
+    assert_eq!(body, format!("wxshop-{}", &title[..120]), "cut whole");
+
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("PAID", || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let reason = "茶叶受潮".repeat(15);
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": reason}))
+        .await;
+    c.approve(&id).await;
+    eventually("REFUNDED", || async {
+        c.aftersale(&token, &no).await["status"] == "REFUNDED"
+    })
+    .await;
+    let desc = r.sandbox.calls("secapi/pay/refund")[0]["refund_desc"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(desc, reason[..78], "26 characters, 78 bytes");
+}
+
 /// A refund WeChat accepted and then closed (the refund notification says REFUNDCLOSE): the
 /// after-sale reads REFUND_FAILED, and approving it again issues a new refund under a new
 /// `out_refund_no` — the old number would only return the closed refund — which succeeds.
@@ -1083,6 +1165,127 @@ async fn refund_notification_case(
             .await;
             assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
         }
+    }
+}
+
+/// WeChat Pay for the stack: the sandbox behind a pass-through proxy that mangles the reply of
+/// the first `secapi/pay/refund` with `tamper` — after the sandbox accepted the refund, as a
+/// reply garbled on its way back would be. Returns the proxy's URL and where to point it.
+async fn mangling_pay_proxy(
+    tamper: fn(wxshop::pay::Fields, &str) -> String,
+    key: String,
+) -> (String, std::sync::Arc<std::sync::Mutex<String>>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let target = Arc::new(Mutex::new(String::new()));
+    let mangled = Arc::new(AtomicBool::new(false));
+    let to = target.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: bytes::Bytes| {
+        let (to, mangled, key) = (to.clone(), mangled.clone(), key.clone());
+        async move {
+            let url = format!("{}{}", to.lock().unwrap(), uri.path());
+            let reply = reqwest::Client::new()
+                .post(url)
+                .header("content-type", "text/xml; charset=utf-8")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if uri.path().ends_with("secapi/pay/refund") && !mangled.swap(true, Ordering::SeqCst) {
+                let fields = wxshop::pay::xml::decode(reply.as_bytes()).unwrap();
+                assert_eq!(fields["result_code"], "SUCCESS", "the sandbox took it");
+                return tamper(fields, &key);
+            }
+            reply
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, target)
+}
+
+/// A refund reply we cannot believe or read — a signature that does not verify, or a signed
+/// SUCCESS without `refund_id` — may follow a refund WeChat accepted: the refund is not
+/// recorded as failed (which invites approving it again under a new number, refunding
+/// twice) but asked again under the same `out_refund_no`, which WeChat answers with the
+/// refund it has. Refund notifications go nowhere here, so only that retry can tell.
+#[tokio::test]
+async fn an_unreadable_refund_reply_is_asked_again_not_recorded_failed() {
+    fn bad_signature(mut f: wxshop::pay::Fields, _: &str) -> String {
+        f.insert("sign".into(), "0".repeat(32));
+        wxshop::pay::xml::encode(&f)
+    }
+    fn no_refund_id(mut f: wxshop::pay::Fields, key: &str) -> String {
+        f.remove("refund_id");
+        f.remove("sign");
+        wxshop::pay::signed_xml(f, key, SignType::Md5)
+    }
+    for (user, tamper) in [
+        (
+            "quinn",
+            bad_signature as fn(wxshop::pay::Fields, &str) -> String,
+        ),
+        ("rosa", no_refund_id),
+    ] {
+        let key = wxlocal::gateway::LOCAL_DEFAULTS
+            .iter()
+            .find(|(k, _)| *k == "WXPAY_API_KEY")
+            .map(|(_, v)| v.to_string())
+            .unwrap();
+        let (proxy, target) = mangling_pay_proxy(tamper, key).await;
+        let r = stack_with(&[
+            ("WXPAY_BASE_URL", proxy.as_str()),
+            (
+                "WXPAY_REFUND_NOTIFY_URL",
+                "http://127.0.0.1:9/callbacks/refund",
+            ),
+        ])
+        .await;
+        *target.lock().unwrap() = format!("{}/sandbox/mch", r.base_url);
+        let c = Client::new(&r);
+        let (token, no) = paid_and_synced(&r, &c, user, 1).await;
+        let id = c.apply(&token, &no, json!({"amount": 1990})).await;
+        c.approve(&id).await;
+        let out_refund_no = c.aftersale(&token, &no).await["out_refund_no"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let refund = || async {
+            wxshop::store::repo::get_refund(
+                r.app.store.as_ref(),
+                &wxshop::domain::OutRefundNo::parse(out_refund_no.as_str()).unwrap(),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .status
+            .as_str()
+        };
+        eventually("the refund asked again", || async {
+            r.sandbox.calls("secapi/pay/refund").len() >= 2
+        })
+        .await;
+        eventually("PROCESSING", || async { refund().await == "PROCESSING" }).await;
+        let numbers: Vec<_> = r
+            .sandbox
+            .calls("secapi/pay/refund")
+            .iter()
+            .map(|v| v["out_refund_no"].clone())
+            .collect();
+        assert!(
+            numbers.iter().all(|n| *n == out_refund_no.as_str()),
+            "{user}: the same refund each time: {numbers:?}"
+        );
+        let a = c.aftersale(&token, &no).await;
+        assert_eq!(a["status"], "REFUNDING", "{user}: {a}");
+        assert!(c.dead_letters().await.is_empty(), "{user}");
     }
 }
 

@@ -568,6 +568,48 @@ async fn push_events_with_bad_signatures_or_a_foreign_appid_change_nothing() {
     assert_eq!(approved().await, "REJECTED");
 }
 
+/// The one-body guard holds for every spelling of a signature that verifies: the same
+/// signature uppercased, or with a trailing space, under the same timestamp and nonce is the
+/// signature already used, not a fresh one, and the other body under it is refused.
+#[tokio::test]
+async fn plaintext_push_signatures_hold_for_one_body_in_any_spelling() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let audit = || tea_audit(&c);
+    assert_eq!(audit().await, "APPROVED");
+    let (genuine, forged) = seeded_audit_and_forged_rejection(&r);
+    let now = r.app.clock.now_secs().to_string();
+    let signed = wxshop::push::PushQuery::signed("localpushtoken", &now, "n-spelled");
+    let url = |signature: String| {
+        let q = wxshop::push::PushQuery {
+            signature: Some(signature),
+            ..signed.clone()
+        };
+        format!("{}/callbacks/wechat?{}", c.base, q.to_query_string())
+    };
+    let post = |url: String, body: &Value| {
+        let c = c.clone();
+        let body = body.to_string();
+        async move {
+            let resp = c.http.post(url).body(body).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let sig = signed.signature.clone().unwrap();
+    let (s, t) = post(url(sig.clone()), &genuine).await;
+    assert_eq!((s, t.as_str()), (200, "success"));
+    for spelling in [sig.to_ascii_uppercase(), format!("{sig} ")] {
+        let (s, t) = post(url(spelling.clone()), &forged).await;
+        assert_eq!(s, 403, "`{spelling}`: {t}");
+        assert!(t.contains("already used"), "{t}");
+        assert_eq!(
+            audit().await,
+            "APPROVED",
+            "a respelled signature carried another body"
+        );
+    }
+}
+
 /// Plaintext push mode: WeChat's `signature` covers token, timestamp and nonce, not the body.
 /// A signed URL seen once (a proxy log, say) must not carry another body, nor be used long
 /// after its time: both refused, the product untouched. The genuine redelivery of the same body

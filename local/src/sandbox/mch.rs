@@ -370,8 +370,9 @@ fn unifiedorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> 
         ("scene_info", 256),
         ("product_id", 32),
     ];
+    // WeChat counts UTF-8 bytes, not characters: 43 Chinese characters overflow `body`.
     for (k, max) in limits {
-        if get(f, k).is_some_and(|v| v.chars().count() > max) {
+        if get(f, k).is_some_and(|v| v.len() > max) {
             return return_fail(&format!("{k}参数长度有误"));
         }
     }
@@ -712,7 +713,7 @@ fn refund(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Respon
             return return_fail(m);
         }
     }
-    if get(f, "refund_desc").is_some_and(|d| d.chars().count() > 80) {
+    if get(f, "refund_desc").is_some_and(|d| d.len() > 80) {
         return return_fail("refund_desc参数长度有误");
     }
     let refund_account = get(f, "refund_account")

@@ -93,7 +93,9 @@ const PLAINTEXT_WINDOW_SECS: i64 = 300;
 /// under it. A signed URL is therefore honoured only within [`PLAINTEXT_WINDOW_SECS`] of its
 /// timestamp, and only for the first body it came with (a hash of it is kept until the window
 /// ends): WeChat's redelivery of the same body passes, another body under a used signature is
-/// refused. Safe mode needs none of this: `msg_signature` covers the body.
+/// refused. The signature is keyed as verification reads it (trimmed, lowercase): another
+/// spelling of a used signature is the same signature. Safe mode needs none of this:
+/// `msg_signature` covers the body.
 async fn bind_plaintext_push(app: &App, query: &PushQuery, body: &[u8]) -> Result<(), ApiError> {
     let Some((timestamp, signature)) = query.plaintext_binding() else {
         return Err(ApiError::forbidden("push refused: no signature"));

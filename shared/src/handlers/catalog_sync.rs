@@ -6,6 +6,8 @@
 //!
 //! Onboarding, categories, images and qualification audits go to WeChat as they are (a
 //! fixed list of `shop/*` paths), so the merchant drives every access task from one place.
+//! The exception is `shop/img/upload`, which WeChat takes as multipart form fields: its JSON
+//! fields are sent through [`crate::shop::WxClient::img_upload`].
 
 use super::common::component_on;
 use super::shop_orders::wx_error;
@@ -92,7 +94,7 @@ const PASS_THROUGH: &[&str] = &[
     "shop/account/update_info",
     "shop/account/get_info",
     "shop/cat/get",
-    "shop/img/upload",
+    IMG_UPLOAD,
     "shop/audit/audit_brand",
     "shop/audit/audit_category",
     "shop/audit/result",
@@ -101,6 +103,70 @@ const PASS_THROUGH: &[&str] = &[
     "shop/spu/get_list",
     "shop/spu/del_audit",
 ];
+
+/// The one pass-through WeChat takes as multipart form fields, not JSON.
+const IMG_UPLOAD: &str = "shop/img/upload";
+
+/// `wechat` `shop/img/upload` body: WeChat's fields, as JSON.
+#[derive(Deserialize)]
+struct ImgUploadInput {
+    resp_type: u8,
+    upload_type: u8,
+    #[serde(default)]
+    img_url: Option<String>,
+}
+
+/// `shop/img/upload` by URL (`upload_type` 1), sent as WeChat takes it (multipart form
+/// fields) → `{"img_info": {media_id, temp_img_url, pay_media_id}}`.
+async fn img_upload(app: &App, body: serde_json::Value) -> Result<Response, ApiError> {
+    use crate::shop::catalog::{ImgRespType, ImgSource, ImgUpload};
+    let input: ImgUploadInput = serde_json::from_value(body).map_err(|e| {
+        ApiError::bad_request(
+            "BAD_IMG_UPLOAD",
+            format!("{IMG_UPLOAD} takes {{resp_type, upload_type: 1, img_url}}: {e}"),
+        )
+    })?;
+    let resp_type = match input.resp_type {
+        0 => ImgRespType::MediaId,
+        1 => ImgRespType::Url,
+        2 => ImgRespType::PayMediaId,
+        n => {
+            return Err(ApiError::bad_request(
+                "BAD_IMG_UPLOAD",
+                format!(
+                    "resp_type must be 0 (media_id), 1 (temp_img_url) or 2 (pay_media_id), not {n}"
+                ),
+            ))
+        }
+    };
+    let url = match (input.upload_type, input.img_url) {
+        (1, Some(u)) if !u.trim().is_empty() => u.trim().to_owned(),
+        (1, _) => {
+            return Err(ApiError::bad_request(
+                "BAD_IMG_UPLOAD",
+                "upload_type 1 needs img_url, the image's http(s) URL",
+            ))
+        }
+        (n, _) => {
+            return Err(ApiError::bad_request(
+                "BAD_IMG_UPLOAD",
+                format!(
+                    "upload_type must be 1 (by img_url), not {n}: image bytes cannot travel \
+                     in this JSON API; put the image at a URL WeChat can fetch"
+                ),
+            ))
+        }
+    };
+    let info = app
+        .wx
+        .img_upload(&ImgUpload {
+            resp_type,
+            source: ImgSource::Url(url),
+        })
+        .await
+        .map_err(wx_error)?;
+    Ok(json(&serde_json::json!({ "img_info": info })))
+}
 
 fn bad(code: &'static str) -> impl Fn(crate::domain::IdError) -> ApiError {
     move |e| ApiError::bad_request(code, e.to_string())
@@ -261,6 +327,9 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             } else {
                 body
             };
+            if api == IMG_UPLOAD {
+                return img_upload(app, body).await;
+            }
             let reply: serde_json::Value = app.wx.post_json(api, &body).await.map_err(wx_error)?;
             Ok(json(&reply))
         }

@@ -7,7 +7,10 @@ use crate::app::App;
 use crate::domain::{Fen, Order, OutRefundNo};
 use crate::http::ApiError;
 use crate::pay::bill::BillType;
-use crate::pay::client::{OrderRef, PayError, RefundRequest, UnifiedOrderRequest};
+use crate::pay::client::{
+    truncate_bytes, OrderRef, PayError, RefundRequest, UnifiedOrderRequest, MAX_BODY_BYTES,
+    MAX_REFUND_DESC_BYTES,
+};
 use crate::pay::types::TradeState;
 use crate::store::repo;
 
@@ -16,6 +19,22 @@ fn task_error(e: PayError) -> TaskError {
         TaskError::Retry(e.to_string())
     } else {
         TaskError::Permanent(e.to_string())
+    }
+}
+
+/// For `secapi/pay/refund`: a reply we cannot read or believe (bad signature, not decodable,
+/// for another merchant, SUCCESS without `refund_id`) comes after WeChat may have accepted
+/// the refund, so its outcome is unknown, never a refusal. Asking again under the same
+/// `out_refund_no` is safe (WeChat answers with the refund it already has) and tells us.
+fn refund_task_error(e: PayError) -> TaskError {
+    match e {
+        PayError::BadSignature
+        | PayError::Decode(_)
+        | PayError::Field(_)
+        | PayError::WrongMerchant(_) => TaskError::Retry(format!(
+            "refund outcome unknown ({e}); asking again under the same out_refund_no"
+        )),
+        e => task_error(e),
     }
 }
 
@@ -34,8 +53,10 @@ fn api_error(e: PayError) -> ApiError {
     }
 }
 
-/// `<shop>-<goods>` within 127 characters.
+/// `<shop>-<goods>` within [`MAX_BODY_BYTES`]: WeChat counts UTF-8 bytes, so a long Chinese
+/// title is cut (on a character boundary), keeping the "+N" of a multi-item order.
 fn body_text(order: &Order) -> String {
+    const SHOP: &str = "wxshop-";
     let first = order
         .items
         .first()
@@ -46,7 +67,8 @@ fn body_text(order: &Order) -> String {
     } else {
         String::new()
     };
-    format!("wxshop-{first}{more}").chars().take(120).collect()
+    let room = MAX_BODY_BYTES.saturating_sub(SHOP.len() + more.len());
+    format!("{SHOP}{}{more}", truncate_bytes(first, room))
 }
 
 /// `pay/unifiedorder` → prepay_id.
@@ -124,10 +146,14 @@ pub async fn refund(
         out_refund_no: out_refund_no.clone(),
         total_fee: order.total,
         refund_fee: amount,
-        refund_desc: Some(reason.chars().take(80).collect()),
+        refund_desc: Some(truncate_bytes(reason, MAX_REFUND_DESC_BYTES).to_owned()),
         notify_url: Some(app.config.refund_notify_url.clone()),
     };
-    app.pay.refund(&req).await.map(|_| ()).map_err(task_error)
+    app.pay
+        .refund(&req)
+        .await
+        .map(|_| ())
+        .map_err(refund_task_error)
 }
 
 /// Compares a day's bill with stored orders: every bill payment must be a stored, paid order

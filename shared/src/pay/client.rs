@@ -174,7 +174,8 @@ impl Api {
 /// `pay/unifiedorder` for a mini program (`trade_type=JSAPI`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnifiedOrderRequest {
-    /// `<store>-<goods>`, at most 127 characters.
+    /// `<store>-<goods>`, at most [`MAX_BODY_BYTES`] UTF-8 bytes (fit it with
+    /// [`truncate_bytes`]).
     pub body: String,
     pub out_trade_no: OutTradeNo,
     pub total_fee: Fen,
@@ -187,9 +188,9 @@ pub struct UnifiedOrderRequest {
     pub time_start: Option<i64>,
     /// Epoch ms, sent as Beijing `yyyyMMddHHmmss`. Only honoured on the first call.
     pub time_expire: Option<i64>,
-    /// Echoed in the query and the notification; at most 127 characters.
+    /// Echoed in the query and the notification; at most [`MAX_ATTACH_BYTES`] UTF-8 bytes.
     pub attach: Option<String>,
-    /// JSON goods detail, at most 6000 characters.
+    /// JSON goods detail, at most [`MAX_DETAIL_BYTES`] UTF-8 bytes.
     pub detail: Option<String>,
 }
 
@@ -230,7 +231,7 @@ pub struct RefundRequest {
     /// The order's total.
     pub total_fee: Fen,
     pub refund_fee: Fen,
-    /// At most 80 characters; shown to the user.
+    /// At most [`MAX_REFUND_DESC_BYTES`] UTF-8 bytes; shown to the user.
     pub refund_desc: Option<String>,
     /// Overrides the platform's refund notification URL.
     pub notify_url: Option<String>,
@@ -359,13 +360,37 @@ fn transport(e: reqwest::Error) -> PayError {
     }
 }
 
+/// Longest `body` WeChat takes, in UTF-8 bytes: String(128) in the field table, 127 on the
+/// current merchant page and in WeChat's own error text ("大于最大值 127").
+pub const MAX_BODY_BYTES: usize = 127;
+/// Longest `attach`, in UTF-8 bytes.
+pub const MAX_ATTACH_BYTES: usize = 127;
+/// Longest `detail`, in UTF-8 bytes.
+pub const MAX_DETAIL_BYTES: usize = 6000;
+/// Longest `refund_desc`, in UTF-8 bytes.
+pub const MAX_REFUND_DESC_BYTES: usize = 80;
+
+/// WeChat Pay counts a field's length in UTF-8 bytes, not characters: a CJK character is 3.
 fn check_len(what: &str, v: &str, max: usize) -> Result<(), PayError> {
-    if v.chars().count() > max {
+    if v.len() > max {
         return Err(PayError::InvalidRequest(format!(
-            "{what} is longer than {max} characters"
+            "{what} is longer than {max} bytes (UTF-8; a Chinese character takes 3)"
         )));
     }
     Ok(())
+}
+
+/// The longest prefix of `s` within `max` UTF-8 bytes that ends on a character boundary:
+/// how to fit free text (goods names, refund reasons) into a WeChat Pay field.
+pub fn truncate_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl PayClient {
@@ -567,7 +592,7 @@ impl PayClient {
         if req.body.trim().is_empty() {
             return Err(PayError::InvalidRequest("body is empty".into()));
         }
-        check_len("body", &req.body, 127)?;
+        check_len("body", &req.body, MAX_BODY_BYTES)?;
         if req.total_fee.get() < 1 {
             return Err(PayError::InvalidRequest(
                 "total_fee must be at least 1 fen".into(),
@@ -603,11 +628,11 @@ impl PayClient {
             f.insert("time_expire".into(), crate::time::beijing_compact(ms));
         }
         if let Some(a) = &req.attach {
-            check_len("attach", a, 127)?;
+            check_len("attach", a, MAX_ATTACH_BYTES)?;
             f.insert("attach".into(), a.clone());
         }
         if let Some(d) = &req.detail {
-            check_len("detail", d, 6000)?;
+            check_len("detail", d, MAX_DETAIL_BYTES)?;
             f.insert("detail".into(), d.clone());
         }
         let fields = self.call(Api::UnifiedOrder, f).await?;
@@ -664,7 +689,7 @@ impl PayClient {
         f.insert("total_fee".into(), req.total_fee.to_string());
         f.insert("refund_fee".into(), req.refund_fee.to_string());
         if let Some(d) = &req.refund_desc {
-            check_len("refund_desc", d, 80)?;
+            check_len("refund_desc", d, MAX_REFUND_DESC_BYTES)?;
             f.insert("refund_desc".into(), d.clone());
         }
         if let Some(u) = &req.notify_url {

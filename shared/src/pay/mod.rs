@@ -19,9 +19,10 @@ pub mod xml;
 
 pub use bill::{parse_bill, Bill, BillError, BillRow, BillSummary, BillType};
 pub use client::{
-    OrderQueryResponse, OrderRef, PayClient, PayConfig, PayError, RefundQueryResponse,
-    RefundRecord, RefundRef, RefundRequest, RefundResponse, UnifiedOrderRequest,
-    UnifiedOrderResponse,
+    truncate_bytes, OrderQueryResponse, OrderRef, PayClient, PayConfig, PayError,
+    RefundQueryResponse, RefundRecord, RefundRef, RefundRequest, RefundResponse,
+    UnifiedOrderRequest, UnifiedOrderResponse, MAX_ATTACH_BYTES, MAX_BODY_BYTES, MAX_DETAIL_BYTES,
+    MAX_REFUND_DESC_BYTES,
 };
 pub use jsapi::{pay_sign, payment_params, payment_params_with_nonce, PaymentParams};
 pub use notify::{

@@ -98,11 +98,16 @@ impl PushQuery {
     /// What binds a verified plaintext-mode push to its time: `timestamp` (epoch seconds) and
     /// `signature`. In plaintext mode the signature covers only token, timestamp and nonce —
     /// not the body — so the handler allows it for one body, and only close to its time.
-    /// `None` unless both are present and the timestamp is decimal.
-    pub fn plaintext_binding(&self) -> Option<(i64, &str)> {
+    /// The signature comes normalised the way verification reads it (trimmed, lowercase), so
+    /// every spelling that verifies is the same signature. `None` unless both are present
+    /// and the timestamp is decimal.
+    pub fn plaintext_binding(&self) -> Option<(i64, String)> {
         let ts = Self::get(&self.timestamp)?;
         check_timestamp(ts).ok()?;
-        Some((ts.parse().ok()?, Self::get(&self.signature)?))
+        Some((
+            ts.parse().ok()?,
+            normalise_digest(Self::get(&self.signature)?),
+        ))
     }
 
     /// A parameter, with empty values treated as absent.
@@ -161,9 +166,14 @@ fn sha1_sorted(parts: &mut [&str]) -> String {
     hex::encode(h.finalize())
 }
 
+/// A received hex digest as [`digest_eq`] compares it: trimmed, lowercase.
+fn normalise_digest(given: &str) -> String {
+    given.trim().to_ascii_lowercase()
+}
+
 /// Constant-time, case-insensitive comparison of an expected lowercase hex digest.
 pub(crate) fn digest_eq(expected: &str, given: &str) -> bool {
-    let given = given.trim().to_ascii_lowercase();
+    let given = normalise_digest(given);
     bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
 }
 
