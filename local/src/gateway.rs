@@ -293,7 +293,14 @@ async fn gateway(
         }
     };
     let req = http::Request::from_parts(parts, bytes);
-    to_axum(handlers::handle(&state.app, route, req).await)
+    // Run to the end even if the caller hangs up, as Lambda does: a handler dropped halfway
+    // would leave its work half done (an order created, its idempotency key never completed),
+    // so a client's retry after its own timeout would meet "in progress" and then a second order.
+    let app = state.app.clone();
+    match tokio::spawn(async move { handlers::handle(&app, route, req).await }).await {
+        Ok(resp) => to_axum(resp),
+        Err(e) => to_axum(ApiError::internal(format!("handler failed: {e}")).into_response()),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

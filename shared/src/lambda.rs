@@ -103,7 +103,6 @@ fn invocation_span(function: Function, request_id: &str) -> tracing::Span {
 /// `env-filter` syntax without span/field filters, and without its regex engine in the
 /// binary); an unparsable value means `info`.
 fn init_logging() {
-    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
@@ -120,9 +119,7 @@ fn init_logging() {
                 .filter(|v| !v.trim().is_empty())
         })
         .unwrap_or_else(|| "info".to_owned());
-    let filter = level.trim().parse::<Targets>().unwrap_or_else(|_| {
-        Targets::new().with_default(tracing_subscriber::filter::LevelFilter::INFO)
-    });
+    let filter = log_filter(&level);
     let _ = tracing_subscriber::fmt()
         .json()
         .with_current_span(true)
@@ -132,6 +129,47 @@ fn init_logging() {
         .finish()
         .with(filter)
         .try_init();
+}
+
+/// Libraries that log raw requests and responses below `info` — the runtime logs each event
+/// (session tokens, notification XML), the AWS SDK DynamoDB bodies (the cached WeChat access
+/// token), the HTTP stacks headers. A level below `info` (`AWS_LAMBDA_LOG_LEVEL=TRACE` in the
+/// template's `LogLevel`) is for our code; these stay at `info` at most, unless a directive
+/// names them.
+const CHATTY_LIBRARIES: [&str; 11] = [
+    "lambda_runtime",
+    "lambda_runtime_api_client",
+    "lambda_http",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http",
+    "aws_sdk_dynamodb",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "h2",
+];
+
+/// The log filter for `level` (see [`init_logging`]).
+fn log_filter(level: &str) -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let mut filter = level
+        .trim()
+        .parse::<Targets>()
+        .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
+    let cap = filter
+        .default_level()
+        .unwrap_or(LevelFilter::OFF)
+        .min(LevelFilter::INFO);
+    for library in CHATTY_LIBRARIES {
+        let named = level
+            .split(',')
+            .any(|d| d.trim().split('=').next() == Some(library));
+        if !named {
+            filter = filter.with_target(library, cap);
+        }
+    }
+    filter
 }
 
 // ------------------------------------------------------------------ cold start
@@ -536,6 +574,23 @@ async fn api_gateway_v2_response(resp: crate::http::Response) -> Value {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn trace_logging_leaves_the_libraries_that_log_raw_events_at_info() {
+        use tracing::Level;
+        let f = super::log_filter("trace");
+        assert!(f.would_enable("wxshop::handlers", &Level::TRACE));
+        assert!(!f.would_enable("lambda_runtime::layers::api_response", &Level::TRACE));
+        assert!(!f.would_enable("aws_smithy_runtime::client", &Level::DEBUG));
+        assert!(f.would_enable("lambda_runtime", &Level::INFO));
+        // A quieter level stays quieter; a library named on purpose gets what was asked.
+        let f = super::log_filter("error");
+        assert!(!f.would_enable("lambda_runtime", &Level::INFO));
+        assert!(f.would_enable("lambda_runtime", &Level::ERROR));
+        let f = super::log_filter("info,hyper=trace");
+        assert!(f.would_enable("hyper::proto", &Level::TRACE));
+        assert!(!f.would_enable("reqwest::connect", &Level::DEBUG));
+    }
+
     use super::*;
 
     #[test]

@@ -209,6 +209,20 @@ async fn price_comes_from_the_catalog_and_retries_give_one_order() {
     assert_eq!(again["out_trade_no"], first["out_trade_no"]);
     let (s, other_cart) = c.order(&token, 2, Some("k-1")).await;
     assert_eq!(s, 422, "{other_cart}");
+    // The same cart to another address is another order, not the first one replayed with
+    // the old address.
+    let (s, other_address) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 3}],
+                    "address": {"receiver_name": "A", "detailed_address": "2 Other Road",
+                                "tel_number": "13800000000"},
+                    "idempotency_key": "k-1"}),
+        )
+        .await;
+    assert_eq!(s, 422, "{other_address}");
+    assert_eq!(other_address["code"], "IDEMPOTENCY_KEY_REUSED");
     let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
     assert_eq!(
         list["orders"].as_array().unwrap().len(),
@@ -625,6 +639,41 @@ async fn an_unreadable_aftersale_lookup_is_not_taken_as_absent() {
             .contains("not adding it again"),
         "{letter}"
     );
+}
+
+/// The mini program gives up on a slow `unifiedOrder` (its own timeout) and retries with the
+/// same idempotency key after WeChat Pay answered: the first call still ran to the end, as it
+/// would on Lambda, so the retry gets that order — not "in progress" for half a minute and then
+/// a second order (wxlocal used to drop a handler whose caller hung up).
+#[tokio::test]
+async fn a_caller_that_hangs_up_does_not_leave_its_order_half_made() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("hangup").await;
+    c.fault(json!({"path": "pay/unifiedorder", "mode": "delay", "delay_ms": 800, "count": 1}))
+        .await;
+    let body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+        "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"},
+        "idempotency_key": "tap-1"});
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let first = impatient
+        .post(format!("{}/fn/unifiedOrder", r.base_url))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await;
+    assert!(first.is_err(), "the caller timed out first: {first:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (s, retried) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert_eq!(s, 200, "{retried}");
+    let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
+    let orders = list["orders"].as_array().unwrap();
+    assert_eq!(orders.len(), 1, "{list}");
+    assert_eq!(orders[0]["out_trade_no"], retried["out_trade_no"]);
+    assert_eq!(r.sandbox.calls("pay/unifiedorder").len(), 1);
 }
 
 /// `unifiedOrder` failing after WeChat Pay opened the prepay order (here the component's

@@ -123,6 +123,89 @@ fn http_api_routes_are_exactly_the_routing_table() {
     );
 }
 
+/// `sam build` runs `cargo lambda build --release --arm64 --bin <name>` at the workspace root,
+/// and DEPLOY.md's "all nine" has no `-p` either: what cargo selects then must be the
+/// functions alone, or feature unification with `wxlocal` puts SQLite in every Lambda binary
+/// (it did, until the workspace named its `default-members`).
+#[test]
+fn a_build_at_the_root_selects_the_functions_without_sqlite() {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args([
+            "tree", "--edges", "normal", "--prefix", "none", "--depth", "0",
+        ])
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let selected: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let functions: BTreeSet<String> = Function::ALL
+        .iter()
+        .map(|f| f.binary().to_owned())
+        .collect();
+    assert_eq!(
+        selected, functions,
+        "the root selects exactly the functions"
+    );
+    let out = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args(["tree", "-i", "rusqlite"])
+        .output()
+        .expect("run cargo tree");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("did not match any packages"),
+        "SQLite is in the Lambda build: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// CloudFormation regenerates a secret's value when its `GenerateSecretString` changes: a
+/// stack update would wipe the merchant's keys and rotate `SESSION_SECRET` (docs/DEPLOY.md §4).
+#[test]
+fn the_generated_secret_is_pinned() {
+    let t = template();
+    let g = &t["Resources"]["Secrets"]["Properties"]["GenerateSecretString"];
+    let fields: Value =
+        serde_yaml::from_str(g["SecretStringTemplate"].as_str().expect("template string"))
+            .expect("SecretStringTemplate is JSON");
+    let names: BTreeSet<&str> = fields
+        .as_mapping()
+        .expect("an object")
+        .keys()
+        .filter_map(Value::as_str)
+        .collect();
+    let pinned = BTreeSet::from([
+        "WX_APPSECRET",
+        "WXPAY_API_KEY",
+        "WX_PUSH_TOKEN",
+        "WX_PUSH_AES_KEY",
+        "WXPAY_CERT_P12_BASE64",
+        "WXPAY_CERT_P12_PASSWORD",
+    ]);
+    let why = "changing GenerateSecretString regenerates the secret of a deployed stack, \
+               wiping the merchant's keys (docs/DEPLOY.md §4): add fields with put-secret-value";
+    assert_eq!(names, pinned, "{why}");
+    assert_eq!(
+        g["GenerateStringKey"].as_str(),
+        Some("SESSION_SECRET"),
+        "{why}"
+    );
+    assert_eq!(g["PasswordLength"].as_u64(), Some(64), "{why}");
+    assert_eq!(g["ExcludePunctuation"].as_bool(), Some(true), "{why}");
+    assert_eq!(
+        t["Resources"]["Secrets"]["DeletionPolicy"].as_str(),
+        Some("Retain")
+    );
+}
+
 #[test]
 fn one_function_per_binary_on_arm64_al2023() {
     let t = template();

@@ -2,7 +2,7 @@
 //! JSON POST over reqwest, instead of the `aws-sdk-secretsmanager` client and its runtime.
 //!
 //! Endpoint: `AWS_ENDPOINT_URL_SECRETS_MANAGER` (else `AWS_ENDPOINT_URL`, as the SDKs read
-//! them), else `https://secretsmanager.<region>.amazonaws.com`. Errors are one line naming the
+//! them), else `https://secretsmanager.<region>.amazonaws.com` (`.amazonaws.com.cn` in China). Errors are one line naming the
 //! service's error code and message (or the transport failure); they never contain the secret.
 
 use super::{credentials_from_env, endpoint_from_env, region_from_env};
@@ -20,6 +20,17 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts on throttling, 5xx and transport failures (like the SDK's standard retry mode).
 const ATTEMPTS: u32 = 3;
 
+/// The regional endpoint: `amazonaws.com`, or `amazonaws.com.cn` in the China partition
+/// (`cn-north-1`, `cn-northwest-1`), where the other domain does not answer.
+fn default_endpoint(region: &str) -> String {
+    let suffix = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("https://{SERVICE}.{region}.{suffix}")
+}
+
 /// The `SecretString` of `secret_id` (name or ARN); `Ok(None)` for a binary-only secret.
 /// `Err` is a one-line reason, without the secret.
 pub async fn get_secret_string(secret_id: &str) -> Result<Option<String>, String> {
@@ -29,8 +40,7 @@ pub async fn get_secret_string(secret_id: &str) -> Result<Option<String>, String
             .to_owned(),
     )?;
     let identity: Identity = credentials.into();
-    let url = endpoint_from_env("SECRETS_MANAGER")
-        .unwrap_or_else(|| format!("https://{SERVICE}.{region}.amazonaws.com"));
+    let url = endpoint_from_env("SECRETS_MANAGER").unwrap_or_else(|| default_endpoint(&region));
     let body = serde_json::json!({ "SecretId": secret_id }).to_string();
     let client = reqwest::Client::builder()
         .timeout(TIMEOUT)
@@ -143,6 +153,22 @@ fn service_error(text: &str) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_default_endpoint_follows_the_partition() {
+        assert_eq!(
+            super::default_endpoint("ap-east-1"),
+            "https://secretsmanager.ap-east-1.amazonaws.com"
+        );
+        assert_eq!(
+            super::default_endpoint("cn-north-1"),
+            "https://secretsmanager.cn-north-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            super::default_endpoint("cn-northwest-1"),
+            "https://secretsmanager.cn-northwest-1.amazonaws.com.cn"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -104,7 +104,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         ));
     }
     let record_key = format!("unifiedOrder:{openid}:{key}");
-    let hash = payload_hash(&lines, body.scene);
+    let hash = payload_hash(&lines, body.scene, body.address.as_ref());
     let now = app.clock.now_ms();
     match idempotency::claim(
         app.store.as_ref(),
@@ -205,7 +205,10 @@ fn validate_cart(items: &[CartLine]) -> Result<Vec<Line>, ApiError> {
     Ok(lines)
 }
 
-fn payload_hash(lines: &[Line], scene: Option<u32>) -> String {
+/// What an idempotency key stands for: the cart, the scene and the delivery address — a
+/// retry under the same key with another address is another request (422), never the first
+/// order replayed with the old address.
+fn payload_hash(lines: &[Line], scene: Option<u32>, address: Option<&Address>) -> String {
     let mut h = Sha256::new();
     for l in lines {
         h.update(l.product_id.as_str().as_bytes());
@@ -215,6 +218,20 @@ fn payload_hash(lines: &[Line], scene: Option<u32>) -> String {
         h.update(l.quantity.to_be_bytes());
     }
     h.update(scene.unwrap_or(0).to_be_bytes());
+    if let Some(a) = address {
+        // Field by field, each with its length, so no two addresses hash alike.
+        for part in [
+            a.receiver_name.as_str(),
+            a.detailed_address.as_str(),
+            a.tel_number.as_str(),
+            a.province.as_deref().unwrap_or(""),
+            a.city.as_deref().unwrap_or(""),
+            a.town.as_deref().unwrap_or(""),
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+    }
     hex::encode(h.finalize())
 }
 
