@@ -116,13 +116,16 @@ async function postJson(url, body, headers) {
 
 /**
  * A `wx` for Node backed by wxlocal. `cashier` decides what the user does in the cashier:
- * 'pay' (pay through the sandbox) or 'cancel'.
+ * 'pay' (pay through the sandbox) or 'cancel'. `loseAnswer(name, n)` → true makes the n-th
+ * (0-based) call of function `name` reach the server and complete there, but report a timeout
+ * to the caller: what a phone sees when the server finishes as its request times out.
  */
 function sandboxWx(baseUrl, opts) {
   opts = opts || {};
   const storage = new Map();
   const log = []; // [{ name, status }]
   const prepayToOrder = new Map(); // payment.package → unifiedOrder reply (what WeChat knows about the prepay)
+  const sent = new Map(); // function name → calls so far
   let logins = 0;
   const cashier = (p, api) => {
     const order = prepayToOrder.get(p.package);
@@ -154,6 +157,9 @@ function sandboxWx(baseUrl, opts) {
     },
     request: ({ url, method, data, header, timeout, success, fail }) => {
       const name = url.replace(/^.*\/fn\//, '');
+      const nth = sent.get(name) || 0;
+      sent.set(name, nth + 1);
+      const lost = Boolean(opts.loseAnswer && opts.loseAnswer(name, nth));
       fetch(url, {
         method: method || 'GET',
         headers: header || {},
@@ -167,6 +173,10 @@ function sandboxWx(baseUrl, opts) {
             body = JSON.parse(text);
           } catch (e) {
             /* non-JSON stays a string */
+          }
+          if (lost) {
+            log.push({ name, status: 0 });
+            return fail({ errMsg: 'request:fail timeout' });
           }
           log.push({ name, status: res.status });
           if (name === 'unifiedOrder' && res.status === 200 && body && body.payment) {
@@ -223,6 +233,28 @@ test('a full purchase of the seeded tea is paid', { timeout: TEST_TIMEOUT_MS }, 
   const session = wx.storage.get('wxshop.session');
   assert.ok(session && session.token && session.openid, JSON.stringify(session));
   assert.equal(typeof session.expires_at, 'number');
+});
+
+/** The sandbox's pay/unifiedorder calls so far (each is one order at WeChat Pay). */
+async function prepays() {
+  const res = await fetch(`${server.baseUrl}/sandbox/_control/calls`, { signal: AbortSignal.timeout(10000) });
+  const body = await res.json();
+  return body.calls.filter((c) => c.trade_type === 'JSAPI').map((c) => c.out_trade_no);
+}
+
+test('a unifiedOrder answer lost to a timeout is retried with the same key: one order, paid', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const wx = sandboxWx(server.baseUrl, { cashier: 'pay', loseAnswer: (name, n) => name === 'unifiedOrder' && n === 0 });
+  const shop = client(wx, { orderRetry: { attempts: 3, delayMs: 50, maxDelayMs: 200, budgetMs: 5000 } });
+  const before = await prepays();
+  const r = await shop.buy({ items: [TEA], address: ADDRESS });
+  assert.equal(r.paid, true, `order: ${JSON.stringify(r.order)} error: ${JSON.stringify(r.error)}`);
+  assert.deepEqual(
+    wx.log.filter((x) => x.name === 'unifiedOrder').map((x) => x.status),
+    [0, 200]
+  );
+  const made = (await prepays()).slice(before.length);
+  assert.deepEqual(made, [r.out_trade_no], 'the retry got the first call\'s order back, not a second one');
 });
 
 test('a bogus stored token is refreshed once via login and the call succeeds', { timeout: TEST_TIMEOUT_MS }, async () => {
