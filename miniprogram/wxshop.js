@@ -18,10 +18,13 @@
  */
 'use strict';
 
-/** Statuses that mean "the money arrived" (contract with `shared/src/domain/order.rs`). */
-var PAID_STATUSES = ['PAID', 'SHIPPED', 'RECEIVED', 'COMPLETED'];
-/** Statuses after which polling cannot turn into PAID any more. */
-var FINAL_UNPAID_STATUSES = ['CLOSED', 'REFUNDED', 'PARTIALLY_REFUNDED'];
+/**
+ * Statuses that mean "the money arrived", refunded since or not: `OrderStatus::is_paid` in
+ * `shared/src/domain/order.rs` (a unit test reads it and fails when the two drift apart).
+ */
+var PAID_STATUSES = ['PAID', 'SHIPPED', 'RECEIVED', 'COMPLETED', 'PARTIALLY_REFUNDED', 'REFUNDED'];
+/** Statuses after which polling cannot turn into paid any more. */
+var FINAL_UNPAID_STATUSES = ['CLOSED'];
 
 var DEFAULTS = {
   storageKey: 'wxshop.session',

@@ -3,7 +3,9 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { createClient, addressFromWx, _internal } = require('../wxshop.js');
+const fs = require('node:fs');
+const path = require('node:path');
+const { createClient, addressFromWx, PAID_STATUSES, _internal } = require('../wxshop.js');
 
 /**
  * A fake wx. `routes[name]` is a function (data, header, call#) returning
@@ -427,6 +429,38 @@ test('buy: an order error rejects with the error shape and never opens the cashi
   const c = createClient({ baseUrl: 'http://x', wx });
   await assert.rejects(c.buy({ items: [{ product_id: 'x', sku_id: 'y', quantity: 1 }] }), { code: 'PRODUCT_NOT_FOUND', statusCode: 404 });
   await assert.rejects(c.buy({ items: [] }), { code: 'INVALID_ARGUMENT' });
+});
+
+/** The statuses `OrderStatus::is_paid` matches in the server's order.rs, as sent on the wire. */
+function serverPaidStatuses() {
+  const src = fs.readFileSync(path.join(__dirname, '..', '..', 'shared', 'src', 'domain', 'order.rs'), 'utf8');
+  const body = /pub fn is_paid\(self\) -> bool \{\s*matches!\(\s*self,([^)]*)\)/.exec(src);
+  assert.ok(body, 'OrderStatus::is_paid (a matches! over self) not found in order.rs');
+  const arms = body[1].split('|').map((a) => a.trim()).filter(Boolean);
+  return arms.map((arm) => {
+    const m = /^OrderStatus::([A-Za-z]+)$/.exec(arm);
+    assert.ok(m, `unexpected is_paid arm: ${arm}`);
+    return m[1].replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase(); // serde SCREAMING_SNAKE_CASE
+  });
+}
+
+test('PAID_STATUSES is the server\'s OrderStatus::is_paid', () => {
+  const server = serverPaidStatuses();
+  assert.ok(server.includes('PAID') && server.includes('PARTIALLY_REFUNDED'), server.join());
+  assert.deepEqual([...PAID_STATUSES].sort(), [...server].sort());
+});
+
+test('pay: a refunded or partly refunded order counts as paid, as on the server', async () => {
+  for (const status of ['PARTIALLY_REFUNDED', 'REFUNDED']) {
+    const wx = fakeWx(
+      { login: loginRoute, queryOrder: () => ({ statusCode: 200, data: { order: { status } } }) },
+      { requestPayment: (p) => setImmediate(() => p.success({})) }
+    );
+    const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 10, timeoutMs: 5000 } });
+    const r = await c.pay(payFixture());
+    assert.equal(r.paid, true, status);
+    assert.equal(wx.calls.filter((x) => x.name === 'queryOrder').length, 1, 'polling stops at once');
+  }
 });
 
 test('createClient validates its options', () => {
