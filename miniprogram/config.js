@@ -20,4 +20,9 @@ module.exports = {
 
   // Per-request timeout passed to wx.request.
   requestTimeoutMs: 15000,
+
+  // buy() resends its unifiedOrder call with the same idempotency key while the outcome is
+  // unknown (network error, timeout, 409 REQUEST_IN_PROGRESS, 503, ...): at most `attempts`
+  // calls, waits doubling from delayMs up to maxDelayMs, no new call after budgetMs.
+  orderRetry: { attempts: 6, delayMs: 1000, maxDelayMs: 8000, budgetMs: 45000 },
 };

@@ -18,10 +18,13 @@
  */
 'use strict';
 
-/** Statuses that mean "the money arrived" (contract with `shared/src/domain/order.rs`). */
-var PAID_STATUSES = ['PAID', 'SHIPPED', 'RECEIVED', 'COMPLETED'];
-/** Statuses after which polling cannot turn into PAID any more. */
-var FINAL_UNPAID_STATUSES = ['CLOSED', 'REFUNDED', 'PARTIALLY_REFUNDED'];
+/**
+ * Statuses that mean "the money arrived", refunded since or not: `OrderStatus::is_paid` in
+ * `shared/src/domain/order.rs` (a unit test reads it and fails when the two drift apart).
+ */
+var PAID_STATUSES = ['PAID', 'SHIPPED', 'RECEIVED', 'COMPLETED', 'PARTIALLY_REFUNDED', 'REFUNDED'];
+/** Statuses after which polling cannot turn into paid any more. */
+var FINAL_UNPAID_STATUSES = ['CLOSED'];
 
 var DEFAULTS = {
   storageKey: 'wxshop.session',
@@ -30,6 +33,14 @@ var DEFAULTS = {
   payPoll: { intervalMs: 1000, timeoutMs: 10000, failTimeoutMs: 2000 },
   // Per-request timeout handed to wx.request.
   requestTimeoutMs: 15000,
+  // buy()'s unifiedOrder call is retried with the same idempotency key while its outcome is
+  // unknown or transient: at most `attempts` calls, waiting delayMs, 2×delayMs, … (capped at
+  // maxDelayMs) between them, and no new call once budgetMs have passed since the first.
+  // The request timeout equals the function's timeout, so a timed-out call may still have
+  // created the order; the retry with the same key gets that order back. After a 15 s timeout,
+  // the waits (1+2+4+8+8 s) reach past the 30 s after which the server stops answering
+  // REQUEST_IN_PROGRESS for a call that died.
+  orderRetry: { attempts: 6, delayMs: 1000, maxDelayMs: 8000, budgetMs: 45000 },
   // A token this close to its expires_at is treated as expired (clock skew, latency).
   expirySkewSeconds: 30,
 };
@@ -108,6 +119,21 @@ function paymentParams(payment) {
   return p;
 }
 
+/**
+ * May the unifiedOrder call be sent again with the same key? Only when its outcome is unknown
+ * or the refusal is transient: no answer (network failure, timeout), the same key still being
+ * processed (409 REQUEST_IN_PROGRESS), throttling (429), a gateway or service failure (502,
+ * 503, 504), or a 5xx that is not our handler's JSON error (e.g. the gateway's answer to a
+ * function that timed out). Every other refusal is the server's final word on this cart.
+ */
+function isRetryableOrderError(e) {
+  if (!e) return false;
+  if (e.code === 'NETWORK_ERROR') return true;
+  if (e.statusCode === 409) return e.code === 'REQUEST_IN_PROGRESS';
+  if (e.statusCode === 429 || e.statusCode === 502 || e.statusCode === 503 || e.statusCode === 504) return true;
+  return e.statusCode >= 500 && e.code === 'SERVER_ERROR';
+}
+
 /** Did the server hand us a trading-component order (→ wx.requestOrderPayment)? */
 function needsOrderPayment(orderResult) {
   return Boolean(
@@ -147,7 +173,7 @@ function addressFromWx(res) {
 
 /**
  * createClient({ baseUrl, storageKey?, payPoll?: { intervalMs, timeoutMs, failTimeoutMs? },
- *                requestTimeoutMs?, wx? })
+ *                requestTimeoutMs?, orderRetry?: { attempts, delayMs, maxDelayMs, budgetMs }, wx? })
  */
 function createClient(options) {
   options = options || {};
@@ -163,6 +189,7 @@ function createClient(options) {
     poll.failTimeoutMs = Math.min(DEFAULTS.payPoll.failTimeoutMs, poll.timeoutMs);
   }
   var requestTimeoutMs = options.requestTimeoutMs || DEFAULTS.requestTimeoutMs;
+  var orderRetry = assign({}, DEFAULTS.orderRetry, options.orderRetry);
   var skew = options.expirySkewSeconds === undefined ? DEFAULTS.expirySkewSeconds : options.expirySkewSeconds;
 
   var loginInFlight = null;
@@ -431,31 +458,57 @@ function createClient(options) {
   }
 
   /**
-   * buy({ items, address?, idempotencyKey? }) → unifiedOrder then pay. Rejects (error shape) only when
-   * the order could not be created; resolves pay()'s result otherwise. Pass the same
-   * idempotencyKey to retry a buy without creating a second order.
+   * unifiedOrder with `data` (which carries its idempotency_key), sent again with the same
+   * body while isRetryableOrderError says the outcome is unknown or transient, within
+   * orderRetry's attempts and budget. The server answers a key it completed with the stored
+   * order, so the retries never make a second one.
+   */
+  function placeOrder(data) {
+    var started = Date.now();
+    var attempt = 1;
+    function once() {
+      return callFunction({ name: 'unifiedOrder', data: data }).catch(function (e) {
+        if (!isRetryableOrderError(e) || attempt >= orderRetry.attempts) throw e;
+        var wait = Math.min(orderRetry.delayMs * Math.pow(2, attempt - 1), orderRetry.maxDelayMs);
+        if (Date.now() - started + wait > orderRetry.budgetMs) throw e;
+        attempt += 1;
+        return delay(wait).then(once);
+      });
+    }
+    return once();
+  }
+
+  /**
+   * buy({ items, address?, idempotencyKey? }) → unifiedOrder then pay; resolves pay()'s result.
+   * Rejects (error shape, plus `idempotencyKey`) when it got no payment parameters: the server
+   * refused the cart, or the outcome stayed unknown after placeOrder's retries, in which case
+   * the order may exist. Call buy again with the same items and `idempotencyKey:
+   * err.idempotencyKey` to retry that purchase without creating a second order.
    */
   function buy(params) {
     params = params || {};
     if (!Array.isArray(params.items) || params.items.length === 0) {
       return Promise.reject(makeError('INVALID_ARGUMENT', 'buy: items must be a non-empty array', 0));
     }
-    var data = {
-      items: params.items,
-      idempotency_key: params.idempotencyKey || newIdempotencyKey(),
-    };
+    var key = params.idempotencyKey || newIdempotencyKey();
+    var data = { items: params.items, idempotency_key: key };
     // Delivery address { receiver_name, detailed_address, tel_number, province?, city?, town? };
     // required by the server when the order goes through the trading component.
     if (params.address) data.address = params.address;
     var scene = enterScene();
     if (scene !== undefined && !isNaN(scene)) data.scene = scene;
-    return callFunction({ name: 'unifiedOrder', data: data }).then(function (r) {
-      var result = r.result;
-      if (!result || !result.out_trade_no || !result.payment) {
-        throw makeError('BAD_RESPONSE', 'unifiedOrder returned no payment parameters', 200);
-      }
-      return pay(result);
-    });
+    return placeOrder(data)
+      .then(function (r) {
+        var result = r.result;
+        if (!result || !result.out_trade_no || !result.payment) {
+          throw makeError('BAD_RESPONSE', 'unifiedOrder returned no payment parameters', 200);
+        }
+        return result;
+      })
+      .catch(function (e) {
+        throw assign({}, toError(e), { idempotencyKey: key });
+      })
+      .then(pay);
   }
 
   // ---- after-sales ---------------------------------------------------------------------------
@@ -544,5 +597,10 @@ module.exports = {
   addressFromWx: addressFromWx,
   PAID_STATUSES: PAID_STATUSES,
   // exported for tests
-  _internal: { httpError: httpError, newIdempotencyKey: newIdempotencyKey, needsOrderPayment: needsOrderPayment },
+  _internal: {
+    httpError: httpError,
+    newIdempotencyKey: newIdempotencyKey,
+    needsOrderPayment: needsOrderPayment,
+    isRetryableOrderError: isRetryableOrderError,
+  },
 };

@@ -3,7 +3,8 @@
 // The stubbed `wx` does real HTTP for `wx.request`, and drives the wxlocal WeChat sandbox for
 // what the user would do: `wx.login` gets a code from /sandbox/_control/login, a successful
 // `wx.requestPayment` is /sandbox/_control/pay (the sandbox then notifies the back end
-// asynchronously, like WeChat Pay does).
+// asynchronously, like WeChat Pay does). Like WeChat's cashier, the stub first checks the
+// payment parameters, paySign included, and fails the payment when they are wrong.
 //
 // Binary: $WXLOCAL_BIN, else <repo>/target/debug/wxlocal (built with `cargo build -p wxlocal`
 // once if missing). If the binary cannot serve, every test here fails with the reason; they are
@@ -16,6 +17,7 @@ const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 const readline = require('node:readline');
+const crypto = require('node:crypto');
 const { createClient } = require('../wxshop.js');
 
 const REPO = path.resolve(__dirname, '..', '..');
@@ -41,11 +43,54 @@ function ensureBinary() {
   if (!fs.existsSync(BIN)) throw new Error(`cargo build -p wxlocal succeeded but ${BIN} is still missing`);
 }
 
-function startWxlocal() {
+/**
+ * What the server signs paySign with, found the way wxlocal finds it: the variable from the
+ * environment it was started with, else its local default (`LOCAL_DEFAULTS` in
+ * local/src/gateway.rs). Blank counts as unset, as in shared/src/config.rs.
+ */
+function serverSigning(env) {
+  const src = fs.readFileSync(path.join(REPO, 'local', 'src', 'gateway.rs'), 'utf8');
+  const get = (name) => {
+    const m = new RegExp(`\\("${name}", "([^"]*)"\\)`).exec(src);
+    const v = Object.prototype.hasOwnProperty.call(env, name) ? env[name] : m ? m[1] : undefined;
+    return v && v.trim() ? v : undefined;
+  };
+  const apiKey = get('WXPAY_API_KEY');
+  const appid = get('WX_APPID');
+  assert.ok(apiKey && appid, 'WXPAY_API_KEY / WX_APPID not found in the environment or local/src/gateway.rs LOCAL_DEFAULTS');
+  // paySign's appId is the appid the user's openid belongs to: sub_appid in provider mode.
+  return { appId: get('WXPAY_SUB_APPID') || appid, apiKey };
+}
+
+/** The v2 paySign (WECHAT_PAY_V2.md §4.1): the five keys sorted, `&key=`, MD5 or HMAC-SHA256. */
+function paySign(p, appId, apiKey) {
+  const s = `appId=${appId}&nonceStr=${p.nonceStr}&package=${p.package}&signType=${p.signType}&timeStamp=${p.timeStamp}&key=${apiKey}`;
+  if (p.signType === 'MD5') return crypto.createHash('md5').update(s, 'utf8').digest('hex').toUpperCase();
+  if (p.signType === 'HMAC-SHA256') return crypto.createHmac('sha256', apiKey).update(s, 'utf8').digest('hex').toUpperCase();
+  return null;
+}
+
+/**
+ * What WeChat's cashier refuses in the parameters it is opened with, or null. `order` is the
+ * unifiedOrder reply they came from. A fund_type 1 order's parameters are signed by WeChat
+ * (getpaymentparams, signType RSA), so only their presence is checked.
+ */
+function cashierProblem(p, order, signing) {
+  if (typeof p.timeStamp !== 'string' || !/^\d+$/.test(p.timeStamp)) return `timeStamp must be a string of seconds, got ${JSON.stringify(p.timeStamp)}`;
+  if (typeof p.nonceStr !== 'string' || p.nonceStr.length === 0 || p.nonceStr.length > 32) return `bad nonceStr ${JSON.stringify(p.nonceStr)}`;
+  if (typeof p.package !== 'string' || !/^prepay_id=\S+$/.test(p.package)) return `package must be "prepay_id=…", got ${JSON.stringify(p.package)}`;
+  if (typeof p.paySign !== 'string' || !p.paySign) return 'no paySign';
+  if (Number(order.fund_type) === 1) return p.signType === 'RSA' ? null : `a fund_type 1 order is signed RSA, got ${p.signType}`;
+  if (p.signType !== 'MD5' && p.signType !== 'HMAC-SHA256') return `signType must be MD5 or HMAC-SHA256, got ${JSON.stringify(p.signType)}`;
+  const want = paySign(p, signing.appId, signing.apiKey);
+  return p.paySign === want ? null : `支付验证签名失败 (paySign ${p.paySign}, expected ${want})`;
+}
+
+function startWxlocal(extraEnv) {
   ensureBinary();
   return new Promise((resolve, reject) => {
     const args = ['serve', '--addr', '127.0.0.1:0', '--store', 'memory', '--seed'];
-    const env = Object.assign({}, process.env, { NO_COLOR: '1' });
+    const env = Object.assign({}, process.env, { NO_COLOR: '1' }, extraEnv || {});
     const child = spawn(BIN, args, { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let errTail = '';
     child.stderr.on('data', (b) => {
@@ -76,15 +121,16 @@ function startWxlocal() {
       clearTimeout(timer);
       child.removeAllListeners('exit');
       lines.on('line', () => {}); // keep draining stdout
-      resolve({ child, baseUrl: m[1].replace(/\/+$/, ''), stderr });
+      resolve({ child, baseUrl: m[1].replace(/\/+$/, ''), stderr, signing: serverSigning(env) });
     });
   });
 }
 
-function stopWxlocal() {
-  if (!server) return Promise.resolve();
-  const { child } = server;
-  server = null;
+function stopWxlocal(which) {
+  const s = which || server;
+  if (!s) return Promise.resolve();
+  const { child } = s;
+  if (!which) server = null;
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
     const hard = setTimeout(() => child.kill('SIGKILL'), 3000);
@@ -116,18 +162,26 @@ async function postJson(url, body, headers) {
 
 /**
  * A `wx` for Node backed by wxlocal. `cashier` decides what the user does in the cashier:
- * 'pay' (pay through the sandbox) or 'cancel'.
+ * 'pay' (pay through the sandbox) or 'cancel'. Either way the cashier first checks the payment
+ * parameters against `signing` ({appId, apiKey}, default: the shared server's) and fails with
+ * the reason when WeChat's would refuse them. `loseAnswer(name, n)` → true makes the n-th
+ * (0-based) call of function `name` reach the server and complete there, but report a timeout
+ * to the caller: what a phone sees when the server finishes as its request times out.
  */
 function sandboxWx(baseUrl, opts) {
   opts = opts || {};
   const storage = new Map();
   const log = []; // [{ name, status }]
   const prepayToOrder = new Map(); // payment.package → unifiedOrder reply (what WeChat knows about the prepay)
+  const sent = new Map(); // function name → calls so far
   let logins = 0;
+  const signing = opts.signing || (server && server.signing);
   const cashier = (p, api) => {
     const order = prepayToOrder.get(p.package);
-    if (opts.cashier === 'cancel') return setImmediate(() => p.fail({ errMsg: `${api}:fail cancel` }));
     if (!order) return setImmediate(() => p.fail({ errMsg: `${api}:fail unknown package ${p.package}` }));
+    const problem = cashierProblem(p, order, signing);
+    if (problem) return setImmediate(() => p.fail({ errMsg: `${api}:fail ${problem}` }));
+    if (opts.cashier === 'cancel') return setImmediate(() => p.fail({ errMsg: `${api}:fail cancel` }));
     // fund_type 1 orders are paid through the trading component (out_order_id), others through Pay v2.
     const body = Number(order.fund_type) === 1 ? { out_order_id: order.out_trade_no } : { out_trade_no: order.out_trade_no };
     postJson(`${baseUrl}/sandbox/_control/pay`, body).then(
@@ -154,6 +208,9 @@ function sandboxWx(baseUrl, opts) {
     },
     request: ({ url, method, data, header, timeout, success, fail }) => {
       const name = url.replace(/^.*\/fn\//, '');
+      const nth = sent.get(name) || 0;
+      sent.set(name, nth + 1);
+      const lost = Boolean(opts.loseAnswer && opts.loseAnswer(name, nth));
       fetch(url, {
         method: method || 'GET',
         headers: header || {},
@@ -167,6 +224,10 @@ function sandboxWx(baseUrl, opts) {
             body = JSON.parse(text);
           } catch (e) {
             /* non-JSON stays a string */
+          }
+          if (lost) {
+            log.push({ name, status: 0 });
+            return fail({ errMsg: 'request:fail timeout' });
           }
           log.push({ name, status: res.status });
           if (name === 'unifiedOrder' && res.status === 200 && body && body.payment) {
@@ -209,6 +270,23 @@ function requireServer() {
   assert.ok(server, 'wxlocal is not running');
 }
 
+test('the stub cashier\'s paySign matches the documented vectors', () => {
+  // WECHAT_PAY_V2.md §4.1: the old wx.requestPayment doc example (MD5), and the same with HMAC-SHA256.
+  const p = { timeStamp: '1490840662', nonceStr: '5K8264ILTKCH16CQ2502SI8ZNMTM67VS', package: 'prepay_id=wx2017033010242291fcfe0db70013231072' };
+  const appId = 'wxd678efh567hg6787';
+  const key = 'qazwsxedcrfvtgbyhnujmikolp111111';
+  assert.equal(paySign(Object.assign({ signType: 'MD5' }, p), appId, key), '22D9B4E54AB1950F51E0649E8810ACD6');
+  assert.equal(paySign(Object.assign({ signType: 'HMAC-SHA256' }, p), appId, key), 'FB9D1EFB5C509131BBFF729F88A99CA2DE9B724D06D3B3262832A53083862BC0');
+  const good = Object.assign({ signType: 'MD5', paySign: '22D9B4E54AB1950F51E0649E8810ACD6' }, p);
+  const signing = { appId, apiKey: key };
+  assert.equal(cashierProblem(good, { fund_type: 0 }, signing), null);
+  assert.match(cashierProblem(Object.assign({}, good, { timeStamp: 1490840662 }), { fund_type: 0 }, signing), /timeStamp/);
+  assert.match(cashierProblem(Object.assign({}, good, { nonceStr: 'x' }), { fund_type: 0 }, signing), /签名/);
+  assert.match(cashierProblem(Object.assign({}, good, { package: 'wx2017' }), { fund_type: 0 }, signing), /package/);
+  assert.match(cashierProblem(Object.assign({}, good, { signType: 'HMAC-SHA256' }), { fund_type: 0 }, signing), /签名/);
+  assert.match(cashierProblem(good, { fund_type: 0 }, { appId: 'wx0000000000000001', apiKey: key }), /签名/);
+});
+
 test('a full purchase of the seeded tea is paid', { timeout: TEST_TIMEOUT_MS }, async () => {
   requireServer();
   const wx = sandboxWx(server.baseUrl, { cashier: 'pay' });
@@ -223,6 +301,51 @@ test('a full purchase of the seeded tea is paid', { timeout: TEST_TIMEOUT_MS }, 
   const session = wx.storage.get('wxshop.session');
   assert.ok(session && session.token && session.openid, JSON.stringify(session));
   assert.equal(typeof session.expires_at, 'number');
+});
+
+/** The sandbox's pay/unifiedorder calls so far (each is one order at WeChat Pay). */
+async function prepays() {
+  const res = await fetch(`${server.baseUrl}/sandbox/_control/calls`, { signal: AbortSignal.timeout(10000) });
+  const body = await res.json();
+  return body.calls.filter((c) => c.trade_type === 'JSAPI').map((c) => c.out_trade_no);
+}
+
+test('with WXPAY_SIGN_TYPE=HMAC-SHA256 the cashier accepts the HMAC paySign and the purchase is paid', { timeout: TEST_TIMEOUT_MS + START_TIMEOUT_MS }, async () => {
+  requireServer();
+  const hmac = await startWxlocal({ WXPAY_SIGN_TYPE: 'HMAC-SHA256' });
+  try {
+    let seen = null;
+    const wx = sandboxWx(hmac.baseUrl, { cashier: 'pay', signing: hmac.signing });
+    for (const api of ['requestPayment', 'requestOrderPayment']) {
+      const open = wx[api];
+      wx[api] = (p) => {
+        seen = p;
+        return open(p);
+      };
+    }
+    const r = await createClient({ baseUrl: hmac.baseUrl, wx, payPoll: { intervalMs: 200, timeoutMs: 10000 } }).buy({ items: [TEA], address: ADDRESS });
+    assert.equal(r.cashier, 'ok', `cashier: ${r.errMsg}`);
+    assert.equal(seen.signType, 'HMAC-SHA256');
+    assert.match(seen.paySign, /^[0-9A-F]{64}$/);
+    assert.equal(r.paid, true, JSON.stringify(r.order));
+  } finally {
+    await stopWxlocal(hmac);
+  }
+});
+
+test('a unifiedOrder answer lost to a timeout is retried with the same key: one order, paid', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const wx = sandboxWx(server.baseUrl, { cashier: 'pay', loseAnswer: (name, n) => name === 'unifiedOrder' && n === 0 });
+  const shop = client(wx, { orderRetry: { attempts: 3, delayMs: 50, maxDelayMs: 200, budgetMs: 5000 } });
+  const before = await prepays();
+  const r = await shop.buy({ items: [TEA], address: ADDRESS });
+  assert.equal(r.paid, true, `order: ${JSON.stringify(r.order)} error: ${JSON.stringify(r.error)}`);
+  assert.deepEqual(
+    wx.log.filter((x) => x.name === 'unifiedOrder').map((x) => x.status),
+    [0, 200]
+  );
+  const made = (await prepays()).slice(before.length);
+  assert.deepEqual(made, [r.out_trade_no], 'the retry got the first call\'s order back, not a second one');
 });
 
 test('a bogus stored token is refreshed once via login and the call succeeds', { timeout: TEST_TIMEOUT_MS }, async () => {

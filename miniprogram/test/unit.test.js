@@ -3,7 +3,9 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { createClient, addressFromWx, _internal } = require('../wxshop.js');
+const fs = require('node:fs');
+const path = require('node:path');
+const { createClient, addressFromWx, PAID_STATUSES, _internal } = require('../wxshop.js');
 
 /**
  * A fake wx. `routes[name]` is a function (data, header, call#) returning
@@ -332,6 +334,93 @@ test('buy: the same idempotency key is reused on the 401 retry', async () => {
   assert.equal(keys[0], keys[1]);
 });
 
+const TEA = { product_id: 'tea', sku_id: 'tea-250g', quantity: 1 };
+const FAST_RETRY = { attempts: 5, delayMs: 1, maxDelayMs: 4, budgetMs: 5000 };
+const paidRoutes = (unifiedOrder) => ({
+  login: loginRoute,
+  unifiedOrder,
+  queryOrder: () => ({ statusCode: 200, data: { order: { status: 'PAID' } } }),
+});
+const payOk = { requestPayment: (p) => setImmediate(() => p.success({})) };
+const orderKeys = (wx) => wx.calls.filter((x) => x.name === 'unifiedOrder').map((x) => x.data.idempotency_key);
+
+test('buy: a timed-out or failed order call is retried with the same key and resolves', async () => {
+  for (const first of ['request:fail timeout', 'request:fail net::ERR_CONNECTION_RESET']) {
+    const wx = fakeWx(paidRoutes((d, h, n) => (n === 0 ? { fail: first } : { statusCode: 200, data: payFixture() })), payOk);
+    const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+    const r = await c.buy({ items: [TEA] });
+    assert.equal(r.paid, true);
+    const keys = orderKeys(wx);
+    assert.equal(keys.length, 2, first);
+    assert.equal(new Set(keys).size, 1, `one idempotency key for both calls: ${keys}`);
+  }
+});
+
+test('buy: 409 REQUEST_IN_PROGRESS and 503 are retried with the same key', async () => {
+  const transient = [
+    { statusCode: 409, data: { code: 'REQUEST_IN_PROGRESS', message: 'the same order request is being processed; retry in a moment' } },
+    { statusCode: 503, data: { code: 'STORE_UNAVAILABLE', message: 'storage is unavailable; retry shortly' } },
+    { statusCode: 503, data: { message: 'Service Unavailable' } },
+  ];
+  for (const answer of transient) {
+    const wx = fakeWx(paidRoutes((d, h, n) => (n === 0 ? answer : { statusCode: 200, data: payFixture() })), payOk);
+    const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+    const r = await c.buy({ items: [TEA] });
+    assert.equal(r.paid, true, JSON.stringify(answer));
+    const keys = orderKeys(wx);
+    assert.equal(keys.length, 2, JSON.stringify(answer));
+    assert.equal(new Set(keys).size, 1);
+  }
+});
+
+test('buy: when the retries give up, the rejection carries the key and a later buy with it sends the same key', async () => {
+  let down = true;
+  const wx = fakeWx(paidRoutes(() => (down ? { fail: 'request:fail timeout' } : { statusCode: 200, data: payFixture() })), payOk);
+  const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  let err = null;
+  await c.buy({ items: [TEA] }).catch((e) => {
+    err = e;
+  });
+  assert.ok(err, 'buy must reject while the server cannot be reached');
+  assert.equal(err.code, 'NETWORK_ERROR');
+  assert.equal(err.statusCode, 0);
+  const sent = orderKeys(wx);
+  assert.equal(sent.length, FAST_RETRY.attempts, 'bounded attempts');
+  assert.equal(new Set(sent).size, 1);
+  assert.equal(err.idempotencyKey, sent[0]);
+  // The page retries the same purchase with the key from the error.
+  down = false;
+  const r = await c.buy({ items: [TEA], idempotencyKey: err.idempotencyKey });
+  assert.equal(r.paid, true);
+  assert.deepEqual(new Set(orderKeys(wx)), new Set([err.idempotencyKey]));
+});
+
+test('buy: the order retries stop at the time budget', async () => {
+  const wx = fakeWx(paidRoutes(() => ({ statusCode: 503, data: { code: 'WECHAT_UNAVAILABLE', message: 'x' } })), payOk);
+  // Waits 50 ms, then would wait 100 ms: past the 120 ms budget, so two calls only.
+  const c = createClient({ baseUrl: 'http://x', wx, orderRetry: { attempts: 10, delayMs: 50, maxDelayMs: 1000, budgetMs: 120 } });
+  await assert.rejects(c.buy({ items: [TEA] }), (e) => e.code === 'WECHAT_UNAVAILABLE' && e.statusCode === 503 && typeof e.idempotencyKey === 'string');
+  assert.equal(orderKeys(wx).length, 2);
+});
+
+test('buy: a refusal is not retried and still carries the key', async () => {
+  const refusals = [
+    { statusCode: 404, data: { code: 'NO_SUCH_SKU', message: 'nope' } },
+    { statusCode: 409, data: { code: 'SOLD_OUT', message: 'sold out' } },
+    { statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'different cart' } },
+    { statusCode: 500, data: { code: 'INTERNAL', message: 'bug' } },
+  ];
+  for (const answer of refusals) {
+    const wx = fakeWx(paidRoutes(() => answer), payOk);
+    const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY });
+    await assert.rejects(c.buy({ items: [TEA], idempotencyKey: 'k-7' }), (e) => {
+      assert.deepEqual(e, { code: answer.data.code, message: answer.data.message, statusCode: answer.statusCode, idempotencyKey: 'k-7' });
+      return true;
+    });
+    assert.equal(orderKeys(wx).length, 1, answer.data.code);
+  }
+});
+
 test('buy: an order error rejects with the error shape and never opens the cashier', async () => {
   const wx = fakeWx(
     { login: loginRoute, unifiedOrder: () => ({ statusCode: 404, data: { code: 'PRODUCT_NOT_FOUND', message: 'nope' } }) },
@@ -340,6 +429,38 @@ test('buy: an order error rejects with the error shape and never opens the cashi
   const c = createClient({ baseUrl: 'http://x', wx });
   await assert.rejects(c.buy({ items: [{ product_id: 'x', sku_id: 'y', quantity: 1 }] }), { code: 'PRODUCT_NOT_FOUND', statusCode: 404 });
   await assert.rejects(c.buy({ items: [] }), { code: 'INVALID_ARGUMENT' });
+});
+
+/** The statuses `OrderStatus::is_paid` matches in the server's order.rs, as sent on the wire. */
+function serverPaidStatuses() {
+  const src = fs.readFileSync(path.join(__dirname, '..', '..', 'shared', 'src', 'domain', 'order.rs'), 'utf8');
+  const body = /pub fn is_paid\(self\) -> bool \{\s*matches!\(\s*self,([^)]*)\)/.exec(src);
+  assert.ok(body, 'OrderStatus::is_paid (a matches! over self) not found in order.rs');
+  const arms = body[1].split('|').map((a) => a.trim()).filter(Boolean);
+  return arms.map((arm) => {
+    const m = /^OrderStatus::([A-Za-z]+)$/.exec(arm);
+    assert.ok(m, `unexpected is_paid arm: ${arm}`);
+    return m[1].replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase(); // serde SCREAMING_SNAKE_CASE
+  });
+}
+
+test('PAID_STATUSES is the server\'s OrderStatus::is_paid', () => {
+  const server = serverPaidStatuses();
+  assert.ok(server.includes('PAID') && server.includes('PARTIALLY_REFUNDED'), server.join());
+  assert.deepEqual([...PAID_STATUSES].sort(), [...server].sort());
+});
+
+test('pay: a refunded or partly refunded order counts as paid, as on the server', async () => {
+  for (const status of ['PARTIALLY_REFUNDED', 'REFUNDED']) {
+    const wx = fakeWx(
+      { login: loginRoute, queryOrder: () => ({ statusCode: 200, data: { order: { status } } }) },
+      { requestPayment: (p) => setImmediate(() => p.success({})) }
+    );
+    const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 10, timeoutMs: 5000 } });
+    const r = await c.pay(payFixture());
+    assert.equal(r.paid, true, status);
+    assert.equal(wx.calls.filter((x) => x.name === 'queryOrder').length, 1, 'polling stops at once');
+  }
 });
 
 test('createClient validates its options', () => {
