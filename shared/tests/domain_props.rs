@@ -310,8 +310,10 @@ proptest! {
     #[test]
     fn aftersales_never_reach_an_illegal_state(
         returns in any::<bool>(),
+        secondary_merchant in any::<bool>(),
         events in prop::collection::vec(aftersale_event(), 0..30)
     ) {
+        let fund_type = if secondary_merchant { FundType::SecondaryMerchant } else { FundType::Direct };
         let kind = if returns { AfterSaleKind::ReturnAndRefund } else { AfterSaleKind::RefundOnly };
         let mut a = new_aftersale(kind);
         let mut refund_no = None;
@@ -321,7 +323,7 @@ proptest! {
             let result = match ev {
                 AfterSaleEvent::Cancel => a.cancel(now),
                 AfterSaleEvent::Reject => a.reject("no", now),
-                AfterSaleEvent::Approve => a.approve(now),
+                AfterSaleEvent::Approve => a.approve(fund_type, now),
                 AfterSaleEvent::Refunded(id) => a.refunded(id.map(|n| format!("r{n}")), now),
                 AfterSaleEvent::RefundFailed => a.refund_failed(now),
                 AfterSaleEvent::AcceptReturn => a.accept_return(
@@ -350,11 +352,17 @@ proptest! {
                 (None, Some(n)) => refund_no = Some(n.clone()),
                 (None, None) => {}
             }
-            if matches!(
-                a.status,
-                AfterSaleStatus::Refunding | AfterSaleStatus::Refunded | AfterSaleStatus::RefundFailed
-            ) {
-                prop_assert!(a.out_refund_no.is_some(), "refunding without a refund number");
+            // Only a refund we ask WeChat Pay for has a number of ours; WeChat refunds a
+            // secondary-merchant order under its own.
+            match fund_type {
+                FundType::Direct if matches!(
+                    a.status,
+                    AfterSaleStatus::Refunding | AfterSaleStatus::Refunded | AfterSaleStatus::RefundFailed
+                ) => prop_assert!(a.out_refund_no.is_some(), "refunding without a refund number"),
+                FundType::SecondaryMerchant => {
+                    prop_assert!(a.out_refund_no.is_none(), "a number of ours for WeChat's refund")
+                }
+                FundType::Direct => {}
             }
             if matches!(a.status, AfterSaleStatus::Cancelled | AfterSaleStatus::Rejected) {
                 prop_assert!(a.out_refund_no.is_none(), "a refused after-sale got a refund number");
@@ -367,7 +375,10 @@ proptest! {
             match a.kind {
                 AfterSaleKind::RefundOnly => prop_assert!(a.goods_return.is_none()),
                 AfterSaleKind::ReturnAndRefund => {
-                    if a.out_refund_no.is_some() {
+                    if matches!(
+                        a.status,
+                        AfterSaleStatus::Refunding | AfterSaleStatus::Refunded | AfterSaleStatus::RefundFailed
+                    ) {
                         prop_assert!(
                             a.goods_return.as_ref().is_some_and(|g| g.waybill.is_some()),
                             "refunding a return before the goods were sent back"

@@ -6,6 +6,12 @@
 //!     └─cancel→ CANCELLED
 //! ```
 //!
+//! Who pays the money back depends on who holds it (the order's [`FundType`]): for an
+//! ordinary order we ask WeChat Pay (`secapi/pay/refund`) under an `out_refund_no` fixed at
+//! the first approval; for a secondary-merchant order WeChat holds the money and refunds it
+//! itself when the merchant accepts the after-sale there (`ecaftersale/acceptrefund`), so no
+//! refund number of ours exists.
+//!
 //! A return and refund first gets the goods back: the merchant accepts the return, giving
 //! the address; the user sends the parcel and says with which waybill; once it is there the
 //! merchant approves the refund, and from REFUNDING on it is as above.
@@ -16,7 +22,7 @@
 //!     └─reject→ REJECTED, cancel→ CANCELLED
 //! ```
 
-use super::{Address, AfterSaleId, Fen, OpenId, OutRefundNo, OutTradeNo};
+use super::{Address, AfterSaleId, Fen, FundType, OpenId, OutRefundNo, OutTradeNo};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,17 +167,23 @@ impl AfterSale {
         }
     }
 
-    /// Merchant approves the refund: REFUNDING, with a refund number fixed once for all
-    /// retries. A return and refund only once the goods were sent back (RETURNING).
-    pub fn approve(&mut self, now_ms: i64) -> Result<super::Change, AfterSaleTransitionError> {
+    /// Merchant approves the refund: REFUNDING. For an order whose money we hold
+    /// ([`FundType::Direct`]) with a refund number fixed once for all retries; WeChat refunds
+    /// a secondary-merchant order itself, under its own number. A return and refund only once
+    /// the goods were sent back (RETURNING).
+    pub fn approve(
+        &mut self,
+        fund_type: FundType,
+        now_ms: i64,
+    ) -> Result<super::Change, AfterSaleTransitionError> {
         let ready = match self.kind {
             AfterSaleKind::RefundOnly => self.status == AfterSaleStatus::Requested,
             AfterSaleKind::ReturnAndRefund => self.status == AfterSaleStatus::Returning,
         };
         match self.status {
             AfterSaleStatus::Refunding | AfterSaleStatus::Refunded => Ok(super::Change::Unchanged),
-            AfterSaleStatus::RefundFailed => self.start_refund(now_ms),
-            _ if ready => self.start_refund(now_ms),
+            AfterSaleStatus::RefundFailed => self.start_refund(fund_type, now_ms),
+            _ if ready => self.start_refund(fund_type, now_ms),
             AfterSaleStatus::Requested | AfterSaleStatus::AwaitingReturn => {
                 Err(self.err("refund before the goods were sent back"))
             }
@@ -179,8 +191,12 @@ impl AfterSale {
         }
     }
 
-    fn start_refund(&mut self, now_ms: i64) -> Result<super::Change, AfterSaleTransitionError> {
-        if self.out_refund_no.is_none() {
+    fn start_refund(
+        &mut self,
+        fund_type: FundType,
+        now_ms: i64,
+    ) -> Result<super::Change, AfterSaleTransitionError> {
+        if fund_type == FundType::Direct && self.out_refund_no.is_none() {
             self.out_refund_no = Some(OutRefundNo::generate(now_ms));
         }
         self.status = AfterSaleStatus::Refunding;
@@ -244,7 +260,7 @@ impl AfterSale {
         now_ms: i64,
     ) -> Result<OutRefundNo, AfterSaleTransitionError> {
         match self.status {
-            AfterSaleStatus::Refunding => {
+            AfterSaleStatus::Refunding if self.out_refund_no.is_some() => {
                 let no = OutRefundNo::generate(now_ms);
                 self.out_refund_no = Some(no.clone());
                 self.updated_at_ms = now_ms;

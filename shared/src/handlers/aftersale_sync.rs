@@ -2,7 +2,10 @@
 //! refund (or return and refund), says which parcel the goods went back in, cancels, lists;
 //! the merchant (`/admin/aftersaleSync`) approves or rejects. Approving a refund fixes an
 //! `out_refund_no` once and queues `secapi/pay/refund`, so every retry asks WeChat for the
-//! same refund; the refund notification (`payCallback`) completes it. A return and refund is
+//! same refund; the refund notification (`payCallback`) completes it. A secondary-merchant
+//! order (`fund_type` 1) is refunded by WeChat, which holds its money: approving it accepts
+//! the after-sale there (`ecaftersale/acceptrefund`), and WeChat's report of the refund (the
+//! `aftersale_refund_success` event, or the after-sale read back) completes it. A return and refund is
 //! approved twice: first the return (with the address the goods go to), then — once the user
 //! sent them back — the refund. With the trading component on, each state is mirrored to
 //! `shop/ecaftersale/*` through the outbox.
@@ -11,8 +14,8 @@ use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
 use crate::app::App;
 use crate::domain::{
-    Address, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, Change, Fen, GoodsReturn,
-    OutTradeNo, ReturnWaybill,
+    Address, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, Change, Fen, FundType,
+    GoodsReturn, OutTradeNo, ReturnWaybill,
 };
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{OutboxEntry, Task};
@@ -383,8 +386,12 @@ async fn accept_return(
     Ok(a)
 }
 
-/// Approval: REFUNDING with a fixed `out_refund_no`, the refund record and the refund task,
-/// in one write.
+/// Approval: REFUNDING, in one write with what makes the money go back. For an order whose
+/// money we hold: a fixed `out_refund_no`, its refund record and the refund task
+/// (`secapi/pay/refund`). For a secondary-merchant order WeChat holds the money: the sync
+/// task accepts the refund at WeChat (`ecaftersale/acceptrefund`), WeChat refunds, and its
+/// report (the `aftersale_refund_success` event, or the after-sale read back by the sync)
+/// completes ours — our merchant account has no payment to refund from.
 async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
     let approved = with_retries(app, || async {
         let current = repo::get_aftersale(app.store.as_ref(), id)
@@ -399,59 +406,30 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
             .value
             .check_refund(current.value.amount)
             .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+        let fund_type = order.value.fund_type;
+        if fund_type == FundType::SecondaryMerchant && order.value.wx_order_id.is_none() {
+            return Err(ApiError::conflict(
+                "NOT_AT_WECHAT",
+                "a secondary-merchant order is refunded by WeChat, and WeChat does not have \
+                 this order",
+            ));
+        }
         let now = app.clock.now_ms();
         let mut next = current.value.clone();
         if next
-            .approve(now)
+            .approve(fund_type, now)
             .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?
             == Change::Unchanged
         {
             return Ok(Attempt::Done(next));
         }
-        let Some(out_refund_no) = next.out_refund_no.clone() else {
-            return Err(ApiError::internal("approval did not fix a refund number"));
-        };
         let mut batch = Batch::new();
-        let new_refund = match repo::get_refund(app.store.as_ref(), &out_refund_no).await? {
-            None => Some(out_refund_no),
-            Some(r) if r.value.status == RefundStatus::Failed && r.value.refund_id.is_some() => {
-                // WeChat created that refund and closed it (the refund notification said
-                // REFUNDCLOSE or CHANGE): the old number would only return it. A new one; the
-                // failed refund stays on record.
-                let fresh = next
-                    .renumber_refund(now)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
-                tracing::info!(aftersale_id = %id, old = %out_refund_no, new = %fresh, "approved again after WeChat closed the refund: a new refund number");
-                Some(fresh)
-            }
-            Some(r) => {
-                // Approved again after WeChat refused to take the refund at all (nothing was
-                // created under the number): same number, pending again, as WeChat asks.
-                let mut nr = r.value.clone();
-                nr.status = RefundStatus::Pending;
-                nr.updated_at_ms = now;
-                batch.update_refund(&r, &nr);
-                None
-            }
-        };
-        if let Some(no) = new_refund {
-            batch.create_refund(&RefundRecord::new(
-                no,
-                next.out_trade_no.clone(),
-                id.clone(),
-                next.amount,
-                now,
-            ));
+        if fund_type == FundType::Direct {
+            queue_wechat_pay_refund(app, id, &mut next, &mut batch, now).await?;
         }
         // After the refund number is settled (a renumbering changes the after-sale).
         batch.update_aftersale(&current, &next);
         batch.check_order(&order);
-        batch.enqueue(OutboxEntry::new(
-            Task::Refund {
-                aftersale_id: id.clone(),
-            },
-            now,
-        ));
         if order.value.wx_order_id.is_some() {
             batch.enqueue(OutboxEntry::new(
                 Task::AfterSaleSync {
@@ -467,6 +445,59 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
     Ok(approved)
 }
 
+/// The refund of an approved after-sale of an order we hold the money of: its record under
+/// the after-sale's `out_refund_no` (a fresh number if WeChat closed the last one) and the
+/// `secapi/pay/refund` task, added to `batch`.
+async fn queue_wechat_pay_refund(
+    app: &App,
+    id: &AfterSaleId,
+    next: &mut AfterSale,
+    batch: &mut Batch,
+    now: i64,
+) -> Result<(), ApiError> {
+    let Some(out_refund_no) = next.out_refund_no.clone() else {
+        return Err(ApiError::internal("approval did not fix a refund number"));
+    };
+    let new_refund = match repo::get_refund(app.store.as_ref(), &out_refund_no).await? {
+        None => Some(out_refund_no),
+        Some(r) if r.value.status == RefundStatus::Failed && r.value.refund_id.is_some() => {
+            // WeChat created that refund and closed it (the refund notification said
+            // REFUNDCLOSE or CHANGE): the old number would only return it. A new one; the
+            // failed refund stays on record.
+            let fresh = next
+                .renumber_refund(now)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            tracing::info!(aftersale_id = %id, old = %out_refund_no, new = %fresh, "approved again after WeChat closed the refund: a new refund number");
+            Some(fresh)
+        }
+        Some(r) => {
+            // Approved again after WeChat refused to take the refund at all (nothing was
+            // created under the number): same number, pending again, as WeChat asks.
+            let mut nr = r.value.clone();
+            nr.status = RefundStatus::Pending;
+            nr.updated_at_ms = now;
+            batch.update_refund(&r, &nr);
+            None
+        }
+    };
+    if let Some(no) = new_refund {
+        batch.create_refund(&RefundRecord::new(
+            no,
+            next.out_trade_no.clone(),
+            id.clone(),
+            next.amount,
+            now,
+        ));
+    }
+    batch.enqueue(OutboxEntry::new(
+        Task::Refund {
+            aftersale_id: id.clone(),
+        },
+        now,
+    ));
+    Ok(())
+}
+
 /// Outbox task: `secapi/pay/refund` for an approved after-sale (same `out_refund_no` on
 /// every retry). The outcome arrives as a refund notification.
 pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> {
@@ -475,6 +506,16 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
         .ok_or_else(|| TaskError::Permanent(format!("no after-sale {id}")))?;
     if a.value.status != AfterSaleStatus::Refunding {
         return Ok(()); // refunded, or no longer wanted
+    }
+    let order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+        .await?
+        .ok_or_else(|| TaskError::Permanent("order vanished".into()))?;
+    if order.value.fund_type == FundType::SecondaryMerchant {
+        // WeChat holds this order's money and refunds it when the after-sale is accepted
+        // there; our merchant account has no payment to refund (a task queued before the
+        // approval knew that).
+        tracing::warn!(aftersale_id = %id, "refund task for a secondary-merchant order: WeChat refunds it; nothing to ask WeChat Pay");
+        return Ok(());
     }
     let Some(out_refund_no) = a.value.out_refund_no.clone() else {
         return Err(TaskError::Permanent(
@@ -487,9 +528,6 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
     if refund.value.status != RefundStatus::Pending {
         return Ok(());
     }
-    let order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
-        .await?
-        .ok_or_else(|| TaskError::Permanent("order vanished".into()))?;
     match super::pay_orders::refund(
         app,
         &order.value,
@@ -551,7 +589,10 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
 /// client's timeout (5 s by default) and its retry, so a claim outlives the call it guards.
 const ADD_CLAIM_MS: i64 = 20_000;
 
-/// Outbox task: mirror the after-sale's state to `shop/ecaftersale/*`.
+/// Outbox task: mirror the after-sale's state to `shop/ecaftersale/*`. An approved refund of
+/// a secondary-merchant order is then read back: accepting it made WeChat refund it, and
+/// what WeChat says completes ours (the `aftersale_refund_success` event does the same; the
+/// first to see it records it).
 pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError> {
     let a = repo::get_aftersale(app.store.as_ref(), id)
         .await?
@@ -563,7 +604,129 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
         Some(wx) => (a.value, wx),
         None => add_at_wechat(app, &order.value, a).await?,
     };
-    super::shop_orders::aftersale_state(app, &order.value, &a, wx_id).await
+    super::shop_orders::aftersale_state(app, &order.value, &a, wx_id).await?;
+    if order.value.fund_type != FundType::SecondaryMerchant
+        || a.status != AfterSaleStatus::Refunding
+    {
+        return Ok(());
+    }
+    let wx = app
+        .wx
+        .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+        .await
+        .map_err(wx_task_error)?;
+    match WeChatRefund::of(wx.status) {
+        WeChatRefund::Done => record_wechat_refund(app, id, &wx)
+            .await
+            .map_err(TaskError::from),
+        WeChatRefund::Pending => Err(TaskError::Retry(format!(
+            "after-sale {id}: WeChat is still refunding (its status {})",
+            wx.status
+        ))),
+        WeChatRefund::Failed => Err(TaskError::Permanent(format!(
+            "after-sale {id}: WeChat could not refund it (its status {}); the merchant must \
+             refund the user another way",
+            wx.status
+        ))),
+        WeChatRefund::Refused => Err(TaskError::Permanent(format!(
+            "after-sale {id} is approved here but WeChat's is at status {} and will not be \
+             refunded",
+            wx.status
+        ))),
+    }
+}
+
+/// Where WeChat's refund of an accepted after-sale stands, from its EC after-sale `status`
+/// (WECHAT_SHOP.md §7.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WeChatRefund {
+    /// 13 refund done, 14 return and refund done: the money went back.
+    Done,
+    /// Not yet: 15 the platform refunding, or still waiting for the acceptance (2, 8, 12).
+    Pending,
+    /// 16 the platform's refund failed, 18 the payout failed and support closed the case:
+    /// the money did not go back and WeChat will not try again.
+    Failed,
+    /// Cancelled, rejected or closed at WeChat (1, 4, 5, 7, 19, …): no refund is coming.
+    Refused,
+}
+
+impl WeChatRefund {
+    fn of(status: i64) -> Self {
+        match status {
+            13 | 14 => WeChatRefund::Done,
+            2 | 6 | 8 | 12 | 15 | 17 => WeChatRefund::Pending,
+            16 | 18 => WeChatRefund::Failed,
+            _ => WeChatRefund::Refused,
+        }
+    }
+}
+
+fn wx_task_error(e: crate::shop::WxError) -> TaskError {
+    if e.is_retryable() {
+        TaskError::Retry(e.to_string())
+    } else {
+        TaskError::Permanent(e.to_string())
+    }
+}
+
+/// Secondary-merchant order: WeChat refunded the after-sale (`wx`, as read from
+/// `ecaftersale/get`, status 13 or 14): ours REFUNDED and the order's refunded amount, in one
+/// write. A repeat changes nothing. Orders whose money we hold are completed only by their
+/// signed refund notification.
+async fn record_wechat_refund(
+    app: &App,
+    id: &AfterSaleId,
+    wx: &crate::shop::aftersale::EcAfterSaleOrder,
+) -> Result<(), ApiError> {
+    let refund_id = wx
+        .refund_pay_detail
+        .as_ref()
+        .and_then(|d| d.refund_id.clone())
+        .filter(|r| !r.trim().is_empty());
+    let recorded = with_retries::<_, ApiError, _, _>(app, || async {
+        let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? else {
+            return Ok(Attempt::Done(false));
+        };
+        let same = a.value.wx_aftersale_id == Some(wx.aftersale_id)
+            || wx.out_aftersale_id.as_deref() == Some(a.value.id.as_str());
+        if !same {
+            tracing::warn!(security = true, aftersale_id = %id, wx_aftersale_id = wx.aftersale_id, "WeChat's refunded after-sale is not this one; nothing recorded");
+            return Ok(Attempt::Done(false));
+        }
+        let order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+        if order.value.fund_type != FundType::SecondaryMerchant {
+            return Ok(Attempt::Done(false));
+        }
+        let now = app.clock.now_ms();
+        let mut next = a.value.clone();
+        match next.refunded(refund_id.clone(), now) {
+            Ok(Change::Unchanged) => return Ok(Attempt::Done(false)),
+            Ok(Change::Changed) => {}
+            Err(e) => {
+                tracing::warn!(aftersale_id = %id, error = %e, "WeChat refunded an after-sale we did not approve; not recorded here");
+                return Ok(Attempt::Done(false));
+            }
+        }
+        if wx.orderamt != a.value.amount {
+            tracing::warn!(aftersale_id = %id, ours = a.value.amount.get(), wechat = wx.orderamt.get(), "WeChat refunded another amount than ours; recording ours");
+        }
+        let mut next_order = order.value.clone();
+        next_order
+            .refund(a.value.amount, now)
+            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+        let mut batch = Batch::new();
+        batch.update_aftersale(&a, &next);
+        batch.update_order(&order, &next_order);
+        Ok(Attempt::Commit(batch, true))
+    })
+    .await?;
+    if recorded {
+        tracing::info!(aftersale_id = %id, refund_id = refund_id.as_deref().unwrap_or(""), "after-sale refunded by WeChat (secondary merchant)");
+    }
+    Ok(())
 }
 
 /// Adds the after-sale at WeChat (or adopts the one WeChat has under our id) and stores
@@ -625,8 +788,9 @@ fn imported_id(wx_id: u64) -> Result<AfterSaleId, ApiError> {
 
 /// After-sale events pushed by WeChat (`aftersale_*`). A request the user opened in WeChat's
 /// order centre is imported (from `shop/ecaftersale/get`) so the merchant sees and decides it
-/// here; a cancellation in WeChat cancels ours. Other events are recorded by the caller and
-/// need nothing from us: refunds are completed by the refund notification.
+/// here; a cancellation in WeChat cancels ours; a refund WeChat made (secondary-merchant
+/// orders) completes ours. Other events are recorded by the caller and need nothing from us:
+/// refunds of orders whose money we hold are completed by the refund notification.
 pub async fn on_wechat_event(
     app: &App,
     kind: &crate::push::AfterSaleEventKind,
@@ -758,6 +922,35 @@ pub async fn on_wechat_event(
                     Ok(())
                 }
             }
+        }
+        K::RefundSuccess => {
+            // Secondary-merchant orders: WeChat refunded what the merchant accepted. The
+            // event's body is not proof (in plaintext push mode the signature does not cover
+            // it): WeChat's after-sale, read back, is. Orders whose money we hold are
+            // completed by their signed refund notification instead.
+            let Some(id) = ours else { return Ok(()) };
+            let Some(a) = repo::get_aftersale(app.store.as_ref(), &id).await? else {
+                return Ok(());
+            };
+            let Some(wx_id) = a.value.wx_aftersale_id.or(info.aftersale_id) else {
+                return Ok(());
+            };
+            let fund_type = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+                .await?
+                .map(|o| o.value.fund_type);
+            if fund_type != Some(FundType::SecondaryMerchant) {
+                return Ok(());
+            }
+            let wx = app
+                .wx
+                .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+                .await
+                .map_err(super::shop_orders::wx_error)?;
+            if WeChatRefund::of(wx.status) != WeChatRefund::Done {
+                tracing::warn!(aftersale_id = %id, wx_status = wx.status, "refund success event, but WeChat's after-sale is not refunded; nothing recorded");
+                return Ok(());
+            }
+            record_wechat_refund(app, &id, &wx).await
         }
         _ => Ok(()),
     }

@@ -1578,7 +1578,7 @@ pub async fn repo_round_trip(store: &DynStore) {
     assert_eq!(got, vec![&as_ids[0], &as_ids[1]]);
     let va = repo::get_aftersale(s, &as_ids[0]).await.unwrap().unwrap();
     let mut approved = va.value.clone();
-    approved.approve(t + 30).unwrap();
+    approved.approve(FundType::Direct, t + 30).unwrap();
     let refund_no = approved.out_refund_no.clone().unwrap();
     let refund = RefundRecord::new(
         refund_no.clone(),
