@@ -310,7 +310,7 @@ async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
             let v = d
                 .ok("/fn/queryOrder", Some(&token), json!({"out_trade_no": no}))
                 .await?;
-            Ok((v["order"]["status"] == "PARTIALLY_REFUNDED").then_some(v))
+            Ok((v["order"]["refunded_fee"].as_i64() == Some(1990)).then_some(v))
         })
         .await?;
     d.say(

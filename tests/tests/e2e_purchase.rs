@@ -408,6 +408,63 @@ async fn the_whole_story_including_the_refund_checks_out() {
         .expect("every demo step checks out");
 }
 
+/// One of two tins refunded before shipping: the order still ships (the other tin) and the
+/// user still confirms its receipt, at WeChat too; the refunded amount stays on the order.
+#[tokio::test]
+async fn a_partly_refunded_order_still_ships_and_is_received() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "ivan", 2).await;
+    let id = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "only one wanted"}),
+        )
+        .await;
+    c.approve(&id).await;
+    eventually("the refund of one tin", || async {
+        c.status(&token, &no).await["refunded_fee"] == 1990
+    })
+    .await;
+    assert_eq!(c.aftersale(&token, &no).await["status"], "REFUNDED");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF", "waybill_id": "SF1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "ship: {v}");
+    eventually("shop/delivery/send", || async {
+        r.sandbox
+            .calls("shop/delivery/send")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "confirm"}),
+        )
+        .await;
+    assert_eq!(s, 200, "confirm: {v}");
+    let order = c.status(&token, &no).await;
+    assert_eq!(order["status"], "RECEIVED", "{order}");
+    assert_eq!(order["refunded_fee"], 1990, "{order}");
+    eventually("shop/delivery/recieve", || async {
+        r.sandbox
+            .calls("shop/delivery/recieve")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    assert!(c.dead_letters().await.is_empty());
+}
+
 /// WeChat answering "system busy" twice: the outbox retries with back-off and the order
 /// still converges (paid, synced once), with nothing dead-lettered.
 #[tokio::test]

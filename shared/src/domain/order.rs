@@ -4,10 +4,17 @@
 //!
 //! ```text
 //! CREATED ─prepay→ PREPAID ─pay→ PAID ─ship→ SHIPPED ─receive→ RECEIVED ─complete→ COMPLETED
-//!    │                │            │          │            │
-//!    └──close──────→ CLOSED        └─────refund (partial/full)─────→ PARTIALLY_REFUNDED / REFUNDED
+//!    │                │            │          │            │               │
+//!    └──close──────→ CLOSED        └─────── refund of what is left ────────┴──→ REFUNDED
 //! ```
-//! `PAID` with `fund_type = 1` additionally records settlement (`settled_at`).
+//! The status is the fulfilment; the money that went back is `refunded`, beside it. A partial
+//! refund (one of two items) changes only `refunded`: the order stays PAID / SHIPPED / … so the
+//! rest is still shipped and its receipt confirmed. Refunding what is left makes it REFUNDED
+//! (final). `PAID` with `fund_type = 1` additionally records settlement (`settled_at`).
+//!
+//! PARTIALLY_REFUNDED is no longer entered; records written while a partial refund replaced
+//! the fulfilment status still read, and leave it the way they would have gone: ship when no
+//! waybill was recorded yet, confirm receipt when one was, refund to REFUNDED.
 
 use super::{Fen, OpenId, OutTradeNo, ProductId, SkuId};
 use serde::{Deserialize, Serialize};
@@ -26,7 +33,10 @@ pub enum OrderStatus {
     Completed,
     /// Closed unpaid (user, merchant or expiry). Final.
     Closed,
-    /// Some of the paid amount went back to the user.
+    /// Legacy: some of the paid amount went back to the user, written by versions that let a
+    /// partial refund replace the fulfilment status. No longer entered (a partial refund keeps
+    /// the status; see the module doc); such records may still ship, confirm receipt and be
+    /// refunded.
     PartiallyRefunded,
     /// Everything paid went back. Final.
     Refunded,
@@ -282,13 +292,21 @@ impl Order {
         }
     }
 
-    /// PAID → SHIPPED.
+    /// PAID → SHIPPED, also after a partial refund (a legacy PARTIALLY_REFUNDED order not
+    /// shipped yet ships the same way).
     pub fn ship(&mut self, delivery: Delivery, now_ms: i64) -> Result<Change, TransitionError> {
         match self.status {
             OrderStatus::Shipped if self.delivery.as_ref() == Some(&delivery) => {
                 Ok(Change::Unchanged)
             }
-            OrderStatus::Paid => {
+            OrderStatus::PartiallyRefunded if self.delivery.is_some() => {
+                if self.delivery.as_ref() == Some(&delivery) {
+                    Ok(Change::Unchanged)
+                } else {
+                    Err(self.not_allowed("ship again"))
+                }
+            }
+            OrderStatus::Paid | OrderStatus::PartiallyRefunded => {
                 self.status = OrderStatus::Shipped;
                 self.delivery = Some(delivery);
                 self.updated_at_ms = now_ms;
@@ -298,11 +316,15 @@ impl Order {
         }
     }
 
-    /// SHIPPED → RECEIVED.
+    /// SHIPPED → RECEIVED, also after a partial refund (a legacy PARTIALLY_REFUNDED order
+    /// with a waybill is received the same way).
     pub fn receive(&mut self, now_ms: i64) -> Result<Change, TransitionError> {
         match self.status {
             OrderStatus::Received => Ok(Change::Unchanged),
-            OrderStatus::Shipped => {
+            OrderStatus::PartiallyRefunded if self.delivery.is_none() => {
+                Err(self.not_allowed("confirm receipt before shipping"))
+            }
+            OrderStatus::Shipped | OrderStatus::PartiallyRefunded => {
                 self.status = OrderStatus::Received;
                 self.updated_at_ms = now_ms;
                 Ok(Change::Changed)
@@ -343,8 +365,9 @@ impl Order {
         Ok(())
     }
 
-    /// Records a successful refund of `amount`: PARTIALLY_REFUNDED, or REFUNDED when nothing
-    /// is left. Idempotency per refund is the caller's (keyed by `out_refund_no`).
+    /// Records a successful refund of `amount`: REFUNDED when nothing is left, otherwise the
+    /// status (the fulfilment) stays as it is. Idempotency per refund is the caller's (keyed
+    /// by `out_refund_no`).
     pub fn refund(&mut self, amount: Fen, now_ms: i64) -> Result<Change, TransitionError> {
         self.check_refund(amount)?;
         self.refunded =
@@ -354,11 +377,9 @@ impl Order {
                     requested: amount,
                     refundable: self.refundable(),
                 })?;
-        self.status = if self.refundable() == Fen::ZERO {
-            OrderStatus::Refunded
-        } else {
-            OrderStatus::PartiallyRefunded
-        };
+        if self.refundable() == Fen::ZERO {
+            self.status = OrderStatus::Refunded;
+        }
         self.updated_at_ms = now_ms;
         Ok(Change::Changed)
     }
@@ -435,7 +456,12 @@ pub(crate) mod tests {
         assert_eq!(o.ship(d, 5), Ok(Change::Unchanged));
         assert_eq!(o.receive(6), Ok(Change::Changed));
         assert_eq!(o.refund(Fen::new(40).unwrap(), 7), Ok(Change::Changed));
-        assert_eq!(o.status, OrderStatus::PartiallyRefunded);
+        assert_eq!(
+            o.status,
+            OrderStatus::Received,
+            "a partial refund keeps the fulfilment"
+        );
+        assert_eq!(o.refunded, Fen::new(40).unwrap());
         assert!(o.refund(Fen::new(61).unwrap(), 8).is_err());
         assert_eq!(o.refund(Fen::new(60).unwrap(), 8), Ok(Change::Changed));
         assert_eq!(o.status, OrderStatus::Refunded);
@@ -473,6 +499,66 @@ pub(crate) mod tests {
         old["address"]["city"] = serde_json::Value::Null;
         assert_eq!(serde_json::from_value::<Order>(old).unwrap(), o);
         assert_eq!(serde_json::from_str::<Order>(&json).unwrap(), o);
+    }
+
+    /// One of two items refunded before shipping: the rest still ships and its receipt is
+    /// still confirmed; refunding what is left then makes the order REFUNDED.
+    #[test]
+    fn a_partially_refunded_order_still_ships_and_is_received() {
+        let d = Delivery {
+            delivery_id: "SF".into(),
+            waybill_id: "1".into(),
+        };
+        let mut o = sample_order(100);
+        o.pay("t", 1, 1).unwrap();
+        assert_eq!(o.refund(Fen::new(50).unwrap(), 2), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Paid);
+        assert_eq!(o.ship(d.clone(), 3), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Shipped);
+        assert_eq!(o.refund(Fen::new(10).unwrap(), 4), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Shipped);
+        assert_eq!(o.receive(5), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Received);
+        assert_eq!(o.complete(6), Ok(Change::Changed));
+        assert_eq!(o.refund(Fen::new(40).unwrap(), 7), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Refunded);
+        assert!(o.ship(d, 8).is_err());
+    }
+
+    /// Records written when a partial refund replaced the status (PARTIALLY_REFUNDED) go on
+    /// the way they would have: ship if no waybill yet, confirm receipt if there is one.
+    #[test]
+    fn legacy_partially_refunded_orders_ship_and_are_received() {
+        let d = Delivery {
+            delivery_id: "SF".into(),
+            waybill_id: "1".into(),
+        };
+        let mut o = sample_order(100);
+        o.pay("t", 1, 1).unwrap();
+        o.refunded = Fen::new(30).unwrap();
+        o.status = OrderStatus::PartiallyRefunded;
+        assert!(o.receive(2).is_err(), "not shipped yet");
+        assert_eq!(o.ship(d.clone(), 3), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Shipped);
+
+        let mut shipped = sample_order(100);
+        shipped.pay("t", 1, 1).unwrap();
+        shipped.ship(d.clone(), 2).unwrap();
+        shipped.refunded = Fen::new(30).unwrap();
+        shipped.status = OrderStatus::PartiallyRefunded;
+        assert_eq!(shipped.ship(d.clone(), 3), Ok(Change::Unchanged));
+        let other = Delivery {
+            waybill_id: "2".into(),
+            ..d
+        };
+        assert!(shipped.ship(other, 3).is_err(), "shipped once already");
+        assert_eq!(shipped.receive(4), Ok(Change::Changed));
+        assert_eq!(shipped.status, OrderStatus::Received);
+        assert_eq!(
+            shipped.refund(Fen::new(70).unwrap(), 5),
+            Ok(Change::Changed)
+        );
+        assert_eq!(shipped.status, OrderStatus::Refunded);
     }
 
     #[test]
