@@ -64,6 +64,7 @@ fn new_order(total: i64) -> Order {
         delivery: None,
         address: None,
         refunded: Fen::ZERO,
+        refund_claims: Default::default(),
         settled_at_ms: None,
         close_reason: None,
         created_at_ms: 0,

@@ -16,8 +16,9 @@
 //! the fulfilment status still read, and leave it the way they would have gone: ship when no
 //! waybill was recorded yet, confirm receipt when one was, refund to REFUNDED.
 
-use super::{Fen, OpenId, OutTradeNo, ProductId, SkuId};
+use super::{AfterSaleId, Fen, OpenId, OutTradeNo, ProductId, SkuId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -190,6 +191,11 @@ pub struct Order {
     pub address: Option<Address>,
     #[serde(default)]
     pub refunded: Fen,
+    /// What each open after-sale asks for, held against the refundable amount from the
+    /// application until it is refunded or closed: written with the order, under its version,
+    /// so concurrent applications cannot together ask for more than is left.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refund_claims: BTreeMap<AfterSaleId, Fen>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -351,6 +357,75 @@ impl Order {
         self.total.checked_sub(self.refunded).unwrap_or(Fen::ZERO)
     }
 
+    /// What open after-sales hold ([`Order::claim_refund`]).
+    pub fn claimed(&self) -> Fen {
+        self.refund_claims.values().fold(Fen::ZERO, |sum, a| {
+            sum.checked_add(*a).unwrap_or(self.total)
+        })
+    }
+
+    /// What a new after-sale may still ask for: refundable, less what open ones hold.
+    pub fn claimable(&self) -> Fen {
+        self.refundable()
+            .checked_sub(self.claimed())
+            .unwrap_or(Fen::ZERO)
+    }
+
+    /// Holds `amount` for after-sale `id` until it is refunded or closed
+    /// ([`Order::release_claim`]): refused if the order cannot be refunded or open
+    /// after-sales already hold what is left. The same claim again is `Unchanged`.
+    pub fn claim_refund(
+        &mut self,
+        id: &AfterSaleId,
+        amount: Fen,
+        now_ms: i64,
+    ) -> Result<Change, TransitionError> {
+        if self.refund_claims.get(id) == Some(&amount) {
+            return Ok(Change::Unchanged);
+        }
+        self.check_refund(amount)?;
+        let others = self
+            .refund_claims
+            .iter()
+            .filter(|(k, _)| *k != id)
+            .fold(Fen::ZERO, |sum, (_, a)| {
+                sum.checked_add(*a).unwrap_or(self.total)
+            });
+        let left = self.refundable().checked_sub(others).unwrap_or(Fen::ZERO);
+        if amount > left {
+            return Err(TransitionError::RefundTooLarge {
+                requested: amount,
+                refundable: left,
+            });
+        }
+        self.refund_claims.insert(id.clone(), amount);
+        self.updated_at_ms = now_ms;
+        Ok(Change::Changed)
+    }
+
+    /// Gives back what after-sale `id` held (it was refunded, cancelled or rejected).
+    /// `Unchanged` if it held nothing.
+    pub fn release_claim(&mut self, id: &AfterSaleId, now_ms: i64) -> Change {
+        if self.refund_claims.remove(id).is_some() {
+            self.updated_at_ms = now_ms;
+            Change::Changed
+        } else {
+            Change::Unchanged
+        }
+    }
+
+    /// Records the refund of after-sale `id` (`amount`): the refund, and its claim given back.
+    pub fn refund_aftersale(
+        &mut self,
+        id: &AfterSaleId,
+        amount: Fen,
+        now_ms: i64,
+    ) -> Result<Change, TransitionError> {
+        self.refund(amount, now_ms)?;
+        self.release_claim(id, now_ms);
+        Ok(Change::Changed)
+    }
+
     /// Checks that `amount` may be refunded now (used before asking WeChat).
     pub fn check_refund(&self, amount: Fen) -> Result<(), TransitionError> {
         if !self.status.is_paid() || self.status == OrderStatus::Refunded {
@@ -429,6 +504,7 @@ pub(crate) mod tests {
             delivery: None,
             address: None,
             refunded: Fen::ZERO,
+            refund_claims: BTreeMap::new(),
             settled_at_ms: None,
             close_reason: None,
             created_at_ms: 0,
@@ -559,6 +635,39 @@ pub(crate) mod tests {
             Ok(Change::Changed)
         );
         assert_eq!(shipped.status, OrderStatus::Refunded);
+    }
+
+    /// Open after-sales together never hold more than is refundable; a refunded or closed
+    /// one gives its hold back.
+    #[test]
+    fn claims_never_exceed_what_is_refundable() {
+        let a = AfterSaleId::parse("AS1").unwrap();
+        let b = AfterSaleId::parse("AS2").unwrap();
+        let fen = |n| Fen::new(n).unwrap();
+        let mut o = sample_order(100);
+        assert!(o.claim_refund(&a, fen(10), 1).is_err(), "unpaid");
+        o.pay("t", 1, 1).unwrap();
+        assert_eq!(o.claim_refund(&a, fen(100), 2), Ok(Change::Changed));
+        assert_eq!(o.claim_refund(&a, fen(100), 3), Ok(Change::Unchanged));
+        assert_eq!(
+            o.claim_refund(&b, fen(1), 3),
+            Err(TransitionError::RefundTooLarge {
+                requested: fen(1),
+                refundable: Fen::ZERO
+            })
+        );
+        assert_eq!(o.claimable(), Fen::ZERO);
+        // A changed amount of the same after-sale is checked against the others only.
+        assert_eq!(o.claim_refund(&a, fen(60), 4), Ok(Change::Changed));
+        assert_eq!(o.claim_refund(&b, fen(40), 5), Ok(Change::Changed));
+        assert_eq!(o.refund_aftersale(&a, fen(60), 6), Ok(Change::Changed));
+        assert_eq!((o.refunded, o.claimed()), (fen(60), fen(40)));
+        assert!(o.claim_refund(&a, fen(1), 7).is_err(), "b holds the rest");
+        assert_eq!(o.release_claim(&b, 8), Change::Changed);
+        assert_eq!(o.release_claim(&b, 9), Change::Unchanged);
+        assert_eq!(o.claimable(), fen(40));
+        let json = serde_json::to_string(&o).unwrap();
+        assert!(!json.contains("refund_claims"), "{json}");
     }
 
     #[test]

@@ -137,83 +137,80 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     ))
                 }
             };
-            let amount = match amount {
-                None => order.refundable(),
-                Some(a) => {
-                    Fen::new(a).map_err(|e| ApiError::bad_request("BAD_AMOUNT", e.to_string()))?
-                }
-            };
-            order
-                .check_refund(amount)
-                .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
-            // Open after-sales must not together ask for more than is refundable.
-            let existing =
-                repo::aftersales_of_order(app.store.as_ref(), &order.out_trade_no).await?;
-            let open: i64 = existing
-                .iter()
-                .filter(|a| {
-                    matches!(
-                        a.value.status,
-                        AfterSaleStatus::Requested
-                            | AfterSaleStatus::AwaitingReturn
-                            | AfterSaleStatus::Returning
-                            | AfterSaleStatus::Refunding
-                            | AfterSaleStatus::RefundFailed
-                    )
-                })
-                .map(|a| a.value.amount.get())
-                .sum();
-            if open + amount.get() > order.refundable().get() {
-                return Err(ApiError::conflict(
-                    "NOT_REFUNDABLE",
-                    "open after-sales already cover this amount",
-                ));
-            }
             let reason: String = reason.trim().chars().take(200).collect();
-            let now = app.clock.now_ms();
-            let aftersale = AfterSale {
-                id: AfterSaleId::generate(now),
-                out_trade_no: order.out_trade_no.clone(),
-                openid: openid.clone(),
-                kind,
-                amount,
-                reason: if reason.is_empty() {
-                    "no reason given".into()
-                } else {
-                    reason
-                },
-                status: AfterSaleStatus::Requested,
-                out_refund_no: None,
-                refund_id: None,
-                wx_aftersale_id: None,
-                wx_add_claimed_until_ms: None,
-                reject_reason: None,
-                goods_return: None,
-                created_at_ms: now,
-                updated_at_ms: now,
+            let reason = if reason.is_empty() {
+                "no reason given".to_owned()
+            } else {
+                reason
             };
-            let mut batch = Batch::new();
-            batch.create_aftersale(&aftersale);
-            batch.check_order(
-                &repo::get_order(app.store.as_ref(), &order.out_trade_no)
+            // The amount is held on the order (`refund_claims`), written with the after-sale
+            // under the order's version: of two applications at once one commits, the other
+            // conflicts, re-reads the order and finds the amount held.
+            let aftersale = with_retries(app, || async {
+                let order = repo::get_order(app.store.as_ref(), &order.out_trade_no)
                     .await?
-                    .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?,
-            );
-            if order.wx_order_id.is_some() {
-                batch.enqueue(OutboxEntry::new(
-                    Task::AfterSaleSync {
-                        aftersale_id: aftersale.id.clone(),
-                    },
-                    now,
-                ));
-            }
-            batch.commit(app.store.as_ref()).await.map_err(|e| {
-                if e.is_conflict() {
-                    ApiError::conflict("RETRY", "the order changed meanwhile; retry")
-                } else {
-                    e.into()
+                    .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+                // Open after-sales that hold nothing on the order (recorded before holds
+                // existed, or imported from WeChat beyond what was left) count too.
+                let unheld = open_unheld(app, &order.value).await?;
+                let amount = match amount {
+                    None => order
+                        .value
+                        .claimable()
+                        .checked_sub(unheld)
+                        .unwrap_or(Fen::ZERO),
+                    Some(a) => Fen::new(a)
+                        .map_err(|e| ApiError::bad_request("BAD_AMOUNT", e.to_string()))?,
+                };
+                order
+                    .value
+                    .check_refund(amount)
+                    .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+                let now = app.clock.now_ms();
+                let aftersale = AfterSale {
+                    id: AfterSaleId::generate(now),
+                    out_trade_no: order.value.out_trade_no.clone(),
+                    openid: openid.clone(),
+                    kind,
+                    amount,
+                    reason: reason.clone(),
+                    status: AfterSaleStatus::Requested,
+                    out_refund_no: None,
+                    refund_id: None,
+                    wx_aftersale_id: None,
+                    wx_add_claimed_until_ms: None,
+                    reject_reason: None,
+                    goods_return: None,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                };
+                let mut next_order = order.value.clone();
+                let held = next_order.claim_refund(&aftersale.id, amount, now);
+                if held.is_err() || amount.get() + unheld.get() > order.value.claimable().get() {
+                    return Err(ApiError::conflict(
+                        "NOT_REFUNDABLE",
+                        format!(
+                            "open after-sales already cover this amount: {} fen can still be \
+                             asked for",
+                            order.value.claimable().get().saturating_sub(unheld.get())
+                        ),
+                    ));
                 }
-            })?;
+                let mut batch = Batch::new();
+                batch.create_aftersale(&aftersale);
+                batch.update_order(&order, &next_order);
+                if order.value.wx_order_id.is_some() {
+                    batch.enqueue(OutboxEntry::new(
+                        Task::AfterSaleSync {
+                            aftersale_id: aftersale.id.clone(),
+                        },
+                        now,
+                    ));
+                }
+                Ok(Attempt::Commit(batch, aftersale))
+            })
+            .await?;
+            let amount = aftersale.amount;
             tracing::info!(aftersale_id = %aftersale.id, out_trade_no = %aftersale.out_trade_no, amount = amount.get(), "after-sale requested");
             Ok(json(&serde_json::json!({ "aftersale": view(&aftersale) })))
         }
@@ -308,6 +305,32 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
     }
 }
 
+/// After-sale states that may still end in a refund.
+fn is_open(status: AfterSaleStatus) -> bool {
+    matches!(
+        status,
+        AfterSaleStatus::Requested
+            | AfterSaleStatus::AwaitingReturn
+            | AfterSaleStatus::Returning
+            | AfterSaleStatus::Refunding
+            | AfterSaleStatus::RefundFailed
+    )
+}
+
+/// What open after-sales of `order` ask for without a hold on it (see
+/// [`crate::domain::Order::claim_refund`]): recorded before holds existed, or imported from
+/// WeChat beyond what was left. Read from the after-sale index, so it is a best effort; the
+/// holds are what concurrent writers cannot get past.
+async fn open_unheld(app: &App, order: &crate::domain::Order) -> Result<Fen, ApiError> {
+    let all = repo::aftersales_of_order(app.store.as_ref(), &order.out_trade_no).await?;
+    let sum = all
+        .iter()
+        .filter(|a| is_open(a.value.status) && !order.refund_claims.contains_key(&a.value.id))
+        .map(|a| a.value.amount.get())
+        .sum::<i64>();
+    Fen::new(sum).map_err(|e| ApiError::internal(e.to_string()))
+}
+
 async fn list(app: &App, no: &OutTradeNo) -> Result<Response, ApiError> {
     let all = repo::aftersales_of_order(app.store.as_ref(), no).await?;
     let views: Vec<AfterSaleView<'_>> = all.iter().map(|a| view(&a.value)).collect();
@@ -338,6 +361,13 @@ async fn update(
         let mut batch = Batch::new();
         batch.update_aftersale(&current, &next);
         let order = repo::get_order(app.store.as_ref(), &next.out_trade_no).await?;
+        if let Some(o) = order.as_ref().filter(|_| !is_open(next.status)) {
+            // Closed (cancelled, rejected): what it held on the order is free again.
+            let mut next_order = o.value.clone();
+            if next_order.release_claim(id, now) == Change::Changed {
+                batch.update_order(o, &next_order);
+            }
+        }
         if order
             .as_ref()
             .is_some_and(|o| o.value.wx_order_id.is_some())
@@ -402,10 +432,6 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
         let order = repo::get_order(app.store.as_ref(), &current.value.out_trade_no)
             .await?
             .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
-        order
-            .value
-            .check_refund(current.value.amount)
-            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
         let fund_type = order.value.fund_type;
         if fund_type == FundType::SecondaryMerchant && order.value.wx_order_id.is_none() {
             return Err(ApiError::conflict(
@@ -423,13 +449,30 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
         {
             return Ok(Attempt::Done(next));
         }
+        // Held on the order since the application; one recorded without a hold takes it now,
+        // or is refused if other open after-sales hold what is left.
+        order
+            .value
+            .check_refund(next.amount)
+            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+        let mut next_order = order.value.clone();
+        let held = next_order.claim_refund(id, next.amount, now).map_err(|e| {
+            ApiError::conflict(
+                "NOT_REFUNDABLE",
+                format!("{e} (other open after-sales of the order hold the rest)"),
+            )
+        })?;
         let mut batch = Batch::new();
         if fund_type == FundType::Direct {
             queue_wechat_pay_refund(app, id, &mut next, &mut batch, now).await?;
         }
         // After the refund number is settled (a renumbering changes the after-sale).
         batch.update_aftersale(&current, &next);
-        batch.check_order(&order);
+        if held == Change::Changed {
+            batch.update_order(&order, &next_order);
+        } else {
+            batch.check_order(&order);
+        }
         if order.value.wx_order_id.is_some() {
             batch.enqueue(OutboxEntry::new(
                 Task::AfterSaleSync {
@@ -715,7 +758,7 @@ async fn record_wechat_refund(
         }
         let mut next_order = order.value.clone();
         next_order
-            .refund(a.value.amount, now)
+            .refund_aftersale(id, a.value.amount, now)
             .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
         let mut batch = Batch::new();
         batch.update_aftersale(&a, &next);
@@ -832,47 +875,65 @@ pub async fn on_wechat_event(
             let Ok(no) = OutTradeNo::parse(out_order_id) else {
                 return Ok(());
             };
-            let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
-                tracing::warn!(out_order_id = %no, "after-sale for an order we do not have; recorded only");
-                return Ok(());
-            };
-            let now = app.clock.now_ms();
-            let amount = wx.orderamt.min(order.value.refundable());
-            let aftersale = AfterSale {
-                id,
-                out_trade_no: no,
-                openid: order.value.openid.clone(),
-                kind: if wx.kind == 2 {
-                    AfterSaleKind::ReturnAndRefund
-                } else {
-                    AfterSaleKind::RefundOnly
-                },
-                amount,
-                reason: if wx.refund_reason.trim().is_empty() {
-                    "requested in WeChat".into()
-                } else {
-                    wx.refund_reason.chars().take(200).collect()
-                },
-                status: AfterSaleStatus::Requested,
-                out_refund_no: None,
-                refund_id: None,
-                wx_aftersale_id: Some(wx_id),
-                wx_add_claimed_until_ms: None,
-                reject_reason: None,
-                goods_return: None,
-                created_at_ms: now,
-                updated_at_ms: now,
-            };
-            let mut batch = Batch::new();
-            batch.create_aftersale(&aftersale);
-            match batch.commit(app.store.as_ref()).await {
-                Ok(()) => {
-                    tracing::info!(aftersale_id = %aftersale.id, amount = amount.get(), "after-sale imported from WeChat");
-                    Ok(())
+            // Held on the order like an application here when it fits what is left; beyond
+            // that it is recorded without a hold, for the merchant to see and decide (an
+            // approval then needs the hold).
+            let imported = with_retries::<_, ApiError, _, _>(app, || async {
+                if repo::get_aftersale(app.store.as_ref(), &id)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(Attempt::Done(None)); // imported concurrently
                 }
-                Err(e) if e.is_conflict() => Ok(()), // imported concurrently
-                Err(e) => Err(e.into()),
+                let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+                    tracing::warn!(out_order_id = %no, "after-sale for an order we do not have; recorded only");
+                    return Ok(Attempt::Done(None));
+                };
+                let now = app.clock.now_ms();
+                let mut aftersale = AfterSale {
+                    id: id.clone(),
+                    out_trade_no: no.clone(),
+                    openid: order.value.openid.clone(),
+                    kind: if wx.kind == 2 {
+                        AfterSaleKind::ReturnAndRefund
+                    } else {
+                        AfterSaleKind::RefundOnly
+                    },
+                    amount: wx.orderamt,
+                    reason: if wx.refund_reason.trim().is_empty() {
+                        "requested in WeChat".into()
+                    } else {
+                        wx.refund_reason.chars().take(200).collect()
+                    },
+                    status: AfterSaleStatus::Requested,
+                    out_refund_no: None,
+                    refund_id: None,
+                    wx_aftersale_id: Some(wx_id),
+                    wx_add_claimed_until_ms: None,
+                    reject_reason: None,
+                    goods_return: None,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                };
+                let mut batch = Batch::new();
+                let mut next_order = order.value.clone();
+                let held = next_order.claim_refund(&id, wx.orderamt, now).is_ok()
+                    && open_unheld(app, &order.value).await?.get() + wx.orderamt.get()
+                        <= order.value.claimable().get();
+                if held {
+                    batch.update_order(&order, &next_order);
+                } else {
+                    aftersale.amount = wx.orderamt.min(order.value.refundable());
+                    tracing::warn!(aftersale_id = %id, asked = wx.orderamt.get(), claimable = order.value.claimable().get(), "after-sale from WeChat asks for more than open after-sales leave; recorded without a hold");
+                }
+                batch.create_aftersale(&aftersale);
+                Ok(Attempt::Commit(batch, Some(aftersale)))
+            })
+            .await?;
+            if let Some(a) = imported {
+                tracing::info!(aftersale_id = %a.id, amount = a.amount.get(), "after-sale imported from WeChat");
             }
+            Ok(())
         }
         K::UserCancel => {
             let Some(id) = ours else { return Ok(()) };

@@ -232,7 +232,7 @@ async fn apply_refund(
         if ok {
             let mut next_order = order.value.clone();
             next_order
-                .refund(n.refund_fee, now)
+                .refund_aftersale(&refund.value.aftersale_id, n.refund_fee, now)
                 .map_err(|e| RefundApplyError::Mismatch(e.to_string()))?;
             batch.update_order(&order, &next_order);
         }

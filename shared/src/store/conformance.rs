@@ -1346,6 +1346,7 @@ fn order(no: &OutTradeNo, openid: &OpenId, created: i64) -> Order {
         delivery: None,
         address: None,
         refunded: Fen::ZERO,
+        refund_claims: Default::default(),
         settled_at_ms: None,
         close_reason: None,
         created_at_ms: created,
