@@ -273,6 +273,9 @@ enum AfterSaleEvent {
     Approve,
     Refunded(Option<u8>),
     RefundFailed,
+    /// WeChat Pay's `CHANGE`: taken, not paid back, held for a person.
+    RefundAbnormal,
+    RefundedByHand,
     AcceptReturn,
     /// The user's parcel: one of two waybills.
     GoodsSent(u8),
@@ -285,6 +288,8 @@ fn aftersale_event() -> impl Strategy<Value = AfterSaleEvent> {
         Just(AfterSaleEvent::Approve),
         prop::option::of(0u8..3).prop_map(AfterSaleEvent::Refunded),
         Just(AfterSaleEvent::RefundFailed),
+        Just(AfterSaleEvent::RefundAbnormal),
+        Just(AfterSaleEvent::RefundedByHand),
         Just(AfterSaleEvent::AcceptReturn),
         (0u8..2).prop_map(AfterSaleEvent::GoodsSent),
     ]
@@ -335,6 +340,9 @@ fn aftersale_edge_allowed(from: AfterSaleStatus, to: AfterSaleStatus) -> bool {
                 | (Refunding, RefundFailed)
                 | (RefundFailed, Refunding)
                 | (RefundFailed, Refunded)
+                // The money is at WeChat: only a person (or WeChat's SUCCESS) ends it.
+                | (Refunding | RefundFailed, RefundAbnormal)
+                | (RefundAbnormal, Refunded)
         )
 }
 
@@ -360,6 +368,8 @@ proptest! {
                 AfterSaleEvent::Approve => a.approve(fund_type, now),
                 AfterSaleEvent::Refunded(id) => a.refunded(id.map(|n| format!("r{n}")), now),
                 AfterSaleEvent::RefundFailed => a.refund_failed(now),
+                AfterSaleEvent::RefundAbnormal => a.refund_abnormal(now),
+                AfterSaleEvent::RefundedByHand => a.refunded_by_hand(now),
                 AfterSaleEvent::AcceptReturn => a.accept_return(
                     wxshop::domain::Address {
                         receiver_name: "Returns".into(),
@@ -391,7 +401,10 @@ proptest! {
             match fund_type {
                 FundType::Direct if matches!(
                     a.status,
-                    AfterSaleStatus::Refunding | AfterSaleStatus::Refunded | AfterSaleStatus::RefundFailed
+                    AfterSaleStatus::Refunding
+                        | AfterSaleStatus::Refunded
+                        | AfterSaleStatus::RefundFailed
+                        | AfterSaleStatus::RefundAbnormal
                 ) => prop_assert!(a.out_refund_no.is_some(), "refunding without a refund number"),
                 FundType::SecondaryMerchant => {
                     prop_assert!(a.out_refund_no.is_none(), "a number of ours for WeChat's refund")
@@ -425,6 +438,15 @@ proptest! {
                         );
                     }
                 }
+            }
+            // An abnormal refund is never asked for again: it stays held (same number) until
+            // it is recorded refunded.
+            if before.status == AfterSaleStatus::RefundAbnormal {
+                prop_assert!(matches!(
+                    a.status,
+                    AfterSaleStatus::RefundAbnormal | AfterSaleStatus::Refunded
+                ));
+                prop_assert_eq!(&a.out_refund_no, &before.out_refund_no);
             }
             // Money never moves back once refunded: Refunded is final.
             if before.status == AfterSaleStatus::Refunded {

@@ -852,6 +852,86 @@ async fn a_refund_wechat_closed_is_issued_again_under_a_new_number() {
     );
 }
 
+/// A refund WeChat took but could not pay into the user's account (`CHANGE`, 退款异常: the
+/// card was closed or frozen; the money waits at WeChat to be redirected by hand) is held
+/// for a person: REFUND_ABNORMAL, an event for the merchant, approving again refused (a new
+/// refund number would pay the user twice), its amount still held against what is
+/// refundable. A person records the redirection; then it is REFUNDED.
+#[tokio::test]
+async fn an_abnormal_refund_is_held_for_a_person_not_issued_again() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "lena", 2).await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "one tin"}))
+        .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/refund_outcome",
+            None,
+            &json!({"status": "CHANGE", "count": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    c.approve(&id).await;
+    eventually("REFUND_ABNORMAL", || async {
+        c.aftersale(&token, &no).await["status"] == "REFUND_ABNORMAL"
+    })
+    .await;
+    let out_refund_no = c.aftersale(&token, &no).await["out_refund_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let event =
+        wxshop::store::repo::get_event(r.app.store.as_ref(), "refund_abnormal", &out_refund_no)
+            .await
+            .unwrap();
+    assert!(event.is_some(), "an event for the merchant");
+
+    // Approving again is refused and asks WeChat for nothing.
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    // Its amount is still held: the whole order cannot be asked for, the rest can.
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 2 * 1990}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r.sandbox.calls("secapi/pay/refund").len(), 1, "one refund");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 0);
+
+    // A person redirected it in the merchant platform, and says so.
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "mark_refunded", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["status"], "REFUNDED", "{v}");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+    let rest = c.apply(&token, &no, json!({"amount": 1990})).await;
+    assert!(!rest.is_empty());
+    // Only an abnormal refund is settled by hand.
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "mark_refunded", "aftersale_id": rest}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(r.sandbox.calls("secapi/pay/refund").len(), 1);
+}
+
 /// WeChat refusing a state move with "not in this state" (100000) is success only when its
 /// after-sale is already there: an `acceptrefund` refused while WeChat's after-sale still
 /// waits for the merchant (status 2) is reported, not silently counted as done.

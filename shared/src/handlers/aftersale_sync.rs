@@ -66,6 +66,11 @@ enum AdminAction {
         #[serde(default)]
         reason: String,
     },
+    /// An abnormal refund (REFUND_ABNORMAL: WeChat Pay's `CHANGE`) a person redirected in the
+    /// merchant platform, or paid back another way: REFUNDED.
+    MarkRefunded {
+        aftersale_id: String,
+    },
     List {
         out_trade_no: String,
     },
@@ -297,6 +302,11 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             .await?;
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
+        AdminAction::MarkRefunded { aftersale_id } => {
+            let id = parse_id(&aftersale_id)?;
+            let a = mark_refunded(app, &id).await?;
+            Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
+        }
         AdminAction::List { out_trade_no } => {
             let no = OutTradeNo::parse(out_trade_no)
                 .map_err(|e| ApiError::bad_request("BAD_OUT_TRADE_NO", e.to_string()))?;
@@ -314,6 +324,7 @@ fn is_open(status: AfterSaleStatus) -> bool {
             | AfterSaleStatus::Returning
             | AfterSaleStatus::Refunding
             | AfterSaleStatus::RefundFailed
+            | AfterSaleStatus::RefundAbnormal
     )
 }
 
@@ -488,6 +499,50 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
     Ok(approved)
 }
 
+/// A person settled an abnormal refund by hand: the after-sale REFUNDED, its refund record
+/// SUCCESS (a later SUCCESS notification is then a repeat) and the order's refunded amount,
+/// with the amount's hold given back, in one write.
+async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
+    let done = with_retries::<_, ApiError, _, _>(app, || async {
+        let current = repo::get_aftersale(app.store.as_ref(), id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found("AFTERSALE_NOT_FOUND", format!("no after-sale {id}"))
+            })?;
+        let now = app.clock.now_ms();
+        let mut next = current.value.clone();
+        if next
+            .refunded_by_hand(now)
+            .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?
+            == Change::Unchanged
+        {
+            return Ok(Attempt::Done(next));
+        }
+        let order = repo::get_order(app.store.as_ref(), &next.out_trade_no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+        let mut next_order = order.value.clone();
+        next_order
+            .refund_aftersale(id, next.amount, now)
+            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+        let mut batch = Batch::new();
+        if let Some(no) = &next.out_refund_no {
+            if let Some(r) = repo::get_refund(app.store.as_ref(), no).await? {
+                let mut nr = r.value.clone();
+                nr.status = RefundStatus::Success;
+                nr.updated_at_ms = now;
+                batch.update_refund(&r, &nr);
+            }
+        }
+        batch.update_aftersale(&current, &next);
+        batch.update_order(&order, &next_order);
+        Ok(Attempt::Commit(batch, next))
+    })
+    .await?;
+    tracing::info!(aftersale_id = %id, "abnormal refund settled by hand; after-sale refunded");
+    Ok(done)
+}
+
 /// The refund of an approved after-sale of an order we hold the money of: its record under
 /// the after-sale's `out_refund_no` (a fresh number if WeChat closed the last one) and the
 /// `secapi/pay/refund` task, added to `batch`.
@@ -503,6 +558,17 @@ async fn queue_wechat_pay_refund(
     };
     let new_refund = match repo::get_refund(app.store.as_ref(), &out_refund_no).await? {
         None => Some(out_refund_no),
+        Some(r) if r.value.status == RefundStatus::Abnormal => {
+            // WeChat took that refund and holds it for the merchant (CHANGE): asking again
+            // would pay the user twice.
+            return Err(ApiError::conflict(
+                "REFUND_ABNORMAL",
+                format!(
+                    "refund {out_refund_no} waits at WeChat to be redirected by hand in the \
+                     merchant platform; record that with mark_refunded"
+                ),
+            ));
+        }
         Some(r) if r.value.status == RefundStatus::Failed && r.value.refund_id.is_some() => {
             // WeChat created that refund and closed it (the refund notification said
             // REFUNDCLOSE or CHANGE): the old number would only return it. A new one; the
