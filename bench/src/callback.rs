@@ -73,6 +73,7 @@ pub fn order(no: &OutTradeNo, openid: &OpenId, now: i64) -> Result<Order, String
         delivery: None,
         address: None,
         refunded: Fen::ZERO,
+        refund_claims: Default::default(),
         settled_at_ms: None,
         close_reason: None,
         created_at_ms: now,

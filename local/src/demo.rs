@@ -3,9 +3,10 @@
 //! notification lands, the order syncs to the trading component, the merchant ships, the user
 //! confirms, asks for a refund, the merchant approves, the refund notification lands and the
 //! after-sale syncs. With `--fund-type 1` (secondary merchant) WeChat collects the money
-//! instead: the pay event lands, the order settles into the shop's funds account, and the
-//! merchant withdraws to the bank with the admin's QR confirmation. Every step's effect is checked through the same HTTP entry points users
-//! have; the exit code says whether all of them held.
+//! instead: the pay event lands, WeChat makes the refund when the merchant accepts the
+//! after-sale, the rest settles into the shop's funds account, and the merchant withdraws to
+//! the bank with the admin's QR confirmation. Every step's effect is checked through the same
+//! HTTP entry points users have; the exit code says whether all of them held.
 
 use crate::gateway::{start, Options, Running};
 use serde_json::{json, Value};
@@ -284,7 +285,7 @@ async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
     );
 
     if secondary {
-        return funds_story(d, &no, total).await;
+        return funds_story(d, &token, &no, total).await;
     }
     let applied = d
         .ok("/fn/aftersaleSync", Some(&token), json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "one tin arrived dented"}))
@@ -309,7 +310,7 @@ async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
             let v = d
                 .ok("/fn/queryOrder", Some(&token), json!({"out_trade_no": no}))
                 .await?;
-            Ok((v["order"]["status"] == "PARTIALLY_REFUNDED").then_some(v))
+            Ok((v["order"]["refunded_fee"].as_i64() == Some(1990)).then_some(v))
         })
         .await?;
     d.say(
@@ -357,9 +358,61 @@ async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// fund_type=1: WeChat holds the money. It settles into the shop's funds account, and the
-/// merchant withdraws it to the bank with the admin's QR confirmation.
-async fn funds_story(d: &mut Demo, no: &str, total: i64) -> Result<(), String> {
+/// fund_type=1: WeChat holds the money. A refund is made by WeChat from the shop's funds
+/// when the merchant accepts the after-sale; the rest settles into the funds account, and
+/// the merchant withdraws it to the bank with the admin's QR confirmation.
+async fn funds_story(d: &mut Demo, token: &str, no: &str, paid: i64) -> Result<(), String> {
+    let refund = 1990;
+    let applied = d
+        .ok("/fn/aftersaleSync", Some(token), json!({"action": "apply", "out_trade_no": no, "amount": refund, "reason": "one tin arrived dented"}))
+        .await?;
+    let aftersale_id = applied["aftersale"]["aftersale_id"]
+        .as_str()
+        .ok_or("no aftersale_id")?
+        .to_owned();
+    d.say(
+        "asks for a refund of one tin",
+        format!("{aftersale_id} · {}", yuan(refund)),
+    );
+    println!("merchant");
+    d.admin(
+        "/admin/aftersaleSync",
+        json!({"action": "approve", "aftersale_id": aftersale_id}),
+    )
+    .await?;
+    let refunded = d
+        .wait_for("WeChat's refund (aftersale_refund_success)", || async {
+            let v = d
+                .ok("/fn/queryOrder", Some(token), json!({"out_trade_no": no}))
+                .await?;
+            Ok((v["order"]["refunded_fee"].as_i64() == Some(refund)).then_some(v))
+        })
+        .await?;
+    let list = d
+        .ok(
+            "/fn/aftersaleSync",
+            Some(token),
+            json!({"action": "list", "out_trade_no": no}),
+        )
+        .await?;
+    if list["aftersales"][0]["status"] != "REFUNDED" {
+        return Err(format!(
+            "after-sale reads {}",
+            list["aftersales"][0]["status"]
+        ));
+    }
+    if !d.r.sandbox.calls("secapi/pay/refund").is_empty() {
+        return Err("a secondary-merchant refund went to WeChat Pay".into());
+    }
+    d.say(
+        "approves; WeChat refunds from the funds",
+        format!(
+            "ecaftersale/acceptrefund · refunded {} · after-sale REFUNDED",
+            yuan(refunded["order"]["refunded_fee"].as_i64().unwrap_or(0))
+        ),
+    );
+    let total = paid - refund;
+
     println!("WeChat");
     let before = d
         .admin("/admin/funds", json!({"action": "balance"}))
@@ -556,8 +609,9 @@ async fn funds_story(d: &mut Demo, no: &str, total: i64) -> Result<(), String> {
         ),
     );
     println!(
-        "\nsummary: order {no} · paid {} · settled · withdrew {} ({withdraw_id})",
-        yuan(total),
+        "\nsummary: order {no} · paid {} · refunded {} · settled · withdrew {} ({withdraw_id})",
+        yuan(paid),
+        yuan(refund),
         yuan(amount)
     );
     Ok(())

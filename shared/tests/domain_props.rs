@@ -64,6 +64,7 @@ fn new_order(total: i64) -> Order {
         delivery: None,
         address: None,
         refunded: Fen::ZERO,
+        refund_claims: Default::default(),
         settled_at_ms: None,
         close_reason: None,
         created_at_ms: 0,
@@ -72,6 +73,12 @@ fn new_order(total: i64) -> Order {
     }
 }
 
+/// The status is the fulfilment; the refunded amount sits beside it. A partial refund is
+/// therefore no edge at all (the status stays, only `refunded` grows), so a partly refunded
+/// order still ships and is still received; refunding what is left is the one refund edge
+/// (→ REFUNDED). Nothing enters PARTIALLY_REFUNDED any more: records written while it
+/// replaced the fulfilment status leave it the way they would have gone — ship (no waybill
+/// yet), receive (a waybill), or the rest refunded.
 fn order_edge_allowed(from: OrderStatus, to: OrderStatus) -> bool {
     use OrderStatus::*;
     from == to
@@ -87,9 +94,28 @@ fn order_edge_allowed(from: OrderStatus, to: OrderStatus) -> bool {
                 | (Paid, Shipped)
                 | (Shipped, Received)
                 | (Received, Completed)
-                | (Paid | Shipped | Received | Completed | PartiallyRefunded, PartiallyRefunded)
                 | (Paid | Shipped | Received | Completed | PartiallyRefunded, Refunded)
+                // Legacy records only.
+                | (PartiallyRefunded, Shipped)
+                | (PartiallyRefunded, Received)
         )
+}
+
+/// A record as an earlier version wrote it after a partial refund: PARTIALLY_REFUNDED, paid,
+/// part refunded, shipped or not.
+fn legacy_partially_refunded(total: i64, shipped: bool) -> Order {
+    let mut o = new_order(total);
+    o.status = OrderStatus::PartiallyRefunded;
+    o.transaction_id = Some("txn0".into());
+    o.paid_at_ms = Some(0);
+    o.refunded = Fen::new(total / 2).unwrap();
+    if shipped {
+        o.delivery = Some(Delivery {
+            delivery_id: "SF".into(),
+            waybill_id: "w0".into(),
+        });
+    }
+    o
 }
 
 fn apply_order(o: &mut Order, ev: &OrderEvent, now: i64) -> Result<Change, String> {
@@ -133,6 +159,8 @@ fn check_order_invariants(o: &Order) -> Result<(), TestCaseError> {
         OrderStatus::PartiallyRefunded => {
             prop_assert!(o.refunded > Fen::ZERO && o.refunded < o.total)
         }
+        // Paid and not (yet) fully refunded: any part may have gone back.
+        s if s.is_paid() => prop_assert!(o.refunded < o.total),
         _ => prop_assert_eq!(o.refunded, Fen::ZERO),
     }
     if matches!(
@@ -158,9 +186,15 @@ proptest! {
     fn orders_never_reach_an_illegal_state(
         (total, events) in (1i64..10_000).prop_flat_map(|t| {
             (Just(t), prop::collection::vec(order_event(t), 0..40))
-        })
+        }),
+        // 0: a new order; 1, 2: a legacy PARTIALLY_REFUNDED record, not shipped / shipped.
+        start in 0u8..3,
     ) {
-        let mut o = new_order(total);
+        let mut o = match start {
+            0 => new_order(total),
+            _ if total < 2 => new_order(total),
+            n => legacy_partially_refunded(total, n == 2),
+        };
         let mut first_txn: Option<String> = None;
         let mut ever_shipped = false;
         for (step, ev) in events.iter().enumerate() {
@@ -239,6 +273,9 @@ enum AfterSaleEvent {
     Approve,
     Refunded(Option<u8>),
     RefundFailed,
+    /// WeChat Pay's `CHANGE`: taken, not paid back, held for a person.
+    RefundAbnormal,
+    RefundedByHand,
     AcceptReturn,
     /// The user's parcel: one of two waybills.
     GoodsSent(u8),
@@ -251,6 +288,8 @@ fn aftersale_event() -> impl Strategy<Value = AfterSaleEvent> {
         Just(AfterSaleEvent::Approve),
         prop::option::of(0u8..3).prop_map(AfterSaleEvent::Refunded),
         Just(AfterSaleEvent::RefundFailed),
+        Just(AfterSaleEvent::RefundAbnormal),
+        Just(AfterSaleEvent::RefundedByHand),
         Just(AfterSaleEvent::AcceptReturn),
         (0u8..2).prop_map(AfterSaleEvent::GoodsSent),
     ]
@@ -301,6 +340,9 @@ fn aftersale_edge_allowed(from: AfterSaleStatus, to: AfterSaleStatus) -> bool {
                 | (Refunding, RefundFailed)
                 | (RefundFailed, Refunding)
                 | (RefundFailed, Refunded)
+                // The money is at WeChat: only a person (or WeChat's SUCCESS) ends it.
+                | (Refunding | RefundFailed, RefundAbnormal)
+                | (RefundAbnormal, Refunded)
         )
 }
 
@@ -310,8 +352,10 @@ proptest! {
     #[test]
     fn aftersales_never_reach_an_illegal_state(
         returns in any::<bool>(),
+        secondary_merchant in any::<bool>(),
         events in prop::collection::vec(aftersale_event(), 0..30)
     ) {
+        let fund_type = if secondary_merchant { FundType::SecondaryMerchant } else { FundType::Direct };
         let kind = if returns { AfterSaleKind::ReturnAndRefund } else { AfterSaleKind::RefundOnly };
         let mut a = new_aftersale(kind);
         let mut refund_no = None;
@@ -321,9 +365,11 @@ proptest! {
             let result = match ev {
                 AfterSaleEvent::Cancel => a.cancel(now),
                 AfterSaleEvent::Reject => a.reject("no", now),
-                AfterSaleEvent::Approve => a.approve(now),
+                AfterSaleEvent::Approve => a.approve(fund_type, now),
                 AfterSaleEvent::Refunded(id) => a.refunded(id.map(|n| format!("r{n}")), now),
                 AfterSaleEvent::RefundFailed => a.refund_failed(now),
+                AfterSaleEvent::RefundAbnormal => a.refund_abnormal(now),
+                AfterSaleEvent::RefundedByHand => a.refunded_by_hand(now),
                 AfterSaleEvent::AcceptReturn => a.accept_return(
                     wxshop::domain::Address {
                         receiver_name: "Returns".into(),
@@ -350,11 +396,20 @@ proptest! {
                 (None, Some(n)) => refund_no = Some(n.clone()),
                 (None, None) => {}
             }
-            if matches!(
-                a.status,
-                AfterSaleStatus::Refunding | AfterSaleStatus::Refunded | AfterSaleStatus::RefundFailed
-            ) {
-                prop_assert!(a.out_refund_no.is_some(), "refunding without a refund number");
+            // Only a refund we ask WeChat Pay for has a number of ours; WeChat refunds a
+            // secondary-merchant order under its own.
+            match fund_type {
+                FundType::Direct if matches!(
+                    a.status,
+                    AfterSaleStatus::Refunding
+                        | AfterSaleStatus::Refunded
+                        | AfterSaleStatus::RefundFailed
+                        | AfterSaleStatus::RefundAbnormal
+                ) => prop_assert!(a.out_refund_no.is_some(), "refunding without a refund number"),
+                FundType::SecondaryMerchant => {
+                    prop_assert!(a.out_refund_no.is_none(), "a number of ours for WeChat's refund")
+                }
+                FundType::Direct => {}
             }
             if matches!(a.status, AfterSaleStatus::Cancelled | AfterSaleStatus::Rejected) {
                 prop_assert!(a.out_refund_no.is_none(), "a refused after-sale got a refund number");
@@ -367,7 +422,10 @@ proptest! {
             match a.kind {
                 AfterSaleKind::RefundOnly => prop_assert!(a.goods_return.is_none()),
                 AfterSaleKind::ReturnAndRefund => {
-                    if a.out_refund_no.is_some() {
+                    if matches!(
+                        a.status,
+                        AfterSaleStatus::Refunding | AfterSaleStatus::Refunded | AfterSaleStatus::RefundFailed
+                    ) {
                         prop_assert!(
                             a.goods_return.as_ref().is_some_and(|g| g.waybill.is_some()),
                             "refunding a return before the goods were sent back"
@@ -380,6 +438,15 @@ proptest! {
                         );
                     }
                 }
+            }
+            // An abnormal refund is never asked for again: it stays held (same number) until
+            // it is recorded refunded.
+            if before.status == AfterSaleStatus::RefundAbnormal {
+                prop_assert!(matches!(
+                    a.status,
+                    AfterSaleStatus::RefundAbnormal | AfterSaleStatus::Refunded
+                ));
+                prop_assert_eq!(&a.out_refund_no, &before.out_refund_no);
             }
             // Money never moves back once refunded: Refunded is final.
             if before.status == AfterSaleStatus::Refunded {

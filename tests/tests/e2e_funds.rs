@@ -645,3 +645,79 @@ async fn closing_a_fund_type_1_order_closes_it_at_wechat() {
         .await;
     assert_ne!(s, 200, "a closed order cannot be paid at WeChat: {v}");
 }
+
+/// A refund of a secondary-merchant order: WeChat holds the money, so approving the user's
+/// after-sale accepts it at WeChat (`ecaftersale/acceptrefund`), WeChat refunds from the
+/// shop's funds and says so, and ours is REFUNDED with the order's refunded amount — WeChat
+/// Pay (`secapi/pay/refund`, where our merchant account has no such payment) is never asked.
+/// A second after-sale on the same order then goes the same way.
+#[tokio::test]
+async fn fund_type_1_refund_is_made_by_wechat_on_acceptance() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (no, total) = buy_pay_settle(&c).await;
+    let token = c.login("alice").await;
+    let admin = r.admin_token.clone();
+    let out = OutTradeNo::parse(no.clone()).unwrap();
+
+    for (round, amount) in [(1, 1990), (2, total - 1990)] {
+        let (s, applied) = c
+            .post(
+                "/fn/aftersaleSync",
+                Some(&token),
+                &json!({"action": "apply", "out_trade_no": no, "amount": amount, "reason": "dented"}),
+            )
+            .await;
+        assert_eq!(s, 200, "apply {round}: {applied}");
+        let id = applied["aftersale"]["aftersale_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (s, approved) = c
+            .post(
+                "/admin/aftersaleSync",
+                Some(&admin),
+                &json!({"action": "approve", "aftersale_id": id}),
+            )
+            .await;
+        assert_eq!(s, 200, "approve {round}: {approved}");
+        assert_eq!(approved["aftersale"]["status"], "REFUNDING", "{approved}");
+        assert!(
+            approved["aftersale"]["out_refund_no"].is_null(),
+            "WeChat refunds under its own number: {approved}"
+        );
+        eventually("the after-sale to read REFUNDED", || async {
+            let (_, v) = c
+                .post(
+                    "/fn/aftersaleSync",
+                    Some(&token),
+                    &json!({"action": "list", "out_trade_no": no}),
+                )
+                .await;
+            v["aftersales"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["aftersale_id"] == id.as_str() && a["status"] == "REFUNDED")
+        })
+        .await;
+    }
+    let (_, q) = c
+        .post("/fn/queryOrder", Some(&token), &json!({"out_trade_no": no}))
+        .await;
+    assert_eq!(q["order"]["refunded_fee"], total, "{q}");
+    assert_eq!(q["order"]["status"], "REFUNDED", "{q}");
+    let stored = wxshop::store::repo::get_order(r.app.store.as_ref(), &out)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.value.refunded.get(), total);
+    assert_eq!(c.calls("secapi/pay/refund"), 0, "WeChat Pay is never asked");
+    assert!(c.calls("shop/ecaftersale/acceptrefund") >= 2);
+    assert_eq!(c.balance().await, (0, 0), "refunded from the shop's funds");
+    // Nothing left for a person: no task failed.
+    let (dead, _) = wxshop::outbox::list_dead(r.app.store.as_ref(), 100, None)
+        .await
+        .unwrap();
+    assert!(dead.is_empty(), "{dead:?}");
+}

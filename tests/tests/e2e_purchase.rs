@@ -422,6 +422,186 @@ async fn the_whole_story_including_the_refund_checks_out() {
         .expect("every demo step checks out");
 }
 
+/// One of two tins refunded before shipping: the order still ships (the other tin) and the
+/// user still confirms its receipt, at WeChat too; the refunded amount stays on the order.
+#[tokio::test]
+async fn a_partly_refunded_order_still_ships_and_is_received() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "ivan", 2).await;
+    let id = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "only one wanted"}),
+        )
+        .await;
+    c.approve(&id).await;
+    eventually("the refund of one tin", || async {
+        c.status(&token, &no).await["refunded_fee"] == 1990
+    })
+    .await;
+    assert_eq!(c.aftersale(&token, &no).await["status"], "REFUNDED");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF", "waybill_id": "SF1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "ship: {v}");
+    eventually("shop/delivery/send", || async {
+        r.sandbox
+            .calls("shop/delivery/send")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "confirm"}),
+        )
+        .await;
+    assert_eq!(s, 200, "confirm: {v}");
+    let order = c.status(&token, &no).await;
+    assert_eq!(order["status"], "RECEIVED", "{order}");
+    assert_eq!(order["refunded_fee"], 1990, "{order}");
+    eventually("shop/delivery/recieve", || async {
+        r.sandbox
+            .calls("shop/delivery/recieve")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    assert!(c.dead_letters().await.is_empty());
+}
+
+/// Two applications for everything at once (a double tap, two devices): the amount is held
+/// on the order, written under its version, so exactly one is accepted and the other is
+/// refused (409) — they used to both pass the read-then-write check and together ask for
+/// twice what was paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_full_refund_applications_accept_exactly_one() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    for round in 0..6 {
+        let (token, no) = paid_and_synced(&r, &c, &format!("judy{round}"), 2).await;
+        let body = json!({"action": "apply", "out_trade_no": no, "reason": "twice"});
+        let (a, b) = tokio::join!(
+            c.post("/fn/aftersaleSync", Some(&token), &body),
+            c.post("/fn/aftersaleSync", Some(&token), &body)
+        );
+        let mut codes = [a.0, b.0];
+        codes.sort_unstable();
+        assert_eq!(codes, [200, 409], "round {round}: {} / {}", a.1, b.1);
+        let refused = if a.0 == 409 { &a.1 } else { &b.1 };
+        assert_eq!(refused["code"], "NOT_REFUNDABLE", "{refused}");
+        let (_, listed) = c
+            .post(
+                "/fn/aftersaleSync",
+                Some(&token),
+                &json!({"action": "list", "out_trade_no": no}),
+            )
+            .await;
+        assert_eq!(
+            listed["aftersales"].as_array().unwrap().len(),
+            1,
+            "{listed}"
+        );
+        // Cancelled, it holds nothing any more: the amount can be asked for again.
+        let accepted = if a.0 == 200 { &a.1 } else { &b.1 };
+        let (s, v) = c
+            .post(
+                "/fn/aftersaleSync",
+                Some(&token),
+                &json!({"action": "cancel", "aftersale_id": accepted["aftersale"]["aftersale_id"]}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = c.post("/fn/aftersaleSync", Some(&token), &body).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["aftersale"]["amount"], 2 * 1990, "{v}");
+    }
+}
+
+/// An after-sale recorded without a hold on the order (written before holds existed — as
+/// the racy check above let through — or imported from WeChat beyond what was left) is
+/// approved only if what open after-sales hold leaves room for it: while the first one is
+/// still REFUNDING (WeChat Pay down), approving the second is refused, and no second refund
+/// is asked for.
+#[tokio::test]
+async fn approving_beyond_what_open_aftersales_leave_is_refused() {
+    use wxshop::domain::{AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus};
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "ken", 2).await;
+    c.fault(json!({"path": "secapi/pay/refund", "mode": "http500", "count": 1000}))
+        .await;
+    let first = c.apply(&token, &no, json!({"reason": "all of it"})).await;
+    let out = OutTradeNo::parse(no.clone()).unwrap();
+    let order = wxshop::store::repo::get_order(r.app.store.as_ref(), &out)
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let unheld = AfterSale {
+        id: AfterSaleId::parse("ASlegacy0001").unwrap(),
+        out_trade_no: out,
+        openid: order.openid,
+        kind: AfterSaleKind::RefundOnly,
+        amount: Fen::new(2 * 1990).unwrap(),
+        reason: "all of it, again".into(),
+        status: AfterSaleStatus::Requested,
+        out_refund_no: None,
+        refund_id: None,
+        wx_aftersale_id: None,
+        wx_add_claimed_until_ms: None,
+        reject_reason: None,
+        goods_return: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    let mut batch = wxshop::store::repo::Batch::new();
+    batch.create_aftersale(&unheld);
+    batch.commit(r.app.store.as_ref()).await.unwrap();
+
+    c.approve(&first).await;
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": "ASlegacy0001"}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["code"], "NOT_REFUNDABLE", "{v}");
+    let (_, listed) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await;
+    let statuses: Vec<&str> = listed["aftersales"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_str().unwrap())
+        .collect();
+    assert!(statuses.contains(&"REFUNDING"), "{listed}");
+    assert!(statuses.contains(&"REQUESTED"), "{listed}");
+    // A new application finds nothing left either.
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 1}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+}
+
 /// WeChat answering "system busy" twice: the outbox retries with back-off and the order
 /// still converges (paid, synced once), with nothing dead-lettered.
 #[tokio::test]
@@ -845,6 +1025,86 @@ async fn a_refund_wechat_closed_is_issued_again_under_a_new_number() {
         refunds.contains(&first) && refunds.contains(&second),
         "{refunds:?}"
     );
+}
+
+/// A refund WeChat took but could not pay into the user's account (`CHANGE`, 退款异常: the
+/// card was closed or frozen; the money waits at WeChat to be redirected by hand) is held
+/// for a person: REFUND_ABNORMAL, an event for the merchant, approving again refused (a new
+/// refund number would pay the user twice), its amount still held against what is
+/// refundable. A person records the redirection; then it is REFUNDED.
+#[tokio::test]
+async fn an_abnormal_refund_is_held_for_a_person_not_issued_again() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "lena", 2).await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "one tin"}))
+        .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/refund_outcome",
+            None,
+            &json!({"status": "CHANGE", "count": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    c.approve(&id).await;
+    eventually("REFUND_ABNORMAL", || async {
+        c.aftersale(&token, &no).await["status"] == "REFUND_ABNORMAL"
+    })
+    .await;
+    let out_refund_no = c.aftersale(&token, &no).await["out_refund_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let event =
+        wxshop::store::repo::get_event(r.app.store.as_ref(), "refund_abnormal", &out_refund_no)
+            .await
+            .unwrap();
+    assert!(event.is_some(), "an event for the merchant");
+
+    // Approving again is refused and asks WeChat for nothing.
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    // Its amount is still held: the whole order cannot be asked for, the rest can.
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 2 * 1990}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r.sandbox.calls("secapi/pay/refund").len(), 1, "one refund");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 0);
+
+    // A person redirected it in the merchant platform, and says so.
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "mark_refunded", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["status"], "REFUNDED", "{v}");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+    let rest = c.apply(&token, &no, json!({"amount": 1990})).await;
+    assert!(!rest.is_empty());
+    // Only an abnormal refund is settled by hand.
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "mark_refunded", "aftersale_id": rest}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(r.sandbox.calls("secapi/pay/refund").len(), 1);
 }
 
 /// WeChat refusing a state move with "not in this state" (100000) is success only when its

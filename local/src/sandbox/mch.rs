@@ -856,10 +856,12 @@ async fn complete_refund(sb: Sandbox, out_refund_no: String, _st: SignType, epoc
         let order = state.pay.orders.get_mut(&r.out_trade_no).map(|o| {
             if ok {
                 o.state = TradeState::Refund;
-            } else {
-                // The money did not go back: refundable again.
+            } else if outcome == "REFUNDCLOSE" {
+                // The money did not leave: refundable again.
                 o.refunded -= r.refund_fee;
             }
+            // CHANGE: the money left the merchant and waits at WeChat to be redirected by
+            // hand (the user's card was closed or frozen); it stays refunded.
             o.clone()
         });
         (r, order, id)

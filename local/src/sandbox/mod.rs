@@ -696,7 +696,8 @@ async fn control_settle(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response 
 }
 
 /// `{"status": "REFUNDCLOSE" | "CHANGE", "count": n}`: the next `n` accepted refunds end that
-/// way instead of `SUCCESS` (their notification says so; the money stays refundable).
+/// way instead of `SUCCESS` (their notification says so). After `REFUNDCLOSE` the money is
+/// refundable again; after `CHANGE` it left the merchant and waits at WeChat, as there.
 async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
     let v = match parse_json_body(&body) {
         Ok(v) => v,

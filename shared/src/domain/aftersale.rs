@@ -1,10 +1,23 @@
 //! After-sales: a user's request to get money (and maybe goods) back, with its own machine.
 //!
 //! ```text
-//! REQUESTED ─approve→ REFUNDING ─refund ok→ REFUNDED
-//!     │  └─reject→ REJECTED          └─refund failed→ REFUND_FAILED ─approve→ REFUNDING
-//!     └─cancel→ CANCELLED
+//! REQUESTED ─approve→ REFUNDING ─refund ok→ REFUNDED ←──────────────────────┐
+//!     │  └─reject→ REJECTED          ├─refund failed→ REFUND_FAILED ─approve→ REFUNDING
+//!     └─cancel→ CANCELLED            └─refund abnormal→ REFUND_ABNORMAL ─refund ok / by hand┘
 //! ```
+//!
+//! REFUND_FAILED: the money did not leave (WeChat refused or closed the refund); approving
+//! again asks anew. REFUND_ABNORMAL (WeChat Pay's `CHANGE`): WeChat took the refund but could
+//! not pay it into the user's account (card closed or frozen); the money waits at WeChat
+//! until a person redirects it in the merchant platform. It is never asked for again — that
+//! would pay the user twice — and its amount stays held on the order; a person records the
+//! outcome (or a later `SUCCESS` notification does).
+//!
+//! Who pays the money back depends on who holds it (the order's [`FundType`]): for an
+//! ordinary order we ask WeChat Pay (`secapi/pay/refund`) under an `out_refund_no` fixed at
+//! the first approval; for a secondary-merchant order WeChat holds the money and refunds it
+//! itself when the merchant accepts the after-sale there (`ecaftersale/acceptrefund`), so no
+//! refund number of ours exists.
 //!
 //! A return and refund first gets the goods back: the merchant accepts the return, giving
 //! the address; the user sends the parcel and says with which waybill; once it is there the
@@ -16,7 +29,7 @@
 //!     └─reject→ REJECTED, cancel→ CANCELLED
 //! ```
 
-use super::{Address, AfterSaleId, Fen, OpenId, OutRefundNo, OutTradeNo};
+use super::{Address, AfterSaleId, Fen, FundType, OpenId, OutRefundNo, OutTradeNo};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +44,11 @@ pub enum AfterSaleStatus {
     /// confirm they arrived by approving the refund.
     Returning,
     Refunding,
+    /// The money did not leave: approving again asks anew.
     RefundFailed,
+    /// WeChat took the refund but could not pay it back (`CHANGE`); it waits at WeChat for a
+    /// person. Never refunded again by us.
+    RefundAbnormal,
     Refunded,
 }
 
@@ -45,6 +62,7 @@ impl AfterSaleStatus {
             AfterSaleStatus::Returning => "RETURNING",
             AfterSaleStatus::Refunding => "REFUNDING",
             AfterSaleStatus::RefundFailed => "REFUND_FAILED",
+            AfterSaleStatus::RefundAbnormal => "REFUND_ABNORMAL",
             AfterSaleStatus::Refunded => "REFUNDED",
         }
     }
@@ -161,17 +179,27 @@ impl AfterSale {
         }
     }
 
-    /// Merchant approves the refund: REFUNDING, with a refund number fixed once for all
-    /// retries. A return and refund only once the goods were sent back (RETURNING).
-    pub fn approve(&mut self, now_ms: i64) -> Result<super::Change, AfterSaleTransitionError> {
+    /// Merchant approves the refund: REFUNDING. For an order whose money we hold
+    /// ([`FundType::Direct`]) with a refund number fixed once for all retries; WeChat refunds
+    /// a secondary-merchant order itself, under its own number. A return and refund only once
+    /// the goods were sent back (RETURNING).
+    pub fn approve(
+        &mut self,
+        fund_type: FundType,
+        now_ms: i64,
+    ) -> Result<super::Change, AfterSaleTransitionError> {
         let ready = match self.kind {
             AfterSaleKind::RefundOnly => self.status == AfterSaleStatus::Requested,
             AfterSaleKind::ReturnAndRefund => self.status == AfterSaleStatus::Returning,
         };
         match self.status {
             AfterSaleStatus::Refunding | AfterSaleStatus::Refunded => Ok(super::Change::Unchanged),
-            AfterSaleStatus::RefundFailed => self.start_refund(now_ms),
-            _ if ready => self.start_refund(now_ms),
+            AfterSaleStatus::RefundFailed => self.start_refund(fund_type, now_ms),
+            AfterSaleStatus::RefundAbnormal => {
+                Err(self
+                    .err("approve again: WeChat holds the refund for the merchant to redirect it"))
+            }
+            _ if ready => self.start_refund(fund_type, now_ms),
             AfterSaleStatus::Requested | AfterSaleStatus::AwaitingReturn => {
                 Err(self.err("refund before the goods were sent back"))
             }
@@ -179,8 +207,12 @@ impl AfterSale {
         }
     }
 
-    fn start_refund(&mut self, now_ms: i64) -> Result<super::Change, AfterSaleTransitionError> {
-        if self.out_refund_no.is_none() {
+    fn start_refund(
+        &mut self,
+        fund_type: FundType,
+        now_ms: i64,
+    ) -> Result<super::Change, AfterSaleTransitionError> {
+        if fund_type == FundType::Direct && self.out_refund_no.is_none() {
             self.out_refund_no = Some(OutRefundNo::generate(now_ms));
         }
         self.status = AfterSaleStatus::Refunding;
@@ -237,14 +269,14 @@ impl AfterSale {
     }
 
     /// A fresh refund number for an approved after-sale whose previous refund WeChat created
-    /// and then closed (`REFUNDCLOSE`, `CHANGE`): asking again under the old number would only
-    /// return that closed refund.
+    /// and then closed (`REFUNDCLOSE`): asking again under the old number would only return
+    /// that closed refund. (An abnormal refund, `CHANGE`, is never asked for again.)
     pub fn renumber_refund(
         &mut self,
         now_ms: i64,
     ) -> Result<OutRefundNo, AfterSaleTransitionError> {
         match self.status {
-            AfterSaleStatus::Refunding => {
+            AfterSaleStatus::Refunding if self.out_refund_no.is_some() => {
                 let no = OutRefundNo::generate(now_ms);
                 self.out_refund_no = Some(no.clone());
                 self.updated_at_ms = now_ms;
@@ -261,7 +293,9 @@ impl AfterSale {
     ) -> Result<super::Change, AfterSaleTransitionError> {
         match self.status {
             AfterSaleStatus::Refunded => Ok(super::Change::Unchanged),
-            AfterSaleStatus::Refunding | AfterSaleStatus::RefundFailed => {
+            AfterSaleStatus::Refunding
+            | AfterSaleStatus::RefundFailed
+            | AfterSaleStatus::RefundAbnormal => {
                 self.status = AfterSaleStatus::Refunded;
                 if refund_id.is_some() {
                     self.refund_id = refund_id;
@@ -270,6 +304,35 @@ impl AfterSale {
                 Ok(super::Change::Changed)
             }
             _ => Err(self.err("record refund")),
+        }
+    }
+
+    /// WeChat took the refund but could not pay it back (`CHANGE`). Also after a failure was
+    /// recorded: the money is at WeChat after all.
+    pub fn refund_abnormal(
+        &mut self,
+        now_ms: i64,
+    ) -> Result<super::Change, AfterSaleTransitionError> {
+        match self.status {
+            AfterSaleStatus::RefundAbnormal => Ok(super::Change::Unchanged),
+            AfterSaleStatus::Refunding | AfterSaleStatus::RefundFailed => {
+                self.status = AfterSaleStatus::RefundAbnormal;
+                self.updated_at_ms = now_ms;
+                Ok(super::Change::Changed)
+            }
+            _ => Err(self.err("record an abnormal refund")),
+        }
+    }
+
+    /// A person redirected an abnormal refund (merchant platform, or paid the user another
+    /// way): REFUNDED. Only an abnormal refund is settled by hand.
+    pub fn refunded_by_hand(
+        &mut self,
+        now_ms: i64,
+    ) -> Result<super::Change, AfterSaleTransitionError> {
+        match self.status {
+            AfterSaleStatus::RefundAbnormal => self.refunded(None, now_ms),
+            _ => Err(self.err("record a refund made by hand (only an abnormal refund is)")),
         }
     }
 

@@ -4,13 +4,21 @@
 //!
 //! ```text
 //! CREATED ─prepay→ PREPAID ─pay→ PAID ─ship→ SHIPPED ─receive→ RECEIVED ─complete→ COMPLETED
-//!    │                │            │          │            │
-//!    └──close──────→ CLOSED        └─────refund (partial/full)─────→ PARTIALLY_REFUNDED / REFUNDED
+//!    │                │            │          │            │               │
+//!    └──close──────→ CLOSED        └─────── refund of what is left ────────┴──→ REFUNDED
 //! ```
-//! `PAID` with `fund_type = 1` additionally records settlement (`settled_at`).
+//! The status is the fulfilment; the money that went back is `refunded`, beside it. A partial
+//! refund (one of two items) changes only `refunded`: the order stays PAID / SHIPPED / … so the
+//! rest is still shipped and its receipt confirmed. Refunding what is left makes it REFUNDED
+//! (final). `PAID` with `fund_type = 1` additionally records settlement (`settled_at`).
+//!
+//! PARTIALLY_REFUNDED is no longer entered; records written while a partial refund replaced
+//! the fulfilment status still read, and leave it the way they would have gone: ship when no
+//! waybill was recorded yet, confirm receipt when one was, refund to REFUNDED.
 
-use super::{Fen, OpenId, OutTradeNo, ProductId, SkuId};
+use super::{AfterSaleId, Fen, OpenId, OutTradeNo, ProductId, SkuId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -26,7 +34,10 @@ pub enum OrderStatus {
     Completed,
     /// Closed unpaid (user, merchant or expiry). Final.
     Closed,
-    /// Some of the paid amount went back to the user.
+    /// Legacy: some of the paid amount went back to the user, written by versions that let a
+    /// partial refund replace the fulfilment status. No longer entered (a partial refund keeps
+    /// the status; see the module doc); such records may still ship, confirm receipt and be
+    /// refunded.
     PartiallyRefunded,
     /// Everything paid went back. Final.
     Refunded,
@@ -180,6 +191,11 @@ pub struct Order {
     pub address: Option<Address>,
     #[serde(default)]
     pub refunded: Fen,
+    /// What each open after-sale asks for, held against the refundable amount from the
+    /// application until it is refunded or closed: written with the order, under its version,
+    /// so concurrent applications cannot together ask for more than is left.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refund_claims: BTreeMap<AfterSaleId, Fen>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -282,13 +298,21 @@ impl Order {
         }
     }
 
-    /// PAID → SHIPPED.
+    /// PAID → SHIPPED, also after a partial refund (a legacy PARTIALLY_REFUNDED order not
+    /// shipped yet ships the same way).
     pub fn ship(&mut self, delivery: Delivery, now_ms: i64) -> Result<Change, TransitionError> {
         match self.status {
             OrderStatus::Shipped if self.delivery.as_ref() == Some(&delivery) => {
                 Ok(Change::Unchanged)
             }
-            OrderStatus::Paid => {
+            OrderStatus::PartiallyRefunded if self.delivery.is_some() => {
+                if self.delivery.as_ref() == Some(&delivery) {
+                    Ok(Change::Unchanged)
+                } else {
+                    Err(self.not_allowed("ship again"))
+                }
+            }
+            OrderStatus::Paid | OrderStatus::PartiallyRefunded => {
                 self.status = OrderStatus::Shipped;
                 self.delivery = Some(delivery);
                 self.updated_at_ms = now_ms;
@@ -298,11 +322,15 @@ impl Order {
         }
     }
 
-    /// SHIPPED → RECEIVED.
+    /// SHIPPED → RECEIVED, also after a partial refund (a legacy PARTIALLY_REFUNDED order
+    /// with a waybill is received the same way).
     pub fn receive(&mut self, now_ms: i64) -> Result<Change, TransitionError> {
         match self.status {
             OrderStatus::Received => Ok(Change::Unchanged),
-            OrderStatus::Shipped => {
+            OrderStatus::PartiallyRefunded if self.delivery.is_none() => {
+                Err(self.not_allowed("confirm receipt before shipping"))
+            }
+            OrderStatus::Shipped | OrderStatus::PartiallyRefunded => {
                 self.status = OrderStatus::Received;
                 self.updated_at_ms = now_ms;
                 Ok(Change::Changed)
@@ -329,6 +357,75 @@ impl Order {
         self.total.checked_sub(self.refunded).unwrap_or(Fen::ZERO)
     }
 
+    /// What open after-sales hold ([`Order::claim_refund`]).
+    pub fn claimed(&self) -> Fen {
+        self.refund_claims.values().fold(Fen::ZERO, |sum, a| {
+            sum.checked_add(*a).unwrap_or(self.total)
+        })
+    }
+
+    /// What a new after-sale may still ask for: refundable, less what open ones hold.
+    pub fn claimable(&self) -> Fen {
+        self.refundable()
+            .checked_sub(self.claimed())
+            .unwrap_or(Fen::ZERO)
+    }
+
+    /// Holds `amount` for after-sale `id` until it is refunded or closed
+    /// ([`Order::release_claim`]): refused if the order cannot be refunded or open
+    /// after-sales already hold what is left. The same claim again is `Unchanged`.
+    pub fn claim_refund(
+        &mut self,
+        id: &AfterSaleId,
+        amount: Fen,
+        now_ms: i64,
+    ) -> Result<Change, TransitionError> {
+        if self.refund_claims.get(id) == Some(&amount) {
+            return Ok(Change::Unchanged);
+        }
+        self.check_refund(amount)?;
+        let others = self
+            .refund_claims
+            .iter()
+            .filter(|(k, _)| *k != id)
+            .fold(Fen::ZERO, |sum, (_, a)| {
+                sum.checked_add(*a).unwrap_or(self.total)
+            });
+        let left = self.refundable().checked_sub(others).unwrap_or(Fen::ZERO);
+        if amount > left {
+            return Err(TransitionError::RefundTooLarge {
+                requested: amount,
+                refundable: left,
+            });
+        }
+        self.refund_claims.insert(id.clone(), amount);
+        self.updated_at_ms = now_ms;
+        Ok(Change::Changed)
+    }
+
+    /// Gives back what after-sale `id` held (it was refunded, cancelled or rejected).
+    /// `Unchanged` if it held nothing.
+    pub fn release_claim(&mut self, id: &AfterSaleId, now_ms: i64) -> Change {
+        if self.refund_claims.remove(id).is_some() {
+            self.updated_at_ms = now_ms;
+            Change::Changed
+        } else {
+            Change::Unchanged
+        }
+    }
+
+    /// Records the refund of after-sale `id` (`amount`): the refund, and its claim given back.
+    pub fn refund_aftersale(
+        &mut self,
+        id: &AfterSaleId,
+        amount: Fen,
+        now_ms: i64,
+    ) -> Result<Change, TransitionError> {
+        self.refund(amount, now_ms)?;
+        self.release_claim(id, now_ms);
+        Ok(Change::Changed)
+    }
+
     /// Checks that `amount` may be refunded now (used before asking WeChat).
     pub fn check_refund(&self, amount: Fen) -> Result<(), TransitionError> {
         if !self.status.is_paid() || self.status == OrderStatus::Refunded {
@@ -343,8 +440,9 @@ impl Order {
         Ok(())
     }
 
-    /// Records a successful refund of `amount`: PARTIALLY_REFUNDED, or REFUNDED when nothing
-    /// is left. Idempotency per refund is the caller's (keyed by `out_refund_no`).
+    /// Records a successful refund of `amount`: REFUNDED when nothing is left, otherwise the
+    /// status (the fulfilment) stays as it is. Idempotency per refund is the caller's (keyed
+    /// by `out_refund_no`).
     pub fn refund(&mut self, amount: Fen, now_ms: i64) -> Result<Change, TransitionError> {
         self.check_refund(amount)?;
         self.refunded =
@@ -354,11 +452,9 @@ impl Order {
                     requested: amount,
                     refundable: self.refundable(),
                 })?;
-        self.status = if self.refundable() == Fen::ZERO {
-            OrderStatus::Refunded
-        } else {
-            OrderStatus::PartiallyRefunded
-        };
+        if self.refundable() == Fen::ZERO {
+            self.status = OrderStatus::Refunded;
+        }
         self.updated_at_ms = now_ms;
         Ok(Change::Changed)
     }
@@ -408,6 +504,7 @@ pub(crate) mod tests {
             delivery: None,
             address: None,
             refunded: Fen::ZERO,
+            refund_claims: BTreeMap::new(),
             settled_at_ms: None,
             close_reason: None,
             created_at_ms: 0,
@@ -435,7 +532,12 @@ pub(crate) mod tests {
         assert_eq!(o.ship(d, 5), Ok(Change::Unchanged));
         assert_eq!(o.receive(6), Ok(Change::Changed));
         assert_eq!(o.refund(Fen::new(40).unwrap(), 7), Ok(Change::Changed));
-        assert_eq!(o.status, OrderStatus::PartiallyRefunded);
+        assert_eq!(
+            o.status,
+            OrderStatus::Received,
+            "a partial refund keeps the fulfilment"
+        );
+        assert_eq!(o.refunded, Fen::new(40).unwrap());
         assert!(o.refund(Fen::new(61).unwrap(), 8).is_err());
         assert_eq!(o.refund(Fen::new(60).unwrap(), 8), Ok(Change::Changed));
         assert_eq!(o.status, OrderStatus::Refunded);
@@ -473,6 +575,99 @@ pub(crate) mod tests {
         old["address"]["city"] = serde_json::Value::Null;
         assert_eq!(serde_json::from_value::<Order>(old).unwrap(), o);
         assert_eq!(serde_json::from_str::<Order>(&json).unwrap(), o);
+    }
+
+    /// One of two items refunded before shipping: the rest still ships and its receipt is
+    /// still confirmed; refunding what is left then makes the order REFUNDED.
+    #[test]
+    fn a_partially_refunded_order_still_ships_and_is_received() {
+        let d = Delivery {
+            delivery_id: "SF".into(),
+            waybill_id: "1".into(),
+        };
+        let mut o = sample_order(100);
+        o.pay("t", 1, 1).unwrap();
+        assert_eq!(o.refund(Fen::new(50).unwrap(), 2), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Paid);
+        assert_eq!(o.ship(d.clone(), 3), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Shipped);
+        assert_eq!(o.refund(Fen::new(10).unwrap(), 4), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Shipped);
+        assert_eq!(o.receive(5), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Received);
+        assert_eq!(o.complete(6), Ok(Change::Changed));
+        assert_eq!(o.refund(Fen::new(40).unwrap(), 7), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Refunded);
+        assert!(o.ship(d, 8).is_err());
+    }
+
+    /// Records written when a partial refund replaced the status (PARTIALLY_REFUNDED) go on
+    /// the way they would have: ship if no waybill yet, confirm receipt if there is one.
+    #[test]
+    fn legacy_partially_refunded_orders_ship_and_are_received() {
+        let d = Delivery {
+            delivery_id: "SF".into(),
+            waybill_id: "1".into(),
+        };
+        let mut o = sample_order(100);
+        o.pay("t", 1, 1).unwrap();
+        o.refunded = Fen::new(30).unwrap();
+        o.status = OrderStatus::PartiallyRefunded;
+        assert!(o.receive(2).is_err(), "not shipped yet");
+        assert_eq!(o.ship(d.clone(), 3), Ok(Change::Changed));
+        assert_eq!(o.status, OrderStatus::Shipped);
+
+        let mut shipped = sample_order(100);
+        shipped.pay("t", 1, 1).unwrap();
+        shipped.ship(d.clone(), 2).unwrap();
+        shipped.refunded = Fen::new(30).unwrap();
+        shipped.status = OrderStatus::PartiallyRefunded;
+        assert_eq!(shipped.ship(d.clone(), 3), Ok(Change::Unchanged));
+        let other = Delivery {
+            waybill_id: "2".into(),
+            ..d
+        };
+        assert!(shipped.ship(other, 3).is_err(), "shipped once already");
+        assert_eq!(shipped.receive(4), Ok(Change::Changed));
+        assert_eq!(shipped.status, OrderStatus::Received);
+        assert_eq!(
+            shipped.refund(Fen::new(70).unwrap(), 5),
+            Ok(Change::Changed)
+        );
+        assert_eq!(shipped.status, OrderStatus::Refunded);
+    }
+
+    /// Open after-sales together never hold more than is refundable; a refunded or closed
+    /// one gives its hold back.
+    #[test]
+    fn claims_never_exceed_what_is_refundable() {
+        let a = AfterSaleId::parse("AS1").unwrap();
+        let b = AfterSaleId::parse("AS2").unwrap();
+        let fen = |n| Fen::new(n).unwrap();
+        let mut o = sample_order(100);
+        assert!(o.claim_refund(&a, fen(10), 1).is_err(), "unpaid");
+        o.pay("t", 1, 1).unwrap();
+        assert_eq!(o.claim_refund(&a, fen(100), 2), Ok(Change::Changed));
+        assert_eq!(o.claim_refund(&a, fen(100), 3), Ok(Change::Unchanged));
+        assert_eq!(
+            o.claim_refund(&b, fen(1), 3),
+            Err(TransitionError::RefundTooLarge {
+                requested: fen(1),
+                refundable: Fen::ZERO
+            })
+        );
+        assert_eq!(o.claimable(), Fen::ZERO);
+        // A changed amount of the same after-sale is checked against the others only.
+        assert_eq!(o.claim_refund(&a, fen(60), 4), Ok(Change::Changed));
+        assert_eq!(o.claim_refund(&b, fen(40), 5), Ok(Change::Changed));
+        assert_eq!(o.refund_aftersale(&a, fen(60), 6), Ok(Change::Changed));
+        assert_eq!((o.refunded, o.claimed()), (fen(60), fen(40)));
+        assert!(o.claim_refund(&a, fen(1), 7).is_err(), "b holds the rest");
+        assert_eq!(o.release_claim(&b, 8), Change::Changed);
+        assert_eq!(o.release_claim(&b, 9), Change::Unchanged);
+        assert_eq!(o.claimable(), fen(40));
+        let json = serde_json::to_string(&o).unwrap();
+        assert!(!json.contains("refund_claims"), "{json}");
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! refund (or return and refund), says which parcel the goods went back in, cancels, lists;
 //! the merchant (`/admin/aftersaleSync`) approves or rejects. Approving a refund fixes an
 //! `out_refund_no` once and queues `secapi/pay/refund`, so every retry asks WeChat for the
-//! same refund; the refund notification (`payCallback`) completes it. A return and refund is
+//! same refund; the refund notification (`payCallback`) completes it. A secondary-merchant
+//! order (`fund_type` 1) is refunded by WeChat, which holds its money: approving it accepts
+//! the after-sale there (`ecaftersale/acceptrefund`), and WeChat's report of the refund (the
+//! `aftersale_refund_success` event, or the after-sale read back) completes it. A return and refund is
 //! approved twice: first the return (with the address the goods go to), then — once the user
 //! sent them back — the refund. With the trading component on, each state is mirrored to
 //! `shop/ecaftersale/*` through the outbox.
@@ -11,8 +14,8 @@ use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
 use crate::app::App;
 use crate::domain::{
-    Address, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, Change, Fen, GoodsReturn,
-    OutTradeNo, ReturnWaybill,
+    Address, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, Change, Fen, FundType,
+    GoodsReturn, OutTradeNo, ReturnWaybill,
 };
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{OutboxEntry, Task};
@@ -62,6 +65,11 @@ enum AdminAction {
         aftersale_id: String,
         #[serde(default)]
         reason: String,
+    },
+    /// An abnormal refund (REFUND_ABNORMAL: WeChat Pay's `CHANGE`) a person redirected in the
+    /// merchant platform, or paid back another way: REFUNDED.
+    MarkRefunded {
+        aftersale_id: String,
     },
     List {
         out_trade_no: String,
@@ -134,83 +142,80 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     ))
                 }
             };
-            let amount = match amount {
-                None => order.refundable(),
-                Some(a) => {
-                    Fen::new(a).map_err(|e| ApiError::bad_request("BAD_AMOUNT", e.to_string()))?
-                }
-            };
-            order
-                .check_refund(amount)
-                .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
-            // Open after-sales must not together ask for more than is refundable.
-            let existing =
-                repo::aftersales_of_order(app.store.as_ref(), &order.out_trade_no).await?;
-            let open: i64 = existing
-                .iter()
-                .filter(|a| {
-                    matches!(
-                        a.value.status,
-                        AfterSaleStatus::Requested
-                            | AfterSaleStatus::AwaitingReturn
-                            | AfterSaleStatus::Returning
-                            | AfterSaleStatus::Refunding
-                            | AfterSaleStatus::RefundFailed
-                    )
-                })
-                .map(|a| a.value.amount.get())
-                .sum();
-            if open + amount.get() > order.refundable().get() {
-                return Err(ApiError::conflict(
-                    "NOT_REFUNDABLE",
-                    "open after-sales already cover this amount",
-                ));
-            }
             let reason: String = reason.trim().chars().take(200).collect();
-            let now = app.clock.now_ms();
-            let aftersale = AfterSale {
-                id: AfterSaleId::generate(now),
-                out_trade_no: order.out_trade_no.clone(),
-                openid: openid.clone(),
-                kind,
-                amount,
-                reason: if reason.is_empty() {
-                    "no reason given".into()
-                } else {
-                    reason
-                },
-                status: AfterSaleStatus::Requested,
-                out_refund_no: None,
-                refund_id: None,
-                wx_aftersale_id: None,
-                wx_add_claimed_until_ms: None,
-                reject_reason: None,
-                goods_return: None,
-                created_at_ms: now,
-                updated_at_ms: now,
+            let reason = if reason.is_empty() {
+                "no reason given".to_owned()
+            } else {
+                reason
             };
-            let mut batch = Batch::new();
-            batch.create_aftersale(&aftersale);
-            batch.check_order(
-                &repo::get_order(app.store.as_ref(), &order.out_trade_no)
+            // The amount is held on the order (`refund_claims`), written with the after-sale
+            // under the order's version: of two applications at once one commits, the other
+            // conflicts, re-reads the order and finds the amount held.
+            let aftersale = with_retries(app, || async {
+                let order = repo::get_order(app.store.as_ref(), &order.out_trade_no)
                     .await?
-                    .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?,
-            );
-            if order.wx_order_id.is_some() {
-                batch.enqueue(OutboxEntry::new(
-                    Task::AfterSaleSync {
-                        aftersale_id: aftersale.id.clone(),
-                    },
-                    now,
-                ));
-            }
-            batch.commit(app.store.as_ref()).await.map_err(|e| {
-                if e.is_conflict() {
-                    ApiError::conflict("RETRY", "the order changed meanwhile; retry")
-                } else {
-                    e.into()
+                    .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+                // Open after-sales that hold nothing on the order (recorded before holds
+                // existed, or imported from WeChat beyond what was left) count too.
+                let unheld = open_unheld(app, &order.value).await?;
+                let amount = match amount {
+                    None => order
+                        .value
+                        .claimable()
+                        .checked_sub(unheld)
+                        .unwrap_or(Fen::ZERO),
+                    Some(a) => Fen::new(a)
+                        .map_err(|e| ApiError::bad_request("BAD_AMOUNT", e.to_string()))?,
+                };
+                order
+                    .value
+                    .check_refund(amount)
+                    .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+                let now = app.clock.now_ms();
+                let aftersale = AfterSale {
+                    id: AfterSaleId::generate(now),
+                    out_trade_no: order.value.out_trade_no.clone(),
+                    openid: openid.clone(),
+                    kind,
+                    amount,
+                    reason: reason.clone(),
+                    status: AfterSaleStatus::Requested,
+                    out_refund_no: None,
+                    refund_id: None,
+                    wx_aftersale_id: None,
+                    wx_add_claimed_until_ms: None,
+                    reject_reason: None,
+                    goods_return: None,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                };
+                let mut next_order = order.value.clone();
+                let held = next_order.claim_refund(&aftersale.id, amount, now);
+                if held.is_err() || amount.get() + unheld.get() > order.value.claimable().get() {
+                    return Err(ApiError::conflict(
+                        "NOT_REFUNDABLE",
+                        format!(
+                            "open after-sales already cover this amount: {} fen can still be \
+                             asked for",
+                            order.value.claimable().get().saturating_sub(unheld.get())
+                        ),
+                    ));
                 }
-            })?;
+                let mut batch = Batch::new();
+                batch.create_aftersale(&aftersale);
+                batch.update_order(&order, &next_order);
+                if order.value.wx_order_id.is_some() {
+                    batch.enqueue(OutboxEntry::new(
+                        Task::AfterSaleSync {
+                            aftersale_id: aftersale.id.clone(),
+                        },
+                        now,
+                    ));
+                }
+                Ok(Attempt::Commit(batch, aftersale))
+            })
+            .await?;
+            let amount = aftersale.amount;
             tracing::info!(aftersale_id = %aftersale.id, out_trade_no = %aftersale.out_trade_no, amount = amount.get(), "after-sale requested");
             Ok(json(&serde_json::json!({ "aftersale": view(&aftersale) })))
         }
@@ -297,12 +302,44 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             .await?;
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
+        AdminAction::MarkRefunded { aftersale_id } => {
+            let id = parse_id(&aftersale_id)?;
+            let a = mark_refunded(app, &id).await?;
+            Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
+        }
         AdminAction::List { out_trade_no } => {
             let no = OutTradeNo::parse(out_trade_no)
                 .map_err(|e| ApiError::bad_request("BAD_OUT_TRADE_NO", e.to_string()))?;
             list(app, &no).await
         }
     }
+}
+
+/// After-sale states that may still end in a refund.
+fn is_open(status: AfterSaleStatus) -> bool {
+    matches!(
+        status,
+        AfterSaleStatus::Requested
+            | AfterSaleStatus::AwaitingReturn
+            | AfterSaleStatus::Returning
+            | AfterSaleStatus::Refunding
+            | AfterSaleStatus::RefundFailed
+            | AfterSaleStatus::RefundAbnormal
+    )
+}
+
+/// What open after-sales of `order` ask for without a hold on it (see
+/// [`crate::domain::Order::claim_refund`]): recorded before holds existed, or imported from
+/// WeChat beyond what was left. Read from the after-sale index, so it is a best effort; the
+/// holds are what concurrent writers cannot get past.
+async fn open_unheld(app: &App, order: &crate::domain::Order) -> Result<Fen, ApiError> {
+    let all = repo::aftersales_of_order(app.store.as_ref(), &order.out_trade_no).await?;
+    let sum = all
+        .iter()
+        .filter(|a| is_open(a.value.status) && !order.refund_claims.contains_key(&a.value.id))
+        .map(|a| a.value.amount.get())
+        .sum::<i64>();
+    Fen::new(sum).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 async fn list(app: &App, no: &OutTradeNo) -> Result<Response, ApiError> {
@@ -335,6 +372,13 @@ async fn update(
         let mut batch = Batch::new();
         batch.update_aftersale(&current, &next);
         let order = repo::get_order(app.store.as_ref(), &next.out_trade_no).await?;
+        if let Some(o) = order.as_ref().filter(|_| !is_open(next.status)) {
+            // Closed (cancelled, rejected): what it held on the order is free again.
+            let mut next_order = o.value.clone();
+            if next_order.release_claim(id, now) == Change::Changed {
+                batch.update_order(o, &next_order);
+            }
+        }
         if order
             .as_ref()
             .is_some_and(|o| o.value.wx_order_id.is_some())
@@ -383,8 +427,12 @@ async fn accept_return(
     Ok(a)
 }
 
-/// Approval: REFUNDING with a fixed `out_refund_no`, the refund record and the refund task,
-/// in one write.
+/// Approval: REFUNDING, in one write with what makes the money go back. For an order whose
+/// money we hold: a fixed `out_refund_no`, its refund record and the refund task
+/// (`secapi/pay/refund`). For a secondary-merchant order WeChat holds the money: the sync
+/// task accepts the refund at WeChat (`ecaftersale/acceptrefund`), WeChat refunds, and its
+/// report (the `aftersale_refund_success` event, or the after-sale read back by the sync)
+/// completes ours — our merchant account has no payment to refund from.
 async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
     let approved = with_retries(app, || async {
         let current = repo::get_aftersale(app.store.as_ref(), id)
@@ -395,63 +443,47 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
         let order = repo::get_order(app.store.as_ref(), &current.value.out_trade_no)
             .await?
             .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
-        order
-            .value
-            .check_refund(current.value.amount)
-            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+        let fund_type = order.value.fund_type;
+        if fund_type == FundType::SecondaryMerchant && order.value.wx_order_id.is_none() {
+            return Err(ApiError::conflict(
+                "NOT_AT_WECHAT",
+                "a secondary-merchant order is refunded by WeChat, and WeChat does not have \
+                 this order",
+            ));
+        }
         let now = app.clock.now_ms();
         let mut next = current.value.clone();
         if next
-            .approve(now)
+            .approve(fund_type, now)
             .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?
             == Change::Unchanged
         {
             return Ok(Attempt::Done(next));
         }
-        let Some(out_refund_no) = next.out_refund_no.clone() else {
-            return Err(ApiError::internal("approval did not fix a refund number"));
-        };
+        // Held on the order since the application; one recorded without a hold takes it now,
+        // or is refused if other open after-sales hold what is left.
+        order
+            .value
+            .check_refund(next.amount)
+            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+        let mut next_order = order.value.clone();
+        let held = next_order.claim_refund(id, next.amount, now).map_err(|e| {
+            ApiError::conflict(
+                "NOT_REFUNDABLE",
+                format!("{e} (other open after-sales of the order hold the rest)"),
+            )
+        })?;
         let mut batch = Batch::new();
-        let new_refund = match repo::get_refund(app.store.as_ref(), &out_refund_no).await? {
-            None => Some(out_refund_no),
-            Some(r) if r.value.status == RefundStatus::Failed && r.value.refund_id.is_some() => {
-                // WeChat created that refund and closed it (the refund notification said
-                // REFUNDCLOSE or CHANGE): the old number would only return it. A new one; the
-                // failed refund stays on record.
-                let fresh = next
-                    .renumber_refund(now)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
-                tracing::info!(aftersale_id = %id, old = %out_refund_no, new = %fresh, "approved again after WeChat closed the refund: a new refund number");
-                Some(fresh)
-            }
-            Some(r) => {
-                // Approved again after WeChat refused to take the refund at all (nothing was
-                // created under the number): same number, pending again, as WeChat asks.
-                let mut nr = r.value.clone();
-                nr.status = RefundStatus::Pending;
-                nr.updated_at_ms = now;
-                batch.update_refund(&r, &nr);
-                None
-            }
-        };
-        if let Some(no) = new_refund {
-            batch.create_refund(&RefundRecord::new(
-                no,
-                next.out_trade_no.clone(),
-                id.clone(),
-                next.amount,
-                now,
-            ));
+        if fund_type == FundType::Direct {
+            queue_wechat_pay_refund(app, id, &mut next, &mut batch, now).await?;
         }
         // After the refund number is settled (a renumbering changes the after-sale).
         batch.update_aftersale(&current, &next);
-        batch.check_order(&order);
-        batch.enqueue(OutboxEntry::new(
-            Task::Refund {
-                aftersale_id: id.clone(),
-            },
-            now,
-        ));
+        if held == Change::Changed {
+            batch.update_order(&order, &next_order);
+        } else {
+            batch.check_order(&order);
+        }
         if order.value.wx_order_id.is_some() {
             batch.enqueue(OutboxEntry::new(
                 Task::AfterSaleSync {
@@ -467,6 +499,114 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
     Ok(approved)
 }
 
+/// A person settled an abnormal refund by hand: the after-sale REFUNDED, its refund record
+/// SUCCESS (a later SUCCESS notification is then a repeat) and the order's refunded amount,
+/// with the amount's hold given back, in one write.
+async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
+    let done = with_retries::<_, ApiError, _, _>(app, || async {
+        let current = repo::get_aftersale(app.store.as_ref(), id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found("AFTERSALE_NOT_FOUND", format!("no after-sale {id}"))
+            })?;
+        let now = app.clock.now_ms();
+        let mut next = current.value.clone();
+        if next
+            .refunded_by_hand(now)
+            .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?
+            == Change::Unchanged
+        {
+            return Ok(Attempt::Done(next));
+        }
+        let order = repo::get_order(app.store.as_ref(), &next.out_trade_no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+        let mut next_order = order.value.clone();
+        next_order
+            .refund_aftersale(id, next.amount, now)
+            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+        let mut batch = Batch::new();
+        if let Some(no) = &next.out_refund_no {
+            if let Some(r) = repo::get_refund(app.store.as_ref(), no).await? {
+                let mut nr = r.value.clone();
+                nr.status = RefundStatus::Success;
+                nr.updated_at_ms = now;
+                batch.update_refund(&r, &nr);
+            }
+        }
+        batch.update_aftersale(&current, &next);
+        batch.update_order(&order, &next_order);
+        Ok(Attempt::Commit(batch, next))
+    })
+    .await?;
+    tracing::info!(aftersale_id = %id, "abnormal refund settled by hand; after-sale refunded");
+    Ok(done)
+}
+
+/// The refund of an approved after-sale of an order we hold the money of: its record under
+/// the after-sale's `out_refund_no` (a fresh number if WeChat closed the last one) and the
+/// `secapi/pay/refund` task, added to `batch`.
+async fn queue_wechat_pay_refund(
+    app: &App,
+    id: &AfterSaleId,
+    next: &mut AfterSale,
+    batch: &mut Batch,
+    now: i64,
+) -> Result<(), ApiError> {
+    let Some(out_refund_no) = next.out_refund_no.clone() else {
+        return Err(ApiError::internal("approval did not fix a refund number"));
+    };
+    let new_refund = match repo::get_refund(app.store.as_ref(), &out_refund_no).await? {
+        None => Some(out_refund_no),
+        Some(r) if r.value.status == RefundStatus::Abnormal => {
+            // WeChat took that refund and holds it for the merchant (CHANGE): asking again
+            // would pay the user twice.
+            return Err(ApiError::conflict(
+                "REFUND_ABNORMAL",
+                format!(
+                    "refund {out_refund_no} waits at WeChat to be redirected by hand in the \
+                     merchant platform; record that with mark_refunded"
+                ),
+            ));
+        }
+        Some(r) if r.value.status == RefundStatus::Failed && r.value.refund_id.is_some() => {
+            // WeChat created that refund and closed it (the refund notification said
+            // REFUNDCLOSE or CHANGE): the old number would only return it. A new one; the
+            // failed refund stays on record.
+            let fresh = next
+                .renumber_refund(now)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            tracing::info!(aftersale_id = %id, old = %out_refund_no, new = %fresh, "approved again after WeChat closed the refund: a new refund number");
+            Some(fresh)
+        }
+        Some(r) => {
+            // Approved again after WeChat refused to take the refund at all (nothing was
+            // created under the number): same number, pending again, as WeChat asks.
+            let mut nr = r.value.clone();
+            nr.status = RefundStatus::Pending;
+            nr.updated_at_ms = now;
+            batch.update_refund(&r, &nr);
+            None
+        }
+    };
+    if let Some(no) = new_refund {
+        batch.create_refund(&RefundRecord::new(
+            no,
+            next.out_trade_no.clone(),
+            id.clone(),
+            next.amount,
+            now,
+        ));
+    }
+    batch.enqueue(OutboxEntry::new(
+        Task::Refund {
+            aftersale_id: id.clone(),
+        },
+        now,
+    ));
+    Ok(())
+}
+
 /// Outbox task: `secapi/pay/refund` for an approved after-sale (same `out_refund_no` on
 /// every retry). The outcome arrives as a refund notification.
 pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> {
@@ -475,6 +615,16 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
         .ok_or_else(|| TaskError::Permanent(format!("no after-sale {id}")))?;
     if a.value.status != AfterSaleStatus::Refunding {
         return Ok(()); // refunded, or no longer wanted
+    }
+    let order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+        .await?
+        .ok_or_else(|| TaskError::Permanent("order vanished".into()))?;
+    if order.value.fund_type == FundType::SecondaryMerchant {
+        // WeChat holds this order's money and refunds it when the after-sale is accepted
+        // there; our merchant account has no payment to refund (a task queued before the
+        // approval knew that).
+        tracing::warn!(aftersale_id = %id, "refund task for a secondary-merchant order: WeChat refunds it; nothing to ask WeChat Pay");
+        return Ok(());
     }
     let Some(out_refund_no) = a.value.out_refund_no.clone() else {
         return Err(TaskError::Permanent(
@@ -487,9 +637,6 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
     if refund.value.status != RefundStatus::Pending {
         return Ok(());
     }
-    let order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
-        .await?
-        .ok_or_else(|| TaskError::Permanent("order vanished".into()))?;
     match super::pay_orders::refund(
         app,
         &order.value,
@@ -551,7 +698,10 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
 /// client's timeout (5 s by default) and its retry, so a claim outlives the call it guards.
 const ADD_CLAIM_MS: i64 = 20_000;
 
-/// Outbox task: mirror the after-sale's state to `shop/ecaftersale/*`.
+/// Outbox task: mirror the after-sale's state to `shop/ecaftersale/*`. An approved refund of
+/// a secondary-merchant order is then read back: accepting it made WeChat refund it, and
+/// what WeChat says completes ours (the `aftersale_refund_success` event does the same; the
+/// first to see it records it).
 pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError> {
     let a = repo::get_aftersale(app.store.as_ref(), id)
         .await?
@@ -563,7 +713,129 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
         Some(wx) => (a.value, wx),
         None => add_at_wechat(app, &order.value, a).await?,
     };
-    super::shop_orders::aftersale_state(app, &order.value, &a, wx_id).await
+    super::shop_orders::aftersale_state(app, &order.value, &a, wx_id).await?;
+    if order.value.fund_type != FundType::SecondaryMerchant
+        || a.status != AfterSaleStatus::Refunding
+    {
+        return Ok(());
+    }
+    let wx = app
+        .wx
+        .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+        .await
+        .map_err(wx_task_error)?;
+    match WeChatRefund::of(wx.status) {
+        WeChatRefund::Done => record_wechat_refund(app, id, &wx)
+            .await
+            .map_err(TaskError::from),
+        WeChatRefund::Pending => Err(TaskError::Retry(format!(
+            "after-sale {id}: WeChat is still refunding (its status {})",
+            wx.status
+        ))),
+        WeChatRefund::Failed => Err(TaskError::Permanent(format!(
+            "after-sale {id}: WeChat could not refund it (its status {}); the merchant must \
+             refund the user another way",
+            wx.status
+        ))),
+        WeChatRefund::Refused => Err(TaskError::Permanent(format!(
+            "after-sale {id} is approved here but WeChat's is at status {} and will not be \
+             refunded",
+            wx.status
+        ))),
+    }
+}
+
+/// Where WeChat's refund of an accepted after-sale stands, from its EC after-sale `status`
+/// (WECHAT_SHOP.md §7.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WeChatRefund {
+    /// 13 refund done, 14 return and refund done: the money went back.
+    Done,
+    /// Not yet: 15 the platform refunding, or still waiting for the acceptance (2, 8, 12).
+    Pending,
+    /// 16 the platform's refund failed, 18 the payout failed and support closed the case:
+    /// the money did not go back and WeChat will not try again.
+    Failed,
+    /// Cancelled, rejected or closed at WeChat (1, 4, 5, 7, 19, …): no refund is coming.
+    Refused,
+}
+
+impl WeChatRefund {
+    fn of(status: i64) -> Self {
+        match status {
+            13 | 14 => WeChatRefund::Done,
+            2 | 6 | 8 | 12 | 15 | 17 => WeChatRefund::Pending,
+            16 | 18 => WeChatRefund::Failed,
+            _ => WeChatRefund::Refused,
+        }
+    }
+}
+
+fn wx_task_error(e: crate::shop::WxError) -> TaskError {
+    if e.is_retryable() {
+        TaskError::Retry(e.to_string())
+    } else {
+        TaskError::Permanent(e.to_string())
+    }
+}
+
+/// Secondary-merchant order: WeChat refunded the after-sale (`wx`, as read from
+/// `ecaftersale/get`, status 13 or 14): ours REFUNDED and the order's refunded amount, in one
+/// write. A repeat changes nothing. Orders whose money we hold are completed only by their
+/// signed refund notification.
+async fn record_wechat_refund(
+    app: &App,
+    id: &AfterSaleId,
+    wx: &crate::shop::aftersale::EcAfterSaleOrder,
+) -> Result<(), ApiError> {
+    let refund_id = wx
+        .refund_pay_detail
+        .as_ref()
+        .and_then(|d| d.refund_id.clone())
+        .filter(|r| !r.trim().is_empty());
+    let recorded = with_retries::<_, ApiError, _, _>(app, || async {
+        let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? else {
+            return Ok(Attempt::Done(false));
+        };
+        let same = a.value.wx_aftersale_id == Some(wx.aftersale_id)
+            || wx.out_aftersale_id.as_deref() == Some(a.value.id.as_str());
+        if !same {
+            tracing::warn!(security = true, aftersale_id = %id, wx_aftersale_id = wx.aftersale_id, "WeChat's refunded after-sale is not this one; nothing recorded");
+            return Ok(Attempt::Done(false));
+        }
+        let order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+        if order.value.fund_type != FundType::SecondaryMerchant {
+            return Ok(Attempt::Done(false));
+        }
+        let now = app.clock.now_ms();
+        let mut next = a.value.clone();
+        match next.refunded(refund_id.clone(), now) {
+            Ok(Change::Unchanged) => return Ok(Attempt::Done(false)),
+            Ok(Change::Changed) => {}
+            Err(e) => {
+                tracing::warn!(aftersale_id = %id, error = %e, "WeChat refunded an after-sale we did not approve; not recorded here");
+                return Ok(Attempt::Done(false));
+            }
+        }
+        if wx.orderamt != a.value.amount {
+            tracing::warn!(aftersale_id = %id, ours = a.value.amount.get(), wechat = wx.orderamt.get(), "WeChat refunded another amount than ours; recording ours");
+        }
+        let mut next_order = order.value.clone();
+        next_order
+            .refund_aftersale(id, a.value.amount, now)
+            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+        let mut batch = Batch::new();
+        batch.update_aftersale(&a, &next);
+        batch.update_order(&order, &next_order);
+        Ok(Attempt::Commit(batch, true))
+    })
+    .await?;
+    if recorded {
+        tracing::info!(aftersale_id = %id, refund_id = refund_id.as_deref().unwrap_or(""), "after-sale refunded by WeChat (secondary merchant)");
+    }
+    Ok(())
 }
 
 /// Adds the after-sale at WeChat (or adopts the one WeChat has under our id) and stores
@@ -625,8 +897,9 @@ fn imported_id(wx_id: u64) -> Result<AfterSaleId, ApiError> {
 
 /// After-sale events pushed by WeChat (`aftersale_*`). A request the user opened in WeChat's
 /// order centre is imported (from `shop/ecaftersale/get`) so the merchant sees and decides it
-/// here; a cancellation in WeChat cancels ours. Other events are recorded by the caller and
-/// need nothing from us: refunds are completed by the refund notification.
+/// here; a cancellation in WeChat cancels ours; a refund WeChat made (secondary-merchant
+/// orders) completes ours. Other events are recorded by the caller and need nothing from us:
+/// refunds of orders whose money we hold are completed by the refund notification.
 pub async fn on_wechat_event(
     app: &App,
     kind: &crate::push::AfterSaleEventKind,
@@ -668,47 +941,65 @@ pub async fn on_wechat_event(
             let Ok(no) = OutTradeNo::parse(out_order_id) else {
                 return Ok(());
             };
-            let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
-                tracing::warn!(out_order_id = %no, "after-sale for an order we do not have; recorded only");
-                return Ok(());
-            };
-            let now = app.clock.now_ms();
-            let amount = wx.orderamt.min(order.value.refundable());
-            let aftersale = AfterSale {
-                id,
-                out_trade_no: no,
-                openid: order.value.openid.clone(),
-                kind: if wx.kind == 2 {
-                    AfterSaleKind::ReturnAndRefund
-                } else {
-                    AfterSaleKind::RefundOnly
-                },
-                amount,
-                reason: if wx.refund_reason.trim().is_empty() {
-                    "requested in WeChat".into()
-                } else {
-                    wx.refund_reason.chars().take(200).collect()
-                },
-                status: AfterSaleStatus::Requested,
-                out_refund_no: None,
-                refund_id: None,
-                wx_aftersale_id: Some(wx_id),
-                wx_add_claimed_until_ms: None,
-                reject_reason: None,
-                goods_return: None,
-                created_at_ms: now,
-                updated_at_ms: now,
-            };
-            let mut batch = Batch::new();
-            batch.create_aftersale(&aftersale);
-            match batch.commit(app.store.as_ref()).await {
-                Ok(()) => {
-                    tracing::info!(aftersale_id = %aftersale.id, amount = amount.get(), "after-sale imported from WeChat");
-                    Ok(())
+            // Held on the order like an application here when it fits what is left; beyond
+            // that it is recorded without a hold, for the merchant to see and decide (an
+            // approval then needs the hold).
+            let imported = with_retries::<_, ApiError, _, _>(app, || async {
+                if repo::get_aftersale(app.store.as_ref(), &id)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(Attempt::Done(None)); // imported concurrently
                 }
-                Err(e) if e.is_conflict() => Ok(()), // imported concurrently
-                Err(e) => Err(e.into()),
+                let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+                    tracing::warn!(out_order_id = %no, "after-sale for an order we do not have; recorded only");
+                    return Ok(Attempt::Done(None));
+                };
+                let now = app.clock.now_ms();
+                let mut aftersale = AfterSale {
+                    id: id.clone(),
+                    out_trade_no: no.clone(),
+                    openid: order.value.openid.clone(),
+                    kind: if wx.kind == 2 {
+                        AfterSaleKind::ReturnAndRefund
+                    } else {
+                        AfterSaleKind::RefundOnly
+                    },
+                    amount: wx.orderamt,
+                    reason: if wx.refund_reason.trim().is_empty() {
+                        "requested in WeChat".into()
+                    } else {
+                        wx.refund_reason.chars().take(200).collect()
+                    },
+                    status: AfterSaleStatus::Requested,
+                    out_refund_no: None,
+                    refund_id: None,
+                    wx_aftersale_id: Some(wx_id),
+                    wx_add_claimed_until_ms: None,
+                    reject_reason: None,
+                    goods_return: None,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                };
+                let mut batch = Batch::new();
+                let mut next_order = order.value.clone();
+                let held = next_order.claim_refund(&id, wx.orderamt, now).is_ok()
+                    && open_unheld(app, &order.value).await?.get() + wx.orderamt.get()
+                        <= order.value.claimable().get();
+                if held {
+                    batch.update_order(&order, &next_order);
+                } else {
+                    aftersale.amount = wx.orderamt.min(order.value.refundable());
+                    tracing::warn!(aftersale_id = %id, asked = wx.orderamt.get(), claimable = order.value.claimable().get(), "after-sale from WeChat asks for more than open after-sales leave; recorded without a hold");
+                }
+                batch.create_aftersale(&aftersale);
+                Ok(Attempt::Commit(batch, Some(aftersale)))
+            })
+            .await?;
+            if let Some(a) = imported {
+                tracing::info!(aftersale_id = %a.id, amount = a.amount.get(), "after-sale imported from WeChat");
             }
+            Ok(())
         }
         K::UserCancel => {
             let Some(id) = ours else { return Ok(()) };
@@ -758,6 +1049,35 @@ pub async fn on_wechat_event(
                     Ok(())
                 }
             }
+        }
+        K::RefundSuccess => {
+            // Secondary-merchant orders: WeChat refunded what the merchant accepted. The
+            // event's body is not proof (in plaintext push mode the signature does not cover
+            // it): WeChat's after-sale, read back, is. Orders whose money we hold are
+            // completed by their signed refund notification instead.
+            let Some(id) = ours else { return Ok(()) };
+            let Some(a) = repo::get_aftersale(app.store.as_ref(), &id).await? else {
+                return Ok(());
+            };
+            let Some(wx_id) = a.value.wx_aftersale_id.or(info.aftersale_id) else {
+                return Ok(());
+            };
+            let fund_type = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+                .await?
+                .map(|o| o.value.fund_type);
+            if fund_type != Some(FundType::SecondaryMerchant) {
+                return Ok(());
+            }
+            let wx = app
+                .wx
+                .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+                .await
+                .map_err(super::shop_orders::wx_error)?;
+            if WeChatRefund::of(wx.status) != WeChatRefund::Done {
+                tracing::warn!(aftersale_id = %id, wx_status = wx.status, "refund success event, but WeChat's after-sale is not refunded; nothing recorded");
+                return Ok(());
+            }
+            record_wechat_refund(app, &id, &wx).await
         }
         _ => Ok(()),
     }

@@ -187,22 +187,32 @@ async fn apply_refund(
             ));
         }
         // Only SUCCESS, CHANGE and REFUNDCLOSE are outcomes; anything else changes nothing.
-        let ok = match &n.refund_status {
-            WxRefundStatus::Success => true,
-            WxRefundStatus::Change | WxRefundStatus::RefundClose => false,
+        let outcome = match &n.refund_status {
+            WxRefundStatus::Success => RefundStatus::Success,
+            // The money did not leave.
+            WxRefundStatus::RefundClose => RefundStatus::Failed,
+            // WeChat took it but could not pay it into the user's account (card closed or
+            // frozen): it waits at WeChat for the merchant to redirect it by hand.
+            WxRefundStatus::Change => RefundStatus::Abnormal,
             other => {
                 tracing::warn!(out_refund_no = %n.out_refund_no, status = ?other, "refund notification without an outcome: nothing changes");
                 return Ok(Attempt::Done(false));
             }
         };
-        match refund.value.status {
-            RefundStatus::Success => return Ok(Attempt::Done(false)), // a repeat
-            // A repeat of the failure; or WeChat closed a refund we already took as failed.
-            RefundStatus::Failed if !ok => return Ok(Attempt::Done(false)),
+        match (refund.value.status, outcome) {
+            (RefundStatus::Success, _) => return Ok(Attempt::Done(false)), // a repeat
+            (from, to) if from == to => return Ok(Attempt::Done(false)),   // a repeat
+            // Closed after it was taken as abnormal: the money still waits at WeChat, and
+            // only a person knows where it went; the record stays abnormal.
+            (RefundStatus::Abnormal, RefundStatus::Failed) => {
+                tracing::warn!(out_refund_no = %n.out_refund_no, "REFUNDCLOSE for a refund WeChat held as abnormal: left for a person");
+                return Ok(Attempt::Done(false));
+            }
             // SUCCESS for a refund we took as failed: the money went back after all (WeChat
             // refused our request yet refunded, or a closed refund's retry succeeded) — the
-            // record follows the money, unless it names another WeChat refund.
-            RefundStatus::Failed => {
+            // record follows the money, unless it names another WeChat refund. CHANGE for
+            // it: the money left after all, and waits at WeChat.
+            (RefundStatus::Failed, RefundStatus::Success | RefundStatus::Abnormal) => {
                 if refund
                     .value
                     .refund_id
@@ -210,12 +220,12 @@ async fn apply_refund(
                     .is_some_and(|id| id != n.refund_id)
                 {
                     return Err(RefundApplyError::Mismatch(
-                        "SUCCESS for another WeChat refund than the one that failed".into(),
+                        "an outcome for another WeChat refund than the one that failed".into(),
                     ));
                 }
-                tracing::warn!(out_refund_no = %n.out_refund_no, "refund recorded as failed succeeded at WeChat: recording it");
+                tracing::warn!(out_refund_no = %n.out_refund_no, status = ?n.refund_status, "refund recorded as failed left at WeChat: recording it");
             }
-            RefundStatus::Pending | RefundStatus::Processing => {}
+            _ => {}
         }
         let aftersale = repo::get_aftersale(app.store.as_ref(), &refund.value.aftersale_id).await?;
         let now = app.clock.now_ms();
@@ -223,25 +233,37 @@ async fn apply_refund(
         let mut next_refund = refund.value.clone();
         next_refund.refund_id = Some(n.refund_id.clone());
         next_refund.updated_at_ms = now;
-        next_refund.status = if ok {
-            RefundStatus::Success
-        } else {
-            RefundStatus::Failed
-        };
+        next_refund.status = outcome;
         batch.update_refund(&refund, &next_refund);
-        if ok {
+        if outcome == RefundStatus::Success {
             let mut next_order = order.value.clone();
             next_order
-                .refund(n.refund_fee, now)
+                .refund_aftersale(&refund.value.aftersale_id, n.refund_fee, now)
                 .map_err(|e| RefundApplyError::Mismatch(e.to_string()))?;
             batch.update_order(&order, &next_order);
         }
+        if outcome == RefundStatus::Abnormal {
+            // For the merchant: the refund must be redirected by hand in the merchant
+            // platform; the after-sale is held (REFUND_ABNORMAL) and its amount stays held
+            // on the order until a person records the outcome.
+            tracing::error!(out_refund_no = %n.out_refund_no, refund_id = %n.refund_id, aftersale_id = %refund.value.aftersale_id, "refund abnormal (CHANGE): WeChat holds the money; redirect it in the merchant platform, then mark the after-sale refunded");
+            let body = serde_json::json!({"out_refund_no": n.out_refund_no.as_str(),
+                "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
+                "refund_fee": n.refund_fee.get(), "aftersale_id": refund.value.aftersale_id.as_str(),
+                "what_to_do": "redirect the refund in the WeChat Pay merchant platform (交易中心 → 退款管理), then POST /admin/aftersaleSync {action: mark_refunded}"});
+            batch.record_event(&repo::EventRecord::new(
+                "refund_abnormal",
+                n.out_refund_no.as_str(),
+                now,
+                body.to_string(),
+            ));
+        }
         if let Some(a) = &aftersale {
             let mut next_a = a.value.clone();
-            let changed = if ok {
-                next_a.refunded(Some(n.refund_id.clone()), now)
-            } else {
-                next_a.refund_failed(now)
+            let changed = match outcome {
+                RefundStatus::Success => next_a.refunded(Some(n.refund_id.clone()), now),
+                RefundStatus::Abnormal => next_a.refund_abnormal(now),
+                _ => next_a.refund_failed(now),
             }
             .map_err(|e| RefundApplyError::Mismatch(e.to_string()))?;
             if changed == Change::Changed {

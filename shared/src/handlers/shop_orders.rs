@@ -497,7 +497,9 @@ pub async fn aftersale_state(
         return return_steps(app, order, a, &key).await;
     }
     let r = match a.status {
-        AfterSaleStatus::Requested | AfterSaleStatus::RefundFailed => return Ok(()),
+        AfterSaleStatus::Requested
+        | AfterSaleStatus::RefundFailed
+        | AfterSaleStatus::RefundAbnormal => return Ok(()),
         // A refund only never gets here (`accept_return` refuses it); nothing to mirror.
         AfterSaleStatus::AwaitingReturn | AfterSaleStatus::Returning => return Ok(()),
         AfterSaleStatus::Cancelled => app.wx.ecaftersale_cancel(&key, order.openid.as_str()).await,

@@ -328,6 +328,7 @@ async fn create_priced_order(
             delivery: None,
             address: address.clone(),
             refunded: Fen::ZERO,
+            refund_claims: Default::default(),
             settled_at_ms: None,
             close_reason: None,
             created_at_ms: now,

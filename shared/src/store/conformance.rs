@@ -1346,6 +1346,7 @@ fn order(no: &OutTradeNo, openid: &OpenId, created: i64) -> Order {
         delivery: None,
         address: None,
         refunded: Fen::ZERO,
+        refund_claims: Default::default(),
         settled_at_ms: None,
         close_reason: None,
         created_at_ms: created,
@@ -1578,7 +1579,7 @@ pub async fn repo_round_trip(store: &DynStore) {
     assert_eq!(got, vec![&as_ids[0], &as_ids[1]]);
     let va = repo::get_aftersale(s, &as_ids[0]).await.unwrap().unwrap();
     let mut approved = va.value.clone();
-    approved.approve(t + 30).unwrap();
+    approved.approve(FundType::Direct, t + 30).unwrap();
     let refund_no = approved.out_refund_no.clone().unwrap();
     let refund = RefundRecord::new(
         refund_no.clone(),

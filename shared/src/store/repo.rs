@@ -218,8 +218,11 @@ pub enum RefundStatus {
     /// WeChat accepted the refund; waiting for the refund notification.
     Processing,
     Success,
-    /// `REFUNDCLOSE` or `CHANGE`: the money did not go back.
+    /// `REFUNDCLOSE` (or refused): the money did not leave.
     Failed,
+    /// `CHANGE`: WeChat took the refund but could not pay it into the user's account; it
+    /// waits at WeChat for the merchant to redirect it. Never asked for again.
+    Abnormal,
 }
 
 impl RefundStatus {
@@ -229,6 +232,7 @@ impl RefundStatus {
             RefundStatus::Processing => "PROCESSING",
             RefundStatus::Success => "SUCCESS",
             RefundStatus::Failed => "FAILED",
+            RefundStatus::Abnormal => "ABNORMAL",
         }
     }
 }
