@@ -206,6 +206,33 @@ fn the_generated_secret_is_pinned() {
     );
 }
 
+/// A function that calls WeChat several times in a row must outlast the chain: cut short by
+/// its timeout, it leaves its work half done (an idempotency claim in progress, an event
+/// unrecorded) where a clean failure would have said "retry".
+#[test]
+fn timeouts_cover_the_longest_chain_of_wechat_calls() {
+    let t = template();
+    let per_call_ms: u64 =
+        text(&t["Globals"]["Function"]["Environment"]["Variables"]["WX_HTTP_TIMEOUT_MS"])
+            .parse()
+            .expect("WX_HTTP_TIMEOUT_MS");
+    // Longest chain of WeChat calls one after another, per binary.
+    for (binary, calls) in [("unified-order", 4), ("audit-callback", 4)] {
+        let (id, f) = functions(&t)
+            .into_iter()
+            .find(|(_, f)| binary_of(f) == binary)
+            .expect(binary);
+        let timeout_ms = f["Properties"]["Timeout"].as_u64().expect("Timeout") * 1000;
+        assert!(
+            timeout_ms >= calls * per_call_ms + 2000,
+            "{id}: Timeout {timeout_ms} ms < {calls} calls × {per_call_ms} ms + 2 s"
+        );
+        // The idempotency claim of unifiedOrder lasts 30 s: a retry must not find it lapsed
+        // while the first call still runs.
+        assert!(timeout_ms < 30_000, "{id}: Timeout {timeout_ms} ms");
+    }
+}
+
 #[test]
 fn one_function_per_binary_on_arm64_al2023() {
     let t = template();
