@@ -464,10 +464,19 @@ function createClient(options) {
    * order, so the retries never make a second one.
    */
   function placeOrder(data) {
+    return sendAgainWhileUnknown('unifiedOrder', data);
+  }
+
+  /**
+   * Calls function `name` with `data` (which carries its idempotency_key), sending the same
+   * body again while isRetryableOrderError says the outcome is unknown or transient, within
+   * orderRetry's attempts and budget.
+   */
+  function sendAgainWhileUnknown(name, data) {
     var started = Date.now();
     var attempt = 1;
     function once() {
-      return callFunction({ name: 'unifiedOrder', data: data }).catch(function (e) {
+      return callFunction({ name: name, data: data }).catch(function (e) {
         if (!isRetryableOrderError(e) || attempt >= orderRetry.attempts) throw e;
         var wait = Math.min(orderRetry.delayMs * Math.pow(2, attempt - 1), orderRetry.maxDelayMs);
         if (Date.now() - started + wait > orderRetry.budgetMs) throw e;
@@ -532,7 +541,11 @@ function createClient(options) {
   var aftersale = {
     /**
      * Asks for money back on a paid order: { out_trade_no, amount? (fen; default: all that is
-     * refundable), reason?, type?: 'refund' | 'return' } → { aftersale }.
+     * refundable), reason?, type?: 'refund' | 'return', idempotencyKey? } → { aftersale }.
+     * One application however often it is sent: it carries an idempotency key (made here
+     * unless given), is sent again with it while the outcome is unknown (as buy's order), and
+     * the server answers a repeated key with the same after-sale. A rejection carries the key
+     * (`err.idempotencyKey`): pass it back to retry that application, not to open a second.
      */
     apply: function (params) {
       params = params || {};
@@ -541,11 +554,18 @@ function createClient(options) {
       if (params.type !== undefined && params.type !== 'refund' && params.type !== 'return') {
         return Promise.reject(makeError('INVALID_ARGUMENT', "aftersale.apply: type is 'refund' or 'return'", 0));
       }
-      var data = { action: 'apply', out_trade_no: params.out_trade_no };
+      var key = params.idempotencyKey || newIdempotencyKey();
+      var data = { action: 'apply', out_trade_no: params.out_trade_no, idempotency_key: key };
       if (params.amount !== undefined) data.amount = params.amount;
       if (params.reason !== undefined) data.reason = params.reason;
       if (params.type !== undefined) data.type = params.type;
-      return aftersaleCall(data);
+      return sendAgainWhileUnknown('aftersaleSync', data)
+        .then(function (r) {
+          return r.result;
+        })
+        .catch(function (e) {
+          throw assign({}, toError(e), { idempotencyKey: key });
+        });
     },
     /**
      * Return and refund, once the merchant accepted the return (status AWAITING_RETURN, the

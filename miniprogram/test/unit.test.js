@@ -478,7 +478,9 @@ test('aftersale helpers send the actions aftersaleSync takes and refuse missing 
   });
   const c = createClient({ baseUrl: 'http://x', wx });
   const applied = await c.aftersale.apply({ out_trade_no: 'T1', type: 'return', reason: 'too big' });
-  assert.deepEqual(applied.aftersale.sent, { action: 'apply', out_trade_no: 'T1', reason: 'too big', type: 'return' });
+  const { idempotency_key: appliedKey, ...appliedRest } = applied.aftersale.sent;
+  assert.ok(typeof appliedKey === 'string' && appliedKey.length > 0, 'an application carries its key');
+  assert.deepEqual(appliedRest, { action: 'apply', out_trade_no: 'T1', reason: 'too big', type: 'return' });
   const sent = await c.aftersale.sendBack({ aftersale_id: 'AS1', delivery_id: 'SF', delivery_name: 'SF Express', waybill_id: 'SF1' });
   assert.deepEqual(sent.aftersale.sent, { action: 'return', aftersale_id: 'AS1', delivery_id: 'SF', delivery_name: 'SF Express', waybill_id: 'SF1' });
   const cancelled = await c.aftersale.cancel('AS1');
@@ -490,4 +492,30 @@ test('aftersale helpers send the actions aftersaleSync takes and refuse missing 
   await assert.rejects(c.aftersale.apply({ out_trade_no: 'T1', type: 'exchange' }), (e) => e.code === 'INVALID_ARGUMENT');
   await assert.rejects(c.aftersale.apply({}), (e) => e.code === 'INVALID_ARGUMENT');
   assert.equal(wx.calls.length, before, 'nothing was sent for invalid arguments');
+});
+
+test('aftersale.apply: an application whose answer was lost is sent again with its key, and a rejection carries it', async () => {
+  const applyKeys = (wx) => wx.calls.filter((x) => x.name === 'aftersaleSync').map((x) => x.data.idempotency_key);
+  for (const first of [{ fail: 'request:fail timeout' }, { statusCode: 409, data: { code: 'REQUEST_IN_PROGRESS', message: 'busy' } }, { statusCode: 503, data: { message: 'Service Unavailable' } }]) {
+    const wx = fakeWx({
+      login: loginRoute,
+      aftersaleSync: (d, h, n) => (n === 0 ? first : { statusCode: 200, data: { aftersale: { aftersale_id: 'AS1' } } }),
+    });
+    const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY });
+    const r = await c.aftersale.apply({ out_trade_no: 'T1', amount: 500 });
+    assert.equal(r.aftersale.aftersale_id, 'AS1');
+    const keys = applyKeys(wx);
+    assert.equal(keys.length, 2, JSON.stringify(first));
+    assert.equal(new Set(keys).size, 1, `one key for both sends: ${keys}`);
+  }
+  // A refusal is final (not sent again) and still names the key; so does giving up.
+  const refusing = fakeWx({
+    login: loginRoute,
+    aftersaleSync: () => ({ statusCode: 409, data: { code: 'NOT_REFUNDABLE', message: 'nothing left' } }),
+  });
+  const c = createClient({ baseUrl: 'http://x', wx: refusing, orderRetry: FAST_RETRY });
+  const err = await c.aftersale.apply({ out_trade_no: 'T1', idempotencyKey: 'tap-1' }).catch((e) => e);
+  assert.equal(err.code, 'NOT_REFUNDABLE');
+  assert.equal(err.idempotencyKey, 'tap-1');
+  assert.deepEqual(applyKeys(refusing), ['tap-1']);
 });

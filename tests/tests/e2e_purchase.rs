@@ -527,6 +527,64 @@ async fn concurrent_full_refund_applications_accept_exactly_one() {
     }
 }
 
+/// A double tap on "refund one tin" (and the client's retry after a lost answer) sends the
+/// same application twice with one idempotency key: one after-sale, both answers name it. It
+/// used to open two (each within what was refundable), so approving both paid the user twice.
+#[tokio::test]
+async fn a_repeated_application_with_its_key_opens_one_aftersale() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "tapper", 2).await;
+    let body = json!({"action": "apply", "out_trade_no": no, "amount": 1990,
+                      "reason": "one tin dented", "idempotency_key": "tap-7"});
+    let (a, b) = tokio::join!(
+        c.post("/fn/aftersaleSync", Some(&token), &body),
+        c.post("/fn/aftersaleSync", Some(&token), &body)
+    );
+    assert_eq!((a.0, b.0), (200, 200), "{} / {}", a.1, b.1);
+    assert_eq!(
+        a.1["aftersale"]["aftersale_id"],
+        b.1["aftersale"]["aftersale_id"]
+    );
+    let (s, again) = c.post("/fn/aftersaleSync", Some(&token), &body).await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(
+        again["aftersale"]["aftersale_id"],
+        a.1["aftersale"]["aftersale_id"]
+    );
+    let (_, listed) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await;
+    assert_eq!(
+        listed["aftersales"].as_array().unwrap().len(),
+        1,
+        "{listed}"
+    );
+    // The key stands for that application: another amount under it is refused.
+    let mut other = body.clone();
+    other["amount"] = json!(990);
+    let (s, v) = c.post("/fn/aftersaleSync", Some(&token), &other).await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["code"], "IDEMPOTENCY_KEY_REUSED");
+    // Without a key each application is its own: the second tin can still be asked for.
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 1990}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_ne!(
+        v["aftersale"]["aftersale_id"],
+        a.1["aftersale"]["aftersale_id"]
+    );
+}
+
 /// An after-sale recorded without a hold on the order (written before holds existed — as
 /// the racy check above let through — or imported from WeChat beyond what was left) is
 /// approved only if what open after-sales hold leaves room for it: while the first one is

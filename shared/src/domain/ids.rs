@@ -127,6 +127,19 @@ impl OutRefundNo {
 }
 
 impl AfterSaleId {
+    /// The after-sale an application with an idempotency key makes: the same user, order and
+    /// key always name the same after-sale, so a repeated application (a double tap, a retry
+    /// after a lost answer) finds it instead of opening a second one.
+    pub fn for_request(openid: &super::OpenId, order: &super::OutTradeNo, key: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [openid.as_str(), order.as_str(), key] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        Self(format!("ASK{}", &hex::encode(h.finalize())[..40]))
+    }
+
     pub fn generate(now_ms: i64) -> Self {
         Self(format!(
             "AS{}{}",
@@ -139,6 +152,20 @@ impl AfterSaleId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_application_key_names_one_aftersale_per_user_and_order() {
+        let alice = OpenId::parse("oUpF8uMEb4qRXf22hE3X68TekukE").unwrap();
+        let bob = OpenId::parse("oUpF8uMEb4qRXf22hE3X68Tekuk0").unwrap();
+        let no = OutTradeNo::parse("WX20261205120000abcdefghijkl").unwrap();
+        let other = OutTradeNo::parse("WX20261205120000abcdefghijkm").unwrap();
+        let a = AfterSaleId::for_request(&alice, &no, "tap-1");
+        assert_eq!(a, AfterSaleId::for_request(&alice, &no, "tap-1"));
+        assert_ne!(a, AfterSaleId::for_request(&alice, &no, "tap-2"));
+        assert_ne!(a, AfterSaleId::for_request(&bob, &no, "tap-1"));
+        assert_ne!(a, AfterSaleId::for_request(&alice, &other, "tap-1"));
+        assert!(AfterSaleId::parse(a.as_str()).is_ok(), "{a}");
+    }
 
     #[test]
     fn out_trade_no_rules() {

@@ -35,6 +35,10 @@ enum UserAction {
         /// `refund` (default) or `return`.
         #[serde(default, rename = "type")]
         kind: Option<String>,
+        /// One application, however often it is sent (a double tap, a retry after a lost
+        /// answer): the same key on the same order answers with the same after-sale.
+        #[serde(default)]
+        idempotency_key: Option<String>,
     },
     Cancel {
         aftersale_id: String,
@@ -130,8 +134,19 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
             amount,
             reason,
             kind,
+            idempotency_key,
         } => {
             let order = own_order(app, &openid, &out_trade_no).await?.value;
+            let keyed_id = match idempotency_key.as_deref() {
+                None => None,
+                Some(k) if k.is_empty() || k.len() > 128 => {
+                    return Err(ApiError::bad_request(
+                        "BAD_IDEMPOTENCY_KEY",
+                        "idempotency key must be 1–128 characters",
+                    ))
+                }
+                Some(k) => Some(AfterSaleId::for_request(&openid, &order.out_trade_no, k)),
+            };
             let kind = match kind.as_deref() {
                 None | Some("refund") => AfterSaleKind::RefundOnly,
                 Some("return") => AfterSaleKind::ReturnAndRefund,
@@ -152,6 +167,21 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
             // under the order's version: of two applications at once one commits, the other
             // conflicts, re-reads the order and finds the amount held.
             let aftersale = with_retries(app, || async {
+                if let Some(id) = &keyed_id {
+                    // The same application again (or its twin, which won the race): its answer.
+                    if let Some(existing) = repo::get_aftersale(app.store.as_ref(), id).await? {
+                        let same = existing.value.kind == kind
+                            && amount.is_none_or(|a| a == existing.value.amount.get());
+                        if !same {
+                            return Err(ApiError::new(
+                                http::StatusCode::UNPROCESSABLE_ENTITY,
+                                "IDEMPOTENCY_KEY_REUSED",
+                                "this idempotency key was used for another application; use a new key",
+                            ));
+                        }
+                        return Ok(Attempt::Done(existing.value));
+                    }
+                }
                 let order = repo::get_order(app.store.as_ref(), &order.out_trade_no)
                     .await?
                     .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
@@ -173,7 +203,7 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
                 let now = app.clock.now_ms();
                 let aftersale = AfterSale {
-                    id: AfterSaleId::generate(now),
+                    id: keyed_id.clone().unwrap_or_else(|| AfterSaleId::generate(now)),
                     out_trade_no: order.value.out_trade_no.clone(),
                     openid: openid.clone(),
                     kind,
