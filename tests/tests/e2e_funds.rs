@@ -721,3 +721,56 @@ async fn fund_type_1_refund_is_made_by_wechat_on_acceptance() {
         .unwrap();
     assert!(dead.is_empty(), "{dead:?}");
 }
+
+/// A `withdraw_notify` whose withdrawal WeChat's own detail cannot confirm changes no status:
+/// a plaintext-mode push body is not signed, and the event numbers are unverified. WeChat out
+/// of reach: 503, so it pushes again; WeChat without such a detail: noted, status kept. (The
+/// event alone used to mark the withdrawal SUCCESS.)
+#[tokio::test]
+async fn a_withdraw_notify_wechat_cannot_confirm_changes_no_status() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    buy_pay_settle(&c).await;
+    c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
+        .await;
+    let w = c
+        .funds_ok(json!({"action": "withdraw", "amount_fen": 1000, "remark": "payout"}))
+        .await;
+    let id = w["withdrawal"]["withdraw_id"].as_str().unwrap().to_owned();
+    let status = || async {
+        get_withdrawal(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .1
+            .status
+    };
+    let before = status().await;
+    assert_eq!(before, "BEFORE_SCAN_QRCODE");
+    let push = |nonce: &'static str| {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        let query = wxshop::push::PushQuery::signed("localpushtoken", &ts, nonce).to_query_string();
+        let body = json!({"ToUserName": "gh_x", "FromUserName": "oX",
+            "CreateTime": ts.parse::<i64>().unwrap(), "MsgType": "event", "Event": "withdraw_notify",
+            "withdraw_info": {"out_request_no": id, "event": 3}});
+        c.http
+            .post(format!("{}/callbacks/wechat?{query}", r.base_url))
+            .body(body.to_string())
+            .send()
+    };
+    for (errcode, nonce, answer) in [(-1, "wn1", 503), (9_710_001, "wn2", 200)] {
+        c.control(
+            "faults",
+            &json!({"path": "shop/funds/getwithdrawdetail", "mode": "errcode",
+                    "errcode": errcode, "count": 1}),
+        )
+        .await;
+        let resp = push(nonce).await.unwrap();
+        assert_eq!(resp.status().as_u16(), answer, "errcode {errcode}");
+        assert_eq!(status().await, before, "errcode {errcode}");
+    }
+}

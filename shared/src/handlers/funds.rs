@@ -583,19 +583,6 @@ impl Withdrawal {
         }
         changed
     }
-
-    /// Without WeChat's detail: what a `withdraw_notify` event implies (UNVERIFIED enum:
-    /// 3 success, 4 failure).
-    fn apply_event_only(&mut self, event: Option<i64>) {
-        let implied = match event {
-            Some(3) => "SUCCESS",
-            Some(4) => "FAIL",
-            _ => return,
-        };
-        if status_rank(implied) > status_rank(&self.status) {
-            self.status = implied.to_owned();
-        }
-    }
 }
 
 fn to_record(w: &Withdrawal, version: u64) -> Result<Record, StoreError> {
@@ -1084,7 +1071,8 @@ async fn withdrawals(app: &App, page: u32, page_size: u32) -> Result<Value, ApiE
 // The push event
 
 /// `withdraw_notify` (through `auditCallback`): records the event on the withdrawal and takes
-/// WeChat's current detail. Only a store failure is an error (WeChat then retries).
+/// WeChat's current detail. A store failure, or WeChat's detail out of reach, is an error
+/// (WeChat then pushes again).
 pub async fn on_withdraw_notify(app: &App, body: &WithdrawNotify) -> Result<(), ApiError> {
     let id = body.out_request_no.trim();
     if id.is_empty()
@@ -1096,10 +1084,19 @@ pub async fn on_withdraw_notify(app: &App, body: &WithdrawNotify) -> Result<(), 
         tracing::warn!(out_request_no = %body.out_request_no, "withdraw_notify with an unusable out_request_no");
         return Ok(());
     }
+    // A withdrawal's status comes from WeChat's own detail, never from the push alone: in
+    // plaintext mode its body is not signed, and the event numbers are UNVERIFIED. WeChat
+    // unreachable: 503, so it pushes again; refused: the event is noted, the status kept.
     let detail = match app.wx.funds_get_withdraw_detail(id).await {
         Ok(d) => Some(d),
+        Err(e) if e.is_retryable() => {
+            return Err(ApiError::unavailable(
+                "WECHAT_UNAVAILABLE",
+                format!("cannot confirm withdrawal {id} with getwithdrawdetail ({e}); retry"),
+            ))
+        }
         Err(e) => {
-            tracing::warn!(withdraw_id = %id, error = %e, "withdraw_notify: detail unavailable; recording the event only");
+            tracing::warn!(security = true, withdraw_id = %id, error = %e, "withdraw_notify: WeChat has no detail; the event is noted, the status kept");
             None
         }
     };
@@ -1111,10 +1108,7 @@ pub async fn on_withdraw_notify(app: &App, body: &WithdrawNotify) -> Result<(), 
                 w.apply_detail(d, now);
                 w
             }
-            (Some(mut w), None) => {
-                w.apply_event_only(event);
-                w
-            }
+            (Some(w), None) => w,
             (None, Some(d)) => Withdrawal::from_detail(id, d, now),
             // Neither ours nor readable: the raw event stays in the event log.
             (None, None) => return None,
@@ -1213,11 +1207,6 @@ mod tests {
         assert_eq!(w.status, "SUCCESS");
         assert!(w.apply_detail(&d("REFUND"), 3));
         assert_eq!(w.status, "REFUND");
-        let mut w = Withdrawal::from_detail("1", &d("BEFORE_SCAN_QRCODE"), 1);
-        w.apply_event_only(Some(3));
-        assert_eq!(w.status, "SUCCESS");
-        w.apply_event_only(Some(1));
-        assert_eq!(w.status, "SUCCESS");
     }
 
     #[test]
