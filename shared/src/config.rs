@@ -299,6 +299,25 @@ impl Config {
         };
         let session_ttl_secs = num("SESSION_TTL_SECS", 7 * 24 * 3600, &mut problems);
         let order_ttl_secs = num("ORDER_TTL_SECS", 30 * 60, &mut problems);
+        // An unpaid order is offered for payment with one prepay_id, which WeChat Pay honours
+        // for 2 hours (WECHAT_PAY_V2.md §4); the trading component's `shop/order/add` takes an
+        // `expire_time` 15 minutes to 1 day ahead.
+        let min_order_ttl = if trading_component == TradingComponent::Off {
+            60
+        } else {
+            15 * 60
+        };
+        if !(min_order_ttl..=2 * 3600).contains(&order_ttl_secs) {
+            problems.push(format!(
+                "ORDER_TTL_SECS={order_ttl_secs} must be {min_order_ttl}–7200: WeChat Pay's prepay_id \
+                 lives 2 hours{}",
+                if min_order_ttl > 60 {
+                    ", and the trading component wants an order open at least 15 minutes"
+                } else {
+                    ""
+                }
+            ));
+        }
         let http_timeout_ms = num("WX_HTTP_TIMEOUT_MS", 5000, &mut problems).max(1) as u64;
         let url = |k: &str, default: &str, problems: &mut Vec<String>| -> String {
             let v = get(k).unwrap_or_else(|| default.to_owned());
@@ -381,6 +400,45 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn an_order_lives_no_longer_than_its_prepay_id() {
+        let base = [
+            ("WX_APPID", "wx1"),
+            ("WX_APPSECRET", "appsecret-value"),
+            ("WXPAY_MCH_ID", "1900000109"),
+            ("WXPAY_API_KEY", "192006250b4c09247ec02edce69f6a2d"),
+            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("WX_PUSH_TOKEN", "tok"),
+            ("WXPAY_NOTIFY_URL", "https://x.example/callbacks/pay"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = base.to_vec();
+            vars.extend_from_slice(extra);
+            Config::from_lookup(env(&vars))
+        };
+        assert!(with(&[("ORDER_TTL_SECS", "7200")]).is_ok());
+        assert!(with(&[("ORDER_TTL_SECS", "60")]).is_ok());
+        let err = with(&[("ORDER_TTL_SECS", "86400")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ORDER_TTL_SECS=86400") && err.contains("2 hours"),
+            "{err}"
+        );
+        let err = with(&[
+            ("ORDER_TTL_SECS", "300"),
+            ("WX_TRADING_COMPONENT", "always"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("15 minutes"), "{err}");
+        assert!(with(&[
+            ("ORDER_TTL_SECS", "900"),
+            ("WX_TRADING_COMPONENT", "always")
+        ])
+        .is_ok());
     }
 
     #[test]
