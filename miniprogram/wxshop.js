@@ -515,7 +515,11 @@ function createClient(options) {
         return result;
       })
       .catch(function (e) {
-        throw assign({}, toError(e), { idempotencyKey: key });
+        var err = toError(e);
+        // A key the server says is spent (used for another cart or address, or its order
+        // closed) must not be sent again: the next try is a new purchase.
+        if (err.code === 'IDEMPOTENCY_KEY_REUSED' || err.code === 'ORDER_CLOSED') throw err;
+        throw assign({}, err, { idempotencyKey: key });
       })
       .then(pay);
   }

@@ -407,7 +407,6 @@ test('buy: a refusal is not retried and still carries the key', async () => {
   const refusals = [
     { statusCode: 404, data: { code: 'NO_SUCH_SKU', message: 'nope' } },
     { statusCode: 409, data: { code: 'SOLD_OUT', message: 'sold out' } },
-    { statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'different cart' } },
     { statusCode: 500, data: { code: 'INTERNAL', message: 'bug' } },
   ];
   for (const answer of refusals) {
@@ -518,4 +517,18 @@ test('aftersale.apply: an application whose answer was lost is sent again with i
   assert.equal(err.code, 'NOT_REFUNDABLE');
   assert.equal(err.idempotencyKey, 'tap-1');
   assert.deepEqual(applyKeys(refusing), ['tap-1']);
+});
+
+test('buy: a key the server says is spent is not handed back for a retry', async () => {
+  for (const answer of [
+    { statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'this idempotency key was used for a different cart; use a new key' } },
+    { statusCode: 409, data: { code: 'ORDER_CLOSED', message: 'the order this idempotency key made was closed unpaid; order again with a new key' } },
+  ]) {
+    const wx = fakeWx(paidRoutes(() => answer), payOk);
+    const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY });
+    const err = await c.buy({ items: [TEA], idempotencyKey: 'old-key' }).catch((e) => e);
+    assert.equal(err.code, answer.data.code);
+    assert.equal(err.idempotencyKey, undefined, 'the next tap must use a new key');
+    assert.equal(orderKeys(wx).length, 1, 'not sent again');
+  }
 });

@@ -223,6 +223,19 @@ async fn price_comes_from_the_catalog_and_retries_give_one_order() {
         .await;
     assert_eq!(s, 422, "{other_address}");
     assert_eq!(other_address["code"], "IDEMPOTENCY_KEY_REUSED");
+    // Closed unpaid, the order cannot be paid with the stored parameters any more: the key is
+    // spent, and says so (it used to replay the dead payment for a day).
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": first["out_trade_no"], "action": "close"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, replay) = c.order(&token, 3, Some("k-1")).await;
+    assert_eq!(s, 409, "{replay}");
+    assert_eq!(replay["code"], "ORDER_CLOSED");
     let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
     assert_eq!(
         list["orders"].as_array().unwrap().len(),

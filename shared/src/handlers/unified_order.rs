@@ -117,8 +117,24 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     .await?
     {
         Claim::Completed(stored) => {
-            let result: UnifiedOrderResult = serde_json::from_str(&stored)
+            let mut result: UnifiedOrderResult = serde_json::from_str(&stored)
                 .map_err(|e| ApiError::internal(format!("stored result unreadable: {e}")))?;
+            // The order as it is now: a closed one can no longer be paid with the stored
+            // payment parameters, so the key is spent (a new purchase takes a new key).
+            if let Ok(no) = OutTradeNo::parse(result.out_trade_no.clone()) {
+                if let Some(order) = repo::get_order(app.store.as_ref(), &no).await? {
+                    if order.value.status == OrderStatus::Closed {
+                        return Err(ApiError::conflict(
+                            "ORDER_CLOSED",
+                            format!(
+                                "the order this idempotency key made ({no}) was closed unpaid; \
+                                 order again with a new key"
+                            ),
+                        ));
+                    }
+                    result.status = order.value.status;
+                }
+            }
             return Ok(json(&result));
         }
         Claim::InProgress => {
