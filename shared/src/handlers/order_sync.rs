@@ -10,7 +10,7 @@
 
 use super::common::{close_and_release, transition_order};
 use crate::app::App;
-use crate::domain::{Delivery, Order, OrderStatus, OutTradeNo};
+use crate::domain::{Delivery, OrderStatus, OutTradeNo};
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{self, Claimed, OutboxEntry, Task};
 use crate::store::repo;
@@ -186,12 +186,12 @@ pub async fn sweep_unpaid(app: &App) -> Result<SweepReport, ApiError> {
             report.checked += 1;
             let order = o.value;
             if status == OrderStatus::Prepaid {
-                match paid_at_wechat(app, &order).await {
-                    Ok(true) => {
+                match super::query_order::ask_wechat_if_paid(app, &order).await {
+                    Ok(Some(updated)) if updated.status.is_paid() => {
                         report.paid += 1;
                         continue;
                     }
-                    Ok(false) => {}
+                    Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "sweep: order query failed");
                         continue;
@@ -205,28 +205,6 @@ pub async fn sweep_unpaid(app: &App) -> Result<SweepReport, ApiError> {
         }
     }
     Ok(report)
-}
-
-/// Whether WeChat says an unpaid order of ours was paid (and the payment is now recorded).
-/// An answer that contradicts our order is an error: the order must not be closed on it.
-async fn paid_at_wechat(app: &App, order: &Order) -> Result<bool, ApiError> {
-    match order.fund_type {
-        crate::domain::FundType::Direct => Ok(super::pay_orders::query_and_record(app, order)
-            .await?
-            .is_some_and(|updated| updated.status.is_paid())),
-        crate::domain::FundType::SecondaryMerchant if order.wx_order_id.is_some() => {
-            use super::shop_orders::ComponentPayment;
-            match super::shop_orders::query_component_payment(app, order, None).await? {
-                ComponentPayment::Recorded(o) => Ok(o.status.is_paid()),
-                ComponentPayment::Unpaid { .. } => Ok(false),
-                ComponentPayment::Refused(why) => {
-                    tracing::warn!(security = true, out_trade_no = %order.out_trade_no, why, "sweep: WeChat's order contradicts ours; left for a person");
-                    Err(ApiError::conflict("WECHAT_ORDER_MISMATCH", why))
-                }
-            }
-        }
-        crate::domain::FundType::SecondaryMerchant => Ok(false),
-    }
 }
 
 /// Performs one task against WeChat. Each is idempotent there (or made so here), because a
@@ -258,7 +236,7 @@ pub async fn run_task(app: &App, task: &Task) -> Result<(), TaskError> {
 /// `pay/closeorder` (and the component order) for an order we closed. If WeChat says it was
 /// paid meanwhile, the payment is recorded: the money moved, so the order is paid.
 async fn close_at_wechat(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
-    let order = load_order(app, no).await?;
+    let order = super::shop_orders::load(app, no).await?;
     if order.fund_type == crate::domain::FundType::Direct && order.prepay_id.is_some() {
         super::pay_orders::close(app, &order).await?;
     }
@@ -267,18 +245,11 @@ async fn close_at_wechat(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     }
     // `pay/closeorder` may have found the order paid and recorded it: the component order
     // of a paid order must not be cancelled, so this reads the order again.
-    let order = load_order(app, no).await?;
+    let order = super::shop_orders::load(app, no).await?;
     if order.status == OrderStatus::Closed {
         super::shop_orders::sync_cancel(app, &order).await?;
     }
     Ok(())
-}
-
-async fn load_order(app: &App, no: &OutTradeNo) -> Result<Order, TaskError> {
-    Ok(repo::get_order(app.store.as_ref(), no)
-        .await?
-        .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?
-        .value)
 }
 
 #[derive(Deserialize)]

@@ -111,37 +111,42 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     Ok(json(&serde_json::json!({ "order": view(&order) })))
 }
 
-/// For an unpaid order, asks WeChat whether it was paid and records it if so — WeChat Pay's
-/// `orderquery`, or for fund_type=1 (WeChat collects) the component's `shop/order/get`, since
-/// the pay push may be late or lost. A failure to ask is not the caller's problem: they get
-/// the stored state.
+/// For an unpaid order, asks WeChat whether it was paid and records it if so. A failure to
+/// ask is not the caller's problem: they get the stored state.
 pub async fn refresh_unpaid(app: &App, order: Order) -> Result<Order, ApiError> {
     if order.status != OrderStatus::Prepaid {
         return Ok(order);
     }
-    let asked = match order.fund_type {
-        FundType::Direct => super::pay_orders::query_and_record(app, &order).await,
-        FundType::SecondaryMerchant if order.wx_order_id.is_some() => {
-            use super::shop_orders::{query_component_payment, ComponentPayment};
-            match query_component_payment(app, &order, None).await {
-                Ok(ComponentPayment::Recorded(o)) => Ok(Some(*o)),
-                Ok(ComponentPayment::Unpaid { .. }) => Ok(None),
-                Ok(ComponentPayment::Refused(why)) => {
-                    tracing::warn!(security = true, out_trade_no = %order.out_trade_no, why, "WeChat's order contradicts ours; not recorded");
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-            }
-        }
-        FundType::SecondaryMerchant => Ok(None),
-    };
-    match asked {
+    match ask_wechat_if_paid(app, &order).await {
         Ok(Some(updated)) => Ok(updated),
         Ok(None) => Ok(order),
         Err(e) => {
             tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "order query failed; showing stored state");
             Ok(order)
         }
+    }
+}
+
+/// Asks WeChat whether an unpaid order was paid and records the payment if so: WeChat Pay's
+/// `orderquery`, or for fund_type=1 (WeChat collects) the component's `shop/order/get`, since
+/// a notification or push may be late or lost. `Some(order)` when the stored order changed.
+/// An answer that contradicts our order is an error (logged as a security event): nothing may
+/// be decided on it — the sweep, for one, must not close the order.
+pub async fn ask_wechat_if_paid(app: &App, order: &Order) -> Result<Option<Order>, ApiError> {
+    match order.fund_type {
+        FundType::Direct => super::pay_orders::query_and_record(app, order).await,
+        FundType::SecondaryMerchant if order.wx_order_id.is_some() => {
+            use super::shop_orders::{query_component_payment, ComponentPayment};
+            match query_component_payment(app, order, None).await? {
+                ComponentPayment::Recorded(o) => Ok(Some(*o)),
+                ComponentPayment::Unpaid { .. } => Ok(None),
+                ComponentPayment::Refused(why) => {
+                    tracing::warn!(security = true, out_trade_no = %order.out_trade_no, why, "WeChat's order contradicts ours; not recorded");
+                    Err(ApiError::conflict("WECHAT_ORDER_MISMATCH", why))
+                }
+            }
+        }
+        FundType::SecondaryMerchant => Ok(None),
     }
 }
 

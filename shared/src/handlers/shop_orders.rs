@@ -137,7 +137,8 @@ pub async fn payment_params(
         .map_err(wx_error)
 }
 
-async fn load(app: &App, no: &OutTradeNo) -> Result<Order, TaskError> {
+/// The stored order an outbox task is about (gone: the task can never run).
+pub(super) async fn load(app: &App, no: &OutTradeNo) -> Result<Order, TaskError> {
     Ok(repo::get_order(app.store.as_ref(), no)
         .await?
         .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?
