@@ -394,6 +394,17 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// Every variable a start needs, with valid values.
+    const COMPLETE: [(&str, &str); 7] = [
+        ("WX_APPID", "wx1"),
+        ("WX_APPSECRET", "appsecret-value"),
+        ("WXPAY_MCH_ID", "1900000109"),
+        ("WXPAY_API_KEY", "192006250b4c09247ec02edce69f6a2d"),
+        ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("WX_PUSH_TOKEN", "tok"),
+        ("WXPAY_NOTIFY_URL", "https://x.example/callbacks/pay"),
+    ];
+
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: HashMap<String, String> = pairs
             .iter()
@@ -404,17 +415,8 @@ mod tests {
 
     #[test]
     fn an_order_lives_no_longer_than_its_prepay_id() {
-        let base = [
-            ("WX_APPID", "wx1"),
-            ("WX_APPSECRET", "appsecret-value"),
-            ("WXPAY_MCH_ID", "1900000109"),
-            ("WXPAY_API_KEY", "192006250b4c09247ec02edce69f6a2d"),
-            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
-            ("WX_PUSH_TOKEN", "tok"),
-            ("WXPAY_NOTIFY_URL", "https://x.example/callbacks/pay"),
-        ];
         let with = |extra: &[(&'static str, &'static str)]| {
-            let mut vars = base.to_vec();
+            let mut vars = COMPLETE.to_vec();
             vars.extend_from_slice(extra);
             Config::from_lookup(env(&vars))
         };
@@ -462,15 +464,10 @@ mod tests {
     #[test]
     fn complete_config_parses_and_hides_secrets() {
         let cfg = Config::from_lookup(env(&[
-            ("WX_APPID", "wx1"),
-            ("WX_APPSECRET", "appsecret-value"),
-            ("WXPAY_MCH_ID", "1900000109"),
-            ("WXPAY_API_KEY", "192006250b4c09247ec02edce69f6a2d"),
-            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
-            ("WX_PUSH_TOKEN", "tok"),
-            ("WXPAY_NOTIFY_URL", "https://x.example/callbacks/pay"),
-            ("STORE", "sqlite:/tmp/x.db"),
-        ]))
+            COMPLETE.as_slice(),
+            &[("STORE", "sqlite:/tmp/x.db")],
+        ]
+        .concat()))
         .unwrap();
         assert_eq!(cfg.refund_notify_url, "https://x.example/callbacks/refund");
         assert_eq!(cfg.store, StoreConfig::Sqlite("/tmp/x.db".into()));
