@@ -215,7 +215,12 @@ pub async fn start(opts: Options) -> Result<Running, String> {
         }
     }));
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        if let Err(e) = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        {
             tracing::error!(error = %e, "server stopped");
         }
     }));
@@ -292,7 +297,15 @@ async fn gateway(
             )
         }
     };
-    let req = http::Request::from_parts(parts, bytes);
+    let mut req = http::Request::from_parts(parts, bytes);
+    // The TCP peer, as API Gateway's `sourceIp`: what `spbill_create_ip` is made of.
+    if let Some(peer) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+    {
+        req.extensions_mut().insert(wxshop::http::PeerIp(peer));
+    }
     // Run to the end even if the caller hangs up, as Lambda does: a handler dropped halfway
     // would leave its work half done (an order created, its idempotency key never completed),
     // so a client's retry after its own timeout would meet "in progress" and then a second order.

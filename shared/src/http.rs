@@ -142,13 +142,20 @@ pub fn query_params(req: &Request) -> std::collections::HashMap<String, String> 
         .unwrap_or_default()
 }
 
-/// The caller's IP for `spbill_create_ip`: the first `X-Forwarded-For` hop, else loopback.
+/// The address of the connection that reached us, as the entry point saw it: API Gateway's
+/// `requestContext` `sourceIp` in Lambda, the TCP peer in `wxlocal`. The entry point puts it
+/// in the request's extensions; nothing the caller sends can set it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerIp(pub std::net::IpAddr);
+
+/// The caller's IP for `spbill_create_ip`: [`PeerIp`], else loopback.
+///
+/// Not `X-Forwarded-For`: its first hop is whatever the caller wrote there (API Gateway
+/// appends the real address after it), so it would let a buyer choose the IP WeChat Pay's
+/// risk control sees. Behind a proxy (e.g. CloudFront) this is the proxy's address, which
+/// WeChat accepts.
 pub fn client_ip(req: &Request) -> String {
-    req.headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
-        .unwrap_or_else(|| "127.0.0.1".to_owned())
+    req.extensions()
+        .get::<PeerIp>()
+        .map_or_else(|| "127.0.0.1".to_owned(), |p| p.0.to_string())
 }

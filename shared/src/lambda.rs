@@ -382,9 +382,9 @@ fn to_wx_request(
     function: Function,
     req: lambda_http::Request,
 ) -> Result<(&'static Route, crate::http::Request), Box<crate::http::Response>> {
-    let stage = match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.clone(),
-        _ => None,
+    let (stage, source_ip) = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => (ctx.stage.clone(), ctx.http.source_ip.clone()),
+        _ => (None, None),
     };
     let raw = match req.raw_http_path() {
         "" => req.uri().path().to_owned(),
@@ -408,6 +408,10 @@ fn to_wx_request(
             )
         })?;
     let (mut parts, body) = req.into_parts();
+    // API Gateway's word for the caller's address, never a header the caller wrote.
+    if let Some(ip) = source_ip.and_then(|s| s.parse().ok()) {
+        parts.extensions.insert(crate::http::PeerIp(ip));
+    }
     let target = match parts.uri.query() {
         Some(q) if !q.is_empty() => format!("{}?{q}", route.path),
         _ => route.path.to_owned(),
@@ -603,6 +607,26 @@ mod tests {
         );
         assert_eq!(strip_stage("/fn/login", Some("$default")), "/fn/login");
         assert_eq!(strip_stage("/fn/login", None), "/fn/login");
+    }
+
+    #[test]
+    fn the_client_ip_is_api_gateways_source_ip_not_a_forwarded_header() {
+        let event = json!({
+            "version": "2.0", "routeKey": "POST /fn/unifiedOrder", "rawPath": "/fn/unifiedOrder",
+            "rawQueryString": "",
+            "headers": {"content-type": "application/json", "x-forwarded-for": "8.8.8.8, 203.0.113.7"},
+            "requestContext": {"http": {"method": "POST", "path": "/fn/unifiedOrder",
+                                        "protocol": "HTTP/1.1", "sourceIp": "203.0.113.7"},
+                               "stage": "$default", "requestId": "r1",
+                               "routeKey": "POST /fn/unifiedOrder", "accountId": "1",
+                               "apiId": "a", "domainName": "d", "domainPrefix": "d",
+                               "time": "t", "timeEpoch": 0},
+            "body": "{}", "isBase64Encoded": false
+        });
+        let request: lambda_http::request::LambdaRequest = serde_json::from_value(event).unwrap();
+        let (_, req) =
+            to_wx_request(Function::UnifiedOrder, lambda_http::Request::from(request)).unwrap();
+        assert_eq!(crate::http::client_ip(&req), "203.0.113.7");
     }
 
     #[test]

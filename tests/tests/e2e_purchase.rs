@@ -284,6 +284,30 @@ async fn identity_comes_from_the_token_only() {
 }
 
 #[tokio::test]
+async fn the_ip_wechat_pay_sees_is_the_callers_not_one_it_wrote() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("carol").await;
+    let resp = c
+        .http
+        .post(format!("{}/fn/unifiedOrder", r.base_url))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "8.8.8.8")
+        .json(
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+                      "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                                  "tel_number": "13800000000"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+    let calls = r.sandbox.calls("pay/unifiedorder");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["spbill_create_ip"], "127.0.0.1", "{calls:?}");
+}
+
+#[tokio::test]
 async fn sold_out_is_refused_and_takes_nothing() {
     let r = stack().await;
     let c = Client::new(&r);
