@@ -774,3 +774,61 @@ async fn a_withdraw_notify_wechat_cannot_confirm_changes_no_status() {
         assert_eq!(status().await, before, "errcode {errcode}");
     }
 }
+
+/// A refund taken from money already withdrawn leaves the account below zero. The balance
+/// shows it, the flows show it with its sign, and a withdrawal is refused as such (both used
+/// to answer 502: a negative amount was unreadable, and a flow's balance lost its sign).
+#[tokio::test]
+async fn a_balance_below_zero_is_shown_and_withdraws_nothing() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (no, total) = buy_pay_settle(&c).await;
+    c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
+        .await;
+    c.funds_ok(json!({"action": "withdraw", "amount_fen": total, "remark": "all"}))
+        .await;
+    assert_eq!(c.balance().await, (0, 0));
+
+    let token = c.login("alice").await;
+    let (s, applied) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "dented"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{applied}");
+    let id = applied["aftersale"]["aftersale_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin = r.admin_token.clone();
+    let (s, approved) = c
+        .post(
+            "/admin/aftersaleSync",
+            Some(&admin),
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{approved}");
+    eventually("the refund to leave the account below zero", || async {
+        c.funds(json!({"action": "balance"})).await.1["available_fen"] == -1990
+    })
+    .await;
+    assert_eq!(c.balance().await, (-1990, 0));
+
+    let flows = c.funds_ok(json!({"action": "flows"})).await;
+    assert!(
+        flows["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["balance_fen"] == -1990),
+        "a flow that left the balance at -19.90 yuan: {flows}"
+    );
+    let (s, v) = c
+        .funds(json!({"action": "withdraw", "amount_fen": 1, "remark": "more"}))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["code"], "INSUFFICIENT_BALANCE", "{v}");
+}

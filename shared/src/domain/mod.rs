@@ -13,7 +13,7 @@ pub use aftersale::{
 pub use ids::{
     random_alnum, AfterSaleId, IdError, OpenId, OutRefundNo, OutTradeNo, ProductId, SkuId,
 };
-pub use money::{Fen, MoneyError};
+pub use money::{BalanceFen, Fen, MoneyError};
 pub use order::{
     Address, Change, Delivery, FundType, Order, OrderItem, OrderStatus, TransitionError,
 };

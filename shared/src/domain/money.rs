@@ -122,6 +122,32 @@ impl fmt::Display for Fen {
     }
 }
 
+/// An account balance in fen, which may be below zero: a secondary merchant's funds account
+/// goes negative when a refund is taken from money already withdrawn. Not an amount anyone
+/// may be charged or paid; only [`Fen`] is that.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct BalanceFen(pub i64);
+
+impl BalanceFen {
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+
+    /// Whether `amount` can be taken from this balance without going below zero.
+    pub fn covers(self, amount: Fen) -> bool {
+        self.0 >= amount.get()
+    }
+}
+
+impl fmt::Display for BalanceFen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

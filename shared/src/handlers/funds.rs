@@ -725,7 +725,7 @@ async fn withdraw(
     let remark = check_note("remark", remark)?;
     let bank_memo = check_note("bank_memo", bank_memo)?;
     let balance = app.wx.funds_get_balance().await.map_err(funds_error)?;
-    if amount > balance.available_amount {
+    if !balance.available_amount.covers(amount) {
         return Err(ApiError::conflict(
             "INSUFFICIENT_BALANCE",
             format!(

@@ -10,7 +10,7 @@
 use super::client::WxClient;
 use super::error::WxError;
 use super::serde_num;
-use crate::domain::Fen;
+use crate::domain::{BalanceFen, Fen};
 use base64::Engine;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
@@ -18,12 +18,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FundsBalance {
-    /// Withdrawable.
-    #[serde(deserialize_with = "serde_num::fen")]
-    pub available_amount: Fen,
+    /// Withdrawable; below zero when refunds took more than was left.
+    #[serde(deserialize_with = "serde_num::balance_fen")]
+    pub available_amount: BalanceFen,
     /// Awaiting settlement.
-    #[serde(deserialize_with = "serde_num::fen")]
-    pub pending_amount: Fen,
+    #[serde(deserialize_with = "serde_num::balance_fen")]
+    pub pending_amount: BalanceFen,
 }
 
 #[derive(Deserialize, Default)]
@@ -55,8 +55,9 @@ pub struct FundsFlow {
     pub flow_type: String,
     #[serde(deserialize_with = "serde_num::yuan")]
     pub amount: Fen,
-    #[serde(deserialize_with = "serde_num::yuan")]
-    pub balance: Fen,
+    /// The account's balance after this flow (may be below zero).
+    #[serde(deserialize_with = "serde_num::balance_yuan")]
+    pub balance: BalanceFen,
     pub busi_type: Option<String>,
     #[serde(deserialize_with = "serde_num::opt_string_or_number")]
     pub request_no: Option<String>,

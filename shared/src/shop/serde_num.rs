@@ -7,7 +7,7 @@
 //! `#[serde(deserialize_with = "…")]` (plus `#[serde(default)]` for the optional ones).
 //! Serialisation is left to the normal `Serialize` impls: we always *send* numbers.
 
-use crate::domain::Fen;
+use crate::domain::{BalanceFen, Fen};
 use serde::de::{self, Deserializer, Visitor};
 use std::fmt;
 
@@ -188,6 +188,32 @@ pub fn opt_yuan<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Fen>, D::Error
     Fen::from_yuan_str(t).map(Some).map_err(de::Error::custom)
 }
 
+/// [`BalanceFen`] from integer fen (number or numeric string), sign kept; `""`/`null` → 0.
+pub fn balance_fen<'de, D: Deserializer<'de>>(d: D) -> Result<BalanceFen, D::Error> {
+    Ok(BalanceFen(to_i64::<D::Error>(scalar(d)?)?.unwrap_or(0)))
+}
+
+/// [`BalanceFen`] from a yuan amount (`"-12.34"`, `12.34`), exactly, sign kept: a balance
+/// below zero is a fact to show, not a direction to drop.
+pub fn balance_yuan<'de, D: Deserializer<'de>>(d: D) -> Result<BalanceFen, D::Error> {
+    let text = match scalar(d)? {
+        Scalar::Null => return Ok(BalanceFen(0)),
+        Scalar::S(s) if s.trim().is_empty() => return Ok(BalanceFen(0)),
+        Scalar::S(s) => s,
+        Scalar::U(v) => v.to_string(),
+        Scalar::I(v) => v.to_string(),
+        Scalar::F(v) => v.to_string(),
+        Scalar::B(_) => return Err(de::Error::custom("boolean where an amount was expected")),
+    };
+    let t = text.trim();
+    let (negative, digits) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let fen = Fen::from_yuan_str(digits).map_err(de::Error::custom)?.get();
+    Ok(BalanceFen(if negative { -fen } else { fen }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +236,22 @@ mod tests {
         y: Fen,
         #[serde(deserialize_with = "bool_or_int")]
         b: bool,
+    }
+
+    #[test]
+    fn a_balance_keeps_its_sign() {
+        #[derive(Deserialize)]
+        struct B {
+            #[serde(deserialize_with = "balance_fen")]
+            f: BalanceFen,
+            #[serde(deserialize_with = "balance_yuan")]
+            y: BalanceFen,
+        }
+        let b: B = serde_json::from_str(r#"{"f":-1990,"y":"-19.90"}"#).unwrap();
+        assert_eq!((b.f.get(), b.y.get()), (-1990, -1990));
+        let b: B = serde_json::from_str(r#"{"f":"25","y":0.25}"#).unwrap();
+        assert_eq!((b.f.get(), b.y.get()), (25, 25));
+        assert!(serde_json::from_str::<B>(r#"{"f":1,"y":"-1.234"}"#).is_err());
     }
 
     #[test]
