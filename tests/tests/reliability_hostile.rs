@@ -610,6 +610,40 @@ async fn plaintext_push_signatures_hold_for_one_body_in_any_spelling() {
     }
 }
 
+/// The console's URL verification (GET) is signed as a plaintext push is. Its URL, seen once
+/// (a proxy log, say), must not carry a push: the signature is spent by the verification.
+#[tokio::test]
+async fn a_url_verification_signature_carries_no_push() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    assert_eq!(tea_audit(&c).await, "APPROVED");
+    let (_, forged) = seeded_audit_and_forged_rejection(&r);
+    let now = r.app.clock.now_secs().to_string();
+    let mut q = wxshop::push::PushQuery::signed("localpushtoken", &now, "n-verify");
+    q.echostr = Some("ECHO-1".into());
+    let url = format!("{}/callbacks/wechat?{}", c.base, q.to_query_string());
+    let resp = c.http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().await.unwrap(), "ECHO-1");
+    let resp = c
+        .http
+        .post(&url)
+        .body(forged.to_string())
+        .send()
+        .await
+        .unwrap();
+    let (s, t) = (resp.status().as_u16(), resp.text().await.unwrap());
+    assert_eq!(s, 403, "{t}");
+    assert_eq!(
+        tea_audit(&c).await,
+        "APPROVED",
+        "a verification URL carried a push"
+    );
+    // The console may verify again with the same URL: still echoed.
+    let resp = c.http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
 /// Plaintext push mode: WeChat's `signature` covers token, timestamp and nonce, not the body.
 /// A signed URL seen once (a proxy log, say) must not carry another body, nor be used long
 /// after its time: both refused, the product untouched. The genuine redelivery of the same body

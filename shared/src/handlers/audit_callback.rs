@@ -32,7 +32,10 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             &query,
             secrecy::ExposeSecret::expose_secret(&app.config.push_token),
         ) {
-            Ok(echo) => Ok(text(StatusCode::OK, echo, "text/plain")),
+            Ok(echo) => {
+                spend_url_verification(app, &query).await?;
+                Ok(text(StatusCode::OK, echo, "text/plain"))
+            }
             Err(e) => {
                 tracing::warn!(security = true, error = %e, "push URL verification refused");
                 Err(ApiError::forbidden("signature does not verify"))
@@ -140,6 +143,24 @@ async fn bind_plaintext_push(app: &App, query: &PushQuery, body: &[u8]) -> Resul
         }
         _ => Ok(()),
     }
+}
+
+/// What a signature used by the console's URL verification is bound to: no body hashes to it,
+/// so every push posted under that signature is refused.
+const URL_VERIFICATION: &str = "url-verification";
+
+/// The console's URL verification (GET) is signed exactly as a plaintext push's URL is, so a
+/// seen verification URL would otherwise carry one body of anyone's choosing (see
+/// [`bind_plaintext_push`]). Its signature is spent here for the push window. Not echoing
+/// before that is stored: the console shows the failure and the merchant saves again.
+async fn spend_url_verification(app: &App, query: &PushQuery) -> Result<(), ApiError> {
+    let Some((timestamp, signature)) = query.plaintext_binding() else {
+        return Ok(());
+    };
+    let until = timestamp.max(app.clock.now_secs()) + PLAINTEXT_WINDOW_SECS + 1;
+    let key = format!("push-signature/{signature}");
+    kv::put_if(app.store.as_ref(), &key, URL_VERIFICATION, until, None).await?;
+    Ok(())
 }
 
 async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
