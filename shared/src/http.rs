@@ -77,6 +77,13 @@ impl std::fmt::Display for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
+        if e == crate::store::StoreError::BadCursor {
+            // The caller's own input (a `cursor` it altered or made up), not our storage.
+            return ApiError::bad_request(
+                "BAD_CURSOR",
+                "`cursor` is not one this API gave out; start again without it",
+            );
+        }
         tracing::error!(error = %e, "store error");
         ApiError::unavailable("STORE_UNAVAILABLE", "storage is unavailable; retry shortly")
     }

@@ -308,6 +308,20 @@ async fn the_ip_wechat_pay_sees_is_the_callers_not_one_it_wrote() {
 }
 
 #[tokio::test]
+async fn a_made_up_list_cursor_is_the_callers_mistake() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("dave").await;
+    for cursor in ["x", "!!"] {
+        let (s, v) = c
+            .post("/fn/queryOrder", Some(&token), &json!({"cursor": cursor}))
+            .await;
+        assert_eq!(s, 400, "{cursor}: {v}");
+        assert_eq!(v["code"], "BAD_CURSOR", "{v}");
+    }
+}
+
+#[tokio::test]
 async fn sold_out_is_refused_and_takes_nothing() {
     let r = stack().await;
     let c = Client::new(&r);
