@@ -298,6 +298,14 @@ impl Config {
             }
         };
         let session_ttl_secs = num("SESSION_TTL_SECS", 7 * 24 * 3600, &mut problems);
+        // A token is valid until it expires (nothing revokes one short of a new
+        // SESSION_SECRET), so its life is bounded: ≤ 0 would refuse every token issued, and a
+        // huge one would never expire.
+        if !(300..=30 * 24 * 3600).contains(&session_ttl_secs) {
+            problems.push(format!(
+                "SESSION_TTL_SECS={session_ttl_secs} must be 300–2592000 (5 minutes to 30 days)"
+            ));
+        }
         let order_ttl_secs = num("ORDER_TTL_SECS", 30 * 60, &mut problems);
         // An unpaid order is offered for payment with one prepay_id, which WeChat Pay honours
         // for 2 hours (WECHAT_PAY_V2.md §4); the trading component's `shop/order/add` takes an
@@ -441,6 +449,21 @@ mod tests {
             ("WX_TRADING_COMPONENT", "always")
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn a_session_lives_between_five_minutes_and_thirty_days() {
+        let with = |ttl: &'static str| {
+            let mut vars = COMPLETE.to_vec();
+            vars.push(("SESSION_TTL_SECS", ttl));
+            Config::from_lookup(env(&vars))
+        };
+        assert!(with("300").is_ok());
+        assert!(with("2592000").is_ok());
+        for bad in ["0", "-1", "299", "1000000000000"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("SESSION_TTL_SECS"), "{bad}: {err}");
+        }
     }
 
     #[test]

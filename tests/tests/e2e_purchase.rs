@@ -307,6 +307,40 @@ async fn the_ip_wechat_pay_sees_is_the_callers_not_one_it_wrote() {
     assert_eq!(calls[0]["spbill_create_ip"], "127.0.0.1", "{calls:?}");
 }
 
+/// A login WeChat refuses because of the shop's own settings (a rotated AppSecret, a server
+/// IP not allowed) is the operator's to fix: 503 without WeChat's words, not a 400 telling
+/// the buyer their code is bad. A bad code is still the caller's: 400, call wx.login again.
+#[tokio::test]
+async fn a_login_refused_for_the_shops_settings_is_not_the_buyers_fault() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let login = |errcode: i64| {
+        let c = &c;
+        async move {
+            c.fault(json!({"path": "sns/jscode2session", "mode": "errcode", "errcode": errcode, "count": 1}))
+                .await;
+            let (_, code) = c
+                .post("/sandbox/_control/login", None, &json!({"user": "erin"}))
+                .await;
+            c.post("/fn/login", None, &json!({"code": code["code"]}))
+                .await
+        }
+    };
+    for errcode in [40125, 40013, 40164] {
+        let (s, v) = login(errcode).await;
+        assert_eq!(s, 503, "{errcode}: {v}");
+        assert_eq!(v["code"], "LOGIN_UNAVAILABLE", "{v}");
+        assert!(!v.to_string().contains(&errcode.to_string()), "{v}");
+    }
+    let (s, v) = login(40029).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "INVALID_CODE", "{v}");
+    let (s, v) = login(45011).await;
+    assert_eq!(s, 429, "{v}");
+    // Settings mended (no fault): the same flow logs in.
+    c.login("erin").await;
+}
+
 #[tokio::test]
 async fn a_made_up_list_cursor_is_the_callers_mistake() {
     let r = stack().await;

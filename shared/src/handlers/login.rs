@@ -5,6 +5,7 @@
 use crate::app::App;
 use crate::domain::OpenId;
 use crate::http::{json, parse_json, ApiError, Request, Response};
+use crate::shop::WxError;
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -30,19 +31,11 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             "`code` from wx.login is required (1–128 characters)",
         ));
     }
-    let session = app.wx.code2session(code).await.map_err(|e| {
-        if e.is_retryable() {
-            ApiError::unavailable(
-                "WECHAT_UNAVAILABLE",
-                format!("WeChat login is unavailable: {e}"),
-            )
-        } else {
-            ApiError::bad_request(
-                "INVALID_CODE",
-                format!("WeChat refused the login code ({e}); call wx.login again"),
-            )
-        }
-    })?;
+    let session = app
+        .wx
+        .code2session(code)
+        .await
+        .map_err(|e| login_error(&e))?;
     let openid = OpenId::parse(session.openid.clone())
         .map_err(|e| ApiError::unavailable("WECHAT_BAD_REPLY", e.to_string()))?;
     let now = app.clock.now_secs();
@@ -51,7 +44,53 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     tracing::info!(openid = %openid, "login");
     Ok(json(&LoginResult {
         token,
-        expires_at: now + ttl,
+        expires_at: now.saturating_add(ttl),
         openid: openid.to_string(),
     }))
+}
+
+/// What the mini program is told when `jscode2session` fails. Only a refusal of the code
+/// itself is the caller's to fix; WeChat refusing the shop's own appid, AppSecret or server IP
+/// is ours: logged as an error for the operator (a rotated AppSecret stops every login), and
+/// answered 503 without WeChat's message, which would tell anyone what is wrong with our setup.
+fn login_error(e: &WxError) -> ApiError {
+    match e.errcode() {
+        // Invalid, already used: a new `wx.login` gives a new code.
+        Some(40029 | 40163) => {
+            return ApiError::bad_request(
+                "INVALID_CODE",
+                format!("WeChat refused the login code ({e}); call wx.login again"),
+            )
+        }
+        // Per-user rate limit (100 a minute).
+        Some(45011) => {
+            return ApiError::new(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "LOGIN_RATE_LIMITED",
+                "too many logins for this user; wait a minute, then call wx.login again",
+            )
+        }
+        Some(40226) => {
+            return ApiError::forbidden("WeChat blocks logins of this user (high-risk account)")
+        }
+        _ => {}
+    }
+    if let WxError::Invalid { .. } = e {
+        return ApiError::bad_request("INVALID_CODE", format!("{e}; call wx.login again"));
+    }
+    if e.is_retryable() {
+        return ApiError::unavailable(
+            "WECHAT_UNAVAILABLE",
+            format!("WeChat login is unavailable: {e}"),
+        );
+    }
+    tracing::error!(
+        error = %e,
+        "WeChat refused the shop's login request: check WX_APPID / WX_APPSECRET (and the \
+         server IP allow-list) in the mini program's console"
+    );
+    ApiError::unavailable(
+        "LOGIN_UNAVAILABLE",
+        "login is unavailable; the shop's WeChat settings need attention",
+    )
 }
