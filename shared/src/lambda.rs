@@ -21,12 +21,13 @@
 //!    like `wxlocal`. `orderSync` takes three shapes in one binary: DynamoDB stream records of
 //!    new outbox entries, the EventBridge schedule, and its admin HTTP route.
 //!
-//! `/admin/*` routes are IAM-authorised by API Gateway before they get here; the handler does
-//! not check again.
+//! `/admin/*` routes are IAM-authorised by API Gateway before they get here; an admin request
+//! whose event carries no IAM authoriser (a route deployed without `Auth`) is refused with
+//! 403, and the caller's ARN of every admin call is logged.
 
 use crate::app::{open_store, App, StartupError};
 use crate::config::Config;
-use crate::handlers::{self, Function, Route};
+use crate::handlers::{self, Caller, Function, Route};
 use crate::http::ApiError;
 use crate::time::Clock;
 use bytes::Bytes;
@@ -382,9 +383,21 @@ fn to_wx_request(
     function: Function,
     req: lambda_http::Request,
 ) -> Result<(&'static Route, crate::http::Request), Box<crate::http::Response>> {
-    let (stage, source_ip) = match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(ctx)) => (ctx.stage.clone(), ctx.http.source_ip.clone()),
-        _ => (None, None),
+    let (stage, source_ip, iam_caller) = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => (
+            ctx.stage.clone(),
+            ctx.http.source_ip.clone(),
+            ctx.authorizer
+                .as_ref()
+                .and_then(|a| a.iam.as_ref())
+                .map(|iam| {
+                    iam.user_arn
+                        .clone()
+                        .or_else(|| iam.caller_id.clone())
+                        .unwrap_or_default()
+                }),
+        ),
+        _ => (None, None, None),
     };
     let raw = match req.raw_http_path() {
         "" => req.uri().path().to_owned(),
@@ -407,6 +420,27 @@ fn to_wx_request(
                 .into_response(),
             )
         })?;
+    if route.caller == Caller::Admin {
+        // API Gateway checks the IAM signature of admin routes (infra/template.yaml). Checked
+        // again here, so a route added without `Auth` (a function URL, a catch-all) cannot
+        // reach refunds and withdrawals unsigned; and who called is logged.
+        match &iam_caller {
+            Some(who) => tracing::info!(admin = %who, path, "admin call"),
+            None => {
+                tracing::warn!(
+                    security = true,
+                    path,
+                    "admin route reached without API Gateway's IAM authorisation"
+                );
+                return Err(Box::new(
+                    ApiError::forbidden(
+                        "admin routes need an IAM-signed request through API Gateway (SigV4)",
+                    )
+                    .into_response(),
+                ));
+            }
+        }
+    }
     let (mut parts, body) = req.into_parts();
     // API Gateway's word for the caller's address, never a header the caller wrote.
     if let Some(ip) = source_ip.and_then(|s| s.parse().ok()) {
@@ -627,6 +661,34 @@ mod tests {
         let (_, req) =
             to_wx_request(Function::UnifiedOrder, lambda_http::Request::from(request)).unwrap();
         assert_eq!(crate::http::client_ip(&req), "203.0.113.7");
+    }
+
+    #[test]
+    fn an_admin_route_without_iam_authorisation_is_refused() {
+        let event = |authorizer: Value| {
+            let mut e = json!({
+                "version": "2.0", "routeKey": "POST /admin/funds", "rawPath": "/admin/funds",
+                "rawQueryString": "", "headers": {"content-type": "application/json"},
+                "requestContext": {"http": {"method": "POST", "path": "/admin/funds",
+                                            "protocol": "HTTP/1.1", "sourceIp": "203.0.113.7"},
+                                   "stage": "$default", "requestId": "r1",
+                                   "routeKey": "POST /admin/funds", "accountId": "1",
+                                   "apiId": "a", "domainName": "d", "domainPrefix": "d",
+                                   "time": "t", "timeEpoch": 0},
+                "body": "{}", "isBase64Encoded": false
+            });
+            if !authorizer.is_null() {
+                e["requestContext"]["authorizer"] = authorizer;
+            }
+            let request: lambda_http::request::LambdaRequest = serde_json::from_value(e).unwrap();
+            to_wx_request(Function::Funds, lambda_http::Request::from(request))
+        };
+        let refused = event(Value::Null).err().unwrap();
+        assert_eq!(refused.status().as_u16(), 403);
+        let signed = event(json!({"iam": {"accessKey": "AKIA", "accountId": "1",
+                                          "callerId": "AID", "userArn": "arn:aws:iam::1:user/ops",
+                                          "userId": "AID"}}));
+        assert!(signed.is_ok());
     }
 
     #[test]
