@@ -832,3 +832,84 @@ async fn a_balance_below_zero_is_shown_and_withdraws_nothing() {
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["code"], "INSUFFICIENT_BALANCE", "{v}");
 }
+
+/// WeChat accepts a secondary-merchant refund but cannot pay it (its after-sale at 16,
+/// `aftersale_wait_merchant_offline_refund`): ours is held as REFUND_ABNORMAL for a person,
+/// not left REFUNDING with a dead-lettered task; the amount stays held on the order; the
+/// merchant refunds the user another way and records it with `mark_refunded`.
+#[tokio::test]
+async fn a_refund_wechat_could_not_pay_is_held_for_a_person() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (no, total) = buy_pay_settle(&c).await;
+    let token = c.login("alice").await;
+    let admin = r.admin_token.clone();
+    c.control("refund_outcome", &json!({"status": "PLATFORM_REFUND_FAIL"}))
+        .await;
+    let (s, applied) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": total, "reason": "broken"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{applied}");
+    let id = applied["aftersale"]["aftersale_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, approved) = c
+        .post(
+            "/admin/aftersaleSync",
+            Some(&admin),
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{approved}");
+    let status = || async {
+        let (_, v) = c
+            .post(
+                "/fn/aftersaleSync",
+                Some(&token),
+                &json!({"action": "list", "out_trade_no": no}),
+            )
+            .await;
+        v["aftersales"][0]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    eventually("the after-sale to be held as REFUND_ABNORMAL", || async {
+        status().await == "REFUND_ABNORMAL"
+    })
+    .await;
+    let (dead, _) = wxshop::outbox::list_dead(r.app.store.as_ref(), 100, None)
+        .await
+        .unwrap();
+    assert!(dead.is_empty(), "held, not dead-lettered: {dead:?}");
+    // The money is still the shop's; a second application finds nothing left to claim.
+    assert_eq!(c.balance().await, (total, 0));
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 1, "reason": "again",
+                    "idempotency_key": "again"}),
+        )
+        .await;
+    assert_eq!(s, 409, "the held amount is not claimable again: {v}");
+    // Refunded by hand, recorded.
+    let (s, v) = c
+        .post(
+            "/admin/aftersaleSync",
+            Some(&admin),
+            &json!({"action": "mark_refunded", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(status().await, "REFUNDED");
+    let (_, q) = c
+        .post("/fn/queryOrder", Some(&token), &json!({"out_trade_no": no}))
+        .await;
+    assert_eq!(q["order"]["refunded_fee"], total, "{q}");
+}

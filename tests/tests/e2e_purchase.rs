@@ -1988,3 +1988,37 @@ async fn a_returned_parcel_can_be_refused() {
     let dead = c.dead_letters().await;
     assert!(dead.is_empty(), "{dead:?}");
 }
+
+/// An `aftersale_user_cancel` push is believed only as WeChat's after-sale, read back, states
+/// it: in plaintext push mode the signature does not cover the body, which may name any
+/// after-sale. A push for one the user did not cancel at WeChat changes nothing; a real
+/// cancellation in WeChat still cancels ours.
+#[tokio::test]
+async fn a_cancel_push_wechat_does_not_confirm_cancels_nothing() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "frank", 1).await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "dented"}))
+        .await;
+    eventually("the after-sale to reach WeChat", || async {
+        wx_aftersale_id(&r, &id).await.is_some()
+    })
+    .await;
+    let wx_id = wx_aftersale_id(&r, &id).await.unwrap();
+    let ts = r.app.clock.now_secs();
+    let query = wxshop::push::PushQuery::signed("localpushtoken", &ts.to_string(), "n-cancel")
+        .to_query_string();
+    let push = json!({"ToUserName": "gh_x", "FromUserName": "oX", "CreateTime": ts,
+        "MsgType": "event", "Event": "aftersale_user_cancel",
+        "aftersale_info": {"aftersale_id": wx_id, "out_aftersale_id": id}});
+    let resp = c
+        .http
+        .post(format!("{}/callbacks/wechat?{query}", r.base_url))
+        .body(push.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(c.aftersale(&token, &no).await["status"], "REQUESTED");
+}

@@ -706,10 +706,21 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
     let status = match v.get("status").and_then(Value::as_str) {
         Some("REFUNDCLOSE") => "REFUNDCLOSE",
         Some("CHANGE") => "CHANGE",
-        _ => return control_err(StatusCode::BAD_REQUEST, "status: REFUNDCLOSE or CHANGE"),
+        Some("PLATFORM_REFUND_FAIL") => "PLATFORM_REFUND_FAIL",
+        _ => {
+            return control_err(
+                StatusCode::BAD_REQUEST,
+                "status: REFUNDCLOSE or CHANGE (WeChat Pay refunds), PLATFORM_REFUND_FAIL \
+                 (the trading component's refund of an accepted after-sale)",
+            )
+        }
     };
     let count = v.get("count").and_then(Value::as_u64).unwrap_or(1).min(100);
     let mut st = sb.st();
+    if status == "PLATFORM_REFUND_FAIL" {
+        st.shop.failing_refunds += count;
+        return Json(json!({"pending_outcomes": st.shop.failing_refunds})).into_response();
+    }
     for _ in 0..count {
         st.pay.refund_outcomes.push_back(status);
     }

@@ -299,6 +299,9 @@ pub struct ShopState {
     pub categories: BTreeSet<i64>,
     pub uploads: u64,
     pub flags: BTreeSet<&'static str>,
+    /// How many of the next accepted refunds the platform fails to pay (status 16 and
+    /// `aftersale_wait_merchant_offline_refund`), set with `/_control/refund_outcome`.
+    pub failing_refunds: u64,
 }
 
 impl ShopState {
@@ -2065,6 +2068,14 @@ fn aftersale_move(sb: &Sandbox, v: &Value, action: &str) -> WxResult {
         }
         _ => return Err(bad()),
     };
+    // The platform could not pay the refund: nothing moves, the merchant must refund
+    // offline.
+    let next = if next == 13 && st.shop.failing_refunds > 0 {
+        st.shop.failing_refunds -= 1;
+        16
+    } else {
+        next
+    };
     let mut refunded_all = None;
     if next == 13 {
         if let Some(o) = st.shop.orders.get_mut(&a.out_order_id) {
@@ -2092,6 +2103,7 @@ fn aftersale_move(sb: &Sandbox, v: &Value, action: &str) -> WxResult {
         // The parcel is on its way back: the merchant is to confirm its receipt.
         8 => Some("aftersale_wait_merchant_confirm_receipt"),
         13 => Some("aftersale_refund_success"),
+        16 => Some("aftersale_wait_merchant_offline_refund"),
         _ => None,
     };
     if let Some(event) = event {

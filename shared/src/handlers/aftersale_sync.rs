@@ -762,11 +762,9 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
             "after-sale {id}: WeChat is still refunding (its status {})",
             wx.status
         ))),
-        WeChatRefund::Failed => Err(TaskError::Permanent(format!(
-            "after-sale {id}: WeChat could not refund it (its status {}); the merchant must \
-             refund the user another way",
-            wx.status
-        ))),
+        WeChatRefund::Failed => hold_failed_platform_refund(app, id, wx.status)
+            .await
+            .map_err(TaskError::from),
         WeChatRefund::Refused => Err(TaskError::Permanent(format!(
             "after-sale {id} is approved here but WeChat's is at status {} and will not be \
              refunded",
@@ -774,6 +772,37 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
         ))),
     }
 }
+
+/// Secondary-merchant order: WeChat accepted the refund but could not pay it (its after-sale
+/// at 16 or 18; `aftersale_wait_merchant_offline_refund`). The money is still with the shop,
+/// and WeChat will not try again: ours is held as REFUND_ABNORMAL for a person, who refunds
+/// the user another way and records it with `mark_refunded`. The amount stays held on the
+/// order meanwhile. (It used to stay REFUNDING, with only a dead-lettered task to tell.)
+async fn hold_failed_platform_refund(
+    app: &App,
+    id: &AfterSaleId,
+    wx_status: i64,
+) -> Result<(), ApiError> {
+    let held = update(app, id, None, |a, now| {
+        a.refund_abnormal(now).map_err(|e| e.to_string())
+    })
+    .await;
+    match held {
+        Ok(_) => {
+            tracing::error!(aftersale_id = %id, wx_status, "WeChat could not pay the refund of this after-sale: refund the user another way, then record it with mark_refunded");
+            Ok(())
+        }
+        Err(e) if e.status.is_server_error() => Err(e),
+        // Already refunded, or gone: nothing to hold.
+        Err(e) => {
+            tracing::warn!(aftersale_id = %id, error = %e, "failed platform refund not applied");
+            Ok(())
+        }
+    }
+}
+
+/// EC after-sale `status` 1: the user cancelled it (WECHAT_SHOP.md §7.3).
+const WX_USER_CANCELLED: i64 = 1;
 
 /// Where WeChat's refund of an accepted after-sale stands, from its EC after-sale `status`
 /// (WECHAT_SHOP.md §7.3).
@@ -1033,6 +1062,22 @@ pub async fn on_wechat_event(
         }
         K::UserCancel => {
             let Some(id) = ours else { return Ok(()) };
+            // Believed only as WeChat's after-sale, read back, states it: in plaintext push
+            // mode the signature does not cover the body, which names any after-sale.
+            let known = repo::get_aftersale(app.store.as_ref(), &id)
+                .await?
+                .and_then(|a| a.value.wx_aftersale_id)
+                .or(info.aftersale_id);
+            let Some(wx_id) = known else { return Ok(()) };
+            let wx = app
+                .wx
+                .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+                .await
+                .map_err(super::shop_orders::wx_error)?;
+            if wx.status != WX_USER_CANCELLED {
+                tracing::warn!(aftersale_id = %id, wx_status = wx.status, "user cancel event, but WeChat's after-sale is not cancelled; nothing changed");
+                return Ok(());
+            }
             match update(app, &id, None, |a, now| {
                 a.cancel(now).map_err(|e| e.to_string())
             })
@@ -1079,6 +1124,27 @@ pub async fn on_wechat_event(
                     Ok(())
                 }
             }
+        }
+        K::WaitMerchantOfflineRefund => {
+            // Secondary-merchant orders: WeChat's refund failed. Believed only as WeChat's
+            // after-sale, read back, states it (the event's body is not proof).
+            let Some(id) = ours else { return Ok(()) };
+            let Some(a) = repo::get_aftersale(app.store.as_ref(), &id).await? else {
+                return Ok(());
+            };
+            let Some(wx_id) = a.value.wx_aftersale_id.or(info.aftersale_id) else {
+                return Ok(());
+            };
+            let wx = app
+                .wx
+                .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+                .await
+                .map_err(super::shop_orders::wx_error)?;
+            if WeChatRefund::of(wx.status) != WeChatRefund::Failed {
+                tracing::warn!(aftersale_id = %id, wx_status = wx.status, "offline refund event, but WeChat's after-sale did not fail its refund; nothing recorded");
+                return Ok(());
+            }
+            hold_failed_platform_refund(app, &id, wx.status).await
         }
         K::RefundSuccess => {
             // Secondary-merchant orders: WeChat refunded what the merchant accepted. The
