@@ -175,16 +175,35 @@ fn biz_fail(cfg: &SandboxConfig, req: &Fields, st: SignType, code: &str, des: &s
     reply(cfg, req, st, e)
 }
 
-/// The answer for an injected `errcode` fault: a signed business failure.
-pub fn injected_error(sb: &Sandbox, err_code: &str) -> Response {
+/// The answer for an injected `errcode` fault on the request `req`: a business failure
+/// signed with the request's `sign_type` (MD5 when absent or unreadable), as WeChat signs
+/// every reply, echoing the request's `sub_*` ids like any other reply.
+pub fn injected_error(sb: &Sandbox, req: &Fields, err_code: &str) -> Response {
     let cfg = sb.cfg();
+    let st = req
+        .get("sign_type")
+        .and_then(|s| SignType::parse(s))
+        .unwrap_or(SignType::Md5);
     biz_fail(
         &cfg,
-        &Fields::new(),
-        SignType::Md5,
+        req,
+        st,
         err_code,
         "系统错误 (sandbox: injected fault)",
     )
+}
+
+/// The request fields of a recorded merchant call (its string values; the record of a body
+/// that did not decode has none).
+pub fn fields_of(record: &Value) -> Fields {
+    record
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn fields(pairs: &[(&str, String)]) -> Fields {

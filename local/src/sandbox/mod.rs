@@ -318,10 +318,19 @@ impl Sandbox {
     /// Records the call and applies any matching fault other than `lost` (which
     /// [`Sandbox::answer`] applies). `Some` = answer with this instead.
     async fn intercept(&self, path: &str, record: Value, xml: bool) -> Option<Response> {
-        let hit = {
+        let (hit, request) = {
             let mut st = self.st();
             st.calls.push((path.to_owned(), record));
-            take_fault_where(&mut st.faults, path, |f| f.mode != FaultMode::Lost)
+            let hit = take_fault_where(&mut st.faults, path, |f| f.mode != FaultMode::Lost);
+            // A merchant-API error reply is signed like the request (its `sign_type`) and
+            // echoes its ids, as WeChat's own error replies are: read them only when needed.
+            let request = match &hit {
+                Some(f) if xml && f.mode == FaultMode::Errcode => {
+                    st.calls.last().map(|(_, v)| mch::fields_of(v))
+                }
+                _ => None,
+            };
+            (hit, request)
         };
         let fault = hit?;
         match fault.mode {
@@ -349,6 +358,7 @@ impl Sandbox {
                 if xml {
                     Some(mch::injected_error(
                         self,
+                        &request.unwrap_or_default(),
                         fault.err_code.as_deref().unwrap_or("SYSTEMERROR"),
                     ))
                 } else {
@@ -425,7 +435,8 @@ pub struct Fault {
     /// Platform API errcode (default -1, "system busy").
     #[serde(default)]
     pub errcode: Option<i64>,
-    /// Merchant API `err_code` (default `SYSTEMERROR`).
+    /// Merchant API `err_code` (default `SYSTEMERROR`), answered as a business failure
+    /// signed with the request's `sign_type`.
     #[serde(default)]
     pub err_code: Option<String>,
     /// Probability per matching call.
