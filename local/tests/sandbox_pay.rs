@@ -507,3 +507,136 @@ async fn refund_sends_an_encrypted_notification() {
         "{none}"
     );
 }
+
+/// WeChat Pay takes successive refunds of one order at least a minute apart: a new refund
+/// sooner is a signed `FREQUENCY_LIMITED` (and creates nothing), while asking again for the
+/// refund it took (same `out_refund_no`) is not limited. The minute runs on the sandbox's
+/// clock (`/_control/clock`), per order.
+#[tokio::test]
+async fn refunds_of_one_order_are_a_minute_apart() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let notify = "http://127.0.0.1:9/callbacks/pay";
+    for no in ["FRQ000001", "FRQ000002"] {
+        mch(
+            &base,
+            "pay/unifiedorder",
+            order_fields(no, "1000", notify),
+            SignType::Md5,
+        )
+        .await;
+        post_json(
+            &format!("{base}/_control/pay"),
+            json!({"out_trade_no": no, "wait": true}),
+        )
+        .await;
+    }
+    let rf = |order: &str, no: &str, fee: &str| {
+        fields(&[
+            ("out_trade_no", order),
+            ("out_refund_no", no),
+            ("total_fee", "1000"),
+            ("refund_fee", fee),
+        ])
+    };
+    let advance = |ms: i64| post_json(format!("{base}/_control/clock"), json!({"advance_ms": ms}));
+
+    let r1 = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F1", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r1["result_code"], "SUCCESS", "{r1:?}");
+    let limited = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F2", "100"),
+        SignType::HmacSha256,
+    )
+    .await;
+    assert_eq!(limited["return_code"], "SUCCESS", "{limited:?}");
+    assert_eq!(limited["result_code"], "FAIL", "{limited:?}");
+    assert_eq!(limited["err_code"], "FREQUENCY_LIMITED", "{limited:?}");
+    assert!(limited["err_code_des"].contains("1分钟"), "{limited:?}");
+    assert_eq!(verify(&limited, KEY), Ok(SignType::HmacSha256));
+    // The refund it took, asked again: the same refund, not limited.
+    let again = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F1", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(again["result_code"], "SUCCESS", "{again:?}");
+    assert_eq!(again["refund_id"], r1["refund_id"]);
+    // Another order is not held back by this one's refund.
+    let other = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000002", "G1", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(other["result_code"], "SUCCESS", "{other:?}");
+    // A refund that can never be taken is refused for what is wrong with it.
+    let over = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F3", "950"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(over["err_code"], "ERROR", "{over:?}");
+
+    advance(59_000).await;
+    let still = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F2", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(still["err_code"], "FREQUENCY_LIMITED", "{still:?}");
+    advance(1_000).await;
+    let r2 = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F2", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r2["result_code"], "SUCCESS", "{r2:?}");
+    // The minute starts again from the refund just taken.
+    let r3 = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F3", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r3["err_code"], "FREQUENCY_LIMITED", "{r3:?}");
+    let q = mch(
+        &base,
+        "pay/refundquery",
+        fields(&[("out_trade_no", "FRQ000001")]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(
+        q["total_refund_count"], "2",
+        "only the refunds taken: {q:?}"
+    );
+
+    // A sandbox configured without the gap takes them back to back.
+    sb.sandbox.set_refund_interval_ms(0);
+    let r3 = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F3", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r3["result_code"], "SUCCESS", "{r3:?}");
+}

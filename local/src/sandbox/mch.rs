@@ -4,7 +4,8 @@
 //! Why so strict: each check here is one a real merchant has failed in production
 //! (WECHAT_PAY_V2.md §2, §5, §8): a bad or wrong-type signature is `return_code FAIL
 //! 签名错误`, a retried `unifiedorder` with changed parameters is `OUT_TRADE_NO_USED`, a
-//! refund over the paid amount is refused, provider mode without `sub_mch_id` is refused.
+//! refund over the paid amount is refused, a second refund of one order within a minute is
+//! `FREQUENCY_LIMITED`, provider mode without `sub_mch_id` is refused.
 //! Replies are signed with the request's sign type so clients must verify them.
 
 use super::deliver::{self, Job, Kind, Outgoing};
@@ -16,6 +17,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use wxshop::pay::sign::{sign as sign_fields, sign_in_place, Fields, SignType};
 use wxshop::pay::xml;
 use wxshop::time::{beijing_compact, beijing_date, beijing_datetime, parse_beijing_compact};
+
+/// WeChat Pay takes successive refunds of one order at least a minute apart (§2.5); sooner,
+/// a new refund is `FREQUENCY_LIMITED` (a retry of an accepted one is not: it is the same
+/// refund). The default of [`SandboxConfig::refund_interval_ms`].
+pub const REFUND_INTERVAL_MS: i64 = 60_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TradeState {
@@ -68,6 +74,9 @@ pub struct PayOrder {
     pub expire_ms: Option<i64>,
     /// Sum of accepted refunds.
     pub refunded: i64,
+    /// When the last refund of this order was accepted (sandbox clock): the next one with
+    /// another `out_refund_no` waits [`SandboxConfig::refund_interval_ms`].
+    pub last_refund_ms: Option<i64>,
 }
 
 impl PayOrder {
@@ -516,6 +525,7 @@ fn unifiedorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> 
             paid_ms: None,
             expire_ms,
             refunded: 0,
+            last_refund_ms: None,
         },
     );
     drop(state);
@@ -809,6 +819,13 @@ fn refund(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Respon
         Some(("PARAM_ERROR", "退款金额大于支付金额"))
     } else if o.refunded + refund_fee > o.total_fee {
         Some(("ERROR", "累计退款金额大于支付金额"))
+    } else if o
+        .last_refund_ms
+        .is_some_and(|t| now.saturating_sub(t) < cfg.refund_interval_ms)
+    {
+        // Checked after what is wrong with the request itself, so a refund that can never
+        // be taken is refused for that, not sent back to wait a minute.
+        Some(("FREQUENCY_LIMITED", "单笔订单请求频率过高,请于1分钟后重试"))
     } else if state
         .pay
         .refunds
@@ -841,6 +858,7 @@ fn refund(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Respon
     state.pay.refunds.insert(r.out_refund_no.clone(), r.clone());
     if let Some(ord) = state.pay.orders.get_mut(&o.out_trade_no) {
         ord.refunded += refund_fee;
+        ord.last_refund_ms = Some(now);
     }
     let epoch = state.epoch;
     drop(state);

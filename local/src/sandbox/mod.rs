@@ -54,6 +54,11 @@ pub struct SandboxConfig {
     pub time_scale: f64,
     /// Approve products (and brand/category audits) automatically after they are submitted.
     pub auto_audit: bool,
+    /// Shortest gap between two refunds of one order, on the sandbox's clock (WeChat's is a
+    /// minute, [`mch::REFUND_INTERVAL_MS`]); a new refund sooner is `FREQUENCY_LIMITED`.
+    /// `/_control/clock` moves the clock past it; a test that refunds one order twice and is
+    /// not about the limit may set 0.
+    pub refund_interval_ms: i64,
 }
 
 impl Default for SandboxConfig {
@@ -74,6 +79,7 @@ impl Default for SandboxConfig {
             push_aes_key: None,
             time_scale: 1.0,
             auto_audit: true,
+            refund_interval_ms: mch::REFUND_INTERVAL_MS,
         }
     }
 }
@@ -180,6 +186,15 @@ impl Sandbox {
         match self.inner.cfg.write() {
             Ok(mut c) => c.auto_audit = on,
             Err(p) => p.into_inner().auto_audit = on,
+        }
+    }
+
+    /// See [`SandboxConfig::refund_interval_ms`] (negative counts as 0).
+    pub fn set_refund_interval_ms(&self, ms: i64) {
+        let ms = ms.max(0);
+        match self.inner.cfg.write() {
+            Ok(mut c) => c.refund_interval_ms = ms,
+            Err(p) => p.into_inner().refund_interval_ms = ms,
         }
     }
 
