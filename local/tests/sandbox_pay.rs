@@ -640,3 +640,104 @@ async fn refunds_of_one_order_are_a_minute_apart() {
     .await;
     assert_eq!(r3["result_code"], "SUCCESS", "{r3:?}");
 }
+
+/// `/_control/pay` is WeChat's cashier, and refuses what it refuses: a `prepay_id` older than
+/// 2 hours (even with no `time_expire`), the `prepay_id` of a closed order, a second payment
+/// of a paid order, a `prepay_id` it never issued. The user pays by the `prepay_id` the mini
+/// program got (`package`), or by `out_trade_no`.
+#[tokio::test]
+async fn the_cashier_refuses_what_wechats_refuses() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let notify = "http://127.0.0.1:9/callbacks/pay";
+    let http = reqwest::Client::new();
+    let pay = |body: serde_json::Value| {
+        let req = http.post(format!("{base}/_control/pay")).json(&body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let mut prepay = std::collections::HashMap::new();
+    for no in ["CSH000001", "CSH000002", "CSH000003", "CSH000004"] {
+        let r = mch(
+            &base,
+            "pay/unifiedorder",
+            order_fields(no, "100", notify),
+            SignType::Md5,
+        )
+        .await;
+        assert_eq!(r["result_code"], "SUCCESS", "{r:?}");
+        prepay.insert(no, r["prepay_id"].clone());
+    }
+    let trade_state = |no: &'static str| {
+        let base = base.clone();
+        async move {
+            mch(
+                &base,
+                "pay/orderquery",
+                fields(&[("out_trade_no", no)]),
+                SignType::Md5,
+            )
+            .await["trade_state"]
+                .clone()
+        }
+    };
+
+    // Paid by its prepay_id (as `package`); a second payment is refused, by either key.
+    let (s, v) =
+        pay(json!({"package": format!("prepay_id={}", prepay["CSH000001"]), "wait": true})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["out_trade_no"], "CSH000001", "{v}");
+    assert_eq!(trade_state("CSH000001").await, "SUCCESS");
+    let (s, v) = pay(json!({"prepay_id": prepay["CSH000001"]})).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("paid already"), "{v}");
+    let (s, v) = pay(json!({"out_trade_no": "CSH000001"})).await;
+    assert_eq!(s, 409, "{v}");
+
+    // Closed: its prepay_id is refused.
+    let c = mch(
+        &base,
+        "pay/closeorder",
+        fields(&[("out_trade_no", "CSH000002")]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(c["result_code"], "SUCCESS", "{c:?}");
+    let (s, v) = pay(json!({"prepay_id": prepay["CSH000002"]})).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("closed"), "{v}");
+
+    // Never issued.
+    let (s, v) = pay(json!({"prepay_id": "wx20240101000000nosuchprepayid0000"})).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("no such prepay_id"),
+        "{v}"
+    );
+
+    // A prepay_id lives 2 hours: just before, it pays; just after, it does not.
+    post_json(
+        &format!("{base}/_control/clock"),
+        json!({"advance_ms": 7_200_000 - 5_000}),
+    )
+    .await;
+    let (s, v) = pay(json!({"prepay_id": prepay["CSH000003"]})).await;
+    assert_eq!(s, 200, "{v}");
+    post_json(
+        &format!("{base}/_control/clock"),
+        json!({"advance_ms": 10_000}),
+    )
+    .await;
+    for body in [
+        json!({"prepay_id": prepay["CSH000004"]}),
+        json!({"out_trade_no": "CSH000004"}),
+    ] {
+        let (s, v) = pay(body).await;
+        assert_eq!(s, 409, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("expired"), "{v}");
+    }
+    assert_eq!(trade_state("CSH000004").await, "NOTPAY");
+}

@@ -13,7 +13,7 @@ use super::{random_alnum, random_digits, Sandbox, SandboxConfig};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use wxshop::pay::sign::{sign as sign_fields, sign_in_place, Fields, SignType};
 use wxshop::pay::xml;
 use wxshop::time::{beijing_compact, beijing_date, beijing_datetime, parse_beijing_compact};
@@ -22,6 +22,10 @@ use wxshop::time::{beijing_compact, beijing_date, beijing_datetime, parse_beijin
 /// a new refund is `FREQUENCY_LIMITED` (a retry of an accepted one is not: it is the same
 /// refund). The default of [`SandboxConfig::refund_interval_ms`].
 pub const REFUND_INTERVAL_MS: i64 = 60_000;
+
+/// A `prepay_id` lives 2 hours (unifiedorder's reply field `prepay_id`: "有效期为2小时"); past
+/// that WeChat's cashier will not take it, whatever `time_expire` says.
+pub const PREPAY_TTL_MS: i64 = 7_200_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TradeState {
@@ -123,9 +127,10 @@ pub struct PayState {
     pub orders: BTreeMap<String, PayOrder>,
     pub refunds: BTreeMap<String, Refund>,
     pub by_txn: HashMap<String, String>,
-    /// Every `prepay_id` issued (`shop/order/add` checks the one it is given): a set, so the
-    /// check does not scan every order, which made the sandbox slower with each order.
-    pub prepay_ids: HashSet<String>,
+    /// Every `prepay_id` issued → its `out_trade_no` (`shop/order/add` checks the one it is
+    /// given, the cashier pays by it): an index, so neither scans every order, which made the
+    /// sandbox slower with each order.
+    pub prepay_ids: HashMap<String, String>,
     /// Outcomes for the next accepted refunds instead of `SUCCESS` (`REFUNDCLOSE`, `CHANGE`),
     /// set with `/_control/refund_outcome`.
     pub refund_outcomes: std::collections::VecDeque<&'static str>,
@@ -505,7 +510,10 @@ fn unifiedorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> 
         beijing_compact(now),
         random_alnum(20).to_ascii_lowercase()
     );
-    state.pay.prepay_ids.insert(prepay_id.clone());
+    state
+        .pay
+        .prepay_ids
+        .insert(prepay_id.clone(), out_trade_no.to_owned());
     state.pay.orders.insert(
         out_trade_no.to_owned(),
         PayOrder {
@@ -649,21 +657,51 @@ fn closeorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Re
 // ---------------------------------------------------------------------------------------------
 // The user pays (control)
 
+/// What the paying user hands WeChat's cashier: the `prepay_id` (in `wx.requestPayment`'s
+/// `package`), or — for tests that know only our order — its `out_trade_no`.
+#[derive(Clone, Copy, Debug)]
+pub enum Cashier<'a> {
+    OutTradeNo(&'a str),
+    PrepayId(&'a str),
+}
+
 /// Marks the order paid as if the user confirmed in WeChat, and prepares its notification.
-pub fn user_pays(sb: &Sandbox, out_trade_no: &str) -> Result<(Value, Option<Job>), String> {
+/// Refused as WeChat's cashier refuses it: an order paid already (no second payment), a
+/// closed one, one past its `time_expire`, a `prepay_id` older than [`PREPAY_TTL_MS`].
+pub fn user_pays(sb: &Sandbox, by: Cashier<'_>) -> Result<(Value, Option<Job>), String> {
     let cfg = sb.cfg();
     let now = sb.now_ms();
     let mut state = sb.st();
     let omit_sign_type = state.out.opts.omit_sign_type;
+    let out_trade_no = match by {
+        Cashier::OutTradeNo(no) => no.to_owned(),
+        Cashier::PrepayId(p) => match state.pay.prepay_ids.get(p) {
+            Some(no) => no.clone(),
+            None => return Err(format!("no such prepay_id {p}")),
+        },
+    };
     let id = state.next_seq();
-    let Some(o) = state.pay.orders.get_mut(out_trade_no) else {
+    let Some(o) = state.pay.orders.get_mut(&out_trade_no) else {
         return Err(format!("no WeChat Pay order {out_trade_no}"));
     };
-    if o.state != TradeState::NotPay {
-        return Err(format!("order {out_trade_no} is {}", o.state.as_str()));
+    match o.state {
+        TradeState::NotPay => {}
+        TradeState::Success | TradeState::Refund => {
+            return Err(format!(
+                "order {out_trade_no} is paid already ({}): no second payment",
+                o.state.as_str()
+            ))
+        }
+        TradeState::Closed => return Err(format!("order {out_trade_no} is closed (CLOSED)")),
     }
     if o.expire_ms.is_some_and(|e| now > e) {
         return Err(format!("order {out_trade_no} expired (time_expire passed)"));
+    }
+    if now.saturating_sub(o.created_ms) > PREPAY_TTL_MS {
+        return Err(format!(
+            "prepay_id {} of order {out_trade_no} expired (a prepay_id lives 2 hours)",
+            o.prepay_id
+        ));
     }
     let txn = format!("4200{}{}", &beijing_date(now), random_digits(16));
     o.state = TradeState::Success;

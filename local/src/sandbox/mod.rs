@@ -638,18 +638,29 @@ async fn shop_route(
 // ---------------------------------------------------------------------------------------------
 // Control routes
 
+/// The user pays (WeChat's cashier): `{"prepay_id"}` (also as `package`, `prepay_id=…`) or
+/// `{"out_trade_no"}` for a WeChat Pay order, `{"out_order_id"}` for a fund_type=1 order;
+/// `"wait": true` answers after the notification was delivered. 409 for what the cashier
+/// refuses (paid already, closed, expired, an unknown or 2-hour-old prepay_id).
 async fn control_pay(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
     let v = match parse_json_body(&body) {
         Ok(v) => v,
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     };
     let wait = v.get("wait").and_then(Value::as_bool).unwrap_or(false);
+    let prepay_id = v
+        .get("prepay_id")
+        .or_else(|| v.get("package"))
+        .and_then(Value::as_str)
+        .map(|p| p.trim_start_matches("prepay_id="));
     let r = if let Some(no) = v.get("out_trade_no").and_then(Value::as_str) {
-        mch::user_pays(&sb, no)
+        mch::user_pays(&sb, mch::Cashier::OutTradeNo(no))
+    } else if let Some(p) = prepay_id {
+        mch::user_pays(&sb, mch::Cashier::PrepayId(p))
     } else if let Some(no) = v.get("out_order_id").and_then(Value::as_str) {
         shop::user_pays_order(&sb, no)
     } else {
-        Err("give out_trade_no (WeChat Pay order) or out_order_id (fund_type=1 order)".into())
+        Err("give prepay_id or out_trade_no (WeChat Pay order), or out_order_id (fund_type=1 order)".into())
     };
     match r {
         Ok((result, job)) => {
