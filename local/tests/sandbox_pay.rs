@@ -741,3 +741,84 @@ async fn the_cashier_refuses_what_wechats_refuses() {
     }
     assert_eq!(trade_state("CSH000004").await, "NOTPAY");
 }
+
+/// An openid is a user under one appid. In provider mode the mini program's openid (from
+/// `jscode2session` with `sub_appid`) goes in `sub_openid` with `sub_appid`; sent as `openid`
+/// (under the provider's `appid`) — the classic provider-mode mistake — WeChat refuses it
+/// with PARAM_ERROR, as it refuses the reverse and both at once. Openids the sandbox never
+/// issued (made up by a test) cannot be placed and are taken.
+#[tokio::test]
+async fn an_openid_is_taken_only_with_the_appid_it_was_issued_under() {
+    const SUB_APPID: &str = "wxsubapp000000001";
+    let mut c = cfg();
+    c.sub_mch_id = Some("1900000109".into());
+    c.sub_appid = Some(SUB_APPID.into());
+    let sb = start(c).await;
+    let base = sb.base_url();
+    let login = |appid: &'static str| {
+        let base = base.clone();
+        async move {
+            let code = post_json(format!("{base}/_control/login"), json!({"user": "alice"})).await;
+            let v = get_json(format!(
+                "{base}/api/sns/jscode2session?appid={appid}&secret={SECRET}&js_code={}&grant_type=authorization_code",
+                code["code"].as_str().unwrap()
+            ))
+            .await;
+            (code, v["openid"].as_str().unwrap().to_owned())
+        }
+    };
+    let (minted, in_app) = login(SUB_APPID).await;
+    assert_eq!(
+        minted["openid"],
+        in_app.as_str(),
+        "the mini program's openid"
+    );
+    let (_, under_provider) = login(APPID).await;
+    assert_ne!(in_app, under_provider, "one user, one openid per appid");
+
+    let mut n = 0;
+    let mut order = |who: &[(&str, &str)]| {
+        n += 1;
+        let mut f = order_fields(&format!("OID{n:06}"), "1", "http://127.0.0.1:9/pay");
+        f.remove("openid");
+        f.insert("sub_mch_id".into(), "1900000109".into());
+        for (k, v) in who {
+            f.insert((*k).into(), (*v).into());
+        }
+        let base = base.clone();
+        async move { mch(&base, "pay/unifiedorder", f, SignType::HmacSha256).await }
+    };
+    let ok = order(&[("sub_appid", SUB_APPID), ("sub_openid", &in_app)]).await;
+    assert_eq!(ok["result_code"], "SUCCESS", "{ok:?}");
+    let ok = order(&[("openid", &under_provider)]).await;
+    assert_eq!(ok["result_code"], "SUCCESS", "{ok:?}");
+
+    let wrong = order(&[("sub_appid", SUB_APPID), ("openid", &in_app)]).await;
+    assert_eq!(wrong["result_code"], "FAIL", "{wrong:?}");
+    assert_eq!(wrong["err_code"], "PARAM_ERROR", "{wrong:?}");
+    assert_eq!(wrong["err_code_des"], "appid和openid不匹配", "{wrong:?}");
+    assert_eq!(verify(&wrong, KEY), Ok(SignType::HmacSha256));
+    let wrong = order(&[("sub_appid", SUB_APPID), ("sub_openid", &under_provider)]).await;
+    assert_eq!(
+        wrong["err_code_des"], "sub_appid和sub_openid不匹配",
+        "{wrong:?}"
+    );
+    let both = order(&[
+        ("sub_appid", SUB_APPID),
+        ("sub_openid", &in_app),
+        ("openid", &under_provider),
+    ])
+    .await;
+    assert_eq!(both["err_code"], "PARAM_ERROR", "{both:?}");
+    assert_eq!(
+        both["err_code_des"], "openid和sub_openid只能传一个",
+        "{both:?}"
+    );
+
+    let made_up = order(&[
+        ("sub_appid", SUB_APPID),
+        ("openid", "oMadeUp000000000000000000001"),
+    ])
+    .await;
+    assert_eq!(made_up["result_code"], "SUCCESS", "{made_up:?}");
+}

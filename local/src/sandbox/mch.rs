@@ -3,7 +3,8 @@
 //!
 //! Why so strict: each check here is one a real merchant has failed in production
 //! (WECHAT_PAY_V2.md §2, §5, §8): a bad or wrong-type signature is `return_code FAIL
-//! 签名错误`, a retried `unifiedorder` with changed parameters is `OUT_TRADE_NO_USED`, a
+//! 签名错误`, a retried `unifiedorder` with changed parameters is `OUT_TRADE_NO_USED`, an
+//! openid sent with an appid it was not issued under is `PARAM_ERROR`, a
 //! refund over the paid amount is refused, a second refund of one order within a minute is
 //! `FREQUENCY_LIMITED`, provider mode without `sub_mch_id` is refused.
 //! Replies are signed with the request's sign type so clients must verify them.
@@ -483,6 +484,10 @@ fn unifiedorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> 
     params.remove("nonce_str");
 
     let mut state = sb.st();
+    if let Some((code, des)) = openid_problem(cfg, f, &state.platform) {
+        drop(state);
+        return biz_fail(cfg, f, st, code, des);
+    }
     if let Some(o) = state.pay.orders.get(out_trade_no) {
         if o.state.is_paid() {
             return biz_fail(cfg, f, st, "ORDERPAID", "该订单已支付");
@@ -548,6 +553,33 @@ fn unifiedorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> 
         );
     }
     reply(cfg, f, st, extra)
+}
+
+/// An openid is a user under one appid (§2.9): `openid` must be under `appid`, `sub_openid`
+/// under `sub_appid`, and in provider mode only one of the two is sent. The pairing is
+/// checked for openids the sandbox issued (`jscode2session`); one it never issued (made up
+/// by a test) it cannot place, and takes.
+fn openid_problem(
+    cfg: &SandboxConfig,
+    f: &Fields,
+    platform: &super::platform::PlatformState,
+) -> Option<(&'static str, &'static str)> {
+    let openid = get(f, "openid");
+    let sub_openid = get(f, "sub_openid");
+    if cfg.sub_mch_id.is_some() && openid.is_some() && sub_openid.is_some() {
+        return Some(("PARAM_ERROR", "openid和sub_openid只能传一个"));
+    }
+    let foreign = |id: Option<&str>, appid: Option<&str>| {
+        id.and_then(|id| platform.issued_under(id))
+            .is_some_and(|under| Some(under) != appid)
+    };
+    if foreign(openid, get(f, "appid")) {
+        return Some(("PARAM_ERROR", "appid和openid不匹配"));
+    }
+    if foreign(sub_openid, get(f, "sub_appid")) {
+        return Some(("PARAM_ERROR", "sub_appid和sub_openid不匹配"));
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------
