@@ -7,6 +7,8 @@
 //! order marked paid). So the sandbox checks signatures and required fields the way WeChat
 //! does, answers with WeChat's error codes, signs its replies, and delivers real signed (or
 //! encrypted) notifications on WeChat's retry schedule, compressible with `time_scale`.
+//! WeChat's time rules — an access token lives 7200 s, a `prepay_id` 2 hours, refunds of one
+//! order are a minute apart — run on the sandbox's clock, which `/_control/clock` moves.
 //!
 //! Layout: [`mch`] is the merchant API v2 (`/mch/...`), [`platform`] the access token and
 //! login, [`shop`] the trading component (`/api/shop/...`), [`funds`] the secondary-merchant
