@@ -181,6 +181,7 @@ pub async fn start(opts: Options) -> Result<Running, String> {
             .map(|k| secrecy::ExposeSecret::expose_secret(k).to_owned()),
         time_scale: opts.time_scale,
         auto_audit: true,
+        refund_interval_ms: crate::sandbox::mch::REFUND_INTERVAL_MS,
     });
     let app = App::new(config, store, Clock::default()).map_err(|e| e.to_string())?;
 

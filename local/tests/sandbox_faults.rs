@@ -77,7 +77,7 @@ async fn faults_by_count_rate_and_mode() {
     )
     .await;
     assert_eq!(q["err_code"], "SYSTEMERROR");
-    assert!(verify(&q, KEY).is_ok());
+    assert_eq!(verify(&q, KEY), Ok(SignType::Md5));
 
     // Delay.
     post_json(
@@ -120,4 +120,32 @@ async fn faults_by_count_rate_and_mode() {
         shop(&base, &tok, "cat/get", json!({})).await["errcode"],
         40001
     );
+}
+
+/// WeChat signs every reply with the request's `sign_type`, its error replies too: an
+/// injected business error on an HMAC-SHA256 request is HMAC-SHA256-signed (and says so),
+/// and echoes the request's sub-merchant ids like any reply. It used to be MD5-signed
+/// whatever the request used.
+#[tokio::test]
+async fn an_injected_error_is_signed_like_the_request() {
+    let mut c = cfg();
+    c.sub_mch_id = Some("1900000109".into());
+    let sb = start(c).await;
+    let base = sb.base_url();
+    post_json(
+        &format!("{base}/_control/faults"),
+        json!({"path": "pay/orderquery", "mode": "errcode", "count": 2}),
+    )
+    .await;
+    let query = fields(&[("out_trade_no", "FLT000002"), ("sub_mch_id", "1900000109")]);
+    let q = mch(&base, "pay/orderquery", query.clone(), SignType::HmacSha256).await;
+    assert_eq!(q["err_code"], "SYSTEMERROR", "{q:?}");
+    assert_eq!(q["sign_type"], "HMAC-SHA256", "{q:?}");
+    assert_eq!(q["sign"].len(), 64, "{q:?}");
+    assert_eq!(verify(&q, KEY), Ok(SignType::HmacSha256));
+    assert_eq!(q["sub_mch_id"], "1900000109", "{q:?}");
+    let q = mch(&base, "pay/orderquery", query, SignType::Md5).await;
+    assert_eq!(q["err_code"], "SYSTEMERROR", "{q:?}");
+    assert!(!q.contains_key("sign_type"), "{q:?}");
+    assert_eq!(verify(&q, KEY), Ok(SignType::Md5));
 }

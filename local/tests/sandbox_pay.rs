@@ -507,3 +507,318 @@ async fn refund_sends_an_encrypted_notification() {
         "{none}"
     );
 }
+
+/// WeChat Pay takes successive refunds of one order at least a minute apart: a new refund
+/// sooner is a signed `FREQUENCY_LIMITED` (and creates nothing), while asking again for the
+/// refund it took (same `out_refund_no`) is not limited. The minute runs on the sandbox's
+/// clock (`/_control/clock`), per order.
+#[tokio::test]
+async fn refunds_of_one_order_are_a_minute_apart() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let notify = "http://127.0.0.1:9/callbacks/pay";
+    for no in ["FRQ000001", "FRQ000002"] {
+        mch(
+            &base,
+            "pay/unifiedorder",
+            order_fields(no, "1000", notify),
+            SignType::Md5,
+        )
+        .await;
+        post_json(
+            &format!("{base}/_control/pay"),
+            json!({"out_trade_no": no, "wait": true}),
+        )
+        .await;
+    }
+    let rf = |order: &str, no: &str, fee: &str| {
+        fields(&[
+            ("out_trade_no", order),
+            ("out_refund_no", no),
+            ("total_fee", "1000"),
+            ("refund_fee", fee),
+        ])
+    };
+    let advance = |ms: i64| post_json(format!("{base}/_control/clock"), json!({"advance_ms": ms}));
+
+    let r1 = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F1", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r1["result_code"], "SUCCESS", "{r1:?}");
+    let limited = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F2", "100"),
+        SignType::HmacSha256,
+    )
+    .await;
+    assert_eq!(limited["return_code"], "SUCCESS", "{limited:?}");
+    assert_eq!(limited["result_code"], "FAIL", "{limited:?}");
+    assert_eq!(limited["err_code"], "FREQUENCY_LIMITED", "{limited:?}");
+    assert!(limited["err_code_des"].contains("1分钟"), "{limited:?}");
+    assert_eq!(verify(&limited, KEY), Ok(SignType::HmacSha256));
+    // The refund it took, asked again: the same refund, not limited.
+    let again = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F1", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(again["result_code"], "SUCCESS", "{again:?}");
+    assert_eq!(again["refund_id"], r1["refund_id"]);
+    // Another order is not held back by this one's refund.
+    let other = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000002", "G1", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(other["result_code"], "SUCCESS", "{other:?}");
+    // A refund that can never be taken is refused for what is wrong with it.
+    let over = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F3", "950"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(over["err_code"], "ERROR", "{over:?}");
+
+    advance(59_000).await;
+    let still = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F2", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(still["err_code"], "FREQUENCY_LIMITED", "{still:?}");
+    advance(1_000).await;
+    let r2 = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F2", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r2["result_code"], "SUCCESS", "{r2:?}");
+    // The minute starts again from the refund just taken.
+    let r3 = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F3", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r3["err_code"], "FREQUENCY_LIMITED", "{r3:?}");
+    let q = mch(
+        &base,
+        "pay/refundquery",
+        fields(&[("out_trade_no", "FRQ000001")]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(
+        q["total_refund_count"], "2",
+        "only the refunds taken: {q:?}"
+    );
+
+    // A sandbox configured without the gap takes them back to back.
+    sb.sandbox.set_refund_interval_ms(0);
+    let r3 = mch(
+        &base,
+        "secapi/pay/refund",
+        rf("FRQ000001", "F3", "100"),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r3["result_code"], "SUCCESS", "{r3:?}");
+}
+
+/// `/_control/pay` is WeChat's cashier, and refuses what it refuses: a `prepay_id` older than
+/// 2 hours (even with no `time_expire`), the `prepay_id` of a closed order, a second payment
+/// of a paid order, a `prepay_id` it never issued. The user pays by the `prepay_id` the mini
+/// program got (`package`), or by `out_trade_no`.
+#[tokio::test]
+async fn the_cashier_refuses_what_wechats_refuses() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let notify = "http://127.0.0.1:9/callbacks/pay";
+    let http = reqwest::Client::new();
+    let pay = |body: serde_json::Value| {
+        let req = http.post(format!("{base}/_control/pay")).json(&body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let mut prepay = std::collections::HashMap::new();
+    for no in ["CSH000001", "CSH000002", "CSH000003", "CSH000004"] {
+        let r = mch(
+            &base,
+            "pay/unifiedorder",
+            order_fields(no, "100", notify),
+            SignType::Md5,
+        )
+        .await;
+        assert_eq!(r["result_code"], "SUCCESS", "{r:?}");
+        prepay.insert(no, r["prepay_id"].clone());
+    }
+    let trade_state = |no: &'static str| {
+        let base = base.clone();
+        async move {
+            mch(
+                &base,
+                "pay/orderquery",
+                fields(&[("out_trade_no", no)]),
+                SignType::Md5,
+            )
+            .await["trade_state"]
+                .clone()
+        }
+    };
+
+    // Paid by its prepay_id (as `package`); a second payment is refused, by either key.
+    let (s, v) =
+        pay(json!({"package": format!("prepay_id={}", prepay["CSH000001"]), "wait": true})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["out_trade_no"], "CSH000001", "{v}");
+    assert_eq!(trade_state("CSH000001").await, "SUCCESS");
+    let (s, v) = pay(json!({"prepay_id": prepay["CSH000001"]})).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("paid already"), "{v}");
+    let (s, v) = pay(json!({"out_trade_no": "CSH000001"})).await;
+    assert_eq!(s, 409, "{v}");
+
+    // Closed: its prepay_id is refused.
+    let c = mch(
+        &base,
+        "pay/closeorder",
+        fields(&[("out_trade_no", "CSH000002")]),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(c["result_code"], "SUCCESS", "{c:?}");
+    let (s, v) = pay(json!({"prepay_id": prepay["CSH000002"]})).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("closed"), "{v}");
+
+    // Never issued.
+    let (s, v) = pay(json!({"prepay_id": "wx20240101000000nosuchprepayid0000"})).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("no such prepay_id"),
+        "{v}"
+    );
+
+    // A prepay_id lives 2 hours: just before, it pays; just after, it does not.
+    post_json(
+        &format!("{base}/_control/clock"),
+        json!({"advance_ms": 7_200_000 - 5_000}),
+    )
+    .await;
+    let (s, v) = pay(json!({"prepay_id": prepay["CSH000003"]})).await;
+    assert_eq!(s, 200, "{v}");
+    post_json(
+        &format!("{base}/_control/clock"),
+        json!({"advance_ms": 10_000}),
+    )
+    .await;
+    for body in [
+        json!({"prepay_id": prepay["CSH000004"]}),
+        json!({"out_trade_no": "CSH000004"}),
+    ] {
+        let (s, v) = pay(body).await;
+        assert_eq!(s, 409, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("expired"), "{v}");
+    }
+    assert_eq!(trade_state("CSH000004").await, "NOTPAY");
+}
+
+/// An openid is a user under one appid. In provider mode the mini program's openid (from
+/// `jscode2session` with `sub_appid`) goes in `sub_openid` with `sub_appid`; sent as `openid`
+/// (under the provider's `appid`) — the classic provider-mode mistake — WeChat refuses it
+/// with PARAM_ERROR, as it refuses the reverse and both at once. Openids the sandbox never
+/// issued (made up by a test) cannot be placed and are taken.
+#[tokio::test]
+async fn an_openid_is_taken_only_with_the_appid_it_was_issued_under() {
+    const SUB_APPID: &str = "wxsubapp000000001";
+    let mut c = cfg();
+    c.sub_mch_id = Some("1900000109".into());
+    c.sub_appid = Some(SUB_APPID.into());
+    let sb = start(c).await;
+    let base = sb.base_url();
+    let login = |appid: &'static str| {
+        let base = base.clone();
+        async move {
+            let code = post_json(format!("{base}/_control/login"), json!({"user": "alice"})).await;
+            let v = get_json(format!(
+                "{base}/api/sns/jscode2session?appid={appid}&secret={SECRET}&js_code={}&grant_type=authorization_code",
+                code["code"].as_str().unwrap()
+            ))
+            .await;
+            (code, v["openid"].as_str().unwrap().to_owned())
+        }
+    };
+    let (minted, in_app) = login(SUB_APPID).await;
+    assert_eq!(
+        minted["openid"],
+        in_app.as_str(),
+        "the mini program's openid"
+    );
+    let (_, under_provider) = login(APPID).await;
+    assert_ne!(in_app, under_provider, "one user, one openid per appid");
+
+    let mut n = 0;
+    let mut order = |who: &[(&str, &str)]| {
+        n += 1;
+        let mut f = order_fields(&format!("OID{n:06}"), "1", "http://127.0.0.1:9/pay");
+        f.remove("openid");
+        f.insert("sub_mch_id".into(), "1900000109".into());
+        for (k, v) in who {
+            f.insert((*k).into(), (*v).into());
+        }
+        let base = base.clone();
+        async move { mch(&base, "pay/unifiedorder", f, SignType::HmacSha256).await }
+    };
+    let ok = order(&[("sub_appid", SUB_APPID), ("sub_openid", &in_app)]).await;
+    assert_eq!(ok["result_code"], "SUCCESS", "{ok:?}");
+    let ok = order(&[("openid", &under_provider)]).await;
+    assert_eq!(ok["result_code"], "SUCCESS", "{ok:?}");
+
+    let wrong = order(&[("sub_appid", SUB_APPID), ("openid", &in_app)]).await;
+    assert_eq!(wrong["result_code"], "FAIL", "{wrong:?}");
+    assert_eq!(wrong["err_code"], "PARAM_ERROR", "{wrong:?}");
+    assert_eq!(wrong["err_code_des"], "appid和openid不匹配", "{wrong:?}");
+    assert_eq!(verify(&wrong, KEY), Ok(SignType::HmacSha256));
+    let wrong = order(&[("sub_appid", SUB_APPID), ("sub_openid", &under_provider)]).await;
+    assert_eq!(
+        wrong["err_code_des"], "sub_appid和sub_openid不匹配",
+        "{wrong:?}"
+    );
+    let both = order(&[
+        ("sub_appid", SUB_APPID),
+        ("sub_openid", &in_app),
+        ("openid", &under_provider),
+    ])
+    .await;
+    assert_eq!(both["err_code"], "PARAM_ERROR", "{both:?}");
+    assert_eq!(
+        both["err_code_des"], "openid和sub_openid只能传一个",
+        "{both:?}"
+    );
+
+    let made_up = order(&[
+        ("sub_appid", SUB_APPID),
+        ("openid", "oMadeUp000000000000000000001"),
+    ])
+    .await;
+    assert_eq!(made_up["result_code"], "SUCCESS", "{made_up:?}");
+}

@@ -291,6 +291,9 @@ async fn err_code_families_and_retryability() {
         ("ORDERPAID", false),
         ("ORDERCLOSED", false),
         ("OUT_TRADE_NO_USED", false),
+        // What some merchants see instead of OUT_TRADE_NO_USED for a reused out_trade_no
+        // (err_code_des 商户订单号重复): refused alike, not retried.
+        ("INVALID_REQUEST", false),
         ("NOTENOUGH", false),
         ("APPID_MCHID_NOT_MATCH", false),
         ("LACK_PARAMS", false),

@@ -1106,6 +1106,124 @@ async fn a_long_chinese_title_and_reason_fit_wechat_pays_byte_limits() {
     assert_eq!(desc, reason[..78], "26 characters, 78 bytes");
 }
 
+/// Our refund record's status (`PENDING`, `PROCESSING`, …) for `out_refund_no`.
+async fn refund_status(r: &Running, out_refund_no: &str) -> &'static str {
+    wxshop::store::repo::get_refund(
+        r.app.store.as_ref(),
+        &wxshop::domain::OutRefundNo::parse(out_refund_no).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .value
+    .status
+    .as_str()
+}
+
+/// WeChat Pay takes one refund of an order a minute; a second one sooner is refused with
+/// `FREQUENCY_LIMITED` (the sandbox does the same, on its clock). Two partial refunds
+/// approved back to back: WeChat takes one, the other is not recorded as failed — it stays
+/// REFUNDING, its refund PENDING, nothing dead-lettered — and the outbox asks again under the
+/// same `out_refund_no` until the minute has passed and WeChat takes it: both end refunded.
+#[tokio::test]
+async fn two_partial_refunds_approved_back_to_back_are_both_refunded() {
+    use std::collections::HashSet;
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "mona", 2).await;
+    let a = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "one tin dented"}),
+        )
+        .await;
+    let b = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "the other too"}),
+        )
+        .await;
+    c.approve(&a).await;
+    c.approve(&b).await;
+    let asked = || -> Vec<String> {
+        r.sandbox
+            .calls("secapi/pay/refund")
+            .iter()
+            .filter(|v| v["out_trade_no"] == no.as_str())
+            .map(|v| v["out_refund_no"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    eventually("both refunds asked for", || async {
+        asked().into_iter().collect::<HashSet<_>>().len() == 2
+    })
+    .await;
+    let sandbox_refunds = |st: &Value| -> Vec<String> {
+        st["refunds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["out_trade_no"] == no.as_str())
+            .map(|f| f["out_refund_no"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let state = || async {
+        reqwest::get(format!("{}/sandbox/_control/state", r.base_url))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let took = sandbox_refunds(&state().await);
+    assert_eq!(took.len(), 1, "WeChat took one refund of the two: {took:?}");
+    let limited = asked().into_iter().find(|n| !took.contains(n)).unwrap();
+    let listed = || async {
+        c.admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await
+        .1["aftersales"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    eventually("the refund WeChat took, refunded", || async {
+        c.status(&token, &no).await["refunded_fee"] == 1990
+    })
+    .await;
+    assert_eq!(refund_status(&r, &limited).await, "PENDING");
+    let held = listed()
+        .await
+        .into_iter()
+        .find(|x| x["out_refund_no"] == limited.as_str())
+        .unwrap();
+    assert_eq!(held["status"], "REFUNDING", "{held}");
+    assert!(c.dead_letters().await.is_empty());
+
+    // The minute passes at WeChat, and the outbox's back-off here: its retry is taken.
+    r.sandbox.clock().advance(60_000);
+    r.app.clock.advance(20_000);
+    eventually("both refunded", || async {
+        c.status(&token, &no).await["refunded_fee"] == 2 * 1990
+    })
+    .await;
+    for x in listed().await {
+        assert_eq!(x["status"], "REFUNDED", "{x}");
+    }
+    assert_eq!(refund_status(&r, &limited).await, "SUCCESS");
+    assert_eq!(sandbox_refunds(&state().await).len(), 2);
+    let tries = asked().iter().filter(|n| **n == limited).count();
+    assert!(
+        tries >= 2,
+        "asked again under the same number: {:?}",
+        asked()
+    );
+    assert!(c.dead_letters().await.is_empty());
+}
+
 /// A refund WeChat accepted and then closed (the refund notification says REFUNDCLOSE): the
 /// after-sale reads REFUND_FAILED, and approving it again issues a new refund under a new
 /// `out_refund_no` — the old number would only return the closed refund — which succeeds.
@@ -1147,6 +1265,9 @@ async fn a_refund_wechat_closed_is_issued_again_under_a_new_number() {
         .to_owned();
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 0);
 
+    // WeChat takes the next refund of an order a minute after the last one it took (even a
+    // closed one): the approval comes after that minute.
+    r.sandbox.clock().advance(60_000);
     approve().await;
     eventually("REFUNDED", || async {
         c.aftersale(&token, &no).await["status"] == "REFUNDED"

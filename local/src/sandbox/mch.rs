@@ -3,8 +3,10 @@
 //!
 //! Why so strict: each check here is one a real merchant has failed in production
 //! (WECHAT_PAY_V2.md §2, §5, §8): a bad or wrong-type signature is `return_code FAIL
-//! 签名错误`, a retried `unifiedorder` with changed parameters is `OUT_TRADE_NO_USED`, a
-//! refund over the paid amount is refused, provider mode without `sub_mch_id` is refused.
+//! 签名错误`, a retried `unifiedorder` with changed parameters is `OUT_TRADE_NO_USED`, an
+//! openid sent with an appid it was not issued under is `PARAM_ERROR`, a
+//! refund over the paid amount is refused, a second refund of one order within a minute is
+//! `FREQUENCY_LIMITED`, provider mode without `sub_mch_id` is refused.
 //! Replies are signed with the request's sign type so clients must verify them.
 
 use super::deliver::{self, Job, Kind, Outgoing};
@@ -12,10 +14,19 @@ use super::{random_alnum, random_digits, Sandbox, SandboxConfig};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use wxshop::pay::sign::{sign as sign_fields, sign_in_place, Fields, SignType};
 use wxshop::pay::xml;
 use wxshop::time::{beijing_compact, beijing_date, beijing_datetime, parse_beijing_compact};
+
+/// WeChat Pay takes successive refunds of one order at least a minute apart (§2.5); sooner,
+/// a new refund is `FREQUENCY_LIMITED` (a retry of an accepted one is not: it is the same
+/// refund). The default of [`SandboxConfig::refund_interval_ms`].
+pub const REFUND_INTERVAL_MS: i64 = 60_000;
+
+/// A `prepay_id` lives 2 hours (unifiedorder's reply field `prepay_id`: "有效期为2小时"); past
+/// that WeChat's cashier will not take it, whatever `time_expire` says.
+pub const PREPAY_TTL_MS: i64 = 7_200_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TradeState {
@@ -68,6 +79,9 @@ pub struct PayOrder {
     pub expire_ms: Option<i64>,
     /// Sum of accepted refunds.
     pub refunded: i64,
+    /// When the last refund of this order was accepted (sandbox clock): the next one with
+    /// another `out_refund_no` waits [`SandboxConfig::refund_interval_ms`].
+    pub last_refund_ms: Option<i64>,
 }
 
 impl PayOrder {
@@ -114,9 +128,10 @@ pub struct PayState {
     pub orders: BTreeMap<String, PayOrder>,
     pub refunds: BTreeMap<String, Refund>,
     pub by_txn: HashMap<String, String>,
-    /// Every `prepay_id` issued (`shop/order/add` checks the one it is given): a set, so the
-    /// check does not scan every order, which made the sandbox slower with each order.
-    pub prepay_ids: HashSet<String>,
+    /// Every `prepay_id` issued → its `out_trade_no` (`shop/order/add` checks the one it is
+    /// given, the cashier pays by it): an index, so neither scans every order, which made the
+    /// sandbox slower with each order.
+    pub prepay_ids: HashMap<String, String>,
     /// Outcomes for the next accepted refunds instead of `SUCCESS` (`REFUNDCLOSE`, `CHANGE`),
     /// set with `/_control/refund_outcome`.
     pub refund_outcomes: std::collections::VecDeque<&'static str>,
@@ -175,16 +190,35 @@ fn biz_fail(cfg: &SandboxConfig, req: &Fields, st: SignType, code: &str, des: &s
     reply(cfg, req, st, e)
 }
 
-/// The answer for an injected `errcode` fault: a signed business failure.
-pub fn injected_error(sb: &Sandbox, err_code: &str) -> Response {
+/// The answer for an injected `errcode` fault on the request `req`: a business failure
+/// signed with the request's `sign_type` (MD5 when absent or unreadable), as WeChat signs
+/// every reply, echoing the request's `sub_*` ids like any other reply.
+pub fn injected_error(sb: &Sandbox, req: &Fields, err_code: &str) -> Response {
     let cfg = sb.cfg();
+    let st = req
+        .get("sign_type")
+        .and_then(|s| SignType::parse(s))
+        .unwrap_or(SignType::Md5);
     biz_fail(
         &cfg,
-        &Fields::new(),
-        SignType::Md5,
+        req,
+        st,
         err_code,
         "系统错误 (sandbox: injected fault)",
     )
+}
+
+/// The request fields of a recorded merchant call (its string values; the record of a body
+/// that did not decode has none).
+pub fn fields_of(record: &Value) -> Fields {
+    record
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn fields(pairs: &[(&str, String)]) -> Fields {
@@ -450,6 +484,10 @@ fn unifiedorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> 
     params.remove("nonce_str");
 
     let mut state = sb.st();
+    if let Some((code, des)) = openid_problem(cfg, f, &state.platform) {
+        drop(state);
+        return biz_fail(cfg, f, st, code, des);
+    }
     if let Some(o) = state.pay.orders.get(out_trade_no) {
         if o.state.is_paid() {
             return biz_fail(cfg, f, st, "ORDERPAID", "该订单已支付");
@@ -477,7 +515,10 @@ fn unifiedorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> 
         beijing_compact(now),
         random_alnum(20).to_ascii_lowercase()
     );
-    state.pay.prepay_ids.insert(prepay_id.clone());
+    state
+        .pay
+        .prepay_ids
+        .insert(prepay_id.clone(), out_trade_no.to_owned());
     state.pay.orders.insert(
         out_trade_no.to_owned(),
         PayOrder {
@@ -497,6 +538,7 @@ fn unifiedorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> 
             paid_ms: None,
             expire_ms,
             refunded: 0,
+            last_refund_ms: None,
         },
     );
     drop(state);
@@ -511,6 +553,33 @@ fn unifiedorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> 
         );
     }
     reply(cfg, f, st, extra)
+}
+
+/// An openid is a user under one appid (§2.9): `openid` must be under `appid`, `sub_openid`
+/// under `sub_appid`, and in provider mode only one of the two is sent. The pairing is
+/// checked for openids the sandbox issued (`jscode2session`); one it never issued (made up
+/// by a test) it cannot place, and takes.
+fn openid_problem(
+    cfg: &SandboxConfig,
+    f: &Fields,
+    platform: &super::platform::PlatformState,
+) -> Option<(&'static str, &'static str)> {
+    let openid = get(f, "openid");
+    let sub_openid = get(f, "sub_openid");
+    if cfg.sub_mch_id.is_some() && openid.is_some() && sub_openid.is_some() {
+        return Some(("PARAM_ERROR", "openid和sub_openid只能传一个"));
+    }
+    let foreign = |id: Option<&str>, appid: Option<&str>| {
+        id.and_then(|id| platform.issued_under(id))
+            .is_some_and(|under| Some(under) != appid)
+    };
+    if foreign(openid, get(f, "appid")) {
+        return Some(("PARAM_ERROR", "appid和openid不匹配"));
+    }
+    if foreign(sub_openid, get(f, "sub_appid")) {
+        return Some(("PARAM_ERROR", "sub_appid和sub_openid不匹配"));
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -620,21 +689,51 @@ fn closeorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Re
 // ---------------------------------------------------------------------------------------------
 // The user pays (control)
 
+/// What the paying user hands WeChat's cashier: the `prepay_id` (in `wx.requestPayment`'s
+/// `package`), or — for tests that know only our order — its `out_trade_no`.
+#[derive(Clone, Copy, Debug)]
+pub enum Cashier<'a> {
+    OutTradeNo(&'a str),
+    PrepayId(&'a str),
+}
+
 /// Marks the order paid as if the user confirmed in WeChat, and prepares its notification.
-pub fn user_pays(sb: &Sandbox, out_trade_no: &str) -> Result<(Value, Option<Job>), String> {
+/// Refused as WeChat's cashier refuses it: an order paid already (no second payment), a
+/// closed one, one past its `time_expire`, a `prepay_id` older than [`PREPAY_TTL_MS`].
+pub fn user_pays(sb: &Sandbox, by: Cashier<'_>) -> Result<(Value, Option<Job>), String> {
     let cfg = sb.cfg();
     let now = sb.now_ms();
     let mut state = sb.st();
     let omit_sign_type = state.out.opts.omit_sign_type;
+    let out_trade_no = match by {
+        Cashier::OutTradeNo(no) => no.to_owned(),
+        Cashier::PrepayId(p) => match state.pay.prepay_ids.get(p) {
+            Some(no) => no.clone(),
+            None => return Err(format!("no such prepay_id {p}")),
+        },
+    };
     let id = state.next_seq();
-    let Some(o) = state.pay.orders.get_mut(out_trade_no) else {
+    let Some(o) = state.pay.orders.get_mut(&out_trade_no) else {
         return Err(format!("no WeChat Pay order {out_trade_no}"));
     };
-    if o.state != TradeState::NotPay {
-        return Err(format!("order {out_trade_no} is {}", o.state.as_str()));
+    match o.state {
+        TradeState::NotPay => {}
+        TradeState::Success | TradeState::Refund => {
+            return Err(format!(
+                "order {out_trade_no} is paid already ({}): no second payment",
+                o.state.as_str()
+            ))
+        }
+        TradeState::Closed => return Err(format!("order {out_trade_no} is closed (CLOSED)")),
     }
     if o.expire_ms.is_some_and(|e| now > e) {
         return Err(format!("order {out_trade_no} expired (time_expire passed)"));
+    }
+    if now.saturating_sub(o.created_ms) > PREPAY_TTL_MS {
+        return Err(format!(
+            "prepay_id {} of order {out_trade_no} expired (a prepay_id lives 2 hours)",
+            o.prepay_id
+        ));
     }
     let txn = format!("4200{}{}", &beijing_date(now), random_digits(16));
     o.state = TradeState::Success;
@@ -790,6 +889,13 @@ fn refund(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Respon
         Some(("PARAM_ERROR", "退款金额大于支付金额"))
     } else if o.refunded + refund_fee > o.total_fee {
         Some(("ERROR", "累计退款金额大于支付金额"))
+    } else if o
+        .last_refund_ms
+        .is_some_and(|t| now.saturating_sub(t) < cfg.refund_interval_ms)
+    {
+        // Checked after what is wrong with the request itself, so a refund that can never
+        // be taken is refused for that, not sent back to wait a minute.
+        Some(("FREQUENCY_LIMITED", "单笔订单请求频率过高,请于1分钟后重试"))
     } else if state
         .pay
         .refunds
@@ -822,6 +928,7 @@ fn refund(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Respon
     state.pay.refunds.insert(r.out_refund_no.clone(), r.clone());
     if let Some(ord) = state.pay.orders.get_mut(&o.out_trade_no) {
         ord.refunded += refund_fee;
+        ord.last_refund_ms = Some(now);
     }
     let epoch = state.epoch;
     drop(state);

@@ -7,6 +7,8 @@
 //! order marked paid). So the sandbox checks signatures and required fields the way WeChat
 //! does, answers with WeChat's error codes, signs its replies, and delivers real signed (or
 //! encrypted) notifications on WeChat's retry schedule, compressible with `time_scale`.
+//! WeChat's time rules — an access token lives 7200 s, a `prepay_id` 2 hours, refunds of one
+//! order are a minute apart — run on the sandbox's clock, which `/_control/clock` moves.
 //!
 //! Layout: [`mch`] is the merchant API v2 (`/mch/...`), [`platform`] the access token and
 //! login, [`shop`] the trading component (`/api/shop/...`), [`funds`] the secondary-merchant
@@ -54,6 +56,11 @@ pub struct SandboxConfig {
     pub time_scale: f64,
     /// Approve products (and brand/category audits) automatically after they are submitted.
     pub auto_audit: bool,
+    /// Shortest gap between two refunds of one order, on the sandbox's clock (WeChat's is a
+    /// minute, [`mch::REFUND_INTERVAL_MS`]); a new refund sooner is `FREQUENCY_LIMITED`.
+    /// `/_control/clock` moves the clock past it; a test that refunds one order twice and is
+    /// not about the limit may set 0.
+    pub refund_interval_ms: i64,
 }
 
 impl Default for SandboxConfig {
@@ -74,6 +81,7 @@ impl Default for SandboxConfig {
             push_aes_key: None,
             time_scale: 1.0,
             auto_audit: true,
+            refund_interval_ms: mch::REFUND_INTERVAL_MS,
         }
     }
 }
@@ -180,6 +188,15 @@ impl Sandbox {
         match self.inner.cfg.write() {
             Ok(mut c) => c.auto_audit = on,
             Err(p) => p.into_inner().auto_audit = on,
+        }
+    }
+
+    /// See [`SandboxConfig::refund_interval_ms`] (negative counts as 0).
+    pub fn set_refund_interval_ms(&self, ms: i64) {
+        let ms = ms.max(0);
+        match self.inner.cfg.write() {
+            Ok(mut c) => c.refund_interval_ms = ms,
+            Err(p) => p.into_inner().refund_interval_ms = ms,
         }
     }
 
@@ -318,10 +335,19 @@ impl Sandbox {
     /// Records the call and applies any matching fault other than `lost` (which
     /// [`Sandbox::answer`] applies). `Some` = answer with this instead.
     async fn intercept(&self, path: &str, record: Value, xml: bool) -> Option<Response> {
-        let hit = {
+        let (hit, request) = {
             let mut st = self.st();
             st.calls.push((path.to_owned(), record));
-            take_fault_where(&mut st.faults, path, |f| f.mode != FaultMode::Lost)
+            let hit = take_fault_where(&mut st.faults, path, |f| f.mode != FaultMode::Lost);
+            // A merchant-API error reply is signed like the request (its `sign_type`) and
+            // echoes its ids, as WeChat's own error replies are: read them only when needed.
+            let request = match &hit {
+                Some(f) if xml && f.mode == FaultMode::Errcode => {
+                    st.calls.last().map(|(_, v)| mch::fields_of(v))
+                }
+                _ => None,
+            };
+            (hit, request)
         };
         let fault = hit?;
         match fault.mode {
@@ -349,6 +375,7 @@ impl Sandbox {
                 if xml {
                     Some(mch::injected_error(
                         self,
+                        &request.unwrap_or_default(),
                         fault.err_code.as_deref().unwrap_or("SYSTEMERROR"),
                     ))
                 } else {
@@ -425,7 +452,8 @@ pub struct Fault {
     /// Platform API errcode (default -1, "system busy").
     #[serde(default)]
     pub errcode: Option<i64>,
-    /// Merchant API `err_code` (default `SYSTEMERROR`).
+    /// Merchant API `err_code` (default `SYSTEMERROR`), answered as a business failure
+    /// signed with the request's `sign_type`.
     #[serde(default)]
     pub err_code: Option<String>,
     /// Probability per matching call.
@@ -612,18 +640,29 @@ async fn shop_route(
 // ---------------------------------------------------------------------------------------------
 // Control routes
 
+/// The user pays (WeChat's cashier): `{"prepay_id"}` (also as `package`, `prepay_id=…`) or
+/// `{"out_trade_no"}` for a WeChat Pay order, `{"out_order_id"}` for a fund_type=1 order;
+/// `"wait": true` answers after the notification was delivered. 409 for what the cashier
+/// refuses (paid already, closed, expired, an unknown or 2-hour-old prepay_id).
 async fn control_pay(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
     let v = match parse_json_body(&body) {
         Ok(v) => v,
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     };
     let wait = v.get("wait").and_then(Value::as_bool).unwrap_or(false);
+    let prepay_id = v
+        .get("prepay_id")
+        .or_else(|| v.get("package"))
+        .and_then(Value::as_str)
+        .map(|p| p.trim_start_matches("prepay_id="));
     let r = if let Some(no) = v.get("out_trade_no").and_then(Value::as_str) {
-        mch::user_pays(&sb, no)
+        mch::user_pays(&sb, mch::Cashier::OutTradeNo(no))
+    } else if let Some(p) = prepay_id {
+        mch::user_pays(&sb, mch::Cashier::PrepayId(p))
     } else if let Some(no) = v.get("out_order_id").and_then(Value::as_str) {
         shop::user_pays_order(&sb, no)
     } else {
-        Err("give out_trade_no (WeChat Pay order) or out_order_id (fund_type=1 order)".into())
+        Err("give prepay_id or out_trade_no (WeChat Pay order), or out_order_id (fund_type=1 order)".into())
     };
     match r {
         Ok((result, job)) => {

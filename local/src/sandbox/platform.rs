@@ -7,6 +7,12 @@
 //! WeChat does, and `/_control/tokens/expire` expires them all at once. Login codes are
 //! single-use when minted; any other well-formed code logs in as a stable user derived from
 //! the code, so command-line tools need not mint first.
+//!
+//! An openid is a user *under one appid*: the same user has another openid under another
+//! app. So the openid `jscode2session` issues depends on the appid asking (the mini program:
+//! `appid`, or `sub_appid` in provider mode), and the sandbox remembers which appid it issued
+//! each one to — the merchant API refuses an openid sent with another app's id, as WeChat
+//! Pay does (`mch.rs`).
 
 use super::{md5_hex, random_alnum, Sandbox, WxErr, WxResult};
 use base64::Engine;
@@ -31,6 +37,16 @@ pub struct PlatformState {
     stable: Option<String>,
     /// Minted login codes → (user, used).
     codes: HashMap<String, (String, bool)>,
+    /// Every openid `jscode2session` issued → the appid it was issued under.
+    issued: HashMap<String, String>,
+}
+
+impl PlatformState {
+    /// The appid the sandbox issued `openid` under; `None` for one it never issued (made up
+    /// by a test or tool, or issued before a reset), which it cannot place.
+    pub fn issued_under(&self, openid: &str) -> Option<&str> {
+        self.issued.get(openid).map(String::as_str)
+    }
 }
 
 /// A stable, openid-shaped id (28 chars, starting with `o`) for `seed`.
@@ -42,9 +58,16 @@ pub fn openid_for(seed: &str) -> String {
     format!("o{}", &s[..27.min(s.len())])
 }
 
-/// The openid of sandbox user `user` (what `/_control/login` codes resolve to).
+/// The openid of sandbox user `user` under `appid`.
+fn openid_under(appid: &str, user: &str) -> String {
+    openid_for(&format!("{appid}:user:{user}"))
+}
+
+/// The openid of sandbox user `user` in the mini program (`sub_appid` in provider mode, else
+/// `appid`): what a `/_control/login` code resolves to there.
 pub fn user_openid(sb: &Sandbox, user: &str) -> String {
-    openid_for(&format!("{}:user:{user}", sb.cfg().appid))
+    let cfg = sb.cfg();
+    openid_under(cfg.sub_appid.as_deref().unwrap_or(&cfg.appid), user)
 }
 
 fn check_app(sb: &Sandbox, appid: Option<&String>, secret: Option<&String>) -> Result<(), WxErr> {
@@ -201,16 +224,18 @@ pub fn jscode2session(sb: &Sandbox, q: &HashMap<String, String>) -> WxResult {
     if !well_formed(code) {
         return Err(WxErr::new(40029, "invalid code"));
     }
-    let cfg = sb.cfg();
+    // check_app let only our appid or sub_appid through: the openid is the user's under it.
+    let appid = q.get("appid").map(String::as_str).unwrap_or_default();
     let mut st = sb.st();
     let openid = match st.platform.codes.get_mut(code) {
         Some((_, true)) => return Err(WxErr::new(40163, "code been used")),
         Some((user, used)) => {
             *used = true;
-            openid_for(&format!("{}:user:{user}", cfg.appid))
+            openid_under(appid, user)
         }
-        None => openid_for(&format!("{}:code:{code}", cfg.appid)),
+        None => openid_for(&format!("{appid}:code:{code}")),
     };
+    st.platform.issued.insert(openid.clone(), appid.to_owned());
     let session_key = base64::engine::general_purpose::STANDARD.encode(random_alnum(16));
     Ok(json!({"openid": openid, "session_key": session_key}))
 }

@@ -1389,7 +1389,7 @@ fn order_add(sb: &Sandbox, v: &Value) -> WxResult {
 
     let mut st = sb.st();
     if let Some(p) = &prepay_id {
-        if !st.pay.prepay_ids.contains(p) {
+        if !st.pay.prepay_ids.contains_key(p) {
             return Err(WxErr::format(format!("prepay_id `{p}` does not exist")));
         }
     }

@@ -34,6 +34,7 @@ pub fn cfg() -> SandboxConfig {
         push_aes_key: None,
         time_scale: 0.001,
         auto_audit: true,
+        refund_interval_ms: wxlocal::sandbox::mch::REFUND_INTERVAL_MS,
     }
 }
 
