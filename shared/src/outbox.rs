@@ -334,13 +334,15 @@ pub fn backoff_with_jitter_ms(attempts: u32) -> i64 {
     (base + jitter).clamp(1, BACKOFF_MAX_MS)
 }
 
-/// A retryable failure: schedules the next attempt with back-off, or dead-letters the entry
-/// once it has had [`MAX_ATTEMPTS`]. Conflict if the lease was lost.
+/// A retryable failure: schedules the next attempt with back-off, but not sooner than
+/// `not_before_ms` from now (0: the back-off alone), or dead-letters the entry once it has had
+/// [`MAX_ATTEMPTS`]. Conflict if the lease was lost.
 pub async fn retry(
     store: &dyn Store,
     claimed: &Claimed,
     error: &str,
     now_ms: i64,
+    not_before_ms: i64,
 ) -> Result<RetryOutcome, StoreError> {
     let mut next = claimed.entry.clone();
     next.last_error = Some(truncate(error));
@@ -349,7 +351,7 @@ pub async fn retry(
         replace(store, claimed.version, &next).await?;
         return Ok(RetryOutcome::Dead);
     }
-    let due_at_ms = now_ms.saturating_add(backoff_with_jitter_ms(next.attempts));
+    let due_at_ms = now_ms.saturating_add(backoff_with_jitter_ms(next.attempts).max(not_before_ms));
     next.due_at_ms = due_at_ms;
     replace(store, claimed.version, &next).await?;
     Ok(RetryOutcome::Scheduled { due_at_ms })

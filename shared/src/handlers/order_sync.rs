@@ -24,6 +24,10 @@ pub const LEASE_MS: i64 = 60_000;
 pub enum TaskError {
     /// Try again later (network, WeChat busy, token).
     Retry(String),
+    /// Try again, but not sooner than this many ms from now: WeChat said when (a refund of
+    /// the same order within a minute of the last is FREQUENCY_LIMITED). The usual back-off
+    /// would spend attempts on refusals, which WeChat counts against the merchant.
+    RetryAfter(String, i64),
     /// Will never work as it is (bad data, WeChat refuses): dead letter.
     Permanent(String),
 }
@@ -32,6 +36,7 @@ impl std::fmt::Display for TaskError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TaskError::Retry(m) => write!(f, "retryable: {m}"),
+            TaskError::RetryAfter(m, ms) => write!(f, "retryable in {ms} ms: {m}"),
             TaskError::Permanent(m) => write!(f, "permanent: {m}"),
         }
     }
@@ -75,9 +80,13 @@ pub async fn run_claimed(
             report.done += 1;
             outbox::complete(app.store.as_ref(), &claimed).await
         }
-        Err(TaskError::Retry(msg)) => {
+        Err(e @ (TaskError::Retry(_) | TaskError::RetryAfter(..))) => {
+            let (msg, not_before_ms) = match e {
+                TaskError::RetryAfter(msg, ms) => (msg, ms),
+                TaskError::Retry(msg) | TaskError::Permanent(msg) => (msg, 0),
+            };
             tracing::warn!(task = task.name(), id = %claimed.entry.id, attempts = claimed.entry.attempts, error = %msg, "outbox task failed; will retry");
-            match outbox::retry(app.store.as_ref(), &claimed, &msg, now).await? {
+            match outbox::retry(app.store.as_ref(), &claimed, &msg, now, not_before_ms).await? {
                 outbox::RetryOutcome::Dead => report.dead += 1,
                 _ => report.retried += 1,
             }

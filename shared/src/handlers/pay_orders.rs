@@ -26,7 +26,16 @@ fn task_error(e: PayError) -> TaskError {
 /// for another merchant, SUCCESS without `refund_id`) comes after WeChat may have accepted
 /// the refund, so its outcome is unknown, never a refusal. Asking again under the same
 /// `out_refund_no` is safe (WeChat answers with the refund it already has) and tells us.
+/// WeChat Pay takes one refund of an order a minute (WECHAT_PAY_V2.md §2.5).
+const REFUND_INTERVAL_MS: i64 = 60_000;
+
 fn refund_task_error(e: PayError) -> TaskError {
+    if e.err_code() == Some("FREQUENCY_LIMITED") {
+        return TaskError::RetryAfter(
+            format!("{e}; asking again in a minute under the same out_refund_no"),
+            REFUND_INTERVAL_MS,
+        );
+    }
     match e {
         PayError::BadSignature
         | PayError::Decode(_)

@@ -1004,7 +1004,7 @@ pub async fn outbox_retry_dead_replay(store: &DynStore) {
         .await
         .unwrap()
         .unwrap();
-    let RetryOutcome::Scheduled { due_at_ms } = outbox::retry(s, &c1, "boom", t).await.unwrap()
+    let RetryOutcome::Scheduled { due_at_ms } = outbox::retry(s, &c1, "boom", t, 0).await.unwrap()
     else {
         panic!("first retry must be scheduled");
     };
@@ -1014,7 +1014,7 @@ pub async fn outbox_retry_dead_replay(store: &DynStore) {
         due_at_ms - t
     );
     assert_eq!(
-        outbox::retry(s, &c1, "again", t).await,
+        outbox::retry(s, &c1, "again", t, 0).await,
         Err(StoreError::Conflict { index: 0 }),
         "a retried claim is spent"
     );
@@ -1038,9 +1038,10 @@ pub async fn outbox_retry_dead_replay(store: &DynStore) {
     let mut claim = c2.into_iter().next().unwrap();
     let mut now = due_at_ms;
     let mut last_delay = 0;
-    while let RetryOutcome::Scheduled { due_at_ms } = outbox::retry(s, &claim, "still failing", now)
-        .await
-        .unwrap()
+    while let RetryOutcome::Scheduled { due_at_ms } =
+        outbox::retry(s, &claim, "still failing", now, 0)
+            .await
+            .unwrap()
     {
         let delay = due_at_ms - now;
         assert!(delay <= outbox::BACKOFF_MAX_MS, "capped");
