@@ -75,16 +75,18 @@ pub async fn run(function: Function) -> Result<(), Error> {
         ))
         .await
     } else {
-        lambda_http::run(lambda_http::service_fn(
-            move |req: lambda_http::Request| async move {
-                let request_id = req
-                    .lambda_context_ref()
-                    .map(|c| c.request_id.clone())
-                    .unwrap_or_default();
-                let span = invocation_span(function, &request_id);
-                Ok::<_, InvocationError>(to_lambda_response(
-                    http_event(app, function, req).instrument(span).await,
-                ))
+        // The event is taken as `lambda_runtime` hands it over and turned into a request
+        // here, not by `lambda_http::run`: its conversion panics on a query string that is no
+        // valid URI (a raw space or quote, which API Gateway passes on as sent), and a panic
+        // aborts this process (`panic = "abort"`). See [`http_request`].
+        lambda_runtime::run(lambda_runtime::service_fn(
+            move |event: LambdaEvent<lambda_http::request::LambdaRequest>| async move {
+                let span = invocation_span(function, &event.context.request_id);
+                let (request, context) = event.into_parts();
+                let resp = http_event(app, function, http_request(request, context))
+                    .instrument(span)
+                    .await;
+                Ok::<_, InvocationError>(api_gateway_v2_response(resp).await)
             },
         ))
         .await
@@ -473,6 +475,45 @@ pub fn strip_stage<'a>(path: &'a str, stage: Option<&str>) -> &'a str {
     }
 }
 
+/// The API Gateway event as an `http::Request`, its query string made a valid URI first.
+fn http_request(
+    request: lambda_http::request::LambdaRequest,
+    context: lambda_runtime::Context,
+) -> lambda_http::Request {
+    #[allow(unreachable_patterns)] // one variant with only `apigw_http` on
+    let request = match request {
+        lambda_http::request::LambdaRequest::ApiGatewayV2(mut ag) => {
+            if let Some(q) = ag.raw_query_string.as_mut() {
+                if let Some(safe) = uri_safe_query(q) {
+                    *q = safe;
+                }
+            }
+            lambda_http::request::LambdaRequest::ApiGatewayV2(ag)
+        }
+        other => other,
+    };
+    lambda_http::Request::from(request).with_lambda_context(context)
+}
+
+/// `query` with the characters a URI may not hold raw (controls, space, `"`, `<`, `>`, DEL)
+/// percent-encoded, or `None` when it has none. Decoding gives the same values, so the
+/// handlers read what the caller sent.
+fn uri_safe_query(query: &str) -> Option<String> {
+    let unsafe_byte = |b: u8| b <= b' ' || b == 0x7f || matches!(b, b'"' | b'<' | b'>');
+    if !query.bytes().any(unsafe_byte) {
+        return None;
+    }
+    let mut out = String::with_capacity(query.len() + 8);
+    for c in query.chars() {
+        if c.is_ascii() && unsafe_byte(c as u8) {
+            out.push_str(&format!("%{:02X}", c as u8));
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
 fn to_lambda_response(resp: crate::http::Response) -> http::Response<lambda_http::Body> {
     resp.map(|b| lambda_http::Body::Binary(b.to_vec()))
 }
@@ -528,8 +569,7 @@ async fn order_sync_event(app: &App, event: LambdaEvent<Value>) -> Result<Value,
         Some(EventShape::Http) => {
             let request: lambda_http::request::LambdaRequest =
                 serde_json::from_value(payload).map_err(|e| InvocationError::BadHttpEvent(e.to_string()))?;
-            let req = lambda_http::Request::from(request).with_lambda_context(context);
-            let resp = http_event(app, Function::OrderSync, req).await;
+            let resp = http_event(app, Function::OrderSync, http_request(request, context)).await;
             Ok(api_gateway_v2_response(resp).await)
         }
         None => Err(InvocationError::UnknownEvent(
@@ -689,6 +729,42 @@ mod tests {
                                           "callerId": "AID", "userArn": "arn:aws:iam::1:user/ops",
                                           "userId": "AID"}}));
         assert!(signed.is_ok());
+    }
+
+    #[test]
+    fn any_query_string_makes_a_request() {
+        let mut queries: Vec<String> = (0u8..128).map(|b| format!("a={}", b as char)).collect();
+        queries.extend(["a=b c&d=\"x\"", "q=<script>", "a=é ü", ""].map(str::to_owned));
+        for q in queries {
+            let event = json!({
+                "version": "2.0", "routeKey": "POST /fn/login", "rawPath": "/fn/login",
+                "rawQueryString": q, "headers": {"host": "shop.example.com"},
+                "requestContext": {"http": {"method": "POST", "path": "/fn/login",
+                                            "protocol": "HTTP/1.1", "sourceIp": "1.2.3.4"},
+                                   "stage": "$default", "requestId": "r", "routeKey": "x",
+                                   "accountId": "1", "apiId": "a", "domainName": "d",
+                                   "domainPrefix": "d", "time": "t", "timeEpoch": 0},
+                "body": "{}", "isBase64Encoded": false
+            });
+            let request: lambda_http::request::LambdaRequest =
+                serde_json::from_value(event).unwrap();
+            let built = std::panic::catch_unwind(|| {
+                http_request(request, lambda_runtime::Context::default())
+            });
+            let req = built.unwrap_or_else(|_| panic!("{q:?} panicked"));
+            if q == "a=b c&d=\"x\"" {
+                let params: std::collections::HashMap<String, String> =
+                    url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+                        .into_owned()
+                        .collect();
+                assert_eq!(
+                    params.get("a").map(String::as_str),
+                    Some("b c"),
+                    "{params:?}"
+                );
+                assert_eq!(params.get("d").map(String::as_str), Some("\"x\""));
+            }
+        }
     }
 
     #[test]
