@@ -615,3 +615,266 @@ mod direct {
         assert_eq!(wins, 1);
     }
 }
+
+/// A proxy in front of moto that can lose answers: it forwards every request, and for the
+/// next `n` requests of a chosen operation it throws moto's answer away and replies HTTP 500
+/// instead — as when DynamoDB applied a write and its answer never arrived. The SDK retries
+/// a 500 (standard retry mode, up to 3 attempts). It keeps every request body it forwarded.
+mod lossy {
+    use axum::body::Body;
+    use axum::extract::{Request, State};
+    use axum::response::Response;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Log {
+        lose: HashMap<String, usize>,
+        sent: Vec<(String, serde_json::Value)>,
+    }
+
+    #[derive(Clone)]
+    struct Shared {
+        log: Arc<Mutex<Log>>,
+        http: reqwest::Client,
+        upstream: String,
+    }
+
+    pub struct Proxy {
+        pub endpoint: String,
+        log: Arc<Mutex<Log>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl Proxy {
+        pub async fn start(upstream: &str) -> Proxy {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let endpoint = format!("http://{}", listener.local_addr().unwrap());
+            let log = Arc::new(Mutex::new(Log::default()));
+            let shared = Shared {
+                log: log.clone(),
+                http: reqwest::Client::new(),
+                upstream: upstream.to_owned(),
+            };
+            let app = axum::Router::new().fallback(forward).with_state(shared);
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Proxy {
+                endpoint,
+                log,
+                task,
+            }
+        }
+
+        /// Loses the answers of the next `n` requests of `operation` (e.g. `PutItem`).
+        pub fn lose(&self, operation: &str, n: usize) {
+            self.log
+                .lock()
+                .unwrap()
+                .lose
+                .insert(operation.to_owned(), n);
+        }
+
+        /// The bodies of the `operation` requests forwarded so far, oldest first.
+        pub fn sent(&self, operation: &str) -> Vec<serde_json::Value> {
+            self.log
+                .lock()
+                .unwrap()
+                .sent
+                .iter()
+                .filter(|(op, _)| op == operation)
+                .map(|(_, body)| body.clone())
+                .collect()
+        }
+    }
+
+    async fn forward(State(st): State<Shared>, req: Request) -> Response {
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, 16 << 20).await.unwrap();
+        let operation = parts
+            .headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.rsplit('.').next())
+            .unwrap_or("")
+            .to_owned();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut upstream = st
+            .http
+            .request(parts.method.clone(), format!("{}{path}", st.upstream));
+        for (name, value) in &parts.headers {
+            if name != http::header::HOST && name != http::header::CONTENT_LENGTH {
+                upstream = upstream.header(name, value);
+            }
+        }
+        let answer = upstream.body(body.clone()).send().await.unwrap();
+        let status = answer.status();
+        let content_type = answer.headers().get(http::header::CONTENT_TYPE).cloned();
+        let answer = answer.bytes().await.unwrap();
+        let lost = {
+            let mut log = st.log.lock().unwrap();
+            log.sent.push((
+                operation.clone(),
+                serde_json::from_slice(&body).unwrap_or_default(),
+            ));
+            match log.lose.get_mut(&operation) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if lost {
+            let mut r = Response::new(Body::from(
+                r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"the answer was lost (test proxy)"}"#,
+            ));
+            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/x-amz-json-1.0"),
+            );
+            return r;
+        }
+        let mut resp = Response::new(Body::from(answer));
+        *resp.status_mut() = status;
+        if let Some(ct) = content_type {
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, ct);
+        }
+        resp
+    }
+}
+
+/// A write DynamoDB applied whose answer was lost: the SDK retries it, and the retry's
+/// condition fails on our own write. That is success, not `Conflict` (which told a claim's
+/// owner "in progress" and hid a lease from the worker that took it) — while a real conflict
+/// whose answer was lost stays a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_was_lost_is_not_reported_as_a_conflict() {
+    use wxshop::store::idempotency::{self, Claim};
+    let moto = start_moto();
+    let direct = new_store(&moto, "lossy").await;
+    let proxy = lossy::Proxy::start(&moto.endpoint).await;
+    let store = DynamoStore::connect(direct.table(), Some(&proxy.endpoint))
+        .await
+        .unwrap();
+    let conflict = Err(StoreError::Conflict { index: 0 });
+
+    // A put creating a record.
+    proxy.lose("PutItem", 1);
+    let r1 = rec(Kind::Order, "lost-1", 1);
+    assert_eq!(
+        store
+            .write(vec![Write::put(r1.clone(), Expect::Absent)])
+            .await,
+        Ok(())
+    );
+    assert_eq!(proxy.sent("PutItem").len(), 2, "the SDK sent it again");
+    assert_eq!(store.get(Kind::Order, "lost-1").await.unwrap(), Some(r1));
+    // A versioned update.
+    proxy.lose("PutItem", 1);
+    let r2 = rec(Kind::Order, "lost-1", 2);
+    assert_eq!(
+        store
+            .write(vec![Write::put(r2.clone(), Expect::Version(1))])
+            .await,
+        Ok(())
+    );
+    // A real conflict whose answer was lost: still a conflict, nothing written.
+    proxy.lose("PutItem", 1);
+    let stale = Record::new(Kind::Order, "lost-1", "{\"stale\":true}".into());
+    assert_eq!(
+        store
+            .write(vec![Write::put(stale, Expect::Version(1))])
+            .await,
+        conflict
+    );
+    assert_eq!(store.get(Kind::Order, "lost-1").await.unwrap(), Some(r2));
+    // A versioned delete.
+    let delete = || {
+        vec![Write::Delete {
+            kind: Kind::Order,
+            id: "lost-1".into(),
+            expect: Expect::Version(2),
+        }]
+    };
+    proxy.lose("DeleteItem", 1);
+    assert_eq!(store.write(delete()).await, Ok(()));
+    assert_eq!(store.get(Kind::Order, "lost-1").await.unwrap(), None);
+    // Answered at once, deleting what is gone is a conflict, as on every backend.
+    assert_eq!(store.write(delete()).await, conflict);
+
+    // A transaction. The SDK sends the same ClientRequestToken on its retry (in AWS the
+    // retry of an applied transaction then succeeds without writing); moto ignores the token
+    // and cancels the retry on our own items, which carry our write token.
+    proxy.lose("TransactWriteItems", 1);
+    let a = rec(Kind::Order, "lost-tx-a", 1);
+    let b = rec(Kind::Outbox, "lost-tx-b", 1);
+    assert_eq!(
+        store
+            .write(vec![
+                Write::put(a.clone(), Expect::Absent),
+                Write::put(b.clone(), Expect::Absent),
+            ])
+            .await,
+        Ok(())
+    );
+    let tokens: Vec<String> = proxy
+        .sent("TransactWriteItems")
+        .iter()
+        .map(|body| body["ClientRequestToken"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    assert!(
+        !tokens[0].is_empty() && tokens[0] == tokens[1],
+        "one token for both attempts: {tokens:?}"
+    );
+    assert_eq!(store.get(Kind::Order, "lost-tx-a").await.unwrap(), Some(a));
+    assert_eq!(store.get(Kind::Outbox, "lost-tx-b").await.unwrap(), Some(b));
+    // A transaction that really conflicts, answer lost: still a conflict.
+    proxy.lose("TransactWriteItems", 1);
+    assert_eq!(
+        store
+            .write(vec![
+                Write::put(rec(Kind::Order, "lost-tx-c", 1), Expect::Absent),
+                Write::put(rec(Kind::Outbox, "lost-tx-b", 1), Expect::Absent),
+            ])
+            .await,
+        Err(StoreError::Conflict { index: 1 })
+    );
+    assert_eq!(store.get(Kind::Order, "lost-tx-c").await.unwrap(), None);
+
+    // What it meant upstairs: an idempotency claim whose answer was lost is its caller's
+    // (it used to answer the owner "in progress"), and so is an outbox lease.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    proxy.lose("PutItem", 1);
+    let hash = idempotency::payload_hash(b"cart");
+    assert_eq!(
+        idempotency::claim(&store, "lost-claim", &hash, "ref-1", now_ms, 30_000, 3600)
+            .await
+            .unwrap(),
+        Claim::New {
+            reference: "ref-1".into()
+        }
+    );
+    let entry = wxshop::outbox::OutboxEntry::new(
+        wxshop::outbox::Task::OrderPay {
+            out_trade_no: wxshop::domain::OutTradeNo::parse("WX20261205120000abcdefghijkl")
+                .unwrap(),
+        },
+        now_ms,
+    );
+    wxshop::outbox::enqueue(&store, &entry).await.unwrap();
+    proxy.lose("PutItem", 1);
+    let leased = wxshop::outbox::claim_one(&store, &entry.id, now_ms, 60_000)
+        .await
+        .unwrap();
+    assert!(leased.is_some(), "the lease is the worker's");
+}

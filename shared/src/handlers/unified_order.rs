@@ -6,6 +6,21 @@
 //! price a client sends is ignored. Stock is taken in the same atomic write that creates the
 //! order (conditional on each product's version) and given back when the order closes. A
 //! retried call with the same idempotency key returns the same order.
+//!
+//! # One key, one order number
+//!
+//! The order number is chosen once per idempotency key, when the key is first claimed, and
+//! stored in the claim (its reference, with the client IP WeChat Pay is told), so every attempt
+//! under that key works on the same number. A store error on the order-creating write does not
+//! say whether the write was applied (a DynamoDB timeout may have written it); the order may
+//! then exist and hold stock. Such a failure therefore does not release the key: it is
+//! [abandoned](idempotency::abandon), and the retry takes it over at once and resumes — the
+//! order exists: WeChat Pay is asked for it again (`pay/unifiedorder` with the same
+//! `out_trade_no` and identical parameters answers with the same prepay order), or, once it
+//! has its `prepay_id`, it is answered from the store; it does not: it is created under that
+//! number. The key is released, so a retry starts afresh under a new number, only when the
+//! attempt left nothing behind: it was refused before the order was written (sold out, not
+//! for sale, …), or WeChat refused it and the order was closed with its stock given back.
 
 use super::common::{
     authenticate, close_and_release_opened, component_on, take_turns, with_retries, Attempt,
@@ -77,6 +92,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         .map(str::to_owned)
         .or(body.idempotency_key.clone());
     let address = body.address.clone();
+    let ip = client_ip(&req);
     if let Some(a) = &address {
         if !a.is_valid() {
             return Err(ApiError::bad_request(
@@ -86,15 +102,13 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         }
     }
     let Some(key) = key else {
-        let result = place(
-            app,
-            &openid,
-            &lines,
-            body.scene,
-            address.clone(),
-            &client_ip(&req),
-        )
-        .await?;
+        let attempt = Reservation {
+            out_trade_no: OutTradeNo::generate(app.clock.now_ms()),
+            ip,
+        };
+        let result = place(app, &attempt, false, &openid, &lines, body.scene, address)
+            .await
+            .map_err(|f| f.error)?;
         return Ok(json(&result));
     };
     if key.is_empty() || key.len() > 128 {
@@ -106,10 +120,17 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     let record_key = format!("unifiedOrder:{openid}:{key}");
     let hash = payload_hash(&lines, body.scene, body.address.as_ref());
     let now = app.clock.now_ms();
-    match idempotency::claim(
+    let offered = Reservation {
+        out_trade_no: OutTradeNo::generate(now),
+        ip,
+    };
+    let offered_json =
+        serde_json::to_string(&offered).map_err(|e| ApiError::internal(e.to_string()))?;
+    let reference = match idempotency::claim(
         app.store.as_ref(),
         &record_key,
         &hash,
+        &offered_json,
         now,
         IN_PROGRESS_MS,
         IDEMPOTENCY_TTL_SECS,
@@ -150,30 +171,86 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
                 "this idempotency key was used for a different cart; use a new key",
             ))
         }
-        Claim::New => {}
-    }
-    match place(
+        Claim::New { reference } => reference,
+    };
+    // Taken over from an earlier attempt under this key: it may have begun the order.
+    let resumed = reference != offered_json;
+    let reservation: Reservation = if resumed {
+        serde_json::from_str(&reference)
+            .map_err(|e| ApiError::internal(format!("stored reservation unreadable: {e}")))?
+    } else {
+        offered
+    };
+    let placed = place(
         app,
+        &reservation,
+        resumed,
         &openid,
         &lines,
         body.scene,
-        address.clone(),
-        &client_ip(&req),
+        address,
     )
-    .await
-    {
+    .await;
+    let failure = match placed {
         Ok(result) => {
             let stored =
                 serde_json::to_string(&result).map_err(|e| ApiError::internal(e.to_string()))?;
-            idempotency::complete(app.store.as_ref(), &record_key, &stored).await?;
-            Ok(json(&result))
-        }
-        Err(e) => {
-            // A failed call may be retried with the same key.
-            if let Err(release) = idempotency::release(app.store.as_ref(), &record_key).await {
-                tracing::warn!(error = %release, "could not release idempotency record");
+            match idempotency::complete(app.store.as_ref(), &record_key, &stored).await {
+                Ok(()) => return Ok(json(&result)),
+                // The order is made but its result is not recorded: a retry resumes it.
+                Err(e) => PlaceError {
+                    error: e.into(),
+                    left: Left::Order,
+                },
             }
-            Err(e)
+        }
+        Err(f) => f,
+    };
+    let settled = match failure.left {
+        // A retry may start afresh, under a new order number.
+        Left::Nothing => idempotency::release(app.store.as_ref(), &record_key).await,
+        // A retry must find what this attempt may have made: it takes the key over at once
+        // and resumes under the same number.
+        Left::Order => idempotency::abandon(app.store.as_ref(), &record_key).await,
+    };
+    if let Err(e) = settled {
+        // The claim then stays in progress until it expires, and is taken over after that.
+        tracing::warn!(error = %e, "could not release or abandon the idempotency record");
+    }
+    Err(failure.error)
+}
+
+/// What an idempotency key stands for at WeChat Pay, chosen at its first claim and kept in the
+/// claim (its reference): the order number, and the client IP sent as `spbill_create_ip` —
+/// `pay/unifiedorder` called again for an `out_trade_no` answers with the same prepay order
+/// only if every parameter is the same (a changed one is `OUT_TRADE_NO_USED`), and a retry may
+/// come from another address.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Reservation {
+    out_trade_no: OutTradeNo,
+    ip: String,
+}
+
+/// What a failed attempt left behind under its order number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Left {
+    /// Nothing that holds stock or could be paid: refused before the order was written, or
+    /// closed with its stock given back.
+    Nothing,
+    /// An order, or perhaps one (a store write that failed may have been applied).
+    Order,
+}
+
+struct PlaceError {
+    error: ApiError,
+    left: Left,
+}
+
+impl PlaceError {
+    fn left_order(error: ApiError) -> Self {
+        PlaceError {
+            error,
+            left: Left::Order,
         }
     }
 }
@@ -261,21 +338,40 @@ fn sell_error(e: SellError) -> ApiError {
     }
 }
 
-/// Prices the cart from the catalog, takes the stock and creates the order, atomically.
+/// Prices the cart from the catalog, takes the stock and creates the order `no`, atomically
+/// — or, when an earlier attempt already made order `no`, returns that one (stock taken once).
+/// The flag says which: `true` when it was made now.
 async fn create_priced_order(
     app: &App,
+    no: &OutTradeNo,
+    resumed: bool,
     openid: &OpenId,
     lines: &[Line],
     scene: Option<u32>,
     address: Option<Address>,
-) -> Result<Order, ApiError> {
+) -> Result<(Order, bool), ApiError> {
     // Buyers of the same product in this process take turns (see `take_turns`): without
     // them, concurrent checkouts of one product conflict on its stock and an unlucky one
     // can exhaust the retries. The turns are held until the write has committed.
     let _turns = take_turns(lines.iter().map(|l| l.product_id.as_str())).await;
+    let first_round = std::sync::atomic::AtomicBool::new(true);
     // A conflict means someone bought from the same product meanwhile (another process):
     // price and reserve again.
     with_retries(app, || async {
+        // Order `no` may exist when an earlier attempt under this key made it, or when the
+        // order's own condition (`Absent`) is what conflicted; a fresh number on its first
+        // round cannot, and is not looked up.
+        let fresh = !resumed && first_round.swap(false, std::sync::atomic::Ordering::Relaxed);
+        if !fresh {
+            if let Some(existing) = repo::get_order(app.store.as_ref(), no).await? {
+                if &existing.value.openid != openid {
+                    return Err(ApiError::internal(format!(
+                        "order {no} belongs to another user"
+                    )));
+                }
+                return Ok(Attempt::Done((existing.value, false)));
+            }
+        }
         let mut products: Vec<(Versioned<Product>, Product)> = Vec::new();
         for l in lines {
             if products
@@ -326,7 +422,7 @@ async fn create_priced_order(
         }
         let now = app.clock.now_ms();
         let order = Order {
-            out_trade_no: OutTradeNo::generate(now),
+            out_trade_no: no.clone(),
             openid: openid.clone(),
             items,
             total,
@@ -356,33 +452,116 @@ async fn create_priced_order(
         for (before, after) in &products {
             batch.update_product(before, after);
         }
-        Ok(Attempt::Commit(batch, order))
+        Ok(Attempt::Commit(batch, (order, true)))
     })
     .await
 }
 
+/// Makes the order `reservation` names and its payment, or resumes what an earlier attempt
+/// under the same idempotency key began (`resumed`).
 async fn place(
     app: &App,
+    reservation: &Reservation,
+    resumed: bool,
     openid: &OpenId,
     lines: &[Line],
     scene: Option<u32>,
     address: Option<Address>,
-    ip: &str,
-) -> Result<UnifiedOrderResult, ApiError> {
-    let order = create_priced_order(app, openid, lines, scene, address).await?;
-    let no = order.out_trade_no.clone();
-    tracing::info!(out_trade_no = %no, total_fee = order.total.get(), "order created");
+) -> Result<UnifiedOrderResult, PlaceError> {
+    let no = &reservation.out_trade_no;
+    let (order, made_now) = create_priced_order(app, no, resumed, openid, lines, scene, address)
+        .await
+        .map_err(|error| PlaceError {
+            // A refusal (sold out, not for sale, …) comes before the write; a store failure
+            // may come from the write itself, which may have been applied.
+            left: if error.status.is_server_error() {
+                Left::Order
+            } else {
+                Left::Nothing
+            },
+            error,
+        })?;
+    match order.status {
+        OrderStatus::Created => {}
+        // An earlier attempt got this far: answer from the store, without asking WeChat
+        // (nor overwriting the component order) again.
+        OrderStatus::Closed => {
+            return Err(PlaceError::left_order(ApiError::conflict(
+                "ORDER_CLOSED",
+                format!("the order this idempotency key made ({no}) was closed unpaid; order again with a new key"),
+            )))
+        }
+        _ => {
+            let payment = stored_payment(app, &order)
+                .await
+                .map_err(PlaceError::left_order)?;
+            let component = order.wx_order_id.is_some();
+            return Ok(result_of(&order, payment, component));
+        }
+    }
+    if made_now {
+        tracing::info!(out_trade_no = %no, total_fee = order.total.get(), "order created");
+    } else {
+        tracing::info!(out_trade_no = %no, "resuming the order an earlier attempt under the same idempotency key made");
+    }
     let mut opened = OpenedAtWechat::default();
-    match prepay(app, order, ip, &mut opened).await {
+    match prepay(app, order, &reservation.ip, &mut opened).await {
         Ok(r) => Ok(r),
-        Err(e) => {
+        Err(error) => {
             // Nothing was paid: close the order and give the stock back — and close what
             // WeChat already opened for it (a prepay order, a component order).
-            if let Err(close) = close_and_release_opened(app, &no, "prepay failed", &opened).await {
-                tracing::error!(out_trade_no = %no, error = %close, "could not close the failed order; the sweep will");
-            }
-            Err(e)
+            let left = match close_and_release_opened(app, no, "prepay failed", &opened).await {
+                Ok(closed) if closed.status == OrderStatus::Closed => Left::Nothing,
+                Ok(_) => Left::Order,
+                Err(close) => {
+                    tracing::error!(out_trade_no = %no, error = %close, "could not close the failed order; the sweep will");
+                    Left::Order
+                }
+            };
+            Err(PlaceError { error, left })
         }
+    }
+}
+
+/// The payment parameters of an order WeChat Pay already holds (`PREPAID` or later).
+async fn stored_payment(app: &App, order: &Order) -> Result<serde_json::Value, ApiError> {
+    if order.fund_type == FundType::SecondaryMerchant {
+        let params = super::shop_orders::payment_params(app, order).await?;
+        return serde_json::to_value(&params).map_err(|e| ApiError::internal(e.to_string()));
+    }
+    let prepay_id = order.prepay_id.as_deref().ok_or_else(|| {
+        ApiError::internal(format!("order {} has no prepay_id", order.out_trade_no))
+    })?;
+    jsapi_payment(app, prepay_id)
+}
+
+/// `wx.requestPayment`'s parameters for `prepay_id`, signed now.
+fn jsapi_payment(app: &App, prepay_id: &str) -> Result<serde_json::Value, ApiError> {
+    let params = crate::pay::jsapi::payment_params(
+        app.config.user_appid(),
+        prepay_id,
+        app.config.api_key(),
+        app.config.sign_type,
+        app.clock.now_secs(),
+    );
+    serde_json::to_value(&params).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn result_of(order: &Order, payment: serde_json::Value, component: bool) -> UnifiedOrderResult {
+    let order_info = component.then(|| {
+        serde_json::json!({
+            "out_order_id": order.out_trade_no.as_str(),
+            "order_id": order.wx_order_id.map(|i| i.to_string()),
+        })
+    });
+    UnifiedOrderResult {
+        out_trade_no: order.out_trade_no.to_string(),
+        total_fee: order.total.get(),
+        status: order.status,
+        fund_type: order.fund_type.code(),
+        payment,
+        ticket: order.ticket.clone(),
+        order_info,
     }
 }
 
@@ -412,7 +591,6 @@ async fn prepay(
     opened: &mut OpenedAtWechat,
 ) -> Result<UnifiedOrderResult, ApiError> {
     let now = app.clock.now_ms();
-    let no = order.out_trade_no.clone();
     let use_component = order.fund_type == FundType::SecondaryMerchant
         || (component_on(app) && needs_component(app, order.scene).await?);
 
@@ -442,35 +620,12 @@ async fn prepay(
         order
             .prepay(prepay_id.clone(), now)
             .map_err(|e| ApiError::conflict("ORDER_NOT_OPEN", e.to_string()))?;
-        let appid = app.config.user_appid();
-        let params = crate::pay::jsapi::payment_params(
-            appid,
-            &prepay_id,
-            app.config.api_key(),
-            app.config.sign_type,
-            app.clock.now_secs(),
-        );
-        serde_json::to_value(&params).map_err(|e| ApiError::internal(e.to_string()))?
+        jsapi_payment(app, &prepay_id)?
     };
 
     // Store PREPAID with the ids; conditional on the version we created.
     let saved = save_prepaid(app, &order).await?;
-    let order_info = if use_component {
-        Some(
-            serde_json::json!({ "out_order_id": no.as_str(), "order_id": saved.wx_order_id.map(|i| i.to_string()) }),
-        )
-    } else {
-        None
-    };
-    Ok(UnifiedOrderResult {
-        out_trade_no: no.to_string(),
-        total_fee: saved.total.get(),
-        status: saved.status,
-        fund_type: saved.fund_type.code(),
-        payment,
-        ticket: saved.ticket.clone(),
-        order_info,
-    })
+    Ok(result_of(&saved, payment, use_component))
 }
 
 async fn save_prepaid(app: &App, prepared: &Order) -> Result<Order, ApiError> {

@@ -1142,7 +1142,9 @@ pub async fn outbox_retry_dead_replay(store: &DynStore) {
 // ---------------------------------------------------------------- idempotency, kv
 
 /// Powertools states: new, in progress (refused), completed (replayed), payload mismatch,
-/// released, taken over after the in-progress expiry, gone after the TTL, one racer wins.
+/// released, taken over after the in-progress expiry, gone after the TTL, one racer wins —
+/// plus the claim's reference: kept when an abandoned or dead claim is taken over by the same
+/// request (never by another), fresh after a release.
 pub async fn idempotency_states(store: &DynStore) {
     let s = store.as_ref();
     let p = prefix();
@@ -1150,88 +1152,129 @@ pub async fn idempotency_states(store: &DynStore) {
     let h2 = idempotency::payload_hash(b"request two");
     let now = now_ms();
     let k = format!("{p}-k");
-    let claim = |key: String, h: String, at: i64, in_progress: i64, ttl: i64| {
-        let st = store.clone();
-        async move {
-            idempotency::claim(st.as_ref(), &key, &h, at, in_progress, ttl)
-                .await
-                .unwrap()
-        }
+    let claim =
+        |key: String, h: String, reference: &'static str, at: i64, in_progress: i64, ttl: i64| {
+            let st = store.clone();
+            async move {
+                idempotency::claim(st.as_ref(), &key, &h, reference, at, in_progress, ttl)
+                    .await
+                    .unwrap()
+            }
+        };
+    let new = |reference: &str| Claim::New {
+        reference: reference.to_owned(),
     };
 
     assert_eq!(
-        claim(k.clone(), h1.clone(), now, 60_000, 3600).await,
-        Claim::New
+        claim(k.clone(), h1.clone(), "r1", now, 60_000, 3600).await,
+        new("r1")
     );
     assert_eq!(
-        claim(k.clone(), h1.clone(), now, 60_000, 3600).await,
+        claim(k.clone(), h1.clone(), "r2", now, 60_000, 3600).await,
         Claim::InProgress
     );
     assert_eq!(
-        claim(k.clone(), h2.clone(), now, 60_000, 3600).await,
+        claim(k.clone(), h2.clone(), "r2", now, 60_000, 3600).await,
         Claim::PayloadMismatch
     );
     idempotency::complete(s, &k, r#"{"ok":1}"#).await.unwrap();
     assert_eq!(
-        claim(k.clone(), h1.clone(), now + 1, 60_000, 3600).await,
+        claim(k.clone(), h1.clone(), "r2", now + 1, 60_000, 3600).await,
         Claim::Completed(r#"{"ok":1}"#.into())
     );
     assert_eq!(
-        claim(k.clone(), h2.clone(), now + 1, 60_000, 3600).await,
+        claim(k.clone(), h2.clone(), "r2", now + 1, 60_000, 3600).await,
         Claim::PayloadMismatch
     );
     // A completed record outlives the in-progress window.
     assert_eq!(
-        claim(k.clone(), h1.clone(), now + 120_000, 60_000, 3600).await,
+        claim(k.clone(), h1.clone(), "r2", now + 120_000, 60_000, 3600).await,
         Claim::Completed(r#"{"ok":1}"#.into())
     );
     idempotency::release(s, &k).await.unwrap();
+    idempotency::abandon(s, &k).await.unwrap();
     assert!(matches!(
-        claim(k.clone(), h1.clone(), now + 2, 60_000, 3600).await,
+        claim(k.clone(), h1.clone(), "r2", now + 2, 60_000, 3600).await,
         Claim::Completed(_)
     ));
 
-    // Released after a failure: claimable again.
+    // Released after a failure: claimable again, by another request too, with a new
+    // reference.
     let k2 = format!("{p}-k2");
     assert_eq!(
-        claim(k2.clone(), h1.clone(), now, 60_000, 3600).await,
-        Claim::New
+        claim(k2.clone(), h1.clone(), "r1", now, 60_000, 3600).await,
+        new("r1")
     );
     idempotency::release(s, &k2).await.unwrap();
     assert_eq!(
-        claim(k2.clone(), h2.clone(), now, 60_000, 3600).await,
-        Claim::New
+        claim(k2.clone(), h2.clone(), "r2", now, 60_000, 3600).await,
+        new("r2")
     );
 
-    // A dead handler's claim is taken over after the in-progress expiry.
+    // A dead handler's claim is taken over after the in-progress expiry, keeping its
+    // reference.
     let k3 = format!("{p}-k3");
     assert_eq!(
-        claim(k3.clone(), h1.clone(), now, 1_000, 3600).await,
-        Claim::New
+        claim(k3.clone(), h1.clone(), "r1", now, 1_000, 3600).await,
+        new("r1")
     );
     assert_eq!(
-        claim(k3.clone(), h1.clone(), now + 500, 1_000, 3600).await,
+        claim(k3.clone(), h1.clone(), "r2", now + 500, 1_000, 3600).await,
         Claim::InProgress
     );
     assert_eq!(
-        claim(k3.clone(), h1.clone(), now + 1_500, 1_000, 3600).await,
-        Claim::New
+        claim(k3.clone(), h1.clone(), "r2", now + 1_500, 1_000, 3600).await,
+        new("r1")
     );
     assert_eq!(
-        claim(k3.clone(), h1.clone(), now + 1_600, 1_000, 3600).await,
+        claim(k3.clone(), h1.clone(), "r3", now + 1_600, 1_000, 3600).await,
         Claim::InProgress
+    );
+    // Another request may not take it over: what the first began is the first's.
+    assert_eq!(
+        claim(k3.clone(), h2.clone(), "r3", now + 3_000, 1_000, 3600).await,
+        Claim::PayloadMismatch
+    );
+
+    // Abandoned (the handler may have written): taken over at once, reference kept, and
+    // only by the same request.
+    let k6 = format!("{p}-k6");
+    assert_eq!(
+        claim(k6.clone(), h1.clone(), "r1", now, 60_000, 3600).await,
+        new("r1")
+    );
+    idempotency::abandon(s, &k6).await.unwrap();
+    assert_eq!(
+        claim(k6.clone(), h2.clone(), "r2", now + 1, 60_000, 3600).await,
+        Claim::PayloadMismatch
+    );
+    assert_eq!(
+        claim(k6.clone(), h1.clone(), "r2", now + 1, 60_000, 3600).await,
+        new("r1")
+    );
+    assert_eq!(
+        claim(k6.clone(), h1.clone(), "r3", now + 2, 60_000, 3600).await,
+        Claim::InProgress,
+        "taken over: live again"
+    );
+    idempotency::complete(s, &k6, "{}").await.unwrap();
+    idempotency::abandon(s, &k6).await.unwrap();
+    assert_eq!(
+        claim(k6.clone(), h1.clone(), "r3", now + 3, 60_000, 3600).await,
+        Claim::Completed("{}".into()),
+        "a completed record is not abandoned"
     );
 
     // Past its TTL the record is gone.
     let k4 = format!("{p}-k4");
     let old = now - 7_200_000;
     assert_eq!(
-        claim(k4.clone(), h1.clone(), old, 60_000, 3600).await,
-        Claim::New
+        claim(k4.clone(), h1.clone(), "r1", old, 60_000, 3600).await,
+        new("r1")
     );
     assert_eq!(
-        claim(k4.clone(), h2.clone(), old, 60_000, 3600).await,
-        Claim::New
+        claim(k4.clone(), h2.clone(), "r2", old, 60_000, 3600).await,
+        new("r2")
     );
     idempotency::complete(s, &k4, "{}").await.unwrap();
 
@@ -1242,6 +1285,7 @@ pub async fn idempotency_states(store: &DynStore) {
         tasks.push(tokio::spawn(claim(
             k5.clone(),
             h1.clone(),
+            "r1",
             now,
             60_000,
             3600,
@@ -1251,10 +1295,10 @@ pub async fn idempotency_states(store: &DynStore) {
     for t in tasks {
         outcomes.push(t.await.unwrap());
     }
-    assert_eq!(outcomes.iter().filter(|c| **c == Claim::New).count(), 1);
+    assert_eq!(outcomes.iter().filter(|c| **c == new("r1")).count(), 1);
     assert!(outcomes
         .iter()
-        .all(|c| *c == Claim::New || *c == Claim::InProgress));
+        .all(|c| *c == new("r1") || *c == Claim::InProgress));
 }
 
 /// TTL key-value with compare-and-set.

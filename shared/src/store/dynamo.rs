@@ -14,6 +14,7 @@
 //! | `gsi1pk`, `gsi1sk` | S, S | index `gsi1` (by owner): `"{kind}#{owner}"`, only when `owner` is set |
 //! | `gsi2pk`, `gsi2sk` | S, S | index `gsi2` (by status): `"{kind}#{status}"`, only when `status` is set |
 //! | `ttl` | N | [`Record::expires_at`] (epoch seconds), the table's TTL attribute |
+//! | `wt` | S | the write token of the `write` call that wrote the item (not part of [`Record`]) |
 //!
 //! The GSI sort keys are strings `"{sortkey:020}#{id}"` where `sortkey` is `sort` with its sign
 //! bit flipped (`sort as u64 ^ 1 << 63`): that maps `i64` onto `u64` preserving order, so negative
@@ -35,6 +36,11 @@
 //!   transaction cancelled only by `TransactionConflict` (a concurrent write to one of its
 //!   items; nothing written) is sent again after a short random backoff, up to 4 attempts;
 //!   any other failure is [`StoreError::Backend`].
+//! - A write the SDK retried after DynamoDB applied it (the answer was lost) fails its condition
+//!   on our own write. That is success, not a conflict: a put (or transaction) whose item
+//!   carries this call's write token, or a delete whose item is gone after more than one
+//!   attempt (see `condition_failed`). Transactions also carry the SDK's automatic
+//!   `ClientRequestToken`, which makes their retries idempotent in AWS.
 //! - `query` reads `gsi1`/`gsi2`. **GSI reads are eventually consistent** in AWS: a record can
 //!   show up late or show a stale status. Callers that act on what a query returned (the outbox
 //!   claiming due entries, sweeps) must re-check with a conditional write on the version they
@@ -52,13 +58,21 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType,
-    StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification, TransactWriteItem,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TableStatus, TimeToLiveSpecification, TransactWriteItem,
 };
 use aws_sdk_dynamodb::Client;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use base64::Engine as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Table hash key.
@@ -78,6 +92,11 @@ const GSI1_PK: &str = "gsi1pk";
 const GSI1_SK: &str = "gsi1sk";
 const GSI2_PK: &str = "gsi2pk";
 const GSI2_SK: &str = "gsi2sk";
+/// The token of the `write` call that wrote the item (random, one per call): how a write
+/// whose condition failed on the SDK's retry recognises its own earlier attempt (below).
+const WRITE_TOKEN: &str = "wt";
+/// Length of a write token: 20 alphanumerics, ~119 bits.
+const WRITE_TOKEN_LEN: usize = 20;
 
 /// Largest batch `TransactWriteItems` accepts.
 const MAX_BATCH: usize = 100;
@@ -278,11 +297,11 @@ impl DynamoStore {
         )))
     }
 
-    async fn write_one(&self, write: Write, now: i64) -> Result<(), StoreError> {
+    async fn write_one(&self, write: Write, now: i64, token: &str) -> Result<(), StoreError> {
         match write {
             Write::Put { record, expect } => {
                 let cond = Condition::of(expect, now);
-                let item = to_item(&record);
+                let item = written_item(&record, token);
                 let mut req = self
                     .client
                     .put_item()
@@ -292,13 +311,16 @@ impl DynamoStore {
                     req = req
                         .condition_expression(c.expression)
                         .set_expression_attribute_names(Some(c.names))
-                        .set_expression_attribute_values(Some(c.values));
+                        .set_expression_attribute_values(Some(c.values))
+                        .return_values_on_condition_check_failure(
+                            ReturnValuesOnConditionCheckFailure::AllOld,
+                        );
                 }
                 match req.send().await {
                     Ok(_) => Ok(()),
                     Err(e) => match e.as_service_error() {
-                        Some(PutItemError::ConditionalCheckFailedException(_)) => {
-                            Err(StoreError::Conflict { index: 0 })
+                        Some(PutItemError::ConditionalCheckFailedException(failed)) => {
+                            condition_failed(Refused::Put(failed.item()), token)
                         }
                         _ => Err(sdk_err("PutItem", &e)),
                     },
@@ -315,27 +337,35 @@ impl DynamoStore {
                     req = req
                         .condition_expression(c.expression)
                         .set_expression_attribute_names(Some(c.names))
-                        .set_expression_attribute_values(Some(c.values));
+                        .set_expression_attribute_values(Some(c.values))
+                        .return_values_on_condition_check_failure(
+                            ReturnValuesOnConditionCheckFailure::AllOld,
+                        );
                 }
-                match req.send().await {
+                let attempts = AttemptCounter::default();
+                match req.customize().interceptor(attempts.clone()).send().await {
                     Ok(_) => Ok(()),
                     Err(e) => match e.as_service_error() {
-                        Some(DeleteItemError::ConditionalCheckFailedException(_)) => {
-                            Err(StoreError::Conflict { index: 0 })
+                        Some(DeleteItemError::ConditionalCheckFailedException(failed)) => {
+                            condition_failed(Refused::Delete(failed.item(), attempts.get()), token)
                         }
                         _ => Err(sdk_err("DeleteItem", &e)),
                     },
                 }
             }
             // There is no stand-alone condition check outside a transaction.
-            check @ Write::Check { .. } => self.transact(vec![check], now).await,
+            check @ Write::Check { .. } => self.transact(vec![check], now, token).await,
         }
     }
 
-    async fn transact(&self, writes: Vec<Write>, now: i64) -> Result<(), StoreError> {
+    /// One `TransactWriteItems`. The SDK gives each call a `ClientRequestToken` of its own
+    /// (`aws-sdk-dynamodb` fills it in once per operation, before its retry loop), so in AWS a
+    /// retry of a transaction that was applied succeeds without writing again; the write token
+    /// on the items covers the same case where the token is not honoured (moto) or has expired.
+    async fn transact(&self, writes: Vec<Write>, now: i64, token: &str) -> Result<(), StoreError> {
         let mut items = Vec::with_capacity(writes.len());
         for write in writes {
-            items.push(self.transact_item(write, now)?);
+            items.push(self.transact_item(write, now, token)?);
         }
         let mut attempt = 1;
         loop {
@@ -348,14 +378,18 @@ impl DynamoStore {
             else {
                 return Ok(());
             };
-            let reasons: Vec<Option<&str>> = match e.as_service_error() {
+            let cancellation = match e.as_service_error() {
                 Some(TransactWriteItemsError::TransactionCanceledException(tc)) => {
-                    tc.cancellation_reasons().iter().map(|r| r.code()).collect()
+                    tc.cancellation_reasons()
                 }
-                _ => Vec::new(),
+                _ => &[],
             };
+            let reasons: Vec<Option<&str>> = cancellation.iter().map(|r| r.code()).collect();
             match cancelled_by(&reasons) {
-                Cancelled::Condition(index) => return Err(StoreError::Conflict { index }),
+                Cancelled::Condition(index) => {
+                    let items = cancellation.iter().map(|r| r.item()).collect();
+                    return condition_failed(Refused::Transaction { items, index }, token);
+                }
                 Cancelled::Contention if attempt < CONTENTION_ATTEMPTS => {
                     tracing::debug!(attempt, "transaction cancelled by contention; retrying");
                     tokio::time::sleep(contention_backoff(attempt)).await;
@@ -366,17 +400,25 @@ impl DynamoStore {
         }
     }
 
-    fn transact_item(&self, write: Write, now: i64) -> Result<TransactWriteItem, StoreError> {
+    fn transact_item(
+        &self,
+        write: Write,
+        now: i64,
+        token: &str,
+    ) -> Result<TransactWriteItem, StoreError> {
         Ok(match write {
             Write::Put { record, expect } => {
                 let mut b = Put::builder()
                     .table_name(&self.table)
-                    .set_item(Some(to_item(&record)));
+                    .set_item(Some(written_item(&record, token)));
                 if let Some(c) = Condition::of(expect, now) {
                     b = b
                         .condition_expression(c.expression)
                         .set_expression_attribute_names(Some(c.names))
-                        .set_expression_attribute_values(Some(c.values));
+                        .set_expression_attribute_values(Some(c.values))
+                        .return_values_on_condition_check_failure(
+                            ReturnValuesOnConditionCheckFailure::AllOld,
+                        );
                 }
                 TransactWriteItem::builder()
                     .put(b.build().map_err(build_err)?)
@@ -459,14 +501,15 @@ impl Store for DynamoStore {
             }
         }
         let now = now_secs();
+        let token = crate::domain::random_alnum(WRITE_TOKEN_LEN);
         let mut writes = writes;
         match writes.len() {
             0 => Ok(()),
             1 => match writes.pop() {
-                Some(w) => self.write_one(w, now).await,
+                Some(w) => self.write_one(w, now, &token).await,
                 None => Ok(()),
             },
-            _ => self.transact(writes, now).await,
+            _ => self.transact(writes, now, &token).await,
         }
     }
 
@@ -654,6 +697,13 @@ fn to_item(r: &Record) -> Item {
     item
 }
 
+/// The item a `write` call with `token` puts: the record and the call's write token.
+fn written_item(r: &Record, token: &str) -> Item {
+    let mut item = to_item(r);
+    item.insert(WRITE_TOKEN.into(), s(token));
+    item
+}
+
 fn from_item(kind: Kind, item: &Item) -> Result<Record, StoreError> {
     let id = match item.get(ID) {
         Some(AttributeValue::S(id)) => id.clone(),
@@ -755,8 +805,6 @@ fn build_err(e: aws_smithy_types::error::operation::BuildError) -> StoreError {
     StoreError::Backend(format!("dynamodb: request: {e}"))
 }
 
-/// A [`StoreError::Backend`] naming the operation and DynamoDB's error code and message. Never
-/// includes the request (credentials, item contents).
 /// Attempts of a transaction cancelled by contention alone (below).
 const CONTENTION_ATTEMPTS: u32 = 4;
 
@@ -804,6 +852,84 @@ fn contention_backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + rand::random::<u64>() % base)
 }
 
+/// A write DynamoDB refused because a condition failed, with what the item(s) held at that
+/// moment (`ReturnValuesOnConditionCheckFailure = ALL_OLD`).
+#[derive(Debug)]
+enum Refused<'a> {
+    /// A lone `PutItem`.
+    Put(Option<&'a Item>),
+    /// A lone `DeleteItem`, and how many attempts the SDK made of it.
+    Delete(Option<&'a Item>, u32),
+    /// A `TransactWriteItems`: each item as its cancellation reason returned it (only items
+    /// whose own condition failed come back), and the first whose condition failed.
+    Transaction {
+        items: Vec<Option<&'a Item>>,
+        index: usize,
+    },
+}
+
+/// Whether a refused write was in fact applied — by an earlier attempt of the same call — or
+/// is a real [`StoreError::Conflict`].
+///
+/// The SDK retries a request whose answer it did not get (a timeout, a 5xx, a dropped
+/// connection) although DynamoDB may have applied it; the retry then meets our own write and
+/// its condition fails (`Absent`: the item exists; `Version(n)`: it is at `n + 1`). Reporting
+/// that as a conflict told a writer that won that it lost: an idempotency claim answered its
+/// own owner 409 `REQUEST_IN_PROGRESS` for 30 s, an outbox lease was taken without the worker
+/// knowing. So:
+/// - a put is ours when the item carries our write token ([`WRITE_TOKEN`], one per `write`
+///   call, so no other writer's item can carry it). A transaction likewise when any of its
+///   items does: a transaction is all or nothing;
+/// - a delete leaves nothing to recognise: it counts as ours when the item is gone and the SDK
+///   made more than one attempt — the record is gone either way, and only a second deleter
+///   that held the same version (none does: versions are won once) could have been first;
+/// - anything else is a conflict.
+///
+/// Left as a conflict: our write applied and then overwritten by another writer before the
+/// retry arrived (the token is gone) — rare, and the caller re-reads and decides again.
+fn condition_failed(refused: Refused<'_>, token: &str) -> Result<(), StoreError> {
+    let holds_ours = |item: Option<&Item>| matches!(item.and_then(|i| i.get(WRITE_TOKEN)), Some(AttributeValue::S(t)) if t == token);
+    let (ours, index) = match refused {
+        Refused::Put(item) => (holds_ours(item), 0),
+        Refused::Delete(item, attempts) => (item.is_none() && attempts > 1, 0),
+        Refused::Transaction { items, index } => (items.into_iter().any(holds_ours), index),
+    };
+    if ours {
+        tracing::debug!("a retried write found its own earlier attempt applied");
+        Ok(())
+    } else {
+        Err(StoreError::Conflict { index })
+    }
+}
+
+/// Counts the attempts the SDK makes of one request, its automatic retries included.
+#[derive(Clone, Debug, Default)]
+struct AttemptCounter(Arc<AtomicU32>);
+
+impl AttemptCounter {
+    fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Intercept for AttemptCounter {
+    fn name(&self) -> &'static str {
+        "wxshop::store::dynamo::AttemptCounter"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A [`StoreError::Backend`] naming the operation and DynamoDB's error code and message. Never
+/// includes the request (credentials, item contents).
 fn sdk_err<E, R>(op: &str, err: &SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -907,6 +1033,70 @@ mod tests {
             from_item(Kind::Order, &item),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_refused_write_is_ours_only_when_the_item_shows_our_earlier_attempt() {
+        let mut r = Record::new(Kind::Idempotency, "k", "{}".into());
+        r.version = 2;
+        let ours = written_item(&r, "tokenA");
+        let theirs = written_item(&r, "tokenB");
+        // The written item round-trips; the token is not part of the record.
+        assert_eq!(from_item(Kind::Idempotency, &ours).unwrap(), r);
+        let legacy = to_item(&r);
+        let conflict = |index| Err(StoreError::Conflict { index });
+
+        // A put: ours only if the item carries this call's token.
+        assert_eq!(
+            condition_failed(Refused::Put(Some(&ours)), "tokenA"),
+            Ok(())
+        );
+        assert_eq!(
+            condition_failed(Refused::Put(Some(&theirs)), "tokenA"),
+            conflict(0)
+        );
+        assert_eq!(
+            condition_failed(Refused::Put(Some(&legacy)), "tokenA"),
+            conflict(0),
+            "an item written without a token is someone else's"
+        );
+        assert_eq!(condition_failed(Refused::Put(None), "tokenA"), conflict(0));
+        let mut not_a_string = ours.clone();
+        not_a_string.insert(WRITE_TOKEN.into(), n(1));
+        assert_eq!(
+            condition_failed(Refused::Put(Some(&not_a_string)), "1"),
+            conflict(0)
+        );
+
+        // A delete: gone after a retry is ours; gone at the first attempt, or still there,
+        // is a conflict.
+        assert_eq!(condition_failed(Refused::Delete(None, 2), "tokenA"), Ok(()));
+        assert_eq!(
+            condition_failed(Refused::Delete(None, 1), "tokenA"),
+            conflict(0)
+        );
+        assert_eq!(
+            condition_failed(Refused::Delete(Some(&ours), 3), "tokenA"),
+            conflict(0)
+        );
+
+        // A transaction: all or nothing, so one item carrying our token proves it applied.
+        fn tx(items: Vec<Option<&Item>>, index: usize) -> Refused<'_> {
+            Refused::Transaction { items, index }
+        }
+        assert_eq!(
+            condition_failed(tx(vec![None, Some(&ours), Some(&ours)], 1), "tokenA"),
+            Ok(())
+        );
+        assert_eq!(
+            condition_failed(tx(vec![None, Some(&theirs)], 1), "tokenA"),
+            conflict(1)
+        );
+        assert_eq!(
+            condition_failed(tx(vec![Some(&theirs), Some(&ours)], 0), "tokenB"),
+            Ok(())
+        );
+        assert_eq!(condition_failed(tx(vec![], 0), "tokenA"), conflict(0));
     }
 
     #[test]

@@ -10,7 +10,16 @@
 //!   waited on; one whose handler died (in-progress expiry passed) can be taken over.
 //! - **A key reused with another request is refused** ([`Claim::PayloadMismatch`]): the hash
 //!   of the canonical request is stored and compared.
-//! - **A failed handler deletes its record** ([`release`]) so the caller may retry.
+//! - **A claim carries a reference** chosen once, at the first claim of a key (e.g. the
+//!   order number a `unifiedOrder` will create), and kept when an abandoned claim is taken
+//!   over: a retry works on what the earlier attempt may have begun instead of starting a
+//!   second one. An abandoned claim is taken over only by the same request; another request
+//!   under that key is [`Claim::PayloadMismatch`].
+//! - **A failed handler either deletes its record or abandons it.** [`release`] when it
+//!   wrote nothing that a retry must find: the next claim starts afresh, with a new
+//!   reference. [`abandon`] when it may have written (a store error whose write may have
+//!   been applied, a result it could not record): the record and its reference stay, and a
+//!   retry takes it over at once and resumes.
 
 use super::{Expect, Kind, Record, Store, StoreError, Write};
 use serde::{Deserialize, Serialize};
@@ -36,13 +45,20 @@ struct IdemBody {
     /// The response (JSON) once completed.
     #[serde(default)]
     data: Option<String>,
+    /// What the first claim chose for this key (see [`claim`]); absent in records written
+    /// before references existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
 }
 
 /// The outcome of [`claim`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// The caller owns the key: run the handler, then [`complete`] or [`release`].
-    New,
+    /// The caller owns the key: run the handler with `reference`, then [`complete`],
+    /// [`release`] or [`abandon`]. `reference` is the one this claim offered, or — when an
+    /// earlier claim of the same request was taken over — the one that claim stored: then an
+    /// earlier attempt may have begun with it, and the handler resumes from it.
+    New { reference: String },
     /// Already done: answer with this response (JSON) again.
     Completed(String),
     /// Another invocation is running it now: refuse (e.g. HTTP 409), the client retries.
@@ -115,32 +131,42 @@ fn record(key: &str, body: &IdemBody, version: u64, expires_at: i64) -> Result<R
     Ok(rec)
 }
 
-/// Claims `key` for a request with `payload_hash`. The record lives `ttl_secs` from `now_ms`;
-/// an in-progress claim may be taken over after `in_progress_ms` (set it to the handler's
-/// timeout).
+/// Claims `key` for a request with `payload_hash`, offering `reference` (see [`Claim::New`]).
+/// The record lives `ttl_secs` from `now_ms`; an in-progress claim may be taken over after
+/// `in_progress_ms` (set it to the handler's timeout), or at once once [`abandon`]ed.
 pub async fn claim(
     store: &dyn Store,
     key: &str,
     payload_hash: &str,
+    reference: &str,
     now_ms: i64,
     in_progress_ms: i64,
     ttl_secs: i64,
 ) -> Result<Claim, StoreError> {
-    let body = IdemBody {
+    let mut body = IdemBody {
         status: Status::Inprogress,
         validation: payload_hash.to_owned(),
         in_progress_expiry_ms: now_ms.saturating_add(in_progress_ms),
         data: None,
+        reference: Some(reference.to_owned()),
     };
     let expires_at = now_ms.div_euclid(1000).saturating_add(ttl_secs);
     for _ in 0..CLAIM_ROUNDS {
+        body.reference = Some(reference.to_owned());
         let (expect, version) = match store.get(Kind::Idempotency, key).await? {
             None => (Expect::Absent, 1),
             Some(rec) => {
                 let existing: IdemBody = rec.decode()?;
                 let abandoned = existing.status == Status::Inprogress
                     && existing.in_progress_expiry_ms < now_ms;
-                if !abandoned {
+                if abandoned && existing.reference.is_some() {
+                    // What the abandoned attempt began under its reference belongs to its
+                    // request: only the same request may resume it.
+                    if existing.validation != payload_hash {
+                        return Ok(Claim::PayloadMismatch);
+                    }
+                    body.reference = existing.reference;
+                } else if !abandoned {
                     return Ok(if existing.validation != payload_hash {
                         Claim::PayloadMismatch
                     } else {
@@ -162,7 +188,11 @@ pub async fn claim(
             )])
             .await
         {
-            Ok(()) => return Ok(Claim::New),
+            Ok(()) => {
+                return Ok(Claim::New {
+                    reference: body.reference.unwrap_or_default(),
+                })
+            }
             // Someone else wrote it between our read and write: look again.
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e),
@@ -198,8 +228,9 @@ pub async fn complete(store: &dyn Store, key: &str, response_json: &str) -> Resu
     Err(StoreError::Conflict { index: 0 })
 }
 
-/// The handler failed: forget the in-progress claim so the request can be retried. A
-/// completed record is left alone.
+/// The handler failed having written nothing a retry must find: forget the in-progress claim
+/// (and its reference) so the request can be retried afresh. A completed record is left
+/// alone.
 pub async fn release(store: &dyn Store, key: &str) -> Result<(), StoreError> {
     let Some(rec) = store.get(Kind::Idempotency, key).await? else {
         return Ok(());
@@ -214,6 +245,34 @@ pub async fn release(store: &dyn Store, key: &str) -> Result<(), StoreError> {
             id: key.to_owned(),
             expect: Expect::Version(rec.version),
         }])
+        .await
+    {
+        // Changed meanwhile (completed or taken over): theirs now, leave it.
+        Ok(()) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The handler failed after it may have written (its store write failed without saying
+/// whether it was applied, or its result could not be recorded): keep the in-progress claim
+/// with its reference, but let the next claim of the same request take it over at once —
+/// rather than after the in-progress expiry — and resume from the reference. A completed
+/// record is left alone.
+pub async fn abandon(store: &dyn Store, key: &str) -> Result<(), StoreError> {
+    let Some(rec) = store.get(Kind::Idempotency, key).await? else {
+        return Ok(());
+    };
+    let mut body: IdemBody = rec.decode()?;
+    if body.status != Status::Inprogress {
+        return Ok(());
+    }
+    body.in_progress_expiry_ms = i64::MIN;
+    let expires_at = rec.expires_at.unwrap_or(i64::MAX);
+    match store
+        .write(vec![Write::put(
+            record(key, &body, rec.version + 1, expires_at)?,
+            Expect::Version(rec.version),
+        )])
         .await
     {
         // Changed meanwhile (completed or taken over): theirs now, leave it.

@@ -1,0 +1,268 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! Store faults on the money path: a write whose outcome the store could not report. A
+//! DynamoDB timeout may come after the write was applied, so `StoreError::Backend` means "may
+//! or may not have happened"; a retry of the same `unifiedOrder` (same idempotency key) must
+//! then find what the first attempt made — one order, stock taken once — never make a second.
+//!
+//! The faulty store wraps the stack's own (`LosesAnswers`) and is handed to `unifiedOrder`
+//! directly, as one Lambda container whose store call timed out; the client's retry goes
+//! through the gateway to the healthy store, as it would reach another container.
+
+#[path = "reliability_support.rs"]
+mod support;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use support::*;
+use wxlocal::gateway::Running;
+use wxshop::store::{DynStore, Expect, Kind, Page, Query, Record, Store, StoreError, Write};
+
+/// A store that fails the next `count` writes `matching` picks with `Backend` — after applying
+/// them (`applied`: the answer was lost) or without (the write failed).
+struct LosesAnswers {
+    inner: DynStore,
+    matching: fn(&[Write]) -> bool,
+    applied: bool,
+    count: AtomicUsize,
+}
+
+impl LosesAnswers {
+    fn wrap(r: &Running, matching: fn(&[Write]) -> bool, applied: bool, count: usize) -> DynStore {
+        Arc::new(LosesAnswers {
+            inner: r.app.store.clone(),
+            matching,
+            applied,
+            count: AtomicUsize::new(count),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for LosesAnswers {
+    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
+        self.inner.get(kind, id).await
+    }
+
+    async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let hit = (self.matching)(&writes)
+            && self
+                .count
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if !hit {
+            return self.inner.write(writes).await;
+        }
+        if self.applied {
+            self.inner.write(writes).await?;
+        }
+        Err(StoreError::Backend(
+            "dynamodb PutItem: timed out (injected)".into(),
+        ))
+    }
+
+    async fn query(&self, query: Query) -> Result<Page, StoreError> {
+        self.inner.query(query).await
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+/// The write that creates an order (and takes its stock).
+fn creates_an_order(writes: &[Write]) -> bool {
+    writes.iter().any(|w| {
+        matches!(w, Write::Put { record, expect: Expect::Absent } if record.kind == Kind::Order)
+    })
+}
+
+/// A write that changes an existing order (saving PREPAID, closing it).
+fn updates_an_order(writes: &[Write]) -> bool {
+    writes.iter().any(|w| {
+        matches!(w, Write::Put { record, expect: Expect::Version(_) } if record.kind == Kind::Order)
+    })
+}
+
+/// The write that records an idempotency key's result.
+fn completes_a_key(writes: &[Write]) -> bool {
+    writes.iter().any(|w| {
+        matches!(w, Write::Put { record, .. }
+            if record.kind == Kind::Idempotency && record.status.as_deref() == Some("COMPLETED"))
+    })
+}
+
+fn order_body(key: &str) -> Value {
+    json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 2}],
+        "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"},
+        "idempotency_key": key})
+}
+
+/// `unifiedOrder` run on `store`, as a container whose store misbehaves would run it.
+async fn order_on(r: &Running, store: DynStore, token: &str, body: &Value) -> (u16, Value) {
+    let mut app = r.app.clone();
+    app.store = store;
+    let route = wxshop::handlers::find_route("POST", "/fn/unifiedOrder").unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/fn/unifiedOrder")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_string()))
+        .unwrap();
+    let resp = wxshop::handlers::handle(&app, route, req).await;
+    let status = resp.status().as_u16();
+    (status, serde_json::from_slice(resp.body()).unwrap())
+}
+
+async fn orders(c: &Client, token: &str) -> Vec<Value> {
+    let (s, list) = c.post("/fn/queryOrder", Some(token), &json!({})).await;
+    assert_eq!(s, 200, "{list}");
+    list["orders"].as_array().unwrap().clone()
+}
+
+/// The order write is applied but reported failed (503): the order exists and holds its
+/// stock. The client's retry with the same key gets that order — created once, stock taken
+/// once, one WeChat Pay order — where it used to release the key and make a second order
+/// under a new number (the first one holding its stock until the sweep closed it).
+#[tokio::test]
+async fn an_order_written_but_reported_failed_is_resumed_by_the_retry() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-order-write").await;
+    let before = c.stock().await;
+    let body = order_body("tap-lost-1");
+
+    let faulty = LosesAnswers::wrap(&r, creates_an_order, true, 1);
+    let (s, v) = order_on(&r, faulty, &token, &body).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["code"], "STORE_UNAVAILABLE");
+    // The fault is what it claims: the first attempt's order is there, holding stock.
+    let made = orders(&c, &token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["status"], "CREATED");
+    assert_eq!(c.stock().await, before - 2);
+
+    let (s, retried) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert_eq!(s, 200, "{retried}");
+    let listed = orders(&c, &token).await;
+    assert_eq!(listed.len(), 1, "one order for one key: {listed:?}");
+    assert_eq!(listed[0]["out_trade_no"], retried["out_trade_no"]);
+    assert_eq!(listed[0]["status"], "PREPAID");
+    assert_eq!(c.stock().await, before - 2, "stock taken once");
+    let prepays = r.sandbox.calls("pay/unifiedorder");
+    assert_eq!(prepays.len(), 1, "{prepays:?}");
+    assert_eq!(prepays[0]["out_trade_no"], retried["out_trade_no"]);
+
+    // And the key now replays that order.
+    let (s, again) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["out_trade_no"], retried["out_trade_no"]);
+}
+
+/// The order is made and prepaid but its result cannot be recorded under the key (the
+/// completing write fails): the retry answers with that order and its prepay order — not
+/// 409 REQUEST_IN_PROGRESS for half a minute and then a second order.
+#[tokio::test]
+async fn an_order_whose_result_was_not_recorded_is_answered_again() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-completion").await;
+    let before = c.stock().await;
+    let body = order_body("tap-lost-2");
+
+    let faulty = LosesAnswers::wrap(&r, completes_a_key, false, 1);
+    let (s, v) = order_on(&r, faulty, &token, &body).await;
+    assert_eq!(s, 503, "{v}");
+
+    let (s, retried) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert_eq!(s, 200, "{retried}");
+    let listed = orders(&c, &token).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["out_trade_no"], retried["out_trade_no"]);
+    assert_eq!(c.stock().await, before - 2);
+    let prepays = r.sandbox.calls("pay/unifiedorder");
+    assert_eq!(prepays.len(), 1, "answered from the store: {prepays:?}");
+    assert!(retried["payment"]["package"]
+        .as_str()
+        .unwrap()
+        .starts_with("prepay_id="));
+    assert!(retried["ticket"].is_string(), "{retried}");
+}
+
+/// The attempt dies between WeChat Pay and the store: `pay/unifiedorder` opened the prepay
+/// order, but neither saving PREPAID nor closing the order could be written. The retry — from
+/// another address, as a phone changing networks — resumes the order: it asks WeChat Pay again
+/// under the same `out_trade_no` with the same parameters (the first attempt's client IP
+/// included; a changed one would be OUT_TRADE_NO_USED) and gets the same prepay order.
+#[tokio::test]
+async fn an_order_left_unsaved_after_prepay_is_resumed_with_the_same_parameters() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-prepay-save").await;
+    let before = c.stock().await;
+    let body = order_body("tap-lost-3");
+
+    let faulty = LosesAnswers::wrap(&r, updates_an_order, false, 2);
+    let (s, v) = order_on(&r, faulty, &token, &body).await;
+    assert_eq!(s, 503, "{v}");
+    let made = orders(&c, &token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["status"], "CREATED", "neither prepaid nor closed");
+
+    let resp = c
+        .http
+        .post(format!("{}/fn/unifiedOrder", c.base))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "203.0.113.7")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let s = resp.status().as_u16();
+    let retried: Value = resp.json().await.unwrap();
+    assert_eq!(s, 200, "{retried}");
+    let listed = orders(&c, &token).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["out_trade_no"], made[0]["out_trade_no"]);
+    assert_eq!(listed[0]["status"], "PREPAID");
+    assert_eq!(c.stock().await, before - 2);
+    let prepays = r.sandbox.calls("pay/unifiedorder");
+    assert_eq!(prepays.len(), 2, "{prepays:?}");
+    assert!(prepays
+        .iter()
+        .all(|p| p["out_trade_no"] == made[0]["out_trade_no"]));
+    for p in &prepays {
+        assert_eq!(
+            p["spbill_create_ip"], "127.0.0.1",
+            "the first attempt's: {p}"
+        );
+    }
+}
+
+/// What did not survive is not resumed: WeChat refuses the order, it is closed with its stock
+/// back, and the key is released — the retry with the same key is a new order under a new
+/// number (the closed one cannot be paid any more).
+#[tokio::test]
+async fn a_refused_and_closed_order_leaves_the_key_free_for_a_new_one() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("refused-then-retried").await;
+    let before = c.stock().await;
+    let body = order_body("tap-refused");
+    c.fault(json!({"path": "shop/order/add", "mode": "errcode", "errcode": 47001, "count": 1}))
+        .await;
+    let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert!(s >= 400, "{s} {v}");
+    let first = orders(&c, &token).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["status"], "CLOSED");
+    assert_eq!(c.stock().await, before);
+
+    let (s, retried) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert_eq!(s, 200, "{retried}");
+    assert_ne!(retried["out_trade_no"], first[0]["out_trade_no"]);
+    assert_eq!(c.stock().await, before - 2);
+}
