@@ -66,28 +66,33 @@ fn free_port() -> u16 {
         .unwrap()
 }
 
+/// `python -m moto.server`, serving one request at a time (`threaded=False`).
+const MOTO_ONE_AT_A_TIME: &str = "import sys
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import run_simple
+run_simple(sys.argv[1], int(sys.argv[2]), DomainDispatcherApplication(create_backend_app), threaded=False)
+";
+
 /// Starts moto's server and waits until it answers.
 fn start_moto() -> Moto {
     ensure_moto();
     let mut last_error = String::new();
     for _attempt in 0..3 {
         let port = free_port();
+        // moto's own `moto.server` serves on many threads, and its conditional writes check,
+        // then write, unlocked: two concurrent conditional puts can both win, which real
+        // DynamoDB never lets happen, and the suite's "one winner" checks then fail at random.
+        // One request at a time makes its conditions as atomic as DynamoDB's.
         let child = Command::new(python())
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
+            .args(["-c", MOTO_ONE_AT_A_TIME, "127.0.0.1", &port.to_string()])
+            .env("MOTO_PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn();
         let child = match child {
             Ok(c) => c,
-            Err(e) => panic!("cannot start `{} -m moto.server`: {e}", python()),
+            Err(e) => panic!("cannot start moto's server with `{}`: {e}", python()),
         };
         let mut moto = Moto {
             child,
