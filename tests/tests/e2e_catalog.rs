@@ -163,3 +163,157 @@ async fn an_image_is_uploaded_to_wechat_by_url() {
     assert!(v["message"].as_str().unwrap().contains("img_url"), "{v}");
     r.stop();
 }
+
+fn tea(title: &str, price: i64, stock: u32) -> Value {
+    json!({"action": "upsert", "product": {
+        "product_id": "tea", "title": title,
+        "head_img": ["https://mmecimage.cn/p/wxlocal/tea.jpg"], "third_cat_id": 6153,
+        "brand_id": 2100000000,
+        "skus": [{"sku_id": "tea-250g", "price": price, "market_price": 2590, "stock": stock}]
+    }})
+}
+
+async fn get_product(c: &Client, id: &str) -> Value {
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["product"].clone()
+}
+
+/// A buyer orders one `tea`: the amount charged (`total_fee`), or the refusal.
+async fn buy_tea(c: &Client, token: &str) -> Result<i64, Value> {
+    let (s, v) = c.order(token, 1, None).await;
+    if s == 200 {
+        Ok(v["total_fee"].as_i64().unwrap())
+    } else {
+        Err(v)
+    }
+}
+
+/// At WeChat, `spu/update` writes the draft; the approved (online) version stays on sale while
+/// the draft is reviewed and stays as it was if the draft is rejected. An edit must therefore
+/// never take an approved product off sale here: buyers keep buying the approved version, at
+/// its price, until the edit is approved. A repeat of what is stored uploads nothing, and a
+/// price change of an approved SKU needs no audit (`spu/update_without_audit`).
+#[tokio::test]
+async fn an_edit_keeps_the_approved_product_on_sale_until_its_verdict() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    const TITLE: &str = "Longjing green tea 250 g"; // as seeded, approved and listed
+
+    // The same product again: nothing to review, nothing uploaded, still on sale.
+    let (s, v) = c.admin("/admin/catalogSync", &tea(TITLE, 1990, 1000)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "APPROVED", "{v}");
+    assert!(v["product"]["edit"].is_null(), "{v}");
+    assert!(r.sandbox.calls("shop/spu/update").is_empty());
+    assert_eq!(buy_tea(&c, &token).await, Ok(1990));
+
+    // Only the price: no audit, and the new price is charged at once.
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin("/admin/catalogSync", &tea(TITLE, 1800, stock as u32))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "APPROVED", "{v}");
+    assert!(r.sandbox.calls("shop/spu/update").is_empty());
+    let without = r.sandbox.calls("shop/spu/update_without_audit");
+    assert_eq!(without.len(), 1, "{without:?}");
+    assert_eq!(without[0]["skus"][0]["sale_price"], 1800, "{without:?}");
+    assert_eq!(buy_tea(&c, &token).await, Ok(1800));
+
+    // A new title and price: under review, while the approved version sells on.
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing tea 250 g, spring", 2500, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "APPROVED", "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    assert_eq!(r.sandbox.calls("shop/spu/update").len(), 1);
+    assert_eq!(buy_tea(&c, &token).await, Ok(1800));
+
+    // Rejected: the approved version still sells; the reason is there for the merchant.
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "tea", "approve": false, "reason": "title misleading"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    support::eventually("the rejection", std::time::Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { get_product(&c, "tea").await["edit"]["audit"] == "REJECTED" }
+    })
+    .await;
+    let p = get_product(&c, "tea").await;
+    assert_eq!(p["edit"]["reject_reason"], "title misleading", "{p}");
+    assert_eq!(p["audit"], "APPROVED", "{p}");
+    assert_eq!(p["title"], TITLE, "{p}");
+    assert_eq!(buy_tea(&c, &token).await, Ok(1800));
+
+    // A corrected edit, approved: it replaces the version on sale.
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing green tea 250 g, spring", 2100, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    // A verdict push is told from a replay by its ids, status and `CreateTime` (seconds):
+    // let this approval be stamped after the seed's, as any real one is.
+    c.post(
+        "/sandbox/_control/clock",
+        None,
+        &json!({"advance_ms": 2000}),
+    )
+    .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "tea", "approve": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    support::eventually("the approval", std::time::Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { get_product(&c, "tea").await["edit"].is_null() }
+    })
+    .await;
+    let p = get_product(&c, "tea").await;
+    assert_eq!(p["title"], "Longjing green tea 250 g, spring", "{p}");
+    assert_eq!(p["audit"], "APPROVED", "{p}");
+    assert_eq!(buy_tea(&c, &token).await, Ok(2100));
+    r.stop();
+}
+
+/// WeChat shows an approved SKU's stock (a Channels live room will not list it at 0): a stock
+/// change reaches WeChat, without an audit.
+#[tokio::test]
+async fn a_stock_change_reaches_wechat_without_an_audit() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    c.set_stock(0).await;
+    let calls = r.sandbox.calls("shop/spu/update_without_audit");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["skus"][0]["out_sku_id"], "tea-250g", "{calls:?}");
+    assert_eq!(calls[0]["skus"][0]["stock_num"], 0, "{calls:?}");
+    let p = sandbox_product(&c, "tea").await;
+    assert_eq!(p["skus"][0]["stock_num"], 0, "{p}");
+    assert!(r.sandbox.calls("shop/spu/update").is_empty());
+    assert_eq!(get_product(&c, "tea").await["audit"], "APPROVED");
+    r.stop();
+}

@@ -9,7 +9,7 @@
 
 use super::common::transition_order;
 use crate::app::App;
-use crate::domain::{AuditStatus, Change, FundType, Listing, OutTradeNo, ProductId};
+use crate::domain::{Change, FundType, Listing, OutTradeNo, ProductId};
 use crate::http::{query_params, text, ApiError, Request, Response};
 use crate::push::{self, AuditVerdict, PushEvent, PushQuery};
 use crate::store::kv;
@@ -151,16 +151,12 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
             let verdict = body.verdict();
             update_product(app, &id, |p| match verdict {
                 AuditVerdict::Approved => {
-                    p.audit = AuditStatus::Approved;
-                    p.reject_reason = None;
+                    p.approve_draft();
                     if body.product_id.is_some() {
                         p.wx_product_id = body.product_id;
                     }
                 }
-                AuditVerdict::Rejected => {
-                    p.audit = AuditStatus::Rejected;
-                    p.reject_reason = Some(body.reject_reason.clone());
-                }
+                AuditVerdict::Rejected => p.reject_draft(body.reject_reason.clone()),
                 AuditVerdict::Other(_) => {}
             })
             .await

@@ -12,9 +12,11 @@
 use super::common::component_on;
 use super::shop_orders::wx_error;
 use crate::app::App;
-use crate::domain::{AuditStatus, Fen, Listing, Product, ProductId, Sku, SkuId};
+use crate::domain::{
+    AuditStatus, Content, ContentChange, Edit, Fen, Listing, Product, ProductId, Sku, SkuId,
+};
 use crate::http::{json, parse_json, ApiError, Request, Response};
-use crate::shop::catalog::{Spu, SpuSku, SpuWriteResult};
+use crate::shop::catalog::{SkuWithoutAudit, Spu, SpuSku, SpuUpdateWithoutAudit, SpuWriteResult};
 use crate::shop::types::ProductKey;
 use crate::shop::WxError;
 use crate::store::repo::{self, Batch};
@@ -172,11 +174,8 @@ fn bad(code: &'static str) -> impl Fn(crate::domain::IdError) -> ApiError {
     move |e| ApiError::bad_request(code, e.to_string())
 }
 
-fn product_from_input(
-    input: ProductInput,
-    existing: Option<&Product>,
-    now: i64,
-) -> Result<Product, ApiError> {
+/// The merchant's version of a product, checked.
+fn content_from_input(input: ProductInput) -> Result<(ProductId, Content), ApiError> {
     let product_id = ProductId::parse(input.product_id).map_err(bad("BAD_PRODUCT_ID"))?;
     let title = input.title.trim().to_owned();
     if title.is_empty() || title.chars().count() > 60 {
@@ -210,39 +209,33 @@ fn product_from_input(
         }
         let market_price = Fen::new(s.market_price.unwrap_or(s.price))
             .map_err(|e| ApiError::bad_request("BAD_PRICE", e.to_string()))?;
-        let wx_sku_id = existing
-            .and_then(|p| p.sku(&sku_id))
-            .and_then(|k| k.wx_sku_id);
         skus.push(Sku {
             sku_id,
             price,
             market_price,
             stock: s.stock,
-            wx_sku_id,
+            wx_sku_id: None,
             attrs: Vec::new(),
         });
     }
-    Ok(Product {
+    Ok((
         product_id,
-        title,
-        path: input.path.unwrap_or_else(|| "pages/product/detail".into()),
-        head_img: input.head_img,
-        third_cat_id: input.third_cat_id,
-        brand_id: input.brand_id,
-        skus,
-        audit: existing.map(|p| p.audit).unwrap_or_default(),
-        reject_reason: existing.and_then(|p| p.reject_reason.clone()),
-        listing: existing.map(|p| p.listing).unwrap_or_default(),
-        wx_product_id: existing.and_then(|p| p.wx_product_id),
-        updated_at_ms: now,
-    })
+        Content {
+            title,
+            path: input.path.unwrap_or_else(|| "pages/product/detail".into()),
+            head_img: input.head_img,
+            third_cat_id: input.third_cat_id,
+            brand_id: input.brand_id,
+            skus,
+        },
+    ))
 }
 
-fn spu(p: &Product) -> Spu {
+fn spu(id: &ProductId, p: &Content) -> Spu {
     Spu {
-        out_product_id: Some(p.product_id.to_string()),
+        out_product_id: Some(id.to_string()),
         title: p.title.clone(),
-        path: format!("{}?product_id={}", p.path, p.product_id),
+        path: format!("{}?product_id={}", p.path, id),
         head_img: p.head_img.clone(),
         third_cat_id: p.third_cat_id,
         brand_id: p.brand_id,
@@ -250,7 +243,7 @@ fn spu(p: &Product) -> Spu {
             .skus
             .iter()
             .map(|s| SpuSku {
-                out_product_id: p.product_id.to_string(),
+                out_product_id: id.to_string(),
                 out_sku_id: s.sku_id.to_string(),
                 thumb_img: p.head_img.first().cloned().unwrap_or_default(),
                 sale_price: s.price,
@@ -286,15 +279,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         } => {
             let id = ProductId::parse(product_id).map_err(bad("BAD_PRODUCT_ID"))?;
             let sku = SkuId::parse(sku_id).map_err(bad("BAD_SKU_ID"))?;
-            let p = modify(app, &id, |p| {
-                let s =
-                    p.skus.iter_mut().find(|s| s.sku_id == sku).ok_or_else(|| {
-                        ApiError::not_found("NO_SUCH_SKU", format!("no sku {sku}"))
-                    })?;
-                s.stock = stock;
-                Ok(())
-            })
-            .await?;
+            let p = set_stock(app, &id, &sku, stock).await?;
             Ok(json(&serde_json::json!({ "product": p })))
         }
         Action::Get { product_id } => {
@@ -336,20 +321,130 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     }
 }
 
+/// What an upsert does at WeChat, from the stored product and the merchant's version.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// Nothing: WeChat's draft already is this version (under audit or approved).
+    Nothing,
+    /// Stock only, of SKUs WeChat never approved: ours alone.
+    Local,
+    /// Prices or stock of approved SKUs (listed): `spu/update_without_audit`, no audit, on
+    /// sale throughout.
+    WithoutAudit(Vec<SkuId>),
+    /// Something WeChat reviews changed: `spu/add|update`, a new audit.
+    Submit,
+}
+
+fn plan(cur: Option<&Product>, next: &Content) -> Plan {
+    let Some(cur) = cur else {
+        return Plan::Submit;
+    };
+    let online = cur.audit == AuditStatus::Approved && cur.wx_product_id.is_some();
+    let draft_audit = cur.draft_audit();
+    match cur.draft().change_to(next) {
+        ContentChange::Reviewed => Plan::Submit,
+        // A version that never reached WeChat goes there now, whatever changed.
+        _ if draft_audit == AuditStatus::Draft => Plan::Submit,
+        ContentChange::Prices(skus) if online && skus.iter().all(|s| cur.sku(s).is_some()) => {
+            Plan::WithoutAudit(skus)
+        }
+        ContentChange::Prices(_) => Plan::Submit,
+        ContentChange::Stock(skus) if online => {
+            let approved: Vec<SkuId> = skus.into_iter().filter(|s| cur.sku(s).is_some()).collect();
+            if approved.is_empty() {
+                Plan::Local
+            } else {
+                Plan::WithoutAudit(approved)
+            }
+        }
+        ContentChange::Stock(_) => Plan::Local,
+        // The same version again after a rejection: submit it again (a qualification it
+        // lacked may have been approved since).
+        ContentChange::None if draft_audit == AuditStatus::Rejected => Plan::Submit,
+        ContentChange::None => Plan::Nothing,
+    }
+}
+
+/// Sets prices (if `prices`) and stock of `next`'s SKUs wherever the product has them: on
+/// sale and in a pending edit.
+fn apply_skus(p: &mut Product, next: &Content, prices: bool) {
+    let edit_skus = p.edit.as_mut().map(|e| &mut e.content.skus);
+    let targets = p.skus.iter_mut().chain(edit_skus.into_iter().flatten());
+    for s in targets {
+        if let Some(n) = next.skus.iter().find(|n| n.sku_id == s.sku_id) {
+            s.stock = n.stock;
+            if prices {
+                s.price = n.price;
+                s.market_price = n.market_price;
+            }
+        }
+    }
+}
+
+/// Keeps the SKU ids WeChat assigned.
+fn record_wx_ids(p: &mut Product, result: &SpuWriteResult) {
+    p.wx_product_id = Some(result.product_id);
+    let edit_skus = p.edit.as_mut().map(|e| &mut e.content.skus);
+    for s in p.skus.iter_mut().chain(edit_skus.into_iter().flatten()) {
+        if let Some(ids) = result
+            .skus
+            .iter()
+            .find(|k| k.out_sku_id == s.sku_id.as_str())
+        {
+            s.wx_sku_id = Some(ids.sku_id);
+        }
+    }
+}
+
 async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
-    let id = ProductId::parse(input.product_id.clone()).map_err(bad("BAD_PRODUCT_ID"))?;
+    let (id, next) = content_from_input(input)?;
     let existing = repo::get_product(app.store.as_ref(), &id).await?;
     let now = app.clock.now_ms();
-    let mut product = product_from_input(input, existing.as_ref().map(|p| &p.value), now)?;
-    if component_on(app) {
-        // Upload for audit; orderable only once the audit event approves it.
-        let result = upload(app, &product).await.map_err(wx_error)?;
-        product.wx_product_id = Some(result.product_id);
-        product.audit = AuditStatus::Auditing;
-        product.reject_reason = None;
-    } else {
+    let cur = existing.as_ref().map(|p| &p.value);
+    let mut product = match cur {
+        Some(p) => p.clone(),
+        None => Product::new(id.clone(), next.clone(), now),
+    };
+    if !component_on(app) {
+        // Ours alone: sellable as it is.
+        product.set_content(next);
         product.audit = AuditStatus::Approved;
+        product.reject_reason = None;
+        product.edit = None;
+    } else {
+        match plan(cur, &next) {
+            Plan::Nothing => return Ok(product),
+            Plan::Local => apply_skus(&mut product, &next, false),
+            Plan::WithoutAudit(skus) => {
+                without_audit(app, &id, &next, &skus).await?;
+                apply_skus(&mut product, &next, true);
+            }
+            Plan::Submit => {
+                let result = upload(app, &id, product.wx_product_id.is_some(), &spu(&id, &next))
+                    .await
+                    .map_err(wx_error)?;
+                if product.audit == AuditStatus::Approved {
+                    // The approved version sells on while this one is under audit; stock is
+                    // not reviewed and applies now.
+                    apply_skus(&mut product, &next, false);
+                    product.edit = Some(Edit {
+                        content: next,
+                        audit: AuditStatus::Auditing,
+                        reject_reason: None,
+                    });
+                } else {
+                    product.set_content(next);
+                    product.audit = AuditStatus::Auditing;
+                    product.reject_reason = None;
+                }
+                record_wx_ids(&mut product, &result);
+            }
+        }
     }
+    if cur == Some(&product) {
+        return Ok(product);
+    }
+    product.updated_at_ms = now;
     let mut batch = Batch::new();
     match &existing {
         None => {
@@ -369,6 +464,36 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
     Ok(product)
 }
 
+/// `spu/update_without_audit`: prices and stock of approved SKUs, effective at once.
+async fn without_audit(
+    app: &App,
+    id: &ProductId,
+    next: &Content,
+    skus: &[SkuId],
+) -> Result<(), ApiError> {
+    let req = SpuUpdateWithoutAudit {
+        key: ProductKey::Out(id.to_string()),
+        path: None,
+        skus: next
+            .skus
+            .iter()
+            .filter(|s| skus.contains(&s.sku_id))
+            .map(|s| SkuWithoutAudit {
+                out_sku_id: s.sku_id.to_string(),
+                sale_price: Some(s.price),
+                market_price: Some(s.market_price),
+                stock_num: Some(i64::from(s.stock)),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    app.wx
+        .spu_update_without_audit(&req)
+        .await
+        .map_err(wx_error)?;
+    Ok(())
+}
+
 /// Uploads `product` for audit: `spu/add` for a product WeChat does not know yet, `spu/update`
 /// otherwise. What we store can be behind WeChat, so each mismatch is repaired here rather
 /// than refused forever:
@@ -377,33 +502,38 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
 ///   failed after `spu/add` succeeded, or a second environment on the same account): update it;
 /// - the product is still under audit (an edit before the verdict): withdraw that audit and
 ///   submit this version, the one the merchant means.
-async fn upload(app: &App, product: &Product) -> Result<SpuWriteResult, WxError> {
-    let spu = spu(product);
-    let first = match product.wx_product_id {
-        Some(_) => app.wx.spu_update(&spu).await,
-        None => app.wx.spu_add(&spu).await,
+async fn upload(
+    app: &App,
+    id: &ProductId,
+    known: bool,
+    spu: &Spu,
+) -> Result<SpuWriteResult, WxError> {
+    let first = if known {
+        app.wx.spu_update(spu).await
+    } else {
+        app.wx.spu_add(spu).await
     };
     match first {
-        Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) && product.wx_product_id.is_some() => {
-            tracing::warn!(product_id = %product.product_id, "WeChat lost the product; uploading it again");
-            app.wx.spu_add(&spu).await
+        Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) && known => {
+            tracing::warn!(product_id = %id, "WeChat lost the product; uploading it again");
+            app.wx.spu_add(spu).await
         }
         Err(e) if e.errcode() == Some(PRODUCT_EXISTS) => {
-            tracing::info!(product_id = %product.product_id, "WeChat already has the product; updating it");
-            resubmit(app, product, &spu).await
+            tracing::info!(product_id = %id, "WeChat already has the product; updating it");
+            resubmit(app, id, spu).await
         }
         Err(e) if e.errcode() == Some(PRODUCT_UNDER_AUDIT) => {
-            withdraw_then_update(app, product, &spu).await
+            withdraw_then_update(app, id, spu).await
         }
         other => other,
     }
 }
 
 /// `spu/update`, withdrawing a pending audit first if WeChat asks for that.
-async fn resubmit(app: &App, product: &Product, spu: &Spu) -> Result<SpuWriteResult, WxError> {
+async fn resubmit(app: &App, id: &ProductId, spu: &Spu) -> Result<SpuWriteResult, WxError> {
     match app.wx.spu_update(spu).await {
         Err(e) if e.errcode() == Some(PRODUCT_UNDER_AUDIT) => {
-            withdraw_then_update(app, product, spu).await
+            withdraw_then_update(app, id, spu).await
         }
         other => other,
     }
@@ -411,14 +541,61 @@ async fn resubmit(app: &App, product: &Product, spu: &Spu) -> Result<SpuWriteRes
 
 async fn withdraw_then_update(
     app: &App,
-    product: &Product,
+    id: &ProductId,
     spu: &Spu,
 ) -> Result<SpuWriteResult, WxError> {
-    tracing::info!(product_id = %product.product_id, "product under audit; withdrawing that audit to submit this version");
+    tracing::info!(product_id = %id, "product under audit; withdrawing that audit to submit this version");
     app.wx
-        .spu_del_audit(&ProductKey::Out(product.product_id.to_string()))
+        .spu_del_audit(&ProductKey::Out(id.to_string()))
         .await?;
     app.wx.spu_update(spu).await
+}
+
+/// Sets a SKU's stock. WeChat shows an approved SKU's stock (`stock_num`; a Channels live
+/// room refuses to list one at 0), so it hears of it first (`spu/update_without_audit`, no
+/// audit); the stock of a SKU it never approved travels with that SKU's next submission.
+async fn set_stock(
+    app: &App,
+    id: &ProductId,
+    sku: &SkuId,
+    stock: u32,
+) -> Result<Product, ApiError> {
+    let p = repo::get_product(app.store.as_ref(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))?
+        .value;
+    let online = p.audit == AuditStatus::Approved && p.wx_product_id.is_some();
+    if component_on(app) && online && p.sku(sku).is_some() {
+        let req = SpuUpdateWithoutAudit {
+            key: ProductKey::Out(id.to_string()),
+            path: None,
+            skus: vec![SkuWithoutAudit {
+                out_sku_id: sku.to_string(),
+                stock_num: Some(i64::from(stock)),
+                ..Default::default()
+            }],
+        };
+        app.wx
+            .spu_update_without_audit(&req)
+            .await
+            .map_err(wx_error)?;
+    }
+    modify(app, id, |p| {
+        let edit_skus = p.edit.as_mut().map(|e| &mut e.content.skus);
+        let mut found = false;
+        for s in p.skus.iter_mut().chain(edit_skus.into_iter().flatten()) {
+            if &s.sku_id == sku {
+                s.stock = stock;
+                found = true;
+            }
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(ApiError::not_found("NO_SUCH_SKU", format!("no sku {sku}")))
+        }
+    })
+    .await
 }
 
 async fn set_listing(app: &App, id: &ProductId, listing: Listing) -> Result<Product, ApiError> {
