@@ -317,3 +317,51 @@ async fn a_stock_change_reaches_wechat_without_an_audit() {
     assert_eq!(get_product(&c, "tea").await["audit"], "APPROVED");
     r.stop();
 }
+
+/// WeChat can push its verdict before it answers `spu/update` (a quick audit, a slow answer).
+/// The verdict must find the submission it decides: the edit goes on sale, instead of the
+/// verdict landing on the version before and the edit staying under audit for good.
+#[tokio::test]
+async fn a_verdict_that_overtakes_wechats_answer_is_not_lost() {
+    let r = stack_with(&[]).await; // the sandbox audits by itself, in a millisecond
+    let c = Client::new(&r);
+    // The seed's approval was pushed this second; a verdict push is told from a replay by its
+    // ids, status and `CreateTime` (seconds), so let this one be stamped later, as any is.
+    c.post(
+        "/sandbox/_control/clock",
+        None,
+        &json!({"advance_ms": 2000}),
+    )
+    .await;
+    c.fault(json!({"path": "shop/spu/update", "mode": "slow", "delay_ms": 1500, "count": 1}))
+        .await;
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing green tea 250 g, spring", 2100, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let pushed = r
+        .sandbox
+        .pushed_events()
+        .iter()
+        .filter(|e| e["Event"] == "open_product_spu_audit")
+        .count();
+    assert_eq!(pushed, 2, "the verdict came before the answer");
+    support::eventually(
+        "the edit approved",
+        std::time::Duration::from_secs(5),
+        || {
+            let c = c.clone();
+            async move { get_product(&c, "tea").await["edit"].is_null() }
+        },
+    )
+    .await;
+    let p = get_product(&c, "tea").await;
+    assert_eq!(p["title"], "Longjing green tea 250 g, spring", "{p}");
+    let (token, _) = c.login("buyer").await;
+    assert_eq!(buy_tea(&c, &token).await, Ok(2100));
+    r.stop();
+}

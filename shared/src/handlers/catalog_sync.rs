@@ -19,7 +19,7 @@ use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::shop::catalog::{SkuWithoutAudit, Spu, SpuSku, SpuUpdateWithoutAudit, SpuWriteResult};
 use crate::shop::types::ProductKey;
 use crate::shop::WxError;
-use crate::store::repo::{self, Batch};
+use crate::store::repo::{self, Batch, Versioned};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -77,7 +77,7 @@ enum Action {
 }
 
 /// `errcode` for "product not found" (WECHAT_SHOP.md §11, 9401002).
-const PRODUCT_NOT_FOUND: i64 = 9401002;
+pub(super) const PRODUCT_NOT_FOUND: i64 = 9401002;
 
 /// `errcode` for "product under audit, do not resubmit; use `del_audit`" (§11, 1000002).
 const PRODUCT_UNDER_AUDIT: i64 = 1000002;
@@ -419,39 +419,30 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
                 without_audit(app, &id, &next, &skus).await?;
                 apply_skus(&mut product, &next, true);
             }
-            Plan::Submit => {
-                let result = upload(app, &id, product.wx_product_id.is_some(), &spu(&id, &next))
-                    .await
-                    .map_err(wx_error)?;
-                if product.audit == AuditStatus::Approved {
-                    // The approved version sells on while this one is under audit; stock is
-                    // not reviewed and applies now.
-                    apply_skus(&mut product, &next, false);
-                    product.edit = Some(Edit {
-                        content: next,
-                        audit: AuditStatus::Auditing,
-                        reject_reason: None,
-                    });
-                } else {
-                    product.set_content(next);
-                    product.audit = AuditStatus::Auditing;
-                    product.reject_reason = None;
-                }
-                record_wx_ids(&mut product, &result);
-            }
+            Plan::Submit => return submit(app, existing.as_ref(), product, next, now).await,
         }
     }
     if cur == Some(&product) {
         return Ok(product);
     }
     product.updated_at_ms = now;
+    write(app, existing.as_ref(), &product).await?;
+    Ok(product)
+}
+
+/// Writes `product` over `prev` (conditional on its version) or creates it.
+async fn write(
+    app: &App,
+    prev: Option<&Versioned<Product>>,
+    product: &Product,
+) -> Result<(), ApiError> {
     let mut batch = Batch::new();
-    match &existing {
+    match prev {
         None => {
-            batch.create_product(&product);
+            batch.create_product(product);
         }
         Some(prev) => {
-            batch.update_product(prev, &product);
+            batch.update_product(prev, product);
         }
     }
     batch.commit(app.store.as_ref()).await.map_err(|e| {
@@ -460,8 +451,69 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
         } else {
             e.into()
         }
-    })?;
-    Ok(product)
+    })
+}
+
+/// Submits `next` for audit. The submission is stored *before* WeChat hears of it: WeChat
+/// can push its verdict before it answers (a quick audit, a slow answer), and that verdict
+/// must find the submission it decides, not the version before it.
+async fn submit(
+    app: &App,
+    prev: Option<&Versioned<Product>>,
+    mut product: Product,
+    next: Content,
+    now: i64,
+) -> Result<Product, ApiError> {
+    let id = product.product_id.clone();
+    let known = product.wx_product_id.is_some();
+    let before = product.clone();
+    if product.audit == AuditStatus::Approved {
+        // The approved version sells on while this one is under audit; stock is not
+        // reviewed and applies now.
+        apply_skus(&mut product, &next, false);
+        product.edit = Some(Edit {
+            content: next.clone(),
+            audit: AuditStatus::Auditing,
+            reject_reason: None,
+        });
+    } else {
+        product.set_content(next.clone());
+        product.audit = AuditStatus::Auditing;
+        product.reject_reason = None;
+    }
+    product.updated_at_ms = now;
+    write(app, prev, &product).await?;
+    let outcome = upload(app, &id, known, &spu(&id, &next)).await;
+    let ours = |p: &Product| p.draft() == next && p.draft_audit() == AuditStatus::Auditing;
+    let stored = match &outcome {
+        Ok(result) => {
+            modify(app, &id, |p| {
+                record_wx_ids(p, result);
+                Ok(())
+            })
+            .await?
+        }
+        Err(_) => {
+            // Nothing was submitted: back to what was stored before, unless a later upsert
+            // has replaced this submission meanwhile.
+            modify(app, &id, |p| {
+                if ours(p) {
+                    p.edit = before.edit.clone();
+                    p.audit = before.audit;
+                    p.reject_reason = before.reject_reason.clone();
+                    if prev.is_none() {
+                        p.audit = AuditStatus::Draft;
+                    } else if before.audit != AuditStatus::Approved {
+                        p.set_content(before.content());
+                    }
+                }
+                Ok(())
+            })
+            .await?
+        }
+    };
+    outcome.map_err(wx_error)?;
+    Ok(stored)
 }
 
 /// `spu/update_without_audit`: prices and stock of approved SKUs, effective at once.
