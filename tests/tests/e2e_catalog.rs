@@ -365,3 +365,48 @@ async fn a_verdict_that_overtakes_wechats_answer_is_not_lost() {
     assert_eq!(buy_tea(&c, &token).await, Ok(2100));
     r.stop();
 }
+
+/// An edit under audit withdraws that audit (`spu/del_audit`) and submits the new version; if
+/// that submission fails, WeChat has nothing under audit, and the product must say so — the
+/// new version `DRAFT`, with the error — instead of `AUDITING` for good. The same upsert again
+/// submits it.
+#[tokio::test]
+async fn a_failed_resubmission_after_a_withdrawal_leaves_the_draft_unsubmitted() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let (s, v) = c.admin("/admin/catalogSync", &kettle("Kettle 1 L")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "AUDITING", "{v}");
+
+    // WeChat refuses the update while the audit runs (1000002, as it does), the withdrawal
+    // goes through, and the update after it fails (-1, system busy).
+    c.fault(json!({"path": "shop/spu/update", "mode": "errcode", "errcode": 1000002, "count": 1}))
+        .await;
+    c.fault(json!({"path": "shop/spu/update", "mode": "errcode", "errcode": -1, "count": 1}))
+        .await;
+    let (s, v) = c
+        .admin("/admin/catalogSync", &kettle("Kettle 1 L, steel"))
+        .await;
+    assert_ne!(s, 200, "the merchant hears of the failure: {v}");
+    assert_eq!(r.sandbox.calls("shop/spu/del_audit").len(), 1);
+    assert_eq!(sandbox_product(&c, "kettle").await["edit_status"], 1);
+    let p = get_product(&c, "kettle").await;
+    assert_eq!(p["audit"], "DRAFT", "{p}");
+    assert_eq!(p["title"], "Kettle 1 L, steel", "{p}");
+    assert!(
+        p["submit_error"].as_str().is_some_and(|e| e.contains("-1")),
+        "{p}"
+    );
+
+    let (s, v) = c
+        .admin("/admin/catalogSync", &kettle("Kettle 1 L, steel"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "AUDITING", "{v}");
+    assert!(v["product"]["submit_error"].is_null(), "{v}");
+    let wx = sandbox_product(&c, "kettle").await;
+    assert_eq!(wx["edit_status"], 2, "{wx}");
+    assert_eq!(wx["title"], "Kettle 1 L, steel", "{wx}");
+    r.stop();
+}

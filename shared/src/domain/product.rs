@@ -69,6 +69,9 @@ pub struct Product {
     pub wx_product_id: Option<u64>,
     #[serde(default)]
     pub updated_at_ms: i64,
+    /// Why the product's own version, `DRAFT`, is not at WeChat: its submission failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_error: Option<String>,
     /// An edit of the approved product that is not online yet; the product sells as approved
     /// (its own fields) meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +99,9 @@ pub struct Edit {
     pub audit: AuditStatus,
     #[serde(default)]
     pub reject_reason: Option<String>,
+    /// Why the edit, `DRAFT`, is not at WeChat: its submission failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_error: Option<String>,
 }
 
 /// How one version of a product differs from another, as far as WeChat is concerned.
@@ -181,6 +187,7 @@ impl Product {
             listing: Listing::Delisted,
             wx_product_id: None,
             updated_at_ms: now,
+            submit_error: None,
             edit: None,
         };
         p.set_content(content);
@@ -228,6 +235,46 @@ impl Product {
         self.edit.as_ref().map_or(self.audit, |e| e.audit)
     }
 
+    /// The draft is being submitted for audit (the edit of an approved product, else the
+    /// product's own version).
+    pub fn submit_draft(&mut self, next: Content) {
+        if self.audit == AuditStatus::Approved {
+            // Stock is not reviewed: it applies to the version on sale now.
+            for s in &mut self.skus {
+                if let Some(n) = next.skus.iter().find(|n| n.sku_id == s.sku_id) {
+                    s.stock = n.stock;
+                }
+            }
+            self.edit = Some(Edit {
+                content: next,
+                audit: AuditStatus::Auditing,
+                reject_reason: None,
+                submit_error: None,
+            });
+        } else {
+            self.set_content(next);
+            self.audit = AuditStatus::Auditing;
+            self.reject_reason = None;
+            self.submit_error = None;
+        }
+    }
+
+    /// The draft's submission failed (`why`): nothing of it is under audit at WeChat (a
+    /// pending audit may have been withdrawn to make room for it). It stays `DRAFT`, and the
+    /// next upsert submits it.
+    pub fn draft_not_submitted(&mut self, why: String) {
+        match &mut self.edit {
+            Some(e) => {
+                e.audit = AuditStatus::Draft;
+                e.submit_error = Some(why);
+            }
+            None => {
+                self.audit = AuditStatus::Draft;
+                self.submit_error = Some(why);
+            }
+        }
+    }
+
     /// The draft was approved: an approved product's edit goes online (the stock of SKUs
     /// that were on sale stays as orders left it), a first version becomes approved.
     pub fn approve_draft(&mut self) {
@@ -242,6 +289,7 @@ impl Product {
         }
         self.audit = AuditStatus::Approved;
         self.reject_reason = None;
+        self.submit_error = None;
     }
 
     /// The draft was rejected: an approved product keeps selling its approved version and
@@ -374,6 +422,7 @@ mod tests {
             content: content("Green tea", vec![sku("s1", 120, 5), sku("s2", 300, 7)]),
             audit: AuditStatus::Auditing,
             reject_reason: None,
+            submit_error: None,
         });
         let s1 = SkuId::parse("s1").unwrap();
         assert_eq!(p.reserve(&s1, 2), Ok(Fen::new(100).unwrap()));

@@ -466,25 +466,14 @@ async fn submit(
 ) -> Result<Product, ApiError> {
     let id = product.product_id.clone();
     let known = product.wx_product_id.is_some();
-    let before = product.clone();
-    if product.audit == AuditStatus::Approved {
-        // The approved version sells on while this one is under audit; stock is not
-        // reviewed and applies now.
-        apply_skus(&mut product, &next, false);
-        product.edit = Some(Edit {
-            content: next.clone(),
-            audit: AuditStatus::Auditing,
-            reject_reason: None,
-        });
-    } else {
-        product.set_content(next.clone());
-        product.audit = AuditStatus::Auditing;
-        product.reject_reason = None;
-    }
+    product.submit_draft(next.clone());
     product.updated_at_ms = now;
     write(app, prev, &product).await?;
     let outcome = upload(app, &id, known, &spu(&id, &next)).await;
-    let ours = |p: &Product| p.draft() == next && p.draft_audit() == AuditStatus::Auditing;
+    let ours = |p: &Product| {
+        p.draft_audit() == AuditStatus::Auditing
+            && p.draft().change_to(&next) == ContentChange::None
+    };
     let stored = match &outcome {
         Ok(result) => {
             modify(app, &id, |p| {
@@ -493,19 +482,15 @@ async fn submit(
             })
             .await?
         }
-        Err(_) => {
-            // Nothing was submitted: back to what was stored before, unless a later upsert
-            // has replaced this submission meanwhile.
+        Err(e) => {
+            // Nothing of it is under audit at WeChat (an audit withdrawn to make room for it
+            // included): say so, unless a later upsert has replaced this submission meanwhile.
+            // The next upsert submits it.
+            tracing::warn!(product_id = %id, error = %e, "submission failed; the draft stays DRAFT");
+            let why = e.to_string();
             modify(app, &id, |p| {
                 if ours(p) {
-                    p.edit = before.edit.clone();
-                    p.audit = before.audit;
-                    p.reject_reason = before.reject_reason.clone();
-                    if prev.is_none() {
-                        p.audit = AuditStatus::Draft;
-                    } else if before.audit != AuditStatus::Approved {
-                        p.set_content(before.content());
-                    }
+                    p.draft_not_submitted(why.clone());
                 }
                 Ok(())
             })
