@@ -410,3 +410,51 @@ async fn a_failed_resubmission_after_a_withdrawal_leaves_the_draft_unsubmitted()
     assert_eq!(wx["title"], "Kettle 1 L, steel", "{wx}");
     r.stop();
 }
+
+/// `products` answers 100 at a time with a `next` cursor; passing it back gives the next page,
+/// so a catalog of any size can be read to its end.
+#[tokio::test]
+async fn the_product_list_pages_past_100() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    for i in 0..101 {
+        let (s, v) = c
+            .admin(
+                "/admin/catalogSync",
+                &json!({"action": "upsert", "product": {
+                    "product_id": format!("p{i:03}"), "title": format!("Product {i}"),
+                    "head_img": ["https://mmecimage.cn/p/wxlocal/p.jpg"], "third_cat_id": 6153,
+                    "brand_id": 2100000000,
+                    "skus": [{"sku_id": format!("p{i:03}-1"), "price": 100, "stock": 1}]
+                }}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next = Value::Null;
+    for _ in 0..5 {
+        let (s, v) = c
+            .admin(
+                "/admin/catalogSync",
+                &json!({"action": "products", "next": next}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        for p in v["products"].as_array().unwrap() {
+            assert!(
+                seen.insert(p["product_id"].as_str().unwrap().to_owned()),
+                "{p} twice"
+            );
+        }
+        next = v["next"].clone();
+        if next.is_null() {
+            break;
+        }
+    }
+    assert!(next.is_null(), "the list ends");
+    assert_eq!(seen.len(), 102, "the seeded tea and 101 more");
+    assert!(seen.contains("tea") && seen.contains("p000") && seen.contains("p100"));
+    r.stop();
+}

@@ -67,7 +67,11 @@ enum Action {
     Get {
         product_id: String,
     },
-    Products,
+    /// A page of products (100); `next` is the previous page's `next`, until it is null.
+    Products {
+        #[serde(default)]
+        next: Option<String>,
+    },
     /// Pass-through of an onboarding / category / qualification call.
     Wechat {
         api: String,
@@ -291,8 +295,8 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
                 })?;
             Ok(json(&serde_json::json!({ "product": p.value })))
         }
-        Action::Products => {
-            let all = repo::list_products(app.store.as_ref(), repo::ProductFilter::All, 100, None)
+        Action::Products { next } => {
+            let all = repo::list_products(app.store.as_ref(), repo::ProductFilter::All, 100, next)
                 .await?;
             let products: Vec<&Product> = all.0.iter().map(|p| &p.value).collect();
             Ok(json(
