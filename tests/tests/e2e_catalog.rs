@@ -41,6 +41,7 @@ async fn editing_a_product_under_audit_resubmits_the_new_version() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["product"]["audit"], "AUDITING", "{v}");
     let first_id = v["product"]["wx_product_id"].clone();
+    assert!(first_id.is_u64(), "WeChat's product id is kept: {v}");
 
     let (s, v) = c
         .admin("/admin/catalogSync", &kettle("Kettle 1 L, steel"))
@@ -48,6 +49,7 @@ async fn editing_a_product_under_audit_resubmits_the_new_version() {
     assert_eq!(s, 200, "an edit under audit must go through: {v}");
     assert_eq!(v["product"]["audit"], "AUDITING", "{v}");
     assert_eq!(v["product"]["title"], "Kettle 1 L, steel", "{v}");
+    assert!(v["product"]["wx_product_id"].is_u64(), "{v}");
     assert_eq!(v["product"]["wx_product_id"], first_id, "{v}");
 
     let (_, calls) = c
@@ -160,7 +162,18 @@ async fn an_image_is_uploaded_to_wechat_by_url() {
 
     let (s, v) = upload(json!({"resp_type": 0, "upload_type": 0})).await;
     assert_eq!(s, 400, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("img_url"), "{v}");
+    assert_eq!(v["code"], "BAD_IMG_UPLOAD", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("upload_type must be 1 (by img_url), not 0")
+            && message.contains("put the image at a URL WeChat can fetch"),
+        "the refusal says what to do instead: {v}"
+    );
+    assert_eq!(
+        r.sandbox.calls("shop/img/upload").len(),
+        1,
+        "nothing sent to WeChat"
+    );
     r.stop();
 }
 
