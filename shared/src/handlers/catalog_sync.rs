@@ -1,7 +1,11 @@
 //! `catalogSync` (merchant): the catalog and the trading-component onboarding. Products are
 //! stored here with their price, stock and WeChat audit state; with the component on they are
-//! uploaded (`shop/spu/add|update`) and become orderable only when the audit event approves
-//! them and they are listed. With the component off, a product is ours alone and sellable as
+//! uploaded (`shop/spu/add|update`) and become orderable only when approved and listed. As at
+//! WeChat, an edit of an approved product is a draft under audit ([`Product::edit`]) while the
+//! approved version sells on; what WeChat does not review (prices and stock of approved SKUs)
+//! goes through `spu/update_without_audit`, and a repeat uploads nothing. A submission is
+//! stored before WeChat hears of it, so a quick verdict finds it, and one that fails is
+//! recorded as not submitted. With the component off, a product is ours alone and sellable as
 //! soon as it is listed.
 //!
 //! Onboarding, categories, images and qualification audits go to WeChat as they are (a
@@ -13,7 +17,7 @@ use super::common::component_on;
 use super::shop_orders::wx_error;
 use crate::app::App;
 use crate::domain::{
-    AuditStatus, Content, ContentChange, Edit, Fen, Listing, Product, ProductId, Sku, SkuId,
+    AuditStatus, Content, ContentChange, Fen, Listing, Product, ProductId, Sku, SkuId,
 };
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::shop::catalog::{SkuWithoutAudit, Spu, SpuSku, SpuUpdateWithoutAudit, SpuWriteResult};
