@@ -275,6 +275,18 @@ impl Product {
         }
     }
 
+    /// WeChat no longer has the product (deleted there, a fresh account): its approval,
+    /// listing and any edit went with it; what is stored becomes a version not yet submitted.
+    pub fn forget_wechat(&mut self) {
+        if let Some(e) = self.edit.take() {
+            self.set_content(e.content);
+        }
+        self.listing = Listing::Delisted;
+        self.audit = AuditStatus::Draft;
+        self.reject_reason = None;
+        self.wx_product_id = None;
+    }
+
     /// The draft was approved: an approved product's edit goes online (the stock of SKUs
     /// that were on sale stays as orders left it), a first version becomes approved.
     pub fn approve_draft(&mut self) {

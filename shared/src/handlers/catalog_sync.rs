@@ -423,10 +423,17 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
         match plan(cur, &next) {
             Plan::Nothing => return Ok(product),
             Plan::Local => apply_skus(&mut product, &next, false),
-            Plan::WithoutAudit(skus) => {
-                without_audit(app, &id, &next, &skus).await?;
-                apply_skus(&mut product, &next, true);
-            }
+            Plan::WithoutAudit(skus) => match without_audit(app, &id, &next, &skus).await {
+                Ok(()) => apply_skus(&mut product, &next, true),
+                Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
+                    // WeChat lost the product (deleted in the console, a fresh sandbox): its
+                    // approval went with it. Upload this version as a new product.
+                    tracing::warn!(product_id = %id, "WeChat lost the approved product; uploading it again");
+                    product.forget_wechat();
+                    return submit(app, existing.as_ref(), product, next, now).await;
+                }
+                Err(e) => return Err(wx_error(e)),
+            },
             Plan::Submit => return submit(app, existing.as_ref(), product, next, now).await,
         }
     }
@@ -485,6 +492,11 @@ async fn submit(
     let stored = match &outcome {
         Ok(result) => {
             modify(app, &id, |p| {
+                if result.readded && ours(p) {
+                    // WeChat lost the product and its approval: this version is a first one.
+                    p.forget_wechat();
+                    p.submit_draft(next.clone());
+                }
                 record_wx_ids(p, result);
                 Ok(())
             })
@@ -515,7 +527,7 @@ async fn without_audit(
     id: &ProductId,
     next: &Content,
     skus: &[SkuId],
-) -> Result<(), ApiError> {
+) -> Result<(), WxError> {
     let req = SpuUpdateWithoutAudit {
         key: ProductKey::Out(id.to_string()),
         path: None,
@@ -532,11 +544,7 @@ async fn without_audit(
             })
             .collect(),
     };
-    app.wx
-        .spu_update_without_audit(&req)
-        .await
-        .map_err(wx_error)?;
-    Ok(())
+    app.wx.spu_update_without_audit(&req).await.map(drop)
 }
 
 /// Uploads `product` for audit: `spu/add` for a product WeChat does not know yet, `spu/update`
@@ -561,7 +569,10 @@ async fn upload(
     match first {
         Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) && known => {
             tracing::warn!(product_id = %id, "WeChat lost the product; uploading it again");
-            app.wx.spu_add(spu).await
+            app.wx.spu_add(spu).await.map(|mut r| {
+                r.readded = true;
+                r
+            })
         }
         Err(e) if e.errcode() == Some(PRODUCT_EXISTS) => {
             tracing::info!(product_id = %id, "WeChat already has the product; updating it");
