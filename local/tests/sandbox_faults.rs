@@ -149,3 +149,34 @@ async fn an_injected_error_is_signed_like_the_request() {
     assert!(!q.contains_key("sign_type"), "{q:?}");
     assert_eq!(verify(&q, KEY), Ok(SignType::Md5));
 }
+
+/// `slow`: the call takes effect at once; only its answer is late, so what it changed can be
+/// seen (by another call, by a pushed event) before the caller hears back.
+#[tokio::test]
+async fn a_slow_answer_comes_after_the_call_took_effect() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let tok = token(&base).await;
+    post_json(
+        format!("{base}/_control/faults"),
+        json!({"path": "account/update_info", "mode": "slow", "delay_ms": 400, "count": 1}),
+    )
+    .await;
+    let t = Instant::now();
+    let (b, k) = (base.clone(), tok.clone());
+    let slow = tokio::spawn(async move {
+        shop(
+            &b,
+            &k,
+            "account/update_info",
+            json!({"service_agent_phone": "020-1"}),
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let info = shop(&base, &tok, "account/get_info", json!({})).await;
+    assert_eq!(info["data"]["service_agent_phone"], "020-1", "{info}");
+    assert!(!slow.is_finished(), "the answer is still on its way");
+    assert_eq!(slow.await.unwrap()["errcode"], 0);
+    assert!(t.elapsed().as_millis() >= 400);
+}

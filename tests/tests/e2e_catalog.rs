@@ -41,6 +41,7 @@ async fn editing_a_product_under_audit_resubmits_the_new_version() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["product"]["audit"], "AUDITING", "{v}");
     let first_id = v["product"]["wx_product_id"].clone();
+    assert!(first_id.is_u64(), "WeChat's product id is kept: {v}");
 
     let (s, v) = c
         .admin("/admin/catalogSync", &kettle("Kettle 1 L, steel"))
@@ -48,6 +49,7 @@ async fn editing_a_product_under_audit_resubmits_the_new_version() {
     assert_eq!(s, 200, "an edit under audit must go through: {v}");
     assert_eq!(v["product"]["audit"], "AUDITING", "{v}");
     assert_eq!(v["product"]["title"], "Kettle 1 L, steel", "{v}");
+    assert!(v["product"]["wx_product_id"].is_u64(), "{v}");
     assert_eq!(v["product"]["wx_product_id"], first_id, "{v}");
 
     let (_, calls) = c
@@ -160,6 +162,312 @@ async fn an_image_is_uploaded_to_wechat_by_url() {
 
     let (s, v) = upload(json!({"resp_type": 0, "upload_type": 0})).await;
     assert_eq!(s, 400, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("img_url"), "{v}");
+    assert_eq!(v["code"], "BAD_IMG_UPLOAD", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("upload_type must be 1 (by img_url), not 0")
+            && message.contains("put the image at a URL WeChat can fetch"),
+        "the refusal says what to do instead: {v}"
+    );
+    assert_eq!(
+        r.sandbox.calls("shop/img/upload").len(),
+        1,
+        "nothing sent to WeChat"
+    );
+    r.stop();
+}
+
+fn tea(title: &str, price: i64, stock: u32) -> Value {
+    json!({"action": "upsert", "product": {
+        "product_id": "tea", "title": title,
+        "head_img": ["https://mmecimage.cn/p/wxlocal/tea.jpg"], "third_cat_id": 6153,
+        "brand_id": 2100000000,
+        "skus": [{"sku_id": "tea-250g", "price": price, "market_price": 2590, "stock": stock}]
+    }})
+}
+
+async fn get_product(c: &Client, id: &str) -> Value {
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["product"].clone()
+}
+
+/// A buyer orders one `tea`: the amount charged (`total_fee`), or the refusal.
+async fn buy_tea(c: &Client, token: &str) -> Result<i64, Value> {
+    let (s, v) = c.order(token, 1, None).await;
+    if s == 200 {
+        Ok(v["total_fee"].as_i64().unwrap())
+    } else {
+        Err(v)
+    }
+}
+
+/// At WeChat, `spu/update` writes the draft; the approved (online) version stays on sale while
+/// the draft is reviewed and stays as it was if the draft is rejected. An edit must therefore
+/// never take an approved product off sale here: buyers keep buying the approved version, at
+/// its price, until the edit is approved. A repeat of what is stored uploads nothing, and a
+/// price change of an approved SKU needs no audit (`spu/update_without_audit`).
+#[tokio::test]
+async fn an_edit_keeps_the_approved_product_on_sale_until_its_verdict() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    const TITLE: &str = "Longjing green tea 250 g"; // as seeded, approved and listed
+
+    // The same product again: nothing to review, nothing uploaded, still on sale.
+    let (s, v) = c.admin("/admin/catalogSync", &tea(TITLE, 1990, 1000)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "APPROVED", "{v}");
+    assert!(v["product"]["edit"].is_null(), "{v}");
+    assert!(r.sandbox.calls("shop/spu/update").is_empty());
+    assert_eq!(buy_tea(&c, &token).await, Ok(1990));
+
+    // Only the price: no audit, and the new price is charged at once.
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin("/admin/catalogSync", &tea(TITLE, 1800, stock as u32))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "APPROVED", "{v}");
+    assert!(r.sandbox.calls("shop/spu/update").is_empty());
+    let without = r.sandbox.calls("shop/spu/update_without_audit");
+    assert_eq!(without.len(), 1, "{without:?}");
+    assert_eq!(without[0]["skus"][0]["sale_price"], 1800, "{without:?}");
+    assert_eq!(buy_tea(&c, &token).await, Ok(1800));
+
+    // A new title and price: under review, while the approved version sells on.
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing tea 250 g, spring", 2500, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "APPROVED", "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    assert_eq!(r.sandbox.calls("shop/spu/update").len(), 1);
+    assert_eq!(buy_tea(&c, &token).await, Ok(1800));
+
+    // Rejected: the approved version still sells; the reason is there for the merchant.
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "tea", "approve": false, "reason": "title misleading"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    support::eventually("the rejection", std::time::Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { get_product(&c, "tea").await["edit"]["audit"] == "REJECTED" }
+    })
+    .await;
+    let p = get_product(&c, "tea").await;
+    assert_eq!(p["edit"]["reject_reason"], "title misleading", "{p}");
+    assert_eq!(p["audit"], "APPROVED", "{p}");
+    assert_eq!(p["title"], TITLE, "{p}");
+    assert_eq!(buy_tea(&c, &token).await, Ok(1800));
+
+    // A corrected edit, approved: it replaces the version on sale.
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing green tea 250 g, spring", 2100, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    // A verdict push is told from a replay by its ids, status and `CreateTime` (seconds):
+    // let this approval be stamped after the seed's, as any real one is.
+    c.post(
+        "/sandbox/_control/clock",
+        None,
+        &json!({"advance_ms": 2000}),
+    )
+    .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "tea", "approve": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    support::eventually("the approval", std::time::Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { get_product(&c, "tea").await["edit"].is_null() }
+    })
+    .await;
+    let p = get_product(&c, "tea").await;
+    assert_eq!(p["title"], "Longjing green tea 250 g, spring", "{p}");
+    assert_eq!(p["audit"], "APPROVED", "{p}");
+    assert_eq!(buy_tea(&c, &token).await, Ok(2100));
+    r.stop();
+}
+
+/// WeChat shows an approved SKU's stock (a Channels live room will not list it at 0): a stock
+/// change reaches WeChat, without an audit.
+#[tokio::test]
+async fn a_stock_change_reaches_wechat_without_an_audit() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    c.set_stock(0).await;
+    let calls = r.sandbox.calls("shop/spu/update_without_audit");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["skus"][0]["out_sku_id"], "tea-250g", "{calls:?}");
+    assert_eq!(calls[0]["skus"][0]["stock_num"], 0, "{calls:?}");
+    let p = sandbox_product(&c, "tea").await;
+    assert_eq!(p["skus"][0]["stock_num"], 0, "{p}");
+    assert!(r.sandbox.calls("shop/spu/update").is_empty());
+    assert_eq!(get_product(&c, "tea").await["audit"], "APPROVED");
+    r.stop();
+}
+
+/// WeChat can push its verdict before it answers `spu/update` (a quick audit, a slow answer).
+/// The verdict must find the submission it decides: the edit goes on sale, instead of the
+/// verdict landing on the version before and the edit staying under audit for good.
+#[tokio::test]
+async fn a_verdict_that_overtakes_wechats_answer_is_not_lost() {
+    let r = stack_with(&[]).await; // the sandbox audits by itself, in a millisecond
+    let c = Client::new(&r);
+    // The seed's approval was pushed this second; a verdict push is told from a replay by its
+    // ids, status and `CreateTime` (seconds), so let this one be stamped later, as any is.
+    c.post(
+        "/sandbox/_control/clock",
+        None,
+        &json!({"advance_ms": 2000}),
+    )
+    .await;
+    c.fault(json!({"path": "shop/spu/update", "mode": "slow", "delay_ms": 1500, "count": 1}))
+        .await;
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing green tea 250 g, spring", 2100, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let pushed = r
+        .sandbox
+        .pushed_events()
+        .iter()
+        .filter(|e| e["Event"] == "open_product_spu_audit")
+        .count();
+    assert_eq!(pushed, 2, "the verdict came before the answer");
+    support::eventually(
+        "the edit approved",
+        std::time::Duration::from_secs(5),
+        || {
+            let c = c.clone();
+            async move { get_product(&c, "tea").await["edit"].is_null() }
+        },
+    )
+    .await;
+    let p = get_product(&c, "tea").await;
+    assert_eq!(p["title"], "Longjing green tea 250 g, spring", "{p}");
+    let (token, _) = c.login("buyer").await;
+    assert_eq!(buy_tea(&c, &token).await, Ok(2100));
+    r.stop();
+}
+
+/// An edit under audit withdraws that audit (`spu/del_audit`) and submits the new version; if
+/// that submission fails, WeChat has nothing under audit, and the product must say so — the
+/// new version `DRAFT`, with the error — instead of `AUDITING` for good. The same upsert again
+/// submits it.
+#[tokio::test]
+async fn a_failed_resubmission_after_a_withdrawal_leaves_the_draft_unsubmitted() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let (s, v) = c.admin("/admin/catalogSync", &kettle("Kettle 1 L")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "AUDITING", "{v}");
+
+    // WeChat refuses the update while the audit runs (1000002, as it does), the withdrawal
+    // goes through, and the update after it fails (-1, system busy).
+    c.fault(json!({"path": "shop/spu/update", "mode": "errcode", "errcode": 1000002, "count": 1}))
+        .await;
+    c.fault(json!({"path": "shop/spu/update", "mode": "errcode", "errcode": -1, "count": 1}))
+        .await;
+    let (s, v) = c
+        .admin("/admin/catalogSync", &kettle("Kettle 1 L, steel"))
+        .await;
+    assert_ne!(s, 200, "the merchant hears of the failure: {v}");
+    assert_eq!(r.sandbox.calls("shop/spu/del_audit").len(), 1);
+    assert_eq!(sandbox_product(&c, "kettle").await["edit_status"], 1);
+    let p = get_product(&c, "kettle").await;
+    assert_eq!(p["audit"], "DRAFT", "{p}");
+    assert_eq!(p["title"], "Kettle 1 L, steel", "{p}");
+    assert!(
+        p["submit_error"].as_str().is_some_and(|e| e.contains("-1")),
+        "{p}"
+    );
+
+    let (s, v) = c
+        .admin("/admin/catalogSync", &kettle("Kettle 1 L, steel"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "AUDITING", "{v}");
+    assert!(v["product"]["submit_error"].is_null(), "{v}");
+    let wx = sandbox_product(&c, "kettle").await;
+    assert_eq!(wx["edit_status"], 2, "{wx}");
+    assert_eq!(wx["title"], "Kettle 1 L, steel", "{wx}");
+    r.stop();
+}
+
+/// `products` answers 100 at a time with a `next` cursor; passing it back gives the next page,
+/// so a catalog of any size can be read to its end.
+#[tokio::test]
+async fn the_product_list_pages_past_100() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    for i in 0..101 {
+        let (s, v) = c
+            .admin(
+                "/admin/catalogSync",
+                &json!({"action": "upsert", "product": {
+                    "product_id": format!("p{i:03}"), "title": format!("Product {i}"),
+                    "head_img": ["https://mmecimage.cn/p/wxlocal/p.jpg"], "third_cat_id": 6153,
+                    "brand_id": 2100000000,
+                    "skus": [{"sku_id": format!("p{i:03}-1"), "price": 100, "stock": 1}]
+                }}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next = Value::Null;
+    for _ in 0..5 {
+        let (s, v) = c
+            .admin(
+                "/admin/catalogSync",
+                &json!({"action": "products", "next": next}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        for p in v["products"].as_array().unwrap() {
+            assert!(
+                seen.insert(p["product_id"].as_str().unwrap().to_owned()),
+                "{p} twice"
+            );
+        }
+        next = v["next"].clone();
+        if next.is_null() {
+            break;
+        }
+    }
+    assert!(next.is_null(), "the list ends");
+    assert_eq!(seen.len(), 102, "the seeded tea and 101 more");
+    assert!(seen.contains("tea") && seen.contains("p000") && seen.contains("p100"));
     r.stop();
 }

@@ -562,10 +562,14 @@ async fn push_events_with_bad_signatures_or_a_foreign_appid_change_nothing() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 403);
     assert!(!resp.text().await.unwrap().contains("ECHO"));
-    // The genuine message is believed: the refusals were not blanket refusals.
+    // The properly signed message is taken in: the refusals were not blanket refusals. An
+    // audit push is then checked against WeChat's own record of the product (`spu/get`),
+    // which has nothing rejected: the approved product stays on sale.
+    let asked = r.sandbox.calls("shop/spu/get").len();
     let (s, text) = post(q("nonce2", &sig_ours), env_ours).await;
     assert_eq!(s, 200, "{text}");
-    assert_eq!(approved().await, "REJECTED");
+    assert_eq!(r.sandbox.calls("shop/spu/get").len(), asked + 1);
+    assert_eq!(approved().await, "APPROVED");
 }
 
 /// The one-body guard holds for every spelling of a signature that verifies: the same
@@ -647,8 +651,8 @@ async fn a_url_verification_signature_carries_no_push() {
 /// Plaintext push mode: WeChat's `signature` covers token, timestamp and nonce, not the body.
 /// A signed URL seen once (a proxy log, say) must not carry another body, nor be used long
 /// after its time: both refused, the product untouched. The genuine redelivery of the same body
-/// still passes, and the same body under a fresh signature is believed — the refusals are not
-/// blanket refusals.
+/// still passes, and the same body under a fresh signature is taken in (and checked with
+/// WeChat) — the refusals are not blanket refusals.
 #[tokio::test]
 async fn plaintext_push_signatures_hold_for_one_body_and_only_near_their_time() {
     let r = stack_with(&[]).await;
@@ -692,8 +696,12 @@ async fn plaintext_push_signatures_hold_for_one_body_and_only_near_their_time() 
         "APPROVED",
         "a stale signature changed the audit"
     );
-    // The same body, freshly signed: believed.
+    // The same body, freshly signed: taken in, as far as any audit push is: acknowledged and
+    // checked against WeChat's own record of the product (`spu/get`), which has nothing
+    // rejected, so the approved product stays on sale.
+    let asked = r.sandbox.calls("shop/spu/get").len();
     let (s, t) = post(url(now, "n-fresh"), &forged).await;
     assert_eq!((s, t.as_str()), (200, "success"));
-    assert_eq!(audit().await, "REJECTED");
+    assert_eq!(r.sandbox.calls("shop/spu/get").len(), asked + 1);
+    assert_eq!(audit().await, "APPROVED");
 }

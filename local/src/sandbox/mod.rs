@@ -315,7 +315,7 @@ impl Sandbox {
         if let Some(r) = self.intercept(path, record, xml).await {
             return r;
         }
-        if self.take_lost(path) {
+        if self.take_after(path, FaultMode::Lost).is_some() {
             drop(apply());
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -323,13 +323,18 @@ impl Sandbox {
             )
                 .into_response();
         }
+        if let Some(f) = self.take_after(path, FaultMode::Slow) {
+            let answer = apply();
+            tokio::time::sleep(Duration::from_millis(f.delay_ms.unwrap_or(1000))).await;
+            return answer;
+        }
         apply()
     }
 
-    /// Takes a matching `lost` fault (after the call was recorded), if one is due.
-    fn take_lost(&self, path: &str) -> bool {
+    /// Takes a matching fault of a mode applied with the call (`lost`, `slow`), if one is due.
+    fn take_after(&self, path: &str, mode: FaultMode) -> Option<Fault> {
         let mut st = self.st();
-        take_fault_where(&mut st.faults, path, |f| f.mode == FaultMode::Lost).is_some()
+        take_fault_where(&mut st.faults, path, |f| f.mode == mode)
     }
 
     /// Records the call and applies any matching fault other than `lost` (which
@@ -338,7 +343,9 @@ impl Sandbox {
         let (hit, request) = {
             let mut st = self.st();
             st.calls.push((path.to_owned(), record));
-            let hit = take_fault_where(&mut st.faults, path, |f| f.mode != FaultMode::Lost);
+            let hit = take_fault_where(&mut st.faults, path, |f| {
+                !matches!(f.mode, FaultMode::Lost | FaultMode::Slow)
+            });
             // A merchant-API error reply is signed like the request (its `sign_type`) and
             // echoes its ids, as WeChat's own error replies are: read them only when needed.
             let request = match &hit {
@@ -355,7 +362,7 @@ impl Sandbox {
                 tokio::time::sleep(Duration::from_millis(fault.delay_ms.unwrap_or(1000))).await;
                 None
             }
-            FaultMode::Lost => None,
+            FaultMode::Lost | FaultMode::Slow => None,
             FaultMode::Http500 => Some(
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -439,6 +446,9 @@ pub enum FaultMode {
     /// The call is applied, then its answer is lost (HTTP 500): a retry meets what the
     /// first call did.
     Lost,
+    /// The call is applied at once and answered `delay_ms` later (a slow way back): what the
+    /// call set off (an audit verdict, a notification) can reach the caller before the answer.
+    Slow,
     /// HTTP 200 with a body that is not the API's (an HTML page, as a proxy in the way may
     /// answer): the caller cannot tell what happened.
     Garbled,

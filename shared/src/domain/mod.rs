@@ -17,4 +17,4 @@ pub use money::{BalanceFen, Fen, MoneyError};
 pub use order::{
     Address, Change, Delivery, FundType, Order, OrderItem, OrderStatus, TransitionError,
 };
-pub use product::{AuditStatus, Listing, Product, SellError, Sku};
+pub use product::{AuditStatus, Content, ContentChange, Edit, Listing, Product, SellError, Sku};

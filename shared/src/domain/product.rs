@@ -1,5 +1,12 @@
 //! Products (SPU) and SKUs as the shop sells them, with the trading component's audit and
 //! listing state. Only an approved, listed product with stock can be ordered.
+//!
+//! WeChat keeps two versions of a product: the *online* one, approved and on sale, and the
+//! *draft* that `spu/update` writes and submits for audit. An edit of an approved product does
+//! not take it off sale: the online version sells on until the draft is approved, and stays if
+//! the draft is rejected. Here the product's own fields are the version that sells (for a
+//! product never approved, the version submitted), and [`Product::edit`] holds an edit of an
+//! approved product that is not online yet.
 
 use super::{Fen, ProductId, SkuId};
 use serde::{Deserialize, Serialize};
@@ -7,7 +14,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AuditStatus {
-    /// Not sent to WeChat yet.
+    /// Not (successfully) sent to WeChat yet.
     #[default]
     Draft,
     /// `spu/add` or `spu/update` accepted; waiting for the audit event.
@@ -62,6 +69,89 @@ pub struct Product {
     pub wx_product_id: Option<u64>,
     #[serde(default)]
     pub updated_at_ms: i64,
+    /// Why the product's own version, `DRAFT`, is not at WeChat: its submission failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_error: Option<String>,
+    /// An edit of the approved product that is not online yet; the product sells as approved
+    /// (its own fields) meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit: Option<Edit>,
+}
+
+/// What WeChat reviews of a product (everything but stock, which is ours alone).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Content {
+    pub title: String,
+    pub path: String,
+    pub head_img: Vec<String>,
+    pub third_cat_id: u64,
+    pub brand_id: u64,
+    pub skus: Vec<Sku>,
+}
+
+/// An approved product's edit that is not online yet (WeChat's draft).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edit {
+    #[serde(flatten)]
+    pub content: Content,
+    /// `AUDITING` (submitted), `REJECTED` (`reject_reason` says why) or `DRAFT` (not
+    /// submitted).
+    pub audit: AuditStatus,
+    #[serde(default)]
+    pub reject_reason: Option<String>,
+    /// Why the edit, `DRAFT`, is not at WeChat: its submission failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_error: Option<String>,
+}
+
+/// How one version of a product differs from another, as far as WeChat is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContentChange {
+    /// Nothing, stock included.
+    None,
+    /// Only the stock of some SKUs (listed).
+    Stock(Vec<SkuId>),
+    /// Only prices (and maybe stock) of some SKUs (listed): `spu/update_without_audit` can
+    /// carry it for SKUs WeChat approved.
+    Prices(Vec<SkuId>),
+    /// Something WeChat reviews: a new audit.
+    Reviewed,
+}
+
+impl Content {
+    /// What changes from `self` to `next`.
+    pub fn change_to(&self, next: &Content) -> ContentChange {
+        let same_skus = self.skus.len() == next.skus.len()
+            && self
+                .skus
+                .iter()
+                .zip(&next.skus)
+                .all(|(a, b)| a.sku_id == b.sku_id && a.attrs == b.attrs);
+        if self.title != next.title
+            || self.path != next.path
+            || self.head_img != next.head_img
+            || self.third_cat_id != next.third_cat_id
+            || self.brand_id != next.brand_id
+            || !same_skus
+        {
+            return ContentChange::Reviewed;
+        }
+        let pairs = || self.skus.iter().zip(&next.skus);
+        let repriced = pairs().any(|(a, b)| a.price != b.price || a.market_price != b.market_price);
+        let changed: Vec<SkuId> = pairs()
+            .filter(|(a, b)| {
+                a.price != b.price || a.market_price != b.market_price || a.stock != b.stock
+            })
+            .map(|(_, b)| b.sku_id.clone())
+            .collect();
+        if repriced {
+            ContentChange::Prices(changed)
+        } else if !changed.is_empty() {
+            ContentChange::Stock(changed)
+        } else {
+            ContentChange::None
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +172,156 @@ pub enum SellError {
 }
 
 impl Product {
+    /// A product WeChat has not seen: `content` is what will be submitted.
+    pub fn new(product_id: ProductId, content: Content, now: i64) -> Product {
+        let mut p = Product {
+            product_id,
+            title: String::new(),
+            path: String::new(),
+            head_img: Vec::new(),
+            third_cat_id: 0,
+            brand_id: 0,
+            skus: Vec::new(),
+            audit: AuditStatus::Draft,
+            reject_reason: None,
+            listing: Listing::Delisted,
+            wx_product_id: None,
+            updated_at_ms: now,
+            submit_error: None,
+            edit: None,
+        };
+        p.set_content(content);
+        p
+    }
+
+    /// The product's own version: what sells once approved.
+    pub fn content(&self) -> Content {
+        Content {
+            title: self.title.clone(),
+            path: self.path.clone(),
+            head_img: self.head_img.clone(),
+            third_cat_id: self.third_cat_id,
+            brand_id: self.brand_id,
+            skus: self.skus.clone(),
+        }
+    }
+
+    /// Replaces the product's own version (WeChat ids of SKUs kept).
+    pub fn set_content(&mut self, c: Content) {
+        let mut skus = c.skus;
+        for s in &mut skus {
+            if s.wx_sku_id.is_none() {
+                s.wx_sku_id = self.sku(&s.sku_id).and_then(|k| k.wx_sku_id);
+            }
+        }
+        self.title = c.title;
+        self.path = c.path;
+        self.head_img = c.head_img;
+        self.third_cat_id = c.third_cat_id;
+        self.brand_id = c.brand_id;
+        self.skus = skus;
+    }
+
+    /// The version WeChat holds as the draft: the pending edit, else the product's own.
+    pub fn draft(&self) -> Content {
+        match &self.edit {
+            Some(e) => e.content.clone(),
+            None => self.content(),
+        }
+    }
+
+    /// The audit state of [`Product::draft`].
+    pub fn draft_audit(&self) -> AuditStatus {
+        self.edit.as_ref().map_or(self.audit, |e| e.audit)
+    }
+
+    /// The draft is being submitted for audit (the edit of an approved product, else the
+    /// product's own version).
+    pub fn submit_draft(&mut self, next: Content) {
+        if self.audit == AuditStatus::Approved {
+            // Stock is not reviewed: it applies to the version on sale now.
+            for s in &mut self.skus {
+                if let Some(n) = next.skus.iter().find(|n| n.sku_id == s.sku_id) {
+                    s.stock = n.stock;
+                }
+            }
+            self.edit = Some(Edit {
+                content: next,
+                audit: AuditStatus::Auditing,
+                reject_reason: None,
+                submit_error: None,
+            });
+        } else {
+            self.set_content(next);
+            self.audit = AuditStatus::Auditing;
+            self.reject_reason = None;
+            self.submit_error = None;
+        }
+    }
+
+    /// The draft's submission failed (`why`): nothing of it is under audit at WeChat (a
+    /// pending audit may have been withdrawn to make room for it). It stays `DRAFT`, and the
+    /// next upsert submits it.
+    pub fn draft_not_submitted(&mut self, why: String) {
+        match &mut self.edit {
+            Some(e) => {
+                e.audit = AuditStatus::Draft;
+                e.submit_error = Some(why);
+            }
+            None => {
+                self.audit = AuditStatus::Draft;
+                self.submit_error = Some(why);
+            }
+        }
+    }
+
+    /// WeChat no longer has the product (deleted there, a fresh account): its approval,
+    /// listing and any edit went with it; what is stored becomes a version not yet submitted.
+    pub fn forget_wechat(&mut self) {
+        if let Some(e) = self.edit.take() {
+            self.set_content(e.content);
+        }
+        self.listing = Listing::Delisted;
+        self.audit = AuditStatus::Draft;
+        self.reject_reason = None;
+        self.wx_product_id = None;
+    }
+
+    /// The draft was approved: an approved product's edit goes online (the stock of SKUs
+    /// that were on sale stays as orders left it), a first version becomes approved.
+    pub fn approve_draft(&mut self) {
+        if let Some(edit) = self.edit.take() {
+            let mut next = edit.content;
+            for s in &mut next.skus {
+                if let Some(live) = self.sku(&s.sku_id) {
+                    s.stock = live.stock;
+                }
+            }
+            self.set_content(next);
+        }
+        self.audit = AuditStatus::Approved;
+        self.reject_reason = None;
+        self.submit_error = None;
+    }
+
+    /// The draft was rejected: an approved product keeps selling its approved version and
+    /// the edit carries the reason; a first version is rejected.
+    pub fn reject_draft(&mut self, reason: String) {
+        match &mut self.edit {
+            Some(e) => {
+                e.audit = AuditStatus::Rejected;
+                e.reject_reason = Some(reason);
+            }
+            None if self.audit == AuditStatus::Approved => {
+                // Nothing of ours was under audit: the online version stands.
+            }
+            None => {
+                self.audit = AuditStatus::Rejected;
+                self.reject_reason = Some(reason);
+            }
+        }
+    }
+
     pub fn sku(&self, sku_id: &SkuId) -> Option<&Sku> {
         self.skus.iter().find(|s| &s.sku_id == sku_id)
     }
@@ -134,5 +374,78 @@ impl Product {
         if let Some(sku) = self.skus.iter_mut().find(|s| &s.sku_id == sku_id) {
             sku.stock = sku.stock.saturating_add(qty);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sku(id: &str, price: i64, stock: u32) -> Sku {
+        Sku {
+            sku_id: SkuId::parse(id).unwrap(),
+            price: Fen::new(price).unwrap(),
+            market_price: Fen::new(price).unwrap(),
+            stock,
+            wx_sku_id: None,
+            attrs: vec![],
+        }
+    }
+
+    fn content(title: &str, skus: Vec<Sku>) -> Content {
+        Content {
+            title: title.into(),
+            path: "p".into(),
+            head_img: vec![],
+            third_cat_id: 1,
+            brand_id: 2,
+            skus,
+        }
+    }
+
+    #[test]
+    fn a_change_is_classified_by_what_wechat_reviews() {
+        let a = content("Tea", vec![sku("s1", 100, 5), sku("s2", 200, 5)]);
+        assert_eq!(a.change_to(&a), ContentChange::None);
+        let stock = content("Tea", vec![sku("s1", 100, 9), sku("s2", 200, 5)]);
+        assert_eq!(
+            a.change_to(&stock),
+            ContentChange::Stock(vec![SkuId::parse("s1").unwrap()])
+        );
+        let price = content("Tea", vec![sku("s1", 100, 5), sku("s2", 250, 5)]);
+        assert_eq!(
+            a.change_to(&price),
+            ContentChange::Prices(vec![SkuId::parse("s2").unwrap()])
+        );
+        let title = content("Green tea", vec![sku("s1", 100, 5), sku("s2", 200, 5)]);
+        assert_eq!(a.change_to(&title), ContentChange::Reviewed);
+        let new_sku = content("Tea", vec![sku("s1", 100, 5)]);
+        assert_eq!(a.change_to(&new_sku), ContentChange::Reviewed);
+    }
+
+    #[test]
+    fn an_approved_edit_goes_on_sale_keeping_the_stock_orders_left() {
+        let id = ProductId::parse("tea").unwrap();
+        let mut p = Product::new(id, content("Tea", vec![sku("s1", 100, 5)]), 0);
+        p.approve_draft();
+        p.listing = Listing::Listed;
+        p.edit = Some(Edit {
+            content: content("Green tea", vec![sku("s1", 120, 5), sku("s2", 300, 7)]),
+            audit: AuditStatus::Auditing,
+            reject_reason: None,
+            submit_error: None,
+        });
+        let s1 = SkuId::parse("s1").unwrap();
+        assert_eq!(p.reserve(&s1, 2), Ok(Fen::new(100).unwrap()));
+        p.reject_draft("no".into());
+        assert_eq!(p.audit, AuditStatus::Approved);
+        assert_eq!(p.title, "Tea");
+        p.approve_draft();
+        assert!(p.edit.is_none());
+        assert_eq!(p.title, "Green tea");
+        assert_eq!(p.reserve(&s1, 1), Ok(Fen::new(120).unwrap()));
+        assert_eq!(p.sku(&s1).unwrap().stock, 2);
+        assert_eq!(p.sku(&SkuId::parse("s2").unwrap()).unwrap().stock, 7);
     }
 }

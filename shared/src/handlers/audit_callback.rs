@@ -11,7 +11,8 @@ use super::common::transition_order;
 use crate::app::App;
 use crate::domain::{AuditStatus, Change, FundType, Listing, OutTradeNo, ProductId};
 use crate::http::{query_params, text, ApiError, Request, Response};
-use crate::push::{self, AuditVerdict, PushEvent, PushQuery};
+use crate::push::{self, PushEvent, PushQuery};
+use crate::shop::types::ProductKey;
 use crate::store::kv;
 use crate::store::repo::{self, EventRecord};
 use http::StatusCode;
@@ -165,27 +166,7 @@ async fn spend_url_verification(app: &App, query: &PushQuery) -> Result<(), ApiE
 
 async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
     match event {
-        PushEvent::SpuAudit { body, .. } => {
-            let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
-                return Ok(());
-            };
-            let verdict = body.verdict();
-            update_product(app, &id, |p| match verdict {
-                AuditVerdict::Approved => {
-                    p.audit = AuditStatus::Approved;
-                    p.reject_reason = None;
-                    if body.product_id.is_some() {
-                        p.wx_product_id = body.product_id;
-                    }
-                }
-                AuditVerdict::Rejected => {
-                    p.audit = AuditStatus::Rejected;
-                    p.reject_reason = Some(body.reject_reason.clone());
-                }
-                AuditVerdict::Other(_) => {}
-            })
-            .await
-        }
+        PushEvent::SpuAudit { body, .. } => on_spu_audit(app, body).await,
         PushEvent::SpuStatusUpdate { body, .. } => {
             let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
                 return Ok(());
@@ -228,6 +209,60 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
         // (for the merchant to read) and acknowledged.
         _ => Ok(()),
     }
+}
+
+/// `open_product_spu_audit`. The push says which product; what was decided is read from
+/// WeChat's draft (`spu/get`, `need_edit_spu=1`: `edit_status` 4 approved, 3 rejected,
+/// WECHAT_SHOP.md §3), because the push alone is not proof: in plaintext mode its signature
+/// does not cover the body, and a late or replayed push can concern an earlier submission.
+/// The verdict applies only to a submission we hold as under audit; an approved product's
+/// online version is never taken away by it.
+async fn on_spu_audit(app: &App, body: &push::SpuAudit) -> Result<(), ApiError> {
+    let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
+        return Ok(());
+    };
+    let key = ProductKey::Out(id.to_string());
+    let draft = match app.wx.spu_get(&key, true).await {
+        Ok(d) => d,
+        Err(e) if e.errcode() == Some(super::catalog_sync::PRODUCT_NOT_FOUND) => {
+            tracing::warn!(security = true, out_product_id = %id, "audit event for a product WeChat does not have; ignored");
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::warn!(out_product_id = %id, error = %e, "audit event: WeChat's draft unreadable; not acknowledged");
+            return Err(ApiError::unavailable(
+                "WECHAT_UNAVAILABLE",
+                format!("could not read product {id} from WeChat ({e}); push the event again"),
+            ));
+        }
+    };
+    let wx_product_id = Some(draft.product_id).filter(|n| *n != 0);
+    let reason = draft
+        .audit_info
+        .as_ref()
+        .and_then(|a| a.reject_reason.clone())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| body.reject_reason.clone());
+    let edit_status = draft.edit_status;
+    if !matches!(edit_status, 3 | 4) {
+        tracing::info!(out_product_id = %id, edit_status, "audit event, but WeChat's draft is not decided (a later submission?); nothing to apply");
+    }
+    update_product(app, &id, |p| {
+        if p.draft_audit() != AuditStatus::Auditing {
+            return;
+        }
+        match edit_status {
+            4 => {
+                p.approve_draft();
+                if wx_product_id.is_some() {
+                    p.wx_product_id = wx_product_id;
+                }
+            }
+            3 => p.reject_draft(reason.clone()),
+            _ => {}
+        }
+    })
+    .await
 }
 
 async fn update_product(

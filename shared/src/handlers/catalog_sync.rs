@@ -1,7 +1,11 @@
 //! `catalogSync` (merchant): the catalog and the trading-component onboarding. Products are
 //! stored here with their price, stock and WeChat audit state; with the component on they are
-//! uploaded (`shop/spu/add|update`) and become orderable only when the audit event approves
-//! them and they are listed. With the component off, a product is ours alone and sellable as
+//! uploaded (`shop/spu/add|update`) and become orderable only when approved and listed. As at
+//! WeChat, an edit of an approved product is a draft under audit ([`Product::edit`]) while the
+//! approved version sells on; what WeChat does not review (prices and stock of approved SKUs)
+//! goes through `spu/update_without_audit`, and a repeat uploads nothing. A submission is
+//! stored before WeChat hears of it, so a quick verdict finds it, and one that fails is
+//! recorded as not submitted. With the component off, a product is ours alone and sellable as
 //! soon as it is listed.
 //!
 //! Onboarding, categories, images and qualification audits go to WeChat as they are (a
@@ -12,12 +16,14 @@
 use super::common::component_on;
 use super::shop_orders::wx_error;
 use crate::app::App;
-use crate::domain::{AuditStatus, Fen, Listing, Product, ProductId, Sku, SkuId};
+use crate::domain::{
+    AuditStatus, Content, ContentChange, Fen, Listing, Product, ProductId, Sku, SkuId,
+};
 use crate::http::{json, parse_json, ApiError, Request, Response};
-use crate::shop::catalog::{Spu, SpuSku, SpuWriteResult};
+use crate::shop::catalog::{SkuWithoutAudit, Spu, SpuSku, SpuUpdateWithoutAudit, SpuWriteResult};
 use crate::shop::types::ProductKey;
 use crate::shop::WxError;
-use crate::store::repo::{self, Batch};
+use crate::store::repo::{self, Batch, Versioned};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -65,7 +71,11 @@ enum Action {
     Get {
         product_id: String,
     },
-    Products,
+    /// A page of products (100); `next` is the previous page's `next`, until it is null.
+    Products {
+        #[serde(default)]
+        next: Option<String>,
+    },
     /// Pass-through of an onboarding / category / qualification call.
     Wechat {
         api: String,
@@ -75,7 +85,7 @@ enum Action {
 }
 
 /// `errcode` for "product not found" (WECHAT_SHOP.md §11, 9401002).
-const PRODUCT_NOT_FOUND: i64 = 9401002;
+pub(super) const PRODUCT_NOT_FOUND: i64 = 9401002;
 
 /// `errcode` for "product under audit, do not resubmit; use `del_audit`" (§11, 1000002).
 const PRODUCT_UNDER_AUDIT: i64 = 1000002;
@@ -172,11 +182,8 @@ fn bad(code: &'static str) -> impl Fn(crate::domain::IdError) -> ApiError {
     move |e| ApiError::bad_request(code, e.to_string())
 }
 
-fn product_from_input(
-    input: ProductInput,
-    existing: Option<&Product>,
-    now: i64,
-) -> Result<Product, ApiError> {
+/// The merchant's version of a product, checked.
+fn content_from_input(input: ProductInput) -> Result<(ProductId, Content), ApiError> {
     let product_id = ProductId::parse(input.product_id).map_err(bad("BAD_PRODUCT_ID"))?;
     let title = input.title.trim().to_owned();
     if title.is_empty() || title.chars().count() > 60 {
@@ -210,39 +217,33 @@ fn product_from_input(
         }
         let market_price = Fen::new(s.market_price.unwrap_or(s.price))
             .map_err(|e| ApiError::bad_request("BAD_PRICE", e.to_string()))?;
-        let wx_sku_id = existing
-            .and_then(|p| p.sku(&sku_id))
-            .and_then(|k| k.wx_sku_id);
         skus.push(Sku {
             sku_id,
             price,
             market_price,
             stock: s.stock,
-            wx_sku_id,
+            wx_sku_id: None,
             attrs: Vec::new(),
         });
     }
-    Ok(Product {
+    Ok((
         product_id,
-        title,
-        path: input.path.unwrap_or_else(|| "pages/product/detail".into()),
-        head_img: input.head_img,
-        third_cat_id: input.third_cat_id,
-        brand_id: input.brand_id,
-        skus,
-        audit: existing.map(|p| p.audit).unwrap_or_default(),
-        reject_reason: existing.and_then(|p| p.reject_reason.clone()),
-        listing: existing.map(|p| p.listing).unwrap_or_default(),
-        wx_product_id: existing.and_then(|p| p.wx_product_id),
-        updated_at_ms: now,
-    })
+        Content {
+            title,
+            path: input.path.unwrap_or_else(|| "pages/product/detail".into()),
+            head_img: input.head_img,
+            third_cat_id: input.third_cat_id,
+            brand_id: input.brand_id,
+            skus,
+        },
+    ))
 }
 
-fn spu(p: &Product) -> Spu {
+fn spu(id: &ProductId, p: &Content) -> Spu {
     Spu {
-        out_product_id: Some(p.product_id.to_string()),
+        out_product_id: Some(id.to_string()),
         title: p.title.clone(),
-        path: format!("{}?product_id={}", p.path, p.product_id),
+        path: format!("{}?product_id={}", p.path, id),
         head_img: p.head_img.clone(),
         third_cat_id: p.third_cat_id,
         brand_id: p.brand_id,
@@ -250,7 +251,7 @@ fn spu(p: &Product) -> Spu {
             .skus
             .iter()
             .map(|s| SpuSku {
-                out_product_id: p.product_id.to_string(),
+                out_product_id: id.to_string(),
                 out_sku_id: s.sku_id.to_string(),
                 thumb_img: p.head_img.first().cloned().unwrap_or_default(),
                 sale_price: s.price,
@@ -286,15 +287,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         } => {
             let id = ProductId::parse(product_id).map_err(bad("BAD_PRODUCT_ID"))?;
             let sku = SkuId::parse(sku_id).map_err(bad("BAD_SKU_ID"))?;
-            let p = modify(app, &id, |p| {
-                let s =
-                    p.skus.iter_mut().find(|s| s.sku_id == sku).ok_or_else(|| {
-                        ApiError::not_found("NO_SUCH_SKU", format!("no sku {sku}"))
-                    })?;
-                s.stock = stock;
-                Ok(())
-            })
-            .await?;
+            let p = set_stock(app, &id, &sku, stock).await?;
             Ok(json(&serde_json::json!({ "product": p })))
         }
         Action::Get { product_id } => {
@@ -306,8 +299,8 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
                 })?;
             Ok(json(&serde_json::json!({ "product": p.value })))
         }
-        Action::Products => {
-            let all = repo::list_products(app.store.as_ref(), repo::ProductFilter::All, 100, None)
+        Action::Products { next } => {
+            let all = repo::list_products(app.store.as_ref(), repo::ProductFilter::All, 100, next)
                 .await?;
             let products: Vec<&Product> = all.0.iter().map(|p| &p.value).collect();
             Ok(json(
@@ -336,27 +329,135 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     }
 }
 
+/// What an upsert does at WeChat, from the stored product and the merchant's version.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// Nothing: WeChat's draft already is this version (under audit or approved).
+    Nothing,
+    /// Stock only, of SKUs WeChat never approved: ours alone.
+    Local,
+    /// Prices or stock of approved SKUs (listed): `spu/update_without_audit`, no audit, on
+    /// sale throughout.
+    WithoutAudit(Vec<SkuId>),
+    /// Something WeChat reviews changed: `spu/add|update`, a new audit.
+    Submit,
+}
+
+fn plan(cur: Option<&Product>, next: &Content) -> Plan {
+    let Some(cur) = cur else {
+        return Plan::Submit;
+    };
+    let online = cur.audit == AuditStatus::Approved && cur.wx_product_id.is_some();
+    let draft_audit = cur.draft_audit();
+    match cur.draft().change_to(next) {
+        ContentChange::Reviewed => Plan::Submit,
+        // A version that never reached WeChat goes there now, whatever changed.
+        _ if draft_audit == AuditStatus::Draft => Plan::Submit,
+        ContentChange::Prices(skus) if online && skus.iter().all(|s| cur.sku(s).is_some()) => {
+            Plan::WithoutAudit(skus)
+        }
+        ContentChange::Prices(_) => Plan::Submit,
+        ContentChange::Stock(skus) if online => {
+            let approved: Vec<SkuId> = skus.into_iter().filter(|s| cur.sku(s).is_some()).collect();
+            if approved.is_empty() {
+                Plan::Local
+            } else {
+                Plan::WithoutAudit(approved)
+            }
+        }
+        ContentChange::Stock(_) => Plan::Local,
+        // The same version again after a rejection: submit it again (a qualification it
+        // lacked may have been approved since).
+        ContentChange::None if draft_audit == AuditStatus::Rejected => Plan::Submit,
+        ContentChange::None => Plan::Nothing,
+    }
+}
+
+/// Sets prices (if `prices`) and stock of `next`'s SKUs wherever the product has them: on
+/// sale and in a pending edit.
+fn apply_skus(p: &mut Product, next: &Content, prices: bool) {
+    let edit_skus = p.edit.as_mut().map(|e| &mut e.content.skus);
+    let targets = p.skus.iter_mut().chain(edit_skus.into_iter().flatten());
+    for s in targets {
+        if let Some(n) = next.skus.iter().find(|n| n.sku_id == s.sku_id) {
+            s.stock = n.stock;
+            if prices {
+                s.price = n.price;
+                s.market_price = n.market_price;
+            }
+        }
+    }
+}
+
+/// Keeps the SKU ids WeChat assigned.
+fn record_wx_ids(p: &mut Product, result: &SpuWriteResult) {
+    p.wx_product_id = Some(result.product_id);
+    let edit_skus = p.edit.as_mut().map(|e| &mut e.content.skus);
+    for s in p.skus.iter_mut().chain(edit_skus.into_iter().flatten()) {
+        if let Some(ids) = result
+            .skus
+            .iter()
+            .find(|k| k.out_sku_id == s.sku_id.as_str())
+        {
+            s.wx_sku_id = Some(ids.sku_id);
+        }
+    }
+}
+
 async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
-    let id = ProductId::parse(input.product_id.clone()).map_err(bad("BAD_PRODUCT_ID"))?;
+    let (id, next) = content_from_input(input)?;
     let existing = repo::get_product(app.store.as_ref(), &id).await?;
     let now = app.clock.now_ms();
-    let mut product = product_from_input(input, existing.as_ref().map(|p| &p.value), now)?;
-    if component_on(app) {
-        // Upload for audit; orderable only once the audit event approves it.
-        let result = upload(app, &product).await.map_err(wx_error)?;
-        product.wx_product_id = Some(result.product_id);
-        product.audit = AuditStatus::Auditing;
-        product.reject_reason = None;
-    } else {
+    let cur = existing.as_ref().map(|p| &p.value);
+    let mut product = match cur {
+        Some(p) => p.clone(),
+        None => Product::new(id.clone(), next.clone(), now),
+    };
+    if !component_on(app) {
+        // Ours alone: sellable as it is.
+        product.set_content(next);
         product.audit = AuditStatus::Approved;
+        product.reject_reason = None;
+        product.edit = None;
+    } else {
+        match plan(cur, &next) {
+            Plan::Nothing => return Ok(product),
+            Plan::Local => apply_skus(&mut product, &next, false),
+            Plan::WithoutAudit(skus) => match without_audit(app, &id, &next, &skus).await {
+                Ok(()) => apply_skus(&mut product, &next, true),
+                Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
+                    // WeChat lost the product (deleted in the console, a fresh sandbox): its
+                    // approval went with it. Upload this version as a new product.
+                    tracing::warn!(product_id = %id, "WeChat lost the approved product; uploading it again");
+                    product.forget_wechat();
+                    return submit(app, existing.as_ref(), product, next, now).await;
+                }
+                Err(e) => return Err(wx_error(e)),
+            },
+            Plan::Submit => return submit(app, existing.as_ref(), product, next, now).await,
+        }
     }
+    if cur == Some(&product) {
+        return Ok(product);
+    }
+    product.updated_at_ms = now;
+    write(app, existing.as_ref(), &product).await?;
+    Ok(product)
+}
+
+/// Writes `product` over `prev` (conditional on its version) or creates it.
+async fn write(
+    app: &App,
+    prev: Option<&Versioned<Product>>,
+    product: &Product,
+) -> Result<(), ApiError> {
     let mut batch = Batch::new();
-    match &existing {
+    match prev {
         None => {
-            batch.create_product(&product);
+            batch.create_product(product);
         }
         Some(prev) => {
-            batch.update_product(prev, &product);
+            batch.update_product(prev, product);
         }
     }
     batch.commit(app.store.as_ref()).await.map_err(|e| {
@@ -365,8 +466,85 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
         } else {
             e.into()
         }
-    })?;
-    Ok(product)
+    })
+}
+
+/// Submits `next` for audit. The submission is stored *before* WeChat hears of it: WeChat
+/// can push its verdict before it answers (a quick audit, a slow answer), and that verdict
+/// must find the submission it decides, not the version before it.
+async fn submit(
+    app: &App,
+    prev: Option<&Versioned<Product>>,
+    mut product: Product,
+    next: Content,
+    now: i64,
+) -> Result<Product, ApiError> {
+    let id = product.product_id.clone();
+    let known = product.wx_product_id.is_some();
+    product.submit_draft(next.clone());
+    product.updated_at_ms = now;
+    write(app, prev, &product).await?;
+    let outcome = upload(app, &id, known, &spu(&id, &next)).await;
+    let ours = |p: &Product| {
+        p.draft_audit() == AuditStatus::Auditing
+            && p.draft().change_to(&next) == ContentChange::None
+    };
+    let stored = match &outcome {
+        Ok(result) => {
+            modify(app, &id, |p| {
+                if result.readded && ours(p) {
+                    // WeChat lost the product and its approval: this version is a first one.
+                    p.forget_wechat();
+                    p.submit_draft(next.clone());
+                }
+                record_wx_ids(p, result);
+                Ok(())
+            })
+            .await?
+        }
+        Err(e) => {
+            // Nothing of it is under audit at WeChat (an audit withdrawn to make room for it
+            // included): say so, unless a later upsert has replaced this submission meanwhile.
+            // The next upsert submits it.
+            tracing::warn!(product_id = %id, error = %e, "submission failed; the draft stays DRAFT");
+            let why = e.to_string();
+            modify(app, &id, |p| {
+                if ours(p) {
+                    p.draft_not_submitted(why.clone());
+                }
+                Ok(())
+            })
+            .await?
+        }
+    };
+    outcome.map_err(wx_error)?;
+    Ok(stored)
+}
+
+/// `spu/update_without_audit`: prices and stock of approved SKUs, effective at once.
+async fn without_audit(
+    app: &App,
+    id: &ProductId,
+    next: &Content,
+    skus: &[SkuId],
+) -> Result<(), WxError> {
+    let req = SpuUpdateWithoutAudit {
+        key: ProductKey::Out(id.to_string()),
+        path: None,
+        skus: next
+            .skus
+            .iter()
+            .filter(|s| skus.contains(&s.sku_id))
+            .map(|s| SkuWithoutAudit {
+                out_sku_id: s.sku_id.to_string(),
+                sale_price: Some(s.price),
+                market_price: Some(s.market_price),
+                stock_num: Some(i64::from(s.stock)),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    app.wx.spu_update_without_audit(&req).await.map(drop)
 }
 
 /// Uploads `product` for audit: `spu/add` for a product WeChat does not know yet, `spu/update`
@@ -377,33 +555,41 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
 ///   failed after `spu/add` succeeded, or a second environment on the same account): update it;
 /// - the product is still under audit (an edit before the verdict): withdraw that audit and
 ///   submit this version, the one the merchant means.
-async fn upload(app: &App, product: &Product) -> Result<SpuWriteResult, WxError> {
-    let spu = spu(product);
-    let first = match product.wx_product_id {
-        Some(_) => app.wx.spu_update(&spu).await,
-        None => app.wx.spu_add(&spu).await,
+async fn upload(
+    app: &App,
+    id: &ProductId,
+    known: bool,
+    spu: &Spu,
+) -> Result<SpuWriteResult, WxError> {
+    let first = if known {
+        app.wx.spu_update(spu).await
+    } else {
+        app.wx.spu_add(spu).await
     };
     match first {
-        Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) && product.wx_product_id.is_some() => {
-            tracing::warn!(product_id = %product.product_id, "WeChat lost the product; uploading it again");
-            app.wx.spu_add(&spu).await
+        Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) && known => {
+            tracing::warn!(product_id = %id, "WeChat lost the product; uploading it again");
+            app.wx.spu_add(spu).await.map(|mut r| {
+                r.readded = true;
+                r
+            })
         }
         Err(e) if e.errcode() == Some(PRODUCT_EXISTS) => {
-            tracing::info!(product_id = %product.product_id, "WeChat already has the product; updating it");
-            resubmit(app, product, &spu).await
+            tracing::info!(product_id = %id, "WeChat already has the product; updating it");
+            resubmit(app, id, spu).await
         }
         Err(e) if e.errcode() == Some(PRODUCT_UNDER_AUDIT) => {
-            withdraw_then_update(app, product, &spu).await
+            withdraw_then_update(app, id, spu).await
         }
         other => other,
     }
 }
 
 /// `spu/update`, withdrawing a pending audit first if WeChat asks for that.
-async fn resubmit(app: &App, product: &Product, spu: &Spu) -> Result<SpuWriteResult, WxError> {
+async fn resubmit(app: &App, id: &ProductId, spu: &Spu) -> Result<SpuWriteResult, WxError> {
     match app.wx.spu_update(spu).await {
         Err(e) if e.errcode() == Some(PRODUCT_UNDER_AUDIT) => {
-            withdraw_then_update(app, product, spu).await
+            withdraw_then_update(app, id, spu).await
         }
         other => other,
     }
@@ -411,14 +597,61 @@ async fn resubmit(app: &App, product: &Product, spu: &Spu) -> Result<SpuWriteRes
 
 async fn withdraw_then_update(
     app: &App,
-    product: &Product,
+    id: &ProductId,
     spu: &Spu,
 ) -> Result<SpuWriteResult, WxError> {
-    tracing::info!(product_id = %product.product_id, "product under audit; withdrawing that audit to submit this version");
+    tracing::info!(product_id = %id, "product under audit; withdrawing that audit to submit this version");
     app.wx
-        .spu_del_audit(&ProductKey::Out(product.product_id.to_string()))
+        .spu_del_audit(&ProductKey::Out(id.to_string()))
         .await?;
     app.wx.spu_update(spu).await
+}
+
+/// Sets a SKU's stock. WeChat shows an approved SKU's stock (`stock_num`; a Channels live
+/// room refuses to list one at 0), so it hears of it first (`spu/update_without_audit`, no
+/// audit); the stock of a SKU it never approved travels with that SKU's next submission.
+async fn set_stock(
+    app: &App,
+    id: &ProductId,
+    sku: &SkuId,
+    stock: u32,
+) -> Result<Product, ApiError> {
+    let p = repo::get_product(app.store.as_ref(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))?
+        .value;
+    let online = p.audit == AuditStatus::Approved && p.wx_product_id.is_some();
+    if component_on(app) && online && p.sku(sku).is_some() {
+        let req = SpuUpdateWithoutAudit {
+            key: ProductKey::Out(id.to_string()),
+            path: None,
+            skus: vec![SkuWithoutAudit {
+                out_sku_id: sku.to_string(),
+                stock_num: Some(i64::from(stock)),
+                ..Default::default()
+            }],
+        };
+        app.wx
+            .spu_update_without_audit(&req)
+            .await
+            .map_err(wx_error)?;
+    }
+    modify(app, id, |p| {
+        let edit_skus = p.edit.as_mut().map(|e| &mut e.content.skus);
+        let mut found = false;
+        for s in p.skus.iter_mut().chain(edit_skus.into_iter().flatten()) {
+            if &s.sku_id == sku {
+                s.stock = stock;
+                found = true;
+            }
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(ApiError::not_found("NO_SUCH_SKU", format!("no sku {sku}")))
+        }
+    })
+    .await
 }
 
 async fn set_listing(app: &App, id: &ProductId, listing: Listing) -> Result<Product, ApiError> {

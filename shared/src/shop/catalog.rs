@@ -275,6 +275,9 @@ pub struct SpuWriteResult {
     pub create_time: Option<String>,
     pub update_time: Option<String>,
     pub skus: Vec<SkuIds>,
+    /// Ours, not WeChat's: the product was added again because WeChat had lost it.
+    #[serde(skip)]
+    pub readded: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -1421,6 +1421,8 @@ fn product(id: &ProductId, audit: AuditStatus) -> Product {
         listing: Listing::Listed,
         wx_product_id: None,
         updated_at_ms: 0,
+        submit_error: None,
+        edit: None,
     }
 }
 
