@@ -5,11 +5,12 @@
 'use strict';
 
 module.exports = {
-  // The HTTP API of the wxshop stack (its invoke URL from the stack outputs), no trailing slash.
-  // It must also be whitelisted as a "request legal domain" (request 合法域名) in the
-  // mini program's admin console. For local development against `wxlocal serve`, use
+  // The stack's public host: `https://` + its DomainName parameter (the RequestDomain output),
+  // no trailing slash. It must be an ICP-filed HTTPS domain, whitelisted as a "request legal
+  // domain" (request 合法域名) in the mini program's admin console; API Gateway's own
+  // execute-api URL cannot be filed. For local development against `wxlocal serve`, use
   // http://127.0.0.1:8787 and tick "do not verify legal domains" in the developer tools.
-  baseUrl: 'https://abc123.execute-api.ap-east-1.amazonaws.com',
+  baseUrl: 'https://shop.example.com',
 
   // Storage key for the session ({ token, expires_at, openid }).
   storageKey: 'wxshop.session',

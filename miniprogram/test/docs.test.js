@@ -42,3 +42,44 @@ test('the miniprogram README tells phone users how to make wxlocal listen beyond
     assert.ok(lan.includes(m[1]), `the README should name the default address ${m[1]}`);
   }
 });
+
+test('the client and its README point the mini program at the filed domain, not execute-api', () => {
+  // docs/DEPLOY.md: the mini program may only call an ICP-filed HTTPS domain (DomainName);
+  // API Gateway's own URL cannot be filed, so devices refuse it.
+  assert.match(read('docs/DEPLOY.md'), /ICP-filed/);
+  const config = read('miniprogram/config.js');
+  const base = /baseUrl:\s*'([^']+)'/.exec(config);
+  assert.ok(base, 'no baseUrl in miniprogram/config.js');
+  assert.doesNotMatch(base[1], /execute-api/, 'config.js baseUrl is an execute-api URL');
+  const settings = read('miniprogram/README.md').split('\n\n').find((p) => /request legal domain/.test(p));
+  assert.ok(settings, 'the README no longer says which request legal domain to add');
+  assert.match(settings, /DomainName/);
+});
+
+test('the error codes the client README gives as examples are codes the server sends', () => {
+  const readme = read('miniprogram/README.md');
+  const line = readme.split('\n').find((l) => /`code` is the server's/.test(l));
+  assert.ok(line, 'no example codes line in miniprogram/README.md');
+  const sources = ['shared/src/handlers', 'shared/src']
+    .flatMap((d) => fs.readdirSync(path.join(REPO, d)).filter((f) => f.endsWith('.rs')).map((f) => read(`${d}/${f}`)))
+    .join('\n');
+  for (const m of line.matchAll(/`([A-Z][A-Z_]+)`/g)) {
+    assert.ok(sources.includes(`"${m[1]}"`), `README example code ${m[1]} is not a code the server sends`);
+  }
+});
+
+test('the client README and wxshop.js state the unifiedOrder timeouts as the template sets them', () => {
+  const template = read('infra/template.yaml');
+  const fn = /UnifiedOrderFunction:[\s\S]*?Timeout:\s*(\d+)/.exec(template);
+  assert.ok(fn, 'no UnifiedOrderFunction Timeout in infra/template.yaml');
+  const fnSecs = Number(fn[1]);
+  const client = read('miniprogram/wxshop.js');
+  const ms = /requestTimeoutMs:\s*(\d+)/.exec(client);
+  assert.ok(ms, 'no requestTimeoutMs default in wxshop.js');
+  const clientSecs = Number(ms[1]) / 1000;
+  assert.ok(clientSecs <= fnSecs, `the client's ${clientSecs} s outlasts the function's ${fnSecs} s`);
+  const readme = read('miniprogram/README.md');
+  assert.ok(readme.includes(`(${clientSecs} s)`), `the README does not give the client's ${clientSecs} s`);
+  assert.ok(readme.includes(`${fnSecs} s`), `the README does not give unifiedOrder's ${fnSecs} s`);
+  assert.doesNotMatch(readme + client, /timeout (\(\d+ s\) )?equals the (server )?function'?s/i);
+});
