@@ -47,6 +47,14 @@ fn order_path(app: &App, no: &OutTradeNo) -> String {
     format!("{}?out_trade_no={no}", app.config.order_path)
 }
 
+/// 400 for an order the trading component takes without a delivery address.
+pub fn address_required() -> ApiError {
+    ApiError::bad_request(
+        "ADDRESS_REQUIRED",
+        "this order goes through WeChat's trading component, which needs `address` {receiver_name, detailed_address, tel_number}",
+    )
+}
+
 /// `shop/order/add` for a priced order (with the prepay id when WeChat Pay is ours).
 pub async fn add_order(
     app: &App,
@@ -74,10 +82,7 @@ pub async fn add_order(
         .collect();
     let secondary = order.fund_type == FundType::SecondaryMerchant;
     if order.address.is_none() {
-        return Err(ApiError::bad_request(
-            "ADDRESS_REQUIRED",
-            "this order goes through WeChat's trading component, which needs `address` {receiver_name, detailed_address, tel_number}",
-        ));
+        return Err(address_required());
     }
     let req = OrderAddRequest {
         create_time: Some(beijing_datetime(now)),

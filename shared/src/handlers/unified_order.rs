@@ -101,6 +101,14 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             ));
         }
     }
+    // An order that certainly goes through the trading component needs an address: refused
+    // before anything is made (with `scene`, only the scene check can tell; see `prepay`).
+    if address.is_none()
+        && (app.config.trading_component == TradingComponent::Always
+            || app.config.fund_type == FundType::SecondaryMerchant)
+    {
+        return Err(super::shop_orders::address_required());
+    }
     let Some(key) = key else {
         let attempt = Reservation {
             out_trade_no: OutTradeNo::generate(app.clock.now_ms()),
@@ -578,7 +586,21 @@ async fn needs_component(app: &App, scene: Option<u32>) -> Result<bool, ApiError
                 .await
                 .map(|c| c.matched())
                 .map_err(|e| {
-                    ApiError::unavailable("WECHAT_UNAVAILABLE", format!("scene check failed: {e}"))
+                    if e.is_retryable() {
+                        return ApiError::unavailable(
+                            "WECHAT_UNAVAILABLE",
+                            format!("scene check failed: {e}"),
+                        );
+                    }
+                    // Not the buyer's to retry: no permission, or the API retired (WeChat
+                    // marks `scene/check` "to be abandoned"). Every order with a scene fails
+                    // until the operator picks a mode that does not ask.
+                    tracing::error!(error = %e, "WeChat refused shop/scene/check: set WX_TRADING_COMPONENT to always or off");
+                    ApiError::new(
+                        http::StatusCode::BAD_GATEWAY,
+                        "SCENE_CHECK_REFUSED",
+                        "this shop cannot take orders from this scene right now; the shop's settings need attention",
+                    )
                 }),
         },
     }
@@ -593,6 +615,10 @@ async fn prepay(
     let now = app.clock.now_ms();
     let use_component = order.fund_type == FundType::SecondaryMerchant
         || (component_on(app) && needs_component(app, order.scene).await?);
+    if use_component && order.address.is_none() {
+        // Before WeChat Pay opens anything: the component order needs the address.
+        return Err(super::shop_orders::address_required());
+    }
 
     let payment = if order.fund_type == FundType::SecondaryMerchant {
         // WeChat collects the money: the component order is the payment.

@@ -1,0 +1,171 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! The trading-component modes other than `always` (which every other e2e test runs), over
+//! HTTP as the mini program and WeChat would: `off` (the template's default: WeChat Pay only,
+//! nothing mirrored) and `scene` (the component only for scenes `shop/scene/check` matches).
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use wxlocal::gateway::Running;
+
+#[path = "reliability_support.rs"]
+mod support;
+use support::{stack_with, Client};
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn address() -> Value {
+    json!({"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"})
+}
+
+async fn buy(c: &Client, token: &str, scene: Option<u32>, address: Option<Value>) -> (u16, Value) {
+    let mut body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}]});
+    if let Some(s) = scene {
+        body["scene"] = json!(s);
+    }
+    if let Some(a) = address {
+        body["address"] = a;
+    }
+    c.post("/fn/unifiedOrder", Some(token), &body).await
+}
+
+fn calls(r: &Running, api: &str) -> usize {
+    r.sandbox.calls(api).len()
+}
+
+async fn status(c: &Client, token: &str, no: &str) -> Value {
+    c.post("/fn/queryOrder", Some(token), &json!({"out_trade_no": no}))
+        .await
+        .1["order"]
+        .clone()
+}
+
+/// `off`: a purchase and its refund run on WeChat Pay alone — no address needed, no
+/// component order, no after-sale mirrored.
+#[tokio::test]
+async fn with_the_component_off_a_purchase_and_its_refund_use_wechat_pay_alone() {
+    let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("olga").await;
+    let (s, order) = buy(&c, &token, Some(1177), None).await;
+    assert_eq!(s, 200, "{order}");
+    assert!(order.get("orderInfo").is_none(), "{order}");
+    assert!(order.get("ticket").is_none(), "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("PAID", || async {
+        status(&c, &token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let (s, applied) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{applied}");
+    let id = applied["aftersale"]["aftersale_id"].as_str().unwrap();
+    let (s, v) = c
+        .post(
+            "/admin/aftersaleSync",
+            Some(&c.admin_token),
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("REFUNDED", || async {
+        status(&c, &token, &no).await["status"] == "REFUNDED"
+    })
+    .await;
+    for api in [
+        "shop/scene/check",
+        "shop/order/add",
+        "shop/order/pay",
+        "shop/ecaftersale/add",
+    ] {
+        assert_eq!(calls(&r, api), 0, "{api} called with the component off");
+    }
+    assert_eq!(calls(&r, "secapi/pay/refund"), 1);
+}
+
+/// `scene`: a scene `shop/scene/check` matches goes through the component (its ticket and
+/// `orderInfo` for `wx.requestOrderPayment`), another does not. Such an order without an
+/// address is refused before WeChat Pay opens anything. A scene check WeChat refuses for good
+/// (no permission, the API retired) is the shop's problem, not one to retry (502); a busy one
+/// is (503).
+#[tokio::test]
+async fn with_scene_check_only_matching_scenes_use_the_component() {
+    let r = stack_with(&[("WX_TRADING_COMPONENT", "scene")]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("sami").await;
+
+    let (s, plain) = buy(&c, &token, Some(1001), None).await;
+    assert_eq!(s, 200, "{plain}");
+    assert!(plain.get("orderInfo").is_none(), "{plain}");
+    assert_eq!(calls(&r, "shop/order/add"), 0);
+
+    let (s, channels) = buy(&c, &token, Some(1177), Some(address())).await;
+    assert_eq!(s, 200, "{channels}");
+    assert!(channels["ticket"].is_string(), "{channels}");
+    assert_eq!(
+        channels["orderInfo"]["out_order_id"], channels["out_trade_no"],
+        "{channels}"
+    );
+    assert_eq!(calls(&r, "shop/order/add"), 1);
+
+    let prepays = calls(&r, "pay/unifiedorder");
+    let (s, v) = buy(&c, &token, Some(1177), None).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "ADDRESS_REQUIRED", "{v}");
+    assert_eq!(
+        calls(&r, "pay/unifiedorder"),
+        prepays,
+        "WeChat Pay was asked to open an order the component would refuse"
+    );
+
+    for (errcode, status, code) in [
+        (48001, 502, "SCENE_CHECK_REFUSED"),
+        (-1, 503, "WECHAT_UNAVAILABLE"),
+    ] {
+        c.post(
+            "/sandbox/_control/faults",
+            None,
+            &json!({"path": "shop/scene/check", "mode": "errcode", "errcode": errcode, "count": 1}),
+        )
+        .await;
+        let (s, v) = buy(&c, &token, Some(1177), Some(address())).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (status, Some(code)),
+            "{errcode}: {v}"
+        );
+    }
+}
+
+/// `always`: an order without an address is refused before anything is made — no order, no
+/// stock taken, nothing asked of WeChat.
+#[tokio::test]
+async fn with_the_component_always_on_no_address_makes_nothing() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("ali").await;
+    let (s, v) = buy(&c, &token, None, None).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "ADDRESS_REQUIRED", "{v}");
+    assert_eq!(calls(&r, "pay/unifiedorder"), 0);
+    let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
+    assert_eq!(list["orders"], json!([]), "{list}");
+}
