@@ -471,3 +471,42 @@ async fn the_product_list_pages_past_100() {
     assert!(seen.contains("tea") && seen.contains("p000") && seen.contains("p100"));
     r.stop();
 }
+
+/// WeChat does not promise to deliver a push. An audit verdict whose push never came is found
+/// by the schedule: once a submission has waited past its grace period, WeChat's draft is read
+/// and its verdict applied. One lost push used to leave the edit under audit for good.
+#[tokio::test]
+async fn a_verdict_whose_push_never_came_is_found_by_the_schedule() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing green tea 250 g, autumn", 2300, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    // WeChat approves; its push is lost.
+    r.sandbox.set_push_url(None);
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "tea", "approve": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Within the grace period the schedule leaves it to the push.
+    wxshop::handlers::order_sync::on_schedule(&r.app).await;
+    assert_eq!(get_product(&c, "tea").await["edit"]["audit"], "AUDITING");
+    r.app.clock.advance(11 * 60_000);
+    let report = wxshop::handlers::order_sync::on_schedule(&r.app).await;
+    let p = get_product(&c, "tea").await;
+    assert!(p["edit"].is_null(), "still under audit: {p}");
+    assert_eq!(p["title"], "Longjing green tea 250 g, autumn", "{p}");
+    assert_eq!(p["audit"], "APPROVED", "{p}");
+    assert_eq!(report["audits"]["decided"], 1, "{report}");
+}

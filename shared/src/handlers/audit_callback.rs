@@ -221,6 +221,18 @@ async fn on_spu_audit(app: &App, body: &push::SpuAudit) -> Result<(), ApiError> 
     let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
         return Ok(());
     };
+    apply_wechat_verdict(app, &id, &body.reject_reason).await
+}
+
+/// Applies the verdict WeChat's draft of `id` carries (`spu/get`, `need_edit_spu=1`) to the
+/// submission we hold as under audit; nothing when WeChat has not decided. `pushed_reason` is
+/// the push's reject reason, used when the draft carries none. Called for an audit push and by
+/// the schedule's [`super::catalog_sync::sweep_audits`], for verdicts whose push never came.
+pub(super) async fn apply_wechat_verdict(
+    app: &App,
+    id: &ProductId,
+    pushed_reason: &str,
+) -> Result<(), ApiError> {
     let key = ProductKey::Out(id.to_string());
     let draft = match app.wx.spu_get(&key, true).await {
         Ok(d) => d,
@@ -242,12 +254,12 @@ async fn on_spu_audit(app: &App, body: &push::SpuAudit) -> Result<(), ApiError> 
         .as_ref()
         .and_then(|a| a.reject_reason.clone())
         .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| body.reject_reason.clone());
+        .unwrap_or_else(|| pushed_reason.to_owned());
     let edit_status = draft.edit_status;
     if !matches!(edit_status, 3 | 4) {
         tracing::info!(out_product_id = %id, edit_status, "audit event, but WeChat's draft is not decided (a later submission?); nothing to apply");
     }
-    update_product(app, &id, |p| {
+    update_product(app, id, |p| {
         if p.draft_audit() != AuditStatus::Auditing {
             return;
         }

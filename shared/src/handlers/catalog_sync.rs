@@ -679,3 +679,63 @@ async fn modify(
         .await?
         .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))
 }
+
+/// How long a submission waits for its audit push before the schedule asks WeChat itself.
+const AUDIT_PUSH_GRACE_MS: i64 = 10 * 60_000;
+/// At most this many products are asked about per run (one `spu/get` each).
+const AUDIT_SWEEP_MAX: usize = 50;
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct AuditSweepReport {
+    pub checked: usize,
+    pub asked: usize,
+    pub decided: usize,
+}
+
+/// Verdicts whose push never came. WeChat does not promise to deliver message pushes
+/// (WECHAT_SHOP.md: poll `spu/get`), and one lost `open_product_spu_audit` left a product under
+/// audit, unsellable, for good. On each schedule run, submissions under audit for longer than
+/// [`AUDIT_PUSH_GRACE_MS`] have WeChat's draft read and its verdict applied, exactly as the
+/// push would have. An edit of an approved product keeps the product's own status, so the
+/// sweep reads every product, not only those indexed as `AUDITING`.
+pub async fn sweep_audits(app: &App) -> Result<AuditSweepReport, ApiError> {
+    let mut report = AuditSweepReport::default();
+    if !component_on(app) {
+        return Ok(report);
+    }
+    let now = app.clock.now_ms();
+    let mut cursor = None;
+    loop {
+        let (page, next) =
+            repo::list_products(app.store.as_ref(), repo::ProductFilter::All, 100, cursor).await?;
+        for p in page {
+            report.checked += 1;
+            let p = p.value;
+            if p.draft_audit() != AuditStatus::Auditing
+                || now.saturating_sub(p.updated_at_ms) < AUDIT_PUSH_GRACE_MS
+            {
+                continue;
+            }
+            if report.asked == AUDIT_SWEEP_MAX {
+                return Ok(report);
+            }
+            report.asked += 1;
+            match super::audit_callback::apply_wechat_verdict(app, &p.product_id, "").await {
+                Ok(()) => {
+                    let after = repo::get_product(app.store.as_ref(), &p.product_id).await?;
+                    if after.is_some_and(|a| a.value.draft_audit() != AuditStatus::Auditing) {
+                        report.decided += 1;
+                        tracing::info!(product_id = %p.product_id, "audit verdict found by the sweep (its push never came)");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(product_id = %p.product_id, error = %e, "audit sweep: WeChat not asked successfully; next run");
+                }
+            }
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return Ok(report),
+        }
+    }
+}

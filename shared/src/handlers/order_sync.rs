@@ -166,13 +166,19 @@ pub async fn on_schedule(app: &App) -> serde_json::Value {
         tracing::error!(error = %e, "sweep failed");
         SweepReport::default()
     });
+    let audits = super::catalog_sync::sweep_audits(app)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "audit sweep failed");
+            super::catalog_sync::AuditSweepReport::default()
+        });
     // Expired records (sessions, idempotency keys, replay guards) are invisible already; on
     // SQLite this reclaims their space, on DynamoDB TTL does it and this is a no-op.
     let purged = app.store.purge_expired().await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "purge failed");
         0
     });
-    serde_json::json!({ "drained": drained, "swept": swept, "purged": purged })
+    serde_json::json!({ "drained": drained, "swept": swept, "audits": audits, "purged": purged })
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
