@@ -510,3 +510,40 @@ async fn a_verdict_whose_push_never_came_is_found_by_the_schedule() {
     assert_eq!(p["audit"], "APPROVED", "{p}");
     assert_eq!(report["audits"]["decided"], 1, "{report}");
 }
+
+/// Stopping sales does not wait for WeChat: a delisting WeChat fails to take still stops
+/// orders here at once (every order goes through unifiedOrder), and says that WeChat still
+/// lists the product; the same call again delists it there too. It used to leave the product
+/// on sale here until WeChat answered.
+#[tokio::test]
+async fn a_delisting_wechat_fails_still_stops_sales_here() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    assert!(buy_tea(&c, &token).await.is_ok());
+    c.post(
+        "/sandbox/_control/faults",
+        None,
+        &json!({"path": "shop/spu/delisting", "mode": "http500", "count": 1}),
+    )
+    .await;
+    let delist = json!({"action": "delisting", "product_id": "tea"});
+    let (s, v) = c.admin("/admin/catalogSync", &delist).await;
+    assert!(s >= 500, "{s} {v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("WeChat still lists it"),
+        "{v}"
+    );
+    let refused = buy_tea(&c, &token).await.unwrap_err();
+    assert_eq!(get_product(&c, "tea").await["listing"], "DELISTED");
+    assert!(
+        refused["message"].as_str().unwrap().contains("not listed"),
+        "{refused}"
+    );
+    let (s, v) = c.admin("/admin/catalogSync", &delist).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(r.sandbox.calls("shop/spu/delisting").len(), 2);
+}

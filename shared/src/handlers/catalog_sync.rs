@@ -654,14 +654,36 @@ async fn set_stock(
     .await
 }
 
+/// Listing asks WeChat first: a product goes on sale here only once WeChat lists it.
+/// Delisting stops sales here first, whatever WeChat answers: every order is placed through
+/// `unifiedOrder`, so a product delisted here cannot be bought even while WeChat still shows
+/// it; WeChat's refusal or silence is then reported, and the same call again delists it there.
 async fn set_listing(app: &App, id: &ProductId, listing: Listing) -> Result<Product, ApiError> {
-    if component_on(app) {
-        let key = ProductKey::Out(id.to_string());
-        match listing {
-            Listing::Listed => app.wx.spu_listing(&key).await,
-            Listing::Delisted => app.wx.spu_delisting(&key).await,
+    let key = ProductKey::Out(id.to_string());
+    if listing == Listing::Delisted {
+        let product = modify(app, id, |p| {
+            p.listing = Listing::Delisted;
+            Ok(())
+        })
+        .await?;
+        if component_on(app) {
+            if let Err(e) = app.wx.spu_delisting(&key).await {
+                let e = wx_error(e);
+                tracing::warn!(product_id = %id, error = %e, "delisted here; WeChat's delisting failed");
+                return Err(ApiError::new(
+                    e.status,
+                    e.code,
+                    format!(
+                        "{id} is no longer sold here, but WeChat still lists it ({}); delist again to retry at WeChat",
+                        e.message
+                    ),
+                ));
+            }
         }
-        .map_err(wx_error)?;
+        return Ok(product);
+    }
+    if component_on(app) {
+        app.wx.spu_listing(&key).await.map_err(wx_error)?;
     }
     modify(app, id, |p| {
         p.listing = listing;
