@@ -506,6 +506,8 @@ function createClient(options) {
     if (params.address) data.address = params.address;
     var scene = enterScene();
     if (scene !== undefined && !isNaN(scene)) data.scene = scene;
+    // `traceId` from the page's wx.checkBeforeAddOrder, forwarded to shop/order/add.
+    if (params.traceId) data.trace_id = params.traceId;
     return placeOrder(data)
       .then(function (r) {
         var result = r.result;

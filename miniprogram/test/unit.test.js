@@ -297,11 +297,13 @@ test('buy: forwards the delivery address only when given', async () => {
   const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
   const items = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
   const address = { receiver_name: 'Alice', detailed_address: '1 Tea St', tel_number: '13800000000' };
-  await c.buy({ items, address });
+  await c.buy({ items, address, traceId: 'tr-1' });
   await c.buy({ items });
   const sent = wx.calls.filter((x) => x.name === 'unifiedOrder').map((x) => x.data);
   assert.deepEqual(sent[0].address, address);
+  assert.equal(sent[0].trace_id, 'tr-1', 'the pre-order check\'s traceId is forwarded');
   assert.equal('address' in sent[1], false);
+  assert.equal('trace_id' in sent[1], false);
 });
 
 test('addressFromWx maps a wx.chooseAddress result', () => {

@@ -169,3 +169,24 @@ async fn with_the_component_always_on_no_address_makes_nothing() {
     let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
     assert_eq!(list["orders"], json!([]), "{list}");
 }
+
+/// The mini program's pre-order check (`wx.checkBeforeAddOrder`) gives a `traceId`, which
+/// attributes Channels sales: `unifiedOrder` passes it to `shop/order/add`. A malformed one is
+/// refused before anything is made.
+#[tokio::test]
+async fn the_pre_order_checks_trace_id_reaches_the_component_order() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("tina").await;
+    let mut body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+                          "address": address(), "trace_id": "tr-3f9a-77"});
+    let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert_eq!(s, 200, "{v}");
+    let added = r.sandbox.calls("shop/order/add");
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0]["trace_id"], "tr-3f9a-77", "{:?}", added[0]);
+    body["trace_id"] = json!("not a trace id");
+    let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("BAD_TRACE_ID")), "{v}");
+    assert_eq!(r.sandbox.calls("shop/order/add").len(), 1);
+}

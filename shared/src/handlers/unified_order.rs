@@ -64,6 +64,30 @@ struct UnifiedOrderRequest {
     /// Delivery address; required when the order goes through the trading component.
     #[serde(default)]
     address: Option<Address>,
+    /// `traceId` from the mini program's `wx.checkBeforeAddOrder`, for `shop/order/add`
+    /// (attribution of Channels sales). Not part of the request an idempotency key names.
+    #[serde(default)]
+    trace_id: Option<String>,
+}
+
+/// Where an order comes from: the mini program's scene and its pre-order check's trace id.
+#[derive(Clone, Debug, Default)]
+struct Origin {
+    scene: Option<u32>,
+    trace_id: Option<String>,
+}
+
+/// A trace id as `wx.checkBeforeAddOrder` gives it: printable ASCII, 1–128 characters.
+fn check_trace_id(t: Option<String>) -> Result<Option<String>, ApiError> {
+    match t {
+        None => Ok(None),
+        Some(t) if t.is_empty() => Ok(None),
+        Some(t) if t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(t)),
+        Some(_) => Err(ApiError::bad_request(
+            "BAD_TRACE_ID",
+            "`trace_id` must be the traceId wx.checkBeforeAddOrder gave (printable, ≤128 characters)",
+        )),
+    }
 }
 
 /// The result (contract: ARCHITECTURE.md). `payment` spreads into `wx.requestPayment`.
@@ -92,6 +116,10 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         .map(str::to_owned)
         .or(body.idempotency_key.clone());
     let address = body.address.clone();
+    let origin = Origin {
+        scene: body.scene,
+        trace_id: check_trace_id(body.trace_id.clone())?,
+    };
     let ip = client_ip(&req);
     if let Some(a) = &address {
         if !a.is_valid() {
@@ -114,7 +142,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             out_trade_no: OutTradeNo::generate(app.clock.now_ms()),
             ip,
         };
-        let result = place(app, &attempt, false, &openid, &lines, body.scene, address)
+        let result = place(app, &attempt, false, &openid, &lines, &origin, address)
             .await
             .map_err(|f| f.error)?;
         return Ok(json(&result));
@@ -195,7 +223,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         resumed,
         &openid,
         &lines,
-        body.scene,
+        &origin,
         address,
     )
     .await;
@@ -355,7 +383,7 @@ async fn create_priced_order(
     resumed: bool,
     openid: &OpenId,
     lines: &[Line],
-    scene: Option<u32>,
+    origin: &Origin,
     address: Option<Address>,
 ) -> Result<(Order, bool), ApiError> {
     // Buyers of the same product in this process take turns (see `take_turns`): without
@@ -443,8 +471,8 @@ async fn create_priced_order(
             paid_at_ms: None,
             wx_order_id: None,
             ticket: None,
-            scene,
-            trace_id: None,
+            scene: origin.scene,
+            trace_id: origin.trace_id.clone(),
             delivery: None,
             address: address.clone(),
             refunded: Fen::ZERO,
@@ -473,11 +501,11 @@ async fn place(
     resumed: bool,
     openid: &OpenId,
     lines: &[Line],
-    scene: Option<u32>,
+    origin: &Origin,
     address: Option<Address>,
 ) -> Result<UnifiedOrderResult, PlaceError> {
     let no = &reservation.out_trade_no;
-    let (order, made_now) = create_priced_order(app, no, resumed, openid, lines, scene, address)
+    let (order, made_now) = create_priced_order(app, no, resumed, openid, lines, origin, address)
         .await
         .map_err(|error| PlaceError {
             // A refusal (sold out, not for sale, …) comes before the write; a store failure
