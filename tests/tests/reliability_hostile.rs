@@ -705,3 +705,46 @@ async fn plaintext_push_signatures_hold_for_one_body_and_only_near_their_time() 
     assert_eq!(r.sandbox.calls("shop/spu/get").len(), asked + 1);
     assert_eq!(audit().await, "APPROVED");
 }
+
+/// A verdict the merchant is to read (a brand audit) is kept as the message read, not as the
+/// request body: in safe mode the body is only ciphertext, which told the merchant nothing.
+#[tokio::test]
+async fn a_safe_mode_push_is_kept_readable() {
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    let r = stack_with(&[("WX_PUSH_AES_KEY", AES)]).await;
+    let c = Client::new(&r);
+    let token = "localpushtoken";
+    let ts = r.app.clock.now_secs().to_string();
+    let msg = json!({"ToUserName": "gh_abc", "FromUserName": "o_wechat", "CreateTime": ts.parse::<i64>().unwrap(),
+        "MsgType": "event", "Event": "open_product_brand_audit",
+        "QualificationAuditResult": {"audit_id": "AUD-77", "status": 1, "audit_type": 1,
+                                      "reject_reason": "", "brand_id": 2100000777u64}})
+    .to_string();
+    let cfg = wxshop::push::PushConfig::new(&r.app.config.appid, token, Some(AES)).unwrap();
+    let (envelope, sig) = wxshop::push::encrypt(&cfg, &msg, &ts, "n-brand").unwrap();
+    let query = wxshop::push::PushQuery::signed_aes(token, &ts, "n-brand", &sig).to_query_string();
+    let resp = c
+        .http
+        .post(format!("{}/callbacks/wechat?{query}", c.base))
+        .body(envelope)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let kept = wxshop::store::repo::get_event(r.app.store.as_ref(), "push", &{
+        let parsed = wxshop::push::PushEvent::from_message(
+            &wxshop::push::decode_message(msg.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        parsed.dedupe_key()
+    })
+    .await
+    .unwrap()
+    .expect("the verdict is recorded");
+    assert!(
+        kept.value.body.contains("2100000777"),
+        "{}",
+        kept.value.body
+    );
+    assert!(kept.value.body.contains("AUD-77"), "{}", kept.value.body);
+}

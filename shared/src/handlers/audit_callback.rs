@@ -60,18 +60,13 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             // Verified but not the documented shape: keep it raw, acknowledge.
             tracing::warn!(error = %e, "push event with an unexpected shape; kept raw");
             let key = format!("malformed/{}", hex::encode(Sha256::digest(req.body())));
-            let ev = EventRecord::new(
-                "push",
-                key,
-                app.clock.now_ms(),
-                String::from_utf8_lossy(req.body()).into_owned(),
-            );
+            let ev = EventRecord::new("push", key, app.clock.now_ms(), readable_body(&msg));
             repo::record_event(app.store.as_ref(), &ev).await?;
             return Ok(text(StatusCode::OK, push::reply_success(), "text/plain"));
         }
     };
     let key = event.dedupe_key();
-    let body = String::from_utf8_lossy(req.body()).into_owned();
+    let body = readable_body(&msg);
     let ev = EventRecord::new("push", key.clone(), app.clock.now_ms(), body);
     if repo::get_event(app.store.as_ref(), "push", &key)
         .await?
@@ -86,6 +81,12 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     repo::record_event(app.store.as_ref(), &ev).await?;
     tracing::info!(event = event.name(), "push event applied");
     Ok(text(StatusCode::OK, push::reply_success(), "text/plain"))
+}
+
+/// What is kept of a push for the merchant: the message as read (in safe mode, decrypted),
+/// as JSON — not the request body, which in safe mode is only ciphertext.
+fn readable_body(msg: &push::PushMessage) -> String {
+    serde_json::to_string(&msg.raw).unwrap_or_default()
 }
 
 /// How far a plaintext-mode push's `timestamp` may be from our clock, either way. WeChat
