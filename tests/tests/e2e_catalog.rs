@@ -547,3 +547,52 @@ async fn a_delisting_wechat_fails_still_stops_sales_here() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(r.sandbox.calls("shop/spu/delisting").len(), 2);
 }
+
+/// The pass-throughs that touch what we keep keep it true: a review withdrawn with
+/// `shop/spu/del_audit` leaves the edit a draft not submitted (it used to wait under audit for
+/// a verdict that never comes), and `shop/cat/get` (~2 MB, rate-limited) is answered from the
+/// hour-long category cache instead of asking WeChat each time.
+#[tokio::test]
+async fn pass_throughs_keep_what_we_hold_true() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing green tea 250 g, winter", 2300, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "wechat", "api": "shop/spu/del_audit", "body": {"out_product_id": "tea"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let p = get_product(&c, "tea").await;
+    assert_eq!(p["edit"]["audit"], "DRAFT", "{p}");
+    assert_eq!(p["audit"], "APPROVED", "the version on sale stays: {p}");
+
+    let cat = json!({"action": "wechat", "api": "shop/cat/get", "body": {}});
+    let (s, first) = c.admin("/admin/catalogSync", &cat).await;
+    assert_eq!(s, 200, "{first}");
+    assert!(
+        first["third_cat_list"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
+        "{first}"
+    );
+    let asked = r.sandbox.calls("shop/cat/get").len();
+    let (s, second) = c.admin("/admin/catalogSync", &cat).await;
+    assert_eq!(s, 200, "{second}");
+    assert_eq!(second["third_cat_list"], first["third_cat_list"]);
+    assert_eq!(
+        r.sandbox.calls("shop/cat/get").len(),
+        asked,
+        "asked WeChat again"
+    );
+}

@@ -111,8 +111,32 @@ const PASS_THROUGH: &[&str] = &[
     "shop/audit/get_miniapp_certificate",
     "shop/spu/get",
     "shop/spu/get_list",
-    "shop/spu/del_audit",
+    DEL_AUDIT,
 ];
+
+/// Withdraws a submission from audit (the product back to `edit_status` 1 at WeChat).
+const DEL_AUDIT: &str = "shop/spu/del_audit";
+
+/// A `del_audit` WeChat took: the submission we hold as under audit is no longer at WeChat, so
+/// it becomes a draft not submitted (the next upsert submits it) instead of waiting for a
+/// verdict that will never come.
+async fn audit_withdrawn(app: &App, body: &serde_json::Value) -> Result<(), ApiError> {
+    let Some(id) = body
+        .get("out_product_id")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|s| ProductId::parse(s.to_owned()).ok())
+    else {
+        return Ok(()); // named by WeChat's product_id only: nothing of ours to find by it
+    };
+    super::common::update_product(app, &id, |p| {
+        if p.draft_audit() == AuditStatus::Auditing {
+            p.draft_not_submitted("review withdrawn (shop/spu/del_audit)".into());
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
 
 /// The one pass-through WeChat takes as multipart form fields, not JSON.
 const IMG_UPLOAD: &str = "shop/img/upload";
@@ -323,7 +347,18 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             if api == IMG_UPLOAD {
                 return img_upload(app, body).await;
             }
+            if api == "shop/cat/get" {
+                // ~2 MB, rate-limited by WeChat: the client's hour-long cache answers.
+                let list = app.wx.cat_get().await.map_err(wx_error)?;
+                return Ok(json(&serde_json::json!({
+                    "errcode": 0,
+                    "third_cat_list": list.as_ref(),
+                })));
+            }
             let reply: serde_json::Value = app.wx.post_json(api, &body).await.map_err(wx_error)?;
+            if api == DEL_AUDIT {
+                audit_withdrawn(app, &body).await?;
+            }
             Ok(json(&reply))
         }
     }
