@@ -72,8 +72,11 @@ pub struct LocalVars {
     defaults: HashMap<String, String>,
     store_flag: Option<String>,
     overrides: HashMap<String, String>,
-    env: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    env: EnvLookup,
 }
+
+/// Stands in for `std::env::var` (tests pass their own).
+type EnvLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 impl LocalVars {
     /// `base_url` is the running gateway's (`http://127.0.0.1:PORT`): the sandbox and the
