@@ -2,8 +2,9 @@
 //! template is tested against (`wxshop::handlers::ROUTES`), the WeChat sandbox mounted at
 //! `/sandbox`, the outbox relay (what the DynamoDB stream does in AWS) and the schedule.
 //!
-//! Configuration comes from the same environment variables as Lambda; anything unset gets
-//! a documented local default that points every WeChat call at the sandbox.
+//! Configuration comes from the same environment variables as Lambda — every one `Config`
+//! reads — and anything unset gets a documented local default that points every WeChat call
+//! at the sandbox ([`LocalVars`]).
 
 use crate::sandbox::{Sandbox, SandboxConfig};
 use axum::body::Body;
@@ -26,7 +27,9 @@ use wxshop::time::Clock;
 /// ours needs more than a few KiB).
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// Local defaults: never real credentials.
+/// Local defaults: never real credentials. The WeChat hosts, the notify URLs and `STORE`
+/// default too, to this gateway's sandbox and callbacks and `sqlite:.wxlocal/wxshop.db`
+/// ([`LocalVars::new`]); everything else gets `Config`'s own default.
 pub const LOCAL_DEFAULTS: &[(&str, &str)] = &[
     ("WX_APPID", "wx0000000000000001"),
     ("WX_APPSECRET", "local-appsecret-0000000000000001"),
@@ -38,6 +41,138 @@ pub const LOCAL_DEFAULTS: &[(&str, &str)] = &[
     ("ADMIN_TOKEN", "local-admin-token"),
 ];
 
+/// Variables whose local default points at this gateway — its sandbox and its callbacks. Set
+/// in the environment they are honoured, and start-up warns that calls or notifications go
+/// elsewhere.
+pub const SANDBOX_TIED: [&str; 4] = [
+    "WXPAY_BASE_URL",
+    "WX_API_BASE_URL",
+    "WXPAY_NOTIFY_URL",
+    "WXPAY_REFUND_NOTIFY_URL",
+];
+
+/// Where a configuration value came from, strongest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// [`Options::overrides`] (tests, the demo).
+    Override,
+    /// `--store` ([`Options::store`]).
+    StoreFlag,
+    /// The environment, as in Lambda (empty values count as unset, as there).
+    Environment,
+    /// [`LOCAL_DEFAULTS`], or a URL of the running gateway ([`SANDBOX_TIED`], `STORE`).
+    LocalDefault,
+}
+
+/// The configuration a local stack runs with: every variable [`Config`] reads is looked up in
+/// the overrides, then `--store` (for `STORE`), then the environment, then the local
+/// defaults. Nothing is filtered by name, so a variable `Config` learns to read is honoured
+/// here without a change.
+pub struct LocalVars {
+    defaults: HashMap<String, String>,
+    store_flag: Option<String>,
+    overrides: HashMap<String, String>,
+    env: EnvLookup,
+}
+
+/// Stands in for `std::env::var` (tests pass their own).
+type EnvLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+impl LocalVars {
+    /// `base_url` is the running gateway's (`http://127.0.0.1:PORT`): the sandbox and the
+    /// callbacks live under it.
+    pub fn new(
+        base_url: &str,
+        store_flag: Option<String>,
+        overrides: HashMap<String, String>,
+        env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        let mut defaults: HashMap<String, String> = LOCAL_DEFAULTS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        for (k, v) in [
+            ("WXPAY_BASE_URL", format!("{base_url}/sandbox/mch")),
+            ("WX_API_BASE_URL", format!("{base_url}/sandbox/api")),
+            ("WXPAY_NOTIFY_URL", format!("{base_url}/callbacks/pay")),
+            (
+                "WXPAY_REFUND_NOTIFY_URL",
+                format!("{base_url}/callbacks/refund"),
+            ),
+            ("STORE", "sqlite:.wxlocal/wxshop.db".to_owned()),
+        ] {
+            defaults.insert(k.to_owned(), v);
+        }
+        LocalVars {
+            defaults,
+            store_flag,
+            overrides,
+            env: Box::new(env),
+        }
+    }
+
+    /// The value of `key` and where it came from.
+    pub fn lookup(&self, key: &str) -> Option<(String, Source)> {
+        if let Some(v) = self.overrides.get(key) {
+            return Some((v.clone(), Source::Override));
+        }
+        if key == "STORE" {
+            if let Some(s) = &self.store_flag {
+                return Some((s.clone(), Source::StoreFlag));
+            }
+        }
+        if let Some(v) = (self.env)(key).filter(|v| !v.trim().is_empty()) {
+            return Some((v, Source::Environment));
+        }
+        self.defaults
+            .get(key)
+            .map(|v| (v.clone(), Source::LocalDefault))
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.lookup(key).map(|(v, _)| v)
+    }
+
+    /// The local default of `key`, whatever overrides it.
+    pub fn default_of(&self, key: &str) -> Option<&str> {
+        self.defaults.get(key).map(String::as_str)
+    }
+
+    /// Logs which of `keys` came from the environment (names only: values may be secrets),
+    /// and warns for each [`SANDBOX_TIED`] one that no longer points at this gateway.
+    pub fn log_sources(&self, keys: &std::collections::BTreeSet<String>) {
+        let from_env: Vec<&str> = keys
+            .iter()
+            .filter(|k| matches!(self.lookup(k), Some((_, Source::Environment))))
+            .map(String::as_str)
+            .collect();
+        if !from_env.is_empty() {
+            tracing::info!(variables = %from_env.join(", "), "configuration taken from the environment");
+        }
+        for (key, value, local) in self.away_from_sandbox() {
+            tracing::warn!(
+                "{key}={value} (from the environment) is used instead of this gateway's {local}: \
+                 those calls or notifications do not reach the local sandbox"
+            );
+        }
+    }
+
+    /// `(key, value, local default)` of each [`SANDBOX_TIED`] variable the environment points
+    /// somewhere other than this gateway.
+    pub fn away_from_sandbox(&self) -> Vec<(&'static str, String, String)> {
+        SANDBOX_TIED
+            .iter()
+            .filter_map(|key| match self.lookup(key) {
+                Some((value, Source::Environment)) => {
+                    let local = self.default_of(key).unwrap_or_default().to_owned();
+                    (value.trim_end_matches('/') != local).then_some((*key, value, local))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 pub struct Options {
     pub addr: SocketAddr,
     /// `sqlite:PATH`, `memory` (default from `STORE`, else `sqlite:.wxlocal/wxshop.db`).
@@ -46,9 +181,10 @@ pub struct Options {
     pub seed: bool,
     /// Sandbox time scale (1.0 real time).
     pub time_scale: f64,
-    /// Extra variables that win over the environment (tests).
+    /// Extra variables that win over `store`, the environment and the defaults (tests).
     pub overrides: HashMap<String, String>,
-    /// Read the process environment (off in tests for isolation).
+    /// Read the process environment (off in tests for isolation): every variable `Config`
+    /// reads is taken from it when set, over the local defaults.
     pub use_env: bool,
     /// How often the outbox relay looks for due work.
     pub relay_every: Duration,
@@ -107,7 +243,30 @@ struct GatewayState {
 }
 
 /// Binds, builds the app and the sandbox, seeds if asked, and serves in the background.
+/// Configuration: `opts.overrides`, then `opts.store`, then the process environment (when
+/// `opts.use_env`), then the local defaults ([`LocalVars`]).
 pub async fn start(opts: Options) -> Result<Running, String> {
+    let use_env = opts.use_env;
+    start_with_env(
+        opts,
+        move |k| {
+            if use_env {
+                std::env::var(k).ok()
+            } else {
+                None
+            }
+        },
+    )
+    .await
+}
+
+/// [`start`] with `env` standing in for the process environment (`opts.use_env` is not
+/// consulted): tests start a gateway as a developer's shell would, without touching the
+/// process's own environment.
+pub async fn start_with_env(
+    opts: Options,
+    env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+) -> Result<Running, String> {
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
         .map_err(|e| {
@@ -119,41 +278,12 @@ pub async fn start(opts: Options) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let base_url = format!("http://{addr}");
 
-    let mut vars: HashMap<String, String> = LOCAL_DEFAULTS
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    vars.insert("WXPAY_BASE_URL".into(), format!("{base_url}/sandbox/mch"));
-    vars.insert("WX_API_BASE_URL".into(), format!("{base_url}/sandbox/api"));
-    vars.insert(
-        "WXPAY_NOTIFY_URL".into(),
-        format!("{base_url}/callbacks/pay"),
-    );
-    vars.insert("STORE".into(), "sqlite:.wxlocal/wxshop.db".into());
-    if opts.use_env {
-        for (k, _) in LOCAL_DEFAULTS.iter().chain(
-            [
-                ("STORE", ""),
-                ("WX_PUSH_AES_KEY", ""),
-                ("WXPAY_SIGN_TYPE", ""),
-                ("WXPAY_SUB_MCH_ID", ""),
-                ("WXPAY_SUB_APPID", ""),
-                ("WX_FUND_TYPE", ""),
-                ("ORDER_TTL_SECS", ""),
-            ]
-            .iter(),
-        ) {
-            if let Ok(v) = std::env::var(k) {
-                vars.insert(k.to_string(), v);
-            }
-        }
-    }
-    if let Some(s) = &opts.store {
-        vars.insert("STORE".into(), s.clone());
-    }
-    vars.extend(opts.overrides.clone());
-    if let Some(path) = vars.get("STORE").and_then(|s| s.strip_prefix("sqlite:")) {
-        if let Some(dir) = std::path::Path::new(path)
+    let vars = LocalVars::new(&base_url, opts.store.clone(), opts.overrides.clone(), env);
+    if let Some(path) = vars
+        .get("STORE")
+        .and_then(|s| s.strip_prefix("sqlite:").map(str::to_owned))
+    {
+        if let Some(dir) = std::path::Path::new(&path)
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
         {
@@ -161,11 +291,21 @@ pub async fn start(opts: Options) -> Result<Running, String> {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
     }
-    let config = Config::from_lookup(|k| vars.get(k).cloned()).map_err(|e| e.to_string())?;
+    let asked = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let config = Config::from_lookup(|k| {
+        asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(k.to_owned());
+        vars.get(k)
+    })
+    .map_err(|e| e.to_string())?;
+    let asked = asked.into_inner().unwrap_or_else(|e| e.into_inner());
+    vars.log_sources(&asked);
     let store = open_store(&config.store)
         .await
         .map_err(|e| format!("cannot open the store: {e}"))?;
-    let admin_token = vars.get("ADMIN_TOKEN").cloned().unwrap_or_default();
+    let admin_token = vars.get("ADMIN_TOKEN").unwrap_or_default();
     let sandbox = Sandbox::new(SandboxConfig {
         appid: config.appid.clone(),
         appsecret: secrecy::ExposeSecret::expose_secret(&config.appsecret).to_owned(),
@@ -370,4 +510,132 @@ pub async fn seed(r: &Running) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err("seeding: the product's audit was not approved within 10 s".into())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "http://127.0.0.1:8787";
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn overrides_beat_store_flag_beat_environment_beat_defaults() {
+        let overrides: HashMap<String, String> = [("SESSION_TTL_SECS", "600"), ("STORE", "memory")]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let vars = LocalVars::new(
+            BASE,
+            Some("sqlite:/tmp/flag.db".into()),
+            overrides,
+            env(&[
+                ("SESSION_TTL_SECS", "3600"),
+                ("WX_TOKEN_MODE", "classic"),
+                ("STORE", "sqlite:/tmp/env.db"),
+                ("WX_APPID", "wx1111111111111111"),
+                ("WX_ORDER_PATH", "  "),
+            ]),
+        );
+        assert_eq!(
+            vars.lookup("SESSION_TTL_SECS"),
+            Some(("600".into(), Source::Override))
+        );
+        assert_eq!(
+            vars.lookup("STORE"),
+            Some(("memory".into(), Source::Override))
+        );
+        assert_eq!(
+            vars.lookup("WX_TOKEN_MODE"),
+            Some(("classic".into(), Source::Environment))
+        );
+        assert_eq!(
+            vars.lookup("WX_APPID"),
+            Some(("wx1111111111111111".into(), Source::Environment))
+        );
+        assert_eq!(
+            vars.lookup("WX_API_BASE_URL"),
+            Some((format!("{BASE}/sandbox/api"), Source::LocalDefault))
+        );
+        // Empty means unset, as in Lambda; unknown stays unknown (Config's own default).
+        assert_eq!(vars.lookup("WX_ORDER_PATH"), None);
+        assert_eq!(vars.lookup("WX_RETURN_ADDRESS"), None);
+
+        let flag_only = LocalVars::new(
+            BASE,
+            Some("sqlite:/tmp/flag.db".into()),
+            HashMap::new(),
+            env(&[("STORE", "sqlite:/tmp/env.db")]),
+        );
+        assert_eq!(
+            flag_only.lookup("STORE"),
+            Some(("sqlite:/tmp/flag.db".into(), Source::StoreFlag))
+        );
+    }
+
+    #[test]
+    fn every_variable_config_reads_is_taken_from_the_environment() {
+        // Ask Config which variables it reads, then give each one through the environment.
+        let asked = std::sync::Mutex::new(Vec::new());
+        let _ = Config::from_lookup(|k| {
+            asked.lock().unwrap().push(k.to_owned());
+            None
+        });
+        let asked = asked.into_inner().unwrap();
+        assert!(asked.len() > 20, "{asked:?}");
+        for key in &asked {
+            let k = key.clone();
+            let vars = LocalVars::new(BASE, None, HashMap::new(), move |q| {
+                (q == k).then(|| "from-env".to_owned())
+            });
+            assert_eq!(
+                vars.lookup(key),
+                Some(("from-env".into(), Source::Environment)),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn sandbox_urls_pointed_elsewhere_are_reported() {
+        let vars = LocalVars::new(
+            BASE,
+            None,
+            HashMap::new(),
+            env(&[
+                ("WXPAY_BASE_URL", "https://api.mch.weixin.qq.com"),
+                // The sandbox's own address, written out: nothing to report.
+                ("WX_API_BASE_URL", "http://127.0.0.1:8787/sandbox/api/"),
+            ]),
+        );
+        let away = vars.away_from_sandbox();
+        assert_eq!(
+            away,
+            vec![(
+                "WXPAY_BASE_URL",
+                "https://api.mch.weixin.qq.com".to_owned(),
+                format!("{BASE}/sandbox/mch")
+            )]
+        );
+        let overridden = LocalVars::new(
+            BASE,
+            None,
+            [("WXPAY_BASE_URL".to_owned(), "http://127.0.0.1:9".to_owned())]
+                .into_iter()
+                .collect(),
+            env(&[]),
+        );
+        assert!(
+            overridden.away_from_sandbox().is_empty(),
+            "tests' overrides are deliberate"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 mod sandbox_util;
 
 use sandbox_util::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use wxshop::push::{parse, PushConfig, PushEvent, PushQuery};
 
 #[tokio::test]
@@ -234,4 +234,92 @@ async fn fund_type_1_order_settles_and_withdraws() {
     assert_eq!(list["total_num"], 1);
     let gen = shop(&base, &tok, "funds/qrcode/gen", json!({"identity_type": 1})).await;
     assert!(gen["qrcode_ticket"].is_string());
+}
+
+/// The bank lookups answer from one directory, like WeChat's: required fields are checked
+/// (400), a card number names its bank, a province its cities, a bank and city its branches,
+/// and `setbankaccount` accepts only what the lookups could have given.
+#[tokio::test]
+async fn bank_lookups_answer_like_wechat() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let tok = token(&base).await;
+    for (api, body) in [
+        ("funds/getbankbynum", json!({})),
+        ("funds/getcity", json!({})),
+        ("funds/getsubbranch", json!({"city_code": 584})),
+        ("funds/getsubbranch", json!({"bank_code": "1099"})),
+        ("funds/getbanklist", json!({"limit": 0})),
+    ] {
+        assert_eq!(
+            shop(&base, &tok, api, body.clone()).await["errcode"],
+            400,
+            "{api} {body}"
+        );
+    }
+    let by_num = shop(
+        &base,
+        &tok,
+        "funds/getbankbynum",
+        json!({"account_number": "6225880000000000"}),
+    )
+    .await;
+    assert_eq!(by_num["total_count"], 1, "{by_num}");
+    assert_eq!(by_num["data"][0]["account_bank"], "招商银行");
+    let unknown = shop(
+        &base,
+        &tok,
+        "funds/getbankbynum",
+        json!({"account_number": "9999990000000000"}),
+    )
+    .await;
+    assert_eq!(unknown["data"], json!([]), "{unknown}");
+    let listed = shop(
+        &base,
+        &tok,
+        "funds/getbanklist",
+        json!({"key_words": "工商"}),
+    )
+    .await;
+    assert_eq!(listed["total_count"], 1, "{listed}");
+    let cities = shop(&base, &tok, "funds/getcity", json!({"province_code": 44})).await;
+    assert!(cities["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["city_code"] == 584 && c["bank_address_code"] == "440300"));
+    let branches = shop(
+        &base,
+        &tok,
+        "funds/getsubbranch",
+        json!({"bank_code": "1099", "city_code": 584, "limit": 1}),
+    )
+    .await;
+    assert_eq!(branches["count"], 1, "{branches}");
+    assert_eq!(branches["total_count"], 2, "{branches}");
+    assert_eq!(branches["account_bank"], "其他银行");
+    let branch_id = branches["data"][0]["branch_id"].clone();
+
+    let account = |bank: &str, code: &str, branch: Value| {
+        json!({"account_info": {"bank_account_type": "ACCOUNT_TYPE_PRIVATE", "account_bank": bank,
+               "bank_address_code": code, "bank_branch_id": branch,
+               "account_number": "6223220000000000"}})
+    };
+    for bad in [
+        account("其他银行", "999999", branch_id.clone()),
+        account("其他银行", "110000", branch_id.clone()),
+        account("不存在银行", "440300", Value::Null),
+        account("其他银行", "440300", json!("1")),
+    ] {
+        assert_eq!(
+            shop(&base, &tok, "funds/setbankaccount", bad.clone()).await["errcode"],
+            400,
+            "{bad}"
+        );
+    }
+    let good = account("其他银行", "440300", branch_id);
+    assert_eq!(
+        shop(&base, &tok, "funds/setbankaccount", good).await["errcode"],
+        0
+    );
 }

@@ -2,6 +2,7 @@
 //! (`wxlocal`) and borrowed by every invocation.
 
 use crate::config::{Config, ConfigError, StoreConfig};
+use crate::metrics::Metrics;
 use crate::pay::client::PayClient;
 use crate::pay::RefundKey;
 use crate::push::PushConfig;
@@ -22,6 +23,8 @@ pub struct App {
     /// Decrypts refund notifications (derived from the API key once).
     pub refund_key: Arc<RefundKey>,
     pub clock: Clock,
+    /// Custom CloudWatch metrics: off unless the Lambda entry point turns them on.
+    pub metrics: Metrics,
 }
 
 /// Why a container could not start; the message lists every problem.
@@ -86,6 +89,7 @@ impl App {
             sessions,
             refund_key,
             clock,
+            metrics: Metrics::off(),
         })
     }
 }

@@ -12,10 +12,11 @@
 //!    layer ARN per region in the template, and one fewer process in the sandbox. It is one
 //!    SigV4-signed request, [`crate::aws::secrets`], not the SDK client: see "Cold start, size,
 //!    memory" in `docs/PERFORMANCE.md`.)
-//! 3. [`App`] once — config, store, WeChat clients. Any failure is posted to the Runtime API's
-//!    `/runtime/init/error` (`Runtime.ConfigError`, with the message listing every problem)
-//!    and the process exits non-zero, so a misconfigured stack says what to fix on its first
-//!    invocation.
+//! 3. [`App`] once — config, store, WeChat clients — with custom metrics switched on
+//!    ([`crate::metrics`]: EMF lines on stdout, e.g. `OutboxDeadLetters`). Any failure is
+//!    posted to the Runtime API's `/runtime/init/error` (`Runtime.ConfigError`, with the
+//!    message listing every problem) and the process exits non-zero, so a misconfigured stack
+//!    says what to fix on its first invocation.
 //! 4. The invocation loop. HTTP functions take API Gateway HTTP API (payload 2.0) events through
 //!    `lambda_http` and dispatch with [`handlers::find_route`] + [`handlers::handle`], exactly
 //!    like `wxlocal`. `orderSync` takes three shapes in one binary: DynamoDB stream records of
@@ -51,7 +52,7 @@ pub const SECRET_ARN_VAR: &str = "WXSHOP_SECRET_ARN";
 pub async fn run(function: Function) -> Result<(), Error> {
     init_logging();
     let started = Instant::now();
-    let app = match start().await {
+    let mut app = match start().await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(function = function.name(), error_type = e.error_type, error = %e.message, "cold start failed");
@@ -59,6 +60,7 @@ pub async fn run(function: Function) -> Result<(), Error> {
             return Err(Box::new(e));
         }
     };
+    app.metrics = crate::metrics::Metrics::emf(&metrics_function_name(function));
     tracing::info!(
         function = function.name(),
         store = app.store.backend(),
@@ -91,6 +93,16 @@ pub async fn run(function: Function) -> Result<(), Error> {
         ))
         .await
     }
+}
+
+/// The `Function` dimension of the custom metrics: the deployed name Lambda gives the process
+/// (`AWS_LAMBDA_FUNCTION_NAME`, e.g. `wxshop-OrderSyncFunction-1A2B`), so the alarms of one
+/// stack never count another stack's dead letters; the function's own name outside Lambda.
+fn metrics_function_name(function: Function) -> String {
+    std::env::var("AWS_LAMBDA_FUNCTION_NAME")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| function.name().to_owned())
 }
 
 fn invocation_span(function: Function, request_id: &str) -> tracing::Span {

@@ -2,7 +2,7 @@
 //! message push, durable state. Every Lambda function and `wxlocal` run this same code.
 //!
 //! Modules: one per outside party (`pay`, `shop`, `push`), one per concern (`domain`, `store`,
-//! `outbox`, `session`, `config`, `time`), and `handlers` with one module per function.
+//! `outbox`, `session`, `config`, `time`, `metrics`), and `handlers` with one module per function.
 
 pub mod app;
 #[cfg(any(feature = "dynamodb", feature = "lambda"))]
@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod metrics;
 pub mod outbox;
 pub mod pay;
 pub mod push;

@@ -913,3 +913,175 @@ async fn a_refund_wechat_could_not_pay_is_held_for_a_person() {
         .await;
     assert_eq!(q["order"]["refunded_fee"], total, "{q}");
 }
+
+/// The settlement account is built from WeChat's lookups, as the merchant would: the card
+/// number names the bank (a small one: 其他银行, `need_branch`), the province and city give
+/// `bank_address_code`, the bank and city give the branch; `set_bank_account` takes exactly
+/// what the lookups answered and `bank_account` shows it.
+#[tokio::test]
+async fn a_bank_account_is_set_from_the_lookups() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let card = "6223220012345678";
+
+    let found = c
+        .funds_ok(json!({"action": "bank_by_number", "account_number": card}))
+        .await;
+    let bank = found["banks"][0].clone();
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(bank["account_bank"], "其他银行", "{found}");
+    assert_eq!(bank["need_branch"], true, "{found}");
+    let bank_code = bank["bank_code"].as_str().unwrap().to_owned();
+    // The same bank by name.
+    let by_name = c
+        .funds_ok(json!({"action": "banks", "key_words": "农村商业"}))
+        .await;
+    assert!(
+        by_name["banks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["bank_code"] == bank_code.as_str()),
+        "{by_name}"
+    );
+
+    let provinces = c.funds_ok(json!({"action": "provinces"})).await;
+    let guangdong = provinces["provinces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["province_name"] == "广东省")
+        .unwrap_or_else(|| panic!("{provinces}"))
+        .clone();
+    let cities = c
+        .funds_ok(json!({"action": "cities", "province_code": guangdong["province_code"]}))
+        .await;
+    let shenzhen = cities["cities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["city_name"] == "深圳市")
+        .unwrap_or_else(|| panic!("{cities}"))
+        .clone();
+
+    let branches = c
+        .funds_ok(json!({"action": "branches", "bank_code": bank_code,
+                         "city_code": shenzhen["city_code"]}))
+        .await;
+    assert_eq!(branches["account_bank"], "其他银行", "{branches}");
+    let branch = branches["branches"][0].clone();
+    assert!(branches["total"].as_i64().unwrap() >= 1, "{branches}");
+    // Paging: one at a time.
+    let first = c
+        .funds_ok(json!({"action": "branches", "bank_code": bank_code,
+                         "city_code": shenzhen["city_code"], "offset": 0, "limit": 1}))
+        .await;
+    assert_eq!(first["branches"].as_array().unwrap().len(), 1, "{first}");
+
+    let account = json!({
+        "bank_account_type": "ACCOUNT_TYPE_BUSINESS",
+        "account_bank": bank["account_bank"],
+        "bank_address_code": shenzhen["bank_address_code"],
+        "bank_branch_id": branch["branch_id"],
+        "bank_name": branch["branch_name"],
+        "account_number": card,
+    });
+    c.funds_ok(json!({"action": "set_bank_account", "account": account}))
+        .await;
+    let shown = c.funds_ok(json!({"action": "bank_account"})).await;
+    let a = &shown["account"];
+    assert_eq!(a["account_bank"], "其他银行", "{shown}");
+    assert_eq!(
+        a["bank_address_code"], shenzhen["bank_address_code"],
+        "{shown}"
+    );
+    assert_eq!(a["bank_branch_id"], branch["branch_id"], "{shown}");
+    assert_eq!(a["bank_name"], branch["branch_name"], "{shown}");
+    assert_eq!(a["account_number_masked"], "****5678", "{shown}");
+    assert!(shown["verify_fail_reason"].is_null(), "{shown}");
+
+    // A branch of another city is refused by WeChat (the sandbox checks it as WeChat would).
+    let mut elsewhere = account.clone();
+    elsewhere["bank_address_code"] = json!("110000");
+    let (s, v) = c
+        .funds(json!({"action": "set_bank_account", "account": elsewhere}))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "BANK_ACCOUNT_REFUSED", "{v}");
+}
+
+#[tokio::test]
+async fn bad_bank_lookups_are_refused_before_wechat_is_asked() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let asked = || {
+        [
+            "shop/funds/getbanklist",
+            "shop/funds/getbankbynum",
+            "shop/funds/getcity",
+            "shop/funds/getsubbranch",
+        ]
+        .iter()
+        .map(|p| c.calls(p))
+        .sum::<usize>()
+    };
+    for (body, code) in [
+        (json!({"action": "bank_by_number"}), "BAD_ACCOUNT_NUMBER"),
+        (
+            json!({"action": "bank_by_number", "account_number": "6223 2200 1234"}),
+            "BAD_ACCOUNT_NUMBER",
+        ),
+        (
+            json!({"action": "bank_by_number", "account_number": 6223220012345678_u64}),
+            "BAD_ACCOUNT_NUMBER",
+        ),
+        (json!({"action": "cities"}), "BAD_PROVINCE_CODE"),
+        (
+            json!({"action": "cities", "province_code": "广东"}),
+            "BAD_PROVINCE_CODE",
+        ),
+        (
+            json!({"action": "cities", "province_code": -44}),
+            "BAD_PROVINCE_CODE",
+        ),
+        (
+            json!({"action": "branches", "city_code": 584}),
+            "BAD_BANK_CODE",
+        ),
+        (
+            json!({"action": "branches", "bank_code": "1099"}),
+            "BAD_CITY_CODE",
+        ),
+        (
+            json!({"action": "branches", "bank_code": "10 99", "city_code": 584}),
+            "BAD_BANK_CODE",
+        ),
+        (
+            json!({"action": "branches", "bank_code": "1099", "city_code": 584, "limit": 0}),
+            "BAD_PAGE",
+        ),
+        (json!({"action": "banks", "limit": 1000}), "BAD_PAGE"),
+        (json!({"action": "banks", "offset": -1}), "BAD_PAGE"),
+        (json!({"action": "banks", "bank_type": 3}), "BAD_BANK_TYPE"),
+    ] {
+        let (s, v) = c.funds(body.clone()).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert_eq!(v["code"], code, "{body}: {v}");
+        assert!(!v["message"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(asked(), 0, "WeChat was asked about bad input");
+
+    // A card no bank issues: 404 pointing at the search by name.
+    let (s, v) = c
+        .funds(json!({"action": "bank_by_number", "account_number": "9999990000000000"}))
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["code"], "BANK_NOT_FOUND");
+    assert!(v["message"].as_str().unwrap().contains("banks"), "{v}");
+    // A province without cities, a bank without branches there: empty lists.
+    let none = c
+        .funds_ok(json!({"action": "cities", "province_code": 99}))
+        .await;
+    assert_eq!(none["cities"], json!([]), "{none}");
+    assert_eq!(none["total"], 0);
+}

@@ -396,3 +396,58 @@ fn table_and_order_sync_wiring() {
         Some("rate(5 minutes)")
     );
 }
+
+/// A dead-lettered outbox entry is acknowledged, so it never reaches the SQS dead-letter
+/// queue: the alarm that tells a person watches the `OutboxDeadLetters` EMF metric orderSync
+/// prints (`wxshop::metrics`), on this stack's orderSync, with the same actions as the others.
+#[test]
+fn dead_lettered_outbox_entries_raise_an_alarm() {
+    use wxshop::metrics::{DIMENSION, NAMESPACE, OUTBOX_DEAD_LETTERS};
+    let t = template();
+    let alarms: Vec<(String, &Value)> = t["Resources"]
+        .as_mapping()
+        .expect("Resources")
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::CloudWatch::Alarm"))
+        .map(|(k, r)| (k.as_str().expect("logical id").to_owned(), r))
+        .collect();
+    let watching: Vec<&(String, &Value)> = alarms
+        .iter()
+        .filter(|(_, a)| {
+            a["Properties"]["MetricName"].as_str() == Some(OUTBOX_DEAD_LETTERS)
+                && a["Properties"]["Namespace"].as_str() == Some(NAMESPACE)
+        })
+        .collect();
+    assert_eq!(
+        watching.len(),
+        1,
+        "one alarm on {NAMESPACE}/{OUTBOX_DEAD_LETTERS}"
+    );
+    let (id, alarm) = watching[0];
+    let p = &alarm["Properties"];
+    let dims = p["Dimensions"].as_sequence().expect("Dimensions");
+    assert_eq!(dims.len(), 1, "{id}: the metric has one dimension");
+    assert_eq!(dims[0]["Name"].as_str(), Some(DIMENSION), "{id}");
+    assert_eq!(text(&dims[0]["Value"]), "!Ref OrderSyncFunction", "{id}");
+    assert_eq!(p["Statistic"].as_str(), Some("Sum"), "{id}");
+    assert_eq!(
+        p["Threshold"].as_u64(),
+        Some(1),
+        "{id}: one dead letter is enough"
+    );
+    assert_eq!(
+        p["ComparisonOperator"].as_str(),
+        Some("GreaterThanOrEqualToThreshold"),
+        "{id}"
+    );
+    assert_eq!(p["TreatMissingData"].as_str(), Some("notBreaching"), "{id}");
+    let (_, existing) = alarms
+        .iter()
+        .find(|(k, _)| k == "DeadLetterAlarm")
+        .expect("DeadLetterAlarm");
+    assert_eq!(
+        format!("{:?}", p["AlarmActions"]),
+        format!("{:?}", existing["Properties"]["AlarmActions"]),
+        "{id}: same actions as DeadLetterAlarm"
+    );
+}

@@ -1,5 +1,6 @@
 //! Secondary-merchant funds (`/api/shop/funds/*`, WECHAT_SHOP.md §14): balance, order
-//! flows, bank account, withdrawals with the admin's QR confirmation.
+//! flows, bank account, withdrawals with the admin's QR confirmation, and the bank lookups
+//! the bank account is built from (a small directory of banks, cities and branches).
 //!
 //! Why modelled at all: in fund_type=1 mode WeChat, not the merchant, holds the money. Paid
 //! orders sit in `pending_amount` until settled (`/_control/settle`, which also pushes
@@ -281,26 +282,199 @@ pub fn handle(sb: &Sandbox, name: &str, v: &Value) -> WxResult {
                       "scan_user_type": if matches!(q.status, 1 | 4) { 1 } else { 0 },
                       "self_check_err_code": 0, "self_check_err_msg": ""}))
         }
-        "getbanklist" | "getbankbynum" => Ok(json!({"data": [
-            {"account_bank": "招商银行", "bank_code": "1001", "bank_id": "1001",
-             "bank_name": "招商银行", "bank_type": 1, "need_branch": false},
-            {"account_bank": "其他银行", "bank_code": "1099", "bank_id": "1099",
-             "bank_name": "其他银行", "bank_type": 1, "need_branch": true}],
-            "total_count": 2})),
-        "getprovince" => Ok(
-            json!({"data": [{"province_code": 44, "province_name": "广东省"}],
-                                   "total_count": 1}),
-        ),
-        "getcity" => Ok(json!({"data": [{"city_code": 584, "city_name": "深圳市",
-                                         "bank_address_code": "440300"}], "total_count": 1})),
-        "getsubbranch" => Ok(
-            json!({"account_bank": "其他银行", "account_bank_code": 1099,
-            "bank_alias": "深圳农商银行", "bank_alias_code": "1000009561", "count": 1,
-            "total_count": 1, "data": [{"branch_id": "402584009991",
-                                        "branch_name": "深圳农村商业银行营业部"}]}),
-        ),
+        "getbanklist" => bank_list(v),
+        "getbankbynum" => bank_by_number(v),
+        "getprovince" => {
+            let data: Vec<Value> = PROVINCES
+                .iter()
+                .map(|(code, name)| json!({"province_code": code, "province_name": name}))
+                .collect();
+            Ok(json!({"total_count": data.len(), "data": data}))
+        }
+        "getcity" => {
+            let province = int_of(v, "province_code")
+                .ok_or_else(|| WxErr::new(E_PARAM, "province_code required"))?;
+            let data: Vec<Value> = CITIES
+                .iter()
+                .filter(|c| c.province_code == province)
+                .map(|c| {
+                    json!({"city_code": c.city_code, "city_name": c.name,
+                                "bank_address_code": c.bank_address_code})
+                })
+                .collect();
+            Ok(json!({"total_count": data.len(), "data": data}))
+        }
+        "getsubbranch" => sub_branches(v),
         _ => Err(WxErr::new(40066, "invalid url")),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bank lookups (`getbanklist`, `getbankbynum`, `getprovince`, `getcity`, `getsubbranch`): a
+// small directory shaped like WeChat's. A bank WeChat lists under its own name needs no
+// branch; a smaller one is `account_bank: 其他银行` with its real name in `bank_name` and
+// `need_branch: true`, and the account then names a branch (`setbankaccount` checks it).
+
+struct Bank {
+    account_bank: &'static str,
+    bank_code: &'static str,
+    bank_id: &'static str,
+    bank_name: &'static str,
+    /// 1 personal, 2 corporate (as the request doc has it; UNVERIFIED, WECHAT_SHOP.md §14.2).
+    bank_type: i64,
+    need_branch: bool,
+    /// Card-number prefixes (BINs) `getbankbynum` recognises.
+    bins: &'static [&'static str],
+}
+
+const OTHER_BANK: &str = "其他银行";
+
+const BANKS: &[Bank] = &[
+    Bank {
+        account_bank: "招商银行",
+        bank_code: "1001",
+        bank_id: "1001",
+        bank_name: "招商银行",
+        bank_type: 1,
+        need_branch: false,
+        bins: &["622588", "621483"],
+    },
+    Bank {
+        account_bank: "中国工商银行",
+        bank_code: "1002",
+        bank_id: "1002",
+        bank_name: "中国工商银行",
+        bank_type: 1,
+        need_branch: false,
+        bins: &["622202", "621226"],
+    },
+    Bank {
+        account_bank: OTHER_BANK,
+        bank_code: "1099",
+        bank_id: "1099",
+        bank_name: "深圳农村商业银行",
+        bank_type: 1,
+        need_branch: true,
+        bins: &["622322", "623035"],
+    },
+];
+
+const PROVINCES: &[(i64, &str)] = &[(11, "北京市"), (44, "广东省")];
+
+struct City {
+    province_code: i64,
+    city_code: i64,
+    name: &'static str,
+    bank_address_code: &'static str,
+}
+
+const CITIES: &[City] = &[
+    City {
+        province_code: 11,
+        city_code: 10,
+        name: "北京市",
+        bank_address_code: "110000",
+    },
+    City {
+        province_code: 44,
+        city_code: 581,
+        name: "广州市",
+        bank_address_code: "440100",
+    },
+    City {
+        province_code: 44,
+        city_code: 584,
+        name: "深圳市",
+        bank_address_code: "440300",
+    },
+];
+
+/// (bank_code, city_code, branch_id, branch_name)
+const BRANCHES: &[(&str, i64, &str, &str)] = &[
+    ("1099", 584, "402584009991", "深圳农村商业银行营业部"),
+    ("1099", 584, "402584009992", "深圳农村商业银行福田支行"),
+    ("1099", 581, "402581000011", "深圳农村商业银行广州分行"),
+    ("1001", 584, "308584000013", "招商银行深圳分行营业部"),
+    ("1002", 10, "102100099996", "中国工商银行北京市分行营业部"),
+];
+
+fn bank_json(b: &Bank) -> Value {
+    json!({"account_bank": b.account_bank, "bank_code": b.bank_code, "bank_id": b.bank_id,
+           "bank_name": b.bank_name, "bank_type": b.bank_type, "need_branch": b.need_branch})
+}
+
+/// `offset` (default 0) and `limit` (default 20, at most 100).
+fn offset_limit(v: &Value) -> Result<(usize, usize), WxErr> {
+    let offset = int_of(v, "offset").unwrap_or(0);
+    let limit = int_of(v, "limit").unwrap_or(20);
+    if offset < 0 || !(1..=100).contains(&limit) {
+        return Err(WxErr::new(E_PARAM, "offset ≥ 0, limit 1..100"));
+    }
+    Ok((offset as usize, limit as usize))
+}
+
+/// A code that may arrive as a string or a number.
+fn code_of(v: &Value, k: &str) -> Option<String> {
+    match v.get(k)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn bank_list(v: &Value) -> WxResult {
+    let (offset, limit) = offset_limit(v)?;
+    let words = str_of(v, "key_words");
+    let kind = int_of(v, "bank_type");
+    let matching: Vec<&Bank> = BANKS
+        .iter()
+        .filter(|b| words.is_none_or(|w| b.bank_name.contains(w) || b.account_bank.contains(w)))
+        .filter(|b| kind.is_none_or(|k| b.bank_type == k))
+        .collect();
+    let data: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|b| bank_json(b))
+        .collect();
+    Ok(json!({"total_count": matching.len(), "data": data}))
+}
+
+fn bank_by_number(v: &Value) -> WxResult {
+    let number = str_of(v, "account_number")
+        .ok_or_else(|| WxErr::new(E_PARAM, "account_number required"))?;
+    if !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(WxErr::new(E_PARAM, "account_number must be digits"));
+    }
+    let data: Vec<Value> = BANKS
+        .iter()
+        .filter(|b| b.bins.iter().any(|bin| number.starts_with(bin)))
+        .map(bank_json)
+        .collect();
+    Ok(json!({"total_count": data.len(), "data": data}))
+}
+
+fn sub_branches(v: &Value) -> WxResult {
+    let bank_code =
+        code_of(v, "bank_code").ok_or_else(|| WxErr::new(E_PARAM, "bank_code required"))?;
+    let city_code =
+        int_of(v, "city_code").ok_or_else(|| WxErr::new(E_PARAM, "city_code required"))?;
+    let (offset, limit) = offset_limit(v)?;
+    let bank = BANKS
+        .iter()
+        .find(|b| b.bank_code == bank_code)
+        .ok_or_else(|| WxErr::new(E_PARAM, format!("unknown bank_code {bank_code}")))?;
+    let all: Vec<Value> = BRANCHES
+        .iter()
+        .filter(|(b, c, _, _)| *b == bank_code && *c == city_code)
+        .map(|(_, _, id, name)| json!({"branch_id": id, "branch_name": name}))
+        .collect();
+    let page: Vec<Value> = all.iter().skip(offset).take(limit).cloned().collect();
+    Ok(
+        json!({"account_bank": bank.account_bank, "account_bank_code": bank.bank_code,
+              "bank_alias": bank.bank_name, "bank_alias_code": bank.bank_id,
+              "count": page.len(), "total_count": all.len(), "data": page}),
+    )
 }
 
 fn new_ticket(st: &mut State, withdraw: Option<String>) -> String {
@@ -336,18 +510,44 @@ fn set_bank_account(sb: &Sandbox, v: &Value) -> WxResult {
             "bank_address_code must be 6 digits (getcity)",
         ));
     }
+    if !CITIES.iter().any(|c| c.bank_address_code == code) {
+        return Err(WxErr::new(
+            E_PARAM,
+            format!("bank_address_code {code} is no city's (getcity)"),
+        ));
+    }
     let num = str_of(a, "account_number").unwrap_or_default();
     if !(8..=30).contains(&num.len()) || !num.bytes().all(|b| b.is_ascii_digit()) {
         return Err(WxErr::new(E_PARAM, "account_number must be 8-30 digits"));
     }
-    if bank == "其他银行"
-        && str_of(a, "bank_branch_id").is_none()
-        && str_of(a, "bank_name").is_none()
-    {
+    if !BANKS.iter().any(|b| b.account_bank == bank) {
+        return Err(WxErr::new(
+            E_PARAM,
+            format!("account_bank {bank} is not a bank getbanklist knows"),
+        ));
+    }
+    let branch = code_of(a, "bank_branch_id");
+    if bank == OTHER_BANK && branch.is_none() && str_of(a, "bank_name").is_none() {
         return Err(WxErr::new(
             E_PARAM,
             "account_bank 其他银行 needs bank_branch_id or bank_name",
         ));
+    }
+    if let Some(id) = &branch {
+        let city = CITIES.iter().find(|c| c.bank_address_code == code);
+        let known = BRANCHES.iter().any(|(b, c, bid, _)| {
+            bid == id
+                && city.is_some_and(|city| city.city_code == *c)
+                && BANKS
+                    .iter()
+                    .any(|bank_| bank_.bank_code == *b && bank_.account_bank == bank)
+        });
+        if !known {
+            return Err(WxErr::new(
+                E_PARAM,
+                format!("bank_branch_id {id} is no branch of {bank} in {code} (getsubbranch)"),
+            ));
+        }
     }
     let today = beijing_date(sb.now_ms());
     let mut st = sb.st();

@@ -23,7 +23,9 @@
 //! `bank_account` · `set_bank_account {account: {bank_account_type, account_bank,
 //! bank_address_code, account_number, bank_branch_id?, bank_name?}}` ·
 //! `withdraw {amount_fen, remark?, bank_memo?}` · `withdraw_status {qrcode_ticket | withdraw_id}`
-//! · `withdrawals {page?, page_size?}`.
+//! · `withdrawals {page?, page_size?}` · the bank lookups `set_bank_account` is built from:
+//! `bank_by_number {account_number}` · `banks {key_words?, bank_type?, offset?, limit?}` ·
+//! `provinces` · `cities {province_code}` · `branches {bank_code, city_code, offset?, limit?}`.
 
 use super::shop_orders::wx_error;
 use crate::app::App;
@@ -96,6 +98,40 @@ enum Action {
         #[serde(default = "twenty")]
         page_size: u32,
     },
+    /// `getbanklist`: banks by name.
+    Banks {
+        #[serde(default)]
+        key_words: Option<String>,
+        #[serde(default)]
+        bank_type: Option<Value>,
+        #[serde(default)]
+        offset: Option<Value>,
+        #[serde(default)]
+        limit: Option<Value>,
+    },
+    /// `getbankbynum`: the bank of a card number.
+    BankByNumber {
+        #[serde(default)]
+        account_number: Option<Value>,
+    },
+    /// `getprovince`.
+    Provinces,
+    /// `getcity`: a province's cities and their `bank_address_code`.
+    Cities {
+        #[serde(default)]
+        province_code: Option<Value>,
+    },
+    /// `getsubbranch`: a bank's branches in a city.
+    Branches {
+        #[serde(default)]
+        bank_code: Option<Value>,
+        #[serde(default)]
+        city_code: Option<Value>,
+        #[serde(default)]
+        offset: Option<Value>,
+        #[serde(default)]
+        limit: Option<Value>,
+    },
 }
 
 fn one() -> u32 {
@@ -126,6 +162,21 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             withdraw_id,
         } => withdraw_status(app, qrcode_ticket, withdraw_id).await?,
         Action::Withdrawals { page, page_size } => withdrawals(app, page, page_size).await?,
+        Action::Banks {
+            key_words,
+            bank_type,
+            offset,
+            limit,
+        } => banks(app, key_words, bank_type, offset, limit).await?,
+        Action::BankByNumber { account_number } => bank_by_number(app, account_number).await?,
+        Action::Provinces => provinces(app).await?,
+        Action::Cities { province_code } => cities(app, province_code).await?,
+        Action::Branches {
+            bank_code,
+            city_code,
+            offset,
+            limit,
+        } => branches(app, bank_code, city_code, offset, limit).await?,
     };
     Ok(json(&result))
 }
@@ -427,13 +478,13 @@ pub fn parse_bank_account(v: Option<&Value>) -> Result<BankAccount, Vec<String>>
     match bank.as_deref() {
         Some(b) if !b.is_empty() && b.chars().count() <= 128 => {}
         _ => problems.push(
-            "account_bank is required: the bank's name as getbankbynum/getbanklist give it (≤128 characters)".into(),
+            "account_bank is required: the account_bank that action bank_by_number or banks gives (≤128 characters)".into(),
         ),
     }
     match code.as_deref() {
         Some(c) if c.len() == 6 && all_digits(c) => {}
         _ => problems.push(
-            "bank_address_code must be the 6-digit code of the account's city (getcity)".into(),
+            "bank_address_code must be the 6-digit bank_address_code of the account's city (action cities)".into(),
         ),
     }
     match number.as_deref() {
@@ -449,7 +500,8 @@ pub fn parse_bank_account(v: Option<&Value>) -> Result<BankAccount, Vec<String>>
     }
     if let Some(b) = branch.as_deref() {
         if !all_digits(b) || b.len() > 32 {
-            problems.push("bank_branch_id must be digits (a branch_id from getsubbranch)".into());
+            problems
+                .push("bank_branch_id must be digits (a branch_id from action branches)".into());
         }
     }
     if let Some(n) = name.as_deref() {
@@ -459,7 +511,7 @@ pub fn parse_bank_account(v: Option<&Value>) -> Result<BankAccount, Vec<String>>
     }
     if bank.as_deref() == Some(OTHER_BANK) && branch.is_none() && name.is_none() {
         problems.push(format!(
-            "account_bank {OTHER_BANK} needs bank_branch_id or bank_name (getsubbranch)"
+            "account_bank {OTHER_BANK} needs bank_branch_id or bank_name (branch_id or branch_name from action branches)"
         ));
     }
     if !problems.is_empty() {
@@ -501,6 +553,209 @@ async fn set_bank_account(app: &App, account: Option<Value>) -> Result<Value, Ap
             Ok(json!({ "account": account_view(&account), "verify_fail_reason": null }))
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bank lookups: what `set_bank_account` is built from
+//
+// `bank_by_number` (or `banks`) → `account_bank`, `bank_code`, `need_branch`; `provinces` →
+// `cities {province_code}` → `bank_address_code`, `city_code`; when the bank needs a branch,
+// `branches {bank_code, city_code}` → `branch_id` (`bank_branch_id`), `branch_name`
+// (`bank_name`). Codes are accepted as strings or numbers, as WeChat writes them both ways.
+
+const MAX_LOOKUP_LIMIT: u32 = 100;
+const MAX_KEY_WORDS_CHARS: usize = 64;
+
+/// A positive whole number given as a JSON number or a string of digits.
+fn positive_code(
+    v: Option<&Value>,
+    name: &str,
+    code: &'static str,
+    hint: &str,
+) -> Result<i64, ApiError> {
+    let value = match v {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) if all_digits(s.trim()) => s.trim().parse().ok(),
+        _ => None,
+    };
+    value.filter(|c| *c > 0).ok_or_else(|| {
+        ApiError::bad_request(
+            code,
+            format!("{name} is required: a positive number ({hint})"),
+        )
+    })
+}
+
+/// Optional `offset` (≥ 0) and `limit` (1–100) of a lookup page.
+fn lookup_page(
+    offset: Option<&Value>,
+    limit: Option<&Value>,
+) -> Result<(Option<u32>, Option<u32>), ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "BAD_PAGE",
+            format!("offset must be a whole number ≥ 0 and limit 1–{MAX_LOOKUP_LIMIT}"),
+        )
+    };
+    let num = |v: Option<&Value>| -> Result<Option<u32>, ApiError> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(bad),
+            Some(_) => Err(bad()),
+        }
+    };
+    let offset = num(offset)?;
+    let limit = num(limit)?;
+    if limit.is_some_and(|l| l == 0 || l > MAX_LOOKUP_LIMIT) {
+        return Err(bad());
+    }
+    Ok((offset, limit))
+}
+
+/// No data from a lookup means an empty list.
+fn or_empty<T: Default>(r: Result<T, WxError>) -> Result<T, ApiError> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) if is_no_data(&e) => Ok(T::default()),
+        Err(e) => Err(funds_error(e)),
+    }
+}
+
+async fn banks(
+    app: &App,
+    key_words: Option<String>,
+    bank_type: Option<Value>,
+    offset: Option<Value>,
+    limit: Option<Value>,
+) -> Result<Value, ApiError> {
+    let (offset, limit) = lookup_page(offset.as_ref(), limit.as_ref())?;
+    let key_words = key_words
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty());
+    if key_words
+        .as_ref()
+        .is_some_and(|k| k.chars().count() > MAX_KEY_WORDS_CHARS)
+    {
+        return Err(ApiError::bad_request(
+            "BAD_KEY_WORDS",
+            format!("key_words is part of a bank's name (≤{MAX_KEY_WORDS_CHARS} characters)"),
+        ));
+    }
+    let bank_type = match bank_type {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if matches!(n.as_i64(), Some(1 | 2)) => n.as_i64(),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "BAD_BANK_TYPE",
+                "bank_type must be 1 or 2 (WeChat's documents disagree on which is personal and which corporate; leave it out to list both)",
+            ))
+        }
+    };
+    let req = crate::shop::funds::BankListRequest {
+        offset,
+        limit,
+        key_words,
+        bank_type,
+    };
+    let list = or_empty(app.wx.funds_get_bank_list(&req).await)?;
+    let total = list.total_count.unwrap_or(list.data.len() as i64);
+    Ok(json!({ "banks": list.data, "total": total }))
+}
+
+async fn bank_by_number(app: &App, account_number: Option<Value>) -> Result<Value, ApiError> {
+    let number = match &account_number {
+        Some(Value::String(s)) => s.trim().to_owned(),
+        Some(Value::Number(_)) => {
+            return Err(ApiError::bad_request(
+                "BAD_ACCOUNT_NUMBER",
+                "account_number must be a string of digits (a JSON number loses leading zeros)",
+            ))
+        }
+        _ => String::new(),
+    };
+    if !all_digits(&number) || !(8..=30).contains(&number.len()) {
+        return Err(ApiError::bad_request(
+            "BAD_ACCOUNT_NUMBER",
+            "account_number is required: the card or account number, 8–30 digits without spaces",
+        ));
+    }
+    let list = or_empty(app.wx.funds_get_bank_by_num(&number).await)?;
+    if list.data.is_empty() {
+        return Err(ApiError::not_found(
+            "BANK_NOT_FOUND",
+            "WeChat knows no bank for this account number; find it by name with action banks {key_words}",
+        ));
+    }
+    let total = list.total_count.unwrap_or(list.data.len() as i64);
+    Ok(json!({ "banks": list.data, "total": total }))
+}
+
+async fn provinces(app: &App) -> Result<Value, ApiError> {
+    let list = or_empty(app.wx.funds_get_province().await)?;
+    let total = list.total_count.unwrap_or(list.data.len() as i64);
+    Ok(json!({ "provinces": list.data, "total": total }))
+}
+
+async fn cities(app: &App, province_code: Option<Value>) -> Result<Value, ApiError> {
+    let province = positive_code(
+        province_code.as_ref(),
+        "province_code",
+        "BAD_PROVINCE_CODE",
+        "a province_code from action provinces",
+    )?;
+    let list = or_empty(app.wx.funds_get_city(province).await)?;
+    let total = list.total_count.unwrap_or(list.data.len() as i64);
+    Ok(json!({ "cities": list.data, "total": total }))
+}
+
+async fn branches(
+    app: &App,
+    bank_code: Option<Value>,
+    city_code: Option<Value>,
+    offset: Option<Value>,
+    limit: Option<Value>,
+) -> Result<Value, ApiError> {
+    let bank_code = match &bank_code {
+        Some(Value::String(s)) => s.trim().to_owned(),
+        Some(Value::Number(n)) if n.is_u64() => n.to_string(),
+        _ => String::new(),
+    };
+    if bank_code.is_empty()
+        || bank_code.len() > 32
+        || !bank_code.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(ApiError::bad_request(
+            "BAD_BANK_CODE",
+            "bank_code is required: the bank_code from action bank_by_number or banks",
+        ));
+    }
+    let city_code = positive_code(
+        city_code.as_ref(),
+        "city_code",
+        "BAD_CITY_CODE",
+        "the city_code from action cities, not its bank_address_code",
+    )?;
+    let (offset, limit) = lookup_page(offset.as_ref(), limit.as_ref())?;
+    let req = crate::shop::funds::SubBranchRequest {
+        bank_code,
+        city_code,
+        offset,
+        limit,
+    };
+    let b = or_empty(app.wx.funds_get_sub_branch(&req).await)?;
+    let total = b.total_count.unwrap_or(b.data.len() as i64);
+    Ok(json!({
+        "account_bank": b.account_bank,
+        "account_bank_code": b.account_bank_code,
+        "bank_alias": b.bank_alias,
+        "bank_alias_code": b.bank_alias_code,
+        "branches": b.data,
+        "total": total,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -87,17 +87,31 @@ pub async fn run_claimed(
             };
             tracing::warn!(task = task.name(), id = %claimed.entry.id, attempts = claimed.entry.attempts, error = %msg, "outbox task failed; will retry");
             match outbox::retry(app.store.as_ref(), &claimed, &msg, now, not_before_ms).await? {
-                outbox::RetryOutcome::Dead => report.dead += 1,
+                outbox::RetryOutcome::Dead => {
+                    tracing::error!(task = task.name(), id = %claimed.entry.id, attempts = claimed.entry.attempts, error = %msg, "outbox task out of attempts; dead-lettered");
+                    dead_lettered(app, report, now);
+                }
                 _ => report.retried += 1,
             }
             Ok(())
         }
         Err(TaskError::Permanent(msg)) => {
+            outbox::dead(app.store.as_ref(), &claimed, &msg, now).await?;
             tracing::error!(task = task.name(), id = %claimed.entry.id, error = %msg, "outbox task failed permanently; dead-lettered");
-            report.dead += 1;
-            outbox::dead(app.store.as_ref(), &claimed, &msg, now).await
+            dead_lettered(app, report, now);
+            Ok(())
         }
     }
+}
+
+/// An entry was just written as a dead letter. It is settled (the stream batch succeeds, so
+/// nothing reaches the SQS dead-letter queue), and it needs a person: a refund or a delivery
+/// WeChat refused stays undone until someone fixes and replays it. So it is counted as the
+/// `OutboxDeadLetters` metric, which `OutboxDeadLetterAlarm` (infra/template.yaml) watches.
+fn dead_lettered(app: &App, report: &mut DrainReport, now_ms: i64) {
+    report.dead += 1;
+    app.metrics
+        .count(crate::metrics::OUTBOX_DEAD_LETTERS, 1, now_ms);
 }
 
 /// Claims and runs due entries until none are due or `max` were run.
@@ -399,4 +413,82 @@ async fn ship(
     .await?;
     tracing::info!(out_trade_no = %no, "order shipped");
     Ok(order)
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::{Metrics, OUTBOX_DEAD_LETTERS};
+    use crate::store::sqlite::SqliteStore;
+    use crate::time::Clock;
+    use std::sync::Arc;
+
+    fn app() -> App {
+        let vars = [
+            ("WX_APPID", "wx0000000000000001"),
+            ("WX_APPSECRET", "appsecret"),
+            ("WXPAY_MCH_ID", "1900000001"),
+            ("WXPAY_API_KEY", "localapikey000000000000000000001"),
+            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("WX_PUSH_TOKEN", "token"),
+            ("WXPAY_NOTIFY_URL", "http://127.0.0.1:9/callbacks/pay"),
+            ("WXPAY_BASE_URL", "http://127.0.0.1:9"),
+            ("WX_API_BASE_URL", "http://127.0.0.1:9"),
+        ];
+        let config = Config::from_lookup(|k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        App::new(
+            config,
+            Arc::new(SqliteStore::memory().unwrap()),
+            Clock::default(),
+        )
+        .unwrap()
+    }
+
+    /// GIVEN an outbox entry WeChat can never carry out WHEN orderSync runs it THEN it is
+    /// dead-lettered, acknowledged (no error for the stream) and counted as one
+    /// `OutboxDeadLetters` EMF line — the only thing an alarm can see of it.
+    #[tokio::test]
+    async fn a_dead_letter_is_counted_as_a_metric() {
+        let mut app = app();
+        let (metrics, captured) = Metrics::capture("wxshop-OrderSyncFunction-X");
+        app.metrics = metrics;
+        let now = app.clock.now_ms();
+        let entry = OutboxEntry::new(
+            Task::Custom {
+                name: "unknown".into(),
+                payload: serde_json::Value::Null,
+            },
+            now,
+        );
+        outbox::enqueue(app.store.as_ref(), &entry).await.unwrap();
+
+        let failed = on_outbox_records(&app, vec![entry.id.clone()]).await;
+
+        assert!(failed.is_empty(), "a dead letter is settled: {failed:?}");
+        let (dead, _) = outbox::list_dead(app.store.as_ref(), 10, None)
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        let lines = captured.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "wxshop");
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"],
+            OUTBOX_DEAD_LETTERS
+        );
+        assert_eq!(v[OUTBOX_DEAD_LETTERS], 1);
+        assert_eq!(v["Function"], "wxshop-OrderSyncFunction-X");
+
+        // Running it again finds nothing due (it is dead): nothing more is counted.
+        assert!(on_outbox_records(&app, vec![entry.id]).await.is_empty());
+        assert_eq!(captured.lines().len(), 1);
+    }
 }

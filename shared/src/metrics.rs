@@ -1,0 +1,177 @@
+//! Custom CloudWatch metrics, written as Embedded Metric Format (EMF) lines on stdout.
+//!
+//! Why this shape: in Lambda everything a function prints to stdout reaches CloudWatch Logs,
+//! which turns a JSON line carrying an `_aws.CloudWatchMetrics` block into a metric — no SDK
+//! client, no `cloudwatch:PutMetricData` permission, no call on the request path. The alarms
+//! in `infra/template.yaml` watch what is counted here (`OutboxDeadLetterAlarm` watches
+//! [`OUTBOX_DEAD_LETTERS`]).
+//!
+//! Only the Lambda entry point turns emission on ([`Metrics::emf`]). An [`crate::app::App`]
+//! starts with [`Metrics::off`], so `wxlocal`, the demo and the tests print nothing; a test
+//! that wants to see the lines uses [`Metrics::capture`].
+
+use serde_json::json;
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+
+/// The CloudWatch namespace of every wxshop metric.
+pub const NAMESPACE: &str = "wxshop";
+/// The one dimension: the deployed function's name.
+pub const DIMENSION: &str = "Function";
+/// Outbox entries dead-lettered (a permanent failure, or retries exhausted).
+pub const OUTBOX_DEAD_LETTERS: &str = "OutboxDeadLetters";
+
+/// Where metric lines go.
+#[derive(Clone, Default)]
+pub struct Metrics(Sink);
+
+#[derive(Clone, Default)]
+enum Sink {
+    #[default]
+    Off,
+    Stdout {
+        function: Arc<str>,
+    },
+    Capture {
+        function: Arc<str>,
+        lines: Arc<Mutex<Vec<String>>>,
+    },
+}
+
+/// The lines a [`Metrics::capture`] sink kept.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<String>>>);
+
+impl Captured {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Sink::Off => write!(f, "Metrics::Off"),
+            Sink::Stdout { function } => write!(f, "Metrics::Emf({function})"),
+            Sink::Capture { function, .. } => write!(f, "Metrics::Capture({function})"),
+        }
+    }
+}
+
+impl Metrics {
+    /// Nothing is emitted (`wxlocal`, tests).
+    pub fn off() -> Self {
+        Metrics(Sink::Off)
+    }
+
+    /// EMF lines on stdout, with `function` as the `Function` dimension (Lambda).
+    pub fn emf(function: &str) -> Self {
+        Metrics(Sink::Stdout {
+            function: function.into(),
+        })
+    }
+
+    /// Keeps the lines instead of printing them (tests).
+    pub fn capture(function: &str) -> (Self, Captured) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        (
+            Metrics(Sink::Capture {
+                function: function.into(),
+                lines: lines.clone(),
+            }),
+            Captured(lines),
+        )
+    }
+
+    /// Adds `value` to the count `metric` at `timestamp_ms`.
+    pub fn count(&self, metric: &str, value: u64, timestamp_ms: i64) {
+        match &self.0 {
+            Sink::Off => {}
+            Sink::Stdout { function } => {
+                let mut line = emf_count_line(function, metric, value, timestamp_ms);
+                line.push('\n');
+                // One write of the whole line under the lock: it never interleaves with the
+                // JSON log lines `tracing` writes to the same stdout.
+                let mut out = std::io::stdout().lock();
+                if out
+                    .write_all(line.as_bytes())
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    tracing::error!(metric, value, "could not write a metric line to stdout");
+                }
+            }
+            Sink::Capture { function, lines } => {
+                let line = emf_count_line(function, metric, value, timestamp_ms);
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        }
+    }
+}
+
+/// One EMF line (without the newline) counting `value` of `metric` for `function`.
+///
+/// It carries `"level": "ERROR"` besides the EMF fields: the template sets the functions'
+/// log format to JSON with an application log level, and Lambda drops a JSON line without a
+/// `level` as INFO when that level is WARN or ERROR — the metric would be lost with it.
+/// Every metric counted here is something a person must look at.
+pub fn emf_count_line(function: &str, metric: &str, value: u64, timestamp_ms: i64) -> String {
+    let mut line = json!({
+        "_aws": {
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [[DIMENSION]],
+                "Metrics": [{ "Name": metric, "Unit": "Count" }],
+            }],
+        },
+        "level": "ERROR",
+        DIMENSION: function,
+    });
+    if let Some(map) = line.as_object_mut() {
+        map.insert(metric.to_owned(), value.into());
+    }
+    line.to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn renders_an_emf_count() {
+        let line = emf_count_line(
+            "wxshop-OrderSync-1",
+            OUTBOX_DEAD_LETTERS,
+            1,
+            1_700_000_000_000,
+        );
+        assert!(!line.contains('\n'), "one line: {line}");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_000_i64);
+        let directive = &v["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "wxshop");
+        assert_eq!(directive["Dimensions"], serde_json::json!([["Function"]]));
+        assert_eq!(directive["Metrics"][0]["Name"], "OutboxDeadLetters");
+        assert_eq!(directive["Metrics"][0]["Unit"], "Count");
+        // Every dimension and metric named in the directive is a top-level member.
+        assert_eq!(v["Function"], "wxshop-OrderSync-1");
+        assert_eq!(v["OutboxDeadLetters"], 1);
+        assert_eq!(v["level"], "ERROR");
+    }
+
+    #[test]
+    fn off_keeps_nothing_and_capture_keeps_the_lines() {
+        Metrics::off().count(OUTBOX_DEAD_LETTERS, 1, 0);
+        let (m, captured) = Metrics::capture("orderSync");
+        m.count(OUTBOX_DEAD_LETTERS, 2, 5);
+        let lines = captured.lines();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(
+            lines[0],
+            emf_count_line("orderSync", OUTBOX_DEAD_LETTERS, 2, 5)
+        );
+    }
+}
