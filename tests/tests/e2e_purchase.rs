@@ -2154,3 +2154,151 @@ async fn a_cancel_push_wechat_does_not_confirm_cancels_nothing() {
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(c.aftersale(&token, &no).await["status"], "REQUESTED");
 }
+
+/// WeChat's own record of an order (`shop/order/get`, through the app's client).
+async fn wx_order(r: &Running, no: &str) -> wxshop::shop::order::OrderInfo {
+    let no = OutTradeNo::parse(no.to_owned()).unwrap();
+    let order = wxshop::store::repo::get_order(r.app.store.as_ref(), &no)
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    r.app
+        .wx
+        .order_get(
+            &wxshop::shop::types::OrderKey::Out(no.to_string()),
+            order.openid.as_str(),
+        )
+        .await
+        .unwrap()
+}
+
+/// `delivery/send` calls about order `no` so far.
+fn sends_of(r: &Running, no: &str) -> Vec<Value> {
+    r.sandbox
+        .calls("shop/delivery/send")
+        .into_iter()
+        .filter(|v| v.to_string().contains(no))
+        .collect()
+}
+
+/// A courier id WeChat does not know ("SF Express" for "SF") is refused before anything
+/// moves: 400 naming where valid ids come from, the order still PAID, nothing sent. It used to
+/// ship the order at once and queue a `delivery/send` WeChat refused for good, after which the
+/// order could not be shipped again.
+#[tokio::test]
+async fn a_courier_wechat_does_not_know_is_refused_before_shipping() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "olga", 1).await;
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF Express", "waybill_id": "SF100"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "BAD_DELIVERY_ID", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("\"companies\""),
+        "says how to list valid ids: {v}"
+    );
+    let (_, drained) = c
+        .admin("/admin/orderSync", &json!({"action": "drain"}))
+        .await;
+    assert_eq!(drained["dead"], 0, "{drained}");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+    assert!(sends_of(&r, &no).is_empty(), "nothing sent to WeChat");
+    assert!(c.dead_letters().await.is_empty());
+
+    // A listed id (and OTHERS, for a courier WeChat does not list) ships as usual.
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF", "waybill_id": "SF100"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("shop/delivery/send", || async {
+        !sends_of(&r, &no).is_empty()
+    })
+    .await;
+    eventually("WeChat's order shipped", || async {
+        wx_order(&r, &no).await.status == 30
+    })
+    .await;
+    let (_, other) = paid_and_synced(&r, &c, "olga", 1).await;
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": other, "delivery_id": "OTHERS", "waybill_id": "X1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// A shipment WeChat refused (`delivery/send` dead-lettered) is corrected by shipping again:
+/// the waybill is replaced and the same send queued again, which then reaches WeChat with
+/// the corrected waybill; nothing is left dead-lettered. Once WeChat has accepted a shipment
+/// it is not changed. A second ship used to be refused (409) and a replay resent the old
+/// waybill.
+#[tokio::test]
+async fn a_shipment_wechat_refused_is_corrected_by_shipping_again() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "pavel", 1).await;
+    c.fault(json!({"path": "shop/delivery/send", "mode": "errcode", "errcode": 47001, "count": 1}))
+        .await;
+    let c = &c;
+    let ship = |delivery: &str, waybill: &str| {
+        let body = json!({"action": "ship", "out_trade_no": no, "delivery_id": delivery, "waybill_id": waybill});
+        async move { c.admin("/admin/orderSync", &body).await }
+    };
+    let (s, v) = ship("SF", "SF-TYPO").await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the refused send dead-lettered", || async {
+        c.dead_letters()
+            .await
+            .iter()
+            .any(|d| d["task"]["type"] == "delivery_send" && d["task"]["out_trade_no"] == no)
+    })
+    .await;
+    assert_eq!(wx_order(&r, &no).await.status, 20, "WeChat took nothing");
+
+    let (s, v) = ship("YTO", "YT0000042").await;
+    assert_eq!(s, 200, "the correction: {v}");
+    assert_eq!(v["order"]["status"], "SHIPPED", "{v}");
+    assert_eq!(v["order"]["delivery"]["waybill_id"], "YT0000042", "{v}");
+    eventually("WeChat's order shipped", || async {
+        wx_order(&r, &no).await.status == 30
+    })
+    .await;
+    let parcels = wx_order(&r, &no)
+        .await
+        .order_detail
+        .delivery_detail
+        .unwrap()
+        .delivery_list;
+    assert_eq!(parcels.len(), 1, "{parcels:?}");
+    assert_eq!(
+        (
+            parcels[0].delivery_id.as_str(),
+            parcels[0].waybill_id.as_str()
+        ),
+        ("YTO", "YT0000042")
+    );
+    assert_eq!(
+        sends_of(&r, &no).len(),
+        2,
+        "the refused send, then the corrected one"
+    );
+    assert!(c.dead_letters().await.is_empty());
+
+    // Accepted by WeChat now: no further change of waybill.
+    let (s, v) = ship("ZTO", "ZT1").await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(
+        c.status(&token, &no).await["delivery"]["waybill_id"],
+        "YT0000042"
+    );
+}
