@@ -2302,3 +2302,71 @@ async fn a_shipment_wechat_refused_is_corrected_by_shipping_again() {
         "YT0000042"
     );
 }
+
+/// The user applies for an after-sale the moment the order reads PAID, while the payment
+/// sync (`shop/order/pay`) is still failing (WeChat busy, twice): WeChat refuses the
+/// after-sale of an order it holds unpaid (100000). That refusal waits for the payment sync,
+/// read back from `shop/order/get` (status 10), instead of being dead-lettered as final; once
+/// the payment lands the after-sale is added — one after-sale at WeChat, nothing dead.
+#[tokio::test]
+async fn an_aftersale_applied_before_the_payment_sync_waits_for_it() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("quentin").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.fault(json!({"path": "shop/order/pay", "mode": "errcode", "errcode": -1, "count": 2}))
+        .await;
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("PAID", || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let id = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "changed my mind"}),
+        )
+        .await;
+    let adds = || {
+        r.sandbox
+            .calls("shop/ecaftersale/add")
+            .into_iter()
+            .filter(|v| v.to_string().contains(&no))
+            .count()
+    };
+    eventually("the first add, refused", || async { adds() >= 1 }).await;
+    for _ in 0..30 {
+        if wx_aftersale_id(&r, &id).await.is_some() {
+            break;
+        }
+        let dead = c.dead_letters().await;
+        assert!(
+            dead.is_empty(),
+            "a refusal before the payment sync must wait: {dead:?}"
+        );
+        r.app.clock.advance(20_000);
+        c.admin("/admin/orderSync", &json!({"action": "drain"}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(wx_aftersale_id(&r, &id).await.is_some(), "added at WeChat");
+    assert!(
+        adds() >= 2,
+        "the first add came before the payment sync and was refused"
+    );
+    let listed = r
+        .app
+        .wx
+        .ecaftersale_get_list(&wxshop::shop::aftersale::EcAfterSaleListRequest {
+            out_order_id: Some(no.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.after_sales_orders.len(), 1, "{listed:?}");
+    assert!(c.dead_letters().await.is_empty());
+    assert_eq!(c.aftersale(&token, &no).await["status"], "REQUESTED");
+}

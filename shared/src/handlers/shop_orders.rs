@@ -196,7 +196,8 @@ fn step_at_wechat(status: i64, step: i64) -> StepAtWechat {
         s if s >= step => StepAtWechat::Done,
         // Not past the step before this one — or only just: the refusal may predate it (the
         // payment synced between our call and this read). Bounded by the outbox's attempts.
-        s if s <= before => StepAtWechat::Waiting,
+        // 11: the cashier finished, the payment not synced yet — still unpaid, like 10.
+        s if s <= before || s == 11 => StepAtWechat::Waiting,
         _ => StepAtWechat::Never,
     }
 }
@@ -552,7 +553,41 @@ async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, T
         refund_reason_type: 12,
         media_list: Vec::new(),
     };
-    app.wx.ecaftersale_add(&req).await.map_err(task_error)
+    match app.wx.ecaftersale_add(&req).await {
+        Ok(id) => Ok(id),
+        Err(e) if e.errcode() == Some(100000) => Err(aftersale_refused_early(app, order, e).await),
+        Err(e) => Err(task_error(e)),
+    }
+}
+
+/// `ecaftersale/add` refused as not allowed in the order's state (100000). WeChat takes
+/// after-sales only of orders it holds paid, and our payment sync (`shop/order/pay`) is a
+/// task of its own that may not have landed yet — it failed and waits its back-off, while the
+/// user applied at once. So WeChat's order is read back, as for the order's own steps
+/// ([`step_at_wechat`] toward 20, paid): still unpaid there (10/11) is a retry — the payment
+/// sync will land; paid there by now means the refusal came just before it did (WeChat
+/// refuses only at 10, 200 and 250), also a retry; cancelled there, or every item through
+/// after-sales already (200), the refusal is final.
+async fn aftersale_refused_early(app: &App, order: &Order, refusal: WxError) -> TaskError {
+    match app.wx.order_get(&key(order), order.openid.as_str()).await {
+        Ok(info) => match step_at_wechat(info.status, 20) {
+            StepAtWechat::Waiting => TaskError::Retry(format!(
+                "WeChat refused the after-sale ({refusal}): its order is still unpaid there \
+                 (status {}); waiting for the payment sync",
+                info.status
+            )),
+            StepAtWechat::Done if info.status != 200 => TaskError::Retry(format!(
+                "WeChat refused the after-sale ({refusal}) before the payment sync landed; its \
+                 order reads paid now (status {})",
+                info.status
+            )),
+            _ => TaskError::Permanent(format!(
+                "WeChat refused the after-sale: {refusal}; its order is in status {}",
+                info.status
+            )),
+        },
+        Err(e) => task_error(e),
+    }
 }
 
 /// Outbox: mirror a state: cancel, reject, accept the refund, or (refunded) upload the
@@ -737,6 +772,7 @@ mod tests {
         // A step refused while WeChat's order is at (or before) the step before it: that step
         // may have landed between the refusal and the read, so it is tried again.
         assert_eq!(step_at_wechat(10, 20), Waiting);
+        assert_eq!(step_at_wechat(11, 20), Waiting, "11 is unpaid, like 10");
         assert_eq!(step_at_wechat(10, 30), Waiting);
         assert_eq!(step_at_wechat(20, 30), Waiting);
         assert_eq!(step_at_wechat(30, 30), Done);
