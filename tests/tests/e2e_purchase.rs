@@ -2370,3 +2370,68 @@ async fn an_aftersale_applied_before_the_payment_sync_waits_for_it() {
     assert!(c.dead_letters().await.is_empty());
     assert_eq!(c.aftersale(&token, &no).await["status"], "REQUESTED");
 }
+
+/// The user confirms receipt in WeChat's own order centre (sandbox `/_control/order`), which
+/// pushes `open_product_order_confirm`: our order reads RECEIVED, as WeChat's order is
+/// completed (100) — no `delivery/recieve` is sent, WeChat has the receipt. The push is
+/// believed only as `shop/order/get` states it: the same push for a shipped order WeChat
+/// does not hold completed changes nothing. The event used to be ignored, leaving the order
+/// SHIPPED for good.
+#[tokio::test]
+async fn receipt_confirmed_in_wechat_is_recorded() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "rosa", 1).await;
+    let (_, other) = paid_and_synced(&r, &c, "rosa", 1).await;
+    for (n, waybill) in [(&no, "SF200"), (&other, "SF201")] {
+        let (s, v) = c
+            .admin(
+                "/admin/orderSync",
+                &json!({"action": "ship", "out_trade_no": n, "delivery_id": "SF", "waybill_id": waybill}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    eventually("both shipped at WeChat", || async {
+        wx_order(&r, &no).await.status == 30 && wx_order(&r, &other).await.status == 30
+    })
+    .await;
+
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/order",
+            None,
+            &json!({"action": "confirm_receipt", "out_order_id": no}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("RECEIVED", || async {
+        c.status(&token, &no).await["status"] == "RECEIVED"
+    })
+    .await;
+    assert!(
+        !r.sandbox
+            .calls("shop/delivery/recieve")
+            .iter()
+            .any(|v| v.to_string().contains(&no)),
+        "WeChat has the receipt; nothing to send"
+    );
+
+    // A confirm push WeChat's order does not bear out (still 30) records nothing.
+    let ts = r.app.clock.now_secs();
+    let query = wxshop::push::PushQuery::signed("localpushtoken", &ts.to_string(), "n-confirm")
+        .to_query_string();
+    let push = json!({"ToUserName": "gh_x", "FromUserName": "oX", "CreateTime": ts,
+        "MsgType": "event", "Event": "open_product_order_confirm",
+        "order_info": {"out_order_id": other}});
+    let resp = c
+        .http
+        .post(format!("{}/callbacks/wechat?{query}", r.base_url))
+        .body(push.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(c.status(&token, &other).await["status"], "SHIPPED");
+    assert!(c.dead_letters().await.is_empty());
+}

@@ -12,6 +12,10 @@
 //! rest is still shipped and its receipt confirmed. Refunding what is left makes it REFUNDED
 //! (final). `PAID` with `fund_type = 1` additionally records settlement (`settled_at`).
 //!
+//! COMPLETED: [`Order::complete`] exists, but nothing calls it — no completion rule (the
+//! after-sale window running out, say) is implemented, so RECEIVED is the last fulfilment
+//! status an order reaches today.
+//!
 //! PARTIALLY_REFUNDED is no longer entered; records written while a partial refund replaced
 //! the fulfilment status still read, and leave it the way they would have gone: ship when no
 //! waybill was recorded yet, confirm receipt when one was, refund to REFUNDED.
@@ -360,7 +364,8 @@ impl Order {
         }
     }
 
-    /// RECEIVED → COMPLETED (after-sale window over).
+    /// RECEIVED → COMPLETED (meant for when the after-sale window is over; not called by
+    /// any handler yet).
     pub fn complete(&mut self, now_ms: i64) -> Result<Change, TransitionError> {
         match self.status {
             OrderStatus::Completed => Ok(Change::Unchanged),
