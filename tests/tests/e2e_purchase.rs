@@ -2435,3 +2435,124 @@ async fn receipt_confirmed_in_wechat_is_recorded() {
     assert_eq!(c.status(&token, &other).await["status"], "SHIPPED");
     assert!(c.dead_letters().await.is_empty());
 }
+
+/// `/admin/orderSync {action: "events", …}`, which must answer 200.
+async fn events(c: &Client<'_>, body: Value) -> Value {
+    let (s, v) = c.admin("/admin/orderSync", &body).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// What is kept only as an event record — audit verdicts pushed by WeChat, payment
+/// notifications that did not match — is listed for the merchant, newest first: a push
+/// decrypted (safe mode) and parsed, evidence by its fields; one source is paged with its
+/// cursor. Nothing listed these records before.
+#[tokio::test]
+async fn recorded_events_are_listed_newest_first_and_readable() {
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    let r = stack_with(&[("WX_PUSH_AES_KEY", AES)]).await;
+    let c = Client::new(&r);
+    let c = &c;
+
+    // A brand audit: WeChat's verdict arrives as an encrypted push.
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "wechat", "api": "shop/audit/audit_brand", "body": {"audit_req": {
+                "license": ["https://mmecimage.cn/p/licence.jpg"],
+                "brand_info": {"brand_wording": "West Lake Tea"}}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let audit_id = v["audit_id"].as_str().unwrap().to_owned();
+    let verdict = || async {
+        events(
+            c,
+            json!({"action": "events", "source": "push", "limit": 100}),
+        )
+        .await["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == "open_product_brand_audit")
+            .cloned()
+    };
+    eventually("the brand verdict listed", || async {
+        verdict().await.is_some()
+    })
+    .await;
+    let brand = verdict().await.unwrap();
+    let stored = wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "push",
+        brand["key"].as_str().unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        stored.value.body.contains("Encrypt"),
+        "kept as received, encrypted"
+    );
+    assert_eq!(
+        brand["body"]["QualificationAuditResult"]["audit_id"], audit_id,
+        "decrypted and parsed: {brand}"
+    );
+
+    // A genuine notification for the wrong amount: refused, kept as evidence.
+    let (token, openid) = c.login("sven").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let txid = "4200000000000000000000000777";
+    let (s, _) = c
+        .raw("/callbacks/pay", notification(&r, &no, &openid, 1, txid))
+        .await;
+    assert_eq!(s, 200);
+    let all = events(c, json!({"action": "events"})).await;
+    let listed = all["events"].as_array().unwrap();
+    assert_eq!(
+        listed[0]["source"], "payment_mismatch",
+        "newest first: {all}"
+    );
+    assert_eq!(listed[0]["body"]["out_trade_no"], no.as_str(), "{all}");
+    assert_eq!(listed[0]["body"]["total_fee"], "1", "{all}");
+    assert!(
+        listed
+            .iter()
+            .any(|e| e["event"] == "open_product_brand_audit"),
+        "{all}"
+    );
+    let times: Vec<i64> = listed
+        .iter()
+        .map(|e| e["received_at"].as_i64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+
+    // One source, paged.
+    let first = events(c, json!({"action": "events", "source": "push", "limit": 1})).await;
+    assert_eq!(first["events"].as_array().unwrap().len(), 1, "{first}");
+    let next = first["next"]
+        .as_str()
+        .expect("more pushes than one (the seed's audits)");
+    let second = events(
+        c,
+        json!({"action": "events", "source": "push", "limit": 1, "cursor": next}),
+    )
+    .await;
+    assert_eq!(second["events"].as_array().unwrap().len(), 1, "{second}");
+    assert_ne!(first["events"][0]["key"], second["events"][0]["key"]);
+    assert!(
+        first["events"][0]["received_at"].as_i64() >= second["events"][0]["received_at"].as_i64()
+    );
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "cursor": next}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("SOURCE_REQUIRED")),
+        "{v}"
+    );
+}

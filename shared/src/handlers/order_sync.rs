@@ -292,6 +292,109 @@ enum AdminAction {
     Reconcile {
         bill_date: String,
     },
+    /// Recorded events, newest first: one `source` paged with `cursor`, or (no `source`) the
+    /// newest of every source in [`EVENT_SOURCES`] together.
+    Events {
+        #[serde(default)]
+        source: Option<String>,
+        #[serde(default)]
+        cursor: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+}
+
+/// The sources events are recorded under: `push` (every message-push event as received —
+/// brand, category and scene audit verdicts among them) and the evidence kept for a person.
+pub const EVENT_SOURCES: [&str; 8] = [
+    "push",
+    "double_payment",
+    "payment_mismatch",
+    "refund_mismatch",
+    "refund_abnormal",
+    "paid_after_close_oversold",
+    "order_pay_refused",
+    "order_confirm_not_applied",
+];
+
+/// `events`: one source is a page of the store's index of that source (by time received);
+/// the sources together have no index of their own, so without `source` the newest `limit`
+/// of each are merged and no cursor is offered — page by source.
+async fn list_events(
+    app: &App,
+    source: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+) -> Result<serde_json::Value, ApiError> {
+    let limit = limit.unwrap_or(50).clamp(1, 100);
+    if let Some(source) = source {
+        if source.is_empty() || source.len() > 64 {
+            return Err(ApiError::bad_request(
+                "BAD_SOURCE",
+                format!("`source` is one of {}", EVENT_SOURCES.join(", ")),
+            ));
+        }
+        let (events, next) = repo::events_of(app.store.as_ref(), &source, limit, cursor)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::BadCursor => ApiError::bad_request(
+                    "BAD_CURSOR",
+                    "`cursor` must be a `next` this action answered for the same source",
+                ),
+                other => other.into(),
+            })?;
+        let views: Vec<_> = events.iter().map(|e| event_view(app, e)).collect();
+        return Ok(serde_json::json!({ "events": views, "next": next }));
+    }
+    if cursor.is_some() {
+        return Err(ApiError::bad_request(
+            "SOURCE_REQUIRED",
+            format!(
+                "a `cursor` pages one source: give `source` (one of {})",
+                EVENT_SOURCES.join(", ")
+            ),
+        ));
+    }
+    let mut all = Vec::new();
+    for source in EVENT_SOURCES {
+        let (events, _) = repo::events_of(app.store.as_ref(), source, limit, None).await?;
+        all.extend(events);
+    }
+    all.sort_by_key(|e| std::cmp::Reverse(e.received_at_ms));
+    all.truncate(limit);
+    let views: Vec<_> = all.iter().map(|e| event_view(app, e)).collect();
+    Ok(serde_json::json!({ "events": views, "next": null, "sources": EVENT_SOURCES }))
+}
+
+/// An event as the merchant reads it: a push decrypted (safe mode) and parsed, whatever its
+/// wire format; a payment notification kept as evidence by its fields; other evidence as the
+/// JSON it was kept as.
+fn event_view(app: &App, e: &repo::EventRecord) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "source": e.source, "key": e.key, "received_at": e.received_at_ms,
+    });
+    if e.source == "push" {
+        match crate::push::decode_stored(e.body.as_bytes(), &app.push) {
+            Ok(m) => {
+                v["event"] = serde_json::json!(m.event);
+                v["body"] = serde_json::Value::Object(m.raw);
+            }
+            Err(err) => {
+                v["body"] = serde_json::Value::String(e.body.clone());
+                v["unreadable"] = serde_json::Value::String(err.to_string());
+            }
+        }
+    } else if e.body.trim_start().starts_with('<') {
+        // A WeChat Pay notification kept as evidence (signed XML): its fields.
+        v["body"] = match crate::pay::xml::decode(e.body.as_bytes()) {
+            Ok(fields) => serde_json::json!(fields),
+            Err(_) => serde_json::Value::String(e.body.clone()),
+        };
+    } else {
+        v["body"] = serde_json::from_str(&e.body)
+            .unwrap_or_else(|_| serde_json::Value::String(e.body.clone()));
+    }
+    v
 }
 
 pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
@@ -370,6 +473,11 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         AdminAction::Reconcile { bill_date } => Ok(json(
             &super::pay_orders::reconcile_bill(app, &bill_date).await?,
         )),
+        AdminAction::Events {
+            source,
+            cursor,
+            limit,
+        } => Ok(json(&list_events(app, source, cursor, limit).await?)),
     }
 }
 
