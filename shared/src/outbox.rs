@@ -409,6 +409,42 @@ pub async fn pending_for(
     Ok(out)
 }
 
+/// Every entry about one subject (see [`Task::subject`]), pending and dead, with the version
+/// a conditional write must name; soonest due first.
+pub async fn entries_for(
+    store: &dyn Store,
+    subject: &str,
+    limit: usize,
+) -> Result<Vec<Claimed>, StoreError> {
+    let mut query = Query::new(Kind::Outbox, Index::Owner(subject.to_owned()));
+    query.limit = limit.max(1);
+    let page = store.query(query).await?;
+    page.records
+        .iter()
+        .map(|rec| {
+            Ok(Claimed {
+                entry: rec.decode()?,
+                version: rec.version,
+            })
+        })
+        .collect()
+}
+
+/// The write that puts `current` (pending or dead, read at its version) back in the queue,
+/// due now with its attempts reset and its last error kept — for a task whose input was
+/// corrected, so that it runs again rather than a second copy of it. A conflict if it changed
+/// since it was read (a worker leased or settled it).
+pub fn requeue_write(current: &Claimed, now_ms: i64) -> Result<Write, StoreError> {
+    let mut next = current.entry.clone();
+    next.dead_at_ms = None;
+    next.attempts = 0;
+    next.due_at_ms = now_ms;
+    Ok(Write::put(
+        to_record(&next, current.version + 1)?,
+        Expect::Version(current.version),
+    ))
+}
+
 /// Puts a dead entry back in the queue, due now, with its attempts reset. `Ok(false)` if no
 /// dead entry has this id. Conflict if it changed meanwhile.
 pub async fn replay_dead(store: &dyn Store, id: &str, now_ms: i64) -> Result<bool, StoreError> {

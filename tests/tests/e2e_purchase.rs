@@ -2154,3 +2154,405 @@ async fn a_cancel_push_wechat_does_not_confirm_cancels_nothing() {
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(c.aftersale(&token, &no).await["status"], "REQUESTED");
 }
+
+/// WeChat's own record of an order (`shop/order/get`, through the app's client).
+async fn wx_order(r: &Running, no: &str) -> wxshop::shop::order::OrderInfo {
+    let no = OutTradeNo::parse(no.to_owned()).unwrap();
+    let order = wxshop::store::repo::get_order(r.app.store.as_ref(), &no)
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    r.app
+        .wx
+        .order_get(
+            &wxshop::shop::types::OrderKey::Out(no.to_string()),
+            order.openid.as_str(),
+        )
+        .await
+        .unwrap()
+}
+
+/// `delivery/send` calls about order `no` so far.
+fn sends_of(r: &Running, no: &str) -> Vec<Value> {
+    r.sandbox
+        .calls("shop/delivery/send")
+        .into_iter()
+        .filter(|v| v.to_string().contains(no))
+        .collect()
+}
+
+/// A courier id WeChat does not know ("SF Express" for "SF") is refused before anything
+/// moves: 400 naming where valid ids come from, the order still PAID, nothing sent. It used to
+/// ship the order at once and queue a `delivery/send` WeChat refused for good, after which the
+/// order could not be shipped again.
+#[tokio::test]
+async fn a_courier_wechat_does_not_know_is_refused_before_shipping() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "olga", 1).await;
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF Express", "waybill_id": "SF100"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "BAD_DELIVERY_ID", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("\"companies\""),
+        "says how to list valid ids: {v}"
+    );
+    let (_, drained) = c
+        .admin("/admin/orderSync", &json!({"action": "drain"}))
+        .await;
+    assert_eq!(drained["dead"], 0, "{drained}");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+    assert!(sends_of(&r, &no).is_empty(), "nothing sent to WeChat");
+    assert!(c.dead_letters().await.is_empty());
+
+    // A listed id (and OTHERS, for a courier WeChat does not list) ships as usual.
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF", "waybill_id": "SF100"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("shop/delivery/send", || async {
+        !sends_of(&r, &no).is_empty()
+    })
+    .await;
+    eventually("WeChat's order shipped", || async {
+        wx_order(&r, &no).await.status == 30
+    })
+    .await;
+    let (_, other) = paid_and_synced(&r, &c, "olga", 1).await;
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": other, "delivery_id": "OTHERS", "waybill_id": "X1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// A shipment WeChat refused (`delivery/send` dead-lettered) is corrected by shipping again:
+/// the waybill is replaced and the same send queued again, which then reaches WeChat with
+/// the corrected waybill; nothing is left dead-lettered. Once WeChat has accepted a shipment
+/// it is not changed. A second ship used to be refused (409) and a replay resent the old
+/// waybill.
+#[tokio::test]
+async fn a_shipment_wechat_refused_is_corrected_by_shipping_again() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "pavel", 1).await;
+    c.fault(json!({"path": "shop/delivery/send", "mode": "errcode", "errcode": 47001, "count": 1}))
+        .await;
+    let c = &c;
+    let ship = |delivery: &str, waybill: &str| {
+        let body = json!({"action": "ship", "out_trade_no": no, "delivery_id": delivery, "waybill_id": waybill});
+        async move { c.admin("/admin/orderSync", &body).await }
+    };
+    let (s, v) = ship("SF", "SF-TYPO").await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the refused send dead-lettered", || async {
+        c.dead_letters()
+            .await
+            .iter()
+            .any(|d| d["task"]["type"] == "delivery_send" && d["task"]["out_trade_no"] == no)
+    })
+    .await;
+    assert_eq!(wx_order(&r, &no).await.status, 20, "WeChat took nothing");
+
+    let (s, v) = ship("YTO", "YT0000042").await;
+    assert_eq!(s, 200, "the correction: {v}");
+    assert_eq!(v["order"]["status"], "SHIPPED", "{v}");
+    assert_eq!(v["order"]["delivery"]["waybill_id"], "YT0000042", "{v}");
+    eventually("WeChat's order shipped", || async {
+        wx_order(&r, &no).await.status == 30
+    })
+    .await;
+    let parcels = wx_order(&r, &no)
+        .await
+        .order_detail
+        .delivery_detail
+        .unwrap()
+        .delivery_list;
+    assert_eq!(parcels.len(), 1, "{parcels:?}");
+    assert_eq!(
+        (
+            parcels[0].delivery_id.as_str(),
+            parcels[0].waybill_id.as_str()
+        ),
+        ("YTO", "YT0000042")
+    );
+    assert_eq!(
+        sends_of(&r, &no).len(),
+        2,
+        "the refused send, then the corrected one"
+    );
+    assert!(c.dead_letters().await.is_empty());
+
+    // Accepted by WeChat now: no further change of waybill.
+    let (s, v) = ship("ZTO", "ZT1").await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(
+        c.status(&token, &no).await["delivery"]["waybill_id"],
+        "YT0000042"
+    );
+}
+
+/// The user applies for an after-sale the moment the order reads PAID, while the payment
+/// sync (`shop/order/pay`) is still failing (WeChat busy, twice): WeChat refuses the
+/// after-sale of an order it holds unpaid (100000). That refusal waits for the payment sync,
+/// read back from `shop/order/get` (status 10), instead of being dead-lettered as final; once
+/// the payment lands the after-sale is added — one after-sale at WeChat, nothing dead.
+#[tokio::test]
+async fn an_aftersale_applied_before_the_payment_sync_waits_for_it() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("quentin").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.fault(json!({"path": "shop/order/pay", "mode": "errcode", "errcode": -1, "count": 2}))
+        .await;
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("PAID", || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let id = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "changed my mind"}),
+        )
+        .await;
+    let adds = || {
+        r.sandbox
+            .calls("shop/ecaftersale/add")
+            .into_iter()
+            .filter(|v| v.to_string().contains(&no))
+            .count()
+    };
+    eventually("the first add, refused", || async { adds() >= 1 }).await;
+    for _ in 0..30 {
+        if wx_aftersale_id(&r, &id).await.is_some() {
+            break;
+        }
+        let dead = c.dead_letters().await;
+        assert!(
+            dead.is_empty(),
+            "a refusal before the payment sync must wait: {dead:?}"
+        );
+        r.app.clock.advance(20_000);
+        c.admin("/admin/orderSync", &json!({"action": "drain"}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(wx_aftersale_id(&r, &id).await.is_some(), "added at WeChat");
+    assert!(
+        adds() >= 2,
+        "the first add came before the payment sync and was refused"
+    );
+    let listed = r
+        .app
+        .wx
+        .ecaftersale_get_list(&wxshop::shop::aftersale::EcAfterSaleListRequest {
+            out_order_id: Some(no.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.after_sales_orders.len(), 1, "{listed:?}");
+    assert!(c.dead_letters().await.is_empty());
+    assert_eq!(c.aftersale(&token, &no).await["status"], "REQUESTED");
+}
+
+/// The user confirms receipt in WeChat's own order centre (sandbox `/_control/order`), which
+/// pushes `open_product_order_confirm`: our order reads RECEIVED, as WeChat's order is
+/// completed (100) — no `delivery/recieve` is sent, WeChat has the receipt. The push is
+/// believed only as `shop/order/get` states it: the same push for a shipped order WeChat
+/// does not hold completed changes nothing. The event used to be ignored, leaving the order
+/// SHIPPED for good.
+#[tokio::test]
+async fn receipt_confirmed_in_wechat_is_recorded() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "rosa", 1).await;
+    let (_, other) = paid_and_synced(&r, &c, "rosa", 1).await;
+    for (n, waybill) in [(&no, "SF200"), (&other, "SF201")] {
+        let (s, v) = c
+            .admin(
+                "/admin/orderSync",
+                &json!({"action": "ship", "out_trade_no": n, "delivery_id": "SF", "waybill_id": waybill}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    eventually("both shipped at WeChat", || async {
+        wx_order(&r, &no).await.status == 30 && wx_order(&r, &other).await.status == 30
+    })
+    .await;
+
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/order",
+            None,
+            &json!({"action": "confirm_receipt", "out_order_id": no}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("RECEIVED", || async {
+        c.status(&token, &no).await["status"] == "RECEIVED"
+    })
+    .await;
+    assert!(
+        !r.sandbox
+            .calls("shop/delivery/recieve")
+            .iter()
+            .any(|v| v.to_string().contains(&no)),
+        "WeChat has the receipt; nothing to send"
+    );
+
+    // A confirm push WeChat's order does not bear out (still 30) records nothing.
+    let ts = r.app.clock.now_secs();
+    let query = wxshop::push::PushQuery::signed("localpushtoken", &ts.to_string(), "n-confirm")
+        .to_query_string();
+    let push = json!({"ToUserName": "gh_x", "FromUserName": "oX", "CreateTime": ts,
+        "MsgType": "event", "Event": "open_product_order_confirm",
+        "order_info": {"out_order_id": other}});
+    let resp = c
+        .http
+        .post(format!("{}/callbacks/wechat?{query}", r.base_url))
+        .body(push.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(c.status(&token, &other).await["status"], "SHIPPED");
+    assert!(c.dead_letters().await.is_empty());
+}
+
+/// `/admin/orderSync {action: "events", …}`, which must answer 200.
+async fn events(c: &Client<'_>, body: Value) -> Value {
+    let (s, v) = c.admin("/admin/orderSync", &body).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// What is kept only as an event record — audit verdicts pushed by WeChat, payment
+/// notifications that did not match — is listed for the merchant, newest first: a push
+/// decrypted (safe mode) and parsed, evidence by its fields; one source is paged with its
+/// cursor. Nothing listed these records before.
+#[tokio::test]
+async fn recorded_events_are_listed_newest_first_and_readable() {
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    let r = stack_with(&[("WX_PUSH_AES_KEY", AES)]).await;
+    let c = Client::new(&r);
+    let c = &c;
+
+    // A brand audit: WeChat's verdict arrives as an encrypted push.
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "wechat", "api": "shop/audit/audit_brand", "body": {"audit_req": {
+                "license": ["https://mmecimage.cn/p/licence.jpg"],
+                "brand_info": {"brand_wording": "West Lake Tea"}}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let audit_id = v["audit_id"].as_str().unwrap().to_owned();
+    let verdict = || async {
+        events(
+            c,
+            json!({"action": "events", "source": "push", "limit": 100}),
+        )
+        .await["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == "open_product_brand_audit")
+            .cloned()
+    };
+    eventually("the brand verdict listed", || async {
+        verdict().await.is_some()
+    })
+    .await;
+    let brand = verdict().await.unwrap();
+    let stored = wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "push",
+        brand["key"].as_str().unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        stored.value.body.contains("Encrypt"),
+        "kept as received, encrypted"
+    );
+    assert_eq!(
+        brand["body"]["QualificationAuditResult"]["audit_id"], audit_id,
+        "decrypted and parsed: {brand}"
+    );
+
+    // A genuine notification for the wrong amount: refused, kept as evidence.
+    let (token, openid) = c.login("sven").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let txid = "4200000000000000000000000777";
+    let (s, _) = c
+        .raw("/callbacks/pay", notification(&r, &no, &openid, 1, txid))
+        .await;
+    assert_eq!(s, 200);
+    let all = events(c, json!({"action": "events"})).await;
+    let listed = all["events"].as_array().unwrap();
+    assert_eq!(
+        listed[0]["source"], "payment_mismatch",
+        "newest first: {all}"
+    );
+    assert_eq!(listed[0]["body"]["out_trade_no"], no.as_str(), "{all}");
+    assert_eq!(listed[0]["body"]["total_fee"], "1", "{all}");
+    assert!(
+        listed
+            .iter()
+            .any(|e| e["event"] == "open_product_brand_audit"),
+        "{all}"
+    );
+    let times: Vec<i64> = listed
+        .iter()
+        .map(|e| e["received_at"].as_i64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+
+    // One source, paged.
+    let first = events(c, json!({"action": "events", "source": "push", "limit": 1})).await;
+    assert_eq!(first["events"].as_array().unwrap().len(), 1, "{first}");
+    let next = first["next"]
+        .as_str()
+        .expect("more pushes than one (the seed's audits)");
+    let second = events(
+        c,
+        json!({"action": "events", "source": "push", "limit": 1, "cursor": next}),
+    )
+    .await;
+    assert_eq!(second["events"].as_array().unwrap().len(), 1, "{second}");
+    assert_ne!(first["events"][0]["key"], second["events"][0]["key"]);
+    assert!(
+        first["events"][0]["received_at"].as_i64() >= second["events"][0]["received_at"].as_i64()
+    );
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "cursor": next}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("SOURCE_REQUIRED")),
+        "{v}"
+    );
+}

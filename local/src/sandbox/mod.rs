@@ -283,6 +283,7 @@ impl Sandbox {
             .route("/_control/expire_tokens", post(control_expire_tokens))
             .route("/_control/settle", post(control_settle))
             .route("/_control/aftersale", post(control_aftersale))
+            .route("/_control/order", post(control_order))
             .route("/_control/refund_outcome", post(control_refund_outcome))
             .route("/_control/funds/qrcode", post(control_qrcode))
             .route(
@@ -782,6 +783,17 @@ async fn control_aftersale(AxState(sb): AxState<Sandbox>, body: Bytes) -> Respon
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     };
     match shop::user_aftersale(&sb, &v) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => control_err(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn control_order(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    match shop::user_order(&sb, &v) {
         Ok(v) => Json(v).into_response(),
         Err(e) => control_err(StatusCode::CONFLICT, e),
     }

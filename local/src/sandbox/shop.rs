@@ -1820,6 +1820,46 @@ fn delivery_recieve(sb: &Sandbox, v: &Value) -> WxResult {
     Ok(json!({}))
 }
 
+/// Control: the user acts on an order in WeChat's own order centre.
+/// `{"action":"confirm_receipt","out_order_id"}` confirms receipt of a shipped order (30 →
+/// 100, as WeChat also does by itself once the confirmation period runs out) and pushes
+/// `open_product_order_confirm`, which is all the merchant hears of it.
+pub fn user_order(sb: &Sandbox, v: &Value) -> Result<Value, String> {
+    let action = str_of(v, "action").unwrap_or("confirm_receipt");
+    if action != "confirm_receipt" {
+        return Err(format!("unknown action `{action}`: confirm_receipt"));
+    }
+    let out_order_id = str_of(v, "out_order_id")
+        .ok_or("give out_order_id")?
+        .to_owned();
+    let now = sb.now_ms();
+    let order_id = {
+        let mut st = sb.st();
+        let o = st
+            .shop
+            .orders
+            .get_mut(&out_order_id)
+            .ok_or("no such trading-component order")?;
+        if o.status != 30 {
+            return Err(format!(
+                "order status {} is not shipped (30): receipt cannot be confirmed",
+                o.status
+            ));
+        }
+        o.status = 100;
+        o.received_ms = Some(now);
+        o.update_time = beijing_datetime(now);
+        o.order_id
+    };
+    push_event(
+        sb,
+        "open_product_order_confirm",
+        "order_info",
+        json!({"order_id": order_id, "out_order_id": out_order_id}),
+    );
+    Ok(json!({"order_id": order_id, "out_order_id": out_order_id, "status": 100}))
+}
+
 // ---------------------------------------------------------------------------------------------
 // EC after-sales
 

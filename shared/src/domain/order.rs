@@ -12,6 +12,10 @@
 //! rest is still shipped and its receipt confirmed. Refunding what is left makes it REFUNDED
 //! (final). `PAID` with `fund_type = 1` additionally records settlement (`settled_at`).
 //!
+//! COMPLETED: [`Order::complete`] exists, but nothing calls it — no completion rule (the
+//! after-sale window running out, say) is implemented, so RECEIVED is the last fulfilment
+//! status an order reaches today.
+//!
 //! PARTIALLY_REFUNDED is no longer entered; records written while a partial refund replaced
 //! the fulfilment status still read, and leave it the way they would have gone: ship when no
 //! waybill was recorded yet, confirm receipt when one was, refund to REFUNDED.
@@ -322,6 +326,27 @@ impl Order {
         }
     }
 
+    /// A shipped order's waybill replaced (SHIPPED stays SHIPPED): the courier or waybill
+    /// entered was wrong. Whether that may still happen — WeChat has not accepted the
+    /// shipment yet — is the caller's to know; the same waybill again is `Unchanged`.
+    pub fn correct_shipment(
+        &mut self,
+        delivery: Delivery,
+        now_ms: i64,
+    ) -> Result<Change, TransitionError> {
+        match self.status {
+            OrderStatus::Shipped | OrderStatus::PartiallyRefunded if self.delivery.is_some() => {
+                if self.delivery.as_ref() == Some(&delivery) {
+                    return Ok(Change::Unchanged);
+                }
+                self.delivery = Some(delivery);
+                self.updated_at_ms = now_ms;
+                Ok(Change::Changed)
+            }
+            _ => Err(self.not_allowed("correct the shipment")),
+        }
+    }
+
     /// SHIPPED → RECEIVED, also after a partial refund (a legacy PARTIALLY_REFUNDED order
     /// with a waybill is received the same way).
     pub fn receive(&mut self, now_ms: i64) -> Result<Change, TransitionError> {
@@ -339,7 +364,8 @@ impl Order {
         }
     }
 
-    /// RECEIVED → COMPLETED (after-sale window over).
+    /// RECEIVED → COMPLETED (meant for when the after-sale window is over; not called by
+    /// any handler yet).
     pub fn complete(&mut self, now_ms: i64) -> Result<Change, TransitionError> {
         match self.status {
             OrderStatus::Completed => Ok(Change::Unchanged),
@@ -668,6 +694,27 @@ pub(crate) mod tests {
         assert_eq!(o.claimable(), fen(40));
         let json = serde_json::to_string(&o).unwrap();
         assert!(!json.contains("refund_claims"), "{json}");
+    }
+
+    /// A waybill is corrected only on a shipped order; the status stays SHIPPED.
+    #[test]
+    fn only_a_shipped_order_has_its_waybill_corrected() {
+        let d = |w: &str| Delivery {
+            delivery_id: "SF".into(),
+            waybill_id: w.into(),
+        };
+        let mut o = sample_order(100);
+        o.pay("t", 1, 1).unwrap();
+        assert!(o.correct_shipment(d("1"), 2).is_err(), "not shipped yet");
+        o.ship(d("1"), 3).unwrap();
+        assert_eq!(o.correct_shipment(d("1"), 4), Ok(Change::Unchanged));
+        assert_eq!(o.correct_shipment(d("2"), 5), Ok(Change::Changed));
+        assert_eq!(
+            (o.status, o.delivery.clone()),
+            (OrderStatus::Shipped, Some(d("2")))
+        );
+        o.receive(6).unwrap();
+        assert!(o.correct_shipment(d("3"), 7).is_err(), "received");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `auditCallback`: message push from the WeChat platform. GET is the console's URL
 //! verification; POST carries events (plaintext or safe mode, XML or JSON). Every event is
 //! verified, recorded once (replays are no-ops), applied to our state (audit verdicts make
-//! products orderable or carry the reason; fund_type=1 payments and settlements; after-sale
-//! events), and answered `success` — unknown events too, kept raw for later.
+//! products orderable or carry the reason; fund_type=1 payments and settlements; receipt
+//! confirmed in WeChat; after-sale events), and answered `success` — unknown events too,
+//! kept raw for later.
 //!
 //! Nothing is acknowledged before it is stored: a store failure answers 503 so WeChat
 //! retries.
@@ -206,6 +207,7 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
             super::aftersale_sync::on_wechat_event(app, kind, body).await
         }
         PushEvent::WithdrawNotify { body, .. } => super::funds::on_withdraw_notify(app, body).await,
+        PushEvent::OrderConfirm { body, .. } => on_order_confirm(app, body).await,
         // Brand/category/scene/account verdicts and the rest are recorded
         // (for the merchant to read) and acknowledged.
         _ => Ok(()),
@@ -354,4 +356,68 @@ async fn not_recorded(app: &App, no: &OutTradeNo, why: String) -> Result<(), Api
     let key = format!("{no}/{}", app.clock.now_ms());
     super::common::keep_evidence(app, "order_pay_refused", key, evidence).await?;
     Ok(())
+}
+
+/// `open_product_order_confirm`: the user confirmed receipt in WeChat's order centre (or
+/// WeChat confirmed it when the confirmation period ran out), which the merchant hears of
+/// only here. As with the payment push, the body alone is not proof (plaintext mode does not
+/// sign it), so receipt is recorded only as WeChat's order, read back with `shop/order/get`,
+/// states it: status 100 (completed, WECHAT_SHOP.md §5.3). The transition is the one the
+/// user's own confirmation takes (`queryOrder` `confirm`: SHIPPED → RECEIVED), without its
+/// `delivery/recieve` task — WeChat has the receipt already.
+async fn on_order_confirm(app: &App, body: &push::OrderRef) -> Result<(), ApiError> {
+    let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
+        return Ok(());
+    };
+    let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+        tracing::warn!(security = true, out_order_id = %no, "receipt event for an unknown order");
+        return Ok(());
+    };
+    let order = order.value;
+    if order.wx_order_id.is_none() {
+        tracing::warn!(security = true, out_order_id = %no, "receipt event for an order not in the trading component; ignored");
+        return Ok(());
+    }
+    let key = crate::shop::types::OrderKey::Out(no.to_string());
+    let wx = app
+        .wx
+        .order_get(&key, order.openid.as_str())
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(
+                "WECHAT_UNAVAILABLE",
+                format!("cannot read order {no} with shop/order/get ({e}); push the event again"),
+            )
+        })?;
+    if wx.status != 100 {
+        tracing::warn!(security = true, out_order_id = %no, wx_status = wx.status, "receipt event, but WeChat's order is not completed; nothing recorded");
+        return Ok(());
+    }
+    let received = transition_order(
+        app,
+        &no,
+        |o, now| {
+            o.receive(now)
+                .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPED", e.to_string()))
+        },
+        |_| None,
+    )
+    .await;
+    match received {
+        Ok(_) => {
+            tracing::info!(out_order_id = %no, "receipt confirmed in WeChat recorded");
+            Ok(())
+        }
+        // Ours is not shipped (or already refunded): WeChat's receipt is kept for a person,
+        // acknowledged — its retries would say the same.
+        Err(e) if e.status == StatusCode::CONFLICT => {
+            tracing::warn!(out_order_id = %no, error = %e, "receipt confirmed in WeChat does not apply to our order; kept");
+            let evidence =
+                serde_json::json!({"out_order_id": no.as_str(), "why": e.to_string()}).to_string();
+            let key = format!("{no}/{}", app.clock.now_ms());
+            super::common::keep_evidence(app, "order_confirm_not_applied", key, evidence).await?;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }

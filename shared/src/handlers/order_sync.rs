@@ -8,12 +8,12 @@
 //! ([`on_schedule`]), and HTTP ([`handle`]). `wxlocal` runs [`drain`] in a loop instead of the
 //! stream.
 
-use super::common::{close_and_release, transition_order};
+use super::common::{close_and_release, with_retries, Attempt};
 use crate::app::App;
-use crate::domain::{Delivery, OrderStatus, OutTradeNo};
+use crate::domain::{Change, Delivery, OrderStatus, OutTradeNo};
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{self, Claimed, OutboxEntry, Task};
-use crate::store::repo;
+use crate::store::repo::{self, Batch};
 use serde::Deserialize;
 
 /// How long a worker holds an entry before another may take it over.
@@ -284,7 +284,8 @@ async fn close_at_wechat(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
 #[derive(Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 enum AdminAction {
-    /// Ship a paid order (`delivery_id` from `companies`).
+    /// Ship a paid order (`delivery_id` from `companies`, or `OTHERS`), or correct the
+    /// waybill of one whose shipment WeChat has not accepted yet.
     Ship {
         out_trade_no: String,
         delivery_id: String,
@@ -311,6 +312,109 @@ enum AdminAction {
     Reconcile {
         bill_date: String,
     },
+    /// Recorded events, newest first: one `source` paged with `cursor`, or (no `source`) the
+    /// newest of every source in [`EVENT_SOURCES`] together.
+    Events {
+        #[serde(default)]
+        source: Option<String>,
+        #[serde(default)]
+        cursor: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+}
+
+/// The sources events are recorded under: `push` (every message-push event as received —
+/// brand, category and scene audit verdicts among them) and the evidence kept for a person.
+pub const EVENT_SOURCES: [&str; 8] = [
+    "push",
+    "double_payment",
+    "payment_mismatch",
+    "refund_mismatch",
+    "refund_abnormal",
+    "paid_after_close_oversold",
+    "order_pay_refused",
+    "order_confirm_not_applied",
+];
+
+/// `events`: one source is a page of the store's index of that source (by time received);
+/// the sources together have no index of their own, so without `source` the newest `limit`
+/// of each are merged and no cursor is offered — page by source.
+async fn list_events(
+    app: &App,
+    source: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+) -> Result<serde_json::Value, ApiError> {
+    let limit = limit.unwrap_or(50).clamp(1, 100);
+    if let Some(source) = source {
+        if source.is_empty() || source.len() > 64 {
+            return Err(ApiError::bad_request(
+                "BAD_SOURCE",
+                format!("`source` is one of {}", EVENT_SOURCES.join(", ")),
+            ));
+        }
+        let (events, next) = repo::events_of(app.store.as_ref(), &source, limit, cursor)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::BadCursor => ApiError::bad_request(
+                    "BAD_CURSOR",
+                    "`cursor` must be a `next` this action answered for the same source",
+                ),
+                other => other.into(),
+            })?;
+        let views: Vec<_> = events.iter().map(|e| event_view(app, e)).collect();
+        return Ok(serde_json::json!({ "events": views, "next": next }));
+    }
+    if cursor.is_some() {
+        return Err(ApiError::bad_request(
+            "SOURCE_REQUIRED",
+            format!(
+                "a `cursor` pages one source: give `source` (one of {})",
+                EVENT_SOURCES.join(", ")
+            ),
+        ));
+    }
+    let mut all = Vec::new();
+    for source in EVENT_SOURCES {
+        let (events, _) = repo::events_of(app.store.as_ref(), source, limit, None).await?;
+        all.extend(events);
+    }
+    all.sort_by_key(|e| std::cmp::Reverse(e.received_at_ms));
+    all.truncate(limit);
+    let views: Vec<_> = all.iter().map(|e| event_view(app, e)).collect();
+    Ok(serde_json::json!({ "events": views, "next": null, "sources": EVENT_SOURCES }))
+}
+
+/// An event as the merchant reads it: a push decrypted (safe mode) and parsed, whatever its
+/// wire format; a payment notification kept as evidence by its fields; other evidence as the
+/// JSON it was kept as.
+fn event_view(app: &App, e: &repo::EventRecord) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "source": e.source, "key": e.key, "received_at": e.received_at_ms,
+    });
+    if e.source == "push" {
+        match crate::push::decode_stored(e.body.as_bytes(), &app.push) {
+            Ok(m) => {
+                v["event"] = serde_json::json!(m.event);
+                v["body"] = serde_json::Value::Object(m.raw);
+            }
+            Err(err) => {
+                v["body"] = serde_json::Value::String(e.body.clone());
+                v["unreadable"] = serde_json::Value::String(err.to_string());
+            }
+        }
+    } else if e.body.trim_start().starts_with('<') {
+        // A WeChat Pay notification kept as evidence (signed XML): its fields.
+        v["body"] = match crate::pay::xml::decode(e.body.as_bytes()) {
+            Ok(fields) => serde_json::json!(fields),
+            Err(_) => serde_json::Value::String(e.body.clone()),
+        };
+    } else {
+        v["body"] = serde_json::from_str(&e.body)
+            .unwrap_or_else(|_| serde_json::Value::String(e.body.clone()));
+    }
+    v
 }
 
 pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
@@ -389,29 +493,98 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         AdminAction::Reconcile { bill_date } => Ok(json(
             &super::pay_orders::reconcile_bill(app, &bill_date).await?,
         )),
+        AdminAction::Events {
+            source,
+            cursor,
+            limit,
+        } => Ok(json(&list_events(app, source, cursor, limit).await?)),
     }
 }
 
+/// Ships a paid order, or corrects the waybill of a shipped one that WeChat has not accepted
+/// yet. For an order in the trading component the courier must be one WeChat knows
+/// (`shop/delivery/get_company_list`, or `OTHERS`), checked before anything changes:
+/// `delivery/send` refuses any other id, and WeChat does not take a parcel twice.
+///
+/// A correction is allowed while the order's `shop/delivery/send` task is still queued or
+/// dead-lettered (WeChat refused it, or has not been reached): the waybill is replaced and
+/// that same task re-queued, due now, in one write — never a second send beside it. Once
+/// the task has succeeded it is gone, and the shipment stands.
 async fn ship(
     app: &App,
     no: &OutTradeNo,
     delivery: Delivery,
 ) -> Result<crate::domain::Order, ApiError> {
-    let order = transition_order(
-        app,
-        no,
-        |o, now| {
-            o.ship(delivery.clone(), now)
-                .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPABLE", e.to_string()))
-        },
-        |o| {
-            o.wx_order_id.map(|_| Task::DeliverySend {
-                out_trade_no: o.out_trade_no.clone(),
-            })
-        },
-    )
+    let order = repo::get_order(app.store.as_ref(), no)
+        .await?
+        .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?;
+    if order.value.wx_order_id.is_some() {
+        super::shop_orders::check_delivery_id(app, &delivery.delivery_id).await?;
+    }
+    let subject = Task::DeliverySend {
+        out_trade_no: no.clone(),
+    }
+    .subject();
+    let (order, corrected) = with_retries(app, || async {
+        let current = repo::get_order(app.store.as_ref(), no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?;
+        let now = app.clock.now_ms();
+        let mut next = current.value.clone();
+        let refused = match next.ship(delivery.clone(), now) {
+            Ok(Change::Unchanged) => return Ok(Attempt::Done((next, false))),
+            Ok(Change::Changed) => {
+                let mut batch = Batch::new();
+                batch.update_order(&current, &next);
+                if next.wx_order_id.is_some() {
+                    batch.enqueue(OutboxEntry::new(
+                        Task::DeliverySend {
+                            out_trade_no: no.clone(),
+                        },
+                        now,
+                    ));
+                }
+                return Ok(Attempt::Commit(batch, (next, false)));
+            }
+            Err(e) => e,
+        };
+        // Shipped already, with another waybill: a correction, if WeChat has not taken the
+        // shipment yet (its send task still queued or dead).
+        let sends: Vec<_> = outbox::entries_for(app.store.as_ref(), &subject, 20)
+            .await?
+            .into_iter()
+            .filter(|c| matches!(c.entry.task, Task::DeliverySend { .. }))
+            .collect();
+        if current.value.delivery.is_none() || sends.is_empty() {
+            let why = match &current.value.delivery {
+                Some(d) if current.value.wx_order_id.is_some() => format!(
+                    "{refused}: WeChat accepted the shipment with {} {} already, and a shipment \
+                     it accepted cannot be changed",
+                    d.delivery_id, d.waybill_id
+                ),
+                _ => refused.to_string(),
+            };
+            return Err(ApiError::conflict("ORDER_NOT_SHIPPABLE", why));
+        }
+        let change = next
+            .correct_shipment(delivery.clone(), now)
+            .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPABLE", e.to_string()))?;
+        if change == Change::Unchanged {
+            return Ok(Attempt::Done((next, false)));
+        }
+        let mut batch = Batch::new();
+        batch.update_order(&current, &next);
+        for send in &sends {
+            batch.push(outbox::requeue_write(send, now)?);
+        }
+        Ok(Attempt::Commit(batch, (next, true)))
+    })
     .await?;
-    tracing::info!(out_trade_no = %no, "order shipped");
+    if corrected {
+        tracing::warn!(out_trade_no = %no, "shipment corrected before WeChat accepted it; delivery/send queued again");
+    } else {
+        tracing::info!(out_trade_no = %no, "order shipped");
+    }
     Ok(order)
 }
 

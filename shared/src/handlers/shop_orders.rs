@@ -201,7 +201,8 @@ fn step_at_wechat(status: i64, step: i64) -> StepAtWechat {
         s if s >= step => StepAtWechat::Done,
         // Not past the step before this one — or only just: the refusal may predate it (the
         // payment synced between our call and this read). Bounded by the outbox's attempts.
-        s if s <= before => StepAtWechat::Waiting,
+        // 11: the cashier finished, the payment not synced yet — still unpaid, like 10.
+        s if s <= before || s == 11 => StepAtWechat::Waiting,
         _ => StepAtWechat::Never,
     }
 }
@@ -210,9 +211,18 @@ fn step_at_wechat(status: i64, step: i64) -> StepAtWechat {
 /// already past it, a retry if the step before has not reached WeChat yet, and for a person
 /// (dead letter) if the order was cancelled there — never silently "done".
 async fn already_synced(app: &App, order: &Order, step: i64) -> Result<(), TaskError> {
+    past_step(app, order, step).await.map(drop)
+}
+
+/// [`already_synced`], with WeChat's order as read when it is past the step.
+async fn past_step(
+    app: &App,
+    order: &Order,
+    step: i64,
+) -> Result<crate::shop::order::OrderInfo, TaskError> {
     match app.wx.order_get(&key(order), order.openid.as_str()).await {
         Ok(info) => match step_at_wechat(info.status, step) {
-            StepAtWechat::Done => Ok(()),
+            StepAtWechat::Done => Ok(info),
             StepAtWechat::Waiting => Err(TaskError::Retry(format!(
                 "trading component order is in status {}, before this step's turn",
                 info.status
@@ -388,9 +398,43 @@ pub async fn sync_delivery(app: &App, no: &OutTradeNo) -> Result<(), TaskError> 
     };
     match app.wx.delivery_send(&req).await {
         Ok(()) => Ok(()),
-        Err(e) if e.errcode() == Some(100000) => already_synced(app, &order, 30).await,
+        Err(e) if e.errcode() == Some(100000) => already_shipped(app, &order, d).await,
         Err(e) => Err(task_error(e)),
     }
+}
+
+/// `delivery/send` refused as out of order: done if WeChat's order is shipped — with our
+/// waybill. A waybill corrected while an earlier send was in flight may find WeChat holding
+/// the old one, which it will not replace: that is for a person, never "done".
+async fn already_shipped(
+    app: &App,
+    order: &Order,
+    ours: &crate::domain::Delivery,
+) -> Result<(), TaskError> {
+    let info = past_step(app, order, 30).await?;
+    let parcels = info
+        .order_detail
+        .delivery_detail
+        .map(|d| d.delivery_list)
+        .unwrap_or_default();
+    if parcels.is_empty()
+        || parcels
+            .iter()
+            .any(|p| p.delivery_id == ours.delivery_id && p.waybill_id == ours.waybill_id)
+    {
+        return Ok(());
+    }
+    let theirs: Vec<String> = parcels
+        .iter()
+        .map(|p| format!("{} {}", p.delivery_id, p.waybill_id))
+        .collect();
+    Err(TaskError::Permanent(format!(
+        "WeChat holds the shipment as {}, ours is {} {}; WeChat does not change a shipment it \
+         accepted",
+        theirs.join(", "),
+        ours.delivery_id,
+        ours.waybill_id
+    )))
 }
 
 /// Outbox: `shop/delivery/recieve` (WeChat's spelling).
@@ -410,13 +454,50 @@ pub async fn sync_receipt(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     }
 }
 
-/// Courier companies for shipping.
+/// Courier companies for shipping, as WeChat lists them now (the shipping check's cache is
+/// refreshed with them, so what the merchant sees is what is checked).
 pub async fn companies(app: &App) -> Result<serde_json::Value, ApiError> {
-    let list = app.wx.delivery_get_company_list().await.map_err(wx_error)?;
+    let list = app
+        .wx
+        .delivery_companies_cached(0)
+        .await
+        .map_err(wx_error)?;
     Ok(serde_json::Value::Array(
         list.iter()
             .map(|c| serde_json::json!({ "delivery_id": c.delivery_id, "delivery_name": c.delivery_name }))
             .collect(),
+    ))
+}
+
+/// How soon a courier id missing from the cached list makes us ask WeChat again (it may have
+/// added the courier since the list was fetched), in seconds.
+const COMPANY_RECHECK_SECS: i64 = 60;
+
+/// A shipment of a trading-component order must name a courier WeChat knows: an id from
+/// `shop/delivery/get_company_list` or `OTHERS` (WECHAT_SHOP.md §6). `delivery/send`
+/// refuses any other, and the refusal cannot be fixed by retrying, so it is checked here,
+/// before the order moves, against a list cached an hour.
+pub async fn check_delivery_id(app: &App, delivery_id: &str) -> Result<(), ApiError> {
+    if delivery_id == "OTHERS" {
+        return Ok(());
+    }
+    for max_age in [crate::shop::order::COMPANY_CACHE_SECS, COMPANY_RECHECK_SECS] {
+        let list = app
+            .wx
+            .delivery_companies_cached(max_age)
+            .await
+            .map_err(wx_error)?;
+        if list.iter().any(|c| c.delivery_id == delivery_id) {
+            return Ok(());
+        }
+    }
+    Err(ApiError::bad_request(
+        "BAD_DELIVERY_ID",
+        format!(
+            "delivery_id `{delivery_id}` is not a courier WeChat knows; use a delivery_id \
+             from POST /admin/orderSync {{\"action\":\"companies\"}} (WeChat's \
+             shop/delivery/get_company_list), or \"OTHERS\" if the courier is not listed"
+        ),
     ))
 }
 
@@ -477,7 +558,41 @@ async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, T
         refund_reason_type: 12,
         media_list: Vec::new(),
     };
-    app.wx.ecaftersale_add(&req).await.map_err(task_error)
+    match app.wx.ecaftersale_add(&req).await {
+        Ok(id) => Ok(id),
+        Err(e) if e.errcode() == Some(100000) => Err(aftersale_refused_early(app, order, e).await),
+        Err(e) => Err(task_error(e)),
+    }
+}
+
+/// `ecaftersale/add` refused as not allowed in the order's state (100000). WeChat takes
+/// after-sales only of orders it holds paid, and our payment sync (`shop/order/pay`) is a
+/// task of its own that may not have landed yet — it failed and waits its back-off, while the
+/// user applied at once. So WeChat's order is read back, as for the order's own steps
+/// ([`step_at_wechat`] toward 20, paid): still unpaid there (10/11) is a retry — the payment
+/// sync will land; paid there by now means the refusal came just before it did (WeChat
+/// refuses only at 10, 200 and 250), also a retry; cancelled there, or every item through
+/// after-sales already (200), the refusal is final.
+async fn aftersale_refused_early(app: &App, order: &Order, refusal: WxError) -> TaskError {
+    match app.wx.order_get(&key(order), order.openid.as_str()).await {
+        Ok(info) => match step_at_wechat(info.status, 20) {
+            StepAtWechat::Waiting => TaskError::Retry(format!(
+                "WeChat refused the after-sale ({refusal}): its order is still unpaid there \
+                 (status {}); waiting for the payment sync",
+                info.status
+            )),
+            StepAtWechat::Done if info.status != 200 => TaskError::Retry(format!(
+                "WeChat refused the after-sale ({refusal}) before the payment sync landed; its \
+                 order reads paid now (status {})",
+                info.status
+            )),
+            _ => TaskError::Permanent(format!(
+                "WeChat refused the after-sale: {refusal}; its order is in status {}",
+                info.status
+            )),
+        },
+        Err(e) => task_error(e),
+    }
 }
 
 /// Outbox: mirror a state: cancel, reject, accept the refund, or (refunded) upload the
@@ -662,6 +777,7 @@ mod tests {
         // A step refused while WeChat's order is at (or before) the step before it: that step
         // may have landed between the refusal and the read, so it is tried again.
         assert_eq!(step_at_wechat(10, 20), Waiting);
+        assert_eq!(step_at_wechat(11, 20), Waiting, "11 is unpaid, like 10");
         assert_eq!(step_at_wechat(10, 30), Waiting);
         assert_eq!(step_at_wechat(20, 30), Waiting);
         assert_eq!(step_at_wechat(30, 30), Done);

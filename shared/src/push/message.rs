@@ -114,6 +114,20 @@ pub fn decode_message(body: &[u8]) -> Result<PushMessage, PushError> {
     read_message(body, false)
 }
 
+/// Reads a push body we stored after verifying it on arrival (`auditCallback` keeps the body
+/// as received): a safe-mode envelope is decrypted (its `msg_signature` was checked then, and
+/// the query that carried it is not kept), a plaintext message is read as it is.
+pub fn decode_stored(body: &[u8], cfg: &PushConfig) -> Result<PushMessage, PushError> {
+    let envelope = read_object(body)?;
+    match envelope.get("Encrypt") {
+        Some(Value::String(encrypt)) if !encrypt.is_empty() => {
+            let plain = decrypt(cfg, encrypt)?;
+            read_message(&plain, true)
+        }
+        _ => read_message(body, false),
+    }
+}
+
 /// Encrypts a message as a genuine safe-mode push: returns the envelope body (XML or JSON, the
 /// same format as `msg`) and its `msg_signature`. Query: `PushQuery::signed_aes`.
 pub fn encrypt(

@@ -36,7 +36,9 @@ pub use events::{
     EventHead, OrderPay, OrderRef, OrderSettle, PushEvent, QualificationAudit, ReceiveCoupon,
     SceneGroupAudit, SceneGroupExt, SpuAudit, SpuStatusUpdate, WithdrawNotify,
 };
-pub use message::{decode_message, encrypt, encrypt_reply, parse, Format, PushMessage};
+pub use message::{
+    decode_message, decode_stored, encrypt, encrypt_reply, parse, Format, PushMessage,
+};
 pub use signature::{msg_signature, sign, verify_url, PushQuery};
 
 /// Largest push body (envelope or decrypted message) accepted. Real events are ~1 KiB; an

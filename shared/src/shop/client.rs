@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     /// `shop/cat/get` result and when it was fetched (epoch seconds).
     pub(crate) categories:
         tokio::sync::Mutex<Option<(i64, Arc<Vec<super::catalog::ThirdCategory>>)>>,
+    /// `shop/delivery/get_company_list` result and when it was fetched (epoch seconds).
+    pub(crate) companies:
+        tokio::sync::Mutex<Option<(i64, Arc<Vec<super::order::DeliveryCompany>>)>>,
 }
 
 /// Client for api.weixin.qq.com. Cheap to clone; clones share the token and caches.
@@ -147,6 +150,7 @@ impl WxClient {
                 token,
                 clock,
                 categories: tokio::sync::Mutex::new(None),
+                companies: tokio::sync::Mutex::new(None),
             }),
             funds_mchid: None,
         })

@@ -12,6 +12,7 @@ use super::types::{AddressInfo, KeyOpenid, OrderKey};
 use crate::domain::Fen;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// `order/add` body.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -281,6 +282,9 @@ pub struct DeliveryCompany {
     pub delivery_name: String,
 }
 
+/// How long a `delivery/get_company_list` result is reused.
+pub const COMPANY_CACHE_SECS: i64 = 3600;
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct CompanyListReply {
@@ -398,6 +402,25 @@ impl WxClient {
             .post_json("shop/delivery/get_company_list", &Empty {})
             .await?;
         Ok(r.company_list)
+    }
+
+    /// `shop/delivery/get_company_list` from an in-memory cache of [`COMPANY_CACHE_SECS`]
+    /// (the list changes rarely; every shipment is checked against it). `max_age_secs`
+    /// shortens the reuse, e.g. to look again when an id is missing from a cached list.
+    pub async fn delivery_companies_cached(
+        &self,
+        max_age_secs: i64,
+    ) -> Result<Arc<Vec<DeliveryCompany>>, WxError> {
+        let mut cache = self.inner.companies.lock().await;
+        let now = self.inner.clock.now_secs();
+        if let Some((at, list)) = cache.as_ref() {
+            if now - *at < max_age_secs.min(COMPANY_CACHE_SECS) {
+                return Ok(list.clone());
+            }
+        }
+        let list = Arc::new(self.delivery_get_company_list().await?);
+        *cache = Some((now, list.clone()));
+        Ok(list)
     }
 
     /// `shop/delivery/send`.

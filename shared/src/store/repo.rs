@@ -365,6 +365,27 @@ pub async fn get_event(
     get_typed(store, Kind::Event, &EventRecord::dedupe_id(source, key)).await
 }
 
+/// Events of one source, newest first, `limit` at a time (the owner index, ordered by
+/// `received_at_ms`). Events of all sources together have no index of their own.
+pub async fn events_of(
+    store: &dyn Store,
+    source: &str,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<(Vec<EventRecord>, Option<String>), StoreError> {
+    let mut q = Query::new(Kind::Event, Index::Owner(source.to_owned()));
+    q.descending = true;
+    q.limit = limit.max(1);
+    q.cursor = cursor;
+    let page = store.query(q).await?;
+    let events = page
+        .records
+        .iter()
+        .map(Record::decode)
+        .collect::<Result<Vec<EventRecord>, _>>()?;
+    Ok((events, page.next))
+}
+
 /// Records `event` on its own: `Ok(true)` if new, `Ok(false)` if it was already recorded.
 pub async fn record_event(store: &dyn Store, event: &EventRecord) -> Result<bool, StoreError> {
     let mut b = Batch::new();
