@@ -2491,8 +2491,9 @@ async fn recorded_events_are_listed_newest_first_and_readable() {
     .unwrap()
     .unwrap();
     assert!(
-        stored.value.body.contains("Encrypt"),
-        "kept as received, encrypted"
+        !stored.value.body.contains("Encrypt") && stored.value.body.contains(audit_id.as_str()),
+        "kept as read, decrypted: {}",
+        stored.value.body
     );
     assert_eq!(
         brand["body"]["QualificationAuditResult"]["audit_id"], audit_id,
