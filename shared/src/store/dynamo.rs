@@ -63,16 +63,9 @@ use aws_sdk_dynamodb::types::{
     TableStatus, TimeToLiveSpecification, TransactWriteItem,
 };
 use aws_sdk_dynamodb::Client;
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
-use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use base64::Engine as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Table hash key.
@@ -109,7 +102,27 @@ type Item = HashMap<String, AttributeValue>;
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
     client: Client,
+    /// The same client with the SDK's automatic retries off, for conditional deletes: they
+    /// leave nothing to recognise an earlier attempt by, so [`DynamoStore::delete_counted`]
+    /// retries them itself and knows whether an attempt before the last may have applied.
+    /// (Counting the SDK's attempts with a per-request interceptor instead cost 110 KB of
+    /// binary size: the SDK's customised-operation path is generic per operation.)
+    client_once: Client,
     table: String,
+}
+
+/// Attempts of a conditional delete (ours, the SDK's retries being off for it).
+const DELETE_ATTEMPTS: u32 = 3;
+
+/// A client like `client` that makes each request once.
+fn without_retries(client: &Client) -> Client {
+    Client::from_conf(
+        client
+            .config()
+            .to_builder()
+            .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+            .build(),
+    )
 }
 
 impl DynamoStore {
@@ -163,8 +176,10 @@ impl DynamoStore {
         {
             config = config.endpoint_url(url);
         }
+        let client = Client::from_conf(config.build());
         Ok(DynamoStore {
-            client: Client::from_conf(config.build()),
+            client_once: without_retries(&client),
+            client,
             table: table.to_string(),
         })
     }
@@ -172,6 +187,7 @@ impl DynamoStore {
     /// A store over an already configured client.
     pub fn from_client(client: Client, table: impl Into<String>) -> Self {
         DynamoStore {
+            client_once: without_retries(&client),
             client,
             table: table.into(),
         }
@@ -342,15 +358,42 @@ impl DynamoStore {
                             ReturnValuesOnConditionCheckFailure::AllOld,
                         );
                 }
-                let attempts = AttemptCounter::default();
-                match req.customize().interceptor(attempts.clone()).send().await {
-                    Ok(_) => Ok(()),
-                    Err(e) => match e.as_service_error() {
-                        Some(DeleteItemError::ConditionalCheckFailedException(failed)) => {
-                            condition_failed(Refused::Delete(failed.item(), attempts.get()), token)
-                        }
-                        _ => Err(sdk_err("DeleteItem", &e)),
-                    },
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let sent = self
+                        .client_once
+                        .delete_item()
+                        .set_table_name(req.get_table_name().clone())
+                        .set_key(req.get_key().clone())
+                        .set_condition_expression(req.get_condition_expression().clone())
+                        .set_expression_attribute_names(
+                            req.get_expression_attribute_names().clone(),
+                        )
+                        .set_expression_attribute_values(
+                            req.get_expression_attribute_values().clone(),
+                        )
+                        .set_return_values_on_condition_check_failure(
+                            req.get_return_values_on_condition_check_failure().clone(),
+                        )
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(_) => return Ok(()),
+                        Err(e) => match e.as_service_error() {
+                            Some(DeleteItemError::ConditionalCheckFailedException(failed)) => {
+                                return condition_failed(
+                                    Refused::Delete(failed.item(), attempt),
+                                    token,
+                                )
+                            }
+                            _ if attempt < DELETE_ATTEMPTS && may_retry(&e) => {
+                                tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt)))
+                                    .await;
+                            }
+                            _ => return Err(sdk_err("DeleteItem", &e)),
+                        },
+                    }
                 }
             }
             // There is no stand-alone condition check outside a transaction.
@@ -902,29 +945,29 @@ fn condition_failed(refused: Refused<'_>, token: &str) -> Result<(), StoreError>
     }
 }
 
-/// Counts the attempts the SDK makes of one request, its automatic retries included.
-#[derive(Clone, Debug, Default)]
-struct AttemptCounter(Arc<AtomicU32>);
-
-impl AttemptCounter {
-    fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Intercept for AttemptCounter {
-    fn name(&self) -> &'static str {
-        "wxshop::store::dynamo::AttemptCounter"
-    }
-
-    fn read_before_attempt(
-        &self,
-        _context: &BeforeTransmitInterceptorContextRef<'_>,
-        _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+/// Whether a failed request is worth sending again: it timed out, never got an answer, or
+/// DynamoDB answered that it was busy or failed inside (5xx, throttling). A request that timed
+/// out or got no answer may have been applied.
+fn may_retry<E: ProvideErrorMetadata>(
+    err: &SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> bool {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(ctx) => {
+            ctx.raw().status().as_u16() >= 500
+                || matches!(
+                    ctx.err().code(),
+                    Some(
+                        "ProvisionedThroughputExceededException"
+                            | "ThrottlingException"
+                            | "RequestLimitExceeded"
+                            | "InternalServerError"
+                    )
+                )
+        }
+        _ => false,
     }
 }
 
