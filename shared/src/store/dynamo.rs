@@ -103,8 +103,7 @@ type Item = HashMap<String, AttributeValue>;
 pub struct DynamoStore {
     client: Client,
     /// The same client with the SDK's automatic retries off, for conditional deletes: they
-    /// leave nothing to recognise an earlier attempt by, so [`DynamoStore::delete_counted`]
-    /// retries them itself and knows whether an attempt before the last may have applied.
+    /// leave nothing to recognise an earlier attempt by, so `write_one` retries them itself and knows whether an attempt before the last may have applied.
     /// (Counting the SDK's attempts with a per-request interceptor instead cost 110 KB of
     /// binary size: the SDK's customised-operation path is generic per operation.)
     client_once: Client,
@@ -901,7 +900,7 @@ fn contention_backoff(attempt: u32) -> Duration {
 enum Refused<'a> {
     /// A lone `PutItem`.
     Put(Option<&'a Item>),
-    /// A lone `DeleteItem`, and how many attempts the SDK made of it.
+    /// A lone `DeleteItem`, and how many attempts of it went out.
     Delete(Option<&'a Item>, u32),
     /// A `TransactWriteItems`: each item as its cancellation reason returned it (only items
     /// whose own condition failed come back), and the first whose condition failed.
