@@ -17,8 +17,8 @@
 //!    posted to the Runtime API's `/runtime/init/error` (`Runtime.ConfigError`, with the
 //!    message listing every problem) and the process exits non-zero, so a misconfigured stack
 //!    says what to fix on its first invocation.
-//! 4. The invocation loop. HTTP functions take API Gateway HTTP API (payload 2.0) events through
-//!    `lambda_http` and dispatch with [`handlers::find_route`] + [`handlers::handle`], exactly
+//! 4. The invocation loop. HTTP functions take API Gateway HTTP API (payload 2.0) events, read
+//!    them as `http` requests ([`to_wx_request`]) and dispatch with [`handlers::find_route`] + [`handlers::handle`], exactly
 //!    like `wxlocal`. `orderSync` takes three shapes in one binary: DynamoDB stream records of
 //!    new outbox entries, the EventBridge schedule, and its admin HTTP route.
 //!
@@ -31,9 +31,8 @@ use crate::config::Config;
 use crate::handlers::{self, Caller, Function, Route};
 use crate::http::ApiError;
 use crate::time::Clock;
+use aws_lambda_events::event::apigw::ApiGatewayV2httpRequest;
 use bytes::Bytes;
-use lambda_http::request::RequestContext;
-use lambda_http::{IntoResponse, RequestExt};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -68,47 +67,36 @@ pub async fn run(function: Function) -> Result<(), Error> {
         "ready"
     );
     let app = &app;
-    if function == Function::OrderSync {
-        lambda_runtime::run(lambda_runtime::service_fn(
-            move |event: LambdaEvent<Value>| async move {
-                let span = invocation_span(function, &event.context.request_id);
+    // Every function takes its event as JSON. HTTP events are read here as API Gateway's
+    // payload 2.0 and turned into requests by [`to_wx_request`] — not by `lambda_http`, whose
+    // conversion panics on a query string that is no valid URI (a raw space or quote, which
+    // API Gateway passes on as sent), and a panic aborts this process (`panic = "abort"`).
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: LambdaEvent<Value>| async move {
+            let span = invocation_span(function, &event.context.request_id);
+            if function == Function::OrderSync {
                 order_sync_event(app, event).instrument(span).await
-            },
-        ))
-        .await
-    } else {
-        // `lambda_http::run` turns the event into a request. Its conversion panics on a query
-        // string that is no valid URI (a raw space or quote), which aborts the process
-        // (`panic = "abort"`); the next event starts a fresh one. Taking the event ourselves,
-        // as `orderSync` does (see [`http_request`]), cost 2.3 MB of binary size (the
-        // 8 MB target of issue 8) for reasons not yet found, so the HTTP functions keep it.
-        lambda_http::run(lambda_http::service_fn(
-            move |req: lambda_http::Request| async move {
-                let request_id = req
-                    .lambda_context_ref()
-                    .map(|c| c.request_id.clone())
-                    .unwrap_or_default();
-                let span = invocation_span(function, &request_id);
-                Ok::<_, InvocationError>(to_lambda_response(
-                    http_event(app, function, req).instrument(span).await,
-                ))
-            },
-        ))
-        .await
-    }
+            } else {
+                http_function_event(app, function, event.payload)
+                    .instrument(span)
+                    .await
+            }
+        },
+    ))
+    .await
 }
 
 /// An API Gateway HTTP API (payload 2.0) event for `function`: request → handler → response.
 async fn http_function_event(
     app: &App,
     function: Function,
-    event: LambdaEvent<Value>,
+    payload: Value,
 ) -> Result<Value, InvocationError> {
-    let (payload, context) = event.into_parts();
-    let request: lambda_http::request::LambdaRequest = serde_json::from_value(payload)
+    let event: ApiGatewayV2httpRequest = serde_json::from_value(payload)
         .map_err(|e| InvocationError::BadHttpEvent(e.to_string()))?;
-    let resp = http_event(app, function, http_request(request, context)).await;
-    Ok(api_gateway_v2_response(resp).await)
+    Ok(api_gateway_v2_response(
+        http_event(app, function, event).await,
+    ))
 }
 
 /// The `Function` dimension of the custom metrics: the deployed name Lambda gives the process
@@ -384,10 +372,10 @@ impl From<InvocationError> for Diagnostic {
 async fn http_event(
     app: &App,
     function: Function,
-    req: lambda_http::Request,
+    req: ApiGatewayV2httpRequest,
 ) -> crate::http::Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = req.request_context.http.method.as_str().to_owned();
     let (route, req) = match to_wx_request(function, req) {
         Ok(found) => found,
         Err(resp) => {
@@ -406,49 +394,40 @@ async fn http_event(
     resp
 }
 
-/// Finds this function's route for the request and turns the `lambda_http` request into the
-/// `http::Request<Bytes>` the handlers take (body already base64-decoded by `lambda_http`;
-/// URI = route path + query string, whatever the stage).
+/// Finds this function's route for the request and turns API Gateway's event into the
+/// `http::Request<Bytes>` the handlers take: URI = route path + query string (made URI-safe,
+/// see [`uri_safe_query`]) whatever the stage, body base64-decoded, API Gateway's `sourceIp`
+/// as [`crate::http::PeerIp`].
 fn to_wx_request(
     function: Function,
-    req: lambda_http::Request,
+    event: ApiGatewayV2httpRequest,
 ) -> Result<(&'static Route, crate::http::Request), Box<crate::http::Response>> {
-    let (stage, source_ip, iam_caller) = match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(ctx)) => (
-            ctx.stage.clone(),
-            ctx.http.source_ip.clone(),
-            ctx.authorizer
-                .as_ref()
-                .and_then(|a| a.iam.as_ref())
-                .map(|iam| {
-                    iam.user_arn
-                        .clone()
-                        .or_else(|| iam.caller_id.clone())
-                        .unwrap_or_default()
-                }),
-        ),
-        _ => (None, None, None),
-    };
-    let raw = match req.raw_http_path() {
-        "" => req.uri().path().to_owned(),
-        p => p.to_owned(),
-    };
-    let path = strip_stage(&raw, stage.as_deref());
-    let route = handlers::find_route(req.method().as_str(), path)
+    let ctx = event.request_context;
+    let method = ctx.http.method;
+    let iam_caller = ctx
+        .authorizer
+        .as_ref()
+        .and_then(|a| a.iam.as_ref())
+        .map(|iam| {
+            iam.user_arn
+                .clone()
+                .or_else(|| iam.caller_id.clone())
+                .unwrap_or_default()
+        });
+    let raw = event
+        .raw_path
+        .filter(|p| !p.is_empty())
+        .or(ctx.http.path)
+        .unwrap_or_default();
+    let path = strip_stage(&raw, ctx.stage.as_deref());
+    let refuse = |e: ApiError| Box::new(e.into_response());
+    let route = handlers::find_route(method.as_str(), path)
         .filter(|r| r.function == function)
         .ok_or_else(|| {
-            Box::new(
-                ApiError::not_found(
-                    "NO_SUCH_ROUTE",
-                    format!(
-                        "{} {} is not served by {}",
-                        req.method(),
-                        path,
-                        function.name()
-                    ),
-                )
-                .into_response(),
-            )
+            refuse(ApiError::not_found(
+                "NO_SUCH_ROUTE",
+                format!("{method} {path} is not served by {}", function.name()),
+            ))
         })?;
     if route.caller == Caller::Admin {
         // API Gateway checks the IAM signature of admin routes (infra/template.yaml). Checked
@@ -462,33 +441,53 @@ fn to_wx_request(
                     path,
                     "admin route reached without API Gateway's IAM authorisation"
                 );
-                return Err(Box::new(
-                    ApiError::forbidden(
-                        "admin routes need an IAM-signed request through API Gateway (SigV4)",
-                    )
-                    .into_response(),
-                ));
+                return Err(refuse(ApiError::forbidden(
+                    "admin routes need an IAM-signed request through API Gateway (SigV4)",
+                )));
             }
         }
     }
-    let (mut parts, body) = req.into_parts();
+    let query = event.raw_query_string.unwrap_or_default();
+    let target = if query.is_empty() {
+        route.path.to_owned()
+    } else {
+        let query = uri_safe_query(&query).unwrap_or(query);
+        format!("{}?{query}", route.path)
+    };
+    let uri: http::Uri = target.parse().map_err(|_| {
+        refuse(ApiError::bad_request(
+            "BAD_QUERY",
+            "the query string is not a URI's",
+        ))
+    })?;
+    let body = match event.body {
+        None => Bytes::new(),
+        Some(b) if event.is_base64_encoded => {
+            use base64::Engine as _;
+            Bytes::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.as_bytes())
+                    .map_err(|_| {
+                        refuse(ApiError::bad_request("BAD_BODY", "the body is not base64"))
+                    })?,
+            )
+        }
+        Some(b) => Bytes::from(b),
+    };
+    let mut req = http::Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = event.headers;
+    if let Some(cookies) = event.cookies.filter(|c| !c.is_empty()) {
+        if let Ok(v) = http::HeaderValue::from_str(&cookies.join("; ")) {
+            req.headers_mut().insert(http::header::COOKIE, v);
+        }
+    }
     // API Gateway's word for the caller's address, never a header the caller wrote.
-    if let Some(ip) = source_ip.and_then(|s| s.parse().ok()) {
-        parts.extensions.insert(crate::http::PeerIp(ip));
+    if let Some(ip) = ctx.http.source_ip.and_then(|s| s.parse().ok()) {
+        req.extensions_mut().insert(crate::http::PeerIp(ip));
     }
-    let target = match parts.uri.query() {
-        Some(q) if !q.is_empty() => format!("{}?{q}", route.path),
-        _ => route.path.to_owned(),
-    };
-    if let Ok(uri) = target.parse() {
-        parts.uri = uri;
-    }
-    let body = match body {
-        lambda_http::Body::Text(s) => Bytes::from(s),
-        lambda_http::Body::Binary(b) => Bytes::from(b),
-        _ => Bytes::new(),
-    };
-    Ok((route, http::Request::from_parts(parts, body)))
+    Ok((route, req))
 }
 
 /// `/prod/fn/login` with stage `prod` → `/fn/login`; the `$default` stage has no prefix.
@@ -501,26 +500,6 @@ pub fn strip_stage<'a>(path: &'a str, stage: Option<&str>) -> &'a str {
             .unwrap_or(path),
         _ => path,
     }
-}
-
-/// The API Gateway event as an `http::Request`, its query string made a valid URI first.
-fn http_request(
-    request: lambda_http::request::LambdaRequest,
-    context: lambda_runtime::Context,
-) -> lambda_http::Request {
-    #[allow(unreachable_patterns)] // one variant with only `apigw_http` on
-    let request = match request {
-        lambda_http::request::LambdaRequest::ApiGatewayV2(mut ag) => {
-            if let Some(q) = ag.raw_query_string.as_mut() {
-                if let Some(safe) = uri_safe_query(q) {
-                    *q = safe;
-                }
-            }
-            lambda_http::request::LambdaRequest::ApiGatewayV2(ag)
-        }
-        other => other,
-    };
-    lambda_http::Request::from(request).with_lambda_context(context)
 }
 
 /// `query` with the characters a URI may not hold raw (controls, space, `"`, `<`, `>`, DEL)
@@ -540,10 +519,6 @@ fn uri_safe_query(query: &str) -> Option<String> {
         }
     }
     Some(out)
-}
-
-fn to_lambda_response(resp: crate::http::Response) -> http::Response<lambda_http::Body> {
-    resp.map(|b| lambda_http::Body::Binary(b.to_vec()))
 }
 
 // ------------------------------------------------------------------ orderSync
@@ -595,7 +570,8 @@ async fn order_sync_event(app: &App, event: LambdaEvent<Value>) -> Result<Value,
             Ok(result)
         }
         Some(EventShape::Http) => {
-            http_function_event(app, Function::OrderSync, LambdaEvent::new(payload, context)).await
+            let _ = context;
+            http_function_event(app, Function::OrderSync, payload).await
         }
         None => Err(InvocationError::UnknownEvent(
             "orderSync handles DynamoDB stream records, EventBridge schedules and API Gateway HTTP API events".to_owned(),
@@ -649,11 +625,10 @@ async fn stream_event(app: &App, event: &Value) -> Value {
     json!({ "batchItemFailures": failures })
 }
 
-/// An HTTP response as API Gateway's payload 2.0 expects it from a plain (non-`lambda_http`)
-/// handler: text bodies as text, anything else base64.
-async fn api_gateway_v2_response(resp: crate::http::Response) -> Value {
+/// An HTTP response as API Gateway's payload 2.0 takes it from a function: the body base64
+/// (any bytes pass; API Gateway decodes it), every header that is text.
+fn api_gateway_v2_response(resp: crate::http::Response) -> Value {
     use base64::Engine as _;
-    let resp = to_lambda_response(resp).into_response().await;
     let (parts, body) = resp.into_parts();
     let mut headers = serde_json::Map::new();
     for (name, value) in &parts.headers {
@@ -661,16 +636,11 @@ async fn api_gateway_v2_response(resp: crate::http::Response) -> Value {
             headers.insert(name.as_str().to_owned(), Value::String(v.to_owned()));
         }
     }
-    let (body, base64) = match body {
-        lambda_http::Body::Text(s) => (s, false),
-        lambda_http::Body::Binary(b) => (base64::engine::general_purpose::STANDARD.encode(b), true),
-        _ => (String::new(), false),
-    };
     json!({
         "statusCode": parts.status.as_u16(),
         "headers": headers,
-        "body": body,
-        "isBase64Encoded": base64,
+        "body": base64::engine::general_purpose::STANDARD.encode(&body),
+        "isBase64Encoded": true,
     })
 }
 
@@ -722,9 +692,8 @@ mod tests {
                                "time": "t", "timeEpoch": 0},
             "body": "{}", "isBase64Encoded": false
         });
-        let request: lambda_http::request::LambdaRequest = serde_json::from_value(event).unwrap();
-        let (_, req) =
-            to_wx_request(Function::UnifiedOrder, lambda_http::Request::from(request)).unwrap();
+        let request: ApiGatewayV2httpRequest = serde_json::from_value(event).unwrap();
+        let (_, req) = to_wx_request(Function::UnifiedOrder, request).unwrap();
         assert_eq!(crate::http::client_ip(&req), "203.0.113.7");
     }
 
@@ -745,8 +714,8 @@ mod tests {
             if !authorizer.is_null() {
                 e["requestContext"]["authorizer"] = authorizer;
             }
-            let request: lambda_http::request::LambdaRequest = serde_json::from_value(e).unwrap();
-            to_wx_request(Function::Funds, lambda_http::Request::from(request))
+            let request: ApiGatewayV2httpRequest = serde_json::from_value(e).unwrap();
+            to_wx_request(Function::Funds, request)
         };
         let refused = event(Value::Null).err().unwrap();
         assert_eq!(refused.status().as_u16(), 403);
@@ -771,12 +740,11 @@ mod tests {
                                    "domainPrefix": "d", "time": "t", "timeEpoch": 0},
                 "body": "{}", "isBase64Encoded": false
             });
-            let request: lambda_http::request::LambdaRequest =
-                serde_json::from_value(event).unwrap();
-            let built = std::panic::catch_unwind(|| {
-                http_request(request, lambda_runtime::Context::default())
-            });
-            let req = built.unwrap_or_else(|_| panic!("{q:?} panicked"));
+            let request: ApiGatewayV2httpRequest = serde_json::from_value(event).unwrap();
+            let built = std::panic::catch_unwind(|| to_wx_request(Function::Login, request));
+            let (_, req) = built
+                .unwrap_or_else(|_| panic!("{q:?} panicked"))
+                .unwrap_or_else(|_| panic!("{q:?} refused"));
             if q == "a=b c&d=\"x\"" {
                 let params: std::collections::HashMap<String, String> =
                     url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
