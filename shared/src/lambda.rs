@@ -625,8 +625,9 @@ async fn stream_event(app: &App, event: &Value) -> Value {
     json!({ "batchItemFailures": failures })
 }
 
-/// An HTTP response as API Gateway's payload 2.0 takes it from a function: the body base64
-/// (any bytes pass; API Gateway decodes it), every header that is text.
+/// An HTTP response as API Gateway's payload 2.0 takes it from a function: a textual body
+/// (`text/*`, JSON, XML) that is UTF-8 as text, anything else base64; every header that is
+/// text.
 fn api_gateway_v2_response(resp: crate::http::Response) -> Value {
     use base64::Engine as _;
     let (parts, body) = resp.into_parts();
@@ -636,11 +637,23 @@ fn api_gateway_v2_response(resp: crate::http::Response) -> Value {
             headers.insert(name.as_str().to_owned(), Value::String(v.to_owned()));
         }
     }
+    let textual = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/") || t.contains("json") || t.contains("xml"));
+    let (body, base64) = match std::str::from_utf8(&body) {
+        Ok(text) if textual => (text.to_owned(), false),
+        _ => (
+            base64::engine::general_purpose::STANDARD.encode(&body),
+            true,
+        ),
+    };
     json!({
         "statusCode": parts.status.as_u16(),
         "headers": headers,
-        "body": base64::engine::general_purpose::STANDARD.encode(&body),
-        "isBase64Encoded": true,
+        "body": body,
+        "isBase64Encoded": base64,
     })
 }
 
@@ -758,6 +771,26 @@ mod tests {
                 assert_eq!(params.get("d").map(String::as_str), Some("\"x\""));
             }
         }
+    }
+
+    #[test]
+    fn text_answers_go_as_text_and_anything_else_as_base64() {
+        let answer = |ct: &str, body: &'static [u8]| {
+            let mut r = http::Response::new(Bytes::from_static(body));
+            r.headers_mut()
+                .insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+            api_gateway_v2_response(r)
+        };
+        let xml = answer(
+            "application/xml",
+            b"<xml><return_code>SUCCESS</return_code></xml>",
+        );
+        assert_eq!(xml["isBase64Encoded"], false);
+        assert_eq!(xml["body"], "<xml><return_code>SUCCESS</return_code></xml>");
+        assert_eq!(xml["headers"]["content-type"], "application/xml");
+        let png = answer("image/png", b"\x89PNG\r\n");
+        assert_eq!(png["isBase64Encoded"], true);
+        assert_eq!(png["body"], "iVBORw0K");
     }
 
     #[test]
