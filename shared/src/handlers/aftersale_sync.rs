@@ -801,6 +801,36 @@ async fn hold_failed_platform_refund(
     }
 }
 
+/// For a refund event of a secondary-merchant order's after-sale: ours and WeChat's after-sale
+/// as read back now. The event's body is not proof (in plaintext push mode the signature does
+/// not cover it); WeChat's after-sale is. `None`: not ours, not known to WeChat, or not a
+/// secondary-merchant order (WeChat does not refund those).
+async fn wechat_refund_of(
+    app: &App,
+    ours: Option<AfterSaleId>,
+    info: &crate::push::AfterSaleInfo,
+) -> Result<Option<(AfterSaleId, crate::shop::aftersale::EcAfterSaleOrder)>, ApiError> {
+    let Some(id) = ours else { return Ok(None) };
+    let Some(a) = repo::get_aftersale(app.store.as_ref(), &id).await? else {
+        return Ok(None);
+    };
+    let Some(wx_id) = a.value.wx_aftersale_id.or(info.aftersale_id) else {
+        return Ok(None);
+    };
+    let fund_type = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+        .await?
+        .map(|o| o.value.fund_type);
+    if fund_type != Some(FundType::SecondaryMerchant) {
+        return Ok(None);
+    }
+    let wx = app
+        .wx
+        .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+        .await
+        .map_err(super::shop_orders::wx_error)?;
+    Ok(Some((id, wx)))
+}
+
 /// EC after-sale `status` 1: the user cancelled it (WECHAT_SHOP.md §7.3).
 const WX_USER_CANCELLED: i64 = 1;
 
@@ -1126,20 +1156,10 @@ pub async fn on_wechat_event(
             }
         }
         K::WaitMerchantOfflineRefund => {
-            // Secondary-merchant orders: WeChat's refund failed. Believed only as WeChat's
-            // after-sale, read back, states it (the event's body is not proof).
-            let Some(id) = ours else { return Ok(()) };
-            let Some(a) = repo::get_aftersale(app.store.as_ref(), &id).await? else {
+            // Secondary-merchant orders: WeChat's refund failed.
+            let Some((id, wx)) = wechat_refund_of(app, ours, info).await? else {
                 return Ok(());
             };
-            let Some(wx_id) = a.value.wx_aftersale_id.or(info.aftersale_id) else {
-                return Ok(());
-            };
-            let wx = app
-                .wx
-                .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
-                .await
-                .map_err(super::shop_orders::wx_error)?;
             if WeChatRefund::of(wx.status) != WeChatRefund::Failed {
                 tracing::warn!(aftersale_id = %id, wx_status = wx.status, "offline refund event, but WeChat's after-sale did not fail its refund; nothing recorded");
                 return Ok(());
@@ -1147,28 +1167,11 @@ pub async fn on_wechat_event(
             hold_failed_platform_refund(app, &id, wx.status).await
         }
         K::RefundSuccess => {
-            // Secondary-merchant orders: WeChat refunded what the merchant accepted. The
-            // event's body is not proof (in plaintext push mode the signature does not cover
-            // it): WeChat's after-sale, read back, is. Orders whose money we hold are
-            // completed by their signed refund notification instead.
-            let Some(id) = ours else { return Ok(()) };
-            let Some(a) = repo::get_aftersale(app.store.as_ref(), &id).await? else {
+            // Secondary-merchant orders: WeChat refunded what the merchant accepted. Orders
+            // whose money we hold are completed by their signed refund notification instead.
+            let Some((id, wx)) = wechat_refund_of(app, ours, info).await? else {
                 return Ok(());
             };
-            let Some(wx_id) = a.value.wx_aftersale_id.or(info.aftersale_id) else {
-                return Ok(());
-            };
-            let fund_type = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
-                .await?
-                .map(|o| o.value.fund_type);
-            if fund_type != Some(FundType::SecondaryMerchant) {
-                return Ok(());
-            }
-            let wx = app
-                .wx
-                .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
-                .await
-                .map_err(super::shop_orders::wx_error)?;
             if WeChatRefund::of(wx.status) != WeChatRefund::Done {
                 tracing::warn!(aftersale_id = %id, wx_status = wx.status, "refund success event, but WeChat's after-sale is not refunded; nothing recorded");
                 return Ok(());
