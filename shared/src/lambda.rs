@@ -75,7 +75,7 @@ pub async fn run(function: Function) -> Result<(), Error> {
         move |event: LambdaEvent<Value>| async move {
             let span = invocation_span(function, &event.context.request_id);
             if function == Function::OrderSync {
-                order_sync_event(app, event).instrument(span).await
+                order_sync_event(app, event.payload).instrument(span).await
             } else {
                 http_function_event(app, function, event.payload)
                     .instrument(span)
@@ -559,8 +559,7 @@ pub fn event_shape(event: &Value) -> Option<EventShape> {
     None
 }
 
-async fn order_sync_event(app: &App, event: LambdaEvent<Value>) -> Result<Value, InvocationError> {
-    let (payload, context) = event.into_parts();
+async fn order_sync_event(app: &App, payload: Value) -> Result<Value, InvocationError> {
     match event_shape(&payload) {
         Some(EventShape::Stream) => Ok(stream_event(app, &payload).await),
         Some(EventShape::Schedule) => {
@@ -569,10 +568,7 @@ async fn order_sync_event(app: &App, event: LambdaEvent<Value>) -> Result<Value,
             tracing::info!(ms = started.elapsed().as_millis() as u64, "schedule");
             Ok(result)
         }
-        Some(EventShape::Http) => {
-            let _ = context;
-            http_function_event(app, Function::OrderSync, payload).await
-        }
+        Some(EventShape::Http) => http_function_event(app, Function::OrderSync, payload).await,
         None => Err(InvocationError::UnknownEvent(
             "orderSync handles DynamoDB stream records, EventBridge schedules and API Gateway HTTP API events".to_owned(),
         )),
