@@ -85,17 +85,28 @@ pub async fn orders_of(
     limit: usize,
     cursor: Option<String>,
 ) -> Result<(Vec<Order>, Option<String>), StoreError> {
-    let mut q = Query::new(Kind::Order, Index::Owner(openid.as_str().to_owned()));
+    newest_of_owner(store, Kind::Order, openid.as_str(), limit, cursor).await
+}
+
+/// Records of `kind` under `owner`, newest first (the owner index's sort), `limit` at a time.
+async fn newest_of_owner<T: DeserializeOwned>(
+    store: &dyn Store,
+    kind: Kind,
+    owner: &str,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<(Vec<T>, Option<String>), StoreError> {
+    let mut q = Query::new(kind, Index::Owner(owner.to_owned()));
     q.descending = true;
     q.limit = limit.max(1);
     q.cursor = cursor;
     let page = store.query(q).await?;
-    let orders = page
+    let values = page
         .records
         .iter()
         .map(Record::decode)
-        .collect::<Result<Vec<Order>, _>>()?;
-    Ok((orders, page.next))
+        .collect::<Result<Vec<T>, _>>()?;
+    Ok((values, page.next))
 }
 
 /// Orders in `status` created before `created_before_ms`, oldest first (for sweeps: close
@@ -373,17 +384,7 @@ pub async fn events_of(
     limit: usize,
     cursor: Option<String>,
 ) -> Result<(Vec<EventRecord>, Option<String>), StoreError> {
-    let mut q = Query::new(Kind::Event, Index::Owner(source.to_owned()));
-    q.descending = true;
-    q.limit = limit.max(1);
-    q.cursor = cursor;
-    let page = store.query(q).await?;
-    let events = page
-        .records
-        .iter()
-        .map(Record::decode)
-        .collect::<Result<Vec<EventRecord>, _>>()?;
-    Ok((events, page.next))
+    newest_of_owner(store, Kind::Event, source, limit, cursor).await
 }
 
 /// Records `event` on its own: `Ok(true)` if new, `Ok(false)` if it was already recorded.
