@@ -9,21 +9,7 @@ use wxlocal::gateway::Running;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{stack_with, Client};
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use support::{eventually, stack_with, Client};
 
 fn address() -> Value {
     json!({"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"})
@@ -65,7 +51,7 @@ async fn with_the_component_off_a_purchase_and_its_refund_use_wechat_pay_alone()
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
         .await;
-    eventually("PAID", || async {
+    eventually("PAID", Duration::from_secs(10), || async {
         status(&c, &token, &no).await["status"] == "PAID"
     })
     .await;
@@ -86,7 +72,7 @@ async fn with_the_component_off_a_purchase_and_its_refund_use_wechat_pay_alone()
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    eventually("REFUNDED", || async {
+    eventually("REFUNDED", Duration::from_secs(10), || async {
         status(&c, &token, &no).await["status"] == "REFUNDED"
     })
     .await;
