@@ -224,24 +224,27 @@ async fn on_spu_audit(app: &App, body: &push::SpuAudit) -> Result<(), ApiError> 
     let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
         return Ok(());
     };
-    apply_wechat_verdict(app, &id, &body.reject_reason).await
+    apply_wechat_verdict(app, &id, &body.reject_reason)
+        .await
+        .map(|_| ())
 }
 
 /// Applies the verdict WeChat's draft of `id` carries (`spu/get`, `need_edit_spu=1`) to the
 /// submission we hold as under audit; nothing when WeChat has not decided. `pushed_reason` is
-/// the push's reject reason, used when the draft carries none. Called for an audit push and by
-/// the schedule's [`super::catalog_sync::sweep_audits`], for verdicts whose push never came.
+/// the push's reject reason, used when the draft carries none. `true` when WeChat had decided.
+/// Called for an audit push and by the schedule's [`super::catalog_sync::sweep_audits`], for
+/// verdicts whose push never came.
 pub(super) async fn apply_wechat_verdict(
     app: &App,
     id: &ProductId,
     pushed_reason: &str,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let key = ProductKey::Out(id.to_string());
     let draft = match app.wx.spu_get(&key, true).await {
         Ok(d) => d,
         Err(e) if e.errcode() == Some(super::catalog_sync::PRODUCT_NOT_FOUND) => {
             tracing::warn!(security = true, out_product_id = %id, "audit event for a product WeChat does not have; ignored");
-            return Ok(());
+            return Ok(false);
         }
         Err(e) => {
             tracing::warn!(out_product_id = %id, error = %e, "audit event: WeChat's draft unreadable; not acknowledged");
@@ -278,6 +281,7 @@ pub(super) async fn apply_wechat_verdict(
         }
     })
     .await
+    .map(|()| matches!(edit_status, 3 | 4))
 }
 
 async fn update_product(

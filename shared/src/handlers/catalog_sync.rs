@@ -778,9 +778,8 @@ pub async fn sweep_audits(app: &App) -> Result<AuditSweepReport, ApiError> {
             }
             report.asked += 1;
             match super::audit_callback::apply_wechat_verdict(app, &p.product_id, "").await {
-                Ok(()) => {
-                    let after = repo::get_product(app.store.as_ref(), &p.product_id).await?;
-                    if after.is_some_and(|a| a.value.draft_audit() != AuditStatus::Auditing) {
+                Ok(decided) => {
+                    if decided {
                         report.decided += 1;
                         tracing::info!(product_id = %p.product_id, "audit verdict found by the sweep (its push never came)");
                     }
