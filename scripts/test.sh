@@ -8,14 +8,11 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "tools"
-if ! python3 -c 'import moto, flask' >/dev/null 2>&1; then
-  echo "installing moto[server] (local DynamoDB-compatible server for the store tests)"
-  python3 -m pip install --quiet 'moto[server]'
-fi
-if ! command -v cfn-lint >/dev/null 2>&1 && ! python3 -m cfnlint --version >/dev/null 2>&1; then
-  echo "installing cfn-lint (SAM template lint)"
-  python3 -m pip install --quiet cfn-lint
-fi
+# moto (DynamoDB store tests) and cfn-lint (template lint); a private venv where the system
+# Python refuses pip installs (PEP 668). Every test finds that Python through WXSHOP_PYTHON.
+WXSHOP_PYTHON="$(scripts/python-tools.sh)"
+export WXSHOP_PYTHON
+echo "python: $WXSHOP_PYTHON"
 command -v node >/dev/null 2>&1 || { echo "node is required for the mini-program tests (apt-get install nodejs)"; exit 1; }
 
 step "cargo fmt --check"

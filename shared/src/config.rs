@@ -326,7 +326,15 @@ impl Config {
                 }
             ));
         }
-        let http_timeout_ms = num("WX_HTTP_TIMEOUT_MS", 5000, &mut problems).max(1) as u64;
+        let http_timeout_ms = num("WX_HTTP_TIMEOUT_MS", 5000, &mut problems);
+        // 0 or a few ms would time out every WeChat call; over a minute outlasts every
+        // function's Lambda timeout.
+        if !(100..=60_000).contains(&http_timeout_ms) {
+            problems.push(format!(
+                "WX_HTTP_TIMEOUT_MS={http_timeout_ms} must be 100–60000 (milliseconds per WeChat call)"
+            ));
+        }
+        let http_timeout_ms = http_timeout_ms.clamp(100, 60_000) as u64;
         let url = |k: &str, default: &str, problems: &mut Vec<String>| -> String {
             let v = get(k).unwrap_or_else(|| default.to_owned());
             if url::Url::parse(&v).is_err() {
@@ -463,6 +471,25 @@ mod tests {
         for bad in ["0", "-1", "299", "1000000000000"] {
             let err = with(bad).unwrap_err().to_string();
             assert!(err.contains("SESSION_TTL_SECS"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_wechat_call_may_take_a_tenth_of_a_second_to_a_minute() {
+        let with = |ms: &'static str| {
+            let mut vars = COMPLETE.to_vec();
+            vars.push(("WX_HTTP_TIMEOUT_MS", ms));
+            Config::from_lookup(env(&vars))
+        };
+        assert_eq!(with("100").map(|c| c.http_timeout_ms).ok(), Some(100));
+        assert_eq!(with("60000").map(|c| c.http_timeout_ms).ok(), Some(60_000));
+        // 0 used to become 1 ms, and every call to WeChat timed out.
+        for bad in ["0", "-5", "99", "600000"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("WX_HTTP_TIMEOUT_MS") && err.contains("100–60000"),
+                "{bad}: {err}"
+            );
         }
     }
 
