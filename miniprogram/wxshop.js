@@ -546,8 +546,15 @@ function createClient(options) {
 
   var aftersale = {
     /**
-     * Asks for money back on a paid order: { out_trade_no, amount? (fen; default: all that is
-     * refundable), reason?, type?: 'refund' | 'return', idempotencyKey? } → { aftersale }.
+     * Asks for money back on a paid order: { out_trade_no, product_id?, sku_id?, quantity?,
+     * amount? (fen), reason?, type?: 'refund' | 'return', idempotencyKey? } → { aftersale }.
+     * The product line it is about is one of the order's items, named by product_id and sku_id
+     * together (as in the order's items), with quantity (default: all of it not under an
+     * after-sale yet); an order with several items in the trading component needs one (400
+     * LINE_REQUIRED otherwise), an order with one item defaults to it. amount defaults to the
+     * line's value (unit price × quantity) on an order with several items, to all that is
+     * refundable on an order with one. The answer's aftersale carries product_id, sku_id and
+     * quantity when it has a line.
      * One application however often it is sent: it carries an idempotency key (made here
      * unless given), is sent again with it while the outcome is unknown (as buy's order), and
      * the server answers a repeated key with the same after-sale. A rejection carries the key
@@ -560,8 +567,21 @@ function createClient(options) {
       if (params.type !== undefined && params.type !== 'refund' && params.type !== 'return') {
         return Promise.reject(makeError('INVALID_ARGUMENT', "aftersale.apply: type is 'refund' or 'return'", 0));
       }
+      var hasLine = params.product_id !== undefined || params.sku_id !== undefined;
+      if (hasLine || params.quantity !== undefined) {
+        bad = missing('aftersale.apply', params, ['product_id', 'sku_id']);
+        if (bad) return bad;
+      }
+      if (params.quantity !== undefined && !(Number.isInteger(params.quantity) && params.quantity >= 1)) {
+        return Promise.reject(makeError('INVALID_ARGUMENT', 'aftersale.apply: quantity is a whole number of at least 1', 0));
+      }
       var key = params.idempotencyKey || newIdempotencyKey();
       var data = { action: 'apply', out_trade_no: params.out_trade_no, idempotency_key: key };
+      if (hasLine) {
+        data.product_id = params.product_id;
+        data.sku_id = params.sku_id;
+      }
+      if (params.quantity !== undefined) data.quantity = params.quantity;
       if (params.amount !== undefined) data.amount = params.amount;
       if (params.reason !== undefined) data.reason = params.reason;
       if (params.type !== undefined) data.type = params.type;

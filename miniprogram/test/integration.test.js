@@ -452,3 +452,20 @@ test('a return and refund through the client: return accepted, parcel sent back,
   assert.equal(refunding.status, 200, JSON.stringify(refunding.body));
   await until('REFUNDED', async () => (await shop.aftersale.list(bought.out_trade_no))[0].status === 'REFUNDED');
 });
+
+test('aftersale.apply names the product line: the server records it, and refuses one the order does not have', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const wx = sandboxWx(server.baseUrl, { cashier: 'pay' });
+  const shop = client(wx);
+  const bought = await shop.buy({ items: [Object.assign({}, TEA, { quantity: 2 })], address: ADDRESS });
+  assert.equal(bought.paid, true, JSON.stringify(bought.order));
+  const err = await shop.aftersale.apply({ out_trade_no: bought.out_trade_no, product_id: 'kettle', sku_id: 'kettle-1l' }).catch((e) => e);
+  assert.equal(err.code, 'UNKNOWN_LINE', JSON.stringify(err));
+  assert.equal(err.statusCode, 400);
+  assert.ok(err.idempotencyKey, 'a refusal carries the key');
+  const applied = await shop.aftersale.apply({ out_trade_no: bought.out_trade_no, product_id: 'tea', sku_id: 'tea-250g', quantity: 1, reason: 'one tin dented' });
+  const a = applied.aftersale;
+  assert.deepEqual([a.product_id, a.sku_id, a.quantity], ['tea', 'tea-250g', 1], JSON.stringify(a));
+  const [listed] = await shop.aftersale.list(bought.out_trade_no);
+  assert.equal(listed.quantity, 1, JSON.stringify(listed));
+});

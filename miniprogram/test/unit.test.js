@@ -495,6 +495,38 @@ test('aftersale helpers send the actions aftersaleSync takes and refuse missing 
   assert.equal(wx.calls.length, before, 'nothing was sent for invalid arguments');
 });
 
+test('aftersale.apply sends the product line it is about, and refuses a half-named or bad one locally', async () => {
+  const wx = fakeWx({
+    login: loginRoute,
+    aftersaleSync: (d) => ({ statusCode: 200, data: { aftersale: { aftersale_id: 'AS1', product_id: d.product_id, sku_id: d.sku_id, quantity: d.quantity, sent: d } } }),
+  });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  const applied = await c.aftersale.apply({ out_trade_no: 'T1', product_id: 'cup', sku_id: 'cup-1', quantity: 1, reason: 'cracked' });
+  const { idempotency_key: key, ...rest } = applied.aftersale.sent;
+  assert.ok(key);
+  assert.deepEqual(rest, { action: 'apply', out_trade_no: 'T1', product_id: 'cup', sku_id: 'cup-1', quantity: 1, reason: 'cracked' });
+  assert.deepEqual([applied.aftersale.product_id, applied.aftersale.sku_id, applied.aftersale.quantity], ['cup', 'cup-1', 1]);
+  // The whole line: no quantity sent, the server takes all of it.
+  const whole = await c.aftersale.apply({ out_trade_no: 'T1', product_id: 'cup', sku_id: 'cup-1' });
+  assert.equal('quantity' in whole.aftersale.sent, false);
+  // No line: none sent (an order with one item, or the server says LINE_REQUIRED).
+  const none = await c.aftersale.apply({ out_trade_no: 'T1' });
+  assert.equal('product_id' in none.aftersale.sent || 'sku_id' in none.aftersale.sent, false);
+
+  const before = wx.calls.length;
+  const invalid = (params, field) =>
+    assert.rejects(c.aftersale.apply(Object.assign({ out_trade_no: 'T1' }, params)), (e) => e.code === 'INVALID_ARGUMENT' && new RegExp(field).test(e.message) && e.idempotencyKey === undefined);
+  await invalid({ product_id: 'cup' }, 'sku_id');
+  await invalid({ sku_id: 'cup-1' }, 'product_id');
+  await invalid({ product_id: 7, sku_id: 'cup-1' }, 'product_id');
+  await invalid({ product_id: 'cup', sku_id: ' ' }, 'sku_id');
+  await invalid({ quantity: 1 }, 'product_id');
+  for (const quantity of [0, -1, 1.5, '2', null]) {
+    await invalid({ product_id: 'cup', sku_id: 'cup-1', quantity }, 'quantity');
+  }
+  assert.equal(wx.calls.length, before, 'nothing was sent for invalid arguments');
+});
+
 test('aftersale.apply: an application whose answer was lost is sent again with its key, and a rejection carries it', async () => {
   const applyKeys = (wx) => wx.calls.filter((x) => x.name === 'aftersaleSync').map((x) => x.data.idempotency_key);
   for (const first of [{ fail: 'request:fail timeout' }, { statusCode: 409, data: { code: 'REQUEST_IN_PROGRESS', message: 'busy' } }, { statusCode: 503, data: { message: 'Service Unavailable' } }]) {

@@ -318,6 +318,7 @@ fn new_aftersale(kind: AfterSaleKind) -> AfterSale {
         wx_add_claimed_until_ms: None,
         reject_reason: None,
         goods_return: None,
+        line: None,
         created_at_ms: 0,
         updated_at_ms: 0,
     }

@@ -87,6 +87,53 @@ async fn with_the_component_off_a_purchase_and_its_refund_use_wechat_pay_alone()
     assert_eq!(calls(&r, "secapi/pay/refund"), 1);
 }
 
+/// `off`: an after-sale of an order with several lines needs no line named — nothing goes to
+/// WeChat, which alone wants one — and is about the whole order, as before lines existed. A
+/// line named is still checked and bounded by its value.
+#[tokio::test]
+async fn with_the_component_off_an_aftersale_may_be_about_the_whole_order() {
+    let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
+    let c = Client::new(&r);
+    c.listed_product("cup", "cup-1", 500).await;
+    let (token, _) = c.login("oskar").await;
+    let (s, order) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1},
+                              {"product_id": "cup", "sku_id": "cup-1", "quantity": 2}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("PAID", Duration::from_secs(10), || async {
+        status(&c, &token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let apply = |extra: Value| {
+        let mut body = json!({"action": "apply", "out_trade_no": no});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        let c = &c;
+        let token = token.clone();
+        async move { c.post("/fn/aftersaleSync", Some(&token), &body).await }
+    };
+    let (s, v) = apply(json!({"product_id": "cup", "sku_id": "cup-1", "amount": 1001})).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("AMOUNT_OVER_LINE")),
+        "{v}"
+    );
+    let (s, v) = apply(json!({"reason": "all of it"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["amount"], 1990 + 2 * 500, "{v}");
+    assert!(v["aftersale"].get("product_id").is_none(), "{v}");
+    assert_eq!(calls(&r, "shop/ecaftersale/add"), 0);
+}
+
 /// `scene`: a scene `shop/scene/check` matches goes through the component (its ticket and
 /// `orderInfo` for `wx.requestOrderPayment`), another does not. Such an order without an
 /// address is refused before WeChat Pay opens anything. A scene check WeChat refuses for good

@@ -670,6 +670,250 @@ async fn a_repeated_application_with_its_key_opens_one_aftersale() {
     );
 }
 
+/// A paid order of two lines in the trading component, once `shop/order/pay` landed: two tea
+/// (1990 each) and three cups (500 each): (token, out_trade_no).
+async fn two_lines_paid(r: &Running, c: &Client<'_>, user: &str) -> (String, String) {
+    support::Client::new(r)
+        .listed_product("cup", "cup-1", 500)
+        .await;
+    let (token, _) = c.login(user).await;
+    let (s, order) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 2},
+                              {"product_id": "cup", "sku_id": "cup-1", "quantity": 3}],
+                    "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                                "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{order}");
+    assert_eq!(order["total_fee"], 2 * 1990 + 3 * 500);
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    eventually("shop/order/pay", || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    (token, no)
+}
+
+/// WeChat's after-sale is about one product line (`ecaftersale/add`'s `product_info`). An
+/// application names the line it is about; WeChat gets that line with the quantity asked
+/// and its value. It used to get the order's first line, all of it, whatever was returned:
+/// the cups went to WeChat as tea.
+#[tokio::test]
+async fn an_aftersale_goes_to_wechat_for_the_line_it_names() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = two_lines_paid(&r, &c, "lina").await;
+    let apply = |extra: Value| {
+        let mut body = json!({"action": "apply", "out_trade_no": no});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        let c = &c;
+        let token = token.clone();
+        async move { c.post("/fn/aftersaleSync", Some(&token), &body).await }
+    };
+    // One cup.
+    let (s, v) = apply(
+        json!({"product_id": "cup", "sku_id": "cup-1", "quantity": 1,
+                              "reason": "cracked", "idempotency_key": "cup-1"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let one = v["aftersale"].clone();
+    assert_eq!(one["amount"], 500, "one cup's price by default: {one}");
+    assert_eq!(
+        (&one["product_id"], &one["sku_id"], &one["quantity"]),
+        (&json!("cup"), &json!("cup-1"), &json!(1)),
+        "{one}"
+    );
+    let id = one["aftersale_id"].as_str().unwrap().to_owned();
+    eventually("WeChat's after-sale id stored", || async {
+        wx_aftersale_id(&r, &id).await.is_some()
+    })
+    .await;
+    let adds = r.sandbox.calls("shop/ecaftersale/add");
+    assert_eq!(adds.len(), 1, "{adds:?}");
+    assert_eq!(
+        adds[0]["product_info"],
+        json!({"out_product_id": "cup", "out_sku_id": "cup-1", "product_cnt": 1}),
+        "{adds:?}"
+    );
+    assert_eq!(adds[0]["orderamt"], 500);
+    // As WeChat holds it.
+    let wx = r
+        .app
+        .wx
+        .ecaftersale_get(&wxshop::shop::types::AfterSaleKey::Id(
+            wx_aftersale_id(&r, &id).await.unwrap(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(wx.product_info.out_product_id.as_deref(), Some("cup"));
+    assert_eq!(wx.product_info.out_sku_id.as_deref(), Some("cup-1"));
+    assert_eq!(wx.product_info.product_cnt, 1);
+    assert_eq!(wx.orderamt.get(), 500);
+    // The same key again: the same after-sale; with another line under it: refused.
+    let (s, again) = apply(
+        json!({"product_id": "cup", "sku_id": "cup-1", "quantity": 1,
+                                  "idempotency_key": "cup-1"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["aftersale"]["aftersale_id"], one["aftersale_id"]);
+    let (s, v) = apply(json!({"product_id": "tea", "sku_id": "tea-250g",
+                              "idempotency_key": "cup-1"}))
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (422, Some("IDEMPOTENCY_KEY_REUSED")),
+        "{v}"
+    );
+
+    // The rest of the cups: two left, worth 1000 — more is refused, the default is that.
+    let (s, v) = apply(json!({"product_id": "cup", "sku_id": "cup-1", "amount": 1001})).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("AMOUNT_OVER_LINE")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("1000"), "{v}");
+    let (s, v) = apply(json!({"product_id": "cup", "sku_id": "cup-1", "quantity": 3})).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("LINE_ALREADY_CLAIMED")),
+        "{v}"
+    );
+    let (s, v) = apply(json!({"product_id": "cup", "sku_id": "cup-1"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["aftersale"]["amount"], &v["aftersale"]["quantity"]),
+        (&json!(1000), &json!(2)),
+        "{v}"
+    );
+    let (s, v) = apply(json!({"product_id": "cup", "sku_id": "cup-1", "quantity": 1})).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("LINE_ALREADY_CLAIMED")),
+        "{v}"
+    );
+    eventually("both cups' after-sales at WeChat", || async {
+        r.sandbox.calls("shop/ecaftersale/add").len() == 2
+    })
+    .await;
+    let adds = r.sandbox.calls("shop/ecaftersale/add");
+    assert_eq!(adds[1]["product_info"]["out_product_id"], "cup");
+    assert_eq!(adds[1]["product_info"]["product_cnt"], 2);
+    assert_eq!(adds[1]["orderamt"], 1000);
+    // The tea is untouched by the cups: one tin is its price.
+    let (s, v) = apply(json!({"product_id": "tea", "sku_id": "tea-250g", "quantity": 1})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["amount"], 1990, "{v}");
+    eventually("nothing dead-lettered, three adds", || async {
+        r.sandbox.calls("shop/ecaftersale/add").len() == 3
+    })
+    .await;
+    assert!(c.dead_letters().await.is_empty());
+}
+
+/// An application that cannot say which line it is about, or names one the order does not
+/// have or cannot give, is refused with what to do (400), and nothing is stored or sent to
+/// WeChat. An order with one line needs none named, as before.
+#[tokio::test]
+async fn an_application_without_a_line_the_order_has_is_refused() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = two_lines_paid(&r, &c, "milo").await;
+    let refused = |extra: Value| {
+        let mut body = json!({"action": "apply", "out_trade_no": no});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        let c = &c;
+        let token = token.clone();
+        async move {
+            let (s, v) = c.post("/fn/aftersaleSync", Some(&token), &body).await;
+            assert_eq!(s, 400, "{v}");
+            (
+                v["code"].as_str().unwrap().to_owned(),
+                v["message"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (code, message) = refused(json!({"reason": "broken"})).await;
+    assert_eq!(code, "LINE_REQUIRED");
+    for needed in ["product_id", "sku_id", "tea/tea-250g", "cup/cup-1"] {
+        assert!(message.contains(needed), "{message}");
+    }
+    let (code, _) = refused(json!({"product_id": "kettle", "sku_id": "kettle-1l"})).await;
+    assert_eq!(code, "UNKNOWN_LINE");
+    let (code, _) = refused(json!({"product_id": "tea", "sku_id": "cup-1"})).await;
+    assert_eq!(
+        code, "UNKNOWN_LINE",
+        "a product of the order with another's SKU"
+    );
+    let (code, _) = refused(json!({"product_id": "cup"})).await;
+    assert_eq!(code, "LINE_INCOMPLETE");
+    let (code, _) = refused(json!({"product_id": "cup", "sku_id": "cup-1", "quantity": 4})).await;
+    assert_eq!(code, "BAD_QUANTITY");
+    let (code, _) = refused(json!({"product_id": "cup", "sku_id": "cup-1", "quantity": 0})).await;
+    assert_eq!(code, "BAD_QUANTITY");
+    let (code, message) =
+        refused(json!({"product_id": "cup", "sku_id": "cup-1", "quantity": 1, "amount": 501}))
+            .await;
+    assert_eq!(code, "AMOUNT_OVER_LINE");
+    assert!(message.contains("500"), "{message}");
+    let (_, listed) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await;
+    assert_eq!(listed["aftersales"], json!([]), "{listed}");
+    let held = wxshop::store::repo::get_order(
+        r.app.store.as_ref(),
+        &OutTradeNo::parse(no.clone()).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .value
+    .refund_claims;
+    assert!(held.is_empty(), "nothing held on the order: {held:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(r.sandbox.calls("shop/ecaftersale/add").is_empty());
+
+    // One line: none named is that line, all of it, and everything refundable, as before.
+    let (token, no) = paid_and_synced(&r, &c, "milo2", 2).await;
+    let id = c.apply(&token, &no, json!({})).await;
+    let mine = c.aftersale(&token, &no).await;
+    assert_eq!(mine["aftersale_id"], id.as_str());
+    assert_eq!(mine["amount"], 2 * 1990, "{mine}");
+    assert_eq!(
+        (&mine["product_id"], &mine["quantity"]),
+        (&json!("tea"), &json!(2)),
+        "{mine}"
+    );
+    eventually("the add at WeChat", || async {
+        !r.sandbox.calls("shop/ecaftersale/add").is_empty()
+    })
+    .await;
+    let adds = r.sandbox.calls("shop/ecaftersale/add");
+    assert_eq!(
+        adds[0]["product_info"],
+        json!({"out_product_id": "tea", "out_sku_id": "tea-250g", "product_cnt": 2})
+    );
+    assert_eq!(adds[0]["orderamt"], 2 * 1990);
+}
+
 /// An after-sale recorded without a hold on the order (written before holds existed — as
 /// the racy check above let through — or imported from WeChat beyond what was left) is
 /// approved only if what open after-sales hold leaves room for it: while the first one is
@@ -704,6 +948,7 @@ async fn approving_beyond_what_open_aftersales_leave_is_refused() {
         wx_add_claimed_until_ms: None,
         reject_reason: None,
         goods_return: None,
+        line: None,
         created_at_ms: 0,
         updated_at_ms: 0,
     };

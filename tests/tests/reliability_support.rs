@@ -176,6 +176,35 @@ impl Client {
         assert_eq!(s, 200, "{v}");
     }
 
+    /// A second product for carts of several lines: uploaded (the sandbox audits it) and
+    /// listed, with one SKU `sku_id` at `price` fen.
+    pub async fn listed_product(&self, product_id: &str, sku_id: &str, price: i64) {
+        let (s, v) = self
+            .admin(
+                "/admin/catalogSync",
+                &json!({"action": "upsert", "product": {
+                    "product_id": product_id, "title": format!("{product_id} for tests"),
+                    "head_img": ["https://mmecimage.cn/p/wxlocal/tea.jpg"], "third_cat_id": 6153,
+                    "brand_id": 2100000000,
+                    "skus": [{"sku_id": sku_id, "price": price, "stock": 100}]
+                }}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let get = json!({"action": "get", "product_id": product_id});
+        eventually("the audit verdict", Duration::from_secs(10), || async {
+            self.admin("/admin/catalogSync", &get).await.1["product"]["audit"] == "APPROVED"
+        })
+        .await;
+        let (s, v) = self
+            .admin(
+                "/admin/catalogSync",
+                &json!({"action": "listing", "product_id": product_id}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
     /// The user pays at the sandbox (WeChat Pay): the transaction id WeChat assigned.
     pub async fn pay_at_sandbox(&self, no: &str) -> String {
         let (s, v) = self

@@ -1909,18 +1909,20 @@ fn aftersale_add(sb: &Sandbox, v: &Value) -> WxResult {
             return Ok(json!({"aftersale_id": a.aftersale_id}));
         }
     }
-    let line = o.product_infos.iter().find(|l| {
-        let by_out = str_of(pi, "out_product_id")
-            .is_some_and(|p| l.get("out_product_id").and_then(Value::as_str) == Some(p));
-        let by_id = u64_of(pi, "product_id")
-            .is_some_and(|p| l.get("product_id").and_then(Value::as_u64) == Some(p));
-        by_out || by_id
-    });
+    // The after-sale is about one line of the order: its product *and* its SKU (by our ids or
+    // WeChat's), at most as many as that line ordered. The errcode of WeChat's refusal is
+    // UNVERIFIED (not documented); the sandbox answers 47001 as for its other parameter
+    // errors.
+    let line = o.product_infos.iter().find(|l| line_named(l, pi));
     let Some(line) = line else {
-        return Err(WxErr::format("product_info is not a product of this order"));
+        return Err(WxErr::format(
+            "product_info (product and sku) is not a line of this order",
+        ));
     };
     if cnt < 1 || cnt > int_of(line, "product_cnt").unwrap_or(0) {
-        return Err(WxErr::format("product_cnt exceeds the ordered quantity"));
+        return Err(WxErr::format(
+            "product_cnt exceeds the quantity ordered on this line",
+        ));
     }
     let open: i64 = st
         .shop
@@ -1966,6 +1968,23 @@ fn aftersale_add(sb: &Sandbox, v: &Value) -> WxResult {
     );
     st.shop.flags.insert("add_aftersale");
     Ok(json!({"aftersale_id": id}))
+}
+
+/// Whether `product_info` of `ecaftersale/add` names order line `line`: the same product
+/// (`out_product_id` or `product_id`) and the same SKU (`out_sku_id` or `sku_id`; naming none
+/// fits only a line without one).
+fn line_named(line: &Value, pi: &Value) -> bool {
+    let same_str =
+        |k: &str| str_of(pi, k).is_some_and(|x| line.get(k).and_then(Value::as_str) == Some(x));
+    let same_id = |k: &str| u64_of(pi, k).is_some_and(|x| u64_of(line, k) == Some(x));
+    let product = same_str("out_product_id") || same_id("product_id");
+    let names_sku = str_of(pi, "out_sku_id").is_some() || u64_of(pi, "sku_id").is_some();
+    let sku = if names_sku {
+        same_str("out_sku_id") || same_id("sku_id")
+    } else {
+        str_of(line, "out_sku_id").unwrap_or_default().is_empty()
+    };
+    product && sku
 }
 
 fn aftersale_get(sb: &Sandbox, v: &Value) -> WxResult {
@@ -2313,5 +2332,101 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
             Ok(json!({"aftersale_id": id, "status": 8}))
         }
         other => Err(format!("unknown action `{other}`: apply, cancel or return")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sandbox::SandboxConfig;
+
+    /// A paid component order: 3 × tea/tea-250g, 1 × tea/tea-500g, 2 × cup/cup-1.
+    fn sandbox_with_order() -> Sandbox {
+        let sb = Sandbox::new(SandboxConfig::default());
+        let line = |p: &str, pid: u64, s: &str, sid: u64, cnt: i64| {
+            json!({"out_product_id": p, "product_id": pid, "out_sku_id": s, "sku_id": sid,
+                   "product_cnt": cnt, "sale_price": 100})
+        };
+        let order = ShopOrder {
+            order_id: 7,
+            out_order_id: "O1".into(),
+            openid: "o1".into(),
+            status: 20,
+            fund_type: 0,
+            req: json!({}),
+            product_infos: vec![
+                line("tea", 11, "tea-250g", 21, 3),
+                line("tea", 11, "tea-500g", 22, 1),
+                line("cup", 12, "cup-1", 23, 2),
+            ],
+            order_price: 600,
+            create_time: String::new(),
+            update_time: String::new(),
+            created_ms: 0,
+            expire_ms: None,
+            ticket: String::new(),
+            ticket_used: false,
+            transaction_id: None,
+            pay_time: None,
+            prepay_id: None,
+            delivery_list: Vec::new(),
+            finish_all_delivery: false,
+            received_ms: None,
+            refunded: 0,
+            settled: false,
+        };
+        let mut st = sb.st();
+        st.shop.order_ids.insert(7, "O1".into());
+        st.shop.orders.insert("O1".into(), order);
+        drop(st);
+        sb
+    }
+
+    fn add(sb: &Sandbox, product_info: Value) -> WxResult {
+        aftersale_add(
+            sb,
+            &json!({"out_order_id": "O1", "openid": "o1", "type": 1, "orderamt": 100,
+                    "refund_reason": "x", "refund_reason_type": 12,
+                    "product_info": product_info}),
+        )
+    }
+
+    #[test]
+    fn ecaftersale_add_takes_only_a_line_of_the_order_and_at_most_its_count() {
+        let sb = sandbox_with_order();
+        let refused = |pi: Value| add(&sb, pi).err().map(|e| e.code);
+        // Not a line of the order: an unknown product, or a product with another SKU.
+        assert_eq!(
+            refused(json!({"out_product_id": "pot", "out_sku_id": "pot-1", "product_cnt": 1})),
+            Some(47001)
+        );
+        assert_eq!(
+            refused(json!({"out_product_id": "tea", "out_sku_id": "cup-1", "product_cnt": 1})),
+            Some(47001),
+            "the product is in the order, that SKU is not one of its lines"
+        );
+        // More than the line's count, though another line of the product has more.
+        assert_eq!(
+            refused(json!({"out_product_id": "tea", "out_sku_id": "tea-500g", "product_cnt": 2})),
+            Some(47001)
+        );
+        assert_eq!(
+            refused(json!({"product_id": 11, "sku_id": 22, "product_cnt": 2})),
+            Some(47001),
+            "by WeChat's ids too"
+        );
+        // A line of the order, within its count: stored as that line.
+        let ok = add(
+            &sb,
+            json!({"out_product_id": "tea", "out_sku_id": "tea-500g", "product_cnt": 1}),
+        )
+        .unwrap();
+        let id = ok["aftersale_id"].as_u64().unwrap();
+        let got = aftersale_get(&sb, &json!({"aftersale_id": id})).unwrap();
+        let pi = &got["after_sales_order"]["product_info"];
+        assert_eq!(pi["out_sku_id"], "tea-500g");
+        assert_eq!(pi["sku_id"], 22);
+        assert_eq!(pi["product_cnt"], 1);
     }
 }

@@ -28,9 +28,17 @@
 //!     │                         └─cancel→ CANCELLED         └─reject→ REJECTED
 //!     └─reject→ REJECTED, cancel→ CANCELLED
 //! ```
+//!
+//! WeChat's after-sale is about one product line of the order (`ecaftersale/add`'s
+//! `product_info` is one object), so ours records which: [`AfterSaleLine`], chosen when the
+//! user applies by [`AfterSaleLine::choose`].
 
-use super::{Address, AfterSaleId, Fen, FundType, OpenId, OutRefundNo, OutTradeNo};
+use super::{
+    Address, AfterSaleId, Fen, FundType, MoneyError, OpenId, Order, OrderItem, OutRefundNo,
+    OutTradeNo, ProductId, SkuId,
+};
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroU32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -65,6 +73,12 @@ impl AfterSaleStatus {
             AfterSaleStatus::RefundAbnormal => "REFUND_ABNORMAL",
             AfterSaleStatus::Refunded => "REFUNDED",
         }
+    }
+
+    /// Still stands as a claim on the goods it names: anything but rejected or cancelled
+    /// (a refunded after-sale took its line's money for good).
+    pub fn is_live(self) -> bool {
+        !matches!(self, AfterSaleStatus::Rejected | AfterSaleStatus::Cancelled)
     }
 }
 
@@ -110,8 +124,206 @@ pub struct AfterSale {
     /// Return and refund only, once the merchant accepted the return.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goods_return: Option<GoodsReturn>,
+    /// The product line it is about. `None`: the whole order — recorded before lines were,
+    /// or an order with several items that is not in the trading component (nothing is
+    /// mirrored to WeChat, which alone needs a line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<AfterSaleLine>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// One item of the order an after-sale is about — by our catalog ids, WeChat's
+/// `out_product_id` / `out_sku_id` — and how many of it (`product_cnt`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AfterSaleLine {
+    pub product_id: ProductId,
+    pub sku_id: SkuId,
+    pub quantity: u32,
+}
+
+/// The line a user names when applying: which item, and how many of it (default: all of it
+/// that no live after-sale claims yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineAsked {
+    pub product_id: ProductId,
+    pub sku_id: SkuId,
+    pub quantity: Option<NonZeroU32>,
+}
+
+impl LineAsked {
+    /// Whether `line`, recorded for an application, is what this one asks for (a repeated
+    /// application must name the same line, and the same quantity if it names one).
+    pub fn matches(&self, line: Option<&AfterSaleLine>) -> bool {
+        line.is_some_and(|l| {
+            l.product_id == self.product_id
+                && l.sku_id == self.sku_id
+                && self.quantity.is_none_or(|q| q.get() == l.quantity)
+        })
+    }
+}
+
+/// What a new after-sale of an order is about, and the most it may ask for on that line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineChoice {
+    /// `None`: the whole order (several items, not in the trading component, none named).
+    pub line: Option<AfterSaleLine>,
+    /// On an order with several items: the value of the quantity asked (unit price ×
+    /// quantity), never more than the line's value less what live after-sales of the line
+    /// claim. `None`: only the order's own bound (what it can still refund) applies.
+    pub most: Option<Fen>,
+}
+
+/// Why an application cannot be about the line it names (or names none).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error(
+        "product_id `{product_id}` with sku_id `{sku_id}` is not a line of this order; name \
+         one of its items"
+    )]
+    UnknownLine {
+        product_id: ProductId,
+        sku_id: SkuId,
+    },
+    #[error(
+        "quantity {asked} is more than the {ordered} ordered on this line; ask for 1 to {ordered}"
+    )]
+    BadQuantity { asked: u32, ordered: u32 },
+    #[error(
+        "this order has several items and its after-sale goes to WeChat per product line: \
+         name the line with product_id and sku_id (one of: {lines}), and quantity if not all of it"
+    )]
+    LineRequired { lines: String },
+    #[error(
+        "{left} of the {ordered} ordered on this line are not under an after-sale already; \
+         ask for at most {left}, or cancel an after-sale of the line first"
+    )]
+    AlreadyClaimed { ordered: u32, left: u32 },
+    #[error("{0}")]
+    Money(#[from] MoneyError),
+}
+
+impl AfterSaleLine {
+    /// Whether this is the line of `item`.
+    pub fn is_of(&self, item: &OrderItem) -> bool {
+        self.product_id == item.product_id && self.sku_id == item.sku_id
+    }
+
+    /// The line a new after-sale of `order` is about, given what the user `asked` and the
+    /// order's `earlier` after-sales:
+    /// - a line named must be one of the order's items, its quantity 1 to what was ordered;
+    /// - none named on an order with one item: that item, all of it;
+    /// - none named on an order with several: refused if the order is in the trading
+    ///   component (it has a `wx_order_id`, so the after-sale is mirrored to WeChat, which
+    ///   takes one line per after-sale); otherwise the whole order, without a line.
+    ///
+    /// On an order with several items a line is also bounded by what live after-sales of it
+    /// already claim, in goods and in money ([`LineChoice::most`]). An order with one item
+    /// keeps the order's own bound only (freight included), as before lines existed.
+    pub fn choose(
+        order: &Order,
+        asked: Option<&LineAsked>,
+        earlier: &[AfterSale],
+    ) -> Result<LineChoice, LineError> {
+        let Some(asked) = asked else {
+            return match order.items.as_slice() {
+                [only] => Ok(LineChoice {
+                    line: Some(AfterSaleLine::whole(only)),
+                    most: None,
+                }),
+                [_, _, ..] if order.wx_order_id.is_some() => Err(LineError::LineRequired {
+                    lines: order
+                        .items
+                        .iter()
+                        .map(|i| format!("{}/{}", i.product_id, i.sku_id))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
+                _ => Ok(LineChoice {
+                    line: None,
+                    most: None,
+                }),
+            };
+        };
+        let item = order
+            .items
+            .iter()
+            .find(|i| i.product_id == asked.product_id && i.sku_id == asked.sku_id)
+            .ok_or_else(|| LineError::UnknownLine {
+                product_id: asked.product_id.clone(),
+                sku_id: asked.sku_id.clone(),
+            })?;
+        if let Some(q) = asked.quantity.filter(|q| q.get() > item.quantity) {
+            return Err(LineError::BadQuantity {
+                asked: q.get(),
+                ordered: item.quantity,
+            });
+        }
+        if order.items.len() == 1 {
+            let quantity = asked.quantity.map_or(item.quantity, NonZeroU32::get);
+            return Ok(LineChoice {
+                line: Some(AfterSaleLine {
+                    quantity,
+                    ..AfterSaleLine::whole(item)
+                }),
+                most: None,
+            });
+        }
+        let (mut taken, mut claimed) = (0u32, Fen::ZERO);
+        for a in earlier.iter().filter(|a| a.status.is_live()) {
+            if let Some(l) = a.line.as_ref().filter(|l| l.is_of(item)) {
+                taken = taken.saturating_add(l.quantity);
+                claimed = claimed.checked_add(a.amount)?;
+            }
+        }
+        let left_value = item.line_total()?.checked_sub(claimed).unwrap_or(Fen::ZERO);
+        let left = item.quantity.saturating_sub(taken);
+        let quantity = asked.quantity.map_or(left, NonZeroU32::get);
+        if left == 0 || quantity > left || left_value == Fen::ZERO {
+            return Err(LineError::AlreadyClaimed {
+                ordered: item.quantity,
+                left: if left_value == Fen::ZERO { 0 } else { left },
+            });
+        }
+        let value = item.unit_price.checked_mul(quantity)?;
+        Ok(LineChoice {
+            line: Some(AfterSaleLine {
+                quantity,
+                ..AfterSaleLine::whole(item)
+            }),
+            most: Some(value.min(left_value)),
+        })
+    }
+
+    /// All of `item`.
+    pub fn whole(item: &OrderItem) -> Self {
+        AfterSaleLine {
+            product_id: item.product_id.clone(),
+            sku_id: item.sku_id.clone(),
+            quantity: item.quantity,
+        }
+    }
+
+    /// The line of `order` that WeChat's `product_info` names by our ids, if it is one with
+    /// a count it could have (an after-sale the user opened in WeChat's order centre).
+    pub fn of_wechat(
+        order: &Order,
+        out_product_id: &str,
+        out_sku_id: &str,
+        cnt: i64,
+    ) -> Option<Self> {
+        let item = order
+            .items
+            .iter()
+            .find(|i| i.product_id.as_str() == out_product_id && i.sku_id.as_str() == out_sku_id)?;
+        let quantity = u32::try_from(cnt)
+            .ok()
+            .filter(|q| (1..=item.quantity).contains(q))?;
+        Some(AfterSaleLine {
+            quantity,
+            ..AfterSaleLine::whole(item)
+        })
+    }
 }
 
 /// The goods' way back: where to (the merchant's `address_info` of `ecaftersale/acceptreturn`)
@@ -349,5 +561,141 @@ impl AfterSale {
             }
             _ => Err(self.err("record refund failure")),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::order::tests::sample_order;
+    use super::*;
+
+    /// Paid, in the trading component: 2 × A at 300 and 3 × B at 500.
+    fn two_lines() -> Order {
+        let mut o = sample_order(2100);
+        let a = o.items[0].clone();
+        o.items = vec![
+            OrderItem {
+                product_id: ProductId::parse("A").unwrap(),
+                sku_id: SkuId::parse("a1").unwrap(),
+                unit_price: Fen::new(300).unwrap(),
+                quantity: 2,
+                ..a.clone()
+            },
+            OrderItem {
+                product_id: ProductId::parse("B").unwrap(),
+                sku_id: SkuId::parse("b1").unwrap(),
+                unit_price: Fen::new(500).unwrap(),
+                quantity: 3,
+                ..a
+            },
+        ];
+        o.wx_order_id = Some(1);
+        o
+    }
+
+    fn asked(p: &str, s: &str, q: Option<u32>) -> LineAsked {
+        LineAsked {
+            product_id: ProductId::parse(p).unwrap(),
+            sku_id: SkuId::parse(s).unwrap(),
+            quantity: q.and_then(NonZeroU32::new),
+        }
+    }
+
+    fn earlier(line: AfterSaleLine, amount: i64, status: AfterSaleStatus) -> AfterSale {
+        AfterSale {
+            id: AfterSaleId::parse("AS0").unwrap(),
+            out_trade_no: OutTradeNo::parse("WX20240101000000abc").unwrap(),
+            openid: OpenId::parse("o_user_1").unwrap(),
+            kind: AfterSaleKind::RefundOnly,
+            amount: Fen::new(amount).unwrap(),
+            reason: "x".into(),
+            status,
+            out_refund_no: None,
+            refund_id: None,
+            wx_aftersale_id: None,
+            wx_add_claimed_until_ms: None,
+            reject_reason: None,
+            goods_return: None,
+            line: Some(line),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_named_line_is_bounded_by_its_value_and_what_is_claimed_of_it() {
+        let o = two_lines();
+        let b1 = AfterSaleLine::choose(&o, Some(&asked("B", "b1", Some(1))), &[]).unwrap();
+        let line = b1.line.clone().unwrap();
+        assert_eq!((line.product_id.as_str(), line.quantity), ("B", 1));
+        assert_eq!(b1.most, Some(Fen::new(500).unwrap()));
+        // One B under a live after-sale: the default is the two left; a rejected one frees it.
+        let taken = [earlier(line.clone(), 500, AfterSaleStatus::Refunded)];
+        let rest = AfterSaleLine::choose(&o, Some(&asked("B", "b1", None)), &taken).unwrap();
+        assert_eq!(rest.line.unwrap().quantity, 2);
+        assert_eq!(rest.most, Some(Fen::new(1000).unwrap()));
+        assert_eq!(
+            AfterSaleLine::choose(&o, Some(&asked("B", "b1", Some(3))), &taken),
+            Err(LineError::AlreadyClaimed {
+                ordered: 3,
+                left: 2
+            })
+        );
+        let freed = [earlier(line.clone(), 500, AfterSaleStatus::Rejected)];
+        let all = AfterSaleLine::choose(&o, Some(&asked("B", "b1", None)), &freed).unwrap();
+        assert_eq!(all.line.unwrap().quantity, 3);
+        // Every B claimed: refused.
+        let whole = [earlier(
+            AfterSaleLine {
+                quantity: 3,
+                ..line
+            },
+            1500,
+            AfterSaleStatus::Requested,
+        )];
+        assert!(matches!(
+            AfterSaleLine::choose(&o, Some(&asked("B", "b1", Some(1))), &whole),
+            Err(LineError::AlreadyClaimed { left: 0, .. })
+        ));
+        // A's line is untouched by B's after-sales.
+        let a = AfterSaleLine::choose(&o, Some(&asked("A", "a1", None)), &whole).unwrap();
+        assert_eq!(a.most, Some(Fen::new(600).unwrap()));
+    }
+
+    #[test]
+    fn a_line_must_be_of_the_order_and_of_a_quantity_it_has() {
+        let o = two_lines();
+        assert!(matches!(
+            AfterSaleLine::choose(&o, Some(&asked("A", "b1", None)), &[]),
+            Err(LineError::UnknownLine { .. })
+        ));
+        assert_eq!(
+            AfterSaleLine::choose(&o, Some(&asked("A", "a1", Some(3))), &[]),
+            Err(LineError::BadQuantity {
+                asked: 3,
+                ordered: 2
+            })
+        );
+    }
+
+    #[test]
+    fn no_line_is_the_only_item_or_required_where_wechat_needs_one() {
+        let mut o = two_lines();
+        let err = AfterSaleLine::choose(&o, None, &[]).unwrap_err();
+        assert!(err.to_string().contains("A/a1, B/b1"), "{err}");
+        o.wx_order_id = None;
+        assert_eq!(
+            AfterSaleLine::choose(&o, None, &[]),
+            Ok(LineChoice {
+                line: None,
+                most: None
+            })
+        );
+        // One item: all of it, bounded by the order only (freight included), as before.
+        let single = sample_order(100);
+        let c = AfterSaleLine::choose(&single, None, &[]).unwrap();
+        assert_eq!(c.line, Some(AfterSaleLine::whole(&single.items[0])));
+        assert_eq!(c.most, None);
     }
 }

@@ -14,8 +14,8 @@ use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
 use crate::app::App;
 use crate::domain::{
-    Address, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, Change, Fen, FundType,
-    GoodsReturn, OutTradeNo, ReturnWaybill,
+    Address, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleLine, AfterSaleStatus, Change, Fen,
+    FundType, GoodsReturn, LineAsked, LineError, OutTradeNo, ProductId, ReturnWaybill, SkuId,
 };
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{OutboxEntry, Task};
@@ -35,6 +35,15 @@ enum UserAction {
         /// `refund` (default) or `return`.
         #[serde(default, rename = "type")]
         kind: Option<String>,
+        /// The product line (one of the order's items, by our catalog ids) and how many of
+        /// it; required on an order with several items in the trading component.
+        #[serde(default)]
+        product_id: Option<String>,
+        #[serde(default)]
+        sku_id: Option<String>,
+        /// Default: all of the line that no live after-sale claims yet.
+        #[serde(default)]
+        quantity: Option<i64>,
         /// One application, however often it is sent (a double tap, a retry after a lost
         /// answer): the same key on the same order answers with the same after-sale.
         #[serde(default)]
@@ -97,6 +106,9 @@ struct AfterSaleView<'a> {
     /// Return and refund: where to send the goods, and the parcel once sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     goods_return: Option<&'a GoodsReturn>,
+    /// The product line (`product_id`, `sku_id`, `quantity`), when known.
+    #[serde(flatten)]
+    line: Option<&'a AfterSaleLine>,
 }
 
 fn view(a: &AfterSale) -> AfterSaleView<'_> {
@@ -111,6 +123,7 @@ fn view(a: &AfterSale) -> AfterSaleView<'_> {
         refund_id: a.refund_id.as_deref(),
         reject_reason: a.reject_reason.as_deref(),
         goods_return: a.goods_return.as_ref(),
+        line: a.line.as_ref(),
     }
 }
 
@@ -134,8 +147,12 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
             amount,
             reason,
             kind,
+            product_id,
+            sku_id,
+            quantity,
             idempotency_key,
         } => {
+            let asked = line_asked(product_id, sku_id, quantity)?;
             let order = own_order(app, &openid, &out_trade_no).await?.value;
             let keyed_id = match idempotency_key.as_deref() {
                 None => None,
@@ -171,7 +188,10 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     // The same application again (or its twin, which won the race): its answer.
                     if let Some(existing) = repo::get_aftersale(app.store.as_ref(), id).await? {
                         let same = existing.value.kind == kind
-                            && amount.is_none_or(|a| a == existing.value.amount.get());
+                            && amount.is_none_or(|a| a == existing.value.amount.get())
+                            && asked
+                                .as_ref()
+                                .is_none_or(|l| l.matches(existing.value.line.as_ref()));
                         if !same {
                             return Err(ApiError::new(
                                 http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -185,18 +205,34 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                 let order = repo::get_order(app.store.as_ref(), &order.out_trade_no)
                     .await?
                     .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+                let earlier = aftersales_of(app, &order.value).await?;
+                let choice = AfterSaleLine::choose(&order.value, asked.as_ref(), &earlier)
+                    .map_err(line_error)?;
                 // Open after-sales that hold nothing on the order (recorded before holds
                 // existed, or imported from WeChat beyond what was left) count too.
-                let unheld = open_unheld(app, &order.value).await?;
+                let unheld = unheld_in(&order.value, &earlier)?;
+                let left = order
+                    .value
+                    .claimable()
+                    .checked_sub(unheld)
+                    .unwrap_or(Fen::ZERO);
                 let amount = match amount {
-                    None => order
-                        .value
-                        .claimable()
-                        .checked_sub(unheld)
-                        .unwrap_or(Fen::ZERO),
+                    None => choice.most.map_or(left, |most| most.min(left)),
                     Some(a) => Fen::new(a)
                         .map_err(|e| ApiError::bad_request("BAD_AMOUNT", e.to_string()))?,
                 };
+                if let Some(most) = choice.most.filter(|most| amount > *most) {
+                    return Err(ApiError::bad_request(
+                        "AMOUNT_OVER_LINE",
+                        format!(
+                            "amount {} fen is more than this line can still be refunded: at \
+                             most {} fen (its unit price × the quantity asked, less what live \
+                             after-sales of the line claim); ask for less, or leave amount out",
+                            amount.get(),
+                            most.get()
+                        ),
+                    ));
+                }
                 order
                     .value
                     .check_refund(amount)
@@ -216,6 +252,7 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     wx_add_claimed_until_ms: None,
                     reject_reason: None,
                     goods_return: None,
+                    line: choice.line.clone(),
                     created_at_ms: now,
                     updated_at_ms: now,
                 };
@@ -364,12 +401,98 @@ fn is_open(status: AfterSaleStatus) -> bool {
 /// holds are what concurrent writers cannot get past.
 async fn open_unheld(app: &App, order: &crate::domain::Order) -> Result<Fen, ApiError> {
     let all = repo::aftersales_of_order(app.store.as_ref(), &order.out_trade_no).await?;
+    let all: Vec<AfterSale> = all.into_iter().map(|a| a.value).collect();
+    unheld_in(order, &all)
+}
+
+/// What the open after-sales among `all` that hold nothing on `order` ask for.
+fn unheld_in(order: &crate::domain::Order, all: &[AfterSale]) -> Result<Fen, ApiError> {
     let sum = all
         .iter()
-        .filter(|a| is_open(a.value.status) && !order.refund_claims.contains_key(&a.value.id))
-        .map(|a| a.value.amount.get())
+        .filter(|a| is_open(a.status) && !order.refund_claims.contains_key(&a.id))
+        .map(|a| a.amount.get())
         .sum::<i64>();
     Fen::new(sum).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// The after-sales of `order`: those the after-sale index lists, and those holding an amount
+/// on the order that it does not list yet. The index may lag behind a write (DynamoDB's are
+/// eventually consistent); a hold is written with its after-sale under the order's version,
+/// so an application that just won a race against this one is read by its id.
+async fn aftersales_of(
+    app: &App,
+    order: &crate::domain::Order,
+) -> Result<Vec<AfterSale>, ApiError> {
+    let mut all: Vec<AfterSale> =
+        repo::aftersales_of_order(app.store.as_ref(), &order.out_trade_no)
+            .await?
+            .into_iter()
+            .map(|a| a.value)
+            .collect();
+    for id in order.refund_claims.keys() {
+        if all.iter().any(|a| &a.id == id) {
+            continue;
+        }
+        if let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? {
+            all.push(a.value);
+        }
+    }
+    Ok(all)
+}
+
+/// The line an application names, parsed: both ids or neither; a quantity only with them.
+fn line_asked(
+    product_id: Option<String>,
+    sku_id: Option<String>,
+    quantity: Option<i64>,
+) -> Result<Option<LineAsked>, ApiError> {
+    let quantity = quantity
+        .map(|q| {
+            u32::try_from(q)
+                .ok()
+                .and_then(std::num::NonZeroU32::new)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "BAD_QUANTITY",
+                        format!("quantity {q} must be a whole number of at least 1"),
+                    )
+                })
+        })
+        .transpose()?;
+    let (product_id, sku_id) = match (product_id, sku_id) {
+        (Some(p), Some(s)) => (p, s),
+        (None, None) if quantity.is_none() => return Ok(None),
+        _ => {
+            return Err(ApiError::bad_request(
+                "LINE_INCOMPLETE",
+                "a line is named by both product_id and sku_id (as in the order's items); \
+                 quantity goes with them",
+            ))
+        }
+    };
+    let unknown = |e: crate::domain::IdError| {
+        ApiError::bad_request(
+            "UNKNOWN_LINE",
+            format!("{e}: no line of this order has it; name one of its items"),
+        )
+    };
+    Ok(Some(LineAsked {
+        product_id: ProductId::parse(product_id).map_err(unknown)?,
+        sku_id: SkuId::parse(sku_id).map_err(unknown)?,
+        quantity,
+    }))
+}
+
+/// An application's line refused: 400, with what to do.
+fn line_error(e: LineError) -> ApiError {
+    let code = match &e {
+        LineError::UnknownLine { .. } => "UNKNOWN_LINE",
+        LineError::BadQuantity { .. } => "BAD_QUANTITY",
+        LineError::LineRequired { .. } => "LINE_REQUIRED",
+        LineError::AlreadyClaimed { .. } => "LINE_ALREADY_CLAIMED",
+        LineError::Money(_) => return ApiError::internal(e.to_string()),
+    };
+    ApiError::bad_request(code, e.to_string())
 }
 
 async fn list(app: &App, no: &OutTradeNo) -> Result<Response, ApiError> {
@@ -1067,6 +1190,12 @@ pub async fn on_wechat_event(
                     wx_add_claimed_until_ms: None,
                     reject_reason: None,
                     goods_return: None,
+                    line: AfterSaleLine::of_wechat(
+                        &order.value,
+                        wx.product_info.out_product_id.as_deref().unwrap_or_default(),
+                        wx.product_info.out_sku_id.as_deref().unwrap_or_default(),
+                        wx.product_info.product_cnt,
+                    ),
                     created_at_ms: now,
                     updated_at_ms: now,
                 };

@@ -535,12 +535,25 @@ pub async fn aftersale_find_or_add(
     }
 }
 
-/// Outbox: `shop/ecaftersale/add` → WeChat's after-sale id.
+/// Outbox: `shop/ecaftersale/add` → WeChat's after-sale id. WeChat's after-sale is about one
+/// product line (`product_info`): the one the after-sale records. One recorded before lines
+/// were has none; on an order with one item that item is the line, on one with several the
+/// first item is sent as it always was (logged: WeChat may then hold the wrong line), rather
+/// than leaving stored after-sales stuck.
 async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, TaskError> {
-    let item = order
-        .items
-        .first()
-        .ok_or_else(|| TaskError::Permanent("order has no items".into()))?;
+    let line = match &a.line {
+        Some(line) => line.clone(),
+        None => {
+            let item = order
+                .items
+                .first()
+                .ok_or_else(|| TaskError::Permanent("order has no items".into()))?;
+            if order.items.len() > 1 {
+                tracing::warn!(aftersale_id = %a.id, out_trade_no = %order.out_trade_no, items = order.items.len(), "after-sale without a product line on an order with several items (recorded before lines were): adding it at WeChat against the first item");
+            }
+            crate::domain::AfterSaleLine::whole(item)
+        }
+    };
     let req = crate::shop::aftersale::EcAfterSaleAddRequest {
         order: key(order),
         out_aftersale_id: Some(a.id.to_string()),
@@ -548,10 +561,10 @@ async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, T
         kind: i64::from(a.kind.code()),
         product_info: crate::shop::aftersale::EcProductInfo {
             product_id: None,
-            out_product_id: Some(item.product_id.to_string()),
+            out_product_id: Some(line.product_id.to_string()),
             sku_id: None,
-            out_sku_id: Some(item.sku_id.to_string()),
-            product_cnt: i64::from(item.quantity),
+            out_sku_id: Some(line.sku_id.to_string()),
+            product_cnt: i64::from(line.quantity),
         },
         orderamt: a.amount,
         refund_reason: a.reason.clone(),

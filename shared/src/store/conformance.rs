@@ -1616,6 +1616,7 @@ pub async fn repo_round_trip(store: &DynStore) {
             wx_add_claimed_until_ms: None,
             reject_reason: None,
             goods_return: None,
+            line: None,
             created_at_ms: t + i as i64,
             updated_at_ms: t,
         });
