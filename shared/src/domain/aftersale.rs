@@ -168,9 +168,10 @@ impl LineAsked {
 pub struct LineChoice {
     /// `None`: the whole order (several items, not in the trading component, none named).
     pub line: Option<AfterSaleLine>,
-    /// On an order with several items: the value of the quantity asked (unit price ×
-    /// quantity), never more than the line's value less what live after-sales of the line
-    /// claim. `None`: only the order's own bound (what it can still refund) applies.
+    /// The value of the quantity asked (unit price × quantity), never more than the line's
+    /// value less what live after-sales of the line claim. `None` (all that is left of an
+    /// order's only item, or the whole order): only the order's own bound (what it can
+    /// still refund, freight included) applies.
     pub most: Option<Fen>,
 }
 
@@ -217,9 +218,9 @@ impl AfterSaleLine {
     ///   component (it has a `wx_order_id`, so the after-sale is mirrored to WeChat, which
     ///   takes one line per after-sale); otherwise the whole order, without a line.
     ///
-    /// On an order with several items a line is also bounded by what live after-sales of it
-    /// already claim, in goods and in money ([`LineChoice::most`]). An order with one item
-    /// keeps the order's own bound only (freight included), as before lines existed.
+    /// A line is also bounded by what live after-sales of it already claim, in goods and in
+    /// money ([`LineChoice::most`]); all that is left of an order's only item keeps the
+    /// order's own bound only (freight included), as before lines existed.
     pub fn choose(
         order: &Order,
         asked: Option<&LineAsked>,
@@ -227,10 +228,7 @@ impl AfterSaleLine {
     ) -> Result<LineChoice, LineError> {
         let Some(asked) = asked else {
             return match order.items.as_slice() {
-                [only] => Ok(LineChoice {
-                    line: Some(AfterSaleLine::whole(only)),
-                    most: None,
-                }),
+                [only] => Self::of_item(order, only, None, earlier),
                 [_, _, ..] if order.wx_order_id.is_some() => Err(LineError::LineRequired {
                     lines: order
                         .items
@@ -259,16 +257,19 @@ impl AfterSaleLine {
                 ordered: item.quantity,
             });
         }
-        if order.items.len() == 1 {
-            let quantity = asked.quantity.map_or(item.quantity, NonZeroU32::get);
-            return Ok(LineChoice {
-                line: Some(AfterSaleLine {
-                    quantity,
-                    ..AfterSaleLine::whole(item)
-                }),
-                most: None,
-            });
-        }
+        Self::of_item(order, item, asked.quantity, earlier)
+    }
+
+    /// `quantity` (default: all not yet under a live after-sale) of `item`, bounded by what
+    /// live after-sales of the line already claim. The rest of an order's only item keeps the
+    /// order's own bound (freight included), as before lines existed; part of it is worth its
+    /// unit price × quantity, like a line of an order with several items.
+    fn of_item(
+        order: &Order,
+        item: &OrderItem,
+        quantity: Option<NonZeroU32>,
+        earlier: &[AfterSale],
+    ) -> Result<LineChoice, LineError> {
         let (mut taken, mut claimed) = (0u32, Fen::ZERO);
         for a in earlier.iter().filter(|a| a.status.is_live()) {
             if let Some(l) = a.line.as_ref().filter(|l| l.is_of(item)) {
@@ -278,20 +279,24 @@ impl AfterSaleLine {
         }
         let left_value = item.line_total()?.checked_sub(claimed).unwrap_or(Fen::ZERO);
         let left = item.quantity.saturating_sub(taken);
-        let quantity = asked.quantity.map_or(left, NonZeroU32::get);
+        let quantity = quantity.map_or(left, NonZeroU32::get);
         if left == 0 || quantity > left || left_value == Fen::ZERO {
             return Err(LineError::AlreadyClaimed {
                 ordered: item.quantity,
                 left: if left_value == Fen::ZERO { 0 } else { left },
             });
         }
-        let value = item.unit_price.checked_mul(quantity)?;
+        let most = if order.items.len() == 1 && quantity == left {
+            None
+        } else {
+            Some(item.unit_price.checked_mul(quantity)?.min(left_value))
+        };
         Ok(LineChoice {
             line: Some(AfterSaleLine {
                 quantity,
                 ..AfterSaleLine::whole(item)
             }),
-            most: Some(value.min(left_value)),
+            most,
         })
     }
 
@@ -697,5 +702,27 @@ mod tests {
         let c = AfterSaleLine::choose(&single, None, &[]).unwrap();
         assert_eq!(c.line, Some(AfterSaleLine::whole(&single.items[0])));
         assert_eq!(c.most, None);
+    }
+
+    #[test]
+    fn part_of_an_only_item_is_worth_its_units_and_the_rest_keeps_the_freight() {
+        // 3 × 500 and freight: one cup back is worth 500, not the whole order.
+        let mut o = sample_order(1510);
+        o.items[0].unit_price = Fen::new(500).unwrap();
+        o.items[0].quantity = 3;
+        o.freight = Fen::new(10).unwrap();
+        let (p, s) = (o.items[0].product_id.clone(), o.items[0].sku_id.clone());
+        let ask = |q| asked(p.as_str(), s.as_str(), q);
+        let one = AfterSaleLine::choose(&o, Some(&ask(Some(1))), &[]).unwrap();
+        assert_eq!(one.most, Some(Fen::new(500).unwrap()));
+        assert_eq!(one.line.clone().unwrap().quantity, 1);
+        // With that cup under an after-sale, the rest (two cups) keeps the order's bound.
+        let taken = [earlier(one.line.unwrap(), 500, AfterSaleStatus::Requested)];
+        let rest = AfterSaleLine::choose(&o, None, &taken).unwrap();
+        assert_eq!((rest.line.unwrap().quantity, rest.most), (2, None));
+        assert!(matches!(
+            AfterSaleLine::choose(&o, Some(&ask(Some(3))), &taken),
+            Err(LineError::AlreadyClaimed { left: 2, .. })
+        ));
     }
 }
