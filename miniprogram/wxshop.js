@@ -552,8 +552,8 @@ function createClient(options) {
      * together (as in the order's items), with quantity (default: all of it not under an
      * after-sale yet); an order with several items in the trading component needs one (400
      * LINE_REQUIRED otherwise), an order with one item defaults to it. amount defaults to the
-     * line's value (unit price × quantity) on an order with several items, to all that is
-     * refundable on an order with one. The answer's aftersale carries product_id, sku_id and
+     * line's value (unit price × quantity), and to all that is refundable (freight included)
+     * for the rest of an order's only item. The answer's aftersale carries product_id, sku_id and
      * quantity when it has a line.
      * One application however often it is sent: it carries an idempotency key (made here
      * unless given), is sent again with it while the outcome is unknown (as buy's order), and
