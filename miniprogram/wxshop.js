@@ -120,18 +120,44 @@ function paymentParams(payment) {
 }
 
 /**
- * May the unifiedOrder call be sent again with the same key? Only when its outcome is unknown
- * or the refusal is transient: no answer (network failure, timeout), the same key still being
- * processed (409 REQUEST_IN_PROGRESS), throttling (429), a gateway or service failure (502,
- * 503, 504), or a 5xx that is not our handler's JSON error (e.g. the gateway's answer to a
- * function that timed out). Every other refusal is the server's final word on this cart.
+ * Did the answer come from our server (a `{code, message}` body), or from something in front of
+ * it (API Gateway, a proxy) that never reached, or never heard back from, our function?
+ * httpError gives a body without a code SERVER_ERROR (5xx) or HTTP_ERROR; the server never
+ * sends those codes itself (test/docs.test.js checks).
+ */
+function fromOurServer(e) {
+  return e.code !== 'SERVER_ERROR' && e.code !== 'HTTP_ERROR';
+}
+
+/**
+ * Is this failure one that the same request, sent again, may get past? By the server's code,
+ * not the status alone:
+ * - no answer (NETWORK_ERROR: network failure, timeout): the outcome is unknown;
+ * - our server's 503 (`ApiError::unavailable`: STORE_UNAVAILABLE, WECHAT_UNAVAILABLE,
+ *   PAYMENT_UNAVAILABLE, …, "retry shortly") or 429 (throttled);
+ * - a 429 or 5xx that is not our JSON: the gateway's own answer (throttling, a function that
+ *   timed out or crashed).
+ * Our server's 502s are final: WeChat refused (PAYMENT_REFUSED, WECHAT_REFUSED,
+ * SCENE_CHECK_REFUSED: a wrong API key, no permission), and asking again only repeats the
+ * refusal. An unknown code on a 502, 500 (INTERNAL) or 504 is treated as final too: a wasted
+ * retry is cheap, but one that repeats a side effect each time (an order made and closed) is not.
+ */
+function isTransientFailure(e) {
+  if (!e) return false;
+  if (e.code === 'NETWORK_ERROR') return true;
+  if (!fromOurServer(e)) return e.statusCode === 429 || e.statusCode >= 500;
+  return e.statusCode === 503 || e.statusCode === 429;
+}
+
+/**
+ * May the unifiedOrder call be sent again with the same key? When isTransientFailure says so,
+ * or the same key is still being processed (409 REQUEST_IN_PROGRESS). Every other refusal is
+ * the server's final word on this cart.
  */
 function isRetryableOrderError(e) {
   if (!e) return false;
-  if (e.code === 'NETWORK_ERROR') return true;
-  if (e.statusCode === 409) return e.code === 'REQUEST_IN_PROGRESS';
-  if (e.statusCode === 429 || e.statusCode === 502 || e.statusCode === 503 || e.statusCode === 504) return true;
-  return e.statusCode >= 500 && e.code === 'SERVER_ERROR';
+  if (e.statusCode === 409 && e.code === 'REQUEST_IN_PROGRESS') return true;
+  return isTransientFailure(e);
 }
 
 /** Did the server hand us a trading-component order (→ wx.requestOrderPayment)? */

@@ -83,3 +83,47 @@ test('the client README and wxshop.js state the unifiedOrder timeouts as the tem
   assert.ok(readme.includes(`${fnSecs} s`), `the README does not give unifiedOrder's ${fnSecs} s`);
   assert.doesNotMatch(readme + client, /timeout (\(\d+ s\) )?equals the (server )?function'?s/i);
 });
+
+/** Every `.rs` file under `dir` (relative to the repo), recursively. */
+function rustSources(dir) {
+  const out = [];
+  for (const e of fs.readdirSync(path.join(REPO, dir), { withFileTypes: true })) {
+    const rel = `${dir}/${e.name}`;
+    if (e.isDirectory()) out.push(...rustSources(rel));
+    else if (e.name.endsWith('.rs')) out.push({ rel, src: read(rel) });
+  }
+  return out;
+}
+
+test('the client retries exactly the server\'s transient 5xx codes: 503s yes, 502s never', () => {
+  const { _internal } = require('../wxshop.js');
+  const files = rustSources('shared/src').concat(rustSources('local/src'), rustSources('functions'));
+  const unavailable = new Set();
+  const badGateway = new Set();
+  const otherFiveXx = [];
+  for (const { rel, src } of files) {
+    // `ApiError::unavailable("CODE", …)`: 503, "retrying later may work".
+    for (const m of src.matchAll(/ApiError::unavailable\(\s*"([A-Z_]+)"/g)) unavailable.add(m[1]);
+    // `ApiError::new(StatusCode::X, "CODE", …)` with a 5xx status.
+    for (const m of src.matchAll(/ApiError::new\(\s*(?:http::)?StatusCode::([A-Z_]+),\s*"([A-Z_]+)"/g)) {
+      if (m[1] === 'BAD_GATEWAY') badGateway.add(m[2]);
+      else if (m[1] === 'SERVICE_UNAVAILABLE') unavailable.add(m[2]);
+      else if (/INTERNAL|GATEWAY|SERVICE|INSUFFICIENT|NOT_IMPLEMENTED/.test(m[1])) otherFiveXx.push(`${rel}: ${m[1]} ${m[2]}`);
+    }
+  }
+  // The three the review found; the scan must keep seeing them.
+  for (const c of ['PAYMENT_REFUSED', 'WECHAT_REFUSED', 'SCENE_CHECK_REFUSED']) assert.ok(badGateway.has(c), `${c} no longer sent as 502?`);
+  for (const c of ['STORE_UNAVAILABLE', 'WECHAT_UNAVAILABLE', 'PAYMENT_UNAVAILABLE']) assert.ok(unavailable.has(c), `${c} no longer sent as 503?`);
+  assert.deepEqual(otherFiveXx, [], 'a new 5xx status: decide whether the client retries it');
+  for (const code of unavailable) {
+    assert.equal(_internal.isRetryableOrderError({ code, statusCode: 503 }), true, `503 ${code} is "retry shortly"`);
+  }
+  for (const code of badGateway) {
+    assert.equal(_internal.isRetryableOrderError({ code, statusCode: 502 }), false, `502 ${code} is WeChat's final refusal`);
+  }
+  // The codes the client gives answers that are not our server's must never be ours.
+  const all = files.map((f) => f.src).join('\n');
+  for (const mine of ['SERVER_ERROR', 'HTTP_ERROR', 'NETWORK_ERROR']) {
+    assert.ok(!all.includes(`"${mine}"`), `the server sends ${mine}, which the client reserves for answers not from it`);
+  }
+});

@@ -375,6 +375,37 @@ test('buy: 409 REQUEST_IN_PROGRESS and 503 are retried with the same key', async
   }
 });
 
+test('buy: a 502 WeChat refusal is final: one call, no retries', async () => {
+  // A wrong API key, no permission for the scene check, a refused shop/order/add: asking again
+  // only repeats the refusal (and each try made and released an order).
+  for (const code of ['PAYMENT_REFUSED', 'WECHAT_REFUSED', 'SCENE_CHECK_REFUSED']) {
+    const answer = { statusCode: 502, data: { code, message: 'refused' } };
+    const wx = fakeWx(paidRoutes(() => answer), payOk);
+    const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY });
+    const err = await c.buy({ items: [TEA] }).catch((e) => e);
+    assert.equal(err.code, code);
+    assert.equal(err.statusCode, 502);
+    assert.equal(orderKeys(wx).length, 1, `${code} must be sent exactly once`);
+  }
+});
+
+test('buy: a gateway\'s own 502/504 (not our JSON) is retried with the same key', async () => {
+  const gateway = [
+    { statusCode: 502, data: '<html><body>502 Bad Gateway</body></html>' },
+    { statusCode: 502, data: { message: 'Internal Server Error' } },
+    { statusCode: 504, data: { message: 'Endpoint request timed out' } },
+  ];
+  for (const answer of gateway) {
+    const wx = fakeWx(paidRoutes((d, h, n) => (n === 0 ? answer : { statusCode: 200, data: payFixture() })), payOk);
+    const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+    const r = await c.buy({ items: [TEA] });
+    assert.equal(r.paid, true, JSON.stringify(answer));
+    const keys = orderKeys(wx);
+    assert.equal(keys.length, 2, JSON.stringify(answer));
+    assert.equal(new Set(keys).size, 1);
+  }
+});
+
 test('buy: when the retries give up, the rejection carries the key and a later buy with it sends the same key', async () => {
   let down = true;
   const wx = fakeWx(paidRoutes(() => (down ? { fail: 'request:fail timeout' } : { statusCode: 200, data: payFixture() })), payOk);
