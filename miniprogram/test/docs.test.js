@@ -127,3 +127,143 @@ test('the client retries exactly the server\'s transient 5xx codes: 503s yes, 50
     assert.ok(!all.includes(`"${mine}"`), `the server sends ${mine}, which the client reserves for answers not from it`);
   }
 });
+
+/**
+ * The README's example page (`pages/buy/buy.js`), run as the mini program would run it: its
+ * code block, with `require` of utils/wxshop and utils/config pointed at this directory's files
+ * (config with fast retries and the fake `wx`), `Page` capturing the definition, and a fake `wx`
+ * whose unifiedOrder keeps idempotency keys as the server does (claim → same answer; another
+ * cart, address or scene → 422 IDEMPOTENCY_KEY_REUSED; order closed → 409 ORDER_CLOSED).
+ */
+function examplePage() {
+  const vm = require('node:vm');
+  const readme = read('miniprogram/README.md');
+  const m = /## Example page: `pages\/buy\/buy\.js`[\s\S]*?```js\n([\s\S]*?)```/.exec(readme);
+  assert.ok(m, 'no example page code block in miniprogram/README.md');
+  const code = m[1];
+
+  const server = { orders: new Map(), loseAnswers: false, scene: 1001 };
+  const addresses = [];
+  const sent = []; // idempotency keys of every unifiedOrder call, in order
+  const wx = {
+    storage: new Map(),
+    getStorageSync: (k) => (wx.storage.has(k) ? wx.storage.get(k) : ''),
+    setStorageSync: (k, v) => wx.storage.set(k, v),
+    removeStorageSync: (k) => wx.storage.delete(k),
+    login: ({ success }) => setImmediate(() => success({ code: 'c1' })),
+    getEnterOptionsSync: () => ({ scene: server.scene }),
+    chooseAddress: ({ success }) => setImmediate(() => success(addresses.shift())),
+    showLoading: () => {},
+    hideLoading: () => {},
+    navigateTo: () => {},
+    requestPayment: (p) => setImmediate(() => p.success({ errMsg: 'requestPayment:ok' })),
+    request: (opts) => {
+      const name = opts.url.replace(/^.*\/fn\//, '');
+      let out;
+      if (name === 'login') out = { statusCode: 200, data: { token: 't', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o' } };
+      else if (name === 'queryOrder') out = { statusCode: 200, data: { order: { out_trade_no: opts.data.out_trade_no, status: 'PAID' } } };
+      else if (name === 'unifiedOrder') {
+        const d = opts.data;
+        sent.push(d.idempotency_key);
+        const what = JSON.stringify([d.items, d.address, d.scene]);
+        const rec = server.orders.get(d.idempotency_key);
+        if (rec && rec.what !== what) out = { statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'this idempotency key was used for a different cart; use a new key' } };
+        else if (rec && rec.closed) out = { statusCode: 409, data: { code: 'ORDER_CLOSED', message: 'the order this idempotency key made was closed unpaid; order again with a new key' } };
+        else {
+          if (!rec) server.orders.set(d.idempotency_key, { what, closed: false, no: 'T' + (server.orders.size + 1) });
+          const no = server.orders.get(d.idempotency_key).no;
+          out = server.loseAnswers
+            ? { fail: 'request:fail timeout' }
+            : { statusCode: 200, data: { out_trade_no: no, total_fee: 1990, payment: { timeStamp: '1', nonceStr: 'n', package: 'prepay_id=p', signType: 'MD5', paySign: 'S' } } };
+        }
+      } else out = { statusCode: 404, data: { code: 'NOT_FOUND', message: name } };
+      setImmediate(() => (out.fail ? opts.fail({ errMsg: out.fail }) : opts.success({ statusCode: out.statusCode, data: out.data })));
+    },
+  };
+  const config = Object.assign({}, require('../config.js'), {
+    wx,
+    orderRetry: { attempts: 3, delayMs: 1, maxDelayMs: 2, budgetMs: 1000 },
+    payPoll: { intervalMs: 5, timeoutMs: 200, failTimeoutMs: 50 },
+  });
+  let def = null;
+  const modules = { '../../utils/wxshop': require('../wxshop.js'), '../../utils/config': config };
+  vm.runInNewContext(code, {
+    require: (p) => {
+      assert.ok(p in modules, `the example requires ${p}`);
+      return modules[p];
+    },
+    wx,
+    Page: (d) => {
+      def = d;
+    },
+    JSON,
+    setTimeout,
+  });
+  assert.ok(def && typeof def.onBuyTap === 'function', 'the example calls Page({ onBuyTap })');
+  let finished = null;
+  const page = Object.assign({}, def, {
+    data: Object.assign({}, def.data),
+    setData(patch) {
+      Object.assign(this.data, patch);
+      if (patch.busy === false && finished) finished();
+    },
+  });
+  /** The user picks `address` and taps Buy; resolves the page's message once it is idle. */
+  function tap(address) {
+    addresses.push(address);
+    const before = sent.length;
+    return new Promise((resolve) => {
+      finished = resolve;
+      page.onBuyTap();
+    }).then(() => ({ message: page.data.message, keys: sent.slice(before) }));
+  }
+  return { server, tap, sent };
+}
+
+const HOME = { userName: 'Alice', telNumber: '13800000000', provinceName: '浙江省', cityName: '杭州市', countyName: '西湖区', detailInfo: '1 Tea St' };
+const OFFICE = Object.assign({}, HOME, { detailInfo: '9 Office Rd' });
+
+test('README example page: after a lost answer, the same address retries the same key (one order)', async () => {
+  const { server, tap } = examplePage();
+  server.loseAnswers = true;
+  const first = await tap(HOME);
+  assert.match(first.message, /Network problem/);
+  server.loseAnswers = false;
+  const second = await tap(HOME);
+  assert.match(second.message, /^Paid/);
+  assert.deepEqual(new Set(second.keys), new Set([first.keys[0]]), 'the retry sends the first tap\'s key');
+  assert.equal(server.orders.size, 1, 'one order');
+});
+
+test('README example page: after a lost answer, another address is a new purchase with a new key, not a dead key', async () => {
+  const { server, tap } = examplePage();
+  server.loseAnswers = true;
+  const first = await tap(HOME);
+  assert.match(first.message, /Network problem/);
+  server.loseAnswers = false;
+  const second = await tap(OFFICE);
+  assert.ok(!second.keys.includes(first.keys[0]), `the key made for the first address was sent for another: ${second.keys}`);
+  assert.match(second.message, /^Paid/);
+});
+
+test('README example page: a key spent by a scene change or an expired order is dropped, the next tap buys', async () => {
+  for (const spend of [
+    (server) => {
+      server.scene = 1175; // the user came back from another entry: the same cart, another scene
+    },
+    (server) => {
+      for (const o of server.orders.values()) o.closed = true; // ORDER_TTL_SECS passed
+    },
+  ]) {
+    const { server, tap } = examplePage();
+    server.loseAnswers = true;
+    const first = await tap(HOME);
+    server.loseAnswers = false;
+    spend(server);
+    const second = await tap(HOME);
+    const third = await tap(HOME);
+    assert.ok(!third.keys.includes(first.keys[0]), `the spent key was sent again: ${third.keys}`);
+    assert.match(third.message, /^Paid/, 'not stuck: the next tap buys');
+    assert.match(second.message, /tap Buy again/i, 'the page told the user what to do');
+  }
+});
