@@ -29,7 +29,8 @@ var FINAL_UNPAID_STATUSES = ['CLOSED'];
 var DEFAULTS = {
   storageKey: 'wxshop.session',
   // Poll `queryOrder` every intervalMs, for at most timeoutMs after a successful cashier and
-  // at most failTimeoutMs after a cancelled/failed one (one query is always made).
+  // at most failTimeoutMs after a cancelled/failed one (one query is always made). Each query's
+  // request timeout is cut to the time left, so a slow answer does not stretch the bound.
   payPoll: { intervalMs: 1000, timeoutMs: 10000, failTimeoutMs: 2000 },
   // Per-request timeout handed to wx.request.
   requestTimeoutMs: 15000,
@@ -268,8 +269,11 @@ function createClient(options) {
 
   // ---- transport -------------------------------------------------------------------------
 
-  /** One POST to /fn/{name}. Resolves the parsed body on 2xx, rejects the error shape. */
-  function post(name, data, token) {
+  /**
+   * One POST to /fn/{name}. Resolves the parsed body on 2xx, rejects the error shape.
+   * `timeoutMs` (default requestTimeoutMs) is wx.request's timeout for this call.
+   */
+  function post(name, data, token, timeoutMs) {
     return new Promise(function (resolve, reject) {
       var header = { 'content-type': 'application/json' };
       if (token) header.Authorization = 'Bearer ' + token;
@@ -279,7 +283,7 @@ function createClient(options) {
         data: data === undefined ? {} : data,
         header: header,
         dataType: 'json',
-        timeout: requestTimeoutMs,
+        timeout: timeoutMs || requestTimeoutMs,
         success: function (res) {
           var status = res.statusCode;
           if (status >= 200 && status < 300) {
@@ -353,7 +357,20 @@ function createClient(options) {
    * { code, message, statusCode }. A 401 clears the session, logs in again and retries once.
    */
   function callFunction(params) {
+    return callFunctionBy(params, null);
+  }
+
+  /**
+   * callFunction, where every request for the function itself (the first and the one after a
+   * 401) must be over by `deadline` (epoch ms, or null for none): its timeout is cut to the time
+   * left. A login on the way keeps its own timeout: it is shared with other callers.
+   */
+  function callFunctionBy(params, deadline) {
     params = params || {};
+    var timeout = function () {
+      if (deadline === null) return requestTimeoutMs;
+      return Math.max(1, Math.min(requestTimeoutMs, deadline - Date.now()));
+    };
     var name = params.name;
     var data = params.data === undefined ? {} : params.data;
     if (!name) return Promise.reject(makeError('INVALID_ARGUMENT', 'callFunction: name is required', 0));
@@ -368,11 +385,11 @@ function createClient(options) {
     }
     return ensureSession()
       .then(function (s) {
-        return post(name, data, s.token).catch(function (e) {
+        return post(name, data, s.token, timeout()).catch(function (e) {
           if (!e || e.statusCode !== 401) throw e;
           clearSession();
           return login().then(function (fresh) {
-            return post(name, data, fresh.token);
+            return post(name, data, fresh.token, timeout());
           });
         });
       })
@@ -408,13 +425,19 @@ function createClient(options) {
     });
   }
 
-  /** Poll queryOrder until a paid (or final) status or the deadline. Never rejects. */
+  /**
+   * Poll queryOrder until a paid (or final) status or the deadline, boundMs from now. Never
+   * rejects. Each query's request timeout is cut to the time left, so one slow answer cannot
+   * hold pay() past the deadline; no query starts with less than minQueryMs left (it could not
+   * be answered in time).
+   */
   function pollOrder(outTradeNo, boundMs) {
     var deadline = Date.now() + boundMs;
+    var minQueryMs = Math.min(100, poll.intervalMs);
     var lastOrder = null;
     var lastError = null;
     function once() {
-      return callFunction({ name: 'queryOrder', data: { out_trade_no: outTradeNo } }).then(
+      return callFunctionBy({ name: 'queryOrder', data: { out_trade_no: outTradeNo } }, deadline).then(
         function (r) {
           var order = r.result && r.result.order ? r.result.order : null;
           if (order) lastOrder = order;
@@ -433,8 +456,8 @@ function createClient(options) {
     function loop() {
       return once().then(function (done) {
         var left = deadline - Date.now();
-        if (done || left <= 0) return { order: lastOrder, error: lastError };
-        return delay(Math.min(poll.intervalMs, left)).then(loop);
+        if (done || left < minQueryMs) return { order: lastOrder, error: lastError };
+        return delay(Math.min(poll.intervalMs, left - minQueryMs)).then(loop);
       });
     }
     return loop();

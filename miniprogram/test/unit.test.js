@@ -9,7 +9,8 @@ const { createClient, addressFromWx, PAID_STATUSES, _internal } = require('../wx
 
 /**
  * A fake wx. `routes[name]` is a function (data, header, call#) returning
- * { statusCode, data } or { fail: errMsg }.
+ * { statusCode, data } or { fail: errMsg }, answered at once, or after `delayMs` if given: like
+ * wx.request, a call whose answer takes longer than its `timeout` fails with a timeout then.
  */
 function fakeWx(routes, extra) {
   const storage = new Map();
@@ -33,13 +34,16 @@ function fakeWx(routes, extra) {
       request: (opts) => {
         const name = opts.url.replace(/^.*\/fn\//, '');
         const n = calls.filter((c) => c.name === name).length;
-        calls.push({ name, url: opts.url, method: opts.method, data: opts.data, header: opts.header });
+        calls.push({ name, url: opts.url, method: opts.method, data: opts.data, header: opts.header, timeout: opts.timeout });
         const route = routes[name];
         const out = route ? route(opts.data, opts.header, n) : { statusCode: 404, data: { code: 'NOT_FOUND', message: 'no route' } };
-        setImmediate(() => {
+        const answer = () => {
           if (out.fail) opts.fail({ errMsg: out.fail });
           else opts.success({ statusCode: out.statusCode, data: out.data, header: {} });
-        });
+        };
+        if (out.delayMs === undefined) setImmediate(answer);
+        else if (opts.timeout && out.delayMs > opts.timeout) setTimeout(() => opts.fail({ errMsg: 'request:fail timeout' }), opts.timeout);
+        else setTimeout(answer, out.delayMs);
       },
     },
     extra || {}
@@ -250,6 +254,31 @@ test('pay: polling stops at the bound when the server keeps failing', async () =
   assert.equal(r.paid, false);
   assert.equal(r.order, null);
   assert.equal(r.error.code, 'NETWORK_ERROR');
+});
+
+test('pay: a slow queryOrder cannot hold pay() past its bound', async () => {
+  // The order query hangs (a slow store, WeChat's orderquery behind it) for 3 s, far more than
+  // the 300 ms bound and less than the 15 s request timeout.
+  for (const cashier of ['ok', 'cancel']) {
+    const wx = fakeWx(
+      { login: loginRoute, queryOrder: () => ({ delayMs: 3000, statusCode: 200, data: { order: { status: 'PAID' } } }) },
+      {
+        requestPayment: (p) =>
+          setImmediate(() => (cashier === 'ok' ? p.success({}) : p.fail({ errMsg: 'requestPayment:fail cancel' }))),
+      }
+    );
+    wx.storage.set('wxshop.session', { token: 't', expires_at: future() });
+    const c = createClient({ baseUrl: 'http://x', wx, requestTimeoutMs: 15000, payPoll: { intervalMs: 50, timeoutMs: 300, failTimeoutMs: 300 } });
+    const t0 = Date.now();
+    const r = await c.pay(payFixture());
+    const took = Date.now() - t0;
+    assert.ok(took < 600, `pay() took ${took} ms with a 300 ms bound (${cashier})`);
+    assert.equal(r.paid, false);
+    assert.equal(r.error.code, 'NETWORK_ERROR');
+    for (const q of wx.calls.filter((x) => x.name === 'queryOrder')) {
+      assert.ok(q.timeout <= 300, `a query was given ${q.timeout} ms with at most 300 left`);
+    }
+  }
 });
 
 test('pay: a CLOSED order stops polling early', async () => {
