@@ -161,6 +161,16 @@ function isRetryableOrderError(e) {
   return isTransientFailure(e);
 }
 
+/**
+ * May an after-sale application be sent again with the same key? When isTransientFailure says
+ * so (no answer, the server's 503 STORE_UNAVAILABLE, 429, a gateway's own 5xx). The server's
+ * apply never answers REQUEST_IN_PROGRESS: it makes the after-sale in one conditional write, and
+ * a repeated key reads that after-sale back.
+ */
+function isRetryableApplyError(e) {
+  return isTransientFailure(e);
+}
+
 /** Did the server hand us a trading-component order (→ wx.requestOrderPayment)? */
 function needsOrderPayment(orderResult) {
   return Boolean(
@@ -513,20 +523,20 @@ function createClient(options) {
    * order, so the retries never make a second one.
    */
   function placeOrder(data) {
-    return sendAgainWhileUnknown('unifiedOrder', data);
+    return sendAgainWhileUnknown('unifiedOrder', data, isRetryableOrderError);
   }
 
   /**
    * Calls function `name` with `data` (which carries its idempotency_key), sending the same
-   * body again while isRetryableOrderError says the outcome is unknown or transient, within
+   * body again while `isRetryable(error)` says the outcome is unknown or transient, within
    * orderRetry's attempts and budget.
    */
-  function sendAgainWhileUnknown(name, data) {
+  function sendAgainWhileUnknown(name, data, isRetryable) {
     var started = Date.now();
     var attempt = 1;
     function once() {
       return callFunction({ name: name, data: data }).catch(function (e) {
-        if (!isRetryableOrderError(e) || attempt >= orderRetry.attempts) throw e;
+        if (!isRetryable(e) || attempt >= orderRetry.attempts) throw e;
         var wait = Math.min(orderRetry.delayMs * Math.pow(2, attempt - 1), orderRetry.maxDelayMs);
         if (Date.now() - started + wait > orderRetry.budgetMs) throw e;
         attempt += 1;
@@ -600,7 +610,8 @@ function createClient(options) {
      * One application however often it is sent: it carries an idempotency key (made here
      * unless given), is sent again with it while the outcome is unknown (as buy's order), and
      * the server answers a repeated key with the same after-sale. A rejection carries the key
-     * (`err.idempotencyKey`): pass it back to retry that application, not to open a second.
+     * (`err.idempotencyKey`): pass it back to retry that application, not to open a second;
+     * except 422 IDEMPOTENCY_KEY_REUSED (the key named another amount or type): it is spent.
      */
     apply: function (params) {
       params = params || {};
@@ -614,12 +625,14 @@ function createClient(options) {
       if (params.amount !== undefined) data.amount = params.amount;
       if (params.reason !== undefined) data.reason = params.reason;
       if (params.type !== undefined) data.type = params.type;
-      return sendAgainWhileUnknown('aftersaleSync', data)
+      return sendAgainWhileUnknown('aftersaleSync', data, isRetryableApplyError)
         .then(function (r) {
           return r.result;
         })
         .catch(function (e) {
-          throw assign({}, toError(e), { idempotencyKey: key });
+          var err = toError(e);
+          if (err.code === 'IDEMPOTENCY_KEY_REUSED') throw err; // spent: the next try is a new application
+          throw assign({}, err, { idempotencyKey: key });
         });
     },
     /**
@@ -677,5 +690,6 @@ module.exports = {
     newIdempotencyKey: newIdempotencyKey,
     needsOrderPayment: needsOrderPayment,
     isRetryableOrderError: isRetryableOrderError,
+    isRetryableApplyError: isRetryableApplyError,
   },
 };

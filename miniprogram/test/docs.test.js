@@ -267,3 +267,21 @@ test('README example page: a key spent by a scene change or an expired order is 
     assert.match(second.message, /tap Buy again/i, 'the page told the user what to do');
   }
 });
+
+test('aftersale.apply retries what the server\'s apply can answer, as the client README says', () => {
+  const { _internal } = require('../wxshop.js');
+  const handler = read('shared/src/handlers/aftersale_sync.rs');
+  const apply = /UserAction::Apply \{[\s\S]*?\n        UserAction::/.exec(handler);
+  assert.ok(apply, 'the apply arm of aftersale_sync.rs not found');
+  // apply writes through the store only (with_retries → STORE_UNAVAILABLE); no idempotency claim.
+  assert.ok(!apply[0].includes('REQUEST_IN_PROGRESS') && !handler.includes('"REQUEST_IN_PROGRESS"'), 'apply answers REQUEST_IN_PROGRESS now: retry it and say so');
+  assert.ok(apply[0].includes('"IDEMPOTENCY_KEY_REUSED"'));
+  const bullet = read('miniprogram/README.md').split('\n- ').concat(read('miniprogram/README.md').split('\n  - ')).find((p) => p.startsWith('`apply('));
+  assert.ok(bullet, 'no apply bullet in miniprogram/README.md');
+  assert.match(bullet, /never answers\s+`REQUEST_IN_PROGRESS`/);
+  assert.match(bullet, /503\s+`STORE_UNAVAILABLE`/);
+  assert.match(bullet, /`IDEMPOTENCY_KEY_REUSED`[\s\S]*carries none/);
+  assert.equal(_internal.isRetryableApplyError({ code: 'STORE_UNAVAILABLE', statusCode: 503 }), true);
+  assert.equal(_internal.isRetryableApplyError({ code: 'REQUEST_IN_PROGRESS', statusCode: 409 }), false);
+  assert.equal(_internal.isRetryableApplyError({ code: 'INTERNAL', statusCode: 500 }), false);
+});

@@ -557,7 +557,14 @@ test('aftersale helpers send the actions aftersaleSync takes and refuse missing 
 
 test('aftersale.apply: an application whose answer was lost is sent again with its key, and a rejection carries it', async () => {
   const applyKeys = (wx) => wx.calls.filter((x) => x.name === 'aftersaleSync').map((x) => x.data.idempotency_key);
-  for (const first of [{ fail: 'request:fail timeout' }, { statusCode: 409, data: { code: 'REQUEST_IN_PROGRESS', message: 'busy' } }, { statusCode: 503, data: { message: 'Service Unavailable' } }]) {
+  // What the server's apply can answer that may pass on a second send: no answer, its 503
+  // STORE_UNAVAILABLE, or a gateway's own 5xx (it never answers REQUEST_IN_PROGRESS).
+  for (const first of [
+    { fail: 'request:fail timeout' },
+    { statusCode: 503, data: { code: 'STORE_UNAVAILABLE', message: 'storage is unavailable; retry shortly' } },
+    { statusCode: 503, data: { message: 'Service Unavailable' } },
+    { statusCode: 502, data: '<html>Bad Gateway</html>' },
+  ]) {
     const wx = fakeWx({
       login: loginRoute,
       aftersaleSync: (d, h, n) => (n === 0 ? first : { statusCode: 200, data: { aftersale: { aftersale_id: 'AS1' } } }),
@@ -593,4 +600,17 @@ test('buy: a key the server says is spent is not handed back for a retry', async
     assert.equal(err.idempotencyKey, undefined, 'the next tap must use a new key');
     assert.equal(orderKeys(wx).length, 1, 'not sent again');
   }
+});
+
+test('aftersale.apply: a key the server says is spent is not handed back for a retry', async () => {
+  const applyKeys = (wx) => wx.calls.filter((x) => x.name === 'aftersaleSync').map((x) => x.data.idempotency_key);
+  const wx = fakeWx({
+    login: loginRoute,
+    aftersaleSync: () => ({ statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'this idempotency key was used for another application; use a new key' } }),
+  });
+  const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY });
+  const err = await c.aftersale.apply({ out_trade_no: 'T1', amount: 100, idempotencyKey: 'tap-1' }).catch((e) => e);
+  assert.equal(err.code, 'IDEMPOTENCY_KEY_REUSED');
+  assert.equal(err.idempotencyKey, undefined, 'the next application must use a new key');
+  assert.deepEqual(applyKeys(wx), ['tap-1'], 'not sent again');
 });
