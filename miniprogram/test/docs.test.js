@@ -285,3 +285,26 @@ test('aftersale.apply retries what the server\'s apply can answer, as the client
   assert.equal(_internal.isRetryableApplyError({ code: 'REQUEST_IN_PROGRESS', statusCode: 409 }), false);
   assert.equal(_internal.isRetryableApplyError({ code: 'INTERNAL', statusCode: 500 }), false);
 });
+
+test('the deploy steps build with sam build --beta-features and deploy the template it wrote', () => {
+  const template = read('infra/template.yaml');
+  assert.match(template, /BuildMethod: rust-cargolambda/, 'the functions no longer build with rust-cargolambda: revisit this test');
+  const docs = { 'README.md': read('README.md'), 'docs/DEPLOY.md': read('docs/DEPLOY.md') };
+  for (const [name, text] of Object.entries(docs)) {
+    // Commands as written: lines of ```sh blocks (comments cut), and `inline code` with flags
+    // (a bare `sam build` in prose names the tool).
+    const blocks = [...text.matchAll(/```sh\n([\s\S]*?)```/g)].flatMap((m) => m[1].split('\n')).map((l) => l.replace(/#.*/, '').trim());
+    const inline = [...text.matchAll(/`(sam (?:build|deploy)\s+-[^`]*)`/g)].map((m) => m[1].replace(/\s+/g, ' ').trim());
+    const commands = blocks.concat(inline).filter((c) => /^sam /.test(c));
+    const builds = commands.filter((c) => /^sam build\b/.test(c));
+    const deploys = commands.filter((c) => /^sam deploy\b/.test(c));
+    assert.ok(builds.length > 0 && deploys.length > 0, `${name} gives no sam build / sam deploy command`);
+    for (const c of builds) assert.match(c, /--beta-features/, `${name}: \`${c}\` stops to ask without --beta-features (rust-cargolambda is a SAM beta)`);
+    for (const c of deploys) {
+      for (const part of c.split('&&').map((p) => p.trim()).filter((p) => p.startsWith('sam deploy'))) {
+        assert.match(part, /-t \.aws-sam\/build\/template\.yaml/, `${name}: \`${part}\` must deploy the template sam build wrote`);
+      }
+    }
+    assert.doesNotMatch(text, /same result/i, `${name} calls cargo lambda build the same as sam build, but only sam build writes what step 3 deploys`);
+  }
+});
