@@ -308,3 +308,45 @@ test('the deploy steps build with sam build --beta-features and deploy the templ
     assert.doesNotMatch(text, /same result/i, `${name} calls cargo lambda build the same as sam build, but only sam build writes what step 3 deploys`);
   }
 });
+
+test('the root README\'s Configuration table has a row for every variable the server and wxlocal read, with its default', () => {
+  const config = read('shared/src/config.rs');
+  const body = /pub fn from_lookup[\s\S]*?\n    \}\n/.exec(config);
+  assert.ok(body, 'Config::from_lookup not found in shared/src/config.rs');
+  const src = body[0];
+  const read_ = (re) => new Set([...src.matchAll(re)].map((m) => m[1]));
+  const required = read_(/\brequired\(\s*"([A-Z][A-Z0-9_]+)"/g);
+  const all = read_(/\b(?:get|required|num|url)\(\s*"([A-Z][A-Z0-9_]+)"/g);
+  // What else reads the environment: wxlocal (RUST_LOG) and the Lambda entry point (the secret).
+  for (const f of rustSources('local/src')) for (const m of f.src.matchAll(/env::var\(\s*"([A-Z][A-Z0-9_]+)"/g)) all.add(m[1]);
+  const lambda = read('shared/src/lambda.rs');
+  const secretVar = /const SECRET_ARN_VAR: &str = "([A-Z_]+)"/.exec(lambda);
+  assert.ok(secretVar, 'SECRET_ARN_VAR not found in shared/src/lambda.rs');
+  all.add(secretVar[1]);
+  for (const v of ['WX_APPID', 'STORE', 'WX_TRADING_COMPONENT', 'WXPAY_CERT_P12_PASSWORD', 'RUST_LOG']) assert.ok(all.has(v), `the scan missed ${v}`);
+
+  const readme = read('README.md');
+  const section = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('\n## ', readme.indexOf('## Configuration') + 1));
+  const rows = section.split('\n').filter((l) => l.startsWith('| `'));
+  const rowOf = (v) => rows.find((r) => r.split(' | ')[0].includes(`\`${v}\``));
+  const missing = [...all].filter((v) => !rowOf(v)).sort();
+  assert.deepEqual(missing, [], 'variables read but without a row in README.md\'s Configuration table');
+  for (const v of all) {
+    const row = rowOf(v);
+    if (required.has(v)) assert.match(row, /required/, `${v} is required: its row should say so`);
+    else assert.match(row, /default|unset/i, `${v}: its row does not say what happens when it is unset`);
+  }
+  // Defaults written in config.rs as `None | Some("x") =>` or `unwrap_or_else(|| "x".into())`.
+  const defaults = [
+    ...src.matchAll(/get\("([A-Z_]+)"\)\.as_deref\(\)\s*\{\s*None \| Some\("([^"]+)"\)/g),
+    ...src.matchAll(/get\("([A-Z_]+)"\)\s*\.unwrap_or_else\(\|\| "([^"]+)"\.into\(\)\)/g),
+  ];
+  assert.ok(defaults.some((m) => m[1] === 'WX_TRADING_COMPONENT' && m[2] === 'off'), 'the default scan missed WX_TRADING_COMPONENT');
+  for (const [, v, d] of defaults) {
+    const row = rowOf(v);
+    assert.ok(new RegExp(`\`${d}\`[^|]*\\(?default|[Dd]efault[^|]*\`${d}\``).test(row), `${v}'s row does not give its default \`${d}\`: ${row}`);
+  }
+  // Derived defaults the review found missing.
+  assert.match(rowOf('WXPAY_REFUND_NOTIFY_URL'), /Default: `WXPAY_NOTIFY_URL`/);
+  assert.match(rowOf('WXPAY_CERT_P12_PASSWORD'), /defaults to the merchant id/);
+});
