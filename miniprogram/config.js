@@ -23,7 +23,8 @@ module.exports = {
   requestTimeoutMs: 15000,
 
   // buy() resends its unifiedOrder call with the same idempotency key while the outcome is
-  // unknown (network error, timeout, 409 REQUEST_IN_PROGRESS, 503, ...): at most `attempts`
+  // unknown or transient (network error, timeout, 409 REQUEST_IN_PROGRESS, the server's 503s, a
+  // gateway's own 5xx; never the server's 502 refusals, see README): at most `attempts`
   // calls, waits doubling from delayMs up to maxDelayMs, no new call after budgetMs.
   orderRetry: { attempts: 6, delayMs: 1000, maxDelayMs: 8000, budgetMs: 45000 },
 };

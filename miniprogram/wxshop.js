@@ -29,7 +29,8 @@ var FINAL_UNPAID_STATUSES = ['CLOSED'];
 var DEFAULTS = {
   storageKey: 'wxshop.session',
   // Poll `queryOrder` every intervalMs, for at most timeoutMs after a successful cashier and
-  // at most failTimeoutMs after a cancelled/failed one (one query is always made).
+  // at most failTimeoutMs after a cancelled/failed one (one query is always made). Each query's
+  // request timeout is cut to the time left, so a slow answer does not stretch the bound.
   payPoll: { intervalMs: 1000, timeoutMs: 10000, failTimeoutMs: 2000 },
   // Per-request timeout handed to wx.request.
   requestTimeoutMs: 15000,
@@ -120,18 +121,54 @@ function paymentParams(payment) {
 }
 
 /**
- * May the unifiedOrder call be sent again with the same key? Only when its outcome is unknown
- * or the refusal is transient: no answer (network failure, timeout), the same key still being
- * processed (409 REQUEST_IN_PROGRESS), throttling (429), a gateway or service failure (502,
- * 503, 504), or a 5xx that is not our handler's JSON error (e.g. the gateway's answer to a
- * function that timed out). Every other refusal is the server's final word on this cart.
+ * Did the answer come from our server (a `{code, message}` body), or from something in front of
+ * it (API Gateway, a proxy) that never reached, or never heard back from, our function?
+ * httpError gives a body without a code SERVER_ERROR (5xx) or HTTP_ERROR; the server never
+ * sends those codes itself (test/docs.test.js checks).
+ */
+function fromOurServer(e) {
+  return e.code !== 'SERVER_ERROR' && e.code !== 'HTTP_ERROR';
+}
+
+/**
+ * Is this failure one that the same request, sent again, may get past? By the server's code,
+ * not the status alone:
+ * - no answer (NETWORK_ERROR: network failure, timeout): the outcome is unknown;
+ * - our server's 503 (`ApiError::unavailable`: STORE_UNAVAILABLE, WECHAT_UNAVAILABLE,
+ *   PAYMENT_UNAVAILABLE, …, "retry shortly") or 429 (throttled);
+ * - a 429 or 5xx that is not our JSON: the gateway's own answer (throttling, a function that
+ *   timed out or crashed).
+ * Our server's 502s are final: WeChat refused (PAYMENT_REFUSED, WECHAT_REFUSED,
+ * SCENE_CHECK_REFUSED: a wrong API key, no permission), and asking again only repeats the
+ * refusal. An unknown code on a 502, 500 (INTERNAL) or 504 is treated as final too: a wasted
+ * retry is cheap, but one that repeats a side effect each time (an order made and closed) is not.
+ */
+function isTransientFailure(e) {
+  if (!e) return false;
+  if (e.code === 'NETWORK_ERROR') return true;
+  if (!fromOurServer(e)) return e.statusCode === 429 || e.statusCode >= 500;
+  return e.statusCode === 503 || e.statusCode === 429;
+}
+
+/**
+ * May the unifiedOrder call be sent again with the same key? When isTransientFailure says so,
+ * or the same key is still being processed (409 REQUEST_IN_PROGRESS). Every other refusal is
+ * the server's final word on this cart.
  */
 function isRetryableOrderError(e) {
   if (!e) return false;
-  if (e.code === 'NETWORK_ERROR') return true;
-  if (e.statusCode === 409) return e.code === 'REQUEST_IN_PROGRESS';
-  if (e.statusCode === 429 || e.statusCode === 502 || e.statusCode === 503 || e.statusCode === 504) return true;
-  return e.statusCode >= 500 && e.code === 'SERVER_ERROR';
+  if (e.statusCode === 409 && e.code === 'REQUEST_IN_PROGRESS') return true;
+  return isTransientFailure(e);
+}
+
+/**
+ * May an after-sale application be sent again with the same key? When isTransientFailure says
+ * so (no answer, the server's 503 STORE_UNAVAILABLE, 429, a gateway's own 5xx). The server's
+ * apply never answers REQUEST_IN_PROGRESS: it makes the after-sale in one conditional write, and
+ * a repeated key reads that after-sale back.
+ */
+function isRetryableApplyError(e) {
+  return isTransientFailure(e);
 }
 
 /** Did the server hand us a trading-component order (→ wx.requestOrderPayment)? */
@@ -242,8 +279,11 @@ function createClient(options) {
 
   // ---- transport -------------------------------------------------------------------------
 
-  /** One POST to /fn/{name}. Resolves the parsed body on 2xx, rejects the error shape. */
-  function post(name, data, token) {
+  /**
+   * One POST to /fn/{name}. Resolves the parsed body on 2xx, rejects the error shape.
+   * `timeoutMs` (default requestTimeoutMs) is wx.request's timeout for this call.
+   */
+  function post(name, data, token, timeoutMs) {
     return new Promise(function (resolve, reject) {
       var header = { 'content-type': 'application/json' };
       if (token) header.Authorization = 'Bearer ' + token;
@@ -253,7 +293,7 @@ function createClient(options) {
         data: data === undefined ? {} : data,
         header: header,
         dataType: 'json',
-        timeout: requestTimeoutMs,
+        timeout: timeoutMs || requestTimeoutMs,
         success: function (res) {
           var status = res.statusCode;
           if (status >= 200 && status < 300) {
@@ -327,7 +367,20 @@ function createClient(options) {
    * { code, message, statusCode }. A 401 clears the session, logs in again and retries once.
    */
   function callFunction(params) {
+    return callFunctionBy(params, null);
+  }
+
+  /**
+   * callFunction, where every request for the function itself (the first and the one after a
+   * 401) must be over by `deadline` (epoch ms, or null for none): its timeout is cut to the time
+   * left. A login on the way keeps its own timeout: it is shared with other callers.
+   */
+  function callFunctionBy(params, deadline) {
     params = params || {};
+    var timeout = function () {
+      if (deadline === null) return requestTimeoutMs;
+      return Math.max(1, Math.min(requestTimeoutMs, deadline - Date.now()));
+    };
     var name = params.name;
     var data = params.data === undefined ? {} : params.data;
     if (!name) return Promise.reject(makeError('INVALID_ARGUMENT', 'callFunction: name is required', 0));
@@ -342,11 +395,11 @@ function createClient(options) {
     }
     return ensureSession()
       .then(function (s) {
-        return post(name, data, s.token).catch(function (e) {
+        return post(name, data, s.token, timeout()).catch(function (e) {
           if (!e || e.statusCode !== 401) throw e;
           clearSession();
           return login().then(function (fresh) {
-            return post(name, data, fresh.token);
+            return post(name, data, fresh.token, timeout());
           });
         });
       })
@@ -382,13 +435,19 @@ function createClient(options) {
     });
   }
 
-  /** Poll queryOrder until a paid (or final) status or the deadline. Never rejects. */
+  /**
+   * Poll queryOrder until a paid (or final) status or the deadline, boundMs from now. Never
+   * rejects. Each query's request timeout is cut to the time left, so one slow answer cannot
+   * hold pay() past the deadline; no query starts with less than minQueryMs left (it could not
+   * be answered in time).
+   */
   function pollOrder(outTradeNo, boundMs) {
     var deadline = Date.now() + boundMs;
+    var minQueryMs = Math.min(100, poll.intervalMs);
     var lastOrder = null;
     var lastError = null;
     function once() {
-      return callFunction({ name: 'queryOrder', data: { out_trade_no: outTradeNo } }).then(
+      return callFunctionBy({ name: 'queryOrder', data: { out_trade_no: outTradeNo } }, deadline).then(
         function (r) {
           var order = r.result && r.result.order ? r.result.order : null;
           if (order) lastOrder = order;
@@ -407,8 +466,8 @@ function createClient(options) {
     function loop() {
       return once().then(function (done) {
         var left = deadline - Date.now();
-        if (done || left <= 0) return { order: lastOrder, error: lastError };
-        return delay(Math.min(poll.intervalMs, left)).then(loop);
+        if (done || left < minQueryMs) return { order: lastOrder, error: lastError };
+        return delay(Math.min(poll.intervalMs, left - minQueryMs)).then(loop);
       });
     }
     return loop();
@@ -464,20 +523,20 @@ function createClient(options) {
    * order, so the retries never make a second one.
    */
   function placeOrder(data) {
-    return sendAgainWhileUnknown('unifiedOrder', data);
+    return sendAgainWhileUnknown('unifiedOrder', data, isRetryableOrderError);
   }
 
   /**
    * Calls function `name` with `data` (which carries its idempotency_key), sending the same
-   * body again while isRetryableOrderError says the outcome is unknown or transient, within
+   * body again while `isRetryable(error)` says the outcome is unknown or transient, within
    * orderRetry's attempts and budget.
    */
-  function sendAgainWhileUnknown(name, data) {
+  function sendAgainWhileUnknown(name, data, isRetryable) {
     var started = Date.now();
     var attempt = 1;
     function once() {
       return callFunction({ name: name, data: data }).catch(function (e) {
-        if (!isRetryableOrderError(e) || attempt >= orderRetry.attempts) throw e;
+        if (!isRetryable(e) || attempt >= orderRetry.attempts) throw e;
         var wait = Math.min(orderRetry.delayMs * Math.pow(2, attempt - 1), orderRetry.maxDelayMs);
         if (Date.now() - started + wait > orderRetry.budgetMs) throw e;
         attempt += 1;
@@ -558,7 +617,8 @@ function createClient(options) {
      * One application however often it is sent: it carries an idempotency key (made here
      * unless given), is sent again with it while the outcome is unknown (as buy's order), and
      * the server answers a repeated key with the same after-sale. A rejection carries the key
-     * (`err.idempotencyKey`): pass it back to retry that application, not to open a second.
+     * (`err.idempotencyKey`): pass it back to retry that application, not to open a second;
+     * except 422 IDEMPOTENCY_KEY_REUSED (the key named another amount, type or line): it is spent.
      */
     apply: function (params) {
       params = params || {};
@@ -585,12 +645,14 @@ function createClient(options) {
       if (params.amount !== undefined) data.amount = params.amount;
       if (params.reason !== undefined) data.reason = params.reason;
       if (params.type !== undefined) data.type = params.type;
-      return sendAgainWhileUnknown('aftersaleSync', data)
+      return sendAgainWhileUnknown('aftersaleSync', data, isRetryableApplyError)
         .then(function (r) {
           return r.result;
         })
         .catch(function (e) {
-          throw assign({}, toError(e), { idempotencyKey: key });
+          var err = toError(e);
+          if (err.code === 'IDEMPOTENCY_KEY_REUSED') throw err; // spent: the next try is a new application
+          throw assign({}, err, { idempotencyKey: key });
         });
     },
     /**
@@ -648,5 +710,6 @@ module.exports = {
     newIdempotencyKey: newIdempotencyKey,
     needsOrderPayment: needsOrderPayment,
     isRetryableOrderError: isRetryableOrderError,
+    isRetryableApplyError: isRetryableApplyError,
   },
 };

@@ -9,7 +9,8 @@ const { createClient, addressFromWx, PAID_STATUSES, _internal } = require('../wx
 
 /**
  * A fake wx. `routes[name]` is a function (data, header, call#) returning
- * { statusCode, data } or { fail: errMsg }.
+ * { statusCode, data } or { fail: errMsg }, answered at once, or after `delayMs` if given: like
+ * wx.request, a call whose answer takes longer than its `timeout` fails with a timeout then.
  */
 function fakeWx(routes, extra) {
   const storage = new Map();
@@ -33,13 +34,16 @@ function fakeWx(routes, extra) {
       request: (opts) => {
         const name = opts.url.replace(/^.*\/fn\//, '');
         const n = calls.filter((c) => c.name === name).length;
-        calls.push({ name, url: opts.url, method: opts.method, data: opts.data, header: opts.header });
+        calls.push({ name, url: opts.url, method: opts.method, data: opts.data, header: opts.header, timeout: opts.timeout });
         const route = routes[name];
         const out = route ? route(opts.data, opts.header, n) : { statusCode: 404, data: { code: 'NOT_FOUND', message: 'no route' } };
-        setImmediate(() => {
+        const answer = () => {
           if (out.fail) opts.fail({ errMsg: out.fail });
           else opts.success({ statusCode: out.statusCode, data: out.data, header: {} });
-        });
+        };
+        if (out.delayMs === undefined) setImmediate(answer);
+        else if (opts.timeout && out.delayMs > opts.timeout) setTimeout(() => opts.fail({ errMsg: 'request:fail timeout' }), opts.timeout);
+        else setTimeout(answer, out.delayMs);
       },
     },
     extra || {}
@@ -252,6 +256,31 @@ test('pay: polling stops at the bound when the server keeps failing', async () =
   assert.equal(r.error.code, 'NETWORK_ERROR');
 });
 
+test('pay: a slow queryOrder cannot hold pay() past its bound', async () => {
+  // The order query hangs (a slow store, WeChat's orderquery behind it) for 3 s, far more than
+  // the 300 ms bound and less than the 15 s request timeout.
+  for (const cashier of ['ok', 'cancel']) {
+    const wx = fakeWx(
+      { login: loginRoute, queryOrder: () => ({ delayMs: 3000, statusCode: 200, data: { order: { status: 'PAID' } } }) },
+      {
+        requestPayment: (p) =>
+          setImmediate(() => (cashier === 'ok' ? p.success({}) : p.fail({ errMsg: 'requestPayment:fail cancel' }))),
+      }
+    );
+    wx.storage.set('wxshop.session', { token: 't', expires_at: future() });
+    const c = createClient({ baseUrl: 'http://x', wx, requestTimeoutMs: 15000, payPoll: { intervalMs: 50, timeoutMs: 300, failTimeoutMs: 300 } });
+    const t0 = Date.now();
+    const r = await c.pay(payFixture());
+    const took = Date.now() - t0;
+    assert.ok(took < 600, `pay() took ${took} ms with a 300 ms bound (${cashier})`);
+    assert.equal(r.paid, false);
+    assert.equal(r.error.code, 'NETWORK_ERROR');
+    for (const q of wx.calls.filter((x) => x.name === 'queryOrder')) {
+      assert.ok(q.timeout <= 300, `a query was given ${q.timeout} ms with at most 300 left`);
+    }
+  }
+});
+
 test('pay: a CLOSED order stops polling early', async () => {
   const wx = fakeWx(
     { login: loginRoute, queryOrder: () => ({ statusCode: 200, data: { order: { status: 'CLOSED' } } }) },
@@ -365,6 +394,37 @@ test('buy: 409 REQUEST_IN_PROGRESS and 503 are retried with the same key', async
     { statusCode: 503, data: { message: 'Service Unavailable' } },
   ];
   for (const answer of transient) {
+    const wx = fakeWx(paidRoutes((d, h, n) => (n === 0 ? answer : { statusCode: 200, data: payFixture() })), payOk);
+    const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+    const r = await c.buy({ items: [TEA] });
+    assert.equal(r.paid, true, JSON.stringify(answer));
+    const keys = orderKeys(wx);
+    assert.equal(keys.length, 2, JSON.stringify(answer));
+    assert.equal(new Set(keys).size, 1);
+  }
+});
+
+test('buy: a 502 WeChat refusal is final: one call, no retries', async () => {
+  // A wrong API key, no permission for the scene check, a refused shop/order/add: asking again
+  // only repeats the refusal (and each try made and released an order).
+  for (const code of ['PAYMENT_REFUSED', 'WECHAT_REFUSED', 'SCENE_CHECK_REFUSED']) {
+    const answer = { statusCode: 502, data: { code, message: 'refused' } };
+    const wx = fakeWx(paidRoutes(() => answer), payOk);
+    const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY });
+    const err = await c.buy({ items: [TEA] }).catch((e) => e);
+    assert.equal(err.code, code);
+    assert.equal(err.statusCode, 502);
+    assert.equal(orderKeys(wx).length, 1, `${code} must be sent exactly once`);
+  }
+});
+
+test('buy: a gateway\'s own 502/504 (not our JSON) is retried with the same key', async () => {
+  const gateway = [
+    { statusCode: 502, data: '<html><body>502 Bad Gateway</body></html>' },
+    { statusCode: 502, data: { message: 'Internal Server Error' } },
+    { statusCode: 504, data: { message: 'Endpoint request timed out' } },
+  ];
+  for (const answer of gateway) {
     const wx = fakeWx(paidRoutes((d, h, n) => (n === 0 ? answer : { statusCode: 200, data: payFixture() })), payOk);
     const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY, payPoll: { intervalMs: 5, timeoutMs: 500 } });
     const r = await c.buy({ items: [TEA] });
@@ -529,7 +589,14 @@ test('aftersale.apply sends the product line it is about, and refuses a half-nam
 
 test('aftersale.apply: an application whose answer was lost is sent again with its key, and a rejection carries it', async () => {
   const applyKeys = (wx) => wx.calls.filter((x) => x.name === 'aftersaleSync').map((x) => x.data.idempotency_key);
-  for (const first of [{ fail: 'request:fail timeout' }, { statusCode: 409, data: { code: 'REQUEST_IN_PROGRESS', message: 'busy' } }, { statusCode: 503, data: { message: 'Service Unavailable' } }]) {
+  // What the server's apply can answer that may pass on a second send: no answer, its 503
+  // STORE_UNAVAILABLE, or a gateway's own 5xx (it never answers REQUEST_IN_PROGRESS).
+  for (const first of [
+    { fail: 'request:fail timeout' },
+    { statusCode: 503, data: { code: 'STORE_UNAVAILABLE', message: 'storage is unavailable; retry shortly' } },
+    { statusCode: 503, data: { message: 'Service Unavailable' } },
+    { statusCode: 502, data: '<html>Bad Gateway</html>' },
+  ]) {
     const wx = fakeWx({
       login: loginRoute,
       aftersaleSync: (d, h, n) => (n === 0 ? first : { statusCode: 200, data: { aftersale: { aftersale_id: 'AS1' } } }),
@@ -565,4 +632,17 @@ test('buy: a key the server says is spent is not handed back for a retry', async
     assert.equal(err.idempotencyKey, undefined, 'the next tap must use a new key');
     assert.equal(orderKeys(wx).length, 1, 'not sent again');
   }
+});
+
+test('aftersale.apply: a key the server says is spent is not handed back for a retry', async () => {
+  const applyKeys = (wx) => wx.calls.filter((x) => x.name === 'aftersaleSync').map((x) => x.data.idempotency_key);
+  const wx = fakeWx({
+    login: loginRoute,
+    aftersaleSync: () => ({ statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'this idempotency key was used for another application; use a new key' } }),
+  });
+  const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY });
+  const err = await c.aftersale.apply({ out_trade_no: 'T1', amount: 100, idempotencyKey: 'tap-1' }).catch((e) => e);
+  assert.equal(err.code, 'IDEMPOTENCY_KEY_REUSED');
+  assert.equal(err.idempotencyKey, undefined, 'the next application must use a new key');
+  assert.deepEqual(applyKeys(wx), ['tap-1'], 'not sent again');
 });
