@@ -168,10 +168,10 @@ impl LineAsked {
 pub struct LineChoice {
     /// `None`: the whole order (several items, not in the trading component, none named).
     pub line: Option<AfterSaleLine>,
-    /// The value of the quantity asked (unit price × quantity), never more than the line's
-    /// value less what live after-sales of the line claim. `None` (all that is left of an
-    /// order's only item, or the whole order): only the order's own bound (what it can
-    /// still refund, freight included) applies.
+    /// The value of the quantity asked (unit price × quantity), on an order with several
+    /// items never more than the line's value less what live after-sales of the line claim.
+    /// `None` (all of an order's only item, or the whole order): only the order's own bound
+    /// (what it can still refund, freight included) applies.
     pub most: Option<Fen>,
 }
 
@@ -218,9 +218,10 @@ impl AfterSaleLine {
     ///   component (it has a `wx_order_id`, so the after-sale is mirrored to WeChat, which
     ///   takes one line per after-sale); otherwise the whole order, without a line.
     ///
-    /// A line is also bounded by what live after-sales of it already claim, in goods and in
-    /// money ([`LineChoice::most`]); all that is left of an order's only item keeps the
-    /// order's own bound only (freight included), as before lines existed.
+    /// On an order with several items a line is also bounded by what live after-sales of it
+    /// already claim, in goods and in money ([`LineChoice::most`]). All of an order's only
+    /// item keeps the order's own bound only (freight included), as before lines existed;
+    /// part of it is worth its unit price × quantity.
     pub fn choose(
         order: &Order,
         asked: Option<&LineAsked>,
@@ -260,16 +261,32 @@ impl AfterSaleLine {
         Self::of_item(order, item, asked.quantity, earlier)
     }
 
-    /// `quantity` (default: all not yet under a live after-sale) of `item`, bounded by what
-    /// live after-sales of the line already claim. The rest of an order's only item keeps the
-    /// order's own bound (freight included), as before lines existed; part of it is worth its
-    /// unit price × quantity, like a line of an order with several items.
+    /// `quantity` of `item`. On an order with several items: by default all not yet under a
+    /// live after-sale, bounded by what those already claim of the line. An order's only item:
+    /// by default all of it, with the order's own bound (freight included), as before lines
+    /// existed; part of it is worth its unit price × quantity.
     fn of_item(
         order: &Order,
         item: &OrderItem,
         quantity: Option<NonZeroU32>,
         earlier: &[AfterSale],
     ) -> Result<LineChoice, LineError> {
+        if let [_] = order.items.as_slice() {
+            // An order's only item: refunds of part of its money (a price adjustment, a
+            // damaged box) each name all of it, so earlier after-sales bound the money only,
+            // through the order's own bound. Part of its goods is worth its units.
+            let quantity = quantity.map_or(item.quantity, NonZeroU32::get);
+            let most = (quantity < item.quantity)
+                .then(|| item.unit_price.checked_mul(quantity))
+                .transpose()?;
+            return Ok(LineChoice {
+                line: Some(AfterSaleLine {
+                    quantity,
+                    ..AfterSaleLine::whole(item)
+                }),
+                most,
+            });
+        }
         let (mut taken, mut claimed) = (0u32, Fen::ZERO);
         for a in earlier.iter().filter(|a| a.status.is_live()) {
             if let Some(l) = a.line.as_ref().filter(|l| l.is_of(item)) {
@@ -286,17 +303,13 @@ impl AfterSaleLine {
                 left: if left_value == Fen::ZERO { 0 } else { left },
             });
         }
-        let most = if order.items.len() == 1 && quantity == left {
-            None
-        } else {
-            Some(item.unit_price.checked_mul(quantity)?.min(left_value))
-        };
+        let value = item.unit_price.checked_mul(quantity)?;
         Ok(LineChoice {
             line: Some(AfterSaleLine {
                 quantity,
                 ..AfterSaleLine::whole(item)
             }),
-            most,
+            most: Some(value.min(left_value)),
         })
     }
 
@@ -705,7 +718,7 @@ mod tests {
     }
 
     #[test]
-    fn part_of_an_only_item_is_worth_its_units_and_the_rest_keeps_the_freight() {
+    fn part_of_an_only_item_is_worth_its_units_and_all_of_it_keeps_the_freight() {
         // 3 × 500 and freight: one cup back is worth 500, not the whole order.
         let mut o = sample_order(1510);
         o.items[0].unit_price = Fen::new(500).unwrap();
@@ -716,13 +729,13 @@ mod tests {
         let one = AfterSaleLine::choose(&o, Some(&ask(Some(1))), &[]).unwrap();
         assert_eq!(one.most, Some(Fen::new(500).unwrap()));
         assert_eq!(one.line.clone().unwrap().quantity, 1);
-        // With that cup under an after-sale, the rest (two cups) keeps the order's bound.
+        // Partial refunds of its money each name all of it: only the order bounds them.
         let taken = [earlier(one.line.unwrap(), 500, AfterSaleStatus::Requested)];
-        let rest = AfterSaleLine::choose(&o, None, &taken).unwrap();
-        assert_eq!((rest.line.unwrap().quantity, rest.most), (2, None));
-        assert!(matches!(
-            AfterSaleLine::choose(&o, Some(&ask(Some(3))), &taken),
-            Err(LineError::AlreadyClaimed { left: 2, .. })
-        ));
+        for c in [
+            AfterSaleLine::choose(&o, None, &taken).unwrap(),
+            AfterSaleLine::choose(&o, Some(&ask(Some(3))), &taken).unwrap(),
+        ] {
+            assert_eq!((c.line.unwrap().quantity, c.most), (3, None));
+        }
     }
 }
