@@ -5,6 +5,11 @@
 //! Configuration comes from the same environment variables as Lambda — every one `Config`
 //! reads — and anything unset gets a documented local default that points every WeChat call
 //! at the sandbox ([`LocalVars`]).
+//!
+//! The sandbox lives as long as the store: with a SQLite file store its state is kept beside
+//! it ([`sandbox_state_path`]), because WeChat does not forget what our store refers to, and
+//! a start whose two files do not belong together stops and says what to do
+//! ([`check_store_and_sandbox`]).
 
 use crate::sandbox::{Sandbox, SandboxConfig};
 use axum::body::Body;
@@ -18,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use wxshop::app::{open_store, App};
-use wxshop::config::Config;
+use wxshop::config::{Config, StoreConfig};
 use wxshop::handlers::{self, Caller};
 use wxshop::http::ApiError;
 use wxshop::time::Clock;
@@ -50,6 +55,77 @@ pub const SANDBOX_TIED: [&str; 4] = [
     "WXPAY_NOTIFY_URL",
     "WXPAY_REFUND_NOTIFY_URL",
 ];
+
+/// Appended to a SQLite store's path to name the file the sandbox keeps its state in, like
+/// SQLite's own `-wal` and `-shm`: one state per store, removed by the same `rm wxshop.db*`.
+pub const SANDBOX_STATE_SUFFIX: &str = "-sandbox.json";
+
+/// The sandbox's state file for `store`: beside a SQLite file; `None` for stores that do not
+/// outlive the process (`memory`, SQLite's `:memory:`) and for DynamoDB (no file of ours).
+pub fn sandbox_state_path(store: &StoreConfig) -> Option<std::path::PathBuf> {
+    match store {
+        StoreConfig::Sqlite(p) if p != ":memory:" => Some(std::path::PathBuf::from(format!(
+            "{p}{SANDBOX_STATE_SUFFIX}"
+        ))),
+        _ => None,
+    }
+}
+
+/// What to do when the store and the sandbox's state do not belong together.
+fn start_afresh_hint(store: &str, state: &std::path::Path) -> String {
+    format!(
+        "to start afresh delete both {store} (with its -wal and -shm files) and {} — with the \
+         default store: rm -r .wxlocal — or run with --store memory",
+        state.display()
+    )
+}
+
+/// Every product our store has at WeChat must be known to the sandbox under the same id, as
+/// it would be at WeChat: otherwise one of the two files was deleted or replaced (or the store
+/// was made by a wxlocal that did not keep the sandbox's state), and seeding, ordering and
+/// syncing would fail later with "product not exist" and nothing to say why.
+async fn check_store_and_sandbox(app: &App, sandbox: &Sandbox, store: &str) -> Result<(), String> {
+    let Some(state) = sandbox.state_file() else {
+        return Ok(());
+    };
+    let known = sandbox.product_ids();
+    let mut unknown = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = wxshop::store::repo::list_products(
+            app.store.as_ref(),
+            wxshop::store::repo::ProductFilter::All,
+            100,
+            cursor,
+        )
+        .await
+        .map_err(|e| format!("cannot read the store {store}: {e}"))?;
+        for p in page {
+            let p = p.value;
+            if let Some(wx) = p.wx_product_id {
+                if known.get(p.product_id.as_str()) != Some(&wx) {
+                    unknown.push(p.product_id.to_string());
+                }
+            }
+        }
+        cursor = next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the store {store} and the WeChat sandbox's state {} do not belong together: the \
+         store's product(s) {} are not in the sandbox as the store knows them (was one of the \
+         two files deleted or replaced, or the store made by an older wxlocal, which kept the \
+         sandbox in memory only?); {}",
+        state.display(),
+        unknown.join(", "),
+        start_afresh_hint(store, state)
+    ))
+}
 
 /// Where a configuration value came from, strongest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,7 +382,7 @@ pub async fn start_with_env(
         .await
         .map_err(|e| format!("cannot open the store: {e}"))?;
     let admin_token = vars.get("ADMIN_TOKEN").unwrap_or_default();
-    let sandbox = Sandbox::new(SandboxConfig {
+    let sandbox_cfg = SandboxConfig {
         appid: config.appid.clone(),
         appsecret: secrecy::ExposeSecret::expose_secret(&config.appsecret).to_owned(),
         mch_id: config.mch_id.clone(),
@@ -322,8 +398,36 @@ pub async fn start_with_env(
         time_scale: opts.time_scale,
         auto_audit: true,
         refund_interval_ms: crate::sandbox::mch::REFUND_INTERVAL_MS,
-    });
+    };
+    let sandbox = match sandbox_state_path(&config.store) {
+        Some(path) => {
+            Sandbox::with_state_file(sandbox_cfg, Clock::default(), &path).map_err(|e| {
+                match &config.store {
+                    StoreConfig::Sqlite(store) => {
+                        format!("{e}; {}", start_afresh_hint(store, &path))
+                    }
+                    _ => e,
+                }
+            })?
+        }
+        None => {
+            if matches!(config.store, StoreConfig::Dynamo { .. }) {
+                tracing::warn!(
+                    "the DynamoDB table outlives this process but the WeChat sandbox's state does \
+                     not: after a restart the sandbox will not know the products and orders the \
+                     table refers to (use a fresh table, or STORE=sqlite:PATH, whose sandbox \
+                     state is kept beside it)"
+                );
+            }
+            Sandbox::new(sandbox_cfg)
+        }
+    };
+    let store_name = match &config.store {
+        StoreConfig::Sqlite(p) => p.clone(),
+        _ => String::new(),
+    };
     let app = App::new(config, store, Clock::default()).map_err(|e| e.to_string())?;
+    check_store_and_sandbox(&app, &sandbox, &store_name).await?;
 
     let state = GatewayState {
         app: app.clone(),
@@ -375,7 +479,16 @@ pub async fn start_with_env(
         tasks,
     };
     if opts.seed {
-        seed(&running).await?;
+        seed(&running)
+            .await
+            .map_err(|e| match running.sandbox.state_file() {
+                Some(state) => format!(
+                    "{e}\n(if the store and the WeChat sandbox's state {} disagree: {})",
+                    state.display(),
+                    start_afresh_hint(&store_name, state)
+                ),
+                None => e,
+            })?;
     }
     Ok(running)
 }

@@ -2200,9 +2200,10 @@ async fn a_payment_after_the_close_takes_the_stock_again() {
     );
 }
 
-/// `wxlocal serve --seed` twice on the same SQLite file: the second sandbox has never seen the
-/// product our store remembers, so the upload falls back from `spu/update` to `spu/add` and
-/// the stack starts (it used to fail with "product not exist").
+/// `wxlocal serve --seed` twice on the same SQLite file: the second sandbox reads back the
+/// state the first kept beside the store, so seeding finds the product WeChat already lists
+/// and the stack starts (it used to fail with "product not exist"); e2e_restart.rs carries
+/// orders across the restart.
 #[tokio::test]
 async fn seeding_again_on_an_existing_store_works() {
     let nanos = std::time::SystemTime::now()

@@ -366,12 +366,24 @@ pub fn spawn_serve(
     env: &[(&str, &str)],
     log: &std::path::Path,
 ) -> (std::process::Child, String) {
+    let mut args = vec!["serve", "--addr", "127.0.0.1:0", "--store", store];
+    if seed {
+        args.push("--seed");
+    }
+    spawn_wxlocal(bin, &args, env, log)
+}
+
+/// A child `wxlocal` with `args` that serves (stderr to `log`), with the base URL from its
+/// first stdout line; panics with the log if it exits or prints nothing within 60 s.
+pub fn spawn_wxlocal(
+    bin: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut cmd = std::process::Command::new(bin);
-    cmd.args(["serve", "--addr", "127.0.0.1:0", "--store", store]);
-    if seed {
-        cmd.arg("--seed");
-    }
+    cmd.args(args);
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(
@@ -397,7 +409,7 @@ pub fn spawn_serve(
     let Ok(first) = rx.recv_timeout(Duration::from_secs(60)) else {
         let _ = child.kill();
         panic!(
-            "wxlocal serve printed no address within 60 s; log: {}",
+            "wxlocal {args:?} printed no address within 60 s; log: {}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
     };
@@ -406,4 +418,46 @@ pub fn spawn_serve(
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
         .to_owned();
     (child, base)
+}
+
+/// Runs `wxlocal` with `args` until it exits (killed after `limit`): whether it succeeded and
+/// what it wrote to stderr.
+pub fn run_wxlocal(
+    bin: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (bool, String) {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("wxlocal runs");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = reader.join().unwrap_or_default();
+    match status {
+        Some(s) => (s.success(), err),
+        None => panic!("wxlocal {args:?} still running after {limit:?}; stderr: {err}"),
+    }
 }

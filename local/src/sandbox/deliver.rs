@@ -217,8 +217,10 @@ async fn retry(sb: Sandbox, out: Outgoing, epoch: u64) {
     }
 }
 
-/// One POST; logs it; true when the receiver acknowledged as WeChat requires.
+/// One POST; logs it; true when the receiver acknowledged as WeChat requires. Sent once what
+/// it announces is in the state file, if the sandbox keeps one: the receiver writes it down.
 async fn attempt(sb: &Sandbox, out: &Outgoing, n: usize, epoch: u64) -> bool {
+    sb.saved().await;
     let res = sb
         .inner
         .http

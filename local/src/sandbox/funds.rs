@@ -28,38 +28,53 @@ pub const E_QR_INVALID: i64 = 60_208;
 /// A 1×1 PNG: the QR image the admin would scan.
 const QR_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Flow {
     pub id: String,
     pub time_ms: i64,
-    pub kind: &'static str,
+    /// `交易`, `退款`, `提现`.
+    pub kind: String,
     pub income: bool,
     pub amount: i64,
     pub balance: i64,
-    pub busi_type: &'static str,
+    /// `订单`, `售后`, `提现`.
+    pub busi_type: String,
     pub request_no: String,
 }
 
-#[derive(Clone, Debug)]
+/// A withdrawal's `status`: waits for the admin's QR code, then the bank transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WithdrawStatus {
+    BeforeScanQrcode,
+    AfterScanQrcode,
+    /// Confirmed; the bank transfer completes a moment later.
+    CreateSuccess,
+    Success,
+    /// The admin cancelled or the code expired: the amount is available again.
+    Close,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Withdraw {
     pub out_request_no: String,
     pub amount: i64,
     pub create_ms: i64,
     pub update_ms: i64,
-    pub status: &'static str,
+    pub status: WithdrawStatus,
     pub reason: String,
     pub remark: String,
     pub bank_memo: String,
     pub qrcode_ticket: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct QrCode {
     pub status: i64,
     pub withdraw: Option<String>,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct FundsState {
     pub available: i64,
     pub pending: i64,
@@ -85,11 +100,11 @@ fn flow(
     f.flows.push(Flow {
         id,
         time_ms: now,
-        kind,
+        kind: kind.to_owned(),
         income,
         amount,
         balance: f.available + f.pending,
-        busi_type: busi,
+        busi_type: busi.to_owned(),
         request_no: no.to_owned(),
     });
 }
@@ -602,7 +617,7 @@ fn submit_withdraw(sb: &Sandbox, v: &Value) -> WxResult {
                 amount,
                 create_ms: now,
                 update_ms: now,
-                status: "BEFORE_SCAN_QRCODE",
+                status: WithdrawStatus::BeforeScanQrcode,
                 reason: String::new(),
                 remark: str_of(v, "remark").unwrap_or_default().to_owned(),
                 bank_memo: str_of(v, "bank_memo").unwrap_or_default().to_owned(),
@@ -640,25 +655,25 @@ pub fn set_qrcode_status(sb: &Sandbox, ticket: &str, status: i64) -> Result<Valu
         if let Some(no) = &wno {
             let amount = st.funds.withdraws.get(no).map(|w| w.amount).unwrap_or(0);
             let new_status = match status {
-                4 => Some("AFTER_SCAN_QRCODE"),
-                1 => Some("CREATE_SUCCESS"),
-                2 | 3 => Some("CLOSE"),
+                4 => Some(WithdrawStatus::AfterScanQrcode),
+                1 => Some(WithdrawStatus::CreateSuccess),
+                2 | 3 => Some(WithdrawStatus::Close),
                 _ => None,
             };
             if let Some(s) = new_status {
                 if let Some(w) = st.funds.withdraws.get_mut(no) {
                     w.status = s;
                     w.update_ms = now;
-                    if s == "CLOSE" {
+                    if s == WithdrawStatus::Close {
                         w.reason = "管理员未确认提现".into();
                     }
                 }
                 match s {
-                    "CLOSE" => {
+                    WithdrawStatus::Close => {
                         st.funds.available += amount;
                         event = Some(4);
                     }
-                    "CREATE_SUCCESS" => {
+                    WithdrawStatus::CreateSuccess => {
                         flow(&mut st, "提现", false, amount, "提现", no, now);
                         event = Some(2);
                     }
@@ -676,37 +691,55 @@ pub fn set_qrcode_status(sb: &Sandbox, ticket: &str, status: i64) -> Result<Valu
             json!({"out_request_no": no, "event": e}),
         );
         if e == 2 {
-            // The bank transfer completes a moment later.
-            let sb2 = sb.clone();
-            let no = no.clone();
             let epoch = sb.st().epoch;
-            tokio::spawn(async move {
-                tokio::time::sleep(sb2.scaled(2.0)).await;
-                let done = {
-                    let mut st = sb2.st();
-                    if st.epoch != epoch {
-                        return;
-                    }
-                    let now = sb2.now_ms();
-                    match st.funds.withdraws.get_mut(&no) {
-                        Some(w) if w.status == "CREATE_SUCCESS" => {
-                            w.status = "SUCCESS";
-                            w.update_ms = now;
-                            true
-                        }
-                        _ => false,
-                    }
-                };
-                if done {
-                    push_event(
-                        &sb2,
-                        "withdraw_notify",
-                        "withdraw_info",
-                        json!({"out_request_no": no, "event": 3}),
-                    );
-                }
-            });
+            tokio::spawn(complete_transfer(sb.clone(), no.clone(), epoch));
         }
     }
     Ok(json!({"qrcode_ticket": ticket, "status": status, "out_request_no": withdraw}))
+}
+
+/// The bank transfer of a confirmed withdrawal completes a moment later.
+async fn complete_transfer(sb: Sandbox, no: String, epoch: u64) {
+    tokio::time::sleep(sb.scaled(2.0)).await;
+    let done = {
+        let mut st = sb.st();
+        if st.epoch != epoch {
+            return;
+        }
+        let now = sb.now_ms();
+        match st.funds.withdraws.get_mut(&no) {
+            Some(w) if w.status == WithdrawStatus::CreateSuccess => {
+                w.status = WithdrawStatus::Success;
+                w.update_ms = now;
+                true
+            }
+            _ => false,
+        }
+    };
+    if done {
+        push_event(
+            &sb,
+            "withdraw_notify",
+            "withdraw_info",
+            json!({"out_request_no": no, "event": 3}),
+        );
+    }
+}
+
+/// After a restart: transfers of confirmed withdrawals complete.
+pub(crate) fn resume(sb: &Sandbox) {
+    let (epoch, confirmed): (u64, Vec<String>) = {
+        let st = sb.st();
+        let confirmed = st
+            .funds
+            .withdraws
+            .values()
+            .filter(|w| w.status == WithdrawStatus::CreateSuccess)
+            .map(|w| w.out_request_no.clone())
+            .collect();
+        (st.epoch, confirmed)
+    };
+    for no in confirmed {
+        tokio::spawn(complete_transfer(sb.clone(), no, epoch));
+    }
 }

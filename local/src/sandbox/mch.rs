@@ -28,7 +28,8 @@ pub const REFUND_INTERVAL_MS: i64 = 60_000;
 /// that WeChat's cashier will not take it, whatever `time_expire` says.
 pub const PREPAY_TTL_MS: i64 = 7_200_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TradeState {
     NotPay,
     Success,
@@ -59,7 +60,7 @@ impl TradeState {
 }
 
 /// One WeChat Pay order as the sandbox remembers it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PayOrder {
     pub out_trade_no: String,
     /// The request minus `sign` and `nonce_str`: what "identical parameters" compares.
@@ -99,7 +100,31 @@ impl PayOrder {
     }
 }
 
-#[derive(Clone, Debug)]
+/// A refund's `refund_status`: `PROCESSING` when accepted, then one of the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RefundStatus {
+    Processing,
+    Success,
+    /// Closed: the money did not leave, the order is refundable again.
+    #[serde(rename = "REFUNDCLOSE")]
+    RefundClose,
+    /// Abnormal: the money left the merchant and waits at WeChat to be redirected by hand.
+    Change,
+}
+
+impl RefundStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundStatus::Processing => "PROCESSING",
+            RefundStatus::Success => "SUCCESS",
+            RefundStatus::RefundClose => "REFUNDCLOSE",
+            RefundStatus::Change => "CHANGE",
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Refund {
     pub out_refund_no: String,
     pub refund_id: String,
@@ -109,7 +134,7 @@ pub struct Refund {
     pub refund_fee: i64,
     pub notify_url: Option<String>,
     /// `PROCESSING` until it succeeds shortly after being accepted.
-    pub status: &'static str,
+    pub status: RefundStatus,
     pub created_ms: i64,
     pub success_ms: Option<i64>,
     pub refund_account: String,
@@ -119,11 +144,11 @@ impl Refund {
     pub fn summary(&self) -> Value {
         json!({"out_refund_no": self.out_refund_no, "refund_id": self.refund_id,
                "out_trade_no": self.out_trade_no, "refund_fee": self.refund_fee,
-               "refund_status": self.status})
+               "refund_status": self.status.as_str()})
     }
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct PayState {
     pub orders: BTreeMap<String, PayOrder>,
     pub refunds: BTreeMap<String, Refund>,
@@ -133,8 +158,9 @@ pub struct PayState {
     /// sandbox slower with each order.
     pub prepay_ids: HashMap<String, String>,
     /// Outcomes for the next accepted refunds instead of `SUCCESS` (`REFUNDCLOSE`, `CHANGE`),
-    /// set with `/_control/refund_outcome`.
-    pub refund_outcomes: std::collections::VecDeque<&'static str>,
+    /// set with `/_control/refund_outcome`: a test's knob, not kept across restarts.
+    #[serde(skip)]
+    pub refund_outcomes: std::collections::VecDeque<RefundStatus>,
 }
 
 impl PayState {
@@ -920,7 +946,7 @@ fn refund(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Respon
         total_fee,
         refund_fee,
         notify_url: get(f, "notify_url").map(str::to_owned),
-        status: "PROCESSING",
+        status: RefundStatus::Processing,
         created_ms: now,
         success_ms: None,
         refund_account,
@@ -932,17 +958,30 @@ fn refund(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Respon
     }
     let epoch = state.epoch;
     drop(state);
-    tokio::spawn(complete_refund(
-        sb.clone(),
-        r.out_refund_no.clone(),
-        o.sign_type,
-        epoch,
-    ));
+    tokio::spawn(complete_refund(sb.clone(), r.out_refund_no.clone(), epoch));
     reply(cfg, f, st, accepted(&r))
 }
 
+/// After a restart: refunds accepted but not yet processed are processed now.
+pub(crate) fn resume(sb: &Sandbox) {
+    let (epoch, processing): (u64, Vec<String>) = {
+        let st = sb.st();
+        let processing = st
+            .pay
+            .refunds
+            .values()
+            .filter(|r| r.status == RefundStatus::Processing)
+            .map(|r| r.out_refund_no.clone())
+            .collect();
+        (st.epoch, processing)
+    };
+    for no in processing {
+        tokio::spawn(complete_refund(sb.clone(), no, epoch));
+    }
+}
+
 /// The refund succeeds a moment after it was accepted; then its notification goes out.
-async fn complete_refund(sb: Sandbox, out_refund_no: String, _st: SignType, epoch: u64) {
+async fn complete_refund(sb: Sandbox, out_refund_no: String, epoch: u64) {
     tokio::time::sleep(sb.scaled(1.0)).await;
     let cfg = sb.cfg();
     let now = sb.now_ms();
@@ -952,18 +991,26 @@ async fn complete_refund(sb: Sandbox, out_refund_no: String, _st: SignType, epoc
             return;
         }
         let id = state.next_seq();
-        let outcome = state.pay.refund_outcomes.pop_front().unwrap_or("SUCCESS");
+        let status = state.pay.refunds.get(&out_refund_no).map(|r| r.status);
+        if status != Some(RefundStatus::Processing) {
+            return; // gone with a reset, or processed already
+        }
+        let outcome = state
+            .pay
+            .refund_outcomes
+            .pop_front()
+            .unwrap_or(RefundStatus::Success);
         let Some(r) = state.pay.refunds.get_mut(&out_refund_no) else {
             return;
         };
         r.status = outcome;
-        let ok = outcome == "SUCCESS";
+        let ok = outcome == RefundStatus::Success;
         r.success_ms = ok.then_some(now);
         let r = r.clone();
         let order = state.pay.orders.get_mut(&r.out_trade_no).map(|o| {
             if ok {
                 o.state = TradeState::Refund;
-            } else if outcome == "REFUNDCLOSE" {
+            } else if outcome == RefundStatus::RefundClose {
                 // The money did not leave: refundable again.
                 o.refunded -= r.refund_fee;
             }
@@ -984,7 +1031,7 @@ async fn complete_refund(sb: Sandbox, out_refund_no: String, _st: SignType, epoc
         ("refund_id", r.refund_id.clone()),
         ("refund_recv_accout", "支付用户零钱".into()),
         ("refund_request_source", "API".into()),
-        ("refund_status", r.status.into()),
+        ("refund_status", r.status.as_str().into()),
         ("settlement_refund_fee", r.refund_fee.to_string()),
         ("settlement_total_fee", r.total_fee.to_string()),
         (
@@ -1103,7 +1150,7 @@ fn refundquery(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> R
         put("refund_channel", "ORIGINAL".into());
         put("refund_fee", r.refund_fee.to_string());
         put("settlement_refund_fee", r.refund_fee.to_string());
-        put("refund_status", r.status.into());
+        put("refund_status", r.status.as_str().into());
         put("refund_account", r.refund_account.clone());
         put("refund_recv_accout", "支付用户零钱".into());
         if let Some(ms) = r.success_ms {
@@ -1259,7 +1306,7 @@ fn cell(cfg: &SandboxConfig, row: &BillRow, col: &str) -> String {
             .unwrap_or_else(|| "0".into()),
         "退款金额" | "申请退款金额" => yuan(refund_fee),
         "退款类型" => if r.is_some() { "ORIGINAL" } else { "" }.into(),
-        "退款状态" => r.map(|r| r.status.to_owned()).unwrap_or_default(),
+        "退款状态" => r.map(|r| r.status.as_str().to_owned()).unwrap_or_default(),
         "商品名称" => o.param("body").unwrap_or_default().to_owned(),
         "商户数据包" => o.param("attach").unwrap_or_default().to_owned(),
         "手续费" => fee5(if r.is_some() {

@@ -13,7 +13,8 @@
 //! Layout: [`mch`] is the merchant API v2 (`/mch/...`), [`platform`] the access token and
 //! login, [`shop`] the trading component (`/api/shop/...`), [`funds`] the secondary-merchant
 //! funds APIs, [`deliver`] every outgoing notification (pay, refund, message push) and its
-//! retries. This file holds the configuration, the shared state, fault injection, the routes
+//! retries, [`persist`] the state file that lets the sandbox remember across restarts, as
+//! WeChat does, when the store does. This file holds the configuration, the shared state, fault injection, the routes
 //! and the `/_control/*` endpoints a test uses to act as the user or as WeChat's staff.
 //!
 //! Routes are relative to `/sandbox` (the gateway nests them there; [`serve`] does the same).
@@ -21,6 +22,7 @@
 pub mod deliver;
 pub mod funds;
 pub mod mch;
+mod persist;
 pub mod platform;
 pub mod shop;
 
@@ -33,7 +35,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 use wxshop::time::Clock;
 
@@ -111,7 +113,8 @@ impl WxErr {
 
 pub type WxResult = Result<Value, WxErr>;
 
-/// Everything the sandbox remembers. Replaced wholesale by `/_control/reset`.
+/// Everything the sandbox remembers. Replaced wholesale by `/_control/reset`. With a state
+/// file, `seq`, `pay`, `platform`, `shop` and `funds` are kept across restarts ([`persist`]).
 #[derive(Default)]
 pub struct State {
     /// Bumped by reset; background tasks of an older epoch stop touching state.
@@ -139,6 +142,52 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pub(crate) http: reqwest::Client,
     st: Mutex<State>,
+    /// Where the state is kept, for a sandbox opened with [`Sandbox::with_state_file`].
+    persist: Option<Arc<persist::Persist>>,
+}
+
+impl Drop for Inner {
+    /// The last changes, if the writer had not saved them yet; then the writer stops.
+    fn drop(&mut self) {
+        if let Some(p) = &self.persist {
+            if p.behind() {
+                let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
+                let (covers, bytes) = p.take(st);
+                p.write(covers, bytes);
+            }
+            p.close();
+        }
+    }
+}
+
+/// The state lock, held. A mutable borrow counts as a change: with a state file, the change
+/// is queued for the writer when the guard drops, still under the lock.
+pub(crate) struct StGuard<'a> {
+    guard: MutexGuard<'a, State>,
+    persist: Option<&'a persist::Persist>,
+    changed: bool,
+}
+
+impl std::ops::Deref for StGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for StGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.changed = true;
+        &mut self.guard
+    }
+}
+
+impl Drop for StGuard<'_> {
+    fn drop(&mut self) {
+        if let (true, Some(p)) = (self.changed, self.persist) {
+            p.touch();
+        }
+    }
 }
 
 /// The sandbox. Cheap to clone (one `Arc`).
@@ -164,8 +213,73 @@ impl Sandbox {
                 clock,
                 http,
                 st: Mutex::new(State::default()),
+                persist: None,
             }),
         }
+    }
+
+    /// A sandbox that keeps its state in `path` (JSON; created if absent): what an earlier
+    /// sandbox left there is read back, and every change is saved before the sandbox answers
+    /// or notifies anyone ([`persist`]). Work that was under way when it stopped resumes:
+    /// automatic audits, refunds being processed, bank transfers of confirmed withdrawals.
+    /// Needs a Tokio runtime (its writer is a task).
+    pub fn with_state_file(
+        cfg: SandboxConfig,
+        clock: Clock,
+        path: &std::path::Path,
+    ) -> Result<Sandbox, String> {
+        let state = persist::load(path)?.unwrap_or_default();
+        let bytes = persist::snapshot(&state).map_err(|e| e.to_string())?;
+        // Written at once: from now on the file exists beside the store it belongs to.
+        persist::write_atomic(path, &bytes)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let p = Arc::new(persist::Persist::new(path.to_owned(), bytes));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        let sb = Sandbox {
+            inner: Arc::new(Inner {
+                cfg: RwLock::new(cfg),
+                clock,
+                http,
+                st: Mutex::new(state),
+                persist: Some(p.clone()),
+            }),
+        };
+        spawn_writer(Arc::downgrade(&sb.inner), p);
+        sb.resume();
+        Ok(sb)
+    }
+
+    /// The file the state is kept in, if any.
+    pub fn state_file(&self) -> Option<&std::path::Path> {
+        self.inner.persist.as_deref().map(|p| p.path.as_path())
+    }
+
+    /// Returns once every change made so far is in the state file (at once without one).
+    pub async fn saved(&self) {
+        if let Some(p) = &self.inner.persist {
+            p.saved().await;
+        }
+    }
+
+    /// `out_product_id` → WeChat's `product_id` of every product not deleted.
+    pub fn product_ids(&self) -> std::collections::BTreeMap<String, u64> {
+        self.st()
+            .shop
+            .products
+            .values()
+            .filter(|p| !p.deleted)
+            .map(|p| (p.out_product_id.clone(), p.product_id))
+            .collect()
+    }
+
+    /// Restarts what a stopped sandbox left under way (timers do not survive a process).
+    fn resume(&self) {
+        shop::resume(self);
+        mch::resume(self);
+        funds::resume(self);
     }
 
     /// A snapshot of the configuration.
@@ -209,10 +323,15 @@ impl Sandbox {
     }
 
     /// The state lock. Never held across an `.await`.
-    pub(crate) fn st(&self) -> MutexGuard<'_, State> {
-        match self.inner.st.lock() {
+    pub(crate) fn st(&self) -> StGuard<'_> {
+        let guard = match self.inner.st.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
+        };
+        StGuard {
+            guard,
+            persist: self.inner.persist.as_deref(),
+            changed: false,
         }
     }
 
@@ -300,6 +419,10 @@ impl Sandbox {
             .route("/_control/reset", post(control_reset))
             .route("/_control/calls", get(control_calls))
             .route("/_control/state", get(control_state))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                answer_when_saved,
+            ))
             .with_state(self.clone())
     }
 
@@ -395,6 +518,43 @@ impl Sandbox {
             }
         }
     }
+}
+
+/// Every answer waits until what was done before it is in the state file: the caller may
+/// write down what it learnt, and the sandbox must still know it after a crash.
+async fn answer_when_saved(
+    AxState(sb): AxState<Sandbox>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    sb.saved().await;
+    resp
+}
+
+/// The writer of a sandbox with a state file: one snapshot at a time, covering every change
+/// made before it was taken. Ends with the sandbox.
+fn spawn_writer(inner: Weak<Inner>, p: Arc<persist::Persist>) {
+    tokio::spawn(async move {
+        loop {
+            p.next_change().await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let (covers, bytes) = {
+                let st = inner.st.lock().unwrap_or_else(|e| e.into_inner());
+                p.take(&st)
+            };
+            drop(inner);
+            let w = p.clone();
+            if tokio::task::spawn_blocking(move || w.write(covers, bytes))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
 }
 
 /// Runs the sandbox alone (`wxlocal sandbox`), mounted at `/sandbox` like in the gateway.
@@ -754,9 +914,9 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     };
     let status = match v.get("status").and_then(Value::as_str) {
-        Some("REFUNDCLOSE") => "REFUNDCLOSE",
-        Some("CHANGE") => "CHANGE",
-        Some("PLATFORM_REFUND_FAIL") => "PLATFORM_REFUND_FAIL",
+        Some("REFUNDCLOSE") => Some(mch::RefundStatus::RefundClose),
+        Some("CHANGE") => Some(mch::RefundStatus::Change),
+        Some("PLATFORM_REFUND_FAIL") => None,
         _ => {
             return control_err(
                 StatusCode::BAD_REQUEST,
@@ -767,10 +927,10 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
     };
     let count = v.get("count").and_then(Value::as_u64).unwrap_or(1).min(100);
     let mut st = sb.st();
-    if status == "PLATFORM_REFUND_FAIL" {
+    let Some(status) = status else {
         st.shop.failing_refunds += count;
         return Json(json!({"pending_outcomes": st.shop.failing_refunds})).into_response();
-    }
+    };
     for _ in 0..count {
         st.pay.refund_outcomes.push_back(status);
     }

@@ -23,14 +23,14 @@ pub const TOKEN_TTL_MS: i64 = 7_200_000;
 /// How long the previous classic token keeps working after a refresh.
 const OVERLAP_MS: i64 = 300_000;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Token {
     expires_ms: i64,
     /// Made invalid (not expired) by a newer token: 40001 rather than 42001.
     revoked: bool,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct PlatformState {
     tokens: HashMap<String, Token>,
     classic: Option<String>,

@@ -94,7 +94,7 @@ const IMAGE_HOSTS: [&str; 3] = [
     "store.mp.video.tencent-cloud.com",
 ];
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Product {
     pub product_id: u64,
     pub out_product_id: String,
@@ -154,7 +154,7 @@ impl Product {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ShopOrder {
     pub order_id: u64,
     pub out_order_id: String,
@@ -228,7 +228,7 @@ impl ShopOrder {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EcAfterSale {
     pub aftersale_id: u64,
     pub out_aftersale_id: String,
@@ -270,7 +270,7 @@ impl EcAfterSale {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Qualification {
     pub audit_id: String,
     /// 1 brand, 2 category.
@@ -283,7 +283,7 @@ pub struct Qualification {
     pub reject_reason: String,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct ShopState {
     pub registered: bool,
     pub finished: BTreeSet<i64>,
@@ -298,9 +298,12 @@ pub struct ShopState {
     pub brands: BTreeMap<u64, String>,
     pub categories: BTreeSet<i64>,
     pub uploads: u64,
-    pub flags: BTreeSet<&'static str>,
+    /// What the shop has done once (`register/check`'s `access_info`).
+    pub flags: BTreeSet<String>,
     /// How many of the next accepted refunds the platform fails to pay (status 16 and
-    /// `aftersale_wait_merchant_offline_refund`), set with `/_control/refund_outcome`.
+    /// `aftersale_wait_merchant_offline_refund`), set with `/_control/refund_outcome`: a
+    /// test's knob, not kept across restarts.
+    #[serde(skip)]
     pub failing_refunds: u64,
 }
 
@@ -996,6 +999,36 @@ fn submit_for_audit(sb: &Sandbox, out_product_id: String, version: u64) {
     });
 }
 
+/// After a restart: audits that were waiting for their automatic verdict get it.
+pub(crate) fn resume(sb: &Sandbox) {
+    let (products, audits): (Vec<(String, u64)>, Vec<String>) = {
+        let st = sb.st();
+        let products = st
+            .shop
+            .products
+            .values()
+            .filter(|p| !p.deleted && p.edit_status == 2)
+            .map(|p| (p.out_product_id.clone(), p.audit_version))
+            .collect();
+        let audits = st
+            .shop
+            .audits
+            .values()
+            .filter(|a| a.status == 0)
+            .map(|a| a.audit_id.clone())
+            .collect();
+        (products, audits)
+    };
+    for (out_product_id, version) in products {
+        submit_for_audit(sb, out_product_id, version);
+    }
+    for id in audits {
+        schedule_auto(sb, move |sb| {
+            let _ = verdict_qualification(sb, &id, true, "");
+        });
+    }
+}
+
 fn spu_add(sb: &Sandbox, v: &Value) -> WxResult {
     let Some(out) = str_of(v, "out_product_id") else {
         return Err(WxErr::new(E_SPU_ID_MISSING, "out_product_id not supplied"));
@@ -1102,7 +1135,7 @@ pub fn verdict_spu(
                           "status": p.edit_status,
                           "reject_reason": if approve { "" } else { reason }});
         if approve {
-            st.shop.flags.insert("spu_audit");
+            st.shop.flags.insert("spu_audit".into());
         }
         body
     };
@@ -1574,7 +1607,7 @@ fn order_pay(sb: &Sandbox, v: &Value) -> WxResult {
             return Err(WxErr::format("pay_time must be yyyy-MM-dd HH:mm:ss"));
         }
         pay_time = Some(pt.to_owned());
-        st.shop.flags.insert("pay_order");
+        st.shop.flags.insert("pay_order".into());
     }
     let Some(o) = st.shop.orders.get_mut(&key) else {
         return Err(WxErr::new(E_ORDER_NOT_FOUND, "order not exist"));
@@ -1722,7 +1755,7 @@ pub fn user_pays_order(
         o.ticket_used = true;
         o.update_time = pay_time.clone();
         let (order_id, amount, openid) = (o.order_id, o.order_price, o.openid.clone());
-        st.shop.flags.insert("pay_order");
+        st.shop.flags.insert("pay_order".into());
         super::funds::on_paid(&mut st, out_order_id, amount, now);
         json!({"order_id": order_id, "out_order_id": out_order_id, "transaction_id": txn,
                "pay_time": pay_time, "amount": amount, "payer_amount": amount,
@@ -1790,7 +1823,7 @@ fn delivery_send(sb: &Sandbox, v: &Value) -> WxResult {
             return Err(WxErr::format("ship_done_time must be yyyy-MM-dd HH:mm:ss"));
         }
     }
-    st.shop.flags.insert("send_delivery");
+    st.shop.flags.insert("send_delivery".into());
     let Some(o) = st.shop.orders.get_mut(&key) else {
         return Err(WxErr::new(E_ORDER_NOT_FOUND, "order not exist"));
     };
@@ -1966,7 +1999,7 @@ fn aftersale_add(sb: &Sandbox, v: &Value) -> WxResult {
             update_ms: now,
         },
     );
-    st.shop.flags.insert("add_aftersale");
+    st.shop.flags.insert("add_aftersale".into());
     Ok(json!({"aftersale_id": id}))
 }
 

@@ -1,0 +1,262 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! `wxlocal serve` stopped and started again on the same SQLite store, as a developer does
+//! with the README's quick start. WeChat does not forget what our store refers to, so the
+//! sandbox must not either: a second `serve --seed` starts, orders of the seeded product are
+//! taken, and an order made before the restart is paid (with the prepay id issued then),
+//! shipped and refunded after it. When the store and the sandbox's state do not belong
+//! together (one file deleted), the start stops and says which files and what to do.
+//!
+//! The child is killed (SIGKILL), never asked to stop: what it acknowledged must already be
+//! on disk. Each restart reuses the port, as `serve`'s default address does: WeChat keeps the
+//! `notify_url` an order was created with.
+
+#[path = "reliability_support.rs"]
+mod support;
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+use support::*;
+
+const ADMIN: &str = "local-admin-token";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn store_of(dir: &Path) -> String {
+    format!("sqlite:{}", dir.join("wxshop.db").display())
+}
+
+/// The sandbox's state file beside the store (the name users find in `.wxlocal/`).
+fn state_file_of(dir: &Path) -> PathBuf {
+    dir.join("wxshop.db-sandbox.json")
+}
+
+/// `wxlocal serve` on `dir`'s store at `addr`, with the sandbox's clock 100× faster.
+fn serve(bin: &Path, dir: &Path, addr: &str, seed: bool) -> (Child, Client) {
+    let store = store_of(dir);
+    let mut args = vec![
+        "serve",
+        "--addr",
+        addr,
+        "--store",
+        &store,
+        "--time-scale",
+        "0.01",
+    ];
+    if seed {
+        args.push("--seed");
+    }
+    let (child, base) = spawn_wxlocal(bin, &args, &[], &dir.join("wxlocal.log"));
+    (child, Client::at(&base, ADMIN))
+}
+
+fn stop(mut child: Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+async fn reads_paid(c: &Client, token: &str, no: &str) {
+    eventually(&format!("{no} to read PAID"), WAIT, || async {
+        c.status(token, no).await["status"] == "PAID"
+    })
+    .await;
+}
+
+/// The trading component's status of our order `no`, as the sandbox has it.
+async fn wx_order_status(c: &Client, no: &str) -> Option<i64> {
+    let (s, v) = c.get("/sandbox/_control/state").await;
+    assert_eq!(s, 200, "{v}");
+    v["shop_orders"]
+        .as_array()?
+        .iter()
+        .find(|o| o["out_order_id"] == no)
+        .and_then(|o| o["status"].as_i64())
+}
+
+async fn user_order(c: &Client, token: &str) -> Value {
+    let (s, v) = c.order(token, 1, None).await;
+    assert_eq!(s, 200, "unifiedOrder: {v}");
+    v
+}
+
+async fn no_dead_letters(c: &Client) {
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_serve_carries_on_with_what_it_did_before() {
+    let bin = wxlocal_bin();
+    let dir = temp_dir("restart");
+
+    // First run: one order paid (and synced to the trading component), one only placed.
+    let (child, c) = serve(&bin, &dir, "127.0.0.1:0", true);
+    let addr = c.base.trim_start_matches("http://").to_owned();
+    let (ada, _) = c.login("ada").await;
+    let a = user_order(&c, &ada).await;
+    let no_a = a["out_trade_no"].as_str().unwrap().to_owned();
+    c.pay_at_sandbox(&no_a).await;
+    reads_paid(&c, &ada, &no_a).await;
+    eventually(
+        "the payment of A to reach the trading component",
+        WAIT,
+        || async { wx_order_status(&c, &no_a).await == Some(20) },
+    )
+    .await;
+    let (bo, _) = c.login("bo").await;
+    let b = user_order(&c, &bo).await;
+    let no_b = b["out_trade_no"].as_str().unwrap().to_owned();
+    let package_b = b["payment"]["package"].as_str().unwrap().to_owned();
+    stop(child);
+
+    // Second run, seeded again (the README's quick start, run twice).
+    let (child, c) = serve(&bin, &dir, &addr, true);
+    // B pays with the prepay id WeChat Pay issued before the restart.
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/pay",
+            None,
+            &json!({"package": package_b, "wait": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "the cashier knows B's prepay id: {v}");
+    reads_paid(&c, &bo, &no_b).await;
+    eventually(
+        "the payment of B to reach the trading component",
+        WAIT,
+        || async { wx_order_status(&c, &no_b).await == Some(20) },
+    )
+    .await;
+    // A, paid before the restart, ships and is refunded after it.
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no_a, "delivery_id": "SF", "waybill_id": "SF1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "ship: {v}");
+    eventually("A to be shipped at WeChat", WAIT, || async {
+        wx_order_status(&c, &no_a).await == Some(30)
+    })
+    .await;
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&ada),
+            &json!({"action": "apply", "out_trade_no": no_a, "amount": 1990, "reason": "arrived broken"}),
+        )
+        .await;
+    assert_eq!(s, 200, "apply: {v}");
+    let id = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "approve: {v}");
+    eventually("A's refund", WAIT, || async {
+        let (_, v) = c
+            .post(
+                "/fn/aftersaleSync",
+                Some(&ada),
+                &json!({"action": "list", "out_trade_no": no_a}),
+            )
+            .await;
+        v["aftersales"][0]["status"] == "REFUNDED"
+    })
+    .await;
+    assert_eq!(c.status(&ada, &no_a).await["refunded_fee"], 1990);
+    // And a new purchase.
+    let (cy, _) = c.login("cy").await;
+    let no_c = user_order(&c, &cy).await["out_trade_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.pay_at_sandbox(&no_c).await;
+    reads_paid(&c, &cy, &no_c).await;
+    no_dead_letters(&c).await;
+    stop(child);
+
+    // Third run, not seeded: the seeded product still sells.
+    let (child, c) = serve(&bin, &dir, &addr, false);
+    let no_d = user_order(&c, &ada).await["out_trade_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.pay_at_sandbox(&no_d).await;
+    reads_paid(&c, &ada, &no_d).await;
+    eventually(
+        "the payment of D to reach the trading component",
+        WAIT,
+        || async { wx_order_status(&c, &no_d).await == Some(20) },
+    )
+    .await;
+    assert_eq!(c.status(&ada, &no_a).await["refunded_fee"], 1990);
+    no_dead_letters(&c).await;
+    stop(child);
+    assert!(
+        state_file_of(&dir).is_file(),
+        "the sandbox's state is kept beside the store"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_its_sandbox_state_stops_the_start_and_says_what_to_do() {
+    let bin = wxlocal_bin();
+    let dir = temp_dir("restart-pair");
+    let (child, _) = serve(&bin, &dir, "127.0.0.1:0", true);
+    stop(child);
+    let state = state_file_of(&dir);
+    let _ = std::fs::remove_file(&state);
+
+    let store = store_of(&dir);
+    for seed in [true, false] {
+        let mut args = vec!["serve", "--addr", "127.0.0.1:0", "--store", &store];
+        if seed {
+            args.push("--seed");
+        }
+        let (ok, stderr) = run_wxlocal(&bin, &args, &[], Duration::from_secs(60));
+        assert!(
+            !ok,
+            "started with a store whose sandbox state is gone: {stderr}"
+        );
+        for needle in [
+            store.trim_start_matches("sqlite:").to_owned(),
+            state.display().to_string(),
+            "tea".to_owned(),
+            "rm -r .wxlocal".to_owned(),
+            "--store memory".to_owned(),
+        ] {
+            assert!(
+                stderr.contains(&needle),
+                "the error names {needle:?}: {stderr}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The other way round is no disagreement: WeChat may know products our store does not (the
+/// store deleted to start afresh); seeding adopts the one it finds there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_state_without_its_store_is_adopted() {
+    let bin = wxlocal_bin();
+    let dir = temp_dir("restart-adopt");
+    let (child, _) = serve(&bin, &dir, "127.0.0.1:0", true);
+    stop(child);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", dir.join("wxshop.db").display()));
+    }
+    let (child, c) = serve(&bin, &dir, "127.0.0.1:0", true);
+    let (ada, _) = c.login("ada").await;
+    let no = user_order(&c, &ada).await["out_trade_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.pay_at_sandbox(&no).await;
+    reads_paid(&c, &ada, &no).await;
+    stop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
