@@ -132,8 +132,8 @@ pub struct PayState {
     /// given, the cashier pays by it): an index, so neither scans every order, which made the
     /// sandbox slower with each order.
     pub prepay_ids: HashMap<String, String>,
-    /// Outcomes for the next accepted refunds instead of `SUCCESS` (`REFUNDCLOSE`, `CHANGE`),
-    /// set with `/_control/refund_outcome`.
+    /// Outcomes for the next accepted refunds instead of `SUCCESS` (`REFUNDCLOSE`, `CHANGE`,
+    /// or `PROCESSING`: no outcome yet), set with `/_control/refund_outcome`.
     pub refund_outcomes: std::collections::VecDeque<&'static str>,
 }
 
@@ -956,6 +956,11 @@ async fn complete_refund(sb: Sandbox, out_refund_no: String, _st: SignType, epoc
         let Some(r) = state.pay.refunds.get_mut(&out_refund_no) else {
             return;
         };
+        if outcome == "PROCESSING" {
+            // Still on its way (a refund to a bank card takes days): `refundquery` says
+            // PROCESSING, and no notification goes out until there is an outcome.
+            return;
+        }
         r.status = outcome;
         let ok = outcome == "SUCCESS";
         r.success_ms = ok.then_some(now);

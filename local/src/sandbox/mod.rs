@@ -756,11 +756,13 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
     let status = match v.get("status").and_then(Value::as_str) {
         Some("REFUNDCLOSE") => "REFUNDCLOSE",
         Some("CHANGE") => "CHANGE",
+        Some("PROCESSING") => "PROCESSING",
         Some("PLATFORM_REFUND_FAIL") => "PLATFORM_REFUND_FAIL",
         _ => {
             return control_err(
                 StatusCode::BAD_REQUEST,
-                "status: REFUNDCLOSE or CHANGE (WeChat Pay refunds), PLATFORM_REFUND_FAIL \
+                "status: REFUNDCLOSE, CHANGE or PROCESSING (WeChat Pay refunds; PROCESSING \
+                 stays so, as a refund to a bank card does for days), PLATFORM_REFUND_FAIL \
                  (the trading component's refund of an accepted after-sale)",
             )
         }
