@@ -710,3 +710,55 @@ pub fn set_qrcode_status(sb: &Sandbox, ticket: &str, status: i64) -> Result<Valu
     }
     Ok(json!({"qrcode_ticket": ticket, "status": status, "out_request_no": withdraw}))
 }
+
+/// `/_control/funds/withdraw {"out_request_no", "status", "reason"?}`: what WeChat's record of
+/// a withdrawal says from now on (`getwithdrawdetail`), pushed as `withdraw_notify` (3 for
+/// SUCCESS, 4 for FAIL and CLOSE; none for the others) — as when the bank fails or returns a
+/// transfer (`FAIL`, `REFUND`), or when a report contradicts an earlier one. Balances are not
+/// moved: it is a report, for tests of how reports are taken.
+pub fn set_withdraw_status(
+    sb: &Sandbox,
+    out_request_no: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<Value, String> {
+    const STATUSES: [&str; 8] = [
+        "INIT",
+        "BEFORE_SCAN_QRCODE",
+        "AFTER_SCAN_QRCODE",
+        "CREATE_SUCCESS",
+        "SUCCESS",
+        "FAIL",
+        "REFUND",
+        "CLOSE",
+    ];
+    let Some(status) = STATUSES.iter().copied().find(|s| *s == status) else {
+        return Err(format!("status must be one of {}", STATUSES.join(", ")));
+    };
+    let now = sb.now_ms();
+    {
+        let mut st = sb.st();
+        let Some(w) = st.funds.withdraws.get_mut(out_request_no) else {
+            return Err(format!("no withdrawal {out_request_no}"));
+        };
+        w.status = status;
+        w.update_ms = now;
+        if let Some(r) = reason {
+            w.reason = r.to_owned();
+        }
+    }
+    let event = match status {
+        "SUCCESS" => Some(3),
+        "FAIL" | "CLOSE" => Some(4),
+        _ => None,
+    };
+    if let Some(e) = event {
+        push_event(
+            sb,
+            "withdraw_notify",
+            "withdraw_info",
+            json!({"out_request_no": out_request_no, "event": e}),
+        );
+    }
+    Ok(json!({"out_request_no": out_request_no, "status": status, "event": event}))
+}
