@@ -1085,3 +1085,121 @@ async fn bad_bank_lookups_are_refused_before_wechat_is_asked() {
     assert_eq!(none["cities"], json!([]), "{none}");
     assert_eq!(none["total"], 0);
 }
+
+/// A withdrawal's end, once reached, stays. SUCCESS, FAIL and CLOSE shared one rank, so a
+/// later report of another end — WeChat's detail read by `withdraw_status`, or the detail a
+/// `withdraw_notify` push makes us read — turned a SUCCESS into a FAIL, or a FAIL into a
+/// SUCCESS. Now the first end is kept and the contradicting report is kept as a
+/// `withdrawal_conflict` event for a person; the bank returning a transfer that had succeeded
+/// (SUCCESS → REFUND) still moves it.
+#[tokio::test]
+async fn a_withdrawals_end_is_not_undone_by_a_later_report() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    buy_pay_settle(&c).await;
+    c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
+        .await;
+    let stored = |id: String| {
+        let r = &r;
+        async move {
+            get_withdrawal(r.app.store.as_ref(), &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .1
+        }
+    };
+    let status_now = |id: String| {
+        let c = &c;
+        async move {
+            c.funds_ok(json!({"action": "withdraw_status", "withdraw_id": id}))
+                .await["withdrawal"]["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let conflict = |id: &str, reported: &str| {
+        let key = format!("{id}/{reported}");
+        let r = &r;
+        async move {
+            wxshop::store::repo::get_event(r.app.store.as_ref(), "withdrawal_conflict", &key)
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+
+    // SUCCESS first; then WeChat reports FAIL (detail and withdraw_notify 4).
+    let w = c
+        .funds_ok(json!({"action": "withdraw", "amount_fen": 1000}))
+        .await;
+    let ticket = w["qrcode_ticket"].as_str().unwrap().to_owned();
+    let id = w["withdrawal"]["withdraw_id"].as_str().unwrap().to_owned();
+    for status in [4, 1] {
+        c.control(
+            "funds/qrcode",
+            &json!({"qrcode_ticket": ticket, "status": status}),
+        )
+        .await;
+    }
+    eventually("the withdrawal to succeed", || async {
+        let w = stored(id.clone()).await;
+        w.status == "SUCCESS" && w.events.contains(&3)
+    })
+    .await;
+    c.control(
+        "funds/withdraw",
+        &json!({"out_request_no": id, "status": "FAIL", "reason": "银行卡异常"}),
+    )
+    .await;
+    eventually("the FAIL push to be taken", || async {
+        stored(id.clone()).await.events.contains(&4)
+    })
+    .await;
+    assert_eq!(stored(id.clone()).await.status, "SUCCESS");
+    assert_eq!(status_now(id.clone()).await, "SUCCESS");
+    assert_eq!(
+        stored(id.clone()).await.reason,
+        None,
+        "FAIL's reason not taken"
+    );
+    assert!(conflict(&id, "FAIL").await, "the contradiction is kept");
+    // The bank returns the transfer: that end follows SUCCESS.
+    c.control(
+        "funds/withdraw",
+        &json!({"out_request_no": id, "status": "REFUND"}),
+    )
+    .await;
+    assert_eq!(status_now(id.clone()).await, "REFUND");
+
+    // FAIL first (the next day, at WeChat and here: one withdrawal a day); then WeChat
+    // reports SUCCESS.
+    r.sandbox.clock().advance(24 * 3600 * 1000);
+    r.app.clock.advance(24 * 3600 * 1000);
+    let w = c
+        .funds_ok(json!({"action": "withdraw", "amount_fen": 700}))
+        .await;
+    let id = w["withdrawal"]["withdraw_id"].as_str().unwrap().to_owned();
+    c.control(
+        "funds/withdraw",
+        &json!({"out_request_no": id, "status": "FAIL", "reason": "银行卡异常"}),
+    )
+    .await;
+    eventually("the withdrawal to fail", || async {
+        stored(id.clone()).await.status == "FAIL"
+    })
+    .await;
+    c.control(
+        "funds/withdraw",
+        &json!({"out_request_no": id, "status": "SUCCESS"}),
+    )
+    .await;
+    eventually("the SUCCESS push to be taken", || async {
+        stored(id.clone()).await.events.contains(&3)
+    })
+    .await;
+    assert_eq!(stored(id.clone()).await.status, "FAIL");
+    assert_eq!(status_now(id.clone()).await, "FAIL");
+    assert!(conflict(&id, "SUCCESS").await, "the contradiction is kept");
+}

@@ -2803,3 +2803,313 @@ async fn recorded_events_are_listed_newest_first_and_readable() {
         "{v}"
     );
 }
+
+/// A dead address for refund notifications: WeChat's own never arrive, as with a wrong
+/// `WXPAY_REFUND_NOTIFY_URL`.
+const DEAD_REFUND_NOTIFY_URL: &str = "http://127.0.0.1:9/callbacks/refund";
+
+/// The sandbox's refund `out_refund_no`: (WeChat's `refund_id`, its `refund_status`).
+async fn sandbox_refund(r: &Running, out_refund_no: &str) -> Option<(String, String)> {
+    let state: Value = reqwest::get(format!("{}/sandbox/_control/state", r.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    state["refunds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["out_refund_no"] == out_refund_no)
+        .map(|x| {
+            (
+                x["refund_id"].as_str().unwrap().to_owned(),
+                x["refund_status"].as_str().unwrap().to_owned(),
+            )
+        })
+}
+
+/// The order's WeChat Pay transaction id, as stored.
+async fn transaction_id(r: &Running, no: &str) -> String {
+    wxshop::store::repo::get_order(r.app.store.as_ref(), &OutTradeNo::parse(no).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .transaction_id
+        .unwrap()
+}
+
+/// The after-sale `id` as the merchant lists it on order `no`.
+async fn admin_aftersale(c: &Client<'_>, no: &str, id: &str) -> Value {
+    let (_, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await;
+    v["aftersales"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["aftersale_id"] == id)
+        .cloned()
+        .unwrap()
+}
+
+/// A refund WeChat accepted whose notification never came (`WXPAY_REFUND_NOTIFY_URL` points
+/// nowhere) used to stay REFUNDING for good, its amount held and `refunded_fee` short, with
+/// nothing to settle it and nobody told. The schedule, once a refund has waited 10 minutes,
+/// asks `pay/refundquery` and applies WeChat's answer as the notification would: REFUNDED,
+/// `refunded_fee`, a `refund_settled_by_sweep` event. Within the 10 minutes it asks nothing; a
+/// second run changes nothing; a refund WeChat is still processing stays REFUNDING and is
+/// asked again only after another 10 minutes.
+#[tokio::test]
+async fn a_refund_whose_notification_never_came_is_settled_by_the_schedule() {
+    let r = stack_with(&[("WXPAY_REFUND_NOTIFY_URL", DEAD_REFUND_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    let schedule = || async { wxshop::handlers::order_sync::on_schedule(&r.app).await };
+    let queries = || r.sandbox.calls("pay/refundquery").len();
+    let record_processing = |id: String, no: String| {
+        let c = &c;
+        async move {
+            let n = admin_aftersale(c, &no, &id).await["out_refund_no"]
+                .as_str()
+                .map(str::to_owned);
+            match n {
+                Some(n) => refund_status(c.r, &n).await == "PROCESSING",
+                None => false,
+            }
+        }
+    };
+
+    // Refunded at WeChat; its notification goes nowhere.
+    let (token, done_no) = paid_and_synced(&r, &c, "vera", 1).await;
+    let done = c.apply(&token, &done_no, json!({"amount": 1990})).await;
+    c.approve(&done).await;
+    eventually("WeChat took the refund", || {
+        record_processing(done.clone(), done_no.clone())
+    })
+    .await;
+    let done_refund = admin_aftersale(&c, &done_no, &done).await["out_refund_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually("WeChat refunded it", || async {
+        sandbox_refund(&r, &done_refund)
+            .await
+            .is_some_and(|(_, s)| s == "SUCCESS")
+    })
+    .await;
+    // Still processing at WeChat (a refund to a bank card takes days).
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/refund_outcome",
+            None,
+            &json!({"status": "PROCESSING", "count": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (token2, slow_no) = paid_and_synced(&r, &c, "wim", 1).await;
+    let slow = c.apply(&token2, &slow_no, json!({"amount": 1990})).await;
+    c.approve(&slow).await;
+    eventually("WeChat took the slow refund", || {
+        record_processing(slow.clone(), slow_no.clone())
+    })
+    .await;
+
+    // Within the grace period the notification may still come: nothing is asked.
+    schedule().await;
+    assert_eq!(queries(), 0);
+    assert_eq!(
+        admin_aftersale(&c, &done_no, &done).await["status"],
+        "REFUNDING"
+    );
+
+    r.app.clock.advance(11 * 60_000);
+    let report = schedule().await;
+    let a = admin_aftersale(&c, &done_no, &done).await;
+    assert_eq!(a["status"], "REFUNDED", "{a}");
+    assert_eq!(c.status(&token, &done_no).await["refunded_fee"], 1990);
+    assert_eq!(refund_status(&r, &done_refund).await, "SUCCESS");
+    assert_eq!(report["refunds"]["settled"], 1, "{report}");
+    assert_eq!(report["refunds"]["pending"], 1, "{report}");
+    assert_eq!(queries(), 2);
+    let event = wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "refund_settled_by_sweep",
+        &format!("{done_refund}/SUCCESS"),
+    )
+    .await
+    .unwrap();
+    assert!(event.is_some(), "the lost notification is told");
+    let a = admin_aftersale(&c, &slow_no, &slow).await;
+    assert_eq!(a["status"], "REFUNDING", "PROCESSING is no outcome: {a}");
+    assert_eq!(c.status(&token2, &slow_no).await["refunded_fee"], 0);
+
+    // Again: nothing changes, and the refund still processing waits its turn.
+    let report = schedule().await;
+    assert_eq!(report["refunds"]["asked"], 0, "{report}");
+    assert_eq!(c.status(&token, &done_no).await["refunded_fee"], 1990);
+    assert_eq!(queries(), 2);
+    // Another grace later it is asked again (here by the merchant's `sweep_refunds`), and only it.
+    r.app.clock.advance(11 * 60_000);
+    let (s, v) = c
+        .admin("/admin/orderSync", &json!({"action": "sweep_refunds"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["asked"].as_i64(), v["pending"].as_i64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    assert_eq!(queries(), 3);
+    assert_eq!(c.status(&token, &done_no).await["refunded_fee"], 1990);
+    assert_eq!(
+        admin_aftersale(&c, &slow_no, &slow).await["status"],
+        "REFUNDING"
+    );
+    assert!(c.dead_letters().await.is_empty());
+}
+
+/// A refund notification for our refund `out_refund_no` (WeChat's `refund_id`) of order `no`
+/// (`total` fen, refunding `fee`), encrypted as WeChat sends it.
+#[allow(clippy::too_many_arguments)]
+fn refund_notice(
+    r: &Running,
+    no: &str,
+    out_refund_no: &str,
+    refund_id: &str,
+    txid: &str,
+    total: i64,
+    fee: i64,
+    status: wxshop::pay::types::RefundStatus,
+) -> String {
+    let cfg = &r.app.config;
+    let success = status == wxshop::pay::types::RefundStatus::Success;
+    wxshop::pay::refund_notify::build_refund_notification(
+        &wxshop::pay::refund_notify::RefundNotificationSpec {
+            appid: cfg.appid.clone(),
+            mch_id: cfg.mch_id.clone(),
+            sub_appid: None,
+            sub_mch_id: None,
+            out_trade_no: OutTradeNo::parse(no).unwrap(),
+            out_refund_no: wxshop::domain::OutRefundNo::parse(out_refund_no).unwrap(),
+            transaction_id: txid.to_owned(),
+            refund_id: refund_id.to_owned(),
+            total_fee: Fen::new(total).unwrap(),
+            refund_fee: Fen::new(fee).unwrap(),
+            success_time_ms: success.then_some(1_700_000_000_000),
+            refund_status: status,
+        },
+        cfg.api_key(),
+    )
+}
+
+/// WeChat closed a refund (REFUNDCLOSE); approved again, the after-sale is refunded under a
+/// new number. WeChat may still report SUCCESS for the old number, late: both numbers'
+/// SUCCESS used to be counted, and the order gained the amount twice while it had room.
+/// Whichever comes first (each delivered twice), `refunded_fee` is one amount, the after-sale
+/// REFUNDED, every notification acknowledged, and the one that came second kept as a
+/// `refund_superseded` event for a person.
+#[tokio::test]
+async fn a_closed_refunds_late_success_is_not_counted_twice() {
+    use wxshop::pay::types::RefundStatus as Wx;
+    let r = stack_with(&[("WXPAY_REFUND_NOTIFY_URL", DEAD_REFUND_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    for (user, old_first) in [("xena", true), ("yann", false)] {
+        let (token, no) = paid_and_synced(&r, &c, user, 2).await;
+        let txid = transaction_id(&r, &no).await;
+        let id = c.apply(&token, &no, json!({"amount": 1990})).await;
+        let (s, v) = c
+            .post(
+                "/sandbox/_control/refund_outcome",
+                None,
+                &json!({"status": "REFUNDCLOSE", "count": 1}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        c.approve(&id).await;
+        let old = admin_aftersale(&c, &no, &id).await["out_refund_no"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        eventually("WeChat closed the refund", || async {
+            sandbox_refund(&r, &old)
+                .await
+                .is_some_and(|(_, s)| s == "REFUNDCLOSE")
+        })
+        .await;
+        let (old_id, _) = sandbox_refund(&r, &old).await.unwrap();
+        let notify = |body: String| {
+            let c = &c;
+            async move {
+                let (s, reply) = c.raw("/callbacks/refund", body).await;
+                assert_eq!(s, 200);
+                assert!(reply.contains("SUCCESS"), "{user}: {reply}");
+            }
+        };
+        notify(refund_notice(
+            &r,
+            &no,
+            &old,
+            &old_id,
+            &txid,
+            3980,
+            1990,
+            Wx::RefundClose,
+        ))
+        .await;
+        assert_eq!(c.aftersale(&token, &no).await["status"], "REFUND_FAILED");
+
+        // A minute on, at WeChat and here (WeChat's gap between refunds of an order), approved
+        // again.
+        r.sandbox.clock().advance(60_000);
+        r.app.clock.advance(60_000);
+        c.approve(&id).await;
+        let new = admin_aftersale(&c, &no, &id).await["out_refund_no"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(old, new);
+        eventually("WeChat refunded the new number", || async {
+            sandbox_refund(&r, &new)
+                .await
+                .is_some_and(|(_, s)| s == "SUCCESS")
+        })
+        .await;
+        eventually("our record of it PROCESSING", || async {
+            refund_status(&r, &new).await == "PROCESSING"
+        })
+        .await;
+        let (new_id, _) = sandbox_refund(&r, &new).await.unwrap();
+        let late = refund_notice(&r, &no, &old, &old_id, &txid, 3980, 1990, Wx::Success);
+        let fresh = refund_notice(&r, &no, &new, &new_id, &txid, 3980, 1990, Wx::Success);
+        let (first, second, second_key) = if old_first {
+            (late, fresh, format!("{new}/{new_id}/SUCCESS"))
+        } else {
+            (fresh, late, format!("{old}/{old_id}/SUCCESS"))
+        };
+        for body in [first.clone(), first, second.clone(), second] {
+            notify(body).await;
+        }
+        let a = c.aftersale(&token, &no).await;
+        assert_eq!(a["status"], "REFUNDED", "{user}: {a}");
+        assert_eq!(
+            c.status(&token, &no).await["refunded_fee"],
+            1990,
+            "{user}: one after-sale's money, counted once"
+        );
+        let kept =
+            wxshop::store::repo::get_event(r.app.store.as_ref(), "refund_superseded", &second_key)
+                .await
+                .unwrap();
+        assert!(
+            kept.is_some(),
+            "{user}: the second refund is kept for a person"
+        );
+        // The rest of the order can still be asked for and refunded.
+        let rest = c.apply(&token, &no, json!({"amount": 1990})).await;
+        assert!(!rest.is_empty());
+    }
+}

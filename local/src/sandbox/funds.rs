@@ -46,6 +46,7 @@ pub struct Flow {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum WithdrawStatus {
+    Init,
     BeforeScanQrcode,
     AfterScanQrcode,
     /// Confirmed; the bank transfer completes a moment later.
@@ -53,6 +54,10 @@ pub enum WithdrawStatus {
     Success,
     /// The admin cancelled or the code expired: the amount is available again.
     Close,
+    /// The bank refused the transfer (set by `/_control/funds/withdraw` only).
+    Fail,
+    /// The bank returned the transfer (set by `/_control/funds/withdraw` only).
+    Refund,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -742,4 +747,48 @@ pub(crate) fn resume(sb: &Sandbox) {
     for no in confirmed {
         tokio::spawn(complete_transfer(sb.clone(), no, epoch));
     }
+}
+
+/// `/_control/funds/withdraw {"out_request_no", "status", "reason"?}`: what WeChat's record of
+/// a withdrawal says from now on (`getwithdrawdetail`), pushed as `withdraw_notify` (3 for
+/// SUCCESS, 4 for FAIL and CLOSE; none for the others) — as when the bank fails or returns a
+/// transfer (`FAIL`, `REFUND`), or when a report contradicts an earlier one. Balances are not
+/// moved: it is a report, for tests of how reports are taken.
+pub fn set_withdraw_status(
+    sb: &Sandbox,
+    out_request_no: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<Value, String> {
+    const STATUSES: &str = "INIT, BEFORE_SCAN_QRCODE, AFTER_SCAN_QRCODE, CREATE_SUCCESS, \
+                            SUCCESS, FAIL, REFUND, CLOSE";
+    let Ok(status) = serde_json::from_value::<WithdrawStatus>(json!(status)) else {
+        return Err(format!("status must be one of {STATUSES}"));
+    };
+    let now = sb.now_ms();
+    {
+        let mut st = sb.st();
+        let Some(w) = st.funds.withdraws.get_mut(out_request_no) else {
+            return Err(format!("no withdrawal {out_request_no}"));
+        };
+        w.status = status;
+        w.update_ms = now;
+        if let Some(r) = reason {
+            w.reason = r.to_owned();
+        }
+    }
+    let event = match status {
+        WithdrawStatus::Success => Some(3),
+        WithdrawStatus::Fail | WithdrawStatus::Close => Some(4),
+        _ => None,
+    };
+    if let Some(e) = event {
+        push_event(
+            sb,
+            "withdraw_notify",
+            "withdraw_info",
+            json!({"out_request_no": out_request_no, "event": e}),
+        );
+    }
+    Ok(json!({"out_request_no": out_request_no, "status": status, "event": event}))
 }

@@ -157,8 +157,9 @@ pub struct PayState {
     /// given, the cashier pays by it): an index, so neither scans every order, which made the
     /// sandbox slower with each order.
     pub prepay_ids: HashMap<String, String>,
-    /// Outcomes for the next accepted refunds instead of `SUCCESS` (`REFUNDCLOSE`, `CHANGE`),
-    /// set with `/_control/refund_outcome`: a test's knob, not kept across restarts.
+    /// Outcomes for the next accepted refunds instead of `SUCCESS` (`REFUNDCLOSE`, `CHANGE`,
+    /// or `PROCESSING`: no outcome yet), set with `/_control/refund_outcome`: a test's knob,
+    /// not kept across restarts.
     #[serde(skip)]
     pub refund_outcomes: std::collections::VecDeque<RefundStatus>,
 }
@@ -1003,6 +1004,11 @@ async fn complete_refund(sb: Sandbox, out_refund_no: String, epoch: u64) {
         let Some(r) = state.pay.refunds.get_mut(&out_refund_no) else {
             return;
         };
+        if outcome == RefundStatus::Processing {
+            // Still on its way (a refund to a bank card takes days): `refundquery` says
+            // PROCESSING, and no notification goes out until there is an outcome.
+            return;
+        }
         r.status = outcome;
         let ok = outcome == RefundStatus::Success;
         r.success_ms = ok.then_some(now);

@@ -405,6 +405,7 @@ impl Sandbox {
             .route("/_control/order", post(control_order))
             .route("/_control/refund_outcome", post(control_refund_outcome))
             .route("/_control/funds/qrcode", post(control_qrcode))
+            .route("/_control/funds/withdraw", post(control_withdraw))
             .route(
                 "/_control/faults",
                 post(control_faults_add)
@@ -916,11 +917,13 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
     let status = match v.get("status").and_then(Value::as_str) {
         Some("REFUNDCLOSE") => Some(mch::RefundStatus::RefundClose),
         Some("CHANGE") => Some(mch::RefundStatus::Change),
+        Some("PROCESSING") => Some(mch::RefundStatus::Processing),
         Some("PLATFORM_REFUND_FAIL") => None,
         _ => {
             return control_err(
                 StatusCode::BAD_REQUEST,
-                "status: REFUNDCLOSE or CHANGE (WeChat Pay refunds), PLATFORM_REFUND_FAIL \
+                "status: REFUNDCLOSE, CHANGE or PROCESSING (WeChat Pay refunds; PROCESSING \
+                 stays so, as a refund to a bank card does for days), PLATFORM_REFUND_FAIL \
                  (the trading component's refund of an accepted after-sale)",
             )
         }
@@ -974,6 +977,27 @@ async fn control_qrcode(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response 
         );
     };
     match funds::set_qrcode_status(&sb, t, s) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => control_err(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn control_withdraw(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    let (Some(no), Some(s)) = (
+        v.get("out_request_no").and_then(Value::as_str),
+        v.get("status").and_then(Value::as_str),
+    ) else {
+        return control_err(
+            StatusCode::BAD_REQUEST,
+            "give out_request_no and status (SUCCESS, FAIL, REFUND, CLOSE, …)",
+        );
+    };
+    let reason = v.get("reason").and_then(Value::as_str);
+    match funds::set_withdraw_status(&sb, no, s, reason) {
         Ok(v) => Json(v).into_response(),
         Err(e) => control_err(StatusCode::CONFLICT, e),
     }

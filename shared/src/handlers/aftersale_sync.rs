@@ -800,17 +800,24 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
     .await
     {
         Ok(()) => {
-            let mut next = refund.value.clone();
-            next.status = RefundStatus::Processing;
-            next.updated_at_ms = app.clock.now_ms();
-            let mut batch = Batch::new();
-            batch.update_refund(&refund, &next);
-            match batch.commit(app.store.as_ref()).await {
-                // A notification that beat us already moved it on: fine.
-                Ok(()) => Ok(()),
-                Err(e) if e.is_conflict() => Ok(()),
-                Err(e) => Err(e.into()),
-            }
+            // Re-read on a conflict: a notification that beat us moved it on (fine), but the
+            // schedule noting that it asked about it did not.
+            with_retries::<_, TaskError, _, _>(app, || async {
+                let Some(refund) = repo::get_refund(app.store.as_ref(), &out_refund_no).await?
+                else {
+                    return Ok(Attempt::Done(()));
+                };
+                if refund.value.status != RefundStatus::Pending {
+                    return Ok(Attempt::Done(()));
+                }
+                let mut next = refund.value.clone();
+                next.status = RefundStatus::Processing;
+                next.updated_at_ms = app.clock.now_ms();
+                let mut batch = Batch::new();
+                batch.update_refund(&refund, &next);
+                Ok(Attempt::Commit(batch, ()))
+            })
+            .await
         }
         Err(TaskError::Permanent(msg)) => {
             // WeChat will not refund: the after-sale shows it, a person decides. Recorded
@@ -845,6 +852,190 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
         }
         Err(e) => Err(e),
     }
+}
+
+/// How long an issued refund waits for its notification before the schedule asks WeChat
+/// (`refundquery`); also how long one WeChat said is still processing waits to be asked again.
+const REFUND_NOTIFY_GRACE_MS: i64 = 10 * 60_000;
+/// At most this many refunds are asked about per run (one `refundquery` each).
+const REFUND_SWEEP_MAX: usize = 50;
+/// At most this many REFUNDING after-sales are read per run to choose those from.
+const REFUND_SWEEP_READ: usize = 500;
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct RefundSweepReport {
+    /// REFUNDING after-sales read.
+    pub checked: usize,
+    /// Asked about with `refundquery`.
+    pub asked: usize,
+    /// Settled from WeChat's answer: their notification never came.
+    pub settled: usize,
+    /// Still processing at WeChat, or not known to it yet: asked again after the grace.
+    pub pending: usize,
+    /// The question or its answer failed (or did not match ours): asked again after the grace.
+    pub failed: usize,
+}
+
+/// Refunds whose notification never came. WeChat Pay reports a refund's outcome only by its
+/// notification or `refundquery` (WECHAT_PAY_V2.md §5), and a notification can be lost for
+/// good — a wrong `WXPAY_REFUND_NOTIFY_URL`, or our `FAIL` answers outlasting WeChat's
+/// retries — which left the after-sale REFUNDING, its amount held and `refunded_fee` short,
+/// with nobody told. On each schedule run, refunds of after-sales REFUNDING for longer than
+/// [`REFUND_NOTIFY_GRACE_MS`] (WeChat Pay refunds we issued; WeChat refunds a fund_type=1
+/// order itself, and [`sync_to_wechat`] reads those back) are asked about by their
+/// `out_refund_no`, the least recently heard of first, at most [`REFUND_SWEEP_MAX`] a run, and
+/// WeChat's answer is applied exactly as its notification would have been
+/// ([`super::pay_callback::settle_refund`]): SUCCESS refunded, CHANGE held for a person,
+/// REFUNDCLOSE failed. `PROCESSING`, or a question that fails, leaves it for a later run.
+pub async fn sweep_refunds(app: &App) -> Result<RefundSweepReport, ApiError> {
+    let mut report = RefundSweepReport::default();
+    let now = app.clock.now_ms();
+    let due_before = now - REFUND_NOTIFY_GRACE_MS;
+    let mut due = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = repo::aftersales_in_status(
+            app.store.as_ref(),
+            AfterSaleStatus::Refunding,
+            due_before,
+            100,
+            cursor,
+        )
+        .await?;
+        for a in page {
+            report.checked += 1;
+            let Some(no) = a.value.out_refund_no.as_ref() else {
+                continue; // refunded by WeChat (fund_type=1): no refund of ours to ask about
+            };
+            let Some(refund) = repo::get_refund(app.store.as_ref(), no).await? else {
+                continue;
+            };
+            if refund.value.last_seen_ms() <= due_before {
+                due.push((a.value, refund));
+            }
+        }
+        match next {
+            Some(n) if report.checked < REFUND_SWEEP_READ => cursor = Some(n),
+            _ => break,
+        }
+    }
+    due.sort_by_key(|(_, r)| r.value.last_seen_ms());
+    for (a, refund) in due.into_iter().take(REFUND_SWEEP_MAX) {
+        match ask_about_refund(app, &a, &refund).await {
+            SweepOutcome::Skipped => continue,
+            SweepOutcome::Settled => report.settled += 1,
+            SweepOutcome::Pending => report.pending += 1,
+            SweepOutcome::Failed => report.failed += 1,
+            SweepOutcome::Moved => {}
+        }
+        report.asked += 1;
+    }
+    if report.settled > 0 {
+        tracing::warn!(
+            settled = report.settled,
+            "refund sweep settled refunds whose notification never came"
+        );
+    }
+    Ok(report)
+}
+
+/// What asking WeChat about one refund came to.
+enum SweepOutcome {
+    /// Not a WeChat Pay refund of ours: not asked.
+    Skipped,
+    Settled,
+    /// Settled meanwhile by its notification (or the after-sale refunded by another refund).
+    Moved,
+    Pending,
+    Failed,
+}
+
+/// `refundquery` for `a`'s refund, and its answer applied as the notification would be.
+async fn ask_about_refund(
+    app: &App,
+    a: &AfterSale,
+    refund: &repo::Versioned<RefundRecord>,
+) -> SweepOutcome {
+    use super::pay_callback::{settle_refund, RefundApplyError, ReportedBy, Settled};
+    use crate::pay::types::RefundStatus as Wx;
+    let no = &refund.value.out_refund_no;
+    match repo::get_order(app.store.as_ref(), &a.out_trade_no).await {
+        Ok(Some(o)) if o.value.fund_type == FundType::Direct => {}
+        Ok(_) => return SweepOutcome::Skipped,
+        Err(e) => {
+            tracing::warn!(out_refund_no = %no, error = %e, "refund sweep: order unreadable; next run");
+            return SweepOutcome::Failed;
+        }
+    }
+    let answer = app
+        .pay
+        .refund_query(crate::pay::client::RefundRef::OutRefundNo(no.clone()))
+        .await;
+    let outcome = match answer {
+        Err(e) => {
+            tracing::warn!(out_refund_no = %no, aftersale_id = %a.id, refund = refund.value.status.as_str(), error = %e, "refund sweep: refundquery failed; asked again next time");
+            SweepOutcome::Failed
+        }
+        Ok(resp) => match refund_report(&resp, no) {
+            None => {
+                tracing::warn!(security = true, out_refund_no = %no, "refund sweep: refundquery answered without this refund or its order's fields; asked again next time");
+                SweepOutcome::Failed
+            }
+            Some(r) if !matches!(r.status, Wx::Success | Wx::Change | Wx::RefundClose) => {
+                tracing::info!(out_refund_no = %no, status = %r.status, "refund sweep: WeChat is still processing the refund");
+                SweepOutcome::Pending
+            }
+            Some(r) => match settle_refund(app, &r, ReportedBy::Query).await {
+                Ok(Settled::Applied) => return SweepOutcome::Settled,
+                Ok(Settled::Superseded) => return SweepOutcome::Moved,
+                // A repeat: our record has this outcome, yet the after-sale is REFUNDING.
+                Ok(Settled::Unchanged) => SweepOutcome::Moved,
+                // Kept as evidence and logged.
+                Err(RefundApplyError::Mismatch(_)) => SweepOutcome::Failed,
+                Err(RefundApplyError::Unavailable(why)) => {
+                    tracing::warn!(out_refund_no = %no, why, "refund sweep: could not store WeChat's answer; next run");
+                    return SweepOutcome::Failed;
+                }
+            },
+        },
+    };
+    // Not settled: it waits another grace period, and the others get their turn.
+    let mut next = refund.value.clone();
+    next.checked_at_ms = Some(app.clock.now_ms());
+    let mut batch = Batch::new();
+    batch.update_refund(refund, &next);
+    match batch.commit(app.store.as_ref()).await {
+        Ok(()) => {}
+        // It moved meanwhile (the refund task, a notification): heard of, then.
+        Err(e) if e.is_conflict() => {}
+        Err(e) => {
+            tracing::warn!(out_refund_no = %no, error = %e, "refund sweep: could not note the question");
+        }
+    }
+    outcome
+}
+
+/// Our refund `no` in a `refundquery` answer, with its order's fields, as a report; `None`
+/// if the answer lacks it or them.
+fn refund_report(
+    resp: &crate::pay::client::RefundQueryResponse,
+    no: &crate::domain::OutRefundNo,
+) -> Option<super::pay_callback::RefundReport> {
+    let r = resp
+        .refunds
+        .iter()
+        .find(|r| r.out_refund_no == no.as_str())?;
+    Some(super::pay_callback::RefundReport {
+        out_trade_no: OutTradeNo::parse(resp.out_trade_no.as_deref()?).ok()?,
+        out_refund_no: no.clone(),
+        transaction_id: resp.transaction_id.clone()?,
+        refund_id: r.refund_id.clone(),
+        total_fee: resp.total_fee?,
+        refund_fee: r.refund_fee,
+        status: r.refund_status.clone(),
+        success_time_ms: r.success_time_ms,
+        recv_account: r.refund_recv_account.clone(),
+    })
 }
 
 /// How long a sync task's claim on adding an after-sale at WeChat holds: past the WeChat

@@ -11,7 +11,10 @@
 //! Each withdrawal is recorded (`Kind::Withdrawal`, id = WeChat's `out_request_no`, owner
 //! index `withdrawals`, status index = WeChat's status) and kept current from
 //! `getwithdrawdetail` (status polling, history) and from the `withdraw_notify` push event
-//! ([`on_withdraw_notify`], called by `auditCallback`). Statuses only move forward.
+//! ([`on_withdraw_notify`], called by `auditCallback`). Statuses only move forward, and an
+//! end (SUCCESS, FAIL, CLOSE) once reached stays — save SUCCESS → REFUND, the bank returning
+//! the transfer; a later report of another end is ignored, logged at WARN and kept as a
+//! `withdrawal_conflict` event.
 //!
 //! The QR code: `submitwithdraw` gives a `qrcode_ticket`; `qrcode/get` gives WeChat's image
 //! (its format is UNVERIFIED, WECHAT_SHOP.md §14.3). The answer always carries a PNG we render
@@ -785,7 +788,49 @@ pub struct Withdrawal {
     pub updated_at_ms: i64,
 }
 
-/// How far along a status is; a status never moves back.
+/// Where a withdrawal ends: SUCCESS (the bank took it), FAIL, CLOSE (not confirmed), or
+/// REFUND (the bank returned a transfer that had succeeded).
+fn is_final(s: &str) -> bool {
+    matches!(s, "SUCCESS" | "FAIL" | "CLOSE" | "REFUND")
+}
+
+/// What a reported status does to the stored one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StatusMove {
+    Same,
+    /// Further along: taken.
+    Forward,
+    /// Behind what we have (an older detail arriving late): ignored.
+    Stale,
+    /// Another end than the one reached: ignored, and told (a WARN and a
+    /// `withdrawal_conflict` event), since one of the two reports is wrong about money.
+    Conflict,
+}
+
+/// A status only moves forward, and an end, once reached, stays — save SUCCESS → REFUND,
+/// the bank returning the transfer. SUCCESS, FAIL and CLOSE used to share one rank, so a late
+/// report could turn a SUCCESS into a FAIL and back.
+fn status_move(from: &str, to: &str) -> StatusMove {
+    if from == to {
+        StatusMove::Same
+    } else if from == "SUCCESS" && to == "REFUND" {
+        StatusMove::Forward
+    } else if from == "REFUND" && to == "SUCCESS" {
+        StatusMove::Stale // the transfer succeeded before the bank returned it
+    } else if is_final(from) {
+        if is_final(to) {
+            StatusMove::Conflict
+        } else {
+            StatusMove::Stale
+        }
+    } else if status_rank(to) >= status_rank(from) {
+        StatusMove::Forward
+    } else {
+        StatusMove::Stale
+    }
+}
+
+/// How far along a status is.
 fn status_rank(s: &str) -> u8 {
     match s {
         "UNKNOWN" => 0,
@@ -820,10 +865,11 @@ impl Withdrawal {
         }
     }
 
-    /// Takes WeChat's newer view, never moving the status back. Returns whether it changed.
+    /// Takes WeChat's newer view, never moving the status back nor away from an end
+    /// ([`status_move`]). Returns whether it changed.
     fn apply_detail(&mut self, d: &WithdrawInfo, now_ms: i64) -> bool {
         let before = self.clone();
-        if status_rank(&d.status) >= status_rank(&self.status) {
+        if status_move(&self.status, &d.status) == StatusMove::Forward {
             self.status = d.status.clone();
             if let Some(r) = d.reason.as_ref().filter(|r| !r.is_empty()) {
                 self.reason = Some(r.clone());
@@ -1255,7 +1301,29 @@ async fn refresh(app: &App, id: &str) -> Result<Withdrawal, ApiError> {
         None => Some(Withdrawal::from_detail(id, &detail, now)),
     })
     .await?;
+    if let Some(w) = &stored {
+        note_conflict(app, w, &detail, "getwithdrawdetail").await;
+    }
     Ok(stored.unwrap_or_else(|| Withdrawal::from_detail(id, &detail, now)))
+}
+
+/// A report of another end than the one the withdrawal reached was ignored: said at WARN and
+/// kept as a `withdrawal_conflict` event (once per reported status), since one of the two is
+/// wrong about where the money is and a person should look.
+async fn note_conflict(app: &App, w: &Withdrawal, d: &WithdrawInfo, via: &str) {
+    if status_move(&w.status, &d.status) != StatusMove::Conflict {
+        return;
+    }
+    tracing::warn!(withdraw_id = %w.withdraw_id, kept = %w.status, reported = %d.status, via, "withdrawal reported with another final status than the one recorded; the first is kept");
+    let body = json!({"withdraw_id": w.withdraw_id, "kept": w.status, "reported": d.status,
+        "reported_reason": d.reason, "amount_fen": w.amount.get(), "via": via,
+        "what_to_do": "check the withdrawal in the MP admin console (资金管理) and the bank account"});
+    let key = format!("{}/{}", w.withdraw_id, d.status);
+    if let Err(e) =
+        super::common::keep_evidence(app, "withdrawal_conflict", key, body.to_string()).await
+    {
+        tracing::warn!(withdraw_id = %w.withdraw_id, error = %e, "could not keep the conflicting withdrawal report");
+    }
 }
 
 async fn withdraw_status(
@@ -1375,6 +1443,9 @@ pub async fn on_withdraw_notify(app: &App, body: &WithdrawNotify) -> Result<(), 
         Some(w)
     })
     .await?;
+    if let (Some(w), Some(d)) = (&stored, &detail) {
+        note_conflict(app, w, d, "withdraw_notify").await;
+    }
     match stored {
         Some(w) => {
             tracing::info!(withdraw_id = %id, event = ?event, status = %w.status, "withdraw_notify recorded")
@@ -1462,6 +1533,36 @@ mod tests {
         assert_eq!(w.status, "SUCCESS");
         assert!(w.apply_detail(&d("REFUND"), 3));
         assert_eq!(w.status, "REFUND");
+        assert!(!w.apply_detail(&d("SUCCESS"), 4));
+        assert_eq!(w.status, "REFUND");
+    }
+
+    /// An end, once reached, stays: a later report of another end changes nothing and is a
+    /// conflict to tell, whichever came first.
+    #[test]
+    fn final_statuses_never_change() {
+        let d = |s: &str| WithdrawInfo {
+            amount: Fen::new(100).unwrap(),
+            status: s.into(),
+            reason: Some("bank said no".into()),
+            ..Default::default()
+        };
+        for (first, later) in [
+            ("SUCCESS", "FAIL"),
+            ("FAIL", "SUCCESS"),
+            ("CLOSE", "SUCCESS"),
+            ("SUCCESS", "CLOSE"),
+            ("FAIL", "REFUND"),
+        ] {
+            let mut w = Withdrawal::from_detail("1", &d(first), 1);
+            w.reason = None;
+            assert!(!w.apply_detail(&d(later), 2), "{first} → {later}");
+            assert_eq!(w.status, first);
+            assert_eq!(w.reason, None, "{first} → {later}: its reason is not taken");
+            assert_eq!(status_move(first, later), StatusMove::Conflict);
+        }
+        assert_eq!(status_move("SUCCESS", "CREATE_SUCCESS"), StatusMove::Stale);
+        assert_eq!(status_move("CREATE_SUCCESS", "FAIL"), StatusMove::Forward);
     }
 
     #[test]

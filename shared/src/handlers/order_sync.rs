@@ -1,7 +1,7 @@
 //! `orderSync`: carries out the outbox — `shop/order/pay`, `shop/delivery/send`,
 //! `shop/delivery/recieve`, after-sale syncs, refunds, closes — with retry, back-off and
-//! dead letters; a schedule re-drives anything stuck and reconciles unpaid orders with
-//! `pay/orderquery`; merchants ship, re-sync and replay dead letters through
+//! dead letters; a schedule re-drives anything stuck, reconciles unpaid orders with
+//! `pay/orderquery` and refunds whose notification never came with `pay/refundquery`; merchants ship, re-sync and replay dead letters through
 //! `POST /admin/orderSync`.
 //!
 //! Triggers: DynamoDB stream (new outbox entries, [`on_outbox_records`]), the schedule
@@ -170,7 +170,8 @@ pub async fn on_outbox_records(app: &App, ids: Vec<String>) -> Vec<String> {
 }
 
 /// The schedule: drain what is due, sweep unpaid orders (ask WeChat Pay; close the expired
-/// ones and release their stock), then purge expired records.
+/// ones and release their stock) and refunds whose notification never came, then purge
+/// expired records.
 pub async fn on_schedule(app: &App) -> serde_json::Value {
     let drained = drain(app, 500).await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "drain failed");
@@ -180,6 +181,12 @@ pub async fn on_schedule(app: &App) -> serde_json::Value {
         tracing::error!(error = %e, "sweep failed");
         SweepReport::default()
     });
+    let refunds = super::aftersale_sync::sweep_refunds(app)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "refund sweep failed");
+            super::aftersale_sync::RefundSweepReport::default()
+        });
     let audits = super::catalog_sync::sweep_audits(app)
         .await
         .unwrap_or_else(|e| {
@@ -192,7 +199,7 @@ pub async fn on_schedule(app: &App) -> serde_json::Value {
         tracing::error!(error = %e, "purge failed");
         0
     });
-    serde_json::json!({ "drained": drained, "swept": swept, "audits": audits, "purged": purged })
+    serde_json::json!({ "drained": drained, "swept": swept, "refunds": refunds, "audits": audits, "purged": purged })
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -301,6 +308,9 @@ enum AdminAction {
     Drain,
     /// Sweep unpaid orders now.
     Sweep,
+    /// Ask WeChat Pay now about refunds whose notification has not come after the grace
+    /// period, as the schedule does.
+    SweepRefunds,
     DeadLetters {
         #[serde(default)]
         cursor: Option<String>,
@@ -326,12 +336,15 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 8] = [
+pub const EVENT_SOURCES: [&str; 11] = [
     "push",
     "double_payment",
     "payment_mismatch",
     "refund_mismatch",
     "refund_abnormal",
+    "refund_settled_by_sweep",
+    "refund_superseded",
+    "withdrawal_conflict",
     "paid_after_close_oversold",
     "order_pay_refused",
     "order_confirm_not_applied",
@@ -474,6 +487,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         }
         AdminAction::Drain => Ok(json(&drain(app, 1000).await?)),
         AdminAction::Sweep => Ok(json(&sweep_unpaid(app).await?)),
+        AdminAction::SweepRefunds => Ok(json(&super::aftersale_sync::sweep_refunds(app).await?)),
         AdminAction::DeadLetters { cursor } => {
             let (entries, next) = outbox::list_dead(app.store.as_ref(), 50, cursor).await?;
             Ok(json(

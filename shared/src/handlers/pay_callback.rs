@@ -7,12 +7,17 @@
 //! conditional write; only then answer `SUCCESS`. Repeats answer `SUCCESS` and change nothing.
 //! Forged, foreign or mismatched messages answer `FAIL`, change nothing, and are logged as
 //! security events. `FAIL` for our own transient failures makes WeChat retry.
+//!
+//! A refund's outcome is applied by [`settle_refund`], whoever reports it: the notification
+//! here, or — when that never came — a signed `pay/refundquery` answer the schedule asked for
+//! ([`super::aftersale_sync::sweep_refunds`]). One path, so both get the same checks and the
+//! same single write.
 
 use super::common::{
     keep_evidence, record_payment, with_retries, Attempt, PaymentError, PaymentOutcome,
 };
 use crate::app::App;
-use crate::domain::Change;
+use crate::domain::{AfterSaleId, AfterSaleStatus, Change, Fen, OutRefundNo, OutTradeNo};
 use crate::http::{text, Request, Response};
 use crate::outbox::{OutboxEntry, Task};
 use crate::pay::notify::{parse_payment_notification, reply_fail, reply_success};
@@ -126,19 +131,11 @@ async fn refund(app: &App, req: Request) -> Response {
         tracing::warn!(security = true, error = %e, "refund notification for another merchant");
         return refused("wrong merchant");
     }
-    match apply_refund(app, &n).await {
-        Ok(()) => success(),
-        Err(RefundApplyError::Mismatch(why)) => {
-            tracing::warn!(security = true, out_refund_no = %n.out_refund_no, why, "refund notification does not match our refund");
-            // Signed by WeChat yet not ours to apply: kept as evidence for a person, since
-            // after WeChat's last retry the logs would be the only trace.
-            let evidence = serde_json::json!({"why": why, "out_refund_no": n.out_refund_no.as_str(),
-                "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
-                "refund_fee": n.refund_fee.get(), "status": n.refund_status.as_str()});
-            let key = format!("{}/{}", n.out_refund_no, n.refund_id);
-            let _ = keep_evidence(app, "refund_mismatch", key, evidence.to_string()).await;
-            refused("refund mismatch")
-        }
+    match settle_refund(app, &RefundReport::from(&n), ReportedBy::Notification).await {
+        Ok(_) => success(),
+        // Signed by WeChat yet not ours to apply (kept as evidence): WeChat retries, and
+        // after its last retry the evidence is what a person has.
+        Err(RefundApplyError::Mismatch(_)) => refused("refund mismatch"),
         Err(RefundApplyError::Unavailable(why)) => {
             tracing::error!(out_refund_no = %n.out_refund_no, why, "could not store refund; WeChat will retry");
             refused("temporarily unavailable")
@@ -146,7 +143,74 @@ async fn refund(app: &App, req: Request) -> Response {
     }
 }
 
-enum RefundApplyError {
+/// A refund's state as WeChat reported it: in the refund notification (authenticated by its
+/// encryption), or in a signed `pay/refundquery` answer the schedule asked for when no
+/// notification came ([`super::aftersale_sync::sweep_refunds`]). Both are settled by
+/// [`settle_refund`]: the same checks, the same one write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RefundReport {
+    pub out_trade_no: OutTradeNo,
+    pub out_refund_no: OutRefundNo,
+    pub transaction_id: String,
+    pub refund_id: String,
+    /// The order's total.
+    pub total_fee: Fen,
+    pub refund_fee: Fen,
+    pub status: WxRefundStatus,
+    /// `success_time` / `refund_success_time_$n`, for the evidence.
+    pub success_time_ms: Option<i64>,
+    /// `refund_recv_accout` (sic) / `refund_recv_accout_$n`: where the money went.
+    pub recv_account: Option<String>,
+}
+
+impl From<&crate::pay::refund_notify::RefundNotification> for RefundReport {
+    fn from(n: &crate::pay::refund_notify::RefundNotification) -> Self {
+        RefundReport {
+            out_trade_no: n.out_trade_no.clone(),
+            out_refund_no: n.out_refund_no.clone(),
+            transaction_id: n.transaction_id.clone(),
+            refund_id: n.refund_id.clone(),
+            total_fee: n.total_fee,
+            refund_fee: n.refund_fee,
+            status: n.refund_status.clone(),
+            success_time_ms: n.success_time_ms,
+            recv_account: n.refund_recv_account.clone(),
+        }
+    }
+}
+
+/// Who told us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReportedBy {
+    Notification,
+    /// `pay/refundquery`, asked by the schedule: the notification never came.
+    Query,
+}
+
+impl ReportedBy {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReportedBy::Notification => "notification",
+            ReportedBy::Query => "refundquery",
+        }
+    }
+}
+
+/// What a report came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Recorded: refund record, after-sale and (SUCCESS) order, in one write.
+    Applied,
+    /// Nothing to change: a repeat, or no outcome yet (`PROCESSING`).
+    Unchanged,
+    /// The after-sale was refunded already, by another refund (an earlier number closed and
+    /// issued again, or a person): nothing recorded, kept as evidence — an after-sale's
+    /// money is counted once.
+    Superseded,
+}
+
+pub(crate) enum RefundApplyError {
+    /// Not ours to apply (unknown refund, other amounts, another payment); kept as evidence.
     Mismatch(String),
     Unavailable(String),
 }
@@ -157,13 +221,79 @@ impl From<crate::store::StoreError> for RefundApplyError {
     }
 }
 
+/// Settles a refund report: [`apply_refund`], and evidence for a person of what could not
+/// be applied although money may have moved.
+pub(crate) async fn settle_refund(
+    app: &App,
+    n: &RefundReport,
+    by: ReportedBy,
+) -> Result<Settled, RefundApplyError> {
+    let summary = || {
+        serde_json::json!({"out_refund_no": n.out_refund_no.as_str(),
+            "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
+            "refund_fee": n.refund_fee.get(), "status": n.status.as_str(),
+            "success_time_ms": n.success_time_ms, "recv_account": n.recv_account,
+            "reported_by": by.as_str()})
+    };
+    match apply_refund(app, n, by).await {
+        Ok(Applied::Recorded) => {
+            tracing::info!(out_refund_no = %n.out_refund_no, status = %n.status, refund_fee = n.refund_fee.get(), reported_by = by.as_str(), "refund recorded");
+            Ok(Settled::Applied)
+        }
+        Ok(Applied::Nothing) => Ok(Settled::Unchanged),
+        Ok(Applied::AlreadyRefunded {
+            aftersale_id,
+            settled_by,
+        }) => {
+            // A SUCCESS means the money went back a second time: a person recovers it.
+            if n.status == WxRefundStatus::Success {
+                tracing::error!(out_refund_no = %n.out_refund_no, refund_id = %n.refund_id, aftersale_id = %aftersale_id, settled_by = settled_by.as_deref().unwrap_or("by hand"), "refund SUCCESS for an after-sale refunded already by another refund: not counted again; the user may have been paid twice");
+            } else {
+                tracing::warn!(out_refund_no = %n.out_refund_no, status = %n.status, aftersale_id = %aftersale_id, "refund outcome for an after-sale refunded already by another refund: nothing changes");
+            }
+            let mut body = summary();
+            body["aftersale_id"] = aftersale_id.as_str().into();
+            body["aftersale_refunded_by"] = settled_by.into();
+            body["what_to_do"] = "the after-sale's money is counted once, from the refund that \
+                completed it; if WeChat paid this refund too, recover the difference from the user"
+                .into();
+            let key = format!("{}/{}/{}", n.out_refund_no, n.refund_id, n.status);
+            keep_evidence(app, "refund_superseded", key, body.to_string()).await?;
+            Ok(Settled::Superseded)
+        }
+        Err(RefundApplyError::Mismatch(why)) => {
+            tracing::warn!(security = true, out_refund_no = %n.out_refund_no, why, reported_by = by.as_str(), "refund report does not match our refund");
+            let mut body = summary();
+            body["why"] = why.clone().into();
+            let key = format!("{}/{}", n.out_refund_no, n.refund_id);
+            let _ = keep_evidence(app, "refund_mismatch", key, body.to_string()).await;
+            Err(RefundApplyError::Mismatch(why))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What [`apply_refund`] did.
+enum Applied {
+    Recorded,
+    Nothing,
+    AlreadyRefunded {
+        aftersale_id: AfterSaleId,
+        /// The WeChat refund that completed it (`None`: a person did).
+        settled_by: Option<String>,
+    },
+}
+
 /// Refund outcome → refund record, order (refunded amount) and after-sale, atomically, plus
-/// the after-sale sync to the trading component.
+/// the after-sale sync to the trading component. The order gains an after-sale's amount
+/// only as the after-sale becomes REFUNDED, so two refunds of one after-sale (a closed
+/// number whose late SUCCESS arrives after the new number's) count its money once.
 async fn apply_refund(
     app: &App,
-    n: &crate::pay::refund_notify::RefundNotification,
-) -> Result<(), RefundApplyError> {
-    let applied = with_retries(app, || async {
+    n: &RefundReport,
+    by: ReportedBy,
+) -> Result<Applied, RefundApplyError> {
+    with_retries(app, || async {
         let Some(refund) = repo::get_refund(app.store.as_ref(), &n.out_refund_no).await? else {
             return Err(RefundApplyError::Mismatch("unknown out_refund_no".into()));
         };
@@ -187,7 +317,7 @@ async fn apply_refund(
             ));
         }
         // Only SUCCESS, CHANGE and REFUNDCLOSE are outcomes; anything else changes nothing.
-        let outcome = match &n.refund_status {
+        let outcome = match &n.status {
             WxRefundStatus::Success => RefundStatus::Success,
             // The money did not leave.
             WxRefundStatus::RefundClose => RefundStatus::Failed,
@@ -195,18 +325,18 @@ async fn apply_refund(
             // frozen): it waits at WeChat for the merchant to redirect it by hand.
             WxRefundStatus::Change => RefundStatus::Abnormal,
             other => {
-                tracing::warn!(out_refund_no = %n.out_refund_no, status = ?other, "refund notification without an outcome: nothing changes");
-                return Ok(Attempt::Done(false));
+                tracing::warn!(out_refund_no = %n.out_refund_no, status = ?other, reported_by = by.as_str(), "refund report without an outcome: nothing changes");
+                return Ok(Attempt::Done(Applied::Nothing));
             }
         };
         match (refund.value.status, outcome) {
-            (RefundStatus::Success, _) => return Ok(Attempt::Done(false)), // a repeat
-            (from, to) if from == to => return Ok(Attempt::Done(false)),   // a repeat
+            (RefundStatus::Success, _) => return Ok(Attempt::Done(Applied::Nothing)), // a repeat
+            (from, to) if from == to => return Ok(Attempt::Done(Applied::Nothing)),   // a repeat
             // Closed after it was taken as abnormal: the money still waits at WeChat, and
             // only a person knows where it went; the record stays abnormal.
             (RefundStatus::Abnormal, RefundStatus::Failed) => {
                 tracing::warn!(out_refund_no = %n.out_refund_no, "REFUNDCLOSE for a refund WeChat held as abnormal: left for a person");
-                return Ok(Attempt::Done(false));
+                return Ok(Attempt::Done(Applied::Nothing));
             }
             // SUCCESS for a refund we took as failed: the money went back after all (WeChat
             // refused our request yet refunded, or a closed refund's retry succeeded) — the
@@ -223,11 +353,24 @@ async fn apply_refund(
                         "an outcome for another WeChat refund than the one that failed".into(),
                     ));
                 }
-                tracing::warn!(out_refund_no = %n.out_refund_no, status = ?n.refund_status, "refund recorded as failed left at WeChat: recording it");
             }
             _ => {}
         }
         let aftersale = repo::get_aftersale(app.store.as_ref(), &refund.value.aftersale_id).await?;
+        if let Some(a) = aftersale
+            .as_ref()
+            .filter(|a| a.value.status == AfterSaleStatus::Refunded)
+        {
+            // Refunded already by another refund of it (this record is not the SUCCESS one):
+            // its money is on the order once; this report changes nothing.
+            return Ok(Attempt::Done(Applied::AlreadyRefunded {
+                aftersale_id: a.value.id.clone(),
+                settled_by: a.value.refund_id.clone(),
+            }));
+        }
+        if refund.value.status == RefundStatus::Failed {
+            tracing::warn!(out_refund_no = %n.out_refund_no, status = %n.status, "refund recorded as failed left at WeChat: recording it");
+        }
         let now = app.clock.now_ms();
         let mut batch = Batch::new();
         let mut next_refund = refund.value.clone();
@@ -235,13 +378,7 @@ async fn apply_refund(
         next_refund.updated_at_ms = now;
         next_refund.status = outcome;
         batch.update_refund(&refund, &next_refund);
-        if outcome == RefundStatus::Success {
-            let mut next_order = order.value.clone();
-            next_order
-                .refund_aftersale(&refund.value.aftersale_id, n.refund_fee, now)
-                .map_err(|e| RefundApplyError::Mismatch(e.to_string()))?;
-            batch.update_order(&order, &next_order);
-        }
+        let mut refunds_order = aftersale.is_none() && outcome == RefundStatus::Success;
         if outcome == RefundStatus::Abnormal {
             // For the merchant: the refund must be redirected by hand in the merchant
             // platform; the after-sale is held (REFUND_ABNORMAL) and its amount stays held
@@ -267,6 +404,7 @@ async fn apply_refund(
             }
             .map_err(|e| RefundApplyError::Mismatch(e.to_string()))?;
             if changed == Change::Changed {
+                refunds_order = next_a.status == AfterSaleStatus::Refunded;
                 batch.update_aftersale(a, &next_a);
                 if order.value.wx_order_id.is_some() {
                     batch.enqueue(OutboxEntry::new(
@@ -278,11 +416,33 @@ async fn apply_refund(
                 }
             }
         }
-        Ok(Attempt::Commit(batch, true))
+        if refunds_order {
+            let mut next_order = order.value.clone();
+            next_order
+                .refund_aftersale(&refund.value.aftersale_id, n.refund_fee, now)
+                .map_err(|e| RefundApplyError::Mismatch(e.to_string()))?;
+            batch.update_order(&order, &next_order);
+        }
+        if by == ReportedBy::Query {
+            // The notification never came (a wrong notify URL, or our refusals outlasted
+            // WeChat's retries): worth a look at why, so it is kept.
+            tracing::warn!(out_refund_no = %n.out_refund_no, status = %n.status, aftersale_id = %refund.value.aftersale_id, "refund settled by the schedule's refundquery: its notification never came");
+            let mut body = serde_json::json!({"out_refund_no": n.out_refund_no.as_str(),
+                "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
+                "refund_fee": n.refund_fee.get(), "status": n.status.as_str(),
+                "success_time_ms": n.success_time_ms, "recv_account": n.recv_account,
+                "aftersale_id": refund.value.aftersale_id.as_str()});
+            body["what_to_check"] = "refund notifications are not arriving: check \
+                WXPAY_REFUND_NOTIFY_URL and /callbacks/refund's logs"
+                .into();
+            batch.record_event(&repo::EventRecord::new(
+                "refund_settled_by_sweep",
+                format!("{}/{}", n.out_refund_no, n.status),
+                now,
+                body.to_string(),
+            ));
+        }
+        Ok(Attempt::Commit(batch, Applied::Recorded))
     })
-    .await?;
-    if applied {
-        tracing::info!(out_refund_no = %n.out_refund_no, status = ?n.refund_status, refund_fee = n.refund_fee.get(), "refund recorded");
-    }
-    Ok(())
+    .await
 }

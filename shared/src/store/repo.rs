@@ -16,8 +16,8 @@
 
 use super::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
 use crate::domain::{
-    AfterSale, AfterSaleId, AuditStatus, Fen, OpenId, Order, OrderStatus, OutRefundNo, OutTradeNo,
-    Product, ProductId,
+    AfterSale, AfterSaleId, AfterSaleStatus, AuditStatus, Fen, OpenId, Order, OrderStatus,
+    OutRefundNo, OutTradeNo, Product, ProductId,
 };
 use crate::outbox::{self, OutboxEntry};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -219,6 +219,28 @@ pub async fn aftersales_of_order(
     page.records.iter().map(versioned).collect()
 }
 
+/// After-sales in `status` created before `created_before_ms`, oldest first, `limit` at a time
+/// (for sweeps: refunds whose notification never came).
+pub async fn aftersales_in_status(
+    store: &dyn Store,
+    status: AfterSaleStatus,
+    created_before_ms: i64,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<(Vec<Versioned<AfterSale>>, Option<String>), StoreError> {
+    let mut q = Query::new(Kind::AfterSale, Index::Status(status.as_str().to_owned()));
+    q.sort_max = Some(created_before_ms.saturating_sub(1));
+    q.limit = limit.max(1);
+    q.cursor = cursor;
+    let page = store.query(q).await?;
+    let values = page
+        .records
+        .iter()
+        .map(versioned)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((values, page.next))
+}
+
 // ---------------------------------------------------------------- refunds
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +284,11 @@ pub struct RefundRecord {
     pub created_at_ms: i64,
     #[serde(default)]
     pub updated_at_ms: i64,
+    /// When the schedule last asked WeChat about it (`refundquery`) and it was not settled:
+    /// it waits its turn again, so refunds WeChat keeps processing for days do not crowd
+    /// out the others ([`crate::handlers::aftersale_sync::sweep_refunds`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at_ms: Option<i64>,
 }
 
 impl RefundRecord {
@@ -282,7 +309,13 @@ impl RefundRecord {
             refund_id: None,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
+            checked_at_ms: None,
         }
+    }
+
+    /// The last time anything was heard or asked of this refund.
+    pub fn last_seen_ms(&self) -> i64 {
+        self.updated_at_ms.max(self.checked_at_ms.unwrap_or(0))
     }
 }
 
