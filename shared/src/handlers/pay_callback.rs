@@ -342,17 +342,16 @@ async fn apply_refund(
             // refused our request yet refunded, or a closed refund's retry succeeded) — the
             // record follows the money, unless it names another WeChat refund. CHANGE for
             // it: the money left after all, and waits at WeChat.
-            (RefundStatus::Failed, RefundStatus::Success | RefundStatus::Abnormal) => {
+            (RefundStatus::Failed, RefundStatus::Success | RefundStatus::Abnormal)
                 if refund
                     .value
                     .refund_id
                     .as_deref()
-                    .is_some_and(|id| id != n.refund_id)
-                {
-                    return Err(RefundApplyError::Mismatch(
-                        "an outcome for another WeChat refund than the one that failed".into(),
-                    ));
-                }
+                    .is_some_and(|id| id != n.refund_id) =>
+            {
+                return Err(RefundApplyError::Mismatch(
+                    "an outcome for another WeChat refund than the one that failed".into(),
+                ));
             }
             _ => {}
         }
