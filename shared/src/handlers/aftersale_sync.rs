@@ -1452,7 +1452,7 @@ fn imported_id(wx_id: u64) -> Result<AfterSaleId, ApiError> {
 
 /// Ours of an after-sale WeChat has, if we have one.
 enum Ours {
-    Known(repo::Versioned<AfterSale>),
+    Known(AfterSaleId),
     Unknown,
     /// Named as ours, but ours is WeChat's other after-sale or another order's: nothing done.
     Conflicting,
@@ -1505,7 +1505,7 @@ async fn find_ours(
         tracing::warn!(security = true, aftersale_id = %a.value.id, wx_aftersale_id = wx.aftersale_id, ours_wx = ?a.value.wx_aftersale_id, "WeChat's after-sale names ours, but ours is another after-sale there or of another order; nothing done");
         return Ok(Ours::Conflicting);
     }
-    Ok(Ours::Known(a))
+    Ok(Ours::Known(a.value.id))
 }
 
 /// WeChat's after-sale an event is about, read back: by the id stored for ours, else the
@@ -1540,7 +1540,7 @@ async fn import_from_wechat(
     pushed_out_order_id: &str,
 ) -> Result<(), ApiError> {
     match find_ours(app, wx).await? {
-        Ours::Known(a) => adopt_wechat_id(app, &a.value.id, wx.aftersale_id).await,
+        Ours::Known(id) => adopt_wechat_id(app, &id, wx.aftersale_id).await,
         Ours::Conflicting => Ok(()),
         Ours::Unknown => import_new(app, wx, pushed_out_order_id).await,
     }
@@ -1694,11 +1694,11 @@ pub async fn on_wechat_event(
                 // Its new-request push never came: imported as it stands now.
                 Ours::Unknown => import_new(app, &wx, &info.out_order_id).await,
                 Ours::Conflicting => Ok(()),
-                Ours::Known(a) if wx.status == WX_AWAITING_MERCHANT => {
-                    adopt_wechat_terms(app, &a.value.id, &wx).await.map(drop)
+                Ours::Known(id) if wx.status == WX_AWAITING_MERCHANT => {
+                    adopt_wechat_terms(app, &id, &wx).await.map(drop)
                 }
-                Ours::Known(a) => {
-                    tracing::info!(aftersale_id = %a.value.id, wx_status = wx.status, "after-sale edit event, but WeChat's after-sale no longer waits for the merchant; nothing changed");
+                Ours::Known(id) => {
+                    tracing::info!(aftersale_id = %id, wx_status = wx.status, "after-sale edit event, but WeChat's after-sale no longer waits for the merchant; nothing changed");
                     Ok(())
                 }
             }
@@ -1801,7 +1801,7 @@ pub async fn on_wechat_event(
                 return Ok(());
             }
             let id = match find_ours(app, &wx).await? {
-                Ours::Known(a) => a.value.id,
+                Ours::Known(id) => id,
                 Ours::Unknown => imported_id(wx.aftersale_id)?,
                 Ours::Conflicting => return Ok(()),
             };
