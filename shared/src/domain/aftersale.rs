@@ -35,7 +35,7 @@
 //!
 //! - `take_wechat_terms`: the user changed amount, type or reason in WeChat's order centre
 //!   while the request still waits for the merchant there. Ours takes them and waits for the
-//!   merchant again (REQUESTED, or RETURNING once the goods came back) — also from an approval
+//!   merchant again (REQUESTED, or RETURNING once the goods were sent back) — also from an approval
 //!   WeChat has not acted on yet (AWAITING_RETURN; REFUNDING of a secondary-merchant order,
 //!   whose money moves only when WeChat accepts): the merchant approved other terms.
 //! - `closed_at_wechat`: REFUNDING → CANCELLED, when WeChat's after-sale was cancelled or
@@ -340,7 +340,7 @@ impl AfterSale {
 
     /// WeChat's after-sale, still waiting for the merchant there, asks for other terms (the
     /// user edited it in WeChat's order centre): ours takes them and waits for the merchant
-    /// again. From REQUESTED; and from an approval WeChat has not acted on — AWAITING_RETURN
+    /// again. From REQUESTED and RETURNING; and from an approval WeChat has not acted on — AWAITING_RETURN
     /// (the return not accepted there yet) and, for a secondary-merchant order, REFUNDING
     /// (the money moves only when WeChat accepts) — since the merchant approved other terms.
     /// With the goods already back (a return and refund with a waybill) it waits at RETURNING.
@@ -354,7 +354,9 @@ impl AfterSale {
         now_ms: i64,
     ) -> Result<super::Change, AfterSaleTransitionError> {
         let reopen = match self.status {
-            AfterSaleStatus::Requested => false,
+            // Waiting for the merchant already (RETURNING: to approve the refund once the
+            // goods are there).
+            AfterSaleStatus::Requested | AfterSaleStatus::Returning => false,
             AfterSaleStatus::AwaitingReturn => true,
             AfterSaleStatus::Refunding if fund_type == FundType::SecondaryMerchant => true,
             _ => return Err(self.err("take WeChat's changed request")),
@@ -553,7 +555,7 @@ mod tests {
             Ok(Change::Changed)
         );
         assert_eq!(a.status, Returning);
-        for from in [Refunded, Rejected, Cancelled, Returning, RefundAbnormal] {
+        for from in [Refunded, Rejected, Cancelled, RefundFailed, RefundAbnormal] {
             let mut a = sample(AfterSaleKind::RefundOnly, from);
             assert!(
                 a.take_wechat_terms(AfterSaleKind::RefundOnly, fen(1), "x", sm, 1)

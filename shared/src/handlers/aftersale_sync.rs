@@ -821,7 +821,7 @@ async fn before_accepting(
 ) -> Result<bool, TaskError> {
     if !matches!(
         a.status,
-        AfterSaleStatus::AwaitingReturn | AfterSaleStatus::Refunding
+        AfterSaleStatus::AwaitingReturn | AfterSaleStatus::Returning | AfterSaleStatus::Refunding
     ) {
         return Ok(true);
     }
@@ -833,8 +833,15 @@ async fn before_accepting(
     let ours_refunding = a.status == AfterSaleStatus::Refunding;
     let secondary = order.fund_type == FundType::SecondaryMerchant;
     let awaiting = match a.status {
-        AfterSaleStatus::AwaitingReturn => wx.status == WX_AWAITING_MERCHANT,
-        _ => matches!(wx.status, WX_AWAITING_MERCHANT | WX_AWAITING_RECEIPT),
+        // The return not accepted there yet (`acceptreturn` to come).
+        AfterSaleStatus::AwaitingReturn | AfterSaleStatus::Returning => {
+            wx.status == WX_AWAITING_MERCHANT
+        }
+        // 12: the merchant is overdue, and may still accept.
+        _ => matches!(
+            wx.status,
+            WX_AWAITING_MERCHANT | WX_AWAITING_RECEIPT | WX_MERCHANT_OVERDUE
+        ),
     };
     if awaiting {
         if (ours_refunding && !secondary)
@@ -1028,6 +1035,8 @@ const WX_AWAITING_MERCHANT: i64 = 2;
 /// EC after-sale `status` 8: a return's goods are on their way back; the merchant is to
 /// accept the refund.
 const WX_AWAITING_RECEIPT: i64 = 8;
+/// EC after-sale `status` 12: the merchant let the refund deadline pass.
+const WX_MERCHANT_OVERDUE: i64 = 12;
 
 /// Whether WeChat's after-sale, by its EC `status`, still stands (§7.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
