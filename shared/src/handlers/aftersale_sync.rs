@@ -8,7 +8,10 @@
 //! `aftersale_refund_success` event, or the after-sale read back) completes it. A return and refund is
 //! approved twice: first the return (with the address the goods go to), then — once the user
 //! sent them back — the refund. With the trading component on, each state is mirrored to
-//! `shop/ecaftersale/*` through the outbox.
+//! `shop/ecaftersale/*` through the outbox, and WeChat's copy — read back, never a push body
+//! alone — has its say about money: nothing is accepted there on terms the user has since
+//! edited, no refund is paid for an after-sale WeChat shows cancelled or closed, a refund
+//! WeChat made on its own is recorded, and our own after-sale is never imported back.
 
 use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
