@@ -1203,3 +1203,292 @@ async fn a_withdrawals_end_is_not_undone_by_a_later_report() {
     assert_eq!(status_now(id.clone()).await, "FAIL");
     assert!(conflict(&id, "SUCCESS").await, "the contradiction is kept");
 }
+
+/// WeChat's after-sale `wx_id` as WeChat has it now.
+async fn wx_aftersale(r: &Running, wx_id: u64) -> wxshop::shop::aftersale::EcAfterSaleOrder {
+    r.app
+        .wx
+        .ecaftersale_get(&wxshop::shop::types::AfterSaleKey::Id(wx_id))
+        .await
+        .unwrap()
+}
+
+/// Ours `id` as stored, once WeChat's id is stored with it: (ours, WeChat's id).
+async fn added_at_wechat(r: &Running, id: &str) -> (wxshop::domain::AfterSale, u64) {
+    let id = wxshop::domain::AfterSaleId::parse(id.to_owned()).unwrap();
+    for _ in 0..300 {
+        let stored = wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .map(|a| a.value);
+        if let Some(a) = stored {
+            if let Some(wx) = a.wx_aftersale_id {
+                return (a, wx);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for after-sale {id} to be added at WeChat");
+}
+
+impl Client<'_> {
+    /// The user applies for a refund of `amount`: our after-sale id.
+    async fn apply(&self, token: &str, no: &str, amount: i64, reason: &str) -> String {
+        let (s, v) = self
+            .post(
+                "/fn/aftersaleSync",
+                Some(token),
+                &json!({"action": "apply", "out_trade_no": no, "amount": amount, "reason": reason}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned()
+    }
+    async fn admin_aftersale(&self, action: &str, id: &str) -> Value {
+        let admin = self.r.admin_token.clone();
+        let (s, v) = self
+            .post(
+                "/admin/aftersaleSync",
+                Some(&admin),
+                &json!({"action": action, "aftersale_id": id}),
+            )
+            .await;
+        assert_eq!(s, 200, "{action}: {v}");
+        v
+    }
+    /// Every after-sale of `no`, as the merchant lists them.
+    async fn aftersales(&self, no: &str) -> Vec<Value> {
+        let admin = self.r.admin_token.clone();
+        let (s, v) = self
+            .post(
+                "/admin/aftersaleSync",
+                Some(&admin),
+                &json!({"action": "list", "out_trade_no": no}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["aftersales"].as_array().cloned().unwrap_or_default()
+    }
+    async fn aftersale(&self, no: &str, id: &str) -> Value {
+        self.aftersales(no)
+            .await
+            .into_iter()
+            .find(|a| a["aftersale_id"] == id)
+            .unwrap_or(Value::Null)
+    }
+    async fn order_status(&self, no: &str) -> Value {
+        let out = OutTradeNo::parse(no.to_owned()).unwrap();
+        let o = wxshop::store::repo::get_order(self.r.app.store.as_ref(), &out)
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+        json!({"status": o.status, "refunded": o.refunded.get()})
+    }
+    /// The merchant's `aftersale_wechat` events.
+    async fn aftersale_events(&self) -> Vec<Value> {
+        let admin = self.r.admin_token.clone();
+        let (s, v) = self
+            .post(
+                "/admin/orderSync",
+                Some(&admin),
+                &json!({"action": "events", "source": "aftersale_wechat"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["events"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// WeChat refunds a secondary-merchant after-sale on its own — the platform rules for the user
+/// after the merchant rejected it, or refunds one whose request never reached us (its push
+/// lost); the sandbox's `platform_refund` moves it to 13 and pushes `aftersale_refund_success`.
+/// The money left, so it is recorded: ours REFUNDED from REJECTED, the unknown one imported
+/// REFUNDED, the order's refunded amount grown by WeChat's amount (the order REFUNDED once all
+/// of it went back, so it no longer ships), and the merchant told. A refund beyond what the
+/// order had left is not recorded but told. These used to be logged only: the order kept
+/// its refunded amount at 0 and stayed shippable.
+#[tokio::test]
+async fn a_refund_wechat_made_on_its_own_is_recorded() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (no, total) = buy_pay_settle(&c).await;
+    let token = c.login("alice").await;
+
+    // Rejected here; the platform rules for the user.
+    let rejected = c.apply(&token, &no, 1990, "dented").await;
+    let (_, wx_rejected) = added_at_wechat(&r, &rejected).await;
+    c.admin_aftersale("reject", &rejected).await;
+    eventually("the rejection mirrored", || async {
+        wx_aftersale(&r, wx_rejected).await.status == 4
+    })
+    .await;
+    c.control(
+        "aftersale",
+        &json!({"action": "platform_refund", "aftersale_id": wx_rejected}),
+    )
+    .await;
+    eventually("the rejected after-sale REFUNDED", || async {
+        c.aftersale(&no, &rejected).await["status"] == "REFUNDED"
+    })
+    .await;
+    assert_eq!(
+        c.order_status(&no).await,
+        json!({"status": "PAID", "refunded": 1990})
+    );
+
+    // A request whose push never reached us, refunded by WeChat: imported as REFUNDED.
+    let opened = c
+        .control(
+            "aftersale",
+            &json!({"action": "apply", "out_order_id": no, "orderamt": total - 1990, "push": false}),
+        )
+        .await;
+    let wx_unknown = opened["aftersale_id"].as_u64().unwrap();
+    assert_eq!(c.aftersales(&no).await.len(), 1, "its push was lost");
+    c.control(
+        "aftersale",
+        &json!({"action": "platform_refund", "aftersale_id": wx_unknown}),
+    )
+    .await;
+    let imported = format!("WXAS{wx_unknown}");
+    eventually("the unknown after-sale imported REFUNDED", || async {
+        let a = c.aftersale(&no, &imported).await;
+        a["status"] == "REFUNDED" && a["amount"] == total - 1990
+    })
+    .await;
+    assert_eq!(
+        c.order_status(&no).await,
+        json!({"status": "REFUNDED", "refunded": total})
+    );
+    let events = c.aftersale_events().await;
+    for wx in [wx_rejected, wx_unknown] {
+        assert!(
+            events.iter().any(|e| e["key"] == format!("refunded/{wx}")),
+            "the merchant is told of {wx}: {events:?}"
+        );
+    }
+
+    // Beyond what was paid: a second order, refunded in full here, then WeChat also refunds
+    // the request the merchant had rejected. Not recorded (the books would exceed the
+    // payment); told.
+    let (no2, total2) = buy_pay_settle(&c).await;
+    let first = c.apply(&token, &no2, total2, "all of it").await;
+    let (_, wx_first) = added_at_wechat(&r, &first).await;
+    c.admin_aftersale("reject", &first).await;
+    eventually("the rejection mirrored", || async {
+        wx_aftersale(&r, wx_first).await.status == 4
+    })
+    .await;
+    let second = c.apply(&token, &no2, total2, "all of it, again").await;
+    c.admin_aftersale("approve", &second).await;
+    eventually("the second REFUNDED", || async {
+        c.aftersale(&no2, &second).await["status"] == "REFUNDED"
+    })
+    .await;
+    c.control(
+        "aftersale",
+        &json!({"action": "platform_refund", "aftersale_id": wx_first}),
+    )
+    .await;
+    eventually("the excess told", || async {
+        c.aftersale_events()
+            .await
+            .iter()
+            .any(|e| e["key"] == format!("exceeds/{wx_first}"))
+    })
+    .await;
+    assert_eq!(c.aftersale(&no2, &first).await["status"], "REJECTED");
+    assert_eq!(
+        c.order_status(&no2).await,
+        json!({"status": "REFUNDED", "refunded": total2})
+    );
+}
+
+/// The user edits their secondary-merchant after-sale in WeChat's order centre (30 → all of
+/// it) and the merchant approves what they saw. `acceptrefund` names no amount: WeChat would
+/// refund its own. So before accepting, the sync reads WeChat's after-sale back; it differs,
+/// so nothing is accepted — ours takes WeChat's amount and goes back to the merchant, who is
+/// told — and approving again refunds that amount, recorded as such. With the
+/// `aftersale_update_order` push delivered, ours shows the new amount before any approval.
+/// `acceptrefund` used to be called unchecked: WeChat refunded 3980 while our books said 1990.
+#[tokio::test]
+async fn an_aftersale_edited_in_wechat_is_not_accepted_on_the_old_terms() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (no, total) = buy_pay_settle(&c).await;
+    let token = c.login("alice").await;
+    let id = c.apply(&token, &no, 1990, "dented").await;
+    let (ours, wx_id) = added_at_wechat(&r, &id).await;
+    // The user's edit, straight to WeChat (`ecaftersale/update`); no push.
+    r.app
+        .wx
+        .ecaftersale_update(&wxshop::shop::aftersale::EcAfterSaleUpdateRequest {
+            key: wxshop::shop::types::AfterSaleKey::Id(wx_id),
+            openid: ours.openid.to_string(),
+            kind: None,
+            orderamt: Some(wxshop::domain::Fen::new(total).unwrap()),
+            refund_reason: Some("all of it".into()),
+            refund_reason_type: None,
+            media_list: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let approved = c.admin_aftersale("approve", &id).await;
+    assert_eq!(approved["aftersale"]["status"], "REFUNDING");
+    eventually("ours back with the merchant on WeChat's amount", || async {
+        let a = c.aftersale(&no, &id).await;
+        a["status"] == "REQUESTED" && a["amount"] == total
+    })
+    .await;
+    let accepts = |wx: u64| {
+        r.sandbox
+            .calls("shop/ecaftersale/acceptrefund")
+            .iter()
+            .filter(|v| v["aftersale_id"] == wx)
+            .count()
+    };
+    assert_eq!(accepts(wx_id), 0, "not accepted on terms nobody approved");
+    assert_eq!(wx_aftersale(&r, wx_id).await.status, 2);
+    assert_eq!(c.balance().await, (total, 0), "nothing refunded");
+    assert!(c.aftersale_events().await.iter().any(|e| e["key"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("terms/{wx_id}/"))));
+    // Approved again, on WeChat's amount: refunded and recorded at that amount.
+    c.admin_aftersale("approve", &id).await;
+    eventually("REFUNDED", || async {
+        c.aftersale(&no, &id).await["status"] == "REFUNDED"
+    })
+    .await;
+    assert_eq!(accepts(wx_id), 1);
+    assert_eq!(
+        c.order_status(&no).await,
+        json!({"status": "REFUNDED", "refunded": total})
+    );
+
+    // With the edit's push (`aftersale_update_order`): ours shows it before anyone approves.
+    let (no2, total2) = buy_pay_settle(&c).await;
+    let id2 = c.apply(&token, &no2, 1990, "dented").await;
+    let (_, wx2) = added_at_wechat(&r, &id2).await;
+    c.control(
+        "aftersale",
+        &json!({"action": "update", "aftersale_id": wx2, "orderamt": total2, "reason": "all of it"}),
+    )
+    .await;
+    eventually("ours on WeChat's amount before approval", || async {
+        let a = c.aftersale(&no2, &id2).await;
+        a["status"] == "REQUESTED" && a["amount"] == total2 && a["reason"] == "all of it"
+    })
+    .await;
+    c.admin_aftersale("approve", &id2).await;
+    eventually("REFUNDED", || async {
+        c.aftersale(&no2, &id2).await["status"] == "REFUNDED"
+    })
+    .await;
+    assert_eq!(accepts(wx2), 1);
+    assert_eq!(
+        c.order_status(&no2).await,
+        json!({"status": "REFUNDED", "refunded": total2})
+    );
+}

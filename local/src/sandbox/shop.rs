@@ -2168,20 +2168,8 @@ fn aftersale_move(sb: &Sandbox, v: &Value, action: &str) -> WxResult {
     } else {
         next
     };
-    let mut refunded_all = None;
     if next == 13 {
-        if let Some(o) = st.shop.orders.get_mut(&a.out_order_id) {
-            o.refunded += a.orderamt;
-            if o.refunded >= o.order_price {
-                o.status = 200;
-            }
-            if o.fund_type == 1 {
-                refunded_all = Some((o.out_order_id.clone(), a.orderamt));
-            }
-        }
-    }
-    if let Some((out, amt)) = &refunded_all {
-        super::funds::on_refund(&mut st, out, *amt, now);
+        refund_to_user(&mut st, &a, now);
     }
     if let Some(x) = st.shop.aftersales.get_mut(&id) {
         x.status = next;
@@ -2207,6 +2195,24 @@ fn aftersale_move(sb: &Sandbox, v: &Value, action: &str) -> WxResult {
         );
     }
     Ok(json!({}))
+}
+
+/// The after-sale `a` refunded (status 13): the order's refunded amount (200 once all of it
+/// went back) and, for a fund_type=1 order, the shop's funds.
+fn refund_to_user(st: &mut super::State, a: &EcAfterSale, now: i64) {
+    let mut refunded = None;
+    if let Some(o) = st.shop.orders.get_mut(&a.out_order_id) {
+        o.refunded += a.orderamt;
+        if o.refunded >= o.order_price {
+            o.status = 200;
+        }
+        if o.fund_type == 1 {
+            refunded = Some(o.out_order_id.clone());
+        }
+    }
+    if let Some(out) = refunded {
+        super::funds::on_refund(st, &out, a.orderamt, now);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2269,9 +2275,22 @@ fn account_brands(sb: &Sandbox) -> WxResult {
 /// `{"action":"cancel","aftersale_id"}` cancels one and pushes `aftersale_user_cancel`;
 /// `{"action":"return","aftersale_id","delivery_id","delivery_name","waybill_id"}` enters the
 /// return parcel (as `ecaftersale/uploadreturninfo`, which pushes
-/// `aftersale_wait_merchant_confirm_receipt`).
+/// `aftersale_wait_merchant_confirm_receipt`);
+/// `{"action":"update","aftersale_id","orderamt"?,"type"?,"reason"?}` edits a request still
+/// waiting for the merchant (as `ecaftersale/update`) and pushes `aftersale_update_order`.
+/// As WeChat's staff: `{"action":"platform_refund","aftersale_id"}` refunds an after-sale
+/// without the merchant — the merchant let the deadline pass, or the platform ruled for the
+/// user after a rejection (from 2, 4, 5, 6, 8 or 12 to 13) — and pushes
+/// `aftersale_refund_success`. `"push": false` loses the push of `apply`, `cancel`, `update`
+/// or `platform_refund`, as WeChat may (it does not guarantee callbacks).
 pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
     let action = str_of(v, "action").unwrap_or("apply");
+    let pushes = v.get("push").and_then(Value::as_bool).unwrap_or(true);
+    let push_event = |sb: &Sandbox, event: &str, key: &str, body: Value| {
+        if pushes {
+            push_event(sb, event, key, body);
+        }
+    };
     match action {
         "apply" => {
             let out_order_id = str_of(v, "out_order_id")
@@ -2364,7 +2383,73 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
                 .map_err(|e| format!("{} {}", e.code, e.msg))?;
             Ok(json!({"aftersale_id": id, "status": 8}))
         }
-        other => Err(format!("unknown action `{other}`: apply, cancel or return")),
+        "update" => {
+            let id = u64_of(v, "aftersale_id").ok_or("give aftersale_id")?;
+            let (openid, out_id) = {
+                let st = sb.st();
+                let a = st.shop.aftersales.get(&id).ok_or("no such after-sale")?;
+                (a.openid.clone(), a.out_aftersale_id.clone())
+            };
+            let mut req = json!({"aftersale_id": id, "openid": openid});
+            for (from, to) in [
+                ("orderamt", "orderamt"),
+                ("type", "type"),
+                ("reason", "refund_reason"),
+            ] {
+                if let Some(x) = v.get(from) {
+                    req[to] = x.clone();
+                }
+            }
+            aftersale_update(sb, &req).map_err(|e| format!("{} {}", e.code, e.msg))?;
+            push_event(
+                sb,
+                "aftersale_update_order",
+                "aftersale_info",
+                json!({"aftersale_id": id, "out_aftersale_id": out_id}),
+            );
+            let st = sb.st();
+            Ok(st
+                .shop
+                .aftersales
+                .get(&id)
+                .map(EcAfterSale::to_json)
+                .unwrap_or_default())
+        }
+        "platform_refund" => {
+            let id = u64_of(v, "aftersale_id").ok_or("give aftersale_id")?;
+            let now = sb.now_ms();
+            let a = {
+                let mut st = sb.st();
+                let a = st
+                    .shop
+                    .aftersales
+                    .get(&id)
+                    .cloned()
+                    .ok_or("no such after-sale")?;
+                if !matches!(a.status, 2 | 4 | 5 | 6 | 8 | 12) {
+                    return Err(format!(
+                        "after-sale status {} cannot be refunded by the platform",
+                        a.status
+                    ));
+                }
+                refund_to_user(&mut st, &a, now);
+                if let Some(x) = st.shop.aftersales.get_mut(&id) {
+                    x.status = 13;
+                    x.update_ms = now;
+                }
+                a
+            };
+            push_event(
+                sb,
+                "aftersale_refund_success",
+                "aftersale_info",
+                json!({"aftersale_id": id, "out_aftersale_id": a.out_aftersale_id}),
+            );
+            Ok(json!({"aftersale_id": id, "status": 13}))
+        }
+        other => Err(format!(
+            "unknown action `{other}`: apply, cancel, return, update or platform_refund"
+        )),
     }
 }
 

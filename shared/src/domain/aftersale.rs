@@ -32,6 +32,21 @@
 //! WeChat's after-sale is about one product line of the order (`ecaftersale/add`'s
 //! `product_info` is one object), so ours records which: [`AfterSaleLine`], chosen when the
 //! user applies by [`AfterSaleLine::choose`].
+//!
+//! With the trading component WeChat has its own copy of the after-sale, and three of its
+//! moves reach ours as transitions of their own, each only once WeChat's after-sale, read
+//! back, shows it:
+//!
+//! - `take_wechat_terms`: the user changed amount, type or reason in WeChat's order centre
+//!   while the request still waits for the merchant there. Ours takes them and waits for the
+//!   merchant again (REQUESTED, or RETURNING once the goods were sent back) — also from an approval
+//!   WeChat has not acted on yet (AWAITING_RETURN; REFUNDING of a secondary-merchant order,
+//!   whose money moves only when WeChat accepts): the merchant approved other terms.
+//! - `closed_at_wechat`: REFUNDING → CANCELLED, when WeChat's after-sale was cancelled or
+//!   closed before our refund was ever asked for.
+//! - `refunded_by_wechat`: any state → REFUNDED. WeChat refunded a secondary-merchant order on
+//!   its own (the merchant let the deadline pass, or the platform ruled for the user after a
+//!   rejection): the money left, whatever ours said.
 
 use super::{
     Address, AfterSaleId, Fen, FundType, MoneyError, OpenId, Order, OrderItem, OutRefundNo,
@@ -537,6 +552,82 @@ impl AfterSale {
         }
     }
 
+    /// WeChat (secondary-merchant orders: it holds the money) refunded this after-sale, as its
+    /// after-sale read back states (13/14). Recorded from every state, not only after an
+    /// approval: WeChat refunds on its own when the merchant lets a deadline pass or the
+    /// platform rules for the user after a rejection, and the money has left either way.
+    pub fn refunded_by_wechat(&mut self, refund_id: Option<String>, now_ms: i64) -> super::Change {
+        if self.status == AfterSaleStatus::Refunded {
+            return super::Change::Unchanged;
+        }
+        self.status = AfterSaleStatus::Refunded;
+        if refund_id.is_some() {
+            self.refund_id = refund_id;
+        }
+        self.updated_at_ms = now_ms;
+        super::Change::Changed
+    }
+
+    /// WeChat's after-sale, still waiting for the merchant there, asks for other terms (the
+    /// user edited it in WeChat's order centre): ours takes them and waits for the merchant
+    /// again. From REQUESTED and RETURNING; and from an approval WeChat has not acted on — AWAITING_RETURN
+    /// (the return not accepted there yet) and, for a secondary-merchant order, REFUNDING
+    /// (the money moves only when WeChat accepts) — since the merchant approved other terms.
+    /// With the goods already back (a return and refund with a waybill) it waits at RETURNING.
+    /// The same terms while REQUESTED change nothing.
+    pub fn take_wechat_terms(
+        &mut self,
+        kind: AfterSaleKind,
+        amount: super::Fen,
+        reason: &str,
+        fund_type: FundType,
+        now_ms: i64,
+    ) -> Result<super::Change, AfterSaleTransitionError> {
+        let reopen = match self.status {
+            // Waiting for the merchant already (RETURNING: to approve the refund once the
+            // goods are there).
+            AfterSaleStatus::Requested | AfterSaleStatus::Returning => false,
+            AfterSaleStatus::AwaitingReturn => true,
+            AfterSaleStatus::Refunding if fund_type == FundType::SecondaryMerchant => true,
+            _ => return Err(self.err("take WeChat's changed request")),
+        };
+        if !reopen && self.kind == kind && self.amount == amount && self.reason == reason {
+            return Ok(super::Change::Unchanged);
+        }
+        self.kind = kind;
+        self.amount = amount;
+        self.reason = reason.to_owned();
+        let goods_back = self
+            .goods_return
+            .as_ref()
+            .is_some_and(|g| g.waybill.is_some());
+        self.status = if kind == AfterSaleKind::ReturnAndRefund && goods_back {
+            AfterSaleStatus::Returning
+        } else {
+            self.goods_return = None;
+            AfterSaleStatus::Requested
+        };
+        self.updated_at_ms = now_ms;
+        Ok(super::Change::Changed)
+    }
+
+    /// WeChat's after-sale was cancelled by the user, or closed, before our refund of this
+    /// approved after-sale was ever asked for: nothing is refunded, CANCELLED.
+    pub fn closed_at_wechat(
+        &mut self,
+        now_ms: i64,
+    ) -> Result<super::Change, AfterSaleTransitionError> {
+        match self.status {
+            AfterSaleStatus::Cancelled => Ok(super::Change::Unchanged),
+            AfterSaleStatus::Refunding => {
+                self.status = AfterSaleStatus::Cancelled;
+                self.updated_at_ms = now_ms;
+                Ok(super::Change::Changed)
+            }
+            _ => Err(self.err("close as WeChat did")),
+        }
+    }
+
     /// WeChat took the refund but could not pay it back (`CHANGE`). Also after a failure was
     /// recorded: the money is at WeChat after all.
     pub fn refund_abnormal(
@@ -587,6 +678,7 @@ impl AfterSale {
 mod tests {
     use super::super::order::tests::sample_order;
     use super::*;
+    use crate::domain::Change;
 
     /// Paid, in the trading component: 2 × A at 300 and 3 × B at 500.
     fn two_lines() -> Order {
@@ -736,6 +828,140 @@ mod tests {
             AfterSaleLine::choose(&o, Some(&ask(Some(3))), &taken).unwrap(),
         ] {
             assert_eq!((c.line.unwrap().quantity, c.most), (3, None));
+        }
+    }
+
+    // After-sales and WeChat's own moves.
+
+    fn sample(kind: AfterSaleKind, status: AfterSaleStatus) -> AfterSale {
+        AfterSale {
+            id: AfterSaleId::generate(0),
+            out_trade_no: OutTradeNo::parse("WX20240101000000abc").unwrap(),
+            openid: OpenId::parse("o_user_1").unwrap(),
+            kind,
+            amount: Fen::new(30).unwrap(),
+            reason: "dented".into(),
+            status,
+            out_refund_no: None,
+            refund_id: None,
+            wx_aftersale_id: Some(1),
+            wx_add_claimed_until_ms: None,
+            reject_reason: None,
+            goods_return: None,
+            line: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn fen(v: i64) -> Fen {
+        Fen::new(v).unwrap()
+    }
+
+    #[test]
+    fn wechat_refunds_are_recorded_from_every_state_once() {
+        use AfterSaleStatus::*;
+        for from in [
+            Requested,
+            Rejected,
+            Cancelled,
+            AwaitingReturn,
+            Returning,
+            Refunding,
+            RefundFailed,
+            RefundAbnormal,
+        ] {
+            let mut a = sample(AfterSaleKind::RefundOnly, from);
+            assert_eq!(
+                a.refunded_by_wechat(Some("r1".into()), 5),
+                Change::Changed,
+                "{from:?}"
+            );
+            assert_eq!(a.status, Refunded);
+            assert_eq!(a.refund_id.as_deref(), Some("r1"));
+            assert_eq!(a.refunded_by_wechat(None, 6), Change::Unchanged);
+            assert_eq!(a.refund_id.as_deref(), Some("r1"));
+        }
+    }
+
+    #[test]
+    fn wechat_terms_are_taken_only_before_wechat_accepts() {
+        use AfterSaleStatus::*;
+        let sm = FundType::SecondaryMerchant;
+        let mut a = sample(AfterSaleKind::RefundOnly, Requested);
+        assert_eq!(
+            a.take_wechat_terms(AfterSaleKind::RefundOnly, fen(30), "dented", sm, 1),
+            Ok(Change::Unchanged)
+        );
+        assert_eq!(
+            a.take_wechat_terms(AfterSaleKind::RefundOnly, fen(100), "broken", sm, 1),
+            Ok(Change::Changed)
+        );
+        assert_eq!(
+            (a.status, a.amount, a.reason.as_str()),
+            (Requested, fen(100), "broken")
+        );
+        // An approval WeChat has not acted on goes back to the merchant.
+        let mut a = sample(AfterSaleKind::RefundOnly, Refunding);
+        assert_eq!(
+            a.take_wechat_terms(AfterSaleKind::RefundOnly, fen(30), "dented", sm, 1),
+            Ok(Change::Changed)
+        );
+        assert_eq!(a.status, Requested);
+        // Our own refund was already asked for: not from REFUNDING of an ordinary order.
+        let mut a = sample(AfterSaleKind::RefundOnly, Refunding);
+        assert!(a
+            .take_wechat_terms(
+                AfterSaleKind::RefundOnly,
+                fen(100),
+                "x",
+                FundType::Direct,
+                1
+            )
+            .is_err());
+        // The goods came back: the refund waits for the merchant again at RETURNING.
+        let mut a = sample(AfterSaleKind::ReturnAndRefund, Refunding);
+        a.goods_return = Some(GoodsReturn {
+            address: Address {
+                receiver_name: "A".into(),
+                detailed_address: "1 Road".into(),
+                tel_number: "1".into(),
+                province: None,
+                city: None,
+                town: None,
+            },
+            waybill: Some(ReturnWaybill {
+                delivery_id: "SF".into(),
+                delivery_name: "SF".into(),
+                waybill_id: "1".into(),
+            }),
+        });
+        assert_eq!(
+            a.take_wechat_terms(AfterSaleKind::ReturnAndRefund, fen(20), "x", sm, 1),
+            Ok(Change::Changed)
+        );
+        assert_eq!(a.status, Returning);
+        for from in [Refunded, Rejected, Cancelled, RefundFailed, RefundAbnormal] {
+            let mut a = sample(AfterSaleKind::RefundOnly, from);
+            assert!(
+                a.take_wechat_terms(AfterSaleKind::RefundOnly, fen(1), "x", sm, 1)
+                    .is_err(),
+                "{from:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_an_unpaid_approval_closes_as_wechat_did() {
+        use AfterSaleStatus::*;
+        let mut a = sample(AfterSaleKind::RefundOnly, Refunding);
+        assert_eq!(a.closed_at_wechat(1), Ok(Change::Changed));
+        assert_eq!(a.status, Cancelled);
+        assert_eq!(a.closed_at_wechat(2), Ok(Change::Unchanged));
+        for from in [Refunded, RefundAbnormal, Requested] {
+            assert!(sample(AfterSaleKind::RefundOnly, from)
+                .closed_at_wechat(1)
+                .is_err());
         }
     }
 }

@@ -8,7 +8,10 @@
 //! `aftersale_refund_success` event, or the after-sale read back) completes it. A return and refund is
 //! approved twice: first the return (with the address the goods go to), then — once the user
 //! sent them back — the refund. With the trading component on, each state is mirrored to
-//! `shop/ecaftersale/*` through the outbox.
+//! `shop/ecaftersale/*` through the outbox, and WeChat's copy — read back, never a push body
+//! alone — has its say about money: nothing is accepted there on terms the user has since
+//! edited, no refund is paid for an after-sale WeChat shows cancelled or closed, a refund
+//! WeChat made on its own is recorded, and our own after-sale is never imported back.
 
 use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
@@ -790,6 +793,26 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
     if refund.value.status != RefundStatus::Pending {
         return Ok(());
     }
+    if order.value.wx_order_id.is_some() {
+        match standing_at_wechat(app, &a.value).await? {
+            (Standing::Open, _) => {}
+            (Standing::Unclear, status) => {
+                return Err(TaskError::Permanent(format!(
+                    "after-sale {id}: WeChat's after-sale is at status {status}, neither open \
+                     nor closed; not refunding it on a guess"
+                )))
+            }
+            (Standing::Closed, status) => {
+                if !refund_taken(app, &out_refund_no).await? {
+                    close_as_wechat_did(app, id, status, Some(&out_refund_no)).await?;
+                    return Ok(());
+                }
+                // Taken by an earlier attempt whose answer was lost: the money is moving.
+                // Asked again under the same number, so that it is tracked to its end.
+                tracing::error!(aftersale_id = %id, wx_status = status, out_refund_no = %out_refund_no, "the after-sale was cancelled or closed at WeChat, but WeChat Pay already took its refund; following it");
+            }
+        }
+    }
     match super::pay_orders::refund(
         app,
         &order.value,
@@ -1057,6 +1080,9 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
         Some(wx) => (a.value, wx),
         None => add_at_wechat(app, &order.value, a).await?,
     };
+    if !before_accepting(app, &order.value, &a, wx_id).await? {
+        return Ok(());
+    }
     super::shop_orders::aftersale_state(app, &order.value, &a, wx_id).await?;
     if order.value.fund_type != FundType::SecondaryMerchant
         || a.status != AfterSaleStatus::Refunding
@@ -1084,6 +1110,180 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
              refunded",
             wx.status
         ))),
+    }
+}
+
+/// Before WeChat is told the merchant accepts (`acceptreturn`; `acceptrefund`, which makes
+/// WeChat refund a secondary-merchant order — its amount, not ours): WeChat's after-sale, read
+/// back now, must still be what the merchant approved, and still open. Neither call names an
+/// amount, and the user may have edited the request in WeChat's order centre (its
+/// `aftersale_update_order` push not applied yet, or lost), or cancelled it there. `false`:
+/// nothing is to be accepted now —
+///
+/// - other terms while it waits for the merchant there: ours takes them and goes back to the
+///   merchant ([`adopt_wechat_terms`]). Not for an approved refund of an order whose money we
+///   hold: our refund of our amount is under way already, and WeChat's acceptance moves none;
+/// - cancelled or closed there while ours is REFUNDING: a secondary-merchant order's is
+///   CANCELLED (WeChat will not refund it); for an order whose money we hold the refund task
+///   decides ([`issue_refund`]: only it knows whether the refund was asked for), so the sync
+///   waits for that.
+///
+/// The user could still edit between this read and the acceptance; the refund WeChat then
+/// reports is recorded at its amount, with an event ([`record_wechat_refund`]).
+async fn before_accepting(
+    app: &App,
+    order: &crate::domain::Order,
+    a: &AfterSale,
+    wx_id: u64,
+) -> Result<bool, TaskError> {
+    if !matches!(
+        a.status,
+        AfterSaleStatus::AwaitingReturn | AfterSaleStatus::Returning | AfterSaleStatus::Refunding
+    ) {
+        return Ok(true);
+    }
+    let wx = app
+        .wx
+        .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+        .await
+        .map_err(wx_task_error)?;
+    let ours_refunding = a.status == AfterSaleStatus::Refunding;
+    let secondary = order.fund_type == FundType::SecondaryMerchant;
+    let awaiting = match a.status {
+        // The return not accepted there yet (`acceptreturn` to come).
+        AfterSaleStatus::AwaitingReturn | AfterSaleStatus::Returning => {
+            wx.status == WX_AWAITING_MERCHANT
+        }
+        // 12: the merchant is overdue, and may still accept.
+        _ => matches!(
+            wx.status,
+            WX_AWAITING_MERCHANT | WX_AWAITING_RECEIPT | WX_MERCHANT_OVERDUE
+        ),
+    };
+    if awaiting {
+        if (ours_refunding && !secondary)
+            || (kind_of(wx.kind) == Some(a.kind) && wx.orderamt == a.amount)
+        {
+            return Ok(true);
+        }
+        tracing::warn!(aftersale_id = %a.id, ours = a.amount.get(), wechat = wx.orderamt.get(), ours_type = a.kind.code(), wechat_type = wx.kind, "WeChat's after-sale is not what the merchant approved: not accepting it");
+        adopt_wechat_terms(app, &a.id, &wx).await?;
+        return Ok(false);
+    }
+    if ours_refunding && Standing::of(wx.status) == Standing::Closed {
+        if !secondary {
+            return Err(TaskError::Retry(format!(
+                "after-sale {} is closed at WeChat (status {}); the refund task settles it first",
+                a.id, wx.status
+            )));
+        }
+        close_as_wechat_did(app, &a.id, wx.status, None).await?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Ours `id`, approved (REFUNDING), was cancelled or closed at WeChat (`wx_status`) before
+/// any refund of it was asked for: CANCELLED, its hold on the order given back and — an order
+/// whose money we hold — its refund record (under `out_refund_no`, still PENDING: WeChat Pay
+/// took nothing under it) FAILED. Nothing is mirrored: WeChat's is closed already. The
+/// merchant is told (an `aftersale_wechat` event, a WARN log): they approved a refund that
+/// will not be made.
+async fn close_as_wechat_did(
+    app: &App,
+    id: &AfterSaleId,
+    wx_status: i64,
+    out_refund_no: Option<&crate::domain::OutRefundNo>,
+) -> Result<(), ApiError> {
+    let closed = with_retries::<_, ApiError, _, _>(app, || async {
+        let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? else {
+            return Ok(Attempt::Done(false));
+        };
+        if a.value.status != AfterSaleStatus::Refunding
+            || a.value.out_refund_no.as_ref() != out_refund_no
+        {
+            return Ok(Attempt::Done(false)); // moved on, or renumbered, meanwhile
+        }
+        let now = app.clock.now_ms();
+        let mut next = a.value.clone();
+        if next.closed_at_wechat(now).is_err() {
+            return Ok(Attempt::Done(false));
+        }
+        let mut batch = Batch::new();
+        if let Some(no) = out_refund_no {
+            if let Some(r) = repo::get_refund(app.store.as_ref(), no).await? {
+                if r.value.status != RefundStatus::Pending {
+                    return Ok(Attempt::Done(false)); // WeChat Pay has it: not ours to close
+                }
+                let mut nr = r.value.clone();
+                nr.status = RefundStatus::Failed;
+                nr.updated_at_ms = now;
+                batch.update_refund(&r, &nr);
+            }
+        }
+        batch.update_aftersale(&a, &next);
+        if let Some(o) = repo::get_order(app.store.as_ref(), &a.value.out_trade_no).await? {
+            let mut next_order = o.value.clone();
+            if next_order.release_claim(id, now) == Change::Changed {
+                batch.update_order(&o, &next_order);
+            }
+        }
+        Ok(Attempt::Commit(batch, true))
+    })
+    .await?;
+    if closed {
+        tracing::warn!(aftersale_id = %id, wx_status, "the approved after-sale was cancelled or closed at WeChat before its refund: CANCELLED, nothing refunded");
+        tell_merchant(
+            app,
+            format!("closed/{id}"),
+            serde_json::json!({
+                "what": "approved, but cancelled or closed at WeChat before the refund; nothing refunded",
+                "aftersale_id": id.as_str(), "wx_status": wx_status,
+            }),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// An approved refund of an order in the trading component, before WeChat Pay is asked: is
+/// WeChat's after-sale still open? The user may have cancelled it in WeChat's order centre
+/// (and the merchant approved before the `aftersale_user_cancel` push was applied). Read by
+/// the id we stored, else by ours: an after-sale WeChat does not have (its add is still
+/// queued) cannot have been cancelled there — refused lookups by our id mean "not there", as
+/// in `aftersale_find_or_add` (WeChat's errcode for it is UNVERIFIED). A failed read is a
+/// retry, a status that says neither open nor closed is for a person: never refunded on a
+/// guess.
+async fn standing_at_wechat(app: &App, a: &AfterSale) -> Result<(Standing, i64), TaskError> {
+    let key = match a.wx_aftersale_id {
+        Some(wx) => crate::shop::types::AfterSaleKey::Id(wx),
+        None => crate::shop::types::AfterSaleKey::Out(a.id.to_string()),
+    };
+    match app.wx.ecaftersale_get(&key).await {
+        Ok(wx) => Ok((Standing::of(wx.status), wx.status)),
+        Err(e @ crate::shop::WxError::Api { .. })
+            if a.wx_aftersale_id.is_none() && e.kind() == crate::shop::WxErrorKind::Permanent =>
+        {
+            Ok((Standing::Open, 0))
+        }
+        Err(e) => Err(wx_task_error(e)),
+    }
+}
+
+/// Whether WeChat Pay has a refund under `no` — asked before an approved refund is dropped:
+/// an earlier attempt may have been taken with its answer lost.
+async fn refund_taken(app: &App, no: &crate::domain::OutRefundNo) -> Result<bool, TaskError> {
+    match app
+        .pay
+        .refund_query(crate::pay::RefundRef::OutRefundNo(no.clone()))
+        .await
+    {
+        Ok(r) if !r.refunds.is_empty() => Ok(true),
+        Ok(_) => Err(TaskError::Retry(format!(
+            "refundquery for {no} answered without refunds"
+        ))),
+        Err(crate::pay::PayError::Business { code, .. }) if code == "REFUNDNOTEXIST" => Ok(false),
+        Err(e) => Err(TaskError::Retry(format!("refundquery for {no}: {e}"))),
     }
 }
 
@@ -1147,6 +1347,144 @@ async fn wechat_refund_of(
 
 /// EC after-sale `status` 1: the user cancelled it (WECHAT_SHOP.md §7.3).
 const WX_USER_CANCELLED: i64 = 1;
+/// EC after-sale `status` 2: waiting for the merchant (the only state the user may edit it in).
+const WX_AWAITING_MERCHANT: i64 = 2;
+/// EC after-sale `status` 8: a return's goods are on their way back; the merchant is to
+/// accept the refund.
+const WX_AWAITING_RECEIPT: i64 = 8;
+/// EC after-sale `status` 12: the merchant let the refund deadline pass.
+const WX_MERCHANT_OVERDUE: i64 = 12;
+
+/// Whether WeChat's after-sale, by its EC `status`, still stands (§7.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    /// Waiting for the merchant or the user (2, 6, 8, 12, 17), or accepted (13–15).
+    Open,
+    /// 1 cancelled by the user; 4, 5 rejected; 7, 19 closed: no refund is wanted any more.
+    Closed,
+    /// 0, 16, 18 or a status we do not know: neither, for a person.
+    Unclear,
+}
+
+impl Standing {
+    fn of(status: i64) -> Self {
+        match status {
+            2 | 6 | 8 | 12 | 13 | 14 | 15 | 17 => Standing::Open,
+            1 | 4 | 5 | 7 | 19 => Standing::Closed,
+            _ => Standing::Unclear,
+        }
+    }
+}
+
+/// What became of WeChat's changed request (see [`adopt_wechat_terms`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Terms {
+    /// Ours has them already, or no longer waits for the merchant: nothing changed.
+    Unchanged,
+    /// Ours took them (and waits for the merchant again, if it was approved).
+    Taken,
+    /// The order cannot hold them (`why`): ours kept its own, waiting for the merchant again
+    /// if it was approved, and a person is told.
+    Held(String),
+}
+
+/// WeChat's after-sale `wx` (read back, still waiting for the merchant there) asks for other
+/// terms than ours `id` — the user edited amount, type or reason in WeChat's order centre.
+/// Ours takes them, its hold on the order moved to the new amount, while it waits for the
+/// merchant; an approval WeChat has not acted on (AWAITING_RETURN, or REFUNDING of a
+/// secondary-merchant order) goes back to the merchant, who approved other terms. Terms the
+/// order cannot hold (beyond what other open after-sales leave, or a type we do not know) are
+/// not taken: ours keeps its own, back with the merchant all the same — accepting at WeChat
+/// would refund WeChat's amount — and a person is told (an `aftersale_wechat` event and an
+/// ERROR log): the merchant rejects it, or the user changes it again.
+async fn adopt_wechat_terms(
+    app: &App,
+    id: &AfterSaleId,
+    wx: &crate::shop::aftersale::EcAfterSaleOrder,
+) -> Result<Terms, ApiError> {
+    let kind = kind_of(wx.kind);
+    let reason = reason_of(wx);
+    let (outcome, was) = with_retries::<_, ApiError, _, _>(app, || async {
+        let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? else {
+            return Ok(Attempt::Done((Terms::Unchanged, None)));
+        };
+        let Some(order) = repo::get_order(app.store.as_ref(), &a.value.out_trade_no).await? else {
+            return Ok(Attempt::Done((Terms::Unchanged, None)));
+        };
+        let now = app.clock.now_ms();
+        let mut next_order = order.value.clone();
+        let fits = match kind {
+            None => Err(format!("WeChat's after-sale type {} is not one we know", wx.kind)),
+            Some(_) => next_order
+                .claim_refund(id, wx.orderamt, now)
+                .map_err(|e| format!("{e} (other open after-sales of the order hold the rest)")),
+        };
+        let mut next = a.value.clone();
+        let taken = match (&fits, kind) {
+            (Ok(_), Some(k)) => next.take_wechat_terms(k, wx.orderamt, &reason, order.value.fund_type, now),
+            _ => {
+                let (k, amount, r) = (a.value.kind, a.value.amount, a.value.reason.clone());
+                next.take_wechat_terms(k, amount, &r, order.value.fund_type, now)
+            }
+        };
+        let changed = match taken {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(aftersale_id = %id, error = %e, "WeChat's changed request not taken: ours no longer waits for the merchant");
+                return Ok(Attempt::Done((Terms::Unchanged, None)));
+            }
+        };
+        let outcome = match fits {
+            Ok(_) if changed == Change::Changed => Terms::Taken,
+            Ok(_) => Terms::Unchanged,
+            Err(why) => Terms::Held(why),
+        };
+        let mut batch = Batch::new();
+        if changed == Change::Changed {
+            batch.update_aftersale(&a, &next);
+        }
+        if outcome == Terms::Taken && next_order != order.value {
+            batch.update_order(&order, &next_order);
+        }
+        if batch.is_empty() {
+            return Ok(Attempt::Done((outcome, Some(a.value))));
+        }
+        Ok(Attempt::Commit(batch, (outcome, Some(a.value))))
+    })
+    .await?;
+    let Some(was) = was else {
+        return Ok(outcome);
+    };
+    let body = serde_json::json!({
+        "aftersale_id": id.as_str(), "wx_aftersale_id": wx.aftersale_id,
+        "out_order_id": was.out_trade_no.as_str(), "was": was.status.as_str(),
+        "our_amount": was.amount.get(), "our_type": was.kind.code(),
+        "wechat_amount": wx.orderamt.get(), "wechat_type": wx.kind,
+    });
+    let key = format!(
+        "terms/{}/{}/{}",
+        wx.aftersale_id, wx.update_time, was.updated_at_ms
+    );
+    match &outcome {
+        Terms::Unchanged => {}
+        Terms::Taken => {
+            tracing::warn!(aftersale_id = %id, was = was.status.as_str(), ours = was.amount.get(), wechat = wx.orderamt.get(), "the user changed the request in WeChat: ours takes WeChat's terms and waits for the merchant");
+            let mut body = body;
+            body["what"] = serde_json::json!(
+                "the user changed the request in WeChat; approve it again on these terms"
+            );
+            tell_merchant(app, key, body).await;
+        }
+        Terms::Held(why) => {
+            tracing::error!(aftersale_id = %id, was = was.status.as_str(), ours = was.amount.get(), wechat = wx.orderamt.get(), why = %why, "the user changed the request in WeChat to terms the order cannot hold: not accepted at WeChat; reject it, or wait for the user to change it");
+            let mut body = body;
+            body["what"] = serde_json::json!("the user changed the request in WeChat to terms the order cannot hold; not accepted");
+            body["why"] = serde_json::json!(why);
+            tell_merchant(app, key, body).await;
+        }
+    }
+    Ok(outcome)
+}
 
 /// Where WeChat's refund of an accepted after-sale stands, from its EC after-sale `status`
 /// (WECHAT_SHOP.md §7.3).
@@ -1183,9 +1521,17 @@ fn wx_task_error(e: crate::shop::WxError) -> TaskError {
 }
 
 /// Secondary-merchant order: WeChat refunded the after-sale (`wx`, as read from
-/// `ecaftersale/get`, status 13 or 14): ours REFUNDED and the order's refunded amount, in one
-/// write. A repeat changes nothing. Orders whose money we hold are completed only by their
-/// signed refund notification.
+/// `ecaftersale/get`, status 13 or 14): ours `id` REFUNDED and the order's refunded amount
+/// grown by what WeChat refunded (its `orderamt`), in one write. A repeat changes nothing.
+/// Orders whose money we hold are completed only by their signed refund notification.
+///
+/// The money has left whatever ours said, so it is recorded from every state — after the
+/// merchant's approval, but also on WeChat's own (the merchant let a deadline pass, the
+/// platform ruled for the user after a rejection) — and an after-sale we never heard of (its
+/// new-request push lost) is imported as REFUNDED under [`imported_id`]. Anything but the
+/// approved amount after an approval is told to the merchant (an `aftersale_wechat` event
+/// and a WARN log). A refund beyond what the order has left to refund is not recorded (that
+/// would corrupt the order's books): an event and an ERROR log, for a person.
 async fn record_wechat_refund(
     app: &App,
     id: &AfterSaleId,
@@ -1196,49 +1542,187 @@ async fn record_wechat_refund(
         .as_ref()
         .and_then(|d| d.refund_id.clone())
         .filter(|r| !r.trim().is_empty());
+    let amount = wx.orderamt;
+    let imported = imported_id(wx.aftersale_id)?;
     let recorded = with_retries::<_, ApiError, _, _>(app, || async {
-        let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? else {
-            return Ok(Attempt::Done(false));
+        let current = repo::get_aftersale(app.store.as_ref(), id).await?;
+        let no = match &current {
+            Some(a) => {
+                let same = a.value.wx_aftersale_id == Some(wx.aftersale_id)
+                    || wx.out_aftersale_id.as_deref() == Some(a.value.id.as_str());
+                if !same {
+                    tracing::warn!(security = true, aftersale_id = %id, wx_aftersale_id = wx.aftersale_id, "WeChat's refunded after-sale is not this one; nothing recorded");
+                    return Ok(Attempt::Done(WeChatRefundRecord::Nothing));
+                }
+                a.value.out_trade_no.clone()
+            }
+            None if *id == imported => match wx
+                .out_order_id
+                .clone()
+                .and_then(|o| OutTradeNo::parse(o).ok())
+            {
+                Some(no) => no,
+                None => return Ok(Attempt::Done(WeChatRefundRecord::Nothing)),
+            },
+            None => return Ok(Attempt::Done(WeChatRefundRecord::Nothing)),
         };
-        let same = a.value.wx_aftersale_id == Some(wx.aftersale_id)
-            || wx.out_aftersale_id.as_deref() == Some(a.value.id.as_str());
-        if !same {
-            tracing::warn!(security = true, aftersale_id = %id, wx_aftersale_id = wx.aftersale_id, "WeChat's refunded after-sale is not this one; nothing recorded");
-            return Ok(Attempt::Done(false));
-        }
-        let order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
-            .await?
-            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+        let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+            tracing::warn!(aftersale_id = %id, out_order_id = %no, "WeChat refunded an after-sale of an order we do not have; nothing recorded");
+            return Ok(Attempt::Done(WeChatRefundRecord::Nothing));
+        };
         if order.value.fund_type != FundType::SecondaryMerchant {
-            return Ok(Attempt::Done(false));
+            return Ok(Attempt::Done(WeChatRefundRecord::Nothing));
         }
         let now = app.clock.now_ms();
-        let mut next = a.value.clone();
-        match next.refunded(refund_id.clone(), now) {
-            Ok(Change::Unchanged) => return Ok(Attempt::Done(false)),
-            Ok(Change::Changed) => {}
-            Err(e) => {
-                tracing::warn!(aftersale_id = %id, error = %e, "WeChat refunded an after-sale we did not approve; not recorded here");
-                return Ok(Attempt::Done(false));
-            }
-        }
-        if wx.orderamt != a.value.amount {
-            tracing::warn!(aftersale_id = %id, ours = a.value.amount.get(), wechat = wx.orderamt.get(), "WeChat refunded another amount than ours; recording ours");
-        }
         let mut next_order = order.value.clone();
-        next_order
-            .refund_aftersale(id, a.value.amount, now)
-            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
         let mut batch = Batch::new();
-        batch.update_aftersale(&a, &next);
+        let what = match &current {
+            Some(a) => {
+                let mut next = a.value.clone();
+                if next.refunded_by_wechat(refund_id.clone(), now) == Change::Unchanged {
+                    return Ok(Attempt::Done(WeChatRefundRecord::Nothing));
+                }
+                if next_order.refund_aftersale(id, amount, now).is_err() {
+                    return Ok(Attempt::Done(WeChatRefundRecord::Exceeds {
+                        refundable: order.value.refundable(),
+                    }));
+                }
+                next.amount = amount;
+                batch.update_aftersale(a, &next);
+                let approved = matches!(
+                    a.value.status,
+                    AfterSaleStatus::Refunding
+                        | AfterSaleStatus::RefundFailed
+                        | AfterSaleStatus::RefundAbnormal
+                );
+                if approved && a.value.amount == amount {
+                    WeChatRefundRecord::Approved
+                } else {
+                    WeChatRefundRecord::OnItsOwn {
+                        from: a.value.status,
+                        ours: a.value.amount,
+                    }
+                }
+            }
+            None => {
+                if next_order.refund(amount, now).is_err() {
+                    return Ok(Attempt::Done(WeChatRefundRecord::Exceeds {
+                        refundable: order.value.refundable(),
+                    }));
+                }
+                batch.create_aftersale(&AfterSale {
+                    id: id.clone(),
+                    out_trade_no: no.clone(),
+                    openid: order.value.openid.clone(),
+                    kind: kind_of(wx.kind).unwrap_or(AfterSaleKind::RefundOnly),
+                    amount,
+                    reason: reason_of(wx),
+                    status: AfterSaleStatus::Refunded,
+                    out_refund_no: None,
+                    refund_id: refund_id.clone(),
+                    wx_aftersale_id: Some(wx.aftersale_id),
+                    wx_add_claimed_until_ms: None,
+                    reject_reason: None,
+                    goods_return: None,
+                    line: AfterSaleLine::of_wechat(
+                        &order.value,
+                        wx.product_info.out_product_id.as_deref().unwrap_or_default(),
+                        wx.product_info.out_sku_id.as_deref().unwrap_or_default(),
+                        wx.product_info.product_cnt,
+                    ),
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                });
+                WeChatRefundRecord::Imported
+            }
+        };
         batch.update_order(&order, &next_order);
-        Ok(Attempt::Commit(batch, true))
+        Ok(Attempt::Commit(batch, what))
     })
     .await?;
-    if recorded {
-        tracing::info!(aftersale_id = %id, refund_id = refund_id.as_deref().unwrap_or(""), "after-sale refunded by WeChat (secondary merchant)");
+    let refund_id = refund_id.as_deref().unwrap_or("");
+    let note = |what: &str| {
+        serde_json::json!({
+            "what": what, "aftersale_id": id.as_str(), "wx_aftersale_id": wx.aftersale_id,
+            "out_order_id": wx.out_order_id, "wechat_amount": amount.get(), "refund_id": refund_id,
+        })
+    };
+    match recorded {
+        WeChatRefundRecord::Nothing => {}
+        WeChatRefundRecord::Approved => {
+            tracing::info!(aftersale_id = %id, refund_id, "after-sale refunded by WeChat (secondary merchant)");
+        }
+        WeChatRefundRecord::OnItsOwn { from, ours } => {
+            tracing::warn!(aftersale_id = %id, from = from.as_str(), ours = ours.get(), wechat = amount.get(), refund_id, "WeChat refunded this after-sale on its own (not as approved here): recorded as REFUNDED with WeChat's amount");
+            let mut body = note("refunded by WeChat on its own");
+            body["was"] = serde_json::json!(from.as_str());
+            body["our_amount"] = serde_json::json!(ours.get());
+            tell_merchant(app, format!("refunded/{}", wx.aftersale_id), body).await;
+        }
+        WeChatRefundRecord::Imported => {
+            tracing::warn!(aftersale_id = %id, wechat = amount.get(), refund_id, "WeChat refunded an after-sale we never heard of: imported as REFUNDED");
+            tell_merchant(
+                app,
+                format!("refunded/{}", wx.aftersale_id),
+                note("refunded by WeChat; the request never reached us"),
+            )
+            .await;
+        }
+        WeChatRefundRecord::Exceeds { refundable } => {
+            tracing::error!(aftersale_id = %id, wechat = amount.get(), refundable = refundable.get(), "WeChat says it refunded more than this order had left to refund: not recorded; check the order and WeChat's after-sales by hand");
+            let mut body = note("refunded by WeChat beyond what the order had left; not recorded");
+            body["refundable"] = serde_json::json!(refundable.get());
+            tell_merchant(app, format!("exceeds/{}", wx.aftersale_id), body).await;
+        }
     }
     Ok(())
+}
+
+/// What [`record_wechat_refund`] did.
+enum WeChatRefundRecord {
+    /// Recorded already, not ours, or not an order WeChat refunds.
+    Nothing,
+    /// The merchant's approval, completed at its amount.
+    Approved,
+    /// Recorded, though ours was at `from` (not approved) or asked for `ours`.
+    OnItsOwn { from: AfterSaleStatus, ours: Fen },
+    /// An after-sale we never heard of, imported as REFUNDED.
+    Imported,
+    /// More than the order has left to refund (`refundable`): not recorded.
+    Exceeds { refundable: Fen },
+}
+
+/// The event source of what WeChat did to an after-sale that a person should know (listed by
+/// `/admin/orderSync {"action": "events"}`).
+pub const WECHAT_AFTERSALE_EVENTS: &str = "aftersale_wechat";
+
+/// Keeps `body` as an [`WECHAT_AFTERSALE_EVENTS`] event under `key` (once). Told after the
+/// state it describes is written; a failure to keep it is logged, the state stands.
+async fn tell_merchant(app: &App, key: String, body: serde_json::Value) {
+    if let Err(e) =
+        super::common::keep_evidence(app, WECHAT_AFTERSALE_EVENTS, key, body.to_string()).await
+    {
+        tracing::error!(error = %e, event = %body, "could not keep an after-sale event for the merchant");
+    }
+}
+
+/// Our after-sale kind for WeChat's `type` (1 refund only, 2 return and refund).
+fn kind_of(wx_type: i64) -> Option<AfterSaleKind> {
+    match wx_type {
+        1 => Some(AfterSaleKind::RefundOnly),
+        2 => Some(AfterSaleKind::ReturnAndRefund),
+        _ => None,
+    }
+}
+
+/// WeChat's refund reason as ours keeps it (≤ 200 characters, never empty).
+fn reason_of(wx: &crate::shop::aftersale::EcAfterSaleOrder) -> String {
+    let r: String = wx.refund_reason.trim().chars().take(200).collect();
+    if r.is_empty() {
+        "requested in WeChat".into()
+    } else {
+        r
+    }
 }
 
 /// Adds the after-sale at WeChat (or adopts the one WeChat has under our id) and stores
@@ -1298,11 +1782,220 @@ fn imported_id(wx_id: u64) -> Result<AfterSaleId, ApiError> {
     AfterSaleId::parse(format!("WXAS{wx_id}")).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// After-sale events pushed by WeChat (`aftersale_*`). A request the user opened in WeChat's
-/// order centre is imported (from `shop/ecaftersale/get`) so the merchant sees and decides it
-/// here; a cancellation in WeChat cancels ours; a refund WeChat made (secondary-merchant
-/// orders) completes ours. Other events are recorded by the caller and need nothing from us:
-/// refunds of orders whose money we hold are completed by the refund notification.
+/// Ours of an after-sale WeChat has, if we have one.
+enum Ours {
+    Known(AfterSaleId),
+    Unknown,
+    /// Named as ours, but ours is WeChat's other after-sale or another order's: nothing done.
+    Conflicting,
+}
+
+/// Ours of WeChat's after-sale `wx` (read back from `ecaftersale/get`, so believed): the one
+/// it names as its `out_aftersale_id` — ours, added by `ecaftersale/add`, even before we
+/// stored WeChat's id from the add's answer — the one imported under [`imported_id`], or one
+/// of the order's that stored WeChat's id. `aftersale_new_order` carries no
+/// `out_aftersale_id`, and WeChat may push it for our own add too (UNVERIFIED): our request
+/// must never be imported a second time, which would hold and refund its amount twice.
+async fn find_ours(
+    app: &App,
+    wx: &crate::shop::aftersale::EcAfterSaleOrder,
+) -> Result<Ours, ApiError> {
+    let store = app.store.as_ref();
+    let order_no = wx
+        .out_order_id
+        .clone()
+        .and_then(|o| OutTradeNo::parse(o).ok());
+    let named = wx
+        .out_aftersale_id
+        .clone()
+        .filter(|o| !o.trim().is_empty())
+        .and_then(|o| AfterSaleId::parse(o).ok());
+    let mut found = None;
+    for id in named.into_iter().chain([imported_id(wx.aftersale_id)?]) {
+        if let Some(a) = repo::get_aftersale(store, &id).await? {
+            found = Some(a);
+            break;
+        }
+    }
+    if found.is_none() {
+        if let Some(no) = &order_no {
+            found = repo::aftersales_of_order(store, no)
+                .await?
+                .into_iter()
+                .find(|a| a.value.wx_aftersale_id == Some(wx.aftersale_id));
+        }
+    }
+    let Some(a) = found else {
+        return Ok(Ours::Unknown);
+    };
+    let other_wx = a
+        .value
+        .wx_aftersale_id
+        .is_some_and(|w| w != wx.aftersale_id);
+    let other_order = order_no.is_some_and(|no| no != a.value.out_trade_no);
+    if other_wx || other_order {
+        tracing::warn!(security = true, aftersale_id = %a.value.id, wx_aftersale_id = wx.aftersale_id, ours_wx = ?a.value.wx_aftersale_id, "WeChat's after-sale names ours, but ours is another after-sale there or of another order; nothing done");
+        return Ok(Ours::Conflicting);
+    }
+    Ok(Ours::Known(a.value.id))
+}
+
+/// WeChat's after-sale an event is about, read back: by the id stored for ours, else the
+/// event's. The event's body itself is not believed (in plaintext push mode the signature does
+/// not cover it). `None`: the event names none.
+async fn read_wechat_aftersale(
+    app: &App,
+    ours: Option<&AfterSaleId>,
+    info: &crate::push::AfterSaleInfo,
+) -> Result<Option<crate::shop::aftersale::EcAfterSaleOrder>, ApiError> {
+    let stored = match ours {
+        Some(id) => repo::get_aftersale(app.store.as_ref(), id)
+            .await?
+            .and_then(|a| a.value.wx_aftersale_id),
+        None => None,
+    };
+    let Some(wx_id) = stored.or(info.aftersale_id) else {
+        return Ok(None);
+    };
+    app.wx
+        .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+        .await
+        .map(Some)
+        .map_err(super::shop_orders::wx_error)
+}
+
+/// A request WeChat has: ours adopted (WeChat's id stored, if it was not yet), or — opened by
+/// the user in WeChat's order centre — imported so the merchant sees and decides it here.
+async fn import_from_wechat(
+    app: &App,
+    wx: &crate::shop::aftersale::EcAfterSaleOrder,
+    pushed_out_order_id: &str,
+) -> Result<(), ApiError> {
+    match find_ours(app, wx).await? {
+        Ours::Known(id) => adopt_wechat_id(app, &id, wx.aftersale_id).await,
+        Ours::Conflicting => Ok(()),
+        Ours::Unknown => import_new(app, wx, pushed_out_order_id).await,
+    }
+}
+
+/// Ours `id` is WeChat's after-sale `wx_id`: the id stored if it was not (the new-request push
+/// came before the answer of our `ecaftersale/add` was stored). Nothing imported.
+async fn adopt_wechat_id(app: &App, id: &AfterSaleId, wx_id: u64) -> Result<(), ApiError> {
+    let adopted = with_retries::<_, ApiError, _, _>(app, || async {
+        let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? else {
+            return Ok(Attempt::Done(false));
+        };
+        if a.value.wx_aftersale_id.is_some() {
+            return Ok(Attempt::Done(false));
+        }
+        let mut next = a.value.clone();
+        next.wx_aftersale_id = Some(wx_id);
+        let mut batch = Batch::new();
+        batch.update_aftersale(&a, &next);
+        Ok(Attempt::Commit(batch, true))
+    })
+    .await?;
+    tracing::info!(aftersale_id = %id, wx_aftersale_id = wx_id, adopted, "WeChat's new after-sale is ours; not imported");
+    Ok(())
+}
+
+/// Imports WeChat's after-sale `wx`, which is not ours (see [`find_ours`]), as REQUESTED under
+/// [`imported_id`].
+async fn import_new(
+    app: &App,
+    wx: &crate::shop::aftersale::EcAfterSaleOrder,
+    pushed_out_order_id: &str,
+) -> Result<(), ApiError> {
+    let wx_id = wx.aftersale_id;
+    let id = imported_id(wx_id)?;
+    if wx
+        .out_aftersale_id
+        .as_deref()
+        .is_some_and(|o| !o.trim().is_empty())
+    {
+        tracing::warn!(wx_aftersale_id = wx_id, out_aftersale_id = ?wx.out_aftersale_id, "WeChat's after-sale names a merchant id we do not have; imported as a new request");
+    }
+    let Some(out_order_id) = wx
+        .out_order_id
+        .clone()
+        .or_else(|| (!pushed_out_order_id.is_empty()).then(|| pushed_out_order_id.to_owned()))
+    else {
+        tracing::warn!(
+            wx_aftersale_id = wx_id,
+            "after-sale for an order we cannot name; recorded only"
+        );
+        return Ok(());
+    };
+    let Ok(no) = OutTradeNo::parse(out_order_id) else {
+        return Ok(());
+    };
+    // Held on the order like an application here when it fits what is left; beyond that it
+    // is recorded without a hold, for the merchant to see and decide (an approval then needs
+    // the hold).
+    let imported = with_retries::<_, ApiError, _, _>(app, || async {
+        if repo::get_aftersale(app.store.as_ref(), &id)
+            .await?
+            .is_some()
+        {
+            return Ok(Attempt::Done(None)); // imported concurrently
+        }
+        let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+            tracing::warn!(out_order_id = %no, "after-sale for an order we do not have; recorded only");
+            return Ok(Attempt::Done(None));
+        };
+        let now = app.clock.now_ms();
+        let mut aftersale = AfterSale {
+            id: id.clone(),
+            out_trade_no: no.clone(),
+            openid: order.value.openid.clone(),
+            kind: kind_of(wx.kind).unwrap_or(AfterSaleKind::RefundOnly),
+            amount: wx.orderamt,
+            reason: reason_of(wx),
+            status: AfterSaleStatus::Requested,
+            out_refund_no: None,
+            refund_id: None,
+            wx_aftersale_id: Some(wx_id),
+            wx_add_claimed_until_ms: None,
+            reject_reason: None,
+            goods_return: None,
+            line: AfterSaleLine::of_wechat(
+                &order.value,
+                wx.product_info.out_product_id.as_deref().unwrap_or_default(),
+                wx.product_info.out_sku_id.as_deref().unwrap_or_default(),
+                wx.product_info.product_cnt,
+            ),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let mut batch = Batch::new();
+        let mut next_order = order.value.clone();
+        let held = next_order.claim_refund(&id, wx.orderamt, now).is_ok()
+            && open_unheld(app, &order.value).await?.get() + wx.orderamt.get()
+                <= order.value.claimable().get();
+        if held {
+            batch.update_order(&order, &next_order);
+        } else {
+            aftersale.amount = wx.orderamt.min(order.value.refundable());
+            tracing::warn!(aftersale_id = %id, asked = wx.orderamt.get(), claimable = order.value.claimable().get(), "after-sale from WeChat asks for more than open after-sales leave; recorded without a hold");
+        }
+        batch.create_aftersale(&aftersale);
+        Ok(Attempt::Commit(batch, Some(aftersale)))
+    })
+    .await?;
+    if let Some(a) = imported {
+        tracing::info!(aftersale_id = %a.id, amount = a.amount.get(), "after-sale imported from WeChat");
+    }
+    Ok(())
+}
+
+/// After-sale events pushed by WeChat (`aftersale_*`), each believed only as WeChat's
+/// after-sale, read back from `shop/ecaftersale/get`, states it. A request the user opened in
+/// WeChat's order centre is imported so the merchant sees and decides it here (ours, added by
+/// us, is recognised and never imported again); the user's edit of a request still waiting
+/// for the merchant changes ours to match; a cancellation in WeChat cancels ours; a refund
+/// WeChat made (secondary-merchant orders) completes ours — approved here or not. Other
+/// events are recorded by the caller and need nothing from us: refunds of orders whose money
+/// we hold are completed by the refund notification.
 pub async fn on_wechat_event(
     app: &App,
     kind: &crate::push::AfterSaleEventKind,
@@ -1316,99 +2009,37 @@ pub async fn on_wechat_event(
     };
     match kind {
         K::NewOrder => {
-            let (Some(wx_id), Some(id)) = (info.aftersale_id, ours) else {
+            let Some(wx_id) = info.aftersale_id else {
                 return Ok(());
             };
-            if repo::get_aftersale(app.store.as_ref(), &id)
-                .await?
-                .is_some()
-            {
-                return Ok(()); // ours (we created it) or already imported
+            if let Some(id) = &ours {
+                if repo::get_aftersale(app.store.as_ref(), id).await?.is_some() {
+                    return Ok(()); // ours (we created it) or already imported
+                }
             }
             let wx = app
                 .wx
                 .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
                 .await
                 .map_err(super::shop_orders::wx_error)?;
-            let Some(out_order_id) = wx
-                .out_order_id
-                .clone()
-                .or_else(|| (!info.out_order_id.is_empty()).then(|| info.out_order_id.clone()))
-            else {
-                tracing::warn!(
-                    wx_aftersale_id = wx_id,
-                    "after-sale for an order we cannot name; recorded only"
-                );
+            import_from_wechat(app, &wx, &info.out_order_id).await
+        }
+        K::UpdateOrder => {
+            let Some(wx) = read_wechat_aftersale(app, ours.as_ref(), info).await? else {
                 return Ok(());
             };
-            let Ok(no) = OutTradeNo::parse(out_order_id) else {
-                return Ok(());
-            };
-            // Held on the order like an application here when it fits what is left; beyond
-            // that it is recorded without a hold, for the merchant to see and decide (an
-            // approval then needs the hold).
-            let imported = with_retries::<_, ApiError, _, _>(app, || async {
-                if repo::get_aftersale(app.store.as_ref(), &id)
-                    .await?
-                    .is_some()
-                {
-                    return Ok(Attempt::Done(None)); // imported concurrently
+            match find_ours(app, &wx).await? {
+                // Its new-request push never came: imported as it stands now.
+                Ours::Unknown => import_new(app, &wx, &info.out_order_id).await,
+                Ours::Conflicting => Ok(()),
+                Ours::Known(id) if wx.status == WX_AWAITING_MERCHANT => {
+                    adopt_wechat_terms(app, &id, &wx).await.map(drop)
                 }
-                let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
-                    tracing::warn!(out_order_id = %no, "after-sale for an order we do not have; recorded only");
-                    return Ok(Attempt::Done(None));
-                };
-                let now = app.clock.now_ms();
-                let mut aftersale = AfterSale {
-                    id: id.clone(),
-                    out_trade_no: no.clone(),
-                    openid: order.value.openid.clone(),
-                    kind: if wx.kind == 2 {
-                        AfterSaleKind::ReturnAndRefund
-                    } else {
-                        AfterSaleKind::RefundOnly
-                    },
-                    amount: wx.orderamt,
-                    reason: if wx.refund_reason.trim().is_empty() {
-                        "requested in WeChat".into()
-                    } else {
-                        wx.refund_reason.chars().take(200).collect()
-                    },
-                    status: AfterSaleStatus::Requested,
-                    out_refund_no: None,
-                    refund_id: None,
-                    wx_aftersale_id: Some(wx_id),
-                    wx_add_claimed_until_ms: None,
-                    reject_reason: None,
-                    goods_return: None,
-                    line: AfterSaleLine::of_wechat(
-                        &order.value,
-                        wx.product_info.out_product_id.as_deref().unwrap_or_default(),
-                        wx.product_info.out_sku_id.as_deref().unwrap_or_default(),
-                        wx.product_info.product_cnt,
-                    ),
-                    created_at_ms: now,
-                    updated_at_ms: now,
-                };
-                let mut batch = Batch::new();
-                let mut next_order = order.value.clone();
-                let held = next_order.claim_refund(&id, wx.orderamt, now).is_ok()
-                    && open_unheld(app, &order.value).await?.get() + wx.orderamt.get()
-                        <= order.value.claimable().get();
-                if held {
-                    batch.update_order(&order, &next_order);
-                } else {
-                    aftersale.amount = wx.orderamt.min(order.value.refundable());
-                    tracing::warn!(aftersale_id = %id, asked = wx.orderamt.get(), claimable = order.value.claimable().get(), "after-sale from WeChat asks for more than open after-sales leave; recorded without a hold");
+                Ours::Known(id) => {
+                    tracing::info!(aftersale_id = %id, wx_status = wx.status, "after-sale edit event, but WeChat's after-sale no longer waits for the merchant; nothing changed");
+                    Ok(())
                 }
-                batch.create_aftersale(&aftersale);
-                Ok(Attempt::Commit(batch, Some(aftersale)))
-            })
-            .await?;
-            if let Some(a) = imported {
-                tracing::info!(aftersale_id = %a.id, amount = a.amount.get(), "after-sale imported from WeChat");
             }
-            Ok(())
         }
         K::UserCancel => {
             let Some(id) = ours else { return Ok(()) };
@@ -1487,15 +2118,31 @@ pub async fn on_wechat_event(
             hold_failed_platform_refund(app, &id, wx.status).await
         }
         K::RefundSuccess => {
-            // Secondary-merchant orders: WeChat refunded what the merchant accepted. Orders
-            // whose money we hold are completed by their signed refund notification instead.
-            let Some((id, wx)) = wechat_refund_of(app, ours, info).await? else {
+            // Secondary-merchant orders: WeChat refunded — what the merchant accepted, or on
+            // its own. Orders whose money we hold are completed by their signed refund
+            // notification instead; nothing to read for those.
+            if let Some(id) = &ours {
+                if let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? {
+                    let fund_type = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+                        .await?
+                        .map(|o| o.value.fund_type);
+                    if fund_type != Some(FundType::SecondaryMerchant) {
+                        return Ok(());
+                    }
+                }
+            }
+            let Some(wx) = read_wechat_aftersale(app, ours.as_ref(), info).await? else {
                 return Ok(());
             };
             if WeChatRefund::of(wx.status) != WeChatRefund::Done {
-                tracing::warn!(aftersale_id = %id, wx_status = wx.status, "refund success event, but WeChat's after-sale is not refunded; nothing recorded");
+                tracing::warn!(wx_aftersale_id = wx.aftersale_id, wx_status = wx.status, "refund success event, but WeChat's after-sale is not refunded; nothing recorded");
                 return Ok(());
             }
+            let id = match find_ours(app, &wx).await? {
+                Ours::Known(id) => id,
+                Ours::Unknown => imported_id(wx.aftersale_id)?,
+                Ours::Conflicting => return Ok(()),
+            };
             record_wechat_refund(app, &id, &wx).await
         }
         _ => Ok(()),

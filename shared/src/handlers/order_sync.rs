@@ -336,7 +336,7 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 11] = [
+pub const EVENT_SOURCES: [&str; 12] = [
     "push",
     "double_payment",
     "payment_mismatch",
@@ -348,6 +348,7 @@ pub const EVENT_SOURCES: [&str; 11] = [
     "paid_after_close_oversold",
     "order_pay_refused",
     "order_confirm_not_applied",
+    super::aftersale_sync::WECHAT_AFTERSALE_EVENTS,
 ];
 
 /// `events`: one source is a page of the store's index of that source (by time received);

@@ -755,7 +755,9 @@ async fn confirm_state(
 ) -> Result<(), TaskError> {
     let wx = app.wx.ecaftersale_get(key).await.map_err(task_error)?;
     let there = match a.status {
-        AfterSaleStatus::Cancelled => wx.status == 1,
+        // Cancelled by the user there, or closed otherwise (rejected, closed by WeChat —
+        // ours was cancelled because WeChat's was closed): nothing left to cancel.
+        AfterSaleStatus::Cancelled => matches!(wx.status, 1 | 4 | 5 | 7 | 19),
         AfterSaleStatus::Rejected => matches!(wx.status, 4 | 5),
         // 13 refund done, 14 return-refund done, 15 the platform refunding.
         AfterSaleStatus::Refunding | AfterSaleStatus::Refunded => matches!(wx.status, 13..=15),
