@@ -4,7 +4,10 @@
 //! which turns a JSON line carrying an `_aws.CloudWatchMetrics` block into a metric — no SDK
 //! client, no `cloudwatch:PutMetricData` permission, no call on the request path. The alarms
 //! in `infra/template.yaml` watch what is counted here (`OutboxDeadLetterAlarm` watches
-//! [`OUTBOX_DEAD_LETTERS`]).
+//! [`OUTBOX_DEAD_LETTERS`]; `PayNotifyUnverifiedAlarm` and `PayNotifyUnrecordedAlarm` watch
+//! [`PAY_NOTIFY_UNVERIFIED`] and [`PAY_NOTIFY_UNRECORDED`]). payCallback answers every
+//! notification with HTTP 200 (a `FAIL` in the XML makes WeChat retry), so Lambda's `Errors`
+//! never sees a payment we refused: these counts are the only signal.
 //!
 //! Only the Lambda entry point turns emission on ([`Metrics::emf`]). An [`crate::app::App`]
 //! starts with [`Metrics::off`], so `wxlocal`, the demo and the tests print nothing; a test
@@ -20,6 +23,19 @@ pub const NAMESPACE: &str = "wxshop";
 pub const DIMENSION: &str = "Function";
 /// Outbox entries dead-lettered (a permanent failure, or retries exhausted).
 pub const OUTBOX_DEAD_LETTERS: &str = "OutboxDeadLetters";
+/// Payment/refund notifications answered `FAIL` because they did not verify with our keys:
+/// the signature does not match `WXPAY_API_KEY`, `req_info` does not decrypt with it, or the
+/// notification names another appid/merchant. When every notification fails this way, the
+/// key or merchant id of the stack is wrong and no payment is being recorded; a few alone may
+/// be forgeries (logged with `security = true`). Junk that is not a signed notification at
+/// all (no XML, no `sign`) is not counted.
+pub const PAY_NOTIFY_UNVERIFIED: &str = "PayNotifyUnverified";
+/// Verified payment/refund notifications for our merchant answered `FAIL` without recording
+/// them: the store failed (throttling, access denied, an outage), or the notification does
+/// not match our order/refund (kept as evidence). WeChat retries; until one lands, money has
+/// moved with no record of it here. Repeats of what is already recorded answer `SUCCESS` and
+/// are not counted.
+pub const PAY_NOTIFY_UNRECORDED: &str = "PayNotifyUnrecorded";
 
 /// Where metric lines go.
 #[derive(Clone, Default)]

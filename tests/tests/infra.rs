@@ -397,44 +397,48 @@ fn table_and_order_sync_wiring() {
     );
 }
 
-/// A dead-lettered outbox entry is acknowledged, so it never reaches the SQS dead-letter
-/// queue: the alarm that tells a person watches the `OutboxDeadLetters` EMF metric orderSync
-/// prints (`wxshop::metrics`), on this stack's orderSync, with the same actions as the others.
-#[test]
-fn dead_lettered_outbox_entries_raise_an_alarm() {
-    use wxshop::metrics::{DIMENSION, NAMESPACE, OUTBOX_DEAD_LETTERS};
-    let t = template();
-    let alarms: Vec<(String, &Value)> = t["Resources"]
+fn alarms(t: &Value) -> Vec<(String, &Value)> {
+    t["Resources"]
         .as_mapping()
         .expect("Resources")
         .iter()
         .filter(|(_, r)| r["Type"].as_str() == Some("AWS::CloudWatch::Alarm"))
         .map(|(k, r)| (k.as_str().expect("logical id").to_owned(), r))
-        .collect();
+        .collect()
+}
+
+/// The one alarm on `namespace`/`metric` with the single dimension `dimension` = `value`:
+/// a sum over at most five minutes, at least `threshold`, quiet without data, and with the
+/// same actions as `DeadLetterAlarm` (the SNS topic when an e-mail is given).
+fn assert_alarm(
+    t: &Value,
+    namespace: &str,
+    metric: &str,
+    dimension: &str,
+    value: &str,
+    threshold: u64,
+) {
+    let alarms = alarms(t);
     let watching: Vec<&(String, &Value)> = alarms
         .iter()
         .filter(|(_, a)| {
-            a["Properties"]["MetricName"].as_str() == Some(OUTBOX_DEAD_LETTERS)
-                && a["Properties"]["Namespace"].as_str() == Some(NAMESPACE)
+            a["Properties"]["MetricName"].as_str() == Some(metric)
+                && a["Properties"]["Namespace"].as_str() == Some(namespace)
         })
         .collect();
-    assert_eq!(
-        watching.len(),
-        1,
-        "one alarm on {NAMESPACE}/{OUTBOX_DEAD_LETTERS}"
-    );
+    assert_eq!(watching.len(), 1, "one alarm on {namespace}/{metric}");
     let (id, alarm) = watching[0];
     let p = &alarm["Properties"];
     let dims = p["Dimensions"].as_sequence().expect("Dimensions");
     assert_eq!(dims.len(), 1, "{id}: the metric has one dimension");
-    assert_eq!(dims[0]["Name"].as_str(), Some(DIMENSION), "{id}");
-    assert_eq!(text(&dims[0]["Value"]), "!Ref OrderSyncFunction", "{id}");
+    assert_eq!(dims[0]["Name"].as_str(), Some(dimension), "{id}");
+    assert_eq!(text(&dims[0]["Value"]), value, "{id}");
     assert_eq!(p["Statistic"].as_str(), Some("Sum"), "{id}");
-    assert_eq!(
-        p["Threshold"].as_u64(),
-        Some(1),
-        "{id}: one dead letter is enough"
+    assert!(
+        p["Period"].as_u64().is_some_and(|s| s <= 300),
+        "{id}: Period"
     );
+    assert_eq!(p["Threshold"].as_u64(), Some(threshold), "{id}: Threshold");
     assert_eq!(
         p["ComparisonOperator"].as_str(),
         Some("GreaterThanOrEqualToThreshold"),
@@ -450,4 +454,42 @@ fn dead_lettered_outbox_entries_raise_an_alarm() {
         format!("{:?}", existing["Properties"]["AlarmActions"]),
         "{id}: same actions as DeadLetterAlarm"
     );
+}
+
+/// A dead-lettered outbox entry is acknowledged, so it never reaches the SQS dead-letter
+/// queue: the alarm that tells a person watches the `OutboxDeadLetters` EMF metric orderSync
+/// prints (`wxshop::metrics`), on this stack's orderSync, with the same actions as the others.
+#[test]
+fn dead_lettered_outbox_entries_raise_an_alarm() {
+    use wxshop::metrics::{DIMENSION, NAMESPACE, OUTBOX_DEAD_LETTERS};
+    let t = template();
+    assert_alarm(
+        &t,
+        NAMESPACE,
+        OUTBOX_DEAD_LETTERS,
+        DIMENSION,
+        "!Ref OrderSyncFunction",
+        1,
+    );
+}
+
+/// payCallback answers every notification with HTTP 200, so Lambda's `Errors` never sees a
+/// payment it refused (a wrong WXPAY_API_KEY, DynamoDB throttled or denied): the refusals it
+/// counts (`wxshop::metrics`) each have an alarm that pages at the first one, and the HTTP
+/// API's server errors (`AWS/ApiGateway` `5xx` by `ApiId`, the HTTP API metric) have one.
+#[test]
+fn refused_payment_notifications_and_server_errors_raise_alarms() {
+    use wxshop::metrics::{DIMENSION, NAMESPACE, PAY_NOTIFY_UNRECORDED, PAY_NOTIFY_UNVERIFIED};
+    let t = template();
+    for metric in [PAY_NOTIFY_UNVERIFIED, PAY_NOTIFY_UNRECORDED] {
+        assert_alarm(
+            &t,
+            NAMESPACE,
+            metric,
+            DIMENSION,
+            "!Ref PayCallbackFunction",
+            1,
+        );
+    }
+    assert_alarm(&t, "AWS/ApiGateway", "5xx", "ApiId", "!Ref Api", 5);
 }
