@@ -113,6 +113,17 @@ pub struct DynamoStore {
 /// Attempts of a conditional delete (ours, the SDK's retries being off for it).
 const DELETE_ATTEMPTS: u32 = 3;
 
+/// How long one DynamoDB request may take, connect included. DynamoDB answers in
+/// milliseconds; a response that has not come after 2 s is a stalled connection or an outage,
+/// and waiting on it only spends the function's timeout. The SDK then retries (a timed-out
+/// write may have been applied: see `condition_failed`).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one operation may take, its retries included. Without it a stalled response
+/// waited for the Lambda timeout: payCallback (5 s) died without answering WeChat or counting
+/// the failure. 3 s leaves every function — payCallback's 5 s the shortest — time to fail
+/// cleanly (answer `FAIL`, count it, release a claim) after one stalled call.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A client like `client` that makes each request once.
 fn without_retries(client: &Client) -> Client {
     Client::from_conf(
@@ -168,7 +179,13 @@ impl DynamoStore {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region))
             .credentials_provider(credentials)
-            .http_client(http);
+            .http_client(http)
+            .timeout_config(
+                aws_smithy_types::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .operation_timeout(OPERATION_TIMEOUT)
+                    .build(),
+            );
         if let Some(url) = endpoint
             .map(str::to_owned)
             .or_else(|| crate::aws::endpoint_from_env("DYNAMODB"))
@@ -995,6 +1012,38 @@ where
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    /// GIVEN a DynamoDB endpoint that accepts the connection and never answers (a stalled
+    /// response) WHEN the store reads THEN it fails within the operation timeout instead of
+    /// waiting for the Lambda timeout (payCallback's is 5 s).
+    #[tokio::test]
+    async fn a_stalled_dynamodb_fails_within_the_operation_timeout() {
+        use super::{DynamoStore, OPERATION_TIMEOUT};
+        use crate::store::{Kind, Store, StoreError};
+        use std::time::{Duration, Instant};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket); // accepted, never read, never answered
+            }
+        });
+        let store = DynamoStore::connect("wxshop-test", Some(&format!("http://{addr}")))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(10), store.get(Kind::Order, "x")).await;
+        let took = started.elapsed();
+        silent.abort();
+        let result = outcome.expect("the read gave up by itself, not after 10 s");
+        assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+        assert!(
+            took < OPERATION_TIMEOUT + Duration::from_millis(500),
+            "took {took:?}"
+        );
+    }
+
     #[test]
     fn a_transaction_cancelled_by_contention_alone_is_retried_not_reported_as_a_failure() {
         use super::{cancelled_by, Cancelled};
