@@ -2019,7 +2019,11 @@ async fn the_schedule_purges_expired_records_on_sqlite() {
         ])
         .await
         .unwrap();
-    let report = wxshop::handlers::order_sync::on_schedule(&r.app).await;
+    let report = wxshop::handlers::order_sync::on_schedule(
+        &r.app,
+        wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+    )
+    .await;
     assert_eq!(report["purged"], 1, "{report}");
     assert_eq!(
         r.app.store.purge_expired().await.unwrap(),
