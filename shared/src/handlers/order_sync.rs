@@ -123,6 +123,11 @@ fn dead_lettered(app: &App, report: &mut DrainReport, now_ms: i64) {
         .count(crate::metrics::OUTBOX_DEAD_LETTERS, 1, now_ms);
 }
 
+/// Pages in a row, each of whose listed entries was leased or done already (a lagging
+/// index), that a drain reads past before it leaves the rest to the next drain. Bounds the
+/// wasted claims (one failed conditional write each) at 8 × 25.
+const MAX_LOST_PAGES: usize = 8;
+
 /// Claims and runs due entries until none are due or `max` were run.
 pub async fn drain(app: &App, max: usize) -> Result<DrainReport, crate::store::StoreError> {
     drain_until(app, max, None)
@@ -139,20 +144,44 @@ pub async fn drain_until(
 ) -> Result<(DrainReport, bool), crate::store::StoreError> {
     let mut report = DrainReport::default();
     let mut ran = 0;
+    // Each round reads the index from its start (entries that became due meanwhile come
+    // first); only past a page whose every claim was lost does it read on.
+    let mut cursor = None;
+    let mut lost_pages = 0;
     loop {
         if ran >= max || deadline.is_some_and(Deadline::passed) {
             return Ok((report, false));
         }
-        let batch = outbox::claim_due(
+        let page = outbox::claim_due_page(
             app.store.as_ref(),
             app.clock.now_ms(),
             LEASE_MS,
             25.min(max - ran),
+            cursor.take(),
         )
         .await?;
-        if batch.is_empty() {
-            return Ok((report, true));
+        if page.claimed.is_empty() {
+            match page.next {
+                // DynamoDB's status index lags: it still listed entries already leased or
+                // done, and every claim lost. Entries may be due further on: read on (a
+                // bounded number of pages in a row) instead of ending the drain.
+                Some(next) if page.listed > 0 => {
+                    if lost_pages == MAX_LOST_PAGES {
+                        tracing::warn!(
+                            pages = lost_pages,
+                            "outbox drain: every listed entry was taken already; the next drain goes on"
+                        );
+                        return Ok((report, false));
+                    }
+                    lost_pages += 1;
+                    cursor = Some(next);
+                    continue;
+                }
+                _ => return Ok((report, true)),
+            }
         }
+        lost_pages = 0;
+        let batch = page.claimed;
         ran += batch.len();
         let results = futures::future::join_all(batch.into_iter().map(|c| async {
             let mut r = DrainReport::default();
@@ -761,6 +790,87 @@ mod tests {
             Clock::default(),
         )
         .unwrap()
+    }
+
+    /// A status index that lags, as DynamoDB's GSIs do: it still lists `ghosts` — entries
+    /// another worker has leased or finished — whose every claim then loses (their record is
+    /// gone or at another version).
+    struct LaggingIndex {
+        inner: SqliteStore,
+        ghosts: std::collections::HashSet<String>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::Store for LaggingIndex {
+        async fn get(
+            &self,
+            kind: crate::store::Kind,
+            id: &str,
+        ) -> Result<Option<crate::store::Record>, crate::store::StoreError> {
+            if kind == crate::store::Kind::Outbox && self.ghosts.contains(id) {
+                return Ok(None);
+            }
+            self.inner.get(kind, id).await
+        }
+        async fn write(
+            &self,
+            writes: Vec<crate::store::Write>,
+        ) -> Result<(), crate::store::StoreError> {
+            for (index, w) in writes.iter().enumerate() {
+                if let crate::store::Write::Put { record, .. } = w {
+                    if record.kind == crate::store::Kind::Outbox && self.ghosts.contains(&record.id)
+                    {
+                        return Err(crate::store::StoreError::Conflict { index });
+                    }
+                }
+            }
+            self.inner.write(writes).await
+        }
+        async fn query(
+            &self,
+            query: crate::store::Query,
+        ) -> Result<crate::store::Page, crate::store::StoreError> {
+            self.inner.query(query).await
+        }
+        fn backend(&self) -> &'static str {
+            "lagging"
+        }
+    }
+
+    /// GIVEN the status index still lists 60 entries other workers already took (three pages
+    /// of the drain's 25), before 10 that are really due WHEN the schedule drains THEN it
+    /// reads past the pages whose claims all lost and runs the 10. It used to end the drain
+    /// at the first such page, leaving due entries for a later run that met the same pages.
+    #[tokio::test]
+    async fn a_drain_reads_past_entries_a_lagging_index_still_lists() {
+        let mut app = app();
+        let inner = SqliteStore::memory().unwrap();
+        let now = app.clock.now_ms();
+        let custom = || Task::Custom {
+            name: "unknown".into(),
+            payload: serde_json::Value::Null,
+        };
+        let mut ghosts = std::collections::HashSet::new();
+        for i in 0..60 {
+            let entry = OutboxEntry::new(custom(), now - 60_000 + i);
+            outbox::enqueue(&inner, &entry).await.unwrap();
+            ghosts.insert(entry.id);
+        }
+        for i in 0..10 {
+            outbox::enqueue(&inner, &OutboxEntry::new(custom(), now - 1_000 + i))
+                .await
+                .unwrap();
+        }
+        app.store = Arc::new(LaggingIndex { inner, ghosts });
+
+        let report = drain(&app, 500).await.unwrap();
+
+        // Every real entry ran (a custom task with no runner is dead-lettered at once).
+        assert_eq!(report.dead, 10, "{report:?}");
+        let (dead, _) = outbox::list_dead(app.store.as_ref(), 50, None)
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 10);
     }
 
     /// GIVEN an outbox entry WeChat can never carry out WHEN orderSync runs it THEN it is
