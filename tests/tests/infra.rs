@@ -216,8 +216,11 @@ fn timeouts_cover_the_longest_chain_of_wechat_calls() {
         text(&t["Globals"]["Function"]["Environment"]["Variables"]["WX_HTTP_TIMEOUT_MS"])
             .parse()
             .expect("WX_HTTP_TIMEOUT_MS");
-    // Longest chain of WeChat calls one after another, per binary.
-    for (binary, calls) in [("unified-order", 4), ("audit-callback", 4)] {
+    // Longest chain of WeChat calls one after another, per binary. unifiedOrder: the access
+    // token, shop/scene/check, a refresh of a rejected token and the check again,
+    // pay/unifiedorder, shop/order/add. auditCallback: the token, shop/order/get or
+    // ecaftersale/get, a refresh and the call again.
+    for (binary, calls) in [("unified-order", 6), ("audit-callback", 4)] {
         let (id, f) = functions(&t)
             .into_iter()
             .find(|(_, f)| binary_of(f) == binary)
@@ -492,4 +495,138 @@ fn refused_payment_notifications_and_server_errors_raise_alarms() {
         );
     }
     assert_alarm(&t, "AWS/ApiGateway", "5xx", "ApiId", "!Ref Api", 5);
+}
+
+/// Configuration the code reads with a default is a template parameter with that same
+/// default, wired into every function's environment: a merchant can change it at deploy time
+/// and gets the code's behaviour when they do not.
+#[test]
+fn tunable_settings_are_parameters_with_the_codes_defaults() {
+    let t = template();
+    let vars = t["Globals"]["Function"]["Environment"]["Variables"]
+        .as_mapping()
+        .expect("Globals env");
+    let defaults = wxshop::config::Config::from_lookup(|k| {
+        let v = match k {
+            "WX_APPID" => "wx0000000000000001",
+            "WX_APPSECRET" => "appsecret",
+            "WXPAY_MCH_ID" => "1900000001",
+            "WXPAY_API_KEY" => "localapikey000000000000000000001",
+            "SESSION_SECRET" => "0123456789abcdef0123456789abcdef",
+            "WX_PUSH_TOKEN" => "token",
+            "WXPAY_NOTIFY_URL" => "https://shop.example.com/callbacks/pay",
+            _ => return None,
+        };
+        Some(v.to_owned())
+    })
+    .expect("a minimal configuration");
+    for (var, parameter, default) in [
+        (
+            "ORDER_TTL_SECS",
+            "OrderTtlSecs",
+            defaults.order_ttl_secs.to_string(),
+        ),
+        (
+            "SESSION_TTL_SECS",
+            "SessionTtlSecs",
+            defaults.session_ttl_secs.to_string(),
+        ),
+        ("WX_ORDER_PATH", "WxOrderPath", defaults.order_path.clone()),
+    ] {
+        let value = vars
+            .get(Value::from(var))
+            .unwrap_or_else(|| panic!("{var} is not in the functions' environment"));
+        assert_eq!(
+            text(value),
+            format!("!Ref {parameter}"),
+            "{var} comes from the {parameter} parameter"
+        );
+        assert_eq!(
+            text(&t["Parameters"][parameter]["Default"]),
+            default,
+            "{parameter}'s default is the code's"
+        );
+    }
+}
+
+/// Each function may do to the table what its code does through the store and nothing more
+/// (no `DynamoDBCrudPolicy`: no Scan, BatchWriteItem, BatchGetItem, UpdateItem): item actions
+/// on the table, Query on its indexes only. login touches no table at all.
+#[test]
+fn table_permissions_are_what_each_function_uses() {
+    let t = template();
+    let item_actions = |binary: &str| -> BTreeSet<&'static str> {
+        let mut a = BTreeSet::from(["dynamodb:GetItem", "dynamodb:PutItem"]);
+        match binary {
+            "login" => return BTreeSet::new(),
+            // A finished outbox entry; a released idempotency claim.
+            "order-sync" | "unified-order" => {
+                a.insert("dynamodb:DeleteItem");
+            }
+            // Approving an after-sale checks the order's version in its transaction.
+            "aftersale-sync" => {
+                a.insert("dynamodb:ConditionCheckItem");
+            }
+            _ => {}
+        }
+        a
+    };
+    for (id, f) in functions(&t) {
+        let binary = binary_of(f);
+        let policies = f["Properties"]["Policies"].as_sequence().expect("Policies");
+        let mut on_table = BTreeSet::new();
+        let mut on_indexes = BTreeSet::new();
+        for p in policies {
+            let Some(map) = p.as_mapping() else {
+                panic!("{id}: a managed policy by name: {p:?}");
+            };
+            for name in map.keys().filter_map(Value::as_str) {
+                assert!(
+                    !name.starts_with("DynamoDB"),
+                    "{id}: {name} grants more than the store uses"
+                );
+            }
+            let Some(statements) = p["Statement"].as_sequence() else {
+                continue;
+            };
+            for st in statements {
+                assert_eq!(st["Effect"].as_str(), Some("Allow"), "{id}");
+                let actions: Vec<String> = match &st["Action"] {
+                    Value::Sequence(a) => a.iter().map(text).collect(),
+                    one => vec![text(one)],
+                };
+                let resource = text(&st["Resource"]);
+                for action in actions {
+                    assert!(!action.contains('*'), "{id}: wildcard action {action}");
+                    match resource.as_str() {
+                        "!GetAtt Table.Arn" => on_table.insert(action),
+                        r if r == "!Sub ${Table.Arn}/index/*" => on_indexes.insert(action),
+                        other => panic!("{id}: {action} on {other}"),
+                    };
+                }
+            }
+        }
+        let want_table: BTreeSet<String> = item_actions(&binary)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(on_table, want_table, "{id}: actions on the table");
+        let want_indexes: BTreeSet<String> = if binary == "login" {
+            BTreeSet::new()
+        } else {
+            BTreeSet::from(["dynamodb:Query".to_owned()])
+        };
+        assert_eq!(on_indexes, want_indexes, "{id}: actions on the indexes");
+        for forbidden in [
+            "dynamodb:Scan",
+            "dynamodb:BatchWriteItem",
+            "dynamodb:BatchGetItem",
+            "dynamodb:UpdateItem",
+        ] {
+            assert!(
+                !on_table.contains(forbidden) && !on_indexes.contains(forbidden),
+                "{id}: {forbidden} is used by no function"
+            );
+        }
+    }
 }
