@@ -455,7 +455,9 @@ pub async fn start_with_env(
     tasks.push(tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            let report = handlers::order_sync::on_schedule(&sched_app).await;
+            let deadline =
+                wxshop::time::Deadline::after(handlers::order_sync::LOCAL_SCHEDULE_BUDGET);
+            let report = handlers::order_sync::on_schedule(&sched_app, deadline).await;
             tracing::info!(%report, "schedule ran");
         }
     }));

@@ -75,7 +75,9 @@ pub async fn run(function: Function) -> Result<(), Error> {
         move |event: LambdaEvent<Value>| async move {
             let span = invocation_span(function, &event.context.request_id);
             if function == Function::OrderSync {
-                order_sync_event(app, event.payload).instrument(span).await
+                order_sync_event(app, event.payload, event.context.deadline)
+                    .instrument(span)
+                    .await
             } else {
                 http_function_event(app, function, event.payload)
                     .instrument(span)
@@ -559,12 +561,22 @@ pub fn event_shape(event: &Value) -> Option<EventShape> {
     None
 }
 
-async fn order_sync_event(app: &App, payload: Value) -> Result<Value, InvocationError> {
+/// `deadline_ms`: the invocation's deadline from the Runtime API (epoch ms); the schedule stops
+/// starting work [`handlers::order_sync::SCHEDULE_MARGIN`] before it.
+async fn order_sync_event(
+    app: &App,
+    payload: Value,
+    deadline_ms: u64,
+) -> Result<Value, InvocationError> {
     match event_shape(&payload) {
         Some(EventShape::Stream) => Ok(stream_event(app, &payload).await),
         Some(EventShape::Schedule) => {
             let started = Instant::now();
-            let result = handlers::order_sync::on_schedule(app).await;
+            let deadline = crate::time::Deadline::from_epoch_ms(
+                deadline_ms,
+                handlers::order_sync::SCHEDULE_MARGIN,
+            );
+            let result = handlers::order_sync::on_schedule(app, deadline).await;
             tracing::info!(ms = started.elapsed().as_millis() as u64, "schedule");
             Ok(result)
         }

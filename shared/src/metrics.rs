@@ -4,7 +4,10 @@
 //! which turns a JSON line carrying an `_aws.CloudWatchMetrics` block into a metric — no SDK
 //! client, no `cloudwatch:PutMetricData` permission, no call on the request path. The alarms
 //! in `infra/template.yaml` watch what is counted here (`OutboxDeadLetterAlarm` watches
-//! [`OUTBOX_DEAD_LETTERS`]).
+//! [`OUTBOX_DEAD_LETTERS`]; `PayNotifyUnverifiedAlarm` and `PayNotifyUnrecordedAlarm` watch
+//! [`PAY_NOTIFY_UNVERIFIED`] and [`PAY_NOTIFY_UNRECORDED`]). payCallback answers every
+//! notification with HTTP 200 (a `FAIL` in the XML makes WeChat retry), so Lambda's `Errors`
+//! never sees a payment we refused: these counts are the only signal.
 //!
 //! Only the Lambda entry point turns emission on ([`Metrics::emf`]). An [`crate::app::App`]
 //! starts with [`Metrics::off`], so `wxlocal`, the demo and the tests print nothing; a test
@@ -20,6 +23,19 @@ pub const NAMESPACE: &str = "wxshop";
 pub const DIMENSION: &str = "Function";
 /// Outbox entries dead-lettered (a permanent failure, or retries exhausted).
 pub const OUTBOX_DEAD_LETTERS: &str = "OutboxDeadLetters";
+/// Payment/refund notifications answered `FAIL` because they did not verify with our keys:
+/// the signature does not match `WXPAY_API_KEY`, `req_info` does not decrypt with it, or the
+/// notification names another appid/merchant. When every notification fails this way, the
+/// key or merchant id of the stack is wrong and no payment is being recorded; a few alone may
+/// be forgeries (logged with `security = true`). Junk that is not a signed notification at
+/// all (no XML, no `sign`) is not counted.
+pub const PAY_NOTIFY_UNVERIFIED: &str = "PayNotifyUnverified";
+/// Verified payment/refund notifications for our merchant answered `FAIL` without recording
+/// them: the store failed (throttling, access denied, an outage), or the notification does
+/// not match our order/refund (kept as evidence). WeChat retries; until one lands, money has
+/// moved with no record of it here. Repeats of what is already recorded answer `SUCCESS` and
+/// are not counted.
+pub const PAY_NOTIFY_UNRECORDED: &str = "PayNotifyUnrecorded";
 
 /// Where metric lines go.
 #[derive(Clone, Default)]
@@ -111,10 +127,12 @@ impl Metrics {
 
 /// One EMF line (without the newline) counting `value` of `metric` for `function`.
 ///
-/// It carries `"level": "ERROR"` besides the EMF fields: the template sets the functions'
-/// log format to JSON with an application log level, and Lambda drops a JSON line without a
-/// `level` as INFO when that level is WARN or ERROR — the metric would be lost with it.
-/// Every metric counted here is something a person must look at.
+/// It carries `"level": "ERROR"` and an RFC 3339 `"timestamp"` besides the EMF fields: the
+/// template sets the functions' log format to JSON with an application log level, and Lambda's
+/// log-level filtering takes a JSON line as INFO when its `level` is missing or invalid *or*
+/// when it has no valid RFC 3339 `timestamp` (AWS Lambda developer guide, "Log-level
+/// filtering"). At `LogLevel` WARN or ERROR such a line is dropped, and the metric — and the
+/// alarm on it — with it. Every metric counted here is something a person must look at.
 pub fn emf_count_line(function: &str, metric: &str, value: u64, timestamp_ms: i64) -> String {
     let mut line = json!({
         "_aws": {
@@ -126,12 +144,21 @@ pub fn emf_count_line(function: &str, metric: &str, value: u64, timestamp_ms: i6
             }],
         },
         "level": "ERROR",
+        "timestamp": rfc3339(timestamp_ms),
         DIMENSION: function,
     });
     if let Some(map) = line.as_object_mut() {
         map.insert(metric.to_owned(), value.into());
     }
     line.to_string()
+}
+
+/// `timestamp_ms` as RFC 3339 in UTC with milliseconds (`2023-11-14T22:13:20.000Z`), the
+/// form Lambda's log-level filtering accepts; the Unix epoch if out of range.
+fn rfc3339(timestamp_ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(timestamp_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]
@@ -160,6 +187,22 @@ mod tests {
         assert_eq!(v["Function"], "wxshop-OrderSync-1");
         assert_eq!(v["OutboxDeadLetters"], 1);
         assert_eq!(v["level"], "ERROR");
+    }
+
+    /// Lambda's log-level filtering reads a JSON line's `level` only when the line also has a
+    /// valid RFC 3339 `timestamp`; otherwise the line is INFO and, at `LogLevel` WARN or
+    /// ERROR, dropped with the metric in it. The line carries both, at the metric's instant.
+    #[test]
+    fn the_line_survives_lambda_log_level_filtering() {
+        let line = emf_count_line("f", OUTBOX_DEAD_LETTERS, 1, 1_700_000_000_123);
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "ERROR", "a level Lambda knows: {line}");
+        let ts = v["timestamp"]
+            .as_str()
+            .expect("a top-level string timestamp");
+        let parsed = chrono::DateTime::parse_from_rfc3339(ts).expect("RFC 3339");
+        assert_eq!(parsed.timestamp_millis(), 1_700_000_000_123);
+        assert_eq!(ts, "2023-11-14T22:13:20.123Z");
     }
 
     #[test]

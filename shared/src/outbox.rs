@@ -254,13 +254,45 @@ pub async fn claim_due(
     lease_ms: i64,
     limit: usize,
 ) -> Result<Vec<Claimed>, StoreError> {
+    claim_due_page(store, now_ms, lease_ms, limit, None)
+        .await
+        .map(|page| page.claimed)
+}
+
+/// One page of due entries as [`claim_due_page`] went through it.
+#[derive(Debug, Default)]
+pub struct DuePage {
+    /// The entries this caller leased.
+    pub claimed: Vec<Claimed>,
+    /// How many entries the index listed on the page. On DynamoDB the status index is
+    /// eventually consistent: it can list entries already leased or done, whose claims all
+    /// lose — a page of `listed > 0` with nothing `claimed` says nothing about the next page.
+    pub listed: usize,
+    /// Where the next page of due entries starts (`None`: the index is exhausted, or the
+    /// claims stopped early and the page should be read again).
+    pub next: Option<String>,
+}
+
+/// [`claim_due`] on the page of the index that starts at `cursor` (from [`DuePage::next`]).
+pub async fn claim_due_page(
+    store: &dyn Store,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<DuePage, StoreError> {
     let mut query = Query::new(Kind::Outbox, Index::Status(STATUS_PENDING.to_owned()));
     query.sort_max = Some(now_ms);
     query.limit = limit.max(1);
+    query.cursor = cursor;
     let page = store.query(query).await?;
-    let mut claimed = Vec::new();
+    let mut due = DuePage {
+        claimed: Vec::new(),
+        listed: page.records.len(),
+        next: page.next,
+    };
     for rec in page.records {
-        if claimed.len() >= limit {
+        if due.claimed.len() >= limit {
             break;
         }
         let entry: OutboxEntry = match rec.decode() {
@@ -271,16 +303,17 @@ pub async fn claim_due(
             }
         };
         match take(store, entry, rec.version, now_ms, lease_ms).await {
-            Ok(Some(c)) => claimed.push(c),
+            Ok(Some(c)) => due.claimed.push(c),
             Ok(None) => {}
-            Err(e) if claimed.is_empty() => return Err(e),
+            Err(e) if due.claimed.is_empty() => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "outbox claim stopped early");
+                due.next = None;
                 break;
             }
         }
     }
-    Ok(claimed)
+    Ok(due)
 }
 
 /// Leases one specific entry (e.g. handed over by a DynamoDB stream). `Ok(None)` if it is

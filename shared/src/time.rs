@@ -117,9 +117,53 @@ impl Clock {
     }
 }
 
+/// A moment in wall time (monotonic, so not moved by [`Clock::advance`]) by which work must
+/// stop starting: a Lambda invocation's deadline less a margin, or a fixed budget. The
+/// Lambda timeout is real time whatever the app's clock says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deadline(std::time::Instant);
+
+impl Deadline {
+    /// `budget` from now.
+    pub fn after(budget: std::time::Duration) -> Self {
+        Deadline(std::time::Instant::now() + budget)
+    }
+
+    /// `epoch_ms` (milliseconds since the Unix epoch, as the Lambda Runtime API gives an
+    /// invocation's deadline) less `margin`; now if that has passed.
+    pub fn from_epoch_ms(epoch_ms: u64, margin: std::time::Duration) -> Self {
+        let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+        let left = std::time::Duration::from_millis(epoch_ms.saturating_sub(now_ms));
+        Deadline::after(left.saturating_sub(margin))
+    }
+
+    /// What is left of it (zero once passed).
+    pub fn remaining(self) -> std::time::Duration {
+        self.0.saturating_duration_since(std::time::Instant::now())
+    }
+
+    pub fn passed(self) -> bool {
+        self.remaining().is_zero()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_from_the_runtime_api_keeps_the_margin() {
+        use std::time::Duration;
+        let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+        let d = Deadline::from_epoch_ms(now_ms + 60_000, Duration::from_secs(15));
+        let left = d.remaining();
+        assert!(left <= Duration::from_secs(45), "{left:?}");
+        assert!(left > Duration::from_secs(44), "{left:?}");
+        // Less time left than the margin: passed already.
+        assert!(Deadline::from_epoch_ms(now_ms + 5_000, Duration::from_secs(15)).passed());
+        assert!(Deadline::from_epoch_ms(0, Duration::ZERO).passed());
+        assert!(!Deadline::after(Duration::from_secs(5)).passed());
+    }
 
     /// 20,000 pseudo-random (year, month, day, hour, minute, second), each part a little past
     /// its range (month 0–13, day 0–32, hour 0–24, minute 0–60, second 0–61), formatted.

@@ -500,10 +500,18 @@ async fn a_verdict_whose_push_never_came_is_found_by_the_schedule() {
         .await;
     assert_eq!(s, 200, "{v}");
     // Within the grace period the schedule leaves it to the push.
-    wxshop::handlers::order_sync::on_schedule(&r.app).await;
+    wxshop::handlers::order_sync::on_schedule(
+        &r.app,
+        wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+    )
+    .await;
     assert_eq!(get_product(&c, "tea").await["edit"]["audit"], "AUDITING");
     r.app.clock.advance(11 * 60_000);
-    let report = wxshop::handlers::order_sync::on_schedule(&r.app).await;
+    let report = wxshop::handlers::order_sync::on_schedule(
+        &r.app,
+        wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+    )
+    .await;
     let p = get_product(&c, "tea").await;
     assert!(p["edit"].is_null(), "still under audit: {p}");
     assert_eq!(p["title"], "Longjing green tea 250 g, autumn", "{p}");

@@ -2265,7 +2265,11 @@ async fn the_schedule_purges_expired_records_on_sqlite() {
         ])
         .await
         .unwrap();
-    let report = wxshop::handlers::order_sync::on_schedule(&r.app).await;
+    let report = wxshop::handlers::order_sync::on_schedule(
+        &r.app,
+        wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+    )
+    .await;
     assert_eq!(report["purged"], 1, "{report}");
     assert_eq!(
         r.app.store.purge_expired().await.unwrap(),
@@ -2868,7 +2872,13 @@ async fn admin_aftersale(c: &Client<'_>, no: &str, id: &str) -> Value {
 async fn a_refund_whose_notification_never_came_is_settled_by_the_schedule() {
     let r = stack_with(&[("WXPAY_REFUND_NOTIFY_URL", DEAD_REFUND_NOTIFY_URL)]).await;
     let c = Client::new(&r);
-    let schedule = || async { wxshop::handlers::order_sync::on_schedule(&r.app).await };
+    let schedule = || async {
+        wxshop::handlers::order_sync::on_schedule(
+            &r.app,
+            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+        )
+        .await
+    };
     let queries = || r.sandbox.calls("pay/refundquery").len();
     let record_processing = |id: String, no: String| {
         let c = &c;

@@ -216,8 +216,11 @@ fn timeouts_cover_the_longest_chain_of_wechat_calls() {
         text(&t["Globals"]["Function"]["Environment"]["Variables"]["WX_HTTP_TIMEOUT_MS"])
             .parse()
             .expect("WX_HTTP_TIMEOUT_MS");
-    // Longest chain of WeChat calls one after another, per binary.
-    for (binary, calls) in [("unified-order", 4), ("audit-callback", 4)] {
+    // Longest chain of WeChat calls one after another, per binary. unifiedOrder: the access
+    // token, shop/scene/check, a refresh of a rejected token and the check again,
+    // pay/unifiedorder, shop/order/add. auditCallback: the token, shop/order/get or
+    // ecaftersale/get, a refresh and the call again.
+    for (binary, calls) in [("unified-order", 6), ("audit-callback", 4)] {
         let (id, f) = functions(&t)
             .into_iter()
             .find(|(_, f)| binary_of(f) == binary)
@@ -397,44 +400,48 @@ fn table_and_order_sync_wiring() {
     );
 }
 
-/// A dead-lettered outbox entry is acknowledged, so it never reaches the SQS dead-letter
-/// queue: the alarm that tells a person watches the `OutboxDeadLetters` EMF metric orderSync
-/// prints (`wxshop::metrics`), on this stack's orderSync, with the same actions as the others.
-#[test]
-fn dead_lettered_outbox_entries_raise_an_alarm() {
-    use wxshop::metrics::{DIMENSION, NAMESPACE, OUTBOX_DEAD_LETTERS};
-    let t = template();
-    let alarms: Vec<(String, &Value)> = t["Resources"]
+fn alarms(t: &Value) -> Vec<(String, &Value)> {
+    t["Resources"]
         .as_mapping()
         .expect("Resources")
         .iter()
         .filter(|(_, r)| r["Type"].as_str() == Some("AWS::CloudWatch::Alarm"))
         .map(|(k, r)| (k.as_str().expect("logical id").to_owned(), r))
-        .collect();
+        .collect()
+}
+
+/// The one alarm on `namespace`/`metric` with the single dimension `dimension` = `value`:
+/// a sum over at most five minutes, at least `threshold`, quiet without data, and with the
+/// same actions as `DeadLetterAlarm` (the SNS topic when an e-mail is given).
+fn assert_alarm(
+    t: &Value,
+    namespace: &str,
+    metric: &str,
+    dimension: &str,
+    value: &str,
+    threshold: u64,
+) {
+    let alarms = alarms(t);
     let watching: Vec<&(String, &Value)> = alarms
         .iter()
         .filter(|(_, a)| {
-            a["Properties"]["MetricName"].as_str() == Some(OUTBOX_DEAD_LETTERS)
-                && a["Properties"]["Namespace"].as_str() == Some(NAMESPACE)
+            a["Properties"]["MetricName"].as_str() == Some(metric)
+                && a["Properties"]["Namespace"].as_str() == Some(namespace)
         })
         .collect();
-    assert_eq!(
-        watching.len(),
-        1,
-        "one alarm on {NAMESPACE}/{OUTBOX_DEAD_LETTERS}"
-    );
+    assert_eq!(watching.len(), 1, "one alarm on {namespace}/{metric}");
     let (id, alarm) = watching[0];
     let p = &alarm["Properties"];
     let dims = p["Dimensions"].as_sequence().expect("Dimensions");
     assert_eq!(dims.len(), 1, "{id}: the metric has one dimension");
-    assert_eq!(dims[0]["Name"].as_str(), Some(DIMENSION), "{id}");
-    assert_eq!(text(&dims[0]["Value"]), "!Ref OrderSyncFunction", "{id}");
+    assert_eq!(dims[0]["Name"].as_str(), Some(dimension), "{id}");
+    assert_eq!(text(&dims[0]["Value"]), value, "{id}");
     assert_eq!(p["Statistic"].as_str(), Some("Sum"), "{id}");
-    assert_eq!(
-        p["Threshold"].as_u64(),
-        Some(1),
-        "{id}: one dead letter is enough"
+    assert!(
+        p["Period"].as_u64().is_some_and(|s| s <= 300),
+        "{id}: Period"
     );
+    assert_eq!(p["Threshold"].as_u64(), Some(threshold), "{id}: Threshold");
     assert_eq!(
         p["ComparisonOperator"].as_str(),
         Some("GreaterThanOrEqualToThreshold"),
@@ -450,4 +457,176 @@ fn dead_lettered_outbox_entries_raise_an_alarm() {
         format!("{:?}", existing["Properties"]["AlarmActions"]),
         "{id}: same actions as DeadLetterAlarm"
     );
+}
+
+/// A dead-lettered outbox entry is acknowledged, so it never reaches the SQS dead-letter
+/// queue: the alarm that tells a person watches the `OutboxDeadLetters` EMF metric orderSync
+/// prints (`wxshop::metrics`), on this stack's orderSync, with the same actions as the others.
+#[test]
+fn dead_lettered_outbox_entries_raise_an_alarm() {
+    use wxshop::metrics::{DIMENSION, NAMESPACE, OUTBOX_DEAD_LETTERS};
+    let t = template();
+    assert_alarm(
+        &t,
+        NAMESPACE,
+        OUTBOX_DEAD_LETTERS,
+        DIMENSION,
+        "!Ref OrderSyncFunction",
+        1,
+    );
+}
+
+/// payCallback answers every notification with HTTP 200, so Lambda's `Errors` never sees a
+/// payment it refused (a wrong WXPAY_API_KEY, DynamoDB throttled or denied): the refusals it
+/// counts (`wxshop::metrics`) each have an alarm that pages at the first one, and the HTTP
+/// API's server errors (`AWS/ApiGateway` `5xx` by `ApiId`, the HTTP API metric) have one.
+#[test]
+fn refused_payment_notifications_and_server_errors_raise_alarms() {
+    use wxshop::metrics::{DIMENSION, NAMESPACE, PAY_NOTIFY_UNRECORDED, PAY_NOTIFY_UNVERIFIED};
+    let t = template();
+    for metric in [PAY_NOTIFY_UNVERIFIED, PAY_NOTIFY_UNRECORDED] {
+        assert_alarm(
+            &t,
+            NAMESPACE,
+            metric,
+            DIMENSION,
+            "!Ref PayCallbackFunction",
+            1,
+        );
+    }
+    assert_alarm(&t, "AWS/ApiGateway", "5xx", "ApiId", "!Ref Api", 5);
+}
+
+/// Configuration the code reads with a default is a template parameter with that same
+/// default, wired into every function's environment: a merchant can change it at deploy time
+/// and gets the code's behaviour when they do not.
+#[test]
+fn tunable_settings_are_parameters_with_the_codes_defaults() {
+    let t = template();
+    let vars = t["Globals"]["Function"]["Environment"]["Variables"]
+        .as_mapping()
+        .expect("Globals env");
+    let defaults = wxshop::config::Config::from_lookup(|k| {
+        let v = match k {
+            "WX_APPID" => "wx0000000000000001",
+            "WX_APPSECRET" => "appsecret",
+            "WXPAY_MCH_ID" => "1900000001",
+            "WXPAY_API_KEY" => "localapikey000000000000000000001",
+            "SESSION_SECRET" => "0123456789abcdef0123456789abcdef",
+            "WX_PUSH_TOKEN" => "token",
+            "WXPAY_NOTIFY_URL" => "https://shop.example.com/callbacks/pay",
+            _ => return None,
+        };
+        Some(v.to_owned())
+    })
+    .expect("a minimal configuration");
+    for (var, parameter, default) in [
+        (
+            "ORDER_TTL_SECS",
+            "OrderTtlSecs",
+            defaults.order_ttl_secs.to_string(),
+        ),
+        (
+            "SESSION_TTL_SECS",
+            "SessionTtlSecs",
+            defaults.session_ttl_secs.to_string(),
+        ),
+        ("WX_ORDER_PATH", "WxOrderPath", defaults.order_path.clone()),
+    ] {
+        let value = vars
+            .get(Value::from(var))
+            .unwrap_or_else(|| panic!("{var} is not in the functions' environment"));
+        assert_eq!(
+            text(value),
+            format!("!Ref {parameter}"),
+            "{var} comes from the {parameter} parameter"
+        );
+        assert_eq!(
+            text(&t["Parameters"][parameter]["Default"]),
+            default,
+            "{parameter}'s default is the code's"
+        );
+    }
+}
+
+/// Each function may do to the table what its code does through the store and nothing more
+/// (no `DynamoDBCrudPolicy`: no Scan, BatchWriteItem, BatchGetItem, UpdateItem): item actions
+/// on the table, Query on its indexes only. login touches no table at all.
+#[test]
+fn table_permissions_are_what_each_function_uses() {
+    let t = template();
+    let item_actions = |binary: &str| -> BTreeSet<&'static str> {
+        let mut a = BTreeSet::from(["dynamodb:GetItem", "dynamodb:PutItem"]);
+        match binary {
+            "login" => return BTreeSet::new(),
+            // A finished outbox entry; a released idempotency claim.
+            "order-sync" | "unified-order" => {
+                a.insert("dynamodb:DeleteItem");
+            }
+            // Approving an after-sale checks the order's version in its transaction.
+            "aftersale-sync" => {
+                a.insert("dynamodb:ConditionCheckItem");
+            }
+            _ => {}
+        }
+        a
+    };
+    for (id, f) in functions(&t) {
+        let binary = binary_of(f);
+        let policies = f["Properties"]["Policies"].as_sequence().expect("Policies");
+        let mut on_table = BTreeSet::new();
+        let mut on_indexes = BTreeSet::new();
+        for p in policies {
+            let Some(map) = p.as_mapping() else {
+                panic!("{id}: a managed policy by name: {p:?}");
+            };
+            for name in map.keys().filter_map(Value::as_str) {
+                assert!(
+                    !name.starts_with("DynamoDB"),
+                    "{id}: {name} grants more than the store uses"
+                );
+            }
+            let Some(statements) = p["Statement"].as_sequence() else {
+                continue;
+            };
+            for st in statements {
+                assert_eq!(st["Effect"].as_str(), Some("Allow"), "{id}");
+                let actions: Vec<String> = match &st["Action"] {
+                    Value::Sequence(a) => a.iter().map(text).collect(),
+                    one => vec![text(one)],
+                };
+                let resource = text(&st["Resource"]);
+                for action in actions {
+                    assert!(!action.contains('*'), "{id}: wildcard action {action}");
+                    match resource.as_str() {
+                        "!GetAtt Table.Arn" => on_table.insert(action),
+                        r if r == "!Sub ${Table.Arn}/index/*" => on_indexes.insert(action),
+                        other => panic!("{id}: {action} on {other}"),
+                    };
+                }
+            }
+        }
+        let want_table: BTreeSet<String> = item_actions(&binary)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(on_table, want_table, "{id}: actions on the table");
+        let want_indexes: BTreeSet<String> = if binary == "login" {
+            BTreeSet::new()
+        } else {
+            BTreeSet::from(["dynamodb:Query".to_owned()])
+        };
+        assert_eq!(on_indexes, want_indexes, "{id}: actions on the indexes");
+        for forbidden in [
+            "dynamodb:Scan",
+            "dynamodb:BatchWriteItem",
+            "dynamodb:BatchGetItem",
+            "dynamodb:UpdateItem",
+        ] {
+            assert!(
+                !on_table.contains(forbidden) && !on_indexes.contains(forbidden),
+                "{id}: {forbidden} is used by no function"
+            );
+        }
+    }
 }

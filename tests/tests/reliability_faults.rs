@@ -293,3 +293,59 @@ async fn shipping_before_the_payment_sync_waits_for_it() {
     assert_eq!(shop_status(&c, &no).await, Some(30), "{dead:?} {sends}");
     assert!(dead.is_empty(), "{dead:?}");
 }
+
+/// GIVEN WeChat Pay answering `pay/orderquery` slowly (400 ms each) and 20 unpaid orders for
+/// the sweep to ask about (8 s of calls), and an expired record for the purge after it
+/// WHEN the schedule runs with a 2 s deadline
+/// THEN it returns by the deadline plus the call in flight, reports the unpaid sweep
+/// unfinished, and the purge after the slow sweep still ran; the next run does the same.
+/// It used to run every phase to the end: past orderSync's 60 s Lambda timeout with enough
+/// orders, and then nothing after the sweep ever ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_wechat_cannot_push_the_schedule_past_its_deadline() {
+    use wxshop::handlers::order_sync::on_schedule;
+    use wxshop::store::{Expect, Kind, Record, Write};
+    use wxshop::time::Deadline;
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    c.set_stock(100).await;
+    let (token, _) = c.login("patient").await;
+    for _ in 0..20 {
+        let (s, v) = c.order(&token, 1, None).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    // Older than the sweep's minute, well before ORDER_TTL_SECS (900 s): asked about, not closed.
+    r.app.clock.advance(120_000);
+    c.fault(json!({"path": "pay/orderquery", "mode": "delay", "delay_ms": 400}))
+        .await;
+    let budget = Duration::from_secs(2);
+    for run in 0..2 {
+        let mut expired = Record::new(Kind::Kv, format!("schedule-test-{run}"), "1".into());
+        expired.expires_at = Some(1);
+        r.app
+            .store
+            .write(vec![Write::put(expired, Expect::Any)])
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        let report = on_schedule(&r.app, Deadline::after(budget)).await;
+        let took = t0.elapsed();
+        assert!(
+            took < budget + Duration::from_millis(1000),
+            "run {run} took {took:?}: {report}"
+        );
+        assert_eq!(
+            report["unfinished"],
+            json!(["unpaid"]),
+            "run {run}: {report}"
+        );
+        let checked = report["swept"]["checked"].as_u64().unwrap();
+        assert!((1..20).contains(&checked), "run {run}: {report}");
+        assert_eq!(
+            report["purged"], 1,
+            "run {run}: the phase after the slow sweep ran: {report}"
+        );
+        assert_eq!(report["failed"], json!([]), "run {run}: {report}");
+    }
+    r.stop();
+}

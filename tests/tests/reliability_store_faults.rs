@@ -266,3 +266,64 @@ async fn a_refused_and_closed_order_leaves_the_key_free_for_a_new_one() {
     assert_ne!(retried["out_trade_no"], first[0]["out_trade_no"]);
     assert_eq!(c.stock().await, before - 2);
 }
+
+/// A store that refuses every call: what a function whose role has no DynamoDB permission
+/// would meet (`AccessDeniedException`).
+struct NoTable;
+
+#[async_trait]
+impl Store for NoTable {
+    async fn get(&self, _: Kind, _: &str) -> Result<Option<Record>, StoreError> {
+        Err(StoreError::Backend(
+            "AccessDeniedException (no table access)".into(),
+        ))
+    }
+    async fn write(&self, _: Vec<Write>) -> Result<(), StoreError> {
+        Err(StoreError::Backend(
+            "AccessDeniedException (no table access)".into(),
+        ))
+    }
+    async fn query(&self, _: Query) -> Result<Page, StoreError> {
+        Err(StoreError::Backend(
+            "AccessDeniedException (no table access)".into(),
+        ))
+    }
+    fn backend(&self) -> &'static str {
+        "no-table"
+    }
+}
+
+/// login's role in infra/template.yaml has no DynamoDB permission (least privilege): a
+/// login runs on a whole app whose store refuses everything — `jscode2session` at the
+/// sandbox, a signed token — and the token works on the real stack.
+#[tokio::test]
+async fn login_needs_no_table() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let app = wxshop::app::App::new(
+        (*r.app.config).clone(),
+        Arc::new(NoTable),
+        r.app.clock.clone(),
+    )
+    .unwrap();
+    let (_, code) = c
+        .post(
+            "/sandbox/_control/login",
+            None,
+            &json!({"user": "no-table"}),
+        )
+        .await;
+    let route = wxshop::handlers::find_route("POST", "/fn/login").unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/fn/login")
+        .header("content-type", "application/json")
+        .body(Bytes::from(json!({"code": code["code"]}).to_string()))
+        .unwrap();
+    let resp = wxshop::handlers::handle(&app, route, req).await;
+    let v: Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{v}");
+    let token = v["token"].as_str().unwrap();
+    assert_eq!(orders(&c, token).await.len(), 0, "the token is a session");
+    r.stop();
+}

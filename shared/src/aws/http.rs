@@ -5,6 +5,10 @@
 //! Transport failures map to the SDK's [`ConnectorError`] kinds so that its retry policy
 //! works as before: timeouts are `timeout`, connect/body/IO failures are `io` (both retried as
 //! transient), anything else is `other`.
+//!
+//! This client bounds only the connect; the attempt and operation timeouts are the SDK's,
+//! set where the client is configured (`store::dynamo::DynamoStore::connect`), so a stalled
+//! response fails the call instead of holding it until the Lambda timeout.
 
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,

@@ -754,11 +754,15 @@ pub struct AuditSweepReport {
 /// audit, unsellable, for good. On each schedule run, submissions under audit for longer than
 /// [`AUDIT_PUSH_GRACE_MS`] have WeChat's draft read and its verdict applied, exactly as the
 /// push would have. An edit of an approved product keeps the product's own status, so the
-/// sweep reads every product, not only those indexed as `AUDITING`.
-pub async fn sweep_audits(app: &App) -> Result<AuditSweepReport, ApiError> {
+/// sweep reads every product, not only those indexed as `AUDITING`. No product is asked about
+/// once `deadline` has passed: `false` with the report then (the next run goes on).
+pub async fn sweep_audits(
+    app: &App,
+    deadline: crate::time::Deadline,
+) -> Result<(AuditSweepReport, bool), ApiError> {
     let mut report = AuditSweepReport::default();
     if !component_on(app) {
-        return Ok(report);
+        return Ok((report, true));
     }
     let now = app.clock.now_ms();
     let mut cursor = None;
@@ -774,7 +778,10 @@ pub async fn sweep_audits(app: &App) -> Result<AuditSweepReport, ApiError> {
                 continue;
             }
             if report.asked == AUDIT_SWEEP_MAX {
-                return Ok(report);
+                return Ok((report, true));
+            }
+            if deadline.passed() {
+                return Ok((report, false));
             }
             report.asked += 1;
             match super::audit_callback::apply_wechat_verdict(app, &p.product_id, "").await {
@@ -791,7 +798,7 @@ pub async fn sweep_audits(app: &App) -> Result<AuditSweepReport, ApiError> {
         }
         match next {
             Some(n) => cursor = Some(n),
-            None => return Ok(report),
+            None => return Ok((report, true)),
         }
     }
 }

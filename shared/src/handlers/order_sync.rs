@@ -7,6 +7,13 @@
 //! Triggers: DynamoDB stream (new outbox entries, [`on_outbox_records`]), the schedule
 //! ([`on_schedule`]), and HTTP ([`handle`]). `wxlocal` runs [`drain`] in a loop instead of the
 //! stream.
+//!
+//! The schedule runs inside a Lambda timeout (60 s) with work that has no natural bound (a
+//! backlog of outbox entries, hundreds of unpaid orders to ask WeChat about, each call up to
+//! `WX_HTTP_TIMEOUT_MS`). Cut off by the timeout, a run reported an error (the errors alarm
+//! every 5 minutes), EventBridge's retries of the failed invocation doubled the load, and the
+//! phases after the slow one never ran. So it works against a [`Deadline`] — the invocation's,
+//! less [`SCHEDULE_MARGIN`] — in [`Phase`]s that each stop cleanly when it passes and say so.
 
 use super::common::{close_and_release, with_retries, Attempt};
 use crate::app::App;
@@ -14,7 +21,9 @@ use crate::domain::{Change, Delivery, OrderStatus, OutTradeNo};
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{self, Claimed, OutboxEntry, Task};
 use crate::store::repo::{self, Batch};
+use crate::time::Deadline;
 use serde::Deserialize;
+use std::time::Duration;
 
 /// How long a worker holds an entry before another may take it over.
 pub const LEASE_MS: i64 = 60_000;
@@ -114,21 +123,65 @@ fn dead_lettered(app: &App, report: &mut DrainReport, now_ms: i64) {
         .count(crate::metrics::OUTBOX_DEAD_LETTERS, 1, now_ms);
 }
 
+/// Pages in a row, each of whose listed entries was leased or done already (a lagging
+/// index), that a drain reads past before it leaves the rest to the next drain. Bounds the
+/// wasted claims (one failed conditional write each) at 8 × 25.
+const MAX_LOST_PAGES: usize = 8;
+
 /// Claims and runs due entries until none are due or `max` were run.
 pub async fn drain(app: &App, max: usize) -> Result<DrainReport, crate::store::StoreError> {
+    drain_until(app, max, None)
+        .await
+        .map(|(report, _finished)| report)
+}
+
+/// [`drain`] that starts no round of entries once `deadline` has passed. `true` with the
+/// report when nothing due was left; `false` when it stopped at the deadline or at `max`.
+pub async fn drain_until(
+    app: &App,
+    max: usize,
+    deadline: Option<Deadline>,
+) -> Result<(DrainReport, bool), crate::store::StoreError> {
     let mut report = DrainReport::default();
     let mut ran = 0;
-    while ran < max {
-        let batch = outbox::claim_due(
+    // Each round reads the index from its start (entries that became due meanwhile come
+    // first); only past a page whose every claim was lost does it read on.
+    let mut cursor = None;
+    let mut lost_pages = 0;
+    loop {
+        if ran >= max || deadline.is_some_and(Deadline::passed) {
+            return Ok((report, false));
+        }
+        let page = outbox::claim_due_page(
             app.store.as_ref(),
             app.clock.now_ms(),
             LEASE_MS,
             25.min(max - ran),
+            cursor.take(),
         )
         .await?;
-        if batch.is_empty() {
-            break;
+        if page.claimed.is_empty() {
+            match page.next {
+                // DynamoDB's status index lags: it still listed entries already leased or
+                // done, and every claim lost. Entries may be due further on: read on (a
+                // bounded number of pages in a row) instead of ending the drain.
+                Some(next) if page.listed > 0 => {
+                    if lost_pages == MAX_LOST_PAGES {
+                        tracing::warn!(
+                            pages = lost_pages,
+                            "outbox drain: every listed entry was taken already; the next drain goes on"
+                        );
+                        return Ok((report, false));
+                    }
+                    lost_pages += 1;
+                    cursor = Some(next);
+                    continue;
+                }
+                _ => return Ok((report, true)),
+            }
         }
+        lost_pages = 0;
+        let batch = page.claimed;
         ran += batch.len();
         let results = futures::future::join_all(batch.into_iter().map(|c| async {
             let mut r = DrainReport::default();
@@ -146,7 +199,6 @@ pub async fn drain(app: &App, max: usize) -> Result<DrainReport, crate::store::S
             }
         }
     }
-    Ok(report)
 }
 
 /// DynamoDB stream: new outbox entries by id. Returns the ids that could not be settled (the
@@ -169,37 +221,158 @@ pub async fn on_outbox_records(app: &App, ids: Vec<String>) -> Vec<String> {
     failed
 }
 
+/// How long before the Lambda deadline the schedule stops starting work: what an item already
+/// started may still take — an outbox task's WeChat chain (a call, a token refresh and the
+/// call again, at `WX_HTTP_TIMEOUT_MS` = 4 s each) plus its store writes.
+pub const SCHEDULE_MARGIN: Duration = Duration::from_secs(15);
+
+/// The schedule's budget where no Lambda deadline exists (`wxlocal`, which runs it every
+/// minute): orderSync's 60 s timeout less [`SCHEDULE_MARGIN`], as in AWS.
+pub const LOCAL_SCHEDULE_BUDGET: Duration = Duration::from_secs(45);
+
+/// What an admin sweep may spend: API Gateway stops waiting at 30 s.
+const ADMIN_SWEEP_BUDGET: Duration = Duration::from_secs(25);
+
+/// The schedule's phases, in the order they first run. Each checks the deadline before every
+/// item it starts (an outbox round, an order to ask WeChat about, a product's audit) and says
+/// whether it finished. To add one: a variant here, in [`PHASES`], a field of
+/// [`ScheduleReport`] and its arm in [`run_phase`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Due outbox entries (the stream's retry path).
+    Drain,
+    /// Unpaid orders: ask WeChat, record payments, close the expired.
+    Unpaid,
+    /// Refunds whose notification never came (`pay/refundquery`).
+    Refunds,
+    /// Audit verdicts whose push never came.
+    Audits,
+    /// Expired records (SQLite; a no-op on DynamoDB, whose TTL deletes them).
+    Purge,
+}
+
+pub const PHASES: [Phase; 5] = [
+    Phase::Drain,
+    Phase::Unpaid,
+    Phase::Refunds,
+    Phase::Audits,
+    Phase::Purge,
+];
+
+/// One schedule run: what each phase did, and which phases did not get to the end.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ScheduleReport {
+    pub drained: DrainReport,
+    pub swept: SweepReport,
+    pub refunds: super::aftersale_sync::RefundSweepReport,
+    pub audits: super::catalog_sync::AuditSweepReport,
+    pub purged: usize,
+    /// Phases stopped (or never started) at the deadline with work possibly left: the next
+    /// run (5 minutes on) goes on with them.
+    pub unfinished: Vec<Phase>,
+    /// Phases that failed (the store, WeChat); logged, and the next run tries again.
+    pub failed: Vec<Phase>,
+}
+
 /// The schedule: drain what is due, sweep unpaid orders (ask WeChat Pay; close the expired
-/// ones and release their stock) and refunds whose notification never came, then purge
-/// expired records.
-pub async fn on_schedule(app: &App) -> serde_json::Value {
-    let drained = drain(app, 500).await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "drain failed");
-        DrainReport::default()
-    });
-    let swept = sweep_unpaid(app).await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "sweep failed");
-        SweepReport::default()
-    });
-    let refunds = super::aftersale_sync::sweep_refunds(app)
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "refund sweep failed");
-            super::aftersale_sync::RefundSweepReport::default()
-        });
-    let audits = super::catalog_sync::sweep_audits(app)
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "audit sweep failed");
-            super::catalog_sync::AuditSweepReport::default()
-        });
-    // Expired records (sessions, idempotency keys, replay guards) are invisible already; on
-    // SQLite this reclaims their space, on DynamoDB TTL does it and this is a no-op.
-    let purged = app.store.purge_expired().await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "purge failed");
-        0
-    });
-    serde_json::json!({ "drained": drained, "swept": swept, "refunds": refunds, "audits": audits, "purged": purged })
+/// ones and release their stock), settle refunds whose notification never came, apply audit
+/// verdicts whose push never came, purge expired records — all started before `deadline`.
+///
+/// No phase starves the ones after it: in a first pass each phase gets an equal share of the
+/// time left (a phase that finishes early leaves its time to the next), and what remains then
+/// goes, in order, to the phases the first pass cut short. A slow WeChat thus slows the
+/// sweep, but the audits and the purge still run, and the run ends before the Lambda timeout.
+pub async fn on_schedule(app: &App, deadline: Deadline) -> serde_json::Value {
+    let mut report = ScheduleReport::default();
+    let mut cut_short = Vec::new();
+    for (i, phase) in PHASES.into_iter().enumerate() {
+        let phases_left = u32::try_from(PHASES.len() - i).unwrap_or(1);
+        let share = Deadline::after(deadline.remaining() / phases_left).min(deadline);
+        if !run_phase(app, phase, share, &mut report).await {
+            cut_short.push(phase);
+        }
+    }
+    for phase in cut_short {
+        if !run_phase(app, phase, deadline, &mut report).await {
+            report.unfinished.push(phase);
+        }
+    }
+    if !report.unfinished.is_empty() {
+        tracing::warn!(unfinished = ?report.unfinished, "schedule stopped at its deadline; the next run goes on");
+    }
+    serde_json::to_value(&report).unwrap_or_default()
+}
+
+/// Runs `phase` until it is done or `deadline` passes, adding to `report`. `false` when it
+/// stopped at the deadline (or never started); a failure is logged, recorded in
+/// `report.failed`, and counts as done for this run.
+async fn run_phase(
+    app: &App,
+    phase: Phase,
+    deadline: Deadline,
+    report: &mut ScheduleReport,
+) -> bool {
+    if deadline.passed() {
+        return false;
+    }
+    let outcome: Result<bool, String> = match phase {
+        Phase::Drain => drain_until(app, 500, Some(deadline))
+            .await
+            .map(|(r, finished)| {
+                report.drained.done += r.done;
+                report.drained.retried += r.retried;
+                report.drained.dead += r.dead;
+                finished
+            })
+            .map_err(|e| e.to_string()),
+        Phase::Unpaid => sweep_unpaid(app, deadline)
+            .await
+            .map(|(r, finished)| {
+                report.swept.checked += r.checked;
+                report.swept.paid += r.paid;
+                report.swept.closed += r.closed;
+                finished
+            })
+            .map_err(|e| e.to_string()),
+        // At most 50 `refundquery` calls a run, each bounded by the client's timeout.
+        Phase::Refunds => super::aftersale_sync::sweep_refunds(app)
+            .await
+            .map(|r| {
+                report.refunds.checked += r.checked;
+                report.refunds.asked += r.asked;
+                report.refunds.settled += r.settled;
+                report.refunds.pending += r.pending;
+                report.refunds.failed += r.failed;
+                true
+            })
+            .map_err(|e| e.to_string()),
+        Phase::Audits => super::catalog_sync::sweep_audits(app, deadline)
+            .await
+            .map(|(r, finished)| {
+                report.audits.checked += r.checked;
+                report.audits.asked += r.asked;
+                report.audits.decided += r.decided;
+                finished
+            })
+            .map_err(|e| e.to_string()),
+        // Expired records (sessions, idempotency keys, replay guards) are invisible already;
+        // on SQLite this reclaims their space, on DynamoDB TTL does it and this is a no-op.
+        Phase::Purge => app
+            .store
+            .purge_expired()
+            .await
+            .map(|n| {
+                report.purged += n;
+                true
+            })
+            .map_err(|e| e.to_string()),
+    };
+    outcome.unwrap_or_else(|error| {
+        tracing::error!(phase = ?phase, error, "schedule phase failed");
+        report.failed.push(phase);
+        true
+    })
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -213,12 +386,16 @@ pub struct SweepReport {
 /// order is closed WeChat is asked whether it was paid — WeChat Pay's `orderquery`, or for
 /// fund_type=1 (WeChat collects) the component's `shop/order/get` — since a notification or
 /// push may never have arrived; an order WeChat cannot answer for is left for the next sweep.
-pub async fn sweep_unpaid(app: &App) -> Result<SweepReport, ApiError> {
+/// No order is started once `deadline` has passed: `false` with the report then.
+pub async fn sweep_unpaid(app: &App, deadline: Deadline) -> Result<(SweepReport, bool), ApiError> {
     let mut report = SweepReport::default();
     let now = app.clock.now_ms();
     for status in [OrderStatus::Prepaid, OrderStatus::Created] {
         let orders = repo::orders_in_status(app.store.as_ref(), status, now - 60_000, 200).await?;
         for o in orders {
+            if deadline.passed() {
+                return Ok((report, false));
+            }
             report.checked += 1;
             let order = o.value;
             if status == OrderStatus::Prepaid {
@@ -240,7 +417,7 @@ pub async fn sweep_unpaid(app: &App) -> Result<SweepReport, ApiError> {
             }
         }
     }
-    Ok(report)
+    Ok((report, true))
 }
 
 /// Performs one task against WeChat. Each is idempotent there (or made so here), because a
@@ -487,7 +664,12 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             Ok(json(&serde_json::json!({ "queued": id })))
         }
         AdminAction::Drain => Ok(json(&drain(app, 1000).await?)),
-        AdminAction::Sweep => Ok(json(&sweep_unpaid(app).await?)),
+        AdminAction::Sweep => {
+            let (report, finished) = sweep_unpaid(app, Deadline::after(ADMIN_SWEEP_BUDGET)).await?;
+            let mut body = serde_json::to_value(report).unwrap_or_default();
+            body["finished"] = finished.into();
+            Ok(json(&body))
+        }
         AdminAction::SweepRefunds => Ok(json(&super::aftersale_sync::sweep_refunds(app).await?)),
         AdminAction::DeadLetters { cursor } => {
             let (entries, next) = outbox::list_dead(app.store.as_ref(), 50, cursor).await?;
@@ -637,6 +819,87 @@ mod tests {
             Clock::default(),
         )
         .unwrap()
+    }
+
+    /// A status index that lags, as DynamoDB's GSIs do: it still lists `ghosts` — entries
+    /// another worker has leased or finished — whose every claim then loses (their record is
+    /// gone or at another version).
+    struct LaggingIndex {
+        inner: SqliteStore,
+        ghosts: std::collections::HashSet<String>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::Store for LaggingIndex {
+        async fn get(
+            &self,
+            kind: crate::store::Kind,
+            id: &str,
+        ) -> Result<Option<crate::store::Record>, crate::store::StoreError> {
+            if kind == crate::store::Kind::Outbox && self.ghosts.contains(id) {
+                return Ok(None);
+            }
+            self.inner.get(kind, id).await
+        }
+        async fn write(
+            &self,
+            writes: Vec<crate::store::Write>,
+        ) -> Result<(), crate::store::StoreError> {
+            for (index, w) in writes.iter().enumerate() {
+                if let crate::store::Write::Put { record, .. } = w {
+                    if record.kind == crate::store::Kind::Outbox && self.ghosts.contains(&record.id)
+                    {
+                        return Err(crate::store::StoreError::Conflict { index });
+                    }
+                }
+            }
+            self.inner.write(writes).await
+        }
+        async fn query(
+            &self,
+            query: crate::store::Query,
+        ) -> Result<crate::store::Page, crate::store::StoreError> {
+            self.inner.query(query).await
+        }
+        fn backend(&self) -> &'static str {
+            "lagging"
+        }
+    }
+
+    /// GIVEN the status index still lists 60 entries other workers already took (three pages
+    /// of the drain's 25), before 10 that are really due WHEN the schedule drains THEN it
+    /// reads past the pages whose claims all lost and runs the 10. It used to end the drain
+    /// at the first such page, leaving due entries for a later run that met the same pages.
+    #[tokio::test]
+    async fn a_drain_reads_past_entries_a_lagging_index_still_lists() {
+        let mut app = app();
+        let inner = SqliteStore::memory().unwrap();
+        let now = app.clock.now_ms();
+        let custom = || Task::Custom {
+            name: "unknown".into(),
+            payload: serde_json::Value::Null,
+        };
+        let mut ghosts = std::collections::HashSet::new();
+        for i in 0..60 {
+            let entry = OutboxEntry::new(custom(), now - 60_000 + i);
+            outbox::enqueue(&inner, &entry).await.unwrap();
+            ghosts.insert(entry.id);
+        }
+        for i in 0..10 {
+            outbox::enqueue(&inner, &OutboxEntry::new(custom(), now - 1_000 + i))
+                .await
+                .unwrap();
+        }
+        app.store = Arc::new(LaggingIndex { inner, ghosts });
+
+        let report = drain(&app, 500).await.unwrap();
+
+        // Every real entry ran (a custom task with no runner is dead-lettered at once).
+        assert_eq!(report.dead, 10, "{report:?}");
+        let (dead, _) = outbox::list_dead(app.store.as_ref(), 50, None)
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 10);
     }
 
     /// GIVEN an outbox entry WeChat can never carry out WHEN orderSync runs it THEN it is

@@ -12,6 +12,12 @@
 //! here, or — when that never came — a signed `pay/refundquery` answer the schedule asked for
 //! ([`super::aftersale_sync::sweep_refunds`]). One path, so both get the same checks and the
 //! same single write.
+//!
+//! Every answer is HTTP 200, so Lambda's `Errors` metric never sees a refused notification:
+//! each `FAIL` that means "a payment is not being recorded" is counted as a custom metric
+//! ([`crate::metrics::PAY_NOTIFY_UNVERIFIED`]: our key or merchant id does not match;
+//! [`crate::metrics::PAY_NOTIFY_UNRECORDED`]: verified yet not recorded — the store failed or
+//! it does not match our records), and the template alarms on both.
 
 use super::common::{
     keep_evidence, record_payment, with_retries, Attempt, PaymentError, PaymentOutcome,
@@ -19,8 +25,10 @@ use super::common::{
 use crate::app::App;
 use crate::domain::{AfterSaleId, AfterSaleStatus, Change, Fen, OutRefundNo, OutTradeNo};
 use crate::http::{text, Request, Response};
+use crate::metrics::{PAY_NOTIFY_UNRECORDED, PAY_NOTIFY_UNVERIFIED};
 use crate::outbox::{OutboxEntry, Task};
-use crate::pay::notify::{parse_payment_notification, reply_fail, reply_success};
+use crate::pay::notify::{parse_payment_notification, reply_fail, reply_success, NotifyError};
+use crate::pay::sign::VerifyError;
 use crate::pay::types::RefundStatus as WxRefundStatus;
 use crate::store::repo::{self, Batch, RefundStatus};
 use http::StatusCode;
@@ -38,6 +46,35 @@ fn refused(reason: &str) -> Response {
     xml(reply_fail(reason))
 }
 
+/// Refused, and counted as `metric` for the alarms (see the module doc).
+fn refused_counted(app: &App, metric: &str, reason: &str) -> Response {
+    app.metrics.count(metric, 1, app.clock.now_ms());
+    refused(reason)
+}
+
+/// Refused because it does not verify: counted when our key or merchant id is what failed
+/// (a signature that does not match, `req_info` that does not decrypt, another merchant),
+/// not for bodies that are no signed notification at all (junk from a scanner).
+fn unverified(app: &App, e: &NotifyError, reason: &str) -> Response {
+    let ours = matches!(
+        e,
+        NotifyError::Sign(VerifyError::Mismatch)
+            | NotifyError::Decrypt
+            | NotifyError::InnerXml(_)
+            | NotifyError::WrongMerchant { .. }
+    );
+    if ours {
+        refused_counted(app, PAY_NOTIFY_UNVERIFIED, reason)
+    } else {
+        refused(reason)
+    }
+}
+
+/// Verified and ours, yet not recorded: WeChat retries; counted for the alarm.
+fn unrecorded(app: &App, reason: &str) -> Response {
+    refused_counted(app, PAY_NOTIFY_UNRECORDED, reason)
+}
+
 pub async fn handle(app: &App, req: Request) -> Response {
     if req.uri().path().ends_with("/refund") {
         refund(app, req).await
@@ -52,7 +89,7 @@ async fn payment(app: &App, req: Request) -> Response {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(security = true, error = %e, "payment notification refused");
-            return refused("invalid notification");
+            return unverified(app, &e, "invalid notification");
         }
     };
     if let Err(e) = n.check_merchant(
@@ -62,12 +99,12 @@ async fn payment(app: &App, req: Request) -> Response {
         cfg.sub_mch_id.as_deref(),
     ) {
         tracing::warn!(security = true, out_trade_no = %n.out_trade_no, error = %e, "payment notification for another merchant");
-        return refused("wrong merchant");
+        return unverified(app, &e, "wrong merchant");
     }
     if n.fee_type.as_ref() != "CNY" || n.cash_fee.is_some_and(|c| c > n.total_fee) {
         // Our orders are priced in fen of CNY, and the payer cannot pay more than the total.
         tracing::warn!(security = true, out_trade_no = %n.out_trade_no, fee_type = %n.fee_type, "payment notification in another currency or with cash_fee above total_fee");
-        return refused("order mismatch");
+        return unrecorded(app, "order mismatch");
     }
     if !n.success {
         // A failed payment: nothing to record; the order stays payable.
@@ -87,7 +124,7 @@ async fn payment(app: &App, req: Request) -> Response {
         Ok(PaymentOutcome::Recorded(_)) | Ok(PaymentOutcome::AlreadyRecorded(_)) => success(),
         Err(PaymentError::Store(e)) => {
             tracing::error!(out_trade_no = %n.out_trade_no, error = %e, "could not store payment; WeChat will retry");
-            refused("temporarily unavailable")
+            unrecorded(app, "temporarily unavailable")
         }
         Err(PaymentError::Transition(crate::domain::TransitionError::OtherTransaction {
             existing,
@@ -98,7 +135,7 @@ async fn payment(app: &App, req: Request) -> Response {
             let evidence = crate::pay::xml::encode(&n.fields());
             match keep_evidence(app, "double_payment", n.transaction_id.as_ref(), evidence).await {
                 Ok(_) => success(),
-                Err(_) => refused("temporarily unavailable"),
+                Err(_) => unrecorded(app, "temporarily unavailable"),
             }
         }
         Err(e) => {
@@ -108,7 +145,7 @@ async fn payment(app: &App, req: Request) -> Response {
             let evidence = crate::pay::xml::encode(&n.fields());
             let _ =
                 keep_evidence(app, "payment_mismatch", n.transaction_id.as_ref(), evidence).await;
-            refused("order mismatch")
+            unrecorded(app, "order mismatch")
         }
     }
 }
@@ -119,7 +156,7 @@ async fn refund(app: &App, req: Request) -> Response {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(security = true, error = %e, "refund notification refused");
-            return refused("invalid notification");
+            return unverified(app, &e, "invalid notification");
         }
     };
     if let Err(e) = n.check_merchant(
@@ -129,16 +166,16 @@ async fn refund(app: &App, req: Request) -> Response {
         cfg.sub_mch_id.as_deref(),
     ) {
         tracing::warn!(security = true, error = %e, "refund notification for another merchant");
-        return refused("wrong merchant");
+        return unverified(app, &e, "wrong merchant");
     }
     match settle_refund(app, &RefundReport::from(&n), ReportedBy::Notification).await {
         Ok(_) => success(),
         // Signed by WeChat yet not ours to apply (kept as evidence): WeChat retries, and
         // after its last retry the evidence is what a person has.
-        Err(RefundApplyError::Mismatch(_)) => refused("refund mismatch"),
+        Err(RefundApplyError::Mismatch(_)) => unrecorded(app, "refund mismatch"),
         Err(RefundApplyError::Unavailable(why)) => {
             tracing::error!(out_refund_no = %n.out_refund_no, why, "could not store refund; WeChat will retry");
-            refused("temporarily unavailable")
+            unrecorded(app, "temporarily unavailable")
         }
     }
 }
@@ -444,4 +481,152 @@ async fn apply_refund(
         Ok(Attempt::Commit(batch, Applied::Recorded))
     })
     .await
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::app::App;
+    use crate::config::Config;
+    use crate::domain::{Fen, OpenId, OutTradeNo};
+    use crate::metrics::{Captured, Metrics, PAY_NOTIFY_UNRECORDED, PAY_NOTIFY_UNVERIFIED};
+    use crate::pay::notify::{build_payment_notification, PaymentNotificationSpec};
+    use crate::pay::sign::SignType;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Page, Query, Record, Store, StoreError, Write};
+    use crate::time::Clock;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    const API_KEY: &str = "localapikey000000000000000000001";
+
+    /// DynamoDB throttling, `AccessDenied` or an outage, as the handlers see it.
+    struct Unavailable;
+
+    #[async_trait]
+    impl Store for Unavailable {
+        async fn get(&self, _: crate::store::Kind, _: &str) -> Result<Option<Record>, StoreError> {
+            Err(StoreError::Backend(
+                "AccessDeniedException (injected)".into(),
+            ))
+        }
+        async fn write(&self, _: Vec<Write>) -> Result<(), StoreError> {
+            Err(StoreError::Backend(
+                "AccessDeniedException (injected)".into(),
+            ))
+        }
+        async fn query(&self, _: Query) -> Result<Page, StoreError> {
+            Err(StoreError::Backend(
+                "AccessDeniedException (injected)".into(),
+            ))
+        }
+        fn backend(&self) -> &'static str {
+            "unavailable"
+        }
+    }
+
+    fn app(store: Arc<dyn Store>) -> (App, Captured) {
+        let vars = [
+            ("WX_APPID", "wx0000000000000001"),
+            ("WX_APPSECRET", "appsecret"),
+            ("WXPAY_MCH_ID", "1900000001"),
+            ("WXPAY_API_KEY", API_KEY),
+            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("WX_PUSH_TOKEN", "token"),
+            ("WXPAY_NOTIFY_URL", "http://127.0.0.1:9/callbacks/pay"),
+            ("WXPAY_BASE_URL", "http://127.0.0.1:9"),
+            ("WX_API_BASE_URL", "http://127.0.0.1:9"),
+        ];
+        let config = Config::from_lookup(|k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        let mut app = App::new(config, store, Clock::default()).unwrap();
+        let (metrics, captured) = Metrics::capture("wxshop-PayCallbackFunction-X");
+        app.metrics = metrics;
+        (app, captured)
+    }
+
+    fn notification(mch_id: &str, key: &str) -> String {
+        build_payment_notification(
+            &PaymentNotificationSpec {
+                appid: "wx0000000000000001".into(),
+                mch_id: mch_id.into(),
+                sub_appid: None,
+                sub_mch_id: None,
+                openid: OpenId::parse("oUpF8uMEb4qRXf22hE3X68TekukE").unwrap(),
+                out_trade_no: OutTradeNo::parse("WX20240101000000000001").unwrap(),
+                transaction_id: "4200000000202401010000000001".into(),
+                total_fee: Fen::new(100).unwrap(),
+                time_end_ms: 1_704_067_200_000,
+                attach: None,
+                sign_type: SignType::Md5,
+                omit_sign_type: false,
+            },
+            key,
+        )
+    }
+
+    /// POSTs `body` to `/callbacks/pay` through the routing table; the reply's XML.
+    async fn notify(app: &App, body: String) -> String {
+        let route = crate::handlers::find_route("POST", "/callbacks/pay").unwrap();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/callbacks/pay")
+            .body(Bytes::from(body))
+            .unwrap();
+        let resp = crate::handlers::handle(app, route, req).await;
+        assert_eq!(resp.status(), 200, "WeChat Pay always gets 200");
+        String::from_utf8(resp.body().to_vec()).unwrap()
+    }
+
+    fn counted(captured: &Captured, metric: &str) -> u64 {
+        captured
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v[metric].as_u64())
+            .sum()
+    }
+
+    /// GIVEN the store refuses every call (throttled, AccessDenied) WHEN WeChat Pay notifies a
+    /// genuine payment THEN the reply is FAIL (WeChat retries) and one `PayNotifyUnrecorded`
+    /// is counted — Lambda's `Errors` cannot see it, so this is what the alarm watches.
+    #[tokio::test]
+    async fn a_payment_the_store_cannot_record_is_counted() {
+        let (app, captured) = app(Arc::new(Unavailable));
+        let reply = notify(&app, notification("1900000001", API_KEY)).await;
+        assert!(reply.contains("FAIL"), "{reply}");
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 1);
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 0);
+    }
+
+    /// GIVEN the stack's WXPAY_API_KEY (or merchant id) differs from WeChat's WHEN a genuine
+    /// notification arrives THEN it is refused and counted as `PayNotifyUnverified`; a body
+    /// that is no signed notification at all is refused without being counted.
+    #[tokio::test]
+    async fn a_notification_our_key_does_not_verify_is_counted() {
+        let (app, captured) = app(Arc::new(SqliteStore::memory().unwrap()));
+        let wrong_key = notify(
+            &app,
+            notification("1900000001", "anotherkey000000000000000000009"),
+        )
+        .await;
+        assert!(wrong_key.contains("FAIL"), "{wrong_key}");
+        let wrong_merchant = notify(&app, notification("1900000777", API_KEY)).await;
+        assert!(wrong_merchant.contains("FAIL"), "{wrong_merchant}");
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 2);
+
+        let junk = notify(&app, "<xml><a>1</a></xml>".into()).await;
+        assert!(junk.contains("FAIL"), "{junk}");
+        assert_eq!(
+            counted(&captured, PAY_NOTIFY_UNVERIFIED),
+            2,
+            "junk is not counted"
+        );
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+    }
 }

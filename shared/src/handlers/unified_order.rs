@@ -40,7 +40,8 @@ use sha2::{Digest, Sha256};
 
 const MAX_LINES: usize = 20;
 const MAX_QUANTITY: u32 = 99;
-/// An in-progress record older than this is presumed dead (Lambda timeout is shorter).
+/// An in-progress record older than this is presumed dead: unifiedOrder's Lambda timeout (28 s,
+/// infra/template.yaml; tests/tests/infra.rs keeps it below 30 s) is shorter.
 const IN_PROGRESS_MS: i64 = 30_000;
 /// How long a completed call's result is replayed for a repeated key.
 const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;

@@ -34,8 +34,10 @@
 //!   condition expression that also treats an expired item as absent. The first item whose
 //!   cancellation reason is `ConditionalCheckFailed` becomes [`StoreError::Conflict`]; a
 //!   transaction cancelled only by `TransactionConflict` (a concurrent write to one of its
-//!   items; nothing written) is sent again after a short random backoff, up to 4 attempts;
-//!   any other failure is [`StoreError::Backend`].
+//!   items; nothing written), like a single `PutItem`/`DeleteItem` refused with
+//!   `TransactionConflictException` (its item is in a transaction under way), is sent again
+//!   after a short random backoff, up to 4 attempts; any other failure is
+//!   [`StoreError::Backend`].
 //! - A write the SDK retried after DynamoDB applied it (the answer was lost) fails its condition
 //!   on our own write. That is success, not a conflict: a put (or transaction) whose item
 //!   carries this call's write token, or a delete whose item is gone after more than one
@@ -113,6 +115,17 @@ pub struct DynamoStore {
 /// Attempts of a conditional delete (ours, the SDK's retries being off for it).
 const DELETE_ATTEMPTS: u32 = 3;
 
+/// How long one DynamoDB request may take, connect included. DynamoDB answers in
+/// milliseconds; a response that has not come after 2 s is a stalled connection or an outage,
+/// and waiting on it only spends the function's timeout. The SDK then retries (a timed-out
+/// write may have been applied: see `condition_failed`).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one operation may take, its retries included. Without it a stalled response
+/// waited for the Lambda timeout: payCallback (5 s) died without answering WeChat or counting
+/// the failure. 3 s leaves every function — payCallback's 5 s the shortest — time to fail
+/// cleanly (answer `FAIL`, count it, release a claim) after one stalled call.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A client like `client` that makes each request once.
 fn without_retries(client: &Client) -> Client {
     Client::from_conf(
@@ -168,7 +181,13 @@ impl DynamoStore {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region))
             .credentials_provider(credentials)
-            .http_client(http);
+            .http_client(http)
+            .timeout_config(
+                aws_smithy_types::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .operation_timeout(OPERATION_TIMEOUT)
+                    .build(),
+            );
         if let Some(url) = endpoint
             .map(str::to_owned)
             .or_else(|| crate::aws::endpoint_from_env("DYNAMODB"))
@@ -331,14 +350,24 @@ impl DynamoStore {
                             ReturnValuesOnConditionCheckFailure::AllOld,
                         );
                 }
-                match req.send().await {
-                    Ok(_) => Ok(()),
-                    Err(e) => match e.as_service_error() {
+                let mut attempt = 1;
+                loop {
+                    let Err(e) = req.clone().send().await else {
+                        return Ok(());
+                    };
+                    match e.as_service_error() {
                         Some(PutItemError::ConditionalCheckFailedException(failed)) => {
-                            condition_failed(Refused::Put(failed.item()), token)
+                            return condition_failed(Refused::Put(failed.item()), token)
                         }
-                        _ => Err(sdk_err("PutItem", &e)),
-                    },
+                        // The item is in a transaction under way: refused, nothing written.
+                        Some(PutItemError::TransactionConflictException(_))
+                            if attempt < CONTENTION_ATTEMPTS =>
+                        {
+                            contended("PutItem", attempt).await;
+                            attempt += 1;
+                        }
+                        _ => return Err(sdk_err("PutItem", &e)),
+                    }
                 }
             }
             Write::Delete { kind, id, expect } => {
@@ -357,7 +386,10 @@ impl DynamoStore {
                             ReturnValuesOnConditionCheckFailure::AllOld,
                         );
                 }
+                // Attempts that went out, and those refused for contention (never applied:
+                // they do not count as attempts that may have deleted the item).
                 let mut attempt = 0;
+                let mut contended_attempts = 0;
                 loop {
                     attempt += 1;
                     let sent = self
@@ -382,11 +414,19 @@ impl DynamoStore {
                         Err(e) => match e.as_service_error() {
                             Some(DeleteItemError::ConditionalCheckFailedException(failed)) => {
                                 return condition_failed(
-                                    Refused::Delete(failed.item(), attempt),
+                                    Refused::Delete(failed.item(), attempt - contended_attempts),
                                     token,
                                 )
                             }
-                            _ if attempt < DELETE_ATTEMPTS && may_retry(&e) => {
+                            Some(DeleteItemError::TransactionConflictException(_))
+                                if contended_attempts + 1 < CONTENTION_ATTEMPTS =>
+                            {
+                                contended_attempts += 1;
+                                contended("DeleteItem", contended_attempts).await;
+                            }
+                            _ if attempt - contended_attempts < DELETE_ATTEMPTS
+                                && may_retry(&e) =>
+                            {
                                 tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt)))
                                     .await;
                             }
@@ -887,6 +927,25 @@ fn cancelled_by(reasons: &[Option<&str>]) -> Cancelled {
     }
 }
 
+/// A single-item `PutItem`/`DeleteItem` refused with `TransactionConflictException`: the item
+/// is part of a transaction under way (another container's checkout taking the same product's
+/// stock). Nothing was written, and the SDK does not retry it (it is in neither its throttling
+/// nor its transient list), so it used to become `Backend` — a 503 to the buyer, an outbox
+/// entry left for the next sweep. It is the transaction path's [`Cancelled::Contention`] on one
+/// item, and is retried in place the same way, with the same condition: once the transaction
+/// is over the condition decides — it holds and the write lands, or it fails and the caller
+/// gets [`StoreError::Conflict`] and re-reads, as for any version race. Not `Conflict` at once:
+/// that says "the condition did not hold", and an `Absent` claim (an idempotency key, a lease)
+/// would read it as "someone else holds it". Contention outlasting the attempts is `Backend`.
+async fn contended(op: &str, attempt: u32) {
+    tracing::debug!(
+        op,
+        attempt,
+        "write refused by a transaction under way; retrying"
+    );
+    tokio::time::sleep(contention_backoff(attempt)).await;
+}
+
 /// 20, 40, 80 ms, each with up to as much again at random, so that two writers that collided
 /// do not collide again.
 fn contention_backoff(attempt: u32) -> Duration {
@@ -900,7 +959,8 @@ fn contention_backoff(attempt: u32) -> Duration {
 enum Refused<'a> {
     /// A lone `PutItem`.
     Put(Option<&'a Item>),
-    /// A lone `DeleteItem`, and how many attempts of it went out.
+    /// A lone `DeleteItem`, and how many attempts of it went out that may have been applied
+    /// (this one included; not those refused for contention).
     Delete(Option<&'a Item>, u32),
     /// A `TransactWriteItems`: each item as its cancellation reason returned it (only items
     /// whose own condition failed come back), and the first whose condition failed.
@@ -995,6 +1055,144 @@ where
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    /// A DynamoDB endpoint that answers each request with the next of `script` (HTTP status
+    /// and the error's `__type`, or `None` for success), the last one again once it runs out;
+    /// and how many requests it got.
+    async fn scripted_dynamodb(
+        script: &[(u16, Option<&'static str>)],
+    ) -> (
+        super::DynamoStore,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let script: Arc<Vec<(u16, Option<&'static str>)>> = Arc::new(script.to_vec());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let router = axum::Router::new().fallback(move || {
+            let script = script.clone();
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let (status, error) = script[n.min(script.len() - 1)];
+                let body = match error {
+                    Some(t) => format!(
+                        r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{t}","message":"injected"}}"#
+                    ),
+                    None => "{}".to_owned(),
+                };
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    [("content-type", "application/x-amz-json-1.0")],
+                    body,
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let store = super::DynamoStore::connect("wxshop-test", Some(&format!("http://{addr}")))
+            .await
+            .unwrap();
+        (store, seen, server)
+    }
+
+    const IN_TRANSACTION: (u16, Option<&str>) = (400, Some("TransactionConflictException"));
+    const CONDITION_FAILED: (u16, Option<&str>) = (400, Some("ConditionalCheckFailedException"));
+    const OK: (u16, Option<&str>) = (200, None);
+
+    fn put() -> crate::store::Write {
+        let record = crate::store::Record::new(crate::store::Kind::Product, "tea", "{}".into());
+        crate::store::Write::put(record, crate::store::Expect::Version(1))
+    }
+
+    fn delete() -> crate::store::Write {
+        crate::store::Write::Delete {
+            kind: crate::store::Kind::Outbox,
+            id: "e1".into(),
+            expect: crate::store::Expect::Version(3),
+        }
+    }
+
+    /// GIVEN a single-item write whose item is in another container's transaction (DynamoDB:
+    /// `TransactionConflictException`, not retried by the SDK) WHEN the store writes THEN it
+    /// sends it again and succeeds — it used to be `Backend`, a 503 to the buyer.
+    #[tokio::test]
+    async fn a_single_write_refused_by_a_transaction_under_way_is_sent_again() {
+        use crate::store::Store;
+        use std::sync::atomic::Ordering;
+        for write in [put(), delete()] {
+            let (store, seen, server) = scripted_dynamodb(&[IN_TRANSACTION, OK]).await;
+            store.write(vec![write.clone()]).await.unwrap();
+            assert_eq!(seen.load(Ordering::SeqCst), 2, "{write:?}");
+            server.abort();
+        }
+    }
+
+    /// Contention is not a verdict on the condition: after it, the condition decides. A put
+    /// whose version moved meanwhile is a `Conflict` (the caller re-reads); a delete refused
+    /// for contention was never applied, so finding the item gone afterwards is someone
+    /// else's delete — a `Conflict`, not our own earlier attempt. Contention that outlasts
+    /// the attempts is `Backend`, never `Conflict` ("the condition did not hold").
+    #[tokio::test]
+    async fn after_contention_the_condition_decides() {
+        use crate::store::{Store, StoreError};
+        use std::sync::atomic::Ordering;
+        for write in [put(), delete()] {
+            let (store, _, server) = scripted_dynamodb(&[IN_TRANSACTION, CONDITION_FAILED]).await;
+            let got = store.write(vec![write.clone()]).await;
+            assert_eq!(got, Err(StoreError::Conflict { index: 0 }), "{write:?}");
+            server.abort();
+
+            let (store, seen, server) = scripted_dynamodb(&[IN_TRANSACTION]).await;
+            let got = store.write(vec![write.clone()]).await;
+            assert!(
+                matches!(&got, Err(StoreError::Backend(m)) if m.contains("TransactionConflict")),
+                "{write:?}: {got:?}"
+            );
+            assert_eq!(
+                seen.load(Ordering::SeqCst),
+                super::CONTENTION_ATTEMPTS as usize,
+                "{write:?}"
+            );
+            server.abort();
+        }
+    }
+
+    /// GIVEN a DynamoDB endpoint that accepts the connection and never answers (a stalled
+    /// response) WHEN the store reads THEN it fails within the operation timeout instead of
+    /// waiting for the Lambda timeout (payCallback's is 5 s).
+    #[tokio::test]
+    async fn a_stalled_dynamodb_fails_within_the_operation_timeout() {
+        use super::{DynamoStore, OPERATION_TIMEOUT};
+        use crate::store::{Kind, Store, StoreError};
+        use std::time::{Duration, Instant};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket); // accepted, never read, never answered
+            }
+        });
+        let store = DynamoStore::connect("wxshop-test", Some(&format!("http://{addr}")))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(10), store.get(Kind::Order, "x")).await;
+        let took = started.elapsed();
+        silent.abort();
+        let result = outcome.expect("the read gave up by itself, not after 10 s");
+        assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+        assert!(
+            took < OPERATION_TIMEOUT + Duration::from_millis(500),
+            "took {took:?}"
+        );
+    }
+
     #[test]
     fn a_transaction_cancelled_by_contention_alone_is_retried_not_reported_as_a_failure() {
         use super::{cancelled_by, Cancelled};
