@@ -37,7 +37,7 @@ var DEFAULTS = {
   // buy()'s unifiedOrder call is retried with the same idempotency key while its outcome is
   // unknown or transient: at most `attempts` calls, waiting delayMs, 2×delayMs, … (capped at
   // maxDelayMs) between them, and no new call once budgetMs have passed since the first.
-  // The request timeout is shorter than the function's (unifiedOrder: 20 s), so a timed-out
+  // The request timeout is shorter than the function's (unifiedOrder: 28 s), so a timed-out
   // call may still have created the order; the retry with the same key gets that order back. After a 15 s timeout,
   // the waits (1+2+4+8+8 s) reach past the 30 s after which the server stops answering
   // REQUEST_IN_PROGRESS for a call that died.
