@@ -1624,12 +1624,7 @@ async fn record_wechat_refund(
                     wx_add_claimed_until_ms: None,
                     reject_reason: None,
                     goods_return: None,
-                    line: AfterSaleLine::of_wechat(
-                        &order.value,
-                        wx.product_info.out_product_id.as_deref().unwrap_or_default(),
-                        wx.product_info.out_sku_id.as_deref().unwrap_or_default(),
-                        wx.product_info.product_cnt,
-                    ),
+                    line: wechat_line(&order.value, wx),
                     created_at_ms: now,
                     updated_at_ms: now,
                 });
@@ -1899,6 +1894,22 @@ async fn adopt_wechat_id(app: &App, id: &AfterSaleId, wx_id: u64) -> Result<(), 
     Ok(())
 }
 
+/// The order's line WeChat's after-sale is about, if it names one of the order's items.
+fn wechat_line(
+    order: &crate::domain::Order,
+    wx: &crate::shop::aftersale::EcAfterSaleOrder,
+) -> Option<AfterSaleLine> {
+    AfterSaleLine::of_wechat(
+        order,
+        wx.product_info
+            .out_product_id
+            .as_deref()
+            .unwrap_or_default(),
+        wx.product_info.out_sku_id.as_deref().unwrap_or_default(),
+        wx.product_info.product_cnt,
+    )
+}
+
 /// Imports WeChat's after-sale `wx`, which is not ours (see [`find_ours`]), as REQUESTED under
 /// [`imported_id`].
 async fn import_new(
@@ -1958,12 +1969,7 @@ async fn import_new(
             wx_add_claimed_until_ms: None,
             reject_reason: None,
             goods_return: None,
-            line: AfterSaleLine::of_wechat(
-                &order.value,
-                wx.product_info.out_product_id.as_deref().unwrap_or_default(),
-                wx.product_info.out_sku_id.as_deref().unwrap_or_default(),
-                wx.product_info.product_cnt,
-            ),
+            line: wechat_line(&order.value, wx),
             created_at_ms: now,
             updated_at_ms: now,
         };
