@@ -873,7 +873,7 @@ function createClient(options) {
     pay: pay,
     buy: buy,
     aftersale: aftersale,
-    /** The stored session ({ token, expires_at, openid }) or null. */
+    /** The stored session ({ token, expires_at, openid, fund_type?, trading_component? }) or null. */
     session: readSession,
     /** Forget the stored session (e.g. on logout). */
     logout: clearSession,

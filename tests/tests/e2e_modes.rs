@@ -228,7 +228,9 @@ async fn the_pre_order_checks_trace_id_reaches_the_component_order() {
 /// `wx.checkBeforeAddOrder` says the user's scene needs before it orders.
 #[tokio::test]
 async fn login_says_which_orders_the_shop_makes() {
-    let modes: [(&[(&str, &str)], u64, &str); 4] = [
+    /// Environment overrides → the login's `fund_type` and `trading_component`.
+    type Mode = (&'static [(&'static str, &'static str)], u64, &'static str);
+    let modes: [Mode; 4] = [
         (&[], 0, "always"), // wxlocal's default
         (&[("WX_TRADING_COMPONENT", "off")], 0, "off"),
         (&[("WX_TRADING_COMPONENT", "scene")], 0, "scene"),
