@@ -12,7 +12,7 @@ module.exports = {
   // http://127.0.0.1:8787 and tick "do not verify legal domains" in the developer tools.
   baseUrl: 'https://shop.example.com',
 
-  // Storage key for the session ({ token, expires_at, openid }).
+  // Storage key for the session ({ token, expires_at, openid, fund_type, trading_component }).
   storageKey: 'wxshop.session',
 
   // After the cashier closes, ask the server (queryOrder) every intervalMs until the order is
@@ -27,4 +27,10 @@ module.exports = {
   // gateway's own 5xx; never the server's 502 refusals, see README): at most `attempts`
   // calls, waits doubling from delayMs up to maxDelayMs, no new call after budgetMs.
   orderRetry: { attempts: 6, delayMs: 1000, maxDelayMs: 8000, budgetMs: 45000 },
+
+  // buy() runs WeChat's pre-order check (wx.checkBeforeAddOrder) where the base library has it:
+  // its traceId goes to the server, and an order WeChat requires but this shop does not make is
+  // refused (ORDER_TYPE_UNSUPPORTED) before anything is made. required: true also refuses when
+  // the check is missing or fails (ORDER_CHECK_FAILED); `orderCheck: false` turns it off.
+  orderCheck: { enabled: true, required: false, timeoutMs: 5000 },
 };

@@ -6,7 +6,10 @@
  * storage, refresh once on 401), maps every failure to one error shape
  * `{ code, message, statusCode }`, opens the WeChat cashier and then asks the server whether
  * the order is really paid: the cashier's "success" is only a hint, the server's order status
- * (fed by the payment notification or `pay/orderquery`) is the truth.
+ * (fed by the payment notification or `pay/orderquery`) is the truth. Before each order it runs
+ * WeChat's pre-order check (`wx.checkBeforeAddOrder`, where the base library has it): its
+ * `traceId` goes to the server for `shop/order/add`, and an order WeChat would not accept in the
+ * user's scene is refused before anything is made.
  *
  * Plain CommonJS, ES2017 syntax without async/await (Promise chains only), no dependencies:
  * it runs as-is in the mini-program runtime, the developer tools and Node (tests inject `wx`).
@@ -44,7 +47,15 @@ var DEFAULTS = {
   orderRetry: { attempts: 6, delayMs: 1000, maxDelayMs: 8000, budgetMs: 45000 },
   // A token this close to its expires_at is treated as expired (clock skew, latency).
   expirySkewSeconds: 30,
+  // buy()'s wx.checkBeforeAddOrder: run it when the base library has it (enabled), wait at most
+  // timeoutMs for its answer, and when it is missing or fails either go on without a trace id
+  // (required: false) or refuse the purchase with ORDER_CHECK_FAILED (required: true).
+  // `orderCheck: false` turns it off.
+  orderCheck: { enabled: true, required: false, timeoutMs: 5000 },
 };
+
+/** What WeChat's `requiredFundType` (and the server's `fund_type`) ask for, in words. */
+var FUND_TYPE_NAMES = { 0: 'ordinary (fund_type 0)', 1: 'secondary-merchant (fund_type 1)', 2: 'either fund type' };
 
 function assign(target) {
   for (var i = 1; i < arguments.length; i++) {
@@ -171,6 +182,59 @@ function isRetryableApplyError(e) {
   return isTransientFailure(e);
 }
 
+/**
+ * A trace id the server takes: printable ASCII, 1–128 characters (`check_trace_id` in
+ * shared/src/handlers/unified_order.rs answers anything else 400 BAD_TRACE_ID, which would
+ * refuse the purchase over an attribution detail).
+ */
+function usableTraceId(t) {
+  return typeof t === 'string' && /^[\x21-\x7e]{1,128}$/.test(t);
+}
+
+/**
+ * Which orders the shop makes, as login reported it: { fund_type: 0 | 1, trading_component:
+ * 'off' | 'always' | 'scene' }, or null when the session does not say (a session stored by an
+ * older client, or a server older than this one).
+ */
+function shopOrdersOf(session) {
+  if (!session) return null;
+  var f = session.fund_type;
+  var t = session.trading_component;
+  if ((f !== 0 && f !== 1) || (t !== 'off' && t !== 'always' && t !== 'scene')) return null;
+  return { fund_type: f, trading_component: t };
+}
+
+/**
+ * The refusal (error shape, code ORDER_TYPE_UNSUPPORTED) when WeChat's pre-order check
+ * requires an order (requireOrder 1) that this shop does not make, or null when it makes one
+ * or none is required. `check` is runOrderCheck's answer, `shop` shopOrdersOf's.
+ * - trading_component 'off': the server never makes the component order WeChat requires;
+ * - requiredFundType 0 or 1 other than the server's fund_type; 2 takes either;
+ * - a requiredFundType this client does not know (WeChat documents 0, 1, 2): it cannot tell
+ *   whether the server's order would do (UNVERIFIED what others mean), so it does not guess;
+ * - the server did not say what it makes: again no guess.
+ * 'scene' goes on: the server asks `shop/scene/check` itself and makes a component order when
+ * WeChat says the scene needs one.
+ */
+function orderTypeRefusal(check, shop) {
+  if (!check || check.requireOrder !== 1) return null;
+  var need = check.requiredFundType;
+  var known = need === 0 || need === 1 || need === 2;
+  var why = null;
+  if (need === undefined) why = 'WeChat gave no requiredFundType, so this client cannot tell which';
+  else if (!known) why = 'this client does not know requiredFundType ' + String(need);
+  else if (!shop) why = 'the server did not say which orders it makes (a server older than this client?)';
+  else if (shop.trading_component === 'off') why = 'this shop does not use the trading component (WX_TRADING_COMPONENT=off)';
+  else if (need !== 2 && need !== shop.fund_type) why = 'this shop makes ' + FUND_TYPE_NAMES[shop.fund_type] + ' orders (WX_FUND_TYPE)';
+  if (!why) return null;
+  var wanted = known ? 'a trading-component order, ' + FUND_TYPE_NAMES[need] : 'a trading-component order';
+  return makeError('ORDER_TYPE_UNSUPPORTED', 'WeChat requires ' + wanted + ' in this scene, but ' + why, 0, {
+    requiredFundType: need,
+    fundType: shop ? shop.fund_type : null,
+    tradingComponent: shop ? shop.trading_component : null,
+  });
+}
+
 /** Did the server hand us a trading-component order (→ wx.requestOrderPayment)? */
 function needsOrderPayment(orderResult) {
   return Boolean(
@@ -210,7 +274,8 @@ function addressFromWx(res) {
 
 /**
  * createClient({ baseUrl, storageKey?, payPoll?: { intervalMs, timeoutMs, failTimeoutMs? },
- *                requestTimeoutMs?, orderRetry?: { attempts, delayMs, maxDelayMs, budgetMs }, wx? })
+ *                requestTimeoutMs?, orderRetry?: { attempts, delayMs, maxDelayMs, budgetMs },
+ *                orderCheck?: false | { enabled?, required?, timeoutMs? }, wx? })
  */
 function createClient(options) {
   options = options || {};
@@ -228,6 +293,10 @@ function createClient(options) {
   var requestTimeoutMs = options.requestTimeoutMs || DEFAULTS.requestTimeoutMs;
   var orderRetry = assign({}, DEFAULTS.orderRetry, options.orderRetry);
   var skew = options.expirySkewSeconds === undefined ? DEFAULTS.expirySkewSeconds : options.expirySkewSeconds;
+  var orderCheck =
+    options.orderCheck === false
+      ? assign({}, DEFAULTS.orderCheck, { enabled: false })
+      : assign({}, DEFAULTS.orderCheck, options.orderCheck);
 
   var loginInFlight = null;
 
@@ -345,6 +414,9 @@ function createClient(options) {
           throw makeError('BAD_RESPONSE', 'login returned no token', 200);
         }
         var session = { token: body.token, expires_at: body.expires_at, openid: body.openid };
+        // Which orders the shop makes, held against wx.checkBeforeAddOrder's answer by buy().
+        if (body.fund_type !== undefined) session.fund_type = body.fund_type;
+        if (body.trading_component !== undefined) session.trading_component = body.trading_component;
         writeSession(session);
         return session;
       });
@@ -358,6 +430,17 @@ function createClient(options) {
   function ensureSession() {
     var s = readSession();
     return isFresh(s) ? Promise.resolve(s) : login();
+  }
+
+  /**
+   * Which orders the shop makes (shopOrdersOf) → resolves it, or null when the server does not
+   * say. A stored session that does not say (stored before the server or this client did) is
+   * replaced by a fresh login first.
+   */
+  function shopOrders() {
+    var s = readSession();
+    if (isFresh(s) && shopOrdersOf(s)) return Promise.resolve(shopOrdersOf(s));
+    return login().then(shopOrdersOf);
   }
 
   // ---- functions -------------------------------------------------------------------------
@@ -517,6 +600,85 @@ function createClient(options) {
   }
 
   /**
+   * WeChat's pre-order check, `wx.checkBeforeAddOrder` (base library with the trading
+   * component; WECHAT_SHOP.md §4 and §14.4). Public integrations call it with callbacks only and
+   * read `res.data.{requireOrder, requiredFundType, traceId}`; that shape is what WeChat's doc
+   * pages and those integrations agree on, the rest is UNVERIFIED: an answer without `data`
+   * is read flat, one without requireOrder counts as a failed check. The traceId is valid for
+   * minutes, so it is asked for right before each order. Never rejects; resolves
+   * - { status: 'ok', requireOrder, requiredFundType, traceId };
+   * - { status: 'unavailable' }: the base library has no such API (older WeChat, or the mini
+   *   program has no trading component);
+   * - { status: 'failed', errMsg }: its fail callback, a throw, a malformed answer, or no answer
+   *   within orderCheck.timeoutMs.
+   */
+  function runOrderCheck() {
+    if (typeof w.checkBeforeAddOrder !== 'function') return Promise.resolve({ status: 'unavailable' });
+    return new Promise(function (resolve) {
+      var timer = null;
+      var done = false;
+      function finish(r) {
+        if (done) return;
+        done = true;
+        if (timer !== null) clearTimeout(timer);
+        resolve(r);
+      }
+      timer = setTimeout(function () {
+        finish({ status: 'failed', errMsg: 'checkBeforeAddOrder: no answer within ' + orderCheck.timeoutMs + ' ms' });
+      }, orderCheck.timeoutMs);
+      try {
+        w.checkBeforeAddOrder({
+          success: function (res) {
+            var d = res && res.data && typeof res.data === 'object' ? res.data : res;
+            if (!d || d.requireOrder === undefined || d.requireOrder === null) {
+              return finish({ status: 'failed', errMsg: 'checkBeforeAddOrder: an answer without requireOrder' });
+            }
+            var out = { status: 'ok', requireOrder: Number(d.requireOrder) };
+            if (d.requiredFundType !== undefined && d.requiredFundType !== null) out.requiredFundType = Number(d.requiredFundType);
+            if (d.traceId !== undefined) out.traceId = d.traceId;
+            finish(out);
+          },
+          fail: function (res) {
+            finish({ status: 'failed', errMsg: (res && res.errMsg) || 'checkBeforeAddOrder:fail' });
+          },
+        });
+      } catch (e) {
+        finish({ status: 'failed', errMsg: 'checkBeforeAddOrder threw: ' + (e && e.message ? e.message : String(e)) });
+      }
+    });
+  }
+
+  /**
+   * buy()'s pre-order step → resolves what the check said (runOrderCheck's answer, or
+   * { status: 'off' } / { status: 'caller' } when it was not run), or rejects (error shape)
+   * when the purchase must not go on: ORDER_TYPE_UNSUPPORTED (orderTypeRefusal), or
+   * ORDER_CHECK_FAILED when the check is required and missing or failed. A failed check that
+   * is not required is logged (console.warn) and reported in buy's result, never swallowed.
+   */
+  function preOrderCheck(callerTraceId) {
+    if (callerTraceId) return Promise.resolve({ status: 'caller' });
+    if (!orderCheck.enabled) return Promise.resolve({ status: 'off' });
+    return runOrderCheck().then(function (c) {
+      if (c.status !== 'ok') {
+        if (orderCheck.required) {
+          var what = c.status === 'unavailable' ? 'wx.checkBeforeAddOrder is not available in this base library' : c.errMsg;
+          throw makeError('ORDER_CHECK_FAILED', "WeChat's pre-order check is required and did not answer: " + what, 0, { orderCheck: c });
+        }
+        if (c.status === 'failed' && typeof console !== 'undefined' && console.warn) {
+          console.warn('wxshop: wx.checkBeforeAddOrder failed, ordering without a trace id:', c.errMsg);
+        }
+        return c;
+      }
+      if (c.requireOrder !== 1) return c;
+      return shopOrders().then(function (shop) {
+        var refusal = orderTypeRefusal(c, shop);
+        if (refusal) throw assign(refusal, { orderCheck: c });
+        return c;
+      });
+    });
+  }
+
+  /**
    * unifiedOrder with `data` (which carries its idempotency_key), sent again with the same
    * body while isRetryableOrderError says the outcome is unknown or transient, within
    * orderRetry's attempts and budget. The server answers a key it completed with the stored
@@ -547,7 +709,10 @@ function createClient(options) {
   }
 
   /**
-   * buy({ items, address?, idempotencyKey? }) → unifiedOrder then pay; resolves pay()'s result.
+   * buy({ items, address?, idempotencyKey?, traceId? }) → preOrderCheck, unifiedOrder, pay;
+   * resolves pay()'s result plus `orderCheck` (what the pre-order check said).
+   * Rejects before anything is made when preOrderCheck refuses (ORDER_TYPE_UNSUPPORTED,
+   * ORDER_CHECK_FAILED; no `idempotencyKey`: there is nothing to pick up).
    * Rejects (error shape, plus `idempotencyKey`) when it got no payment parameters: the server
    * refused the cart, or the outcome stayed unknown after placeOrder's retries, in which case
    * the order may exist. Call buy again with the same items and `idempotencyKey:
@@ -565,24 +730,39 @@ function createClient(options) {
     if (params.address) data.address = params.address;
     var scene = enterScene();
     if (scene !== undefined && !isNaN(scene)) data.scene = scene;
-    // `traceId` from the page's wx.checkBeforeAddOrder, forwarded to shop/order/add.
+    // A `traceId` the page got from its own wx.checkBeforeAddOrder wins; buy then runs no check.
     if (params.traceId) data.trace_id = params.traceId;
-    return placeOrder(data)
-      .then(function (r) {
-        var result = r.result;
-        if (!result || !result.out_trade_no || !result.payment) {
-          throw makeError('BAD_RESPONSE', 'unifiedOrder returned no payment parameters', 200);
-        }
-        return result;
-      })
+    var check = null;
+    return preOrderCheck(params.traceId)
       .catch(function (e) {
-        var err = toError(e);
-        // A key the server says is spent (used for another cart or address, or its order
-        // closed) must not be sent again: the next try is a new purchase.
-        if (err.code === 'IDEMPOTENCY_KEY_REUSED' || err.code === 'ORDER_CLOSED') throw err;
-        throw assign({}, err, { idempotencyKey: key });
+        throw toError(e); // nothing was sent for this key: no idempotencyKey to hand back
       })
-      .then(pay);
+      .then(function (c) {
+        check = c;
+        if (c.traceId !== undefined) {
+          if (usableTraceId(c.traceId)) data.trace_id = c.traceId;
+          else c.traceIdDropped = true; // the server would refuse it (BAD_TRACE_ID)
+        }
+        return placeOrder(data)
+          .then(function (r) {
+            var result = r.result;
+            if (!result || !result.out_trade_no || !result.payment) {
+              throw makeError('BAD_RESPONSE', 'unifiedOrder returned no payment parameters', 200);
+            }
+            return result;
+          })
+          .catch(function (e) {
+            var err = toError(e);
+            // A key the server says is spent (used for another cart or address, or its order
+            // closed) must not be sent again: the next try is a new purchase.
+            if (err.code === 'IDEMPOTENCY_KEY_REUSED' || err.code === 'ORDER_CLOSED') throw err;
+            throw assign({}, err, { idempotencyKey: key });
+          });
+      })
+      .then(pay)
+      .then(function (r) {
+        return assign(r, { orderCheck: check });
+      });
   }
 
   // ---- after-sales ---------------------------------------------------------------------------
@@ -693,7 +873,7 @@ function createClient(options) {
     pay: pay,
     buy: buy,
     aftersale: aftersale,
-    /** The stored session ({ token, expires_at, openid }) or null. */
+    /** The stored session ({ token, expires_at, openid, fund_type?, trading_component? }) or null. */
     session: readSession,
     /** Forget the stored session (e.g. on logout). */
     logout: clearSession,
@@ -711,5 +891,7 @@ module.exports = {
     needsOrderPayment: needsOrderPayment,
     isRetryableOrderError: isRetryableOrderError,
     isRetryableApplyError: isRetryableApplyError,
+    orderTypeRefusal: orderTypeRefusal,
+    usableTraceId: usableTraceId,
   },
 };

@@ -30,6 +30,17 @@ test('the root README\'s unifiedOrder row names every field the handler accepts,
   assert.match(row, /ADDRESS_REQUIRED/, 'the row says what a missing address gets');
 });
 
+test('the root README\'s login row names every field login answers, which the client reads', () => {
+  const fields = structFields(read('shared/src/handlers/login.rs'), 'LoginResult');
+  for (const f of ['fund_type', 'trading_component']) assert.ok(fields.includes(f), `LoginResult fields: ${fields}`);
+  const row = read('README.md').split('\n').find((l) => l.startsWith('| `POST /fn/login`'));
+  assert.ok(row, 'no login row in README.md');
+  for (const f of fields) assert.match(row, new RegExp(`\\b${f}\\b`), `README's login row does not mention \`${f}\``);
+  // What the client stores and holds against wx.checkBeforeAddOrder.
+  const client = read('miniprogram/wxshop.js');
+  for (const f of ['fund_type', 'trading_component']) assert.ok(client.includes(`body.${f}`), `wxshop.js does not read login's ${f}`);
+});
+
 test('the miniprogram README tells phone users how to make wxlocal listen beyond loopback', () => {
   const main = read('local/src/main.rs');
   const m = /async fn serve[\s\S]*?parse_addr\(flag\(args, "--addr"\), "([^"]+)"\)/.exec(main);
@@ -123,7 +134,7 @@ test('the client retries exactly the server\'s transient 5xx codes: 503s yes, 50
   }
   // The codes the client gives answers that are not our server's must never be ours.
   const all = files.map((f) => f.src).join('\n');
-  for (const mine of ['SERVER_ERROR', 'HTTP_ERROR', 'NETWORK_ERROR']) {
+  for (const mine of ['SERVER_ERROR', 'HTTP_ERROR', 'NETWORK_ERROR', 'ORDER_TYPE_UNSUPPORTED', 'ORDER_CHECK_FAILED']) {
     assert.ok(!all.includes(`"${mine}"`), `the server sends ${mine}, which the client reserves for answers not from it`);
   }
 });
@@ -142,7 +153,7 @@ function examplePage() {
   assert.ok(m, 'no example page code block in miniprogram/README.md');
   const code = m[1];
 
-  const server = { orders: new Map(), loseAnswers: false, scene: 1001 };
+  const server = { orders: new Map(), loseAnswers: false, scene: 1001, check: { requireOrder: 0, traceId: 'tr-0' } };
   const addresses = [];
   const sent = []; // idempotency keys of every unifiedOrder call, in order
   const wx = {
@@ -152,6 +163,8 @@ function examplePage() {
     removeStorageSync: (k) => wx.storage.delete(k),
     login: ({ success }) => setImmediate(() => success({ code: 'c1' })),
     getEnterOptionsSync: () => ({ scene: server.scene }),
+    // WeChat's pre-order check answers `server.check`.
+    checkBeforeAddOrder: (o) => setImmediate(() => o.success({ errMsg: 'checkBeforeAddOrder:ok', data: server.check })),
     chooseAddress: ({ success }) => setImmediate(() => success(addresses.shift())),
     showLoading: () => {},
     hideLoading: () => {},
@@ -160,7 +173,7 @@ function examplePage() {
     request: (opts) => {
       const name = opts.url.replace(/^.*\/fn\//, '');
       let out;
-      if (name === 'login') out = { statusCode: 200, data: { token: 't', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o' } };
+      if (name === 'login') out = { statusCode: 200, data: { token: 't', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o', fund_type: 0, trading_component: 'always' } };
       else if (name === 'queryOrder') out = { statusCode: 200, data: { order: { out_trade_no: opts.data.out_trade_no, status: 'PAID' } } };
       else if (name === 'unifiedOrder') {
         const d = opts.data;
@@ -266,6 +279,17 @@ test('README example page: a key spent by a scene change or an expired order is 
     assert.match(third.message, /^Paid/, 'not stuck: the next tap buys');
     assert.match(second.message, /tap Buy again/i, 'the page told the user what to do');
   }
+});
+
+test('README example page: an order type the shop does not make is explained, and nothing is ordered', async () => {
+  const { server, tap, sent } = examplePage();
+  server.check = { requireOrder: 1, requiredFundType: 1, traceId: 'tr-1' };
+  const refused = await tap(HOME);
+  assert.match(refused.message, /cannot take orders from here/);
+  assert.deepEqual(sent, [], 'no unifiedOrder was sent');
+  server.check = { requireOrder: 1, requiredFundType: 0, traceId: 'tr-2' };
+  const bought = await tap(HOME);
+  assert.match(bought.message, /^Paid/);
 });
 
 test('aftersale.apply retries what the server\'s apply can answer, as the client README says', () => {

@@ -195,6 +195,9 @@ async function postJson(url, body, headers) {
  * the reason when WeChat's would refuse them. `loseAnswer(name, n)` → true makes the n-th
  * (0-based) call of function `name` reach the server and complete there, but report a timeout
  * to the caller: what a phone sees when the server finishes as its request times out.
+ * `orderCheck` (`res.data` of WeChat's pre-order check: { requireOrder, requiredFundType,
+ * traceId }) gives the stub a `wx.checkBeforeAddOrder` that answers it; without it the stub has
+ * none, as an older base library.
  */
 function sandboxWx(baseUrl, opts) {
   opts = opts || {};
@@ -270,6 +273,9 @@ function sandboxWx(baseUrl, opts) {
     },
     requestPayment: (p) => cashier(p, 'requestPayment'),
     requestOrderPayment: (p) => cashier(p, 'requestOrderPayment'),
+    checkBeforeAddOrder: opts.orderCheck
+      ? (o) => setImmediate(() => o.success({ errMsg: 'checkBeforeAddOrder:ok', data: opts.orderCheck }))
+      : undefined,
   };
 }
 
@@ -330,6 +336,12 @@ test('a full purchase of the seeded tea is paid', { timeout: TEST_TIMEOUT_MS }, 
   assert.ok(session && session.token && session.openid, JSON.stringify(session));
   assert.equal(typeof session.expires_at, 'number');
 });
+
+/** The sandbox's recorded calls of WeChat APIs whose path ends with `path` (all with ''). */
+async function sandboxCalls(path) {
+  const res = await fetch(`${server.baseUrl}/sandbox/_control/calls?path=${encodeURIComponent(path)}`, { signal: AbortSignal.timeout(10000) });
+  return (await res.json()).calls;
+}
 
 /** The sandbox's pay/unifiedorder calls so far (each is one order at WeChat Pay). */
 async function prepays() {
@@ -496,4 +508,33 @@ test('aftersale.apply names the product line: the server records it, and refuses
   assert.deepEqual([a.product_id, a.sku_id, a.quantity], ['tea', 'tea-250g', 1], JSON.stringify(a));
   const [listed] = await shop.aftersale.list(bought.out_trade_no);
   assert.equal(listed.quantity, 1, JSON.stringify(listed));
+});
+
+test('the pre-order check\'s traceId reaches shop/order/add; an order type the shop does not make is refused before anything is made', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const traceId = `it-trace-${Date.now()}`;
+  const wx = sandboxWx(server.baseUrl, { cashier: 'pay', orderCheck: { requireOrder: 1, requiredFundType: 0, traceId } });
+  const r = await client(wx).buy({ items: [TEA], address: ADDRESS });
+  assert.equal(r.paid, true, `order: ${JSON.stringify(r.order)} error: ${JSON.stringify(r.error)}`);
+  assert.deepEqual(r.orderCheck, { status: 'ok', requireOrder: 1, requiredFundType: 0, traceId });
+  const added = (await sandboxCalls('shop/order/add')).filter((c) => c.out_order_id === r.out_trade_no);
+  assert.ok(added.length > 0, 'the order went through the trading component');
+  for (const a of added) assert.equal(a.trace_id, traceId, JSON.stringify(a));
+  // login told the client what this wxlocal makes: its defaults.
+  const session = wx.storage.get('wxshop.session');
+  assert.deepEqual([session.fund_type, session.trading_component], [0, 'always'], JSON.stringify(session));
+
+  // WeChat requires a secondary-merchant order in this scene; this wxlocal makes ordinary ones.
+  const prepaysBefore = (await prepays()).length;
+  const addsBefore = (await sandboxCalls('shop/order/add')).length;
+  const refused = sandboxWx(server.baseUrl, { cashier: 'pay', orderCheck: { requireOrder: 1, requiredFundType: 1, traceId: 'it-refused' } });
+  const err = await client(refused).buy({ items: [TEA], address: ADDRESS }).then(
+    (x) => assert.fail(`bought: ${JSON.stringify(x)}`),
+    (e) => e
+  );
+  assert.equal(err.code, 'ORDER_TYPE_UNSUPPORTED', JSON.stringify(err));
+  assert.deepEqual([err.requiredFundType, err.fundType, err.tradingComponent], [1, 0, 'always']);
+  assert.deepEqual(refused.log.map((x) => x.name), ['login'], 'no unifiedOrder was sent');
+  assert.equal((await prepays()).length, prepaysBefore, 'nothing asked of WeChat Pay');
+  assert.equal((await sandboxCalls('shop/order/add')).length, addsBefore, 'no component order');
 });

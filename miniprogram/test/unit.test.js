@@ -646,3 +646,161 @@ test('aftersale.apply: a key the server says is spent is not handed back for a r
   assert.equal(err.idempotencyKey, undefined, 'the next application must use a new key');
   assert.deepEqual(applyKeys(wx), ['tap-1'], 'not sent again');
 });
+
+// ---- buy: WeChat's pre-order check (wx.checkBeforeAddOrder) --------------------------------
+
+/** A login answer from a server that makes `fund_type` orders with `trading_component`. */
+const shopLogin = (fund_type, trading_component) => (data) => ({
+  statusCode: 200,
+  data: { token: 'tok-' + data.code, expires_at: future(), openid: 'o-alice', fund_type, trading_component },
+});
+/** wx.checkBeforeAddOrder answering `data` (as `res.data`, the shape public integrations read). */
+const checkSays = (data, seen) => (opts) => {
+  if (seen) seen.push(opts);
+  setImmediate(() => opts.success({ errMsg: 'checkBeforeAddOrder:ok', data }));
+};
+const sentOrders = (wx) => wx.calls.filter((x) => x.name === 'unifiedOrder').map((x) => x.data);
+/** console.warn captured while `f` runs. */
+async function warnings(f) {
+  const seen = [];
+  const orig = console.warn;
+  console.warn = (...a) => seen.push(a.join(' '));
+  try {
+    return { result: await f(), seen };
+  } finally {
+    console.warn = orig;
+  }
+}
+
+test('buy: the pre-order check\'s traceId reaches unifiedOrder as trace_id, and buy reports what it said', async () => {
+  const seen = [];
+  for (const [check, shop] of [
+    [{ requireOrder: 0, requiredFundType: 0, traceId: 'tr-plain' }, shopLogin(0, 'off')],
+    [{ requireOrder: 1, requiredFundType: 0, traceId: 'tr-ordinary' }, shopLogin(0, 'always')],
+    [{ requireOrder: 1, requiredFundType: 2, traceId: 'tr-either' }, shopLogin(1, 'always')],
+    [{ requireOrder: 1, requiredFundType: 1, traceId: 'tr-secondary' }, shopLogin(1, 'always')],
+    [{ requireOrder: 1, requiredFundType: 0, traceId: 'tr-scene' }, shopLogin(0, 'scene')],
+  ]) {
+    const wx = fakeWx(Object.assign(paidRoutes(() => ({ statusCode: 200, data: payFixture() })), { login: shop }), Object.assign({ checkBeforeAddOrder: checkSays(check, seen) }, payOk));
+    const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+    const r = await c.buy({ items: [TEA] });
+    assert.equal(r.paid, true, JSON.stringify(check));
+    assert.equal(sentOrders(wx)[0].trace_id, check.traceId, JSON.stringify(check));
+    assert.deepEqual(r.orderCheck, Object.assign({ status: 'ok' }, check));
+    assert.equal(wx.loginCount, 1, 'one login, which also said what the shop makes');
+  }
+  assert.equal(typeof seen[0].success, 'function');
+  assert.equal(typeof seen[0].fail, 'function');
+});
+
+test('buy: an order WeChat requires and the shop does not make is refused before anything is made', async () => {
+  const cases = [
+    // [what the check says, the server's login, why]
+    [{ requireOrder: 1, requiredFundType: 1, traceId: 't' }, shopLogin(0, 'always'), /secondary-merchant[\s\S]*this shop makes ordinary/],
+    [{ requireOrder: 1, requiredFundType: 0, traceId: 't' }, shopLogin(1, 'always'), /ordinary[\s\S]*this shop makes secondary-merchant/],
+    [{ requireOrder: 1, requiredFundType: 2, traceId: 't' }, shopLogin(0, 'off'), /WX_TRADING_COMPONENT=off/],
+    [{ requireOrder: 1, requiredFundType: 0, traceId: 't' }, shopLogin(0, 'off'), /WX_TRADING_COMPONENT=off/],
+    [{ requireOrder: 1, requiredFundType: 4, traceId: 't' }, shopLogin(1, 'always'), /does not know requiredFundType 4/],
+    [{ requireOrder: 1, traceId: 't' }, shopLogin(0, 'always'), /gave no requiredFundType/],
+    [{ requireOrder: 1, requiredFundType: 1, traceId: 't' }, loginRoute, /server did not say/],
+  ];
+  for (const [check, login, why] of cases) {
+    const wx = fakeWx(Object.assign(paidRoutes(() => assert.fail('unifiedOrder must not be called')), { login }), {
+      checkBeforeAddOrder: checkSays(check),
+      requestPayment: () => assert.fail('cashier must not open'),
+    });
+    const c = createClient({ baseUrl: 'http://x', wx });
+    const err = await c.buy({ items: [TEA], idempotencyKey: 'k-1' }).catch((e) => e);
+    assert.equal(err.code, 'ORDER_TYPE_UNSUPPORTED', JSON.stringify([check, err]));
+    assert.equal(err.statusCode, 0);
+    assert.match(err.message, why);
+    assert.equal(err.requiredFundType, check.requiredFundType);
+    assert.deepEqual(err.orderCheck, Object.assign({ status: 'ok' }, check));
+    assert.equal(err.idempotencyKey, undefined, 'nothing was made: no key to pick up');
+    assert.deepEqual(sentOrders(wx), [], 'no order was asked for');
+  }
+  const err = _internal.orderTypeRefusal({ status: 'ok', requireOrder: 1, requiredFundType: 1 }, { fund_type: 0, trading_component: 'always' });
+  assert.deepEqual([err.fundType, err.tradingComponent], [0, 'always']);
+});
+
+test('buy: without wx.checkBeforeAddOrder (older base library) it orders as before, without a trace id', async () => {
+  const wx = fakeWx(paidRoutes(() => ({ statusCode: 200, data: payFixture() })), payOk);
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  const r = await c.buy({ items: [TEA] });
+  assert.equal(r.paid, true);
+  assert.deepEqual(r.orderCheck, { status: 'unavailable' });
+  assert.equal('trace_id' in sentOrders(wx)[0], false);
+});
+
+test('buy: a failing pre-order check is logged and reported, and the purchase goes on without a trace id', async () => {
+  const failing = [
+    [(o) => setImmediate(() => o.fail({ errMsg: 'checkBeforeAddOrder:fail system error' })), /system error/],
+    [() => {
+      throw new Error('not supported');
+    }, /threw: not supported/],
+    [() => {}, /no answer within 50 ms/], // never calls back
+    [(o) => setImmediate(() => o.success({ errMsg: 'checkBeforeAddOrder:ok', data: {} })), /without requireOrder/],
+  ];
+  for (const [api, errMsg] of failing) {
+    const wx = fakeWx(paidRoutes(() => ({ statusCode: 200, data: payFixture() })), Object.assign({ checkBeforeAddOrder: api }, payOk));
+    const c = createClient({ baseUrl: 'http://x', wx, orderCheck: { timeoutMs: 50 }, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+    const { result: r, seen } = await warnings(() => c.buy({ items: [TEA] }));
+    assert.equal(r.paid, true, String(errMsg));
+    assert.equal(r.orderCheck.status, 'failed');
+    assert.match(r.orderCheck.errMsg, errMsg);
+    assert.equal('trace_id' in sentOrders(wx)[0], false);
+    assert.equal(seen.length, 1, 'logged once');
+    assert.match(seen[0], errMsg);
+  }
+});
+
+test('buy: with orderCheck.required a missing or failing check refuses before anything is made', async () => {
+  for (const extra of [{}, { checkBeforeAddOrder: (o) => setImmediate(() => o.fail({ errMsg: 'checkBeforeAddOrder:fail auth deny' })) }]) {
+    const wx = fakeWx(paidRoutes(() => assert.fail('unifiedOrder must not be called')), extra);
+    const c = createClient({ baseUrl: 'http://x', wx, orderCheck: { required: true } });
+    const err = await c.buy({ items: [TEA] }).catch((e) => e);
+    assert.equal(err.code, 'ORDER_CHECK_FAILED', JSON.stringify(err));
+    assert.equal(err.idempotencyKey, undefined);
+    assert.deepEqual(wx.calls, [], 'nothing was sent');
+  }
+});
+
+test('buy: orderCheck: false, or a traceId from the caller, runs no check', async () => {
+  const never = () => assert.fail('checkBeforeAddOrder must not be called');
+  const wx = fakeWx(paidRoutes(() => ({ statusCode: 200, data: payFixture() })), Object.assign({ checkBeforeAddOrder: never }, payOk));
+  const off = createClient({ baseUrl: 'http://x', wx, orderCheck: false, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  assert.deepEqual((await off.buy({ items: [TEA] })).orderCheck, { status: 'off' });
+  const on = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  assert.deepEqual((await on.buy({ items: [TEA], traceId: 'page-trace' })).orderCheck, { status: 'caller' });
+  const sent = sentOrders(wx);
+  assert.equal('trace_id' in sent[0], false);
+  assert.equal(sent[1].trace_id, 'page-trace');
+});
+
+test('buy: a session stored before the server said what it makes is renewed before the check is judged', async () => {
+  const wx = fakeWx(
+    Object.assign(paidRoutes(() => ({ statusCode: 200, data: payFixture() })), { login: shopLogin(1, 'always') }),
+    Object.assign({ checkBeforeAddOrder: checkSays({ requireOrder: 1, requiredFundType: 1, traceId: 'tr-9' }) }, payOk)
+  );
+  wx.storage.set('wxshop.session', { token: 'old-but-valid', expires_at: future(), openid: 'o-alice' });
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  const r = await c.buy({ items: [TEA] });
+  assert.equal(r.paid, true);
+  assert.equal(wx.loginCount, 1);
+  assert.deepEqual([c.session().fund_type, c.session().trading_component], [1, 'always']);
+  // The next purchase needs no login: the session says it now.
+  await c.buy({ items: [TEA] });
+  assert.equal(wx.loginCount, 1);
+});
+
+test('buy: a traceId the server would refuse (BAD_TRACE_ID) is dropped, not sent', async () => {
+  for (const traceId of ['has space', 'x'.repeat(129), 42, '追踪']) {
+    const wx = fakeWx(paidRoutes(() => ({ statusCode: 200, data: payFixture() })), Object.assign({ checkBeforeAddOrder: checkSays({ requireOrder: 0, traceId }) }, payOk));
+    const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+    const r = await c.buy({ items: [TEA] });
+    assert.equal(r.paid, true);
+    assert.equal('trace_id' in sentOrders(wx)[0], false, String(traceId));
+    assert.equal(r.orderCheck.traceIdDropped, true);
+  }
+  assert.equal(_internal.usableTraceId('tr-3f9a-77'), true);
+});

@@ -64,6 +64,17 @@ pub enum TradingComponent {
     SceneCheck,
 }
 
+impl TradingComponent {
+    /// The `WX_TRADING_COMPONENT` value that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TradingComponent::Off => "off",
+            TradingComponent::Always => "always",
+            TradingComponent::SceneCheck => "scene",
+        }
+    }
+}
+
 /// Which access-token API to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenMode {

@@ -223,3 +223,33 @@ async fn the_pre_order_checks_trace_id_reaches_the_component_order() {
     assert_eq!((s, v["code"].as_str()), (400, Some("BAD_TRACE_ID")), "{v}");
     assert_eq!(r.sandbox.calls("shop/order/add").len(), 1);
 }
+
+/// `login` says which orders the shop makes, so the mini program can hold them against what
+/// `wx.checkBeforeAddOrder` says the user's scene needs before it orders.
+#[tokio::test]
+async fn login_says_which_orders_the_shop_makes() {
+    /// Environment overrides → the login's `fund_type` and `trading_component`.
+    type Mode = (&'static [(&'static str, &'static str)], u64, &'static str);
+    let modes: [Mode; 4] = [
+        (&[], 0, "always"), // wxlocal's default
+        (&[("WX_TRADING_COMPONENT", "off")], 0, "off"),
+        (&[("WX_TRADING_COMPONENT", "scene")], 0, "scene"),
+        (&[("WX_FUND_TYPE", "1")], 1, "always"),
+    ];
+    for (vars, fund_type, component) in modes {
+        let r = stack_with(vars).await;
+        let c = Client::new(&r);
+        let (_, code) = c
+            .post("/sandbox/_control/login", None, &json!({"user": "lena"}))
+            .await;
+        let (s, v) = c
+            .post("/fn/login", None, &json!({"code": code["code"]}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            (v["fund_type"].as_u64(), v["trading_component"].as_str()),
+            (Some(fund_type), Some(component)),
+            "{vars:?}: {v}"
+        );
+    }
+}

@@ -1,6 +1,10 @@
 //! `login`: `{code}` from `wx.login` → `sns/jscode2session` → openid → a signed session
 //! token. The `session_key` stays on the server (it is not even stored: nothing here needs
 //! to decrypt user data).
+//!
+//! The answer also says which orders this shop makes (`fund_type`, `trading_component`): the
+//! mini program holds them against `wx.checkBeforeAddOrder` before it orders, so an order
+//! WeChat would not accept in the user's scene is refused before anything is made.
 
 use crate::app::App;
 use crate::domain::OpenId;
@@ -20,6 +24,12 @@ struct LoginResult {
     /// Epoch seconds.
     expires_at: i64,
     openid: String,
+    /// The trading component's `fund_type` of every order made here: 0 ordinary (WeChat Pay
+    /// to our merchant account), 1 secondary merchant (`WX_FUND_TYPE`).
+    fund_type: u8,
+    /// When orders go through the trading component: `off`, `always` or `scene`
+    /// (`WX_TRADING_COMPONENT`).
+    trading_component: &'static str,
 }
 
 pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
@@ -46,6 +56,8 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         token,
         expires_at: now.saturating_add(ttl),
         openid: openid.to_string(),
+        fund_type: app.config.fund_type.code(),
+        trading_component: app.config.trading_component.as_str(),
     }))
 }
 
