@@ -18,8 +18,9 @@
 //!    message listing every problem) and the process exits non-zero, so a misconfigured stack
 //!    says what to fix on its first invocation.
 //! 4. The invocation loop. HTTP functions take API Gateway HTTP API (payload 2.0) events, read
-//!    them as `http` requests ([`to_wx_request`]) and dispatch with [`handlers::find_route`] + [`handlers::handle`], exactly
-//!    like `wxlocal`. `orderSync` takes three shapes in one binary: DynamoDB stream records of
+//!    them as `http` requests ([`to_wx_request`]) and run the binary's own function with
+//!    [`handlers::handle_as`] (the routes of [`handlers::find_route`], as `wxlocal` serves them).
+//!    `orderSync` takes three shapes in one binary: DynamoDB stream records of
 //!    new outbox entries, the EventBridge schedule, and its admin HTTP route.
 //!
 //! `/admin/*` routes are IAM-authorised by API Gateway before they get here; an admin request
@@ -28,7 +29,7 @@
 
 use crate::app::{open_store, App, StartupError};
 use crate::config::Config;
-use crate::handlers::{self, Caller, Function, Route};
+use crate::handlers::{self, Caller, Function, FunctionEntry, Route};
 use crate::http::ApiError;
 use crate::time::Clock;
 use aws_lambda_events::event::apigw::ApiGatewayV2httpRequest;
@@ -44,11 +45,14 @@ pub use lambda_runtime::Error;
 /// Environment variable naming the Secrets Manager secret with the keys.
 pub const SECRET_ARN_VAR: &str = "WXSHOP_SECRET_ARN";
 
-/// Runs `function` until the Lambda service stops the sandbox.
+/// Runs the function `F` (`wxshop::lambda::run::<wxshop::handlers::entry::Login>()`) until the
+/// Lambda service stops the sandbox. The function is a type, not a value, so that each binary
+/// links its own handler only ([`FunctionEntry`]).
 ///
 /// Returns an error (and the binary exits non-zero) only when the cold start fails — after the
 /// failure has been reported to the Runtime API — or when the runtime loop itself fails.
-pub async fn run(function: Function) -> Result<(), Error> {
+pub async fn run<F: FunctionEntry>() -> Result<(), Error> {
+    let function = F::FUNCTION;
     init_logging();
     let started = Instant::now();
     let mut app = match start().await {
@@ -74,12 +78,12 @@ pub async fn run(function: Function) -> Result<(), Error> {
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<Value>| async move {
             let span = invocation_span(function, &event.context.request_id);
-            if function == Function::OrderSync {
-                order_sync_event(app, event.payload, event.context.deadline)
+            if matches!(F::FUNCTION, Function::OrderSync) {
+                order_sync_event::<F>(app, event.payload, event.context.deadline)
                     .instrument(span)
                     .await
             } else {
-                http_function_event(app, function, event.payload)
+                http_function_event::<F>(app, event.payload)
                     .instrument(span)
                     .await
             }
@@ -89,16 +93,13 @@ pub async fn run(function: Function) -> Result<(), Error> {
 }
 
 /// An API Gateway HTTP API (payload 2.0) event for `function`: request → handler → response.
-async fn http_function_event(
+async fn http_function_event<F: FunctionEntry>(
     app: &App,
-    function: Function,
     payload: Value,
 ) -> Result<Value, InvocationError> {
     let event: ApiGatewayV2httpRequest = serde_json::from_value(payload)
         .map_err(|e| InvocationError::BadHttpEvent(e.to_string()))?;
-    Ok(api_gateway_v2_response(
-        http_event(app, function, event).await,
-    ))
+    Ok(api_gateway_v2_response(http_event::<F>(app, event).await))
 }
 
 /// The `Function` dimension of the custom metrics: the deployed name Lambda gives the process
@@ -371,21 +372,20 @@ impl From<InvocationError> for Diagnostic {
 }
 
 /// One API Gateway request: route → handler → response. Never fails.
-async fn http_event(
+async fn http_event<F: FunctionEntry>(
     app: &App,
-    function: Function,
     req: ApiGatewayV2httpRequest,
 ) -> crate::http::Response {
     let started = Instant::now();
     let method = req.request_context.http.method.as_str().to_owned();
-    let (route, req) = match to_wx_request(function, req) {
+    let (route, req) = match to_wx_request(F::FUNCTION, req) {
         Ok(found) => found,
         Err(resp) => {
             tracing::info!(%method, status = resp.status().as_u16(), "no such route");
             return *resp;
         }
     };
-    let resp = handlers::handle(app, route, req).await;
+    let resp = handlers::handle_as::<F>(app, req).await;
     tracing::info!(
         %method,
         path = route.path,
@@ -563,7 +563,7 @@ pub fn event_shape(event: &Value) -> Option<EventShape> {
 
 /// `deadline_ms`: the invocation's deadline from the Runtime API (epoch ms); the schedule stops
 /// starting work [`handlers::order_sync::SCHEDULE_MARGIN`] before it.
-async fn order_sync_event(
+async fn order_sync_event<F: FunctionEntry>(
     app: &App,
     payload: Value,
     deadline_ms: u64,
@@ -580,7 +580,7 @@ async fn order_sync_event(
             tracing::info!(ms = started.elapsed().as_millis() as u64, "schedule");
             Ok(result)
         }
-        Some(EventShape::Http) => http_function_event(app, Function::OrderSync, payload).await,
+        Some(EventShape::Http) => http_function_event::<F>(app, payload).await,
         None => Err(InvocationError::UnknownEvent(
             "orderSync handles DynamoDB stream records, EventBridge schedules and API Gateway HTTP API events".to_owned(),
         )),

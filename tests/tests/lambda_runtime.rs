@@ -480,6 +480,68 @@ async fn query_order_routes_by_raw_path_and_stage() {
     check_logs(&log, "queryOrder");
 }
 
+/// Each binary runs its own function — `lambda::run::<entry::X>()` in its `main.rs` — so that it
+/// links that function's code only: every route of its function reaches its handler, and a
+/// route of any other function is `NO_SUCH_ROUTE`. A `main.rs` wired to the wrong entry fails
+/// here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_binary_serves_its_own_routes_and_no_other() {
+    use wxshop::handlers::{Caller, Function, ROUTES};
+    for function in Function::ALL {
+        let own: Vec<_> = ROUTES.iter().filter(|r| r.function == function).collect();
+        let foreign = ROUTES
+            .iter()
+            .find(|r| r.function != function)
+            .expect("another function's route");
+        let event = |r: &wxshop::handlers::Route| {
+            let e = http_event(
+                r.method,
+                r.path,
+                "$default",
+                "",
+                json!({"content-type": "application/json"}),
+                (r.method == "POST").then_some("{}"),
+                false,
+            );
+            if r.caller == Caller::Admin {
+                iam_signed(e)
+            } else {
+                e
+            }
+        };
+        let mut events: Vec<Value> = own.iter().map(|r| event(r)).collect();
+        events.push(event(foreign));
+        let mut api = RuntimeApi::start(events).await;
+        let f = FunctionProcess::spawn(function.binary(), &api, &valid_config());
+        let mut answers = Vec::new();
+        for _ in 0..=own.len() {
+            answers.push(response_of(api.next_outcome().await).1);
+        }
+        let log = f.stop().await;
+        for (r, answer) in own.iter().zip(&answers) {
+            assert_ne!(
+                body_json(answer)["code"],
+                "NO_SUCH_ROUTE",
+                "{} did not serve its own {} {}: {answer}",
+                function.binary(),
+                r.method,
+                r.path
+            );
+        }
+        let last = &answers[own.len()];
+        assert_eq!(
+            body_json(last)["code"],
+            "NO_SUCH_ROUTE",
+            "{} served {} {} of {}: {last}",
+            function.binary(),
+            foreign.method,
+            foreign.path,
+            foreign.function.name()
+        );
+        check_logs(&log, function.name());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_with_an_empty_body_is_a_400() {
     let mut api = RuntimeApi::start(vec![http_event(

@@ -1,9 +1,9 @@
 //! The `catalog-sync` Lambda function. Everything happens in `wxshop::lambda::run`; see
 //! docs/DEPLOY.md and infra/template.yaml.
 
-use wxshop::handlers::Function;
+use wxshop::handlers::entry;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    wxshop::lambda::run(Function::CatalogSync).await
+    wxshop::lambda::run::<entry::CatalogSync>().await
 }

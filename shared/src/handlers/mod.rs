@@ -1,6 +1,7 @@
 //! The functions. Each module is one deployed function: an async fn over `&App` and an HTTP
 //! request (or the event that triggers it). The Lambda binaries (`crate::lambda`) and
-//! `wxlocal`'s gateway both dispatch through [`handle`] using [`ROUTES`], the one routing
+//! `wxlocal`'s gateway both dispatch through [`handle_as`] (Lambda: one function per binary, see
+//! [`FunctionEntry`]) or [`handle`] (wxlocal: all of them) using [`ROUTES`], the one routing
 //! table (the SAM template is tested against it).
 
 pub mod aftersale_sync;
@@ -182,25 +183,85 @@ pub fn find_route(method: &str, path: &str) -> Option<&'static Route> {
 }
 
 /// Runs `function` for an HTTP request whose route has been matched (and, for admin routes,
-/// authorised by the caller of this function: IAM in AWS, the gateway locally).
+/// authorised by the caller of this function: IAM in AWS, the gateway locally). `wxlocal`
+/// serves every function from one process, so it dispatches here at run time; a Lambda binary
+/// serves one and calls [`handle_as`] with its own [`entry`] type instead.
 pub async fn handle(app: &App, route: &Route, req: Request) -> Response {
-    let result: Result<Response, ApiError> = match route.function {
-        Function::Login => login::handle(app, req).await,
-        Function::UnifiedOrder => unified_order::handle(app, req).await,
-        Function::QueryOrder => query_order::handle(app, req).await,
-        Function::PayCallback => Ok(pay_callback::handle(app, req).await),
-        Function::OrderSync => order_sync::handle(app, req).await,
-        Function::AuditCallback => audit_callback::handle(app, req).await,
-        Function::AftersaleSync => aftersale_sync::handle(app, req).await,
-        Function::CatalogSync => catalog_sync::handle(app, req).await,
-        Function::Funds => funds::handle(app, req).await,
-    };
-    result.unwrap_or_else(|e| {
+    match route.function {
+        Function::Login => handle_as::<entry::Login>(app, req).await,
+        Function::UnifiedOrder => handle_as::<entry::UnifiedOrder>(app, req).await,
+        Function::QueryOrder => handle_as::<entry::QueryOrder>(app, req).await,
+        Function::PayCallback => handle_as::<entry::PayCallback>(app, req).await,
+        Function::OrderSync => handle_as::<entry::OrderSync>(app, req).await,
+        Function::AuditCallback => handle_as::<entry::AuditCallback>(app, req).await,
+        Function::AftersaleSync => handle_as::<entry::AftersaleSync>(app, req).await,
+        Function::CatalogSync => handle_as::<entry::CatalogSync>(app, req).await,
+        Function::Funds => handle_as::<entry::Funds>(app, req).await,
+    }
+}
+
+/// Runs the function `F` for a request of one of its routes: its answer, or its refusal as
+/// the error response (logged as an error when it is ours, as info when it is the caller's).
+pub async fn handle_as<F: FunctionEntry>(app: &App, req: Request) -> Response {
+    F::handle(app, req).await.unwrap_or_else(|e| {
+        let function = F::FUNCTION.name();
         if e.status.is_server_error() {
-            tracing::error!(function = route.function.name(), code = e.code, message = %e.message, "request failed");
+            tracing::error!(function, code = e.code, message = %e.message, "request failed");
         } else {
-            tracing::info!(function = route.function.name(), code = e.code, message = %e.message, "request refused");
+            tracing::info!(function, code = e.code, message = %e.message, "request refused");
         }
         e.into_response()
     })
+}
+
+/// One function's handler as a type. A Lambda binary runs `lambda::run::<entry::Login>()`,
+/// so the compiler sees which function it serves and links that function's code only: every
+/// binary used to carry every handler (and the funds QR encoder, the catalog, the after-sale
+/// import, …) behind a `match` on a run-time value (docs/PERFORMANCE.md, "One function per
+/// binary").
+pub trait FunctionEntry {
+    const FUNCTION: Function;
+    fn handle(
+        app: &App,
+        req: Request,
+    ) -> impl std::future::Future<Output = Result<Response, ApiError>> + Send;
+}
+
+/// The [`FunctionEntry`] of each deployed function.
+pub mod entry {
+    use super::{Function, FunctionEntry};
+    use crate::app::App;
+    use crate::http::{ApiError, Request, Response};
+
+    macro_rules! entry {
+        ($name:ident, $module:ident) => {
+            #[doc = concat!("`", stringify!($module), "::handle` as [`Function::", stringify!($name), "`].")]
+            pub struct $name;
+            impl FunctionEntry for $name {
+                const FUNCTION: Function = Function::$name;
+                async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
+                    super::$module::handle(app, req).await
+                }
+            }
+        };
+    }
+
+    entry!(Login, login);
+    entry!(UnifiedOrder, unified_order);
+    entry!(QueryOrder, query_order);
+    entry!(OrderSync, order_sync);
+    entry!(AuditCallback, audit_callback);
+    entry!(AftersaleSync, aftersale_sync);
+    entry!(CatalogSync, catalog_sync);
+    entry!(Funds, funds);
+
+    /// `pay_callback::handle` as [`Function::PayCallback`]: it always answers (WeChat's
+    /// `FAIL` is an answer), so it never refuses.
+    pub struct PayCallback;
+    impl FunctionEntry for PayCallback {
+        const FUNCTION: Function = Function::PayCallback;
+        async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
+            Ok(super::pay_callback::handle(app, req).await)
+        }
+    }
 }
