@@ -19,6 +19,7 @@
 
 use super::idempotency::{self, Claim};
 use super::repo::{self, Batch, EventRecord, ProductFilter, RefundRecord, RefundStatus};
+use super::rotation::Rotation;
 use super::{kv, DynStore, Expect, Index, Kind, Page, Query, Record, StoreError, Write};
 use crate::domain::{
     random_alnum, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, AuditStatus, Fen,
@@ -45,6 +46,7 @@ pub async fn run_all(store: DynStore) {
     idempotency_states(&store).await;
     kv_cas(&store).await;
     repo_round_trip(&store).await;
+    rotations(&store).await;
 }
 
 // ---------------------------------------------------------------- helpers
@@ -1685,4 +1687,91 @@ pub async fn repo_round_trip(store: &DynStore) {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------- rotation
+
+/// Up to `n` ids of one run of the turn `name` through `status` (sort ≤ `sort_max`), its
+/// place saved after.
+async fn turn(
+    s: &dyn super::Store,
+    name: &str,
+    status: &str,
+    sort_max: Option<i64>,
+    n: usize,
+) -> Vec<String> {
+    let mut t = Rotation::resume(s, name, Kind::Order, status, None, sort_max)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        match t.next(s).await.unwrap() {
+            Some(r) => ids.push(r.id),
+            None => break,
+        }
+    }
+    t.save(s, now_secs()).await;
+    ids
+}
+
+/// A sweep's turn through a status index: each run goes on after the record the last run
+/// handled last — read past ties at that place — to the end, then round from the start up
+/// to the place, each record once a run; the place holds when its record has left the index
+/// (the position is in the index's order, not a store cursor), and sort bounds apply.
+pub async fn rotations(store: &DynStore) {
+    let s = store.as_ref();
+    let p = prefix();
+    let status = format!("R{p}");
+    let name = format!("cf/{p}");
+    let t = past_base_ms();
+    let ids: Vec<String> = (0..5).map(|i| format!("{p}{i}")).collect();
+    // Sorts t, t+1, t+1 (a tie), t+2, t+3.
+    let sorts = [t, t + 1, t + 1, t + 2, t + 3];
+    let mut writes = Vec::new();
+    for (id, sort) in ids.iter().zip(sorts) {
+        let mut r = rec(Kind::Order, id, "x");
+        r.status = Some(status.clone());
+        r.sort = sort;
+        writes.push(put(r, Expect::Absent));
+    }
+    must_write(store, writes, "rotation records").await;
+    let want = |idx: &[usize]| idx.iter().map(|&i| ids[i].clone()).collect::<Vec<_>>();
+
+    assert_eq!(turn(s, &name, &status, None, 2).await, want(&[0, 1]));
+    assert_eq!(
+        turn(s, &name, &status, None, 2).await,
+        want(&[2, 3]),
+        "after the place, its tie included"
+    );
+    assert_eq!(
+        turn(s, &name, &status, None, 10).await,
+        want(&[4, 0, 1, 2, 3]),
+        "to the end, then round to the place: each once"
+    );
+    // The place (3) leaves the index: the next run goes on after where it was.
+    must_write(
+        store,
+        vec![del(Kind::Order, &ids[3], Expect::Any)],
+        "the place leaves",
+    )
+    .await;
+    assert_eq!(turn(s, &name, &status, None, 1).await, want(&[4]));
+    assert_eq!(
+        turn(s, &name, &status, None, 10).await,
+        want(&[0, 1, 2, 4]),
+        "round from the start up to the place, 4, included; 3 is gone"
+    );
+    // Bounds: nothing past `sort_max`, and a place past the bounds starts from the start.
+    assert_eq!(
+        turn(s, &name, &status, Some(t + 1), 10).await,
+        want(&[0, 1, 2]),
+        "within the bounds"
+    );
+    let other = format!("cf/{p}/other");
+    assert_eq!(
+        turn(s, &other, &status, None, 10).await,
+        want(&[0, 1, 2, 4]),
+        "a turn of its own, from the start"
+    );
+    assert_eq!(turn(s, &other, &status, Some(t), 10).await, want(&[0]));
 }

@@ -14,6 +14,7 @@
 //! - **Record layout is fixed here, once** (which index carries what), so the backends stay
 //!   generic and the layout is the same on SQLite and DynamoDB.
 
+use super::rotation::Rotation;
 use super::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
 use crate::domain::{
     AfterSale, AfterSaleId, AfterSaleStatus, AuditStatus, Fen, OpenId, Order, OrderStatus,
@@ -39,7 +40,8 @@ impl<T> Versioned<T> {
     }
 }
 
-fn versioned<T: DeserializeOwned>(rec: &Record) -> Result<Versioned<T>, StoreError> {
+/// A record as the value it holds, with its version.
+pub fn versioned<T: DeserializeOwned>(rec: &Record) -> Result<Versioned<T>, StoreError> {
     Ok(Versioned {
         value: rec.decode()?,
         version: rec.version,
@@ -122,6 +124,25 @@ pub async fn orders_in_status(
     q.limit = limit.max(1);
     let page = store.query(q).await?;
     page.records.iter().map(versioned).collect()
+}
+
+/// A turn (see [`Rotation`]) through the orders in `status` created before
+/// `created_before_ms`, oldest first from where the last run named `name` stopped.
+pub async fn order_rotation(
+    store: &dyn Store,
+    name: &str,
+    status: OrderStatus,
+    created_before_ms: i64,
+) -> Result<Rotation, StoreError> {
+    Rotation::resume(
+        store,
+        name,
+        Kind::Order,
+        status.as_str(),
+        None,
+        Some(created_before_ms.saturating_sub(1)),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------- products
@@ -239,6 +260,27 @@ pub async fn aftersales_in_status(
         .map(versioned)
         .collect::<Result<Vec<_>, _>>()?;
     Ok((values, page.next))
+}
+
+/// A turn (see [`Rotation`]) through the after-sales in `status` created from
+/// `created_from_ms` (if given) and before `created_before_ms`, from where the last run named
+/// `name` stopped.
+pub async fn aftersale_rotation(
+    store: &dyn Store,
+    name: &str,
+    status: AfterSaleStatus,
+    created_from_ms: Option<i64>,
+    created_before_ms: i64,
+) -> Result<Rotation, StoreError> {
+    Rotation::resume(
+        store,
+        name,
+        Kind::AfterSale,
+        status.as_str(),
+        created_from_ms,
+        Some(created_before_ms.saturating_sub(1)),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------- refunds
