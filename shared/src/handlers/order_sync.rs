@@ -356,6 +356,7 @@ async fn run_phase(
                 report.audits.checked += r.checked;
                 report.audits.asked += r.asked;
                 report.audits.decided += r.decided;
+                report.audits.reindexed += r.reindexed;
                 finished
             })
             .map_err(|e| e.to_string()),

@@ -22,7 +22,7 @@ use super::repo::{self, Batch, EventRecord, ProductFilter, RefundRecord, RefundS
 use super::rotation::Rotation;
 use super::{kv, DynStore, Expect, Index, Kind, Page, Query, Record, StoreError, Write};
 use crate::domain::{
-    random_alnum, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, AuditStatus, Fen,
+    random_alnum, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, AuditStatus, Edit, Fen,
     FundType, Listing, OpenId, Order, OrderItem, OrderStatus, OutRefundNo, OutTradeNo, Product,
     ProductId, Sku, SkuId,
 };
@@ -47,6 +47,7 @@ pub async fn run_all(store: DynStore) {
     kv_cas(&store).await;
     repo_round_trip(&store).await;
     rotations(&store).await;
+    product_audit_index(&store).await;
 }
 
 // ---------------------------------------------------------------- helpers
@@ -1425,6 +1426,7 @@ fn product(id: &ProductId, audit: AuditStatus) -> Product {
         updated_at_ms: 0,
         submit_error: None,
         edit: None,
+        audit_asked_at_ms: None,
     }
 }
 
@@ -1774,4 +1776,98 @@ pub async fn rotations(store: &DynStore) {
         "a turn of its own, from the start"
     );
     assert_eq!(turn(s, &other, &status, Some(t), 10).await, want(&[0]));
+}
+
+// ---------------------------------------------------------------- product audit index
+
+/// Whether product `id` is listed under `audit`.
+async fn listed_under(s: &dyn super::Store, audit: AuditStatus, id: &ProductId) -> bool {
+    let mut cursor = None;
+    loop {
+        let (page, next) = repo::list_products(s, ProductFilter::Audit(audit), 100, cursor)
+            .await
+            .unwrap();
+        if page.iter().any(|p| &p.value.product_id == id) {
+            return true;
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return false,
+        }
+    }
+}
+
+/// Re-indexes the whole listing (a page of 2 at a time): how many were written again.
+async fn reindex_all(s: &dyn super::Store) -> usize {
+    let (mut total, mut cursor) = (0, None);
+    loop {
+        let (n, next) = repo::reindex_products(s, 2, cursor).await.unwrap();
+        total += n;
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return total,
+        }
+    }
+}
+
+/// Products are indexed by the audit a verdict can be owed for: an approved product whose
+/// edit is under audit is listed as AUDITING (its own status stays APPROVED), and under
+/// APPROVED again once the edit is decided. One stored before the index followed drafts
+/// (indexed by its own status) is indexed again by `reindex_products`, once.
+pub async fn product_audit_index(store: &DynStore) {
+    let s = store.as_ref();
+    let p = prefix();
+    let edited = |id: &ProductId| {
+        let mut prod = product(id, AuditStatus::Approved);
+        prod.edit = Some(Edit {
+            content: prod.content(),
+            audit: AuditStatus::Auditing,
+            reject_reason: None,
+            submit_error: None,
+        });
+        prod
+    };
+    let id = ProductId::parse(format!("{p}e")).unwrap();
+    let mut b = Batch::new();
+    b.create_product(&edited(&id));
+    b.commit(s).await.unwrap();
+    assert!(listed_under(s, AuditStatus::Auditing, &id).await);
+    assert!(!listed_under(s, AuditStatus::Approved, &id).await);
+    let v = repo::get_product(s, &id).await.unwrap().unwrap();
+    assert_eq!(v.value.audit, AuditStatus::Approved, "its own status");
+    let mut decided = v.value.clone();
+    decided.edit = None;
+    let mut b = Batch::new();
+    b.update_product(&v, &decided);
+    b.commit(s).await.unwrap();
+    assert!(listed_under(s, AuditStatus::Approved, &id).await);
+    assert!(!listed_under(s, AuditStatus::Auditing, &id).await);
+
+    // Stored as before: indexed by the product's own status.
+    let old = ProductId::parse(format!("{p}o")).unwrap();
+    let mut r = Record::new(
+        Kind::Product,
+        old.as_str(),
+        Record::encode(&edited(&old)).unwrap(),
+    );
+    r.owner = Some(repo::PRODUCTS_OWNER.to_owned());
+    r.status = Some("APPROVED".into());
+    must_write(
+        store,
+        vec![put(r, Expect::Absent)],
+        "a product as stored before",
+    )
+    .await;
+    assert!(!listed_under(s, AuditStatus::Auditing, &old).await);
+    assert!(reindex_all(s).await >= 1);
+    assert!(listed_under(s, AuditStatus::Auditing, &old).await);
+    let v = repo::get_product(s, &old).await.unwrap().unwrap();
+    assert_eq!(v.version, 2);
+    assert_eq!(v.value, edited(&old), "written again as it was");
+    reindex_all(s).await;
+    assert_eq!(
+        repo::get_product(s, &old).await.unwrap().unwrap().version,
+        2,
+        "indexed as it is: not written again"
+    );
 }
