@@ -246,16 +246,20 @@ pub enum Phase {
     Unpaid,
     /// Refunds whose notification never came (`pay/refundquery`).
     Refunds,
+    /// Refunds WeChat made of secondary-merchant after-sales on its own, whose push never
+    /// came (`ecaftersale/get`).
+    WechatRefunds,
     /// Audit verdicts whose push never came.
     Audits,
     /// Expired records (SQLite; a no-op on DynamoDB, whose TTL deletes them).
     Purge,
 }
 
-pub const PHASES: [Phase; 5] = [
+pub const PHASES: [Phase; 6] = [
     Phase::Drain,
     Phase::Unpaid,
     Phase::Refunds,
+    Phase::WechatRefunds,
     Phase::Audits,
     Phase::Purge,
 ];
@@ -266,6 +270,7 @@ pub struct ScheduleReport {
     pub drained: DrainReport,
     pub swept: SweepReport,
     pub refunds: super::aftersale_sync::RefundSweepReport,
+    pub wechat_refunds: super::aftersale_sync::WeChatRefundSweepReport,
     pub audits: super::catalog_sync::AuditSweepReport,
     pub purged: usize,
     /// Phases stopped (or never started) at the deadline with work possibly left: the next
@@ -276,8 +281,9 @@ pub struct ScheduleReport {
 }
 
 /// The schedule: drain what is due, sweep unpaid orders (ask WeChat Pay; close the expired
-/// ones and release their stock), settle refunds whose notification never came, apply audit
-/// verdicts whose push never came, purge expired records — all started before `deadline`.
+/// ones and release their stock), settle refunds whose notification never came, record
+/// refunds WeChat made on its own whose push never came, apply audit verdicts whose push never
+/// came, purge expired records — all started before `deadline`.
 ///
 /// No phase starves the ones after it: in a first pass each phase gets an equal share of the
 /// time left (a phase that finishes early leaves its time to the next), and what remains then
@@ -348,6 +354,16 @@ async fn run_phase(
                 report.refunds.pending += r.pending;
                 report.refunds.failed += r.failed;
                 true
+            })
+            .map_err(|e| e.to_string()),
+        Phase::WechatRefunds => super::aftersale_sync::sweep_wechat_refunds(app, deadline)
+            .await
+            .map(|(r, finished)| {
+                report.wechat_refunds.checked += r.checked;
+                report.wechat_refunds.asked += r.asked;
+                report.wechat_refunds.recorded += r.recorded;
+                report.wechat_refunds.failed += r.failed;
+                finished
             })
             .map_err(|e| e.to_string()),
         Phase::Audits => super::catalog_sync::sweep_audits(app, deadline)
