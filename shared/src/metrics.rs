@@ -5,9 +5,10 @@
 //! client, no `cloudwatch:PutMetricData` permission, no call on the request path. The alarms
 //! in `infra/template.yaml` watch what is counted here (`OutboxDeadLetterAlarm` watches
 //! [`OUTBOX_DEAD_LETTERS`]; `PayNotifyUnverifiedAlarm` and `PayNotifyUnrecordedAlarm` watch
-//! [`PAY_NOTIFY_UNVERIFIED`] and [`PAY_NOTIFY_UNRECORDED`]). payCallback answers every
-//! notification with HTTP 200 (a `FAIL` in the XML makes WeChat retry), so Lambda's `Errors`
-//! never sees a payment we refused: these counts are the only signal.
+//! [`PAY_NOTIFY_UNVERIFIED`] and [`PAY_NOTIFY_UNRECORDED`]; `ExpiredOrdersHeldAlarm` watches
+//! [`EXPIRED_ORDERS_HELD`]). payCallback answers every notification with HTTP 200 (a `FAIL`
+//! in the XML makes WeChat retry), so Lambda's `Errors` never sees a payment we refused, and
+//! the sweep's held orders are no error at all: these counts are the only signal.
 //!
 //! Only the Lambda entry point turns emission on ([`Metrics::emf`]). An [`crate::app::App`]
 //! starts with [`Metrics::off`], so `wxlocal`, the demo and the tests print nothing; a test
@@ -36,6 +37,12 @@ pub const PAY_NOTIFY_UNVERIFIED: &str = "PayNotifyUnverified";
 /// moved with no record of it here. Repeats of what is already recorded answer `SUCCESS` and
 /// are not counted.
 pub const PAY_NOTIFY_UNRECORDED: &str = "PayNotifyUnrecorded";
+/// Expired unpaid orders the sweep kept open because WeChat did not say whether they were
+/// paid (the question failed, or WeChat does not know the order). Closing one could release
+/// the stock of an order WeChat holds the money for, so it waits — and its stock with it —
+/// until WeChat answers; an order counted run after run needs a person to look it up in the
+/// merchant platform.
+pub const EXPIRED_ORDERS_HELD: &str = "ExpiredOrdersHeld";
 
 /// Where metric lines go.
 #[derive(Clone, Default)]

@@ -61,6 +61,8 @@ async fn conformance_cases_in_parallel() {
         async { conformance::idempotency_states(&s()).await },
         async { conformance::kv_cas(&s()).await },
         async { conformance::repo_round_trip(&s()).await },
+        async { conformance::rotations(&s()).await },
+        async { conformance::product_audit_index(&s()).await },
     );
 }
 

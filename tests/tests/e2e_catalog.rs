@@ -519,6 +519,192 @@ async fn a_verdict_whose_push_never_came_is_found_by_the_schedule() {
     assert_eq!(report["audits"]["decided"], 1, "{report}");
 }
 
+/// GIVEN a catalog of 150 products, 50 of them drafts under audit WeChat cannot find (they
+/// never reached it: `spu/get` answers "product not found", so no verdict ever comes), listed
+/// before `tea`, whose edit WeChat approved with its push lost WHEN the schedule runs twice
+/// THEN it reads only the 51 products under audit, asks about the 50 once (they then wait
+/// their turn) and applies `tea`'s verdict on the second run. The sweep used to read the whole
+/// catalog every run and ask about the first 50 in listing order: `tea`'s edit stayed under
+/// audit for good.
+#[tokio::test]
+async fn drafts_wechat_never_decides_do_not_starve_the_audit_sweep() {
+    use wxshop::domain::{AuditStatus, ProductId};
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    use wxshop::store::repo::{self, Batch};
+    use wxshop::time::Deadline;
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing green tea 250 g, spring", 2300, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    r.sandbox.set_push_url(None);
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "tea", "approve": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // 50 drafts under audit WeChat has never seen (ids before "tea"), and 99 approved
+    // products (after it).
+    let store = r.app.store.as_ref();
+    let tea_stored = repo::get_product(store, &ProductId::parse("tea".to_owned()).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let now = r.app.clock.now_ms();
+    let mut batch = Batch::new();
+    for i in 0..149 {
+        let mut p = tea_stored.clone();
+        p.edit = None;
+        p.wx_product_id = None;
+        if i < 50 {
+            p.product_id = ProductId::parse(format!("a{i:03}")).unwrap();
+            p.audit = AuditStatus::Auditing;
+            p.updated_at_ms = now - 3_600_000;
+        } else {
+            p.product_id = ProductId::parse(format!("z{i:03}")).unwrap();
+        }
+        batch.create_product(&p);
+        if batch.len() == 50 {
+            std::mem::take(&mut batch).commit(store).await.unwrap();
+        }
+    }
+    batch.commit(store).await.unwrap();
+    r.app.clock.advance(11 * 60_000);
+
+    let schedule = || on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET));
+    let first = schedule().await;
+    let second = schedule().await;
+    let p = get_product(&c, "tea").await;
+    assert!(
+        p["edit"].is_null(),
+        "still under audit: {p} {first} {second}"
+    );
+    assert_eq!(p["title"], "Longjing green tea 250 g, spring", "{p}");
+    assert_eq!(p["audit"], "APPROVED", "{p}");
+    assert_eq!(
+        first["audits"],
+        json!({"checked": 51, "asked": 50, "decided": 0, "reindexed": 0}),
+        "{first}"
+    );
+    assert_eq!(
+        second["audits"],
+        json!({"checked": 51, "asked": 1, "decided": 1, "reindexed": 0}),
+        "{second}"
+    );
+    assert_eq!(
+        get_product(&c, "a000").await["audit"],
+        "AUDITING",
+        "WeChat has no verdict for it"
+    );
+    r.stop();
+}
+
+/// GIVEN a catalog of 300 approved products and one edit under audit WHEN the schedule runs
+/// THEN its audit sweep reads that one product, not the catalog: an edit keeps the approved
+/// product's own status, and the sweep used to list every product every run to find such
+/// edits — its reads grew with the catalog.
+#[tokio::test]
+async fn the_audit_sweep_reads_only_what_is_under_audit() {
+    use wxshop::domain::ProductId;
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    use wxshop::store::repo::{self, Batch};
+    use wxshop::time::Deadline;
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let store = r.app.store.as_ref();
+    let tea_stored = repo::get_product(store, &ProductId::parse("tea".to_owned()).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    for chunk in 0..3 {
+        let mut batch = Batch::new();
+        for i in 0..100 {
+            let mut p = tea_stored.clone();
+            p.product_id = ProductId::parse(format!("p{chunk}{i:02}")).unwrap();
+            batch.create_product(&p);
+        }
+        batch.commit(store).await.unwrap();
+    }
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing green tea 250 g, winter", 2300, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    // (The first runs also index again, 100 a run until done, what was stored before the
+    // index followed drafts: counted as `reindexed`, not as the sweep's reads.)
+    let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    assert_eq!(report["audits"]["checked"], 1, "{report}");
+    assert_eq!(report["audits"]["asked"], 0, "within the grace: {report}");
+    r.stop();
+}
+
+/// GIVEN an edit under audit stored as before the index followed drafts (indexed under the
+/// approved product's own status, where the audit sweep no longer reads), whose approval's
+/// push was lost WHEN the schedule runs past the grace period THEN it indexes the product
+/// again and applies the verdict: an upgrade leaves no edit under audit for good.
+#[tokio::test]
+async fn an_edit_stored_before_the_index_followed_drafts_is_still_swept() {
+    use wxshop::store::{Expect, Kind, Write};
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing green tea 250 g, old", 2300, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    r.sandbox.set_push_url(None);
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "tea", "approve": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let store = r.app.store.as_ref();
+    let mut rec = store.get(Kind::Product, "tea").await.unwrap().unwrap();
+    assert_eq!(rec.status.as_deref(), Some("AUDITING"));
+    let version = rec.version;
+    rec.status = Some("APPROVED".into());
+    rec.version += 1;
+    store
+        .write(vec![Write::put(rec, Expect::Version(version))])
+        .await
+        .unwrap();
+    r.app.clock.advance(11 * 60_000);
+    let report = wxshop::handlers::order_sync::on_schedule(
+        &r.app,
+        wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+    )
+    .await;
+    let p = get_product(&c, "tea").await;
+    assert!(p["edit"].is_null(), "still under audit: {p} {report}");
+    assert_eq!(p["title"], "Longjing green tea 250 g, old", "{p}");
+    assert_eq!(report["audits"]["reindexed"], 1, "{report}");
+    r.stop();
+}
+
 /// Stopping sales does not wait for WeChat: a delisting WeChat fails to take still stops
 /// orders here at once (every order goes through unifiedOrder), and says that WeChat still
 /// lists the product; the same call again delists it there too. It used to leave the product

@@ -1405,6 +1405,75 @@ async fn a_refund_wechat_made_on_its_own_is_recorded() {
     );
 }
 
+/// WeChat refunds two secondary-merchant after-sales on its own — one the merchant never
+/// decided (ours REQUESTED: the merchant let the deadline pass), one the merchant rejected
+/// (the platform ruled for the user) — and both `aftersale_refund_success` pushes are lost.
+/// Within the grace period the schedule leaves them to the pushes; after it, the schedule
+/// reads WeChat's after-sales back and records both refunds as the pushes would have: ours
+/// REFUNDED, the order's refunded amount all of it (REFUNDED, so it no longer ships), the
+/// merchant told; a later run has nothing left to ask about. Nothing read those back: ours
+/// stayed REQUESTED and REJECTED, the order's refunded amount 0 and the order shippable.
+#[tokio::test]
+async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() {
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    use wxshop::time::Deadline;
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (no, total) = buy_pay_settle(&c).await;
+    let token = c.login("alice").await;
+    let undecided = c.apply(&token, &no, 1990, "never arrived").await;
+    let (_, wx_undecided) = added_at_wechat(&r, &undecided).await;
+    let rejected = c.apply(&token, &no, total - 1990, "dented").await;
+    let (_, wx_rejected) = added_at_wechat(&r, &rejected).await;
+    c.admin_aftersale("reject", &rejected).await;
+    eventually("the rejection mirrored", || async {
+        wx_aftersale(&r, wx_rejected).await.status == 4
+    })
+    .await;
+    for wx in [wx_undecided, wx_rejected] {
+        c.control(
+            "aftersale",
+            &json!({"action": "platform_refund", "aftersale_id": wx, "push": false}),
+        )
+        .await;
+    }
+    let schedule = || on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET));
+    let early = schedule().await;
+    assert_eq!(c.aftersale(&no, &undecided).await["status"], "REQUESTED");
+
+    r.app.clock.advance(11 * 60_000);
+    let report = schedule().await;
+    assert_eq!(
+        c.order_status(&no).await,
+        json!({"status": "REFUNDED", "refunded": total}),
+        "{report}"
+    );
+    assert_eq!(c.aftersale(&no, &undecided).await["status"], "REFUNDED");
+    assert_eq!(c.aftersale(&no, &rejected).await["status"], "REFUNDED");
+    assert_eq!(
+        report["wechat_refunds"],
+        json!({"checked": 2, "asked": 2, "recorded": 2, "failed": 0}),
+        "{report}"
+    );
+    assert_eq!(
+        early["wechat_refunds"]["asked"], 0,
+        "within the grace: {early}"
+    );
+    let events = c.aftersale_events().await;
+    for wx in [wx_undecided, wx_rejected] {
+        assert!(
+            events.iter().any(|e| e["key"] == format!("refunded/{wx}")),
+            "the merchant is told of {wx}: {events:?}"
+        );
+    }
+    let report = schedule().await;
+    assert_eq!(report["wechat_refunds"]["recorded"], 0, "{report}");
+    assert_eq!(
+        c.order_status(&no).await,
+        json!({"status": "REFUNDED", "refunded": total})
+    );
+}
+
 /// The user edits their secondary-merchant after-sale in WeChat's order centre (30 → all of
 /// it) and the merchant approves what they saw. `acceptrefund` names no amount: WeChat would
 /// refund its own. So before accepting, the sync reads WeChat's after-sale back; it differs,

@@ -476,6 +476,23 @@ fn dead_lettered_outbox_entries_raise_an_alarm() {
     );
 }
 
+/// An expired order the sweep keeps open because WeChat did not say whether it was paid is no
+/// error anywhere: the `ExpiredOrdersHeld` count orderSync prints has an alarm on this stack's
+/// orderSync.
+#[test]
+fn expired_orders_held_by_the_sweep_raise_an_alarm() {
+    use wxshop::metrics::{DIMENSION, EXPIRED_ORDERS_HELD, NAMESPACE};
+    let t = template();
+    assert_alarm(
+        &t,
+        NAMESPACE,
+        EXPIRED_ORDERS_HELD,
+        DIMENSION,
+        "!Ref OrderSyncFunction",
+        1,
+    );
+}
+
 /// payCallback answers every notification with HTTP 200, so Lambda's `Errors` never sees a
 /// payment it refused (a wrong WXPAY_API_KEY, DynamoDB throttled or denied): the refusals it
 /// counts (`wxshop::metrics`) each have an alarm that pages at the first one, and the HTTP

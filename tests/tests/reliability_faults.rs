@@ -349,3 +349,75 @@ async fn a_slow_wechat_cannot_push_the_schedule_past_its_deadline() {
     }
     r.stop();
 }
+
+/// GIVEN 200 unpaid orders WeChat Pay cannot answer for (`orderquery`: ORDERNOTEXIST — it
+/// never heard of them, so it cannot say they were not paid), all older than one a user left
+/// unpaid WHEN that order's time is up and the schedule sweeps, then the merchant sweeps
+/// THEN the 200 are held (not closed: they may have been paid), said in the report and as
+/// 200 `ExpiredOrdersHeld`, and the newer order is closed and its stock put back by the
+/// second sweep. The sweep used to take the 200 oldest every run: the newer order stayed
+/// open, its stock taken, for good.
+#[tokio::test]
+async fn orders_wechat_never_answers_for_do_not_starve_the_sweep() {
+    use wxshop::domain::{OrderStatus, OutTradeNo};
+    use wxshop::handlers::order_sync::on_schedule;
+    use wxshop::metrics::{Metrics, EXPIRED_ORDERS_HELD};
+    use wxshop::store::repo::{self, Batch};
+    use wxshop::time::Deadline;
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    c.set_stock(10).await;
+    let (token, _) = c.login("unpaid").await;
+    let (s, v) = c.order(&token, 1, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.stock().await, 9);
+    let no = OutTradeNo::parse(v["out_trade_no"].as_str().unwrap().to_owned()).unwrap();
+    let store = r.app.store.as_ref();
+    let order = repo::get_order(store, &no).await.unwrap().unwrap().value;
+    assert_eq!(order.status, OrderStatus::Prepaid);
+    let mut batch = Batch::new();
+    for i in 0..200 {
+        let mut stuck = order.clone();
+        stuck.out_trade_no = OutTradeNo::generate(order.created_at_ms);
+        stuck.created_at_ms = order.created_at_ms - 600_000 + i;
+        stuck.expires_at_ms = stuck.created_at_ms + 900_000;
+        batch.create_order(&stuck);
+        if batch.len() == 100 {
+            std::mem::take(&mut batch).commit(store).await.unwrap();
+        }
+    }
+    r.app.clock.advance(16 * 60_000);
+
+    let mut app = r.app.clone();
+    let (metrics, captured) = Metrics::capture("wxshop-OrderSyncFunction-X");
+    app.metrics = metrics;
+    let report = on_schedule(&app, Deadline::after(Duration::from_secs(40))).await;
+    let swept = &report["swept"];
+    assert_eq!(
+        (&swept["checked"], &swept["closed"]),
+        (&json!(200), &json!(0)),
+        "{report}"
+    );
+    assert_eq!(report["unfinished"], json!([]), "{report}");
+
+    let (s, v) = c
+        .admin("/admin/orderSync", &json!({"action": "sweep"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let closed = repo::get_order(store, &no).await.unwrap().unwrap().value;
+    assert_eq!(closed.status, OrderStatus::Closed, "{v}");
+    assert_eq!(c.stock().await, 10, "its stock is back");
+    assert_eq!((&v["closed"], &v["held"]), (&json!(1), &json!(199)), "{v}");
+
+    // The held orders are told: in the report, and as the metric the alarm watches.
+    assert_eq!(swept["held"], 200, "{report}");
+    let held: Vec<Value> = captured
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get(EXPIRED_ORDERS_HELD).is_some())
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0][EXPIRED_ORDERS_HELD], 200);
+    r.stop();
+}

@@ -76,6 +76,11 @@ pub struct Product {
     /// (its own fields) meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edit: Option<Edit>,
+    /// When the schedule last asked WeChat for the verdict on what is under audit and got
+    /// none: it waits its turn again, so drafts WeChat never decides (or cannot find) do not
+    /// crowd out the others (`catalog_sync::sweep_audits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_asked_at_ms: Option<i64>,
 }
 
 /// What WeChat reviews of a product (everything but stock, which is ours alone).
@@ -189,6 +194,7 @@ impl Product {
             updated_at_ms: now,
             submit_error: None,
             edit: None,
+            audit_asked_at_ms: None,
         };
         p.set_content(content);
         p
@@ -233,6 +239,11 @@ impl Product {
     /// The audit state of [`Product::draft`].
     pub fn draft_audit(&self) -> AuditStatus {
         self.edit.as_ref().map_or(self.audit, |e| e.audit)
+    }
+
+    /// The last time anything was done to the product or asked of WeChat about its audit.
+    pub fn audit_last_seen_ms(&self) -> i64 {
+        self.updated_at_ms.max(self.audit_asked_at_ms.unwrap_or(0))
     }
 
     /// The draft is being submitted for audit (the edit of an approved product, else the

@@ -1061,6 +1061,165 @@ fn refund_report(
     })
 }
 
+/// How long an after-sale waits, after its last change, before the schedule asks WeChat
+/// whether it refunded it (its push may still come).
+const WECHAT_REFUND_GRACE_MS: i64 = 10 * 60_000;
+/// After-sales read per status per run, and of those asked about (one `ecaftersale/get`
+/// each): bounded per status, so no status crowds out the others.
+const WECHAT_REFUND_SWEEP_READ: usize = 100;
+const WECHAT_REFUND_SWEEP_ASK: usize = 10;
+/// How long after its application a rejected after-sale is still asked about: WeChat's
+/// platform may rule for the user after the merchant's rejection (its arbitration window is
+/// UNVERIFIED; a month is taken as a generous bound).
+const WECHAT_REFUND_REJECTED_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct WeChatRefundSweepReport {
+    /// After-sales read.
+    pub checked: usize,
+    /// Of secondary-merchant orders, asked about with `ecaftersale/get`.
+    pub asked: usize,
+    /// Refunds WeChat made that were recorded now: their push never came.
+    pub recorded: usize,
+    /// The question failed (or its answer could not be stored): asked again next turn.
+    pub failed: usize,
+}
+
+/// Refunds WeChat made of a secondary-merchant order's after-sale on its own — the merchant
+/// let a deadline pass, or the platform ruled for the user after a rejection — whose
+/// `aftersale_refund_success` push never came. Nothing else reads those back: the sync task
+/// reads WeChat's after-sale only after the merchant's approval (REFUNDING), and
+/// [`sweep_refunds`] asks WeChat Pay about our own refunds only. So ours stayed REQUESTED,
+/// AWAITING_RETURN, RETURNING or REJECTED with the order's refunded amount short — a fully
+/// refunded order still shippable — for good.
+///
+/// Each run, after-sales in those states (rejected ones for [`WECHAT_REFUND_REJECTED_WINDOW_MS`]
+/// after their application) unchanged for [`WECHAT_REFUND_GRACE_MS`] are taken in turn
+/// ([`Rotation`](crate::store::rotation::Rotation): on from where the last run stopped, so
+/// after-sales WeChat never answers about do not starve the rest), at most
+/// [`WECHAT_REFUND_SWEEP_READ`] read and [`WECHAT_REFUND_SWEEP_ASK`] asked about per state; those of
+/// secondary-merchant orders in the trading component have WeChat's after-sale read, and a
+/// refund it shows done is recorded as the push would have ([`record_wechat_refund`]: ours
+/// REFUNDED, the order's refunded amount, the merchant told). No question is started once
+/// `deadline` has passed: `false` with the report then.
+pub async fn sweep_wechat_refunds(
+    app: &App,
+    deadline: crate::time::Deadline,
+) -> Result<(WeChatRefundSweepReport, bool), ApiError> {
+    let mut report = WeChatRefundSweepReport::default();
+    if !super::common::component_on(app) {
+        return Ok((report, true));
+    }
+    let store = app.store.as_ref();
+    let now = app.clock.now_ms();
+    let quiet_since = now - WECHAT_REFUND_GRACE_MS;
+    // Per run: whether an order is a secondary-merchant order WeChat has.
+    let mut refunded_by_wechat = std::collections::HashMap::new();
+    for status in [
+        AfterSaleStatus::Requested,
+        AfterSaleStatus::AwaitingReturn,
+        AfterSaleStatus::Returning,
+        AfterSaleStatus::Rejected,
+    ] {
+        let from =
+            (status == AfterSaleStatus::Rejected).then(|| now - WECHAT_REFUND_REJECTED_WINDOW_MS);
+        let name = format!("wechat_refunds/{}", status.as_str());
+        let mut turn = repo::aftersale_rotation(store, &name, status, from, quiet_since).await?;
+        let (mut read, mut asked) = (0, 0);
+        let outcome: Result<bool, ApiError> = loop {
+            if read == WECHAT_REFUND_SWEEP_READ || asked == WECHAT_REFUND_SWEEP_ASK {
+                break Ok(true);
+            }
+            if deadline.passed() {
+                break Ok(false);
+            }
+            let rec = match turn.next(store).await {
+                Ok(Some(rec)) => rec,
+                Ok(None) => break Ok(true),
+                Err(e) => break Err(e.into()),
+            };
+            read += 1;
+            report.checked += 1;
+            let a = match repo::versioned::<AfterSale>(&rec) {
+                Ok(a) => a.value,
+                Err(e) => {
+                    tracing::error!(id = rec.id, error = %e, "WeChat refund sweep: unreadable after-sale; skipped");
+                    continue;
+                }
+            };
+            if a.updated_at_ms > quiet_since {
+                continue;
+            }
+            let ours = match refunded_by_wechat.get(&a.out_trade_no) {
+                Some(known) => *known,
+                None => match repo::get_order(store, &a.out_trade_no).await {
+                    Ok(o) => {
+                        let known = o.is_some_and(|o| {
+                            o.value.fund_type == FundType::SecondaryMerchant
+                                && o.value.wx_order_id.is_some()
+                        });
+                        refunded_by_wechat.insert(a.out_trade_no.clone(), known);
+                        known
+                    }
+                    Err(e) => break Err(e.into()),
+                },
+            };
+            if !ours {
+                continue;
+            }
+            asked += 1;
+            report.asked += 1;
+            match refund_wechat_made(app, &a).await {
+                Ok(true) => report.recorded += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(aftersale_id = %a.id, error = %e, "WeChat refund sweep: WeChat's after-sale not read; next turn");
+                }
+            }
+        };
+        turn.save(store, app.clock.now_secs()).await;
+        if !outcome? {
+            return Ok((report, false));
+        }
+    }
+    if report.recorded > 0 {
+        tracing::warn!(
+            recorded = report.recorded,
+            "WeChat refund sweep recorded refunds WeChat made whose push never came"
+        );
+    }
+    Ok((report, true))
+}
+
+/// Whether WeChat refunded `a` (its after-sale read back: by WeChat's id, or ours if the id
+/// was never stored), and if so that refund recorded: `true` when written now.
+async fn refund_wechat_made(app: &App, a: &AfterSale) -> Result<bool, ApiError> {
+    let key = match a.wx_aftersale_id {
+        Some(wx) => crate::shop::types::AfterSaleKey::Id(wx),
+        None => crate::shop::types::AfterSaleKey::Out(a.id.to_string()),
+    };
+    let wx = match app.wx.ecaftersale_get(&key).await {
+        Ok(wx) => wx,
+        // Looked up by our id and refused: WeChat does not have it (never added), so it
+        // refunded nothing of it.
+        Err(e @ crate::shop::WxError::Api { .. })
+            if a.wx_aftersale_id.is_none() && e.kind() == crate::shop::WxErrorKind::Permanent =>
+        {
+            return Ok(false);
+        }
+        Err(e) => return Err(super::shop_orders::wx_error(e)),
+    };
+    if WeChatRefund::of(wx.status) != WeChatRefund::Done {
+        return Ok(false);
+    }
+    let recorded = record_wechat_refund(app, &a.id, &wx).await?;
+    if recorded {
+        tracing::warn!(aftersale_id = %a.id, wx_aftersale_id = wx.aftersale_id, was = a.status.as_str(), "a refund WeChat made was found by the sweep (its push never came)");
+    }
+    Ok(recorded)
+}
+
 /// How long a sync task's claim on adding an after-sale at WeChat holds: past the WeChat
 /// client's timeout (5 s by default) and its retry, so a claim outlives the call it guards.
 const ADD_CLAIM_MS: i64 = 20_000;
@@ -1097,6 +1256,7 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
     match WeChatRefund::of(wx.status) {
         WeChatRefund::Done => record_wechat_refund(app, id, &wx)
             .await
+            .map(drop)
             .map_err(TaskError::from),
         WeChatRefund::Pending => Err(TaskError::Retry(format!(
             "after-sale {id}: WeChat is still refunding (its status {})",
@@ -1531,12 +1691,13 @@ fn wx_task_error(e: crate::shop::WxError) -> TaskError {
 /// new-request push lost) is imported as REFUNDED under [`imported_id`]. Anything but the
 /// approved amount after an approval is told to the merchant (an `aftersale_wechat` event
 /// and a WARN log). A refund beyond what the order has left to refund is not recorded (that
-/// would corrupt the order's books): an event and an ERROR log, for a person.
+/// would corrupt the order's books): an event and an ERROR log, for a person. `true` when the
+/// refund was written to our books now.
 async fn record_wechat_refund(
     app: &App,
     id: &AfterSaleId,
     wx: &crate::shop::aftersale::EcAfterSaleOrder,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let refund_id = wx
         .refund_pay_detail
         .as_ref()
@@ -1635,6 +1796,12 @@ async fn record_wechat_refund(
         Ok(Attempt::Commit(batch, what))
     })
     .await?;
+    let written = matches!(
+        recorded,
+        WeChatRefundRecord::Approved
+            | WeChatRefundRecord::OnItsOwn { .. }
+            | WeChatRefundRecord::Imported
+    );
     let refund_id = refund_id.as_deref().unwrap_or("");
     let note = |what: &str| {
         serde_json::json!({
@@ -1670,7 +1837,7 @@ async fn record_wechat_refund(
             tell_merchant(app, format!("exceeds/{}", wx.aftersale_id), body).await;
         }
     }
-    Ok(())
+    Ok(written)
 }
 
 /// What [`record_wechat_refund`] did.
@@ -2149,7 +2316,7 @@ pub async fn on_wechat_event(
                 Ours::Unknown => imported_id(wx.aftersale_id)?,
                 Ours::Conflicting => return Ok(()),
             };
-            record_wechat_refund(app, &id, &wx).await
+            record_wechat_refund(app, &id, &wx).await.map(drop)
         }
         _ => Ok(()),
     }

@@ -737,25 +737,43 @@ async fn modify(
         .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))
 }
 
-/// How long a submission waits for its audit push before the schedule asks WeChat itself.
+/// How long a submission waits for its audit push before the schedule asks WeChat itself;
+/// also how long one WeChat had no verdict for waits to be asked again.
 const AUDIT_PUSH_GRACE_MS: i64 = 10 * 60_000;
 /// At most this many products are asked about per run (one `spu/get` each).
 const AUDIT_SWEEP_MAX: usize = 50;
+/// Products of the full listing re-indexed per run until all are (see
+/// [`repo::reindex_products`]).
+const REINDEX_PAGE: usize = 100;
+/// Where the re-indexing of products stored before the index followed their drafts stands:
+/// a listing cursor, or [`REINDEX_DONE`].
+const REINDEX_KEY: &str = "migration/product-audit-index";
+const REINDEX_DONE: &str = "done";
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct AuditSweepReport {
+    /// Products read from the index of those under audit.
     pub checked: usize,
     pub asked: usize,
     pub decided: usize,
+    /// Products stored before the index followed their drafts, indexed again.
+    pub reindexed: usize,
 }
 
 /// Verdicts whose push never came. WeChat does not promise to deliver message pushes
 /// (WECHAT_SHOP.md: poll `spu/get`), and one lost `open_product_spu_audit` left a product under
 /// audit, unsellable, for good. On each schedule run, submissions under audit for longer than
 /// [`AUDIT_PUSH_GRACE_MS`] have WeChat's draft read and its verdict applied, exactly as the
-/// push would have. An edit of an approved product keeps the product's own status, so the
-/// sweep reads every product, not only those indexed as `AUDITING`. No product is asked about
-/// once `deadline` has passed: `false` with the report then (the next run goes on).
+/// push would have.
+///
+/// Only products under audit are read: the store indexes a product as AUDITING while its own
+/// version or an edit of it is under audit (an edit keeps the approved product's own status;
+/// the sweep used to read the whole catalog every run to find those). Of them, those heard of
+/// least recently are asked first, at most [`AUDIT_SWEEP_MAX`] a run, and one WeChat has no
+/// verdict for (or cannot find) waits another grace period (`audit_asked_at_ms`): the sweep
+/// used to ask about the first 50 in listing order every run, so 50 drafts WeChat never
+/// decides kept every other from being asked. No product is asked about once `deadline` has
+/// passed: `false` with the report then (the next run goes on).
 pub async fn sweep_audits(
     app: &App,
     deadline: crate::time::Deadline,
@@ -764,41 +782,104 @@ pub async fn sweep_audits(
     if !component_on(app) {
         return Ok((report, true));
     }
+    report.reindexed = reindex_step(app).await?;
     let now = app.clock.now_ms();
+    let due_before = now - AUDIT_PUSH_GRACE_MS;
+    let mut due = Vec::new();
     let mut cursor = None;
     loop {
-        let (page, next) =
-            repo::list_products(app.store.as_ref(), repo::ProductFilter::All, 100, cursor).await?;
+        if deadline.passed() {
+            return Ok((report, false));
+        }
+        let (page, next) = repo::list_products(
+            app.store.as_ref(),
+            repo::ProductFilter::Audit(AuditStatus::Auditing),
+            100,
+            cursor,
+        )
+        .await?;
         for p in page {
             report.checked += 1;
             let p = p.value;
-            if p.draft_audit() != AuditStatus::Auditing
-                || now.saturating_sub(p.updated_at_ms) < AUDIT_PUSH_GRACE_MS
-            {
-                continue;
-            }
-            if report.asked == AUDIT_SWEEP_MAX {
-                return Ok((report, true));
-            }
-            if deadline.passed() {
-                return Ok((report, false));
-            }
-            report.asked += 1;
-            match super::audit_callback::apply_wechat_verdict(app, &p.product_id, "").await {
-                Ok(decided) => {
-                    if decided {
-                        report.decided += 1;
-                        tracing::info!(product_id = %p.product_id, "audit verdict found by the sweep (its push never came)");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(product_id = %p.product_id, error = %e, "audit sweep: WeChat not asked successfully; next run");
-                }
+            // The index can lag behind a verdict just applied.
+            if p.draft_audit() == AuditStatus::Auditing && p.audit_last_seen_ms() <= due_before {
+                due.push((p.audit_last_seen_ms(), p.product_id));
             }
         }
         match next {
             Some(n) => cursor = Some(n),
-            None => return Ok((report, true)),
+            None => break,
         }
     }
+    due.sort();
+    for (_, id) in due.into_iter().take(AUDIT_SWEEP_MAX) {
+        if deadline.passed() {
+            return Ok((report, false));
+        }
+        report.asked += 1;
+        match super::audit_callback::apply_wechat_verdict(app, &id, "").await {
+            Ok(true) => {
+                report.decided += 1;
+                tracing::info!(product_id = %id, "audit verdict found by the sweep (its push never came)");
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(product_id = %id, error = %e, "audit sweep: WeChat not asked successfully; asked again after the grace period");
+            }
+        }
+        note_audit_asked(app, &id, now).await;
+    }
+    Ok((report, true))
+}
+
+/// Keeps that WeChat was asked about `id`'s audit at `now` without a verdict, so it waits its
+/// turn again. Lost to a concurrent change (which is news of the product anyway) or to a
+/// failing store, it is logged only: the product is then asked again next run.
+async fn note_audit_asked(app: &App, id: &ProductId, now: i64) {
+    let noted = async {
+        let Some(p) = repo::get_product(app.store.as_ref(), id).await? else {
+            return Ok(());
+        };
+        if p.value.draft_audit() != AuditStatus::Auditing {
+            return Ok(());
+        }
+        let mut next = p.value.clone();
+        next.audit_asked_at_ms = Some(now);
+        let mut batch = Batch::new();
+        batch.update_product(&p, &next);
+        match batch.commit(app.store.as_ref()).await {
+            Err(e) if e.is_conflict() => Ok(()),
+            other => other,
+        }
+    };
+    if let Err(e) = noted.await {
+        tracing::warn!(product_id = %id, error = %e, "audit sweep: could not note the question");
+    }
+}
+
+/// One page of the re-indexing of products stored before the index followed their drafts
+/// (an approved product with an edit under audit was indexed APPROVED, where the sweep no
+/// longer looks), until the listing is done once; after that a single read a run. Returns how
+/// many were indexed again.
+async fn reindex_step(app: &App) -> Result<usize, ApiError> {
+    let store = app.store.as_ref();
+    let state = crate::store::kv::get(store, REINDEX_KEY).await?;
+    let cursor = match state.as_ref().map(|s| s.value.as_str()) {
+        Some(REINDEX_DONE) => return Ok(0),
+        Some(c) => Some(c.to_owned()),
+        None => None,
+    };
+    let (rewritten, next) = repo::reindex_products(store, REINDEX_PAGE, cursor).await?;
+    if rewritten > 0 {
+        tracing::info!(
+            rewritten,
+            "products stored before the audit index followed their drafts indexed again"
+        );
+    }
+    let value = next.as_deref().unwrap_or(REINDEX_DONE);
+    // Kept for good (a century); lost to a concurrent run, which went on from the same place.
+    let until = app.clock.now_secs() + 100 * 365 * 24 * 3600;
+    crate::store::kv::put_if(store, REINDEX_KEY, value, until, state.map(|s| s.version)).await?;
+    Ok(rewritten)
 }

@@ -246,16 +246,20 @@ pub enum Phase {
     Unpaid,
     /// Refunds whose notification never came (`pay/refundquery`).
     Refunds,
+    /// Refunds WeChat made of secondary-merchant after-sales on its own, whose push never
+    /// came (`ecaftersale/get`).
+    WechatRefunds,
     /// Audit verdicts whose push never came.
     Audits,
     /// Expired records (SQLite; a no-op on DynamoDB, whose TTL deletes them).
     Purge,
 }
 
-pub const PHASES: [Phase; 5] = [
+pub const PHASES: [Phase; 6] = [
     Phase::Drain,
     Phase::Unpaid,
     Phase::Refunds,
+    Phase::WechatRefunds,
     Phase::Audits,
     Phase::Purge,
 ];
@@ -266,6 +270,7 @@ pub struct ScheduleReport {
     pub drained: DrainReport,
     pub swept: SweepReport,
     pub refunds: super::aftersale_sync::RefundSweepReport,
+    pub wechat_refunds: super::aftersale_sync::WeChatRefundSweepReport,
     pub audits: super::catalog_sync::AuditSweepReport,
     pub purged: usize,
     /// Phases stopped (or never started) at the deadline with work possibly left: the next
@@ -276,8 +281,9 @@ pub struct ScheduleReport {
 }
 
 /// The schedule: drain what is due, sweep unpaid orders (ask WeChat Pay; close the expired
-/// ones and release their stock), settle refunds whose notification never came, apply audit
-/// verdicts whose push never came, purge expired records — all started before `deadline`.
+/// ones and release their stock), settle refunds whose notification never came, record
+/// refunds WeChat made on its own whose push never came, apply audit verdicts whose push never
+/// came, purge expired records — all started before `deadline`.
 ///
 /// No phase starves the ones after it: in a first pass each phase gets an equal share of the
 /// time left (a phase that finishes early leaves its time to the next), and what remains then
@@ -332,6 +338,9 @@ async fn run_phase(
                 report.swept.checked += r.checked;
                 report.swept.paid += r.paid;
                 report.swept.closed += r.closed;
+                report.swept.unanswered += r.unanswered;
+                report.swept.held += r.held;
+                report.swept.failed += r.failed;
                 finished
             })
             .map_err(|e| e.to_string()),
@@ -347,12 +356,23 @@ async fn run_phase(
                 true
             })
             .map_err(|e| e.to_string()),
+        Phase::WechatRefunds => super::aftersale_sync::sweep_wechat_refunds(app, deadline)
+            .await
+            .map(|(r, finished)| {
+                report.wechat_refunds.checked += r.checked;
+                report.wechat_refunds.asked += r.asked;
+                report.wechat_refunds.recorded += r.recorded;
+                report.wechat_refunds.failed += r.failed;
+                finished
+            })
+            .map_err(|e| e.to_string()),
         Phase::Audits => super::catalog_sync::sweep_audits(app, deadline)
             .await
             .map(|(r, finished)| {
                 report.audits.checked += r.checked;
                 report.audits.asked += r.asked;
                 report.audits.decided += r.decided;
+                report.audits.reindexed += r.reindexed;
                 finished
             })
             .map_err(|e| e.to_string()),
@@ -377,47 +397,123 @@ async fn run_phase(
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct SweepReport {
+    /// Unpaid orders looked at.
     pub checked: usize,
+    /// Found paid (their notification or push had not come).
     pub paid: usize,
+    /// Expired, closed and their stock put back.
     pub closed: usize,
+    /// Orders WeChat was asked about without an answer (the call failed, or WeChat does not
+    /// know the order): asked again on the sweep's next turn.
+    pub unanswered: usize,
+    /// Expired orders of those: kept open, their stock taken, since they may have been paid
+    /// (counted as the `ExpiredOrdersHeld` metric).
+    pub held: usize,
+    /// Orders whose handling failed here (the store): looked at again on the next turn.
+    pub failed: usize,
 }
+
+/// Unpaid orders looked at per status per run: one `orderquery` (or `shop/order/get`) each.
+const UNPAID_SWEEP_MAX: usize = 200;
 
 /// Unpaid orders older than a minute: paid ones are recorded, expired ones closed. Before an
 /// order is closed WeChat is asked whether it was paid — WeChat Pay's `orderquery`, or for
 /// fund_type=1 (WeChat collects) the component's `shop/order/get` — since a notification or
-/// push may never have arrived; an order WeChat cannot answer for is left for the next sweep.
-/// No order is started once `deadline` has passed: `false` with the report then.
+/// push may never have arrived. An expired order WeChat does not answer for is not closed (it
+/// may have been paid): it is held, said in a WARN, counted in the report and as the
+/// `ExpiredOrdersHeld` metric, and asked about again on the sweep's next turn.
+///
+/// Each status is swept as a [`Rotation`](crate::store::rotation::Rotation): a run goes on
+/// after the last order the previous run looked at, to the newest, then round from the
+/// oldest, at most [`UNPAID_SWEEP_MAX`] a run. It used to take the 200 oldest every run, so
+/// 200 orders WeChat never answers for kept every newer order — expired ones whose stock
+/// should go back among them — from being looked at, for good. CREATED orders (nothing to
+/// ask) go first. No order is started once `deadline` has passed: `false` with the report
+/// then, and the next run goes on from there.
 pub async fn sweep_unpaid(app: &App, deadline: Deadline) -> Result<(SweepReport, bool), ApiError> {
     let mut report = SweepReport::default();
     let now = app.clock.now_ms();
-    for status in [OrderStatus::Prepaid, OrderStatus::Created] {
-        let orders = repo::orders_in_status(app.store.as_ref(), status, now - 60_000, 200).await?;
-        for o in orders {
-            if deadline.passed() {
-                return Ok((report, false));
+    let store = app.store.as_ref();
+    let mut finished = true;
+    for status in [OrderStatus::Created, OrderStatus::Prepaid] {
+        let name = format!("unpaid/{}", status.as_str());
+        let mut turn = repo::order_rotation(store, &name, status, now - 60_000).await?;
+        let mut looked = 0;
+        let outcome = loop {
+            if looked == UNPAID_SWEEP_MAX {
+                break Ok(true);
             }
+            if deadline.passed() {
+                break Ok(false);
+            }
+            let rec = match turn.next(store).await {
+                Ok(Some(rec)) => rec,
+                Ok(None) => break Ok(true),
+                Err(e) => break Err(e),
+            };
+            looked += 1;
             report.checked += 1;
-            let order = o.value;
-            if status == OrderStatus::Prepaid {
-                match super::query_order::ask_wechat_if_paid(app, &order).await {
-                    Ok(Some(updated)) if updated.status.is_paid() => {
-                        report.paid += 1;
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "sweep: order query failed");
-                        continue;
-                    }
+            match repo::versioned::<crate::domain::Order>(&rec) {
+                Ok(order) => sweep_order(app, order.value, now, &mut report).await,
+                Err(e) => {
+                    tracing::error!(id = rec.id, error = %e, "sweep: unreadable order; skipped");
+                    report.failed += 1;
                 }
             }
-            if order.expires_at_ms <= now {
-                close_and_release(app, &order.out_trade_no, "expired unpaid").await?;
-                report.closed += 1;
+        };
+        turn.save(store, app.clock.now_secs()).await;
+        if !outcome? {
+            finished = false;
+            break;
+        }
+    }
+    if report.held > 0 {
+        tracing::warn!(
+            held = report.held,
+            "sweep: expired orders kept open because WeChat did not say whether they were paid"
+        );
+        app.metrics.count(
+            crate::metrics::EXPIRED_ORDERS_HELD,
+            u64::try_from(report.held).unwrap_or(u64::MAX),
+            app.clock.now_ms(),
+        );
+    }
+    Ok((report, finished))
+}
+
+/// One unpaid order of the sweep: asked about (if WeChat has it to pay), closed if expired
+/// and not paid. Whatever fails is logged and counted; the sweep goes on with the next.
+async fn sweep_order(app: &App, order: crate::domain::Order, now: i64, report: &mut SweepReport) {
+    let expired = order.expires_at_ms <= now;
+    if order.status == OrderStatus::Prepaid {
+        match super::query_order::ask_wechat_if_paid(app, &order).await {
+            Ok(Some(updated)) if updated.status.is_paid() => {
+                report.paid += 1;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                report.unanswered += 1;
+                if expired {
+                    report.held += 1;
+                    tracing::warn!(out_trade_no = %order.out_trade_no, expired_at_ms = order.expires_at_ms, error = %e, "sweep: expired order not closed: WeChat did not say whether it was paid; asked again next turn");
+                } else {
+                    tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "sweep: order query failed");
+                }
+                return;
             }
         }
     }
-    Ok((report, true))
+    if expired {
+        match close_and_release(app, &order.out_trade_no, "expired unpaid").await {
+            Ok(closed) if closed.status == OrderStatus::Closed => report.closed += 1,
+            Ok(_) => {} // paid or closed meanwhile
+            Err(e) => {
+                report.failed += 1;
+                tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "sweep: could not close an expired order; next turn");
+            }
+        }
+    }
 }
 
 /// Performs one task against WeChat. Each is idempotent there (or made so here), because a

@@ -19,9 +19,10 @@
 
 use super::idempotency::{self, Claim};
 use super::repo::{self, Batch, EventRecord, ProductFilter, RefundRecord, RefundStatus};
+use super::rotation::Rotation;
 use super::{kv, DynStore, Expect, Index, Kind, Page, Query, Record, StoreError, Write};
 use crate::domain::{
-    random_alnum, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, AuditStatus, Fen,
+    random_alnum, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, AuditStatus, Edit, Fen,
     FundType, Listing, OpenId, Order, OrderItem, OrderStatus, OutRefundNo, OutTradeNo, Product,
     ProductId, Sku, SkuId,
 };
@@ -45,6 +46,8 @@ pub async fn run_all(store: DynStore) {
     idempotency_states(&store).await;
     kv_cas(&store).await;
     repo_round_trip(&store).await;
+    rotations(&store).await;
+    product_audit_index(&store).await;
 }
 
 // ---------------------------------------------------------------- helpers
@@ -1423,6 +1426,7 @@ fn product(id: &ProductId, audit: AuditStatus) -> Product {
         updated_at_ms: 0,
         submit_error: None,
         edit: None,
+        audit_asked_at_ms: None,
     }
 }
 
@@ -1685,4 +1689,185 @@ pub async fn repo_round_trip(store: &DynStore) {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------- rotation
+
+/// Up to `n` ids of one run of the turn `name` through `status` (sort ≤ `sort_max`), its
+/// place saved after.
+async fn turn(
+    s: &dyn super::Store,
+    name: &str,
+    status: &str,
+    sort_max: Option<i64>,
+    n: usize,
+) -> Vec<String> {
+    let mut t = Rotation::resume(s, name, Kind::Order, status, None, sort_max)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        match t.next(s).await.unwrap() {
+            Some(r) => ids.push(r.id),
+            None => break,
+        }
+    }
+    t.save(s, now_secs()).await;
+    ids
+}
+
+/// A sweep's turn through a status index: each run goes on after the record the last run
+/// handled last — read past ties at that place — to the end, then round from the start up
+/// to the place, each record once a run; the place holds when its record has left the index
+/// (the position is in the index's order, not a store cursor), and sort bounds apply.
+pub async fn rotations(store: &DynStore) {
+    let s = store.as_ref();
+    let p = prefix();
+    let status = format!("R{p}");
+    let name = format!("cf/{p}");
+    let t = past_base_ms();
+    let ids: Vec<String> = (0..5).map(|i| format!("{p}{i}")).collect();
+    // Sorts t, t+1, t+1 (a tie), t+2, t+3.
+    let sorts = [t, t + 1, t + 1, t + 2, t + 3];
+    let mut writes = Vec::new();
+    for (id, sort) in ids.iter().zip(sorts) {
+        let mut r = rec(Kind::Order, id, "x");
+        r.status = Some(status.clone());
+        r.sort = sort;
+        writes.push(put(r, Expect::Absent));
+    }
+    must_write(store, writes, "rotation records").await;
+    let want = |idx: &[usize]| idx.iter().map(|&i| ids[i].clone()).collect::<Vec<_>>();
+
+    assert_eq!(turn(s, &name, &status, None, 2).await, want(&[0, 1]));
+    assert_eq!(
+        turn(s, &name, &status, None, 2).await,
+        want(&[2, 3]),
+        "after the place, its tie included"
+    );
+    assert_eq!(
+        turn(s, &name, &status, None, 10).await,
+        want(&[4, 0, 1, 2, 3]),
+        "to the end, then round to the place: each once"
+    );
+    // The place (3) leaves the index: the next run goes on after where it was.
+    must_write(
+        store,
+        vec![del(Kind::Order, &ids[3], Expect::Any)],
+        "the place leaves",
+    )
+    .await;
+    assert_eq!(turn(s, &name, &status, None, 1).await, want(&[4]));
+    assert_eq!(
+        turn(s, &name, &status, None, 10).await,
+        want(&[0, 1, 2, 4]),
+        "round from the start up to the place, 4, included; 3 is gone"
+    );
+    // Bounds: nothing past `sort_max`, and a place past the bounds starts from the start.
+    assert_eq!(
+        turn(s, &name, &status, Some(t + 1), 10).await,
+        want(&[0, 1, 2]),
+        "within the bounds"
+    );
+    let other = format!("cf/{p}/other");
+    assert_eq!(
+        turn(s, &other, &status, None, 10).await,
+        want(&[0, 1, 2, 4]),
+        "a turn of its own, from the start"
+    );
+    assert_eq!(turn(s, &other, &status, Some(t), 10).await, want(&[0]));
+}
+
+// ---------------------------------------------------------------- product audit index
+
+/// Whether product `id` is listed under `audit`.
+async fn listed_under(s: &dyn super::Store, audit: AuditStatus, id: &ProductId) -> bool {
+    let mut cursor = None;
+    loop {
+        let (page, next) = repo::list_products(s, ProductFilter::Audit(audit), 100, cursor)
+            .await
+            .unwrap();
+        if page.iter().any(|p| &p.value.product_id == id) {
+            return true;
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return false,
+        }
+    }
+}
+
+/// Re-indexes the whole listing (a page of 2 at a time): how many were written again.
+async fn reindex_all(s: &dyn super::Store) -> usize {
+    let (mut total, mut cursor) = (0, None);
+    loop {
+        let (n, next) = repo::reindex_products(s, 2, cursor).await.unwrap();
+        total += n;
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return total,
+        }
+    }
+}
+
+/// Products are indexed by the audit a verdict can be owed for: an approved product whose
+/// edit is under audit is listed as AUDITING (its own status stays APPROVED), and under
+/// APPROVED again once the edit is decided. One stored before the index followed drafts
+/// (indexed by its own status) is indexed again by `reindex_products`, once.
+pub async fn product_audit_index(store: &DynStore) {
+    let s = store.as_ref();
+    let p = prefix();
+    let edited = |id: &ProductId| {
+        let mut prod = product(id, AuditStatus::Approved);
+        prod.edit = Some(Edit {
+            content: prod.content(),
+            audit: AuditStatus::Auditing,
+            reject_reason: None,
+            submit_error: None,
+        });
+        prod
+    };
+    let id = ProductId::parse(format!("{p}e")).unwrap();
+    let mut b = Batch::new();
+    b.create_product(&edited(&id));
+    b.commit(s).await.unwrap();
+    assert!(listed_under(s, AuditStatus::Auditing, &id).await);
+    assert!(!listed_under(s, AuditStatus::Approved, &id).await);
+    let v = repo::get_product(s, &id).await.unwrap().unwrap();
+    assert_eq!(v.value.audit, AuditStatus::Approved, "its own status");
+    let mut decided = v.value.clone();
+    decided.edit = None;
+    let mut b = Batch::new();
+    b.update_product(&v, &decided);
+    b.commit(s).await.unwrap();
+    assert!(listed_under(s, AuditStatus::Approved, &id).await);
+    assert!(!listed_under(s, AuditStatus::Auditing, &id).await);
+
+    // Stored as before: indexed by the product's own status.
+    let old = ProductId::parse(format!("{p}o")).unwrap();
+    let mut r = Record::new(
+        Kind::Product,
+        old.as_str(),
+        Record::encode(&edited(&old)).unwrap(),
+    );
+    r.owner = Some(repo::PRODUCTS_OWNER.to_owned());
+    r.status = Some("APPROVED".into());
+    must_write(
+        store,
+        vec![put(r, Expect::Absent)],
+        "a product as stored before",
+    )
+    .await;
+    assert!(!listed_under(s, AuditStatus::Auditing, &old).await);
+    assert!(reindex_all(s).await >= 1);
+    assert!(listed_under(s, AuditStatus::Auditing, &old).await);
+    let v = repo::get_product(s, &old).await.unwrap().unwrap();
+    assert_eq!(v.version, 2);
+    assert_eq!(v.value, edited(&old), "written again as it was");
+    reindex_all(s).await;
+    assert_eq!(
+        repo::get_product(s, &old).await.unwrap().unwrap().version,
+        2,
+        "indexed as it is: not written again"
+    );
 }

@@ -4,8 +4,9 @@
 //! [`Kind`], written in all-or-nothing batches where each write carries its own condition
 //! ([`Expect`]), plus two secondary indexes (by owner and by status, each ordered by `sort`).
 //! Everything the functions need — orders, products, after-sales, idempotency records, the
-//! outbox with leases, the TTL key-value space — is built on that in [`repo`], [`idempotency`],
-//! [`kv`] and [`crate::outbox`], once, for every backend. This keeps the backends small enough
+//! outbox with leases, the TTL key-value space, the sweeps' places in an index — is built on
+//! that in [`repo`], [`idempotency`], [`kv`], [`rotation`] and [`crate::outbox`], once, for
+//! every backend. This keeps the backends small enough
 //! to be obviously right, and the one conformance suite ([`conformance`]) proves they agree.
 //!
 //! Records with `expires_at` in the past are invisible to reads and may be overwritten by an
@@ -17,6 +18,7 @@ pub mod dynamo;
 pub mod idempotency;
 pub mod kv;
 pub mod repo;
+pub mod rotation;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -14,6 +14,7 @@
 //! - **Record layout is fixed here, once** (which index carries what), so the backends stay
 //!   generic and the layout is the same on SQLite and DynamoDB.
 
+use super::rotation::Rotation;
 use super::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
 use crate::domain::{
     AfterSale, AfterSaleId, AfterSaleStatus, AuditStatus, Fen, OpenId, Order, OrderStatus,
@@ -39,7 +40,8 @@ impl<T> Versioned<T> {
     }
 }
 
-fn versioned<T: DeserializeOwned>(rec: &Record) -> Result<Versioned<T>, StoreError> {
+/// A record as the value it holds, with its version.
+pub fn versioned<T: DeserializeOwned>(rec: &Record) -> Result<Versioned<T>, StoreError> {
     Ok(Versioned {
         value: rec.decode()?,
         version: rec.version,
@@ -124,6 +126,25 @@ pub async fn orders_in_status(
     page.records.iter().map(versioned).collect()
 }
 
+/// A turn (see [`Rotation`]) through the orders in `status` created before
+/// `created_before_ms`, oldest first from where the last run named `name` stopped.
+pub async fn order_rotation(
+    store: &dyn Store,
+    name: &str,
+    status: OrderStatus,
+    created_before_ms: i64,
+) -> Result<Rotation, StoreError> {
+    Rotation::resume(
+        store,
+        name,
+        Kind::Order,
+        status.as_str(),
+        None,
+        Some(created_before_ms.saturating_sub(1)),
+    )
+    .await
+}
+
 // ---------------------------------------------------------------- products
 
 /// Every product is listed under this owner, so "all products" is one index query.
@@ -138,15 +159,60 @@ pub fn audit_str(a: AuditStatus) -> &'static str {
     }
 }
 
-/// Products: id = product_id, owner = "all", status = audit status, sort = 0 (so both
-/// listings are ordered by product id, stable while products change).
+/// The audit a product is indexed under: AUDITING while anything of it is under audit at
+/// WeChat — its own first version, or an edit of the approved product, whose own status
+/// stays APPROVED (it sells on meanwhile) — else its own. So the audit sweep reads only the
+/// products a verdict can be owed for, not the catalog.
+fn product_index_audit(p: &Product) -> AuditStatus {
+    match p.draft_audit() {
+        AuditStatus::Auditing => AuditStatus::Auditing,
+        _ => p.audit,
+    }
+}
+
+/// Products: id = product_id, owner = "all", status = [`product_index_audit`], sort = 0 (so
+/// both listings are ordered by product id, stable while products change).
 fn product_record(p: &Product, version: u64) -> Result<Record, StoreError> {
     let mut rec = Record::new(Kind::Product, p.product_id.as_str(), Record::encode(p)?);
     rec.version = version;
     rec.owner = Some(PRODUCTS_OWNER.to_owned());
-    rec.status = Some(audit_str(p.audit).to_owned());
+    rec.status = Some(audit_str(product_index_audit(p)).to_owned());
     rec.sort = 0;
     Ok(rec)
+}
+
+/// Products stored before they were indexed by [`product_index_audit`] (an approved product
+/// with an edit under audit was indexed APPROVED, where the audit sweep does not read):
+/// from `cursor`, `limit` products of the full listing are read and those indexed otherwise
+/// than they are now written again, as they are. `(rewritten, next)`; `next` is `None` at the
+/// end of the listing. Products are never deleted, so a `next` kept between runs stays good.
+pub async fn reindex_products(
+    store: &dyn Store,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<(usize, Option<String>), StoreError> {
+    let mut q = Query::new(Kind::Product, Index::Owner(PRODUCTS_OWNER.to_owned()));
+    q.limit = limit.max(1);
+    q.cursor = cursor;
+    let page = store.query(q).await?;
+    let mut rewritten = 0;
+    for rec in &page.records {
+        let Ok(p) = versioned::<Product>(rec) else {
+            continue; // unreadable: nothing to index it by
+        };
+        if rec.status.as_deref() == Some(audit_str(product_index_audit(&p.value))) {
+            continue;
+        }
+        let mut batch = Batch::new();
+        batch.update_product(&p, &p.value);
+        match batch.commit(store).await {
+            Ok(()) => rewritten += 1,
+            // Written meanwhile, and so indexed as it is now.
+            Err(e) if e.is_conflict() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((rewritten, page.next))
 }
 
 pub async fn get_product(
@@ -160,6 +226,8 @@ pub async fn get_product(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProductFilter {
     All,
+    /// Those indexed at this audit: under `Auditing`, every product something of which is
+    /// under audit (an approved product's edit too); under the others, the rest by their own.
     Audit(AuditStatus),
 }
 
@@ -239,6 +307,27 @@ pub async fn aftersales_in_status(
         .map(versioned)
         .collect::<Result<Vec<_>, _>>()?;
     Ok((values, page.next))
+}
+
+/// A turn (see [`Rotation`]) through the after-sales in `status` created from
+/// `created_from_ms` (if given) and before `created_before_ms`, from where the last run named
+/// `name` stopped.
+pub async fn aftersale_rotation(
+    store: &dyn Store,
+    name: &str,
+    status: AfterSaleStatus,
+    created_from_ms: Option<i64>,
+    created_before_ms: i64,
+) -> Result<Rotation, StoreError> {
+    Rotation::resume(
+        store,
+        name,
+        Kind::AfterSale,
+        status.as_str(),
+        created_from_ms,
+        Some(created_before_ms.saturating_sub(1)),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------- refunds

@@ -1,0 +1,188 @@
+//! A sweep's turn through one status index, kept between runs.
+//!
+//! Why it exists: a sweep that starts each run at the oldest record of an index and stops
+//! after a number of them (or at its deadline) is starved by records it can never finish —
+//! an unpaid order WeChat never answers about stays first for ever, and enough of them keep
+//! every newer order (expired ones whose stock should go back among them) from being looked
+//! at. A [`Rotation`] instead starts right after the record the last run handled last, goes
+//! to the end of the index, and wraps round to the start: every record in the index is
+//! handed out once per turn, however many ahead of it never settle, and each run reads only
+//! what it handles.
+//!
+//! The place is the (`sort`, `id`) of the last record handed out — a position in the index's
+//! order, not a store cursor, so it stays good when that record has left the index (paid,
+//! closed) — kept as a [`kv`] entry. So the index must order its records by a `sort` with
+//! few ties (a creation time): ties at the place are read past, one by one. It is for
+//! sweeps, which act on each record with a conditional write anyway: two runs at once (a
+//! retried schedule) each save their place, the later save loses, and nothing is done twice
+//! that a version check does not stop.
+
+use super::{kv, Index, Kind, Query, Record, Store, StoreError};
+use std::collections::VecDeque;
+
+/// How long a saved place lasts unused; after that a turn starts again at the start.
+const PLACE_TTL_SECS: i64 = 7 * 24 * 3600;
+/// Records read per query.
+const PAGE: usize = 100;
+
+/// Which part of the turn is being read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// After the saved place, to the end of the index.
+    AfterPlace,
+    /// From the start of the index up to the saved place (included).
+    UpToPlace,
+    /// Every record has been handed out once.
+    Done,
+}
+
+/// One run's turn through `status` records of `kind` (see the module docs).
+#[derive(Debug)]
+pub struct Rotation {
+    key: String,
+    kind: Kind,
+    status: String,
+    sort_min: Option<i64>,
+    sort_max: Option<i64>,
+    /// Where the last run stopped, and its entry's version (the save's condition).
+    place: Option<(i64, String)>,
+    place_version: Option<u64>,
+    /// The last record handed out in this run.
+    last: Option<(i64, String)>,
+    part: Part,
+    cursor: Option<String>,
+    page: VecDeque<Record>,
+    page_was_last: bool,
+}
+
+impl Rotation {
+    /// The turn named `name` through `kind` records in `status` whose `sort` is within the
+    /// inclusive bounds, from where its last run stopped.
+    pub async fn resume(
+        store: &dyn Store,
+        name: &str,
+        kind: Kind,
+        status: &str,
+        sort_min: Option<i64>,
+        sort_max: Option<i64>,
+    ) -> Result<Rotation, StoreError> {
+        let key = format!("rotation/{name}");
+        let saved = kv::get(store, &key).await?;
+        let place = saved
+            .as_ref()
+            .and_then(|e| serde_json::from_str::<(i64, String)>(&e.value).ok());
+        Ok(Rotation {
+            key,
+            kind,
+            status: status.to_owned(),
+            sort_min,
+            sort_max,
+            part: if place.is_some() {
+                Part::AfterPlace
+            } else {
+                Part::UpToPlace
+            },
+            place,
+            place_version: saved.map(|e| e.version),
+            last: None,
+            cursor: None,
+            page: VecDeque::new(),
+            page_was_last: false,
+        })
+    }
+
+    /// The next record of the turn, or `None` once every record has been handed out in this
+    /// run. A record handed out counts as handled: ask for one only to handle it.
+    pub async fn next(&mut self, store: &dyn Store) -> Result<Option<Record>, StoreError> {
+        loop {
+            if self.part == Part::Done {
+                return Ok(None);
+            }
+            if let Some(rec) = self.page.pop_front() {
+                let at = (rec.sort, rec.id.clone());
+                match (self.part, &self.place) {
+                    // Ties at the place (and the place itself): handled last run.
+                    (Part::AfterPlace, Some(place)) if at <= *place => continue,
+                    // Past the place again: the turn is complete.
+                    (Part::UpToPlace, Some(place)) if at > *place => {
+                        self.part = Part::Done;
+                        return Ok(None);
+                    }
+                    _ => {}
+                }
+                self.last = Some(at);
+                return Ok(Some(rec));
+            }
+            if self.page_was_last {
+                self.part = match self.part {
+                    Part::AfterPlace => Part::UpToPlace,
+                    _ => Part::Done,
+                };
+                self.page_was_last = false;
+                self.cursor = None;
+                continue;
+            }
+            let mut q = Query::new(self.kind, Index::Status(self.status.clone()));
+            q.limit = PAGE;
+            q.cursor = self.cursor.take();
+            let place_sort = self.place.as_ref().map(|(sort, _)| *sort);
+            (q.sort_min, q.sort_max) = match self.part {
+                Part::AfterPlace => (max_of(self.sort_min, place_sort), self.sort_max),
+                _ => (self.sort_min, min_of(self.sort_max, place_sort)),
+            };
+            let page = match (q.sort_min, q.sort_max) {
+                (Some(lo), Some(hi)) if lo > hi => super::Page::default(),
+                _ => store.query(q).await?,
+            };
+            self.page_was_last = page.next.is_none();
+            self.cursor = page.next;
+            self.page.extend(page.records);
+        }
+    }
+
+    /// Keeps where this run stopped, for the next. A failure is logged: the next run then
+    /// starts where this one did, which repeats work but skips none.
+    pub async fn save(&self, store: &dyn Store, now_secs: i64) {
+        let Some(last) = &self.last else { return };
+        if self.place.as_ref() == Some(last) {
+            return;
+        }
+        let value = match serde_json::to_string(last) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(rotation = %self.key, error = %e, "could not encode a sweep's place");
+                return;
+            }
+        };
+        match kv::put_if(
+            store,
+            &self.key,
+            &value,
+            now_secs + PLACE_TTL_SECS,
+            self.place_version,
+        )
+        .await
+        {
+            Ok(true) => {}
+            // Another run saved its place meanwhile: either place will do.
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(rotation = %self.key, error = %e, "could not keep a sweep's place; the next run starts where this one did");
+            }
+        }
+    }
+}
+
+fn max_of(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn min_of(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
