@@ -88,8 +88,8 @@ fn in_use(store: &str, path: &Path, file: &mut File) -> String {
         format!("another wxlocal ({holder})")
     };
     let stop = match pid {
-        Some(pid) => format!("stop it first (kill {pid})"),
-        None => "stop it first".to_owned(),
+        Some(pid) => format!("Stop it first (kill {pid})"),
+        None => "Stop it first".to_owned(),
     };
     format!(
         "the store {store} is in use: {who} holds its lock {}. Two wxlocal on one store would \

@@ -31,8 +31,19 @@ fn state_file_of(dir: &Path) -> PathBuf {
     dir.join("wxshop.db-sandbox.json")
 }
 
+/// A `wxlocal serve` child, killed (SIGKILL) and reaped when dropped: by [`stop`], or when a
+/// test fails part way, so a failed run leaves no server behind.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `wxlocal serve` on `dir`'s store at `addr`, with the sandbox's clock 100× faster.
-fn serve(bin: &Path, dir: &Path, addr: &str, seed: bool) -> (Child, Client) {
+fn serve(bin: &Path, dir: &Path, addr: &str, seed: bool) -> (Serving, Client) {
     let store = store_of(dir);
     let mut args = vec![
         "serve",
@@ -47,12 +58,11 @@ fn serve(bin: &Path, dir: &Path, addr: &str, seed: bool) -> (Child, Client) {
         args.push("--seed");
     }
     let (child, base) = spawn_wxlocal(bin, &args, &[], &dir.join("wxlocal.log"));
-    (child, Client::at(&base, ADMIN))
+    (Serving(child), Client::at(&base, ADMIN))
 }
 
-fn stop(mut child: Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
+fn stop(child: Serving) {
+    drop(child);
 }
 
 async fn reads_paid(c: &Client, token: &str, no: &str) {
@@ -269,7 +279,7 @@ async fn a_second_serve_on_the_same_store_refuses_to_start_and_names_the_first()
     let bin = wxlocal_bin();
     let dir = temp_dir("restart-lock");
     let (first, c) = serve(&bin, &dir, "127.0.0.1:0", true);
-    let first_pid = first.id().to_string();
+    let first_pid = first.0.id().to_string();
     let store = store_of(&dir);
 
     let (ok, stderr) = run_wxlocal(
