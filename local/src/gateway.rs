@@ -9,7 +9,8 @@
 //! The sandbox lives as long as the store: with a SQLite file store its state is kept beside
 //! it ([`sandbox_state_path`]), because WeChat does not forget what our store refers to, and
 //! a start whose two files do not belong together stops and says what to do
-//! ([`check_store_and_sandbox`]).
+//! ([`check_store_and_sandbox`]). One `serve` at a time per store file: a second one on the
+//! same store refuses to start ([`crate::lock`]).
 
 use crate::sandbox::{Sandbox, SandboxConfig};
 use axum::body::Body;
@@ -288,6 +289,8 @@ pub struct Running {
     pub sandbox: Sandbox,
     pub admin_token: String,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Held as long as this stack runs on a SQLite file store ([`crate::lock`]).
+    _store_lock: Option<crate::lock::StoreLock>,
 }
 
 impl Running {
@@ -378,6 +381,14 @@ pub async fn start_with_env(
     .map_err(|e| e.to_string())?;
     let asked = asked.into_inner().unwrap_or_else(|e| e.into_inner());
     vars.log_sources(&asked);
+    // Before the store or the sandbox's state file is opened (the sandbox writes its file at
+    // once): a second stack on this store stops here.
+    let store_lock = match &config.store {
+        StoreConfig::Sqlite(p) if sandbox_state_path(&config.store).is_some() => {
+            crate::lock::StoreLock::acquire(p, &base_url)?
+        }
+        _ => None,
+    };
     let store = open_store(&config.store)
         .await
         .map_err(|e| format!("cannot open the store: {e}"))?;
@@ -479,6 +490,7 @@ pub async fn start_with_env(
         sandbox,
         admin_token,
         tasks,
+        _store_lock: store_lock,
     };
     if opts.seed {
         seed(&running)

@@ -3,4 +3,5 @@
 
 pub mod demo;
 pub mod gateway;
+pub mod lock;
 pub mod sandbox;

@@ -115,6 +115,11 @@ impl Clock {
         self.offset_ms
             .fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
     }
+    /// How far this clock has been moved from real time, in ms (what the sandbox keeps in
+    /// its state file, so its time does not jump back on a restart).
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A moment in wall time (monotonic, so not moved by [`Clock::advance`]) by which work must

@@ -31,8 +31,19 @@ fn state_file_of(dir: &Path) -> PathBuf {
     dir.join("wxshop.db-sandbox.json")
 }
 
+/// A `wxlocal serve` child, killed (SIGKILL) and reaped when dropped: by [`stop`], or when a
+/// test fails part way, so a failed run leaves no server behind.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `wxlocal serve` on `dir`'s store at `addr`, with the sandbox's clock 100× faster.
-fn serve(bin: &Path, dir: &Path, addr: &str, seed: bool) -> (Child, Client) {
+fn serve(bin: &Path, dir: &Path, addr: &str, seed: bool) -> (Serving, Client) {
     let store = store_of(dir);
     let mut args = vec![
         "serve",
@@ -47,12 +58,11 @@ fn serve(bin: &Path, dir: &Path, addr: &str, seed: bool) -> (Child, Client) {
         args.push("--seed");
     }
     let (child, base) = spawn_wxlocal(bin, &args, &[], &dir.join("wxlocal.log"));
-    (child, Client::at(&base, ADMIN))
+    (Serving(child), Client::at(&base, ADMIN))
 }
 
-fn stop(mut child: Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
+fn stop(child: Serving) {
+    drop(child);
 }
 
 async fn reads_paid(c: &Client, token: &str, no: &str) {
@@ -257,6 +267,149 @@ async fn a_sandbox_state_without_its_store_is_adopted() {
         .to_owned();
     c.pay_at_sandbox(&no).await;
     reads_paid(&c, &ada, &no).await;
+    stop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two `serve`s on one store would each overwrite the other's sandbox state. The second
+/// refuses to start and says which process holds the store and what to do; the first goes on
+/// serving; once it is gone — killed, so it never got to clean up — the store starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_store_refuses_to_start_and_names_the_first() {
+    let bin = wxlocal_bin();
+    let dir = temp_dir("restart-lock");
+    let (first, c) = serve(&bin, &dir, "127.0.0.1:0", true);
+    let first_pid = first.0.id().to_string();
+    let store = store_of(&dir);
+
+    let (ok, stderr) = run_wxlocal(
+        &bin,
+        &["serve", "--addr", "127.0.0.1:0", "--store", &store],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(!ok, "a second serve started on the same store: {stderr}");
+    for needle in [
+        store.trim_start_matches("sqlite:").to_owned(),
+        "in use".to_owned(),
+        format!("pid {first_pid}"),
+        c.base.clone(),
+        format!("kill {first_pid}"),
+        dir.join("wxshop.db-wxlocal.lock").display().to_string(),
+        "--store memory".to_owned(),
+    ] {
+        assert!(
+            stderr.contains(&needle),
+            "the refusal names {needle:?}: {stderr}"
+        );
+    }
+
+    // The first still serves, its sandbox state intact.
+    let (ada, _) = c.login("ada").await;
+    let no = user_order(&c, &ada).await["out_trade_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.pay_at_sandbox(&no).await;
+    reads_paid(&c, &ada, &no).await;
+    stop(first);
+
+    // Killed, it released the store: the next serve starts and knows the order.
+    let (next, c) = serve(&bin, &dir, "127.0.0.1:0", false);
+    reads_paid(&c, &ada, &no).await;
+    stop(next);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Applies for a refund of `amount` fen of `no` as its buyer and approves it as the merchant;
+/// returns the after-sale's id.
+async fn refund_part(c: &Client, token: &str, no: &str, amount: i64) -> String {
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": amount, "reason": "one dented"}),
+        )
+        .await;
+    assert_eq!(s, 200, "apply: {v}");
+    let id = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "approve: {v}");
+    id
+}
+
+async fn refunded(c: &Client, token: &str, no: &str, id: &str) {
+    eventually(&format!("after-sale {id} to be refunded"), WAIT, || async {
+        let (_, v) = c
+            .post(
+                "/fn/aftersaleSync",
+                Some(token),
+                &json!({"action": "list", "out_trade_no": no}),
+            )
+            .await;
+        v["aftersales"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|a| a["aftersale_id"] == id && a["status"] == "REFUNDED")
+        })
+    })
+    .await;
+}
+
+/// The sandbox's clock, moved with `/_control/clock` by `ms`: its `now_ms`.
+async fn move_clock(c: &Client, ms: i64) -> i64 {
+    let (s, v) = c
+        .post("/sandbox/_control/clock", None, &json!({"advance_ms": ms}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["now_ms"].as_i64().unwrap()
+}
+
+/// A developer moves the sandbox's time (a day on, to see what a day later does) and a refund
+/// is stamped in that time; after a restart the sandbox's time is still moved. It used to
+/// jump back a day: the refund then lay a day in the future, and WeChat Pay's one refund of
+/// an order a minute refused every further refund of that order for a day, however far the
+/// developer moved the clock past the minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_clock_stays_where_it_was_moved_across_a_restart() {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    let bin = wxlocal_bin();
+    let dir = temp_dir("restart-clock");
+    let (child, c) = serve(&bin, &dir, "127.0.0.1:0", true);
+    let addr = c.base.trim_start_matches("http://").to_owned();
+    let (ada, _) = c.login("ada").await;
+    let no = user_order(&c, &ada).await["out_trade_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.pay_at_sandbox(&no).await;
+    reads_paid(&c, &ada, &no).await;
+    eventually(
+        "the payment to reach the trading component",
+        WAIT,
+        || async { wx_order_status(&c, &no).await == Some(20) },
+    )
+    .await;
+    let moved = move_clock(&c, DAY_MS).await;
+    let first = refund_part(&c, &ada, &no, 500).await;
+    refunded(&c, &ada, &no, &first).await;
+    stop(child);
+
+    let (child, c) = serve(&bin, &dir, &addr, false);
+    // Past the minute WeChat Pay keeps between two refunds of one order.
+    let now = move_clock(&c, 2 * 60 * 1000).await;
+    let second = refund_part(&c, &ada, &no, 500).await;
+    refunded(&c, &ada, &no, &second).await;
+    assert_eq!(c.status(&ada, &no).await["refunded_fee"], 1000);
+    assert!(
+        now >= moved + 2 * 60 * 1000,
+        "the sandbox's time went back across the restart: {now} < {moved} + 2 min"
+    );
+    no_dead_letters(&c).await;
     stop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }

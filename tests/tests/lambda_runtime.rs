@@ -877,3 +877,55 @@ async fn keys_come_from_secrets_manager() {
     let _ = moto.child.start_kill();
     let _ = moto.child.wait().await;
 }
+
+/// GIVEN a Secrets Manager endpoint that accepts the connection and never answers WHEN a
+/// function cold-starts THEN it reports `/init/error` by itself, naming the secret, the
+/// endpoint and what to check, well within payCallback's 5 s timeout — it used to wait as long
+/// as the timeout itself, and Lambda would only have said "Task timed out".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_secrets_manager_fails_the_cold_start_in_time_and_says_why() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket); // accepted, never read, never answered
+        }
+    });
+    let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:wxshop-stalled";
+    let mut env: Vec<(&'static str, String)> = valid_config()
+        .into_iter()
+        .filter(|(k, _)| *k != "WX_APPSECRET")
+        .collect();
+    env.push(("WXSHOP_SECRET_ARN", arn.into()));
+    env.push(("AWS_ENDPOINT_URL_SECRETS_MANAGER", format!("http://{addr}")));
+    env.push(("AWS_ACCESS_KEY_ID", "test".into()));
+    env.push(("AWS_SECRET_ACCESS_KEY", "test".into()));
+    let _ = binaries(); // built before the clock starts
+
+    let mut api = RuntimeApi::start(vec![post_json("/fn/queryOrder", "{}")]).await;
+    let started = std::time::Instant::now();
+    let f = FunctionProcess::spawn("pay-callback", &api, &env);
+    let outcome = api.next_outcome().await;
+    let took = started.elapsed();
+    let log = f.stop().await;
+    silent.abort();
+    let Outcome::InitError { body, .. } = outcome else {
+        panic!("expected /init/error, got {outcome:?}; log: {log}");
+    };
+    assert!(
+        took < Duration::from_secs(4),
+        "the cold start took {took:?} to give up (payCallback's timeout is 5 s): {body}"
+    );
+    let msg = body["errorMessage"].as_str().unwrap();
+    for needle in [
+        "WXSHOP_SECRET_ARN",
+        arn,
+        "GetSecretValue",
+        &addr.to_string(),
+        "no answer",
+        "VPC",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} in {msg}");
+    }
+}

@@ -114,7 +114,8 @@ impl WxErr {
 pub type WxResult = Result<Value, WxErr>;
 
 /// Everything the sandbox remembers. Replaced wholesale by `/_control/reset`. With a state
-/// file, `seq`, `pay`, `platform`, `shop` and `funds` are kept across restarts ([`persist`]).
+/// file, `seq`, `pay`, `platform`, `shop` and `funds` are kept across restarts, and so is
+/// the clock's offset, which lives in [`Inner::clock`] ([`persist`]).
 #[derive(Default)]
 pub struct State {
     /// Bumped by reset; background tasks of an older epoch stop touching state.
@@ -152,7 +153,7 @@ impl Drop for Inner {
         if let Some(p) = &self.persist {
             if p.behind() {
                 let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
-                let (covers, bytes) = p.take(st);
+                let (covers, bytes) = p.take(st, self.clock.offset_ms());
                 p.write(covers, bytes);
             }
             p.close();
@@ -228,8 +229,13 @@ impl Sandbox {
         clock: Clock,
         path: &std::path::Path,
     ) -> Result<Sandbox, String> {
-        let state = persist::load(path)?.unwrap_or_default();
-        let bytes = persist::snapshot(&state).map_err(|e| e.to_string())?;
+        let (state, clock_offset_ms) = match persist::load(path)? {
+            Some(k) => (k.state, k.clock_offset_ms),
+            None => (State::default(), clock.offset_ms()),
+        };
+        // The sandbox's time resumes where it was moved to before the restart.
+        clock.advance(clock_offset_ms - clock.offset_ms());
+        let bytes = persist::snapshot(&state, clock_offset_ms).map_err(|e| e.to_string())?;
         // Written at once: from now on the file exists beside the store it belongs to.
         persist::write_atomic(path, &bytes)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -314,8 +320,20 @@ impl Sandbox {
         }
     }
 
+    /// The sandbox's clock. Move it with [`Sandbox::advance_clock`], which a state file keeps
+    /// at once; a move made here directly is kept with the next change.
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
+    }
+
+    /// Moves the sandbox's clock by `ms` (`/_control/clock`). With a state file the move is
+    /// kept: what the sandbox stamps from now on is in the moved time, and after a restart
+    /// its time must not jump back behind it.
+    pub fn advance_clock(&self, ms: i64) {
+        let mut st = self.st();
+        // Under the state lock and counted as a change: the next snapshot has the offset.
+        st.changed = true;
+        self.inner.clock.advance(ms);
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -544,7 +562,7 @@ fn spawn_writer(inner: Weak<Inner>, p: Arc<persist::Persist>) {
             };
             let (covers, bytes) = {
                 let st = inner.st.lock().unwrap_or_else(|e| e.into_inner());
-                p.take(&st)
+                p.take(&st, inner.clock.offset_ms())
             };
             drop(inner);
             let w = p.clone();
@@ -1071,7 +1089,7 @@ async fn control_clock(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     };
     if let Some(ms) = v.get("advance_ms").and_then(Value::as_i64) {
-        sb.clock().advance(ms);
+        sb.advance_clock(ms);
     }
     Json(json!({"now_ms": sb.now_ms()})).into_response()
 }

@@ -9,8 +9,11 @@
 //! store, and reads it back at start.
 //!
 //! What is kept: the sequence that makes ids, WeChat Pay orders and refunds, tokens and
-//! logins, the trading component (products, audits, orders, after-sales, account) and the
-//! funds. What is not: the test knobs (faults, refund outcomes, notification options), the
+//! logins, the trading component (products, audits, orders, after-sales, account), the
+//! funds, and how far `/_control/clock` has moved the sandbox's clock — everything above is
+//! stamped in that time, so a sandbox that forgot the move would find its own refunds,
+//! tokens and orders in the future. A file without the offset (an older wxlocal's) reads
+//! as 0, the time it was made in. What is not: the test knobs (faults, refund outcomes, notification options), the
 //! call and delivery logs, and notifications still in their retry schedule (the app's own
 //! queries and schedule reconcile those, as they would after a long outage).
 //!
@@ -34,10 +37,11 @@ use tokio::sync::{watch, Notify};
 /// message that says what to do, never half read.
 pub const FORMAT: u32 = 1;
 
-/// The kept part of [`State`], borrowed for writing.
+/// The kept part of [`State`] and the clock's offset, borrowed for writing.
 #[derive(Serialize)]
 struct DurableRef<'a> {
     format: u32,
+    clock_offset_ms: i64,
     seq: u64,
     pay: &'a mch::PayState,
     platform: &'a platform::PlatformState,
@@ -45,10 +49,14 @@ struct DurableRef<'a> {
     funds: &'a funds::FundsState,
 }
 
-/// The kept part of [`State`], as read back.
+/// The kept part of [`State`] and the clock's offset, as read back.
 #[derive(Deserialize)]
 struct Durable {
     format: u32,
+    /// Absent from files written before it was kept: their sandbox ran unmoved (or its move
+    /// is lost), and 0 is what such a file always meant.
+    #[serde(default)]
+    clock_offset_ms: i64,
     seq: u64,
     pay: mch::PayState,
     platform: platform::PlatformState,
@@ -56,10 +64,18 @@ struct Durable {
     funds: funds::FundsState,
 }
 
-/// The snapshot of `st` as written to the file.
-pub(crate) fn snapshot(st: &State) -> Result<Vec<u8>, serde_json::Error> {
+/// What a state file holds: the state, and how far the sandbox's clock was moved
+/// ([`wxshop::time::Clock::offset_ms`]).
+pub(crate) struct Kept {
+    pub(crate) state: State,
+    pub(crate) clock_offset_ms: i64,
+}
+
+/// The snapshot of `st`, with the clock moved by `clock_offset_ms`, as written to the file.
+pub(crate) fn snapshot(st: &State, clock_offset_ms: i64) -> Result<Vec<u8>, serde_json::Error> {
     serde_json::to_vec(&DurableRef {
         format: FORMAT,
+        clock_offset_ms,
         seq: st.seq,
         pay: &st.pay,
         platform: &st.platform,
@@ -69,7 +85,7 @@ pub(crate) fn snapshot(st: &State) -> Result<Vec<u8>, serde_json::Error> {
 }
 
 /// Reads the state file at `path`: `Ok(None)` when there is none yet.
-pub(crate) fn load(path: &Path) -> Result<Option<State>, String> {
+pub(crate) fn load(path: &Path) -> Result<Option<Kept>, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -83,7 +99,7 @@ pub(crate) fn load(path: &Path) -> Result<Option<State>, String> {
     })
 }
 
-fn restore(bytes: &[u8]) -> Result<State, String> {
+fn restore(bytes: &[u8]) -> Result<Kept, String> {
     // The format first, so a file of another version says so instead of "missing field".
     #[derive(Deserialize)]
     struct Head {
@@ -98,13 +114,16 @@ fn restore(bytes: &[u8]) -> Result<State, String> {
     }
     let d: Durable = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     debug_assert_eq!(d.format, FORMAT);
-    Ok(State {
-        seq: d.seq,
-        pay: d.pay,
-        platform: d.platform,
-        shop: d.shop,
-        funds: d.funds,
-        ..State::default()
+    Ok(Kept {
+        state: State {
+            seq: d.seq,
+            pay: d.pay,
+            platform: d.platform,
+            shop: d.shop,
+            funds: d.funds,
+            ..State::default()
+        },
+        clock_offset_ms: d.clock_offset_ms,
     })
 }
 
@@ -175,11 +194,11 @@ impl Persist {
         let _ = rx.wait_for(|s| *s >= want).await;
     }
 
-    /// Takes a snapshot of `st` (the state lock held): the change it covers and its bytes, or
-    /// `None` when the kept part is what was last written.
-    pub(crate) fn take(&self, st: &State) -> (u64, Option<Vec<u8>>) {
+    /// Takes a snapshot of `st` and the clock's offset (the state lock held): the change it
+    /// covers and its bytes, or `None` when the kept part is what was last written.
+    pub(crate) fn take(&self, st: &State, clock_offset_ms: i64) -> (u64, Option<Vec<u8>>) {
         let covers = self.changed.load(Ordering::SeqCst);
-        let bytes = match snapshot(st) {
+        let bytes = match snapshot(st, clock_offset_ms) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(file = %self.path.display(), error = %e, "sandbox: cannot serialise the state");
@@ -227,5 +246,30 @@ impl Persist {
         if !self.behind() {
             self.wake.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clock's move is read back; a file written before it was kept (no
+    /// `clock_offset_ms`) still reads, as an unmoved clock.
+    #[test]
+    fn the_clock_offset_is_kept_and_older_files_read_as_unmoved() {
+        let st = State {
+            seq: 7,
+            ..State::default()
+        };
+        let bytes = snapshot(&st, 86_400_000).unwrap();
+        let kept = restore(&bytes).unwrap();
+        assert_eq!(kept.clock_offset_ms, 86_400_000);
+        assert_eq!(kept.state.seq, 7);
+
+        let mut older: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        older.as_object_mut().unwrap().remove("clock_offset_ms");
+        let kept = restore(&serde_json::to_vec(&older).unwrap()).unwrap();
+        assert_eq!(kept.clock_offset_ms, 0);
+        assert_eq!(kept.state.seq, 7);
     }
 }
