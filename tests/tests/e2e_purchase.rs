@@ -2982,6 +2982,49 @@ async fn a_refund_whose_notification_never_came_is_settled_by_the_schedule() {
     assert!(c.dead_letters().await.is_empty());
 }
 
+/// GIVEN four refunds whose notifications never came and WeChat Pay answering `refundquery`
+/// slowly (1.5 s each: 6 s of calls) WHEN the schedule runs with a 2 s deadline THEN it
+/// returns by the deadline plus the call in flight, reports the refund sweep unfinished, and
+/// asked about fewer than all four; the next run goes on. The refund sweep used to ask all of
+/// them whatever the deadline (up to 50 calls at the client's 4 s timeout each: past
+/// orderSync's 60 s Lambda timeout, and the phases after it never ran).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_refund_queries_cannot_push_the_schedule_past_its_deadline() {
+    let r = stack_with(&[("WXPAY_REFUND_NOTIFY_URL", DEAD_REFUND_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    for user in ["ria", "sol", "tam", "uma"] {
+        let (token, no) = paid_and_synced(&r, &c, user, 1).await;
+        let id = c.apply(&token, &no, json!({"amount": 1990})).await;
+        c.approve(&id).await;
+        eventually("WeChat took the refund", || async {
+            admin_aftersale(&c, &no, &id).await["status"] == "REFUNDING"
+        })
+        .await;
+    }
+    r.app.clock.advance(11 * 60_000);
+    c.fault(json!({"path": "pay/refundquery", "mode": "delay", "delay_ms": 1500}))
+        .await;
+    let budget = Duration::from_secs(2);
+    let t0 = std::time::Instant::now();
+    let report =
+        wxshop::handlers::order_sync::on_schedule(&r.app, wxshop::time::Deadline::after(budget))
+            .await;
+    let took = t0.elapsed();
+    // The deadline, the one question in flight at it, and some slack.
+    assert!(
+        took < budget + Duration::from_millis(1500 + 500),
+        "took {took:?}: {report}"
+    );
+    assert!(
+        report["unfinished"]
+            .as_array()
+            .is_some_and(|u| u.contains(&json!("refunds"))),
+        "{report}"
+    );
+    let asked = report["refunds"]["asked"].as_u64().unwrap();
+    assert!((1..4).contains(&asked), "{report}");
+}
+
 /// A refund notification for our refund `out_refund_no` (WeChat's `refund_id`) of order `no`
 /// (`total` fen, refunding `fee`), encrypted as WeChat sends it.
 #[allow(clippy::too_many_arguments)]

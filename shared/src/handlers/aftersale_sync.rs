@@ -910,7 +910,13 @@ pub struct RefundSweepReport {
 /// WeChat's answer is applied exactly as its notification would have been
 /// ([`super::pay_callback::settle_refund`]): SUCCESS refunded, CHANGE held for a person,
 /// REFUNDCLOSE failed. `PROCESSING`, or a question that fails, leaves it for a later run.
-pub async fn sweep_refunds(app: &App) -> Result<RefundSweepReport, ApiError> {
+/// No refund is asked about once `deadline` has passed: `false` with the report then (each
+/// `refundquery` can take the client's whole timeout, so 50 of them used to run the schedule
+/// past orderSync's Lambda timeout, and the phases after this one never ran).
+pub async fn sweep_refunds(
+    app: &App,
+    deadline: crate::time::Deadline,
+) -> Result<(RefundSweepReport, bool), ApiError> {
     let mut report = RefundSweepReport::default();
     let now = app.clock.now_ms();
     let due_before = now - REFUND_NOTIFY_GRACE_MS;
@@ -943,7 +949,12 @@ pub async fn sweep_refunds(app: &App) -> Result<RefundSweepReport, ApiError> {
         }
     }
     due.sort_by_key(|(_, r)| r.value.last_seen_ms());
+    let mut finished = true;
     for (a, refund) in due.into_iter().take(REFUND_SWEEP_MAX) {
+        if deadline.passed() {
+            finished = false;
+            break;
+        }
         match ask_about_refund(app, &a, &refund).await {
             SweepOutcome::Skipped => continue,
             SweepOutcome::Settled => report.settled += 1,
@@ -959,7 +970,7 @@ pub async fn sweep_refunds(app: &App) -> Result<RefundSweepReport, ApiError> {
             "refund sweep settled refunds whose notification never came"
         );
     }
-    Ok(report)
+    Ok((report, finished))
 }
 
 /// What asking WeChat about one refund came to.

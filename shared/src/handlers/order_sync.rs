@@ -344,16 +344,16 @@ async fn run_phase(
                 finished
             })
             .map_err(|e| e.to_string()),
-        // At most 50 `refundquery` calls a run, each bounded by the client's timeout.
-        Phase::Refunds => super::aftersale_sync::sweep_refunds(app)
+        // At most 50 `refundquery` calls a run, none started past the deadline.
+        Phase::Refunds => super::aftersale_sync::sweep_refunds(app, deadline)
             .await
-            .map(|r| {
+            .map(|(r, finished)| {
                 report.refunds.checked += r.checked;
                 report.refunds.asked += r.asked;
                 report.refunds.settled += r.settled;
                 report.refunds.pending += r.pending;
                 report.refunds.failed += r.failed;
-                true
+                finished
             })
             .map_err(|e| e.to_string()),
         Phase::WechatRefunds => super::aftersale_sync::sweep_wechat_refunds(app, deadline)
@@ -766,7 +766,14 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             body["finished"] = finished.into();
             Ok(json(&body))
         }
-        AdminAction::SweepRefunds => Ok(json(&super::aftersale_sync::sweep_refunds(app).await?)),
+        AdminAction::SweepRefunds => {
+            let (report, finished) =
+                super::aftersale_sync::sweep_refunds(app, Deadline::after(ADMIN_SWEEP_BUDGET))
+                    .await?;
+            let mut body = serde_json::to_value(report).unwrap_or_default();
+            body["finished"] = finished.into();
+            Ok(json(&body))
+        }
         AdminAction::DeadLetters { cursor } => {
             let (entries, next) = outbox::list_dead(app.store.as_ref(), 50, cursor).await?;
             Ok(json(
