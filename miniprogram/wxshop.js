@@ -439,7 +439,8 @@ function createClient(options) {
    */
   function shopOrders() {
     var s = readSession();
-    if (isFresh(s) && shopOrdersOf(s)) return Promise.resolve(shopOrdersOf(s));
+    var known = isFresh(s) ? shopOrdersOf(s) : null;
+    if (known) return Promise.resolve(known);
     return login().then(shopOrdersOf);
   }
 
