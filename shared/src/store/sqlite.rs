@@ -876,6 +876,30 @@ mod tests {
         );
     }
 
+    /// The SQLite we link is built as `.cargo/config.toml` asks (`LIBSQLITE3_FLAGS`): without
+    /// the global page-cache group and its mutex, which every connection of the store queued
+    /// on (docs/PERFORMANCE.md, "SQLite's global mutexes"). A build that lost the setting (a
+    /// config moved, another libsqlite3-sys build script) fails here, not only in a benchmark.
+    #[test]
+    fn sqlite_is_built_without_the_global_page_cache_mutex() {
+        let conn = Connection::open_in_memory().unwrap();
+        let mut st = conn.prepare("PRAGMA compile_options").unwrap();
+        let opts: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(opts.iter().any(|o| o == "THREADSAFE=1"), "{opts:?}");
+        assert!(
+            !opts.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "SQLite built with ENABLE_MEMORY_MANAGEMENT: {opts:?}"
+        );
+        assert!(
+            opts.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "SQLite built with memory statistics: {opts:?}"
+        );
+    }
+
     #[tokio::test]
     async fn conditions_and_rollback() {
         let s = SqliteStore::memory().unwrap();
