@@ -747,6 +747,20 @@ async fn a_withdraw_notify_wechat_cannot_confirm_changes_no_status() {
     };
     let before = status().await;
     assert_eq!(before, "BEFORE_SCAN_QRCODE");
+    // The sandbox pushes its own `withdraw_notify` (event 1) for the new withdrawal, in the
+    // background, and our answer to it asks `getwithdrawdetail`. Armed before that push is
+    // answered, the one-shot fault below was sometimes spent on it, and our push then got a
+    // real answer (a flake under load): wait for it first.
+    eventually(
+        "the sandbox's own withdraw_notify to be answered",
+        || async {
+            r.sandbox
+                .deliveries()
+                .iter()
+                .any(|d| d["kind"] == "push" && d["key"] == "withdraw_notify" && d["acked"] == true)
+        },
+    )
+    .await;
     let push = |nonce: &'static str| {
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
