@@ -54,6 +54,11 @@ var DEFAULTS = {
   orderCheck: { enabled: true, required: false, timeoutMs: 5000 },
 };
 
+/** A `requireOrder` the server takes as `require_order`: 0 or 1. */
+function isRequireOrder(r) {
+  return r === 0 || r === 1;
+}
+
 /** What WeChat's `requiredFundType` (and the server's `fund_type`) ask for, in words. */
 var FUND_TYPE_NAMES = { 0: 'ordinary (fund_type 0)', 1: 'secondary-merchant (fund_type 1)', 2: 'either fund type' };
 
@@ -731,8 +736,10 @@ function createClient(options) {
     if (params.address) data.address = params.address;
     var scene = enterScene();
     if (scene !== undefined && !isNaN(scene)) data.scene = scene;
-    // A `traceId` the page got from its own wx.checkBeforeAddOrder wins; buy then runs no check.
+    // A `traceId` the page got from its own wx.checkBeforeAddOrder wins; buy then runs no check
+    // (and forwards that check's `requireOrder` when the page passes it).
     if (params.traceId) data.trace_id = params.traceId;
+    if (params.traceId && isRequireOrder(params.requireOrder)) data.require_order = params.requireOrder;
     var check = null;
     return preOrderCheck(params.traceId)
       .catch(function (e) {
@@ -744,6 +751,9 @@ function createClient(options) {
           if (usableTraceId(c.traceId)) data.trace_id = c.traceId;
           else c.traceIdDropped = true; // the server would refuse it (BAD_TRACE_ID)
         }
+        // The check's verdict: with WX_TRADING_COMPONENT=scene the server goes by it instead
+        // of asking WeChat's deprecated shop/scene/check.
+        if (c.status === 'ok' && isRequireOrder(c.requireOrder)) data.require_order = c.requireOrder;
         return placeOrder(data)
           .then(function (r) {
             var result = r.result;

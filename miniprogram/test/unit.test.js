@@ -686,6 +686,7 @@ test('buy: the pre-order check\'s traceId reaches unifiedOrder as trace_id, and 
     const r = await c.buy({ items: [TEA] });
     assert.equal(r.paid, true, JSON.stringify(check));
     assert.equal(sentOrders(wx)[0].trace_id, check.traceId, JSON.stringify(check));
+    assert.equal(sentOrders(wx)[0].require_order, check.requireOrder, 'the verdict goes with it (scene mode decides by it)');
     assert.deepEqual(r.orderCheck, Object.assign({ status: 'ok' }, check));
     assert.equal(wx.loginCount, 1, 'one login, which also said what the shop makes');
   }
@@ -730,6 +731,17 @@ test('buy: without wx.checkBeforeAddOrder (older base library) it orders as befo
   assert.equal(r.paid, true);
   assert.deepEqual(r.orderCheck, { status: 'unavailable' });
   assert.equal('trace_id' in sentOrders(wx)[0], false);
+  assert.equal('require_order' in sentOrders(wx)[0], false, 'no verdict: the server asks scene/check');
+});
+
+test('buy: a page that ran its own pre-order check passes its traceId and requireOrder', async () => {
+  const wx = fakeWx(paidRoutes(() => ({ statusCode: 200, data: payFixture() })), Object.assign({ checkBeforeAddOrder: () => assert.fail('buy must not check again') }, payOk));
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  await c.buy({ items: [TEA], traceId: 'tr-page', requireOrder: 1 });
+  await c.buy({ items: [TEA], traceId: 'tr-page2', requireOrder: 'yes' });
+  const sent = sentOrders(wx);
+  assert.deepEqual([sent[0].trace_id, sent[0].require_order], ['tr-page', 1]);
+  assert.deepEqual([sent[1].trace_id, 'require_order' in sent[1]], ['tr-page2', false], 'only 0 or 1 is sent');
 });
 
 test('buy: a failing pre-order check is logged and reported, and the purchase goes on without a trace id', async () => {

@@ -60,7 +60,8 @@ pub enum TradingComponent {
     Off,
     /// Every order.
     Always,
-    /// When `shop/scene/check` says the user's enter scene needs it.
+    /// When the user's enter scene needs it: the mini program's `wx.checkBeforeAddOrder`
+    /// verdict (`require_order`), or without it `shop/scene/check`.
     SceneCheck,
 }
 

@@ -188,6 +188,71 @@ async fn with_scene_check_only_matching_scenes_use_the_component() {
     }
 }
 
+/// `scene` with the mini program's pre-order check: `wx.checkBeforeAddOrder`'s `requireOrder`,
+/// sent as `require_order`, decides whether the order goes through the component, and the
+/// deprecated `shop/scene/check` is not asked — so a scene check WeChat has retired does not
+/// stop a shop whose client sends the verdict. A verdict that needs the component and no
+/// address is refused before WeChat Pay opens anything; a verdict other than 0 or 1 is
+/// refused as such. (Without the verdict, the scene check decides: the test above.)
+#[tokio::test]
+async fn with_scene_check_the_pre_order_checks_verdict_decides() {
+    let r = stack_with(&[("WX_TRADING_COMPONENT", "scene")]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("vera").await;
+    // Retired for good: any call to it would fail the order (502).
+    c.post(
+        "/sandbox/_control/faults",
+        None,
+        &json!({"path": "shop/scene/check", "mode": "errcode", "errcode": 48001, "count": 1000}),
+    )
+    .await;
+    let order = |scene: u32, require: Value, address: Option<Value>| {
+        let mut body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+                              "scene": scene, "require_order": require});
+        if let Some(a) = address {
+            body["address"] = a;
+        }
+        let (c, token) = (&c, &token);
+        async move { c.post("/fn/unifiedOrder", Some(token), &body).await }
+    };
+
+    // 1001 is a scene the sandbox's scene check would not match: the verdict wins.
+    let (s, channels) = order(1001, json!(1), Some(address())).await;
+    assert_eq!(s, 200, "{channels}");
+    assert!(channels["ticket"].is_string(), "{channels}");
+    assert_eq!(
+        channels["orderInfo"]["out_order_id"], channels["out_trade_no"],
+        "{channels}"
+    );
+    assert_eq!(calls(&r, "shop/order/add"), 1);
+
+    // 1177 is one it would match: the verdict says no order is needed.
+    let (s, plain) = order(1177, json!(0), None).await;
+    assert_eq!(s, 200, "{plain}");
+    assert!(plain.get("orderInfo").is_none(), "{plain}");
+    assert_eq!(calls(&r, "shop/order/add"), 1);
+
+    let prepays = calls(&r, "pay/unifiedorder");
+    let (s, v) = order(1001, json!(1), None).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("ADDRESS_REQUIRED")),
+        "{v}"
+    );
+    let (s, v) = order(1177, json!(2), Some(address())).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("BAD_REQUIRE_ORDER")),
+        "{v}"
+    );
+    assert_eq!(
+        calls(&r, "pay/unifiedorder"),
+        prepays,
+        "WeChat Pay was asked to open an order that was refused"
+    );
+    assert_eq!(calls(&r, "shop/scene/check"), 0);
+}
+
 /// `always`: an order without an address is refused before anything is made — no order, no
 /// stock taken, nothing asked of WeChat.
 #[tokio::test]

@@ -69,13 +69,34 @@ struct UnifiedOrderRequest {
     /// (attribution of Channels sales). Not part of the request an idempotency key names.
     #[serde(default)]
     trace_id: Option<String>,
+    /// `requireOrder` (0 or 1) from the same pre-order check: whether the user's scene needs
+    /// a trading-component order. With `WX_TRADING_COMPONENT=scene` it decides, instead of
+    /// asking the deprecated `shop/scene/check` (see [`needs_component`]). Not part of the
+    /// request an idempotency key names.
+    #[serde(default)]
+    require_order: Option<u8>,
 }
 
-/// Where an order comes from: the mini program's scene and its pre-order check's trace id.
+/// Where an order comes from: the mini program's scene and its pre-order check's trace id
+/// and verdict.
 #[derive(Clone, Debug, Default)]
 struct Origin {
     scene: Option<u32>,
     trace_id: Option<String>,
+    require_order: Option<bool>,
+}
+
+/// `requireOrder` as `wx.checkBeforeAddOrder` gives it: 0 or 1.
+fn check_require_order(r: Option<u8>) -> Result<Option<bool>, ApiError> {
+    match r {
+        None => Ok(None),
+        Some(0) => Ok(Some(false)),
+        Some(1) => Ok(Some(true)),
+        Some(_) => Err(ApiError::bad_request(
+            "BAD_REQUIRE_ORDER",
+            "`require_order` must be the requireOrder wx.checkBeforeAddOrder gave: 0 or 1",
+        )),
+    }
 }
 
 /// A trace id as `wx.checkBeforeAddOrder` gives it: printable ASCII, 1–128 characters.
@@ -120,6 +141,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     let origin = Origin {
         scene: body.scene,
         trace_id: check_trace_id(body.trace_id.clone())?,
+        require_order: check_require_order(body.require_order)?,
     };
     let ip = client_ip(&req);
     if let Some(a) = &address {
@@ -131,10 +153,13 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         }
     }
     // An order that certainly goes through the trading component needs an address: refused
-    // before anything is made (with `scene`, only the scene check can tell; see `prepay`).
+    // before anything is made (with `scene` and no pre-order check's verdict, only the scene
+    // check can tell; see `prepay`).
     if address.is_none()
         && (app.config.trading_component == TradingComponent::Always
-            || app.config.fund_type == FundType::SecondaryMerchant)
+            || app.config.fund_type == FundType::SecondaryMerchant
+            || (app.config.trading_component == TradingComponent::SceneCheck
+                && origin.require_order == Some(true)))
     {
         return Err(super::shop_orders::address_required());
     }
@@ -542,7 +567,7 @@ async fn place(
         tracing::info!(out_trade_no = %no, "resuming the order an earlier attempt under the same idempotency key made");
     }
     let mut opened = OpenedAtWechat::default();
-    match prepay(app, order, &reservation.ip, &mut opened).await {
+    match prepay(app, order, origin, &reservation.ip, &mut opened).await {
         Ok(r) => Ok(r),
         Err(error) => {
             // Nothing was paid: close the order and give the stock back — and close what
@@ -602,12 +627,21 @@ fn result_of(order: &Order, payment: serde_json::Value, component: bool) -> Unif
     }
 }
 
-/// Whether this order goes through the trading component.
-async fn needs_component(app: &App, scene: Option<u32>) -> Result<bool, ApiError> {
+/// Whether this order goes through the trading component. With `scene`, the mini program's
+/// pre-order check (`wx.checkBeforeAddOrder`'s `requireOrder`) decides when it was sent: it
+/// is what WeChat tells developers to use now that `shop/scene/check` is "to be abandoned"
+/// (WECHAT_SHOP.md §4), and it is the user's own scene it speaks for — a client that lies
+/// about it only makes its own payment fail at WeChat (a scene that needs an order refuses a
+/// plain `wx.requestPayment`) or its order go through the component. Without it (an older
+/// base library or client), the server asks `shop/scene/check` as before.
+async fn needs_component(app: &App, origin: &Origin) -> Result<bool, ApiError> {
     match app.config.trading_component {
         TradingComponent::Off => Ok(false),
         TradingComponent::Always => Ok(true),
-        TradingComponent::SceneCheck => match scene {
+        TradingComponent::SceneCheck if origin.require_order.is_some() => {
+            Ok(origin.require_order == Some(true))
+        }
+        TradingComponent::SceneCheck => match origin.scene {
             None => Ok(false),
             Some(scene) => app
                 .wx
@@ -638,12 +672,13 @@ async fn needs_component(app: &App, scene: Option<u32>) -> Result<bool, ApiError
 async fn prepay(
     app: &App,
     mut order: Order,
+    origin: &Origin,
     ip: &str,
     opened: &mut OpenedAtWechat,
 ) -> Result<UnifiedOrderResult, ApiError> {
     let now = app.clock.now_ms();
     let use_component = order.fund_type == FundType::SecondaryMerchant
-        || (component_on(app) && needs_component(app, order.scene).await?);
+        || (component_on(app) && needs_component(app, origin).await?);
     if use_component && order.address.is_none() {
         // Before WeChat Pay opens anything: the component order needs the address.
         return Err(super::shop_orders::address_required());
