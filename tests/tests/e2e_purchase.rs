@@ -3025,6 +3025,99 @@ async fn slow_refund_queries_cannot_push_the_schedule_past_its_deadline() {
     assert!((1..4).contains(&asked), "{report}");
 }
 
+/// GIVEN more REFUNDING after-sales older than the grace than one run of the refund sweep
+/// reads — after-sales of secondary-merchant orders, which WeChat refunds itself and has not
+/// yet, so there is no refund of ours to ask about — and, created after them, a refund of
+/// ours WeChat made whose notification never came WHEN the schedule runs, then the merchant's
+/// `sweep_refunds` THEN by the second run that refund is asked about and settled: the
+/// after-sale REFUNDED, `refunded_fee` counted, no run reading more than its bound. The sweep
+/// used to read the same 500 oldest every run, so the refund behind them was never asked
+/// about and stayed REFUNDING for good.
+#[tokio::test]
+async fn a_refund_behind_more_stuck_aftersales_than_a_run_reads_is_still_settled() {
+    use wxshop::domain::{AfterSaleId, AfterSaleStatus};
+    use wxshop::handlers::aftersale_sync::REFUND_SWEEP_READ;
+    let r = stack_with(&[("WXPAY_REFUND_NOTIFY_URL", DEAD_REFUND_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    let store = r.app.store.as_ref();
+    let (token, no) = paid_and_synced(&r, &c, "vic", 1).await;
+    let lost = c.apply(&token, &no, json!({"amount": 1990})).await;
+    c.approve(&lost).await;
+    eventually("WeChat took the refund", || async {
+        admin_aftersale(&c, &no, &lost).await["status"] == "REFUNDING"
+    })
+    .await;
+    let out_refund_no = admin_aftersale(&c, &no, &lost).await["out_refund_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually("WeChat refunded it", || async {
+        sandbox_refund(&r, &out_refund_no)
+            .await
+            .is_some_and(|(_, s)| s == "SUCCESS")
+    })
+    .await;
+
+    // The stuck ones, created before it (written straight to the store: hundreds through the
+    // gateway would take minutes). The sweep reads no order of theirs: they have no refund of
+    // ours.
+    let template =
+        wxshop::store::repo::get_aftersale(store, &AfterSaleId::parse(lost.clone()).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+    let stuck = REFUND_SWEEP_READ + 20;
+    let start = template.created_at_ms - 3_600_000;
+    for chunk in (0..stuck).collect::<Vec<_>>().chunks(100) {
+        let mut batch = wxshop::store::repo::Batch::new();
+        for &i in chunk {
+            let created = start + i as i64;
+            let mut a = template.clone();
+            a.id = AfterSaleId::generate(created);
+            a.out_trade_no = OutTradeNo::generate(created);
+            a.status = AfterSaleStatus::Refunding;
+            a.out_refund_no = None;
+            a.refund_id = None;
+            a.wx_aftersale_id = Some(9_000_000 + i as u64);
+            a.created_at_ms = created;
+            a.updated_at_ms = created;
+            batch.create_aftersale(&a);
+        }
+        batch.commit(store).await.unwrap();
+    }
+
+    r.app.clock.advance(11 * 60_000);
+    let mut reports = Vec::new();
+    for run in 0..2 {
+        let report = if run == 0 {
+            wxshop::handlers::order_sync::on_schedule(
+                &r.app,
+                wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+            )
+            .await["refunds"]
+                .clone()
+        } else {
+            let (s, v) = c
+                .admin("/admin/orderSync", &json!({"action": "sweep_refunds"}))
+                .await;
+            assert_eq!(s, 200, "{v}");
+            v
+        };
+        let checked = report["checked"].as_u64().unwrap();
+        assert!(checked <= REFUND_SWEEP_READ as u64, "{report}");
+        reports.push(report);
+        if admin_aftersale(&c, &no, &lost).await["status"] == "REFUNDED" {
+            break;
+        }
+    }
+    let a = admin_aftersale(&c, &no, &lost).await;
+    assert_eq!(a["status"], "REFUNDED", "{a}; runs: {reports:?}");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+    assert_eq!(reports.last().unwrap()["settled"], 1, "{reports:?}");
+    assert_eq!(r.sandbox.calls("pay/refundquery").len(), 1);
+}
+
 /// A refund notification for our refund `out_refund_no` (WeChat's `refund_id`) of order `no`
 /// (`total` fen, refunding `fee`), encrypted as WeChat sends it.
 #[allow(clippy::too_many_arguments)]

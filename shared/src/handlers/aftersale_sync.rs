@@ -882,20 +882,23 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
 const REFUND_NOTIFY_GRACE_MS: i64 = 10 * 60_000;
 /// At most this many refunds are asked about per run (one `refundquery` each).
 const REFUND_SWEEP_MAX: usize = 50;
-/// At most this many REFUNDING after-sales are read per run to choose those from.
-const REFUND_SWEEP_READ: usize = 500;
+/// At most this many REFUNDING after-sales are read per run (public so tests can build a
+/// backlog longer than one run reads).
+pub const REFUND_SWEEP_READ: usize = 500;
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct RefundSweepReport {
-    /// REFUNDING after-sales read.
+    /// REFUNDING after-sales read (each once a turn; see [`sweep_refunds`]).
     pub checked: usize,
     /// Asked about with `refundquery`.
     pub asked: usize,
     /// Settled from WeChat's answer: their notification never came.
     pub settled: usize,
-    /// Still processing at WeChat, or not known to it yet: asked again after the grace.
+    /// Still processing at WeChat, or not known to it yet: asked again on a later turn, once
+    /// the grace has passed again.
     pub pending: usize,
-    /// The question or its answer failed (or did not match ours): asked again after the grace.
+    /// The question or its answer failed (or did not match ours): asked again on a later
+    /// turn, once the grace has passed again.
     pub failed: usize,
 }
 
@@ -905,55 +908,78 @@ pub struct RefundSweepReport {
 /// retries — which left the after-sale REFUNDING, its amount held and `refunded_fee` short,
 /// with nobody told. On each schedule run, refunds of after-sales REFUNDING for longer than
 /// [`REFUND_NOTIFY_GRACE_MS`] (WeChat Pay refunds we issued; WeChat refunds a fund_type=1
-/// order itself, and [`sync_to_wechat`] reads those back) are asked about by their
-/// `out_refund_no`, the least recently heard of first, at most [`REFUND_SWEEP_MAX`] a run, and
-/// WeChat's answer is applied exactly as its notification would have been
+/// order itself, and [`sync_to_wechat`] reads those back) not heard of (nor asked about)
+/// within that grace either are asked about by their `out_refund_no`, and WeChat's answer is
+/// applied exactly as its notification would have been
 /// ([`super::pay_callback::settle_refund`]): SUCCESS refunded, CHANGE held for a person,
-/// REFUNDCLOSE failed. `PROCESSING`, or a question that fails, leaves it for a later run.
-/// No refund is asked about once `deadline` has passed: `false` with the report then (each
-/// `refundquery` can take the client's whole timeout, so 50 of them used to run the schedule
-/// past orderSync's Lambda timeout, and the phases after this one never ran).
+/// REFUNDCLOSE failed. `PROCESSING`, or a question that fails, leaves it for a later turn.
+///
+/// The REFUNDING after-sales are taken in turn ([`Rotation`](crate::store::rotation::Rotation)):
+/// in creation order from right after the one the last run looked at, round to the start, at
+/// most [`REFUND_SWEEP_READ`] read and [`REFUND_SWEEP_MAX`] asked about a run. Each run used
+/// to read the 500 oldest and ask the least recently heard of among them, so 500 that never
+/// settle — fund_type=1 ones WeChat refunds, refunds processing for days, ones just asked —
+/// kept every later one from ever being read: its lost notification never made up for. Now
+/// every REFUNDING after-sale is read once a turn, and a turn takes at most one run per
+/// [`REFUND_SWEEP_MAX`] of them (a run stops only at a bound, the turn's end, or the
+/// deadline), however many never settle. The order asked in is the turn's, not "least
+/// recently heard of first": that is safe because each one is asked at most once a turn and
+/// not again within the grace of its last question, so a refund WeChat keeps processing
+/// costs one question a turn and cannot crowd out the rest.
+///
+/// No after-sale is read once `deadline` has passed: `false` with the report then, and the
+/// next run goes on from there (each `refundquery` can take the client's whole timeout, so 50
+/// of them used to run the schedule past orderSync's Lambda timeout, and the phases after
+/// this one never ran). A store error ends the run with it; the after-sale being read then
+/// waits for the next turn.
 pub async fn sweep_refunds(
     app: &App,
     deadline: crate::time::Deadline,
 ) -> Result<(RefundSweepReport, bool), ApiError> {
     let mut report = RefundSweepReport::default();
+    let store = app.store.as_ref();
     let now = app.clock.now_ms();
     let due_before = now - REFUND_NOTIFY_GRACE_MS;
-    let mut due = Vec::new();
-    let mut cursor = None;
-    loop {
-        let (page, next) = repo::aftersales_in_status(
-            app.store.as_ref(),
-            AfterSaleStatus::Refunding,
-            due_before,
-            100,
-            cursor,
-        )
-        .await?;
-        for a in page {
-            report.checked += 1;
-            let Some(no) = a.value.out_refund_no.as_ref() else {
-                continue; // refunded by WeChat (fund_type=1): no refund of ours to ask about
-            };
-            let Some(refund) = repo::get_refund(app.store.as_ref(), no).await? else {
-                continue;
-            };
-            if refund.value.last_seen_ms() <= due_before {
-                due.push((a.value, refund));
-            }
+    let mut turn = repo::aftersale_rotation(
+        store,
+        "refunds",
+        AfterSaleStatus::Refunding,
+        None,
+        due_before,
+    )
+    .await?;
+    // Whether the run got through its share; checked before each read, so every after-sale
+    // handed out by the turn is handled.
+    let outcome: Result<bool, ApiError> = loop {
+        if report.checked == REFUND_SWEEP_READ || report.asked == REFUND_SWEEP_MAX {
+            break Ok(true);
         }
-        match next {
-            Some(n) if report.checked < REFUND_SWEEP_READ => cursor = Some(n),
-            _ => break,
-        }
-    }
-    due.sort_by_key(|(_, r)| r.value.last_seen_ms());
-    let mut finished = true;
-    for (a, refund) in due.into_iter().take(REFUND_SWEEP_MAX) {
         if deadline.passed() {
-            finished = false;
-            break;
+            break Ok(false);
+        }
+        let rec = match turn.next(store).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => break Ok(true),
+            Err(e) => break Err(e.into()),
+        };
+        report.checked += 1;
+        let a = match repo::versioned::<AfterSale>(&rec) {
+            Ok(a) => a.value,
+            Err(e) => {
+                tracing::error!(id = rec.id, error = %e, "refund sweep: unreadable after-sale; skipped");
+                continue;
+            }
+        };
+        let Some(no) = a.out_refund_no.as_ref() else {
+            continue; // refunded by WeChat (fund_type=1): no refund of ours to ask about
+        };
+        let refund = match repo::get_refund(store, no).await {
+            Ok(Some(refund)) => refund,
+            Ok(None) => continue,
+            Err(e) => break Err(e.into()),
+        };
+        if refund.value.last_seen_ms() > due_before {
+            continue; // heard of (or asked) within the grace: next turn
         }
         match ask_about_refund(app, &a, &refund).await {
             SweepOutcome::Skipped => continue,
@@ -963,7 +989,9 @@ pub async fn sweep_refunds(
             SweepOutcome::Moved => {}
         }
         report.asked += 1;
-    }
+    };
+    turn.save(store, app.clock.now_secs()).await;
+    let finished = outcome?;
     if report.settled > 0 {
         tracing::warn!(
             settled = report.settled,

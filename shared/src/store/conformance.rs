@@ -1501,27 +1501,26 @@ pub async fn repo_round_trip(store: &DynStore) {
     b.update_order(&v2, &renamed);
     assert!(matches!(b.commit(s).await, Err(StoreError::Backend(_))));
 
-    // Sweeps: by status, created before a time.
-    let prepaid = repo::orders_in_status(s, OrderStatus::Prepaid, t + 1, 100)
-        .await
-        .unwrap();
-    assert!(prepaid.iter().any(|v| v.value.out_trade_no == nos[0]));
-    let before = repo::orders_in_status(s, OrderStatus::Prepaid, t, 100)
-        .await
-        .unwrap();
-    assert!(
-        !before.iter().any(|v| v.value.out_trade_no == nos[0]),
-        "strictly before"
+    // Sweeps (a fresh turn, as `sweep_unpaid` takes): by status, created before a time,
+    // oldest first; an expired record is not handed out.
+    let mut gone = o.clone();
+    gone.out_trade_no = OutTradeNo::parse(format!("CF{p}x")).unwrap();
+    let mut gone = repo::order_record(&gone, 1).unwrap();
+    gone.expires_at = Some(now_secs() - 10);
+    must_write(store, vec![put(gone, Expect::Any)], "expired order").await;
+    let gone = OutTradeNo::parse(format!("CF{p}x")).unwrap();
+    let mut mine = nos.clone();
+    mine.push(gone);
+    let prepaid = swept(s, OrderStatus::Prepaid, t + 1, &mine).await;
+    assert_eq!(prepaid, vec![nos[0].clone()], "expired hidden");
+    let before = swept(s, OrderStatus::Prepaid, t, &mine).await;
+    assert!(before.is_empty(), "strictly before: {before:?}");
+    let created = swept(s, OrderStatus::Created, t + 3, &mine).await;
+    assert_eq!(
+        created,
+        vec![nos[1].clone(), nos[2].clone()],
+        "oldest first, status moved"
     );
-    let created = repo::orders_in_status(s, OrderStatus::Created, t + 3, 100)
-        .await
-        .unwrap();
-    let mine: Vec<&OutTradeNo> = created
-        .iter()
-        .map(|v| &v.value.out_trade_no)
-        .filter(|n| nos.contains(n))
-        .collect();
-    assert_eq!(mine, vec![&nos[1], &nos[2]], "oldest first, status moved");
 
     // Events: recorded once; a replay's batch writes nothing.
     let ev = EventRecord::new("pay", format!("{p}-txn"), t, "<xml/>");
@@ -1689,6 +1688,28 @@ pub async fn repo_round_trip(store: &DynStore) {
             }
         }
     }
+}
+
+/// Of `mine`, the orders a fresh turn (`repo::order_rotation`, as the unpaid sweep takes)
+/// through `status` created before `before_ms` hands out, in its order.
+async fn swept(
+    s: &dyn super::Store,
+    status: OrderStatus,
+    before_ms: i64,
+    mine: &[OutTradeNo],
+) -> Vec<OutTradeNo> {
+    let name = format!("cf/{}", prefix());
+    let mut turn = repo::order_rotation(s, &name, status, before_ms)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    // Only the ids: other cases' records may share the index.
+    while let Some(rec) = turn.next(s).await.unwrap() {
+        if let Some(no) = mine.iter().find(|n| n.as_str() == rec.id) {
+            got.push(no.clone());
+        }
+    }
+    got
 }
 
 // ---------------------------------------------------------------- rotation

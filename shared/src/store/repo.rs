@@ -111,21 +111,6 @@ async fn newest_of_owner<T: DeserializeOwned>(
     Ok((values, page.next))
 }
 
-/// Orders in `status` created before `created_before_ms`, oldest first (for sweeps: close
-/// expired unpaid orders, re-drive stuck ones).
-pub async fn orders_in_status(
-    store: &dyn Store,
-    status: OrderStatus,
-    created_before_ms: i64,
-    limit: usize,
-) -> Result<Vec<Versioned<Order>>, StoreError> {
-    let mut q = Query::new(Kind::Order, Index::Status(status.as_str().to_owned()));
-    q.sort_max = Some(created_before_ms.saturating_sub(1));
-    q.limit = limit.max(1);
-    let page = store.query(q).await?;
-    page.records.iter().map(versioned).collect()
-}
-
 /// A turn (see [`Rotation`]) through the orders in `status` created before
 /// `created_before_ms`, oldest first from where the last run named `name` stopped.
 pub async fn order_rotation(
@@ -285,28 +270,6 @@ pub async fn aftersales_of_order(
     q.limit = 100;
     let page = store.query(q).await?;
     page.records.iter().map(versioned).collect()
-}
-
-/// After-sales in `status` created before `created_before_ms`, oldest first, `limit` at a time
-/// (for sweeps: refunds whose notification never came).
-pub async fn aftersales_in_status(
-    store: &dyn Store,
-    status: AfterSaleStatus,
-    created_before_ms: i64,
-    limit: usize,
-    cursor: Option<String>,
-) -> Result<(Vec<Versioned<AfterSale>>, Option<String>), StoreError> {
-    let mut q = Query::new(Kind::AfterSale, Index::Status(status.as_str().to_owned()));
-    q.sort_max = Some(created_before_ms.saturating_sub(1));
-    q.limit = limit.max(1);
-    q.cursor = cursor;
-    let page = store.query(q).await?;
-    let values = page
-        .records
-        .iter()
-        .map(versioned)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((values, page.next))
 }
 
 /// A turn (see [`Rotation`]) through the after-sales in `status` created from
