@@ -41,7 +41,10 @@
 //! Compaction: once the journal is larger than both 1 MiB and the snapshot, the next batch is
 //! a full snapshot instead of a line, and the journal is emptied after it. So does the batch
 //! after `/_control/reset` (the state replaced wholesale) and after a failed write. Each
-//! snapshot records the last journal batch it holds; lines are numbered.
+//! snapshot records the last journal batch it holds; lines are numbered. A full snapshot is
+//! serialised under the state lock (it must be one consistent state) and written after it;
+//! it comes once per journal's worth of changes, so on average a change still costs what
+//! changed.
 //!
 //! Reading back: the snapshot, then the journal's lines numbered after it, in order; at start
 //! the result is written as a new snapshot with an empty journal. Crash cases: cut short while
