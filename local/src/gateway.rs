@@ -75,8 +75,9 @@ pub fn sandbox_state_path(store: &StoreConfig) -> Option<std::path::PathBuf> {
 /// What to do when the store and the sandbox's state do not belong together.
 fn start_afresh_hint(store: &str, state: &std::path::Path) -> String {
     format!(
-        "to start afresh delete both {store} (with its -wal and -shm files) and {} — with the \
-         default store: rm -r .wxlocal — or run with --store memory",
+        "to start afresh delete both {store} (with its -wal and -shm files) and {} (with the \
+         .journal beside it) — with the default store: rm -r .wxlocal — or run with --store \
+         memory",
         state.display()
     )
 }

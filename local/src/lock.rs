@@ -1,7 +1,7 @@
 //! One `wxlocal serve` per SQLite store.
 //!
-//! Why: the WeChat sandbox's state beside the store (`<store>-sandbox.json`) is written whole
-//! by the process that runs it. Two `serve`s on one store would each overwrite the other's
+//! Why: the WeChat sandbox's state beside the store (`<store>-sandbox.json` and its journal)
+//! is written by the process that runs it. Two `serve`s on one store would each overwrite the other's
 //! sandbox state — the products, prepay ids, orders and refunds the other's requests put in
 //! the shared store — and after a restart the store and the sandbox would no longer belong
 //! together, with nothing to say why. So `serve` takes an OS advisory lock (`flock`, through

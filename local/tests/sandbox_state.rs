@@ -189,3 +189,282 @@ async fn an_unreadable_state_file_is_refused_naming_it() {
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
+
+/// The journal beside the state file at `path` (`wxshop.db-sandbox.journal`).
+fn journal_of(path: &Path) -> PathBuf {
+    path.with_extension("journal")
+}
+
+/// What a crash at this moment leaves on disk: the state file and its journal, copied as they
+/// are into a new directory while the sandbox goes on running (nothing flushed on the way
+/// out). Returns the copy's state file.
+fn crash_image(path: &Path, tag: &str) -> PathBuf {
+    let copy = temp_file(tag);
+    std::fs::copy(path, &copy).unwrap();
+    if journal_of(path).exists() {
+        std::fs::copy(journal_of(path), journal_of(&copy)).unwrap();
+    }
+    copy
+}
+
+async fn unified(base: &str, no: &str, notify: &str) -> wxshop::pay::sign::Fields {
+    let r = mch(
+        base,
+        "pay/unifiedorder",
+        order_fields(no, "1000", notify),
+        SignType::Md5,
+    )
+    .await;
+    assert_eq!(r["result_code"], "SUCCESS", "{r:?}");
+    r
+}
+
+async fn pay(base: &str, no: &str) {
+    let r = post_json(&format!("{base}/_control/pay"), json!({"out_trade_no": no})).await;
+    assert!(r.get("error").is_none(), "{r}");
+}
+
+async fn order_state(base: &str, no: &str) -> String {
+    let q = mch(
+        base,
+        "pay/orderquery",
+        fields(&[("out_trade_no", no)]),
+        SignType::Md5,
+    )
+    .await;
+    q.get("trade_state")
+        .or_else(|| q.get("err_code"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Orders, payments, refunds, logins, tokens, products and a clock move; the process then
+/// "crashes" (its files are taken as they are, nothing flushed on the way out). A sandbox on
+/// what was left knows all of it; a journal whose last append was cut short still reads (that
+/// line was never acknowledged); a journal damaged in the middle stops the start, naming it.
+#[tokio::test]
+async fn after_a_crash_the_sandbox_knows_everything_it_answered() {
+    let path = temp_file("crash");
+    let recv = Receiver::start(200, PAY_OK).await;
+    let notify = format!("{}/callbacks/pay", recv.url);
+    let refund_notify = format!("{}/callbacks/refund", recv.url);
+    let mut c = cfg();
+    c.auto_audit = false;
+    c.refund_interval_ms = 0;
+    let (first, base) = open(c.clone(), &path).await;
+
+    for i in 0..30 {
+        unified(&base, &format!("CRASH{i:05}"), &notify).await;
+    }
+    for i in 0..20 {
+        pay(&base, &format!("CRASH{i:05}")).await;
+    }
+    for i in 0..8 {
+        let r = mch(
+            &base,
+            "secapi/pay/refund",
+            fields(&[
+                ("out_trade_no", &format!("CRASH{i:05}")),
+                ("out_refund_no", &format!("CRASHR{i}")),
+                ("total_fee", "1000"),
+                ("refund_fee", "300"),
+                ("notify_url", &refund_notify),
+            ]),
+            SignType::Md5,
+        )
+        .await;
+        assert_eq!(r["result_code"], "SUCCESS", "{r:?}");
+    }
+    let mut used_codes = Vec::new();
+    for u in ["ann", "bob", "cy"] {
+        let code = post_json(&format!("{base}/_control/login"), json!({"user": u})).await["code"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let s = get_json(format!(
+            "{base}/api/sns/jscode2session?appid={APPID}&secret={SECRET}&js_code={code}&grant_type=authorization_code"
+        ))
+        .await;
+        assert!(s["openid"].is_string(), "{s}");
+        used_codes.push(code);
+    }
+    let tok = token(&base).await;
+    for p in ["tea", "cup", "pot"] {
+        let added = shop(&base, &tok, "spu/add", spu(p, 1990)).await;
+        assert_eq!(added["errcode"], 0, "{added}");
+    }
+    let approved = post_json(
+        &format!("{base}/_control/audit"),
+        json!({"out_product_id": "tea"}),
+    )
+    .await;
+    assert!(approved.get("error").is_none(), "{approved}");
+    post_json(
+        &format!("{base}/_control/clock"),
+        json!({"advance_ms": 3_600_000}),
+    )
+    .await;
+    wait_for("the refunds to be processed", 10_000, || {
+        (0..8).all(|i| first.refund_notifications_delivered(&format!("CRASHR{i}")) == 1)
+    })
+    .await;
+    first.saved().await;
+    let before = get_json(format!("{base}/_control/state")).await;
+    assert_eq!(before["refunds"].as_array().unwrap().len(), 8);
+
+    let image = crash_image(&path, "crash-image");
+    let torn = crash_image(&path, "crash-torn");
+    let damaged = crash_image(&path, "crash-damaged");
+    assert!(
+        std::fs::metadata(journal_of(&image)).unwrap().len() > 0,
+        "the changes are in the journal"
+    );
+
+    let (second, base2) = open(c.clone(), &image).await;
+    assert_eq!(
+        get_json(format!("{base2}/_control/state")).await,
+        before,
+        "orders, refunds, products and balances after the crash"
+    );
+    assert_eq!(order_state(&base2, "CRASH00025").await, "NOTPAY");
+    assert_eq!(order_state(&base2, "CRASH00003").await, "REFUND");
+    for code in &used_codes {
+        let s = get_json(format!(
+            "{base2}/api/sns/jscode2session?appid={APPID}&secret={SECRET}&js_code={code}&grant_type=authorization_code"
+        ))
+        .await;
+        assert_eq!(s["errcode"], 40163, "a used code stays used: {s}");
+    }
+    let spu = shop(
+        &base2,
+        &tok,
+        "spu/get",
+        json!({"out_product_id": "tea", "need_edit_spu": 1}),
+    )
+    .await;
+    assert_eq!(spu["errcode"], 0, "the token still works: {spu}");
+    assert_eq!(spu["spu"]["edit_status"], 4, "the approval is kept: {spu}");
+    let moved = second.now_ms() - wxshop::time::Clock::default().now_ms();
+    assert!(
+        moved >= 3_600_000 - 60_000,
+        "the clock stays moved: {moved}"
+    );
+
+    // Cut short while appending: the unfinished last line is ignored.
+    let mut j = std::fs::OpenOptions::new()
+        .append(true)
+        .open(journal_of(&torn))
+        .unwrap();
+    std::io::Write::write_all(&mut j, br#"{"batch":999999,"scalars":{"seq":1,"cl"#).unwrap();
+    drop(j);
+    let (_third, base3) = open(c.clone(), &torn).await;
+    assert_eq!(get_json(format!("{base3}/_control/state")).await, before);
+
+    // Damaged in the middle: refused, naming the journal, left as it was.
+    let jd = journal_of(&damaged);
+    let mut bytes = b"{\"batch\":1,\"scal\n".to_vec();
+    bytes.extend(std::fs::read(&jd).unwrap());
+    std::fs::write(&jd, &bytes).unwrap();
+    let err = match Sandbox::with_state_file(c, Clock::default(), &damaged) {
+        Ok(_) => panic!("opened with a damaged journal"),
+        Err(e) => e,
+    };
+    assert!(err.contains(&jd.display().to_string()), "{err}");
+    assert!(err.contains("line 1"), "{err}");
+    assert_eq!(std::fs::read(&jd).unwrap(), bytes, "left as it was");
+
+    for p in [&path, &image, &torn, &damaged] {
+        let _ = std::fs::remove_dir_all(p.parent().unwrap());
+    }
+}
+
+/// `/_control/reset` forgets everything and writes a full snapshot; a crash before the journal
+/// was emptied leaves the lines written before the reset beside it. They are older than the
+/// snapshot and must not bring back what was reset.
+#[tokio::test]
+async fn journal_lines_older_than_the_snapshot_are_not_replayed() {
+    let path = temp_file("reset");
+    let (first, base) = open(cfg(), &path).await;
+    unified(&base, "OLD0000001", "http://127.0.0.1:9/pay").await;
+    first.saved().await;
+    let before_reset = std::fs::read(journal_of(&path)).unwrap();
+    assert!(!before_reset.is_empty());
+    post_json(&format!("{base}/_control/reset"), json!({})).await;
+    unified(&base, "NEW0000001", "http://127.0.0.1:9/pay").await;
+    first.saved().await;
+
+    // The snapshot written by the reset, and the journal as it was before it.
+    let image = crash_image(&path, "reset-image");
+    std::fs::write(journal_of(&image), &before_reset).unwrap();
+    let (_second, base2) = open(cfg(), &image).await;
+    assert_eq!(order_state(&base2, "OLD0000001").await, "ORDERNOTEXIST");
+
+    // And the whole journal after it is replayed: the order made after the reset is known.
+    let (_third, base3) = open(cfg(), &crash_image(&path, "reset-after")).await;
+    assert_eq!(order_state(&base3, "OLD0000001").await, "ORDERNOTEXIST");
+    assert_eq!(order_state(&base3, "NEW0000001").await, "NOTPAY");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    let _ = std::fs::remove_dir_all(image.parent().unwrap());
+}
+
+/// What one more order writes to disk does not grow with what the sandbox remembers: after
+/// 300 paid orders (and a restart, so they are all in the snapshot) one more order appends a
+/// few KB to the journal and leaves the snapshot alone. (It used to rewrite the whole state
+/// for every change: each purchase cost the size of everything, a dev store got 13× slower.)
+#[tokio::test]
+async fn one_more_order_writes_what_changed_not_everything() {
+    use futures::StreamExt;
+    let path = temp_file("growth");
+    let recv = Receiver::start(200, PAY_OK).await;
+    let notify = format!("{}/callbacks/pay", recv.url);
+    let (first, base) = open(cfg(), &path).await;
+    futures::stream::iter(0..300)
+        .for_each_concurrent(16, |i| {
+            let (base, notify) = (base.clone(), notify.clone());
+            async move {
+                let no = format!("GROW{i:06}");
+                unified(&base, &no, &notify).await;
+                pay(&base, &no).await;
+            }
+        })
+        .await;
+    first.saved().await;
+
+    // Restarted on what the first left (a copy, so the first's writer never meets it).
+    let image = crash_image(&path, "growth-image");
+    let (second, base) = open(cfg(), &image).await;
+    second.saved().await;
+    let snapshot = std::fs::read(&image).unwrap();
+    let journal_len = |p: &Path| std::fs::metadata(journal_of(p)).map_or(0, |m| m.len());
+    let journal_before = journal_len(&image);
+
+    unified(&base, "GROW999999", &notify).await;
+    pay(&base, "GROW999999").await;
+    wait_for("the notification", 5000, || {
+        second.notifications_delivered("GROW999999") == 1
+    })
+    .await;
+    second.saved().await;
+    assert_eq!(order_state(&base, "GROW999999").await, "SUCCESS");
+
+    let snapshot_after = std::fs::read(&image).unwrap();
+    let rewritten = if snapshot_after == snapshot {
+        0
+    } else {
+        snapshot_after.len() as u64
+    };
+    let written = rewritten + journal_len(&image).saturating_sub(journal_before);
+    assert!(
+        snapshot.len() > 200_000,
+        "300 orders make a large state: {} bytes",
+        snapshot.len()
+    );
+    assert!(
+        written < 8_192 && written * 30 < snapshot.len() as u64,
+        "one more order wrote {written} bytes (snapshot rewritten: {rewritten}), the state \
+         is {} bytes",
+        snapshot.len()
+    );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    let _ = std::fs::remove_dir_all(image.parent().unwrap());
+}

@@ -9,10 +9,10 @@
 //! code (`/_control/funds/qrcode`). The `funds` function is tested against these rules.
 
 use super::deliver::push_event;
+use super::kept::{Kept, KeptLog};
 use super::shop::{int_of, str_of};
 use super::{random_alnum, random_digits, Sandbox, State, WxErr, WxResult};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use wxshop::time::{beijing_date, beijing_datetime};
 
 /// Documented: more than one withdrawal in a day; no data; bad parameter.
@@ -83,12 +83,12 @@ pub struct QrCode {
 pub struct FundsState {
     pub available: i64,
     pub pending: i64,
-    pub flows: Vec<Flow>,
+    pub flows: KeptLog<Flow>,
     pub bank: Option<Value>,
-    pub bank_changes: BTreeMap<String, u32>,
-    pub withdraws: BTreeMap<String, Withdraw>,
-    pub qrcodes: BTreeMap<String, QrCode>,
-    pub settled: BTreeMap<String, String>,
+    pub bank_changes: Kept<String, u32>,
+    pub withdraws: Kept<String, Withdraw>,
+    pub qrcodes: Kept<String, QrCode>,
+    pub settled: Kept<String, String>,
 }
 
 fn flow(

@@ -10,11 +10,11 @@
 //! Replies are signed with the request's sign type so clients must verify them.
 
 use super::deliver::{self, Job, Kind, Outgoing};
+use super::kept::Kept;
 use super::{random_alnum, random_digits, Sandbox, SandboxConfig};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
 use wxshop::pay::sign::{sign as sign_fields, sign_in_place, Fields, SignType};
 use wxshop::pay::xml;
 use wxshop::time::{beijing_compact, beijing_date, beijing_datetime, parse_beijing_compact};
@@ -150,13 +150,13 @@ impl Refund {
 
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct PayState {
-    pub orders: BTreeMap<String, PayOrder>,
-    pub refunds: BTreeMap<String, Refund>,
-    pub by_txn: HashMap<String, String>,
+    pub orders: Kept<String, PayOrder>,
+    pub refunds: Kept<String, Refund>,
+    pub by_txn: Kept<String, String>,
     /// Every `prepay_id` issued → its `out_trade_no` (`shop/order/add` checks the one it is
     /// given, the cashier pays by it): an index, so neither scans every order, which made the
     /// sandbox slower with each order.
-    pub prepay_ids: HashMap<String, String>,
+    pub prepay_ids: Kept<String, String>,
     /// Outcomes for the next accepted refunds instead of `SUCCESS` (`REFUNDCLOSE`, `CHANGE`,
     /// or `PROCESSING`: no outcome yet), set with `/_control/refund_outcome`: a test's knob,
     /// not kept across restarts.

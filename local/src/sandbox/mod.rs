@@ -21,6 +21,7 @@
 
 pub mod deliver;
 pub mod funds;
+pub mod kept;
 pub mod mch;
 mod persist;
 pub mod platform;
@@ -152,9 +153,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(p) = &self.persist {
             if p.behind() {
+                let clock_offset_ms = self.clock.offset_ms();
                 let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
-                let (covers, bytes) = p.take(st, self.clock.offset_ms());
-                p.write(covers, bytes);
+                p.save(|| Some((st, clock_offset_ms)));
             }
             p.close();
         }
@@ -219,7 +220,8 @@ impl Sandbox {
         }
     }
 
-    /// A sandbox that keeps its state in `path` (JSON; created if absent): what an earlier
+    /// A sandbox that keeps its state in `path` (a JSON snapshot, created if absent, and a
+    /// journal beside it, `.journal` for `.json`): what an earlier
     /// sandbox left there is read back, and every change is saved before the sandbox answers
     /// or notifies anyone ([`persist`]). Work that was under way when it stopped resumes:
     /// automatic audits, refunds being processed, bank transfers of confirmed withdrawals.
@@ -229,17 +231,19 @@ impl Sandbox {
         clock: Clock,
         path: &std::path::Path,
     ) -> Result<Sandbox, String> {
-        let (state, clock_offset_ms) = match persist::load(path)? {
-            Some(k) => (k.state, k.clock_offset_ms),
-            None => (State::default(), clock.offset_ms()),
+        let (mut state, clock_offset_ms, batch) = match persist::load(path)? {
+            Some(k) => (k.state, k.clock_offset_ms, k.batch),
+            None => (State::default(), clock.offset_ms(), 0),
         };
         // The sandbox's time resumes where it was moved to before the restart.
         clock.advance(clock_offset_ms - clock.offset_ms());
-        let bytes = persist::snapshot(&state, clock_offset_ms).map_err(|e| e.to_string())?;
-        // Written at once: from now on the file exists beside the store it belongs to.
-        persist::write_atomic(path, &bytes)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        let p = Arc::new(persist::Persist::new(path.to_owned(), bytes));
+        // Written at once: from now on the files exist beside the store they belong to.
+        let p = Arc::new(persist::Persist::create(
+            path,
+            &mut state,
+            clock_offset_ms,
+            batch,
+        )?);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -400,6 +404,10 @@ impl Sandbox {
     /// Forgets everything; background deliveries of the old state stop.
     pub fn reset(&self) {
         let mut st = self.st();
+        if let Some(p) = self.inner.persist.as_deref() {
+            // The fresh maps cannot say what they lost: the next batch writes them whole.
+            p.replace_all();
+        }
         let epoch = st.epoch + 1;
         *st = State::default();
         st.epoch = epoch;
@@ -551,25 +559,26 @@ async fn answer_when_saved(
     resp
 }
 
-/// The writer of a sandbox with a state file: one snapshot at a time, covering every change
+/// The writer of a sandbox with a state file: one batch at a time, covering every change
 /// made before it was taken. Ends with the sandbox.
 fn spawn_writer(inner: Weak<Inner>, p: Arc<persist::Persist>) {
     tokio::spawn(async move {
         loop {
             p.next_change().await;
-            let Some(inner) = inner.upgrade() else {
+            if inner.strong_count() == 0 {
                 return;
-            };
-            let (covers, bytes) = {
-                let st = inner.st.lock().unwrap_or_else(|e| e.into_inner());
-                p.take(&st, inner.clock.offset_ms())
-            };
-            drop(inner);
-            let w = p.clone();
-            if tokio::task::spawn_blocking(move || w.write(covers, bytes))
-                .await
-                .is_err()
-            {
+            }
+            let (w, weak) = (p.clone(), inner.clone());
+            let batch = tokio::task::spawn_blocking(move || {
+                // Kept alive for the batch; if it was the last, the sandbox drops after it.
+                let inner = weak.upgrade();
+                w.save(|| {
+                    let inner = inner.as_ref()?;
+                    let st = inner.st.lock().unwrap_or_else(|e| e.into_inner());
+                    Some((st, inner.clock.offset_ms()))
+                });
+            });
+            if batch.await.is_err() {
                 return;
             }
         }

@@ -13,34 +13,94 @@
 //! funds, and how far `/_control/clock` has moved the sandbox's clock — everything above is
 //! stamped in that time, so a sandbox that forgot the move would find its own refunds,
 //! tokens and orders in the future. A file without the offset (an older wxlocal's) reads
-//! as 0, the time it was made in. What is not: the test knobs (faults, refund outcomes, notification options), the
-//! call and delivery logs, and notifications still in their retry schedule (the app's own
-//! queries and schedule reconcile those, as they would after a long outage).
+//! as 0, the time it was made in. What is not: the test knobs (faults, refund outcomes,
+//! notification options), the call and delivery logs, and notifications still in their retry
+//! schedule (the app's own queries and schedule reconcile those, as they would after a long
+//! outage).
 //!
-//! When: every change marks the state; one writer task saves a snapshot (JSON, written to a
-//! temporary file, flushed to disk and renamed over the old one, so a crash leaves the old or
-//! the new file, never half of one) and says which change it covered. Every answer the
-//! sandbox gives, and every notification it sends, waits until the changes made before it are
-//! on disk ([`Persist::saved`]): whatever the app learnt from the sandbox, and so may have
-//! written to its store, the sandbox still knows after a crash, as WeChat would. Changes that
-//! come in while a snapshot is written share the next one, so a busy sandbox writes about as
-//! often as one snapshot takes, not once per call.
+//! How: two files. `<store>-sandbox.json` is a full snapshot (JSON, written to a temporary
+//! file, flushed and renamed over the old one, so a crash leaves the old or the new file,
+//! never half of one). `<store>-sandbox.journal` beside it holds what changed since, one line
+//! per batch: the changed entries of the kept maps with their new value or their removal, the
+//! new entries of the funds' flows, and the small parts that do not grow with orders (the
+//! sequence, the clock's offset, the current tokens, account, flags, balances, bank), written
+//! whole. Which maps say what changed: [`super::kept`]. Writing the whole state for every
+//! change made each purchase cost the size of everything the sandbox ever remembered (and
+//! held the state lock while serialising it): a dev store got 13× slower after a few thousand
+//! orders. Now a change costs what changed.
+//!
+//! When: every change is counted; one writer task takes a batch under the state lock
+//! (serialising only the changed entries), then appends it to the journal and flushes it
+//! (`fdatasync`), and says which change it covered. Every answer the sandbox gives, and every
+//! notification it sends, waits until the changes made before it are on disk
+//! ([`Persist::saved`]): whatever the app learnt from the sandbox, and so may have written to
+//! its store, the sandbox still knows after a crash, as WeChat would. Changes that come in
+//! while a batch is written share the next one (group commit). A batch that changed nothing
+//! kept (a call logged) writes nothing.
+//!
+//! Compaction: once the journal is larger than both 1 MiB and the snapshot, the next batch is
+//! a full snapshot instead of a line, and the journal is emptied after it. So does the batch
+//! after `/_control/reset` (the state replaced wholesale) and after a failed write. Each
+//! snapshot records the last journal batch it holds; lines are numbered. A full snapshot is
+//! serialised under the state lock (it must be one consistent state) and written after it;
+//! it comes once per journal's worth of changes, so on average a change still costs what
+//! changed.
+//!
+//! Reading back: the snapshot, then the journal's lines numbered after it, in order; at start
+//! the result is written as a new snapshot with an empty journal. Crash cases: cut short while
+//! appending, the journal ends in an unfinished line, never acknowledged: ignored. Between a
+//! new snapshot and emptying the journal: its lines are numbered at or below the snapshot's
+//! batch and skipped, never replayed over newer values. A complete line that does not read,
+//! or a numbering gap (a journal beside another snapshot), stops the start with a message
+//! naming both files; so does a snapshot of an unknown format. A journal without a snapshot
+//! belongs to nothing and is started afresh. Format-1 files (a snapshot, no journal) read.
 
+use super::kept::{Kept, KeptLog};
 use super::{funds, mch, platform, shop, State};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Write;
+use std::ops::DerefMut;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::sync::{watch, Notify};
 
 /// Bumped when the layout changes incompatibly; a file of another format is refused with a
-/// message that says what to do, never half read.
-pub const FORMAT: u32 = 1;
+/// message that says what to do, never half read. 2: the snapshot has a journal beside it
+/// (an older wxlocal must refuse it rather than read the snapshot without the journal).
+pub const FORMAT: u32 = 2;
+
+/// Format 1 (a whole snapshot, no journal) still reads.
+const READS: [u32; 2] = [1, FORMAT];
+
+/// The journal is folded into a new snapshot once it is larger than this and than the
+/// snapshot: replaying it stays cheaper than reading the snapshot twice, and each full write
+/// is paid for by as many bytes of journal, so a change costs what changed, on average.
+const COMPACT_AT: u64 = 1 << 20;
+
+/// The journal beside the snapshot at `path` (`wxshop.db-sandbox.json` →
+/// `wxshop.db-sandbox.journal`, removed by the same `rm wxshop.db*`).
+pub(crate) fn journal_path(path: &Path) -> PathBuf {
+    match path.extension() {
+        Some(e) if e == "json" => path.with_extension("journal"),
+        _ => {
+            let mut p = path.as_os_str().to_owned();
+            p.push(".journal");
+            PathBuf::from(p)
+        }
+    }
+}
 
 /// The kept part of [`State`] and the clock's offset, borrowed for writing.
 #[derive(Serialize)]
 struct DurableRef<'a> {
     format: u32,
+    /// The last journal batch the snapshot holds: only later lines are replayed over it.
+    batch: u64,
     clock_offset_ms: i64,
     seq: u64,
     pay: &'a mch::PayState,
@@ -52,7 +112,9 @@ struct DurableRef<'a> {
 /// The kept part of [`State`] and the clock's offset, as read back.
 #[derive(Deserialize)]
 struct Durable {
-    format: u32,
+    /// Absent from format 1, which had no journal.
+    #[serde(default)]
+    batch: u64,
     /// Absent from files written before it was kept: their sandbox ran unmoved (or its move
     /// is lost), and 0 is what such a file always meant.
     #[serde(default)]
@@ -64,17 +126,23 @@ struct Durable {
     funds: funds::FundsState,
 }
 
-/// What a state file holds: the state, and how far the sandbox's clock was moved
-/// ([`wxshop::time::Clock::offset_ms`]).
-pub(crate) struct Kept {
+/// What a state file holds: the state, how far the sandbox's clock was moved
+/// ([`wxshop::time::Clock::offset_ms`]), and the last journal batch in it.
+pub(crate) struct Loaded {
     pub(crate) state: State,
     pub(crate) clock_offset_ms: i64,
+    pub(crate) batch: u64,
 }
 
-/// The snapshot of `st`, with the clock moved by `clock_offset_ms`, as written to the file.
-pub(crate) fn snapshot(st: &State, clock_offset_ms: i64) -> Result<Vec<u8>, serde_json::Error> {
+/// The full snapshot of `st` as written to the file, holding journal batches up to `batch`.
+pub(crate) fn snapshot(
+    st: &State,
+    clock_offset_ms: i64,
+    batch: u64,
+) -> Result<Vec<u8>, serde_json::Error> {
     serde_json::to_vec(&DurableRef {
         format: FORMAT,
+        batch,
         clock_offset_ms,
         seq: st.seq,
         pay: &st.pay,
@@ -84,37 +152,376 @@ pub(crate) fn snapshot(st: &State, clock_offset_ms: i64) -> Result<Vec<u8>, serd
     })
 }
 
-/// Reads the state file at `path`: `Ok(None)` when there is none yet.
-pub(crate) fn load(path: &Path) -> Result<Option<Kept>, String> {
+// ---------------------------------------------------------------------------------------------
+// What a journal line holds
+
+/// The small parts of the kept state, written whole with every journal line. Nothing here
+/// grows with orders: what does is a [`Kept`] map or a [`KeptLog`] ([`visit_kept`]).
+#[derive(Serialize)]
+struct ScalarsRef<'a> {
+    clock_offset_ms: i64,
+    seq: u64,
+    classic_token: &'a Option<String>,
+    stable_token: &'a Option<String>,
+    registered: bool,
+    finished: &'a BTreeSet<i64>,
+    account: &'a Map<String, Value>,
+    categories: &'a BTreeSet<i64>,
+    uploads: u64,
+    flags: &'a BTreeSet<String>,
+    available: i64,
+    pending: i64,
+    bank: &'a Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Scalars {
+    clock_offset_ms: i64,
+    seq: u64,
+    classic_token: Option<String>,
+    stable_token: Option<String>,
+    registered: bool,
+    finished: BTreeSet<i64>,
+    account: Map<String, Value>,
+    categories: BTreeSet<i64>,
+    uploads: u64,
+    flags: BTreeSet<String>,
+    available: i64,
+    pending: i64,
+    bank: Option<Value>,
+}
+
+// Both directions name every field of the kept structs: a field added there and forgotten
+// here does not compile, instead of being silently lost at the next restart.
+
+fn scalars_of(st: &State, clock_offset_ms: i64) -> ScalarsRef<'_> {
+    let platform::PlatformState {
+        tokens: _,
+        classic,
+        stable,
+        codes: _,
+        issued: _,
+    } = &st.platform;
+    let shop::ShopState {
+        registered,
+        finished,
+        scenes: _,
+        account,
+        products: _,
+        orders: _,
+        order_ids: _,
+        aftersales: _,
+        audits: _,
+        brands: _,
+        categories,
+        uploads,
+        flags,
+        failing_refunds: _,
+    } = &st.shop;
+    let funds::FundsState {
+        available,
+        pending,
+        flows: _,
+        bank,
+        bank_changes: _,
+        withdraws: _,
+        qrcodes: _,
+        settled: _,
+    } = &st.funds;
+    ScalarsRef {
+        clock_offset_ms,
+        seq: st.seq,
+        classic_token: classic,
+        stable_token: stable,
+        registered: *registered,
+        finished,
+        account,
+        categories,
+        uploads: *uploads,
+        flags,
+        available: *available,
+        pending: *pending,
+        bank,
+    }
+}
+
+/// Sets the small parts from a journal line; returns the clock's offset.
+fn set_scalars(st: &mut State, s: Scalars) -> i64 {
+    st.seq = s.seq;
+    let p = &mut st.platform;
+    p.classic = s.classic_token;
+    p.stable = s.stable_token;
+    let sh = &mut st.shop;
+    sh.registered = s.registered;
+    sh.finished = s.finished;
+    sh.account = s.account;
+    sh.categories = s.categories;
+    sh.uploads = s.uploads;
+    sh.flags = s.flags;
+    let f = &mut st.funds;
+    f.available = s.available;
+    f.pending = s.pending;
+    f.bank = s.bank;
+    s.clock_offset_ms
+}
+
+/// Something done with each kept map and log, by its name in the journal.
+trait Visit {
+    fn map<K, V>(&mut self, name: &'static str, m: &mut Kept<K, V>)
+    where
+        K: Ord + Clone + Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned;
+    fn log<T: Serialize + DeserializeOwned>(&mut self, name: &'static str, l: &mut KeptLog<T>);
+}
+
+fn visit_kept(st: &mut State, v: &mut impl Visit) {
+    let mch::PayState {
+        orders,
+        refunds,
+        by_txn,
+        prepay_ids,
+        refund_outcomes: _,
+    } = &mut st.pay;
+    v.map("pay.orders", orders);
+    v.map("pay.refunds", refunds);
+    v.map("pay.by_txn", by_txn);
+    v.map("pay.prepay_ids", prepay_ids);
+    let platform::PlatformState {
+        tokens,
+        classic: _,
+        stable: _,
+        codes,
+        issued,
+    } = &mut st.platform;
+    v.map("platform.tokens", tokens);
+    v.map("platform.codes", codes);
+    v.map("platform.issued", issued);
+    let shop::ShopState {
+        registered: _,
+        finished: _,
+        scenes,
+        account: _,
+        products,
+        orders,
+        order_ids,
+        aftersales,
+        audits,
+        brands,
+        categories: _,
+        uploads: _,
+        flags: _,
+        failing_refunds: _,
+    } = &mut st.shop;
+    v.map("shop.scenes", scenes);
+    v.map("shop.products", products);
+    v.map("shop.orders", orders);
+    v.map("shop.order_ids", order_ids);
+    v.map("shop.aftersales", aftersales);
+    v.map("shop.audits", audits);
+    v.map("shop.brands", brands);
+    let funds::FundsState {
+        available: _,
+        pending: _,
+        flows,
+        bank: _,
+        bank_changes,
+        withdraws,
+        qrcodes,
+        settled,
+    } = &mut st.funds;
+    v.log("funds.flows", flows);
+    v.map("funds.bank_changes", bank_changes);
+    v.map("funds.withdraws", withdraws);
+    v.map("funds.qrcodes", qrcodes);
+    v.map("funds.settled", settled);
+}
+
+/// A map's changes in a journal line: entries with their new value, and keys removed.
+#[derive(Serialize)]
+struct MapChangesRef<'a, K, V> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    set: Vec<(&'a K, &'a V)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    gone: Vec<K>,
+}
+
+#[derive(Deserialize)]
+struct MapChanges<K, V> {
+    #[serde(default = "Vec::new")]
+    set: Vec<(K, V)>,
+    #[serde(default = "Vec::new")]
+    gone: Vec<K>,
+}
+
+/// A log's new entries in a journal line, and where they start.
+#[derive(Serialize)]
+struct LogChangesRef<'a, T> {
+    from: usize,
+    add: &'a [T],
+}
+
+#[derive(Deserialize)]
+struct LogChanges<T> {
+    from: usize,
+    add: Vec<T>,
+}
+
+/// Writes the changes of every kept map and log as `"name":{…}` pairs, and forgets them.
+#[derive(Default)]
+struct Collect {
+    out: Vec<u8>,
+    any: bool,
+    error: Option<serde_json::Error>,
+}
+
+impl Collect {
+    fn entry(&mut self, name: &str, changes: &impl Serialize) {
+        if self.any {
+            self.out.push(b',');
+        }
+        self.any = true;
+        let r = serde_json::to_writer(&mut self.out, name).and_then(|()| {
+            self.out.push(b':');
+            serde_json::to_writer(&mut self.out, changes)
+        });
+        if let Err(e) = r {
+            self.error.get_or_insert(e);
+        }
+    }
+}
+
+impl Visit for Collect {
+    fn map<K, V>(&mut self, name: &'static str, m: &mut Kept<K, V>)
+    where
+        K: Ord + Clone + Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned,
+    {
+        if m.is_changed() {
+            let (set, gone) = m.take_changes();
+            self.entry(name, &MapChangesRef { set, gone });
+        }
+    }
+    fn log<T: Serialize + DeserializeOwned>(&mut self, name: &'static str, l: &mut KeptLog<T>) {
+        if l.is_changed() {
+            let (from, add) = l.take_new();
+            self.entry(name, &LogChangesRef { from, add });
+        }
+    }
+}
+
+/// Forgets every change: a full snapshot holds them.
+struct MarkSaved;
+
+impl Visit for MarkSaved {
+    fn map<K, V>(&mut self, _: &'static str, m: &mut Kept<K, V>)
+    where
+        K: Ord + Clone + Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned,
+    {
+        m.mark_saved();
+    }
+    fn log<T: Serialize + DeserializeOwned>(&mut self, _: &'static str, l: &mut KeptLog<T>) {
+        l.mark_saved();
+    }
+}
+
+/// Applies one journal line's changes, taking each from `kept` by name.
+struct Apply {
+    kept: Map<String, Value>,
+    error: Option<String>,
+}
+
+impl Visit for Apply {
+    fn map<K, V>(&mut self, name: &'static str, m: &mut Kept<K, V>)
+    where
+        K: Ord + Clone + Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned,
+    {
+        if let Some(v) = self.kept.remove(name) {
+            match serde_json::from_value::<MapChanges<K, V>>(v) {
+                Ok(c) => m.apply(c.set, c.gone),
+                Err(e) => {
+                    self.error.get_or_insert(format!("{name}: {e}"));
+                }
+            }
+        }
+    }
+    fn log<T: Serialize + DeserializeOwned>(&mut self, name: &'static str, l: &mut KeptLog<T>) {
+        if let Some(v) = self.kept.remove(name) {
+            let r = serde_json::from_value::<LogChanges<T>>(v)
+                .map_err(|e| e.to_string())
+                .and_then(|c| l.apply(c.from, c.add));
+            if let Err(e) = r {
+                self.error.get_or_insert(format!("{name}: {e}"));
+            }
+        }
+    }
+}
+
+/// One journal line as read back.
+#[derive(Deserialize)]
+struct Line {
+    batch: u64,
+    scalars: Scalars,
+    #[serde(default)]
+    kept: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct LineHead {
+    batch: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading back
+
+/// Reads the state file at `path` and replays its journal: `Ok(None)` when there is no state
+/// file yet (a journal without its snapshot belongs to nothing and is started afresh).
+pub(crate) fn load(path: &Path) -> Result<Option<Loaded>, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    restore(&bytes).map(Some).map_err(|why| {
+    let mut kept = restore(&bytes).map_err(|why| {
         format!(
             "{} is not a sandbox state wxlocal can read ({why})",
             path.display()
         )
-    })
+    })?;
+    let journal = journal_path(path);
+    let lines = match std::fs::read(&journal) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", journal.display())),
+    };
+    replay(&mut kept, &lines).map_err(|why| {
+        format!(
+            "{} cannot be replayed over {} ({why}); moving the journal away starts from the \
+             snapshot alone, without the changes made since it, which the store may refer to",
+            journal.display(),
+            path.display()
+        )
+    })?;
+    Ok(Some(kept))
 }
 
-fn restore(bytes: &[u8]) -> Result<Kept, String> {
+fn restore(bytes: &[u8]) -> Result<Loaded, String> {
     // The format first, so a file of another version says so instead of "missing field".
     #[derive(Deserialize)]
     struct Head {
         format: u32,
     }
     let head: Head = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if head.format != FORMAT {
+    if !READS.contains(&head.format) {
         return Err(format!(
-            "format {}, this wxlocal reads format {FORMAT}",
+            "format {}, this wxlocal reads formats 1 to {FORMAT}: it was written by a newer \
+             wxlocal, which can still read it",
             head.format
         ));
     }
     let d: Durable = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    debug_assert_eq!(d.format, FORMAT);
-    Ok(Kept {
+    Ok(Loaded {
         state: State {
             seq: d.seq,
             pay: d.pay,
@@ -124,7 +531,84 @@ fn restore(bytes: &[u8]) -> Result<Kept, String> {
             ..State::default()
         },
         clock_offset_ms: d.clock_offset_ms,
+        batch: d.batch,
     })
+}
+
+/// Replays the journal's lines newer than the snapshot in `kept`, in order. Lines the
+/// snapshot already holds (left by a crash between a new snapshot and emptying the journal)
+/// are skipped; what follows the last newline is a line whose append never finished, so
+/// never acknowledged, and is ignored; any other line that does not read is an error.
+fn replay(kept: &mut Loaded, journal: &[u8]) -> Result<(), String> {
+    let complete = match journal.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &journal[..=end],
+        None => &[][..],
+    };
+    if complete.len() < journal.len() {
+        tracing::warn!(
+            bytes = journal.len() - complete.len(),
+            "sandbox: ignoring the unfinished last line of the journal (an append cut short; \
+             it was never acknowledged)"
+        );
+    }
+    for (i, text) in complete.split_inclusive(|&b| b == b'\n').enumerate() {
+        let text = text.strip_suffix(b"\n").unwrap_or(text);
+        let n = i + 1;
+        let head: LineHead =
+            serde_json::from_slice(text).map_err(|e| format!("line {n} does not read: {e}"))?;
+        if head.batch <= kept.batch {
+            continue;
+        }
+        if head.batch != kept.batch + 1 {
+            return Err(format!(
+                "line {n} is batch {}, but the state read so far ends at batch {}: the journal \
+                 belongs to another snapshot",
+                head.batch, kept.batch
+            ));
+        }
+        let line: Line =
+            serde_json::from_slice(text).map_err(|e| format!("line {n} does not read: {e}"))?;
+        let mut apply = Apply {
+            kept: line.kept,
+            error: None,
+        };
+        visit_kept(&mut kept.state, &mut apply);
+        if let Some(e) = apply.error {
+            return Err(format!("line {n}: {e}"));
+        }
+        if let Some(name) = apply.kept.keys().next() {
+            return Err(format!(
+                "line {n} changes {name}, which this wxlocal does not keep"
+            ));
+        }
+        kept.clock_offset_ms = set_scalars(&mut kept.state, line.scalars);
+        kept.batch = line.batch;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+fn owner_only(opts: &mut std::fs::OpenOptions) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = opts;
+}
+
+/// Flushes the directory holding `path`, so a rename or a new file there survives a power cut.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically and durably: a temporary file beside it (owner-only:
@@ -132,58 +616,120 @@ fn restore(bytes: &[u8]) -> Result<Kept, String> {
 /// rename itself survives a power cut (the store is `synchronous=FULL`; the sandbox must not
 /// be less durable than what it is compared with).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
+    owner_only(&mut opts);
     let mut f = opts.open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
-    #[cfg(unix)]
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    sync_dir(path)
 }
 
-/// The bookkeeping between changes and snapshots.
+/// Opens the journal at `path` for appending, emptied (owner-only), durably.
+fn open_journal(path: &Path) -> std::io::Result<File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.append(true).create(true);
+    owner_only(&mut opts);
+    let f = opts.open(path)?;
+    f.set_len(0)?;
+    f.sync_all()?;
+    sync_dir(path)?;
+    Ok(f)
+}
+
+/// The files and what is in them; held while a batch is taken and written, so batches reach
+/// the journal in the order they were taken.
+struct Io {
+    journal: File,
+    journal_len: u64,
+    snapshot_len: u64,
+    /// The journal is compacted once larger than this and the snapshot ([`COMPACT_AT`]).
+    compact_at: u64,
+    /// The last batch written (a journal line or a snapshot).
+    batch: u64,
+    /// The small parts as last written: a batch that changed nothing else and not these (a
+    /// call logged) writes nothing.
+    scalars: Vec<u8>,
+    /// The last write failed (logged): the journal may end in a partial line and lacks what
+    /// that batch held, so the next batch is a full snapshot.
+    broken: bool,
+}
+
+/// One batch, taken under the state lock and written after it.
+enum Batch {
+    Nothing,
+    Line { line: Vec<u8>, scalars: Vec<u8> },
+    Full { bytes: Vec<u8>, scalars: Vec<u8> },
+}
+
+/// The bookkeeping between changes and the files.
 pub(crate) struct Persist {
     pub(crate) path: PathBuf,
-    /// Counts changes (bumped under the state lock, so a snapshot taken under the lock covers
+    journal_path: PathBuf,
+    /// Counts changes (bumped under the state lock, so a batch taken under the lock covers
     /// exactly the changes counted when it was taken).
     changed: AtomicU64,
     /// The last change on disk.
     saved: watch::Sender<u64>,
     wake: Notify,
-    /// The bytes last written: a change that leaves the kept part as it was (a call logged)
-    /// costs a serialisation, not a write.
-    last: Mutex<Vec<u8>>,
+    /// The state was replaced wholesale (`/_control/reset`): its maps do not know what was
+    /// removed, so the next batch is a full snapshot.
+    replaced: AtomicBool,
+    io: Mutex<Io>,
 }
 
 impl Persist {
-    pub(crate) fn new(path: PathBuf, written: Vec<u8>) -> Persist {
-        Persist {
-            path,
+    /// Starts keeping `st` at `path`: writes its full snapshot (holding journal batches up to
+    /// `batch`) and an empty journal. From now on both files exist beside the store; a journal
+    /// line left unfinished by a crash is gone, so new lines never follow it.
+    pub(crate) fn create(
+        path: &Path,
+        st: &mut State,
+        clock_offset_ms: i64,
+        batch: u64,
+    ) -> Result<Persist, String> {
+        visit_kept(st, &mut MarkSaved);
+        let bytes = snapshot(st, clock_offset_ms, batch).map_err(|e| e.to_string())?;
+        let scalars =
+            serde_json::to_vec(&scalars_of(st, clock_offset_ms)).map_err(|e| e.to_string())?;
+        write_atomic(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let journal_path = journal_path(path);
+        let journal = open_journal(&journal_path)
+            .map_err(|e| format!("cannot write {}: {e}", journal_path.display()))?;
+        Ok(Persist {
+            path: path.to_owned(),
+            journal_path,
             changed: AtomicU64::new(0),
             saved: watch::Sender::new(0),
             wake: Notify::new(),
-            last: Mutex::new(written),
-        }
+            replaced: AtomicBool::new(false),
+            io: Mutex::new(Io {
+                journal,
+                journal_len: 0,
+                snapshot_len: bytes.len() as u64,
+                compact_at: COMPACT_AT,
+                batch,
+                scalars,
+                broken: false,
+            }),
+        })
     }
 
     /// A change was made (called with the state lock held).
     pub(crate) fn touch(&self) {
         self.changed.fetch_add(1, Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    /// The state is being replaced wholesale (called with the state lock held, before the
+    /// change is counted).
+    pub(crate) fn replace_all(&self) {
+        self.replaced.store(true, Ordering::SeqCst);
     }
 
     /// Returns once every change made before the call is on disk.
@@ -194,34 +740,24 @@ impl Persist {
         let _ = rx.wait_for(|s| *s >= want).await;
     }
 
-    /// Takes a snapshot of `st` and the clock's offset (the state lock held): the change it
-    /// covers and its bytes, or `None` when the kept part is what was last written.
-    pub(crate) fn take(&self, st: &State, clock_offset_ms: i64) -> (u64, Option<Vec<u8>>) {
-        let covers = self.changed.load(Ordering::SeqCst);
-        let bytes = match snapshot(st, clock_offset_ms) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(file = %self.path.display(), error = %e, "sandbox: cannot serialise the state");
-                return (covers, None);
-            }
+    /// Saves every change counted so far: `lock` locks the state and reads the clock's offset
+    /// (`None`: the sandbox is gone). The state lock is held only while the changed entries
+    /// are serialised; the write and its flush happen after it, the files' lock still held.
+    /// A failed write is logged and still counted as saved: the sandbox goes on answering
+    /// rather than hanging every caller on a full disk, and the next batch writes everything.
+    pub(crate) fn save<G: DerefMut<Target = State>>(
+        &self,
+        lock: impl FnOnce() -> Option<(G, i64)>,
+    ) {
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((mut st, clock_offset_ms)) = lock() else {
+            return;
         };
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        (covers, (*last != bytes).then_some(bytes))
-    }
-
-    /// Writes a snapshot [`Persist::take`] returned and records the change it covers as saved
-    /// (also when the write failed, which is logged: the sandbox goes on answering rather than
-    /// hanging every caller on a full disk).
-    pub(crate) fn write(&self, covers: u64, bytes: Option<Vec<u8>>) {
-        if let Some(bytes) = bytes {
-            match write_atomic(&self.path, &bytes) {
-                Ok(()) => *self.last.lock().unwrap_or_else(|p| p.into_inner()) = bytes,
-                Err(e) => tracing::error!(
-                    file = %self.path.display(), error = %e,
-                    "sandbox: cannot save the state; after a restart the sandbox will not know what it did since"
-                ),
-            }
-        }
+        let covers = self.changed.load(Ordering::SeqCst);
+        let batch = self.take(&mut io, &mut st, clock_offset_ms);
+        drop(st);
+        self.write(&mut io, batch);
+        drop(io);
         self.saved.send_if_modified(|s| {
             let newer = covers > *s;
             if newer {
@@ -231,12 +767,100 @@ impl Persist {
         });
     }
 
+    /// The next batch (the state lock held): the changed entries as a journal line, or the
+    /// whole state when a snapshot is due.
+    fn take(&self, io: &mut Io, st: &mut State, clock_offset_ms: i64) -> Batch {
+        let n = io.batch + 1;
+        let replaced = self.replaced.swap(false, Ordering::SeqCst);
+        let compact = io.journal_len >= io.snapshot_len.max(io.compact_at);
+        let scalars = match serde_json::to_vec(&scalars_of(st, clock_offset_ms)) {
+            Ok(b) => b,
+            Err(e) => return self.cannot_serialise(io, e),
+        };
+        if replaced || compact || io.broken {
+            visit_kept(st, &mut MarkSaved);
+            return match snapshot(st, clock_offset_ms, n) {
+                Ok(bytes) => Batch::Full { bytes, scalars },
+                Err(e) => self.cannot_serialise(io, e),
+            };
+        }
+        let mut changes = Collect::default();
+        visit_kept(st, &mut changes);
+        if let Some(e) = changes.error {
+            return self.cannot_serialise(io, e);
+        }
+        if !changes.any && scalars == io.scalars {
+            return Batch::Nothing;
+        }
+        let mut line = Vec::with_capacity(changes.out.len() + scalars.len() + 48);
+        line.extend_from_slice(format!("{{\"batch\":{n},\"scalars\":").as_bytes());
+        line.extend_from_slice(&scalars);
+        line.extend_from_slice(b",\"kept\":{");
+        line.extend_from_slice(&changes.out);
+        line.extend_from_slice(b"}}\n");
+        Batch::Line { line, scalars }
+    }
+
+    fn cannot_serialise(&self, io: &mut Io, e: serde_json::Error) -> Batch {
+        tracing::error!(file = %self.path.display(), error = %e, "sandbox: cannot serialise the state");
+        io.broken = true;
+        Batch::Nothing
+    }
+
+    fn write(&self, io: &mut Io, batch: Batch) {
+        let lost = "sandbox: cannot save the state; after a restart the sandbox will not know \
+                    what it did since";
+        match batch {
+            Batch::Nothing => {}
+            Batch::Line { line, scalars } => {
+                match io
+                    .journal
+                    .write_all(&line)
+                    .and_then(|()| io.journal.sync_data())
+                {
+                    Ok(()) => {
+                        io.journal_len += line.len() as u64;
+                        io.batch += 1;
+                        io.scalars = scalars;
+                    }
+                    Err(e) => {
+                        tracing::error!(file = %self.journal_path.display(), error = %e, "{lost}");
+                        io.broken = true;
+                    }
+                }
+            }
+            Batch::Full { bytes, scalars } => match write_atomic(&self.path, &bytes) {
+                Ok(()) => {
+                    io.batch += 1;
+                    io.snapshot_len = bytes.len() as u64;
+                    io.scalars = scalars;
+                    // The snapshot holds every line: emptied, the journal starts after it. A
+                    // crash before this leaves lines the snapshot's batch says to skip.
+                    match io.journal.set_len(0).and_then(|()| io.journal.sync_all()) {
+                        Ok(()) => {
+                            io.journal_len = 0;
+                            io.broken = false;
+                        }
+                        Err(e) => {
+                            tracing::error!(file = %self.journal_path.display(), error = %e, "{lost}");
+                            io.broken = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(file = %self.path.display(), error = %e, "{lost}");
+                    io.broken = true;
+                }
+            },
+        }
+    }
+
     /// The sandbox is gone: wakes the writer so it ends.
     pub(crate) fn close(&self) {
         self.wake.notify_one();
     }
 
-    /// Whether changes are waiting for a snapshot.
+    /// Whether changes are waiting to be saved.
     pub(crate) fn behind(&self) -> bool {
         self.changed.load(Ordering::SeqCst) > *self.saved.borrow()
     }
@@ -250,26 +874,98 @@ impl Persist {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    /// The clock's move is read back; a file written before it was kept (no
-    /// `clock_offset_ms`) still reads, as an unmoved clock.
+    fn temp_state_file(tag: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "wxlocal-persist-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("s-sandbox.json")
+    }
+
+    /// The clock's move is read back; a format-1 file (no journal), and one written before
+    /// the move was kept (no `clock_offset_ms`), still read, as an unmoved clock.
     #[test]
     fn the_clock_offset_is_kept_and_older_files_read_as_unmoved() {
         let st = State {
             seq: 7,
             ..State::default()
         };
-        let bytes = snapshot(&st, 86_400_000).unwrap();
+        let bytes = snapshot(&st, 86_400_000, 0).unwrap();
         let kept = restore(&bytes).unwrap();
         assert_eq!(kept.clock_offset_ms, 86_400_000);
         assert_eq!(kept.state.seq, 7);
 
         let mut older: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        older.as_object_mut().unwrap().remove("clock_offset_ms");
+        let o = older.as_object_mut().unwrap();
+        o.remove("clock_offset_ms");
+        o.remove("batch");
+        o.insert("format".into(), 1.into());
         let kept = restore(&serde_json::to_vec(&older).unwrap()).unwrap();
         assert_eq!(kept.clock_offset_ms, 0);
+        assert_eq!(kept.batch, 0);
         assert_eq!(kept.state.seq, 7);
+    }
+
+    /// Past its threshold the journal is folded into a new snapshot and emptied; what is read
+    /// back at any point is what was in memory (also entries removed and a growing log).
+    #[test]
+    fn compaction_folds_the_journal_into_the_snapshot_and_nothing_is_lost() {
+        let path = temp_state_file("compact");
+        let journal = journal_path(&path);
+        let mut st = State::default();
+        let p = Persist::create(&path, &mut st, 0, 0).unwrap();
+        p.io.lock().unwrap().compact_at = 4096;
+        let mut compactions = 0;
+        let mut last_len = 0;
+        for i in 0..300u64 {
+            st.seq += 1;
+            st.pay.by_txn.insert(format!("t{i}"), format!("o{i}"));
+            if i % 3 == 0 && i >= 3 {
+                st.pay.by_txn.remove(&format!("t{}", i - 3));
+            }
+            st.funds.flows.push(funds::Flow {
+                id: format!("f{i}"),
+                time_ms: i as i64,
+                kind: "交易".into(),
+                income: true,
+                amount: 1,
+                balance: i as i64,
+                busi_type: "订单".into(),
+                request_no: format!("o{i}"),
+            });
+            p.touch();
+            p.save(|| Some((&mut st, 1000)));
+            let len = std::fs::metadata(&journal).unwrap().len();
+            if len < last_len {
+                compactions += 1;
+            }
+            last_len = len;
+            if i % 50 == 7 {
+                let back = load(&path).unwrap().unwrap();
+                assert_eq!(
+                    snapshot(&back.state, back.clock_offset_ms, 0).unwrap(),
+                    snapshot(&st, 1000, 0).unwrap(),
+                    "read back after change {i}"
+                );
+            }
+        }
+        assert!(compactions >= 2, "compacted {compactions} times");
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(back.batch, 300, "one batch per save");
+        assert_eq!(back.state.funds.flows.len(), 300);
+        assert_eq!(
+            snapshot(&back.state, back.clock_offset_ms, 0).unwrap(),
+            snapshot(&st, 1000, 0).unwrap()
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -14,6 +14,7 @@
 //! each one to — the merchant API refuses an openid sent with another app's id, as WeChat
 //! Pay does (`mch.rs`).
 
+use super::kept::Kept;
 use super::{md5_hex, random_alnum, Sandbox, WxErr, WxResult};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -24,7 +25,7 @@ pub const TOKEN_TTL_MS: i64 = 7_200_000;
 const OVERLAP_MS: i64 = 300_000;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct Token {
+pub(crate) struct Token {
     expires_ms: i64,
     /// Made invalid (not expired) by a newer token: 40001 rather than 42001.
     revoked: bool,
@@ -32,13 +33,13 @@ struct Token {
 
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct PlatformState {
-    tokens: HashMap<String, Token>,
-    classic: Option<String>,
-    stable: Option<String>,
+    pub(crate) tokens: Kept<String, Token>,
+    pub(crate) classic: Option<String>,
+    pub(crate) stable: Option<String>,
     /// Minted login codes → (user, used).
-    codes: HashMap<String, (String, bool)>,
+    pub(crate) codes: Kept<String, (String, bool)>,
     /// Every openid `jscode2session` issued → the appid it was issued under.
-    issued: HashMap<String, String>,
+    pub(crate) issued: Kept<String, String>,
 }
 
 impl PlatformState {

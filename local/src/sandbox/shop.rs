@@ -11,6 +11,7 @@
 //! plausible one from the same family (see the `E_*` constants).
 
 use super::deliver::push_event;
+use super::kept::Kept;
 use super::{random_alnum, random_digits, Sandbox, State, WxErr, WxResult};
 use axum::http::HeaderMap;
 use serde_json::{json, Map, Value};
@@ -287,15 +288,15 @@ pub struct Qualification {
 pub struct ShopState {
     pub registered: bool,
     pub finished: BTreeSet<i64>,
-    pub scenes: BTreeMap<i64, i64>,
+    pub scenes: Kept<i64, i64>,
     pub account: Map<String, Value>,
-    pub products: BTreeMap<String, Product>,
-    pub orders: BTreeMap<String, ShopOrder>,
+    pub products: Kept<String, Product>,
+    pub orders: Kept<String, ShopOrder>,
     /// `order_id` → `out_order_id` of every order, so a lookup by `order_id` is not a scan.
-    pub order_ids: HashMap<u64, String>,
-    pub aftersales: BTreeMap<u64, EcAfterSale>,
-    pub audits: BTreeMap<String, Qualification>,
-    pub brands: BTreeMap<u64, String>,
+    pub order_ids: Kept<u64, String>,
+    pub aftersales: Kept<u64, EcAfterSale>,
+    pub audits: Kept<String, Qualification>,
+    pub brands: Kept<u64, String>,
     pub categories: BTreeSet<i64>,
     pub uploads: u64,
     /// What the shop has done once (`register/check`'s `access_info`).
