@@ -3435,3 +3435,141 @@ async fn an_aftersale_cancelled_in_wechat_is_not_refunded_on_approval() {
         "the merchant is told: {events}"
     );
 }
+
+/// The user's after-sale, once WeChat has it: (token, out_trade_no, ours, WeChat's id).
+async fn applied_at_wechat(
+    r: &Running,
+    c: &Client<'_>,
+    user: &str,
+    qty: u32,
+    amount: i64,
+) -> (String, String, String, u64) {
+    let (token, no) = paid_and_synced(r, c, user, qty).await;
+    let id = c
+        .apply(&token, &no, json!({"amount": amount, "reason": "dented"}))
+        .await;
+    eventually("the after-sale to reach WeChat", || async {
+        wx_aftersale_id(r, &id).await.is_some()
+    })
+    .await;
+    let wx = wx_aftersale_id(r, &id).await.unwrap();
+    (token, no, id, wx)
+}
+
+/// One run of the orderSync schedule, as its 5-minute trigger makes it: its report.
+async fn run_schedule(r: &Running) -> Value {
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    on_schedule(&r.app, wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET)).await
+}
+
+/// An ordinary (fund_type 0) order's after-sale, cancelled by the user in WeChat's own order
+/// centre, whose `aftersale_user_cancel` push is lost for good. Within the grace the schedule
+/// leaves it to the push; after it, its `wechat_refunds` phase reads WeChat's after-sale back
+/// and cancels ours as the push would have: CANCELLED, and its amount no longer held on the
+/// order, so the user may apply for it again. Nothing read it back: ours stayed REQUESTED,
+/// the order's whole amount held, every new application refused.
+#[tokio::test]
+async fn an_aftersale_cancelled_in_wechat_whose_push_was_lost_is_cancelled_by_the_schedule() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no, id, wx) = applied_at_wechat(&r, &c, "quinn", 1, 1990).await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let apply_again = || async {
+        c.post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "again"}),
+        )
+        .await
+    };
+
+    let early = run_schedule(&r).await;
+    assert_eq!(
+        early["wechat_refunds"]["asked"], 0,
+        "within the grace: {early}"
+    );
+    assert_eq!(c.aftersale(&token, &no).await["status"], "REQUESTED");
+    let (s, v) = apply_again().await;
+    assert_ne!(s, 200, "the whole amount is held by the open request: {v}");
+
+    r.app.clock.advance(11 * 60_000);
+    let report = run_schedule(&r).await;
+    let ours = c.aftersale(&token, &no).await;
+    assert_eq!(ours["aftersale_id"], id.as_str());
+    assert_eq!(ours["status"], "CANCELLED", "{report}");
+    assert_eq!(report["wechat_refunds"]["cancelled"], 1, "{report}");
+    assert_eq!(report["wechat_refunds"]["recorded"], 0, "{report}");
+    let (s, v) = apply_again().await;
+    assert_eq!(s, 200, "the amount is free again: {v}");
+    assert_eq!(v["aftersale"]["amount"], 1990, "{v}");
+
+    let later = run_schedule(&r).await;
+    assert_eq!(later["wechat_refunds"]["cancelled"], 0, "{later}");
+}
+
+/// The user edits their request in WeChat's order centre (1990 → 3980) and the
+/// `aftersale_update_order` push is lost: after the grace the schedule reads WeChat's
+/// after-sale back and ours takes its terms, as the push would have (the merchant told), so
+/// the merchant decides what WeChat has. Ours used to keep the old amount.
+#[tokio::test]
+async fn an_aftersale_edited_in_wechat_whose_push_was_lost_takes_its_terms_from_the_schedule() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no, _, wx) = applied_at_wechat(&r, &c, "rosa", 2, 1990).await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "update", "aftersale_id": wx, "orderamt": 3980, "push": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.aftersale(&token, &no).await["amount"], 1990);
+
+    r.app.clock.advance(11 * 60_000);
+    let report = run_schedule(&r).await;
+    let ours = c.aftersale(&token, &no).await;
+    assert_eq!(ours["amount"], 3980, "{report}");
+    assert_eq!(ours["status"], "REQUESTED", "{ours}");
+    assert_eq!(report["wechat_refunds"]["adopted"], 1, "{report}");
+}
+
+/// The user enters the return parcel in WeChat's order centre and the
+/// `aftersale_wait_merchant_confirm_receipt` push is lost: after the grace the schedule reads
+/// WeChat's after-sale back and ours records the waybill (RETURNING), so the merchant sees
+/// the parcel and can approve the refund. Ours used to wait for the return for good.
+#[tokio::test]
+async fn a_return_parcel_entered_in_wechat_whose_push_was_lost_reaches_ours_by_the_schedule() {
+    let r = return_stack().await;
+    let c = Client::new(&r);
+    let (token, no, id) = return_requested(&r, &c, "sven").await;
+    c.approve(&id).await;
+    wx_status_reaches(&r, &id, 6, "acceptreturn at WeChat").await;
+    let wx = wx_aftersale_id(&r, &id).await.unwrap();
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "return", "aftersale_id": wx, "delivery_id": "YTO",
+                    "delivery_name": "圆通速递", "waybill_id": "YT0000002", "push": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.aftersale(&token, &no).await["status"], "AWAITING_RETURN");
+
+    r.app.clock.advance(11 * 60_000);
+    let report = run_schedule(&r).await;
+    let ours = c.aftersale(&token, &no).await;
+    assert_eq!(ours["status"], "RETURNING", "{report}");
+    assert_eq!(ours["goods_return"]["waybill"]["waybill_id"], "YT0000002");
+    assert_eq!(report["wechat_refunds"]["returned"], 1, "{report}");
+    c.approve(&id).await;
+    refunded_here_and_at_wechat(&r, &c, &token, &no, &id).await;
+}

@@ -2113,6 +2113,11 @@ fn aftersale_update(sb: &Sandbox, v: &Value) -> WxResult {
 
 /// The merchant/user actions that move an after-sale through its states.
 fn aftersale_move(sb: &Sandbox, v: &Value, action: &str) -> WxResult {
+    aftersale_move_pushing(sb, v, action, true)
+}
+
+/// [`aftersale_move`], its push lost when `pushes` is false (the user's control actions).
+fn aftersale_move_pushing(sb: &Sandbox, v: &Value, action: &str, pushes: bool) -> WxResult {
     let now = sb.now_ms();
     let mut st = sb.st();
     let id = st.shop.aftersale_key(v)?;
@@ -2187,7 +2192,7 @@ fn aftersale_move(sb: &Sandbox, v: &Value, action: &str) -> WxResult {
         16 => Some("aftersale_wait_merchant_offline_refund"),
         _ => None,
     };
-    if let Some(event) = event {
+    if let Some(event) = event.filter(|_| pushes) {
         push_event(
             sb,
             event,
@@ -2282,8 +2287,8 @@ fn account_brands(sb: &Sandbox) -> WxResult {
 /// As WeChat's staff: `{"action":"platform_refund","aftersale_id"}` refunds an after-sale
 /// without the merchant — the merchant let the deadline pass, or the platform ruled for the
 /// user after a rejection (from 2, 4, 5, 6, 8 or 12 to 13) — and pushes
-/// `aftersale_refund_success`. `"push": false` loses the push of `apply`, `cancel`, `update`
-/// or `platform_refund`, as WeChat may (it does not guarantee callbacks).
+/// `aftersale_refund_success`. `"push": false` loses the push of `apply`, `cancel`, `return`,
+/// `update` or `platform_refund`, as WeChat may (it does not guarantee callbacks).
 pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
     let action = str_of(v, "action").unwrap_or("apply");
     let pushes = v.get("push").and_then(Value::as_bool).unwrap_or(true);
@@ -2380,7 +2385,7 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
             if let Some(m) = req.as_object_mut() {
                 m.insert("openid".into(), json!(openid));
             }
-            aftersale_move(sb, &req, "uploadreturninfo")
+            aftersale_move_pushing(sb, &req, "uploadreturninfo", pushes)
                 .map_err(|e| format!("{} {}", e.code, e.msg))?;
             Ok(json!({"aftersale_id": id, "status": 8}))
         }

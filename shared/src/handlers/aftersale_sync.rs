@@ -11,7 +11,9 @@
 //! `shop/ecaftersale/*` through the outbox, and WeChat's copy — read back, never a push body
 //! alone — has its say about money: nothing is accepted there on terms the user has since
 //! edited, no refund is paid for an after-sale WeChat shows cancelled or closed, a refund
-//! WeChat made on its own is recorded, and our own after-sale is never imported back.
+//! WeChat made on its own is recorded, and our own after-sale is never imported back. What
+//! the user does in WeChat's order centre arrives as pushes; one lost for good is made up by
+//! the schedule reading open after-sales back ([`sweep_wechat_refunds`]) through the same code.
 
 use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
@@ -1116,31 +1118,52 @@ const WECHAT_REFUND_REJECTED_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
 pub struct WeChatRefundSweepReport {
     /// After-sales read.
     pub checked: usize,
-    /// Of secondary-merchant orders, asked about with `ecaftersale/get`.
+    /// Of component orders (REJECTED ones: secondary-merchant orders only), asked about with
+    /// `ecaftersale/get`.
     pub asked: usize,
-    /// Refunds WeChat made that were recorded now: their push never came.
+    /// Refunds WeChat made (secondary-merchant orders) recorded now: their push never came.
     pub recorded: usize,
+    /// Cancelled by the user at WeChat, cancelled here now: their push never came.
+    pub cancelled: usize,
+    /// Edited by the user at WeChat while awaiting the merchant, WeChat's terms taken now.
+    pub adopted: usize,
+    /// Return parcels the user entered at WeChat, recorded here now (RETURNING).
+    pub returned: usize,
     /// The question failed (or its answer could not be stored): asked again next turn.
     pub failed: usize,
 }
 
-/// Refunds WeChat made of a secondary-merchant order's after-sale on its own — the merchant
-/// let a deadline pass, or the platform ruled for the user after a rejection — whose
-/// `aftersale_refund_success` push never came. Nothing else reads those back: the sync task
-/// reads WeChat's after-sale only after the merchant's approval (REFUNDING), and
-/// [`sweep_refunds`] asks WeChat Pay about our own refunds only. So ours stayed REQUESTED,
-/// AWAITING_RETURN, RETURNING or REJECTED with the order's refunded amount short — a fully
-/// refunded order still shippable — for good.
+/// What reading one after-sale back from WeChat came to (see [`sweep_wechat_refunds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Nothing,
+    Recorded,
+    Cancelled,
+    Adopted,
+    Returned,
+}
+
+/// What the user did in WeChat's own order centre, and what WeChat did on its own, whose push
+/// never came (our callback down longer than WeChat's retries). Nothing else reads those
+/// back: the sync task reads WeChat's after-sale only once the merchant approves, and
+/// [`sweep_refunds`] asks WeChat Pay about our own refunds only. So a refund WeChat made of a
+/// secondary-merchant order left ours REQUESTED, AWAITING_RETURN, RETURNING or REJECTED with
+/// the order's refunded amount short (a fully refunded order still shippable); a request the
+/// user cancelled there stayed open here, its amount held on the order; an edit left ours on
+/// the old terms; a return parcel entered there was never seen by the merchant — for good.
 ///
 /// Each run, after-sales in those states (rejected ones for [`WECHAT_REFUND_REJECTED_WINDOW_MS`]
 /// after their application) unchanged for [`WECHAT_REFUND_GRACE_MS`] are taken in turn
 /// ([`Rotation`](crate::store::rotation::Rotation): on from where the last run stopped, so
 /// after-sales WeChat never answers about do not starve the rest), at most
-/// [`WECHAT_REFUND_SWEEP_READ`] read and [`WECHAT_REFUND_SWEEP_ASK`] asked about per state; those of
-/// secondary-merchant orders in the trading component have WeChat's after-sale read, and a
-/// refund it shows done is recorded as the push would have ([`record_wechat_refund`]: ours
-/// REFUNDED, the order's refunded amount, the merchant told). No question is started once
-/// `deadline` has passed: `false` with the report then.
+/// [`WECHAT_REFUND_SWEEP_READ`] read and [`WECHAT_REFUND_SWEEP_ASK`] asked about per state.
+/// Those of orders in the trading component (REJECTED ones: secondary-merchant orders only,
+/// the only ones WeChat may still refund) have WeChat's after-sale read, and what it shows is
+/// applied by the code the lost push would have run ([`wechat_state_of`]): a refund done
+/// recorded (`recorded`), a user cancel applied (`cancelled`), other terms awaiting the
+/// merchant adopted (`adopted`), a return waybill recorded (`returned`). No question is
+/// started once `deadline` has passed: `false` with the report then. (The phase keeps its
+/// name, `wechat_refunds`, which the schedule and the admin API use.)
 pub async fn sweep_wechat_refunds(
     app: &App,
     deadline: crate::time::Deadline,
@@ -1152,8 +1175,8 @@ pub async fn sweep_wechat_refunds(
     let store = app.store.as_ref();
     let now = app.clock.now_ms();
     let quiet_since = now - WECHAT_REFUND_GRACE_MS;
-    // Per run: whether an order is a secondary-merchant order WeChat has.
-    let mut refunded_by_wechat = std::collections::HashMap::new();
+    // Per run: of an order, whether WeChat has it (`Some`) and it is a secondary-merchant one.
+    let mut component = std::collections::HashMap::new();
     for status in [
         AfterSaleStatus::Requested,
         AfterSaleStatus::AwaitingReturn,
@@ -1182,38 +1205,41 @@ pub async fn sweep_wechat_refunds(
             let a = match repo::versioned::<AfterSale>(&rec) {
                 Ok(a) => a.value,
                 Err(e) => {
-                    tracing::error!(id = rec.id, error = %e, "WeChat refund sweep: unreadable after-sale; skipped");
+                    tracing::error!(id = rec.id, error = %e, "WeChat after-sale sweep: unreadable after-sale; skipped");
                     continue;
                 }
             };
             if a.updated_at_ms > quiet_since {
                 continue;
             }
-            let ours = match refunded_by_wechat.get(&a.out_trade_no) {
+            let secondary = match component.get(&a.out_trade_no) {
                 Some(known) => *known,
                 None => match repo::get_order(store, &a.out_trade_no).await {
                     Ok(o) => {
-                        let known = o.is_some_and(|o| {
-                            o.value.fund_type == FundType::SecondaryMerchant
-                                && o.value.wx_order_id.is_some()
-                        });
-                        refunded_by_wechat.insert(a.out_trade_no.clone(), known);
+                        let known = o
+                            .filter(|o| o.value.wx_order_id.is_some())
+                            .map(|o| o.value.fund_type == FundType::SecondaryMerchant);
+                        component.insert(a.out_trade_no.clone(), known);
                         known
                     }
                     Err(e) => break Err(e.into()),
                 },
             };
-            if !ours {
+            let Some(secondary) = secondary else { continue };
+            if status == AfterSaleStatus::Rejected && !secondary {
                 continue;
             }
             asked += 1;
             report.asked += 1;
-            match refund_wechat_made(app, &a).await {
-                Ok(true) => report.recorded += 1,
-                Ok(false) => {}
+            match wechat_state_of(app, &a, secondary).await {
+                Ok(Applied::Nothing) => {}
+                Ok(Applied::Recorded) => report.recorded += 1,
+                Ok(Applied::Cancelled) => report.cancelled += 1,
+                Ok(Applied::Adopted) => report.adopted += 1,
+                Ok(Applied::Returned) => report.returned += 1,
                 Err(e) => {
                     report.failed += 1;
-                    tracing::warn!(aftersale_id = %a.id, error = %e, "WeChat refund sweep: WeChat's after-sale not read; next turn");
+                    tracing::warn!(aftersale_id = %a.id, error = %e, "WeChat after-sale sweep: WeChat's after-sale not read; next turn");
                 }
             }
         };
@@ -1222,41 +1248,77 @@ pub async fn sweep_wechat_refunds(
             return Ok((report, false));
         }
     }
-    if report.recorded > 0 {
+    if report.recorded + report.cancelled + report.adopted + report.returned > 0 {
         tracing::warn!(
             recorded = report.recorded,
-            "WeChat refund sweep recorded refunds WeChat made whose push never came"
+            cancelled = report.cancelled,
+            adopted = report.adopted,
+            returned = report.returned,
+            "WeChat after-sale sweep applied what WeChat shows: those pushes never came"
         );
     }
     Ok((report, true))
 }
 
-/// Whether WeChat refunded `a` (its after-sale read back: by WeChat's id, or ours if the id
-/// was never stored), and if so that refund recorded: `true` when written now.
-async fn refund_wechat_made(app: &App, a: &AfterSale) -> Result<bool, ApiError> {
+/// WeChat's after-sale of ours `a` (read back: by WeChat's id, or ours if the id was never
+/// stored), and what it shows applied as its push would have: a refund it made of a
+/// secondary-merchant order recorded ([`record_wechat_refund`]); a user cancel
+/// ([`cancel_as_user_did`]); other type or amount while it waits for the merchant and ours
+/// is REQUESTED ([`adopt_wechat_terms`]; a reason-only edit is left to its push or the
+/// approval's read-back: no money turns on it); a return waybill while ours awaits the return
+/// ([`parcel_as_user_sent`]).
+async fn wechat_state_of(app: &App, a: &AfterSale, secondary: bool) -> Result<Applied, ApiError> {
     let key = match a.wx_aftersale_id {
         Some(wx) => crate::shop::types::AfterSaleKey::Id(wx),
         None => crate::shop::types::AfterSaleKey::Out(a.id.to_string()),
     };
     let wx = match app.wx.ecaftersale_get(&key).await {
         Ok(wx) => wx,
-        // Looked up by our id and refused: WeChat does not have it (never added), so it
-        // refunded nothing of it.
+        // Looked up by our id and refused: WeChat does not have it (never added), so nothing
+        // happened to it there.
         Err(e @ crate::shop::WxError::Api { .. })
             if a.wx_aftersale_id.is_none() && e.kind() == crate::shop::WxErrorKind::Permanent =>
         {
-            return Ok(false);
+            return Ok(Applied::Nothing);
         }
         Err(e) => return Err(super::shop_orders::wx_error(e)),
     };
-    if WeChatRefund::of(wx.status) != WeChatRefund::Done {
-        return Ok(false);
+    if secondary && WeChatRefund::of(wx.status) == WeChatRefund::Done {
+        let recorded = record_wechat_refund(app, &a.id, &wx).await?;
+        if recorded {
+            tracing::warn!(aftersale_id = %a.id, wx_aftersale_id = wx.aftersale_id, was = a.status.as_str(), "a refund WeChat made was found by the sweep (its push never came)");
+        }
+        return Ok(if recorded {
+            Applied::Recorded
+        } else {
+            Applied::Nothing
+        });
     }
-    let recorded = record_wechat_refund(app, &a.id, &wx).await?;
-    if recorded {
-        tracing::warn!(aftersale_id = %a.id, wx_aftersale_id = wx.aftersale_id, was = a.status.as_str(), "a refund WeChat made was found by the sweep (its push never came)");
+    let applied = match a.status {
+        AfterSaleStatus::Requested
+        | AfterSaleStatus::AwaitingReturn
+        | AfterSaleStatus::Returning
+            if wx.status == WX_USER_CANCELLED =>
+        {
+            cancel_as_user_did(app, &a.id)
+                .await?
+                .then_some(Applied::Cancelled)
+        }
+        AfterSaleStatus::Requested
+            if wx.status == WX_AWAITING_MERCHANT
+                && (kind_of(wx.kind) != Some(a.kind) || wx.orderamt != a.amount) =>
+        {
+            (adopt_wechat_terms(app, &a.id, &wx).await? == Terms::Taken).then_some(Applied::Adopted)
+        }
+        AfterSaleStatus::AwaitingReturn => parcel_as_user_sent(app, &a.id, wx)
+            .await?
+            .then_some(Applied::Returned),
+        _ => None,
+    };
+    if let Some(what) = applied {
+        tracing::warn!(aftersale_id = %a.id, was = a.status.as_str(), applied = ?what, "the sweep applied what WeChat's after-sale shows (its push never came)");
     }
-    Ok(recorded)
+    Ok(applied.unwrap_or(Applied::Nothing))
 }
 
 /// How long a sync task's claim on adding an after-sale at WeChat holds: past the WeChat
@@ -2271,19 +2333,7 @@ pub async fn on_wechat_event(
                 tracing::warn!(aftersale_id = %id, wx_status = wx.status, "user cancel event, but WeChat's after-sale is not cancelled; nothing changed");
                 return Ok(());
             }
-            match update(app, &id, None, |a, now| {
-                a.cancel(now).map_err(|e| e.to_string())
-            })
-            .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if e.status.is_server_error() => Err(e),
-                // Unknown here, or already past cancelling (refunding): nothing to undo.
-                Err(e) => {
-                    tracing::warn!(aftersale_id = %id, error = %e, "user cancel event not applied");
-                    Ok(())
-                }
-            }
+            cancel_as_user_did(app, &id).await.map(drop)
         }
         K::WaitMerchantConfirmReceipt => {
             // The user entered the return parcel in WeChat's own order centre: ours learns it
@@ -2296,27 +2346,7 @@ pub async fn on_wechat_event(
                 .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
                 .await
                 .map_err(super::shop_orders::wx_error)?;
-            let Some(ri) = wx.return_info.filter(|r| !r.waybill_id.trim().is_empty()) else {
-                return Ok(());
-            };
-            let waybill = ReturnWaybill {
-                delivery_id: ri.delivery_id.chars().take(64).collect(),
-                delivery_name: ri.delivery_name.chars().take(64).collect(),
-                waybill_id: ri.waybill_id.chars().take(64).collect(),
-            };
-            match update(app, &id, None, |a, now| {
-                a.goods_sent(waybill.clone(), now)
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if e.status.is_server_error() => Err(e),
-                Err(e) => {
-                    tracing::warn!(aftersale_id = %id, error = %e, "return parcel event not applied");
-                    Ok(())
-                }
-            }
+            parcel_as_user_sent(app, &id, wx).await.map(drop)
         }
         K::WaitMerchantOfflineRefund => {
             // Secondary-merchant orders: WeChat's refund failed.
@@ -2358,5 +2388,58 @@ pub async fn on_wechat_event(
             record_wechat_refund(app, &id, &wx).await.map(drop)
         }
         _ => Ok(()),
+    }
+}
+
+/// WeChat's after-sale of ours `id`, read back, shows the user cancelled it (status 1): ours
+/// CANCELLED, its hold on the order given back, as the `aftersale_user_cancel` push has it
+/// (and the sweep, when that push was lost). `true` when applied; ours past cancelling
+/// (refunding) or unknown here changes nothing.
+async fn cancel_as_user_did(app: &App, id: &AfterSaleId) -> Result<bool, ApiError> {
+    match update(app, id, None, |a, now| {
+        a.cancel(now).map_err(|e| e.to_string())
+    })
+    .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.status.is_server_error() => Err(e),
+        // Unknown here, or already past cancelling (refunding): nothing to undo.
+        Err(e) => {
+            tracing::warn!(aftersale_id = %id, error = %e, "WeChat's user cancel not applied");
+            Ok(false)
+        }
+    }
+}
+
+/// The user entered the return parcel in WeChat's own order centre: the waybill WeChat's
+/// after-sale `wx` (read back) shows reaches ours `id` (`goods_sent`), so the merchant can
+/// approve the refund here — as the `aftersale_wait_merchant_confirm_receipt` push has it
+/// (and the sweep, when that push was lost). `true` when applied; no waybill there, or ours
+/// not awaiting it, changes nothing.
+async fn parcel_as_user_sent(
+    app: &App,
+    id: &AfterSaleId,
+    wx: crate::shop::aftersale::EcAfterSaleOrder,
+) -> Result<bool, ApiError> {
+    let Some(ri) = wx.return_info.filter(|r| !r.waybill_id.trim().is_empty()) else {
+        return Ok(false);
+    };
+    let waybill = ReturnWaybill {
+        delivery_id: ri.delivery_id.chars().take(64).collect(),
+        delivery_name: ri.delivery_name.chars().take(64).collect(),
+        waybill_id: ri.waybill_id.chars().take(64).collect(),
+    };
+    match update(app, id, None, |a, now| {
+        a.goods_sent(waybill.clone(), now)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.status.is_server_error() => Err(e),
+        Err(e) => {
+            tracing::warn!(aftersale_id = %id, error = %e, "WeChat's return parcel not applied");
+            Ok(false)
+        }
     }
 }

@@ -246,8 +246,9 @@ pub enum Phase {
     Unpaid,
     /// Refunds whose notification never came (`pay/refundquery`).
     Refunds,
-    /// Refunds WeChat made of secondary-merchant after-sales on its own, whose push never
-    /// came (`ecaftersale/get`).
+    /// Open after-sales read back from WeChat (`ecaftersale/get`) whose push never came: a
+    /// refund WeChat made of a secondary-merchant order, a user's cancel, edit or return
+    /// parcel in WeChat's order centre (the name predates all but the first).
     WechatRefunds,
     /// Audit verdicts whose push never came.
     Audits,
@@ -362,6 +363,9 @@ async fn run_phase(
                 report.wechat_refunds.checked += r.checked;
                 report.wechat_refunds.asked += r.asked;
                 report.wechat_refunds.recorded += r.recorded;
+                report.wechat_refunds.cancelled += r.cancelled;
+                report.wechat_refunds.adopted += r.adopted;
+                report.wechat_refunds.returned += r.returned;
                 report.wechat_refunds.failed += r.failed;
                 finished
             })
