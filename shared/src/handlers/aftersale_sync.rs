@@ -25,6 +25,7 @@ use crate::domain::{
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{OutboxEntry, Task};
 use crate::store::repo::{self, Batch, RefundRecord, RefundStatus};
+use crate::store::rotation::Next;
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -956,12 +957,9 @@ pub async fn sweep_refunds(
         if report.checked == REFUND_SWEEP_READ || report.asked == REFUND_SWEEP_MAX {
             break Ok(true);
         }
-        if deadline.passed() {
-            break Ok(false);
-        }
-        let rec = match turn.next(store).await {
-            Ok(Some(rec)) => rec,
-            Ok(None) => break Ok(true),
+        let rec = match turn.next_before(store, deadline).await {
+            Ok(Next::Record(rec)) => rec,
+            Ok(Next::Stop { finished }) => break Ok(finished),
             Err(e) => break Err(e.into()),
         };
         report.checked += 1;
@@ -1192,12 +1190,9 @@ pub async fn sweep_wechat_refunds(
             if read == WECHAT_REFUND_SWEEP_READ || asked == WECHAT_REFUND_SWEEP_ASK {
                 break Ok(true);
             }
-            if deadline.passed() {
-                break Ok(false);
-            }
-            let rec = match turn.next(store).await {
-                Ok(Some(rec)) => rec,
-                Ok(None) => break Ok(true),
+            let rec = match turn.next_before(store, deadline).await {
+                Ok(Next::Record(rec)) => rec,
+                Ok(Next::Stop { finished }) => break Ok(finished),
                 Err(e) => break Err(e.into()),
             };
             read += 1;

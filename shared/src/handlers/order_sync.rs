@@ -21,6 +21,7 @@ use crate::domain::{Change, Delivery, OrderStatus, OutTradeNo};
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{self, Claimed, OutboxEntry, Task};
 use crate::store::repo::{self, Batch};
+use crate::store::rotation::Next;
 use crate::time::Deadline;
 use serde::Deserialize;
 use std::time::Duration;
@@ -447,12 +448,9 @@ pub async fn sweep_unpaid(app: &App, deadline: Deadline) -> Result<(SweepReport,
             if looked == UNPAID_SWEEP_MAX {
                 break Ok(true);
             }
-            if deadline.passed() {
-                break Ok(false);
-            }
-            let rec = match turn.next(store).await {
-                Ok(Some(rec)) => rec,
-                Ok(None) => break Ok(true),
+            let rec = match turn.next_before(store, deadline).await {
+                Ok(Next::Record(rec)) => rec,
+                Ok(Next::Stop { finished }) => break Ok(finished),
                 Err(e) => break Err(e),
             };
             looked += 1;

@@ -36,6 +36,16 @@ enum Part {
     Done,
 }
 
+/// What [`Rotation::next_before`] hands out.
+#[derive(Debug)]
+pub enum Next {
+    Record(Record),
+    /// Nothing more this run: the turn is done (`finished`), or the deadline passed.
+    Stop {
+        finished: bool,
+    },
+}
+
 /// One run's turn through `status` records of `kind` (see the module docs).
 #[derive(Debug)]
 pub struct Rotation {
@@ -88,6 +98,23 @@ impl Rotation {
             cursor: None,
             page: VecDeque::new(),
             page_was_last: false,
+        })
+    }
+
+    /// [`Rotation::next`] for a sweep bounded by `deadline`, checked first so that nothing is
+    /// handed out once it has passed: the record, or where the run stops — `Stop { finished:
+    /// true }` at the end of the turn, `false` at the deadline (the next run goes on from here).
+    pub async fn next_before(
+        &mut self,
+        store: &dyn Store,
+        deadline: crate::time::Deadline,
+    ) -> Result<Next, StoreError> {
+        if deadline.passed() {
+            return Ok(Next::Stop { finished: false });
+        }
+        Ok(match self.next(store).await? {
+            Some(rec) => Next::Record(rec),
+            None => Next::Stop { finished: true },
         })
     }
 
