@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wxshop::app::{open_store, App};
@@ -290,8 +291,22 @@ pub struct Running {
     pub sandbox: Sandbox,
     pub admin_token: String,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Requests under way, and whether new ones are still taken ([`Running::serve_until`]).
+    life: Arc<Life>,
     /// Held as long as this stack runs on a SQLite file store ([`crate::lock`]).
     _store_lock: Option<crate::lock::StoreLock>,
+}
+
+/// How [`Running::serve_until`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The server ended on its own (it does not, unless it fails).
+    Ended,
+    /// Asked to stop: every request under way was answered, the sandbox's changes are saved.
+    Drained,
+    /// Asked to stop, and requests were still under way when the grace period ran out or a
+    /// second stop came: they end as in a crash.
+    Cut,
 }
 
 impl Running {
@@ -308,6 +323,76 @@ impl Running {
             let _ = server.await;
         }
     }
+
+    /// Serves until `stop()` resolves (Ctrl-C), then stops as a Lambda deployment does: new
+    /// requests to the functions are answered 503 `STOPPING` (the sandbox still answers),
+    /// requests under way run to their end — at most `grace`, or
+    /// until `stop()` resolves again — and the sandbox's changes are on disk before the
+    /// background loops stop. Killed outright instead, a request half done (an order made,
+    /// its idempotency key still claimed) would answer the client's retry with
+    /// `REQUEST_IN_PROGRESS` for 30 s after the restart.
+    pub async fn serve_until<F, Fut>(mut self, stop: F, grace: Duration) -> Stopped
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let Some(mut server) = self.tasks.pop() else {
+            return Stopped::Ended;
+        };
+        tokio::select! {
+            _ = &mut server => return Stopped::Ended,
+            () = stop() => {}
+        }
+        self.life.stopping.store(true, Ordering::SeqCst);
+        // The listener stays open meanwhile: the requests under way call the sandbox (and it
+        // calls back) through it.
+        let under_way = async {
+            while self.life.in_flight.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let drained = tokio::select! {
+            r = tokio::time::timeout(grace, under_way) => r.is_ok(),
+            () = stop() => false,
+        };
+        if drained {
+            // Bounded: a sandbox that cannot write has logged why already.
+            let _ = tokio::time::timeout(grace, self.sandbox.saved()).await;
+        }
+        server.abort();
+        self.stop();
+        if drained {
+            Stopped::Drained
+        } else {
+            Stopped::Cut
+        }
+    }
+}
+
+/// The gateway's requests under way, and whether it still takes new ones.
+#[derive(Default)]
+struct Life {
+    stopping: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+/// One request under way, counted in [`Life::in_flight`] until it is dropped.
+struct UnderWay(Arc<Life>);
+
+impl UnderWay {
+    /// `None` once the gateway is stopping: the request is not taken.
+    fn begin(life: &Arc<Life>) -> Option<UnderWay> {
+        // Counted before the check: a stop that comes between them waits for this request.
+        life.in_flight.fetch_add(1, Ordering::SeqCst);
+        let taken = UnderWay(life.clone());
+        (!life.stopping.load(Ordering::SeqCst)).then_some(taken)
+    }
+}
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Running {
@@ -320,6 +405,7 @@ impl Drop for Running {
 struct GatewayState {
     app: App,
     admin_token: Arc<String>,
+    life: Arc<Life>,
 }
 
 /// Binds, builds the app and the sandbox, seeds if asked, and serves in the background.
@@ -347,14 +433,33 @@ pub async fn start_with_env(
     opts: Options,
     env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
 ) -> Result<Running, String> {
-    let listener = tokio::net::TcpListener::bind(opts.addr)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot listen on {}: {e} (is another wxlocal running? try --addr 127.0.0.1:0)",
-                opts.addr
-            )
-        })?;
+    let listener = match tokio::net::TcpListener::bind(opts.addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            // Most often the same serve started twice: say which process holds the store,
+            // as a second serve on another address is told.
+            let vars = LocalVars::new(
+                &format!("http://{}", opts.addr),
+                opts.store.clone(),
+                opts.overrides.clone(),
+                env,
+            );
+            let held = vars
+                .get("STORE")
+                .and_then(|s| StoreConfig::parse(&s, None).ok())
+                .filter(|s| sandbox_state_path(s).is_some())
+                .and_then(|s| match s {
+                    StoreConfig::Sqlite(p) => crate::lock::held_by_another(&p),
+                    _ => None,
+                });
+            return Err(match held {
+                Some(why) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    format!("cannot listen on {}: {e}; {why}", opts.addr)
+                }
+                _ => cannot_listen(opts.addr, &e),
+            });
+        }
+    };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let base_url = format!("http://{addr}");
 
@@ -367,8 +472,14 @@ pub async fn start_with_env(
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                format!(
+                    "cannot make the directory {} for the store sqlite:{path}: {e}; give \
+                     --store sqlite:PATH a path in a directory you can write to, or run with \
+                     --store memory",
+                    dir.display()
+                )
+            })?;
         }
     }
     let asked = std::sync::Mutex::new(std::collections::BTreeSet::new());
@@ -441,9 +552,11 @@ pub async fn start_with_env(
     let app = App::new(config, store, Clock::default()).map_err(|e| e.to_string())?;
     check_store_and_sandbox(&app, &sandbox, &store_name).await?;
 
+    let life = Arc::new(Life::default());
     let state = GatewayState {
         app: app.clone(),
         admin_token: Arc::new(admin_token.clone()),
+        life: life.clone(),
     };
     let functions: Router = Router::new().fallback(gateway).with_state(state);
     let router = Router::new()
@@ -491,6 +604,7 @@ pub async fn start_with_env(
         sandbox,
         admin_token,
         tasks,
+        life,
         _store_lock: store_lock,
     };
     if opts.seed {
@@ -508,11 +622,46 @@ pub async fn start_with_env(
     Ok(running)
 }
 
+/// Why `addr` cannot be listened on, and what to do about it.
+pub fn cannot_listen(addr: SocketAddr, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let what = match e.kind() {
+        ErrorKind::AddrInUse => format!(
+            "another program already listens on port {} (another wxlocal? `ss -ltnp` names \
+             it). Stop it, or choose a free port: --addr 127.0.0.1:0 lets the system pick one",
+            addr.port()
+        ),
+        ErrorKind::AddrNotAvailable => format!(
+            "{} is not an address of this machine: use 127.0.0.1 (this machine only) or \
+             0.0.0.0 (every interface, e.g. for a phone on the same network)",
+            addr.ip()
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "port {} needs privileges (ports below 1024 do): choose one above 1023, e.g. \
+             --addr 127.0.0.1:8787",
+            addr.port()
+        ),
+        _ => "check the address given with --addr".to_owned(),
+    };
+    format!("cannot listen on {addr}: {e}; {what}")
+}
+
 /// Routes one request through `ROUTES` to the shared handlers.
 async fn gateway(
     State(state): State<GatewayState>,
     req: axum::extract::Request,
 ) -> axum::response::Response {
+    let Some(under_way) = UnderWay::begin(&state.life) else {
+        // 503: the mini-program client and WeChat's notifications try again later, and
+        // meet the next start.
+        return to_axum(
+            ApiError::unavailable(
+                "STOPPING",
+                "wxlocal is stopping; retry once it is started again",
+            )
+            .into_response(),
+        );
+    };
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let Some(route) = handlers::find_route(parts.method.as_str(), &path) else {
@@ -579,7 +728,11 @@ async fn gateway(
     // would leave its work half done (an order created, its idempotency key never completed),
     // so a client's retry after its own timeout would meet "in progress" and then a second order.
     let app = state.app.clone();
-    match tokio::spawn(async move { handlers::handle(&app, route, req).await }).await {
+    let handled = tokio::spawn(async move {
+        let _under_way = under_way; // until the handler ends, whoever still waits for it
+        handlers::handle(&app, route, req).await
+    });
+    match handled.await {
         Ok(resp) => to_axum(resp),
         Err(e) => to_axum(ApiError::internal(format!("handler failed: {e}")).into_response()),
     }

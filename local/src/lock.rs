@@ -73,6 +73,18 @@ impl StoreLock {
     }
 }
 
+/// The refusal [`StoreLock::acquire`] would give, when another process holds the lock of the
+/// store at `store`; `None` when nobody does (or it cannot tell). Takes nothing: a lock it
+/// gets is let go at once, and the file's content is left as it was.
+pub fn held_by_another(store: &str) -> Option<String> {
+    let path = lock_path(store);
+    let mut file = OpenOptions::new().read(true).open(&path).ok()?;
+    match file.try_lock() {
+        Err(TryLockError::WouldBlock) => Some(in_use(store, &path, &mut file)),
+        _ => None,
+    }
+}
+
 /// The refusal of a second `serve`: who holds the store, and what to do.
 fn in_use(store: &str, path: &Path, file: &mut File) -> String {
     let mut holder = String::new();

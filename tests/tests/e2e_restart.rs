@@ -304,6 +304,28 @@ async fn a_second_serve_on_the_same_store_refuses_to_start_and_names_the_first()
         );
     }
 
+    // Started again as it was (same address, same store): the port is taken, and the
+    // refusal still names the process holding the store, not only the port.
+    let same_addr = c.base.trim_start_matches("http://").to_owned();
+    let (ok, stderr) = run_wxlocal(
+        &bin,
+        &["serve", "--addr", &same_addr, "--store", &store],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(!ok, "a second serve started on the same address: {stderr}");
+    for needle in [
+        same_addr.clone(),
+        "in use".to_owned(),
+        format!("pid {first_pid}"),
+        format!("kill {first_pid}"),
+    ] {
+        assert!(
+            stderr.contains(&needle),
+            "the refusal on the same address names {needle:?}: {stderr}"
+        );
+    }
+
     // The first still serves, its sandbox state intact.
     let (ada, _) = c.login("ada").await;
     let no = user_order(&c, &ada).await["out_trade_no"]
@@ -411,5 +433,81 @@ async fn the_sandbox_clock_stays_where_it_was_moved_across_a_restart() {
     );
     no_dead_letters(&c).await;
     stop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Ctrl-C during `serve`: the order being placed is still answered, the process exits 0
+/// saying it stopped, and after a restart the same idempotency key gets that order at once —
+/// not 30 s of `REQUEST_IN_PROGRESS` for a request cut off half done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_finishes_the_requests_under_way_and_exits_cleanly() {
+    let bin = wxlocal_bin();
+    let dir = temp_dir("restart-ctrl-c");
+    let (mut first, c) = serve(&bin, &dir, "127.0.0.1:0", true);
+    let (ada, _) = c.login("ada").await;
+    // WeChat Pay slow to answer: the order is under way when Ctrl-C comes.
+    c.fault(json!({"path": "pay/unifiedorder", "mode": "delay", "delay_ms": 2500, "count": 1}))
+        .await;
+    let body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+        "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"},
+        "idempotency_key": "ctrl-c-1"});
+    let placing = tokio::spawn({
+        let (http, url, ada, body) = (
+            c.http.clone(),
+            format!("{}/fn/unifiedOrder", c.base),
+            ada.clone(),
+            body.clone(),
+        );
+        async move {
+            let resp = http.post(url).bearer_auth(ada).json(&body).send().await;
+            match resp {
+                Ok(r) => Ok((r.status().as_u16(), r.text().await.unwrap_or_default())),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pid = first.0.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+
+    let answer = placing.await.unwrap();
+    let (status, text) = answer.unwrap_or_else(|e| panic!("the order under way was cut off: {e}"));
+    assert_eq!(status, 200, "{text}");
+    let placed: Value = serde_json::from_str(&text).unwrap();
+    let no = placed["out_trade_no"].as_str().unwrap().to_owned();
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(s) = first.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running {WAIT:?} after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(dir.join("wxlocal.log")).unwrap_or_default();
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "exit after Ctrl-C: {exit:?}; log: {log}"
+    );
+    assert!(log.contains("wxlocal: stopped"), "says it stopped: {log}");
+    stop(first);
+
+    let (next, c) = serve(&bin, &dir, "127.0.0.1:0", false);
+    let (s, again) = c.post("/fn/unifiedOrder", Some(&ada), &body).await;
+    assert_eq!(s, 200, "the same key after the restart: {again}");
+    assert_eq!(
+        again["out_trade_no"],
+        no.as_str(),
+        "the same order: {again}"
+    );
+    stop(next);
     let _ = std::fs::remove_dir_all(&dir);
 }
