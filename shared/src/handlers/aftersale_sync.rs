@@ -1264,6 +1264,12 @@ const WECHAT_NEW_AFTERSALES_LOOKBACK_MS: i64 = 7 * 24 * 3600 * 1000;
 const WECHAT_NEW_AFTERSALES_PAGES: usize = 10;
 const WECHAT_NEW_AFTERSALES_ASK: usize = 20;
 const WECHAT_LIST_LIMIT: u32 = 50;
+/// The longest creation-time window listed at once: a week back is taken a day at a time, so
+/// the after-sales of ours looked up for a window stay a day's worth.
+const WECHAT_NEW_AFTERSALES_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// How much earlier than WeChat's creation time ours may have been made: ours is stored
+/// before `ecaftersale/add` is called, which retries for hours at most.
+const WECHAT_ADD_SLACK_MS: i64 = 24 * 3600 * 1000;
 /// The [`kv`](crate::store::kv) entry that keeps where the listing got to, and how long it
 /// lasts unused (then the next run starts [`WECHAT_NEW_AFTERSALES_LOOKBACK_MS`] back again).
 const WECHAT_NEW_AFTERSALES_MARK: &str = "mark/wechat_new_aftersales";
@@ -1307,14 +1313,14 @@ pub struct WeChatNewAfterSaleReport {
 /// `aftersale_refund_success` push lost too — the money left without our books showing it.
 ///
 /// Each run lists WeChat's after-sales by creation time (`ecaftersale/get_list`), from where
-/// the last run got to (a week back the first time) up to [`WECHAT_REFUND_GRACE_MS`] ago —
-/// younger ones are left to their push. One not known here by the ids the list gives is read
+/// the last run got to (a week back the first time, a day at a time) up to
+/// [`WECHAT_REFUND_GRACE_MS`] ago — younger ones are left to their push. WeChat lists its ids
+/// only: those of ours made in the window are read from the store once per window, so ours
+/// cost no call. One not known here is read
 /// (`ecaftersale/get`, at most [`WECHAT_NEW_AFTERSALES_ASK`] a run) and handled as its push
 /// would have been: imported REQUESTED so the merchant decides it (`imported`), or, already
 /// refunded by WeChat, recorded as the `aftersale_refund_success` push would
-/// (`recorded`); one cancelled or closed there is left alone (`ignored`). Ours that WeChat
-/// lists (added by `ecaftersale/add`, or imported by its push) cost a store read each, no
-/// call. At most [`WECHAT_NEW_AFTERSALES_PAGES`] pages a run, none started once `deadline`
+/// (`recorded`); one cancelled or closed there is left alone (`ignored`). At most [`WECHAT_NEW_AFTERSALES_PAGES`] pages a run, none started once `deadline`
 /// has passed: `false` with the report then, and the next run resumes at the same place
 /// (the window's end is kept, so its pages do not shift).
 pub async fn sweep_wechat_new_aftersales(
@@ -1344,8 +1350,16 @@ pub async fn sweep_wechat_new_aftersales(
         start
     };
     let mut pages = 0;
+    // WeChat's ids of ours made in the window: WeChat lists its ids only, and those need no
+    // call. Read once per window, when first needed.
+    let mut ours_in_window: Option<std::collections::HashSet<u64>> = None;
     let finished: Result<bool, ApiError> = 'window: loop {
-        let end = *mark.end_ms.get_or_insert(now - WECHAT_REFUND_GRACE_MS);
+        let end = *mark.end_ms.get_or_insert(
+            (now - WECHAT_REFUND_GRACE_MS).min(
+                mark.begin_ms
+                    .saturating_add(WECHAT_NEW_AFTERSALES_WINDOW_MS - 1),
+            ),
+        );
         if end < mark.begin_ms {
             mark.end_ms = None;
             break Ok(true);
@@ -1374,6 +1388,19 @@ pub async fn sweep_wechat_new_aftersales(
                 break 'window Ok(false);
             }
             report.listed += 1;
+            if ours_in_window.is_none() {
+                match wechat_ids_of_ours(store, mark.begin_ms - WECHAT_ADD_SLACK_MS, end).await {
+                    Ok(ids) => ours_in_window = Some(ids),
+                    Err(e) => break 'window Err(e.into()),
+                }
+            }
+            if listed
+                .aftersale_id
+                .is_some_and(|id| ours_in_window.as_ref().is_some_and(|o| o.contains(&id)))
+            {
+                mark.offset += 1;
+                continue;
+            }
             match new_at_wechat(app, listed, &mut report).await {
                 Ok(()) => mark.offset += 1,
                 Err(e) => {
@@ -1390,6 +1417,7 @@ pub async fn sweep_wechat_new_aftersales(
                 end_ms: None,
                 offset: 0,
             };
+            ours_in_window = None;
         }
     };
     if saved.is_none() || mark != start {
@@ -1421,6 +1449,37 @@ pub async fn sweep_wechat_new_aftersales(
         );
     }
     finished.map(|f| (report, f))
+}
+
+/// WeChat's ids of our after-sales made between `from_ms` and `to_ms` (by our creation time,
+/// every status).
+async fn wechat_ids_of_ours(
+    store: &dyn crate::store::Store,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<std::collections::HashSet<u64>, crate::store::StoreError> {
+    use crate::store::{Index, Kind, Query};
+    let mut ids = std::collections::HashSet::new();
+    for status in AfterSaleStatus::ALL {
+        let mut q = Query::new(Kind::AfterSale, Index::Status(status.as_str().to_owned()));
+        q.sort_min = Some(from_ms);
+        q.sort_max = Some(to_ms);
+        loop {
+            let page = store.query(q.clone()).await?;
+            for rec in &page.records {
+                match repo::versioned::<AfterSale>(rec) {
+                    Ok(a) => ids.extend(a.value.wx_aftersale_id),
+                    // Unreadable: its WeChat id, if any, is then read from WeChat instead.
+                    Err(e) => tracing::warn!(id = rec.id, error = %e, "unreadable after-sale"),
+                }
+            }
+            match page.next {
+                Some(next) => q.cursor = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// One after-sale WeChat listed: nothing if ours already; else read and handled as its lost
