@@ -428,6 +428,9 @@ async fn order_rules_delivery_and_aftersale() {
     )
     .await;
     assert_eq!(l["after_sales_orders"].as_array().unwrap().len(), 1);
+    // WeChat lists its ids only, as strings.
+    let wx_id = g["after_sales_order"]["aftersale_id"].as_u64().unwrap();
+    assert_eq!(l["after_sales_orders"][0], json!(wx_id.to_string()));
     let got: Value = shop(
         &base,
         &tok,

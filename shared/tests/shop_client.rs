@@ -1299,6 +1299,34 @@ async fn ec_aftersale_family() {
         Some(4_000_000_001_596_225)
     );
     assert!(!l.has_more);
+    // As SKIT models WeChat's answer: WeChat's ids only, as strings.
+    fake.canned(
+        "shop/ecaftersale/get_list",
+        json!({"errcode":0,"after_sales_orders":["4000000001596225", 4000000001596226u64],"has_more":true}),
+    );
+    let ids = client
+        .ecaftersale_get_list(&EcAfterSaleListRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        ids.after_sales_orders
+            .iter()
+            .map(|r| (r.aftersale_id, r.out_aftersale_id.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (Some(4_000_000_001_596_225), None),
+            (Some(4_000_000_001_596_226), None)
+        ]
+    );
+    assert!(ids.has_more);
+    client
+        .ecaftersale_get_list(&EcAfterSaleListRequest {
+            begin_create_time: Some(1_650_000_000_000),
+            end_create_time: Some(1_650_900_000_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(
         fake.last("shop/ecaftersale/get_list").json(),
         json!({"begin_create_time":1_650_000_000_000i64,"end_create_time":1_650_900_000_000i64,"offset":0,"limit":50})

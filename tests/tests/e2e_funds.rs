@@ -1488,6 +1488,57 @@ async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() 
     );
 }
 
+/// A secondary-merchant after-sale the user opened in WeChat's order centre, then refunded
+/// by WeChat on its own (the merchant let the deadline pass), with both its pushes lost
+/// (`aftersale_new_order` and `aftersale_refund_success`). Nothing of ours names it, so no
+/// read-back could find it: the money left while the order showed nothing refunded and still
+/// shipped. After the grace the schedule lists WeChat's after-sales, finds it and records the
+/// refund as the push would have: imported REFUNDED, the order REFUNDED, the merchant told.
+#[tokio::test]
+async fn a_refund_wechat_made_of_a_request_we_never_heard_of_is_recorded_by_the_schedule() {
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    use wxshop::time::Deadline;
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (no, total) = buy_pay_settle(&c).await;
+    let opened = c
+        .control(
+            "aftersale",
+            &json!({"action": "apply", "out_order_id": no, "orderamt": total, "push": false}),
+        )
+        .await;
+    let wx = opened["aftersale_id"].as_u64().unwrap();
+    c.control(
+        "aftersale",
+        &json!({"action": "platform_refund", "aftersale_id": wx, "push": false}),
+    )
+    .await;
+    let schedule = || on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET));
+    let early = schedule().await;
+    assert_eq!(c.aftersales(&no).await.len(), 0, "{early}");
+
+    r.app.clock.advance(11 * 60_000);
+    let report = schedule().await;
+    let imported = format!("WXAS{wx}");
+    let a = c.aftersale(&no, &imported).await;
+    assert_eq!(a["status"], "REFUNDED", "{a} {report}");
+    assert_eq!(report["wechat_new_aftersales"]["recorded"], 1, "{report}");
+    assert_eq!(a["amount"], total, "{a}");
+    assert_eq!(
+        c.order_status(&no).await,
+        json!({"status": "REFUNDED", "refunded": total})
+    );
+    assert!(
+        c.aftersale_events()
+            .await
+            .iter()
+            .any(|e| e["key"] == format!("refunded/{wx}")),
+        "the merchant is told"
+    );
+    let later = schedule().await;
+    assert_eq!(later["wechat_new_aftersales"]["recorded"], 0, "{later}");
+}
+
 /// The user edits their secondary-merchant after-sale in WeChat's order centre (30 → all of
 /// it) and the merchant approves what they saw. `acceptrefund` names no amount: WeChat would
 /// refund its own. So before accepting, the sync reads WeChat's after-sale back; it differs,

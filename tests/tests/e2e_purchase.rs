@@ -3541,6 +3541,102 @@ async fn an_aftersale_edited_in_wechat_whose_push_was_lost_takes_its_terms_from_
     assert_eq!(report["wechat_refunds"]["adopted"], 1, "{report}");
 }
 
+/// The user opens an after-sale in WeChat's own order centre and its `aftersale_new_order`
+/// push is lost for good. Everything else that reads WeChat's after-sales back starts from
+/// ours, so it was never seen here: the merchant could not decide it and its amount was not
+/// held on the order. Within the grace the schedule leaves it to the push; after it, the
+/// schedule lists WeChat's after-sales (`ecaftersale/get_list`, which gives WeChat's ids
+/// only) and imports it as the push would have — REQUESTED, WeChat's amount, held — so the
+/// merchant approves it and the user is refunded. One the user cancelled there before we
+/// heard of it is left alone; ours, made here and listed there too, costs no call; a later
+/// run imports nothing twice.
+#[tokio::test]
+async fn an_aftersale_opened_in_wechat_whose_push_was_lost_is_imported_by_the_schedule() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "tove", 2).await;
+    let ours = c
+        .apply(&token, &no, json!({"amount": 500, "reason": "scratched"}))
+        .await;
+    eventually("ours to reach WeChat", || async {
+        wx_aftersale_id(&r, &ours).await.is_some()
+    })
+    .await;
+    let open_at_wechat = |amount: i64| {
+        let body = json!({"action": "apply", "out_order_id": no, "orderamt": amount,
+            "reason": "dented", "push": false});
+        let c = &c;
+        async move {
+            let (s, v) = c.post("/sandbox/_control/aftersale", None, &body).await;
+            assert_eq!(s, 200, "{v}");
+            v["aftersale_id"].as_u64().unwrap()
+        }
+    };
+    let wx = open_at_wechat(1990).await;
+    let cancelled = open_at_wechat(500).await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "cancel", "aftersale_id": cancelled, "push": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let imported_id = format!("WXAS{wx}");
+    let imported = || async {
+        c.post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await
+        .1["aftersales"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["aftersale_id"] == imported_id.as_str())
+            .cloned()
+    };
+
+    let early = run_schedule(&r).await;
+    assert!(
+        imported().await.is_none(),
+        "its push was lost, and within the grace it is left to the push: {early}"
+    );
+
+    r.app.clock.advance(11 * 60_000);
+    let report = run_schedule(&r).await;
+    let found = imported()
+        .await
+        .unwrap_or_else(|| panic!("not imported: {report}"));
+    assert_eq!(found["status"], "REQUESTED", "{found}");
+    assert_eq!(found["amount"], 1990, "{found}");
+    let discovered = &report["wechat_new_aftersales"];
+    assert_eq!(discovered["listed"], 3, "{report}");
+    assert_eq!(discovered["asked"], 2, "ours costs no call: {report}");
+    assert_eq!(discovered["imported"], 1, "{report}");
+    assert_eq!(discovered["ignored"], 1, "{report}");
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 1990, "reason": "more"}),
+        )
+        .await;
+    assert_ne!(s, 200, "500 + 1990 of the 3980 are held: {v}");
+
+    c.approve(&imported_id).await;
+    eventually("the refund", || async {
+        imported().await.is_some_and(|a| a["status"] == "REFUNDED")
+    })
+    .await;
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+
+    let later = run_schedule(&r).await;
+    assert_eq!(later["wechat_new_aftersales"]["imported"], 0, "{later}");
+    assert_eq!(later["wechat_new_aftersales"]["asked"], 0, "{later}");
+}
+
 /// The user enters the return parcel in WeChat's order centre and the
 /// `aftersale_wait_merchant_confirm_receipt` push is lost: after the grace the schedule reads
 /// WeChat's after-sale back and ours records the waybill (RETURNING), so the merchant sees

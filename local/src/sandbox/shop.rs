@@ -2055,8 +2055,9 @@ fn aftersale_get_list(sb: &Sandbox, v: &Value) -> WxResult {
         .iter()
         .skip(offset)
         .take(limit as usize)
-        .map(|a| a.to_json())
+        .map(|a| json!(a.aftersale_id.to_string()))
         .collect();
+    // WeChat's ids only, as strings (SKIT's `ShopECAftersaleGetListResponse`).
     Ok(json!({"after_sales_orders": page, "has_more": offset + page.len() < all.len()}))
 }
 

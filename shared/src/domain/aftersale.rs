@@ -76,6 +76,19 @@ pub enum AfterSaleStatus {
 }
 
 impl AfterSaleStatus {
+    /// Every status, for what must look through all of them.
+    pub const ALL: [AfterSaleStatus; 9] = [
+        AfterSaleStatus::Requested,
+        AfterSaleStatus::Cancelled,
+        AfterSaleStatus::Rejected,
+        AfterSaleStatus::AwaitingReturn,
+        AfterSaleStatus::Returning,
+        AfterSaleStatus::Refunding,
+        AfterSaleStatus::RefundFailed,
+        AfterSaleStatus::RefundAbnormal,
+        AfterSaleStatus::Refunded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AfterSaleStatus::Requested => "REQUESTED",
@@ -856,6 +869,27 @@ mod tests {
 
     fn fen(v: i64) -> Fen {
         Fen::new(v).unwrap()
+    }
+
+    #[test]
+    fn all_names_every_status() {
+        // A status added to the enum and not to ALL fails to compile here first.
+        for s in AfterSaleStatus::ALL {
+            match s {
+                AfterSaleStatus::Requested
+                | AfterSaleStatus::Cancelled
+                | AfterSaleStatus::Rejected
+                | AfterSaleStatus::AwaitingReturn
+                | AfterSaleStatus::Returning
+                | AfterSaleStatus::Refunding
+                | AfterSaleStatus::RefundFailed
+                | AfterSaleStatus::RefundAbnormal
+                | AfterSaleStatus::Refunded => {}
+            }
+        }
+        let names: std::collections::BTreeSet<_> =
+            AfterSaleStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names.len(), AfterSaleStatus::ALL.len());
     }
 
     #[test]

@@ -1255,6 +1255,283 @@ pub async fn sweep_wechat_refunds(
     Ok((report, true))
 }
 
+/// How far back the first run looks for after-sales opened in WeChat (there is no mark yet):
+/// a request the merchant has not answered waits for days there, so a week covers those a
+/// deploy or an outage could have missed.
+const WECHAT_NEW_AFTERSALES_LOOKBACK_MS: i64 = 7 * 24 * 3600 * 1000;
+/// `ecaftersale/get_list` pages per run (50 after-sales each, WeChat's most) and after-sales
+/// we do not know read with `ecaftersale/get` per run.
+const WECHAT_NEW_AFTERSALES_PAGES: usize = 10;
+const WECHAT_NEW_AFTERSALES_ASK: usize = 20;
+const WECHAT_LIST_LIMIT: u32 = 50;
+/// The longest creation-time window listed at once: a week back is taken a day at a time, so
+/// the after-sales of ours looked up for a window stay a day's worth.
+const WECHAT_NEW_AFTERSALES_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// How much earlier than WeChat's creation time ours may have been made: ours is stored
+/// before `ecaftersale/add` is called, which retries for hours at most.
+const WECHAT_ADD_SLACK_MS: i64 = 24 * 3600 * 1000;
+/// The [`kv`](crate::store::kv) entry that keeps where the listing got to, and how long it
+/// lasts unused (then the next run starts [`WECHAT_NEW_AFTERSALES_LOOKBACK_MS`] back again).
+const WECHAT_NEW_AFTERSALES_MARK: &str = "mark/wechat_new_aftersales";
+const WECHAT_NEW_AFTERSALES_MARK_TTL_SECS: i64 = 30 * 24 * 3600;
+
+/// Where [`sweep_wechat_new_aftersales`] got to: the creation-time window being listed
+/// (`end` fixed once listing it began, so its pages do not shift under new after-sales) and
+/// how many of its after-sales were handled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ListingMark {
+    begin_ms: i64,
+    #[serde(default)]
+    end_ms: Option<i64>,
+    #[serde(default)]
+    offset: u32,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct WeChatNewAfterSaleReport {
+    /// After-sales WeChat listed (created in the window, past the grace).
+    pub listed: usize,
+    /// Of those, not known here: read with `ecaftersale/get`.
+    pub asked: usize,
+    /// Opened by the user in WeChat's order centre, their push lost: imported (REQUESTED).
+    pub imported: usize,
+    /// Refunded by WeChat already (secondary-merchant orders), their pushes lost: recorded.
+    pub recorded: usize,
+    /// Cancelled or closed at WeChat before we learnt of them: nothing to do.
+    pub ignored: usize,
+    /// The listing or a read failed (or its outcome could not be stored): the next run
+    /// goes on from the same place.
+    pub failed: usize,
+}
+
+/// After-sales the user opened in WeChat's own order centre whose `aftersale_new_order` push
+/// never came (our callback down longer than WeChat's retries). Everything else that reads
+/// WeChat's after-sales back ([`sweep_wechat_refunds`], the approval's check) starts from ours,
+/// so such a request was never seen here: the merchant could not decide it (WeChat counts the
+/// merchant overdue), its amount was not held against the order, and — for a
+/// secondary-merchant order that WeChat then refunded on its own, its
+/// `aftersale_refund_success` push lost too — the money left without our books showing it.
+///
+/// Each run lists WeChat's after-sales by creation time (`ecaftersale/get_list`), from where
+/// the last run got to (a week back the first time, a day at a time) up to
+/// [`WECHAT_REFUND_GRACE_MS`] ago — younger ones are left to their push. WeChat lists its ids
+/// only: those of ours made in the window are read from the store once per window, so ours
+/// cost no call. One not known here is read
+/// (`ecaftersale/get`, at most [`WECHAT_NEW_AFTERSALES_ASK`] a run) and handled as its push
+/// would have been: imported REQUESTED so the merchant decides it (`imported`), or, already
+/// refunded by WeChat, recorded as the `aftersale_refund_success` push would
+/// (`recorded`); one cancelled or closed there is left alone (`ignored`). At most [`WECHAT_NEW_AFTERSALES_PAGES`] pages a run, none started once `deadline`
+/// has passed: `false` with the report then, and the next run resumes at the same place
+/// (the window's end is kept, so its pages do not shift).
+pub async fn sweep_wechat_new_aftersales(
+    app: &App,
+    deadline: crate::time::Deadline,
+) -> Result<(WeChatNewAfterSaleReport, bool), ApiError> {
+    let mut report = WeChatNewAfterSaleReport::default();
+    if !super::common::component_on(app) {
+        return Ok((report, true));
+    }
+    let store = app.store.as_ref();
+    let now = app.clock.now_ms();
+    let saved = crate::store::kv::get(store, WECHAT_NEW_AFTERSALES_MARK).await?;
+    let start = match &saved {
+        Some(entry) => serde_json::from_str::<ListingMark>(&entry.value).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "WeChat new after-sale sweep: unreadable mark; listing from a week back");
+            ListingMark::default()
+        }),
+        None => ListingMark::default(),
+    };
+    let mut mark = if start.begin_ms == 0 {
+        ListingMark {
+            begin_ms: now - WECHAT_NEW_AFTERSALES_LOOKBACK_MS,
+            ..ListingMark::default()
+        }
+    } else {
+        start
+    };
+    let mut pages = 0;
+    // WeChat's ids of ours made in the window: WeChat lists its ids only, and those need no
+    // call. Read once per window, when first needed.
+    let mut ours_in_window: Option<std::collections::HashSet<u64>> = None;
+    let finished: Result<bool, ApiError> = 'window: loop {
+        let end = *mark.end_ms.get_or_insert(
+            (now - WECHAT_REFUND_GRACE_MS).min(
+                mark.begin_ms
+                    .saturating_add(WECHAT_NEW_AFTERSALES_WINDOW_MS - 1),
+            ),
+        );
+        if end < mark.begin_ms {
+            mark.end_ms = None;
+            break Ok(true);
+        }
+        if pages == WECHAT_NEW_AFTERSALES_PAGES || deadline.passed() {
+            break Ok(false);
+        }
+        pages += 1;
+        let req = crate::shop::aftersale::EcAfterSaleListRequest {
+            begin_create_time: Some(mark.begin_ms),
+            end_create_time: Some(end),
+            offset: mark.offset,
+            limit: WECHAT_LIST_LIMIT,
+            ..Default::default()
+        };
+        let page = match app.wx.ecaftersale_get_list(&req).await {
+            Ok(page) => page,
+            Err(e) => {
+                report.failed += 1;
+                tracing::warn!(error = %e, "WeChat new after-sale sweep: WeChat did not list its after-sales; next run");
+                break Ok(true);
+            }
+        };
+        for listed in &page.after_sales_orders {
+            if report.asked == WECHAT_NEW_AFTERSALES_ASK || deadline.passed() {
+                break 'window Ok(false);
+            }
+            report.listed += 1;
+            if ours_in_window.is_none() {
+                match wechat_ids_of_ours(store, mark.begin_ms - WECHAT_ADD_SLACK_MS, end).await {
+                    Ok(ids) => ours_in_window = Some(ids),
+                    Err(e) => break 'window Err(e.into()),
+                }
+            }
+            if listed
+                .aftersale_id
+                .is_some_and(|id| ours_in_window.as_ref().is_some_and(|o| o.contains(&id)))
+            {
+                mark.offset += 1;
+                continue;
+            }
+            match new_at_wechat(app, listed, &mut report).await {
+                Ok(()) => mark.offset += 1,
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(wx_aftersale_id = ?listed.aftersale_id, error = %e, "WeChat new after-sale sweep: not handled; next run");
+                    break 'window Ok(false);
+                }
+            }
+        }
+        if !page.has_more || page.after_sales_orders.is_empty() {
+            // The window is done: the next begins right after it, its end fixed then.
+            mark = ListingMark {
+                begin_ms: end + 1,
+                end_ms: None,
+                offset: 0,
+            };
+            ours_in_window = None;
+        }
+    };
+    if saved.is_none() || mark != start {
+        let value = serde_json::to_string(&mark).unwrap_or_default();
+        let until = app.clock.now_secs() + WECHAT_NEW_AFTERSALES_MARK_TTL_SECS;
+        let saved_version = saved.as_ref().map(|e| e.version);
+        match crate::store::kv::put_if(
+            store,
+            WECHAT_NEW_AFTERSALES_MARK,
+            &value,
+            until,
+            saved_version,
+        )
+        .await
+        {
+            // Another run moved the mark meanwhile: either place will do (importing is
+            // idempotent).
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "WeChat new after-sale sweep: where it got to not kept; the next run lists the same again");
+            }
+        }
+    }
+    if report.imported + report.recorded > 0 {
+        tracing::warn!(
+            imported = report.imported,
+            recorded = report.recorded,
+            "WeChat new after-sale sweep found after-sales opened in WeChat whose push never came"
+        );
+    }
+    finished.map(|f| (report, f))
+}
+
+/// WeChat's ids of our after-sales made between `from_ms` and `to_ms` (by our creation time,
+/// every status).
+async fn wechat_ids_of_ours(
+    store: &dyn crate::store::Store,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<std::collections::HashSet<u64>, crate::store::StoreError> {
+    use crate::store::{Index, Kind, Query};
+    let mut ids = std::collections::HashSet::new();
+    for status in AfterSaleStatus::ALL {
+        let mut q = Query::new(Kind::AfterSale, Index::Status(status.as_str().to_owned()));
+        q.sort_min = Some(from_ms);
+        q.sort_max = Some(to_ms);
+        loop {
+            let page = store.query(q.clone()).await?;
+            for rec in &page.records {
+                match repo::versioned::<AfterSale>(rec) {
+                    Ok(a) => ids.extend(a.value.wx_aftersale_id),
+                    // Unreadable: its WeChat id, if any, is then read from WeChat instead.
+                    Err(e) => tracing::warn!(id = rec.id, error = %e, "unreadable after-sale"),
+                }
+            }
+            match page.next {
+                Some(next) => q.cursor = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// One after-sale WeChat listed: nothing if ours already; else read and handled as its lost
+/// push would have been (see [`sweep_wechat_new_aftersales`]).
+async fn new_at_wechat(
+    app: &App,
+    listed: &crate::shop::aftersale::EcAfterSaleRef,
+    report: &mut WeChatNewAfterSaleReport,
+) -> Result<(), ApiError> {
+    let store = app.store.as_ref();
+    let Some(wx_id) = listed.aftersale_id else {
+        return Ok(());
+    };
+    let named = listed
+        .out_aftersale_id
+        .as_deref()
+        .filter(|o| !o.trim().is_empty())
+        .and_then(|o| AfterSaleId::parse(o.to_owned()).ok());
+    for id in named.into_iter().chain([imported_id(wx_id)?]) {
+        if repo::get_aftersale(store, &id).await?.is_some() {
+            return Ok(());
+        }
+    }
+    report.asked += 1;
+    let wx = app
+        .wx
+        .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
+        .await
+        .map_err(super::shop_orders::wx_error)?;
+    let id = match find_ours(app, &wx).await? {
+        Ours::Known(_) | Ours::Conflicting => return Ok(()),
+        Ours::Unknown => imported_id(wx_id)?,
+    };
+    if WeChatRefund::of(wx.status) == WeChatRefund::Done {
+        if record_wechat_refund(app, &id, &wx).await? {
+            report.recorded += 1;
+            tracing::warn!(wx_aftersale_id = wx_id, "a refund WeChat made of an after-sale we never heard of was found by the sweep (both its pushes were lost)");
+        }
+        return Ok(());
+    }
+    if Standing::of(wx.status) == Standing::Closed {
+        report.ignored += 1;
+        return Ok(());
+    }
+    import_new(app, &wx, "").await?;
+    if repo::get_aftersale(store, &id).await?.is_some() {
+        report.imported += 1;
+        tracing::warn!(aftersale_id = %id, wx_status = wx.status, "an after-sale opened in WeChat whose push never came was imported by the sweep");
+    }
+    Ok(())
+}
+
 /// WeChat's after-sale of ours `a` (read back: by WeChat's id, or ours if the id was never
 /// stored), and what it shows applied as its push would have: a refund it made of a
 /// secondary-merchant order recorded ([`record_wechat_refund`]); a user cancel

@@ -247,6 +247,9 @@ pub enum Phase {
     Unpaid,
     /// Refunds whose notification never came (`pay/refundquery`).
     Refunds,
+    /// After-sales the user opened in WeChat's order centre whose push never came, found by
+    /// listing WeChat's (`ecaftersale/get_list`) and imported.
+    WechatNewAftersales,
     /// Open after-sales read back from WeChat (`ecaftersale/get`) whose push never came: a
     /// refund WeChat made of a secondary-merchant order, a user's cancel, edit or return
     /// parcel in WeChat's order centre (the name predates all but the first).
@@ -257,10 +260,11 @@ pub enum Phase {
     Purge,
 }
 
-pub const PHASES: [Phase; 6] = [
+pub const PHASES: [Phase; 7] = [
     Phase::Drain,
     Phase::Unpaid,
     Phase::Refunds,
+    Phase::WechatNewAftersales,
     Phase::WechatRefunds,
     Phase::Audits,
     Phase::Purge,
@@ -272,6 +276,7 @@ pub struct ScheduleReport {
     pub drained: DrainReport,
     pub swept: SweepReport,
     pub refunds: super::aftersale_sync::RefundSweepReport,
+    pub wechat_new_aftersales: super::aftersale_sync::WeChatNewAfterSaleReport,
     pub wechat_refunds: super::aftersale_sync::WeChatRefundSweepReport,
     pub audits: super::catalog_sync::AuditSweepReport,
     pub purged: usize,
@@ -283,7 +288,8 @@ pub struct ScheduleReport {
 }
 
 /// The schedule: drain what is due, sweep unpaid orders (ask WeChat Pay; close the expired
-/// ones and release their stock), settle refunds whose notification never came, record
+/// ones and release their stock), settle refunds whose notification never came, import
+/// after-sales opened in WeChat whose push never came, record
 /// refunds WeChat made on its own whose push never came, apply audit verdicts whose push never
 /// came, purge expired records — all started before `deadline`.
 ///
@@ -358,6 +364,21 @@ async fn run_phase(
                 finished
             })
             .map_err(|e| e.to_string()),
+        Phase::WechatNewAftersales => {
+            super::aftersale_sync::sweep_wechat_new_aftersales(app, deadline)
+                .await
+                .map(|(r, finished)| {
+                    let sum = &mut report.wechat_new_aftersales;
+                    sum.listed += r.listed;
+                    sum.asked += r.asked;
+                    sum.imported += r.imported;
+                    sum.recorded += r.recorded;
+                    sum.ignored += r.ignored;
+                    sum.failed += r.failed;
+                    finished
+                })
+                .map_err(|e| e.to_string())
+        }
         Phase::WechatRefunds => super::aftersale_sync::sweep_wechat_refunds(app, deadline)
             .await
             .map(|(r, finished)| {

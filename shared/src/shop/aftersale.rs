@@ -167,13 +167,43 @@ pub struct EcAfterSaleList {
     pub has_more: bool,
 }
 
-/// The ids of one after-sale in a list.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
+/// The ids of one after-sale in a list. WeChat's list gives WeChat's ids only, as strings
+/// (SKIT's `ShopECAftersaleGetListResponse`: `string[] after_sales_orders`); WxJava models the
+/// items as objects with `aftersale_id` and `out_aftersale_id`. Both are read, as is a bare
+/// number, so the shape never decides whether the list can be read at all.
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct EcAfterSaleRef {
-    #[serde(deserialize_with = "serde_num::opt_u64")]
     pub aftersale_id: Option<u64>,
     pub out_aftersale_id: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for EcAfterSaleRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Listed {
+            Id(#[serde(deserialize_with = "serde_num::opt_u64")] Option<u64>),
+            Ids {
+                #[serde(default, deserialize_with = "serde_num::opt_u64")]
+                aftersale_id: Option<u64>,
+                #[serde(default)]
+                out_aftersale_id: Option<String>,
+            },
+        }
+        Ok(match Listed::deserialize(d)? {
+            Listed::Id(aftersale_id) => EcAfterSaleRef {
+                aftersale_id,
+                out_aftersale_id: None,
+            },
+            Listed::Ids {
+                aftersale_id,
+                out_aftersale_id,
+            } => EcAfterSaleRef {
+                aftersale_id,
+                out_aftersale_id,
+            },
+        })
+    }
 }
 
 /// `ecaftersale/update` body: the user edits the request.
