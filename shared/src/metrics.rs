@@ -33,9 +33,9 @@ pub const OUTBOX_DEAD_LETTERS: &str = "OutboxDeadLetters";
 pub const PAY_NOTIFY_UNVERIFIED: &str = "PayNotifyUnverified";
 /// Verified payment/refund notifications for our merchant answered `FAIL` without recording
 /// them: the store failed (throttling, access denied, an outage), or the notification does
-/// not match our order/refund (kept as evidence). WeChat retries; until one lands, money has
-/// moved with no record of it here. Repeats of what is already recorded answer `SUCCESS` and
-/// are not counted.
+/// not match our order/refund or does not read as one (kept as evidence). WeChat retries;
+/// until one lands, money has moved with no record of it here. Repeats of what is already
+/// recorded answer `SUCCESS` and are not counted.
 pub const PAY_NOTIFY_UNRECORDED: &str = "PayNotifyUnrecorded";
 /// Expired unpaid orders the sweep kept open because WeChat did not say whether they were
 /// paid (the question failed, or WeChat does not know the order). Closing one could release

@@ -27,7 +27,9 @@ use crate::domain::{AfterSaleId, AfterSaleStatus, Change, Fen, OutRefundNo, OutT
 use crate::http::{text, Request, Response};
 use crate::metrics::{PAY_NOTIFY_UNRECORDED, PAY_NOTIFY_UNVERIFIED};
 use crate::outbox::{OutboxEntry, Task};
-use crate::pay::notify::{parse_payment_notification, reply_fail, reply_success, NotifyError};
+use crate::pay::notify::{
+    check_merchant_ids, parse_payment_notification, reply_fail, reply_success, NotifyError,
+};
 use crate::pay::sign::VerifyError;
 use crate::pay::types::RefundStatus as WxRefundStatus;
 use crate::store::repo::{self, Batch, RefundStatus};
@@ -87,6 +89,10 @@ async fn payment(app: &App, req: Request) -> Response {
     let cfg = &app.config;
     let n = match parse_payment_notification(req.body(), cfg.api_key()) {
         Ok(n) => n,
+        // The fields are typed only once the signature verified: these are ours to read.
+        Err(e @ (NotifyError::Field(_) | NotifyError::Id(_))) => {
+            return unreadable_payment(app, req.body(), &e).await;
+        }
         Err(e) => {
             tracing::warn!(security = true, error = %e, "payment notification refused");
             return unverified(app, &e, "invalid notification");
@@ -103,7 +109,11 @@ async fn payment(app: &App, req: Request) -> Response {
     }
     if n.fee_type.as_ref() != "CNY" || n.cash_fee.is_some_and(|c| c > n.total_fee) {
         // Our orders are priced in fen of CNY, and the payer cannot pay more than the total.
+        // Signed by WeChat for our merchant: money may have moved, so it is kept as evidence
+        // (what PayNotifyUnrecorded's runbook looks for), not only logged.
         tracing::warn!(security = true, out_trade_no = %n.out_trade_no, fee_type = %n.fee_type, "payment notification in another currency or with cash_fee above total_fee");
+        let evidence = crate::pay::xml::encode(&n.fields());
+        let _ = keep_evidence(app, "payment_mismatch", n.transaction_id.as_ref(), evidence).await;
         return unrecorded(app, "order mismatch");
     }
     if !n.success {
@@ -148,6 +158,55 @@ async fn payment(app: &App, req: Request) -> Response {
             unrecorded(app, "order mismatch")
         }
     }
+}
+
+/// A payment notification whose signature verified with our key but whose fields do not read
+/// as a payment (a `time_end` or amount in another format, an `out_trade_no` that is not
+/// one of ours): unless it names another merchant or reports a failed payment, it is ours
+/// and money may have moved, so it is counted and kept as evidence like any other we cannot
+/// apply — not dropped as junk.
+async fn unreadable_payment(app: &App, body: &[u8], e: &NotifyError) -> Response {
+    let cfg = &app.config;
+    // The body decoded once already (the signature was checked over these fields).
+    let fields = crate::pay::xml::decode(body).unwrap_or_default();
+    let get = |k: &str| fields.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    if let Err(wrong) = check_merchant_ids(
+        [
+            get("appid"),
+            get("mch_id"),
+            get("sub_appid"),
+            get("sub_mch_id"),
+        ],
+        [
+            Some(cfg.appid.as_str()),
+            Some(cfg.mch_id.as_str()),
+            cfg.sub_appid.as_deref(),
+            cfg.sub_mch_id.as_deref(),
+        ],
+    ) {
+        tracing::warn!(security = true, error = %wrong, "payment notification for another merchant");
+        return unverified(app, &wrong, "wrong merchant");
+    }
+    if get("result_code") != Some("SUCCESS") {
+        // A failed payment (which need not carry a transaction): nothing to record, as for
+        // a readable one.
+        tracing::info!(out_trade_no = get("out_trade_no").unwrap_or(""), error = %e, "payment failed notification");
+        return success();
+    }
+    let key = get("transaction_id")
+        .or(get("out_trade_no"))
+        .or(get("sign"))
+        .unwrap_or("unknown")
+        .to_owned();
+    tracing::error!(security = true, error = %e, out_trade_no = get("out_trade_no").unwrap_or(""), transaction_id = %key, "signed payment notification we cannot read: not recorded, kept for a person");
+    let _ = keep_evidence(
+        app,
+        "payment_mismatch",
+        key,
+        crate::pay::xml::encode(&fields),
+    )
+    .await;
+    unrecorded(app, "invalid notification")
 }
 
 async fn refund(app: &App, req: Request) -> Response {
@@ -628,5 +687,59 @@ mod tests {
             "junk is not counted"
         );
         assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+    }
+
+    /// `notification` with `field` set to `value`, signed again.
+    fn resigned(field: &str, value: &str, mch_id: &str) -> String {
+        let mut f = crate::pay::xml::decode(notification(mch_id, API_KEY).as_bytes()).unwrap();
+        f.remove("sign");
+        f.insert(field.into(), value.into());
+        crate::pay::sign::signed_xml(f, API_KEY, SignType::Md5)
+    }
+
+    /// GIVEN a notification signed with our key for our merchant whose fields do not read as a
+    /// payment (`time_end` in another format) WHEN it arrives THEN it is refused, counted as
+    /// `PayNotifyUnrecorded` (it used to count as junk: nothing) and kept as evidence; the same
+    /// for another merchant counts as `PayNotifyUnverified`; a failed payment without a
+    /// transaction is acknowledged, as any failed payment is.
+    #[tokio::test]
+    async fn a_signed_notification_we_cannot_read_is_counted_and_kept() {
+        let store = Arc::new(SqliteStore::memory().unwrap());
+        let (app, captured) = app(store.clone());
+        let reply = notify(
+            &app,
+            resigned("time_end", "2024-01-01 08:00:00", "1900000001"),
+        )
+        .await;
+        assert!(reply.contains("FAIL"), "{reply}");
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 1);
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 0);
+        let kept = crate::store::repo::get_event(
+            store.as_ref(),
+            "payment_mismatch",
+            "4200000000202401010000000001",
+        )
+        .await
+        .unwrap();
+        assert!(kept.is_some_and(|e| e.value.body.contains("2024-01-01 08:00:00")));
+
+        let foreign = notify(&app, resigned("time_end", "x", "1900000777")).await;
+        assert!(foreign.contains("FAIL"), "{foreign}");
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 1);
+
+        let mut f =
+            crate::pay::xml::decode(notification("1900000001", API_KEY).as_bytes()).unwrap();
+        for k in ["sign", "transaction_id", "time_end"] {
+            f.remove(k);
+        }
+        f.insert("result_code".into(), "FAIL".into());
+        f.insert("err_code".into(), "NOTENOUGH".into());
+        let failed = notify(
+            &app,
+            crate::pay::sign::signed_xml(f, API_KEY, SignType::Md5),
+        )
+        .await;
+        assert!(failed.contains("SUCCESS"), "{failed}");
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 1);
     }
 }
