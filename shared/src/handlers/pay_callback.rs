@@ -17,10 +17,15 @@
 //! each `FAIL` that means "a payment is not being recorded" is counted as a custom metric
 //! ([`crate::metrics::PAY_NOTIFY_UNVERIFIED`]: our key or merchant id does not match;
 //! [`crate::metrics::PAY_NOTIFY_UNRECORDED`]: verified yet not recorded — the store failed or
-//! it does not match our records), and the template alarms on both.
+//! it does not match our records), and the template alarms on both. What is acknowledged yet
+//! needs a person — money moved that only a person can put right: a second payment for a paid
+//! order, a refund WeChat could not pay out (`CHANGE`), a `SUCCESS` for an after-sale another
+//! refund completed — is kept as an event and counted once as
+//! [`crate::metrics::MONEY_NEEDS_A_PERSON`], which pages too.
 
 use super::common::{
-    keep_evidence, record_payment, with_retries, Attempt, PaymentError, PaymentOutcome,
+    keep_evidence, page_a_person, record_payment, with_retries, Attempt, PaymentError,
+    PaymentOutcome,
 };
 use crate::app::App;
 use crate::domain::{AfterSaleId, AfterSaleStatus, Change, Fen, OutRefundNo, OutTradeNo};
@@ -144,7 +149,12 @@ async fn payment(app: &App, req: Request) -> Response {
             tracing::error!(security = true, out_trade_no = %n.out_trade_no, existing, transaction_id = %n.transaction_id, "second payment for a paid order");
             let evidence = crate::pay::xml::encode(&n.fields());
             match keep_evidence(app, "double_payment", n.transaction_id.as_ref(), evidence).await {
-                Ok(_) => success(),
+                Ok(first) => {
+                    if first {
+                        page_a_person(app);
+                    }
+                    success()
+                }
                 Err(_) => unrecorded(app, "temporarily unavailable"),
             }
         }
@@ -334,6 +344,10 @@ pub(crate) async fn settle_refund(
     match apply_refund(app, n, by).await {
         Ok(Applied::Recorded) => {
             tracing::info!(out_refund_no = %n.out_refund_no, status = %n.status, refund_fee = n.refund_fee.get(), reported_by = by.as_str(), "refund recorded");
+            if n.status == WxRefundStatus::Change {
+                // Held (REFUND_ABNORMAL): the money waits at WeChat to be redirected by hand.
+                page_a_person(app);
+            }
             Ok(Settled::Applied)
         }
         Ok(Applied::Nothing) => Ok(Settled::Unchanged),
@@ -354,7 +368,10 @@ pub(crate) async fn settle_refund(
                 completed it; if WeChat paid this refund too, recover the difference from the user"
                 .into();
             let key = format!("{}/{}/{}", n.out_refund_no, n.refund_id, n.status);
-            keep_evidence(app, "refund_superseded", key, body.to_string()).await?;
+            let first = keep_evidence(app, "refund_superseded", key, body.to_string()).await?;
+            if first && n.status == WxRefundStatus::Success {
+                page_a_person(app);
+            }
             Ok(Settled::Superseded)
         }
         Err(RefundApplyError::Mismatch(why)) => {
@@ -548,7 +565,9 @@ mod tests {
     use crate::app::App;
     use crate::config::Config;
     use crate::domain::{Fen, OpenId, OutTradeNo};
-    use crate::metrics::{Captured, Metrics, PAY_NOTIFY_UNRECORDED, PAY_NOTIFY_UNVERIFIED};
+    use crate::metrics::{
+        Captured, Metrics, MONEY_NEEDS_A_PERSON, PAY_NOTIFY_UNRECORDED, PAY_NOTIFY_UNVERIFIED,
+    };
     use crate::pay::notify::{build_payment_notification, PaymentNotificationSpec};
     use crate::pay::sign::SignType;
     use crate::store::sqlite::SqliteStore;
@@ -686,6 +705,125 @@ mod tests {
             2,
             "junk is not counted"
         );
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+    }
+
+    /// POSTs `body` to `path` (a payCallback route); the reply's XML.
+    async fn post(app: &App, path: &str, body: String) -> String {
+        let route = crate::handlers::find_route("POST", path).unwrap();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .body(Bytes::from(body))
+            .unwrap();
+        let resp = crate::handlers::handle(app, route, req).await;
+        assert_eq!(resp.status(), 200, "WeChat Pay always gets 200");
+        String::from_utf8(resp.body().to_vec()).unwrap()
+    }
+
+    /// Order WX20240101000000000001 (100 fen), paid with transaction `txid`, stored.
+    async fn paid_order(store: &SqliteStore, txid: &str) -> crate::domain::Order {
+        let mut o = crate::domain::order::tests::sample_order(100);
+        o.out_trade_no = OutTradeNo::parse("WX20240101000000000001").unwrap();
+        o.status = crate::domain::OrderStatus::Paid;
+        o.transaction_id = Some(txid.into());
+        o.paid_at_ms = Some(1);
+        let mut b = crate::store::repo::Batch::new();
+        b.create_order(&o);
+        b.commit(store).await.unwrap();
+        o
+    }
+
+    /// GIVEN a paid order WHEN WeChat Pay notifies a second, different payment for it (the
+    /// user paid twice) THEN it is acknowledged (WeChat cannot undo it by retrying), kept, and
+    /// counted once as `MoneyNeedsAPerson` — the acknowledgement hides it from every `FAIL`
+    /// count, and it used to page nobody; a repeat of it counts nothing more.
+    #[tokio::test]
+    async fn a_double_payment_pages_a_person_once() {
+        let store = Arc::new(SqliteStore::memory().unwrap());
+        let (app, captured) = app(store.clone());
+        paid_order(&store, "4200000000202401010000000009").await;
+        for _ in 0..2 {
+            let reply = notify(&app, notification("1900000001", API_KEY)).await;
+            assert!(reply.contains("SUCCESS"), "{reply}");
+        }
+        assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+    }
+
+    /// GIVEN a refund under way WHEN its notification says CHANGE (WeChat took the money but
+    /// could not pay it into the user's account) THEN it is acknowledged, held for a person
+    /// and counted once as `MoneyNeedsAPerson`; a repeat counts nothing more.
+    #[tokio::test]
+    async fn an_abnormal_refund_pages_a_person_once() {
+        use crate::domain::{AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, OutRefundNo};
+        use crate::pay::refund_notify::{build_refund_notification, RefundNotificationSpec};
+        use crate::pay::types::RefundStatus as Wx;
+        use crate::store::repo::{Batch, RefundRecord, RefundStatus};
+        let store = Arc::new(SqliteStore::memory().unwrap());
+        let (app, captured) = app(store.clone());
+        let txid = "4200000000202401010000000001";
+        let mut order = paid_order(&store, txid).await;
+        let id = AfterSaleId::parse("AS1").unwrap();
+        let no = OutRefundNo::parse("R20240101000000000001").unwrap();
+        let a = AfterSale {
+            id: id.clone(),
+            out_trade_no: order.out_trade_no.clone(),
+            openid: order.openid.clone(),
+            kind: AfterSaleKind::RefundOnly,
+            amount: Fen::new(100).unwrap(),
+            reason: "broken".into(),
+            status: AfterSaleStatus::Refunding,
+            out_refund_no: Some(no.clone()),
+            refund_id: None,
+            wx_aftersale_id: None,
+            wx_add_claimed_until_ms: None,
+            reject_reason: None,
+            goods_return: None,
+            line: None,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        };
+        let mut refund = RefundRecord::new(
+            no.clone(),
+            order.out_trade_no.clone(),
+            id.clone(),
+            Fen::new(100).unwrap(),
+            1,
+        );
+        refund.status = RefundStatus::Processing;
+        let stored = crate::store::repo::get_order(store.as_ref(), &order.out_trade_no)
+            .await
+            .unwrap()
+            .unwrap();
+        order.refund_claims.insert(id, Fen::new(100).unwrap());
+        let mut b = Batch::new();
+        b.update_order(&stored, &order);
+        b.create_aftersale(&a);
+        b.create_refund(&refund);
+        b.commit(store.as_ref()).await.unwrap();
+        let change = build_refund_notification(
+            &RefundNotificationSpec {
+                appid: "wx0000000000000001".into(),
+                mch_id: "1900000001".into(),
+                sub_appid: None,
+                sub_mch_id: None,
+                out_trade_no: order.out_trade_no.clone(),
+                out_refund_no: no,
+                transaction_id: txid.into(),
+                refund_id: "50300000000000000000000000001".into(),
+                total_fee: Fen::new(100).unwrap(),
+                refund_fee: Fen::new(100).unwrap(),
+                refund_status: Wx::Change,
+                success_time_ms: None,
+            },
+            API_KEY,
+        );
+        for _ in 0..2 {
+            let reply = post(&app, "/callbacks/refund", change.clone()).await;
+            assert!(reply.contains("SUCCESS"), "{reply}");
+        }
+        assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
         assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
     }
 
