@@ -6,9 +6,11 @@
 //! in `infra/template.yaml` watch what is counted here (`OutboxDeadLetterAlarm` watches
 //! [`OUTBOX_DEAD_LETTERS`]; `PayNotifyUnverifiedAlarm` and `PayNotifyUnrecordedAlarm` watch
 //! [`PAY_NOTIFY_UNVERIFIED`] and [`PAY_NOTIFY_UNRECORDED`]; `ExpiredOrdersHeldAlarm` watches
-//! [`EXPIRED_ORDERS_HELD`]). payCallback answers every notification with HTTP 200 (a `FAIL`
-//! in the XML makes WeChat retry), so Lambda's `Errors` never sees a payment we refused, and
-//! the sweep's held orders are no error at all: these counts are the only signal.
+//! [`EXPIRED_ORDERS_HELD`]; `MoneyNeedsAPersonAlarm` watches [`MONEY_NEEDS_A_PERSON`] of every
+//! function that records payments or refunds). payCallback answers every notification with
+//! HTTP 200 (a `FAIL` in the XML makes WeChat retry), so Lambda's `Errors` never sees a
+//! payment we refused, and the sweep's held orders are no error at all: these counts are the
+//! only signal.
 //!
 //! Only the Lambda entry point turns emission on ([`Metrics::emf`]). An [`crate::app::App`]
 //! starts with [`Metrics::off`], so `wxlocal`, the demo and the tests print nothing; a test
@@ -33,10 +35,20 @@ pub const OUTBOX_DEAD_LETTERS: &str = "OutboxDeadLetters";
 pub const PAY_NOTIFY_UNVERIFIED: &str = "PayNotifyUnverified";
 /// Verified payment/refund notifications for our merchant answered `FAIL` without recording
 /// them: the store failed (throttling, access denied, an outage), or the notification does
-/// not match our order/refund (kept as evidence). WeChat retries; until one lands, money has
-/// moved with no record of it here. Repeats of what is already recorded answer `SUCCESS` and
-/// are not counted.
+/// not match our order/refund or does not read as one (kept as evidence). WeChat retries;
+/// until one lands, money has moved with no record of it here. Repeats of what is already
+/// recorded answer `SUCCESS` and are not counted.
 pub const PAY_NOTIFY_UNRECORDED: &str = "PayNotifyUnrecorded";
+/// Money moved that only a person can put right, newly kept as an event: a second payment for
+/// a paid order (`double_payment`: the user paid twice), a refund WeChat took but could not
+/// pay into the user's account (`refund_abnormal`, CHANGE: redirect it in the merchant
+/// platform), a SUCCESS for an after-sale another refund had completed (`refund_superseded`:
+/// the user may have been refunded twice), a payment for an order closed and sold out
+/// meanwhile (`paid_after_close_oversold`). Each is acknowledged to WeChat (retrying changes
+/// nothing), so no `FAIL` count sees it: this is the page. Counted by whichever function
+/// learnt it — payCallback from notifications; queryOrder, orderSync and auditCallback from
+/// `orderquery`/`refundquery`/`shop/order/get` answers — at most once per event.
+pub const MONEY_NEEDS_A_PERSON: &str = "MoneyNeedsAPerson";
 /// Expired unpaid orders the sweep kept open because WeChat did not say whether they were
 /// paid (the question failed, or WeChat does not know the order). Closing one could release
 /// the stock of an order WeChat holds the money for, so it waits — and its stock with it —

@@ -514,6 +514,85 @@ fn refused_payment_notifications_and_server_errors_raise_alarms() {
     assert_alarm(&t, "AWS/ApiGateway", "5xx", "ApiId", "!Ref Api", 5);
 }
 
+/// Money moved that a person must put right is acknowledged to WeChat (a double payment, a
+/// refund WeChat could not pay out, …), so no refusal count sees it: its own count
+/// (`MoneyNeedsAPerson`) has one alarm over every function that records payments or refunds,
+/// paging at the first one, with the same actions as the others.
+#[test]
+fn money_that_needs_a_person_raises_an_alarm() {
+    use wxshop::metrics::{DIMENSION, MONEY_NEEDS_A_PERSON, NAMESPACE};
+    let t = template();
+    let alarms = alarms(&t);
+    let watching: Vec<&(String, &Value)> = alarms
+        .iter()
+        .filter(|(_, a)| format!("{:?}", a["Properties"]["Metrics"]).contains(MONEY_NEEDS_A_PERSON))
+        .collect();
+    assert_eq!(watching.len(), 1, "one alarm on {MONEY_NEEDS_A_PERSON}");
+    let (id, alarm) = watching[0];
+    let p = &alarm["Properties"];
+    let metrics = p["Metrics"].as_sequence().expect("Metrics");
+    let total: Vec<&Value> = metrics
+        .iter()
+        .filter(|m| m["ReturnData"].as_bool() == Some(true))
+        .collect();
+    assert_eq!(total.len(), 1, "{id}: one expression returns data");
+    assert_eq!(
+        total[0]["Expression"].as_str(),
+        Some("SUM(METRICS())"),
+        "{id}"
+    );
+    let mut functions = Vec::new();
+    for m in metrics
+        .iter()
+        .filter(|m| m["ReturnData"].as_bool() == Some(false))
+    {
+        let stat = &m["MetricStat"];
+        assert_eq!(stat["Stat"].as_str(), Some("Sum"), "{id}");
+        assert!(
+            stat["Period"].as_u64().is_some_and(|s| s <= 300),
+            "{id}: Period"
+        );
+        let metric = &stat["Metric"];
+        assert_eq!(metric["Namespace"].as_str(), Some(NAMESPACE), "{id}");
+        assert_eq!(
+            metric["MetricName"].as_str(),
+            Some(MONEY_NEEDS_A_PERSON),
+            "{id}"
+        );
+        let dims = metric["Dimensions"].as_sequence().expect("Dimensions");
+        assert_eq!(dims.len(), 1, "{id}: the metric has one dimension");
+        assert_eq!(dims[0]["Name"].as_str(), Some(DIMENSION), "{id}");
+        functions.push(text(&dims[0]["Value"]));
+    }
+    functions.sort();
+    assert_eq!(
+        functions,
+        [
+            "!Ref AuditCallbackFunction",
+            "!Ref OrderSyncFunction",
+            "!Ref PayCallbackFunction",
+            "!Ref QueryOrderFunction",
+        ],
+        "{id}: every function that records payments or refunds"
+    );
+    assert_eq!(p["Threshold"].as_u64(), Some(1), "{id}: Threshold");
+    assert_eq!(
+        p["ComparisonOperator"].as_str(),
+        Some("GreaterThanOrEqualToThreshold"),
+        "{id}"
+    );
+    assert_eq!(p["TreatMissingData"].as_str(), Some("notBreaching"), "{id}");
+    let (_, existing) = alarms
+        .iter()
+        .find(|(k, _)| k == "DeadLetterAlarm")
+        .expect("DeadLetterAlarm");
+    assert_eq!(
+        format!("{:?}", p["AlarmActions"]),
+        format!("{:?}", existing["Properties"]["AlarmActions"]),
+        "{id}: same actions as DeadLetterAlarm"
+    );
+}
+
 /// Configuration the code reads with a default is a template parameter with that same
 /// default, wired into every function's environment: a merchant can change it at deploy time
 /// and gets the code's behaviour when they do not.

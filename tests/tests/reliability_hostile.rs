@@ -191,6 +191,55 @@ async fn forged_foreign_and_malformed_payment_notifications_change_nothing() {
     );
 }
 
+/// Notifications signed with our key for our merchant that we cannot apply — another
+/// currency, more cash than the total, a field that does not read (`time_end` in another
+/// format, `cash_fee` not a whole number) — are refused (WeChat retries) *and* kept as
+/// `payment_mismatch` evidence, as an amount mismatch is: money may have moved, and the
+/// `PayNotifyUnrecorded` alarm sends the person to those events (docs/DEPLOY.md). Currency
+/// and cash mismatches used to be logged only; unreadable fields were logged only and not
+/// counted either, as if they were junk.
+#[tokio::test]
+async fn verified_notifications_we_cannot_apply_are_kept_for_a_person() {
+    let r = stack_with(&[("WXPAY_NOTIFY_URL", DEAD_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("keeper").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let cfg = &r.app.config;
+    for (i, (what, field, value)) in [
+        ("another currency", "fee_type", "USD"),
+        ("cash_fee above total_fee", "cash_fee", "1991"),
+        (
+            "time_end in another format",
+            "time_end",
+            "2023-11-14 22:13:20",
+        ),
+        ("cash_fee not a whole number", "cash_fee", "19.90"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let txid = format!("42000000002024010100000000001{i}");
+        let genuine = notification(&r, &no, &openid, 1990, &txid);
+        let mut fields = wxshop::pay::xml::decode(genuine.as_bytes()).unwrap();
+        fields.remove("sign");
+        fields.insert(field.to_owned(), value.to_owned());
+        let body = wxshop::pay::sign::signed_xml(fields, cfg.api_key(), wxshop::pay::SignType::Md5);
+        let (s, text) = c.raw("/callbacks/pay", body).await;
+        assert_eq!((s, return_code(&text)), (200, "FAIL"), "{what}: {text}");
+        let kept = wxshop::store::repo::get_event(r.app.store.as_ref(), "payment_mismatch", &txid)
+            .await
+            .unwrap();
+        let kept = kept.unwrap_or_else(|| panic!("{what}: no payment_mismatch evidence"));
+        assert!(
+            kept.value.body.contains(value) && kept.value.body.contains(&no),
+            "{what}: the notification's fields are kept: {}",
+            kept.value.body
+        );
+    }
+    untouched(&r, &c, &token, &no).await;
+}
+
 #[tokio::test]
 async fn oversized_bodies_are_refused_before_any_handler() {
     let r = stack_with(&[]).await;

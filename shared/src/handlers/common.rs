@@ -201,7 +201,7 @@ pub async fn record_payment(
     total_fee: Fen,
     paid_at_ms: i64,
 ) -> Result<PaymentOutcome, PaymentError> {
-    let outcome = with_retries(app, || async {
+    let (outcome, oversold) = with_retries(app, || async {
         let current = repo::get_order(app.store.as_ref(), no)
             .await?
             .ok_or_else(|| PaymentError::UnknownOrder(no.clone()))?;
@@ -215,8 +215,9 @@ pub async fn record_payment(
         let was_closed = current.value.status == crate::domain::OrderStatus::Closed;
         let mut next = current.value.clone();
         if next.pay(transaction_id, paid_at_ms, now)? == Change::Unchanged {
-            return Ok(Attempt::Done(PaymentOutcome::AlreadyRecorded(next)));
+            return Ok(Attempt::Done((PaymentOutcome::AlreadyRecorded(next), false)));
         }
+        let mut oversold = false;
         let mut batch = Batch::new();
         batch.update_order(&current, &next);
         if was_closed {
@@ -228,6 +229,7 @@ pub async fn record_payment(
                 tracing::warn!(out_trade_no = %no, "paid after it was closed: stock taken again");
             } else {
                 tracing::error!(security = true, out_trade_no = %no, short = ?short, "paid after it was closed and sold out meanwhile: refund or deliver by hand");
+                oversold = true;
                 batch.record_event(&repo::EventRecord::new(
                     "paid_after_close_oversold",
                     no.as_str(),
@@ -245,13 +247,24 @@ pub async fn record_payment(
                 now,
             ));
         }
-        Ok(Attempt::Commit(batch, PaymentOutcome::Recorded(next)))
+        Ok(Attempt::Commit(batch, (PaymentOutcome::Recorded(next), oversold)))
     })
     .await?;
+    if oversold {
+        page_a_person(app);
+    }
     if let PaymentOutcome::Recorded(_) = outcome {
         tracing::info!(out_trade_no = %no, transaction_id, total_fee = total_fee.get(), "payment recorded");
     }
     Ok(outcome)
+}
+
+/// Counts [`crate::metrics::MONEY_NEEDS_A_PERSON`] once: money moved that a person must put
+/// right was just kept as an event (its first record, not a repeat). The event is acknowledged
+/// to WeChat, so this count is what pages.
+pub fn page_a_person(app: &App) {
+    app.metrics
+        .count(crate::metrics::MONEY_NEEDS_A_PERSON, 1, app.clock.now_ms());
 }
 
 /// Keeps `body` as evidence for a person (an event `source`/`key`, received now): what was

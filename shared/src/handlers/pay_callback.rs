@@ -17,17 +17,24 @@
 //! each `FAIL` that means "a payment is not being recorded" is counted as a custom metric
 //! ([`crate::metrics::PAY_NOTIFY_UNVERIFIED`]: our key or merchant id does not match;
 //! [`crate::metrics::PAY_NOTIFY_UNRECORDED`]: verified yet not recorded — the store failed or
-//! it does not match our records), and the template alarms on both.
+//! it does not match our records), and the template alarms on both. What is acknowledged yet
+//! needs a person — money moved that only a person can put right: a second payment for a paid
+//! order, a refund WeChat could not pay out (`CHANGE`), a `SUCCESS` for an after-sale another
+//! refund completed — is kept as an event and counted once as
+//! [`crate::metrics::MONEY_NEEDS_A_PERSON`], which pages too.
 
 use super::common::{
-    keep_evidence, record_payment, with_retries, Attempt, PaymentError, PaymentOutcome,
+    keep_evidence, page_a_person, record_payment, with_retries, Attempt, PaymentError,
+    PaymentOutcome,
 };
 use crate::app::App;
 use crate::domain::{AfterSaleId, AfterSaleStatus, Change, Fen, OutRefundNo, OutTradeNo};
 use crate::http::{text, Request, Response};
 use crate::metrics::{PAY_NOTIFY_UNRECORDED, PAY_NOTIFY_UNVERIFIED};
 use crate::outbox::{OutboxEntry, Task};
-use crate::pay::notify::{parse_payment_notification, reply_fail, reply_success, NotifyError};
+use crate::pay::notify::{
+    check_merchant_ids, parse_payment_notification, reply_fail, reply_success, NotifyError,
+};
 use crate::pay::sign::VerifyError;
 use crate::pay::types::RefundStatus as WxRefundStatus;
 use crate::store::repo::{self, Batch, RefundStatus};
@@ -87,6 +94,10 @@ async fn payment(app: &App, req: Request) -> Response {
     let cfg = &app.config;
     let n = match parse_payment_notification(req.body(), cfg.api_key()) {
         Ok(n) => n,
+        // The fields are typed only once the signature verified: these are ours to read.
+        Err(e @ (NotifyError::Field(_) | NotifyError::Id(_))) => {
+            return unreadable_payment(app, req.body(), &e).await;
+        }
         Err(e) => {
             tracing::warn!(security = true, error = %e, "payment notification refused");
             return unverified(app, &e, "invalid notification");
@@ -103,7 +114,11 @@ async fn payment(app: &App, req: Request) -> Response {
     }
     if n.fee_type.as_ref() != "CNY" || n.cash_fee.is_some_and(|c| c > n.total_fee) {
         // Our orders are priced in fen of CNY, and the payer cannot pay more than the total.
+        // Signed by WeChat for our merchant: money may have moved, so it is kept as evidence
+        // (what PayNotifyUnrecorded's runbook looks for), not only logged.
         tracing::warn!(security = true, out_trade_no = %n.out_trade_no, fee_type = %n.fee_type, "payment notification in another currency or with cash_fee above total_fee");
+        let evidence = crate::pay::xml::encode(&n.fields());
+        let _ = keep_evidence(app, "payment_mismatch", n.transaction_id.as_ref(), evidence).await;
         return unrecorded(app, "order mismatch");
     }
     if !n.success {
@@ -134,7 +149,12 @@ async fn payment(app: &App, req: Request) -> Response {
             tracing::error!(security = true, out_trade_no = %n.out_trade_no, existing, transaction_id = %n.transaction_id, "second payment for a paid order");
             let evidence = crate::pay::xml::encode(&n.fields());
             match keep_evidence(app, "double_payment", n.transaction_id.as_ref(), evidence).await {
-                Ok(_) => success(),
+                Ok(first) => {
+                    if first {
+                        page_a_person(app);
+                    }
+                    success()
+                }
                 Err(_) => unrecorded(app, "temporarily unavailable"),
             }
         }
@@ -148,6 +168,55 @@ async fn payment(app: &App, req: Request) -> Response {
             unrecorded(app, "order mismatch")
         }
     }
+}
+
+/// A payment notification whose signature verified with our key but whose fields do not read
+/// as a payment (a `time_end` or amount in another format, an `out_trade_no` that is not
+/// one of ours): unless it names another merchant or reports a failed payment, it is ours
+/// and money may have moved, so it is counted and kept as evidence like any other we cannot
+/// apply — not dropped as junk.
+async fn unreadable_payment(app: &App, body: &[u8], e: &NotifyError) -> Response {
+    let cfg = &app.config;
+    // The body decoded once already (the signature was checked over these fields).
+    let fields = crate::pay::xml::decode(body).unwrap_or_default();
+    let get = |k: &str| fields.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    if let Err(wrong) = check_merchant_ids(
+        [
+            get("appid"),
+            get("mch_id"),
+            get("sub_appid"),
+            get("sub_mch_id"),
+        ],
+        [
+            Some(cfg.appid.as_str()),
+            Some(cfg.mch_id.as_str()),
+            cfg.sub_appid.as_deref(),
+            cfg.sub_mch_id.as_deref(),
+        ],
+    ) {
+        tracing::warn!(security = true, error = %wrong, "payment notification for another merchant");
+        return unverified(app, &wrong, "wrong merchant");
+    }
+    if get("result_code") != Some("SUCCESS") {
+        // A failed payment (which need not carry a transaction): nothing to record, as for
+        // a readable one.
+        tracing::info!(out_trade_no = get("out_trade_no").unwrap_or(""), error = %e, "payment failed notification");
+        return success();
+    }
+    let key = get("transaction_id")
+        .or(get("out_trade_no"))
+        .or(get("sign"))
+        .unwrap_or("unknown")
+        .to_owned();
+    tracing::error!(security = true, error = %e, out_trade_no = get("out_trade_no").unwrap_or(""), transaction_id = %key, "signed payment notification we cannot read: not recorded, kept for a person");
+    let _ = keep_evidence(
+        app,
+        "payment_mismatch",
+        key,
+        crate::pay::xml::encode(&fields),
+    )
+    .await;
+    unrecorded(app, "invalid notification")
 }
 
 async fn refund(app: &App, req: Request) -> Response {
@@ -275,6 +344,10 @@ pub(crate) async fn settle_refund(
     match apply_refund(app, n, by).await {
         Ok(Applied::Recorded) => {
             tracing::info!(out_refund_no = %n.out_refund_no, status = %n.status, refund_fee = n.refund_fee.get(), reported_by = by.as_str(), "refund recorded");
+            if n.status == WxRefundStatus::Change {
+                // Held (REFUND_ABNORMAL): the money waits at WeChat to be redirected by hand.
+                page_a_person(app);
+            }
             Ok(Settled::Applied)
         }
         Ok(Applied::Nothing) => Ok(Settled::Unchanged),
@@ -295,7 +368,10 @@ pub(crate) async fn settle_refund(
                 completed it; if WeChat paid this refund too, recover the difference from the user"
                 .into();
             let key = format!("{}/{}/{}", n.out_refund_no, n.refund_id, n.status);
-            keep_evidence(app, "refund_superseded", key, body.to_string()).await?;
+            let first = keep_evidence(app, "refund_superseded", key, body.to_string()).await?;
+            if first && n.status == WxRefundStatus::Success {
+                page_a_person(app);
+            }
             Ok(Settled::Superseded)
         }
         Err(RefundApplyError::Mismatch(why)) => {
@@ -489,7 +565,9 @@ mod tests {
     use crate::app::App;
     use crate::config::Config;
     use crate::domain::{Fen, OpenId, OutTradeNo};
-    use crate::metrics::{Captured, Metrics, PAY_NOTIFY_UNRECORDED, PAY_NOTIFY_UNVERIFIED};
+    use crate::metrics::{
+        Captured, Metrics, MONEY_NEEDS_A_PERSON, PAY_NOTIFY_UNRECORDED, PAY_NOTIFY_UNVERIFIED,
+    };
     use crate::pay::notify::{build_payment_notification, PaymentNotificationSpec};
     use crate::pay::sign::SignType;
     use crate::store::sqlite::SqliteStore;
@@ -628,5 +706,178 @@ mod tests {
             "junk is not counted"
         );
         assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+    }
+
+    /// POSTs `body` to `path` (a payCallback route); the reply's XML.
+    async fn post(app: &App, path: &str, body: String) -> String {
+        let route = crate::handlers::find_route("POST", path).unwrap();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .body(Bytes::from(body))
+            .unwrap();
+        let resp = crate::handlers::handle(app, route, req).await;
+        assert_eq!(resp.status(), 200, "WeChat Pay always gets 200");
+        String::from_utf8(resp.body().to_vec()).unwrap()
+    }
+
+    /// Order WX20240101000000000001 (100 fen), paid with transaction `txid`, stored.
+    async fn paid_order(store: &SqliteStore, txid: &str) -> crate::domain::Order {
+        let mut o = crate::domain::order::tests::sample_order(100);
+        o.out_trade_no = OutTradeNo::parse("WX20240101000000000001").unwrap();
+        o.status = crate::domain::OrderStatus::Paid;
+        o.transaction_id = Some(txid.into());
+        o.paid_at_ms = Some(1);
+        let mut b = crate::store::repo::Batch::new();
+        b.create_order(&o);
+        b.commit(store).await.unwrap();
+        o
+    }
+
+    /// GIVEN a paid order WHEN WeChat Pay notifies a second, different payment for it (the
+    /// user paid twice) THEN it is acknowledged (WeChat cannot undo it by retrying), kept, and
+    /// counted once as `MoneyNeedsAPerson` — the acknowledgement hides it from every `FAIL`
+    /// count, and it used to page nobody; a repeat of it counts nothing more.
+    #[tokio::test]
+    async fn a_double_payment_pages_a_person_once() {
+        let store = Arc::new(SqliteStore::memory().unwrap());
+        let (app, captured) = app(store.clone());
+        paid_order(&store, "4200000000202401010000000009").await;
+        for _ in 0..2 {
+            let reply = notify(&app, notification("1900000001", API_KEY)).await;
+            assert!(reply.contains("SUCCESS"), "{reply}");
+        }
+        assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+    }
+
+    /// GIVEN a refund under way WHEN its notification says CHANGE (WeChat took the money but
+    /// could not pay it into the user's account) THEN it is acknowledged, held for a person
+    /// and counted once as `MoneyNeedsAPerson`; a repeat counts nothing more.
+    #[tokio::test]
+    async fn an_abnormal_refund_pages_a_person_once() {
+        use crate::domain::{AfterSale, AfterSaleId, AfterSaleKind, AfterSaleStatus, OutRefundNo};
+        use crate::pay::refund_notify::{build_refund_notification, RefundNotificationSpec};
+        use crate::pay::types::RefundStatus as Wx;
+        use crate::store::repo::{Batch, RefundRecord, RefundStatus};
+        let store = Arc::new(SqliteStore::memory().unwrap());
+        let (app, captured) = app(store.clone());
+        let txid = "4200000000202401010000000001";
+        let mut order = paid_order(&store, txid).await;
+        let id = AfterSaleId::parse("AS1").unwrap();
+        let no = OutRefundNo::parse("R20240101000000000001").unwrap();
+        let a = AfterSale {
+            id: id.clone(),
+            out_trade_no: order.out_trade_no.clone(),
+            openid: order.openid.clone(),
+            kind: AfterSaleKind::RefundOnly,
+            amount: Fen::new(100).unwrap(),
+            reason: "broken".into(),
+            status: AfterSaleStatus::Refunding,
+            out_refund_no: Some(no.clone()),
+            refund_id: None,
+            wx_aftersale_id: None,
+            wx_add_claimed_until_ms: None,
+            reject_reason: None,
+            goods_return: None,
+            line: None,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        };
+        let mut refund = RefundRecord::new(
+            no.clone(),
+            order.out_trade_no.clone(),
+            id.clone(),
+            Fen::new(100).unwrap(),
+            1,
+        );
+        refund.status = RefundStatus::Processing;
+        let stored = crate::store::repo::get_order(store.as_ref(), &order.out_trade_no)
+            .await
+            .unwrap()
+            .unwrap();
+        order.refund_claims.insert(id, Fen::new(100).unwrap());
+        let mut b = Batch::new();
+        b.update_order(&stored, &order);
+        b.create_aftersale(&a);
+        b.create_refund(&refund);
+        b.commit(store.as_ref()).await.unwrap();
+        let change = build_refund_notification(
+            &RefundNotificationSpec {
+                appid: "wx0000000000000001".into(),
+                mch_id: "1900000001".into(),
+                sub_appid: None,
+                sub_mch_id: None,
+                out_trade_no: order.out_trade_no.clone(),
+                out_refund_no: no,
+                transaction_id: txid.into(),
+                refund_id: "50300000000000000000000000001".into(),
+                total_fee: Fen::new(100).unwrap(),
+                refund_fee: Fen::new(100).unwrap(),
+                refund_status: Wx::Change,
+                success_time_ms: None,
+            },
+            API_KEY,
+        );
+        for _ in 0..2 {
+            let reply = post(&app, "/callbacks/refund", change.clone()).await;
+            assert!(reply.contains("SUCCESS"), "{reply}");
+        }
+        assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+    }
+
+    /// `notification` with `field` set to `value`, signed again.
+    fn resigned(field: &str, value: &str, mch_id: &str) -> String {
+        let mut f = crate::pay::xml::decode(notification(mch_id, API_KEY).as_bytes()).unwrap();
+        f.remove("sign");
+        f.insert(field.into(), value.into());
+        crate::pay::sign::signed_xml(f, API_KEY, SignType::Md5)
+    }
+
+    /// GIVEN a notification signed with our key for our merchant whose fields do not read as a
+    /// payment (`time_end` in another format) WHEN it arrives THEN it is refused, counted as
+    /// `PayNotifyUnrecorded` (it used to count as junk: nothing) and kept as evidence; the same
+    /// for another merchant counts as `PayNotifyUnverified`; a failed payment without a
+    /// transaction is acknowledged, as any failed payment is.
+    #[tokio::test]
+    async fn a_signed_notification_we_cannot_read_is_counted_and_kept() {
+        let store = Arc::new(SqliteStore::memory().unwrap());
+        let (app, captured) = app(store.clone());
+        let reply = notify(
+            &app,
+            resigned("time_end", "2024-01-01 08:00:00", "1900000001"),
+        )
+        .await;
+        assert!(reply.contains("FAIL"), "{reply}");
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 1);
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 0);
+        let kept = crate::store::repo::get_event(
+            store.as_ref(),
+            "payment_mismatch",
+            "4200000000202401010000000001",
+        )
+        .await
+        .unwrap();
+        assert!(kept.is_some_and(|e| e.value.body.contains("2024-01-01 08:00:00")));
+
+        let foreign = notify(&app, resigned("time_end", "x", "1900000777")).await;
+        assert!(foreign.contains("FAIL"), "{foreign}");
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 1);
+
+        let mut f =
+            crate::pay::xml::decode(notification("1900000001", API_KEY).as_bytes()).unwrap();
+        for k in ["sign", "transaction_id", "time_end"] {
+            f.remove(k);
+        }
+        f.insert("result_code".into(), "FAIL".into());
+        f.insert("err_code".into(), "NOTENOUGH".into());
+        let failed = notify(
+            &app,
+            crate::pay::sign::signed_xml(f, API_KEY, SignType::Md5),
+        )
+        .await;
+        assert!(failed.contains("SUCCESS"), "{failed}");
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 1);
     }
 }
