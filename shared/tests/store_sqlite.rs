@@ -56,6 +56,7 @@ async fn conformance_cases_in_parallel() {
         async { conformance::create_if_absent_race(&s()).await },
         async { conformance::batch_all_or_nothing(&s()).await },
         async { conformance::index_queries(&s()).await },
+        async { conformance::cursors_belong_to_their_listing(&s()).await },
         async { conformance::outbox_leases(&s()).await },
         async { conformance::outbox_retry_dead_replay(&s()).await },
         async { conformance::idempotency_states(&s()).await },

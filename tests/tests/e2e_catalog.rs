@@ -658,7 +658,8 @@ async fn the_audit_sweep_reads_only_what_is_under_audit() {
 /// GIVEN an edit under audit stored as before the index followed drafts (indexed under the
 /// approved product's own status, where the audit sweep no longer reads), whose approval's
 /// push was lost WHEN the schedule runs past the grace period THEN it indexes the product
-/// again and applies the verdict: an upgrade leaves no edit under audit for good.
+/// again and applies the verdict: an upgrade leaves no edit under audit for good — also when
+/// the re-indexing kept a cursor the store no longer takes.
 #[tokio::test]
 async fn an_edit_stored_before_the_index_followed_drafts_is_still_swept() {
     use wxshop::store::{Expect, Kind, Write};
@@ -692,6 +693,13 @@ async fn an_edit_stored_before_the_index_followed_drafts_is_still_swept() {
         .write(vec![Write::put(rec, Expect::Version(version))])
         .await
         .unwrap();
+    // The re-indexing left half done by a wxlocal whose SQLite cursors were a bare `sort:id`
+    // (base64 of `0:a`): such a cursor is refused now, and the re-indexing starts again.
+    let until = r.app.clock.now_secs() + 3600;
+    let kept = "migration/product-audit-index";
+    assert!(wxshop::store::kv::put_if(store, kept, "MDph", until, None)
+        .await
+        .unwrap());
     r.app.clock.advance(11 * 60_000);
     let report = wxshop::handlers::order_sync::on_schedule(
         &r.app,

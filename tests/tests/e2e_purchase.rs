@@ -2806,6 +2806,15 @@ async fn recorded_events_are_listed_newest_first_and_readable() {
         (400, Some("SOURCE_REQUIRED")),
         "{v}"
     );
+    // Another source's `next` is refused, as on DynamoDB — not read as a place among the
+    // payment mismatches (on SQLite it was, and skipped them silently).
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "source": "payment_mismatch", "cursor": next}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("BAD_CURSOR")), "{v}");
 }
 
 /// A dead address for refund notifications: WeChat's own never arrive, as with a wrong

@@ -870,7 +870,14 @@ async fn reindex_step(app: &App) -> Result<usize, ApiError> {
         Some(c) => Some(c.to_owned()),
         None => None,
     };
-    let (rewritten, next) = repo::reindex_products(store, REINDEX_PAGE, cursor).await?;
+    let (rewritten, next) = match repo::reindex_products(store, REINDEX_PAGE, cursor).await {
+        // A cursor this store no longer takes (SQLite's named no listing before): the listing
+        // again from the start — re-indexing writes only what is indexed wrongly.
+        Err(crate::store::StoreError::BadCursor) => {
+            repo::reindex_products(store, REINDEX_PAGE, None).await?
+        }
+        other => other?,
+    };
     if rewritten > 0 {
         tracing::info!(
             rewritten,

@@ -39,6 +39,7 @@ pub async fn run_all(store: DynStore) {
     check_writes(&store).await;
     deletes(&store).await;
     index_queries(&store).await;
+    cursors_belong_to_their_listing(&store).await;
     batched_updates_move_index_entries(&store).await;
     ttl_expiry(&store).await;
     outbox_leases(&store).await;
@@ -832,6 +833,76 @@ pub async fn index_queries(store: &DynStore) {
     let mut bad = q;
     bad.cursor = Some("!!not a cursor!!".into());
     assert_eq!(store.query(bad).await, Err(StoreError::BadCursor));
+}
+
+/// A cursor pages the listing that gave it out, and only that one: passed to a query on
+/// another key, the other index, or another kind, it is refused with `BadCursor` — DynamoDB's
+/// cursor names its index partition and cannot mean anything elsewhere, and SQLite's used to
+/// be a bare (sort, id) that any listing took as a place (the merchant's `events` paging a
+/// source with another source's `next` silently skipped events instead of `BAD_CURSOR`).
+/// The same listing takes it in either direction.
+pub async fn cursors_belong_to_their_listing(store: &DynStore) {
+    let p = prefix();
+    let (a, b) = (format!("{p}-a"), format!("{p}-b"));
+    let mut writes = Vec::new();
+    for i in 0..3 {
+        for (owner, tag) in [(&a, "a"), (&b, "b")] {
+            let mut r = rec(Kind::Order, &format!("{p}-{tag}{i}"), "x");
+            r.owner = Some(owner.clone());
+            r.status = Some(a.clone());
+            r.sort = i;
+            writes.push(put(r, Expect::Absent));
+        }
+    }
+    let mut refund = rec(Kind::Refund, &format!("{p}-r"), "x");
+    refund.owner = Some(a.clone());
+    refund.status = Some(a.clone());
+    writes.push(put(refund, Expect::Absent));
+    must_write(store, writes, "seed").await;
+
+    let mut of_a = Query::new(Kind::Order, Index::Owner(a.clone()));
+    of_a.limit = 1;
+    let cursor = store.query(of_a.clone()).await.unwrap().next;
+    assert!(cursor.is_some(), "[{}] a first page of 1", store.backend());
+    let elsewhere = [
+        (
+            "another owner",
+            Query::new(Kind::Order, Index::Owner(b.clone())),
+        ),
+        (
+            "the status index, same key",
+            Query::new(Kind::Order, Index::Status(a.clone())),
+        ),
+        (
+            "another kind, same owner",
+            Query::new(Kind::Refund, Index::Owner(a.clone())),
+        ),
+    ];
+    for (what, mut q) in elsewhere {
+        q.cursor = cursor.clone();
+        let got = store.query(q).await.map(|page| page.records.len());
+        assert_eq!(
+            got,
+            Err(StoreError::BadCursor),
+            "[{}] a cursor of owner {a}'s orders used on {what}",
+            store.backend()
+        );
+    }
+    // Its own listing takes it, both ways.
+    let mut on = of_a.clone();
+    on.cursor = cursor.clone();
+    on.limit = 10;
+    let ids: Vec<String> = store
+        .query(on.clone())
+        .await
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, vec![format!("{p}-a1"), format!("{p}-a2")]);
+    on.descending = true;
+    assert!(store.query(on).await.unwrap().records.is_empty());
 }
 
 // ---------------------------------------------------------------- outbox

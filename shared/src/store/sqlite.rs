@@ -718,19 +718,35 @@ fn get_record(conn: &Connection, kind: Kind, id: &str, now: i64) -> ReadResult<O
     Ok(row)
 }
 
-/// Cursor = the (sort, id) of the last record returned, opaque to callers.
-fn encode_cursor(sort: i64, id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{sort}:{id}"))
+/// The listing a query reads: its kind, index and key. A cursor names it, so that one given
+/// out by one listing is refused by every other, as DynamoDB's (which names its index
+/// partition) is: a bare (sort, id) was taken by any listing as a place in it.
+fn listing(q: &Query) -> (&'static str, &'static str, &str) {
+    match &q.index {
+        Index::Owner(o) => (q.kind.as_str(), "owner", o.as_str()),
+        Index::Status(s) => (q.kind.as_str(), "status", s.as_str()),
+    }
 }
 
-fn decode_cursor(cursor: &str) -> Result<(i64, String), StoreError> {
+/// Cursor = the listing and the (sort, id) of the last record returned, opaque to callers:
+/// URL-safe base64 of the JSON `[kind, index, key, sort, id]`.
+fn encode_cursor(q: &Query, sort: i64, id: &str) -> String {
+    let (kind, index, key) = listing(q);
+    let json = serde_json::json!([kind, index, key, sort, id]).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+/// The (sort, id) in `cursor`, if it was given out by `q`'s listing.
+fn decode_cursor(q: &Query, cursor: &str) -> Result<(i64, String), StoreError> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .map_err(|_| StoreError::BadCursor)?;
-    let text = String::from_utf8(raw).map_err(|_| StoreError::BadCursor)?;
-    let (sort, id) = text.split_once(':').ok_or(StoreError::BadCursor)?;
-    let sort = sort.parse::<i64>().map_err(|_| StoreError::BadCursor)?;
-    Ok((sort, id.to_owned()))
+    let (kind, index, key, sort, id): (String, String, String, i64, String) =
+        serde_json::from_slice(&raw).map_err(|_| StoreError::BadCursor)?;
+    if (kind.as_str(), index.as_str(), key.as_str()) != listing(q) {
+        return Err(StoreError::BadCursor);
+    }
+    Ok((sort, id))
 }
 
 fn run_query(conn: &Connection, q: &Query, now: i64) -> ReadResult<Page> {
@@ -738,7 +754,11 @@ fn run_query(conn: &Connection, q: &Query, now: i64) -> ReadResult<Page> {
         Index::Owner(o) => ("owner", o.as_str()),
         Index::Status(s) => ("status", s.as_str()),
     };
-    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(q, c))
+        .transpose()?;
     if q.limit == 0 {
         return Ok(Page::default());
     }
@@ -786,7 +806,7 @@ fn run_query(conn: &Connection, q: &Query, now: i64) -> ReadResult<Page> {
         records.push(rec);
     }
     let next = if more {
-        records.last().map(|r| encode_cursor(r.sort, &r.id))
+        records.last().map(|r| encode_cursor(q, r.sort, &r.id))
     } else {
         None
     };
@@ -867,13 +887,24 @@ mod tests {
 
     #[test]
     fn cursor_round_trip() {
-        let c = encode_cursor(-5, "a:b");
-        assert_eq!(decode_cursor(&c).unwrap(), (-5, "a:b".to_owned()));
-        assert_eq!(decode_cursor("!!"), Err(StoreError::BadCursor));
+        let q = Query::new(Kind::Order, Index::Owner("o:1".into()));
+        let c = encode_cursor(&q, -5, "a:b");
+        assert_eq!(decode_cursor(&q, &c).unwrap(), (-5, "a:b".to_owned()));
+        assert_eq!(decode_cursor(&q, "!!"), Err(StoreError::BadCursor));
+        let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+        assert_eq!(decode_cursor(&q, &b64("x")), Err(StoreError::BadCursor));
+        // The format before cursors named their listing: a place in any listing.
         assert_eq!(
-            decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x")),
+            decode_cursor(&q, &b64("-5:a:b")),
             Err(StoreError::BadCursor)
         );
+        for other in [
+            Query::new(Kind::Order, Index::Owner("o:2".into())),
+            Query::new(Kind::Order, Index::Status("o:1".into())),
+            Query::new(Kind::Refund, Index::Owner("o:1".into())),
+        ] {
+            assert_eq!(decode_cursor(&other, &c), Err(StoreError::BadCursor));
+        }
     }
 
     /// The SQLite we link is built as `.cargo/config.toml` asks (`LIBSQLITE3_FLAGS`): without
