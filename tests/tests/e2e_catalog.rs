@@ -313,6 +313,123 @@ async fn an_edit_keeps_the_approved_product_on_sale_until_its_verdict() {
     r.stop();
 }
 
+/// The price in an edit under review is not on sale yet: a stock change made meanwhile (the
+/// same edit with another stock, as a merchant's tool re-sends the whole product) changes the
+/// stock, here and at WeChat, and nothing else. It used to put the edit's price on sale with
+/// it, here and at WeChat, before any verdict.
+#[tokio::test]
+async fn a_stock_change_during_an_edits_review_keeps_the_approved_price() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    let stock = c.stock().await as u32;
+    const EDIT: &str = "Longjing tea 250 g, spring";
+    let (s, v) = c.admin("/admin/catalogSync", &tea(EDIT, 2500, stock)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    assert_eq!(buy_tea(&c, &token).await, Ok(1990));
+
+    let stock = c.stock().await as u32;
+    let (s, v) = c
+        .admin("/admin/catalogSync", &tea(EDIT, 2500, stock + 50))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    assert_eq!(v["product"]["skus"][0]["stock"], stock + 50, "{v}");
+    assert_eq!(v["product"]["skus"][0]["price"], 1990, "{v}");
+    let without = r.sandbox.calls("shop/spu/update_without_audit");
+    let last = without.last().expect("the stock went to WeChat");
+    assert_eq!(last["skus"][0]["stock_num"], stock + 50, "{without:?}");
+    assert!(
+        last["skus"][0].get("sale_price").is_none(),
+        "the edit's price went on sale at WeChat: {without:?}"
+    );
+    assert_eq!(buy_tea(&c, &token).await, Ok(1990));
+    r.stop();
+}
+
+/// A price change of one SKU while an edit that reprices another is under review: only the
+/// SKU the merchant repriced now changes price. The other used to take its price from the edit
+/// here but not at WeChat, so WeChat refused every order of it (`shop/order/add`: the sale
+/// price differs from the product's).
+#[tokio::test]
+async fn repricing_one_sku_during_an_edits_review_leaves_the_others_alone() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    let pot = |title: &str, small: i64, large: i64| {
+        json!({"action": "upsert", "product": {
+            "product_id": "pot", "title": title,
+            "head_img": ["https://mmecimage.cn/p/wxlocal/pot.jpg"], "third_cat_id": 6153,
+            "brand_id": 2100000000,
+            "skus": [{"sku_id": "pot-s", "price": small, "stock": 10},
+                     {"sku_id": "pot-l", "price": large, "stock": 10}]
+        }})
+    };
+    let (s, v) = c
+        .admin("/admin/catalogSync", &pot("Clay pot", 1000, 2000))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "pot", "approve": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    support::eventually("the approval", std::time::Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { get_product(&c, "pot").await["audit"] == "APPROVED" }
+    })
+    .await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "pot"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let buy = |sku: &'static str| {
+        let (c, token) = (c.clone(), token.clone());
+        async move {
+            let (s, v) = c
+                .post(
+                    "/fn/unifiedOrder",
+                    Some(&token),
+                    &json!({"items": [{"product_id": "pot", "sku_id": sku, "quantity": 1}],
+                        "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                                    "tel_number": "13800000000"}}),
+                )
+                .await;
+            if s == 200 {
+                Ok(v["total_fee"].as_i64().unwrap())
+            } else {
+                Err(v)
+            }
+        }
+    };
+    // An edit: new title, the small pot dearer. Under review; the approved version sells.
+    let (s, v) = c
+        .admin("/admin/catalogSync", &pot("Clay pot, glazed", 1200, 2000))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    assert_eq!(buy("pot-s").await, Ok(1000));
+
+    // The large pot repriced meanwhile: no audit for that, and only that.
+    let (s, v) = c
+        .admin("/admin/catalogSync", &pot("Clay pot, glazed", 1200, 2200))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    assert_eq!(buy("pot-l").await, Ok(2200));
+    assert_eq!(buy("pot-s").await, Ok(1000));
+    r.stop();
+}
+
 /// WeChat shows an approved SKU's stock (a Channels live room will not list it at 0): a stock
 /// change reaches WeChat, without an audit.
 #[tokio::test]
