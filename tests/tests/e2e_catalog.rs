@@ -907,3 +907,96 @@ async fn pass_throughs_keep_what_we_hold_true() {
         "asked WeChat again"
     );
 }
+
+/// A shop that sold with the trading component off, then turned it on: its products are ours
+/// alone (sellable, never uploaded). Upserting one again must upload it to WeChat, as any
+/// version that never reached WeChat is; it used to be taken for "nothing changed", so WeChat
+/// never had it and could neither list it nor take its orders.
+#[tokio::test]
+async fn a_product_made_with_the_component_off_is_uploaded_once_it_is_on() {
+    use std::time::Duration;
+    use wxlocal::gateway::{start, Options};
+    let dir = support::temp_dir("component-on");
+    let store = format!("sqlite:{}/wxshop.db", dir.display());
+    let stack = |component: &str| {
+        let store = store.clone();
+        let mut overrides = std::collections::HashMap::new();
+        overrides.insert("WX_TRADING_COMPONENT".to_owned(), component.to_owned());
+        async move {
+            start(Options {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                store: Some(store),
+                seed: true,
+                time_scale: 0.001,
+                overrides,
+                use_env: false,
+                relay_every: Duration::from_millis(20),
+            })
+            .await
+            .expect("stack starts")
+        }
+    };
+    let pot = json!({"action": "upsert", "product": {
+        "product_id": "pot", "title": "Clay pot",
+        "head_img": ["https://mmecimage.cn/p/wxlocal/pot.jpg"], "third_cat_id": 6153,
+        "brand_id": 2100000000,
+        "skus": [{"sku_id": "pot-s", "price": 1000, "stock": 10}]
+    }});
+    let r = stack("off").await;
+    let c = Client::new(&r);
+    let (s, v) = c.admin("/admin/catalogSync", &pot).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "APPROVED", "{v}");
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "pot"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    r.stop();
+    drop(r); // lets go of the store's lock
+
+    let r = stack("always").await;
+    let c = Client::new(&r);
+    let (s, v) = c.admin("/admin/catalogSync", &pot).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        r.sandbox
+            .calls("shop/spu/add")
+            .iter()
+            .filter(|a| a["out_product_id"] == "pot")
+            .count(),
+        1,
+        "the product went to WeChat: {v}"
+    );
+    support::eventually("WeChat's approval", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move {
+            get_product(&c, "pot").await["wx_product_id"].is_u64()
+                && get_product(&c, "pot").await["edit"].is_null()
+        }
+    })
+    .await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "pot"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (token, _) = c.login("buyer").await;
+    let (s, v) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "pot", "sku_id": "pot-s", "quantity": 1}],
+                "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                            "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["total_fee"], 1000, "{v}");
+    r.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -384,6 +384,12 @@ fn plan(cur: Option<&Product>, next: &Content) -> Plan {
     };
     let online = cur.audit == AuditStatus::Approved && cur.wx_product_id.is_some();
     let draft_audit = cur.draft_audit();
+    if cur.audit == AuditStatus::Approved && cur.wx_product_id.is_none() && cur.edit.is_none() {
+        // Approved here but unknown to WeChat: stored while the component was off. It goes
+        // to WeChat now (as an edit: it sells on here meanwhile), whatever changed — taken for
+        // "nothing changed", WeChat would never have it, to list or to take its orders.
+        return Plan::Submit;
+    }
     match cur.draft().change_to(next) {
         ContentChange::Reviewed => Plan::Submit,
         // A version that never reached WeChat goes there now, whatever changed.
