@@ -822,6 +822,67 @@ async fn an_edit_stored_before_the_index_followed_drafts_is_still_swept() {
     r.stop();
 }
 
+/// A product the merchant delisted is not put back on sale by a push that says "listed"
+/// (`open_product_spu_status_update`, status 5) unless WeChat's own record of the product
+/// (`spu/get`) says so: in plaintext mode the push's signature does not cover its body, so a
+/// body can ride on a signature once seen, and a late push can describe an earlier state. It
+/// used to re-list the product here at once, selling what the merchant had taken off sale.
+#[tokio::test]
+async fn a_listed_push_wechat_does_not_confirm_lists_nothing() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "delisting", "product_id": "tea"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(sandbox_product(&c, "tea").await["status"], 11);
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query =
+        wxshop::push::PushQuery::signed("localpushtoken", &ts.to_string(), "n1").to_query_string();
+    let forged = json!({"ToUserName": "gh_x", "FromUserName": "oX", "CreateTime": ts,
+        "MsgType": "event", "Event": "open_product_spu_status_update",
+        "OpenProductSpuStatusUpdate": {"out_product_id": "tea", "product_id": 1, "status": 5,
+                                       "reason": ""}});
+    let (s, text) = c
+        .raw(&format!("/callbacks/wechat?{query}"), forged.to_string())
+        .await;
+    assert!(s == 200 && text == "success", "{s} {text}");
+    assert_eq!(get_product(&c, "tea").await["listing"], "DELISTED");
+    let refused = buy_tea(&c, &token).await.unwrap_err();
+    assert_eq!(refused["code"], "NOT_FOR_SALE", "{refused}");
+
+    // The platform's own delisting (13) and restoring (5) of a product WeChat lists: the
+    // restore is confirmed by WeChat's record, and the product sells again.
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "tea"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for (status, at, listing) in [(13, ts + 1, "DELISTED"), (5, ts + 2, "LISTED")] {
+        let query = wxshop::push::PushQuery::signed("localpushtoken", &at.to_string(), "n2")
+            .to_query_string();
+        let mut push = forged.clone();
+        push["CreateTime"] = json!(at);
+        push["OpenProductSpuStatusUpdate"]["status"] = json!(status);
+        let (s, text) = c
+            .raw(&format!("/callbacks/wechat?{query}"), push.to_string())
+            .await;
+        assert!(s == 200 && text == "success", "{s} {text}");
+        assert_eq!(get_product(&c, "tea").await["listing"], listing);
+    }
+    assert_eq!(buy_tea(&c, &token).await, Ok(1990));
+    r.stop();
+}
+
 /// Stopping sales does not wait for WeChat: a delisting WeChat fails to take still stops
 /// orders here at once (every order goes through unifiedOrder), and says that WeChat still
 /// lists the product; the same call again delists it there too. It used to leave the product
