@@ -781,10 +781,11 @@ pub async fn seed(r: &Running) -> Result<(), String> {
     }))
     .await?;
     // Wait (bounded) for the audit verdict to land, then list: WeChat lists approved
-    // products only.
+    // products only. A store kept from a run with the trading component off holds it approved
+    // here only: the upsert sent it to WeChat as an edit, whose verdict is awaited too.
     for _ in 0..200 {
         let p = admin(serde_json::json!({ "action": "get", "product_id": "tea" })).await?;
-        if p["product"]["audit"] == "APPROVED" {
+        if p["product"]["audit"] == "APPROVED" && p["product"]["edit"].is_null() {
             admin(serde_json::json!({ "action": "listing", "product_id": "tea" })).await?;
             return Ok(());
         }

@@ -313,6 +313,123 @@ async fn an_edit_keeps_the_approved_product_on_sale_until_its_verdict() {
     r.stop();
 }
 
+/// The price in an edit under review is not on sale yet: a stock change made meanwhile (the
+/// same edit with another stock, as a merchant's tool re-sends the whole product) changes the
+/// stock, here and at WeChat, and nothing else. It used to put the edit's price on sale with
+/// it, here and at WeChat, before any verdict.
+#[tokio::test]
+async fn a_stock_change_during_an_edits_review_keeps_the_approved_price() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    let stock = c.stock().await as u32;
+    const EDIT: &str = "Longjing tea 250 g, spring";
+    let (s, v) = c.admin("/admin/catalogSync", &tea(EDIT, 2500, stock)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    assert_eq!(buy_tea(&c, &token).await, Ok(1990));
+
+    let stock = c.stock().await as u32;
+    let (s, v) = c
+        .admin("/admin/catalogSync", &tea(EDIT, 2500, stock + 50))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    assert_eq!(v["product"]["skus"][0]["stock"], stock + 50, "{v}");
+    assert_eq!(v["product"]["skus"][0]["price"], 1990, "{v}");
+    let without = r.sandbox.calls("shop/spu/update_without_audit");
+    let last = without.last().expect("the stock went to WeChat");
+    assert_eq!(last["skus"][0]["stock_num"], stock + 50, "{without:?}");
+    assert!(
+        last["skus"][0].get("sale_price").is_none(),
+        "the edit's price went on sale at WeChat: {without:?}"
+    );
+    assert_eq!(buy_tea(&c, &token).await, Ok(1990));
+    r.stop();
+}
+
+/// A price change of one SKU while an edit that reprices another is under review: only the
+/// SKU the merchant repriced now changes price. The other used to take its price from the edit
+/// here but not at WeChat, so WeChat refused every order of it (`shop/order/add`: the sale
+/// price differs from the product's).
+#[tokio::test]
+async fn repricing_one_sku_during_an_edits_review_leaves_the_others_alone() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    let pot = |title: &str, small: i64, large: i64| {
+        json!({"action": "upsert", "product": {
+            "product_id": "pot", "title": title,
+            "head_img": ["https://mmecimage.cn/p/wxlocal/pot.jpg"], "third_cat_id": 6153,
+            "brand_id": 2100000000,
+            "skus": [{"sku_id": "pot-s", "price": small, "stock": 10},
+                     {"sku_id": "pot-l", "price": large, "stock": 10}]
+        }})
+    };
+    let (s, v) = c
+        .admin("/admin/catalogSync", &pot("Clay pot", 1000, 2000))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "pot", "approve": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    support::eventually("the approval", std::time::Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { get_product(&c, "pot").await["audit"] == "APPROVED" }
+    })
+    .await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "pot"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let buy = |sku: &'static str| {
+        let (c, token) = (c.clone(), token.clone());
+        async move {
+            let (s, v) = c
+                .post(
+                    "/fn/unifiedOrder",
+                    Some(&token),
+                    &json!({"items": [{"product_id": "pot", "sku_id": sku, "quantity": 1}],
+                        "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                                    "tel_number": "13800000000"}}),
+                )
+                .await;
+            if s == 200 {
+                Ok(v["total_fee"].as_i64().unwrap())
+            } else {
+                Err(v)
+            }
+        }
+    };
+    // An edit: new title, the small pot dearer. Under review; the approved version sells.
+    let (s, v) = c
+        .admin("/admin/catalogSync", &pot("Clay pot, glazed", 1200, 2000))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    assert_eq!(buy("pot-s").await, Ok(1000));
+
+    // The large pot repriced meanwhile: no audit for that, and only that.
+    let (s, v) = c
+        .admin("/admin/catalogSync", &pot("Clay pot, glazed", 1200, 2200))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    assert_eq!(buy("pot-l").await, Ok(2200));
+    assert_eq!(buy("pot-s").await, Ok(1000));
+    r.stop();
+}
+
 /// WeChat shows an approved SKU's stock (a Channels live room will not list it at 0): a stock
 /// change reaches WeChat, without an audit.
 #[tokio::test]
@@ -713,6 +830,67 @@ async fn an_edit_stored_before_the_index_followed_drafts_is_still_swept() {
     r.stop();
 }
 
+/// A product the merchant delisted is not put back on sale by a push that says "listed"
+/// (`open_product_spu_status_update`, status 5) unless WeChat's own record of the product
+/// (`spu/get`) says so: in plaintext mode the push's signature does not cover its body, so a
+/// body can ride on a signature once seen, and a late push can describe an earlier state. It
+/// used to re-list the product here at once, selling what the merchant had taken off sale.
+#[tokio::test]
+async fn a_listed_push_wechat_does_not_confirm_lists_nothing() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "delisting", "product_id": "tea"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(sandbox_product(&c, "tea").await["status"], 11);
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query =
+        wxshop::push::PushQuery::signed("localpushtoken", &ts.to_string(), "n1").to_query_string();
+    let forged = json!({"ToUserName": "gh_x", "FromUserName": "oX", "CreateTime": ts,
+        "MsgType": "event", "Event": "open_product_spu_status_update",
+        "OpenProductSpuStatusUpdate": {"out_product_id": "tea", "product_id": 1, "status": 5,
+                                       "reason": ""}});
+    let (s, text) = c
+        .raw(&format!("/callbacks/wechat?{query}"), forged.to_string())
+        .await;
+    assert!(s == 200 && text == "success", "{s} {text}");
+    assert_eq!(get_product(&c, "tea").await["listing"], "DELISTED");
+    let refused = buy_tea(&c, &token).await.unwrap_err();
+    assert_eq!(refused["code"], "NOT_FOR_SALE", "{refused}");
+
+    // The platform's own delisting (13) and restoring (5) of a product WeChat lists: the
+    // restore is confirmed by WeChat's record, and the product sells again.
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "tea"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for (status, at, listing) in [(13, ts + 1, "DELISTED"), (5, ts + 2, "LISTED")] {
+        let query = wxshop::push::PushQuery::signed("localpushtoken", &at.to_string(), "n2")
+            .to_query_string();
+        let mut push = forged.clone();
+        push["CreateTime"] = json!(at);
+        push["OpenProductSpuStatusUpdate"]["status"] = json!(status);
+        let (s, text) = c
+            .raw(&format!("/callbacks/wechat?{query}"), push.to_string())
+            .await;
+        assert!(s == 200 && text == "success", "{s} {text}");
+        assert_eq!(get_product(&c, "tea").await["listing"], listing);
+    }
+    assert_eq!(buy_tea(&c, &token).await, Ok(1990));
+    r.stop();
+}
+
 /// Stopping sales does not wait for WeChat: a delisting WeChat fails to take still stops
 /// orders here at once (every order goes through unifiedOrder), and says that WeChat still
 /// lists the product; the same call again delists it there too. It used to leave the product
@@ -797,4 +975,97 @@ async fn pass_throughs_keep_what_we_hold_true() {
         asked,
         "asked WeChat again"
     );
+}
+
+/// A shop that sold with the trading component off, then turned it on: its products are ours
+/// alone (sellable, never uploaded). Upserting one again must upload it to WeChat, as any
+/// version that never reached WeChat is; it used to be taken for "nothing changed", so WeChat
+/// never had it and could neither list it nor take its orders.
+#[tokio::test]
+async fn a_product_made_with_the_component_off_is_uploaded_once_it_is_on() {
+    use std::time::Duration;
+    use wxlocal::gateway::{start, Options};
+    let dir = support::temp_dir("component-on");
+    let store = format!("sqlite:{}/wxshop.db", dir.display());
+    let stack = |component: &str| {
+        let store = store.clone();
+        let mut overrides = std::collections::HashMap::new();
+        overrides.insert("WX_TRADING_COMPONENT".to_owned(), component.to_owned());
+        async move {
+            start(Options {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                store: Some(store),
+                seed: true,
+                time_scale: 0.001,
+                overrides,
+                use_env: false,
+                relay_every: Duration::from_millis(20),
+            })
+            .await
+            .expect("stack starts")
+        }
+    };
+    let pot = json!({"action": "upsert", "product": {
+        "product_id": "pot", "title": "Clay pot",
+        "head_img": ["https://mmecimage.cn/p/wxlocal/pot.jpg"], "third_cat_id": 6153,
+        "brand_id": 2100000000,
+        "skus": [{"sku_id": "pot-s", "price": 1000, "stock": 10}]
+    }});
+    let r = stack("off").await;
+    let c = Client::new(&r);
+    let (s, v) = c.admin("/admin/catalogSync", &pot).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "APPROVED", "{v}");
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "pot"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    r.stop();
+    drop(r); // lets go of the store's lock
+
+    let r = stack("always").await;
+    let c = Client::new(&r);
+    let (s, v) = c.admin("/admin/catalogSync", &pot).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        r.sandbox
+            .calls("shop/spu/add")
+            .iter()
+            .filter(|a| a["out_product_id"] == "pot")
+            .count(),
+        1,
+        "the product went to WeChat: {v}"
+    );
+    support::eventually("WeChat's approval", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move {
+            get_product(&c, "pot").await["wx_product_id"].is_u64()
+                && get_product(&c, "pot").await["edit"].is_null()
+        }
+    })
+    .await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "pot"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (token, _) = c.login("buyer").await;
+    let (s, v) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "pot", "sku_id": "pot-s", "quantity": 1}],
+                "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                            "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["total_fee"], 1000, "{v}");
+    r.stop();
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -169,18 +169,7 @@ async fn spend_url_verification(app: &App, query: &PushQuery) -> Result<(), ApiE
 async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
     match event {
         PushEvent::SpuAudit { body, .. } => on_spu_audit(app, body).await,
-        PushEvent::SpuStatusUpdate { body, .. } => {
-            let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
-                return Ok(());
-            };
-            let status = body.status;
-            update_product(app, &id, |p| match status {
-                13 => p.listing = Listing::Delisted,
-                5 => p.listing = Listing::Listed,
-                _ => {}
-            })
-            .await
-        }
+        PushEvent::SpuStatusUpdate { body, .. } => on_spu_status(app, body).await,
         PushEvent::OrderPay { body, .. } => on_order_pay(app, body).await,
         PushEvent::OrderSettle { body, .. } => {
             let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
@@ -210,6 +199,45 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
         PushEvent::OrderConfirm { body, .. } => on_order_confirm(app, body).await,
         // Brand/category/scene/account verdicts and the rest are recorded
         // (for the merchant to read) and acknowledged.
+        _ => Ok(()),
+    }
+}
+
+/// `open_product_spu_status_update`: the platform delisted a product (13) or restored it (5).
+/// A delisting stops sales here at once, whoever says so: the safe direction. A restore puts
+/// the product on sale only when WeChat's own record of it (`spu/get`) reads listed: the push
+/// alone is not proof (in plaintext mode its signature does not cover the body), and a late
+/// push can describe an earlier state — the product re-listed on its word alone sold what
+/// the merchant had taken off sale.
+async fn on_spu_status(app: &App, body: &push::SpuStatusUpdate) -> Result<(), ApiError> {
+    let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
+        return Ok(());
+    };
+    match body.status {
+        13 => update_product(app, &id, |p| p.listing = Listing::Delisted).await,
+        5 => {
+            let key = ProductKey::Out(id.to_string());
+            let online = match app.wx.spu_get(&key, false).await {
+                Ok(p) => p,
+                Err(e) if e.errcode() == Some(super::catalog_sync::PRODUCT_NOT_FOUND) => {
+                    tracing::warn!(security = true, out_product_id = %id, "listed push for a product WeChat does not have; ignored");
+                    return Ok(());
+                }
+                Err(e) => {
+                    return Err(ApiError::unavailable(
+                        "WECHAT_UNAVAILABLE",
+                        format!(
+                            "could not read product {id} from WeChat ({e}); push the event again"
+                        ),
+                    ))
+                }
+            };
+            if online.status != 5 {
+                tracing::warn!(security = true, out_product_id = %id, wx_status = online.status, "listed push, but WeChat's product is not listed; nothing applied");
+                return Ok(());
+            }
+            update_product(app, &id, |p| p.listing = Listing::Listed).await
+        }
         _ => Ok(()),
     }
 }

@@ -384,6 +384,12 @@ fn plan(cur: Option<&Product>, next: &Content) -> Plan {
     };
     let online = cur.audit == AuditStatus::Approved && cur.wx_product_id.is_some();
     let draft_audit = cur.draft_audit();
+    if cur.audit == AuditStatus::Approved && cur.wx_product_id.is_none() && cur.edit.is_none() {
+        // Approved here but unknown to WeChat: stored while the component was off. It goes
+        // to WeChat now (as an edit: it sells on here meanwhile), whatever changed — taken for
+        // "nothing changed", WeChat would never have it, to list or to take its orders.
+        return Plan::Submit;
+    }
     match cur.draft().change_to(next) {
         ContentChange::Reviewed => Plan::Submit,
         // A version that never reached WeChat goes there now, whatever changed.
@@ -408,15 +414,30 @@ fn plan(cur: Option<&Product>, next: &Content) -> Plan {
     }
 }
 
-/// Sets prices (if `prices`) and stock of `next`'s SKUs wherever the product has them: on
-/// sale and in a pending edit.
-fn apply_skus(p: &mut Product, next: &Content, prices: bool) {
+/// The SKUs whose price the merchant changes now: `next`'s prices that differ from the draft's.
+/// A price that only differs from the version on sale is an edit's, waiting for its verdict:
+/// it must not go on sale with a stock change or another SKU's new price.
+fn repriced(draft: &Content, next: &Content) -> Vec<SkuId> {
+    next.skus
+        .iter()
+        .filter(|n| {
+            draft.skus.iter().any(|d| {
+                d.sku_id == n.sku_id && (d.price != n.price || d.market_price != n.market_price)
+            })
+        })
+        .map(|n| n.sku_id.clone())
+        .collect()
+}
+
+/// Sets the stock of `next`'s SKUs, and the prices of those in `repriced`, wherever the
+/// product has them: on sale and in a pending edit.
+fn apply_skus(p: &mut Product, next: &Content, repriced: &[SkuId]) {
     let edit_skus = p.edit.as_mut().map(|e| &mut e.content.skus);
     let targets = p.skus.iter_mut().chain(edit_skus.into_iter().flatten());
     for s in targets {
         if let Some(n) = next.skus.iter().find(|n| n.sku_id == s.sku_id) {
             s.stock = n.stock;
-            if prices {
+            if repriced.contains(&s.sku_id) {
                 s.price = n.price;
                 s.market_price = n.market_price;
             }
@@ -457,18 +478,21 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
     } else {
         match plan(cur, &next) {
             Plan::Nothing => return Ok(product),
-            Plan::Local => apply_skus(&mut product, &next, false),
-            Plan::WithoutAudit(skus) => match without_audit(app, &id, &next, &skus).await {
-                Ok(()) => apply_skus(&mut product, &next, true),
-                Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
-                    // WeChat lost the product (deleted in the console, a fresh sandbox): its
-                    // approval went with it. Upload this version as a new product.
-                    tracing::warn!(product_id = %id, "WeChat lost the approved product; uploading it again");
-                    product.forget_wechat();
-                    return submit(app, existing.as_ref(), product, next, now).await;
+            Plan::Local => apply_skus(&mut product, &next, &[]),
+            Plan::WithoutAudit(skus) => {
+                let repriced = repriced(&product.draft(), &next);
+                match without_audit(app, &id, &next, &skus, &repriced).await {
+                    Ok(()) => apply_skus(&mut product, &next, &repriced),
+                    Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
+                        // WeChat lost the product (deleted in the console, a fresh sandbox): its
+                        // approval went with it. Upload this version as a new product.
+                        tracing::warn!(product_id = %id, "WeChat lost the approved product; uploading it again");
+                        product.forget_wechat();
+                        return submit(app, existing.as_ref(), product, next, now).await;
+                    }
+                    Err(e) => return Err(wx_error(e)),
                 }
-                Err(e) => return Err(wx_error(e)),
-            },
+            }
             Plan::Submit => return submit(app, existing.as_ref(), product, next, now).await,
         }
     }
@@ -556,12 +580,15 @@ async fn submit(
     Ok(stored)
 }
 
-/// `spu/update_without_audit`: prices and stock of approved SKUs, effective at once.
+/// `spu/update_without_audit`: the stock of approved SKUs, and the prices of those
+/// `repriced`, effective at once. A SKU's price is sent only when the merchant changes it:
+/// sent, it goes on sale at WeChat, and the price of a pending edit is not on sale yet.
 async fn without_audit(
     app: &App,
     id: &ProductId,
     next: &Content,
     skus: &[SkuId],
+    repriced: &[SkuId],
 ) -> Result<(), WxError> {
     let req = SpuUpdateWithoutAudit {
         key: ProductKey::Out(id.to_string()),
@@ -572,8 +599,8 @@ async fn without_audit(
             .filter(|s| skus.contains(&s.sku_id))
             .map(|s| SkuWithoutAudit {
                 out_sku_id: s.sku_id.to_string(),
-                sale_price: Some(s.price),
-                market_price: Some(s.market_price),
+                sale_price: repriced.contains(&s.sku_id).then_some(s.price),
+                market_price: repriced.contains(&s.sku_id).then_some(s.market_price),
                 stock_num: Some(i64::from(s.stock)),
                 ..Default::default()
             })
