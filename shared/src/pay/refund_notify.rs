@@ -57,7 +57,12 @@ pub struct RefundNotification {
 }
 
 impl RefundNotification {
-    /// Refuses a notification addressed to another merchant or app (outer fields).
+    /// Refuses a notification addressed to another merchant or app (outer fields). In
+    /// provider mode `sub_mch_id` must be ours; `sub_appid` must be ours when it is sent, but
+    /// may be left out: WeChat's provider refund notification marks it optional (否), and
+    /// these outer fields are not signed anyway — the notification is WeChat's because
+    /// `req_info` decrypts under our key — so requiring it refused genuine refunds (and
+    /// raised the unverified-notification alarm on each) without refusing any forgery.
     pub fn check_merchant(
         &self,
         appid: &str,
@@ -65,11 +70,12 @@ impl RefundNotification {
         sub_appid: Option<&str>,
         sub_mch_id: Option<&str>,
     ) -> Result<(), NotifyError> {
+        let sent_sub_appid = self.sub_appid.as_deref().filter(|s| !s.is_empty());
         check_merchant_ids(
             [
                 Some(&self.appid),
                 Some(&self.mch_id),
-                self.sub_appid.as_deref(),
+                sent_sub_appid.or(sub_appid),
                 self.sub_mch_id.as_deref(),
             ],
             [Some(appid), Some(mch_id), sub_appid, sub_mch_id],
@@ -317,6 +323,30 @@ mod tests {
                 .map(|_| ()),
             Err(NotifyError::Decrypt)
         );
+    }
+
+    /// Provider mode: `sub_mch_id` must be ours; `sub_appid` may be left out, and when sent
+    /// must be ours. Direct mode: a notification naming a sub-merchant is not ours.
+    #[test]
+    fn provider_refunds_may_leave_out_the_sub_appid() {
+        let parsed = |sub_appid: Option<&str>, sub_mch_id: Option<&str>| {
+            let mut spec = spec(sub_mch_id);
+            spec.sub_appid = sub_appid.map(Into::into);
+            let body = build_refund_notification(&spec, KEY);
+            parse_refund_notification(body.as_bytes(), KEY).unwrap()
+        };
+        let ours = |n: &RefundNotification| {
+            n.check_merchant("wx1", "10000100", Some("wxsub"), Some("1900000109"))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(ours(&parsed(None, Some("1900000109"))), Ok(()));
+        assert_eq!(ours(&parsed(Some("wxsub"), Some("1900000109"))), Ok(()));
+        assert!(ours(&parsed(Some("wxother"), Some("1900000109"))).is_err());
+        assert!(ours(&parsed(None, None)).is_err());
+        assert!(ours(&parsed(None, Some("1900000999"))).is_err());
+        assert!(parsed(Some("wxsub"), None)
+            .check_merchant("wx1", "10000100", None, None)
+            .is_err());
     }
 
     #[test]

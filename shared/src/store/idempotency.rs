@@ -15,6 +15,12 @@
 //!   over: a retry works on what the earlier attempt may have begun instead of starting a
 //!   second one. An abandoned claim is taken over only by the same request; another request
 //!   under that key is [`Claim::PayloadMismatch`].
+//! - **Out of the indexes.** Nothing lists idempotency records — they are read by key — so
+//!   they carry no `status` or `owner`. With a status every record sat in one partition of
+//!   DynamoDB's status index (`idem#INPROGRESS`, then `idem#COMPLETED`), and each order's
+//!   claim and completion wrote there too: two index writes per order into one partition,
+//!   whose throughput (about 1,000 writes a second) throttles the table's own writes once
+//!   it is reached — a cap on orders a second that no scaling lifts.
 //! - **A failed handler either deletes its record or abandons it.** [`release`] when it
 //!   wrote nothing that a retry must find: the next claim starts afresh, with a new
 //!   reference. [`abandon`] when it may have written (a store error whose write may have
@@ -118,15 +124,9 @@ pub fn json_hash(value: &serde_json::Value) -> String {
 }
 
 fn record(key: &str, body: &IdemBody, version: u64, expires_at: i64) -> Result<Record, StoreError> {
+    // No `status` or `owner`: kept out of the indexes (see the module docs).
     let mut rec = Record::new(Kind::Idempotency, key, Record::encode(body)?);
     rec.version = version;
-    rec.status = Some(
-        match body.status {
-            Status::Inprogress => "INPROGRESS",
-            Status::Completed => "COMPLETED",
-        }
-        .to_owned(),
-    );
     rec.expires_at = Some(expires_at);
     Ok(rec)
 }
@@ -285,6 +285,24 @@ pub async fn abandon(store: &dyn Store, key: &str) -> Result<(), StoreError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Claimed and completed, a record names no status or owner, so it is in no index.
+    #[tokio::test]
+    async fn records_stay_out_of_the_indexes() {
+        let store = crate::store::sqlite::SqliteStore::memory().unwrap();
+        let now = crate::time::Clock::default().now_ms();
+        let claimed = claim(&store, "k1", "h", "ORDER1", now, 30_000, 3_600)
+            .await
+            .unwrap();
+        assert!(matches!(claimed, Claim::New { .. }), "{claimed:?}");
+        let rec = store.get(Kind::Idempotency, "k1").await.unwrap().unwrap();
+        assert_eq!((rec.status, rec.owner), (None, None));
+        complete(&store, "k1", "{}").await.unwrap();
+        let rec = store.get(Kind::Idempotency, "k1").await.unwrap().unwrap();
+        assert_eq!((&rec.status, &rec.owner), (&None, &None));
+        let body: IdemBody = rec.decode().unwrap();
+        assert!(body.status == Status::Completed);
+    }
 
     #[test]
     fn canonical_json_sorts_keys() {
