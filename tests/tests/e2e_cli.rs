@@ -10,63 +10,20 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-use support::{temp_dir, wxlocal_bin};
-
-/// What a finished `wxlocal` run showed: its exit code, stdout and stderr.
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+use std::time::Duration;
+use support::{run_to_end, temp_dir, wxlocal_bin, Ran};
 
 /// Runs `wxlocal args` in `cwd` until it exits; one still running after `limit` (it started
 /// something instead of stopping) is killed and reported as a failure.
 fn run_in(cwd: &Path, args: &[&str], limit: Duration) -> Ran {
-    let mut child = Command::new(wxlocal_bin())
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("STORE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wxlocal runs");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let ran = Ran {
-        code: status.and_then(|s| s.code()),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    };
+    let mut cmd = Command::new(wxlocal_bin());
+    cmd.args(args).current_dir(cwd).env_remove("STORE");
+    let ran = run_to_end(cmd, limit);
     assert!(
-        status.is_some(),
+        ran.stopped,
         "wxlocal {args:?} was still running after {limit:?} instead of stopping; stdout: {} \
          stderr: {}",
-        ran.stdout,
-        ran.stderr
+        ran.stdout, ran.stderr
     );
     ran
 }

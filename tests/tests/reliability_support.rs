@@ -420,29 +420,33 @@ pub fn spawn_wxlocal(
     (child, base)
 }
 
-/// Runs `wxlocal` with `args` until it exits (killed after `limit`): whether it succeeded and
-/// what it wrote to stderr.
-pub fn run_wxlocal(
-    bin: &std::path::Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    limit: Duration,
-) -> (bool, String) {
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args(args)
+/// What a finished run of a command showed: its exit code (`None` when it was killed, or
+/// did not stop in time), stdout and stderr.
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stopped: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` (stdin empty, stdout and stderr captured) until it exits; one still running
+/// after `limit` is killed (`stopped: false`).
+pub fn run_to_end(mut cmd: std::process::Command, limit: Duration) -> Ran {
+    let mut child = cmd
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("wxlocal runs");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wxlocal runs");
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = pipe.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -455,9 +459,30 @@ pub fn run_wxlocal(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let err = reader.join().unwrap_or_default();
-    match status {
-        Some(s) => (s.success(), err),
-        None => panic!("wxlocal {args:?} still running after {limit:?}; stderr: {err}"),
+    Ran {
+        code: status.and_then(|s| s.code()),
+        stopped: status.is_some(),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
+}
+
+/// Runs `wxlocal` with `args` until it exits (killed after `limit`): whether it succeeded and
+/// what it wrote to stderr.
+pub fn run_wxlocal(
+    bin: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (bool, String) {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(args).envs(env.iter().copied());
+    let ran = run_to_end(cmd, limit);
+    if !ran.stopped {
+        panic!(
+            "wxlocal {args:?} still running after {limit:?}; stderr: {}",
+            ran.stderr
+        );
+    }
+    (ran.code == Some(0), ran.stderr)
 }
