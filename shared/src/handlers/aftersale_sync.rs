@@ -1493,15 +1493,11 @@ async fn new_at_wechat(
     let Some(wx_id) = listed.aftersale_id else {
         return Ok(());
     };
-    let named = listed
-        .out_aftersale_id
-        .as_deref()
-        .filter(|o| !o.trim().is_empty())
-        .and_then(|o| AfterSaleId::parse(o.to_owned()).ok());
-    for id in named.into_iter().chain([imported_id(wx_id)?]) {
-        if repo::get_aftersale(store, &id).await?.is_some() {
-            return Ok(());
-        }
+    if ours_by_ids(store, listed.out_aftersale_id.as_deref(), wx_id)
+        .await?
+        .is_some()
+    {
+        return Ok(());
     }
     report.asked += 1;
     let wx = app
@@ -1524,8 +1520,7 @@ async fn new_at_wechat(
         report.ignored += 1;
         return Ok(());
     }
-    import_new(app, &wx, "").await?;
-    if repo::get_aftersale(store, &id).await?.is_some() {
+    if import_new(app, &wx, "").await? {
         report.imported += 1;
         tracing::warn!(aftersale_id = %id, wx_status = wx.status, "an after-sale opened in WeChat whose push never came was imported by the sweep");
     }
@@ -2340,18 +2335,7 @@ async fn find_ours(
         .out_order_id
         .clone()
         .and_then(|o| OutTradeNo::parse(o).ok());
-    let named = wx
-        .out_aftersale_id
-        .clone()
-        .filter(|o| !o.trim().is_empty())
-        .and_then(|o| AfterSaleId::parse(o).ok());
-    let mut found = None;
-    for id in named.into_iter().chain([imported_id(wx.aftersale_id)?]) {
-        if let Some(a) = repo::get_aftersale(store, &id).await? {
-            found = Some(a);
-            break;
-        }
-    }
+    let mut found = ours_by_ids(store, wx.out_aftersale_id.as_deref(), wx.aftersale_id).await?;
     if found.is_none() {
         if let Some(no) = &order_no {
             found = repo::aftersales_of_order(store, no)
@@ -2373,6 +2357,24 @@ async fn find_ours(
         return Ok(Ours::Conflicting);
     }
     Ok(Ours::Known(a.value.id))
+}
+
+/// Ours by the ids WeChat gives of its after-sale `wx_id`: the one it names as its
+/// `out_aftersale_id`, else the one imported under [`imported_id`].
+async fn ours_by_ids(
+    store: &dyn crate::store::Store,
+    out_aftersale_id: Option<&str>,
+    wx_id: u64,
+) -> Result<Option<crate::store::repo::Versioned<AfterSale>>, ApiError> {
+    let named = out_aftersale_id
+        .filter(|o| !o.trim().is_empty())
+        .and_then(|o| AfterSaleId::parse(o.to_owned()).ok());
+    for id in named.into_iter().chain([imported_id(wx_id)?]) {
+        if let Some(a) = repo::get_aftersale(store, &id).await? {
+            return Ok(Some(a));
+        }
+    }
+    Ok(None)
 }
 
 /// WeChat's after-sale an event is about, read back: by the id stored for ours, else the
@@ -2409,7 +2411,7 @@ async fn import_from_wechat(
     match find_ours(app, wx).await? {
         Ours::Known(id) => adopt_wechat_id(app, &id, wx.aftersale_id).await,
         Ours::Conflicting => Ok(()),
-        Ours::Unknown => import_new(app, wx, pushed_out_order_id).await,
+        Ours::Unknown => import_new(app, wx, pushed_out_order_id).await.map(drop),
     }
 }
 
@@ -2451,12 +2453,13 @@ fn wechat_line(
 }
 
 /// Imports WeChat's after-sale `wx`, which is not ours (see [`find_ours`]), as REQUESTED under
-/// [`imported_id`].
+/// [`imported_id`]. `true` when this call imported it (not when it was imported already, or
+/// its order is not one we have).
 async fn import_new(
     app: &App,
     wx: &crate::shop::aftersale::EcAfterSaleOrder,
     pushed_out_order_id: &str,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let wx_id = wx.aftersale_id;
     let id = imported_id(wx_id)?;
     if wx
@@ -2475,10 +2478,10 @@ async fn import_new(
             wx_aftersale_id = wx_id,
             "after-sale for an order we cannot name; recorded only"
         );
-        return Ok(());
+        return Ok(false);
     };
     let Ok(no) = OutTradeNo::parse(out_order_id) else {
-        return Ok(());
+        return Ok(false);
     };
     // Held on the order like an application here when it fits what is left; beyond that it
     // is recorded without a hold, for the merchant to see and decide (an approval then needs
@@ -2528,10 +2531,10 @@ async fn import_new(
         Ok(Attempt::Commit(batch, Some(aftersale)))
     })
     .await?;
-    if let Some(a) = imported {
+    if let Some(a) = &imported {
         tracing::info!(aftersale_id = %a.id, amount = a.amount.get(), "after-sale imported from WeChat");
     }
-    Ok(())
+    Ok(imported.is_some())
 }
 
 /// After-sale events pushed by WeChat (`aftersale_*`), each believed only as WeChat's
@@ -2576,7 +2579,7 @@ pub async fn on_wechat_event(
             };
             match find_ours(app, &wx).await? {
                 // Its new-request push never came: imported as it stands now.
-                Ours::Unknown => import_new(app, &wx, &info.out_order_id).await,
+                Ours::Unknown => import_new(app, &wx, &info.out_order_id).await.map(drop),
                 Ours::Conflicting => Ok(()),
                 Ours::Known(id) if wx.status == WX_AWAITING_MERCHANT => {
                     adopt_wechat_terms(app, &id, &wx).await.map(drop)
