@@ -46,6 +46,13 @@ pub struct Sku {
     pub attrs: Vec<(String, String)>,
 }
 
+impl Sku {
+    /// Whether `other` asks another sale or market price.
+    fn price_differs(&self, other: &Sku) -> bool {
+        self.price != other.price || self.market_price != other.market_price
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     pub product_id: ProductId,
@@ -124,6 +131,19 @@ pub enum ContentChange {
 }
 
 impl Content {
+    /// The SKUs whose price (sale or market) `next` changes from `self`'s.
+    pub fn repriced_in(&self, next: &Content) -> Vec<SkuId> {
+        next.skus
+            .iter()
+            .filter(|n| {
+                self.skus
+                    .iter()
+                    .any(|s| s.sku_id == n.sku_id && s.price_differs(n))
+            })
+            .map(|n| n.sku_id.clone())
+            .collect()
+    }
+
     /// What changes from `self` to `next`.
     pub fn change_to(&self, next: &Content) -> ContentChange {
         let same_skus = self.skus.len() == next.skus.len()
@@ -141,12 +161,12 @@ impl Content {
         {
             return ContentChange::Reviewed;
         }
-        let pairs = || self.skus.iter().zip(&next.skus);
-        let repriced = pairs().any(|(a, b)| a.price != b.price || a.market_price != b.market_price);
-        let changed: Vec<SkuId> = pairs()
-            .filter(|(a, b)| {
-                a.price != b.price || a.market_price != b.market_price || a.stock != b.stock
-            })
+        let repriced = !self.repriced_in(next).is_empty();
+        let changed: Vec<SkuId> = self
+            .skus
+            .iter()
+            .zip(&next.skus)
+            .filter(|(a, b)| a.price_differs(b) || a.stock != b.stock)
             .map(|(_, b)| b.sku_id.clone())
             .collect();
         if repriced {

@@ -414,21 +414,6 @@ fn plan(cur: Option<&Product>, next: &Content) -> Plan {
     }
 }
 
-/// The SKUs whose price the merchant changes now: `next`'s prices that differ from the draft's.
-/// A price that only differs from the version on sale is an edit's, waiting for its verdict:
-/// it must not go on sale with a stock change or another SKU's new price.
-fn repriced(draft: &Content, next: &Content) -> Vec<SkuId> {
-    next.skus
-        .iter()
-        .filter(|n| {
-            draft.skus.iter().any(|d| {
-                d.sku_id == n.sku_id && (d.price != n.price || d.market_price != n.market_price)
-            })
-        })
-        .map(|n| n.sku_id.clone())
-        .collect()
-}
-
 /// Sets the stock of `next`'s SKUs, and the prices of those in `repriced`, wherever the
 /// product has them: on sale and in a pending edit.
 fn apply_skus(p: &mut Product, next: &Content, repriced: &[SkuId]) {
@@ -480,7 +465,9 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
             Plan::Nothing => return Ok(product),
             Plan::Local => apply_skus(&mut product, &next, &[]),
             Plan::WithoutAudit(skus) => {
-                let repriced = repriced(&product.draft(), &next);
+                // Only what the merchant reprices now: a price that differs only from the
+                // version on sale is a pending edit's, not on sale until its verdict.
+                let repriced = product.draft().repriced_in(&next);
                 match without_audit(app, &id, &next, &skus, &repriced).await {
                     Ok(()) => apply_skus(&mut product, &next, &repriced),
                     Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
