@@ -498,6 +498,60 @@ async fn paid_order_reads_paid_before_its_notification() {
     .await;
 }
 
+/// A signed `orderquery` answer that reports the order paid in another currency, or with
+/// `cash_fee` above `total_fee`, is held to the same checks as a payment notification: nothing
+/// is recorded, the answer is kept as `payment_mismatch` evidence for a person, and the order
+/// reads as it was — until an answer that checks out.
+#[tokio::test]
+async fn an_orderquery_answer_in_another_currency_records_no_payment() {
+    fn in_usd(mut f: wxshop::pay::Fields, key: &str) -> String {
+        f.insert("fee_type".into(), "USD".into());
+        f.remove("sign");
+        wxshop::pay::signed_xml(f, key, SignType::Md5)
+    }
+    fn cash_above_total(mut f: wxshop::pay::Fields, key: &str) -> String {
+        let total: i64 = f["total_fee"].parse().unwrap();
+        f.insert("cash_fee".into(), (total + 1).to_string());
+        f.remove("sign");
+        wxshop::pay::signed_xml(f, key, SignType::Md5)
+    }
+    for (user, tamper) in [
+        ("uma", in_usd as fn(wxshop::pay::Fields, &str) -> String),
+        ("vic", cash_above_total),
+    ] {
+        let key = wxlocal::gateway::LOCAL_DEFAULTS
+            .iter()
+            .find(|(k, _)| *k == "WXPAY_API_KEY")
+            .map(|(_, v)| v.to_string())
+            .unwrap();
+        let (proxy, target) = mangling_pay_proxy("pay/orderquery", tamper, key).await;
+        // Notifications go to a dead address: only pay/orderquery can tell.
+        let r = stack_with(&[
+            ("WXPAY_BASE_URL", proxy.as_str()),
+            ("WXPAY_NOTIFY_URL", "http://127.0.0.1:9/callbacks/pay"),
+        ])
+        .await;
+        *target.lock().unwrap() = format!("{}/sandbox/mch", r.base_url);
+        let c = Client::new(&r);
+        let (token, _) = c.login(user).await;
+        let (_, order) = c.order(&token, 1, None).await;
+        let no = order["out_trade_no"].as_str().unwrap().to_owned();
+        let (s, v) = c
+            .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        // The first answer (mangled) is not believed…
+        assert_eq!(c.status(&token, &no).await["status"], "PREPAID", "{user}");
+        let (kept, _) =
+            wxshop::store::repo::events_of(r.app.store.as_ref(), "payment_mismatch", 10, None)
+                .await
+                .unwrap();
+        assert_eq!(kept.len(), 1, "{user}: evidence kept: {kept:?}");
+        // …the next, as WeChat sent it, is.
+        assert_eq!(c.status(&token, &no).await["status"], "PAID", "{user}");
+    }
+}
+
 /// The demo story (order → pay → sync → ship → confirm → refund → after-sale sync) is itself
 /// a checked end-to-end test: it fails at the first step whose effect did not happen.
 #[tokio::test]
@@ -1998,9 +2052,10 @@ async fn refund_notification_case(
 }
 
 /// WeChat Pay for the stack: the sandbox behind a pass-through proxy that mangles the reply of
-/// the first `secapi/pay/refund` with `tamper` — after the sandbox accepted the refund, as a
-/// reply garbled on its way back would be. Returns the proxy's URL and where to point it.
+/// the first call to `path` (e.g. `secapi/pay/refund`) with `tamper` — after the sandbox
+/// applied the call, as a reply garbled on its way back would be. Returns the proxy's URL and where to point it.
 async fn mangling_pay_proxy(
+    path: &'static str,
     tamper: fn(wxshop::pay::Fields, &str) -> String,
     key: String,
 ) -> (String, std::sync::Arc<std::sync::Mutex<String>>) {
@@ -2023,7 +2078,7 @@ async fn mangling_pay_proxy(
                 .text()
                 .await
                 .unwrap();
-            if uri.path().ends_with("secapi/pay/refund") && !mangled.swap(true, Ordering::SeqCst) {
+            if uri.path().ends_with(path) && !mangled.swap(true, Ordering::SeqCst) {
                 let fields = wxshop::pay::xml::decode(reply.as_bytes()).unwrap();
                 assert_eq!(fields["result_code"], "SUCCESS", "the sandbox took it");
                 return tamper(fields, &key);
@@ -2067,7 +2122,7 @@ async fn an_unreadable_refund_reply_is_asked_again_not_recorded_failed() {
             .find(|(k, _)| *k == "WXPAY_API_KEY")
             .map(|(_, v)| v.to_string())
             .unwrap();
-        let (proxy, target) = mangling_pay_proxy(tamper, key).await;
+        let (proxy, target) = mangling_pay_proxy("secapi/pay/refund", tamper, key).await;
         let r = stack_with(&[
             ("WXPAY_BASE_URL", proxy.as_str()),
             (

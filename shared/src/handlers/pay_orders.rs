@@ -118,6 +118,31 @@ pub async fn query_and_record(app: &App, order: &Order) -> Result<Option<Order>,
             "paid order query without transaction_id or total_fee",
         ));
     };
+    // The same checks as a payment notification's (pay_callback): our orders are priced in
+    // fen of CNY (`fee_type` may be left out, meaning CNY), the payer cannot have paid more
+    // than the total, and the answer is about the order we asked for. A signed answer that
+    // fails them is kept as evidence for a person — money may have moved — and nothing is
+    // recorded; callers decide nothing on it (the sweep does not close the order).
+    let fee_type = resp.fields.get("fee_type").map(String::as_str);
+    let why = if resp
+        .out_trade_no
+        .as_deref()
+        .is_some_and(|n| n != order.out_trade_no.as_str())
+    {
+        Some("orderquery answered about another out_trade_no")
+    } else if fee_type.is_some_and(|t| t != "CNY") {
+        Some("paid in another currency than CNY")
+    } else if resp.cash_fee.is_some_and(|c| c > total) {
+        Some("cash_fee above total_fee")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        tracing::warn!(security = true, out_trade_no = %order.out_trade_no, transaction_id = txid, fee_type, why, "orderquery answer does not match the order; not recorded");
+        let evidence = crate::pay::xml::encode(&resp.fields);
+        super::common::keep_evidence(app, "payment_mismatch", txid, evidence).await?;
+        return Err(ApiError::conflict("WECHAT_ORDER_MISMATCH", why));
+    }
     let paid_at = resp.time_end_ms.unwrap_or_else(|| app.clock.now_ms());
     super::query_order::record(app, order, txid, total, paid_at)
         .await
