@@ -797,3 +797,84 @@ async fn a_safe_mode_push_is_kept_readable() {
     );
     assert!(kept.value.body.contains("AUD-77"), "{}", kept.value.body);
 }
+
+/// The way to safe mode without losing pushes: the console goes to compatible mode (the
+/// message in the clear beside its `Encrypt`, `encrypt_type=aes`) before WX_PUSH_AES_KEY
+/// reaches every instance. An instance without the key reads such a push as the plaintext-mode
+/// push it also is — under the same guard (one body per signature) — and the merchant reads
+/// the verdict. A safe-mode push (ciphertext only) still needs the key. Compatible-mode pushes
+/// used to be refused outright without the key (400), and plaintext ones with it (403), so
+/// every order of the two steps lost the pushes in between.
+#[tokio::test]
+async fn a_compatible_mode_push_is_read_before_the_key_is_deployed() {
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let token = "localpushtoken";
+    let ts = r.app.clock.now_secs().to_string();
+    let console = wxshop::push::PushConfig::new(&r.app.config.appid, token, Some(AES)).unwrap();
+    let fields = |audit_id: &str| {
+        format!(
+            "<ToUserName><![CDATA[gh_abc]]></ToUserName><FromUserName><![CDATA[o_wechat]]></FromUserName>\
+             <CreateTime>{ts}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+             <Event><![CDATA[open_product_brand_audit]]></Event><QualificationAuditResult>\
+             <audit_id>{audit_id}</audit_id><status>1</status><audit_type>1</audit_type>\
+             <reject_reason></reject_reason><brand_id>2100000888</brand_id></QualificationAuditResult>"
+        )
+    };
+    let compatible = |audit_id: &str, nonce: &str| {
+        let msg = format!("<xml>{}</xml>", fields(audit_id));
+        let enc = wxshop::push::encrypt_payload(&console, msg.as_bytes()).unwrap();
+        let sig = wxshop::push::msg_signature(token, &ts, nonce, &enc);
+        let body = format!(
+            "<xml>{}<Encrypt><![CDATA[{enc}]]></Encrypt></xml>",
+            fields(audit_id)
+        );
+        let query = wxshop::push::PushQuery::signed_aes(token, &ts, nonce, &sig);
+        (query.to_query_string(), body)
+    };
+    let post = |query: String, body: String| {
+        let c = c.clone();
+        async move { c.raw(&format!("/callbacks/wechat?{query}"), body).await }
+    };
+
+    let (query, body) = compatible("AUD-88", "n-compat");
+    let (s, t) = post(query.clone(), body.clone()).await;
+    assert_eq!((s, t.as_str()), (200, "success"));
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "source": "push"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let verdict = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["body"]["QualificationAuditResult"]["audit_id"] == "AUD-88")
+        .unwrap_or_else(|| panic!("the verdict is listed readable: {v}"));
+    assert_eq!(verdict["event"], "open_product_brand_audit", "{verdict}");
+    assert!(verdict.get("unreadable").is_none(), "{verdict}");
+
+    // Its clear fields changed (`Encrypt`, which the signatures cover, kept): refused, as
+    // another body under a plaintext-mode push's signature is.
+    let other = body.replace("AUD-88", "AUD-FORGED");
+    assert_ne!(other, body);
+    let (s, t) = post(query, other).await;
+    assert_eq!(s, 403, "{t}");
+    assert!(t.contains("already used"), "{t}");
+    // Badly signed: refused.
+    let (_, body) = compatible("AUD-89", "n-bad");
+    let bad = wxshop::push::PushQuery::signed_aes(token, &ts, "n-other", &"0".repeat(40));
+    let (s, t) = post(bad.to_query_string(), body).await;
+    assert_eq!(s, 403, "{t}");
+
+    // Safe mode (only the ciphertext) cannot be read without the key: the operator is told.
+    let msg = format!("<xml>{}</xml>", fields("AUD-90"));
+    let (envelope, sig) = wxshop::push::encrypt(&console, &msg, &ts, "n-safe").unwrap();
+    let query = wxshop::push::PushQuery::signed_aes(token, &ts, "n-safe", &sig);
+    let (s, t) = post(query.to_query_string(), envelope).await;
+    assert_eq!(s, 400, "{t}");
+    assert!(t.contains("PUSH_NOT_CONFIGURED"), "{t}");
+}
