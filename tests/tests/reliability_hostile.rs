@@ -571,12 +571,17 @@ async fn push_events_with_bad_signatures_or_a_foreign_appid_change_nothing() {
     let q = |nonce: &str, sig: &str| {
         wxshop::push::PushQuery::signed_aes(token, &ts, nonce, sig).to_query_string()
     };
+    // Encrypted for another appid under our token and key: only WeChat (or a holder of both)
+    // can make one, so it says our WX_APPID is wrong — a server error, for the 5xx alarm.
+    let (s, text) = post(q("nonce1", &sig_foreign), env_foreign).await;
+    assert_eq!(s, 503, "foreign appid, valid signature: {text}");
+    assert!(text.contains("PUSH_WRONG_APPID"), "{text}");
+    assert_eq!(
+        approved().await,
+        "APPROVED",
+        "the foreign push changed the audit"
+    );
     let cases = [
-        (
-            "foreign appid, valid signature",
-            q("nonce1", &sig_foreign),
-            env_foreign,
-        ),
         (
             "bad msg_signature",
             q("nonce2", &"0".repeat(40)),
@@ -870,11 +875,64 @@ async fn a_compatible_mode_push_is_read_before_the_key_is_deployed() {
     let (s, t) = post(bad.to_query_string(), body).await;
     assert_eq!(s, 403, "{t}");
 
-    // Safe mode (only the ciphertext) cannot be read without the key: the operator is told.
+    // Safe mode (only the ciphertext) cannot be read without the key: a server error (our
+    // setting), which the 5xx alarm counts.
     let msg = format!("<xml>{}</xml>", fields("AUD-90"));
     let (envelope, sig) = wxshop::push::encrypt(&console, &msg, &ts, "n-safe").unwrap();
     let query = wxshop::push::PushQuery::signed_aes(token, &ts, "n-safe", &sig);
     let (s, t) = post(query.to_query_string(), envelope).await;
-    assert_eq!(s, 400, "{t}");
+    assert_eq!(s, 503, "{t}");
     assert!(t.contains("PUSH_NOT_CONFIGURED"), "{t}");
+}
+
+/// A safe-mode push signed with our token that our key cannot decrypt — the EncodingAESKey
+/// was regenerated in the console and WX_PUSH_AES_KEY not updated — is WeChat's, and every
+/// push fails alike until the setting is fixed: 503 (a server error, which the API's 5xx alarm
+/// counts, and WeChat retries), nothing recorded. It used to be 400 with a security warning,
+/// as if probed, so every push was lost without a page.
+#[tokio::test]
+async fn a_push_our_key_cannot_decrypt_is_a_server_error() {
+    const OURS: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    const CONSOLE: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
+    let r = stack_with(&[("WX_PUSH_AES_KEY", OURS)]).await;
+    let c = Client::new(&r);
+    let token = "localpushtoken";
+    let ts = r.app.clock.now_secs().to_string();
+    let msg = json!({"ToUserName": "gh_abc", "FromUserName": "o_wechat",
+        "CreateTime": ts.parse::<i64>().unwrap(), "MsgType": "event",
+        "Event": "open_product_brand_audit",
+        "QualificationAuditResult": {"audit_id": "AUD-KEY", "status": 1, "audit_type": 1,
+                                      "reject_reason": "", "brand_id": 2100000999u64}})
+    .to_string();
+    let push = |key: &str, nonce: &str| {
+        let cfg = wxshop::push::PushConfig::new(&r.app.config.appid, token, Some(key)).unwrap();
+        let (envelope, sig) = wxshop::push::encrypt(&cfg, &msg, &ts, nonce).unwrap();
+        let query = wxshop::push::PushQuery::signed_aes(token, &ts, nonce, &sig);
+        let c = c.clone();
+        async move {
+            c.raw(
+                &format!("/callbacks/wechat?{}", query.to_query_string()),
+                envelope,
+            )
+            .await
+        }
+    };
+    let listed = || async {
+        let (s, v) = c
+            .admin(
+                "/admin/orderSync",
+                &json!({"action": "events", "source": "push"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v.to_string().contains("AUD-KEY")
+    };
+    let (s, t) = push(CONSOLE, "n-rotated").await;
+    assert_eq!(s, 503, "{t}");
+    assert!(t.contains("PUSH_DECRYPT_FAILED"), "{t}");
+    assert!(!listed().await, "nothing recorded");
+    // With the key the stack has, the same message is taken in: the refusal was the key's.
+    let (s, t) = push(OURS, "n-ours").await;
+    assert_eq!((s, t.as_str()), (200, "success"));
+    assert!(listed().await);
 }

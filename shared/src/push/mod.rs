@@ -146,7 +146,10 @@ impl PushError {
         )
     }
 
-    /// True when our own configuration is at fault (key, token, appid): page someone.
+    /// True when our own configuration is at fault (key, token, appid): page someone. [`parse`]
+    /// reports these only for a push signed with our token, and it decrypts only after
+    /// `msg_signature` verified, so a push that then does not decrypt (or names another appid)
+    /// came from WeChat: our EncodingAESKey (or WX_APPID) is not the console's.
     pub fn is_misconfiguration(&self) -> bool {
         matches!(
             self,
@@ -155,6 +158,11 @@ impl PushError {
                 | PushError::EmptyToken
                 | PushError::EmptyAppId
                 | PushError::WrongAppId { .. }
+                | PushError::BadBase64
+                | PushError::BadCiphertextLength(_)
+                | PushError::BadPaddingValue(_)
+                | PushError::InconsistentPadding
+                | PushError::BadMessageLength
         )
     }
 }
