@@ -936,3 +936,109 @@ async fn a_push_our_key_cannot_decrypt_is_a_server_error() {
     assert_eq!((s, t.as_str()), (200, "success"));
     assert!(listed().await);
 }
+
+/// A user reads and acts on their own orders and after-sales only, and a refusal reads the
+/// same whether the other user's order (or after-sale) exists or not: Mallory, holding
+/// Alice's order number and after-sale id, gets exactly the answer a made-up number gets —
+/// for reading the order, closing or confirming it, applying for its refund, listing its
+/// after-sales, and cancelling or sending back Alice's after-sale — and Alice's order and
+/// after-sale are untouched.
+#[tokio::test]
+async fn another_users_order_and_aftersale_read_as_absent() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (alice, _) = c.login("alice-owner").await;
+    let (mallory, _) = c.login("mallory-prober").await;
+    let (s, order) = c.order(&alice, 1, None).await;
+    assert_eq!(s, 200, "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.pay_at_sandbox(&no).await;
+    eventually("PAID", Duration::from_secs(10), || async {
+        c.status(&alice, &no).await["status"] == "PAID"
+    })
+    .await;
+    let (s, applied) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&alice),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "broken"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{applied}");
+    let aftersale = applied["aftersale"]["aftersale_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A well-formed number and id nobody has, of the same shapes.
+    let other_last = |id: &str| {
+        let last = if id.ends_with('Z') { 'Y' } else { 'Z' };
+        format!("{}{last}", &id[..id.len() - 1])
+    };
+    let made_up_no = other_last(&no);
+    let made_up_as = other_last(&aftersale);
+    let probes = |no: &str, id: &str| {
+        vec![
+            ("/fn/queryOrder", json!({"out_trade_no": no})),
+            (
+                "/fn/queryOrder",
+                json!({"out_trade_no": no, "action": "close"}),
+            ),
+            (
+                "/fn/queryOrder",
+                json!({"out_trade_no": no, "action": "confirm"}),
+            ),
+            (
+                "/fn/aftersaleSync",
+                json!({"action": "apply", "out_trade_no": no, "amount": 1}),
+            ),
+            (
+                "/fn/aftersaleSync",
+                json!({"action": "apply", "out_trade_no": no, "idempotency_key": "k1"}),
+            ),
+            (
+                "/fn/aftersaleSync",
+                json!({"action": "list", "out_trade_no": no}),
+            ),
+            (
+                "/fn/aftersaleSync",
+                json!({"action": "cancel", "aftersale_id": id}),
+            ),
+            (
+                "/fn/aftersaleSync",
+                json!({"action": "return", "aftersale_id": id,
+                "delivery_id": "SF", "delivery_name": "SF", "waybill_id": "SF1"}),
+            ),
+        ]
+    };
+    let theirs = probes(&no, &aftersale);
+    let nobodys = probes(&made_up_no, &made_up_as);
+    for ((path, real), (_, fake)) in theirs.iter().zip(&nobodys) {
+        let (s, v) = c.post(path, Some(&mallory), real).await;
+        let (s2, v2) = c.post(path, Some(&mallory), fake).await;
+        assert_eq!(s, 404, "{path} {real}: {v}");
+        // The same answer, the number or id it names aside.
+        let same = |v: &Value, from: &str, to: &str| v.to_string().replace(from, to);
+        assert_eq!(
+            same(&v, &no, "N").replace(&aftersale, "A"),
+            same(&v2, &made_up_no, "N").replace(&made_up_as, "A"),
+            "{path} {real}: {s} vs {s2}"
+        );
+        assert_eq!(s, s2, "{path}");
+    }
+    // Alice's order and after-sale as they were.
+    let mine = c.status(&alice, &no).await;
+    assert_eq!(mine["status"], "PAID", "{mine}");
+    let (s, list) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&alice),
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await;
+    assert_eq!(s, 200, "{list}");
+    let all = list["aftersales"].as_array().unwrap();
+    assert_eq!(all.len(), 1, "{list}");
+    assert_eq!(all[0]["status"], "REQUESTED", "{list}");
+    assert!(all[0].get("goods_return").is_none(), "{list}");
+}
