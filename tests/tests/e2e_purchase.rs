@@ -337,6 +337,11 @@ async fn a_login_refused_for_the_shops_settings_is_not_the_buyers_fault() {
     assert_eq!(v["code"], "INVALID_CODE", "{v}");
     let (s, v) = login(45011).await;
     assert_eq!(s, 429, "{v}");
+    // WeChat busy: ours to retry, not the buyer's code; no session either way.
+    let (s, v) = login(-1).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["code"], "WECHAT_UNAVAILABLE", "{v}");
+    assert!(v.get("token").is_none(), "{v}");
     // Settings mended (no fault): the same flow logs in.
     c.login("erin").await;
 }
