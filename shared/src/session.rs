@@ -11,6 +11,15 @@
 //! - The signature is checked (in constant time) *before* the payload is parsed: nothing an
 //!   attacker writes is interpreted unless we signed it.
 //! - WeChat's `session_key` is not in the token and never leaves the server.
+//! - No appid in the token, on purpose: a deployment serves one mini program, and an openid
+//!   is WeChat's name for a user *of one appid* (another mini program's users have other
+//!   openids). A token verifies only where `SESSION_SECRET` is the same; even there, one made
+//!   for another mini program names nobody of ours — it reads no order of our users, and WeChat
+//!   Pay refuses its openid with our appid. An appid in the token would add nothing to that;
+//!   what a shared secret does risk is that whoever holds it can mint a token for any openid,
+//!   appid or not: each stack gets its own secret (docs/DEPLOY.md).
+//! - No server-side logout: the mini program forgets its token (`shop.logout()`), which stays
+//!   valid until `exp`. Rotating `SESSION_SECRET` ends every session (docs/DEPLOY.md).
 
 use crate::domain::OpenId;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;

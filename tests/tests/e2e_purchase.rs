@@ -337,6 +337,11 @@ async fn a_login_refused_for_the_shops_settings_is_not_the_buyers_fault() {
     assert_eq!(v["code"], "INVALID_CODE", "{v}");
     let (s, v) = login(45011).await;
     assert_eq!(s, 429, "{v}");
+    // WeChat busy: ours to retry, not the buyer's code; no session either way.
+    let (s, v) = login(-1).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["code"], "WECHAT_UNAVAILABLE", "{v}");
+    assert!(v.get("token").is_none(), "{v}");
     // Settings mended (no fault): the same flow logs in.
     c.login("erin").await;
 }
@@ -1896,6 +1901,56 @@ async fn a_return_parcel_entered_in_wechat_reaches_ours() {
         .sandbox
         .calls("shop/ecaftersale/uploadreturninfo")
         .is_empty());
+}
+
+/// A push body pairing ours with another after-sale of WeChat's — plaintext mode does not
+/// sign the body — carries nothing over: here the buyer's return waiting for its parcel is
+/// named beside a second after-sale of theirs whose parcel WeChat has. Ours stays awaiting
+/// its goods (no waybill the merchant could approve a refund on); the genuine push for the
+/// second after-sale still brings its parcel. It used to take the other after-sale's parcel,
+/// so a refund could be approved for goods that never left.
+#[tokio::test]
+async fn a_return_push_pairing_ours_with_another_parcel_changes_nothing() {
+    let r = return_stack().await;
+    let c = Client::new(&r);
+    let (token, no, id) = return_requested(&r, &c, "petra").await;
+    c.approve(&id).await;
+    wx_status_reaches(&r, &id, 6, "acceptreturn at WeChat").await;
+    let (token2, no2, other) = return_requested(&r, &c, "petra").await;
+    c.approve(&other).await;
+    wx_status_reaches(&r, &other, 6, "acceptreturn at WeChat").await;
+    let other_wx = wx_aftersale_id(&r, &other).await.unwrap();
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "return", "aftersale_id": other_wx, "delivery_id": "YTO",
+                    "delivery_name": "圆通速递", "waybill_id": "YT0000777"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the other parcel known here", || async {
+        c.aftersale(&token2, &no2).await["goods_return"]["waybill"]["waybill_id"] == "YT0000777"
+    })
+    .await;
+
+    let ts = r.app.clock.now_secs();
+    let query = wxshop::push::PushQuery::signed("localpushtoken", &ts.to_string(), "n-pair")
+        .to_query_string();
+    let push = json!({"ToUserName": "gh_x", "FromUserName": "oX", "CreateTime": ts,
+        "MsgType": "event", "Event": "aftersale_wait_merchant_confirm_receipt",
+        "aftersale_info": {"aftersale_id": other_wx, "out_aftersale_id": id}});
+    let resp = c
+        .http
+        .post(format!("{}/callbacks/wechat?{query}", r.base_url))
+        .body(push.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mine = c.aftersale(&token, &no).await;
+    assert_eq!(mine["status"], "AWAITING_RETURN", "{mine}");
+    assert!(mine["goods_return"]["waybill"].is_null(), "{mine}");
 }
 
 /// Apply and approve each queue a sync of the after-sale, and the two can run at once: while

@@ -571,12 +571,17 @@ async fn push_events_with_bad_signatures_or_a_foreign_appid_change_nothing() {
     let q = |nonce: &str, sig: &str| {
         wxshop::push::PushQuery::signed_aes(token, &ts, nonce, sig).to_query_string()
     };
+    // Encrypted for another appid under our token and key: only WeChat (or a holder of both)
+    // can make one, so it says our WX_APPID is wrong — a server error, for the 5xx alarm.
+    let (s, text) = post(q("nonce1", &sig_foreign), env_foreign).await;
+    assert_eq!(s, 503, "foreign appid, valid signature: {text}");
+    assert!(text.contains("PUSH_WRONG_APPID"), "{text}");
+    assert_eq!(
+        approved().await,
+        "APPROVED",
+        "the foreign push changed the audit"
+    );
     let cases = [
-        (
-            "foreign appid, valid signature",
-            q("nonce1", &sig_foreign),
-            env_foreign,
-        ),
         (
             "bad msg_signature",
             q("nonce2", &"0".repeat(40)),
@@ -796,4 +801,244 @@ async fn a_safe_mode_push_is_kept_readable() {
         kept.value.body
     );
     assert!(kept.value.body.contains("AUD-77"), "{}", kept.value.body);
+}
+
+/// The way to safe mode without losing pushes: the console goes to compatible mode (the
+/// message in the clear beside its `Encrypt`, `encrypt_type=aes`) before WX_PUSH_AES_KEY
+/// reaches every instance. An instance without the key reads such a push as the plaintext-mode
+/// push it also is — under the same guard (one body per signature) — and the merchant reads
+/// the verdict. A safe-mode push (ciphertext only) still needs the key. Compatible-mode pushes
+/// used to be refused outright without the key (400), and plaintext ones with it (403), so
+/// every order of the two steps lost the pushes in between.
+#[tokio::test]
+async fn a_compatible_mode_push_is_read_before_the_key_is_deployed() {
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let token = "localpushtoken";
+    let ts = r.app.clock.now_secs().to_string();
+    let console = wxshop::push::PushConfig::new(&r.app.config.appid, token, Some(AES)).unwrap();
+    let fields = |audit_id: &str| {
+        format!(
+            "<ToUserName><![CDATA[gh_abc]]></ToUserName><FromUserName><![CDATA[o_wechat]]></FromUserName>\
+             <CreateTime>{ts}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+             <Event><![CDATA[open_product_brand_audit]]></Event><QualificationAuditResult>\
+             <audit_id>{audit_id}</audit_id><status>1</status><audit_type>1</audit_type>\
+             <reject_reason></reject_reason><brand_id>2100000888</brand_id></QualificationAuditResult>"
+        )
+    };
+    let compatible = |audit_id: &str, nonce: &str| {
+        let msg = format!("<xml>{}</xml>", fields(audit_id));
+        let enc = wxshop::push::encrypt_payload(&console, msg.as_bytes()).unwrap();
+        let sig = wxshop::push::msg_signature(token, &ts, nonce, &enc);
+        let body = format!(
+            "<xml>{}<Encrypt><![CDATA[{enc}]]></Encrypt></xml>",
+            fields(audit_id)
+        );
+        let query = wxshop::push::PushQuery::signed_aes(token, &ts, nonce, &sig);
+        (query.to_query_string(), body)
+    };
+    let post = |query: String, body: String| {
+        let c = c.clone();
+        async move { c.raw(&format!("/callbacks/wechat?{query}"), body).await }
+    };
+
+    let (query, body) = compatible("AUD-88", "n-compat");
+    let (s, t) = post(query.clone(), body.clone()).await;
+    assert_eq!((s, t.as_str()), (200, "success"));
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "source": "push"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let verdict = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["body"]["QualificationAuditResult"]["audit_id"] == "AUD-88")
+        .unwrap_or_else(|| panic!("the verdict is listed readable: {v}"));
+    assert_eq!(verdict["event"], "open_product_brand_audit", "{verdict}");
+    assert!(verdict.get("unreadable").is_none(), "{verdict}");
+
+    // Its clear fields changed (`Encrypt`, which the signatures cover, kept): refused, as
+    // another body under a plaintext-mode push's signature is.
+    let other = body.replace("AUD-88", "AUD-FORGED");
+    assert_ne!(other, body);
+    let (s, t) = post(query, other).await;
+    assert_eq!(s, 403, "{t}");
+    assert!(t.contains("already used"), "{t}");
+    // Badly signed: refused.
+    let (_, body) = compatible("AUD-89", "n-bad");
+    let bad = wxshop::push::PushQuery::signed_aes(token, &ts, "n-other", &"0".repeat(40));
+    let (s, t) = post(bad.to_query_string(), body).await;
+    assert_eq!(s, 403, "{t}");
+
+    // Safe mode (only the ciphertext) cannot be read without the key: a server error (our
+    // setting), which the 5xx alarm counts.
+    let msg = format!("<xml>{}</xml>", fields("AUD-90"));
+    let (envelope, sig) = wxshop::push::encrypt(&console, &msg, &ts, "n-safe").unwrap();
+    let query = wxshop::push::PushQuery::signed_aes(token, &ts, "n-safe", &sig);
+    let (s, t) = post(query.to_query_string(), envelope).await;
+    assert_eq!(s, 503, "{t}");
+    assert!(t.contains("PUSH_NOT_CONFIGURED"), "{t}");
+}
+
+/// A safe-mode push signed with our token that our key cannot decrypt — the EncodingAESKey
+/// was regenerated in the console and WX_PUSH_AES_KEY not updated — is WeChat's, and every
+/// push fails alike until the setting is fixed: 503 (a server error, which the API's 5xx alarm
+/// counts, and WeChat retries), nothing recorded. It used to be 400 with a security warning,
+/// as if probed, so every push was lost without a page.
+#[tokio::test]
+async fn a_push_our_key_cannot_decrypt_is_a_server_error() {
+    const OURS: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    const CONSOLE: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
+    let r = stack_with(&[("WX_PUSH_AES_KEY", OURS)]).await;
+    let c = Client::new(&r);
+    let token = "localpushtoken";
+    let ts = r.app.clock.now_secs().to_string();
+    let msg = json!({"ToUserName": "gh_abc", "FromUserName": "o_wechat",
+        "CreateTime": ts.parse::<i64>().unwrap(), "MsgType": "event",
+        "Event": "open_product_brand_audit",
+        "QualificationAuditResult": {"audit_id": "AUD-KEY", "status": 1, "audit_type": 1,
+                                      "reject_reason": "", "brand_id": 2100000999u64}})
+    .to_string();
+    let push = |key: &str, nonce: &str| {
+        let cfg = wxshop::push::PushConfig::new(&r.app.config.appid, token, Some(key)).unwrap();
+        let (envelope, sig) = wxshop::push::encrypt(&cfg, &msg, &ts, nonce).unwrap();
+        let query = wxshop::push::PushQuery::signed_aes(token, &ts, nonce, &sig);
+        let c = c.clone();
+        async move {
+            c.raw(
+                &format!("/callbacks/wechat?{}", query.to_query_string()),
+                envelope,
+            )
+            .await
+        }
+    };
+    let listed = || async {
+        let (s, v) = c
+            .admin(
+                "/admin/orderSync",
+                &json!({"action": "events", "source": "push"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v.to_string().contains("AUD-KEY")
+    };
+    let (s, t) = push(CONSOLE, "n-rotated").await;
+    assert_eq!(s, 503, "{t}");
+    assert!(t.contains("PUSH_DECRYPT_FAILED"), "{t}");
+    assert!(!listed().await, "nothing recorded");
+    // With the key the stack has, the same message is taken in: the refusal was the key's.
+    let (s, t) = push(OURS, "n-ours").await;
+    assert_eq!((s, t.as_str()), (200, "success"));
+    assert!(listed().await);
+}
+
+/// A user reads and acts on their own orders and after-sales only, and a refusal reads the
+/// same whether the other user's order (or after-sale) exists or not: Mallory, holding
+/// Alice's order number and after-sale id, gets exactly the answer a made-up number gets —
+/// for reading the order, closing or confirming it, applying for its refund, listing its
+/// after-sales, and cancelling or sending back Alice's after-sale — and Alice's order and
+/// after-sale are untouched.
+#[tokio::test]
+async fn another_users_order_and_aftersale_read_as_absent() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (alice, _) = c.login("alice-owner").await;
+    let (mallory, _) = c.login("mallory-prober").await;
+    let (s, order) = c.order(&alice, 1, None).await;
+    assert_eq!(s, 200, "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.pay_at_sandbox(&no).await;
+    eventually("PAID", Duration::from_secs(10), || async {
+        c.status(&alice, &no).await["status"] == "PAID"
+    })
+    .await;
+    let (s, applied) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&alice),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "broken"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{applied}");
+    let aftersale = applied["aftersale"]["aftersale_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A well-formed number and id nobody has, of the same shapes.
+    let other_last = |id: &str| {
+        let last = if id.ends_with('Z') { 'Y' } else { 'Z' };
+        format!("{}{last}", &id[..id.len() - 1])
+    };
+    let made_up_no = other_last(&no);
+    let made_up_as = other_last(&aftersale);
+    let probes = |no: &str, id: &str| {
+        vec![
+            ("/fn/queryOrder", json!({"out_trade_no": no})),
+            (
+                "/fn/queryOrder",
+                json!({"out_trade_no": no, "action": "close"}),
+            ),
+            (
+                "/fn/queryOrder",
+                json!({"out_trade_no": no, "action": "confirm"}),
+            ),
+            (
+                "/fn/aftersaleSync",
+                json!({"action": "apply", "out_trade_no": no, "amount": 1}),
+            ),
+            (
+                "/fn/aftersaleSync",
+                json!({"action": "apply", "out_trade_no": no, "idempotency_key": "k1"}),
+            ),
+            (
+                "/fn/aftersaleSync",
+                json!({"action": "list", "out_trade_no": no}),
+            ),
+            (
+                "/fn/aftersaleSync",
+                json!({"action": "cancel", "aftersale_id": id}),
+            ),
+            (
+                "/fn/aftersaleSync",
+                json!({"action": "return", "aftersale_id": id,
+                "delivery_id": "SF", "delivery_name": "SF", "waybill_id": "SF1"}),
+            ),
+        ]
+    };
+    let theirs = probes(&no, &aftersale);
+    let nobodys = probes(&made_up_no, &made_up_as);
+    for ((path, real), (_, fake)) in theirs.iter().zip(&nobodys) {
+        let (s, v) = c.post(path, Some(&mallory), real).await;
+        let (s2, v2) = c.post(path, Some(&mallory), fake).await;
+        assert_eq!(s, 404, "{path} {real}: {v}");
+        // The same answer, the number or id it names aside.
+        let same = |v: &Value, from: &str, to: &str| v.to_string().replace(from, to);
+        assert_eq!(
+            same(&v, &no, "N").replace(&aftersale, "A"),
+            same(&v2, &made_up_no, "N").replace(&made_up_as, "A"),
+            "{path} {real}: {s} vs {s2}"
+        );
+        assert_eq!(s, s2, "{path}");
+    }
+    // Alice's order and after-sale as they were.
+    let mine = c.status(&alice, &no).await;
+    assert_eq!(mine["status"], "PAID", "{mine}");
+    let (s, list) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&alice),
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await;
+    assert_eq!(s, 200, "{list}");
+    let all = list["aftersales"].as_array().unwrap();
+    assert_eq!(all.len(), 1, "{list}");
+    assert_eq!(all[0]["status"], "REQUESTED", "{list}");
+    assert!(all[0].get("goods_return").is_none(), "{list}");
 }

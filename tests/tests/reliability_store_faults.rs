@@ -327,3 +327,60 @@ async fn login_needs_no_table() {
     assert_eq!(orders(&c, token).await.len(), 0, "the token is a session");
     r.stop();
 }
+
+/// The write that records a message-push event.
+fn records_a_push(writes: &[Write]) -> bool {
+    writes.iter().any(|w| {
+        matches!(w, Write::Put { record, .. }
+            if record.kind == Kind::Event && record.id.starts_with("push/"))
+    })
+}
+
+/// A message push whose record the store failed to write (or wrote, but could not say so) is
+/// not acknowledged: 503, so WeChat pushes again; its redelivery — through the healthy store,
+/// as another container — is acknowledged `success`, and the event is kept once.
+#[tokio::test]
+async fn a_push_is_not_acknowledged_before_it_is_recorded() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    for (applied, audit_id) in [(false, "AUD-LOST"), (true, "AUD-UNSAID")] {
+        let ts = r.app.clock.now_secs();
+        let msg = json!({"ToUserName": "gh_abc", "FromUserName": "o_wechat", "CreateTime": ts,
+            "MsgType": "event", "Event": "open_product_brand_audit",
+            "QualificationAuditResult": {"audit_id": audit_id, "status": 1, "audit_type": 1,
+                                          "reject_reason": "", "brand_id": 2100000555u64}})
+        .to_string();
+        let query = wxshop::push::PushQuery::signed("localpushtoken", &ts.to_string(), audit_id)
+            .to_query_string();
+        let path = format!("/callbacks/wechat?{query}");
+        let mut app = r.app.clone();
+        app.store = LosesAnswers::wrap(&r, records_a_push, applied, 1);
+        let route = wxshop::handlers::find_route("POST", "/callbacks/wechat").unwrap();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(&path)
+            .body(Bytes::from(msg.clone()))
+            .unwrap();
+        let resp = wxshop::handlers::handle(&app, route, req).await;
+        let body = String::from_utf8_lossy(resp.body()).into_owned();
+        assert_eq!(resp.status().as_u16(), 503, "applied={applied}: {body}");
+        assert_ne!(body, "success");
+        // WeChat's redelivery.
+        let (s, t) = c.raw(&path, msg).await;
+        assert_eq!((s, t.as_str()), (200, "success"), "applied={applied}");
+        let (s, v) = c
+            .admin(
+                "/admin/orderSync",
+                &json!({"action": "events", "source": "push"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let kept = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["body"]["QualificationAuditResult"]["audit_id"] == audit_id)
+            .count();
+        assert_eq!(kept, 1, "applied={applied}: {v}");
+    }
+}

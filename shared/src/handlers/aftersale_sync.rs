@@ -2401,6 +2401,22 @@ async fn read_wechat_aftersale(
         .map_err(super::shop_orders::wx_error)
 }
 
+/// Whether WeChat's after-sale `wx` (read back) is ours `id`, as [`find_ours`] reads WeChat's
+/// record — not as a push body pairs them: in plaintext push mode the body is not signed, and
+/// one naming ours beside another after-sale of WeChat's would apply that one's cancellation
+/// or return parcel (a parcel that never left for ours, then refunded) to ours.
+async fn wechat_names(
+    app: &App,
+    wx: &crate::shop::aftersale::EcAfterSaleOrder,
+    id: &AfterSaleId,
+) -> Result<bool, ApiError> {
+    let named = matches!(find_ours(app, wx).await?, Ours::Known(ref k) if k == id);
+    if !named {
+        tracing::warn!(security = true, aftersale_id = %id, wx_aftersale_id = wx.aftersale_id, "after-sale event pairs ours with an after-sale of WeChat's that is not ours; nothing changed");
+    }
+    Ok(named)
+}
+
 /// A request WeChat has: ours adopted (WeChat's id stored, if it was not yet), or — opened by
 /// the user in WeChat's order centre — imported so the merchant sees and decides it here.
 async fn import_from_wechat(
@@ -2608,19 +2624,22 @@ pub async fn on_wechat_event(
                 tracing::warn!(aftersale_id = %id, wx_status = wx.status, "user cancel event, but WeChat's after-sale is not cancelled; nothing changed");
                 return Ok(());
             }
+            if !wechat_names(app, &wx, &id).await? {
+                return Ok(());
+            }
             cancel_as_user_did(app, &id).await.map(drop)
         }
         K::WaitMerchantConfirmReceipt => {
             // The user entered the return parcel in WeChat's own order centre: ours learns it
-            // too, so the merchant can approve the refund here.
-            let (Some(id), Some(wx_id)) = (ours, info.aftersale_id) else {
+            // too, so the merchant can approve the refund here — from WeChat's after-sale of
+            // ours (its stored id first), never from another one the push body pairs it with.
+            let Some(id) = ours else { return Ok(()) };
+            let Some(wx) = read_wechat_aftersale(app, Some(&id), info).await? else {
                 return Ok(());
             };
-            let wx = app
-                .wx
-                .ecaftersale_get(&crate::shop::types::AfterSaleKey::Id(wx_id))
-                .await
-                .map_err(super::shop_orders::wx_error)?;
+            if !wechat_names(app, &wx, &id).await? {
+                return Ok(());
+            }
             parcel_as_user_sent(app, &id, wx).await.map(drop)
         }
         K::WaitMerchantOfflineRefund => {

@@ -6,7 +6,8 @@
 //! kept raw for later.
 //!
 //! Nothing is acknowledged before it is stored: a store failure answers 503 so WeChat
-//! retries.
+//! retries. A push signed with our token that our EncodingAESKey or appid cannot read answers
+//! 503 too, with an error log: the settings are ours to fix, and a 4xx would page nobody.
 
 use super::common::transition_order;
 use crate::app::App;
@@ -45,6 +46,13 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         };
     }
     let msg = push::parse(&query, req.body(), &app.push).map_err(|e| {
+        if e.is_misconfiguration() {
+            // Signed with our token, yet unreadable here: the push is WeChat's and the fault
+            // is our key or appid. 503, a server error: it counts towards the API's 5xx alarm
+            // (a 4xx looked like a probe, and every push was lost without a page).
+            tracing::error!(error = %e, "push from WeChat unreadable with this stack's settings: check WX_PUSH_AES_KEY (the console's EncodingAESKey) and WX_APPID; every push is refused until then");
+            return ApiError::unavailable(e.code(), format!("push refused: {e}"));
+        }
         tracing::warn!(security = true, error = %e, "push message refused");
         if e.is_unauthenticated() {
             ApiError::forbidden(format!("push refused: {e}"))

@@ -61,7 +61,9 @@ impl PushMessage {
 
 /// Verifies and reads a `POST` push: checks `timestamp`, then in plaintext mode `signature`,
 /// in safe mode (`encrypt_type=aes`) `msg_signature` over `Encrypt` (and `signature` when
-/// present), decrypts, checks the appid, and parses the message.
+/// present), decrypts, checks the appid, and parses the message. Without a key, a
+/// compatible-mode push (`encrypt_type=aes`, the message in the clear beside `Encrypt`) is
+/// read as a plaintext-mode one.
 pub fn parse(query: &PushQuery, body: &[u8], cfg: &PushConfig) -> Result<PushMessage, PushError> {
     check_size(body)?;
     if cfg.token.is_empty() {
@@ -80,10 +82,33 @@ pub fn parse(query: &PushQuery, body: &[u8], cfg: &PushConfig) -> Result<PushMes
             }
             Ok(message)
         }
-        Some("aes") => {
-            if cfg.aes_key.is_none() {
-                return Err(PushError::NoAesKey);
+        Some("aes") if cfg.aes_key.is_none() => {
+            // Compatible mode carries the message in the clear beside `Encrypt`. Without a key
+            // it is read as the plaintext-mode push it also is (`signature` and, over the
+            // `Encrypt` it cannot read, `msg_signature` checked; the handler holds it to one
+            // body near its time, as every plaintext push: neither signature covers the clear
+            // fields), so the console can go to compatible mode before WX_PUSH_AES_KEY reaches
+            // every instance and no push is refused on the way to safe mode. The unreadable
+            // `Encrypt` is not kept. A safe-mode envelope (ciphertext only) needs the key.
+            query.check_signature(&cfg.token)?;
+            let given = PushQuery::get(&query.msg_signature)
+                .ok_or(PushError::MissingParam("msg_signature"))?;
+            let envelope = read_object(body)?;
+            let encrypt = match envelope.get("Encrypt") {
+                Some(Value::String(s)) if !s.is_empty() => s.as_str(),
+                _ => return Err(PushError::MissingEncrypt),
+            };
+            if !digest_eq(&msg_signature(&cfg.token, timestamp, nonce, encrypt), given) {
+                return Err(PushError::BadMsgSignature);
             }
+            let mut message = read_message(body, false).map_err(|e| match e {
+                PushError::MissingField(_) => PushError::NoAesKey,
+                e => e,
+            })?;
+            message.raw.remove("Encrypt");
+            Ok(message)
+        }
+        Some("aes") => {
             if PushQuery::get(&query.signature).is_some() {
                 query.check_signature(&cfg.token)?;
             }

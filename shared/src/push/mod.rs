@@ -8,7 +8,10 @@
 //!    on a match the handler answers with `echostr` (WECHAT_SHOP.md §9.2).
 //! 2. `POST` — [`parse`]: in plaintext mode the same `signature` is checked; in safe mode
 //!    (`encrypt_type=aes`) `msg_signature` is checked over the `Encrypt` value *before* the
-//!    AES-256-CBC decryption, and the appid inside the plaintext must be ours (§9.3).
+//!    AES-256-CBC decryption, and the appid inside the plaintext must be ours (§9.3). With no
+//!    key configured, a compatible-mode push (`encrypt_type=aes`, the message in the clear
+//!    beside `Encrypt`) is read as the plaintext-mode push it also is: the console can be
+//!    moved to compatible mode before the key is deployed, and no push is lost on the way.
 //! 3. The message (XML or JSON, chosen by its first byte) becomes a [`PushMessage`]: the common
 //!    header plus the whole body as JSON (XML is flattened to JSON so both formats look alike),
 //!    and [`PushMessage::event`] derives the typed [`PushEvent`].
@@ -143,7 +146,10 @@ impl PushError {
         )
     }
 
-    /// True when our own configuration is at fault (key, token, appid): page someone.
+    /// True when our own configuration is at fault (key, token, appid): page someone. [`parse`]
+    /// reports these only for a push signed with our token, and it decrypts only after
+    /// `msg_signature` verified, so a push that then does not decrypt (or names another appid)
+    /// came from WeChat: our EncodingAESKey (or WX_APPID) is not the console's.
     pub fn is_misconfiguration(&self) -> bool {
         matches!(
             self,
@@ -152,6 +158,11 @@ impl PushError {
                 | PushError::EmptyToken
                 | PushError::EmptyAppId
                 | PushError::WrongAppId { .. }
+                | PushError::BadBase64
+                | PushError::BadCiphertextLength(_)
+                | PushError::BadPaddingValue(_)
+                | PushError::InconsistentPadding
+                | PushError::BadMessageLength
         )
     }
 }
