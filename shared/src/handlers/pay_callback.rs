@@ -727,8 +727,8 @@ async fn made_by_hand(
         "recv_account": n.recv_account, "request_source": n.request_source,
         "order_refunded": next_order.refunded.get(), "order_status": next_order.status.as_str(),
         "open_aftersales_hold": next_order.claimed().get(),
-        "what_to_do": format!("{what_to_do}. WeChat's trading component does not know of this \
-            refund: settle it with the user there if the order is in it; if open after-sales \
+        "what_to_do": format!("{what_to_do}. WeChat's trading component has no after-sale for \
+            this refund: if the order is in it, reconcile it there by hand; if open after-sales \
             hold more than is left, reject or cancel them")});
     let mut batch = Batch::new();
     batch.create_refund(&record);
