@@ -521,6 +521,7 @@ pub async fn start_with_env(
         time_scale: opts.time_scale,
         auto_audit: true,
         refund_interval_ms: crate::sandbox::mch::REFUND_INTERVAL_MS,
+        refund_notify_url: Some(config.refund_notify_url.clone()),
     };
     let sandbox = match sandbox_state_path(&config.store) {
         Some(path) => {

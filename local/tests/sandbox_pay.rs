@@ -382,6 +382,59 @@ async fn reorder_delivers_later_notifications_first() {
     assert_eq!(first["out_trade_no"], "REO000002");
 }
 
+/// A refund a person makes in the merchant platform (`/_control/merchant_refund`): refused
+/// beyond what is left (409), otherwise numbered by WeChat and notified, encrypted, to the
+/// merchant platform's refund-result URL with `refund_request_source` `VENDOR_PLATFORM`.
+#[tokio::test]
+async fn a_refund_made_in_the_merchant_platform_is_notified_as_such() {
+    let recv = Receiver::start(200, PAY_OK).await;
+    let mut c = cfg();
+    c.refund_notify_url = Some(format!("{}/callbacks/refund", recv.url));
+    let sb = start(c).await;
+    let base = sb.base_url();
+    let notify = format!("{}/callbacks/pay", recv.url);
+    mch(
+        &base,
+        "pay/unifiedorder",
+        order_fields("REF000009", "1000", &notify),
+        SignType::Md5,
+    )
+    .await;
+    let by_hand = |fee: i64| {
+        reqwest::Client::new()
+            .post(format!("{base}/_control/merchant_refund"))
+            .json(&json!({"out_trade_no": "REF000009", "refund_fee": fee}))
+            .send()
+    };
+    assert_eq!(by_hand(400).await.unwrap().status(), 409, "not paid yet");
+    post_json(
+        &format!("{base}/_control/pay"),
+        json!({"out_trade_no": "REF000009", "wait": true}),
+    )
+    .await;
+    assert_eq!(
+        by_hand(1001).await.unwrap().status(),
+        409,
+        "beyond the total"
+    );
+    let made: serde_json::Value = by_hand(400).await.unwrap().json().await.unwrap();
+    let no = made["out_refund_no"].as_str().unwrap().to_owned();
+    wait_for("the refund notification", 3000, || {
+        sb.sandbox.refund_notifications_delivered(&no) == 1
+    })
+    .await;
+    let g = recv
+        .got()
+        .into_iter()
+        .find(|g| g.path_query == "/callbacks/refund")
+        .unwrap();
+    let n = wxshop::pay::refund_notify::parse_refund_notification(&g.body, KEY).unwrap();
+    assert_eq!(n.out_refund_no.as_str(), no);
+    assert_eq!(n.refund_fee.get(), 400);
+    assert_eq!(n.refund_request_source.as_deref(), Some("VENDOR_PLATFORM"));
+    assert_eq!(n.refund_status.as_str(), "SUCCESS");
+}
+
 #[tokio::test]
 async fn refund_sends_an_encrypted_notification() {
     let sb = start(cfg()).await;

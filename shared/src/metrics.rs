@@ -44,7 +44,8 @@ pub const PAY_NOTIFY_UNRECORDED: &str = "PayNotifyUnrecorded";
 /// pay into the user's account (`refund_abnormal`, CHANGE: redirect it in the merchant
 /// platform), a SUCCESS for an after-sale another refund had completed (`refund_superseded`:
 /// the user may have been refunded twice), a payment for an order closed and sold out
-/// meanwhile (`paid_after_close_oversold`). Each is acknowledged to WeChat (retrying changes
+/// meanwhile (`paid_after_close_oversold`), a refund made by hand in the merchant platform,
+/// recorded on its order but unknown to the trading component (`refund_by_hand`). Each is acknowledged to WeChat (retrying changes
 /// nothing), so no `FAIL` count sees it: this is the page. Counted by whichever function
 /// learnt it — payCallback from notifications; queryOrder, orderSync and auditCallback from
 /// `orderquery`/`refundquery`/`shop/order/get` answers — at most once per event.

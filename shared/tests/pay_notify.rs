@@ -275,12 +275,19 @@ fn refund_req_info_hostile_cases() {
     };
     // 52 bytes + 12 bytes of padding = 64.
     assert_eq!(plain.len(), 52);
-    // Correct padding decrypts (then fails for missing fields, not for padding).
+    // Correct padding decrypts (then fails for missing fields, not for padding): WeChat's,
+    // yet unreadable, with the decrypted fields kept for the evidence.
     let good = raw_encrypt(&pad_to(plain, &[12; 12]));
-    assert!(matches!(
-        parse_refund_notification(refund_body(&good).as_bytes(), KEY),
-        Err(NotifyError::Field(_))
-    ));
+    match parse_refund_notification(refund_body(&good).as_bytes(), KEY) {
+        Err(NotifyError::RefundFields { error, fields }) => {
+            assert!(matches!(*error, NotifyError::Field(_)), "{error}");
+            assert_eq!(
+                fields.get("out_trade_no").map(String::as_str),
+                Some("1409811653")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     // Inconsistent padding bytes.
     let mut bad = [12u8; 12];
     bad[0] = 11;

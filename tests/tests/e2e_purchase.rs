@@ -3788,3 +3788,236 @@ async fn a_return_parcel_entered_in_wechat_whose_push_was_lost_reaches_ours_by_t
     c.approve(&id).await;
     refunded_here_and_at_wechat(&r, &c, &token, &no, &id).await;
 }
+
+/// A person refunds in the WeChat Pay merchant platform, not through us (sandbox
+/// `/_control/merchant_refund`: WeChat numbers the refund, and its notification says
+/// `refund_request_source` `VENDOR_PLATFORM`): `out_refund_no`.
+async fn refund_in_merchant_platform(c: &Client<'_>, no: &str, fee: i64) -> String {
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/merchant_refund",
+            None,
+            &json!({"out_trade_no": no, "refund_fee": fee}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["out_refund_no"].as_str().unwrap().to_owned()
+}
+
+/// `refund_by_hand` evidence of `out_refund_no`, if kept.
+async fn by_hand_event(r: &Running, out_refund_no: &str) -> Option<Value> {
+    wxshop::store::repo::get_event(r.app.store.as_ref(), "refund_by_hand", out_refund_no)
+        .await
+        .unwrap()
+        .map(|e| serde_json::from_str(&e.value.body).unwrap())
+}
+
+async fn ship(c: &Client<'_>, no: &str) -> (u16, Value) {
+    c.admin(
+        "/admin/orderSync",
+        &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF", "waybill_id": "SF1"}),
+    )
+    .await
+}
+
+/// The merchant refunds a whole order by hand in the WeChat Pay merchant platform. Its
+/// notification used to be refused as a mismatch (an `out_refund_no` we never issued): WeChat
+/// retried for a day while the order stayed PAID with nothing refunded on its books, and the
+/// merchant could ship goods whose money had gone back. Now it is acknowledged and recorded:
+/// a refund record of WeChat's number (made by hand, no after-sale), the order REFUNDED with
+/// `refunded_fee` its total, shipping refused (409, saying why), no new application taken, and
+/// a `refund_by_hand` event for a person (the trading component does not know of it).
+#[tokio::test]
+async fn a_refund_made_by_hand_in_the_merchant_platform_is_on_the_books() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "hanna", 1).await;
+    let out_refund_no = refund_in_merchant_platform(&c, &no, 1990).await;
+    eventually("the notification acknowledged", || async {
+        r.sandbox.refund_notifications_delivered(&out_refund_no) == 1
+    })
+    .await;
+    let order = c.status(&token, &no).await;
+    assert_eq!(order["status"], "REFUNDED", "{order}");
+    assert_eq!(order["refunded_fee"], 1990, "{order}");
+    // The refund record as stored (what a person reads in the table).
+    let stored = r
+        .app
+        .store
+        .get(wxshop::store::Kind::Refund, &out_refund_no)
+        .await
+        .unwrap()
+        .expect("a refund record of WeChat's number");
+    let refund: Value = serde_json::from_str(&stored.body).unwrap();
+    assert_eq!(refund["origin"], "BY_HAND", "{refund}");
+    assert_eq!(
+        refund["aftersale_id"],
+        Value::Null,
+        "no after-sale: {refund}"
+    );
+    assert_eq!(refund["amount"], 1990, "{refund}");
+    assert_eq!(refund["status"], "SUCCESS", "{refund}");
+    assert_eq!(refund["request_source"], "VENDOR_PLATFORM", "{refund}");
+    assert!(
+        refund["refund_id"].is_string() && refund["succeeded_at_ms"].is_i64(),
+        "{refund}"
+    );
+    let event = by_hand_event(&r, &out_refund_no)
+        .await
+        .expect("refund_by_hand event");
+    assert_eq!(event["out_trade_no"], no.as_str(), "{event}");
+    assert_eq!(event["order_status"], "REFUNDED", "{event}");
+
+    let (s, v) = ship(&c, &no).await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["code"], "ORDER_NOT_SHIPPABLE", "{v}");
+    assert!(v.to_string().contains("refunded in full"), "says why: {v}");
+    assert!(
+        !r.sandbox
+            .calls("shop/delivery/send")
+            .iter()
+            .any(|v| v.to_string().contains(&no)),
+        "nothing shipped at WeChat"
+    );
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 1}),
+        )
+        .await;
+    assert_eq!(s, 409, "nothing is left to refund: {v}");
+    assert!(c.dead_letters().await.is_empty());
+}
+
+/// Half of a two-tin order refunded by hand in the merchant platform, its notification sent
+/// three times at once (sandbox `duplicate`): recorded once — `refunded_fee` 1990, not 3980 —
+/// the order still PAID and shipping (200, `shop/delivery/send`), and an after-sale asking
+/// for more than the 1990 left is refused (409 `NOT_REFUNDABLE`) while 1990 is taken. It used
+/// to leave `refunded_fee` 0, so after-sales could ask for (and be paid) the whole 3980 again.
+#[tokio::test]
+async fn a_partial_refund_by_hand_shrinks_what_is_left_and_the_order_still_ships() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "ines", 2).await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/notifications",
+            None,
+            &json!({"duplicate": 2}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let out_refund_no = refund_in_merchant_platform(&c, &no, 1990).await;
+    eventually("the notifications acknowledged", || async {
+        r.sandbox.refund_notifications_delivered(&out_refund_no) >= 3
+    })
+    .await;
+    let order = c.status(&token, &no).await;
+    assert_eq!(order["refunded_fee"], 1990, "counted once: {order}");
+    assert_eq!(order["status"], "PAID", "{order}");
+    assert_eq!(
+        by_hand_event(&r, &out_refund_no).await.unwrap()["order_refunded"],
+        1990
+    );
+
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "amount": 3980}),
+        )
+        .await;
+    assert_eq!(s, 409, "more than is left: {v}");
+    assert_eq!(v["code"], "NOT_REFUNDABLE", "{v}");
+    c.apply(&token, &no, json!({"amount": 1990})).await;
+
+    let (s, v) = ship(&c, &no).await;
+    assert_eq!(s, 200, "the rest still ships: {v}");
+    eventually("shop/delivery/send", || async {
+        r.sandbox
+            .calls("shop/delivery/send")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+}
+
+/// Refund notifications of refunds we never asked for that are no refund of one of our
+/// payments stay mismatches for a person: a by-hand `SUCCESS` naming another total is refused
+/// (`FAIL`, WeChat retries), kept as `refund_mismatch`, and changes nothing; `PROCESSING` and
+/// `REFUNDCLOSE` moved no money and are acknowledged with nothing recorded; a refund beyond
+/// what is left is refused. The genuine one (same number, the order's total) is then recorded
+/// — it used to be refused like the others.
+#[tokio::test]
+async fn a_refund_by_hand_that_does_not_match_the_order_changes_nothing() {
+    use wxshop::pay::types::RefundStatus as Wx;
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "jana", 2).await;
+    let txid = transaction_id(&r, &no).await;
+    let by_hand = "50300000012024010112345678901";
+    let refund_id = "50300000012024010112345678901";
+    let post = |body: String| async { c.raw("/callbacks/refund", body).await };
+
+    let (_, reply) = post(refund_notice(
+        &r,
+        &no,
+        by_hand,
+        refund_id,
+        &txid,
+        9990,
+        1990,
+        Wx::Success,
+    ))
+    .await;
+    assert!(reply.contains("FAIL"), "another total: {reply}");
+    let kept = wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "refund_mismatch",
+        &format!("{by_hand}/{refund_id}"),
+    )
+    .await
+    .unwrap();
+    assert!(kept.is_some(), "kept for a person");
+    for status in [Wx::Processing, Wx::RefundClose] {
+        let (_, reply) = post(refund_notice(
+            &r, &no, by_hand, refund_id, &txid, 3980, 1990, status,
+        ))
+        .await;
+        assert!(reply.contains("SUCCESS"), "{reply}");
+    }
+    let (_, reply) = post(refund_notice(
+        &r,
+        &no,
+        "50300000012024010100000000002",
+        "50300000012024010100000000002",
+        &txid,
+        3980,
+        3981,
+        Wx::Success,
+    ))
+    .await;
+    assert!(reply.contains("FAIL"), "beyond what is left: {reply}");
+    let order = c.status(&token, &no).await;
+    assert_eq!(
+        (order["status"].clone(), order["refunded_fee"].clone()),
+        (json!("PAID"), json!(0)),
+        "{order}"
+    );
+    assert!(by_hand_event(&r, by_hand).await.is_none());
+
+    let (_, reply) = post(refund_notice(
+        &r,
+        &no,
+        by_hand,
+        refund_id,
+        &txid,
+        3980,
+        1990,
+        Wx::Success,
+    ))
+    .await;
+    assert!(reply.contains("SUCCESS"), "{reply}");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+}

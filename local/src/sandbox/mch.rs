@@ -138,6 +138,10 @@ pub struct Refund {
     pub created_ms: i64,
     pub success_ms: Option<i64>,
     pub refund_account: String,
+    /// Made by a person in the merchant platform ([`merchant_refunds`]), not asked for with
+    /// `secapi/pay/refund`: its notification says `refund_request_source` `VENDOR_PLATFORM`.
+    #[serde(default)]
+    pub by_hand: bool,
 }
 
 impl Refund {
@@ -951,6 +955,7 @@ fn refund(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Respon
         created_ms: now,
         success_ms: None,
         refund_account,
+        by_hand: false,
     };
     state.pay.refunds.insert(r.out_refund_no.clone(), r.clone());
     if let Some(ord) = state.pay.orders.get_mut(&o.out_trade_no) {
@@ -961,6 +966,63 @@ fn refund(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Respon
     drop(state);
     tokio::spawn(complete_refund(sb.clone(), r.out_refund_no.clone(), epoch));
     reply(cfg, f, st, accepted(&r))
+}
+
+/// A person refunds `refund_fee` of paid order `out_trade_no` in the merchant platform
+/// (交易中心 → 退款管理), not through our API: WeChat numbers the refund itself — its
+/// `out_refund_no` is its `refund_id` here (the format WeChat gives a refund made there is
+/// UNVERIFIED) — and once it has gone through, its notification, with `refund_request_source`
+/// `VENDOR_PLATFORM`, goes to the refund-result URL set in the merchant platform
+/// ([`SandboxConfig::refund_notify_url`]; none set: no notification). Refused as
+/// `secapi/pay/refund` refuses: an unpaid order, nothing to refund, more than is left.
+pub fn merchant_refunds(
+    sb: &Sandbox,
+    out_trade_no: &str,
+    refund_fee: i64,
+) -> Result<Value, String> {
+    let cfg = sb.cfg();
+    let now = sb.now_ms();
+    let mut state = sb.st();
+    let Some(o) = state.pay.orders.get(out_trade_no).cloned() else {
+        return Err(format!("no WeChat Pay order {out_trade_no}"));
+    };
+    if !o.state.is_paid() {
+        return Err(format!(
+            "order {out_trade_no} is not paid ({})",
+            o.state.as_str()
+        ));
+    }
+    if refund_fee <= 0 || o.refunded + refund_fee > o.total_fee {
+        return Err(format!(
+            "refund_fee {refund_fee}: {} of {} fen is left to refund",
+            o.total_fee - o.refunded,
+            o.total_fee
+        ));
+    }
+    let refund_id = format!("5030{}{}", beijing_date(now), random_digits(17));
+    let r = Refund {
+        out_refund_no: refund_id.clone(),
+        refund_id,
+        out_trade_no: o.out_trade_no.clone(),
+        transaction_id: o.transaction_id.clone().unwrap_or_default(),
+        total_fee: o.total_fee,
+        refund_fee,
+        notify_url: cfg.refund_notify_url.clone(),
+        status: RefundStatus::Processing,
+        created_ms: now,
+        success_ms: None,
+        refund_account: "REFUND_SOURCE_UNSETTLED_FUNDS".into(),
+        by_hand: true,
+    };
+    state.pay.refunds.insert(r.out_refund_no.clone(), r.clone());
+    if let Some(ord) = state.pay.orders.get_mut(&o.out_trade_no) {
+        ord.refunded += refund_fee;
+        ord.last_refund_ms = Some(now);
+    }
+    let epoch = state.epoch;
+    drop(state);
+    tokio::spawn(complete_refund(sb.clone(), r.out_refund_no.clone(), epoch));
+    Ok(r.summary())
 }
 
 /// After a restart: refunds accepted but not yet processed are processed now.
@@ -1036,7 +1098,10 @@ async fn complete_refund(sb: Sandbox, out_refund_no: String, epoch: u64) {
         ("refund_fee", r.refund_fee.to_string()),
         ("refund_id", r.refund_id.clone()),
         ("refund_recv_accout", "支付用户零钱".into()),
-        ("refund_request_source", "API".into()),
+        (
+            "refund_request_source",
+            if r.by_hand { "VENDOR_PLATFORM" } else { "API" }.into(),
+        ),
         ("refund_status", r.status.as_str().into()),
         ("settlement_refund_fee", r.refund_fee.to_string()),
         ("settlement_total_fee", r.total_fee.to_string()),

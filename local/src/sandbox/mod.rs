@@ -64,6 +64,10 @@ pub struct SandboxConfig {
     /// `/_control/clock` moves the clock past it; a test that refunds one order twice and is
     /// not about the limit may set 0.
     pub refund_interval_ms: i64,
+    /// The refund-result URL set in the merchant platform (our `/callbacks/refund`): where the
+    /// notification of a refund a person made there goes ([`mch::merchant_refunds`]). Refunds
+    /// asked for through the API go to the `notify_url` they name.
+    pub refund_notify_url: Option<String>,
 }
 
 impl Default for SandboxConfig {
@@ -85,6 +89,7 @@ impl Default for SandboxConfig {
             time_scale: 1.0,
             auto_audit: true,
             refund_interval_ms: mch::REFUND_INTERVAL_MS,
+            refund_notify_url: None,
         }
     }
 }
@@ -430,6 +435,7 @@ impl Sandbox {
             .route("/_control/aftersale", post(control_aftersale))
             .route("/_control/order", post(control_order))
             .route("/_control/refund_outcome", post(control_refund_outcome))
+            .route("/_control/merchant_refund", post(control_merchant_refund))
             .route("/_control/funds/qrcode", post(control_qrcode))
             .route("/_control/funds/withdraw", post(control_withdraw))
             .route(
@@ -874,6 +880,30 @@ async fn control_pay(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
             }
             Json(result).into_response()
         }
+        Err(e) => control_err(StatusCode::CONFLICT, e),
+    }
+}
+
+/// `{"out_trade_no", "refund_fee"}`: a person refunds that much of the paid order in the
+/// merchant platform, not through our API ([`mch::merchant_refunds`]); its notification
+/// (`VENDOR_PLATFORM`) follows as WeChat's would. Answers the refund (WeChat's
+/// `out_refund_no`), or 409 with why WeChat would refuse it.
+async fn control_merchant_refund(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    let (Some(no), Some(fee)) = (
+        v.get("out_trade_no").and_then(Value::as_str),
+        v.get("refund_fee").and_then(Value::as_i64),
+    ) else {
+        return control_err(
+            StatusCode::BAD_REQUEST,
+            "give out_trade_no and refund_fee (fen)",
+        );
+    };
+    match mch::merchant_refunds(&sb, no, fee) {
+        Ok(refund) => Json(refund).into_response(),
         Err(e) => control_err(StatusCode::CONFLICT, e),
     }
 }

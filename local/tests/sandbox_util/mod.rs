@@ -35,6 +35,7 @@ pub fn cfg() -> SandboxConfig {
         time_scale: 0.001,
         auto_audit: true,
         refund_interval_ms: wxlocal::sandbox::mch::REFUND_INTERVAL_MS,
+        refund_notify_url: None,
     }
 }
 

@@ -1097,6 +1097,7 @@ fn refund_report(
         status: r.refund_status.clone(),
         success_time_ms: r.success_time_ms,
         recv_account: r.refund_recv_account.clone(),
+        request_source: None,
     })
 }
 

@@ -632,7 +632,7 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 12] = [
+pub const EVENT_SOURCES: [&str; 13] = [
     "push",
     "double_payment",
     "payment_mismatch",
@@ -640,6 +640,7 @@ pub const EVENT_SOURCES: [&str; 12] = [
     "refund_abnormal",
     "refund_settled_by_sweep",
     "refund_superseded",
+    super::pay_callback::REFUND_BY_HAND_EVENTS,
     "withdrawal_conflict",
     "paid_after_close_oversold",
     "order_pay_refused",
@@ -880,6 +881,13 @@ async fn ship(
             .collect();
         if current.value.delivery.is_none() || sends.is_empty() {
             let why = match &current.value.delivery {
+                // Everything paid went back (an after-sale, or a refund made by hand in the
+                // merchant platform): no goods are owed.
+                None if current.value.status == crate::domain::OrderStatus::Refunded => format!(
+                    "{refused}: the order was refunded in full ({} fen went back to the user), \
+                     so there is nothing to ship",
+                    current.value.refunded.get()
+                ),
                 Some(d) if current.value.wx_order_id.is_some() => format!(
                     "{refused}: WeChat accepted the shipment with {} {} already, and a shipment \
                      it accepted cannot be changed",

@@ -20,8 +20,13 @@
 //! it does not match our records), and the template alarms on both. What is acknowledged yet
 //! needs a person — money moved that only a person can put right: a second payment for a paid
 //! order, a refund WeChat could not pay out (`CHANGE`), a `SUCCESS` for an after-sale another
-//! refund completed — is kept as an event and counted once as
-//! [`crate::metrics::MONEY_NEEDS_A_PERSON`], which pages too.
+//! refund completed, a refund made by hand in the merchant platform — is kept as an event
+//! and counted once as [`crate::metrics::MONEY_NEEDS_A_PERSON`], which pages too.
+//!
+//! A refund notification for a refund we never asked for (a person refunded in the WeChat Pay
+//! merchant platform) is recorded on its order when it is a `SUCCESS` of one of our payments
+//! that fits in what is left ([`made_by_hand`]): the money went back, so the books and the
+//! order's shippability follow it; anything else about it stays a mismatch.
 
 use super::common::{
     keep_evidence, page_a_person, record_payment, with_retries, Attempt, PaymentError,
@@ -37,7 +42,7 @@ use crate::pay::notify::{
 };
 use crate::pay::sign::VerifyError;
 use crate::pay::types::RefundStatus as WxRefundStatus;
-use crate::store::repo::{self, Batch, RefundStatus};
+use crate::store::repo::{self, Batch, RefundOrigin, RefundStatus};
 use http::StatusCode;
 
 fn xml(body: String) -> Response {
@@ -223,6 +228,10 @@ async fn refund(app: &App, req: Request) -> Response {
     let cfg = &app.config;
     let n = match app.refund_key.parse_notification(req.body()) {
         Ok(n) => n,
+        // Decrypted under our key, yet its fields do not read: ours to look at.
+        Err(NotifyError::RefundFields { error, fields }) => {
+            return unreadable_refund(app, req.body(), &error, &fields).await;
+        }
         Err(e) => {
             tracing::warn!(security = true, error = %e, "refund notification refused");
             return unverified(app, &e, "invalid notification");
@@ -249,6 +258,64 @@ async fn refund(app: &App, req: Request) -> Response {
     }
 }
 
+/// A refund notification whose `req_info` decrypted under our key (so WeChat sent it) but
+/// whose fields inside do not read as a refund (an amount or time in another format, an
+/// `out_trade_no` that is no id of ours): unless its outer ids name another merchant, it is
+/// counted as `PayNotifyUnrecorded` and kept as `refund_mismatch` evidence — money may have
+/// moved — as an unreadable payment is ([`unreadable_payment`]). It used to be refused as
+/// junk: counted nowhere, kept nowhere.
+async fn unreadable_refund(
+    app: &App,
+    body: &[u8],
+    e: &NotifyError,
+    inner: &crate::pay::sign::Fields,
+) -> Response {
+    let cfg = &app.config;
+    // The body decoded once already (req_info was read from it).
+    let outer = crate::pay::xml::decode(body).unwrap_or_default();
+    let field = |f: &crate::pay::sign::Fields, k: &str| -> Option<String> {
+        f.get(k).filter(|v| !v.is_empty()).cloned()
+    };
+    let [appid, mch_id, sub_appid, sub_mch_id] =
+        ["appid", "mch_id", "sub_appid", "sub_mch_id"].map(|k| field(&outer, k));
+    if let Err(wrong) = crate::pay::refund_notify::check_refund_merchant(
+        [
+            appid.as_deref(),
+            mch_id.as_deref(),
+            sub_appid.as_deref(),
+            sub_mch_id.as_deref(),
+        ],
+        [cfg.appid.as_str(), cfg.mch_id.as_str()],
+        cfg.sub_appid.as_deref(),
+        cfg.sub_mch_id.as_deref(),
+    ) {
+        tracing::warn!(security = true, error = %wrong, "refund notification for another merchant");
+        return unverified(app, &wrong, "wrong merchant");
+    }
+    let key = ["out_refund_no", "refund_id", "out_trade_no"]
+        .into_iter()
+        .find_map(|k| field(inner, k))
+        .unwrap_or_else(|| "unknown".to_owned());
+    tracing::error!(security = true, error = %e, out_refund_no = %key, "refund notification we cannot read: not recorded, kept for a person");
+    let mut evidence = serde_json::Map::new();
+    for (k, v) in inner {
+        evidence.insert(k.clone(), v.clone().into());
+    }
+    evidence.insert("why".into(), e.to_string().into());
+    evidence.insert(
+        "reported_by".into(),
+        ReportedBy::Notification.as_str().into(),
+    );
+    let _ = keep_evidence(
+        app,
+        "refund_mismatch",
+        format!("unreadable/{key}"),
+        serde_json::Value::Object(evidence).to_string(),
+    )
+    .await;
+    unrecorded(app, "invalid notification")
+}
+
 /// A refund's state as WeChat reported it: in the refund notification (authenticated by its
 /// encryption), or in a signed `pay/refundquery` answer the schedule asked for when no
 /// notification came ([`super::aftersale_sync::sweep_refunds`]). Both are settled by
@@ -267,6 +334,9 @@ pub(crate) struct RefundReport {
     pub success_time_ms: Option<i64>,
     /// `refund_recv_accout` (sic) / `refund_recv_accout_$n`: where the money went.
     pub recv_account: Option<String>,
+    /// `refund_request_source` (notification only): `API`, or `VENDOR_PLATFORM` for a refund
+    /// a person made in the merchant platform.
+    pub request_source: Option<String>,
 }
 
 impl From<&crate::pay::refund_notify::RefundNotification> for RefundReport {
@@ -281,6 +351,7 @@ impl From<&crate::pay::refund_notify::RefundNotification> for RefundReport {
             status: n.refund_status.clone(),
             success_time_ms: n.success_time_ms,
             recv_account: n.refund_recv_account.clone(),
+            request_source: n.refund_request_source.clone(),
         }
     }
 }
@@ -351,6 +422,13 @@ pub(crate) async fn settle_refund(
             Ok(Settled::Applied)
         }
         Ok(Applied::Nothing) => Ok(Settled::Unchanged),
+        Ok(Applied::ByHand { refunded_in_full }) => {
+            // Recorded with its `refund_by_hand` event, in the write that created the refund
+            // record: a repeat finds the record and comes here no more, so this pages once.
+            tracing::error!(out_refund_no = %n.out_refund_no, out_trade_no = %n.out_trade_no, refund_id = %n.refund_id, refund_fee = n.refund_fee.get(), request_source = n.request_source.as_deref().unwrap_or(""), refunded_in_full, "refund made outside wxshop (merchant platform): recorded on the order; the trading component's after-sale side does not know of it");
+            page_a_person(app);
+            Ok(Settled::Applied)
+        }
         Ok(Applied::AlreadyRefunded {
             aftersale_id,
             settled_by,
@@ -390,6 +468,10 @@ pub(crate) async fn settle_refund(
 enum Applied {
     Recorded,
     Nothing,
+    /// A refund we never asked for, recorded on its order ([`made_by_hand`]).
+    ByHand {
+        refunded_in_full: bool,
+    },
     AlreadyRefunded {
         aftersale_id: AfterSaleId,
         /// The WeChat refund that completed it (`None`: a person did).
@@ -408,7 +490,7 @@ async fn apply_refund(
 ) -> Result<Applied, RefundApplyError> {
     with_retries(app, || async {
         let Some(refund) = repo::get_refund(app.store.as_ref(), &n.out_refund_no).await? else {
-            return Err(RefundApplyError::Mismatch("unknown out_refund_no".into()));
+            return made_by_hand(app, n, by).await;
         };
         if refund.value.out_trade_no != n.out_trade_no || refund.value.amount != n.refund_fee {
             return Err(RefundApplyError::Mismatch("order or amount differs".into()));
@@ -468,7 +550,12 @@ async fn apply_refund(
             }
             _ => {}
         }
-        let aftersale = repo::get_aftersale(app.store.as_ref(), &refund.value.aftersale_id).await?;
+        // A refund made by hand names no after-sale; it is recorded SUCCESS at once, so
+        // only its repeats come this far (above), and change nothing.
+        let Some(aftersale_id) = refund.value.aftersale_id.as_ref() else {
+            return Ok(Attempt::Done(Applied::Nothing));
+        };
+        let aftersale = repo::get_aftersale(app.store.as_ref(), aftersale_id).await?;
         if let Some(a) = aftersale
             .as_ref()
             .filter(|a| a.value.status == AfterSaleStatus::Refunded)
@@ -495,10 +582,10 @@ async fn apply_refund(
             // For the merchant: the refund must be redirected by hand in the merchant
             // platform; the after-sale is held (REFUND_ABNORMAL) and its amount stays held
             // on the order until a person records the outcome.
-            tracing::error!(out_refund_no = %n.out_refund_no, refund_id = %n.refund_id, aftersale_id = %refund.value.aftersale_id, "refund abnormal (CHANGE): WeChat holds the money; redirect it in the merchant platform, then mark the after-sale refunded");
+            tracing::error!(out_refund_no = %n.out_refund_no, refund_id = %n.refund_id, aftersale_id = %aftersale_id, "refund abnormal (CHANGE): WeChat holds the money; redirect it in the merchant platform, then mark the after-sale refunded");
             let body = serde_json::json!({"out_refund_no": n.out_refund_no.as_str(),
                 "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
-                "refund_fee": n.refund_fee.get(), "aftersale_id": refund.value.aftersale_id.as_str(),
+                "refund_fee": n.refund_fee.get(), "aftersale_id": aftersale_id.as_str(),
                 "what_to_do": "redirect the refund in the WeChat Pay merchant platform (交易中心 → 退款管理), then POST /admin/aftersaleSync {action: mark_refunded}"});
             batch.record_event(&repo::EventRecord::new(
                 "refund_abnormal",
@@ -531,19 +618,19 @@ async fn apply_refund(
         if refunds_order {
             let mut next_order = order.value.clone();
             next_order
-                .refund_aftersale(&refund.value.aftersale_id, n.refund_fee, now)
+                .refund_aftersale(aftersale_id, n.refund_fee, now)
                 .map_err(|e| RefundApplyError::Mismatch(e.to_string()))?;
             batch.update_order(&order, &next_order);
         }
         if by == ReportedBy::Query {
             // The notification never came (a wrong notify URL, or our refusals outlasted
             // WeChat's retries): worth a look at why, so it is kept.
-            tracing::warn!(out_refund_no = %n.out_refund_no, status = %n.status, aftersale_id = %refund.value.aftersale_id, "refund settled by the schedule's refundquery: its notification never came");
+            tracing::warn!(out_refund_no = %n.out_refund_no, status = %n.status, aftersale_id = %aftersale_id, "refund settled by the schedule's refundquery: its notification never came");
             let mut body = serde_json::json!({"out_refund_no": n.out_refund_no.as_str(),
                 "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
                 "refund_fee": n.refund_fee.get(), "status": n.status.as_str(),
                 "success_time_ms": n.success_time_ms, "recv_account": n.recv_account,
-                "aftersale_id": refund.value.aftersale_id.as_str()});
+                "aftersale_id": aftersale_id.as_str()});
             body["what_to_check"] = "refund notifications are not arriving: check \
                 WXPAY_REFUND_NOTIFY_URL and /callbacks/refund's logs"
                 .into();
@@ -557,6 +644,102 @@ async fn apply_refund(
         Ok(Attempt::Commit(batch, Applied::Recorded))
     })
     .await
+}
+
+/// The event source of refunds made outside wxshop, recorded on their order.
+pub const REFUND_BY_HAND_EVENTS: &str = "refund_by_hand";
+
+/// A refund notification for an `out_refund_no` we have no record of: no after-sale of ours
+/// asked for it — a person refunded in the WeChat Pay merchant platform
+/// (`refund_request_source` `VENDOR_PLATFORM`, WeChat's own refund number), or another system
+/// holding our API key did. The money went back whatever our books say, so a `SUCCESS` of one
+/// of our paid orders, naming its payment and total, is recorded in one conditional write: a
+/// refund record ([`RefundOrigin::ByHand`], keyed by its `out_refund_no`: a repeat finds it
+/// and changes nothing), the order's refunded amount grown by it — REFUNDED, and so no longer
+/// shippable, once nothing is left; what after-sales may still ask for shrinks with it — and
+/// a `refund_by_hand` event for a person: the trading component's after-sale side does not
+/// know of this refund, and WeChat's APIs offer no call that tells it (WECHAT_SHOP.md §5, §7).
+///
+/// Everything else stays a mismatch for a person (kept as evidence, `FAIL`): an order we do
+/// not have or whose total or payment differ, a refund beyond what the order has left, a
+/// `CHANGE` (the money waits at WeChat to be redirected; the order is not refunded).
+/// `PROCESSING` and `REFUNDCLOSE` moved no money: acknowledged, nothing recorded.
+/// `refundquery` asks about our own refunds only: an answer without a record stays a mismatch.
+async fn made_by_hand(
+    app: &App,
+    n: &RefundReport,
+    by: ReportedBy,
+) -> Result<Attempt<Applied>, RefundApplyError> {
+    let mismatch = |why: &str| Err(RefundApplyError::Mismatch(why.to_owned()));
+    if by != ReportedBy::Notification {
+        return mismatch("unknown out_refund_no");
+    }
+    let Some(order) = repo::get_order(app.store.as_ref(), &n.out_trade_no).await? else {
+        return mismatch("unknown out_refund_no, of an order we do not have");
+    };
+    if order.value.fund_type != crate::domain::FundType::Direct
+        || !order.value.status.is_paid()
+        || order.value.transaction_id.as_deref() != Some(n.transaction_id.as_str())
+    {
+        return mismatch("unknown out_refund_no, of a payment we did not take");
+    }
+    if order.value.total != n.total_fee {
+        return mismatch("unknown out_refund_no, and the order total differs");
+    }
+    match &n.status {
+        WxRefundStatus::Success => {}
+        WxRefundStatus::Processing | WxRefundStatus::RefundClose => {
+            tracing::warn!(out_refund_no = %n.out_refund_no, out_trade_no = %n.out_trade_no, status = %n.status, "refund made outside wxshop without an outcome, or closed: no money moved; nothing recorded");
+            return Ok(Attempt::Done(Applied::Nothing));
+        }
+        _ => return mismatch("unknown out_refund_no, and no SUCCESS"),
+    }
+    let now = app.clock.now_ms();
+    let mut next_order = order.value.clone();
+    if let Err(e) = next_order.refund(n.refund_fee, now) {
+        return Err(RefundApplyError::Mismatch(format!(
+            "unknown out_refund_no, beyond what the order has left: {e}"
+        )));
+    }
+    let refunded_in_full = next_order.status == crate::domain::OrderStatus::Refunded;
+    let record = repo::RefundRecord {
+        out_refund_no: n.out_refund_no.clone(),
+        out_trade_no: n.out_trade_no.clone(),
+        aftersale_id: None,
+        amount: n.refund_fee,
+        status: RefundStatus::Success,
+        refund_id: Some(n.refund_id.clone()),
+        origin: RefundOrigin::ByHand,
+        request_source: n.request_source.clone(),
+        succeeded_at_ms: n.success_time_ms,
+        created_at_ms: now,
+        updated_at_ms: now,
+        checked_at_ms: None,
+    };
+    let what_to_do = if refunded_in_full {
+        "refunded outside wxshop: the order is REFUNDED and no longer ships"
+    } else {
+        "refunded outside wxshop in part: the order's refundable amount shrank; the rest still ships"
+    };
+    let body = serde_json::json!({"out_refund_no": n.out_refund_no.as_str(),
+        "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
+        "refund_fee": n.refund_fee.get(), "success_time_ms": n.success_time_ms,
+        "recv_account": n.recv_account, "request_source": n.request_source,
+        "order_refunded": next_order.refunded.get(), "order_status": next_order.status.as_str(),
+        "open_aftersales_hold": next_order.claimed().get(),
+        "what_to_do": format!("{what_to_do}. WeChat's trading component has no after-sale for \
+            this refund: if the order is in it, reconcile it there by hand; if open after-sales \
+            hold more than is left, reject or cancel them")});
+    let mut batch = Batch::new();
+    batch.create_refund(&record);
+    batch.update_order(&order, &next_order);
+    batch.record_event(&repo::EventRecord::new(
+        REFUND_BY_HAND_EVENTS,
+        n.out_refund_no.as_str(),
+        now,
+        body.to_string(),
+    ));
+    Ok(Attempt::Commit(batch, Applied::ByHand { refunded_in_full }))
 }
 
 #[cfg(all(test, feature = "sqlite"))]
@@ -825,6 +1008,120 @@ mod tests {
         }
         assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
         assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+    }
+
+    /// A refund notification for order WX20240101000000000001 (100 fen, paid with `txid`):
+    /// `out_refund_no` refunding `fee`.
+    fn refund_notice(out_refund_no: &str, txid: &str, fee: i64) -> String {
+        use crate::pay::refund_notify::{build_refund_notification, RefundNotificationSpec};
+        build_refund_notification(
+            &RefundNotificationSpec {
+                appid: "wx0000000000000001".into(),
+                mch_id: "1900000001".into(),
+                sub_appid: None,
+                sub_mch_id: None,
+                out_trade_no: OutTradeNo::parse("WX20240101000000000001").unwrap(),
+                out_refund_no: crate::domain::OutRefundNo::parse(out_refund_no).unwrap(),
+                transaction_id: txid.into(),
+                refund_id: out_refund_no.into(),
+                total_fee: Fen::new(100).unwrap(),
+                refund_fee: Fen::new(fee).unwrap(),
+                refund_status: crate::pay::types::RefundStatus::Success,
+                success_time_ms: Some(1_704_067_200_000),
+            },
+            API_KEY,
+        )
+    }
+
+    /// GIVEN a paid order WHEN a refund made by hand in the merchant platform (a number we
+    /// never issued) is notified twice THEN both are acknowledged, the order's refunded amount
+    /// grows once, and `MoneyNeedsAPerson` is counted once (the trading component does not
+    /// know of the refund); nothing counts as unrecorded. It used to be refused (`FAIL`,
+    /// `PayNotifyUnrecorded` on each retry) and the order's books left untouched.
+    #[tokio::test]
+    async fn a_refund_made_by_hand_is_recorded_and_pages_a_person_once() {
+        let store = Arc::new(SqliteStore::memory().unwrap());
+        let (app, captured) = app(store.clone());
+        let txid = "4200000000202401010000000001";
+        let order = paid_order(&store, txid).await;
+        let body = refund_notice("50300000000000000000000000077", txid, 40);
+        for _ in 0..2 {
+            let reply = post(&app, "/callbacks/refund", body.clone()).await;
+            assert!(reply.contains("SUCCESS"), "{reply}");
+        }
+        let stored = crate::store::repo::get_order(store.as_ref(), &order.out_trade_no)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.value.refunded.get(), 40);
+        assert_eq!(stored.value.status, crate::domain::OrderStatus::Paid);
+        assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+    }
+
+    /// GIVEN a refund notification whose `req_info` decrypts under our key but whose fields do
+    /// not read (`refund_fee` "0.40", `success_time` in another format) WHEN it arrives THEN
+    /// it is refused, counted as `PayNotifyUnrecorded` and kept as `refund_mismatch` evidence
+    /// with its fields — it used to be refused uncounted and unkept, as junk is; for another
+    /// merchant it counts as `PayNotifyUnverified`.
+    #[tokio::test]
+    async fn a_refund_notification_we_cannot_read_is_counted_and_kept() {
+        let store = Arc::new(SqliteStore::memory().unwrap());
+        let (app, captured) = app(store.clone());
+        let inner = |field: &str, value: &str| {
+            let n = refund_notice(
+                "50300000000000000000000000078",
+                "4200000000000000000000000001",
+                40,
+            );
+            let outer = crate::pay::xml::decode(n.as_bytes()).unwrap();
+            let plain =
+                crate::pay::refund_notify::decrypt_req_info(&outer["req_info"], API_KEY).unwrap();
+            let mut f = crate::pay::xml::decode_root(&plain, "root").unwrap();
+            f.insert(field.into(), value.into());
+            crate::pay::refund_notify::encrypt_req_info(
+                &crate::pay::xml::encode_root(&f, "root"),
+                API_KEY,
+            )
+        };
+        let body = |req_info: String, mch_id: &str| {
+            let mut outer = crate::pay::sign::Fields::new();
+            outer.insert("return_code".into(), "SUCCESS".into());
+            outer.insert("appid".into(), "wx0000000000000001".into());
+            outer.insert("mch_id".into(), mch_id.into());
+            outer.insert("nonce_str".into(), "n".into());
+            outer.insert("req_info".into(), req_info);
+            crate::pay::xml::encode(&outer)
+        };
+        for (field, value) in [("refund_fee", "0.40"), ("success_time", "20240101080000")] {
+            let reply = post(
+                &app,
+                "/callbacks/refund",
+                body(inner(field, value), "1900000001"),
+            )
+            .await;
+            assert!(reply.contains("FAIL"), "{reply}");
+        }
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 2);
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 0);
+        let kept = crate::store::repo::get_event(
+            store.as_ref(),
+            "refund_mismatch",
+            "unreadable/50300000000000000000000000078",
+        )
+        .await
+        .unwrap();
+        assert!(kept.is_some_and(|e| e.value.body.contains("0.40")));
+
+        let foreign = post(
+            &app,
+            "/callbacks/refund",
+            body(inner("refund_fee", "x"), "1900000777"),
+        )
+        .await;
+        assert!(foreign.contains("FAIL"), "{foreign}");
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 1);
+        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 2);
     }
 
     /// `notification` with `field` set to `value`, signed again.

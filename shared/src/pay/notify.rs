@@ -45,6 +45,15 @@ pub enum NotifyError {
     Decrypt,
     #[error("decrypted req_info refused: {0}")]
     InnerXml(XmlError),
+    /// A refund notification whose `req_info` decrypted under our key — WeChat's, for us — and
+    /// read as XML, but a field inside does not read as a refund (`error`: a
+    /// [`NotifyError::Field`] or [`NotifyError::Id`]). `fields` are the decrypted ones, kept as
+    /// evidence: money may have moved.
+    #[error("decrypted refund notification does not read: {error}")]
+    RefundFields {
+        error: Box<NotifyError>,
+        fields: Box<Fields>,
+    },
 }
 
 /// A verified payment notification, borrowing its text from the body it was parsed from.

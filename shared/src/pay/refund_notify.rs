@@ -70,15 +70,16 @@ impl RefundNotification {
         sub_appid: Option<&str>,
         sub_mch_id: Option<&str>,
     ) -> Result<(), NotifyError> {
-        let sent_sub_appid = self.sub_appid.as_deref().filter(|s| !s.is_empty());
-        check_merchant_ids(
+        check_refund_merchant(
             [
                 Some(&self.appid),
                 Some(&self.mch_id),
-                sent_sub_appid.or(sub_appid),
+                self.sub_appid.as_deref(),
                 self.sub_mch_id.as_deref(),
             ],
-            [Some(appid), Some(mch_id), sub_appid, sub_mch_id],
+            [appid, mch_id],
+            sub_appid,
+            sub_mch_id,
         )
     }
 
@@ -95,6 +96,28 @@ impl RefundNotification {
     pub fn fields(&self) -> Fields {
         xml::decode_root(&self.plaintext, "root").unwrap_or_default()
     }
+}
+
+/// [`RefundNotification::check_merchant`] over the outer ids as sent (`appid`, `mch_id`,
+/// `sub_appid`, `sub_mch_id`), for a notification whose inner fields did not read
+/// ([`NotifyError::RefundFields`]).
+pub fn check_refund_merchant(
+    sent: [Option<&str>; 4],
+    [appid, mch_id]: [&str; 2],
+    sub_appid: Option<&str>,
+    sub_mch_id: Option<&str>,
+) -> Result<(), NotifyError> {
+    let [sent_appid, sent_mch_id, sent_sub_appid, sent_sub_mch_id] = sent;
+    let sent_sub_appid = sent_sub_appid.filter(|s| !s.is_empty());
+    check_merchant_ids(
+        [
+            sent_appid,
+            sent_mch_id,
+            sent_sub_appid.or(sub_appid),
+            sent_sub_mch_id,
+        ],
+        [Some(appid), Some(mch_id), sub_appid, sub_mch_id],
+    )
 }
 
 /// The AES-256 key: the 32 ASCII bytes of lowercase hex md5(api_key).
@@ -191,21 +214,51 @@ fn parse_with(body: &[u8], key: &RefundKey) -> Result<RefundNotification, Notify
     let plaintext = key.decrypt_req_info(r.req("req_info")?)?;
     let inner = flat::scan_root(&plaintext, "root").map_err(NotifyError::InnerXml)?;
     let i = Reader(&inner);
+    // Decrypted under our key: WeChat's, so a field that does not read is ours to look at,
+    // not junk (the caller counts and keeps it).
+    let typed = || -> Result<_, NotifyError> {
+        Ok((
+            OutTradeNo::parse(i.req("out_trade_no")?)?,
+            OutRefundNo::parse(i.req("out_refund_no")?)?,
+            i.req_string("transaction_id")?,
+            i.req_string("refund_id")?,
+            (i.fen("total_fee")?, i.fen("refund_fee")?),
+            (
+                i.opt_fen("settlement_total_fee")?,
+                i.opt_fen("settlement_refund_fee")?,
+            ),
+            RefundStatus::parse(i.req("refund_status")?),
+            i.opt_datetime("success_time")?,
+        ))
+    };
+    let (
+        out_trade_no,
+        out_refund_no,
+        transaction_id,
+        refund_id,
+        (total_fee, refund_fee),
+        (settlement_total_fee, settlement_refund_fee),
+        refund_status,
+        success_time_ms,
+    ) = typed().map_err(|error| NotifyError::RefundFields {
+        error: Box::new(error),
+        fields: Box::new(xml::decode_root(&plaintext, "root").unwrap_or_default()),
+    })?;
     Ok(RefundNotification {
         appid,
         mch_id,
         sub_appid,
         sub_mch_id,
-        out_trade_no: OutTradeNo::parse(i.req("out_trade_no")?)?,
-        out_refund_no: OutRefundNo::parse(i.req("out_refund_no")?)?,
-        transaction_id: i.req_string("transaction_id")?,
-        refund_id: i.req_string("refund_id")?,
-        total_fee: i.fen("total_fee")?,
-        refund_fee: i.fen("refund_fee")?,
-        settlement_total_fee: i.opt_fen("settlement_total_fee")?,
-        settlement_refund_fee: i.opt_fen("settlement_refund_fee")?,
-        refund_status: RefundStatus::parse(i.req("refund_status")?),
-        success_time_ms: i.opt_datetime("success_time")?,
+        out_trade_no,
+        out_refund_no,
+        transaction_id,
+        refund_id,
+        total_fee,
+        refund_fee,
+        settlement_total_fee,
+        settlement_refund_fee,
+        refund_status,
+        success_time_ms,
         refund_account: i.opt_string("refund_account"),
         refund_recv_account: i.opt_string("refund_recv_accout"),
         refund_request_source: i.opt_string("refund_request_source"),

@@ -322,16 +322,49 @@ impl RefundStatus {
     }
 }
 
-/// One refund, keyed by `out_refund_no` (fixed by the after-sale for all retries).
+/// Who asked WeChat Pay for a refund.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RefundOrigin {
+    /// wxshop, for an after-sale (`secapi/pay/refund`). Every record written before origins
+    /// were kept is one of these.
+    #[default]
+    Wxshop,
+    /// Made outside wxshop — by a person in the WeChat Pay merchant platform
+    /// (`refund_request_source` `VENDOR_PLATFORM`) or by another system holding our API key —
+    /// and learnt from its refund notification: no after-sale of ours asked for it
+    /// ([`crate::handlers::pay_callback`]).
+    ByHand,
+}
+
+impl RefundOrigin {
+    pub fn is_wxshop(&self) -> bool {
+        *self == RefundOrigin::Wxshop
+    }
+}
+
+/// One refund, keyed by `out_refund_no` (fixed by the after-sale for all retries; WeChat's
+/// for a refund made by hand).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundRecord {
     pub out_refund_no: OutRefundNo,
     pub out_trade_no: OutTradeNo,
-    pub aftersale_id: AfterSaleId,
+    /// The after-sale it refunds; `None` only for a refund made by hand
+    /// ([`RefundOrigin::ByHand`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aftersale_id: Option<AfterSaleId>,
     pub amount: Fen,
     pub status: RefundStatus,
     #[serde(default)]
     pub refund_id: Option<String>,
+    #[serde(default, skip_serializing_if = "RefundOrigin::is_wxshop")]
+    pub origin: RefundOrigin,
+    /// WeChat's `refund_request_source` (`VENDOR_PLATFORM`, `API`), for a refund made by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_source: Option<String>,
+    /// When WeChat says the money went back (`success_time`), for a refund made by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded_at_ms: Option<i64>,
     #[serde(default)]
     pub created_at_ms: i64,
     #[serde(default)]
@@ -355,10 +388,13 @@ impl RefundRecord {
         RefundRecord {
             out_refund_no,
             out_trade_no,
-            aftersale_id,
+            aftersale_id: Some(aftersale_id),
             amount,
             status: RefundStatus::Pending,
             refund_id: None,
+            origin: RefundOrigin::Wxshop,
+            request_source: None,
+            succeeded_at_ms: None,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             checked_at_ms: None,
