@@ -144,6 +144,7 @@ async fn bench(args: &[String]) -> Result<(), String> {
         overrides: Default::default(),
         use_env: false,
         relay_every: Duration::from_millis(relay_ms),
+        metrics: Default::default(),
     })
     .await?;
     let r = Arc::new(r);

@@ -267,6 +267,9 @@ pub struct Options {
     pub use_env: bool,
     /// How often the outbox relay looks for due work.
     pub relay_every: Duration,
+    /// Where the handlers' CloudWatch metrics go: off, as in Lambda only the entry point turns
+    /// them on; a test passes [`wxshop::metrics::Metrics::capture`] to see what would page.
+    pub metrics: wxshop::metrics::Metrics,
 }
 
 impl Default for Options {
@@ -279,6 +282,7 @@ impl Default for Options {
             overrides: HashMap::new(),
             use_env: true,
             relay_every: Duration::from_millis(100),
+            metrics: wxshop::metrics::Metrics::off(),
         }
     }
 }
@@ -550,7 +554,8 @@ pub async fn start_with_env(
         StoreConfig::Sqlite(p) => p.clone(),
         _ => String::new(),
     };
-    let app = App::new(config, store, Clock::default()).map_err(|e| e.to_string())?;
+    let mut app = App::new(config, store, Clock::default()).map_err(|e| e.to_string())?;
+    app.metrics = opts.metrics.clone();
     check_store_and_sandbox(&app, &sandbox, &store_name).await?;
 
     let life = Arc::new(Life::default());

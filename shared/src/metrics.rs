@@ -42,7 +42,8 @@ pub const PAY_NOTIFY_UNRECORDED: &str = "PayNotifyUnrecorded";
 /// Money moved that only a person can put right, newly kept as an event: a second payment for
 /// a paid order (`double_payment`: the user paid twice), a refund WeChat took but could not
 /// pay into the user's account (`refund_abnormal`, CHANGE: redirect it in the merchant
-/// platform), a SUCCESS for an after-sale another refund had completed (`refund_superseded`:
+/// platform; or a secondary-merchant refund WeChat accepted but could not pay, held by the
+/// schedule or its push), a SUCCESS for an after-sale another refund had completed (`refund_superseded`:
 /// the user may have been refunded twice), a payment for an order closed and sold out
 /// meanwhile (`paid_after_close_oversold`), a refund made by hand in the merchant platform,
 /// recorded on its order but unknown to the trading component (`refund_by_hand`). Each is acknowledged to WeChat (retrying changes

@@ -850,10 +850,13 @@ async fn a_balance_below_zero_is_shown_and_withdraws_nothing() {
 /// WeChat accepts a secondary-merchant refund but cannot pay it (its after-sale at 16,
 /// `aftersale_wait_merchant_offline_refund`): ours is held as REFUND_ABNORMAL for a person,
 /// not left REFUNDING with a dead-lettered task; the amount stays held on the order; the
-/// merchant refunds the user another way and records it with `mark_refunded`.
+/// merchant refunds the user another way and records it with `mark_refunded`. A person is
+/// paged once (`MoneyNeedsAPerson`) and told what to do (a `refund_abnormal` event), however
+/// often WeChat's state is read again.
 #[tokio::test]
 async fn a_refund_wechat_could_not_pay_is_held_for_a_person() {
-    let r = stack().await;
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
     let token = c.login("alice").await;
@@ -901,6 +904,31 @@ async fn a_refund_wechat_could_not_pay_is_held_for_a_person() {
         .await
         .unwrap();
     assert!(dead.is_empty(), "held, not dead-lettered: {dead:?}");
+    // The schedule reads WeChat's after-sale again: still one page, one event.
+    let (s, v) = c
+        .post(
+            "/admin/orderSync",
+            Some(&admin),
+            &json!({"action": "sweep_refunds"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let kept = wxshop::store::repo::get_event(r.app.store.as_ref(), "refund_abnormal", &id)
+        .await
+        .unwrap()
+        .expect("a refund_abnormal event for a person");
+    assert!(
+        kept.value.body.contains("mark_refunded"),
+        "{}",
+        kept.value.body
+    );
+    let paged: u64 = captured
+        .lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["MoneyNeedsAPerson"].as_u64())
+        .sum();
+    assert_eq!(paged, 1, "paged once");
     // The money is still the shop's; a second application finds nothing left to claim.
     assert_eq!(c.balance().await, (total, 0));
     let (s, v) = c

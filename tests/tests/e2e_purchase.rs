@@ -2331,6 +2331,7 @@ async fn seeding_again_on_an_existing_store_works() {
             overrides: Default::default(),
             use_env: false,
             relay_every: Duration::from_millis(20),
+            metrics: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("start {round}: {e}"));
@@ -2361,6 +2362,7 @@ async fn the_schedule_purges_expired_records_on_sqlite() {
         overrides: Default::default(),
         use_env: false,
         relay_every: Duration::from_millis(20),
+        metrics: Default::default(),
     })
     .await
     .unwrap();

@@ -26,6 +26,14 @@ pub fn scale() -> usize {
 pub const DEAD_NOTIFY_URL: &str = "http://127.0.0.1:9/callbacks/pay";
 
 pub async fn stack_with(vars: &[(&str, &str)]) -> Running {
+    stack_with_metrics(vars, wxshop::metrics::Metrics::off()).await
+}
+
+/// [`stack_with`], its handlers' metrics going to `metrics` (e.g. `Metrics::capture`).
+pub async fn stack_with_metrics(
+    vars: &[(&str, &str)],
+    metrics: wxshop::metrics::Metrics,
+) -> Running {
     let mut overrides = HashMap::new();
     overrides.insert("ORDER_TTL_SECS".to_owned(), "900".to_owned());
     for (k, v) in vars {
@@ -39,6 +47,7 @@ pub async fn stack_with(vars: &[(&str, &str)]) -> Running {
         overrides,
         use_env: false,
         relay_every: Duration::from_millis(20),
+        metrics,
     })
     .await
     .expect("stack starts")

@@ -1831,8 +1831,21 @@ async fn hold_failed_platform_refund(
     })
     .await;
     match held {
-        Ok(_) => {
+        Ok(a) => {
             tracing::error!(aftersale_id = %id, wx_status, "WeChat could not pay the refund of this after-sale: refund the user another way, then record it with mark_refunded");
+            // As a refund WeChat Pay could not pay out (CHANGE, pay_callback): a
+            // `refund_abnormal` event for a person, and a page the first time it is kept —
+            // the after-sale waits on a person, and nothing else would tell one. Kept after
+            // the hold (a crash in between keeps it on the next report: this runs again).
+            let body = serde_json::json!({"aftersale_id": id.as_str(),
+                "out_trade_no": a.out_trade_no.as_str(), "amount": a.amount.get(),
+                "wx_aftersale_status": wx_status,
+                "what_to_do": "WeChat could not pay this secondary-merchant refund: refund the user another way, then POST /admin/aftersaleSync {action: mark_refunded}"});
+            if super::common::keep_evidence(app, "refund_abnormal", id.as_str(), body.to_string())
+                .await?
+            {
+                super::common::page_a_person(app);
+            }
             Ok(())
         }
         Err(e) if e.status.is_server_error() => Err(e),
