@@ -11,8 +11,8 @@
 //! | `v` | N | [`Record::version`]; every conditional update tests it |
 //! | `body` | S | the JSON body owned by the layer above |
 //! | `sort` | N | [`Record::sort`], kept even when the record is in no index |
-//! | `gsi1pk`, `gsi1sk` | S, S | index `gsi1` (by owner): `"{kind}#{owner}"`, only when `owner` is set |
-//! | `gsi2pk`, `gsi2sk` | S, S | index `gsi2` (by status): `"{kind}#{status}"`, only when `status` is set |
+//! | `gsi1pk`, `gsi1sk` | S, S | index `gsi1` (by owner): `"{kind}#{owner}"` (products: `"product#all#{shard}"`), only when `owner` is set |
+//! | `gsi2pk`, `gsi2sk` | S, S | index `gsi2` (by status): `"{kind}#{status}#{shard}"`, only when `status` is set |
 //! | `ttl` | N | [`Record::expires_at`] (epoch seconds), the table's TTL attribute |
 //! | `wt` | S | the write token of the `write` call that wrote the item (not part of [`Record`]) |
 //!
@@ -24,6 +24,12 @@
 //! pagination over such ties would be unreliable.
 //!
 //! Sparse indexes: an item without `owner` has no `gsi1*` attributes and is absent from `gsi1`.
+//!
+//! Sharded index keys: one GSI partition takes ~1,000 writes a second and a throttled GSI
+//! throttles the table, so the status index (and the products' shared owner) spreads each key
+//! over [`SHARDS`] partitions by a stable hash of the id ([`shard_of`]). A query reads them all
+//! and the legacy unsharded partition (items written before, until written again) at once and
+//! merges them by the sort key, which orders by (`sort`, `id`) in every partition alike.
 //!
 //! # Semantics
 //!
@@ -48,9 +54,10 @@
 //!   claiming due entries, sweeps) must re-check with a conditional write on the version they
 //!   saw — which they do anyway, since every state change is a conditional write. Expired records
 //!   are dropped client-side, so a DynamoDB page may yield fewer records than requested; the
-//!   query loops until it has `limit` records or the index is exhausted. The cursor is the
-//!   base64 (URL-safe) JSON of the exclusive start key of the next page (the index key of the
-//!   last record returned), checked against the query it is used with.
+//!   query reads on until it has `limit` records or the listing is exhausted. The cursor is the
+//!   base64 (URL-safe) JSON of the index key of the last record returned (with the listing's
+//!   unsharded hash key), checked against the query it is used with; the next page reads every
+//!   partition from after its sort key.
 
 use super::{now_secs, Expect, Index, Kind, Page, Query, Record, Store, StoreError, Write};
 use async_trait::async_trait;
