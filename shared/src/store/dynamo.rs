@@ -999,9 +999,9 @@ impl Gsi {
 /// release — unlike std's `DefaultHasher`/`RandomState`, which may change between Rust
 /// releases (and is seeded at random per process). The shard of every stored index entry
 /// depends on it: changing it would scatter listings. The finaliser is needed: FNV-1a alone
-/// barely mixes its last bytes into the bits a small modulus keeps (its low bits depend only
-/// on the low bits of each byte, and ids that differ in their last characters — `…-07`,
-/// `…-08` — all landed in one of 8 shards).
+/// barely mixes its last bytes into the bits a small modulus keeps (its low `k` bits depend
+/// only on the low `k` bits of each byte; its upper half put ids that differ in their last
+/// characters — `sp-07`, `sp-08`, … — all into one of 8 shards).
 pub fn stable_hash(bytes: &[u8]) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
