@@ -621,6 +621,288 @@ mod direct {
     }
 }
 
+/// The status index (and the products' owner index) is spread over `SHARDS` partitions, so
+/// that no status takes every write of a flash sale in one GSI partition (~1,000 writes/s,
+/// and a throttled GSI throttles the table); listings merge the shards and the partition of
+/// items written before, in exact (`sort`, `id`) order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_listings_are_sharded_against_moto() {
+    let moto = start_moto();
+    let store = new_store(&moto, "shards").await;
+    sharding::spread(&store).await;
+    sharding::pages_with_ties(&store).await;
+    sharding::legacy_entries(&store).await;
+    sharding::cursors(&store).await;
+}
+
+mod sharding {
+    use super::*;
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use std::collections::{BTreeSet, HashMap};
+    use wxshop::store::dynamo::{shard_of, SHARDS};
+
+    type Item = HashMap<String, AttributeValue>;
+
+    fn string(item: &Item, name: &str) -> Option<String> {
+        match item.get(name) {
+            Some(AttributeValue::S(v)) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// Every item of the table as stored (one `Scan`; the tables here are small).
+    async fn raw_items(store: &DynamoStore) -> Vec<Item> {
+        let out = store
+            .client()
+            .scan()
+            .table_name(store.table())
+            .send()
+            .await
+            .unwrap();
+        assert!(out.last_evaluated_key().is_none(), "one page");
+        out.items().to_vec()
+    }
+
+    async fn raw_item(store: &DynamoStore, kind: Kind, id: &str) -> Item {
+        let out = store
+            .client()
+            .get_item()
+            .table_name(store.table())
+            .key("pk", AttributeValue::S(format!("{}#{id}", kind.as_str())))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        out.item().cloned().unwrap()
+    }
+
+    /// Every record of `query`'s listing, page by page; and how many pages it took.
+    async fn all_pages(store: &DynamoStore, mut query: Query) -> (Vec<String>, usize) {
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = store.query(query.clone()).await.unwrap();
+            pages += 1;
+            assert!(page.records.len() <= query.limit);
+            seen.extend(page.records.iter().map(|r| r.id.clone()));
+            match page.next {
+                Some(c) => query.cursor = Some(c),
+                None => return (seen, pages),
+            }
+        }
+    }
+
+    /// (a) Many records of one status land in several index partitions, each the record's
+    /// shard of that status; the products' shared owner too; a buyer's orders stay in one.
+    pub async fn spread(store: &DynamoStore) {
+        let mut writes: Vec<Write> = (0..40)
+            .map(|i| {
+                let r = indexed(Kind::Order, &format!("sp-{i:02}"), "buyer-1", "PREPAID", i);
+                Write::put(r, Expect::Absent)
+            })
+            .collect();
+        for i in 0..8 {
+            let r = indexed(Kind::Product, &format!("sp-p{i}"), "all", "APPROVED", 0);
+            writes.push(Write::put(r, Expect::Absent));
+        }
+        store.write(writes).await.unwrap();
+
+        let items = raw_items(store).await;
+        let mut status_partitions = BTreeSet::new();
+        let mut product_partitions = BTreeSet::new();
+        for item in &items {
+            let id = string(item, "id").unwrap();
+            let gsi1 = string(item, "gsi1pk").unwrap();
+            let gsi2 = string(item, "gsi2pk").unwrap();
+            if id.starts_with("sp-p") {
+                assert_eq!(gsi1, format!("product#all#{}", shard_of(&id)));
+                assert_eq!(gsi2, format!("product#APPROVED#{}", shard_of(&id)));
+                product_partitions.insert(gsi1);
+            } else if id.starts_with("sp-") {
+                assert_eq!(gsi2, format!("order#PREPAID#{}", shard_of(&id)));
+                assert_eq!(gsi1, "order#buyer-1", "a buyer's orders are not sharded");
+                status_partitions.insert(gsi2);
+            }
+        }
+        assert!(
+            status_partitions.len() >= SHARDS as usize - 1,
+            "40 orders of one status in {} partitions: {status_partitions:?}",
+            status_partitions.len()
+        );
+        assert!(product_partitions.len() > 1, "{product_partitions:?}");
+
+        // Read back whole, in order, through both indexes.
+        let (ids, _) = all_pages(
+            store,
+            Query::new(Kind::Order, Index::Status("PREPAID".into())),
+        )
+        .await;
+        let want: Vec<String> = (0..40).map(|i| format!("sp-{i:02}")).collect();
+        assert_eq!(ids, want);
+        let (ids, _) =
+            all_pages(store, Query::new(Kind::Product, Index::Owner("all".into()))).await;
+        assert_eq!(ids, (0..8).map(|i| format!("sp-p{i}")).collect::<Vec<_>>());
+        let got = store.get(Kind::Order, "sp-07").await.unwrap().unwrap();
+        assert_eq!(got.status.as_deref(), Some("PREPAID"));
+        assert_eq!(got.owner.as_deref(), Some("buyer-1"));
+    }
+
+    /// (b) Paging a sharded status with many ties on `sort`, small pages, both directions,
+    /// with and without bounds: every record once, in exact (`sort`, `id`) order, expired and
+    /// other-status records left out.
+    pub async fn pages_with_ties(store: &DynamoStore) {
+        let mut records: Vec<Record> = (0..30)
+            .map(|i| {
+                // Ids not in sort order, five records per `sort`.
+                let id = format!("tie-{:02}", (i * 7) % 30);
+                indexed(
+                    Kind::Outbox,
+                    &id,
+                    "subject",
+                    "PENDING",
+                    i64::from(i % 6) - 2,
+                )
+            })
+            .collect();
+        let mut expired = indexed(Kind::Outbox, "tie-exp", "subject", "PENDING", 0);
+        expired.expires_at = Some(now() - 1);
+        let other = indexed(Kind::Outbox, "tie-dead", "subject", "DEAD", 0);
+        let writes: Vec<Write> = records
+            .iter()
+            .chain([&expired, &other])
+            .map(|r| Write::put(r.clone(), Expect::Any))
+            .collect();
+        store.write(writes).await.unwrap();
+        records.sort_by(|a, b| (a.sort, &a.id).cmp(&(b.sort, &b.id)));
+
+        for descending in [false, true] {
+            let mut query = Query::new(Kind::Outbox, Index::Status("PENDING".into()));
+            query.limit = 4;
+            query.descending = descending;
+            let (seen, pages) = all_pages(store, query.clone()).await;
+            let mut want: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+            if descending {
+                want.reverse();
+            }
+            assert_eq!(seen, want, "descending: {descending}");
+            assert_eq!(pages, 8, "30 records in pages of 4");
+
+            // Bounds (inclusive, ties at both ends) with the cursor inside them.
+            query.sort_min = Some(-1);
+            query.sort_max = Some(1);
+            query.limit = 3;
+            let (seen, _) = all_pages(store, query).await;
+            let mut want: Vec<String> = records
+                .iter()
+                .filter(|r| (-1..=1).contains(&r.sort))
+                .map(|r| r.id.clone())
+                .collect();
+            if descending {
+                want.reverse();
+            }
+            assert_eq!(seen.len(), 15);
+            assert_eq!(seen, want, "bounded, descending: {descending}");
+        }
+    }
+
+    /// (c) An item written before the index was sharded (its key without a shard) is still
+    /// listed, in its place; written again, it moves to its shard.
+    pub async fn legacy_entries(store: &DynamoStore) {
+        let fresh: Vec<Record> = ["lg-a", "lg-c", "lg-e"]
+            .iter()
+            .map(|id| indexed(Kind::AfterSale, id, "order-1", "REFUNDING", 10))
+            .collect();
+        let writes = fresh
+            .iter()
+            .map(|r| Write::put(r.clone(), Expect::Absent))
+            .collect();
+        store.write(writes).await.unwrap();
+        // As the code before sharding wrote it.
+        let mut legacy = indexed(Kind::AfterSale, "lg-b", "order-1", "REFUNDING", 10);
+        let sk = |sort: i64, id: &str| format!("{:020}#{id}", (sort as u64) ^ (1u64 << 63));
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        store
+            .client()
+            .put_item()
+            .table_name(store.table())
+            .item("pk", s("aftersale#lg-b"))
+            .item("kind", s("aftersale"))
+            .item("id", s("lg-b"))
+            .item("v", AttributeValue::N("1".into()))
+            .item("body", s(&legacy.body))
+            .item("sort", AttributeValue::N("10".into()))
+            .item("gsi1pk", s("aftersale#order-1"))
+            .item("gsi1sk", s(&sk(10, "lg-b")))
+            .item("gsi2pk", s("aftersale#REFUNDING"))
+            .item("gsi2sk", s(&sk(10, "lg-b")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(Kind::AfterSale, "lg-b").await.unwrap(),
+            Some(legacy.clone())
+        );
+
+        for descending in [false, true] {
+            let mut query = Query::new(Kind::AfterSale, Index::Status("REFUNDING".into()));
+            query.limit = 1;
+            query.descending = descending;
+            let (seen, _) = all_pages(store, query).await;
+            let mut want = ["lg-a", "lg-b", "lg-c", "lg-e"];
+            if descending {
+                want.reverse();
+            }
+            assert_eq!(seen, want, "descending: {descending}");
+        }
+
+        legacy.version = 2;
+        store
+            .write(vec![Write::put(legacy.clone(), Expect::Version(1))])
+            .await
+            .unwrap();
+        let item = raw_item(store, Kind::AfterSale, "lg-b").await;
+        assert_eq!(
+            string(&item, "gsi2pk"),
+            Some(format!("aftersale#REFUNDING#{}", shard_of("lg-b")))
+        );
+        let (seen, _) = all_pages(
+            store,
+            Query::new(Kind::AfterSale, Index::Status("REFUNDING".into())),
+        )
+        .await;
+        assert_eq!(seen, ["lg-a", "lg-b", "lg-c", "lg-e"], "listed once, moved");
+        assert_eq!(
+            store.get(Kind::AfterSale, "lg-b").await.unwrap(),
+            Some(legacy)
+        );
+    }
+
+    /// (d) A cursor belongs to its listing: another status, the other index, another kind
+    /// refuse it.
+    pub async fn cursors(store: &DynamoStore) {
+        let mut first = Query::new(Kind::Order, Index::Status("PREPAID".into()));
+        first.limit = 1;
+        let cursor = store.query(first.clone()).await.unwrap().next;
+        assert!(cursor.is_some());
+        for other in [
+            Query::new(Kind::Order, Index::Status("PAID".into())),
+            Query::new(Kind::Order, Index::Owner("PREPAID".into())),
+            Query::new(Kind::AfterSale, Index::Status("PREPAID".into())),
+        ] {
+            let mut other = other;
+            other.cursor = cursor.clone();
+            assert_eq!(
+                store.query(other.clone()).await,
+                Err(StoreError::BadCursor),
+                "{other:?}"
+            );
+        }
+        first.cursor = cursor;
+        let page = store.query(first).await.unwrap();
+        assert_eq!(ids(&page.records), ["sp-01"]);
+    }
+}
+
 /// A proxy in front of moto that can lose answers: it forwards every request, and for the
 /// next `n` requests of a chosen operation it throws moto's answer away and replies HTTP 500
 /// instead — as when DynamoDB applied a write and its answer never arrived. The SDK retries

@@ -11,8 +11,8 @@
 //! | `v` | N | [`Record::version`]; every conditional update tests it |
 //! | `body` | S | the JSON body owned by the layer above |
 //! | `sort` | N | [`Record::sort`], kept even when the record is in no index |
-//! | `gsi1pk`, `gsi1sk` | S, S | index `gsi1` (by owner): `"{kind}#{owner}"`, only when `owner` is set |
-//! | `gsi2pk`, `gsi2sk` | S, S | index `gsi2` (by status): `"{kind}#{status}"`, only when `status` is set |
+//! | `gsi1pk`, `gsi1sk` | S, S | index `gsi1` (by owner): `"{kind}#{owner}"` (products: `"product#all#{shard}"`), only when `owner` is set |
+//! | `gsi2pk`, `gsi2sk` | S, S | index `gsi2` (by status): `"{kind}#{status}#{shard}"`, only when `status` is set |
 //! | `ttl` | N | [`Record::expires_at`] (epoch seconds), the table's TTL attribute |
 //! | `wt` | S | the write token of the `write` call that wrote the item (not part of [`Record`]) |
 //!
@@ -24,6 +24,12 @@
 //! pagination over such ties would be unreliable.
 //!
 //! Sparse indexes: an item without `owner` has no `gsi1*` attributes and is absent from `gsi1`.
+//!
+//! Sharded index keys: one GSI partition takes ~1,000 writes a second and a throttled GSI
+//! throttles the table, so the status index (and the products' shared owner) spreads each key
+//! over [`SHARDS`] partitions by a stable hash of the id ([`shard_of`]). A query reads them all
+//! and the legacy unsharded partition (items written before, until written again) at once and
+//! merges them by the sort key, which orders by (`sort`, `id`) in every partition alike.
 //!
 //! # Semantics
 //!
@@ -48,9 +54,10 @@
 //!   claiming due entries, sweeps) must re-check with a conditional write on the version they
 //!   saw — which they do anyway, since every state change is a conditional write. Expired records
 //!   are dropped client-side, so a DynamoDB page may yield fewer records than requested; the
-//!   query loops until it has `limit` records or the index is exhausted. The cursor is the
-//!   base64 (URL-safe) JSON of the exclusive start key of the next page (the index key of the
-//!   last record returned), checked against the query it is used with.
+//!   query reads on until it has `limit` records or the listing is exhausted. The cursor is the
+//!   base64 (URL-safe) JSON of the index key of the last record returned (with the listing's
+//!   unsharded hash key), checked against the query it is used with; the next page reads every
+//!   partition from after its sort key.
 
 use super::{now_secs, Expect, Index, Kind, Page, Query, Record, Store, StoreError, Write};
 use async_trait::async_trait;
@@ -67,7 +74,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use base64::Engine as _;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 /// Table hash key.
@@ -97,6 +104,15 @@ const WRITE_TOKEN_LEN: usize = 20;
 const MAX_BATCH: usize = 100;
 /// Largest page asked of DynamoDB in one `Query` call.
 const MAX_QUERY_PAGE: usize = 1000;
+
+/// Partitions a sharded index key is spread over: `"{kind}#{key}#{shard}"`, `shard` in
+/// `0..SHARDS` ([`shard_of`] the record's id). One GSI partition takes about 1,000 writes a
+/// second, and a throttled GSI throttles the table's writes; 8 partitions give each status
+/// ~8,000 writes/s, for 9 `Query` calls (8 shards and the legacy partition) per page of a
+/// listing that only background work and the admin read (`docs/STORAGE.md`, "Sharded index
+/// keys"). May be raised, never lowered: a query reads shards `0..SHARDS`, so entries written
+/// under a smaller count are still read (and decoded: see [`unshard`]).
+pub const SHARDS: u32 = 8;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -541,6 +557,151 @@ impl DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// One `Query` of one index partition: at most `ask` entries within `range`, from `start`
+    /// (DynamoDB's `LastEvaluatedKey` of the previous call on it); the entries and where to
+    /// read on (`None`: the partition is read to its end).
+    async fn query_partition(
+        &self,
+        gsi: Gsi,
+        range: &SkRange,
+        partition: &str,
+        start: Option<Item>,
+        ask: usize,
+        descending: bool,
+    ) -> Result<(Vec<Item>, Option<Item>), StoreError> {
+        let mut names = HashMap::from([("#pk".to_string(), gsi.pk_attr().to_string())]);
+        let mut values = HashMap::from([(":pk".to_string(), s(partition))]);
+        let mut key_cond = "#pk = :pk".to_string();
+        let bound = |(_, inclusive): &(String, bool), le: &'static str, lt: &'static str| {
+            if *inclusive {
+                le
+            } else {
+                lt
+            }
+        };
+        match (&range.lower, &range.upper) {
+            // Both ends inclusive; an exclusive end's own entry is dropped by `contains`.
+            (Some(lo), Some(hi)) => {
+                key_cond.push_str(" AND #sk BETWEEN :lo AND :hi");
+                values.insert(":lo".into(), s(lo.0.clone()));
+                values.insert(":hi".into(), s(hi.0.clone()));
+            }
+            (Some(lo), None) => {
+                key_cond.push_str(&format!(" AND #sk {} :lo", bound(lo, ">=", ">")));
+                values.insert(":lo".into(), s(lo.0.clone()));
+            }
+            (None, Some(hi)) => {
+                key_cond.push_str(&format!(" AND #sk {} :hi", bound(hi, "<=", "<")));
+                values.insert(":hi".into(), s(hi.0.clone()));
+            }
+            (None, None) => {}
+        }
+        if key_cond.contains("#sk") {
+            names.insert("#sk".into(), gsi.sk_attr().to_string());
+        }
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(gsi.name())
+            .key_condition_expression(key_cond)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .scan_index_forward(!descending)
+            .limit(i32::try_from(ask.max(1)).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| sdk_err("Query", &e))?;
+        let next = out.last_evaluated_key().filter(|k| !k.is_empty()).cloned();
+        Ok((out.items().to_vec(), next))
+    }
+}
+
+/// One index partition being read by a query: its entries read and not yet merged, in the
+/// query's order, with their index sort keys.
+struct Source {
+    partition: String,
+    /// The legacy partition of a sharded listing (it may still hold the whole listing).
+    legacy: bool,
+    buf: VecDeque<(String, Record)>,
+    /// DynamoDB's `LastEvaluatedKey`: where the next read of the partition starts.
+    start: Option<Item>,
+    /// Read at least once.
+    read: bool,
+    /// Read to its end.
+    done: bool,
+}
+
+/// The index sort keys a query covers: each end the string and whether it is included. The
+/// sort bounds (inclusive) and the cursor (the key of the last entry returned, excluded)
+/// become one range, the same for every partition of the listing.
+#[derive(Debug)]
+struct SkRange {
+    lower: Option<(String, bool)>,
+    upper: Option<(String, bool)>,
+}
+
+impl SkRange {
+    /// `None` when nothing can lie in it.
+    fn of(query: &Query, after: Option<String>) -> Option<SkRange> {
+        // ">= {lo}" includes every id at `lo`, and "< {hi}$" ('$' sorts right after '#')
+        // includes every id at `hi`.
+        let mut range = SkRange {
+            lower: query.sort_min.map(|lo| (sort_prefix(lo), true)),
+            upper: query
+                .sort_max
+                .map(|hi| (format!("{}$", sort_prefix(hi)), false)),
+        };
+        if let Some(after) = after {
+            let past = Some((after, false));
+            if query.descending {
+                range.upper = tighter(range.upper, past, std::cmp::Ordering::Less);
+            } else {
+                range.lower = tighter(range.lower, past, std::cmp::Ordering::Greater);
+            }
+        }
+        if let (Some((lo, lo_in)), Some((hi, hi_in))) = (&range.lower, &range.upper) {
+            if lo > hi || (lo == hi && !(*lo_in && *hi_in)) {
+                return None;
+            }
+        }
+        Some(range)
+    }
+
+    fn contains(&self, sk: &str) -> bool {
+        let above = match &self.lower {
+            Some((lo, true)) => sk >= lo.as_str(),
+            Some((lo, false)) => sk > lo.as_str(),
+            None => true,
+        };
+        let below = match &self.upper {
+            Some((hi, true)) => sk <= hi.as_str(),
+            Some((hi, false)) => sk < hi.as_str(),
+            None => true,
+        };
+        above && below
+    }
+}
+
+/// Of two ends on the same side, the one that lets less in: further `towards` the middle, or,
+/// at the same string, the exclusive one.
+fn tighter(
+    a: Option<(String, bool)>,
+    b: Option<(String, bool)>,
+    towards: std::cmp::Ordering,
+) -> Option<(String, bool)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(match a.0.cmp(&b.0) {
+            std::cmp::Ordering::Equal => (a.0, a.1 && b.1),
+            o if o == towards => a,
+            _ => b,
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
 #[async_trait]
 impl Store for DynamoStore {
     async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
@@ -596,90 +757,129 @@ impl Store for DynamoStore {
     }
 
     async fn query(&self, query: Query) -> Result<Page, StoreError> {
-        let (index, pk_attr, sk_attr, partition) = match &query.index {
-            Index::Owner(owner) => (GSI_OWNER, GSI1_PK, GSI1_SK, gsi_pk(query.kind, owner)),
-            Index::Status(status) => (GSI_STATUS, GSI2_PK, GSI2_SK, gsi_pk(query.kind, status)),
+        let (gsi, key) = match &query.index {
+            Index::Owner(owner) => (Gsi::Owner, owner),
+            Index::Status(status) => (Gsi::Status, status),
         };
-        let mut start = match &query.cursor {
-            Some(c) => Some(decode_cursor(c, pk_attr, sk_attr, &partition)?),
+        let listing = gsi_pk(query.kind, key);
+        let after = match &query.cursor {
+            Some(c) => Some(decode_cursor(c, gsi.pk_attr(), gsi.sk_attr(), &listing)?),
             None => None,
         };
         if query.limit == 0 {
             return Ok(Page::default());
         }
-        if let (Some(lo), Some(hi)) = (query.sort_min, query.sort_max) {
-            if lo > hi {
-                return Ok(Page::default());
-            }
-        }
-
-        let mut names = HashMap::from([("#pk".to_string(), pk_attr.to_string())]);
-        let mut values = HashMap::from([(":pk".to_string(), s(partition.clone()))]);
-        let mut key_cond = "#pk = :pk".to_string();
-        // Bounds on the "{sortkey}#{id}" strings: ">= {lo}" includes every id at `lo`, and
-        // "< {hi}$" ('$' sorts right after '#') includes every id at `hi`.
-        let lo = query.sort_min.map(sort_prefix);
-        let hi = query.sort_max.map(|v| format!("{}$", sort_prefix(v)));
-        match (lo, hi) {
-            (Some(lo), Some(hi)) => {
-                key_cond.push_str(" AND #sk BETWEEN :lo AND :hi");
-                values.insert(":lo".into(), s(lo));
-                values.insert(":hi".into(), s(hi));
-            }
-            (Some(lo), None) => {
-                key_cond.push_str(" AND #sk >= :lo");
-                values.insert(":lo".into(), s(lo));
-            }
-            (None, Some(hi)) => {
-                key_cond.push_str(" AND #sk < :hi");
-                values.insert(":hi".into(), s(hi));
-            }
-            (None, None) => {}
-        }
-        if key_cond.contains("#sk") {
-            names.insert("#sk".into(), sk_attr.to_string());
-        }
+        let Some(range) = SkRange::of(&query, after) else {
+            return Ok(Page::default());
+        };
+        // A sharded listing is read from every shard and from the legacy partition (entries
+        // written before the index was sharded, until they are written again).
+        let partitions: Vec<String> = if gsi.sharded(query.kind) {
+            (0..SHARDS)
+                .map(|shard| format!("{listing}#{shard}"))
+                .chain([listing.clone()])
+                .collect()
+        } else {
+            vec![listing.clone()]
+        };
+        let sharded = partitions.len() > 1;
+        let mut sources: Vec<Source> = partitions
+            .into_iter()
+            .map(|partition| Source {
+                legacy: sharded && partition == listing,
+                partition,
+                buf: VecDeque::new(),
+                start: None,
+                read: false,
+                done: false,
+            })
+            .collect();
 
         let now = now_secs();
         let mut records: Vec<Record> = Vec::new();
         let mut more = false;
-        'pages: loop {
-            // One more than needed tells whether another live record follows.
-            let ask = (query.limit - records.len())
-                .saturating_add(1)
-                .min(MAX_QUERY_PAGE);
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(index)
-                .key_condition_expression(&key_cond)
-                .set_expression_attribute_names(Some(names.clone()))
-                .set_expression_attribute_values(Some(values.clone()))
-                .scan_index_forward(!query.descending)
-                .limit(i32::try_from(ask).unwrap_or(i32::MAX))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| sdk_err("Query", &e))?;
-            for item in out.items() {
-                let record = from_item(query.kind, item)?;
-                if record.is_expired(now) {
-                    continue;
+        let mut last_sk: Option<String> = None;
+        loop {
+            // Every partition whose entries read so far are used up, and that has more, is
+            // read on before the next comparison — all of them at once.
+            let dry: Vec<usize> = (0..sources.len())
+                .filter(|&i| sources[i].buf.is_empty() && !sources[i].done)
+                .collect();
+            if !dry.is_empty() {
+                // Asking for what is still missing (one more than the page, to tell whether
+                // anything follows) can't take too little; a shard's first ask is its share.
+                let missing = query.limit + 1 - records.len();
+                let reads = dry.iter().map(|&i| {
+                    let source = &sources[i];
+                    let ask = if source.read || !sharded || source.legacy {
+                        missing
+                    } else {
+                        let share = missing.div_ceil(SHARDS as usize);
+                        (share + share / 2 + 1).min(missing)
+                    };
+                    self.query_partition(
+                        gsi,
+                        &range,
+                        &source.partition,
+                        source.start.clone(),
+                        ask.min(MAX_QUERY_PAGE),
+                        query.descending,
+                    )
+                });
+                let pages = futures::future::try_join_all(reads).await?;
+                for (i, (items, start)) in dry.into_iter().zip(pages) {
+                    let source = &mut sources[i];
+                    for item in &items {
+                        let record = from_item(query.kind, item)?;
+                        source
+                            .buf
+                            .push_back((gsi_sk(record.sort, &record.id), record));
+                    }
+                    source.read = true;
+                    source.done = start.is_none();
+                    source.start = start;
                 }
-                if records.len() == query.limit {
-                    more = true;
-                    break 'pages;
-                }
-                records.push(record);
+                continue;
             }
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => break,
+            // The next entry in the listing's order: the least (greatest, descending) head.
+            let heads = sources
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.buf.front().map(|(sk, _)| (i, sk)));
+            let best = if query.descending {
+                heads.max_by(|a, b| a.1.cmp(b.1))
+            } else {
+                heads.min_by(|a, b| a.1.cmp(b.1))
+            };
+            let Some((best, _)) = best else { break };
+            let Some((sk, record)) = sources[best].buf.pop_front() else {
+                break;
+            };
+            // The same entry twice: a record just moved between partitions, both entries
+            // still visible (GSIs are updated asynchronously).
+            if last_sk.as_deref() == Some(sk.as_str()) {
+                continue;
             }
+            let listed = match gsi {
+                Gsi::Owner => record.owner.as_deref(),
+                Gsi::Status => record.status.as_deref(),
+            };
+            let keep = range.contains(&sk)
+                && !record.is_expired(now)
+                // A legacy partition's name can be a shard of another key ("A#3" vs "A", 3).
+                && listed == Some(key.as_str());
+            last_sk = Some(sk);
+            if !keep {
+                continue;
+            }
+            if records.len() == query.limit {
+                more = true;
+                break;
+            }
+            records.push(record);
         }
         let next = match (more, records.last()) {
-            (true, Some(last)) => Some(encode_cursor(last, pk_attr, sk_attr, &partition)),
+            (true, Some(last)) => Some(encode_cursor(last, gsi.pk_attr(), gsi.sk_attr(), &listing)),
             _ => None,
         };
         Ok(Page { records, next })
@@ -735,8 +935,108 @@ fn pk(kind: Kind, id: &str) -> String {
     format!("{}#{id}", kind.as_str())
 }
 
+/// The listing's name, `"{kind}#{key}"`: the index partition of an unsharded index, and the
+/// legacy partition of a sharded one (entries written before it was sharded).
 fn gsi_pk(kind: Kind, key: &str) -> String {
     format!("{}#{key}", kind.as_str())
+}
+
+/// One of the two indexes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gsi {
+    Owner,
+    Status,
+}
+
+impl Gsi {
+    fn name(self) -> &'static str {
+        match self {
+            Gsi::Owner => GSI_OWNER,
+            Gsi::Status => GSI_STATUS,
+        }
+    }
+
+    fn pk_attr(self) -> &'static str {
+        match self {
+            Gsi::Owner => GSI1_PK,
+            Gsi::Status => GSI2_PK,
+        }
+    }
+
+    fn sk_attr(self) -> &'static str {
+        match self {
+            Gsi::Owner => GSI1_SK,
+            Gsi::Status => GSI2_SK,
+        }
+    }
+
+    /// Whether `kind`'s entries in this index are spread over [`SHARDS`] partitions. The
+    /// status index always: every order of a status, every pending outbox entry, shares its
+    /// key. The owner index only for products: their owner is the constant `"all"`
+    /// (`repo::PRODUCTS_OWNER`) and every checkout rewrites its product (stock), so that one
+    /// key takes a write per checkout of the whole shop. Other owners are a buyer, an order
+    /// or an outbox entry's subject — a handful of records each — or the merchant's
+    /// withdrawals, written a few times a day by a person: one partition, one `Query`.
+    fn sharded(self, kind: Kind) -> bool {
+        match self {
+            Gsi::Status => true,
+            Gsi::Owner => kind == Kind::Product,
+        }
+    }
+
+    /// The index partition `kind`'s record `id` under `key` is written to.
+    fn partition(self, kind: Kind, key: &str, id: &str) -> String {
+        if self.sharded(kind) {
+            format!("{}#{key}#{}", kind.as_str(), shard_of(id))
+        } else {
+            gsi_pk(kind, key)
+        }
+    }
+}
+
+/// 64-bit FNV-1a of `bytes`, then MurmurHash3's 64-bit finaliser (`fmix64`): both fixed by
+/// their definitions (the constants below), so the same on every platform and in every
+/// release — unlike std's `DefaultHasher`/`RandomState`, which may change between Rust
+/// releases (and is seeded at random per process). The shard of every stored index entry
+/// depends on it: changing it would scatter listings. The finaliser is needed: FNV-1a alone
+/// barely mixes its last bytes into the bits a small modulus keeps (its low `k` bits depend
+/// only on the low `k` bits of each byte; its upper half put ids that differ in their last
+/// characters — `sp-07`, `sp-08`, … — all into one of 8 shards).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = bytes
+        .iter()
+        .fold(OFFSET_BASIS, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The shard (`0..SHARDS`) of record `id`.
+pub fn shard_of(id: &str) -> u32 {
+    (stable_hash(id.as_bytes()) % u64::from(SHARDS)) as u32
+}
+
+/// The key of a sharded index partition: `"{key}#{shard}"` without its shard, or as it is when
+/// it carries none (a legacy entry, written before the index was sharded). Any shard number
+/// below [`SHARDS`] is taken, not only the id's, so that raising `SHARDS` keeps older entries
+/// readable. A legacy key that itself ends in `#` and such a number would be misread; none
+/// exists (every status written before was an enum name or WeChat's upper-case code, and the
+/// products' owner is `"all"`).
+fn unshard(key: &str) -> &str {
+    match key.rsplit_once('#') {
+        Some((key, shard))
+            if shard
+                .parse::<u32>()
+                .is_ok_and(|n| n < SHARDS && n.to_string() == shard) =>
+        {
+            key
+        }
+        _ => key,
+    }
 }
 
 /// `sort` as 20 digits that order like the `i64` (sign bit flipped).
@@ -765,13 +1065,11 @@ fn to_item(r: &Record) -> Item {
         (BODY.to_string(), s(r.body.clone())),
         (SORT.to_string(), n(r.sort)),
     ]);
-    if let Some(owner) = &r.owner {
-        item.insert(GSI1_PK.into(), s(gsi_pk(r.kind, owner)));
-        item.insert(GSI1_SK.into(), s(gsi_sk(r.sort, &r.id)));
-    }
-    if let Some(status) = &r.status {
-        item.insert(GSI2_PK.into(), s(gsi_pk(r.kind, status)));
-        item.insert(GSI2_SK.into(), s(gsi_sk(r.sort, &r.id)));
+    for (gsi, key) in [(Gsi::Owner, &r.owner), (Gsi::Status, &r.status)] {
+        if let Some(key) = key {
+            item.insert(gsi.pk_attr().into(), s(gsi.partition(r.kind, key, &r.id)));
+            item.insert(gsi.sk_attr().into(), s(gsi_sk(r.sort, &r.id)));
+        }
     }
     if let Some(t) = r.expires_at {
         item.insert(TTL_ATTRIBUTE.into(), n(t));
@@ -822,19 +1120,23 @@ fn from_item(kind: Kind, item: &Item) -> Result<Record, StoreError> {
         .ok_or_else(|| bad("missing body"))?
         .to_string();
     let prefix = format!("{}#", kind.as_str());
-    let strip = |name: &str| -> Result<Option<String>, StoreError> {
+    let key = |gsi: Gsi| -> Result<Option<String>, StoreError> {
+        let name = gsi.pk_attr();
         match str_attr(name)? {
             None => Ok(None),
-            Some(v) => v
-                .strip_prefix(&prefix)
-                .map(|k| Some(k.to_string()))
-                .ok_or_else(|| bad(&format!("{name} has the wrong kind"))),
+            Some(v) => {
+                let key = v
+                    .strip_prefix(&prefix)
+                    .ok_or_else(|| bad(&format!("{name} has the wrong kind")))?;
+                let key = if gsi.sharded(kind) { unshard(key) } else { key };
+                Ok(Some(key.to_string()))
+            }
         }
     };
     Ok(Record {
         kind,
-        owner: strip(GSI1_PK)?,
-        status: strip(GSI2_PK)?,
+        owner: key(Gsi::Owner)?,
+        status: key(Gsi::Status)?,
         version,
         body,
         sort: num_attr(SORT)?.unwrap_or(0),
@@ -861,13 +1163,16 @@ fn encode_cursor(last: &Record, pk_attr: &str, sk_attr: &str, partition: &str) -
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
 }
 
-/// The exclusive start key in `cursor`, if it was made by a query on the same index partition.
+/// The index sort key of the last record a page returned, if `cursor` was made by a query of
+/// the same listing (`partition`, its unsharded name). The cursor keeps the shape it had
+/// before the indexes were sharded — the exclusive start key of the listing's one partition —
+/// so cursors given out before (the product re-indexing keeps one between runs) stay good.
 fn decode_cursor(
     cursor: &str,
     pk_attr: &str,
     sk_attr: &str,
     partition: &str,
-) -> Result<Item, StoreError> {
+) -> Result<String, StoreError> {
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .map_err(|_| StoreError::BadCursor)?;
@@ -877,10 +1182,10 @@ fn decode_cursor(
         && key.get(pk_attr).map(String::as_str) == Some(partition)
         && key.get(PK).is_some_and(|v| !v.is_empty())
         && key.get(sk_attr).is_some_and(|v| v.len() > 21);
-    if !valid {
-        return Err(StoreError::BadCursor);
+    match key.get(sk_attr) {
+        Some(sk) if valid => Ok(sk.clone()),
+        _ => Err(StoreError::BadCursor),
     }
-    Ok(key.into_iter().map(|(k, v)| (k, s(v))).collect())
 }
 
 fn build_err(e: aws_smithy_types::error::operation::BuildError) -> StoreError {
@@ -1337,6 +1642,85 @@ mod tests {
             Ok(())
         );
         assert_eq!(condition_failed(tx(vec![], 0), "tokenA"), conflict(0));
+    }
+
+    /// The shard of every stored index entry depends on the hash: it must never change.
+    #[test]
+    fn the_shard_hash_is_pinned() {
+        // FNV-1a's published 64-bit vectors, through MurmurHash3's fmix64.
+        fn fnv1a(bytes: &[u8]) -> u64 {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        }
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(stable_hash(b""), 0xefd0_1f60_ba99_2926);
+        assert_eq!(stable_hash(b"foobar"), 0x2c22_1949_22d1_672b);
+        let shards: Vec<u32> = ["WX20261205120000abcdefghijkl", "e1", "tea", "lg-b"]
+            .iter()
+            .map(|id| shard_of(id))
+            .collect();
+        assert_eq!(shards, [6, 7, 1, 7]);
+        // Ids differing only in their last characters spread over every shard.
+        let used: HashSet<u32> = (0..40).map(|i| shard_of(&format!("sp-{i:02}"))).collect();
+        assert_eq!(used.len(), SHARDS as usize);
+    }
+
+    #[test]
+    fn sharded_keys_decode_to_the_key_written() {
+        assert_eq!(unshard("PAID#3"), "PAID");
+        assert_eq!(unshard("PAID"), "PAID", "a legacy entry");
+        assert_eq!(unshard("A#B#0"), "A#B");
+        assert_eq!(unshard("PAID#03"), "PAID#03", "not a shard number");
+        assert_eq!(unshard(&format!("PAID#{SHARDS}")), format!("PAID#{SHARDS}"));
+        // Sharded: the status everywhere, the owner of products; a buyer's id never.
+        let mut r = Record::new(Kind::Product, "p#1", "{}".into());
+        r.owner = Some("all".into());
+        r.status = Some("AUDIT#ING".into());
+        let item = to_item(&r);
+        let shard = shard_of("p#1");
+        assert_eq!(item[GSI1_PK], s(format!("product#all#{shard}")));
+        assert_eq!(item[GSI2_PK], s(format!("product#AUDIT#ING#{shard}")));
+        assert_eq!(from_item(Kind::Product, &item).unwrap(), r);
+        let mut o = Record::new(Kind::Order, "o1", "{}".into());
+        o.owner = Some("openid#7".into());
+        let item = to_item(&o);
+        assert_eq!(item[GSI1_PK], s("order#openid#7"));
+        assert_eq!(from_item(Kind::Order, &item).unwrap(), o);
+        // An item written before sharding reads as it was written.
+        let mut legacy = to_item(&r);
+        legacy.insert(GSI1_PK.into(), s("product#all"));
+        legacy.insert(GSI2_PK.into(), s("product#AUDITING"));
+        let read = from_item(Kind::Product, &legacy).unwrap();
+        assert_eq!(read.owner.as_deref(), Some("all"));
+        assert_eq!(read.status.as_deref(), Some("AUDITING"));
+    }
+
+    #[test]
+    fn bounds_and_cursor_make_one_range() {
+        let mut q = Query::new(Kind::Order, Index::Status("PAID".into()));
+        let at = |sort, id| gsi_sk(sort, id);
+        // The cursor is excluded, the bounds included with every id at them.
+        q.sort_min = Some(0);
+        q.sort_max = Some(5);
+        let r = SkRange::of(&q, Some(at(2, "b"))).unwrap();
+        assert!(!r.contains(&at(2, "b")) && r.contains(&at(2, "c")) && r.contains(&at(5, "zz")));
+        assert!(!r.contains(&at(2, "a")) && !r.contains(&at(6, "")));
+        q.descending = true;
+        let r = SkRange::of(&q, Some(at(2, "b"))).unwrap();
+        assert!(r.contains(&at(2, "a")) && r.contains(&at(0, "")) && !r.contains(&at(2, "b")));
+        assert!(!r.contains(&at(-1, "z")));
+        // A cursor outside the bounds: the bounds decide, or nothing is left.
+        q.descending = false;
+        let r = SkRange::of(&q, Some(at(-7, "x"))).unwrap();
+        assert!(r.contains(&at(0, "")));
+        let r = SkRange::of(&q, Some(at(5, "m"))).unwrap();
+        assert!(r.contains(&at(5, "n")) && !r.contains(&at(5, "a")));
+        assert!(SkRange::of(&q, Some(at(9, "a"))).is_none());
+        q.sort_min = Some(6);
+        assert!(SkRange::of(&q, None).is_none(), "min above max");
     }
 
     #[test]
