@@ -856,7 +856,7 @@ fn refund(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Respon
         return return_fail("refund_account参数格式错误");
     }
     let now = sb.now_ms();
-    let mut state = sb.st();
+    let state = sb.st();
     let Some(o) = find_order(&state.pay, f).cloned() else {
         drop(state);
         return biz_fail(cfg, f, st, "ORDERNOTEXIST", "订单不存在");
@@ -957,14 +957,7 @@ fn refund(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> Respon
         refund_account,
         by_hand: false,
     };
-    state.pay.refunds.insert(r.out_refund_no.clone(), r.clone());
-    if let Some(ord) = state.pay.orders.get_mut(&o.out_trade_no) {
-        ord.refunded += refund_fee;
-        ord.last_refund_ms = Some(now);
-    }
-    let epoch = state.epoch;
-    drop(state);
-    tokio::spawn(complete_refund(sb.clone(), r.out_refund_no.clone(), epoch));
+    take_refund(sb, state, &r, now);
     reply(cfg, f, st, accepted(&r))
 }
 
@@ -982,7 +975,7 @@ pub fn merchant_refunds(
 ) -> Result<Value, String> {
     let cfg = sb.cfg();
     let now = sb.now_ms();
-    let mut state = sb.st();
+    let state = sb.st();
     let Some(o) = state.pay.orders.get(out_trade_no).cloned() else {
         return Err(format!("no WeChat Pay order {out_trade_no}"));
     };
@@ -1014,15 +1007,21 @@ pub fn merchant_refunds(
         refund_account: "REFUND_SOURCE_UNSETTLED_FUNDS".into(),
         by_hand: true,
     };
+    take_refund(sb, state, &r, now);
+    Ok(r.summary())
+}
+
+/// Takes refund `r` (PROCESSING): kept, its order's refunded amount grown (and the minute
+/// between refunds started), and completed a moment later as WeChat does.
+fn take_refund(sb: &Sandbox, mut state: super::StGuard<'_>, r: &Refund, now: i64) {
     state.pay.refunds.insert(r.out_refund_no.clone(), r.clone());
-    if let Some(ord) = state.pay.orders.get_mut(&o.out_trade_no) {
-        ord.refunded += refund_fee;
+    if let Some(ord) = state.pay.orders.get_mut(&r.out_trade_no) {
+        ord.refunded += r.refund_fee;
         ord.last_refund_ms = Some(now);
     }
     let epoch = state.epoch;
     drop(state);
     tokio::spawn(complete_refund(sb.clone(), r.out_refund_no.clone(), epoch));
-    Ok(r.summary())
 }
 
 /// After a restart: refunds accepted but not yet processed are processed now.

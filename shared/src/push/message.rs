@@ -91,16 +91,8 @@ pub fn parse(query: &PushQuery, body: &[u8], cfg: &PushConfig) -> Result<PushMes
             // every instance and no push is refused on the way to safe mode. The unreadable
             // `Encrypt` is not kept. A safe-mode envelope (ciphertext only) needs the key.
             query.check_signature(&cfg.token)?;
-            let given = PushQuery::get(&query.msg_signature)
-                .ok_or(PushError::MissingParam("msg_signature"))?;
             let envelope = read_object(body)?;
-            let encrypt = match envelope.get("Encrypt") {
-                Some(Value::String(s)) if !s.is_empty() => s.as_str(),
-                _ => return Err(PushError::MissingEncrypt),
-            };
-            if !digest_eq(&msg_signature(&cfg.token, timestamp, nonce, encrypt), given) {
-                return Err(PushError::BadMsgSignature);
-            }
+            signed_encrypt(query, &cfg.token, (timestamp, nonce), &envelope)?;
             let mut message = read_message(body, false).map_err(|e| match e {
                 PushError::MissingField(_) => PushError::NoAesKey,
                 e => e,
@@ -112,17 +104,8 @@ pub fn parse(query: &PushQuery, body: &[u8], cfg: &PushConfig) -> Result<PushMes
             if PushQuery::get(&query.signature).is_some() {
                 query.check_signature(&cfg.token)?;
             }
-            let given = PushQuery::get(&query.msg_signature)
-                .ok_or(PushError::MissingParam("msg_signature"))?;
             let envelope = read_object(body)?;
-            let encrypt = match envelope.get("Encrypt") {
-                Some(Value::String(s)) if !s.is_empty() => s.as_str(),
-                _ => return Err(PushError::MissingEncrypt),
-            };
-            let expected = msg_signature(&cfg.token, timestamp, nonce, encrypt);
-            if !digest_eq(&expected, given) {
-                return Err(PushError::BadMsgSignature);
-            }
+            let encrypt = signed_encrypt(query, &cfg.token, (timestamp, nonce), &envelope)?;
             let plain = decrypt(cfg, encrypt)?;
             read_message(&plain, true)
         }
@@ -130,6 +113,26 @@ pub fn parse(query: &PushQuery, body: &[u8], cfg: &PushConfig) -> Result<PushMes
             other.chars().take(16).collect(),
         )),
     }
+}
+
+/// The `Encrypt` value of an `encrypt_type=aes` envelope, once `msg_signature` over it (with
+/// token, timestamp and nonce) verified — before anything decrypts or trusts it.
+fn signed_encrypt<'a>(
+    query: &PushQuery,
+    token: &str,
+    (timestamp, nonce): (&str, &str),
+    envelope: &'a Map<String, Value>,
+) -> Result<&'a str, PushError> {
+    let given =
+        PushQuery::get(&query.msg_signature).ok_or(PushError::MissingParam("msg_signature"))?;
+    let encrypt = match envelope.get("Encrypt") {
+        Some(Value::String(s)) if !s.is_empty() => s.as_str(),
+        _ => return Err(PushError::MissingEncrypt),
+    };
+    if !digest_eq(&msg_signature(token, timestamp, nonce, encrypt), given) {
+        return Err(PushError::BadMsgSignature);
+    }
+    Ok(encrypt)
 }
 
 /// Reads a plaintext message without any verification — for bodies that were verified some
