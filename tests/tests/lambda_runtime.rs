@@ -790,6 +790,7 @@ async fn a_stream_batch_stops_starting_entries_before_its_deadline() {
     env.push(("STORE", format!("sqlite:{}", db.display())));
     env.push(("WXPAY_BASE_URL", format!("http://{hole_addr}")));
     env.push(("WX_HTTP_TIMEOUT_MS", "1500".into()));
+    binaries(); // built before the clock starts
     let t0 = std::time::Instant::now();
     let f = FunctionProcess::spawn("order-sync", &api, &env);
     let (_, batch) = response_of(api.next_outcome().await);
