@@ -1374,7 +1374,11 @@ async fn an_order_above_what_wechat_pay_takes_is_refused_before_it_is_made() {
                "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"}})
     };
     let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &buy(99)).await;
-    assert_eq!((s, v["code"].as_str()), (400, Some("ORDER_TOO_LARGE")), "{v}");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("ORDER_TOO_LARGE")),
+        "{v}"
+    );
     assert!(r.sandbox.calls("pay/unifiedorder").is_empty());
     let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
     assert_eq!(list["orders"].as_array().map(Vec::len), Some(0), "{list}");

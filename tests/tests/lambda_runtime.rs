@@ -180,7 +180,10 @@ fn json_body(body: &str) -> Value {
 
 impl RuntimeApi {
     async fn start(events: Vec<Value>) -> RuntimeApi {
-        let timed = events.into_iter().map(|e| (e, DEFAULT_TIMEOUT_MS)).collect();
+        let timed = events
+            .into_iter()
+            .map(|e| (e, DEFAULT_TIMEOUT_MS))
+            .collect();
         RuntimeApi::start_timed(timed).await
     }
 
@@ -798,7 +801,10 @@ async fn a_stream_batch_stops_starting_entries_before_its_deadline() {
     let log = f.stop().await;
     held.abort();
 
-    assert!(took < limit, "answered after its deadline ({took:?}): {batch}");
+    assert!(
+        took < limit,
+        "answered after its deadline ({took:?}): {batch}"
+    );
     let failed: Vec<u64> = batch["batchItemFailures"]
         .as_array()
         .unwrap_or_else(|| panic!("{batch}"))
@@ -813,7 +819,9 @@ async fn a_stream_batch_stops_starting_entries_before_its_deadline() {
     let store = wxshop::store::sqlite::SqliteStore::open(&db).unwrap();
     for (i, e) in entries.iter().enumerate() {
         let subject = e.task.subject();
-        let now_entries = wxshop::outbox::entries_for(&store, &subject, 5).await.unwrap();
+        let now_entries = wxshop::outbox::entries_for(&store, &subject, 5)
+            .await
+            .unwrap();
         assert_eq!(now_entries.len(), 1, "{subject}");
         let attempts = now_entries[0].entry.attempts;
         if i < ran {
