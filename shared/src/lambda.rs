@@ -561,15 +561,21 @@ pub fn event_shape(event: &Value) -> Option<EventShape> {
     None
 }
 
-/// `deadline_ms`: the invocation's deadline from the Runtime API (epoch ms); the schedule stops
-/// starting work [`handlers::order_sync::SCHEDULE_MARGIN`] before it.
+/// `deadline_ms`: the invocation's deadline from the Runtime API (epoch ms); the schedule and a
+/// stream batch stop starting work [`handlers::order_sync::SCHEDULE_MARGIN`] before it.
 async fn order_sync_event<F: FunctionEntry>(
     app: &App,
     payload: Value,
     deadline_ms: u64,
 ) -> Result<Value, InvocationError> {
     match event_shape(&payload) {
-        Some(EventShape::Stream) => Ok(stream_event(app, &payload).await),
+        Some(EventShape::Stream) => {
+            let deadline = crate::time::Deadline::from_epoch_ms(
+                deadline_ms,
+                handlers::order_sync::SCHEDULE_MARGIN,
+            );
+            Ok(stream_event(app, &payload, deadline).await)
+        }
         Some(EventShape::Schedule) => {
             let started = Instant::now();
             let deadline = crate::time::Deadline::from_epoch_ms(
@@ -608,16 +614,16 @@ pub fn outbox_records(event: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Runs the outbox entries and reports the failed ones by sequence number, so Lambda retries
-/// (and bisects) only those (`ReportBatchItemFailures`).
-async fn stream_event(app: &App, event: &Value) -> Value {
+/// Runs the outbox entries and reports the failed ones — and those not started before
+/// `deadline` — by sequence number, so Lambda retries only those (`ReportBatchItemFailures`).
+async fn stream_event(app: &App, event: &Value, deadline: crate::time::Deadline) -> Value {
     let started = Instant::now();
     let records = outbox_records(event);
     let ids: Vec<String> = records.iter().map(|(id, _)| id.clone()).collect();
     let failed = if ids.is_empty() {
         Vec::new()
     } else {
-        handlers::order_sync::on_outbox_records(app, ids).await
+        handlers::order_sync::on_outbox_records(app, ids, deadline).await
     };
     let failures: Vec<Value> = records
         .iter()

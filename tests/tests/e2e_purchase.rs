@@ -1328,6 +1328,133 @@ async fn a_failed_unified_order_closes_what_wechat_pay_opened() {
     assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
 }
 
+/// GIVEN `unifiedOrder` has opened the prepay order and the component order at WeChat but
+/// not stored them yet (a slow answer from `shop/order/add`) WHEN the user closes the order
+/// meanwhile (it is CREATED: the close knows of nothing at WeChat) THEN `unifiedOrder` hands
+/// out no payment, and both are closed at WeChat (`pay/closeorder`, `shop/order/pay` cancel),
+/// so the user cannot pay the order they closed. Both used to stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closing_an_order_while_unified_order_opens_it_closes_it_at_wechat() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("ivy").await;
+    let start = tea_stock(&c).await;
+    c.fault(json!({"path": "shop/order/add", "mode": "slow", "delay_ms": 1500, "count": 1}))
+        .await;
+    let close = async {
+        eventually("shop/order/add under way", || async {
+            !r.sandbox.calls("shop/order/add").is_empty()
+        })
+        .await;
+        let no = r.sandbox.calls("pay/unifiedorder")[0]["out_trade_no"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (s, closed) = c
+            .post(
+                "/fn/queryOrder",
+                Some(&token),
+                &json!({"out_trade_no": no, "action": "close"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{closed}");
+        assert_eq!(closed["order"]["status"], "CLOSED", "{closed}");
+        no
+    };
+    let ((s, placed), no) = tokio::join!(c.order(&token, 1, None), close);
+    assert_eq!(s, 409, "no payment for an order closed meanwhile: {placed}");
+    assert!(placed.get("payment").is_none(), "{placed}");
+
+    eventually("pay/closeorder for the closed order", || async {
+        r.sandbox
+            .calls("pay/closeorder")
+            .iter()
+            .any(|v| v["out_trade_no"] == no.as_str())
+    })
+    .await;
+    eventually("the component order cancelled", || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no) && v["action_type"] == 3)
+    })
+    .await;
+    let (s, paid) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    assert_eq!(s, 409, "the closed order's prepay cannot be paid: {paid}");
+    assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
+    assert_eq!(tea_stock(&c).await, start, "the stock is back");
+    assert!(c.dead_letters().await.is_empty());
+}
+
+/// WeChat Pay's `total_fee` is an `Int`: no payment above 2,147,483,647 fen. GIVEN a price
+/// past it THEN the catalog refuses it (400 `BAD_PRICE`). GIVEN a price under it (300,000
+/// yuan) WHEN a cart of 99 adds up past it THEN `unifiedOrder` answers 400 `ORDER_TOO_LARGE`
+/// before anything is made: no order, no stock taken, WeChat Pay not asked. Such a cart used
+/// to become an order that WeChat Pay was asked to charge (refused there, a 502 at best).
+#[tokio::test]
+async fn an_order_above_what_wechat_pay_takes_is_refused_before_it_is_made() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let product = |price: i64| {
+        json!({"action": "upsert", "product": {
+            "product_id": "jade", "title": "Jade",
+            "head_img": ["https://mmecimage.cn/p/wxlocal/tea.jpg"], "third_cat_id": 6153,
+            "brand_id": 2100000000,
+            "skus": [{"sku_id": "jade-1", "price": price, "stock": 500}]
+        }})
+    };
+    let (s, v) = c.admin("/admin/catalogSync", &product(3_000_000_000)).await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("BAD_PRICE")), "{v}");
+    let (s, v) = c.admin("/admin/catalogSync", &product(30_000_000)).await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the audit verdict", || async {
+        c.admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": "jade"}),
+        )
+        .await
+        .1["product"]["audit"]
+            == "APPROVED"
+    })
+    .await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "jade"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    let (token, _) = c.login("jade").await;
+    let buy = |qty: u32| {
+        json!({"items": [{"product_id": "jade", "sku_id": "jade-1", "quantity": qty}],
+               "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"}})
+    };
+    let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &buy(99)).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("ORDER_TOO_LARGE")),
+        "{v}"
+    );
+    assert!(r.sandbox.calls("pay/unifiedorder").is_empty());
+    let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
+    assert_eq!(list["orders"].as_array().map(Vec::len), Some(0), "{list}");
+    let (_, got) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": "jade"}),
+        )
+        .await;
+    assert_eq!(got["product"]["skus"][0]["stock"], 500, "{got}");
+
+    // 71 of them (2,130,000,000 fen) is one payment still.
+    let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &buy(71)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["total_fee"], 2_130_000_000i64);
+}
+
 /// WeChat Pay counts `body` and `refund_desc` in UTF-8 bytes (127 and 80). A product titled
 /// with 60 Chinese characters (180 bytes) is bought, paid and refunded for a 60-character
 /// reason: what we send is cut to fit on a character boundary, where it used to be sent

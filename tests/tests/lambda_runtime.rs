@@ -112,9 +112,13 @@ enum Outcome {
     },
 }
 
+/// An invocation's time limit when the test gives none: Lambda's deadline header is this far on.
+const DEFAULT_TIMEOUT_MS: u128 = 30_000;
+
 #[derive(Clone)]
 struct ApiState {
-    events: Arc<Mutex<VecDeque<(String, Value)>>>,
+    /// (request id, event, time limit in ms)
+    events: Arc<Mutex<VecDeque<(String, Value, u128)>>>,
     outcomes: mpsc::UnboundedSender<Outcome>,
 }
 
@@ -133,12 +137,12 @@ impl Drop for RuntimeApi {
 async fn next_invocation(State(s): State<ApiState>) -> axum::response::Response {
     loop {
         let next = s.events.lock().unwrap().pop_front();
-        if let Some((id, event)) = next {
+        if let Some((id, event, timeout_ms)) = next {
             let deadline = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_millis()
-                + 30_000;
+                + timeout_ms;
             let mut headers = HeaderMap::new();
             headers.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
             headers.insert(
@@ -176,13 +180,22 @@ fn json_body(body: &str) -> Value {
 
 impl RuntimeApi {
     async fn start(events: Vec<Value>) -> RuntimeApi {
+        let timed = events
+            .into_iter()
+            .map(|e| (e, DEFAULT_TIMEOUT_MS))
+            .collect();
+        RuntimeApi::start_timed(timed).await
+    }
+
+    /// Events each with the time limit (ms) its deadline header gives.
+    async fn start_timed(events: Vec<(Value, u128)>) -> RuntimeApi {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = ApiState {
             events: Arc::new(Mutex::new(
                 events
                     .into_iter()
                     .enumerate()
-                    .map(|(i, e)| (format!("req-{i}"), e))
+                    .map(|(i, (e, timeout_ms))| (format!("req-{i}"), e, timeout_ms))
                     .collect(),
             )),
             outcomes: tx,
@@ -708,6 +721,119 @@ async fn order_sync_takes_schedule_stream_and_http_events() {
             assert_eq!(body["errorType"], "UnknownEvent", "{body} ({error_type})");
         }
         other => panic!("an unknown event must be an invocation error: {other:?}"),
+    }
+    check_logs(&log, "orderSync");
+}
+
+/// GIVEN a stream batch of 12 outbox entries (closing orders at WeChat Pay) and WeChat Pay
+/// taking every call and never answering (each waits out `WX_HTTP_TIMEOUT_MS` = 1.5 s: 18 s
+/// for the batch) WHEN orderSync gets the batch with 17 s left of its invocation THEN it
+/// answers before its deadline: no entry is started past the deadline less `SCHEDULE_MARGIN`
+/// (15 s), and those not started — the tail of the batch — are reported by sequence number
+/// as batch item failures, untouched in the outbox, so the stream's retry runs them at once.
+/// It used to run the whole batch whatever the deadline: on Lambda, killed at the timeout
+/// mid-call, the whole batch failed and was retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_batch_stops_starting_entries_before_its_deadline() {
+    use wxshop::outbox::{OutboxEntry, Task};
+    // WeChat Pay that takes each connection and never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = hole.accept().await {
+            conns.push(c);
+        }
+    });
+    let db = std::env::temp_dir().join(format!(
+        "wxshop-stream-deadline-{}-{}.db",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut entries = Vec::new();
+    {
+        let store = wxshop::store::sqlite::SqliteStore::open(&db).unwrap();
+        let mut batch = wxshop::store::repo::Batch::new();
+        for i in 0..12 {
+            let no = wxshop::domain::OutTradeNo::generate(now + i);
+            let order: wxshop::domain::Order = serde_json::from_value(json!({
+                "out_trade_no": no, "openid": "oUpF8uMEb4qRXf22hE3X68TekukE", "items": [],
+                "total": 100, "status": "CLOSED", "prepay_id": format!("wx{i:030}"),
+                "close_reason": "closed by user",
+                "created_at_ms": now, "updated_at_ms": now, "expires_at_ms": now + 900_000
+            }))
+            .unwrap();
+            batch.create_order(&order);
+            let entry = OutboxEntry::new(Task::OrderClose { out_trade_no: no }, now);
+            entries.push(entry.clone());
+            batch.enqueue(entry);
+        }
+        batch.commit(&store).await.unwrap();
+    }
+    let records: Vec<Value> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            json!({"eventID": i.to_string(), "eventName": "INSERT", "eventVersion": "1.1",
+                   "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
+                   "dynamodb": {"Keys": {"pk": {"S": format!("outbox#{}", e.id)}},
+                                "SequenceNumber": (1000 + i).to_string(),
+                                "SizeBytes": 26, "StreamViewType": "NEW_IMAGE"},
+                   "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026"})
+        })
+        .collect();
+    let limit = Duration::from_secs(17);
+    let mut api =
+        RuntimeApi::start_timed(vec![(json!({ "Records": records }), limit.as_millis())]).await;
+    let mut env = valid_config();
+    env.push(("STORE", format!("sqlite:{}", db.display())));
+    env.push(("WXPAY_BASE_URL", format!("http://{hole_addr}")));
+    env.push(("WX_HTTP_TIMEOUT_MS", "1500".into()));
+    binaries(); // built before the clock starts
+    let t0 = std::time::Instant::now();
+    let f = FunctionProcess::spawn("order-sync", &api, &env);
+    let (_, batch) = response_of(api.next_outcome().await);
+    let took = t0.elapsed();
+    let log = f.stop().await;
+    held.abort();
+
+    assert!(
+        took < limit,
+        "answered after its deadline ({took:?}): {batch}"
+    );
+    let failed: Vec<u64> = batch["batchItemFailures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{batch}"))
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().parse().unwrap())
+        .collect();
+    // 2 s to start entries in, 1.5 s each: one or two run, the rest are handed back.
+    let ran = 12 - failed.len();
+    assert!((1..=3).contains(&ran), "{batch}");
+    let tail: Vec<u64> = (1000 + ran as u64..1012).collect();
+    assert_eq!(failed, tail, "the entries not started, in order: {batch}");
+    let store = wxshop::store::sqlite::SqliteStore::open(&db).unwrap();
+    for (i, e) in entries.iter().enumerate() {
+        let subject = e.task.subject();
+        let now_entries = wxshop::outbox::entries_for(&store, &subject, 5)
+            .await
+            .unwrap();
+        assert_eq!(now_entries.len(), 1, "{subject}");
+        let attempts = now_entries[0].entry.attempts;
+        if i < ran {
+            assert_eq!(attempts, 1, "ran once and is due again later: {subject}");
+        } else {
+            assert_eq!(attempts, 0, "not started, free for the retry: {subject}");
+            assert!(now_entries[0].entry.due_at_ms <= now, "{subject}");
+        }
+    }
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
     check_logs(&log, "orderSync");
 }

@@ -347,12 +347,15 @@ fn valid_no(s: &str, min: usize, max: usize, extra: &[char]) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "_-|*".contains(c) || extra.contains(&c))
 }
 
-/// A positive whole number of fen written as digits only (no sign, no decimals).
+/// A positive whole number of fen written as digits only (no sign, no decimals), within the
+/// `Int` WeChat Pay's amount fields are.
 fn fen(s: &str) -> Option<i64> {
     if s.is_empty() || s.len() > 12 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    s.parse().ok().filter(|n| *n >= 1)
+    s.parse()
+        .ok()
+        .filter(|n| (1..=i64::from(i32::MAX)).contains(n))
 }
 
 /// `notify_url`: http(s), ≤256, reachable shape, no query string.

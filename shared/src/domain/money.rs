@@ -24,6 +24,11 @@ pub enum MoneyError {
 impl Fen {
     pub const ZERO: Fen = Fen(0);
 
+    /// The most one payment can be: WeChat Pay v2's `total_fee` is an `Int` (32-bit; the
+    /// trading component's prices too), so a larger amount is refused there, after the order
+    /// is made. Prices and order totals are held to it here, before anything is made.
+    pub const MAX_PAYMENT: Fen = Fen(i32::MAX as i64);
+
     pub fn new(fen: i64) -> Result<Self, MoneyError> {
         if fen < 0 {
             Err(MoneyError::Negative(fen))

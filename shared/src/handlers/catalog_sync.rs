@@ -233,10 +233,13 @@ fn content_from_input(input: ProductInput) -> Result<(ProductId, Content), ApiEr
         }
         let price =
             Fen::new(s.price).map_err(|e| ApiError::bad_request("BAD_PRICE", e.to_string()))?;
-        if price == Fen::ZERO {
+        if price == Fen::ZERO || price > Fen::MAX_PAYMENT {
             return Err(ApiError::bad_request(
                 "BAD_PRICE",
-                "price must be at least 1 fen",
+                format!(
+                    "price must be 1–{} fen (the most one WeChat Pay payment takes)",
+                    Fen::MAX_PAYMENT
+                ),
             ));
         }
         let market_price = Fen::new(s.market_price.unwrap_or(s.price))

@@ -342,6 +342,33 @@ pub async fn close_and_release_opened(
         let current = repo::get_order(app.store.as_ref(), no)
             .await?
             .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?;
+        if current.value.status == crate::domain::OrderStatus::Closed {
+            // Closed meanwhile (the user, the sweep) while `unifiedOrder` was opening it at
+            // WeChat: the close knew of nothing to close there. What was opened since is kept
+            // on the closed order and closed at WeChat now, or it stays open (and payable).
+            let mut next = current.value.clone();
+            if next.prepay_id.is_none() {
+                next.prepay_id.clone_from(&opened.prepay_id);
+            }
+            if next.wx_order_id.is_none() {
+                next.wx_order_id = opened.wx_order_id;
+            }
+            if next == current.value {
+                return Ok(Attempt::Done((current.value, false)));
+            }
+            let now = app.clock.now_ms();
+            next.updated_at_ms = now;
+            tracing::warn!(out_trade_no = %no, "closed while WeChat was opening it: closing what WeChat opened");
+            let mut batch = Batch::new();
+            batch.update_order(&current, &next);
+            batch.enqueue(OutboxEntry::new(
+                Task::OrderClose {
+                    out_trade_no: no.clone(),
+                },
+                now,
+            ));
+            return Ok(Attempt::Commit(batch, (next, false)));
+        }
         if !current.value.status.is_unpaid_open() {
             return Ok(Attempt::Done((current.value, false)));
         }

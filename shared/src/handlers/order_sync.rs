@@ -204,9 +204,30 @@ pub async fn drain_until(
 
 /// DynamoDB stream: new outbox entries by id. Returns the ids that could not be settled (the
 /// stream retries those; everything else is acknowledged).
-pub async fn on_outbox_records(app: &App, ids: Vec<String>) -> Vec<String> {
+///
+/// The entries run one after another, each a WeChat chain of up to three calls; ten slow ones
+/// outlast orderSync's 60 s timeout. Cut off by it, the invocation failed as a whole: the
+/// entry under way was killed mid-call (its lease held it for a minute), the batch counted as
+/// an error (bisected, retried, and after five tries sent to the dead-letter queue, which
+/// pages). So no entry but the first is started once `deadline` has passed (the invocation's
+/// less [`SCHEDULE_MARGIN`], what one entry may take): the rest are returned as not settled,
+/// and the stream hands them to the next invocation at once. The first always runs, so every
+/// invocation makes progress.
+pub async fn on_outbox_records(app: &App, ids: Vec<String>, deadline: Deadline) -> Vec<String> {
     let mut failed = Vec::new();
-    for id in ids {
+    let mut ids = ids.into_iter();
+    let mut started = false;
+    while let Some(id) = ids.next() {
+        if started && deadline.passed() {
+            tracing::warn!(
+                left = ids.len() + 1,
+                "outbox batch: the invocation's deadline is near; the stream retries the rest"
+            );
+            failed.push(id);
+            failed.extend(ids);
+            break;
+        }
+        started = true;
         let mut report = DrainReport::default();
         let outcome =
             match outbox::claim_one(app.store.as_ref(), &id, app.clock.now_ms(), LEASE_MS).await {
@@ -222,7 +243,8 @@ pub async fn on_outbox_records(app: &App, ids: Vec<String>) -> Vec<String> {
     failed
 }
 
-/// How long before the Lambda deadline the schedule stops starting work: what an item already
+/// How long before the Lambda deadline the schedule (and a stream batch) stops starting work:
+/// what an item already
 /// started may still take — an outbox task's WeChat chain (a call, a token refresh and the
 /// call again, at `WX_HTTP_TIMEOUT_MS` = 4 s each) plus its store writes.
 pub const SCHEDULE_MARGIN: Duration = Duration::from_secs(15);
@@ -1054,7 +1076,8 @@ mod tests {
         );
         outbox::enqueue(app.store.as_ref(), &entry).await.unwrap();
 
-        let failed = on_outbox_records(&app, vec![entry.id.clone()]).await;
+        let budget = Deadline::after(Duration::from_secs(30));
+        let failed = on_outbox_records(&app, vec![entry.id.clone()], budget).await;
 
         assert!(failed.is_empty(), "a dead letter is settled: {failed:?}");
         let (dead, _) = outbox::list_dead(app.store.as_ref(), 10, None)
@@ -1073,7 +1096,9 @@ mod tests {
         assert_eq!(v["Function"], "wxshop-OrderSyncFunction-X");
 
         // Running it again finds nothing due (it is dead): nothing more is counted.
-        assert!(on_outbox_records(&app, vec![entry.id]).await.is_empty());
+        assert!(on_outbox_records(&app, vec![entry.id], budget)
+            .await
+            .is_empty());
         assert_eq!(captured.lines().len(), 1);
     }
 }

@@ -468,18 +468,29 @@ async fn create_priced_order(
                 unit_price,
                 quantity: l.quantity,
             };
+            // Catalog prices are bounded (`Fen::MAX_PAYMENT`), so 20 lines of 99 cannot
+            // overflow; an older record priced past the bound still never wraps.
             total = total
                 .checked_add(
                     item.line_total()
-                        .map_err(|e| ApiError::bad_request("BAD_CART", e.to_string()))?,
+                        .map_err(|e| ApiError::bad_request("ORDER_TOO_LARGE", e.to_string()))?,
                 )
-                .map_err(|e| ApiError::bad_request("BAD_CART", e.to_string()))?;
+                .map_err(|e| ApiError::bad_request("ORDER_TOO_LARGE", e.to_string()))?;
             items.push(item);
         }
         if total == Fen::ZERO {
             return Err(ApiError::bad_request(
                 "BAD_CART",
                 "the order total is zero; WeChat Pay needs at least 1 fen",
+            ));
+        }
+        if total > Fen::MAX_PAYMENT {
+            return Err(ApiError::bad_request(
+                "ORDER_TOO_LARGE",
+                format!(
+                    "the order total ({total} fen) is more than one WeChat Pay payment takes ({} fen); order fewer",
+                    Fen::MAX_PAYMENT
+                ),
             ));
         }
         let now = app.clock.now_ms();
