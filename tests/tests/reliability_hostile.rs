@@ -466,6 +466,68 @@ async fn users_cannot_be_spoofed_and_bad_tokens_are_refused() {
     assert_eq!(alices["orders"].as_array().unwrap().len(), 0);
 }
 
+/// Auth schemes are case-insensitive (RFC 9110 §11.1): a client sending `bearer` or `BEARER`,
+/// or padding the header with whitespace, is let in — for users and for the admin token —
+/// while any other scheme is still refused with the same clear error.
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (alice, _) = c.login("alice").await;
+    let send = |path: &'static str, auth: String| {
+        let c = c.clone();
+        async move {
+            let resp = c
+                .http
+                .post(format!("{}{path}", c.base))
+                .header("authorization", auth)
+                .json(&if path.starts_with("/admin/") {
+                    json!({"action": "dead_letters"})
+                } else {
+                    json!({})
+                })
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    for spelling in [
+        "Bearer {}",
+        "bearer {}",
+        "BEARER {}",
+        "bEaReR \t {}  ",
+        " Bearer  {}",
+    ] {
+        for (path, token) in [
+            ("/fn/queryOrder", alice.as_str()),
+            ("/admin/orderSync", r.admin_token.as_str()),
+        ] {
+            let (s, v) = send(path, spelling.replace("{}", token)).await;
+            assert_eq!(s, 200, "{path} with {spelling:?}: {v}");
+        }
+    }
+    for spelling in [
+        "Basic {}",
+        "Token {}",
+        "Bearer{}",
+        "Bearer: {}",
+        "{}",
+        "Bearer",
+    ] {
+        let (s, v) = send("/fn/queryOrder", spelling.replace("{}", &alice)).await;
+        assert_eq!(s, 401, "user with {spelling:?}: {v}");
+        assert_eq!(v["code"], "UNAUTHENTICATED", "{v}");
+        let (s, v) = send("/admin/orderSync", spelling.replace("{}", &r.admin_token)).await;
+        assert_eq!(s, 401, "admin with {spelling:?}: {v}");
+        assert!(
+            v["message"].as_str().unwrap_or("").contains("Bearer"),
+            "the error says what to send: {v}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn admin_routes_need_the_admin_token() {
     let r = stack_with(&[]).await;
