@@ -466,6 +466,27 @@ async fn users_cannot_be_spoofed_and_bad_tokens_are_refused() {
     assert_eq!(alices["orders"].as_array().unwrap().len(), 0);
 }
 
+/// A merchant who lowers `SESSION_TTL_SECS` (say after an incident) shortens every session,
+/// including tokens issued under the longer TTL; those still within the new TTL keep working.
+#[tokio::test]
+async fn lowering_the_session_ttl_shortens_sessions_already_issued() {
+    let r = stack_with(&[("SESSION_TTL_SECS", "3600")]).await;
+    let c = Client::new(&r);
+    let (_, openid) = c.login("alice").await;
+    let openid = wxshop::domain::OpenId::parse(openid).unwrap();
+    let now = r.app.clock.now_secs();
+    let week = 7 * 24 * 3600;
+    // Both issued under a 7-day TTL: one 2 hours ago, one 10 minutes ago.
+    let old = r.app.sessions.issue(&openid, now - 7200, week);
+    let recent = r.app.sessions.issue(&openid, now - 600, week);
+    let (s, v) = c.post("/fn/queryOrder", Some(&old), &json!({})).await;
+    assert_eq!(s, 401, "issued 2 h ago, TTL now 1 h: {v}");
+    assert_eq!(v["code"], "UNAUTHENTICATED", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("expired"), "{v}");
+    let (s, v) = c.post("/fn/queryOrder", Some(&recent), &json!({})).await;
+    assert_eq!(s, 200, "issued 10 min ago is within the TTL: {v}");
+}
+
 /// Auth schemes are case-insensitive (RFC 9110 §11.1): a client sending `bearer` or `BEARER`,
 /// or padding the header with whitespace, is let in — for users and for the admin token —
 /// while any other scheme is still refused with the same clear error.
