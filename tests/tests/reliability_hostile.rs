@@ -886,6 +886,69 @@ async fn a_safe_mode_push_is_kept_readable() {
     assert!(kept.value.body.contains("AUD-77"), "{}", kept.value.body);
 }
 
+/// A customer-service message (a user's own words, which WeChat pushes to the same URL) is
+/// acknowledged and kept only 30 days, its repeat still recognised; a shop event is kept as
+/// before, without expiry. Such messages used to be kept forever.
+#[tokio::test]
+async fn a_users_message_is_kept_only_for_a_while() {
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    let r = stack_with(&[("WX_PUSH_AES_KEY", AES)]).await;
+    let c = Client::new(&r);
+    let token = "localpushtoken";
+    let cfg = wxshop::push::PushConfig::new(&r.app.config.appid, token, Some(AES)).unwrap();
+    let now = r.app.clock.now_secs();
+    let store = r.app.store.clone();
+    let push = |msg: String, nonce: &'static str| {
+        let (c, cfg, store) = (c.clone(), cfg.clone(), store.clone());
+        async move {
+            let ts = now.to_string();
+            let (envelope, sig) = wxshop::push::encrypt(&cfg, &msg, &ts, nonce).unwrap();
+            let query =
+                wxshop::push::PushQuery::signed_aes(token, &ts, nonce, &sig).to_query_string();
+            let resp = c
+                .http
+                .post(format!("{}/callbacks/wechat?{query}", c.base))
+                .body(envelope)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            let parsed = wxshop::push::PushEvent::from_message(
+                &wxshop::push::decode_message(msg.as_bytes()).unwrap(),
+            )
+            .unwrap();
+            wxshop::store::repo::get_event(store.as_ref(), "push", &parsed.dedupe_key())
+                .await
+                .unwrap()
+                .expect("the push is recorded")
+        }
+    };
+    let said = json!({"ToUserName": "gh_abc", "FromUserName": "o_user", "CreateTime": now,
+        "MsgType": "text", "Content": "my phone is 13800000000", "MsgId": 1234567})
+    .to_string();
+    let kept = push(said.clone(), "n-said").await;
+    let month = 30 * 24 * 3600;
+    let expires = kept.value.expires_at.expect("a user's message expires");
+    assert!(
+        (now + month - 5..=now + month + 5).contains(&expires),
+        "{expires} vs {now}"
+    );
+    // WeChat's retry is recognised as the same message: the one record, unchanged.
+    let again = push(said, "n-said-2").await;
+    assert_eq!(again.value, kept.value);
+    assert_eq!(again.version, kept.version);
+    let verdict = json!({"ToUserName": "gh_abc", "FromUserName": "o_wechat", "CreateTime": now,
+        "MsgType": "event", "Event": "open_product_brand_audit",
+        "QualificationAuditResult": {"audit_id": "AUD-78", "status": 1, "audit_type": 1,
+                                      "reject_reason": "", "brand_id": 2100000778u64}})
+    .to_string();
+    assert_eq!(
+        push(verdict, "n-verdict").await.value.expires_at,
+        None,
+        "shop events are kept"
+    );
+}
+
 /// The way to safe mode without losing pushes: the console goes to compatible mode (the
 /// message in the clear beside its `Encrypt`, `encrypt_type=aes`) before WX_PUSH_AES_KEY
 /// reaches every instance. An instance without the key reads such a push as the plaintext-mode
