@@ -691,7 +691,7 @@ async fn gateway(
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(wxshop::http::bearer_token);
         let ok = given.is_some_and(|g| {
             !state.admin_token.is_empty()
                 && constant_time_eq(g.as_bytes(), state.admin_token.as_bytes())

@@ -129,12 +129,16 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Ap
 
 /// The bearer token of `Authorization`, if any.
 pub fn bearer(req: &Request) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    bearer_token(req.headers().get(header::AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization` value using the Bearer scheme. Auth schemes are
+/// case-insensitive (RFC 9110 §11.1), so `bearer x` and `BEARER x` count; whitespace
+/// around the scheme and token is tolerated. Any other scheme, or no token, is `None`.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Query-string parameters (`?a=1&b=2`), percent-decoded.

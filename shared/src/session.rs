@@ -20,6 +20,10 @@
 //!   appid or not: each stack gets its own secret (docs/DEPLOY.md).
 //! - No server-side logout: the mini program forgets its token (`shop.logout()`), which stays
 //!   valid until `exp`. Rotating `SESSION_SECRET` ends every session (docs/DEPLOY.md).
+//! - The *current* `SESSION_TTL_SECS` also bounds every token: one is refused once `iat` plus
+//!   that TTL has passed, even if its own `exp` (set under a longer TTL) is later. Lowering the
+//!   TTL (e.g. after an incident) thus shortens sessions already issued; raising it never
+//!   lengthens one past its `exp`.
 
 use crate::domain::OpenId;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -113,8 +117,14 @@ impl SessionKeys {
         format!("{body}.{sig}")
     }
 
-    /// Checks signature, then shape, then expiry.
-    pub fn verify(&self, token: &str, now_secs: i64) -> Result<Session, SessionError> {
+    /// Checks signature, then shape, then expiry: the token's own `exp`, and `iat` plus
+    /// `ttl_secs` (the TTL configured now, which may be shorter than when it was issued).
+    pub fn verify(
+        &self,
+        token: &str,
+        now_secs: i64,
+        ttl_secs: i64,
+    ) -> Result<Session, SessionError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(SessionError::Malformed);
         }
@@ -133,12 +143,13 @@ impl SessionKeys {
         if p.exp <= p.iat {
             return Err(SessionError::Malformed);
         }
-        if now_secs >= p.exp {
+        let expires_at = p.exp.min(p.iat.saturating_add(ttl_secs));
+        if now_secs >= expires_at {
             return Err(SessionError::Expired);
         }
         Ok(Session {
             openid,
-            expires_at: p.exp,
+            expires_at,
             issued_at: p.iat,
             id: p.jti,
         })
@@ -158,9 +169,13 @@ mod tests {
         let k = keys("0123456789abcdef0123456789abcdef");
         let oid = OpenId::parse("oUpF8uMEb4qRXf22hE3X68TekukE").unwrap();
         let t = k.issue(&oid, 1000, 60);
-        let s = k.verify(&t, 1059).unwrap();
+        let s = k.verify(&t, 1059, 60).unwrap();
         assert_eq!(s.openid, oid);
         assert_eq!(s.expires_at, 1060);
-        assert_eq!(k.verify(&t, 1060), Err(SessionError::Expired));
+        assert_eq!(k.verify(&t, 1060, 60), Err(SessionError::Expired));
+        // A longer TTL now does not lengthen it; a shorter one shortens it.
+        assert_eq!(k.verify(&t, 1060, 3600), Err(SessionError::Expired));
+        assert_eq!(k.verify(&t, 1029, 30).map(|s| s.expires_at), Ok(1030));
+        assert_eq!(k.verify(&t, 1030, 30), Err(SessionError::Expired));
     }
 }

@@ -9,6 +9,8 @@ use wxshop::domain::OpenId;
 use wxshop::session::{SessionError, SessionKeys};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
+/// The TTL configured when tokens are verified (the default, 7 days).
+const TTL: i64 = 7 * 24 * 3600;
 
 fn keys(s: &str) -> SessionKeys {
     SessionKeys::new(&SecretString::from(s.to_owned()))
@@ -22,12 +24,12 @@ fn openid() -> OpenId {
 fn round_trip() {
     let k = keys(SECRET);
     let t = k.issue(&openid(), 1_700_000_000, 7 * 24 * 3600);
-    let s = k.verify(&t, 1_700_000_100).unwrap();
+    let s = k.verify(&t, 1_700_000_100, TTL).unwrap();
     assert_eq!(s.openid, openid());
     assert_eq!(s.expires_at, 1_700_000_000 + 7 * 24 * 3600);
     assert_eq!(s.issued_at, 1_700_000_000);
     // A second key built from the same secret (another container) agrees.
-    assert!(keys(SECRET).verify(&t, 1_700_000_100).is_ok());
+    assert!(keys(SECRET).verify(&t, 1_700_000_100, TTL).is_ok());
     // Tokens are unique even for the same user and second.
     assert_ne!(t, k.issue(&openid(), 1_700_000_000, 7 * 24 * 3600));
     // Compact and URL-safe.
@@ -40,9 +42,9 @@ fn round_trip() {
 fn expired_tokens_are_refused() {
     let k = keys(SECRET);
     let t = k.issue(&openid(), 1000, 60);
-    assert!(k.verify(&t, 1059).is_ok());
-    assert_eq!(k.verify(&t, 1060), Err(SessionError::Expired));
-    assert_eq!(k.verify(&t, 99_999), Err(SessionError::Expired));
+    assert!(k.verify(&t, 1059, TTL).is_ok());
+    assert_eq!(k.verify(&t, 1060, TTL), Err(SessionError::Expired));
+    assert_eq!(k.verify(&t, 99_999, TTL), Err(SessionError::Expired));
 }
 
 #[test]
@@ -56,31 +58,40 @@ fn tampered_tokens_are_refused() {
         serde_json::from_slice(&B64.decode(body).unwrap()).unwrap();
     payload["sub"] = "oAttacker000000000000000000".into();
     let forged = format!("{}.{sig}", B64.encode(payload.to_string()));
-    assert_eq!(k.verify(&forged, 1001), Err(SessionError::BadSignature));
+    assert_eq!(
+        k.verify(&forged, 1001, TTL),
+        Err(SessionError::BadSignature)
+    );
 
     // A later expiry with the original signature.
     let mut payload: serde_json::Value =
         serde_json::from_slice(&B64.decode(body).unwrap()).unwrap();
     payload["exp"] = 9_999_999_999i64.into();
     let forged = format!("{}.{sig}", B64.encode(payload.to_string()));
-    assert_eq!(k.verify(&forged, 1001), Err(SessionError::BadSignature));
+    assert_eq!(
+        k.verify(&forged, 1001, TTL),
+        Err(SessionError::BadSignature)
+    );
 
     // A flipped signature byte.
     let mut raw = B64.decode(sig).unwrap();
     raw[0] ^= 1;
     let forged = format!("{body}.{}", B64.encode(raw));
-    assert_eq!(k.verify(&forged, 1001), Err(SessionError::BadSignature));
+    assert_eq!(
+        k.verify(&forged, 1001, TTL),
+        Err(SessionError::BadSignature)
+    );
 
     // A truncated signature.
     let forged = format!("{body}.{}", &sig[..10]);
-    assert!(k.verify(&forged, 1001).is_err());
+    assert!(k.verify(&forged, 1001, TTL).is_err());
 }
 
 #[test]
 fn tokens_from_another_secret_are_refused() {
     let t = keys("another-secret-another-secret-00").issue(&openid(), 1000, 3600);
     assert_eq!(
-        keys(SECRET).verify(&t, 1001),
+        keys(SECRET).verify(&t, 1001, TTL),
         Err(SessionError::BadSignature)
     );
 }
@@ -89,13 +100,17 @@ fn tokens_from_another_secret_are_refused() {
 fn malformed_tokens_are_refused() {
     let k = keys(SECRET);
     for bad in ["", ".", "abc", "a.b.c", "!!!.###", &"a".repeat(5000)] {
-        assert_eq!(k.verify(bad, 1), Err(SessionError::Malformed), "{bad:.20}");
+        assert_eq!(
+            k.verify(bad, 1, TTL),
+            Err(SessionError::Malformed),
+            "{bad:.20}"
+        );
     }
     // Correctly signed but not our payload shape: still refused, as malformed.
     let body = B64.encode(br#"{"hello":"world"}"#);
     let t = k.issue(&openid(), 1000, 3600);
     let (_, sig) = t.split_once('.').unwrap();
-    assert!(k.verify(&format!("{body}.{sig}"), 1001).is_err());
+    assert!(k.verify(&format!("{body}.{sig}"), 1001, TTL).is_err());
 }
 
 #[test]

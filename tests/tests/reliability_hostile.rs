@@ -466,6 +466,89 @@ async fn users_cannot_be_spoofed_and_bad_tokens_are_refused() {
     assert_eq!(alices["orders"].as_array().unwrap().len(), 0);
 }
 
+/// A merchant who lowers `SESSION_TTL_SECS` (say after an incident) shortens every session,
+/// including tokens issued under the longer TTL; those still within the new TTL keep working.
+#[tokio::test]
+async fn lowering_the_session_ttl_shortens_sessions_already_issued() {
+    let r = stack_with(&[("SESSION_TTL_SECS", "3600")]).await;
+    let c = Client::new(&r);
+    let (_, openid) = c.login("alice").await;
+    let openid = wxshop::domain::OpenId::parse(openid).unwrap();
+    let now = r.app.clock.now_secs();
+    let week = 7 * 24 * 3600;
+    // Both issued under a 7-day TTL: one 2 hours ago, one 10 minutes ago.
+    let old = r.app.sessions.issue(&openid, now - 7200, week);
+    let recent = r.app.sessions.issue(&openid, now - 600, week);
+    let (s, v) = c.post("/fn/queryOrder", Some(&old), &json!({})).await;
+    assert_eq!(s, 401, "issued 2 h ago, TTL now 1 h: {v}");
+    assert_eq!(v["code"], "UNAUTHENTICATED", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("expired"), "{v}");
+    let (s, v) = c.post("/fn/queryOrder", Some(&recent), &json!({})).await;
+    assert_eq!(s, 200, "issued 10 min ago is within the TTL: {v}");
+}
+
+/// Auth schemes are case-insensitive (RFC 9110 §11.1): a client sending `bearer` or `BEARER`,
+/// or padding the header with whitespace, is let in — for users and for the admin token —
+/// while any other scheme is still refused with the same clear error.
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (alice, _) = c.login("alice").await;
+    let send = |path: &'static str, auth: String| {
+        let c = c.clone();
+        async move {
+            let resp = c
+                .http
+                .post(format!("{}{path}", c.base))
+                .header("authorization", auth)
+                .json(&if path.starts_with("/admin/") {
+                    json!({"action": "dead_letters"})
+                } else {
+                    json!({})
+                })
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    for spelling in [
+        "Bearer {}",
+        "bearer {}",
+        "BEARER {}",
+        "bEaReR \t {}  ",
+        " Bearer  {}",
+    ] {
+        for (path, token) in [
+            ("/fn/queryOrder", alice.as_str()),
+            ("/admin/orderSync", r.admin_token.as_str()),
+        ] {
+            let (s, v) = send(path, spelling.replace("{}", token)).await;
+            assert_eq!(s, 200, "{path} with {spelling:?}: {v}");
+        }
+    }
+    for spelling in [
+        "Basic {}",
+        "Token {}",
+        "Bearer{}",
+        "Bearer: {}",
+        "{}",
+        "Bearer",
+    ] {
+        let (s, v) = send("/fn/queryOrder", spelling.replace("{}", &alice)).await;
+        assert_eq!(s, 401, "user with {spelling:?}: {v}");
+        assert_eq!(v["code"], "UNAUTHENTICATED", "{v}");
+        let (s, v) = send("/admin/orderSync", spelling.replace("{}", &r.admin_token)).await;
+        assert_eq!(s, 401, "admin with {spelling:?}: {v}");
+        assert!(
+            v["message"].as_str().unwrap_or("").contains("Bearer"),
+            "the error says what to send: {v}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn admin_routes_need_the_admin_token() {
     let r = stack_with(&[]).await;
@@ -801,6 +884,69 @@ async fn a_safe_mode_push_is_kept_readable() {
         kept.value.body
     );
     assert!(kept.value.body.contains("AUD-77"), "{}", kept.value.body);
+}
+
+/// A customer-service message (a user's own words, which WeChat pushes to the same URL) is
+/// acknowledged and kept only 30 days, its repeat still recognised; a shop event is kept as
+/// before, without expiry. Such messages used to be kept forever.
+#[tokio::test]
+async fn a_users_message_is_kept_only_for_a_while() {
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    let r = stack_with(&[("WX_PUSH_AES_KEY", AES)]).await;
+    let c = Client::new(&r);
+    let token = "localpushtoken";
+    let cfg = wxshop::push::PushConfig::new(&r.app.config.appid, token, Some(AES)).unwrap();
+    let now = r.app.clock.now_secs();
+    let store = r.app.store.clone();
+    let push = |msg: String, nonce: &'static str| {
+        let (c, cfg, store) = (c.clone(), cfg.clone(), store.clone());
+        async move {
+            let ts = now.to_string();
+            let (envelope, sig) = wxshop::push::encrypt(&cfg, &msg, &ts, nonce).unwrap();
+            let query =
+                wxshop::push::PushQuery::signed_aes(token, &ts, nonce, &sig).to_query_string();
+            let resp = c
+                .http
+                .post(format!("{}/callbacks/wechat?{query}", c.base))
+                .body(envelope)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            let parsed = wxshop::push::PushEvent::from_message(
+                &wxshop::push::decode_message(msg.as_bytes()).unwrap(),
+            )
+            .unwrap();
+            wxshop::store::repo::get_event(store.as_ref(), "push", &parsed.dedupe_key())
+                .await
+                .unwrap()
+                .expect("the push is recorded")
+        }
+    };
+    let said = json!({"ToUserName": "gh_abc", "FromUserName": "o_user", "CreateTime": now,
+        "MsgType": "text", "Content": "my phone is 13800000000", "MsgId": 1234567})
+    .to_string();
+    let kept = push(said.clone(), "n-said").await;
+    let month = 30 * 24 * 3600;
+    let expires = kept.value.expires_at.expect("a user's message expires");
+    assert!(
+        (now + month - 5..=now + month + 5).contains(&expires),
+        "{expires} vs {now}"
+    );
+    // WeChat's retry is recognised as the same message: the one record, unchanged.
+    let again = push(said, "n-said-2").await;
+    assert_eq!(again.value, kept.value);
+    assert_eq!(again.version, kept.version);
+    let verdict = json!({"ToUserName": "gh_abc", "FromUserName": "o_wechat", "CreateTime": now,
+        "MsgType": "event", "Event": "open_product_brand_audit",
+        "QualificationAuditResult": {"audit_id": "AUD-78", "status": 1, "audit_type": 1,
+                                      "reject_reason": "", "brand_id": 2100000778u64}})
+    .to_string();
+    assert_eq!(
+        push(verdict, "n-verdict").await.value.expires_at,
+        None,
+        "shop events are kept"
+    );
 }
 
 /// The way to safe mode without losing pushes: the console goes to compatible mode (the

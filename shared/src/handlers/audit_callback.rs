@@ -3,7 +3,10 @@
 //! verified, recorded once (replays are no-ops), applied to our state (audit verdicts make
 //! products orderable or carry the reason; fund_type=1 payments and settlements; receipt
 //! confirmed in WeChat; after-sale events), and answered `success` — unknown events too,
-//! kept raw for later.
+//! kept raw for later. Pushes that are not shop events (customer-service messages users write
+//! to the mini program, which WeChat sends to this URL too) and events of unknown types are
+//! kept only [`UNACTED_PUSH_KEEP_SECS`]: they carry users' words, nothing here acts on them,
+//! and their content is never logged.
 //!
 //! Nothing is acknowledged before it is stored: a store failure answers 503 so WeChat
 //! retries. A push signed with our token that our EncodingAESKey or appid cannot read answers
@@ -76,7 +79,11 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     };
     let key = event.dedupe_key();
     let body = readable_body(&msg);
-    let ev = EventRecord::new("push", key.clone(), app.clock.now_ms(), body);
+    let mut ev = EventRecord::new("push", key.clone(), app.clock.now_ms(), body);
+    if matches!(event, PushEvent::Unknown { .. }) {
+        // Kept long enough to dedupe WeChat's retries and for a person to look, then dropped.
+        ev.expires_at = Some(app.clock.now_secs().saturating_add(UNACTED_PUSH_KEEP_SECS));
+    }
     if repo::get_event(app.store.as_ref(), "push", &key)
         .await?
         .is_some()
@@ -91,6 +98,10 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     tracing::info!(event = event.name(), "push event applied");
     Ok(text(StatusCode::OK, push::reply_success(), "text/plain"))
 }
+
+/// How long a push we do not act on (a user's message, an event of an unknown type) is kept:
+/// 30 days. WeChat retries a push within seconds, so its dedupe holds well within this.
+pub const UNACTED_PUSH_KEEP_SECS: i64 = 30 * 24 * 3600;
 
 /// What is kept of a push for the merchant: the message as read (in safe mode, decrypted),
 /// as JSON — not the request body, which in safe mode is only ciphertext.

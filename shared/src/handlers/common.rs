@@ -145,7 +145,7 @@ pub fn authenticate(app: &App, req: &Request) -> Result<OpenId, ApiError> {
         )
     })?;
     app.sessions
-        .verify(token, app.clock.now_secs())
+        .verify(token, app.clock.now_secs(), app.config.session_ttl_secs)
         .map(|s| s.openid)
         .map_err(|e| {
             ApiError::unauthenticated(format!("session token refused ({e}); log in again"))

@@ -429,6 +429,13 @@ pub(crate) async fn settle_refund(
             page_a_person(app);
             Ok(Settled::Applied)
         }
+        Ok(Applied::ByHandHeld) => {
+            // Kept as its `refund_abnormal` event in the write that decided it: a repeat finds
+            // the event and comes here no more, so this pages once.
+            tracing::error!(out_refund_no = %n.out_refund_no, out_trade_no = %n.out_trade_no, refund_id = %n.refund_id, refund_fee = n.refund_fee.get(), "refund made outside wxshop that WeChat could not pay out (CHANGE): the money waits at WeChat; redirect it in the merchant platform");
+            page_a_person(app);
+            Ok(Settled::Applied)
+        }
         Ok(Applied::AlreadyRefunded {
             aftersale_id,
             settled_by,
@@ -472,6 +479,9 @@ enum Applied {
     ByHand {
         refunded_in_full: bool,
     },
+    /// A refund we never asked for that WeChat could not pay out (`CHANGE`), kept as a
+    /// `refund_abnormal` event; the order's books do not change ([`made_by_hand`]).
+    ByHandHeld,
     AlreadyRefunded {
         aftersale_id: AfterSaleId,
         /// The WeChat refund that completed it (`None`: a person did).
@@ -660,9 +670,13 @@ pub const REFUND_BY_HAND_EVENTS: &str = "refund_by_hand";
 /// a `refund_by_hand` event for a person: the trading component's after-sale side does not
 /// know of this refund, and WeChat's APIs offer no call that tells it (WECHAT_SHOP.md §5, §7).
 ///
+/// A `CHANGE` of such an order (WeChat could not pay the refund out; the money waits there for
+/// a person to redirect it) does not refund the order: it is kept once as a `refund_abnormal`
+/// event, keyed by its `out_refund_no`, pages a person, and is acknowledged — as for a `CHANGE`
+/// of our own refunds. Answering `FAIL` only made WeChat retry for a day, changing nothing.
+///
 /// Everything else stays a mismatch for a person (kept as evidence, `FAIL`): an order we do
-/// not have or whose total or payment differ, a refund beyond what the order has left, a
-/// `CHANGE` (the money waits at WeChat to be redirected; the order is not refunded).
+/// not have or whose total or payment differ, a refund beyond what the order has left.
 /// `PROCESSING` and `REFUNDCLOSE` moved no money: acknowledged, nothing recorded.
 /// `refundquery` asks about our own refunds only: an answer without a record stays a mismatch.
 async fn made_by_hand(
@@ -692,6 +706,7 @@ async fn made_by_hand(
             tracing::warn!(out_refund_no = %n.out_refund_no, out_trade_no = %n.out_trade_no, status = %n.status, "refund made outside wxshop without an outcome, or closed: no money moved; nothing recorded");
             return Ok(Attempt::Done(Applied::Nothing));
         }
+        WxRefundStatus::Change => return held_by_hand(app, n, &order).await,
         _ => return mismatch("unknown out_refund_no, and no SUCCESS"),
     }
     let now = app.clock.now_ms();
@@ -740,6 +755,38 @@ async fn made_by_hand(
         body.to_string(),
     ));
     Ok(Attempt::Commit(batch, Applied::ByHand { refunded_in_full }))
+}
+
+/// [`made_by_hand`]'s `CHANGE`: a `refund_abnormal` event, once, while the order is still as
+/// read; the order itself does not change (no money left the merchant's hands).
+async fn held_by_hand(
+    app: &App,
+    n: &RefundReport,
+    order: &repo::Versioned<crate::domain::Order>,
+) -> Result<Attempt<Applied>, RefundApplyError> {
+    let key = n.out_refund_no.as_str();
+    if repo::get_event(app.store.as_ref(), "refund_abnormal", key)
+        .await?
+        .is_some()
+    {
+        return Ok(Attempt::Done(Applied::Nothing));
+    }
+    let body = serde_json::json!({"out_refund_no": key,
+        "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
+        "refund_fee": n.refund_fee.get(), "recv_account": n.recv_account,
+        "request_source": n.request_source, "made_by_hand": true,
+        "what_to_do": "a refund made outside wxshop (merchant platform) that WeChat could not \
+            pay out: redirect it in the WeChat Pay merchant platform (交易中心 → 退款管理). \
+            wxshop's books for the order are unchanged"});
+    let mut batch = Batch::new();
+    batch.check_order(order);
+    batch.record_event(&repo::EventRecord::new(
+        "refund_abnormal",
+        key,
+        app.clock.now_ms(),
+        body.to_string(),
+    ));
+    Ok(Attempt::Commit(batch, Applied::ByHandHeld))
 }
 
 #[cfg(all(test, feature = "sqlite"))]
@@ -1013,7 +1060,23 @@ mod tests {
     /// A refund notification for order WX20240101000000000001 (100 fen, paid with `txid`):
     /// `out_refund_no` refunding `fee`.
     fn refund_notice(out_refund_no: &str, txid: &str, fee: i64) -> String {
+        refund_notice_as(
+            out_refund_no,
+            txid,
+            fee,
+            crate::pay::types::RefundStatus::Success,
+        )
+    }
+
+    /// [`refund_notice`] with `status` (no success time unless `SUCCESS`).
+    fn refund_notice_as(
+        out_refund_no: &str,
+        txid: &str,
+        fee: i64,
+        status: crate::pay::types::RefundStatus,
+    ) -> String {
         use crate::pay::refund_notify::{build_refund_notification, RefundNotificationSpec};
+        let success = status == crate::pay::types::RefundStatus::Success;
         build_refund_notification(
             &RefundNotificationSpec {
                 appid: "wx0000000000000001".into(),
@@ -1026,8 +1089,8 @@ mod tests {
                 refund_id: out_refund_no.into(),
                 total_fee: Fen::new(100).unwrap(),
                 refund_fee: Fen::new(fee).unwrap(),
-                refund_status: crate::pay::types::RefundStatus::Success,
-                success_time_ms: Some(1_704_067_200_000),
+                refund_status: status,
+                success_time_ms: success.then_some(1_704_067_200_000),
             },
             API_KEY,
         )
@@ -1057,6 +1120,50 @@ mod tests {
         assert_eq!(stored.value.status, crate::domain::OrderStatus::Paid);
         assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
         assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+    }
+
+    /// GIVEN a paid order WHEN a refund made by hand in the merchant platform that WeChat could
+    /// not pay out (`CHANGE`) is notified twice THEN both are acknowledged, one
+    /// `refund_abnormal` event is kept, `MoneyNeedsAPerson` is counted once and the order's
+    /// books do not change; the same notice naming another payment stays a `FAIL`. It used to
+    /// be answered `FAIL` on every retry for a day, and nobody was paged.
+    #[tokio::test]
+    async fn a_refund_made_by_hand_wechat_could_not_pay_is_kept_and_pages_once() {
+        use crate::pay::types::RefundStatus as Wx;
+        let store = Arc::new(SqliteStore::memory().unwrap());
+        let (app, captured) = app(store.clone());
+        let txid = "4200000000202401010000000001";
+        let order = paid_order(&store, txid).await;
+        let no = "50300000000000000000000000078";
+        let foreign = refund_notice_as(no, "4200000000202401019999999999", 40, Wx::Change);
+        let reply = post(&app, "/callbacks/refund", foreign).await;
+        assert!(reply.contains("FAIL"), "another payment: {reply}");
+        for _ in 0..2 {
+            let reply = post(
+                &app,
+                "/callbacks/refund",
+                refund_notice_as(no, txid, 40, Wx::Change),
+            )
+            .await;
+            assert!(reply.contains("SUCCESS"), "{reply}");
+        }
+        let kept = crate::store::repo::get_event(store.as_ref(), "refund_abnormal", no)
+            .await
+            .unwrap()
+            .expect("kept for a person");
+        assert!(kept.value.body.contains("redirect"), "{}", kept.value.body);
+        let stored = crate::store::repo::get_order(store.as_ref(), &order.out_trade_no)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.value.refunded.get(), 0);
+        assert_eq!(stored.value.status, crate::domain::OrderStatus::Paid);
+        assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
+        assert_eq!(
+            counted(&captured, PAY_NOTIFY_UNRECORDED),
+            1,
+            "only the other payment's notice is unrecorded"
+        );
     }
 
     /// GIVEN a refund notification whose `req_info` decrypts under our key but whose fields do
