@@ -4100,15 +4100,22 @@ async fn reconciliation_checks_refunds_and_payments_both_ways() {
     let c = Client::new(&r);
     advance_to_china(&r, &c, 12, 0).await;
     let (no, out_refund_no) = paid_and_refunded(&r, &c, "rita").await;
+    // And one refunded by a person in the merchant platform (recorded BY_HAND).
+    let (_, by_hand_no) = paid_and_synced(&r, &c, "ruth", 1).await;
+    let by_hand = refund_in_merchant_platform(&c, &by_hand_no, 1990).await;
+    eventually("the refund made by hand recorded", || async {
+        r.sandbox.refund_notifications_delivered(&by_hand) == 1
+    })
+    .await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
 
     let v = reconcile(&c, &day).await;
     assert_eq!(v["bill_date"], day.as_str(), "{v}");
-    assert_eq!(v["checked"], 1, "{v}");
+    assert_eq!(v["checked"], 2, "{v}");
     assert_eq!(v["mismatches"], json!([]), "{v}");
-    assert_eq!(v["refunds_checked"], 1, "{v}");
+    assert_eq!(v["refunds_checked"], 2, "{v}");
     assert_eq!(v["refund_mismatches"], json!([]), "{v}");
-    assert_eq!(v["paid_here_checked"], 1, "{v}");
+    assert_eq!(v["paid_here_checked"], 2, "{v}");
     assert_eq!(v["missing_from_bill"], json!([]), "{v}");
 
     // Our record of the refund says one fen less than WeChat paid back.
@@ -4166,7 +4173,7 @@ async fn reconciliation_checks_refunds_and_payments_both_ways() {
     assert!(s == 200 && text.contains("SUCCESS"), "{s} {text}");
     assert_eq!(c.status(&token, &ghost).await["status"], "PAID");
     let v = reconcile(&c, &day).await;
-    assert_eq!(v["paid_here_checked"], 2, "{v}");
+    assert_eq!(v["paid_here_checked"], 3, "{v}");
     assert_eq!(
         v["missing_from_bill"],
         json!([{"out_trade_no": ghost, "problem": "paid here, not in the bill"}]),

@@ -397,3 +397,83 @@ fn mismatch_events(r: &Reconciliation) -> Vec<(String, String)> {
     }
     out
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::sqlite::SqliteStore;
+    use crate::time::Clock;
+    use std::sync::Arc;
+
+    fn app() -> App {
+        let vars = [
+            ("WX_APPID", "wx0000000000000001"),
+            ("WX_APPSECRET", "appsecret"),
+            ("WXPAY_MCH_ID", "1900000001"),
+            ("WXPAY_API_KEY", "localapikey000000000000000000001"),
+            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("WX_PUSH_TOKEN", "token"),
+            ("WXPAY_NOTIFY_URL", "http://127.0.0.1:9/callbacks/pay"),
+            ("WXPAY_BASE_URL", "http://127.0.0.1:9"),
+            ("WX_API_BASE_URL", "http://127.0.0.1:9"),
+        ];
+        let config = Config::from_lookup(|k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        App::new(
+            config,
+            Arc::new(SqliteStore::memory().unwrap()),
+            Clock::default(),
+        )
+        .unwrap()
+    }
+
+    fn row(out_refund_no: Option<&str>) -> BillRow {
+        BillRow {
+            out_trade_no: Some("pay_1".into()),
+            refund_id: Some("500001".into()),
+            out_refund_no: out_refund_no.map(str::to_owned),
+            refund_fee: crate::domain::Fen::new(100).ok(),
+            refund_status: Some("SUCCESS".into()),
+            ..BillRow::default()
+        }
+    }
+
+    /// A REFUND bill row without a merchant refund number (WeChat writes `0`, or nothing),
+    /// or with one we could never have made, is a mismatch to report — never an error that
+    /// stops the reconciliation of the other rows.
+    #[tokio::test]
+    async fn a_refund_row_without_a_readable_out_refund_no_is_a_mismatch() {
+        let app = app();
+        for (no, want) in [
+            (None, "no out_refund_no in the bill"),
+            (Some("0"), "no out_refund_no in the bill"),
+            (Some(" "), "no out_refund_no in the bill"),
+            (
+                Some("not ours!"),
+                "out_refund_no is not one we could have made",
+            ),
+            (Some("RF_unknown"), "not in our store"),
+        ] {
+            let problem = refund_problem(&app, &row(no)).await.unwrap();
+            assert_eq!(problem.as_deref(), Some(want), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn a_day_starts_at_midnight_china_time() {
+        assert_eq!(
+            day_start_ms("20260925"),
+            crate::time::parse_beijing_datetime("2026-09-25 00:00:00")
+        );
+        assert_eq!(
+            crate::time::beijing_date(day_start_ms("20260925").unwrap() + DAY_MS - 1),
+            "20260925"
+        );
+    }
+}
