@@ -4214,12 +4214,12 @@ async fn the_schedule_reconciles_yesterday_once_and_pages_once() {
     // The next morning before 10:00: the bills may not be ready; nothing is reconciled.
     advance_to_china(&r, &c, 9, 30).await;
     let report = schedule().await;
-    assert_eq!(report["bill"]["bill_date"], Value::Null, "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
     assert_eq!(paged(), 0);
 
     advance_to_china(&r, &c, 10, 30).await;
     let report = schedule().await;
-    assert_eq!(report["bill"]["bill_date"], day.as_str(), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
     assert_eq!(report["bill"]["mismatches"], 1, "{report}");
     assert_eq!(report["failed"], json!([]), "{report}");
     let kept = wxshop::store::repo::get_event(
@@ -4249,6 +4249,18 @@ async fn the_schedule_reconciles_yesterday_once_and_pages_once() {
     // Later the same day: done already.
     advance_both(&r, &c, 3_600_000).await;
     let report = schedule().await;
-    assert_eq!(report["bill"]["bill_date"], Value::Null, "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
+    assert_eq!(paged(), 1, "still paged once");
+
+    // Three days without a run after 10:00 (WeChat Pay down, say): the next run does the
+    // days it missed, oldest first — days without trades (`No Bill Exist`) are clean.
+    advance_both(&r, &c, 3 * DAY_MS).await;
+    let report = schedule().await;
+    assert_eq!(
+        report["bill"]["reconciled"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
+    assert_eq!(report["bill"]["mismatches"], 0, "{report}");
     assert_eq!(paged(), 1, "still paged once");
 }

@@ -309,16 +309,22 @@ fn paid_within(o: &Order, start_ms: i64, end_ms: i64) -> bool {
 /// What the schedule's bill phase did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct DailyReport {
-    /// The day reconciled in this run, if one was.
-    pub bill_date: Option<String>,
+    /// The days (`yyyyMMdd`) reconciled in this run, oldest first.
+    pub reconciled: Vec<String>,
     pub mismatches: usize,
     /// Mismatches kept as new `bill_mismatch` events (and paged).
     pub kept: usize,
 }
 
+/// Days the schedule goes back to reconcile ones it missed (WeChat Pay down all of a day's
+/// runs after 10:00, the schedule off): a week. Older ones are left to a person
+/// (`reconcile` by hand; WeChat keeps bills three months).
+const CATCH_UP_DAYS: i64 = 7;
+
 /// The schedule's daily reconciliation: once bills are ready (10:00 China time), yesterday's,
-/// once — the last day done is kept as a kv mark, written after the events, so a run cut
-/// short or failed is done again by the next (its events are kept once: by day and id).
+/// once — the last day done is kept as a kv mark, written after the day's events, so a run
+/// cut short or failed is done again by the next (its events are kept once: by day and id).
+/// Days missed since the mark (at most [`CATCH_UP_DAYS`]) are done first, oldest first.
 /// `false` when `deadline` passed first.
 pub async fn run_daily(
     app: &App,
@@ -331,31 +337,43 @@ pub async fn run_daily(
         return Ok(true);
     }
     let yesterday = crate::time::beijing_date(now - DAY_MS);
+    let earliest = crate::time::beijing_date(now - CATCH_UP_DAYS * DAY_MS);
     let store = app.store.as_ref();
-    let mark = kv::get(store, MARK).await?;
-    if mark.as_ref().is_some_and(|m| m.value >= yesterday) {
-        return Ok(true);
-    }
-    let Some(found) = reconcile(app, &yesterday, deadline).await? else {
-        return Ok(false);
-    };
-    report.bill_date = Some(yesterday.clone());
-    report.mismatches += found.mismatch_count();
-    for (key, body) in mismatch_events(&found) {
-        if super::common::keep_evidence(app, BILL_MISMATCH_EVENTS, key, body).await? {
-            report.kept += 1;
-            super::common::page_a_person(app);
+    loop {
+        let mark = kv::get(store, MARK).await?;
+        // `yyyyMMdd` orders as text.
+        let day = match mark.as_ref().and_then(|m| day_start_ms(&m.value)) {
+            Some(done) => crate::time::beijing_date(done + DAY_MS).max(earliest.clone()),
+            None => yesterday.clone(),
+        };
+        if day > yesterday {
+            return Ok(true);
+        }
+        let Some(found) = reconcile(app, &day, deadline).await? else {
+            return Ok(false);
+        };
+        report.reconciled.push(day.clone());
+        report.mismatches += found.mismatch_count();
+        for (key, body) in mismatch_events(&found) {
+            if super::common::keep_evidence(app, BILL_MISMATCH_EVENTS, key, body).await? {
+                report.kept += 1;
+                super::common::page_a_person(app);
+            }
+        }
+        if found.mismatch_count() > 0 {
+            tracing::error!(bill_date = %day, mismatches = found.mismatch_count(), "daily reconciliation found mismatches");
+        } else {
+            tracing::info!(bill_date = %day, checked = found.checked, refunds_checked = found.refunds_checked, "daily reconciliation clean");
+        }
+        let until = app.clock.now_secs() + MARK_TTL_SECS;
+        if !kv::put_if(store, MARK, &day, until, mark.map(|m| m.version)).await? {
+            // Another run moved the mark meanwhile: it is reconciling; leave the rest to it.
+            return Ok(true);
+        }
+        if deadline.passed() {
+            return Ok(day == yesterday);
         }
     }
-    let until = app.clock.now_secs() + MARK_TTL_SECS;
-    // Lost to another run that reconciled meanwhile: the day is done either way.
-    let _ = kv::put_if(store, MARK, &yesterday, until, mark.map(|m| m.version)).await?;
-    if found.mismatch_count() > 0 {
-        tracing::error!(bill_date = %yesterday, mismatches = found.mismatch_count(), "daily reconciliation found mismatches");
-    } else {
-        tracing::info!(bill_date = %yesterday, checked = found.checked, refunds_checked = found.refunds_checked, "daily reconciliation clean");
-    }
-    Ok(true)
 }
 
 const WHAT_TO_DO: &str = "WeChat Pay's bill and our records disagree: compare the order or \
