@@ -9,7 +9,7 @@ use wxlocal::gateway::{start, Options, Running};
 #[path = "reliability_support.rs"]
 mod support;
 use support::stack_with;
-use wxshop::domain::{Fen, OpenId, OutTradeNo};
+use wxshop::domain::{Fen, OpenId, OutRefundNo, OutTradeNo};
 use wxshop::pay::notify::{build_payment_notification, PaymentNotificationSpec};
 use wxshop::pay::SignType;
 
@@ -4149,4 +4149,245 @@ async fn a_refund_by_hand_that_does_not_match_the_order_changes_nothing() {
     .await;
     assert!(reply.contains("SUCCESS"), "{reply}");
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+}
+
+// ------------------------------------------------------------------ reconciliation (对账)
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Moves the app's and the sandbox's clocks together by `ms`.
+async fn advance_both(r: &Running, c: &Client<'_>, ms: i64) {
+    r.app.clock.advance(ms);
+    let (s, v) = c
+        .post("/sandbox/_control/clock", None, &json!({"advance_ms": ms}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Moves both clocks forward to the next time it is `hour`:`minute` in China.
+async fn advance_to_china(r: &Running, c: &Client<'_>, hour: i64, minute: i64) {
+    let now = r.app.clock.now_ms();
+    let of_day = (now + 8 * 3_600_000).rem_euclid(DAY_MS);
+    let want = (hour * 60 + minute) * 60_000;
+    let ms = (want - of_day).rem_euclid(DAY_MS);
+    advance_both(r, c, ms.max(1)).await;
+}
+
+/// `user` pays one tin of tea and gets all of it refunded through an after-sale, completed
+/// here and at WeChat Pay: (out_trade_no, out_refund_no).
+async fn paid_and_refunded(r: &Running, c: &Client<'_>, user: &str) -> (String, String) {
+    let (token, no) = paid_and_synced(r, c, user, 1).await;
+    let id = c.apply(&token, &no, json!({})).await;
+    c.approve(&id).await;
+    refunded_here_and_at_wechat(r, c, &token, &no, &id).await;
+    let refunds = wxshop::store::repo::refunds_of_order(
+        r.app.store.as_ref(),
+        &OutTradeNo::parse(&no).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0].value.status.as_str(), "SUCCESS");
+    (no, refunds[0].value.out_refund_no.as_str().to_owned())
+}
+
+async fn reconcile(c: &Client<'_>, bill_date: &str) -> Value {
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "reconcile", "bill_date": bill_date}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// Changes the stored refund's amount by `delta` fen, as a bad migration or hand edit would.
+async fn tamper_refund_amount(r: &Running, out_refund_no: &str, delta: i64) {
+    let store = r.app.store.as_ref();
+    let rec = wxshop::store::repo::get_refund(store, &OutRefundNo::parse(out_refund_no).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut next = rec.value.clone();
+    next.amount = Fen::new(next.amount.get() + delta).unwrap();
+    let mut b = wxshop::store::repo::Batch::new();
+    b.update_refund(&rec, &next);
+    b.commit(store).await.unwrap();
+}
+
+/// A day with a paid order and its completed refund reconciles clean, refunds included;
+/// then the store is made to disagree with WeChat's bills, each way a back-end engineer
+/// would want told: a refund whose amount was changed here, a refund missing here, and an
+/// order recorded paid here (a notification WeChat's bill knows nothing of). The old
+/// reconciliation read only the SUCCESS bill, one way, and found none of these.
+#[tokio::test]
+async fn reconciliation_checks_refunds_and_payments_both_ways() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    advance_to_china(&r, &c, 12, 0).await;
+    let (no, out_refund_no) = paid_and_refunded(&r, &c, "rita").await;
+    // And one refunded by a person in the merchant platform (recorded BY_HAND).
+    let (_, by_hand_no) = paid_and_synced(&r, &c, "ruth", 1).await;
+    let by_hand = refund_in_merchant_platform(&c, &by_hand_no, 1990).await;
+    eventually("the refund made by hand recorded", || async {
+        r.sandbox.refund_notifications_delivered(&by_hand) == 1
+    })
+    .await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+
+    let v = reconcile(&c, &day).await;
+    assert_eq!(v["bill_date"], day.as_str(), "{v}");
+    assert_eq!(v["checked"], 2, "{v}");
+    assert_eq!(v["mismatches"], json!([]), "{v}");
+    assert_eq!(v["refunds_checked"], 2, "{v}");
+    assert_eq!(v["refund_mismatches"], json!([]), "{v}");
+    assert_eq!(v["paid_here_checked"], 2, "{v}");
+    assert_eq!(v["missing_from_bill"], json!([]), "{v}");
+
+    // Our record of the refund says one fen less than WeChat paid back.
+    tamper_refund_amount(&r, &out_refund_no, -1).await;
+    let v = reconcile(&c, &day).await;
+    let m = &v["refund_mismatches"];
+    assert_eq!(m.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(m[0]["out_refund_no"], out_refund_no.as_str(), "{v}");
+    assert_eq!(m[0]["out_trade_no"], no.as_str(), "{v}");
+    assert!(
+        m[0]["problem"].as_str().unwrap().contains("amount differs"),
+        "{v}"
+    );
+
+    // The refund record is gone.
+    r.app
+        .store
+        .write(vec![wxshop::store::Write::Delete {
+            kind: wxshop::store::Kind::Refund,
+            id: out_refund_no.clone(),
+            expect: wxshop::store::Expect::Any,
+        }])
+        .await
+        .unwrap();
+    let v = reconcile(&c, &day).await;
+    assert_eq!(
+        v["refund_mismatches"][0]["problem"], "not in our store",
+        "{v}"
+    );
+
+    // An order recorded paid here that WeChat Pay never took: missing from its bill.
+    let (token, openid) = c.login("sam").await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let ghost = order["out_trade_no"].as_str().unwrap().to_owned();
+    let total = order["total_fee"].as_i64().unwrap_or(1990);
+    let cfg = &r.app.config;
+    let body = build_payment_notification(
+        &PaymentNotificationSpec {
+            appid: cfg.appid.clone(),
+            mch_id: cfg.mch_id.clone(),
+            sub_appid: None,
+            sub_mch_id: None,
+            openid: OpenId::parse(&openid).unwrap(),
+            out_trade_no: OutTradeNo::parse(&ghost).unwrap(),
+            transaction_id: "4200000000000000000000000001".into(),
+            total_fee: Fen::new(total).unwrap(),
+            time_end_ms: r.app.clock.now_ms(),
+            attach: None,
+            sign_type: SignType::Md5,
+            omit_sign_type: false,
+        },
+        cfg.api_key(),
+    );
+    let (s, text) = c.raw("/callbacks/pay", body).await;
+    assert!(s == 200 && text.contains("SUCCESS"), "{s} {text}");
+    assert_eq!(c.status(&token, &ghost).await["status"], "PAID");
+    let v = reconcile(&c, &day).await;
+    assert_eq!(v["paid_here_checked"], 3, "{v}");
+    assert_eq!(
+        v["missing_from_bill"],
+        json!([{"out_trade_no": ghost, "problem": "paid here, not in the bill"}]),
+        "{v}"
+    );
+    // The bill's own payment still matches.
+    assert_eq!(v["mismatches"], json!([]), "{v}");
+}
+
+/// The schedule reconciles yesterday's bills once a day, after 10:00 China time (when WeChat
+/// has them ready): each mismatch is kept as a `bill_mismatch` event and pages a person
+/// (`MoneyNeedsAPerson`) once, however often the schedule runs that day.
+#[tokio::test]
+async fn the_schedule_reconciles_yesterday_once_and_pages_once() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    advance_to_china(&r, &c, 12, 0).await;
+    let (_no, out_refund_no) = paid_and_refunded(&r, &c, "tess").await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    tamper_refund_amount(&r, &out_refund_no, -1).await;
+    let schedule = || async {
+        wxshop::handlers::order_sync::on_schedule(
+            &r.app,
+            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+        )
+        .await
+    };
+    let paged = || {
+        captured
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["MoneyNeedsAPerson"].as_u64())
+            .sum::<u64>()
+    };
+
+    // The next morning before 10:00: the bills may not be ready; nothing is reconciled.
+    advance_to_china(&r, &c, 9, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
+    assert_eq!(paged(), 0);
+
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 1, "{report}");
+    assert_eq!(report["failed"], json!([]), "{report}");
+    let kept = wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "bill_mismatch",
+        &format!("{day}/refund/{out_refund_no}"),
+    )
+    .await
+    .unwrap()
+    .expect("a bill_mismatch event for a person");
+    assert!(
+        kept.value.body.contains("amount differs"),
+        "{}",
+        kept.value.body
+    );
+    assert_eq!(paged(), 1, "paged once");
+    // The merchant reads it among the events.
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "source": "bill_mismatch"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["events"].as_array().map(Vec::len), Some(1), "{v}");
+
+    // Later the same day: done already.
+    advance_both(&r, &c, 3_600_000).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
+    assert_eq!(paged(), 1, "still paged once");
+
+    // Three days without a run after 10:00 (WeChat Pay down, say): the next run does the
+    // days it missed, oldest first — days without trades (`No Bill Exist`) are clean.
+    advance_both(&r, &c, 3 * DAY_MS).await;
+    let report = schedule().await;
+    assert_eq!(
+        report["bill"]["reconciled"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
+    assert_eq!(report["bill"]["mismatches"], 0, "{report}");
+    assert_eq!(paged(), 1, "still paged once");
 }

@@ -278,17 +278,20 @@ pub enum Phase {
     WechatRefunds,
     /// Audit verdicts whose push never came.
     Audits,
+    /// Yesterday's WeChat Pay bills reconciled, once a day after 10:00 China time.
+    Bill,
     /// Expired records (SQLite; a no-op on DynamoDB, whose TTL deletes them).
     Purge,
 }
 
-pub const PHASES: [Phase; 7] = [
+pub const PHASES: [Phase; 8] = [
     Phase::Drain,
     Phase::Unpaid,
     Phase::Refunds,
     Phase::WechatNewAftersales,
     Phase::WechatRefunds,
     Phase::Audits,
+    Phase::Bill,
     Phase::Purge,
 ];
 
@@ -301,6 +304,7 @@ pub struct ScheduleReport {
     pub wechat_new_aftersales: super::aftersale_sync::WeChatNewAfterSaleReport,
     pub wechat_refunds: super::aftersale_sync::WeChatRefundSweepReport,
     pub audits: super::catalog_sync::AuditSweepReport,
+    pub bill: super::reconcile::DailyReport,
     pub purged: usize,
     /// Phases stopped (or never started) at the deadline with work possibly left: the next
     /// run (5 minutes on) goes on with them.
@@ -313,7 +317,7 @@ pub struct ScheduleReport {
 /// ones and release their stock), settle refunds whose notification never came, import
 /// after-sales opened in WeChat whose push never came, record
 /// refunds WeChat made on its own whose push never came, apply audit verdicts whose push never
-/// came, purge expired records — all started before `deadline`.
+/// came, reconcile yesterday's bills (once a day), purge expired records — all started before `deadline`.
 ///
 /// No phase starves the ones after it: in a first pass each phase gets an equal share of the
 /// time left (a phase that finishes early leaves its time to the next), and what remains then
@@ -423,6 +427,9 @@ async fn run_phase(
                 report.audits.reindexed += r.reindexed;
                 finished
             })
+            .map_err(|e| e.to_string()),
+        Phase::Bill => super::reconcile::run_daily(app, deadline, &mut report.bill)
+            .await
             .map_err(|e| e.to_string()),
         // Expired records (sessions, idempotency keys, replay guards) are invisible already;
         // on SQLite this reclaims their space, on DynamoDB TTL does it and this is a no-op.
@@ -636,7 +643,8 @@ enum AdminAction {
     Replay {
         id: String,
     },
-    /// Compare a day's WeChat Pay bill with stored orders.
+    /// Compare a day's WeChat Pay bills (payments and refunds) with stored orders and
+    /// refunds, both ways where cheap ([`super::reconcile`]).
     Reconcile {
         bill_date: String,
     },
@@ -654,7 +662,7 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 13] = [
+pub const EVENT_SOURCES: [&str; 14] = [
     "push",
     "double_payment",
     "payment_mismatch",
@@ -668,6 +676,7 @@ pub const EVENT_SOURCES: [&str; 13] = [
     "order_pay_refused",
     "order_confirm_not_applied",
     super::aftersale_sync::WECHAT_AFTERSALE_EVENTS,
+    super::reconcile::BILL_MISMATCH_EVENTS,
 ];
 
 /// `events`: one source is a page of the store's index of that source (by time received);
@@ -836,9 +845,17 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
                 ))
             }
         }
-        AdminAction::Reconcile { bill_date } => Ok(json(
-            &super::pay_orders::reconcile_bill(app, &bill_date).await?,
-        )),
+        AdminAction::Reconcile { bill_date } => {
+            match super::reconcile::reconcile(app, &bill_date, Deadline::after(ADMIN_SWEEP_BUDGET))
+                .await?
+            {
+                Some(found) => Ok(json(&found)),
+                None => Err(ApiError::unavailable(
+                    "RECONCILE_UNFINISHED",
+                    "the bill did not fit in this request's time; ask again",
+                )),
+            }
+        }
         AdminAction::Events {
             source,
             cursor,

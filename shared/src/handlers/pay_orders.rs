@@ -1,18 +1,17 @@
 //! Our orders in WeChat Pay's terms: the one place that maps `Order` to `pay/unifiedorder`,
-//! `pay/orderquery`, `pay/closeorder`, `secapi/pay/refund` and the daily bill, and maps
+//! `pay/orderquery`, `pay/closeorder` and `secapi/pay/refund` (the daily bills are
+//! [`super::reconcile`]'s), and maps
 //! `PayError` to what callers do next (retry later, or stop).
 
 use super::order_sync::TaskError;
 use crate::app::App;
 use crate::domain::{Fen, Order, OutRefundNo};
 use crate::http::ApiError;
-use crate::pay::bill::BillType;
 use crate::pay::client::{
     truncate_bytes, OrderRef, PayError, RefundRequest, UnifiedOrderRequest, MAX_BODY_BYTES,
     MAX_REFUND_DESC_BYTES,
 };
 use crate::pay::types::TradeState;
-use crate::store::repo;
 
 fn task_error(e: PayError) -> TaskError {
     if e.is_retryable() {
@@ -188,48 +187,4 @@ pub async fn refund(
         .await
         .map(|_| ())
         .map_err(refund_task_error)
-}
-
-/// Compares a day's bill with stored orders: every bill payment must be a stored, paid order
-/// with the same amount and transaction.
-pub async fn reconcile_bill(app: &App, bill_date: &str) -> Result<serde_json::Value, ApiError> {
-    let bill = app
-        .pay
-        .download_bill(bill_date, BillType::Success)
-        .await
-        .map_err(api_error)?;
-    let mut mismatches = Vec::new();
-    let mut checked = 0usize;
-    for row in &bill.rows {
-        let Some(no) = row.out_trade_no.as_deref() else {
-            continue;
-        };
-        checked += 1;
-        let parsed = crate::domain::OutTradeNo::parse(no);
-        let stored = match parsed {
-            Ok(n) => repo::get_order(app.store.as_ref(), &n).await?,
-            Err(_) => None,
-        };
-        let problem = match stored {
-            None => Some("not in our store".to_owned()),
-            Some(o) if !o.value.status.is_paid() => Some(format!("stored as {:?}", o.value.status)),
-            Some(o) if row.total_fee.is_some_and(|t| t != o.value.total) => Some(format!(
-                "amount {} in bill, {} stored",
-                row.total_fee.map(|f| f.get()).unwrap_or(0),
-                o.value.total
-            )),
-            Some(o)
-                if row.transaction_id.is_some()
-                    && o.value.transaction_id.as_deref() != row.transaction_id.as_deref() =>
-            {
-                Some("transaction id differs".to_owned())
-            }
-            Some(_) => None,
-        };
-        if let Some(p) = problem {
-            tracing::error!(out_trade_no = no, problem = %p, "bill mismatch");
-            mismatches.push(serde_json::json!({ "out_trade_no": no, "problem": p }));
-        }
-    }
-    Ok(serde_json::json!({ "bill_date": bill_date, "checked": checked, "mismatches": mismatches }))
 }

@@ -317,6 +317,33 @@ mod tests {
         assert_eq!(bill.summary.service_fee.as_deref(), Some("0.00000"));
     }
 
+    /// The REFUND bill: its own columns (退款申请时间, 退款成功时间 among them), one line per
+    /// refund, read by name — what reconciliation checks against our refund records.
+    #[test]
+    fn parses_refund_bill_rows() {
+        const REFUND_HEADER: &str = "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,退款申请时间,退款成功时间,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注";
+        let text = format!(
+            "{REFUND_HEADER}\r\n`2026-09-24 11:00:00,`wx123,`1900000001,`0,`,`4200002,`pay_w2,`o1,`JSAPI,`REFUND,`OTHERS,`CNY,`0.00,`0.00,`2026-09-24 10:59:00,`2026-09-24 11:00:00,`500001,`RF_1,`19.90,`0.00,`ORIGINAL,`SUCCESS,`Tea,`,`-0.11940,`0.60%,`0.00,`19.90,`\r\n`2026-09-24 12:00:00,`wx123,`1900000001,`0,`,`4200003,`pay_w3,`o2,`JSAPI,`REFUND,`OTHERS,`CNY,`0.00,`0.00,`2026-09-24 11:59:00,`,`500002,`0,`1.00,`0.00,`ORIGINAL,`CHANGE,`Tea,`,`-0.00600,`0.60%,`0.00,`1.00,`\r\n{SUMMARY}\r\n`2,`0.00,`20.90,`0.00,`-0.12540,`0.00,`20.90\r\n"
+        );
+        let bill = parse_bill(&text).unwrap();
+        assert_eq!(bill.rows.len(), 2);
+        let r = &bill.rows[0];
+        assert_eq!(r.out_trade_no.as_deref(), Some("pay_w2"));
+        assert_eq!(r.refund_id.as_deref(), Some("500001"));
+        assert_eq!(r.out_refund_no.as_deref(), Some("RF_1"));
+        assert_eq!(r.refund_fee, Some(Fen::new(1990).unwrap()));
+        assert_eq!(r.requested_refund_fee, Some(Fen::new(1990).unwrap()));
+        assert_eq!(r.refund_status.as_deref(), Some("SUCCESS"));
+        assert_eq!(
+            r.columns.get("退款成功时间").map(String::as_str),
+            Some("2026-09-24 11:00:00")
+        );
+        // `0` is WeChat's "none": kept as read, for the caller to judge.
+        assert_eq!(bill.rows[1].out_refund_no.as_deref(), Some("0"));
+        assert_eq!(bill.rows[1].refund_status.as_deref(), Some("CHANGE"));
+        assert_eq!(bill.summary.refund_fee, Some(Fen::new(2090).unwrap()));
+    }
+
     #[test]
     fn header_only_bill_and_errors() {
         let empty = format!("{HEADER}\n{SUMMARY}\n`0,`0.00,`0.00,`0.00,`0.00000,`0.00,`0.00\n");

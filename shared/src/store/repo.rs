@@ -130,6 +130,30 @@ pub async fn order_rotation(
     .await
 }
 
+/// One page of the orders in `status` created within `[from_ms, to_ms]` (the status index,
+/// ordered by creation), oldest first: what a reconciliation of one day reads instead of
+/// every order.
+pub async fn orders_created_between(
+    store: &dyn Store,
+    status: OrderStatus,
+    from_ms: i64,
+    to_ms: i64,
+    cursor: Option<String>,
+) -> Result<(Vec<Order>, Option<String>), StoreError> {
+    let mut q = Query::new(Kind::Order, Index::Status(status.as_str().to_owned()));
+    q.sort_min = Some(from_ms);
+    q.sort_max = Some(to_ms);
+    q.limit = 100;
+    q.cursor = cursor;
+    let page = store.query(q).await?;
+    let orders = page
+        .records
+        .iter()
+        .map(Record::decode)
+        .collect::<Result<Vec<Order>, _>>()?;
+    Ok((orders, page.next))
+}
+
 // ---------------------------------------------------------------- products
 
 /// Every product is listed under this owner, so "all products" is one index query.

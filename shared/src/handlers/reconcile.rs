@@ -1,0 +1,497 @@
+//! Reconciliation (对账) of one day's WeChat Pay bills with what we recorded.
+//!
+//! Why: a notification that never came, a refund made in the merchant platform, a record
+//! changed by hand — each leaves WeChat's books and ours apart, and only the bills show it.
+//! Three checks, each within one day (China time, the bill's day):
+//! * every payment of the SUCCESS bill is a stored, paid order with its amount and transaction;
+//! * every refund of the REFUND bill is a refund record of ours (ours or made by hand, which
+//!   are recorded too) of the same order, the same amount, and SUCCESS (or still in flight);
+//! * the other way: every direct order we recorded paid that day is in the SUCCESS bill. Read
+//!   through the status index by creation time (see [`PAID_AFTER_CREATED_MAX_MS`]), never a
+//!   scan of every order. Our refunds missing from the REFUND bill are not checked: refunds
+//!   are indexed by creation, and one can succeed days after it was made (bank cards), so no
+//!   bounded read finds the refunds that succeeded on a day.
+//!
+//! `POST /admin/orderSync {action: "reconcile"}` runs it for a person; the schedule
+//! ([`run_daily`]) reconciles yesterday once a day after 10:00 China time, keeps each
+//! mismatch as a `bill_mismatch` event and pages (`MoneyNeedsAPerson`) once per new one.
+
+use crate::app::App;
+use crate::domain::{FundType, Order, OrderStatus, OutRefundNo, OutTradeNo};
+use crate::http::ApiError;
+use crate::pay::bill::{Bill, BillRow, BillType};
+use crate::store::kv;
+use crate::store::repo::{self, RefundStatus};
+use crate::time::Deadline;
+use std::collections::HashSet;
+
+/// Event source of a mismatch the schedule found.
+pub const BILL_MISMATCH_EVENTS: &str = "bill_mismatch";
+
+/// The kv mark: the last `bill_date` the schedule reconciled.
+const MARK: &str = "reconcile/last_bill_date";
+const MARK_TTL_SECS: i64 = 90 * 24 * 3600;
+
+/// WeChat makes the bills from 09:00 and says to fetch them after 10:00 China time
+/// (WECHAT_PAY_V2.md §2.7).
+const BILLS_READY_HOUR: i64 = 10;
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+const BEIJING_OFFSET_MS: i64 = 8 * HOUR_MS;
+
+/// The longest an order can be paid after it was created: WeChat Pay takes no payment after
+/// the order's `time_expire` (our `expires_at_ms`), which config keeps within 2 h of its
+/// creation (`ORDER_TTL_SECS` ≤ 7200); an hour more for WeChat's clock against ours. So the
+/// orders paid on a day were all created from this long before it until its end.
+const PAID_AFTER_CREATED_MAX_MS: i64 = 3 * HOUR_MS;
+
+/// A payment that does not match.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PaymentMismatch {
+    pub out_trade_no: String,
+    pub problem: String,
+}
+
+/// A refund of the REFUND bill that does not match.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RefundMismatch {
+    pub out_refund_no: Option<String>,
+    pub refund_id: Option<String>,
+    pub out_trade_no: Option<String>,
+    pub problem: String,
+}
+
+/// What a reconciliation found. `checked`/`mismatches` are the SUCCESS bill's rows, as
+/// before refunds were reconciled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reconciliation {
+    pub bill_date: String,
+    pub checked: usize,
+    pub mismatches: Vec<PaymentMismatch>,
+    pub refunds_checked: usize,
+    pub refund_mismatches: Vec<RefundMismatch>,
+    /// Our direct orders paid that day, looked for in the SUCCESS bill.
+    pub paid_here_checked: usize,
+    pub missing_from_bill: Vec<PaymentMismatch>,
+}
+
+impl Reconciliation {
+    pub fn mismatch_count(&self) -> usize {
+        self.mismatches.len() + self.refund_mismatches.len() + self.missing_from_bill.len()
+    }
+}
+
+/// 00:00 China time of `bill_date` (`yyyyMMdd`) as epoch ms.
+fn day_start_ms(bill_date: &str) -> Option<i64> {
+    crate::time::parse_beijing_compact(&format!("{bill_date}000000"))
+}
+
+fn pay_error(e: crate::pay::client::PayError) -> ApiError {
+    if e.is_retryable() {
+        ApiError::unavailable(
+            "PAYMENT_UNAVAILABLE",
+            format!("WeChat Pay did not give the bill ({e}); retry shortly"),
+        )
+    } else {
+        ApiError::new(
+            http::StatusCode::BAD_GATEWAY,
+            "PAYMENT_REFUSED",
+            format!("WeChat Pay refused the bill: {e}"),
+        )
+    }
+}
+
+/// Reconciles `bill_date` (`yyyyMMdd`). `Ok(None)` when `deadline` passed before the end
+/// (nothing is kept; run it again).
+pub async fn reconcile(
+    app: &App,
+    bill_date: &str,
+    deadline: Deadline,
+) -> Result<Option<Reconciliation>, ApiError> {
+    let Some(start_ms) = day_start_ms(bill_date).filter(|_| bill_date.len() == 8) else {
+        return Err(ApiError::bad_request(
+            "BAD_BILL_DATE",
+            "bill_date must be yyyyMMdd",
+        ));
+    };
+    // `No Bill Exist` (a day without trades) comes back as an empty bill.
+    let success = app
+        .pay
+        .download_bill(bill_date, BillType::Success)
+        .await
+        .map_err(pay_error)?;
+    let refunds = app
+        .pay
+        .download_bill(bill_date, BillType::Refund)
+        .await
+        .map_err(pay_error)?;
+    let mut out = Reconciliation {
+        bill_date: bill_date.to_owned(),
+        ..Reconciliation::default()
+    };
+    for row in &success.rows {
+        if deadline.passed() {
+            return Ok(None);
+        }
+        let Some(no) = row.out_trade_no.as_deref() else {
+            continue;
+        };
+        out.checked += 1;
+        if let Some(problem) = payment_problem(app, row, no).await? {
+            tracing::error!(bill_date, out_trade_no = no, problem = %problem, "bill mismatch");
+            out.mismatches.push(PaymentMismatch {
+                out_trade_no: no.to_owned(),
+                problem,
+            });
+        }
+    }
+    for row in &refunds.rows {
+        if deadline.passed() {
+            return Ok(None);
+        }
+        out.refunds_checked += 1;
+        if let Some(problem) = refund_problem(app, row).await? {
+            tracing::error!(bill_date, out_refund_no = ?row.out_refund_no, problem = %problem, "refund bill mismatch");
+            out.refund_mismatches.push(RefundMismatch {
+                out_refund_no: row.out_refund_no.clone(),
+                refund_id: row.refund_id.clone(),
+                out_trade_no: row.out_trade_no.clone(),
+                problem,
+            });
+        }
+    }
+    if !missing_from_bill(app, &success, start_ms, deadline, &mut out).await? {
+        return Ok(None);
+    }
+    Ok(Some(out))
+}
+
+async fn payment_problem(app: &App, row: &BillRow, no: &str) -> Result<Option<String>, ApiError> {
+    let stored = match OutTradeNo::parse(no) {
+        Ok(n) => repo::get_order(app.store.as_ref(), &n).await?,
+        Err(_) => None,
+    };
+    Ok(match stored {
+        None => Some("not in our store".to_owned()),
+        Some(o) if !o.value.status.is_paid() => Some(format!("stored as {:?}", o.value.status)),
+        Some(o) if row.total_fee.is_some_and(|t| t != o.value.total) => Some(format!(
+            "amount {} in bill, {} stored",
+            row.total_fee.map(|f| f.get()).unwrap_or(0),
+            o.value.total
+        )),
+        Some(o)
+            if row.transaction_id.is_some()
+                && o.value.transaction_id.as_deref() != row.transaction_id.as_deref() =>
+        {
+            Some("transaction id differs".to_owned())
+        }
+        Some(_) => None,
+    })
+}
+
+/// `0` stands for "none" in the bill's id columns.
+fn present(v: Option<&str>) -> Option<&str> {
+    v.map(str::trim).filter(|s| !s.is_empty() && *s != "0")
+}
+
+async fn refund_problem(app: &App, row: &BillRow) -> Result<Option<String>, ApiError> {
+    let Some(no) = present(row.out_refund_no.as_deref()) else {
+        return Ok(Some("no out_refund_no in the bill".to_owned()));
+    };
+    let Ok(no) = OutRefundNo::parse(no) else {
+        return Ok(Some(
+            "out_refund_no is not one we could have made".to_owned(),
+        ));
+    };
+    let Some(stored) = repo::get_refund(app.store.as_ref(), &no).await? else {
+        return Ok(Some("not in our store".to_owned()));
+    };
+    let r = stored.value;
+    if present(row.out_trade_no.as_deref()) != Some(r.out_trade_no.as_str()) {
+        return Ok(Some(format!(
+            "of order {} in bill, of {} stored",
+            row.out_trade_no.as_deref().unwrap_or("(none)"),
+            r.out_trade_no
+        )));
+    }
+    match row.refund_fee {
+        Some(fee) if fee == r.amount => {}
+        fee => {
+            return Ok(Some(format!(
+                "amount differs: {} in bill, {} stored",
+                fee.map(|f| f.get().to_string())
+                    .unwrap_or_else(|| "none".into()),
+                r.amount
+            )))
+        }
+    }
+    // What the bill says happened, against what we recorded: one still in flight here is
+    // its notification not come yet (the sweep asks); a settled one must agree.
+    let bill_status = row.refund_status.as_deref().unwrap_or("SUCCESS");
+    let agrees = match r.status {
+        RefundStatus::Pending | RefundStatus::Processing => true,
+        RefundStatus::Success => bill_status == "SUCCESS" || bill_status == "PROCESSING",
+        RefundStatus::Abnormal => bill_status == "CHANGE",
+        RefundStatus::Failed => bill_status == "REFUNDCLOSE",
+    };
+    if !agrees {
+        return Ok(Some(format!(
+            "{bill_status} in bill, stored as {}",
+            r.status.as_str()
+        )));
+    }
+    if let (Some(bill_id), Some(ours)) = (present(row.refund_id.as_deref()), r.refund_id.as_deref())
+    {
+        if bill_id != ours {
+            return Ok(Some("refund id differs".to_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Our direct orders paid on the day starting at `start_ms` that the SUCCESS bill lacks.
+/// Orders of WeChat's collecting (fund_type 1) are not in our merchant's bill. `false` when
+/// `deadline` passed first.
+async fn missing_from_bill(
+    app: &App,
+    success: &Bill,
+    start_ms: i64,
+    deadline: Deadline,
+    out: &mut Reconciliation,
+) -> Result<bool, ApiError> {
+    let end_ms = start_ms + DAY_MS;
+    let billed: HashSet<&str> = success
+        .rows
+        .iter()
+        .filter_map(|r| r.out_trade_no.as_deref())
+        .collect();
+    for status in OrderStatus::ALL.into_iter().filter(|s| s.is_paid()) {
+        let mut cursor = None;
+        loop {
+            if deadline.passed() {
+                return Ok(false);
+            }
+            let (orders, next) = repo::orders_created_between(
+                app.store.as_ref(),
+                status,
+                start_ms - PAID_AFTER_CREATED_MAX_MS,
+                end_ms - 1,
+                cursor,
+            )
+            .await
+            .map_err(ApiError::from)?;
+            for o in orders.iter().filter(|o| paid_within(o, start_ms, end_ms)) {
+                out.paid_here_checked += 1;
+                if !billed.contains(o.out_trade_no.as_str()) {
+                    tracing::error!(bill_date = %out.bill_date, out_trade_no = %o.out_trade_no, "paid here, not in the bill");
+                    out.missing_from_bill.push(PaymentMismatch {
+                        out_trade_no: o.out_trade_no.as_str().to_owned(),
+                        problem: "paid here, not in the bill".to_owned(),
+                    });
+                }
+            }
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn paid_within(o: &Order, start_ms: i64, end_ms: i64) -> bool {
+    o.fund_type == FundType::Direct
+        && o.paid_at_ms
+            .is_some_and(|t| (start_ms..end_ms).contains(&t))
+}
+
+/// What the schedule's bill phase did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct DailyReport {
+    /// The days (`yyyyMMdd`) reconciled in this run, oldest first.
+    pub reconciled: Vec<String>,
+    pub mismatches: usize,
+    /// Mismatches kept as new `bill_mismatch` events (and paged).
+    pub kept: usize,
+}
+
+/// Days the schedule goes back to reconcile ones it missed (WeChat Pay down all of a day's
+/// runs after 10:00, the schedule off): a week. Older ones are left to a person
+/// (`reconcile` by hand; WeChat keeps bills three months).
+const CATCH_UP_DAYS: i64 = 7;
+
+/// The schedule's daily reconciliation: once bills are ready (10:00 China time), yesterday's,
+/// once — the last day done is kept as a kv mark, written after the day's events, so a run
+/// cut short or failed is done again by the next (its events are kept once: by day and id).
+/// Days missed since the mark (at most [`CATCH_UP_DAYS`]) are done first, oldest first.
+/// `false` when `deadline` passed first.
+pub async fn run_daily(
+    app: &App,
+    deadline: Deadline,
+    report: &mut DailyReport,
+) -> Result<bool, ApiError> {
+    let now = app.clock.now_ms();
+    let china_ms_of_day = (now + BEIJING_OFFSET_MS).rem_euclid(DAY_MS);
+    if china_ms_of_day < BILLS_READY_HOUR * HOUR_MS {
+        return Ok(true);
+    }
+    let yesterday = crate::time::beijing_date(now - DAY_MS);
+    let earliest = crate::time::beijing_date(now - CATCH_UP_DAYS * DAY_MS);
+    let store = app.store.as_ref();
+    loop {
+        let mark = kv::get(store, MARK).await?;
+        // `yyyyMMdd` orders as text.
+        let day = match mark.as_ref().and_then(|m| day_start_ms(&m.value)) {
+            Some(done) => crate::time::beijing_date(done + DAY_MS).max(earliest.clone()),
+            None => yesterday.clone(),
+        };
+        if day > yesterday {
+            return Ok(true);
+        }
+        let Some(found) = reconcile(app, &day, deadline).await? else {
+            return Ok(false);
+        };
+        report.reconciled.push(day.clone());
+        report.mismatches += found.mismatch_count();
+        for (key, body) in mismatch_events(&found) {
+            if super::common::keep_evidence(app, BILL_MISMATCH_EVENTS, key, body).await? {
+                report.kept += 1;
+                super::common::page_a_person(app);
+            }
+        }
+        if found.mismatch_count() > 0 {
+            tracing::error!(bill_date = %day, mismatches = found.mismatch_count(), "daily reconciliation found mismatches");
+        } else {
+            tracing::info!(bill_date = %day, checked = found.checked, refunds_checked = found.refunds_checked, "daily reconciliation clean");
+        }
+        let until = app.clock.now_secs() + MARK_TTL_SECS;
+        if !kv::put_if(store, MARK, &day, until, mark.map(|m| m.version)).await? {
+            // Another run moved the mark meanwhile: it is reconciling; leave the rest to it.
+            return Ok(true);
+        }
+        if deadline.passed() {
+            return Ok(day == yesterday);
+        }
+    }
+}
+
+const WHAT_TO_DO: &str = "WeChat Pay's bill and our records disagree: compare the order or \
+refund in the merchant platform with ours (POST /fn/queryOrder, the after-sale), put right \
+whichever is wrong, and note it; nothing was changed automatically";
+
+/// (key, body) of an event per mismatch; the key names the day and the record, so a day
+/// reconciled twice keeps each once.
+fn mismatch_events(r: &Reconciliation) -> Vec<(String, String)> {
+    let d = &r.bill_date;
+    let mut out = Vec::new();
+    let mut push = |key: String, kind: &str, detail: serde_json::Value| {
+        let body = serde_json::json!({
+            "bill_date": d, "kind": kind, "detail": detail, "what_to_do": WHAT_TO_DO,
+        });
+        out.push((key, body.to_string()));
+    };
+    for m in &r.mismatches {
+        push(
+            format!("{d}/payment/{}", m.out_trade_no),
+            "payment",
+            serde_json::json!(m),
+        );
+    }
+    for (i, m) in r.refund_mismatches.iter().enumerate() {
+        let id = m
+            .out_refund_no
+            .clone()
+            .or_else(|| m.refund_id.clone())
+            .unwrap_or_else(|| format!("row{i}"));
+        push(format!("{d}/refund/{id}"), "refund", serde_json::json!(m));
+    }
+    for m in &r.missing_from_bill {
+        push(
+            format!("{d}/missing/{}", m.out_trade_no),
+            "missing_from_bill",
+            serde_json::json!(m),
+        );
+    }
+    out
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::sqlite::SqliteStore;
+    use crate::time::Clock;
+    use std::sync::Arc;
+
+    fn app() -> App {
+        let vars = [
+            ("WX_APPID", "wx0000000000000001"),
+            ("WX_APPSECRET", "appsecret"),
+            ("WXPAY_MCH_ID", "1900000001"),
+            ("WXPAY_API_KEY", "localapikey000000000000000000001"),
+            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("WX_PUSH_TOKEN", "token"),
+            ("WXPAY_NOTIFY_URL", "http://127.0.0.1:9/callbacks/pay"),
+            ("WXPAY_BASE_URL", "http://127.0.0.1:9"),
+            ("WX_API_BASE_URL", "http://127.0.0.1:9"),
+        ];
+        let config = Config::from_lookup(|k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        App::new(
+            config,
+            Arc::new(SqliteStore::memory().unwrap()),
+            Clock::default(),
+        )
+        .unwrap()
+    }
+
+    fn row(out_refund_no: Option<&str>) -> BillRow {
+        BillRow {
+            out_trade_no: Some("pay_1".into()),
+            refund_id: Some("500001".into()),
+            out_refund_no: out_refund_no.map(str::to_owned),
+            refund_fee: crate::domain::Fen::new(100).ok(),
+            refund_status: Some("SUCCESS".into()),
+            ..BillRow::default()
+        }
+    }
+
+    /// A REFUND bill row without a merchant refund number (WeChat writes `0`, or nothing),
+    /// or with one we could never have made, is a mismatch to report — never an error that
+    /// stops the reconciliation of the other rows.
+    #[tokio::test]
+    async fn a_refund_row_without_a_readable_out_refund_no_is_a_mismatch() {
+        let app = app();
+        for (no, want) in [
+            (None, "no out_refund_no in the bill"),
+            (Some("0"), "no out_refund_no in the bill"),
+            (Some(" "), "no out_refund_no in the bill"),
+            (
+                Some("not ours!"),
+                "out_refund_no is not one we could have made",
+            ),
+            (Some("RF_unknown"), "not in our store"),
+        ] {
+            let problem = refund_problem(&app, &row(no)).await.unwrap();
+            assert_eq!(problem.as_deref(), Some(want), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn a_day_starts_at_midnight_china_time() {
+        assert_eq!(
+            day_start_ms("20260925"),
+            crate::time::parse_beijing_datetime("2026-09-25 00:00:00")
+        );
+        assert_eq!(
+            crate::time::beijing_date(day_start_ms("20260925").unwrap() + DAY_MS - 1),
+            "20260925"
+        );
+    }
+}
