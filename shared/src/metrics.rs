@@ -6,7 +6,7 @@
 //! in `infra/template.yaml` watch what is counted here (`OutboxDeadLetterAlarm` watches
 //! [`OUTBOX_DEAD_LETTERS`]; `PayNotifyUnverifiedAlarm` and `PayNotifyUnrecordedAlarm` watch
 //! [`PAY_NOTIFY_UNVERIFIED`] and [`PAY_NOTIFY_UNRECORDED`]; `ExpiredOrdersHeldAlarm` watches
-//! [`EXPIRED_ORDERS_HELD`]; `MoneyNeedsAPersonAlarm` watches [`MONEY_NEEDS_A_PERSON`] of every
+//! [`EXPIRED_ORDERS_HELD`]; `SchedulePhaseFailedAlarm` watches [`SCHEDULE_PHASE_FAILURES`]; `MoneyNeedsAPersonAlarm` watches [`MONEY_NEEDS_A_PERSON`] of every
 //! function that records payments or refunds). payCallback answers every notification with
 //! HTTP 200 (a `FAIL` in the XML makes WeChat retry), so Lambda's `Errors` never sees a
 //! payment we refused, and the sweep's held orders are no error at all: these counts are the
@@ -51,6 +51,12 @@ pub const PAY_NOTIFY_UNRECORDED: &str = "PayNotifyUnrecorded";
 /// learnt it — payCallback from notifications; queryOrder, orderSync and auditCallback from
 /// `orderquery`/`refundquery`/`shop/order/get` answers — at most once per event.
 pub const MONEY_NEEDS_A_PERSON: &str = "MoneyNeedsAPerson";
+/// Schedule phases that failed (the store, WeChat, a bill that does not read): each is logged
+/// at ERROR and tried again on the next run, five minutes on, and the invocation itself
+/// succeeds — so Lambda's `Errors` never sees a phase that fails run after run (a wrong
+/// secret, a bill format WeChat changed, a table denied). `SchedulePhaseFailedAlarm` pages
+/// when one fails in three periods in a row; one failing once (WeChat busy) does not page.
+pub const SCHEDULE_PHASE_FAILURES: &str = "SchedulePhaseFailures";
 /// Expired unpaid orders the sweep kept open because WeChat did not say whether they were
 /// paid (the question failed, or WeChat does not know the order). Closing one could release
 /// the stock of an order WeChat holds the money for, so it waits — and its stock with it —

@@ -493,6 +493,23 @@ fn expired_orders_held_by_the_sweep_raise_an_alarm() {
     );
 }
 
+/// A schedule phase that fails run after run (a denied table, WeChat refusing our
+/// credentials, a bill that does not read) is only logged — the invocation succeeds — so its
+/// count has an alarm.
+#[test]
+fn schedule_phases_failing_run_after_run_raise_an_alarm() {
+    use wxshop::metrics::{DIMENSION, NAMESPACE, SCHEDULE_PHASE_FAILURES};
+    let t = template();
+    assert_alarm(
+        &t,
+        NAMESPACE,
+        SCHEDULE_PHASE_FAILURES,
+        DIMENSION,
+        "!Ref OrderSyncFunction",
+        1,
+    );
+}
+
 /// payCallback answers every notification with HTTP 200, so Lambda's `Errors` never sees a
 /// payment it refused (a wrong WXPAY_API_KEY, DynamoDB throttled or denied): the refusals it
 /// counts (`wxshop::metrics`) each have an alarm that pages at the first one, and the HTTP

@@ -445,6 +445,12 @@ async fn run_phase(
     };
     outcome.unwrap_or_else(|error| {
         tracing::error!(phase = ?phase, error, "schedule phase failed");
+        // The run itself succeeds: this count is what pages when a phase keeps failing.
+        app.metrics.count(
+            crate::metrics::SCHEDULE_PHASE_FAILURES,
+            1,
+            app.clock.now_ms(),
+        );
         report.failed.push(phase);
         true
     })
@@ -992,6 +998,60 @@ mod tests {
             Clock::default(),
         )
         .unwrap()
+    }
+
+    /// A store that refuses every call (a table denied, throttled for good).
+    struct Denied;
+
+    #[async_trait::async_trait]
+    impl crate::store::Store for Denied {
+        async fn get(
+            &self,
+            _: crate::store::Kind,
+            _: &str,
+        ) -> Result<Option<crate::store::Record>, crate::store::StoreError> {
+            Err(crate::store::StoreError::Backend(
+                "AccessDenied (injected)".into(),
+            ))
+        }
+        async fn write(&self, _: Vec<crate::store::Write>) -> Result<(), crate::store::StoreError> {
+            Err(crate::store::StoreError::Backend(
+                "AccessDenied (injected)".into(),
+            ))
+        }
+        async fn query(
+            &self,
+            _: crate::store::Query,
+        ) -> Result<crate::store::Page, crate::store::StoreError> {
+            Err(crate::store::StoreError::Backend(
+                "AccessDenied (injected)".into(),
+            ))
+        }
+        fn backend(&self) -> &'static str {
+            "denied"
+        }
+    }
+
+    /// GIVEN a store that refuses every call WHEN the schedule runs THEN the run still answers
+    /// (each phase failed, logged, listed in `failed`) and every failed phase is counted as
+    /// `SchedulePhaseFailures` — the invocation succeeds, so Lambda's `Errors` alarm never
+    /// sees it and this count is what pages.
+    #[tokio::test]
+    async fn failed_schedule_phases_are_counted() {
+        let mut app = app();
+        app.store = Arc::new(Denied);
+        let (metrics, captured) = Metrics::capture("wxshop-OrderSyncFunction-X");
+        app.metrics = metrics;
+        let report = on_schedule(&app, Deadline::after(Duration::from_secs(20))).await;
+        let failed = report["failed"].as_array().cloned().unwrap_or_default();
+        assert!(!failed.is_empty(), "{report}");
+        let counted: u64 = captured
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v[crate::metrics::SCHEDULE_PHASE_FAILURES].as_u64())
+            .sum();
+        assert_eq!(counted, failed.len() as u64, "{report}");
     }
 
     /// A status index that lags, as DynamoDB's GSIs do: it still lists `ghosts` — entries
