@@ -92,4 +92,38 @@ impl App {
             metrics: Metrics::off(),
         })
     }
+
+    /// A unit test's `App` on `store`: a direct merchant (`wx0000000000000001`, merchant
+    /// `1900000001`, API key [`App::TEST_API_KEY`]) whose WeChat URLs lead nowhere
+    /// (`127.0.0.1:9`), metrics off.
+    #[cfg(test)]
+    pub(crate) fn for_tests(store: DynStore) -> App {
+        let vars = [
+            ("WX_APPID", "wx0000000000000001"),
+            ("WX_APPSECRET", "appsecret"),
+            ("WXPAY_MCH_ID", "1900000001"),
+            ("WXPAY_API_KEY", App::TEST_API_KEY),
+            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("WX_PUSH_TOKEN", "token"),
+            ("WXPAY_NOTIFY_URL", "http://127.0.0.1:9/callbacks/pay"),
+            ("WXPAY_BASE_URL", "http://127.0.0.1:9"),
+            ("WX_API_BASE_URL", "http://127.0.0.1:9"),
+        ];
+        let lookup = |k: &str| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        match Config::from_lookup(lookup).map_err(StartupError::from) {
+            Ok(config) => match App::new(config, store, Clock::default()) {
+                Ok(app) => app,
+                Err(e) => panic!("test app: {e}"),
+            },
+            Err(e) => panic!("test config: {e}"),
+        }
+    }
+
+    /// The WeChat Pay API key of [`App::for_tests`].
+    #[cfg(test)]
+    pub(crate) const TEST_API_KEY: &'static str = "localapikey000000000000000000001";
 }

@@ -89,6 +89,15 @@ impl Captured {
     pub fn lines(&self) -> Vec<String> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// The sum of `metric` over every line kept: what CloudWatch would count.
+    pub fn total(&self, metric: &str) -> u64 {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v[metric].as_u64())
+            .sum()
+    }
 }
 
 impl std::fmt::Debug for Metrics {

@@ -922,12 +922,7 @@ async fn a_refund_wechat_could_not_pay_is_held_for_a_person() {
         "{}",
         kept.value.body
     );
-    let paged: u64 = captured
-        .lines()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["MoneyNeedsAPerson"].as_u64())
-        .sum();
+    let paged = captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     assert_eq!(paged, 1, "paged once");
     // The money is still the shop's; a second application finds nothing left to claim.
     assert_eq!(c.balance().await, (total, 0));

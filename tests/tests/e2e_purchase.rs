@@ -4329,14 +4329,7 @@ async fn the_schedule_reconciles_yesterday_once_and_pages_once() {
         )
         .await
     };
-    let paged = || {
-        captured
-            .lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| v["MoneyNeedsAPerson"].as_u64())
-            .sum::<u64>()
-    };
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
 
     // The next morning before 10:00: the bills may not be ready; nothing is reconciled.
     advance_to_china(&r, &c, 9, 30).await;

@@ -968,36 +968,12 @@ async fn ship(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::metrics::{Metrics, OUTBOX_DEAD_LETTERS};
     use crate::store::sqlite::SqliteStore;
-    use crate::time::Clock;
     use std::sync::Arc;
 
     fn app() -> App {
-        let vars = [
-            ("WX_APPID", "wx0000000000000001"),
-            ("WX_APPSECRET", "appsecret"),
-            ("WXPAY_MCH_ID", "1900000001"),
-            ("WXPAY_API_KEY", "localapikey000000000000000000001"),
-            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
-            ("WX_PUSH_TOKEN", "token"),
-            ("WXPAY_NOTIFY_URL", "http://127.0.0.1:9/callbacks/pay"),
-            ("WXPAY_BASE_URL", "http://127.0.0.1:9"),
-            ("WX_API_BASE_URL", "http://127.0.0.1:9"),
-        ];
-        let config = Config::from_lookup(|k| {
-            vars.iter()
-                .find(|(name, _)| *name == k)
-                .map(|(_, v)| (*v).to_owned())
-        })
-        .unwrap();
-        App::new(
-            config,
-            Arc::new(SqliteStore::memory().unwrap()),
-            Clock::default(),
-        )
-        .unwrap()
+        App::for_tests(Arc::new(SqliteStore::memory().unwrap()))
     }
 
     /// A store that refuses every call (a table denied, throttled for good).
@@ -1045,12 +1021,7 @@ mod tests {
         let report = on_schedule(&app, Deadline::after(Duration::from_secs(20))).await;
         let failed = report["failed"].as_array().cloned().unwrap_or_default();
         assert!(!failed.is_empty(), "{report}");
-        let counted: u64 = captured
-            .lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v[crate::metrics::SCHEDULE_PHASE_FAILURES].as_u64())
-            .sum();
+        let counted = captured.total(crate::metrics::SCHEDULE_PHASE_FAILURES);
         assert_eq!(counted, failed.len() as u64, "{report}");
     }
 

@@ -793,7 +793,6 @@ async fn held_by_hand(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use crate::app::App;
-    use crate::config::Config;
     use crate::domain::{Fen, OpenId, OutTradeNo};
     use crate::metrics::{
         Captured, Metrics, MONEY_NEEDS_A_PERSON, PAY_NOTIFY_UNRECORDED, PAY_NOTIFY_UNVERIFIED,
@@ -802,12 +801,11 @@ mod tests {
     use crate::pay::sign::SignType;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{Page, Query, Record, Store, StoreError, Write};
-    use crate::time::Clock;
     use async_trait::async_trait;
     use bytes::Bytes;
     use std::sync::Arc;
 
-    const API_KEY: &str = "localapikey000000000000000000001";
+    const API_KEY: &str = App::TEST_API_KEY;
 
     /// DynamoDB throttling, `AccessDenied` or an outage, as the handlers see it.
     struct Unavailable;
@@ -835,24 +833,7 @@ mod tests {
     }
 
     fn app(store: Arc<dyn Store>) -> (App, Captured) {
-        let vars = [
-            ("WX_APPID", "wx0000000000000001"),
-            ("WX_APPSECRET", "appsecret"),
-            ("WXPAY_MCH_ID", "1900000001"),
-            ("WXPAY_API_KEY", API_KEY),
-            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
-            ("WX_PUSH_TOKEN", "token"),
-            ("WXPAY_NOTIFY_URL", "http://127.0.0.1:9/callbacks/pay"),
-            ("WXPAY_BASE_URL", "http://127.0.0.1:9"),
-            ("WX_API_BASE_URL", "http://127.0.0.1:9"),
-        ];
-        let config = Config::from_lookup(|k| {
-            vars.iter()
-                .find(|(name, _)| *name == k)
-                .map(|(_, v)| (*v).to_owned())
-        })
-        .unwrap();
-        let mut app = App::new(config, store, Clock::default()).unwrap();
+        let mut app = App::for_tests(store);
         let (metrics, captured) = Metrics::capture("wxshop-PayCallbackFunction-X");
         app.metrics = metrics;
         (app, captured)
@@ -891,15 +872,6 @@ mod tests {
         String::from_utf8(resp.body().to_vec()).unwrap()
     }
 
-    fn counted(captured: &Captured, metric: &str) -> u64 {
-        captured
-            .lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v[metric].as_u64())
-            .sum()
-    }
-
     /// GIVEN the store refuses every call (throttled, AccessDenied) WHEN WeChat Pay notifies a
     /// genuine payment THEN the reply is FAIL (WeChat retries) and one `PayNotifyUnrecorded`
     /// is counted — Lambda's `Errors` cannot see it, so this is what the alarm watches.
@@ -908,8 +880,8 @@ mod tests {
         let (app, captured) = app(Arc::new(Unavailable));
         let reply = notify(&app, notification("1900000001", API_KEY)).await;
         assert!(reply.contains("FAIL"), "{reply}");
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 1);
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 0);
+        assert_eq!(captured.total(PAY_NOTIFY_UNRECORDED), 1);
+        assert_eq!(captured.total(PAY_NOTIFY_UNVERIFIED), 0);
     }
 
     /// GIVEN the stack's WXPAY_API_KEY (or merchant id) differs from WeChat's WHEN a genuine
@@ -926,16 +898,16 @@ mod tests {
         assert!(wrong_key.contains("FAIL"), "{wrong_key}");
         let wrong_merchant = notify(&app, notification("1900000777", API_KEY)).await;
         assert!(wrong_merchant.contains("FAIL"), "{wrong_merchant}");
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 2);
+        assert_eq!(captured.total(PAY_NOTIFY_UNVERIFIED), 2);
 
         let junk = notify(&app, "<xml><a>1</a></xml>".into()).await;
         assert!(junk.contains("FAIL"), "{junk}");
         assert_eq!(
-            counted(&captured, PAY_NOTIFY_UNVERIFIED),
+            captured.total(PAY_NOTIFY_UNVERIFIED),
             2,
             "junk is not counted"
         );
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+        assert_eq!(captured.total(PAY_NOTIFY_UNRECORDED), 0);
     }
 
     /// POSTs `body` to `path` (a payCallback route); the reply's XML.
@@ -977,8 +949,8 @@ mod tests {
             let reply = notify(&app, notification("1900000001", API_KEY)).await;
             assert!(reply.contains("SUCCESS"), "{reply}");
         }
-        assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+        assert_eq!(captured.total(MONEY_NEEDS_A_PERSON), 1);
+        assert_eq!(captured.total(PAY_NOTIFY_UNRECORDED), 0);
     }
 
     /// GIVEN a refund under way WHEN its notification says CHANGE (WeChat took the money but
@@ -1053,8 +1025,8 @@ mod tests {
             let reply = post(&app, "/callbacks/refund", change.clone()).await;
             assert!(reply.contains("SUCCESS"), "{reply}");
         }
-        assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+        assert_eq!(captured.total(MONEY_NEEDS_A_PERSON), 1);
+        assert_eq!(captured.total(PAY_NOTIFY_UNRECORDED), 0);
     }
 
     /// A refund notification for order WX20240101000000000001 (100 fen, paid with `txid`):
@@ -1118,8 +1090,8 @@ mod tests {
             .unwrap();
         assert_eq!(stored.value.refunded.get(), 40);
         assert_eq!(stored.value.status, crate::domain::OrderStatus::Paid);
-        assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 0);
+        assert_eq!(captured.total(MONEY_NEEDS_A_PERSON), 1);
+        assert_eq!(captured.total(PAY_NOTIFY_UNRECORDED), 0);
     }
 
     /// GIVEN a paid order WHEN a refund made by hand in the merchant platform that WeChat could
@@ -1158,9 +1130,9 @@ mod tests {
             .unwrap();
         assert_eq!(stored.value.refunded.get(), 0);
         assert_eq!(stored.value.status, crate::domain::OrderStatus::Paid);
-        assert_eq!(counted(&captured, MONEY_NEEDS_A_PERSON), 1);
+        assert_eq!(captured.total(MONEY_NEEDS_A_PERSON), 1);
         assert_eq!(
-            counted(&captured, PAY_NOTIFY_UNRECORDED),
+            captured.total(PAY_NOTIFY_UNRECORDED),
             1,
             "only the other payment's notice is unrecorded"
         );
@@ -1209,8 +1181,8 @@ mod tests {
             .await;
             assert!(reply.contains("FAIL"), "{reply}");
         }
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 2);
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 0);
+        assert_eq!(captured.total(PAY_NOTIFY_UNRECORDED), 2);
+        assert_eq!(captured.total(PAY_NOTIFY_UNVERIFIED), 0);
         let kept = crate::store::repo::get_event(
             store.as_ref(),
             "refund_mismatch",
@@ -1227,8 +1199,8 @@ mod tests {
         )
         .await;
         assert!(foreign.contains("FAIL"), "{foreign}");
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 1);
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 2);
+        assert_eq!(captured.total(PAY_NOTIFY_UNVERIFIED), 1);
+        assert_eq!(captured.total(PAY_NOTIFY_UNRECORDED), 2);
     }
 
     /// `notification` with `field` set to `value`, signed again.
@@ -1254,8 +1226,8 @@ mod tests {
         )
         .await;
         assert!(reply.contains("FAIL"), "{reply}");
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 1);
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 0);
+        assert_eq!(captured.total(PAY_NOTIFY_UNRECORDED), 1);
+        assert_eq!(captured.total(PAY_NOTIFY_UNVERIFIED), 0);
         let kept = crate::store::repo::get_event(
             store.as_ref(),
             "payment_mismatch",
@@ -1267,7 +1239,7 @@ mod tests {
 
         let foreign = notify(&app, resigned("time_end", "x", "1900000777")).await;
         assert!(foreign.contains("FAIL"), "{foreign}");
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNVERIFIED), 1);
+        assert_eq!(captured.total(PAY_NOTIFY_UNVERIFIED), 1);
 
         let mut f =
             crate::pay::xml::decode(notification("1900000001", API_KEY).as_bytes()).unwrap();
@@ -1282,6 +1254,6 @@ mod tests {
         )
         .await;
         assert!(failed.contains("SUCCESS"), "{failed}");
-        assert_eq!(counted(&captured, PAY_NOTIFY_UNRECORDED), 1);
+        assert_eq!(captured.total(PAY_NOTIFY_UNRECORDED), 1);
     }
 }

@@ -420,35 +420,11 @@ fn mismatch_events(r: &Reconciliation) -> Vec<(String, String)> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::store::sqlite::SqliteStore;
-    use crate::time::Clock;
     use std::sync::Arc;
 
     fn app() -> App {
-        let vars = [
-            ("WX_APPID", "wx0000000000000001"),
-            ("WX_APPSECRET", "appsecret"),
-            ("WXPAY_MCH_ID", "1900000001"),
-            ("WXPAY_API_KEY", "localapikey000000000000000000001"),
-            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
-            ("WX_PUSH_TOKEN", "token"),
-            ("WXPAY_NOTIFY_URL", "http://127.0.0.1:9/callbacks/pay"),
-            ("WXPAY_BASE_URL", "http://127.0.0.1:9"),
-            ("WX_API_BASE_URL", "http://127.0.0.1:9"),
-        ];
-        let config = Config::from_lookup(|k| {
-            vars.iter()
-                .find(|(name, _)| *name == k)
-                .map(|(_, v)| (*v).to_owned())
-        })
-        .unwrap();
-        App::new(
-            config,
-            Arc::new(SqliteStore::memory().unwrap()),
-            Clock::default(),
-        )
-        .unwrap()
+        App::for_tests(Arc::new(SqliteStore::memory().unwrap()))
     }
 
     fn row(out_refund_no: Option<&str>) -> BillRow {
