@@ -117,7 +117,8 @@ async fn payment(app: &App, req: Request) -> Response {
         tracing::warn!(security = true, out_trade_no = %n.out_trade_no, error = %e, "payment notification for another merchant");
         return unverified(app, &e, "wrong merchant");
     }
-    if n.fee_type.as_ref() != "CNY" || n.cash_fee.is_some_and(|c| c > n.total_fee) {
+    if crate::pay::types::paid_amounts_problem(Some(&n.fee_type), n.cash_fee, n.total_fee).is_some()
+    {
         // Our orders are priced in fen of CNY, and the payer cannot pay more than the total.
         // Signed by WeChat for our merchant: money may have moved, so it is kept as evidence
         // (what PayNotifyUnrecorded's runbook looks for), not only logged.

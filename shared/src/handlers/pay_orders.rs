@@ -129,12 +129,8 @@ pub async fn query_and_record(app: &App, order: &Order) -> Result<Option<Order>,
         .is_some_and(|n| n != order.out_trade_no.as_str())
     {
         Some("orderquery answered about another out_trade_no")
-    } else if fee_type.is_some_and(|t| t != "CNY") {
-        Some("paid in another currency than CNY")
-    } else if resp.cash_fee.is_some_and(|c| c > total) {
-        Some("cash_fee above total_fee")
     } else {
-        None
+        crate::pay::types::paid_amounts_problem(fee_type, resp.cash_fee, total)
     };
     if let Some(why) = why {
         tracing::warn!(security = true, out_trade_no = %order.out_trade_no, transaction_id = txid, fee_type, why, "orderquery answer does not match the order; not recorded");

@@ -62,6 +62,23 @@ impl TradeState {
     }
 }
 
+/// Why amounts WeChat reports paid cannot be an order of ours, whoever reports them (a payment
+/// notification, an `orderquery` answer): our orders are priced in fen of CNY (`fee_type` left
+/// out means CNY), and the payer cannot have paid more than the total. `None`: they can.
+pub fn paid_amounts_problem(
+    fee_type: Option<&str>,
+    cash_fee: Option<Fen>,
+    total_fee: Fen,
+) -> Option<&'static str> {
+    if fee_type.is_some_and(|t| t != "CNY") {
+        Some("paid in another currency than CNY")
+    } else if cash_fee.is_some_and(|c| c > total_fee) {
+        Some("cash_fee above total_fee")
+    } else {
+        None
+    }
+}
+
 impl std::fmt::Display for TradeState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
