@@ -356,6 +356,9 @@ function createClient(options) {
   /**
    * One POST to /fn/{name}. Resolves the parsed body on 2xx, rejects the error shape.
    * `timeoutMs` (default requestTimeoutMs) is wx.request's timeout for this call.
+   * Every function answers success with a JSON object; a 2xx with anything else (a Wi-Fi
+   * login page, a proxy's HTML) did not come from it and rejects BAD_RESPONSE, rather than
+   * resolving a string that reads as "no orders" or "no after-sales".
    */
   function post(name, data, token, timeoutMs) {
     return new Promise(function (resolve, reject) {
@@ -376,8 +379,13 @@ function createClient(options) {
               try {
                 body = JSON.parse(body);
               } catch (e) {
-                /* keep the text */
+                /* not JSON: refused below */
               }
+            }
+            if (!body || typeof body !== 'object' || Array.isArray(body)) {
+              var what = typeof body === 'string' && body ? body.slice(0, 200) : String(body);
+              reject(makeError('BAD_RESPONSE', 'HTTP ' + status + ' without a JSON object: ' + what, status));
+              return;
             }
             resolve(body);
           } else {

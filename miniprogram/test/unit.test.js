@@ -943,3 +943,12 @@ test('a 401 that arrives after another call already logged in again uses that se
   assert.equal(wx.loginCount, 1, 'the late 401 neither cleared the fresh session nor logged in again');
   assert.equal(wx.storage.get('wxshop.session').token, 'tok-code-1');
 });
+
+test('a 2xx that is not a JSON object (a Wi-Fi login page) rejects BAD_RESPONSE instead of reading as empty', async () => {
+  const portal = () => ({ statusCode: 200, data: '<html>Please log in to the hotel Wi-Fi</html>' });
+  const wx = fakeWx({ login: loginRoute, queryOrder: portal, aftersaleSync: portal });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  await assert.rejects(c.orders.list(), (e) => e.code === 'BAD_RESPONSE' && e.statusCode === 200 && /hotel Wi-Fi/.test(e.message));
+  await assert.rejects(c.aftersale.list('T1'), (e) => e.code === 'BAD_RESPONSE');
+  await assert.rejects(c.callFunction({ name: 'queryOrder', data: { out_trade_no: 'T1' } }), (e) => e.code === 'BAD_RESPONSE');
+});
