@@ -407,3 +407,14 @@ test('the root README\'s Configuration table has a row for every variable the se
   assert.match(rowOf('WXPAY_REFUND_NOTIFY_URL'), /Default: `WXPAY_NOTIFY_URL`/);
   assert.match(rowOf('WXPAY_CERT_P12_PASSWORD'), /defaults to the merchant id/);
 });
+
+test('the client README names every after-sale status and kind the server answers', () => {
+  const src = read('shared/src/domain/aftersale.rs');
+  const statuses = [...src.matchAll(/AfterSaleStatus::\w+ => "([A-Z_]+)"/g)].map((m) => m[1]);
+  assert.ok(statuses.length >= 9, `found only ${statuses} in aftersale.rs`);
+  const kinds = ['REFUND_ONLY', 'RETURN_AND_REFUND'];
+  assert.match(src, /pub enum AfterSaleKind \{\s*RefundOnly,\s*ReturnAndRefund,\s*\}/, 'AfterSaleKind changed: update this test and the README');
+  const para = read('miniprogram/README.md').split('\n- ').find((p) => p.startsWith('`shop.aftersale` calls'));
+  assert.ok(para, 'no shop.aftersale bullet in miniprogram/README.md');
+  for (const s of new Set(statuses.concat(kinds))) assert.ok(para.includes('`' + s + '`'), `the README does not name ${s}`);
+});
