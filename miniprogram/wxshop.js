@@ -9,7 +9,9 @@
  * (fed by the payment notification or `pay/orderquery`) is the truth. Before each order it runs
  * WeChat's pre-order check (`wx.checkBeforeAddOrder`, where the base library has it): its
  * `traceId` goes to the server for `shop/order/add`, and an order WeChat would not accept in the
- * user's scene is refused before anything is made.
+ * user's scene is refused before anything is made. An unpaid purchase hands back its idempotency
+ * key, so paying again pays the same order. `orders` and `aftersale` wrap the user's order
+ * list, close, receipt and after-sales.
  *
  * Plain CommonJS, ES2017 syntax without async/await (Promise chains only), no dependencies:
  * it runs as-is in the mini-program runtime, the developer tools and Node (tests inject `wx`).
