@@ -9,7 +9,9 @@
  * (fed by the payment notification or `pay/orderquery`) is the truth. Before each order it runs
  * WeChat's pre-order check (`wx.checkBeforeAddOrder`, where the base library has it): its
  * `traceId` goes to the server for `shop/order/add`, and an order WeChat would not accept in the
- * user's scene is refused before anything is made.
+ * user's scene is refused before anything is made. An unpaid purchase hands back its idempotency
+ * key, so paying again pays the same order. `orders` and `aftersale` wrap the user's order
+ * list, close, receipt and after-sales.
  *
  * Plain CommonJS, ES2017 syntax without async/await (Promise chains only), no dependencies:
  * it runs as-is in the mini-program runtime, the developer tools and Node (tests inject `wx`).
@@ -356,6 +358,9 @@ function createClient(options) {
   /**
    * One POST to /fn/{name}. Resolves the parsed body on 2xx, rejects the error shape.
    * `timeoutMs` (default requestTimeoutMs) is wx.request's timeout for this call.
+   * Every function answers success with a JSON object; a 2xx with anything else (a Wi-Fi
+   * login page, a proxy's HTML) did not come from it and rejects BAD_RESPONSE, rather than
+   * resolving a string that reads as "no orders" or "no after-sales".
    */
   function post(name, data, token, timeoutMs) {
     return new Promise(function (resolve, reject) {
@@ -376,8 +381,13 @@ function createClient(options) {
               try {
                 body = JSON.parse(body);
               } catch (e) {
-                /* keep the text */
+                /* not JSON: refused below */
               }
+            }
+            if (!body || typeof body !== 'object' || Array.isArray(body)) {
+              var what = typeof body === 'string' && body ? body.slice(0, 200) : String(body);
+              reject(makeError('BAD_RESPONSE', 'HTTP ' + status + ' without a JSON object: ' + what, status));
+              return;
             }
             resolve(body);
           } else {
@@ -486,6 +496,11 @@ function createClient(options) {
       .then(function (s) {
         return post(name, data, s.token, timeout()).catch(function (e) {
           if (!e || e.statusCode !== 401) throw e;
+          // Another call may have logged in while this one was under way (both sent the token
+          // the server refused): its session is the fresh one, so use it, neither clear it nor
+          // log in a second time.
+          var now = readSession();
+          if (now && now.token !== s.token && isFresh(now)) return post(name, data, now.token, timeout());
           clearSession();
           return login().then(function (fresh) {
             return post(name, data, fresh.token, timeout());
@@ -565,13 +580,19 @@ function createClient(options) {
   /**
    * pay(unifiedOrder result) → { paid, order, cashier } after asking the server.
    * Rejects only when the argument is unusable; payment failures resolve with paid: false.
+   * An order the result already says is paid or closed (unifiedOrder answering a repeated
+   * idempotency key with the order as it is now) opens no cashier (`cashier: 'none'`): paying
+   * it again could only fail, or confuse the user. The server is still asked.
    */
   function pay(orderResult) {
     if (!orderResult || !orderResult.out_trade_no || !orderResult.payment) {
       return Promise.reject(makeError('INVALID_ARGUMENT', 'pay: expected the result of unifiedOrder', 0));
     }
-    return openCashier(orderResult).then(function (c) {
-      var bound = c.cashier === 'ok' ? poll.timeoutMs : poll.failTimeoutMs;
+    var settled =
+      PAID_STATUSES.indexOf(orderResult.status) >= 0 || FINAL_UNPAID_STATUSES.indexOf(orderResult.status) >= 0;
+    var cashier = settled ? Promise.resolve({ cashier: 'none' }) : openCashier(orderResult);
+    return cashier.then(function (c) {
+      var bound = c.cashier === 'fail' || c.cashier === 'cancel' ? poll.failTimeoutMs : poll.timeoutMs;
       return pollOrder(orderResult.out_trade_no, bound).then(function (p) {
         var status = p.order && p.order.status;
         var out = {
@@ -716,7 +737,10 @@ function createClient(options) {
 
   /**
    * buy({ items, address?, idempotencyKey?, traceId? }) → preOrderCheck, unifiedOrder, pay;
-   * resolves pay()'s result plus `orderCheck` (what the pre-order check said).
+   * resolves pay()'s result plus `orderCheck` (what the pre-order check said), and, when the
+   * order is not paid (cancelled or failed cashier, the server not reached) and not closed,
+   * `idempotencyKey`: buy again with the same items, address and that key to pay the same
+   * order (the server answers it with the order's payment parameters), not a second one.
    * Rejects before anything is made when preOrderCheck refuses (ORDER_TYPE_UNSUPPORTED,
    * ORDER_CHECK_FAILED; no `idempotencyKey`: there is nothing to pick up).
    * Rejects (error shape, plus `idempotencyKey`) when it got no payment parameters: the server
@@ -772,7 +796,13 @@ function createClient(options) {
       })
       .then(pay)
       .then(function (r) {
-        return assign(r, { orderCheck: check });
+        var out = assign(r, { orderCheck: check });
+        // Not paid (a cancelled or failed cashier, or no word from the server yet): the order
+        // stays payable until it expires, and the same key brings it back with its payment
+        // parameters instead of making a second one. None once it is paid or closed.
+        var status = r.order && r.order.status;
+        if (!r.paid && FINAL_UNPAID_STATUSES.indexOf(status) < 0) out.idempotencyKey = key;
+        return out;
       });
   }
 
@@ -826,6 +856,13 @@ function createClient(options) {
       if (params.quantity !== undefined && !(Number.isInteger(params.quantity) && params.quantity >= 1)) {
         return Promise.reject(makeError('INVALID_ARGUMENT', 'aftersale.apply: quantity is a whole number of at least 1', 0));
       }
+      // Fen, as every amount the server takes and gives: 19.9 (yuan) or '1990' would only be
+      // refused with a serde message, and a rounded yuan figure is not the order's own amount.
+      if (params.amount !== undefined && !(Number.isSafeInteger(params.amount) && params.amount >= 1)) {
+        return Promise.reject(
+          makeError('INVALID_ARGUMENT', 'aftersale.apply: amount is in fen, a whole number of at least 1 (leave it out for the default)', 0)
+        );
+      }
       var key = params.idempotencyKey || newIdempotencyKey();
       var data = { action: 'apply', out_trade_no: params.out_trade_no, idempotency_key: key };
       if (hasLine) {
@@ -878,12 +915,72 @@ function createClient(options) {
     },
   };
 
+  // ---- orders ----------------------------------------------------------------------------
+
+  /** queryOrder with `data` → the answer's order (for one order's actions). */
+  function orderCall(what, outTradeNo, action) {
+    var bad = missing(what, { out_trade_no: outTradeNo }, ['out_trade_no']);
+    if (bad) return bad;
+    var data = { out_trade_no: outTradeNo };
+    if (action) data.action = action;
+    return callFunction({ name: 'queryOrder', data: data }).then(function (r) {
+      var order = r.result && r.result.order;
+      if (!order || typeof order !== 'object') throw makeError('BAD_RESPONSE', 'queryOrder returned no order', 200);
+      return order;
+    });
+  }
+
+  /**
+   * The user's orders, all through `queryOrder` (the server's view; amounts in fen:
+   * total_fee, refunded_fee, items[].unit_price). Rejects with the error shape, e.g. 404
+   * ORDER_NOT_FOUND (not this user's), 409 ORDER_PAID (close), 409 ORDER_NOT_SHIPPED (confirm).
+   */
+  var orders = {
+    /**
+     * The user's orders, newest first: { limit? (1–100, default 20), cursor? } →
+     * { orders: [order], next } where `next` (null on the last page) is the cursor of the next.
+     */
+    list: function (params) {
+      params = params || {};
+      var data = {};
+      if (params.limit !== undefined) {
+        if (!(Number.isInteger(params.limit) && params.limit >= 1 && params.limit <= 100)) {
+          return Promise.reject(makeError('INVALID_ARGUMENT', 'orders.list: limit is a whole number from 1 to 100', 0));
+        }
+        data.limit = params.limit;
+      }
+      if (params.cursor !== undefined && params.cursor !== null) {
+        if (typeof params.cursor !== 'string' || params.cursor === '') {
+          return Promise.reject(makeError('INVALID_ARGUMENT', 'orders.list: cursor is the `next` of an earlier page', 0));
+        }
+        data.cursor = params.cursor;
+      }
+      return callFunction({ name: 'queryOrder', data: data }).then(function (r) {
+        var res = r.result || {};
+        return { orders: Array.isArray(res.orders) ? res.orders : [], next: typeof res.next === 'string' && res.next ? res.next : null };
+      });
+    },
+    /** One order → order. An unpaid one is checked with WeChat Pay first, so it reads paid once it is. */
+    get: function (outTradeNo) {
+      return orderCall('orders.get', outTradeNo, null);
+    },
+    /** Closes an unpaid order (its stock goes back) → order (CLOSED); 409 ORDER_PAID when it was paid. */
+    close: function (outTradeNo) {
+      return orderCall('orders.close', outTradeNo, 'close');
+    },
+    /** Confirms receipt of a shipped order → order (RECEIVED); 409 ORDER_NOT_SHIPPED before it shipped. */
+    confirmReceipt: function (outTradeNo) {
+      return orderCall('orders.confirmReceipt', outTradeNo, 'confirm');
+    },
+  };
+
   return {
     login: login,
     callFunction: callFunction,
     pay: pay,
     buy: buy,
     aftersale: aftersale,
+    orders: orders,
     /** The stored session ({ token, expires_at, openid, fund_type?, trading_component? }) or null. */
     session: readSession,
     /** Forget the stored session (e.g. on logout). */

@@ -153,7 +153,8 @@ function examplePage() {
   assert.ok(m, 'no example page code block in miniprogram/README.md');
   const code = m[1];
 
-  const server = { orders: new Map(), loseAnswers: false, scene: 1001, check: { requireOrder: 0, traceId: 'tr-0' } };
+  // `cancels`: how many of the next cashiers the user cancels; `paid`: order numbers paid.
+  const server = { orders: new Map(), loseAnswers: false, scene: 1001, check: { requireOrder: 0, traceId: 'tr-0' }, cancels: 0, paid: new Set() };
   const addresses = [];
   const sent = []; // idempotency keys of every unifiedOrder call, in order
   const wx = {
@@ -169,12 +170,23 @@ function examplePage() {
     showLoading: () => {},
     hideLoading: () => {},
     navigateTo: () => {},
-    requestPayment: (p) => setImmediate(() => p.success({ errMsg: 'requestPayment:ok' })),
+    requestPayment: (p) =>
+      setImmediate(() => {
+        if (server.cancels > 0) {
+          server.cancels -= 1;
+          return p.fail({ errMsg: 'requestPayment:fail cancel' });
+        }
+        server.paid.add(p.package.replace(/^prepay_id=/, ''));
+        p.success({ errMsg: 'requestPayment:ok' });
+      }),
     request: (opts) => {
       const name = opts.url.replace(/^.*\/fn\//, '');
       let out;
       if (name === 'login') out = { statusCode: 200, data: { token: 't', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o', fund_type: 0, trading_component: 'always' } };
-      else if (name === 'queryOrder') out = { statusCode: 200, data: { order: { out_trade_no: opts.data.out_trade_no, status: 'PAID' } } };
+      else if (name === 'queryOrder') {
+        const no = opts.data.out_trade_no;
+        out = { statusCode: 200, data: { order: { out_trade_no: no, status: server.paid.has(no) ? 'PAID' : 'PREPAID' } } };
+      }
       else if (name === 'unifiedOrder') {
         const d = opts.data;
         sent.push(d.idempotency_key);
@@ -187,7 +199,15 @@ function examplePage() {
           const no = server.orders.get(d.idempotency_key).no;
           out = server.loseAnswers
             ? { fail: 'request:fail timeout' }
-            : { statusCode: 200, data: { out_trade_no: no, total_fee: 1990, payment: { timeStamp: '1', nonceStr: 'n', package: 'prepay_id=p', signType: 'MD5', paySign: 'S' } } };
+            : {
+                statusCode: 200,
+                data: {
+                  out_trade_no: no,
+                  total_fee: 1990,
+                  status: server.paid.has(no) ? 'PAID' : 'PREPAID',
+                  payment: { timeStamp: '1', nonceStr: 'n', package: 'prepay_id=' + no, signType: 'MD5', paySign: 'S' },
+                },
+              };
         }
       } else out = { statusCode: 404, data: { code: 'NOT_FOUND', message: name } };
       setImmediate(() => (out.fail ? opts.fail({ errMsg: out.fail }) : opts.success({ statusCode: out.statusCode, data: out.data })));
@@ -279,6 +299,19 @@ test('README example page: a key spent by a scene change or an expired order is 
     assert.match(third.message, /^Paid/, 'not stuck: the next tap buys');
     assert.match(second.message, /tap Buy again/i, 'the page told the user what to do');
   }
+});
+
+test('README example page: after a cancelled cashier, the next tap pays the same order (one order)', async () => {
+  const { server, tap } = examplePage();
+  server.cancels = 1;
+  const first = await tap(HOME);
+  assert.match(first.message, /cancelled/i);
+  const second = await tap(HOME);
+  assert.match(second.message, /^Paid: order T1/);
+  assert.deepEqual(second.keys, first.keys, 'the second tap sends the first tap\'s key');
+  assert.equal(server.orders.size, 1, 'one order');
+  const third = await tap(HOME);
+  assert.match(third.message, /^Paid: order T2/, 'once paid, the next tap is a new purchase');
 });
 
 test('README example page: an order type the shop does not make is explained, and nothing is ordered', async () => {
@@ -373,4 +406,15 @@ test('the root README\'s Configuration table has a row for every variable the se
   // Derived defaults the review found missing.
   assert.match(rowOf('WXPAY_REFUND_NOTIFY_URL'), /Default: `WXPAY_NOTIFY_URL`/);
   assert.match(rowOf('WXPAY_CERT_P12_PASSWORD'), /defaults to the merchant id/);
+});
+
+test('the client README names every after-sale status and kind the server answers', () => {
+  const src = read('shared/src/domain/aftersale.rs');
+  const statuses = [...src.matchAll(/AfterSaleStatus::\w+ => "([A-Z_]+)"/g)].map((m) => m[1]);
+  assert.ok(statuses.length >= 9, `found only ${statuses} in aftersale.rs`);
+  const kinds = ['REFUND_ONLY', 'RETURN_AND_REFUND'];
+  assert.match(src, /pub enum AfterSaleKind \{\s*RefundOnly,\s*ReturnAndRefund,\s*\}/, 'AfterSaleKind changed: update this test and the README');
+  const para = read('miniprogram/README.md').split('\n- ').find((p) => p.startsWith('`shop.aftersale` calls'));
+  assert.ok(para, 'no shop.aftersale bullet in miniprogram/README.md');
+  for (const s of new Set(statuses.concat(kinds))) assert.ok(para.includes('`' + s + '`'), `the README does not name ${s}`);
 });

@@ -538,3 +538,64 @@ test('the pre-order check\'s traceId reaches shop/order/add; an order type the s
   assert.equal((await prepays()).length, prepaysBefore, 'nothing asked of WeChat Pay');
   assert.equal((await sandboxCalls('shop/order/add')).length, addsBefore, 'no component order');
 });
+
+test('a cancelled cashier, then buy again with the key the result hands back: the same order, paid, one prepay', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const user = { cashier: 'cancel' };
+  const wx = sandboxWx(server.baseUrl, user);
+  const shop = client(wx);
+  const first = await shop.buy({ items: [TEA], address: ADDRESS });
+  assert.equal(first.cashier, 'cancel');
+  assert.equal(first.paid, false);
+  assert.ok(first.idempotencyKey, 'an unpaid result hands back its key');
+  user.cashier = 'pay';
+  const second = await shop.buy({ items: [TEA], address: ADDRESS, idempotencyKey: first.idempotencyKey });
+  assert.equal(second.cashier, 'ok', `cashier: ${second.errMsg}`);
+  assert.equal(second.paid, true, JSON.stringify(second.order));
+  assert.equal(second.out_trade_no, first.out_trade_no, 'the same order was paid');
+  assert.equal(second.idempotencyKey, undefined);
+  assert.equal((await prepays()).filter((no) => no === first.out_trade_no).length, 1, 'one prepay order at WeChat Pay');
+  // Asked once more (a double tap after it went through): no cashier for a paid order.
+  const third = await shop.buy({ items: [TEA], address: ADDRESS, idempotencyKey: first.idempotencyKey });
+  assert.equal(third.cashier, 'none');
+  assert.equal(third.paid, true);
+  assert.equal(third.out_trade_no, first.out_trade_no);
+});
+
+test('shop.orders: the user lists and reads orders, closes an unpaid one, confirms receipt of a shipped one', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const user = { cashier: 'cancel', user: 'orders-' + Date.now() };
+  const wx = sandboxWx(server.baseUrl, user);
+  const shop = client(wx);
+  const unpaid = await shop.buy({ items: [TEA], address: ADDRESS });
+  assert.equal(unpaid.paid, false);
+  user.cashier = 'pay';
+  const paid = await shop.buy({ items: [TEA], address: ADDRESS });
+  assert.equal(paid.paid, true, JSON.stringify(paid.order));
+
+  const page = await shop.orders.list({ limit: 1 });
+  assert.deepEqual(page.orders.map((o) => o.out_trade_no), [paid.out_trade_no], 'newest first, one a page');
+  assert.ok(page.next, 'a second page');
+  const rest = await shop.orders.list({ cursor: page.next });
+  assert.deepEqual(rest.orders.map((o) => o.out_trade_no), [unpaid.out_trade_no]);
+  assert.equal(rest.next, null);
+  const got = await shop.orders.get(paid.out_trade_no);
+  assert.equal(got.total_fee, 1990);
+  assert.ok(PAID.includes(got.status), got.status);
+
+  await assert.rejects(shop.orders.close(paid.out_trade_no), { code: 'ORDER_PAID', statusCode: 409 });
+  const closed = await shop.orders.close(unpaid.out_trade_no);
+  assert.equal(closed.status, 'CLOSED');
+  // Its key is spent now: buying again with it is refused and hands no key back.
+  await assert.rejects(shop.buy({ items: [TEA], address: ADDRESS, idempotencyKey: unpaid.idempotencyKey }), (e) => e.code === 'ORDER_CLOSED' && e.idempotencyKey === undefined);
+
+  await assert.rejects(shop.orders.confirmReceipt(paid.out_trade_no), { code: 'ORDER_NOT_SHIPPED', statusCode: 409 });
+  const ship = await fetch(`${server.baseUrl}/admin/orderSync`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${process.env.ADMIN_TOKEN || 'local-admin-token'}` },
+    body: JSON.stringify({ action: 'ship', out_trade_no: paid.out_trade_no, delivery_id: 'OTHERS', waybill_id: 'W123' }),
+  });
+  assert.equal(ship.status, 200, await ship.text());
+  const received = await shop.orders.confirmReceipt(paid.out_trade_no);
+  assert.equal(received.status, 'RECEIVED');
+});

@@ -816,3 +816,139 @@ test('buy: a traceId the server would refuse (BAD_TRACE_ID) is dropped, not sent
   }
   assert.equal(_internal.usableTraceId('tr-3f9a-77'), true);
 });
+
+/**
+ * A unifiedOrder that keeps idempotency keys as the server does: a repeated key answers the
+ * same order, with its status as it is now (`orders` maps out_trade_no → status).
+ */
+function keyedUnifiedOrder(orders) {
+  const byKey = new Map();
+  return (d) => {
+    if (!byKey.has(d.idempotency_key)) {
+      const no = 'T' + (byKey.size + 1);
+      byKey.set(d.idempotency_key, no);
+      orders.set(no, 'PREPAID');
+    }
+    const no = byKey.get(d.idempotency_key);
+    return { statusCode: 200, data: payFixture({ out_trade_no: no, status: orders.get(no) }) };
+  };
+}
+
+test('buy: after a cancelled cashier the result hands back the key, and buying again with it pays the same order', async () => {
+  const orders = new Map();
+  const cashier = [];
+  const wx = fakeWx(
+    {
+      login: loginRoute,
+      unifiedOrder: keyedUnifiedOrder(orders),
+      queryOrder: (d) => ({ statusCode: 200, data: { order: { out_trade_no: d.out_trade_no, status: orders.get(d.out_trade_no) } } }),
+    },
+    {
+      requestPayment: (p) => {
+        cashier.push(p.package);
+        if (cashier.length === 1) return setImmediate(() => p.fail({ errMsg: 'requestPayment:fail cancel' }));
+        orders.set('T1', 'PAID');
+        setImmediate(() => p.success({ errMsg: 'requestPayment:ok' }));
+      },
+    }
+  );
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500, failTimeoutMs: 20 } });
+  const items = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+  const first = await c.buy({ items });
+  assert.equal(first.paid, false);
+  assert.equal(first.cashier, 'cancel');
+  const sentKey = wx.calls.find((x) => x.name === 'unifiedOrder').data.idempotency_key;
+  assert.equal(first.idempotencyKey, sentKey, 'an unpaid result hands back the key it sent');
+  const second = await c.buy({ items, idempotencyKey: first.idempotencyKey });
+  assert.equal(second.paid, true);
+  assert.equal(second.out_trade_no, 'T1', 'the same order was paid');
+  assert.equal(orders.size, 1, 'no second order');
+  assert.equal(second.idempotencyKey, undefined, 'a paid order hands back no key: the next buy is a new purchase');
+});
+
+test('pay: an order the server already reports paid opens no cashier', async () => {
+  const wx = fakeWx(
+    { login: loginRoute, queryOrder: (d) => ({ statusCode: 200, data: { order: { out_trade_no: d.out_trade_no, status: 'PAID' } } }) },
+    {
+      requestPayment: () => assert.fail('the cashier must not open for a paid order'),
+      requestOrderPayment: () => assert.fail('the cashier must not open for a paid order'),
+    }
+  );
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  const r = await c.pay(payFixture({ status: 'PAID' }));
+  assert.equal(r.paid, true);
+  assert.equal(r.cashier, 'none');
+  assert.equal(r.order.status, 'PAID', 'the server was still asked');
+});
+
+test('orders: list, get, close and confirmReceipt send what queryOrder takes and read what it answers', async () => {
+  const wx = fakeWx({
+    login: loginRoute,
+    queryOrder: (d) => {
+      if (d.out_trade_no === undefined) return { statusCode: 200, data: { orders: [{ out_trade_no: 'T2' }, { out_trade_no: 'T1' }], next: d.cursor ? null : 'c1' } };
+      if (d.out_trade_no === 'NOPE') return { statusCode: 404, data: { code: 'ORDER_NOT_FOUND', message: 'no order NOPE' } };
+      const status = { close: 'CLOSED', confirm: 'RECEIVED' }[d.action] || 'PAID';
+      return { statusCode: 200, data: { order: { out_trade_no: d.out_trade_no, status, total_fee: 1990 } } };
+    },
+  });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  const page1 = await c.orders.list();
+  assert.deepEqual(page1, { orders: [{ out_trade_no: 'T2' }, { out_trade_no: 'T1' }], next: 'c1' });
+  const page2 = await c.orders.list({ limit: 10, cursor: page1.next });
+  assert.equal(page2.next, null);
+  assert.deepEqual((await c.orders.get('T1')).status, 'PAID');
+  assert.deepEqual((await c.orders.close('T1')).status, 'CLOSED');
+  assert.deepEqual((await c.orders.confirmReceipt('T1')).status, 'RECEIVED');
+  const sent = wx.calls.filter((x) => x.name === 'queryOrder').map((x) => x.data);
+  assert.deepEqual(sent, [
+    {},
+    { limit: 10, cursor: 'c1' },
+    { out_trade_no: 'T1' },
+    { out_trade_no: 'T1', action: 'close' },
+    { out_trade_no: 'T1', action: 'confirm' },
+  ]);
+  await assert.rejects(c.orders.get('NOPE'), { code: 'ORDER_NOT_FOUND', statusCode: 404 });
+  const before = wx.calls.length;
+  await assert.rejects(c.orders.get(''), (e) => e.code === 'INVALID_ARGUMENT');
+  await assert.rejects(c.orders.close(), (e) => e.code === 'INVALID_ARGUMENT');
+  await assert.rejects(c.orders.list({ limit: 0 }), (e) => e.code === 'INVALID_ARGUMENT');
+  await assert.rejects(c.orders.list({ limit: 101 }), (e) => e.code === 'INVALID_ARGUMENT');
+  assert.equal(wx.calls.length, before, 'nothing was sent for invalid arguments');
+});
+
+test('aftersale.apply: an amount that is not whole fen is refused locally', async () => {
+  const wx = fakeWx({ login: loginRoute, aftersaleSync: (d) => ({ statusCode: 200, data: { aftersale: { amount: d.amount } } }) });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  for (const amount of [19.9, '1990', 0, -5, NaN]) {
+    await assert.rejects(c.aftersale.apply({ out_trade_no: 'T1', amount }), (e) => e.code === 'INVALID_ARGUMENT' && /fen/.test(e.message), `amount ${amount}`);
+  }
+  assert.equal(wx.calls.length, 0, 'nothing was sent');
+  assert.equal((await c.aftersale.apply({ out_trade_no: 'T1', amount: 1990 })).aftersale.amount, 1990);
+});
+
+test('a 401 that arrives after another call already logged in again uses that session: one login', async () => {
+  const wx = fakeWx({
+    login: loginRoute,
+    // The stale token's refusal: the first at once, the second only after the first call's login.
+    ping: (d, h, n) =>
+      bearer(h) === 'Bearer stale'
+        ? { statusCode: 401, data: { code: 'UNAUTHENTICATED', message: 'expired' }, delayMs: n === 0 ? 0 : 100 }
+        : { statusCode: 200, data: { auth: bearer(h) } },
+  });
+  wx.storage.set('wxshop.session', { token: 'stale', expires_at: future() });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  const [a, b] = await Promise.all([c.callFunction({ name: 'ping' }), c.callFunction({ name: 'ping' })]);
+  assert.equal(a.result.auth, 'Bearer tok-code-1');
+  assert.equal(b.result.auth, 'Bearer tok-code-1');
+  assert.equal(wx.loginCount, 1, 'the late 401 neither cleared the fresh session nor logged in again');
+  assert.equal(wx.storage.get('wxshop.session').token, 'tok-code-1');
+});
+
+test('a 2xx that is not a JSON object (a Wi-Fi login page) rejects BAD_RESPONSE instead of reading as empty', async () => {
+  const portal = () => ({ statusCode: 200, data: '<html>Please log in to the hotel Wi-Fi</html>' });
+  const wx = fakeWx({ login: loginRoute, queryOrder: portal, aftersaleSync: portal });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  await assert.rejects(c.orders.list(), (e) => e.code === 'BAD_RESPONSE' && e.statusCode === 200 && /hotel Wi-Fi/.test(e.message));
+  await assert.rejects(c.aftersale.list('T1'), (e) => e.code === 'BAD_RESPONSE');
+  await assert.rejects(c.callFunction({ name: 'queryOrder', data: { out_trade_no: 'T1' } }), (e) => e.code === 'BAD_RESPONSE');
+});
