@@ -21,6 +21,19 @@
 //! number. The key is released, so a retry starts afresh under a new number, only when the
 //! attempt left nothing behind: it was refused before the order was written (sold out, not
 //! for sale, …), or WeChat refused it and the order was closed with its stock given back.
+//!
+//! # What WeChat may hold
+//!
+//! Whether the order goes through the trading component is decided before the order is
+//! written, and the write records what WeChat is to be asked to create for it
+//! ([`SentToWechat`]: the prepay order, the component order). A create call whose answer is lost
+//! — a timeout, a reset connection, this function killed — may still have made its order at
+//! WeChat; we then hold no `prepay_id` or component id, yet the order's close (this call's own
+//! when it fails, the user's, or the sweep's when the order expires) closes it at WeChat by our
+//! number (`order_sync`'s close task). The failed call closes the order and releases the key,
+//! so a retry is a new order under a new number; the old number's prepay order, if WeChat made
+//! one, is closed and cannot be paid. Only a retry that resumes (the order survived, see above)
+//! asks under the same number, with the same parameters.
 
 use super::common::{
     authenticate, close_and_release_opened, component_on, take_turns, with_retries, Attempt,
