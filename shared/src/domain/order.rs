@@ -576,6 +576,44 @@ pub(crate) mod tests {
         }
     }
 
+    /// What WeChat may hold: what it was asked to create, or an id it answered with (orders
+    /// stored before `sent_to_wechat` was recorded); and nothing recorded reads and writes as
+    /// before.
+    #[test]
+    fn what_wechat_may_hold_counts_the_asked_and_the_answered() {
+        let mut o = sample_order(100);
+        assert!(o.at_wechat().is_nothing());
+        assert!(!serde_json::to_string(&o)
+            .unwrap()
+            .contains("sent_to_wechat"));
+        o.sent_to_wechat.pay_order = true;
+        assert_eq!(
+            o.at_wechat(),
+            SentToWechat {
+                pay_order: true,
+                component_order: false
+            }
+        );
+        let json = serde_json::to_string(&o).unwrap();
+        let back: Order = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.sent_to_wechat, o.sent_to_wechat, "{json}");
+        let mut legacy = sample_order(100);
+        legacy.prepay_id = Some("p".into());
+        legacy.wx_order_id = Some(7);
+        assert_eq!(
+            legacy.at_wechat(),
+            SentToWechat {
+                pay_order: true,
+                component_order: true
+            }
+        );
+        legacy.fund_type = FundType::SecondaryMerchant;
+        assert!(
+            !legacy.at_wechat().pay_order,
+            "WeChat collects: no prepay order of ours"
+        );
+    }
+
     #[test]
     fn happy_path_and_repeats() {
         let mut o = sample_order(100);

@@ -1181,4 +1181,34 @@ mod tests {
             .is_empty());
         assert_eq!(captured.lines().len(), 1);
     }
+
+    /// "No such order" from WeChat is final for an order it answered us an id for, or once a
+    /// late create would have landed; before that, for one we hold no id for, it is asked
+    /// again when the order has settled — a create that timed out on our side only may still
+    /// land, and must still be closed.
+    #[test]
+    fn no_such_order_is_final_only_once_a_late_create_would_have_landed() {
+        let app = app();
+        let now = app.clock.now_ms();
+        let mut order = crate::domain::order::tests::sample_order(100);
+        order.created_at_ms = now - 60_000;
+        match absent_at_wechat(&app, &order, false, "x") {
+            Err(TaskError::RetryAfter(_, ms)) => {
+                assert!(
+                    (CREATE_SETTLE_MS - 61_000..=CREATE_SETTLE_MS - 60_000).contains(&ms),
+                    "{ms}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            absent_at_wechat(&app, &order, true, "x").is_ok(),
+            "an id WeChat gave us"
+        );
+        order.created_at_ms = now - CREATE_SETTLE_MS;
+        assert!(
+            absent_at_wechat(&app, &order, false, "x").is_ok(),
+            "settled"
+        );
+    }
 }
