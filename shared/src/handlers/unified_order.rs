@@ -167,7 +167,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     }
     // An order that certainly goes through the trading component needs an address: refused
     // before anything is made (with `scene` and no pre-order check's verdict, only the scene
-    // check can tell; see `prepay`).
+    // check can tell; see `plan_at_wechat`).
     if address.is_none()
         && (app.config.trading_component == TradingComponent::Always
             || app.config.fund_type == FundType::SecondaryMerchant
