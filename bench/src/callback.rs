@@ -67,6 +67,7 @@ pub fn order(no: &OutTradeNo, openid: &OpenId, now: i64) -> Result<Order, String
         transaction_id: None,
         paid_at_ms: None,
         wx_order_id: Some(3_700_000_000_000_000_000),
+        sent_to_wechat: Default::default(),
         ticket: None,
         scene: Some(1177),
         trace_id: None,

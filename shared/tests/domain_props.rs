@@ -58,6 +58,7 @@ fn new_order(total: i64) -> Order {
         transaction_id: None,
         paid_at_ms: None,
         wx_order_id: None,
+        sent_to_wechat: Default::default(),
         ticket: None,
         scene: None,
         trace_id: None,

@@ -16,6 +16,7 @@ pub use ids::{
 };
 pub use money::{BalanceFen, Fen, MoneyError};
 pub use order::{
-    Address, Change, Delivery, FundType, Order, OrderItem, OrderStatus, TransitionError,
+    Address, Change, Delivery, FundType, Order, OrderItem, OrderStatus, SentToWechat,
+    TransitionError,
 };
 pub use product::{AuditStatus, Content, ContentChange, Edit, Listing, Product, SellError, Sku};

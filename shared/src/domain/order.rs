@@ -183,6 +183,9 @@ pub struct Order {
     /// Trading component order id (beyond 2^53: kept as u64, never f64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wx_order_id: Option<u64>,
+    /// What WeChat was (or is to be) asked to create for this order; see [`SentToWechat`].
+    #[serde(default, skip_serializing_if = "SentToWechat::is_nothing")]
+    pub sent_to_wechat: SentToWechat,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,6 +211,28 @@ pub struct Order {
     pub updated_at_ms: i64,
     /// Unpaid orders close (and release stock) after this time.
     pub expires_at_ms: i64,
+}
+
+/// The create calls an order makes at WeChat, all under our `out_trade_no`: recorded in the
+/// write that creates the order, before anything is sent. A call whose answer never came back
+/// (a timeout, a reset connection, the function killed) may still have created its order at
+/// WeChat although we never learnt its id; closing our order must close that one too, found by
+/// our number. Closing one WeChat never made is harmless (`ORDERNOTEXIST`; 1010011 in the
+/// trading component).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentToWechat {
+    /// `pay/unifiedorder` (a WeChat Pay prepay order).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pay_order: bool,
+    /// `shop/order/add` (a trading component order, `out_order_id` = our number).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub component_order: bool,
+}
+
+impl SentToWechat {
+    pub fn is_nothing(&self) -> bool {
+        !self.pay_order && !self.component_order
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -236,6 +261,17 @@ impl Order {
         TransitionError::NotAllowed {
             from: self.status,
             action,
+        }
+    }
+
+    /// What WeChat may hold for this order: what it was asked to create, and what it answered
+    /// with an id for. (Orders stored before `sent_to_wechat` was recorded count by their ids
+    /// alone.)
+    pub fn at_wechat(&self) -> SentToWechat {
+        SentToWechat {
+            pay_order: self.sent_to_wechat.pay_order
+                || (self.fund_type == FundType::Direct && self.prepay_id.is_some()),
+            component_order: self.sent_to_wechat.component_order || self.wx_order_id.is_some(),
         }
     }
 
@@ -524,6 +560,7 @@ pub(crate) mod tests {
             transaction_id: None,
             paid_at_ms: None,
             wx_order_id: None,
+            sent_to_wechat: SentToWechat::default(),
             ticket: None,
             scene: None,
             trace_id: None,
@@ -537,6 +574,44 @@ pub(crate) mod tests {
             updated_at_ms: 0,
             expires_at_ms: 0,
         }
+    }
+
+    /// What WeChat may hold: what it was asked to create, or an id it answered with (orders
+    /// stored before `sent_to_wechat` was recorded); and nothing recorded reads and writes as
+    /// before.
+    #[test]
+    fn what_wechat_may_hold_counts_the_asked_and_the_answered() {
+        let mut o = sample_order(100);
+        assert!(o.at_wechat().is_nothing());
+        assert!(!serde_json::to_string(&o)
+            .unwrap()
+            .contains("sent_to_wechat"));
+        o.sent_to_wechat.pay_order = true;
+        assert_eq!(
+            o.at_wechat(),
+            SentToWechat {
+                pay_order: true,
+                component_order: false
+            }
+        );
+        let json = serde_json::to_string(&o).unwrap();
+        let back: Order = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.sent_to_wechat, o.sent_to_wechat, "{json}");
+        let mut legacy = sample_order(100);
+        legacy.prepay_id = Some("p".into());
+        legacy.wx_order_id = Some(7);
+        assert_eq!(
+            legacy.at_wechat(),
+            SentToWechat {
+                pay_order: true,
+                component_order: true
+            }
+        );
+        legacy.fund_type = FundType::SecondaryMerchant;
+        assert!(
+            !legacy.at_wechat().pay_order,
+            "WeChat collects: no prepay order of ours"
+        );
     }
 
     #[test]

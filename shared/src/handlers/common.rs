@@ -406,7 +406,9 @@ pub async fn close_and_release_opened(
         }
         // Tell WeChat Pay (and the trading component) the order is closed, later and with
         // retries; if the user paid meanwhile, that task finds out and records the payment.
-        if next.prepay_id.is_some() || next.wx_order_id.is_some() {
+        // Whatever WeChat was asked to create counts, answered or not: an answer lost on the
+        // way back leaves an order there that we hold no id for.
+        if !next.at_wechat().is_nothing() {
             batch.enqueue(OutboxEntry::new(
                 Task::OrderClose {
                     out_trade_no: no.clone(),

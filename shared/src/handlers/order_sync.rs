@@ -601,13 +601,17 @@ pub async fn run_task(app: &App, task: &Task) -> Result<(), TaskError> {
 }
 
 /// `pay/closeorder` (and the component order) for an order we closed. If WeChat says it was
-/// paid meanwhile, the payment is recorded: the money moved, so the order is paid.
+/// paid meanwhile, the payment is recorded: the money moved, so the order is paid. Whatever
+/// WeChat was asked to create is closed by our number, whether or not its answer reached us
+/// ([`crate::domain::SentToWechat`]); one WeChat never made is closed already
+/// ([`absent_at_wechat`]).
 async fn close_at_wechat(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     let order = super::shop_orders::load(app, no).await?;
-    if order.fund_type == crate::domain::FundType::Direct && order.prepay_id.is_some() {
+    let at_wechat = order.at_wechat();
+    if order.fund_type == crate::domain::FundType::Direct && at_wechat.pay_order {
         super::pay_orders::close(app, &order).await?;
     }
-    if order.wx_order_id.is_none() {
+    if !at_wechat.component_order {
         return Ok(());
     }
     // `pay/closeorder` may have found the order paid and recorded it: the component order
@@ -617,6 +621,34 @@ async fn close_at_wechat(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
         super::shop_orders::sync_cancel(app, &order).await?;
     }
     Ok(())
+}
+
+/// How long after an order is made a create call for it may still land at WeChat: the calls
+/// are made within unifiedOrder's run (28 s at most), but one whose answer we gave up on may be
+/// processed later. WeChat Pay also asks for no `closeorder` within 5 minutes of creating.
+pub const CREATE_SETTLE_MS: i64 = 5 * 60_000;
+
+/// WeChat says it holds no order under our number (`what`: the API's name for it). For an
+/// order it answered us an id for, or one made longer than [`CREATE_SETTLE_MS`] ago, that is
+/// final: nothing there to close or sync. An order we hold no id for may still be on its way
+/// there (its create call timed out on our side only): asked again once it has settled, so a
+/// create that lands late is still closed.
+pub(super) fn absent_at_wechat(
+    app: &App,
+    order: &crate::domain::Order,
+    id_known: bool,
+    what: &str,
+) -> Result<(), TaskError> {
+    let settles_at = order.created_at_ms.saturating_add(CREATE_SETTLE_MS);
+    let now = app.clock.now_ms();
+    if id_known || now >= settles_at {
+        tracing::info!(out_trade_no = %order.out_trade_no, what, "WeChat holds no such order: nothing to close or sync there");
+        return Ok(());
+    }
+    Err(TaskError::RetryAfter(
+        format!("WeChat holds no {what} under our number yet; asking again once a late create would have landed"),
+        settles_at - now,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -1148,5 +1180,35 @@ mod tests {
             .await
             .is_empty());
         assert_eq!(captured.lines().len(), 1);
+    }
+
+    /// "No such order" from WeChat is final for an order it answered us an id for, or once a
+    /// late create would have landed; before that, for one we hold no id for, it is asked
+    /// again when the order has settled — a create that timed out on our side only may still
+    /// land, and must still be closed.
+    #[test]
+    fn no_such_order_is_final_only_once_a_late_create_would_have_landed() {
+        let app = app();
+        let now = app.clock.now_ms();
+        let mut order = crate::domain::order::tests::sample_order(100);
+        order.created_at_ms = now - 60_000;
+        match absent_at_wechat(&app, &order, false, "x") {
+            Err(TaskError::RetryAfter(_, ms)) => {
+                assert!(
+                    (CREATE_SETTLE_MS - 61_000..=CREATE_SETTLE_MS - 60_000).contains(&ms),
+                    "{ms}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            absent_at_wechat(&app, &order, true, "x").is_ok(),
+            "an id WeChat gave us"
+        );
+        order.created_at_ms = now - CREATE_SETTLE_MS;
+        assert!(
+            absent_at_wechat(&app, &order, false, "x").is_ok(),
+            "settled"
+        );
     }
 }

@@ -145,12 +145,17 @@ pub async fn query_and_record(app: &App, order: &Order) -> Result<Option<Order>,
 }
 
 /// `pay/closeorder`; ORDERPAID means the user paid meanwhile, which is then recorded.
+/// ORDERNOTEXIST: WeChat Pay never made it (its `unifiedorder` never arrived), or not yet.
 pub async fn close(app: &App, order: &Order) -> Result<(), TaskError> {
     match app.pay.close_order(&order.out_trade_no).await {
         Ok(_) => Ok(()),
-        Err(e) if e.err_code() == Some("ORDERCLOSED") || e.err_code() == Some("ORDERNOTEXIST") => {
-            Ok(())
-        }
+        Err(e) if e.err_code() == Some("ORDERCLOSED") => Ok(()),
+        Err(e) if e.err_code() == Some("ORDERNOTEXIST") => super::order_sync::absent_at_wechat(
+            app,
+            order,
+            order.prepay_id.is_some(),
+            "WeChat Pay order",
+        ),
         Err(e) if e.err_code() == Some("ORDERPAID") => {
             tracing::warn!(out_trade_no = %order.out_trade_no, "closed order was paid meanwhile; recording the payment");
             query_and_record(app, order)

@@ -6,7 +6,7 @@ use super::order_sync::TaskError;
 use crate::app::App;
 use crate::domain::{AfterSale, AfterSaleStatus, FundType, Order, OutTradeNo};
 use crate::http::ApiError;
-use crate::shop::error::WxError;
+use crate::shop::error::{WxError, ERRCODE_ORDER_NOT_FOUND};
 use crate::shop::order::{
     DeliveryDetailReq, DeliveryParcel, DeliveryProduct, DeliverySendRequest, OrderAddRequest,
     OrderAddResult, OrderDetail, OrderPayRequest, OrderProductInfo, PayInfo, PriceInfo,
@@ -150,11 +150,18 @@ pub(super) async fn load(app: &App, no: &OutTradeNo) -> Result<Order, TaskError>
         .value)
 }
 
+/// Whether WeChat answered "no such order" (1010011).
+fn not_found(e: &WxError) -> bool {
+    e.errcode() == Some(ERRCODE_ORDER_NOT_FOUND)
+}
+
 /// Outbox: `shop/order/pay` (action 1) for a paid order. Status 10 only at WeChat: a repeat
-/// after success answers 100000, which means the sync already happened.
+/// after success answers 100000, which means the sync already happened. A component order
+/// whose `shop/order/add` answer never reached us is synced by our number like any other;
+/// if WeChat never made it, there is nothing to sync.
 pub async fn sync_payment(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     let order = load(app, no).await?;
-    if order.wx_order_id.is_none() || order.fund_type != FundType::Direct {
+    if !order.at_wechat().component_order || order.fund_type != FundType::Direct {
         return Ok(());
     }
     let req = OrderPayRequest {
@@ -168,6 +175,10 @@ pub async fn sync_payment(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     match app.wx.order_pay(&req).await {
         Ok(()) => Ok(()),
         Err(e) if e.errcode() == Some(100000) => already_synced(app, &order, 20).await,
+        Err(e) if not_found(&e) && order.wx_order_id.is_none() => {
+            tracing::warn!(out_trade_no = %order.out_trade_no, "paid order's component order was never made at WeChat: nothing to sync");
+            Ok(())
+        }
         Err(e) => Err(task_error(e)),
     }
 }
@@ -238,7 +249,9 @@ async fn past_step(
 
 /// Outbox: the component order of an order we closed unpaid is cancelled there too —
 /// `shop/order/pay` with a cancel action, or `shop/order/close` for fund_type=1, where
-/// `order/pay` is refused (WeChat collects the money and syncs no payment result).
+/// `order/pay` is refused (WeChat collects the money and syncs no payment result). By our
+/// number: one whose `shop/order/add` answer we never got is cancelled the same way, and one
+/// WeChat says it does not hold (1010011) has nothing to cancel ([`super::order_sync::absent_at_wechat`]).
 pub async fn sync_cancel(app: &App, order: &Order) -> Result<(), TaskError> {
     if order.fund_type == FundType::SecondaryMerchant {
         return close_component_order(app, order).await;
@@ -259,8 +272,19 @@ pub async fn sync_cancel(app: &App, order: &Order) -> Result<(), TaskError> {
     match app.wx.order_pay(&req).await {
         Ok(()) => Ok(()),
         Err(e) if e.errcode() == Some(100000) => cancelled_at_wechat(app, order).await,
+        Err(e) if not_found(&e) => absent(app, order),
         Err(e) => Err(task_error(e)),
     }
+}
+
+/// The component order is not at WeChat: see [`super::order_sync::absent_at_wechat`].
+fn absent(app: &App, order: &Order) -> Result<(), TaskError> {
+    super::order_sync::absent_at_wechat(
+        app,
+        order,
+        order.wx_order_id.is_some(),
+        "trading component order",
+    )
 }
 
 /// A cancel refused as out of order is done only if WeChat's order is cancelled already.
@@ -271,6 +295,7 @@ async fn cancelled_at_wechat(app: &App, order: &Order) -> Result<(), TaskError> 
             "cannot cancel: trading component order is in status {}",
             info.status
         ))),
+        Err(e) if not_found(&e) => absent(app, order),
         Err(e) => Err(task_error(e)),
     }
 }
@@ -281,6 +306,7 @@ async fn close_component_order(app: &App, order: &Order) -> Result<(), TaskError
     let refused = match app.wx.order_close(&key(order), order.openid.as_str()).await {
         Ok(()) => return Ok(()),
         Err(e) if e.is_retryable() => return Err(task_error(e)),
+        Err(e) if not_found(&e) => return absent(app, order),
         Err(e) => e,
     };
     match query_component_payment(app, order, None).await? {

@@ -21,6 +21,19 @@
 //! number. The key is released, so a retry starts afresh under a new number, only when the
 //! attempt left nothing behind: it was refused before the order was written (sold out, not
 //! for sale, …), or WeChat refused it and the order was closed with its stock given back.
+//!
+//! # What WeChat may hold
+//!
+//! Whether the order goes through the trading component is decided before the order is
+//! written, and the write records what WeChat is to be asked to create for it
+//! ([`SentToWechat`]: the prepay order, the component order). A create call whose answer is lost
+//! — a timeout, a reset connection, this function killed — may still have made its order at
+//! WeChat; we then hold no `prepay_id` or component id, yet the order's close (this call's own
+//! when it fails, the user's, or the sweep's when the order expires) closes it at WeChat by our
+//! number (`order_sync`'s close task). The failed call closes the order and releases the key,
+//! so a retry is a new order under a new number; the old number's prepay order, if WeChat made
+//! one, is closed and cannot be paid. Only a retry that resumes (the order survived, see above)
+//! asks under the same number, with the same parameters.
 
 use super::common::{
     authenticate, close_and_release_opened, component_on, take_turns, with_retries, Attempt,
@@ -30,7 +43,7 @@ use crate::app::App;
 use crate::config::TradingComponent;
 use crate::domain::{
     Address, Fen, FundType, OpenId, Order, OrderItem, OrderStatus, OutTradeNo, Product, ProductId,
-    SellError, SkuId,
+    SellError, SentToWechat, SkuId,
 };
 use crate::http::{client_ip, json, parse_json, ApiError, Request, Response};
 use crate::store::idempotency::{self, Claim};
@@ -154,7 +167,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     }
     // An order that certainly goes through the trading component needs an address: refused
     // before anything is made (with `scene` and no pre-order check's verdict, only the scene
-    // check can tell; see `prepay`).
+    // check can tell; see `plan_at_wechat`).
     if address.is_none()
         && (app.config.trading_component == TradingComponent::Always
             || app.config.fund_type == FundType::SecondaryMerchant
@@ -400,9 +413,10 @@ fn sell_error(e: SellError) -> ApiError {
     }
 }
 
-/// Prices the cart from the catalog, takes the stock and creates the order `no`, atomically
-/// — or, when an earlier attempt already made order `no`, returns that one (stock taken once).
-/// The flag says which: `true` when it was made now.
+/// Prices the cart from the catalog, takes the stock and creates the order `no`, atomically,
+/// with what it is to be at WeChat (`sent`) — or, when an earlier attempt already made order
+/// `no`, returns that one (stock taken once). The flag says which: `true` when it was made now.
+#[allow(clippy::too_many_arguments)]
 async fn create_priced_order(
     app: &App,
     no: &OutTradeNo,
@@ -411,6 +425,7 @@ async fn create_priced_order(
     lines: &[Line],
     origin: &Origin,
     address: Option<Address>,
+    sent: SentToWechat,
 ) -> Result<(Order, bool), ApiError> {
     // Buyers of the same product in this process take turns (see `take_turns`): without
     // them, concurrent checkouts of one product conflict on its stock and an unlucky one
@@ -507,6 +522,7 @@ async fn create_priced_order(
             transaction_id: None,
             paid_at_ms: None,
             wx_order_id: None,
+            sent_to_wechat: sent,
             ticket: None,
             scene: origin.scene,
             trace_id: origin.trace_id.clone(),
@@ -542,18 +558,28 @@ async fn place(
     address: Option<Address>,
 ) -> Result<UnifiedOrderResult, PlaceError> {
     let no = &reservation.out_trade_no;
-    let (order, made_now) = create_priced_order(app, no, resumed, openid, lines, origin, address)
+    // Decided before the order is written, and written with it: a create call whose answer is
+    // lost may still have made its order at WeChat, and the close must know to close it there.
+    let plan = plan_at_wechat(app, origin, address.is_some())
         .await
         .map_err(|error| PlaceError {
-            // A refusal (sold out, not for sale, …) comes before the write; a store failure
-            // may come from the write itself, which may have been applied.
-            left: if error.status.is_server_error() {
-                Left::Order
-            } else {
-                Left::Nothing
-            },
+            // A resumed order may exist (and hold stock): a retry must find it.
+            left: if resumed { Left::Order } else { Left::Nothing },
             error,
         })?;
+    let (order, made_now) =
+        create_priced_order(app, no, resumed, openid, lines, origin, address, plan)
+            .await
+            .map_err(|error| PlaceError {
+                // A refusal (sold out, not for sale, …) comes before the write; a store failure
+                // may come from the write itself, which may have been applied.
+                left: if error.status.is_server_error() {
+                    Left::Order
+                } else {
+                    Left::Nothing
+                },
+                error,
+            })?;
     match order.status {
         OrderStatus::Created => {}
         // An earlier attempt got this far: answer from the store, without asking WeChat
@@ -577,8 +603,15 @@ async fn place(
     } else {
         tracing::info!(out_trade_no = %no, "resuming the order an earlier attempt under the same idempotency key made");
     }
+    // A resumed order goes on as it was planned when it was made (orders stored before plans
+    // were recorded: as planned now).
+    let plan = if order.sent_to_wechat.is_nothing() {
+        plan
+    } else {
+        order.sent_to_wechat
+    };
     let mut opened = OpenedAtWechat::default();
-    match prepay(app, order, origin, &reservation.ip, &mut opened).await {
+    match prepay(app, order, plan, &reservation.ip, &mut opened).await {
         Ok(r) => Ok(r),
         Err(error) => {
             // Nothing was paid: close the order and give the stock back — and close what
@@ -680,16 +713,37 @@ async fn needs_component(app: &App, origin: &Origin) -> Result<bool, ApiError> {
     }
 }
 
+/// What an order is to be at WeChat: a WeChat Pay prepay order (ours to collect), a trading
+/// component order, or both. Refused when the component order would need an address there is
+/// not: before anything is made.
+async fn plan_at_wechat(
+    app: &App,
+    origin: &Origin,
+    has_address: bool,
+) -> Result<SentToWechat, ApiError> {
+    let fund_type = app.config.fund_type;
+    let component = fund_type == FundType::SecondaryMerchant
+        || (component_on(app) && needs_component(app, origin).await?);
+    if component && !has_address {
+        return Err(super::shop_orders::address_required());
+    }
+    Ok(SentToWechat {
+        pay_order: fund_type == FundType::Direct,
+        component_order: component,
+    })
+}
+
+/// Opens `order` at WeChat as `plan` says. `opened` collects the ids WeChat answered with, for
+/// the close if a later step fails.
 async fn prepay(
     app: &App,
     mut order: Order,
-    origin: &Origin,
+    plan: SentToWechat,
     ip: &str,
     opened: &mut OpenedAtWechat,
 ) -> Result<UnifiedOrderResult, ApiError> {
     let now = app.clock.now_ms();
-    let use_component = order.fund_type == FundType::SecondaryMerchant
-        || (component_on(app) && needs_component(app, origin).await?);
+    let use_component = plan.component_order;
     if use_component && order.address.is_none() {
         // Before WeChat Pay opens anything: the component order needs the address.
         return Err(super::shop_orders::address_required());

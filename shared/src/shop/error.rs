@@ -18,6 +18,11 @@ pub const ERRCODE_QUOTA: i64 = 45009;
 pub const ERRCODE_TOO_FREQUENT: i64 = 300000;
 /// Generic "try again later".
 pub const ERRCODE_TRY_LATER: i64 = 990010;
+/// "订单不存在" (no such order): documented for `shop/order/getpaymentparams`; WeChat staff's
+/// and developers' threads show it from `shop/order/get` and `shop/order/pay` too, for an
+/// `out_order_id` WeChat does not hold (or holds under another user). That `shop/order/close`
+/// answers the same is UNVERIFIED (assumed; the sandbox does).
+pub const ERRCODE_ORDER_NOT_FOUND: i64 = 1_010_011;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WxError {

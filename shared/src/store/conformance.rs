@@ -1459,6 +1459,7 @@ fn order(no: &OutTradeNo, openid: &OpenId, created: i64) -> Order {
         transaction_id: None,
         paid_at_ms: None,
         wx_order_id: Some(u64::MAX - 1),
+        sent_to_wechat: Default::default(),
         ticket: None,
         scene: None,
         trace_id: None,

@@ -1,0 +1,229 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! Answers lost on the way back from WeChat: `pay/unifiedorder` or `shop/order/add` created
+//! their order at WeChat, and we never heard (a timeout, a reset connection, the function
+//! killed mid-call). We hold no id for it, yet when our order closes — at once, or when it
+//! expires — what WeChat made is closed there too, by our number; and what WeChat never made
+//! (it says "no such order") counts as closed, without a dead letter.
+//!
+//! The sandbox's `lost` fault applies a call and loses its answer; `slow` applies it and
+//! answers late, which a function cut off by its timeout never reads.
+
+#[path = "reliability_support.rs"]
+mod support;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+
+/// The trading component order for our number, as the sandbox holds it: its status.
+async fn shop_status(c: &Client, no: &str) -> Option<i64> {
+    let (_, st) = c.get("/sandbox/_control/state").await;
+    st["shop_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["out_order_id"] == no)
+        .and_then(|o| o["status"].as_i64())
+}
+
+/// The WeChat Pay order for our number, as the sandbox holds it: its `trade_state`.
+async fn pay_state(c: &Client, no: &str) -> Option<String> {
+    let (_, st) = c.get("/sandbox/_control/state").await;
+    st["pay_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["out_trade_no"] == no)
+        .and_then(|o| o["trade_state"].as_str())
+        .map(str::to_owned)
+}
+
+async fn orders(c: &Client, token: &str) -> Vec<Value> {
+    let (s, list) = c.post("/fn/queryOrder", Some(token), &json!({})).await;
+    assert_eq!(s, 200, "{list}");
+    list["orders"].as_array().unwrap().clone()
+}
+
+/// WeChat Pay notifies a payment of order `no` (as it would had the user paid it): what our
+/// callback answered.
+async fn notify_paid(r: &wxlocal::gateway::Running, c: &Client, order: &Value, openid: &str) {
+    let no = order["out_trade_no"].as_str().unwrap();
+    let total = order["total_fee"].as_i64().unwrap();
+    let body = notification(r, no, openid, total, "4200000000202612060000000001");
+    let (s, reply) = c.raw("/callbacks/pay", body).await;
+    assert_eq!((s, return_code(&reply)), (200, "SUCCESS"), "{reply}");
+}
+
+/// Our unifiedOrder's `pay/unifiedorder` answer is lost: WeChat Pay made the prepay order, we
+/// never learnt its prepay_id, the order is closed unpaid (503 to the user). The prepay order
+/// is closed at WeChat Pay too — no one can pay it any more. The component order was never
+/// made: WeChat says so (1010011) and that is final once a late create would have landed, with
+/// no dead letter. A payment notification for the order after all is a payment after the
+/// close, recorded as one: paid, its stock taken again.
+#[tokio::test]
+async fn a_prepay_whose_answer_was_lost_is_closed_at_wechat_pay() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("lost-prepay-answer").await;
+    let before = c.stock().await;
+    c.fault(json!({"path": "pay/unifiedorder", "mode": "lost", "count": 1}))
+        .await;
+    let (s, v) = c.order(&token, 1, Some("tap-lost-prepay")).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (503, Some("PAYMENT_UNAVAILABLE")),
+        "{v}"
+    );
+    let made = orders(&c, &token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["status"], "CLOSED");
+    assert_eq!(c.stock().await, before, "stock back at the close");
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    assert!(
+        pay_state(&c, &no).await.is_some(),
+        "the fault is what it claims: WeChat Pay made the order"
+    );
+
+    eventually(
+        "the lost prepay order closed at WeChat Pay",
+        Duration::from_secs(10),
+        || async { pay_state(&c, &no).await.as_deref() == Some("CLOSED") },
+    )
+    .await;
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    assert_ne!(s, 200, "a closed prepay order cannot be paid: {v}");
+
+    // The component order was never made: its cancel meets "no such order", asked again once
+    // a late `shop/order/add` would have landed, and then done.
+    let cancels = || {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .filter(|c| c["out_order_id"] == no.as_str())
+            .count()
+    };
+    eventually("the first cancel", Duration::from_secs(10), || async {
+        cancels() >= 1
+    })
+    .await;
+    r.app.clock.advance(6 * 60_000);
+    eventually(
+        "the cancel asked again",
+        Duration::from_secs(10),
+        || async { cancels() >= 2 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(shop_status(&c, &no).await, None);
+
+    // Paid after all (the rules for a payment after the close): the money is real.
+    notify_paid(&r, &c, &made[0], &openid).await;
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+    assert_eq!(c.stock().await, before - 1, "stock taken again");
+}
+
+/// unifiedOrder as a function that its timeout cut off, on the app as it is.
+async fn order_cut_off(r: &wxlocal::gateway::Running, token: &str, body: &Value, after: Duration) {
+    let route = wxshop::handlers::find_route("POST", "/fn/unifiedOrder").unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/fn/unifiedOrder")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_string()))
+        .unwrap();
+    let run = wxshop::handlers::handle(&r.app, route, req);
+    let cut = tokio::time::timeout(after, run).await;
+    assert!(cut.is_err(), "the call was to be cut off mid-way");
+}
+
+/// The function is killed while `shop/order/add` is on its way back: WeChat holds the prepay
+/// order and the component order, we hold neither id — the order is CREATED and nothing else.
+/// When it expires and the sweep closes it, both are closed at WeChat by our number. A payment
+/// notification for it after all is a payment after the close: paid, its stock taken again.
+#[tokio::test]
+async fn an_order_cut_off_mid_creation_is_closed_at_wechat_when_it_expires() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("cut-off").await;
+    let before = c.stock().await;
+    c.fault(json!({"path": "shop/order/add", "mode": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    let body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+        "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"},
+        "idempotency_key": "tap-cut-off"});
+    order_cut_off(&r, &token, &body, Duration::from_millis(1000)).await;
+    let made = orders(&c, &token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["status"], "CREATED", "neither id was recorded");
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    assert_eq!(pay_state(&c, &no).await.as_deref(), Some("NOTPAY"));
+    eventually(
+        "the late component order",
+        Duration::from_secs(5),
+        || async { shop_status(&c, &no).await == Some(10) },
+    )
+    .await;
+
+    r.app.clock.advance(16 * 60_000);
+    let (s, v) = c
+        .admin("/admin/orderSync", &json!({"action": "sweep"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
+    assert_eq!(c.stock().await, before, "stock back at the close");
+    eventually(
+        "both orders closed at WeChat",
+        Duration::from_secs(10),
+        || async {
+            pay_state(&c, &no).await.as_deref() == Some("CLOSED")
+                && shop_status(&c, &no).await == Some(250)
+        },
+    )
+    .await;
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+
+    notify_paid(&r, &c, &made[0], &openid).await;
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+    assert_eq!(c.stock().await, before - 1, "stock taken again");
+}
+
+/// Secondary-merchant mode (WeChat collects): `shop/order/add` is the payment order, and its
+/// answer is lost. The order closes unpaid (503), and the component order WeChat made is
+/// closed there (`shop/order/close` by our number): the user cannot pay it any more.
+#[tokio::test]
+async fn a_component_order_whose_answer_was_lost_is_closed_at_wechat() {
+    let r = stack_with(&[("WX_FUND_TYPE", "1")]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-component-answer").await;
+    c.fault(json!({"path": "shop/order/add", "mode": "lost", "count": 1}))
+        .await;
+    let (s, v) = c.order(&token, 1, Some("tap-lost-add")).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (503, Some("WECHAT_UNAVAILABLE")),
+        "{v}"
+    );
+    let made = orders(&c, &token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["status"], "CLOSED");
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    eventually(
+        "the lost component order closed at WeChat",
+        Duration::from_secs(10),
+        || async { shop_status(&c, &no).await == Some(250) },
+    )
+    .await;
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
+        .await;
+    assert_ne!(s, 200, "a closed component order cannot be paid: {v}");
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
