@@ -487,6 +487,30 @@ async fn lowering_the_session_ttl_shortens_sessions_already_issued() {
     assert_eq!(s, 200, "issued 10 min ago is within the TTL: {v}");
 }
 
+/// A token whose `iat` lies in the future — we never issue one; only whoever holds the secret
+/// (or a host with a wrong clock) could — is refused like any bad token, with the code the
+/// mini program logs in again on. A minute of clock difference between hosts is allowed.
+/// Such a token used to be let in, and its TTL bound counted from its future `iat`.
+#[tokio::test]
+async fn a_session_issued_in_the_future_is_refused() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (_, openid) = c.login("alice").await;
+    let openid = wxshop::domain::OpenId::parse(openid).unwrap();
+    let now = r.app.clock.now_secs();
+    let week = 7 * 24 * 3600;
+    let ahead = r.app.sessions.issue(&openid, now + 3600, week);
+    for path in ["/fn/queryOrder", "/fn/unifiedOrder", "/fn/aftersaleSync"] {
+        let (s, v) = c.post(path, Some(&ahead), &json!({})).await;
+        assert_eq!(s, 401, "issued an hour ahead, on {path}: {v}");
+        assert_eq!(v["code"], "UNAUTHENTICATED", "{v}");
+        assert!(v["message"].as_str().unwrap().contains("future"), "{v}");
+    }
+    let skewed = r.app.sessions.issue(&openid, now + 30, week);
+    let (s, v) = c.post("/fn/queryOrder", Some(&skewed), &json!({})).await;
+    assert_eq!(s, 200, "30 s ahead is within the clock allowance: {v}");
+}
+
 /// Auth schemes are case-insensitive (RFC 9110 §11.1): a client sending `bearer` or `BEARER`,
 /// or padding the header with whitespace, is let in — for users and for the admin token —
 /// while any other scheme is still refused with the same clear error.
