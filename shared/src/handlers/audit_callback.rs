@@ -78,7 +78,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             return Ok(text(StatusCode::OK, push::reply_success(), "text/plain"));
         }
     };
-    let key = event.dedupe_key();
+    let key = dedupe_key(&event, &query, req.body());
     let body = readable_body(&msg);
     let mut ev = EventRecord::new("push", key.clone(), app.clock.now_ms(), body);
     if matches!(event, PushEvent::Unknown { .. }) {
@@ -98,6 +98,30 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     repo::record_event(app.store.as_ref(), &ev).await?;
     tracing::info!(event = event.name(), "push event applied");
     Ok(text(StatusCode::OK, push::reply_success(), "text/plain"))
+}
+
+/// The key a push is recorded under, so that WeChat's retries of it act once.
+/// [`PushEvent::dedupe_key`] names the event by its ids and `CreateTime`. An after-sale event
+/// names only the after-sale, no status or amount, so two edits of one request in the same
+/// second are the same message byte for byte, and the second was dropped as a retry of the
+/// first until the schedule's sweep found it. What tells two such pushes apart is their
+/// delivery: a retry is the same request again (timestamp, nonce and body), while another
+/// push has its own nonce (and, in safe mode, its own random prefix inside `Encrypt`). So an
+/// after-sale event's key adds a digest of the three. Should WeChat re-sign a retry (its
+/// retries' parameters are UNVERIFIED), it is applied once more: harmless, as an after-sale
+/// event is applied from WeChat's after-sale read back, idempotently.
+fn dedupe_key(event: &PushEvent, query: &PushQuery, body: &[u8]) -> String {
+    let key = event.dedupe_key();
+    if !matches!(event, PushEvent::AfterSale { .. }) {
+        return key;
+    }
+    let mut delivery = Sha256::new();
+    for part in [&query.timestamp, &query.nonce] {
+        delivery.update(PushQuery::get(part).unwrap_or_default().as_bytes());
+        delivery.update([0]);
+    }
+    delivery.update(body);
+    format!("{key}:{}", hex::encode(&delivery.finalize()[..8]))
 }
 
 /// How long a push we do not act on (a user's message, an event of an unknown type) is kept:
