@@ -24,6 +24,10 @@
 //!   that TTL has passed, even if its own `exp` (set under a longer TTL) is later. Lowering the
 //!   TTL (e.g. after an incident) thus shortens sessions already issued; raising it never
 //!   lengthens one past its `exp`.
+//! - A token issued in the future (`iat` more than [`MAX_CLOCK_SKEW_SECS`] ahead of now) is
+//!   refused: we never issue one, so it was minted by whoever holds the secret (or a host with
+//!   a wrong clock), and an `iat` ahead would also stretch the TTL bound above past the
+//!   token's age. The allowance covers clocks of Lambda hosts differing by a little.
 
 use crate::domain::OpenId;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -39,6 +43,8 @@ type HmacSha256 = Hmac<Sha256>;
 /// Tokens longer than this are refused before any work.
 const MAX_TOKEN_LEN: usize = 1024;
 const KEY_LABEL: &[u8] = b"wxshop/session/v1";
+/// How far ahead of our clock a token's `iat` may be: hosts' clocks differ by a little.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 60;
 
 /// A verified session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +66,8 @@ pub enum SessionError {
     BadSignature,
     #[error("session token is malformed")]
     Malformed,
+    #[error("session token is issued in the future")]
+    IssuedInFuture,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -117,8 +125,9 @@ impl SessionKeys {
         format!("{body}.{sig}")
     }
 
-    /// Checks signature, then shape, then expiry: the token's own `exp`, and `iat` plus
-    /// `ttl_secs` (the TTL configured now, which may be shorter than when it was issued).
+    /// Checks signature, then shape, then time: `iat` not ahead of now by more than
+    /// [`MAX_CLOCK_SKEW_SECS`], then expiry: the token's own `exp`, and `iat` plus `ttl_secs`
+    /// (the TTL configured now, which may be shorter than when it was issued).
     pub fn verify(
         &self,
         token: &str,
@@ -142,6 +151,9 @@ impl SessionKeys {
         let openid = OpenId::parse(p.sub).map_err(|_| SessionError::Malformed)?;
         if p.exp <= p.iat {
             return Err(SessionError::Malformed);
+        }
+        if p.iat > now_secs.saturating_add(MAX_CLOCK_SKEW_SECS) {
+            return Err(SessionError::IssuedInFuture);
         }
         let expires_at = p.exp.min(p.iat.saturating_add(ttl_secs));
         if now_secs >= expires_at {
@@ -177,5 +189,15 @@ mod tests {
         assert_eq!(k.verify(&t, 1060, 3600), Err(SessionError::Expired));
         assert_eq!(k.verify(&t, 1029, 30).map(|s| s.expires_at), Ok(1030));
         assert_eq!(k.verify(&t, 1030, 30), Err(SessionError::Expired));
+    }
+
+    #[test]
+    fn issued_in_the_future_is_refused_beyond_the_skew() {
+        let k = keys("0123456789abcdef0123456789abcdef");
+        let oid = OpenId::parse("oUpF8uMEb4qRXf22hE3X68TekukE").unwrap();
+        let t = k.issue(&oid, 1000 + MAX_CLOCK_SKEW_SECS, 3600);
+        assert!(k.verify(&t, 1000, 3600).is_ok(), "within the skew");
+        let t = k.issue(&oid, 1001 + MAX_CLOCK_SKEW_SECS, 3600);
+        assert_eq!(k.verify(&t, 1000, 3600), Err(SessionError::IssuedInFuture));
     }
 }

@@ -1071,3 +1071,70 @@ async fn a_product_made_with_the_component_off_is_uploaded_once_it_is_on() {
     r.stop();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A SKU's `market_price` (the crossed-out price beside the price) is an `Int` at WeChat, as
+/// the price is. GIVEN one above 2,147,483,647 fen, or below zero, THEN the upsert is refused
+/// as a price past the limit is (400 `BAD_PRICE`, naming `market_price`), for a product on
+/// sale and a new one alike, and nothing changes: not ours, and WeChat is not asked. One at
+/// the limit is taken. Past it used to be stored and sent, for WeChat to refuse.
+#[tokio::test]
+async fn a_market_price_wechat_cannot_take_is_refused_and_changes_nothing() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let before = get_product(&c, "tea").await;
+    let writes = || {
+        [
+            "shop/spu/add",
+            "shop/spu/update",
+            "shop/spu/update_without_audit",
+        ]
+        .iter()
+        .map(|p| r.sandbox.calls(p).len())
+        .sum::<usize>()
+    };
+    let written = writes();
+    let tea_at = |market_price: i64| {
+        let mut v = tea("Tea", 1990, 100);
+        v["product"]["skus"][0]["market_price"] = json!(market_price);
+        v
+    };
+    let kettle_at = |market_price: i64| {
+        let mut v = kettle("Kettle");
+        v["product"]["skus"][0]["market_price"] = json!(market_price);
+        v
+    };
+    let max = i64::from(i32::MAX);
+    for market_price in [max + 1, 3_000_000_000, -1] {
+        for (what, upsert) in [
+            ("tea", tea_at(market_price)),
+            ("kettle", kettle_at(market_price)),
+        ] {
+            let (s, v) = c.admin("/admin/catalogSync", &upsert).await;
+            assert_eq!(
+                (s, v["code"].as_str()),
+                (400, Some("BAD_PRICE")),
+                "{what} at {market_price}: {v}"
+            );
+            assert!(
+                v["message"].as_str().unwrap().contains("market_price"),
+                "{v}"
+            );
+        }
+    }
+    let after = get_product(&c, "tea").await;
+    assert_eq!(after["skus"], before["skus"], "{after}");
+    assert_eq!(after["edit"], before["edit"], "no edit submitted: {after}");
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": "kettle"}),
+        )
+        .await;
+    assert_eq!(s, 404, "no kettle was made: {v}");
+    assert_eq!(writes(), written, "WeChat was not asked");
+    // At the limit: taken, and WeChat is told.
+    let (s, v) = c.admin("/admin/catalogSync", &tea_at(max)).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(writes() > written);
+    r.stop();
+}

@@ -1649,3 +1649,77 @@ async fn an_aftersale_edited_in_wechat_is_not_accepted_on_the_old_terms() {
         json!({"status": "REFUNDED", "refunded": total2})
     );
 }
+
+/// The user edits their after-sale twice within one second. The two `aftersale_update_order`
+/// pushes have the same body byte for byte (the event names only the after-sale), yet each is
+/// its own push, with its own nonce. GIVEN the first applied THEN the second acts too: ours
+/// shows the second edit at once. A byte-identical redelivery of it acts once (WeChat's
+/// after-sale is not read again). The second push used to be dropped as a redelivery of the
+/// first (the same event, after-sale and second), and ours kept the first edit until the
+/// schedule's sweep read WeChat's after-sale.
+#[tokio::test]
+async fn two_edits_of_an_aftersale_in_one_second_both_act() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (no, total) = buy_pay_settle(&c).await;
+    let token = c.login("alice").await;
+    let id = c.apply(&token, &no, 1990, "dented").await;
+    let (ours, wx_id) = added_at_wechat(&r, &id).await;
+    // The user's edits, straight to WeChat (`ecaftersale/update`): the pushes are ours to send.
+    let edit = |amount: i64, reason: &str| {
+        let req = wxshop::shop::aftersale::EcAfterSaleUpdateRequest {
+            key: wxshop::shop::types::AfterSaleKey::Id(wx_id),
+            openid: ours.openid.to_string(),
+            kind: None,
+            orderamt: Some(wxshop::domain::Fen::new(amount).unwrap()),
+            refund_reason: Some(reason.to_owned()),
+            refund_reason_type: None,
+            media_list: Vec::new(),
+        };
+        let r = &r;
+        async move { r.app.wx.ecaftersale_update(&req).await.map(drop) }
+    };
+    let second = r.app.clock.now_secs();
+    let msg = json!({"ToUserName": "gh_x", "FromUserName": "oWeChatTeam", "CreateTime": second,
+        "MsgType": "event", "Event": "aftersale_update_order",
+        "aftersale_info": {"aftersale_id": wx_id, "out_aftersale_id": id}})
+    .to_string();
+    let push = |nonce: &'static str| {
+        let query = wxshop::push::PushQuery::signed("localpushtoken", &second.to_string(), nonce)
+            .to_query_string();
+        let (http, url, body) = (
+            c.http.clone(),
+            format!("{}/callbacks/wechat?{query}", r.base_url),
+            msg.clone(),
+        );
+        async move {
+            let resp = http.post(url).body(body).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let reads = || r.sandbox.calls("shop/ecaftersale/get").len();
+    let terms = || async {
+        let a = c.aftersale(&no, &id).await;
+        (a["amount"].as_i64().unwrap(), a["reason"].clone())
+    };
+
+    edit(3000, "first edit").await.unwrap();
+    assert_eq!(push("n-first").await, (200, "success".to_owned()));
+    assert_eq!(terms().await, (3000, json!("first edit")));
+
+    edit(total, "second edit").await.unwrap();
+    let before = reads();
+    assert_eq!(push("n-second").await, (200, "success".to_owned()));
+    assert_eq!(
+        terms().await,
+        (total, json!("second edit")),
+        "the second push of the same second acted"
+    );
+    assert!(reads() > before, "WeChat's after-sale was read for it");
+
+    // WeChat's redelivery of the second push, byte for byte: acknowledged, not acted on again.
+    let before = reads();
+    assert_eq!(push("n-second").await, (200, "success".to_owned()));
+    assert_eq!(reads(), before, "a redelivery acts once");
+    assert_eq!(terms().await, (total, json!("second edit")));
+}

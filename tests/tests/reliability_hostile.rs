@@ -487,6 +487,30 @@ async fn lowering_the_session_ttl_shortens_sessions_already_issued() {
     assert_eq!(s, 200, "issued 10 min ago is within the TTL: {v}");
 }
 
+/// A token whose `iat` lies in the future — we never issue one; only whoever holds the secret
+/// (or a host with a wrong clock) could — is refused like any bad token, with the code the
+/// mini program logs in again on. A minute of clock difference between hosts is allowed.
+/// Such a token used to be let in, and its TTL bound counted from its future `iat`.
+#[tokio::test]
+async fn a_session_issued_in_the_future_is_refused() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (_, openid) = c.login("alice").await;
+    let openid = wxshop::domain::OpenId::parse(openid).unwrap();
+    let now = r.app.clock.now_secs();
+    let week = 7 * 24 * 3600;
+    let ahead = r.app.sessions.issue(&openid, now + 3600, week);
+    for path in ["/fn/queryOrder", "/fn/unifiedOrder", "/fn/aftersaleSync"] {
+        let (s, v) = c.post(path, Some(&ahead), &json!({})).await;
+        assert_eq!(s, 401, "issued an hour ahead, on {path}: {v}");
+        assert_eq!(v["code"], "UNAUTHENTICATED", "{v}");
+        assert!(v["message"].as_str().unwrap().contains("future"), "{v}");
+    }
+    let skewed = r.app.sessions.issue(&openid, now + 30, week);
+    let (s, v) = c.post("/fn/queryOrder", Some(&skewed), &json!({})).await;
+    assert_eq!(s, 200, "30 s ahead is within the clock allowance: {v}");
+}
+
 /// Auth schemes are case-insensitive (RFC 9110 §11.1): a client sending `bearer` or `BEARER`,
 /// or padding the header with whitespace, is let in — for users and for the admin token —
 /// while any other scheme is still refused with the same clear error.
@@ -884,6 +908,66 @@ async fn a_safe_mode_push_is_kept_readable() {
         kept.value.body
     );
     assert!(kept.value.body.contains("AUD-77"), "{}", kept.value.body);
+}
+
+/// Safe mode signs the body, yet a push captured once (a proxy's log, a recorded request)
+/// would act whenever posted again once its dedupe record is gone. GIVEN a genuinely signed
+/// safe-mode push delisting `tea` whose `timestamp` is an hour old, or an hour ahead, THEN it
+/// is refused as a stale plaintext one is: 403 naming the timestamp, never `success`, and
+/// `tea` stays on sale. The same message within the window (4 minutes old: WeChat's retries
+/// come seconds apart) is taken in and delists it. Safe-mode pushes used to be held to no
+/// time at all.
+#[tokio::test]
+async fn a_safe_mode_push_far_from_its_time_is_refused() {
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    let r = stack_with(&[("WX_PUSH_AES_KEY", AES)]).await;
+    let c = Client::new(&r);
+    let (buyer, _) = c.login("buyer").await;
+    let token = "localpushtoken";
+    let cfg = wxshop::push::PushConfig::new(&r.app.config.appid, token, Some(AES)).unwrap();
+    let listing = || {
+        let c = c.clone();
+        async move {
+            let (_, p) = c
+                .admin(
+                    "/admin/catalogSync",
+                    &json!({"action": "get", "product_id": "tea"}),
+                )
+                .await;
+            p["product"]["listing"].clone()
+        }
+    };
+    let push = |ts: i64, nonce: &'static str| {
+        let (c, cfg) = (c.clone(), cfg.clone());
+        async move {
+            let msg = json!({"ToUserName": "gh_abc", "FromUserName": "o_wechat", "CreateTime": ts,
+                "MsgType": "event", "Event": "open_product_spu_status_update",
+                "OpenProductSpuStatusUpdate": {"out_product_id": "tea", "status": 13,
+                                               "reason": "platform delisting"}})
+            .to_string();
+            let ts = ts.to_string();
+            let (envelope, sig) = wxshop::push::encrypt(&cfg, &msg, &ts, nonce).unwrap();
+            let query =
+                wxshop::push::PushQuery::signed_aes(token, &ts, nonce, &sig).to_query_string();
+            c.raw(&format!("/callbacks/wechat?{query}"), envelope).await
+        }
+    };
+    assert_eq!(listing().await, "LISTED");
+    let now = r.app.clock.now_secs();
+    for (what, ts, nonce) in [
+        ("an hour old", now - 3600, "n-old"),
+        ("an hour ahead", now + 3600, "n-ahead"),
+    ] {
+        let (s, t) = push(ts, nonce).await;
+        assert_eq!(s, 403, "{what}: {t}");
+        assert!(t.contains("timestamp"), "{what}: {t}");
+        assert_eq!(listing().await, "LISTED", "{what} delisted tea");
+    }
+    let (s, v) = c.order(&buyer, 1, None).await;
+    assert_eq!(s, 200, "tea still sells: {v}");
+    let (s, t) = push(now - 240, "n-recent").await;
+    assert_eq!((s, t.as_str()), (200, "success"));
+    assert_eq!(listing().await, "DELISTED");
 }
 
 /// A customer-service message (a user's own words, which WeChat pushes to the same URL) is

@@ -242,8 +242,19 @@ fn content_from_input(input: ProductInput) -> Result<(ProductId, Content), ApiEr
                 ),
             ));
         }
+        // The crossed-out price beside the price: the trading component's `market_price` is an
+        // `Int` like `sale_price`, so one above it would be refused at WeChat after we stored it.
         let market_price = Fen::new(s.market_price.unwrap_or(s.price))
-            .map_err(|e| ApiError::bad_request("BAD_PRICE", e.to_string()))?;
+            .map_err(|e| ApiError::bad_request("BAD_PRICE", format!("market_price: {e}")))?;
+        if market_price > Fen::MAX_PAYMENT {
+            return Err(ApiError::bad_request(
+                "BAD_PRICE",
+                format!(
+                    "market_price must be 0–{} fen (WeChat holds it to the same limit as price)",
+                    Fen::MAX_PAYMENT
+                ),
+            ));
+        }
         skus.push(Sku {
             sku_id,
             price,

@@ -102,12 +102,18 @@ impl PushQuery {
     /// every spelling that verifies is the same signature. `None` unless both are present
     /// and the timestamp is decimal.
     pub fn plaintext_binding(&self) -> Option<(i64, String)> {
-        let ts = Self::get(&self.timestamp)?;
-        check_timestamp(ts).ok()?;
         Some((
-            ts.parse().ok()?,
+            self.timestamp_secs()?,
             normalise_digest(Self::get(&self.signature)?),
         ))
+    }
+
+    /// `timestamp` as epoch seconds: `None` when absent, not decimal, or beyond `i64`.
+    /// Both signatures cover it, so once one verified it is WeChat's time of sending.
+    pub fn timestamp_secs(&self) -> Option<i64> {
+        let ts = Self::get(&self.timestamp)?;
+        check_timestamp(ts).ok()?;
+        ts.parse().ok()
     }
 
     /// A parameter, with empty values treated as absent.
