@@ -796,7 +796,12 @@ fn refunded_by_hand_error(id: &AfterSaleId, since: &[&RefundRecord]) -> ApiError
     ApiError::conflict(
         "REFUNDED_BY_HAND",
         format!(
-            "not approved: since after-sale {id} was applied for, its order was refunded by hand              in the WeChat Pay merchant platform ({}), and that may have been this after-sale's              money — approving would pay the user again. If it was, record it with              {{\"action\": \"mark_refunded\", \"aftersale_id\": \"{id}\", \"out_refund_no\":              \"{first}\"}} (nothing is paid again); if it was not, approve again with              \"confirm_not_refunded_by_hand\": true",
+            "not approved: since after-sale {id} was applied for, its order was refunded by hand \
+             in the WeChat Pay merchant platform ({}), and that may have been this after-sale's \
+             money — approving would pay the user again. If it was, record it with \
+             {{\"action\": \"mark_refunded\", \"aftersale_id\": \"{id}\", \"out_refund_no\": \
+             \"{first}\"}} (nothing is paid again); if it was not, approve again with \
+             \"confirm_not_refunded_by_hand\": true",
             list_refunds(since)
         ),
     )
@@ -823,14 +828,17 @@ fn not_fitting_error(
         let mut msg = e.to_string();
         if !by_hand.is_empty() {
             msg.push_str(&format!(
-                "; refunded by hand in the merchant platform: {}. If one of those paid this                  after-sale, record it with mark_refunded {{aftersale_id, out_refund_no}};                  otherwise reject it",
+                "; refunded by hand in the merchant platform: {}. If one of those paid this \
+                 after-sale, record it with mark_refunded {{aftersale_id, out_refund_no}}; \
+                 otherwise reject it",
                 list_refunds(&by_hand.iter().collect::<Vec<_>>())
             ));
         }
         return ApiError::conflict("NOT_REFUNDABLE", msg);
     }
     let mut msg = format!(
-        "after-sale {id} asks for {} fen, but the order has {} fen left to refund and other          open after-sales hold {} fen of it: {}",
+        "after-sale {id} asks for {} fen, but the order has {} fen left to refund and other \
+         open after-sales hold {} fen of it: {}",
         amount.get(),
         order.refundable().get(),
         order.claimed_by_others(id).get(),
@@ -847,7 +855,9 @@ fn not_fitting_error(
         ));
     }
     msg.push_str(
-        ". Reject (or have the user cancel) the after-sales that are paid already or not to          be paid — record one a refund made by hand paid with mark_refunded {aftersale_id,          out_refund_no} — then approve again",
+        ". Reject (or have the user cancel) the after-sales that are paid already or not to \
+         be paid — record one a refund made by hand paid with mark_refunded {aftersale_id, \
+         out_refund_no} — then approve again",
     );
     ApiError::conflict("NOT_REFUNDABLE", msg)
 }
@@ -891,7 +901,8 @@ async fn settle_by_refund_made_by_hand(
             return refused(
                 "NOT_A_REFUND_BY_HAND",
                 format!(
-                    "refund {no} is not a completed refund made by hand in the merchant                      platform; only those settle an after-sale this way"
+                    "refund {no} is not a completed refund made by hand in the merchant \
+                     platform; only those settle an after-sale this way"
                 ),
             );
         }
@@ -914,7 +925,9 @@ async fn settle_by_refund_made_by_hand(
             return refused(
                 "REFUND_LARGER_THAN_AFTERSALE",
                 format!(
-                    "refund {no} paid {} fen, more than the {} fen after-sale {id} asks for: it                      was not (only) this after-sale's money; reject the after-sale if it is                      paid",
+                    "refund {no} paid {} fen, more than the {} fen after-sale {id} asks for: it \
+                     was not (only) this after-sale's money; reject the after-sale if it is \
+                     paid",
                     refund.value.amount.get(),
                     current.value.amount.get()
                 ),
