@@ -4151,6 +4151,212 @@ async fn a_refund_by_hand_that_does_not_match_the_order_changes_nothing() {
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
 }
 
+/// An application for 0 fen is bad input: 400 `BAD_AMOUNT` saying what to send, and nothing
+/// stored (it used to be 409 `NOT_REFUNDABLE`, "refund of 0 fen exceeds the 1990 fen still
+/// refundable"). One asking for the default when open after-sales hold everything says so.
+#[tokio::test]
+async fn an_application_for_no_money_is_refused_as_bad_input() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "quinn", 1).await;
+    let (cr, tr) = (&c, token.as_str());
+    let apply = |extra: Value| {
+        let mut body = json!({"action": "apply", "out_trade_no": no});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        async move { cr.post("/fn/aftersaleSync", Some(tr), &body).await }
+    };
+    for amount in [0, -5] {
+        let (s, v) = apply(json!({"amount": amount})).await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["code"], "BAD_AMOUNT", "{v}");
+        assert!(v["message"].as_str().unwrap().contains("at least 1"), "{v}");
+    }
+    assert_eq!(
+        c.aftersale(&token, &no).await,
+        Value::Null,
+        "nothing stored"
+    );
+    c.apply(&token, &no, json!({})).await;
+    let (s, v) = apply(json!({})).await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["code"], "NOT_REFUNDABLE", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("open after-sales hold all"),
+        "{v}"
+    );
+}
+
+/// Whether WeChat Pay was asked (`secapi/pay/refund`) for any refund of order `no`.
+fn refunds_asked(r: &Running, no: &str) -> usize {
+    r.sandbox
+        .calls("secapi/pay/refund")
+        .iter()
+        .filter(|v| v["out_trade_no"] == no)
+        .count()
+}
+
+/// The merchant answers a user's after-sale (one tin of two) by refunding it by hand in the
+/// merchant platform, then approves the after-sale here too. The approval used to pass — the
+/// 1990 fen were still within the 1990 left — and WeChat Pay paid the same tin a second time.
+/// Now an approval after a refund made by hand since the application is refused (409
+/// `REFUNDED_BY_HAND`, naming the refund and what to do) and nothing is asked of WeChat Pay;
+/// `mark_refunded` with the refund's `out_refund_no` settles the after-sale with it (REFUNDED,
+/// the order's `refunded_fee` unchanged, its hold freed), once: the refund settles no other.
+#[tokio::test]
+async fn an_aftersale_refunded_by_hand_is_not_paid_again_on_approval() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "olga", 2).await;
+    let a = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "one tin dented"}),
+        )
+        .await;
+    let by_hand = refund_in_merchant_platform(&c, &no, 1990).await;
+    eventually("the refund made by hand recorded", || async {
+        r.sandbox.refund_notifications_delivered(&by_hand) == 1
+    })
+    .await;
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": a}),
+        )
+        .await;
+    assert_eq!(s, 409, "approving could pay the tin twice: {v}");
+    assert_eq!(v["code"], "REFUNDED_BY_HAND", "{v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&by_hand) && msg.contains("mark_refunded"),
+        "{msg}"
+    );
+    assert_eq!(c.aftersale(&token, &no).await["status"], "REQUESTED");
+
+    let cr = &c;
+    let settle = |id: String| {
+        let body = json!({"action": "mark_refunded", "aftersale_id": id, "out_refund_no": by_hand});
+        async move { cr.admin("/admin/aftersaleSync", &body).await }
+    };
+    let (s, v) = settle(a.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["status"], "REFUNDED", "{v}");
+    assert_eq!(v["aftersale"]["amount"], 1990, "{v}");
+    let order = c.status(&token, &no).await;
+    assert_eq!(order["refunded_fee"], 1990, "counted once: {order}");
+    assert_eq!(order["status"], "PAID", "{order}");
+    let (s, again) = settle(a.clone()).await;
+    assert_eq!(
+        (s, &again["aftersale"]["status"]),
+        (200, &json!("REFUNDED"))
+    );
+
+    // Its hold is freed: the other tin may be asked for, and is paid — by WeChat Pay, once.
+    let b = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "the other too"}),
+        )
+        .await;
+    let (s, v) = settle(b.clone()).await;
+    assert_eq!(
+        s, 409,
+        "the refund made by hand settles one after-sale: {v}"
+    );
+    assert_eq!(v["code"], "REFUND_ALREADY_SETTLES_ANOTHER", "{v}");
+    assert_eq!(refunds_asked(&r, &no), 0, "nothing asked of WeChat Pay yet");
+    c.approve(&b).await;
+    // WeChat Pay takes one refund of an order a minute (the one made by hand counts).
+    r.sandbox.clock().advance(60_000);
+    r.app.clock.advance(60_000);
+    eventually("the other tin refunded", || async {
+        c.status(&token, &no).await["refunded_fee"] == 3980
+    })
+    .await;
+    assert_eq!(c.status(&token, &no).await["status"], "REFUNDED");
+    assert_eq!(refunds_asked(&r, &no), 1);
+    assert!(c.dead_letters().await.is_empty());
+}
+
+/// Two after-sales each hold one tin of a two-tin order; a person then refunds one tin by
+/// hand in the merchant platform, so the holds (3980) are more than is left (1990). Each
+/// approval used to check its own amount against what was left, so both passed and WeChat Pay
+/// was asked for 3980 more of an order with 1990 left. Now an approval must fit beside the
+/// other holds: refused (409 `NOT_REFUNDABLE`, naming the other after-sale, the refund made by
+/// hand and what to do), even with `confirm_not_refunded_by_hand`, until the other is
+/// rejected; then it is paid and the order is REFUNDED.
+#[tokio::test]
+async fn holds_beyond_what_a_refund_by_hand_left_are_not_all_approved() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "petra", 2).await;
+    let a = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "one tin dented"}),
+        )
+        .await;
+    let b = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "the other too"}),
+        )
+        .await;
+    let by_hand = refund_in_merchant_platform(&c, &no, 1990).await;
+    eventually("the refund made by hand recorded", || async {
+        r.sandbox.refund_notifications_delivered(&by_hand) == 1
+    })
+    .await;
+    let cr = &c;
+    let approve = |id: &str| {
+        let body = json!({"action": "approve", "aftersale_id": id,
+                          "confirm_not_refunded_by_hand": true});
+        async move { cr.admin("/admin/aftersaleSync", &body).await }
+    };
+    for (id, other) in [(&a, &b), (&b, &a)] {
+        let (s, v) = approve(id).await;
+        assert_eq!(s, 409, "{v}");
+        assert_eq!(v["code"], "NOT_REFUNDABLE", "{v}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(
+            msg.contains(other.as_str()) && msg.contains(&by_hand) && msg.contains("Reject"),
+            "{msg}"
+        );
+    }
+    assert_eq!(refunds_asked(&r, &no), 0, "nothing asked of WeChat Pay");
+
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "reject", "aftersale_id": b, "reason": "paid by hand"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = approve(&a).await;
+    assert_eq!(s, 200, "{v}");
+    // WeChat Pay takes one refund of an order a minute (the one made by hand counts).
+    r.sandbox.clock().advance(60_000);
+    r.app.clock.advance(60_000);
+    eventually("the tin left refunded", || async {
+        c.status(&token, &no).await["refunded_fee"] == 3980
+    })
+    .await;
+    assert_eq!(c.status(&token, &no).await["status"], "REFUNDED");
+    assert_eq!(refunds_asked(&r, &no), 1);
+    assert!(c.dead_letters().await.is_empty());
+}
+
 // ------------------------------------------------------------------ reconciliation (对账)
 
 const DAY_MS: i64 = 86_400_000;

@@ -13,6 +13,10 @@
 //! would pay the user twice — and its amount stays held on the order; a person records the
 //! outcome (or a later `SUCCESS` notification does).
 //!
+//! A refund a person made by hand in the merchant platform may have paid an open after-sale
+//! (REQUESTED, AWAITING_RETURN, RETURNING, REFUND_FAILED): a person records that, and it goes
+//! to REFUNDED at that refund's amount with no refund of ours (`settled_by_refund_made_by_hand`).
+//!
 //! Who pays the money back depends on who holds it (the order's [`FundType`]): for an
 //! ordinary order we ask WeChat Pay (`secapi/pay/refund`) under an `out_refund_no` fixed at
 //! the first approval; for a secondary-merchant order WeChat holds the money and refunds it
@@ -670,6 +674,43 @@ impl AfterSale {
         }
     }
 
+    /// A refund a person made outside wxshop (the WeChat Pay merchant platform) paid this
+    /// after-sale: REFUNDED at that refund's `amount` — what the user got, at most what was
+    /// asked for — with no refund of ours. Only while no refund of ours is in flight or held:
+    /// REQUESTED, AWAITING_RETURN, RETURNING, REFUND_FAILED. A REFUNDING one may still be paid
+    /// by WeChat Pay (settle it first); an abnormal one waits at WeChat
+    /// ([`AfterSale::refunded_by_hand`]).
+    pub fn settled_by_refund_made_by_hand(
+        &mut self,
+        amount: Fen,
+        refund_id: Option<String>,
+        now_ms: i64,
+    ) -> Result<super::Change, AfterSaleTransitionError> {
+        match self.status {
+            AfterSaleStatus::Requested
+            | AfterSaleStatus::AwaitingReturn
+            | AfterSaleStatus::Returning
+            | AfterSaleStatus::RefundFailed
+                if amount <= self.amount && amount > Fen::ZERO =>
+            {
+                self.status = AfterSaleStatus::Refunded;
+                self.amount = amount;
+                self.refund_id = refund_id;
+                self.updated_at_ms = now_ms;
+                Ok(super::Change::Changed)
+            }
+            AfterSaleStatus::Requested
+            | AfterSaleStatus::AwaitingReturn
+            | AfterSaleStatus::Returning
+            | AfterSaleStatus::RefundFailed => Err(self
+                .err("be settled by a refund made by hand for more than it asks (or for nothing)")),
+            _ => Err(self.err(
+                "be settled by a refund made by hand (only an open after-sale with no refund \
+                 of ours in flight or held is)",
+            )),
+        }
+    }
+
     pub fn refund_failed(
         &mut self,
         now_ms: i64,
@@ -980,6 +1021,28 @@ mod tests {
             assert!(
                 a.take_wechat_terms(AfterSaleKind::RefundOnly, fen(1), "x", sm, 1)
                     .is_err(),
+                "{from:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refund_made_by_hand_settles_only_an_open_aftersale_with_no_refund_in_flight() {
+        use AfterSaleStatus::*;
+        for from in [Requested, AwaitingReturn, Returning, RefundFailed] {
+            let mut a = sample(AfterSaleKind::RefundOnly, from);
+            assert!(a.settled_by_refund_made_by_hand(fen(31), None, 1).is_err());
+            assert_eq!(
+                a.settled_by_refund_made_by_hand(fen(20), Some("r".into()), 1),
+                Ok(Change::Changed),
+                "{from:?}"
+            );
+            assert_eq!((a.status, a.amount), (Refunded, fen(20)));
+        }
+        for from in [Refunding, RefundAbnormal, Refunded, Rejected, Cancelled] {
+            let mut a = sample(AfterSaleKind::RefundOnly, from);
+            assert!(
+                a.settled_by_refund_made_by_hand(fen(30), None, 1).is_err(),
                 "{from:?}"
             );
         }

@@ -445,24 +445,41 @@ impl Order {
         if self.refund_claims.get(id) == Some(&amount) {
             return Ok(Change::Unchanged);
         }
-        self.check_refund(amount)?;
-        let others = self
-            .refund_claims
+        self.check_fits(id, amount)?;
+        self.refund_claims.insert(id.clone(), amount);
+        self.updated_at_ms = now_ms;
+        Ok(Change::Changed)
+    }
+
+    /// What open after-sales other than `id` hold.
+    pub fn claimed_by_others(&self, id: &AfterSaleId) -> Fen {
+        self.refund_claims
             .iter()
             .filter(|(k, _)| *k != id)
             .fold(Fen::ZERO, |sum, (_, a)| {
                 sum.checked_add(*a).unwrap_or(self.total)
-            });
-        let left = self.refundable().checked_sub(others).unwrap_or(Fen::ZERO);
+            })
+    }
+
+    /// Checks that after-sale `id` may have `amount` refunded now: the order can refund it,
+    /// and it fits in what is left once what the other open after-sales hold is set aside —
+    /// whether or not `id` holds it already. A hold alone is not proof: a refund made outside
+    /// wxshop (the merchant platform) shrinks what is left without touching the holds, which
+    /// may then add up to more than is left; approving each on its own hold would ask WeChat
+    /// for more than the order has left.
+    pub fn check_fits(&self, id: &AfterSaleId, amount: Fen) -> Result<(), TransitionError> {
+        self.check_refund(amount)?;
+        let left = self
+            .refundable()
+            .checked_sub(self.claimed_by_others(id))
+            .unwrap_or(Fen::ZERO);
         if amount > left {
             return Err(TransitionError::RefundTooLarge {
                 requested: amount,
                 refundable: left,
             });
         }
-        self.refund_claims.insert(id.clone(), amount);
-        self.updated_at_ms = now_ms;
-        Ok(Change::Changed)
+        Ok(())
     }
 
     /// Gives back what after-sale `id` held (it was refunded, cancelled or rejected).
@@ -769,6 +786,32 @@ pub(crate) mod tests {
         assert_eq!(o.claimable(), fen(40));
         let json = serde_json::to_string(&o).unwrap();
         assert!(!json.contains("refund_claims"), "{json}");
+    }
+
+    /// After a refund made outside wxshop (by hand) the holds may add up to more than is
+    /// left: each still holds its amount, but one fits only beside what the others hold.
+    #[test]
+    fn a_hold_fits_only_beside_the_others_after_a_refund_by_hand() {
+        let a = AfterSaleId::parse("AS1").unwrap();
+        let b = AfterSaleId::parse("AS2").unwrap();
+        let fen = |n| Fen::new(n).unwrap();
+        let mut o = sample_order(100);
+        o.pay("t", 1, 1).unwrap();
+        o.claim_refund(&a, fen(50), 2).unwrap();
+        o.claim_refund(&b, fen(50), 2).unwrap();
+        assert_eq!(o.check_fits(&a, fen(50)), Ok(()));
+        o.refund(fen(50), 3).unwrap(); // by hand: no hold released
+        assert_eq!(o.claim_refund(&a, fen(50), 4), Ok(Change::Unchanged));
+        assert_eq!(
+            o.check_fits(&a, fen(50)),
+            Err(TransitionError::RefundTooLarge {
+                requested: fen(50),
+                refundable: Fen::ZERO
+            })
+        );
+        o.release_claim(&b, 5);
+        assert_eq!(o.check_fits(&a, fen(50)), Ok(()));
+        assert!(o.check_fits(&a, fen(51)).is_err());
     }
 
     /// A waybill is corrected only on a shipped order; the status stays SHIPPED.

@@ -24,7 +24,7 @@ use crate::domain::{
 };
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{OutboxEntry, Task};
-use crate::store::repo::{self, Batch, RefundRecord, RefundStatus};
+use crate::store::repo::{self, Batch, RefundOrigin, RefundRecord, RefundStatus};
 use crate::store::rotation::Next;
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +79,12 @@ enum AdminAction {
         /// Return and refund: where the goods go (default `WX_RETURN_ADDRESS`).
         #[serde(default)]
         return_address: Option<Address>,
+        /// The merchant looked at the refunds of the order made by hand in the merchant
+        /// platform since this after-sale was applied for, and none of them paid it: approve
+        /// (and refund) it all the same. Without it such an approval is refused
+        /// (`REFUNDED_BY_HAND`), since it could pay the user twice.
+        #[serde(default)]
+        confirm_not_refunded_by_hand: bool,
     },
     Reject {
         aftersale_id: String,
@@ -86,9 +92,13 @@ enum AdminAction {
         reason: String,
     },
     /// An abnormal refund (REFUND_ABNORMAL: WeChat Pay's `CHANGE`) a person redirected in the
-    /// merchant platform, or paid back another way: REFUNDED.
+    /// merchant platform, or paid back another way: REFUNDED. With `out_refund_no`: the refund
+    /// made by hand in the merchant platform (recorded `BY_HAND`) that paid this open
+    /// after-sale — REFUNDED without a refund of ours, the order's books unchanged.
     MarkRefunded {
         aftersale_id: String,
+        #[serde(default)]
+        out_refund_no: Option<String>,
     },
     List {
         out_trade_no: String,
@@ -225,8 +235,31 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                 let amount = match amount {
                     None => choice.most.map_or(left, |most| most.min(left)),
                     Some(a) => Fen::new(a)
-                        .map_err(|e| ApiError::bad_request("BAD_AMOUNT", e.to_string()))?,
+                        .ok()
+                        .filter(|a| *a > Fen::ZERO)
+                        .ok_or_else(|| {
+                            ApiError::bad_request(
+                                "BAD_AMOUNT",
+                                format!(
+                                    "amount {a} must be a whole number of fen of at least 1; \
+                                     leave it out to ask for all that is left"
+                                ),
+                            )
+                        })?,
                 };
+                if amount == Fen::ZERO {
+                    // Nothing left by default: say why rather than "0 fen exceeds …".
+                    let one = Fen::new(1).map_err(|e| ApiError::internal(e.to_string()))?;
+                    let why = match order.value.check_refund(one) {
+                        Err(e) => e.to_string(),
+                        Ok(()) => format!(
+                            "nothing is left to ask for: open after-sales hold all of the {} \
+                             fen the order can still refund",
+                            order.value.refundable().get()
+                        ),
+                    };
+                    return Err(ApiError::conflict("NOT_REFUNDABLE", why));
+                }
                 if let Some(most) = choice.most.filter(|most| amount > *most) {
                     return Err(ApiError::bad_request(
                         "AMOUNT_OVER_LINE",
@@ -343,6 +376,7 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
         AdminAction::Approve {
             aftersale_id,
             return_address,
+            confirm_not_refunded_by_hand,
         } => {
             let id = parse_id(&aftersale_id)?;
             let current = repo::get_aftersale(app.store.as_ref(), &id)
@@ -355,7 +389,7 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             {
                 accept_return(app, &id, return_address).await?
             } else {
-                approve(app, &id).await?
+                approve(app, &id, confirm_not_refunded_by_hand).await?
             };
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
@@ -375,9 +409,19 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             .await?;
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
-        AdminAction::MarkRefunded { aftersale_id } => {
+        AdminAction::MarkRefunded {
+            aftersale_id,
+            out_refund_no,
+        } => {
             let id = parse_id(&aftersale_id)?;
-            let a = mark_refunded(app, &id).await?;
+            let a = match out_refund_no {
+                None => mark_refunded(app, &id).await?,
+                Some(no) => {
+                    let no = crate::domain::OutRefundNo::parse(no)
+                        .map_err(|e| ApiError::bad_request("BAD_OUT_REFUND_NO", e.to_string()))?;
+                    settle_by_refund_made_by_hand(app, &id, &no).await?
+                }
+            };
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
         AdminAction::List { out_trade_no } => {
@@ -592,7 +636,11 @@ async fn accept_return(
 /// task accepts the refund at WeChat (`ecaftersale/acceptrefund`), WeChat refunds, and its
 /// report (the `aftersale_refund_success` event, or the after-sale read back by the sync)
 /// completes ours — our merchant account has no payment to refund from.
-async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
+async fn approve(
+    app: &App,
+    id: &AfterSaleId,
+    confirm_not_refunded_by_hand: bool,
+) -> Result<AfterSale, ApiError> {
     let approved = with_retries(app, || async {
         let current = repo::get_aftersale(app.store.as_ref(), id)
             .await?
@@ -619,19 +667,31 @@ async fn approve(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
         {
             return Ok(Attempt::Done(next));
         }
-        // Held on the order since the application; one recorded without a hold takes it now,
-        // or is refused if other open after-sales hold what is left.
+        // Refunds a person made in the merchant platform: one since this application may have
+        // been this after-sale's money — approving would pay it twice. A person says which.
+        let by_hand = if order.value.refunded > Fen::ZERO {
+            unlinked_refunds_by_hand(app, &order.value.out_trade_no).await?
+        } else {
+            Vec::new()
+        };
+        let since: Vec<&RefundRecord> = by_hand
+            .iter()
+            .filter(|r| r.created_at_ms >= current.value.created_at_ms)
+            .collect();
+        if !since.is_empty() && !confirm_not_refunded_by_hand {
+            return Err(refunded_by_hand_error(id, &since));
+        }
+        // Held on the order since the application; one recorded without a hold takes it now.
+        // Either way it must fit in what is left beside the other open after-sales' holds,
+        // which a refund made by hand may have left holding more than that.
         order
             .value
-            .check_refund(next.amount)
-            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+            .check_fits(id, next.amount)
+            .map_err(|e| not_fitting_error(&order.value, id, next.amount, &by_hand, e))?;
         let mut next_order = order.value.clone();
-        let held = next_order.claim_refund(id, next.amount, now).map_err(|e| {
-            ApiError::conflict(
-                "NOT_REFUNDABLE",
-                format!("{e} (other open after-sales of the order hold the rest)"),
-            )
-        })?;
+        let held = next_order
+            .claim_refund(id, next.amount, now)
+            .map_err(|e| not_fitting_error(&order.value, id, next.amount, &by_hand, e))?;
         let mut batch = Batch::new();
         if fund_type == FundType::Direct {
             queue_wechat_pay_refund(app, id, &mut next, &mut batch, now).await?;
@@ -699,6 +759,220 @@ async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiErro
     })
     .await?;
     tracing::info!(aftersale_id = %id, "abnormal refund settled by hand; after-sale refunded");
+    Ok(done)
+}
+
+/// The refunds of order `no` made by hand in the merchant platform (recorded `BY_HAND` by
+/// `payCallback`) that no after-sale was settled with yet ([`settle_by_refund_made_by_hand`]).
+async fn unlinked_refunds_by_hand(
+    app: &App,
+    no: &OutTradeNo,
+) -> Result<Vec<RefundRecord>, ApiError> {
+    Ok(repo::refunds_of_order(app.store.as_ref(), no)
+        .await?
+        .into_iter()
+        .map(|r| r.value)
+        .filter(|r| {
+            r.origin == RefundOrigin::ByHand
+                && r.status == RefundStatus::Success
+                && r.aftersale_id.is_none()
+        })
+        .collect())
+}
+
+/// `out_refund_no` (amount fen), … of refunds made by hand, for a message.
+fn list_refunds(refunds: &[&RefundRecord]) -> String {
+    refunds
+        .iter()
+        .map(|r| format!("{} ({} fen)", r.out_refund_no, r.amount.get()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// 409 `REFUNDED_BY_HAND`: the order was refunded by hand since after-sale `id` was applied
+/// for, and that refund may have been this after-sale's.
+fn refunded_by_hand_error(id: &AfterSaleId, since: &[&RefundRecord]) -> ApiError {
+    let first = since.first().map_or("", |r| r.out_refund_no.as_str());
+    ApiError::conflict(
+        "REFUNDED_BY_HAND",
+        format!(
+            "not approved: since after-sale {id} was applied for, its order was refunded by hand \
+             in the WeChat Pay merchant platform ({}), and that may have been this after-sale's \
+             money — approving would pay the user again. If it was, record it with \
+             {{\"action\": \"mark_refunded\", \"aftersale_id\": \"{id}\", \"out_refund_no\": \
+             \"{first}\"}} (nothing is paid again); if it was not, approve again with \
+             \"confirm_not_refunded_by_hand\": true",
+            list_refunds(since)
+        ),
+    )
+}
+
+/// 409 `NOT_REFUNDABLE` for an approval of `amount` that does not fit ([`Order::check_fits`]),
+/// saying what holds the rest and what to do.
+///
+/// [`Order::check_fits`]: crate::domain::Order::check_fits
+fn not_fitting_error(
+    order: &crate::domain::Order,
+    id: &AfterSaleId,
+    amount: Fen,
+    by_hand: &[RefundRecord],
+    e: crate::domain::TransitionError,
+) -> ApiError {
+    let others: Vec<String> = order
+        .refund_claims
+        .iter()
+        .filter(|(k, _)| *k != id)
+        .map(|(k, v)| format!("{k} ({} fen)", v.get()))
+        .collect();
+    if !order.status.is_paid() || order.status == crate::domain::OrderStatus::Refunded {
+        let mut msg = e.to_string();
+        if !by_hand.is_empty() {
+            msg.push_str(&format!(
+                "; refunded by hand in the merchant platform: {}. If one of those paid this \
+                 after-sale, record it with mark_refunded {{aftersale_id, out_refund_no}}; \
+                 otherwise reject it",
+                list_refunds(&by_hand.iter().collect::<Vec<_>>())
+            ));
+        }
+        return ApiError::conflict("NOT_REFUNDABLE", msg);
+    }
+    let mut msg = format!(
+        "after-sale {id} asks for {} fen, but the order has {} fen left to refund and other \
+         open after-sales hold {} fen of it: {}",
+        amount.get(),
+        order.refundable().get(),
+        order.claimed_by_others(id).get(),
+        if others.is_empty() {
+            "none".to_owned()
+        } else {
+            others.join(", ")
+        },
+    );
+    if !by_hand.is_empty() {
+        msg.push_str(&format!(
+            ". Refunded by hand in the merchant platform, not through an after-sale: {}",
+            list_refunds(&by_hand.iter().collect::<Vec<_>>())
+        ));
+    }
+    msg.push_str(
+        ". Reject (or have the user cancel) the after-sales that are paid already or not to \
+         be paid — record one a refund made by hand paid with mark_refunded {aftersale_id, \
+         out_refund_no} — then approve again",
+    );
+    ApiError::conflict("NOT_REFUNDABLE", msg)
+}
+
+/// A refund made by hand in the merchant platform (`no`, recorded `BY_HAND` on the order when
+/// its notification came) paid open after-sale `id`: the after-sale REFUNDED at that refund's
+/// amount, its hold on the order given back, and the refund record naming it — so it settles
+/// no other — in one write. The order's refunded amount already counts the refund and does
+/// not change: nothing is paid again. With the trading component WeChat's after-sale is told
+/// it was refunded (the sync; not a return whose return was never accepted). The same call
+/// again answers the after-sale as it is.
+async fn settle_by_refund_made_by_hand(
+    app: &App,
+    id: &AfterSaleId,
+    no: &crate::domain::OutRefundNo,
+) -> Result<AfterSale, ApiError> {
+    let refused = |code: &'static str, msg: String| Err(ApiError::conflict(code, msg));
+    let done = with_retries::<_, ApiError, _, _>(app, || async {
+        let current = repo::get_aftersale(app.store.as_ref(), id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found("AFTERSALE_NOT_FOUND", format!("no after-sale {id}"))
+            })?;
+        let refund = repo::get_refund(app.store.as_ref(), no)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "REFUND_NOT_FOUND",
+                    format!(
+                        "no refund {no} is recorded; a refund made by hand is recorded when its \
+                         notification comes (its out_refund_no is in the refund_by_hand event)"
+                    ),
+                )
+            })?;
+        if refund.value.aftersale_id.as_ref() == Some(id) {
+            return Ok(Attempt::Done(current.value)); // a repeat
+        }
+        if refund.value.origin != RefundOrigin::ByHand
+            || refund.value.status != RefundStatus::Success
+        {
+            return refused(
+                "NOT_A_REFUND_BY_HAND",
+                format!(
+                    "refund {no} is not a completed refund made by hand in the merchant \
+                     platform; only those settle an after-sale this way"
+                ),
+            );
+        }
+        if refund.value.out_trade_no != current.value.out_trade_no {
+            return refused(
+                "REFUND_OF_ANOTHER_ORDER",
+                format!(
+                    "refund {no} is of order {}, after-sale {id} of order {}",
+                    refund.value.out_trade_no, current.value.out_trade_no
+                ),
+            );
+        }
+        if let Some(other) = &refund.value.aftersale_id {
+            return refused(
+                "REFUND_ALREADY_SETTLES_ANOTHER",
+                format!("refund {no} already settled after-sale {other}"),
+            );
+        }
+        if refund.value.amount > current.value.amount {
+            return refused(
+                "REFUND_LARGER_THAN_AFTERSALE",
+                format!(
+                    "refund {no} paid {} fen, more than the {} fen after-sale {id} asks for: it \
+                     was not (only) this after-sale's money; reject the after-sale if it is \
+                     paid",
+                    refund.value.amount.get(),
+                    current.value.amount.get()
+                ),
+            );
+        }
+        let now = app.clock.now_ms();
+        let mut next = current.value.clone();
+        next.settled_by_refund_made_by_hand(
+            refund.value.amount,
+            refund.value.refund_id.clone(),
+            now,
+        )
+        .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?;
+        let order = repo::get_order(app.store.as_ref(), &next.out_trade_no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+        let mut next_order = order.value.clone();
+        let mut batch = Batch::new();
+        if next_order.release_claim(id, now) == Change::Changed {
+            batch.update_order(&order, &next_order);
+        } else {
+            batch.check_order(&order);
+        }
+        let mut nr = refund.value.clone();
+        nr.aftersale_id = Some(id.clone());
+        nr.updated_at_ms = now;
+        batch.update_refund(&refund, &nr);
+        batch.update_aftersale(&current, &next);
+        // WeChat's after-sale is told it was refunded (`acceptrefund`: an order whose money
+        // we hold, so WeChat moves none) — except a return whose return was never accepted,
+        // which WeChat's return steps cannot take without an address: reconciled there by
+        // hand, as the `refund_by_hand` event says.
+        let mirrored = next.kind == AfterSaleKind::RefundOnly || next.goods_return.is_some();
+        if order.value.wx_order_id.is_some() && mirrored {
+            batch.enqueue(OutboxEntry::new(
+                Task::AfterSaleSync {
+                    aftersale_id: id.clone(),
+                },
+                now,
+            ));
+        }
+        Ok(Attempt::Commit(batch, next))
+    })
+    .await?;
+    tracing::info!(aftersale_id = %id, out_refund_no = %no, amount = done.amount.get(), "after-sale settled by a refund made by hand; nothing paid again");
     Ok(done)
 }
 

@@ -744,7 +744,9 @@ async fn made_by_hand(
         "order_refunded": next_order.refunded.get(), "order_status": next_order.status.as_str(),
         "open_aftersales_hold": next_order.claimed().get(),
         "what_to_do": format!("{what_to_do}. WeChat's trading component has no after-sale for \
-            this refund: if the order is in it, reconcile it there by hand; if open after-sales \
+            this refund: if the order is in it, reconcile it there by hand. If this refund paid an \
+            open after-sale, record it with POST /admin/aftersaleSync {{action: mark_refunded, \
+            aftersale_id, out_refund_no}} (approving it would pay again); if open after-sales \
             hold more than is left, reject or cancel them")});
     let mut batch = Batch::new();
     batch.create_refund(&record);

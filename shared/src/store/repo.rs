@@ -374,7 +374,8 @@ pub struct RefundRecord {
     pub out_refund_no: OutRefundNo,
     pub out_trade_no: OutTradeNo,
     /// The after-sale it refunds; `None` only for a refund made by hand
-    /// ([`RefundOrigin::ByHand`]).
+    /// ([`RefundOrigin::ByHand`]) until a person records the after-sale it paid
+    /// (`mark_refunded` with its `out_refund_no`), which it then names so it settles no other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aftersale_id: Option<AfterSaleId>,
     pub amount: Fen,
