@@ -635,6 +635,17 @@ async fn status_listings_are_sharded_against_moto() {
     sharding::cursors(&store).await;
 }
 
+/// Entries written before the sharding are moved to their shard by the schedule's step,
+/// which never overwrites a write made meanwhile; once the legacy partitions have stayed empty
+/// long enough the mark is written and listings (in processes started after it) stop reading
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legacy_index_is_migrated_and_then_no_longer_read_against_moto() {
+    let moto = start_moto();
+    let store = new_store(&moto, "legacy").await;
+    sharding::migration(&moto, &store).await;
+}
+
 mod sharding {
     use super::*;
     use aws_sdk_dynamodb::types::AttributeValue;
@@ -901,6 +912,291 @@ mod sharding {
         let page = store.query(first).await.unwrap();
         assert_eq!(ids(&page.records), ["sp-01"]);
     }
+
+    /// An item as a release from before the sharding wrote it: index keys without a shard
+    /// (`"{kind}#{owner}"`, `"{kind}#{status}"`), and `wt` only if given.
+    fn legacy_item(r: &Record, wt: Option<&str>) -> Item {
+        let sk = format!("{:020}#{}", (r.sort as u64) ^ (1u64 << 63), r.id);
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        let kind = r.kind.as_str();
+        let mut item = HashMap::from([
+            ("pk".to_owned(), s(&format!("{kind}#{}", r.id))),
+            ("kind".to_owned(), s(kind)),
+            ("id".to_owned(), s(&r.id)),
+            ("v".to_owned(), AttributeValue::N(r.version.to_string())),
+            ("body".to_owned(), s(&r.body)),
+            ("sort".to_owned(), AttributeValue::N(r.sort.to_string())),
+        ]);
+        if let Some(owner) = &r.owner {
+            item.insert("gsi1pk".into(), s(&format!("{kind}#{owner}")));
+            item.insert("gsi1sk".into(), s(&sk));
+        }
+        if let Some(status) = &r.status {
+            item.insert("gsi2pk".into(), s(&format!("{kind}#{status}")));
+            item.insert("gsi2sk".into(), s(&sk));
+        }
+        if let Some(t) = r.expires_at {
+            item.insert("ttl".into(), AttributeValue::N(t.to_string()));
+        }
+        if let Some(wt) = wt {
+            item.insert("wt".into(), s(wt));
+        }
+        item
+    }
+
+    async fn put_raw(store: &DynamoStore, item: Item) {
+        store
+            .client()
+            .put_item()
+            .table_name(store.table())
+            .set_item(Some(item))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// The ids of the entries in one index partition, as stored (no store logic).
+    async fn partition_ids(store: &DynamoStore, index: &str, partition: &str) -> Vec<String> {
+        let out = store
+            .client()
+            .query()
+            .table_name(store.table())
+            .index_name(index)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", if index == "gsi1" { "gsi1pk" } else { "gsi2pk" })
+            .expression_attribute_values(":pk", AttributeValue::S(partition.to_owned()))
+            .send()
+            .await
+            .unwrap();
+        out.items().iter().filter_map(|i| string(i, "id")).collect()
+    }
+
+    /// The partitions the `Query` requests sent through `proxy` named.
+    fn queried(proxy: &super::lossy::Proxy) -> Vec<String> {
+        proxy
+            .sent("Query")
+            .iter()
+            .filter_map(|b| {
+                b["ExpressionAttributeValues"][":pk"]["S"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// (e) The migration of legacy entries, and the end of the legacy reads.
+    pub async fn migration(moto: &super::Moto, direct: &DynamoStore) {
+        // The mark's key (`docs/STORAGE.md`, "Migration").
+        const LEGACY_INDEX_MARK: &str = "store/legacy_index_migrated";
+        use wxshop::store::repo::index_listings;
+        use wxshop::time::Deadline;
+
+        // Orders in an end state written before the sharding (more than a page of the
+        // migration), one of them expired; others written since; products with both index
+        // keys unsharded (and a write token); dead outbox entries.
+        let completed: Vec<Record> = (0..130)
+            .map(|i| {
+                indexed(
+                    Kind::Order,
+                    &format!("mg-{i:03}"),
+                    "buyer-m",
+                    "COMPLETED",
+                    i,
+                )
+            })
+            .collect();
+        for (i, r) in completed.iter().enumerate() {
+            if i % 10 == 3 {
+                direct
+                    .write(vec![Write::put(r.clone(), Expect::Absent)])
+                    .await
+                    .unwrap();
+            } else {
+                put_raw(direct, legacy_item(r, None)).await;
+            }
+        }
+        let mut expired = indexed(Kind::Order, "mg-expired", "buyer-m", "COMPLETED", 5);
+        expired.expires_at = Some(now() - 10);
+        put_raw(direct, legacy_item(&expired, None)).await;
+        let products: Vec<Record> = (0..5)
+            .map(|i| indexed(Kind::Product, &format!("mg-p{i}"), "all", "APPROVED", 0))
+            .collect();
+        for r in &products {
+            put_raw(direct, legacy_item(r, Some("oldtoken0123456789ab"))).await;
+        }
+        let dead: Vec<Record> = (0..3)
+            .map(|i| {
+                indexed(
+                    Kind::Outbox,
+                    &format!("mg-d{i}"),
+                    "subject-m",
+                    "dead",
+                    100 + i,
+                )
+            })
+            .collect();
+        for r in &dead {
+            put_raw(direct, legacy_item(r, None)).await;
+        }
+        let want_orders: Vec<String> = completed.iter().map(|r| r.id.clone()).collect();
+        let want_products: Vec<String> = products.iter().map(|r| r.id.clone()).collect();
+        let completed_q = Query::new(Kind::Order, Index::Status("COMPLETED".into()));
+        let products_q = Query::new(Kind::Product, Index::Owner("all".into()));
+        let dead_q = Query::new(Kind::Outbox, Index::Status("dead".into()));
+
+        // A process that started before the mark (its listing reads the mark: none yet).
+        let proxy = super::lossy::Proxy::start(&moto.endpoint).await;
+        let before = DynamoStore::connect(direct.table(), Some(&proxy.endpoint))
+            .await
+            .unwrap();
+        let mut page_of_10 = completed_q.clone();
+        page_of_10.limit = 10;
+        assert_eq!(all_pages(&before, page_of_10.clone()).await.0, want_orders);
+
+        // Between the migration's read of the COMPLETED partition and its moves, a release from
+        // before the sharding (still running during the deploy) writes mg-000 again: version 2,
+        // its legacy key. The move of version 1 must not overwrite it.
+        let mut rewritten = completed[0].clone();
+        rewritten.version = 2;
+        rewritten.body = "{\"written\":\"by an old binary meanwhile\"}".into();
+        let item: serde_json::Map<String, serde_json::Value> =
+            legacy_item(&rewritten, Some("oldbinary0123456789a"))
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        AttributeValue::S(s) => serde_json::json!({ "S": s }),
+                        AttributeValue::N(n) => serde_json::json!({ "N": n }),
+                        other => panic!("{other:?}"),
+                    };
+                    (k, v)
+                })
+                .collect();
+        proxy.after_query_of(
+            "order#COMPLETED",
+            "PutItem",
+            serde_json::json!({"TableName": direct.table(), "Item": item}),
+        );
+
+        let listings = index_listings();
+        let step = |at_min: i64| {
+            let listings = listings.clone();
+            let before = before.clone();
+            async move {
+                let t0 = 1_800_000_000_000i64;
+                before
+                    .migrate_index(
+                        &listings,
+                        t0 + at_min * 60_000,
+                        Deadline::after(Duration::from_secs(60)),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+
+        // The first pass moves everything it read but the entry written meanwhile.
+        let (first, finished) = step(0).await;
+        assert!(finished && !first.migrated, "{first:?}");
+        assert_eq!(first.passes, 1, "{first:?}");
+        let legacy_orders = 130 - 13;
+        assert_eq!(first.found, legacy_orders + 5 + 3, "{first:?}");
+        assert_eq!(first.moved, legacy_orders - 1 + 5 + 3, "{first:?}");
+        let kept = direct.get(Kind::Order, "mg-000").await.unwrap().unwrap();
+        assert_eq!(
+            kept, rewritten,
+            "the write made meanwhile is not overwritten"
+        );
+        assert_eq!(
+            partition_ids(direct, "gsi2", "order#COMPLETED").await,
+            ["mg-000", "mg-expired"]
+        );
+        // The next pass moves it.
+        let (second, _) = step(5).await;
+        assert_eq!(
+            (second.found, second.moved, second.migrated),
+            (1, 1, false),
+            "{second:?}"
+        );
+        let raw = raw_item(direct, Kind::Order, "mg-000").await;
+        assert_eq!(
+            string(&raw, "gsi2pk"),
+            Some(format!("order#COMPLETED#{}", shard_of("mg-000")))
+        );
+        assert_eq!(
+            direct.get(Kind::Order, "mg-000").await.unwrap(),
+            Some(rewritten.clone())
+        );
+
+        // Empty from now on; the mark needs empty passes 30 minutes apart, one after another.
+        let (clean, _) = step(10).await;
+        assert_eq!((clean.found, clean.passes, clean.migrated), (0, 1, false));
+        // 20 minutes without a pass (the schedule, maybe this release, was not running):
+        // the streak starts again, although 30 minutes have gone by since the first empty one.
+        assert!(!step(30).await.0.migrated);
+        assert!(!step(45).await.0.migrated);
+        let (done, _) = step(60).await;
+        assert!(done.migrated, "{done:?}");
+        assert!(step(65).await.0.migrated, "stays done");
+
+        // Every legacy partition is empty (but for the expired entry TTL deletes), the mark
+        // names the listings.
+        assert_eq!(
+            partition_ids(direct, "gsi2", "order#COMPLETED").await,
+            ["mg-expired"]
+        );
+        assert!(partition_ids(direct, "gsi2", "product#APPROVED")
+            .await
+            .is_empty());
+        assert!(partition_ids(direct, "gsi1", "product#all")
+            .await
+            .is_empty());
+        assert!(partition_ids(direct, "gsi2", "outbox#dead")
+            .await
+            .is_empty());
+        let mark = wxshop::store::kv::get(direct, LEGACY_INDEX_MARK)
+            .await
+            .unwrap()
+            .unwrap();
+        let named: Vec<String> = serde_json::from_str(&mark.value).unwrap();
+        for want in [
+            "gsi2:order#COMPLETED",
+            "gsi1:product#all",
+            "gsi2:outbox#dead",
+            "gsi2:product#APPROVED",
+        ] {
+            assert!(named.iter().any(|n| n == want), "{want} in {named:?}");
+        }
+
+        // A process started after the mark lists everything, in order, without reading the
+        // legacy partitions.
+        let proxy_after = super::lossy::Proxy::start(&moto.endpoint).await;
+        let after = DynamoStore::connect(direct.table(), Some(&proxy_after.endpoint))
+            .await
+            .unwrap();
+        assert_eq!(all_pages(&after, page_of_10.clone()).await.0, want_orders);
+        assert_eq!(all_pages(&after, products_q.clone()).await.0, want_products);
+        assert_eq!(
+            all_pages(&after, dead_q.clone()).await.0,
+            ["mg-d0", "mg-d1", "mg-d2"]
+        );
+        let partitions = queried(&proxy_after);
+        assert!(partitions.contains(&format!("order#COMPLETED#{}", shard_of("mg-001"))));
+        for legacy in ["order#COMPLETED", "product#all", "outbox#dead"] {
+            assert!(
+                !partitions.iter().any(|p| p == legacy),
+                "{legacy} read: {partitions:?}"
+            );
+        }
+        // The documented trade-off: an entry written with a legacy key after the mark (only a
+        // release from before the sharding does that) is not listed by such a process; one
+        // started before the mark still reads the legacy partitions.
+        let late = indexed(Kind::Order, "mg-late", "buyer-m", "COMPLETED", 500);
+        put_raw(direct, legacy_item(&late, None)).await;
+        let listed = all_pages(&after, completed_q.clone()).await.0;
+        assert!(!listed.iter().any(|id| id == "mg-late"));
+        let listed = all_pages(&before, completed_q.clone()).await.0;
+        assert_eq!(listed.last().map(String::as_str), Some("mg-late"));
+    }
 }
 
 /// A proxy in front of moto that can lose answers: it forwards every request, and for the
@@ -918,6 +1214,9 @@ mod lossy {
     struct Log {
         lose: HashMap<String, usize>,
         sent: Vec<(String, serde_json::Value)>,
+        /// After the next `Query` of this index partition is answered upstream and before
+        /// its answer is passed on: this request (operation, body), sent upstream.
+        inject: Option<(String, String, serde_json::Value)>,
     }
 
     #[derive(Clone)]
@@ -969,6 +1268,14 @@ mod lossy {
                 .insert(operation.to_owned(), n);
         }
 
+        /// Once the next `Query` of index partition `partition` has been answered (and
+        /// before its answer goes on), sends `operation` with `body` upstream: a write made
+        /// between a caller's read and its write.
+        pub fn after_query_of(&self, partition: &str, operation: &str, body: serde_json::Value) {
+            self.log.lock().unwrap().inject =
+                Some((partition.to_owned(), operation.to_owned(), body));
+        }
+
         /// The bodies of the `operation` requests forwarded so far, oldest first.
         pub fn sent(&self, operation: &str) -> Vec<serde_json::Value> {
             self.log
@@ -1005,6 +1312,39 @@ mod lossy {
         let status = answer.status();
         let content_type = answer.headers().get(http::header::CONTENT_TYPE).cloned();
         let answer = answer.bytes().await.unwrap();
+        let injected = {
+            let mut log = st.log.lock().unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let partition = json["ExpressionAttributeValues"][":pk"]["S"].as_str();
+            match &log.inject {
+                Some((p, _, _)) if operation == "Query" && Some(p.as_str()) == partition => {
+                    log.inject.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some((_, op, json)) = injected {
+            // The trigger's headers (moto takes the region from its signature, which it
+            // does not check), another operation.
+            let mut request = st.http.post(format!("{}/", st.upstream));
+            for (name, value) in &parts.headers {
+                if name != http::header::HOST
+                    && name != http::header::CONTENT_LENGTH
+                    && name.as_str() != "x-amz-target"
+                {
+                    request = request.header(name, value);
+                }
+            }
+            let out = request
+                .header("x-amz-target", format!("DynamoDB_20120810.{op}"))
+                .body(json.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = out.status();
+            let text = out.text().await.unwrap();
+            assert!(status.is_success(), "injected {op}: {status} {text}");
+        }
         let lost = {
             let mut log = st.log.lock().unwrap();
             log.sent.push((

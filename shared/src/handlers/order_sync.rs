@@ -282,9 +282,13 @@ pub enum Phase {
     Bill,
     /// Expired records (SQLite; a no-op on DynamoDB, whose TTL deletes them).
     Purge,
+    /// Index entries written before DynamoDB's indexes were sharded, moved to their shard,
+    /// until none is left and listings stop reading where they were (`Store::migrate_index`;
+    /// a no-op on SQLite).
+    LegacyIndex,
 }
 
-pub const PHASES: [Phase; 8] = [
+pub const PHASES: [Phase; 9] = [
     Phase::Drain,
     Phase::Unpaid,
     Phase::Refunds,
@@ -293,6 +297,7 @@ pub const PHASES: [Phase; 8] = [
     Phase::Audits,
     Phase::Bill,
     Phase::Purge,
+    Phase::LegacyIndex,
 ];
 
 /// One schedule run: what each phase did, and which phases did not get to the end.
@@ -306,6 +311,7 @@ pub struct ScheduleReport {
     pub audits: super::catalog_sync::AuditSweepReport,
     pub bill: super::reconcile::DailyReport,
     pub purged: usize,
+    pub legacy_index: crate::store::IndexMigration,
     /// Phases stopped (or never started) at the deadline with work possibly left: the next
     /// run (5 minutes on) goes on with them.
     pub unfinished: Vec<Phase>,
@@ -317,7 +323,8 @@ pub struct ScheduleReport {
 /// ones and release their stock), settle refunds whose notification never came, import
 /// after-sales opened in WeChat whose push never came, record
 /// refunds WeChat made on its own whose push never came, apply audit verdicts whose push never
-/// came, reconcile yesterday's bills (once a day), purge expired records — all started before `deadline`.
+/// came, reconcile yesterday's bills (once a day), purge expired records, move index entries
+/// written before the sharding (DynamoDB) — all started before `deadline`.
 ///
 /// No phase starves the ones after it: in a first pass each phase gets an equal share of the
 /// time left (a phase that finishes early leaves its time to the next), and what remains then
@@ -440,6 +447,20 @@ async fn run_phase(
             .map(|n| {
                 report.purged += n;
                 true
+            })
+            .map_err(|e| e.to_string()),
+        // A page of entries at a time, none started past the deadline; progress kept in kv.
+        Phase::LegacyIndex => app
+            .store
+            .migrate_index(&repo::index_listings(), app.clock.now_ms(), deadline)
+            .await
+            .map(|(r, finished)| {
+                let sum = &mut report.legacy_index;
+                sum.found += r.found;
+                sum.moved += r.moved;
+                sum.passes += r.passes;
+                sum.migrated |= r.migrated;
+                finished
             })
             .map_err(|e| e.to_string()),
     };
@@ -1035,6 +1056,16 @@ mod tests {
                 "AccessDenied (injected)".into(),
             ))
         }
+        async fn migrate_index(
+            &self,
+            _: &[(crate::store::Kind, crate::store::Index)],
+            _: i64,
+            _: Deadline,
+        ) -> Result<(crate::store::IndexMigration, bool), crate::store::StoreError> {
+            Err(crate::store::StoreError::Backend(
+                "AccessDenied (injected)".into(),
+            ))
+        }
         fn backend(&self) -> &'static str {
             "denied"
         }
@@ -1055,6 +1086,25 @@ mod tests {
         assert!(!failed.is_empty(), "{report}");
         let counted = captured.total(crate::metrics::SCHEDULE_PHASE_FAILURES);
         assert_eq!(counted, failed.len() as u64, "{report}");
+        assert!(
+            failed.contains(&serde_json::json!("legacy_index")),
+            "{report}"
+        );
+    }
+
+    /// SQLite's indexes were never sharded: the legacy-index phase has nothing to do and says
+    /// it is done.
+    #[tokio::test]
+    async fn the_legacy_index_phase_is_a_no_op_on_sqlite() {
+        let app = app();
+        let report = on_schedule(&app, Deadline::after(Duration::from_secs(20))).await;
+        assert_eq!(report["legacy_index"]["migrated"], true, "{report}");
+        assert_eq!(report["legacy_index"]["found"], 0, "{report}");
+        let failed = report["failed"].as_array().cloned().unwrap_or_default();
+        assert!(
+            !failed.contains(&serde_json::json!("legacy_index")),
+            "{report}"
+        );
     }
 
     /// A status index that lags, as DynamoDB's GSIs do: it still lists `ghosts` — entries

@@ -29,7 +29,9 @@
 //! throttles the table, so the status index (and the products' shared owner) spreads each key
 //! over [`SHARDS`] partitions by a stable hash of the id ([`shard_of`]). A query reads them all
 //! and the legacy unsharded partition (items written before, until written again) at once and
-//! merges them by the sort key, which orders by (`sort`, `id`) in every partition alike.
+//! merges them by the sort key, which orders by (`sort`, `id`) in every partition alike. The
+//! schedule moves what is left in legacy partitions and, once they are verified empty, marks
+//! them so; listings then skip them (`legacy`, [`Store::migrate_index`]).
 //!
 //! # Semantics
 //!
@@ -59,7 +61,16 @@
 //!   unsharded hash key), checked against the query it is used with; the next page reads every
 //!   partition from after its sort key.
 
-use super::{now_secs, Expect, Index, Kind, Page, Query, Record, Store, StoreError, Write};
+mod legacy;
+
+pub use legacy::{
+    MARK_KEY as LEGACY_INDEX_MARK, MAX_GAP_MS as LEGACY_INDEX_MAX_GAP_MS,
+    SETTLE_MS as LEGACY_INDEX_SETTLE_MS,
+};
+
+use super::{
+    now_secs, Expect, Index, IndexMigration, Kind, Page, Query, Record, Store, StoreError, Write,
+};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
@@ -108,7 +119,8 @@ const MAX_QUERY_PAGE: usize = 1000;
 /// Partitions a sharded index key is spread over: `"{kind}#{key}#{shard}"`, `shard` in
 /// `0..SHARDS` ([`shard_of`] the record's id). One GSI partition takes about 1,000 writes a
 /// second, and a throttled GSI throttles the table's writes; 8 partitions give each status
-/// ~8,000 writes/s, for 9 `Query` calls (8 shards and the legacy partition) per page of a
+/// ~8,000 writes/s, for 9 `Query` calls (8 shards and the legacy partition, until `legacy`
+/// marks it empty) per page of a
 /// listing that only background work and the admin read (`docs/STORAGE.md`, "Sharded index
 /// keys"). May be raised, never lowered: a query reads shards `0..SHARDS`, so entries written
 /// under a smaller count are still read (and decoded: see [`unshard`]).
@@ -126,6 +138,9 @@ pub struct DynamoStore {
     /// binary size: the SDK's customised-operation path is generic per operation.)
     client_once: Client,
     table: String,
+    /// The listings whose legacy partitions the mark says are empty, read at the first
+    /// sharded query of the process and kept ([`DynamoStore::legacy_done`]).
+    legacy_done: std::sync::Arc<tokio::sync::OnceCell<legacy::Marked>>,
 }
 
 /// Attempts of a conditional delete (ours, the SDK's retries being off for it).
@@ -215,6 +230,7 @@ impl DynamoStore {
             client_once: without_retries(&client),
             client,
             table: table.to_string(),
+            legacy_done: Default::default(),
         })
     }
 
@@ -224,6 +240,7 @@ impl DynamoStore {
             client_once: without_retries(&client),
             client,
             table: table.into(),
+            legacy_done: Default::default(),
         }
     }
 
@@ -558,6 +575,29 @@ impl DynamoStore {
 }
 
 impl DynamoStore {
+    /// The listings (`legacy::listing_name`) whose legacy partitions no longer need reading:
+    /// those the mark names (`kv` [`LEGACY_INDEX_MARK`], written by [`Store::migrate_index`]),
+    /// read once per process — a mark written later takes effect at the next cold start. No
+    /// mark, or one that cannot be read (it is read again next time), names none: every
+    /// legacy partition is read, as before the migration.
+    async fn legacy_done(&self) -> legacy::Marked {
+        let read = self
+            .legacy_done
+            .get_or_try_init(|| async {
+                legacy::read_mark(self)
+                    .await
+                    .map(|(_, names)| std::sync::Arc::new(names))
+            })
+            .await;
+        match read {
+            Ok(names) => names.clone(),
+            Err(e) => {
+                tracing::warn!(error = %e, "legacy-index mark not read; legacy partitions are read");
+                legacy::Marked::default()
+            }
+        }
+    }
+
     /// One `Query` of one index partition: at most `ask` entries within `range`, from `start`
     /// (DynamoDB's `LastEvaluatedKey` of the previous call on it); the entries and where to
     /// read on (`None`: the partition is read to its end).
@@ -773,16 +813,21 @@ impl Store for DynamoStore {
             return Ok(Page::default());
         };
         // A sharded listing is read from every shard and from the legacy partition (entries
-        // written before the index was sharded, until they are written again).
+        // written before the index was sharded, until they are written again or moved by
+        // `migrate_index`) — unless the mark says that partition was verified empty.
         let partitions: Vec<String> = if gsi.sharded(query.kind) {
+            let legacy_left = !self
+                .legacy_done()
+                .await
+                .contains(&legacy::listing_name(gsi, &listing));
             (0..SHARDS)
                 .map(|shard| format!("{listing}#{shard}"))
-                .chain([listing.clone()])
+                .chain(legacy_left.then(|| listing.clone()))
                 .collect()
         } else {
             vec![listing.clone()]
         };
-        let sharded = partitions.len() > 1;
+        let sharded = gsi.sharded(query.kind);
         let mut sources: Vec<Source> = partitions
             .into_iter()
             .map(|partition| Source {
@@ -883,6 +928,15 @@ impl Store for DynamoStore {
             _ => None,
         };
         Ok(Page { records, next })
+    }
+
+    async fn migrate_index(
+        &self,
+        listings: &[(Kind, Index)],
+        now_ms: i64,
+        deadline: crate::time::Deadline,
+    ) -> Result<(IndexMigration, bool), StoreError> {
+        legacy::step(self, listings, now_ms, deadline).await
     }
 
     fn backend(&self) -> &'static str {

@@ -239,8 +239,49 @@ pub trait Store: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// One bounded step of moving index entries out of the partitions they were written to
+    /// before DynamoDB's indexes were sharded, for `listings` (every listing records are
+    /// written under: [`repo::index_listings`]), none started once `deadline` has passed; `now_ms`
+    /// times the verification passes. `true` with the report when the step got to the end
+    /// of what it does this run (a pass over the partitions, or nothing left to do).
+    ///
+    /// Why: a listing reads those partitions as long as anything may be left in them, and
+    /// records in an end state are never written again to move by themselves. The DynamoDB
+    /// backend moves them and, once they are verified empty, records so and stops reading them
+    /// (`docs/STORAGE.md`, "Sharded index keys", "Migration"). The default does nothing and is
+    /// done: SQLite's indexes were never sharded.
+    async fn migrate_index(
+        &self,
+        listings: &[(Kind, Index)],
+        now_ms: i64,
+        deadline: crate::time::Deadline,
+    ) -> Result<(IndexMigration, bool), StoreError> {
+        let _ = (listings, now_ms, deadline);
+        Ok((
+            IndexMigration {
+                migrated: true,
+                ..IndexMigration::default()
+            },
+            true,
+        ))
+    }
+
     /// Backend name for logs (`sqlite`, `dynamodb`).
     fn backend(&self) -> &'static str;
+}
+
+/// What [`Store::migrate_index`] did in one step.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IndexMigration {
+    /// Live entries found in the pre-sharding partitions.
+    pub found: usize,
+    /// Of those, moved to their shard.
+    pub moved: usize,
+    /// Passes over every pre-sharding partition ended in this step.
+    pub passes: usize,
+    /// Every listing asked about is verified empty of pre-sharding entries and marked so:
+    /// listings stop reading those partitions (in processes started after the mark).
+    pub migrated: bool,
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -154,10 +154,59 @@ pub async fn orders_created_between(
     Ok((orders, page.next))
 }
 
+// ---------------------------------------------------------------- index listings
+
+/// Every listing a record is written under whose entries DynamoDB spreads over shards: each
+/// status of each kind indexed by status, and the products' owner. What
+/// [`Store::migrate_index`] moves out of the partitions written before the sharding and,
+/// once they are empty, stops reading (a listing not named here keeps reading its own).
+///
+/// Left out: withdrawals' statuses (WeChat's strings, an open set; no code lists
+/// withdrawals by status, so their pre-sharding partitions are never read anyway), and
+/// idempotency records (no longer indexed; they expire).
+pub fn index_listings() -> Vec<(Kind, Index)> {
+    let status = |kind: Kind, s: &str| (kind, Index::Status(s.to_owned()));
+    let mut listings = vec![(Kind::Product, Index::Owner(PRODUCTS_OWNER.to_owned()))];
+    listings.extend(
+        OrderStatus::ALL
+            .iter()
+            .map(|s| status(Kind::Order, s.as_str())),
+    );
+    listings.extend(
+        AfterSaleStatus::ALL
+            .iter()
+            .map(|s| status(Kind::AfterSale, s.as_str())),
+    );
+    listings.extend(
+        PRODUCT_AUDITS
+            .iter()
+            .map(|a| status(Kind::Product, audit_str(*a))),
+    );
+    listings.extend(
+        RefundStatus::ALL
+            .iter()
+            .map(|s| status(Kind::Refund, s.as_str())),
+    );
+    listings.extend(
+        [outbox::STATUS_PENDING, outbox::STATUS_DEAD]
+            .iter()
+            .map(|s| status(Kind::Outbox, s)),
+    );
+    listings
+}
+
 // ---------------------------------------------------------------- products
 
 /// Every product is listed under this owner, so "all products" is one index query.
 pub const PRODUCTS_OWNER: &str = "all";
+
+/// Every audit a product can be indexed under.
+pub const PRODUCT_AUDITS: [AuditStatus; 4] = [
+    AuditStatus::Draft,
+    AuditStatus::Auditing,
+    AuditStatus::Approved,
+    AuditStatus::Rejected,
+];
 
 pub fn audit_str(a: AuditStatus) -> &'static str {
     match a {
@@ -335,6 +384,14 @@ pub enum RefundStatus {
 }
 
 impl RefundStatus {
+    pub const ALL: [RefundStatus; 5] = [
+        RefundStatus::Pending,
+        RefundStatus::Processing,
+        RefundStatus::Success,
+        RefundStatus::Failed,
+        RefundStatus::Abnormal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RefundStatus::Pending => "PENDING",
