@@ -4310,6 +4310,38 @@ async fn reconciliation_checks_refunds_and_payments_both_ways() {
     assert_eq!(v["mismatches"], json!([]), "{v}");
 }
 
+/// A fresh store (a first deploy, every wxlocal started on a new database) has nothing of
+/// the days before it: the schedule's first run after 10:00 China time does not reconcile
+/// yesterday against it — it used to, at every such start (two `downloadbill` calls, and a
+/// page for each payment of that day the new store could not know) — and the first day it
+/// reconciles is the first day the store was in use.
+#[tokio::test]
+async fn a_fresh_store_is_not_reconciled_for_the_days_before_it() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let schedule = || async {
+        wxshop::handlers::order_sync::on_schedule(
+            &r.app,
+            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+        )
+        .await
+    };
+    let bills_asked = || r.sandbox.calls("pay/downloadbill").len();
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
+    assert_eq!(bills_asked(), 0);
+
+    // Its first day: reconciled the next morning, and only it.
+    advance_to_china(&r, &c, 12, 0).await;
+    paid_and_synced(&r, &c, "uma", 1).await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 0, "{report}");
+}
+
 /// A bill line that cannot be read (its amounts garbled: `19,90`) is reported on its own,
 /// with its raw text, and every other line of the day is still checked — it used to fail
 /// the whole bill (`PAYMENT_REFUSED`), so nothing of that day was checked at all.

@@ -470,6 +470,10 @@ const CATCH_UP_DAYS: i64 = 7;
 /// once — the last day done is kept as a kv mark, written after the day's events, so a run
 /// cut short or failed is done again by the next (its events are kept once: by day and id).
 /// Days missed since the mark (at most [`CATCH_UP_DAYS`]) are done first, oldest first.
+/// Without a mark (the schedule's first run on this store), yesterday is reconciled only if
+/// the store holds an order created before today: a new store (a first deploy, a fresh
+/// wxlocal) has nothing of the days before it to compare with a bill, so the mark is put at
+/// yesterday and the first day reconciled is the first day it was in use.
 /// `false` when `deadline` passed first.
 pub async fn run_daily(
     app: &App,
@@ -484,8 +488,15 @@ pub async fn run_daily(
     let yesterday = crate::time::beijing_date(now - DAY_MS);
     let earliest = crate::time::beijing_date(now - CATCH_UP_DAYS * DAY_MS);
     let store = app.store.as_ref();
+    let today_start = day_start_ms(&crate::time::beijing_date(now)).unwrap_or(now);
     loop {
         let mark = kv::get(store, MARK).await?;
+        if mark.is_none() && !repo::any_order_created_before(store, today_start).await? {
+            tracing::info!(from = %crate::time::beijing_date(now), "no order before today in this store: reconciliation starts with today's bills");
+            let until = app.clock.now_secs() + MARK_TTL_SECS;
+            kv::put_if(store, MARK, &yesterday, until, None).await?;
+            return Ok(true);
+        }
         // `yyyyMMdd` orders as text.
         let day = match mark.as_ref().and_then(|m| day_start_ms(&m.value)) {
             Some(done) => crate::time::beijing_date(done + DAY_MS).max(earliest.clone()),

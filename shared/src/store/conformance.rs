@@ -1592,6 +1592,7 @@ pub async fn repo_round_trip(store: &DynStore) {
     let mut b = Batch::new();
     b.create_order(&order(&nos[0], &openid, t));
     assert_eq!(b.commit(s).await, Err(StoreError::Conflict { index: 0 }));
+    assert!(repo::any_order_created_before(s, t + 1).await.unwrap());
 
     // Newest first, paged.
     let (page1, next) = repo::orders_of(s, &openid, 2, None).await.unwrap();

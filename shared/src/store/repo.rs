@@ -154,6 +154,23 @@ pub async fn orders_created_between(
     Ok((orders, page.next))
 }
 
+/// Whether any order was created before `before_ms` (one status-index read of at most one
+/// record per status): whether the store can have anything of the days before then.
+pub async fn any_order_created_before(
+    store: &dyn Store,
+    before_ms: i64,
+) -> Result<bool, StoreError> {
+    for status in OrderStatus::ALL {
+        let mut q = Query::new(Kind::Order, Index::Status(status.as_str().to_owned()));
+        q.sort_max = Some(before_ms.saturating_sub(1));
+        q.limit = 1;
+        if !store.query(q).await?.records.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 // ---------------------------------------------------------------- products
 
 /// Every product is listed under this owner, so "all products" is one index query.
