@@ -62,6 +62,7 @@ async fn conformance_cases_in_parallel() {
         async { conformance::idempotency_states(&s()).await },
         async { conformance::kv_cas(&s()).await },
         async { conformance::repo_round_trip(&s()).await },
+        async { conformance::refunds_by_success_recorded(&s()).await },
         async { conformance::rotations(&s()).await },
         async { conformance::product_audit_index(&s()).await },
     );

@@ -4516,6 +4516,196 @@ async fn reconciliation_checks_refunds_and_payments_both_ways() {
     assert_eq!(v["mismatches"], json!([]), "{v}");
 }
 
+/// A fresh store (a first deploy, every wxlocal started on a new database) has nothing of
+/// the days before it: the schedule's first run after 10:00 China time does not reconcile
+/// yesterday against it — it used to, at every such start (two `downloadbill` calls, and a
+/// page for each payment of that day the new store could not know) — and the first day it
+/// reconciles is the first day the store was in use.
+#[tokio::test]
+async fn a_fresh_store_is_not_reconciled_for_the_days_before_it() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let schedule = || async {
+        wxshop::handlers::order_sync::on_schedule(
+            &r.app,
+            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+        )
+        .await
+    };
+    let bills_asked = || r.sandbox.calls("pay/downloadbill").len();
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
+    assert_eq!(bills_asked(), 0);
+
+    // Its first day: reconciled the next morning, and only it.
+    advance_to_china(&r, &c, 12, 0).await;
+    paid_and_synced(&r, &c, "uma", 1).await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 0, "{report}");
+}
+
+/// A bill line that cannot be read (its amounts garbled: `19,90`) is reported on its own,
+/// with its raw text, and every other line of the day is still checked — it used to fail
+/// the whole bill (`PAYMENT_REFUSED`), so nothing of that day was checked at all.
+#[tokio::test]
+async fn an_unreadable_bill_line_is_reported_and_the_rest_checked() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    advance_to_china(&r, &c, 12, 0).await;
+    let (garbled, out_refund_no) = paid_and_refunded(&r, &c, "gina").await;
+    let (_, fine) = paid_and_synced(&r, &c, "finn", 1).await;
+    let (s, v) = c
+        .post("/sandbox/_control/bill", None, &json!({"garble": garbled}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+
+    let v = reconcile(&c, &day).await;
+    // The readable payment is checked and matches; the garbled one is not taken as missing.
+    assert_eq!(v["checked"], 1, "{v}");
+    assert_eq!(v["mismatches"], json!([]), "{v}");
+    assert_eq!(v["paid_here_checked"], 2, "{v}");
+    assert_eq!(v["missing_from_bill"], json!([]), "{v}");
+    assert_eq!(v["refunds_missing_from_bill"], json!([]), "{v}");
+    let bad = v["unreadable_rows"].as_array().unwrap();
+    assert_eq!(bad.len(), 2, "its payment line and its refund line: {v}");
+    for (row, bill_type) in bad.iter().zip(["SUCCESS", "REFUND"]) {
+        assert_eq!(row["bill_type"], bill_type, "{v}");
+        assert_eq!(row["out_trade_no"], garbled.as_str(), "{v}");
+        assert!(row["raw"].as_str().unwrap().contains("`19,90"), "{v}");
+        assert!(row["problem"].as_str().unwrap().contains("金额"), "{v}");
+    }
+    assert_eq!(bad[1]["out_refund_no"], out_refund_no.as_str(), "{v}");
+    assert!(
+        !v.to_string().contains(&fine),
+        "the readable order is fine: {v}"
+    );
+}
+
+/// Our refund recorded successful with no counterpart in WeChat Pay's REFUND bill — here a
+/// refund notification WeChat never sent (a forged one, signed with a leaked key) recorded
+/// as a refund made by hand — is a `bill_mismatch` and pages once. Refunds used to be
+/// checked only from the bill's side, so this went unseen. A refund recorded a day late is
+/// checked by the day it was recorded, against the bill of the day it succeeded.
+#[tokio::test]
+async fn a_refund_of_ours_missing_from_the_refund_bill_pages_once() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    let schedule = || async {
+        wxshop::handlers::order_sync::on_schedule(
+            &r.app,
+            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+        )
+        .await
+    };
+    advance_to_china(&r, &c, 12, 0).await;
+    // A refund WeChat made and billed: checked from both sides, clean.
+    let (_, real_refund) = paid_and_refunded(&r, &c, "vera").await;
+    let (_, no) = paid_and_synced(&r, &c, "walt", 1).await;
+    let ghost = "RFghost0000001";
+    let cfg = &r.app.config;
+    let forged = wxshop::pay::refund_notify::build_refund_notification(
+        &wxshop::pay::refund_notify::RefundNotificationSpec {
+            appid: cfg.appid.clone(),
+            mch_id: cfg.mch_id.clone(),
+            sub_appid: None,
+            sub_mch_id: None,
+            out_trade_no: OutTradeNo::parse(&no).unwrap(),
+            out_refund_no: OutRefundNo::parse(ghost).unwrap(),
+            transaction_id: transaction_id(&r, &no).await,
+            refund_id: "50300000000000000000000000777".into(),
+            total_fee: Fen::new(1990).unwrap(),
+            refund_fee: Fen::new(500).unwrap(),
+            success_time_ms: Some(r.app.clock.now_ms()),
+            refund_status: wxshop::pay::types::RefundStatus::Success,
+        },
+        cfg.api_key(),
+    );
+    let (s, reply) = c.raw("/callbacks/refund", forged).await;
+    assert!(s == 200 && reply.contains("SUCCESS"), "{s} {reply}");
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    let before = paged();
+
+    let v = reconcile(&c, &day).await;
+    assert_eq!(v["our_refunds_checked"], 2, "{v}");
+    assert_eq!(v["refund_mismatches"], json!([]), "{v}");
+    let missing = &v["refunds_missing_from_bill"];
+    assert_eq!(missing.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(missing[0]["out_refund_no"], ghost, "{v}");
+    assert_eq!(missing[0]["out_trade_no"], no.as_str(), "{v}");
+    assert_eq!(
+        missing[0]["problem"],
+        format!("successful here, not in the REFUND bill of {day}"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains(&real_refund), "{v}");
+
+    // The schedule, the next morning: kept as a bill_mismatch and paged, once.
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 1, "{report}");
+    let kept = wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "bill_mismatch",
+        &format!("{day}/refund_missing/{ghost}"),
+    )
+    .await
+    .unwrap()
+    .expect("a bill_mismatch event for a person");
+    assert!(
+        kept.value.body.contains("refund_missing_from_bill"),
+        "{}",
+        kept.value.body
+    );
+    assert_eq!(paged() - before, 1, "paged once");
+    advance_both(&r, &c, 3_600_000).await;
+    schedule().await;
+    assert_eq!(paged() - before, 1, "still paged once");
+
+    // Recorded a day late: WeChat says it succeeded yesterday (in yesterday's REFUND bill
+    // it is not either); today's reconciliation checks it against yesterday's bill.
+    let late = "RFghost0000002";
+    let forged = wxshop::pay::refund_notify::build_refund_notification(
+        &wxshop::pay::refund_notify::RefundNotificationSpec {
+            appid: cfg.appid.clone(),
+            mch_id: cfg.mch_id.clone(),
+            sub_appid: None,
+            sub_mch_id: None,
+            out_trade_no: OutTradeNo::parse(&no).unwrap(),
+            out_refund_no: OutRefundNo::parse(late).unwrap(),
+            transaction_id: transaction_id(&r, &no).await,
+            refund_id: "50300000000000000000000000778".into(),
+            total_fee: Fen::new(1990).unwrap(),
+            refund_fee: Fen::new(500).unwrap(),
+            success_time_ms: Some(r.app.clock.now_ms() - DAY_MS),
+            refund_status: wxshop::pay::types::RefundStatus::Success,
+        },
+        cfg.api_key(),
+    );
+    let (s, reply) = c.raw("/callbacks/refund", forged).await;
+    assert!(s == 200 && reply.contains("SUCCESS"), "{s} {reply}");
+    let today = wxshop::time::beijing_date(r.app.clock.now_ms());
+    let v = reconcile(&c, &today).await;
+    assert_eq!(v["our_refunds_checked"], 1, "{v}");
+    let missing = &v["refunds_missing_from_bill"];
+    assert_eq!(missing[0]["out_refund_no"], late, "{v}");
+    assert_eq!(
+        missing[0]["problem"],
+        format!("successful here, not in the REFUND bill of {day} or {today}"),
+        "{v}"
+    );
+    // Yesterday's reconciliation is not changed by it: each refund is checked once.
+    let v = reconcile(&c, &day).await;
+    assert_eq!(v["our_refunds_checked"], 2, "{v}");
+}
+
 /// The schedule reconciles yesterday's bills once a day, after 10:00 China time (when WeChat
 /// has them ready): each mismatch is kept as a `bill_mismatch` event and pages a person
 /// (`MoneyNeedsAPerson`) once, however often the schedule runs that day.

@@ -166,6 +166,11 @@ pub struct PayState {
     /// not kept across restarts.
     #[serde(skip)]
     pub refund_outcomes: std::collections::VecDeque<RefundStatus>,
+    /// `out_trade_no`s whose bill lines (payment and refunds) carry amounts no parser reads
+    /// (`19,90`), set with `/_control/bill`: a test's knob for a garbled bill line, not kept
+    /// across restarts.
+    #[serde(skip)]
+    pub garbled_bill_lines: std::collections::HashSet<String>,
 }
 
 impl PayState {
@@ -1347,8 +1352,16 @@ const REFUND_COLUMNS: [&str; 29] = [
     "费率备注",
 ];
 
-fn cell(cfg: &SandboxConfig, row: &BillRow, col: &str) -> String {
+fn cell(cfg: &SandboxConfig, row: &BillRow, col: &str, garbled: bool) -> String {
     let o = &row.order;
+    if garbled
+        && matches!(
+            col,
+            "应结订单金额" | "订单金额" | "退款金额" | "申请退款金额"
+        )
+    {
+        return "19,90".into();
+    }
     let r = row.refund.as_ref();
     let refund_fee = r.map(|r| r.refund_fee).unwrap_or(0);
     match col {
@@ -1434,6 +1447,7 @@ fn downloadbill(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields) -> Response {
             }
         }
     }
+    let garbled = state.pay.garbled_bill_lines.clone();
     drop(state);
     if rows.is_empty() {
         return bill_fail("No Bill Exist", "20002");
@@ -1446,7 +1460,10 @@ fn downloadbill(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields) -> Response {
     for row in &rows {
         let cells: Vec<String> = columns
             .iter()
-            .map(|c| format!("`{}", cell(cfg, row, c)))
+            .map(|c| {
+                let g = garbled.contains(&row.order.out_trade_no);
+                format!("`{}", cell(cfg, row, c, g))
+            })
             .collect();
         out.push_str(&cells.join(","));
         out.push_str("\r\n");

@@ -435,6 +435,7 @@ impl Sandbox {
             .route("/_control/aftersale", post(control_aftersale))
             .route("/_control/order", post(control_order))
             .route("/_control/refund_outcome", post(control_refund_outcome))
+            .route("/_control/bill", post(control_bill))
             .route("/_control/merchant_refund", post(control_merchant_refund))
             .route("/_control/funds/qrcode", post(control_qrcode))
             .route("/_control/funds/withdraw", post(control_withdraw))
@@ -995,6 +996,22 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
         st.pay.refund_outcomes.push_back(status);
     }
     Json(json!({"pending_outcomes": st.pay.refund_outcomes.len()})).into_response()
+}
+
+/// `{"garble": out_trade_no}`: that order's lines of every bill (its payment, its refunds)
+/// carry amounts no parser reads, as a damaged bill would — what reconciliation must report
+/// without giving up on the rest of the day.
+async fn control_bill(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(no) = v.get("garble").and_then(Value::as_str) else {
+        return control_err(StatusCode::BAD_REQUEST, "garble: an out_trade_no");
+    };
+    let mut st = sb.st();
+    st.pay.garbled_bill_lines.insert(no.to_owned());
+    Json(json!({"garbled": st.pay.garbled_bill_lines.len()})).into_response()
 }
 
 async fn control_aftersale(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {

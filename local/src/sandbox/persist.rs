@@ -281,6 +281,7 @@ fn visit_kept(st: &mut State, v: &mut impl Visit) {
         by_txn,
         prepay_ids,
         refund_outcomes: _,
+        garbled_bill_lines: _,
     } = &mut st.pay;
     v.map("pay.orders", orders);
     v.map("pay.refunds", refunds);

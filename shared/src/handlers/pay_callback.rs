@@ -587,6 +587,11 @@ async fn apply_refund(
         next_refund.refund_id = Some(n.refund_id.clone());
         next_refund.updated_at_ms = now;
         next_refund.status = outcome;
+        if outcome == RefundStatus::Success {
+            // Places it among the refunds recorded successful today, for reconciliation.
+            next_refund.succeeded_at_ms = n.success_time_ms;
+            next_refund.success_recorded_at_ms = Some(now);
+        }
         batch.update_refund(&refund, &next_refund);
         let mut refunds_order = aftersale.is_none() && outcome == RefundStatus::Success;
         if outcome == RefundStatus::Abnormal {
@@ -728,6 +733,7 @@ async fn made_by_hand(
         origin: RefundOrigin::ByHand,
         request_source: n.request_source.clone(),
         succeeded_at_ms: n.success_time_ms,
+        success_recorded_at_ms: Some(now),
         created_at_ms: now,
         updated_at_ms: now,
         checked_at_ms: None,

@@ -2,15 +2,23 @@
 //!
 //! Why: a notification that never came, a refund made in the merchant platform, a record
 //! changed by hand — each leaves WeChat's books and ours apart, and only the bills show it.
-//! Three checks, each within one day (China time, the bill's day):
+//! Four checks, each within one day (China time, the bill's day):
 //! * every payment of the SUCCESS bill is a stored, paid order with its amount and transaction;
 //! * every refund of the REFUND bill is a refund record of ours (ours or made by hand, which
 //!   are recorded too) of the same order, the same amount, and SUCCESS (or still in flight);
 //! * the other way: every direct order we recorded paid that day is in the SUCCESS bill. Read
 //!   through the status index by creation time (see [`PAID_AFTER_CREATED_MAX_MS`]), never a
-//!   scan of every order. Our refunds missing from the REFUND bill are not checked: refunds
-//!   are indexed by creation, and one can succeed days after it was made (bank cards), so no
-//!   bounded read finds the refunds that succeeded on a day.
+//!   scan of every order;
+//! * and every refund whose SUCCESS (as WeChat reported it) we recorded that day is in a
+//!   REFUND bill: read through the status index by the time we recorded the success
+//!   ([`repo::refunds_recorded_successful_between`]), so one recorded late — its notification
+//!   lost, found by refundquery days on — is checked by the day it was recorded, each refund
+//!   exactly once; it is looked for in the bill of the day WeChat says it succeeded and of
+//!   the day it was asked for (see [`refund_bill_days`]).
+//!
+//! A bill record that cannot be read is a mismatch of its own (kept with its raw line) and
+//! every other record is checked; only a bill whose header or summary cannot be read fails
+//! the reconciliation (`PAYMENT_REFUSED`, run again once WeChat's bill is right).
 //!
 //! `POST /admin/orderSync {action: "reconcile"}` runs it for a person; the schedule
 //! ([`run_daily`]) reconciles yesterday once a day after 10:00 China time, keeps each
@@ -19,11 +27,11 @@
 use crate::app::App;
 use crate::domain::{FundType, Order, OrderStatus, OutRefundNo, OutTradeNo};
 use crate::http::ApiError;
-use crate::pay::bill::{Bill, BillRow, BillType};
+use crate::pay::bill::{Bill, BillRow, BillType, UnreadableRow};
 use crate::store::kv;
-use crate::store::repo::{self, RefundStatus};
+use crate::store::repo::{self, RefundRecord, RefundStatus};
 use crate::time::Deadline;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Event source of a mismatch the schedule found.
 pub const BILL_MISMATCH_EVENTS: &str = "bill_mismatch";
@@ -62,6 +70,15 @@ pub struct RefundMismatch {
     pub problem: String,
 }
 
+/// A record line of a bill that could not be read, so was not checked.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UnreadableBillRow {
+    /// `SUCCESS` or `REFUND`: the bill it is a line of.
+    pub bill_type: &'static str,
+    #[serde(flatten)]
+    pub row: UnreadableRow,
+}
+
 /// What a reconciliation found. `checked`/`mismatches` are the SUCCESS bill's rows, as
 /// before refunds were reconciled.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -74,11 +91,20 @@ pub struct Reconciliation {
     /// Our direct orders paid that day, looked for in the SUCCESS bill.
     pub paid_here_checked: usize,
     pub missing_from_bill: Vec<PaymentMismatch>,
+    /// Our refunds recorded successful that day, looked for in the REFUND bill(s).
+    pub our_refunds_checked: usize,
+    pub refunds_missing_from_bill: Vec<RefundMismatch>,
+    /// Bill lines that could not be read (each a mismatch: a person reads it).
+    pub unreadable_rows: Vec<UnreadableBillRow>,
 }
 
 impl Reconciliation {
     pub fn mismatch_count(&self) -> usize {
-        self.mismatches.len() + self.refund_mismatches.len() + self.missing_from_bill.len()
+        self.mismatches.len()
+            + self.refund_mismatches.len()
+            + self.missing_from_bill.len()
+            + self.refunds_missing_from_bill.len()
+            + self.unreadable_rows.len()
     }
 }
 
@@ -130,6 +156,15 @@ pub async fn reconcile(
         bill_date: bill_date.to_owned(),
         ..Reconciliation::default()
     };
+    for (bill, bill_type) in [(&success, BillType::Success), (&refunds, BillType::Refund)] {
+        for row in &bill.unreadable {
+            tracing::error!(bill_date, bill_type = bill_type.as_str(), line = row.line, problem = %row.problem, "bill line unreadable");
+            out.unreadable_rows.push(UnreadableBillRow {
+                bill_type: bill_type.as_str(),
+                row: row.clone(),
+            });
+        }
+    }
     for row in &success.rows {
         if deadline.passed() {
             return Ok(None);
@@ -162,6 +197,10 @@ pub async fn reconcile(
         }
     }
     if !missing_from_bill(app, &success, start_ms, deadline, &mut out).await? {
+        return Ok(None);
+    }
+    let mut refund_bills = BTreeMap::from([(bill_date.to_owned(), refunds)]);
+    if !refunds_missing_from_bill(app, &mut refund_bills, start_ms, deadline, &mut out).await? {
         return Ok(None);
     }
     Ok(Some(out))
@@ -261,10 +300,18 @@ async fn missing_from_bill(
     out: &mut Reconciliation,
 ) -> Result<bool, ApiError> {
     let end_ms = start_ms + DAY_MS;
+    // A line that could not be read still names its order when it split into columns: that
+    // order is reported once, as the unreadable line.
     let billed: HashSet<&str> = success
         .rows
         .iter()
         .filter_map(|r| r.out_trade_no.as_deref())
+        .chain(
+            success
+                .unreadable
+                .iter()
+                .filter_map(|u| u.out_trade_no.as_deref()),
+        )
         .collect();
     for status in OrderStatus::ALL.into_iter().filter(|s| s.is_paid()) {
         let mut cursor = None;
@@ -306,6 +353,104 @@ fn paid_within(o: &Order, start_ms: i64, end_ms: i64) -> bool {
             .is_some_and(|t| (start_ms..end_ms).contains(&t))
 }
 
+/// The days (`yyyyMMdd`, China time, none after `bill_date`) whose REFUND bill may list
+/// `r`: the day WeChat says it succeeded (the day we recorded it when WeChat gave no time)
+/// and the day it was asked for (our record's creation). UNVERIFIED which of the two
+/// WeChat's REFUND bill files a refund under (the sandbox: the day it succeeded); looking
+/// in both keeps a refund that crossed midnight from paging a person for nothing. A day
+/// after `bill_date` (WeChat's clock a little ahead of ours at midnight) is not ready yet:
+/// `bill_date` is looked in instead.
+fn refund_bill_days(r: &RefundRecord, bill_date: &str) -> BTreeSet<String> {
+    let succeeded = r.succeeded_at_ms.or(r.success_recorded_at_ms);
+    [succeeded, Some(r.created_at_ms)]
+        .into_iter()
+        .flatten()
+        .map(crate::time::beijing_date)
+        .map(|d| {
+            if d.as_str() > bill_date {
+                bill_date.to_owned()
+            } else {
+                d
+            }
+        })
+        .collect()
+}
+
+/// Whether `bill` lists refund `r` (by our number, or WeChat's), a line it could not read
+/// included (that line is reported on its own).
+fn lists_refund(bill: &Bill, r: &RefundRecord) -> bool {
+    let ours = r.out_refund_no.as_str();
+    bill.rows.iter().any(|row| {
+        present(row.out_refund_no.as_deref()) == Some(ours)
+            || r.refund_id
+                .as_deref()
+                .is_some_and(|id| present(row.refund_id.as_deref()) == Some(id))
+    }) || bill
+        .unreadable
+        .iter()
+        .any(|u| present(u.out_refund_no.as_deref()) == Some(ours))
+}
+
+/// Our refunds recorded successful on the day starting at `start_ms` that no REFUND bill
+/// of theirs lists. `bills` holds the REFUND bills by day (the reconciled day's to begin
+/// with); another day's is downloaded once when a refund needs it. `false` when `deadline`
+/// passed first.
+async fn refunds_missing_from_bill(
+    app: &App,
+    bills: &mut BTreeMap<String, Bill>,
+    start_ms: i64,
+    deadline: Deadline,
+    out: &mut Reconciliation,
+) -> Result<bool, ApiError> {
+    let mut cursor = None;
+    loop {
+        if deadline.passed() {
+            return Ok(false);
+        }
+        let (refunds, next) = repo::refunds_recorded_successful_between(
+            app.store.as_ref(),
+            start_ms,
+            start_ms + DAY_MS - 1,
+            cursor,
+        )
+        .await?;
+        for r in &refunds {
+            out.our_refunds_checked += 1;
+            let days = refund_bill_days(r, &out.bill_date);
+            let mut listed = false;
+            for day in &days {
+                if !bills.contains_key(day) {
+                    let bill = app
+                        .pay
+                        .download_bill(day, BillType::Refund)
+                        .await
+                        .map_err(pay_error)?;
+                    bills.insert(day.clone(), bill);
+                }
+                listed |= bills.get(day).is_some_and(|b| lists_refund(b, r));
+            }
+            if !listed {
+                let days: Vec<&str> = days.iter().map(String::as_str).collect();
+                let problem = format!(
+                    "successful here, not in the REFUND bill of {}",
+                    days.join(" or ")
+                );
+                tracing::error!(bill_date = %out.bill_date, out_refund_no = %r.out_refund_no, problem = %problem, "refund bill mismatch");
+                out.refunds_missing_from_bill.push(RefundMismatch {
+                    out_refund_no: Some(r.out_refund_no.as_str().to_owned()),
+                    refund_id: r.refund_id.clone(),
+                    out_trade_no: Some(r.out_trade_no.as_str().to_owned()),
+                    problem,
+                });
+            }
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return Ok(true),
+        }
+    }
+}
+
 /// What the schedule's bill phase did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct DailyReport {
@@ -325,6 +470,10 @@ const CATCH_UP_DAYS: i64 = 7;
 /// once — the last day done is kept as a kv mark, written after the day's events, so a run
 /// cut short or failed is done again by the next (its events are kept once: by day and id).
 /// Days missed since the mark (at most [`CATCH_UP_DAYS`]) are done first, oldest first.
+/// Without a mark (the schedule's first run on this store), yesterday is reconciled only if
+/// the store holds an order created before today: a new store (a first deploy, a fresh
+/// wxlocal) has nothing of the days before it to compare with a bill, so the mark is put at
+/// yesterday and the first day reconciled is the first day it was in use.
 /// `false` when `deadline` passed first.
 pub async fn run_daily(
     app: &App,
@@ -339,8 +488,15 @@ pub async fn run_daily(
     let yesterday = crate::time::beijing_date(now - DAY_MS);
     let earliest = crate::time::beijing_date(now - CATCH_UP_DAYS * DAY_MS);
     let store = app.store.as_ref();
+    let today_start = day_start_ms(&crate::time::beijing_date(now)).unwrap_or(now);
     loop {
         let mark = kv::get(store, MARK).await?;
+        if mark.is_none() && !repo::any_order_created_before(store, today_start).await? {
+            tracing::info!(from = %crate::time::beijing_date(now), "no order before today in this store: reconciliation starts with today's bills");
+            let until = app.clock.now_secs() + MARK_TTL_SECS;
+            kv::put_if(store, MARK, &yesterday, until, None).await?;
+            return Ok(true);
+        }
         // `yyyyMMdd` orders as text.
         let day = match mark.as_ref().and_then(|m| day_start_ms(&m.value)) {
             Some(done) => crate::time::beijing_date(done + DAY_MS).max(earliest.clone()),
@@ -413,6 +569,21 @@ fn mismatch_events(r: &Reconciliation) -> Vec<(String, String)> {
             serde_json::json!(m),
         );
     }
+    for m in &r.refunds_missing_from_bill {
+        let id = m.out_refund_no.as_deref().unwrap_or("(none)");
+        push(
+            format!("{d}/refund_missing/{id}"),
+            "refund_missing_from_bill",
+            serde_json::json!(m),
+        );
+    }
+    for u in &r.unreadable_rows {
+        push(
+            format!("{d}/unreadable/{}/{}", u.bill_type, u.row.line),
+            "unreadable_bill_row",
+            serde_json::json!(u),
+        );
+    }
     out
 }
 
@@ -457,6 +628,34 @@ mod tests {
             let problem = refund_problem(&app, &row(no)).await.unwrap();
             assert_eq!(problem.as_deref(), Some(want), "{no:?}");
         }
+    }
+
+    /// The bill days of a refund are China days (UTC+8): one WeChat says succeeded at 23:59
+    /// China time (15:59 UTC) is in that day's bill, not the next; one asked for the day
+    /// before may be in that day's; none is after the day reconciled.
+    #[test]
+    fn a_refund_is_looked_for_in_the_bills_of_its_china_days() {
+        let at = |s: &str| crate::time::parse_beijing_datetime(s).unwrap();
+        let mut r = repo::RefundRecord::new(
+            OutRefundNo::parse("RF_00000001").unwrap(),
+            OutTradeNo::parse("pay_00000001").unwrap(),
+            crate::domain::AfterSaleId::parse("as1").unwrap(),
+            crate::domain::Fen::new(100).unwrap(),
+            at("2026-09-24 23:50:00"),
+        );
+        r.status = RefundStatus::Success;
+        r.succeeded_at_ms = Some(at("2026-09-25 23:59:59"));
+        r.success_recorded_at_ms = Some(at("2026-09-26 00:00:01"));
+        let days = |r: &repo::RefundRecord, d: &str| -> Vec<String> {
+            refund_bill_days(r, d).into_iter().collect()
+        };
+        assert_eq!(days(&r, "20260926"), ["20260924", "20260925"]);
+        // WeChat gave no time: the day we recorded it.
+        r.succeeded_at_ms = None;
+        assert_eq!(days(&r, "20260926"), ["20260924", "20260926"]);
+        // WeChat's clock a little ahead at midnight: not a bill that is not ready yet.
+        r.succeeded_at_ms = Some(at("2026-09-27 00:00:02"));
+        assert_eq!(days(&r, "20260926"), ["20260924", "20260926"]);
     }
 
     #[test]

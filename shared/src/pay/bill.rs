@@ -6,6 +6,11 @@
 //! Columns differ between `ALL`, `SUCCESS` and `REFUND` bills and change over time, so
 //! nothing is read by position. Amounts are yuan with two decimals and become exact [`Fen`];
 //! the fee column (5 decimals, negative on refunds) and the rate stay text.
+//!
+//! A record that cannot be read (its field count differs from the header's, an amount or the
+//! time is not one) does not fail the bill: it is kept as an [`UnreadableRow`] with its raw
+//! text, so every other record of the day is still checked and the bad one goes to a person.
+//! Only a bill whose header or summary cannot be read fails as a whole ([`BillError`]).
 
 use crate::domain::{Fen, MoneyError};
 use std::collections::BTreeMap;
@@ -49,8 +54,35 @@ pub enum BillError {
         column: String,
         source: MoneyError,
     },
+    #[error("bill line {line} is not a record (no leading backtick)")]
+    NotARecord { line: usize },
     #[error("bill summary: `{0}` is not a count")]
     Count(String),
+    #[error("bill line {line}, column `{column}`: `{value}` is not a time")]
+    Time {
+        line: usize,
+        column: String,
+        value: String,
+    },
+}
+
+/// The longest raw text an [`UnreadableRow`] keeps (a bill line is a few hundred bytes).
+const RAW_MAX_CHARS: usize = 1000;
+
+/// A record line that could not be read. The bill is unsigned text without keys or
+/// signatures, so its raw line holds no secret; it is kept (cut at 1000 characters) for the
+/// person who compares it with the merchant platform.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UnreadableRow {
+    /// 1-based line number in the bill's text.
+    pub line: usize,
+    /// Why it could not be read.
+    pub problem: String,
+    /// 商户订单号 / 商户退款单号 when the line split into the header's columns, so the record
+    /// it stands for is known (`None` when it did not).
+    pub out_trade_no: Option<String>,
+    pub out_refund_no: Option<String>,
+    pub raw: String,
 }
 
 /// One record of the bill. Typed columns are `None` when the bill type has no such column
@@ -131,6 +163,8 @@ pub struct BillSummary {
 pub struct Bill {
     pub header: Vec<String>,
     pub rows: Vec<BillRow>,
+    /// Record lines that could not be read; [`Bill::rows`] holds every other one.
+    pub unreadable: Vec<UnreadableRow>,
     pub summary: BillSummary,
 }
 
@@ -194,6 +228,49 @@ impl Cols<'_> {
     }
 }
 
+/// One record line's typed columns (`columns` left empty for the caller to fill).
+fn parse_row(columns: &BTreeMap<String, String>, line: usize) -> Result<BillRow, BillError> {
+    let c = Cols { map: columns, line };
+    let trade_time_ms = match c.text(&["交易时间"]) {
+        None => None,
+        Some(t) => {
+            Some(
+                crate::time::parse_beijing_datetime(&t).ok_or_else(|| BillError::Time {
+                    line,
+                    column: "交易时间".to_owned(),
+                    value: t.chars().take(40).collect(),
+                })?,
+            )
+        }
+    };
+    Ok(BillRow {
+        trade_time_ms,
+        appid: c.text(&["公众账号ID"]),
+        mch_id: c.text(&["商户号"]),
+        sub_mch_id: c.text(&["特约商户号", "子商户号"]),
+        transaction_id: c.text(&["微信订单号"]),
+        out_trade_no: c.text(&["商户订单号"]),
+        openid: c.text(&["用户标识"]),
+        trade_type: c.text(&["交易类型"]),
+        trade_state: c.text(&["交易状态"]),
+        fee_type: c.text(&["货币种类"]),
+        settlement_total_fee: c.fen("应结订单金额")?,
+        coupon_fee: c.fen("代金券金额")?,
+        refund_id: c.text(&["微信退款单号"]),
+        out_refund_no: c.text(&["商户退款单号"]),
+        refund_fee: c.fen("退款金额")?,
+        coupon_refund_fee: c.fen("充值券退款金额")?,
+        refund_status: c.text(&["退款状态"]),
+        body: c.text(&["商品名称"]),
+        attach: c.text(&["商户数据包"]),
+        service_fee: c.text(&["手续费"]),
+        rate: c.text(&["费率"]),
+        total_fee: c.fen("订单金额")?,
+        requested_refund_fee: c.fen("申请退款金额")?,
+        columns: BTreeMap::new(),
+    })
+}
+
 /// Parses the text of a successful `downloadbill` response.
 pub fn parse_bill(text: &str) -> Result<Bill, BillError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -208,53 +285,57 @@ pub fn parse_bill(text: &str) -> Result<Bill, BillError> {
         return Err(BillError::Empty);
     };
     let header = header_cells(header_line.trim_start_matches('\u{feff}'));
-    // Records start with a backtick; the first line after the header that does not is the
-    // summary header.
-    let split = rest
-        .iter()
-        .position(|(_, l)| !l.starts_with('`'))
-        .ok_or(BillError::NoSummary)?;
+    // The last two lines are the summary's header (no backtick) and values; every line
+    // between is a record (a record line without its backtick is an unreadable record, not
+    // the end of the records).
+    let split = rest.len().checked_sub(2).ok_or(BillError::NoSummary)?;
     let (records, summary_part) = rest.split_at(split);
     let [(_, summary_header), (summary_no, summary_values)] = summary_part else {
         return Err(BillError::NoSummary);
     };
+    if summary_header.starts_with('`') || !summary_values.starts_with('`') {
+        return Err(BillError::NoSummary);
+    }
 
     let mut rows = Vec::with_capacity(records.len());
+    let mut unreadable = Vec::new();
     for (no, line) in records {
-        let columns = zip(&header, value_cells(line), *no)?;
-        let c = Cols {
-            map: &columns,
-            line: *no,
+        let cells = value_cells(line);
+        let got = cells.len();
+        let count_ok = got == header.len();
+        let columns: BTreeMap<String, String> = header.iter().cloned().zip(cells).collect();
+        let read = if !line.starts_with('`') {
+            Err(BillError::NotARecord { line: *no })
+        } else if count_ok {
+            parse_row(&columns, *no)
+        } else {
+            Err(BillError::FieldCount {
+                line: *no,
+                got,
+                want: header.len(),
+            })
         };
-        let row = BillRow {
-            trade_time_ms: c
-                .text(&["交易时间"])
-                .and_then(|t| crate::time::parse_beijing_datetime(&t)),
-            appid: c.text(&["公众账号ID"]),
-            mch_id: c.text(&["商户号"]),
-            sub_mch_id: c.text(&["特约商户号", "子商户号"]),
-            transaction_id: c.text(&["微信订单号"]),
-            out_trade_no: c.text(&["商户订单号"]),
-            openid: c.text(&["用户标识"]),
-            trade_type: c.text(&["交易类型"]),
-            trade_state: c.text(&["交易状态"]),
-            fee_type: c.text(&["货币种类"]),
-            settlement_total_fee: c.fen("应结订单金额")?,
-            coupon_fee: c.fen("代金券金额")?,
-            refund_id: c.text(&["微信退款单号"]),
-            out_refund_no: c.text(&["商户退款单号"]),
-            refund_fee: c.fen("退款金额")?,
-            coupon_refund_fee: c.fen("充值券退款金额")?,
-            refund_status: c.text(&["退款状态"]),
-            body: c.text(&["商品名称"]),
-            attach: c.text(&["商户数据包"]),
-            service_fee: c.text(&["手续费"]),
-            rate: c.text(&["费率"]),
-            total_fee: c.fen("订单金额")?,
-            requested_refund_fee: c.fen("申请退款金额")?,
-            columns: BTreeMap::new(),
-        };
-        rows.push(BillRow { columns, ..row });
+        match read {
+            Ok(row) => rows.push(BillRow { columns, ..row }),
+            Err(e) => {
+                let c = Cols {
+                    map: &columns,
+                    line: *no,
+                };
+                let (out_trade_no, out_refund_no) = if count_ok && line.starts_with('`') {
+                    (c.text(&["商户订单号"]), c.text(&["商户退款单号"]))
+                } else {
+                    (None, None)
+                };
+                unreadable.push(UnreadableRow {
+                    line: *no,
+                    problem: e.to_string(),
+                    out_trade_no,
+                    out_refund_no,
+                    raw: line.chars().take(RAW_MAX_CHARS).collect(),
+                });
+            }
+        }
     }
 
     let sheader = header_cells(summary_header);
@@ -279,6 +360,7 @@ pub fn parse_bill(text: &str) -> Result<Bill, BillError> {
     Ok(Bill {
         header,
         rows,
+        unreadable,
         summary: BillSummary {
             columns: scols,
             ..summary
@@ -352,16 +434,75 @@ mod tests {
         assert_eq!(bill.summary.count, 0);
         assert_eq!(parse_bill(""), Err(BillError::Empty));
         assert_eq!(parse_bill(HEADER), Err(BillError::NoSummary));
-        let short =
-            format!("{HEADER}\n`2026-09-24 10:00:00,`wx\n{SUMMARY}\n`0,`0,`0,`0,`0,`0,`0\n");
-        assert!(matches!(
-            parse_bill(&short),
-            Err(BillError::FieldCount { line: 2, .. })
-        ));
-        let bad = format!("商户订单号,订单金额\n`a,`1.234\n{SUMMARY}\n`1,`0,`0,`0,`0,`0,`0\n");
-        assert!(matches!(
-            parse_bill(&bad),
-            Err(BillError::Amount { line: 2, .. })
-        ));
+        // A summary that cannot be read fails the bill: its totals are not known.
+        let bad_summary = format!("{HEADER}\n{SUMMARY}\n`zwei,`0,`0,`0,`0,`0,`0\n");
+        assert!(matches!(parse_bill(&bad_summary), Err(BillError::Count(_))));
+        let no_values = format!("{HEADER}\n{SUMMARY}\n{SUMMARY}\n");
+        assert_eq!(parse_bill(&no_values), Err(BillError::NoSummary));
+    }
+
+    /// A record that cannot be read — too few fields, an amount that is not one, a time that
+    /// is not one, a line without its backtick — is set aside with its raw text and line;
+    /// every other record is read, and the bill is not failed.
+    #[test]
+    fn unreadable_records_are_set_aside_and_the_rest_read() {
+        let good = "`2026-09-24 10:00:00,`wx123,`1900000001,`0,`,`4200001,`pay_w1,`o1,`JSAPI,`SUCCESS,`OTHERS,`CNY,`9.90,`0.00,`0,`0,`0.00,`0.00,`,`,`Tea,`,`0.05940,`0.60%,`9.90,`0.00,`";
+        let bad_amount = good
+            .replace("pay_w1", "pay_w2")
+            .replace("`9.90,`0.00,`", "`9.9.0,`0.00,`");
+        let bad_time = good
+            .replace("pay_w1", "pay_w3")
+            .replace("2026-09-24 10:00:00", "yesterday");
+        let short = "`2026-09-24 10:00:00,`wx";
+        let no_tick = good
+            .replace("pay_w1", "pay_w4")
+            .trim_start_matches('`')
+            .replacen(",`", ",", 1);
+        let text = format!(
+            "{HEADER}\r\n{bad_amount}\r\n{good}\r\n{short}\r\n{bad_time}\r\n{no_tick}\r\n{SUMMARY}\r\n`5,`9.90,`0.00,`0.00,`0.05940,`9.90,`0.00\r\n"
+        );
+        let bill = parse_bill(&text).unwrap();
+        let read: Vec<_> = bill
+            .rows
+            .iter()
+            .map(|r| r.out_trade_no.as_deref())
+            .collect();
+        assert_eq!(read, vec![Some("pay_w1")]);
+        assert_eq!(bill.summary.count, 5);
+        let bad: Vec<_> = bill
+            .unreadable
+            .iter()
+            .map(|u| (u.line, u.out_trade_no.as_deref()))
+            .collect();
+        assert_eq!(
+            bad,
+            vec![
+                (2, Some("pay_w2")),
+                (4, None),
+                (5, Some("pay_w3")),
+                (6, None)
+            ]
+        );
+        assert!(
+            bill.unreadable[0].problem.contains("订单金额"),
+            "{:?}",
+            bill.unreadable[0]
+        );
+        assert_eq!(bill.unreadable[0].raw, bad_amount);
+        assert!(
+            bill.unreadable[1].problem.contains("2 fields"),
+            "{:?}",
+            bill.unreadable[1]
+        );
+        assert!(
+            bill.unreadable[2].problem.contains("not a time"),
+            "{:?}",
+            bill.unreadable[2]
+        );
+        assert!(
+            bill.unreadable[3].problem.contains("not a record"),
+            "{:?}",
+            bill.unreadable[3]
+        );
     }
 }

@@ -47,6 +47,7 @@ pub async fn run_all(store: DynStore) {
     idempotency_states(&store).await;
     kv_cas(&store).await;
     repo_round_trip(&store).await;
+    refunds_by_success_recorded(&store).await;
     rotations(&store).await;
     product_audit_index(&store).await;
 }
@@ -1502,6 +1503,78 @@ fn product(id: &ProductId, audit: AuditStatus) -> Product {
     }
 }
 
+/// Refunds whose reported SUCCESS was recorded within a time window, through the status
+/// index (what a day's reconciliation reads): a refund moves from its creation time to its
+/// success time as it succeeds; one marked successful without the time (by a person, or
+/// before it was kept) is in the partition by creation but not listed; paging keeps order.
+pub async fn refunds_by_success_recorded(store: &DynStore) {
+    let s = store.as_ref();
+    let p = prefix();
+    let t = past_base_ms();
+    let day = 86_400_000;
+    let no = |i: usize| OutRefundNo::parse(format!("RF{p}{i}")).unwrap();
+    let order = OutTradeNo::parse(format!("CF{p}")).unwrap();
+    let new = |i: usize, created: i64| {
+        RefundRecord::new(
+            no(i),
+            order.clone(),
+            AfterSaleId::parse(format!("{p}a{i}")).unwrap(),
+            Fen::new(100).unwrap(),
+            created,
+        )
+    };
+    // 0: created the day before, succeeds in the window; 1: created in the window, still
+    // processing; 2: succeeds after the window; 3: marked successful without the time,
+    // created in the window; 4..=6: succeed in the window, to page through.
+    let mut b = Batch::new();
+    for (i, created) in [(0, t - day), (1, t + 5), (2, t), (3, t + 6)] {
+        b.create_refund(&new(i, created));
+    }
+    for i in 4..=6 {
+        b.create_refund(&new(i, t - 2 * day));
+    }
+    b.commit(s).await.unwrap();
+    let succeed = |i: usize, at: Option<i64>| async move {
+        let v = repo::get_refund(s, &no(i)).await.unwrap().unwrap();
+        let mut next = v.value.clone();
+        next.status = RefundStatus::Success;
+        next.succeeded_at_ms = at.map(|a| a - 1000);
+        next.success_recorded_at_ms = at;
+        let mut b = Batch::new();
+        b.update_refund(&v, &next);
+        b.commit(s).await.unwrap();
+    };
+    succeed(0, Some(t + 10)).await;
+    succeed(2, Some(t + day)).await;
+    succeed(3, None).await;
+    for i in 4..=6 {
+        succeed(i, Some(t + 20 + i as i64)).await;
+    }
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = repo::refunds_recorded_successful_between(s, t, t + day - 1, cursor)
+            .await
+            .unwrap();
+        listed.extend(
+            page.into_iter()
+                .filter(|r| r.out_trade_no == order)
+                .map(|r| r.out_refund_no),
+        );
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(
+        listed,
+        vec![no(0), no(4), no(5), no(6)],
+        "by success recorded"
+    );
+    // The owner index still has them all.
+    assert_eq!(repo::refunds_of_order(s, &order).await.unwrap().len(), 7);
+}
+
 /// The typed layer over this backend: orders, products, after-sales, refunds, events, and
 /// batches that tie a transition to its outbox entry.
 pub async fn repo_round_trip(store: &DynStore) {
@@ -1520,6 +1593,7 @@ pub async fn repo_round_trip(store: &DynStore) {
     let mut b = Batch::new();
     b.create_order(&order(&nos[0], &openid, t));
     assert_eq!(b.commit(s).await, Err(StoreError::Conflict { index: 0 }));
+    assert!(repo::any_order_created_before(s, t + 1).await.unwrap());
 
     // Newest first, paged.
     let (page1, next) = repo::orders_of(s, &openid, 2, None).await.unwrap();

@@ -195,6 +195,23 @@ pub fn index_listings() -> Vec<(Kind, Index)> {
     listings
 }
 
+/// Whether any order was created before `before_ms` (one status-index read of at most one
+/// record per status): whether the store can have anything of the days before then.
+pub async fn any_order_created_before(
+    store: &dyn Store,
+    before_ms: i64,
+) -> Result<bool, StoreError> {
+    for status in OrderStatus::ALL {
+        let mut q = Query::new(Kind::Order, Index::Status(status.as_str().to_owned()));
+        q.sort_max = Some(before_ms.saturating_sub(1));
+        q.limit = 1;
+        if !store.query(q).await?.records.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 // ---------------------------------------------------------------- products
 
 /// Every product is listed under this owner, so "all products" is one index query.
@@ -444,9 +461,17 @@ pub struct RefundRecord {
     /// WeChat's `refund_request_source` (`VENDOR_PLATFORM`, `API`), for a refund made by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_source: Option<String>,
-    /// When WeChat says the money went back (`success_time`), for a refund made by hand.
+    /// When WeChat says the money went back (`success_time` of the refund notification or
+    /// `refund_success_time` of refundquery), when it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub succeeded_at_ms: Option<i64>,
+    /// When we recorded the SUCCESS WeChat reported (notification or refundquery); `None`
+    /// for one not (yet) successful, one a person marked refunded, and records written
+    /// before this was kept. It places a successful refund in the status index, so
+    /// reconciliation finds the refunds recorded successful on a day
+    /// ([`refunds_recorded_successful_between`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_recorded_at_ms: Option<i64>,
     #[serde(default)]
     pub created_at_ms: i64,
     #[serde(default)]
@@ -477,6 +502,7 @@ impl RefundRecord {
             origin: RefundOrigin::Wxshop,
             request_source: None,
             succeeded_at_ms: None,
+            success_recorded_at_ms: None,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             checked_at_ms: None,
@@ -489,13 +515,20 @@ impl RefundRecord {
     }
 }
 
-/// Refunds: id = out_refund_no, owner = out_trade_no, status = status, sort = created.
+/// Refunds: id = out_refund_no, owner = out_trade_no, status = status, sort = created —
+/// except a SUCCESS WeChat reported, sorted by when we recorded it
+/// ([`RefundRecord::success_recorded_at_ms`]): the refunds of the status index's SUCCESS
+/// partition are then in the order they became successful here, which is what a
+/// reconciliation of a day reads. (Nothing walks that partition by creation.)
 fn refund_record(r: &RefundRecord, version: u64) -> Result<Record, StoreError> {
     let mut rec = Record::new(Kind::Refund, r.out_refund_no.as_str(), Record::encode(r)?);
     rec.version = version;
     rec.owner = Some(r.out_trade_no.as_str().to_owned());
     rec.status = Some(r.status.as_str().to_owned());
-    rec.sort = r.created_at_ms;
+    rec.sort = match (r.status, r.success_recorded_at_ms) {
+        (RefundStatus::Success, Some(at)) => at,
+        _ => r.created_at_ms,
+    };
     Ok(rec)
 }
 
@@ -506,7 +539,39 @@ pub async fn get_refund(
     get_typed(store, Kind::Refund, out_refund_no.as_str()).await
 }
 
-/// An order's refunds, oldest first (at most 100).
+/// One page of the refunds whose SUCCESS (as WeChat reported it) we recorded within
+/// `[from_ms, to_ms]`, in that order: the status index's SUCCESS partition, filtered to the
+/// records that carry the time (the partition also holds, by creation time, the ones a
+/// person marked refunded and ones recorded before the time was kept).
+pub async fn refunds_recorded_successful_between(
+    store: &dyn Store,
+    from_ms: i64,
+    to_ms: i64,
+    cursor: Option<String>,
+) -> Result<(Vec<RefundRecord>, Option<String>), StoreError> {
+    let mut q = Query::new(
+        Kind::Refund,
+        Index::Status(RefundStatus::Success.as_str().to_owned()),
+    );
+    q.sort_min = Some(from_ms);
+    q.sort_max = Some(to_ms);
+    q.limit = 100;
+    q.cursor = cursor;
+    let page = store.query(q).await?;
+    let mut refunds = Vec::with_capacity(page.records.len());
+    for rec in &page.records {
+        let r: RefundRecord = rec.decode()?;
+        if r.success_recorded_at_ms
+            .is_some_and(|t| (from_ms..=to_ms).contains(&t))
+        {
+            refunds.push(r);
+        }
+    }
+    Ok((refunds, page.next))
+}
+
+/// An order's refunds (at most 100), in the owner index's order: by creation, a SUCCESS
+/// WeChat reported by when it was recorded.
 pub async fn refunds_of_order(
     store: &dyn Store,
     out_trade_no: &OutTradeNo,
