@@ -590,3 +590,43 @@ async fn expired_tokens_and_codes_are_refused_and_forgotten() {
     assert_eq!(login(base2.clone(), unused_code).await["errcode"], 40029);
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
+
+/// Past 1 MiB of journal the sandbox folds it into a new snapshot while it goes on answering;
+/// a sandbox started on what was left after it knows exactly what the first knew.
+#[tokio::test]
+async fn after_a_compaction_a_restart_knows_the_same() {
+    use futures::StreamExt;
+    let path = temp_file("compaction");
+    let recv = Receiver::start(200, PAY_OK).await;
+    let notify = format!("{}/callbacks/pay", recv.url);
+    let (first, base) = open(cfg(), &path).await;
+    let initial = std::fs::read(&path).unwrap();
+    let mut n = 0;
+    while std::fs::read(&path).unwrap() == initial {
+        assert!(n < 5000, "no compaction after {n} orders");
+        futures::stream::iter(n..n + 100)
+            .for_each_concurrent(16, |i| {
+                let (base, notify) = (base.clone(), notify.clone());
+                async move {
+                    let no = format!("FOLD{i:06}");
+                    unified(&base, &no, &notify).await;
+                    pay(&base, &no).await;
+                }
+            })
+            .await;
+        n += 100;
+    }
+    // One more answer: it waits for its line, which the compaction's journal swap holds back,
+    // so the files are a finished pair (and the line is in the new journal).
+    unified(&base, "FOLDLAST01", &notify).await;
+    first.saved().await;
+    let before = get_json(format!("{base}/_control/state")).await;
+    let journal = std::fs::metadata(journal_of(&path)).unwrap().len();
+    assert!(journal < 1 << 20, "the journal was folded: {journal} bytes");
+
+    let (_second, base2) = open(cfg(), &crash_image(&path, "compaction-image")).await;
+    assert_eq!(get_json(format!("{base2}/_control/state")).await, before);
+    assert_eq!(order_state(&base2, "FOLDLAST01").await, "NOTPAY");
+    assert_eq!(order_state(&base2, "FOLD000000").await, "SUCCESS");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}

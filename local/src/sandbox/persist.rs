@@ -39,18 +39,22 @@
 //! kept (a call logged) writes nothing.
 //!
 //! Compaction: once the journal is larger than both 1 MiB and the snapshot, the next batch is
-//! a full snapshot instead of a line, and the journal is emptied after it. So does the batch
-//! after `/_control/reset` (the state replaced wholesale) and after a failed write. Each
-//! snapshot records the last journal batch it holds; lines are numbered. A full snapshot is
-//! serialised under the state lock (it must be one consistent state) and written after it;
-//! it comes once per journal's worth of changes, so on average a change still costs what
-//! changed.
+//! still a line, and with it the kept maps are cloned (under the state lock: one consistent
+//! state, as of that line; a clone costs far less than serialising). A thread of its own
+//! serialises the copy and writes it as a new snapshot, then replaces the journal by the
+//! lines appended meanwhile ([`compact`]): answers, and the lines that acknowledge them, go on
+//! during the write (they used to wait for the whole state to be serialised and written). It
+//! comes once per journal's worth of changes, so on average a change still costs what
+//! changed. The batch after `/_control/reset` (the state replaced wholesale) and after a
+//! failed write is a full snapshot written in line, and the journal is emptied after it; a
+//! compaction under way then finds a newer snapshot and drops its own. Each snapshot records
+//! the last journal batch it holds; lines are numbered.
 //!
 //! Reading back: the snapshot, then the journal's lines numbered after it, in order; at start
 //! the result is written as a new snapshot with an empty journal. Crash cases: cut short while
 //! appending, the journal ends in an unfinished line, never acknowledged: ignored. Between a
-//! new snapshot and emptying the journal: its lines are numbered at or below the snapshot's
-//! batch and skipped, never replayed over newer values. A complete line that does not read,
+//! new snapshot and emptying (or, after a compaction, replacing) the journal: its lines are
+//! numbered at or below the snapshot's batch and skipped, never replayed over newer values. A complete line that does not read,
 //! or a numbering gap (a journal beside another snapshot), stops the start with a message
 //! naming both files; so does a snapshot of an unknown format. A journal without a snapshot
 //! belongs to nothing and is started afresh. Format-1 files (a snapshot, no journal) read.
