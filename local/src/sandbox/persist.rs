@@ -730,8 +730,11 @@ struct Files {
     io: Mutex<Io>,
     /// Called by a compaction before it writes its snapshot, with the files' lock (not held).
     #[cfg(test)]
-    before_compaction_write: Mutex<Option<Arc<dyn Fn(&Mutex<Io>) + Send + Sync>>>,
+    before_compaction_write: Mutex<Option<CompactionHook>>,
 }
+
+#[cfg(test)]
+type CompactionHook = Arc<dyn Fn(&Mutex<Io>) + Send + Sync>;
 
 impl Files {
     fn io(&self) -> std::sync::MutexGuard<'_, Io> {
