@@ -333,7 +333,8 @@ async fn after_a_crash_the_sandbox_knows_everything_it_answered() {
             "{base2}/api/sns/jscode2session?appid={APPID}&secret={SECRET}&js_code={code}&grant_type=authorization_code"
         ))
         .await;
-        assert_eq!(s["errcode"], 40163, "a used code stays used: {s}");
+        // Used, and an hour later also expired (5 min): refused, never a second login.
+        assert_eq!(s["errcode"], 40029, "a used code stays refused: {s}");
     }
     let spu = shop(
         &base2,
@@ -467,4 +468,165 @@ async fn one_more_order_writes_what_changed_not_everything() {
     );
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
     let _ = std::fs::remove_dir_all(image.parent().unwrap());
+}
+
+/// Tokens and login codes expire (7200 s, 5 min) and are then forgotten: a long-running stack
+/// that keeps issuing them, its clock moving past their expiry, keeps a state of the same size
+/// (it used to grow by every token and code, in memory and in the state file). A forgotten
+/// token is still refused as expired (42001), also after a restart, and a forgotten code as
+/// invalid (40029); a token still valid stays valid while others are pruned.
+#[tokio::test]
+async fn expired_tokens_and_codes_are_refused_and_forgotten() {
+    let path = temp_file("tokens");
+    let (first, base) = open(cfg(), &path).await;
+    let classic = |base: String| async move {
+        let v = get_json(format!(
+            "{base}/api/cgi-bin/token?grant_type=client_credential&appid={APPID}&secret={SECRET}"
+        ))
+        .await;
+        v["access_token"].as_str().unwrap().to_owned()
+    };
+    let forced = |base: String| async move {
+        let v = post_json(
+            format!("{base}/api/cgi-bin/stable_token"),
+            json!({"grant_type": "client_credential", "appid": APPID, "secret": SECRET,
+                   "force_refresh": true}),
+        )
+        .await;
+        v["access_token"].as_str().unwrap().to_owned()
+    };
+    let mint = |base: String| async move {
+        post_json(format!("{base}/_control/login"), json!({"user": "ann"})).await["code"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let login = |base: String, code: String| async move {
+        get_json(format!(
+            "{base}/api/sns/jscode2session?appid={APPID}&secret={SECRET}&js_code={code}&grant_type=authorization_code"
+        ))
+        .await
+    };
+    let advance = |base: String, ms: i64| async move {
+        post_json(format!("{base}/_control/clock"), json!({"advance_ms": ms})).await;
+    };
+    // The size of the kept state: what a sandbox started on a copy of the files writes as its
+    // snapshot.
+    let kept_size = |tag: &'static str| {
+        let image = crash_image(&path, tag);
+        let sb = Sandbox::with_state_file(cfg(), Clock::default(), &image).unwrap();
+        drop(sb);
+        let n = std::fs::metadata(&image).unwrap().len();
+        let _ = std::fs::remove_dir_all(image.parent().unwrap());
+        n
+    };
+
+    let first_token = classic(base.clone()).await;
+    assert_eq!(
+        shop(&base, &first_token, "cat/get", json!({})).await["errcode"],
+        0
+    );
+    let unused_code = mint(base.clone()).await;
+    let used_code = mint(base.clone()).await;
+    assert_eq!(login(base.clone(), used_code.clone()).await["errcode"], 0);
+    let mut sizes = Vec::new();
+    for round in 0..30 {
+        for _ in 0..5 {
+            classic(base.clone()).await;
+            forced(base.clone()).await;
+            let code = mint(base.clone()).await;
+            assert_eq!(login(base.clone(), code).await["errcode"], 0);
+            mint(base.clone()).await;
+        }
+        // Past every expiry (and the pruning interval).
+        advance(base.clone(), 7_200_000 + 120_000).await;
+        if round == 2 || round == 29 {
+            first.saved().await;
+            tokio::task::yield_now().await;
+            sizes.push(kept_size("tokens-size"));
+        }
+    }
+    // One more issue prunes what the last move expired.
+    let live = token(&base).await;
+    first.saved().await;
+    sizes.push(kept_size("tokens-size"));
+    assert!(
+        sizes[2] <= sizes[0] && sizes[1] <= sizes[0] + 1024,
+        "the kept state stays the same size: {sizes:?} bytes after 3, 30 rounds and a prune"
+    );
+
+    let expired = shop(&base, &first_token, "cat/get", json!({})).await;
+    assert_eq!(expired["errcode"], 42001, "an expired token: {expired}");
+    assert_eq!(
+        login(base.clone(), unused_code.clone()).await["errcode"],
+        40029
+    );
+    assert_eq!(
+        login(base.clone(), used_code.clone()).await["errcode"],
+        40029
+    );
+    assert_eq!(
+        shop(&base, "90_madeup", "cat/get", json!({})).await["errcode"],
+        40001
+    );
+
+    // A token still valid stays valid while the expired ones are pruned around it.
+    advance(base.clone(), 7_000_000).await;
+    classic(base.clone()).await;
+    mint(base.clone()).await;
+    assert_eq!(shop(&base, &live, "cat/get", json!({})).await["errcode"], 0);
+
+    // After a restart the forgotten token is still one of the sandbox's, expired.
+    first.saved().await;
+    let (_second, base2) = open(cfg(), &crash_image(&path, "tokens-restart")).await;
+    assert_eq!(
+        shop(&base2, &first_token, "cat/get", json!({})).await["errcode"],
+        42001
+    );
+    assert_eq!(
+        shop(&base2, &live, "cat/get", json!({})).await["errcode"],
+        0
+    );
+    assert_eq!(login(base2.clone(), unused_code).await["errcode"], 40029);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// Past 1 MiB of journal the sandbox folds it into a new snapshot while it goes on answering;
+/// a sandbox started on what was left after it knows exactly what the first knew.
+#[tokio::test]
+async fn after_a_compaction_a_restart_knows_the_same() {
+    use futures::StreamExt;
+    let path = temp_file("compaction");
+    let recv = Receiver::start(200, PAY_OK).await;
+    let notify = format!("{}/callbacks/pay", recv.url);
+    let (first, base) = open(cfg(), &path).await;
+    let initial = std::fs::read(&path).unwrap();
+    let mut n = 0;
+    while std::fs::read(&path).unwrap() == initial {
+        assert!(n < 5000, "no compaction after {n} orders");
+        futures::stream::iter(n..n + 100)
+            .for_each_concurrent(16, |i| {
+                let (base, notify) = (base.clone(), notify.clone());
+                async move {
+                    let no = format!("FOLD{i:06}");
+                    unified(&base, &no, &notify).await;
+                    pay(&base, &no).await;
+                }
+            })
+            .await;
+        n += 100;
+    }
+    // One more answer: it waits for its line, which the compaction's journal swap holds back,
+    // so the files are a finished pair (and the line is in the new journal).
+    unified(&base, "FOLDLAST01", &notify).await;
+    first.saved().await;
+    let before = get_json(format!("{base}/_control/state")).await;
+    let journal = std::fs::metadata(journal_of(&path)).unwrap().len();
+    assert!(journal < 1 << 20, "the journal was folded: {journal} bytes");
+
+    let (_second, base2) = open(cfg(), &crash_image(&path, "compaction-image")).await;
+    assert_eq!(get_json(format!("{base2}/_control/state")).await, before);
+    assert_eq!(order_state(&base2, "FOLDLAST01").await, "NOTPAY");
+    assert_eq!(order_state(&base2, "FOLD000000").await, "SUCCESS");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

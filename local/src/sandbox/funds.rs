@@ -79,7 +79,7 @@ pub struct QrCode {
     pub withdraw: Option<String>,
 }
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct FundsState {
     pub available: i64,
     pub pending: i64,

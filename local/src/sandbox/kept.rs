@@ -18,7 +18,7 @@ use std::collections::btree_map::{self, BTreeMap};
 use std::collections::BTreeSet;
 
 /// A map of the kept state that records which keys changed since [`Kept::take_changes`].
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Kept<K, V> {
     map: BTreeMap<K, V>,
     /// Keys inserted, removed or borrowed mutably since the last save.
@@ -172,7 +172,7 @@ where
 
 /// A list of the kept state that only grows (the funds' flows): what is new is what lies past
 /// the part already saved.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct KeptLog<T> {
     items: Vec<T>,
     saved: usize,

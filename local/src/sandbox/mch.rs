@@ -152,7 +152,7 @@ impl Refund {
     }
 }
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PayState {
     pub orders: Kept<String, PayOrder>,
     pub refunds: Kept<String, Refund>,

@@ -5,8 +5,17 @@
 //! `token` call invalidates the previous one; expired tokens must be refreshed once and the
 //! call retried). The sandbox keeps tokens for 7200 s on its clock, answers 40001/42001 as
 //! WeChat does, and `/_control/tokens/expire` expires them all at once. Login codes are
-//! single-use when minted; any other well-formed code logs in as a stable user derived from
-//! the code, so command-line tools need not mint first.
+//! single-use when minted and last 5 minutes (after that 40029, as WeChat's); any other
+//! well-formed code logs in as a stable user derived from the code, so command-line tools
+//! need not mint first.
+//!
+//! Expired tokens and codes are forgotten (pruned when a new one is issued, at most once a
+//! minute of the sandbox's clock): every login and token call used to add an entry for ever,
+//! so a long-running stack or a benchmark grew its memory and its state file without bound.
+//! A forgotten one must still be refused as WeChat refuses an expired one (42001, 40029), not
+//! as one never issued (40001) or, for a code, taken for an unminted tool code: so each token
+//! and minted code ends in a tag made with the sandbox's own key ([`PlatformState::key`]),
+//! and one that carries a good tag but is no longer remembered was issued here and expired.
 //!
 //! An openid is a user *under one appid*: the same user has another openid under another
 //! app. So the openid `jscode2session` issues depends on the appid asking (the mini program:
@@ -21,6 +30,11 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 
 pub const TOKEN_TTL_MS: i64 = 7_200_000;
+/// How long a login code lasts (WeChat: 5 minutes, single use; an expired one is 40029).
+pub const CODE_TTL_MS: i64 = 300_000;
+/// Expired tokens and codes are pruned at most this often (sandbox clock), so an issue does
+/// not scan every entry each time; nothing expired outlives its expiry by more than this.
+const PRUNE_EVERY_MS: i64 = 60_000;
 /// How long the previous classic token keeps working after a refresh.
 const OVERLAP_MS: i64 = 300_000;
 
@@ -31,15 +45,132 @@ pub(crate) struct Token {
     revoked: bool,
 }
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+/// A minted login code: whose, whether used, and when minted (sandbox clock).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(from = "CodeRepr")]
+pub(crate) struct Code {
+    user: String,
+    used: bool,
+    minted_ms: i64,
+}
+
+/// A code as written: `[user, used]` by a wxlocal that did not expire codes (read as minted
+/// long ago: expired, and pruned at the next mint), or the struct.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum CodeRepr {
+    Now {
+        user: String,
+        used: bool,
+        minted_ms: i64,
+    },
+    Old(String, bool),
+}
+
+impl From<CodeRepr> for Code {
+    fn from(r: CodeRepr) -> Code {
+        match r {
+            CodeRepr::Now {
+                user,
+                used,
+                minted_ms,
+            } => Code {
+                user,
+                used,
+                minted_ms,
+            },
+            CodeRepr::Old(user, used) => Code {
+                user,
+                used,
+                minted_ms: 0,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PlatformState {
     pub(crate) tokens: Kept<String, Token>,
     pub(crate) classic: Option<String>,
     pub(crate) stable: Option<String>,
-    /// Minted login codes → (user, used).
-    pub(crate) codes: Kept<String, (String, bool)>,
+    /// Minted login codes, until they expire.
+    pub(crate) codes: Kept<String, Code>,
     /// Every openid `jscode2session` issued → the appid it was issued under.
     pub(crate) issued: Kept<String, String>,
+    /// Tags the tokens and codes issued here, so a forgotten (expired) one is told from one
+    /// never issued. Kept with the state: after a restart its tokens still read as its own.
+    /// A file without one (an older wxlocal's) gets a new key; its tokens are all remembered.
+    #[serde(default = "new_key")]
+    pub(crate) key: Key,
+    /// When expired tokens and codes are pruned next (not kept: at start, the first issue).
+    #[serde(skip)]
+    pub(crate) next_prune_ms: i64,
+}
+
+/// See [`PlatformState::key`]; a fresh state (or `/_control/reset`) has a new one, so what
+/// was issued before a reset reads as never issued (40001), as before.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Key(String);
+
+impl Default for Key {
+    fn default() -> Key {
+        new_key()
+    }
+}
+
+fn new_key() -> Key {
+    Key(random_alnum(32))
+}
+
+impl Key {
+    /// The tag of `body`: `len` hex digits of MD5 over the key and the body.
+    fn tag(&self, body: &str, len: usize) -> String {
+        let mut t = md5_hex(format!("{}:{body}", self.0).as_bytes());
+        t.truncate(len);
+        t
+    }
+
+    /// `body` followed by its tag.
+    fn sign(&self, body: String, len: usize) -> String {
+        let tag = self.tag(&body, len);
+        body + &tag
+    }
+
+    /// Whether `s` is a body of `total` chars (tag included) with a good tag.
+    fn signed(&self, s: &str, total: usize, len: usize) -> bool {
+        s.len() == total
+            && s.is_char_boundary(total - len)
+            && self.tag(&s[..total - len], len) == s[total - len..]
+    }
+}
+
+/// Token: `90_` + 114 random + a 16-digit tag (133 chars, like WeChat's ~150 of base64-ish).
+const TOKEN_LEN: usize = 133;
+const TOKEN_TAG: usize = 16;
+/// Minted code: `0` + 21 random + a 10-digit tag (32 chars, like WeChat's).
+const CODE_LEN: usize = 32;
+const CODE_TAG: usize = 10;
+
+impl PlatformState {
+    /// Forgets expired tokens and codes, at most once per [`PRUNE_EVERY_MS`]. What is
+    /// forgotten is still refused as expired ([`PlatformState::key`]).
+    fn prune(&mut self, now: i64) {
+        if now < self.next_prune_ms {
+            return;
+        }
+        self.next_prune_ms = now + PRUNE_EVERY_MS;
+        if self.tokens.values().any(|t| t.expires_ms <= now) {
+            self.tokens.retain(|_, t| t.expires_ms > now);
+        }
+        if self
+            .codes
+            .values()
+            .any(|c| c.minted_ms + CODE_TTL_MS <= now)
+        {
+            self.codes.retain(|_, c| c.minted_ms + CODE_TTL_MS > now);
+        }
+    }
 }
 
 impl PlatformState {
@@ -90,9 +221,11 @@ fn check_app(sb: &Sandbox, appid: Option<&String>, secret: Option<&String>) -> R
     Ok(())
 }
 
-fn new_token() -> String {
-    // Real tokens are ~150 chars of base64-ish text.
-    format!("90_{}", random_alnum(130))
+fn new_token(key: &Key) -> String {
+    key.sign(
+        format!("90_{}", random_alnum(TOKEN_LEN - TOKEN_TAG - 3)),
+        TOKEN_TAG,
+    )
 }
 
 fn revoke_soon(st: &mut PlatformState, old: Option<String>, now: i64) {
@@ -108,9 +241,10 @@ pub fn token(sb: &Sandbox, q: &HashMap<String, String>) -> WxResult {
     }
     check_app(sb, q.get("appid"), q.get("secret"))?;
     let now = sb.now_ms();
-    let t = new_token();
     let mut st = sb.st();
     let p = &mut st.platform;
+    p.prune(now);
+    let t = new_token(&p.key);
     let old = p.classic.replace(t.clone());
     revoke_soon(p, old, now);
     p.tokens.insert(
@@ -148,7 +282,8 @@ pub fn stable_token(sb: &Sandbox, v: &Value) -> WxResult {
             }
         }
     }
-    let t = new_token();
+    p.prune(now);
+    let t = new_token(&p.key);
     let old = p.stable.replace(t.clone());
     revoke_soon(p, old, now);
     p.tokens.insert(
@@ -168,7 +303,12 @@ pub fn check_access_token(sb: &Sandbox, token: Option<&String>) -> Result<(), Wx
     };
     let now = sb.now_ms();
     let st = sb.st();
-    match st.platform.tokens.get(token) {
+    let p = &st.platform;
+    match p.tokens.get(token) {
+        // Issued here and forgotten: only expired ones are.
+        None if p.key.signed(token, TOKEN_LEN, TOKEN_TAG) => {
+            Err(WxErr::new(42001, "access_token expired"))
+        }
         None => Err(WxErr::new(
             40001,
             "invalid credential, access_token is invalid or not latest",
@@ -198,12 +338,23 @@ pub fn expire_all(sb: &Sandbox) -> usize {
 
 /// `POST /_control/login {"user"}`: a single-use code for that user.
 pub fn mint_code(sb: &Sandbox, user: &str) -> Value {
-    let code = format!("0{}", random_alnum(31));
     let openid = user_openid(sb, user);
-    sb.st()
-        .platform
-        .codes
-        .insert(code.clone(), (user.to_owned(), false));
+    let now = sb.now_ms();
+    let mut st = sb.st();
+    let p = &mut st.platform;
+    p.prune(now);
+    let code = p.key.sign(
+        format!("0{}", random_alnum(CODE_LEN - CODE_TAG - 1)),
+        CODE_TAG,
+    );
+    p.codes.insert(
+        code.clone(),
+        Code {
+            user: user.to_owned(),
+            used: false,
+            minted_ms: now,
+        },
+    );
     json!({"code": code, "openid": openid, "user": user})
 }
 
@@ -227,13 +378,22 @@ pub fn jscode2session(sb: &Sandbox, q: &HashMap<String, String>) -> WxResult {
     }
     // check_app let only our appid or sub_appid through: the openid is the user's under it.
     let appid = q.get("appid").map(String::as_str).unwrap_or_default();
+    let now = sb.now_ms();
     let mut st = sb.st();
-    let openid = match st.platform.codes.get_mut(code) {
-        Some((_, true)) => return Err(WxErr::new(40163, "code been used")),
-        Some((user, used)) => {
-            *used = true;
-            openid_under(appid, user)
-        }
+    let p = &mut st.platform;
+    let expired = Err(WxErr::new(40029, "invalid code"));
+    let openid = match p.codes.get(code) {
+        Some(c) if c.minted_ms + CODE_TTL_MS <= now => return expired,
+        Some(c) if c.used => return Err(WxErr::new(40163, "code been used")),
+        Some(_) => match p.codes.get_mut(code) {
+            Some(c) => {
+                c.used = true;
+                openid_under(appid, &c.user)
+            }
+            None => return expired,
+        },
+        // Minted here and forgotten: only expired ones are.
+        None if p.key.signed(code, CODE_LEN, CODE_TAG) => return expired,
         None => openid_for(&format!("{appid}:code:{code}")),
     };
     st.platform.issued.insert(openid.clone(), appid.to_owned());

@@ -284,7 +284,7 @@ pub struct Qualification {
     pub reject_reason: String,
 }
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ShopState {
     pub registered: bool,
     pub finished: BTreeSet<i64>,
