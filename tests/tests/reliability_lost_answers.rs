@@ -337,3 +337,58 @@ async fn a_paid_order_whose_component_answer_was_lost_is_shipped_at_wechat() {
     let dead = c.dead_letters().await;
     assert!(dead.is_empty(), "{dead:?}");
 }
+
+/// `shop/order/add` failed without WeChat making the order (system busy, every try): the
+/// order closes unpaid (503), and is then paid after all (a payment notification). Shipping
+/// it looks WeChat's component order up by our number, WeChat has none (1010011): once a late
+/// `add` would have landed, the shipment stands here only — no `delivery/send`, no dead
+/// letter — and a `component_order_missing` event tells a person that a paid order is not in
+/// the trading component.
+#[tokio::test]
+async fn a_paid_order_wechat_never_made_a_component_order_of_is_kept_for_a_person() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("never-made-then-paid").await;
+    c.fault(json!({"path": "shop/order/add", "mode": "errcode", "errcode": -1, "count": 5}))
+        .await;
+    let (s, v) = c.order(&token, 1, Some("tap-never-made")).await;
+    assert_eq!(s, 503, "{v}");
+    let made = orders(&c, &token).await;
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    assert_eq!(
+        shop_status(&c, &no).await,
+        None,
+        "WeChat made no component order"
+    );
+    notify_paid(&r, &c, &made[0], &openid).await;
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF", "waybill_id": "SF-NONE-1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.status(&token, &no).await["status"], "SHIPPED");
+    r.app.clock.advance(6 * 60_000);
+    let missing = || async {
+        let (s, v) = c
+            .admin(
+                "/admin/orderSync",
+                &json!({"action": "events", "source": "component_order_missing"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["events"].as_array().cloned().unwrap_or_default()
+    };
+    eventually(
+        "a person told of the paid order missing from the component",
+        Duration::from_secs(10),
+        || async { missing().await.iter().any(|e| e["key"] == no.as_str()) },
+    )
+    .await;
+    assert!(r.sandbox.calls("delivery/send").is_empty());
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
