@@ -392,3 +392,67 @@ async fn a_paid_order_wechat_never_made_a_component_order_of_is_kept_for_a_perso
     let dead = c.dead_letters().await;
     assert!(dead.is_empty(), "{dead:?}");
 }
+
+/// As above, the `shop/order/add` answer lost and the order paid after all: the user's
+/// after-sale reaches WeChat's component order (`ecaftersale/add` against our number, the
+/// component order's id learnt and stored first). It used to stay ours only.
+#[tokio::test]
+async fn an_aftersale_of_a_paid_order_whose_component_answer_was_lost_reaches_wechat() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-add-aftersale").await;
+    c.fault(json!({"path": "shop/order/add", "mode": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    let body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+        "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"},
+        "idempotency_key": "tap-lost-add-as"});
+    order_cut_off(&r, &token, &body, Duration::from_millis(1000)).await;
+    let made = orders(&c, &token).await;
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    eventually(
+        "the late component order",
+        Duration::from_secs(5),
+        || async { shop_status(&c, &no).await == Some(10) },
+    )
+    .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/pay",
+            None,
+            &json!({"out_trade_no": no, "wait": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(
+        "the payment synced to the component order",
+        Duration::from_secs(10),
+        || async { shop_status(&c, &no).await == Some(20) },
+    )
+    .await;
+
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "changed my mind",
+                    "idempotency_key": "as-lost-add"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let adds = || {
+        r.sandbox
+            .calls("shop/ecaftersale/add")
+            .into_iter()
+            .filter(|a| a["out_order_id"] == no.as_str())
+            .count()
+    };
+    eventually(
+        "the after-sale added at WeChat",
+        Duration::from_secs(10),
+        || async { adds() == 1 },
+    )
+    .await;
+    assert!(stored_wx_order_id(&r, &no).await.is_some());
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
