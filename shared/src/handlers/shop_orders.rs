@@ -218,7 +218,9 @@ async fn component_absent(app: &App, order: &Order) -> Result<Option<u64>, TaskE
     if order.status.is_paid() {
         tracing::error!(out_trade_no = %order.out_trade_no, "paid order's component order is not at WeChat: it is not mirrored in the trading component");
         let body = format!(
-            "paid order {} was to be in WeChat's trading component, but shop/order/get answers              1010011 (no such order): its shipment, receipt and after-sales are not mirrored              there",
+            "paid order {} was to be in WeChat's trading component, but shop/order/get answers \
+             1010011 (no such order): its shipment, receipt and after-sales are not mirrored \
+             there",
             order.out_trade_no
         );
         if super::common::keep_evidence(
