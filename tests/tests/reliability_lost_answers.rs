@@ -227,3 +227,232 @@ async fn a_component_order_whose_answer_was_lost_is_closed_at_wechat() {
     let dead = c.dead_letters().await;
     assert!(dead.is_empty(), "{dead:?}");
 }
+
+/// Our stored order's component order id (WeChat's `order_id`), if we hold one.
+async fn stored_wx_order_id(r: &wxlocal::gateway::Running, no: &str) -> Option<u64> {
+    let no = wxshop::domain::OutTradeNo::parse(no.to_owned()).unwrap();
+    wxshop::store::repo::get_order(r.app.store.as_ref(), &no)
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .wx_order_id
+}
+
+/// The function is killed while `shop/order/add` is on its way back (its answer lost to us):
+/// WeChat holds the component order, we hold no id for it. The user pays anyway (the payment
+/// notification comes): the order is PAID. Shipping it must reach WeChat's component order
+/// too — the id is learnt by our number (`shop/order/get`) and stored, `delivery/send` goes
+/// out, WeChat's order reads shipped (30); the user's receipt reaches it as well (100). Such
+/// an order used to be shipped here only: nothing acted without a stored `wx_order_id`, and
+/// WeChat kept a paid component order unshipped.
+#[tokio::test]
+async fn a_paid_order_whose_component_answer_was_lost_is_shipped_at_wechat() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-add-then-paid").await;
+    c.fault(json!({"path": "shop/order/add", "mode": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    let body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+        "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"},
+        "idempotency_key": "tap-lost-add-paid"});
+    order_cut_off(&r, &token, &body, Duration::from_millis(1000)).await;
+    let made = orders(&c, &token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    eventually(
+        "the late component order",
+        Duration::from_secs(5),
+        || async { shop_status(&c, &no).await == Some(10) },
+    )
+    .await;
+    assert_eq!(
+        stored_wx_order_id(&r, &no).await,
+        None,
+        "the answer was lost"
+    );
+
+    // Paid after all: WeChat Pay notifies us, and the payment is synced by our number.
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/pay",
+            None,
+            &json!({"out_trade_no": no, "wait": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+    eventually(
+        "the payment synced to the component order",
+        Duration::from_secs(10),
+        || async { shop_status(&c, &no).await == Some(20) },
+    )
+    .await;
+
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF", "waybill_id": "SF-LOST-1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(
+        "the shipment at WeChat's component order",
+        Duration::from_secs(10),
+        || async { shop_status(&c, &no).await == Some(30) },
+    )
+    .await;
+    let sends: Vec<Value> = r
+        .sandbox
+        .calls("delivery/send")
+        .into_iter()
+        .filter(|c| c["out_order_id"] == no.as_str())
+        .collect();
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(
+        sends[0]["delivery_list"][0]["waybill_id"], "SF-LOST-1",
+        "{sends:?}"
+    );
+    let learnt = stored_wx_order_id(&r, &no).await;
+    assert!(
+        learnt.is_some_and(|id| id > 0),
+        "the id is stored: {learnt:?}"
+    );
+
+    // The user's receipt reaches WeChat's order too.
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "confirm"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(
+        "the receipt at WeChat's component order",
+        Duration::from_secs(10),
+        || async { shop_status(&c, &no).await == Some(100) },
+    )
+    .await;
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+/// `shop/order/add` failed without WeChat making the order (system busy, every try): the
+/// order closes unpaid (503), and is then paid after all (a payment notification). Shipping
+/// it looks WeChat's component order up by our number, WeChat has none (1010011): once a late
+/// `add` would have landed, the shipment stands here only — no `delivery/send`, no dead
+/// letter — and a `component_order_missing` event tells a person that a paid order is not in
+/// the trading component.
+#[tokio::test]
+async fn a_paid_order_wechat_never_made_a_component_order_of_is_kept_for_a_person() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("never-made-then-paid").await;
+    c.fault(json!({"path": "shop/order/add", "mode": "errcode", "errcode": -1, "count": 5}))
+        .await;
+    let (s, v) = c.order(&token, 1, Some("tap-never-made")).await;
+    assert_eq!(s, 503, "{v}");
+    let made = orders(&c, &token).await;
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    assert_eq!(
+        shop_status(&c, &no).await,
+        None,
+        "WeChat made no component order"
+    );
+    notify_paid(&r, &c, &made[0], &openid).await;
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF", "waybill_id": "SF-NONE-1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.status(&token, &no).await["status"], "SHIPPED");
+    r.app.clock.advance(6 * 60_000);
+    let missing = || async {
+        let (s, v) = c
+            .admin(
+                "/admin/orderSync",
+                &json!({"action": "events", "source": "component_order_missing"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["events"].as_array().cloned().unwrap_or_default()
+    };
+    eventually(
+        "a person told of the paid order missing from the component",
+        Duration::from_secs(10),
+        || async { missing().await.iter().any(|e| e["key"] == no.as_str()) },
+    )
+    .await;
+    assert!(r.sandbox.calls("delivery/send").is_empty());
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+/// As above, the `shop/order/add` answer lost and the order paid after all: the user's
+/// after-sale reaches WeChat's component order (`ecaftersale/add` against our number, the
+/// component order's id learnt and stored first). It used to stay ours only.
+#[tokio::test]
+async fn an_aftersale_of_a_paid_order_whose_component_answer_was_lost_reaches_wechat() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-add-aftersale").await;
+    c.fault(json!({"path": "shop/order/add", "mode": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    let body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+        "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"},
+        "idempotency_key": "tap-lost-add-as"});
+    order_cut_off(&r, &token, &body, Duration::from_millis(1000)).await;
+    let made = orders(&c, &token).await;
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    eventually(
+        "the late component order",
+        Duration::from_secs(5),
+        || async { shop_status(&c, &no).await == Some(10) },
+    )
+    .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/pay",
+            None,
+            &json!({"out_trade_no": no, "wait": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(
+        "the payment synced to the component order",
+        Duration::from_secs(10),
+        || async { shop_status(&c, &no).await == Some(20) },
+    )
+    .await;
+
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "changed my mind",
+                    "idempotency_key": "as-lost-add"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let adds = || {
+        r.sandbox
+            .calls("shop/ecaftersale/add")
+            .into_iter()
+            .filter(|a| a["out_order_id"] == no.as_str())
+            .count()
+    };
+    eventually(
+        "the after-sale added at WeChat",
+        Duration::from_secs(10),
+        || async { adds() == 1 },
+    )
+    .await;
+    assert!(stored_wx_order_id(&r, &no).await.is_some());
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}

@@ -247,8 +247,9 @@ impl AfterSaleLine {
     /// - a line named must be one of the order's items, its quantity 1 to what was ordered;
     /// - none named on an order with one item: that item, all of it;
     /// - none named on an order with several: refused if the order is in the trading
-    ///   component (it has a `wx_order_id`, so the after-sale is mirrored to WeChat, which
-    ///   takes one line per after-sale); otherwise the whole order, without a line.
+    ///   component (WeChat was asked to make it there — its id may have been lost and is
+    ///   learnt later — so the after-sale is mirrored to WeChat, which takes one line per
+    ///   after-sale); otherwise the whole order, without a line.
     ///
     /// On an order with several items a line is also bounded by what live after-sales of it
     /// already claim, in goods and in money ([`LineChoice::most`]). All of an order's only
@@ -262,7 +263,7 @@ impl AfterSaleLine {
         let Some(asked) = asked else {
             return match order.items.as_slice() {
                 [only] => Self::of_item(order, only, None, earlier),
-                [_, _, ..] if order.wx_order_id.is_some() => Err(LineError::LineRequired {
+                [_, _, ..] if order.at_wechat().component_order => Err(LineError::LineRequired {
                     lines: order
                         .items
                         .iter()

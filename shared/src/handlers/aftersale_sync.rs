@@ -310,7 +310,7 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                 let mut batch = Batch::new();
                 batch.create_aftersale(&aftersale);
                 batch.update_order(&order, &next_order);
-                if order.value.wx_order_id.is_some() {
+                if order.value.at_wechat().component_order {
                     batch.enqueue(OutboxEntry::new(
                         Task::AfterSaleSync {
                             aftersale_id: aftersale.id.clone(),
@@ -584,7 +584,7 @@ async fn update(
         }
         if order
             .as_ref()
-            .is_some_and(|o| o.value.wx_order_id.is_some())
+            .is_some_and(|o| o.value.at_wechat().component_order)
         {
             batch.enqueue(OutboxEntry::new(
                 Task::AfterSaleSync {
@@ -703,7 +703,7 @@ async fn approve(
         } else {
             batch.check_order(&order);
         }
-        if order.value.wx_order_id.is_some() {
+        if order.value.at_wechat().component_order {
             batch.enqueue(OutboxEntry::new(
                 Task::AfterSaleSync {
                     aftersale_id: id.clone(),
@@ -961,7 +961,7 @@ async fn settle_by_refund_made_by_hand(
         // which WeChat's return steps cannot take without an address: reconciled there by
         // hand, as the `refund_by_hand` event says.
         let mirrored = next.kind == AfterSaleKind::RefundOnly || next.goods_return.is_some();
-        if order.value.wx_order_id.is_some() && mirrored {
+        if order.value.at_wechat().component_order && mirrored {
             batch.enqueue(OutboxEntry::new(
                 Task::AfterSaleSync {
                     aftersale_id: id.clone(),
@@ -1875,9 +1875,23 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
     let a = repo::get_aftersale(app.store.as_ref(), id)
         .await?
         .ok_or_else(|| TaskError::Permanent(format!("no after-sale {id}")))?;
-    let order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+    let mut order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
         .await?
         .ok_or_else(|| TaskError::Permanent("order vanished".into()))?;
+    // The component order's id, learnt by our number if its `add` answer was lost; none at
+    // WeChat: nothing to mirror the after-sale to.
+    if order.value.wx_order_id.is_none() {
+        if super::shop_orders::component_id(app, &order.value)
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+        // Stored just now: read again, so later writes are checked against that version.
+        order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
+            .await?
+            .ok_or_else(|| TaskError::Permanent("order vanished".into()))?;
+    }
     let (a, wx_id) = match a.value.wx_aftersale_id {
         Some(wx) => (a.value, wx),
         None => add_at_wechat(app, &order.value, a).await?,

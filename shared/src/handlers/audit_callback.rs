@@ -459,7 +459,7 @@ async fn on_order_confirm(app: &App, body: &push::OrderRef) -> Result<(), ApiErr
         return Ok(());
     };
     let order = order.value;
-    if order.wx_order_id.is_none() {
+    if !order.at_wechat().component_order {
         tracing::warn!(security = true, out_order_id = %no, "receipt event for an order not in the trading component; ignored");
         return Ok(());
     }

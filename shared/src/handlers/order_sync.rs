@@ -721,7 +721,7 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 14] = [
+pub const EVENT_SOURCES: [&str; 15] = [
     "push",
     "double_payment",
     "payment_mismatch",
@@ -736,6 +736,7 @@ pub const EVENT_SOURCES: [&str; 14] = [
     "order_confirm_not_applied",
     super::aftersale_sync::WECHAT_AFTERSALE_EVENTS,
     super::reconcile::BILL_MISMATCH_EVENTS,
+    super::shop_orders::COMPONENT_ORDER_MISSING_EVENTS,
 ];
 
 /// `events`: one source is a page of the store's index of that source (by time received);
@@ -940,7 +941,9 @@ async fn ship(
     let order = repo::get_order(app.store.as_ref(), no)
         .await?
         .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?;
-    if order.value.wx_order_id.is_some() {
+    // By what was asked of WeChat, not only the id it answered: a component order whose
+    // `shop/order/add` answer was lost is shipped there too (its id learnt by our number).
+    if order.value.at_wechat().component_order {
         super::shop_orders::check_delivery_id(app, &delivery.delivery_id).await?;
     }
     let subject = Task::DeliverySend {
@@ -958,7 +961,7 @@ async fn ship(
             Ok(Change::Changed) => {
                 let mut batch = Batch::new();
                 batch.update_order(&current, &next);
-                if next.wx_order_id.is_some() {
+                if next.at_wechat().component_order {
                     batch.enqueue(OutboxEntry::new(
                         Task::DeliverySend {
                             out_trade_no: no.clone(),
@@ -986,7 +989,7 @@ async fn ship(
                      so there is nothing to ship",
                     current.value.refunded.get()
                 ),
-                Some(d) if current.value.wx_order_id.is_some() => format!(
+                Some(d) if current.value.at_wechat().component_order => format!(
                     "{refused}: WeChat accepted the shipment with {} {} already, and a shipment \
                      it accepted cannot be changed",
                     d.delivery_id, d.waybill_id

@@ -621,7 +621,7 @@ async fn apply_refund(
             if changed == Change::Changed {
                 refunds_order = next_a.status == AfterSaleStatus::Refunded;
                 batch.update_aftersale(a, &next_a);
-                if order.value.wx_order_id.is_some() {
+                if order.value.at_wechat().component_order {
                     batch.enqueue(OutboxEntry::new(
                         Task::AfterSaleSync {
                             aftersale_id: next_a.id.clone(),

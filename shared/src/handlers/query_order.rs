@@ -177,9 +177,11 @@ async fn confirm_receipt(app: &App, order: Order) -> Result<Order, ApiError> {
                 .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPED", e.to_string()))
         },
         |o| {
-            o.wx_order_id.map(|_| Task::DeliveryRecieve {
-                out_trade_no: o.out_trade_no.clone(),
-            })
+            o.at_wechat()
+                .component_order
+                .then(|| Task::DeliveryRecieve {
+                    out_trade_no: o.out_trade_no.clone(),
+                })
         },
     )
     .await

@@ -155,6 +155,88 @@ fn not_found(e: &WxError) -> bool {
     e.errcode() == Some(ERRCODE_ORDER_NOT_FOUND)
 }
 
+/// Event source for a paid order whose component order WeChat says it does not hold although
+/// we asked for one: it is not mirrored in the trading component (no shipment, receipt or
+/// after-sale there), which a person must know of.
+pub const COMPONENT_ORDER_MISSING_EVENTS: &str = "component_order_missing";
+
+/// WeChat's id for an order's component order, for the calls that act on it (shipping,
+/// receipt, after-sales). An order whose `shop/order/add` answer was lost holds no id though
+/// WeChat may hold the order ([`Order::at_wechat`]): the id is then read by our number
+/// (`shop/order/get` with `out_order_id` + openid) and stored on the order (a version-checked
+/// write), so a late-paid order is still shipped and serviced there. `None`: no component
+/// order — never asked for, or WeChat answers it has none (1010011; for a paid order that
+/// is kept as a `component_order_missing` event and a person is paged).
+pub async fn component_id(app: &App, order: &Order) -> Result<Option<u64>, TaskError> {
+    if let Some(id) = order.wx_order_id {
+        return Ok(Some(id));
+    }
+    if !order.at_wechat().component_order {
+        return Ok(None);
+    }
+    let info = match app.wx.order_get(&key(order), order.openid.as_str()).await {
+        Ok(info) if info.order_id != 0 => info,
+        Ok(_) => {
+            return Err(TaskError::Retry(
+                "shop/order/get answered without an order_id".into(),
+            ))
+        }
+        Err(e) if not_found(&e) => return component_absent(app, order).await,
+        Err(e) => return Err(task_error(e)),
+    };
+    if info.out_order_id != order.out_trade_no.as_str() {
+        return Err(TaskError::Permanent(format!(
+            "shop/order/get for {} answered order {} of {}",
+            order.out_trade_no, info.order_id, info.out_order_id
+        )));
+    }
+    let no = &order.out_trade_no;
+    let stored = super::common::with_retries::<_, TaskError, _, _>(app, || async {
+        let current = repo::get_order(app.store.as_ref(), no)
+            .await?
+            .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?;
+        if let Some(id) = current.value.wx_order_id {
+            return Ok(super::common::Attempt::Done(id));
+        }
+        let mut next = current.value.clone();
+        next.wx_order_id = Some(info.order_id);
+        next.updated_at_ms = app.clock.now_ms();
+        let mut batch = repo::Batch::new();
+        batch.update_order(&current, &next);
+        Ok(super::common::Attempt::Commit(batch, info.order_id))
+    })
+    .await?;
+    tracing::info!(out_trade_no = %no, wx_order_id = stored, "component order id learnt by our number (its shop/order/add answer was lost)");
+    Ok(Some(stored))
+}
+
+/// WeChat holds no component order under our number although we asked for one: as
+/// [`super::order_sync::absent_at_wechat`] (asked again while a late `add` may still land),
+/// then nothing to mirror — and for a paid order, evidence for a person.
+async fn component_absent(app: &App, order: &Order) -> Result<Option<u64>, TaskError> {
+    absent(app, order)?;
+    if order.status.is_paid() {
+        tracing::error!(out_trade_no = %order.out_trade_no, "paid order's component order is not at WeChat: it is not mirrored in the trading component");
+        let body = format!(
+            "paid order {} was to be in WeChat's trading component, but shop/order/get answers \
+             1010011 (no such order): its shipment, receipt and after-sales are not mirrored \
+             there",
+            order.out_trade_no
+        );
+        if super::common::keep_evidence(
+            app,
+            COMPONENT_ORDER_MISSING_EVENTS,
+            order.out_trade_no.to_string(),
+            body,
+        )
+        .await?
+        {
+            super::common::page_a_person(app);
+        }
+    }
+    Ok(None)
+}
+
 /// Outbox: `shop/order/pay` (action 1) for a paid order. Status 10 only at WeChat: a repeat
 /// after success answers 100000, which means the sync already happened. A component order
 /// whose `shop/order/add` answer never reached us is synced by our number like any other;
@@ -400,9 +482,12 @@ fn component_paid(status: i64) -> bool {
 /// Outbox: `shop/delivery/send` (everything in one parcel).
 pub async fn sync_delivery(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     let order = load(app, no).await?;
-    let (Some(_), Some(d)) = (order.wx_order_id, order.delivery.as_ref()) else {
+    let Some(d) = order.delivery.as_ref() else {
         return Ok(());
     };
+    if component_id(app, &order).await?.is_none() {
+        return Ok(());
+    }
     let req = DeliverySendRequest {
         key: key(&order),
         openid: order.openid.to_string(),
@@ -466,7 +551,7 @@ async fn already_shipped(
 /// Outbox: `shop/delivery/recieve` (WeChat's spelling).
 pub async fn sync_receipt(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     let order = load(app, no).await?;
-    if order.wx_order_id.is_none() {
+    if component_id(app, &order).await?.is_none() {
         return Ok(());
     }
     match app
