@@ -4785,6 +4785,12 @@ async fn the_schedule_reconciles_yesterday_once_and_pages_once() {
 /// `expires_at_ms` has passed, but the sweep has not come to it yet.
 const PAST_EXPIRY_MS: i64 = 16 * 60_000;
 
+/// Our clock and WeChat's move past the orders' expiry.
+fn past_expiry(r: &Running) {
+    r.sandbox.clock().advance(PAST_EXPIRY_MS);
+    r.app.clock.advance(PAST_EXPIRY_MS);
+}
+
 /// `pay/closeorder` calls the sandbox received for `no`.
 fn closes_of(r: &Running, no: &str) -> usize {
     r.sandbox
@@ -4816,7 +4822,7 @@ async fn a_key_replayed_after_its_order_expired_unpaid_is_answered_closed() {
     assert_eq!(again["out_trade_no"], no.as_str());
     assert_eq!(again["status"], "PREPAID");
 
-    r.app.clock.advance(PAST_EXPIRY_MS);
+    past_expiry(&r);
     let (s, replay) = c.order(&token, 2, Some("exp-1")).await;
     assert_eq!(s, 409, "{replay}");
     assert_eq!(replay["code"], "ORDER_CLOSED", "{replay}");
@@ -4859,7 +4865,7 @@ async fn a_key_replayed_after_expiry_of_an_order_paid_unnotified_is_answered_pai
         .await;
     assert_eq!(s, 200, "{v}");
 
-    r.app.clock.advance(PAST_EXPIRY_MS);
+    past_expiry(&r);
     let (s, replay) = c.order(&token, 1, Some("exp-paid")).await;
     assert_eq!(s, 200, "{replay}");
     assert_eq!(replay["out_trade_no"], no.as_str());
@@ -4884,7 +4890,7 @@ async fn a_key_replayed_after_expiry_while_wechat_pay_fails_closes_nothing() {
     assert_eq!(s, 200, "{first}");
     let no = first["out_trade_no"].as_str().unwrap().to_owned();
 
-    r.app.clock.advance(PAST_EXPIRY_MS);
+    past_expiry(&r);
     c.fault(json!({"path": "pay/orderquery", "mode": "http500", "count": 50}))
         .await;
     let (s, replay) = c.order(&token, 1, Some("exp-down")).await;
