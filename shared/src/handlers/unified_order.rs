@@ -6,7 +6,7 @@
 //! price a client sends is ignored. Stock is taken in the same atomic write that creates the
 //! order (conditional on each product's version) and given back when the order closes. A
 //! retried call with the same idempotency key returns the same order (settled first, as the
-//! sweep would, when it expired unpaid: see [`replay`]).
+//! sweep would, when it expired unpaid: see `replay`).
 //!
 //! # One key, one order number
 //!
