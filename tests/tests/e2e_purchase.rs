@@ -4780,3 +4780,129 @@ async fn the_schedule_reconciles_yesterday_once_and_pages_once() {
     assert_eq!(report["bill"]["mismatches"], 0, "{report}");
     assert_eq!(paged(), 1, "still paged once");
 }
+
+/// Past `ORDER_TTL_SECS` (900 s in these stacks), with a minute to spare: the order's
+/// `expires_at_ms` has passed, but the sweep has not come to it yet.
+const PAST_EXPIRY_MS: i64 = 16 * 60_000;
+
+/// Our clock and WeChat's move past the orders' expiry.
+fn past_expiry(r: &Running) {
+    r.sandbox.clock().advance(PAST_EXPIRY_MS);
+    r.app.clock.advance(PAST_EXPIRY_MS);
+}
+
+/// `pay/closeorder` calls the sandbox received for `no`.
+fn closes_of(r: &Running, no: &str) -> usize {
+    r.sandbox
+        .calls("pay/closeorder")
+        .iter()
+        .filter(|v| v["out_trade_no"] == no)
+        .count()
+}
+
+/// GIVEN an order the user left unpaid (the cashier cancelled; `buy` kept its key) WHEN they
+/// buy again with that key after the order expired, before the sweep closed it THEN it is
+/// settled there and then: WeChat Pay says unpaid, so the order is closed, its stock given back
+/// and its prepay order closed at WeChat, and the key is answered 409 `ORDER_CLOSED` (buy again
+/// with a new key). It used to hand back the dead payment parameters, and the cashier failed on
+/// them until the sweep came round.
+#[tokio::test]
+async fn a_key_replayed_after_its_order_expired_unpaid_is_answered_closed() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("yara").await;
+    let start = tea_stock(&c).await;
+    let (s, first) = c.order(&token, 2, Some("exp-1")).await;
+    assert_eq!(s, 200, "{first}");
+    let no = first["out_trade_no"].as_str().unwrap().to_owned();
+    assert_eq!(tea_stock(&c).await, start - 2);
+    // Before it expires, the key pays the same order.
+    let (s, again) = c.order(&token, 2, Some("exp-1")).await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["out_trade_no"], no.as_str());
+    assert_eq!(again["status"], "PREPAID");
+
+    past_expiry(&r);
+    let (s, replay) = c.order(&token, 2, Some("exp-1")).await;
+    assert_eq!(s, 409, "{replay}");
+    assert_eq!(replay["code"], "ORDER_CLOSED", "{replay}");
+    assert!(
+        replay["message"].as_str().unwrap().contains("new key"),
+        "{replay}"
+    );
+    assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
+    assert_eq!(tea_stock(&c).await, start, "the stock is back");
+    eventually("pay/closeorder for the expired order", || async {
+        closes_of(&r, &no) > 0
+    })
+    .await;
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    assert_eq!(s, 409, "WeChat's cashier takes it no more: {v}");
+    assert!(v.to_string().contains("CLOSED"), "{v}");
+    // A new key is a new purchase.
+    let (s, fresh) = c.order(&token, 2, Some("exp-2")).await;
+    assert_eq!(s, 200, "{fresh}");
+    assert_ne!(fresh["out_trade_no"], no.as_str());
+}
+
+/// GIVEN the user paid but the payment notification never came, and the order's expiry passed
+/// before the sweep asked WeChat WHEN they buy again with the key THEN WeChat Pay is asked, the
+/// payment recorded and the order answered PAID (the client opens no cashier for it) — never
+/// closed with its stock given back. It used to answer PREPAID with the dead payment parameters.
+#[tokio::test]
+async fn a_key_replayed_after_expiry_of_an_order_paid_unnotified_is_answered_paid() {
+    let r = stack_with(&[("WXPAY_NOTIFY_URL", support::DEAD_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("zane").await;
+    let start = tea_stock(&c).await;
+    let (s, first) = c.order(&token, 1, Some("exp-paid")).await;
+    assert_eq!(s, 200, "{first}");
+    let no = first["out_trade_no"].as_str().unwrap().to_owned();
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    past_expiry(&r);
+    let (s, replay) = c.order(&token, 1, Some("exp-paid")).await;
+    assert_eq!(s, 200, "{replay}");
+    assert_eq!(replay["out_trade_no"], no.as_str());
+    assert_eq!(replay["status"], "PAID", "{replay}");
+    assert_eq!(r.sandbox.notifications_delivered(&no), 0);
+    assert_eq!(tea_stock(&c).await, start - 1, "the stock stays sold");
+    assert_eq!(closes_of(&r, &no), 0, "nothing closed at WeChat");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+}
+
+/// GIVEN an expired unpaid order WHEN its key is replayed while WeChat Pay's `orderquery`
+/// fails THEN the order is not closed (it may have been paid): 503 `ORDER_STATUS_UNKNOWN`,
+/// which the client retries with the same key, the stock still held and nothing closed at
+/// WeChat. Once WeChat answers (unpaid), the replay closes it.
+#[tokio::test]
+async fn a_key_replayed_after_expiry_while_wechat_pay_fails_closes_nothing() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("abel").await;
+    let start = tea_stock(&c).await;
+    let (s, first) = c.order(&token, 1, Some("exp-down")).await;
+    assert_eq!(s, 200, "{first}");
+    let no = first["out_trade_no"].as_str().unwrap().to_owned();
+
+    past_expiry(&r);
+    c.fault(json!({"path": "pay/orderquery", "mode": "http500", "count": 50}))
+        .await;
+    let (s, replay) = c.order(&token, 1, Some("exp-down")).await;
+    assert_eq!(s, 503, "{replay}");
+    assert_eq!(replay["code"], "ORDER_STATUS_UNKNOWN", "{replay}");
+    assert_eq!(tea_stock(&c).await, start - 1, "the stock stays held");
+    assert_eq!(closes_of(&r, &no), 0, "nothing closed at WeChat");
+    support::Client::new(&r).clear_faults().await;
+    assert_eq!(c.status(&token, &no).await["status"], "PREPAID");
+
+    let (s, replay) = c.order(&token, 1, Some("exp-down")).await;
+    assert_eq!(s, 409, "{replay}");
+    assert_eq!(replay["code"], "ORDER_CLOSED", "{replay}");
+    assert_eq!(tea_stock(&c).await, start);
+}

@@ -560,39 +560,74 @@ pub async fn sweep_unpaid(app: &App, deadline: Deadline) -> Result<(SweepReport,
     Ok((report, finished))
 }
 
-/// One unpaid order of the sweep: asked about (if WeChat has it to pay), closed if expired
-/// and not paid. Whatever fails is logged and counted; the sweep goes on with the next.
+/// One unpaid order of the sweep: [settled](settle_unpaid). Whatever fails is logged and
+/// counted; the sweep goes on with the next.
 async fn sweep_order(app: &App, order: crate::domain::Order, now: i64, report: &mut SweepReport) {
+    let no = order.out_trade_no.clone();
+    let expires_at_ms = order.expires_at_ms;
+    match settle_unpaid(app, order, now).await {
+        Ok(Settled::Paid(_)) => report.paid += 1,
+        Ok(Settled::Open) => {}
+        Ok(Settled::Closed(closed)) => {
+            if closed.status == OrderStatus::Closed {
+                report.closed += 1;
+            } // else paid or closed meanwhile
+        }
+        Ok(Settled::Unanswered { error, expired }) => {
+            report.unanswered += 1;
+            if expired {
+                report.held += 1;
+                tracing::warn!(out_trade_no = %no, expired_at_ms = expires_at_ms, error = %error, "sweep: expired order not closed: WeChat did not say whether it was paid; asked again next turn");
+            } else {
+                tracing::warn!(out_trade_no = %no, error = %error, "sweep: order query failed");
+            }
+        }
+        Err(e) => {
+            report.failed += 1;
+            tracing::warn!(out_trade_no = %no, error = %e, "sweep: could not close an expired order; next turn");
+        }
+    }
+}
+
+/// What [`settle_unpaid`] came to.
+#[derive(Debug)]
+pub enum Settled {
+    /// WeChat says it was paid: the payment is recorded; the order as recorded.
+    Paid(crate::domain::Order),
+    /// Not paid (or nothing to ask) and not expired: left open.
+    Open,
+    /// Expired and not paid: closed, its stock given back, and its close at WeChat queued —
+    /// or, when it was closed or paid meanwhile, the order as it is now.
+    Closed(crate::domain::Order),
+    /// WeChat did not say whether it was paid (no answer, or one nothing may be decided on):
+    /// nothing changed. An expired order is not closed, since it may have been paid.
+    Unanswered { error: ApiError, expired: bool },
+}
+
+/// Settles an unpaid order as the sweep does: one WeChat holds to pay (PREPAID) is asked
+/// whether it was paid ([`ask_wechat_if_paid`](super::query_order::ask_wechat_if_paid)) and
+/// a payment recorded; one expired (`expires_at_ms` ≤ `now`) and not paid is closed
+/// ([`close_and_release`]). Also used by `unifiedOrder` for a repeated key whose order expired
+/// before the sweep came to it. `Err` only when the close failed (the store).
+pub async fn settle_unpaid(
+    app: &App,
+    order: crate::domain::Order,
+    now: i64,
+) -> Result<Settled, ApiError> {
     let expired = order.expires_at_ms <= now;
     if order.status == OrderStatus::Prepaid {
         match super::query_order::ask_wechat_if_paid(app, &order).await {
-            Ok(Some(updated)) if updated.status.is_paid() => {
-                report.paid += 1;
-                return;
-            }
+            Ok(Some(updated)) if updated.status.is_paid() => return Ok(Settled::Paid(updated)),
             Ok(_) => {}
-            Err(e) => {
-                report.unanswered += 1;
-                if expired {
-                    report.held += 1;
-                    tracing::warn!(out_trade_no = %order.out_trade_no, expired_at_ms = order.expires_at_ms, error = %e, "sweep: expired order not closed: WeChat did not say whether it was paid; asked again next turn");
-                } else {
-                    tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "sweep: order query failed");
-                }
-                return;
-            }
+            Err(error) => return Ok(Settled::Unanswered { error, expired }),
         }
     }
-    if expired {
-        match close_and_release(app, &order.out_trade_no, "expired unpaid").await {
-            Ok(closed) if closed.status == OrderStatus::Closed => report.closed += 1,
-            Ok(_) => {} // paid or closed meanwhile
-            Err(e) => {
-                report.failed += 1;
-                tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "sweep: could not close an expired order; next turn");
-            }
-        }
+    if !expired {
+        return Ok(Settled::Open);
     }
+    close_and_release(app, &order.out_trade_no, "expired unpaid")
+        .await
+        .map(Settled::Closed)
 }
 
 /// Performs one task against WeChat. Each is idempotent there (or made so here), because a

@@ -5,7 +5,8 @@
 //! Prices come from the catalog only; the body's items carry ids and quantities, and any
 //! price a client sends is ignored. Stock is taken in the same atomic write that creates the
 //! order (conditional on each product's version) and given back when the order closes. A
-//! retried call with the same idempotency key returns the same order.
+//! retried call with the same idempotency key returns the same order (settled first, as the
+//! sweep would, when it expired unpaid: see `replay`).
 //!
 //! # One key, one order number
 //!
@@ -39,6 +40,7 @@ use super::common::{
     authenticate, close_and_release_opened, component_on, take_turns, with_retries, Attempt,
     OpenedAtWechat,
 };
+use super::order_sync::Settled;
 use crate::app::App;
 use crate::config::TradingComponent;
 use crate::domain::{
@@ -212,27 +214,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     )
     .await?
     {
-        Claim::Completed(stored) => {
-            let mut result: UnifiedOrderResult = serde_json::from_str(&stored)
-                .map_err(|e| ApiError::internal(format!("stored result unreadable: {e}")))?;
-            // The order as it is now: a closed one can no longer be paid with the stored
-            // payment parameters, so the key is spent (a new purchase takes a new key).
-            if let Ok(no) = OutTradeNo::parse(result.out_trade_no.clone()) {
-                if let Some(order) = repo::get_order(app.store.as_ref(), &no).await? {
-                    if order.value.status == OrderStatus::Closed {
-                        return Err(ApiError::conflict(
-                            "ORDER_CLOSED",
-                            format!(
-                                "the order this idempotency key made ({no}) was closed unpaid; \
-                                 order again with a new key"
-                            ),
-                        ));
-                    }
-                    result.status = order.value.status;
-                }
-            }
-            return Ok(json(&result));
-        }
+        Claim::Completed(stored) => return replay(app, &stored).await,
         Claim::InProgress => {
             return Err(ApiError::conflict(
                 "REQUEST_IN_PROGRESS",
@@ -293,6 +275,65 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         tracing::warn!(error = %e, "could not release or abandon the idempotency record");
     }
     Err(failure.error)
+}
+
+/// A repeated key whose call completed: the stored result, with its order as it is now. A
+/// closed order can no longer be paid with the stored payment parameters, so the key is spent
+/// (409 `ORDER_CLOSED`; a new purchase takes a new key).
+///
+/// An unpaid order past its `expires_at_ms` is settled here as the sweep would, before
+/// answering: its prepay order has expired at WeChat too, and the stored parameters would
+/// only fail in the cashier again and again until the sweep (every 5 minutes) closed it.
+/// WeChat is asked whether it was paid: paid → the payment is recorded and the order answered
+/// paid (the stored `payment` stays in the answer — the client requires one — but it opens no
+/// cashier for a paid status); not paid → closed, stock back, closed at WeChat, and 409
+/// `ORDER_CLOSED`. When WeChat does not say, the order is not closed (it may have been paid)
+/// and the answer is 503 `ORDER_STATUS_UNKNOWN`, which the client retries with the same key:
+/// the stored parameters would open a cashier that cannot pay, and a status read before
+/// WeChat answered might be wrong either way.
+async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
+    let mut result: UnifiedOrderResult = serde_json::from_str(stored)
+        .map_err(|e| ApiError::internal(format!("stored result unreadable: {e}")))?;
+    let Ok(no) = OutTradeNo::parse(result.out_trade_no.clone()) else {
+        return Ok(json(&result));
+    };
+    let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+        return Ok(json(&result));
+    };
+    let mut order = order.value;
+    let now = app.clock.now_ms();
+    if order.status.is_unpaid_open() && order.expires_at_ms <= now {
+        order = match super::order_sync::settle_unpaid(app, order.clone(), now).await? {
+            Settled::Paid(o) | Settled::Closed(o) => o,
+            Settled::Open => order,
+            Settled::Unanswered { error, .. } => {
+                tracing::warn!(out_trade_no = %no, error = %error, "unifiedOrder: a repeated key's order expired and WeChat did not say whether it was paid; not closed");
+                return Err(if error.status == http::StatusCode::SERVICE_UNAVAILABLE {
+                    ApiError::unavailable(
+                        "ORDER_STATUS_UNKNOWN",
+                        format!(
+                            "the order this idempotency key made ({no}) expired, and WeChat \
+                                 Pay could not say whether it was paid; retry shortly with the \
+                                 same key"
+                        ),
+                    )
+                } else {
+                    error
+                });
+            }
+        };
+    }
+    if order.status == OrderStatus::Closed {
+        return Err(ApiError::conflict(
+            "ORDER_CLOSED",
+            format!(
+                "the order this idempotency key made ({no}) was closed unpaid; buy again with \
+                 a new key"
+            ),
+        ));
+    }
+    result.status = order.status;
+    Ok(json(&result))
 }
 
 /// What an idempotency key stands for at WeChat Pay, chosen at its first claim and kept in the
