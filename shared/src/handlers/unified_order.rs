@@ -601,13 +601,27 @@ async fn place(
     let no = &reservation.out_trade_no;
     // Decided before the order is written, and written with it: a create call whose answer is
     // lost may still have made its order at WeChat, and the close must know to close it there.
-    let plan = plan_at_wechat(app, origin, address.is_some())
-        .await
-        .map_err(|error| PlaceError {
-            // A resumed order may exist (and hold stock): a retry must find it.
-            left: if resumed { Left::Order } else { Left::Nothing },
-            error,
-        })?;
+    // A resumed order made by an earlier attempt keeps the plan it was written with: WeChat is
+    // not asked (the scene check) again for an order already planned.
+    let planned = if resumed {
+        repo::get_order(app.store.as_ref(), no)
+            .await
+            .map_err(|e| PlaceError::left_order(e.into()))?
+            .map(|o| o.value.sent_to_wechat)
+            .filter(|p| !p.is_nothing())
+    } else {
+        None
+    };
+    let plan = match planned {
+        Some(plan) => plan,
+        None => plan_at_wechat(app, origin, address.is_some())
+            .await
+            .map_err(|error| PlaceError {
+                // A resumed order may exist (and hold stock): a retry must find it.
+                left: if resumed { Left::Order } else { Left::Nothing },
+                error,
+            })?,
+    };
     let (order, made_now) =
         create_priced_order(app, no, resumed, openid, lines, origin, address, plan)
             .await
