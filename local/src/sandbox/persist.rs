@@ -1150,16 +1150,7 @@ mod tests {
             if i % 3 == 0 && i >= 3 {
                 st.pay.by_txn.remove(&format!("t{}", i - 3));
             }
-            st.funds.flows.push(funds::Flow {
-                id: format!("f{i}"),
-                time_ms: i as i64,
-                kind: "交易".into(),
-                income: true,
-                amount: 1,
-                balance: i as i64,
-                busi_type: "订单".into(),
-                request_no: format!("o{i}"),
-            });
+            st.funds.flows.push(flow(i));
             p.touch();
             p.save(|| Some((&mut st, 1000)));
             // A compaction's two renames are not one step for a reader (a crash leaves either).
@@ -1189,11 +1180,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
-    /// A change, as a purchase makes one: an entry of a kept map and a new flow.
-    fn change(st: &mut State, i: u64) {
-        st.seq += 1;
-        st.pay.by_txn.insert(format!("t{i}"), "o".repeat(200));
-        st.funds.flows.push(funds::Flow {
+    /// The `i`th fund flow of a test: income of 1 fen for order `o{i}`.
+    fn flow(i: u64) -> funds::Flow {
+        funds::Flow {
             id: format!("f{i}"),
             time_ms: i as i64,
             kind: "交易".into(),
@@ -1202,7 +1191,14 @@ mod tests {
             balance: i as i64,
             busi_type: "订单".into(),
             request_no: format!("o{i}"),
-        });
+        }
+    }
+
+    /// A change, as a purchase makes one: an entry of a kept map and a new flow.
+    fn change(st: &mut State, i: u64) {
+        st.seq += 1;
+        st.pay.by_txn.insert(format!("t{i}"), "o".repeat(200));
+        st.funds.flows.push(flow(i));
     }
 
     /// While a compaction's snapshot is being written, the state lock and the journal are
