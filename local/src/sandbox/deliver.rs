@@ -529,4 +529,31 @@ mod tests {
             b"<root><a>1</a></root>"
         );
     }
+
+    /// The log keeps the most recent attempts; an acknowledgement leaves the counts with its
+    /// attempt, and a message with none left is forgotten.
+    #[test]
+    fn the_log_keeps_the_most_recent_attempts_and_counts_their_acks() {
+        let mut d = DeliveryState::default();
+        let a = |key: &str, acked: bool| Attempt {
+            kind: Kind::Pay,
+            key: key.into(),
+            url: String::new(),
+            attempt: 0,
+            status: Some(200),
+            acked,
+            at_ms: 0,
+            error: None,
+        };
+        d.record(a("A", true), 3);
+        d.record(a("A", false), 3);
+        d.record(a("B", true), 3);
+        assert_eq!(d.acked(Kind::Pay, "A"), 1);
+        d.record(a("B", true), 3);
+        assert_eq!(d.log.len(), 3);
+        assert_eq!(d.acked(Kind::Pay, "A"), 0);
+        assert!(!d.acked[Kind::Pay.index()].contains_key("A"), "forgotten");
+        assert_eq!(d.acked(Kind::Pay, "B"), 2);
+        assert_eq!(d.log_json()[0]["acked"], false, "oldest first");
+    }
 }

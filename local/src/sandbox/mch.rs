@@ -1599,4 +1599,57 @@ mod tests {
         assert_eq!(fen("1.00"), None);
         assert_eq!(fen("-1"), None);
     }
+
+    /// A prepay id is pruned once its 2 hours are over and only then, at most once a minute;
+    /// a forgotten one is still known as issued here. An untagged one (an older wxlocal's) is
+    /// kept: forgotten, it would read as never issued.
+    #[test]
+    fn only_expired_prepay_ids_of_this_sandbox_are_pruned() {
+        let key = Key::default();
+        let mut pay = PayState::default();
+        let order = |no: &str, created_ms: i64| PayOrder {
+            out_trade_no: no.into(),
+            params: Fields::new(),
+            sign_type: SignType::Md5,
+            prepay_id: String::new(),
+            total_fee: 1,
+            openid: None,
+            sub_openid: None,
+            trade_type: "JSAPI".into(),
+            notify_url: String::new(),
+            state: TradeState::NotPay,
+            transaction_id: None,
+            time_end: None,
+            created_ms,
+            paid_ms: None,
+            expire_ms: None,
+            refunded: 0,
+            last_refund_ms: None,
+        };
+        let tagged = |body: &str| key.sign(format!("wx20240101000000{body}"), PREPAY_TAG);
+        let (old, new) = (tagged("oldoldold0"), tagged("newnewnew0"));
+        assert_eq!(old.len(), PREPAY_LEN);
+        let untagged = "wx20240101000000untaggedprepayid0000".to_owned();
+        pay.orders.insert("A".into(), order("A", 0));
+        pay.orders.insert("B".into(), order("B", 0));
+        pay.orders.insert("C".into(), order("C", 3_600_000));
+        pay.prepay_ids.insert(old.clone(), "A".into());
+        pay.prepay_ids.insert(untagged.clone(), "B".into());
+        pay.prepay_ids.insert(new.clone(), "C".into());
+
+        pay.prune(PREPAY_TTL_MS, &key);
+        assert_eq!(pay.prepay_ids.len(), 3, "not expired yet");
+        pay.prune(PREPAY_TTL_MS + 1, &key);
+        assert_eq!(pay.prepay_ids.len(), 3, "pruned at most once a minute");
+        pay.prune(PREPAY_TTL_MS + PRUNE_EVERY_MS, &key);
+        assert!(!pay.prepay_ids.contains_key(&old), "expired: forgotten");
+        assert!(pay.prepay_ids.contains_key(&new), "valid for an hour more");
+        assert!(pay.prepay_ids.contains_key(&untagged), "an older wxlocal's");
+        assert_eq!(pay.orders.len(), 3, "orders stay");
+        assert!(
+            key.signed(&old, PREPAY_LEN, PREPAY_TAG),
+            "still known as issued here"
+        );
+        assert!(!key.signed(&untagged, PREPAY_LEN, PREPAY_TAG));
+    }
 }
