@@ -153,6 +153,9 @@ async fn bench(args: &[String]) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     seed(&r, &http, 10_000_000).await?;
+    // The run counts every `shop/order/pay` call it makes: the sandbox's call log keeps them
+    // all (by default only the most recent `LOG_CAP`).
+    r.sandbox.set_log_cap(usize::MAX);
     let synced_before = r.sandbox.calls("shop/order/pay").len();
 
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));

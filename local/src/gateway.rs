@@ -526,6 +526,7 @@ pub async fn start_with_env(
         auto_audit: true,
         refund_interval_ms: crate::sandbox::mch::REFUND_INTERVAL_MS,
         refund_notify_url: Some(config.refund_notify_url.clone()),
+        log_cap: crate::sandbox::LOG_CAP,
     };
     let sandbox = match sandbox_state_path(&config.store) {
         Some(path) => {

@@ -6,12 +6,14 @@
 //! arrives (`15s,15s,30s,3m,10m,20m,30m,30m,30m,60m,3h,3h,3h,6h,6h`, here × `time_scale`),
 //! the same notification from several servers at once, notifications overtaking each other,
 //! HMAC notifications without `sign_type`. Each of those is a knob here
-//! (`/_control/notifications`), and every attempt is logged for tests.
+//! (`/_control/notifications`), and every attempt is logged for tests: the most recent
+//! [`super::SandboxConfig::log_cap`] attempts and pushed events, so a sandbox left running
+//! (or under load) does not grow for ever; the acknowledgement counts cover the attempts kept.
 
 use super::Sandbox;
 use base64::Engine;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -93,19 +95,42 @@ struct Attempt {
 #[derive(Default)]
 pub struct DeliveryState {
     pub opts: Opts,
-    log: Vec<Attempt>,
-    /// Acknowledged attempts per message, by [`Kind::index`] then key, counted as `log` grows:
-    /// [`Self::acked`] is polled while tests and benchmarks wait, and a scan of the whole log
-    /// made each poll slower than the last.
+    /// The most recent attempts ([`super::SandboxConfig::log_cap`]).
+    log: VecDeque<Attempt>,
+    /// Acknowledged attempts in `log` per message, by [`Kind::index`] then key, counted as
+    /// `log` grows and shrinks: [`Self::acked`] is polled while tests and benchmarks wait, and
+    /// a scan of the whole log made each poll slower than the last.
     acked: [HashMap<String, usize>; 3],
     held: Vec<Outgoing>,
-    /// Plaintext events pushed (before encryption).
-    pub pushed: Vec<Value>,
+    /// The most recent plaintext events pushed (before encryption; as many as `log`).
+    pub pushed: VecDeque<Value>,
 }
 
 impl DeliveryState {
     pub fn acked(&self, kind: Kind, key: &str) -> usize {
         self.acked[kind.index()].get(key).copied().unwrap_or(0)
+    }
+
+    /// Logs an attempt, keeping the `cap` most recent; an acknowledgement dropped with its
+    /// attempt no longer counts (a message none of whose kept attempts was acknowledged is
+    /// forgotten).
+    fn record(&mut self, a: Attempt, cap: usize) {
+        if a.acked {
+            *self.acked[a.kind.index()].entry(a.key.clone()).or_default() += 1;
+        }
+        let acked = &mut self.acked;
+        super::push_recent(&mut self.log, a, cap, |old| {
+            if !old.acked {
+                return;
+            }
+            let counts = &mut acked[old.kind.index()];
+            if let Some(n) = counts.get_mut(&old.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&old.key);
+                }
+            }
+        });
     }
 
     pub fn log_json(&self) -> Vec<Value> {
@@ -238,26 +263,25 @@ async fn attempt(sb: &Sandbox, out: &Outgoing, n: usize, epoch: u64) -> bool {
         }
         Err(e) => (None, false, Some(e.to_string())),
     };
+    let cap = sb.log_cap();
     let mut st = sb.st();
     if st.epoch != epoch {
         return true; // the state it belonged to is gone: stop retrying
     }
     let at_ms = sb.now_ms();
-    if acked {
-        *st.out.acked[out.kind.index()]
-            .entry(out.key.clone())
-            .or_default() += 1;
-    }
-    st.out.log.push(Attempt {
-        kind: out.kind,
-        key: out.key.clone(),
-        url: out.url.clone(),
-        attempt: n,
-        status,
-        acked,
-        at_ms,
-        error,
-    });
+    st.out.record(
+        Attempt {
+            kind: out.kind,
+            key: out.key.clone(),
+            url: out.url.clone(),
+            attempt: n,
+            status,
+            acked,
+            at_ms,
+            error,
+        },
+        cap,
+    );
     acked
 }
 
@@ -389,7 +413,7 @@ pub fn push_event(sb: &Sandbox, event: &str, body_key: &str, body: Value) {
     });
     let (id, xml) = {
         let mut st = sb.st();
-        st.out.pushed.push(msg.clone());
+        super::push_recent(&mut st.out.pushed, msg.clone(), cfg.log_cap, drop);
         (st.next_seq(), st.out.opts.push_xml)
     };
     let Some(url) = cfg.push_url.clone() else {
@@ -504,5 +528,32 @@ mod tests {
             decrypt_req_info("k", &ct).unwrap(),
             b"<root><a>1</a></root>"
         );
+    }
+
+    /// The log keeps the most recent attempts; an acknowledgement leaves the counts with its
+    /// attempt, and a message with none left is forgotten.
+    #[test]
+    fn the_log_keeps_the_most_recent_attempts_and_counts_their_acks() {
+        let mut d = DeliveryState::default();
+        let a = |key: &str, acked: bool| Attempt {
+            kind: Kind::Pay,
+            key: key.into(),
+            url: String::new(),
+            attempt: 0,
+            status: Some(200),
+            acked,
+            at_ms: 0,
+            error: None,
+        };
+        d.record(a("A", true), 3);
+        d.record(a("A", false), 3);
+        d.record(a("B", true), 3);
+        assert_eq!(d.acked(Kind::Pay, "A"), 1);
+        d.record(a("B", true), 3);
+        assert_eq!(d.log.len(), 3);
+        assert_eq!(d.acked(Kind::Pay, "A"), 0);
+        assert!(!d.acked[Kind::Pay.index()].contains_key("A"), "forgotten");
+        assert_eq!(d.acked(Kind::Pay, "B"), 2);
+        assert_eq!(d.log_json()[0]["acked"], false, "oldest first");
     }
 }

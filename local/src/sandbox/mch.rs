@@ -8,9 +8,22 @@
 //! refund over the paid amount is refused, a second refund of one order within a minute is
 //! `FREQUENCY_LIMITED`, provider mode without `sub_mch_id` is refused.
 //! Replies are signed with the request's sign type so clients must verify them.
+//!
+//! A `prepay_id` lives 2 hours ([`PREPAY_TTL_MS`]); then WeChat forgets it, and so does the
+//! sandbox: its index entry is pruned when a new one is issued, at most once a minute of the
+//! sandbox's clock (every order used to add one for ever). The order keeps its `prepay_id`,
+//! as WeChat keeps the order. A forgotten one is still refused as expired, not as never
+//! issued: it ends in a tag made with the sandbox's key, as tokens do ([`super::platform`]).
+//! Where it is used after that, the answer is the one an expired but remembered one got: the
+//! cashier (`/_control/pay`) refuses it as expired (409), whatever its order's state;
+//! `shop/order/add` takes it, as it took an expired one before (what WeChat's trading
+//! component checks of a `prepay_id` is UNVERIFIED, WECHAT_SHOP.md). An untagged one, read
+//! from an older wxlocal's state file, is never pruned (forgotten, it would read as never
+//! issued); no new ones are made.
 
 use super::deliver::{self, Job, Kind, Outgoing};
 use super::kept::Kept;
+use super::platform::Key;
 use super::{random_alnum, random_digits, Sandbox, SandboxConfig};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +40,15 @@ pub const REFUND_INTERVAL_MS: i64 = 60_000;
 /// A `prepay_id` lives 2 hours (unifiedorder's reply field `prepay_id`: "有效期为2小时"); past
 /// that WeChat's cashier will not take it, whatever `time_expire` says.
 pub const PREPAY_TTL_MS: i64 = 7_200_000;
+
+/// Expired `prepay_id`s are pruned at most this often (sandbox clock), as tokens are.
+const PRUNE_EVERY_MS: i64 = 60_000;
+
+/// A `prepay_id`: `wx`, the 14-digit Beijing time it was issued, 10 random characters and a
+/// 10-digit tag ([`super::platform::PlatformState::key`]): 36 characters, as WeChat's
+/// (`wx2017033010242291fcfe0db70013231072`).
+const PREPAY_LEN: usize = 36;
+const PREPAY_TAG: usize = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -157,10 +179,14 @@ pub struct PayState {
     pub orders: Kept<String, PayOrder>,
     pub refunds: Kept<String, Refund>,
     pub by_txn: Kept<String, String>,
-    /// Every `prepay_id` issued → its `out_trade_no` (`shop/order/add` checks the one it is
-    /// given, the cashier pays by it): an index, so neither scans every order, which made the
-    /// sandbox slower with each order.
+    /// Every `prepay_id` issued and not expired → its `out_trade_no` (`shop/order/add` checks
+    /// the one it is given, the cashier pays by it): an index, so neither scans every order,
+    /// which made the sandbox slower with each order. Expired ones are pruned
+    /// ([`PayState::prune`]).
     pub prepay_ids: Kept<String, String>,
+    /// When expired `prepay_id`s are pruned next (not kept: at start, the first issue).
+    #[serde(skip)]
+    pub(crate) next_prune_ms: i64,
     /// Outcomes for the next accepted refunds instead of `SUCCESS` (`REFUNDCLOSE`, `CHANGE`,
     /// or `PROCESSING`: no outcome yet), set with `/_control/refund_outcome`: a test's knob,
     /// not kept across restarts.
@@ -177,6 +203,38 @@ impl PayState {
     pub fn order_by_txn(&self, txn: &str) -> Option<&PayOrder> {
         self.by_txn.get(txn).and_then(|o| self.orders.get(o))
     }
+
+    /// Forgets the `prepay_id`s past [`PREPAY_TTL_MS`] (issued with their order: its
+    /// `created_ms`), at most once per [`PRUNE_EVERY_MS`]. Only tagged ones: an untagged one
+    /// (an older wxlocal's) could not be told from one never issued once forgotten.
+    fn prune(&mut self, now: i64, key: &Key) {
+        if now < self.next_prune_ms {
+            return;
+        }
+        self.next_prune_ms = now + PRUNE_EVERY_MS;
+        let orders = &self.orders;
+        let expired = |p: &str, no: &str| {
+            orders
+                .get(no)
+                .is_none_or(|o| now.saturating_sub(o.created_ms) > PREPAY_TTL_MS)
+                && key.signed(p, PREPAY_LEN, PREPAY_TAG)
+        };
+        if self.prepay_ids.iter().any(|(p, no)| expired(p, no)) {
+            self.prepay_ids.retain(|p, no| !expired(p, no));
+        }
+    }
+}
+
+/// Whether `prepay_id` was issued by this sandbox (since its last reset), remembered or
+/// expired and forgotten: what `shop/order/add` takes.
+pub(crate) fn prepay_issued(state: &super::State, prepay_id: &str) -> bool {
+    state.pay.prepay_ids.contains_key(prepay_id)
+        || state.platform.key.signed(prepay_id, PREPAY_LEN, PREPAY_TAG)
+}
+
+/// The cashier's refusal of an expired `prepay_id`.
+fn prepay_expired(prepay_id: &str) -> String {
+    format!("prepay_id {prepay_id} expired (a prepay_id lives 2 hours)")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -549,14 +607,17 @@ fn unifiedorder(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields, st: SignType) -> 
             ]),
         );
     }
-    let prepay_id = format!(
-        "wx{}{}",
-        beijing_compact(now),
-        random_alnum(20).to_ascii_lowercase()
+    let prepay_id = state.platform.key.sign(
+        format!(
+            "wx{}{}",
+            beijing_compact(now),
+            random_alnum(PREPAY_LEN - 16 - PREPAY_TAG).to_ascii_lowercase()
+        ),
+        PREPAY_TAG,
     );
-    state
-        .pay
-        .prepay_ids
+    let super::State { pay, platform, .. } = &mut *state;
+    pay.prune(now, &platform.key);
+    pay.prepay_ids
         .insert(prepay_id.clone(), out_trade_no.to_owned());
     state.pay.orders.insert(
         out_trade_no.to_owned(),
@@ -737,8 +798,9 @@ pub enum Cashier<'a> {
 }
 
 /// Marks the order paid as if the user confirmed in WeChat, and prepares its notification.
-/// Refused as WeChat's cashier refuses it: an order paid already (no second payment), a
-/// closed one, one past its `time_expire`, a `prepay_id` older than [`PREPAY_TTL_MS`].
+/// Refused as WeChat's cashier refuses it: a `prepay_id` older than [`PREPAY_TTL_MS`]
+/// (remembered or forgotten, whatever its order's state), an order paid already (no second
+/// payment), a closed one, one past its `time_expire`, one whose `prepay_id` expired.
 pub fn user_pays(sb: &Sandbox, by: Cashier<'_>) -> Result<(Value, Option<Job>), String> {
     let cfg = sb.cfg();
     let now = sb.now_ms();
@@ -748,6 +810,9 @@ pub fn user_pays(sb: &Sandbox, by: Cashier<'_>) -> Result<(Value, Option<Job>), 
         Cashier::OutTradeNo(no) => no.to_owned(),
         Cashier::PrepayId(p) => match state.pay.prepay_ids.get(p) {
             Some(no) => no.clone(),
+            None if state.platform.key.signed(p, PREPAY_LEN, PREPAY_TAG) => {
+                return Err(prepay_expired(p))
+            }
             None => return Err(format!("no such prepay_id {p}")),
         },
     };
@@ -755,6 +820,13 @@ pub fn user_pays(sb: &Sandbox, by: Cashier<'_>) -> Result<(Value, Option<Job>), 
     let Some(o) = state.pay.orders.get_mut(&out_trade_no) else {
         return Err(format!("no WeChat Pay order {out_trade_no}"));
     };
+    let prepay_expires = o.created_ms.saturating_add(PREPAY_TTL_MS);
+    if let Cashier::PrepayId(p) = by {
+        // As if already forgotten: the answer does not depend on when pruning ran.
+        if now > prepay_expires {
+            return Err(prepay_expired(p));
+        }
+    }
     match o.state {
         TradeState::NotPay => {}
         TradeState::Success | TradeState::Refund => {
@@ -768,7 +840,7 @@ pub fn user_pays(sb: &Sandbox, by: Cashier<'_>) -> Result<(Value, Option<Job>), 
     if o.expire_ms.is_some_and(|e| now > e) {
         return Err(format!("order {out_trade_no} expired (time_expire passed)"));
     }
-    if now.saturating_sub(o.created_ms) > PREPAY_TTL_MS {
+    if now > prepay_expires {
         return Err(format!(
             "prepay_id {} of order {out_trade_no} expired (a prepay_id lives 2 hours)",
             o.prepay_id
@@ -1526,5 +1598,58 @@ mod tests {
         assert_eq!(fen("0"), None);
         assert_eq!(fen("1.00"), None);
         assert_eq!(fen("-1"), None);
+    }
+
+    /// A prepay id is pruned once its 2 hours are over and only then, at most once a minute;
+    /// a forgotten one is still known as issued here. An untagged one (an older wxlocal's) is
+    /// kept: forgotten, it would read as never issued.
+    #[test]
+    fn only_expired_prepay_ids_of_this_sandbox_are_pruned() {
+        let key = Key::default();
+        let mut pay = PayState::default();
+        let order = |no: &str, created_ms: i64| PayOrder {
+            out_trade_no: no.into(),
+            params: Fields::new(),
+            sign_type: SignType::Md5,
+            prepay_id: String::new(),
+            total_fee: 1,
+            openid: None,
+            sub_openid: None,
+            trade_type: "JSAPI".into(),
+            notify_url: String::new(),
+            state: TradeState::NotPay,
+            transaction_id: None,
+            time_end: None,
+            created_ms,
+            paid_ms: None,
+            expire_ms: None,
+            refunded: 0,
+            last_refund_ms: None,
+        };
+        let tagged = |body: &str| key.sign(format!("wx20240101000000{body}"), PREPAY_TAG);
+        let (old, new) = (tagged("oldoldold0"), tagged("newnewnew0"));
+        assert_eq!(old.len(), PREPAY_LEN);
+        let untagged = "wx20240101000000untaggedprepayid0000".to_owned();
+        pay.orders.insert("A".into(), order("A", 0));
+        pay.orders.insert("B".into(), order("B", 0));
+        pay.orders.insert("C".into(), order("C", 3_600_000));
+        pay.prepay_ids.insert(old.clone(), "A".into());
+        pay.prepay_ids.insert(untagged.clone(), "B".into());
+        pay.prepay_ids.insert(new.clone(), "C".into());
+
+        pay.prune(PREPAY_TTL_MS, &key);
+        assert_eq!(pay.prepay_ids.len(), 3, "not expired yet");
+        pay.prune(PREPAY_TTL_MS + 1, &key);
+        assert_eq!(pay.prepay_ids.len(), 3, "pruned at most once a minute");
+        pay.prune(PREPAY_TTL_MS + PRUNE_EVERY_MS, &key);
+        assert!(!pay.prepay_ids.contains_key(&old), "expired: forgotten");
+        assert!(pay.prepay_ids.contains_key(&new), "valid for an hour more");
+        assert!(pay.prepay_ids.contains_key(&untagged), "an older wxlocal's");
+        assert_eq!(pay.orders.len(), 3, "orders stay");
+        assert!(
+            key.signed(&old, PREPAY_LEN, PREPAY_TAG),
+            "still known as issued here"
+        );
+        assert!(!key.signed(&untagged, PREPAY_LEN, PREPAY_TAG));
     }
 }

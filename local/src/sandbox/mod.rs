@@ -17,6 +17,13 @@
 //! WeChat does, when the store does. This file holds the configuration, the shared state, fault injection, the routes
 //! and the `/_control/*` endpoints a test uses to act as the user or as WeChat's staff.
 //!
+//! A sandbox left running for days, or under a demo's load, stays the same size: what serves
+//! only inspection — the call log, the delivery log, the pushed events — keeps its most recent
+//! [`SandboxConfig::log_cap`] entries, and what WeChat forgets the sandbox forgets when it
+//! expires (tokens and login codes, [`platform`]; `prepay_id`s, [`mch`]), answering a
+//! forgotten one as WeChat answers an expired one. Orders, payments, refunds and the rest
+//! WeChat keeps stay.
+//!
 //! Routes are relative to `/sandbox` (the gateway nests them there; [`serve`] does the same).
 
 pub mod deliver;
@@ -34,7 +41,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
@@ -68,7 +75,16 @@ pub struct SandboxConfig {
     /// notification of a refund a person made there goes ([`mch::merchant_refunds`]). Refunds
     /// asked for through the API go to the `notify_url` they name.
     pub refund_notify_url: Option<String>,
+    /// How many entries each inspection log keeps — the call log ([`Sandbox::calls`]), the
+    /// delivery log ([`Sandbox::deliveries`]) and the pushed events
+    /// ([`Sandbox::pushed_events`]): the most recent ones (default [`LOG_CAP`], at least 1).
+    /// They serve tests and `/_control/*` only, and grew for as long as the sandbox ran.
+    pub log_cap: usize,
 }
+
+/// The default [`SandboxConfig::log_cap`]: far more than a test makes (the largest e2e tests
+/// make a few hundred calls), a few megabytes of requests at most.
+pub const LOG_CAP: usize = 10_000;
 
 impl Default for SandboxConfig {
     /// The local defaults documented for `wxlocal` (never real credentials).
@@ -90,6 +106,23 @@ impl Default for SandboxConfig {
             auto_audit: true,
             refund_interval_ms: mch::REFUND_INTERVAL_MS,
             refund_notify_url: None,
+            log_cap: LOG_CAP,
+        }
+    }
+}
+
+/// Appends `item` to an inspection log that keeps the `cap` most recent entries (at least
+/// one); each entry it drops, oldest first, goes to `dropped`.
+pub(crate) fn push_recent<T>(
+    log: &mut VecDeque<T>,
+    item: T,
+    cap: usize,
+    mut dropped: impl FnMut(T),
+) {
+    log.push_back(item);
+    while log.len() > cap.max(1) {
+        if let Some(old) = log.pop_front() {
+            dropped(old);
         }
     }
 }
@@ -127,7 +160,8 @@ pub struct State {
     /// Bumped by reset; background tasks of an older epoch stop touching state.
     pub epoch: u64,
     pub seq: u64,
-    pub calls: Vec<(String, Value)>,
+    /// The most recent calls ([`SandboxConfig::log_cap`]): API path and request.
+    pub calls: VecDeque<(String, Value)>,
     pub faults: Vec<Fault>,
     pub pay: mch::PayState,
     pub platform: platform::PlatformState,
@@ -320,6 +354,23 @@ impl Sandbox {
         }
     }
 
+    /// See [`SandboxConfig::log_cap`] (0 counts as 1); longer logs are cut at their next entry.
+    pub fn set_log_cap(&self, cap: usize) {
+        let cap = cap.max(1);
+        match self.inner.cfg.write() {
+            Ok(mut c) => c.log_cap = cap,
+            Err(p) => p.into_inner().log_cap = cap,
+        }
+    }
+
+    /// [`SandboxConfig::log_cap`], without copying the configuration.
+    pub(crate) fn log_cap(&self) -> usize {
+        match self.inner.cfg.read() {
+            Ok(c) => c.log_cap,
+            Err(p) => p.into_inner().log_cap,
+        }
+    }
+
     /// See [`SandboxConfig::refund_interval_ms`] (negative counts as 0).
     pub fn set_refund_interval_ms(&self, ms: i64) {
         let ms = ms.max(0);
@@ -374,7 +425,8 @@ impl Sandbox {
     }
 
     /// Requests received by APIs whose path ends with `path_suffix` (e.g. `shop/order/pay`,
-    /// `pay/unifiedorder`): the JSON body, or the XML fields / query as a JSON object.
+    /// `pay/unifiedorder`): the JSON body, or the XML fields / query as a JSON object. Among
+    /// the most recent [`SandboxConfig::log_cap`] calls only, oldest first.
     pub fn calls(&self, path_suffix: &str) -> Vec<Value> {
         let suffix = path_suffix.trim_start_matches('/');
         self.st()
@@ -386,24 +438,27 @@ impl Sandbox {
     }
 
     /// Payment notifications for `out_trade_no` that our endpoint acknowledged with
-    /// `return_code` SUCCESS (duplicates count; failed attempts do not).
+    /// `return_code` SUCCESS (duplicates count; failed attempts do not), among the attempts
+    /// the delivery log still holds ([`SandboxConfig::log_cap`]).
     pub fn notifications_delivered(&self, out_trade_no: &str) -> usize {
         self.st().out.acked(deliver::Kind::Pay, out_trade_no)
     }
 
-    /// Refund notifications for `out_refund_no` that were acknowledged.
+    /// Refund notifications for `out_refund_no` that were acknowledged (as above).
     pub fn refund_notifications_delivered(&self, out_refund_no: &str) -> usize {
         self.st().out.acked(deliver::Kind::Refund, out_refund_no)
     }
 
-    /// Every delivery attempt so far (pay, refund, push), oldest first.
+    /// The most recent delivery attempts (pay, refund, push; [`SandboxConfig::log_cap`]),
+    /// oldest first.
     pub fn deliveries(&self) -> Vec<Value> {
         self.st().out.log_json()
     }
 
-    /// Events pushed to `push_url` (the plaintext event, before any encryption), oldest first.
+    /// The most recent events pushed to `push_url` ([`SandboxConfig::log_cap`]; the plaintext
+    /// event, before any encryption), oldest first.
     pub fn pushed_events(&self) -> Vec<Value> {
-        self.st().out.pushed.clone()
+        self.st().out.pushed.iter().cloned().collect()
     }
 
     /// Forgets everything; background deliveries of the old state stop.
@@ -498,9 +553,10 @@ impl Sandbox {
     /// Records the call and applies any matching fault other than `lost` (which
     /// [`Sandbox::answer`] applies). `Some` = answer with this instead.
     async fn intercept(&self, path: &str, record: Value, xml: bool) -> Option<Response> {
+        let cap = self.log_cap();
         let (hit, request) = {
             let mut st = self.st();
-            st.calls.push((path.to_owned(), record));
+            push_recent(&mut st.calls, (path.to_owned(), record), cap, drop);
             let hit = take_fault_where(&mut st.faults, path, |f| {
                 !matches!(f.mode, FaultMode::Lost | FaultMode::Slow)
             });
@@ -508,7 +564,7 @@ impl Sandbox {
             // echoes its ids, as WeChat's own error replies are: read them only when needed.
             let request = match &hit {
                 Some(f) if xml && f.mode == FaultMode::Errcode => {
-                    st.calls.last().map(|(_, v)| mch::fields_of(v))
+                    st.calls.back().map(|(_, v)| mch::fields_of(v))
                 }
                 _ => None,
             };

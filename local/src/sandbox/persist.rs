@@ -47,8 +47,11 @@
 //! comes once per journal's worth of changes, so on average a change still costs what
 //! changed. The batch after `/_control/reset` (the state replaced wholesale) and after a
 //! failed write is a full snapshot written in line, and the journal is emptied after it; a
-//! compaction under way then finds a newer snapshot and drops its own. Each snapshot records
-//! the last journal batch it holds; lines are numbered.
+//! compaction under way then finds a newer snapshot and drops its own. A compaction that
+//! fails (a full disk) leaves the journal whole and is tried again only once the journal has
+//! grown by as much again: each try copies the kept maps under the state lock, and a failing
+//! one used to be tried, copying everything, at every batch. Each snapshot records the last
+//! journal batch it holds; lines are numbered.
 //!
 //! Reading back: the snapshot, then the journal's lines numbered after it, in order; at start
 //! the result is written as a new snapshot with an empty journal. Crash cases: cut short while
@@ -325,6 +328,8 @@ fn visit_kept(st: &mut State, v: &mut impl Visit) {
         refunds,
         by_txn,
         prepay_ids,
+        // Not kept.
+        next_prune_ms: _,
         refund_outcomes: _,
         garbled_bill_lines: _,
     } = &mut st.pay;
@@ -721,6 +726,9 @@ struct Io {
     snapshot_batch: u64,
     /// A compaction is being written ([`compact`]): no second one starts.
     compacting: bool,
+    /// After a compaction failed: no other is tried before the journal is this long (0: no
+    /// failure since the last snapshot).
+    compact_retry_at: u64,
 }
 
 /// The files and their bookkeeping, shared with a compaction's thread.
@@ -808,6 +816,7 @@ impl Persist {
                     broken: false,
                     snapshot_batch: batch,
                     compacting: false,
+                    compact_retry_at: 0,
                 }),
                 #[cfg(test)]
                 before_compaction_write: Mutex::new(None),
@@ -875,7 +884,8 @@ impl Persist {
     fn take(&self, io: &mut Io, st: &mut State, clock_offset_ms: i64) -> Batch {
         let n = io.batch + 1;
         let replaced = self.replaced.swap(false, Ordering::SeqCst);
-        let compact = !io.compacting && io.journal_len >= io.snapshot_len.max(io.compact_at);
+        let compact = !io.compacting
+            && io.journal_len >= io.snapshot_len.max(io.compact_at).max(io.compact_retry_at);
         let scalars = match serde_json::to_vec(&scalars_of(st, clock_offset_ms)) {
             Ok(b) => b,
             Err(e) => return self.cannot_serialise(io, e),
@@ -960,6 +970,7 @@ impl Persist {
                             io.journal = f;
                             io.journal_len = 0;
                             io.broken = false;
+                            io.compact_retry_at = 0;
                         }
                         Err(e) => {
                             tracing::error!(file = %self.files.journal_path.display(), error = %e, "{lost}");
@@ -991,6 +1002,7 @@ impl Persist {
             Err(e) => {
                 tracing::warn!(error = %e, "sandbox: cannot start a compaction; the journal grows until the next");
                 io.compacting = false;
+                io.back_off();
             }
         }
     }
@@ -1034,13 +1046,30 @@ impl Persist {
 /// temporary file and renamed too. Every crash leaves a pair that reads: the old snapshot and
 /// the whole journal; the new snapshot and the whole journal (its lines up to `batch` are
 /// skipped); the new snapshot and the lines after it. A failure is logged and leaves the old
-/// pair; the next batch past the threshold tries again.
+/// pair; the next try waits for another threshold's worth of journal ([`Io::back_off`]).
 fn compact(files: &Files, copy: &Copied, batch: u64, at: u64) {
     let r = compact_files(files, copy, batch, at);
     let mut io = files.io();
     io.compacting = false;
-    if let Err(e) = r {
-        tracing::warn!(file = %files.path.display(), error = %e, "sandbox: cannot compact the journal; it is kept whole and tried again later");
+    match r {
+        Ok(()) => io.compact_retry_at = 0,
+        Err(e) => {
+            tracing::warn!(file = %files.path.display(), error = %e, "sandbox: cannot compact the journal; it is kept whole and tried again once it has grown as much again (free disk space)");
+            io.back_off();
+        }
+    }
+}
+
+impl Io {
+    /// A compaction failed: the next is tried once the journal has grown by another
+    /// threshold's worth. Each try copies every kept map under the state lock; a disk that
+    /// stays full used to make every batch past the threshold copy the whole state again
+    /// (and fail again), so that each change cost the size of everything. Now each try is
+    /// paid for by as many bytes of journal lines, as a successful compaction is.
+    fn back_off(&mut self) {
+        self.compact_retry_at = self
+            .journal_len
+            .saturating_add(self.snapshot_len.max(self.compact_at));
     }
 }
 
@@ -1290,6 +1319,63 @@ mod tests {
             snapshot(&back.state, 0, 0).unwrap(),
             expected(),
             "a line later"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A compaction that fails (its snapshot cannot be written, as on a full disk) is not
+    /// tried again at the next batch: only once the journal has grown by another threshold's
+    /// worth, so the kept maps are not copied at every batch. Once the disk has room again the
+    /// next try folds the journal, and nothing was lost meanwhile. (Every batch past the
+    /// threshold used to copy the whole state for a compaction that failed again.)
+    #[test]
+    fn a_failing_compaction_backs_off_and_tries_again_later() {
+        let path = temp_state_file("backoff");
+        let journal = journal_path(&path);
+        let mut st = State::default();
+        let p = Persist::create(&path, &mut st, 0, 0).unwrap();
+        p.files.io().compact_at = 4096;
+        // Each try reaches the hook once its copy is serialised.
+        let tries = Arc::new(AtomicU64::new(0));
+        let counted = tries.clone();
+        *p.files.before_compaction_write.lock().unwrap() = Some(Arc::new(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }));
+        // Its temporary snapshot cannot be written: a directory is in the way.
+        let blocker = beside(&path, ".compact.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        let mut i = 0;
+        let mut save = |st: &mut State| {
+            change(st, i);
+            i += 1;
+            p.touch();
+            p.save(|| Some((&mut *st, 0)));
+            p.finish_compaction();
+        };
+        for _ in 0..200 {
+            save(&mut st);
+        }
+        let grown = std::fs::metadata(&journal).unwrap().len();
+        let failed = tries.load(Ordering::SeqCst);
+        assert!(failed >= 1, "a compaction was tried");
+        assert!(
+            failed <= grown / 4096 + 1,
+            "{failed} tries for a journal of {grown} bytes: one per 4096 bytes of journal at most"
+        );
+        assert!(grown > 40_000, "nothing was folded: {grown} bytes");
+
+        // Room again: a later try succeeds, and the files read as the state.
+        std::fs::remove_dir(&blocker).unwrap();
+        let mut n = 0;
+        while std::fs::metadata(&journal).unwrap().len() >= grown {
+            save(&mut st);
+            n += 1;
+            assert!(n < 100, "no compaction after the disk had room again");
+        }
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(
+            snapshot(&back.state, 0, 0).unwrap(),
+            snapshot(&st, 0, 0).unwrap()
         );
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }

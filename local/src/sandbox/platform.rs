@@ -97,9 +97,10 @@ pub struct PlatformState {
     pub(crate) codes: Kept<String, Code>,
     /// Every openid `jscode2session` issued → the appid it was issued under.
     pub(crate) issued: Kept<String, String>,
-    /// Tags the tokens and codes issued here, so a forgotten (expired) one is told from one
-    /// never issued. Kept with the state: after a restart its tokens still read as its own.
-    /// A file without one (an older wxlocal's) gets a new key; its tokens are all remembered.
+    /// Tags the tokens, codes and `prepay_id`s ([`super::mch`]) issued here, so a forgotten
+    /// (expired) one is told from one never issued. Kept with the state: after a restart its
+    /// tokens still read as its own. A file without one (an older wxlocal's) gets a new key;
+    /// its tokens are all remembered.
     #[serde(default = "new_key")]
     pub(crate) key: Key,
     /// When expired tokens and codes are pruned next (not kept: at start, the first issue).
@@ -132,13 +133,13 @@ impl Key {
     }
 
     /// `body` followed by its tag.
-    fn sign(&self, body: String, len: usize) -> String {
+    pub(crate) fn sign(&self, body: String, len: usize) -> String {
         let tag = self.tag(&body, len);
         body + &tag
     }
 
     /// Whether `s` is a body of `total` chars (tag included) with a good tag.
-    fn signed(&self, s: &str, total: usize, len: usize) -> bool {
+    pub(crate) fn signed(&self, s: &str, total: usize, len: usize) -> bool {
         s.len() == total
             && s.is_char_boundary(total - len)
             && self.tag(&s[..total - len], len) == s[total - len..]

@@ -1423,7 +1423,7 @@ fn order_add(sb: &Sandbox, v: &Value) -> WxResult {
 
     let mut st = sb.st();
     if let Some(p) = &prepay_id {
-        if !st.pay.prepay_ids.contains_key(p) {
+        if !super::mch::prepay_issued(&st, p) {
             return Err(WxErr::format(format!("prepay_id `{p}` does not exist")));
         }
     }

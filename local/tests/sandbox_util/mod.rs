@@ -36,6 +36,7 @@ pub fn cfg() -> SandboxConfig {
         auto_audit: true,
         refund_interval_ms: wxlocal::sandbox::mch::REFUND_INTERVAL_MS,
         refund_notify_url: None,
+        log_cap: wxlocal::sandbox::LOG_CAP,
     }
 }
 
