@@ -10,8 +10,10 @@
  * WeChat's pre-order check (`wx.checkBeforeAddOrder`, where the base library has it): its
  * `traceId` goes to the server for `shop/order/add`, and an order WeChat would not accept in the
  * user's scene is refused before anything is made. An unpaid purchase hands back its idempotency
- * key, so paying again pays the same order. `orders` and `aftersale` wrap the user's order
- * list, close, receipt and after-sales.
+ * key, so paying again pays the same order (or, when the user came back through another enter
+ * scene and the server refuses the key for the changed request, closes that order and buys
+ * afresh). A token's expiry is judged by the server's clock, not the phone's. `orders` and
+ * `aftersale` wrap the user's order list, close, receipt and after-sales.
  *
  * Plain CommonJS, ES2017 syntax without async/await (Promise chains only), no dependencies:
  * it runs as-is in the mini-program runtime, the developer tools and Node (tests inject `wx`).
@@ -92,7 +94,10 @@ function httpError(statusCode, data) {
     }
   }
   if (body && typeof body === 'object' && typeof body.code === 'string' && body.code) {
-    return makeError(body.code, typeof body.message === 'string' ? body.message : body.code, statusCode);
+    // `out_trade_no`: the order a refusal is about, e.g. the one a spent idempotency key holds
+    // (422 IDEMPOTENCY_KEY_REUSED).
+    var extra = typeof body.out_trade_no === 'string' && body.out_trade_no ? { out_trade_no: body.out_trade_no } : undefined;
+    return makeError(body.code, typeof body.message === 'string' ? body.message : body.code, statusCode, extra);
   }
   var code = statusCode === 401 ? 'UNAUTHENTICATED' : statusCode >= 500 ? 'SERVER_ERROR' : 'HTTP_ERROR';
   var text = typeof data === 'string' && data ? data.slice(0, 200) : 'HTTP ' + statusCode;
@@ -347,10 +352,22 @@ function createClient(options) {
     }
   }
 
+  /**
+   * Is the session's token still good, by the server's clock? `expires_at` is the server's
+   * epoch seconds, and the phone's clock may be far off (set by hand, hours ahead or behind):
+   * read against it directly, every token would look expired (a login before every call) or
+   * live past its end (a 401 and a login after the call). So login keeps `clock_offset_ms`,
+   * the phone's clock less the server's (its `issued_at`) when the answer arrived, and the
+   * server's time now is the phone's less that offset. The offset errs by the login's round
+   * trip, toward the token looking fresher than it is; the `expirySkewSeconds` margin covers
+   * that, and a 401 still logs in again. A session without an offset (stored by an older
+   * client, or from a server that does not say `issued_at`) is read against the phone's clock.
+   */
   function isFresh(session) {
     if (!session || !session.token) return false;
     if (typeof session.expires_at !== 'number') return true; // unknown: let the server decide (401)
-    return session.expires_at - skew > Date.now() / 1000;
+    var offset = Number.isFinite(session.clock_offset_ms) ? session.clock_offset_ms : 0;
+    return session.expires_at - skew > (Date.now() - offset) / 1000;
   }
 
   // ---- transport -------------------------------------------------------------------------
@@ -425,10 +442,16 @@ function createClient(options) {
         return post('login', { code: code }, null);
       })
       .then(function (body) {
+        var arrived = Date.now();
         if (!body || typeof body.token !== 'string' || !body.token) {
           throw makeError('BAD_RESPONSE', 'login returned no token', 200);
         }
         var session = { token: body.token, expires_at: body.expires_at, openid: body.openid };
+        // The phone's clock less the server's, so isFresh judges expires_at by the server's.
+        if (Number.isFinite(body.issued_at)) {
+          session.issued_at = body.issued_at;
+          session.clock_offset_ms = arrived - body.issued_at * 1000;
+        }
         // Which orders the shop makes, held against wx.checkBeforeAddOrder's answer by buy().
         if (body.fund_type !== undefined) session.fund_type = body.fund_type;
         if (body.trading_component !== undefined) session.trading_component = body.trading_component;
@@ -592,19 +615,24 @@ function createClient(options) {
       PAID_STATUSES.indexOf(orderResult.status) >= 0 || FINAL_UNPAID_STATUSES.indexOf(orderResult.status) >= 0;
     var cashier = settled ? Promise.resolve({ cashier: 'none' }) : openCashier(orderResult);
     return cashier.then(function (c) {
-      var bound = c.cashier === 'fail' || c.cashier === 'cancel' ? poll.failTimeoutMs : poll.timeoutMs;
-      return pollOrder(orderResult.out_trade_no, bound).then(function (p) {
-        var status = p.order && p.order.status;
-        var out = {
-          paid: PAID_STATUSES.indexOf(status) >= 0,
-          order: p.order,
-          cashier: c.cashier,
-          out_trade_no: orderResult.out_trade_no,
-        };
-        if (c.errMsg) out.errMsg = c.errMsg;
-        if (p.error) out.error = p.error;
-        return out;
-      });
+      return afterCashier(orderResult.out_trade_no, c);
+    });
+  }
+
+  /** pay()'s second half: what the server says of order `outTradeNo` after cashier `c`. */
+  function afterCashier(outTradeNo, c) {
+    var bound = c.cashier === 'fail' || c.cashier === 'cancel' ? poll.failTimeoutMs : poll.timeoutMs;
+    return pollOrder(outTradeNo, bound).then(function (p) {
+      var status = p.order && p.order.status;
+      var out = {
+        paid: PAID_STATUSES.indexOf(status) >= 0,
+        order: p.order,
+        cashier: c.cashier,
+        out_trade_no: outTradeNo,
+      };
+      if (c.errMsg) out.errMsg = c.errMsg;
+      if (p.error) out.error = p.error;
+      return out;
     });
   }
 
@@ -712,7 +740,34 @@ function createClient(options) {
    * order, so the retries never make a second one.
    */
   function placeOrder(data) {
-    return sendAgainWhileUnknown('unifiedOrder', data, isRetryableOrderError);
+    return sendAgainWhileUnknown('unifiedOrder', data, isRetryableOrderError).then(function (r) {
+      var result = r.result;
+      if (!result || !result.out_trade_no || !result.payment) {
+        throw makeError('BAD_RESPONSE', 'unifiedOrder returned no payment parameters', 200);
+      }
+      return result;
+    });
+  }
+
+  /**
+   * The user's own close (`queryOrder` `close`, as orders.close) of order `outTradeNo`, which a
+   * spent idempotency key holds, sent again while the outcome is unknown or transient (a close
+   * is idempotent) → resolves 'closed' (closed now or before: its stock is back), 'paid' (409
+   * ORDER_PAID: it was paid, the server asked WeChat Pay first) or 'missing' (404
+   * ORDER_NOT_FOUND: the key's attempt never wrote it); rejects (error shape) otherwise.
+   */
+  function closeHeldOrder(outTradeNo) {
+    return sendAgainWhileUnknown('queryOrder', { out_trade_no: outTradeNo, action: 'close' }, isTransientFailure).then(
+      function () {
+        return 'closed';
+      },
+      function (e) {
+        var err = toError(e);
+        if (err.code === 'ORDER_PAID') return 'paid';
+        if (err.code === 'ORDER_NOT_FOUND') return 'missing';
+        throw err;
+      }
+    );
   }
 
   /**
@@ -747,6 +802,17 @@ function createClient(options) {
    * refused the cart, or the outcome stayed unknown after placeOrder's retries, in which case
    * the order may exist. Call buy again with the same items and `idempotencyKey:
    * err.idempotencyKey` to retry that purchase without creating a second order.
+   *
+   * A key passed back that the server refuses for this request (422 IDEMPOTENCY_KEY_REUSED:
+   * the request changed since, typically the enter scene, as when the user comes back through
+   * another entry) still holds its order, which the refusal names (`out_trade_no`). That order
+   * is closed first, as the user's own close (orders.close; its stock goes back), and the
+   * purchase made afresh under a new key: the result then carries `previousOrder: {
+   * out_trade_no, outcome: 'closed' | 'missing' }`. If the server says that order was paid
+   * (409 ORDER_PAID), nothing new is made: the result is that order, paid (`cashier: 'none'`,
+   * `previousOrder.outcome: 'paid'`). If the close fails, buy rejects with its error, carrying
+   * the key passed in: the next try closes it again. A refusal without `out_trade_no` (an older
+   * server) rejects without a key, as before.
    */
   function buy(params) {
     params = params || {};
@@ -754,6 +820,10 @@ function createClient(options) {
       return Promise.reject(makeError('INVALID_ARGUMENT', 'buy: items must be a non-empty array', 0));
     }
     var key = params.idempotencyKey || newIdempotencyKey();
+    // Passed back by the page (an earlier purchase not paid yet): the one key whose order may be
+    // replaced, once, when the server says the request changed.
+    var passedBack = Boolean(params.idempotencyKey);
+    var previousOrder = null;
     var data = { items: params.items, idempotency_key: key };
     // Delivery address { receiver_name, detailed_address, tel_number, province?, city?, town? };
     // required by the server when the order goes through the trading component.
@@ -765,6 +835,29 @@ function createClient(options) {
     if (params.traceId) data.trace_id = params.traceId;
     if (params.traceId && isRequireOrder(params.requireOrder)) data.require_order = params.requireOrder;
     var check = null;
+
+    /**
+     * The 422 for a passed-back key whose request changed: close the order it holds, then
+     * order under a new key (resolves its result), or resolve { paidAlready } when that order
+     * turns out paid.
+     */
+    function replaceHeldOrder(err) {
+      var held = err.out_trade_no;
+      return closeHeldOrder(held).then(
+        function (outcome) {
+          previousOrder = { out_trade_no: held, outcome: outcome };
+          if (outcome === 'paid') return { paidAlready: held };
+          key = newIdempotencyKey();
+          data = assign({}, data, { idempotency_key: key }); // a new body: the first was sent
+          return placeOrder(data);
+        },
+        function (e) {
+          // Still open (or unknown): the same key brings the next try back here.
+          throw assign({}, toError(e), { idempotencyKey: key, previousOrder: { out_trade_no: held, outcome: 'open' } });
+        }
+      );
+    }
+
     return preOrderCheck(params.traceId)
       .catch(function (e) {
         throw toError(e); // nothing was sent for this key: no idempotencyKey to hand back
@@ -779,24 +872,26 @@ function createClient(options) {
         // of asking WeChat's deprecated shop/scene/check.
         if (c.status === 'ok' && isRequireOrder(c.requireOrder)) data.require_order = c.requireOrder;
         return placeOrder(data)
-          .then(function (r) {
-            var result = r.result;
-            if (!result || !result.out_trade_no || !result.payment) {
-              throw makeError('BAD_RESPONSE', 'unifiedOrder returned no payment parameters', 200);
-            }
-            return result;
+          .catch(function (e) {
+            var err = toError(e);
+            if (passedBack && err.code === 'IDEMPOTENCY_KEY_REUSED' && err.out_trade_no) return replaceHeldOrder(err);
+            throw err;
           })
           .catch(function (e) {
             var err = toError(e);
-            // A key the server says is spent (used for another cart or address, or its order
-            // closed) must not be sent again: the next try is a new purchase.
+            if (err.previousOrder) throw err; // replaceHeldOrder's: it carries its key
+            // A key the server says is spent (used for another cart, address or scene, or its
+            // order closed) must not be sent again: the next try is a new purchase.
             if (err.code === 'IDEMPOTENCY_KEY_REUSED' || err.code === 'ORDER_CLOSED') throw err;
-            throw assign({}, err, { idempotencyKey: key });
+            throw assign({}, err, { idempotencyKey: key }, previousOrder ? { previousOrder: previousOrder } : null);
           });
       })
-      .then(pay)
+      .then(function (result) {
+        return result.paidAlready ? afterCashier(result.paidAlready, { cashier: 'none' }) : pay(result);
+      })
       .then(function (r) {
         var out = assign(r, { orderCheck: check });
+        if (previousOrder) out.previousOrder = previousOrder;
         // Not paid (a cancelled or failed cashier, or no word from the server yet): the order
         // stays payable until it expires, and the same key brings it back with its payment
         // parameters instead of making a second one. None once it is paid or closed.

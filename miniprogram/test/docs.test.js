@@ -41,6 +41,26 @@ test('the root README\'s login row names every field login answers, which the cl
   for (const f of ['fund_type', 'trading_component']) assert.ok(client.includes(`body.${f}`), `wxshop.js does not read login's ${f}`);
 });
 
+test('the root README gives every field of the order answers, freight included, and the client README the amounts', () => {
+  const fields = (file, name) => structFields(read(file), name).filter((f) => f !== 'order_info').concat(name === 'UnifiedOrderResult' ? ['orderInfo'] : []);
+  const readme = read('README.md').split('\n');
+  const rows = {
+    UnifiedOrderResult: ['shared/src/handlers/unified_order.rs', '| `POST /fn/unifiedOrder`'],
+    "OrderView<'a>": ['shared/src/handlers/query_order.rs', '| `POST /fn/queryOrder`'],
+  };
+  for (const [name, [file, start]] of Object.entries(rows)) {
+    const got = fields(file, name);
+    assert.ok(got.includes('total_fee') && got.includes('freight'), `${name} fields: ${got}`);
+    const row = readme.find((l) => l.startsWith(start));
+    assert.ok(row, `no ${start} row in README.md`);
+    for (const f of got) assert.match(row, new RegExp(`\\b${f}\\b`), `README's ${start} row does not mention \`${f}\``);
+  }
+  const client = read('miniprogram/README.md');
+  const orders = client.split('\n- ').find((b) => b.startsWith('`shop.orders`'));
+  assert.ok(orders, 'no shop.orders entry in miniprogram/README.md');
+  for (const f of ['total_fee', 'freight', 'refunded_fee']) assert.ok(orders.includes(`\`${f}\``), `shop.orders does not name ${f}`);
+});
+
 test('the miniprogram README tells phone users how to make wxlocal listen beyond loopback', () => {
   const main = read('local/src/main.rs');
   const m = /async fn serve[\s\S]*?parse_addr\([^,]*"--addr"[^,]*,\s*"([^"]+)"\)/.exec(main);
@@ -154,7 +174,7 @@ function examplePage() {
   const code = m[1];
 
   // `cancels`: how many of the next cashiers the user cancels; `paid`: order numbers paid.
-  const server = { orders: new Map(), loseAnswers: false, scene: 1001, check: { requireOrder: 0, traceId: 'tr-0' }, cancels: 0, paid: new Set() };
+  const server = { orders: new Map(), namesHeldOrder: true, loseAnswers: false, scene: 1001, check: { requireOrder: 0, traceId: 'tr-0' }, cancels: 0, paid: new Set() };
   const addresses = [];
   const sent = []; // idempotency keys of every unifiedOrder call, in order
   const wx = {
@@ -185,14 +205,27 @@ function examplePage() {
       if (name === 'login') out = { statusCode: 200, data: { token: 't', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o', fund_type: 0, trading_component: 'always' } };
       else if (name === 'queryOrder') {
         const no = opts.data.out_trade_no;
-        out = { statusCode: 200, data: { order: { out_trade_no: no, status: server.paid.has(no) ? 'PAID' : 'PREPAID' } } };
+        const rec = [...server.orders.values()].find((o) => o.no === no);
+        if (opts.data.action === 'close') {
+          if (server.paid.has(no)) out = { statusCode: 409, data: { code: 'ORDER_PAID', message: 'the order is paid' } };
+          else if (!rec) out = { statusCode: 404, data: { code: 'ORDER_NOT_FOUND', message: no } };
+          else {
+            rec.closed = true;
+            out = { statusCode: 200, data: { order: { out_trade_no: no, status: 'CLOSED' } } };
+          }
+        } else out = { statusCode: 200, data: { order: { out_trade_no: no, status: server.paid.has(no) ? 'PAID' : rec && rec.closed ? 'CLOSED' : 'PREPAID' } } };
       }
       else if (name === 'unifiedOrder') {
         const d = opts.data;
         sent.push(d.idempotency_key);
         const what = JSON.stringify([d.items, d.address, d.scene]);
         const rec = server.orders.get(d.idempotency_key);
-        if (rec && rec.what !== what) out = { statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'this idempotency key was used for a different cart; use a new key' } };
+        // As the server: the refusal names the order the key holds (`server.namesHeldOrder`
+        // false: as an older server, which does not).
+        if (rec && rec.what !== what) {
+          out = { statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'this idempotency key was used for a different cart, address or enter scene' } };
+          if (server.namesHeldOrder) out.data.out_trade_no = rec.no;
+        }
         else if (rec && rec.closed) out = { statusCode: 409, data: { code: 'ORDER_CLOSED', message: 'the order this idempotency key made was closed unpaid; order again with a new key' } };
         else {
           if (!rec) server.orders.set(d.idempotency_key, { what, closed: false, no: 'T' + (server.orders.size + 1) });
@@ -279,9 +312,10 @@ test('README example page: after a lost answer, another address is a new purchas
   assert.match(second.message, /^Paid/);
 });
 
-test('README example page: a key spent by a scene change or an expired order is dropped, the next tap buys', async () => {
+test('README example page: a key spent by a scene change (older server) or an expired order is dropped, the next tap buys', async () => {
   for (const spend of [
     (server) => {
+      server.namesHeldOrder = false; // a server that does not say which order the key holds
       server.scene = 1175; // the user came back from another entry: the same cart, another scene
     },
     (server) => {
@@ -298,6 +332,24 @@ test('README example page: a key spent by a scene change or an expired order is 
     assert.ok(!third.keys.includes(first.keys[0]), `the spent key was sent again: ${third.keys}`);
     assert.match(third.message, /^Paid/, 'not stuck: the next tap buys');
     assert.match(second.message, /tap Buy again/i, 'the page told the user what to do');
+  }
+});
+
+test('README example page: after a cancelled cashier and a return through another scene, the next tap closes that order and pays a new one', async () => {
+  for (const before of ['cancel', 'lost']) {
+    const { server, tap } = examplePage();
+    if (before === 'cancel') server.cancels = 1;
+    else server.loseAnswers = true;
+    const first = await tap(HOME);
+    server.loseAnswers = false;
+    assert.match(first.message, before === 'cancel' ? /cancelled/i : /Network problem/);
+    server.scene = 1089; // back from a share card: the same cart and address, another scene
+    const second = await tap(HOME);
+    assert.match(second.message, /^Paid: order T2/, `${before}: paid in one tap`);
+    assert.equal(second.keys[0], first.keys[0], 'the first key was sent back');
+    assert.notEqual(second.keys[second.keys.length - 1], first.keys[0], 'the new order under a new key');
+    assert.equal(server.orders.get(first.keys[0]).closed, true, `${before}: the first order was closed, its stock back`);
+    assert.deepEqual([...server.paid], ['T2'], 'one order paid');
   }
 });
 

@@ -195,6 +195,7 @@ async function postJson(url, body, headers) {
  * the reason when WeChat's would refuse them. `loseAnswer(name, n)` → true makes the n-th
  * (0-based) call of function `name` reach the server and complete there, but report a timeout
  * to the caller: what a phone sees when the server finishes as its request times out.
+ * `scene` is the enter scene (default 1001), read at each purchase.
  * `orderCheck` (`res.data` of WeChat's pre-order check: { requireOrder, requiredFundType,
  * traceId }) gives the stub a `wx.checkBeforeAddOrder` that answers it; without it the stub has
  * none, as an older base library.
@@ -229,7 +230,7 @@ function sandboxWx(baseUrl, opts) {
     getStorageSync: (k) => (storage.has(k) ? storage.get(k) : ''),
     setStorageSync: (k, v) => storage.set(k, v),
     removeStorageSync: (k) => storage.delete(k),
-    getEnterOptionsSync: () => ({ scene: 1001, path: 'pages/buy/buy', query: {} }),
+    getEnterOptionsSync: () => ({ scene: opts.scene || 1001, path: 'pages/buy/buy', query: {} }),
     login: ({ success, fail }) => {
       logins += 1;
       postJson(`${baseUrl}/sandbox/_control/login`, { user: opts.user || 'alice' }).then(
@@ -331,6 +332,7 @@ test('a full purchase of the seeded tea is paid', { timeout: TEST_TIMEOUT_MS }, 
   assert.ok(PAID.includes(r.order.status), r.order.status);
   assert.equal(r.order.out_trade_no, r.out_trade_no);
   assert.equal(r.order.total_fee, 1990);
+  assert.equal(r.order.freight, 0, 'the order gives its freight (none charged)');
   assert.equal(wx.logins, 1);
   const session = wx.storage.get('wxshop.session');
   assert.ok(session && session.token && session.openid, JSON.stringify(session));
@@ -581,6 +583,8 @@ test('shop.orders: the user lists and reads orders, closes an unpaid one, confir
   assert.equal(rest.next, null);
   const got = await shop.orders.get(paid.out_trade_no);
   assert.equal(got.total_fee, 1990);
+  assert.equal(got.freight, 0);
+  assert.ok(page.orders.every((o) => o.freight === 0), JSON.stringify(page.orders));
   assert.ok(PAID.includes(got.status), got.status);
 
   await assert.rejects(shop.orders.close(paid.out_trade_no), { code: 'ORDER_PAID', statusCode: 409 });
@@ -598,4 +602,76 @@ test('shop.orders: the user lists and reads orders, closes an unpaid one, confir
   assert.equal(ship.status, 200, await ship.text());
   const received = await shop.orders.confirmReceipt(paid.out_trade_no);
   assert.equal(received.status, 'RECEIVED');
+});
+
+/** The seeded tea's stock, as the merchant reads it. */
+async function teaStock() {
+  const res = await fetch(`${server.baseUrl}/admin/catalogSync`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${process.env.ADMIN_TOKEN || 'local-admin-token'}` },
+    body: JSON.stringify({ action: 'get', product_id: 'tea' }),
+    signal: AbortSignal.timeout(10000),
+  });
+  const body = await res.json();
+  assert.equal(res.status, 200, JSON.stringify(body));
+  return body.product.skus.find((k) => k.sku_id === 'tea-250g').stock;
+}
+
+test('a cancelled cashier, then back through another enter scene: buy with the key closes that order (stock back) and pays a new one', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const user = { cashier: 'cancel', scene: 1001, user: 'scene-' + Date.now() };
+  const wx = sandboxWx(server.baseUrl, user);
+  const shop = client(wx);
+  const start = await teaStock();
+  const first = await shop.buy({ items: [TEA], address: ADDRESS });
+  assert.equal(first.paid, false);
+  assert.ok(first.idempotencyKey, 'an unpaid result hands back its key');
+  assert.equal(first.order.freight, 0);
+  assert.equal(await teaStock(), start - 1, 'the first order holds its tin');
+
+  // The user leaves, comes back from a share card (another scene) and taps Buy again.
+  user.scene = 1007;
+  user.cashier = 'pay';
+  const second = await shop.buy({ items: [TEA], address: ADDRESS, idempotencyKey: first.idempotencyKey });
+  assert.equal(second.cashier, 'ok', `cashier: ${second.errMsg}`);
+  assert.equal(second.paid, true, `order: ${JSON.stringify(second.order)} error: ${JSON.stringify(second.error)}`);
+  assert.notEqual(second.out_trade_no, first.out_trade_no, 'a new order for the new scene');
+  assert.deepEqual(second.previousOrder, { out_trade_no: first.out_trade_no, outcome: 'closed' });
+  assert.equal(second.idempotencyKey, undefined);
+  assert.deepEqual(
+    wx.log.filter((x) => x.name === 'unifiedOrder').map((x) => x.status),
+    [200, 422, 200],
+    'the key refused once for the new scene, then a new key'
+  );
+  assert.equal((await shop.orders.get(first.out_trade_no)).status, 'CLOSED', 'the first order is closed');
+  assert.equal(await teaStock(), start - 1, 'one tin held, by the paid order: the first one\'s is back');
+  const mine = await shop.orders.list();
+  assert.deepEqual(
+    mine.orders.map((o) => [o.out_trade_no, PAID.includes(o.status) ? 'paid' : o.status]),
+    [[second.out_trade_no, 'paid'], [first.out_trade_no, 'CLOSED']],
+    'one paid order, nothing left open'
+  );
+  // The first key, sent again from the first scene, is still that (closed) order's: never a second payment.
+  user.scene = 1001;
+  await assert.rejects(shop.buy({ items: [TEA], address: ADDRESS, idempotencyKey: first.idempotencyKey }), (e) => e.code === 'ORDER_CLOSED');
+});
+
+test('a phone clock hours ahead of the server\'s logs in once, not before every call', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const real = Date.now;
+  Date.now = () => real() + 5 * 3600 * 1000; // past the token's whole life (SESSION_TTL_SECS)
+  try {
+    const wx = sandboxWx(server.baseUrl, { cashier: 'pay', user: 'clock-' + real() });
+    const shop = client(wx);
+    const r = await shop.buy({ items: [TEA], address: ADDRESS });
+    assert.equal(r.paid, true, `order: ${JSON.stringify(r.order)} error: ${JSON.stringify(r.error)}`);
+    await shop.orders.list();
+    await shop.orders.get(r.out_trade_no);
+    assert.equal(wx.logins, 1, `logins: ${wx.log.map((x) => x.name)}`);
+    assert.ok(!wx.log.some((x) => x.status === 401), 'no call was refused');
+    const s = wx.storage.get('wxshop.session');
+    assert.ok(Math.abs(s.clock_offset_ms - 5 * 3600 * 1000) < 5000, JSON.stringify(s));
+  } finally {
+    Date.now = real;
+  }
 });

@@ -952,3 +952,240 @@ test('a 2xx that is not a JSON object (a Wi-Fi login page) rejects BAD_RESPONSE 
   await assert.rejects(c.aftersale.list('T1'), (e) => e.code === 'BAD_RESPONSE');
   await assert.rejects(c.callFunction({ name: 'queryOrder', data: { out_trade_no: 'T1' } }), (e) => e.code === 'BAD_RESPONSE');
 });
+
+// ---- the phone's clock against the server's ------------------------------------------------
+
+/**
+ * Runs `f` with the phone's clock (Date.now, which the client reads) `offsetMs` away from the
+ * real one, which stands for the server's; restores it whatever happens.
+ */
+async function withPhoneClock(offsetMs, f) {
+  const real = Date.now;
+  Date.now = () => real() + offsetMs;
+  try {
+    return await f(real);
+  } finally {
+    Date.now = real;
+  }
+}
+
+/** login as the server answers it: its own clock, a token for `ttl` seconds. */
+const serverLogin = (serverNow, ttl) => (data) => {
+  const now = Math.floor(serverNow() / 1000);
+  return { statusCode: 200, data: { token: 'tok-' + data.code, expires_at: now + ttl, issued_at: now, openid: 'o-alice' } };
+};
+
+test('a phone clock hours ahead of the server\'s does not log in before every call', async () => {
+  await withPhoneClock(3 * 3600 * 1000, async (serverNow) => {
+    const wx = fakeWx({ login: serverLogin(serverNow, 3600), ping: (d, h) => ({ statusCode: 200, data: { auth: bearer(h) } }) });
+    const c = createClient({ baseUrl: 'http://x', wx });
+    for (let i = 0; i < 3; i++) await c.callFunction({ name: 'ping' });
+    assert.deepEqual(wx.calls.map((x) => x.name), ['login', 'ping', 'ping', 'ping'], 'one login for three calls');
+    assert.equal(wx.loginCount, 1);
+    const s = c.session();
+    assert.ok(Math.abs(s.clock_offset_ms - 3 * 3600 * 1000) < 1000, `clock_offset_ms ${s.clock_offset_ms}`);
+    // A new client on the same storage (the mini program restarted) keeps the session too.
+    await createClient({ baseUrl: 'http://x', wx }).callFunction({ name: 'ping' });
+    assert.equal(wx.loginCount, 1);
+  });
+});
+
+test('a phone clock behind the server\'s does not send a token the server has expired: it logs in first', async () => {
+  let serverShift = 0; // how far the server's time has moved on
+  await withPhoneClock(-3 * 3600 * 1000, async (real) => {
+    const serverNow = () => real() + serverShift;
+    const wx = fakeWx({
+      login: serverLogin(serverNow, 60),
+      ping: (d, h) =>
+        bearer(h) === 'Bearer tok-code-1' && serverShift > 0
+          ? { statusCode: 401, data: { code: 'UNAUTHENTICATED', message: 'session expired' } }
+          : { statusCode: 200, data: { auth: bearer(h) } },
+    });
+    const c = createClient({ baseUrl: 'http://x', wx });
+    await c.callFunction({ name: 'ping' });
+    // Both clocks move on 120 s: the 60 s token has expired by the server's clock, though by
+    // the phone's, three hours behind, it would have hours to go.
+    serverShift = 120 * 1000;
+    const phone = Date.now;
+    Date.now = () => phone() + serverShift;
+    const r = await c.callFunction({ name: 'ping' });
+    assert.equal(r.result.auth, 'Bearer tok-code-2');
+    assert.deepEqual(wx.calls.map((x) => `${x.name}`), ['login', 'ping', 'login', 'ping'], 'no call with the dead token');
+  });
+});
+
+test('a session without a clock offset (an older client or server) is judged by the phone\'s clock, as before', async () => {
+  const wx = fakeWx({ login: loginRoute, ping: (d, h) => ({ statusCode: 200, data: { auth: bearer(h) } }) });
+  wx.storage.set('wxshop.session', { token: 'kept', expires_at: Math.floor(Date.now() / 1000) + 600 });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  assert.equal((await c.callFunction({ name: 'ping' })).result.auth, 'Bearer kept');
+  wx.storage.set('wxshop.session', { token: 'old', expires_at: Math.floor(Date.now() / 1000) + 10 });
+  assert.equal((await c.callFunction({ name: 'ping' })).result.auth, 'Bearer tok-code-1', 'within the 30 s margin: renewed');
+  assert.equal(c.session().clock_offset_ms, undefined, 'loginRoute answers no issued_at');
+});
+
+// ---- a passed-back key refused after the enter scene changed -----------------------------
+
+/**
+ * A server for buy's key handling: unifiedOrder keeps each key's order and the scene it was
+ * sent from, and answers another scene under a key 422 IDEMPOTENCY_KEY_REUSED naming the
+ * order (`named: false`: as an older server, naming none); queryOrder closes (`close`:
+ * a route overriding the close) and reads orders. `orders`: out_trade_no → status.
+ */
+function sceneServer(opts) {
+  opts = opts || {};
+  const orders = new Map();
+  const byKey = new Map(); // key → { no, scene }
+  let scene = 1001;
+  const wx = fakeWx(
+    {
+      login: loginRoute,
+      unifiedOrder: (d) => {
+        const held = byKey.get(d.idempotency_key);
+        if (held && held.scene !== d.scene) {
+          const data = { code: 'IDEMPOTENCY_KEY_REUSED', message: `this idempotency key was used for a different cart, address or enter scene, and holds order ${held.no}` };
+          if (opts.named !== false) data.out_trade_no = held.no;
+          return { statusCode: 422, data };
+        }
+        if (!held) {
+          const no = 'T' + (byKey.size + 1);
+          byKey.set(d.idempotency_key, { no, scene: d.scene });
+          orders.set(no, 'PREPAID');
+        }
+        const no = byKey.get(d.idempotency_key).no;
+        return { statusCode: 200, data: payFixture({ out_trade_no: no, status: orders.get(no), payment: Object.assign({}, payFixture().payment, { package: 'prepay_id=' + no }) }) };
+      },
+      queryOrder: (d, h, n) => {
+        if (d.action === 'close') {
+          if (opts.close) {
+            const out = opts.close(d, n);
+            if (out) return out;
+          }
+          if (['PAID', 'SHIPPED'].includes(orders.get(d.out_trade_no))) return { statusCode: 409, data: { code: 'ORDER_PAID', message: 'the order is paid' } };
+          orders.set(d.out_trade_no, 'CLOSED');
+        }
+        return { statusCode: 200, data: { order: { out_trade_no: d.out_trade_no, status: orders.get(d.out_trade_no), total_fee: 1990, freight: 0 } } };
+      },
+    },
+    {
+      getEnterOptionsSync: () => ({ scene }),
+      requestPayment: (p) => {
+        const no = p.package.replace(/^prepay_id=/, '');
+        if (opts.cashier === 'cancel') return setImmediate(() => p.fail({ errMsg: 'requestPayment:fail cancel' }));
+        orders.set(no, 'PAID');
+        setImmediate(() => p.success({ errMsg: 'requestPayment:ok' }));
+      },
+    }
+  );
+  return {
+    wx,
+    orders,
+    setScene: (s) => {
+      scene = s;
+    },
+    names: () => wx.calls.filter((x) => x.name !== 'login').map((x) => (x.data.action ? `${x.name}:${x.data.action}` : x.name)),
+  };
+}
+
+const FAST_POLL = { intervalMs: 5, timeoutMs: 200, failTimeoutMs: 20 };
+
+test('buy: a passed-back key refused after the user came back through another scene closes its order and buys afresh', async () => {
+  const srv = sceneServer({ cashier: 'cancel' });
+  const c = createClient({ baseUrl: 'http://x', wx: srv.wx, orderRetry: FAST_RETRY, payPoll: FAST_POLL });
+  const first = await c.buy({ items: [TEA] });
+  assert.equal(first.paid, false);
+  assert.ok(first.idempotencyKey);
+  srv.setScene(1089); // back from a share card
+  const before = srv.wx.calls.length;
+  const second = await c.buy({ items: [TEA], idempotencyKey: first.idempotencyKey });
+  const sent = srv.wx.calls.slice(before).filter((x) => x.name !== 'login');
+  assert.deepEqual(
+    sent.map((x) => (x.data.action ? `${x.name}:${x.data.action}` : x.name)).filter((n, i, a) => n !== 'queryOrder' || a[i - 1] !== 'queryOrder'),
+    ['unifiedOrder', 'queryOrder:close', 'unifiedOrder', 'queryOrder'],
+    'refused, the first order closed, a new one made, then asked about'
+  );
+  assert.equal(sent[1].data.out_trade_no, first.out_trade_no, 'the order the refusal named is the one closed');
+  assert.equal(srv.orders.get(first.out_trade_no), 'CLOSED', 'the first order no longer holds its stock');
+  const keys = sent.filter((x) => x.name === 'unifiedOrder').map((x) => x.data.idempotency_key);
+  assert.equal(keys[0], first.idempotencyKey);
+  assert.notEqual(keys[1], first.idempotencyKey, 'the new order under a new key');
+  assert.equal(sent[2].data.scene, 1089);
+  assert.equal(second.out_trade_no, 'T2');
+  assert.deepEqual(second.previousOrder, { out_trade_no: first.out_trade_no, outcome: 'closed' });
+  assert.equal(second.idempotencyKey, keys[1], 'still unpaid (cancelled again): the new order\'s key to pay it');
+  // The user pays it on the next tap: the new key pays the new order, no third one.
+  srv.wx.requestPayment = (p) => {
+    srv.orders.set(p.package.replace(/^prepay_id=/, ''), 'PAID');
+    setImmediate(() => p.success({ errMsg: 'requestPayment:ok' }));
+  };
+  const third = await c.buy({ items: [TEA], idempotencyKey: second.idempotencyKey });
+  assert.equal(third.paid, true);
+  assert.equal(third.out_trade_no, 'T2');
+  assert.deepEqual([...srv.orders.entries()], [['T1', 'CLOSED'], ['T2', 'PAID']]);
+});
+
+test('buy: when the order a refused key holds turns out paid, nothing new is made and the result is that order, paid', async () => {
+  const srv = sceneServer({ cashier: 'cancel' });
+  const c = createClient({ baseUrl: 'http://x', wx: srv.wx, orderRetry: FAST_RETRY, payPoll: FAST_POLL });
+  const first = await c.buy({ items: [TEA] });
+  srv.orders.set(first.out_trade_no, 'PAID'); // paid after all (the notification was late)
+  srv.setScene(1089);
+  let cashiers = 0;
+  srv.wx.requestPayment = () => {
+    cashiers += 1;
+  };
+  const before = srv.wx.calls.length;
+  const r = await c.buy({ items: [TEA], idempotencyKey: first.idempotencyKey });
+  assert.equal(r.paid, true);
+  assert.equal(r.cashier, 'none');
+  assert.equal(r.out_trade_no, first.out_trade_no);
+  assert.deepEqual(r.previousOrder, { out_trade_no: first.out_trade_no, outcome: 'paid' });
+  assert.equal(r.idempotencyKey, undefined);
+  assert.equal(cashiers, 0, 'no cashier: it is paid');
+  const unified = srv.wx.calls.slice(before).filter((x) => x.name === 'unifiedOrder');
+  assert.equal(unified.length, 1, 'no second order');
+  assert.equal(srv.orders.size, 1);
+});
+
+test('buy: when the order a refused key holds cannot be closed, buy rejects with the key passed in, and the next try closes it', async () => {
+  let down = true;
+  const srv = sceneServer({ cashier: 'cancel', close: () => (down ? { fail: 'request:fail timeout' } : null) });
+  const c = createClient({ baseUrl: 'http://x', wx: srv.wx, orderRetry: FAST_RETRY, payPoll: FAST_POLL });
+  const first = await c.buy({ items: [TEA] });
+  srv.setScene(1089);
+  const err = await c.buy({ items: [TEA], idempotencyKey: first.idempotencyKey }).then(
+    (x) => assert.fail(`bought: ${JSON.stringify(x)}`),
+    (e) => e
+  );
+  assert.equal(err.code, 'NETWORK_ERROR');
+  assert.equal(err.idempotencyKey, first.idempotencyKey);
+  assert.deepEqual(err.previousOrder, { out_trade_no: first.out_trade_no, outcome: 'open' });
+  assert.equal(srv.wx.calls.filter((x) => x.data && x.data.action === 'close').length, FAST_RETRY.attempts, 'the close was retried within orderRetry');
+  assert.equal(srv.orders.size, 1, 'nothing new made while the first is open');
+  down = false;
+  const again = await c.buy({ items: [TEA], idempotencyKey: err.idempotencyKey });
+  assert.deepEqual(again.previousOrder, { out_trade_no: first.out_trade_no, outcome: 'closed' });
+  assert.equal(srv.orders.get(first.out_trade_no), 'CLOSED');
+  assert.equal(again.out_trade_no, 'T2');
+});
+
+test('buy: a refusal that names no order (an older server), or a key buy made itself, is not acted on', async () => {
+  const old = sceneServer({ cashier: 'cancel', named: false });
+  const c = createClient({ baseUrl: 'http://x', wx: old.wx, orderRetry: FAST_RETRY, payPoll: FAST_POLL });
+  const first = await c.buy({ items: [TEA] });
+  old.setScene(1089);
+  const err = await c.buy({ items: [TEA], idempotencyKey: first.idempotencyKey }).catch((e) => e);
+  assert.equal(err.code, 'IDEMPOTENCY_KEY_REUSED');
+  assert.equal(err.idempotencyKey, undefined, 'spent: the next tap buys with a new key');
+  assert.ok(!old.names().includes('queryOrder:close'), 'no order closed');
+
+  // A fresh key cannot meet the refusal; should a server answer it anyway, buy closes nothing.
+  const wx = fakeWx(
+    paidRoutes(() => ({ statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'x', out_trade_no: 'T9' } })),
+    payOk
+  );
+  const fresh = await createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY }).buy({ items: [TEA] }).catch((e) => e);
+  assert.equal(fresh.code, 'IDEMPOTENCY_KEY_REUSED');
+  assert.equal(fresh.out_trade_no, 'T9', 'the error shape keeps the order the refusal names');
+  assert.ok(!wx.calls.some((x) => x.name === 'queryOrder'));
+});

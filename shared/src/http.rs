@@ -1,6 +1,8 @@
 //! The HTTP shapes every function shares: requests as `http::Request<Bytes>`, JSON results,
 //! and one error shape, `{"code": "SCREAMING_SNAKE", "message": "…"}`, so the mini program
-//! (and `miniprogram/wxshop.js`) handles every failure the same way.
+//! (and `miniprogram/wxshop.js`) handles every failure the same way. A few refusals add a field
+//! a program needs to act on them (e.g. `out_trade_no` on `unifiedOrder`'s 422
+//! `IDEMPOTENCY_KEY_REUSED`: the order the key holds); see [`ApiError::with`].
 
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
@@ -15,6 +17,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Fields sent next to `code` and `message` (see [`ApiError::with`]); usually none.
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -23,7 +27,17 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            extra: serde_json::Map::new(),
         }
+    }
+    /// The same refusal with one more field in its body, for a program to act on (`code` and
+    /// `message` cannot be overwritten: such a name is ignored).
+    #[must_use]
+    pub fn with(mut self, name: &'static str, value: impl Into<serde_json::Value>) -> Self {
+        if name != "code" && name != "message" {
+            self.extra.insert(name.to_owned(), value.into());
+        }
+        self
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -53,10 +67,13 @@ impl ApiError {
         struct Body<'a> {
             code: &'a str,
             message: &'a str,
+            #[serde(flatten)]
+            extra: &'a serde_json::Map<String, serde_json::Value>,
         }
         let body = serde_json::to_vec(&Body {
             code: self.code,
             message: &self.message,
+            extra: &self.extra,
         })
         .unwrap_or_default();
         with_type(self.status, body.into(), "application/json")
@@ -169,4 +186,28 @@ pub fn client_ip(req: &Request) -> String {
     req.extensions()
         .get::<PeerIp>()
         .map_or_else(|| "127.0.0.1".to_owned(), |p| p.0.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // test code: a panic is a failed test
+mod tests {
+    use super::*;
+
+    /// A refusal's extra field is sent next to `code` and `message`, which it cannot replace.
+    #[test]
+    fn an_extra_field_goes_into_the_error_body() {
+        let e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "KEY_REUSED", "used")
+            .with("out_trade_no", "T1")
+            .with("code", "FORGED");
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"code": "KEY_REUSED", "message": "used", "out_trade_no": "T1"})
+        );
+        let plain = ApiError::conflict("X", "y").into_response();
+        let body: serde_json::Value = serde_json::from_slice(plain.body()).unwrap();
+        assert_eq!(body, serde_json::json!({"code": "X", "message": "y"}));
+    }
 }

@@ -316,5 +316,14 @@ async fn login_says_which_orders_the_shop_makes() {
             (Some(fund_type), Some(component)),
             "{vars:?}: {v}"
         );
+        // The server's clock at issue, which the client judges `expires_at` by (a phone clock
+        // hours ahead would otherwise find every token expired).
+        let issued = v["issued_at"].as_i64().expect("issued_at");
+        assert!((issued - r.app.clock.now_secs()).abs() <= 5, "{v}");
+        assert_eq!(
+            v["expires_at"].as_i64(),
+            Some(issued + r.app.config.session_ttl_secs),
+            "{v}"
+        );
     }
 }

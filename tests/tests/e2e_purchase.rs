@@ -4906,3 +4906,166 @@ async fn a_key_replayed_after_expiry_while_wechat_pay_fails_closes_nothing() {
     assert_eq!(replay["code"], "ORDER_CLOSED", "{replay}");
     assert_eq!(tea_stock(&c).await, start);
 }
+
+/// A unifiedOrder body for one tea to the usual address, from enter scene `scene`, under `key`.
+fn scene_order(scene: u32, key: &str) -> Value {
+    json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+           "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"},
+           "scene": scene, "idempotency_key": key})
+}
+
+/// GIVEN an unpaid order made under a key WHEN the user comes back through another enter
+/// scene and the mini program sends the key again THEN the key is still refused for that
+/// request (422 `IDEMPOTENCY_KEY_REUSED`: it keeps standing for the first), and the refusal
+/// names the order the key holds (`out_trade_no`), so the client can close it — stock back —
+/// and order afresh under a new key. It used to say only "use a new key": the client could not
+/// tell which order held the stock, and it stayed open until it expired. Another user's
+/// same key names nothing of this user's.
+#[tokio::test]
+async fn a_key_reused_from_another_scene_names_the_order_it_holds() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("sina").await;
+    let start = tea_stock(&c).await;
+    let (s, first) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &scene_order(1001, "k-scene"),
+        )
+        .await;
+    assert_eq!(s, 200, "{first}");
+    let no = first["out_trade_no"].as_str().unwrap().to_owned();
+    assert_eq!(tea_stock(&c).await, start - 1);
+
+    let (s, refused) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &scene_order(1089, "k-scene"),
+        )
+        .await;
+    assert_eq!(s, 422, "{refused}");
+    assert_eq!(refused["code"], "IDEMPOTENCY_KEY_REUSED", "{refused}");
+    assert_eq!(refused["out_trade_no"], no.as_str(), "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains(&no),
+        "{refused}"
+    );
+    assert_eq!(
+        tea_stock(&c).await,
+        start - 1,
+        "nothing made for the refused request"
+    );
+    // The key still answers its own request with its order.
+    let (s, again) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &scene_order(1001, "k-scene"),
+        )
+        .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["out_trade_no"], no.as_str());
+
+    // Another user's key of the same name is theirs: no order of sina's in it.
+    let (other, _) = c.login("tomas").await;
+    let (s, theirs) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&other),
+            &scene_order(1089, "k-scene"),
+        )
+        .await;
+    assert_eq!(s, 200, "{theirs}");
+    assert_ne!(theirs["out_trade_no"], no.as_str());
+    let (s, theirs_again) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&other),
+            &scene_order(1001, "k-scene"),
+        )
+        .await;
+    assert_eq!(s, 422, "{theirs_again}");
+    assert_eq!(theirs_again["out_trade_no"], theirs["out_trade_no"]);
+
+    // What the client does with the refusal: the user's own close, then a new key.
+    let (s, closed) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "close"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{closed}");
+    assert_eq!(closed["order"]["status"], "CLOSED");
+    assert_eq!(
+        tea_stock(&c).await,
+        start - 1,
+        "sina's stock back, tomas's held"
+    );
+    let (s, second) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &scene_order(1089, "k-scene-2"),
+        )
+        .await;
+    assert_eq!(s, 200, "{second}");
+    assert_ne!(second["out_trade_no"], no.as_str());
+}
+
+/// Every answer that gives an order's `total_fee` also gives its `freight` (fen), the part of
+/// the total that is freight: `unifiedOrder` (and a repeated key's answer, as the order states
+/// it), `queryOrder` for one order and for the list. They used to give no freight at all,
+/// though the order carries one. Nothing charges freight yet, so an order made here has 0; one
+/// with freight is written to the store as a freight rule would make it.
+#[tokio::test]
+async fn order_answers_carry_the_freight_part_of_the_total() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("fred").await;
+    let (s, made) = c.order(&token, 1, Some("k-freight")).await;
+    assert_eq!(s, 200, "{made}");
+    assert_eq!(
+        (&made["total_fee"], &made["freight"]),
+        (&json!(1990), &json!(0)),
+        "{made}"
+    );
+    let no = made["out_trade_no"].as_str().unwrap().to_owned();
+    assert_eq!(c.status(&token, &no).await["freight"], 0);
+
+    let store = r.app.store.as_ref();
+    let rec = wxshop::store::repo::get_order(store, &OutTradeNo::parse(no.clone()).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut next = rec.value.clone();
+    next.freight = Fen::new(800).unwrap();
+    next.total = Fen::new(1990 + 800).unwrap();
+    let mut b = wxshop::store::repo::Batch::new();
+    b.update_order(&rec, &next);
+    b.commit(store).await.unwrap();
+
+    let got = c.status(&token, &no).await;
+    assert_eq!(
+        (&got["total_fee"], &got["freight"]),
+        (&json!(2790), &json!(800)),
+        "{got}"
+    );
+    let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
+    let listed = &list["orders"][0];
+    assert_eq!(listed["out_trade_no"], no.as_str(), "{list}");
+    assert_eq!(
+        (&listed["total_fee"], &listed["freight"]),
+        (&json!(2790), &json!(800)),
+        "{list}"
+    );
+    let (s, replay) = c.order(&token, 1, Some("k-freight")).await;
+    assert_eq!(s, 200, "{replay}");
+    assert_eq!(
+        (&replay["total_fee"], &replay["freight"]),
+        (&json!(2790), &json!(800)),
+        "{replay}"
+    );
+}

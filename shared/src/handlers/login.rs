@@ -21,8 +21,12 @@ struct LoginRequest {
 #[derive(Serialize)]
 struct LoginResult {
     token: String,
-    /// Epoch seconds.
+    /// Epoch seconds, by the server's clock.
     expires_at: i64,
+    /// Epoch seconds, by the server's clock: when the token was issued (its `iat`). The mini
+    /// program keeps its own clock's offset from this, and judges `expires_at` by the server's
+    /// clock: a phone clock set hours ahead would otherwise find every token expired.
+    issued_at: i64,
     openid: String,
     /// The trading component's `fund_type` of every order made here: 0 ordinary (WeChat Pay
     /// to our merchant account), 1 secondary merchant (`WX_FUND_TYPE`).
@@ -55,6 +59,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     Ok(json(&LoginResult {
         token,
         expires_at: now.saturating_add(ttl),
+        issued_at: now,
         openid: openid.to_string(),
         fund_type: app.config.fund_type.code(),
         trading_component: app.config.trading_component.as_str(),

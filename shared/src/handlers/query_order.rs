@@ -29,7 +29,10 @@ struct QueryOrderRequest {
 pub struct OrderView<'a> {
     pub out_trade_no: &'a str,
     pub status: OrderStatus,
+    /// What the user pays, in fen: the items plus `freight`.
     pub total_fee: i64,
+    /// The freight part of `total_fee`, in fen (0: no freight is charged yet).
+    pub freight: i64,
     pub refunded_fee: i64,
     pub items: Vec<ItemView<'a>>,
     pub created_at: i64,
@@ -59,6 +62,7 @@ pub fn view(o: &Order) -> OrderView<'_> {
         out_trade_no: o.out_trade_no.as_str(),
         status: o.status,
         total_fee: o.total.get(),
+        freight: o.freight.get(),
         refunded_fee: o.refunded.get(),
         items: o
             .items

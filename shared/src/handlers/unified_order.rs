@@ -6,7 +6,9 @@
 //! price a client sends is ignored. Stock is taken in the same atomic write that creates the
 //! order (conditional on each product's version) and given back when the order closes. A
 //! retried call with the same idempotency key returns the same order (settled first, as the
-//! sweep would, when it expired unpaid: see `replay`).
+//! sweep would, when it expired unpaid: see `replay`). The key stands for its first request
+//! (cart, address, enter scene): another under it is refused, 422 `IDEMPOTENCY_KEY_REUSED`,
+//! naming the order the key holds so the caller can close it (see `key_reused`).
 //!
 //! # One key, one order number
 //!
@@ -131,7 +133,12 @@ fn check_trace_id(t: Option<String>) -> Result<Option<String>, ApiError> {
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct UnifiedOrderResult {
     pub out_trade_no: String,
+    /// What the user pays, in fen: the items plus `freight`.
     pub total_fee: i64,
+    /// The freight part of `total_fee`, in fen (0: no freight is charged yet). Results stored
+    /// before it was answered read 0 and are answered with the order's own (see `replay`).
+    #[serde(default)]
+    pub freight: i64,
     pub status: OrderStatus,
     pub fund_type: u8,
     pub payment: serde_json::Value,
@@ -221,13 +228,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
                 "the same order request is being processed; retry in a moment",
             ))
         }
-        Claim::PayloadMismatch => {
-            return Err(ApiError::new(
-                http::StatusCode::UNPROCESSABLE_ENTITY,
-                "IDEMPOTENCY_KEY_REUSED",
-                "this idempotency key was used for a different cart; use a new key",
-            ))
-        }
+        Claim::PayloadMismatch { reference } => return Err(key_reused(reference.as_deref())),
         Claim::New { reference } => reference,
     };
     // Taken over from an earlier attempt under this key: it may have begun the order.
@@ -275,6 +276,42 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         tracing::warn!(error = %e, "could not release or abandon the idempotency record");
     }
     Err(failure.error)
+}
+
+/// 422 `IDEMPOTENCY_KEY_REUSED`: the key was claimed for another request (cart, address or
+/// enter scene), and keeps standing for that one — never answered with its order for this
+/// request, never a second order under it. The answer names the order the key holds
+/// (`out_trade_no`, from the claim's reservation; the key is the caller's own, scoped to their
+/// openid): a client that reused the key to pay that order, and finds the request changed
+/// (the user came back through another enter scene), can close it — the user's own close,
+/// `queryOrder` `close`, which answers 409 `ORDER_PAID` if it was paid meanwhile — rather than
+/// leave it holding its stock until it expires, and order again with a new key. The number
+/// says nothing of whether the order was made: the first attempt may have been refused, or not
+/// reached the write yet (`ORDER_NOT_FOUND` then).
+fn key_reused(reference: Option<&str>) -> ApiError {
+    let held = reference
+        .and_then(|r| serde_json::from_str::<Reservation>(r).ok())
+        .map(|r| r.out_trade_no);
+    let refusal = |message: String| {
+        ApiError::new(
+            http::StatusCode::UNPROCESSABLE_ENTITY,
+            "IDEMPOTENCY_KEY_REUSED",
+            message,
+        )
+    };
+    match held {
+        Some(no) => refusal(format!(
+            "this idempotency key was used for a different cart, address or enter scene, and \
+             holds order {no} (`out_trade_no`): close that order (queryOrder with action \
+             close) unless it is still to be paid as it was, and order with a new key"
+        ))
+        .with("out_trade_no", no.as_str()),
+        None => refusal(
+            "this idempotency key was used for a different cart, address or enter scene; \
+             order with a new key"
+                .to_owned(),
+        ),
+    }
 }
 
 /// A repeated key whose call completed: the stored result, with its order as it is now. A
@@ -333,6 +370,10 @@ async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
         ));
     }
     result.status = order.status;
+    // The amounts as the order states them (a result stored before `freight` was answered
+    // has none).
+    result.total_fee = order.total.get();
+    result.freight = order.freight.get();
     Ok(json(&result))
 }
 
@@ -718,6 +759,7 @@ fn result_of(order: &Order, payment: serde_json::Value, component: bool) -> Unif
     UnifiedOrderResult {
         out_trade_no: order.out_trade_no.to_string(),
         total_fee: order.total.get(),
+        freight: order.freight.get(),
         status: order.status,
         fund_type: order.fund_type.code(),
         payment,

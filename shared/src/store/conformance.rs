@@ -1250,7 +1250,9 @@ pub async fn idempotency_states(store: &DynStore) {
     );
     assert_eq!(
         claim(k.clone(), h2.clone(), "r2", now, 60_000, 3600).await,
-        Claim::PayloadMismatch
+        Claim::PayloadMismatch {
+            reference: Some("r1".into())
+        }
     );
     idempotency::complete(s, &k, r#"{"ok":1}"#).await.unwrap();
     assert_eq!(
@@ -1259,7 +1261,9 @@ pub async fn idempotency_states(store: &DynStore) {
     );
     assert_eq!(
         claim(k.clone(), h2.clone(), "r2", now + 1, 60_000, 3600).await,
-        Claim::PayloadMismatch
+        Claim::PayloadMismatch {
+            reference: Some("r1".into())
+        }
     );
     // A completed record outlives the in-progress window.
     assert_eq!(
@@ -1308,7 +1312,9 @@ pub async fn idempotency_states(store: &DynStore) {
     // Another request may not take it over: what the first began is the first's.
     assert_eq!(
         claim(k3.clone(), h2.clone(), "r3", now + 3_000, 1_000, 3600).await,
-        Claim::PayloadMismatch
+        Claim::PayloadMismatch {
+            reference: Some("r1".into())
+        }
     );
 
     // Abandoned (the handler may have written): taken over at once, reference kept, and
@@ -1321,7 +1327,9 @@ pub async fn idempotency_states(store: &DynStore) {
     idempotency::abandon(s, &k6).await.unwrap();
     assert_eq!(
         claim(k6.clone(), h2.clone(), "r2", now + 1, 60_000, 3600).await,
-        Claim::PayloadMismatch
+        Claim::PayloadMismatch {
+            reference: Some("r1".into())
+        }
     );
     assert_eq!(
         claim(k6.clone(), h1.clone(), "r2", now + 1, 60_000, 3600).await,

@@ -9,7 +9,8 @@
 //!   [`Claim::New`]. A live in-progress duplicate is refused ([`Claim::InProgress`]), not
 //!   waited on; one whose handler died (in-progress expiry passed) can be taken over.
 //! - **A key reused with another request is refused** ([`Claim::PayloadMismatch`]): the hash
-//!   of the canonical request is stored and compared.
+//!   of the canonical request is stored and compared. The refusal carries the key's reference,
+//!   so the caller can say what the key holds.
 //! - **A claim carries a reference** chosen once, at the first claim of a key (e.g. the
 //!   order number a `unifiedOrder` will create), and kept when an abandoned claim is taken
 //!   over: a retry works on what the earlier attempt may have begun instead of starting a
@@ -69,8 +70,10 @@ pub enum Claim {
     Completed(String),
     /// Another invocation is running it now: refuse (e.g. HTTP 409), the client retries.
     InProgress,
-    /// The key was used for a different request.
-    PayloadMismatch,
+    /// The key was used for a different request: the reference its first claim chose (absent
+    /// in records written before references existed), so the caller can say what the key
+    /// holds (e.g. the order it made).
+    PayloadMismatch { reference: Option<String> },
 }
 
 /// Hex sha256 of `canonical` (the request as canonical bytes).
@@ -163,12 +166,16 @@ pub async fn claim(
                     // What the abandoned attempt began under its reference belongs to its
                     // request: only the same request may resume it.
                     if existing.validation != payload_hash {
-                        return Ok(Claim::PayloadMismatch);
+                        return Ok(Claim::PayloadMismatch {
+                            reference: existing.reference,
+                        });
                     }
                     body.reference = existing.reference;
                 } else if !abandoned {
                     return Ok(if existing.validation != payload_hash {
-                        Claim::PayloadMismatch
+                        Claim::PayloadMismatch {
+                            reference: existing.reference,
+                        }
                     } else {
                         match existing.status {
                             Status::Completed => {
