@@ -14,6 +14,12 @@
 //! WeChat made on its own is recorded, and our own after-sale is never imported back. What
 //! the user does in WeChat's order centre arrives as pushes; one lost for good is made up by
 //! the schedule reading open after-sales back ([`sweep_wechat_refunds`]) through the same code.
+//!
+//! An order whose `shop/order/add` answer was lost is in the trading component all the same
+//! (`Order::at_wechat`): its after-sales are read back and checked before a refund like any
+//! other's (WeChat's after-sale is read by its own id or ours, not the order's), and the
+//! calls that name the order — the sync, a secondary-merchant approval — learn its id by our
+//! number first (`shop_orders::component_id`).
 
 use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
@@ -635,7 +641,9 @@ async fn accept_return(
 /// (`secapi/pay/refund`). For a secondary-merchant order WeChat holds the money: the sync
 /// task accepts the refund at WeChat (`ecaftersale/acceptrefund`), WeChat refunds, and its
 /// report (the `aftersale_refund_success` event, or the after-sale read back by the sync)
-/// completes ours — our merchant account has no payment to refund from.
+/// completes ours — our merchant account has no payment to refund from. Such an order whose
+/// `shop/order/add` answer was lost learns its component order's id first
+/// ([`secondary_at_wechat`]).
 async fn approve(
     app: &App,
     id: &AfterSaleId,
