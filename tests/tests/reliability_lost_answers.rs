@@ -456,3 +456,236 @@ async fn an_aftersale_of_a_paid_order_whose_component_answer_was_lost_reaches_we
     let dead = c.dead_letters().await;
     assert!(dead.is_empty(), "{dead:?}");
 }
+
+/// A paid order whose `shop/order/add` answer was lost: `unifiedOrder` cut off while the add
+/// is on its way back (WeChat makes the component order, we never read its id), then paid at
+/// WeChat — through WeChat Pay (`out_trade_no`), or for fund_type 1 in the component
+/// (`out_order_id`, its `open_product_order_pay` push records it). Its number and total.
+async fn paid_with_its_component_id_lost(
+    r: &wxlocal::gateway::Running,
+    c: &Client,
+    token: &str,
+    key: &str,
+    secondary: bool,
+) -> (String, i64) {
+    c.fault(json!({"path": "shop/order/add", "mode": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    let body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+        "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"},
+        "idempotency_key": key});
+    order_cut_off(r, token, &body, Duration::from_millis(1000)).await;
+    let made = orders(c, token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    let total = made[0]["total_fee"].as_i64().unwrap();
+    eventually(
+        "the late component order",
+        Duration::from_secs(5),
+        || async { shop_status(c, &no).await == Some(10) },
+    )
+    .await;
+    let pay = if secondary {
+        json!({"out_order_id": no, "wait": true})
+    } else {
+        json!({"out_trade_no": no, "wait": true})
+    };
+    let (s, v) = c.post("/sandbox/_control/pay", None, &pay).await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the order PAID", Duration::from_secs(10), || async {
+        c.status(token, &no).await["status"] == "PAID"
+    })
+    .await;
+    if !secondary {
+        eventually(
+            "the payment synced to the component order",
+            Duration::from_secs(10),
+            || async { shop_status(c, &no).await == Some(20) },
+        )
+        .await;
+    }
+    assert_eq!(
+        stored_wx_order_id(r, &no).await,
+        None,
+        "the answer was lost"
+    );
+    (no, total)
+}
+
+/// The user applies for a refund of all of order `no` in WeChat's own order centre; its
+/// `aftersale_new_order` push imports it here (REQUESTED). WeChat's after-sale id and ours.
+async fn applied_in_wechat(c: &Client, no: &str, total: i64) -> (u64, String) {
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "apply", "out_order_id": no, "orderamt": total}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let wx = v["aftersale_id"].as_u64().unwrap();
+    eventually(
+        "the after-sale imported from WeChat",
+        Duration::from_secs(10),
+        || async {
+            merchant_aftersales(c, no)
+                .await
+                .iter()
+                .any(|a| a["status"] == "REQUESTED")
+        },
+    )
+    .await;
+    let list = merchant_aftersales(c, no).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let ours = list[0]["aftersale_id"].as_str().unwrap().to_owned();
+    (wx, ours)
+}
+
+/// Every after-sale of `no`, as the merchant lists them.
+async fn merchant_aftersales(c: &Client, no: &str) -> Vec<Value> {
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["aftersales"].as_array().cloned().unwrap_or_default()
+}
+
+/// One after-sale of `no`, as the merchant lists it.
+async fn merchant_aftersale(c: &Client, no: &str, id: &str) -> Value {
+    merchant_aftersales(c, no)
+        .await
+        .into_iter()
+        .find(|a| a["aftersale_id"] == id)
+        .unwrap_or(Value::Null)
+}
+
+/// Secondary-merchant mode (WeChat collects and refunds), the `shop/order/add` answer lost and
+/// the order paid at WeChat: an after-sale of it (opened in WeChat's order centre, imported by
+/// its push) is approved — the component order's id is learnt by our number first and
+/// stored — and WeChat refunds it (`ecaftersale/acceptrefund`): ours REFUNDED. The approval
+/// used to be refused 409 `NOT_AT_WECHAT` ("WeChat does not have this order") although WeChat
+/// held the order and its money.
+#[tokio::test]
+async fn a_secondary_merchant_aftersale_of_an_order_whose_add_answer_was_lost_is_approved() {
+    let r = stack_with(&[("WX_FUND_TYPE", "1")]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-add-secondary-approve").await;
+    let (no, total) =
+        paid_with_its_component_id_lost(&r, &c, &token, "tap-lost-add-sec", true).await;
+    let (_, ours) = applied_in_wechat(&c, &no, total).await;
+    assert_eq!(stored_wx_order_id(&r, &no).await, None);
+
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": ours}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["status"], "REFUNDING", "{v}");
+    assert!(
+        stored_wx_order_id(&r, &no).await.is_some_and(|id| id > 0),
+        "the component order's id is learnt and stored"
+    );
+    eventually(
+        "WeChat's refund recorded",
+        Duration::from_secs(10),
+        || async { merchant_aftersale(&c, &no, &ours).await["status"] == "REFUNDED" },
+    )
+    .await;
+    let accepts = r.sandbox.calls("shop/ecaftersale/acceptrefund");
+    assert_eq!(accepts.len(), 1, "accepted at WeChat once: {accepts:?}");
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+/// The `shop/order/add` answer lost, the order paid through WeChat Pay: the user applies in
+/// WeChat's order centre (imported here by its push), then cancels there — that push lost.
+/// The merchant approves before anything read the cancel back, and the refund task runs
+/// while the after-sale's sync cannot learn the component order's id (`shop/order/get`
+/// busy). The refund task still reads WeChat's after-sale first: cancelled there, so nothing
+/// is refunded and ours is CANCELLED. It used to check WeChat's after-sale only for an order
+/// with a stored component id, and refunded an after-sale the user had cancelled.
+#[tokio::test]
+async fn an_aftersale_cancelled_in_wechat_of_an_order_whose_add_answer_was_lost_is_not_refunded() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-add-refund-check").await;
+    let (no, total) =
+        paid_with_its_component_id_lost(&r, &c, &token, "tap-lost-add-refund", false).await;
+    let (wx, ours) = applied_in_wechat(&c, &no, total).await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    // The after-sale's sync cannot learn the order's id now; it tries again later.
+    c.fault(json!({"path": "shop/order/get", "mode": "errcode", "errcode": -1, "count": 20}))
+        .await;
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": ours}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(
+        "ours cancelled as WeChat's was",
+        Duration::from_secs(10),
+        || async { merchant_aftersale(&c, &no, &ours).await["status"] == "CANCELLED" },
+    )
+    .await;
+    c.clear_faults().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refunds: Vec<Value> = r
+        .sandbox
+        .calls("secapi/pay/refund")
+        .into_iter()
+        .filter(|c| c["out_trade_no"] == no.as_str())
+        .collect();
+    assert!(refunds.is_empty(), "nothing refunded: {refunds:?}");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+}
+
+/// The `shop/order/add` answer lost, the order paid: the user applies in WeChat's order
+/// centre (imported by its push) and cancels there, that push lost. Once the grace for pushes
+/// has passed, the schedule reads the after-sale back (`ecaftersale/get`) and cancels ours as
+/// the push would have. Its sweep used to pass over the after-sales of any order without a
+/// stored component id: ours stayed REQUESTED, holding the order's money for an after-sale
+/// WeChat shows cancelled.
+#[tokio::test]
+async fn the_schedule_reads_back_aftersales_of_an_order_whose_add_answer_was_lost() {
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    use wxshop::time::Deadline;
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-add-sweep").await;
+    let (no, total) =
+        paid_with_its_component_id_lost(&r, &c, &token, "tap-lost-add-sweep", false).await;
+    let (wx, ours) = applied_in_wechat(&c, &no, total).await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    r.app.clock.advance(11 * 60_000);
+    let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    assert_eq!(
+        merchant_aftersale(&c, &no, &ours).await["status"],
+        "CANCELLED",
+        "{report}"
+    );
+    assert_eq!(report["wechat_refunds"]["cancelled"], 1, "{report}");
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}

@@ -14,6 +14,12 @@
 //! WeChat made on its own is recorded, and our own after-sale is never imported back. What
 //! the user does in WeChat's order centre arrives as pushes; one lost for good is made up by
 //! the schedule reading open after-sales back ([`sweep_wechat_refunds`]) through the same code.
+//!
+//! An order whose `shop/order/add` answer was lost is in the trading component all the same
+//! (`Order::at_wechat`): its after-sales are read back and checked before a refund like any
+//! other's (WeChat's after-sale is read by its own id or ours, not the order's), and the
+//! calls that name the order — the sync, a secondary-merchant approval — learn its id by our
+//! number first (`shop_orders::component_id`).
 
 use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
@@ -635,12 +641,16 @@ async fn accept_return(
 /// (`secapi/pay/refund`). For a secondary-merchant order WeChat holds the money: the sync
 /// task accepts the refund at WeChat (`ecaftersale/acceptrefund`), WeChat refunds, and its
 /// report (the `aftersale_refund_success` event, or the after-sale read back by the sync)
-/// completes ours — our merchant account has no payment to refund from.
+/// completes ours — our merchant account has no payment to refund from. Such an order whose
+/// `shop/order/add` answer was lost learns its component order's id first
+/// ([`secondary_at_wechat`]).
 async fn approve(
     app: &App,
     id: &AfterSaleId,
     confirm_not_refunded_by_hand: bool,
 ) -> Result<AfterSale, ApiError> {
+    // Before the write, and once: WeChat is asked at most once per approval, not per retry.
+    secondary_at_wechat(app, id).await?;
     let approved = with_retries(app, || async {
         let current = repo::get_aftersale(app.store.as_ref(), id)
             .await?
@@ -651,13 +661,6 @@ async fn approve(
             .await?
             .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
         let fund_type = order.value.fund_type;
-        if fund_type == FundType::SecondaryMerchant && order.value.wx_order_id.is_none() {
-            return Err(ApiError::conflict(
-                "NOT_AT_WECHAT",
-                "a secondary-merchant order is refunded by WeChat, and WeChat does not have \
-                 this order",
-            ));
-        }
         let now = app.clock.now_ms();
         let mut next = current.value.clone();
         if next
@@ -716,6 +719,71 @@ async fn approve(
     .await?;
     tracing::info!(aftersale_id = %id, status = approved.status.as_str(), "after-sale approved; refund queued");
     Ok(approved)
+}
+
+/// A secondary-merchant order is refunded by WeChat, which holds its money, through its
+/// component order. One whose `shop/order/add` answer was lost holds no id for it though WeChat
+/// may hold the order: the id is learnt by our number first
+/// ([`component_id`](super::shop_orders::component_id), stored on the order). Refused (409
+/// `NOT_AT_WECHAT`) only when WeChat was never asked to make the order, or answers that it
+/// holds none; 503 when WeChat could not be asked, or a late `add` may still land.
+async fn secondary_at_wechat(app: &App, id: &AfterSaleId) -> Result<(), ApiError> {
+    // Missing records: the approval itself says so.
+    let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? else {
+        return Ok(());
+    };
+    let Some(order) = repo::get_order(app.store.as_ref(), &a.value.out_trade_no).await? else {
+        return Ok(());
+    };
+    let order = order.value;
+    if order.fund_type != FundType::SecondaryMerchant || order.wx_order_id.is_some() {
+        return Ok(());
+    }
+    let no = &order.out_trade_no;
+    if !order.at_wechat().component_order {
+        return Err(ApiError::conflict(
+            "NOT_AT_WECHAT",
+            format!(
+                "a secondary-merchant order is refunded by WeChat, but order {no} was never \
+                 sent to WeChat's trading component, so WeChat holds none of its money: reject \
+                 this after-sale and settle with the user another way"
+            ),
+        ));
+    }
+    match super::shop_orders::component_id(app, &order).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(ApiError::conflict(
+            "NOT_AT_WECHAT",
+            format!(
+                "a secondary-merchant order is refunded by WeChat, but WeChat answers that it \
+                 holds no order {no} (shop/order/get by our number: 1010011), so it has none of \
+                 its money to refund: reject this after-sale and settle with the user another \
+                 way (the order is kept as a component_order_missing event)"
+            ),
+        )),
+        Err(TaskError::RetryAfter(why, ms)) => Err(ApiError::unavailable(
+            "WECHAT_UNAVAILABLE",
+            format!(
+                "{why}; approve again in {} s (order {no})",
+                (ms.saturating_add(999) / 1000).max(1)
+            ),
+        )),
+        Err(TaskError::Retry(why)) => Err(ApiError::unavailable(
+            "WECHAT_UNAVAILABLE",
+            format!(
+                "could not learn WeChat's id for order {no}, whose shop/order/add answer was \
+                 lost ({why}); approve again shortly"
+            ),
+        )),
+        Err(TaskError::Permanent(why)) => Err(ApiError::new(
+            http::StatusCode::BAD_GATEWAY,
+            "WECHAT_REFUSED",
+            format!(
+                "WeChat's component order for order {no} could not be used ({why}); nothing \
+                 was approved: look at the order in the trading component before approving"
+            ),
+        )),
+    }
 }
 
 /// A person settled an abnormal refund by hand: the after-sale REFUNDED, its refund record
@@ -1070,7 +1138,9 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
     if refund.value.status != RefundStatus::Pending {
         return Ok(());
     }
-    if order.value.wx_order_id.is_some() {
+    // Any order WeChat was asked to make a component order of, its id stored or not (an
+    // `add` answer lost): WeChat's after-sale is read by its own key, not the order's.
+    if order.value.at_wechat().component_order {
         match standing_at_wechat(app, &a.value).await? {
             (Standing::Open, _) => {}
             (Standing::Unclear, status) => {
@@ -1448,7 +1518,8 @@ pub async fn sweep_wechat_refunds(
     let store = app.store.as_ref();
     let now = app.clock.now_ms();
     let quiet_since = now - WECHAT_REFUND_GRACE_MS;
-    // Per run: of an order, whether WeChat has it (`Some`) and it is a secondary-merchant one.
+    // Per run: of an order, whether WeChat was asked to make its component order (`Some`; its
+    // id stored or its `add` answer lost) and it is a secondary-merchant one.
     let mut component = std::collections::HashMap::new();
     for status in [
         AfterSaleStatus::Requested,
@@ -1487,7 +1558,7 @@ pub async fn sweep_wechat_refunds(
                 None => match repo::get_order(store, &a.out_trade_no).await {
                     Ok(o) => {
                         let known = o
-                            .filter(|o| o.value.wx_order_id.is_some())
+                            .filter(|o| o.value.at_wechat().component_order)
                             .map(|o| o.value.fund_type == FundType::SecondaryMerchant);
                         component.insert(a.out_trade_no.clone(), known);
                         known
@@ -2063,7 +2134,8 @@ async fn close_as_wechat_did(
     Ok(())
 }
 
-/// An approved refund of an order in the trading component, before WeChat Pay is asked: is
+/// An approved refund of an order in the trading component (WeChat was asked to make its
+/// component order, whether or not its id reached us), before WeChat Pay is asked: is
 /// WeChat's after-sale still open? The user may have cancelled it in WeChat's order centre
 /// (and the merchant approved before the `aftersale_user_cancel` push was applied). Read by
 /// the id we stored, else by ours: an after-sale WeChat does not have (its add is still

@@ -139,6 +139,10 @@ pub async fn refresh_unpaid(app: &App, order: Order) -> Result<Order, ApiError> 
 pub async fn ask_wechat_if_paid(app: &App, order: &Order) -> Result<Option<Order>, ApiError> {
     match order.fund_type {
         FundType::Direct => super::pay_orders::query_and_record(app, order).await,
+        // The stored id stands for "WeChat holds it" here: a fund_type=1 order is PREPAID
+        // (the only status asked about) only once `shop/order/add` answered, its id stored in
+        // the same write. One whose answer was lost stays CREATED; its close
+        // (`shop/order/close` by our number) finds a payment made meanwhile.
         FundType::SecondaryMerchant if order.wx_order_id.is_some() => {
             use super::shop_orders::{query_component_payment, ComponentPayment};
             match query_component_payment(app, order, None).await? {

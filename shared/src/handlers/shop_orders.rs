@@ -161,7 +161,8 @@ fn not_found(e: &WxError) -> bool {
 pub const COMPONENT_ORDER_MISSING_EVENTS: &str = "component_order_missing";
 
 /// WeChat's id for an order's component order, for the calls that act on it (shipping,
-/// receipt, after-sales). An order whose `shop/order/add` answer was lost holds no id though
+/// receipt, after-sales) and the approval of a secondary-merchant after-sale (WeChat refunds
+/// it). An order whose `shop/order/add` answer was lost holds no id though
 /// WeChat may hold the order ([`Order::at_wechat`]): the id is then read by our number
 /// (`shop/order/get` with `out_order_id` + openid) and stored on the order (a version-checked
 /// write), so a late-paid order is still shipped and serviced there. `None`: no component

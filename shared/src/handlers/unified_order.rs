@@ -690,6 +690,9 @@ async fn place(
             let payment = stored_payment(app, &order)
                 .await
                 .map_err(PlaceError::left_order)?;
+            // Past CREATED with the component planned means `shop/order/add` answered and its
+            // id was stored with the prepay; a paid order whose answer was lost has no payment
+            // parameters to answer with (no prepay id; WeChat refuses them for a paid order).
             let component = order.wx_order_id.is_some();
             return Ok(result_of(&order, payment, component));
         }
