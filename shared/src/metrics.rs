@@ -7,10 +7,11 @@
 //! [`OUTBOX_DEAD_LETTERS`]; `PayNotifyUnverifiedAlarm` and `PayNotifyUnrecordedAlarm` watch
 //! [`PAY_NOTIFY_UNVERIFIED`] and [`PAY_NOTIFY_UNRECORDED`]; `ExpiredOrdersHeldAlarm` watches
 //! [`EXPIRED_ORDERS_HELD`]; `SchedulePhaseFailedAlarm` watches [`SCHEDULE_PHASE_FAILURES`]; `MoneyNeedsAPersonAlarm` watches [`MONEY_NEEDS_A_PERSON`] of every
-//! function that records payments or refunds). payCallback answers every notification with
-//! HTTP 200 (a `FAIL` in the XML makes WeChat retry), so Lambda's `Errors` never sees a
-//! payment we refused, and the sweep's held orders are no error at all: these counts are the
-//! only signal.
+//! function that records payments or refunds; `PushRefusedAlarm` watches [`PUSH_REFUSED`]).
+//! payCallback answers every notification with HTTP 200 (a `FAIL` in the XML makes WeChat
+//! retry), so Lambda's `Errors` never sees a payment we refused; auditCallback's refused
+//! pushes are a 403, which no alarm on errors counts; and the sweep's held orders are no error
+//! at all: these counts are the only signal.
 //!
 //! Only the Lambda entry point turns emission on ([`Metrics::emf`]). An [`crate::app::App`]
 //! starts with [`Metrics::off`], so `wxlocal`, the demo and the tests print nothing; a test
@@ -39,6 +40,15 @@ pub const PAY_NOTIFY_UNVERIFIED: &str = "PayNotifyUnverified";
 /// until one lands, money has moved with no record of it here. Repeats of what is already
 /// recorded answer `SUCCESS` and are not counted.
 pub const PAY_NOTIFY_UNRECORDED: &str = "PayNotifyUnrecorded";
+/// Message pushes (and the console's URL verifications) auditCallback refused with 403 as not
+/// WeChat's: a signature that does not match `WX_PUSH_TOKEN` (`signature`, or `msg_signature`
+/// in safe mode), a signed `timestamp` more than five minutes from our clock, or, in plaintext
+/// mode, another body under a signature already used. When every push is refused this way the
+/// token is not the console's or this host's clock is off, and no audit verdict, order event
+/// or withdrawal notice is taken in (the schedule's sweeps catch up on some, late); a few
+/// alone are someone posting what WeChat did not send (logged with `security = true`).
+/// Requests without a signature (a scanner's) are not counted.
+pub const PUSH_REFUSED: &str = "PushRefused";
 /// Money moved that only a person can put right, newly kept as an event: a second payment for
 /// a paid order (`double_payment`: the user paid twice), a refund WeChat took but could not
 /// pay into the user's account (`refund_abnormal`, CHANGE: redirect it in the merchant

@@ -444,6 +444,123 @@ async fn a_cancelled_qr_code_closes_the_withdrawal_and_returns_the_money() {
     );
 }
 
+/// The same withdrawal asked for again after its answer was lost on our side (the merchant's
+/// tool timed out after WeChat took it and we recorded it), for the whole balance: WeChat now
+/// holds the amount, so the balance no longer covers it — and the caller gets the pending
+/// withdrawal's QR code back (`resumed`), not `INSUFFICIENT_BALANCE`. Only a request for part
+/// of the balance used to be resumed; one for all of it was refused as over the balance.
+#[tokio::test]
+async fn a_repeated_withdrawal_of_the_whole_balance_gets_its_qr_code_again() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (_, total) = buy_pay_settle(&c).await;
+    c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
+        .await;
+    let w = c
+        .funds_ok(json!({"action": "withdraw", "amount_fen": total}))
+        .await;
+    let ticket = w["qrcode_ticket"].as_str().unwrap().to_owned();
+    let id = w["withdrawal"]["withdraw_id"].as_str().unwrap().to_owned();
+    assert_eq!(c.balance().await, (0, 0));
+    let again = c
+        .funds_ok(json!({"action": "withdraw", "amount_fen": total}))
+        .await;
+    assert_eq!(again["resumed"], true, "{again}");
+    assert_eq!(again["withdrawal"]["withdraw_id"], id.as_str());
+    assert_eq!(again["qrcode_ticket"], ticket.as_str());
+    assert!(again["qrcode_png_base64"].is_string(), "{again}");
+    assert_eq!(c.calls("shop/funds/submitwithdraw"), 1, "submitted once");
+    // Another amount repeats nothing: over the balance, as before.
+    let (s, v) = c
+        .funds(json!({"action": "withdraw", "amount_fen": total - 1}))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("INSUFFICIENT_BALANCE")),
+        "{v}"
+    );
+}
+
+/// `submitwithdraw`'s answer lost on its way to us (a timeout, a reset): WeChat made the
+/// withdrawal and holds the amount, but its QR ticket — which WeChat gives in that answer
+/// only, not in `getwithdrawdetail` — never arrived. GIVEN that, for the whole balance (the
+/// repeat then finds the balance short) and for part of it (the repeat meets WeChat's one a
+/// day), THEN the repeated request answers 409 `WITHDRAWAL_QRCODE_LOST` naming WeChat's
+/// withdrawal and saying what to do (let it close unconfirmed, withdraw again tomorrow), the
+/// withdrawal is recorded, and reading it (`withdraw_status`, `withdrawals`) says the same
+/// (`qrcode_lost`, `next`) until it closes. These used to answer `INSUFFICIENT_BALANCE` and
+/// `WITHDRAWAL_DAILY_LIMIT`, and the withdrawal read as an ordinary one with no QR code.
+#[tokio::test]
+async fn a_withdrawal_whose_submit_answer_was_lost_says_what_to_do() {
+    for whole in [true, false] {
+        let r = stack().await;
+        let c = Client::new(&r);
+        let (_, total) = buy_pay_settle(&c).await;
+        c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
+            .await;
+        let amount = if whole { total } else { 1000 };
+        let (s, v) = c
+            .post(
+                "/sandbox/_control/faults",
+                None,
+                &json!({"path": "shop/funds/submitwithdraw", "mode": "lost", "count": 1}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = c
+            .funds(json!({"action": "withdraw", "amount_fen": amount}))
+            .await;
+        assert_eq!(s, 503, "whole={whole}: the answer was lost: {v}");
+        // WeChat made it all the same.
+        let held = r.app.wx.funds_scan_withdraw(1, 10).await.unwrap();
+        assert_eq!(held.out_request_nos.len(), 1);
+        let id = held.out_request_nos[0].clone();
+        assert_eq!(c.balance().await, (total - amount, 0));
+
+        let (s, v) = c
+            .funds(json!({"action": "withdraw", "amount_fen": amount}))
+            .await;
+        assert_eq!(s, 409, "whole={whole}: {v}");
+        assert_eq!(v["code"], "WITHDRAWAL_QRCODE_LOST", "whole={whole}: {v}");
+        let message = v["message"].as_str().unwrap();
+        for needle in [id.as_str(), "tomorrow", "withdraw_status"] {
+            assert!(message.contains(needle), "{needle} not in {message}");
+        }
+        assert_eq!(
+            c.calls("shop/funds/submitwithdraw"),
+            1 + usize::from(!whole)
+        );
+        let (_, stored) = get_withdrawal(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .expect("the withdrawal is recorded");
+        assert_eq!(stored.amount.get(), amount);
+        assert_eq!(stored.qrcode_ticket, None);
+
+        let status = c
+            .funds_ok(json!({"action": "withdraw_status", "withdraw_id": id}))
+            .await;
+        let w = &status["withdrawal"];
+        assert_eq!(w["status"], "BEFORE_SCAN_QRCODE", "{status}");
+        assert_eq!(w["qrcode_lost"], true, "{status}");
+        assert!(w["next"].as_str().unwrap().contains("tomorrow"), "{status}");
+        let history = c.funds_ok(json!({"action": "withdrawals"})).await;
+        assert_eq!(history["withdrawals"][0]["qrcode_lost"], true, "{history}");
+
+        // Once WeChat closes it, it reads as closed, nothing left to do.
+        c.control(
+            "funds/withdraw",
+            &json!({"out_request_no": id, "status": "CLOSE"}),
+        )
+        .await;
+        let status = c
+            .funds_ok(json!({"action": "withdraw_status", "withdraw_id": id}))
+            .await;
+        assert_eq!(status["withdrawal"]["status"], "CLOSE", "{status}");
+        assert!(status["withdrawal"]["qrcode_lost"].is_null(), "{status}");
+    }
+}
+
 #[tokio::test]
 async fn a_withdrawal_started_elsewhere_is_recorded_from_withdraw_notify() {
     let r = stack().await;

@@ -531,6 +531,24 @@ fn refused_payment_notifications_and_server_errors_raise_alarms() {
     assert_alarm(&t, "AWS/ApiGateway", "5xx", "ApiId", "!Ref Api", 5);
 }
 
+/// auditCallback refuses a push that is not WeChat's (its signature, its time, another body
+/// under a used signature) with a 403, which no `Errors` or `5xx` alarm counts: the refusals
+/// it counts (`PushRefused`) have an alarm on this stack's auditCallback, paging at the first
+/// one, as payCallback's refusals do.
+#[test]
+fn refused_pushes_raise_an_alarm() {
+    use wxshop::metrics::{DIMENSION, NAMESPACE, PUSH_REFUSED};
+    let t = template();
+    assert_alarm(
+        &t,
+        NAMESPACE,
+        PUSH_REFUSED,
+        DIMENSION,
+        "!Ref AuditCallbackFunction",
+        1,
+    );
+}
+
 /// Money moved that a person must put right is acknowledged to WeChat (a double payment, a
 /// refund WeChat could not pay out, …), so no refusal count sees it: its own count
 /// (`MoneyNeedsAPerson`) has one alarm over every function that records payments or refunds,

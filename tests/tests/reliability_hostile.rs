@@ -809,6 +809,136 @@ async fn a_url_verification_signature_carries_no_push() {
     assert_eq!(resp.status().as_u16(), 200);
 }
 
+/// The console's URL verification is held to the push window as pushes are. GIVEN a
+/// verification URL signed with our token whose `timestamp` is an hour old (a URL seen once in
+/// a proxy's log, say) or an hour ahead, THEN it is refused — 403 naming the timestamp, the
+/// `echostr` not echoed — and the same verification four minutes old is echoed. A captured
+/// verification URL used to be echoed for ever.
+#[tokio::test]
+async fn a_url_verification_far_from_its_time_is_refused() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let now = r.app.clock.now_secs();
+    let verify = |ts: i64, nonce: &str| {
+        let mut q = wxshop::push::PushQuery::signed("localpushtoken", &ts.to_string(), nonce);
+        q.echostr = Some(format!("ECHO-{nonce}"));
+        let url = format!("{}/callbacks/wechat?{}", c.base, q.to_query_string());
+        let c = c.clone();
+        async move {
+            let resp = c.http.get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    for (what, ts, nonce) in [
+        ("an hour old", now - 3600, "v-old"),
+        ("an hour ahead", now + 3600, "v-ahead"),
+    ] {
+        let (s, t) = verify(ts, nonce).await;
+        assert_eq!(s, 403, "{what}: {t}");
+        assert!(t.contains("timestamp"), "{what}: {t}");
+        assert!(!t.contains("ECHO"), "{what} echoed: {t}");
+    }
+    let (s, t) = verify(now - 240, "v-recent").await;
+    assert_eq!((s, t.as_str()), (200, "ECHO-v-recent"));
+}
+
+/// A refused push answers 403, which no error alarm sees, so each refusal that means "not
+/// WeChat's, or our token or clock is wrong" is counted as `PushRefused` for its alarm: a URL
+/// verification or push with a signature that does not match our token (`signature`, or
+/// `msg_signature` in safe mode), one signed an hour ago, another body under a plaintext
+/// signature already used. A request without any signature (a scanner) is refused but not
+/// counted, and genuine pushes and verifications are not counted. These refusals used to be
+/// only a 403 and a log line.
+#[tokio::test]
+async fn refused_pushes_are_counted_for_the_alarm() {
+    use wxshop::metrics::{Metrics, PUSH_REFUSED};
+    let (metrics, captured) = Metrics::capture("wxshop-AuditCallbackFunction-X");
+    let r = stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let (genuine, forged) = seeded_audit_and_forged_rejection(&r);
+    let token = "localpushtoken";
+    let now = r.app.clock.now_secs();
+    let query =
+        |ts: i64, nonce: &str| wxshop::push::PushQuery::signed(token, &ts.to_string(), nonce);
+    let get = |q: wxshop::push::PushQuery| {
+        let c = c.clone();
+        async move {
+            let url = format!("{}/callbacks/wechat?{}", c.base, q.to_query_string());
+            let resp = c.http.get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let post = |q: wxshop::push::PushQuery, body: &Value| {
+        let c = c.clone();
+        let body = body.to_string();
+        async move {
+            c.raw(&format!("/callbacks/wechat?{}", q.to_query_string()), body)
+                .await
+        }
+    };
+    let refused = || captured.total(PUSH_REFUSED);
+    let echo = |mut q: wxshop::push::PushQuery| {
+        q.echostr = Some("ECHO".into());
+        q
+    };
+
+    let (s, t) = get(echo(query(now, "v-good"))).await;
+    assert_eq!((s, t.as_str()), (200, "ECHO"));
+    assert_eq!(refused(), 0, "a genuine verification is not counted");
+
+    let mut bad = echo(query(now, "v-bad"));
+    bad.signature = Some("0".repeat(40));
+    assert_eq!(get(bad).await.0, 403);
+    assert_eq!(refused(), 1, "verification with a bad signature");
+    assert_eq!(get(echo(query(now - 3600, "v-old"))).await.0, 403);
+    assert_eq!(refused(), 2, "verification an hour old");
+
+    let mut bad = query(now, "p-bad");
+    bad.signature = Some("0".repeat(40));
+    assert_eq!(post(bad, &forged).await.0, 403);
+    assert_eq!(refused(), 3, "push with a bad signature");
+    assert_eq!(post(query(now - 3600, "p-old"), &forged).await.0, 403);
+    assert_eq!(refused(), 4, "push an hour old");
+    let (s, t) = post(query(now, "p-used"), &genuine).await;
+    assert_eq!((s, t.as_str()), (200, "success"));
+    assert_eq!(refused(), 4, "a genuine push is not counted");
+    let (s, t) = post(query(now, "p-used"), &forged).await;
+    assert_eq!(s, 403, "{t}");
+    assert!(t.contains("already used"), "{t}");
+    assert_eq!(refused(), 5, "another body under a used signature");
+
+    // A scanner's requests without any signature: refused, not counted.
+    let (s, _) = c.raw("/callbacks/wechat", forged.to_string()).await;
+    assert_eq!(s, 403);
+    let resp = c
+        .http
+        .get(format!("{}/callbacks/wechat?echostr=x", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    assert_eq!(refused(), 5, "requests without a signature are not counted");
+    assert_eq!(tea_audit(&c).await, "APPROVED", "no refused push acted");
+
+    // Safe mode: a `msg_signature` that does not match the body is counted too.
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFA";
+    let (metrics, captured) = Metrics::capture("wxshop-AuditCallbackFunction-Y");
+    let r = stack_with_metrics(&[("WX_PUSH_AES_KEY", AES)], metrics).await;
+    let c = Client::new(&r);
+    let cfg = wxshop::push::PushConfig::new(&r.app.config.appid, token, Some(AES)).unwrap();
+    let ts = r.app.clock.now_secs().to_string();
+    let (envelope, _) = wxshop::push::encrypt(&cfg, &forged.to_string(), &ts, "s-bad").unwrap();
+    let q = wxshop::push::PushQuery::signed_aes(token, &ts, "s-bad", &"0".repeat(40));
+    let (s, t) = c
+        .raw(
+            &format!("/callbacks/wechat?{}", q.to_query_string()),
+            envelope,
+        )
+        .await;
+    assert_eq!(s, 403, "{t}");
+    assert_eq!(captured.total(PUSH_REFUSED), 1, "a bad msg_signature");
+}
+
 /// Plaintext push mode: WeChat's `signature` covers token, timestamp and nonce, not the body.
 /// A signed URL seen once (a proxy log, say) must not carry another body, nor be used long
 /// after its time: both refused, the product untouched. The genuine redelivery of the same body

@@ -11,12 +11,21 @@
 //! Nothing is acknowledged before it is stored: a store failure answers 503 so WeChat
 //! retries. A push signed with our token that our EncodingAESKey or appid cannot read answers
 //! 503 too, with an error log: the settings are ours to fix, and a 4xx would page nobody.
+//!
+//! A push or URL verification refused as not WeChat's — a signature that does not match our
+//! token, a signed `timestamp` more than [`PUSH_WINDOW_SECS`] from our clock, another body
+//! under a plaintext signature already used — answers 403, is logged with `security = true`,
+//! and is counted as [`crate::metrics::PUSH_REFUSED`], which `PushRefusedAlarm` watches: a
+//! 4xx reaches no other alarm, and every push refused this way is one not taken in (a wrong
+//! `WX_PUSH_TOKEN`, this host's clock off) or someone posting what WeChat did not send.
+//! Requests with no signature at all (a scanner) are refused but not counted.
 
 use super::common::transition_order;
 use crate::app::App;
 use crate::domain::{AuditStatus, Change, FundType, Listing, OutTradeNo, ProductId};
 use crate::http::{query_params, text, ApiError, Request, Response};
-use crate::push::{self, PushEvent, PushQuery};
+use crate::metrics::PUSH_REFUSED;
+use crate::push::{self, PushError, PushEvent, PushQuery};
 use crate::shop::types::ProductKey;
 use crate::store::kv;
 use crate::store::repo::{self, EventRecord};
@@ -39,10 +48,12 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             secrecy::ExposeSecret::expose_secret(&app.config.push_token),
         ) {
             Ok(echo) => {
+                refuse_stale_push(app, &query, PushKind::UrlVerification)?;
                 spend_url_verification(app, &query).await?;
                 Ok(text(StatusCode::OK, echo, "text/plain"))
             }
             Err(e) => {
+                count_if_forged(app, &e);
                 tracing::warn!(security = true, error = %e, "push URL verification refused");
                 Err(ApiError::forbidden("signature does not verify"))
             }
@@ -56,6 +67,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             tracing::error!(error = %e, "push from WeChat unreadable with this stack's settings: check WX_PUSH_AES_KEY (the console's EncodingAESKey) and WX_APPID; every push is refused until then");
             return ApiError::unavailable(e.code(), format!("push refused: {e}"));
         }
+        count_if_forged(app, &e);
         tracing::warn!(security = true, error = %e, "push message refused");
         if e.is_unauthenticated() {
             ApiError::forbidden(format!("push refused: {e}"))
@@ -63,7 +75,13 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             ApiError::bad_request(e.code(), format!("push refused: {e}"))
         }
     })?;
-    refuse_stale_push(app, &query, msg.encrypted)?;
+    refuse_stale_push(
+        app,
+        &query,
+        PushKind::Push {
+            encrypted: msg.encrypted,
+        },
+    )?;
     if app.push.aes_key.is_none() {
         bind_plaintext_push(app, &query, req.body()).await?;
     }
@@ -134,35 +152,83 @@ fn readable_body(msg: &push::PushMessage) -> String {
     serde_json::to_string(&msg.raw).unwrap_or_default()
 }
 
-/// How far a push's signed `timestamp` may be from our clock, either way, in every mode.
-/// WeChat stamps a push as it sends it and, by the Official Account rule, retries an
-/// unanswered one three times 5 s apart (WECHAT_SHOP.md §9.5; for shop events UNVERIFIED,
-/// as is whether a retry keeps the first timestamp): five minutes cannot drop those retries,
-/// and a push lost anyway is recovered by the schedule's sweeps.
+/// How far a push's signed `timestamp` may be from our clock, either way, in every mode, and
+/// the console's URL verification's too. WeChat stamps a push as it sends it and, by the
+/// Official Account rule, retries an unanswered one three times 5 s apart (WECHAT_SHOP.md
+/// §9.5; for shop events UNVERIFIED, as is whether a retry keeps the first timestamp): five
+/// minutes cannot drop those retries, and a push lost anyway is recovered by the schedule's
+/// sweeps. The console verifies the URL as the merchant saves the settings (§9.2), so a
+/// verification is as fresh as a push (UNVERIFIED that the console stamps it with the time
+/// it sends it; a refused one shows as a failure in the console, and saving again sends a
+/// fresh one).
 const PUSH_WINDOW_SECS: i64 = 300;
 
-/// Refuses a verified push whose signed `timestamp` is more than [`PUSH_WINDOW_SECS`] from
-/// now. In safe mode `msg_signature` covers the body, yet a push recorded once (a proxy's
-/// log, a captured request) would otherwise act again whenever it is posted after its dedupe
-/// record is gone, or after a change of dedupe key; in plaintext mode see
-/// [`bind_plaintext_push`]. Answered 403 like any refused push (never `success`: the push
-/// is not taken in) and logged as a security event.
-fn refuse_stale_push(app: &App, query: &PushQuery, encrypted: bool) -> Result<(), ApiError> {
+/// What [`refuse_stale_push`] refuses: a push (POST) or the console's URL verification (GET).
+#[derive(Clone, Copy, Debug)]
+enum PushKind {
+    Push { encrypted: bool },
+    UrlVerification,
+}
+
+/// Refuses a verified push or URL verification whose signed `timestamp` is more than
+/// [`PUSH_WINDOW_SECS`] from now. In safe mode `msg_signature` covers the body, yet a push
+/// recorded once (a proxy's log, a captured request) would otherwise act again whenever it is
+/// posted after its dedupe record is gone, or after a change of dedupe key; in plaintext mode
+/// see [`bind_plaintext_push`]. The signature does not cover a verification's `echostr`, so a
+/// verification URL seen once would otherwise make this endpoint echo any text of anyone's
+/// choosing, for ever, as if it were WeChat's challenge (and write a store record each time).
+/// Answered 403 like any refused push (never `success`, never the `echostr`: the request is
+/// not taken in), logged as a security event and counted as [`PUSH_REFUSED`].
+fn refuse_stale_push(app: &App, query: &PushQuery, kind: PushKind) -> Result<(), ApiError> {
     let now = app.clock.now_secs();
     let timestamp = query.timestamp_secs();
     if timestamp.is_some_and(|t| now.abs_diff(t) <= PUSH_WINDOW_SECS.unsigned_abs()) {
         return Ok(());
     }
-    tracing::warn!(
-        security = true,
-        timestamp = ?timestamp,
-        encrypted,
-        "push outside its time window refused"
-    );
+    count_refused(app);
+    let (what, next) = match kind {
+        PushKind::Push { encrypted } => {
+            tracing::warn!(
+                security = true,
+                timestamp = ?timestamp,
+                encrypted,
+                "push outside its time window refused"
+            );
+            ("push", "pushes are accepted only close to their time")
+        }
+        PushKind::UrlVerification => {
+            tracing::warn!(
+                security = true,
+                timestamp = ?timestamp,
+                "push URL verification outside its time window refused"
+            );
+            (
+                "push URL verification",
+                "a verification is accepted only close to its time: save the message push \
+                 settings in the console again",
+            )
+        }
+    };
     Err(ApiError::forbidden(format!(
-        "push refused: its timestamp is more than {PUSH_WINDOW_SECS} s from now \
-         (pushes are accepted only close to their time; check this host's clock)"
+        "{what} refused: its timestamp is more than {PUSH_WINDOW_SECS} s from now \
+         ({next}; check this host's clock)"
     )))
+}
+
+/// Counts a push or URL verification refused as not WeChat's ([`PUSH_REFUSED`]).
+fn count_refused(app: &App) {
+    app.metrics.count(PUSH_REFUSED, 1, app.clock.now_ms());
+}
+
+/// Counts a refusal by [`push::parse`] or [`push::verify_url`] when the request carried a
+/// signature that does not match our token: a forgery, or our `WX_PUSH_TOKEN` is not the
+/// console's. A request without a signature, or with a query no sender of WeChat's would
+/// write, is a scanner's and is not counted; our own settings at fault answer 503, which the
+/// API's 5xx alarm counts.
+fn count_if_forged(app: &App, e: &PushError) {
+    if matches!(e, PushError::BadSignature | PushError::BadMsgSignature) {
+        count_refused(app);
+    }
 }
 
 /// Plaintext mode only. A push's `signature` covers token, timestamp and nonce but not the
@@ -189,6 +255,7 @@ async fn bind_plaintext_push(app: &App, query: &PushQuery, body: &[u8]) -> Resul
     }
     match bound {
         Some(e) if e.value != digest => {
+            count_refused(app);
             tracing::warn!(
                 security = true,
                 "plaintext push: another body under a signature already used; refused"

@@ -21,6 +21,18 @@
 //! (`qrcode_png_base64`, of the text `qrcode/get` returned if it was text, else of the
 //! ticket), plus WeChat's own image untouched (`wechat_qrcode_image_base64`) when it sent one.
 //!
+//! A lost answer: WeChat allows one withdrawal a day and holds the amount once it has it, so a
+//! repeated `withdraw` of today's amount is refused (9700101, or the balance no longer covers
+//! it). When it repeats today's withdrawal, which still awaits the QR confirmation, it gets
+//! that withdrawal's QR code again (`resumed`) if the ticket reached us; if `submitwithdraw`'s
+//! answer itself was lost, the ticket is gone for good — WeChat gives it in no other answer
+//! (`getwithdrawdetail` has none; `qrcode/gen` makes a ticket tied to no withdrawal) — and the
+//! answer is 409 `WITHDRAWAL_QRCODE_LOST`, naming the withdrawal and what to do: leave it to
+//! close when its QR code expires (the amount comes back), and withdraw again the next day.
+//! Such a withdrawal reads `qrcode_lost` with that `next` in `withdraw_status` and
+//! `withdrawals`. UNVERIFIED: when WeChat closes an unconfirmed withdrawal, and whether a closed
+//! one still counts as the day's.
+//!
 //! Actions (`{"action": …}`):
 //! `balance` · `flows {date?: "yyyyMMdd", page?, page_size?}` · `flow {flow_id}` ·
 //! `bank_account` · `set_bank_account {account: {bank_account_type, account_bank,
@@ -970,9 +982,11 @@ async fn upsert(
     ))
 }
 
-/// The withdrawal as the merchant sees it.
+/// The withdrawal as the merchant sees it. One that awaits the admin's QR confirmation
+/// without a QR ticket here (`submitwithdraw`'s answer was lost, or it was started elsewhere)
+/// says so, and what to do (`qrcode_lost`, `next`).
 fn withdrawal_view(w: &Withdrawal) -> Value {
-    json!({
+    let mut view = json!({
         "withdraw_id": w.withdraw_id,
         "amount_fen": w.amount.get(),
         "status": w.status,
@@ -983,7 +997,12 @@ fn withdrawal_view(w: &Withdrawal) -> Value {
         "events": w.events,
         "created_at": w.created_at_ms,
         "updated_at": w.updated_at_ms,
-    })
+    });
+    if awaits_qr(&w.status) && w.qrcode_ticket.is_none() {
+        view["qrcode_lost"] = json!(true);
+        view["next"] = json!(qrcode_lost(&w.withdraw_id, w.amount));
+    }
+    view
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1027,6 +1046,10 @@ async fn withdraw(
     let bank_memo = check_note("bank_memo", bank_memo)?;
     let balance = app.wx.funds_get_balance().await.map_err(funds_error)?;
     if !balance.available_amount.covers(amount) {
+        // A retry of a submission WeChat took: the amount is held by that withdrawal now.
+        if let Some(today) = todays_withdrawal(app, amount).await? {
+            return Ok(today);
+        }
         return Err(ApiError::conflict(
             "INSUFFICIENT_BALANCE",
             format!(
@@ -1047,19 +1070,11 @@ async fn withdraw(
                 format!("set the settlement bank account first (action set_bank_account): {e}"),
             ))
         }
-        Err(e) if e.errcode() == Some(E_WITHDRAW_TWICE) => {
-            // A retry of today's submission whose answer the caller never got (the function
-            // timed out after recording it) gets that withdrawal's QR code again.
-            return match pending_today(app, amount).await {
-                Some(w) => {
-                    tracing::info!(withdraw_id = %w.withdraw_id, "today's withdrawal of this amount awaits confirmation; answering its QR code again");
-                    let ticket = w.qrcode_ticket.clone().unwrap_or_default();
-                    let mut out =
-                        submitted_answer(app, &w.withdraw_id, withdrawal_view(&w), true, ticket)
-                            .await;
-                    out["resumed"] = json!(true);
-                    Ok(out)
-                }
+        Err(e) if matches!(e.errcode(), Some(E_WITHDRAW_TWICE | E_BALANCE)) => {
+            // A retry of today's submission whose answer the caller never got gets that
+            // withdrawal's QR code again, or is told why it cannot.
+            return match todays_withdrawal(app, amount).await? {
+                Some(today) => Ok(today),
                 None => Err(funds_error(e)),
             };
         }
@@ -1105,17 +1120,133 @@ async fn withdraw(
     Ok(submitted_answer(app, &id, view, recorded, ticket).await)
 }
 
+/// Whether `w` is a withdrawal of `amount` made today (Beijing time) that still awaits the
+/// admin's QR confirmation.
+fn awaits_qr_today(w: &Withdrawal, amount: Fen, today: &str) -> bool {
+    w.amount == amount
+        && awaits_qr(&w.status)
+        && crate::time::beijing_date(w.created_at_ms) == today
+}
+
+/// A status in which the withdrawal waits for the admin to scan its QR code.
+fn awaits_qr(status: &str) -> bool {
+    matches!(status, "INIT" | "BEFORE_SCAN_QRCODE")
+}
+
 /// Today's (Beijing time) stored withdrawal of `amount` that still awaits the admin's QR
 /// confirmation, with its ticket.
 async fn pending_today(app: &App, amount: Fen) -> Option<Withdrawal> {
     let today = crate::time::beijing_date(app.clock.now_ms());
     let recent = list_withdrawals(app.store.as_ref(), 5).await.ok()?;
-    recent.into_iter().find(|w| {
-        w.amount == amount
-            && w.status == "BEFORE_SCAN_QRCODE"
-            && w.qrcode_ticket.is_some()
-            && crate::time::beijing_date(w.created_at_ms) == today
-    })
+    recent
+        .into_iter()
+        .find(|w| awaits_qr_today(w, amount, &today) && w.qrcode_ticket.is_some())
+}
+
+/// What a withdrawal request of `amount` that WeChat refused (one a day, or the amount no
+/// longer available) gets when it repeats today's submission — the caller never got that
+/// submission's answer, or we never did. `None` when it repeats nothing: the refusal stands.
+///
+/// - The withdrawal is stored with its QR ticket (our answer was lost after it was recorded):
+///   its QR code again, `resumed`.
+/// - WeChat holds a withdrawal of `amount` from today awaiting the QR confirmation, without
+///   a ticket here (`submitwithdraw`'s answer was lost on its way to us; the `withdraw_notify`
+///   push or `withdrawals` may have recorded it since, from `getwithdrawdetail`): 409
+///   `WITHDRAWAL_QRCODE_LOST`, saying what to do. WeChat gives a withdrawal's `qrcode_ticket`
+///   only in `submitwithdraw`'s answer — `getwithdrawdetail` has none (WECHAT_SHOP.md §14.2;
+///   SKIT's model agrees), `qrcode/gen` makes a ticket tied to no withdrawal (what it confirms
+///   is UNVERIFIED) — so nothing here can show that QR code again.
+///
+/// WeChat's list is read only when the store has no resumable withdrawal, and only its first
+/// and last page of [`TODAY_SCAN_PAGE`] (the order `scanwithdraw` lists in is UNVERIFIED;
+/// one withdrawal a day puts today's at one end). A list WeChat does not give leaves the
+/// refusal as it was.
+async fn todays_withdrawal(app: &App, amount: Fen) -> Result<Option<Value>, ApiError> {
+    if let Some(w) = pending_today(app, amount).await {
+        return Ok(Some(resumed(app, &w).await));
+    }
+    let today = crate::time::beijing_date(app.clock.now_ms());
+    let Some(w) = wechat_withdrawal_today(app, amount, &today).await else {
+        return Ok(None);
+    };
+    if w.qrcode_ticket.is_some() {
+        return Ok(Some(resumed(app, &w).await));
+    }
+    tracing::warn!(withdraw_id = %w.withdraw_id, amount = amount.get(), "today's withdrawal of this amount awaits its QR confirmation, but its QR ticket was never received");
+    Err(ApiError::conflict(
+        "WITHDRAWAL_QRCODE_LOST",
+        qrcode_lost(&w.withdraw_id, w.amount),
+    ))
+}
+
+/// Page size of the reads of WeChat's withdrawal list by [`todays_withdrawal`].
+const TODAY_SCAN_PAGE: u32 = 10;
+
+/// WeChat's withdrawal of `amount` made `today` that awaits the QR confirmation, recorded (as
+/// `withdrawals` records them). Withdrawals stored as made on another day are not asked about
+/// again; `None` on any failure to read.
+async fn wechat_withdrawal_today(app: &App, amount: Fen, today: &str) -> Option<Withdrawal> {
+    let first = match app.wx.funds_scan_withdraw(1, TODAY_SCAN_PAGE).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            if !is_no_data(&e) {
+                tracing::warn!(error = %e, "could not list WeChat's withdrawals to find today's");
+            }
+            return None;
+        }
+    };
+    let mut ids = first.out_request_nos;
+    let last = u32::try_from(first.total_num.max(0))
+        .unwrap_or(u32::MAX)
+        .div_ceil(TODAY_SCAN_PAGE);
+    if last > 1 {
+        match app.wx.funds_scan_withdraw(last, TODAY_SCAN_PAGE).await {
+            Ok(more) => ids.extend(more.out_request_nos),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the last page of WeChat's withdrawals")
+            }
+        }
+    }
+    for id in ids {
+        let stored = get_withdrawal(app.store.as_ref(), &id).await.ok().flatten();
+        if stored.is_some_and(|(_, w)| crate::time::beijing_date(w.created_at_ms) != today) {
+            continue;
+        }
+        match refresh(app, &id).await {
+            Ok(w) if awaits_qr_today(&w, amount, today) => return Some(w),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(withdraw_id = %id, error = %e, "could not read a withdrawal of WeChat's list")
+            }
+        }
+    }
+    None
+}
+
+/// The answer to a repeated request: the stored withdrawal's QR code again.
+async fn resumed(app: &App, w: &Withdrawal) -> Value {
+    tracing::info!(withdraw_id = %w.withdraw_id, "today's withdrawal of this amount awaits confirmation; answering its QR code again");
+    let ticket = w.qrcode_ticket.clone().unwrap_or_default();
+    let mut out = submitted_answer(app, &w.withdraw_id, withdrawal_view(w), true, ticket).await;
+    out["resumed"] = json!(true);
+    out
+}
+
+/// What to do about a withdrawal that awaits the admin's QR confirmation, but whose QR ticket
+/// never reached us (see [`todays_withdrawal`]). That it closes when its QR code expires,
+/// giving the amount back, is what `qrcode/check`'s "expired" (3) and the sandbox say; when
+/// WeChat closes it, and whether the MP admin console can confirm it, is UNVERIFIED.
+fn qrcode_lost(withdraw_id: &str, amount: Fen) -> String {
+    format!(
+        "WeChat holds withdrawal {withdraw_id} of {amount} fen awaiting the admin's QR \
+         confirmation, but no QR code for it is known here: WeChat gives a withdrawal's QR \
+         code only in the answer to submitwithdraw, and that answer never arrived (unless the \
+         withdrawal was started outside this back end, which showed its QR code). It cannot \
+         be confirmed from here. Leave it: unconfirmed, it closes (status CLOSE) once its QR \
+         code expires, and the amount is available again (follow it with action \
+         withdraw_status {{withdraw_id}}). WeChat allows one withdrawal a day (Beijing time): \
+         withdraw again tomorrow"
+    )
 }
 
 /// The answer to a submitted withdrawal: its view, and the QR code the admin confirms.
