@@ -200,9 +200,9 @@ async fn cancels_sent(c: &Client, no: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The user pays while the order is being closed (their `queryOrder` could not reach WeChat
-/// Pay, so the close went ahead): `pay/closeorder` answers ORDERPAID and the payment is
-/// recorded — and the component order stays paid. It used to be cancelled there all the same
+/// The user pays while the order is being closed (after their `queryOrder` close asked WeChat
+/// Pay and heard "not paid", before `pay/closeorder` reached it): `pay/closeorder` answers
+/// ORDERPAID and the payment is recorded — and the component order stays paid. It used to be cancelled there all the same
 /// (from the order as read before the close), and the payment sync then took WeChat's
 /// "cancelled" (250 ≥ 20) for "already paid": paid here, cancelled at WeChat, silently.
 #[tokio::test]
@@ -214,8 +214,8 @@ async fn a_payment_racing_the_close_keeps_the_component_order_paid() {
     assert_eq!(s, 200, "{v}");
     let no = v["out_trade_no"].as_str().unwrap().to_owned();
     assert_eq!(shop_status(&c, &no).await, Some(10));
-    c.pay_at_sandbox(&no).await; // its notification goes nowhere
-    c.fault(json!({"path": "pay/orderquery", "mode": "http500", "count": 1}))
+    // The close's first `pay/closeorder` fails, so the payment lands between the two.
+    c.fault(json!({"path": "pay/closeorder", "mode": "http500", "count": 1}))
         .await;
     let (s, v) = c
         .post(
@@ -226,6 +226,12 @@ async fn a_payment_racing_the_close_keeps_the_component_order_paid() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["order"]["status"], "CLOSED", "{v}");
+    c.pay_at_sandbox(&no).await; // its notification goes nowhere
+    r.app.clock.advance(600_000);
+    let (s, _) = c
+        .admin("/admin/orderSync", &json!({"action": "drain"}))
+        .await;
+    assert_eq!(s, 200);
     eventually(
         "the payment found by the close",
         Duration::from_secs(10),
@@ -245,6 +251,51 @@ async fn a_payment_racing_the_close_keeps_the_component_order_paid() {
     assert_eq!(shop_status(&c, &no).await, Some(20));
     assert!(cancels_sent(&c, &no).await.is_empty());
     assert!(c.dead_letters().await.is_empty());
+}
+
+/// The user closes an unpaid order while WeChat Pay cannot be asked whether it was paid: the
+/// close is refused (503 `ORDER_STATUS_UNKNOWN`) and nothing changes — the order stays open,
+/// its stock held — as the schedule's sweep leaves it. It used to be closed on what we held:
+/// had the user paid meanwhile, the mini program (which closes the order a reused key holds,
+/// then orders afresh) could have had them pay a second order. Once WeChat answers, the close
+/// goes through.
+#[tokio::test]
+async fn a_close_wechat_pay_cannot_be_asked_about_changes_nothing() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("closer").await;
+    let before = c.stock().await;
+    let (s, v) = c.order(&token, 1, None).await;
+    assert_eq!(s, 200, "{v}");
+    let no = v["out_trade_no"].as_str().unwrap().to_owned();
+    let held = c.stock().await;
+    assert_eq!(held, before - 1);
+    c.fault(json!({"path": "pay/orderquery", "mode": "http500", "count": 1}))
+        .await;
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "close"}),
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["code"], "ORDER_STATUS_UNKNOWN", "{v}");
+    assert_eq!(c.status(&token, &no).await["status"], "PREPAID");
+    assert_eq!(c.stock().await, held, "nothing given back");
+    let (_, calls) = c.get("/sandbox/_control/calls?path=pay/closeorder").await;
+    assert_eq!(calls["calls"].as_array().map(Vec::len), Some(0), "{calls}");
+
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "close"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["order"]["status"], "CLOSED", "{v}");
+    assert_eq!(c.stock().await, before, "the stock is back");
 }
 
 /// The merchant ships while the payment sync is still failing (WeChat's order still reads

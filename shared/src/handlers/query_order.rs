@@ -165,8 +165,34 @@ async fn close(app: &App, order: Order) -> Result<Order, ApiError> {
             "the order is paid; ask for a refund instead",
         ));
     }
-    // Paid at the last second? Then it is paid, not closed.
-    let order = refresh_unpaid(app, order).await?;
+    // Paid at the last second? Then it is paid, not closed. One WeChat could not say about is
+    // not closed at all, as the schedule's sweep does not close it (`settle_unpaid`): closed on
+    // what we hold, a payment made meanwhile would still be recorded (`pay/closeorder` answers
+    // ORDERPAID) — but the client may already have made and paid a new order in its place (the
+    // mini program's `buy` closes the order a reused key holds, then orders afresh), and the
+    // user would have paid twice.
+    let order = if order.status == OrderStatus::Prepaid {
+        match ask_wechat_if_paid(app, &order).await {
+            Ok(updated) => updated.unwrap_or(order),
+            Err(e) => {
+                tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "close: WeChat did not say whether the order was paid; not closed");
+                return Err(if e.status == http::StatusCode::SERVICE_UNAVAILABLE {
+                    ApiError::unavailable(
+                        "ORDER_STATUS_UNKNOWN",
+                        format!(
+                            "WeChat Pay could not say whether order {} was paid, so it was not \
+                             closed (it may have been paid); retry shortly",
+                            order.out_trade_no
+                        ),
+                    )
+                } else {
+                    e
+                });
+            }
+        }
+    } else {
+        order
+    };
     if order.status.is_paid() {
         return Err(ApiError::conflict(
             "ORDER_PAID",
