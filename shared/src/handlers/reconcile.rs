@@ -146,6 +146,13 @@ fn bill_ready_at_ms(bill_date: &str) -> Option<i64> {
     day_start_ms(bill_date).map(|start| start + DAY_MS + BILLS_READY_HOUR * HOUR_MS)
 }
 
+/// When the refunds of `bill_date` stop waiting for a bill: a week ([`CATCH_UP_DAYS`]) after
+/// its own bills were ready. A refund no bill read lists is missing then, even if the bill
+/// of another of its days never came (or is of a day WeChat gave wrong, far ahead).
+fn give_up_at_ms(bill_date: &str) -> Option<i64> {
+    bill_ready_at_ms(bill_date).map(|ready| ready + CATCH_UP_DAYS * DAY_MS)
+}
+
 /// The REFUND bills read in one reconciliation, by day (`yyyyMMdd`), and the days whose
 /// REFUND bill is not complete yet, with when to ask again (epoch ms). A day may be in
 /// both: a bill downloaded before it was ready lists what it lists, but what it lacks may
@@ -611,13 +618,13 @@ const CATCH_UP_DAYS: i64 = 7;
 /// yesterday and the first day reconciled is the first day it was in use.
 ///
 /// A day with refunds waiting for a REFUND bill not ready yet
-/// ([`Reconciliation::refunds_awaiting_bill`]) is noted in the kv entry [`AWAITING`] with
-/// when that bill will be ready (before the mark moves past it); each run after 10:00 checks
-/// the refunds of every noted day that is due again ([`recheck_refunds`]): one still in no
-/// bill once all its days' bills were read is missing (kept and paged like any mismatch),
-/// and the day leaves the entry once none waits. A bill that is still not ready
-/// [`CATCH_UP_DAYS`] after it should have been is given up on: its refunds no bill read
-/// lists are missing, the bill that never came named.
+/// ([`Reconciliation::refunds_awaiting_bill`]) is noted in the kv entry
+/// `reconcile/refunds_awaiting_bill` with when that bill will be ready (before the mark
+/// moves past it); each run after 10:00 checks the refunds of every noted day that is due
+/// again (`recheck_refunds`): one still in no bill once all its days' bills were read is
+/// missing (kept and paged like any mismatch), and the day leaves the entry once none waits.
+/// A bill still not ready a week (`CATCH_UP_DAYS`) after it should have been is given up
+/// on: its refunds no bill read lists are missing, the bill that never came named.
 /// `false` when `deadline` passed first.
 pub async fn run_daily(
     app: &App,
@@ -726,7 +733,11 @@ async fn note_awaiting(app: &App, bill_date: &str, at: Option<i64>) -> Result<()
         let (mut days, version) = read_awaiting(app).await?;
         let before = days.clone();
         match at {
-            Some(at) => days.insert(bill_date.to_owned(), at),
+            // Checked again by the time it gives up at the latest.
+            Some(at) => days.insert(
+                bill_date.to_owned(),
+                give_up_at_ms(bill_date).map_or(at, |g| at.min(g)),
+            ),
             None => days.remove(bill_date),
         };
         if days == before {
@@ -760,8 +771,7 @@ async fn recheck_awaiting(
         if deadline.passed() {
             return Ok(false);
         }
-        let give_up =
-            bill_ready_at_ms(&day).is_none_or(|ready| now >= ready + CATCH_UP_DAYS * DAY_MS);
+        let give_up = give_up_at_ms(&day).is_none_or(|g| now >= g);
         let found = match recheck_refunds(app, &day, deadline, give_up).await {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(false),
