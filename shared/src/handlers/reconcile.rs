@@ -14,11 +14,20 @@
 //!   ([`repo::refunds_recorded_successful_between`]), so one recorded late — its notification
 //!   lost, found by refundquery days on — is checked by the day it was recorded, each refund
 //!   exactly once; it is looked for in the bill of the day WeChat says it succeeded and of
-//!   the day it was asked for (see [`refund_bill_days`]).
+//!   the day it was asked for (see [`refund_bill_days`]). It is missing only once the bill
+//!   of every one of those days has been read: while one is not ready (the day is not over
+//!   and past 10:00 of the next, or WeChat answers `Bill Creating`) it is
+//!   `refunds_awaiting_bill`, not a mismatch, and the schedule checks the day's refunds
+//!   again once that bill is ready ([`run_daily`]).
 //!
-//! A bill record that cannot be read is a mismatch of its own (kept with its raw line) and
-//! every other record is checked; only a bill whose header or summary cannot be read fails
-//! the reconciliation (`PAYMENT_REFUSED`, run again once WeChat's bill is right).
+//! A bill record that cannot be read is a mismatch of its own and every other record is
+//! checked; only a bill whose header or summary cannot be read fails the reconciliation
+//! (`PAYMENT_REFUSED`, run again once WeChat's bill is right). It is kept with its line —
+//! the payer's openid masked to its first 4 and last 2 characters
+//! ([`crate::pay::bill::masked_line`]): a person comparing money needs the order and
+//! WeChat's transaction number, not who paid — and named by a digest of the line's bytes,
+//! not its line number, so the same line found again in a bill WeChat issued anew is kept
+//! once and two different lines never share a name.
 //!
 //! `POST /admin/orderSync {action: "reconcile"}` runs it for a person; the schedule
 //! ([`run_daily`]) reconciles yesterday once a day after 10:00 China time, keeps each
@@ -28,6 +37,7 @@ use crate::app::App;
 use crate::domain::{FundType, Order, OrderStatus, OutRefundNo, OutTradeNo};
 use crate::http::ApiError;
 use crate::pay::bill::{Bill, BillRow, BillType, UnreadableRow};
+use crate::pay::client::PayError;
 use crate::store::kv;
 use crate::store::repo::{self, RefundRecord, RefundStatus};
 use crate::time::Deadline;
@@ -39,6 +49,16 @@ pub const BILL_MISMATCH_EVENTS: &str = "bill_mismatch";
 /// The kv mark: the last `bill_date` the schedule reconciled.
 const MARK: &str = "reconcile/last_bill_date";
 const MARK_TTL_SECS: i64 = 90 * 24 * 3600;
+
+/// The kv entry of the days whose refunds wait for a REFUND bill that was not ready: a JSON
+/// object `{bill_date: epoch ms to check again from}` ([`run_daily`]). A handful of days at
+/// most: a day leaves it once its bills were read, or [`CATCH_UP_DAYS`] after its bill was
+/// ready.
+const AWAITING: &str = "reconcile/refunds_awaiting_bill";
+
+/// How long after WeChat answered `Bill Creating` (or `SYSTEMERROR`) for a day's bill it is
+/// asked again. UNVERIFIED how long WeChat takes; the schedule runs every 5 minutes.
+const BILL_CREATING_RETRY_MS: i64 = HOUR_MS;
 
 /// WeChat makes the bills from 09:00 and says to fetch them after 10:00 China time
 /// (WECHAT_PAY_V2.md §2.7).
@@ -96,6 +116,13 @@ pub struct Reconciliation {
     pub refunds_missing_from_bill: Vec<RefundMismatch>,
     /// Bill lines that could not be read (each a mismatch: a person reads it).
     pub unreadable_rows: Vec<UnreadableBillRow>,
+    /// Our refunds recorded successful that day that no REFUND bill read lists while the
+    /// bill of another day that may list them is not ready yet: not mismatches (yet). The
+    /// schedule checks them again once it is; by hand, ask again then.
+    pub refunds_awaiting_bill: Vec<RefundMismatch>,
+    /// When the first bill of `refunds_awaiting_bill` may be ready (epoch ms).
+    #[serde(skip)]
+    pub recheck_at_ms: Option<i64>,
 }
 
 impl Reconciliation {
@@ -111,6 +138,63 @@ impl Reconciliation {
 /// 00:00 China time of `bill_date` (`yyyyMMdd`) as epoch ms.
 fn day_start_ms(bill_date: &str) -> Option<i64> {
     crate::time::parse_beijing_compact(&format!("{bill_date}000000"))
+}
+
+/// From when `bill_date`'s bills are complete: 10:00 China time the next day
+/// (WECHAT_PAY_V2.md §2.7). `None` for a date that is not one.
+fn bill_ready_at_ms(bill_date: &str) -> Option<i64> {
+    day_start_ms(bill_date).map(|start| start + DAY_MS + BILLS_READY_HOUR * HOUR_MS)
+}
+
+/// When the refunds of `bill_date` stop waiting for a bill: a week ([`CATCH_UP_DAYS`]) after
+/// its own bills were ready. A refund no bill read lists is missing then, even if the bill
+/// of another of its days never came (or is of a day WeChat gave wrong, far ahead).
+fn give_up_at_ms(bill_date: &str) -> Option<i64> {
+    bill_ready_at_ms(bill_date).map(|ready| ready + CATCH_UP_DAYS * DAY_MS)
+}
+
+/// The REFUND bills read in one reconciliation, by day (`yyyyMMdd`), and the days whose
+/// REFUND bill is not complete yet, with when to ask again (epoch ms). A day may be in
+/// both: a bill downloaded before it was ready lists what it lists, but what it lacks may
+/// still come.
+#[derive(Default)]
+struct RefundBills {
+    read: BTreeMap<String, Bill>,
+    not_ready: BTreeMap<String, i64>,
+}
+
+impl RefundBills {
+    /// Reads `day`'s REFUND bill unless it was read already or is not ready: by the clock
+    /// (no request then), or by WeChat's answer (`Bill Creating`: a retryable
+    /// `BillUnavailable`). Any other failure fails the reconciliation, as the day's own
+    /// bills do.
+    async fn fetch(&mut self, app: &App, day: &str) -> Result<(), ApiError> {
+        if self.read.contains_key(day) || self.not_ready.contains_key(day) {
+            return Ok(());
+        }
+        let now = app.clock.now_ms();
+        let ready_at = bill_ready_at_ms(day).unwrap_or(i64::MAX);
+        if now < ready_at {
+            self.not_ready.insert(day.to_owned(), ready_at);
+            return Ok(());
+        }
+        match app.pay.download_bill(day, BillType::Refund).await {
+            Ok(bill) => {
+                self.read.insert(day.to_owned(), bill);
+            }
+            Err(PayError::BillUnavailable {
+                retryable: true,
+                msg,
+                ..
+            }) => {
+                tracing::warn!(bill_date = day, msg = %msg, "REFUND bill not ready: its refunds are checked again later");
+                self.not_ready
+                    .insert(day.to_owned(), now + BILL_CREATING_RETRY_MS);
+            }
+            Err(e) => return Err(pay_error(e)),
+        }
+        Ok(())
+    }
 }
 
 fn pay_error(e: crate::pay::client::PayError) -> ApiError {
@@ -199,8 +283,44 @@ pub async fn reconcile(
     if !missing_from_bill(app, &success, start_ms, deadline, &mut out).await? {
         return Ok(None);
     }
-    let mut refund_bills = BTreeMap::from([(bill_date.to_owned(), refunds)]);
-    if !refunds_missing_from_bill(app, &mut refund_bills, start_ms, deadline, &mut out).await? {
+    let mut refund_bills = RefundBills::default();
+    // Asked for by hand before it was ready: what it lists counts, what it lacks may come.
+    if let Some(ready_at) = bill_ready_at_ms(bill_date).filter(|t| app.clock.now_ms() < *t) {
+        refund_bills
+            .not_ready
+            .insert(bill_date.to_owned(), ready_at);
+    }
+    refund_bills.read.insert(bill_date.to_owned(), refunds);
+    if !refunds_missing_from_bill(app, &mut refund_bills, start_ms, deadline, false, &mut out)
+        .await?
+    {
+        return Ok(None);
+    }
+    Ok(Some(out))
+}
+
+/// The refunds of `bill_date` waiting for a bill ([`Reconciliation::refunds_awaiting_bill`])
+/// checked again: only our refunds recorded successful that day against the REFUND bills
+/// (the rest of the day was reconciled already). `give_up`: a bill still not ready is taken
+/// as read, so a refund no bill read lists is missing. `Ok(None)` when `deadline` passed.
+async fn recheck_refunds(
+    app: &App,
+    bill_date: &str,
+    deadline: Deadline,
+    give_up: bool,
+) -> Result<Option<Reconciliation>, ApiError> {
+    let Some(start_ms) = day_start_ms(bill_date) else {
+        return Err(ApiError::bad_request(
+            "BAD_BILL_DATE",
+            "bill_date must be yyyyMMdd",
+        ));
+    };
+    let mut out = Reconciliation {
+        bill_date: bill_date.to_owned(),
+        ..Reconciliation::default()
+    };
+    let mut bills = RefundBills::default();
+    if !refunds_missing_from_bill(app, &mut bills, start_ms, deadline, give_up, &mut out).await? {
         return Ok(None);
     }
     Ok(Some(out))
@@ -353,26 +473,19 @@ fn paid_within(o: &Order, start_ms: i64, end_ms: i64) -> bool {
             .is_some_and(|t| (start_ms..end_ms).contains(&t))
 }
 
-/// The days (`yyyyMMdd`, China time, none after `bill_date`) whose REFUND bill may list
-/// `r`: the day WeChat says it succeeded (the day we recorded it when WeChat gave no time)
-/// and the day it was asked for (our record's creation). UNVERIFIED which of the two
-/// WeChat's REFUND bill files a refund under (the sandbox: the day it succeeded); looking
-/// in both keeps a refund that crossed midnight from paging a person for nothing. A day
-/// after `bill_date` (WeChat's clock a little ahead of ours at midnight) is not ready yet:
-/// `bill_date` is looked in instead.
-fn refund_bill_days(r: &RefundRecord, bill_date: &str) -> BTreeSet<String> {
+/// The days (`yyyyMMdd`, China time) whose REFUND bill may list `r`: the day WeChat says it
+/// succeeded (the day we recorded it when WeChat gave no time) and the day it was asked for
+/// (our record's creation). UNVERIFIED which of the two WeChat's REFUND bill files a refund
+/// under (the sandbox: the day it succeeded); looking in both keeps a refund that crossed
+/// midnight from paging a person for nothing. The day it succeeded may be after the day
+/// reconciled (WeChat's clock a little ahead of ours at midnight): its bill is then not
+/// ready when that day is reconciled, and the refund waits for it.
+fn refund_bill_days(r: &RefundRecord) -> BTreeSet<String> {
     let succeeded = r.succeeded_at_ms.or(r.success_recorded_at_ms);
     [succeeded, Some(r.created_at_ms)]
         .into_iter()
         .flatten()
         .map(crate::time::beijing_date)
-        .map(|d| {
-            if d.as_str() > bill_date {
-                bill_date.to_owned()
-            } else {
-                d
-            }
-        })
         .collect()
 }
 
@@ -392,14 +505,16 @@ fn lists_refund(bill: &Bill, r: &RefundRecord) -> bool {
 }
 
 /// Our refunds recorded successful on the day starting at `start_ms` that no REFUND bill
-/// of theirs lists. `bills` holds the REFUND bills by day (the reconciled day's to begin
-/// with); another day's is downloaded once when a refund needs it. `false` when `deadline`
-/// passed first.
+/// of theirs lists: missing once the bill of each of their days ([`refund_bill_days`]) was
+/// read, else (one not ready yet) awaiting it — unless `give_up`, when a bill not ready is
+/// taken as read. `bills` holds the REFUND bills by day; another day's is downloaded once
+/// when a refund needs it. `false` when `deadline` passed first.
 async fn refunds_missing_from_bill(
     app: &App,
-    bills: &mut BTreeMap<String, Bill>,
+    bills: &mut RefundBills,
     start_ms: i64,
     deadline: Deadline,
+    give_up: bool,
     out: &mut Reconciliation,
 ) -> Result<bool, ApiError> {
     let mut cursor = None;
@@ -416,32 +531,54 @@ async fn refunds_missing_from_bill(
         .await?;
         for r in &refunds {
             out.our_refunds_checked += 1;
-            let days = refund_bill_days(r, &out.bill_date);
+            let days = refund_bill_days(r);
             let mut listed = false;
             for day in &days {
-                if !bills.contains_key(day) {
-                    let bill = app
-                        .pay
-                        .download_bill(day, BillType::Refund)
-                        .await
-                        .map_err(pay_error)?;
-                    bills.insert(day.clone(), bill);
-                }
-                listed |= bills.get(day).is_some_and(|b| lists_refund(b, r));
+                bills.fetch(app, day).await?;
+                listed |= bills.read.get(day).is_some_and(|b| lists_refund(b, r));
             }
-            if !listed {
-                let days: Vec<&str> = days.iter().map(String::as_str).collect();
-                let problem = format!(
-                    "successful here, not in the REFUND bill of {}",
-                    days.join(" or ")
-                );
+            if listed {
+                continue;
+            }
+            let (unread, read): (Vec<&str>, Vec<&str>) = days
+                .iter()
+                .map(String::as_str)
+                .partition(|d| bills.not_ready.contains_key(*d));
+            let mismatch = |problem: String| RefundMismatch {
+                out_refund_no: Some(r.out_refund_no.as_str().to_owned()),
+                refund_id: r.refund_id.clone(),
+                out_trade_no: Some(r.out_trade_no.as_str().to_owned()),
+                problem,
+            };
+            if unread.is_empty() || give_up {
+                let mut problem = "successful here".to_owned();
+                if !read.is_empty() {
+                    problem += &format!(", not in the REFUND bill of {}", read.join(" or "));
+                }
+                if !unread.is_empty() {
+                    problem += &format!(
+                        "; the REFUND bill of {} was still not ready {CATCH_UP_DAYS} days on",
+                        unread.join(" or ")
+                    );
+                }
                 tracing::error!(bill_date = %out.bill_date, out_refund_no = %r.out_refund_no, problem = %problem, "refund bill mismatch");
-                out.refunds_missing_from_bill.push(RefundMismatch {
-                    out_refund_no: Some(r.out_refund_no.as_str().to_owned()),
-                    refund_id: r.refund_id.clone(),
-                    out_trade_no: Some(r.out_trade_no.as_str().to_owned()),
-                    problem,
-                });
+                out.refunds_missing_from_bill.push(mismatch(problem));
+            } else {
+                let mut problem = String::new();
+                if !read.is_empty() {
+                    problem += &format!("not in the REFUND bill of {}; ", read.join(" or "));
+                }
+                problem += &format!(
+                    "the REFUND bill of {} is not ready yet: checked again once it is",
+                    unread.join(" or ")
+                );
+                tracing::info!(bill_date = %out.bill_date, out_refund_no = %r.out_refund_no, problem = %problem, "refund waits for a REFUND bill");
+                let at = unread
+                    .iter()
+                    .filter_map(|d| bills.not_ready.get(*d).copied())
+                    .min();
+                out.recheck_at_ms = out.recheck_at_ms.into_iter().chain(at).min();
+                out.refunds_awaiting_bill.push(mismatch(problem));
             }
         }
         match next {
@@ -459,6 +596,11 @@ pub struct DailyReport {
     pub mismatches: usize,
     /// Mismatches kept as new `bill_mismatch` events (and paged).
     pub kept: usize,
+    /// Days whose refunds waiting for a REFUND bill were checked again in this run.
+    pub rechecked: Vec<String>,
+    /// Refunds left waiting for a REFUND bill that is not ready yet (of the days reconciled
+    /// or checked again in this run).
+    pub awaiting: usize,
 }
 
 /// Days the schedule goes back to reconcile ones it missed (WeChat Pay down all of a day's
@@ -474,6 +616,15 @@ const CATCH_UP_DAYS: i64 = 7;
 /// the store holds an order created before today: a new store (a first deploy, a fresh
 /// wxlocal) has nothing of the days before it to compare with a bill, so the mark is put at
 /// yesterday and the first day reconciled is the first day it was in use.
+///
+/// A day with refunds waiting for a REFUND bill not ready yet
+/// ([`Reconciliation::refunds_awaiting_bill`]) is noted in the kv entry
+/// `reconcile/refunds_awaiting_bill` with when that bill will be ready (before the mark
+/// moves past it); each run after 10:00 checks the refunds of every noted day that is due
+/// again (`recheck_refunds`): one still in no bill once all its days' bills were read is
+/// missing (kept and paged like any mismatch), and the day leaves the entry once none waits.
+/// A bill still not ready a week (`CATCH_UP_DAYS`) after it should have been is given up
+/// on: its refunds no bill read lists are missing, the bill that never came named.
 /// `false` when `deadline` passed first.
 pub async fn run_daily(
     app: &App,
@@ -485,6 +636,36 @@ pub async fn run_daily(
     if china_ms_of_day < BILLS_READY_HOUR * HOUR_MS {
         return Ok(true);
     }
+    if !reconcile_days(app, deadline, report).await? {
+        return Ok(false);
+    }
+    recheck_awaiting(app, deadline, report).await
+}
+
+/// Keeps `found`'s mismatches as `bill_mismatch` events, paging once per new one.
+async fn keep_mismatches(
+    app: &App,
+    found: &Reconciliation,
+    report: &mut DailyReport,
+) -> Result<(), ApiError> {
+    report.mismatches += found.mismatch_count();
+    report.awaiting += found.refunds_awaiting_bill.len();
+    for (key, body) in mismatch_events(found) {
+        if super::common::keep_evidence(app, BILL_MISMATCH_EVENTS, key, body).await? {
+            report.kept += 1;
+            super::common::page_a_person(app);
+        }
+    }
+    Ok(())
+}
+
+/// [`run_daily`]'s days: the ones since the mark, oldest first.
+async fn reconcile_days(
+    app: &App,
+    deadline: Deadline,
+    report: &mut DailyReport,
+) -> Result<bool, ApiError> {
+    let now = app.clock.now_ms();
     let yesterday = crate::time::beijing_date(now - DAY_MS);
     let earliest = crate::time::beijing_date(now - CATCH_UP_DAYS * DAY_MS);
     let store = app.store.as_ref();
@@ -509,12 +690,9 @@ pub async fn run_daily(
             return Ok(false);
         };
         report.reconciled.push(day.clone());
-        report.mismatches += found.mismatch_count();
-        for (key, body) in mismatch_events(&found) {
-            if super::common::keep_evidence(app, BILL_MISMATCH_EVENTS, key, body).await? {
-                report.kept += 1;
-                super::common::page_a_person(app);
-            }
+        keep_mismatches(app, &found, report).await?;
+        if let Some(at) = found.recheck_at_ms {
+            note_awaiting(app, &day, Some(at)).await?;
         }
         if found.mismatch_count() > 0 {
             tracing::error!(bill_date = %day, mismatches = found.mismatch_count(), "daily reconciliation found mismatches");
@@ -532,12 +710,92 @@ pub async fn run_daily(
     }
 }
 
+/// The days noted in [`AWAITING`] (`{bill_date: check again from, epoch ms}`) and the
+/// entry's version. An entry that does not parse (nothing of ours writes one) is read as
+/// empty and overwritten.
+async fn read_awaiting(app: &App) -> Result<(BTreeMap<String, i64>, Option<u64>), ApiError> {
+    let Some(entry) = kv::get(app.store.as_ref(), AWAITING).await? else {
+        return Ok((BTreeMap::new(), None));
+    };
+    let days = serde_json::from_str(&entry.value).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the days awaiting a REFUND bill do not parse: starting afresh");
+        BTreeMap::new()
+    });
+    Ok((days, Some(entry.version)))
+}
+
+/// Notes `bill_date` in [`AWAITING`] to be checked again from `at` (epoch ms), or (`None`)
+/// takes it out. Read, change, write if unchanged meanwhile — a few times, as runs may
+/// overlap.
+async fn note_awaiting(app: &App, bill_date: &str, at: Option<i64>) -> Result<(), ApiError> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let (mut days, version) = read_awaiting(app).await?;
+        let before = days.clone();
+        match at {
+            // Checked again by the time it gives up at the latest.
+            Some(at) => days.insert(
+                bill_date.to_owned(),
+                give_up_at_ms(bill_date).map_or(at, |g| at.min(g)),
+            ),
+            None => days.remove(bill_date),
+        };
+        if days == before {
+            return Ok(());
+        }
+        let value = serde_json::to_string(&days).map_err(|e| ApiError::internal(e.to_string()))?;
+        let until = app.clock.now_secs() + MARK_TTL_SECS;
+        if kv::put_if(app.store.as_ref(), AWAITING, &value, until, version).await? {
+            return Ok(());
+        }
+    }
+    Err(ApiError::unavailable(
+        "RECONCILE_BUSY",
+        "the days awaiting a REFUND bill kept changing under this run; the next run notes them",
+    ))
+}
+
+/// The days noted in [`AWAITING`] that are due, their refunds checked again
+/// ([`recheck_refunds`]). `false` when `deadline` passed first.
+async fn recheck_awaiting(
+    app: &App,
+    deadline: Deadline,
+    report: &mut DailyReport,
+) -> Result<bool, ApiError> {
+    let now = app.clock.now_ms();
+    let (days, _) = read_awaiting(app).await?;
+    for (day, at) in days {
+        if at > now {
+            continue;
+        }
+        if deadline.passed() {
+            return Ok(false);
+        }
+        let give_up = give_up_at_ms(&day).is_none_or(|g| now >= g);
+        let found = match recheck_refunds(app, &day, deadline, give_up).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(false),
+            // A day noted by mistake cannot be checked: not a reason to keep it.
+            Err(e) if e.code == "BAD_BILL_DATE" => {
+                note_awaiting(app, &day, None).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        report.rechecked.push(day.clone());
+        keep_mismatches(app, &found, report).await?;
+        note_awaiting(app, &day, found.recheck_at_ms).await?;
+    }
+    Ok(true)
+}
+
 const WHAT_TO_DO: &str = "WeChat Pay's bill and our records disagree: compare the order or \
 refund in the merchant platform with ours (POST /fn/queryOrder, the after-sale), put right \
 whichever is wrong, and note it; nothing was changed automatically";
 
-/// (key, body) of an event per mismatch; the key names the day and the record, so a day
-/// reconciled twice keeps each once.
+/// (key, body) of an event per mismatch; the key names the day and the record (an
+/// unreadable line: its bill type and the digest of its bytes), so a day reconciled twice
+/// keeps each once.
 fn mismatch_events(r: &Reconciliation) -> Vec<(String, String)> {
     let d = &r.bill_date;
     let mut out = Vec::new();
@@ -577,9 +835,22 @@ fn mismatch_events(r: &Reconciliation) -> Vec<(String, String)> {
             serde_json::json!(m),
         );
     }
+    // By the line's digest, not its number: a line found again where it moved to in a bill
+    // WeChat issued anew is the same event, and a different line never takes its name. The
+    // same line twice in one bill is two events (`~2`, …).
+    let mut seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for u in &r.unreadable_rows {
+        let n = seen
+            .entry((u.bill_type, u.row.digest.as_str()))
+            .or_default();
+        *n += 1;
+        let again = if *n > 1 {
+            format!("~{n}")
+        } else {
+            String::new()
+        };
         push(
-            format!("{d}/unreadable/{}/{}", u.bill_type, u.row.line),
+            format!("{d}/unreadable/{}/{}{again}", u.bill_type, u.row.digest),
             "unreadable_bill_row",
             serde_json::json!(u),
         );
@@ -632,7 +903,10 @@ mod tests {
 
     /// The bill days of a refund are China days (UTC+8): one WeChat says succeeded at 23:59
     /// China time (15:59 UTC) is in that day's bill, not the next; one asked for the day
-    /// before may be in that day's; none is after the day reconciled.
+    /// before may be in that day's; one WeChat says succeeded just after midnight is in the
+    /// next day's, even if we recorded it before (that bill is not ready yet then: the
+    /// refund waits for it — it used to be looked for in the day reconciled instead, and
+    /// reported missing).
     #[test]
     fn a_refund_is_looked_for_in_the_bills_of_its_china_days() {
         let at = |s: &str| crate::time::parse_beijing_datetime(s).unwrap();
@@ -646,16 +920,20 @@ mod tests {
         r.status = RefundStatus::Success;
         r.succeeded_at_ms = Some(at("2026-09-25 23:59:59"));
         r.success_recorded_at_ms = Some(at("2026-09-26 00:00:01"));
-        let days = |r: &repo::RefundRecord, d: &str| -> Vec<String> {
-            refund_bill_days(r, d).into_iter().collect()
-        };
-        assert_eq!(days(&r, "20260926"), ["20260924", "20260925"]);
+        let days =
+            |r: &repo::RefundRecord| -> Vec<String> { refund_bill_days(r).into_iter().collect() };
+        assert_eq!(days(&r), ["20260924", "20260925"]);
         // WeChat gave no time: the day we recorded it.
         r.succeeded_at_ms = None;
-        assert_eq!(days(&r, "20260926"), ["20260924", "20260926"]);
-        // WeChat's clock a little ahead at midnight: not a bill that is not ready yet.
+        assert_eq!(days(&r), ["20260924", "20260926"]);
+        // WeChat's clock a little ahead at midnight: the day it says.
         r.succeeded_at_ms = Some(at("2026-09-27 00:00:02"));
-        assert_eq!(days(&r, "20260926"), ["20260924", "20260926"]);
+        assert_eq!(days(&r), ["20260924", "20260927"]);
+        // That day's bills are complete from 10:00 China time the next day.
+        assert_eq!(
+            bill_ready_at_ms("20260927"),
+            Some(at("2026-09-28 10:00:00"))
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! A record that cannot be read (its field count differs from the header's, an amount or the
 //! time is not one) does not fail the bill: it is kept as an [`UnreadableRow`] with its raw
-//! text, so every other record of the day is still checked and the bad one goes to a person.
+//! text — the payer's openid masked ([`UnreadableRow::raw`]) — and a digest of its bytes, so
+//! every other record of the day is still checked and the bad one goes to a person.
 //! Only a bill whose header or summary cannot be read fails as a whole ([`BillError`]).
 
 use crate::domain::{Fen, MoneyError};
@@ -70,11 +71,15 @@ pub enum BillError {
 const RAW_MAX_CHARS: usize = 1000;
 
 /// A record line that could not be read. The bill is unsigned text without keys or
-/// signatures, so its raw line holds no secret; it is kept (cut at 1000 characters) for the
-/// person who compares it with the merchant platform.
+/// signatures, so its line holds no secret; it is kept (cut at 1000 characters) for the
+/// person who compares it with the merchant platform — but the payer's openid (用户标识) is
+/// personal data that person does not need (the order and WeChat's transaction number find
+/// the payment), so it is masked first ([`mask_openid`], [`masked_line`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct UnreadableRow {
-    /// 1-based line number in the bill's text.
+    /// 1-based line number in the bill's text: where it was in this copy of the bill only
+    /// (a bill WeChat issues again may put it elsewhere) — [`UnreadableRow::digest`] is what
+    /// names the line.
     pub line: usize,
     /// Why it could not be read.
     pub problem: String,
@@ -82,7 +87,97 @@ pub struct UnreadableRow {
     /// it stands for is known (`None` when it did not).
     pub out_trade_no: Option<String>,
     pub out_refund_no: Option<String>,
+    /// The line as read, its openid masked ([`masked_line`]).
     pub raw: String,
+    /// The first 32 hex digits of the SHA-256 of the line's bytes as read (before masking,
+    /// without its line break): the same line has it in every copy of the bill, wherever it
+    /// stands; two different lines do not share it.
+    pub digest: String,
+}
+
+/// Characters of a masked openid kept at its start and at its end.
+const MASK_KEEP_START: usize = 4;
+const MASK_KEEP_END: usize = 2;
+/// Values shorter than this are masked whole (keeping 6 characters of them would leave
+/// most of one).
+const MASK_MIN_CHARS: usize = 12;
+
+/// A payer's openid as kept: its first 4 and last 2 characters around `…`
+/// (`oUpF8uMuAJO_M2pxb1Q9zNjWeS6o` → `oUpF…6o`) — enough to tell two apart on a screen,
+/// not enough to find the person; a value shorter than 12 characters becomes `…`; an empty
+/// one stays empty.
+pub fn mask_openid(v: &str) -> String {
+    let n = v.chars().count();
+    if n == 0 {
+        return String::new();
+    }
+    if n < MASK_MIN_CHARS {
+        return "…".to_owned();
+    }
+    let start: String = v.chars().take(MASK_KEEP_START).collect();
+    let end: String = v.chars().skip(n - MASK_KEEP_END).collect();
+    format!("{start}…{end}")
+}
+
+/// Whether a header column holds a user's openid (用户标识, and any 子…用户标识 a bill may add).
+fn is_openid_column(name: &str) -> bool {
+    name.contains("用户标识")
+}
+
+/// Shortest run of `[A-Za-z0-9_-]` starting with `o` taken for an openid in a line that did
+/// not split into the header's columns. An openid is `o` and 27 base64url characters
+/// (observed for mini-program and official-account openids; UNVERIFIED that every one is);
+/// our order and refund numbers start with `WX`/`RF`, WeChat's numbers are digits.
+const OPENID_LIKE_MIN_CHARS: usize = 20;
+
+/// `line` with the payer's openid masked ([`mask_openid`]). A line that split into the
+/// header's columns (`cells`, as many as `header`) has its openid column masked, whatever
+/// its value looks like. In one that did not, no column is known: every run of letters,
+/// digits, `-` and `_` of 20 or more characters that starts with `o` is masked instead
+/// (too much at worst — a value that only looks like an openid).
+pub fn masked_line(line: &str, header: &[String], cells: &[String]) -> String {
+    if line.starts_with('`') && cells.len() == header.len() {
+        let masked: Vec<String> = header
+            .iter()
+            .zip(cells)
+            .map(|(name, cell)| {
+                if is_openid_column(name) {
+                    mask_openid(cell)
+                } else {
+                    cell.clone()
+                }
+            })
+            .collect();
+        return format!("`{}", masked.join(",`"));
+    }
+    let is_token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut out = String::with_capacity(line.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        if token.starts_with('o') && token.chars().count() >= OPENID_LIKE_MIN_CHARS {
+            out.push_str(&mask_openid(token));
+        } else {
+            out.push_str(token);
+        }
+        token.clear();
+    };
+    for c in line.chars() {
+        if is_token(c) {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    out
+}
+
+/// [`UnreadableRow::digest`] of `line`.
+fn line_digest(line: &str) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(line.as_bytes());
+    hex::encode(hash)[..32].to_owned()
 }
 
 /// One record of the bill. Typed columns are `None` when the bill type has no such column
@@ -332,7 +427,12 @@ pub fn parse_bill(text: &str) -> Result<Bill, BillError> {
                     problem: e.to_string(),
                     out_trade_no,
                     out_refund_no,
-                    raw: line.chars().take(RAW_MAX_CHARS).collect(),
+                    // Split again: a line that cannot be read is rare.
+                    raw: masked_line(line, &header, &value_cells(line))
+                        .chars()
+                        .take(RAW_MAX_CHARS)
+                        .collect(),
+                    digest: line_digest(line),
                 });
             }
         }
@@ -488,7 +588,8 @@ mod tests {
             "{:?}",
             bill.unreadable[0]
         );
-        assert_eq!(bill.unreadable[0].raw, bad_amount);
+        // Its openid (`o1`, too short to keep any of) masked; the rest as read.
+        assert_eq!(bill.unreadable[0].raw, bad_amount.replace("`o1,", "`…,"));
         assert!(
             bill.unreadable[1].problem.contains("2 fields"),
             "{:?}",
@@ -504,5 +605,53 @@ mod tests {
             "{:?}",
             bill.unreadable[3]
         );
+    }
+
+    /// The payer's openid is personal data a person reconciling money does not need: an
+    /// unreadable line keeps it as its first 4 and last 2 characters — by its column when the
+    /// line split into the header's, by its shape when it did not. The line is named by a
+    /// digest of its bytes: the same line has it wherever it stands, another line has another.
+    #[test]
+    fn an_unreadable_line_keeps_no_openid_and_is_named_by_its_bytes() {
+        const OPENID: &str = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
+        let good = format!("`2026-09-24 10:00:00,`wx123,`1900000001,`0,`,`4200001,`WX20260924100000abcdefabcdef,`{OPENID},`JSAPI,`SUCCESS,`OTHERS,`CNY,`9.90,`0.00,`0,`0,`0.00,`0.00,`,`,`Tea,`,`0.05940,`0.60%,`9.90,`0.00,`");
+        let bad_amount = good.replace("`9.90,`0.00,`0,", "`9,90,`0.00,`0,");
+        let short = format!("`2026-09-24 10:00:00,`wx,`{OPENID}");
+        let bill_of = |lines: &[&str]| {
+            let mut text = format!("{HEADER}\r\n");
+            for l in lines {
+                text += l;
+                text += "\r\n";
+            }
+            text += &format!("{SUMMARY}\r\n`0,`0.00,`0.00,`0.00,`0.00000,`0.00,`0.00\r\n");
+            parse_bill(&text).unwrap()
+        };
+        let bill = bill_of(&[&bad_amount, &short]);
+        assert_eq!(bill.unreadable.len(), 2);
+        for u in &bill.unreadable {
+            assert!(!u.raw.contains(OPENID), "{u:?}");
+            assert!(u.raw.contains("`oUpF…6o"), "{u:?}");
+        }
+        assert_eq!(
+            bill.unreadable[0].raw,
+            bad_amount.replace(OPENID, "oUpF…6o")
+        );
+        // Our order number (28 characters too) is no openid.
+        assert!(bill.unreadable[0]
+            .raw
+            .contains("WX20260924100000abcdefabcdef"));
+        assert_eq!(bill.unreadable[1].raw, short.replace(OPENID, "oUpF…6o"));
+
+        // Moved down a line (a bill issued anew): the same digest; the other line, another.
+        let moved = bill_of(&[&good, &short, &bad_amount]);
+        assert_eq!(moved.unreadable[1].line, 4);
+        assert_eq!(moved.unreadable[1].digest, bill.unreadable[0].digest);
+        assert_eq!(moved.unreadable[0].digest, bill.unreadable[1].digest);
+        assert_ne!(bill.unreadable[0].digest, bill.unreadable[1].digest);
+        assert_eq!(bill.unreadable[0].digest.len(), 32);
+
+        assert_eq!(mask_openid(OPENID), "oUpF…6o");
+        assert_eq!(mask_openid("o1"), "…");
+        assert_eq!(mask_openid(""), "");
     }
 }
