@@ -881,6 +881,20 @@ test('pay: an order the server already reports paid opens no cashier', async () 
   assert.equal(r.order.status, 'PAID', 'the server was still asked');
 });
 
+test('pay: a paid order answered with an empty payment (a resumed idempotency key) opens no cashier', async () => {
+  const wx = fakeWx(
+    { login: loginRoute, queryOrder: (d) => ({ statusCode: 200, data: { order: { out_trade_no: d.out_trade_no, status: 'PAID' } } }) },
+    {
+      requestPayment: () => assert.fail('the cashier must not open for a paid order'),
+      requestOrderPayment: () => assert.fail('the cashier must not open for a paid order'),
+    }
+  );
+  const c = createClient({ baseUrl: 'http://x', wx, payPoll: { intervalMs: 5, timeoutMs: 500 } });
+  const r = await c.pay(payFixture({ status: 'PAID', fund_type: 1, payment: {} }));
+  assert.equal(r.paid, true);
+  assert.equal(r.cashier, 'none');
+});
+
 test('orders: list, get, close and confirmReceipt send what queryOrder takes and read what it answers', async () => {
   const wx = fakeWx({
     login: loginRoute,

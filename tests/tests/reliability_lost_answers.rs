@@ -188,6 +188,10 @@ async fn an_order_cut_off_mid_creation_is_closed_at_wechat_when_it_expires() {
     .await;
     let dead = c.dead_letters().await;
     assert!(dead.is_empty(), "{dead:?}");
+    // The same key again resumes the closed order: spent, as a repeated key's is.
+    let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("ORDER_CLOSED")), "{v}");
+    assert_eq!(orders(&c, &token).await.len(), 1, "no second order");
 
     notify_paid(&r, &c, &made[0], &openid).await;
     assert_eq!(c.status(&token, &no).await["status"], "PAID");
@@ -509,6 +513,65 @@ async fn paid_with_its_component_id_lost(
         "the answer was lost"
     );
     (no, total)
+}
+
+/// The order a cut-off `unifiedOrder` made (its `shop/order/add` answer lost, so it never
+/// stored its payment ids) is paid at WeChat; the user taps again with the same idempotency
+/// key once the claim's in-progress window has passed, and the call resumes that order. It is
+/// answered as it is — PAID, 200, nothing to pay — without asking WeChat for payment parameters
+/// or opening anything there again, and the key keeps that answer for later repeats. It used
+/// to fail: 500 "no prepay_id" (fund_type 0), 502 from `getpaymentparams` (fund_type 1).
+async fn a_paid_order_is_answered_when_its_key_resumes(secondary: bool) {
+    let vars: &[(&str, &str)] = if secondary {
+        &[("WX_FUND_TYPE", "1")]
+    } else {
+        &[]
+    };
+    let r = stack_with(vars).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("paid-then-resumed").await;
+    let key = "tap-paid-then-resumed";
+    let (no, total) = paid_with_its_component_id_lost(&r, &c, &token, key, secondary).await;
+    let stock = c.stock().await;
+    let prepays = r.sandbox.calls("pay/unifiedorder").len();
+    let adds = r.sandbox.calls("shop/order/add").len();
+    let params = r.sandbox.calls("shop/order/getpaymentparams").len();
+
+    // The cut-off attempt's claim is presumed dead after its window: the retry resumes.
+    r.app.clock.advance(31_000);
+    let (s, v) = c.order(&token, 1, Some(key)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["out_trade_no"], no.as_str(), "{v}");
+    assert_eq!(v["status"], "PAID", "{v}");
+    assert_eq!(v["total_fee"], total, "{v}");
+    assert!(
+        v["payment"].is_object(),
+        "the client requires a payment: {v}"
+    );
+    let (s, again) = c.order(&token, 1, Some(key)).await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["out_trade_no"], no.as_str(), "{again}");
+    assert_eq!(again["status"], "PAID", "{again}");
+
+    assert_eq!(orders(&c, &token).await.len(), 1, "no second order");
+    assert_eq!(c.stock().await, stock, "stock taken once");
+    assert_eq!(r.sandbox.calls("pay/unifiedorder").len(), prepays);
+    assert_eq!(r.sandbox.calls("shop/order/add").len(), adds);
+    assert_eq!(
+        r.sandbox.calls("shop/order/getpaymentparams").len(),
+        params,
+        "WeChat is not asked to pay a paid order"
+    );
+}
+
+#[tokio::test]
+async fn a_paid_order_is_answered_when_its_key_resumes_direct() {
+    a_paid_order_is_answered_when_its_key_resumes(false).await;
+}
+
+#[tokio::test]
+async fn a_paid_order_is_answered_when_its_key_resumes_secondary_merchant() {
+    a_paid_order_is_answered_when_its_key_resumes(true).await;
 }
 
 /// The user applies for a refund of all of order `no` in WeChat's own order centre; its

@@ -17,13 +17,18 @@
 //! under that key works on the same number. A store error on the order-creating write does not
 //! say whether the write was applied (a DynamoDB timeout may have written it); the order may
 //! then exist and hold stock. Such a failure therefore does not release the key: it is
-//! [abandoned](idempotency::abandon), and the retry takes it over at once and resumes — the
-//! order exists: WeChat Pay is asked for it again (`pay/unifiedorder` with the same
-//! `out_trade_no` and identical parameters answers with the same prepay order), or, once it
-//! has its `prepay_id`, it is answered from the store; it does not: it is created under that
-//! number. The key is released, so a retry starts afresh under a new number, only when the
-//! attempt left nothing behind: it was refused before the order was written (sold out, not
-//! for sale, …), or WeChat refused it and the order was closed with its stock given back.
+//! [abandoned](idempotency::abandon), and the retry takes it over at once and resumes (as it
+//! does a claim an attempt cut off — its function killed — left in progress, once the claim's
+//! window has passed). The order exists: WeChat Pay is asked for it again (`pay/unifiedorder`
+//! with the same `out_trade_no` and identical parameters answers with the same prepay order),
+//! or, once it has its `prepay_id`, it is answered from the store. Paid meanwhile (in WeChat's
+//! order centre, or its notification landed), it is answered as it is, as a repeated key's
+//! paid order is: nothing to pay, WeChat not asked (see `paid_payment`), and the key completed
+//! with that answer; closed meanwhile, 409 `ORDER_CLOSED`. The order does not exist: it is
+//! created under that number. The key is released, so a retry starts afresh under a new
+//! number, only when the attempt left nothing behind: it was refused before the order was
+//! written (sold out, not for sale, …), or WeChat refused it and the order was closed with its
+//! stock given back.
 //!
 //! # What WeChat may hold
 //!
@@ -687,12 +692,20 @@ async fn place(
             )))
         }
         _ => {
-            let payment = stored_payment(app, &order)
-                .await
-                .map_err(PlaceError::left_order)?;
+            // Paid meanwhile (in WeChat's order centre, or its notification landed while the
+            // earlier attempt was cut off): answered as it is, as a repeated key's is, with
+            // nothing to pay — WeChat is never asked for a paid order's payment parameters
+            // (it refuses them), and its prepay id may never have been stored. The key is
+            // completed with this answer.
+            let payment = if order.status.is_paid() {
+                paid_payment(app, &order)?
+            } else {
+                stored_payment(app, &order)
+                    .await
+                    .map_err(PlaceError::left_order)?
+            };
             // Past CREATED with the component planned means `shop/order/add` answered and its
-            // id was stored with the prepay; a paid order whose answer was lost has no payment
-            // parameters to answer with (no prepay id; WeChat refuses them for a paid order).
+            // id was stored with the prepay; a paid order whose answer was lost has none.
             let component = order.wx_order_id.is_some();
             return Ok(result_of(&order, payment, component));
         }
@@ -738,6 +751,20 @@ async fn stored_payment(app: &App, order: &Order) -> Result<serde_json::Value, A
         ApiError::internal(format!("order {} has no prepay_id", order.out_trade_no))
     })?;
     jsapi_payment(app, prepay_id)
+}
+
+/// `payment` for an order already paid, which opens no cashier on the client (it looks at the
+/// status) but must be there: a direct order's parameters signed from its stored `prepay_id`
+/// (no WeChat call), else an empty object — a secondary-merchant order's come from WeChat,
+/// which refuses them once it is paid, and a paid order whose prepay answer was lost has no
+/// `prepay_id`.
+fn paid_payment(app: &App, order: &Order) -> Result<serde_json::Value, PlaceError> {
+    match order.prepay_id.as_deref() {
+        Some(prepay_id) if order.fund_type == FundType::Direct => {
+            jsapi_payment(app, prepay_id).map_err(PlaceError::left_order)
+        }
+        _ => Ok(serde_json::json!({})),
+    }
 }
 
 /// `wx.requestPayment`'s parameters for `prepay_id`, signed now.
