@@ -604,6 +604,18 @@ pub enum Settled {
     Unanswered { error: ApiError, expired: bool },
 }
 
+/// The answer to a caller whose order was left as it was because WeChat did not say whether
+/// it was paid ([`Settled::Unanswered`], or the same question asked elsewhere): WeChat Pay
+/// unavailable is 503 `ORDER_STATUS_UNKNOWN` with `message` (what was not done; retry
+/// shortly); any other refusal (a signed answer contradicting the order, …) is kept as it is.
+pub fn status_unknown(error: ApiError, message: String) -> ApiError {
+    if error.status == http::StatusCode::SERVICE_UNAVAILABLE {
+        ApiError::unavailable("ORDER_STATUS_UNKNOWN", message)
+    } else {
+        error
+    }
+}
+
 /// Settles an unpaid order as the sweep does: one WeChat holds to pay (PREPAID) is asked
 /// whether it was paid ([`ask_wechat_if_paid`](super::query_order::ask_wechat_if_paid)) and
 /// a payment recorded; one expired (`expires_at_ms` ≤ `now`) and not paid is closed

@@ -176,18 +176,14 @@ async fn close(app: &App, order: Order) -> Result<Order, ApiError> {
             Ok(updated) => updated.unwrap_or(order),
             Err(e) => {
                 tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "close: WeChat did not say whether the order was paid; not closed");
-                return Err(if e.status == http::StatusCode::SERVICE_UNAVAILABLE {
-                    ApiError::unavailable(
-                        "ORDER_STATUS_UNKNOWN",
-                        format!(
-                            "WeChat Pay could not say whether order {} was paid, so it was not \
-                             closed (it may have been paid); retry shortly",
-                            order.out_trade_no
-                        ),
-                    )
-                } else {
-                    e
-                });
+                return Err(super::order_sync::status_unknown(
+                    e,
+                    format!(
+                        "WeChat Pay could not say whether order {} was paid, so it was not \
+                         closed (it may have been paid); retry shortly",
+                        order.out_trade_no
+                    ),
+                ));
             }
         }
     } else {

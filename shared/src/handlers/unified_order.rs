@@ -350,18 +350,13 @@ async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
             Settled::Open => order,
             Settled::Unanswered { error, .. } => {
                 tracing::warn!(out_trade_no = %no, error = %error, "unifiedOrder: a repeated key's order expired and WeChat did not say whether it was paid; not closed");
-                return Err(if error.status == http::StatusCode::SERVICE_UNAVAILABLE {
-                    ApiError::unavailable(
-                        "ORDER_STATUS_UNKNOWN",
-                        format!(
-                            "the order this idempotency key made ({no}) expired, and WeChat \
-                                 Pay could not say whether it was paid; retry shortly with the \
-                                 same key"
-                        ),
-                    )
-                } else {
-                    error
-                });
+                return Err(super::order_sync::status_unknown(
+                    error,
+                    format!(
+                        "the order this idempotency key made ({no}) expired, and WeChat Pay \
+                         could not say whether it was paid; retry shortly with the same key"
+                    ),
+                ));
             }
         };
     }
