@@ -603,6 +603,19 @@ async fn applied_in_wechat(c: &Client, no: &str, total: i64) -> (u64, String) {
     (wx, ours)
 }
 
+/// The user cancels WeChat's after-sale `wx` in WeChat's order centre, and the
+/// `aftersale_user_cancel` push never reaches us.
+async fn cancelled_in_wechat_unpushed(c: &Client, wx: u64) {
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
 /// Every after-sale of `no`, as the merchant lists them.
 async fn merchant_aftersales(c: &Client, no: &str) -> Vec<Value> {
     let (s, v) = c
@@ -679,14 +692,7 @@ async fn an_aftersale_cancelled_in_wechat_of_an_order_whose_add_answer_was_lost_
     let (no, total) =
         paid_with_its_component_id_lost(&r, &c, &token, "tap-lost-add-refund", false).await;
     let (wx, ours) = applied_in_wechat(&c, &no, total).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    cancelled_in_wechat_unpushed(&c, wx).await;
 
     // The after-sale's sync cannot learn the order's id now; it tries again later.
     c.fault(json!({"path": "shop/order/get", "mode": "errcode", "errcode": -1, "count": 20}))
@@ -732,14 +738,7 @@ async fn the_schedule_reads_back_aftersales_of_an_order_whose_add_answer_was_los
     let (no, total) =
         paid_with_its_component_id_lost(&r, &c, &token, "tap-lost-add-sweep", false).await;
     let (wx, ours) = applied_in_wechat(&c, &no, total).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    cancelled_in_wechat_unpushed(&c, wx).await;
 
     r.app.clock.advance(11 * 60_000);
     let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
