@@ -4191,13 +4191,18 @@ async fn an_application_for_no_money_is_refused_as_bad_input() {
     );
 }
 
-/// Whether WeChat Pay was asked (`secapi/pay/refund`) for any refund of order `no`.
-fn refunds_asked(r: &Running, no: &str) -> usize {
+/// How many `path` calls (a WeChat Pay API) the sandbox received for order `no`.
+fn pay_calls_for(r: &Running, path: &str, no: &str) -> usize {
     r.sandbox
-        .calls("secapi/pay/refund")
+        .calls(path)
         .iter()
         .filter(|v| v["out_trade_no"] == no)
         .count()
+}
+
+/// Whether WeChat Pay was asked (`secapi/pay/refund`) for any refund of order `no`.
+fn refunds_asked(r: &Running, no: &str) -> usize {
+    pay_calls_for(r, "secapi/pay/refund", no)
 }
 
 /// The merchant answers a user's after-sale (one tin of two) by refunding it by hand in the
@@ -5047,11 +5052,7 @@ fn past_expiry(r: &Running) {
 
 /// `pay/closeorder` calls the sandbox received for `no`.
 fn closes_of(r: &Running, no: &str) -> usize {
-    r.sandbox
-        .calls("pay/closeorder")
-        .iter()
-        .filter(|v| v["out_trade_no"] == no)
-        .count()
+    pay_calls_for(r, "pay/closeorder", no)
 }
 
 /// GIVEN an order the user left unpaid (the cashier cancelled; `buy` kept its key) WHEN they
