@@ -761,3 +761,42 @@ fn table_permissions_are_what_each_function_uses() {
         }
     }
 }
+
+/// WeChat's notifications and pushes can have concurrency reserved so a checkout rush does not
+/// throttle them — only when the operator asks (`CallbackReservedConcurrency`, default 0): a new
+/// account's quota is often too small to reserve anything, and a stack that reserved by default
+/// would fail to deploy there.
+#[test]
+fn callbacks_reserve_concurrency_only_when_asked() {
+    let t = template();
+    let p = &t["Parameters"]["CallbackReservedConcurrency"];
+    assert_eq!(text(&p["Type"]), "Number");
+    assert_eq!(text(&p["Default"]), "0", "nothing reserved by default");
+    let condition = format!("{:?}", t["Conditions"]["ReservesCallbackConcurrency"]);
+    for part in [
+        "!Not",
+        "!Equals",
+        "CallbackReservedConcurrency",
+        "String(\"0\")",
+    ] {
+        assert!(condition.contains(part), "reserve unless 0: {condition}");
+    }
+    for (name, resource) in functions(&t) {
+        let reserved = &resource["Properties"]["ReservedConcurrentExecutions"];
+        if name == "PayCallbackFunction" || name == "AuditCallbackFunction" {
+            let reserved = format!("{reserved:?}");
+            for part in [
+                "ReservesCallbackConcurrency",
+                "CallbackReservedConcurrency",
+                "AWS::NoValue",
+            ] {
+                assert!(
+                    reserved.contains(part),
+                    "{name} reserves via {part}: {reserved}"
+                );
+            }
+        } else {
+            assert!(reserved.is_null(), "{name} reserves nothing: {reserved:?}");
+        }
+    }
+}
