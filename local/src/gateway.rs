@@ -360,8 +360,9 @@ impl Running {
             () = stop() => false,
         };
         if drained {
-            // Bounded: a sandbox that cannot write has logged why already.
-            let _ = tokio::time::timeout(grace, self.sandbox.saved()).await;
+            // Bounded: a sandbox that cannot write has logged why already. After a failed
+            // write it tries once more now, the disk may have room again.
+            let _ = tokio::time::timeout(grace, self.sandbox.flush()).await;
         }
         server.abort();
         self.stop();

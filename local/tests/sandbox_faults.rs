@@ -180,3 +180,102 @@ async fn a_slow_answer_comes_after_the_call_took_effect() {
     assert_eq!(slow.await.unwrap()["errcode"], 0);
     assert!(t.elapsed().as_millis() >= 400);
 }
+
+/// POSTs `body` to a control endpoint: (HTTP status, answer).
+async fn control(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// The test knobs take only what a test can mean: a fault with a misspelt field, a count or
+/// delay out of range, both a count and a rate, a delay on a mode without one, errcode 0, a
+/// refund outcome count or notification `duplicate` out of range, is refused with 400 naming
+/// what is allowed, and nothing is set. (A misspelt `count` used to leave the fault on every
+/// call for as long as the sandbox ran, a delay could hold calls for hours, and out-of-range
+/// counts were cut or taken without a word.)
+#[tokio::test]
+async fn knobs_out_of_range_are_refused_with_the_allowed_range() {
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let faults = format!("{base}/_control/faults");
+    for (fault, says) in [
+        (
+            json!({"path": "pay/orderquery", "mode": "http500", "cout": 1}),
+            "unknown field `cout`",
+        ),
+        (
+            json!({"path": "pay/orderquery", "mode": "http500", "count": 0}),
+            "count must be within 1..=10000",
+        ),
+        (
+            json!({"path": "pay/orderquery", "mode": "http500", "count": 10_001}),
+            "count must be within 1..=10000",
+        ),
+        (
+            json!({"path": "pay/orderquery", "mode": "http500", "rate": 1.5}),
+            "rate must be within 0.0..=1.0",
+        ),
+        (
+            json!({"path": "pay/orderquery", "mode": "http500", "rate": 0.5, "count": 1}),
+            "count or rate, not both",
+        ),
+        (
+            json!({"path": "pay/orderquery", "mode": "delay", "delay_ms": 3_600_000}),
+            "delay_ms must be within 0..=60000",
+        ),
+        (
+            json!({"path": "pay/orderquery", "mode": "errcode", "delay_ms": 100}),
+            "delay_ms is for the delay and slow modes",
+        ),
+        (
+            json!({"path": "shop/order/get", "mode": "errcode", "errcode": 0}),
+            "errcode must not be 0",
+        ),
+        (json!({"path": "", "mode": "http500"}), "path"),
+    ] {
+        let (s, v) = control(&faults, fault.clone()).await;
+        assert_eq!(s, 400, "{fault}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains(says), "{fault}: {msg}");
+    }
+    assert_eq!(get_json(&faults).await["faults"], json!([]), "none set");
+    // In range: taken; at most 100 at once.
+    for i in 0..100 {
+        let (s, v) = control(
+            &faults,
+            json!({"path": format!("p{i}"), "mode": "delay", "delay_ms": 60_000, "count": 10_000}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v) = control(&faults, json!({"path": "p", "mode": "http500", "count": 1})).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("at most 100"), "{v}");
+
+    let outcome = format!("{base}/_control/refund_outcome");
+    for count in [json!(0), json!(101), json!(-1), json!("3")] {
+        let (s, v) = control(&outcome, json!({"status": "REFUNDCLOSE", "count": count})).await;
+        assert_eq!(s, 400, "{count}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("1..=100"),
+            "{count}: {v}"
+        );
+    }
+    let (s, v) = control(&outcome, json!({"status": "CHANGE", "count": 60})).await;
+    assert_eq!((s, v["pending_outcomes"].clone()), (200, json!(60)), "{v}");
+    let (s, v) = control(&outcome, json!({"status": "CHANGE", "count": 41})).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("count ≤ 40"), "{v}");
+
+    let notifications = format!("{base}/_control/notifications");
+    let (s, v) = control(&notifications, json!({"duplicate": 11})).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("0..=10"), "{v}");
+    let (s, v) = control(&notifications, json!({"duplicate": 10})).await;
+    assert_eq!((s, v["duplicate"].clone()), (200, json!(10)), "{v}");
+}

@@ -444,6 +444,74 @@ async fn a_cancelled_qr_code_closes_the_withdrawal_and_returns_the_money() {
     );
 }
 
+/// WeChat closes a withdrawal whose QR code expired unscanned (sandbox
+/// `/_control/funds/withdraw` CLOSE, which WeChat's record then says and `withdraw_notify` 4
+/// reports): the amount is available again — once, however often the close is reported — its
+/// QR code reads expired, and the next day the whole balance is withdrawn again and confirmed.
+/// (The control changed the record but not the balance: the money stayed held for ever, and
+/// a withdrawal of the whole balance was refused as over it.)
+#[tokio::test]
+async fn a_withdrawal_closed_by_wechat_gives_the_amount_back_once() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (_, total) = buy_pay_settle(&c).await;
+    c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
+        .await;
+    let w = c
+        .funds_ok(json!({"action": "withdraw", "amount_fen": total}))
+        .await;
+    let ticket = w["qrcode_ticket"].as_str().unwrap().to_owned();
+    let id = w["withdrawal"]["withdraw_id"].as_str().unwrap().to_owned();
+    assert_eq!(c.balance().await, (0, 0));
+    for _ in 0..2 {
+        c.control(
+            "funds/withdraw",
+            &json!({"out_request_no": id, "status": "CLOSE", "reason": "二维码已过期"}),
+        )
+        .await;
+    }
+    eventually("the record to read CLOSE", || async {
+        let (_, w) = get_withdrawal(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        w.status == "CLOSE" && w.events.contains(&4)
+    })
+    .await;
+    assert_eq!(c.balance().await, (total, 0), "given back, once");
+    let s = c
+        .funds_ok(json!({"action": "withdraw_status", "qrcode_ticket": ticket}))
+        .await;
+    assert_eq!(s["qrcode"]["status"], 3, "the QR code expired: {s}");
+    assert_eq!(s["withdrawal"]["status"], "CLOSE", "{s}");
+
+    // The next day (one withdrawal a day, at WeChat and here): all of it again.
+    r.sandbox.clock().advance(24 * 3600 * 1000);
+    r.app.clock.advance(24 * 3600 * 1000);
+    let w = c
+        .funds_ok(json!({"action": "withdraw", "amount_fen": total}))
+        .await;
+    let ticket = w["qrcode_ticket"].as_str().unwrap().to_owned();
+    let id = w["withdrawal"]["withdraw_id"].as_str().unwrap().to_owned();
+    assert_eq!(c.balance().await, (0, 0));
+    for status in [4, 1] {
+        c.control(
+            "funds/qrcode",
+            &json!({"qrcode_ticket": ticket, "status": status}),
+        )
+        .await;
+    }
+    eventually("the withdrawal to succeed", || async {
+        let (_, w) = get_withdrawal(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        w.status == "SUCCESS"
+    })
+    .await;
+    assert_eq!(c.balance().await, (0, 0));
+}
+
 /// The same withdrawal asked for again after its answer was lost on our side (the merchant's
 /// tool timed out after WeChat took it and we recorded it), for the whole balance: WeChat now
 /// holds the amount, so the balance no longer covers it — and the caller gets the pending

@@ -54,9 +54,11 @@ pub enum WithdrawStatus {
     Success,
     /// The admin cancelled or the code expired: the amount is available again.
     Close,
-    /// The bank refused the transfer (set by `/_control/funds/withdraw` only).
+    /// The bank refused the transfer (set by `/_control/funds/withdraw` only): the amount is
+    /// available again (UNVERIFIED, as WeChat Pay's e-commerce withdrawals say of a failure).
     Fail,
-    /// The bank returned the transfer (set by `/_control/funds/withdraw` only).
+    /// The bank returned the transfer (set by `/_control/funds/withdraw` only): the amount is
+    /// available again (UNVERIFIED).
     Refund,
 }
 
@@ -657,29 +659,28 @@ pub fn set_qrcode_status(sb: &Sandbox, ticket: &str, status: i64) -> Result<Valu
         q.status = status;
         let wno = q.withdraw.clone();
         let mut event = None;
-        if let Some(no) = &wno {
-            let amount = st.funds.withdraws.get(no).map(|w| w.amount).unwrap_or(0);
-            let new_status = match status {
-                4 => Some(WithdrawStatus::AfterScanQrcode),
-                1 => Some(WithdrawStatus::CreateSuccess),
-                2 | 3 => Some(WithdrawStatus::Close),
-                _ => None,
-            };
-            if let Some(s) = new_status {
+        let new_status = match status {
+            4 => Some(WithdrawStatus::AfterScanQrcode),
+            1 => Some(WithdrawStatus::CreateSuccess),
+            2 | 3 => Some(WithdrawStatus::Close),
+            _ => None,
+        };
+        if let (Some(no), Some(s)) = (&wno, new_status) {
+            if let Some(held) = st.funds.withdraws.get(no).map(|w| holds_amount(w.status)) {
+                move_withdrawal(&mut st, no, s, now)?;
+                let amount = st.funds.withdraws.get(no).map_or(0, |w| w.amount);
                 if let Some(w) = st.funds.withdraws.get_mut(no) {
-                    w.status = s;
-                    w.update_ms = now;
                     if s == WithdrawStatus::Close {
                         w.reason = "管理员未确认提现".into();
                     }
                 }
                 match s {
-                    WithdrawStatus::Close => {
-                        st.funds.available += amount;
-                        event = Some(4);
-                    }
+                    WithdrawStatus::Close => event = Some(4),
                     WithdrawStatus::CreateSuccess => {
-                        flow(&mut st, "提现", false, amount, "提现", no, now);
+                        // Taken out again, the move recorded it.
+                        if held {
+                            flow(&mut st, "提现", false, amount, "提现", no, now);
+                        }
                         event = Some(2);
                     }
                     _ => {}
@@ -749,11 +750,76 @@ pub(crate) fn resume(sb: &Sandbox) {
     }
 }
 
+/// Whether a withdrawal in status `s` holds its amount out of `available_amount`: from its
+/// submission on, unless it closed (its QR code cancelled or expired unconfirmed), failed, or
+/// the bank returned the transfer — then the amount is available again.
+fn holds_amount(s: WithdrawStatus) -> bool {
+    !matches!(
+        s,
+        WithdrawStatus::Close | WithdrawStatus::Fail | WithdrawStatus::Refund
+    )
+}
+
+/// Moves withdrawal `no` to `to` (the state lock held), and its money with it: into one of
+/// the ends that give the amount back (CLOSE, FAIL, REFUND) from one that holds it, the amount
+/// is available again — once, however often an end is reported — with an income flow
+/// (`提现退回`) if its expense flow (`提现`) was recorded, and its QR code, if still open, is
+/// expired (WeChat's QR code of a closed withdrawal no longer confirms anything). Back from
+/// such an end to one that holds it (a contradicting report), the amount is taken out again,
+/// refused when the available balance no longer covers it.
+fn move_withdrawal(st: &mut State, no: &str, to: WithdrawStatus, now: i64) -> Result<(), String> {
+    let Some(w) = st.funds.withdraws.get(no) else {
+        return Err(format!("no withdrawal {no}"));
+    };
+    let (from, amount, ticket) = (w.status, w.amount, w.qrcode_ticket.clone());
+    let given_back = holds_amount(from) && !holds_amount(to);
+    let taken_again = !holds_amount(from) && holds_amount(to);
+    if taken_again && st.funds.available < amount {
+        return Err(format!(
+            "withdrawal {no} ({amount} fen) ended with its amount available again, and the \
+             available balance now holds only {} fen: it cannot be taken out again (settle an \
+             order first, or report another end)",
+            st.funds.available
+        ));
+    }
+    if let Some(w) = st.funds.withdraws.get_mut(no) {
+        w.status = to;
+        w.update_ms = now;
+    }
+    let sent = st
+        .funds
+        .flows
+        .iter()
+        .filter(|f| f.busi_type == "提现" && f.request_no == no)
+        .fold(0i64, |n, f| if f.income { n - 1 } else { n + 1 })
+        > 0;
+    if given_back {
+        st.funds.available += amount;
+        if sent {
+            flow(st, "提现退回", true, amount, "提现", no, now);
+        }
+        if let Some(q) = st.funds.qrcodes.get_mut(&ticket) {
+            if !matches!(q.status, 1..=3) {
+                q.status = 3;
+            }
+        }
+    } else if taken_again {
+        st.funds.available -= amount;
+        if !sent && matches!(to, WithdrawStatus::CreateSuccess | WithdrawStatus::Success) {
+            flow(st, "提现", false, amount, "提现", no, now);
+        }
+    }
+    Ok(())
+}
+
 /// `/_control/funds/withdraw {"out_request_no", "status", "reason"?}`: what WeChat's record of
 /// a withdrawal says from now on (`getwithdrawdetail`), pushed as `withdraw_notify` (3 for
 /// SUCCESS, 4 for FAIL and CLOSE; none for the others) — as when the bank fails or returns a
-/// transfer (`FAIL`, `REFUND`), or when a report contradicts an earlier one. Balances are not
-/// moved: it is a report, for tests of how reports are taken.
+/// transfer (`FAIL`, `REFUND`), when the QR code expires unscanned (`CLOSE`), or when a report
+/// contradicts an earlier one. The balance follows the record ([`move_withdrawal`]): CLOSE,
+/// FAIL and REFUND give the amount back to `available_amount` once (reporting another of
+/// them after one changes nothing); a report taking it back to a status that holds the amount
+/// takes it out again (refused, 409, when the available balance no longer covers it).
 pub fn set_withdraw_status(
     sb: &Sandbox,
     out_request_no: &str,
@@ -768,12 +834,8 @@ pub fn set_withdraw_status(
     let now = sb.now_ms();
     {
         let mut st = sb.st();
-        let Some(w) = st.funds.withdraws.get_mut(out_request_no) else {
-            return Err(format!("no withdrawal {out_request_no}"));
-        };
-        w.status = status;
-        w.update_ms = now;
-        if let Some(r) = reason {
+        move_withdrawal(&mut st, out_request_no, status, now)?;
+        if let (Some(r), Some(w)) = (reason, st.funds.withdraws.get_mut(out_request_no)) {
             w.reason = r.to_owned();
         }
     }
@@ -791,4 +853,84 @@ pub fn set_withdraw_status(
         );
     }
     Ok(json!({"out_request_no": out_request_no, "status": status, "event": event}))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A state with `available` fen and withdrawal `W` of 700 fen, submitted (held).
+    fn held(available: i64) -> State {
+        let mut st = State::default();
+        st.funds.available = available;
+        st.funds.qrcodes.insert(
+            "qr".into(),
+            QrCode {
+                status: 0,
+                withdraw: Some("W".into()),
+            },
+        );
+        st.funds.withdraws.insert(
+            "W".into(),
+            Withdraw {
+                out_request_no: "W".into(),
+                amount: 700,
+                create_ms: 0,
+                update_ms: 0,
+                status: WithdrawStatus::BeforeScanQrcode,
+                reason: String::new(),
+                remark: String::new(),
+                bank_memo: String::new(),
+                qrcode_ticket: "qr".into(),
+            },
+        );
+        st
+    }
+
+    /// CLOSE gives the amount back once, however often an end that gives it back is
+    /// reported, and expires the open QR code.
+    #[test]
+    fn a_closed_withdrawal_gives_its_amount_back_once() {
+        let mut st = held(300);
+        move_withdrawal(&mut st, "W", WithdrawStatus::Close, 1).unwrap();
+        assert_eq!(st.funds.available, 1000);
+        assert_eq!(st.funds.qrcodes["qr"].status, 3, "expired");
+        for s in [WithdrawStatus::Close, WithdrawStatus::Fail] {
+            move_withdrawal(&mut st, "W", s, 2).unwrap();
+            assert_eq!(st.funds.available, 1000, "{s:?}");
+        }
+        assert!(st.funds.flows.is_empty(), "nothing had gone to the bank");
+    }
+
+    /// A transfer that failed or came back after it was sent: the amount is available again
+    /// with an income flow against its expense; a report taking it out again is refused when
+    /// the balance no longer covers it, and changes nothing.
+    #[test]
+    fn a_failed_transfer_gives_it_back_and_a_contradiction_takes_it_out_again() {
+        let mut st = held(0);
+        move_withdrawal(&mut st, "W", WithdrawStatus::CreateSuccess, 1).unwrap();
+        flow(&mut st, "提现", false, 700, "提现", "W", 1);
+        move_withdrawal(&mut st, "W", WithdrawStatus::Success, 2).unwrap();
+        move_withdrawal(&mut st, "W", WithdrawStatus::Refund, 3).unwrap();
+        assert_eq!(st.funds.available, 700);
+        let back = st.funds.flows.last().unwrap();
+        assert!(back.income && back.amount == 700 && back.kind == "提现退回");
+        move_withdrawal(&mut st, "W", WithdrawStatus::Fail, 4).unwrap();
+        assert_eq!(st.funds.available, 700, "once");
+        assert_eq!(st.funds.flows.len(), 2);
+
+        move_withdrawal(&mut st, "W", WithdrawStatus::Success, 5).unwrap();
+        assert_eq!(st.funds.available, 0, "taken out again");
+        assert_eq!(st.funds.flows.len(), 3);
+        assert!(!st.funds.flows.last().unwrap().income);
+
+        let mut st = held(0);
+        move_withdrawal(&mut st, "W", WithdrawStatus::Fail, 1).unwrap();
+        st.funds.available = 500;
+        let e = move_withdrawal(&mut st, "W", WithdrawStatus::Success, 2).unwrap_err();
+        assert!(e.contains("only 500 fen"), "{e}");
+        assert_eq!(st.funds.available, 500);
+        assert_eq!(st.funds.withdraws["W"].status, WithdrawStatus::Fail);
+    }
 }

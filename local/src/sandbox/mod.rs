@@ -188,10 +188,11 @@ pub(crate) struct Inner {
 }
 
 impl Drop for Inner {
-    /// The last changes, if the writer had not saved them yet; then the writer stops.
+    /// The last changes, if the writer had not saved them yet (everything, after a failed
+    /// write: [`Sandbox::flush`]); then the writer stops.
     fn drop(&mut self) {
         if let Some(p) = &self.persist {
-            if p.behind() {
+            if p.retry_now() || p.behind() {
                 let clock_offset_ms = self.clock.offset_ms();
                 let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
                 p.save(|| Some((st, clock_offset_ms)));
@@ -309,6 +310,16 @@ impl Sandbox {
     /// Returns once every change made so far is in the state file (at once without one).
     pub async fn saved(&self) {
         if let Some(p) = &self.inner.persist {
+            p.saved().await;
+        }
+    }
+
+    /// As [`Sandbox::saved`]; and after a write to the state file failed (a full disk), whose
+    /// full snapshot waits for as many changes again as the journal's threshold, tries it now
+    /// (`serve` stopping: the disk may have room again).
+    pub async fn flush(&self) {
+        if let Some(p) = &self.inner.persist {
+            p.retry_now();
             p.saved().await;
         }
     }
@@ -706,8 +717,11 @@ pub enum FaultMode {
     Garbled,
 }
 
-/// One injected failure: which calls (`path` suffix or `*`), how, and how often.
+/// One injected failure: which calls (`path` suffix or `*`), how, and how often. Unknown
+/// fields are refused: a misspelt `count` would otherwise leave a fault on every call for as
+/// long as the sandbox runs ([`Fault::check`]).
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Fault {
     pub path: String,
     pub mode: FaultMode,
@@ -726,6 +740,59 @@ pub struct Fault {
     pub count: Option<u64>,
     #[serde(default)]
     pub delay_ms: Option<u64>,
+}
+
+/// The most faults set at once (`/_control/faults`), the largest `count` and `delay_ms` one
+/// takes: far more than a test needs, small enough that a typo cannot fail calls for ever or
+/// hold one for hours.
+pub const MAX_FAULTS: usize = 100;
+pub const MAX_FAULT_COUNT: u64 = 10_000;
+pub const MAX_FAULT_DELAY_MS: u64 = 60_000;
+
+impl Fault {
+    /// Why the control endpoint refuses this fault, naming the allowed range; `None` if it
+    /// takes it.
+    fn check(&self) -> Option<String> {
+        if self.path.trim_start_matches('/').is_empty() {
+            return Some("path: an API path suffix (e.g. pay/orderquery) or *".into());
+        }
+        if let Some(n) = self.count {
+            if !(1..=MAX_FAULT_COUNT).contains(&n) {
+                return Some(format!(
+                    "count must be within 1..={MAX_FAULT_COUNT}, got {n}"
+                ));
+            }
+        }
+        if let Some(r) = self.rate {
+            if !(0.0..=1.0).contains(&r) {
+                return Some(format!("rate must be within 0.0..=1.0, got {r}"));
+            }
+        }
+        if self.count.is_some() && self.rate.is_some() {
+            return Some("give count or rate, not both".into());
+        }
+        if let Some(ms) = self.delay_ms {
+            if ms > MAX_FAULT_DELAY_MS {
+                return Some(format!(
+                    "delay_ms must be within 0..={MAX_FAULT_DELAY_MS}, got {ms}"
+                ));
+            }
+            if !matches!(self.mode, FaultMode::Delay | FaultMode::Slow) {
+                return Some("delay_ms is for the delay and slow modes".into());
+            }
+        }
+        if self.errcode == Some(0) {
+            return Some("errcode must not be 0 (0 is WeChat's success)".into());
+        }
+        if let Some(c) = &self.err_code {
+            if c.is_empty() || c.len() > 32 || !c.bytes().all(|b| b.is_ascii_graphic()) {
+                return Some(
+                    "err_code must be 1..=32 printable ASCII characters (e.g. SYSTEMERROR)".into(),
+                );
+            }
+        }
+        None
+    }
 }
 
 fn fault_matches(f: &Fault, path: &str) -> bool {
@@ -1020,9 +1087,16 @@ async fn control_settle(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response 
     }
 }
 
+/// The most refund outcomes waiting at once (`/_control/refund_outcome`), per kind (WeChat
+/// Pay's, the trading component's).
+pub const MAX_REFUND_OUTCOMES: u64 = 100;
+
 /// `{"status": "REFUNDCLOSE" | "CHANGE", "count": n}`: the next `n` accepted refunds end that
 /// way instead of `SUCCESS` (their notification says so). After `REFUNDCLOSE` the money is
 /// refundable again; after `CHANGE` it left the merchant and waits at WeChat, as there.
+/// `count` is 1..=[`MAX_REFUND_OUTCOMES`] (default 1), and no more than that many wait at
+/// once: beyond, 400 naming the range (it used to be cut to 100 without a word, and any
+/// number of calls could queue outcomes without end).
 async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
     let v = match parse_json_body(&body) {
         Ok(v) => v,
@@ -1042,8 +1116,33 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
             )
         }
     };
-    let count = v.get("count").and_then(Value::as_u64).unwrap_or(1).min(100);
+    let count = match v.get("count") {
+        None => 1,
+        Some(c) => match c.as_u64().filter(|n| (1..=MAX_REFUND_OUTCOMES).contains(n)) {
+            Some(n) => n,
+            None => {
+                return control_err(
+                    StatusCode::BAD_REQUEST,
+                    format!("count must be within 1..={MAX_REFUND_OUTCOMES}, got {c}"),
+                )
+            }
+        },
+    };
     let mut st = sb.st();
+    let pending = match status {
+        Some(_) => st.pay.refund_outcomes.len() as u64,
+        None => st.shop.failing_refunds,
+    };
+    if pending + count > MAX_REFUND_OUTCOMES {
+        return control_err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "at most {MAX_REFUND_OUTCOMES} outcomes wait at once, {pending} already do: \
+                 give count ≤ {}",
+                MAX_REFUND_OUTCOMES - pending
+            ),
+        );
+    }
     let Some(status) = status else {
         st.shop.failing_refunds += count;
         return Json(json!({"pending_outcomes": st.shop.failing_refunds})).into_response();
@@ -1138,12 +1237,19 @@ async fn control_faults_add(AxState(sb): AxState<Sandbox>, body: Bytes) -> Respo
         Ok(f) => f,
         Err(e) => return control_err(StatusCode::BAD_REQUEST, format!("bad fault: {e}")),
     };
-    if let Some(r) = f.rate {
-        if !(0.0..=1.0).contains(&r) {
-            return control_err(StatusCode::BAD_REQUEST, "rate must be within 0.0..=1.0");
-        }
+    if let Some(why) = f.check() {
+        return control_err(StatusCode::BAD_REQUEST, format!("bad fault: {why}"));
     }
     let mut st = sb.st();
+    if st.faults.len() >= MAX_FAULTS {
+        return control_err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad fault: at most {MAX_FAULTS} faults at once; clear them with DELETE \
+                 /_control/faults"
+            ),
+        );
+    }
     st.faults.push(f);
     Json(json!({"faults": st.faults})).into_response()
 }
@@ -1157,6 +1263,9 @@ async fn control_faults_list(AxState(sb): AxState<Sandbox>) -> Response {
     Json(json!({"faults": sb.st().faults})).into_response()
 }
 
+/// The most extra copies of each notification (`/_control/notifications` `duplicate`).
+pub const MAX_DUPLICATE: u64 = 10;
+
 async fn control_notifications(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
     let v = match parse_json_body(&body) {
         Ok(v) => v,
@@ -1165,8 +1274,16 @@ async fn control_notifications(AxState(sb): AxState<Sandbox>, body: Bytes) -> Re
     let flush = {
         let mut st = sb.st();
         let o = &mut st.out.opts;
-        if let Some(n) = v.get("duplicate").and_then(Value::as_u64) {
-            o.duplicate = n.min(10) as usize;
+        if let Some(d) = v.get("duplicate") {
+            match d.as_u64().filter(|n| *n <= MAX_DUPLICATE) {
+                Some(n) => o.duplicate = n as usize,
+                None => {
+                    return control_err(
+                        StatusCode::BAD_REQUEST,
+                        format!("duplicate must be within 0..={MAX_DUPLICATE}, got {d}"),
+                    )
+                }
+            }
         }
         if let Some(b) = v.get("omit_sign_type").and_then(Value::as_bool) {
             o.omit_sign_type = b;

@@ -45,13 +45,26 @@
 //! lines appended meanwhile ([`compact`]): answers, and the lines that acknowledge them, go on
 //! during the write (they used to wait for the whole state to be serialised and written). It
 //! comes once per journal's worth of changes, so on average a change still costs what
-//! changed. The batch after `/_control/reset` (the state replaced wholesale) and after a
-//! failed write is a full snapshot written in line, and the journal is emptied after it; a
-//! compaction under way then finds a newer snapshot and drops its own. A compaction that
+//! changed. The batch after `/_control/reset` (the state replaced wholesale) is a full
+//! snapshot written in line, and the journal is emptied after it; a compaction under way then
+//! finds a newer snapshot and drops its own. A compaction that
 //! fails (a full disk) leaves the journal whole and is tried again only once the journal has
 //! grown by as much again: each try copies the kept maps under the state lock, and a failing
 //! one used to be tried, copying everything, at every batch. Each snapshot records the last
 //! journal batch it holds; lines are numbered.
+//!
+//! A failed write (a full disk): the journal lacks that batch (and may end in part of its
+//! line), so only a full snapshot, written in line, saves again. The sandbox does not hang
+//! its callers meanwhile: the failed batch, and every change until the snapshot is written,
+//! is acknowledged without being on disk — the one exception to "on disk before it answers",
+//! logged as an error at each failure; a crash before the snapshot loses those changes. The
+//! snapshot is tried once the changes since the failure would have made another threshold's
+//! worth of journal (measured, not written), as a failing compaction waits, and at once when
+//! the sandbox stops (`serve`'s Ctrl-C, the sandbox dropped: [`Persist::retry_now`]) or is
+//! reset. Each try serialises the whole state under the state lock: a disk that stayed full
+//! used to make every batch try one (and fail again), so that each change cost the size of
+//! everything. The try that succeeds (the disk has room again) holds every change, and lines
+//! follow it as before.
 //!
 //! Reading back: the snapshot, then the journal's lines numbered after it, in order; at start
 //! the result is written as a new snapshot with an empty journal. Crash cases: cut short while
@@ -719,9 +732,15 @@ struct Io {
     /// The small parts as last written: a batch that changed nothing else and not these (a
     /// call logged) writes nothing.
     scalars: Vec<u8>,
-    /// The last write failed (logged): the journal may end in a partial line and lacks what
-    /// that batch held, so the next batch is a full snapshot.
+    /// A write failed (logged): the journal may end in a partial line and lacks what that
+    /// batch held, so what is saved next is a full snapshot, tried once `unwritten` reaches
+    /// `snapshot_retry_at` ([`Io::fail`]).
     broken: bool,
+    /// While `broken`: the changes taken since the last failed write, in bytes of the journal
+    /// lines they would have made. Not written; the full snapshot that ends `broken` holds them.
+    unwritten: u64,
+    /// While `broken`: no full snapshot is tried before `unwritten` reaches this.
+    snapshot_retry_at: u64,
     /// The batch the snapshot on disk holds.
     snapshot_batch: u64,
     /// A compaction is being written ([`compact`]): no second one starts.
@@ -781,6 +800,9 @@ pub(crate) struct Persist {
     replaced: AtomicBool,
     /// The compaction being written, if any.
     compaction: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// After a failed write: the next batch tries the full snapshot now, without waiting for
+    /// its back-off ([`Persist::retry_now`]).
+    retry: AtomicBool,
 }
 
 impl Persist {
@@ -814,6 +836,8 @@ impl Persist {
                     batch,
                     scalars,
                     broken: false,
+                    unwritten: 0,
+                    snapshot_retry_at: 0,
                     snapshot_batch: batch,
                     compacting: false,
                     compact_retry_at: 0,
@@ -826,6 +850,7 @@ impl Persist {
             wake: Notify::new(),
             replaced: AtomicBool::new(false),
             compaction: Mutex::new(None),
+            retry: AtomicBool::new(false),
         })
     }
 
@@ -839,6 +864,19 @@ impl Persist {
     /// change is counted).
     pub(crate) fn replace_all(&self) {
         self.replaced.store(true, Ordering::SeqCst);
+    }
+
+    /// After a failed write, makes the next batch try the full snapshot at once instead of
+    /// waiting for its back-off, and wakes the writer (the sandbox is stopping, or
+    /// [`super::Sandbox::flush`]). Returns whether a write had failed; without one, nothing to
+    /// do.
+    pub(crate) fn retry_now(&self) -> bool {
+        if !self.files.io().broken {
+            return false;
+        }
+        self.retry.store(true, Ordering::SeqCst);
+        self.touch();
+        true
     }
 
     /// Returns once every change made before the call is on disk.
@@ -855,7 +893,10 @@ impl Persist {
     /// flush happen after it, the files' lock still held. A compaction's snapshot is written
     /// by a thread of its own, without either lock ([`compact`]).
     /// A failed write is logged and still counted as saved: the sandbox goes on answering
-    /// rather than hanging every caller on a full disk, and the next batch writes everything.
+    /// rather than hanging every caller on a full disk. What changes meanwhile is counted as
+    /// saved too, not written: everything is written as one full snapshot once the changes
+    /// since the failure would have made another threshold's worth of journal (as a failed
+    /// compaction waits), or at once with [`Persist::retry_now`].
     pub(crate) fn save<G: DerefMut<Target = State>>(
         &self,
         lock: impl FnOnce() -> Option<(G, i64)>,
@@ -880,27 +921,39 @@ impl Persist {
     }
 
     /// The next batch (the state lock held): the changed entries as a journal line, or the
-    /// whole state when a snapshot is due.
+    /// whole state when a snapshot is due. After a failed write, the changes are only
+    /// measured until the full snapshot's retry is due ([`Io::fail`]).
     fn take(&self, io: &mut Io, st: &mut State, clock_offset_ms: i64) -> Batch {
         let n = io.batch + 1;
         let replaced = self.replaced.swap(false, Ordering::SeqCst);
+        let retry = self.retry.swap(false, Ordering::SeqCst);
         let compact = !io.compacting
             && io.journal_len >= io.snapshot_len.max(io.compact_at).max(io.compact_retry_at);
         let scalars = match serde_json::to_vec(&scalars_of(st, clock_offset_ms)) {
             Ok(b) => b,
             Err(e) => return self.cannot_serialise(io, e),
         };
-        if replaced || io.broken {
-            visit_kept(st, &mut MarkSaved);
-            return match snapshot(st, clock_offset_ms, n) {
-                Ok(bytes) => Batch::Full { bytes, scalars },
-                Err(e) => self.cannot_serialise(io, e),
-            };
+        if replaced {
+            return self.full(io, st, clock_offset_ms, scalars);
         }
         let mut changes = Collect::default();
         visit_kept(st, &mut changes);
         if let Some(e) = changes.error {
             return self.cannot_serialise(io, e);
+        }
+        if io.broken {
+            // The journal lacks a batch: only a full snapshot saves again, and each try
+            // serialises the whole state under this lock. The changes are measured (what
+            // their line would have cost), not written: the snapshot will hold them.
+            let line_len = changes.out.len() + scalars.len() + 48;
+            if changes.any || scalars != io.scalars {
+                io.unwritten = io.unwritten.saturating_add(line_len as u64);
+            }
+            return if retry || io.unwritten >= io.snapshot_retry_at {
+                self.full(io, st, clock_offset_ms, scalars)
+            } else {
+                Batch::Nothing
+            };
         }
         if !changes.any && scalars == io.scalars {
             return Batch::Nothing;
@@ -921,15 +974,26 @@ impl Persist {
         }
     }
 
+    /// The whole state as the next batch (the state lock held).
+    fn full(&self, io: &mut Io, st: &mut State, clock_offset_ms: i64, scalars: Vec<u8>) -> Batch {
+        visit_kept(st, &mut MarkSaved);
+        match snapshot(st, clock_offset_ms, io.batch + 1) {
+            Ok(bytes) => Batch::Full { bytes, scalars },
+            Err(e) => self.cannot_serialise(io, e),
+        }
+    }
+
     fn cannot_serialise(&self, io: &mut Io, e: serde_json::Error) -> Batch {
         tracing::error!(file = %self.path.display(), error = %e, "sandbox: cannot serialise the state");
-        io.broken = true;
+        io.fail();
         Batch::Nothing
     }
 
     fn write(&self, io: &mut Io, batch: Batch) {
-        let lost = "sandbox: cannot save the state; after a restart the sandbox will not know \
-                    what it did since";
+        let lost = "sandbox: cannot save the state; it goes on answering, and what it does \
+                    until it can save again is lost if it stops before (free disk space: \
+                    everything is written as one snapshot after about as many changes again \
+                    as the journal's threshold, or when wxlocal stops)";
         match batch {
             Batch::Nothing => {}
             Batch::Line {
@@ -952,12 +1016,15 @@ impl Persist {
                     }
                     Err(e) => {
                         tracing::error!(file = %self.files.journal_path.display(), error = %e, "{lost}");
-                        io.broken = true;
+                        io.fail();
                     }
                 }
             }
             Batch::Full { bytes, scalars } => match write_atomic(&self.path, &bytes) {
                 Ok(()) => {
+                    if io.broken {
+                        tracing::warn!(file = %self.path.display(), "sandbox: the state is saved again");
+                    }
                     io.batch += 1;
                     io.snapshot_batch = io.batch;
                     io.snapshot_len = bytes.len() as u64;
@@ -970,17 +1037,18 @@ impl Persist {
                             io.journal = f;
                             io.journal_len = 0;
                             io.broken = false;
+                            io.unwritten = 0;
                             io.compact_retry_at = 0;
                         }
                         Err(e) => {
                             tracing::error!(file = %self.files.journal_path.display(), error = %e, "{lost}");
-                            io.broken = true;
+                            io.fail();
                         }
                     }
                 }
                 Err(e) => {
                     tracing::error!(file = %self.path.display(), error = %e, "{lost}");
-                    io.broken = true;
+                    io.fail();
                 }
             },
         }
@@ -1061,6 +1129,18 @@ fn compact(files: &Files, copy: &Copied, batch: u64, at: u64) {
 }
 
 impl Io {
+    /// A write failed: the journal lacks that batch, so only a full snapshot saves again. It
+    /// is tried once the changes since would have made another threshold's worth of journal
+    /// (as [`Io::back_off`] does for a compaction), or at once with [`Persist::retry_now`]
+    /// (a stop, a reset). Each try serialises the whole state under the state lock; a disk
+    /// that stays full used to make every batch try one (and fail again), so that each change
+    /// cost the size of everything.
+    fn fail(&mut self) {
+        self.broken = true;
+        self.unwritten = 0;
+        self.snapshot_retry_at = self.snapshot_len.max(self.compact_at);
+    }
+
     /// A compaction failed: the next is tried once the journal has grown by another
     /// threshold's worth. Each try copies every kept map under the state lock; a disk that
     /// stays full used to make every batch past the threshold copy the whole state again
@@ -1089,8 +1169,8 @@ fn compact_files(files: &Files, copy: &Copied, batch: u64, at: u64) -> std::io::
     let tmp = beside(&files.path, ".compact.tmp");
     drop(write_synced(&tmp, &bytes)?);
     let mut io = files.io();
-    // A full snapshot written meanwhile (a reset) is newer; a failed append makes the next
-    // batch one.
+    // A full snapshot written meanwhile (a reset) is newer; after a failed append only a
+    // full snapshot, of everything since, saves again.
     if io.snapshot_batch >= batch || io.broken {
         drop(io);
         return std::fs::remove_file(&tmp);
@@ -1110,9 +1190,9 @@ fn compact_files(files: &Files, copy: &Copied, batch: u64, at: u64) -> std::io::
     match opts.open(&files.journal_path) {
         Ok(f) => io.journal = f,
         Err(e) => {
-            // Appends would go to the file just replaced: the next batch is a full snapshot,
-            // which opens the journal afresh.
-            io.broken = true;
+            // Appends would go to the file just replaced: what is saved next is a full
+            // snapshot, which opens the journal afresh.
+            io.fail();
             return Err(e);
         }
     }
@@ -1377,6 +1457,176 @@ mod tests {
             snapshot(&back.state, 0, 0).unwrap(),
             snapshot(&st, 0, 0).unwrap()
         );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// Counts the tries to write a full snapshot: a FIFO stands where each try writes its
+    /// temporary file, so every try fails (a FIFO cannot be flushed, as a full disk cannot be
+    /// written) and is seen by the reader. `stop` ends the reader and removes the FIFO: the
+    /// disk has room again.
+    struct FullTries {
+        fifo: PathBuf,
+        tries: Arc<AtomicU64>,
+        done: Arc<AtomicBool>,
+        reader: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl FullTries {
+        fn block(path: &Path) -> FullTries {
+            use std::io::Read;
+            let fifo = beside(path, ".tmp");
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap();
+            assert!(made.success(), "mkfifo");
+            let tries = Arc::new(AtomicU64::new(0));
+            let done = Arc::new(AtomicBool::new(false));
+            let (t, d, f) = (tries.clone(), done.clone(), fifo.clone());
+            let reader = std::thread::spawn(move || loop {
+                let mut bytes = Vec::new();
+                File::open(&f).unwrap().read_to_end(&mut bytes).unwrap();
+                if !bytes.is_empty() {
+                    t.fetch_add(1, Ordering::SeqCst);
+                }
+                if d.load(Ordering::SeqCst) {
+                    return;
+                }
+            });
+            FullTries {
+                fifo,
+                tries,
+                done,
+                reader: Some(reader),
+            }
+        }
+
+        fn count(&self) -> u64 {
+            self.tries.load(Ordering::SeqCst)
+        }
+
+        fn stop(&mut self) {
+            self.done.store(true, Ordering::SeqCst);
+            // Meets the reader's open, so it sees `done`.
+            drop(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&self.fifo)
+                    .unwrap(),
+            );
+            self.reader.take().unwrap().join().unwrap();
+            std::fs::remove_file(&self.fifo).unwrap();
+        }
+    }
+
+    /// Appends fail from now on (a full disk): the journal's handle can only read.
+    fn break_journal(p: &Persist) {
+        let journal = journal_path(&p.path);
+        p.files.io().journal = File::open(journal).unwrap();
+    }
+
+    /// After a failed append, the full snapshot that saves again is not tried at every batch:
+    /// only once the changes since would have made another threshold's worth of journal, so
+    /// a disk that stays full does not make each change copy the whole state. Meanwhile the
+    /// sandbox goes on acknowledging (it does not hang on a full disk, as documented). Once
+    /// the disk has room again, the next try writes everything: nothing changed meanwhile is
+    /// lost, and lines are appended again. (Every batch after a failed append used to try a
+    /// full snapshot.)
+    #[test]
+    fn a_failed_append_backs_off_before_the_full_snapshot_and_recovers() {
+        let path = temp_state_file("appendfail");
+        let journal = journal_path(&path);
+        let mut st = State::default();
+        let p = Persist::create(&path, &mut st, 0, 0).unwrap();
+        p.files.io().compact_at = 4096;
+        let mut i = 0;
+        let mut save = |st: &mut State| {
+            change(st, i);
+            i += 1;
+            p.touch();
+            p.save(|| Some((&mut *st, 0)));
+            assert_eq!(
+                *p.saved.borrow(),
+                p.changed.load(Ordering::SeqCst),
+                "acknowledged"
+            );
+        };
+        for _ in 0..5 {
+            save(&mut st);
+        }
+        let per_change = std::fs::metadata(&journal).unwrap().len() / 5;
+        let mut tries = FullTries::block(&path);
+        break_journal(&p);
+        for _ in 0..200 {
+            save(&mut st);
+        }
+        let n = tries.count();
+        assert!(n >= 1, "the full snapshot was tried");
+        assert!(
+            n <= 200 * per_change / 4096 + 1,
+            "{n} full snapshots tried for 200 changes of {per_change} bytes: one per 4096 \
+             bytes of changes at most"
+        );
+
+        // Room again: a later batch writes everything, then lines are appended again.
+        tries.stop();
+        let mut k = 0;
+        while p.files.io().broken {
+            save(&mut st);
+            k += 1;
+            assert!(
+                k <= 4096 / per_change + 1,
+                "no full snapshot after the disk had room again"
+            );
+        }
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(
+            snapshot(&back.state, 0, 0).unwrap(),
+            snapshot(&st, 0, 0).unwrap(),
+            "what changed while the disk was full is saved"
+        );
+        let len = std::fs::metadata(&journal).unwrap().len();
+        save(&mut st);
+        assert!(std::fs::metadata(&journal).unwrap().len() > len, "appended");
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(
+            snapshot(&back.state, 0, 0).unwrap(),
+            snapshot(&st, 0, 0).unwrap()
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// After a failed append, a stop (or `Sandbox::flush`) does not wait for the back-off: it
+    /// writes everything at once, and a sandbox started on the files knows it.
+    #[test]
+    fn a_stop_after_a_failed_append_writes_everything() {
+        let path = temp_state_file("appendstop");
+        let mut st = State::default();
+        let p = Persist::create(&path, &mut st, 0, 0).unwrap();
+        let save = |p: &Persist, st: &mut State, i: u64| {
+            change(st, i);
+            p.touch();
+            p.save(|| Some((&mut *st, 0)));
+        };
+        save(&p, &mut st, 0);
+        break_journal(&p);
+        for i in 1..4 {
+            save(&p, &mut st, i);
+        }
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(
+            back.state.funds.flows.len(),
+            1,
+            "not written yet (backing off)"
+        );
+        assert!(p.retry_now(), "a write had failed");
+        p.save(|| Some((&mut st, 0)));
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(
+            snapshot(&back.state, 0, 0).unwrap(),
+            snapshot(&st, 0, 0).unwrap()
+        );
+        assert!(!p.retry_now(), "saved again: nothing to retry");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
