@@ -1331,7 +1331,19 @@ mod tests {
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let go_rx = Mutex::new(go_rx);
         *p.files.before_compaction_write.lock().unwrap() = Some(Arc::new(move |io| {
-            let free = io.try_lock().is_ok();
+            // The batch that started the compaction may still be releasing the journal (it
+            // spawns the compaction while holding it): poll a while. A compaction that held
+            // the journal itself would keep it held for all of this.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let free = loop {
+                if io.try_lock().is_ok() {
+                    break true;
+                }
+                if std::time::Instant::now() >= deadline {
+                    break false;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            };
             free_tx.send(free).unwrap();
             if free {
                 go_rx.lock().unwrap().recv().unwrap();
