@@ -868,4 +868,24 @@ pub(crate) mod tests {
         // A payment that raced the close still wins: the money moved.
         assert_eq!(o.pay("t", 3, 3), Ok(Change::Changed));
     }
+
+    /// A refund made by hand is refunded and listed on the order, once; one beyond what is
+    /// left changes nothing.
+    #[test]
+    fn a_refund_made_by_hand_is_listed_on_the_order() {
+        let mut o = sample_order(100);
+        o.pay("t", 1, 1).unwrap();
+        let no = OutRefundNo::parse("50300000012024010100000000001").unwrap();
+        let fen = |n| Fen::new(n).unwrap();
+        assert_eq!(o.refund_by_hand(&no, fen(30), 2), Ok(Change::Changed));
+        assert_eq!(
+            (o.refunded, o.refunds_by_hand.clone()),
+            (fen(30), vec![no.clone()])
+        );
+        let before = o.clone();
+        assert!(o.refund_by_hand(&no, fen(71), 3).is_err());
+        assert_eq!(o, before);
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(json["refunds_by_hand"], serde_json::json!([no.as_str()]));
+    }
 }
