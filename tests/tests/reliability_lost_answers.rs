@@ -751,3 +751,121 @@ async fn the_schedule_reads_back_aftersales_of_an_order_whose_add_answer_was_los
     let dead = c.dead_letters().await;
     assert!(dead.is_empty(), "{dead:?}");
 }
+
+/// Secondary-merchant mode, the `shop/order/add` answer lost and the order paid at WeChat: the
+/// user applies in WeChat's order centre and cancels there (ours CANCELLED by its push) while
+/// WeChat cannot tell us the component order's id (`shop/order/get` busy). The merchant then
+/// approves the cancelled after-sale: refused at once (409 `AFTERSALE_STATE`) without asking
+/// WeChat anything — the refusal does not turn on WeChat. The approval used to ask
+/// `shop/order/get` first, and answered 503 `WECHAT_UNAVAILABLE` ("approve again") for an
+/// after-sale no approval could ever take.
+#[tokio::test]
+async fn approving_a_cancelled_aftersale_of_an_order_whose_add_answer_was_lost_asks_wechat_nothing()
+{
+    let r = stack_with(&[("WX_FUND_TYPE", "1")]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-add-cancelled-approve").await;
+    let (no, total) =
+        paid_with_its_component_id_lost(&r, &c, &token, "tap-lost-add-cancelled", true).await;
+    let (wx, ours) = applied_in_wechat(&c, &no, total).await;
+    c.fault(json!({"path": "shop/order/get", "mode": "errcode", "errcode": -1, "count": 100}))
+        .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "cancel", "aftersale_id": wx}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(
+        "ours cancelled by the push",
+        Duration::from_secs(10),
+        || async { merchant_aftersale(&c, &no, &ours).await["status"] == "CANCELLED" },
+    )
+    .await;
+    // The cancel's sync (which cannot learn the id either) is done asking for now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = || r.sandbox.calls("shop/order/get").len();
+    let before = asked();
+
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": ours}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["code"], "AFTERSALE_STATE", "{v}");
+    assert_eq!(asked(), before, "WeChat was not asked");
+    assert_eq!(stored_wx_order_id(&r, &no).await, None);
+}
+
+/// `shop/order/add` failed without WeChat making the order (busy, every try), the order was
+/// paid after all, and the user applies for a refund of it: the after-sale's sync finds no
+/// component order at WeChat (1010011) once a late `add` would have landed, which is kept as
+/// a `component_order_missing` event. The schedule's read-back of open after-sales then asks
+/// WeChat nothing about that after-sale, run after run, and says why (`not_at_wechat` in its
+/// report): WeChat holds no after-sale of an order it never made. Every run used to spend an
+/// `ecaftersale/get` on it that could only fail.
+#[tokio::test]
+async fn the_schedule_asks_wechat_nothing_about_aftersales_of_an_order_it_never_made() {
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    use wxshop::time::Deadline;
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("never-made-aftersale").await;
+    c.fault(json!({"path": "shop/order/add", "mode": "errcode", "errcode": -1, "count": 5}))
+        .await;
+    let (s, v) = c.order(&token, 1, Some("tap-never-made-as")).await;
+    assert_eq!(s, 503, "{v}");
+    let made = orders(&c, &token).await;
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    notify_paid(&r, &c, &made[0], &openid).await;
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let ours = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+
+    r.app.clock.advance(6 * 60_000);
+    eventually(
+        "a person told of the paid order missing from the component",
+        Duration::from_secs(10),
+        || async {
+            let (s, v) = c
+                .admin(
+                    "/admin/orderSync",
+                    &json!({"action": "events", "source": "component_order_missing"}),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            v["events"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["key"] == no.as_str()))
+        },
+    )
+    .await;
+
+    // Past the grace for pushes: the after-sale is due to be read back.
+    r.app.clock.advance(11 * 60_000);
+    for run in 1..=2 {
+        let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+        let sweep = &report["wechat_refunds"];
+        assert_eq!(sweep["asked"], 0, "run {run}: {report}");
+        assert_eq!(sweep["not_at_wechat"], 1, "run {run}: {report}");
+    }
+    let gets = r.sandbox.calls("shop/ecaftersale/get");
+    assert!(gets.is_empty(), "WeChat was not asked: {gets:?}");
+    assert_eq!(
+        merchant_aftersale(&c, &no, &ours).await["status"],
+        "REQUESTED"
+    );
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}

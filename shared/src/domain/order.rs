@@ -20,7 +20,7 @@
 //! the fulfilment status still read, and leave it the way they would have gone: ship when no
 //! waybill was recorded yet, confirm receipt when one was, refund to REFUNDED.
 
-use super::{AfterSaleId, Fen, OpenId, OutTradeNo, ProductId, SkuId};
+use super::{AfterSaleId, Fen, OpenId, OutRefundNo, OutTradeNo, ProductId, SkuId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -203,6 +203,13 @@ pub struct Order {
     /// so concurrent applications cannot together ask for more than is left.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub refund_claims: BTreeMap<AfterSaleId, Fen>,
+    /// The refunds made by hand in the merchant platform recorded on this order, by their
+    /// `out_refund_no`, written with each ([`Order::refund_by_hand`]): read by key, one is seen
+    /// the moment it is recorded, where the store's index of an order's refunds may lag behind
+    /// (DynamoDB's are eventually consistent). Orders refunded by hand before this was kept list
+    /// none; those refunds are found through the index, long since caught up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refunds_by_hand: Vec<OutRefundNo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -538,6 +545,21 @@ impl Order {
         Ok(Change::Changed)
     }
 
+    /// A refund made by hand in the merchant platform (`no`, recorded with this change): refunded
+    /// as [`Order::refund`], and listed in [`Order::refunds_by_hand`].
+    pub fn refund_by_hand(
+        &mut self,
+        no: &OutRefundNo,
+        amount: Fen,
+        now_ms: i64,
+    ) -> Result<Change, TransitionError> {
+        self.refund(amount, now_ms)?;
+        if !self.refunds_by_hand.contains(no) {
+            self.refunds_by_hand.push(no.clone());
+        }
+        Ok(Change::Changed)
+    }
+
     /// fund_type=1: WeChat settled the order into the shop's funds account.
     pub fn settle(&mut self, now_ms: i64) -> Result<Change, TransitionError> {
         if self.settled_at_ms.is_some() {
@@ -585,6 +607,7 @@ pub(crate) mod tests {
             address: None,
             refunded: Fen::ZERO,
             refund_claims: BTreeMap::new(),
+            refunds_by_hand: Vec::new(),
             settled_at_ms: None,
             close_reason: None,
             created_at_ms: 0,
@@ -844,5 +867,25 @@ pub(crate) mod tests {
         assert_eq!(o.close("user", 2), Ok(Change::Unchanged));
         // A payment that raced the close still wins: the money moved.
         assert_eq!(o.pay("t", 3, 3), Ok(Change::Changed));
+    }
+
+    /// A refund made by hand is refunded and listed on the order, once; one beyond what is
+    /// left changes nothing.
+    #[test]
+    fn a_refund_made_by_hand_is_listed_on_the_order() {
+        let mut o = sample_order(100);
+        o.pay("t", 1, 1).unwrap();
+        let no = OutRefundNo::parse("50300000012024010100000000001").unwrap();
+        let fen = |n| Fen::new(n).unwrap();
+        assert_eq!(o.refund_by_hand(&no, fen(30), 2), Ok(Change::Changed));
+        assert_eq!(
+            (o.refunded, o.refunds_by_hand.clone()),
+            (fen(30), vec![no.clone()])
+        );
+        let before = o.clone();
+        assert!(o.refund_by_hand(&no, fen(71), 3).is_err());
+        assert_eq!(o, before);
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(json["refunds_by_hand"], serde_json::json!([no.as_str()]));
     }
 }

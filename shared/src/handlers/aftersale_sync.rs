@@ -395,7 +395,7 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             {
                 accept_return(app, &id, return_address).await?
             } else {
-                approve(app, &id, confirm_not_refunded_by_hand).await?
+                approve(app, current, confirm_not_refunded_by_hand).await?
             };
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
@@ -643,78 +643,101 @@ async fn accept_return(
 /// report (the `aftersale_refund_success` event, or the after-sale read back by the sync)
 /// completes ours — our merchant account has no payment to refund from. Such an order whose
 /// `shop/order/add` answer was lost learns its component order's id first
-/// ([`secondary_at_wechat`]).
+/// ([`secondary_at_wechat`]) — once nothing else refuses the approval, so a refusal that does
+/// not turn on WeChat asks it nothing.
+///
+/// `current` is the after-sale as the caller read it: the first attempt uses it, and reads
+/// its order once; only a retry (a concurrent writer won) reads them again — or learning the
+/// component order's id, which writes the order, re-reads that.
 async fn approve(
     app: &App,
-    id: &AfterSaleId,
+    current: repo::Versioned<AfterSale>,
     confirm_not_refunded_by_hand: bool,
 ) -> Result<AfterSale, ApiError> {
-    // Before the write, and once: WeChat is asked at most once per approval, not per retry.
-    secondary_at_wechat(app, id).await?;
-    let approved = with_retries(app, || async {
-        let current = repo::get_aftersale(app.store.as_ref(), id)
-            .await?
-            .ok_or_else(|| {
-                ApiError::not_found("AFTERSALE_NOT_FOUND", format!("no after-sale {id}"))
-            })?;
-        let order = repo::get_order(app.store.as_ref(), &current.value.out_trade_no)
-            .await?
-            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
-        let fund_type = order.value.fund_type;
-        let now = app.clock.now_ms();
-        let mut next = current.value.clone();
-        if next
-            .approve(fund_type, now)
-            .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?
-            == Change::Unchanged
-        {
-            return Ok(Attempt::Done(next));
+    let id = &current.value.id.clone();
+    let mut first = Some(current);
+    let approved = with_retries(app, || {
+        let known = first.take();
+        async move {
+            let current = match known {
+                Some(a) => a,
+                None => repo::get_aftersale(app.store.as_ref(), id)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::not_found("AFTERSALE_NOT_FOUND", format!("no after-sale {id}"))
+                    })?,
+            };
+            let mut order = repo::get_order(app.store.as_ref(), &current.value.out_trade_no)
+                .await?
+                .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+            let fund_type = order.value.fund_type;
+            let now = app.clock.now_ms();
+            let mut next = current.value.clone();
+            if next
+                .approve(fund_type, now)
+                .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?
+                == Change::Unchanged
+            {
+                return Ok(Attempt::Done(next));
+            }
+            // Refunds a person made in the merchant platform: one since this application may
+            // have been this after-sale's money — approving would pay it twice. A person says
+            // which.
+            let by_hand = if order.value.refunded > Fen::ZERO {
+                unlinked_refunds_by_hand(app, &order.value).await?
+            } else {
+                Vec::new()
+            };
+            let since: Vec<&RefundRecord> = by_hand
+                .iter()
+                .filter(|r| r.created_at_ms >= current.value.created_at_ms)
+                .collect();
+            if !since.is_empty() && !confirm_not_refunded_by_hand {
+                return Err(refunded_by_hand_error(id, &since));
+            }
+            // Held on the order since the application; one recorded without a hold takes it
+            // now. Either way it must fit in what is left beside the other open after-sales'
+            // holds, which a refund made by hand may have left holding more than that.
+            let amount = next.amount;
+            let fits = |o: &crate::domain::Order| {
+                o.check_fits(id, amount)
+                    .map_err(|e| not_fitting_error(o, id, amount, &by_hand, e))
+            };
+            fits(&order.value)?;
+            // Nothing here refuses it: only now is WeChat asked, if it must be. The id it
+            // answers is stored on the order (a version-checked write): read it again.
+            if fund_type == FundType::SecondaryMerchant && order.value.wx_order_id.is_none() {
+                secondary_at_wechat(app, &order.value).await?;
+                order = repo::get_order(app.store.as_ref(), &current.value.out_trade_no)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+                fits(&order.value)?;
+            }
+            let mut next_order = order.value.clone();
+            let held = next_order
+                .claim_refund(id, next.amount, now)
+                .map_err(|e| not_fitting_error(&order.value, id, next.amount, &by_hand, e))?;
+            let mut batch = Batch::new();
+            if fund_type == FundType::Direct {
+                queue_wechat_pay_refund(app, id, &mut next, &mut batch, now).await?;
+            }
+            // After the refund number is settled (a renumbering changes the after-sale).
+            batch.update_aftersale(&current, &next);
+            if held == Change::Changed {
+                batch.update_order(&order, &next_order);
+            } else {
+                batch.check_order(&order);
+            }
+            if order.value.at_wechat().component_order {
+                batch.enqueue(OutboxEntry::new(
+                    Task::AfterSaleSync {
+                        aftersale_id: id.clone(),
+                    },
+                    now,
+                ));
+            }
+            Ok(Attempt::Commit(batch, next))
         }
-        // Refunds a person made in the merchant platform: one since this application may have
-        // been this after-sale's money — approving would pay it twice. A person says which.
-        let by_hand = if order.value.refunded > Fen::ZERO {
-            unlinked_refunds_by_hand(app, &order.value.out_trade_no).await?
-        } else {
-            Vec::new()
-        };
-        let since: Vec<&RefundRecord> = by_hand
-            .iter()
-            .filter(|r| r.created_at_ms >= current.value.created_at_ms)
-            .collect();
-        if !since.is_empty() && !confirm_not_refunded_by_hand {
-            return Err(refunded_by_hand_error(id, &since));
-        }
-        // Held on the order since the application; one recorded without a hold takes it now.
-        // Either way it must fit in what is left beside the other open after-sales' holds,
-        // which a refund made by hand may have left holding more than that.
-        order
-            .value
-            .check_fits(id, next.amount)
-            .map_err(|e| not_fitting_error(&order.value, id, next.amount, &by_hand, e))?;
-        let mut next_order = order.value.clone();
-        let held = next_order
-            .claim_refund(id, next.amount, now)
-            .map_err(|e| not_fitting_error(&order.value, id, next.amount, &by_hand, e))?;
-        let mut batch = Batch::new();
-        if fund_type == FundType::Direct {
-            queue_wechat_pay_refund(app, id, &mut next, &mut batch, now).await?;
-        }
-        // After the refund number is settled (a renumbering changes the after-sale).
-        batch.update_aftersale(&current, &next);
-        if held == Change::Changed {
-            batch.update_order(&order, &next_order);
-        } else {
-            batch.check_order(&order);
-        }
-        if order.value.at_wechat().component_order {
-            batch.enqueue(OutboxEntry::new(
-                Task::AfterSaleSync {
-                    aftersale_id: id.clone(),
-                },
-                now,
-            ));
-        }
-        Ok(Attempt::Commit(batch, next))
     })
     .await?;
     tracing::info!(aftersale_id = %id, status = approved.status.as_str(), "after-sale approved; refund queued");
@@ -725,17 +748,10 @@ async fn approve(
 /// component order. One whose `shop/order/add` answer was lost holds no id for it though WeChat
 /// may hold the order: the id is learnt by our number first
 /// ([`component_id`](super::shop_orders::component_id), stored on the order). Refused (409
-/// `NOT_AT_WECHAT`) only when WeChat was never asked to make the order, or answers that it
-/// holds none; 503 when WeChat could not be asked, or a late `add` may still land.
-async fn secondary_at_wechat(app: &App, id: &AfterSaleId) -> Result<(), ApiError> {
-    // Missing records: the approval itself says so.
-    let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? else {
-        return Ok(());
-    };
-    let Some(order) = repo::get_order(app.store.as_ref(), &a.value.out_trade_no).await? else {
-        return Ok(());
-    };
-    let order = order.value;
+/// `NOT_AT_WECHAT`) only when WeChat was never asked to make the order (WeChat is not asked
+/// then), or answers that it holds none; 503 when WeChat could not be asked, or a late `add`
+/// may still land.
+async fn secondary_at_wechat(app: &App, order: &crate::domain::Order) -> Result<(), ApiError> {
     if order.fund_type != FundType::SecondaryMerchant || order.wx_order_id.is_some() {
         return Ok(());
     }
@@ -750,7 +766,7 @@ async fn secondary_at_wechat(app: &App, id: &AfterSaleId) -> Result<(), ApiError
             ),
         ));
     }
-    match super::shop_orders::component_id(app, &order).await {
+    match super::shop_orders::component_id(app, order).await {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(ApiError::conflict(
             "NOT_AT_WECHAT",
@@ -830,16 +846,33 @@ async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiErro
     Ok(done)
 }
 
-/// The refunds of order `no` made by hand in the merchant platform (recorded `BY_HAND` by
+/// The refunds of `order` made by hand in the merchant platform (recorded `BY_HAND` by
 /// `payCallback`) that no after-sale was settled with yet ([`settle_by_refund_made_by_hand`]).
+/// Exact: those the order lists ([`Order::refunds_by_hand`], written with each) are read by
+/// key — a strongly consistent read, so one recorded a moment ago is seen even while the
+/// store's index of the order's refunds (DynamoDB: a GSI, eventually consistent) does not
+/// list it yet. The index adds those recorded before orders listed them.
+///
+/// [`Order::refunds_by_hand`]: crate::domain::Order::refunds_by_hand
 async fn unlinked_refunds_by_hand(
     app: &App,
-    no: &OutTradeNo,
+    order: &crate::domain::Order,
 ) -> Result<Vec<RefundRecord>, ApiError> {
-    Ok(repo::refunds_of_order(app.store.as_ref(), no)
-        .await?
+    let store = app.store.as_ref();
+    let mut all: Vec<RefundRecord> = Vec::with_capacity(order.refunds_by_hand.len());
+    for no in &order.refunds_by_hand {
+        if let Some(r) = repo::get_refund(store, no).await? {
+            all.push(r.value);
+        }
+    }
+    for r in repo::refunds_of_order(store, &order.out_trade_no).await? {
+        if !order.refunds_by_hand.contains(&r.value.out_refund_no) {
+            all.push(r.value);
+        }
+    }
+    all.sort_by_key(|r| r.created_at_ms);
+    Ok(all
         .into_iter()
-        .map(|r| r.value)
         .filter(|r| {
             r.origin == RefundOrigin::ByHand
                 && r.status == RefundStatus::Success
@@ -1474,6 +1507,53 @@ pub struct WeChatRefundSweepReport {
     pub returned: usize,
     /// The question failed (or its answer could not be stored): asked again next turn.
     pub failed: usize,
+    /// Of paid orders whose `shop/order/add` answer was lost and that WeChat answers it never
+    /// made (`shop/order/get` by our number: 1010011, kept as a `component_order_missing`
+    /// event): not asked about — WeChat holds no after-sale of theirs, so `ecaftersale/get`
+    /// could only fail.
+    pub not_at_wechat: usize,
+}
+
+/// What WeChat holds of an order, as far as the sweep is concerned (see [`component_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Component {
+    /// WeChat was never asked to make its component order (or the order is gone).
+    None,
+    /// WeChat was asked, its answer was lost, and it holds none: a `component_order_missing`
+    /// event was kept for the order.
+    Missing,
+    /// WeChat holds its component order (its id stored), or may (its `add` answer lost and
+    /// nothing says otherwise yet).
+    Held { secondary: bool },
+}
+
+/// What WeChat holds of order `no`: one store read for the order, and — only for one whose
+/// `shop/order/add` answer was lost (no id stored) — one for its `component_order_missing`
+/// event. An order with a stored id is held whatever any event says.
+async fn component_of(app: &App, no: &OutTradeNo) -> Result<Component, crate::store::StoreError> {
+    let store = app.store.as_ref();
+    let Some(order) = repo::get_order(store, no).await? else {
+        return Ok(Component::None);
+    };
+    let order = order.value;
+    if !order.at_wechat().component_order {
+        return Ok(Component::None);
+    }
+    if order.wx_order_id.is_none()
+        && repo::get_event(
+            store,
+            super::shop_orders::COMPONENT_ORDER_MISSING_EVENTS,
+            no.as_str(),
+        )
+        .await?
+        .is_some()
+    {
+        tracing::info!(out_trade_no = %no, "WeChat after-sale sweep: WeChat never made this paid order's component order (component_order_missing): its after-sales are not asked about");
+        return Ok(Component::Missing);
+    }
+    Ok(Component::Held {
+        secondary: order.fund_type == FundType::SecondaryMerchant,
+    })
 }
 
 /// What reading one after-sale back from WeChat came to (see [`sweep_wechat_refunds`]).
@@ -1504,8 +1584,11 @@ enum Applied {
 /// the only ones WeChat may still refund) have WeChat's after-sale read, and what it shows is
 /// applied by the code the lost push would have run ([`wechat_state_of`]): a refund done
 /// recorded (`recorded`), a user cancel applied (`cancelled`), other terms awaiting the
-/// merchant adopted (`adopted`), a return waybill recorded (`returned`). No question is
-/// started once `deadline` has passed: `false` with the report then. (The phase keeps its
+/// merchant adopted (`adopted`), a return waybill recorded (`returned`). Those of a paid order
+/// WeChat never made a component order of (its `add` answer lost, then `shop/order/get` by
+/// our number: 1010011, kept as a `component_order_missing` event) are not asked about
+/// (`not_at_wechat`): WeChat holds none of its after-sales, and each `ecaftersale/get` could
+/// only fail, run after run. No question is started once `deadline` has passed: `false` with the report then. (The phase keeps its
 /// name, `wechat_refunds`, which the schedule and the admin API use.)
 pub async fn sweep_wechat_refunds(
     app: &App,
@@ -1518,8 +1601,8 @@ pub async fn sweep_wechat_refunds(
     let store = app.store.as_ref();
     let now = app.clock.now_ms();
     let quiet_since = now - WECHAT_REFUND_GRACE_MS;
-    // Per run: of an order, whether WeChat was asked to make its component order (`Some`; its
-    // id stored or its `add` answer lost) and it is a secondary-merchant one.
+    // Per run: of an order, whether WeChat holds (or may hold) its component order, and
+    // whether it is a secondary-merchant one.
     let mut component = std::collections::HashMap::new();
     for status in [
         AfterSaleStatus::Requested,
@@ -1553,20 +1636,24 @@ pub async fn sweep_wechat_refunds(
             if a.updated_at_ms > quiet_since {
                 continue;
             }
-            let secondary = match component.get(&a.out_trade_no) {
+            let held = match component.get(&a.out_trade_no) {
                 Some(known) => *known,
-                None => match repo::get_order(store, &a.out_trade_no).await {
-                    Ok(o) => {
-                        let known = o
-                            .filter(|o| o.value.at_wechat().component_order)
-                            .map(|o| o.value.fund_type == FundType::SecondaryMerchant);
+                None => match component_of(app, &a.out_trade_no).await {
+                    Ok(known) => {
                         component.insert(a.out_trade_no.clone(), known);
                         known
                     }
                     Err(e) => break Err(e.into()),
                 },
             };
-            let Some(secondary) = secondary else { continue };
+            let secondary = match held {
+                Component::Held { secondary } => secondary,
+                Component::None => continue,
+                Component::Missing => {
+                    report.not_at_wechat += 1;
+                    continue;
+                }
+            };
             if status == AfterSaleStatus::Rejected && !secondary {
                 continue;
             }
@@ -1588,6 +1675,14 @@ pub async fn sweep_wechat_refunds(
         if !outcome? {
             return Ok((report, false));
         }
+    }
+    if report.not_at_wechat > 0 {
+        tracing::info!(
+            not_at_wechat = report.not_at_wechat,
+            "WeChat after-sale sweep: after-sales of paid orders WeChat never made a component \
+             order of (component_order_missing events) not asked about: WeChat holds none of \
+             theirs"
+        );
     }
     if report.recorded + report.cancelled + report.adopted + report.returned > 0 {
         tracing::warn!(

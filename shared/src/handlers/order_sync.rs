@@ -422,6 +422,7 @@ async fn run_phase(
                 report.wechat_refunds.adopted += r.adopted;
                 report.wechat_refunds.returned += r.returned;
                 report.wechat_refunds.failed += r.failed;
+                report.wechat_refunds.not_at_wechat += r.not_at_wechat;
                 finished
             })
             .map_err(|e| e.to_string()),

@@ -717,7 +717,7 @@ async fn made_by_hand(
     }
     let now = app.clock.now_ms();
     let mut next_order = order.value.clone();
-    if let Err(e) = next_order.refund(n.refund_fee, now) {
+    if let Err(e) = next_order.refund_by_hand(&n.out_refund_no, n.refund_fee, now) {
         return Err(RefundApplyError::Mismatch(format!(
             "unknown out_refund_no, beyond what the order has left: {e}"
         )));

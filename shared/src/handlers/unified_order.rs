@@ -612,6 +612,7 @@ async fn create_priced_order(
             address: address.clone(),
             refunded: Fen::ZERO,
             refund_claims: Default::default(),
+            refunds_by_hand: Default::default(),
             settled_at_ms: None,
             close_reason: None,
             created_at_ms: now,

@@ -1476,6 +1476,7 @@ fn order(no: &OutTradeNo, openid: &OpenId, created: i64) -> Order {
         address: None,
         refunded: Fen::ZERO,
         refund_claims: Default::default(),
+        refunds_by_hand: Default::default(),
         settled_at_ms: None,
         close_reason: None,
         created_at_ms: created,
