@@ -5076,7 +5076,7 @@ async fn a_bill_still_being_made_is_asked_again_hourly_and_given_up_after_a_week
     assert_eq!(report["bill"]["mismatches"], 0, "{report}");
     assert_eq!(report["bill"]["awaiting"], 1, "{report}");
     assert_eq!(bills_asked_for(&r, &day_before), 1);
-    assert_eq!(days_awaiting_a_bill(&r).await, [day.clone()]);
+    assert_eq!(days_awaiting_a_bill(&r).await, vec![day.clone()]);
     // Half an hour on: not asked again yet.
     advance_both(&r, &c, 30 * 60_000).await;
     let report = schedule().await;
