@@ -197,6 +197,11 @@ pub struct PayState {
     /// across restarts.
     #[serde(skip)]
     pub garbled_bill_lines: std::collections::HashSet<String>,
+    /// Days (`yyyyMMdd`) whose bills `downloadbill` answers `Bill Creating` for (WeChat still
+    /// making them), set with `/_control/bill` `{"creating": day}` and taken back with
+    /// `{"created": day}`: a test's knob, not kept across restarts.
+    #[serde(skip)]
+    pub bills_creating: std::collections::HashSet<String>,
 }
 
 impl PayState {
@@ -1483,6 +1488,18 @@ fn downloadbill(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields) -> Response {
     };
     if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
         return bill_fail("data format error", "20003");
+    }
+    // WeChat serves the last three months of bills (WECHAT_PAY_V2.md §2.7); what it answers
+    // for an older day is UNVERIFIED: a failure here, as for a date it cannot read.
+    let earliest = chrono::NaiveDate::parse_from_str(&beijing_date(sb.now_ms()), "%Y%m%d")
+        .ok()
+        .and_then(|today| today.checked_sub_months(chrono::Months::new(3)))
+        .map(|d| d.format("%Y%m%d").to_string());
+    if earliest.is_some_and(|earliest| date < earliest.as_str()) {
+        return bill_fail("invalid bill_date", "20001");
+    }
+    if sb.st().pay.bills_creating.contains(date) {
+        return bill_fail("Bill Creating", "20001");
     }
     let bill_type = get(f, "bill_type").unwrap_or("ALL");
     let columns: &[&str] = match bill_type {

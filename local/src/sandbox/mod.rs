@@ -1155,16 +1155,28 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
 
 /// `{"garble": out_trade_no}`: that order's lines of every bill (its payment, its refunds)
 /// carry amounts no parser reads, as a damaged bill would — what reconciliation must report
-/// without giving up on the rest of the day.
+/// without giving up on the rest of the day. `{"creating": day}`: that day's bills are
+/// answered `Bill Creating` (WeChat still making them) until `{"created": day}`.
 async fn control_bill(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
     let v = match parse_json_body(&body) {
         Ok(v) => v,
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     };
-    let Some(no) = v.get("garble").and_then(Value::as_str) else {
-        return control_err(StatusCode::BAD_REQUEST, "garble: an out_trade_no");
-    };
     let mut st = sb.st();
+    if let Some(day) = v.get("creating").and_then(Value::as_str) {
+        st.pay.bills_creating.insert(day.to_owned());
+        return Json(json!({"creating": st.pay.bills_creating.len()})).into_response();
+    }
+    if let Some(day) = v.get("created").and_then(Value::as_str) {
+        st.pay.bills_creating.remove(day);
+        return Json(json!({"creating": st.pay.bills_creating.len()})).into_response();
+    }
+    let Some(no) = v.get("garble").and_then(Value::as_str) else {
+        return control_err(
+            StatusCode::BAD_REQUEST,
+            "garble: an out_trade_no; or creating / created: a yyyyMMdd day",
+        );
+    };
     st.pay.garbled_bill_lines.insert(no.to_owned());
     Json(json!({"garbled": st.pay.garbled_bill_lines.len()})).into_response()
 }

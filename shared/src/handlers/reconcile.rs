@@ -18,7 +18,15 @@
 //!   of every one of those days has been read: while one is not ready (the day is not over
 //!   and past 10:00 of the next, or WeChat answers `Bill Creating`) it is
 //!   `refunds_awaiting_bill`, not a mismatch, and the schedule checks the day's refunds
-//!   again once that bill is ready ([`run_daily`]).
+//!   again once that bill is ready ([`run_daily`]). A bill of a day past the three months
+//!   WeChat keeps bills ([`BILLS_KEPT_DAYS`]) is not asked for: named in
+//!   `bills_out_of_reach`, the refund judged by its other bills.
+//!
+//! A day's bills are final from 10:00 China time of the next day. Asked for by hand before
+//! (today, say), what they list is checked as usual, but an order or refund of ours they
+//! lack is awaiting them (`payments_awaiting_bill`, `refunds_awaiting_bill`, each saying
+//! when to ask again), never missing: WeChat has not issued that day's bill yet. A day
+//! past WeChat's three months is refused (`BILL_OUT_OF_REACH`) without asking WeChat.
 //!
 //! A bill record that cannot be read is a mismatch of its own and every other record is
 //! checked; only a bill whose header or summary cannot be read fails the reconciliation
@@ -56,9 +64,16 @@ const MARK_TTL_SECS: i64 = 90 * 24 * 3600;
 /// ready.
 const AWAITING: &str = "reconcile/refunds_awaiting_bill";
 
-/// How long after WeChat answered `Bill Creating` (or `SYSTEMERROR`) for a day's bill it is
-/// asked again. UNVERIFIED how long WeChat takes; the schedule runs every 5 minutes.
+/// How long after WeChat answered `Bill Creating` (or `SYSTEMERROR`) for another day's
+/// REFUND bill it is asked again. UNVERIFIED how long WeChat takes to make a bill it is
+/// still making: an hour is a guess; the schedule runs every 5 minutes.
 const BILL_CREATING_RETRY_MS: i64 = HOUR_MS;
+
+/// WeChat Pay serves the bills of the last three months only (WECHAT_PAY_V2.md §2.7).
+/// UNVERIFIED how it counts them and what it answers for an older day: a day more than this
+/// many days before today (China time) — the shortest three calendar months, February to
+/// April — is taken as out of reach and never asked for.
+const BILLS_KEPT_DAYS: i64 = 89;
 
 /// WeChat makes the bills from 09:00 and says to fetch them after 10:00 China time
 /// (WECHAT_PAY_V2.md §2.7).
@@ -120,6 +135,15 @@ pub struct Reconciliation {
     /// bill of another day that may list them is not ready yet: not mismatches (yet). The
     /// schedule checks them again once it is; by hand, ask again then.
     pub refunds_awaiting_bill: Vec<RefundMismatch>,
+    /// Our direct orders paid that day that the SUCCESS bill does not list while that bill
+    /// is not final (asked for by hand before 10:00 China time of the next day: WeChat has
+    /// not issued the day's bill yet): not mismatches (yet) — ask again once it is final,
+    /// as each one's `problem` says.
+    pub payments_awaiting_bill: Vec<PaymentMismatch>,
+    /// REFUND bills (`yyyyMMdd`) a refund of that day would be looked for in that are past
+    /// the three months WeChat Pay keeps bills: not asked for; the refund is judged by the
+    /// other bills, and one none of them lists is missing.
+    pub bills_out_of_reach: Vec<String>,
     /// When the first bill of `refunds_awaiting_bill` may be ready (epoch ms).
     #[serde(skip)]
     pub recheck_at_ms: Option<i64>,
@@ -146,6 +170,13 @@ fn bill_ready_at_ms(bill_date: &str) -> Option<i64> {
     day_start_ms(bill_date).map(|start| start + DAY_MS + BILLS_READY_HOUR * HOUR_MS)
 }
 
+/// Whether WeChat Pay still serves `bill_date`'s bills at `now_ms`: not more than
+/// [`BILLS_KEPT_DAYS`] before today (China time).
+fn bill_in_reach(bill_date: &str, now_ms: i64) -> bool {
+    let today = day_start_ms(&crate::time::beijing_date(now_ms)).unwrap_or(now_ms);
+    day_start_ms(bill_date).is_some_and(|d| d >= today - BILLS_KEPT_DAYS * DAY_MS)
+}
+
 /// When the refunds of `bill_date` stop waiting for a bill: a week ([`CATCH_UP_DAYS`]) after
 /// its own bills were ready. A refund no bill read lists is missing then, even if the bill
 /// of another of its days never came (or is of a day WeChat gave wrong, far ahead).
@@ -156,23 +187,35 @@ fn give_up_at_ms(bill_date: &str) -> Option<i64> {
 /// The REFUND bills read in one reconciliation, by day (`yyyyMMdd`), and the days whose
 /// REFUND bill is not complete yet, with when to ask again (epoch ms). A day may be in
 /// both: a bill downloaded before it was ready lists what it lists, but what it lacks may
-/// still come.
+/// still come. And the days past the three months WeChat keeps bills: never asked for.
 #[derive(Default)]
 struct RefundBills {
     read: BTreeMap<String, Bill>,
     not_ready: BTreeMap<String, i64>,
+    out_of_reach: BTreeSet<String>,
 }
 
 impl RefundBills {
     /// Reads `day`'s REFUND bill unless it was read already or is not ready: by the clock
     /// (no request then), or by WeChat's answer (`Bill Creating`: a retryable
-    /// `BillUnavailable`). Any other failure fails the reconciliation, as the day's own
-    /// bills do.
+    /// `BillUnavailable`), nor out of WeChat's reach ([`BILLS_KEPT_DAYS`]: no request). Any
+    /// other failure fails the reconciliation, as the day's own bills do.
     async fn fetch(&mut self, app: &App, day: &str) -> Result<(), ApiError> {
-        if self.read.contains_key(day) || self.not_ready.contains_key(day) {
+        if self.read.contains_key(day)
+            || self.not_ready.contains_key(day)
+            || self.out_of_reach.contains(day)
+        {
             return Ok(());
         }
         let now = app.clock.now_ms();
+        if !bill_in_reach(day, now) {
+            tracing::warn!(
+                bill_date = day,
+                "REFUND bill past the three months WeChat Pay keeps: not asked for"
+            );
+            self.out_of_reach.insert(day.to_owned());
+            return Ok(());
+        }
         let ready_at = bill_ready_at_ms(day).unwrap_or(i64::MAX);
         if now < ready_at {
             self.not_ready.insert(day.to_owned(), ready_at);
@@ -213,7 +256,11 @@ fn pay_error(e: crate::pay::client::PayError) -> ApiError {
 }
 
 /// Reconciles `bill_date` (`yyyyMMdd`). `Ok(None)` when `deadline` passed before the end
-/// (nothing is kept; run it again).
+/// (nothing is kept; run it again). A day past the three months WeChat keeps bills is
+/// refused (400 `BILL_OUT_OF_REACH`) without asking WeChat. A day whose bills are not final
+/// yet (before 10:00 China time of the next day: asked for by hand) is read for what its
+/// bills list, and what they lack awaits them (`payments_awaiting_bill`,
+/// `refunds_awaiting_bill`) instead of being missing.
 pub async fn reconcile(
     app: &App,
     bill_date: &str,
@@ -225,6 +272,21 @@ pub async fn reconcile(
             "bill_date must be yyyyMMdd",
         ));
     };
+    let now = app.clock.now_ms();
+    if !bill_in_reach(bill_date, now) {
+        let earliest = crate::time::beijing_date(
+            day_start_ms(&crate::time::beijing_date(now)).unwrap_or(now) - BILLS_KEPT_DAYS * DAY_MS,
+        );
+        return Err(ApiError::bad_request(
+            "BILL_OUT_OF_REACH",
+            format!(
+                "WeChat Pay serves the bills of the last three months only: {bill_date} is \
+                 older (ask for {earliest} or later); compare that day with a bill \
+                 downloaded while it was served"
+            ),
+        ));
+    }
+    let final_at = bill_ready_at_ms(bill_date).filter(|t| now < *t);
     // `No Bill Exist` (a day without trades) comes back as an empty bill.
     let success = app
         .pay
@@ -280,12 +342,12 @@ pub async fn reconcile(
             });
         }
     }
-    if !missing_from_bill(app, &success, start_ms, deadline, &mut out).await? {
+    if !missing_from_bill(app, &success, start_ms, final_at, deadline, &mut out).await? {
         return Ok(None);
     }
     let mut refund_bills = RefundBills::default();
     // Asked for by hand before it was ready: what it lists counts, what it lacks may come.
-    if let Some(ready_at) = bill_ready_at_ms(bill_date).filter(|t| app.clock.now_ms() < *t) {
+    if let Some(ready_at) = final_at {
         refund_bills
             .not_ready
             .insert(bill_date.to_owned(), ready_at);
@@ -409,13 +471,15 @@ async fn refund_problem(app: &App, row: &BillRow) -> Result<Option<String>, ApiE
     Ok(None)
 }
 
-/// Our direct orders paid on the day starting at `start_ms` that the SUCCESS bill lacks.
-/// Orders of WeChat's collecting (fund_type 1) are not in our merchant's bill. `false` when
+/// Our direct orders paid on the day starting at `start_ms` that the SUCCESS bill lacks:
+/// missing, or — the bill not final until `final_at` (epoch ms) — awaiting it. Orders of
+/// WeChat's collecting (fund_type 1) are not in our merchant's bill. `false` when
 /// `deadline` passed first.
 async fn missing_from_bill(
     app: &App,
     success: &Bill,
     start_ms: i64,
+    final_at: Option<i64>,
     deadline: Deadline,
     out: &mut Reconciliation,
 ) -> Result<bool, ApiError> {
@@ -450,13 +514,28 @@ async fn missing_from_bill(
             .map_err(ApiError::from)?;
             for o in orders.iter().filter(|o| paid_within(o, start_ms, end_ms)) {
                 out.paid_here_checked += 1;
-                if !billed.contains(o.out_trade_no.as_str()) {
-                    tracing::error!(bill_date = %out.bill_date, out_trade_no = %o.out_trade_no, "paid here, not in the bill");
-                    out.missing_from_bill.push(PaymentMismatch {
-                        out_trade_no: o.out_trade_no.as_str().to_owned(),
-                        problem: "paid here, not in the bill".to_owned(),
-                    });
+                if billed.contains(o.out_trade_no.as_str()) {
+                    continue;
                 }
+                let out_trade_no = o.out_trade_no.as_str().to_owned();
+                if let Some(at) = final_at {
+                    let problem = format!(
+                        "not in the SUCCESS bill of {} so far: WeChat Pay issues it \
+                         complete from {} China time; ask again then",
+                        out.bill_date,
+                        crate::time::beijing_datetime(at)
+                    );
+                    out.payments_awaiting_bill.push(PaymentMismatch {
+                        out_trade_no,
+                        problem,
+                    });
+                    continue;
+                }
+                tracing::error!(bill_date = %out.bill_date, out_trade_no = %o.out_trade_no, "paid here, not in the bill");
+                out.missing_from_bill.push(PaymentMismatch {
+                    out_trade_no,
+                    problem: "paid here, not in the bill".to_owned(),
+                });
             }
             match next {
                 Some(n) => cursor = Some(n),
@@ -507,7 +586,9 @@ fn lists_refund(bill: &Bill, r: &RefundRecord) -> bool {
 /// Our refunds recorded successful on the day starting at `start_ms` that no REFUND bill
 /// of theirs lists: missing once the bill of each of their days ([`refund_bill_days`]) was
 /// read, else (one not ready yet) awaiting it — unless `give_up`, when a bill not ready is
-/// taken as read. `bills` holds the REFUND bills by day; another day's is downloaded once
+/// taken as read. A bill past WeChat's three months is neither: not asked for, it is left
+/// out (and named in `bills_out_of_reach`), so a refund no other bill lists is missing, not
+/// waiting for a bill that will never come. `bills` holds the REFUND bills by day; another day's is downloaded once
 /// when a refund needs it. `false` when `deadline` passed first.
 async fn refunds_missing_from_bill(
     app: &App,
@@ -540,10 +621,22 @@ async fn refunds_missing_from_bill(
             if listed {
                 continue;
             }
-            let (unread, read): (Vec<&str>, Vec<&str>) = days
+            let (gone, days): (Vec<&str>, Vec<&str>) = days
                 .iter()
                 .map(String::as_str)
+                .partition(|d| bills.out_of_reach.contains(*d));
+            let (unread, read): (Vec<&str>, Vec<&str>) = days
+                .into_iter()
                 .partition(|d| bills.not_ready.contains_key(*d));
+            let gone_note = if gone.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; the REFUND bill of {} is past the three months WeChat Pay keeps \
+                     bills: not checked",
+                    gone.join(" or ")
+                )
+            };
             let mismatch = |problem: String| RefundMismatch {
                 out_refund_no: Some(r.out_refund_no.as_str().to_owned()),
                 refund_id: r.refund_id.clone(),
@@ -561,6 +654,7 @@ async fn refunds_missing_from_bill(
                         unread.join(" or ")
                     );
                 }
+                problem += &gone_note;
                 tracing::error!(bill_date = %out.bill_date, out_refund_no = %r.out_refund_no, problem = %problem, "refund bill mismatch");
                 out.refunds_missing_from_bill.push(mismatch(problem));
             } else {
@@ -572,6 +666,7 @@ async fn refunds_missing_from_bill(
                     "the REFUND bill of {} is not ready yet: checked again once it is",
                     unread.join(" or ")
                 );
+                problem += &gone_note;
                 tracing::info!(bill_date = %out.bill_date, out_refund_no = %r.out_refund_no, problem = %problem, "refund waits for a REFUND bill");
                 let at = unread
                     .iter()
@@ -583,7 +678,10 @@ async fn refunds_missing_from_bill(
         }
         match next {
             Some(n) => cursor = Some(n),
-            None => return Ok(true),
+            None => {
+                out.bills_out_of_reach = bills.out_of_reach.iter().cloned().collect();
+                return Ok(true);
+            }
         }
     }
 }
@@ -601,6 +699,10 @@ pub struct DailyReport {
     /// Refunds left waiting for a REFUND bill that is not ready yet (of the days reconciled
     /// or checked again in this run).
     pub awaiting: usize,
+    /// REFUND bills (`yyyyMMdd`) a refund was to be looked for in that are past the three
+    /// months WeChat Pay keeps bills: skipped, not asked for (the refund judged by its other
+    /// bills; one none lists is a mismatch).
+    pub bills_out_of_reach: Vec<String>,
 }
 
 /// Days the schedule goes back to reconcile ones it missed (WeChat Pay down all of a day's
@@ -624,7 +726,9 @@ const CATCH_UP_DAYS: i64 = 7;
 /// again (`recheck_refunds`): one still in no bill once all its days' bills were read is
 /// missing (kept and paged like any mismatch), and the day leaves the entry once none waits.
 /// A bill still not ready a week (`CATCH_UP_DAYS`) after it should have been is given up
-/// on: its refunds no bill read lists are missing, the bill that never came named.
+/// on: its refunds no bill read lists are missing, the bill that never came named. A bill
+/// WeChat answered `Bill Creating` for is asked again an hour on ([`BILL_CREATING_RETRY_MS`],
+/// UNVERIFIED), one out of WeChat's reach never (the report's `bills_out_of_reach`).
 /// `false` when `deadline` passed first.
 pub async fn run_daily(
     app: &App,
@@ -650,6 +754,11 @@ async fn keep_mismatches(
 ) -> Result<(), ApiError> {
     report.mismatches += found.mismatch_count();
     report.awaiting += found.refunds_awaiting_bill.len();
+    for day in &found.bills_out_of_reach {
+        if !report.bills_out_of_reach.contains(day) {
+            report.bills_out_of_reach.push(day.clone());
+        }
+    }
     for (key, body) in mismatch_events(found) {
         if super::common::keep_evidence(app, BILL_MISMATCH_EVENTS, key, body).await? {
             report.kept += 1;
@@ -934,6 +1043,19 @@ mod tests {
             bill_ready_at_ms("20260927"),
             Some(at("2026-09-28 10:00:00"))
         );
+    }
+
+    /// WeChat serves three months of bills: a day 89 days before today (China time) is
+    /// asked for, one 90 days before is not (the shortest three calendar months are 89
+    /// days), whatever the hour.
+    #[test]
+    fn a_bill_older_than_three_months_is_out_of_reach() {
+        let at = |s: &str| crate::time::parse_beijing_datetime(s).unwrap();
+        for now in [at("2026-05-01 00:00:00"), at("2026-05-01 23:59:59")] {
+            assert!(bill_in_reach("20260201", now));
+            assert!(!bill_in_reach("20260131", now));
+            assert!(bill_in_reach("20260501", now));
+        }
     }
 
     #[test]
