@@ -8,7 +8,8 @@
 //! retried call with the same idempotency key returns the same order (settled first, as the
 //! sweep would, when it expired unpaid: see `replay`). The key stands for its first request
 //! (cart, address, enter scene): another under it is refused, 422 `IDEMPOTENCY_KEY_REUSED`,
-//! naming the order the key holds so the caller can close it (see `key_reused`).
+//! naming the order the key holds so the caller can close it (see `key_reused`) — or, while
+//! the key's first request is still running, 409 `REQUEST_IN_PROGRESS`, to ask again.
 //!
 //! # One key, one order number
 //!
@@ -219,27 +220,42 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     };
     let offered_json =
         serde_json::to_string(&offered).map_err(|e| ApiError::internal(e.to_string()))?;
-    let reference = match idempotency::claim(
-        app.store.as_ref(),
-        &record_key,
-        &hash,
-        &offered_json,
-        now,
-        IN_PROGRESS_MS,
-        IDEMPOTENCY_TTL_SECS,
-    )
-    .await?
-    {
-        Claim::Completed(stored) => return replay(app, &stored).await,
-        Claim::InProgress => {
-            return Err(ApiError::conflict(
+    let reference =
+        match idempotency::claim(
+            app.store.as_ref(),
+            &record_key,
+            &hash,
+            &offered_json,
+            now,
+            IN_PROGRESS_MS,
+            IDEMPOTENCY_TTL_SECS,
+        )
+        .await?
+        {
+            Claim::Completed(stored) => return replay(app, &stored).await,
+            Claim::InProgress => {
+                return Err(ApiError::conflict(
+                    "REQUEST_IN_PROGRESS",
+                    "the same order request is being processed; retry in a moment",
+                ))
+            }
+            // The key's first request may still be making its order: a caller told its number
+            // now could close it before it exists (ORDER_NOT_FOUND) and the order would then stay
+            // open until it expired. It hears that the key is busy, and asks again.
+            Claim::PayloadMismatch {
+                running: true,
+                reference: _,
+            } => return Err(ApiError::conflict(
                 "REQUEST_IN_PROGRESS",
-                "the same order request is being processed; retry in a moment",
-            ))
-        }
-        Claim::PayloadMismatch { reference } => return Err(key_reused(reference.as_deref())),
-        Claim::New { reference } => reference,
-    };
+                "this idempotency key's first request (another cart, address or enter scene) is \
+                 still being processed; retry in a moment",
+            )),
+            Claim::PayloadMismatch {
+                reference,
+                running: false,
+            } => return Err(key_reused(reference.as_deref())),
+            Claim::New { reference } => reference,
+        };
     // Taken over from an earlier attempt under this key: it may have begun the order.
     let resumed = reference != offered_json;
     let reservation: Reservation = if resumed {
@@ -297,8 +313,11 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
 /// (the user came back through another enter scene), can close it — the user's own close,
 /// `queryOrder` `close`, which answers 409 `ORDER_PAID` if it was paid meanwhile — rather than
 /// leave it holding its stock until it expires, and order again with a new key. The number
-/// says nothing of whether the order was made: the first attempt may have been refused, or not
-/// reached the write yet (`ORDER_NOT_FOUND` then).
+/// says nothing of whether the order was made: the first attempt may have been refused (then
+/// `ORDER_NOT_FOUND`). It is not given while that attempt's claim is live — it may not have
+/// written the order yet, and a close before the write would leave the order open until it
+/// expired: the answer is then 409 `REQUEST_IN_PROGRESS`, which clients retry with the same
+/// key (for an attempt cut off, until its claim's window has passed).
 fn key_reused(reference: Option<&str>) -> ApiError {
     let held = reference
         .and_then(|r| serde_json::from_str::<Reservation>(r).ok())
