@@ -387,7 +387,8 @@ async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
 async fn brought_up_to_date(app: &App, order: Order, ask_open: bool) -> Result<Order, ApiError> {
     let now = app.clock.now_ms();
     let expired = order.status.is_unpaid_open() && order.expires_at_ms <= now;
-    if !expired && !(ask_open && order.status == OrderStatus::Prepaid) {
+    let ask = expired || (ask_open && order.status == OrderStatus::Prepaid);
+    if !ask {
         return Ok(order);
     }
     let no = order.out_trade_no.clone();
