@@ -1043,7 +1043,8 @@ test('a session without a clock offset (an older client or server) is judged by 
 /**
  * A server for buy's key handling: unifiedOrder keeps each key's order and the scene it was
  * sent from, and answers another scene under a key 422 IDEMPOTENCY_KEY_REUSED naming the
- * order (`named: false`: as an older server, naming none); queryOrder closes (`close`:
+ * order (`named: false`: as an older server, naming none; `busy: n`: the first n such calls
+ * 409 REQUEST_IN_PROGRESS, as while the key's first request still runs); queryOrder closes (`close`:
  * a route overriding the close) and reads orders. `orders`: out_trade_no → status.
  */
 function sceneServer(opts) {
@@ -1056,6 +1057,11 @@ function sceneServer(opts) {
       login: loginRoute,
       unifiedOrder: (d) => {
         const held = byKey.get(d.idempotency_key);
+        if (held && held.scene !== d.scene && opts.busy > 0) {
+          // The key's first request still running: the server names no order yet.
+          opts.busy -= 1;
+          return { statusCode: 409, data: { code: 'REQUEST_IN_PROGRESS', message: 'this idempotency key\'s first request is still being processed; retry in a moment' } };
+        }
         if (held && held.scene !== d.scene) {
           const data = { code: 'IDEMPOTENCY_KEY_REUSED', message: `this idempotency key was used for a different cart, address or enter scene, and holds order ${held.no}` };
           if (opts.named !== false) data.out_trade_no = held.no;
@@ -1102,6 +1108,25 @@ function sceneServer(opts) {
 }
 
 const FAST_POLL = { intervalMs: 5, timeoutMs: 200, failTimeoutMs: 20 };
+
+test('buy: a passed-back key whose first request still runs is sent again until the refusal names its order, then closed', async () => {
+  // The server answers 409 REQUEST_IN_PROGRESS (no order named) while the key's first request
+  // may not have written its order: closing a number before its order exists would leave that
+  // order open. buy retries as for any in-progress key, and closes once the 422 names it.
+  const srv = sceneServer({ cashier: 'cancel', busy: 2 });
+  const c = createClient({ baseUrl: 'http://x', wx: srv.wx, orderRetry: FAST_RETRY, payPoll: FAST_POLL });
+  const first = await c.buy({ items: [TEA] });
+  srv.setScene(1089);
+  const before = srv.wx.calls.length;
+  const second = await c.buy({ items: [TEA], idempotencyKey: first.idempotencyKey });
+  const sent = srv.wx.calls.slice(before).filter((x) => x.name !== 'login');
+  const names = sent.map((x) => (x.data.action ? `${x.name}:${x.data.action}` : x.name));
+  assert.deepEqual(names.slice(0, 5), ['unifiedOrder', 'unifiedOrder', 'unifiedOrder', 'queryOrder:close', 'unifiedOrder']);
+  assert.ok(sent.slice(0, 3).every((x) => x.data.idempotency_key === first.idempotencyKey), 'the same key while busy');
+  assert.equal(sent[3].data.out_trade_no, first.out_trade_no);
+  assert.equal(srv.orders.get(first.out_trade_no), 'CLOSED');
+  assert.deepEqual(second.previousOrder, { out_trade_no: first.out_trade_no, outcome: 'closed' });
+});
 
 test('buy: a passed-back key refused after the user came back through another scene closes its order and buys afresh', async () => {
   const srv = sceneServer({ cashier: 'cancel' });

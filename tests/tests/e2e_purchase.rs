@@ -5420,6 +5420,62 @@ fn scene_order(scene: u32, key: &str) -> Value {
            "scene": scene, "idempotency_key": key})
 }
 
+/// GIVEN a key's first request still running (its scene check slow: no order written yet) WHEN
+/// the user comes back through another enter scene and the client sends the key again THEN the
+/// key is busy — 409 `REQUEST_IN_PROGRESS`, naming no order, which the client retries — not
+/// 422 naming an order not made yet: the client closed that number (`ORDER_NOT_FOUND`), ordered
+/// afresh, and the late order held its stock until it expired. Once the first request is done
+/// the refusal names its order, whose close gives the stock back.
+#[tokio::test]
+async fn a_key_sent_with_another_request_while_its_first_runs_is_busy() {
+    let r = stack_with(&[("WX_TRADING_COMPONENT", "scene")]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("rosa").await;
+    let start = tea_stock(&c).await;
+    c.fault(json!({"path": "shop/scene/check", "mode": "slow", "delay_ms": 1500, "count": 1}))
+        .await;
+    let first_body = scene_order(1001, "k-busy");
+    let first = c.post("/fn/unifiedOrder", Some(&token), &first_body);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &scene_order(1089, "k-busy"),
+        )
+        .await
+    };
+    let ((s1, first), (s2, busy)) = tokio::join!(first, second);
+    assert_eq!(
+        (s2, busy["code"].as_str()),
+        (409, Some("REQUEST_IN_PROGRESS")),
+        "{busy}"
+    );
+    assert!(busy.get("out_trade_no").is_none(), "{busy}");
+    assert_eq!(s1, 200, "{first}");
+    let no = first["out_trade_no"].as_str().unwrap();
+
+    let (s, refused) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &scene_order(1089, "k-busy"),
+        )
+        .await;
+    assert_eq!(s, 422, "{refused}");
+    assert_eq!(refused["out_trade_no"], no, "{refused}");
+    let (s, closed) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "close"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{closed}");
+    assert_eq!(closed["order"]["status"], "CLOSED");
+    assert_eq!(tea_stock(&c).await, start, "stock back");
+}
+
 /// GIVEN an unpaid order made under a key WHEN the user comes back through another enter
 /// scene and the mini program sends the key again THEN the key is still refused for that
 /// request (422 `IDEMPOTENCY_KEY_REUSED`: it keeps standing for the first), and the refusal

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
+use wxshop::store::{Kind, Page, Query, Record, Store, StoreError, Write};
 
 /// The trading component order for our number, as the sandbox holds it: its status.
 async fn shop_status(c: &Client, no: &str) -> Option<i64> {
@@ -192,6 +193,10 @@ async fn an_order_cut_off_mid_creation_is_closed_at_wechat_when_it_expires() {
     let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
     assert_eq!((s, v["code"].as_str()), (409, Some("ORDER_CLOSED")), "{v}");
     assert_eq!(orders(&c, &token).await.len(), 1, "no second order");
+    // The key keeps that answer: repeats replay it rather than resume the order again.
+    assert!(key_completed(&r, &openid, "tap-cut-off").await);
+    let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("ORDER_CLOSED")), "{v}");
 
     notify_paid(&r, &c, &made[0], &openid).await;
     assert_eq!(c.status(&token, &no).await["status"], "PAID");
@@ -572,6 +577,225 @@ async fn a_paid_order_is_answered_when_its_key_resumes_direct() {
 #[tokio::test]
 async fn a_paid_order_is_answered_when_its_key_resumes_secondary_merchant() {
     a_paid_order_is_answered_when_its_key_resumes(true).await;
+}
+
+/// A store whose write recording an idempotency key's result never returns: the function is
+/// cut off (its timeout) after everything else, its order made and prepaid, its claim left in
+/// progress for a retry to take over once the claim's window has passed.
+struct StallsTheResult(wxshop::store::DynStore);
+
+#[async_trait::async_trait]
+impl Store for StallsTheResult {
+    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
+        self.0.get(kind, id).await
+    }
+
+    async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let completes = writes.iter().any(|w| {
+            matches!(w, Write::Put { record, .. }
+                if record.kind == Kind::Idempotency
+                    && record.body.contains(r#""status":"COMPLETED""#))
+        });
+        if completes {
+            std::future::pending::<()>().await;
+        }
+        self.0.write(writes).await
+    }
+
+    async fn query(&self, query: Query) -> Result<Page, StoreError> {
+        self.0.query(query).await
+    }
+
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+}
+
+/// `unifiedOrder` for one tea under `key`, cut off just before it records its result: the
+/// order is PREPAID (its payment ids stored), the key still in progress. Its number.
+async fn prepaid_then_cut_off(
+    r: &wxlocal::gateway::Running,
+    c: &Client,
+    token: &str,
+    key: &str,
+) -> String {
+    let mut app = r.app.clone();
+    app.store = std::sync::Arc::new(StallsTheResult(r.app.store.clone()));
+    let route = wxshop::handlers::find_route("POST", "/fn/unifiedOrder").unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/fn/unifiedOrder")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(order_body(key).to_string()))
+        .unwrap();
+    let run = wxshop::handlers::handle(&app, route, req);
+    let cut = tokio::time::timeout(Duration::from_secs(3), run).await;
+    assert!(cut.is_err(), "the call was to be cut off mid-way");
+    let made = orders(c, token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["status"], "PREPAID", "{made:?}");
+    made[0]["out_trade_no"].as_str().unwrap().to_owned()
+}
+
+/// The body `c.order` sends for one tea under `key`.
+fn order_body(key: &str) -> Value {
+    json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+        "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"},
+        "idempotency_key": key})
+}
+
+/// Whether `key` of the user `openid` holds its answer (completed), so repeats replay it
+/// instead of resuming the order again.
+async fn key_completed(r: &wxlocal::gateway::Running, openid: &str, key: &str) -> bool {
+    let id = format!("unifiedOrder:{openid}:{key}");
+    let rec = r.app.store.get(Kind::Idempotency, &id).await.unwrap();
+    rec.is_some_and(|rec| rec.body.contains(r#""status":"COMPLETED""#))
+}
+
+/// Moves WeChat's clock and ours past the order's expiry (`ORDER_TTL_SECS` 900) and the
+/// claim's in-progress window.
+fn past_expiry(r: &wxlocal::gateway::Running) {
+    r.sandbox.clock().advance(16 * 60_000);
+    r.app.clock.advance(16 * 60_000);
+}
+
+/// How the user's cut-off order stands at WeChat Pay when they tap again, past its expiry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AtWechat {
+    Unpaid,
+    /// Paid, its notification never delivered.
+    PaidUnnotified,
+    /// `pay/orderquery` fails.
+    Unreachable,
+}
+
+/// The order a cut-off `unifiedOrder` made and prepaid is left past its expiry, the sweep not
+/// come round yet; the user taps again with the same key, and the call resumes that order. It
+/// is settled as a completed key's order is (`replay`), never handed the stored parameters of
+/// a prepay order expired at WeChat too: unpaid → closed (stock back, closed at WeChat Pay),
+/// 409 `ORDER_CLOSED`, and the key completed with it; paid → recorded, 200 `PAID`; WeChat Pay
+/// unreachable → not closed, 503 `ORDER_STATUS_UNKNOWN`, and the same key once it answers
+/// gets 409. It used to answer 200 PREPAID with the expired payment parameters.
+async fn an_expired_order_is_settled_when_its_key_resumes(at_wechat: AtWechat) {
+    let r = stack_with(&[("WXPAY_NOTIFY_URL", DEAD_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("expired-then-resumed").await;
+    let key = "tap-expired-then-resumed";
+    let before = c.stock().await;
+    let no = prepaid_then_cut_off(&r, &c, &token, key).await;
+    assert_eq!(c.stock().await, before - 1);
+    if at_wechat == AtWechat::PaidUnnotified {
+        let (s, v) = c
+            .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    past_expiry(&r);
+    if at_wechat == AtWechat::Unreachable {
+        c.fault(json!({"path": "pay/orderquery", "mode": "http500", "count": 50}))
+            .await;
+        let (s, v) = c.order(&token, 1, Some(key)).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (503, Some("ORDER_STATUS_UNKNOWN")),
+            "{v}"
+        );
+        assert_eq!(c.stock().await, before - 1, "the stock stays held");
+        assert_eq!(pay_state(&c, &no).await.as_deref(), Some("NOTPAY"));
+        assert!(!key_completed(&r, &openid, key).await, "retried later");
+        c.clear_faults().await;
+    }
+
+    let (s, v) = c.order(&token, 1, Some(key)).await;
+    if at_wechat == AtWechat::PaidUnnotified {
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["out_trade_no"], no.as_str(), "{v}");
+        assert_eq!(v["status"], "PAID", "{v}");
+        assert_eq!(c.stock().await, before - 1, "the stock stays sold");
+        assert_eq!(pay_state(&c, &no).await.as_deref(), Some("SUCCESS"));
+    } else {
+        assert_eq!((s, v["code"].as_str()), (409, Some("ORDER_CLOSED")), "{v}");
+        assert_eq!(c.stock().await, before, "stock back at the close");
+        eventually(
+            "the prepay order closed at WeChat Pay",
+            Duration::from_secs(10),
+            || async { pay_state(&c, &no).await.as_deref() == Some("CLOSED") },
+        )
+        .await;
+    }
+    assert!(key_completed(&r, &openid, key).await, "repeats replay it");
+    let (s2, again) = c.order(&token, 1, Some(key)).await;
+    assert_eq!(
+        (s2, again["code"].clone()),
+        (s, v["code"].clone()),
+        "{again}"
+    );
+    assert_eq!(orders(&c, &token).await.len(), 1, "no second order");
+}
+
+#[tokio::test]
+async fn an_expired_unpaid_order_is_closed_when_its_key_resumes() {
+    an_expired_order_is_settled_when_its_key_resumes(AtWechat::Unpaid).await;
+}
+
+#[tokio::test]
+async fn an_expired_order_paid_unnotified_is_answered_paid_when_its_key_resumes() {
+    an_expired_order_is_settled_when_its_key_resumes(AtWechat::PaidUnnotified).await;
+}
+
+#[tokio::test]
+async fn an_expired_order_wechat_cannot_say_about_is_kept_when_its_key_resumes() {
+    an_expired_order_is_settled_when_its_key_resumes(AtWechat::Unreachable).await;
+}
+
+/// Secondary-merchant mode (WeChat collects): the order a cut-off `unifiedOrder` made and
+/// prepaid is paid in the trading component, and its `open_product_order_pay` push has not
+/// landed. The user taps again with the same key (after the claim's window): WeChat's order
+/// is read (`shop/order/get`), the payment recorded, and the order answered PAID — 200,
+/// `payment` {} — with the key completed. It used to ask `getpaymentparams`, which refuses a
+/// paid order: 502 until the push landed.
+#[tokio::test]
+async fn a_secondary_merchant_order_paid_unpushed_is_answered_paid_when_its_key_resumes() {
+    let r = stack_with(&[("WX_FUND_TYPE", "1")]).await;
+    r.sandbox.set_push_url(None);
+    let c = Client::new(&r);
+    let (token, openid) = c.login("paid-unpushed-then-resumed").await;
+    let key = "tap-paid-unpushed-then-resumed";
+    let before = c.stock().await;
+    let no = prepaid_then_cut_off(&r, &c, &token, key).await;
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(shop_status(&c, &no).await, Some(20), "paid at WeChat");
+    assert_eq!(
+        orders(&c, &token).await[0]["status"],
+        "PREPAID",
+        "not pushed"
+    );
+    let params = r.sandbox.calls("shop/order/getpaymentparams").len();
+
+    r.app.clock.advance(31_000);
+    let (s, v) = c.order(&token, 1, Some(key)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["out_trade_no"], no.as_str(), "{v}");
+    assert_eq!(v["status"], "PAID", "{v}");
+    assert_eq!(v["payment"], json!({}), "{v}");
+    assert_eq!(
+        r.sandbox.calls("shop/order/getpaymentparams").len(),
+        params,
+        "WeChat is not asked to pay a paid order"
+    );
+    assert!(key_completed(&r, &openid, key).await, "repeats replay it");
+    let (s, again) = c.order(&token, 1, Some(key)).await;
+    assert_eq!(
+        (s, again["status"].as_str()),
+        (200, Some("PAID")),
+        "{again}"
+    );
+    assert_eq!(orders(&c, &token).await[0]["status"], "PAID");
+    assert_eq!(c.stock().await, before - 1, "stock taken once");
 }
 
 /// The user applies for a refund of all of order `no` in WeChat's own order centre; its

@@ -620,8 +620,9 @@ pub fn status_unknown(error: ApiError, message: String) -> ApiError {
 /// Settles an unpaid order as the sweep does: one WeChat holds to pay (PREPAID) is asked
 /// whether it was paid ([`ask_wechat_if_paid`](super::query_order::ask_wechat_if_paid)) and
 /// a payment recorded; one expired (`expires_at_ms` ≤ `now`) and not paid is closed
-/// ([`close_and_release`]). Also used by `unifiedOrder` for a repeated key whose order expired
-/// before the sweep came to it. `Err` only when the close failed (the store).
+/// ([`close_and_release`]). Also used by `unifiedOrder` for a repeated or resumed key whose
+/// order expired before the sweep came to it, and for a resumed key's secondary-merchant order
+/// before its payment parameters are asked for. `Err` only when the close failed (the store).
 pub async fn settle_unpaid(
     app: &App,
     order: crate::domain::Order,

@@ -8,7 +8,8 @@
 //! retried call with the same idempotency key returns the same order (settled first, as the
 //! sweep would, when it expired unpaid: see `replay`). The key stands for its first request
 //! (cart, address, enter scene): another under it is refused, 422 `IDEMPOTENCY_KEY_REUSED`,
-//! naming the order the key holds so the caller can close it (see `key_reused`).
+//! naming the order the key holds so the caller can close it (see `key_reused`) — or, while
+//! the key's first request is still running, 409 `REQUEST_IN_PROGRESS`, to ask again.
 //!
 //! # One key, one order number
 //!
@@ -24,7 +25,11 @@
 //! or, once it has its `prepay_id`, it is answered from the store. Paid meanwhile (in WeChat's
 //! order centre, or its notification landed), it is answered as it is, as a repeated key's
 //! paid order is: nothing to pay, WeChat not asked (see `paid_payment`), and the key completed
-//! with that answer; closed meanwhile, 409 `ORDER_CLOSED`. The order does not exist: it is
+//! with that answer; closed meanwhile, 409 `ORDER_CLOSED`, the key completed with that too.
+//! Before that it is brought up to date as a repeated key's order is (`brought_up_to_date`):
+//! unpaid past its expiry, settled as the sweep would; a secondary-merchant one WeChat holds to
+//! pay is asked about first, since its payment push may not have landed and `getpaymentparams`
+//! refuses a paid order. The order does not exist: it is
 //! created under that number. The key is released, so a retry starts afresh under a new
 //! number, only when the attempt left nothing behind: it was refused before the order was
 //! written (sold out, not for sale, …), or WeChat refused it and the order was closed with its
@@ -198,7 +203,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         let result = place(app, &attempt, false, &openid, &lines, &origin, address)
             .await
             .map_err(|f| f.error)?;
-        return Ok(json(&result));
+        return answer(&result);
     };
     if key.is_empty() || key.len() > 128 {
         return Err(ApiError::bad_request(
@@ -215,27 +220,42 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     };
     let offered_json =
         serde_json::to_string(&offered).map_err(|e| ApiError::internal(e.to_string()))?;
-    let reference = match idempotency::claim(
-        app.store.as_ref(),
-        &record_key,
-        &hash,
-        &offered_json,
-        now,
-        IN_PROGRESS_MS,
-        IDEMPOTENCY_TTL_SECS,
-    )
-    .await?
-    {
-        Claim::Completed(stored) => return replay(app, &stored).await,
-        Claim::InProgress => {
-            return Err(ApiError::conflict(
+    let reference =
+        match idempotency::claim(
+            app.store.as_ref(),
+            &record_key,
+            &hash,
+            &offered_json,
+            now,
+            IN_PROGRESS_MS,
+            IDEMPOTENCY_TTL_SECS,
+        )
+        .await?
+        {
+            Claim::Completed(stored) => return replay(app, &stored).await,
+            Claim::InProgress => {
+                return Err(ApiError::conflict(
+                    "REQUEST_IN_PROGRESS",
+                    "the same order request is being processed; retry in a moment",
+                ))
+            }
+            // The key's first request may still be making its order: a caller told its number
+            // now could close it before it exists (ORDER_NOT_FOUND) and the order would then stay
+            // open until it expired. It hears that the key is busy, and asks again.
+            Claim::PayloadMismatch {
+                running: true,
+                reference: _,
+            } => return Err(ApiError::conflict(
                 "REQUEST_IN_PROGRESS",
-                "the same order request is being processed; retry in a moment",
-            ))
-        }
-        Claim::PayloadMismatch { reference } => return Err(key_reused(reference.as_deref())),
-        Claim::New { reference } => reference,
-    };
+                "this idempotency key's first request (another cart, address or enter scene) is \
+                 still being processed; retry in a moment",
+            )),
+            Claim::PayloadMismatch {
+                reference,
+                running: false,
+            } => return Err(key_reused(reference.as_deref())),
+            Claim::New { reference } => reference,
+        };
     // Taken over from an earlier attempt under this key: it may have begun the order.
     let resumed = reference != offered_json;
     let reservation: Reservation = if resumed {
@@ -259,7 +279,9 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             let stored =
                 serde_json::to_string(&result).map_err(|e| ApiError::internal(e.to_string()))?;
             match idempotency::complete(app.store.as_ref(), &record_key, &stored).await {
-                Ok(()) => return Ok(json(&result)),
+                // A resumed order closed meanwhile is completed too, with the result that
+                // answers it: repeats replay 409 `ORDER_CLOSED` without resuming again.
+                Ok(()) => return answer(&result),
                 // The order is made but its result is not recorded: a retry resumes it.
                 Err(e) => PlaceError {
                     error: e.into(),
@@ -291,8 +313,11 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
 /// (the user came back through another enter scene), can close it — the user's own close,
 /// `queryOrder` `close`, which answers 409 `ORDER_PAID` if it was paid meanwhile — rather than
 /// leave it holding its stock until it expires, and order again with a new key. The number
-/// says nothing of whether the order was made: the first attempt may have been refused, or not
-/// reached the write yet (`ORDER_NOT_FOUND` then).
+/// says nothing of whether the order was made: the first attempt may have been refused (then
+/// `ORDER_NOT_FOUND`). It is not given while that attempt's claim is live — it may not have
+/// written the order yet, and a close before the write would leave the order open until it
+/// expired: the answer is then 409 `REQUEST_IN_PROGRESS`, which clients retry with the same
+/// key (for an attempt cut off, until its claim's window has passed).
 fn key_reused(reference: Option<&str>) -> ApiError {
     let held = reference
         .and_then(|r| serde_json::from_str::<Reservation>(r).ok())
@@ -321,12 +346,13 @@ fn key_reused(reference: Option<&str>) -> ApiError {
 
 /// A repeated key whose call completed: the stored result, with its order as it is now. A
 /// closed order can no longer be paid with the stored payment parameters, so the key is spent
-/// (409 `ORDER_CLOSED`; a new purchase takes a new key).
+/// (409 `ORDER_CLOSED`; a new purchase takes a new key). A resumed key whose order was closed
+/// is completed with a result naming it CLOSED, answered the same way.
 ///
 /// An unpaid order past its `expires_at_ms` is settled here as the sweep would, before
-/// answering: its prepay order has expired at WeChat too, and the stored parameters would
-/// only fail in the cashier again and again until the sweep (every 5 minutes) closed it.
-/// WeChat is asked whether it was paid: paid → the payment is recorded and the order answered
+/// answering (`brought_up_to_date`, as a resumed key's order is): its prepay order has expired
+/// at WeChat too, and the stored parameters would only fail in the cashier again and again
+/// until the sweep (every 5 minutes) closed it. WeChat is asked whether it was paid: paid → the payment is recorded and the order answered
 /// paid (the stored `payment` stays in the answer — the client requires one — but it opens no
 /// cashier for a paid status); not paid → closed, stock back, closed at WeChat, and 409
 /// `ORDER_CLOSED`. When WeChat does not say, the order is not closed (it may have been paid)
@@ -337,44 +363,76 @@ async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
     let mut result: UnifiedOrderResult = serde_json::from_str(stored)
         .map_err(|e| ApiError::internal(format!("stored result unreadable: {e}")))?;
     let Ok(no) = OutTradeNo::parse(result.out_trade_no.clone()) else {
-        return Ok(json(&result));
+        return answer(&result);
     };
     let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
-        return Ok(json(&result));
+        return answer(&result);
     };
-    let mut order = order.value;
-    let now = app.clock.now_ms();
-    if order.status.is_unpaid_open() && order.expires_at_ms <= now {
-        order = match super::order_sync::settle_unpaid(app, order.clone(), now).await? {
-            Settled::Paid(o) | Settled::Closed(o) => o,
-            Settled::Open => order,
-            Settled::Unanswered { error, .. } => {
-                tracing::warn!(out_trade_no = %no, error = %error, "unifiedOrder: a repeated key's order expired and WeChat did not say whether it was paid; not closed");
-                return Err(super::order_sync::status_unknown(
-                    error,
-                    format!(
-                        "the order this idempotency key made ({no}) expired, and WeChat Pay \
-                         could not say whether it was paid; retry shortly with the same key"
-                    ),
-                ));
-            }
-        };
-    }
-    if order.status == OrderStatus::Closed {
-        return Err(ApiError::conflict(
-            "ORDER_CLOSED",
-            format!(
-                "the order this idempotency key made ({no}) was closed unpaid; buy again with \
-                 a new key"
-            ),
-        ));
-    }
+    let order = brought_up_to_date(app, order.value, false).await?;
     result.status = order.status;
     // The amounts as the order states them (a result stored before `freight` was answered
     // has none).
     result.total_fee = order.total.get();
     result.freight = order.freight.get();
-    Ok(json(&result))
+    answer(&result)
+}
+
+/// A key's order brought up to date before it is answered, by a completed key's `replay` and
+/// a resumed key's `place`. One unpaid and past its `expires_at_ms` is settled as the sweep
+/// would ([`settle_unpaid`](super::order_sync::settle_unpaid)): paid at WeChat → recorded,
+/// the order as paid; not paid → closed (stock back, closed at WeChat); WeChat did not say →
+/// not closed (it may have been paid), 503 `ORDER_STATUS_UNKNOWN`, to retry with the same
+/// key. `ask_open`: WeChat is asked about an open PREPAID one too (paid → recorded); one it
+/// cannot say about is then left as it is.
+async fn brought_up_to_date(app: &App, order: Order, ask_open: bool) -> Result<Order, ApiError> {
+    let now = app.clock.now_ms();
+    let expired = order.status.is_unpaid_open() && order.expires_at_ms <= now;
+    let ask = expired || (ask_open && order.status == OrderStatus::Prepaid);
+    if !ask {
+        return Ok(order);
+    }
+    let no = order.out_trade_no.clone();
+    match super::order_sync::settle_unpaid(app, order.clone(), now).await? {
+        Settled::Paid(o) | Settled::Closed(o) => Ok(o),
+        Settled::Open => Ok(order),
+        Settled::Unanswered {
+            error,
+            expired: false,
+        } => {
+            tracing::warn!(out_trade_no = %no, error = %error, "unifiedOrder: WeChat did not say whether a resumed key's order was paid; answered as it is");
+            Ok(order)
+        }
+        Settled::Unanswered {
+            error,
+            expired: true,
+        } => {
+            tracing::warn!(out_trade_no = %no, error = %error, "unifiedOrder: a key's order expired and WeChat did not say whether it was paid; not closed");
+            Err(super::order_sync::status_unknown(
+                error,
+                format!(
+                    "the order this idempotency key made ({no}) expired, and WeChat Pay could \
+                     not say whether it was paid; retry shortly with the same key"
+                ),
+            ))
+        }
+    }
+}
+
+/// A key's result as the caller gets it: 409 `ORDER_CLOSED` for an order closed unpaid — its
+/// payment parameters can no longer pay it, so the key is spent and a new purchase takes a
+/// new key — else the result.
+fn answer(result: &UnifiedOrderResult) -> Result<Response, ApiError> {
+    if result.status == OrderStatus::Closed {
+        return Err(ApiError::conflict(
+            "ORDER_CLOSED",
+            format!(
+                "the order this idempotency key made ({}) was closed unpaid; buy again with a \
+                 new key",
+                result.out_trade_no
+            ),
+        ));
+    }
+    Ok(json(result))
 }
 
 /// What an idempotency key stands for at WeChat Pay, chosen at its first claim and kept in the
@@ -677,15 +735,30 @@ async fn place(
                 },
                 error,
             })?;
+    // An order an earlier attempt made is brought up to date first, as a completed key's is
+    // (`replay`): past its expiry and unpaid, it is settled as the sweep would — never handed
+    // the payment parameters of a prepay order expired at WeChat too. A secondary-merchant
+    // order WeChat holds is asked about even before then: `getpaymentparams` refuses a paid
+    // one, and its payment notification may not have landed.
+    let order = if made_now {
+        order
+    } else {
+        let ask_open = order.fund_type == FundType::SecondaryMerchant;
+        brought_up_to_date(app, order, ask_open)
+            .await
+            .map_err(PlaceError::left_order)?
+    };
     match order.status {
         OrderStatus::Created => {}
         // An earlier attempt got this far: answer from the store, without asking WeChat
         // (nor overwriting the component order) again.
         OrderStatus::Closed => {
-            return Err(PlaceError::left_order(ApiError::conflict(
-                "ORDER_CLOSED",
-                format!("the order this idempotency key made ({no}) was closed unpaid; order again with a new key"),
-            )))
+            // Answered 409 `ORDER_CLOSED` (see `answer`), and the key completed with it:
+            // repeats replay it without resuming again. Nothing is lost by completing — the
+            // replay reads the order too, so one paid after all (a payment after the close)
+            // is answered PAID from the completed key as it would be on resuming.
+            let component = order.wx_order_id.is_some();
+            return Ok(result_of(&order, serde_json::json!({}), component));
         }
         _ => {
             // Paid meanwhile (in WeChat's order centre, or its notification landed while the

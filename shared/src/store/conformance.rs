@@ -1251,7 +1251,8 @@ pub async fn idempotency_states(store: &DynStore) {
     assert_eq!(
         claim(k.clone(), h2.clone(), "r2", now, 60_000, 3600).await,
         Claim::PayloadMismatch {
-            reference: Some("r1".into())
+            reference: Some("r1".into()),
+            running: true
         }
     );
     idempotency::complete(s, &k, r#"{"ok":1}"#).await.unwrap();
@@ -1262,7 +1263,8 @@ pub async fn idempotency_states(store: &DynStore) {
     assert_eq!(
         claim(k.clone(), h2.clone(), "r2", now + 1, 60_000, 3600).await,
         Claim::PayloadMismatch {
-            reference: Some("r1".into())
+            reference: Some("r1".into()),
+            running: false
         }
     );
     // A completed record outlives the in-progress window.
@@ -1313,7 +1315,8 @@ pub async fn idempotency_states(store: &DynStore) {
     assert_eq!(
         claim(k3.clone(), h2.clone(), "r3", now + 3_000, 1_000, 3600).await,
         Claim::PayloadMismatch {
-            reference: Some("r1".into())
+            reference: Some("r1".into()),
+            running: false
         }
     );
 
@@ -1328,7 +1331,8 @@ pub async fn idempotency_states(store: &DynStore) {
     assert_eq!(
         claim(k6.clone(), h2.clone(), "r2", now + 1, 60_000, 3600).await,
         Claim::PayloadMismatch {
-            reference: Some("r1".into())
+            reference: Some("r1".into()),
+            running: false
         }
     );
     assert_eq!(

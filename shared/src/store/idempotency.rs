@@ -10,7 +10,8 @@
 //!   waited on; one whose handler died (in-progress expiry passed) can be taken over.
 //! - **A key reused with another request is refused** ([`Claim::PayloadMismatch`]): the hash
 //!   of the canonical request is stored and compared. The refusal carries the key's reference,
-//!   so the caller can say what the key holds.
+//!   so the caller can say what the key holds, and whether the key's first request may still
+//!   be running (its claim live): what it holds may not be made yet.
 //! - **A claim carries a reference** chosen once, at the first claim of a key (e.g. the
 //!   order number a `unifiedOrder` will create), and kept when an abandoned claim is taken
 //!   over: a retry works on what the earlier attempt may have begun instead of starting a
@@ -72,8 +73,12 @@ pub enum Claim {
     InProgress,
     /// The key was used for a different request: the reference its first claim chose (absent
     /// in records written before references existed), so the caller can say what the key
-    /// holds (e.g. the order it made).
-    PayloadMismatch { reference: Option<String> },
+    /// holds (e.g. the order it made). `running`: that request's claim is live in progress —
+    /// it may still be making what the reference names (e.g. the order not written yet).
+    PayloadMismatch {
+        reference: Option<String>,
+        running: bool,
+    },
 }
 
 /// Hex sha256 of `canonical` (the request as canonical bytes).
@@ -168,6 +173,7 @@ pub async fn claim(
                     if existing.validation != payload_hash {
                         return Ok(Claim::PayloadMismatch {
                             reference: existing.reference,
+                            running: false,
                         });
                     }
                     body.reference = existing.reference;
@@ -175,6 +181,7 @@ pub async fn claim(
                     return Ok(if existing.validation != payload_hash {
                         Claim::PayloadMismatch {
                             reference: existing.reference,
+                            running: existing.status == Status::Inprogress,
                         }
                     } else {
                         match existing.status {
