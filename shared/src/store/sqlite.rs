@@ -15,19 +15,13 @@
 //!   fsync — and only then is every caller answered. A failed commit, or a failing statement,
 //!   fails every call of the group. The write lock is taken before the first condition is
 //!   read, so checking and applying is one atomic step, even against another process.
-//! - **Checkpoints on a thread of their own** — a WAL checkpoint copies the pages of committed
-//!   transactions into the database file (and fsyncs it). SQLite's automatic checkpoint runs
-//!   it on the committing connection, i.e. on the one writer thread every group waits for
-//!   (~15 % of that thread's time under payCallback at 256 in flight, docs/PERFORMANCE.md). So
-//!   the writer connection has `wal_autocheckpoint=0` and a `sqlite-checkpoint` thread, on a
-//!   connection of its own, runs `PASSIVE` checkpoints after commits (never blocking the
-//!   writer or readers). A WAL starts over only when a write begins with every page copied,
-//!   which back-to-back groups never leave time for, so once the WAL is past
-//!   [`WAL_LIMIT_PAGES`] the writer runs the last, short checkpoint itself between two groups
-//!   and the next group starts the WAL over; past four times that (readers pinning old pages)
-//!   the checkpointer escalates to `RESTART`. A failing checkpoint is logged and retried;
-//!   commits stay `synchronous=FULL` whatever the checkpoints do. The thread stops when the
-//!   store is dropped.
+//! - **Checkpoints stay on the writer thread** — SQLite's automatic checkpoint (every ~1,000
+//!   pages of WAL) runs on the committing connection, i.e. on the writer thread, ~15 % of its
+//!   time under payCallback at 256 in flight. A checkpointer thread of its own (after every
+//!   group, the writer finishing the last one so the WAL can start over) was tried on 6
+//!   December and measured faster on a loaded machine but slower on a quiet one, where its
+//!   repeated copies and fsyncs took CPU from the handlers (docs/PERFORMANCE.md, "Results
+//!   against the targets"); it was not kept, nor was a larger writer page cache.
 //! - **Reads see committed state only** — on a file they use connections of their own (a WAL
 //!   reader sees the last committed transaction, never the group being built), taken from a
 //!   small pool and run in place: a point read is a few microseconds and never waits for a
@@ -45,9 +39,9 @@ use base64::Engine as _;
 use rusqlite::types::{ToSql, ToSqlOutput};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Most writes one batch may carry (DynamoDB's `TransactWriteItems` limit).
@@ -60,20 +54,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IDLE_READERS: usize = 8;
 /// Most `write` calls committed together (each at most [`MAX_BATCH`] writes).
 const MAX_GROUP: usize = 256;
-/// WAL pages (4 KiB each) past which the writer thread finishes the checkpointer's work, so
-/// that its next transaction starts the WAL over (the file stays about this size).
-const WAL_LIMIT_PAGES: i64 = 4096;
-/// WAL pages past which the checkpointer stops being polite: a `RESTART` checkpoint, which
-/// waits (up to [`CHECKPOINT_BUSY`]) for readers still on old frames and briefly holds off
-/// the writer, instead of a `PASSIVE` one that copies only what no reader pins.
-const WAL_HARD_PAGES: i64 = 4 * WAL_LIMIT_PAGES;
-/// Groups the writer commits with no checkpoint started (the checkpointer thread starved of
-/// CPU) before it runs one itself, as SQLite's automatic checkpoint would.
-const STALLED_GROUPS: usize = 16;
-/// How long a `RESTART` checkpoint waits for readers and the writer.
-const CHECKPOINT_BUSY: Duration = Duration::from_secs(1);
-/// How long the checkpointer waits before trying again after a failed checkpoint.
-const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 
 /// The schema, and below the statements a payment runs (a two-write call: the order's
 /// `LIVE_INDEXED` + `UPDATE_LIVE`, the outbox entry's `LIVE_VERSION` + `UPSERT`): public so
@@ -157,8 +137,6 @@ struct Inner {
     /// To the writer thread. `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
-    /// The checkpointer thread of a file (`None` in memory, and while dropping).
-    checkpointer: Option<(Arc<Checkpoints>, JoinHandle<()>)>,
     readers: Readers,
     /// `None` for an in-memory database.
     path: Option<PathBuf>,
@@ -196,61 +174,6 @@ impl Drop for Inner {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
-        // Then the checkpointer (the writer may have woken it while finishing).
-        if let Some((shared, thread)) = self.checkpointer.take() {
-            lock(&shared.state).stop = true;
-            shared.wake.notify_all();
-            let _ = thread.join();
-        }
-    }
-}
-
-/// What the writer thread and the checkpointer thread tell each other.
-#[derive(Default)]
-struct Checkpoints {
-    state: Mutex<CheckpointState>,
-    wake: Condvar,
-    /// WAL pages that make the writer finish a checkpoint ([`WAL_LIMIT_PAGES`]; smaller in tests).
-    limit: i64,
-    /// Least time between two checkpoints (experiment).
-    gap: Duration,
-}
-
-#[derive(Default)]
-struct CheckpointState {
-    /// The writer committed since the last checkpoint.
-    pending: bool,
-    /// The WAL is past the limit: the writer is to run the last checkpoint itself, between two
-    /// groups (the checkpointer waits meanwhile, so the two never compete for it).
-    catch_up: bool,
-    /// The store is being dropped.
-    stop: bool,
-    /// Groups committed since the checkpointer last started a checkpoint.
-    unseen: usize,
-}
-
-impl Checkpoints {
-    /// After a group: wakes the checkpointer. Returns whether the writer is to catch up.
-    fn committed(&self) -> bool {
-        let mut st = lock(&self.state);
-        st.pending = true;
-        st.unseen += 1;
-        // A checkpointer that gets no CPU (a loaded machine) must not let the WAL grow
-        // without end: after that many groups unseen, the writer checkpoints itself.
-        let catch_up = st.catch_up || st.unseen >= STALLED_GROUPS;
-        drop(st);
-        self.wake.notify_one();
-        catch_up
-    }
-
-    /// The writer ran its checkpoint.
-    fn caught_up(&self) {
-        let mut st = lock(&self.state);
-        st.catch_up = false;
-        st.unseen = 0;
-        st.pending = true;
-        drop(st);
-        self.wake.notify_one();
     }
 }
 
@@ -338,110 +261,35 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(backend_err)?;
-        let knob = |name: &str, default: i64| -> i64 {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
-        conn.pragma_update(None, "cache_size", -knob("WXSHOP_SQLITE_CACHE_KIB", 2000))
-            .map_err(backend_err)?;
-        let threaded = std::env::var("WXSHOP_SQLITE_CKPT").as_deref() != Ok("auto");
-        let checkpointer = if threaded {
-            // The writer never checkpoints on its own: the checkpointer thread does.
-            conn.pragma_update(None, "wal_autocheckpoint", 0)
-                .map_err(backend_err)?;
-            Some((
-                open_checkpointer(path).map_err(backend_err)?,
-                Checkpoints {
-                    limit: knob("WXSHOP_SQLITE_WAL_LIMIT", WAL_LIMIT_PAGES),
-                    gap: Duration::from_millis(
-                        u64::try_from(knob("WXSHOP_SQLITE_CKPT_GAP_MS", 0)).unwrap_or(0),
-                    ),
-                    ..Checkpoints::default()
-                },
-            ))
-        } else {
-            None
-        };
-        Self::start(conn, Some(path.to_path_buf()), checkpointer)
-    }
-
-    /// [`SqliteStore::open`] with a smaller WAL limit (tests).
-    #[cfg(test)]
-    fn open_with_wal_limit(path: &Path, limit: i64) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(backend_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(backend_err)?;
-        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
-            .map_err(backend_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(backend_err)?;
-        conn.pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(backend_err)?;
-        let checkpoints = Checkpoints {
-            limit,
-            ..Checkpoints::default()
-        };
-        let checkpointer = open_checkpointer(path).map_err(backend_err)?;
-        Self::start(
-            conn,
-            Some(path.to_path_buf()),
-            Some((checkpointer, checkpoints)),
-        )
+        Self::start(conn, Some(path.to_path_buf()))
     }
 
     /// A private in-memory database (for unit tests and `--store memory`).
     pub fn memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory().map_err(backend_err)?;
-        Self::start(conn, None, None)
+        Self::start(conn, None)
     }
 
-    /// Creates the schema and starts the writer thread on `conn` (and the checkpointer on its
-    /// connection, for a file).
-    fn start(
-        conn: Connection,
-        path: Option<PathBuf>,
-        checkpointer: Option<(Connection, Checkpoints)>,
-    ) -> Result<Self, StoreError> {
+    /// Creates the schema and starts the writer thread on `conn`.
+    fn start(conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
         conn.execute_batch(SCHEMA).map_err(backend_err)?;
         let conn = Arc::new(Mutex::new(conn));
         let readers = match &path {
             Some(_) => Readers::File(Mutex::new(Vec::new())),
             None => Readers::Memory(Arc::clone(&conn)),
         };
-        let checkpointer = match checkpointer {
-            Some((ck_conn, checkpoints)) => {
-                let shared = Arc::new(checkpoints);
-                let theirs = Arc::clone(&shared);
-                let thread = std::thread::Builder::new()
-                    .name("sqlite-checkpoint".into())
-                    .spawn(move || checkpointer_loop(&ck_conn, &theirs))
-                    .map_err(|e| {
-                        StoreError::Backend(format!("sqlite: cannot start the checkpointer: {e}"))
-                    })?;
-                Some((shared, thread))
-            }
-            None => None,
-        };
-        let ours = checkpointer.as_ref().map(|(shared, _)| Arc::clone(shared));
         let (jobs, queue) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(&conn, &queue, ours.as_deref()));
-        let mut inner = Inner {
-            jobs: Some(jobs),
-            writer: None,
-            checkpointer,
-            readers,
-            path,
-        };
-        // On failure `inner` is dropped here, which stops the checkpointer.
-        inner.writer =
-            Some(writer.map_err(|e| {
-                StoreError::Backend(format!("sqlite: cannot start the writer: {e}"))
-            })?);
+            .spawn(move || writer_loop(&conn, &queue))
+            .map_err(|e| StoreError::Backend(format!("sqlite: cannot start the writer: {e}")))?;
         Ok(SqliteStore {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                jobs: Some(jobs),
+                writer: Some(writer),
+                readers,
+                path,
+            }),
         })
     }
 
@@ -554,112 +402,12 @@ fn open_reader(path: &Path) -> ReadResult<Connection> {
     )?;
     conn.busy_timeout(Duration::ZERO)?;
     conn.pragma_update(None, "query_only", true)?;
-    if let Some(mmap) = std::env::var("WXSHOP_SQLITE_READER_MMAP")
-        .ok()
-        .and_then(|v| v.parse::<i64>().ok())
-    {
-        conn.query_row(&format!("PRAGMA mmap_size={mmap}"), [], |_| Ok(()))
-            .optional()?;
-    }
     Ok(conn)
-}
-
-/// The checkpointer's connection: `synchronous=FULL` too, so a checkpoint makes the WAL
-/// durable before it copies pages into the database and the database after.
-fn open_checkpointer(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
-    )?;
-    conn.busy_timeout(CHECKPOINT_BUSY)?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    // Its own cache is never used (it reads no table): keep it tiny.
-    conn.pragma_update(None, "cache_size", 16)?;
-    Ok(conn)
-}
-
-/// Runs `PRAGMA wal_checkpoint(mode)`: whether it was blocked, the WAL's pages, and how many
-/// of them are now in the database.
-fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(bool, i64, i64)> {
-    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-        Ok((r.get::<_, i64>(0)? != 0, r.get(1)?, r.get(2)?))
-    })
-}
-
-/// The checkpointer thread: after the writer's commits, copies the WAL's pages into the
-/// database (`PASSIVE`: never waits, never blocks the writer or readers), so the writer does
-/// not. A WAL starts over only when a transaction begins with every page copied, which
-/// commits arriving back to back never leave time for: past the limit the writer runs the
-/// last (short) checkpoint itself ([`Checkpoints::committed`]). Ends when the store is dropped.
-fn checkpointer_loop(conn: &Connection, shared: &Checkpoints) {
-    let mut wal_pages = 0;
-    let mut last = Instant::now();
-    let mut st = lock(&shared.state);
-    loop {
-        while !st.stop && !(st.pending && !st.catch_up) {
-            st = shared
-                .wake
-                .wait(st)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        if st.stop {
-            return;
-        }
-        if !shared.gap.is_zero() && last.elapsed() < shared.gap {
-            let rest = shared.gap.saturating_sub(last.elapsed());
-            st = shared
-                .wake
-                .wait_timeout(st, rest)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-            continue;
-        }
-        st.pending = false;
-        st.unseen = 0;
-        drop(st);
-        let mode = if wal_pages >= WAL_HARD_PAGES.max(4 * shared.limit) {
-            "RESTART"
-        } else {
-            "PASSIVE"
-        };
-        let out = checkpoint(conn, mode);
-        last = Instant::now();
-        st = lock(&shared.state);
-        match out {
-            Ok((_, pages, _)) => {
-                wal_pages = pages;
-                if pages >= shared.limit {
-                    st.catch_up = true;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    "sqlite: WAL checkpoint failed; retrying in {} s (the WAL grows meanwhile)",
-                    CHECKPOINT_RETRY.as_secs()
-                );
-                st.pending = true;
-                if !st.stop {
-                    st = shared
-                        .wake
-                        .wait_timeout(st, CHECKPOINT_RETRY)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-                }
-            }
-        }
-    }
 }
 
 /// The writer thread: takes every queued job, runs the direct ones, commits the writes as
 /// one group, then answers. Ends when every sender is gone.
-fn writer_loop(
-    conn: &Mutex<Connection>,
-    queue: &mpsc::Receiver<Job>,
-    checkpoints: Option<&Checkpoints>,
-) {
+fn writer_loop(conn: &Mutex<Connection>, queue: &mpsc::Receiver<Job>) {
     let mut calls: Vec<Call> = Vec::new();
     let mut direct: Vec<DirectFn> = Vec::new();
     while let Ok(first) = queue.recv() {
@@ -684,20 +432,8 @@ fn writer_loop(
                 commit_group(&mut c, &calls)
             }
         };
-        let wrote = !results.is_empty();
         for (call, result) in calls.drain(..).zip(results) {
             let _ = call.reply.send(result);
-        }
-        if let Some(checkpoints) = checkpoints.filter(|_| wrote) {
-            if checkpoints.committed() {
-                // The checkpointer has copied all but the last groups: copy those, so that
-                // the next transaction starts the WAL over.
-                if let Err(e) = checkpoint(&lock(conn), "PASSIVE") {
-                    tracing::warn!(error = %e, "sqlite: the writer's WAL checkpoint failed; \
-                        the checkpointer asks again after the next commit");
-                }
-                checkpoints.caught_up();
-            }
         }
     }
 }
@@ -1341,7 +1077,7 @@ mod tests {
     /// readable, and the writer thread goes on serving.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_store_survives_a_failed_commit() {
-        let s = SqliteStore::start(poisoned_connection(), None, None).unwrap();
+        let s = SqliteStore::start(poisoned_connection(), None).unwrap();
         let err = s
             .write(vec![put("poison", Expect::Absent)])
             .await
@@ -1350,140 +1086,6 @@ mod tests {
         assert!(s.get(Kind::Kv, "poison").await.unwrap().is_none());
         s.write(vec![put("fine", Expect::Absent)]).await.unwrap();
         assert!(s.get(Kind::Kv, "fine").await.unwrap().is_some());
-    }
-
-    fn temp_db(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "wxshop-sqlite-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("store.db")
-    }
-
-    fn wal_bytes(db: &Path) -> u64 {
-        std::fs::metadata(format!("{}-wal", db.display()))
-            .map(|m| m.len())
-            .unwrap_or(0)
-    }
-
-    /// Writes `n` records of ~1 KiB, 32 calls in flight (so they commit in groups).
-    async fn write_many(s: &SqliteStore, from: usize, n: usize) {
-        let body = format!("\"{}\"", "x".repeat(1000));
-        let mut next = from;
-        while next < from + n {
-            let mut calls = Vec::new();
-            for i in next..(next + 32).min(from + n) {
-                let s = s.clone();
-                let r = Record::new(Kind::Kv, &format!("k{i:06}"), body.clone());
-                calls.push(tokio::spawn(async move {
-                    s.write(vec![Write::put(r, Expect::Absent)]).await
-                }));
-            }
-            next += calls.len();
-            for c in calls {
-                c.await.unwrap().unwrap();
-            }
-        }
-    }
-
-    /// The writer connection never checkpoints on its own (the checkpointer thread does), and
-    /// still commits with `synchronous=FULL`.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_writer_leaves_checkpoints_to_the_checkpointer() {
-        let db = temp_db("pragmas");
-        let s = SqliteStore::open(&db).unwrap();
-        let (auto, sync) = s
-            .on_writer(|c| {
-                let auto: i64 = c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?;
-                let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-                Ok((auto, sync))
-            })
-            .await
-            .unwrap();
-        assert_eq!(auto, 0, "the writer would checkpoint by itself");
-        assert_eq!(sync, 2, "commits must be synchronous=FULL");
-        assert!(s.inner.checkpointer.is_some());
-        drop(s);
-        let _ = std::fs::remove_dir_all(db.parent().unwrap());
-    }
-
-    /// Under sustained writes the WAL file stays near its limit instead of growing with
-    /// everything written: the checkpointer copies pages into the database and the writer
-    /// starts the WAL over.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_wal_stays_bounded_under_sustained_writes() {
-        let db = temp_db("bounded");
-        let limit = 64; // pages of 4 KiB: 256 KiB
-        let s = SqliteStore::open_with_wal_limit(&db, limit).unwrap();
-        write_many(&s, 0, 12_000).await; // ~12 MB of records, far more than the limit
-        let wal = wal_bytes(&db);
-        let db_bytes = std::fs::metadata(&db).unwrap().len();
-        assert!(
-            db_bytes > 12_000_000,
-            "the records reached the database: {db_bytes}"
-        );
-        // The limit, plus what the writer commits while a checkpoint runs (at most
-        // `STALLED_GROUPS` groups of 32 calls): under a third of what was written.
-        assert!(
-            wal < 4_000_000,
-            "the WAL grew to {wal} bytes with a limit of {limit} pages"
-        );
-        for i in [0, 5999, 11_999] {
-            assert!(s
-                .get(Kind::Kv, &format!("k{i:06}"))
-                .await
-                .unwrap()
-                .is_some());
-        }
-        drop(s);
-        let _ = std::fs::remove_dir_all(db.parent().unwrap());
-    }
-
-    /// Dropping the store (every clone) stops the checkpointer thread: nothing is left
-    /// holding its state, and the file can be opened again at once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_checkpointer_stops_when_the_store_is_dropped() {
-        let db = temp_db("stops");
-        let s = SqliteStore::open_with_wal_limit(&db, 16).unwrap();
-        write_many(&s, 0, 300).await;
-        let shared = Arc::downgrade(&s.inner.checkpointer.as_ref().unwrap().0);
-        let clone = s.clone();
-        drop(s);
-        assert!(shared.upgrade().is_some(), "a clone still holds the store");
-        drop(clone);
-        assert!(
-            shared.upgrade().is_none(),
-            "the checkpointer thread outlived the store"
-        );
-        let _ = std::fs::remove_dir_all(db.parent().unwrap());
-    }
-
-    /// What was acknowledged is there after the store is closed and the file opened again,
-    /// whether the checkpointer had copied it into the database or it was still in the WAL.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn acknowledged_writes_survive_reopening() {
-        let db = temp_db("reopen");
-        let s = SqliteStore::open_with_wal_limit(&db, 32).unwrap();
-        write_many(&s, 0, 1500).await;
-        drop(s);
-        let s = SqliteStore::open(&db).unwrap();
-        for i in 0..1500 {
-            assert!(
-                s.get(Kind::Kv, &format!("k{i:06}"))
-                    .await
-                    .unwrap()
-                    .is_some(),
-                "k{i:06} was lost"
-            );
-        }
-        // And the reopened store goes on writing and checkpointing.
-        write_many(&s, 1500, 100).await;
-        assert!(s.get(Kind::Kv, "k001599").await.unwrap().is_some());
-        drop(s);
-        let _ = std::fs::remove_dir_all(db.parent().unwrap());
     }
 
     /// In memory, a read while the writer holds the connection (a group being built) waits
