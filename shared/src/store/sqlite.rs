@@ -15,6 +15,13 @@
 //!   fsync — and only then is every caller answered. A failed commit, or a failing statement,
 //!   fails every call of the group. The write lock is taken before the first condition is
 //!   read, so checking and applying is one atomic step, even against another process.
+//! - **Checkpoints stay on the writer thread** — SQLite's automatic checkpoint (every ~1,000
+//!   pages of WAL) runs on the committing connection, i.e. on the writer thread, ~15 % of its
+//!   time under payCallback at 256 in flight. A checkpointer thread of its own (after every
+//!   group, the writer finishing the last one so the WAL can start over) was tried on 6
+//!   December and measured faster on a loaded machine but slower on a quiet one, where its
+//!   repeated copies and fsyncs took CPU from the handlers (docs/PERFORMANCE.md, "Results
+//!   against the targets"); it was not kept, nor was a larger writer page cache.
 //! - **Reads see committed state only** — on a file they use connections of their own (a WAL
 //!   reader sees the last committed transaction, never the group being built), taken from a
 //!   small pool and run in place: a point read is a few microseconds and never waits for a
