@@ -3120,13 +3120,7 @@ async fn admin_aftersale(c: &Client<'_>, no: &str, id: &str) -> Value {
 async fn a_refund_whose_notification_never_came_is_settled_by_the_schedule() {
     let r = stack_with(&[("WXPAY_REFUND_NOTIFY_URL", DEAD_REFUND_NOTIFY_URL)]).await;
     let c = Client::new(&r);
-    let schedule = || async {
-        wxshop::handlers::order_sync::on_schedule(
-            &r.app,
-            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
-        )
-        .await
-    };
+    let schedule = || run_schedule(&r);
     let queries = || r.sandbox.calls("pay/refundquery").len();
     let record_processing = |id: String, no: String| {
         let c = &c;
@@ -4550,13 +4544,7 @@ async fn reconciliation_checks_refunds_and_payments_both_ways() {
 async fn a_fresh_store_is_not_reconciled_for_the_days_before_it() {
     let r = stack().await;
     let c = Client::new(&r);
-    let schedule = || async {
-        wxshop::handlers::order_sync::on_schedule(
-            &r.app,
-            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
-        )
-        .await
-    };
+    let schedule = || run_schedule(&r);
     let bills_asked = || r.sandbox.calls("pay/downloadbill").len();
     advance_to_china(&r, &c, 10, 30).await;
     let report = schedule().await;
@@ -4648,13 +4636,7 @@ async fn an_unreadable_bill_line_is_kept_once_wherever_it_moves() {
     let r = support::stack_with_metrics(&[], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    let schedule = || async {
-        wxshop::handlers::order_sync::on_schedule(
-            &r.app,
-            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
-        )
-        .await
-    };
+    let schedule = || run_schedule(&r);
     let unreadable = || async {
         bill_mismatch_events(&r)
             .await
@@ -4730,13 +4712,7 @@ async fn a_refund_waits_for_the_refund_bill_of_each_of_its_days() {
     let r = support::stack_with_metrics(&[], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    let schedule = || async {
-        wxshop::handlers::order_sync::on_schedule(
-            &r.app,
-            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
-        )
-        .await
-    };
+    let schedule = || run_schedule(&r);
     advance_to_china(&r, &c, 23, 30).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
     let (token, no) = paid_and_synced(&r, &c, "vera", 1).await;
@@ -4860,13 +4836,7 @@ async fn a_refund_of_ours_missing_from_the_refund_bill_pages_once() {
     let r = support::stack_with_metrics(&[], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    let schedule = || async {
-        wxshop::handlers::order_sync::on_schedule(
-            &r.app,
-            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
-        )
-        .await
-    };
+    let schedule = || run_schedule(&r);
     advance_to_china(&r, &c, 12, 0).await;
     // A refund WeChat made and billed: checked from both sides, clean.
     let (_, real_refund) = paid_and_refunded(&r, &c, "vera").await;
@@ -5045,13 +5015,7 @@ async fn a_bill_still_being_made_is_asked_again_hourly_and_given_up_after_a_week
     let r = support::stack_with_metrics(&[], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    let schedule = || async {
-        wxshop::handlers::order_sync::on_schedule(
-            &r.app,
-            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
-        )
-        .await
-    };
+    let schedule = || run_schedule(&r);
     advance_to_china(&r, &c, 12, 0).await;
     let (_, no) = paid_and_synced(&r, &c, "xena", 1).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
@@ -5146,13 +5110,7 @@ async fn a_bill_past_three_months_is_skipped_and_named_not_failing_the_run() {
     let r = support::stack_with_metrics(&[], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    let schedule = || async {
-        wxshop::handlers::order_sync::on_schedule(
-            &r.app,
-            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
-        )
-        .await
-    };
+    let schedule = || run_schedule(&r);
     advance_to_china(&r, &c, 12, 0).await;
     let (_, no) = paid_and_synced(&r, &c, "yuri", 1).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
@@ -5228,13 +5186,7 @@ async fn the_schedule_reconciles_yesterday_once_and_pages_once() {
     let (_no, out_refund_no) = paid_and_refunded(&r, &c, "tess").await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
     tamper_refund_amount(&r, &out_refund_no, -1).await;
-    let schedule = || async {
-        wxshop::handlers::order_sync::on_schedule(
-            &r.app,
-            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
-        )
-        .await
-    };
+    let schedule = || run_schedule(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
 
     // The next morning before 10:00: the bills may not be ready; nothing is reconciled.
