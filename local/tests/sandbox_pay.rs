@@ -553,11 +553,20 @@ async fn refund_sends_an_encrypted_notification() {
     );
     assert!(lines[3].starts_with("总交易单数"));
     assert!(lines[4].starts_with("`2,`10.00,`4.00"), "{csv}");
-    let body = signed(fields(&[("bill_date", "20200101")]), SignType::Md5);
+    // A day with no trade (yesterday, within the three months WeChat serves) has no bill; a
+    // day past those three months is refused (what WeChat answers then is UNVERIFIED).
+    let yesterday = wxshop::time::beijing_date(sb.sandbox.now_ms() - 86_400_000);
+    let body = signed(fields(&[("bill_date", &yesterday)]), SignType::Md5);
     let (_, none) = post_raw(&format!("{base}/mch/pay/downloadbill"), body).await;
     assert!(
         none.starts_with('<') && none.contains("No Bill Exist"),
         "{none}"
+    );
+    let body = signed(fields(&[("bill_date", "20200101")]), SignType::Md5);
+    let (_, old) = post_raw(&format!("{base}/mch/pay/downloadbill"), body).await;
+    assert!(
+        old.starts_with('<') && old.contains("invalid bill_date"),
+        "{old}"
     );
 }
 
