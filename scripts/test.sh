@@ -21,9 +21,19 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# Every test target runs even when one fails (--no-fail-fast), and the Node tests run after a
+# Rust failure too, so one run names every failure; the script still fails if any did.
 step "cargo test (workspace)"
 cargo build -p wxlocal
-cargo test --workspace
+rust_rc=0
+cargo test --workspace --no-fail-fast || rust_rc=$?
 
 step "mini-program client (node --test)"
-(cd miniprogram && node --test test/)
+node_rc=0
+(cd miniprogram && node --test test/) || node_rc=$?
+
+if [ "$rust_rc" -ne 0 ] || [ "$node_rc" -ne 0 ]; then
+    [ "$rust_rc" -eq 0 ] || echo "FAILED: cargo test (exit $rust_rc): the failing tests are listed under 'failures:' above" >&2
+    [ "$node_rc" -eq 0 ] || echo "FAILED: node --test in miniprogram/ (exit $node_rc)" >&2
+    exit 1
+fi
