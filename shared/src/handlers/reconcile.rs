@@ -173,8 +173,13 @@ fn bill_ready_at_ms(bill_date: &str) -> Option<i64> {
 /// Whether WeChat Pay still serves `bill_date`'s bills at `now_ms`: not more than
 /// [`BILLS_KEPT_DAYS`] before today (China time).
 fn bill_in_reach(bill_date: &str, now_ms: i64) -> bool {
-    let today = day_start_ms(&crate::time::beijing_date(now_ms)).unwrap_or(now_ms);
-    day_start_ms(bill_date).is_some_and(|d| d >= today - BILLS_KEPT_DAYS * DAY_MS)
+    day_start_ms(bill_date).is_some_and(|d| d >= earliest_bill_day_ms(now_ms))
+}
+
+/// The start of the oldest day whose bills WeChat Pay still serves at `now_ms`:
+/// [`BILLS_KEPT_DAYS`] before today (China time).
+fn earliest_bill_day_ms(now_ms: i64) -> i64 {
+    day_start_ms(&crate::time::beijing_date(now_ms)).unwrap_or(now_ms) - BILLS_KEPT_DAYS * DAY_MS
 }
 
 /// When the refunds of `bill_date` stop waiting for a bill: a week ([`CATCH_UP_DAYS`]) after
@@ -274,9 +279,7 @@ pub async fn reconcile(
     };
     let now = app.clock.now_ms();
     if !bill_in_reach(bill_date, now) {
-        let earliest = crate::time::beijing_date(
-            day_start_ms(&crate::time::beijing_date(now)).unwrap_or(now) - BILLS_KEPT_DAYS * DAY_MS,
-        );
+        let earliest = crate::time::beijing_date(earliest_bill_day_ms(now));
         return Err(ApiError::bad_request(
             "BILL_OUT_OF_REACH",
             format!(
