@@ -279,3 +279,55 @@ async fn knobs_out_of_range_are_refused_with_the_allowed_range() {
     let (s, v) = control(&notifications, json!({"duplicate": 10})).await;
     assert_eq!((s, v["duplicate"].clone()), (200, json!(10)), "{v}");
 }
+
+/// `/_control/clock` moves only by what a test can mean: a whole number of ms, 1 ms to 400
+/// days either way, 100 years from real time at most. A string, a fraction, 0, a misspelt
+/// field, a step past 400 days or a move past 100 years is refused with 400 naming what is
+/// allowed, and the clock stays where it was. (They used to be ignored without a word — a
+/// test then ran at the wrong time — and a step near `i64::MAX` overflowed the clock.)
+#[tokio::test]
+async fn clock_moves_out_of_range_are_refused_and_move_nothing() {
+    let sb = start(cfg()).await;
+    let clock = format!("{}/_control/clock", sb.base_url());
+    const DAY: i64 = 86_400_000;
+    let (s, v) = control(&clock, json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let at = v["now_ms"].as_i64().unwrap();
+    for body in [
+        json!({"advance_ms": "3600000"}),
+        json!({"advance_ms": 1.5}),
+        json!({"advance_ms": 0}),
+        json!({"advance_ms": 401 * DAY}),
+        json!({"advance_ms": -401 * DAY}),
+        json!({"advance_ms": i64::MAX}),
+        json!({"advance": 60_000}),
+        json!({"advance_ms": 60_000, "why": "typo"}),
+        json!([60_000]),
+    ] {
+        let (s, v) = control(&clock, body.clone()).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains("400 days"), "{body}: {msg}");
+    }
+    let (_, v) = control(&clock, json!({})).await;
+    let now = v["now_ms"].as_i64().unwrap();
+    assert!((at..at + 60_000).contains(&now), "not moved: {at} → {now}");
+
+    // In range, either way: taken.
+    let (s, v) = control(&clock, json!({"advance_ms": 400 * DAY})).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["now_ms"].as_i64().unwrap() >= at + 400 * DAY, "{v}");
+    let (s, v) = control(&clock, json!({"advance_ms": -400 * DAY})).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["now_ms"].as_i64().unwrap() < at + DAY, "{v}");
+
+    // Steps within range that add up past 100 years: refused at the step that would.
+    for _ in 0..91 {
+        let (s, v) = control(&clock, json!({"advance_ms": 400 * DAY})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v) = control(&clock, json!({"advance_ms": 400 * DAY})).await;
+    assert_eq!(s, 400, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("100 years"), "{msg}");
+}

@@ -1329,10 +1329,49 @@ async fn control_clock(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
         Ok(v) => v,
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     };
-    if let Some(ms) = v.get("advance_ms").and_then(Value::as_i64) {
-        sb.advance_clock(ms);
+    match clock_move(&v, sb.inner.clock.offset_ms()) {
+        Ok(Some(ms)) => sb.advance_clock(ms),
+        Ok(None) => {}
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     }
     Json(json!({"now_ms": sb.now_ms()})).into_response()
+}
+
+/// The most `/_control/clock` moves the sandbox's clock in one call, either way: 400 days,
+/// past the longest span anything here waits (WeChat Pay keeps bills three months).
+const CLOCK_STEP_MAX_MS: i64 = 400 * 86_400_000;
+/// The most the sandbox's clock may be away from real time, either way (100 years): far
+/// from where its millisecond arithmetic could overflow.
+const CLOCK_OFFSET_MAX_MS: i64 = 36_525 * 86_400_000;
+
+/// What a `/_control/clock` body asks: `{}` reads the clock, `{"advance_ms": n}` moves it
+/// by a whole number of ms, 1 to 400 days either way (negative moves back), and the total
+/// move stays within 100 years. Anything else is refused, naming what is allowed: a move
+/// silently ignored (a string, a fraction, a misspelt field) made a test run at the wrong
+/// time, and an unbounded one overflowed the clock.
+fn clock_move(v: &Value, offset_ms: i64) -> Result<Option<i64>, String> {
+    const ALLOWED: &str = "the body is {} or {\"advance_ms\": n}, n a whole number of ms \
+        from -34,560,000,000 to 34,560,000,000 (400 days), not 0";
+    let Some(fields) = v.as_object() else {
+        return Err(format!("not a JSON object: {ALLOWED}"));
+    };
+    if let Some(other) = fields.keys().find(|k| k.as_str() != "advance_ms") {
+        return Err(format!("unknown field {other:?}: {ALLOWED}"));
+    }
+    let Some(raw) = fields.get("advance_ms") else {
+        return Ok(None);
+    };
+    let ms = raw
+        .as_i64()
+        .filter(|ms| *ms != 0 && ms.unsigned_abs() <= CLOCK_STEP_MAX_MS.unsigned_abs())
+        .ok_or_else(|| format!("advance_ms {raw}: {ALLOWED}"))?;
+    match offset_ms.checked_add(ms) {
+        Some(total) if total.abs() <= CLOCK_OFFSET_MAX_MS => Ok(Some(ms)),
+        _ => Err(format!(
+            "advance_ms {ms} would move the sandbox's clock more than 100 years from real \
+             time (it is {offset_ms} ms away); a negative advance_ms moves it back"
+        )),
+    }
 }
 
 async fn control_reset(AxState(sb): AxState<Sandbox>) -> Response {
