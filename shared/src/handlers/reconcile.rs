@@ -813,7 +813,8 @@ const CATCH_UP_DAYS: i64 = 7;
 /// A day whose own SUCCESS or REFUND bill WeChat answers `Bill Creating` for
 /// ([`BILL_NOT_READY`]) is not a failed run: it is noted in the kv entry
 /// `reconcile/days_awaiting_bill` with when to ask again (an hour on, as above; not at every
-/// 5-minute run), the mark moves past it (the days after it are not held up), and the
+/// 5-minute run; UNVERIFIED how often and how long WeChat answers `Bill Creating` after
+/// 10:00 — the sandbox does while told to, `/_control/bill {"creating": day}`), the mark moves past it (the days after it are not held up), and the
 /// report names it in `days_awaiting_bill` at every run while it waits. Each run after 10:00
 /// reconciles the noted days that are due, first; one whose bill is still being made a
 /// week (`CATCH_UP_DAYS`) after it should have been ready is given up on — a
@@ -940,6 +941,7 @@ async fn reconciled(
     Ok(())
 }
 
+/// Names `day` in the report's `days_awaiting_bill` (once).
 fn awaits_its_bill(report: &mut DailyReport, day: &str) {
     if !report.days_awaiting_bill.iter().any(|d| d == day) {
         report.days_awaiting_bill.push(day.to_owned());
