@@ -5174,6 +5174,255 @@ async fn a_bill_past_three_months_is_skipped_and_named_not_failing_the_run() {
     );
 }
 
+/// The days noted in `kv` `reconcile/days_awaiting_bill` (their own bills still being made).
+async fn days_awaiting_their_bill(r: &Running) -> Vec<String> {
+    let entry = wxshop::store::kv::get(r.app.store.as_ref(), "reconcile/days_awaiting_bill")
+        .await
+        .unwrap();
+    entry.map_or_else(Vec::new, |e| {
+        serde_json::from_str::<std::collections::BTreeMap<String, i64>>(&e.value)
+            .unwrap()
+            .into_keys()
+            .collect()
+    })
+}
+
+/// Yesterday's own bills still being made (`Bill Creating`) when the schedule comes to
+/// reconcile yesterday: the day awaits its bill — named in the report's
+/// `bill.days_awaiting_bill`, not a failed phase, no page — and WeChat is asked again an hour
+/// on, not at the next run 5 minutes later; once WeChat has made the bill, the run that asks
+/// reconciles the day. By hand meanwhile: 409 `BILL_NOT_READY`, saying when to ask again.
+/// The run used to fail (`PAYMENT_UNAVAILABLE`, the bill phase in `failed`) and ask WeChat
+/// again at every 5-minute run, all day; by hand a 503 that read as an outage.
+#[tokio::test]
+async fn a_day_whose_own_bill_is_being_made_awaits_it_and_is_asked_for_hourly() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    let schedule = || run_schedule(&r);
+    advance_to_china(&r, &c, 12, 0).await;
+    paid_and_synced(&r, &c, "zoe", 1).await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    let (s, v) = c
+        .post("/sandbox/_control/bill", None, &json!({"creating": day}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    // The next morning: WeChat is still making the day's bills.
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+    assert_eq!(bills_asked_for(&r, &day), 1);
+    assert_eq!(days_awaiting_their_bill(&r).await, vec![day.clone()]);
+    // The next run, 5 minutes on: WeChat not asked again, nothing failed.
+    advance_both(&r, &c, 5 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+    assert_eq!(bills_asked_for(&r, &day), 1, "not asked at every run");
+
+    // By hand: not an outage — the bill is not made yet; when to ask again.
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "reconcile", "bill_date": day}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["code"], "BILL_NOT_READY", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("Bill Creating") && message.contains("ask again after"),
+        "{v}"
+    );
+    assert!(v["ask_again_at"].is_string(), "{v}");
+    let asked = bills_asked_for(&r, &day);
+
+    // An hour after the schedule asked: asked again, still being made.
+    advance_both(&r, &c, 56 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+    assert_eq!(bills_asked_for(&r, &day), asked + 1);
+
+    // WeChat has made it: the run an hour on reconciles the day, clean.
+    let (s, v) = c
+        .post("/sandbox/_control/bill", None, &json!({"created": day}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    advance_both(&r, &c, 30 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
+    assert_eq!(bills_asked_for(&r, &day), asked + 1, "an hour: not yet");
+    advance_both(&r, &c, 31 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 0, "{report}");
+    assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
+    assert!(days_awaiting_their_bill(&r).await.is_empty());
+    assert_eq!(paged(), 0, "nothing for a person");
+    assert!(bill_mismatch_events(&r).await.is_empty());
+}
+
+/// A day whose own bills WeChat is still making a week after they should have been ready
+/// (10:00 China time the next day) is given up on: a `bill_mismatch` event
+/// (`{day}/bill_not_issued`) saying what to do, paged once, and WeChat no longer asked.
+/// Until then it waits without a page. It used to fail the run at every 5-minute run, and
+/// never be given up on while the mark waited for it.
+#[tokio::test]
+async fn a_day_whose_own_bill_never_comes_is_given_up_after_a_week() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    let schedule = || run_schedule(&r);
+    advance_to_china(&r, &c, 12, 0).await;
+    paid_and_synced(&r, &c, "zack", 1).await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    let (s, v) = c
+        .post("/sandbox/_control/bill", None, &json!({"creating": day}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+
+    // Six days on: still waiting (the days after it reconciled meanwhile), no page.
+    advance_both(&r, &c, 6 * DAY_MS).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+    assert_eq!(
+        report["bill"]["reconciled"].as_array().map(Vec::len),
+        Some(6),
+        "{report}"
+    );
+    assert_eq!(paged(), 0, "no page while the bill may come");
+
+    // A week after it should have been ready: given up on, a person told once.
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
+    assert_eq!(report["bill"]["days_given_up"], json!([day]), "{report}");
+    let kept = wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "bill_mismatch",
+        &format!("{day}/bill_not_issued"),
+    )
+    .await
+    .unwrap()
+    .expect("a bill_mismatch event for a person");
+    assert!(
+        kept.value.body.contains("Bill Creating") && kept.value.body.contains("by hand"),
+        "{}",
+        kept.value.body
+    );
+    assert_eq!(paged(), 1, "paged once");
+    assert!(days_awaiting_their_bill(&r).await.is_empty());
+    let asked = bills_asked_for(&r, &day);
+    advance_both(&r, &c, 2 * 3_600_000).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
+    assert_eq!(bills_asked_for(&r, &day), asked, "not asked again");
+    assert_eq!(paged(), 1, "still paged once");
+}
+
+/// A refund recorded successful today (its outcome found late) whose every bill day — the day
+/// WeChat says it succeeded and the day it was asked for — is past the three months WeChat
+/// Pay serves: no bill that could list it can be read, so nothing is known to be wrong and
+/// nothing can be checked. It is `refunds_out_of_reach`, named in the schedule's report
+/// (`bill.refunds_out_of_reach`), not a mismatch: no event, no page. It used to be
+/// `refunds_missing_from_bill` and page a person for a refund no one can check against a bill.
+#[tokio::test]
+async fn a_refund_whose_every_bill_is_out_of_reach_is_reported_not_paged() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    advance_to_china(&r, &c, 12, 0).await;
+    let (_, no) = paid_and_synced(&r, &c, "yves", 1).await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    let long_ago = r.app.clock.now_ms() - 100 * DAY_MS;
+    let old_day = wxshop::time::beijing_date(long_ago);
+    let ghost = "RFghost0000013";
+    forged_refund(&r, &c, &no, ghost, long_ago).await;
+    // Asked for 100 days ago too (as a refund stuck that long whose outcome came at last).
+    let store = r.app.store.as_ref();
+    let rec = wxshop::store::repo::get_refund(store, &OutRefundNo::parse(ghost).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut next = rec.value.clone();
+    next.created_at_ms = long_ago;
+    let mut b = wxshop::store::repo::Batch::new();
+    b.update_refund(&rec, &next);
+    b.commit(store).await.unwrap();
+    // (A refund made by hand pages on its own.)
+    let before = paged();
+
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = run_schedule(&r).await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 0, "{report}");
+    assert_eq!(report["bill"]["awaiting"], 0, "{report}");
+    assert_eq!(
+        report["bill"]["refunds_out_of_reach"],
+        json!([ghost]),
+        "{report}"
+    );
+    assert_eq!(
+        report["bill"]["bills_out_of_reach"],
+        json!([old_day]),
+        "{report}"
+    );
+    assert_eq!(bills_asked_for(&r, &old_day), 0, "not asked for");
+    assert_eq!(paged() - before, 0, "no page");
+    assert!(bill_mismatch_events(&r).await.is_empty());
+    assert!(days_awaiting_a_bill(&r).await.is_empty(), "nothing waits");
+
+    // By hand: the same, with why.
+    let v = reconcile(&c, &day).await;
+    assert_eq!(v["refunds_missing_from_bill"], json!([]), "{v}");
+    let gone = &v["refunds_out_of_reach"];
+    assert_eq!(gone[0]["out_refund_no"], ghost, "{v}");
+    assert_eq!(
+        gone[0]["problem"],
+        format!(
+            "successful here; the REFUND bill of {old_day} is past the three months WeChat \
+             Pay keeps bills: not checked"
+        ),
+        "{v}"
+    );
+}
+
 /// The schedule reconciles yesterday's bills once a day, after 10:00 China time (when WeChat
 /// has them ready): each mismatch is kept as a `bill_mismatch` event and pages a person
 /// (`MoneyNeedsAPerson`) once, however often the schedule runs that day.

@@ -20,13 +20,18 @@
 //!   `refunds_awaiting_bill`, not a mismatch, and the schedule checks the day's refunds
 //!   again once that bill is ready ([`run_daily`]). A bill of a day past the three months
 //!   WeChat keeps bills ([`BILLS_KEPT_DAYS`]) is not asked for: named in
-//!   `bills_out_of_reach`, the refund judged by its other bills.
+//!   `bills_out_of_reach`, the refund judged by its other bills; a refund whose every bill
+//!   is past them cannot be checked at all and is `refunds_out_of_reach` — not a mismatch,
+//!   no page: nothing is known to be wrong.
 //!
 //! A day's bills are final from 10:00 China time of the next day. Asked for by hand before
 //! (today, say), what they list is checked as usual, but an order or refund of ours they
 //! lack is awaiting them (`payments_awaiting_bill`, `refunds_awaiting_bill`, each saying
 //! when to ask again), never missing: WeChat has not issued that day's bill yet. A day
-//! past WeChat's three months is refused (`BILL_OUT_OF_REACH`) without asking WeChat.
+//! past WeChat's three months is refused (`BILL_OUT_OF_REACH`) without asking WeChat. A day
+//! whose own SUCCESS or REFUND bill WeChat is still making (`Bill Creating`) is not
+//! reconciled: refused 409 `BILL_NOT_READY`, saying when to ask again (WeChat is up; the
+//! bill is not made yet), and the schedule asks again hourly ([`run_daily`]).
 //!
 //! A bill record that cannot be read is a mismatch of its own and every other record is
 //! checked; only a bill whose header or summary cannot be read fails the reconciliation
@@ -39,7 +44,9 @@
 //!
 //! `POST /admin/orderSync {action: "reconcile"}` runs it for a person; the schedule
 //! ([`run_daily`]) reconciles yesterday once a day after 10:00 China time, keeps each
-//! mismatch as a `bill_mismatch` event and pages (`MoneyNeedsAPerson`) once per new one.
+//! mismatch as a `bill_mismatch` event and pages (`MoneyNeedsAPerson`) once per new one —
+//! and, for a day whose own bill is still being made, asks again hourly, giving up (a
+//! `bill_mismatch` `bill_not_issued`, paged) a week after the bill should have been ready.
 
 use crate::app::App;
 use crate::domain::{FundType, Order, OrderStatus, OutRefundNo, OutTradeNo};
@@ -64,9 +71,20 @@ const MARK_TTL_SECS: i64 = 90 * 24 * 3600;
 /// ready.
 const AWAITING: &str = "reconcile/refunds_awaiting_bill";
 
-/// How long after WeChat answered `Bill Creating` (or `SYSTEMERROR`) for another day's
-/// REFUND bill it is asked again. UNVERIFIED how long WeChat takes to make a bill it is
-/// still making: an hour is a guess; the schedule runs every 5 minutes.
+/// The kv entry of the days the schedule came to reconcile while WeChat was still making
+/// their own SUCCESS or REFUND bill (`Bill Creating`): a JSON object `{bill_date: epoch ms
+/// to ask again from}`, as [`AWAITING`] ([`run_daily`]). A day leaves it once reconciled,
+/// or given up on [`CATCH_UP_DAYS`] after its bills should have been ready.
+const DAYS_AWAITING: &str = "reconcile/days_awaiting_bill";
+
+/// The refusal ([`reconcile`], 409) of a day whose own SUCCESS or REFUND bill WeChat is still
+/// making (`Bill Creating`): nothing of it was checked; ask again later.
+const BILL_NOT_READY: &str = "BILL_NOT_READY";
+
+/// How long after WeChat answered `Bill Creating` (or, for another day's REFUND bill,
+/// `SYSTEMERROR`) that bill is asked for again — a day's own bills and another day's REFUND
+/// bill alike. UNVERIFIED how long WeChat takes to make a bill it is still making: an hour
+/// is a guess; the schedule runs every 5 minutes.
 const BILL_CREATING_RETRY_MS: i64 = HOUR_MS;
 
 /// WeChat Pay serves the bills of the last three months only (WECHAT_PAY_V2.md §2.7).
@@ -144,6 +162,11 @@ pub struct Reconciliation {
     /// the three months WeChat Pay keeps bills: not asked for; the refund is judged by the
     /// other bills, and one none of them lists is missing.
     pub bills_out_of_reach: Vec<String>,
+    /// Our refunds recorded successful that day whose every REFUND bill
+    /// ([`refund_bill_days`]) is past the three months WeChat Pay keeps bills: no bill that
+    /// could list them can be read, so they are not checked — not mismatches (nothing is
+    /// known to be wrong), nor waiting (no bill will come).
+    pub refunds_out_of_reach: Vec<RefundMismatch>,
     /// When the first bill of `refunds_awaiting_bill` may be ready (epoch ms).
     #[serde(skip)]
     pub recheck_at_ms: Option<i64>,
@@ -260,9 +283,50 @@ fn pay_error(e: crate::pay::client::PayError) -> ApiError {
     }
 }
 
+/// The bill of `bill_type` of the day reconciled, `bill_date`. `No Bill Exist` (a day
+/// without trades) comes back as an empty bill. WeChat still making it (`Bill Creating`) is
+/// 409 [`BILL_NOT_READY`] — not a 503: WeChat is up, the bill is not made yet — saying when
+/// to ask again ([`BILL_CREATING_RETRY_MS`]; `ask_again_at`, China time, and
+/// `ask_again_at_ms`). Any other failure is [`pay_error`]'s (`SYSTEMERROR` included: the
+/// schedule's next run, 5 minutes on, asks again).
+async fn own_bill(
+    app: &App,
+    bill_date: &str,
+    bill_type: BillType,
+    now: i64,
+) -> Result<Bill, ApiError> {
+    match app.pay.download_bill(bill_date, bill_type).await {
+        Ok(bill) => Ok(bill),
+        Err(PayError::BillUnavailable { msg, .. }) if msg.eq_ignore_ascii_case("Bill Creating") => {
+            let at = now + BILL_CREATING_RETRY_MS;
+            let at_text = crate::time::beijing_datetime(at);
+            tracing::warn!(
+                bill_date,
+                bill_type = bill_type.as_str(),
+                "WeChat Pay is still making the day's bill: not reconciled yet"
+            );
+            Err(ApiError::conflict(
+                BILL_NOT_READY,
+                format!(
+                    "WeChat Pay is still making the {} bill of {bill_date} (it answered \
+                     `Bill Creating`): nothing of that day was checked; ask again after \
+                     {at_text} China time. The schedule asks again by itself every hour for \
+                     the days it reconciles, and tells a person if the bill has not come a \
+                     week after it should have",
+                    bill_type.as_str()
+                ),
+            )
+            .with("ask_again_at", at_text)
+            .with("ask_again_at_ms", at))
+        }
+        Err(e) => Err(pay_error(e)),
+    }
+}
+
 /// Reconciles `bill_date` (`yyyyMMdd`). `Ok(None)` when `deadline` passed before the end
 /// (nothing is kept; run it again). A day past the three months WeChat keeps bills is
-/// refused (400 `BILL_OUT_OF_REACH`) without asking WeChat. A day whose bills are not final
+/// refused (400 `BILL_OUT_OF_REACH`) without asking WeChat; one whose SUCCESS or REFUND bill
+/// WeChat is still making, 409 [`BILL_NOT_READY`] ([`own_bill`]). A day whose bills are not final
 /// yet (before 10:00 China time of the next day: asked for by hand) is read for what its
 /// bills list, and what they lack awaits them (`payments_awaiting_bill`,
 /// `refunds_awaiting_bill`) instead of being missing.
@@ -290,17 +354,8 @@ pub async fn reconcile(
         ));
     }
     let final_at = bill_ready_at_ms(bill_date).filter(|t| now < *t);
-    // `No Bill Exist` (a day without trades) comes back as an empty bill.
-    let success = app
-        .pay
-        .download_bill(bill_date, BillType::Success)
-        .await
-        .map_err(pay_error)?;
-    let refunds = app
-        .pay
-        .download_bill(bill_date, BillType::Refund)
-        .await
-        .map_err(pay_error)?;
+    let success = own_bill(app, bill_date, BillType::Success, now).await?;
+    let refunds = own_bill(app, bill_date, BillType::Refund, now).await?;
     let mut out = Reconciliation {
         bill_date: bill_date.to_owned(),
         ..Reconciliation::default()
@@ -591,8 +646,10 @@ fn lists_refund(bill: &Bill, r: &RefundRecord) -> bool {
 /// read, else (one not ready yet) awaiting it — unless `give_up`, when a bill not ready is
 /// taken as read. A bill past WeChat's three months is neither: not asked for, it is left
 /// out (and named in `bills_out_of_reach`), so a refund no other bill lists is missing, not
-/// waiting for a bill that will never come. `bills` holds the REFUND bills by day; another day's is downloaded once
-/// when a refund needs it. `false` when `deadline` passed first.
+/// waiting for a bill that will never come; one whose every bill is past them is
+/// `refunds_out_of_reach` (not checked, not a mismatch). `bills` holds the REFUND bills by
+/// day; another day's is downloaded once when a refund needs it. `false` when `deadline`
+/// passed first.
 async fn refunds_missing_from_bill(
     app: &App,
     bills: &mut RefundBills,
@@ -646,6 +703,14 @@ async fn refunds_missing_from_bill(
                 out_trade_no: Some(r.out_trade_no.as_str().to_owned()),
                 problem,
             };
+            if read.is_empty() && unread.is_empty() {
+                // Every bill that could list it is past WeChat's reach: nothing to check it
+                // against, and nothing known to be wrong.
+                let problem = format!("successful here{gone_note}");
+                tracing::warn!(bill_date = %out.bill_date, out_refund_no = %r.out_refund_no, problem = %problem, "refund not checked: its bills are out of reach");
+                out.refunds_out_of_reach.push(mismatch(problem));
+                continue;
+            }
             if unread.is_empty() || give_up {
                 let mut problem = "successful here".to_owned();
                 if !read.is_empty() {
@@ -706,6 +771,17 @@ pub struct DailyReport {
     /// months WeChat Pay keeps bills: skipped, not asked for (the refund judged by its other
     /// bills; one none lists is a mismatch).
     pub bills_out_of_reach: Vec<String>,
+    /// Refunds (`out_refund_no`) whose every REFUND bill is past those three months: not
+    /// checked, not paged ([`Reconciliation::refunds_out_of_reach`]).
+    pub refunds_out_of_reach: Vec<String>,
+    /// Days (`yyyyMMdd`) whose own SUCCESS or REFUND bill WeChat is still making (`Bill
+    /// Creating`): not reconciled yet, noted in `reconcile/days_awaiting_bill` and asked for
+    /// again an hour on; not a failure.
+    pub days_awaiting_bill: Vec<String>,
+    /// Days whose own bills WeChat was still making a week after they should have been
+    /// ready: given up on, not reconciled, a `bill_mismatch` event (`bill_not_issued`) kept
+    /// and paged.
+    pub days_given_up: Vec<String>,
 }
 
 /// Days the schedule goes back to reconcile ones it missed (WeChat Pay down all of a day's
@@ -731,7 +807,20 @@ const CATCH_UP_DAYS: i64 = 7;
 /// A bill still not ready a week (`CATCH_UP_DAYS`) after it should have been is given up
 /// on: its refunds no bill read lists are missing, the bill that never came named. A bill
 /// WeChat answered `Bill Creating` for is asked again an hour on ([`BILL_CREATING_RETRY_MS`],
-/// UNVERIFIED), one out of WeChat's reach never (the report's `bills_out_of_reach`).
+/// UNVERIFIED), one out of WeChat's reach never (the report's `bills_out_of_reach`; a refund
+/// whose every bill is out of reach, `refunds_out_of_reach`: not checked, not paged).
+///
+/// A day whose own SUCCESS or REFUND bill WeChat answers `Bill Creating` for
+/// ([`BILL_NOT_READY`]) is not a failed run: it is noted in the kv entry
+/// `reconcile/days_awaiting_bill` with when to ask again (an hour on, as above; not at every
+/// 5-minute run; UNVERIFIED how often and how long WeChat answers `Bill Creating` after
+/// 10:00 — the sandbox does while told to, `/_control/bill {"creating": day}`), the mark moves past it (the days after it are not held up), and the
+/// report names it in `days_awaiting_bill` at every run while it waits. Each run after 10:00
+/// reconciles the noted days that are due, first; one whose bill is still being made a
+/// week (`CATCH_UP_DAYS`) after it should have been ready is given up on — a
+/// `bill_mismatch` event `{day}/bill_not_issued` saying what to do, paged once, the report's
+/// `days_given_up` — and never asked for again. `SYSTEMERROR` or an outage for a day's own
+/// bill still fails the run (`PAYMENT_UNAVAILABLE`): the next run asks again.
 /// `false` when `deadline` passed first.
 pub async fn run_daily(
     app: &App,
@@ -762,6 +851,12 @@ async fn keep_mismatches(
             report.bills_out_of_reach.push(day.clone());
         }
     }
+    report.refunds_out_of_reach.extend(
+        found
+            .refunds_out_of_reach
+            .iter()
+            .filter_map(|m| m.out_refund_no.clone()),
+    );
     for (key, body) in mismatch_events(found) {
         if super::common::keep_evidence(app, BILL_MISMATCH_EVENTS, key, body).await? {
             report.kept += 1;
@@ -771,12 +866,17 @@ async fn keep_mismatches(
     Ok(())
 }
 
-/// [`run_daily`]'s days: the ones since the mark, oldest first.
+/// [`run_daily`]'s days: the ones awaiting their own bill that are due
+/// ([`reconcile_awaited_days`]), then the ones since the mark, oldest first. A day whose own
+/// bill WeChat is still making is noted in [`DAYS_AWAITING`] and the mark moves past it.
 async fn reconcile_days(
     app: &App,
     deadline: Deadline,
     report: &mut DailyReport,
 ) -> Result<bool, ApiError> {
+    if !reconcile_awaited_days(app, deadline, report).await? {
+        return Ok(false);
+    }
     let now = app.clock.now_ms();
     let yesterday = crate::time::beijing_date(now - DAY_MS);
     let earliest = crate::time::beijing_date(now - CATCH_UP_DAYS * DAY_MS);
@@ -798,18 +898,16 @@ async fn reconcile_days(
         if day > yesterday {
             return Ok(true);
         }
-        let Some(found) = reconcile(app, &day, deadline).await? else {
-            return Ok(false);
-        };
-        report.reconciled.push(day.clone());
-        keep_mismatches(app, &found, report).await?;
-        if let Some(at) = found.recheck_at_ms {
-            note_awaiting(app, &day, Some(at)).await?;
-        }
-        if found.mismatch_count() > 0 {
-            tracing::error!(bill_date = %day, mismatches = found.mismatch_count(), "daily reconciliation found mismatches");
-        } else {
-            tracing::info!(bill_date = %day, checked = found.checked, refunds_checked = found.refunds_checked, "daily reconciliation clean");
+        match reconcile(app, &day, deadline).await {
+            Ok(Some(found)) => reconciled(app, &day, &found, report).await?,
+            Ok(None) => return Ok(false),
+            // Noted before the mark moves past it: a run cut short in between does it again.
+            Err(e) if e.code == BILL_NOT_READY => {
+                let at = app.clock.now_ms() + BILL_CREATING_RETRY_MS;
+                note_awaiting(app, DAYS_AWAITING, &day, Some(at)).await?;
+                awaits_its_bill(report, &day);
+            }
+            Err(e) => return Err(e),
         }
         let until = app.clock.now_secs() + MARK_TTL_SECS;
         if !kv::put_if(store, MARK, &day, until, mark.map(|m| m.version)).await? {
@@ -822,27 +920,136 @@ async fn reconcile_days(
     }
 }
 
-/// The days noted in [`AWAITING`] (`{bill_date: check again from, epoch ms}`) and the
-/// entry's version. An entry that does not parse (nothing of ours writes one) is read as
-/// empty and overwritten.
-async fn read_awaiting(app: &App) -> Result<(BTreeMap<String, i64>, Option<u64>), ApiError> {
-    let Some(entry) = kv::get(app.store.as_ref(), AWAITING).await? else {
+/// `day` reconciled by the schedule: its mismatches kept ([`keep_mismatches`]), and the day
+/// noted in [`AWAITING`] if refunds of it wait for a bill.
+async fn reconciled(
+    app: &App,
+    day: &str,
+    found: &Reconciliation,
+    report: &mut DailyReport,
+) -> Result<(), ApiError> {
+    report.reconciled.push(day.to_owned());
+    keep_mismatches(app, found, report).await?;
+    if let Some(at) = found.recheck_at_ms {
+        note_awaiting(app, AWAITING, day, Some(at)).await?;
+    }
+    if found.mismatch_count() > 0 {
+        tracing::error!(bill_date = %day, mismatches = found.mismatch_count(), "daily reconciliation found mismatches");
+    } else {
+        tracing::info!(bill_date = %day, checked = found.checked, refunds_checked = found.refunds_checked, "daily reconciliation clean");
+    }
+    Ok(())
+}
+
+/// Names `day` in the report's `days_awaiting_bill` (once).
+fn awaits_its_bill(report: &mut DailyReport, day: &str) {
+    if !report.days_awaiting_bill.iter().any(|d| d == day) {
+        report.days_awaiting_bill.push(day.to_owned());
+    }
+}
+
+/// The days noted in [`DAYS_AWAITING`] that are due, reconciled now that WeChat may have made
+/// their bills: one still being made is noted again an hour on ([`BILL_CREATING_RETRY_MS`])
+/// until [`give_up_at_ms`] — a week after its bills should have been ready — and then given
+/// up on: a `bill_mismatch` event `{day}/bill_not_issued` for a person, paged once, the day
+/// out of the entry and never asked for again. A day that can no longer be asked for (not a
+/// date, past WeChat's three months) leaves the entry. `false` when `deadline` passed first.
+async fn reconcile_awaited_days(
+    app: &App,
+    deadline: Deadline,
+    report: &mut DailyReport,
+) -> Result<bool, ApiError> {
+    let now = app.clock.now_ms();
+    let (days, _) = read_awaiting(app, DAYS_AWAITING).await?;
+    for (day, at) in days {
+        if at > now {
+            awaits_its_bill(report, &day);
+            continue;
+        }
+        if deadline.passed() {
+            return Ok(false);
+        }
+        match reconcile(app, &day, deadline).await {
+            Ok(Some(found)) => {
+                reconciled(app, &day, &found, report).await?;
+                note_awaiting(app, DAYS_AWAITING, &day, None).await?;
+            }
+            Ok(None) => return Ok(false),
+            Err(e) if e.code == BILL_NOT_READY => {
+                if give_up_at_ms(&day).is_none_or(|g| now >= g) {
+                    bill_never_came(app, &day, report).await?;
+                    note_awaiting(app, DAYS_AWAITING, &day, None).await?;
+                } else {
+                    let at = now + BILL_CREATING_RETRY_MS;
+                    note_awaiting(app, DAYS_AWAITING, &day, Some(at)).await?;
+                    awaits_its_bill(report, &day);
+                }
+            }
+            Err(e) if e.code == "BAD_BILL_DATE" || e.code == "BILL_OUT_OF_REACH" => {
+                tracing::error!(bill_date = %day, error = %e, "a day awaiting its bill cannot be asked for: left out");
+                note_awaiting(app, DAYS_AWAITING, &day, None).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// `day`'s own bills still not made a week after they should have been: kept as a
+/// `bill_mismatch` event for a person (`{day}/bill_not_issued`), paged once.
+async fn bill_never_came(app: &App, day: &str, report: &mut DailyReport) -> Result<(), ApiError> {
+    tracing::error!(bill_date = %day, "WeChat Pay still makes the day's bill a week on: given up, not reconciled");
+    report.days_given_up.push(day.to_owned());
+    let body = serde_json::json!({
+        "bill_date": day,
+        "kind": "bill_not_issued",
+        "detail": format!(
+            "WeChat Pay still answered `Bill Creating` for the bills of {day} {CATCH_UP_DAYS} \
+             days after they should have been ready: the day was not reconciled, and the \
+             schedule no longer asks"
+        ),
+        "what_to_do": "download that day's SUCCESS and REFUND bills in the merchant platform \
+            and compare them with our orders and refunds by hand, or reconcile the day \
+            (POST /admin/orderSync {action: reconcile, bill_date}) once WeChat Pay gives its \
+            bills; ask WeChat Pay why they were not made",
+    });
+    let key = format!("{day}/bill_not_issued");
+    if super::common::keep_evidence(app, BILL_MISMATCH_EVENTS, key, body.to_string()).await? {
+        report.kept += 1;
+        super::common::page_a_person(app);
+    }
+    Ok(())
+}
+
+/// The days noted in the kv entry `key` ([`AWAITING`], [`DAYS_AWAITING`]: `{bill_date: check
+/// again from, epoch ms}`) and the entry's version. An entry that does not parse (nothing of
+/// ours writes one) is read as empty and overwritten.
+async fn read_awaiting(
+    app: &App,
+    key: &str,
+) -> Result<(BTreeMap<String, i64>, Option<u64>), ApiError> {
+    let Some(entry) = kv::get(app.store.as_ref(), key).await? else {
         return Ok((BTreeMap::new(), None));
     };
     let days = serde_json::from_str(&entry.value).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "the days awaiting a REFUND bill do not parse: starting afresh");
+        tracing::error!(key, error = %e, "the days awaiting a bill do not parse: starting afresh");
         BTreeMap::new()
     });
     Ok((days, Some(entry.version)))
 }
 
-/// Notes `bill_date` in [`AWAITING`] to be checked again from `at` (epoch ms), or (`None`)
-/// takes it out. Read, change, write if unchanged meanwhile — a few times, as runs may
-/// overlap.
-async fn note_awaiting(app: &App, bill_date: &str, at: Option<i64>) -> Result<(), ApiError> {
+/// Notes `bill_date` in the kv entry `key` ([`AWAITING`], [`DAYS_AWAITING`]) to be checked
+/// again from `at` (epoch ms), or (`None`) takes it out. Read, change, write if unchanged
+/// meanwhile — a few times, as runs may overlap.
+async fn note_awaiting(
+    app: &App,
+    key: &str,
+    bill_date: &str,
+    at: Option<i64>,
+) -> Result<(), ApiError> {
     const ATTEMPTS: usize = 5;
     for _ in 0..ATTEMPTS {
-        let (mut days, version) = read_awaiting(app).await?;
+        let (mut days, version) = read_awaiting(app, key).await?;
         let before = days.clone();
         match at {
             // Checked again by the time it gives up at the latest.
@@ -857,13 +1064,13 @@ async fn note_awaiting(app: &App, bill_date: &str, at: Option<i64>) -> Result<()
         }
         let value = serde_json::to_string(&days).map_err(|e| ApiError::internal(e.to_string()))?;
         let until = app.clock.now_secs() + MARK_TTL_SECS;
-        if kv::put_if(app.store.as_ref(), AWAITING, &value, until, version).await? {
+        if kv::put_if(app.store.as_ref(), key, &value, until, version).await? {
             return Ok(());
         }
     }
     Err(ApiError::unavailable(
         "RECONCILE_BUSY",
-        "the days awaiting a REFUND bill kept changing under this run; the next run notes them",
+        format!("the days awaiting a bill ({key}) kept changing under this run; the next run notes them"),
     ))
 }
 
@@ -875,7 +1082,7 @@ async fn recheck_awaiting(
     report: &mut DailyReport,
 ) -> Result<bool, ApiError> {
     let now = app.clock.now_ms();
-    let (days, _) = read_awaiting(app).await?;
+    let (days, _) = read_awaiting(app, AWAITING).await?;
     for (day, at) in days {
         if at > now {
             continue;
@@ -889,14 +1096,14 @@ async fn recheck_awaiting(
             Ok(None) => return Ok(false),
             // A day noted by mistake cannot be checked: not a reason to keep it.
             Err(e) if e.code == "BAD_BILL_DATE" => {
-                note_awaiting(app, &day, None).await?;
+                note_awaiting(app, AWAITING, &day, None).await?;
                 continue;
             }
             Err(e) => return Err(e),
         };
         report.rechecked.push(day.clone());
         keep_mismatches(app, &found, report).await?;
-        note_awaiting(app, &day, found.recheck_at_ms).await?;
+        note_awaiting(app, AWAITING, &day, found.recheck_at_ms).await?;
     }
     Ok(true)
 }
