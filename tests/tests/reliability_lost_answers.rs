@@ -798,6 +798,180 @@ async fn a_secondary_merchant_order_paid_unpushed_is_answered_paid_when_its_key_
     assert_eq!(c.stock().await, before - 1, "stock taken once");
 }
 
+/// How WeChat holds a secondary-merchant order whose `shop/order/add` answer was lost when the
+/// user taps again with the same key.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LostAdd {
+    /// Waiting for payment (status 10).
+    Pending,
+    /// Paid in the trading component, its `open_product_order_pay` push never delivered.
+    PaidUnpushed,
+    /// Cancelled there (the merchant's back office, `shop/order/close`).
+    Cancelled,
+    /// `shop/order/get` fails (system busy) until cleared.
+    Unreadable,
+}
+
+/// Secondary-merchant mode (WeChat collects): `unifiedOrder` is cut off while `shop/order/add`
+/// is on its way back, so WeChat made the component order (the payment order) and we hold it
+/// CREATED with no id. The user taps again with the same key once the claim's window has
+/// passed, and the call resumes that order: WeChat's order is read by our number first
+/// (`shop/order/get`), never added again. Pending → its id learnt and its payment parameters
+/// asked for, 200 PREPAID; paid, the push lost → the payment recorded, 200 PAID with nothing
+/// to pay; cancelled there → closed here (stock back), 409 `ORDER_CLOSED`; unreadable → 503
+/// `ORDER_STATUS_UNKNOWN`, nothing closed, and the same key once WeChat answers gets the
+/// payment parameters. Each time one order here and one at WeChat, and the key keeps the
+/// answer. It used to send `shop/order/add` again: refused for a paid order ("can no longer be
+/// replaced"), whose order was then closed as a failed prepay — 502, the key released for a
+/// second order — though the user had paid.
+async fn a_lost_add_is_read_back_when_its_key_resumes(at_wechat: LostAdd) {
+    let r = stack_with(&[("WX_FUND_TYPE", "1")]).await;
+    r.sandbox.set_push_url(None);
+    let c = Client::new(&r);
+    let (token, openid) = c.login("lost-add-then-resumed").await;
+    let key = "tap-lost-add-then-resumed";
+    let before = c.stock().await;
+    c.fault(json!({"path": "shop/order/add", "mode": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    order_cut_off(&r, &token, &order_body(key), Duration::from_millis(1000)).await;
+    let made = orders(&c, &token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["status"], "CREATED", "{made:?}");
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    eventually(
+        "the late component order",
+        Duration::from_secs(5),
+        || async { shop_status(&c, &no).await == Some(10) },
+    )
+    .await;
+    match at_wechat {
+        LostAdd::PaidUnpushed => {
+            let (s, v) = c
+                .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
+                .await;
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(shop_status(&c, &no).await, Some(20), "paid at WeChat");
+        }
+        LostAdd::Cancelled => {
+            let at = wxshop::shop::types::OrderKey::Out(no.clone());
+            r.app.wx.order_close(&at, &openid).await.unwrap();
+            assert_eq!(shop_status(&c, &no).await, Some(250), "cancelled at WeChat");
+        }
+        LostAdd::Pending | LostAdd::Unreadable => {}
+    }
+    assert_eq!(orders(&c, &token).await[0]["status"], "CREATED");
+    let adds = r.sandbox.calls("shop/order/add").len();
+    let params = r.sandbox.calls("shop/order/getpaymentparams").len();
+
+    // Past the claim's window, on both clocks (an `add`'s create_time must be within 5 s of
+    // WeChat's).
+    r.app.clock.advance(31_000);
+    r.sandbox.clock().advance(31_000);
+    if at_wechat == LostAdd::Unreadable {
+        c.fault(json!({"path": "shop/order/get", "mode": "errcode", "errcode": -1, "count": 50}))
+            .await;
+        let (s, v) = c.order(&token, 1, Some(key)).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (503, Some("ORDER_STATUS_UNKNOWN")),
+            "{v}"
+        );
+        assert_eq!(
+            orders(&c, &token).await[0]["status"],
+            "CREATED",
+            "not closed"
+        );
+        assert_eq!(c.stock().await, before - 1, "the stock stays held");
+        assert_eq!(
+            shop_status(&c, &no).await,
+            Some(10),
+            "still payable at WeChat"
+        );
+        assert!(!key_completed(&r, &openid, key).await, "retried later");
+        c.clear_faults().await;
+    }
+
+    let (s, v) = c.order(&token, 1, Some(key)).await;
+    match at_wechat {
+        LostAdd::Pending | LostAdd::Unreadable => {
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(v["out_trade_no"], no.as_str(), "{v}");
+            assert_eq!(v["status"], "PREPAID", "{v}");
+            assert!(
+                v["payment"]["package"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("prepay_id=")),
+                "{v}"
+            );
+            assert_eq!(
+                r.sandbox.calls("shop/order/getpaymentparams").len(),
+                params + 1
+            );
+            assert!(
+                stored_wx_order_id(&r, &no).await.is_some_and(|id| id > 0),
+                "WeChat's id learnt and stored"
+            );
+            assert_eq!(c.stock().await, before - 1, "stock taken once");
+            // WeChat's order is the one the user pays.
+            let (s, paid) = c
+                .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
+                .await;
+            assert_eq!(s, 200, "{paid}");
+        }
+        LostAdd::PaidUnpushed => {
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(v["out_trade_no"], no.as_str(), "{v}");
+            assert_eq!(v["status"], "PAID", "{v}");
+            assert_eq!(v["payment"], json!({}), "{v}");
+            assert_eq!(
+                r.sandbox.calls("shop/order/getpaymentparams").len(),
+                params,
+                "WeChat is not asked to pay a paid order"
+            );
+            assert_eq!(orders(&c, &token).await[0]["status"], "PAID");
+            assert_eq!(c.stock().await, before - 1, "stock taken once");
+        }
+        LostAdd::Cancelled => {
+            assert_eq!((s, v["code"].as_str()), (409, Some("ORDER_CLOSED")), "{v}");
+            assert_eq!(orders(&c, &token).await[0]["status"], "CLOSED");
+            assert_eq!(c.stock().await, before, "stock back at the close");
+        }
+    }
+    assert_eq!(
+        r.sandbox.calls("shop/order/add").len(),
+        adds,
+        "WeChat's order is not added again"
+    );
+    assert!(key_completed(&r, &openid, key).await, "repeats replay it");
+    let (s2, again) = c.order(&token, 1, Some(key)).await;
+    assert_eq!(s2, s, "{again}");
+    assert_eq!(again["code"], v["code"], "{again}");
+    assert_eq!(again["out_trade_no"], v["out_trade_no"], "{again}");
+    assert_eq!(orders(&c, &token).await.len(), 1, "no second order");
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+#[tokio::test]
+async fn a_lost_add_paid_unpushed_is_answered_paid_when_its_key_resumes() {
+    a_lost_add_is_read_back_when_its_key_resumes(LostAdd::PaidUnpushed).await;
+}
+
+#[tokio::test]
+async fn a_lost_add_unpaid_is_paid_as_it_is_when_its_key_resumes() {
+    a_lost_add_is_read_back_when_its_key_resumes(LostAdd::Pending).await;
+}
+
+#[tokio::test]
+async fn a_lost_add_cancelled_at_wechat_is_closed_when_its_key_resumes() {
+    a_lost_add_is_read_back_when_its_key_resumes(LostAdd::Cancelled).await;
+}
+
+#[tokio::test]
+async fn a_lost_add_wechat_cannot_read_is_kept_when_its_key_resumes() {
+    a_lost_add_is_read_back_when_its_key_resumes(LostAdd::Unreadable).await;
+}
+
 /// The user applies for a refund of all of order `no` in WeChat's own order centre; its
 /// `aftersale_new_order` push imports it here (REQUESTED). WeChat's after-sale id and ours.
 async fn applied_in_wechat(c: &Client, no: &str, total: i64) -> (u64, String) {

@@ -142,7 +142,8 @@ pub async fn ask_wechat_if_paid(app: &App, order: &Order) -> Result<Option<Order
         // The stored id stands for "WeChat holds it" here: a fund_type=1 order is PREPAID
         // (the only status asked about) only once `shop/order/add` answered, its id stored in
         // the same write. One whose answer was lost stays CREATED; its close
-        // (`shop/order/close` by our number) finds a payment made meanwhile.
+        // (`shop/order/close` by our number) finds a payment made meanwhile, and a resumed
+        // key reads it by our number (`shop_orders::read_back_lost_add`).
         FundType::SecondaryMerchant if order.wx_order_id.is_some() => {
             use super::shop_orders::{query_component_payment, ComponentPayment};
             match query_component_payment(app, order, None).await? {

@@ -429,12 +429,25 @@ pub async fn query_component_payment(
         .wx
         .order_get(&key(order), order.openid.as_str())
         .await
-        .map_err(|e| {
-            ApiError::unavailable(
-                "WECHAT_UNAVAILABLE",
-                format!("cannot read the order with shop/order/get: {e}"),
-            )
-        })?;
+        .map_err(unreadable)?;
+    payment_of(app, order, wx, push).await
+}
+
+/// `shop/order/get` did not answer with the order: WeChat did not say (503, retry).
+fn unreadable(e: WxError) -> ApiError {
+    ApiError::unavailable(
+        "WECHAT_UNAVAILABLE",
+        format!("cannot read the order with shop/order/get: {e}"),
+    )
+}
+
+/// [`query_component_payment`] on WeChat's order `wx` as read.
+async fn payment_of(
+    app: &App,
+    order: &Order,
+    wx: crate::shop::order::OrderInfo,
+    push: Option<(&str, &str)>,
+) -> Result<ComponentPayment, ApiError> {
     if matches!(wx.status, 10 | 11 | 181 | 250) {
         return Ok(ComponentPayment::Unpaid { status: wx.status });
     }
@@ -472,6 +485,58 @@ pub async fn query_component_payment(
         Err(PaymentError::Store(e)) => Err(e.into()),
         Err(e) => Ok(ComponentPayment::Refused(e.to_string())),
     }
+}
+
+/// What WeChat holds under the number of a fund_type=1 order whose `shop/order/add` answer
+/// never reached us (its call cut off: WeChat may have made the order, we hold no id).
+#[derive(Debug)]
+pub enum LostAdd {
+    /// No order under our number (1010011): WeChat never made it (or a late `add` has not
+    /// landed yet, which a new `add` replaces, `add` being re-entrant while unpaid).
+    Absent,
+    /// Waiting for payment (10, 11) at our price: WeChat's id for it, to pay it as it is.
+    Pending(u64),
+    /// Paid there, and the payment recorded here (now or before).
+    Paid(Box<Order>),
+    /// Cancelled there (181, 250): WeChat's id for it.
+    Cancelled(u64),
+    /// WeChat's order contradicts ours (another number, price or status): nothing recorded.
+    Refused(String),
+}
+
+/// Reads WeChat's order by our number (`shop/order/get` with `out_order_id` + openid) for a
+/// fund_type=1 order whose `shop/order/add` answer was lost, before anything is added again:
+/// `add` replaces only an unpaid order (a paid one is refused, so the order would be closed as
+/// a failed prepay though it was paid), and a paid one's push may be late or lost. A payment
+/// found is recorded, its amount checked against ours. `Err` (503 `WECHAT_UNAVAILABLE`):
+/// WeChat did not say; nothing may be decided.
+pub async fn read_back_lost_add(app: &App, order: &Order) -> Result<LostAdd, ApiError> {
+    let wx = match app.wx.order_get(&key(order), order.openid.as_str()).await {
+        Ok(wx) => wx,
+        Err(e) if not_found(&e) => return Ok(LostAdd::Absent),
+        Err(e) => return Err(unreadable(e)),
+    };
+    if wx.out_order_id != order.out_trade_no.as_str() || wx.order_id == 0 {
+        return Ok(LostAdd::Refused(format!(
+            "shop/order/get for {} answered order {} of {}",
+            order.out_trade_no, wx.order_id, wx.out_order_id
+        )));
+    }
+    let id = wx.order_id;
+    let price = wx.order_detail.price_info.order_price;
+    if matches!(wx.status, 10 | 11) && price != order.total {
+        return Ok(LostAdd::Refused(format!(
+            "WeChat's unpaid order is for {} fen; ours is {} fen",
+            price.get(),
+            order.total.get()
+        )));
+    }
+    Ok(match payment_of(app, order, wx, None).await? {
+        ComponentPayment::Recorded(o) => LostAdd::Paid(o),
+        ComponentPayment::Unpaid { status: 181 | 250 } => LostAdd::Cancelled(id),
+        ComponentPayment::Unpaid { .. } => LostAdd::Pending(id),
+        ComponentPayment::Refused(why) => LostAdd::Refused(why),
+    })
 }
 
 /// Component order statuses that mean "paid" (20 paid, 21 partly shipped, 30 shipped,

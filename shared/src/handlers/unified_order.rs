@@ -29,8 +29,15 @@
 //! Before that it is brought up to date as a repeated key's order is (`brought_up_to_date`):
 //! unpaid past its expiry, settled as the sweep would; a secondary-merchant one WeChat holds to
 //! pay is asked about first, since its payment push may not have landed and `getpaymentparams`
-//! refuses a paid order. The order does not exist: it is
-//! created under that number. The key is released, so a retry starts afresh under a new
+//! refuses a paid order. A secondary-merchant order still CREATED with no component id (the
+//! earlier attempt cut off while `shop/order/add` was on its way back, so WeChat may hold it)
+//! is read at WeChat by our number before anything is added again (`read_back_lost_add`):
+//! `add` replaces only an unpaid order — a paid one is refused, and the order would be closed
+//! as a failed prepay though it was paid. Paid there → the payment recorded, answered PAID;
+//! waiting for payment → paid as it is (its id learnt, `getpaymentparams`), not added again;
+//! cancelled there → closed here, 409 `ORDER_CLOSED`; not there → added; WeChat did not say →
+//! nothing added or closed, 503 `ORDER_STATUS_UNKNOWN`, to retry with the same key. The order
+//! does not exist: it is created under that number. The key is released, so a retry starts afresh under a new
 //! number, only when the attempt left nothing behind: it was refused before the order was
 //! written (sold out, not for sale, …), or WeChat refused it and the order was closed with its
 //! stock given back.
@@ -418,6 +425,66 @@ async fn brought_up_to_date(app: &App, order: Order, ask_open: bool) -> Result<O
     }
 }
 
+/// Whether `order` is a secondary-merchant order an earlier attempt may have been cut off in
+/// while `shop/order/add` was on its way back: still CREATED, its component order planned, and
+/// no id of it stored (the id is stored with PREPAID, in the same write).
+fn lost_add(order: &Order) -> bool {
+    order.fund_type == FundType::SecondaryMerchant
+        && order.status == OrderStatus::Created
+        && order.wx_order_id.is_none()
+        && order.at_wechat().component_order
+}
+
+/// A resumed [`lost_add`] order, as WeChat's order under its number says, read before
+/// anything is added again ([`read_back_lost_add`](super::shop_orders::read_back_lost_add)):
+/// paid there → the payment recorded, the order as paid; waiting for payment → the order with
+/// WeChat's id in hand (not stored yet), which `prepay` pays as it is instead of adding it
+/// again; cancelled there → closed here (stock back), answered 409 `ORDER_CLOSED`; not there
+/// → as it was, and added. WeChat did not say → nothing closed or added, 503
+/// `ORDER_STATUS_UNKNOWN`, to retry with the same key; its order contradicts ours → 409
+/// `WECHAT_ORDER_MISMATCH` (a security event), nothing closed either.
+async fn read_back_lost_add(app: &App, order: Order) -> Result<Order, ApiError> {
+    use super::shop_orders::LostAdd;
+    let no = order.out_trade_no.clone();
+    let read = super::shop_orders::read_back_lost_add(app, &order)
+        .await
+        .map_err(|error| {
+            tracing::warn!(out_trade_no = %no, error = %error, "unifiedOrder: WeChat did not say what it holds of a resumed key's order; not added again");
+            super::order_sync::status_unknown(
+                error,
+                format!(
+                    "WeChat could not say whether it holds the order this idempotency key \
+                     made ({no}) or whether it was paid, so it was neither added again nor \
+                     closed; retry shortly with the same key"
+                ),
+            )
+        })?;
+    match read {
+        LostAdd::Absent => Ok(order),
+        LostAdd::Pending(id) => {
+            tracing::info!(out_trade_no = %no, wx_order_id = id, "a resumed key's component order is at WeChat, waiting for payment: paid as it is");
+            let mut order = order;
+            order.wx_order_id = Some(id);
+            Ok(order)
+        }
+        LostAdd::Paid(paid) => {
+            tracing::info!(out_trade_no = %no, "a resumed key's component order was paid at WeChat: payment recorded");
+            Ok(*paid)
+        }
+        LostAdd::Cancelled(id) => {
+            let opened = OpenedAtWechat {
+                prepay_id: None,
+                wx_order_id: Some(id),
+            };
+            close_and_release_opened(app, &no, "cancelled at WeChat", &opened).await
+        }
+        LostAdd::Refused(why) => {
+            tracing::warn!(security = true, out_trade_no = %no, why, "WeChat's order contradicts ours; not recorded");
+            Err(ApiError::conflict("WECHAT_ORDER_MISMATCH", why))
+        }
+    }
+}
+
 /// A key's result as the caller gets it: 409 `ORDER_CLOSED` for an order closed unpaid — its
 /// payment parameters can no longer pay it, so the key is spent and a new purchase takes a
 /// new key — else the result.
@@ -739,10 +806,18 @@ async fn place(
     // (`replay`): past its expiry and unpaid, it is settled as the sweep would — never handed
     // the payment parameters of a prepay order expired at WeChat too. A secondary-merchant
     // order WeChat holds is asked about even before then: `getpaymentparams` refuses a paid
-    // one, and its payment notification may not have landed.
+    // one, and its payment notification may not have landed; one whose `shop/order/add` answer
+    // was lost is read at WeChat by our number first, and never added again if WeChat has it.
     let order = if made_now {
         order
     } else {
+        let order = if lost_add(&order) {
+            read_back_lost_add(app, order)
+                .await
+                .map_err(PlaceError::left_order)?
+        } else {
+            order
+        };
         let ask_open = order.fund_type == FundType::SecondaryMerchant;
         brought_up_to_date(app, order, ask_open)
             .await
@@ -946,11 +1021,17 @@ async fn prepay(
     }
 
     let payment = if order.fund_type == FundType::SecondaryMerchant {
-        // WeChat collects the money: the component order is the payment.
-        let added = super::shop_orders::add_order(app, &order, None).await?;
-        opened.wx_order_id = Some(added.order_id);
-        order.wx_order_id = Some(added.order_id);
-        order.ticket = Some(added.ticket.clone());
+        // WeChat collects the money: the component order is the payment. A resumed order's,
+        // which WeChat made though its answer was lost (`read_back_lost_add`), is paid as it
+        // is, never added again.
+        if let Some(id) = order.wx_order_id {
+            opened.wx_order_id = Some(id);
+        } else {
+            let added = super::shop_orders::add_order(app, &order, None).await?;
+            opened.wx_order_id = Some(added.order_id);
+            order.wx_order_id = Some(added.order_id);
+            order.ticket = Some(added.ticket.clone());
+        }
         let params = super::shop_orders::payment_params(app, &order).await?;
         order
             .prepay(
