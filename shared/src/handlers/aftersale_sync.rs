@@ -2055,14 +2055,15 @@ const ORDER_CATCH_UP_PAGES: u32 = 4;
 ///    a refund WeChat made recorded, a request imported);
 /// 2. ours that may have moved there are read back as [`sweep_wechat_refunds`] reads them
 ///    ([`wechat_state_of`]), REFUNDING ones of a secondary-merchant order too (WeChat pays
-///    those);
-/// 3. our own WeChat Pay refunds under way are asked about as [`sweep_refunds`] asks
-///    ([`ask_about_refund`]: `refundquery`, its answer applied as the notification's).
+///    those).
 ///
-/// Each step is the sweeps' own code, idempotent, so a push repeated or a sweep running
-/// meanwhile records nothing twice. `Err` when WeChat's after-sales could not be read: the
-/// caller answers 503 and WeChat pushes again. A `refundquery` that fails leaves that refund
-/// under way ([`CaughtUp::in_flight`]), as the sweep would.
+/// Our own WeChat Pay refunds under way are not asked about here: WeChat's order reads 200
+/// as soon as our approval is mirrored (`ecaftersale/acceptrefund`), before WeChat Pay has
+/// paid, so they are the common case, not a lost push; their notification, or
+/// [`sweep_refunds`] after its grace, settles them, and they count as
+/// [`CaughtUp::in_flight`]. Each step is the sweeps' own code, idempotent, so a push repeated
+/// or a sweep running meanwhile records nothing twice. `Err` when WeChat's after-sales could
+/// not be read: the caller answers 503 and WeChat pushes again.
 pub(super) async fn catch_up_order(app: &App, no: &OutTradeNo) -> Result<CaughtUp, ApiError> {
     let store = app.store.as_ref();
     let order = repo::get_order(store, no)
@@ -2100,25 +2101,8 @@ pub(super) async fn catch_up_order(app: &App, no: &OutTradeNo) -> Result<CaughtU
             AfterSaleStatus::Rejected | AfterSaleStatus::Refunding => secondary,
             _ => false,
         };
-        if read_back {
-            if wechat_state_of(app, &a, secondary).await? != Applied::Nothing {
-                applied += 1;
-            }
-            continue;
-        }
-        if a.status != AfterSaleStatus::Refunding || secondary {
-            continue;
-        }
-        let Some(out_refund_no) = a.out_refund_no.as_ref() else {
-            continue;
-        };
-        if let Some(refund) = repo::get_refund(store, out_refund_no).await? {
-            if matches!(
-                ask_about_refund(app, &a, &refund).await,
-                SweepOutcome::Settled
-            ) {
-                applied += 1;
-            }
+        if read_back && wechat_state_of(app, &a, secondary).await? != Applied::Nothing {
+            applied += 1;
         }
     }
     let in_flight = aftersales_of(app, &order)

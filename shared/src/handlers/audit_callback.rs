@@ -730,13 +730,14 @@ async fn on_order_cancel(app: &App, body: &push::OrderRef) -> Result<(), ApiErro
 /// order's after-sales were lost or have not come yet, so what they would have said is read
 /// back now ([`catch_up_order`](super::aftersale_sync::catch_up_order): the schedule's
 /// after-sale sweeps for this order, without their grace period) — a refund WeChat made of a
-/// secondary-merchant order recorded from WeChat's after-sale, our WeChat Pay refunds under
-/// way asked about. That is the design because each of those paths already checks WeChat's
-/// after-sale against ours and records refunds once whichever path comes first; a record
-/// written from this push would be a second, weaker path, and pages alone would call a
-/// person to do by hand what those paths do. What is still short after that, beyond our
-/// refunds still under way (their notification, the refund task or the refund sweep
-/// completes them), is money WeChat says went back that our books do not show (a refund made
+/// secondary-merchant order recorded from WeChat's after-sale, a request opened, edited or
+/// cancelled there taken in. That is the design because each of those paths already checks
+/// WeChat's after-sale against ours and records refunds once whichever path comes first; a
+/// record written from this push would be a second, weaker path, and pages alone would call
+/// a person to do by hand what those paths do. What is still short after that, beyond our
+/// refunds still under way (WeChat's order reads 200 once our approval is mirrored, before
+/// WeChat Pay pays: their notification, the refund task or the refund sweep completes them),
+/// is money WeChat says went back that our books do not show (a refund made
 /// elsewhere, an order we never recorded paid): kept as an [`ORDER_EVENT_MISMATCH_EVENTS`]
 /// event and paged. WeChat unreadable: 503, WeChat pushes again.
 async fn on_order_refund(app: &App, body: &push::OrderRef) -> Result<(), ApiError> {
