@@ -19,10 +19,12 @@
 //! | `open_product_order_cancel` | 181 or 250 | an unpaid order closed as the unpaid sweep closes one (stock back, WeChat Pay order closed); a paid one unchanged, kept and paged ([`ORDER_EVENT_MISMATCH_EVENTS`]) |
 //! | `open_product_order_refund` | 200 | the order's after-sales read back from WeChat now (a refund WeChat made recorded from its after-sale, never from the push); what our refunds, recorded or under way, still do not account for kept and paged |
 //!
-//! WeChat's retries and later pushes of one event change nothing more, and page once. Pushes that are not shop events (customer-service messages users write
-//! to the mini program, which WeChat sends to this URL too) and events of unknown types are
-//! kept only [`UNACTED_PUSH_KEEP_SECS`]: they carry users' words, nothing here acts on them,
-//! and their content is never logged.
+//! WeChat's retries and later pushes of one event change nothing more, and page once.
+//!
+//! Pushes that are not shop events (customer-service messages users write to the mini
+//! program, which WeChat sends to this URL too) and events of unknown types are kept only
+//! [`UNACTED_PUSH_KEEP_SECS`]: they carry users' words, nothing here acts on them, and their
+//! content is never logged.
 //!
 //! Nothing is acknowledged before it is stored: a store failure answers 503 so WeChat
 //! retries. A push signed with our token that our EncodingAESKey or appid cannot read answers
@@ -621,7 +623,7 @@ async fn order_as_wechat_holds_it(
             ))
         }
     };
-    if body.order_id.is_some_and(|id| id != wx.order_id) {
+    if body.order_id.is_some_and(|id| id != 0 && id != wx.order_id) {
         tracing::warn!(security = true, event, out_order_id = %no, pushed_order_id = ?body.order_id, wx_order_id = wx.order_id, "order event naming another WeChat order than ours; ignored");
         return Ok(None);
     }
@@ -633,7 +635,7 @@ async fn order_as_wechat_holds_it(
 /// refunds do not account for.
 pub const ORDER_EVENT_MISMATCH_EVENTS: &str = "order_event_mismatch";
 
-/// Keeps `why` about order `no` under [`ORDER_EVENT_MISMATCH_EVENTS`] (key: the order and the
+/// Keeps `body` about order `no` under [`ORDER_EVENT_MISMATCH_EVENTS`] (key: the order and the
 /// event, so WeChat's retries and later pushes of it page once) and pages a person the first
 /// time.
 async fn keep_and_page(
@@ -691,8 +693,8 @@ async fn on_order_cancel(app: &App, body: &push::OrderRef) -> Result<(), ApiErro
                     ),
                 ));
             }
-            // A signed answer that contradicts the order: its own path kept the evidence;
-            // nothing is closed on it, as the sweep closes nothing then.
+            // A signed answer that contradicts the order (logged where it was read): nothing
+            // is closed on it, as the sweep closes nothing then.
             Err(e) => {
                 tracing::warn!(security = true, out_order_id = %no, error = %e, "cancel event: WeChat Pay's answer about the payment contradicts the order; not closed");
                 return Ok(());
@@ -737,9 +739,9 @@ async fn on_order_cancel(app: &App, body: &push::OrderRef) -> Result<(), ApiErro
 /// a person to do by hand what those paths do. What is still short after that, beyond our
 /// refunds still under way (WeChat's order reads 200 once our approval is mirrored, before
 /// WeChat Pay pays: their notification, the refund task or the refund sweep completes them),
-/// is money WeChat says went back that our books do not show (a refund made
-/// elsewhere, an order we never recorded paid): kept as an [`ORDER_EVENT_MISMATCH_EVENTS`]
-/// event and paged. WeChat unreadable: 503, WeChat pushes again.
+/// is money WeChat says went back that our books do not show (a refund made elsewhere, an
+/// order we never recorded paid): kept as an [`ORDER_EVENT_MISMATCH_EVENTS`] event and
+/// paged. WeChat unreadable: 503, WeChat pushes again.
 async fn on_order_refund(app: &App, body: &push::OrderRef) -> Result<(), ApiError> {
     const EVENT: &str = "open_product_order_refund";
     let Some((no, order, wx)) = order_as_wechat_holds_it(app, body, EVENT).await? else {
