@@ -399,3 +399,43 @@ async fn an_ordinary_full_refund_and_a_forged_refund_push_page_nobody() {
     assert_eq!(paged(), 0);
     assert!(mismatches(&c).await.is_empty());
 }
+
+/// Our own close coming back: the user closes an unpaid order in the mini program, the outbox
+/// cancels the component order (`shop/order/pay` with a cancel action), and WeChat — the
+/// sandbox, at least; UNVERIFIED that WeChat pushes for the merchant's own cancels — pushes
+/// `open_product_order_cancel`. Ours is closed already: its stock is given back once, nothing
+/// pages, nothing is dead-lettered.
+#[tokio::test]
+async fn our_own_close_pushed_back_changes_nothing() {
+    let (r, paged) = stack(&[]).await;
+    let c = Client::new(&r);
+    let before = c.stock().await;
+    let (token, no) = ordered(&r, &c, "wade", 2).await;
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "close"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["order"]["status"], "CLOSED", "{v}");
+    eventually("the cancel pushed back", WAIT, || async {
+        r.sandbox.pushed_events().iter().any(|e| {
+            e["Event"] == "open_product_order_cancel" && e["order_info"]["out_order_id"] == no
+        })
+    })
+    .await;
+    eventually("the push taken in", WAIT, || async {
+        r.sandbox
+            .deliveries()
+            .iter()
+            .any(|d| d["key"] == "open_product_order_cancel" && d["acked"] == true)
+    })
+    .await;
+    assert_eq!(wx_status(&r, &no).await, 250);
+    assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
+    assert_eq!(c.stock().await, before, "its stock given back once");
+    assert_eq!(paged(), 0);
+    assert!(c.dead_letters().await.is_empty());
+}
