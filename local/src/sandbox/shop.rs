@@ -1618,7 +1618,21 @@ fn order_pay(sb: &Sandbox, v: &Value) -> WxResult {
     o.pay_time = pay_time.or(o.pay_time.take());
     o.ticket_used = true;
     o.update_time = beijing_datetime(now);
+    let cancelled = (action != 1).then(|| cancel_body(o));
+    drop(st);
+    if let Some(body) = cancelled {
+        push_event(sb, "open_product_order_cancel", "order_info", body);
+    }
     Ok(json!({}))
+}
+
+/// The body of `open_product_order_cancel` for order `o` (WECHAT_SHOP.md §8.2: its ids; any
+/// further fields UNVERIFIED). Pushed whenever a component order becomes cancelled (250):
+/// the merchant's `order/close` or cancel action of `order/pay`, and the user's cancel in
+/// WeChat's order centre ([`user_order`]). That WeChat pushes it for the merchant's own
+/// cancels too is UNVERIFIED; a merchant's handler must take it either way.
+fn cancel_body(o: &ShopOrder) -> Value {
+    json!({"order_id": o.order_id, "out_order_id": o.out_order_id})
 }
 
 fn order_get(sb: &Sandbox, v: &Value) -> WxResult {
@@ -1717,6 +1731,9 @@ fn order_close(sb: &Sandbox, v: &Value) -> WxResult {
     }
     o.status = 250;
     o.update_time = beijing_datetime(now);
+    let body = cancel_body(o);
+    drop(st);
+    push_event(sb, "open_product_order_cancel", "order_info", body);
     Ok(json!({}))
 }
 
@@ -1858,15 +1875,44 @@ fn delivery_recieve(sb: &Sandbox, v: &Value) -> WxResult {
 /// `{"action":"confirm_receipt","out_order_id"}` confirms receipt of a shipped order (30 →
 /// 100, as WeChat also does by itself once the confirmation period runs out) and pushes
 /// `open_product_order_confirm`, which is all the merchant hears of it.
+/// `{"action":"cancel","out_order_id"}` cancels an unpaid order (10/11 → 250, as WeChat also
+/// does on an unpaid timeout) and pushes `open_product_order_cancel`; its WeChat Pay order,
+/// if any, stays open, as the merchant's to close. `"push": false` loses the push.
 pub fn user_order(sb: &Sandbox, v: &Value) -> Result<Value, String> {
     let action = str_of(v, "action").unwrap_or("confirm_receipt");
-    if action != "confirm_receipt" {
-        return Err(format!("unknown action `{action}`: confirm_receipt"));
+    if !matches!(action, "confirm_receipt" | "cancel") {
+        return Err(format!(
+            "unknown action `{action}`: confirm_receipt or cancel"
+        ));
     }
+    let pushes = v.get("push").and_then(Value::as_bool).unwrap_or(true);
     let out_order_id = str_of(v, "out_order_id")
         .ok_or("give out_order_id")?
         .to_owned();
     let now = sb.now_ms();
+    if action == "cancel" {
+        let body = {
+            let mut st = sb.st();
+            let o = st
+                .shop
+                .orders
+                .get_mut(&out_order_id)
+                .ok_or("no such trading-component order")?;
+            if o.status != 10 && o.status != 11 {
+                return Err(format!(
+                    "order status {} is not unpaid (10, 11): it cannot be cancelled",
+                    o.status
+                ));
+            }
+            o.status = 250;
+            o.update_time = beijing_datetime(now);
+            cancel_body(o)
+        };
+        if pushes {
+            push_event(sb, "open_product_order_cancel", "order_info", body);
+        }
+        return Ok(json!({"out_order_id": out_order_id, "status": 250}));
+    }
     let order_id = {
         let mut st = sb.st();
         let o = st
@@ -2175,9 +2221,11 @@ fn aftersale_move_pushing(sb: &Sandbox, v: &Value, action: &str, pushes: bool) -
     } else {
         next
     };
-    if next == 13 {
-        refund_to_user(&mut st, &a, now);
-    }
+    let in_full = if next == 13 {
+        refund_to_user(&mut st, &a, now)
+    } else {
+        None
+    };
     if let Some(x) = st.shop.aftersales.get_mut(&id) {
         x.status = next;
         x.update_ms = now;
@@ -2201,17 +2249,25 @@ fn aftersale_move_pushing(sb: &Sandbox, v: &Value, action: &str, pushes: bool) -
             json!({"aftersale_id": id, "out_aftersale_id": a.out_aftersale_id}),
         );
     }
+    if pushes {
+        push_order_refunded(sb, in_full);
+    }
     Ok(json!({}))
 }
 
 /// The after-sale `a` refunded (status 13): the order's refunded amount (200 once all of it
-/// went back) and, for a fund_type=1 order, the shop's funds.
-fn refund_to_user(st: &mut super::State, a: &EcAfterSale, now: i64) {
+/// went back) and, for a fund_type=1 order, the shop's funds. When the order became 200 just
+/// now: the body of `open_product_order_refund` ("order fully refunded", §8.2), for the
+/// caller to push once the state is released ([`push_order_refunded`]).
+fn refund_to_user(st: &mut super::State, a: &EcAfterSale, now: i64) -> Option<Value> {
     let mut refunded = None;
+    let mut in_full = None;
     if let Some(o) = st.shop.orders.get_mut(&a.out_order_id) {
         o.refunded += a.orderamt;
-        if o.refunded >= o.order_price {
+        if o.refunded >= o.order_price && o.status != 200 {
             o.status = 200;
+            o.update_time = beijing_datetime(now);
+            in_full = Some(json!({"order_id": o.order_id, "out_order_id": o.out_order_id}));
         }
         if o.fund_type == 1 {
             refunded = Some(o.out_order_id.clone());
@@ -2219,6 +2275,14 @@ fn refund_to_user(st: &mut super::State, a: &EcAfterSale, now: i64) {
     }
     if let Some(out) = refunded {
         super::funds::on_refund(st, &out, a.orderamt, now);
+    }
+    in_full
+}
+
+/// Pushes `open_product_order_refund` for an order [`refund_to_user`] found refunded in full.
+fn push_order_refunded(sb: &Sandbox, body: Option<Value>) {
+    if let Some(body) = body {
+        push_event(sb, "open_product_order_refund", "order_info", body);
     }
 }
 
@@ -2288,8 +2352,10 @@ fn account_brands(sb: &Sandbox) -> WxResult {
 /// As WeChat's staff: `{"action":"platform_refund","aftersale_id"}` refunds an after-sale
 /// without the merchant — the merchant let the deadline pass, or the platform ruled for the
 /// user after a rejection (from 2, 4, 5, 6, 8 or 12 to 13) — and pushes
-/// `aftersale_refund_success`. `"push": false` loses the push of `apply`, `cancel`, `return`,
-/// `update` or `platform_refund`, as WeChat may (it does not guarantee callbacks).
+/// `aftersale_refund_success` — and, when that refund leaves nothing of the order unrefunded,
+/// `open_product_order_refund` (the order 200). `"push": false` loses the push of `apply`,
+/// `cancel`, `return`, `update` or `platform_refund`, as WeChat may (it does not guarantee
+/// callbacks); `"order_push"` (default: as `"push"`) the order's push of `platform_refund`.
 pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
     let action = str_of(v, "action").unwrap_or("apply");
     let pushes = v.get("push").and_then(Value::as_bool).unwrap_or(true);
@@ -2425,7 +2491,7 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
         "platform_refund" => {
             let id = u64_of(v, "aftersale_id").ok_or("give aftersale_id")?;
             let now = sb.now_ms();
-            let a = {
+            let (a, in_full) = {
                 let mut st = sb.st();
                 let a = st
                     .shop
@@ -2439,12 +2505,12 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
                         a.status
                     ));
                 }
-                refund_to_user(&mut st, &a, now);
+                let in_full = refund_to_user(&mut st, &a, now);
                 if let Some(x) = st.shop.aftersales.get_mut(&id) {
                     x.status = 13;
                     x.update_ms = now;
                 }
-                a
+                (a, in_full)
             };
             push_event(
                 sb,
@@ -2452,6 +2518,14 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
                 "aftersale_info",
                 json!({"aftersale_id": id, "out_aftersale_id": a.out_aftersale_id}),
             );
+            // The order's own push is another message: lost or not on its own
+            // (`"order_push"`, by default as `"push"`).
+            if v.get("order_push")
+                .and_then(Value::as_bool)
+                .unwrap_or(pushes)
+            {
+                push_order_refunded(sb, in_full);
+            }
             Ok(json!({"aftersale_id": id, "status": 13}))
         }
         other => Err(format!(

@@ -2029,6 +2029,94 @@ async fn wechat_state_of(app: &App, a: &AfterSale, secondary: bool) -> Result<Ap
     Ok(applied.unwrap_or(Applied::Nothing))
 }
 
+/// What [`catch_up_order`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaughtUp {
+    /// After-sales whose WeChat state was applied now (imported, refund recorded, cancel,
+    /// terms, parcel): pushes that never came.
+    pub applied: usize,
+    /// What our after-sales still REFUNDING ask for: refunds under way, which their
+    /// notification, the refund task or [`sweep_refunds`] complete.
+    pub in_flight: Fen,
+}
+
+/// How many pages of one order's after-sales [`catch_up_order`] lists (50 each): an order
+/// has one after-sale per line or so, so this bounds a list that never ends, nothing more.
+const ORDER_CATCH_UP_PAGES: u32 = 4;
+
+/// The schedule's after-sale sweeps for one order, now and without their grace period:
+/// what the pushes about its after-sales would have told us, read back from WeChat. Called
+/// when WeChat says the order went back in full (`open_product_order_refund`, whose body
+/// names no after-sale and no amount), so that a refund WeChat made is recorded from
+/// WeChat's after-sale, never from that push:
+///
+/// 1. WeChat's after-sales of the order (`ecaftersale/get_list` by our number) that we do
+///    not hold are handled as [`sweep_wechat_new_aftersales`] handles them ([`new_at_wechat`]:
+///    a refund WeChat made recorded, a request imported);
+/// 2. ours that may have moved there are read back as [`sweep_wechat_refunds`] reads them
+///    ([`wechat_state_of`]), REFUNDING ones of a secondary-merchant order too (WeChat pays
+///    those).
+///
+/// Our own WeChat Pay refunds under way are not asked about here: WeChat's order reads 200
+/// as soon as our approval is mirrored (`ecaftersale/acceptrefund`), before WeChat Pay has
+/// paid, so they are the common case, not a lost push; their notification, or
+/// [`sweep_refunds`] after its grace, settles them, and they count as
+/// [`CaughtUp::in_flight`]. Each step is the sweeps' own code, idempotent, so a push repeated
+/// or a sweep running meanwhile records nothing twice. `Err` when WeChat's after-sales could
+/// not be read: the caller answers 503 and WeChat pushes again.
+pub(super) async fn catch_up_order(app: &App, no: &OutTradeNo) -> Result<CaughtUp, ApiError> {
+    let store = app.store.as_ref();
+    let order = repo::get_order(store, no)
+        .await?
+        .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?
+        .value;
+    let secondary = order.fund_type == FundType::SecondaryMerchant;
+    let mut applied = 0;
+    let mut news = WeChatNewAfterSaleReport::default();
+    for page in 0..ORDER_CATCH_UP_PAGES {
+        let req = crate::shop::aftersale::EcAfterSaleListRequest {
+            out_order_id: Some(no.to_string()),
+            offset: page * WECHAT_LIST_LIMIT,
+            limit: WECHAT_LIST_LIMIT,
+            ..Default::default()
+        };
+        let listed = app
+            .wx
+            .ecaftersale_get_list(&req)
+            .await
+            .map_err(super::shop_orders::wx_error)?;
+        for one in &listed.after_sales_orders {
+            new_at_wechat(app, one, &mut news).await?;
+        }
+        if !listed.has_more || listed.after_sales_orders.is_empty() {
+            break;
+        }
+    }
+    applied += news.imported + news.recorded;
+    for a in aftersales_of(app, &order).await? {
+        let read_back = match a.status {
+            AfterSaleStatus::Requested
+            | AfterSaleStatus::AwaitingReturn
+            | AfterSaleStatus::Returning => true,
+            AfterSaleStatus::Rejected | AfterSaleStatus::Refunding => secondary,
+            _ => false,
+        };
+        if read_back && wechat_state_of(app, &a, secondary).await? != Applied::Nothing {
+            applied += 1;
+        }
+    }
+    let in_flight = aftersales_of(app, &order)
+        .await?
+        .iter()
+        .filter(|a| a.status == AfterSaleStatus::Refunding)
+        .map(|a| a.amount.get())
+        .sum::<i64>();
+    Ok(CaughtUp {
+        applied,
+        in_flight: Fen::new(in_flight).map_err(|e| ApiError::internal(e.to_string()))?,
+    })
+}
+
 /// How long a sync task's claim on adding an after-sale at WeChat holds: past the WeChat
 /// client's timeout (5 s by default) and its retry, so a claim outlives the call it guards.
 const ADD_CLAIM_MS: i64 = 20_000;

@@ -2,11 +2,29 @@
 //! verification; POST carries events (plaintext or safe mode, XML or JSON). Every event is
 //! verified, recorded once (replays are no-ops), applied to our state (audit verdicts make
 //! products orderable or carry the reason; fund_type=1 payments and settlements; receipt
-//! confirmed in WeChat; after-sale events), and answered `success` — unknown events too,
-//! kept raw for later. Pushes that are not shop events (customer-service messages users write
-//! to the mini program, which WeChat sends to this URL too) and events of unknown types are
-//! kept only [`UNACTED_PUSH_KEEP_SECS`]: they carry users' words, nothing here acts on them,
-//! and their content is never logged.
+//! confirmed in WeChat; component orders cancelled or refunded in full in WeChat; after-sale
+//! events), and answered `success` — unknown events too, kept raw for later.
+//!
+//! The order events (`open_product_order_pay|confirm|cancel|refund`) are believed only as
+//! WeChat's own record of the order, read back with `shop/order/get`, states it: in plaintext
+//! mode a push's signature does not cover its body, and a late push can describe an earlier
+//! state. Ids that are not ours, an order we do not have or never put in the trading
+//! component, one WeChat says it does not hold: acknowledged, logged, nothing changed. WeChat
+//! unreadable: 503, so WeChat pushes again. Then:
+//!
+//! | event | WeChat's order must read | applied |
+//! |---|---|---|
+//! | `open_product_order_pay` | paid, our amount (fund_type=1 only) | the payment recorded |
+//! | `open_product_order_confirm` | 100 | SHIPPED → RECEIVED |
+//! | `open_product_order_cancel` | 181 or 250 | an unpaid order closed as the unpaid sweep closes one (stock back, WeChat Pay order closed); a paid one unchanged, kept and paged ([`ORDER_EVENT_MISMATCH_EVENTS`]) |
+//! | `open_product_order_refund` | 200 | the order's after-sales read back from WeChat now (a refund WeChat made recorded from its after-sale, never from the push); what our refunds, recorded or under way, still do not account for kept and paged |
+//!
+//! WeChat's retries and later pushes of one event change nothing more, and page once.
+//!
+//! Pushes that are not shop events (customer-service messages users write to the mini
+//! program, which WeChat sends to this URL too) and events of unknown types are kept only
+//! [`UNACTED_PUSH_KEEP_SECS`]: they carry users' words, nothing here acts on them, and their
+//! content is never logged.
 //!
 //! Nothing is acknowledged before it is stored: a store failure answers 503 so WeChat
 //! retries. A push signed with our token that our EncodingAESKey or appid cannot read answers
@@ -22,10 +40,14 @@
 
 use super::common::transition_order;
 use crate::app::App;
-use crate::domain::{AuditStatus, Change, FundType, Listing, OutTradeNo, ProductId};
+use crate::domain::{
+    AuditStatus, Change, Fen, FundType, Listing, Order, OrderStatus, OutTradeNo, ProductId,
+};
 use crate::http::{query_params, text, ApiError, Request, Response};
 use crate::metrics::PUSH_REFUSED;
 use crate::push::{self, PushError, PushEvent, PushQuery};
+use crate::shop::error::ERRCODE_ORDER_NOT_FOUND;
+use crate::shop::order::OrderInfo;
 use crate::shop::types::ProductKey;
 use crate::store::kv;
 use crate::store::repo::{self, EventRecord};
@@ -317,6 +339,8 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
         }
         PushEvent::WithdrawNotify { body, .. } => super::funds::on_withdraw_notify(app, body).await,
         PushEvent::OrderConfirm { body, .. } => on_order_confirm(app, body).await,
+        PushEvent::OrderCancel { body, .. } => on_order_cancel(app, body).await,
+        PushEvent::OrderRefund { body, .. } => on_order_refund(app, body).await,
         // Brand/category/scene/account verdicts and the rest are recorded
         // (for the merchant to read) and acknowledged.
         _ => Ok(()),
@@ -518,29 +542,11 @@ async fn not_recorded(app: &App, no: &OutTradeNo, why: String) -> Result<(), Api
 /// user's own confirmation takes (`queryOrder` `confirm`: SHIPPED → RECEIVED), without its
 /// `delivery/recieve` task — WeChat has the receipt already.
 async fn on_order_confirm(app: &App, body: &push::OrderRef) -> Result<(), ApiError> {
-    let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
+    let Some((no, _, wx)) =
+        order_as_wechat_holds_it(app, body, "open_product_order_confirm").await?
+    else {
         return Ok(());
     };
-    let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
-        tracing::warn!(security = true, out_order_id = %no, "receipt event for an unknown order");
-        return Ok(());
-    };
-    let order = order.value;
-    if !order.at_wechat().component_order {
-        tracing::warn!(security = true, out_order_id = %no, "receipt event for an order not in the trading component; ignored");
-        return Ok(());
-    }
-    let key = crate::shop::types::OrderKey::Out(no.to_string());
-    let wx = app
-        .wx
-        .order_get(&key, order.openid.as_str())
-        .await
-        .map_err(|e| {
-            ApiError::unavailable(
-                "WECHAT_UNAVAILABLE",
-                format!("cannot read order {no} with shop/order/get ({e}); push the event again"),
-            )
-        })?;
     if wx.status != 100 {
         tracing::warn!(security = true, out_order_id = %no, wx_status = wx.status, "receipt event, but WeChat's order is not completed; nothing recorded");
         return Ok(());
@@ -572,4 +578,209 @@ async fn on_order_confirm(app: &App, body: &push::OrderRef) -> Result<(), ApiErr
         }
         Err(e) => Err(e),
     }
+}
+
+/// An order push's order, ours and WeChat's own record of it (`shop/order/get` by our
+/// number), for the order events (`event`: the push's name) that act only on what WeChat's
+/// record states. `None` when there is nothing to act on — an `out_order_id` that is not one
+/// of ours in form, an order we do not have, one we never put in the trading component, one
+/// WeChat says it does not hold (1010011), or another `order_id` than WeChat's: logged as a
+/// security event and acknowledged, since WeChat's retries would say the same. WeChat
+/// unreadable answers 503, so WeChat pushes the event again.
+async fn order_as_wechat_holds_it(
+    app: &App,
+    body: &push::OrderRef,
+    event: &'static str,
+) -> Result<Option<(OutTradeNo, Order, OrderInfo)>, ApiError> {
+    let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
+        tracing::warn!(
+            security = true,
+            event,
+            "order event with an out_order_id that is not ours; ignored"
+        );
+        return Ok(None);
+    };
+    let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+        tracing::warn!(security = true, event, out_order_id = %no, "order event for an unknown order; ignored");
+        return Ok(None);
+    };
+    let order = order.value;
+    if !order.at_wechat().component_order {
+        tracing::warn!(security = true, event, out_order_id = %no, "order event for an order not in the trading component; ignored");
+        return Ok(None);
+    }
+    let key = crate::shop::types::OrderKey::Out(no.to_string());
+    let wx = match app.wx.order_get(&key, order.openid.as_str()).await {
+        Ok(wx) => wx,
+        Err(e) if e.errcode() == Some(ERRCODE_ORDER_NOT_FOUND) => {
+            tracing::warn!(security = true, event, out_order_id = %no, "order event for an order WeChat does not hold; ignored");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(ApiError::unavailable(
+                "WECHAT_UNAVAILABLE",
+                format!("cannot read order {no} with shop/order/get ({e}); push the event again"),
+            ))
+        }
+    };
+    if body.order_id.is_some_and(|id| id != 0 && id != wx.order_id) {
+        tracing::warn!(security = true, event, out_order_id = %no, pushed_order_id = ?body.order_id, wx_order_id = wx.order_id, "order event naming another WeChat order than ours; ignored");
+        return Ok(None);
+    }
+    Ok(Some((no, order, wx)))
+}
+
+/// Where the order events keep what WeChat's order says and ours cannot follow, for a person
+/// (paged once per order and event): a cancel of an order we hold paid, a full refund our
+/// refunds do not account for.
+pub const ORDER_EVENT_MISMATCH_EVENTS: &str = "order_event_mismatch";
+
+/// Keeps `body` about order `no` under [`ORDER_EVENT_MISMATCH_EVENTS`] (key: the order and the
+/// event, so WeChat's retries and later pushes of it page once) and pages a person the first
+/// time.
+async fn keep_and_page(
+    app: &App,
+    no: &OutTradeNo,
+    event: &str,
+    body: serde_json::Value,
+) -> Result<(), ApiError> {
+    let key = format!("{no}/{event}");
+    if super::common::keep_evidence(app, ORDER_EVENT_MISMATCH_EVENTS, key, body.to_string()).await?
+    {
+        super::common::page_a_person(app);
+    }
+    Ok(())
+}
+
+/// `open_product_order_cancel`: WeChat cancelled the component order — the user in WeChat's
+/// order centre, WeChat on an unpaid timeout, or our own close (`shop/order/close`, the
+/// cancel of `shop/order/pay`) coming back. Believed only as `shop/order/get` states it (181
+/// or 250, WECHAT_SHOP.md §5.3): the body alone is not proof, and a late push can describe an
+/// earlier state. Then, by our order:
+///
+/// - unpaid (CREATED, PREPAID): closed as the user's close and the unpaid sweep close one —
+///   a PREPAID order's payment is asked of WeChat first (`ask_wechat_if_paid`; unanswered:
+///   503, WeChat pushes again), then [`close_and_release`](super::common::close_and_release):
+///   its stock back on sale, its WeChat Pay order closed by the outbox, which records a
+///   payment made meanwhile instead;
+/// - paid (or just found paid): nothing changes — the money is real, and only a person can
+///   tell a refund from a delivery — kept as an [`ORDER_EVENT_MISMATCH_EVENTS`] event and paged;
+/// - closed already: nothing (our own close, a retry).
+///
+/// WeChat's order not cancelled: nothing, logged as a security event.
+async fn on_order_cancel(app: &App, body: &push::OrderRef) -> Result<(), ApiError> {
+    const EVENT: &str = "open_product_order_cancel";
+    let Some((no, order, wx)) = order_as_wechat_holds_it(app, body, EVENT).await? else {
+        return Ok(());
+    };
+    if !matches!(wx.status, 181 | 250) {
+        tracing::warn!(security = true, out_order_id = %no, wx_status = wx.status, "cancel event, but WeChat's order is not cancelled; nothing changed");
+        return Ok(());
+    }
+    if order.status == OrderStatus::Closed {
+        tracing::info!(out_order_id = %no, "cancel event for an order closed here already");
+        return Ok(());
+    }
+    let order = if order.status == OrderStatus::Prepaid {
+        match super::query_order::ask_wechat_if_paid(app, &order).await {
+            Ok(updated) => updated.unwrap_or(order),
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+                return Err(ApiError::unavailable(
+                    "ORDER_STATUS_UNKNOWN",
+                    format!(
+                        "WeChat Pay could not say whether order {no} was paid, so it was not \
+                         closed; push the event again"
+                    ),
+                ));
+            }
+            // A signed answer that contradicts the order (logged where it was read): nothing
+            // is closed on it, as the sweep closes nothing then.
+            Err(e) => {
+                tracing::warn!(security = true, out_order_id = %no, error = %e, "cancel event: WeChat Pay's answer about the payment contradicts the order; not closed");
+                return Ok(());
+            }
+        }
+    } else {
+        order
+    };
+    if order.status.is_unpaid_open() {
+        let closed = super::common::close_and_release(app, &no, "cancelled in WeChat").await?;
+        tracing::info!(out_order_id = %no, status = closed.status.as_str(), wx_status = wx.status, "cancel event: WeChat's order is cancelled; ours closed, its stock given back");
+        return Ok(());
+    }
+    tracing::error!(security = true, out_order_id = %no, status = order.status.as_str(), wx_status = wx.status, "cancel event: WeChat's order is cancelled but ours is paid; nothing changed, a person must look");
+    keep_and_page(
+        app,
+        &no,
+        EVENT,
+        serde_json::json!({
+            "out_order_id": no.as_str(), "event": EVENT, "wx_status": wx.status,
+            "status": order.status.as_str(), "transaction_id": order.transaction_id,
+            "total_fee": order.total.get(), "refunded": order.refunded.get(),
+            "what_to_do": "WeChat's order reads cancelled, ours paid: check the payment in the \
+                merchant platform, then refund it (aftersaleSync) or deliver and settle the \
+                component order with WeChat"}),
+    )
+    .await
+}
+
+/// `open_product_order_refund`: every item of the order went back through after-sales
+/// (order fully refunded, per a PHP plugin's comment — UNVERIFIED beyond that). Believed only
+/// as `shop/order/get` states it (200), and never a source of amounts: the push names none.
+///
+/// Our refunds recorded already covering the total: nothing. Otherwise the pushes about the
+/// order's after-sales were lost or have not come yet, so what they would have said is read
+/// back now ([`catch_up_order`](super::aftersale_sync::catch_up_order): the schedule's
+/// after-sale sweeps for this order, without their grace period) — a refund WeChat made of a
+/// secondary-merchant order recorded from WeChat's after-sale, a request opened, edited or
+/// cancelled there taken in. That is the design because each of those paths already checks
+/// WeChat's after-sale against ours and records refunds once whichever path comes first; a
+/// record written from this push would be a second, weaker path, and pages alone would call
+/// a person to do by hand what those paths do. What is still short after that, beyond our
+/// refunds still under way (WeChat's order reads 200 once our approval is mirrored, before
+/// WeChat Pay pays: their notification, the refund task or the refund sweep completes them),
+/// is money WeChat says went back that our books do not show (a refund made elsewhere, an
+/// order we never recorded paid): kept as an [`ORDER_EVENT_MISMATCH_EVENTS`] event and
+/// paged. WeChat unreadable: 503, WeChat pushes again.
+async fn on_order_refund(app: &App, body: &push::OrderRef) -> Result<(), ApiError> {
+    const EVENT: &str = "open_product_order_refund";
+    let Some((no, order, wx)) = order_as_wechat_holds_it(app, body, EVENT).await? else {
+        return Ok(());
+    };
+    if wx.status != 200 {
+        tracing::warn!(security = true, out_order_id = %no, wx_status = wx.status, "refund event, but WeChat's order is not refunded in full; nothing changed");
+        return Ok(());
+    }
+    if order.status.is_paid() && order.refundable() == Fen::ZERO {
+        tracing::info!(out_order_id = %no, "refund event for an order refunded in full here already");
+        return Ok(());
+    }
+    let caught = super::aftersale_sync::catch_up_order(app, &no).await?;
+    let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+        return Ok(());
+    };
+    let order = order.value;
+    if order.status.is_paid() && order.refundable() == Fen::ZERO {
+        tracing::warn!(out_order_id = %no, applied = caught.applied, "refund event: WeChat's after-sales read back account for the refund in full (their pushes never came)");
+        return Ok(());
+    }
+    let short = order.refundable().get() - caught.in_flight.get();
+    if order.status.is_paid() && short <= 0 {
+        tracing::info!(out_order_id = %no, applied = caught.applied, in_flight = caught.in_flight.get(), "refund event: our refunds under way cover the rest");
+        return Ok(());
+    }
+    tracing::error!(security = true, out_order_id = %no, status = order.status.as_str(), refunded = order.refunded.get(), in_flight = caught.in_flight.get(), total_fee = order.total.get(), "refund event: WeChat's order is refunded in full, our refunds do not account for it; a person must look");
+    keep_and_page(
+        app,
+        &no,
+        EVENT,
+        serde_json::json!({
+            "out_order_id": no.as_str(), "event": EVENT, "wx_status": wx.status,
+            "status": order.status.as_str(), "total_fee": order.total.get(),
+            "refunded": order.refunded.get(), "in_flight": caught.in_flight.get(),
+            "what_to_do": "WeChat's order reads refunded in full; ours does not: compare the \
+                order's after-sales in WeChat (ecaftersale) and the refunds in the merchant \
+                platform with aftersaleSync list, and record what was paid (mark_refunded)"}),
+    )
+    .await
 }

@@ -770,7 +770,7 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 15] = [
+pub const EVENT_SOURCES: [&str; 16] = [
     "push",
     "double_payment",
     "payment_mismatch",
@@ -783,6 +783,7 @@ pub const EVENT_SOURCES: [&str; 15] = [
     "paid_after_close_oversold",
     "order_pay_refused",
     "order_confirm_not_applied",
+    super::audit_callback::ORDER_EVENT_MISMATCH_EVENTS,
     super::aftersale_sync::WECHAT_AFTERSALE_EVENTS,
     super::reconcile::BILL_MISMATCH_EVENTS,
     super::shop_orders::COMPONENT_ORDER_MISSING_EVENTS,
