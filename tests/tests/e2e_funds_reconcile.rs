@@ -267,7 +267,8 @@ async fn a_clean_fund_type_1_day_reconciles_without_mismatch() {
 }
 
 /// Flows that disagree with us, each found and named: one for an order we never recorded,
-/// one whose amount differs from the order's by a fen, and amounts no one can read (three
+/// one whose amount differs from the order's by a fen, a refund of an order of ours made
+/// outside our flow (no after-sale of ours refunded it), and amounts no one can read (three
 /// decimals, text) — each a mismatch of its own while the other flows are still checked,
 /// never a failed run.
 #[tokio::test]
@@ -290,6 +291,11 @@ async fn flows_that_disagree_are_mismatches() {
     .await;
     c.control(
         "funds/flow",
+        &json!({"add": {"request_no": other, "amount_fen": 300, "busi_type": "售后", "income": false}}),
+    )
+    .await;
+    c.control(
+        "funds/flow",
         &json!({"request_no": other, "amount": "19.905"}),
     )
     .await;
@@ -301,10 +307,11 @@ async fn flows_that_disagree_are_mismatches() {
     let day = today(&r);
     let v = c.reconcile_ok(&day).await;
     let f = &v["funds"];
-    assert_eq!(f["flows_checked"], 4, "{v}");
+    assert_eq!(f["flows_checked"], 5, "{v}");
+    assert_eq!(f["aftersale_flows_checked"], 1, "{v}");
     assert_eq!(f["paid_here_checked"], 3, "{v}");
     let m = mismatches(&v);
-    assert_eq!(m.len(), 4, "{v}");
+    assert_eq!(m.len(), 6, "{v}");
     let of = |kind: &str, key: &str, value: &str| {
         m.iter()
             .find(|x| x["kind"] == kind && x[key] == value)
@@ -325,6 +332,23 @@ async fn flows_that_disagree_are_mismatches() {
         format!("amount {} fen in the flow, {total} fen stored", total + 1),
         "{differs}"
     );
+    let outside = of("aftersale_flow", "request_no", &other);
+    assert!(
+        outside["problem"]
+            .as_str()
+            .unwrap()
+            .contains("has no refunded after-sale here"),
+        "{outside}"
+    );
+    let unreadable: Vec<&Value> = m
+        .iter()
+        .filter(|x| x["kind"] == "unreadable_amount")
+        .collect();
+    assert_eq!(
+        unreadable.len(),
+        3,
+        "the refund's flow is misreported too: {v}"
+    );
     for (n, text) in [(&other, "19.905"), (&third, "nineteen")] {
         let bad = of("unreadable_amount", "request_no", n);
         assert_eq!(bad["amount"], text, "{bad}");
@@ -337,14 +361,13 @@ async fn flows_that_disagree_are_mismatches() {
     assert_eq!(f["orders_awaiting_flows"], json!([]), "{v}");
 
     // The schedule the next morning keeps each once and pages once each.
-    let (metrics_before, _) = (funds_events(&r).await.len(), ());
-    assert_eq!(metrics_before, 0);
+    assert!(funds_events(&r).await.is_empty(), "by hand keeps nothing");
     advance_to_china(&c, 10, 30).await;
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
-    assert_eq!(report["funds"]["mismatches"], 4, "{report}");
-    assert_eq!(report["funds"]["kept"], 4, "{report}");
-    assert_eq!(funds_events(&r).await.len(), 4);
+    assert_eq!(report["funds"]["mismatches"], 6, "{report}");
+    assert_eq!(report["funds"]["kept"], 6, "{report}");
+    assert_eq!(funds_events(&r).await.len(), 6);
 }
 
 /// A fund_type 1 order we recorded paid whose flow WeChat never booked: asked for by hand

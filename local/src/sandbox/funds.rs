@@ -7,6 +7,13 @@
 //! `open_product_order_settle`), only `available_amount` can be withdrawn, one withdrawal a
 //! day (9700101 for the second), and a withdrawal only proceeds once the admin scans its QR
 //! code (`/_control/funds/qrcode`). The `funds` function is tested against these rules.
+//!
+//! Every money movement is booked as a flow (`scanorderflow`/`getorderflow`), as WeChat
+//! does: a fund_type=1 payment (订单 收入, `request_no` = `out_order_id`), a refund (售后
+//! 支出, `request_no` = WeChat's `aftersale_id`; UNVERIFIED whose after-sale number WeChat
+//! writes), a confirmed withdrawal (提现 支出, `out_request_no`) and its return (提现退回).
+//! `/_control/funds/flow` ([`control_flow`]) makes WeChat lose a flow, misreport its amount
+//! or book one for an order never made, for the funds reconciliation's tests.
 
 use super::deliver::push_event;
 use super::kept::{Kept, KeptLog};

@@ -26,7 +26,10 @@
 //!   [`PAID_AFTER_CREATED_MAX_MS`] of its creation), never a scan of every order. Until
 //!   10:00 China time of the next day (asked for by hand the same day) such an order is
 //!   `orders_awaiting_flows`, not missing — the same rule as the bills (UNVERIFIED when
-//!   WeChat has booked the whole of a day);
+//!   WeChat has booked the whole of a day). An order is of the day we recorded it paid: one
+//!   paid in the last moments of a day whose flow WeChat booked after midnight (its clock
+//!   ahead of ours) reads as missing on its day — and its flow, the next day, still matches
+//!   it (the forward check takes an order of ours paid any day);
 //! * withdrawal flows (提现) are listed (`withdrawals`), and flows of any other kind (a fee,
 //!   say) in `other_flows`: neither is a mismatch.
 //!
@@ -241,6 +244,8 @@ async fn paid_on_day(
 struct Run<'a> {
     app: &'a App,
     day_orders: Vec<Order>,
+    /// `day_orders` by our number and by WeChat's order id (both as text).
+    day_index: HashMap<String, usize>,
     /// Orders named by an income flow: `out_trade_no` → the flow's id.
     orders_seen: HashMap<String, String>,
     /// After-sales matched by an expense flow: after-sale id → the flow's id.
@@ -270,9 +275,7 @@ impl Run<'_> {
     /// The order an income flow's `request_no` names: one paid that day by our number or
     /// WeChat's id, else any of ours by our number.
     async fn order_named(&self, no: &str) -> Result<Option<Order>, ApiError> {
-        let today = self.day_orders.iter().find(|o| {
-            o.out_trade_no.as_str() == no || o.wx_order_id.is_some_and(|id| id.to_string() == no)
-        });
+        let today = self.day_index.get(no).and_then(|i| self.day_orders.get(*i));
         if let Some(o) = today {
             return Ok(Some(o.clone()));
         }
@@ -570,9 +573,17 @@ pub async fn reconcile_funds(
     let Some(day_orders) = paid_on_day(app, start_ms, deadline).await? else {
         return Ok(None);
     };
+    let mut day_index = HashMap::new();
+    for (i, o) in day_orders.iter().enumerate() {
+        day_index.insert(o.out_trade_no.as_str().to_owned(), i);
+        if let Some(id) = o.wx_order_id {
+            day_index.entry(id.to_string()).or_insert(i);
+        }
+    }
     let mut run = Run {
         app,
         day_orders,
+        day_index,
         orders_seen: HashMap::new(),
         aftersales_seen: HashMap::new(),
         out: FundsReconciliation {
