@@ -623,8 +623,13 @@ pub async fn reconcile_funds(
                 .map_err(wx_fail)?;
             run.check(flow).await?;
         }
+        if page.funds_flow_ids.is_empty() {
+            // Nothing past here, whatever `total_num` said: the listing is read to its end.
+            run.out.flows_total = run.out.flows_total.min(next);
+            break;
+        }
         next += FLOW_PAGE_SIZE;
-        if page.funds_flow_ids.is_empty() || next >= run.out.flows_total {
+        if next >= run.out.flows_total {
             break;
         }
     }

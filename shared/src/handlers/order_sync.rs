@@ -975,7 +975,8 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             let unfinished = || {
                 ApiError::unavailable(
                     "RECONCILE_UNFINISHED",
-                    "the bill did not fit in this request's time; ask again",
+                    "the bills (and, in fund_type 1 mode, the funds flows) did not fit in this \
+                     request's time; ask again",
                 )
             };
             let found = super::reconcile::reconcile(app, &bill_date, deadline)
