@@ -564,3 +564,60 @@ async fn direct_mode_is_unaffected() {
     assert_eq!(c.calls("shop/funds/scanorderflow"), 0);
     assert_eq!(c.calls("shop/funds/getorderflow"), 0);
 }
+
+/// A payment WeChat took whose push never reached us (three attempts, each answered 503):
+/// the order's income flow names an order we hold unpaid — a mismatch saying so, before the
+/// sweep has recorded the payment. Nothing else noticed it the same day.
+#[tokio::test]
+async fn a_flow_for_an_order_we_hold_unpaid_is_a_lost_payment() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    advance_to_china(&c, 12, 0).await;
+    let token = c.login("ivan").await;
+    let (s, order) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+                    "address": {"receiver_name": "Ivan", "detailed_address": "1 Tea Street",
+                                "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.control(
+        "faults",
+        &json!({"path": "shop/order/get", "mode": "http500", "count": 1000}),
+    )
+    .await;
+    c.control("pay", &json!({"out_order_id": no})).await;
+    eventually("WeChat to give up pushing", || async {
+        r.sandbox
+            .deliveries()
+            .iter()
+            .filter(|d| d["kind"] == "push" && d["status"] == 503)
+            .count()
+            >= 3
+    })
+    .await;
+    let resp = c
+        .http
+        .delete(format!("{}/sandbox/_control/faults", r.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+
+    let v = c.reconcile_ok(&today(&r)).await;
+    let m = mismatches(&v);
+    assert_eq!(m.len(), 1, "{v}");
+    assert_eq!(m[0]["kind"], "order_flow", "{v}");
+    assert_eq!(m[0]["out_trade_no"], no.as_str(), "{v}");
+    assert!(
+        m[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("we never recorded it"),
+        "{v}"
+    );
+}
