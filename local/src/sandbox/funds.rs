@@ -7,6 +7,13 @@
 //! `open_product_order_settle`), only `available_amount` can be withdrawn, one withdrawal a
 //! day (9700101 for the second), and a withdrawal only proceeds once the admin scans its QR
 //! code (`/_control/funds/qrcode`). The `funds` function is tested against these rules.
+//!
+//! Every money movement is booked as a flow (`scanorderflow`/`getorderflow`), as WeChat
+//! does: a fund_type=1 payment (订单 收入, `request_no` = `out_order_id`), a refund (售后
+//! 支出, `request_no` = WeChat's `aftersale_id`; UNVERIFIED whose after-sale number WeChat
+//! writes), a confirmed withdrawal (提现 支出, `out_request_no`) and its return (提现退回).
+//! `/_control/funds/flow` ([`control_flow`]) makes WeChat lose a flow, misreport its amount
+//! or book one for an order never made, for the funds reconciliation's tests.
 
 use super::deliver::push_event;
 use super::kept::{Kept, KeptLog};
@@ -91,6 +98,24 @@ pub struct FundsState {
     pub withdraws: Kept<String, Withdraw>,
     pub qrcodes: Kept<String, QrCode>,
     pub settled: Kept<String, String>,
+    /// What `getorderflow` and `scanorderflow` make of the flows of a `request_no`, set with
+    /// `/_control/funds/flow`: a test's knob (a flow WeChat never booked, an amount written
+    /// wrong), not kept across restarts. At most [`MAX_FLOW_FAULTS`].
+    #[serde(skip)]
+    pub flow_faults: std::collections::BTreeMap<String, FlowFault>,
+}
+
+/// At most this many `request_no`s have a [`FlowFault`] at once.
+pub const MAX_FLOW_FAULTS: usize = 100;
+
+/// How the flows of one `request_no` are misreported ([`FundsState::flow_faults`]).
+#[derive(Clone, Debug, Default)]
+pub struct FlowFault {
+    /// Not listed by `scanorderflow`, `getorderflow` answers no data: WeChat never booked it.
+    pub dropped: bool,
+    /// `getorderflow` writes this as the `amount`, whatever the flow's (a different amount,
+    /// or text no parser reads).
+    pub amount_text: Option<String>,
 }
 
 fn flow(
@@ -122,14 +147,96 @@ pub fn on_paid(st: &mut State, out_order_id: &str, amount: i64, now: i64) {
     flow(st, "交易", true, amount, "订单", out_order_id, now);
 }
 
-/// An after-sale refunded part of a fund_type=1 order.
-pub fn on_refund(st: &mut State, out_order_id: &str, amount: i64, now: i64) {
+/// An after-sale refunded part of a fund_type=1 order: the expense is booked under the
+/// after-sale's number (`aftersale_id`, WeChat's): WECHAT_SHOP.md §14.2 names `request_no`
+/// the "order/after-sale/withdrawal no." — whose after-sale number (WeChat's or the
+/// merchant's `out_aftersale_id`) is UNVERIFIED; this sandbox writes WeChat's.
+pub fn on_refund(st: &mut State, out_order_id: &str, aftersale_id: &str, amount: i64, now: i64) {
     if st.funds.settled.contains_key(out_order_id) {
         st.funds.available -= amount;
     } else {
         st.funds.pending -= amount;
     }
-    flow(st, "退款", false, amount, "售后", out_order_id, now);
+    flow(st, "退款", false, amount, "售后", aftersale_id, now);
+}
+
+/// `/_control/funds/flow`: `{"drop": request_no}` — WeChat never booked that number's
+/// flows (not listed, no data); `{"request_no", "amount"}` — `getorderflow` writes
+/// `amount` (a string: a different amount, or junk) for them; `{"add": {"request_no",
+/// "amount_fen", "busi_type"?, "income"?}}` books a flow now (an order we never made, say;
+/// `订单` income by default). Strings of at most 64 characters, amounts 1..=10^10 fen, at
+/// most [`MAX_FLOW_FAULTS`] numbers misreported at once.
+pub fn control_flow(sb: &Sandbox, v: &Value) -> Result<Value, String> {
+    const MAX_LEN: usize = 64;
+    let short = |s: &str| !s.is_empty() && s.chars().count() <= MAX_LEN;
+    let now = sb.now_ms();
+    let mut st = sb.st();
+    if let Some(add) = v.get("add") {
+        let no = add
+            .get("request_no")
+            .and_then(Value::as_str)
+            .filter(|s| short(s));
+        let amount = add
+            .get("amount_fen")
+            .and_then(Value::as_i64)
+            .filter(|a| (1..=10_000_000_000).contains(a));
+        let busi = match add
+            .get("busi_type")
+            .and_then(Value::as_str)
+            .unwrap_or("订单")
+        {
+            "订单" => "订单",
+            "售后" => "售后",
+            "提现" => "提现",
+            _ => return Err("busi_type is 订单, 售后 or 提现".into()),
+        };
+        let income = add.get("income").and_then(Value::as_bool).unwrap_or(true);
+        let (Some(no), Some(amount)) = (no, amount) else {
+            return Err(format!(
+                "add needs request_no (1..={MAX_LEN} characters) and amount_fen (1..=10^10)"
+            ));
+        };
+        let kind = match (busi, income) {
+            ("订单", _) => "交易",
+            ("售后", _) => "退款",
+            (_, true) => "提现退回",
+            _ => "提现",
+        };
+        if income {
+            st.funds.pending += amount;
+        } else {
+            st.funds.pending -= amount;
+        }
+        flow(&mut st, kind, income, amount, busi, no, now);
+        let id = st.funds.flows.last().map(|f| f.id.clone());
+        return Ok(json!({"funds_flow_id": id}));
+    }
+    let dropped = v.get("drop").and_then(Value::as_str);
+    let Some(no) = dropped.or_else(|| v.get("request_no").and_then(Value::as_str)) else {
+        return Err("give drop: a request_no; request_no and amount (a string); or add".into());
+    };
+    let amount = v.get("amount").and_then(Value::as_str);
+    if !short(no) || amount.is_some_and(|a| a.chars().count() > MAX_LEN) {
+        return Err(format!(
+            "request_no and amount are at most {MAX_LEN} characters"
+        ));
+    }
+    if dropped.is_none() && amount.is_none() {
+        return Err("amount: the text getorderflow is to write".into());
+    }
+    let faults = &mut st.funds.flow_faults;
+    if !faults.contains_key(no) && faults.len() >= MAX_FLOW_FAULTS {
+        return Err(format!(
+            "at most {MAX_FLOW_FAULTS} request_nos misreported at once"
+        ));
+    }
+    let fault = faults.entry(no.to_owned()).or_default();
+    if dropped.is_some() {
+        fault.dropped = true;
+    } else {
+        fault.amount_text = amount.map(str::to_owned);
+    }
+    Ok(json!({"request_no": no, "misreported": faults.len()}))
 }
 
 /// `/_control/settle`: the order's money becomes withdrawable; `open_product_order_settle`.
@@ -204,6 +311,12 @@ pub fn handle(sb: &Sandbox, name: &str, v: &Value) -> WxResult {
                 .flows
                 .iter()
                 .filter(|f| beijing_date(f.time_ms) == date)
+                .filter(|f| {
+                    !st.funds
+                        .flow_faults
+                        .get(&f.request_no)
+                        .is_some_and(|x| x.dropped)
+                })
                 .map(|f| &f.id)
                 .collect();
             let total = ids.len();
@@ -221,10 +334,17 @@ pub fn handle(sb: &Sandbox, name: &str, v: &Value) -> WxResult {
                 .iter()
                 .find(|f| f.id == id)
                 .ok_or_else(|| WxErr::new(E_NO_DATA, "no data"))?;
+            let fault = st.funds.flow_faults.get(&f.request_no);
+            if fault.is_some_and(|x| x.dropped) {
+                return Err(WxErr::new(E_NO_DATA, "no data"));
+            }
+            let amount = fault
+                .and_then(|x| x.amount_text.clone())
+                .unwrap_or_else(|| yuan(f.amount));
             Ok(json!({"funds_flow": {
                 "funds_flow_id": f.id, "bookkeeping_time": beijing_datetime(f.time_ms),
                 "type": f.kind, "flow_type": if f.income { "收入" } else { "支出" },
-                "amount": yuan(f.amount), "balance": yuan(f.balance),
+                "amount": amount, "balance": yuan(f.balance),
                 "busi_type": f.busi_type, "request_no": f.request_no}}))
         }
         "getbankaccount" => {

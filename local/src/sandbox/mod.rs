@@ -505,6 +505,7 @@ impl Sandbox {
             .route("/_control/merchant_refund", post(control_merchant_refund))
             .route("/_control/funds/qrcode", post(control_qrcode))
             .route("/_control/funds/withdraw", post(control_withdraw))
+            .route("/_control/funds/flow", post(control_flow))
             .route(
                 "/_control/faults",
                 post(control_faults_add)
@@ -1241,6 +1242,17 @@ async fn control_withdraw(AxState(sb): AxState<Sandbox>, body: Bytes) -> Respons
     match funds::set_withdraw_status(&sb, no, s, reason) {
         Ok(v) => Json(v).into_response(),
         Err(e) => control_err(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn control_flow(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    let v = match parse_json_body(&body) {
+        Ok(v) => v,
+        Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
+    };
+    match funds::control_flow(&sb, &v) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => control_err(StatusCode::BAD_REQUEST, e),
     }
 }
 

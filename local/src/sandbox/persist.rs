@@ -288,6 +288,7 @@ fn scalars_of(st: &State, clock_offset_ms: i64) -> ScalarsRef<'_> {
         withdraws: _,
         qrcodes: _,
         settled: _,
+        flow_faults: _,
     } = &st.funds;
     ScalarsRef {
         clock_offset_ms,
@@ -395,6 +396,8 @@ fn visit_kept(st: &mut State, v: &mut impl Visit) {
         withdraws,
         qrcodes,
         settled,
+        // Not kept.
+        flow_faults: _,
     } = &mut st.funds;
     v.log("funds.flows", flows);
     v.map("funds.bank_changes", bank_changes);

@@ -2274,7 +2274,7 @@ fn refund_to_user(st: &mut super::State, a: &EcAfterSale, now: i64) -> Option<Va
         }
     }
     if let Some(out) = refunded {
-        super::funds::on_refund(st, &out, a.orderamt, now);
+        super::funds::on_refund(st, &out, &a.aftersale_id.to_string(), a.orderamt, now);
     }
     in_full
 }

@@ -9,6 +9,7 @@ pub mod audit_callback;
 pub mod catalog_sync;
 pub mod common;
 pub mod funds;
+pub mod funds_reconcile;
 pub mod login;
 pub mod order_sync;
 pub mod pay_callback;

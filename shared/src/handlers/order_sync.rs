@@ -280,6 +280,9 @@ pub enum Phase {
     Audits,
     /// Yesterday's WeChat Pay bills reconciled, once a day after 10:00 China time.
     Bill,
+    /// Yesterday's funds flows reconciled (fund_type 1 mode), once a day after 10:00 China
+    /// time ([`super::funds_reconcile::run_daily`]).
+    Funds,
     /// Expired records (SQLite; a no-op on DynamoDB, whose TTL deletes them).
     Purge,
     /// Index entries written before DynamoDB's indexes were sharded, moved to their shard,
@@ -288,7 +291,7 @@ pub enum Phase {
     LegacyIndex,
 }
 
-pub const PHASES: [Phase; 9] = [
+pub const PHASES: [Phase; 10] = [
     Phase::Drain,
     Phase::Unpaid,
     Phase::Refunds,
@@ -296,6 +299,7 @@ pub const PHASES: [Phase; 9] = [
     Phase::WechatRefunds,
     Phase::Audits,
     Phase::Bill,
+    Phase::Funds,
     Phase::Purge,
     Phase::LegacyIndex,
 ];
@@ -310,6 +314,7 @@ pub struct ScheduleReport {
     pub wechat_refunds: super::aftersale_sync::WeChatRefundSweepReport,
     pub audits: super::catalog_sync::AuditSweepReport,
     pub bill: super::reconcile::DailyReport,
+    pub funds: super::funds_reconcile::DailyReport,
     pub purged: usize,
     pub legacy_index: crate::store::IndexMigration,
     /// Phases stopped (or never started) at the deadline with work possibly left: the next
@@ -437,6 +442,9 @@ async fn run_phase(
             })
             .map_err(|e| e.to_string()),
         Phase::Bill => super::reconcile::run_daily(app, deadline, &mut report.bill)
+            .await
+            .map_err(|e| e.to_string()),
+        Phase::Funds => super::funds_reconcile::run_daily(app, deadline, &mut report.funds)
             .await
             .map_err(|e| e.to_string()),
         // Expired records (sessions, idempotency keys, replay guards) are invisible already;
@@ -752,9 +760,13 @@ enum AdminAction {
         id: String,
     },
     /// Compare a day's WeChat Pay bills (payments and refunds) with stored orders and
-    /// refunds, both ways where cheap ([`super::reconcile`]).
+    /// refunds, both ways where cheap ([`super::reconcile`]); in fund_type 1 mode also the
+    /// day's funds flows, from flow `funds_from` (default 0), as `funds`
+    /// ([`super::funds_reconcile`]).
     Reconcile {
         bill_date: String,
+        #[serde(default)]
+        funds_from: Option<usize>,
     },
     /// Recorded events, newest first: one `source` paged with `cursor`, or (no `source`) the
     /// newest of every source in [`EVENT_SOURCES`] together.
@@ -770,7 +782,7 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 16] = [
+pub const EVENT_SOURCES: [&str; 17] = [
     "push",
     "double_payment",
     "payment_mismatch",
@@ -786,6 +798,7 @@ pub const EVENT_SOURCES: [&str; 16] = [
     super::audit_callback::ORDER_EVENT_MISMATCH_EVENTS,
     super::aftersale_sync::WECHAT_AFTERSALE_EVENTS,
     super::reconcile::BILL_MISMATCH_EVENTS,
+    super::funds_reconcile::FUNDS_MISMATCH_EVENTS,
     super::shop_orders::COMPONENT_ORDER_MISSING_EVENTS,
 ];
 
@@ -955,16 +968,30 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
                 ))
             }
         }
-        AdminAction::Reconcile { bill_date } => {
-            match super::reconcile::reconcile(app, &bill_date, Deadline::after(ADMIN_SWEEP_BUDGET))
-                .await?
-            {
-                Some(found) => Ok(json(&found)),
-                None => Err(ApiError::unavailable(
+        AdminAction::Reconcile {
+            bill_date,
+            funds_from,
+        } => {
+            let deadline = Deadline::after(ADMIN_SWEEP_BUDGET);
+            let unfinished = || {
+                ApiError::unavailable(
                     "RECONCILE_UNFINISHED",
-                    "the bill did not fit in this request's time; ask again",
-                )),
+                    "the bills (and, in fund_type 1 mode, the funds flows) did not fit in this \
+                     request's time; ask again",
+                )
+            };
+            let found = super::reconcile::reconcile(app, &bill_date, deadline)
+                .await?
+                .ok_or_else(unfinished)?;
+            let mut body = serde_json::to_value(&found).unwrap_or_default();
+            match super::funds_reconcile::for_admin(app, &bill_date, funds_from, deadline).await? {
+                Some(Some(funds)) => {
+                    body["funds"] = serde_json::to_value(&funds).unwrap_or_default()
+                }
+                Some(None) => return Err(unfinished()),
+                None => {}
             }
+            Ok(json(&body))
         }
         AdminAction::Events {
             source,

@@ -69,6 +69,39 @@ struct FlowReply {
     funds_flow: FundsFlow,
 }
 
+/// `getorderflow` → `funds_flow` as WeChat wrote it, the amount kept as its text: for the
+/// reconciliation ([`crate::handlers::funds_reconcile`]), which reports an amount it cannot
+/// read as a mismatch of its own and goes on with the other flows, where [`FundsFlow`]
+/// refuses the whole answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FundsFlowText {
+    #[serde(deserialize_with = "serde_num::string_or_number")]
+    pub funds_flow_id: String,
+    /// `yyyy-MM-dd HH:mm:ss` Beijing time.
+    #[serde(deserialize_with = "serde_num::string_or_number")]
+    pub bookkeeping_time: String,
+    #[serde(rename = "type", deserialize_with = "serde_num::string_or_number")]
+    pub kind: String,
+    /// `收入` income, `支出` expense.
+    #[serde(deserialize_with = "serde_num::string_or_number")]
+    pub flow_type: String,
+    /// Yuan, as written (`"19.90"`; a number is kept as its text).
+    #[serde(deserialize_with = "serde_num::string_or_number")]
+    pub amount: String,
+    /// `订单`, `售后`, `提现`.
+    #[serde(deserialize_with = "serde_num::opt_string_or_number")]
+    pub busi_type: Option<String>,
+    #[serde(deserialize_with = "serde_num::opt_string_or_number")]
+    pub request_no: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct FlowTextReply {
+    funds_flow: FundsFlowText,
+}
+
 /// Settlement bank account (`getbankaccount` → `account_info`, `setbankaccount` body).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -320,6 +353,20 @@ impl WxClient {
     /// `shop/funds/getorderflow`.
     pub async fn funds_get_order_flow(&self, funds_flow_id: &str) -> Result<FundsFlow, WxError> {
         let r: FlowReply = self
+            .funds(
+                "getorderflow",
+                &serde_json::json!({ "funds_flow_id": funds_flow_id }),
+            )
+            .await?;
+        Ok(r.funds_flow)
+    }
+
+    /// `shop/funds/getorderflow`, the amount as WeChat wrote it ([`FundsFlowText`]).
+    pub async fn funds_get_order_flow_text(
+        &self,
+        funds_flow_id: &str,
+    ) -> Result<FundsFlowText, WxError> {
+        let r: FlowTextReply = self
             .funds(
                 "getorderflow",
                 &serde_json::json!({ "funds_flow_id": funds_flow_id }),

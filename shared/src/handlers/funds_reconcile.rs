@@ -1,0 +1,863 @@
+//! Reconciliation (对账) of one day's funds flows of a secondary-merchant shop
+//! (`WX_FUND_TYPE=1`) with what we recorded.
+//!
+//! Why: the money of a fund_type 1 order never reaches our WeChat Pay merchant account, so
+//! its bills ([`super::reconcile`]) do not list it: WeChat holds it in the shop's funds
+//! account, whose day of flows (`shop/funds/scanorderflow` + `getorderflow`, WECHAT_SHOP.md
+//! §14) is the only record that shows a payment push that never came, a refund made outside
+//! our flow, or money for an order we never recorded.
+//!
+//! Checks, each within one day (China time, the flows' `date`):
+//! * every order income flow (`busi_type` 订单, `flow_type` 收入) names an order of ours
+//!   (`request_no`) that we recorded paid, fund_type 1, with exactly the flow's amount — and
+//!   only one such flow names it. Which number WeChat writes in `request_no` is UNVERIFIED
+//!   (§14.2: "order/after-sale/withdrawal no."): our `out_order_id` (= `out_trade_no`; the
+//!   sandbox writes it) or WeChat's `order_id` are both accepted; WeChat's id is matched
+//!   against the orders we recorded paid that day (no index by WeChat's id), so an order
+//!   paid another day and named by WeChat's id reads as unknown;
+//! * every after-sale expense flow (售后, 支出) names an after-sale of ours, of a fund_type 1
+//!   order, that we recorded REFUNDED with exactly that amount, once. Whose after-sale
+//!   number it names is UNVERIFIED too: ours (`out_aftersale_id`), WeChat's `aftersale_id`
+//!   (an imported one by its id; else WeChat's after-sale is read back, `ecaftersale/get`,
+//!   to find ours — the sandbox writes WeChat's), or the order's number (then a refunded
+//!   after-sale of that order with that amount not matched by another flow);
+//! * the other way: every fund_type 1 order we recorded paid that day has its income flow.
+//!   Read through the status index by creation time (an order is paid within
+//!   [`PAID_AFTER_CREATED_MAX_MS`] of its creation), never a scan of every order. Until
+//!   10:00 China time of the next day (asked for by hand the same day) such an order is
+//!   `orders_awaiting_flows`, not missing — the same rule as the bills (UNVERIFIED when
+//!   WeChat has booked the whole of a day). An order is of the day we recorded it paid: one
+//!   paid in the last moments of a day whose flow WeChat booked after midnight (its clock
+//!   ahead of ours) reads as missing on its day — and its flow, the next day, still matches
+//!   it (the forward check takes an order of ours paid any day);
+//! * withdrawal flows (提现) are listed (`withdrawals`), and flows of any other kind (a fee,
+//!   say) in `other_flows`: neither is a mismatch.
+//!
+//! Amounts are yuan strings parsed exactly into fen ([`Fen::from_yuan_str`]): an amount with
+//! more than two decimals, a sign or anything else is a mismatch of its own
+//! (`unreadable_amount`), the other flows still checked.
+//!
+//! Bounds: the flows are read in pages of [`FLOW_PAGE_SIZE`], at most [`MAX_FLOWS_PER_RUN`]
+//! a run (and one `ecaftersale/get` at most per after-sale flow). A day with more is
+//! checked in part: `flows_unchecked` says how many were not, `next_from` where to go on
+//! (`POST /admin/orderSync {action: "reconcile", bill_date, funds_from: next_from}`), and
+//! the orders no flow read names are `orders_awaiting_flows` (only a run that read all of
+//! the day's flows can say one is missing). The schedule keeps that as a `flows_unchecked`
+//! event and pages a person once, then moves on. A WeChat error fails the run
+//! (`FUNDS_UNAVAILABLE`, retry shortly; `FUNDS_REFUSED`) before anything is kept; a run cut
+//! short by its deadline keeps nothing either.
+//!
+//! By hand, `reconcile` (`POST /admin/orderSync`) adds this as its `funds` section when the
+//! shop is in fund_type 1 mode. The schedule ([`run_daily`], its own `funds` phase) does
+//! yesterday once a day after 10:00 China time (its own mark; missed days, up to a week,
+//! first), keeps each mismatch as a `funds_mismatch` event and pages
+//! (`MoneyNeedsAPerson`) once per new one, as [`super::reconcile`] does for the bills.
+
+use crate::app::App;
+use crate::domain::{
+    AfterSale, AfterSaleId, AfterSaleStatus, Fen, FundType, Order, OrderStatus, OutTradeNo,
+};
+use crate::http::ApiError;
+use crate::shop::funds::FundsFlowText;
+use crate::shop::{AfterSaleKey, WxError};
+use crate::store::{kv, repo};
+use crate::time::Deadline;
+use std::collections::{HashMap, HashSet};
+
+/// Event source of a funds mismatch the schedule found.
+pub const FUNDS_MISMATCH_EVENTS: &str = "funds_mismatch";
+
+/// `scanorderflow` takes pages of at most 100 ids (WECHAT_SHOP.md §14.1).
+pub const FLOW_PAGE_SIZE: usize = 100;
+
+/// The most flows one run reads (`getorderflow` calls): a whole number of pages, small
+/// enough for the schedule's share of a Lambda run and an admin request's 25 s.
+pub const MAX_FLOWS_PER_RUN: usize = 300;
+
+/// The kv mark: the last `date` the schedule reconciled the funds of.
+const MARK: &str = "funds_reconcile/last_date";
+const MARK_TTL_SECS: i64 = 90 * 24 * 3600;
+
+/// Days the schedule goes back to do ones it missed (as the bills: a week).
+const CATCH_UP_DAYS: i64 = 7;
+
+/// A day's flows are taken as complete from 10:00 China time of the next day, as its bills
+/// are (UNVERIFIED for the funds account).
+const READY_HOUR: i64 = 10;
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+const BEIJING_OFFSET_MS: i64 = 8 * HOUR_MS;
+
+/// An order is paid within 2 h of its creation (`ORDER_TTL_SECS` ≤ 7200 is its
+/// `expire_time` at WeChat), an hour more for the clocks: the orders paid on a day were
+/// created from this long before it until its end.
+const PAID_AFTER_CREATED_MAX_MS: i64 = 3 * HOUR_MS;
+
+const ORDER: &str = "订单";
+const AFTERSALE: &str = "售后";
+const WITHDRAWAL: &str = "提现";
+const INCOME: &str = "收入";
+const EXPENSE: &str = "支出";
+
+/// A flow (or an order of ours) that does not match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FlowMismatch {
+    /// `order_flow`, `aftersale_flow`, `unreadable_amount` or `missing_flow`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub funds_flow_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_no: Option<String>,
+    /// The amount as WeChat wrote it (yuan).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_trade_no: Option<String>,
+    pub problem: String,
+}
+
+/// A flow listed, not checked against a record of ours (a withdrawal, a fee).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FlowView {
+    pub funds_flow_id: String,
+    pub bookkeeping_time: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub flow_type: String,
+    pub busi_type: Option<String>,
+    pub request_no: Option<String>,
+    /// `None` when the amount could not be read (then also an `unreadable_amount`).
+    pub amount_fen: Option<i64>,
+}
+
+/// What a funds reconciliation of one day found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FundsReconciliation {
+    pub date: String,
+    /// The day's flows as WeChat counts them (`total_num`).
+    pub flows_total: usize,
+    /// The first flow read (0, or the `funds_from` asked for).
+    pub flows_from: usize,
+    pub flows_checked: usize,
+    pub order_flows_checked: usize,
+    pub aftersale_flows_checked: usize,
+    /// Our fund_type 1 orders recorded paid that day, looked for among the flows.
+    pub paid_here_checked: usize,
+    pub mismatches: Vec<FlowMismatch>,
+    pub withdrawals: Vec<FlowView>,
+    pub other_flows: Vec<FlowView>,
+    /// Our orders paid that day no flow read names while that says nothing yet: the day's
+    /// flows not all read (`flows_unchecked`), or the day not over (before 10:00 China time
+    /// the next day). Not mismatches; each `problem` says when to ask again.
+    pub orders_awaiting_flows: Vec<FlowMismatch>,
+    /// Flows of the day past this run's cap ([`MAX_FLOWS_PER_RUN`]), not read.
+    pub flows_unchecked: usize,
+    /// Where to go on (`funds_from`) when `flows_unchecked` > 0.
+    pub next_from: Option<usize>,
+}
+
+impl FundsReconciliation {
+    pub fn mismatch_count(&self) -> usize {
+        self.mismatches.len()
+    }
+}
+
+fn day_start_ms(date: &str) -> Option<i64> {
+    if date.len() != 8 {
+        return None;
+    }
+    crate::time::parse_beijing_compact(&format!("{date}000000"))
+}
+
+fn ready_at_ms(start_ms: i64) -> i64 {
+    start_ms + DAY_MS + READY_HOUR * HOUR_MS
+}
+
+fn wx_fail(e: WxError) -> ApiError {
+    if e.is_retryable() {
+        ApiError::unavailable(
+            "FUNDS_UNAVAILABLE",
+            format!(
+                "WeChat did not give the day's funds flows ({e}); nothing was kept: run the \
+                 reconciliation again shortly"
+            ),
+        )
+    } else {
+        ApiError::new(
+            http::StatusCode::BAD_GATEWAY,
+            "FUNDS_REFUSED",
+            format!(
+                "WeChat refused a funds flow call ({e}); nothing was kept: check the shop's \
+                 funds access (WX_FUND_TYPE=1, its secondary-merchant account) and run it again"
+            ),
+        )
+    }
+}
+
+/// Parses a yuan amount as WeChat writes it (`"19.90"`) into fen, exactly.
+fn parse_amount(text: &str) -> Result<Fen, String> {
+    Fen::from_yuan_str(text.trim()).map_err(|_| {
+        let shown: String = text.chars().take(32).collect();
+        format!("amount `{shown}` is not yuan with at most two decimals")
+    })
+}
+
+/// The fund_type 1 orders we recorded paid on the day starting at `start_ms`, through the
+/// status index. `None` when `deadline` passed first.
+async fn paid_on_day(
+    app: &App,
+    start_ms: i64,
+    deadline: Deadline,
+) -> Result<Option<Vec<Order>>, ApiError> {
+    let end_ms = start_ms + DAY_MS;
+    let mut out = Vec::new();
+    for status in OrderStatus::ALL.into_iter().filter(|s| s.is_paid()) {
+        let mut cursor = None;
+        loop {
+            if deadline.passed() {
+                return Ok(None);
+            }
+            let (orders, next) = repo::orders_created_between(
+                app.store.as_ref(),
+                status,
+                start_ms - PAID_AFTER_CREATED_MAX_MS,
+                end_ms - 1,
+                cursor,
+            )
+            .await?;
+            out.extend(orders.into_iter().filter(|o| {
+                o.fund_type == FundType::SecondaryMerchant
+                    && o.paid_at_ms
+                        .is_some_and(|t| (start_ms..end_ms).contains(&t))
+            }));
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// One run's state: the day's orders of ours, and what the flows read so far claimed.
+struct Run<'a> {
+    app: &'a App,
+    day_orders: Vec<Order>,
+    /// `day_orders` by our number and by WeChat's order id (both as text).
+    day_index: HashMap<String, usize>,
+    /// Orders named by an income flow: `out_trade_no` → the flow's id.
+    orders_seen: HashMap<String, String>,
+    /// After-sales matched by an expense flow: after-sale id → the flow's id.
+    aftersales_seen: HashMap<String, String>,
+    out: FundsReconciliation,
+}
+
+impl Run<'_> {
+    fn mismatch(
+        &mut self,
+        kind: &'static str,
+        f: &FundsFlowText,
+        out_trade_no: Option<String>,
+        problem: String,
+    ) {
+        tracing::error!(date = %self.out.date, funds_flow_id = %f.funds_flow_id, kind, problem = %problem, "funds flow mismatch");
+        self.out.mismatches.push(FlowMismatch {
+            kind,
+            funds_flow_id: Some(f.funds_flow_id.clone()),
+            request_no: f.request_no.clone(),
+            amount: Some(f.amount.clone()),
+            out_trade_no,
+            problem,
+        });
+    }
+
+    /// The order an income flow's `request_no` names: one paid that day by our number or
+    /// WeChat's id, else any of ours by our number.
+    async fn order_named(&self, no: &str) -> Result<Option<Order>, ApiError> {
+        let today = self.day_index.get(no).and_then(|i| self.day_orders.get(*i));
+        if let Some(o) = today {
+            return Ok(Some(o.clone()));
+        }
+        let Ok(n) = OutTradeNo::parse(no) else {
+            return Ok(None);
+        };
+        Ok(repo::get_order(self.app.store.as_ref(), &n)
+            .await?
+            .map(|v| v.value))
+    }
+
+    async fn check_order_income(
+        &mut self,
+        f: &FundsFlowText,
+        amount: Result<Fen, String>,
+    ) -> Result<(), ApiError> {
+        self.out.order_flows_checked += 1;
+        let no = f.request_no.as_deref().map(str::trim).unwrap_or("");
+        let order = if no.is_empty() {
+            None
+        } else {
+            self.order_named(no).await?
+        };
+        let Some(o) = order else {
+            let problem = if no.is_empty() {
+                "an order income flow naming no order (no request_no)".to_owned()
+            } else {
+                format!(
+                    "request_no {no} is no order of ours: not one of our order numbers, nor \
+                     WeChat's order id of one we recorded paid this day"
+                )
+            };
+            self.mismatch("order_flow", f, None, problem);
+            return Ok(());
+        };
+        let ours = o.out_trade_no.as_str().to_owned();
+        if let Some(other) = self
+            .orders_seen
+            .insert(ours.clone(), f.funds_flow_id.clone())
+        {
+            self.mismatch(
+                "order_flow",
+                f,
+                Some(ours),
+                format!("a second income flow for this order (the first: {other})"),
+            );
+            return Ok(());
+        }
+        let Ok(amount) = amount else {
+            // Reported as `unreadable_amount` already; the order has its flow.
+            return Ok(());
+        };
+        let problem = if o.fund_type != FundType::SecondaryMerchant {
+            Some("a direct (fund_type 0) order here: its money went to our WeChat Pay account, not the funds account".to_owned())
+        } else if !o.status.is_paid() {
+            Some(format!(
+                "stored as {}: WeChat took its payment and we never recorded it (a lost \
+                 payment push?)",
+                o.status.as_str()
+            ))
+        } else if amount != o.total {
+            Some(format!(
+                "amount {} fen in the flow, {} fen stored",
+                amount.get(),
+                o.total.get()
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            self.mismatch("order_flow", f, Some(ours), p);
+        }
+        Ok(())
+    }
+
+    /// The after-sale of ours an expense flow's `request_no` names (see the module doc).
+    /// `Err(problem)` when it names none.
+    async fn aftersale_named(
+        &mut self,
+        no: &str,
+        amount: Option<Fen>,
+    ) -> Result<Result<AfterSale, String>, ApiError> {
+        let store = self.app.store.as_ref();
+        if let Ok(id) = AfterSaleId::parse(no) {
+            if let Some(a) = repo::get_aftersale(store, &id).await? {
+                return Ok(Ok(a.value));
+            }
+        }
+        if let Ok(wx_id) = no.parse::<u64>() {
+            if let Ok(id) = AfterSaleId::parse(format!("WXAS{wx_id}")) {
+                if let Some(a) = repo::get_aftersale(store, &id).await? {
+                    return Ok(Ok(a.value));
+                }
+            }
+            let wx = match self.app.wx.ecaftersale_get(&AfterSaleKey::Id(wx_id)).await {
+                Ok(wx) => Some(wx),
+                Err(e) if e.is_retryable() => return Err(wx_fail(e)),
+                Err(e) => {
+                    tracing::warn!(request_no = no, error = %e, "no after-sale at WeChat by this id");
+                    None
+                }
+            };
+            if let Some(wx) = wx {
+                if let Some(id) = wx
+                    .out_aftersale_id
+                    .as_deref()
+                    .and_then(|s| AfterSaleId::parse(s).ok())
+                {
+                    if let Some(a) = repo::get_aftersale(store, &id).await? {
+                        return Ok(Ok(a.value));
+                    }
+                }
+                if let Some(order) = wx
+                    .out_order_id
+                    .as_deref()
+                    .and_then(|s| OutTradeNo::parse(s).ok())
+                {
+                    let of_order = repo::aftersales_of_order(store, &order).await?;
+                    if let Some(a) = of_order
+                        .into_iter()
+                        .find(|a| a.value.wx_aftersale_id == Some(wx_id))
+                    {
+                        return Ok(Ok(a.value));
+                    }
+                    return Ok(Err(format!(
+                        "WeChat's after-sale {wx_id} of order {order} is not recorded here \
+                         (a refund made outside our flow?)"
+                    )));
+                }
+            }
+        }
+        if let Ok(order) = OutTradeNo::parse(no) {
+            if repo::get_order(store, &order).await?.is_some() {
+                let of_order = repo::aftersales_of_order(store, &order).await?;
+                let unmatched = |a: &AfterSale| !self.aftersales_seen.contains_key(a.id.as_str());
+                let refunded: Vec<AfterSale> = of_order
+                    .into_iter()
+                    .map(|a| a.value)
+                    .filter(|a| a.status == AfterSaleStatus::Refunded && unmatched(a))
+                    .collect();
+                let same = refunded.iter().find(|a| Some(a.amount) == amount);
+                return Ok(match same.or(refunded.first()) {
+                    Some(a) => Ok(a.clone()),
+                    None => Err(format!(
+                        "order {order} has no refunded after-sale here this flow could be (a \
+                         refund made outside our flow, or not recorded yet?)"
+                    )),
+                });
+            }
+        }
+        Ok(Err(format!(
+            "request_no {no} is no after-sale or order of ours"
+        )))
+    }
+
+    async fn check_aftersale_expense(
+        &mut self,
+        f: &FundsFlowText,
+        amount: Result<Fen, String>,
+    ) -> Result<(), ApiError> {
+        self.out.aftersale_flows_checked += 1;
+        let no = f
+            .request_no
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or("")
+            .to_owned();
+        if no.is_empty() {
+            self.mismatch(
+                "aftersale_flow",
+                f,
+                None,
+                "an after-sale expense flow naming no after-sale (no request_no)".into(),
+            );
+            return Ok(());
+        }
+        let a = match self
+            .aftersale_named(&no, amount.as_ref().ok().copied())
+            .await?
+        {
+            Ok(a) => a,
+            Err(problem) => {
+                self.mismatch("aftersale_flow", f, None, problem);
+                return Ok(());
+            }
+        };
+        let ours = Some(a.out_trade_no.as_str().to_owned());
+        if let Some(other) = self
+            .aftersales_seen
+            .insert(a.id.as_str().to_owned(), f.funds_flow_id.clone())
+        {
+            self.mismatch(
+                "aftersale_flow",
+                f,
+                ours,
+                format!(
+                    "a second expense flow for after-sale {} (the first: {other})",
+                    a.id
+                ),
+            );
+            return Ok(());
+        }
+        let Ok(amount) = amount else {
+            return Ok(());
+        };
+        let order = repo::get_order(self.app.store.as_ref(), &a.out_trade_no).await?;
+        let problem = if order
+            .as_ref()
+            .is_none_or(|o| o.value.fund_type != FundType::SecondaryMerchant)
+        {
+            Some(format!(
+                "after-sale {} is of an order here that is not fund_type 1",
+                a.id
+            ))
+        } else if a.status != AfterSaleStatus::Refunded {
+            Some(format!(
+                "after-sale {} is stored as {}: WeChat refunded it and we have not recorded \
+                 the refund",
+                a.id,
+                a.status.as_str()
+            ))
+        } else if amount != a.amount {
+            Some(format!(
+                "after-sale {}: amount {} fen in the flow, {} fen refunded here",
+                a.id,
+                amount.get(),
+                a.amount.get()
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            self.mismatch("aftersale_flow", f, ours, p);
+        }
+        Ok(())
+    }
+
+    async fn check(&mut self, f: FundsFlowText) -> Result<(), ApiError> {
+        self.out.flows_checked += 1;
+        let amount = parse_amount(&f.amount);
+        if let Err(problem) = &amount {
+            self.mismatch("unreadable_amount", &f, None, problem.clone());
+        }
+        let busi = f.busi_type.as_deref().map(str::trim);
+        let direction = f.flow_type.trim();
+        match (busi, direction) {
+            (Some(ORDER), INCOME) => self.check_order_income(&f, amount).await?,
+            (Some(AFTERSALE), EXPENSE) => self.check_aftersale_expense(&f, amount).await?,
+            (b, _) => {
+                let view = FlowView {
+                    funds_flow_id: f.funds_flow_id.clone(),
+                    bookkeeping_time: f.bookkeeping_time.clone(),
+                    kind: f.kind.clone(),
+                    flow_type: f.flow_type.clone(),
+                    busi_type: f.busi_type.clone(),
+                    request_no: f.request_no.clone(),
+                    amount_fen: amount.ok().map(Fen::get),
+                };
+                if b == Some(WITHDRAWAL) {
+                    self.out.withdrawals.push(view);
+                } else {
+                    self.out.other_flows.push(view);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reconciles the funds flows of `date` (`yyyyMMdd`) from flow `from` (a multiple of
+/// [`FLOW_PAGE_SIZE`]; 0 for the whole day). `Ok(None)` when `deadline` passed first
+/// (nothing is kept; run it again). A WeChat error fails it (`FUNDS_UNAVAILABLE`, retry
+/// shortly; `FUNDS_REFUSED`).
+pub async fn reconcile_funds(
+    app: &App,
+    date: &str,
+    from: usize,
+    deadline: Deadline,
+) -> Result<Option<FundsReconciliation>, ApiError> {
+    let Some(start_ms) = day_start_ms(date) else {
+        return Err(ApiError::bad_request(
+            "BAD_BILL_DATE",
+            "bill_date must be yyyyMMdd",
+        ));
+    };
+    if from % FLOW_PAGE_SIZE != 0 || from > 1_000_000 {
+        return Err(ApiError::bad_request(
+            "BAD_FUNDS_FROM",
+            format!(
+                "funds_from is a multiple of {FLOW_PAGE_SIZE} up to 1000000: the next_from an \
+                 earlier reconciliation of the day answered"
+            ),
+        ));
+    }
+    let Some(day_orders) = paid_on_day(app, start_ms, deadline).await? else {
+        return Ok(None);
+    };
+    let mut day_index = HashMap::new();
+    for (i, o) in day_orders.iter().enumerate() {
+        day_index.insert(o.out_trade_no.as_str().to_owned(), i);
+        if let Some(id) = o.wx_order_id {
+            day_index.entry(id.to_string()).or_insert(i);
+        }
+    }
+    let mut run = Run {
+        app,
+        day_orders,
+        day_index,
+        orders_seen: HashMap::new(),
+        aftersales_seen: HashMap::new(),
+        out: FundsReconciliation {
+            date: date.to_owned(),
+            flows_from: from,
+            ..FundsReconciliation::default()
+        },
+    };
+    let mut ids_seen: HashSet<String> = HashSet::new();
+    let mut next = from;
+    let page_size = u32::try_from(FLOW_PAGE_SIZE).unwrap_or(100);
+    loop {
+        if next - from >= MAX_FLOWS_PER_RUN {
+            break;
+        }
+        if deadline.passed() {
+            return Ok(None);
+        }
+        let page_num = u32::try_from(next / FLOW_PAGE_SIZE + 1).unwrap_or(u32::MAX);
+        let page = app
+            .wx
+            .funds_scan_order_flow(date, page_num, page_size)
+            .await
+            .map_err(wx_fail)?;
+        run.out.flows_total = usize::try_from(page.total_num).unwrap_or(0);
+        for id in page.funds_flow_ids.iter().take(FLOW_PAGE_SIZE) {
+            if !ids_seen.insert(id.clone()) {
+                continue;
+            }
+            if deadline.passed() {
+                return Ok(None);
+            }
+            let flow = app
+                .wx
+                .funds_get_order_flow_text(id)
+                .await
+                .map_err(wx_fail)?;
+            run.check(flow).await?;
+        }
+        if page.funds_flow_ids.is_empty() {
+            // Nothing past here, whatever `total_num` said: the listing is read to its end.
+            run.out.flows_total = run.out.flows_total.min(next);
+            break;
+        }
+        next += FLOW_PAGE_SIZE;
+        if next >= run.out.flows_total {
+            break;
+        }
+    }
+    let total = run.out.flows_total;
+    if next < total {
+        run.out.flows_unchecked = total - next;
+        run.out.next_from = Some(next);
+    }
+    let now = app.clock.now_ms();
+    let ready_at = ready_at_ms(start_ms);
+    let all_read = from == 0 && run.out.next_from.is_none();
+    let Run {
+        day_orders,
+        orders_seen,
+        mut out,
+        ..
+    } = run;
+    for o in &day_orders {
+        out.paid_here_checked += 1;
+        if orders_seen.contains_key(o.out_trade_no.as_str()) {
+            continue;
+        }
+        let mut m = FlowMismatch {
+            kind: "missing_flow",
+            out_trade_no: Some(o.out_trade_no.as_str().to_owned()),
+            ..FlowMismatch::default()
+        };
+        if !all_read {
+            m.problem = format!(
+                "no income flow among those read; {} of the day's flows were not read{}: \
+                 reconcile the rest (funds_from) before judging it",
+                total.saturating_sub(out.flows_checked),
+                out.next_from
+                    .map(|n| format!(" (go on from {n})"))
+                    .unwrap_or_default()
+            );
+            out.orders_awaiting_flows.push(m);
+        } else if now < ready_at {
+            m.problem = format!(
+                "no income flow in the funds account so far: the day's flows are taken as \
+                 complete from {} China time; ask again then",
+                crate::time::beijing_datetime(ready_at)
+            );
+            out.orders_awaiting_flows.push(m);
+        } else {
+            m.problem = format!(
+                "recorded paid here at {} China time, {} fen: no income flow for it in the \
+                 day's funds flows",
+                o.paid_at_ms
+                    .map(crate::time::beijing_datetime)
+                    .unwrap_or_default(),
+                o.total.get()
+            );
+            tracing::error!(date, out_trade_no = %o.out_trade_no, "paid here, no funds flow");
+            out.mismatches.push(m);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The `funds` section of `reconcile` by hand: `None` when the shop is not in fund_type 1
+/// mode (nothing to add), else the day's funds reconciliation from `from` (`Ok(Some(None))`
+/// when `deadline` passed first).
+pub async fn for_admin(
+    app: &App,
+    date: &str,
+    from: Option<usize>,
+    deadline: Deadline,
+) -> Result<Option<Option<FundsReconciliation>>, ApiError> {
+    if app.config.fund_type != FundType::SecondaryMerchant {
+        return Ok(None);
+    }
+    reconcile_funds(app, date, from.unwrap_or(0), deadline)
+        .await
+        .map(Some)
+}
+
+/// What the schedule's funds phase did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct DailyReport {
+    /// The days (`yyyyMMdd`) whose funds were reconciled in this run, oldest first.
+    pub reconciled: Vec<String>,
+    pub flows_checked: usize,
+    pub mismatches: usize,
+    /// Mismatches (and days checked in part) kept as new `funds_mismatch` events, and paged.
+    pub kept: usize,
+    /// Orders awaiting flows not read (a day past the cap).
+    pub awaiting: usize,
+    /// Flows of the days reconciled past the cap, not read: a person goes on by hand.
+    pub flows_unchecked: usize,
+}
+
+const WHAT_TO_DO: &str = "WeChat's funds account and our records disagree: compare the flow \
+(POST /admin/funds {action: flow, flow_id}) with the order or after-sale here \
+(POST /fn/queryOrder), put right whichever is wrong, and note it; nothing was changed \
+automatically";
+
+/// (key, body) of an event per mismatch (keyed by day and flow, or order), and one for a
+/// day checked in part.
+fn mismatch_events(r: &FundsReconciliation) -> Vec<(String, String)> {
+    let d = &r.date;
+    let mut out = Vec::new();
+    for m in &r.mismatches {
+        let id = m
+            .funds_flow_id
+            .clone()
+            .or_else(|| m.out_trade_no.clone())
+            .unwrap_or_default();
+        let body = serde_json::json!({
+            "date": d, "kind": m.kind, "detail": m, "what_to_do": WHAT_TO_DO,
+        });
+        out.push((format!("{d}/{}/{id}", m.kind), body.to_string()));
+    }
+    if let Some(next) = r.next_from {
+        let body = serde_json::json!({
+            "date": d, "kind": "flows_unchecked", "flows_total": r.flows_total,
+            "flows_unchecked": r.flows_unchecked,
+            "what_to_do": format!(
+                "the day has more funds flows than one run reads ({MAX_FLOWS_PER_RUN}): \
+                 reconcile the rest by hand, POST /admin/orderSync {{\"action\": \
+                 \"reconcile\", \"bill_date\": \"{d}\", \"funds_from\": {next}}} and on \
+                 with each next_from"
+            ),
+        });
+        out.push((format!("{d}/flows_unchecked"), body.to_string()));
+    }
+    out
+}
+
+/// The schedule's funds reconciliation (fund_type 1 mode only): after 10:00 China time,
+/// each day since its mark up to yesterday (at most [`CATCH_UP_DAYS`] back; without a mark,
+/// yesterday — or none, when the store holds no order before today), oldest first; each
+/// mismatch kept as a `funds_mismatch` event and paged once; the mark moved after a day's
+/// events were kept. A day cut short by `deadline` (`false`) or failed is done again by the
+/// next run (its events kept once: by day and flow).
+pub async fn run_daily(
+    app: &App,
+    deadline: Deadline,
+    report: &mut DailyReport,
+) -> Result<bool, ApiError> {
+    if app.config.fund_type != FundType::SecondaryMerchant {
+        return Ok(true);
+    }
+    let now = app.clock.now_ms();
+    if (now + BEIJING_OFFSET_MS).rem_euclid(DAY_MS) < READY_HOUR * HOUR_MS {
+        return Ok(true);
+    }
+    let store = app.store.as_ref();
+    let yesterday = crate::time::beijing_date(now - DAY_MS);
+    let earliest = crate::time::beijing_date(now - CATCH_UP_DAYS * DAY_MS);
+    let today_start = day_start_ms(&crate::time::beijing_date(now)).unwrap_or(now);
+    loop {
+        let mark = kv::get(store, MARK).await?;
+        if mark.is_none() && !repo::any_order_created_before(store, today_start).await? {
+            let until = app.clock.now_secs() + MARK_TTL_SECS;
+            kv::put_if(store, MARK, &yesterday, until, None).await?;
+            return Ok(true);
+        }
+        let day = match mark.as_ref().and_then(|m| day_start_ms(&m.value)) {
+            Some(done) => crate::time::beijing_date(done + DAY_MS).max(earliest.clone()),
+            None => yesterday.clone(),
+        };
+        if day > yesterday {
+            return Ok(true);
+        }
+        let Some(found) = reconcile_funds(app, &day, 0, deadline).await? else {
+            return Ok(false);
+        };
+        report.reconciled.push(day.clone());
+        report.flows_checked += found.flows_checked;
+        report.mismatches += found.mismatch_count();
+        report.awaiting += found.orders_awaiting_flows.len();
+        report.flows_unchecked += found.flows_unchecked;
+        for (key, body) in mismatch_events(&found) {
+            if super::common::keep_evidence(app, FUNDS_MISMATCH_EVENTS, key, body).await? {
+                report.kept += 1;
+                super::common::page_a_person(app);
+            }
+        }
+        if found.mismatch_count() > 0 {
+            tracing::error!(date = %day, mismatches = found.mismatch_count(), "funds reconciliation found mismatches");
+        } else {
+            tracing::info!(date = %day, flows = found.flows_checked, "funds reconciliation clean");
+        }
+        let until = app.clock.now_secs() + MARK_TTL_SECS;
+        if !kv::put_if(store, MARK, &day, until, mark.map(|m| m.version)).await? {
+            return Ok(true);
+        }
+        if deadline.passed() {
+            return Ok(day == yesterday);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Yuan strings become fen exactly; more than two decimals, a sign, a comma, an
+    /// exponent or nothing at all is refused (a mismatch), never a panic or a rounding.
+    #[test]
+    fn amounts_are_parsed_exactly_or_refused() {
+        assert_eq!(parse_amount("19.90").unwrap().get(), 1990);
+        assert_eq!(parse_amount("0.01").unwrap().get(), 1);
+        assert_eq!(parse_amount(" 7 ").unwrap().get(), 700);
+        assert_eq!(parse_amount("0.1").unwrap().get(), 10);
+        for bad in [
+            "19.905",
+            "-1.00",
+            "+1",
+            "19,90",
+            "1e3",
+            "",
+            "abc",
+            "１９.９０",
+            "1.2.3",
+            "99999999999999999999",
+        ] {
+            let e = parse_amount(bad).unwrap_err();
+            assert!(e.contains("not yuan"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_day_is_yyyymmdd() {
+        assert!(day_start_ms("20260925").is_some());
+        assert!(day_start_ms("2026092").is_none());
+        assert!(day_start_ms("2026-09-25").is_none());
+    }
+}
