@@ -34,6 +34,21 @@ pub fn beijing_date(ms: i64) -> String {
     at(ms).format("%Y%m%d").to_string()
 }
 
+pub const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+/// China time is UTC+8 all year (no daylight saving): a China-time day is
+/// `[start, start + DAY_MS)` with `start ≡ -BEIJING_OFFSET_MS (mod DAY_MS)`.
+pub const BEIJING_OFFSET_MS: i64 = BEIJING_SECS as i64 * 1000;
+
+/// The start (epoch ms) of the China-time day `yyyyMMdd` (a bill's or the funds flows'
+/// `date`); `None` unless it is 8 digits naming a date.
+pub fn beijing_day_start_ms(date: &str) -> Option<i64> {
+    if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    parse_beijing_compact(&format!("{date}000000"))
+}
+
 /// Parses `yyyyMMddHHmmss` (Beijing time) into epoch milliseconds.
 pub fn parse_beijing_compact(s: &str) -> Option<i64> {
     // `time_end` of every payment notification: 14 digits of an ordinary date and time are
@@ -155,6 +170,19 @@ impl Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_china_day_starts_at_16_00_utc_the_day_before() {
+        // 2026-12-06 00:00 China time = 2026-12-05 16:00 UTC.
+        assert_eq!(beijing_day_start_ms("20261206"), Some(1_796_486_400_000));
+        let start = beijing_day_start_ms("20261206").unwrap_or_default();
+        assert_eq!((start + BEIJING_OFFSET_MS).rem_euclid(DAY_MS), 0);
+        assert_eq!(beijing_date(start), "20261206");
+        assert_eq!(beijing_date(start - 1), "20261205");
+        for bad in ["2026120", "202612061", "2026-12-", "20261332", "20261206\n", ""] {
+            assert_eq!(beijing_day_start_ms(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_deadline_from_the_runtime_api_keeps_the_margin() {

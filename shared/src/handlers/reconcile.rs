@@ -55,7 +55,7 @@ use crate::pay::bill::{Bill, BillRow, BillType, UnreadableRow};
 use crate::pay::client::PayError;
 use crate::store::kv;
 use crate::store::repo::{self, RefundRecord, RefundStatus};
-use crate::time::Deadline;
+use crate::time::{beijing_day_start_ms, Deadline, BEIJING_OFFSET_MS, DAY_MS, HOUR_MS};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Event source of a mismatch the schedule found.
@@ -97,15 +97,12 @@ const BILLS_KEPT_DAYS: i64 = 89;
 /// (WECHAT_PAY_V2.md §2.7).
 const BILLS_READY_HOUR: i64 = 10;
 
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 24 * HOUR_MS;
-const BEIJING_OFFSET_MS: i64 = 8 * HOUR_MS;
 
 /// The longest an order can be paid after it was created: WeChat Pay takes no payment after
 /// the order's `time_expire` (our `expires_at_ms`), which config keeps within 2 h of its
 /// creation (`ORDER_TTL_SECS` ≤ 7200); an hour more for WeChat's clock against ours. So the
 /// orders paid on a day were all created from this long before it until its end.
-const PAID_AFTER_CREATED_MAX_MS: i64 = 3 * HOUR_MS;
+pub(super) const PAID_AFTER_CREATED_MAX_MS: i64 = 3 * HOUR_MS;
 
 /// A payment that does not match.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -183,26 +180,22 @@ impl Reconciliation {
 }
 
 /// 00:00 China time of `bill_date` (`yyyyMMdd`) as epoch ms.
-fn day_start_ms(bill_date: &str) -> Option<i64> {
-    crate::time::parse_beijing_compact(&format!("{bill_date}000000"))
-}
-
 /// From when `bill_date`'s bills are complete: 10:00 China time the next day
 /// (WECHAT_PAY_V2.md §2.7). `None` for a date that is not one.
 fn bill_ready_at_ms(bill_date: &str) -> Option<i64> {
-    day_start_ms(bill_date).map(|start| start + DAY_MS + BILLS_READY_HOUR * HOUR_MS)
+    beijing_day_start_ms(bill_date).map(|start| start + DAY_MS + BILLS_READY_HOUR * HOUR_MS)
 }
 
 /// Whether WeChat Pay still serves `bill_date`'s bills at `now_ms`: not more than
 /// [`BILLS_KEPT_DAYS`] before today (China time).
 fn bill_in_reach(bill_date: &str, now_ms: i64) -> bool {
-    day_start_ms(bill_date).is_some_and(|d| d >= earliest_bill_day_ms(now_ms))
+    beijing_day_start_ms(bill_date).is_some_and(|d| d >= earliest_bill_day_ms(now_ms))
 }
 
 /// The start of the oldest day whose bills WeChat Pay still serves at `now_ms`:
 /// [`BILLS_KEPT_DAYS`] before today (China time).
 fn earliest_bill_day_ms(now_ms: i64) -> i64 {
-    day_start_ms(&crate::time::beijing_date(now_ms)).unwrap_or(now_ms) - BILLS_KEPT_DAYS * DAY_MS
+    beijing_day_start_ms(&crate::time::beijing_date(now_ms)).unwrap_or(now_ms) - BILLS_KEPT_DAYS * DAY_MS
 }
 
 /// When the refunds of `bill_date` stop waiting for a bill: a week ([`CATCH_UP_DAYS`]) after
@@ -335,7 +328,7 @@ pub async fn reconcile(
     bill_date: &str,
     deadline: Deadline,
 ) -> Result<Option<Reconciliation>, ApiError> {
-    let Some(start_ms) = day_start_ms(bill_date).filter(|_| bill_date.len() == 8) else {
+    let Some(start_ms) = beijing_day_start_ms(bill_date) else {
         return Err(ApiError::bad_request(
             "BAD_BILL_DATE",
             "bill_date must be yyyyMMdd",
@@ -429,7 +422,7 @@ async fn recheck_refunds(
     deadline: Deadline,
     give_up: bool,
 ) -> Result<Option<Reconciliation>, ApiError> {
-    let Some(start_ms) = day_start_ms(bill_date) else {
+    let Some(start_ms) = beijing_day_start_ms(bill_date) else {
         return Err(ApiError::bad_request(
             "BAD_BILL_DATE",
             "bill_date must be yyyyMMdd",
@@ -881,7 +874,7 @@ async fn reconcile_days(
     let yesterday = crate::time::beijing_date(now - DAY_MS);
     let earliest = crate::time::beijing_date(now - CATCH_UP_DAYS * DAY_MS);
     let store = app.store.as_ref();
-    let today_start = day_start_ms(&crate::time::beijing_date(now)).unwrap_or(now);
+    let today_start = beijing_day_start_ms(&crate::time::beijing_date(now)).unwrap_or(now);
     loop {
         let mark = kv::get(store, MARK).await?;
         if mark.is_none() && !repo::any_order_created_before(store, today_start).await? {
@@ -891,7 +884,7 @@ async fn reconcile_days(
             return Ok(true);
         }
         // `yyyyMMdd` orders as text.
-        let day = match mark.as_ref().and_then(|m| day_start_ms(&m.value)) {
+        let day = match mark.as_ref().and_then(|m| beijing_day_start_ms(&m.value)) {
             Some(done) => crate::time::beijing_date(done + DAY_MS).max(earliest.clone()),
             None => yesterday.clone(),
         };
@@ -1271,11 +1264,11 @@ mod tests {
     #[test]
     fn a_day_starts_at_midnight_china_time() {
         assert_eq!(
-            day_start_ms("20260925"),
+            beijing_day_start_ms("20260925"),
             crate::time::parse_beijing_datetime("2026-09-25 00:00:00")
         );
         assert_eq!(
-            crate::time::beijing_date(day_start_ms("20260925").unwrap() + DAY_MS - 1),
+            crate::time::beijing_date(beijing_day_start_ms("20260925").unwrap() + DAY_MS - 1),
             "20260925"
         );
     }
