@@ -621,3 +621,92 @@ async fn a_flow_for_an_order_we_hold_unpaid_is_a_lost_payment() {
         "{v}"
     );
 }
+
+/// A busy day — 350 flows, more than one run reads — goes through the schedule by itself:
+/// the first run reads 300 flows, keeps where it stopped (`funds_reconcile/progress`),
+/// pages nobody and leaves the mark; the next run reads the rest and, the day's flows all
+/// read, finds the order paid here whose flow WeChat never booked (paged once) while the
+/// order whose flow came in the last page is not missing; the mark moves only then, and a
+/// further run does nothing. The schedule used to read 300, keep a `flows_unchecked` event,
+/// page a person and move on: any shop with more than ~300 orders a day was paged every day
+/// and its orders never checked the other way.
+#[tokio::test]
+async fn the_schedule_goes_through_a_busy_day_across_runs() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    advance_to_china(&c, 12, 0).await;
+    for i in 0..349 {
+        c.control(
+            "funds/flow",
+            &json!({"add": {"busi_type": "提现", "income": false,
+                            "request_no": format!("W{i:04}"), "amount_fen": 1}}),
+        )
+        .await;
+    }
+    let (_, kept_no, _) = c.paid("jack", 1).await;
+    let (_, no, _) = c.paid("kate", 1).await;
+    c.control("funds/flow", &json!({"drop": no})).await;
+    let day = today(&r);
+    let store = r.app.store.as_ref();
+    let mark = || async {
+        wxshop::store::kv::get(store, "funds_reconcile/last_date")
+            .await
+            .unwrap()
+            .map(|m| m.value)
+    };
+    advance_to_china(&c, 10, 30).await;
+    let before = paged();
+
+    let report = run_schedule(&r).await;
+    let f = &report["funds"];
+    assert_eq!(f["reconciled"], json!([]), "{report}");
+    assert_eq!(f["in_progress"], day.as_str(), "{report}");
+    assert_eq!(f["next_from"], 300, "{report}");
+    assert_eq!(f["flows_checked"], 300, "{report}");
+    assert_eq!(f["kept"], 0, "{report}");
+    assert_eq!(paged() - before, 0, "nobody paged for a day read in part");
+    assert!(funds_events(&r).await.is_empty());
+    assert_eq!(
+        mark().await,
+        None,
+        "the mark waits for the day's last flows"
+    );
+
+    advance_both(&c, 5 * 60_000).await;
+    let report = run_schedule(&r).await;
+    let f = &report["funds"];
+    assert_eq!(f["reconciled"], json!([day]), "{report}");
+    assert_eq!(f["flows_checked"], 50, "{report}");
+    assert_eq!(f["flows_unchecked"], 0, "{report}");
+    assert_eq!(f["mismatches"], 1, "{report}");
+    assert_eq!(f["kept"], 1, "{report}");
+    assert_eq!(paged() - before, 1, "paged once, for the missing flow");
+    let events = funds_events(&r).await;
+    assert_eq!(events.len(), 1);
+    let missing = wxshop::store::repo::get_event(
+        store,
+        "funds_mismatch",
+        &format!("{day}/missing_flow/{no}"),
+    )
+    .await
+    .unwrap()
+    .expect("the missing flow kept for a person");
+    assert!(
+        !missing.value.body.contains(&kept_no),
+        "{}",
+        missing.value.body
+    );
+    assert_eq!(mark().await.as_deref(), Some(day.as_str()));
+    assert!(wxshop::store::kv::get(store, "funds_reconcile/progress")
+        .await
+        .unwrap()
+        .is_none());
+
+    advance_both(&c, 5 * 60_000).await;
+    let report = run_schedule(&r).await;
+    assert_eq!(report["funds"]["reconciled"], json!([]), "{report}");
+    assert_eq!(report["funds"]["flows_checked"], 0, "{report}");
+    assert_eq!(paged() - before, 1, "still paged once");
+}

@@ -42,10 +42,26 @@
 //! checked in part: `flows_unchecked` says how many were not, `next_from` where to go on
 //! (`POST /admin/orderSync {action: "reconcile", bill_date, funds_from: next_from}`), and
 //! the orders no flow read names are `orders_awaiting_flows` (only a run that read all of
-//! the day's flows can say one is missing). The schedule keeps that as a `flows_unchecked`
-//! event and pages a person once, then moves on. A WeChat error fails the run
+//! the day's flows can say one is missing). A WeChat error fails the run
 //! (`FUNDS_UNAVAILABLE`, retry shortly; `FUNDS_REFUSED`) before anything is kept; a run cut
 //! short by its deadline keeps nothing either.
+//!
+//! The schedule goes through a busy day by itself, across its runs (every 5 minutes): a
+//! shop with more than ~300 orders a day has more flows than a run reads, and used to be
+//! paged every day (`flows_unchecked`) with its orders never checked the other way. Its kv
+//! entry `funds_reconcile/progress` ([`Progress`]) holds the day, `next_from` and what the
+//! flows read so far named — the orders (for "only one flow names it" across pages, and the
+//! other-way check at the end) and the after-sales (the same "once"). Each run reads up to
+//! [`MAX_FLOWS_PER_RUN`] flows from there, keeps their mismatches as events at once (keyed
+//! by day and flow: kept once whichever run finds them) and saves the progress with a
+//! versioned write; only the run that reads the last page checks the other way
+//! (`missing_flow`) with every name read, then moves the mark and deletes the progress. A
+//! run cut short or failed saves nothing new: the next reads the same flows again. The
+//! saved names are bounded: a day past [`MAX_TRACKED_FLOWS`] flows (or whose progress would
+//! pass 200 KB, DynamoDB's item being 400 KB) is checked in part as before — one
+//! `flows_unchecked` event, paged once, saying how to go on by hand — and the mark moves
+//! on. UNVERIFIED: that WeChat lists a past day's flows in the same order from run to run;
+//! a flow listed again across a page boundary would read as a second flow for its order.
 //!
 //! By hand, `reconcile` (`POST /admin/orderSync`) adds this as its `funds` section when the
 //! shop is in fund_type 1 mode. The schedule ([`run_daily`], its own `funds` phase) does
@@ -77,6 +93,21 @@ pub const MAX_FLOWS_PER_RUN: usize = 300;
 /// The kv mark: the last `date` the schedule reconciled the funds of.
 const MARK: &str = "funds_reconcile/last_date";
 const MARK_TTL_SECS: i64 = 90 * 24 * 3600;
+
+/// The kv entry of a day the schedule reads across runs ([`Progress`]).
+const PROGRESS: &str = "funds_reconcile/progress";
+/// A day's progress outlives the week the schedule goes back for missed days.
+const PROGRESS_TTL_SECS: i64 = (CATCH_UP_DAYS + 1) * 24 * 3600;
+
+/// The most flows of a day the schedule goes through across runs: past it the day is
+/// checked in part, as by hand (one `flows_unchecked` event, a person pages on). Each flow
+/// read names at most one order (≤ 32 characters) or after-sale (≤ 64) kept in
+/// [`Progress`]: 5,000 of our order numbers (28 characters) are ~170 KB, well under
+/// DynamoDB's 400 KB item.
+pub const MAX_TRACKED_FLOWS: usize = 5_000;
+/// The largest [`Progress`] kept (its JSON): past it (long after-sale numbers) the day is
+/// checked in part as past [`MAX_TRACKED_FLOWS`].
+const PROGRESS_MAX_BYTES: usize = 200_000;
 
 /// Days the schedule goes back to do ones it missed (as the bills: a week).
 const CATCH_UP_DAYS: i64 = 7;
@@ -246,9 +277,10 @@ struct Run<'a> {
     day_orders: Vec<Order>,
     /// `day_orders` by our number and by WeChat's order id (both as text).
     day_index: HashMap<String, usize>,
-    /// Orders named by an income flow: `out_trade_no` → the flow's id.
+    /// Orders named by an income flow: `out_trade_no` → the flow's id (empty: a flow read
+    /// by an earlier run of the day, [`Progress`]).
     orders_seen: HashMap<String, String>,
-    /// After-sales matched by an expense flow: after-sale id → the flow's id.
+    /// After-sales matched by an expense flow: after-sale id → the flow's id (as above).
     aftersales_seen: HashMap<String, String>,
     out: FundsReconciliation,
 }
@@ -320,7 +352,10 @@ impl Run<'_> {
                 "order_flow",
                 f,
                 Some(ours),
-                format!("a second income flow for this order (the first: {other})"),
+                format!(
+                    "a second income flow for this order (the first: {})",
+                    Self::earlier(&other)
+                ),
             );
             return Ok(());
         }
@@ -472,8 +507,9 @@ impl Run<'_> {
                 f,
                 ours,
                 format!(
-                    "a second expense flow for after-sale {} (the first: {other})",
-                    a.id
+                    "a second expense flow for after-sale {} (the first: {})",
+                    a.id,
+                    Self::earlier(&other)
                 ),
             );
             return Ok(());
@@ -511,6 +547,14 @@ impl Run<'_> {
             self.mismatch("aftersale_flow", f, ours, p);
         }
         Ok(())
+    }
+
+    fn earlier(flow_id: &str) -> &str {
+        if flow_id.is_empty() {
+            "read by an earlier run of the day"
+        } else {
+            flow_id
+        }
     }
 
     async fn check(&mut self, f: FundsFlowText) -> Result<(), ApiError> {
@@ -555,6 +599,35 @@ pub async fn reconcile_funds(
     from: usize,
     deadline: Deadline,
 ) -> Result<Option<FundsReconciliation>, ApiError> {
+    Ok(reconcile_part(app, date, from, None, deadline)
+        .await?
+        .map(|(found, _)| found))
+}
+
+/// What the schedule keeps of a day it reads across runs (kv [`PROGRESS`]): where the next
+/// run goes on, and what the flows read so far named — the orders (for "only one flow names
+/// it" and, after the last page, the other way: paid here, no flow) and the after-sales
+/// (the same "once", and which of an order's refunded after-sales a flow naming the order
+/// can still be). Names only, not the flows' ids: a second flow naming one reads "the
+/// first: read by an earlier run of the day".
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Progress {
+    date: String,
+    next_from: usize,
+    orders: Vec<String>,
+    aftersales: Vec<String>,
+}
+
+/// [`reconcile_funds`], going on from `earlier` (the flows before `from` read by earlier
+/// runs: then a run that reads to the end has read all of the day's); also what the flows
+/// read so far (`earlier`'s and this run's) named, for the next run.
+async fn reconcile_part(
+    app: &App,
+    date: &str,
+    from: usize,
+    earlier: Option<&Progress>,
+    deadline: Deadline,
+) -> Result<Option<(FundsReconciliation, Progress)>, ApiError> {
     let Some(start_ms) = day_start_ms(date) else {
         return Err(ApiError::bad_request(
             "BAD_BILL_DATE",
@@ -584,8 +657,22 @@ pub async fn reconcile_funds(
         app,
         day_orders,
         day_index,
-        orders_seen: HashMap::new(),
-        aftersales_seen: HashMap::new(),
+        orders_seen: earlier
+            .map(|p| {
+                p.orders
+                    .iter()
+                    .map(|o| (o.clone(), String::new()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        aftersales_seen: earlier
+            .map(|p| {
+                p.aftersales
+                    .iter()
+                    .map(|a| (a.clone(), String::new()))
+                    .collect()
+            })
+            .unwrap_or_default(),
         out: FundsReconciliation {
             date: date.to_owned(),
             flows_from: from,
@@ -640,10 +727,11 @@ pub async fn reconcile_funds(
     }
     let now = app.clock.now_ms();
     let ready_at = ready_at_ms(start_ms);
-    let all_read = from == 0 && run.out.next_from.is_none();
+    let all_read = (from == 0 || earlier.is_some()) && run.out.next_from.is_none();
     let Run {
         day_orders,
         orders_seen,
+        aftersales_seen,
         mut out,
         ..
     } = run;
@@ -687,7 +775,13 @@ pub async fn reconcile_funds(
             out.mismatches.push(m);
         }
     }
-    Ok(Some(out))
+    let seen = Progress {
+        date: date.to_owned(),
+        next_from: out.next_from.unwrap_or(total),
+        orders: orders_seen.into_keys().collect(),
+        aftersales: aftersales_seen.into_keys().collect(),
+    };
+    Ok(Some((out, seen)))
 }
 
 /// The `funds` section of `reconcile` by hand: `None` when the shop is not in fund_type 1
@@ -710,15 +804,24 @@ pub async fn for_admin(
 /// What the schedule's funds phase did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct DailyReport {
-    /// The days (`yyyyMMdd`) whose funds were reconciled in this run, oldest first.
+    /// The days (`yyyyMMdd`) whose funds were reconciled in this run, oldest first (a day
+    /// read across runs: by the run that read its last flows).
     pub reconciled: Vec<String>,
+    /// The day whose flows this run read in part, the next run going on from `next_from`
+    /// (kv `funds_reconcile/progress`); nothing of it paged but the mismatches of the flows
+    /// read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_from: Option<usize>,
     pub flows_checked: usize,
     pub mismatches: usize,
     /// Mismatches (and days checked in part) kept as new `funds_mismatch` events, and paged.
     pub kept: usize,
-    /// Orders awaiting flows not read (a day past the cap).
+    /// Orders awaiting flows not read (a day past [`MAX_TRACKED_FLOWS`]).
     pub awaiting: usize,
-    /// Flows of the days reconciled past the cap, not read: a person goes on by hand.
+    /// Flows of the days reconciled past [`MAX_TRACKED_FLOWS`], not read: a person goes on
+    /// by hand.
     pub flows_unchecked: usize,
 }
 
@@ -728,8 +831,8 @@ const WHAT_TO_DO: &str = "WeChat's funds account and our records disagree: compa
 automatically";
 
 /// (key, body) of an event per mismatch (keyed by day and flow, or order), and one for a
-/// day checked in part.
-fn mismatch_events(r: &FundsReconciliation) -> Vec<(String, String)> {
+/// day checked in part unless `going_on` (the schedule reads the rest itself).
+fn mismatch_events(r: &FundsReconciliation, going_on: bool) -> Vec<(String, String)> {
     let d = &r.date;
     let mut out = Vec::new();
     for m in &r.mismatches {
@@ -743,13 +846,13 @@ fn mismatch_events(r: &FundsReconciliation) -> Vec<(String, String)> {
         });
         out.push((format!("{d}/{}/{id}", m.kind), body.to_string()));
     }
-    if let Some(next) = r.next_from {
+    if let Some(next) = r.next_from.filter(|_| !going_on) {
         let body = serde_json::json!({
             "date": d, "kind": "flows_unchecked", "flows_total": r.flows_total,
             "flows_unchecked": r.flows_unchecked,
             "what_to_do": format!(
-                "the day has more funds flows than one run reads ({MAX_FLOWS_PER_RUN}): \
-                 reconcile the rest by hand, POST /admin/orderSync {{\"action\": \
+                "the day has more funds flows than the schedule goes through \
+                 ({MAX_TRACKED_FLOWS}): reconcile the rest by hand, POST /admin/orderSync {{\"action\": \
                  \"reconcile\", \"bill_date\": \"{d}\", \"funds_from\": {next}}} and on \
                  with each next_from"
             ),
@@ -763,8 +866,14 @@ fn mismatch_events(r: &FundsReconciliation) -> Vec<(String, String)> {
 /// each day since its mark up to yesterday (at most [`CATCH_UP_DAYS`] back; without a mark,
 /// yesterday — or none, when the store holds no order before today), oldest first; each
 /// mismatch kept as a `funds_mismatch` event and paged once; the mark moved after a day's
-/// events were kept. A day cut short by `deadline` (`false`) or failed is done again by the
-/// next run (its events kept once: by day and flow).
+/// events were kept. A day with more flows than a run reads ([`MAX_FLOWS_PER_RUN`]) is read
+/// across runs: each run reads the next flows from its kv [`Progress`], keeps their
+/// mismatches at once and saves where it stopped and what they named (a versioned write);
+/// the run that reads the last flows checks the other way (paid here, no flow) with every
+/// name read, moves the mark and drops the progress. A day past [`MAX_TRACKED_FLOWS`] is
+/// checked in part (one `flows_unchecked` event, paged). A day cut short by `deadline`
+/// (`false`) or failed keeps no progress: the next run reads the same flows again (their
+/// events kept once: by day and flow).
 pub async fn run_daily(
     app: &App,
     deadline: Deadline,
@@ -795,15 +904,31 @@ pub async fn run_daily(
         if day > yesterday {
             return Ok(true);
         }
-        let Some(found) = reconcile_funds(app, &day, 0, deadline).await? else {
+        let progress = kv::get(store, PROGRESS).await?;
+        // Another day's progress (its day done meanwhile, or past the week) is overwritten.
+        let earlier = progress
+            .as_ref()
+            .and_then(|p| serde_json::from_str::<Progress>(&p.value).ok())
+            .filter(|p| p.date == day);
+        let from = earlier.as_ref().map_or(0, |p| p.next_from);
+        let Some((found, seen)) =
+            reconcile_part(app, &day, from, earlier.as_ref(), deadline).await?
+        else {
             return Ok(false);
         };
-        report.reconciled.push(day.clone());
+        let going_on = found
+            .next_from
+            .filter(|_| found.flows_total <= MAX_TRACKED_FLOWS)
+            .and_then(|_| serde_json::to_string(&seen).ok())
+            .filter(|text| text.len() <= PROGRESS_MAX_BYTES);
         report.flows_checked += found.flows_checked;
         report.mismatches += found.mismatch_count();
-        report.awaiting += found.orders_awaiting_flows.len();
-        report.flows_unchecked += found.flows_unchecked;
-        for (key, body) in mismatch_events(&found) {
+        if going_on.is_none() {
+            report.reconciled.push(day.clone());
+            report.awaiting += found.orders_awaiting_flows.len();
+            report.flows_unchecked += found.flows_unchecked;
+        }
+        for (key, body) in mismatch_events(&found, going_on.is_some()) {
             if super::common::keep_evidence(app, FUNDS_MISMATCH_EVENTS, key, body).await? {
                 report.kept += 1;
                 super::common::page_a_person(app);
@@ -811,12 +936,25 @@ pub async fn run_daily(
         }
         if found.mismatch_count() > 0 {
             tracing::error!(date = %day, mismatches = found.mismatch_count(), "funds reconciliation found mismatches");
-        } else {
+        }
+        if let Some(text) = going_on {
+            // The rest of the day is the next run's: this one has read its share.
+            let until = app.clock.now_secs() + PROGRESS_TTL_SECS;
+            kv::put_if(store, PROGRESS, &text, until, progress.map(|p| p.version)).await?;
+            tracing::info!(date = %day, flows = found.flows_checked, next_from = seen.next_from, "funds reconciliation goes on next run");
+            report.in_progress = Some(day);
+            report.next_from = Some(seen.next_from);
+            return Ok(true);
+        }
+        if found.mismatch_count() == 0 {
             tracing::info!(date = %day, flows = found.flows_checked, "funds reconciliation clean");
         }
         let until = app.clock.now_secs() + MARK_TTL_SECS;
         if !kv::put_if(store, MARK, &day, until, mark.map(|m| m.version)).await? {
             return Ok(true);
+        }
+        if let Some(p) = progress {
+            kv::delete_if(store, PROGRESS, p.version).await?;
         }
         if deadline.passed() {
             return Ok(day == yesterday);
@@ -852,6 +990,53 @@ mod tests {
             let e = parse_amount(bad).unwrap_err();
             assert!(e.contains("not yuan"), "{bad}: {e}");
         }
+    }
+
+    /// The progress of a day at [`MAX_TRACKED_FLOWS`], each flow naming one of our order
+    /// numbers, fits the bound kept — and, written as a kv string, stays well under
+    /// DynamoDB's 400 KB item.
+    #[test]
+    fn the_progress_of_the_largest_day_tracked_fits_an_item() {
+        let p = Progress {
+            date: "20260925".into(),
+            next_from: MAX_TRACKED_FLOWS,
+            orders: (0..MAX_TRACKED_FLOWS)
+                .map(|i| {
+                    OutTradeNo::generate(1_790_000_000_000 + i64::try_from(i).unwrap())
+                        .as_str()
+                        .to_owned()
+                })
+                .collect(),
+            aftersales: vec![],
+        };
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(text.len() <= PROGRESS_MAX_BYTES, "{}", text.len());
+        let as_stored = serde_json::to_string(&text).unwrap();
+        assert!(as_stored.len() < 300_000, "{}", as_stored.len());
+        assert_eq!(serde_json::from_str::<Progress>(&text).unwrap(), p);
+    }
+
+    /// A day the schedule goes on with keeps no `flows_unchecked` event (nobody paged for
+    /// it); one past the bound does, saying where to go on by hand.
+    #[test]
+    fn a_day_going_on_keeps_no_flows_unchecked_event() {
+        let r = FundsReconciliation {
+            date: "20260925".into(),
+            flows_total: 350,
+            flows_checked: 300,
+            flows_unchecked: 50,
+            next_from: Some(300),
+            ..FundsReconciliation::default()
+        };
+        assert!(mismatch_events(&r, true).is_empty());
+        let kept = mismatch_events(&r, false);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0, "20260925/flows_unchecked");
+        assert!(
+            kept[0].1.contains("\\\"funds_from\\\": 300"),
+            "{}",
+            kept[0].1
+        );
     }
 
     #[test]
