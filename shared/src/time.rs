@@ -179,7 +179,14 @@ mod tests {
         assert_eq!((start + BEIJING_OFFSET_MS).rem_euclid(DAY_MS), 0);
         assert_eq!(beijing_date(start), "20261206");
         assert_eq!(beijing_date(start - 1), "20261205");
-        for bad in ["2026120", "202612061", "2026-12-", "20261332", "20261206\n", ""] {
+        for bad in [
+            "2026120",
+            "202612061",
+            "2026-12-",
+            "20261332",
+            "20261206\n",
+            "",
+        ] {
             assert_eq!(beijing_day_start_ms(bad), None, "{bad:?}");
         }
     }

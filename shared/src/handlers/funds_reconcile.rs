@@ -77,7 +77,7 @@ use crate::http::ApiError;
 use crate::shop::funds::FundsFlowText;
 use crate::shop::{AfterSaleKey, WxError};
 use crate::store::{kv, repo};
-use crate::time::Deadline;
+use crate::time::{beijing_day_start_ms, Deadline, BEIJING_OFFSET_MS, DAY_MS, HOUR_MS};
 use std::collections::{HashMap, HashSet};
 
 /// Event source of a funds mismatch the schedule found.
@@ -116,14 +116,9 @@ const CATCH_UP_DAYS: i64 = 7;
 /// are (UNVERIFIED for the funds account).
 const READY_HOUR: i64 = 10;
 
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 24 * HOUR_MS;
-const BEIJING_OFFSET_MS: i64 = 8 * HOUR_MS;
-
-/// An order is paid within 2 h of its creation (`ORDER_TTL_SECS` ≤ 7200 is its
-/// `expire_time` at WeChat), an hour more for the clocks: the orders paid on a day were
-/// created from this long before it until its end.
-const PAID_AFTER_CREATED_MAX_MS: i64 = 3 * HOUR_MS;
+// The orders paid on a day were created from this long before it until its end, as the
+// bills' reconciliation reads them.
+use super::reconcile::PAID_AFTER_CREATED_MAX_MS;
 
 const ORDER: &str = "订单";
 const AFTERSALE: &str = "售后";
@@ -192,13 +187,6 @@ impl FundsReconciliation {
     pub fn mismatch_count(&self) -> usize {
         self.mismatches.len()
     }
-}
-
-fn day_start_ms(date: &str) -> Option<i64> {
-    if date.len() != 8 {
-        return None;
-    }
-    crate::time::parse_beijing_compact(&format!("{date}000000"))
 }
 
 fn ready_at_ms(start_ms: i64) -> i64 {
@@ -628,7 +616,7 @@ async fn reconcile_part(
     earlier: Option<&Progress>,
     deadline: Deadline,
 ) -> Result<Option<(FundsReconciliation, Progress)>, ApiError> {
-    let Some(start_ms) = day_start_ms(date) else {
+    let Some(start_ms) = beijing_day_start_ms(date) else {
         return Err(ApiError::bad_request(
             "BAD_BILL_DATE",
             "bill_date must be yyyyMMdd",
@@ -889,7 +877,7 @@ pub async fn run_daily(
     let store = app.store.as_ref();
     let yesterday = crate::time::beijing_date(now - DAY_MS);
     let earliest = crate::time::beijing_date(now - CATCH_UP_DAYS * DAY_MS);
-    let today_start = day_start_ms(&crate::time::beijing_date(now)).unwrap_or(now);
+    let today_start = beijing_day_start_ms(&crate::time::beijing_date(now)).unwrap_or(now);
     loop {
         let mark = kv::get(store, MARK).await?;
         if mark.is_none() && !repo::any_order_created_before(store, today_start).await? {
@@ -897,7 +885,7 @@ pub async fn run_daily(
             kv::put_if(store, MARK, &yesterday, until, None).await?;
             return Ok(true);
         }
-        let day = match mark.as_ref().and_then(|m| day_start_ms(&m.value)) {
+        let day = match mark.as_ref().and_then(|m| beijing_day_start_ms(&m.value)) {
             Some(done) => crate::time::beijing_date(done + DAY_MS).max(earliest.clone()),
             None => yesterday.clone(),
         };
@@ -1037,12 +1025,5 @@ mod tests {
             "{}",
             kept[0].1
         );
-    }
-
-    #[test]
-    fn a_day_is_yyyymmdd() {
-        assert!(day_start_ms("20260925").is_some());
-        assert!(day_start_ms("2026092").is_none());
-        assert!(day_start_ms("2026-09-25").is_none());
     }
 }

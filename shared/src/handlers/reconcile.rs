@@ -97,7 +97,6 @@ const BILLS_KEPT_DAYS: i64 = 89;
 /// (WECHAT_PAY_V2.md §2.7).
 const BILLS_READY_HOUR: i64 = 10;
 
-
 /// The longest an order can be paid after it was created: WeChat Pay takes no payment after
 /// the order's `time_expire` (our `expires_at_ms`), which config keeps within 2 h of its
 /// creation (`ORDER_TTL_SECS` ≤ 7200); an hour more for WeChat's clock against ours. So the
@@ -195,7 +194,8 @@ fn bill_in_reach(bill_date: &str, now_ms: i64) -> bool {
 /// The start of the oldest day whose bills WeChat Pay still serves at `now_ms`:
 /// [`BILLS_KEPT_DAYS`] before today (China time).
 fn earliest_bill_day_ms(now_ms: i64) -> i64 {
-    beijing_day_start_ms(&crate::time::beijing_date(now_ms)).unwrap_or(now_ms) - BILLS_KEPT_DAYS * DAY_MS
+    beijing_day_start_ms(&crate::time::beijing_date(now_ms)).unwrap_or(now_ms)
+        - BILLS_KEPT_DAYS * DAY_MS
 }
 
 /// When the refunds of `bill_date` stop waiting for a bill: a week ([`CATCH_UP_DAYS`]) after
