@@ -497,6 +497,19 @@ async fn a_wechat_error_fails_the_run_and_keeps_nothing() {
     assert_eq!(funds_events(&r).await.len(), 2);
 }
 
+/// Books `n` withdrawal flows of 1 fen today (`W0000`, `W0001`, …): flows that are no
+/// order's, to fill a day past what one run reads.
+async fn book_withdrawal_flows(c: &Client<'_>, n: usize) {
+    for i in 0..n {
+        c.control(
+            "funds/flow",
+            &json!({"add": {"busi_type": "提现", "income": false,
+                            "request_no": format!("W{i:04}"), "amount_fen": 1}}),
+        )
+        .await;
+    }
+}
+
 /// A day with more flows than one run reads: the first 300 are checked, the rest reported
 /// (`flows_unchecked`, `next_from`), and a paid order none of the flows read names is
 /// awaiting, not missing; asked from `next_from`, the rest are checked.
@@ -505,14 +518,7 @@ async fn a_day_past_the_cap_is_checked_in_part_and_goes_on_by_hand() {
     let r = stack().await;
     let c = Client::new(&r);
     advance_to_china(&c, 12, 0).await;
-    for i in 0..300 {
-        c.control(
-            "funds/flow",
-            &json!({"add": {"busi_type": "提现", "income": false,
-                            "request_no": format!("W{i:04}"), "amount_fen": 1}}),
-        )
-        .await;
-    }
+    book_withdrawal_flows(&c, 300).await;
     let (_, no, _) = c.paid("hank", 1).await;
     let day = today(&r);
     advance_to_china(&c, 10, 30).await;
@@ -637,14 +643,7 @@ async fn the_schedule_goes_through_a_busy_day_across_runs() {
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     advance_to_china(&c, 12, 0).await;
-    for i in 0..349 {
-        c.control(
-            "funds/flow",
-            &json!({"add": {"busi_type": "提现", "income": false,
-                            "request_no": format!("W{i:04}"), "amount_fen": 1}}),
-        )
-        .await;
-    }
+    book_withdrawal_flows(&c, 349).await;
     let (_, kept_no, _) = c.paid("jack", 1).await;
     let (_, no, _) = c.paid("kate", 1).await;
     c.control("funds/flow", &json!({"drop": no})).await;

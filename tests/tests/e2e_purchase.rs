@@ -4991,7 +4991,12 @@ fn bills_asked_for(r: &Running, bill_date: &str) -> usize {
 
 /// The days noted in `kv` `reconcile/refunds_awaiting_bill`.
 async fn days_awaiting_a_bill(r: &Running) -> Vec<String> {
-    let entry = wxshop::store::kv::get(r.app.store.as_ref(), "reconcile/refunds_awaiting_bill")
+    days_noted_in(r, "reconcile/refunds_awaiting_bill").await
+}
+
+/// The days (keys) of the `kv` entry `key`, a JSON object `{bill_date: epoch ms}`.
+async fn days_noted_in(r: &Running, key: &str) -> Vec<String> {
+    let entry = wxshop::store::kv::get(r.app.store.as_ref(), key)
         .await
         .unwrap();
     entry.map_or_else(Vec::new, |e| {
@@ -5176,15 +5181,7 @@ async fn a_bill_past_three_months_is_skipped_and_named_not_failing_the_run() {
 
 /// The days noted in `kv` `reconcile/days_awaiting_bill` (their own bills still being made).
 async fn days_awaiting_their_bill(r: &Running) -> Vec<String> {
-    let entry = wxshop::store::kv::get(r.app.store.as_ref(), "reconcile/days_awaiting_bill")
-        .await
-        .unwrap();
-    entry.map_or_else(Vec::new, |e| {
-        serde_json::from_str::<std::collections::BTreeMap<String, i64>>(&e.value)
-            .unwrap()
-            .into_keys()
-            .collect()
-    })
+    days_noted_in(r, "reconcile/days_awaiting_bill").await
 }
 
 /// Yesterday's own bills still being made (`Bill Creating`) when the schedule comes to

@@ -23,7 +23,7 @@
 //!   after-sale of that order with that amount not matched by another flow);
 //! * the other way: every fund_type 1 order we recorded paid that day has its income flow.
 //!   Read through the status index by creation time (an order is paid within
-//!   [`PAID_AFTER_CREATED_MAX_MS`] of its creation), never a scan of every order. Until
+//!   [`super::reconcile::PAID_AFTER_CREATED_MAX_MS`] of its creation), never a scan of every order. Until
 //!   10:00 China time of the next day (asked for by hand the same day) such an order is
 //!   `orders_awaiting_flows`, not missing — the same rule as the bills (UNVERIFIED when
 //!   WeChat has booked the whole of a day). An order is of the day we recorded it paid: one
@@ -70,9 +70,7 @@
 //! (`MoneyNeedsAPerson`) once per new one, as [`super::reconcile`] does for the bills.
 
 use crate::app::App;
-use crate::domain::{
-    AfterSale, AfterSaleId, AfterSaleStatus, Fen, FundType, Order, OrderStatus, OutTradeNo,
-};
+use crate::domain::{AfterSale, AfterSaleId, AfterSaleStatus, Fen, FundType, Order, OutTradeNo};
 use crate::http::ApiError;
 use crate::shop::funds::FundsFlowText;
 use crate::shop::{AfterSaleKey, WxError};
@@ -115,10 +113,6 @@ const CATCH_UP_DAYS: i64 = 7;
 /// A day's flows are taken as complete from 10:00 China time of the next day, as its bills
 /// are (UNVERIFIED for the funds account).
 const READY_HOUR: i64 = 10;
-
-// The orders paid on a day were created from this long before it until its end, as the
-// bills' reconciliation reads them.
-use super::reconcile::PAID_AFTER_CREATED_MAX_MS;
 
 const ORDER: &str = "订单";
 const AFTERSALE: &str = "售后";
@@ -222,41 +216,23 @@ fn parse_amount(text: &str) -> Result<Fen, String> {
     })
 }
 
-/// The fund_type 1 orders we recorded paid on the day starting at `start_ms`, through the
-/// status index. `None` when `deadline` passed first.
+/// The fund_type 1 orders we recorded paid on the day starting at `start_ms`
+/// ([`super::reconcile::each_paid_on_day`]). `None` when `deadline` passed first.
 async fn paid_on_day(
     app: &App,
     start_ms: i64,
     deadline: Deadline,
 ) -> Result<Option<Vec<Order>>, ApiError> {
-    let end_ms = start_ms + DAY_MS;
     let mut out = Vec::new();
-    for status in OrderStatus::ALL.into_iter().filter(|s| s.is_paid()) {
-        let mut cursor = None;
-        loop {
-            if deadline.passed() {
-                return Ok(None);
-            }
-            let (orders, next) = repo::orders_created_between(
-                app.store.as_ref(),
-                status,
-                start_ms - PAID_AFTER_CREATED_MAX_MS,
-                end_ms - 1,
-                cursor,
-            )
-            .await?;
-            out.extend(orders.into_iter().filter(|o| {
-                o.fund_type == FundType::SecondaryMerchant
-                    && o.paid_at_ms
-                        .is_some_and(|t| (start_ms..end_ms).contains(&t))
-            }));
-            match next {
-                Some(n) => cursor = Some(n),
-                None => break,
-            }
-        }
-    }
-    Ok(Some(out))
+    let complete = super::reconcile::each_paid_on_day(
+        app,
+        FundType::SecondaryMerchant,
+        start_ms,
+        deadline,
+        |o| out.push(o),
+    )
+    .await?;
+    Ok(complete.then_some(out))
 }
 
 /// One run's state: the day's orders of ours, and what the flows read so far claimed.

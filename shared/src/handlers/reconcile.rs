@@ -534,7 +534,6 @@ async fn missing_from_bill(
     deadline: Deadline,
     out: &mut Reconciliation,
 ) -> Result<bool, ApiError> {
-    let end_ms = start_ms + DAY_MS;
     // A line that could not be read still names its order when it split into columns: that
     // order is reported once, as the unreadable line.
     let billed: HashSet<&str> = success
@@ -548,6 +547,48 @@ async fn missing_from_bill(
                 .filter_map(|u| u.out_trade_no.as_deref()),
         )
         .collect();
+    let complete = each_paid_on_day(app, FundType::Direct, start_ms, deadline, |o| {
+        out.paid_here_checked += 1;
+        if billed.contains(o.out_trade_no.as_str()) {
+            return;
+        }
+        let out_trade_no = o.out_trade_no.as_str().to_owned();
+        if let Some(at) = final_at {
+            let problem = format!(
+                "not in the SUCCESS bill of {} so far: WeChat Pay issues it complete from {} \
+                 China time; ask again then",
+                out.bill_date,
+                crate::time::beijing_datetime(at)
+            );
+            out.payments_awaiting_bill.push(PaymentMismatch {
+                out_trade_no,
+                problem,
+            });
+            return;
+        }
+        tracing::error!(bill_date = %out.bill_date, out_trade_no = %o.out_trade_no, "paid here, not in the bill");
+        out.missing_from_bill.push(PaymentMismatch {
+            out_trade_no,
+            problem: "paid here, not in the bill".to_owned(),
+        });
+    })
+    .await?;
+    Ok(complete)
+}
+
+/// Hands `visit` each order of `fund_type` we recorded paid within the China-time day
+/// starting at `start_ms`, once: read through the status index by creation time (an order is
+/// paid within [`PAID_AFTER_CREATED_MAX_MS`] of its creation), never a scan of every order.
+/// The bills' and the funds flows' other-way checks both walk it. `false` when `deadline`
+/// passed first.
+pub(super) async fn each_paid_on_day(
+    app: &App,
+    fund_type: FundType,
+    start_ms: i64,
+    deadline: Deadline,
+    mut visit: impl FnMut(Order),
+) -> Result<bool, ApiError> {
+    let end_ms = start_ms + DAY_MS;
     for status in OrderStatus::ALL.into_iter().filter(|s| s.is_paid()) {
         let mut cursor = None;
         loop {
@@ -561,33 +602,15 @@ async fn missing_from_bill(
                 end_ms - 1,
                 cursor,
             )
-            .await
-            .map_err(ApiError::from)?;
-            for o in orders.iter().filter(|o| paid_within(o, start_ms, end_ms)) {
-                out.paid_here_checked += 1;
-                if billed.contains(o.out_trade_no.as_str()) {
-                    continue;
-                }
-                let out_trade_no = o.out_trade_no.as_str().to_owned();
-                if let Some(at) = final_at {
-                    let problem = format!(
-                        "not in the SUCCESS bill of {} so far: WeChat Pay issues it \
-                         complete from {} China time; ask again then",
-                        out.bill_date,
-                        crate::time::beijing_datetime(at)
-                    );
-                    out.payments_awaiting_bill.push(PaymentMismatch {
-                        out_trade_no,
-                        problem,
-                    });
-                    continue;
-                }
-                tracing::error!(bill_date = %out.bill_date, out_trade_no = %o.out_trade_no, "paid here, not in the bill");
-                out.missing_from_bill.push(PaymentMismatch {
-                    out_trade_no,
-                    problem: "paid here, not in the bill".to_owned(),
-                });
-            }
+            .await?;
+            orders
+                .into_iter()
+                .filter(|o| {
+                    o.fund_type == fund_type
+                        && o.paid_at_ms
+                            .is_some_and(|t| (start_ms..end_ms).contains(&t))
+                })
+                .for_each(&mut visit);
             match next {
                 Some(n) => cursor = Some(n),
                 None => break,
@@ -595,12 +618,6 @@ async fn missing_from_bill(
         }
     }
     Ok(true)
-}
-
-fn paid_within(o: &Order, start_ms: i64, end_ms: i64) -> bool {
-    o.fund_type == FundType::Direct
-        && o.paid_at_ms
-            .is_some_and(|t| (start_ms..end_ms).contains(&t))
 }
 
 /// The days (`yyyyMMdd`, China time) whose REFUND bill may list `r`: the day WeChat says it
