@@ -2093,7 +2093,8 @@ pub(super) async fn catch_up_order(app: &App, no: &OutTradeNo) -> Result<CaughtU
         }
     }
     applied += news.imported + news.recorded;
-    for a in aftersales_of(app, &order).await? {
+    let ours = aftersales_of(app, &order).await?;
+    for a in &ours {
         let read_back = match a.status {
             AfterSaleStatus::Requested
             | AfterSaleStatus::AwaitingReturn
@@ -2101,12 +2102,17 @@ pub(super) async fn catch_up_order(app: &App, no: &OutTradeNo) -> Result<CaughtU
             AfterSaleStatus::Rejected | AfterSaleStatus::Refunding => secondary,
             _ => false,
         };
-        if read_back && wechat_state_of(app, &a, secondary).await? != Applied::Nothing {
+        if read_back && wechat_state_of(app, a, secondary).await? != Applied::Nothing {
             applied += 1;
         }
     }
-    let in_flight = aftersales_of(app, &order)
-        .await?
+    // Read again only when something was applied: otherwise nothing of ours moved.
+    let ours = if applied > 0 {
+        aftersales_of(app, &order).await?
+    } else {
+        ours
+    };
+    let in_flight = ours
         .iter()
         .filter(|a| a.status == AfterSaleStatus::Refunding)
         .map(|a| a.amount.get())
