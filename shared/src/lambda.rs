@@ -29,7 +29,7 @@
 
 use crate::app::{open_store, App, StartupError};
 use crate::config::Config;
-use crate::handlers::{self, Caller, Function, FunctionEntry, Route};
+use crate::handlers::{self, entry, Caller, Function, FunctionEntry, Route};
 use crate::http::ApiError;
 use crate::time::Clock;
 use aws_lambda_events::event::apigw::ApiGatewayV2httpRequest;
@@ -51,7 +51,7 @@ pub const SECRET_ARN_VAR: &str = "WXSHOP_SECRET_ARN";
 ///
 /// Returns an error (and the binary exits non-zero) only when the cold start fails — after the
 /// failure has been reported to the Runtime API — or when the runtime loop itself fails.
-pub async fn run<F: FunctionEntry>() -> Result<(), Error> {
+pub async fn run<F: LambdaFunction>() -> Result<(), Error> {
     let function = F::FUNCTION;
     init_logging();
     let started = Instant::now();
@@ -78,18 +78,50 @@ pub async fn run<F: FunctionEntry>() -> Result<(), Error> {
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<Value>| async move {
             let span = invocation_span(function, &event.context.request_id);
-            if matches!(F::FUNCTION, Function::OrderSync) {
-                order_sync_event::<F>(app, event.payload, event.context.deadline)
-                    .instrument(span)
-                    .await
-            } else {
-                http_function_event::<F>(app, event.payload)
-                    .instrument(span)
-                    .await
-            }
+            F::lambda_event(app, event.payload, event.context.deadline)
+                .instrument(span)
+                .await
         },
     ))
     .await
+}
+
+/// How a function's Lambda takes its event (`deadline_ms`: the invocation's deadline, epoch
+/// ms): an API Gateway HTTP event, except for `orderSync`, which also takes its schedule and
+/// the outbox stream.
+///
+/// A method of each function's type, not a branch on [`FunctionEntry::FUNCTION`]: with the
+/// branch (on a constant) every binary still carried orderSync's whole schedule — the sweeps,
+/// both reconciliations, the relay — because the never-taken branch's state stayed in the
+/// invocation's future, and its code with it (docs/PERFORMANCE.md, "The schedule in every
+/// binary").
+pub trait LambdaFunction: FunctionEntry + Sized {
+    fn lambda_event(
+        app: &App,
+        payload: Value,
+        deadline_ms: u64,
+    ) -> impl std::future::Future<Output = Result<Value, InvocationError>> + Send {
+        let _ = deadline_ms;
+        http_function_event::<Self>(app, payload)
+    }
+}
+
+impl LambdaFunction for entry::Login {}
+impl LambdaFunction for entry::UnifiedOrder {}
+impl LambdaFunction for entry::QueryOrder {}
+impl LambdaFunction for entry::PayCallback {}
+impl LambdaFunction for entry::AuditCallback {}
+impl LambdaFunction for entry::AftersaleSync {}
+impl LambdaFunction for entry::CatalogSync {}
+impl LambdaFunction for entry::Funds {}
+impl LambdaFunction for entry::OrderSync {
+    fn lambda_event(
+        app: &App,
+        payload: Value,
+        deadline_ms: u64,
+    ) -> impl std::future::Future<Output = Result<Value, InvocationError>> + Send {
+        order_sync_event::<Self>(app, payload, deadline_ms)
+    }
 }
 
 /// An API Gateway HTTP API (payload 2.0) event for `function`: request → handler → response.
