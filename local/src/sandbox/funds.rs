@@ -661,11 +661,11 @@ pub(crate) fn expire_qrcodes(sb: &Sandbox) {
     let due = {
         let mut st = sb.st();
         // Read first: a borrow that changes nothing is not a change to save.
-        if !st
+        if st
             .funds
             .qr_expiring
             .first()
-            .is_some_and(|(at, _)| *at < now)
+            .is_none_or(|(at, _)| *at >= now)
         {
             return;
         }

@@ -1789,7 +1789,7 @@ pub(crate) fn expire_unpaid(sb: &Sandbox) {
     let bodies = {
         let mut st = sb.st();
         // Read first: a borrow that changes nothing is not a change to save.
-        if !st.shop.expiring.first().is_some_and(|(at, _)| *at < now) {
+        if st.shop.expiring.first().is_none_or(|(at, _)| *at >= now) {
             return;
         }
         let State { shop, pay, .. } = &mut *st;
