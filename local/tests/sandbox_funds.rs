@@ -323,3 +323,139 @@ async fn bank_lookups_answer_like_wechat() {
         0
     );
 }
+
+/// `tea` listed at 1990 fen, and a fund_type=1 order of it (`out_order_id` `no`) paid and
+/// settled: 1990 fen available.
+async fn settled_order(sb: &wxlocal::sandbox::Running, tok: &str, recv: &Receiver, no: &str) {
+    let base = sb.base_url();
+    let openid = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
+    assert_eq!(
+        shop(&base, tok, "spu/add", spu("tea", 1990)).await["errcode"],
+        0
+    );
+    wait_for("audit", 3000, || !recv.got().is_empty()).await;
+    assert_eq!(
+        shop(&base, tok, "spu/listing", json!({"out_product_id": "tea"})).await["errcode"],
+        0
+    );
+    let body = order_add_body(sb.sandbox.now_ms(), no, openid, "tea", 1990, 1, None);
+    assert_eq!(shop(&base, tok, "order/add", body).await["errcode"], 0);
+    let paid = post_json(format!("{base}/_control/pay"), json!({"out_order_id": no})).await;
+    assert_eq!(paid["amount"], 1990, "{paid}");
+    let s = post_json(
+        format!("{base}/_control/settle"),
+        json!({"out_order_id": no}),
+    )
+    .await;
+    assert_eq!(s["amount"], 1990, "{s}");
+}
+
+/// The `withdraw_notify` events pushed for withdrawal `no`.
+fn withdraw_events(sb: &wxlocal::sandbox::Running, no: &str) -> Vec<i64> {
+    sb.sandbox
+        .pushed_events()
+        .iter()
+        .filter(|e| e["Event"] == "withdraw_notify" && e["withdraw_info"]["out_request_no"] == no)
+        .filter_map(|e| e["withdraw_info"]["event"].as_i64())
+        .collect()
+}
+
+/// GIVEN a withdrawal's QR code and a stand-alone one (`qrcode/gen`) WHEN the admin does not
+/// confirm them within their lifetime (10 minutes of the sandbox's clock, `QR_TTL_MS`:
+/// UNVERIFIED, WeChat documents the state but no lifetime) — scanning is not confirming —
+/// THEN they expire as WeChat's do: `qrcode/check` answers 3, `qrcode/get` 60220 (ticket
+/// expired), the withdrawal closes (CLOSE, its amount available again, `withdraw_notify` 4
+/// pushed once) and can no longer be confirmed. A minute before, both still work. (Tickets
+/// used to stay scannable for ever: a merchant's code never met an expired one.)
+#[tokio::test]
+async fn an_unconfirmed_qr_code_expires_and_closes_its_withdrawal() {
+    let recv = Receiver::start(200, "success").await;
+    let mut c = cfg();
+    c.push_url = Some(format!("{}/callbacks/wechat", recv.url));
+    let sb = start(c).await;
+    let base = sb.base_url();
+    let tok = token(&base).await;
+    settled_order(&sb, &tok, &recv, "F1").await;
+    let good = json!({"account_info": {"bank_account_type": "ACCOUNT_TYPE_BUSINESS", "account_bank": "招商银行",
+        "bank_address_code": "440300", "account_number": "6225880000000000"}});
+    assert_eq!(
+        shop(&base, &tok, "funds/setbankaccount", good).await["errcode"],
+        0
+    );
+    let w = shop(&base, &tok, "funds/submitwithdraw", json!({"amount": 1000})).await;
+    assert_eq!(w["errcode"], 0, "{w}");
+    let no = w["out_request_no"].as_str().unwrap().to_owned();
+    let ticket = w["qrcode_ticket"].as_str().unwrap().to_owned();
+    let gen = shop(&base, &tok, "funds/qrcode/gen", json!({"identity_type": 1})).await;
+    let alone = gen["qrcode_ticket"].as_str().unwrap().to_owned();
+    let check = |t: String| {
+        let (base, tok) = (base.clone(), tok.clone());
+        async move {
+            shop(
+                &base,
+                &tok,
+                "funds/qrcode/check",
+                json!({"qrcode_ticket": t}),
+            )
+            .await["status"]
+                .clone()
+        }
+    };
+    let get = |t: String| {
+        let (base, tok) = (base.clone(), tok.clone());
+        async move { shop(&base, &tok, "funds/qrcode/get", json!({"qrcode_ticket": t})).await }
+    };
+    let available = || {
+        let (base, tok) = (base.clone(), tok.clone());
+        async move {
+            shop(&base, &tok, "funds/getbalance", json!({})).await["balance_info"]
+                ["available_amount"]
+                .clone()
+        }
+    };
+    let clock = |ms: i64| post_json(format!("{base}/_control/clock"), json!({"advance_ms": ms}));
+
+    // A minute before the end: good, and the admin scans (without confirming).
+    clock(9 * 60_000).await;
+    for t in [&ticket, &alone] {
+        assert_eq!(check(t.clone()).await, 0);
+        assert!(get(t.clone()).await["qrcode_buf"].is_string());
+    }
+    let scanned = post_json(
+        format!("{base}/_control/funds/qrcode"),
+        json!({"qrcode_ticket": ticket, "status": 4}),
+    )
+    .await;
+    assert_eq!(scanned["status"], 4, "{scanned}");
+    assert_eq!(available().await, 990);
+
+    // Past it: expired, the withdrawal closed and its amount back.
+    clock(2 * 60_000).await;
+    for t in [&ticket, &alone] {
+        assert_eq!(check(t.clone()).await, 3, "expired");
+        assert_eq!(get(t.clone()).await["errcode"], 60_220, "ticket expired");
+    }
+    let detail = shop(
+        &base,
+        &tok,
+        "funds/getwithdrawdetail",
+        json!({"out_request_no": no}),
+    )
+    .await;
+    assert_eq!(detail["withdraw_info"]["status"], "CLOSE", "{detail}");
+    assert_eq!(available().await, 1990, "the amount is available again");
+    assert_eq!(withdraw_events(&sb, &no), vec![1, 4]);
+    let late = reqwest::Client::new()
+        .post(format!("{base}/_control/funds/qrcode"))
+        .json(&json!({"qrcode_ticket": ticket, "status": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status().as_u16(), 409, "too late to confirm");
+
+    // Later requests change nothing more.
+    clock(60 * 60_000).await;
+    assert_eq!(check(ticket.clone()).await, 3);
+    assert_eq!(available().await, 1990, "given back once");
+    assert_eq!(withdraw_events(&sb, &no), vec![1, 4]);
+}

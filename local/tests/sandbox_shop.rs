@@ -441,3 +441,198 @@ async fn order_rules_delivery_and_aftersale() {
     assert_eq!(got["order"]["status"], 200);
     assert_eq!(sb.sandbox.calls("shop/order/pay").len(), 3);
 }
+
+/// GIVEN component orders added with an `expire_time` 16 minutes ahead — one secondary-
+/// merchant (fund_type=1), one paid through WeChat Pay (fund_type=0, its WeChat Pay order's
+/// `time_expire` the same moment) — and one a day ahead, none paid WHEN the sandbox's clock
+/// passes the first two's `expire_time` THEN WeChat cancels them by itself (unpaid timeout):
+/// `order/get` reads 181 (`STATUS_EXPIRED`, UNVERIFIED: 250 is documented for the same), one
+/// `open_product_order_cancel` is pushed for each, `getpaymentparams` answers 1010043,
+/// `order/pay` and `order/close` 100000, and the user can pay neither (the cashier refuses the
+/// WeChat Pay order past its `time_expire`). A minute before, all were payable; the one a day
+/// ahead still is; one whose WeChat Pay order the user paid at the cashier before its expiry
+/// is not cancelled, and the merchant's late `order/pay` is taken. (The sandbox used to leave
+/// an expired order waiting for payment for ever, refusing only its payment parameters, and
+/// pushed nothing.)
+#[tokio::test]
+async fn an_order_unpaid_past_its_expire_time_is_cancelled_and_pushed() {
+    let recv = Receiver::start(200, PAY_OK).await;
+    let sb = start(cfg()).await;
+    let base = sb.base_url();
+    let tok = token(&base).await;
+    let openid = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
+    listed(&sb, &tok, "tea", 1990).await;
+    let now = sb.sandbox.now_ms();
+    let soon = now + 16 * 60_000;
+    let add = |body: Value| {
+        let (base, tok) = (base.clone(), tok.clone());
+        async move { shop(&base, &tok, "order/add", body).await }
+    };
+    let mut f1 = order_add_body(now, "EXP1", openid, "tea", 1990, 1, None);
+    f1["expire_time"] = json!(soon / 1000);
+    assert_eq!(add(f1).await["errcode"], 0);
+    let mut wp = order_fields("EXP0000002", "1990", &format!("{}/pay", recv.url));
+    wp.insert(
+        "time_expire".into(),
+        wxshop::time::beijing_compact(soon / 1000 * 1000),
+    );
+    let u = mch(
+        &base,
+        "pay/unifiedorder",
+        wp,
+        wxshop::pay::sign::SignType::Md5,
+    )
+    .await;
+    assert_eq!(u["result_code"], "SUCCESS", "{u:?}");
+    let mut f0 = order_add_body(
+        now,
+        "EXP0000002",
+        openid,
+        "tea",
+        1990,
+        0,
+        Some(u["prepay_id"].as_str()),
+    );
+    f0["expire_time"] = json!(soon / 1000);
+    assert_eq!(add(f0).await["errcode"], 0);
+    // Paid at WeChat's cashier before its expiry, the merchant's `order/pay` not made yet.
+    let mut wp = order_fields("EXP0000004", "1990", &format!("{}/pay", recv.url));
+    wp.insert(
+        "time_expire".into(),
+        wxshop::time::beijing_compact(soon / 1000 * 1000),
+    );
+    let u = mch(
+        &base,
+        "pay/unifiedorder",
+        wp,
+        wxshop::pay::sign::SignType::Md5,
+    )
+    .await;
+    let mut f4 = order_add_body(
+        now,
+        "EXP0000004",
+        openid,
+        "tea",
+        1990,
+        0,
+        Some(u["prepay_id"].as_str()),
+    );
+    f4["expire_time"] = json!(soon / 1000);
+    assert_eq!(add(f4).await["errcode"], 0);
+    let paid = post_json(
+        format!("{base}/_control/pay"),
+        json!({"out_trade_no": "EXP0000004", "wait": true}),
+    )
+    .await;
+    let txn = paid["transaction_id"].as_str().unwrap().to_owned();
+    let mut later = order_add_body(now, "EXP3", openid, "tea", 1990, 1, None);
+    later["expire_time"] = json!((now + 86_000_000) / 1000);
+    assert_eq!(add(later).await["errcode"], 0);
+
+    let status = |no: &'static str| {
+        let (base, tok) = (base.clone(), tok.clone());
+        async move {
+            shop(
+                &base,
+                &tok,
+                "order/get",
+                json!({"out_order_id": no, "openid": openid}),
+            )
+            .await["order"]["status"]
+                .clone()
+        }
+    };
+    let params = |no: &'static str| {
+        let (base, tok) = (base.clone(), tok.clone());
+        async move {
+            shop(
+                &base,
+                &tok,
+                "order/getpaymentparams",
+                json!({"out_order_id": no, "openid": openid}),
+            )
+            .await["errcode"]
+                .clone()
+        }
+    };
+    let cancels = || {
+        sb.sandbox
+            .pushed_events()
+            .iter()
+            .filter(|e| e["Event"] == "open_product_order_cancel")
+            .map(|e| e["order_info"]["out_order_id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let clock = |ms: i64| post_json(format!("{base}/_control/clock"), json!({"advance_ms": ms}));
+
+    // A minute before: payable.
+    clock(15 * 60_000).await;
+    for no in ["EXP1", "EXP0000002", "EXP3"] {
+        assert_eq!(status(no).await, 10, "{no}");
+    }
+    assert_eq!(params("EXP1").await, 0);
+    assert!(cancels().is_empty());
+
+    // Past it: cancelled by WeChat, pushed once each; the later order untouched.
+    clock(2 * 60_000).await;
+    let mut pushed = cancels();
+    pushed.sort();
+    assert_eq!(pushed, ["EXP0000002", "EXP1"]);
+    for no in ["EXP1", "EXP0000002"] {
+        assert_eq!(status(no).await, 181, "{no}");
+        let close = shop(
+            &base,
+            &tok,
+            "order/close",
+            json!({"out_order_id": no, "openid": openid}),
+        )
+        .await;
+        assert_eq!(close["errcode"], 100_000, "{no}: {close}");
+    }
+    assert_eq!(status("EXP3").await, 10);
+    assert_eq!(
+        status("EXP0000004").await,
+        10,
+        "paid at the cashier: not cancelled"
+    );
+    let synced = shop(
+        &base,
+        &tok,
+        "order/pay",
+        json!({"out_order_id": "EXP0000004", "openid": openid, "action_type": 1,
+               "transaction_id": txn, "pay_time": wxshop::time::beijing_datetime(sb.sandbox.now_ms())}),
+    )
+    .await;
+    assert_eq!(
+        synced["errcode"], 0,
+        "the merchant's late sync is taken: {synced}"
+    );
+    assert_eq!(params("EXP1").await, 1_010_043);
+    assert_eq!(params("EXP3").await, 0);
+    let synced = shop(
+        &base,
+        &tok,
+        "order/pay",
+        json!({"out_order_id": "EXP0000002", "openid": openid, "action_type": 4}),
+    )
+    .await;
+    assert_eq!(synced["errcode"], 100_000, "{synced}");
+    let http = reqwest::Client::new();
+    for body in [
+        json!({"out_order_id": "EXP1"}),
+        json!({"out_trade_no": "EXP0000002"}),
+    ] {
+        let r = http
+            .post(format!("{base}/_control/pay"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 409, "{body}: the user cannot pay it");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains("expire"), "{v}");
+    }
+    // Later requests cancel nothing twice.
+    clock(60_000).await;
+    assert_eq!(cancels().len(), 2);
+}

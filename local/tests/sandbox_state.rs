@@ -630,3 +630,64 @@ async fn after_a_compaction_a_restart_knows_the_same() {
     assert_eq!(order_state(&base2, "FOLD000000").await, "SUCCESS");
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
+
+/// GIVEN an unpaid component order with an `expire_time` and an open funds QR code, left by a
+/// sandbox WHEN a sandbox opened on its file (a restart) has its clock moved past both
+/// deadlines THEN the order is cancelled (181, `open_product_order_cancel` pushed) and the
+/// code expired (3): the deadlines are rebuilt from the kept orders and codes, not lost with
+/// the process that set them.
+#[tokio::test]
+async fn deadlines_still_fall_after_a_restart() {
+    let path = temp_file("deadlines");
+    let openid = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
+    let (first, base) = open(cfg(), &path).await;
+    let tok = token(&base).await;
+    assert_eq!(
+        shop(&base, &tok, "spu/add", spu("tea", 1990)).await["errcode"],
+        0
+    );
+    wait_for("the automatic audit", 3000, || {
+        first
+            .pushed_events()
+            .iter()
+            .any(|e| e["Event"] == "open_product_spu_audit")
+    })
+    .await;
+    assert_eq!(
+        shop(&base, &tok, "spu/listing", json!({"out_product_id": "tea"})).await["errcode"],
+        0
+    );
+    let now = first.now_ms();
+    let mut body = order_add_body(now, "EXPR1", openid, "tea", 1990, 1, None);
+    body["expire_time"] = json!((now + 16 * 60_000) / 1000);
+    assert_eq!(shop(&base, &tok, "order/add", body).await["errcode"], 0);
+    let gen = shop(&base, &tok, "funds/qrcode/gen", json!({"identity_type": 1})).await;
+    let ticket = gen["qrcode_ticket"].as_str().unwrap().to_owned();
+
+    let (second, base) = open(cfg(), &path).await;
+    post_json(
+        format!("{base}/_control/clock"),
+        json!({"advance_ms": 17 * 60_000}),
+    )
+    .await;
+    let got = shop(
+        &base,
+        &tok,
+        "order/get",
+        json!({"out_order_id": "EXPR1", "openid": openid}),
+    )
+    .await;
+    assert_eq!(got["order"]["status"], 181, "{got}");
+    assert!(second.pushed_events().iter().any(|e| {
+        e["Event"] == "open_product_order_cancel" && e["order_info"]["out_order_id"] == "EXPR1"
+    }));
+    let check = shop(
+        &base,
+        &tok,
+        "funds/qrcode/check",
+        json!({"qrcode_ticket": ticket}),
+    )
+    .await;
+    assert_eq!(check["status"], 3, "{check}");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}

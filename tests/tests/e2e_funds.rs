@@ -512,6 +512,116 @@ async fn a_withdrawal_closed_by_wechat_gives_the_amount_back_once() {
     assert_eq!(c.balance().await, (0, 0));
 }
 
+/// GIVEN a withdrawal whose QR code the admin never confirms WHEN WeChat's clock passes the
+/// code's lifetime (10 minutes in the sandbox, UNVERIFIED) THEN WeChat closes it by itself:
+/// the withdrawal asked for again — while our record still says it awaits the scan, the
+/// `withdraw_notify` that closed it not applied here (WeChat's detail unreadable for it) —
+/// is answered 410 `QRCODE_EXPIRED` saying what happened and what to do, not the dead QR code;
+/// `withdraw_status` says the code expired (3, with what to do) and the withdrawal CLOSE; and
+/// the whole amount is available again. The sandbox's codes used to stay scannable for ever,
+/// and the repeated request handed back the dead code as `resumed`.
+#[tokio::test]
+async fn an_unconfirmed_qr_code_expires_and_the_withdrawal_says_so() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (_, total) = buy_pay_settle(&c).await;
+    c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
+        .await;
+    let w = c
+        .funds_ok(json!({"action": "withdraw", "amount_fen": total}))
+        .await;
+    let ticket = w["qrcode_ticket"].as_str().unwrap().to_owned();
+    let id = w["withdrawal"]["withdraw_id"].as_str().unwrap().to_owned();
+    assert_eq!(c.balance().await, (0, 0));
+    // The sandbox's own `withdraw_notify` (event 1) answered first: the fault below is for
+    // the close's.
+    eventually(
+        "the withdrawal's first withdraw_notify answered",
+        || async {
+            r.sandbox
+                .deliveries()
+                .iter()
+                .any(|d| d["kind"] == "push" && d["key"] == "withdraw_notify" && d["acked"] == true)
+        },
+    )
+    .await;
+    let stored = || async {
+        get_withdrawal(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .1
+    };
+
+    // Both clocks move (pushes are taken only close to our time). Still good a minute
+    // before its lifetime ends.
+    r.app.clock.advance(9 * 60_000);
+    c.control("clock", &json!({"advance_ms": 9 * 60_000})).await;
+    let check = r.app.wx.funds_qrcode_check(&ticket).await.unwrap();
+    assert_eq!(check.status, 0, "not expired yet");
+
+    // It expires: WeChat closes the withdrawal and pushes withdraw_notify 4, which our
+    // handler notes without a status (WeChat's detail unreadable for it).
+    c.control(
+        "faults",
+        &json!({"path": "shop/funds/getwithdrawdetail", "mode": "errcode",
+                "errcode": 9_710_001, "count": 1}),
+    )
+    .await;
+    r.app.clock.advance(2 * 60_000);
+    c.control("clock", &json!({"advance_ms": 2 * 60_000})).await;
+    eventually("the close's withdraw_notify noted", || async {
+        stored().await.events.contains(&4)
+    })
+    .await;
+    assert_eq!(
+        stored().await.status,
+        "BEFORE_SCAN_QRCODE",
+        "not applied here"
+    );
+    assert_eq!(
+        c.balance().await,
+        (total, 0),
+        "the amount is available again"
+    );
+
+    // The same withdrawal asked for again: its QR code can no longer be confirmed.
+    let (s, v) = c
+        .funds(json!({"action": "withdraw", "amount_fen": total}))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (410, Some("QRCODE_EXPIRED")),
+        "{v}"
+    );
+    let message = v["message"].as_str().unwrap();
+    for needle in [id.as_str(), "expired", "available again", "tomorrow"] {
+        assert!(message.contains(needle), "{needle} not in {message}");
+    }
+    assert_eq!(stored().await.status, "CLOSE", "read again from WeChat");
+
+    let s = c
+        .funds_ok(json!({"action": "withdraw_status", "qrcode_ticket": ticket}))
+        .await;
+    assert_eq!(s["qrcode"]["status"], 3, "{s}");
+    assert!(
+        s["qrcode"]["status_text"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{s}"
+    );
+    assert_eq!(s["qrcode"]["confirmed"], false, "{s}");
+    assert_eq!(s["withdrawal"]["status"], "CLOSE", "{s}");
+    let got = r.app.wx.funds_qrcode_get(&ticket).await;
+    assert_eq!(
+        got.err().and_then(|e| e.errcode()),
+        Some(60_220),
+        "qrcode/get: ticket expired"
+    );
+    assert_eq!(c.balance().await, (total, 0));
+}
+
 /// The same withdrawal asked for again after its answer was lost on our side (the merchant's
 /// tool timed out after WeChat took it and we recorded it), for the whole balance: WeChat now
 /// holds the amount, so the balance no longer covers it — and the caller gets the pending

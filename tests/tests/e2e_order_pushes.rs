@@ -148,6 +148,77 @@ async fn a_cancel_in_wechat_closes_the_unpaid_order_and_frees_its_stock() {
     );
 }
 
+/// GIVEN an order left unpaid in the trading component WHEN WeChat's clock passes its
+/// `expire_time` (our `expires_at_ms`, ORDER_TTL_SECS 900 in these stacks) THEN WeChat
+/// cancels it by itself, as an unpaid timeout: its order reads 181 (the status the sandbox
+/// picked, UNVERIFIED; 250 also means it) and `open_product_order_cancel` is pushed — at the
+/// sandbox's next request, here a read of its clock, before our own sweep has run. Ours is
+/// closed from that push: its stock back on sale, its WeChat Pay order closed, nothing paged,
+/// nothing dead-lettered; the cashier refuses its payment. (The sandbox used to leave an
+/// expired order awaiting payment at WeChat for ever and push nothing: only our sweep, when
+/// it came, closed it.)
+#[tokio::test]
+async fn an_order_left_unpaid_past_its_expiry_is_cancelled_by_wechat_and_closed_here() {
+    let (r, paged) = stack(&[]).await;
+    let c = Client::new(&r);
+    c.set_stock(1).await;
+    let (token, no) = ordered(&r, &c, "ursula", 1).await;
+    assert_eq!(c.status(&token, &no).await["status"], "PREPAID");
+    assert_eq!(c.stock().await, 0);
+    let parsed = wxshop::domain::OutTradeNo::parse(no.clone()).unwrap();
+    let stored_status = || async {
+        wxshop::store::repo::get_order(r.app.store.as_ref(), &parsed)
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .status
+            .as_str()
+            .to_owned()
+    };
+
+    // Both clocks past the expiry (pushes are taken only close to our time); WeChat notices
+    // at its next request.
+    r.app.clock.advance(16 * 60_000);
+    r.sandbox.clock().advance(16 * 60_000);
+    assert_eq!(stored_status().await, "PREPAID", "our sweep has not run");
+    let (s, v) = c.post("/sandbox/_control/clock", None, &json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        r.sandbox.pushed_events().iter().any(|e| {
+            e["Event"] == "open_product_order_cancel" && e["order_info"]["out_order_id"] == no
+        }),
+        "the cancel pushed"
+    );
+    assert_eq!(wx_status(&r, &no).await, 181);
+
+    eventually("the order closed from the push", WAIT, || async {
+        stored_status().await == "CLOSED"
+    })
+    .await;
+    assert_eq!(c.stock().await, 1, "its stock given back");
+    eventually("its WeChat Pay order closed", WAIT, || async {
+        r.sandbox
+            .calls("pay/closeorder")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    assert_eq!(s, 409, "its payment refused: {v}");
+    assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
+    assert_eq!(wx_status(&r, &no).await, 181, "still cancelled at WeChat");
+    assert_eq!(paged(), 0);
+    assert!(mismatches(&c).await.is_empty());
+    assert!(
+        c.dead_letters().await.is_empty(),
+        "{:?}",
+        c.dead_letters().await
+    );
+}
+
 /// A cancel push WeChat's order does not bear out — forged (plaintext mode does not sign the
 /// body), or late, from before the order was made again — changes nothing: WeChat's order
 /// is still awaiting payment, so ours stays PREPAID with its stock held. Pushes naming an

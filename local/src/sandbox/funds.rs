@@ -6,7 +6,8 @@
 //! orders sit in `pending_amount` until settled (`/_control/settle`, which also pushes
 //! `open_product_order_settle`), only `available_amount` can be withdrawn, one withdrawal a
 //! day (9700101 for the second), and a withdrawal only proceeds once the admin scans its QR
-//! code (`/_control/funds/qrcode`). The `funds` function is tested against these rules.
+//! code (`/_control/funds/qrcode`) — within [`QR_TTL_MS`] of its issue, after which the code
+//! expires and the withdrawal closes. The `funds` function is tested against these rules.
 //!
 //! Every money movement is booked as a flow (`scanorderflow`/`getorderflow`), as WeChat
 //! does: a fund_type=1 payment (订单 收入, `request_no` = `out_order_id`), a refund (售后
@@ -31,6 +32,13 @@ pub const E_BALANCE: i64 = 9_700_102;
 /// Documented for `qrcode/get`: ticket expired / invalid.
 pub const E_QR_EXPIRED: i64 = 60_220;
 pub const E_QR_INVALID: i64 = 60_208;
+
+/// How long a QR code ticket (`submitwithdraw`, `qrcode/gen`) can be scanned and confirmed,
+/// on the sandbox's clock: past it, unconfirmed, it expires ([`expire_qrcodes`]). UNVERIFIED:
+/// WeChat documents the expired state (`qrcode/check` status 3) and error (`qrcode/get`
+/// 60220) but no lifetime (WECHAT_SHOP.md §14.2); 10 minutes is a guess in the range of
+/// WeChat's other confirmation codes. Move the clock (`/_control/clock`) to meet it.
+pub const QR_TTL_MS: i64 = 10 * 60_000;
 
 /// A 1×1 PNG: the QR image the admin would scan.
 const QR_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
@@ -86,6 +94,10 @@ pub struct Withdraw {
 pub struct QrCode {
     pub status: i64,
     pub withdraw: Option<String>,
+    /// When it was issued (sandbox clock); it expires [`QR_TTL_MS`] later. Absent from the
+    /// state files of an older wxlocal: such a ticket never expires by itself.
+    #[serde(default)]
+    pub created_ms: Option<i64>,
 }
 
 #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -103,6 +115,11 @@ pub struct FundsState {
     /// wrong), not kept across restarts. At most [`MAX_FLOW_FAULTS`].
     #[serde(skip)]
     pub flow_faults: std::collections::BTreeMap<String, FlowFault>,
+    /// Open QR code tickets by the moment they expire ([`expire_qrcodes`]). Not kept: rebuilt
+    /// from the QR codes at start ([`resume`]); one confirmed, cancelled or expired meanwhile
+    /// is passed over when its time comes.
+    #[serde(skip)]
+    pub qr_expiring: std::collections::BTreeSet<(i64, String)>,
 }
 
 /// At most this many `request_no`s have a [`FlowFault`] at once.
@@ -395,7 +412,7 @@ pub fn handle(sb: &Sandbox, name: &str, v: &Value) -> WxResult {
             if int_of(v, "identity_type") != Some(1) {
                 return Err(WxErr::new(E_PARAM, "identity_type must be 1 (admin)"));
             }
-            let t = new_ticket(&mut sb.st(), None);
+            let t = new_ticket(&mut sb.st(), None, sb.now_ms());
             Ok(json!({"qrcode_ticket": t}))
         }
         "qrcode/get" => {
@@ -619,16 +636,47 @@ fn sub_branches(v: &Value) -> WxResult {
     )
 }
 
-fn new_ticket(st: &mut State, withdraw: Option<String>) -> String {
+fn new_ticket(st: &mut State, withdraw: Option<String>, now: i64) -> String {
     let t = format!("qr_{}", random_alnum(40));
     st.funds.qrcodes.insert(
         t.clone(),
         QrCode {
             status: 0,
             withdraw,
+            created_ms: Some(now),
         },
     );
+    st.funds.qr_expiring.insert((now + QR_TTL_MS, t.clone()));
     t
+}
+
+/// QR codes not confirmed, cancelled or expired within [`QR_TTL_MS`] of being issued expire
+/// (status 3) as `/_control/funds/qrcode {"status": 3}` expires one: `qrcode/check` answers
+/// 3, `qrcode/get` 60220, and a withdrawal waiting for it closes (CLOSE, its amount available
+/// again, `withdraw_notify` event 4). Lazy, like the unpaid timeout of orders
+/// ([`super::Sandbox::expire_due`]): before every request and after a clock move. (Tickets
+/// used to stay scannable for ever.)
+pub(crate) fn expire_qrcodes(sb: &Sandbox) {
+    let now = sb.now_ms();
+    let due = {
+        let mut st = sb.st();
+        // Read first: a borrow that changes nothing is not a change to save.
+        if st
+            .funds
+            .qr_expiring
+            .first()
+            .is_none_or(|(at, _)| *at >= now)
+        {
+            return;
+        }
+        let f = &mut st.funds;
+        let later = f.qr_expiring.split_off(&(now, String::new()));
+        std::mem::replace(&mut f.qr_expiring, later)
+    };
+    for (_, ticket) in due {
+        // Confirmed, cancelled or expired meanwhile: final, refused, nothing to do.
+        let _ = set_qrcode_status(sb, &ticket, 3);
+    }
 }
 
 fn set_bank_account(sb: &Sandbox, v: &Value) -> WxResult {
@@ -735,7 +783,7 @@ fn submit_withdraw(sb: &Sandbox, v: &Value) -> WxResult {
             ));
         }
         let no = format!("{}{}", today, random_digits(12));
-        let ticket = new_ticket(&mut st, Some(no.clone()));
+        let ticket = new_ticket(&mut st, Some(no.clone()), now);
         st.funds.available -= amount;
         st.funds.withdraws.insert(
             no.clone(),
@@ -852,8 +900,21 @@ async fn complete_transfer(sb: Sandbox, no: String, epoch: u64) {
     }
 }
 
-/// After a restart: transfers of confirmed withdrawals complete.
+/// After a restart: transfers of confirmed withdrawals complete, and open QR codes expire
+/// when their time comes ([`FundsState::qr_expiring`], rebuilt).
 pub(crate) fn resume(sb: &Sandbox) {
+    let expiring: std::collections::BTreeSet<(i64, String)> = sb
+        .st()
+        .funds
+        .qrcodes
+        .iter()
+        .filter(|(_, q)| matches!(q.status, 0 | 4))
+        .filter_map(|(t, q)| Some((q.created_ms? + QR_TTL_MS, t.clone())))
+        .collect();
+    if !expiring.is_empty() {
+        let mut st = sb.st();
+        st.funds.qr_expiring = expiring;
+    }
     let (epoch, confirmed): (u64, Vec<String>) = {
         let st = sb.st();
         let confirmed = st
@@ -989,6 +1050,7 @@ mod tests {
             QrCode {
                 status: 0,
                 withdraw: Some("W".into()),
+                created_ms: Some(0),
             },
         );
         st.funds.withdraws.insert(

@@ -76,7 +76,7 @@ impl TradeState {
             TradeState::Closed => "订单已关闭",
         }
     }
-    fn is_paid(self) -> bool {
+    pub(crate) fn is_paid(self) -> bool {
         matches!(self, TradeState::Success | TradeState::Refund)
     }
 }

@@ -8,7 +8,10 @@
 //! does, answers with WeChat's error codes, signs its replies, and delivers real signed (or
 //! encrypted) notifications on WeChat's retry schedule, compressible with `time_scale`.
 //! WeChat's time rules — an access token lives 7200 s, a `prepay_id` 2 hours, refunds of one
-//! order are a minute apart — run on the sandbox's clock, which `/_control/clock` moves.
+//! order are a minute apart, an unpaid component order is cancelled at its `expire_time`, a
+//! withdrawal's QR code expires — run on the sandbox's clock, which `/_control/clock` moves.
+//! What WeChat does by itself when a deadline passes happens at the sandbox's next request
+//! (or clock move) after it ([`Sandbox::expire_due`]).
 //!
 //! Layout: [`mch`] is the merchant API v2 (`/mch/...`), [`platform`] the access token and
 //! login, [`shop`] the trading component (`/api/shop/...`), [`funds`] the secondary-merchant
@@ -315,8 +318,8 @@ impl Sandbox {
     }
 
     /// As [`Sandbox::saved`]; and after a write to the state file failed (a full disk), whose
-    /// full snapshot waits for as many changes again as the journal's threshold, tries it now
-    /// (`serve` stopping: the disk may have room again).
+    /// full snapshot is retried 1 to 30 s apart (or after as many changes again as the
+    /// journal's threshold), tries it now (`serve` stopping: the disk may have room again).
     pub async fn flush(&self) {
         if let Some(p) = &self.inner.persist {
             p.retry_now();
@@ -409,6 +412,19 @@ impl Sandbox {
 
     pub fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms()
+    }
+
+    /// Does what WeChat does by itself once its clock passes a deadline: an unpaid component
+    /// order past its `expire_time` is cancelled and `open_product_order_cancel` pushed
+    /// ([`shop::expire_unpaid`]); a funds QR code past its lifetime expires, closing the
+    /// withdrawal it was for ([`funds::expire_qrcodes`]). The sandbox runs it before every
+    /// request it answers and right after `/_control/clock` moves the clock, so it happens at
+    /// a moment a test chooses, never behind its back; a test that moves a shared clock
+    /// ([`Sandbox::clock`]) directly may call it. Costs a look at two index entries when
+    /// nothing is due.
+    pub fn expire_due(&self) {
+        shop::expire_unpaid(self);
+        funds::expire_qrcodes(self);
     }
 
     /// The state lock. Never held across an `.await`.
@@ -622,13 +638,16 @@ impl Sandbox {
     }
 }
 
-/// Every answer waits until what was done before it is in the state file: the caller may
-/// write down what it learnt, and the sandbox must still know it after a crash.
+/// Every request first meets what the clock made due ([`Sandbox::expire_due`]): an order
+/// read after its `expire_time` reads cancelled, as at WeChat. Every answer waits until what
+/// was done before it is in the state file: the caller may write down what it learnt, and the
+/// sandbox must still know it after a crash.
 async fn answer_when_saved(
     AxState(sb): AxState<Sandbox>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    sb.expire_due();
     let resp = next.run(req).await;
     sb.saved().await;
     resp
@@ -1342,7 +1361,11 @@ async fn control_clock(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     };
     match clock_move(&v, sb.inner.clock.offset_ms()) {
-        Ok(Some(ms)) => sb.advance_clock(ms),
+        Ok(Some(ms)) => {
+            sb.advance_clock(ms);
+            // What the move made due happens now, as WeChat's timers would have fired.
+            sb.expire_due();
+        }
         Ok(None) => {}
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     }

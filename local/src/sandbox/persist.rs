@@ -58,13 +58,17 @@
 //! its callers meanwhile: the failed batch, and every change until the snapshot is written,
 //! is acknowledged without being on disk — the one exception to "on disk before it answers",
 //! logged as an error at each failure; a crash before the snapshot loses those changes. The
-//! snapshot is tried once the changes since the failure would have made another threshold's
-//! worth of journal (measured, not written), as a failing compaction waits, and at once when
-//! the sandbox stops (`serve`'s Ctrl-C, the sandbox dropped: [`Persist::retry_now`]) or is
-//! reset. Each try serialises the whole state under the state lock: a disk that stayed full
-//! used to make every batch try one (and fail again), so that each change cost the size of
-//! everything. The try that succeeds (the disk has room again) holds every change, and lines
-//! follow it as before.
+//! snapshot is tried a second after the failure ([`SNAPSHOT_RETRY_FIRST`]; the writer wakes
+//! for it even if nothing changes), then after twice as long after each failure again, up to
+//! half a minute ([`SNAPSHOT_RETRY_MAX`]); sooner once the changes since the failure would
+//! have made another threshold's worth of journal (measured, not written), as a failing
+//! compaction waits; and at once when the sandbox stops (`serve`'s Ctrl-C, the sandbox
+//! dropped: [`Persist::retry_now`]) or is reset. Each try serialises the whole state under
+//! the state lock: a disk that stayed full used to make every batch try one (and fail
+//! again), so that each change cost the size of everything; and a quiet sandbox used to try
+//! only after a threshold's worth of changes, so what it did before going quiet stayed
+//! unsaved for as long as it stayed quiet. The try that succeeds (the disk has room again)
+//! holds every change, and lines follow it as before.
 //!
 //! Reading back: the snapshot, then the journal's lines numbered after it, in order; at start
 //! the result is written as a new snapshot with an empty journal. Crash cases: cut short while
@@ -101,6 +105,13 @@ const READS: [u32; 2] = [1, FORMAT];
 /// snapshot: replaying it stays cheaper than reading the snapshot twice, and each full write
 /// is paid for by as many bytes of journal, so a change costs what changed, on average.
 const COMPACT_AT: u64 = 1 << 20;
+
+/// After a failed write, the full snapshot that saves again is tried this long after the
+/// failure at the latest, then after twice as long after each failure again, up to
+/// [`SNAPSHOT_RETRY_MAX`]: a quiet sandbox saves soon after the disk has room again, and one
+/// whose disk stays full serialises its whole state at most every half minute.
+const SNAPSHOT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const SNAPSHOT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The journal beside the snapshot at `path` (`wxshop.db-sandbox.json` →
 /// `wxshop.db-sandbox.journal`, removed by the same `rm wxshop.db*`).
@@ -278,6 +289,7 @@ fn scalars_of(st: &State, clock_offset_ms: i64) -> ScalarsRef<'_> {
         uploads,
         flags,
         failing_refunds: _,
+        expiring: _,
     } = &st.shop;
     let funds::FundsState {
         available,
@@ -289,6 +301,7 @@ fn scalars_of(st: &State, clock_offset_ms: i64) -> ScalarsRef<'_> {
         qrcodes: _,
         settled: _,
         flow_faults: _,
+        qr_expiring: _,
     } = &st.funds;
     ScalarsRef {
         clock_offset_ms,
@@ -379,6 +392,8 @@ fn visit_kept(st: &mut State, v: &mut impl Visit) {
         uploads: _,
         flags: _,
         failing_refunds: _,
+        // Not kept: rebuilt from the orders at start.
+        expiring: _,
     } = &mut st.shop;
     v.map("shop.scenes", scenes);
     v.map("shop.products", products);
@@ -398,6 +413,8 @@ fn visit_kept(st: &mut State, v: &mut impl Visit) {
         settled,
         // Not kept.
         flow_faults: _,
+        // Not kept: rebuilt from the QR codes at start.
+        qr_expiring: _,
     } = &mut st.funds;
     v.log("funds.flows", flows);
     v.map("funds.bank_changes", bank_changes);
@@ -743,8 +760,18 @@ struct Io {
     /// While `broken`: the changes taken since the last failed write, in bytes of the journal
     /// lines they would have made. Not written; the full snapshot that ends `broken` holds them.
     unwritten: u64,
-    /// While `broken`: no full snapshot is tried before `unwritten` reaches this.
+    /// While `broken`: no full snapshot is tried before `unwritten` reaches this, or
+    /// `snapshot_retry_due` passes.
     snapshot_retry_at: u64,
+    /// While `broken`: when the full snapshot is tried even if nothing else is due; the
+    /// writer wakes for it ([`Persist::next_change`]).
+    snapshot_retry_due: Option<std::time::Instant>,
+    /// The wait before `snapshot_retry_due`, doubled by each failure in a row up to
+    /// [`SNAPSHOT_RETRY_MAX`].
+    retry_wait: std::time::Duration,
+    /// The first wait after a write fails ([`SNAPSHOT_RETRY_FIRST`]; tests shorten or
+    /// lengthen it, as `compact_at`).
+    retry_first: std::time::Duration,
     /// The batch the snapshot on disk holds.
     snapshot_batch: u64,
     /// A compaction is being written ([`compact`]): no second one starts.
@@ -842,6 +869,9 @@ impl Persist {
                     broken: false,
                     unwritten: 0,
                     snapshot_retry_at: 0,
+                    snapshot_retry_due: None,
+                    retry_wait: SNAPSHOT_RETRY_FIRST,
+                    retry_first: SNAPSHOT_RETRY_FIRST,
                     snapshot_batch: batch,
                     compacting: false,
                     compact_retry_at: 0,
@@ -953,7 +983,10 @@ impl Persist {
             if changes.any || scalars != io.scalars {
                 io.unwritten = io.unwritten.saturating_add(line_len as u64);
             }
-            return if retry || io.unwritten >= io.snapshot_retry_at {
+            let due = io
+                .snapshot_retry_due
+                .is_some_and(|at| std::time::Instant::now() >= at);
+            return if retry || due || io.unwritten >= io.snapshot_retry_at {
                 self.full(io, st, clock_offset_ms, scalars)
             } else {
                 Batch::Nothing
@@ -996,8 +1029,8 @@ impl Persist {
     fn write(&self, io: &mut Io, batch: Batch) {
         let lost = "sandbox: cannot save the state; it goes on answering, and what it does \
                     until it can save again is lost if it stops before (free disk space: \
-                    everything is written as one snapshot after about as many changes again \
-                    as the journal's threshold, or when wxlocal stops)";
+                    everything is written as one snapshot at the next try, 1 to 30 seconds \
+                    apart, or when wxlocal stops)";
         match batch {
             Batch::Nothing => {}
             Batch::Line {
@@ -1043,6 +1076,8 @@ impl Persist {
                             io.broken = false;
                             io.unwritten = 0;
                             io.compact_retry_at = 0;
+                            io.snapshot_retry_due = None;
+                            io.retry_wait = io.retry_first;
                         }
                         Err(e) => {
                             tracing::error!(file = %self.files.journal_path.display(), error = %e, "{lost}");
@@ -1103,10 +1138,26 @@ impl Persist {
         self.changed.load(Ordering::SeqCst) > *self.saved.borrow()
     }
 
-    /// Waits for the next change.
+    /// Waits for the next change; after a failed write, at most until the full snapshot's
+    /// retry is due ([`Io::fail`]), and then has the next batch try it.
     pub(crate) async fn next_change(&self) {
-        if !self.behind() {
+        if self.behind() {
+            return;
+        }
+        let due = {
+            let io = self.files.io();
+            io.snapshot_retry_due.filter(|_| io.broken)
+        };
+        let Some(at) = due else {
             self.wake.notified().await;
+            return;
+        };
+        let at = tokio::time::Instant::from_std(at);
+        if tokio::time::timeout_at(at, self.wake.notified())
+            .await
+            .is_err()
+        {
+            self.retry.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -1135,14 +1186,22 @@ fn compact(files: &Files, copy: &Copied, batch: u64, at: u64) {
 impl Io {
     /// A write failed: the journal lacks that batch, so only a full snapshot saves again. It
     /// is tried once the changes since would have made another threshold's worth of journal
-    /// (as [`Io::back_off`] does for a compaction), or at once with [`Persist::retry_now`]
-    /// (a stop, a reset). Each try serialises the whole state under the state lock; a disk
-    /// that stays full used to make every batch try one (and fail again), so that each change
-    /// cost the size of everything.
+    /// (as [`Io::back_off`] does for a compaction), once `retry_wait` has passed (the writer
+    /// wakes for it, changes or not: 1 s after a first failure, twice as long after each
+    /// failure in a row, at most [`SNAPSHOT_RETRY_MAX`]), or at once with
+    /// [`Persist::retry_now`] (a stop, a reset). Each try serialises the whole state under
+    /// the state lock; a disk that stays full used to make every batch try one (and fail
+    /// again), so that each change cost the size of everything.
     fn fail(&mut self) {
+        self.retry_wait = if self.broken {
+            self.retry_wait.saturating_mul(2).min(SNAPSHOT_RETRY_MAX)
+        } else {
+            self.retry_first
+        };
         self.broken = true;
         self.unwritten = 0;
         self.snapshot_retry_at = self.snapshot_len.max(self.compact_at);
+        self.snapshot_retry_due = Some(std::time::Instant::now() + self.retry_wait);
     }
 
     /// A compaction failed: the next is tried once the journal has grown by another
@@ -1555,6 +1614,8 @@ mod tests {
         let mut st = State::default();
         let p = Persist::create(&path, &mut st, 0, 0).unwrap();
         p.files.io().compact_at = 4096;
+        // The threshold is the subject here, not the timed retry.
+        p.files.io().retry_first = std::time::Duration::from_secs(3600);
         let mut i = 0;
         let mut save = |st: &mut State| {
             change(st, i);
@@ -1619,6 +1680,7 @@ mod tests {
         let path = temp_state_file("appendstop");
         let mut st = State::default();
         let p = Persist::create(&path, &mut st, 0, 0).unwrap();
+        p.files.io().retry_first = std::time::Duration::from_secs(3600);
         let save = |p: &Persist, st: &mut State, i: u64| {
             change(st, i);
             p.touch();
@@ -1643,6 +1705,63 @@ mod tests {
             snapshot(&st, 0, 0).unwrap()
         );
         assert!(!p.retry_now(), "saved again: nothing to retry");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// GIVEN a sandbox whose append failed (a full disk) and that then goes quiet — no more
+    /// changes, no stop — WHEN the disk has room again THEN the writer, waiting for the next
+    /// change as the sandbox's does, is woken within seconds to try the full snapshot, and
+    /// what changed before the failure is saved. (It used to wait for a threshold's worth of
+    /// changes or the stop: a quiet sandbox never saved them, and a crash lost them.)
+    #[tokio::test]
+    async fn a_quiet_sandbox_saves_soon_after_a_failed_append() {
+        let path = temp_state_file("appendquiet");
+        let mut st = State::default();
+        let p = Persist::create(&path, &mut st, 0, 0).unwrap();
+        let save = |p: &Persist, st: &mut State, i: u64| {
+            change(st, i);
+            p.touch();
+            p.save(|| Some((&mut *st, 0)));
+        };
+        save(&p, &mut st, 0);
+        break_journal(&p);
+        save(&p, &mut st, 1);
+        assert_eq!(
+            *p.saved.borrow(),
+            p.changed.load(Ordering::SeqCst),
+            "acknowledged"
+        );
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(
+            back.state.funds.flows.len(),
+            1,
+            "the failed change is not on disk"
+        );
+
+        // Quiet from now on: the writer's loop, as `spawn_writer` runs it. (The disk has room
+        // again: a full snapshot writes a new file, which the broken handle does not touch.)
+        let started = std::time::Instant::now();
+        while p.files.io().broken {
+            let woke =
+                tokio::time::timeout(std::time::Duration::from_secs(5), p.next_change()).await;
+            assert!(
+                woke.is_ok(),
+                "the writer is woken to try again without a change"
+            );
+            p.save(|| Some((&mut st, 0)));
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(3),
+                "tried within seconds: {:?}",
+                started.elapsed()
+            );
+        }
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(
+            snapshot(&back.state, 0, 0).unwrap(),
+            snapshot(&st, 0, 0).unwrap(),
+            "what changed before the failure is saved"
+        );
+        assert!(!p.files.io().broken, "saving again");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -6,6 +6,8 @@
 //! must carry the catalog price and consistent `price_info` and a `create_time` within 5 s of
 //! WeChat's clock, `order/pay` only works while the order waits for payment (100000 after),
 //! ids exceed 2^53. Audit verdicts arrive as pushed events (auto or via `/_control/audit`).
+//! An order left unpaid past its `expire_time` is cancelled by WeChat, not merely refused
+//! payment ([`expire_unpaid`], on the sandbox's clock).
 //!
 //! Error codes follow WECHAT_SHOP.md §11; where the doc gives none the sandbox picks a
 //! plausible one from the same family (see the `E_*` constants).
@@ -51,6 +53,13 @@ pub const E_CATEGORY_APPROVED: i64 = 1_050_003;
 pub const E_CATEGORY_FREE: i64 = 1_050_011;
 /// Chosen: after-sale not found.
 pub const E_AFTERSALE_NOT_FOUND: i64 = 1_020_001;
+
+/// The status of an unpaid order whose `expire_time` passed ([`expire_unpaid`]). UNVERIFIED:
+/// the new-style `order/add` page says an expired order "becomes status 181" (WECHAT_SHOP.md
+/// §14.4), the status table knows 181 from one code base only and lists "unpaid timeout"
+/// under 250 (§5.3). The sandbox follows the `order/add` page, so a merchant's code meets the
+/// status it knows least; it must take 250 for the same thing.
+pub const STATUS_EXPIRED: i64 = 181;
 
 pub const NO_BRAND: u64 = 2_100_000_000;
 
@@ -301,6 +310,12 @@ pub struct ShopState {
     pub uploads: u64,
     /// What the shop has done once (`register/check`'s `access_info`).
     pub flags: BTreeSet<String>,
+    /// Unpaid orders by the moment they expire (`expire_time`, ms; [`expire_unpaid`]): the
+    /// check at every request costs a look at the first entry. Not kept: rebuilt from the
+    /// orders at start ([`resume`]). An entry whose order was paid, cancelled or added again
+    /// with another `expire_time` since is dropped when its time comes.
+    #[serde(skip)]
+    pub expiring: BTreeSet<(i64, String)>,
     /// How many of the next accepted refunds the platform fails to pay (status 16 and
     /// `aftersale_wait_merchant_offline_refund`), set with `/_control/refund_outcome`: a
     /// test's knob, not kept across restarts.
@@ -1000,8 +1015,21 @@ fn submit_for_audit(sb: &Sandbox, out_product_id: String, version: u64) {
     });
 }
 
-/// After a restart: audits that were waiting for their automatic verdict get it.
+/// After a restart: audits that were waiting for their automatic verdict get it, and unpaid
+/// orders expire when their time comes ([`ShopState::expiring`], rebuilt).
 pub(crate) fn resume(sb: &Sandbox) {
+    let expiring: BTreeSet<(i64, String)> = sb
+        .st()
+        .shop
+        .orders
+        .values()
+        .filter(|o| matches!(o.status, 10 | 11))
+        .filter_map(|o| Some((o.expire_ms?, o.out_order_id.clone())))
+        .collect();
+    if !expiring.is_empty() {
+        let mut st = sb.st();
+        st.shop.expiring = expiring;
+    }
     let (products, audits): (Vec<(String, u64)>, Vec<String>) = {
         let st = sb.st();
         let products = st
@@ -1552,6 +1580,9 @@ fn order_add(sb: &Sandbox, v: &Value) -> WxResult {
     };
     st.shop.order_ids.insert(order_id, out_order_id.to_owned());
     st.shop.orders.insert(out_order_id.to_owned(), order);
+    if let Some(at) = expire_ms {
+        st.shop.expiring.insert((at, out_order_id.to_owned()));
+    }
     let stringify = v
         .get("stringify_64bits_number")
         .and_then(Value::as_bool)
@@ -1627,10 +1658,11 @@ fn order_pay(sb: &Sandbox, v: &Value) -> WxResult {
 }
 
 /// The body of `open_product_order_cancel` for order `o` (WECHAT_SHOP.md §8.2: its ids; any
-/// further fields UNVERIFIED). Pushed whenever a component order becomes cancelled (250):
+/// further fields UNVERIFIED). Pushed whenever a component order becomes cancelled: 250 by
 /// the merchant's `order/close` or cancel action of `order/pay`, and the user's cancel in
-/// WeChat's order centre ([`user_order`]). That WeChat pushes it for the merchant's own
-/// cancels too is UNVERIFIED; a merchant's handler must take it either way.
+/// WeChat's order centre ([`user_order`]); [`STATUS_EXPIRED`] when its `expire_time` passes
+/// unpaid ([`expire_unpaid`]). That WeChat pushes it for the merchant's own cancels and for
+/// an unpaid timeout is UNVERIFIED; a merchant's handler must take it either way.
 fn cancel_body(o: &ShopOrder) -> Value {
     json!({"order_id": o.order_id, "out_order_id": o.out_order_id})
 }
@@ -1737,6 +1769,79 @@ fn order_close(sb: &Sandbox, v: &Value) -> WxResult {
     Ok(json!({}))
 }
 
+/// WeChat's unpaid timeout: every order still unpaid (10, 11) whose `expire_time` has passed
+/// on the sandbox's clock becomes [`STATUS_EXPIRED`] (its `update_time` the moment it
+/// expired) and `open_product_order_cancel` is pushed for it — save one whose WeChat Pay order
+/// the user paid, which waits for the merchant's `order/pay` ([`paid_at_cashier`]). From then
+/// on it is cancelled like any other: `order/get` says so, `getpaymentparams` answers 1010043
+/// (the documented "state does not allow payment"; which code WeChat gives an expired order is
+/// UNVERIFIED), `order/pay` and `order/close` answer 100000, the user cannot pay it
+/// (`/_control/pay`). Its WeChat Pay order (fund_type=0) is WeChat Pay's own, with its own
+/// `time_expire`.
+///
+/// Run lazily ([`Sandbox::expire_due`]): before every request the sandbox answers and right
+/// after `/_control/clock` moves the clock, so a test meets it at a moment it chooses, and
+/// it costs a look at [`ShopState::expiring`]'s first entry when nothing is due. (WeChat
+/// cancels on its own timer; the sandbox used to leave an expired order waiting for payment
+/// for ever, refusing only its payment.)
+pub(crate) fn expire_unpaid(sb: &Sandbox) {
+    let now = sb.now_ms();
+    let bodies = {
+        let mut st = sb.st();
+        // Read first: a borrow that changes nothing is not a change to save.
+        if st.shop.expiring.first().is_none_or(|(at, _)| *at >= now) {
+            return;
+        }
+        let State { shop, pay, .. } = &mut *st;
+        let later = shop.expiring.split_off(&(now, String::new()));
+        let due = std::mem::replace(&mut shop.expiring, later);
+        let mut bodies = Vec::new();
+        for (at, key) in due {
+            let Some(o) = shop.orders.get_mut(&key) else {
+                continue;
+            };
+            if !matches!(o.status, 10 | 11) || o.expire_ms != Some(at) {
+                continue;
+            }
+            if paid_at_cashier(pay, o) {
+                continue;
+            }
+            o.status = STATUS_EXPIRED;
+            o.update_time = beijing_datetime(at);
+            bodies.push(cancel_body(o));
+        }
+        bodies
+    };
+    for body in bodies {
+        push_event(sb, "open_product_order_cancel", "order_info", body);
+    }
+}
+
+/// Whether the WeChat Pay order of fund_type=0 order `o` was paid: the user paid at WeChat's
+/// cashier and only the merchant's `order/pay` is missing. The WeChat Pay order is the one of
+/// its `pay_info.prepay_id` (by the `prepay_id` index or, once that forgot it, under the
+/// order's own number), or without one the WeChat Pay order of the same number. WeChat's
+/// cashier marks such an order paid (11, "cashier payment completed") and does not time it out
+/// (UNVERIFIED); the sandbox leaves it waiting for the merchant's sync instead of cancelling it.
+fn paid_at_cashier(pay: &super::mch::PayState, o: &ShopOrder) -> bool {
+    if o.fund_type != 0 {
+        return false;
+    }
+    let linked = match &o.prepay_id {
+        Some(prepay) => pay
+            .prepay_ids
+            .get(prepay)
+            .and_then(|no| pay.orders.get(no))
+            .or_else(|| {
+                pay.orders
+                    .get(&o.out_order_id)
+                    .filter(|p| &p.prepay_id == prepay)
+            }),
+        None => pay.orders.get(&o.out_order_id),
+    };
+    linked.is_some_and(|p| p.state.is_paid())
+}
+
 /// `/_control/pay {"out_order_id"}`: the user pays a fund_type=1 order; WeChat (not the
 /// merchant's WeChat Pay) collects, so `open_product_order_pay` is pushed instead of a
 /// payment notification.
@@ -1753,6 +1858,12 @@ pub fn user_pays_order(
         if o.fund_type != 1 {
             return Err(format!(
                 "order {out_order_id} is fund_type=0: pay its WeChat Pay order (out_trade_no)"
+            ));
+        }
+        if o.status == STATUS_EXPIRED {
+            return Err(format!(
+                "order {out_order_id} expired unpaid (status {STATUS_EXPIRED}): its \
+                 expire_time passed"
             ));
         }
         if o.status != 10 && o.status != 11 {
@@ -1875,9 +1986,10 @@ fn delivery_recieve(sb: &Sandbox, v: &Value) -> WxResult {
 /// `{"action":"confirm_receipt","out_order_id"}` confirms receipt of a shipped order (30 →
 /// 100, as WeChat also does by itself once the confirmation period runs out) and pushes
 /// `open_product_order_confirm`, which is all the merchant hears of it.
-/// `{"action":"cancel","out_order_id"}` cancels an unpaid order (10/11 → 250, as WeChat also
-/// does on an unpaid timeout) and pushes `open_product_order_cancel`; its WeChat Pay order,
-/// if any, stays open, as the merchant's to close. `"push": false` loses the push.
+/// `{"action":"cancel","out_order_id"}` cancels an unpaid order (10/11 → 250) and pushes
+/// `open_product_order_cancel`; its WeChat Pay order, if any, stays open, as the merchant's
+/// to close. `"push": false` loses the push. (WeChat's own unpaid timeout is
+/// [`expire_unpaid`], by the order's `expire_time`.)
 pub fn user_order(sb: &Sandbox, v: &Value) -> Result<Value, String> {
     let action = str_of(v, "action").unwrap_or("confirm_receipt");
     if !matches!(action, "confirm_receipt" | "cancel") {

@@ -24,7 +24,9 @@
 //! A lost answer: WeChat allows one withdrawal a day and holds the amount once it has it, so a
 //! repeated `withdraw` of today's amount is refused (9700101, or the balance no longer covers
 //! it). When it repeats today's withdrawal, which still awaits the QR confirmation, it gets
-//! that withdrawal's QR code again (`resumed`) if the ticket reached us; if `submitwithdraw`'s
+//! that withdrawal's QR code again (`resumed`) if the ticket reached us and WeChat's
+//! `qrcode/check` does not say it expired or was cancelled (then 410 `QRCODE_EXPIRED`: the
+//! withdrawal closes, its amount comes back, withdraw again tomorrow); if `submitwithdraw`'s
 //! answer itself was lost, the ticket is gone for good — WeChat gives it in no other answer
 //! (`getwithdrawdetail` has none; `qrcode/gen` makes a ticket tied to no withdrawal) — and the
 //! answer is 409 `WITHDRAWAL_QRCODE_LOST`, naming the withdrawal and what to do: leave it to
@@ -224,7 +226,11 @@ fn funds_error(e: WxError) -> ApiError {
         Some(E_QR_EXPIRED) => ApiError::new(
             StatusCode::GONE,
             "QRCODE_EXPIRED",
-            format!("the QR code expired; start the withdrawal again ({msg})"),
+            format!(
+                "the QR code expired before the admin confirmed it: its withdrawal closes and \
+                 the amount is available again; withdraw again (one withdrawal a day, Beijing \
+                 time: tomorrow if one was made today) ({msg})"
+            ),
         ),
         _ => wx_error(e),
     }
@@ -1163,14 +1169,14 @@ async fn pending_today(app: &App, amount: Fen) -> Option<Withdrawal> {
 /// refusal as it was.
 async fn todays_withdrawal(app: &App, amount: Fen) -> Result<Option<Value>, ApiError> {
     if let Some(w) = pending_today(app, amount).await {
-        return Ok(Some(resumed(app, &w).await));
+        return resumed(app, &w).await.map(Some);
     }
     let today = crate::time::beijing_date(app.clock.now_ms());
     let Some(w) = wechat_withdrawal_today(app, amount, &today).await else {
         return Ok(None);
     };
     if w.qrcode_ticket.is_some() {
-        return Ok(Some(resumed(app, &w).await));
+        return resumed(app, &w).await.map(Some);
     }
     tracing::warn!(withdraw_id = %w.withdraw_id, amount = amount.get(), "today's withdrawal of this amount awaits its QR confirmation, but its QR ticket was never received");
     Err(ApiError::conflict(
@@ -1223,13 +1229,51 @@ async fn wechat_withdrawal_today(app: &App, amount: Fen, today: &str) -> Option<
     None
 }
 
-/// The answer to a repeated request: the stored withdrawal's QR code again.
-async fn resumed(app: &App, w: &Withdrawal) -> Value {
-    tracing::info!(withdraw_id = %w.withdraw_id, "today's withdrawal of this amount awaits confirmation; answering its QR code again");
+/// The answer to a repeated request: the stored withdrawal's QR code again — unless WeChat
+/// says the code can no longer be confirmed (`qrcode/check` 2 cancelled, 3 expired, or
+/// `60220`): then 410 `QRCODE_EXPIRED`, saying that the withdrawal closes with its amount
+/// available again and what to do, and the withdrawal is read again so `withdraw_status`
+/// shows it. Our record may still say it awaits the scan when the `withdraw_notify` that
+/// closed it was lost; it used to hand back the dead QR code as `resumed`. A check that
+/// fails otherwise leaves the answer as it was (the QR code again).
+async fn resumed(app: &App, w: &Withdrawal) -> Result<Value, ApiError> {
     let ticket = w.qrcode_ticket.clone().unwrap_or_default();
+    let dead = match app.wx.funds_qrcode_check(&ticket).await {
+        Ok(c) => matches!(c.status, 2 | 3),
+        Err(e) => {
+            let expired = e.errcode() == Some(E_QR_EXPIRED);
+            if !expired {
+                tracing::warn!(withdraw_id = %w.withdraw_id, error = %e, "qrcode/check failed; answering the QR code again unchecked");
+            }
+            expired
+        }
+    };
+    if dead {
+        tracing::info!(withdraw_id = %w.withdraw_id, "today's withdrawal of this amount can no longer be confirmed: its QR code expired or was cancelled");
+        if let Err(e) = refresh(app, &w.withdraw_id).await {
+            tracing::warn!(withdraw_id = %w.withdraw_id, error = %e, "could not read the closed withdrawal again");
+        }
+        return Err(qrcode_dead(&w.withdraw_id, w.amount));
+    }
+    tracing::info!(withdraw_id = %w.withdraw_id, "today's withdrawal of this amount awaits confirmation; answering its QR code again");
     let mut out = submitted_answer(app, &w.withdraw_id, withdrawal_view(w), true, ticket).await;
     out["resumed"] = json!(true);
-    out
+    Ok(out)
+}
+
+/// 410 `QRCODE_EXPIRED` for withdrawal `id`, whose QR code can no longer be confirmed.
+fn qrcode_dead(id: &str, amount: Fen) -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "QRCODE_EXPIRED",
+        format!(
+            "withdrawal {id} of {amount} fen was not confirmed: its QR code expired (or the \
+             admin cancelled it) before the admin confirmed it in WeChat. WeChat closes the \
+             withdrawal (status CLOSE) and the amount is available again (action balance). \
+             WeChat allows one withdrawal a day (Beijing time) and this one counted: withdraw \
+             again tomorrow, and have the admin scan and confirm the new QR code promptly"
+        ),
+    )
 }
 
 /// What to do about a withdrawal that awaits the admin's QR confirmation, but whose QR ticket
@@ -1390,7 +1434,11 @@ fn qrcode_view(c: &QrcodeCheck) -> Value {
         0 => "not scanned yet",
         1 => "confirmed by the admin",
         2 => "cancelled by the admin: start a new withdrawal",
-        3 => "expired: start a new withdrawal",
+        3 => {
+            "expired before the admin confirmed it: the withdrawal closes and its amount is \
+             available again; withdraw again (one withdrawal a day, Beijing time: tomorrow if \
+             one was made today)"
+        }
         4 => "scanned, awaiting confirmation",
         _ => "unknown",
     };
