@@ -4994,17 +4994,29 @@ async fn days_awaiting_a_bill(r: &Running) -> Vec<String> {
     days_noted_in(r, "reconcile/refunds_awaiting_bill").await
 }
 
-/// The days (keys) of the `kv` entry `key`, a JSON object `{bill_date: epoch ms}`.
+/// The days (keys) of the `kv` entry `key`, a JSON object `{bill_date: what is noted}`.
 async fn days_noted_in(r: &Running, key: &str) -> Vec<String> {
+    noted_in(r, key).await.into_keys().collect()
+}
+
+/// The `kv` entry `key`, a JSON object `{bill_date: what is noted}`: epoch ms to check again
+/// from, or (`reconcile/days_awaiting_bill`, one own bill still to read) `{at, awaits}`.
+async fn noted_in(r: &Running, key: &str) -> std::collections::BTreeMap<String, Value> {
     let entry = wxshop::store::kv::get(r.app.store.as_ref(), key)
         .await
         .unwrap();
-    entry.map_or_else(Vec::new, |e| {
-        serde_json::from_str::<std::collections::BTreeMap<String, i64>>(&e.value)
-            .unwrap()
-            .into_keys()
-            .collect()
+    entry.map_or_else(std::collections::BTreeMap::new, |e| {
+        serde_json::from_str(&e.value).unwrap()
     })
+}
+
+/// `pay/downloadbill` calls the sandbox received for `bill_date`'s bill of `bill_type`.
+fn bill_of_type_asked_for(r: &Running, bill_date: &str, bill_type: &str) -> usize {
+    r.sandbox
+        .calls("pay/downloadbill")
+        .iter()
+        .filter(|v| v["bill_date"] == bill_date && v["bill_type"] == bill_type)
+        .count()
 }
 
 /// A refund of ours recorded today that WeChat says succeeded yesterday, whose bill WeChat
@@ -5187,10 +5199,11 @@ async fn days_awaiting_their_bill(r: &Running) -> Vec<String> {
 /// Yesterday's own bills still being made (`Bill Creating`) when the schedule comes to
 /// reconcile yesterday: the day awaits its bill — named in the report's
 /// `bill.days_awaiting_bill`, not a failed phase, no page — and WeChat is asked again an hour
-/// on, not at the next run 5 minutes later; once WeChat has made the bill, the run that asks
-/// reconciles the day. By hand meanwhile: 409 `BILL_NOT_READY`, saying when to ask again.
-/// The run used to fail (`PAYMENT_UNAVAILABLE`, the bill phase in `failed`) and ask WeChat
-/// again at every 5-minute run, all day; by hand a 503 that read as an outage.
+/// on (each of its two bills once), not at the next run 5 minutes later; once WeChat has made
+/// the bill, the run that asks reconciles the day. By hand meanwhile: 409 `BILL_NOT_READY`,
+/// saying when to ask again. The run used to fail (`PAYMENT_UNAVAILABLE`, the bill phase in
+/// `failed`) and ask WeChat again at every 5-minute run, all day; by hand a 503 that read as
+/// an outage.
 #[tokio::test]
 async fn a_day_whose_own_bill_is_being_made_awaits_it_and_is_asked_for_hourly() {
     let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
@@ -5216,7 +5229,8 @@ async fn a_day_whose_own_bill_is_being_made_awaits_it_and_is_asked_for_hourly() 
         json!([day]),
         "{report}"
     );
-    assert_eq!(bills_asked_for(&r, &day), 1);
+    // Each of its two bills: the one may be made before the other.
+    assert_eq!(bills_asked_for(&r, &day), 2);
     assert_eq!(days_awaiting_their_bill(&r).await, vec![day.clone()]);
     // The next run, 5 minutes on: WeChat not asked again, nothing failed.
     advance_both(&r, &c, 5 * 60_000).await;
@@ -5227,7 +5241,7 @@ async fn a_day_whose_own_bill_is_being_made_awaits_it_and_is_asked_for_hourly() 
         json!([day]),
         "{report}"
     );
-    assert_eq!(bills_asked_for(&r, &day), 1, "not asked at every run");
+    assert_eq!(bills_asked_for(&r, &day), 2, "not asked at every run");
 
     // By hand: not an outage — the bill is not made yet; when to ask again.
     let (s, v) = c
@@ -5255,7 +5269,7 @@ async fn a_day_whose_own_bill_is_being_made_awaits_it_and_is_asked_for_hourly() 
         json!([day]),
         "{report}"
     );
-    assert_eq!(bills_asked_for(&r, &day), asked + 1);
+    assert_eq!(bills_asked_for(&r, &day), asked + 2);
 
     // WeChat has made it: the run an hour on reconciles the day, clean.
     let (s, v) = c
@@ -5265,7 +5279,7 @@ async fn a_day_whose_own_bill_is_being_made_awaits_it_and_is_asked_for_hourly() 
     advance_both(&r, &c, 30 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
-    assert_eq!(bills_asked_for(&r, &day), asked + 1, "an hour: not yet");
+    assert_eq!(bills_asked_for(&r, &day), asked + 2, "an hour: not yet");
     advance_both(&r, &c, 31 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
@@ -5279,9 +5293,11 @@ async fn a_day_whose_own_bill_is_being_made_awaits_it_and_is_asked_for_hourly() 
 
 /// A day whose own bills WeChat is still making a week after they should have been ready
 /// (10:00 China time the next day) is given up on: a `bill_mismatch` event
-/// (`{day}/bill_not_issued`) saying what to do, paged once, and WeChat no longer asked.
-/// Until then it waits without a page. It used to fail the run at every 5-minute run, and
-/// never be given up on while the mark waited for it.
+/// (`{day}/bill_not_issued`) saying what to do, paged once, counted in the run's
+/// `bill.mismatches` (and `kept`), and WeChat no longer asked. Until then it waits without a
+/// page. It used to fail the run at every 5-minute run, and never be given up on while the
+/// mark waited for it; given up on, it was counted in `kept` but not in `mismatches`, so the
+/// run's answer said it found nothing wrong.
 #[tokio::test]
 async fn a_day_whose_own_bill_never_comes_is_given_up_after_a_week() {
     let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
@@ -5328,6 +5344,8 @@ async fn a_day_whose_own_bill_never_comes_is_given_up_after_a_week() {
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
     assert_eq!(report["bill"]["days_given_up"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 1, "{report}");
+    assert_eq!(report["bill"]["kept"], 1, "{report}");
     let kept = wxshop::store::repo::get_event(
         r.app.store.as_ref(),
         "bill_mismatch",
@@ -5349,6 +5367,305 @@ async fn a_day_whose_own_bill_never_comes_is_given_up_after_a_week() {
     assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
     assert_eq!(bills_asked_for(&r, &day), asked, "not asked again");
     assert_eq!(paged(), 1, "still paged once");
+}
+
+/// Tells the sandbox's `downloadbill` to answer `day`'s bills (`bill_type`: one of them) with
+/// the failure `return_msg` (`Bill Creating`, `SYSTEMERROR`, …), or (`None`) to give them.
+async fn bills_fail(c: &Client<'_>, day: &str, bill_type: Option<&str>, return_msg: Option<&str>) {
+    let mut body = match return_msg {
+        Some(msg) => json!({"failing": day, "return_msg": msg}),
+        None => json!({"created": day}),
+    };
+    if let Some(t) = bill_type {
+        body["bill_type"] = json!(t);
+    }
+    let (s, v) = c.post("/sandbox/_control/bill", None, &body).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Yesterday's own bills answered `SYSTEMERROR` (a failure WeChat says passes) when the
+/// schedule comes to reconcile yesterday: not a failed phase — the day awaits its bills
+/// (`bill.days_awaiting_bill`, WeChat's answers in `bill.transient_failures`, noted in `kv`
+/// `reconcile/days_awaiting_bill`), asked for again at the run 5 minutes on, then hourly,
+/// and the day after it is reconciled the next morning while it still waits; once WeChat
+/// gives the bills, the run that asks reconciles the day, clean, no page. It used to fail the
+/// bill phase at every 5-minute run, asking WeChat each time, the days after it waiting
+/// behind it. A refusal that will not pass (`SIGN ERROR`) still fails the phase, nothing
+/// noted, the mark waiting.
+#[tokio::test]
+async fn a_day_whose_own_bill_fails_for_a_while_awaits_it_and_the_days_after_go_on() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    let schedule = || run_schedule(&r);
+    advance_to_china(&r, &c, 12, 0).await;
+    paid_and_synced(&r, &c, "olga", 1).await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+
+    // A refusal that will not pass: the phase fails loudly, nothing noted.
+    bills_fail(&c, &day, None, Some("SIGN ERROR")).await;
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!(["bill"]), "{report}");
+    assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
+    assert!(days_awaiting_their_bill(&r).await.is_empty());
+
+    // WeChat answers `SYSTEMERROR` instead: the day awaits its bills; the phase goes on.
+    bills_fail(&c, &day, None, Some("SYSTEMERROR")).await;
+    advance_both(&r, &c, 5 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+    assert_eq!(
+        report["bill"]["transient_failures"],
+        json!([
+            format!("{day} SUCCESS: SYSTEMERROR"),
+            format!("{day} REFUND: SYSTEMERROR")
+        ]),
+        "{report}"
+    );
+    assert_eq!(days_awaiting_their_bill(&r).await, vec![day.clone()]);
+    let asked = bills_asked_for(&r, &day);
+    // The first time, asked again at the next run; failing again, hourly.
+    advance_both(&r, &c, 5 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(bills_asked_for(&r, &day), asked + 2, "asked again");
+    advance_both(&r, &c, 30 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+    assert_eq!(bills_asked_for(&r, &day), asked + 2, "not at every run");
+
+    // The next morning, still failing: the day after it is reconciled all the same.
+    let next_day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([next_day]), "{report}");
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+    assert_eq!(paged(), 0, "no page while the bill may come");
+
+    // WeChat gives the bills: the run an hour after it last asked reconciles the day.
+    bills_fail(&c, &day, None, None).await;
+    advance_both(&r, &c, 61 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 0, "{report}");
+    assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
+    assert_eq!(report["bill"]["transient_failures"], json!([]), "{report}");
+    assert!(days_awaiting_their_bill(&r).await.is_empty());
+    assert_eq!(paged(), 0, "nothing for a person");
+    assert!(bill_mismatch_events(&r).await.is_empty());
+}
+
+/// Yesterday's REFUND bill still being made while its SUCCESS bill is ready: the schedule
+/// checks the payments' half now — the garbled payment line kept and paged — and waits for
+/// the REFUND bill alone (`bill.checked_in_part`, `bill.days_awaiting_bill`, the day noted
+/// in `kv` as awaiting `REFUND`), asking for that bill only, hourly; once WeChat has made
+/// it, the refunds' half is checked — the refund no bill lists kept and paged — and the day
+/// is `reconciled`. Each event kept and paged once, the payments never counted again. The
+/// whole day used to wait for both bills, nothing of it checked.
+#[tokio::test]
+async fn a_day_checks_the_half_whose_bill_is_ready_and_waits_for_the_other() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    let schedule = || run_schedule(&r);
+    advance_to_china(&r, &c, 12, 0).await;
+    let (_, garbled) = paid_and_synced(&r, &c, "paul", 1).await;
+    let (_, no) = paid_and_synced(&r, &c, "pia", 1).await;
+    let ghost = "RFghost0000021";
+    forged_refund(&r, &c, &no, ghost, r.app.clock.now_ms()).await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    let (s, v) = c
+        .post("/sandbox/_control/bill", None, &json!({"garble": garbled}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    bills_fail(&c, &day, Some("REFUND"), Some("Bill Creating")).await;
+    // (A refund made by hand pages on its own.)
+    let before = paged();
+
+    // The next morning: the payments are checked; the refunds wait for their bill.
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["checked_in_part"],
+        json!([format!("{day} SUCCESS")]),
+        "{report}"
+    );
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+    assert_eq!(report["bill"]["mismatches"], 1, "{report}");
+    assert_eq!(report["bill"]["kept"], 1, "{report}");
+    assert_eq!(paged() - before, 1, "the garbled line paged");
+    let events = bill_mismatch_events(&r).await;
+    assert_eq!(events.len(), 1);
+    assert!(
+        events[0]
+            .key
+            .starts_with(&format!("{day}/unreadable/SUCCESS/")),
+        "{}",
+        events[0].key
+    );
+    let noted = noted_in(&r, "reconcile/days_awaiting_bill").await;
+    assert_eq!(noted[&day]["awaits"], "REFUND", "{noted:?}");
+    let success_asked = bill_of_type_asked_for(&r, &day, "SUCCESS");
+    let refund_asked = bill_of_type_asked_for(&r, &day, "REFUND");
+
+    // An hour on: the REFUND bill alone asked for again; nothing counted twice.
+    advance_both(&r, &c, 61 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 0, "{report}");
+    assert_eq!(report["bill"]["kept"], 0, "{report}");
+    assert_eq!(report["bill"]["checked_in_part"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+    assert_eq!(bill_of_type_asked_for(&r, &day, "SUCCESS"), success_asked);
+    assert_eq!(bill_of_type_asked_for(&r, &day, "REFUND"), refund_asked + 1);
+
+    // WeChat has made it: the refunds' half is checked, the day done.
+    bills_fail(&c, &day, None, None).await;
+    advance_both(&r, &c, 61 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 1, "{report}");
+    assert_eq!(report["bill"]["kept"], 1, "{report}");
+    assert_eq!(bill_of_type_asked_for(&r, &day, "SUCCESS"), success_asked);
+    wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "bill_mismatch",
+        &format!("{day}/refund_missing/{ghost}"),
+    )
+    .await
+    .unwrap()
+    .expect("a bill_mismatch event for a person");
+    assert_eq!(bill_mismatch_events(&r).await.len(), 2);
+    assert_eq!(paged() - before, 2, "each paged once");
+    assert!(days_awaiting_their_bill(&r).await.is_empty());
+    // Done: not again.
+    advance_both(&r, &c, 61 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
+    assert_eq!(paged() - before, 2, "still each paged once");
+}
+
+/// Yesterday's SUCCESS bill failing (`SYSTEMERROR`) all week while its REFUND bill is read:
+/// the refunds' half is checked at once (the refund no bill lists kept and paged), the
+/// SUCCESS bill asked for again 5 minutes on, then hourly, no page while it may come; a week
+/// after it should have been ready the day is given up on — `bill.days_given_up`, counted in
+/// `bill.mismatches` and `kept`, a `bill_mismatch` `{day}/bill_not_issued` naming the SUCCESS
+/// bill, WeChat's `SYSTEMERROR` and the half that was checked, paged once — and not asked for
+/// again. It used to fail the bill phase at every run for as long as WeChat failed: nothing
+/// of the day checked, no day after it reconciled, no person told.
+#[tokio::test]
+async fn a_bill_failing_all_week_is_given_up_and_the_other_half_checked() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    let schedule = || run_schedule(&r);
+    advance_to_china(&r, &c, 12, 0).await;
+    let (_, no) = paid_and_synced(&r, &c, "quinn", 1).await;
+    let ghost = "RFghost0000022";
+    forged_refund(&r, &c, &no, ghost, r.app.clock.now_ms()).await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    bills_fail(&c, &day, Some("SUCCESS"), Some("SYSTEMERROR")).await;
+    let before = paged();
+
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["checked_in_part"],
+        json!([format!("{day} REFUND")]),
+        "{report}"
+    );
+    assert_eq!(
+        report["bill"]["transient_failures"],
+        json!([format!("{day} SUCCESS: SYSTEMERROR")]),
+        "{report}"
+    );
+    assert_eq!(report["bill"]["mismatches"], 1, "{report}");
+    assert_eq!(paged() - before, 1, "the refund no bill lists");
+    let refund_asked = bill_of_type_asked_for(&r, &day, "REFUND");
+    // 5 minutes on: the SUCCESS bill alone asked again.
+    advance_both(&r, &c, 5 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 0, "{report}");
+    assert_eq!(bill_of_type_asked_for(&r, &day, "SUCCESS"), 2);
+    assert_eq!(bill_of_type_asked_for(&r, &day, "REFUND"), refund_asked);
+
+    // Six days on: still waiting, no page.
+    advance_both(&r, &c, 6 * DAY_MS).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+    assert_eq!(paged() - before, 1, "no page while the bill may come");
+
+    // A week after it should have been ready: given up on, counted, a person told once.
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["days_given_up"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 1, "{report}");
+    assert_eq!(report["bill"]["kept"], 1, "{report}");
+    let kept = wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "bill_mismatch",
+        &format!("{day}/bill_not_issued"),
+    )
+    .await
+    .unwrap()
+    .expect("a bill_mismatch event for a person");
+    let body = &kept.value.body;
+    assert!(
+        body.contains("`SYSTEMERROR` for the SUCCESS bill")
+            && body.contains("its REFUND bill was read")
+            && body.contains("by hand"),
+        "{body}"
+    );
+    assert_eq!(paged() - before, 2, "paged once");
+    assert_eq!(refund_asked, bill_of_type_asked_for(&r, &day, "REFUND"));
+    let asked = bills_asked_for(&r, &day);
+    advance_both(&r, &c, 2 * 3_600_000).await;
+    let report = schedule().await;
+    assert_eq!(report["bill"]["days_given_up"], json!([]), "{report}");
+    assert_eq!(bills_asked_for(&r, &day), asked, "not asked again");
+    assert_eq!(paged() - before, 2, "still paged once");
 }
 
 /// A refund recorded successful today (its outcome found late) whose every bill day — the day

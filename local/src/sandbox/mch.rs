@@ -197,11 +197,13 @@ pub struct PayState {
     /// across restarts.
     #[serde(skip)]
     pub garbled_bill_lines: std::collections::HashSet<String>,
-    /// Days (`yyyyMMdd`) whose bills `downloadbill` answers `Bill Creating` for (WeChat still
-    /// making them), set with `/_control/bill` `{"creating": day}` and taken back with
-    /// `{"created": day}`: a test's knob, not kept across restarts.
+    /// The failures `downloadbill` answers instead of a day's bills (its `return_msg`: `Bill
+    /// Creating` while WeChat is still making them, `SYSTEMERROR`, …), by `yyyyMMdd` (both
+    /// bill types) or `yyyyMMdd/TYPE` (that bill only: `SUCCESS`, `REFUND`), set with
+    /// `/_control/bill` `{"creating": day}` or `{"failing": day, "return_msg"}` and taken back
+    /// with `{"created": day}`: a test's knob, not kept across restarts.
     #[serde(skip)]
-    pub bills_creating: std::collections::HashSet<String>,
+    pub bill_failures: std::collections::HashMap<String, String>,
 }
 
 impl PayState {
@@ -1498,10 +1500,20 @@ fn downloadbill(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields) -> Response {
     if earliest.is_some_and(|earliest| date < earliest.as_str()) {
         return bill_fail("invalid bill_date", "20001");
     }
-    if sb.st().pay.bills_creating.contains(date) {
-        return bill_fail("Bill Creating", "20001");
-    }
     let bill_type = get(f, "bill_type").unwrap_or("ALL");
+    let failure = {
+        let st = sb.st();
+        let failures = &st.pay.bill_failures;
+        failures
+            .get(&format!("{date}/{bill_type}"))
+            .or_else(|| failures.get(date))
+            .cloned()
+    };
+    if let Some(msg) = failure {
+        // The `error_code` WeChat sends with `Bill Creating` or `SYSTEMERROR` is UNVERIFIED
+        // (the client reads `return_msg`).
+        return bill_fail(&msg, "20001");
+    }
     let columns: &[&str] = match bill_type {
         "ALL" => &ALL_COLUMNS,
         "SUCCESS" => &SUCCESS_COLUMNS,

@@ -1176,25 +1176,53 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
 /// `{"garble": out_trade_no}`: that order's lines of every bill (its payment, its refunds)
 /// carry amounts no parser reads, as a damaged bill would — what reconciliation must report
 /// without giving up on the rest of the day. `{"creating": day}`: that day's bills are
-/// answered `Bill Creating` (WeChat still making them) until `{"created": day}`.
+/// answered `Bill Creating` (WeChat still making them); `{"failing": day, "return_msg"?}`:
+/// answered with that failure (default `SYSTEMERROR`); either with `"bill_type"`
+/// (`SUCCESS`, `REFUND`) for that bill only; until `{"created": day}`, which takes back every
+/// such answer of the day.
 async fn control_bill(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
     let v = match parse_json_body(&body) {
         Ok(v) => v,
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     };
     let mut st = sb.st();
-    if let Some(day) = v.get("creating").and_then(Value::as_str) {
-        st.pay.bills_creating.insert(day.to_owned());
-        return Json(json!({"creating": st.pay.bills_creating.len()})).into_response();
+    let failing = match (
+        v.get("creating").and_then(Value::as_str),
+        v.get("failing").and_then(Value::as_str),
+    ) {
+        (Some(day), _) => Some((day, "Bill Creating")),
+        (None, Some(day)) => Some((
+            day,
+            v.get("return_msg")
+                .and_then(Value::as_str)
+                .unwrap_or("SYSTEMERROR"),
+        )),
+        (None, None) => None,
+    };
+    if let Some((day, msg)) = failing {
+        let key = match v.get("bill_type").and_then(Value::as_str) {
+            None => day.to_owned(),
+            Some(t @ ("SUCCESS" | "REFUND")) => format!("{day}/{t}"),
+            Some(_) => {
+                return control_err(
+                    StatusCode::BAD_REQUEST,
+                    "bill_type: SUCCESS or REFUND (leave it out for both)",
+                )
+            }
+        };
+        st.pay.bill_failures.insert(key, msg.to_owned());
+        return Json(json!({"failing": st.pay.bill_failures.len()})).into_response();
     }
     if let Some(day) = v.get("created").and_then(Value::as_str) {
-        st.pay.bills_creating.remove(day);
-        return Json(json!({"creating": st.pay.bills_creating.len()})).into_response();
+        st.pay
+            .bill_failures
+            .retain(|k, _| k.split('/').next() != Some(day));
+        return Json(json!({"failing": st.pay.bill_failures.len()})).into_response();
     }
     let Some(no) = v.get("garble").and_then(Value::as_str) else {
         return control_err(
             StatusCode::BAD_REQUEST,
-            "garble: an out_trade_no; or creating / created: a yyyyMMdd day",
+            "garble: an out_trade_no; or creating / failing / created: a yyyyMMdd day",
         );
     };
     st.pay.garbled_bill_lines.insert(no.to_owned());

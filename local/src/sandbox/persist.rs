@@ -359,7 +359,7 @@ fn visit_kept(st: &mut State, v: &mut impl Visit) {
         next_prune_ms: _,
         refund_outcomes: _,
         garbled_bill_lines: _,
-        bills_creating: _,
+        bill_failures: _,
     } = &mut st.pay;
     v.map("pay.orders", orders);
     v.map("pay.refunds", refunds);

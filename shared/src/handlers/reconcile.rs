@@ -28,10 +28,28 @@
 //! (today, say), what they list is checked as usual, but an order or refund of ours they
 //! lack is awaiting them (`payments_awaiting_bill`, `refunds_awaiting_bill`, each saying
 //! when to ask again), never missing: WeChat has not issued that day's bill yet. A day
-//! past WeChat's three months is refused (`BILL_OUT_OF_REACH`) without asking WeChat. A day
-//! whose own SUCCESS or REFUND bill WeChat is still making (`Bill Creating`) is not
-//! reconciled: refused 409 `BILL_NOT_READY`, saying when to ask again (WeChat is up; the
-//! bill is not made yet), and the schedule asks again hourly ([`run_daily`]).
+//! past WeChat's three months is refused (`BILL_OUT_OF_REACH`) without asking WeChat. By
+//! hand, a day whose own SUCCESS or REFUND bill WeChat is still making (`Bill Creating`) is
+//! not reconciled: refused 409 `BILL_NOT_READY`, saying when to ask again (WeChat is up; the
+//! bill is not made yet); one WeChat fails to give for a reason that passes (`SYSTEMERROR`,
+//! a timeout) is 503 `PAYMENT_UNAVAILABLE` (retry shortly) — by hand the whole day or
+//! nothing, as a partial answer would read as the day's.
+//!
+//! The schedule ([`run_daily`]) treats a day's two own bills apart: the SUCCESS bill's half
+//! (every payment of it, and our payments the other way) and the REFUND bill's half (every
+//! refund of it, and our refunds the other way) share nothing but the day, so a half is
+//! checked once its bill is read even while WeChat is still making, or fails to give, the
+//! other — which is asked for again later (after `Bill Creating` an hour on; after a failure
+//! that passes 5 minutes on the first time, then hourly) and given up on a week after it
+//! should have been ready. Their events have distinct keys (`{day}/payment/…`,
+//! `{day}/missing/…`, `{day}/unreadable/SUCCESS/…` against `{day}/refund/…`,
+//! `{day}/refund_missing/…`, `{day}/unreadable/REFUND/…`), so no half keeps another's. The
+//! half checked has its mismatches kept before the bill still to read is noted (kv
+//! `reconcile/days_awaiting_bill`, `{"at", "awaits"}`), and the mark moves past the day only
+//! after that: a run cut short between redoes the day (nothing kept twice), and the day is
+//! `reconciled` only once both halves were checked. A failure that passes includes an outage
+//! of WeChat Pay (a timeout, HTTP 5xx): the bill phase no longer fails for it — the other
+//! phases show an outage; a day whose bill it keeps from us pages once given up on.
 //!
 //! A bill record that cannot be read is a mismatch of its own and every other record is
 //! checked; only a bill whose header or summary cannot be read fails the reconciliation
@@ -45,8 +63,11 @@
 //! `POST /admin/orderSync {action: "reconcile"}` runs it for a person; the schedule
 //! ([`run_daily`]) reconciles yesterday once a day after 10:00 China time, keeps each
 //! mismatch as a `bill_mismatch` event and pages (`MoneyNeedsAPerson`) once per new one —
-//! and, for a day whose own bill is still being made, asks again hourly, giving up (a
-//! `bill_mismatch` `bill_not_issued`, paged) a week after the bill should have been ready.
+//! and, for a day an own bill of which WeChat does not give (still being made, or a
+//! `SYSTEMERROR`), checks the other's half and asks again later, giving up (a
+//! `bill_mismatch` `bill_not_issued`, paged, counted as a mismatch) a week after the bill
+//! should have been ready. A refusal that will not pass (a bad signature, our configuration,
+//! a bill that does not parse) fails the schedule's run as by hand (`PAYMENT_REFUSED`).
 
 use crate::app::App;
 use crate::domain::{FundType, Order, OrderStatus, OutRefundNo, OutTradeNo};
@@ -71,10 +92,13 @@ const MARK_TTL_SECS: i64 = 90 * 24 * 3600;
 /// ready.
 const AWAITING: &str = "reconcile/refunds_awaiting_bill";
 
-/// The kv entry of the days the schedule came to reconcile while WeChat was still making
-/// their own SUCCESS or REFUND bill (`Bill Creating`): a JSON object `{bill_date: epoch ms
-/// to ask again from}`, as [`AWAITING`] ([`run_daily`]). A day leaves it once reconciled,
-/// or given up on [`CATCH_UP_DAYS`] after its bills should have been ready.
+/// The kv entry of the days the schedule came to reconcile while WeChat did not give their
+/// own SUCCESS or REFUND bill (`Bill Creating`, or a failure that passes): a JSON object
+/// `{bill_date: epoch ms to ask again from}` when neither bill was read, `{bill_date: {"at":
+/// epoch ms, "awaits": "SUCCESS"|"REFUND"}}` when the other's half was checked already
+/// ([`AwaitedDay`], [`run_daily`]). A day leaves it once both halves were checked, or given
+/// up on [`CATCH_UP_DAYS`] after its bills should have been ready. (A version before the
+/// halves were checked apart reads the second form as an entry that does not parse.)
 const DAYS_AWAITING: &str = "reconcile/days_awaiting_bill";
 
 /// The refusal ([`reconcile`], 409) of a day whose own SUCCESS or REFUND bill WeChat is still
@@ -83,9 +107,18 @@ const BILL_NOT_READY: &str = "BILL_NOT_READY";
 
 /// How long after WeChat answered `Bill Creating` (or, for another day's REFUND bill,
 /// `SYSTEMERROR`) that bill is asked for again — a day's own bills and another day's REFUND
-/// bill alike. UNVERIFIED how long WeChat takes to make a bill it is still making: an hour
-/// is a guess; the schedule runs every 5 minutes.
+/// bill alike; and a day's own bill failing again for a reason that passes
+/// ([`TRANSIENT_FIRST_RETRY_MS`]). UNVERIFIED how long WeChat takes to make a bill it is
+/// still making: an hour is a guess; the schedule runs every 5 minutes.
 const BILL_CREATING_RETRY_MS: i64 = HOUR_MS;
+
+/// How long after a day's own bill first failed for a reason that passes — `SYSTEMERROR`, a
+/// timeout, HTTP 5xx ([`PayError::is_retryable`]) — the schedule asks for it again: its next
+/// run (every 5 minutes) or the one after. Failing again, the day is asked for hourly
+/// ([`BILL_CREATING_RETRY_MS`]), as a bill still being made: a failure that lasts is not asked
+/// about at every run for a week. UNVERIFIED how long WeChat's `SYSTEMERROR` on
+/// `downloadbill` lasts.
+const TRANSIENT_FIRST_RETRY_MS: i64 = 5 * 60_000;
 
 /// WeChat Pay serves the bills of the last three months only (WECHAT_PAY_V2.md §2.7).
 /// UNVERIFIED how it counts them and what it answers for an older day: a day more than this
@@ -102,6 +135,121 @@ const BILLS_READY_HOUR: i64 = 10;
 /// creation (`ORDER_TTL_SECS` ≤ 7200); an hour more for WeChat's clock against ours. So the
 /// orders paid on a day were all created from this long before it until its end.
 pub(super) const PAID_AFTER_CREATED_MAX_MS: i64 = 3 * HOUR_MS;
+
+/// One of a day's own bills: the SUCCESS bill, read for the payments' half of the day's
+/// reconciliation, or the REFUND bill, for the refunds' half. The schedule checks each half
+/// once its bill is read, whether or not WeChat gave the other ([`run_daily`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+enum OwnBill {
+    Success,
+    Refund,
+}
+
+impl OwnBill {
+    const BOTH: [OwnBill; 2] = [OwnBill::Success, OwnBill::Refund];
+
+    fn bill_type(self) -> BillType {
+        match self {
+            OwnBill::Success => BillType::Success,
+            OwnBill::Refund => BillType::Refund,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        self.bill_type().as_str()
+    }
+}
+
+/// A day's own bill WeChat did not give now but may later: still making it (`Bill
+/// Creating`), or a failure that passes ([`PayError::is_retryable`]: `SYSTEMERROR`, a
+/// timeout, HTTP 5xx). A refusal that will not pass (a bad signature, our configuration, a
+/// bill that does not parse) is never one: it fails the reconciliation ([`pay_error`]).
+struct NotRead {
+    bill: OwnBill,
+    error: PayError,
+}
+
+impl NotRead {
+    fn creating(&self) -> bool {
+        matches!(&self.error, PayError::BillUnavailable { msg, .. }
+            if msg.eq_ignore_ascii_case("Bill Creating"))
+    }
+
+    /// What WeChat answered, for a person: `Bill Creating`, `SYSTEMERROR`, a timeout, …
+    fn answer(&self) -> String {
+        match &self.error {
+            PayError::BillUnavailable { msg, .. } => msg.clone(),
+            e => e.to_string(),
+        }
+    }
+
+    /// The answer to a reconciliation by hand: 409 [`BILL_NOT_READY`] while WeChat is still
+    /// making the bill — not a 503: WeChat is up, the bill is not made yet — saying when to
+    /// ask again ([`BILL_CREATING_RETRY_MS`]; `ask_again_at`, China time, and
+    /// `ask_again_at_ms`); a failure that passes is [`pay_error`]'s 503 (retry shortly).
+    fn refusal(self, bill_date: &str, now: i64) -> ApiError {
+        if !self.creating() {
+            return pay_error(self.error);
+        }
+        let at = now + BILL_CREATING_RETRY_MS;
+        let at_text = crate::time::beijing_datetime(at);
+        ApiError::conflict(
+            BILL_NOT_READY,
+            format!(
+                "WeChat Pay is still making the {} bill of {bill_date} (it answered \
+                 `Bill Creating`): nothing of that day was checked; ask again after \
+                 {at_text} China time. The schedule asks again by itself every hour for \
+                 the days it reconciles, and tells a person if the bill has not come a \
+                 week after it should have",
+                self.bill.as_str()
+            ),
+        )
+        .with("ask_again_at", at_text)
+        .with("ask_again_at_ms", at)
+    }
+}
+
+/// A day noted in [`DAYS_AWAITING`]: when to ask WeChat again (epoch ms), and which of its
+/// own bills are still to be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum AwaitedDay {
+    /// Both: nothing of the day was checked yet. A bare number, as every day was noted
+    /// before the halves were checked apart: an entry written then reads the same.
+    Whole(i64),
+    /// This one only: the other's half was checked and its mismatches kept.
+    OneBill { at: i64, awaits: OwnBill },
+}
+
+impl AwaitedDay {
+    fn new(at: i64, bills: &[OwnBill]) -> Self {
+        match bills {
+            [one] => AwaitedDay::OneBill { at, awaits: *one },
+            _ => AwaitedDay::Whole(at),
+        }
+    }
+
+    fn at(self) -> i64 {
+        match self {
+            AwaitedDay::Whole(at) | AwaitedDay::OneBill { at, .. } => at,
+        }
+    }
+
+    fn with_at(self, at: i64) -> Self {
+        match self {
+            AwaitedDay::Whole(_) => AwaitedDay::Whole(at),
+            AwaitedDay::OneBill { awaits, .. } => AwaitedDay::OneBill { at, awaits },
+        }
+    }
+
+    fn bills(self) -> Vec<OwnBill> {
+        match self {
+            AwaitedDay::Whole(_) => OwnBill::BOTH.to_vec(),
+            AwaitedDay::OneBill { awaits, .. } => vec![awaits],
+        }
+    }
+}
 
 /// A payment that does not match.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -276,65 +424,40 @@ fn pay_error(e: crate::pay::client::PayError) -> ApiError {
     }
 }
 
-/// The bill of `bill_type` of the day reconciled, `bill_date`. `No Bill Exist` (a day
-/// without trades) comes back as an empty bill. WeChat still making it (`Bill Creating`) is
-/// 409 [`BILL_NOT_READY`] — not a 503: WeChat is up, the bill is not made yet — saying when
-/// to ask again ([`BILL_CREATING_RETRY_MS`]; `ask_again_at`, China time, and
-/// `ask_again_at_ms`). Any other failure is [`pay_error`]'s (`SYSTEMERROR` included: the
-/// schedule's next run, 5 minutes on, asks again).
+/// `bill_date`'s own bill `bill`. `No Bill Exist` (a day without trades) comes back as an
+/// empty bill. `Ok(Err(_))`: WeChat did not give it now but may later ([`NotRead`]: still
+/// making it, or a failure that passes); any other failure is [`pay_error`]'s refusal.
 async fn own_bill(
     app: &App,
     bill_date: &str,
-    bill_type: BillType,
-    now: i64,
-) -> Result<Bill, ApiError> {
-    match app.pay.download_bill(bill_date, bill_type).await {
-        Ok(bill) => Ok(bill),
-        Err(PayError::BillUnavailable { msg, .. }) if msg.eq_ignore_ascii_case("Bill Creating") => {
-            let at = now + BILL_CREATING_RETRY_MS;
-            let at_text = crate::time::beijing_datetime(at);
+    bill: OwnBill,
+) -> Result<Result<Bill, NotRead>, ApiError> {
+    match app.pay.download_bill(bill_date, bill.bill_type()).await {
+        Ok(read) => Ok(Ok(read)),
+        Err(error) if error.is_retryable() => {
+            let not_read = NotRead { bill, error };
             tracing::warn!(
                 bill_date,
-                bill_type = bill_type.as_str(),
-                "WeChat Pay is still making the day's bill: not reconciled yet"
+                bill_type = bill.as_str(),
+                answer = %not_read.answer(),
+                "WeChat Pay did not give the day's bill now: not checked yet"
             );
-            Err(ApiError::conflict(
-                BILL_NOT_READY,
-                format!(
-                    "WeChat Pay is still making the {} bill of {bill_date} (it answered \
-                     `Bill Creating`): nothing of that day was checked; ask again after \
-                     {at_text} China time. The schedule asks again by itself every hour for \
-                     the days it reconciles, and tells a person if the bill has not come a \
-                     week after it should have",
-                    bill_type.as_str()
-                ),
-            )
-            .with("ask_again_at", at_text)
-            .with("ask_again_at_ms", at))
+            Ok(Err(not_read))
         }
         Err(e) => Err(pay_error(e)),
     }
 }
 
-/// Reconciles `bill_date` (`yyyyMMdd`). `Ok(None)` when `deadline` passed before the end
-/// (nothing is kept; run it again). A day past the three months WeChat keeps bills is
-/// refused (400 `BILL_OUT_OF_REACH`) without asking WeChat; one whose SUCCESS or REFUND bill
-/// WeChat is still making, 409 [`BILL_NOT_READY`] ([`own_bill`]). A day whose bills are not final
-/// yet (before 10:00 China time of the next day: asked for by hand) is read for what its
-/// bills list, and what they lack awaits them (`payments_awaiting_bill`,
-/// `refunds_awaiting_bill`) instead of being missing.
-pub async fn reconcile(
-    app: &App,
-    bill_date: &str,
-    deadline: Deadline,
-) -> Result<Option<Reconciliation>, ApiError> {
+/// The start of `bill_date` (epoch ms) if it can be reconciled at `now`: 400
+/// `BAD_BILL_DATE` for a date that is not one, 400 `BILL_OUT_OF_REACH` for a day past the
+/// three months WeChat keeps bills (WeChat not asked).
+fn day_in_reach(bill_date: &str, now: i64) -> Result<i64, ApiError> {
     let Some(start_ms) = beijing_day_start_ms(bill_date) else {
         return Err(ApiError::bad_request(
             "BAD_BILL_DATE",
             "bill_date must be yyyyMMdd",
         ));
     };
-    let now = app.clock.now_ms();
     if !bill_in_reach(bill_date, now) {
         let earliest = crate::time::beijing_date(earliest_bill_day_ms(now));
         return Err(ApiError::bad_request(
@@ -346,15 +469,62 @@ pub async fn reconcile(
             ),
         ));
     }
-    let final_at = bill_ready_at_ms(bill_date).filter(|t| now < *t);
-    let success = own_bill(app, bill_date, BillType::Success, now).await?;
-    let refunds = own_bill(app, bill_date, BillType::Refund, now).await?;
+    Ok(start_ms)
+}
+
+/// Reconciles `bill_date` (`yyyyMMdd`), by hand. `Ok(None)` when `deadline` passed before the
+/// end (nothing is kept; run it again). A day past the three months WeChat keeps bills is
+/// refused (400 `BILL_OUT_OF_REACH`) without asking WeChat; one whose SUCCESS or REFUND bill
+/// WeChat is still making, 409 [`BILL_NOT_READY`], or does not give for a reason that passes,
+/// 503 `PAYMENT_UNAVAILABLE` ([`NotRead::refusal`]): by hand the whole day or nothing. A day
+/// whose bills are not final yet (before 10:00 China time of the next day) is read for what
+/// its bills list, and what they lack awaits them (`payments_awaiting_bill`,
+/// `refunds_awaiting_bill`) instead of being missing.
+pub async fn reconcile(
+    app: &App,
+    bill_date: &str,
+    deadline: Deadline,
+) -> Result<Option<Reconciliation>, ApiError> {
+    let now = app.clock.now_ms();
+    let start_ms = day_in_reach(bill_date, now)?;
+    let success = own_bill(app, bill_date, OwnBill::Success)
+        .await?
+        .map_err(|n| n.refusal(bill_date, now))?;
+    let refunds = own_bill(app, bill_date, OwnBill::Refund)
+        .await?
+        .map_err(|n| n.refusal(bill_date, now))?;
+    check_halves(
+        app,
+        bill_date,
+        start_ms,
+        Some(&success),
+        Some(refunds),
+        deadline,
+    )
+    .await
+}
+
+/// Checks the halves of `bill_date` (starting at `start_ms`) whose own bill is given: the
+/// payments' with the SUCCESS bill, the refunds' with the REFUND bill (and the REFUND bills
+/// of the other days its refunds may be in). `Ok(None)` when `deadline` passed first.
+async fn check_halves(
+    app: &App,
+    bill_date: &str,
+    start_ms: i64,
+    success: Option<&Bill>,
+    refunds: Option<Bill>,
+    deadline: Deadline,
+) -> Result<Option<Reconciliation>, ApiError> {
+    let final_at = bill_ready_at_ms(bill_date).filter(|t| app.clock.now_ms() < *t);
     let mut out = Reconciliation {
         bill_date: bill_date.to_owned(),
         ..Reconciliation::default()
     };
-    for (bill, bill_type) in [(&success, BillType::Success), (&refunds, BillType::Refund)] {
-        for row in &bill.unreadable {
+    for (bill, bill_type) in [
+        (success, BillType::Success),
+        (refunds.as_ref(), BillType::Refund),
+    ] {
+        for row in bill.iter().flat_map(|b| b.unreadable.iter()) {
             tracing::error!(bill_date, bill_type = bill_type.as_str(), line = row.line, problem = %row.problem, "bill line unreadable");
             out.unreadable_rows.push(UnreadableBillRow {
                 bill_type: bill_type.as_str(),
@@ -362,7 +532,7 @@ pub async fn reconcile(
             });
         }
     }
-    for row in &success.rows {
+    for row in success.iter().flat_map(|b| b.rows.iter()) {
         if deadline.passed() {
             return Ok(None);
         }
@@ -378,7 +548,7 @@ pub async fn reconcile(
             });
         }
     }
-    for row in &refunds.rows {
+    for row in refunds.iter().flat_map(|b| b.rows.iter()) {
         if deadline.passed() {
             return Ok(None);
         }
@@ -393,21 +563,25 @@ pub async fn reconcile(
             });
         }
     }
-    if !missing_from_bill(app, &success, start_ms, final_at, deadline, &mut out).await? {
-        return Ok(None);
+    if let Some(success) = success {
+        if !missing_from_bill(app, success, start_ms, final_at, deadline, &mut out).await? {
+            return Ok(None);
+        }
     }
-    let mut refund_bills = RefundBills::default();
-    // Asked for by hand before it was ready: what it lists counts, what it lacks may come.
-    if let Some(ready_at) = final_at {
-        refund_bills
-            .not_ready
-            .insert(bill_date.to_owned(), ready_at);
-    }
-    refund_bills.read.insert(bill_date.to_owned(), refunds);
-    if !refunds_missing_from_bill(app, &mut refund_bills, start_ms, deadline, false, &mut out)
-        .await?
-    {
-        return Ok(None);
+    if let Some(refunds) = refunds {
+        let mut refund_bills = RefundBills::default();
+        // Asked for by hand before it was ready: what it lists counts, what it lacks may come.
+        if let Some(ready_at) = final_at {
+            refund_bills
+                .not_ready
+                .insert(bill_date.to_owned(), ready_at);
+        }
+        refund_bills.read.insert(bill_date.to_owned(), refunds);
+        if !refunds_missing_from_bill(app, &mut refund_bills, start_ms, deadline, false, &mut out)
+            .await?
+        {
+            return Ok(None);
+        }
     }
     Ok(Some(out))
 }
@@ -769,6 +943,8 @@ async fn refunds_missing_from_bill(
 pub struct DailyReport {
     /// The days (`yyyyMMdd`) reconciled in this run, oldest first.
     pub reconciled: Vec<String>,
+    /// Mismatches found in this run — a day given up on (`days_given_up`) included: each is a
+    /// `bill_mismatch` event for a person (kept once: one found again is not kept again).
     pub mismatches: usize,
     /// Mismatches kept as new `bill_mismatch` events (and paged).
     pub kept: usize,
@@ -784,13 +960,24 @@ pub struct DailyReport {
     /// Refunds (`out_refund_no`) whose every REFUND bill is past those three months: not
     /// checked, not paged ([`Reconciliation::refunds_out_of_reach`]).
     pub refunds_out_of_reach: Vec<String>,
-    /// Days (`yyyyMMdd`) whose own SUCCESS or REFUND bill WeChat is still making (`Bill
-    /// Creating`): not reconciled yet, noted in `reconcile/days_awaiting_bill` and asked for
-    /// again an hour on; not a failure.
+    /// Days (`yyyyMMdd`) whose own SUCCESS or REFUND bill WeChat did not give (still making
+    /// it, `Bill Creating`, or a failure that passes, `transient_failures`): not reconciled
+    /// yet — the half of the other bill, if read, checked — noted in
+    /// `reconcile/days_awaiting_bill` and asked for again later; not a failure.
     pub days_awaiting_bill: Vec<String>,
-    /// Days whose own bills WeChat was still making a week after they should have been
-    /// ready: given up on, not reconciled, a `bill_mismatch` event (`bill_not_issued`) kept
-    /// and paged.
+    /// Days one of whose own bills was read and its half checked in this run (its
+    /// mismatches counted and kept) while WeChat did not give the other: `yyyyMMdd SUCCESS`
+    /// (the payments checked) or `yyyyMMdd REFUND` (the refunds). The day stays in
+    /// `days_awaiting_bill` for the other bill, and is `reconciled` once that is checked too.
+    pub checked_in_part: Vec<String>,
+    /// A day's own bills WeChat Pay failed to give in this run for a reason that passes:
+    /// `yyyyMMdd TYPE: what it answered` (`SYSTEMERROR`, a timeout, HTTP 5xx). Not a failed
+    /// phase: the day awaits the bill (`days_awaiting_bill`), asked for again 5 minutes on
+    /// the first time, then hourly, and given up on as one still being made.
+    pub transient_failures: Vec<String>,
+    /// Days an own bill of which WeChat had still not given a week after it should have been
+    /// ready: given up on, that bill's half not reconciled, a `bill_mismatch` event
+    /// (`bill_not_issued`) kept and paged, and counted in `mismatches`.
     pub days_given_up: Vec<String>,
 }
 
@@ -820,17 +1007,27 @@ const CATCH_UP_DAYS: i64 = 7;
 /// UNVERIFIED), one out of WeChat's reach never (the report's `bills_out_of_reach`; a refund
 /// whose every bill is out of reach, `refunds_out_of_reach`: not checked, not paged).
 ///
-/// A day whose own SUCCESS or REFUND bill WeChat answers `Bill Creating` for
-/// ([`BILL_NOT_READY`]) is not a failed run: it is noted in the kv entry
-/// `reconcile/days_awaiting_bill` with when to ask again (an hour on, as above; not at every
-/// 5-minute run; UNVERIFIED how often and how long WeChat answers `Bill Creating` after
-/// 10:00 — the sandbox does while told to, `/_control/bill {"creating": day}`), the mark moves past it (the days after it are not held up), and the
-/// report names it in `days_awaiting_bill` at every run while it waits. Each run after 10:00
-/// reconciles the noted days that are due, first; one whose bill is still being made a
-/// week (`CATCH_UP_DAYS`) after it should have been ready is given up on — a
-/// `bill_mismatch` event `{day}/bill_not_issued` saying what to do, paged once, the report's
-/// `days_given_up` — and never asked for again. `SYSTEMERROR` or an outage for a day's own
-/// bill still fails the run (`PAYMENT_UNAVAILABLE`): the next run asks again.
+/// A day whose own SUCCESS or REFUND bill WeChat does not give — still making it (`Bill
+/// Creating`), or a failure that passes (`SYSTEMERROR`, a timeout, HTTP 5xx:
+/// [`PayError::is_retryable`]) — is not a failed run. The half of the day whose bill was read
+/// is checked now and its mismatches kept (the payments with the SUCCESS bill, the refunds
+/// with the REFUND bill: they share no event key, so neither is kept twice); the day is then
+/// noted in the kv entry `reconcile/days_awaiting_bill` with the bill still to read and when
+/// to ask again — after `Bill Creating` an hour on ([`BILL_CREATING_RETRY_MS`]), after a
+/// first failure that passes 5 minutes on ([`TRANSIENT_FIRST_RETRY_MS`]), hourly after
+/// that; never at every 5-minute run (UNVERIFIED how long WeChat answers either after 10:00;
+/// the sandbox does while told to, `/_control/bill {"creating"|"failing": day, "bill_type"?}`)
+/// — and only then does the mark move past it: the days after it are not held up, and the
+/// day is never taken as done before both halves were checked. The report names it in
+/// `days_awaiting_bill` at every run while it waits (`checked_in_part`: the half checked,
+/// `transient_failures`: WeChat's passing failures). Each run after 10:00 asks again for the
+/// noted bills that are due, first, checking each half once its bill comes (the day
+/// `reconciled` once both were). A bill still not given a week (`CATCH_UP_DAYS`) after it
+/// should have been ready is given up on — a `bill_mismatch` event `{day}/bill_not_issued`
+/// naming the bill and WeChat's answer and saying what to do, paged once, counted in the
+/// report's `mismatches` and `days_given_up` — and never asked for again. A refusal that
+/// will not pass (a bad signature, our configuration, a bill that does not parse) still fails
+/// the run (`PAYMENT_REFUSED`): the next run asks again, the mark waiting.
 /// `false` when `deadline` passed first.
 pub async fn run_daily(
     app: &App,
@@ -877,8 +1074,9 @@ async fn keep_mismatches(
 }
 
 /// [`run_daily`]'s days: the ones awaiting their own bill that are due
-/// ([`reconcile_awaited_days`]), then the ones since the mark, oldest first. A day whose own
-/// bill WeChat is still making is noted in [`DAYS_AWAITING`] and the mark moves past it.
+/// ([`reconcile_awaited_days`]), then the ones since the mark, oldest first. A day an own bill
+/// of which WeChat does not give is noted in [`DAYS_AWAITING`] ([`settle_day`]) and the mark
+/// moves past it.
 async fn reconcile_days(
     app: &App,
     deadline: Deadline,
@@ -908,16 +1106,11 @@ async fn reconcile_days(
         if day > yesterday {
             return Ok(true);
         }
-        match reconcile(app, &day, deadline).await {
-            Ok(Some(found)) => reconciled(app, &day, &found, report).await?,
-            Ok(None) => return Ok(false),
-            // Noted before the mark moves past it: a run cut short in between does it again.
-            Err(e) if e.code == BILL_NOT_READY => {
-                let at = app.clock.now_ms() + BILL_CREATING_RETRY_MS;
-                note_awaiting(app, DAYS_AWAITING, &day, Some(at)).await?;
-                awaits_its_bill(report, &day);
-            }
-            Err(e) => return Err(e),
+        // A bill not given is noted before the mark moves past the day: a run cut short in
+        // between does the day again.
+        match look_at_day(app, &day, &OwnBill::BOTH, deadline).await? {
+            Some(look) => settle_day(app, &day, look, false, report).await?,
+            None => return Ok(false),
         }
         let until = app.clock.now_secs() + MARK_TTL_SECS;
         if !kv::put_if(store, MARK, &day, until, mark.map(|m| m.version)).await? {
@@ -930,18 +1123,117 @@ async fn reconcile_days(
     }
 }
 
-/// `day` reconciled by the schedule: its mismatches kept ([`keep_mismatches`]), and the day
-/// noted in [`AWAITING`] if refunds of it wait for a bill.
-async fn reconciled(
+/// What the schedule found of a day: the halves whose own bill was read, checked (`found`;
+/// `read`: those bills), and the day's own bills WeChat did not give now.
+struct DayLook {
+    found: Reconciliation,
+    read: Vec<OwnBill>,
+    not_read: Vec<NotRead>,
+}
+
+/// The schedule's look at `bill_date`: each of its own bills in `bills` asked for, and the
+/// half of each one WeChat gives checked ([`check_halves`]), whether or not it gave the
+/// other. `Ok(None)` when `deadline` passed first (nothing kept).
+async fn look_at_day(
+    app: &App,
+    bill_date: &str,
+    bills: &[OwnBill],
+    deadline: Deadline,
+) -> Result<Option<DayLook>, ApiError> {
+    let start_ms = day_in_reach(bill_date, app.clock.now_ms())?;
+    let (mut success, mut refunds) = (None, None);
+    let (mut read, mut not_read) = (Vec::new(), Vec::new());
+    for &bill in bills {
+        match own_bill(app, bill_date, bill).await? {
+            Ok(given) => {
+                read.push(bill);
+                match bill {
+                    OwnBill::Success => success = Some(given),
+                    OwnBill::Refund => refunds = Some(given),
+                }
+            }
+            Err(n) => not_read.push(n),
+        }
+    }
+    let found = check_halves(
+        app,
+        bill_date,
+        start_ms,
+        success.as_ref(),
+        refunds,
+        deadline,
+    )
+    .await?;
+    Ok(found.map(|found| DayLook {
+        found,
+        read,
+        not_read,
+    }))
+}
+
+/// Acts on what the schedule found of `day` ([`look_at_day`]); `noted`: whether it came
+/// from [`DAYS_AWAITING`]. First the mismatches of the halves checked are kept
+/// ([`keep_found`]); then a day with every own bill read is `reconciled` (and out of the
+/// entry), and one with a bill WeChat did not give is noted in the entry for that bill only —
+/// asked for again an hour on, or 5 minutes on after a first failure that passes
+/// ([`TRANSIENT_FIRST_RETRY_MS`]) — or, a week after its bills should have been ready, given
+/// up on ([`bill_never_came`]). In that order: a run cut short in between does the day again
+/// (its events keyed, nothing is kept twice), and no half is taken as checked before it was.
+async fn settle_day(
+    app: &App,
+    day: &str,
+    look: DayLook,
+    noted: bool,
+    report: &mut DailyReport,
+) -> Result<(), ApiError> {
+    let DayLook {
+        found,
+        read,
+        not_read,
+    } = look;
+    keep_found(app, day, &found, report).await?;
+    if not_read.is_empty() {
+        report.reconciled.push(day.to_owned());
+        return note_day_awaiting(app, day, None).await;
+    }
+    if !read.is_empty() {
+        report
+            .checked_in_part
+            .extend(read.iter().map(|b| format!("{day} {}", b.as_str())));
+    }
+    report.transient_failures.extend(
+        not_read
+            .iter()
+            .filter(|n| !n.creating())
+            .map(|n| format!("{day} {}: {}", n.bill.as_str(), n.answer())),
+    );
+    let now = app.clock.now_ms();
+    if give_up_at_ms(day).is_none_or(|g| now >= g) {
+        bill_never_came(app, day, &not_read, report).await?;
+        return note_day_awaiting(app, day, None).await;
+    }
+    let wait = if noted || not_read.iter().any(NotRead::creating) {
+        BILL_CREATING_RETRY_MS
+    } else {
+        TRANSIENT_FIRST_RETRY_MS
+    };
+    let bills: Vec<OwnBill> = not_read.iter().map(|n| n.bill).collect();
+    note_day_awaiting(app, day, Some(AwaitedDay::new(now + wait, &bills))).await?;
+    awaits_its_bill(report, day);
+    Ok(())
+}
+
+/// What the schedule checked of `day`: its mismatches kept ([`keep_mismatches`]), and the
+/// day noted in [`AWAITING`] if refunds of it wait for a bill.
+async fn keep_found(
     app: &App,
     day: &str,
     found: &Reconciliation,
     report: &mut DailyReport,
 ) -> Result<(), ApiError> {
-    report.reconciled.push(day.to_owned());
     keep_mismatches(app, found, report).await?;
     if let Some(at) = found.recheck_at_ms {
-        note_awaiting(app, AWAITING, day, Some(at)).await?;
+        note_refunds_awaiting(app, day, Some(at)).await?;
     }
     if found.mismatch_count() > 0 {
         tracing::error!(bill_date = %day, mismatches = found.mismatch_count(), "daily reconciliation found mismatches");
@@ -958,46 +1250,33 @@ fn awaits_its_bill(report: &mut DailyReport, day: &str) {
     }
 }
 
-/// The days noted in [`DAYS_AWAITING`] that are due, reconciled now that WeChat may have made
-/// their bills: one still being made is noted again an hour on ([`BILL_CREATING_RETRY_MS`])
-/// until [`give_up_at_ms`] — a week after its bills should have been ready — and then given
-/// up on: a `bill_mismatch` event `{day}/bill_not_issued` for a person, paged once, the day
-/// out of the entry and never asked for again. A day that can no longer be asked for (not a
-/// date, past WeChat's three months) leaves the entry. `false` when `deadline` passed first.
+/// The days noted in [`DAYS_AWAITING`] that are due, their bills still to read asked for
+/// again ([`look_at_day`]) and what came of it acted on ([`settle_day`]): a half checked once
+/// its bill comes, the day reconciled once both were, one still not given noted again an
+/// hour on until [`give_up_at_ms`] — a week after its bills should have been ready — and
+/// then given up on. A day that can no longer be asked for (not a date, past WeChat's three
+/// months) leaves the entry. `false` when `deadline` passed first.
 async fn reconcile_awaited_days(
     app: &App,
     deadline: Deadline,
     report: &mut DailyReport,
 ) -> Result<bool, ApiError> {
     let now = app.clock.now_ms();
-    let (days, _) = read_awaiting(app, DAYS_AWAITING).await?;
-    for (day, at) in days {
-        if at > now {
+    let (days, _) = read_awaiting::<AwaitedDay>(app, DAYS_AWAITING).await?;
+    for (day, noted) in days {
+        if noted.at() > now {
             awaits_its_bill(report, &day);
             continue;
         }
         if deadline.passed() {
             return Ok(false);
         }
-        match reconcile(app, &day, deadline).await {
-            Ok(Some(found)) => {
-                reconciled(app, &day, &found, report).await?;
-                note_awaiting(app, DAYS_AWAITING, &day, None).await?;
-            }
+        match look_at_day(app, &day, &noted.bills(), deadline).await {
+            Ok(Some(look)) => settle_day(app, &day, look, true, report).await?,
             Ok(None) => return Ok(false),
-            Err(e) if e.code == BILL_NOT_READY => {
-                if give_up_at_ms(&day).is_none_or(|g| now >= g) {
-                    bill_never_came(app, &day, report).await?;
-                    note_awaiting(app, DAYS_AWAITING, &day, None).await?;
-                } else {
-                    let at = now + BILL_CREATING_RETRY_MS;
-                    note_awaiting(app, DAYS_AWAITING, &day, Some(at)).await?;
-                    awaits_its_bill(report, &day);
-                }
-            }
             Err(e) if e.code == "BAD_BILL_DATE" || e.code == "BILL_OUT_OF_REACH" => {
                 tracing::error!(bill_date = %day, error = %e, "a day awaiting its bill cannot be asked for: left out");
-                note_awaiting(app, DAYS_AWAITING, &day, None).await?;
+                note_day_awaiting(app, &day, None).await?;
             }
             Err(e) => return Err(e),
         }
@@ -1005,23 +1284,60 @@ async fn reconcile_awaited_days(
     Ok(true)
 }
 
-/// `day`'s own bills still not made a week after they should have been: kept as a
-/// `bill_mismatch` event for a person (`{day}/bill_not_issued`), paged once.
-async fn bill_never_came(app: &App, day: &str, report: &mut DailyReport) -> Result<(), ApiError> {
-    tracing::error!(bill_date = %day, "WeChat Pay still makes the day's bill a week on: given up, not reconciled");
+/// `day`'s own bills in `not_read` still not given a week after they should have been ready:
+/// kept as a `bill_mismatch` event for a person (`{day}/bill_not_issued`: one a day, whichever
+/// bill), paged once, counted in the report's `mismatches`.
+async fn bill_never_came(
+    app: &App,
+    day: &str,
+    not_read: &[NotRead],
+    report: &mut DailyReport,
+) -> Result<(), ApiError> {
+    let bills: Vec<OwnBill> = not_read.iter().map(|n| n.bill).collect();
+    let answers: BTreeSet<String> = not_read
+        .iter()
+        .map(|n| format!("`{}`", n.answer()))
+        .collect();
+    let answers = answers.into_iter().collect::<Vec<_>>().join(" and ");
+    // What to call the bills not given, the records they hold, the half checked, and the
+    // pronouns for them.
+    let (named, records, checked, [it, they, were]) = match bills.as_slice() {
+        [OwnBill::Success] => (
+            "SUCCESS bill",
+            "orders",
+            "; its REFUND bill was read and its refunds checked",
+            ["it", "it", "was"],
+        ),
+        [OwnBill::Refund] => (
+            "REFUND bill",
+            "refunds",
+            "; its SUCCESS bill was read and its payments checked",
+            ["it", "it", "was"],
+        ),
+        _ => (
+            "SUCCESS and REFUND bills",
+            "orders and refunds",
+            "",
+            ["them", "they", "were"],
+        ),
+    };
+    tracing::error!(bill_date = %day, bills = named, answers = %answers, "WeChat Pay still does not give the day's bill a week on: given up, not reconciled");
     report.days_given_up.push(day.to_owned());
+    report.mismatches += 1;
     let body = serde_json::json!({
         "bill_date": day,
         "kind": "bill_not_issued",
         "detail": format!(
-            "WeChat Pay still answered `Bill Creating` for the bills of {day} {CATCH_UP_DAYS} \
-             days after they should have been ready: the day was not reconciled, and the \
-             schedule no longer asks"
+            "WeChat Pay still answered {answers} for the {named} of {day} {CATCH_UP_DAYS} \
+             days after {they} should have been ready: our {records} of that day were not \
+             checked against {it}{checked}, and the schedule no longer asks"
         ),
-        "what_to_do": "download that day's SUCCESS and REFUND bills in the merchant platform \
-            and compare them with our orders and refunds by hand, or reconcile the day \
-            (POST /admin/orderSync {action: reconcile, bill_date}) once WeChat Pay gives its \
-            bills; ask WeChat Pay why they were not made",
+        "what_to_do": format!(
+            "download that day's {named} in the merchant platform and compare {it} with our \
+             {records} by hand, or reconcile the day (POST /admin/orderSync {{action: \
+             reconcile, bill_date}}) once WeChat Pay gives {it}; ask WeChat Pay why {they} \
+             {were} not given"
+        ),
     });
     let key = format!("{day}/bill_not_issued");
     if super::common::keep_evidence(app, BILL_MISMATCH_EVENTS, key, body.to_string()).await? {
@@ -1031,13 +1347,13 @@ async fn bill_never_came(app: &App, day: &str, report: &mut DailyReport) -> Resu
     Ok(())
 }
 
-/// The days noted in the kv entry `key` ([`AWAITING`], [`DAYS_AWAITING`]: `{bill_date: check
-/// again from, epoch ms}`) and the entry's version. An entry that does not parse (nothing of
-/// ours writes one) is read as empty and overwritten.
-async fn read_awaiting(
+/// The days noted in the kv entry `key` ([`AWAITING`]: `{bill_date: check again from, epoch
+/// ms}`; [`DAYS_AWAITING`]: `{bill_date: AwaitedDay}`) and the entry's version. An entry that
+/// does not parse (nothing of ours writes one) is read as empty and overwritten.
+async fn read_awaiting<T: serde::de::DeserializeOwned>(
     app: &App,
     key: &str,
-) -> Result<(BTreeMap<String, i64>, Option<u64>), ApiError> {
+) -> Result<(BTreeMap<String, T>, Option<u64>), ApiError> {
     let Some(entry) = kv::get(app.store.as_ref(), key).await? else {
         return Ok((BTreeMap::new(), None));
     };
@@ -1048,25 +1364,51 @@ async fn read_awaiting(
     Ok((days, Some(entry.version)))
 }
 
-/// Notes `bill_date` in the kv entry `key` ([`AWAITING`], [`DAYS_AWAITING`]) to be checked
-/// again from `at` (epoch ms), or (`None`) takes it out. Read, change, write if unchanged
-/// meanwhile — a few times, as runs may overlap.
-async fn note_awaiting(
+/// `at`, or when `bill_date` is given up on if sooner: a day is checked again by then at the
+/// latest.
+fn by_give_up(bill_date: &str, at: i64) -> i64 {
+    give_up_at_ms(bill_date).map_or(at, |g| at.min(g))
+}
+
+/// Notes `bill_date` in [`AWAITING`] to have its refunds checked again from `at` (epoch ms),
+/// or (`None`) takes it out.
+async fn note_refunds_awaiting(
     app: &App,
-    key: &str,
     bill_date: &str,
     at: Option<i64>,
 ) -> Result<(), ApiError> {
+    let at = at.map(|at| by_give_up(bill_date, at));
+    note_awaiting(app, AWAITING, bill_date, at).await
+}
+
+/// Notes `bill_date` in [`DAYS_AWAITING`] as `noted` (its own bills still to read, and when to
+/// ask again), or (`None`) takes it out.
+async fn note_day_awaiting(
+    app: &App,
+    bill_date: &str,
+    noted: Option<AwaitedDay>,
+) -> Result<(), ApiError> {
+    let noted = noted.map(|n| n.with_at(by_give_up(bill_date, n.at())));
+    note_awaiting(app, DAYS_AWAITING, bill_date, noted).await
+}
+
+/// Notes `bill_date` in the kv entry `key` as `noted`, or (`None`) takes it out. Read,
+/// change, write if unchanged meanwhile — a few times, as runs may overlap.
+async fn note_awaiting<T>(
+    app: &App,
+    key: &str,
+    bill_date: &str,
+    noted: Option<T>,
+) -> Result<(), ApiError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq,
+{
     const ATTEMPTS: usize = 5;
     for _ in 0..ATTEMPTS {
-        let (mut days, version) = read_awaiting(app, key).await?;
+        let (mut days, version) = read_awaiting::<T>(app, key).await?;
         let before = days.clone();
-        match at {
-            // Checked again by the time it gives up at the latest.
-            Some(at) => days.insert(
-                bill_date.to_owned(),
-                give_up_at_ms(bill_date).map_or(at, |g| at.min(g)),
-            ),
+        match &noted {
+            Some(n) => days.insert(bill_date.to_owned(), n.clone()),
             None => days.remove(bill_date),
         };
         if days == before {
@@ -1092,7 +1434,7 @@ async fn recheck_awaiting(
     report: &mut DailyReport,
 ) -> Result<bool, ApiError> {
     let now = app.clock.now_ms();
-    let (days, _) = read_awaiting(app, AWAITING).await?;
+    let (days, _) = read_awaiting::<i64>(app, AWAITING).await?;
     for (day, at) in days {
         if at > now {
             continue;
@@ -1106,14 +1448,14 @@ async fn recheck_awaiting(
             Ok(None) => return Ok(false),
             // A day noted by mistake cannot be checked: not a reason to keep it.
             Err(e) if e.code == "BAD_BILL_DATE" => {
-                note_awaiting(app, AWAITING, &day, None).await?;
+                note_refunds_awaiting(app, &day, None).await?;
                 continue;
             }
             Err(e) => return Err(e),
         };
         report.rechecked.push(day.clone());
         keep_mismatches(app, &found, report).await?;
-        note_awaiting(app, AWAITING, &day, found.recheck_at_ms).await?;
+        note_refunds_awaiting(app, &day, found.recheck_at_ms).await?;
     }
     Ok(true)
 }
@@ -1276,6 +1618,23 @@ mod tests {
             assert!(!bill_in_reach("20260131", now));
             assert!(bill_in_reach("20260501", now));
         }
+    }
+
+    /// `reconcile/days_awaiting_bill` as an earlier version wrote it (`{day: epoch ms}`) reads
+    /// as days awaiting both their bills; a day with one half checked is written as
+    /// `{"at", "awaits"}` and reads back the same.
+    #[test]
+    fn a_day_noted_before_the_halves_were_apart_awaits_both_bills() {
+        let old: BTreeMap<String, AwaitedDay> =
+            serde_json::from_str(r#"{"20260925": 1790000000000}"#).unwrap();
+        assert_eq!(old["20260925"], AwaitedDay::Whole(1_790_000_000_000));
+        assert_eq!(old["20260925"].bills(), OwnBill::BOTH);
+        let one = AwaitedDay::new(5, &[OwnBill::Refund]);
+        let text = serde_json::to_string(&one).unwrap();
+        assert_eq!(text, r#"{"at":5,"awaits":"REFUND"}"#);
+        assert_eq!(serde_json::from_str::<AwaitedDay>(&text).unwrap(), one);
+        assert_eq!(one.with_at(7).bills(), [OwnBill::Refund]);
+        assert_eq!(AwaitedDay::new(5, &OwnBill::BOTH), AwaitedDay::Whole(5));
     }
 
     #[test]
