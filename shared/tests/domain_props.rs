@@ -323,6 +323,7 @@ fn new_aftersale(kind: AfterSaleKind) -> AfterSale {
         line: None,
         created_at_ms: 0,
         updated_at_ms: 0,
+        refunded_at_ms: None,
     }
 }
 

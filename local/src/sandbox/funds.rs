@@ -13,8 +13,9 @@
 //! does: a fund_type=1 payment (订单 收入, `request_no` = `out_order_id`), a refund (售后
 //! 支出, `request_no` = WeChat's `aftersale_id`; UNVERIFIED whose after-sale number WeChat
 //! writes), a confirmed withdrawal (提现 支出, `out_request_no`) and its return (提现退回).
-//! `/_control/funds/flow` ([`control_flow`]) makes WeChat lose a flow, misreport its amount
-//! or book one for an order never made, for the funds reconciliation's tests.
+//! `/_control/funds/flow` ([`control_flow`]) makes WeChat lose a flow, misreport its amount,
+//! book it later (after midnight: listed under the next day) or book one for an order never
+//! made, for the funds reconciliation's tests.
 
 use super::deliver::push_event;
 use super::kept::{Kept, KeptLog};
@@ -133,6 +134,17 @@ pub struct FlowFault {
     /// `getorderflow` writes this as the `amount`, whatever the flow's (a different amount,
     /// or text no parser reads).
     pub amount_text: Option<String>,
+    /// Booked this long after the money moved (ms): listed by `scanorderflow` under the day
+    /// of that later time, and `getorderflow` says it was booked then — a flow of a payment
+    /// just before midnight that WeChat books after it.
+    pub booked_after_ms: i64,
+}
+
+impl FlowFault {
+    /// When WeChat booked `f` (its day is the one `scanorderflow` lists it under).
+    fn booked_at(fault: Option<&FlowFault>, f: &Flow) -> i64 {
+        f.time_ms + fault.map_or(0, |x| x.booked_after_ms)
+    }
 }
 
 fn flow(
@@ -179,7 +191,9 @@ pub fn on_refund(st: &mut State, out_order_id: &str, aftersale_id: &str, amount:
 
 /// `/_control/funds/flow`: `{"drop": request_no}` — WeChat never booked that number's
 /// flows (not listed, no data); `{"request_no", "amount"}` — `getorderflow` writes
-/// `amount` (a string: a different amount, or junk) for them; `{"add": {"request_no",
+/// `amount` (a string: a different amount, or junk) for them; `{"request_no",
+/// "book_after_ms"}` — WeChat books them that long (0..=2 days) after the money moved, so a
+/// flow of a payment just before midnight is listed under the next day; `{"add": {"request_no",
 /// "amount_fen", "busi_type"?, "income"?}}` books a flow now (an order we never made, say;
 /// `订单` income by default). Strings of at most 64 characters, amounts 1..=10^10 fen, at
 /// most [`MAX_FLOW_FAULTS`] numbers misreported at once.
@@ -233,13 +247,24 @@ pub fn control_flow(sb: &Sandbox, v: &Value) -> Result<Value, String> {
         return Err("give drop: a request_no; request_no and amount (a string); or add".into());
     };
     let amount = v.get("amount").and_then(Value::as_str);
+    let later = match v.get("book_after_ms") {
+        None => None,
+        Some(ms) => match ms.as_i64().filter(|ms| (0..=2 * 86_400_000).contains(ms)) {
+            Some(ms) => Some(ms),
+            None => return Err("book_after_ms is 0..=172800000 (two days)".into()),
+        },
+    };
     if !short(no) || amount.is_some_and(|a| a.chars().count() > MAX_LEN) {
         return Err(format!(
             "request_no and amount are at most {MAX_LEN} characters"
         ));
     }
-    if dropped.is_none() && amount.is_none() {
-        return Err("amount: the text getorderflow is to write".into());
+    if dropped.is_none() && amount.is_none() && later.is_none() {
+        return Err(
+            "amount: the text getorderflow is to write; or book_after_ms: how much later it \
+             books them"
+                .into(),
+        );
     }
     let faults = &mut st.funds.flow_faults;
     if !faults.contains_key(no) && faults.len() >= MAX_FLOW_FAULTS {
@@ -250,8 +275,12 @@ pub fn control_flow(sb: &Sandbox, v: &Value) -> Result<Value, String> {
     let fault = faults.entry(no.to_owned()).or_default();
     if dropped.is_some() {
         fault.dropped = true;
-    } else {
-        fault.amount_text = amount.map(str::to_owned);
+    }
+    if let Some(text) = amount {
+        fault.amount_text = Some(text.to_owned());
+    }
+    if let Some(ms) = later {
+        fault.booked_after_ms = ms;
     }
     Ok(json!({"request_no": no, "misreported": faults.len()}))
 }
@@ -327,12 +356,10 @@ pub fn handle(sb: &Sandbox, name: &str, v: &Value) -> WxResult {
                 .funds
                 .flows
                 .iter()
-                .filter(|f| beijing_date(f.time_ms) == date)
                 .filter(|f| {
-                    !st.funds
-                        .flow_faults
-                        .get(&f.request_no)
-                        .is_some_and(|x| x.dropped)
+                    let fault = st.funds.flow_faults.get(&f.request_no);
+                    !fault.is_some_and(|x| x.dropped)
+                        && beijing_date(FlowFault::booked_at(fault, f)) == date
                 })
                 .map(|f| &f.id)
                 .collect();
@@ -358,8 +385,9 @@ pub fn handle(sb: &Sandbox, name: &str, v: &Value) -> WxResult {
             let amount = fault
                 .and_then(|x| x.amount_text.clone())
                 .unwrap_or_else(|| yuan(f.amount));
+            let booked = FlowFault::booked_at(fault, f);
             Ok(json!({"funds_flow": {
-                "funds_flow_id": f.id, "bookkeeping_time": beijing_datetime(f.time_ms),
+                "funds_flow_id": f.id, "bookkeeping_time": beijing_datetime(booked),
                 "type": f.kind, "flow_type": if f.income { "收入" } else { "支出" },
                 "amount": amount, "balance": yuan(f.balance),
                 "busi_type": f.busi_type, "request_no": f.request_no}}))

@@ -163,6 +163,14 @@ pub struct AfterSale {
     pub line: Option<AfterSaleLine>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// When we recorded it REFUNDED (our clock; set by every move to REFUNDED but a person's
+    /// record of an abnormal refund paid outside WeChat, [`AfterSale::refunded_by_hand`]). It
+    /// places a refunded after-sale in the status index ([`crate::store::repo`]), so the
+    /// funds reconciliation finds the after-sales recorded refunded on a day. `None` until
+    /// then, for those a person settled so, and for after-sales refunded before this was
+    /// kept (none of them is looked for among the funds flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refunded_at_ms: Option<i64>,
 }
 
 /// One item of the order an after-sale is about — by our catalog ids, WeChat's
@@ -564,6 +572,7 @@ impl AfterSale {
                     self.refund_id = refund_id;
                 }
                 self.updated_at_ms = now_ms;
+                self.refunded_at_ms = Some(now_ms);
                 Ok(super::Change::Changed)
             }
             _ => Err(self.err("record refund")),
@@ -583,6 +592,7 @@ impl AfterSale {
             self.refund_id = refund_id;
         }
         self.updated_at_ms = now_ms;
+        self.refunded_at_ms = Some(now_ms);
         super::Change::Changed
     }
 
@@ -670,7 +680,13 @@ impl AfterSale {
         now_ms: i64,
     ) -> Result<super::Change, AfterSaleTransitionError> {
         match self.status {
-            AfterSaleStatus::RefundAbnormal => self.refunded(None, now_ms),
+            AfterSaleStatus::RefundAbnormal => {
+                let changed = self.refunded(None, now_ms);
+                // Paid outside WeChat's flows: not looked for among the funds flows (as a
+                // refund marked refunded by hand is not among the bills).
+                self.refunded_at_ms = None;
+                changed
+            }
             _ => Err(self.err("record a refund made by hand (only an abnormal refund is)")),
         }
     }
@@ -698,6 +714,7 @@ impl AfterSale {
                 self.amount = amount;
                 self.refund_id = refund_id;
                 self.updated_at_ms = now_ms;
+                self.refunded_at_ms = Some(now_ms);
                 Ok(super::Change::Changed)
             }
             AfterSaleStatus::Requested
@@ -785,6 +802,7 @@ mod tests {
             line: Some(line),
             created_at_ms: 0,
             updated_at_ms: 0,
+            refunded_at_ms: None,
         }
     }
 
@@ -906,6 +924,7 @@ mod tests {
             line: None,
             created_at_ms: 0,
             updated_at_ms: 0,
+            refunded_at_ms: None,
         }
     }
 

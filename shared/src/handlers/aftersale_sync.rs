@@ -300,6 +300,7 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     line: choice.line.clone(),
                     created_at_ms: now,
                     updated_at_ms: now,
+                    refunded_at_ms: None,
                 };
                 let mut next_order = order.value.clone();
                 let held = next_order.claim_refund(&aftersale.id, amount, now);
@@ -1893,7 +1894,10 @@ pub async fn sweep_wechat_new_aftersales(
 }
 
 /// WeChat's ids of our after-sales made between `from_ms` and `to_ms` (by our creation time,
-/// every status).
+/// every status — but a REFUNDED one is listed by when it was refunded
+/// ([`repo::aftersales_refunded_between`]'s order): one made in the window and refunded after
+/// it is not among these, and is found among ours by its ids instead (`ours_by_ids`, store
+/// reads, no call to WeChat)).
 async fn wechat_ids_of_ours(
     store: &dyn crate::store::Store,
     from_ms: i64,
@@ -2719,6 +2723,7 @@ async fn record_wechat_refund(
                     line: wechat_line(&order.value, wx),
                     created_at_ms: now,
                     updated_at_ms: now,
+                    refunded_at_ms: Some(now),
                 });
                 WeChatRefundRecord::Imported
             }
@@ -3094,6 +3099,7 @@ async fn import_new(
             line: wechat_line(&order.value, wx),
             created_at_ms: now,
             updated_at_ms: now,
+            refunded_at_ms: None,
         };
         let mut batch = Batch::new();
         let mut next_order = order.value.clone();

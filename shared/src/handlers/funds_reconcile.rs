@@ -21,15 +21,32 @@
 //!   (an imported one by its id; else WeChat's after-sale is read back, `ecaftersale/get`,
 //!   to find ours — the sandbox writes WeChat's), or the order's number (then a refunded
 //!   after-sale of that order with that amount not matched by another flow);
-//! * the other way: every fund_type 1 order we recorded paid that day has its income flow.
-//!   Read through the status index by creation time (an order is paid within
-//!   [`super::reconcile::PAID_AFTER_CREATED_MAX_MS`] of its creation), never a scan of every order. Until
-//!   10:00 China time of the next day (asked for by hand the same day) such an order is
-//!   `orders_awaiting_flows`, not missing — the same rule as the bills (UNVERIFIED when
-//!   WeChat has booked the whole of a day). An order is of the day we recorded it paid: one
-//!   paid in the last moments of a day whose flow WeChat booked after midnight (its clock
-//!   ahead of ours) reads as missing on its day — and its flow, the next day, still matches
-//!   it (the forward check takes an order of ours paid any day);
+//! * the other way: every fund_type 1 order we recorded paid that day has its income flow
+//!   (`missing_flow`). Read through the status index by creation time (an order is paid
+//!   within [`super::reconcile::PAID_AFTER_CREATED_MAX_MS`] of its creation), never a scan of
+//!   every order. Until 10:00 China time of the next day (asked for by hand the same day)
+//!   such an order is `orders_awaiting_flows`, not missing — the same rule as the bills
+//!   (UNVERIFIED when WeChat has booked the whole of a day);
+//! * and every after-sale of a fund_type 1 order we recorded REFUNDED that day has its
+//!   expense flow (`missing_refund_flow`, naming the after-sale; `aftersales_awaiting_flows`
+//!   until 10:00 the next day). Read through the status index, whose REFUNDED listing is
+//!   sorted by when we recorded the refund ([`AfterSale::refunded_at_ms`],
+//!   [`repo::aftersales_refunded_between`]): never a scan. After-sales refunded before that
+//!   time was kept, and abnormal refunds a person settled outside WeChat
+//!   ([`AfterSale::refunded_by_hand`]), carry no such time and are not looked for;
+//! * midnight: an order paid (or an after-sale recorded refunded) in the last hour of the
+//!   day ([`NEXT_DAY_MARGIN_MS`]) whose flow is not among the day's is not missing on its
+//!   day — WeChat may have booked the flow after midnight (UNVERIFIED how late) — but
+//!   awaiting the next day's flows: the schedule hands it on (kv
+//!   `funds_reconcile/next_day/{next day}`, [`NextDay`]) and the next day's run, once it has
+//!   read all of that day's flows, finds it among them or reports it missing then (keyed by
+//!   that day). The other way round, an order or after-sale of the next day a flow of this
+//!   day names (a refund WeChat booked before midnight that we recorded after it) is handed
+//!   on as having its flow. Only the next day: one recorded refunded two days or more after
+//!   WeChat refunded it (both its pushes lost, found by the sweep) was an `aftersale_flow`
+//!   mismatch on the flow's day ("stored as REFUNDING") and reads as missing on the day we
+//!   recorded it too. By hand nothing is handed on: a day checked by hand before the
+//!   schedule did the day before does not know what it handed on;
 //! * withdrawal flows (提现) are listed (`withdrawals`), and flows of any other kind (a fee,
 //!   say) in `other_flows`: neither is a mismatch.
 //!
@@ -42,7 +59,12 @@
 //! checked in part: `flows_unchecked` says how many were not, `next_from` where to go on
 //! (`POST /admin/orderSync {action: "reconcile", bill_date, funds_from: next_from}`), and
 //! the orders no flow read names are `orders_awaiting_flows` (only a run that read all of
-//! the day's flows can say one is missing). A WeChat error fails the run
+//! the day's flows can say one is missing). By hand, a day read in part keeps what its flows
+//! named (kv `funds_reconcile/by_hand/{date}`, a day), and the request from its `next_from`
+//! goes on with it — or with the schedule's progress of the day stopped at the same flow —
+//! so the request that reads the last flows checks the other way as a whole day's does; a
+//! `funds_from` no request (nor the schedule) stopped at cannot: what none of its flows
+//! names is awaiting, saying to reconcile the day from 0. A WeChat error fails the run
 //! (`FUNDS_UNAVAILABLE`, retry shortly; `FUNDS_REFUSED`) before anything is kept; a run cut
 //! short by its deadline keeps nothing either.
 //!
@@ -55,19 +77,21 @@
 //! [`MAX_FLOWS_PER_RUN`] flows from there, keeps their mismatches as events at once (keyed
 //! by day and flow: kept once whichever run finds them) and saves the progress with a
 //! versioned write; only the run that reads the last page checks the other way
-//! (`missing_flow`) with every name read, then moves the mark and deletes the progress. A
-//! run cut short or failed saves nothing new: the next reads the same flows again. The
-//! saved names are bounded: a day past [`MAX_TRACKED_FLOWS`] flows (or whose progress would
-//! pass 200 KB, DynamoDB's item being 400 KB) is checked in part as before — one
-//! `flows_unchecked` event, paged once, saying how to go on by hand — and the mark moves
-//! on. UNVERIFIED: that WeChat lists a past day's flows in the same order from run to run;
+//! (`missing_flow`, `missing_refund_flow`) with every name read, hands on what the next
+//! day must check, then moves the mark and deletes the progress. A run cut short or failed
+//! saves nothing new: the next reads the same flows again. The saved names are bounded: a
+//! day past [`MAX_TRACKED_FLOWS`] flows (or whose progress would pass 200 KB, DynamoDB's
+//! item being 400 KB) is checked in part as before — one `flows_unchecked` event, paged
+//! once, saying how to go on by hand — and the mark moves on. UNVERIFIED: that WeChat lists a past day's flows in the same order from run to run;
 //! a flow listed again across a page boundary would read as a second flow for its order.
 //!
 //! By hand, `reconcile` (`POST /admin/orderSync`) adds this as its `funds` section when the
-//! shop is in fund_type 1 mode. The schedule ([`run_daily`], its own `funds` phase) does
-//! yesterday once a day after 10:00 China time (its own mark; missed days, up to a week,
-//! first), keeps each mismatch as a `funds_mismatch` event and pages
-//! (`MoneyNeedsAPerson`) once per new one, as [`super::reconcile`] does for the bills.
+//! shop is in fund_type 1 mode — answered even when the bills fail (then `bills_error`
+//! beside it, the answer 200: the bills of a fund_type 1 shop list none of its orders).
+//! The schedule ([`run_daily`], its own `funds` phase) does yesterday once a day after
+//! 10:00 China time (its own mark; missed days, up to a week, first), keeps each mismatch
+//! as a `funds_mismatch` event and pages (`MoneyNeedsAPerson`) once per new one, as
+//! [`super::reconcile`] does for the bills.
 
 use crate::app::App;
 use crate::domain::{AfterSale, AfterSaleId, AfterSaleStatus, Fen, FundType, Order, OutTradeNo};
@@ -110,9 +134,31 @@ const PROGRESS_MAX_BYTES: usize = 200_000;
 /// Days the schedule goes back to do ones it missed (as the bills: a week).
 const CATCH_UP_DAYS: i64 = 7;
 
+/// The kv entry (`{NEXT_DAY}{yyyyMMdd}`) of what the day before hands on to that day
+/// ([`NextDay`]), written by the schedule once it has read all of the day before's flows.
+const NEXT_DAY: &str = "funds_reconcile/next_day/";
+
+/// The kv entry (`{BY_HAND}{yyyyMMdd}`) of a day read by hand in part: what its flows named
+/// ([`Progress`]), for the request that goes on from its `next_from`. A day.
+const BY_HAND: &str = "funds_reconcile/by_hand/";
+const BY_HAND_TTL_SECS: i64 = 24 * 3600;
+
+/// An order paid (or an after-sale recorded refunded) this close to the end of its day whose
+/// flow is not among the day's is looked for among the next day's flows before it is
+/// missing: WeChat may book it after midnight. UNVERIFIED how long after a payment or refund
+/// WeChat books its flow: an hour is a guess.
+pub const NEXT_DAY_MARGIN_MS: i64 = HOUR_MS;
+
+/// The most orders (and, apart, after-sales) handed on to the next day ([`NextDay`]): past
+/// it, one of the day's last hour without a flow is missing on its day, as before.
+const MAX_CARRIED: usize = 1_000;
+
 /// A day's flows are taken as complete from 10:00 China time of the next day, as its bills
 /// are (UNVERIFIED for the funds account).
 const READY_HOUR: i64 = 10;
+
+/// In [`Run`]'s seen maps: named by a flow of the day before ([`NextDay`]).
+const DAY_BEFORE: &str = "(the day before)";
 
 const ORDER: &str = "订单";
 const AFTERSALE: &str = "售后";
@@ -120,10 +166,12 @@ const WITHDRAWAL: &str = "提现";
 const INCOME: &str = "收入";
 const EXPENSE: &str = "支出";
 
-/// A flow (or an order of ours) that does not match.
+/// A flow (or an order or after-sale of ours) that does not match.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FlowMismatch {
-    /// `order_flow`, `aftersale_flow`, `unreadable_amount` or `missing_flow`.
+    /// `order_flow`, `aftersale_flow`, `unreadable_amount`, `missing_flow` (an order of ours
+    /// without its income flow) or `missing_refund_flow` (an after-sale of ours recorded
+    /// refunded without its expense flow).
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub funds_flow_id: Option<String>,
@@ -134,6 +182,9 @@ pub struct FlowMismatch {
     pub amount: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out_trade_no: Option<String>,
+    /// Our after-sale (`missing_refund_flow`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aftersale_id: Option<String>,
     pub problem: String,
 }
 
@@ -164,6 +215,12 @@ pub struct FundsReconciliation {
     pub aftersale_flows_checked: usize,
     /// Our fund_type 1 orders recorded paid that day, looked for among the flows.
     pub paid_here_checked: usize,
+    /// Our after-sales of fund_type 1 orders recorded REFUNDED that day, looked for among the
+    /// flows (their expense flow).
+    pub refunds_checked: usize,
+    /// Orders and after-sales of the day before, of its last hour ([`NEXT_DAY_MARGIN_MS`]),
+    /// whose flow was not among its flows: looked for among this day's ([`NextDay`]).
+    pub carried_checked: usize,
     pub mismatches: Vec<FlowMismatch>,
     pub withdrawals: Vec<FlowView>,
     pub other_flows: Vec<FlowView>,
@@ -171,6 +228,9 @@ pub struct FundsReconciliation {
     /// flows not all read (`flows_unchecked`), or the day not over (before 10:00 China time
     /// the next day). Not mismatches; each `problem` says when to ask again.
     pub orders_awaiting_flows: Vec<FlowMismatch>,
+    /// Our after-sales recorded refunded that day no flow read names, while that says
+    /// nothing yet (as `orders_awaiting_flows`).
+    pub aftersales_awaiting_flows: Vec<FlowMismatch>,
     /// Flows of the day past this run's cap ([`MAX_FLOWS_PER_RUN`]), not read.
     pub flows_unchecked: usize,
     /// Where to go on (`funds_from`) when `flows_unchecked` > 0.
@@ -235,9 +295,54 @@ async fn paid_on_day(
     Ok(complete.then_some(out))
 }
 
+/// The after-sales of fund_type 1 orders we recorded REFUNDED on the day starting at
+/// `start_ms`: the status index by the time they were refunded
+/// ([`repo::aftersales_refunded_between`]), never a scan; each one's order read once. `None`
+/// when `deadline` passed first.
+async fn refunded_on_day(
+    app: &App,
+    start_ms: i64,
+    deadline: Deadline,
+) -> Result<Option<Vec<AfterSale>>, ApiError> {
+    let store = app.store.as_ref();
+    let mut fund_type_of: HashMap<String, bool> = HashMap::new();
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        if deadline.passed() {
+            return Ok(None);
+        }
+        let (page, next) =
+            repo::aftersales_refunded_between(store, start_ms, start_ms + DAY_MS - 1, cursor)
+                .await?;
+        for a in page {
+            let no = a.out_trade_no.as_str().to_owned();
+            let ours = match fund_type_of.get(&no) {
+                Some(f) => *f,
+                None => {
+                    let f = repo::get_order(store, &a.out_trade_no)
+                        .await?
+                        .is_some_and(|o| o.value.fund_type == FundType::SecondaryMerchant);
+                    fund_type_of.insert(no, f);
+                    f
+                }
+            };
+            if ours {
+                out.push(a);
+            }
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return Ok(Some(out)),
+        }
+    }
+}
+
 /// One run's state: the day's orders of ours, and what the flows read so far claimed.
 struct Run<'a> {
     app: &'a App,
+    /// The day's start (epoch ms).
+    start_ms: i64,
     day_orders: Vec<Order>,
     /// `day_orders` by our number and by WeChat's order id (both as text).
     day_index: HashMap<String, usize>,
@@ -246,6 +351,10 @@ struct Run<'a> {
     orders_seen: HashMap<String, String>,
     /// After-sales matched by an expense flow: after-sale id → the flow's id (as above).
     aftersales_seen: HashMap<String, String>,
+    /// Orders paid, and after-sales recorded refunded, on the next day that this day's flows
+    /// named: they have their flow ([`NextDay`]).
+    next_day_orders: Vec<String>,
+    next_day_aftersales: Vec<String>,
     out: FundsReconciliation,
 }
 
@@ -265,6 +374,7 @@ impl Run<'_> {
             amount: Some(f.amount.clone()),
             out_trade_no,
             problem,
+            ..FlowMismatch::default()
         });
     }
 
@@ -322,6 +432,9 @@ impl Run<'_> {
                 ),
             );
             return Ok(());
+        }
+        if o.paid_at_ms.is_some_and(|t| self.of_next_day(t)) {
+            self.next_day_orders.push(ours.clone());
         }
         let Ok(amount) = amount else {
             // Reported as `unreadable_amount` already; the order has its flow.
@@ -478,6 +591,9 @@ impl Run<'_> {
             );
             return Ok(());
         }
+        if a.refunded_at_ms.is_some_and(|t| self.of_next_day(t)) {
+            self.next_day_aftersales.push(a.id.as_str().to_owned());
+        }
         let Ok(amount) = amount else {
             return Ok(());
         };
@@ -513,9 +629,17 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Whether `at_ms` falls within the next day (China time).
+    fn of_next_day(&self, at_ms: i64) -> bool {
+        let end = self.start_ms + DAY_MS;
+        (end..end + DAY_MS).contains(&at_ms)
+    }
+
     fn earlier(flow_id: &str) -> &str {
         if flow_id.is_empty() {
             "read by an earlier run of the day"
+        } else if flow_id == DAY_BEFORE {
+            "a flow of the day before"
         } else {
             flow_id
         }
@@ -565,33 +689,110 @@ pub async fn reconcile_funds(
 ) -> Result<Option<FundsReconciliation>, ApiError> {
     Ok(reconcile_part(app, date, from, None, deadline)
         .await?
-        .map(|(found, _)| found))
+        .map(|(found, _, _)| found))
 }
 
-/// What the schedule keeps of a day it reads across runs (kv [`PROGRESS`]): where the next
-/// run goes on, and what the flows read so far named — the orders (for "only one flow names
-/// it" and, after the last page, the other way: paid here, no flow) and the after-sales
-/// (the same "once", and which of an order's refunded after-sales a flow naming the order
-/// can still be). Names only, not the flows' ids: a second flow naming one reads "the
-/// first: read by an earlier run of the day".
+/// What the schedule keeps of a day it reads across runs (kv [`PROGRESS`]; by hand, kv
+/// `{BY_HAND}{date}`): where the next run goes on, and what the flows read so far named —
+/// the orders (for "only one flow names it" and, after the last page, the other way: paid
+/// here, no flow) and the after-sales (the same "once", the other way — refunded here, no
+/// flow — and which of an order's refunded after-sales a flow naming the order can still
+/// be); and of those, the ones of the next day ([`NextDay`]). Names only, not the flows'
+/// ids: a second flow naming one reads "the first: read by an earlier run of the day".
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Progress {
     date: String,
     next_from: usize,
     orders: Vec<String>,
     aftersales: Vec<String>,
+    #[serde(default)]
+    orders_next_day: Vec<String>,
+    #[serde(default)]
+    aftersales_next_day: Vec<String>,
+}
+
+/// What a day whose flows were all read hands on to the next (kv `{NEXT_DAY}{next date}`,
+/// written by the schedule): the orders paid, and after-sales recorded refunded, in its
+/// last hour ([`NEXT_DAY_MARGIN_MS`]) that no flow of it names — WeChat may have booked
+/// their flow after midnight: the next day's flows must name them, else they are missing
+/// then — and the orders and after-sales of the next day its flows named (WeChat booked
+/// their flow before we recorded them: a refund recorded after midnight, say), which have
+/// their flow. Bounded by [`MAX_CARRIED`] a list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct NextDay {
+    orders: Vec<String>,
+    aftersales: Vec<String>,
+    orders_seen: Vec<String>,
+    aftersales_seen: Vec<String>,
+}
+
+impl NextDay {
+    fn is_empty(&self) -> bool {
+        self.orders.is_empty()
+            && self.aftersales.is_empty()
+            && self.orders_seen.is_empty()
+            && self.aftersales_seen.is_empty()
+    }
+}
+
+/// What the day before handed on to `date` ([`NextDay`]): empty when nothing was (the
+/// schedule has not read all of it, or nothing was left), or it does not parse.
+async fn handed_on(app: &App, date: &str) -> Result<NextDay, ApiError> {
+    let entry = kv::get(app.store.as_ref(), &format!("{NEXT_DAY}{date}")).await?;
+    Ok(entry
+        .and_then(|e| serde_json::from_str(&e.value).ok())
+        .unwrap_or_default())
+}
+
+/// Hands `next` on to the day after `date` ([`NextDay`]); written over whatever a run of
+/// `date` wrote before (the same day read again writes the same).
+async fn hand_on(app: &App, date: &str, next: &NextDay) -> Result<(), ApiError> {
+    let Some(start) = beijing_day_start_ms(date) else {
+        return Ok(());
+    };
+    let key = format!("{NEXT_DAY}{}", crate::time::beijing_date(start + DAY_MS));
+    let store = app.store.as_ref();
+    let text = serde_json::to_string(next).map_err(|e| ApiError::internal(e.to_string()))?;
+    let until = app.clock.now_secs() + PROGRESS_TTL_SECS;
+    let before = kv::get(store, &key).await?;
+    if before.as_ref().is_some_and(|b| b.value == text) {
+        return Ok(());
+    }
+    if !kv::put_if(store, &key, &text, until, before.map(|b| b.version)).await? {
+        return Err(ApiError::unavailable(
+            "RECONCILE_BUSY",
+            format!(
+                "what {date} hands on to the next day ({key}) changed under this run; the next \
+                 run writes it again"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Why an order or after-sale of ours that no flow read names is not (yet) missing — or
+/// that it is (`Missing`).
+enum Unmatched {
+    /// Not all of the day's flows were read.
+    NotAllRead,
+    /// Of the day's last hour: looked for among the next day's flows.
+    NextDay,
+    /// The day's flows are not complete yet (before 10:00 China time of the next day).
+    NotReady,
+    Missing,
 }
 
 /// [`reconcile_funds`], going on from `earlier` (the flows before `from` read by earlier
 /// runs: then a run that reads to the end has read all of the day's); also what the flows
-/// read so far (`earlier`'s and this run's) named, for the next run.
+/// read so far (`earlier`'s and this run's) named, for the next run, and — all of the day's
+/// flows read — what the day hands on to the next ([`NextDay`]).
 async fn reconcile_part(
     app: &App,
     date: &str,
     from: usize,
     earlier: Option<&Progress>,
     deadline: Deadline,
-) -> Result<Option<(FundsReconciliation, Progress)>, ApiError> {
+) -> Result<Option<(FundsReconciliation, Progress, Option<NextDay>)>, ApiError> {
     let Some(start_ms) = beijing_day_start_ms(date) else {
         return Err(ApiError::bad_request(
             "BAD_BILL_DATE",
@@ -610,6 +811,7 @@ async fn reconcile_part(
     let Some(day_orders) = paid_on_day(app, start_ms, deadline).await? else {
         return Ok(None);
     };
+    let carried = handed_on(app, date).await?;
     let mut day_index = HashMap::new();
     for (i, o) in day_orders.iter().enumerate() {
         day_index.insert(o.out_trade_no.as_str().to_owned(), i);
@@ -617,25 +819,30 @@ async fn reconcile_part(
             day_index.entry(id.to_string()).or_insert(i);
         }
     }
+    let named = |names: Option<&Vec<String>>, before: &[String]| -> HashMap<String, String> {
+        let mut seen: HashMap<String, String> = names
+            .into_iter()
+            .flatten()
+            .map(|n| (n.clone(), String::new()))
+            .collect();
+        seen.extend(before.iter().map(|n| (n.clone(), DAY_BEFORE.to_owned())));
+        seen
+    };
     let mut run = Run {
         app,
+        start_ms,
         day_orders,
         day_index,
-        orders_seen: earlier
-            .map(|p| {
-                p.orders
-                    .iter()
-                    .map(|o| (o.clone(), String::new()))
-                    .collect()
-            })
+        orders_seen: named(earlier.map(|p| &p.orders), carried.orders_seen.as_slice()),
+        aftersales_seen: named(
+            earlier.map(|p| &p.aftersales),
+            carried.aftersales_seen.as_slice(),
+        ),
+        next_day_orders: earlier
+            .map(|p| p.orders_next_day.clone())
             .unwrap_or_default(),
-        aftersales_seen: earlier
-            .map(|p| {
-                p.aftersales
-                    .iter()
-                    .map(|a| (a.clone(), String::new()))
-                    .collect()
-            })
+        next_day_aftersales: earlier
+            .map(|p| p.aftersales_next_day.clone())
             .unwrap_or_default(),
         out: FundsReconciliation {
             date: date.to_owned(),
@@ -689,68 +896,227 @@ async fn reconcile_part(
         run.out.flows_unchecked = total - next;
         run.out.next_from = Some(next);
     }
+    let Some(day_refunds) = refunded_on_day(app, start_ms, deadline).await? else {
+        return Ok(None);
+    };
     let now = app.clock.now_ms();
     let ready_at = ready_at_ms(start_ms);
+    let end_ms = start_ms + DAY_MS;
+    let next_date = crate::time::beijing_date(end_ms);
+    let prev_date = crate::time::beijing_date(start_ms - DAY_MS);
     let all_read = (from == 0 || earlier.is_some()) && run.out.next_from.is_none();
     let Run {
         day_orders,
         orders_seen,
         aftersales_seen,
+        next_day_orders,
+        next_day_aftersales,
         mut out,
         ..
     } = run;
+    let mut hand = NextDay::default();
+    // Why one no flow read names is not missing (yet); `late`: of the day's last hour.
+    let verdict = |late: bool, handed: usize| {
+        if !all_read {
+            Unmatched::NotAllRead
+        } else if late && handed < MAX_CARRIED {
+            Unmatched::NextDay
+        } else if now < ready_at {
+            Unmatched::NotReady
+        } else {
+            Unmatched::Missing
+        }
+    };
+    let not_all_read = format!(
+        "{} of the day's flows were not read{}",
+        total.saturating_sub(out.flows_checked),
+        match out.next_from {
+            Some(n) =>
+                format!(" (go on from {n}): reconcile the rest (funds_from) before judging it"),
+            None => format!(
+                ": the flows before {from} were read by another request whose names this one \
+                 does not have (only the request that answered next_from {from} keeps them, \
+                 for a day): reconcile the day from 0 to judge it"
+            ),
+        }
+    );
+    let on_next_day = format!(
+        "WeChat may have booked its flow after midnight: it is looked for among the flows of \
+         {next_date} when the schedule reconciles that day (by hand: reconcile {next_date} \
+         once the schedule has done {date})"
+    );
+    let not_ready = format!(
+        "the day's flows are taken as complete from {} China time; ask again then",
+        crate::time::beijing_datetime(ready_at)
+    );
     for o in &day_orders {
         out.paid_here_checked += 1;
-        if orders_seen.contains_key(o.out_trade_no.as_str()) {
+        let no = o.out_trade_no.as_str();
+        if orders_seen.contains_key(no) {
             continue;
         }
         let mut m = FlowMismatch {
             kind: "missing_flow",
-            out_trade_no: Some(o.out_trade_no.as_str().to_owned()),
+            out_trade_no: Some(no.to_owned()),
             ..FlowMismatch::default()
         };
-        if !all_read {
-            m.problem = format!(
-                "no income flow among those read; {} of the day's flows were not read{}: \
-                 reconcile the rest (funds_from) before judging it",
-                total.saturating_sub(out.flows_checked),
-                out.next_from
-                    .map(|n| format!(" (go on from {n})"))
-                    .unwrap_or_default()
-            );
-            out.orders_awaiting_flows.push(m);
-        } else if now < ready_at {
-            m.problem = format!(
-                "no income flow in the funds account so far: the day's flows are taken as \
-                 complete from {} China time; ask again then",
-                crate::time::beijing_datetime(ready_at)
-            );
-            out.orders_awaiting_flows.push(m);
+        let late = o
+            .paid_at_ms
+            .is_some_and(|t| t >= end_ms - NEXT_DAY_MARGIN_MS);
+        let problem = match verdict(late, hand.orders.len()) {
+            Unmatched::NotAllRead => format!("no income flow among those read; {not_all_read}"),
+            Unmatched::NextDay => {
+                hand.orders.push(no.to_owned());
+                format!(
+                    "paid in the last hour of the day, no income flow among its flows: \
+                     {on_next_day}"
+                )
+            }
+            Unmatched::NotReady => {
+                format!("no income flow in the funds account so far: {not_ready}")
+            }
+            Unmatched::Missing => {
+                tracing::error!(date, out_trade_no = %o.out_trade_no, "paid here, no funds flow");
+                m.problem = format!(
+                    "recorded paid here at {} China time, {} fen: no income flow for it in the \
+                     day's funds flows",
+                    o.paid_at_ms
+                        .map(crate::time::beijing_datetime)
+                        .unwrap_or_default(),
+                    o.total.get()
+                );
+                out.mismatches.push(m);
+                continue;
+            }
+        };
+        m.problem = problem;
+        out.orders_awaiting_flows.push(m);
+    }
+    for a in &day_refunds {
+        out.refunds_checked += 1;
+        if aftersales_seen.contains_key(a.id.as_str()) {
+            continue;
+        }
+        let mut m = FlowMismatch {
+            kind: "missing_refund_flow",
+            out_trade_no: Some(a.out_trade_no.as_str().to_owned()),
+            aftersale_id: Some(a.id.as_str().to_owned()),
+            ..FlowMismatch::default()
+        };
+        let late = a
+            .refunded_at_ms
+            .is_some_and(|t| t >= end_ms - NEXT_DAY_MARGIN_MS);
+        let problem = match verdict(late, hand.aftersales.len()) {
+            Unmatched::NotAllRead => format!("no expense flow among those read; {not_all_read}"),
+            Unmatched::NextDay => {
+                hand.aftersales.push(a.id.as_str().to_owned());
+                format!(
+                    "refunded in the last hour of the day, no expense flow among its flows: \
+                     {on_next_day}"
+                )
+            }
+            Unmatched::NotReady => {
+                format!("no expense flow in the funds account so far: {not_ready}")
+            }
+            Unmatched::Missing => {
+                tracing::error!(date, aftersale_id = %a.id, "refunded here, no funds flow");
+                m.problem = format!(
+                    "recorded refunded here at {} China time, {} fen: no after-sale expense flow \
+                     for it in the day's funds flows (a refund WeChat never made, or booked \
+                     under a number we do not read as this after-sale's?)",
+                    a.refunded_at_ms
+                        .map(crate::time::beijing_datetime)
+                        .unwrap_or_default(),
+                    a.amount.get()
+                );
+                out.mismatches.push(m);
+                continue;
+            }
+        };
+        m.problem = problem;
+        out.aftersales_awaiting_flows.push(m);
+    }
+    // The day before's last hour, handed on: this day's flows must name them.
+    let carried_orders = carried.orders.iter().map(|n| (n, false));
+    let carried_aftersales = carried.aftersales.iter().map(|n| (n, true));
+    for (name, is_aftersale) in carried_orders.chain(carried_aftersales) {
+        out.carried_checked += 1;
+        let seen = if is_aftersale {
+            &aftersales_seen
         } else {
-            m.problem = format!(
-                "recorded paid here at {} China time, {} fen: no income flow for it in the \
-                 day's funds flows",
-                o.paid_at_ms
-                    .map(crate::time::beijing_datetime)
-                    .unwrap_or_default(),
-                o.total.get()
-            );
-            tracing::error!(date, out_trade_no = %o.out_trade_no, "paid here, no funds flow");
-            out.mismatches.push(m);
+            &orders_seen
+        };
+        if seen.contains_key(name) {
+            continue;
+        }
+        let (kind, what, flow) = if is_aftersale {
+            ("missing_refund_flow", "refunded", "expense")
+        } else {
+            ("missing_flow", "paid", "income")
+        };
+        let mut m = FlowMismatch {
+            kind,
+            ..FlowMismatch::default()
+        };
+        if is_aftersale {
+            m.aftersale_id = Some(name.clone());
+        } else {
+            m.out_trade_no = Some(name.clone());
+        }
+        let problem = match verdict(false, 0) {
+            Unmatched::NotAllRead => Some(format!(
+                "recorded {what} in the last hour of {prev_date}, no {flow} flow among that \
+                 day's nor among this day's read; {not_all_read}"
+            )),
+            Unmatched::NotReady => Some(format!(
+                "recorded {what} in the last hour of {prev_date}, no {flow} flow among that \
+                 day's, nor this day's so far: {not_ready}"
+            )),
+            Unmatched::NextDay | Unmatched::Missing => None,
+        };
+        match problem {
+            Some(p) => {
+                m.problem = p;
+                if is_aftersale {
+                    out.aftersales_awaiting_flows.push(m);
+                } else {
+                    out.orders_awaiting_flows.push(m);
+                }
+            }
+            None => {
+                tracing::error!(date, name = %name, kind, "recorded here, no funds flow on its day nor the next");
+                m.problem = format!(
+                    "recorded {what} here in the last hour of {prev_date}: no {flow} flow for it \
+                     in the funds flows of {prev_date} nor of {date}"
+                );
+                out.mismatches.push(m);
+            }
         }
     }
+    hand.orders_seen = next_day_orders.clone();
+    hand.aftersales_seen = next_day_aftersales.clone();
+    hand.orders_seen.truncate(MAX_CARRIED);
+    hand.aftersales_seen.truncate(MAX_CARRIED);
     let seen = Progress {
         date: date.to_owned(),
         next_from: out.next_from.unwrap_or(total),
         orders: orders_seen.into_keys().collect(),
         aftersales: aftersales_seen.into_keys().collect(),
+        orders_next_day: next_day_orders,
+        aftersales_next_day: next_day_aftersales,
     };
-    Ok(Some((out, seen)))
+    Ok(Some((out, seen, all_read.then_some(hand))))
 }
 
 /// The `funds` section of `reconcile` by hand: `None` when the shop is not in fund_type 1
 /// mode (nothing to add), else the day's funds reconciliation from `from` (`Ok(Some(None))`
-/// when `deadline` passed first).
+/// when `deadline` passed first). A day read in part keeps what its flows named (kv
+/// `{BY_HAND}{date}`, a day; bounded as the schedule's progress): the request from its
+/// `next_from` goes on with it — or with the schedule's progress of the day, if that stopped
+/// at the same flow — so the one that reads the last flows checks the other way (paid or
+/// refunded here, no flow) as a whole day's reconciliation does. A `funds_from` with neither
+/// (another next_from, or kept no more) cannot: what no flow it read names is awaiting, not
+/// missing. By hand keeps no event, nor hands anything on to the next day.
 pub async fn for_admin(
     app: &App,
     date: &str,
@@ -760,9 +1126,37 @@ pub async fn for_admin(
     if app.config.fund_type != FundType::SecondaryMerchant {
         return Ok(None);
     }
-    reconcile_funds(app, date, from.unwrap_or(0), deadline)
-        .await
-        .map(Some)
+    let from = from.unwrap_or(0);
+    let store = app.store.as_ref();
+    let key = format!("{BY_HAND}{date}");
+    let mine = kv::get(store, &key).await?;
+    let earlier = if from == 0 {
+        None
+    } else {
+        let schedule = kv::get(store, PROGRESS).await?;
+        let found = [mine.as_ref(), schedule.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|e| serde_json::from_str::<Progress>(&e.value).ok())
+            .find(|p| p.date == date && p.next_from == from);
+        found
+    };
+    let Some((found, seen, _)) =
+        reconcile_part(app, date, from, earlier.as_ref(), deadline).await?
+    else {
+        return Ok(Some(None));
+    };
+    if found.next_from.is_some() && found.flows_total <= MAX_TRACKED_FLOWS {
+        let text = serde_json::to_string(&seen).map_err(|e| ApiError::internal(e.to_string()))?;
+        if text.len() <= PROGRESS_MAX_BYTES {
+            let until = app.clock.now_secs() + BY_HAND_TTL_SECS;
+            // Lost to another request of the day meanwhile: it keeps its own names.
+            if !kv::put_if(store, &key, &text, until, mine.map(|m| m.version)).await? {
+                tracing::info!(date, "another request kept the day's names first");
+            }
+        }
+    }
+    Ok(Some(Some(found)))
 }
 
 /// What the schedule's funds phase did.
@@ -782,7 +1176,7 @@ pub struct DailyReport {
     pub mismatches: usize,
     /// Mismatches (and days checked in part) kept as new `funds_mismatch` events, and paged.
     pub kept: usize,
-    /// Orders awaiting flows not read (a day past [`MAX_TRACKED_FLOWS`]).
+    /// Orders and after-sales awaiting flows not read (a day past [`MAX_TRACKED_FLOWS`]).
     pub awaiting: usize,
     /// Flows of the days reconciled past [`MAX_TRACKED_FLOWS`], not read: a person goes on
     /// by hand.
@@ -794,8 +1188,8 @@ const WHAT_TO_DO: &str = "WeChat's funds account and our records disagree: compa
 (POST /fn/queryOrder), put right whichever is wrong, and note it; nothing was changed \
 automatically";
 
-/// (key, body) of an event per mismatch (keyed by day and flow, or order), and one for a
-/// day checked in part unless `going_on` (the schedule reads the rest itself).
+/// (key, body) of an event per mismatch (keyed by day and flow, or after-sale, or order),
+/// and one for a day checked in part unless `going_on` (the schedule reads the rest itself).
 fn mismatch_events(r: &FundsReconciliation, going_on: bool) -> Vec<(String, String)> {
     let d = &r.date;
     let mut out = Vec::new();
@@ -803,6 +1197,7 @@ fn mismatch_events(r: &FundsReconciliation, going_on: bool) -> Vec<(String, Stri
         let id = m
             .funds_flow_id
             .clone()
+            .or_else(|| m.aftersale_id.clone())
             .or_else(|| m.out_trade_no.clone())
             .unwrap_or_default();
         let body = serde_json::json!({
@@ -833,8 +1228,9 @@ fn mismatch_events(r: &FundsReconciliation, going_on: bool) -> Vec<(String, Stri
 /// events were kept. A day with more flows than a run reads ([`MAX_FLOWS_PER_RUN`]) is read
 /// across runs: each run reads the next flows from its kv [`Progress`], keeps their
 /// mismatches at once and saves where it stopped and what they named (a versioned write);
-/// the run that reads the last flows checks the other way (paid here, no flow) with every
-/// name read, moves the mark and drops the progress. A day past [`MAX_TRACKED_FLOWS`] is
+/// the run that reads the last flows checks the other way (paid or refunded here, no flow)
+/// with every name read, hands on to the next day what it must check ([`NextDay`]), moves
+/// the mark and drops the progress. A day past [`MAX_TRACKED_FLOWS`] is
 /// checked in part (one `flows_unchecked` event, paged). A day cut short by `deadline`
 /// (`false`) or failed keeps no progress: the next run reads the same flows again (their
 /// events kept once: by day and flow).
@@ -875,7 +1271,7 @@ pub async fn run_daily(
             .and_then(|p| serde_json::from_str::<Progress>(&p.value).ok())
             .filter(|p| p.date == day);
         let from = earlier.as_ref().map_or(0, |p| p.next_from);
-        let Some((found, seen)) =
+        let Some((found, seen, hand)) =
             reconcile_part(app, &day, from, earlier.as_ref(), deadline).await?
         else {
             return Ok(false);
@@ -889,7 +1285,8 @@ pub async fn run_daily(
         report.mismatches += found.mismatch_count();
         if going_on.is_none() {
             report.reconciled.push(day.clone());
-            report.awaiting += found.orders_awaiting_flows.len();
+            report.awaiting +=
+                found.orders_awaiting_flows.len() + found.aftersales_awaiting_flows.len();
             report.flows_unchecked += found.flows_unchecked;
         }
         for (key, body) in mismatch_events(&found, going_on.is_some()) {
@@ -912,6 +1309,10 @@ pub async fn run_daily(
         }
         if found.mismatch_count() == 0 {
             tracing::info!(date = %day, flows = found.flows_checked, "funds reconciliation clean");
+        }
+        // Before the mark moves past the day: a run cut short here writes it again.
+        if let Some(hand) = hand.filter(|h| !h.is_empty()) {
+            hand_on(app, &day, &hand).await?;
         }
         let until = app.clock.now_secs() + MARK_TTL_SECS;
         if !kv::put_if(store, MARK, &day, until, mark.map(|m| m.version)).await? {
@@ -972,6 +1373,7 @@ mod tests {
                 })
                 .collect(),
             aftersales: vec![],
+            ..Progress::default()
         };
         let text = serde_json::to_string(&p).unwrap();
         assert!(text.len() <= PROGRESS_MAX_BYTES, "{}", text.len());

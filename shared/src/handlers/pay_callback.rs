@@ -994,6 +994,7 @@ mod tests {
             line: None,
             created_at_ms: 1,
             updated_at_ms: 1,
+            refunded_at_ms: None,
         };
         let mut refund = RefundRecord::new(
             no.clone(),

@@ -48,6 +48,7 @@ pub async fn run_all(store: DynStore) {
     kv_cas(&store).await;
     repo_round_trip(&store).await;
     refunds_by_success_recorded(&store).await;
+    aftersales_by_refunded_at(&store).await;
     rotations(&store).await;
     product_audit_index(&store).await;
 }
@@ -1588,6 +1589,88 @@ pub async fn refunds_by_success_recorded(store: &DynStore) {
     assert_eq!(repo::refunds_of_order(s, &order).await.unwrap().len(), 7);
 }
 
+/// After-sales recorded REFUNDED within a time window, through the status index (what a
+/// day's funds reconciliation reads): an after-sale moves from its creation time to the time
+/// it was refunded as it is; one REFUNDED without that time (written before it was kept) is
+/// in the partition by creation but not listed; paging keeps order; the owner index still
+/// has them all.
+pub async fn aftersales_by_refunded_at(store: &DynStore) {
+    let s = store.as_ref();
+    let p = prefix();
+    let t = past_base_ms();
+    let day = 86_400_000;
+    let order = OutTradeNo::parse(format!("CA{p}")).unwrap();
+    let id = |i: usize| AfterSaleId::parse(format!("{p}r{i}")).unwrap();
+    let new = |i: usize, created: i64| AfterSale {
+        id: id(i),
+        out_trade_no: order.clone(),
+        openid: OpenId::parse("o_conformance").unwrap(),
+        kind: AfterSaleKind::RefundOnly,
+        amount: Fen::new(10).unwrap(),
+        reason: "x".into(),
+        status: AfterSaleStatus::Requested,
+        out_refund_no: None,
+        refund_id: None,
+        wx_aftersale_id: None,
+        wx_add_claimed_until_ms: None,
+        reject_reason: None,
+        goods_return: None,
+        line: None,
+        created_at_ms: created,
+        updated_at_ms: created,
+        refunded_at_ms: None,
+    };
+    // 0: created the day before, refunded in the window; 1: created in the window, still
+    // requested; 2: refunded after the window; 3: REFUNDED without the time, created in the
+    // window; 4..=6: refunded in the window, to page through.
+    let mut b = Batch::new();
+    for (i, created) in [
+        (0, t - day),
+        (1, t + 5),
+        (2, t),
+        (4, t - 3),
+        (5, t - 2),
+        (6, t - 1),
+    ] {
+        b.create_aftersale(&new(i, created));
+    }
+    let mut old = new(3, t + 6);
+    old.status = AfterSaleStatus::Refunded;
+    b.create_aftersale(&old);
+    b.commit(s).await.unwrap();
+    let refund = |i: usize, at: i64| async move {
+        let v = repo::get_aftersale(s, &id(i)).await.unwrap().unwrap();
+        let mut next = v.value.clone();
+        let _ = next.refunded_by_wechat(None, at);
+        let mut b = Batch::new();
+        b.update_aftersale(&v, &next);
+        b.commit(s).await.unwrap();
+    };
+    refund(0, t + 10).await;
+    refund(2, t + day).await;
+    for i in 4..=6 {
+        refund(i, t + 20 + i as i64).await;
+    }
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = repo::aftersales_refunded_between(s, t, t + day - 1, cursor)
+            .await
+            .unwrap();
+        listed.extend(
+            page.into_iter()
+                .filter(|a| a.out_trade_no == order)
+                .map(|a| a.id),
+        );
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(listed, vec![id(0), id(4), id(5), id(6)], "by refunded at");
+    assert_eq!(repo::aftersales_of_order(s, &order).await.unwrap().len(), 7);
+}
+
 /// The typed layer over this backend: orders, products, after-sales, refunds, events, and
 /// batches that tie a transition to its outbox entry.
 pub async fn repo_round_trip(store: &DynStore) {
@@ -1781,6 +1864,7 @@ pub async fn repo_round_trip(store: &DynStore) {
             line: None,
             created_at_ms: t + i as i64,
             updated_at_ms: t,
+            refunded_at_ms: None,
         });
     }
     b.commit(s).await.unwrap();

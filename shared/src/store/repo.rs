@@ -331,13 +331,22 @@ pub async fn list_products(
 
 // ---------------------------------------------------------------- after-sales
 
-/// After-sales: id = after-sale id, owner = out_trade_no, status = status, sort = created.
+/// After-sales: id = after-sale id, owner = out_trade_no, status = status, sort = created —
+/// except a REFUNDED one that carries when we recorded it so
+/// ([`AfterSale::refunded_at_ms`]), sorted by that: the status index's REFUNDED partition is
+/// then in the order after-sales became refunded here, which is what the funds
+/// reconciliation of a day reads ([`aftersales_refunded_between`]). (Nothing walks that
+/// partition by creation; one that reads every status by creation misses a refunded one
+/// created in its window and refunded after it.)
 fn aftersale_record(a: &AfterSale, version: u64) -> Result<Record, StoreError> {
     let mut rec = Record::new(Kind::AfterSale, a.id.as_str(), Record::encode(a)?);
     rec.version = version;
     rec.owner = Some(a.out_trade_no.as_str().to_owned());
     rec.status = Some(a.status.as_str().to_owned());
-    rec.sort = a.created_at_ms;
+    rec.sort = match (a.status, a.refunded_at_ms) {
+        (AfterSaleStatus::Refunded, Some(at)) => at,
+        _ => a.created_at_ms,
+    };
     Ok(rec)
 }
 
@@ -360,6 +369,37 @@ pub async fn aftersales_of_order(
     q.limit = 100;
     let page = store.query(q).await?;
     page.records.iter().map(versioned).collect()
+}
+
+/// One page of the after-sales we recorded REFUNDED within `[from_ms, to_ms]`
+/// ([`AfterSale::refunded_at_ms`]), in that order: the status index's REFUNDED partition,
+/// filtered to the records that carry the time (the partition also holds, by creation time,
+/// the ones refunded before the time was kept).
+pub async fn aftersales_refunded_between(
+    store: &dyn Store,
+    from_ms: i64,
+    to_ms: i64,
+    cursor: Option<String>,
+) -> Result<(Vec<AfterSale>, Option<String>), StoreError> {
+    let mut q = Query::new(
+        Kind::AfterSale,
+        Index::Status(AfterSaleStatus::Refunded.as_str().to_owned()),
+    );
+    q.sort_min = Some(from_ms);
+    q.sort_max = Some(to_ms);
+    q.limit = 100;
+    q.cursor = cursor;
+    let page = store.query(q).await?;
+    let mut out = Vec::with_capacity(page.records.len());
+    for rec in &page.records {
+        let a: AfterSale = rec.decode()?;
+        if a.refunded_at_ms
+            .is_some_and(|t| (from_ms..=to_ms).contains(&t))
+        {
+            out.push(a);
+        }
+    }
+    Ok((out, page.next))
 }
 
 /// A turn (see [`Rotation`]) through the after-sales in `status` created from
