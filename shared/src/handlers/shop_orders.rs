@@ -453,10 +453,8 @@ pub enum ComponentPayment {
 /// Asks `shop/order/get` whether a fund_type=1 order was paid and records the payment if so,
 /// with the amount WeChat holds checked against ours. The `open_product_order_pay` push, the
 /// unpaid sweep and `queryOrder` all come here: a push may never arrive (WeChat does not
-/// guarantee callbacks), so WeChat's record of the order is what decides. WeChat's id for an
-/// order whose `shop/order/add` answer was lost is stored with the payment (the order was
-/// read by our number), so shipping and after-sales need not look it up again. `push` is
-/// what an event said (transaction id, pay time), used where `order/get` leaves them out.
+/// guarantee callbacks), so WeChat's record of the order is what decides. `push` is what an
+/// event said (transaction id, pay time), used where `order/get` leaves them out.
 pub async fn query_component_payment(
     app: &App,
     order: &Order,
@@ -488,12 +486,6 @@ async fn payment_of(
     if matches!(wx.status, 10 | 11 | 181 | 250) {
         return Ok(ComponentPayment::Unpaid { status: wx.status });
     }
-    // WeChat's id for it, when this read is by our number of an order whose `add` answer
-    // was lost: stored with the payment, so shipping need not look it up again.
-    let learnt = (order.wx_order_id.is_none()
-        && wx.order_id != 0
-        && wx.out_order_id == order.out_trade_no.as_str())
-    .then_some(wx.order_id);
     let price = wx.order_detail.price_info.order_price;
     if !component_paid(wx.status) || price != order.total {
         return Ok(ComponentPayment::Refused(format!(
@@ -522,16 +514,7 @@ async fn payment_of(
         .unwrap_or_else(|| app.clock.now_ms());
     use super::common::{record_payment, PaymentError, PaymentOutcome};
     match record_payment(app, &order.out_trade_no, &txid, price, paid_at).await {
-        Ok(PaymentOutcome::Recorded(mut o) | PaymentOutcome::AlreadyRecorded(mut o)) => {
-            if let (Some(id), None) = (learnt, o.wx_order_id) {
-                // Not storing it only means shipping asks WeChat for it again.
-                match store_component_id(app, &order.out_trade_no, id).await {
-                    Ok(held) => o.wx_order_id = held,
-                    Err(e) => {
-                        tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "could not store the component order id learnt with the payment; it is read again when needed");
-                    }
-                }
-            }
+        Ok(PaymentOutcome::Recorded(o) | PaymentOutcome::AlreadyRecorded(o)) => {
             Ok(ComponentPayment::Recorded(Box::new(o)))
         }
         Err(PaymentError::Store(e)) => Err(e.into()),
@@ -548,7 +531,7 @@ pub enum LostAdd {
     Absent,
     /// Waiting for payment (10, 11) at our price: WeChat's id for it, to pay it as it is.
     Pending(u64),
-    /// Paid there, and the payment recorded here (now or before), with WeChat's id stored.
+    /// Paid there, and the payment recorded here (now or before).
     Paid(Box<Order>),
     /// Cancelled there (181, 250): WeChat's id for it.
     Cancelled(u64),
@@ -560,8 +543,8 @@ pub enum LostAdd {
 /// fund_type=1 order whose `shop/order/add` answer was lost, before anything is added again:
 /// `add` replaces only an unpaid order (a paid one is refused, so the order would be closed as
 /// a failed prepay though it was paid), and a paid one's push may be late or lost. A payment
-/// found is recorded, its amount checked against ours, and WeChat's id stored with it. `Err`
-/// (503 `WECHAT_UNAVAILABLE`): WeChat did not say; nothing may be decided.
+/// found is recorded, its amount checked against ours. `Err` (503 `WECHAT_UNAVAILABLE`):
+/// WeChat did not say; nothing may be decided.
 pub async fn read_back_lost_add(app: &App, order: &Order) -> Result<LostAdd, ApiError> {
     let wx = match app.wx.order_get(&key(order), order.openid.as_str()).await {
         Ok(wx) => wx,
