@@ -55,7 +55,9 @@ pub const PUSH_REFUSED: &str = "PushRefused";
 /// platform; or a secondary-merchant refund WeChat accepted but could not pay, held by the
 /// schedule or its push), a SUCCESS for an after-sale another refund had completed (`refund_superseded`:
 /// the user may have been refunded twice), a payment for an order closed and sold out
-/// meanwhile (`paid_after_close_oversold`), a refund made by hand in the merchant platform,
+/// meanwhile (`paid_after_close_oversold`) or whose component order stays cancelled at WeChat
+/// (`order_event_mismatch`), a refund WeChat Pay closed unpaid (`refund_closed`), a refund
+/// made by hand in the merchant platform,
 /// recorded on its order but unknown to the trading component (`refund_by_hand`). Each is acknowledged to WeChat (retrying changes
 /// nothing), so no `FAIL` count sees it: this is the page. Counted by whichever function
 /// learnt it — payCallback from notifications; queryOrder, orderSync and auditCallback from

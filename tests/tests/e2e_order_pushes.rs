@@ -254,7 +254,8 @@ async fn a_cancel_push_for_an_order_wechat_holds_unpaid_changes_nothing() {
 /// WeChat's order reads cancelled while ours is paid (here: cancelled at WeChat, its push
 /// lost, then paid through WeChat Pay all the same). The money is real: nothing changes — ours
 /// stays PAID, nothing is closed or refunded — and a person is paged once, with the case kept
-/// as an `order_event_mismatch` event, however often WeChat pushes it.
+/// as an `order_event_mismatch` event, however often WeChat pushes it, and whether the push
+/// or the payment sync (`shop/order/pay`, refused for the cancelled order) finds it first.
 #[tokio::test]
 async fn a_cancel_at_wechat_of_an_order_we_hold_paid_pages_and_changes_nothing() {
     let (r, paged) = stack(&[]).await;
@@ -268,13 +269,13 @@ async fn a_cancel_at_wechat_of_an_order_we_hold_paid_pages_and_changes_nothing()
         )
         .await;
     assert_eq!(s, 200, "{v}");
+    let before = paged();
     c.pay_at_sandbox(&no).await;
     eventually("the order paid", WAIT, || async {
         c.status(&token, &no).await["status"] == "PAID"
     })
     .await;
     let stock = c.stock().await;
-    let before = paged();
 
     let ts = r.app.clock.now_secs();
     assert_eq!(
@@ -296,6 +297,116 @@ async fn a_cancel_at_wechat_of_an_order_we_hold_paid_pages_and_changes_nothing()
     assert_eq!(c.status(&token, &no).await["status"], "PAID");
     assert_eq!(paged() - before, 1, "paged once");
     assert_eq!(mismatches(&c).await.len(), 1);
+}
+
+/// A payment that arrives after our own close (it raced the close; here its notification is
+/// posted once the close has gone through): the user closes the unpaid order, the outbox
+/// closes it at WeChat Pay and cancels the component order (250); then the payment comes.
+/// It is recorded — PAID, the stock taken again — and its sync to the component order
+/// (`shop/order/pay`) is refused, WeChat's order being cancelled: that is kept once as an
+/// `order_event_mismatch` event saying what to do (ship it here only, or refund it) and pages
+/// a person once — not again for a re-sync or a later cancel push — with no dead letter. It
+/// used to page nobody: the payment sync was dead-lettered as "in status 250".
+#[tokio::test]
+async fn a_payment_after_our_close_pages_once_for_the_cancelled_component_order() {
+    let (r, paged) = stack(&[]).await;
+    let c = Client::new(&r);
+    let before = c.stock().await;
+    let (token, no) = ordered(&r, &c, "xena", 1).await;
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "close"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["order"]["status"], "CLOSED", "{v}");
+    eventually("the component order cancelled", WAIT, || async {
+        wx_status(&r, &no).await == 250
+    })
+    .await;
+    eventually("its cancel pushed back and taken in", WAIT, || async {
+        r.sandbox
+            .deliveries()
+            .iter()
+            .any(|d| d["key"] == "open_product_order_cancel" && d["acked"] == true)
+    })
+    .await;
+    assert_eq!(c.stock().await, before, "the close gave the stock back");
+
+    let order = c.status(&token, &no).await;
+    let parsed = wxshop::domain::OutTradeNo::parse(no.clone()).unwrap();
+    let openid = wxshop::store::repo::get_order(r.app.store.as_ref(), &parsed)
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .openid;
+    let body = support::notification(
+        &r,
+        &no,
+        openid.as_str(),
+        order["total_fee"].as_i64().unwrap(),
+        "4200000000202612060000000077",
+    );
+    let (s, reply) = c.raw("/callbacks/pay", body).await;
+    assert_eq!(
+        (s, support::return_code(&reply)),
+        (200, "SUCCESS"),
+        "{reply}"
+    );
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+    assert_eq!(c.stock().await, before - 1, "the stock taken again");
+
+    eventually("a person paged", WAIT, || async { paged() == 1 }).await;
+    let kept = mismatches(&c).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let body = &kept[0]["body"];
+    assert_eq!(body["out_order_id"], no, "{kept:?}");
+    assert_eq!(body["status"], "PAID", "{kept:?}");
+    assert_eq!(body["wx_status"], 250, "{kept:?}");
+    assert!(
+        body["found_by"]
+            .as_str()
+            .is_some_and(|f| f.contains("shop/order/pay")),
+        "{kept:?}"
+    );
+    assert!(
+        body["what_to_do"]
+            .as_str()
+            .is_some_and(|w| w.contains("ship") && w.contains("refund")),
+        "{kept:?}"
+    );
+    assert!(
+        c.dead_letters().await.is_empty(),
+        "{:?}",
+        c.dead_letters().await
+    );
+
+    // A re-sync by hand and a late cancel push find the same case: nobody is paged again.
+    let calls = c.order_pay_calls().await.get(&no).copied().unwrap_or(0);
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "resync", "out_trade_no": no}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the payment synced again", WAIT, || async {
+        c.order_pay_calls().await.get(&no).copied().unwrap_or(0) > calls
+    })
+    .await;
+    let ts = r.app.clock.now_secs();
+    assert_eq!(
+        push(&r, "open_product_order_cancel", &no, ts + 1, "n-late").await,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(paged(), 1, "paged once");
+    assert_eq!(mismatches(&c).await.len(), 1);
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+    assert!(c.dead_letters().await.is_empty());
 }
 
 /// `user` orders one tea and pays through WeChat Pay; returns once the trading component has
@@ -469,6 +580,127 @@ async fn an_ordinary_full_refund_and_a_forged_refund_push_page_nobody() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(paged(), 0);
     assert!(mismatches(&c).await.is_empty());
+}
+
+/// Events of `source` kept for a person.
+async fn events_of(c: &Client, source: &str) -> Vec<Value> {
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "source": source}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["events"].as_array().unwrap().clone()
+}
+
+/// An order whose money we hold (fund_type 0): the merchant approves the user's refund of all
+/// of it, WeChat's after-sale is accepted (its order reads refunded in full, 200, and
+/// `open_product_order_refund` is pushed), but WeChat Pay does not pay it out — it closes the
+/// refund (`REFUNDCLOSE`: the after-sale REFUND_FAILED, a `refund_closed` event telling the
+/// merchant to approve again) or cannot pay it into the user's account (`CHANGE`:
+/// REFUND_ABNORMAL, a `refund_abnormal` event). That pages a person once, there. The refund
+/// push, however often it comes, counts such a refund as ours and pages nothing more. It used
+/// to count only REFUNDING refunds as accounted for: the push paged again (CHANGE: twice in
+/// all) with an `order_event_mismatch` telling the merchant to look for a refund made
+/// elsewhere; and a closed refund paged nobody but through that push.
+async fn a_refund_push_does_not_page_again_for_a_refund_that_paged(outcome: &str) {
+    let (r, paged) = stack(&[]).await;
+    let c = Client::new(&r);
+    let user = if outcome == "CHANGE" { "yann" } else { "zoe" };
+    let (token, no) = paid_and_synced(&r, &c, user).await;
+    let (id, _) = applied_at_wechat(&r, &c, &token, &no).await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/refund_outcome",
+            None,
+            &json!({"status": outcome, "count": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // The refund reaches WeChat Pay after the approval reached the after-sale
+    // (`ecaftersale/acceptrefund`), as it mostly does: a refund outcome first would leave
+    // nothing to accept there.
+    c.fault(json!({"path": "secapi/pay/refund", "mode": "delay", "delay_ms": 500, "count": 1}))
+        .await;
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let held = if outcome == "CHANGE" {
+        "REFUND_ABNORMAL"
+    } else {
+        "REFUND_FAILED"
+    };
+    let status = || async {
+        let (_, list) = c
+            .post(
+                "/fn/aftersaleSync",
+                Some(&token),
+                &json!({"action": "list", "out_trade_no": no}),
+            )
+            .await;
+        list["aftersales"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["aftersale_id"] == id.as_str())
+            .map(|a| a["status"].clone())
+            .unwrap()
+    };
+    eventually(held, WAIT, || async { status().await == held }).await;
+    eventually("WeChat's order refunded in full", WAIT, || async {
+        wx_status(&r, &no).await == 200
+    })
+    .await;
+    eventually("its refund push taken in", WAIT, || async {
+        r.sandbox
+            .deliveries()
+            .iter()
+            .any(|d| d["key"] == "open_product_order_refund" && d["acked"] == true)
+    })
+    .await;
+    // Pushed again after our refund failed, whenever the first one came.
+    let ts = r.app.clock.now_secs();
+    assert_eq!(
+        push(&r, "open_product_order_refund", &no, ts + 1, "n-after").await,
+        200
+    );
+    assert_eq!(
+        push(&r, "open_product_order_refund", &no, ts + 2, "n-after-2").await,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let source = if outcome == "CHANGE" {
+        "refund_abnormal"
+    } else {
+        "refund_closed"
+    };
+    let kept = events_of(&c, source).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        mismatches(&c).await.is_empty(),
+        "{:?}",
+        mismatches(&c).await
+    );
+    assert_eq!(paged(), 1, "paged once, for the refund itself");
+    assert_eq!(status().await, held);
+    let order = c.status(&token, &no).await;
+    assert_eq!(order["status"], "PAID", "nothing refunded: {order}");
+    assert_eq!(order["refunded_fee"], 0, "{order}");
+}
+
+#[tokio::test]
+async fn a_refund_push_does_not_page_again_for_a_refund_wechat_closed() {
+    a_refund_push_does_not_page_again_for_a_refund_that_paged("REFUNDCLOSE").await;
+}
+
+#[tokio::test]
+async fn a_refund_push_does_not_page_again_for_an_abnormal_refund() {
+    a_refund_push_does_not_page_again_for_a_refund_that_paged("CHANGE").await;
 }
 
 /// Our own close coming back: the user closes an unpaid order in the mini program, the outbox

@@ -972,6 +972,191 @@ async fn a_lost_add_wechat_cannot_read_is_kept_when_its_key_resumes() {
     a_lost_add_is_read_back_when_its_key_resumes(LostAdd::Unreadable).await;
 }
 
+/// Where a cut-off fund_type 0 `unifiedOrder` lost its answer, and how WeChat Pay holds the
+/// order when the user taps again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DirectLost {
+    /// `pay/unifiedorder` on its way back: WeChat Pay made the prepay order, no component
+    /// order was asked for.
+    Prepay,
+    /// `shop/order/add` on its way back: WeChat holds the prepay order and the component
+    /// order (10), both unpaid.
+    Add,
+    /// As `Add`, then the WeChat Pay order paid (the sandbox's cashier; a real user holds no
+    /// prepay id for it), its notification lost.
+    AddPaidUnnotified,
+}
+
+/// Our stored order for `no`.
+async fn stored(r: &wxlocal::gateway::Running, no: &str) -> wxshop::domain::Order {
+    let no = wxshop::domain::OutTradeNo::parse(no.to_owned()).unwrap();
+    wxshop::store::repo::get_order(r.app.store.as_ref(), &no)
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+}
+
+/// The sandbox's record of `no`: its WeChat Pay order's prepay id, and its component order
+/// (WeChat's id and the prepay id it names) if there is one.
+async fn at_wechat(c: &Client, no: &str) -> (String, Option<(u64, String)>) {
+    let (_, st) = c.get("/sandbox/_control/state").await;
+    let pay = st["pay_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["out_trade_no"] == no)
+        .unwrap()["prepay_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shop = st["shop_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["out_order_id"] == no)
+        .map(|o| {
+            let prepay = o
+                .pointer("/order_detail/pay_info/prepay_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            // The state stringifies 64-bit ids.
+            let id = o["order_id"].as_str().unwrap().parse().unwrap();
+            (id, prepay)
+        });
+    (pay, shop)
+}
+
+/// Fund_type 0 (we collect through WeChat Pay; the component order mirrors it): `unifiedOrder`
+/// is cut off while `pay/unifiedorder` or `shop/order/add` is on its way back, so WeChat made
+/// what it was asked for and ours is CREATED with no ids. The same key once the claim's
+/// window has passed resumes it: unpaid → asked again under the same number, WeChat Pay
+/// answers with the same prepay order (one at WeChat Pay, its `prepay_id` the one the
+/// component order names), the component order added (or its unpaid one replaced, same
+/// `order_id`), 200 PREPAID with both ids stored. Paid at WeChat Pay with the notification
+/// lost → `pay/unifiedorder` answers ORDERPAID: the payment read back (`orderquery`) and
+/// recorded, 200 PAID with nothing to pay, no `shop/order/add` again, nothing closed, and the
+/// payment synced to the component order by our number (20). Each time the key keeps the
+/// answer, one order, stock taken once, no dead letter. The paid case used to be closed as a
+/// failed prepay — 502, the key released for a second order — and then recorded as a payment
+/// after the close.
+async fn a_direct_lost_answer_resumes(lost: DirectLost) {
+    let r = stack_with(&[("WXPAY_NOTIFY_URL", DEAD_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("direct-lost-then-resumed").await;
+    let key = "tap-direct-lost-then-resumed";
+    let before = c.stock().await;
+    let path = if lost == DirectLost::Prepay {
+        "pay/unifiedorder"
+    } else {
+        "shop/order/add"
+    };
+    c.fault(json!({"path": path, "mode": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    order_cut_off(&r, &token, &order_body(key), Duration::from_millis(1000)).await;
+    let made = orders(&c, &token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["status"], "CREATED", "{made:?}");
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    if lost == DirectLost::Prepay {
+        eventually("the late prepay order", Duration::from_secs(5), || async {
+            pay_state(&c, &no).await.as_deref() == Some("NOTPAY")
+        })
+        .await;
+        assert_eq!(shop_status(&c, &no).await, None, "no component order asked");
+    } else {
+        eventually(
+            "the late component order",
+            Duration::from_secs(5),
+            || async { shop_status(&c, &no).await == Some(10) },
+        )
+        .await;
+    }
+    if lost == DirectLost::AddPaidUnnotified {
+        let (s, v) = c
+            .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(pay_state(&c, &no).await.as_deref(), Some("SUCCESS"));
+    }
+    assert_eq!(orders(&c, &token).await[0]["status"], "CREATED");
+    let adds = r.sandbox.calls("shop/order/add").len();
+    let closes = r.sandbox.calls("pay/closeorder").len();
+
+    // Past the claim's window, on both clocks (an `add`'s create_time must be within 5 s of
+    // WeChat's).
+    r.app.clock.advance(31_000);
+    r.sandbox.clock().advance(31_000);
+    let (s, v) = c.order(&token, 1, Some(key)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["out_trade_no"], no.as_str(), "{v}");
+    let ours = stored(&r, &no).await;
+    let (prepay, shop) = at_wechat(&c, &no).await;
+    if lost == DirectLost::AddPaidUnnotified {
+        assert_eq!(v["status"], "PAID", "{v}");
+        assert_eq!(v["payment"], json!({}), "{v}");
+        assert_eq!(
+            r.sandbox.calls("shop/order/add").len(),
+            adds,
+            "a paid component order is not added again"
+        );
+        assert_eq!(ours.status.as_str(), "PAID");
+        eventually(
+            "the payment synced to the component order",
+            Duration::from_secs(10),
+            || async { shop_status(&c, &no).await == Some(20) },
+        )
+        .await;
+    } else {
+        assert_eq!(v["status"], "PREPAID", "{v}");
+        assert_eq!(
+            v["payment"]["package"].as_str(),
+            Some(format!("prepay_id={prepay}").as_str()),
+            "the prepay order WeChat Pay made first: {v}"
+        );
+        assert_eq!(ours.prepay_id.as_deref(), Some(prepay.as_str()));
+        let (wx_id, named) = shop.expect("the component order");
+        assert_eq!(named, prepay, "the component order names that prepay order");
+        assert_eq!(ours.wx_order_id, Some(wx_id), "WeChat's id stored");
+        assert_eq!(shop_status(&c, &no).await, Some(10));
+        assert_eq!(
+            r.sandbox.calls("shop/order/add").len(),
+            adds + 1,
+            "added once more: the first time, or replacing the unpaid one"
+        );
+    }
+    assert_eq!(
+        r.sandbox.calls("pay/closeorder").len(),
+        closes,
+        "nothing closed"
+    );
+    assert_eq!(c.stock().await, before - 1, "stock taken once");
+    assert!(key_completed(&r, &openid, key).await, "repeats replay it");
+    let (s2, again) = c.order(&token, 1, Some(key)).await;
+    assert_eq!(s2, 200, "{again}");
+    assert_eq!(again["status"], v["status"], "{again}");
+    assert_eq!(again["out_trade_no"], no.as_str(), "{again}");
+    assert_eq!(orders(&c, &token).await.len(), 1, "no second order");
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+#[tokio::test]
+async fn a_direct_lost_prepay_answer_is_opened_again_when_its_key_resumes() {
+    a_direct_lost_answer_resumes(DirectLost::Prepay).await;
+}
+
+#[tokio::test]
+async fn a_direct_lost_add_is_added_again_unpaid_when_its_key_resumes() {
+    a_direct_lost_answer_resumes(DirectLost::Add).await;
+}
+
+#[tokio::test]
+async fn a_direct_lost_add_paid_unnotified_is_answered_paid_when_its_key_resumes() {
+    a_direct_lost_answer_resumes(DirectLost::AddPaidUnnotified).await;
+}
+
 /// The user applies for a refund of all of order `no` in WeChat's own order centre; its
 /// `aftersale_new_order` push imports it here (REQUESTED). WeChat's after-sale id and ours.
 async fn applied_in_wechat(c: &Client, no: &str, total: i64) -> (u64, String) {

@@ -2039,8 +2039,15 @@ pub struct CaughtUp {
     /// After-sales whose WeChat state was applied now (imported, refund recorded, cancel,
     /// terms, parcel): pushes that never came.
     pub applied: usize,
-    /// What our after-sales still REFUNDING ask for: refunds under way, which their
-    /// notification, the refund task or [`sweep_refunds`] complete.
+    /// What our after-sales approved and not refunded ask for: REFUNDING (refunds under way,
+    /// which their notification, the refund task or [`sweep_refunds`] complete), and
+    /// REFUND_FAILED or REFUND_ABNORMAL — our refunds that did not reach the user, each of
+    /// which paged a person already when it got there (REFUND_ABNORMAL: a `refund_abnormal`
+    /// event, from `CHANGE` or a platform refund WeChat could not pay; REFUND_FAILED: a
+    /// `refund_closed` event from `REFUNDCLOSE`, or the refund task's dead letter when WeChat
+    /// Pay refused it). WeChat's order reads refunded in full once our approval is mirrored,
+    /// whatever became of the money, so these account for it too: a full-refund push does not
+    /// page about them again.
     pub in_flight: Fen,
 }
 
@@ -2065,9 +2072,11 @@ const ORDER_CATCH_UP_PAGES: u32 = 4;
 /// as soon as our approval is mirrored (`ecaftersale/acceptrefund`), before WeChat Pay has
 /// paid, so they are the common case, not a lost push; their notification, or
 /// [`sweep_refunds`] after its grace, settles them, and they count as
-/// [`CaughtUp::in_flight`]. Each step is the sweeps' own code, idempotent, so a push repeated
-/// or a sweep running meanwhile records nothing twice. `Err` when WeChat's after-sales could
-/// not be read: the caller answers 503 and WeChat pushes again.
+/// [`CaughtUp::in_flight`] — as do those that failed or are held (REFUND_FAILED,
+/// REFUND_ABNORMAL), which paged a person on their own. Each step is the sweeps' own code,
+/// idempotent, so a push repeated or a sweep running meanwhile records nothing twice. `Err`
+/// when WeChat's after-sales could not be read: the caller answers 503 and WeChat pushes
+/// again.
 pub(super) async fn catch_up_order(app: &App, no: &OutTradeNo) -> Result<CaughtUp, ApiError> {
     let store = app.store.as_ref();
     let order = repo::get_order(store, no)
@@ -2118,7 +2127,14 @@ pub(super) async fn catch_up_order(app: &App, no: &OutTradeNo) -> Result<CaughtU
     };
     let in_flight = ours
         .iter()
-        .filter(|a| a.status == AfterSaleStatus::Refunding)
+        .filter(|a| {
+            matches!(
+                a.status,
+                AfterSaleStatus::Refunding
+                    | AfterSaleStatus::RefundFailed
+                    | AfterSaleStatus::RefundAbnormal
+            )
+        })
         .map(|a| a.amount.get())
         .sum::<i64>();
     Ok(CaughtUp {

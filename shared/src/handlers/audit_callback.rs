@@ -16,8 +16,8 @@
 //! |---|---|---|
 //! | `open_product_order_pay` | paid, our amount (fund_type=1 only) | the payment recorded |
 //! | `open_product_order_confirm` | 100 | SHIPPED → RECEIVED |
-//! | `open_product_order_cancel` | 181 or 250 | an unpaid order closed as the unpaid sweep closes one (stock back, WeChat Pay order closed); a paid one unchanged, kept and paged ([`ORDER_EVENT_MISMATCH_EVENTS`]) |
-//! | `open_product_order_refund` | 200 | the order's after-sales read back from WeChat now (a refund WeChat made recorded from its after-sale, never from the push); what our refunds, recorded or under way, still do not account for kept and paged |
+//! | `open_product_order_cancel` | 181 or 250 | an unpaid order closed as the unpaid sweep closes one (stock back, WeChat Pay order closed); a paid one unchanged, kept and paged ([`ORDER_EVENT_MISMATCH_EVENTS`], once with what the payment sync finds of the same case: [`cancelled_while_paid`]) |
+//! | `open_product_order_refund` | 200 | the order's after-sales read back from WeChat now (a refund WeChat made recorded from its after-sale, never from the push); what our refunds — recorded, under way, or failed or held (each paged on its own) — still do not account for kept and paged |
 //!
 //! WeChat's retries and later pushes of one event change nothing more, and page once.
 //!
@@ -709,17 +709,43 @@ async fn on_order_cancel(app: &App, body: &push::OrderRef) -> Result<(), ApiErro
         return Ok(());
     }
     tracing::error!(security = true, out_order_id = %no, status = order.status.as_str(), wx_status = wx.status, "cancel event: WeChat's order is cancelled but ours is paid; nothing changed, a person must look");
+    cancelled_while_paid(app, &order, wx.status, "the open_product_order_cancel push").await
+}
+
+/// WeChat's component order reads cancelled (`wx_status` 181 or 250) while ours is paid — a
+/// payment that came after the order was closed (ours: its close cancelled the component
+/// order; WeChat's: its cancel push closed ours), found by the cancel push or by the payment
+/// sync `shop/order/pay` refuses: kept as an [`ORDER_EVENT_MISMATCH_EVENTS`] event under the
+/// cancel's key, so whichever finds it first pages and the other does not. `found_by` says
+/// which. WeChat does not document taking a cancelled order back (`shop/order/add` replaces
+/// an order "if it exists"; the sandbox refuses anything past 10, and a re-added order's
+/// payment would have to be synced to an order WeChat's order centre never showed paid —
+/// UNVERIFIED), so it is not added again: the order's shipment, receipt and after-sales
+/// cannot be mirrored in the trading component, and a person decides between shipping it
+/// here only and refunding it.
+pub(super) async fn cancelled_while_paid(
+    app: &App,
+    order: &Order,
+    wx_status: i64,
+    found_by: &str,
+) -> Result<(), ApiError> {
+    const EVENT: &str = "open_product_order_cancel";
+    let no = &order.out_trade_no;
     keep_and_page(
         app,
-        &no,
+        no,
         EVENT,
         serde_json::json!({
-            "out_order_id": no.as_str(), "event": EVENT, "wx_status": wx.status,
+            "out_order_id": no.as_str(), "event": EVENT, "wx_status": wx_status,
             "status": order.status.as_str(), "transaction_id": order.transaction_id,
             "total_fee": order.total.get(), "refunded": order.refunded.get(),
-            "what_to_do": "WeChat's order reads cancelled, ours paid: check the payment in the \
-                merchant platform, then refund it (aftersaleSync) or deliver and settle the \
-                component order with WeChat"}),
+            "found_by": found_by,
+            "what_to_do": "WeChat's trading-component order reads cancelled while ours is \
+                paid (the payment came after the order was closed): WeChat does not take a \
+                cancelled order back, so its shipment, receipt and after-sales are not mirrored \
+                there. Check the payment in the WeChat Pay merchant platform, then either ship \
+                it (POST /admin/orderSync ship; it ships here only) or refund it in full in the \
+                merchant platform (its notification records it here as a refund made by hand)"}),
     )
     .await
 }
@@ -738,10 +764,12 @@ async fn on_order_cancel(app: &App, body: &push::OrderRef) -> Result<(), ApiErro
 /// record written from this push would be a second, weaker path, and pages alone would call
 /// a person to do by hand what those paths do. What is still short after that, beyond our
 /// refunds still under way (WeChat's order reads 200 once our approval is mirrored, before
-/// WeChat Pay pays: their notification, the refund task or the refund sweep completes them),
-/// is money WeChat says went back that our books do not show (a refund made elsewhere, an
-/// order we never recorded paid): kept as an [`ORDER_EVENT_MISMATCH_EVENTS`] event and
-/// paged. WeChat unreadable: 503, WeChat pushes again.
+/// WeChat Pay pays: their notification, the refund task or the refund sweep completes them)
+/// and those that failed or are held (REFUND_FAILED, REFUND_ABNORMAL: each paged a person
+/// when it got there, so they are not paged again here), is money WeChat says went back that
+/// our books do not show (a refund made elsewhere, an order we never recorded paid): kept as
+/// an [`ORDER_EVENT_MISMATCH_EVENTS`] event and paged. WeChat unreadable: 503, WeChat pushes
+/// again.
 async fn on_order_refund(app: &App, body: &push::OrderRef) -> Result<(), ApiError> {
     const EVENT: &str = "open_product_order_refund";
     let Some((no, order, wx)) = order_as_wechat_holds_it(app, body, EVENT).await? else {
@@ -766,7 +794,7 @@ async fn on_order_refund(app: &App, body: &push::OrderRef) -> Result<(), ApiErro
     }
     let short = order.refundable().get() - caught.in_flight.get();
     if order.status.is_paid() && short <= 0 {
-        tracing::info!(out_order_id = %no, applied = caught.applied, in_flight = caught.in_flight.get(), "refund event: our refunds under way cover the rest");
+        tracing::info!(out_order_id = %no, applied = caught.applied, in_flight = caught.in_flight.get(), "refund event: our refunds under way (or failed, held: paged on their own) cover the rest");
         return Ok(());
     }
     tracing::error!(security = true, out_order_id = %no, status = order.status.as_str(), refunded = order.refunded.get(), in_flight = caught.in_flight.get(), total_fee = order.total.get(), "refund event: WeChat's order is refunded in full, our refunds do not account for it; a person must look");

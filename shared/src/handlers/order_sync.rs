@@ -785,12 +785,13 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 17] = [
+pub const EVENT_SOURCES: [&str; 18] = [
     "push",
     "double_payment",
     "payment_mismatch",
     "refund_mismatch",
     "refund_abnormal",
+    super::pay_callback::REFUND_CLOSED_EVENTS,
     "refund_settled_by_sweep",
     "refund_superseded",
     super::pay_callback::REFUND_BY_HAND_EVENTS,

@@ -21,7 +21,9 @@
 //! needs a person — money moved that only a person can put right: a second payment for a paid
 //! order, a refund WeChat could not pay out (`CHANGE`), a `SUCCESS` for an after-sale another
 //! refund completed, a refund made by hand in the merchant platform — is kept as an event
-//! and counted once as [`crate::metrics::MONEY_NEEDS_A_PERSON`], which pages too.
+//! and counted once as [`crate::metrics::MONEY_NEEDS_A_PERSON`], which pages too. So is an
+//! after-sale's refund WeChat closed (`REFUNDCLOSE`, a [`REFUND_CLOSED_EVENTS`] event): the
+//! user is still owed the money, and only the merchant's approval again sends it.
 //!
 //! A refund notification for a refund we never asked for (a person refunded in the WeChat Pay
 //! merchant platform) is recorded on its order when it is a `SUCCESS` of one of our payments
@@ -416,8 +418,14 @@ pub(crate) async fn settle_refund(
     match apply_refund(app, n, by).await {
         Ok(Applied::Recorded) => {
             tracing::info!(out_refund_no = %n.out_refund_no, status = %n.status, refund_fee = n.refund_fee.get(), reported_by = by.as_str(), "refund recorded");
-            if n.status == WxRefundStatus::Change {
+            if matches!(
+                n.status,
+                WxRefundStatus::Change | WxRefundStatus::RefundClose
+            ) {
                 // Held (REFUND_ABNORMAL): the money waits at WeChat to be redirected by hand.
+                // Closed (REFUND_FAILED): the user is owed it until the merchant approves again.
+                // Each kept as its event in the write that recorded it: a repeat changes
+                // nothing and comes here no more, so this pages once.
                 page_a_person(app);
             }
             Ok(Settled::Applied)
@@ -610,6 +618,23 @@ async fn apply_refund(
                 body.to_string(),
             ));
         }
+        if outcome == RefundStatus::Failed {
+            // For the merchant: the money did not leave, and nothing sends it again until the
+            // after-sale (REFUND_FAILED) is approved again.
+            tracing::error!(out_refund_no = %n.out_refund_no, aftersale_id = %aftersale_id, "refund closed by WeChat (REFUNDCLOSE): nothing was refunded; approve the after-sale again");
+            let body = serde_json::json!({"out_refund_no": n.out_refund_no.as_str(),
+                "out_trade_no": n.out_trade_no.as_str(), "refund_id": n.refund_id,
+                "refund_fee": n.refund_fee.get(), "aftersale_id": aftersale_id.as_str(),
+                "what_to_do": "WeChat Pay closed this refund without paying it: approve the \
+                    after-sale again (POST /admin/aftersaleSync {action: approve}), which \
+                    refunds it under a new out_refund_no"});
+            batch.record_event(&repo::EventRecord::new(
+                REFUND_CLOSED_EVENTS,
+                n.out_refund_no.as_str(),
+                now,
+                body.to_string(),
+            ));
+        }
         if let Some(a) = &aftersale {
             let mut next_a = a.value.clone();
             let changed = match outcome {
@@ -664,6 +689,10 @@ async fn apply_refund(
 
 /// The event source of refunds made outside wxshop, recorded on their order.
 pub const REFUND_BY_HAND_EVENTS: &str = "refund_by_hand";
+
+/// The event source of after-sales' refunds WeChat Pay closed unpaid (`REFUNDCLOSE`; keyed
+/// by `out_refund_no`): the after-sale reads REFUND_FAILED until the merchant approves again.
+pub const REFUND_CLOSED_EVENTS: &str = "refund_closed";
 
 /// A refund notification for an `out_refund_no` we have no record of: no after-sale of ours
 /// asked for it — a person refunded in the WeChat Pay merchant platform

@@ -79,8 +79,20 @@ fn body_text(order: &Order) -> String {
     format!("{SHOP}{}{more}", truncate_bytes(first, room))
 }
 
-/// `pay/unifiedorder` → prepay_id.
-pub async fn unified_order(app: &App, order: &Order, ip: &str) -> Result<String, ApiError> {
+/// What `pay/unifiedorder` answered for an order.
+#[derive(Debug)]
+pub enum Prepay {
+    /// WeChat Pay holds the order to pay: its prepay id (asked again with the same
+    /// `out_trade_no` and parameters, the same prepay order's).
+    Opened(String),
+    /// `ORDERPAID`: WeChat Pay holds the order paid already (WECHAT_PAY_V2.md §5: mark it paid
+    /// once `orderquery` confirms). Nothing to open — and the order must not be closed as a
+    /// failed prepay.
+    Paid,
+}
+
+/// `pay/unifiedorder` → prepay_id, or [`Prepay::Paid`].
+pub async fn unified_order(app: &App, order: &Order, ip: &str) -> Result<Prepay, ApiError> {
     let req = UnifiedOrderRequest {
         body: body_text(order),
         out_trade_no: order.out_trade_no.clone(),
@@ -93,11 +105,11 @@ pub async fn unified_order(app: &App, order: &Order, ip: &str) -> Result<String,
         attach: None,
         detail: None,
     };
-    app.pay
-        .unified_order(&req)
-        .await
-        .map(|r| r.prepay_id)
-        .map_err(api_error)
+    match app.pay.unified_order(&req).await {
+        Ok(r) => Ok(Prepay::Opened(r.prepay_id)),
+        Err(e) if e.err_code() == Some("ORDERPAID") => Ok(Prepay::Paid),
+        Err(e) => Err(api_error(e)),
+    }
 }
 
 /// Asks WeChat Pay about an unpaid order; records the payment if it was paid (after checking

@@ -192,23 +192,39 @@ pub async fn component_id(app: &App, order: &Order) -> Result<Option<u64>, TaskE
         )));
     }
     let no = &order.out_trade_no;
-    let stored = super::common::with_retries::<_, TaskError, _, _>(app, || async {
-        let current = repo::get_order(app.store.as_ref(), no)
-            .await?
-            .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?;
-        if let Some(id) = current.value.wx_order_id {
-            return Ok(super::common::Attempt::Done(id));
+    let stored = store_component_id(app, no, info.order_id)
+        .await?
+        .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?;
+    Ok(Some(stored))
+}
+
+/// Stores `id`, WeChat's id for order `no`'s component order learnt by our number (its
+/// `shop/order/add` answer was lost), unless the order holds one already: a version-checked
+/// write. The id the order holds then; `None`: no such order.
+async fn store_component_id(
+    app: &App,
+    no: &OutTradeNo,
+    id: u64,
+) -> Result<Option<u64>, crate::store::StoreError> {
+    let stored = super::common::with_retries::<_, crate::store::StoreError, _, _>(app, || async {
+        let Some(current) = repo::get_order(app.store.as_ref(), no).await? else {
+            return Ok(super::common::Attempt::Done(None));
+        };
+        if let Some(held) = current.value.wx_order_id {
+            return Ok(super::common::Attempt::Done(Some(held)));
         }
         let mut next = current.value.clone();
-        next.wx_order_id = Some(info.order_id);
+        next.wx_order_id = Some(id);
         next.updated_at_ms = app.clock.now_ms();
         let mut batch = repo::Batch::new();
         batch.update_order(&current, &next);
-        Ok(super::common::Attempt::Commit(batch, info.order_id))
+        Ok(super::common::Attempt::Commit(batch, Some(id)))
     })
     .await?;
-    tracing::info!(out_trade_no = %no, wx_order_id = stored, "component order id learnt by our number (its shop/order/add answer was lost)");
-    Ok(Some(stored))
+    if stored == Some(id) {
+        tracing::info!(out_trade_no = %no, wx_order_id = id, "component order id learnt by our number (its shop/order/add answer was lost)");
+    }
+    Ok(stored)
 }
 
 /// WeChat holds no component order under our number although we asked for one: as
@@ -239,9 +255,11 @@ async fn component_absent(app: &App, order: &Order) -> Result<Option<u64>, TaskE
 }
 
 /// Outbox: `shop/order/pay` (action 1) for a paid order. Status 10 only at WeChat: a repeat
-/// after success answers 100000, which means the sync already happened. A component order
-/// whose `shop/order/add` answer never reached us is synced by our number like any other;
-/// if WeChat never made it, there is nothing to sync.
+/// after success answers 100000, which means the sync already happened. A payment that came
+/// after the order was closed may find WeChat's order cancelled (181, 250): that is kept for
+/// a person and paged once ([`past_step`]), not dead-lettered — a replay could never sync
+/// it. A component order whose `shop/order/add` answer never reached us is synced by our
+/// number like any other; if WeChat never made it, there is nothing to sync.
 pub async fn sync_payment(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     let order = load(app, no).await?;
     if !order.at_wechat().component_order || order.fund_type != FundType::Direct {
@@ -303,24 +321,41 @@ fn step_at_wechat(status: i64, step: i64) -> StepAtWechat {
 
 /// WeChat refused a step with 100000 (not allowed in the order's state): fine if its order is
 /// already past it, a retry if the step before has not reached WeChat yet, and for a person
-/// (dead letter) if the order was cancelled there — never silently "done".
+/// if the order was cancelled there — never silently "done". Cancelled there while ours is
+/// paid (a payment after the close: see [`past_step`]) the person is paged and the task ends;
+/// anything else it cannot follow is a dead letter.
 async fn already_synced(app: &App, order: &Order, step: i64) -> Result<(), TaskError> {
     past_step(app, order, step).await.map(drop)
 }
 
-/// [`already_synced`], with WeChat's order as read when it is past the step.
+/// [`already_synced`], with WeChat's order as read when it is past the step. `None`: WeChat's
+/// order is cancelled (181, 250) while ours is paid — the payment came after the order was
+/// closed (by us, whose close cancelled the component order, or by WeChat's cancel push) —
+/// so no step of ours can follow it there: kept for a person and paged once, whichever step
+/// finds it first ([`super::audit_callback::cancelled_while_paid`]), and nothing to retry.
 async fn past_step(
     app: &App,
     order: &Order,
     step: i64,
-) -> Result<crate::shop::order::OrderInfo, TaskError> {
+) -> Result<Option<crate::shop::order::OrderInfo>, TaskError> {
     match app.wx.order_get(&key(order), order.openid.as_str()).await {
         Ok(info) => match step_at_wechat(info.status, step) {
-            StepAtWechat::Done => Ok(info),
+            StepAtWechat::Done => Ok(Some(info)),
             StepAtWechat::Waiting => Err(TaskError::Retry(format!(
                 "trading component order is in status {}, before this step's turn",
                 info.status
             ))),
+            StepAtWechat::Never if matches!(info.status, 181 | 250) && order.status.is_paid() => {
+                let found_by = match step {
+                    20 => "the payment sync (shop/order/pay refused)",
+                    30 => "the shipment sync (shop/delivery/send refused)",
+                    _ => "the receipt sync (shop/delivery/recieve refused)",
+                };
+                tracing::error!(out_trade_no = %order.out_trade_no, wx_status = info.status, step, "paid order whose trading component order is cancelled at WeChat: nothing to sync there; a person must ship or refund it");
+                super::audit_callback::cancelled_while_paid(app, order, info.status, found_by)
+                    .await?;
+                Ok(None)
+            }
             StepAtWechat::Never => Err(TaskError::Permanent(format!(
                 "trading component order is in status {}",
                 info.status
@@ -588,7 +623,9 @@ async fn already_shipped(
     order: &Order,
     ours: &crate::domain::Delivery,
 ) -> Result<(), TaskError> {
-    let info = past_step(app, order, 30).await?;
+    let Some(info) = past_step(app, order, 30).await? else {
+        return Ok(());
+    };
     let parcels = info
         .order_detail
         .delivery_detail

@@ -36,11 +36,19 @@
 //! as a failed prepay though it was paid. Paid there → the payment recorded, answered PAID;
 //! waiting for payment → paid as it is (its id learnt, `getpaymentparams`), not added again;
 //! cancelled there → closed here, 409 `ORDER_CLOSED`; not there → added; WeChat did not say →
-//! nothing added or closed, 503 `ORDER_STATUS_UNKNOWN`, to retry with the same key. The order
-//! does not exist: it is created under that number. The key is released, so a retry starts afresh under a new
-//! number, only when the attempt left nothing behind: it was refused before the order was
-//! written (sold out, not for sale, …), or WeChat refused it and the order was closed with its
-//! stock given back.
+//! nothing added or closed, 503 `ORDER_STATUS_UNKNOWN`, to retry with the same key. A direct
+//! (fund_type 0) order still CREATED — cut off after `pay/unifiedorder` or while
+//! `shop/order/add` was on its way back — is opened again as it was first: `pay/unifiedorder`
+//! under the same number and parameters answers with the same prepay order (never a second
+//! one), and `add` replaces a component order still awaiting payment (status 10: a direct
+//! order's moves on only through our own payment sync, once we recorded the payment, so it
+//! cannot be paid there while ours is CREATED; `read_back_lost_add` is not needed). WeChat Pay
+//! answering `ORDERPAID` instead → the payment read back (`pay/orderquery`) and recorded,
+//! answered PAID, nothing added or closed (`paid_at_wechat_pay`); WeChat Pay not showing it →
+//! 503 `ORDER_STATUS_UNKNOWN`, nothing closed. The order does not exist: it is created under
+//! that number. The key is released, so a retry starts afresh under a new number, only when
+//! the attempt left nothing behind: it was refused before the order was written (sold out, not
+//! for sale, …), or WeChat refused it and the order was closed with its stock given back.
 //!
 //! # What WeChat may hold
 //!
@@ -60,6 +68,7 @@ use super::common::{
     OpenedAtWechat,
 };
 use super::order_sync::Settled;
+use super::pay_orders::Prepay;
 use crate::app::App;
 use crate::config::TradingComponent;
 use crate::domain::{
@@ -868,7 +877,15 @@ async fn place(
     };
     let mut opened = OpenedAtWechat::default();
     match prepay(app, order, plan, &reservation.ip, &mut opened).await {
-        Ok(r) => Ok(r),
+        Ok(Prepared::Opened(r)) => Ok(r),
+        // Never closed: the money moved. Answered as a resumed key's paid order is.
+        Ok(Prepared::PaidAtWechatPay) => {
+            let paid = paid_at_wechat_pay(app, no)
+                .await
+                .map_err(PlaceError::left_order)?;
+            let payment = paid_payment(app, &paid)?;
+            Ok(result_of(&paid, payment, paid.wx_order_id.is_some()))
+        }
         Err(error) => {
             // Nothing was paid: close the order and give the stock back — and close what
             // WeChat already opened for it (a prepay order, a component order).
@@ -882,6 +899,41 @@ async fn place(
             };
             Err(PlaceError { error, left })
         }
+    }
+}
+
+/// A resumed order WeChat Pay answered `ORDERPAID` for when `pay/unifiedorder` was asked again
+/// under its number: its payment, read back with `pay/orderquery` (amount checked), is
+/// recorded and the order returned PAID — no `shop/order/add` is sent (WeChat refuses to
+/// replace a paid order) and nothing is closed. WeChat Pay not answering, or not showing the
+/// payment yet: 503 `ORDER_STATUS_UNKNOWN`, nothing closed (the order is paid), the key left
+/// to resume; a signed answer that contradicts the order: 409 `WECHAT_ORDER_MISMATCH`, kept
+/// as evidence where it was read.
+///
+/// A fund_type 0 order whose answers were lost cannot have been paid by its user in practice
+/// (nobody outside this function held its `prepay_id`, which `wx.requestPayment` needs signed
+/// by us); this keeps a payment WeChat Pay reports all the same from being closed as a failed
+/// prepay and its key released for a second order.
+async fn paid_at_wechat_pay(app: &App, no: &OutTradeNo) -> Result<Order, ApiError> {
+    let order = repo::get_order(app.store.as_ref(), no)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("order {no} vanished")))?
+        .value;
+    let unknown = || {
+        format!(
+            "WeChat Pay says the order this idempotency key made ({no}) is paid, but could not \
+             show the payment yet; nothing was closed: retry shortly with the same key"
+        )
+    };
+    let recorded = super::pay_orders::query_and_record(app, &order)
+        .await
+        .map_err(|e| super::order_sync::status_unknown(e, unknown()))?;
+    match recorded {
+        Some(paid) if paid.status.is_paid() => {
+            tracing::warn!(out_trade_no = %no, "a resumed key's order was paid at WeChat Pay (ORDERPAID): payment recorded, not added or closed");
+            Ok(paid)
+        }
+        _ => Err(ApiError::unavailable("ORDER_STATUS_UNKNOWN", unknown())),
     }
 }
 
@@ -1004,6 +1056,15 @@ async fn plan_at_wechat(
     })
 }
 
+/// What [`prepay`] came to.
+enum Prepared {
+    /// Opened at WeChat and stored PREPAID: the answer.
+    Opened(UnifiedOrderResult),
+    /// WeChat Pay answered `ORDERPAID` for the order (a resumed one: see
+    /// [`paid_at_wechat_pay`]): nothing opened, nothing stored.
+    PaidAtWechatPay,
+}
+
 /// Opens `order` at WeChat as `plan` says. `opened` collects the ids WeChat answered with, for
 /// the close if a later step fails.
 async fn prepay(
@@ -1012,7 +1073,7 @@ async fn prepay(
     plan: SentToWechat,
     ip: &str,
     opened: &mut OpenedAtWechat,
-) -> Result<UnifiedOrderResult, ApiError> {
+) -> Result<Prepared, ApiError> {
     let now = app.clock.now_ms();
     let use_component = plan.component_order;
     if use_component && order.address.is_none() {
@@ -1041,7 +1102,13 @@ async fn prepay(
             .map_err(|e| ApiError::conflict("ORDER_NOT_OPEN", e.to_string()))?;
         serde_json::to_value(&params).map_err(|e| ApiError::internal(e.to_string()))?
     } else {
-        let prepay_id = super::pay_orders::unified_order(app, &order, ip).await?;
+        // Asked again for a resumed order, WeChat Pay answers with the same prepay order
+        // (same number and parameters), or ORDERPAID; the component order `add` then replaces
+        // is one still awaiting payment (10): it moves on only through our own payment sync.
+        let prepay_id = match super::pay_orders::unified_order(app, &order, ip).await? {
+            Prepay::Opened(id) => id,
+            Prepay::Paid => return Ok(Prepared::PaidAtWechatPay),
+        };
         opened.prepay_id = Some(prepay_id.clone());
         if use_component {
             let added = super::shop_orders::add_order(app, &order, Some(&prepay_id)).await?;
@@ -1057,7 +1124,7 @@ async fn prepay(
 
     // Store PREPAID with the ids; conditional on the version we created.
     let saved = save_prepaid(app, &order).await?;
-    Ok(result_of(&saved, payment, use_component))
+    Ok(Prepared::Opened(result_of(&saved, payment, use_component)))
 }
 
 async fn save_prepaid(app: &App, prepared: &Order) -> Result<Order, ApiError> {
