@@ -192,39 +192,23 @@ pub async fn component_id(app: &App, order: &Order) -> Result<Option<u64>, TaskE
         )));
     }
     let no = &order.out_trade_no;
-    let stored = store_component_id(app, no, info.order_id)
-        .await?
-        .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?;
-    Ok(Some(stored))
-}
-
-/// Stores `id`, WeChat's id for order `no`'s component order learnt by our number (its
-/// `shop/order/add` answer was lost), unless the order holds one already: a version-checked
-/// write. The id the order holds then; `None`: no such order.
-async fn store_component_id(
-    app: &App,
-    no: &OutTradeNo,
-    id: u64,
-) -> Result<Option<u64>, crate::store::StoreError> {
-    let stored = super::common::with_retries::<_, crate::store::StoreError, _, _>(app, || async {
-        let Some(current) = repo::get_order(app.store.as_ref(), no).await? else {
-            return Ok(super::common::Attempt::Done(None));
-        };
-        if let Some(held) = current.value.wx_order_id {
-            return Ok(super::common::Attempt::Done(Some(held)));
+    let stored = super::common::with_retries::<_, TaskError, _, _>(app, || async {
+        let current = repo::get_order(app.store.as_ref(), no)
+            .await?
+            .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?;
+        if let Some(id) = current.value.wx_order_id {
+            return Ok(super::common::Attempt::Done(id));
         }
         let mut next = current.value.clone();
-        next.wx_order_id = Some(id);
+        next.wx_order_id = Some(info.order_id);
         next.updated_at_ms = app.clock.now_ms();
         let mut batch = repo::Batch::new();
         batch.update_order(&current, &next);
-        Ok(super::common::Attempt::Commit(batch, Some(id)))
+        Ok(super::common::Attempt::Commit(batch, info.order_id))
     })
     .await?;
-    if stored == Some(id) {
-        tracing::info!(out_trade_no = %no, wx_order_id = id, "component order id learnt by our number (its shop/order/add answer was lost)");
-    }
-    Ok(stored)
+    tracing::info!(out_trade_no = %no, wx_order_id = stored, "component order id learnt by our number (its shop/order/add answer was lost)");
+    Ok(Some(stored))
 }
 
 /// WeChat holds no component order under our number although we asked for one: as
