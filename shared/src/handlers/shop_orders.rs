@@ -165,7 +165,11 @@ pub const COMPONENT_ORDER_MISSING_EVENTS: &str = "component_order_missing";
 /// it). An order whose `shop/order/add` answer was lost holds no id though
 /// WeChat may hold the order ([`Order::at_wechat`]): the id is then read by our number
 /// (`shop/order/get` with `out_order_id` + openid) and stored on the order (a version-checked
-/// write), so a late-paid order is still shipped and serviced there. `None`: no component
+/// write), so a late-paid order is still shipped and serviced there. Reads by our number made
+/// for other reasons store it too ([`remember_component_id`]): a fund_type 1 payment read back
+/// (push, sweep, `queryOrder`, a resumed key) and a step's read-back after WeChat refused it as
+/// out of order (`shop/order/pay` repeated after a lost answer, say). `shop/order/pay` itself
+/// answers no id, so a direct order's payment sync that succeeds learns none. `None`: no component
 /// order — never asked for, or WeChat answers it has none (1010011; for a paid order that
 /// is kept as a `component_order_missing` event and a person is paged).
 pub async fn component_id(app: &App, order: &Order) -> Result<Option<u64>, TaskError> {
@@ -192,23 +196,65 @@ pub async fn component_id(app: &App, order: &Order) -> Result<Option<u64>, TaskE
         )));
     }
     let no = &order.out_trade_no;
-    let stored = super::common::with_retries::<_, TaskError, _, _>(app, || async {
-        let current = repo::get_order(app.store.as_ref(), no)
-            .await?
-            .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?;
-        if let Some(id) = current.value.wx_order_id {
-            return Ok(super::common::Attempt::Done(id));
+    let stored = store_component_id(app, no, info.order_id)
+        .await?
+        .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?;
+    Ok(Some(stored))
+}
+
+/// Stores `id`, WeChat's id for order `no`'s component order read by our number, on an order
+/// that holds none yet (its `shop/order/add` answer was lost): a version-checked write, re-read
+/// on a conflict, and nothing if the order holds an id by then. The id the order holds
+/// afterwards; `None`: no such order.
+async fn store_component_id(
+    app: &App,
+    no: &OutTradeNo,
+    id: u64,
+) -> Result<Option<u64>, crate::store::StoreError> {
+    let stored = super::common::with_retries::<_, crate::store::StoreError, _, _>(app, || async {
+        let Some(current) = repo::get_order(app.store.as_ref(), no).await? else {
+            return Ok(super::common::Attempt::Done(None));
+        };
+        if let Some(held) = current.value.wx_order_id {
+            return Ok(super::common::Attempt::Done(Some(held)));
         }
         let mut next = current.value.clone();
-        next.wx_order_id = Some(info.order_id);
+        next.wx_order_id = Some(id);
         next.updated_at_ms = app.clock.now_ms();
         let mut batch = repo::Batch::new();
         batch.update_order(&current, &next);
-        Ok(super::common::Attempt::Commit(batch, info.order_id))
+        Ok(super::common::Attempt::Commit(batch, Some(id)))
     })
     .await?;
-    tracing::info!(out_trade_no = %no, wx_order_id = stored, "component order id learnt by our number (its shop/order/add answer was lost)");
-    Ok(Some(stored))
+    if stored == Some(id) {
+        tracing::info!(out_trade_no = %no, wx_order_id = id, "component order id learnt by our number (its shop/order/add answer was lost) and stored");
+    }
+    Ok(stored)
+}
+
+/// WeChat's id in its order `info` read by our number, if it names `order`'s component order.
+fn id_named(order: &Order, info: &crate::shop::order::OrderInfo) -> Option<u64> {
+    (info.order_id != 0 && info.out_order_id == order.out_trade_no.as_str())
+        .then_some(info.order_id)
+}
+
+/// `learnt`, WeChat's id for `order`'s component order read by our number for some other
+/// purpose (a payment, a step's read-back), is stored on an order that holds none (its
+/// `shop/order/add` answer was lost; [`store_component_id`]), so later calls — shipping,
+/// receipt, after-sales, a secondary-merchant approval — need not look it up again. Best
+/// effort: a failed write is logged and changes nothing else (the id is read again when
+/// needed). The id the order holds now, if any.
+async fn remember_component_id(app: &App, order: &Order, learnt: Option<u64>) -> Option<u64> {
+    let Some(id) = learnt.filter(|_| order.wx_order_id.is_none()) else {
+        return order.wx_order_id;
+    };
+    match store_component_id(app, &order.out_trade_no, id).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "could not store the component order id learnt by our number; it is read again when needed");
+            None
+        }
+    }
 }
 
 /// WeChat holds no component order under our number although we asked for one: as
@@ -324,7 +370,10 @@ async fn past_step(
 ) -> Result<Option<crate::shop::order::OrderInfo>, TaskError> {
     match app.wx.order_get(&key(order), order.openid.as_str()).await {
         Ok(info) => match step_at_wechat(info.status, step) {
-            StepAtWechat::Done => Ok(Some(info)),
+            StepAtWechat::Done => {
+                remember_component_id(app, order, id_named(order, &info)).await;
+                Ok(Some(info))
+            }
             StepAtWechat::Waiting => Err(TaskError::Retry(format!(
                 "trading component order is in status {}, before this step's turn",
                 info.status
@@ -470,6 +519,9 @@ async fn payment_of(
     if matches!(wx.status, 10 | 11 | 181 | 250) {
         return Ok(ComponentPayment::Unpaid { status: wx.status });
     }
+    // Read by our number: WeChat's id, for an order whose `add` answer was lost, is stored
+    // with the payment below.
+    let learnt = id_named(order, &wx);
     let price = wx.order_detail.price_info.order_price;
     if !component_paid(wx.status) || price != order.total {
         return Ok(ComponentPayment::Refused(format!(
@@ -498,7 +550,8 @@ async fn payment_of(
         .unwrap_or_else(|| app.clock.now_ms());
     use super::common::{record_payment, PaymentError, PaymentOutcome};
     match record_payment(app, &order.out_trade_no, &txid, price, paid_at).await {
-        Ok(PaymentOutcome::Recorded(o) | PaymentOutcome::AlreadyRecorded(o)) => {
+        Ok(PaymentOutcome::Recorded(mut o) | PaymentOutcome::AlreadyRecorded(mut o)) => {
+            o.wx_order_id = remember_component_id(app, &o, learnt).await;
             Ok(ComponentPayment::Recorded(Box::new(o)))
         }
         Err(PaymentError::Store(e)) => Err(e.into()),
