@@ -763,12 +763,12 @@ pub async fn aftersale_find_or_add(
     app: &App,
     order: &Order,
     a: &AfterSale,
-) -> Result<u64, TaskError> {
+) -> Result<AfterSaleAdded, TaskError> {
     let ours = crate::shop::AfterSaleKey::Out(a.id.to_string());
     match app.wx.ecaftersale_get(&ours).await {
         Ok(found) if found.aftersale_id != 0 => {
             tracing::info!(aftersale_id = %a.id, wx_aftersale_id = found.aftersale_id, "WeChat already has the after-sale; adopting it");
-            Ok(found.aftersale_id)
+            Ok(AfterSaleAdded::Id(found.aftersale_id))
         }
         // errcode 0 yet no after-sale id: neither "not there" (a second `add` could open a
         // second request) nor an id to adopt. For a person.
@@ -786,12 +786,30 @@ pub async fn aftersale_find_or_add(
     }
 }
 
+/// What adding an after-sale at WeChat came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterSaleAdded {
+    /// WeChat's id for it: added now, or found under our id and adopted.
+    Id(u64),
+    /// Refused (100000) because WeChat's component order is cancelled (`wx_status` 181 or
+    /// 250) while ours is paid — a payment that came after the order was closed. WeChat takes
+    /// after-sales only of orders it holds paid (WECHAT_SHOP.md §11: `aftersale/add` refused at
+    /// 10/200/250; at 181 UNVERIFIED, the sandbox refuses it too) and does not take a
+    /// cancelled order back, so the after-sale cannot be mirrored there: kept for a person
+    /// once with the order ([`super::audit_callback::cancelled_while_paid`]), not retried.
+    OrderCancelled { wx_status: i64 },
+}
+
 /// Outbox: `shop/ecaftersale/add` → WeChat's after-sale id. WeChat's after-sale is about one
 /// product line (`product_info`): the one the after-sale records. One recorded before lines
 /// were has none; on an order with one item that item is the line, on one with several the
 /// first item is sent as it always was (logged: WeChat may then hold the wrong line), rather
 /// than leaving stored after-sales stuck.
-async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, TaskError> {
+async fn aftersale_add(
+    app: &App,
+    order: &Order,
+    a: &AfterSale,
+) -> Result<AfterSaleAdded, TaskError> {
     let line = match &a.line {
         Some(line) => line.clone(),
         None => {
@@ -823,8 +841,8 @@ async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, T
         media_list: Vec::new(),
     };
     match app.wx.ecaftersale_add(&req).await {
-        Ok(id) => Ok(id),
-        Err(e) if e.errcode() == Some(100000) => Err(aftersale_refused_early(app, order, e).await),
+        Ok(id) => Ok(AfterSaleAdded::Id(id)),
+        Err(e) if e.errcode() == Some(100000) => aftersale_refused_early(app, order, e).await,
         Err(e) => Err(task_error(e)),
     }
 }
@@ -835,27 +853,48 @@ async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, T
 /// user applied at once. So WeChat's order is read back, as for the order's own steps
 /// ([`step_at_wechat`] toward 20, paid): still unpaid there (10/11) is a retry — the payment
 /// sync will land; paid there by now means the refusal came just before it did (WeChat
-/// refuses only at 10, 200 and 250), also a retry; cancelled there, or every item through
-/// after-sales already (200), the refusal is final.
-async fn aftersale_refused_early(app: &App, order: &Order, refusal: WxError) -> TaskError {
-    match app.wx.order_get(&key(order), order.openid.as_str()).await {
-        Ok(info) => match step_at_wechat(info.status, 20) {
-            StepAtWechat::Waiting => TaskError::Retry(format!(
-                "WeChat refused the after-sale ({refusal}): its order is still unpaid there \
-                 (status {}); waiting for the payment sync",
-                info.status
-            )),
-            StepAtWechat::Done if info.status != 200 => TaskError::Retry(format!(
-                "WeChat refused the after-sale ({refusal}) before the payment sync landed; its \
-                 order reads paid now (status {})",
-                info.status
-            )),
-            _ => TaskError::Permanent(format!(
-                "WeChat refused the after-sale: {refusal}; its order is in status {}",
-                info.status
-            )),
-        },
-        Err(e) => task_error(e),
+/// refuses only at 10, 200 and 250), also a retry. Cancelled there (181, 250) while ours is
+/// paid — the payment came after the order was closed — the after-sale has no order to go to
+/// at WeChat: [`AfterSaleAdded::OrderCancelled`], kept for a person once with the order. Every
+/// item through after-sales already (200), the refusal is final.
+async fn aftersale_refused_early(
+    app: &App,
+    order: &Order,
+    refusal: WxError,
+) -> Result<AfterSaleAdded, TaskError> {
+    let info = app
+        .wx
+        .order_get(&key(order), order.openid.as_str())
+        .await
+        .map_err(task_error)?;
+    match step_at_wechat(info.status, 20) {
+        StepAtWechat::Waiting => Err(TaskError::Retry(format!(
+            "WeChat refused the after-sale ({refusal}): its order is still unpaid there \
+             (status {}); waiting for the payment sync",
+            info.status
+        ))),
+        StepAtWechat::Done if info.status != 200 => Err(TaskError::Retry(format!(
+            "WeChat refused the after-sale ({refusal}) before the payment sync landed; its \
+             order reads paid now (status {})",
+            info.status
+        ))),
+        StepAtWechat::Never if matches!(info.status, 181 | 250) && order.status.is_paid() => {
+            tracing::warn!(out_trade_no = %order.out_trade_no, wx_status = info.status, "after-sale refused at WeChat: its component order is cancelled there while ours is paid; not mirrored");
+            super::audit_callback::cancelled_while_paid(
+                app,
+                order,
+                info.status,
+                "the after-sale sync (shop/ecaftersale/add refused)",
+            )
+            .await?;
+            Ok(AfterSaleAdded::OrderCancelled {
+                wx_status: info.status,
+            })
+        }
+        _ => Err(TaskError::Permanent(format!(
+            "WeChat refused the after-sale: {refusal}; its order is in status {}",
+            info.status
+        ))),
     }
 }
 
