@@ -55,7 +55,27 @@ pub fn address_required() -> ApiError {
     )
 }
 
-/// `shop/order/add` for a priced order (with the prepay id when WeChat Pay is ours).
+/// The least time ahead a component order's `expire_time` may be: WeChat takes 15 minutes to
+/// 1 day (WECHAT_SHOP.md §5.1; how strictly it counts is UNVERIFIED).
+pub const COMPONENT_MIN_OPEN_MS: i64 = 15 * 60_000;
+/// Kept on top of [`COMPONENT_MIN_OPEN_MS`]: WeChat's clock may be ahead of ours (it takes
+/// `create_time` within 5 s) and the call takes time.
+const COMPONENT_EXPIRY_ALLOWANCE_MS: i64 = 30_000;
+
+/// The earliest expiry (ms) a component order added at `now_ms` may carry. An order added
+/// late — resumed after an attempt cut off, or with `ORDER_TTL_SECS` at its least (900) —
+/// may have less left: see [`add_order`].
+pub fn component_expiry_floor(now_ms: i64) -> i64 {
+    now_ms + COMPONENT_MIN_OPEN_MS + COMPONENT_EXPIRY_ALLOWANCE_MS
+}
+
+/// `shop/order/add` for a priced order (with the prepay id when WeChat Pay is ours). Its
+/// `expire_time` is the order's `expires_at_ms`, never less than [`component_expiry_floor`]:
+/// WeChat refuses an order with less than 15 minutes to go. A secondary-merchant order's
+/// expiry is moved to that floor before it is added (`unified_order::prepay`), so ours and
+/// WeChat's end together; a direct order's stays (it is WeChat Pay's `time_expire` of its
+/// prepay order, which a resumed `pay/unifiedorder` must repeat unchanged), and its component
+/// order — a mirror our close cancels when ours expires — just carries the later deadline.
 pub async fn add_order(
     app: &App,
     order: &Order,
@@ -114,7 +134,7 @@ pub async fn add_order(
         delivery_detail: DeliveryDetailReq { delivery_type: 1 },
         address_info: order.address.as_ref().map(address_info),
         fund_type: Some(order.fund_type.code()),
-        expire_time: Some(order.expires_at_ms / 1000),
+        expire_time: Some(order.expires_at_ms.max(component_expiry_floor(now)) / 1000),
         aftersale_duration: None,
         trace_id: if secondary {
             Some(
