@@ -587,8 +587,8 @@ async fn component_order(r: &Running, c: &Client, no: &str) -> (i64, i64) {
         .sandbox
         .calls("shop/order/add")
         .into_iter()
-        .filter(|a| a["out_order_id"] == no)
-        .last()
+        .rev()
+        .find(|a| a["out_order_id"] == no)
         .and_then(|a| a["expire_time"].as_i64())
         .unwrap_or(0);
     (status, expire * 1000)

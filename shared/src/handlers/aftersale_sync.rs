@@ -2896,9 +2896,9 @@ fn reason_of(wx: &crate::shop::aftersale::EcAfterSaleOrder) -> String {
 
 /// Adds the after-sale at WeChat (or adopts the one WeChat has under our id) and stores
 /// WeChat's id: the after-sale as it is now, and that id. `None`: WeChat refused it because
-/// its component order is cancelled while ours is paid (see [`not_at_wechat`]). One task at a time does it — apply
-/// and approve each queue a sync, and the two may run together — by a claim written
-/// conditionally first; a task that finds a live claim retries later.
+/// its component order is cancelled while ours is paid (see [`not_at_wechat`]). One task at a
+/// time does it — apply and approve each queue a sync, and the two may run together — by a
+/// claim written conditionally first; a task that finds a live claim retries later.
 async fn add_at_wechat(
     app: &App,
     order: &crate::domain::Order,

@@ -1149,14 +1149,15 @@ async fn prepay(
 }
 
 /// A secondary-merchant order about to be added at WeChat with less left than the trading
-/// component takes (15 minutes; [`component_expiry_floor`](super::shop_orders::component_expiry_floor)):
-/// its expiry is moved to `until` first, in a version-checked write, so that our order — the
-/// close sweep, a repeated key's settling, the stock it holds — and WeChat's (whose
-/// `expire_time` is the same) end together, and the user gets the full time to pay. Written
-/// before the add: an attempt cut off after the add leaves ours no shorter than WeChat's.
-/// The order added late is one resumed after an earlier attempt was cut off (30 s at least
-/// later), or one of a stack with `ORDER_TTL_SECS` near its least (900). The expiry now;
-/// 409 `ORDER_NOT_OPEN` if the order was closed meanwhile.
+/// component takes (15 minutes and a margin:
+/// [`component_expiry_floor`](super::shop_orders::component_expiry_floor)): its expiry is
+/// moved to `until` first, in a version-checked write, so that our order — the close sweep, a
+/// repeated key's settling, the stock it holds — and WeChat's (whose `expire_time` is the
+/// same) end together, and the user gets the full time to pay. Written before the add: an
+/// attempt cut off after the add leaves ours no shorter than WeChat's. The order added late is
+/// one resumed after an earlier attempt was cut off (30 s at least later), or one of a stack
+/// with `ORDER_TTL_SECS` near its least (900). The expiry now; 409 `ORDER_NOT_OPEN` if the
+/// order was closed meanwhile.
 async fn extend_expiry(app: &App, no: &OutTradeNo, until: i64) -> Result<i64, ApiError> {
     let extended = with_retries(app, || async {
         let current = repo::get_order(app.store.as_ref(), no)
