@@ -409,6 +409,116 @@ async fn a_payment_after_our_close_pages_once_for_the_cancelled_component_order(
     assert!(c.dead_letters().await.is_empty());
 }
 
+/// GIVEN an order paid through WeChat Pay after WeChat cancelled its component order (250;
+/// the user cancelled it in WeChat's order centre, the push lost — as a payment racing our
+/// own close leaves it too), and the payment sync held back by a busy WeChat, WHEN the user
+/// applies for a refund and the merchant approves it, THEN the refund goes through WeChat Pay
+/// as any other (REFUNDED), and the after-sale is not mirrored at WeChat — which takes no
+/// after-sale of a cancelled order (`ecaftersale/add` refused, 100000, its order read back:
+/// 250) — without a dead letter: the after-sale's sync finds the cancelled order first and
+/// keeps the order's `order_event_mismatch` once (paging once), every later sync of it (the
+/// approval's, the refund's) asks WeChat nothing more, and the payment sync, once WeChat
+/// answers, finds the same case and pages nobody again. Each after-sale sync used to end in
+/// the dead letter ("its order is in status 250").
+#[tokio::test]
+async fn a_refund_of_an_order_paid_after_wechats_cancel_is_made_without_wechats_aftersale() {
+    let (r, paged) = stack(&[]).await;
+    let c = Client::new(&r);
+    let (token, no) = ordered(&r, &c, "yara", 1).await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/order",
+            None,
+            &json!({"action": "cancel", "out_order_id": no, "push": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(wx_status(&r, &no).await, 250);
+    // The payment sync is held back (WeChat busy), so the after-sale's sync meets WeChat's
+    // cancelled order first.
+    c.fault(json!({"path": "shop/order/pay", "mode": "errcode", "errcode": -1, "count": 1000}))
+        .await;
+    c.pay_at_sandbox(&no).await;
+    eventually("the order paid", WAIT, || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "paid after I closed it"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let id = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+    eventually("a person paged", WAIT, || async { paged() == 1 }).await;
+    let kept = mismatches(&c).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        kept[0]["body"]["found_by"]
+            .as_str()
+            .is_some_and(|f| f.contains("ecaftersale/add")),
+        "{kept:?}"
+    );
+    let adds = || {
+        r.sandbox
+            .calls("shop/ecaftersale/add")
+            .into_iter()
+            .filter(|a| a["out_order_id"] == no.as_str())
+            .count()
+    };
+    assert_eq!(adds(), 1, "refused once");
+
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let refunded = || async {
+        let (s, v) = c
+            .post(
+                "/fn/aftersaleSync",
+                Some(&token),
+                &json!({"action": "list", "out_trade_no": no}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["aftersales"][0]["status"] == "REFUNDED"
+    };
+    eventually("refunded through WeChat Pay", WAIT, refunded).await;
+    let refunds: Vec<Value> = r
+        .sandbox
+        .calls("secapi/pay/refund")
+        .into_iter()
+        .filter(|c| c["out_trade_no"] == no.as_str())
+        .collect();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        adds(),
+        1,
+        "the approval's and the refund's syncs asked WeChat nothing"
+    );
+
+    // WeChat answers again: the payment sync finds the same cancelled order.
+    c.clear_faults().await;
+    let calls = c.order_pay_calls().await.get(&no).copied().unwrap_or(0);
+    r.app.clock.advance(120_000);
+    eventually("the payment synced again", WAIT, || async {
+        c.order_pay_calls().await.get(&no).copied().unwrap_or(0) > calls
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(paged(), 1, "paged once");
+    assert_eq!(mismatches(&c).await.len(), 1);
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
 /// `user` orders one tea and pays through WeChat Pay; returns once the trading component has
 /// the payment (`shop/order/pay`): (token, out_trade_no).
 async fn paid_and_synced(r: &Running, c: &Client, user: &str) -> (String, String) {

@@ -347,6 +347,77 @@ async fn a_paid_order_whose_component_answer_was_lost_is_shipped_at_wechat() {
     assert!(dead.is_empty(), "{dead:?}");
 }
 
+/// As above, the `shop/order/add` answer lost, and then the answer of the payment sync
+/// (`shop/order/pay`) lost too: the retry is refused as out of order (100000), and reading
+/// WeChat's order back by our number (paid, 20) shows it landed — WeChat's `order_id` read
+/// there is stored on our order. Shipping then sends `delivery/send` without asking WeChat for
+/// the id again. The id read with the sync used to be dropped: every later call looked it up.
+#[tokio::test]
+async fn a_payment_sync_read_back_stores_the_component_id_it_learns() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("lost-add-sync-learns").await;
+    c.fault(json!({"path": "shop/order/add", "mode": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    let body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+        "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"},
+        "idempotency_key": "tap-lost-add-sync-learns"});
+    order_cut_off(&r, &token, &body, Duration::from_millis(1000)).await;
+    let no = orders(&c, &token).await[0]["out_trade_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(
+        "the late component order",
+        Duration::from_secs(5),
+        || async { shop_status(&c, &no).await == Some(10) },
+    )
+    .await;
+    c.fault(json!({"path": "shop/order/pay", "mode": "lost", "count": 1}))
+        .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/pay",
+            None,
+            &json!({"out_trade_no": no, "wait": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(
+        "the id learnt from the sync's read-back stored",
+        Duration::from_secs(10),
+        || async { stored_wx_order_id(&r, &no).await.is_some_and(|id| id > 0) },
+    )
+    .await;
+    assert_eq!(shop_status(&c, &no).await, Some(20));
+    let pays = r
+        .sandbox
+        .calls("shop/order/pay")
+        .into_iter()
+        .filter(|p| p["out_order_id"] == no.as_str())
+        .count();
+    assert_eq!(pays, 2, "the lost one and the refused retry");
+
+    let gets = || r.sandbox.calls("shop/order/get").len();
+    let before = gets();
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "ship", "out_trade_no": no, "delivery_id": "SF", "waybill_id": "SF-LEARNT-1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(
+        "the shipment at WeChat's component order",
+        Duration::from_secs(10),
+        || async { shop_status(&c, &no).await == Some(30) },
+    )
+    .await;
+    assert_eq!(gets(), before, "the id was not looked up again");
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
 /// `shop/order/add` failed without WeChat making the order (system busy, every try): the
 /// order closes unpaid (503), and is then paid after all (a payment notification). Shipping
 /// it looks WeChat's component order up by our number, WeChat has none (1010011): once a late
@@ -512,12 +583,32 @@ async fn paid_with_its_component_id_lost(
         )
         .await;
     }
+    // Fund_type 1: the payment is believed as `shop/order/get` by our number states it, and
+    // WeChat's id read there is stored with it. Fund_type 0: `shop/order/pay` answers no id.
     assert_eq!(
-        stored_wx_order_id(r, &no).await,
-        None,
-        "the answer was lost"
+        stored_wx_order_id(r, &no).await.is_some(),
+        secondary,
+        "the add answer was lost; only a fund_type 1 payment (read back by our number) learns the id"
     );
     (no, total)
+}
+
+/// Order `no` as it stands when paid with no component id stored: written back without WeChat's
+/// id — as a payment recorded before ids were stored with payments left it, or one whose id
+/// write failed (that write is best effort). For tests of the paths that learn the id when
+/// they need it.
+async fn forget_wx_order_id(r: &wxlocal::gateway::Running, no: &str) {
+    let no = wxshop::domain::OutTradeNo::parse(no.to_owned()).unwrap();
+    let store = r.app.store.as_ref();
+    let current = wxshop::store::repo::get_order(store, &no)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut next = current.value.clone();
+    next.wx_order_id = None;
+    let mut batch = wxshop::store::repo::Batch::new();
+    batch.update_order(&current, &next);
+    batch.commit(store).await.unwrap();
 }
 
 /// The order a cut-off `unifiedOrder` made (its `shop/order/add` answer lost, so it never
@@ -930,6 +1021,10 @@ async fn a_lost_add_is_read_back_when_its_key_resumes(at_wechat: LostAdd) {
             );
             assert_eq!(orders(&c, &token).await[0]["status"], "PAID");
             assert_eq!(c.stock().await, before - 1, "stock taken once");
+            assert!(
+                stored_wx_order_id(&r, &no).await.is_some_and(|id| id > 0),
+                "WeChat's id stored with the payment, not looked up again at shipping"
+            );
         }
         LostAdd::Cancelled => {
             assert_eq!((s, v["code"].as_str()), (409, Some("ORDER_CLOSED")), "{v}");
@@ -1233,6 +1328,9 @@ async fn a_secondary_merchant_aftersale_of_an_order_whose_add_answer_was_lost_is
     let (token, _) = c.login("lost-add-secondary-approve").await;
     let (no, total) =
         paid_with_its_component_id_lost(&r, &c, &token, "tap-lost-add-sec", true).await;
+    // The payment's read-back stores the id; one paid without it stored (an older record, a
+    // failed best-effort write) is what the approval must still handle.
+    forget_wx_order_id(&r, &no).await;
     let (_, ours) = applied_in_wechat(&c, &no, total).await;
     assert_eq!(stored_wx_order_id(&r, &no).await, None);
 
@@ -1350,6 +1448,8 @@ async fn approving_a_cancelled_aftersale_of_an_order_whose_add_answer_was_lost_a
     let (token, _) = c.login("lost-add-cancelled-approve").await;
     let (no, total) =
         paid_with_its_component_id_lost(&r, &c, &token, "tap-lost-add-cancelled", true).await;
+    // As above: paid with no id stored, so an approval would have to ask WeChat for it.
+    forget_wx_order_id(&r, &no).await;
     let (wx, ours) = applied_in_wechat(&c, &no, total).await;
     c.fault(json!({"path": "shop/order/get", "mode": "errcode", "errcode": -1, "count": 100}))
         .await;

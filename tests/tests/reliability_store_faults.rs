@@ -571,3 +571,163 @@ async fn a_refund_made_by_hand_a_moment_ago_is_seen_though_the_index_lags() {
     assert_eq!(asked, 0, "WeChat Pay asked for nothing");
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
 }
+
+/// The sandbox's component order for our number: its status, and the `expire_time` (ms) of
+/// the last `shop/order/add` WeChat took for it.
+async fn component_order(r: &Running, c: &Client, no: &str) -> (i64, i64) {
+    let (_, st) = c.get("/sandbox/_control/state").await;
+    let status = st["shop_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["out_order_id"] == no)
+        .and_then(|o| o["status"].as_i64())
+        .unwrap_or(0);
+    let expire = r
+        .sandbox
+        .calls("shop/order/add")
+        .into_iter()
+        .rev()
+        .find(|a| a["out_order_id"] == no)
+        .and_then(|a| a["expire_time"].as_i64())
+        .unwrap_or(0);
+    (status, expire * 1000)
+}
+
+/// Our stored order `no`.
+async fn stored(r: &Running, no: &str) -> wxshop::domain::Order {
+    let no = wxshop::domain::OutTradeNo::parse(no.to_owned()).unwrap();
+    wxshop::store::repo::get_order(r.app.store.as_ref(), &no)
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+}
+
+/// Both clocks (ours and WeChat's, whose `create_time` check allows 5 s between them) moved
+/// by `ms`.
+fn both_clocks(r: &Running, ms: i64) {
+    r.app.clock.advance(ms);
+    r.sandbox.clock().advance(ms);
+}
+
+/// The order-creating write applied but answered 503, and the client's retry with the same key
+/// comes 5 minutes later (the order, ORDER_TTL_SECS 900, has 10 minutes left), so the
+/// component order is first added at WeChat now — which takes no `expire_time` less than 15
+/// minutes ahead (the sandbox enforces it). Secondary-merchant mode, where the component order
+/// is the payment: our order's expiry is moved to 15 minutes (and a little) from now before the
+/// add, WeChat's `expire_time` is the same, the retry is 200 PREPAID; past the first expiry
+/// the sweep leaves it open, WeChat has not cancelled it, and the user pays it. The add used
+/// to carry the order's 10 minutes: refused, the order closed as a failed prepay, 502.
+#[tokio::test]
+async fn a_secondary_merchant_order_added_late_gets_the_fifteen_minutes_wechat_wants() {
+    let r = stack_with(&[("WX_FUND_TYPE", "1")]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("late-add-secondary").await;
+    let body = order_body("tap-late-add-1");
+    let faulty = LosesAnswers::wrap(&r, creates_an_order, true, 1);
+    let (s, v) = order_on(&r, faulty, &token, &body).await;
+    assert_eq!(s, 503, "{v}");
+    let no = orders(&c, &token).await[0]["out_trade_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first_expiry = stored(&r, &no).await.expires_at_ms;
+
+    both_clocks(&r, 5 * 60_000);
+    let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "PREPAID", "{v}");
+    assert_eq!(v["out_trade_no"], no.as_str(), "{v}");
+    let ours = stored(&r, &no).await;
+    let now = r.app.clock.now_ms();
+    assert!(
+        ours.expires_at_ms >= now + 15 * 60_000,
+        "our expiry moved to 15 minutes ahead: {} (first {first_expiry}, now {now})",
+        ours.expires_at_ms
+    );
+    let (status, wx_expiry) = component_order(&r, &c, &no).await;
+    assert_eq!(status, 10);
+    assert_eq!(
+        wx_expiry / 1000,
+        ours.expires_at_ms / 1000,
+        "WeChat's order ends with ours"
+    );
+
+    // Past the first expiry: the sweep leaves it open, WeChat has not cancelled it.
+    both_clocks(&r, 11 * 60_000);
+    let (s, v) = c
+        .admin("/admin/orderSync", &json!({"action": "sweep"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.status(&token, &no).await["status"], "PREPAID");
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/pay",
+            None,
+            &json!({"out_order_id": no, "wait": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "the user can still pay: {v}");
+    eventually("the payment recorded", Duration::from_secs(10), || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+/// As above in direct mode (we collect through WeChat Pay; the component order mirrors the
+/// payment): the retry 5 minutes late opens the WeChat Pay order with the order's own expiry
+/// (10 minutes left, its `time_expire`; ours unchanged) and adds the component order with an
+/// `expire_time` 15 minutes (and a little) ahead, which WeChat takes: 200 PREPAID. Past our
+/// expiry the sweep closes ours as usual — stock back, the WeChat Pay order closed, the
+/// component order cancelled there (250). The add used to carry the 10 minutes: refused, 502.
+#[tokio::test]
+async fn a_direct_order_added_late_sends_wechat_fifteen_minutes_and_keeps_its_own_expiry() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("late-add-direct").await;
+    let before = c.stock().await;
+    let body = order_body("tap-late-add-0");
+    let faulty = LosesAnswers::wrap(&r, creates_an_order, true, 1);
+    let (s, v) = order_on(&r, faulty, &token, &body).await;
+    assert_eq!(s, 503, "{v}");
+    let no = orders(&c, &token).await[0]["out_trade_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first_expiry = stored(&r, &no).await.expires_at_ms;
+
+    both_clocks(&r, 5 * 60_000);
+    let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "PREPAID", "{v}");
+    assert_eq!(
+        stored(&r, &no).await.expires_at_ms,
+        first_expiry,
+        "ours is WeChat Pay's time_expire: unchanged"
+    );
+    let (status, wx_expiry) = component_order(&r, &c, &no).await;
+    assert_eq!(status, 10);
+    assert!(
+        wx_expiry >= r.sandbox.now_ms() + 15 * 60_000 - 5_000,
+        "WeChat's expire_time at least 15 minutes ahead: {wx_expiry}"
+    );
+
+    both_clocks(&r, 11 * 60_000);
+    let (s, v) = c
+        .admin("/admin/orderSync", &json!({"action": "sweep"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
+    assert_eq!(c.stock().await, before, "stock back");
+    eventually(
+        "the component order cancelled at WeChat",
+        Duration::from_secs(10),
+        || async { component_order(&r, &c, &no).await.0 == 250 },
+    )
+    .await;
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}

@@ -20,6 +20,12 @@
 //! other's (WeChat's after-sale is read by its own id or ours, not the order's), and the
 //! calls that name the order — the sync, a secondary-merchant approval — learn its id by our
 //! number first (`shop_orders::component_id`).
+//!
+//! An order paid here whose component order WeChat cancelled (a payment after the close:
+//! `audit_callback::cancelled_while_paid`, an `order_event_mismatch` event paged once) has no
+//! order at WeChat to take its after-sales (`ecaftersale/add` refused, 100000): they are not
+//! mirrored, and their syncs end without a dead letter ([`not_at_wechat`]) — the refund of an
+//! order whose money we hold goes through WeChat Pay as any other.
 
 use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
@@ -2174,7 +2180,23 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
     }
     let (a, wx_id) = match a.value.wx_aftersale_id {
         Some(wx) => (a.value, wx),
-        None => add_at_wechat(app, &order.value, a).await?,
+        // WeChat's component order is cancelled while ours is paid (a payment after the
+        // close, kept for a person): WeChat takes no after-sale of it.
+        None if super::audit_callback::known_cancelled_while_paid(
+            app,
+            &order.value.out_trade_no,
+        )
+        .await? =>
+        {
+            return not_at_wechat(app, &order.value, &a.value).await;
+        }
+        None => {
+            let ours = a.value.clone();
+            match add_at_wechat(app, &order.value, a).await? {
+                Some(added) => added,
+                None => return not_at_wechat(app, &order.value, &ours).await,
+            }
+        }
     };
     if !before_accepting(app, &order.value, &a, wx_id).await? {
         return Ok(());
@@ -2208,6 +2230,39 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
             wx.status
         ))),
     }
+}
+
+/// After-sale `a` of an order whose component order WeChat cancelled while ours is paid (a
+/// payment that came after the order was closed: an `order_event_mismatch` event, paged once
+/// when it was found, says so and what to do): WeChat takes no after-sale of a cancelled
+/// order, so there is nothing to mirror and the sync ends here — no dead letter, no page of
+/// its own. For an order whose money we hold that is all: the refund goes through WeChat Pay
+/// as any other ([`issue_refund`]). A secondary-merchant order's refund is WeChat's to pay
+/// through the after-sale, which cannot be: an approved one (REFUNDING) is held as
+/// REFUND_ABNORMAL with a `refund_abnormal` event and a page
+/// ([`hold_failed_platform_refund`], `wx_status` the order's), for a person to refund another
+/// way and record with `mark_refunded`.
+async fn not_at_wechat(
+    app: &App,
+    order: &crate::domain::Order,
+    a: &AfterSale,
+) -> Result<(), TaskError> {
+    tracing::info!(aftersale_id = %a.id, out_trade_no = %order.out_trade_no, status = a.status.as_str(), "after-sale not mirrored at WeChat: its component order is cancelled there while ours is paid (order_event_mismatch)");
+    if order.fund_type == FundType::SecondaryMerchant && a.status == AfterSaleStatus::Refunding {
+        let wx_status = match app
+            .wx
+            .order_get(
+                &crate::shop::types::OrderKey::Out(order.out_trade_no.to_string()),
+                order.openid.as_str(),
+            )
+            .await
+        {
+            Ok(info) => info.status,
+            Err(e) => return Err(wx_task_error(e)),
+        };
+        hold_failed_platform_refund(app, &a.id, wx_status).await?;
+    }
+    Ok(())
 }
 
 /// Before WeChat is told the merchant accepts (`acceptreturn`; `acceptrefund`, which makes
@@ -2840,14 +2895,15 @@ fn reason_of(wx: &crate::shop::aftersale::EcAfterSaleOrder) -> String {
 }
 
 /// Adds the after-sale at WeChat (or adopts the one WeChat has under our id) and stores
-/// WeChat's id: the after-sale as it is now, and that id. One task at a time does it — apply
-/// and approve each queue a sync, and the two may run together — by a claim written
-/// conditionally first; a task that finds a live claim retries later.
+/// WeChat's id: the after-sale as it is now, and that id. `None`: WeChat refused it because
+/// its component order is cancelled while ours is paid (see [`not_at_wechat`]). One task at a
+/// time does it — apply and approve each queue a sync, and the two may run together — by a
+/// claim written conditionally first; a task that finds a live claim retries later.
 async fn add_at_wechat(
     app: &App,
     order: &crate::domain::Order,
     a: repo::Versioned<AfterSale>,
-) -> Result<(AfterSale, u64), TaskError> {
+) -> Result<Option<(AfterSale, u64)>, TaskError> {
     let id = a.value.id.clone();
     let now = app.clock.now_ms();
     if let Some(until) = a.value.wx_add_claimed_until_ms.filter(|t| *t > now) {
@@ -2866,7 +2922,10 @@ async fn add_at_wechat(
     let found = super::shop_orders::aftersale_find_or_add(app, order, &claimed).await;
     // Record the outcome whatever changed meanwhile (an approval, say): WeChat's id, and the
     // claim released either way, so that a retry after a failed add need not wait for it.
-    let wx = found.as_ref().ok().copied();
+    let wx = match found {
+        Ok(super::shop_orders::AfterSaleAdded::Id(id)) => Some(id),
+        _ => None,
+    };
     let stored = with_retries::<_, TaskError, _, _>(app, || async {
         let current = repo::get_aftersale(app.store.as_ref(), &id)
             .await?
@@ -2884,11 +2943,13 @@ async fn add_at_wechat(
         Ok(Attempt::Commit(batch, next))
     })
     .await?;
-    found?;
+    if let super::shop_orders::AfterSaleAdded::OrderCancelled { .. } = found? {
+        return Ok(None);
+    }
     let wx_id = stored
         .wx_aftersale_id
         .ok_or_else(|| TaskError::Retry(format!("after-sale {id}: WeChat's id was not kept")))?;
-    Ok((stored, wx_id))
+    Ok(Some((stored, wx_id)))
 }
 
 /// Our id for an after-sale the user opened in WeChat's own order centre.

@@ -16,7 +16,7 @@
 //! |---|---|---|
 //! | `open_product_order_pay` | paid, our amount (fund_type=1 only) | the payment recorded |
 //! | `open_product_order_confirm` | 100 | SHIPPED → RECEIVED |
-//! | `open_product_order_cancel` | 181 or 250 | an unpaid order closed as the unpaid sweep closes one (stock back, WeChat Pay order closed); a paid one unchanged, kept and paged ([`ORDER_EVENT_MISMATCH_EVENTS`], once with what the payment sync finds of the same case: [`cancelled_while_paid`]) |
+//! | `open_product_order_cancel` | 181 or 250 | an unpaid order closed as the unpaid sweep closes one (stock back, WeChat Pay order closed); a paid one unchanged, kept and paged ([`ORDER_EVENT_MISMATCH_EVENTS`], once with what the payment, shipment, receipt or after-sale sync finds of the same case: [`cancelled_while_paid`]) |
 //! | `open_product_order_refund` | 200 | the order's after-sales read back from WeChat now (a refund WeChat made recorded from its after-sale, never from the push); what our refunds — recorded, under way, or failed or held (each paged on its own) — still do not account for kept and paged |
 //!
 //! WeChat's retries and later pushes of one event change nothing more, and page once.
@@ -714,15 +714,17 @@ async fn on_order_cancel(app: &App, body: &push::OrderRef) -> Result<(), ApiErro
 
 /// WeChat's component order reads cancelled (`wx_status` 181 or 250) while ours is paid — a
 /// payment that came after the order was closed (ours: its close cancelled the component
-/// order; WeChat's: its cancel push closed ours), found by the cancel push or by the payment
-/// sync `shop/order/pay` refuses: kept as an [`ORDER_EVENT_MISMATCH_EVENTS`] event under the
+/// order; WeChat's: its cancel push closed ours), found by the cancel push or by a sync
+/// WeChat refuses for it (`shop/order/pay`, `delivery/send`, `delivery/recieve`,
+/// `ecaftersale/add`): kept as an [`ORDER_EVENT_MISMATCH_EVENTS`] event under the
 /// cancel's key, so whichever finds it first pages and the other does not. `found_by` says
 /// which. WeChat does not document taking a cancelled order back (`shop/order/add` replaces
 /// an order "if it exists"; the sandbox refuses anything past 10, and a re-added order's
 /// payment would have to be synced to an order WeChat's order centre never showed paid —
 /// UNVERIFIED), so it is not added again: the order's shipment, receipt and after-sales
-/// cannot be mirrored in the trading component, and a person decides between shipping it
-/// here only and refunding it.
+/// cannot be mirrored in the trading component (its after-sales' syncs read this event and
+/// ask WeChat nothing: [`known_cancelled_while_paid`]), and a person decides between shipping
+/// it here only and refunding it.
 pub(super) async fn cancelled_while_paid(
     app: &App,
     order: &Order,
@@ -748,6 +750,21 @@ pub(super) async fn cancelled_while_paid(
                 merchant platform (its notification records it here as a refund made by hand)"}),
     )
     .await
+}
+
+/// Whether order `no` is known to be paid here while WeChat's component order is cancelled:
+/// [`cancelled_while_paid`] kept its event (one store read). Nothing of such an order can be
+/// mirrored in the trading component, so its after-sales are not sent there.
+pub(super) async fn known_cancelled_while_paid(
+    app: &App,
+    no: &OutTradeNo,
+) -> Result<bool, crate::store::StoreError> {
+    let key = format!("{no}/open_product_order_cancel");
+    Ok(
+        repo::get_event(app.store.as_ref(), ORDER_EVENT_MISMATCH_EVENTS, &key)
+            .await?
+            .is_some(),
+    )
 }
 
 /// `open_product_order_refund`: every item of the order went back through after-sales

@@ -55,7 +55,27 @@ pub fn address_required() -> ApiError {
     )
 }
 
-/// `shop/order/add` for a priced order (with the prepay id when WeChat Pay is ours).
+/// The least time ahead a component order's `expire_time` may be: WeChat takes 15 minutes to
+/// 1 day (WECHAT_SHOP.md §5.1; how strictly it counts is UNVERIFIED).
+pub const COMPONENT_MIN_OPEN_MS: i64 = 15 * 60_000;
+/// Kept on top of [`COMPONENT_MIN_OPEN_MS`]: WeChat's clock may be ahead of ours (it takes
+/// `create_time` within 5 s) and the call takes time.
+const COMPONENT_EXPIRY_ALLOWANCE_MS: i64 = 30_000;
+
+/// The earliest expiry (ms) a component order added at `now_ms` may carry. An order added
+/// late — resumed after an attempt cut off, or with `ORDER_TTL_SECS` at its least (900) —
+/// may have less left: see [`add_order`].
+pub fn component_expiry_floor(now_ms: i64) -> i64 {
+    now_ms + COMPONENT_MIN_OPEN_MS + COMPONENT_EXPIRY_ALLOWANCE_MS
+}
+
+/// `shop/order/add` for a priced order (with the prepay id when WeChat Pay is ours). Its
+/// `expire_time` is the order's `expires_at_ms`, never less than [`component_expiry_floor`]:
+/// WeChat refuses an order with less than 15 minutes to go. A secondary-merchant order's
+/// expiry is moved to that floor before it is added (`unified_order::prepay`), so ours and
+/// WeChat's end together; a direct order's stays (it is WeChat Pay's `time_expire` of its
+/// prepay order, which a resumed `pay/unifiedorder` must repeat unchanged), and its component
+/// order — a mirror our close cancels when ours expires — just carries the later deadline.
 pub async fn add_order(
     app: &App,
     order: &Order,
@@ -114,7 +134,7 @@ pub async fn add_order(
         delivery_detail: DeliveryDetailReq { delivery_type: 1 },
         address_info: order.address.as_ref().map(address_info),
         fund_type: Some(order.fund_type.code()),
-        expire_time: Some(order.expires_at_ms / 1000),
+        expire_time: Some(order.expires_at_ms.max(component_expiry_floor(now)) / 1000),
         aftersale_duration: None,
         trace_id: if secondary {
             Some(
@@ -165,7 +185,11 @@ pub const COMPONENT_ORDER_MISSING_EVENTS: &str = "component_order_missing";
 /// it). An order whose `shop/order/add` answer was lost holds no id though
 /// WeChat may hold the order ([`Order::at_wechat`]): the id is then read by our number
 /// (`shop/order/get` with `out_order_id` + openid) and stored on the order (a version-checked
-/// write), so a late-paid order is still shipped and serviced there. `None`: no component
+/// write), so a late-paid order is still shipped and serviced there. Reads by our number made
+/// for other reasons store it too ([`remember_component_id`]): a fund_type 1 payment read back
+/// (push, sweep, `queryOrder`, a resumed key) and a step's read-back after WeChat refused it as
+/// out of order (`shop/order/pay` repeated after a lost answer, say). `shop/order/pay` itself
+/// answers no id, so a direct order's payment sync that succeeds learns none. `None`: no component
 /// order — never asked for, or WeChat answers it has none (1010011; for a paid order that
 /// is kept as a `component_order_missing` event and a person is paged).
 pub async fn component_id(app: &App, order: &Order) -> Result<Option<u64>, TaskError> {
@@ -192,23 +216,65 @@ pub async fn component_id(app: &App, order: &Order) -> Result<Option<u64>, TaskE
         )));
     }
     let no = &order.out_trade_no;
-    let stored = super::common::with_retries::<_, TaskError, _, _>(app, || async {
-        let current = repo::get_order(app.store.as_ref(), no)
-            .await?
-            .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?;
-        if let Some(id) = current.value.wx_order_id {
-            return Ok(super::common::Attempt::Done(id));
+    let stored = store_component_id(app, no, info.order_id)
+        .await?
+        .ok_or_else(|| TaskError::Permanent(format!("no order {no}")))?;
+    Ok(Some(stored))
+}
+
+/// Stores `id`, WeChat's id for order `no`'s component order read by our number, on an order
+/// that holds none yet (its `shop/order/add` answer was lost): a version-checked write, re-read
+/// on a conflict, and nothing if the order holds an id by then. The id the order holds
+/// afterwards; `None`: no such order.
+async fn store_component_id(
+    app: &App,
+    no: &OutTradeNo,
+    id: u64,
+) -> Result<Option<u64>, crate::store::StoreError> {
+    let stored = super::common::with_retries::<_, crate::store::StoreError, _, _>(app, || async {
+        let Some(current) = repo::get_order(app.store.as_ref(), no).await? else {
+            return Ok(super::common::Attempt::Done(None));
+        };
+        if let Some(held) = current.value.wx_order_id {
+            return Ok(super::common::Attempt::Done(Some(held)));
         }
         let mut next = current.value.clone();
-        next.wx_order_id = Some(info.order_id);
+        next.wx_order_id = Some(id);
         next.updated_at_ms = app.clock.now_ms();
         let mut batch = repo::Batch::new();
         batch.update_order(&current, &next);
-        Ok(super::common::Attempt::Commit(batch, info.order_id))
+        Ok(super::common::Attempt::Commit(batch, Some(id)))
     })
     .await?;
-    tracing::info!(out_trade_no = %no, wx_order_id = stored, "component order id learnt by our number (its shop/order/add answer was lost)");
-    Ok(Some(stored))
+    if stored == Some(id) {
+        tracing::info!(out_trade_no = %no, wx_order_id = id, "component order id learnt by our number (its shop/order/add answer was lost) and stored");
+    }
+    Ok(stored)
+}
+
+/// WeChat's id in its order `info` read by our number, if it names `order`'s component order.
+fn id_named(order: &Order, info: &crate::shop::order::OrderInfo) -> Option<u64> {
+    (info.order_id != 0 && info.out_order_id == order.out_trade_no.as_str())
+        .then_some(info.order_id)
+}
+
+/// `learnt`, WeChat's id for `order`'s component order read by our number for some other
+/// purpose (a payment, a step's read-back), is stored on an order that holds none (its
+/// `shop/order/add` answer was lost; [`store_component_id`]), so later calls — shipping,
+/// receipt, after-sales, a secondary-merchant approval — need not look it up again. Best
+/// effort: a failed write is logged and changes nothing else (the id is read again when
+/// needed). The id the order holds now, if any.
+async fn remember_component_id(app: &App, order: &Order, learnt: Option<u64>) -> Option<u64> {
+    let Some(id) = learnt.filter(|_| order.wx_order_id.is_none()) else {
+        return order.wx_order_id;
+    };
+    match store_component_id(app, &order.out_trade_no, id).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "could not store the component order id learnt by our number; it is read again when needed");
+            None
+        }
+    }
 }
 
 /// WeChat holds no component order under our number although we asked for one: as
@@ -324,7 +390,10 @@ async fn past_step(
 ) -> Result<Option<crate::shop::order::OrderInfo>, TaskError> {
     match app.wx.order_get(&key(order), order.openid.as_str()).await {
         Ok(info) => match step_at_wechat(info.status, step) {
-            StepAtWechat::Done => Ok(Some(info)),
+            StepAtWechat::Done => {
+                remember_component_id(app, order, id_named(order, &info)).await;
+                Ok(Some(info))
+            }
             StepAtWechat::Waiting => Err(TaskError::Retry(format!(
                 "trading component order is in status {}, before this step's turn",
                 info.status
@@ -470,6 +539,9 @@ async fn payment_of(
     if matches!(wx.status, 10 | 11 | 181 | 250) {
         return Ok(ComponentPayment::Unpaid { status: wx.status });
     }
+    // Read by our number: WeChat's id, for an order whose `add` answer was lost, is stored
+    // with the payment below.
+    let learnt = id_named(order, &wx);
     let price = wx.order_detail.price_info.order_price;
     if !component_paid(wx.status) || price != order.total {
         return Ok(ComponentPayment::Refused(format!(
@@ -498,7 +570,8 @@ async fn payment_of(
         .unwrap_or_else(|| app.clock.now_ms());
     use super::common::{record_payment, PaymentError, PaymentOutcome};
     match record_payment(app, &order.out_trade_no, &txid, price, paid_at).await {
-        Ok(PaymentOutcome::Recorded(o) | PaymentOutcome::AlreadyRecorded(o)) => {
+        Ok(PaymentOutcome::Recorded(mut o) | PaymentOutcome::AlreadyRecorded(mut o)) => {
+            o.wx_order_id = remember_component_id(app, &o, learnt).await;
             Ok(ComponentPayment::Recorded(Box::new(o)))
         }
         Err(PaymentError::Store(e)) => Err(e.into()),
@@ -710,12 +783,12 @@ pub async fn aftersale_find_or_add(
     app: &App,
     order: &Order,
     a: &AfterSale,
-) -> Result<u64, TaskError> {
+) -> Result<AfterSaleAdded, TaskError> {
     let ours = crate::shop::AfterSaleKey::Out(a.id.to_string());
     match app.wx.ecaftersale_get(&ours).await {
         Ok(found) if found.aftersale_id != 0 => {
             tracing::info!(aftersale_id = %a.id, wx_aftersale_id = found.aftersale_id, "WeChat already has the after-sale; adopting it");
-            Ok(found.aftersale_id)
+            Ok(AfterSaleAdded::Id(found.aftersale_id))
         }
         // errcode 0 yet no after-sale id: neither "not there" (a second `add` could open a
         // second request) nor an id to adopt. For a person.
@@ -733,12 +806,30 @@ pub async fn aftersale_find_or_add(
     }
 }
 
+/// What adding an after-sale at WeChat came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterSaleAdded {
+    /// WeChat's id for it: added now, or found under our id and adopted.
+    Id(u64),
+    /// Refused (100000) because WeChat's component order is cancelled (`wx_status` 181 or
+    /// 250) while ours is paid — a payment that came after the order was closed. WeChat takes
+    /// after-sales only of orders it holds paid (WECHAT_SHOP.md §11: `aftersale/add` refused at
+    /// 10/200/250; at 181 UNVERIFIED, the sandbox refuses it too) and does not take a
+    /// cancelled order back, so the after-sale cannot be mirrored there: kept for a person
+    /// once with the order ([`super::audit_callback::cancelled_while_paid`]), not retried.
+    OrderCancelled { wx_status: i64 },
+}
+
 /// Outbox: `shop/ecaftersale/add` → WeChat's after-sale id. WeChat's after-sale is about one
 /// product line (`product_info`): the one the after-sale records. One recorded before lines
 /// were has none; on an order with one item that item is the line, on one with several the
 /// first item is sent as it always was (logged: WeChat may then hold the wrong line), rather
 /// than leaving stored after-sales stuck.
-async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, TaskError> {
+async fn aftersale_add(
+    app: &App,
+    order: &Order,
+    a: &AfterSale,
+) -> Result<AfterSaleAdded, TaskError> {
     let line = match &a.line {
         Some(line) => line.clone(),
         None => {
@@ -770,8 +861,8 @@ async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, T
         media_list: Vec::new(),
     };
     match app.wx.ecaftersale_add(&req).await {
-        Ok(id) => Ok(id),
-        Err(e) if e.errcode() == Some(100000) => Err(aftersale_refused_early(app, order, e).await),
+        Ok(id) => Ok(AfterSaleAdded::Id(id)),
+        Err(e) if e.errcode() == Some(100000) => aftersale_refused_early(app, order, e).await,
         Err(e) => Err(task_error(e)),
     }
 }
@@ -782,27 +873,48 @@ async fn aftersale_add(app: &App, order: &Order, a: &AfterSale) -> Result<u64, T
 /// user applied at once. So WeChat's order is read back, as for the order's own steps
 /// ([`step_at_wechat`] toward 20, paid): still unpaid there (10/11) is a retry — the payment
 /// sync will land; paid there by now means the refusal came just before it did (WeChat
-/// refuses only at 10, 200 and 250), also a retry; cancelled there, or every item through
-/// after-sales already (200), the refusal is final.
-async fn aftersale_refused_early(app: &App, order: &Order, refusal: WxError) -> TaskError {
-    match app.wx.order_get(&key(order), order.openid.as_str()).await {
-        Ok(info) => match step_at_wechat(info.status, 20) {
-            StepAtWechat::Waiting => TaskError::Retry(format!(
-                "WeChat refused the after-sale ({refusal}): its order is still unpaid there \
-                 (status {}); waiting for the payment sync",
-                info.status
-            )),
-            StepAtWechat::Done if info.status != 200 => TaskError::Retry(format!(
-                "WeChat refused the after-sale ({refusal}) before the payment sync landed; its \
-                 order reads paid now (status {})",
-                info.status
-            )),
-            _ => TaskError::Permanent(format!(
-                "WeChat refused the after-sale: {refusal}; its order is in status {}",
-                info.status
-            )),
-        },
-        Err(e) => task_error(e),
+/// refuses only at 10, 200 and 250), also a retry. Cancelled there (181, 250) while ours is
+/// paid — the payment came after the order was closed — the after-sale has no order to go to
+/// at WeChat: [`AfterSaleAdded::OrderCancelled`], kept for a person once with the order. Every
+/// item through after-sales already (200), the refusal is final.
+async fn aftersale_refused_early(
+    app: &App,
+    order: &Order,
+    refusal: WxError,
+) -> Result<AfterSaleAdded, TaskError> {
+    let info = app
+        .wx
+        .order_get(&key(order), order.openid.as_str())
+        .await
+        .map_err(task_error)?;
+    match step_at_wechat(info.status, 20) {
+        StepAtWechat::Waiting => Err(TaskError::Retry(format!(
+            "WeChat refused the after-sale ({refusal}): its order is still unpaid there \
+             (status {}); waiting for the payment sync",
+            info.status
+        ))),
+        StepAtWechat::Done if info.status != 200 => Err(TaskError::Retry(format!(
+            "WeChat refused the after-sale ({refusal}) before the payment sync landed; its \
+             order reads paid now (status {})",
+            info.status
+        ))),
+        StepAtWechat::Never if matches!(info.status, 181 | 250) && order.status.is_paid() => {
+            tracing::warn!(out_trade_no = %order.out_trade_no, wx_status = info.status, "after-sale refused at WeChat: its component order is cancelled there while ours is paid; not mirrored");
+            super::audit_callback::cancelled_while_paid(
+                app,
+                order,
+                info.status,
+                "the after-sale sync (shop/ecaftersale/add refused)",
+            )
+            .await?;
+            Ok(AfterSaleAdded::OrderCancelled {
+                wx_status: info.status,
+            })
+        }
+        _ => Err(TaskError::Permanent(format!(
+            "WeChat refused the after-sale: {refusal}; its order is in status {}",
+            info.status
+        ))),
     }
 }
 

@@ -50,6 +50,21 @@
 //! the attempt left nothing behind: it was refused before the order was written (sold out, not
 //! for sale, …), or WeChat refused it and the order was closed with its stock given back.
 //!
+//! # Added late
+//!
+//! The trading component takes an order only with 15 minutes or more to go (`expire_time`,
+//! WECHAT_SHOP.md §5.1). An order added with less left — resumed after an attempt cut off
+//! (30 s at least later, often minutes), or any order with `ORDER_TTL_SECS` at its least
+//! (900) — is sent with 15 minutes and 30 s
+//! ([`component_expiry_floor`](super::shop_orders::component_expiry_floor)). A
+//! secondary-merchant order, whose component order is its payment, has its own expiry moved
+//! to the same moment first (`extend_expiry`), so the close sweep, a repeated key's settling
+//! and the stock it holds follow WeChat's deadline and the user gets the whole time to pay. A
+//! direct order's expiry stays: it is WeChat Pay's `time_expire` for the prepay order, which a
+//! resumed `pay/unifiedorder` must repeat unchanged, and the order cannot be paid past it; its
+//! component order, a mirror, is cancelled by our close when ours expires. Closing the order
+//! and telling the user to order again was not chosen: nothing is wrong with it.
+//!
 //! # What WeChat may hold
 //!
 //! Whether the order goes through the trading component is decided before the order is
@@ -1088,6 +1103,12 @@ async fn prepay(
         if let Some(id) = order.wx_order_id {
             opened.wx_order_id = Some(id);
         } else {
+            // WeChat wants 15 minutes at least; the component order is the payment, so ours
+            // is made to last as long first (see `extend_expiry`).
+            let floor = super::shop_orders::component_expiry_floor(now);
+            if order.expires_at_ms < floor {
+                order.expires_at_ms = extend_expiry(app, &order.out_trade_no, floor).await?;
+            }
             let added = super::shop_orders::add_order(app, &order, None).await?;
             opened.wx_order_id = Some(added.order_id);
             order.wx_order_id = Some(added.order_id);
@@ -1125,6 +1146,45 @@ async fn prepay(
     // Store PREPAID with the ids; conditional on the version we created.
     let saved = save_prepaid(app, &order).await?;
     Ok(Prepared::Opened(result_of(&saved, payment, use_component)))
+}
+
+/// A secondary-merchant order about to be added at WeChat with less left than the trading
+/// component takes (15 minutes and a margin:
+/// [`component_expiry_floor`](super::shop_orders::component_expiry_floor)): its expiry is
+/// moved to `until` first, in a version-checked write, so that our order — the close sweep, a
+/// repeated key's settling, the stock it holds — and WeChat's (whose `expire_time` is the
+/// same) end together, and the user gets the full time to pay. Written before the add: an
+/// attempt cut off after the add leaves ours no shorter than WeChat's. The order added late is
+/// one resumed after an earlier attempt was cut off (30 s at least later), or one of a stack
+/// with `ORDER_TTL_SECS` near its least (900). The expiry now; 409 `ORDER_NOT_OPEN` if the
+/// order was closed meanwhile.
+async fn extend_expiry(app: &App, no: &OutTradeNo, until: i64) -> Result<i64, ApiError> {
+    let extended = with_retries(app, || async {
+        let current = repo::get_order(app.store.as_ref(), no)
+            .await?
+            .ok_or_else(|| ApiError::internal(format!("order {no} vanished")))?;
+        if current.value.status != OrderStatus::Created {
+            return Err(ApiError::conflict(
+                "ORDER_NOT_OPEN",
+                format!(
+                    "order {no} is {} now; it was not added at WeChat",
+                    current.value.status.as_str()
+                ),
+            ));
+        }
+        if current.value.expires_at_ms >= until {
+            return Ok(Attempt::Done(current.value.expires_at_ms));
+        }
+        let mut next = current.value.clone();
+        next.expires_at_ms = until;
+        next.updated_at_ms = app.clock.now_ms();
+        let mut batch = Batch::new();
+        batch.update_order(&current, &next);
+        Ok(Attempt::Commit(batch, until))
+    })
+    .await?;
+    tracing::info!(out_trade_no = %no, expires_at_ms = extended, "order's expiry moved to the trading component's least (15 minutes) before adding it at WeChat");
+    Ok(extended)
 }
 
 async fn save_prepaid(app: &App, prepared: &Order) -> Result<Order, ApiError> {
