@@ -14,9 +14,16 @@ pub struct IdError {
 macro_rules! string_id {
     ($(#[$m:meta])* $name:ident, $what:literal, $check:expr) => {
         $(#[$m])*
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(String);
+
+        /// As the string it is, borrowed (`into = "String"` would clone it on every encode).
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
@@ -53,17 +60,35 @@ macro_rules! string_id {
     };
 }
 
-fn charset(s: &str, min: usize, max: usize, extra: &[u8]) -> Result<(), &'static str> {
+/// The bytes an id may hold: ASCII letters and digits, and `extra`. A table, so checking an
+/// id read back from the store costs one lookup a byte.
+const fn allowed(extra: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
+const OUT_TRADE_NO_BYTES: [bool; 256] = allowed(b"_-|*");
+const OUT_REFUND_NO_BYTES: [bool; 256] = allowed(b"_-|*@");
+const OUR_ID_BYTES: [bool; 256] = allowed(b"_-");
+
+fn charset(s: &str, min: usize, max: usize, allowed: &[bool; 256]) -> Result<(), &'static str> {
     if s.len() < min {
         return Err("too short");
     }
     if s.len() > max {
         return Err("too long");
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
-    {
+    if !s.bytes().all(|b| allowed[usize::from(b)]) {
         return Err("contains a character outside the allowed set");
     }
     Ok(())
@@ -71,27 +96,27 @@ fn charset(s: &str, min: usize, max: usize, extra: &[u8]) -> Result<(), &'static
 
 string_id!(
     /// Merchant order number: 6–32 chars of `[0-9A-Za-z_-|*]`, unique per merchant.
-    OutTradeNo, "out_trade_no", |s| charset(s, 6, 32, b"_-|*")
+    OutTradeNo, "out_trade_no", |s| charset(s, 6, 32, &OUT_TRADE_NO_BYTES)
 );
 string_id!(
     /// Merchant refund number: ≤64 chars of `[0-9A-Za-z_-|*@]`.
-    OutRefundNo, "out_refund_no", |s| charset(s, 1, 64, b"_-|*@")
+    OutRefundNo, "out_refund_no", |s| charset(s, 1, 64, &OUT_REFUND_NO_BYTES)
 );
 string_id!(
     /// A user's openid under our mini program (or `sub_openid` in provider mode).
-    OpenId, "openid", |s| charset(s, 1, 128, b"_-")
+    OpenId, "openid", |s| charset(s, 1, 128, &OUR_ID_BYTES)
 );
 string_id!(
     /// Our product (SPU) id, `out_product_id` in the trading component.
-    ProductId, "product id", |s| charset(s, 1, 64, b"_-")
+    ProductId, "product id", |s| charset(s, 1, 64, &OUR_ID_BYTES)
 );
 string_id!(
     /// Our SKU id, `out_sku_id` in the trading component.
-    SkuId, "sku id", |s| charset(s, 1, 64, b"_-")
+    SkuId, "sku id", |s| charset(s, 1, 64, &OUR_ID_BYTES)
 );
 string_id!(
     /// Our after-sale id, `out_aftersale_id` in the trading component.
-    AfterSaleId, "after-sale id", |s| charset(s, 1, 64, b"_-")
+    AfterSaleId, "after-sale id", |s| charset(s, 1, 64, &OUR_ID_BYTES)
 );
 
 const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -178,6 +203,20 @@ mod tests {
         assert_eq!(g.as_str().len(), 28);
         assert!(OutTradeNo::parse(g.as_str()).is_ok());
         assert!(OutRefundNo::parse("r@1").is_ok());
+    }
+
+    /// Ids are stored as the plain strings they are, as before ids were written borrowed.
+    #[test]
+    fn ids_are_stored_as_plain_strings() {
+        let no = OutTradeNo::parse("WX20261205120000abc-|*_").unwrap();
+        assert_eq!(
+            serde_json::to_string(&no).unwrap(),
+            "\"WX20261205120000abc-|*_\""
+        );
+        let back: OutTradeNo = serde_json::from_str("\"WX20261205120000abc-|*_\"").unwrap();
+        assert_eq!(back, no);
+        assert!(OutRefundNo::parse("r@1").is_ok() && OpenId::parse("o@1").is_err());
+        assert!(OutTradeNo::parse("abcdef\u{e9}").is_err(), "non-ASCII");
     }
 
     #[test]

@@ -300,6 +300,21 @@ impl Order {
         }
     }
 
+    /// Whether [`Order::pay`] of `transaction_id` would change nothing (this payment is on the
+    /// order already), without copying the order to find out; its error for another payment.
+    pub fn payment_recorded(&self, transaction_id: &str) -> Result<bool, TransitionError> {
+        if !self.status.is_paid() {
+            return Ok(false);
+        }
+        match self.transaction_id.as_deref() {
+            Some(t) if t == transaction_id => Ok(true),
+            Some(t) => Err(TransitionError::OtherTransaction {
+                existing: t.to_owned(),
+            }),
+            None => Err(self.not_allowed("pay")),
+        }
+    }
+
     /// CREATED/PREPAID → PAID. The same transaction again is `Unchanged`; a different one is
     /// an error (two payments for one order must be looked at by a person). A CLOSED order
     /// that WeChat says was paid is paid: the money moved, and the close lost the race.
@@ -309,14 +324,8 @@ impl Order {
         paid_at_ms: i64,
         now_ms: i64,
     ) -> Result<Change, TransitionError> {
-        if self.status.is_paid() {
-            return match self.transaction_id.as_deref() {
-                Some(t) if t == transaction_id => Ok(Change::Unchanged),
-                Some(t) => Err(TransitionError::OtherTransaction {
-                    existing: t.to_owned(),
-                }),
-                None => Err(self.not_allowed("pay")),
-            };
+        if self.payment_recorded(transaction_id)? {
+            return Ok(Change::Unchanged);
         }
         match self.status {
             OrderStatus::Created | OrderStatus::Prepaid | OrderStatus::Closed => {
@@ -652,6 +661,19 @@ pub(crate) mod tests {
             !legacy.at_wechat().pay_order,
             "WeChat collects: no prepay order of ours"
         );
+    }
+
+    /// What payCallback asks before it copies an order: the same answer `pay` gives.
+    #[test]
+    fn payment_recorded_agrees_with_pay() {
+        let mut o = sample_order(100);
+        assert_eq!(o.payment_recorded("t1"), Ok(false));
+        assert_eq!(o.pay("t1", 2, 2), Ok(Change::Changed));
+        assert_eq!(o.payment_recorded("t1"), Ok(true));
+        assert_eq!(o.pay("t1", 2, 3), Ok(Change::Unchanged));
+        assert_eq!(o.payment_recorded("t2"), o.pay("t2", 2, 3).map(|_| true));
+        o.transaction_id = None;
+        assert!(o.payment_recorded("t1").is_err(), "paid without a payment");
     }
 
     #[test]

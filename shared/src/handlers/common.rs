@@ -213,6 +213,12 @@ pub async fn record_payment(
         }
         let now = app.clock.now_ms();
         let was_closed = current.value.status == crate::domain::OrderStatus::Closed;
+        // A repeat (WeChat notifies until it is answered) is told apart before the order is
+        // copied for the transition.
+        if current.value.payment_recorded(transaction_id)? {
+            let order = current.value;
+            return Ok(Attempt::Done((PaymentOutcome::AlreadyRecorded(order), false)));
+        }
         let mut next = current.value.clone();
         if next.pay(transaction_id, paid_at_ms, now)? == Change::Unchanged {
             return Ok(Attempt::Done((PaymentOutcome::AlreadyRecorded(next), false)));
