@@ -5669,6 +5669,112 @@ async fn a_bill_failing_all_week_is_given_up_and_the_other_half_checked() {
     assert_eq!(paged() - before, 2, "still paged once");
 }
 
+/// Tells the sandbox's `downloadbill` to answer `day`'s bill of `bill_type` (`None`: both) with
+/// HTTP `status` and no bill, as an outage in front of WeChat Pay does.
+async fn bills_fail_http(c: &Client<'_>, day: &str, bill_type: Option<&str>, status: u16) {
+    let mut body = json!({"failing": day, "http_status": status});
+    if let Some(t) = bill_type {
+        body["bill_type"] = json!(t);
+    }
+    let (s, v) = c.post("/sandbox/_control/bill", None, &body).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// A refund recorded today that WeChat says succeeded yesterday is looked for in yesterday's
+/// REFUND bill too; WeChat Pay answering that bill with HTTP 503 (an outage, a failure that
+/// passes) is treated as the day's own bill is: the refund waits for it (`bill.awaiting`,
+/// WeChat's answer in `bill.transient_failures`, the day noted in `kv`
+/// `reconcile/refunds_awaiting_bill`), the phase does not fail and nobody is paged; the bill
+/// is asked for again 5 minutes on, then hourly, and once WeChat gives it the refund no bill
+/// lists is missing, kept and paged once. By hand the day answers 200, the refund awaiting
+/// that bill. A timeout or 5xx on another day's REFUND bill used to fail the whole day — the
+/// bill phase `failed` at every 5-minute run, by hand a 503 — while `SYSTEMERROR` waited.
+#[tokio::test]
+async fn another_days_refund_bill_failing_for_a_while_is_waited_for() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    let schedule = || run_schedule(&r);
+    advance_to_china(&r, &c, 12, 0).await;
+    let (_, no) = paid_and_synced(&r, &c, "sven", 1).await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    let day_before = wxshop::time::beijing_date(r.app.clock.now_ms() - DAY_MS);
+    let ghost = "RFghost0000031";
+    forged_refund(&r, &c, &no, ghost, r.app.clock.now_ms() - DAY_MS).await;
+    bills_fail_http(&c, &day_before, Some("REFUND"), 503).await;
+    // (A refund made by hand pages on its own.)
+    let before = paged();
+
+    // The next morning: the day is reconciled; the refund waits for the bill WeChat failed.
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 0, "{report}");
+    assert_eq!(report["bill"]["awaiting"], 1, "{report}");
+    assert_eq!(
+        report["bill"]["transient_failures"],
+        json!([format!("{day_before} REFUND: HTTP 503 from WeChat Pay")]),
+        "{report}"
+    );
+    assert_eq!(days_awaiting_a_bill(&r).await, vec![day.clone()]);
+    assert_eq!(bill_of_type_asked_for(&r, &day_before, "REFUND"), 1);
+    assert_eq!(paged() - before, 0, "no page while the bill may come");
+
+    // 5 minutes on: asked again, failing again; then hourly, not at every run.
+    advance_both(&r, &c, 5 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["rechecked"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["awaiting"], 1, "{report}");
+    assert_eq!(bill_of_type_asked_for(&r, &day_before, "REFUND"), 2);
+    advance_both(&r, &c, 30 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["rechecked"], json!([]), "{report}");
+    assert_eq!(bill_of_type_asked_for(&r, &day_before, "REFUND"), 2);
+
+    // By hand: the day answers, the refund awaiting the bill WeChat did not give.
+    let v = reconcile(&c, &day).await;
+    assert_eq!(v["refunds_missing_from_bill"], json!([]), "{v}");
+    assert_eq!(
+        v["refunds_awaiting_bill"][0]["problem"],
+        format!(
+            "not in the REFUND bill of {day}; WeChat Pay did not give the REFUND bill of \
+             {day_before} (HTTP 503 from WeChat Pay): asked for again later"
+        ),
+        "{v}"
+    );
+
+    // WeChat gives it: the run an hour after it last asked finds the refund in no bill.
+    bills_fail(&c, &day_before, None, None).await;
+    advance_both(&r, &c, 31 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["rechecked"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["awaiting"], 0, "{report}");
+    assert_eq!(report["bill"]["mismatches"], 1, "{report}");
+    assert_eq!(report["bill"]["transient_failures"], json!([]), "{report}");
+    let kept = wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "bill_mismatch",
+        &format!("{day}/refund_missing/{ghost}"),
+    )
+    .await
+    .unwrap()
+    .expect("a bill_mismatch event for a person");
+    assert!(
+        kept.value.body.contains(&format!(
+            "successful here, not in the REFUND bill of {day_before} or {day}"
+        )),
+        "{}",
+        kept.value.body
+    );
+    assert_eq!(paged() - before, 1, "paged once");
+    assert!(days_awaiting_a_bill(&r).await.is_empty());
+}
+
 /// A refund recorded successful today (its outcome found late) whose every bill day — the day
 /// WeChat says it succeeded and the day it was asked for — is past the three months WeChat
 /// Pay serves: no bill that could list it can be read, so nothing is known to be wrong and
