@@ -50,8 +50,12 @@
 //! `reconcile/days_awaiting_bill`, `{"at", "awaits"}`), and the mark moves past the day only
 //! after that: a run cut short between redoes the day (nothing kept twice), and the day is
 //! `reconciled` only once both halves were checked. A failure that passes includes an outage
-//! of WeChat Pay (a timeout, HTTP 5xx): the bill phase no longer fails for it — the other
-//! phases show an outage; a day whose bill it keeps from us pages once given up on.
+//! of WeChat Pay (a timeout, HTTP 5xx): the bill phase does not fail for it at once — nor at
+//! every 5-minute run, as it used to — but once WeChat has failed to give a bill so for
+//! [`FAILING_ALARM_AFTER_MS`] (6 hours; since when is kept with the day in the kv entries of
+//! the days awaiting a bill) every run fails the phase (`BILLS_FAILING`, counted as
+//! `SchedulePhaseFailures`, whose alarm pages) until the bill comes, WeChat still asked
+//! hourly only; a day whose bill it keeps from us a week is given up on and paged as well.
 //!
 //! A bill record that cannot be read is a mismatch of its own and every other record is
 //! checked; only a bill whose header or summary cannot be read fails the reconciliation
@@ -123,6 +127,15 @@ const BILL_CREATING_RETRY_MS: i64 = HOUR_MS;
 /// about at every run for a week. UNVERIFIED how long WeChat's `SYSTEMERROR` on
 /// `downloadbill` lasts.
 const TRANSIENT_FIRST_RETRY_MS: i64 = 5 * 60_000;
+
+/// How long WeChat Pay may go on failing to give a bill for a reason that passes (a day's own
+/// bill, or another day's REFUND bill its refunds wait for) before the bill phase counts as
+/// failed: from then every schedule run fails the phase (`SchedulePhaseFailures`, whose
+/// alarm fires after three 5-minute periods in a row) until WeChat gives the bill, answers
+/// `Bill Creating`, or the day is given up on — without asking WeChat more often than
+/// hourly. Six hourly attempts: a blip passes unseen, an outage that keeps the day's bills
+/// from us pages the same day, not a week on.
+const FAILING_ALARM_AFTER_MS: i64 = 6 * HOUR_MS;
 
 /// WeChat Pay serves the bills of the last three months only (WECHAT_PAY_V2.md §2.7).
 /// UNVERIFIED how it counts them and what it answers for an older day: a day more than this
@@ -260,43 +273,80 @@ impl RefundsAwaited {
     }
 }
 
-/// A day noted in [`DAYS_AWAITING`]: when to ask WeChat again (epoch ms), and which of its
-/// own bills are still to be read.
+/// A day noted in [`DAYS_AWAITING`]: when to ask WeChat again (epoch ms), which of its
+/// own bills are still to be read, and — while WeChat fails to give one for a reason that
+/// passes — since when it has failed so (epoch ms; [`FAILING_ALARM_AFTER_MS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 enum AwaitedDay {
-    /// Both: nothing of the day was checked yet. A bare number, as every day was noted
-    /// before the halves were checked apart: an entry written then reads the same.
+    /// Both, WeChat not failing: nothing of the day was checked yet. A bare number, as every
+    /// day was noted before the halves were checked apart: an entry written then reads the
+    /// same.
     Whole(i64),
-    /// This one only: the other's half was checked and its mismatches kept.
-    OneBill { at: i64, awaits: OwnBill },
+    /// `awaits`: this one only (the other's half was checked and its mismatches kept);
+    /// `None`, both. `failing_since`: WeChat fails to give it (a version before this was
+    /// kept ignores it; one before the halves were apart reads this form as an entry that
+    /// does not parse).
+    Noted {
+        at: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        awaits: Option<OwnBill>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failing_since: Option<i64>,
+    },
 }
 
 impl AwaitedDay {
-    fn new(at: i64, bills: &[OwnBill]) -> Self {
-        match bills {
-            [one] => AwaitedDay::OneBill { at, awaits: *one },
-            _ => AwaitedDay::Whole(at),
+    fn new(at: i64, bills: &[OwnBill], failing_since: Option<i64>) -> Self {
+        match (bills, failing_since) {
+            ([one], _) => AwaitedDay::Noted {
+                at,
+                awaits: Some(*one),
+                failing_since,
+            },
+            (_, None) => AwaitedDay::Whole(at),
+            (_, Some(_)) => AwaitedDay::Noted {
+                at,
+                awaits: None,
+                failing_since,
+            },
         }
     }
 
     fn at(self) -> i64 {
         match self {
-            AwaitedDay::Whole(at) | AwaitedDay::OneBill { at, .. } => at,
+            AwaitedDay::Whole(at) | AwaitedDay::Noted { at, .. } => at,
         }
     }
 
     fn with_at(self, at: i64) -> Self {
         match self {
             AwaitedDay::Whole(_) => AwaitedDay::Whole(at),
-            AwaitedDay::OneBill { awaits, .. } => AwaitedDay::OneBill { at, awaits },
+            AwaitedDay::Noted {
+                awaits,
+                failing_since,
+                ..
+            } => AwaitedDay::Noted {
+                at,
+                awaits,
+                failing_since,
+            },
         }
     }
 
     fn bills(self) -> Vec<OwnBill> {
         match self {
-            AwaitedDay::Whole(_) => OwnBill::BOTH.to_vec(),
-            AwaitedDay::OneBill { awaits, .. } => vec![awaits],
+            AwaitedDay::Noted {
+                awaits: Some(one), ..
+            } => vec![one],
+            _ => OwnBill::BOTH.to_vec(),
+        }
+    }
+
+    fn failing_since(self) -> Option<i64> {
+        match self {
+            AwaitedDay::Whole(_) => None,
+            AwaitedDay::Noted { failing_since, .. } => failing_since,
         }
     }
 }
@@ -1082,10 +1132,17 @@ pub struct DailyReport {
     /// A day's own bills — or another day's REFUND bill a day's refunds are looked for in
     /// (`yyyyMMdd REFUND`, that bill's day; its refunds then wait, `awaiting`) — WeChat Pay
     /// failed to give in this run for a reason that passes: `yyyyMMdd TYPE: what it answered`
-    /// (`SYSTEMERROR`, a timeout, HTTP 5xx). Not a failed
-    /// phase: the day awaits the bill (`days_awaiting_bill`), asked for again 5 minutes on
-    /// the first time, then hourly, and given up on as one still being made.
+    /// (`SYSTEMERROR`, a timeout, HTTP 5xx). Not a failed phase at first: the day awaits the
+    /// bill (`days_awaiting_bill`), asked for again 5 minutes on the first time, then hourly,
+    /// and given up on as one still being made — a failed phase once WeChat has failed so for
+    /// 6 hours (`failing_too_long`).
     pub transient_failures: Vec<String>,
+    /// Bills WeChat Pay has failed to give for a reason that passes for 6 hours or more
+    /// ([`FAILING_ALARM_AFTER_MS`]), as of WeChat's last answer: `yyyyMMdd TYPE bill, failing
+    /// since …`, or the REFUND bills a day's refunds wait for. While any is named the phase
+    /// fails (`BILLS_FAILING`, counted as `SchedulePhaseFailures`) at every run, WeChat still
+    /// asked hourly only.
+    pub failing_too_long: Vec<String>,
     /// Days an own bill of which WeChat had still not given a week after it should have been
     /// ready: given up on, that bill's half not reconciled, a `bill_mismatch` event
     /// (`bill_not_issued`) kept and paged, and counted in `mismatches`.
@@ -1147,13 +1204,63 @@ pub async fn run_daily(
 ) -> Result<bool, ApiError> {
     let now = app.clock.now_ms();
     let china_ms_of_day = (now + BEIJING_OFFSET_MS).rem_euclid(DAY_MS);
-    if china_ms_of_day < BILLS_READY_HOUR * HOUR_MS {
-        return Ok(true);
+    let done = china_ms_of_day < BILLS_READY_HOUR * HOUR_MS
+        || (reconcile_days(app, deadline, report).await?
+            && recheck_awaiting(app, deadline, report).await?);
+    if done {
+        failing_too_long(app, report).await?;
     }
-    if !reconcile_days(app, deadline, report).await? {
-        return Ok(false);
+    Ok(done)
+}
+
+/// The bill phase's failure once WeChat Pay has failed to give a bill for a reason that
+/// passes for [`FAILING_ALARM_AFTER_MS`] or more: those bills named in the report's
+/// `failing_too_long` and a 503 `BILLS_FAILING` saying what to do, which the schedule counts
+/// as `SchedulePhaseFailures`. Read from the kv entries of the days awaiting a bill, at every
+/// run — before 10:00 China time too: the outage is as WeChat last answered until the run
+/// that asks again.
+async fn failing_too_long(app: &App, report: &mut DailyReport) -> Result<(), ApiError> {
+    let now = app.clock.now_ms();
+    let long = |since: i64| now - since >= FAILING_ALARM_AFTER_MS;
+    let mut failing = Vec::new();
+    let (days, _) = read_awaiting::<AwaitedDay>(app, DAYS_AWAITING).await?;
+    for (day, noted) in days {
+        if let Some(since) = noted.failing_since().filter(|s| long(*s)) {
+            let bills: Vec<&str> = noted.bills().iter().map(|b| b.as_str()).collect();
+            failing.push(format!(
+                "{day} {} bill, failing since {} China time",
+                bills.join(" and "),
+                crate::time::beijing_datetime(since)
+            ));
+        }
     }
-    recheck_awaiting(app, deadline, report).await
+    let (refunds, _) = read_awaiting::<RefundsAwaited>(app, AWAITING).await?;
+    for (day, noted) in refunds {
+        if let Some(since) = noted.failing_since().filter(|s| long(*s)) {
+            failing.push(format!(
+                "a REFUND bill the refunds of {day} wait for, failing since {} China time",
+                crate::time::beijing_datetime(since)
+            ));
+        }
+    }
+    if failing.is_empty() {
+        return Ok(());
+    }
+    tracing::error!(bills = ?failing, "WeChat Pay has failed to give bills for hours");
+    report.failing_too_long = failing.clone();
+    Err(ApiError::unavailable(
+        "BILLS_FAILING",
+        format!(
+            "WeChat Pay has failed to give bills for a reason that passes (SYSTEMERROR, a \
+             timeout, HTTP 5xx) for {} hours or more: {}. The schedule asks again hourly and \
+             checks each day once its bill comes (the days after are not held up); see \
+             whether WeChat Pay's downloadbill is down (its status, our network to it). A \
+             bill still not given a week after it should have been ready is given up on and \
+             paged (bill_not_issued)",
+            FAILING_ALARM_AFTER_MS / HOUR_MS,
+            failing.join("; ")
+        ),
+    ))
 }
 
 /// Keeps `found`'s mismatches as `bill_mismatch` events, paging once per new one.
@@ -1226,7 +1333,7 @@ async fn reconcile_days(
         // A bill not given is noted before the mark moves past the day: a run cut short in
         // between does the day again.
         match look_at_day(app, &day, &OwnBill::BOTH, deadline).await? {
-            Some(look) => settle_day(app, &day, look, false, report).await?,
+            Some(look) => settle_day(app, &day, look, None, report).await?,
             None => return Ok(false),
         }
         let until = app.clock.now_secs() + MARK_TTL_SECS;
@@ -1300,7 +1407,7 @@ async fn settle_day(
     app: &App,
     day: &str,
     look: DayLook,
-    noted: bool,
+    noted: Option<AwaitedDay>,
     report: &mut DailyReport,
 ) -> Result<(), ApiError> {
     let DayLook {
@@ -1329,13 +1436,17 @@ async fn settle_day(
         bill_never_came(app, day, &not_read, report).await?;
         return note_day_awaiting(app, day, None).await;
     }
-    let wait = if noted || not_read.iter().any(NotRead::creating) {
+    let wait = if noted.is_some() || not_read.iter().any(NotRead::creating) {
         BILL_CREATING_RETRY_MS
     } else {
         TRANSIENT_FIRST_RETRY_MS
     };
+    // Since when WeChat fails to give a bill of the day (kept while it goes on failing).
+    let failing = not_read.iter().any(|n| !n.creating());
+    let since = failing.then(|| noted.and_then(AwaitedDay::failing_since).unwrap_or(now));
     let bills: Vec<OwnBill> = not_read.iter().map(|n| n.bill).collect();
-    note_day_awaiting(app, day, Some(AwaitedDay::new(now + wait, &bills))).await?;
+    let next = AwaitedDay::new(now + wait, &bills, since);
+    note_day_awaiting(app, day, Some(next)).await?;
     awaits_its_bill(report, day);
     Ok(())
 }
@@ -1390,7 +1501,7 @@ async fn reconcile_awaited_days(
             return Ok(false);
         }
         match look_at_day(app, &day, &noted.bills(), deadline).await {
-            Ok(Some(look)) => settle_day(app, &day, look, true, report).await?,
+            Ok(Some(look)) => settle_day(app, &day, look, Some(noted), report).await?,
             Ok(None) => return Ok(false),
             Err(e) if e.code == "BAD_BILL_DATE" || e.code == "BILL_OUT_OF_REACH" => {
                 tracing::error!(bill_date = %day, error = %e, "a day awaiting its bill cannot be asked for: left out");
@@ -1772,12 +1883,23 @@ mod tests {
             serde_json::from_str(r#"{"20260925": 1790000000000}"#).unwrap();
         assert_eq!(old["20260925"], AwaitedDay::Whole(1_790_000_000_000));
         assert_eq!(old["20260925"].bills(), OwnBill::BOTH);
-        let one = AwaitedDay::new(5, &[OwnBill::Refund]);
+        let one = AwaitedDay::new(5, &[OwnBill::Refund], None);
         let text = serde_json::to_string(&one).unwrap();
         assert_eq!(text, r#"{"at":5,"awaits":"REFUND"}"#);
         assert_eq!(serde_json::from_str::<AwaitedDay>(&text).unwrap(), one);
         assert_eq!(one.with_at(7).bills(), [OwnBill::Refund]);
-        assert_eq!(AwaitedDay::new(5, &OwnBill::BOTH), AwaitedDay::Whole(5));
+        assert_eq!(
+            AwaitedDay::new(5, &OwnBill::BOTH, None),
+            AwaitedDay::Whole(5)
+        );
+        // WeChat failing: since when, for one bill or both.
+        let both = AwaitedDay::new(5, &OwnBill::BOTH, Some(3));
+        let text = serde_json::to_string(&both).unwrap();
+        assert_eq!(text, r#"{"at":5,"failing_since":3}"#);
+        let back = serde_json::from_str::<AwaitedDay>(&text).unwrap();
+        assert_eq!(back, both);
+        assert_eq!(back.bills(), OwnBill::BOTH);
+        assert_eq!(back.with_at(9).failing_since(), Some(3));
     }
 
     #[test]
