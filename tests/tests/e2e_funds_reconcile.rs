@@ -963,3 +963,193 @@ async fn failing_bills_do_not_hide_the_funds_section() {
     assert_eq!(m[0]["kind"], "missing_flow", "{v}");
     assert_eq!(m[0]["out_trade_no"], no.as_str(), "{v}");
 }
+
+/// Rewrites after-sale `id` as `status`, recorded refunded at `refunded_at_ms`: how the
+/// record reads while a refund WeChat made has not reached us (both its pushes lost), and
+/// once it has.
+async fn set_aftersale(
+    r: &Running,
+    id: &str,
+    status: wxshop::domain::AfterSaleStatus,
+    refunded_at_ms: Option<i64>,
+) {
+    let store = r.app.store.as_ref();
+    let id = wxshop::domain::AfterSaleId::parse(id).unwrap();
+    let rec = wxshop::store::repo::get_aftersale(store, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut next = rec.value.clone();
+    next.status = status;
+    next.refunded_at_ms = refunded_at_ms;
+    let mut b = wxshop::store::repo::Batch::new();
+    b.update_aftersale(&rec, &next);
+    b.commit(store).await.unwrap();
+}
+
+/// A refund WeChat made whose pushes were both lost, recorded here two days later: the day
+/// of its expense flow names it an `aftersale_flow` mismatch ("stored as REFUNDING"), paged
+/// once; the day we record the refund finds its flow was on that earlier day
+/// (`aftersales_flowed_earlier`, kv `funds_reconcile/refund_flow/{aftersale_id}`), not
+/// `missing_refund_flow` — one page in all. It used to read as missing on the day we
+/// recorded it too: a second page for the same refund.
+#[tokio::test]
+async fn a_refund_recorded_days_after_its_flow_pages_once() {
+    use wxshop::domain::AfterSaleStatus;
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    advance_to_china(&c, 12, 0).await;
+    let (token, no, _) = c.paid("nora", 2).await;
+    let id = c.refunded(&token, &no, 1990).await;
+    // (What the refund left in the outbox done first.)
+    advance_both(&c, 5 * 60_000).await;
+    run_schedule(&r).await;
+    // Here it still reads as being refunded: WeChat's pushes never came.
+    set_aftersale(&r, &id, AfterSaleStatus::Refunding, None).await;
+    let day = today(&r);
+    let before = paged();
+
+    advance_to_china(&c, 10, 30).await;
+    let report = run_schedule(&r).await;
+    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["funds"]["kept"], 1, "{report}");
+    let events = funds_events(&r).await;
+    assert_eq!(events.len(), 1);
+    assert!(
+        events[0].key.starts_with(&format!("{day}/aftersale_flow/"))
+            && events[0].body.contains("stored as REFUNDING"),
+        "{} {}",
+        events[0].key,
+        events[0].body
+    );
+    assert_eq!(paged() - before, 1);
+
+    // Two days after WeChat refunded it, the refund is found and recorded here.
+    advance_both(&c, DAY_MS + 90 * 60_000).await;
+    run_schedule(&r).await;
+    set_aftersale(
+        &r,
+        &id,
+        AfterSaleStatus::Refunded,
+        Some(r.app.clock.now_ms()),
+    )
+    .await;
+    let recorded = today(&r);
+    advance_to_china(&c, 10, 30).await;
+    let v = c.reconcile_ok(&recorded).await;
+    let f = &v["funds"];
+    assert_eq!(f["refunds_checked"], 1, "{v}");
+    assert_eq!(f["mismatches"], json!([]), "{v}");
+    assert_eq!(f["aftersales_awaiting_flows"], json!([]), "{v}");
+    let earlier = f["aftersales_flowed_earlier"].as_array().unwrap();
+    assert_eq!(earlier.len(), 1, "{v}");
+    assert_eq!(earlier[0]["aftersale_id"], id.as_str(), "{v}");
+    assert!(
+        earlier[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("was booked on {day}")),
+        "{v}"
+    );
+    let report = run_schedule(&r).await;
+    assert_eq!(report["funds"]["reconciled"], json!([recorded]), "{report}");
+    assert_eq!(report["funds"]["kept"], 0, "{report}");
+    assert_eq!(funds_events(&r).await.len(), 1);
+    assert_eq!(paged() - before, 1, "one page for the one refund");
+}
+
+/// The reverse of a flow booked after midnight: WeChat refunds (and books the expense flow)
+/// just before midnight, we record the refund just after (our clock ahead of WeChat's). The
+/// flow's day names an after-sale of the next day and hands it on as having its flow; the
+/// next day, where we recorded it, it is not missing — nobody paged, by hand or by the
+/// schedule.
+#[tokio::test]
+async fn a_refund_flow_booked_before_midnight_and_recorded_after_is_not_missing() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    advance_to_china(&c, 23, 30).await;
+    let (token, no, _) = c.paid("owen", 2).await;
+    let day = today(&r);
+    // Our clock 40 minutes ahead of WeChat's: past midnight here, not there.
+    r.app.clock.advance(40 * 60_000);
+    let id = c.refunded(&token, &no, 1990).await;
+    let next = today(&r);
+    assert_ne!(next, day, "recorded after midnight here");
+    let before = paged();
+
+    advance_to_china(&c, 10, 30).await;
+    let report = run_schedule(&r).await;
+    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["funds"]["kept"], 0, "{report}");
+    advance_both(&c, DAY_MS).await;
+    let report = run_schedule(&r).await;
+    assert_eq!(report["funds"]["reconciled"], json!([next]), "{report}");
+    assert_eq!(report["funds"]["mismatches"], 0, "{report}");
+    assert_eq!(report["funds"]["kept"], 0, "{report}");
+    let v = c.reconcile_ok(&next).await;
+    let f = &v["funds"];
+    assert_eq!(f["refunds_checked"], 1, "{v}");
+    assert_eq!(f["mismatches"], json!([]), "{v}");
+    assert_eq!(f["aftersales_awaiting_flows"], json!([]), "{v}");
+    assert!(!v.to_string().contains("missing_refund_flow"), "{v} {id}");
+    assert!(funds_events(&r).await.is_empty());
+    assert_eq!(paged() - before, 0, "nobody paged");
+}
+
+/// A day reconciled by hand (one the schedule did not do: here its first run came two days
+/// on, reconciling only the day before it) hands its last hour on as the schedule does
+/// (kv `funds_reconcile/next_day/{next day}`): the schedule's run of the next day finds the
+/// order whose flow WeChat booked after midnight among that day's flows and reports the one
+/// whose flow never came `missing_flow` once. By hand used to hand nothing on, so that order
+/// was never reported anywhere, though the by-hand answer said it would be looked for.
+#[tokio::test]
+async fn a_day_reconciled_by_hand_hands_its_last_hour_on() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    advance_to_china(&c, 23, 58).await;
+    let (_, late, _) = c.paid("pia", 1).await;
+    let (_, lost, _) = c.paid("quin", 1).await;
+    let day = today(&r);
+    c.control(
+        "funds/flow",
+        &json!({"request_no": late, "book_after_ms": 5 * 60_000}),
+    )
+    .await;
+    c.control("funds/flow", &json!({"drop": lost})).await;
+    advance_to_china(&c, 10, 30).await;
+    let next = today(&r);
+
+    let v = c.reconcile_ok(&day).await;
+    assert_eq!(v["funds"]["mismatches"], json!([]), "{v}");
+    assert_eq!(
+        v["funds"]["orders_awaiting_flows"].as_array().map(Vec::len),
+        Some(2),
+        "{v}"
+    );
+    let handed = wxshop::store::kv::get(
+        r.app.store.as_ref(),
+        &format!("funds_reconcile/next_day/{next}"),
+    )
+    .await
+    .unwrap()
+    .expect("handed on to the next day");
+    assert!(handed.value.contains(&lost), "{}", handed.value);
+
+    // The schedule's first run, the day after: it reconciles the day before it only.
+    advance_both(&c, DAY_MS).await;
+    let before = paged();
+    let report = run_schedule(&r).await;
+    assert_eq!(report["funds"]["reconciled"], json!([next]), "{report}");
+    assert_eq!(report["funds"]["kept"], 1, "{report}");
+    let events = funds_events(&r).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].key, format!("{next}/missing_flow/{lost}"));
+    assert!(!events[0].body.contains(&late), "{}", events[0].body);
+    assert_eq!(paged() - before, 1, "paged once");
+}

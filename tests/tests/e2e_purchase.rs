@@ -5448,11 +5448,12 @@ async fn a_day_whose_own_bill_fails_for_a_while_awaits_it_and_the_days_after_go_
     );
     assert_eq!(bills_asked_for(&r, &day), asked + 2, "not at every run");
 
-    // The next morning, still failing: the day after it is reconciled all the same.
+    // The next morning, still failing: the day after it is reconciled all the same — and,
+    // WeChat failing for a day now (past 6 hours), the phase counts as failed.
     let next_day = wxshop::time::beijing_date(r.app.clock.now_ms());
     advance_to_china(&r, &c, 10, 30).await;
     let report = schedule().await;
-    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["failed"], json!(["bill"]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([next_day]), "{report}");
     assert_eq!(
         report["bill"]["days_awaiting_bill"],
@@ -5473,6 +5474,93 @@ async fn a_day_whose_own_bill_fails_for_a_while_awaits_it_and_the_days_after_go_
     assert!(days_awaiting_their_bill(&r).await.is_empty());
     assert_eq!(paged(), 0, "nothing for a person");
     assert!(bill_mismatch_events(&r).await.is_empty());
+}
+
+/// WeChat Pay answering yesterday's bills with HTTP 503 for hours (an outage): at first the
+/// bill phase does not fail — the day awaits its bills, asked for again 5 minutes on, then
+/// hourly — but once WeChat has failed so for 6 hours every run fails the phase
+/// (`failed: ["bill"]`, `bill.failing_too_long` naming the bills and since when, counted as
+/// `SchedulePhaseFailures`, whose alarm fires after three 5-minute periods in a row), WeChat
+/// still asked hourly only; once it gives the bills the day is reconciled and the phase no
+/// longer fails. Since passing failures were noted rather than failing the phase, an outage
+/// fed no `SchedulePhaseFailures` at all: nobody was told until the day was given up on a
+/// week later.
+#[tokio::test]
+async fn a_bill_failing_for_hours_fails_the_phase_until_it_comes() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let phase_failures = || captured.total(wxshop::metrics::SCHEDULE_PHASE_FAILURES);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    let schedule = || run_schedule(&r);
+    advance_to_china(&r, &c, 12, 0).await;
+    paid_and_synced(&r, &c, "tomas", 1).await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    bills_fail_http(&c, &day, None, 503).await;
+
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(
+        report["bill"]["transient_failures"],
+        json!([
+            format!("{day} SUCCESS: HTTP 503 from WeChat Pay"),
+            format!("{day} REFUND: HTTP 503 from WeChat Pay")
+        ]),
+        "{report}"
+    );
+    // 5 minutes on, and hourly after: failing, not yet for long.
+    advance_both(&r, &c, 5 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    advance_both(&r, &c, (5 * 60 + 40) * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(phase_failures(), 0, "not for a few hours");
+
+    // Six hours after WeChat first failed: the phase fails at every run, WeChat asked
+    // hourly still.
+    let asked = bills_asked_for(&r, &day);
+    advance_both(&r, &c, 15 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!(["bill"]), "{report}");
+    let failing = report["bill"]["failing_too_long"].as_array().unwrap();
+    assert_eq!(failing.len(), 1, "{report}");
+    assert!(
+        failing[0]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{day} SUCCESS and REFUND bill, failing since ")),
+        "{report}"
+    );
+    assert_eq!(
+        report["bill"]["days_awaiting_bill"],
+        json!([day]),
+        "{report}"
+    );
+    assert_eq!(bills_asked_for(&r, &day), asked, "not asked at this run");
+    assert_eq!(phase_failures(), 1);
+    for _ in 0..2 {
+        advance_both(&r, &c, 5 * 60_000).await;
+        let report = schedule().await;
+        assert_eq!(report["failed"], json!(["bill"]), "{report}");
+    }
+    assert_eq!(
+        phase_failures(),
+        3,
+        "three 5-minute periods in a row: the alarm fires"
+    );
+    assert_eq!(bills_asked_for(&r, &day), asked, "WeChat asked hourly only");
+
+    // WeChat gives the bills: the next hourly run reconciles the day; the phase is well.
+    bills_fail(&c, &day, None, None).await;
+    advance_both(&r, &c, 60 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["failing_too_long"], json!([]), "{report}");
+    assert_eq!(phase_failures(), 3);
+    assert_eq!(paged(), 0, "nothing for a person: the bills agree");
 }
 
 /// Yesterday's REFUND bill still being made while its SUCCESS bill is ready: the schedule
@@ -5625,10 +5713,10 @@ async fn a_bill_failing_all_week_is_given_up_and_the_other_half_checked() {
     assert_eq!(bill_of_type_asked_for(&r, &day, "SUCCESS"), 2);
     assert_eq!(bill_of_type_asked_for(&r, &day, "REFUND"), refund_asked);
 
-    // Six days on: still waiting, no page.
+    // Six days on: still waiting, no page — the phase failed (WeChat failing over 6 hours).
     advance_both(&r, &c, 6 * DAY_MS).await;
     let report = schedule().await;
-    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["failed"], json!(["bill"]), "{report}");
     assert_eq!(
         report["bill"]["days_awaiting_bill"],
         json!([day]),
@@ -5667,6 +5755,112 @@ async fn a_bill_failing_all_week_is_given_up_and_the_other_half_checked() {
     assert_eq!(report["bill"]["days_given_up"], json!([]), "{report}");
     assert_eq!(bills_asked_for(&r, &day), asked, "not asked again");
     assert_eq!(paged() - before, 2, "still paged once");
+}
+
+/// Tells the sandbox's `downloadbill` to answer `day`'s bill of `bill_type` (`None`: both) with
+/// HTTP `status` and no bill, as an outage in front of WeChat Pay does.
+async fn bills_fail_http(c: &Client<'_>, day: &str, bill_type: Option<&str>, status: u16) {
+    let mut body = json!({"failing": day, "http_status": status});
+    if let Some(t) = bill_type {
+        body["bill_type"] = json!(t);
+    }
+    let (s, v) = c.post("/sandbox/_control/bill", None, &body).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// A refund recorded today that WeChat says succeeded yesterday is looked for in yesterday's
+/// REFUND bill too; WeChat Pay answering that bill with HTTP 503 (an outage, a failure that
+/// passes) is treated as the day's own bill is: the refund waits for it (`bill.awaiting`,
+/// WeChat's answer in `bill.transient_failures`, the day noted in `kv`
+/// `reconcile/refunds_awaiting_bill`), the phase does not fail and nobody is paged; the bill
+/// is asked for again 5 minutes on, then hourly, and once WeChat gives it the refund no bill
+/// lists is missing, kept and paged once. By hand the day answers 200, the refund awaiting
+/// that bill. A timeout or 5xx on another day's REFUND bill used to fail the whole day — the
+/// bill phase `failed` at every 5-minute run, by hand a 503 — while `SYSTEMERROR` waited.
+#[tokio::test]
+async fn another_days_refund_bill_failing_for_a_while_is_waited_for() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    let schedule = || run_schedule(&r);
+    advance_to_china(&r, &c, 12, 0).await;
+    let (_, no) = paid_and_synced(&r, &c, "sven", 1).await;
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    let day_before = wxshop::time::beijing_date(r.app.clock.now_ms() - DAY_MS);
+    let ghost = "RFghost0000031";
+    forged_refund(&r, &c, &no, ghost, r.app.clock.now_ms() - DAY_MS).await;
+    bills_fail_http(&c, &day_before, Some("REFUND"), 503).await;
+    // (A refund made by hand pages on its own.)
+    let before = paged();
+
+    // The next morning: the day is reconciled; the refund waits for the bill WeChat failed.
+    advance_to_china(&r, &c, 10, 30).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["mismatches"], 0, "{report}");
+    assert_eq!(report["bill"]["awaiting"], 1, "{report}");
+    assert_eq!(
+        report["bill"]["transient_failures"],
+        json!([format!("{day_before} REFUND: HTTP 503 from WeChat Pay")]),
+        "{report}"
+    );
+    assert_eq!(days_awaiting_a_bill(&r).await, vec![day.clone()]);
+    assert_eq!(bill_of_type_asked_for(&r, &day_before, "REFUND"), 1);
+    assert_eq!(paged() - before, 0, "no page while the bill may come");
+
+    // 5 minutes on: asked again, failing again; then hourly, not at every run.
+    advance_both(&r, &c, 5 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["rechecked"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["awaiting"], 1, "{report}");
+    assert_eq!(bill_of_type_asked_for(&r, &day_before, "REFUND"), 2);
+    advance_both(&r, &c, 30 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["rechecked"], json!([]), "{report}");
+    assert_eq!(bill_of_type_asked_for(&r, &day_before, "REFUND"), 2);
+
+    // By hand: the day answers, the refund awaiting the bill WeChat did not give.
+    let v = reconcile(&c, &day).await;
+    assert_eq!(v["refunds_missing_from_bill"], json!([]), "{v}");
+    assert_eq!(
+        v["refunds_awaiting_bill"][0]["problem"],
+        format!(
+            "not in the REFUND bill of {day}; WeChat Pay did not give the REFUND bill of \
+             {day_before} (HTTP 503 from WeChat Pay): asked for again later"
+        ),
+        "{v}"
+    );
+
+    // WeChat gives it: the run an hour after it last asked finds the refund in no bill.
+    bills_fail(&c, &day_before, None, None).await;
+    advance_both(&r, &c, 31 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(report["bill"]["rechecked"], json!([day]), "{report}");
+    assert_eq!(report["bill"]["awaiting"], 0, "{report}");
+    assert_eq!(report["bill"]["mismatches"], 1, "{report}");
+    assert_eq!(report["bill"]["transient_failures"], json!([]), "{report}");
+    let kept = wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "bill_mismatch",
+        &format!("{day}/refund_missing/{ghost}"),
+    )
+    .await
+    .unwrap()
+    .expect("a bill_mismatch event for a person");
+    assert!(
+        kept.value.body.contains(&format!(
+            "successful here, not in the REFUND bill of {day_before} or {day}"
+        )),
+        "{}",
+        kept.value.body
+    );
+    assert_eq!(paged() - before, 1, "paged once");
+    assert!(days_awaiting_a_bill(&r).await.is_empty());
 }
 
 /// A refund recorded successful today (its outcome found late) whose every bill day — the day

@@ -200,10 +200,20 @@ pub struct PayState {
     /// The failures `downloadbill` answers instead of a day's bills (its `return_msg`: `Bill
     /// Creating` while WeChat is still making them, `SYSTEMERROR`, …), by `yyyyMMdd` (both
     /// bill types) or `yyyyMMdd/TYPE` (that bill only: `SUCCESS`, `REFUND`), set with
-    /// `/_control/bill` `{"creating": day}` or `{"failing": day, "return_msg"}` and taken back
-    /// with `{"created": day}`: a test's knob, not kept across restarts.
+    /// `/_control/bill` `{"creating": day}` or `{"failing": day, "return_msg"}` — or, for an
+    /// outage in front of WeChat Pay, `{"failing": day, "http_status": 503}`: that status, no
+    /// bill — and taken back with `{"created": day}`: a test's knob, not kept across restarts.
     #[serde(skip)]
-    pub bill_failures: std::collections::HashMap<String, String>,
+    pub bill_failures: std::collections::HashMap<String, BillFailure>,
+}
+
+/// How `downloadbill` fails for a day ([`PayState::bill_failures`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BillFailure {
+    /// A `FAIL` answer with this `return_msg` (`Bill Creating`, `SYSTEMERROR`, …).
+    Answer(String),
+    /// This HTTP status (5xx), no body WeChat Pay would write.
+    Http(u16),
 }
 
 impl PayState {
@@ -1509,10 +1519,15 @@ fn downloadbill(sb: &Sandbox, cfg: &SandboxConfig, f: &Fields) -> Response {
             .or_else(|| failures.get(date))
             .cloned()
     };
-    if let Some(msg) = failure {
+    match failure {
         // The `error_code` WeChat sends with `Bill Creating` or `SYSTEMERROR` is UNVERIFIED
         // (the client reads `return_msg`).
-        return bill_fail(&msg, "20001");
+        Some(BillFailure::Answer(msg)) => return bill_fail(&msg, "20001"),
+        Some(BillFailure::Http(status)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return (status, "bill service unavailable").into_response();
+        }
+        None => {}
     }
     let columns: &[&str] = match bill_type {
         "ALL" => &ALL_COLUMNS,

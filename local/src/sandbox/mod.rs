@@ -1186,20 +1186,36 @@ async fn control_bill(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     };
     let mut st = sb.st();
+    let http_status = match v.get("http_status").map(Value::as_u64) {
+        None => None,
+        Some(Some(s @ 500..=599)) => u16::try_from(s).ok(),
+        Some(_) => {
+            return control_err(
+                StatusCode::BAD_REQUEST,
+                "http_status: a 5xx status (500 to 599) downloadbill answers instead",
+            )
+        }
+    };
     let failing = match (
         v.get("creating").and_then(Value::as_str),
         v.get("failing").and_then(Value::as_str),
     ) {
-        (Some(day), _) => Some((day, "Bill Creating")),
+        (Some(day), _) => Some((day, mch::BillFailure::Answer("Bill Creating".into()))),
         (None, Some(day)) => Some((
             day,
-            v.get("return_msg")
-                .and_then(Value::as_str)
-                .unwrap_or("SYSTEMERROR"),
+            match http_status {
+                Some(status) => mch::BillFailure::Http(status),
+                None => mch::BillFailure::Answer(
+                    v.get("return_msg")
+                        .and_then(Value::as_str)
+                        .unwrap_or("SYSTEMERROR")
+                        .to_owned(),
+                ),
+            },
         )),
         (None, None) => None,
     };
-    if let Some((day, msg)) = failing {
+    if let Some((day, failure)) = failing {
         let key = match v.get("bill_type").and_then(Value::as_str) {
             None => day.to_owned(),
             Some(t @ ("SUCCESS" | "REFUND")) => format!("{day}/{t}"),
@@ -1210,7 +1226,7 @@ async fn control_bill(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
                 )
             }
         };
-        st.pay.bill_failures.insert(key, msg.to_owned());
+        st.pay.bill_failures.insert(key, failure);
         return Json(json!({"failing": st.pay.bill_failures.len()})).into_response();
     }
     if let Some(day) = v.get("created").and_then(Value::as_str) {

@@ -45,8 +45,12 @@
 //!   on as having its flow. Only the next day: one recorded refunded two days or more after
 //!   WeChat refunded it (both its pushes lost, found by the sweep) was an `aftersale_flow`
 //!   mismatch on the flow's day ("stored as REFUNDING") and reads as missing on the day we
-//!   recorded it too. By hand nothing is handed on: a day checked by hand before the
-//!   schedule did the day before does not know what it handed on;
+//!   recorded it too — no longer: an expense flow naming an after-sale of ours not recorded
+//!   refunded on the flow's day is noted (kv `funds_reconcile/refund_flow/{aftersale_id}`),
+//!   and the day we record the refund finds it there (`aftersales_flowed_earlier`), one page
+//!   in all. By hand hands on too, once it has read all of a day's flows (it used to hand
+//!   nothing on: a day done by hand and the next by the schedule lost the last hour's
+//!   orders); a day checked before the day before was does not know what that hands on;
 //! * withdrawal flows (提现) are listed (`withdrawals`), and flows of any other kind (a fee,
 //!   say) in `other_flows`: neither is a mismatch.
 //!
@@ -137,6 +141,12 @@ const CATCH_UP_DAYS: i64 = 7;
 /// The kv entry (`{NEXT_DAY}{yyyyMMdd}`) of what the day before hands on to that day
 /// ([`NextDay`]), written by the schedule once it has read all of the day before's flows.
 const NEXT_DAY: &str = "funds_reconcile/next_day/";
+
+/// The kv entry (`{FLOW_BEFORE}{aftersale_id}`) of an after-sale an expense flow named before
+/// we recorded it refunded that day (WeChat refunded it, both its pushes lost): `{"date",
+/// "funds_flow_id"}`, so the day we record the refund finds its flow was on that earlier day
+/// (checked there) instead of reading it as missing and paging a second time.
+const FLOW_BEFORE: &str = "funds_reconcile/refund_flow/";
 
 /// The kv entry (`{BY_HAND}{yyyyMMdd}`) of a day read by hand in part: what its flows named
 /// ([`Progress`]), for the request that goes on from its `next_from`. A day.
@@ -231,6 +241,11 @@ pub struct FundsReconciliation {
     /// Our after-sales recorded refunded that day no flow read names, while that says
     /// nothing yet (as `orders_awaiting_flows`).
     pub aftersales_awaiting_flows: Vec<FlowMismatch>,
+    /// Our after-sales recorded refunded that day whose expense flow a day before named
+    /// (`refund_flow_earlier`: WeChat refunded them before we recorded it, both pushes
+    /// lost): checked with that day's flows — an `aftersale_flow` mismatch there, "stored as
+    /// …" — so not missing here. Not mismatches.
+    pub aftersales_flowed_earlier: Vec<FlowMismatch>,
     /// Flows of the day past this run's cap ([`MAX_FLOWS_PER_RUN`]), not read.
     pub flows_unchecked: usize,
     /// Where to go on (`funds_from`) when `flows_unchecked` > 0.
@@ -355,6 +370,9 @@ struct Run<'a> {
     /// named: they have their flow ([`NextDay`]).
     next_day_orders: Vec<String>,
     next_day_aftersales: Vec<String>,
+    /// After-sales an expense flow of the day named that we had not recorded refunded that
+    /// day (not yet, or on another day), with the flow's id: kept in `{FLOW_BEFORE}…`.
+    flows_before_refund: Vec<(String, String)>,
     out: FundsReconciliation,
 }
 
@@ -594,6 +612,14 @@ impl Run<'_> {
         if a.refunded_at_ms.is_some_and(|t| self.of_next_day(t)) {
             self.next_day_aftersales.push(a.id.as_str().to_owned());
         }
+        let end = self.start_ms + DAY_MS;
+        if !a
+            .refunded_at_ms
+            .is_some_and(|t| (self.start_ms..end).contains(&t))
+        {
+            self.flows_before_refund
+                .push((a.id.as_str().to_owned(), f.funds_flow_id.clone()));
+        }
         let Ok(amount) = amount else {
             return Ok(());
         };
@@ -745,7 +771,8 @@ async fn handed_on(app: &App, date: &str) -> Result<NextDay, ApiError> {
 }
 
 /// Hands `next` on to the day after `date` ([`NextDay`]); written over whatever a run of
-/// `date` wrote before (the same day read again writes the same).
+/// `date` wrote before, by hand or by the schedule (the same day read again writes the same;
+/// read later, what its flows say now — an empty `next` too, once something was handed).
 async fn hand_on(app: &App, date: &str, next: &NextDay) -> Result<(), ApiError> {
     let Some(start) = beijing_day_start_ms(date) else {
         return Ok(());
@@ -755,7 +782,8 @@ async fn hand_on(app: &App, date: &str, next: &NextDay) -> Result<(), ApiError> 
     let text = serde_json::to_string(next).map_err(|e| ApiError::internal(e.to_string()))?;
     let until = app.clock.now_secs() + PROGRESS_TTL_SECS;
     let before = kv::get(store, &key).await?;
-    if before.as_ref().is_some_and(|b| b.value == text) {
+    // Nothing to hand on and nothing handed before; or the same as before.
+    if (next.is_empty() && before.is_none()) || before.as_ref().is_some_and(|b| b.value == text) {
         return Ok(());
     }
     if !kv::put_if(store, &key, &text, until, before.map(|b| b.version)).await? {
@@ -768,6 +796,48 @@ async fn hand_on(app: &App, date: &str, next: &NextDay) -> Result<(), ApiError> 
         ));
     }
     Ok(())
+}
+
+/// Notes that an expense flow (`flow`) of `date` named `aftersale` before we recorded it
+/// refunded that day ([`FLOW_BEFORE`]); the earliest such day is kept.
+async fn note_flow_before(
+    app: &App,
+    aftersale: &str,
+    date: &str,
+    flow: &str,
+) -> Result<(), ApiError> {
+    if flow_before(app, aftersale, date).await?.is_some() {
+        return Ok(());
+    }
+    let store = app.store.as_ref();
+    let key = format!("{FLOW_BEFORE}{aftersale}");
+    let text = serde_json::json!({"date": date, "funds_flow_id": flow}).to_string();
+    let until = app.clock.now_secs() + MARK_TTL_SECS;
+    let before = kv::get(store, &key).await?;
+    if before.as_ref().is_some_and(|b| b.value == text) {
+        return Ok(());
+    }
+    // Lost to another run meanwhile: it noted the same flow.
+    kv::put_if(store, &key, &text, until, before.map(|b| b.version)).await?;
+    Ok(())
+}
+
+/// The day before `date` (and the flow) an expense flow named `aftersale` before we recorded
+/// it refunded ([`FLOW_BEFORE`]), if one did.
+async fn flow_before(
+    app: &App,
+    aftersale: &str,
+    date: &str,
+) -> Result<Option<(String, String)>, ApiError> {
+    let key = format!("{FLOW_BEFORE}{aftersale}");
+    let Some(entry) = kv::get(app.store.as_ref(), &key).await? else {
+        return Ok(None);
+    };
+    let v: serde_json::Value = serde_json::from_str(&entry.value).unwrap_or_default();
+    let on = v["date"].as_str().unwrap_or_default().to_owned();
+    let flow = v["funds_flow_id"].as_str().unwrap_or_default().to_owned();
+    // `yyyyMMdd` orders as text.
+    Ok((!on.is_empty() && on.as_str() < date).then_some((on, flow)))
 }
 
 /// Why an order or after-sale of ours that no flow read names is not (yet) missing — or
@@ -844,6 +914,7 @@ async fn reconcile_part(
         next_day_aftersales: earlier
             .map(|p| p.aftersales_next_day.clone())
             .unwrap_or_default(),
+        flows_before_refund: Vec::new(),
         out: FundsReconciliation {
             date: date.to_owned(),
             flows_from: from,
@@ -896,6 +967,9 @@ async fn reconcile_part(
         run.out.flows_unchecked = total - next;
         run.out.next_from = Some(next);
     }
+    for (aftersale, flow) in &run.flows_before_refund {
+        note_flow_before(app, aftersale, date, flow).await?;
+    }
     let Some(day_refunds) = refunded_on_day(app, start_ms, deadline).await? else {
         return Ok(None);
     };
@@ -942,8 +1016,7 @@ async fn reconcile_part(
     );
     let on_next_day = format!(
         "WeChat may have booked its flow after midnight: it is looked for among the flows of \
-         {next_date} when the schedule reconciles that day (by hand: reconcile {next_date} \
-         once the schedule has done {date})"
+         {next_date} when that day is reconciled (by hand or by the schedule)"
     );
     let not_ready = format!(
         "the day's flows are taken as complete from {} China time; ask again then",
@@ -995,6 +1068,20 @@ async fn reconcile_part(
     for a in &day_refunds {
         out.refunds_checked += 1;
         if aftersales_seen.contains_key(a.id.as_str()) {
+            continue;
+        }
+        if let Some((on, flow)) = flow_before(app, a.id.as_str(), date).await? {
+            out.aftersales_flowed_earlier.push(FlowMismatch {
+                kind: "refund_flow_earlier",
+                funds_flow_id: Some(flow.clone()),
+                out_trade_no: Some(a.out_trade_no.as_str().to_owned()),
+                aftersale_id: Some(a.id.as_str().to_owned()),
+                problem: format!(
+                    "its expense flow {flow} was booked on {on}, before we recorded the \
+                     refund: checked with that day's flows, not missing here"
+                ),
+                ..FlowMismatch::default()
+            });
             continue;
         }
         let mut m = FlowMismatch {
@@ -1116,7 +1203,11 @@ async fn reconcile_part(
 /// at the same flow — so the one that reads the last flows checks the other way (paid or
 /// refunded here, no flow) as a whole day's reconciliation does. A `funds_from` with neither
 /// (another next_from, or kept no more) cannot: what no flow it read names is awaiting, not
-/// missing. By hand keeps no event, nor hands anything on to the next day.
+/// missing. By hand keeps no event; once
+/// it has read all of the day's flows it hands on to the next day what the schedule would
+/// ([`NextDay`], kv `funds_reconcile/next_day/{next date}`), so a day reconciled by hand —
+/// one past the week the schedule goes back, say — and the next by the schedule behave as
+/// two days of the schedule.
 pub async fn for_admin(
     app: &App,
     date: &str,
@@ -1141,11 +1232,15 @@ pub async fn for_admin(
             .find(|p| p.date == date && p.next_from == from);
         found
     };
-    let Some((found, seen, _)) =
+    let Some((found, seen, hand)) =
         reconcile_part(app, date, from, earlier.as_ref(), deadline).await?
     else {
         return Ok(Some(None));
     };
+    // All of the day's flows read: what the next day must check, as the schedule hands on.
+    if let Some(hand) = hand {
+        hand_on(app, date, &hand).await?;
+    }
     if found.next_from.is_some() && found.flows_total <= MAX_TRACKED_FLOWS {
         let text = serde_json::to_string(&seen).map_err(|e| ApiError::internal(e.to_string()))?;
         if text.len() <= PROGRESS_MAX_BYTES {
@@ -1311,7 +1406,7 @@ pub async fn run_daily(
             tracing::info!(date = %day, flows = found.flows_checked, "funds reconciliation clean");
         }
         // Before the mark moves past the day: a run cut short here writes it again.
-        if let Some(hand) = hand.filter(|h| !h.is_empty()) {
+        if let Some(hand) = hand {
             hand_on(app, &day, &hand).await?;
         }
         let until = app.clock.now_secs() + MARK_TTL_SECS;

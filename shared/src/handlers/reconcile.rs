@@ -16,9 +16,11 @@
 //!   exactly once; it is looked for in the bill of the day WeChat says it succeeded and of
 //!   the day it was asked for (see [`refund_bill_days`]). It is missing only once the bill
 //!   of every one of those days has been read: while one is not ready (the day is not over
-//!   and past 10:00 of the next, or WeChat answers `Bill Creating`) it is
-//!   `refunds_awaiting_bill`, not a mismatch, and the schedule checks the day's refunds
-//!   again once that bill is ready ([`run_daily`]). A bill of a day past the three months
+//!   and past 10:00 of the next, or WeChat answers `Bill Creating`) or WeChat fails to give
+//!   it for a reason that passes (`SYSTEMERROR`, a timeout, HTTP 5xx — as a day's own bill:
+//!   asked for again 5 minutes on, then hourly; it used to fail the whole day on a timeout or
+//!   5xx) it is `refunds_awaiting_bill`, not a mismatch, and the schedule checks the day's
+//!   refunds again once that bill is given ([`run_daily`]). A bill of a day past the three months
 //!   WeChat keeps bills ([`BILLS_KEPT_DAYS`]) is not asked for: named in
 //!   `bills_out_of_reach`, the refund judged by its other bills; a refund whose every bill
 //!   is past them cannot be checked at all and is `refunds_out_of_reach` — not a mismatch,
@@ -48,8 +50,12 @@
 //! `reconcile/days_awaiting_bill`, `{"at", "awaits"}`), and the mark moves past the day only
 //! after that: a run cut short between redoes the day (nothing kept twice), and the day is
 //! `reconciled` only once both halves were checked. A failure that passes includes an outage
-//! of WeChat Pay (a timeout, HTTP 5xx): the bill phase no longer fails for it — the other
-//! phases show an outage; a day whose bill it keeps from us pages once given up on.
+//! of WeChat Pay (a timeout, HTTP 5xx): the bill phase does not fail for it at once — nor at
+//! every 5-minute run, as it used to — but once WeChat has failed to give a bill so for
+//! [`FAILING_ALARM_AFTER_MS`] (6 hours; since when is kept with the day in the kv entries of
+//! the days awaiting a bill) every run fails the phase (`BILLS_FAILING`, counted as
+//! `SchedulePhaseFailures`, whose alarm pages) until the bill comes, WeChat still asked
+//! hourly only; a day whose bill it keeps from us a week is given up on and paged as well.
 //!
 //! A bill record that cannot be read is a mismatch of its own and every other record is
 //! checked; only a bill whose header or summary cannot be read fails the reconciliation
@@ -87,7 +93,9 @@ const MARK: &str = "reconcile/last_bill_date";
 const MARK_TTL_SECS: i64 = 90 * 24 * 3600;
 
 /// The kv entry of the days whose refunds wait for a REFUND bill that was not ready: a JSON
-/// object `{bill_date: epoch ms to check again from}` ([`run_daily`]). A handful of days at
+/// object `{bill_date: epoch ms to check again from}`, or `{bill_date: {"at", "failing_since"}}`
+/// while WeChat fails to give one of those bills for a reason that passes ([`RefundsAwaited`],
+/// [`run_daily`]; a version before reads that form as an entry that does not parse). A handful of days at
 /// most: a day leaves it once its bills were read, or [`CATCH_UP_DAYS`] after its bill was
 /// ready.
 const AWAITING: &str = "reconcile/refunds_awaiting_bill";
@@ -105,20 +113,29 @@ const DAYS_AWAITING: &str = "reconcile/days_awaiting_bill";
 /// making (`Bill Creating`): nothing of it was checked; ask again later.
 const BILL_NOT_READY: &str = "BILL_NOT_READY";
 
-/// How long after WeChat answered `Bill Creating` (or, for another day's REFUND bill,
-/// `SYSTEMERROR`) that bill is asked for again — a day's own bills and another day's REFUND
-/// bill alike; and a day's own bill failing again for a reason that passes
-/// ([`TRANSIENT_FIRST_RETRY_MS`]). UNVERIFIED how long WeChat takes to make a bill it is
+/// How long after WeChat answered `Bill Creating` that bill is asked for again — a day's own
+/// bills and another day's REFUND bill alike; and a bill failing again for a reason that
+/// passes ([`TRANSIENT_FIRST_RETRY_MS`]). UNVERIFIED how long WeChat takes to make a bill it is
 /// still making: an hour is a guess; the schedule runs every 5 minutes.
 const BILL_CREATING_RETRY_MS: i64 = HOUR_MS;
 
-/// How long after a day's own bill first failed for a reason that passes — `SYSTEMERROR`, a
-/// timeout, HTTP 5xx ([`PayError::is_retryable`]) — the schedule asks for it again: its next
-/// run (every 5 minutes) or the one after. Failing again, the day is asked for hourly
+/// How long after a day's own bill (or another day's REFUND bill its refunds are looked for
+/// in) first failed for a reason that passes — `SYSTEMERROR`, a timeout, HTTP 5xx
+/// ([`PayError::is_retryable`]) — the schedule asks for it again: its next run (every 5
+/// minutes) or the one after. Failing again, the day is asked for hourly
 /// ([`BILL_CREATING_RETRY_MS`]), as a bill still being made: a failure that lasts is not asked
 /// about at every run for a week. UNVERIFIED how long WeChat's `SYSTEMERROR` on
 /// `downloadbill` lasts.
 const TRANSIENT_FIRST_RETRY_MS: i64 = 5 * 60_000;
+
+/// How long WeChat Pay may go on failing to give a bill for a reason that passes (a day's own
+/// bill, or another day's REFUND bill its refunds wait for) before the bill phase counts as
+/// failed: from then every schedule run fails the phase (`SchedulePhaseFailures`, whose
+/// alarm fires after three 5-minute periods in a row) until WeChat gives the bill, answers
+/// `Bill Creating`, or the day is given up on — without asking WeChat more often than
+/// hourly. Six hourly attempts: a blip passes unseen, an outage that keeps the day's bills
+/// from us pages the same day, not a week on.
+const FAILING_ALARM_AFTER_MS: i64 = 6 * HOUR_MS;
 
 /// WeChat Pay serves the bills of the last three months only (WECHAT_PAY_V2.md §2.7).
 /// UNVERIFIED how it counts them and what it answers for an older day: a day more than this
@@ -170,18 +187,28 @@ struct NotRead {
     error: PayError,
 }
 
+/// Whether WeChat answered that it is still making the bill (`Bill Creating`).
+fn bill_creating(e: &PayError) -> bool {
+    matches!(e, PayError::BillUnavailable { msg, .. } if msg.eq_ignore_ascii_case("Bill Creating"))
+}
+
+/// What WeChat answered for a bill, for a person: `Bill Creating`, `SYSTEMERROR`, a
+/// timeout, …
+fn bill_answer(e: &PayError) -> String {
+    match e {
+        PayError::BillUnavailable { msg, .. } => msg.clone(),
+        e => e.to_string(),
+    }
+}
+
 impl NotRead {
     fn creating(&self) -> bool {
-        matches!(&self.error, PayError::BillUnavailable { msg, .. }
-            if msg.eq_ignore_ascii_case("Bill Creating"))
+        bill_creating(&self.error)
     }
 
     /// What WeChat answered, for a person: `Bill Creating`, `SYSTEMERROR`, a timeout, …
     fn answer(&self) -> String {
-        match &self.error {
-            PayError::BillUnavailable { msg, .. } => msg.clone(),
-            e => e.to_string(),
-        }
+        bill_answer(&self.error)
     }
 
     /// The answer to a reconciliation by hand: 409 [`BILL_NOT_READY`] while WeChat is still
@@ -210,43 +237,116 @@ impl NotRead {
     }
 }
 
-/// A day noted in [`DAYS_AWAITING`]: when to ask WeChat again (epoch ms), and which of its
-/// own bills are still to be read.
+/// A day noted in [`AWAITING`]: when to check its refunds again (epoch ms), and — when a
+/// REFUND bill they wait for was not given for a reason that passes (`SYSTEMERROR`, a
+/// timeout, HTTP 5xx) — since when WeChat has failed so (epoch ms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
-enum AwaitedDay {
-    /// Both: nothing of the day was checked yet. A bare number, as every day was noted
-    /// before the halves were checked apart: an entry written then reads the same.
-    Whole(i64),
-    /// This one only: the other's half was checked and its mismatches kept.
-    OneBill { at: i64, awaits: OwnBill },
+enum RefundsAwaited {
+    /// A bare number, as every day was noted before failures were told apart.
+    At(i64),
+    Failing {
+        at: i64,
+        failing_since: i64,
+    },
 }
 
-impl AwaitedDay {
-    fn new(at: i64, bills: &[OwnBill]) -> Self {
-        match bills {
-            [one] => AwaitedDay::OneBill { at, awaits: *one },
-            _ => AwaitedDay::Whole(at),
+impl RefundsAwaited {
+    fn new(at: i64, failing_since: Option<i64>) -> Self {
+        match failing_since {
+            Some(failing_since) => RefundsAwaited::Failing { at, failing_since },
+            None => RefundsAwaited::At(at),
         }
     }
 
     fn at(self) -> i64 {
         match self {
-            AwaitedDay::Whole(at) | AwaitedDay::OneBill { at, .. } => at,
+            RefundsAwaited::At(at) | RefundsAwaited::Failing { at, .. } => at,
+        }
+    }
+
+    fn failing_since(self) -> Option<i64> {
+        match self {
+            RefundsAwaited::At(_) => None,
+            RefundsAwaited::Failing { failing_since, .. } => Some(failing_since),
+        }
+    }
+}
+
+/// A day noted in [`DAYS_AWAITING`]: when to ask WeChat again (epoch ms), which of its
+/// own bills are still to be read, and — while WeChat fails to give one for a reason that
+/// passes — since when it has failed so (epoch ms; [`FAILING_ALARM_AFTER_MS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum AwaitedDay {
+    /// Both, WeChat not failing: nothing of the day was checked yet. A bare number, as every
+    /// day was noted before the halves were checked apart: an entry written then reads the
+    /// same.
+    Whole(i64),
+    /// `awaits`: this one only (the other's half was checked and its mismatches kept);
+    /// `None`, both. `failing_since`: WeChat fails to give it (a version before this was
+    /// kept ignores it; one before the halves were apart reads this form as an entry that
+    /// does not parse).
+    Noted {
+        at: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        awaits: Option<OwnBill>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failing_since: Option<i64>,
+    },
+}
+
+impl AwaitedDay {
+    fn new(at: i64, bills: &[OwnBill], failing_since: Option<i64>) -> Self {
+        match (bills, failing_since) {
+            ([one], _) => AwaitedDay::Noted {
+                at,
+                awaits: Some(*one),
+                failing_since,
+            },
+            (_, None) => AwaitedDay::Whole(at),
+            (_, Some(_)) => AwaitedDay::Noted {
+                at,
+                awaits: None,
+                failing_since,
+            },
+        }
+    }
+
+    fn at(self) -> i64 {
+        match self {
+            AwaitedDay::Whole(at) | AwaitedDay::Noted { at, .. } => at,
         }
     }
 
     fn with_at(self, at: i64) -> Self {
         match self {
             AwaitedDay::Whole(_) => AwaitedDay::Whole(at),
-            AwaitedDay::OneBill { awaits, .. } => AwaitedDay::OneBill { at, awaits },
+            AwaitedDay::Noted {
+                awaits,
+                failing_since,
+                ..
+            } => AwaitedDay::Noted {
+                at,
+                awaits,
+                failing_since,
+            },
         }
     }
 
     fn bills(self) -> Vec<OwnBill> {
         match self {
-            AwaitedDay::Whole(_) => OwnBill::BOTH.to_vec(),
-            AwaitedDay::OneBill { awaits, .. } => vec![awaits],
+            AwaitedDay::Noted {
+                awaits: Some(one), ..
+            } => vec![one],
+            _ => OwnBill::BOTH.to_vec(),
+        }
+    }
+
+    fn failing_since(self) -> Option<i64> {
+        match self {
+            AwaitedDay::Whole(_) => None,
+            AwaitedDay::Noted { failing_since, .. } => failing_since,
         }
     }
 }
@@ -314,6 +414,11 @@ pub struct Reconciliation {
     /// When the first bill of `refunds_awaiting_bill` may be ready (epoch ms).
     #[serde(skip)]
     pub recheck_at_ms: Option<i64>,
+    /// The REFUND bills (`yyyyMMdd`) a refund of that day was looked for in that WeChat
+    /// failed to give for a reason that passes, and what it answered: their refunds are in
+    /// `refunds_awaiting_bill`, the schedule's report names them in `transient_failures`.
+    #[serde(skip)]
+    pub refund_bills_failing: BTreeMap<String, String>,
 }
 
 impl Reconciliation {
@@ -357,18 +462,38 @@ fn give_up_at_ms(bill_date: &str) -> Option<i64> {
 /// REFUND bill is not complete yet, with when to ask again (epoch ms). A day may be in
 /// both: a bill downloaded before it was ready lists what it lists, but what it lacks may
 /// still come. And the days past the three months WeChat keeps bills: never asked for.
-#[derive(Default)]
+/// A day's REFUND bill WeChat failed to give for a reason that passes is in `not_ready` too
+/// (when to ask again) and in `failing` (what WeChat answered).
 struct RefundBills {
     read: BTreeMap<String, Bill>,
     not_ready: BTreeMap<String, i64>,
+    failing: BTreeMap<String, String>,
     out_of_reach: BTreeSet<String>,
+    /// How long after a failure that passes the bill is asked for again: 5 minutes the first
+    /// time ([`TRANSIENT_FIRST_RETRY_MS`]), an hour when it failed before
+    /// ([`BILL_CREATING_RETRY_MS`]), as a day's own bill.
+    failure_retry_ms: i64,
 }
 
 impl RefundBills {
+    /// No bill read yet; a bill failing for a passing reason is asked for again
+    /// `failure_retry_ms` on.
+    fn new(failure_retry_ms: i64) -> Self {
+        RefundBills {
+            read: BTreeMap::new(),
+            not_ready: BTreeMap::new(),
+            failing: BTreeMap::new(),
+            out_of_reach: BTreeSet::new(),
+            failure_retry_ms,
+        }
+    }
+
     /// Reads `day`'s REFUND bill unless it was read already or is not ready: by the clock
-    /// (no request then), or by WeChat's answer (`Bill Creating`: a retryable
-    /// `BillUnavailable`), nor out of WeChat's reach ([`BILLS_KEPT_DAYS`]: no request). Any
-    /// other failure fails the reconciliation, as the day's own bills do.
+    /// (no request then), or by WeChat's answer — `Bill Creating` (asked again an hour on),
+    /// or a failure that passes (`SYSTEMERROR`, a timeout, HTTP 5xx: [`PayError::is_retryable`];
+    /// asked again [`RefundBills::failure_retry_ms`] on), as a day's own bills — nor out of
+    /// WeChat's reach ([`BILLS_KEPT_DAYS`]: no request). A refusal that will not pass fails
+    /// the reconciliation, as the day's own bills do.
     async fn fetch(&mut self, app: &App, day: &str) -> Result<(), ApiError> {
         if self.read.contains_key(day)
             || self.not_ready.contains_key(day)
@@ -394,14 +519,20 @@ impl RefundBills {
             Ok(bill) => {
                 self.read.insert(day.to_owned(), bill);
             }
-            Err(PayError::BillUnavailable {
-                retryable: true,
-                msg,
-                ..
-            }) => {
-                tracing::warn!(bill_date = day, msg = %msg, "REFUND bill not ready: its refunds are checked again later");
+            Err(e) if bill_creating(&e) => {
+                tracing::warn!(
+                    bill_date = day,
+                    "REFUND bill not ready: its refunds are checked again later"
+                );
                 self.not_ready
                     .insert(day.to_owned(), now + BILL_CREATING_RETRY_MS);
+            }
+            Err(e) if e.is_retryable() => {
+                let answer = bill_answer(&e);
+                tracing::warn!(bill_date = day, answer = %answer, "WeChat Pay did not give the REFUND bill now: its refunds are checked again later");
+                self.not_ready
+                    .insert(day.to_owned(), now + self.failure_retry_ms);
+                self.failing.insert(day.to_owned(), answer);
             }
             Err(e) => return Err(pay_error(e)),
         }
@@ -569,7 +700,7 @@ async fn check_halves(
         }
     }
     if let Some(refunds) = refunds {
-        let mut refund_bills = RefundBills::default();
+        let mut refund_bills = RefundBills::new(TRANSIENT_FIRST_RETRY_MS);
         // Asked for by hand before it was ready: what it lists counts, what it lacks may come.
         if let Some(ready_at) = final_at {
             refund_bills
@@ -595,6 +726,7 @@ async fn recheck_refunds(
     bill_date: &str,
     deadline: Deadline,
     give_up: bool,
+    failure_retry_ms: i64,
 ) -> Result<Option<Reconciliation>, ApiError> {
     let Some(start_ms) = beijing_day_start_ms(bill_date) else {
         return Err(ApiError::bad_request(
@@ -606,7 +738,7 @@ async fn recheck_refunds(
         bill_date: bill_date.to_owned(),
         ..Reconciliation::default()
     };
-    let mut bills = RefundBills::default();
+    let mut bills = RefundBills::new(failure_retry_ms);
     if !refunds_missing_from_bill(app, &mut bills, start_ms, deadline, give_up, &mut out).await? {
         return Ok(None);
     }
@@ -872,6 +1004,16 @@ async fn refunds_missing_from_bill(
             let (unread, read): (Vec<&str>, Vec<&str>) = days
                 .into_iter()
                 .partition(|d| bills.not_ready.contains_key(*d));
+            // Of those not read: the ones WeChat failed to give, and what it answered.
+            let failed: Vec<(&str, &str)> = unread
+                .iter()
+                .filter_map(|d| bills.failing.get(*d).map(|a| (*d, a.as_str())))
+                .collect();
+            let unready: Vec<&str> = unread
+                .iter()
+                .copied()
+                .filter(|d| !bills.failing.contains_key(*d))
+                .collect();
             let gone_note = if gone.is_empty() {
                 String::new()
             } else {
@@ -900,10 +1042,16 @@ async fn refunds_missing_from_bill(
                 if !read.is_empty() {
                     problem += &format!(", not in the REFUND bill of {}", read.join(" or "));
                 }
-                if !unread.is_empty() {
+                if !unready.is_empty() {
                     problem += &format!(
                         "; the REFUND bill of {} was still not ready {CATCH_UP_DAYS} days on",
-                        unread.join(" or ")
+                        unready.join(" or ")
+                    );
+                }
+                for (d, answer) in &failed {
+                    problem += &format!(
+                        "; WeChat Pay still did not give the REFUND bill of {d} ({answer}) \
+                         {CATCH_UP_DAYS} days on"
                     );
                 }
                 problem += &gone_note;
@@ -914,10 +1062,20 @@ async fn refunds_missing_from_bill(
                 if !read.is_empty() {
                     problem += &format!("not in the REFUND bill of {}; ", read.join(" or "));
                 }
-                problem += &format!(
-                    "the REFUND bill of {} is not ready yet: checked again once it is",
-                    unread.join(" or ")
-                );
+                let mut waits = Vec::new();
+                if !unready.is_empty() {
+                    waits.push(format!(
+                        "the REFUND bill of {} is not ready yet: checked again once it is",
+                        unready.join(" or ")
+                    ));
+                }
+                for (d, answer) in &failed {
+                    waits.push(format!(
+                        "WeChat Pay did not give the REFUND bill of {d} ({answer}): asked for \
+                         again later"
+                    ));
+                }
+                problem += &waits.join("; ");
                 problem += &gone_note;
                 tracing::info!(bill_date = %out.bill_date, out_refund_no = %r.out_refund_no, problem = %problem, "refund waits for a REFUND bill");
                 let at = unread
@@ -932,6 +1090,7 @@ async fn refunds_missing_from_bill(
             Some(n) => cursor = Some(n),
             None => {
                 out.bills_out_of_reach = bills.out_of_reach.iter().cloned().collect();
+                out.refund_bills_failing = bills.failing.clone();
                 return Ok(true);
             }
         }
@@ -970,11 +1129,20 @@ pub struct DailyReport {
     /// (the payments checked) or `yyyyMMdd REFUND` (the refunds). The day stays in
     /// `days_awaiting_bill` for the other bill, and is `reconciled` once that is checked too.
     pub checked_in_part: Vec<String>,
-    /// A day's own bills WeChat Pay failed to give in this run for a reason that passes:
-    /// `yyyyMMdd TYPE: what it answered` (`SYSTEMERROR`, a timeout, HTTP 5xx). Not a failed
-    /// phase: the day awaits the bill (`days_awaiting_bill`), asked for again 5 minutes on
-    /// the first time, then hourly, and given up on as one still being made.
+    /// A day's own bills — or another day's REFUND bill a day's refunds are looked for in
+    /// (`yyyyMMdd REFUND`, that bill's day; its refunds then wait, `awaiting`) — WeChat Pay
+    /// failed to give in this run for a reason that passes: `yyyyMMdd TYPE: what it answered`
+    /// (`SYSTEMERROR`, a timeout, HTTP 5xx). Not a failed phase at first: the day awaits the
+    /// bill (`days_awaiting_bill`), asked for again 5 minutes on the first time, then hourly,
+    /// and given up on as one still being made — a failed phase once WeChat has failed so for
+    /// 6 hours (`failing_too_long`).
     pub transient_failures: Vec<String>,
+    /// Bills WeChat Pay has failed to give for a reason that passes for 6 hours or more
+    /// ([`FAILING_ALARM_AFTER_MS`]), as of WeChat's last answer: `yyyyMMdd TYPE bill, failing
+    /// since …`, or the REFUND bills a day's refunds wait for. While any is named the phase
+    /// fails (`BILLS_FAILING`, counted as `SchedulePhaseFailures`) at every run, WeChat still
+    /// asked hourly only.
+    pub failing_too_long: Vec<String>,
     /// Days an own bill of which WeChat had still not given a week after it should have been
     /// ready: given up on, that bill's half not reconciled, a `bill_mismatch` event
     /// (`bill_not_issued`) kept and paged, and counted in `mismatches`.
@@ -1036,13 +1204,63 @@ pub async fn run_daily(
 ) -> Result<bool, ApiError> {
     let now = app.clock.now_ms();
     let china_ms_of_day = (now + BEIJING_OFFSET_MS).rem_euclid(DAY_MS);
-    if china_ms_of_day < BILLS_READY_HOUR * HOUR_MS {
-        return Ok(true);
+    let done = china_ms_of_day < BILLS_READY_HOUR * HOUR_MS
+        || (reconcile_days(app, deadline, report).await?
+            && recheck_awaiting(app, deadline, report).await?);
+    if done {
+        failing_too_long(app, report).await?;
     }
-    if !reconcile_days(app, deadline, report).await? {
-        return Ok(false);
+    Ok(done)
+}
+
+/// The bill phase's failure once WeChat Pay has failed to give a bill for a reason that
+/// passes for [`FAILING_ALARM_AFTER_MS`] or more: those bills named in the report's
+/// `failing_too_long` and a 503 `BILLS_FAILING` saying what to do, which the schedule counts
+/// as `SchedulePhaseFailures`. Read from the kv entries of the days awaiting a bill, at every
+/// run — before 10:00 China time too: the outage is as WeChat last answered until the run
+/// that asks again.
+async fn failing_too_long(app: &App, report: &mut DailyReport) -> Result<(), ApiError> {
+    let now = app.clock.now_ms();
+    let long = |since: i64| now - since >= FAILING_ALARM_AFTER_MS;
+    let mut failing = Vec::new();
+    let (days, _) = read_awaiting::<AwaitedDay>(app, DAYS_AWAITING).await?;
+    for (day, noted) in days {
+        if let Some(since) = noted.failing_since().filter(|s| long(*s)) {
+            let bills: Vec<&str> = noted.bills().iter().map(|b| b.as_str()).collect();
+            failing.push(format!(
+                "{day} {} bill, failing since {} China time",
+                bills.join(" and "),
+                crate::time::beijing_datetime(since)
+            ));
+        }
     }
-    recheck_awaiting(app, deadline, report).await
+    let (refunds, _) = read_awaiting::<RefundsAwaited>(app, AWAITING).await?;
+    for (day, noted) in refunds {
+        if let Some(since) = noted.failing_since().filter(|s| long(*s)) {
+            failing.push(format!(
+                "a REFUND bill the refunds of {day} wait for, failing since {} China time",
+                crate::time::beijing_datetime(since)
+            ));
+        }
+    }
+    if failing.is_empty() {
+        return Ok(());
+    }
+    tracing::error!(bills = ?failing, "WeChat Pay has failed to give bills for hours");
+    report.failing_too_long = failing.clone();
+    Err(ApiError::unavailable(
+        "BILLS_FAILING",
+        format!(
+            "WeChat Pay has failed to give bills for a reason that passes (SYSTEMERROR, a \
+             timeout, HTTP 5xx) for {} hours or more: {}. The schedule asks again hourly and \
+             checks each day once its bill comes (the days after are not held up); see \
+             whether WeChat Pay's downloadbill is down (its status, our network to it). A \
+             bill still not given a week after it should have been ready is given up on and \
+             paged (bill_not_issued)",
+            FAILING_ALARM_AFTER_MS / HOUR_MS,
+            failing.join("; ")
+        ),
+    ))
 }
 
 /// Keeps `found`'s mismatches as `bill_mismatch` events, paging once per new one.
@@ -1053,6 +1271,12 @@ async fn keep_mismatches(
 ) -> Result<(), ApiError> {
     report.mismatches += found.mismatch_count();
     report.awaiting += found.refunds_awaiting_bill.len();
+    for (day, answer) in &found.refund_bills_failing {
+        let failure = format!("{day} REFUND: {answer}");
+        if !report.transient_failures.contains(&failure) {
+            report.transient_failures.push(failure);
+        }
+    }
     for day in &found.bills_out_of_reach {
         if !report.bills_out_of_reach.contains(day) {
             report.bills_out_of_reach.push(day.clone());
@@ -1109,7 +1333,7 @@ async fn reconcile_days(
         // A bill not given is noted before the mark moves past the day: a run cut short in
         // between does the day again.
         match look_at_day(app, &day, &OwnBill::BOTH, deadline).await? {
-            Some(look) => settle_day(app, &day, look, false, report).await?,
+            Some(look) => settle_day(app, &day, look, None, report).await?,
             None => return Ok(false),
         }
         let until = app.clock.now_secs() + MARK_TTL_SECS;
@@ -1183,7 +1407,7 @@ async fn settle_day(
     app: &App,
     day: &str,
     look: DayLook,
-    noted: bool,
+    noted: Option<AwaitedDay>,
     report: &mut DailyReport,
 ) -> Result<(), ApiError> {
     let DayLook {
@@ -1212,13 +1436,17 @@ async fn settle_day(
         bill_never_came(app, day, &not_read, report).await?;
         return note_day_awaiting(app, day, None).await;
     }
-    let wait = if noted || not_read.iter().any(NotRead::creating) {
+    let wait = if noted.is_some() || not_read.iter().any(NotRead::creating) {
         BILL_CREATING_RETRY_MS
     } else {
         TRANSIENT_FIRST_RETRY_MS
     };
+    // Since when WeChat fails to give a bill of the day (kept while it goes on failing).
+    let failing = not_read.iter().any(|n| !n.creating());
+    let since = failing.then(|| noted.and_then(AwaitedDay::failing_since).unwrap_or(now));
     let bills: Vec<OwnBill> = not_read.iter().map(|n| n.bill).collect();
-    note_day_awaiting(app, day, Some(AwaitedDay::new(now + wait, &bills))).await?;
+    let next = AwaitedDay::new(now + wait, &bills, since);
+    note_day_awaiting(app, day, Some(next)).await?;
     awaits_its_bill(report, day);
     Ok(())
 }
@@ -1233,7 +1461,8 @@ async fn keep_found(
 ) -> Result<(), ApiError> {
     keep_mismatches(app, found, report).await?;
     if let Some(at) = found.recheck_at_ms {
-        note_refunds_awaiting(app, day, Some(at)).await?;
+        let failing = !found.refund_bills_failing.is_empty();
+        note_refunds_awaiting(app, day, Some(at), failing).await?;
     }
     if found.mismatch_count() > 0 {
         tracing::error!(bill_date = %day, mismatches = found.mismatch_count(), "daily reconciliation found mismatches");
@@ -1272,7 +1501,7 @@ async fn reconcile_awaited_days(
             return Ok(false);
         }
         match look_at_day(app, &day, &noted.bills(), deadline).await {
-            Ok(Some(look)) => settle_day(app, &day, look, true, report).await?,
+            Ok(Some(look)) => settle_day(app, &day, look, Some(noted), report).await?,
             Ok(None) => return Ok(false),
             Err(e) if e.code == "BAD_BILL_DATE" || e.code == "BILL_OUT_OF_REACH" => {
                 tracing::error!(bill_date = %day, error = %e, "a day awaiting its bill cannot be asked for: left out");
@@ -1371,14 +1600,28 @@ fn by_give_up(bill_date: &str, at: i64) -> i64 {
 }
 
 /// Notes `bill_date` in [`AWAITING`] to have its refunds checked again from `at` (epoch ms),
-/// or (`None`) takes it out.
+/// or (`None`) takes it out. `failing`: a bill they wait for was not given for a reason
+/// that passes — noted with since when (kept from the entry if it failed before).
 async fn note_refunds_awaiting(
     app: &App,
     bill_date: &str,
     at: Option<i64>,
+    failing: bool,
 ) -> Result<(), ApiError> {
+    let now = app.clock.now_ms();
     let at = at.map(|at| by_give_up(bill_date, at));
-    note_awaiting(app, AWAITING, bill_date, at).await
+    note_awaiting(
+        app,
+        AWAITING,
+        bill_date,
+        |before: Option<&RefundsAwaited>| {
+            at.map(|at| {
+                let since = failing.then(|| before.and_then(|b| b.failing_since()).unwrap_or(now));
+                RefundsAwaited::new(at, since)
+            })
+        },
+    )
+    .await
 }
 
 /// Notes `bill_date` in [`DAYS_AWAITING`] as `noted` (its own bills still to read, and when to
@@ -1389,16 +1632,20 @@ async fn note_day_awaiting(
     noted: Option<AwaitedDay>,
 ) -> Result<(), ApiError> {
     let noted = noted.map(|n| n.with_at(by_give_up(bill_date, n.at())));
-    note_awaiting(app, DAYS_AWAITING, bill_date, noted).await
+    note_awaiting(app, DAYS_AWAITING, bill_date, |_: Option<&AwaitedDay>| {
+        noted
+    })
+    .await
 }
 
-/// Notes `bill_date` in the kv entry `key` as `noted`, or (`None`) takes it out. Read,
-/// change, write if unchanged meanwhile — a few times, as runs may overlap.
+/// Notes `bill_date` in the kv entry `key` as `update` makes it from what is noted now, or
+/// (`None`) takes it out. Read, change, write if unchanged meanwhile — a few times, as runs
+/// may overlap.
 async fn note_awaiting<T>(
     app: &App,
     key: &str,
     bill_date: &str,
-    noted: Option<T>,
+    update: impl Fn(Option<&T>) -> Option<T>,
 ) -> Result<(), ApiError>
 where
     T: serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq,
@@ -1407,8 +1654,8 @@ where
     for _ in 0..ATTEMPTS {
         let (mut days, version) = read_awaiting::<T>(app, key).await?;
         let before = days.clone();
-        match &noted {
-            Some(n) => days.insert(bill_date.to_owned(), n.clone()),
+        match update(days.get(bill_date)) {
+            Some(n) => days.insert(bill_date.to_owned(), n),
             None => days.remove(bill_date),
         };
         if days == before {
@@ -1434,28 +1681,35 @@ async fn recheck_awaiting(
     report: &mut DailyReport,
 ) -> Result<bool, ApiError> {
     let now = app.clock.now_ms();
-    let (days, _) = read_awaiting::<i64>(app, AWAITING).await?;
-    for (day, at) in days {
-        if at > now {
+    let (days, _) = read_awaiting::<RefundsAwaited>(app, AWAITING).await?;
+    for (day, noted) in days {
+        if noted.at() > now {
             continue;
         }
         if deadline.passed() {
             return Ok(false);
         }
         let give_up = give_up_at_ms(&day).is_none_or(|g| now >= g);
-        let found = match recheck_refunds(app, &day, deadline, give_up).await {
+        // A bill that failed for a passing reason before is asked for hourly after that.
+        let retry = if noted.failing_since().is_some() {
+            BILL_CREATING_RETRY_MS
+        } else {
+            TRANSIENT_FIRST_RETRY_MS
+        };
+        let found = match recheck_refunds(app, &day, deadline, give_up, retry).await {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(false),
             // A day noted by mistake cannot be checked: not a reason to keep it.
             Err(e) if e.code == "BAD_BILL_DATE" => {
-                note_refunds_awaiting(app, &day, None).await?;
+                note_refunds_awaiting(app, &day, None, false).await?;
                 continue;
             }
             Err(e) => return Err(e),
         };
         report.rechecked.push(day.clone());
         keep_mismatches(app, &found, report).await?;
-        note_refunds_awaiting(app, &day, found.recheck_at_ms).await?;
+        let failing = !found.refund_bills_failing.is_empty();
+        note_refunds_awaiting(app, &day, found.recheck_at_ms, failing).await?;
     }
     Ok(true)
 }
@@ -1629,12 +1883,23 @@ mod tests {
             serde_json::from_str(r#"{"20260925": 1790000000000}"#).unwrap();
         assert_eq!(old["20260925"], AwaitedDay::Whole(1_790_000_000_000));
         assert_eq!(old["20260925"].bills(), OwnBill::BOTH);
-        let one = AwaitedDay::new(5, &[OwnBill::Refund]);
+        let one = AwaitedDay::new(5, &[OwnBill::Refund], None);
         let text = serde_json::to_string(&one).unwrap();
         assert_eq!(text, r#"{"at":5,"awaits":"REFUND"}"#);
         assert_eq!(serde_json::from_str::<AwaitedDay>(&text).unwrap(), one);
         assert_eq!(one.with_at(7).bills(), [OwnBill::Refund]);
-        assert_eq!(AwaitedDay::new(5, &OwnBill::BOTH), AwaitedDay::Whole(5));
+        assert_eq!(
+            AwaitedDay::new(5, &OwnBill::BOTH, None),
+            AwaitedDay::Whole(5)
+        );
+        // WeChat failing: since when, for one bill or both.
+        let both = AwaitedDay::new(5, &OwnBill::BOTH, Some(3));
+        let text = serde_json::to_string(&both).unwrap();
+        assert_eq!(text, r#"{"at":5,"failing_since":3}"#);
+        let back = serde_json::from_str::<AwaitedDay>(&text).unwrap();
+        assert_eq!(back, both);
+        assert_eq!(back.bills(), OwnBill::BOTH);
+        assert_eq!(back.with_at(9).failing_since(), Some(3));
     }
 
     #[test]
