@@ -417,11 +417,14 @@ async fn a_payment_after_our_close_pages_once_for_the_cancelled_component_order(
 /// after-sale of a cancelled order (`ecaftersale/add` refused, 100000, its order read back:
 /// 250) — without a dead letter: the after-sale's sync finds the cancelled order first and
 /// keeps the order's `order_event_mismatch` once (paging once), every later sync of it (the
-/// approval's, the refund's) asks WeChat nothing more, and the payment sync, once WeChat
+/// approval's, the refund's) asks WeChat nothing more, nor does the schedule's read-back of
+/// open after-sales (`not_at_wechat`), and the payment sync, once WeChat
 /// answers, finds the same case and pages nobody again. Each after-sale sync used to end in
 /// the dead letter ("its order is in status 250").
 #[tokio::test]
 async fn a_refund_of_an_order_paid_after_wechats_cancel_is_made_without_wechats_aftersale() {
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    use wxshop::time::Deadline;
     let (r, paged) = stack(&[]).await;
     let c = Client::new(&r);
     let (token, no) = ordered(&r, &c, "yara", 1).await;
@@ -470,6 +473,16 @@ async fn a_refund_of_an_order_paid_after_wechats_cancel_is_made_without_wechats_
             .count()
     };
     assert_eq!(adds(), 1, "refused once");
+    // The schedule's read-back of open after-sales (whose pushes may have been lost) asks
+    // WeChat nothing about it either: WeChat holds no after-sale of a cancelled order.
+    r.app.clock.advance(11 * 60_000);
+    let gets = || r.sandbox.calls("shop/ecaftersale/get").len();
+    let before = gets();
+    let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    let sweep = &report["wechat_refunds"];
+    assert_eq!(sweep["asked"], 0, "{report}");
+    assert_eq!(sweep["not_at_wechat"], 1, "{report}");
+    assert_eq!(gets(), before, "WeChat was not asked");
 
     let (s, v) = c
         .admin(

@@ -1516,8 +1516,9 @@ pub struct WeChatRefundSweepReport {
     pub failed: usize,
     /// Of paid orders whose `shop/order/add` answer was lost and that WeChat answers it never
     /// made (`shop/order/get` by our number: 1010011, kept as a `component_order_missing`
-    /// event): not asked about — WeChat holds no after-sale of theirs, so `ecaftersale/get`
-    /// could only fail.
+    /// event), or whose component order WeChat cancelled while ours is paid (a payment after
+    /// the close, kept as an `order_event_mismatch` event): not asked about — WeChat holds no
+    /// after-sale of theirs, so `ecaftersale/get` could only fail.
     pub not_at_wechat: usize,
 }
 
@@ -1526,17 +1527,18 @@ pub struct WeChatRefundSweepReport {
 enum Component {
     /// WeChat was never asked to make its component order (or the order is gone).
     None,
-    /// WeChat was asked, its answer was lost, and it holds none: a `component_order_missing`
-    /// event was kept for the order.
+    /// WeChat holds none that takes after-sales: asked, its answer lost, and it made none (a
+    /// `component_order_missing` event), or it cancelled the order while ours is paid (an
+    /// `order_event_mismatch` event: [`super::audit_callback::known_cancelled_while_paid`]).
     Missing,
     /// WeChat holds its component order (its id stored), or may (its `add` answer lost and
     /// nothing says otherwise yet).
     Held { secondary: bool },
 }
 
-/// What WeChat holds of order `no`: one store read for the order, and — only for one whose
-/// `shop/order/add` answer was lost (no id stored) — one for its `component_order_missing`
-/// event. An order with a stored id is held whatever any event says.
+/// What WeChat holds of order `no`: one store read for the order, one for its
+/// paid-while-cancelled event, and — only for one whose `shop/order/add` answer was lost (no
+/// id stored) — one for its `component_order_missing` event.
 async fn component_of(app: &App, no: &OutTradeNo) -> Result<Component, crate::store::StoreError> {
     let store = app.store.as_ref();
     let Some(order) = repo::get_order(store, no).await? else {
@@ -1556,6 +1558,10 @@ async fn component_of(app: &App, no: &OutTradeNo) -> Result<Component, crate::st
         .is_some()
     {
         tracing::info!(out_trade_no = %no, "WeChat after-sale sweep: WeChat never made this paid order's component order (component_order_missing): its after-sales are not asked about");
+        return Ok(Component::Missing);
+    }
+    if super::audit_callback::known_cancelled_while_paid(app, no).await? {
+        tracing::info!(out_trade_no = %no, "WeChat after-sale sweep: WeChat cancelled this order while ours is paid (order_event_mismatch): its after-sales are not asked about");
         return Ok(Component::Missing);
     }
     Ok(Component::Held {
@@ -1593,8 +1599,9 @@ enum Applied {
 /// recorded (`recorded`), a user cancel applied (`cancelled`), other terms awaiting the
 /// merchant adopted (`adopted`), a return waybill recorded (`returned`). Those of a paid order
 /// WeChat never made a component order of (its `add` answer lost, then `shop/order/get` by
-/// our number: 1010011, kept as a `component_order_missing` event) are not asked about
-/// (`not_at_wechat`): WeChat holds none of its after-sales, and each `ecaftersale/get` could
+/// our number: 1010011, kept as a `component_order_missing` event), or of a paid order whose
+/// component order WeChat cancelled (a payment after the close, kept as an
+/// `order_event_mismatch` event), are not asked about (`not_at_wechat`): WeChat holds none of its after-sales, and each `ecaftersale/get` could
 /// only fail, run after run. No question is started once `deadline` has passed: `false` with the report then. (The phase keeps its
 /// name, `wechat_refunds`, which the schedule and the admin API use.)
 pub async fn sweep_wechat_refunds(
@@ -1687,8 +1694,8 @@ pub async fn sweep_wechat_refunds(
         tracing::info!(
             not_at_wechat = report.not_at_wechat,
             "WeChat after-sale sweep: after-sales of paid orders WeChat never made a component \
-             order of (component_order_missing events) not asked about: WeChat holds none of \
-             theirs"
+             order of, or cancelled while paid here (component_order_missing, \
+             order_event_mismatch events), not asked about: WeChat holds none of theirs"
         );
     }
     if report.recorded + report.cancelled + report.adopted + report.returned > 0 {
