@@ -5775,7 +5775,8 @@ async fn bills_fail_http(c: &Client<'_>, day: &str, bill_type: Option<&str>, sta
 /// `reconcile/refunds_awaiting_bill`), the phase does not fail and nobody is paged; the bill
 /// is asked for again 5 minutes on, then hourly, and once WeChat gives it the refund no bill
 /// lists is missing, kept and paged once. By hand the day answers 200, the refund awaiting
-/// that bill. A timeout or 5xx on another day's REFUND bill used to fail the whole day — the
+/// that bill. Failing for 6 hours, the phase fails at every run (`failing_too_long`) until the
+/// bill comes. A timeout or 5xx on another day's REFUND bill used to fail the whole day — the
 /// bill phase `failed` at every 5-minute run, by hand a 503 — while `SYSTEMERROR` waited.
 #[tokio::test]
 async fn another_days_refund_bill_failing_for_a_while_is_waited_for() {
@@ -5834,6 +5835,24 @@ async fn another_days_refund_bill_failing_for_a_while_is_waited_for() {
         ),
         "{v}"
     );
+
+    // Still failing six hours after WeChat first failed (10:30): the phase fails (the
+    // outage reaches `SchedulePhaseFailures`), naming the bill the refunds wait for.
+    advance_both(&r, &c, 5 * 60 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!([]), "5 h 35 min: {report}");
+    advance_both(&r, &c, 30 * 60_000).await;
+    let report = schedule().await;
+    assert_eq!(report["failed"], json!(["bill"]), "6 h 5 min: {report}");
+    let failing = report["bill"]["failing_too_long"].as_array().unwrap();
+    assert_eq!(failing.len(), 1, "{report}");
+    assert!(
+        failing[0].as_str().unwrap().starts_with(&format!(
+            "a REFUND bill the refunds of {day} wait for, failing since "
+        )),
+        "{report}"
+    );
+    assert_eq!(paged() - before, 0, "the alarm, not a page for money");
 
     // WeChat gives it: the run an hour after it last asked finds the refund in no bill.
     bills_fail(&c, &day_before, None, None).await;
