@@ -220,9 +220,8 @@ pub async fn record_payment(
             return Ok(Attempt::Done((PaymentOutcome::AlreadyRecorded(order), false)));
         }
         let mut next = current.value.clone();
-        if next.pay(transaction_id, paid_at_ms, now)? == Change::Unchanged {
-            return Ok(Attempt::Done((PaymentOutcome::AlreadyRecorded(next), false)));
-        }
+        // Not a repeat (above), so this changes the order.
+        next.pay(transaction_id, paid_at_ms, now)?;
         let mut oversold = false;
         let mut batch = Batch::new();
         batch.update_order(&current, &next);

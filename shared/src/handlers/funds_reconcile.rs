@@ -806,17 +806,16 @@ async fn note_flow_before(
     date: &str,
     flow: &str,
 ) -> Result<(), ApiError> {
-    if flow_before(app, aftersale, date).await?.is_some() {
-        return Ok(());
-    }
     let store = app.store.as_ref();
     let key = format!("{FLOW_BEFORE}{aftersale}");
     let text = serde_json::json!({"date": date, "funds_flow_id": flow}).to_string();
-    let until = app.clock.now_secs() + MARK_TTL_SECS;
     let before = kv::get(store, &key).await?;
-    if before.as_ref().is_some_and(|b| b.value == text) {
-        return Ok(());
+    if let Some(b) = &before {
+        if b.value == text || noted_before(b, date).is_some() {
+            return Ok(());
+        }
     }
+    let until = app.clock.now_secs() + MARK_TTL_SECS;
     // Lost to another run meanwhile: it noted the same flow.
     kv::put_if(store, &key, &text, until, before.map(|b| b.version)).await?;
     Ok(())
@@ -830,14 +829,18 @@ async fn flow_before(
     date: &str,
 ) -> Result<Option<(String, String)>, ApiError> {
     let key = format!("{FLOW_BEFORE}{aftersale}");
-    let Some(entry) = kv::get(app.store.as_ref(), &key).await? else {
-        return Ok(None);
-    };
+    Ok(kv::get(app.store.as_ref(), &key)
+        .await?
+        .and_then(|entry| noted_before(&entry, date)))
+}
+
+/// The day and flow a [`FLOW_BEFORE`] entry notes, if that day is before `date`.
+fn noted_before(entry: &kv::KvEntry, date: &str) -> Option<(String, String)> {
     let v: serde_json::Value = serde_json::from_str(&entry.value).unwrap_or_default();
     let on = v["date"].as_str().unwrap_or_default().to_owned();
     let flow = v["funds_flow_id"].as_str().unwrap_or_default().to_owned();
     // `yyyyMMdd` orders as text.
-    Ok((!on.is_empty() && on.as_str() < date).then_some((on, flow)))
+    (!on.is_empty() && on.as_str() < date).then_some((on, flow))
 }
 
 /// Why an order or after-sale of ours that no flow read names is not (yet) missing — or
