@@ -1790,7 +1790,7 @@ async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() 
     assert_eq!(
         report["wechat_refunds"],
         json!({"checked": 2, "asked": 2, "recorded": 2, "cancelled": 0, "adopted": 0, "returned": 0, "failed": 0,
-            "not_at_wechat": 0}),
+            "closed": 0, "held": 0, "not_at_wechat": 0}),
         "{report}"
     );
     assert_eq!(
@@ -1810,6 +1810,199 @@ async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() 
         c.order_status(&no).await,
         json!({"status": "REFUNDED", "refunded": total})
     );
+}
+
+/// A refund the merchant approved of a secondary-merchant order, which WeChat is slow to pay
+/// (its after-sale at 15, the platform paying: sandbox `refund_outcome` `PLATFORM_REFUNDING`,
+/// as a refund to a bank card takes days). The after-sale's sync task reads it back, WeChat
+/// still refunding, until its retries run out: dead-lettered. WeChat then finishes the refund
+/// and both its pushes (`aftersale_refund_success`, `open_product_order_refund`) are lost.
+/// Within an hour of the approval the schedule leaves the after-sale to its task; after that
+/// its `wechat_refunds` phase reads it back and records the refund: REFUNDED, the order's
+/// refunded amount all of it. Run again, then the late pushes, record nothing more (nothing
+/// beyond the order's amount kept for the merchant, the order's refunded amount unchanged).
+/// Nothing read it back once the task was dead: ours stayed REFUNDING, the order's refunded
+/// amount 0 and the order shippable, with only the dead letter to tell.
+#[tokio::test]
+async fn an_approved_refund_wechat_paid_after_its_sync_gave_up_is_recorded_by_the_schedule() {
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    use wxshop::time::Deadline;
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (no, total) = buy_pay_settle(&c).await;
+    let token = c.login("alice").await;
+    c.control("refund_outcome", &json!({"status": "PLATFORM_REFUNDING"}))
+        .await;
+    let id = c.apply(&token, &no, total, "never arrived").await;
+    let (_, wx) = added_at_wechat(&r, &id).await;
+    c.admin_aftersale("approve", &id).await;
+    eventually("WeChat paying the refund", || async {
+        wx_aftersale(&r, wx).await.status == 15
+    })
+    .await;
+    let schedule = || on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET));
+    let asked_about = || {
+        r.sandbox
+            .calls("shop/ecaftersale/get")
+            .into_iter()
+            .filter(|call| call["aftersale_id"] == wx)
+            .count()
+    };
+    // Past the grace of pushes, within the task's life: left to the task.
+    r.app.clock.advance(11 * 60_000);
+    let early = schedule().await;
+    assert_eq!(early["wechat_refunds"]["asked"], 0, "{early}");
+
+    // WeChat still refunding at every try: the task's retries run out.
+    let sync_dead = || async {
+        let (dead, _) = wxshop::outbox::list_dead(r.app.store.as_ref(), 100, None)
+            .await
+            .unwrap();
+        dead.iter()
+            .any(|d| matches!(d.task, wxshop::outbox::Task::AfterSaleSync { .. }))
+    };
+    for _ in 0..40 {
+        if sync_dead().await {
+            break;
+        }
+        r.app.clock.advance(16 * 60_000);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(sync_dead().await, "the sync task dead-lettered");
+    c.control(
+        "aftersale",
+        &json!({"action": "platform_refund", "aftersale_id": wx, "push": false}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.aftersale(&no, &id).await["status"], "REFUNDING");
+    assert_eq!(
+        c.order_status(&no).await,
+        json!({"status": "PAID", "refunded": 0})
+    );
+
+    let before = asked_about();
+    let report = schedule().await;
+    assert_eq!(
+        c.aftersale(&no, &id).await["status"],
+        "REFUNDED",
+        "{report}"
+    );
+    assert_eq!(
+        c.order_status(&no).await,
+        json!({"status": "REFUNDED", "refunded": total}),
+        "{report}"
+    );
+    assert_eq!(report["wechat_refunds"]["recorded"], 1, "{report}");
+    assert_eq!(report["wechat_refunds"]["asked"], 1, "{report}");
+    assert_eq!(asked_about(), before + 1, "one ecaftersale/get: {report}");
+
+    // Once: another run, then the lost pushes arriving late, record nothing more.
+    let again = schedule().await;
+    assert_eq!(again["wechat_refunds"]["recorded"], 0, "{again}");
+    let second = r.app.clock.now_secs();
+    for (event, body, nonce) in [
+        (
+            "aftersale_refund_success",
+            json!({"aftersale_info": {"aftersale_id": wx, "out_aftersale_id": id}}),
+            "late-aftersale",
+        ),
+        (
+            "open_product_order_refund",
+            json!({"order_info": {"out_order_id": no}}),
+            "late-order",
+        ),
+    ] {
+        let mut msg = json!({"ToUserName": "gh_x", "FromUserName": "oWeChatTeam",
+            "CreateTime": second, "MsgType": "event", "Event": event});
+        for (k, v) in body.as_object().unwrap() {
+            msg[k] = v.clone();
+        }
+        let query = wxshop::push::PushQuery::signed("localpushtoken", &second.to_string(), nonce)
+            .to_query_string();
+        let resp = c
+            .http
+            .post(format!("{}/callbacks/wechat?{query}", r.base_url))
+            .body(msg.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{event}");
+    }
+    assert_eq!(c.aftersale(&no, &id).await["status"], "REFUNDED");
+    assert_eq!(
+        c.order_status(&no).await,
+        json!({"status": "REFUNDED", "refunded": total})
+    );
+    let events = c.aftersale_events().await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["key"].as_str().is_some_and(|k| k.starts_with("exceeds/"))),
+        "nothing recorded twice: {events:?}"
+    );
+}
+
+/// A refund the merchant approved of a secondary-merchant order whose acceptance never
+/// reached WeChat (`ecaftersale/acceptrefund` refused: the sync task dead-lettered), which the
+/// user then cancels in WeChat's order centre, the push lost. An hour after the approval the
+/// schedule's `wechat_refunds` phase reads it back and closes ours as the task would have:
+/// CANCELLED (`closed` 1), the merchant told (`closed/{id}`), its amount no longer held — the
+/// user may apply for it again. It used to stay REFUNDING, the amount held for good.
+#[tokio::test]
+async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed_by_the_schedule() {
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    use wxshop::time::Deadline;
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (no, total) = buy_pay_settle(&c).await;
+    let token = c.login("alice").await;
+    let id = c.apply(&token, &no, total, "never arrived").await;
+    let (_, wx) = added_at_wechat(&r, &id).await;
+    c.control(
+        "faults",
+        &json!({"path": "shop/ecaftersale/acceptrefund", "mode": "errcode", "errcode": 100000,
+                "count": 1}),
+    )
+    .await;
+    c.admin_aftersale("approve", &id).await;
+    eventually("the sync task dead-lettered", || async {
+        let (dead, _) = wxshop::outbox::list_dead(r.app.store.as_ref(), 100, None)
+            .await
+            .unwrap();
+        dead.iter()
+            .any(|d| matches!(d.task, wxshop::outbox::Task::AfterSaleSync { .. }))
+    })
+    .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(wx_aftersale(&r, wx).await.status, 1);
+
+    r.app.clock.advance(61 * 60_000);
+    let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    assert_eq!(
+        c.aftersale(&no, &id).await["status"],
+        "CANCELLED",
+        "{report}"
+    );
+    assert_eq!(report["wechat_refunds"]["closed"], 1, "{report}");
+    assert_eq!(
+        c.order_status(&no).await,
+        json!({"status": "PAID", "refunded": 0})
+    );
+    let events = c.aftersale_events().await;
+    assert!(
+        events.iter().any(|e| e["key"] == format!("closed/{id}")),
+        "the merchant is told: {events:?}"
+    );
+    // Its amount is free again.
+    c.apply(&token, &no, total, "again").await;
 }
 
 /// A secondary-merchant after-sale the user opened in WeChat's order centre, then refunded

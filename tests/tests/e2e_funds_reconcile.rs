@@ -987,7 +987,8 @@ async fn set_aftersale(
     b.commit(store).await.unwrap();
 }
 
-/// A refund WeChat made whose pushes were both lost, recorded here two days later: the day
+/// A refund WeChat made whose pushes were both lost, recorded here two days later (WeChat's
+/// after-sale unreadable until then, so the schedule could not read it back sooner): the day
 /// of its expense flow names it an `aftersale_flow` mismatch ("stored as REFUNDING"), paged
 /// once; the day we record the refund finds its flow was on that earlier day
 /// (`aftersales_flowed_earlier`, kv `funds_reconcile/refund_flow/{aftersale_id}`), not
@@ -1006,12 +1007,19 @@ async fn a_refund_recorded_days_after_its_flow_pages_once() {
     // (What the refund left in the outbox done first.)
     advance_both(&c, 5 * 60_000).await;
     run_schedule(&r).await;
-    // Here it still reads as being refunded: WeChat's pushes never came.
+    // Here it still reads as being refunded: WeChat's pushes never came, and the schedule's
+    // read-back of REFUNDING after-sales (`wechat_refunds`, the first to call
+    // `ecaftersale/get` in a run) finds WeChat busy on each run until then, so it cannot
+    // record it sooner.
     set_aftersale(&r, &id, AfterSaleStatus::Refunding, None).await;
+    let busy =
+        json!({"path": "shop/ecaftersale/get", "mode": "errcode", "errcode": -1, "count": 1});
+    let busy_once = || c.control("faults", &busy);
     let day = today(&r);
     let before = paged();
 
     advance_to_china(&c, 10, 30).await;
+    busy_once().await;
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
     assert_eq!(report["funds"]["kept"], 1, "{report}");
@@ -1028,6 +1036,7 @@ async fn a_refund_recorded_days_after_its_flow_pages_once() {
 
     // Two days after WeChat refunded it, the refund is found and recorded here.
     advance_both(&c, DAY_MS + 90 * 60_000).await;
+    busy_once().await;
     run_schedule(&r).await;
     set_aftersale(
         &r,

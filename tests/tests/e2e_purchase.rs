@@ -3705,6 +3705,62 @@ async fn run_schedule(r: &Running) -> Value {
     on_schedule(&r.app, wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET)).await
 }
 
+/// An approved refund of an ordinary (fund_type 0) order, WeChat Pay still paying it (sandbox
+/// `refund_outcome` `PROCESSING`) hours after the approval: REFUNDING here, its refund ours.
+/// The schedule asks WeChat Pay about it (`refunds`: one `refundquery`) and never reads its
+/// after-sale back from the trading component: the `wechat_refunds` phase, which reads back
+/// REFUNDING after-sales of secondary-merchant orders (WeChat pays those), asks nothing about
+/// it — no `ecaftersale/get` for it, `asked` 0 — and it stays REFUNDING.
+#[tokio::test]
+async fn the_wechat_aftersale_sweep_does_not_ask_about_our_own_refunds() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/refund_outcome",
+            None,
+            &json!({"status": "PROCESSING", "count": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (token, no) = paid_and_synced(&r, &c, "wendy", 1).await;
+    let id = c.apply(&token, &no, json!({"amount": 1990})).await;
+    c.approve(&id).await;
+    eventually("accepted at WeChat, WeChat Pay paying", || async {
+        wx_aftersale_status(&r, &id).await == Some(13)
+            && admin_aftersale(&c, &no, &id).await["out_refund_no"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+    })
+    .await;
+    let wx = wx_aftersale_id(&r, &id).await.unwrap();
+    let asked_about = || {
+        r.sandbox
+            .calls("shop/ecaftersale/get")
+            .into_iter()
+            .filter(|call| call["aftersale_id"] == wx || call["out_aftersale_id"] == id.as_str())
+            .count()
+    };
+    r.app.clock.advance(2 * 3_600_000);
+    // The first run also drains what the clock made due in the outbox (which may read
+    // WeChat's after-sale: the refund's own sync); the second has nothing of the kind.
+    let first = run_schedule(&r).await;
+    assert_eq!(first["wechat_refunds"]["asked"], 0, "{first}");
+    assert_eq!(first["refunds"]["asked"], 1, "{first}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.app.clock.advance(2 * 3_600_000);
+    let before = asked_about();
+    let report = run_schedule(&r).await;
+    assert_eq!(report["drained"]["done"], 0, "{report}");
+    assert!(
+        report["wechat_refunds"]["checked"].as_u64() >= Some(1),
+        "{report}"
+    );
+    assert_eq!(report["wechat_refunds"]["asked"], 0, "{report}");
+    assert_eq!(asked_about(), before, "{report}");
+    assert_eq!(admin_aftersale(&c, &no, &id).await["status"], "REFUNDING");
+}
+
 /// An ordinary (fund_type 0) order's after-sale, cancelled by the user in WeChat's own order
 /// centre, whose `aftersale_user_cancel` push is lost for good. Within the grace the schedule
 /// leaves it to the push; after it, its `wechat_refunds` phase reads WeChat's after-sale back

@@ -1114,7 +1114,9 @@ pub const MAX_REFUND_OUTCOMES: u64 = 100;
 /// `{"status": "REFUNDCLOSE" | "CHANGE", "count": n}`: the next `n` accepted refunds end that
 /// way instead of `SUCCESS` (their notification says so). After `REFUNDCLOSE` the money is
 /// refundable again; after `CHANGE` it left the merchant and waits at WeChat, as there.
-/// `count` is 1..=[`MAX_REFUND_OUTCOMES`] (default 1), and no more than that many wait at
+/// `PLATFORM_REFUND_FAIL`, `PLATFORM_REFUNDING`: the next `n` after-sales the trading component
+/// accepts (`ecaftersale/acceptrefund`) are not paid (16) or still being paid (15, no push,
+/// until `/_control/aftersale` `platform_refund` finishes them). `count` is 1..=[`MAX_REFUND_OUTCOMES`] (default 1), and no more than that many wait at
 /// once: beyond, 400 naming the range (it used to be cut to 100 without a word, and any
 /// number of calls could queue outcomes without end).
 async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
@@ -1122,17 +1124,21 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
         Ok(v) => v,
         Err(e) => return control_err(StatusCode::BAD_REQUEST, e),
     };
+    // `Err(slow)`: the trading component's (`slow`: still paying, else failing).
     let status = match v.get("status").and_then(Value::as_str) {
-        Some("REFUNDCLOSE") => Some(mch::RefundStatus::RefundClose),
-        Some("CHANGE") => Some(mch::RefundStatus::Change),
-        Some("PROCESSING") => Some(mch::RefundStatus::Processing),
-        Some("PLATFORM_REFUND_FAIL") => None,
+        Some("REFUNDCLOSE") => Ok(mch::RefundStatus::RefundClose),
+        Some("CHANGE") => Ok(mch::RefundStatus::Change),
+        Some("PROCESSING") => Ok(mch::RefundStatus::Processing),
+        Some("PLATFORM_REFUND_FAIL") => Err(false),
+        Some("PLATFORM_REFUNDING") => Err(true),
         _ => {
             return control_err(
                 StatusCode::BAD_REQUEST,
                 "status: REFUNDCLOSE, CHANGE or PROCESSING (WeChat Pay refunds; PROCESSING \
-                 stays so, as a refund to a bank card does for days), PLATFORM_REFUND_FAIL \
-                 (the trading component's refund of an accepted after-sale)",
+                 stays so, as a refund to a bank card does for days), PLATFORM_REFUND_FAIL or \
+                 PLATFORM_REFUNDING (the trading component's refund of an accepted \
+                 after-sale: not paid, or still paying until /_control/aftersale \
+                 platform_refund finishes it)",
             )
         }
     };
@@ -1150,8 +1156,9 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
     };
     let mut st = sb.st();
     let pending = match status {
-        Some(_) => st.pay.refund_outcomes.len() as u64,
-        None => st.shop.failing_refunds,
+        Ok(_) => st.pay.refund_outcomes.len() as u64,
+        Err(false) => st.shop.failing_refunds,
+        Err(true) => st.shop.slow_refunds,
     };
     if pending + count > MAX_REFUND_OUTCOMES {
         return control_err(
@@ -1163,9 +1170,18 @@ async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> R
             ),
         );
     }
-    let Some(status) = status else {
-        st.shop.failing_refunds += count;
-        return Json(json!({"pending_outcomes": st.shop.failing_refunds})).into_response();
+    let status = match status {
+        Ok(status) => status,
+        Err(slow) => {
+            let waiting = if slow {
+                &mut st.shop.slow_refunds
+            } else {
+                &mut st.shop.failing_refunds
+            };
+            *waiting += count;
+            let pending = *waiting;
+            return Json(json!({"pending_outcomes": pending})).into_response();
+        }
     };
     for _ in 0..count {
         st.pay.refund_outcomes.push_back(status);

@@ -289,6 +289,7 @@ fn scalars_of(st: &State, clock_offset_ms: i64) -> ScalarsRef<'_> {
         uploads,
         flags,
         failing_refunds: _,
+        slow_refunds: _,
         expiring: _,
     } = &st.shop;
     let funds::FundsState {
@@ -392,6 +393,7 @@ fn visit_kept(st: &mut State, v: &mut impl Visit) {
         uploads: _,
         flags: _,
         failing_refunds: _,
+        slow_refunds: _,
         // Not kept: rebuilt from the orders at start.
         expiring: _,
     } = &mut st.shop;

@@ -321,6 +321,12 @@ pub struct ShopState {
     /// test's knob, not kept across restarts.
     #[serde(skip)]
     pub failing_refunds: u64,
+    /// How many of the next accepted refunds the platform is still paying (status 15, no
+    /// push) until WeChat's staff finish them (`/_control/aftersale` `platform_refund`), as a
+    /// refund to a bank card takes days: set with `/_control/refund_outcome`
+    /// `PLATFORM_REFUNDING`; a test's knob, not kept across restarts.
+    #[serde(skip)]
+    pub slow_refunds: u64,
 }
 
 impl ShopState {
@@ -2333,6 +2339,10 @@ fn aftersale_move_pushing(sb: &Sandbox, v: &Value, action: &str, pushes: bool) -
     let next = if next == 13 && st.shop.failing_refunds > 0 {
         st.shop.failing_refunds -= 1;
         16
+    } else if next == 13 && st.shop.slow_refunds > 0 {
+        // Still paying: the money moves (and the pushes go) when the platform finishes it.
+        st.shop.slow_refunds -= 1;
+        15
     } else {
         next
     };
@@ -2466,7 +2476,8 @@ fn account_brands(sb: &Sandbox) -> WxResult {
 /// waiting for the merchant (as `ecaftersale/update`) and pushes `aftersale_update_order`.
 /// As WeChat's staff: `{"action":"platform_refund","aftersale_id"}` refunds an after-sale
 /// without the merchant — the merchant let the deadline pass, or the platform ruled for the
-/// user after a rejection (from 2, 4, 5, 6, 8 or 12 to 13) — and pushes
+/// user after a rejection (from 2, 4, 5, 6, 8 or 12 to 13), or finishes a refund it was still
+/// paying (15, `refund_outcome` `PLATFORM_REFUNDING`) — and pushes
 /// `aftersale_refund_success` — and, when that refund leaves nothing of the order unrefunded,
 /// `open_product_order_refund` (the order 200). `"push": false` loses the push of `apply`,
 /// `cancel`, `return`, `update` or `platform_refund`, as WeChat may (it does not guarantee
@@ -2614,7 +2625,7 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
                     .get(&id)
                     .cloned()
                     .ok_or("no such after-sale")?;
-                if !matches!(a.status, 2 | 4 | 5 | 6 | 8 | 12) {
+                if !matches!(a.status, 2 | 4 | 5 | 6 | 8 | 12 | 15) {
                     return Err(format!(
                         "after-sale status {} cannot be refunded by the platform",
                         a.status

@@ -13,7 +13,9 @@
 //! edited, no refund is paid for an after-sale WeChat shows cancelled or closed, a refund
 //! WeChat made on its own is recorded, and our own after-sale is never imported back. What
 //! the user does in WeChat's order centre arrives as pushes; one lost for good is made up by
-//! the schedule reading open after-sales back ([`sweep_wechat_refunds`]) through the same code.
+//! the schedule reading open after-sales back ([`sweep_wechat_refunds`]) through the same code
+//! — an approved refund of a secondary-merchant order too, once its sync task (which reads it
+//! back while it lives) has stopped.
 //!
 //! An order whose `shop/order/add` answer was lost is in the trading component all the same
 //! (`Order::at_wechat`): its after-sales are read back and checked before a refund like any
@@ -1496,6 +1498,16 @@ const WECHAT_REFUND_SWEEP_ASK: usize = 10;
 /// platform may rule for the user after the merchant's rejection (its arbitration window is
 /// UNVERIFIED; a month is taken as a generous bound).
 const WECHAT_REFUND_REJECTED_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
+/// How long an approved after-sale of a secondary-merchant order (REFUNDING: WeChat pays its
+/// refund) waits, after its last change, before the schedule reads it back. Until then its
+/// sync task ([`sync_to_wechat`]) reads WeChat's after-sale itself, again and again while
+/// WeChat is still refunding (`Pending` is a retry), and its retries — the outbox's
+/// [`MAX_ATTEMPTS`](crate::outbox::MAX_ATTEMPTS) claims, back-off from 2 s doubling to 15 min,
+/// ±20 % — span under 57 minutes: past an hour the task has stopped (dead-lettered), and
+/// nothing else would read it. Reading one sooner would be harmless (what is applied is
+/// idempotent against the task and a late push) but would only repeat the task's own
+/// `ecaftersale/get`, taking questions from the after-sales that need them.
+const WECHAT_REFUNDING_GRACE_MS: i64 = 60 * 60_000;
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct WeChatRefundSweepReport {
@@ -1512,6 +1524,12 @@ pub struct WeChatRefundSweepReport {
     pub adopted: usize,
     /// Return parcels the user entered at WeChat, recorded here now (RETURNING).
     pub returned: usize,
+    /// Approved here (REFUNDING, a secondary-merchant order), cancelled or closed at WeChat
+    /// before its refund: CANCELLED now, nothing refunded, the merchant told.
+    pub closed: usize,
+    /// Approved here (REFUNDING, a secondary-merchant order) and accepted at WeChat, which
+    /// could not pay it (16, 18): held as REFUND_ABNORMAL now, a person paged.
+    pub held: usize,
     /// The question failed (or its answer could not be stored): asked again next turn.
     pub failed: usize,
     /// Of paid orders whose `shop/order/add` answer was lost and that WeChat answers it never
@@ -1577,6 +1595,8 @@ enum Applied {
     Cancelled,
     Adopted,
     Returned,
+    Closed,
+    Held,
 }
 
 /// What the user did in WeChat's own order centre, and what WeChat did on its own, whose push
@@ -1587,22 +1607,34 @@ enum Applied {
 /// the order's refunded amount short (a fully refunded order still shippable); a request the
 /// user cancelled there stayed open here, its amount held on the order; an edit left ours on
 /// the old terms; a return parcel entered there was never seen by the merchant — for good.
+/// Likewise a refund the merchant approved of a secondary-merchant order (REFUNDING: WeChat
+/// pays it) whose pushes were both lost: its sync task reads WeChat's after-sale back only
+/// while the task lives, so one WeChat was still refunding when the task dead-lettered stayed
+/// REFUNDING, the order's refunded amount short, with only the dead letter to tell.
 ///
 /// Each run, after-sales in those states (rejected ones for [`WECHAT_REFUND_REJECTED_WINDOW_MS`]
-/// after their application) unchanged for [`WECHAT_REFUND_GRACE_MS`] are taken in turn
-/// ([`Rotation`](crate::store::rotation::Rotation): on from where the last run stopped, so
+/// after their application) unchanged for [`WECHAT_REFUND_GRACE_MS`] — and REFUNDING ones
+/// unchanged for [`WECHAT_REFUNDING_GRACE_MS`], past their sync task's retries — are taken in
+/// turn ([`Rotation`](crate::store::rotation::Rotation): on from where the last run stopped, so
 /// after-sales WeChat never answers about do not starve the rest), at most
 /// [`WECHAT_REFUND_SWEEP_READ`] read and [`WECHAT_REFUND_SWEEP_ASK`] asked about per state.
-/// Those of orders in the trading component (REJECTED ones: secondary-merchant orders only,
-/// the only ones WeChat may still refund) have WeChat's after-sale read, and what it shows is
-/// applied by the code the lost push would have run ([`wechat_state_of`]): a refund done
-/// recorded (`recorded`), a user cancel applied (`cancelled`), other terms awaiting the
-/// merchant adopted (`adopted`), a return waybill recorded (`returned`). Those of a paid order
+/// Those of orders in the trading component (REJECTED and REFUNDING ones: secondary-merchant
+/// orders only — the only ones WeChat may still refund, or refunds; an approved refund of an
+/// order whose money we hold is WeChat Pay's, asked about by [`sweep_refunds`], never here)
+/// have WeChat's after-sale read, and what it shows is applied by the code the lost push (or
+/// the sync task) would have run ([`wechat_state_of`]): a refund done recorded (`recorded`;
+/// once — a late push, the task replayed or another run finds it recorded), a user cancel
+/// applied (`cancelled`), other terms awaiting the merchant adopted (`adopted`), a return
+/// waybill recorded (`returned`), an approved one cancelled or closed at WeChat before its
+/// refund CANCELLED (`closed`), one WeChat accepted and could not pay held as REFUND_ABNORMAL
+/// for a person (`held`); one WeChat is still refunding (or whose acceptance never reached
+/// WeChat: the dead letter's replay sends it) is asked again next turn. Those of a paid order
 /// WeChat never made a component order of (its `add` answer lost, then `shop/order/get` by
 /// our number: 1010011, kept as a `component_order_missing` event), or of a paid order whose
 /// component order WeChat cancelled (a payment after the close, kept as an
-/// `order_event_mismatch` event), are not asked about (`not_at_wechat`): WeChat holds none of its after-sales, and each `ecaftersale/get` could
-/// only fail, run after run. No question is started once `deadline` has passed: `false` with the report then. (The phase keeps its
+/// `order_event_mismatch` event), are not asked about (`not_at_wechat`): WeChat holds none of
+/// its after-sales, and each `ecaftersale/get` could only fail, run after run. No question is
+/// started once `deadline` has passed: `false` with the report then. (The phase keeps its
 /// name, `wechat_refunds`, which the schedule and the admin API use.)
 pub async fn sweep_wechat_refunds(
     app: &App,
@@ -1623,9 +1655,15 @@ pub async fn sweep_wechat_refunds(
         AfterSaleStatus::AwaitingReturn,
         AfterSaleStatus::Returning,
         AfterSaleStatus::Rejected,
+        AfterSaleStatus::Refunding,
     ] {
         let from =
             (status == AfterSaleStatus::Rejected).then(|| now - WECHAT_REFUND_REJECTED_WINDOW_MS);
+        let quiet_since = if status == AfterSaleStatus::Refunding {
+            now - WECHAT_REFUNDING_GRACE_MS
+        } else {
+            quiet_since
+        };
         let name = format!("wechat_refunds/{}", status.as_str());
         let mut turn = repo::aftersale_rotation(store, &name, status, from, quiet_since).await?;
         let (mut read, mut asked) = (0, 0);
@@ -1668,7 +1706,14 @@ pub async fn sweep_wechat_refunds(
                     continue;
                 }
             };
-            if status == AfterSaleStatus::Rejected && !secondary {
+            // Only WeChat may still refund a rejected one, and only WeChat refunds an approved
+            // one, of a secondary-merchant order; an approved refund of ours is WeChat Pay's,
+            // asked about by `sweep_refunds`.
+            if matches!(
+                status,
+                AfterSaleStatus::Rejected | AfterSaleStatus::Refunding
+            ) && !secondary
+            {
                 continue;
             }
             asked += 1;
@@ -1679,6 +1724,8 @@ pub async fn sweep_wechat_refunds(
                 Ok(Applied::Cancelled) => report.cancelled += 1,
                 Ok(Applied::Adopted) => report.adopted += 1,
                 Ok(Applied::Returned) => report.returned += 1,
+                Ok(Applied::Closed) => report.closed += 1,
+                Ok(Applied::Held) => report.held += 1,
                 Err(e) => {
                     report.failed += 1;
                     tracing::warn!(aftersale_id = %a.id, error = %e, "WeChat after-sale sweep: WeChat's after-sale not read; next turn");
@@ -1698,12 +1745,21 @@ pub async fn sweep_wechat_refunds(
              order_event_mismatch events), not asked about: WeChat holds none of theirs"
         );
     }
-    if report.recorded + report.cancelled + report.adopted + report.returned > 0 {
+    if report.recorded
+        + report.cancelled
+        + report.adopted
+        + report.returned
+        + report.closed
+        + report.held
+        > 0
+    {
         tracing::warn!(
             recorded = report.recorded,
             cancelled = report.cancelled,
             adopted = report.adopted,
             returned = report.returned,
+            closed = report.closed,
+            held = report.held,
             "WeChat after-sale sweep applied what WeChat shows: those pushes never came"
         );
     }
@@ -1991,7 +2047,8 @@ async fn new_at_wechat(
 /// ([`cancel_as_user_did`]); other type or amount while it waits for the merchant and ours
 /// is REQUESTED ([`adopt_wechat_terms`]; a reason-only edit is left to its push or the
 /// approval's read-back: no money turns on it); a return waybill while ours awaits the return
-/// ([`parcel_as_user_sent`]).
+/// ([`parcel_as_user_sent`]); ours approved (REFUNDING) of a secondary-merchant order and not
+/// refunded there, as its sync task would have ([`approved_at_wechat`]).
 async fn wechat_state_of(app: &App, a: &AfterSale, secondary: bool) -> Result<Applied, ApiError> {
     let key = match a.wx_aftersale_id {
         Some(wx) => crate::shop::types::AfterSaleKey::Id(wx),
@@ -2038,12 +2095,41 @@ async fn wechat_state_of(app: &App, a: &AfterSale, secondary: bool) -> Result<Ap
         AfterSaleStatus::AwaitingReturn => parcel_as_user_sent(app, &a.id, wx)
             .await?
             .then_some(Applied::Returned),
+        AfterSaleStatus::Refunding if secondary => {
+            approved_at_wechat(app, &a.id, wx.status).await?
+        }
         _ => None,
     };
     if let Some(what) = applied {
         tracing::warn!(aftersale_id = %a.id, was = a.status.as_str(), applied = ?what, "the sweep applied what WeChat's after-sale shows (its push never came)");
     }
     Ok(applied.unwrap_or(Applied::Nothing))
+}
+
+/// Ours `id`, approved (REFUNDING) of a secondary-merchant order, read back from WeChat not
+/// refunded (status `wx_status`): what its sync task would have done with it. Still refunding
+/// there, or still waiting for the merchant's acceptance (its task dead-lettered before
+/// `acceptrefund`: the dead letter's replay sends it): nothing. Cancelled or closed there:
+/// CANCELLED as [`close_as_wechat_did`] has it. Accepted and not paid (16, 18): held as
+/// REFUND_ABNORMAL for a person ([`hold_failed_platform_refund`]). A status that says none of
+/// these is left to the task's dead letter, for a person.
+async fn approved_at_wechat(
+    app: &App,
+    id: &AfterSaleId,
+    wx_status: i64,
+) -> Result<Option<Applied>, ApiError> {
+    Ok(match WeChatRefund::of(wx_status) {
+        WeChatRefund::Done | WeChatRefund::Pending => None,
+        WeChatRefund::Failed => hold_failed_platform_refund(app, id, wx_status)
+            .await?
+            .then_some(Applied::Held),
+        WeChatRefund::Refused if Standing::of(wx_status) == Standing::Closed => {
+            close_as_wechat_did(app, id, wx_status, None)
+                .await?
+                .then_some(Applied::Closed)
+        }
+        WeChatRefund::Refused => None,
+    })
 }
 
 /// What [`catch_up_order`] came to.
@@ -2230,6 +2316,7 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
         ))),
         WeChatRefund::Failed => hold_failed_platform_refund(app, id, wx.status)
             .await
+            .map(drop)
             .map_err(TaskError::from),
         WeChatRefund::Refused => Err(TaskError::Permanent(format!(
             "after-sale {id} is approved here but WeChat's is at status {} and will not be \
@@ -2347,13 +2434,13 @@ async fn before_accepting(
 /// whose money we hold — its refund record (under `out_refund_no`, still PENDING: WeChat Pay
 /// took nothing under it) FAILED. Nothing is mirrored: WeChat's is closed already. The
 /// merchant is told (an `aftersale_wechat` event, a WARN log): they approved a refund that
-/// will not be made.
+/// will not be made. `true` when ours was closed now.
 async fn close_as_wechat_did(
     app: &App,
     id: &AfterSaleId,
     wx_status: i64,
     out_refund_no: Option<&crate::domain::OutRefundNo>,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let closed = with_retries::<_, ApiError, _, _>(app, || async {
         let Some(a) = repo::get_aftersale(app.store.as_ref(), id).await? else {
             return Ok(Attempt::Done(false));
@@ -2402,7 +2489,7 @@ async fn close_as_wechat_did(
         )
         .await;
     }
-    Ok(())
+    Ok(closed)
 }
 
 /// An approved refund of an order in the trading component (WeChat was asked to make its
@@ -2452,11 +2539,12 @@ async fn refund_taken(app: &App, no: &crate::domain::OutRefundNo) -> Result<bool
 /// and WeChat will not try again: ours is held as REFUND_ABNORMAL for a person, who refunds
 /// the user another way and records it with `mark_refunded`. The amount stays held on the
 /// order meanwhile. (It used to stay REFUNDING, with only a dead-lettered task to tell.)
+/// `true` when ours was held now.
 async fn hold_failed_platform_refund(
     app: &App,
     id: &AfterSaleId,
     wx_status: i64,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let held = update(app, id, None, |a, now| {
         a.refund_abnormal(now).map_err(|e| e.to_string())
     })
@@ -2477,13 +2565,13 @@ async fn hold_failed_platform_refund(
             {
                 super::common::page_a_person(app);
             }
-            Ok(())
+            Ok(true)
         }
         Err(e) if e.status.is_server_error() => Err(e),
         // Already refunded, or gone: nothing to hold.
         Err(e) => {
             tracing::warn!(aftersale_id = %id, error = %e, "failed platform refund not applied");
-            Ok(())
+            Ok(false)
         }
     }
 }
@@ -3304,7 +3392,9 @@ pub async fn on_wechat_event(
                 tracing::warn!(aftersale_id = %id, wx_status = wx.status, "offline refund event, but WeChat's after-sale did not fail its refund; nothing recorded");
                 return Ok(());
             }
-            hold_failed_platform_refund(app, &id, wx.status).await
+            hold_failed_platform_refund(app, &id, wx.status)
+                .await
+                .map(drop)
         }
         K::RefundSuccess => {
             // Secondary-merchant orders: WeChat refunded — what the merchant accepted, or on
@@ -3388,5 +3478,22 @@ async fn parcel_as_user_sent(
             tracing::warn!(aftersale_id = %id, error = %e, "WeChat's return parcel not applied");
             Ok(false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WECHAT_REFUNDING_GRACE_MS;
+    use crate::outbox::{backoff_ms, MAX_ATTEMPTS};
+
+    /// The schedule reads back an approved secondary-merchant refund only once its sync task
+    /// has stopped retrying: the grace outlasts every retry's back-off, jitter (+20 %) and all.
+    #[test]
+    fn the_refunding_grace_outlasts_the_sync_tasks_retries() {
+        let retries: i64 = (1..MAX_ATTEMPTS).map(backoff_ms).sum();
+        assert!(
+            retries * 6 / 5 < WECHAT_REFUNDING_GRACE_MS,
+            "retries span {retries} ms (+20 %), the grace {WECHAT_REFUNDING_GRACE_MS} ms"
+        );
     }
 }

@@ -273,8 +273,9 @@ pub enum Phase {
     /// listing WeChat's (`ecaftersale/get_list`) and imported.
     WechatNewAftersales,
     /// Open after-sales read back from WeChat (`ecaftersale/get`) whose push never came: a
-    /// refund WeChat made of a secondary-merchant order, a user's cancel, edit or return
-    /// parcel in WeChat's order centre (the name predates all but the first).
+    /// refund WeChat made of a secondary-merchant order (approved here or not), a user's
+    /// cancel, edit or return parcel in WeChat's order centre (the name predates all but the
+    /// first).
     WechatRefunds,
     /// Audit verdicts whose push never came.
     Audits,
@@ -427,6 +428,8 @@ async fn run_phase(
                 report.wechat_refunds.adopted += r.adopted;
                 report.wechat_refunds.returned += r.returned;
                 report.wechat_refunds.failed += r.failed;
+                report.wechat_refunds.closed += r.closed;
+                report.wechat_refunds.held += r.held;
                 report.wechat_refunds.not_at_wechat += r.not_at_wechat;
                 finished
             })
