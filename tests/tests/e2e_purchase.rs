@@ -6187,6 +6187,14 @@ async fn a_key_replayed_with_seconds_left_closes_its_order_instead_of_paying() {
         closes_of(&r, &no) > 0
     })
     .await;
+    // The component order mirroring it is cancelled as a payment timeout (4).
+    eventually("the component order cancelled", || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no) && v["action_type"] == 4)
+    })
+    .await;
     let (s, v) = c
         .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
         .await;
