@@ -404,16 +404,17 @@ fn key_reused(reference: Option<&str>) -> ApiError {
 /// (409 `ORDER_CLOSED`; a new purchase takes a new key). A resumed key whose order was closed
 /// is completed with a result naming it CLOSED, answered the same way.
 ///
-/// An unpaid order past its `expires_at_ms` is settled here as the sweep would, before
-/// answering (`brought_up_to_date`, as a resumed key's order is): its prepay order has expired
-/// at WeChat too, and the stored parameters would only fail in the cashier again and again
-/// until the sweep (every 5 minutes) closed it. WeChat is asked whether it was paid: paid → the payment is recorded and the order answered
-/// paid (the stored `payment` stays in the answer — the client requires one — but it opens no
-/// cashier for a paid status); not paid → closed, stock back, closed at WeChat, and 409
-/// `ORDER_CLOSED`. When WeChat does not say, the order is not closed (it may have been paid)
-/// and the answer is 503 `ORDER_STATUS_UNKNOWN`, which the client retries with the same key:
-/// the stored parameters would open a cashier that cannot pay, and a status read before
-/// WeChat answered might be wrong either way.
+/// An unpaid order past its `expires_at_ms` — or with less than [`PAY_MARGIN_MS`] left to pay
+/// in — is settled here as the sweep would, before answering (`brought_up_to_date`, as a
+/// resumed key's order is): its prepay order has expired at WeChat too (or will while the
+/// user pays), and the stored parameters would only fail in the cashier again and again until
+/// the sweep (every 5 minutes) closed it. WeChat is asked whether it was paid: paid → the
+/// payment is recorded and the order answered paid (the stored `payment` stays in the answer —
+/// the client requires one — but it opens no cashier for a paid status); not paid → closed,
+/// stock back, closed at WeChat, and 409 `ORDER_CLOSED`. When WeChat does not say, the order
+/// is not closed (it may have been paid) and the answer is 503 `ORDER_STATUS_UNKNOWN`, which
+/// the client retries with the same key: the stored parameters would open a cashier that
+/// cannot pay, and a status read before WeChat answered might be wrong either way.
 async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
     let mut result: UnifiedOrderResult = serde_json::from_str(stored)
         .map_err(|e| ApiError::internal(format!("stored result unreadable: {e}")))?;
@@ -884,8 +885,9 @@ async fn place(
                 error,
             })?;
     // An order an earlier attempt made is brought up to date first, as a completed key's is
-    // (`replay`): past its expiry and unpaid, it is settled as the sweep would — never handed
-    // the payment parameters of a prepay order expired at WeChat too. A secondary-merchant
+    // (`replay`): past its expiry (or too near it to be paid) and unpaid, it is settled as the
+    // sweep would — never handed the payment parameters of a prepay order expired, or about to
+    // expire, at WeChat too. A secondary-merchant
     // order WeChat holds is asked about even before then: `getpaymentparams` refuses a paid
     // one, and its payment notification may not have landed; one whose `shop/order/add` answer
     // was lost is read at WeChat by our number first, and never added again if WeChat has it.
