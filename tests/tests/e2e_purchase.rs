@@ -6198,6 +6198,145 @@ async fn a_key_replayed_after_expiry_while_wechat_pay_fails_closes_nothing() {
     assert_eq!(tea_stock(&c).await, start);
 }
 
+/// Our clock and WeChat's move to `left_ms` before the orders' expiry (`ORDER_TTL_SECS` 900).
+fn to_before_expiry(r: &Running, left_ms: i64) {
+    let ms = 900_000 - left_ms;
+    r.sandbox.clock().advance(ms);
+    r.app.clock.advance(ms);
+}
+
+/// GIVEN an order the user left unpaid (the cashier cancelled; `buy` kept its key) WHEN they
+/// buy again with that key with 5 seconds left before the order's expiry (WeChat Pay's
+/// `time_expire`) THEN no payment details are handed out that WeChat Pay would refuse as the
+/// order expires mid-payment: WeChat Pay is asked (unpaid), the order closed as an expired one
+/// is — stock back, its prepay order closed at WeChat — and the key answered 409
+/// `ORDER_CLOSED`; a new key buys. It used to answer 200 PREPAID with the stored payment
+/// parameters.
+#[tokio::test]
+async fn a_key_replayed_with_seconds_left_closes_its_order_instead_of_paying() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("yves").await;
+    let start = tea_stock(&c).await;
+    let (s, first) = c.order(&token, 2, Some("late-1")).await;
+    assert_eq!(s, 200, "{first}");
+    let no = first["out_trade_no"].as_str().unwrap().to_owned();
+    assert_eq!(tea_stock(&c).await, start - 2);
+
+    to_before_expiry(&r, 5_000);
+    let asked = pay_calls_for(&r, "pay/orderquery", &no);
+    let (s, replay) = c.order(&token, 2, Some("late-1")).await;
+    assert_eq!(s, 409, "{replay}");
+    assert_eq!(replay["code"], "ORDER_CLOSED", "{replay}");
+    assert!(replay.get("payment").is_none(), "{replay}");
+    assert!(
+        replay["message"].as_str().unwrap().contains("new key"),
+        "{replay}"
+    );
+    assert!(
+        pay_calls_for(&r, "pay/orderquery", &no) > asked,
+        "WeChat Pay asked first whether it was paid"
+    );
+    assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
+    assert_eq!(tea_stock(&c).await, start, "the stock is back");
+    eventually("pay/closeorder for the order", || async {
+        closes_of(&r, &no) > 0
+    })
+    .await;
+    // The component order mirroring it is cancelled as a payment timeout (4).
+    eventually("the component order cancelled", || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no) && v["action_type"] == 4)
+    })
+    .await;
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    assert_eq!(s, 409, "WeChat's cashier takes it no more: {v}");
+    assert!(v.to_string().contains("CLOSED"), "{v}");
+    // The key stays spent.
+    let (s, again) = c.order(&token, 2, Some("late-1")).await;
+    assert_eq!((s, again["code"].as_str()), (409, Some("ORDER_CLOSED")));
+    // A new key is a new purchase, with its whole time to pay.
+    let (s, fresh) = c.order(&token, 2, Some("late-2")).await;
+    assert_eq!(s, 200, "{fresh}");
+    assert_ne!(fresh["out_trade_no"], no.as_str());
+    assert_eq!(fresh["status"], "PREPAID");
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/pay",
+            None,
+            &json!({"out_trade_no": fresh["out_trade_no"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// GIVEN an unpaid order WHEN its key is replayed with 2 minutes left (more than the minute
+/// kept back) THEN it is answered as before: the same order, PREPAID, the same payment
+/// parameters, nothing closed — and the user can pay it.
+#[tokio::test]
+async fn a_key_replayed_with_minutes_left_pays_the_same_order() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("yoko").await;
+    let start = tea_stock(&c).await;
+    let (s, first) = c.order(&token, 1, Some("late-ok")).await;
+    assert_eq!(s, 200, "{first}");
+    let no = first["out_trade_no"].as_str().unwrap().to_owned();
+
+    to_before_expiry(&r, 120_000);
+    let (s, replay) = c.order(&token, 1, Some("late-ok")).await;
+    assert_eq!(s, 200, "{replay}");
+    assert_eq!(replay["out_trade_no"], no.as_str());
+    assert_eq!(replay["status"], "PREPAID", "{replay}");
+    assert_eq!(
+        replay["payment"], first["payment"],
+        "the same payment details"
+    );
+    assert_eq!(closes_of(&r, &no), 0, "nothing closed at WeChat");
+    assert_eq!(tea_stock(&c).await, start - 1, "the stock stays held");
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the payment recorded", || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+}
+
+/// GIVEN the user paid but the payment notification has not come WHEN they buy again with the
+/// key with 5 seconds left before the order's expiry THEN WeChat Pay is asked before anything
+/// is closed: the payment is recorded and the order answered PAID — never closed, its stock
+/// never given back.
+#[tokio::test]
+async fn a_key_replayed_with_seconds_left_of_an_order_paid_unnotified_is_answered_paid() {
+    let r = stack_with(&[("WXPAY_NOTIFY_URL", support::DEAD_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("yann").await;
+    let start = tea_stock(&c).await;
+    let (s, first) = c.order(&token, 1, Some("late-paid")).await;
+    assert_eq!(s, 200, "{first}");
+    let no = first["out_trade_no"].as_str().unwrap().to_owned();
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    to_before_expiry(&r, 5_000);
+    let (s, replay) = c.order(&token, 1, Some("late-paid")).await;
+    assert_eq!(s, 200, "{replay}");
+    assert_eq!(replay["out_trade_no"], no.as_str());
+    assert_eq!(replay["status"], "PAID", "{replay}");
+    assert_eq!(r.sandbox.notifications_delivered(&no), 0);
+    assert_eq!(tea_stock(&c).await, start - 1, "the stock stays sold");
+    assert_eq!(closes_of(&r, &no), 0, "nothing closed at WeChat");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+}
+
 /// A unifiedOrder body for one tea to the usual address, from enter scene `scene`, under `key`.
 fn scene_order(scene: u32, key: &str) -> Value {
     json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],

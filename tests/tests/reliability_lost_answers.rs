@@ -768,7 +768,15 @@ enum AtWechat {
 /// 409 `ORDER_CLOSED`, and the key completed with it; paid → recorded, 200 `PAID`; WeChat Pay
 /// unreachable → not closed, 503 `ORDER_STATUS_UNKNOWN`, and the same key once it answers
 /// gets 409. It used to answer 200 PREPAID with the expired payment parameters.
-async fn an_expired_order_is_settled_when_its_key_resumes(at_wechat: AtWechat) {
+///
+/// `left_ms`: instead of past its expiry, the order has that long left — less than the minute
+/// a payment is given (`PAY_MARGIN_MS`), so WeChat Pay would refuse the payment as the order
+/// expires mid-payment: settled the same way. That used to answer 200 PREPAID with the stored
+/// payment parameters too.
+async fn an_expired_order_is_settled_when_its_key_resumes(
+    at_wechat: AtWechat,
+    left_ms: Option<i64>,
+) {
     let r = stack_with(&[("WXPAY_NOTIFY_URL", DEAD_NOTIFY_URL)]).await;
     let c = Client::new(&r);
     let (token, openid) = c.login("expired-then-resumed").await;
@@ -782,7 +790,14 @@ async fn an_expired_order_is_settled_when_its_key_resumes(at_wechat: AtWechat) {
             .await;
         assert_eq!(s, 200, "{v}");
     }
-    past_expiry(&r);
+    match left_ms {
+        None => past_expiry(&r),
+        Some(left) => {
+            // `ORDER_TTL_SECS` 900; well past the claim's window too.
+            r.sandbox.clock().advance(900_000 - left);
+            r.app.clock.advance(900_000 - left);
+        }
+    }
     if at_wechat == AtWechat::Unreachable {
         c.fault(json!({"path": "pay/orderquery", "mode": "http500", "count": 50}))
             .await;
@@ -827,17 +842,32 @@ async fn an_expired_order_is_settled_when_its_key_resumes(at_wechat: AtWechat) {
 
 #[tokio::test]
 async fn an_expired_unpaid_order_is_closed_when_its_key_resumes() {
-    an_expired_order_is_settled_when_its_key_resumes(AtWechat::Unpaid).await;
+    an_expired_order_is_settled_when_its_key_resumes(AtWechat::Unpaid, None).await;
 }
 
 #[tokio::test]
 async fn an_expired_order_paid_unnotified_is_answered_paid_when_its_key_resumes() {
-    an_expired_order_is_settled_when_its_key_resumes(AtWechat::PaidUnnotified).await;
+    an_expired_order_is_settled_when_its_key_resumes(AtWechat::PaidUnnotified, None).await;
 }
 
 #[tokio::test]
 async fn an_expired_order_wechat_cannot_say_about_is_kept_when_its_key_resumes() {
-    an_expired_order_is_settled_when_its_key_resumes(AtWechat::Unreachable).await;
+    an_expired_order_is_settled_when_its_key_resumes(AtWechat::Unreachable, None).await;
+}
+
+#[tokio::test]
+async fn an_unpaid_order_with_seconds_left_is_closed_when_its_key_resumes() {
+    an_expired_order_is_settled_when_its_key_resumes(AtWechat::Unpaid, Some(5_000)).await;
+}
+
+#[tokio::test]
+async fn an_order_paid_unnotified_with_seconds_left_is_answered_paid_when_its_key_resumes() {
+    an_expired_order_is_settled_when_its_key_resumes(AtWechat::PaidUnnotified, Some(5_000)).await;
+}
+
+#[tokio::test]
+async fn an_order_with_seconds_left_wechat_cannot_say_about_is_kept_when_its_key_resumes() {
+    an_expired_order_is_settled_when_its_key_resumes(AtWechat::Unreachable, Some(5_000)).await;
 }
 
 /// Secondary-merchant mode (WeChat collects): the order a cut-off `unifiedOrder` made and
@@ -887,6 +917,75 @@ async fn a_secondary_merchant_order_paid_unpushed_is_answered_paid_when_its_key_
     );
     assert_eq!(orders(&c, &token).await[0]["status"], "PAID");
     assert_eq!(c.stock().await, before - 1, "stock taken once");
+}
+
+/// Secondary-merchant mode (WeChat collects; the component order, its `expire_time` our
+/// order's expiry, is the payment): the user leaves an order unpaid and buys again with its key
+/// when 5 seconds are left before that expiry. The payment would fail in the cashier as the
+/// order expires, so, as for a direct order: WeChat asked (unpaid), the order closed (stock
+/// back, the component order cancelled at WeChat), 409 `ORDER_CLOSED`; paid there with the
+/// push not landed → recorded, 200 PAID, nothing cancelled. With 2 minutes left the key pays
+/// it as before. It used to replay the stored payment parameters.
+async fn a_secondary_merchant_key_replayed_near_expiry(paid: bool) {
+    let r = stack_with(&[("WX_FUND_TYPE", "1")]).await;
+    r.sandbox.set_push_url(None);
+    let c = Client::new(&r);
+    let (token, _) = c.login("secondary-late").await;
+    let before = c.stock().await;
+    let (s, first) = c.order(&token, 1, Some("secondary-late")).await;
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(first["status"], "PREPAID", "{first}");
+    let no = first["out_trade_no"].as_str().unwrap().to_owned();
+    assert_eq!(shop_status(&c, &no).await, Some(10));
+    let left = stored(&r, &no).await.expires_at_ms - r.app.clock.now_ms();
+
+    // 2 minutes left: the same order and payment.
+    r.app.clock.advance(left - 120_000);
+    r.sandbox.clock().advance(left - 120_000);
+    let (s, v) = c.order(&token, 1, Some("secondary-late")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["payment"], first["payment"], "{v}");
+    assert_eq!(v["status"], "PREPAID", "{v}");
+
+    if paid {
+        let (s, v) = c
+            .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    // 5 seconds left.
+    r.app.clock.advance(115_000);
+    r.sandbox.clock().advance(115_000);
+    let (s, v) = c.order(&token, 1, Some("secondary-late")).await;
+    if paid {
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["status"], "PAID", "{v}");
+        assert_eq!(c.stock().await, before - 1, "the stock stays sold");
+        assert_eq!(shop_status(&c, &no).await, Some(20), "not cancelled");
+        assert_eq!(orders(&c, &token).await[0]["status"], "PAID");
+    } else {
+        assert_eq!((s, v["code"].as_str()), (409, Some("ORDER_CLOSED")), "{v}");
+        assert_eq!(c.stock().await, before, "stock back at the close");
+        eventually(
+            "the component order cancelled at WeChat",
+            Duration::from_secs(10),
+            || async { shop_status(&c, &no).await == Some(250) },
+        )
+        .await;
+        let (s, fresh) = c.order(&token, 1, Some("secondary-late-2")).await;
+        assert_eq!(s, 200, "{fresh}");
+        assert_ne!(fresh["out_trade_no"], no.as_str(), "{fresh}");
+    }
+}
+
+#[tokio::test]
+async fn a_secondary_merchant_key_replayed_with_seconds_left_closes_its_order() {
+    a_secondary_merchant_key_replayed_near_expiry(false).await;
+}
+
+#[tokio::test]
+async fn a_secondary_merchant_key_replayed_with_seconds_left_of_a_paid_order_is_answered_paid() {
+    a_secondary_merchant_key_replayed_near_expiry(true).await;
 }
 
 /// How WeChat holds a secondary-merchant order whose `shop/order/add` answer was lost when the
@@ -1233,6 +1332,63 @@ async fn a_direct_lost_answer_resumes(lost: DirectLost) {
     assert_eq!(again["status"], v["status"], "{again}");
     assert_eq!(again["out_trade_no"], no.as_str(), "{again}");
     assert_eq!(orders(&c, &token).await.len(), 1, "no second order");
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+/// Fund_type 0: `unifiedOrder` is cut off while `pay/unifiedorder` is on its way back (WeChat
+/// Pay made the prepay order; ours is CREATED with no id), and the user taps again with the
+/// same key only when 5 seconds are left before the order's expiry — its `time_expire` at
+/// WeChat Pay, which asking again must repeat. No payment is offered that WeChat Pay would
+/// refuse as the order expires mid-payment: the order is closed as an expired one is (stock
+/// back, the prepay order closed at WeChat Pay by our number), 409 `ORDER_CLOSED` with the key
+/// completed, and a new key buys. It used to ask `pay/unifiedorder` again, which WeChat Pay
+/// refuses with under a minute to go (`time_expire时间过短`, as the sandbox does): a 502,
+/// the key released.
+#[tokio::test]
+async fn a_direct_lost_prepay_answer_with_seconds_left_is_closed_when_its_key_resumes() {
+    let r = stack_with(&[("WXPAY_NOTIFY_URL", DEAD_NOTIFY_URL)]).await;
+    let c = Client::new(&r);
+    let (token, openid) = c.login("direct-lost-late").await;
+    let key = "tap-direct-lost-late";
+    let before = c.stock().await;
+    c.fault(json!({"path": "pay/unifiedorder", "mode": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    order_cut_off(&r, &token, &order_body(key), Duration::from_millis(1000)).await;
+    let made = orders(&c, &token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["status"], "CREATED", "{made:?}");
+    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    eventually("the late prepay order", Duration::from_secs(5), || async {
+        pay_state(&c, &no).await.as_deref() == Some("NOTPAY")
+    })
+    .await;
+    let asked = r.sandbox.calls("pay/unifiedorder").len();
+
+    // 5 s before its expiry (`ORDER_TTL_SECS` 900), on both clocks.
+    r.app.clock.advance(895_000);
+    r.sandbox.clock().advance(895_000);
+    let (s, v) = c.order(&token, 1, Some(key)).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("ORDER_CLOSED")), "{v}");
+    assert_eq!(
+        r.sandbox.calls("pay/unifiedorder").len(),
+        asked,
+        "WeChat Pay not asked for a payment again"
+    );
+    assert_eq!(c.stock().await, before, "stock back at the close");
+    eventually(
+        "the prepay order closed at WeChat Pay",
+        Duration::from_secs(10),
+        || async { pay_state(&c, &no).await.as_deref() == Some("CLOSED") },
+    )
+    .await;
+    assert!(key_completed(&r, &openid, key).await, "repeats replay it");
+    let (s, again) = c.order(&token, 1, Some(key)).await;
+    assert_eq!((s, again["code"].as_str()), (409, Some("ORDER_CLOSED")));
+    let (s, fresh) = c.order(&token, 1, Some("tap-direct-lost-late-2")).await;
+    assert_eq!(s, 200, "{fresh}");
+    assert_ne!(fresh["out_trade_no"], no.as_str(), "{fresh}");
+    assert_eq!(fresh["status"], "PREPAID", "{fresh}");
     let dead = c.dead_letters().await;
     assert!(dead.is_empty(), "{dead:?}");
 }

@@ -577,7 +577,7 @@ pub async fn sweep_unpaid(app: &App, deadline: Deadline) -> Result<(SweepReport,
 async fn sweep_order(app: &App, order: crate::domain::Order, now: i64, report: &mut SweepReport) {
     let no = order.out_trade_no.clone();
     let expires_at_ms = order.expires_at_ms;
-    match settle_unpaid(app, order, now).await {
+    match settle_unpaid(app, order, now, 0).await {
         Ok(Settled::Paid(_)) => report.paid += 1,
         Ok(Settled::Open) => {}
         Ok(Settled::Closed(closed)) => {
@@ -608,11 +608,12 @@ pub enum Settled {
     Paid(crate::domain::Order),
     /// Not paid (or nothing to ask) and not expired: left open.
     Open,
-    /// Expired and not paid: closed, its stock given back, and its close at WeChat queued —
+    /// Expired (or within the margin asked for) and not paid: closed, its stock given back, and its close at WeChat queued —
     /// or, when it was closed or paid meanwhile, the order as it is now.
     Closed(crate::domain::Order),
     /// WeChat did not say whether it was paid (no answer, or one nothing may be decided on):
-    /// nothing changed. An expired order is not closed, since it may have been paid.
+    /// nothing changed. An expired order (`expired`: or one within the margin) is not closed,
+    /// since it may have been paid.
     Unanswered { error: ApiError, expired: bool },
 }
 
@@ -632,14 +633,17 @@ pub fn status_unknown(error: ApiError, message: String) -> ApiError {
 /// whether it was paid ([`ask_wechat_if_paid`](super::query_order::ask_wechat_if_paid)) and
 /// a payment recorded; one expired (`expires_at_ms` ≤ `now`) and not paid is closed
 /// ([`close_and_release`]). Also used by `unifiedOrder` for a repeated or resumed key whose
-/// order expired before the sweep came to it, and for a resumed key's secondary-merchant order
-/// before its payment parameters are asked for. `Err` only when the close failed (the store).
+/// order expired before the sweep came to it, or has less than `margin_ms` left (closed the
+/// same way: too near its expiry to be paid — the sweep's margin is 0), and for a resumed
+/// key's secondary-merchant order before its payment parameters are asked for. `Err` only when
+/// the close failed (the store).
 pub async fn settle_unpaid(
     app: &App,
     order: crate::domain::Order,
     now: i64,
+    margin_ms: i64,
 ) -> Result<Settled, ApiError> {
-    let expired = order.expires_at_ms <= now;
+    let expired = order.expires_at_ms <= now.saturating_add(margin_ms);
     if order.status == OrderStatus::Prepaid {
         match super::query_order::ask_wechat_if_paid(app, &order).await {
             Ok(Some(updated)) if updated.status.is_paid() => return Ok(Settled::Paid(updated)),
@@ -650,10 +654,22 @@ pub async fn settle_unpaid(
     if !expired {
         return Ok(Settled::Open);
     }
-    close_and_release(app, &order.out_trade_no, "expired unpaid")
+    let reason = if order.expires_at_ms <= now {
+        EXPIRED_UNPAID
+    } else {
+        TOO_NEAR_EXPIRY
+    };
+    close_and_release(app, &order.out_trade_no, reason)
         .await
         .map(Settled::Closed)
 }
+
+/// The close reason of an order closed unpaid at its expiry.
+pub const EXPIRED_UNPAID: &str = "expired unpaid";
+/// The close reason of an order closed unpaid with less left than a payment needs
+/// ([`settle_unpaid`]'s margin): to WeChat's trading component a payment timeout, as
+/// [`EXPIRED_UNPAID`] is.
+pub const TOO_NEAR_EXPIRY: &str = "too near its expiry to pay";
 
 /// Performs one task against WeChat. Each is idempotent there (or made so here), because a
 /// lease can run out mid-call and another worker may repeat it.

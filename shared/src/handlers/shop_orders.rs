@@ -429,7 +429,7 @@ pub async fn sync_cancel(app: &App, order: &Order) -> Result<(), TaskError> {
     }
     let action_type = match order.close_reason.as_deref() {
         Some("closed by user") => 3,
-        Some("expired unpaid") => 4,
+        Some(super::order_sync::EXPIRED_UNPAID | super::order_sync::TOO_NEAR_EXPIRY) => 4,
         _ => 5,
     };
     let req = OrderPayRequest {

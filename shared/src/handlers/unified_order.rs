@@ -6,7 +6,8 @@
 //! price a client sends is ignored. Stock is taken in the same atomic write that creates the
 //! order (conditional on each product's version) and given back when the order closes. A
 //! retried call with the same idempotency key returns the same order (settled first, as the
-//! sweep would, when it expired unpaid: see `replay`). The key stands for its first request
+//! sweep would, when it expired unpaid or has too little time left to be paid: see `replay`
+//! and "Too late to pay" below). The key stands for its first request
 //! (cart, address, enter scene): another under it is refused, 422 `IDEMPOTENCY_KEY_REUSED`,
 //! naming the order the key holds so the caller can close it (see `key_reused`) — or, while
 //! the key's first request is still running, 409 `REQUEST_IN_PROGRESS`, to ask again.
@@ -64,6 +65,29 @@
 //! resumed `pay/unifiedorder` must repeat unchanged, and the order cannot be paid past it; its
 //! component order, a mirror, is cancelled by our close when ours expires. Closing the order
 //! and telling the user to order again was not chosen: nothing is wrong with it.
+//!
+//! # Too late to pay
+//!
+//! A repeated or resumed key's unpaid order whose deadline WeChat holds it to
+//! (`deadline_fixed`: a direct order's `time_expire`, which a resumed `pay/unifiedorder` must
+//! repeat unchanged; a secondary-merchant order's component `expire_time`, once WeChat holds
+//! it) is not handed out for payment with less than [`PAY_MARGIN_MS`] (1 minute) left: the
+//! user would open the payment sheet and WeChat Pay refuse the payment as the order expired,
+//! mid-payment. It is settled as an expired one is (`brought_up_to_date` →
+//! [`settle_unpaid`](super::order_sync::settle_unpaid)): WeChat asked first whether it was
+//! paid (a PREPAID one: WeChat Pay's `orderquery`, or the component's `shop/order/get`) — paid
+//! → recorded and answered as paid, never closed; unpaid → closed (reason "too near its expiry
+//! to pay"), stock back, closed at WeChat by the close task (`closeorder`, the component order
+//! cancelled, as a payment timeout), and the key answered 409 `ORDER_CLOSED`, which the mini
+//! program takes as "order again with a new key"; WeChat not answering → nothing closed, 503
+//! `ORDER_STATUS_UNKNOWN`, to retry with the same key. A direct order still CREATED (its
+//! earlier attempt cut off) is closed without asking, as an expired one is: nobody held its
+//! `prepay_id`, and a payment WeChat Pay had all the same is recorded when the close task's
+//! `closeorder` answers `ORDERPAID` (a payment after the close). With a minute or more left the
+//! key answers as before: the same order and payment parameters. A first attempt is never
+//! refused this way (its order has the whole of `ORDER_TTL_SECS`); with `ORDER_TTL_SECS` near
+//! its least (60 s, without the trading component) a repeat soon finds its order within the
+//! margin.
 //!
 //! # What WeChat may hold
 //!
@@ -380,16 +404,17 @@ fn key_reused(reference: Option<&str>) -> ApiError {
 /// (409 `ORDER_CLOSED`; a new purchase takes a new key). A resumed key whose order was closed
 /// is completed with a result naming it CLOSED, answered the same way.
 ///
-/// An unpaid order past its `expires_at_ms` is settled here as the sweep would, before
-/// answering (`brought_up_to_date`, as a resumed key's order is): its prepay order has expired
-/// at WeChat too, and the stored parameters would only fail in the cashier again and again
-/// until the sweep (every 5 minutes) closed it. WeChat is asked whether it was paid: paid → the payment is recorded and the order answered
-/// paid (the stored `payment` stays in the answer — the client requires one — but it opens no
-/// cashier for a paid status); not paid → closed, stock back, closed at WeChat, and 409
-/// `ORDER_CLOSED`. When WeChat does not say, the order is not closed (it may have been paid)
-/// and the answer is 503 `ORDER_STATUS_UNKNOWN`, which the client retries with the same key:
-/// the stored parameters would open a cashier that cannot pay, and a status read before
-/// WeChat answered might be wrong either way.
+/// An unpaid order past its `expires_at_ms` — or with less than [`PAY_MARGIN_MS`] left to pay
+/// in — is settled here as the sweep would, before answering (`brought_up_to_date`, as a
+/// resumed key's order is): its prepay order has expired at WeChat too (or will while the
+/// user pays), and the stored parameters would only fail in the cashier again and again until
+/// the sweep (every 5 minutes) closed it. WeChat is asked whether it was paid: paid → the
+/// payment is recorded and the order answered paid (the stored `payment` stays in the answer —
+/// the client requires one — but it opens no cashier for a paid status); not paid → closed,
+/// stock back, closed at WeChat, and 409 `ORDER_CLOSED`. When WeChat does not say, the order
+/// is not closed (it may have been paid) and the answer is 503 `ORDER_STATUS_UNKNOWN`, which
+/// the client retries with the same key: the stored parameters would open a cashier that
+/// cannot pay, and a status read before WeChat answered might be wrong either way.
 async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
     let mut result: UnifiedOrderResult = serde_json::from_str(stored)
         .map_err(|e| ApiError::internal(format!("stored result unreadable: {e}")))?;
@@ -408,22 +433,54 @@ async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
     answer(&result)
 }
 
+/// The least time a key's unpaid order must have left before its expiry to be handed out for
+/// payment again: WeChat Pay's own least for a new order's `time_expire`, 1 minute after the
+/// request (WECHAT_PAY_V2.md §4, "recommended ≥1 minute"; the local sandbox refuses less with
+/// `time_expire时间过短，至少1分钟`, as WeChat Pay is reported to — UNVERIFIED whether it
+/// refuses a repeated call for an order it already holds). WeChat deems a minute enough to pay
+/// in, and a resumed `pay/unifiedorder` with less may be refused outright. A margin under
+/// it would hand out payment sheets that WeChat Pay refuses as the order expires while the
+/// user is paying; one much above it would close orders a user could still pay. It also
+/// absorbs a few seconds of clock difference between us and WeChat.
+pub const PAY_MARGIN_MS: i64 = 60_000;
+
+/// Whether WeChat holds `order` to its `expires_at_ms`, so that it cannot be paid past it and
+/// the deadline cannot move: a direct order's is WeChat Pay's `time_expire`, which a resumed
+/// `pay/unifiedorder` must repeat unchanged (and an earlier attempt may have sent); a
+/// secondary-merchant order's is its component order's `expire_time` once WeChat holds it (its
+/// id known). One not added yet has its expiry moved before it is (`extend_expiry`): it
+/// is given the whole time to pay instead.
+fn deadline_fixed(order: &Order) -> bool {
+    match order.fund_type {
+        FundType::Direct => true,
+        FundType::SecondaryMerchant => order.wx_order_id.is_some(),
+    }
+}
+
 /// A key's order brought up to date before it is answered, by a completed key's `replay` and
-/// a resumed key's `place`. One unpaid and past its `expires_at_ms` is settled as the sweep
-/// would ([`settle_unpaid`](super::order_sync::settle_unpaid)): paid at WeChat → recorded,
-/// the order as paid; not paid → closed (stock back, closed at WeChat); WeChat did not say →
-/// not closed (it may have been paid), 503 `ORDER_STATUS_UNKNOWN`, to retry with the same
-/// key. `ask_open`: WeChat is asked about an open PREPAID one too (paid → recorded); one it
-/// cannot say about is then left as it is.
+/// a resumed key's `place`. One unpaid and past its `expires_at_ms` — or with less than
+/// [`PAY_MARGIN_MS`] left while WeChat holds it to that deadline ([`deadline_fixed`]): its
+/// payment parameters would open a payment sheet WeChat refuses as the order expires — is
+/// settled as the sweep would ([`settle_unpaid`](super::order_sync::settle_unpaid)): paid at
+/// WeChat → recorded, the order as paid; not paid → closed (stock back, closed at WeChat, the
+/// key answered 409 `ORDER_CLOSED`: order again with a new key); WeChat did not say → not
+/// closed (it may have been paid), 503 `ORDER_STATUS_UNKNOWN`, to retry with the same key.
+/// `ask_open`: WeChat is asked about an open PREPAID one too (paid → recorded); one it cannot
+/// say about is then left as it is.
 async fn brought_up_to_date(app: &App, order: Order, ask_open: bool) -> Result<Order, ApiError> {
     let now = app.clock.now_ms();
-    let expired = order.status.is_unpaid_open() && order.expires_at_ms <= now;
-    let ask = expired || (ask_open && order.status == OrderStatus::Prepaid);
+    let margin_ms = if deadline_fixed(&order) {
+        PAY_MARGIN_MS
+    } else {
+        0
+    };
+    let due = order.status.is_unpaid_open() && order.expires_at_ms <= now.saturating_add(margin_ms);
+    let ask = due || (ask_open && order.status == OrderStatus::Prepaid);
     if !ask {
         return Ok(order);
     }
     let no = order.out_trade_no.clone();
-    match super::order_sync::settle_unpaid(app, order.clone(), now).await? {
+    match super::order_sync::settle_unpaid(app, order.clone(), now, margin_ms).await? {
         Settled::Paid(o) | Settled::Closed(o) => Ok(o),
         Settled::Open => Ok(order),
         Settled::Unanswered {
@@ -437,12 +494,13 @@ async fn brought_up_to_date(app: &App, order: Order, ask_open: bool) -> Result<O
             error,
             expired: true,
         } => {
-            tracing::warn!(out_trade_no = %no, error = %error, "unifiedOrder: a key's order expired and WeChat did not say whether it was paid; not closed");
+            tracing::warn!(out_trade_no = %no, error = %error, "unifiedOrder: a key's order expired (or has too little time left to pay) and WeChat did not say whether it was paid; not closed");
             Err(super::order_sync::status_unknown(
                 error,
                 format!(
-                    "the order this idempotency key made ({no}) expired, and WeChat Pay could \
-                     not say whether it was paid; retry shortly with the same key"
+                    "the order this idempotency key made ({no}) expired or has too little \
+                     time left to be paid, and WeChat could not say whether it was paid, so it \
+                     was not closed; retry shortly with the same key"
                 ),
             ))
         }
@@ -827,8 +885,9 @@ async fn place(
                 error,
             })?;
     // An order an earlier attempt made is brought up to date first, as a completed key's is
-    // (`replay`): past its expiry and unpaid, it is settled as the sweep would — never handed
-    // the payment parameters of a prepay order expired at WeChat too. A secondary-merchant
+    // (`replay`): past its expiry (or too near it to be paid) and unpaid, it is settled as the
+    // sweep would — never handed the payment parameters of a prepay order expired, or about to
+    // expire, at WeChat too. A secondary-merchant
     // order WeChat holds is asked about even before then: `getpaymentparams` refuses a paid
     // one, and its payment notification may not have landed; one whose `shop/order/add` answer
     // was lost is read at WeChat by our number first, and never added again if WeChat has it.
