@@ -321,9 +321,12 @@ impl Config {
         let order_ttl_secs = num("ORDER_TTL_SECS", 30 * 60, &mut problems);
         // An unpaid order is offered for payment with one prepay_id, which WeChat Pay honours
         // for 2 hours (WECHAT_PAY_V2.md §4); the trading component's `shop/order/add` takes an
-        // `expire_time` 15 minutes to 1 day ahead.
+        // `expire_time` 15 minutes to 1 day ahead. Without it, at least 5 minutes: WeChat Pay
+        // wants `time_expire` a minute or more after the request (sent whole seconds, after the
+        // order is written), and a key repeated with less than a minute left is closed rather
+        // than paid (`unified_order::PAY_MARGIN_MS`), so 60 s could not be paid at all.
         let min_order_ttl = if trading_component == TradingComponent::Off {
-            60
+            5 * 60
         } else {
             15 * 60
         };
@@ -331,10 +334,10 @@ impl Config {
             problems.push(format!(
                 "ORDER_TTL_SECS={order_ttl_secs} must be {min_order_ttl}–7200: WeChat Pay's prepay_id \
                  lives 2 hours{}",
-                if min_order_ttl > 60 {
+                if min_order_ttl > 5 * 60 {
                     ", and the trading component wants an order open at least 15 minutes"
                 } else {
-                    ""
+                    ", and an order needs minutes to be paid in (WeChat Pay wants a minute at least)"
                 }
             ));
         }
@@ -449,7 +452,12 @@ mod tests {
             Config::from_lookup(env(&vars))
         };
         assert!(with(&[("ORDER_TTL_SECS", "7200")]).is_ok());
-        assert!(with(&[("ORDER_TTL_SECS", "60")]).is_ok());
+        assert!(with(&[("ORDER_TTL_SECS", "300")]).is_ok());
+        let err = with(&[("ORDER_TTL_SECS", "60")]).unwrap_err().to_string();
+        assert!(
+            err.contains("ORDER_TTL_SECS=60 must be 300–7200") && err.contains("a minute"),
+            "{err}"
+        );
         let err = with(&[("ORDER_TTL_SECS", "86400")])
             .unwrap_err()
             .to_string();

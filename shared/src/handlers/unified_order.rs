@@ -85,9 +85,9 @@
 //! `prepay_id`, and a payment WeChat Pay had all the same is recorded when the close task's
 //! `closeorder` answers `ORDERPAID` (a payment after the close). With a minute or more left the
 //! key answers as before: the same order and payment parameters. A first attempt is never
-//! refused this way (its order has the whole of `ORDER_TTL_SECS`); with `ORDER_TTL_SECS` near
-//! its least (60 s, without the trading component) a repeat soon finds its order within the
-//! margin.
+//! refused this way (its order has the whole of `ORDER_TTL_SECS`, which is why that is at least
+//! 5 minutes: at 60 s a first `pay/unifiedorder` would fall under WeChat Pay's own minute and
+//! every repeat within the margin).
 //!
 //! # What WeChat may hold
 //!
