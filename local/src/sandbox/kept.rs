@@ -137,9 +137,11 @@ where
 
 /// Changes, each recorded.
 impl<K: Ord + Clone, V: Clone> Kept<K, V> {
-    pub fn insert(&mut self, k: K, v: V) -> Option<V> {
+    /// Sets `k` to `v`. The old value is dropped, not returned: returning it would copy it
+    /// whenever a compaction still shares it, and no caller wants it.
+    pub fn insert(&mut self, k: K, v: V) {
         self.changed.insert(k.clone());
-        self.map.insert(k, Arc::new(v)).map(Arc::unwrap_or_clone)
+        self.map.insert(k, Arc::new(v));
     }
 
     /// Counts as a change of `k` (when present), written or not.
