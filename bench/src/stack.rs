@@ -9,6 +9,7 @@
 //! includes the sandbox and the HTTP clients, so it overstates what wxshop alone costs.
 
 use crate::stats::{ms, percentile, process_cpu};
+use reqwest::Url;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,11 +26,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 async fn post(
     http: &reqwest::Client,
-    url: String,
+    url: &Url,
     token: Option<&str>,
     body: Value,
 ) -> Result<Value, String> {
-    let mut rb = http.post(&url).json(&body);
+    let mut rb = http.post(url.clone()).json(&body);
     if let Some(t) = token {
         rb = rb.bearer_auth(t);
     }
@@ -44,9 +45,9 @@ async fn post(
 
 /// The demo catalog, with enough stock for any run.
 async fn seed(r: &Running, http: &reqwest::Client, stock: u64) -> Result<(), String> {
-    let url = format!("{}/admin/catalogSync", r.base_url);
+    let url = endpoint(r, "/admin/catalogSync")?;
     let tok = Some(r.admin_token.as_str());
-    post(http, url.clone(), tok, json!({
+    post(http, &url, tok, json!({
         "action": "upsert",
         "product": {
             "product_id": "tea", "title": "Longjing green tea 250 g",
@@ -58,7 +59,7 @@ async fn seed(r: &Running, http: &reqwest::Client, stock: u64) -> Result<(), Str
     for _ in 0..400 {
         let p = post(
             http,
-            url.clone(),
+            &url,
             tok,
             json!({"action": "get", "product_id": "tea"}),
         )
@@ -66,7 +67,7 @@ async fn seed(r: &Running, http: &reqwest::Client, stock: u64) -> Result<(), Str
         if p["product"]["audit"] == "APPROVED" {
             post(
                 http,
-                url.clone(),
+                &url,
                 tok,
                 json!({"action": "listing", "product_id": "tea"}),
             )
@@ -78,27 +79,45 @@ async fn seed(r: &Running, http: &reqwest::Client, stock: u64) -> Result<(), Str
     Err("the product was not approved within 10 s".into())
 }
 
-async fn purchase(r: &Running, http: &reqwest::Client, user: &str) -> Result<String, String> {
-    let base = &r.base_url;
-    let code = post(
-        http,
-        format!("{base}/sandbox/_control/login"),
-        None,
-        json!({ "user": user }),
-    )
-    .await?;
+/// `r.base_url` + `path`, parsed.
+fn endpoint(r: &Running, path: &str) -> Result<Url, String> {
+    let text = format!("{}{path}", r.base_url);
+    Url::parse(&text).map_err(|e| format!("{text}: {e}"))
+}
+
+/// The URLs a purchase calls, parsed once for the run: each client request then hands reqwest
+/// a parsed URL (it would parse a string again for every request).
+struct Endpoints {
+    login_code: Url,
+    login: Url,
+    order: Url,
+    pay: Url,
+}
+
+impl Endpoints {
+    fn of(r: &Running) -> Result<Endpoints, String> {
+        Ok(Endpoints {
+            login_code: endpoint(r, "/sandbox/_control/login")?,
+            login: endpoint(r, "/fn/login")?,
+            order: endpoint(r, "/fn/unifiedOrder")?,
+            pay: endpoint(r, "/sandbox/_control/pay")?,
+        })
+    }
+}
+
+async fn purchase(
+    r: &Running,
+    http: &reqwest::Client,
+    at: &Endpoints,
+    user: &str,
+) -> Result<String, String> {
+    let code = post(http, &at.login_code, None, json!({ "user": user })).await?;
     let code = code["code"].as_str().ok_or("no code")?.to_owned();
-    let login = post(
-        http,
-        format!("{base}/fn/login"),
-        None,
-        json!({ "code": code }),
-    )
-    .await?;
+    let login = post(http, &at.login, None, json!({ "code": code })).await?;
     let token = login["token"].as_str().ok_or("no token")?.to_owned();
     let order = post(
         http,
-        format!("{base}/fn/unifiedOrder"),
+        &at.order,
         Some(&token),
         json!({
             "address": {"receiver_name": "Bench", "detailed_address": "1 Tea Street, Hangzhou", "tel_number": "13800000000"},
@@ -111,13 +130,7 @@ async fn purchase(r: &Running, http: &reqwest::Client, user: &str) -> Result<Str
         .as_str()
         .ok_or_else(|| format!("no out_trade_no: {order}"))?
         .to_owned();
-    post(
-        http,
-        format!("{base}/sandbox/_control/pay"),
-        None,
-        json!({ "out_trade_no": no }),
-    )
-    .await?;
+    post(http, &at.pay, None, json!({ "out_trade_no": no })).await?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while r.sandbox.notifications_delivered(&no) == 0 {
         if Instant::now() > deadline {
@@ -158,12 +171,13 @@ async fn bench(args: &[String]) -> Result<(), String> {
     r.sandbox.set_log_cap(usize::MAX);
     let synced_before = r.sandbox.calls("shop/order/pay").len();
 
+    let at = Arc::new(Endpoints::of(&r)?);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cpu0 = process_cpu();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..conc {
-        let (r, http, next) = (r.clone(), http.clone(), next.clone());
+        let (r, http, at, next) = (r.clone(), http.clone(), at.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -172,7 +186,7 @@ async fn bench(args: &[String]) -> Result<(), String> {
                     return Ok::<_, String>(lat);
                 }
                 let t = Instant::now();
-                purchase(&r, &http, &format!("bench-{w}-{i}")).await?;
+                purchase(&r, &http, &at, &format!("bench-{w}-{i}")).await?;
                 lat.push(t.elapsed());
             }
         }));

@@ -2,7 +2,8 @@
 //! message push, durable state. Every Lambda function and `wxlocal` run this same code.
 //!
 //! Modules: one per outside party (`pay`, `shop`, `push`), one per concern (`domain`, `store`,
-//! `outbox`, `session`, `config`, `time`, `metrics`), and `handlers` with one module per function.
+//! `outbox`, `session`, `config`, `time`, `metrics`, `urls`), and `handlers` with one module per
+//! function.
 
 pub mod app;
 #[cfg(any(feature = "dynamodb", feature = "lambda"))]
@@ -21,3 +22,4 @@ pub mod session;
 pub mod shop;
 pub mod store;
 pub mod time;
+pub mod urls;

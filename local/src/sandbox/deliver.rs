@@ -246,10 +246,12 @@ async fn retry(sb: Sandbox, out: Outgoing, epoch: u64) {
 /// it announces is in the state file, if the sandbox keeps one: the receiver writes it down.
 async fn attempt(sb: &Sandbox, out: &Outgoing, n: usize, epoch: u64) -> bool {
     sb.saved().await;
-    let res = sb
-        .inner
-        .http
-        .post(&out.url)
+    // A URL that does not parse goes to reqwest as text, which refuses it as before.
+    let req = match sb.inner.urls.parse(&out.url) {
+        Ok(url) => sb.inner.http.post(url),
+        Err(_) => sb.inner.http.post(&out.url),
+    };
+    let res = req
         .header("content-type", out.content_type)
         .body(out.body.clone())
         .send()

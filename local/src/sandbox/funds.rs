@@ -769,7 +769,7 @@ fn set_bank_account(sb: &Sandbox, v: &Value) -> WxResult {
     }
     let today = beijing_date(sb.now_ms());
     let mut st = sb.st();
-    let n = st.funds.bank_changes.entry(today).or_insert(0);
+    let n = st.funds.bank_changes.get_or_insert_with(today, || 0);
     if *n >= 5 {
         return Err(WxErr::new(E_PARAM, "bank account changed 5 times today"));
     }

@@ -5,25 +5,34 @@
 //! everything WeChat ever saw (13× slower after a few thousand orders). So the kept maps and
 //! logs say which entries changed, and the writer journals only those.
 //!
-//! A [`Kept`] map reads like the `BTreeMap` it wraps (`Deref`), but has no `DerefMut`: every
-//! way to change it goes through a method here that records the key (conservatively: `entry`
-//! and `get_mut` count as a change whether or not the caller writes; `values_mut` counts every
-//! entry). A [`KeptLog`] only grows, so what is new is what lies past the part already saved.
+//! A [`Kept`] map reads like the `BTreeMap` it wraps (`get`, `iter`, `values`, `range`, …),
+//! and every way to change it goes through a method here that records the key
+//! (conservatively: `get_or_insert_with` and `get_mut` count as a change whether or not the
+//! caller writes; `values_mut` counts every entry). Its values are shared behind `Arc`s, so
+//! the compaction's copy does not copy them. A [`KeptLog`] only grows, so what is new is what lies past the part already saved.
 //! Both serialise as the plain map or list, so a full snapshot reads as it always did.
 
 use serde::de::DeserializeOwned;
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Borrow;
 use std::collections::btree_map::{self, BTreeMap};
 use std::collections::BTreeSet;
+use std::ops::RangeBounds;
+use std::sync::Arc;
 
 /// A map of the kept state that records which keys changed since [`Kept::take_changes`].
+///
+/// Each value sits behind an [`Arc`], so a clone (the compaction's copy, taken under the
+/// state lock: [`super::persist`]) copies the tree and the keys but shares every value: a
+/// refcount, not a deep copy of each order. A change goes through [`Arc::make_mut`], which
+/// copies the one value only while a compaction still holds the old one.
 #[derive(Clone, Debug)]
 pub struct Kept<K, V> {
-    map: BTreeMap<K, V>,
+    map: BTreeMap<K, Arc<V>>,
     /// Keys inserted, removed or borrowed mutably since the last save.
     changed: BTreeSet<K>,
-    /// Every entry may have changed (`values_mut`, `iter_mut`, `clear`): saved whole.
+    /// Every entry may have changed (`values_mut`, `clear`): saved whole.
     all: bool,
 }
 
@@ -37,25 +46,102 @@ impl<K, V> Default for Kept<K, V> {
     }
 }
 
-impl<K, V> std::ops::Deref for Kept<K, V> {
-    type Target = BTreeMap<K, V>;
-    fn deref(&self) -> &BTreeMap<K, V> {
-        &self.map
+/// The entries in key order, values borrowed out of their `Arc`s.
+pub struct Iter<'a, K, V>(btree_map::Iter<'a, K, Arc<V>>);
+
+impl<'a, K, V> Iterator for Iter<'a, K, V> {
+    type Item = (&'a K, &'a V);
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|(k, v)| (k, &**v))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl<K, V> DoubleEndedIterator for Iter<'_, K, V> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.0.next_back().map(|(k, v)| (k, &**v))
     }
 }
 
 impl<'a, K, V> IntoIterator for &'a Kept<K, V> {
     type Item = (&'a K, &'a V);
-    type IntoIter = btree_map::Iter<'a, K, V>;
+    type IntoIter = Iter<'a, K, V>;
     fn into_iter(self) -> Self::IntoIter {
-        self.map.iter()
+        self.iter()
     }
 }
 
-impl<K: Ord + Clone, V> Kept<K, V> {
-    pub fn insert(&mut self, k: K, v: V) -> Option<V> {
+/// Reads, as on the `BTreeMap` the map used to be.
+impl<K, V> Kept<K, V> {
+    pub fn iter(&self) -> Iter<'_, K, V> {
+        Iter(self.map.iter())
+    }
+
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> {
+        self.map.values().map(|v| &**v)
+    }
+
+    pub fn keys(&self) -> btree_map::Keys<'_, K, Arc<V>> {
+        self.map.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl<K: Ord, V> Kept<K, V> {
+    pub fn get<Q>(&self, k: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.map.get(k).map(|v| &**v)
+    }
+
+    pub fn contains_key<Q>(&self, k: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.map.contains_key(k)
+    }
+
+    pub fn range<Q, R>(&self, range: R) -> impl DoubleEndedIterator<Item = (&K, &V)>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        self.map.range(range).map(|(k, v)| (k, &**v))
+    }
+}
+
+impl<K: Ord, V, Q> std::ops::Index<&Q> for Kept<K, V>
+where
+    K: Borrow<Q>,
+    Q: Ord + ?Sized,
+{
+    type Output = V;
+    /// Panics when `k` is absent, as a `BTreeMap`'s index does.
+    fn index(&self, k: &Q) -> &V {
+        &self.map[k]
+    }
+}
+
+/// Changes, each recorded.
+impl<K: Ord + Clone, V: Clone> Kept<K, V> {
+    /// Sets `k` to `v`. The old value is dropped, not returned: returning it would copy it
+    /// whenever a compaction still shares it, and no caller wants it.
+    pub fn insert(&mut self, k: K, v: V) {
         self.changed.insert(k.clone());
-        self.map.insert(k, v)
+        self.map.insert(k, Arc::new(v));
     }
 
     /// Counts as a change of `k` (when present), written or not.
@@ -66,7 +152,7 @@ impl<K: Ord + Clone, V> Kept<K, V> {
     {
         let key = self.map.get_key_value(k)?.0.clone();
         self.changed.insert(key);
-        self.map.get_mut(k)
+        self.map.get_mut(k).map(Arc::make_mut)
     }
 
     pub fn remove<Q>(&mut self, k: &Q) -> Option<V>
@@ -76,28 +162,24 @@ impl<K: Ord + Clone, V> Kept<K, V> {
     {
         let (key, v) = self.map.remove_entry(k)?;
         self.changed.insert(key);
-        Some(v)
+        Some(Arc::unwrap_or_clone(v))
     }
 
-    /// Counts as a change of `k`, whatever the caller does with the entry.
-    pub fn entry(&mut self, k: K) -> btree_map::Entry<'_, K, V> {
+    /// The value at `k`, inserted by `make` when absent. Counts as a change of `k`, whatever
+    /// the caller does with it.
+    pub fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
         self.changed.insert(k.clone());
-        self.map.entry(k)
+        Arc::make_mut(self.map.entry(k).or_insert_with(|| Arc::new(make())))
     }
 
     /// Counts as a change of every entry.
-    pub fn values_mut(&mut self) -> btree_map::ValuesMut<'_, K, V> {
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
         self.all = true;
-        self.map.values_mut()
+        self.map.values_mut().map(Arc::make_mut)
     }
 
-    /// Counts as a change of every entry.
-    pub fn iter_mut(&mut self) -> btree_map::IterMut<'_, K, V> {
-        self.all = true;
-        self.map.iter_mut()
-    }
-
-    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+    /// Removes the entries `keep` refuses (each removal a change).
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
         let changed = &mut self.changed;
         self.map.retain(|k, v| {
             let kept = keep(k, v);
@@ -107,7 +189,10 @@ impl<K: Ord + Clone, V> Kept<K, V> {
             kept
         });
     }
+}
 
+/// What the writer of the state file asks of a map.
+impl<K: Ord + Clone, V> Kept<K, V> {
     /// What changed since the last call, and forgets it: the entries to write (key and new
     /// value) and the keys removed.
     pub(crate) fn take_changes(&mut self) -> (Vec<(&K, &V)>, Vec<K>) {
@@ -117,13 +202,13 @@ impl<K: Ord + Clone, V> Kept<K, V> {
                 .into_iter()
                 .filter(|k| !self.map.contains_key(k))
                 .collect();
-            return (self.map.iter().collect(), gone);
+            return (self.iter().collect(), gone);
         }
         let mut set = Vec::new();
         let mut gone = Vec::new();
         for k in changed {
             match self.map.get_key_value(&k) {
-                Some(kv) => set.push(kv),
+                Some((k, v)) => set.push((k, &**v)),
                 None => gone.push(k),
             }
         }
@@ -146,13 +231,19 @@ impl<K: Ord + Clone, V> Kept<K, V> {
         for k in gone {
             self.map.remove(&k);
         }
-        self.map.extend(set);
+        self.map
+            .extend(set.into_iter().map(|(k, v)| (k, Arc::new(v))));
     }
 }
 
 impl<K: Serialize, V: Serialize> Serialize for Kept<K, V> {
+    /// The plain map, as a `BTreeMap<K, V>` writes it.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.map.serialize(s)
+        let mut m = s.serialize_map(Some(self.map.len()))?;
+        for (k, v) in &self.map {
+            m.serialize_entry(k, &**v)?;
+        }
+        m.end()
     }
 }
 
@@ -163,8 +254,9 @@ where
 {
     /// Also reads a map written from a `HashMap` (the same JSON object).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map: BTreeMap<K, V> = BTreeMap::deserialize(d)?;
         Ok(Kept {
-            map: BTreeMap::deserialize(d)?,
+            map: map.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             ..Kept::default()
         })
     }
@@ -278,6 +370,32 @@ mod tests {
         }
         assert_eq!(m.take_changes().0.len(), 1);
         assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"a":4}"#);
+    }
+
+    #[test]
+    fn a_copy_keeps_the_values_it_was_taken_with() {
+        let mut m: Kept<String, Vec<u32>> = Kept::default();
+        m.insert("a".into(), vec![1]);
+        m.insert("b".into(), vec![2]);
+        let copy = m.clone();
+        assert!(
+            Arc::ptr_eq(&m.map["a"], &copy.map["a"]),
+            "shared, not copied"
+        );
+        m.get_mut("a").unwrap().push(9);
+        *m.get_or_insert_with("c".into(), Vec::new) = vec![3];
+        for v in m.values_mut() {
+            v.push(0);
+        }
+        m.remove("b");
+        assert_eq!(
+            serde_json::to_string(&copy).unwrap(),
+            r#"{"a":[1],"b":[2]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"a":[1,9,0],"c":[3,0]}"#
+        );
     }
 
     #[test]

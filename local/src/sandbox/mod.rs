@@ -185,6 +185,8 @@ pub(crate) struct Inner {
     cfg: RwLock<SandboxConfig>,
     pub(crate) clock: Clock,
     pub(crate) http: reqwest::Client,
+    /// The receivers' URLs (notifications, pushes) parsed once, not at every attempt.
+    pub(crate) urls: wxshop::urls::ParsedUrls,
     st: Mutex<State>,
     /// Where the state is kept, for a sandbox opened with [`Sandbox::with_state_file`].
     persist: Option<Arc<persist::Persist>>,
@@ -257,6 +259,7 @@ impl Sandbox {
                 cfg: RwLock::new(cfg),
                 clock,
                 http,
+                urls: wxshop::urls::ParsedUrls::new(),
                 st: Mutex::new(State::default()),
                 persist: None,
             }),
@@ -296,6 +299,7 @@ impl Sandbox {
                 cfg: RwLock::new(cfg),
                 clock,
                 http,
+                urls: wxshop::urls::ParsedUrls::new(),
                 st: Mutex::new(state),
                 persist: Some(p.clone()),
             }),

@@ -40,7 +40,9 @@
 //!
 //! Compaction: once the journal is larger than both 1 MiB and the snapshot, the next batch is
 //! still a line, and with it the kept maps are cloned (under the state lock: one consistent
-//! state, as of that line; a clone costs far less than serialising). A thread of its own
+//! state, as of that line; a clone costs far less than serialising, and copies only the
+//! trees and keys: each value is shared behind an `Arc` and copied only if changed while the
+//! compaction still holds it, [`super::kept`]). A thread of its own
 //! serialises the copy and writes it as a new snapshot, then replaces the journal by the
 //! lines appended meanwhile ([`compact`]): answers, and the lines that acknowledge them, go on
 //! during the write (they used to wait for the whole state to be serialised and written). It
@@ -184,7 +186,8 @@ pub(crate) fn snapshot(
 }
 
 /// The kept part of the state, copied under the state lock for a compaction: cloning the maps
-/// is much cheaper than serialising them, which, like the write, happens after the lock.
+/// is much cheaper than serialising them, which, like the write, happens after the lock. The
+/// kept maps' values are shared with the state, not copied ([`Kept`]).
 struct Copied {
     clock_offset_ms: i64,
     seq: u64,

@@ -291,6 +291,8 @@ pub struct PayClient {
     http: reqwest::Client,
     /// With the client certificate when one is configured (refunds).
     secure: reqwest::Client,
+    /// Each API's URL parsed once, not by reqwest at every call.
+    urls: Arc<crate::urls::ParsedUrls>,
 }
 
 impl std::fmt::Debug for PayClient {
@@ -445,6 +447,7 @@ impl PayClient {
             cfg: Arc::new(cfg),
             http,
             secure,
+            urls: Arc::default(),
         })
     }
 
@@ -496,8 +499,12 @@ impl PayClient {
         } else {
             &self.http
         };
-        let mut resp = client
-            .post(url)
+        // A URL that does not parse goes to reqwest as text, which refuses it as before.
+        let req = match self.urls.parse(&url) {
+            Ok(parsed) => client.post(parsed),
+            Err(_) => client.post(url),
+        };
+        let mut resp = req
             .header(http::header::CONTENT_TYPE, "text/xml; charset=utf-8")
             .body(body)
             .send()

@@ -66,6 +66,8 @@ impl fmt::Debug for Code2Session {
 pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) base: String,
+    /// `{base}/{path}` parsed once per path ([`WxClient::url`]).
+    pub(crate) urls: crate::urls::ParsedUrls,
     pub(crate) appid: String,
     pub(crate) secret: SecretString,
     pub(crate) token: TokenManager,
@@ -145,6 +147,7 @@ impl WxClient {
             inner: Arc::new(Inner {
                 http,
                 base,
+                urls: crate::urls::ParsedUrls::new(),
                 appid: cfg.appid,
                 secret: cfg.secret,
                 token,
@@ -276,7 +279,8 @@ impl WxClient {
     }
 
     pub(crate) fn url(&self, path: &str) -> Result<url::Url, WxError> {
-        url::Url::parse(&format!("{}/{}", self.inner.base, path)).map_err(|e| WxError::Invalid {
+        let text = format!("{}/{}", self.inner.base, path);
+        self.inner.urls.parse(&text).map_err(|e| WxError::Invalid {
             path: path.to_owned(),
             why: format!("bad URL: {e}"),
         })
