@@ -9,7 +9,8 @@
 //! and every way to change it goes through a method here that records the key
 //! (conservatively: `get_or_insert_with` and `get_mut` count as a change whether or not the
 //! caller writes; `values_mut` counts every entry). Its values are shared behind `Arc`s, so
-//! the compaction's copy does not copy them. A [`KeptLog`] only grows, so what is new is what lies past the part already saved.
+//! the compaction's copy does not copy them. A [`KeptLog`] only grows, so what is new is what
+//! lies past the part already saved.
 //! Both serialise as the plain map or list, so a full snapshot reads as it always did.
 
 use serde::de::DeserializeOwned;
