@@ -1120,7 +1120,8 @@ pub const MAX_REFUND_OUTCOMES: u64 = 100;
 /// refundable again; after `CHANGE` it left the merchant and waits at WeChat, as there.
 /// `PLATFORM_REFUND_FAIL`, `PLATFORM_REFUNDING`: the next `n` after-sales the trading component
 /// accepts (`ecaftersale/acceptrefund`) are not paid (16) or still being paid (15, no push,
-/// until `/_control/aftersale` `platform_refund` finishes them). `count` is 1..=[`MAX_REFUND_OUTCOMES`] (default 1), and no more than that many wait at
+/// until `/_control/aftersale` `platform_refund` finishes them). `count` is
+/// 1..=[`MAX_REFUND_OUTCOMES`] (default 1), and no more than that many wait at
 /// once: beyond, 400 naming the range (it used to be cut to 100 without a word, and any
 /// number of calls could queue outcomes without end).
 async fn control_refund_outcome(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {

@@ -608,8 +608,9 @@ pub enum Settled {
     Paid(crate::domain::Order),
     /// Not paid (or nothing to ask) and not expired: left open.
     Open,
-    /// Expired (or within the margin asked for) and not paid: closed, its stock given back, and its close at WeChat queued —
-    /// or, when it was closed or paid meanwhile, the order as it is now.
+    /// Expired (or within the margin asked for) and not paid: closed, its stock given back,
+    /// and its close at WeChat queued — or, when it was closed or paid meanwhile, the order
+    /// as it is now.
     Closed(crate::domain::Order),
     /// WeChat did not say whether it was paid (no answer, or one nothing may be decided on):
     /// nothing changed. An expired order (`expired`: or one within the margin) is not closed,
