@@ -5429,10 +5429,15 @@ async fn a_day_whose_own_bill_never_comes_is_given_up_after_a_week() {
 /// Tells the sandbox's `downloadbill` to answer `day`'s bills (`bill_type`: one of them) with
 /// the failure `return_msg` (`Bill Creating`, `SYSTEMERROR`, …), or (`None`) to give them.
 async fn bills_fail(c: &Client<'_>, day: &str, bill_type: Option<&str>, return_msg: Option<&str>) {
-    let mut body = match return_msg {
+    let body = match return_msg {
         Some(msg) => json!({"failing": day, "return_msg": msg}),
         None => json!({"created": day}),
     };
+    bill_control(c, body, bill_type).await;
+}
+
+/// Posts `body` to the sandbox's `/_control/bill`, for the bill of `bill_type` only if given.
+async fn bill_control(c: &Client<'_>, mut body: Value, bill_type: Option<&str>) {
     if let Some(t) = bill_type {
         body["bill_type"] = json!(t);
     }
@@ -5816,12 +5821,8 @@ async fn a_bill_failing_all_week_is_given_up_and_the_other_half_checked() {
 /// Tells the sandbox's `downloadbill` to answer `day`'s bill of `bill_type` (`None`: both) with
 /// HTTP `status` and no bill, as an outage in front of WeChat Pay does.
 async fn bills_fail_http(c: &Client<'_>, day: &str, bill_type: Option<&str>, status: u16) {
-    let mut body = json!({"failing": day, "http_status": status});
-    if let Some(t) = bill_type {
-        body["bill_type"] = json!(t);
-    }
-    let (s, v) = c.post("/sandbox/_control/bill", None, &body).await;
-    assert_eq!(s, 200, "{v}");
+    let body = json!({"failing": day, "http_status": status});
+    bill_control(c, body, bill_type).await;
 }
 
 /// A refund recorded today that WeChat says succeeded yesterday is looked for in yesterday's
