@@ -20,8 +20,8 @@
 //!   time under payCallback at 256 in flight. A checkpointer thread of its own (after every
 //!   group, the writer finishing the last one so the WAL can start over) was tried on 6
 //!   December and measured faster on a loaded machine but slower on a quiet one, where its
-//!   repeated copies and fsyncs took CPU from the handlers (docs/PERFORMANCE.md, "Results
-//!   against the targets"); it was not kept, nor was a larger writer page cache. A second
+//!   repeated copies and fsyncs took CPU from the handlers (docs/PERFORMANCE.md, "Log
+//!   of full runs", 6 December); it was not kept, nor was a larger writer page cache. A second
 //!   one, waiting for 256–1,000 pages of WAL before each checkpoint, was measured the same
 //!   day: the checkpoint is ~1 % of the writer's instructions (its cost is in the kernel's
 //!   copies and fsyncs), so moving it left the instruction counts unchanged within noise;
