@@ -1,5 +1,5 @@
-// The READMEs against the sources they describe: each test reads both, so a change on one side
-// that the other does not follow fails here. No server, no build.
+// The READMEs and docs/API.md against the sources they describe: each test reads both, so a
+// change on one side that the other does not follow fails here. No server, no build.
 'use strict';
 
 const test = require('node:test');
@@ -17,48 +17,89 @@ function structFields(src, name) {
   return [...m[1].matchAll(/^\s*(?:pub\s+)?([a-z_][a-z0-9_]*)\s*:/gm)].map((f) => f[1]);
 }
 
-test('the root README\'s unifiedOrder row names every field the handler accepts, address included', () => {
+/** The section of docs/API.md under `## <heading>`, up to the next `## ` heading. */
+function apiSection(heading) {
+  const s = read('docs/API.md').split(/\n(?=## )/).find((x) => x.startsWith(`## ${heading}\n`));
+  assert.ok(s, `no "## ${heading}" section in docs/API.md`);
+  return s;
+}
+
+/** One part (`Request`, `Answer`, `Errors`) of an API.md section: from its bold label to the next. */
+function apiPart(heading, part) {
+  const labels = 'Request|Answer|Errors|Behaviour worth knowing';
+  const m = new RegExp(`\\n\\*\\*${part}\\*\\*[\\s\\S]*?(?=\\n\\*\\*(?:${labels})\\*\\*|$)`).exec(apiSection(heading));
+  assert.ok(m, `no **${part}** in docs/API.md's ${heading} section`);
+  return m[0];
+}
+
+/** The table row of `text` whose first cell names `name` in backticks. */
+function rowNaming(text, name) {
+  return text.split('\n').find((l) => l.startsWith('| ') && l.split(' | ')[0].includes('`' + name + '`'));
+}
+
+test('docs/API.md\'s unifiedOrder request table has a row for every field the handler accepts, address parts included', () => {
   const handler = read('shared/src/handlers/unified_order.rs');
   const fields = structFields(handler, 'UnifiedOrderRequest');
   assert.ok(fields.includes('address'), `UnifiedOrderRequest fields: ${fields}`);
-  const addressFields = structFields(read('shared/src/domain/order.rs'), 'Address');
-  const row = read('README.md').split('\n').find((l) => l.startsWith('| `POST /fn/unifiedOrder`'));
-  assert.ok(row, 'no unifiedOrder row in README.md');
-  for (const f of fields.concat(addressFields)) {
-    assert.match(row, new RegExp(`\\b${f}\\b`), `README's unifiedOrder row does not mention \`${f}\``);
+  const request = apiPart('unifiedOrder', 'Request');
+  for (const f of fields) assert.ok(rowNaming(request, f), `unifiedOrder's Request table has no row for \`${f}\``);
+  const address = rowNaming(request, 'address');
+  for (const f of structFields(read('shared/src/domain/order.rs'), 'Address')) {
+    assert.match(address, new RegExp(`\\b${f}\\b`), `the address row does not name \`${f}\``);
   }
-  assert.match(row, /ADDRESS_REQUIRED/, 'the row says what a missing address gets');
+  assert.ok(rowNaming(apiPart('unifiedOrder', 'Errors').replace(/^\| \d+ \| /gm, '| '), 'ADDRESS_REQUIRED'), 'the Errors table says what a missing address gets');
 });
 
-test('the root README\'s login row names every field login answers, which the client reads', () => {
+test('docs/API.md\'s login answer table has a row for every field login answers, which the client reads', () => {
   const fields = structFields(read('shared/src/handlers/login.rs'), 'LoginResult');
   for (const f of ['fund_type', 'trading_component']) assert.ok(fields.includes(f), `LoginResult fields: ${fields}`);
-  const row = read('README.md').split('\n').find((l) => l.startsWith('| `POST /fn/login`'));
-  assert.ok(row, 'no login row in README.md');
-  for (const f of fields) assert.match(row, new RegExp(`\\b${f}\\b`), `README's login row does not mention \`${f}\``);
+  const answer = apiPart('login', 'Answer');
+  for (const f of fields) assert.ok(rowNaming(answer, f), `login's Answer table has no row for \`${f}\``);
   // What the client stores and holds against wx.checkBeforeAddOrder.
   const client = read('miniprogram/wxshop.js');
   for (const f of ['fund_type', 'trading_component']) assert.ok(client.includes(`body.${f}`), `wxshop.js does not read login's ${f}`);
 });
 
-test('the root README gives every field of the order answers, freight included, and the client README the amounts', () => {
+test('docs/API.md gives every field of the order answers, freight included, and the client README the amounts', () => {
   const fields = (file, name) => structFields(read(file), name).filter((f) => f !== 'order_info').concat(name === 'UnifiedOrderResult' ? ['orderInfo'] : []);
-  const readme = read('README.md').split('\n');
-  const rows = {
-    UnifiedOrderResult: ['shared/src/handlers/unified_order.rs', '| `POST /fn/unifiedOrder`'],
-    "OrderView<'a>": ['shared/src/handlers/query_order.rs', '| `POST /fn/queryOrder`'],
+  const sections = {
+    UnifiedOrderResult: ['shared/src/handlers/unified_order.rs', 'unifiedOrder'],
+    "OrderView<'a>": ['shared/src/handlers/query_order.rs', 'queryOrder'],
   };
-  for (const [name, [file, start]] of Object.entries(rows)) {
+  for (const [name, [file, heading]] of Object.entries(sections)) {
     const got = fields(file, name);
     assert.ok(got.includes('total_fee') && got.includes('freight'), `${name} fields: ${got}`);
-    const row = readme.find((l) => l.startsWith(start));
-    assert.ok(row, `no ${start} row in README.md`);
-    for (const f of got) assert.match(row, new RegExp(`\\b${f}\\b`), `README's ${start} row does not mention \`${f}\``);
+    const answer = apiPart(heading, 'Answer');
+    for (const f of got) assert.ok(rowNaming(answer, f), `${heading}'s Answer table has no row for \`${f}\``);
   }
   const client = read('miniprogram/README.md');
   const orders = client.split('\n- ').find((b) => b.startsWith('`shop.orders`'));
   assert.ok(orders, 'no shop.orders entry in miniprogram/README.md');
   for (const f of ['total_fee', 'freight', 'refunded_fee']) assert.ok(orders.includes(`\`${f}\``), `shop.orders does not name ${f}`);
+});
+
+test('every route in ROUTES has a section in docs/API.md and a row in the README\'s route table linking to it', () => {
+  const src = read('shared/src/handlers/mod.rs');
+  const table = /pub static ROUTES: &\[Route\] = &\[([\s\S]*?)\n\];/.exec(src);
+  assert.ok(table, 'ROUTES not found in shared/src/handlers/mod.rs');
+  const routes = [...table[1].matchAll(/route\(\s*"([A-Z]+)",\s*"([^"]+)"/g)].map((m) => `${m[1]} ${m[2]}`);
+  for (const r of ['POST /fn/login', 'GET /callbacks/wechat', 'POST /admin/funds']) assert.ok(routes.includes(r), `the scan missed ${r}: ${routes}`);
+  // A section names its routes in its first paragraph, e.g. "`POST /fn/login` · mini program · …".
+  const sections = read('docs/API.md').split(/\n(?=## )/).filter((s) => s.startsWith('## '));
+  const readme = read('README.md');
+  const start = readme.indexOf('\n## API\n');
+  assert.ok(start >= 0, 'no "## API" section in README.md');
+  const rows = readme.slice(start, readme.indexOf('\n## ', start + 1)).split('\n').filter((l) => l.startsWith('| `'));
+  // GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens.
+  const anchor = (h) => h.toLowerCase().replace(/[^a-z0-9 _-]/g, '').replace(/ /g, '-');
+  for (const r of routes) {
+    const section = sections.find((s) => (s.split('\n\n')[1] || '').includes('`' + r + '`'));
+    assert.ok(section, `docs/API.md has no section whose first paragraph names \`${r}\``);
+    const row = rows.find((l) => l.split(' | ')[0].includes('`' + r + '`'));
+    assert.ok(row, `README.md's route table has no row for \`${r}\``);
+    const link = `(docs/API.md#${anchor(section.slice(3, section.indexOf('\n')))})`;
+    assert.ok(row.includes(link), `README.md's row for \`${r}\` does not link ${link}: ${row}`);
+  }
 });
 
 test('the miniprogram README tells phone users how to make wxlocal listen beyond loopback', () => {
