@@ -1,0 +1,206 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! The rules a merchant relies on in after-sales and refunds, end to end over HTTP: what an
+//! after-sale holds of its order, and when it lets go of it.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use wxlocal::gateway::Running;
+
+#[path = "reliability_support.rs"]
+mod support;
+use support::{eventually, stack_with, Client};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A stack whose approvals of a return take the address from `WX_RETURN_ADDRESS`.
+async fn return_stack() -> Running {
+    let address = json!({"receiver_name": "Returns desk", "detailed_address": "8 Warehouse Road",
+                         "tel_number": "021-5555-0101"});
+    stack_with(&[("WX_RETURN_ADDRESS", &address.to_string())]).await
+}
+
+/// WeChat's after-sale id for ours, once stored.
+async fn wx_aftersale_id(r: &Running, id: &str) -> Option<u64> {
+    let id = wxshop::domain::AfterSaleId::parse(id.to_owned()).unwrap();
+    wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &id)
+        .await
+        .unwrap()?
+        .value
+        .wx_aftersale_id
+}
+
+/// WeChat's status for after-sale `wx`.
+async fn wx_status(r: &Running, wx: u64) -> i64 {
+    r.app
+        .wx
+        .ecaftersale_get(&wxshop::shop::types::AfterSaleKey::Id(wx))
+        .await
+        .unwrap()
+        .status
+}
+
+/// The user's after-sale `id` of order `no`, as they list it.
+async fn mine(c: &Client, token: &str, no: &str, id: &str) -> Value {
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(token),
+            &json!({"action": "list", "out_trade_no": no}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["aftersales"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["aftersale_id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no after-sale {id} in {v}"))
+}
+
+/// `user` buys one tea (1990) and pays; once WeChat's component order is paid, they ask for
+/// its return and refund and the merchant accepts the return (WeChat's after-sale at 6,
+/// waiting for the goods): (token, out_trade_no, after-sale id, WeChat's after-sale id).
+async fn return_accepted(r: &Running, c: &Client, user: &str) -> (String, String, String, u64) {
+    let (token, _) = c.login(user).await;
+    let (s, order) = c.order(&token, 1, None).await;
+    assert_eq!(s, 200, "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.pay_at_sandbox(&no).await;
+    eventually("shop/order/pay", WAIT, || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "type": "return",
+                    "reason": "too big", "idempotency_key": "return-1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["amount"], 1990, "{v}");
+    let id = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["status"], "AWAITING_RETURN", "{v}");
+    eventually("the return accepted at WeChat (6)", WAIT, || async {
+        match wx_aftersale_id(r, &id).await {
+            Some(wx) => wx_status(r, wx).await == 6,
+            None => false,
+        }
+    })
+    .await;
+    let wx = wx_aftersale_id(r, &id).await.unwrap();
+    (token, no, id, wx)
+}
+
+/// The user asks again for the tea's 1990: the answer.
+async fn apply_again(c: &Client, token: &str, no: &str) -> (u16, Value) {
+    c.post(
+        "/fn/aftersaleSync",
+        Some(token),
+        &json!({"action": "apply", "out_trade_no": no, "reason": "again"}),
+    )
+    .await
+}
+
+/// The merchant's `aftersale_wechat` event about `id`'s return closed at WeChat, if kept.
+async fn return_closed_event(r: &Running, id: &str) -> Option<Value> {
+    wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        wxshop::handlers::aftersale_sync::WECHAT_AFTERSALE_EVENTS,
+        &format!("return_closed/{id}"),
+    )
+    .await
+    .unwrap()
+    .map(|e| serde_json::from_str(&e.value.body).unwrap())
+}
+
+/// A return the merchant accepted, whose goods the user never sent: WeChat closes its
+/// after-sale (7) and pushes `aftersale_user_upload_return_info_overdue` (UNVERIFIED, the
+/// sandbox's `return_overdue`). Believed as WeChat's after-sale read back, ours is CANCELLED,
+/// its 1990 no longer held on the order — the user may ask for it again — and the merchant is
+/// told; nothing is dead-lettered. Nobody could close it before: the merchant rejects only
+/// before accepting a return or once the goods came back, the refund cannot be approved
+/// before they are sent, and the push was ignored — ours stayed AWAITING_RETURN, telling the
+/// user to send goods WeChat no longer takes, and held the order's whole amount for good,
+/// every new application refused (409 NOT_REFUNDABLE).
+#[tokio::test]
+async fn a_return_wechat_closed_for_want_of_the_goods_lets_go_of_its_amount() {
+    let r = return_stack().await;
+    let c = Client::new(&r);
+    let (token, no, id, wx) = return_accepted(&r, &c, "ursula").await;
+    let (s, v) = apply_again(&c, &token, &no).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("NOT_REFUNDABLE")),
+        "held by the return: {v}"
+    );
+
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "return_overdue", "aftersale_id": wx}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("ours cancelled as WeChat closed it", WAIT, || async {
+        mine(&c, &token, &no, &id).await["status"] == "CANCELLED"
+    })
+    .await;
+    let event = return_closed_event(&r, &id)
+        .await
+        .expect("the merchant told");
+    assert_eq!(event["wx_status"], 7, "{event}");
+    let (s, v) = apply_again(&c, &token, &no).await;
+    assert_eq!(s, 200, "the amount is free again: {v}");
+    assert_eq!(v["aftersale"]["amount"], 1990, "{v}");
+    // The cancel mirrored to WeChat meets its closed after-sale: nothing dead-lettered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(wx_status(&r, wx).await, 7);
+    assert!(r.sandbox.calls("secapi/pay/refund").is_empty());
+}
+
+/// The same with the push lost: the schedule reads the return back once it has been quiet
+/// for its grace and closes ours as the push would have (`wechat_refunds` `closed`).
+#[tokio::test]
+async fn a_return_wechat_closed_whose_push_was_lost_is_closed_by_the_schedule() {
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    let r = return_stack().await;
+    let c = Client::new(&r);
+    let (token, no, id, wx) = return_accepted(&r, &c, "vera").await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/aftersale",
+            None,
+            &json!({"action": "return_overdue", "aftersale_id": wx, "push": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    r.app.clock.advance(11 * 60_000);
+    let report = on_schedule(&r.app, wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    assert_eq!(report["wechat_refunds"]["closed"], 1, "{report}");
+    assert_eq!(
+        mine(&c, &token, &no, &id).await["status"],
+        "CANCELLED",
+        "{report}"
+    );
+    assert!(return_closed_event(&r, &id).await.is_some());
+    let (s, v) = apply_again(&c, &token, &no).await;
+    assert_eq!(s, 200, "the amount is free again: {v}");
+    let later = on_schedule(&r.app, wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    assert_eq!(later["wechat_refunds"]["closed"], 0, "{later}");
+}
