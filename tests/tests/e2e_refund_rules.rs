@@ -204,3 +204,122 @@ async fn a_return_wechat_closed_whose_push_was_lost_is_closed_by_the_schedule() 
     let later = on_schedule(&r.app, wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
     assert_eq!(later["wechat_refunds"]["closed"], 0, "{later}");
 }
+
+/// `user` pays an order of two lines in the trading component — two tea (1990 each) and
+/// three cups (500 each) — and WeChat's component order has the payment: (token,
+/// out_trade_no).
+async fn two_lines_paid(r: &Running, c: &Client, user: &str) -> (String, String) {
+    c.listed_product("cup", "cup-1", 500).await;
+    let (token, _) = c.login(user).await;
+    let (s, order) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 2},
+                              {"product_id": "cup", "sku_id": "cup-1", "quantity": 3}],
+                    "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                                "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.pay_at_sandbox(&no).await;
+    eventually("shop/order/pay", WAIT, || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(&no))
+    })
+    .await;
+    (token, no)
+}
+
+/// Guard: two applications for the same line at once, each under its own key (two devices),
+/// can together claim no more than the line — one is accepted, the other refused 400
+/// `LINE_ALREADY_CLAIMED` — and the other line is untouched. Then each line refunded in turn:
+/// the order stays PAID (still shipped) after the first, reads REFUNDED once both went back,
+/// `refunded_fee` the sum paid, and nothing more can be asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lines_are_claimed_once_and_the_order_is_refunded_when_all_went_back() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, no) = two_lines_paid(&r, &c, "wanda").await;
+    let cups = |key: &str| {
+        json!({"action": "apply", "out_trade_no": no, "product_id": "cup", "sku_id": "cup-1",
+               "reason": "chipped", "idempotency_key": key})
+    };
+    let (phone, tablet) = (cups("phone"), cups("tablet"));
+    let (a, b) = tokio::join!(
+        c.post("/fn/aftersaleSync", Some(&token), &phone),
+        c.post("/fn/aftersaleSync", Some(&token), &tablet)
+    );
+    let mut codes = [a.0, b.0];
+    codes.sort_unstable();
+    assert_eq!(codes, [200, 400], "{} / {}", a.1, b.1);
+    let (won, lost) = if a.0 == 200 {
+        (&a.1, &b.1)
+    } else {
+        (&b.1, &a.1)
+    };
+    assert_eq!(lost["code"], "LINE_ALREADY_CLAIMED", "{lost}");
+    assert_eq!(
+        (&won["aftersale"]["amount"], &won["aftersale"]["quantity"]),
+        (&json!(1500), &json!(3)),
+        "{won}"
+    );
+    let cup_id = won["aftersale"]["aftersale_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": cup_id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the cups refunded", WAIT, || async {
+        c.status(&token, &no).await["refunded_fee"] == 1500
+    })
+    .await;
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "product_id": "tea",
+                    "sku_id": "tea-250g", "idempotency_key": "tea"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["amount"], 2 * 1990, "{v}");
+    let tea_id = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+    // WeChat Pay takes one refund of an order a minute.
+    r.sandbox.clock().advance(60_000);
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": tea_id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("everything refunded", WAIT, || async {
+        c.status(&token, &no).await["status"] == "REFUNDED"
+    })
+    .await;
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 2 * 1990 + 1500);
+    for line in [
+        json!({"product_id": "cup", "sku_id": "cup-1", "quantity": 1}),
+        json!({}),
+    ] {
+        let mut body = json!({"action": "apply", "out_trade_no": no, "amount": 1});
+        if let (Some(b), Value::Object(l)) = (body.as_object_mut(), line) {
+            b.extend(l);
+        }
+        let (s, v) = c.post("/fn/aftersaleSync", Some(&token), &body).await;
+        assert!(s == 400 || s == 409, "nothing is left: {v}");
+    }
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
