@@ -323,3 +323,131 @@ async fn lines_are_claimed_once_and_the_order_is_refunded_when_all_went_back() {
     let dead = c.dead_letters().await;
     assert!(dead.is_empty(), "{dead:?}");
 }
+
+/// `user` pays one tea (1990) and applies for its refund; WeChat Pay takes the refund and
+/// cannot pay it out (`CHANGE`): REFUND_ABNORMAL. (token, out_trade_no, after-sale id, the
+/// signed `SUCCESS` notification WeChat sends once a person redirected it.)
+async fn refund_held_at_wechat(
+    r: &Running,
+    c: &Client,
+    user: &str,
+) -> (String, String, String, String) {
+    use wxshop::domain::{Fen, OutRefundNo, OutTradeNo};
+    let (token, _) = c.login(user).await;
+    let (_, order) = c.order(&token, 1, None).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.pay_at_sandbox(&no).await;
+    eventually("PAID", WAIT, || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/refund_outcome",
+            None,
+            &json!({"status": "CHANGE"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "broken"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let id = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("REFUND_ABNORMAL", WAIT, || async {
+        mine(c, &token, &no, &id).await["status"] == "REFUND_ABNORMAL"
+    })
+    .await;
+    let out_refund_no = mine(c, &token, &no, &id).await["out_refund_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let store = r.app.store.as_ref();
+    let refund =
+        wxshop::store::repo::get_refund(store, &OutRefundNo::parse(out_refund_no.clone()).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+    let order = wxshop::store::repo::get_order(store, &OutTradeNo::parse(no.clone()).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let cfg = &r.app.config;
+    let success = wxshop::pay::refund_notify::build_refund_notification(
+        &wxshop::pay::refund_notify::RefundNotificationSpec {
+            appid: cfg.appid.clone(),
+            mch_id: cfg.mch_id.clone(),
+            sub_appid: None,
+            sub_mch_id: None,
+            out_trade_no: OutTradeNo::parse(no.clone()).unwrap(),
+            out_refund_no: OutRefundNo::parse(out_refund_no).unwrap(),
+            transaction_id: order.transaction_id.unwrap(),
+            refund_id: refund.refund_id.unwrap(),
+            total_fee: Fen::new(1990).unwrap(),
+            refund_fee: Fen::new(1990).unwrap(),
+            success_time_ms: Some(1_700_000_000_000),
+            refund_status: wxshop::pay::types::RefundStatus::Success,
+        },
+        cfg.api_key(),
+    );
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 0);
+    (token, no, id, success)
+}
+
+/// Guard: a refund WeChat held (`CHANGE`) and a person then redirected is counted once,
+/// whichever way its end is told and however often — WeChat's `SUCCESS` for the same
+/// `out_refund_no` (twice) before or after the merchant's `mark_refunded`: the after-sale
+/// REFUNDED, `refunded_fee` 1990 once, every notification acknowledged, a `mark_refunded`
+/// after the `SUCCESS` refused (409 `AFTERSALE_STATE`), and no second refund asked for.
+#[tokio::test]
+async fn a_held_refund_redirected_is_counted_once_however_its_end_is_told() {
+    use support::return_code;
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let mark = |id: &str| json!({"action": "mark_refunded", "aftersale_id": id});
+
+    // WeChat's SUCCESS first (twice), the merchant's record after.
+    let (token, no, id, success) = refund_held_at_wechat(&r, &c, "xena").await;
+    for _ in 0..2 {
+        let (s, reply) = c.raw("/callbacks/refund", success.clone()).await;
+        assert_eq!((s, return_code(&reply)), (200, "SUCCESS"), "{reply}");
+    }
+    assert_eq!(mine(&c, &token, &no, &id).await["status"], "REFUNDED");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+    assert_eq!(c.status(&token, &no).await["status"], "REFUNDED");
+    let (s, v) = c.admin("/admin/aftersaleSync", &mark(&id)).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("AFTERSALE_STATE")),
+        "{v}"
+    );
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+
+    // The merchant's record first, WeChat's SUCCESS after.
+    let (token, no, id, success) = refund_held_at_wechat(&r, &c, "yara").await;
+    let (s, v) = c.admin("/admin/aftersaleSync", &mark(&id)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["status"], "REFUNDED", "{v}");
+    let (s, reply) = c.raw("/callbacks/refund", success).await;
+    assert_eq!((s, return_code(&reply)), (200, "SUCCESS"), "{reply}");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+    assert_eq!(mine(&c, &token, &no, &id).await["status"], "REFUNDED");
+    assert_eq!(
+        r.sandbox.calls("secapi/pay/refund").len(),
+        2,
+        "one refund each"
+    );
+}
