@@ -2654,8 +2654,39 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
             }
             Ok(json!({"aftersale_id": id, "status": 13}))
         }
+        "return_overdue" => {
+            // WeChat closing a return whose goods the user did not send back in time:
+            // 6 → 7 (RETURN_CLOSED), `aftersale_user_upload_return_info_overdue` pushed.
+            // UNVERIFIED: that WeChat closes it so, and with that push.
+            let id = u64_of(v, "aftersale_id").ok_or("give aftersale_id")?;
+            let out_id = {
+                let mut st = sb.st();
+                let a = st
+                    .shop
+                    .aftersales
+                    .get_mut(&id)
+                    .ok_or("no such after-sale")?;
+                if a.status != 6 {
+                    return Err(format!(
+                        "after-sale status {} is not waiting for the goods (6)",
+                        a.status
+                    ));
+                }
+                a.status = 7;
+                a.update_ms = sb.now_ms();
+                a.out_aftersale_id.clone()
+            };
+            push_event(
+                sb,
+                "aftersale_user_upload_return_info_overdue",
+                "aftersale_info",
+                json!({"aftersale_id": id, "out_aftersale_id": out_id}),
+            );
+            Ok(json!({"aftersale_id": id, "status": 7}))
+        }
         other => Err(format!(
-            "unknown action `{other}`: apply, cancel, return, update or platform_refund"
+            "unknown action `{other}`: apply, cancel, return, update, platform_refund or \
+             return_overdue"
         )),
     }
 }

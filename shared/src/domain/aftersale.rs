@@ -47,7 +47,8 @@
 //!   WeChat has not acted on yet (AWAITING_RETURN; REFUNDING of a secondary-merchant order,
 //!   whose money moves only when WeChat accepts): the merchant approved other terms.
 //! - `closed_at_wechat`: REFUNDING → CANCELLED, when WeChat's after-sale was cancelled or
-//!   closed before our refund was ever asked for.
+//!   closed before our refund was ever asked for; AWAITING_RETURN → CANCELLED, when WeChat
+//!   closed a return whose goods never came.
 //! - `refunded_by_wechat`: any state → REFUNDED. WeChat refunded a secondary-merchant order on
 //!   its own (the merchant let the deadline pass, or the platform ruled for the user after a
 //!   rejection): the money left, whatever ours said.
@@ -640,14 +641,17 @@ impl AfterSale {
     }
 
     /// WeChat's after-sale was cancelled by the user, or closed, before our refund of this
-    /// approved after-sale was ever asked for: nothing is refunded, CANCELLED.
+    /// approved after-sale was ever asked for: nothing is refunded, CANCELLED. Also a return
+    /// WeChat closed while it waited for the goods (AWAITING_RETURN; WeChat's 7, the user
+    /// never sent them in time): nobody here could close it — the merchant rejects only before
+    /// accepting the return or once the goods came back — and it held its amount for good.
     pub fn closed_at_wechat(
         &mut self,
         now_ms: i64,
     ) -> Result<super::Change, AfterSaleTransitionError> {
         match self.status {
             AfterSaleStatus::Cancelled => Ok(super::Change::Unchanged),
-            AfterSaleStatus::Refunding => {
+            AfterSaleStatus::Refunding | AfterSaleStatus::AwaitingReturn => {
                 self.status = AfterSaleStatus::Cancelled;
                 self.updated_at_ms = now_ms;
                 Ok(super::Change::Changed)
@@ -1069,16 +1073,20 @@ mod tests {
     }
 
     #[test]
-    fn only_an_unpaid_approval_closes_as_wechat_did() {
+    fn only_an_unpaid_approval_or_an_unsent_return_closes_as_wechat_did() {
         use AfterSaleStatus::*;
         let mut a = sample(AfterSaleKind::RefundOnly, Refunding);
         assert_eq!(a.closed_at_wechat(1), Ok(Change::Changed));
         assert_eq!(a.status, Cancelled);
         assert_eq!(a.closed_at_wechat(2), Ok(Change::Unchanged));
-        for from in [Refunded, RefundAbnormal, Requested] {
+        for from in [Refunded, RefundAbnormal, Requested, Returning, RefundFailed] {
             assert!(sample(AfterSaleKind::RefundOnly, from)
                 .closed_at_wechat(1)
                 .is_err());
         }
+        // A return WeChat closed while it waited for the goods.
+        let mut a = sample(AfterSaleKind::ReturnAndRefund, AwaitingReturn);
+        assert_eq!(a.closed_at_wechat(3), Ok(Change::Changed));
+        assert_eq!((a.status, a.updated_at_ms), (Cancelled, 3));
     }
 }

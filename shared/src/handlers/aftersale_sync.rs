@@ -1525,7 +1525,8 @@ pub struct WeChatRefundSweepReport {
     /// Return parcels the user entered at WeChat, recorded here now (RETURNING).
     pub returned: usize,
     /// Approved here (REFUNDING, a secondary-merchant order), cancelled or closed at WeChat
-    /// before its refund: CANCELLED now, nothing refunded, the merchant told.
+    /// before its refund — or a return awaiting its goods (AWAITING_RETURN) that WeChat
+    /// closed: CANCELLED now, nothing refunded, the merchant told.
     pub closed: usize,
     /// Approved here (REFUNDING, a secondary-merchant order) and accepted at WeChat, which
     /// could not pay it (16, 18): held as REFUND_ABNORMAL now, a person paged.
@@ -2047,7 +2048,8 @@ async fn new_at_wechat(
 /// ([`cancel_as_user_did`]); other type or amount while it waits for the merchant and ours
 /// is REQUESTED ([`adopt_wechat_terms`]; a reason-only edit is left to its push or the
 /// approval's read-back: no money turns on it); a return waybill while ours awaits the return
-/// ([`parcel_as_user_sent`]); ours approved (REFUNDING) of a secondary-merchant order and not
+/// ([`parcel_as_user_sent`]), or that return closed there ([`return_closed_at_wechat`]); ours
+/// approved (REFUNDING) of a secondary-merchant order and not
 /// refunded there, as its sync task would have ([`approved_at_wechat`]).
 async fn wechat_state_of(app: &App, a: &AfterSale, secondary: bool) -> Result<Applied, ApiError> {
     let key = match a.wx_aftersale_id {
@@ -2091,6 +2093,11 @@ async fn wechat_state_of(app: &App, a: &AfterSale, secondary: bool) -> Result<Ap
                 && (kind_of(wx.kind) != Some(a.kind) || wx.orderamt != a.amount) =>
         {
             (adopt_wechat_terms(app, &a.id, &wx).await? == Terms::Taken).then_some(Applied::Adopted)
+        }
+        AfterSaleStatus::AwaitingReturn if Standing::of(wx.status) == Standing::Closed => {
+            return_closed_at_wechat(app, &a.id, wx.status)
+                .await?
+                .then_some(Applied::Closed)
         }
         AfterSaleStatus::AwaitingReturn => parcel_as_user_sent(app, &a.id, wx)
             .await?
@@ -3383,6 +3390,23 @@ pub async fn on_wechat_event(
             }
             parcel_as_user_sent(app, &id, wx).await.map(drop)
         }
+        K::UserUploadReturnInfoOverdue => {
+            // The user did not send the goods back in time: WeChat closes the return
+            // (UNVERIFIED: that this push means its after-sale is closed, 7). Believed only as
+            // WeChat's after-sale of ours, read back, shows it closed.
+            let Some(id) = ours else { return Ok(()) };
+            let Some(wx) = read_wechat_aftersale(app, Some(&id), info).await? else {
+                return Ok(());
+            };
+            if Standing::of(wx.status) != Standing::Closed || wx.status == WX_USER_CANCELLED {
+                tracing::warn!(aftersale_id = %id, wx_status = wx.status, "return overdue event, but WeChat's after-sale is not closed; nothing changed");
+                return Ok(());
+            }
+            if !wechat_names(app, &wx, &id).await? {
+                return Ok(());
+            }
+            return_closed_at_wechat(app, &id, wx.status).await.map(drop)
+        }
         K::WaitMerchantOfflineRefund => {
             // Secondary-merchant orders: WeChat's refund failed.
             let Some((id, wx)) = wechat_refund_of(app, ours, info).await? else {
@@ -3443,6 +3467,51 @@ async fn cancel_as_user_did(app: &App, id: &AfterSaleId) -> Result<bool, ApiErro
         // Unknown here, or already past cancelling (refunding): nothing to undo.
         Err(e) => {
             tracing::warn!(aftersale_id = %id, error = %e, "WeChat's user cancel not applied");
+            Ok(false)
+        }
+    }
+}
+
+/// Ours `id`, a return accepted and waiting for the goods (AWAITING_RETURN), whose after-sale
+/// WeChat closed (`wx_status`, read back: 7 when the user did not send the goods in time, or
+/// 19, 4, 5): CANCELLED, its hold on the order given back, the merchant told (an
+/// `aftersale_wechat` event, a WARN log). Nobody here could close it otherwise — the merchant
+/// rejects only before accepting a return or once the goods came back, and its refund cannot
+/// be approved before they are sent — so it held its amount for good, every new application
+/// for it refused, and the user was still told to send the goods back. (A user's cancel, 1,
+/// is [`cancel_as_user_did`].) `true` when applied; ours in any other state changes nothing.
+async fn return_closed_at_wechat(
+    app: &App,
+    id: &AfterSaleId,
+    wx_status: i64,
+) -> Result<bool, ApiError> {
+    let closed = update(app, id, None, |a, now| match a.status {
+        AfterSaleStatus::AwaitingReturn => a.closed_at_wechat(now).map_err(|e| e.to_string()),
+        other => Err(format!(
+            "after-sale is {}, not awaiting a return",
+            other.as_str()
+        )),
+    })
+    .await;
+    match closed {
+        Ok(a) if a.status == AfterSaleStatus::Cancelled => {
+            tracing::warn!(aftersale_id = %id, wx_status, "the return was closed at WeChat before the goods were sent back: CANCELLED, its amount no longer held");
+            tell_merchant(
+                app,
+                format!("return_closed/{id}"),
+                serde_json::json!({
+                    "what": "the return was closed at WeChat before the goods were sent back \
+                        (the user did not send them in time); cancelled here, nothing refunded",
+                    "aftersale_id": id.as_str(), "wx_status": wx_status,
+                }),
+            )
+            .await;
+            Ok(true)
+        }
+        Ok(_) => Ok(false),
+        Err(e) if e.status.is_server_error() => Err(e),
+        Err(e) => {
+            tracing::info!(aftersale_id = %id, error = %e, "WeChat closed the return; ours not awaiting it, nothing changed");
             Ok(false)
         }
     }
