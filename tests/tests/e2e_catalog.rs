@@ -1340,7 +1340,7 @@ async fn the_shop_shows_the_price_unified_order_charges() {
     assert_eq!(shown["title"], "Longjing green tea 250 g", "{shown}");
     assert_eq!(shown["skus"][0]["price"], 1990, "{shown}");
     let listed = shop_walk(&c, &token, 20).await;
-    assert_eq!(listed, [shown.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&shown));
     assert_eq!(buy_tea(&c, &token).await, Ok(1990));
 
     // Approved (stamped after the seed's approval, as any real one is): the new version.
