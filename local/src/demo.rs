@@ -169,6 +169,31 @@ async fn story(d: &mut Demo, secondary: bool) -> Result<(), String> {
         "logs in (wx.login → jscode2session)",
         format!("openid {}", login["openid"].as_str().unwrap_or("?")),
     );
+    let shop = d
+        .ok(
+            "/fn/catalogSync",
+            Some(&token),
+            json!({"action": "products"}),
+        )
+        .await?;
+    let shown = shop["products"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["product_id"] == "tea"))
+        .ok_or_else(|| format!("the shop does not show tea: {shop}"))?;
+    let price = shown["skus"][0]["price"].as_i64().unwrap_or(0);
+    if price != 1990 {
+        return Err(format!(
+            "the shop shows tea at {price} fen, expected 1990 (the catalog's price)"
+        ));
+    }
+    d.say(
+        "opens the shop (catalogSync products)",
+        format!(
+            "tea · {} · stock {}",
+            yuan(price),
+            shown["skus"][0]["stock"]
+        ),
+    );
 
     let order = d
         .ok("/fn/unifiedOrder", Some(&token), json!({"address": {"receiver_name": "Alice", "detailed_address": "1 Tea Street, Hangzhou", "tel_number": "13800000000"}, "items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 2, "price": 1}], "scene": 1177, "idempotency_key": "demo-1"}))
