@@ -1138,3 +1138,327 @@ async fn a_market_price_wechat_cannot_take_is_refused_and_changes_nothing() {
     assert!(writes() > written);
     r.stop();
 }
+
+// ------------------------------------------------------------ the shop (`/fn/catalogSync`)
+
+/// `POST /fn/catalogSync` as the buyer's phone sends it: (status, answer).
+async fn shop(c: &Client, token: &str, body: Value) -> (u16, Value) {
+    c.post("/fn/catalogSync", Some(token), &body).await
+}
+
+/// The products on sale, read page by page (`limit` a page) to the end: the ids in order, and
+/// each product as shown. Every page holds at most `limit`; the walk is bounded.
+async fn shop_walk(c: &Client, token: &str, limit: u64) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor = Value::Null;
+    for _ in 0..50 {
+        let (s, v) = shop(
+            c,
+            token,
+            json!({"action": "products", "limit": limit, "cursor": cursor}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let page = v["products"].as_array().unwrap();
+        assert!(page.len() as u64 <= limit, "{v}");
+        all.extend(page.iter().cloned());
+        cursor = v["next"].clone();
+        if cursor.is_null() {
+            return all;
+        }
+    }
+    panic!("the listing never ended");
+}
+
+fn ids(products: &[Value]) -> Vec<&str> {
+    products
+        .iter()
+        .map(|p| p["product_id"].as_str().unwrap())
+        .collect()
+}
+
+/// The product `id` as the shop shows it, through `get`.
+async fn shop_product(c: &Client, token: &str, id: &str) -> Value {
+    let (s, v) = shop(c, token, json!({"action": "get", "product_id": id})).await;
+    assert_eq!(s, 200, "{v}");
+    v["product"].clone()
+}
+
+/// A product uploaded for audit, one SKU at `price`.
+fn upsert(id: &str, price: i64) -> Value {
+    json!({"action": "upsert", "product": {
+        "product_id": id, "title": format!("{id} for tests"),
+        "head_img": ["https://mmecimage.cn/p/wxlocal/p.jpg"], "third_cat_id": 6153,
+        "brand_id": 2100000000,
+        "skus": [{"sku_id": format!("{id}-1"), "price": price, "stock": 7}]
+    }})
+}
+
+/// The mini program reads the shop it sells from: only what `unifiedOrder` would sell (not a
+/// product under audit, delisted or rejected), in the public shape with the catalog's price and
+/// stock, a page at a time until `next` is null. The only way to read products used to be the
+/// merchant's `/admin/catalogSync`, so a mini program could not show its own shop.
+#[tokio::test]
+async fn the_shop_lists_what_can_be_ordered() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    c.listed_product("mug", "mug-1", 500).await;
+    c.listed_product("cup", "cup-1", 300).await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "delisting", "product_id": "cup"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    r.sandbox.set_auto_audit(false);
+    let (s, v) = c.admin("/admin/catalogSync", &upsert("pending", 100)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["audit"], "AUDITING", "{v}");
+    let (s, v) = c.admin("/admin/catalogSync", &upsert("banned", 100)).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "banned", "approve": false, "reason": "not allowed"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    support::eventually("the rejection", std::time::Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { get_product(&c, "banned").await["audit"] == "REJECTED" }
+    })
+    .await;
+
+    // One page (default limit 20): the two on sale, nothing else, and no next page.
+    let (s, v) = shop(&c, &token, json!({"action": "products"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        ids(v["products"].as_array().unwrap()),
+        ["mug", "tea"],
+        "{v}"
+    );
+    assert!(v["next"].is_null(), "{v}");
+    // The public shape, exactly: the catalog's prices and stock, nothing of the audit.
+    assert_eq!(
+        v["products"][1],
+        json!({"product_id": "tea", "title": "Longjing green tea 250 g",
+            "head_img": ["https://mmecimage.cn/p/wxlocal/tea.jpg"],
+            "skus": [{"sku_id": "tea-250g", "price": 1990, "market_price": 2590,
+                "stock": 1000, "attrs": []}]}),
+        "{v}"
+    );
+    assert_eq!(v["products"][0]["skus"][0]["price"], 500, "{v}");
+    assert_eq!(v["products"][0]["skus"][0]["stock"], 100, "{v}");
+
+    // A page at a time: each product once, in order, then `next` null.
+    let walked = shop_walk(&c, &token, 1).await;
+    assert_eq!(ids(&walked), ["mug", "tea"]);
+    // `get` of one on sale is the same product; of one not on sale, absent.
+    assert_eq!(shop_product(&c, &token, "tea").await, v["products"][1]);
+    for id in ["cup", "pending", "banned", "nosuchthing"] {
+        let (s, v) = shop(&c, &token, json!({"action": "get", "product_id": id})).await;
+        assert_eq!(s, 404, "{id}: {v}");
+        assert_eq!(v["code"], "NO_SUCH_PRODUCT", "{id}: {v}");
+    }
+    let (s, v) = shop(
+        &c,
+        &token,
+        json!({"action": "get", "product_id": "not an id!"}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "BAD_PRODUCT_ID", "{v}");
+    // What the shop lists is what sells: the delisted cup is refused at checkout too.
+    let (s, v) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "cup", "sku_id": "cup-1", "quantity": 1}],
+                "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                    "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    r.stop();
+}
+
+/// A shop page is filled past products not on sale, a bounded number of store reads at a
+/// time: many not on sale in a row give short (even empty) pages, never a product twice or a
+/// product missed, and `limit` is held to 1–100.
+#[tokio::test]
+async fn shop_pages_skip_what_is_not_on_sale() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    // Ten under audit, sorted before the tea.
+    for i in 0..10 {
+        let (s, v) = c
+            .admin("/admin/catalogSync", &upsert(&format!("a{i}"), 100))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let walked = shop_walk(&c, &token, 2).await;
+    assert_eq!(ids(&walked), ["tea"]);
+    let walked = shop_walk(&c, &token, 20).await;
+    assert_eq!(ids(&walked), ["tea"]);
+    for limit in [0, 1000] {
+        let (s, v) = shop(&c, &token, json!({"action": "products", "limit": limit})).await;
+        assert_eq!(s, 200, "{v}");
+        assert!(v["products"].as_array().unwrap().len() <= 100, "{v}");
+    }
+    let (s, v) = shop(
+        &c,
+        &token,
+        json!({"action": "products", "cursor": "made-up"}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "BAD_CURSOR", "{v}");
+    r.stop();
+}
+
+/// The price shown is the price charged. While an edit with a new price is under audit the
+/// approved version sells on, so the shop shows its price and title (never the draft's), and
+/// `unifiedOrder` charges that; once the edit is approved, the new price shows and is charged.
+#[tokio::test]
+async fn the_shop_shows_the_price_unified_order_charges() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    let stock = c.stock().await as u32;
+    const EDIT: &str = "Longjing tea 250 g, spring";
+    let (s, v) = c.admin("/admin/catalogSync", &tea(EDIT, 2500, stock)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+
+    let shown = shop_product(&c, &token, "tea").await;
+    assert_eq!(shown["title"], "Longjing green tea 250 g", "{shown}");
+    assert_eq!(shown["skus"][0]["price"], 1990, "{shown}");
+    let listed = shop_walk(&c, &token, 20).await;
+    assert_eq!(listed, [shown.clone()]);
+    assert_eq!(buy_tea(&c, &token).await, Ok(1990));
+
+    // Approved (stamped after the seed's approval, as any real one is): the new version.
+    c.post(
+        "/sandbox/_control/clock",
+        None,
+        &json!({"advance_ms": 2000}),
+    )
+    .await;
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "tea", "approve": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    support::eventually("the approval", std::time::Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { get_product(&c, "tea").await["edit"].is_null() }
+    })
+    .await;
+    let shown = shop_product(&c, &token, "tea").await;
+    assert_eq!(shown["title"], EDIT, "{shown}");
+    assert_eq!(shown["skus"][0]["price"], 2500, "{shown}");
+    assert_eq!(shop_walk(&c, &token, 20).await, [shown]);
+    assert_eq!(buy_tea(&c, &token).await, Ok(2500));
+    r.stop();
+}
+
+/// The stock shown is what can still be ordered: a purchase takes it down, and ordering one
+/// more than is shown is refused (SOLD_OUT) while ordering exactly that much is not.
+#[tokio::test]
+async fn the_stock_shown_is_what_can_be_ordered() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    let stock_shown =
+        |p: &Value| -> u32 { u32::try_from(p["skus"][0]["stock"].as_u64().unwrap()).unwrap() };
+    let before = stock_shown(&shop_product(&c, &token, "tea").await);
+    let (s, v) = c.order(&token, 3, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        stock_shown(&shop_product(&c, &token, "tea").await),
+        before - 3
+    );
+
+    c.set_stock(5).await;
+    let shown = stock_shown(&shop_product(&c, &token, "tea").await);
+    assert_eq!(shown, 5);
+    let (s, v) = c.order(&token, shown + 1, None).await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["code"], "SOLD_OUT", "{v}");
+    let (s, v) = c.order(&token, shown, None).await;
+    assert_eq!(s, 200, "{v}");
+    let listed = shop_walk(&c, &token, 20).await;
+    assert_eq!(stock_shown(&listed[0]), 0, "{listed:?}");
+    r.stop();
+}
+
+/// The shop's route needs a session (the admin token is none) and only reads: the merchant's
+/// actions sent to it are refused and change nothing, here or at WeChat; the merchant's route
+/// is as it was.
+#[tokio::test]
+async fn the_shop_route_needs_a_session_and_only_reads() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    let admin_token = r.admin_token.clone();
+    for body in [
+        json!({"action": "products"}),
+        json!({"action": "get", "product_id": "tea"}),
+    ] {
+        for (what, bearer) in [
+            ("no token", None),
+            ("garbage", Some("not-a-token")),
+            ("the admin token", Some(admin_token.as_str())),
+        ] {
+            let (s, v) = c.post("/fn/catalogSync", bearer, &body).await;
+            assert_eq!(s, 401, "{what}: {v}");
+            assert_eq!(v["code"], "UNAUTHENTICATED", "{what}: {v}");
+        }
+    }
+    let spu_calls = || {
+        [
+            "shop/spu/add",
+            "shop/spu/update",
+            "shop/spu/update_without_audit",
+            "shop/spu/listing",
+            "shop/spu/delisting",
+            "shop/spu/del_audit",
+        ]
+        .map(|p| r.sandbox.calls(p).len())
+    };
+    let before = get_product(&c, "tea").await;
+    let calls_before = spu_calls();
+    for body in [
+        tea("Free tea", 1, 1_000_000),
+        json!({"action": "set_stock", "product_id": "tea", "sku_id": "tea-250g", "stock": 0}),
+        json!({"action": "delisting", "product_id": "tea"}),
+        json!({"action": "listing", "product_id": "tea"}),
+        json!({"action": "wechat", "api": "shop/spu/del_audit",
+            "body": {"out_product_id": "tea"}}),
+        json!({"action": "nope"}),
+        json!({}),
+    ] {
+        let (s, v) = shop(&c, &token, body.clone()).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert_eq!(v["code"], "BAD_REQUEST", "{body}: {v}");
+    }
+    assert_eq!(get_product(&c, "tea").await, before, "nothing changed");
+    assert_eq!(spu_calls(), calls_before, "nothing sent to WeChat");
+    // The merchant's route answers as before: every product, the merchant's whole record.
+    let (s, v) = c
+        .admin("/admin/catalogSync", &json!({"action": "products"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["products"][0]["audit"], "APPROVED", "{v}");
+    assert_eq!(v["products"][0]["listing"], "LISTED", "{v}");
+    r.stop();
+}

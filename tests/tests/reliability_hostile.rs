@@ -456,7 +456,12 @@ async fn users_cannot_be_spoofed_and_bad_tokens_are_refused() {
         ("empty", Some("")),
         ("missing", None),
     ] {
-        for path in ["/fn/unifiedOrder", "/fn/queryOrder", "/fn/aftersaleSync"] {
+        for path in [
+            "/fn/unifiedOrder",
+            "/fn/queryOrder",
+            "/fn/aftersaleSync",
+            "/fn/catalogSync",
+        ] {
             let (s, v) = c.post(path, token, &body).await;
             assert_eq!(s, 401, "{what} on {path}: {v}");
             assert_eq!(v["code"], "UNAUTHENTICATED", "{what}: {v}");
@@ -500,7 +505,12 @@ async fn a_session_issued_in_the_future_is_refused() {
     let now = r.app.clock.now_secs();
     let week = 7 * 24 * 3600;
     let ahead = r.app.sessions.issue(&openid, now + 3600, week);
-    for path in ["/fn/queryOrder", "/fn/unifiedOrder", "/fn/aftersaleSync"] {
+    for path in [
+        "/fn/queryOrder",
+        "/fn/unifiedOrder",
+        "/fn/aftersaleSync",
+        "/fn/catalogSync",
+    ] {
         let (s, v) = c.post(path, Some(&ahead), &json!({})).await;
         assert_eq!(s, 401, "issued an hour ahead, on {path}: {v}");
         assert_eq!(v["code"], "UNAUTHENTICATED", "{v}");

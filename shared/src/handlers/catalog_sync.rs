@@ -1,4 +1,6 @@
-//! `catalogSync` (merchant): the catalog and the trading-component onboarding. Products are
+//! `catalogSync`: the shop the mini program reads (`/fn/catalogSync`, a session required: the
+//! products on sale, in their public shape, read only) and, for the merchant
+//! (`/admin/catalogSync`), the catalog and the trading-component onboarding. Products are
 //! stored here with their price, stock and WeChat audit state; with the component on they are
 //! uploaded (`shop/spu/add|update`) and become orderable only when approved and listed. As at
 //! WeChat, an edit of an approved product is a draft under audit ([`Product::edit`]) while the
@@ -13,7 +15,7 @@
 //! The exception is `shop/img/upload`, which WeChat takes as multipart form fields: its JSON
 //! fields are sent through [`crate::shop::WxClient::img_upload`].
 
-use super::common::component_on;
+use super::common::{authenticate, component_on};
 use super::shop_orders::wx_error;
 use crate::app::App;
 use crate::domain::{
@@ -24,7 +26,8 @@ use crate::shop::catalog::{SkuWithoutAudit, Spu, SpuSku, SpuUpdateWithoutAudit, 
 use crate::shop::types::ProductKey;
 use crate::shop::WxError;
 use crate::store::repo::{self, Batch, Versioned};
-use serde::Deserialize;
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
 #[derive(Deserialize)]
 struct SkuInput {
@@ -303,6 +306,14 @@ fn spu(id: &ProductId, p: &Content) -> Spu {
 }
 
 pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
+    if req.uri().path().starts_with("/admin/") {
+        admin(app, req).await
+    } else {
+        shop(app, req).await
+    }
+}
+
+async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
     match parse_json::<Action>(&req)? {
         Action::Upsert { product } => {
             let p = upsert(app, product).await?;
@@ -375,6 +386,163 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             }
             Ok(json(&reply))
         }
+    }
+}
+
+/// `/fn/catalogSync`: what the mini program may read of the catalog (a session required).
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+enum ShopAction {
+    /// A page of the products on sale: `limit` (1–100, default 20) at most, from `cursor`
+    /// (the previous page's `next`).
+    Products {
+        #[serde(default)]
+        limit: Option<usize>,
+        #[serde(default)]
+        cursor: Option<String>,
+    },
+    /// One product on sale.
+    Get { product_id: String },
+}
+
+/// Products on a shop page when the caller names no `limit`.
+const SHOP_PAGE_DEFAULT: usize = 20;
+/// The most products on one shop page.
+const SHOP_PAGE_MAX: usize = 100;
+/// Store reads one shop page may take to fill itself past products not on sale.
+const SHOP_PAGE_READS: usize = 3;
+
+/// The mini program's read of the catalog: only products on sale ([`Product::is_sellable`]),
+/// in their public shape ([`ShopProduct`]). Only reads: the merchant's actions are refused
+/// like any unknown one, and change nothing.
+async fn shop(app: &App, req: Request) -> Result<Response, ApiError> {
+    authenticate(app, &req)?;
+    match parse_json::<ShopAction>(&req)? {
+        ShopAction::Products { limit, cursor } => {
+            let limit = limit.unwrap_or(SHOP_PAGE_DEFAULT).clamp(1, SHOP_PAGE_MAX);
+            let (products, next) = on_sale(app, limit, cursor).await?;
+            Ok(json(&ShopPage {
+                products: &products,
+                next: next.as_deref(),
+            }))
+        }
+        ShopAction::Get { product_id } => {
+            let id = ProductId::parse(product_id).map_err(bad("BAD_PRODUCT_ID"))?;
+            match repo::get_product(app.store.as_ref(), &id).await? {
+                Some(p) if p.value.is_sellable() => Ok(json(&ShopOne {
+                    product: ShopProduct(&p.value),
+                })),
+                // Not on sale reads as absent, as `unifiedOrder` would refuse it.
+                _ => Err(ApiError::not_found(
+                    "NO_SUCH_PRODUCT",
+                    format!("no product {id} on sale"),
+                )),
+            }
+        }
+    }
+}
+
+/// Up to `limit` products on sale from `cursor`, in product-id order, and the cursor of what
+/// follows (`None`: nothing does). The store's listing holds every product, so products not
+/// on sale are skipped; each further read asks for exactly the places still empty, so every
+/// product read is either shown or skipped and the store's own cursor stays exact. At most
+/// [`SHOP_PAGE_READS`] reads: past that the page is returned short, with its `next`.
+async fn on_sale(
+    app: &App,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<(Vec<Versioned<Product>>, Option<String>), ApiError> {
+    let store = app.store.as_ref();
+    let (mut found, mut next) =
+        repo::list_products(store, repo::ProductFilter::All, limit, cursor).await?;
+    found.retain(|p| p.value.is_sellable());
+    let mut reads = 1;
+    while found.len() < limit && reads < SHOP_PAGE_READS {
+        let Some(cursor) = next.take() else { break };
+        let (more, after) = repo::list_products(
+            store,
+            repo::ProductFilter::All,
+            limit - found.len(),
+            Some(cursor),
+        )
+        .await?;
+        found.extend(more.into_iter().filter(|p| p.value.is_sellable()));
+        next = after;
+        reads += 1;
+    }
+    Ok((found, next))
+}
+
+/// `{products: [P], next}`.
+#[derive(Serialize)]
+struct ShopPage<'a> {
+    #[serde(serialize_with = "shop_products")]
+    products: &'a [Versioned<Product>],
+    next: Option<&'a str>,
+}
+
+/// `{product: P}`.
+#[derive(Serialize)]
+struct ShopOne<'a> {
+    product: ShopProduct<'a>,
+}
+
+fn shop_products<S: Serializer>(ps: &&[Versioned<Product>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ps.iter().map(|p| ShopProduct(&p.value)))
+}
+
+/// A product on sale as the mini program shows it: `{product_id, title, head_img, skus:
+/// [{sku_id, price, market_price, stock, attrs: [{key, value}]}]}`, prices in fen. It is the
+/// version `unifiedOrder` sells — the product's own fields, never an edit still under audit —
+/// so the price shown is the price charged, and `stock` is what can still be ordered. Nothing
+/// of the audit, WeChat's ids or the merchant's bookkeeping is shown.
+struct ShopProduct<'a>(&'a Product);
+
+impl Serialize for ShopProduct<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let p = self.0;
+        let mut m = s.serialize_struct("Product", 4)?;
+        m.serialize_field("product_id", p.product_id.as_str())?;
+        m.serialize_field("title", &p.title)?;
+        m.serialize_field("head_img", &p.head_img)?;
+        m.serialize_field("skus", &ShopSkus(&p.skus))?;
+        m.end()
+    }
+}
+
+struct ShopSkus<'a>(&'a [Sku]);
+
+impl Serialize for ShopSkus<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(ShopSku))
+    }
+}
+
+struct ShopSku<'a>(&'a Sku);
+
+impl Serialize for ShopSku<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let k = self.0;
+        let mut m = s.serialize_struct("Sku", 5)?;
+        m.serialize_field("sku_id", k.sku_id.as_str())?;
+        m.serialize_field("price", &k.price.get())?;
+        m.serialize_field("market_price", &k.market_price.get())?;
+        m.serialize_field("stock", &k.stock)?;
+        m.serialize_field("attrs", &ShopAttrs(&k.attrs))?;
+        m.end()
+    }
+}
+
+struct ShopAttrs<'a>(&'a [(String, String)]);
+
+impl Serialize for ShopAttrs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Attr<'a> {
+            key: &'a str,
+            value: &'a str,
+        }
+        s.collect_seq(self.0.iter().map(|(key, value)| Attr { key, value }))
     }
 }
 

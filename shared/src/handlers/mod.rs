@@ -136,6 +136,12 @@ pub static ROUTES: &[Route] = &[
     ),
     route(
         "POST",
+        "/fn/catalogSync",
+        Function::CatalogSync,
+        Caller::MiniProgram,
+    ),
+    route(
+        "POST",
         "/callbacks/pay",
         Function::PayCallback,
         Caller::WeChat,
