@@ -5,8 +5,9 @@
 // and its handlers driven as a user's taps would. Handlers return their promise (the runtime
 // ignores it), so a test can wait for what a tap started.
 //
-// With a stubbed `wx.request` (no server). Also: the example's files against what it depends on
-// (its pages, the vendored client, the server's order path).
+// First with a stubbed `wx.request` (no server), then against a real `wxlocal serve --seed`
+// (test/support/wxlocal.js, as integration.test.js). Also: the example's files against what it
+// depends on (its pages, the vendored client, the server's order path).
 'use strict';
 
 const test = require('node:test');
@@ -14,6 +15,7 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
 const vm = require('node:vm');
+const support = require('./support/wxlocal.js');
 
 const ROOT = path.join(__dirname, '..', 'example');
 const REPO = path.join(__dirname, '..', '..');
@@ -595,4 +597,117 @@ test('orders: the user\'s orders a page at a time, newest first as the server gi
   // Shown again (back from an order): read again from the first page.
   await page.onShow();
   assert.deepEqual(page.data.orders.map((o) => o.out_trade_no), ['T3', 'T2']);
+});
+
+// ---- pages against wxlocal ---------------------------------------------------------------------------
+
+let server = null;
+let startError = null;
+
+test.before(
+  async () => {
+    try {
+      server = await support.startWxlocal();
+    } catch (e) {
+      startError = e;
+    }
+  },
+  { timeout: support.BUILD_TIMEOUT_MS + support.START_TIMEOUT_MS }
+);
+
+test.after(() => support.stopWxlocal(server), { timeout: 5000 });
+
+function requireServer() {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+}
+
+/**
+ * The example against wxlocal, as user `name` in the sandbox. `opts.cashier` ('pay' unless
+ * given) is what the user does in the cashier, read at each payment.
+ */
+function liveExample(name, opts) {
+  opts = opts || {};
+  if (!opts.cashier) opts.cashier = 'pay';
+  const wx = support.sandboxWx(server.baseUrl, Object.assign(opts, { signing: server.signing, user: name }));
+  const user = withUser(wx);
+  const mp = miniProgram(wx);
+  const { createClient } = require('../example/utils/wxshop.js');
+  mp.app.shop = createClient(Object.assign({}, require('../example/utils/config.js'), { baseUrl: server.baseUrl, wx, payPoll: { intervalMs: 200, timeoutMs: 10000, failTimeoutMs: 1000 } }));
+  return { wx, user, mp };
+}
+
+async function admin(fn, body) {
+  const r = await support.postJson(`${server.baseUrl}/admin/${fn}`, body, { authorization: `Bearer ${process.env.ADMIN_TOKEN || 'local-admin-token'}` });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  return r.body;
+}
+
+const LIVE_TIMEOUT_MS = 20000;
+
+test('against wxlocal: the seeded shop listed, the tea bought and paid, in my orders and on its page, a refund applied for', { timeout: LIVE_TIMEOUT_MS }, async () => {
+  requireServer();
+  const { wx, user, mp } = liveExample('example-' + Date.now());
+  user.addresses.push(WX_ADDRESS);
+
+  const index = mp.page('pages/index/index');
+  await index.onLoad({});
+  assert.deepEqual(user.toasts, []);
+  const tea = index.data.products.find((p) => p.product_id === 'tea');
+  assert.ok(tea, `the seeded tea is listed: ${JSON.stringify(index.data.products)}`);
+  assert.deepEqual([tea.title, tea.priceText, tea.skus.map((s) => s.sku_id)], ['Longjing green tea 250 g', '19.90', ['tea-250g']]);
+  index.onProductTap(tap({ productId: 'tea' }));
+  const [, url] = user.navigations.pop();
+
+  const product = mp.page('pages/product/product');
+  await product.onLoad(Object.fromEntries(new URL(url, 'http://x').searchParams));
+  assert.equal(product.data.selected, 'tea-250g');
+  product.onPlus();
+  await product.onBuyTap();
+  assert.deepEqual(user.toasts, []);
+  assert.equal(product.data.outcome, 'paid', product.data.message);
+  assert.match(product.data.message, /^Paid ¥39\.80\. Order \S+\.$/);
+  const no = product.data.orderNo;
+
+  const orders = mp.page('pages/orders/orders');
+  await orders.onShow();
+  assert.deepEqual(orders.data.orders.map((o) => [o.out_trade_no, o.totalText, o.summary]), [[no, '39.80', 'Longjing green tea 250 g × 2']]);
+
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: no });
+  assert.equal(detail.data.order.statusText, 'Paid, to be shipped');
+  assert.equal(detail.data.order.canRefund, true);
+  user.modals.push({ confirm: true, content: 'changed my mind' });
+  await detail.onRefundTap(tap({ index: 0 }));
+  assert.deepEqual(user.toasts, ['Refund requested']);
+  assert.deepEqual(detail.data.aftersales.map((a) => [a.kindText, a.amountText, a.statusText, a.reason]), [['Refund', '39.80', 'Requested', 'changed my mind']]);
+  assert.ok(wx.log.every((x) => x.status === 200), JSON.stringify(wx.log));
+});
+
+test('against wxlocal: cancelled in the cashier, paid from the order page (the same order), shipped, receipt confirmed', { timeout: LIVE_TIMEOUT_MS }, async () => {
+  requireServer();
+  const cashier = { cashier: 'cancel' };
+  const { user, mp } = liveExample('example-cancel-' + Date.now(), cashier);
+  user.addresses.push(WX_ADDRESS);
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', product.data.message);
+  const no = product.data.orderNo;
+
+  cashier.cashier = 'pay';
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: no });
+  assert.equal(detail.data.canPay, true);
+  await detail.onPayTap();
+  assert.deepEqual(user.navigations, [], 'the same order was paid: no other order to go to');
+  assert.ok(user.toasts.includes('Paid'), user.toasts.join(' | '));
+  assert.equal(detail.data.order.out_trade_no, no);
+  assert.equal(detail.data.order.statusText, 'Paid, to be shipped');
+
+  await admin('orderSync', { action: 'ship', out_trade_no: no, delivery_id: 'OTHERS', waybill_id: 'W-EXAMPLE-1' });
+  await detail.onPullDownRefresh();
+  assert.deepEqual(detail.data.order.delivery, { delivery_id: 'OTHERS', waybill_id: 'W-EXAMPLE-1' });
+  await detail.onConfirmTap();
+  assert.equal(detail.data.order.statusText, 'Received');
 });
