@@ -213,6 +213,9 @@ function shopServer(opts) {
         ? { statusCode: 200, data: { product: CUP } }
         : { statusCode: 404, data: { code: 'NO_SUCH_PRODUCT', message: `no product ${d.product_id} for sale` } },
     unifiedOrder: (d) => {
+      if (opts.requireAddress && !d.address) {
+        return { statusCode: 400, data: { code: 'ADDRESS_REQUIRED', message: 'this order goes through WeChat\'s trading component, which needs `address`' } };
+      }
       let o = orders.get(d.idempotency_key);
       if (!o) {
         o = { out_trade_no: 'T' + (orders.size + 1), status: 'PREPAID', total_fee: opts.totalFor(d.items), freight: 0, refunded_fee: 0, items: d.items.map((i) => Object.assign({ title: 'Tea cup', unit_price: 3900 }, i)), created_at: Date.now() };
@@ -484,6 +487,27 @@ test('product: a shop without the trading component asks for no address and send
   await product.onBuyTap();
   assert.equal(user.addressAsks, 0);
   assert.equal(sent(srv.wx, 'unifiedOrder')[0].address, undefined);
+  assert.equal(product.data.outcome, 'paid');
+});
+
+test('product: when the server answers ADDRESS_REQUIRED after all, the next tap asks for an address and buys', async () => {
+  const srv = shopServer({ totalFor: () => 3900, tradingComponent: 'scene', requireAddress: true });
+  const user = withUser(srv.wx);
+  const product = exampleWith(srv.wx).page('pages/product/product');
+  await product.onLoad({ product_id: 'cup' });
+  // 'scene': the server may need one; this user picks none at first.
+  await product.onBuyTap();
+  assert.equal(user.toasts.pop(), 'NO_ADDRESS: Choose a delivery address to buy.');
+  // A shop that said `off` (stale session) but answers ADDRESS_REQUIRED: asked on the next tap.
+  srv.wx.storage.get('wxshop.session').trading_component = 'off';
+  await product.onBuyTap();
+  assert.match(user.toasts.pop(), /^ADDRESS_REQUIRED: /);
+  user.addresses.push(WX_ADDRESS);
+  await product.onBuyTap();
+  assert.equal(user.addressAsks, 2);
+  const [refused, bought] = sent(srv.wx, 'unifiedOrder');
+  assert.equal(refused.address, undefined);
+  assert.equal(bought.address.receiver_name, 'Alice');
   assert.equal(product.data.outcome, 'paid');
 });
 
