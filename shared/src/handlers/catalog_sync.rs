@@ -1086,3 +1086,62 @@ async fn reindex_step(app: &App) -> Result<usize, ApiError> {
     crate::store::kv::put_if(store, REINDEX_KEY, value, until, state.map(|s| s.version)).await?;
     Ok(rewritten)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::domain::Edit;
+
+    fn sku(id: &str, price: i64, market: i64, stock: u32) -> Sku {
+        Sku {
+            sku_id: SkuId::parse(id).unwrap(),
+            price: Fen::new(price).unwrap(),
+            market_price: Fen::new(market).unwrap(),
+            stock,
+            wx_sku_id: Some(77),
+            attrs: vec![("weight".into(), "250 g".into())],
+        }
+    }
+
+    /// The shop shows exactly the public fields of the version on sale: with an edit under
+    /// audit, the approved title and prices (what `reserve` charges), never the draft's, and
+    /// nothing of the audit, WeChat's ids or the merchant's bookkeeping.
+    #[test]
+    fn the_shop_shape_is_the_version_on_sale_and_nothing_internal() {
+        let content = Content {
+            title: "Tea".into(),
+            path: "pages/product/detail".into(),
+            head_img: vec!["https://img/tea.jpg".into()],
+            third_cat_id: 6153,
+            brand_id: 2100000000,
+            skus: vec![sku("tea-250g", 1990, 2590, 12)],
+        };
+        let mut p = Product::new(ProductId::parse("tea").unwrap(), content.clone(), 5);
+        p.audit = AuditStatus::Approved;
+        p.listing = Listing::Listed;
+        p.wx_product_id = Some(99);
+        p.reject_reason = Some("old".into());
+        p.submit_error = Some("old".into());
+        p.edit = Some(Edit {
+            content: Content {
+                title: "Tea, spring".into(),
+                skus: vec![sku("tea-250g", 2500, 2590, 12)],
+                ..content
+            },
+            audit: AuditStatus::Auditing,
+            reject_reason: None,
+            submit_error: None,
+        });
+        let shown = serde_json::to_value(ShopProduct(&p)).unwrap();
+        assert_eq!(
+            shown,
+            serde_json::json!({"product_id": "tea", "title": "Tea",
+                "head_img": ["https://img/tea.jpg"],
+                "skus": [{"sku_id": "tea-250g", "price": 1990, "market_price": 2590,
+                    "stock": 12, "attrs": [{"key": "weight", "value": "250 g"}]}]})
+        );
+        let charged = p.reserve(&SkuId::parse("tea-250g").unwrap(), 1).unwrap();
+        assert_eq!(shown["skus"][0]["price"], charged.get());
+    }
+}
