@@ -12,8 +12,9 @@
  * user's scene is refused before anything is made. An unpaid purchase hands back its idempotency
  * key, so paying again pays the same order (or, when the user came back through another enter
  * scene and the server refuses the key for the changed request, closes that order and buys
- * afresh). A token's expiry is judged by the server's clock, not the phone's. `orders` and
- * `aftersale` wrap the user's order list, close, receipt and after-sales.
+ * afresh). A token's expiry is judged by the server's clock, not the phone's. `products` and
+ * `product` read what the user can order, `orders` and `aftersale` wrap the user's order list,
+ * close, receipt and after-sales, and `formatFen` shows an amount in fen as yuan.
  *
  * Plain CommonJS, ES2017 syntax without async/await (Promise chains only), no dependencies:
  * it runs as-is in the mini-program runtime, the developer tools and Node (tests inject `wx`).
@@ -1069,11 +1070,59 @@ function createClient(options) {
     },
   };
 
+  // ---- catalog ---------------------------------------------------------------------------
+
+  /**
+   * The products the user can order now, through `catalogSync` `products`: { limit? (1–100,
+   * default 20), cursor? } → { products: [product], next } where `next` (null on the last page)
+   * is the cursor of the next. A page may hold fewer than `limit` (even none) with `next` set:
+   * follow `next` until it is null. Amounts in fen (skus[].price is what unifiedOrder charges).
+   */
+  function products(params) {
+    params = params || {};
+    var data = { action: 'products' };
+    if (params.limit !== undefined) {
+      if (!(Number.isInteger(params.limit) && params.limit >= 1 && params.limit <= 100)) {
+        return Promise.reject(makeError('INVALID_ARGUMENT', 'products: limit is a whole number from 1 to 100', 0));
+      }
+      data.limit = params.limit;
+    }
+    if (params.cursor !== undefined && params.cursor !== null) {
+      if (typeof params.cursor !== 'string' || params.cursor === '') {
+        return Promise.reject(makeError('INVALID_ARGUMENT', 'products: cursor is the `next` of an earlier page', 0));
+      }
+      data.cursor = params.cursor;
+    }
+    return callFunction({ name: 'catalogSync', data: data }).then(function (r) {
+      var res = r.result || {};
+      return {
+        products: Array.isArray(res.products) ? res.products : [],
+        next: typeof res.next === 'string' && res.next ? res.next : null,
+      };
+    });
+  }
+
+  /**
+   * One product the user can order now, through `catalogSync` `get` → product; 404
+   * NO_SUCH_PRODUCT for one that is unknown or not for sale.
+   */
+  function product(productId) {
+    var bad = missing('product', { product_id: productId }, ['product_id']);
+    if (bad) return bad;
+    return callFunction({ name: 'catalogSync', data: { action: 'get', product_id: productId } }).then(function (r) {
+      var p = r.result && r.result.product;
+      if (!p || typeof p !== 'object') throw makeError('BAD_RESPONSE', 'catalogSync returned no product', 200);
+      return p;
+    });
+  }
+
   return {
     login: login,
     callFunction: callFunction,
     pay: pay,
     buy: buy,
+    products: products,
+    product: product,
     aftersale: aftersale,
     orders: orders,
     /** The stored session ({ token, expires_at, openid, fund_type?, trading_component? }) or null. */
@@ -1083,9 +1132,25 @@ function createClient(options) {
   };
 }
 
+/**
+ * An amount in fen as yuan for display: formatFen(1999) === '19.99', formatFen(5) === '0.05'.
+ * By digits, never through a float (0.1 + 0.2 is not 0.3). Anything but a whole number of fen
+ * from 0 up (a yuan figure like 19.9, a string, a negative amount) throws a TypeError: that is
+ * a bug in the page, not something to show the user.
+ */
+function formatFen(fen) {
+  if (!Number.isSafeInteger(fen) || fen < 0) {
+    throw new TypeError('formatFen: expected a whole number of fen from 0 up, got ' + String(fen));
+  }
+  var digits = String(fen);
+  while (digits.length < 3) digits = '0' + digits;
+  return digits.slice(0, -2) + '.' + digits.slice(-2);
+}
+
 module.exports = {
   createClient: createClient,
   addressFromWx: addressFromWx,
+  formatFen: formatFen,
   PAID_STATUSES: PAID_STATUSES,
   // exported for tests
   _internal: {

@@ -511,3 +511,15 @@ test('the client README names every after-sale status and kind the server answer
   assert.ok(para, 'no shop.aftersale bullet in miniprogram/README.md');
   for (const s of new Set(statuses.concat(kinds))) assert.ok(para.includes('`' + s + '`'), `the README does not name ${s}`);
 });
+
+test('the client README\'s example section describes every page of example/app.json, and how to refresh its copy of the client', () => {
+  const { pages } = JSON.parse(read('miniprogram/example/app.json'));
+  const readme = read('miniprogram/README.md');
+  const section = /## Example mini program\n([\s\S]*?)\n## /.exec(readme);
+  assert.ok(section, 'no "Example mini program" section in miniprogram/README.md');
+  const described = [...section[1].matchAll(/^\| `(pages\/[^`]+)` \|/gm)].map((m) => m[1]);
+  assert.deepEqual(described.sort(), [...pages].sort(), 'the README\'s page table and app.json list different pages');
+  const pkg = JSON.parse(read('miniprogram/package.json'));
+  assert.ok(section[1].includes('npm run example:sync') && section[1].includes(pkg.scripts['example:sync']), 'the README does not say how to refresh example/utils/wxshop.js');
+  assert.ok(section[1].includes('cargo run -p wxlocal -- serve --seed'));
+});

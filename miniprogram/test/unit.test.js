@@ -5,7 +5,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
-const { createClient, addressFromWx, PAID_STATUSES, _internal } = require('../wxshop.js');
+const { createClient, addressFromWx, formatFen, PAID_STATUSES, _internal } = require('../wxshop.js');
 
 /**
  * A fake wx. `routes[name]` is a function (data, header, call#) returning
@@ -1227,4 +1227,72 @@ test('buy: a refusal that names no order (an older server), or a key buy made it
   assert.equal(fresh.code, 'IDEMPOTENCY_KEY_REUSED');
   assert.equal(fresh.out_trade_no, 'T9', 'the error shape keeps the order the refusal names');
   assert.ok(!wx.calls.some((x) => x.name === 'queryOrder'));
+});
+
+const TEA_PRODUCT = {
+  product_id: 'tea',
+  title: 'Longjing green tea 250 g',
+  head_img: ['https://img/tea.jpg'],
+  skus: [{ sku_id: 'tea-250g', price: 1990, market_price: 2590, stock: 1000, attrs: [] }],
+};
+
+test('products: pages through catalogSync products, and refuses a bad limit or cursor before sending', async () => {
+  const wx = fakeWx({
+    login: loginRoute,
+    catalogSync: (d) =>
+      d.cursor
+        ? { statusCode: 200, data: { products: [TEA_PRODUCT], next: null } }
+        : { statusCode: 200, data: { products: [], next: 'p2' } },
+  });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  const first = await c.products();
+  assert.deepEqual(first, { products: [], next: 'p2' }, 'a page may be empty and still have a next one');
+  const second = await c.products({ limit: 5, cursor: first.next });
+  assert.deepEqual(second, { products: [TEA_PRODUCT], next: null });
+  assert.deepEqual(
+    wx.calls.filter((x) => x.name === 'catalogSync').map((x) => x.data),
+    [{ action: 'products' }, { action: 'products', limit: 5, cursor: 'p2' }]
+  );
+  assert.equal(wx.calls.filter((x) => x.name === 'catalogSync')[0].header.Authorization, 'Bearer tok-code-1', 'a session is sent');
+  const before = wx.calls.length;
+  for (const bad of [{ limit: 0 }, { limit: 101 }, { limit: 2.5 }, { limit: '10' }, { cursor: '' }, { cursor: 7 }]) {
+    await assert.rejects(c.products(bad), (e) => e.code === 'INVALID_ARGUMENT' && e.statusCode === 0, JSON.stringify(bad));
+  }
+  assert.equal(wx.calls.length, before, 'nothing was sent for invalid arguments');
+});
+
+test('product: reads one product through catalogSync get; an unknown one rejects NO_SUCH_PRODUCT', async () => {
+  const wx = fakeWx({
+    login: loginRoute,
+    catalogSync: (d) =>
+      d.product_id === 'tea'
+        ? { statusCode: 200, data: { product: TEA_PRODUCT } }
+        : d.product_id === 'empty'
+          ? { statusCode: 200, data: {} }
+          : { statusCode: 404, data: { code: 'NO_SUCH_PRODUCT', message: `no product ${d.product_id} for sale` } },
+  });
+  const c = createClient({ baseUrl: 'http://x', wx });
+  assert.deepEqual(await c.product('tea'), TEA_PRODUCT);
+  assert.deepEqual(wx.calls.find((x) => x.name === 'catalogSync').data, { action: 'get', product_id: 'tea' });
+  await assert.rejects(c.product('gone'), { code: 'NO_SUCH_PRODUCT', message: 'no product gone for sale', statusCode: 404 });
+  await assert.rejects(c.product('empty'), { code: 'BAD_RESPONSE', statusCode: 200 });
+  const before = wx.calls.length;
+  await assert.rejects(c.product(''), (e) => e.code === 'INVALID_ARGUMENT');
+  await assert.rejects(c.product(), (e) => e.code === 'INVALID_ARGUMENT');
+  assert.equal(wx.calls.length, before);
+});
+
+test('formatFen shows fen as yuan by digits, and refuses what is not whole fen', () => {
+  assert.equal(formatFen(1999), '19.99');
+  assert.equal(formatFen(1990), '19.90');
+  assert.equal(formatFen(5), '0.05');
+  assert.equal(formatFen(50), '0.50');
+  assert.equal(formatFen(0), '0.00');
+  assert.equal(formatFen(100), '1.00');
+  // Exact where a float would not be: 2^53 - 1 fen.
+  assert.equal(formatFen(Number.MAX_SAFE_INTEGER), '90071992547409.91');
+  assert.equal(formatFen(2147483647), '21474836.47');
+  for (const bad of [-1, 19.9, 0.5, '1999', null, undefined, NaN, Infinity, Number.MAX_SAFE_INTEGER + 1, 10n]) {
+    assert.throws(() => formatFen(bad), TypeError, String(bad));
+  }
 });

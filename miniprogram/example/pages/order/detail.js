@@ -1,0 +1,186 @@
+/**
+ * One order, at `pages/order/detail?out_trade_no=…`: the server's default WX_ORDER_PATH, which
+ * WeChat's order centre opens with the order number the server appended (`out_trade_no`), and
+ * where the other pages send the user.
+ *
+ * - Unpaid: Pay (when this phone kept the purchase's key: shop.buy with that key, items and
+ *   address pays this very order; from another entry buy closes it and pays a new one, shown
+ *   then) and Close (shop.orders.close: its stock goes back).
+ * - Shipped: the parcel, and Confirm receipt (shop.orders.confirmReceipt).
+ * - Paid: Apply for a refund (shop.aftersale.apply, one product line at a time) and the order's
+ *   after-sales (shop.aftersale.list).
+ */
+'use strict';
+
+const view = require('../../utils/view');
+const unpaid = require('../../utils/unpaid');
+
+/** wx.showModal as a promise → resolves { confirm, content }. */
+function ask(options) {
+  return new Promise((resolve) => {
+    wx.showModal(
+      Object.assign({}, options, {
+        success: (res) => resolve({ confirm: Boolean(res && res.confirm), content: (res && res.content) || '' }),
+        fail: () => resolve({ confirm: false, content: '' }),
+      })
+    );
+  });
+}
+
+Page({
+  data: {
+    loading: true,
+    order: null,
+    canPay: false,
+    aftersales: [],
+    busy: false,
+  },
+  // Idempotency keys of refund applications that did not go through, by product line: sent
+  // again, they retry that application instead of opening a second one.
+  applyKeys: null,
+
+  onLoad(options) {
+    this.outTradeNo = view.queryValue(options, 'out_trade_no');
+    this.applyKeys = {};
+    if (!this.outTradeNo) {
+      this.setData({ loading: false });
+      view.showError({ code: 'NO_ORDER', message: 'This page needs an order number (out_trade_no).' });
+      return Promise.resolve();
+    }
+    return this.load();
+  },
+
+  onPullDownRefresh() {
+    return this.load().then(() => wx.stopPullDownRefresh());
+  },
+
+  /** Reads the order (an unpaid one is checked with WeChat Pay by the server) and its after-sales. */
+  load() {
+    const shop = getApp().shop;
+    const no = this.outTradeNo;
+    return shop.orders
+      .get(no)
+      .then((order) => {
+        this.show(order);
+        return order.status === 'CREATED' || order.status === 'PREPAID' ? [] : shop.aftersale.list(no);
+      })
+      .then((list) => this.setData({ aftersales: list.map(view.aftersaleView) }))
+      .catch((e) => view.showError(e))
+      .then(() => this.setData({ loading: false }));
+  },
+
+  show(order) {
+    const v = view.orderView(order);
+    if (!v.unpaid) unpaid.forget(v.out_trade_no);
+    this.setData({ order: v, canPay: v.unpaid && Boolean(unpaid.find(v.out_trade_no)) });
+  },
+
+  /** Runs `work` (→ promise) with the buttons disabled; a failure is shown, then the order read again. */
+  act(work) {
+    if (this.data.busy) return Promise.resolve();
+    this.setData({ busy: true });
+    return work()
+      .catch((e) => {
+        view.showError(e);
+        return this.load();
+      })
+      .then(() => this.setData({ busy: false }));
+  },
+
+  onPayTap() {
+    const no = this.outTradeNo;
+    const saved = unpaid.find(no);
+    if (!saved) return Promise.resolve();
+    const purchase = { items: saved.items, address: saved.address };
+    const params = { items: saved.items, idempotencyKey: saved.key };
+    if (saved.address) params.address = saved.address;
+    return this.act(() => {
+      wx.showLoading({ title: 'Paying…', mask: true });
+      return getApp()
+        .shop.buy(params)
+        .then(
+          (r) => {
+            wx.hideLoading();
+            unpaid.afterBuy(r, purchase);
+            if (r.out_trade_no !== no) {
+              // Back through another entry: buy closed this order and made a new one.
+              wx.redirectTo({ url: '/pages/order/detail?out_trade_no=' + encodeURIComponent(r.out_trade_no) });
+              return undefined;
+            }
+            if (r.paid) wx.showToast({ title: 'Paid', icon: 'success' });
+            else if (r.error) wx.showToast({ title: 'Payment not confirmed yet: pull down to check again.', icon: 'none', duration: 3000 });
+            else wx.showToast({ title: r.cashier === 'cancel' ? 'Payment cancelled.' : 'Payment did not go through.', icon: 'none' });
+            return this.load();
+          },
+          (e) => {
+            wx.hideLoading();
+            if (e.idempotencyKey) unpaid.remember(no, { key: e.idempotencyKey, items: saved.items, address: saved.address });
+            else unpaid.forget(no);
+            throw e;
+          }
+        );
+    });
+  },
+
+  onCloseTap() {
+    return this.act(() =>
+      ask({ title: 'Close this order?', content: 'It can no longer be paid, and what it holds goes back on sale.' }).then((res) => {
+        if (!res.confirm) return undefined;
+        return getApp()
+          .shop.orders.close(this.outTradeNo)
+          .then((order) => {
+            this.show(order);
+            wx.showToast({ title: 'Order closed', icon: 'none' });
+          });
+      })
+    );
+  },
+
+  onConfirmTap() {
+    return this.act(() =>
+      ask({ title: 'Confirm receipt?', content: 'Only when the parcel has arrived.' }).then((res) => {
+        if (!res.confirm) return undefined;
+        return getApp()
+          .shop.orders.confirmReceipt(this.outTradeNo)
+          .then((order) => {
+            this.show(order);
+            wx.showToast({ title: 'Receipt confirmed', icon: 'none' });
+          });
+      })
+    );
+  },
+
+  /** A refund of one item line (data-index); an order of one item needs no line. */
+  onRefundTap(e) {
+    const order = this.data.order;
+    const item = order && order.items[Number(e.currentTarget.dataset.index)];
+    if (!item) return Promise.resolve();
+    const line = item.product_id + '/' + item.sku_id;
+    return this.act(() =>
+      ask({ title: 'Apply for a refund', content: '', editable: true, placeholderText: 'Reason (optional)' }).then((res) => {
+        if (!res.confirm) return undefined;
+        const params = { out_trade_no: this.outTradeNo, type: 'refund', idempotencyKey: this.applyKeys[line] };
+        if (res.content.trim()) params.reason = res.content.trim();
+        if (order.items.length > 1) {
+          params.product_id = item.product_id;
+          params.sku_id = item.sku_id;
+        }
+        return getApp()
+          .shop.aftersale.apply(params)
+          .then(
+            () => {
+              delete this.applyKeys[line];
+              wx.showToast({ title: 'Refund requested', icon: 'none' });
+              return this.load();
+            },
+            (err) => {
+              // Kept only while the client says the same application may be sent again.
+              if (err.idempotencyKey) this.applyKeys[line] = err.idempotencyKey;
+              else delete this.applyKeys[line];
+              throw err;
+            }
+          );
+      })
+    );
+  },
+});

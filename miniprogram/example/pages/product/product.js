@@ -1,0 +1,184 @@
+/**
+ * One product (`shop.product`): pick a SKU and a quantity (at most its stock), then buy with
+ * `shop.buy`. The price shown is the server's; what is charged is what the server's order says
+ * (`total_fee`), never a sum made here. When the server needs a delivery address (every order
+ * that goes through WeChat's trading component; login says whether the shop uses it) the user
+ * picks one with wx.chooseAddress first.
+ *
+ * The outcome is shown as the client README says: "paid" only on `paid`; a cancelled or failed
+ * cashier leaves the order unpaid, and the next tap on Pay (the same SKU, quantity and address)
+ * sends the key buy handed back, so it pays that order instead of making a second one; when
+ * the server could not be asked (`error`), the payment is not offered again: the order page
+ * asks the server later.
+ */
+'use strict';
+
+const { addressFromWx } = require('../../utils/wxshop');
+const view = require('../../utils/view');
+const unpaid = require('../../utils/unpaid');
+
+/** The user picks a delivery address → resolves the server's shape, or rejects (error shape). */
+function chooseAddress() {
+  return new Promise((resolve, reject) => {
+    wx.chooseAddress({
+      success: (res) => resolve(addressFromWx(res)),
+      fail: (res) => reject({ code: 'NO_ADDRESS', message: 'Choose a delivery address to buy.', errMsg: res && res.errMsg }),
+    });
+  });
+}
+
+Page({
+  data: {
+    loading: true,
+    product: null,
+    skus: [],
+    selected: '',
+    quantity: 1,
+    maxQuantity: 0,
+    address: null,
+    busy: false,
+    // '' | 'paid' | 'unpaid' | 'unknown' | 'closed', and what to tell the user about it.
+    outcome: '',
+    message: '',
+    orderNo: '',
+  },
+  // The purchase not paid yet: { key, what }, `what` the items and address it was sent for.
+  pending: null,
+  // The server answered ADDRESS_REQUIRED: ask for one whatever login said.
+  addressRequired: false,
+
+  onLoad(options) {
+    this.productId = view.queryValue(options, 'product_id');
+    return this.load(view.queryValue(options, 'sku_id'));
+  },
+
+  load(wantSku) {
+    const shop = getApp().shop;
+    return shop
+      .product(this.productId)
+      .then((p) => {
+        const skus = p.skus.map(view.skuView);
+        const pick = skus.filter((s) => s.sku_id === wantSku && !s.soldOut)[0] || skus.filter((s) => !s.soldOut)[0];
+        this.setData({
+          loading: false,
+          product: { product_id: p.product_id, title: p.title, images: p.head_img || [] },
+          skus: skus,
+          selected: pick ? pick.sku_id : '',
+          quantity: 1,
+          maxQuantity: pick ? pick.stock : 0,
+        });
+      })
+      .catch((e) => {
+        this.setData({ loading: false, product: null });
+        view.showError(e);
+      });
+  },
+
+  sku(id) {
+    return this.data.skus.filter((s) => s.sku_id === id)[0] || null;
+  },
+
+  onSkuTap(e) {
+    const sku = this.sku(e.currentTarget.dataset.skuId);
+    if (!sku || sku.soldOut || this.data.busy) return;
+    this.setData({ selected: sku.sku_id, maxQuantity: sku.stock, quantity: Math.min(this.data.quantity, sku.stock), outcome: '', message: '' });
+  },
+
+  onMinus() {
+    if (this.data.busy || this.data.quantity <= 1) return;
+    this.setData({ quantity: this.data.quantity - 1, outcome: '', message: '' });
+  },
+
+  onPlus() {
+    if (this.data.busy || this.data.quantity >= this.data.maxQuantity) return;
+    this.setData({ quantity: this.data.quantity + 1, outcome: '', message: '' });
+  },
+
+  onAddressTap() {
+    if (this.data.busy) return Promise.resolve();
+    return chooseAddress()
+      .then((address) => this.setData({ address: address, outcome: '', message: '' }))
+      .catch((e) => view.showError(e));
+  },
+
+  /** Does this purchase need a delivery address? Unless login said the shop makes no
+   * trading-component orders (`off`), the server may ask for one, so it is asked for. */
+  needsAddress() {
+    if (this.addressRequired) return true;
+    const s = getApp().shop.session();
+    return !(s && s.trading_component === 'off');
+  },
+
+  address() {
+    if (this.data.address) return Promise.resolve(this.data.address);
+    if (!this.needsAddress()) return Promise.resolve(null);
+    return chooseAddress().then((address) => {
+      this.setData({ address: address });
+      return address;
+    });
+  },
+
+  onBuyTap() {
+    if (this.data.busy || !this.data.selected || this.data.outcome === 'unknown') return Promise.resolve();
+    const shop = getApp().shop;
+    // No price: the server charges its own.
+    const items = [{ product_id: this.data.product.product_id, sku_id: this.data.selected, quantity: this.data.quantity }];
+    this.setData({ busy: true, message: '' });
+    return this.address()
+      .then((address) => {
+        wx.showLoading({ title: 'Paying…', mask: true });
+        const what = JSON.stringify({ items: items, address: address });
+        const key = this.pending && this.pending.what === what ? this.pending.key : undefined;
+        const params = { items: items, idempotencyKey: key };
+        if (address) params.address = address;
+        return shop.buy(params).then(
+          (r) => {
+            // Not paid: buy hands back the key, and the next tap pays this order. Paid or
+            // closed: none, and the next tap is a new purchase.
+            this.pending = r.idempotencyKey ? { key: r.idempotencyKey, what: what } : null;
+            unpaid.afterBuy(r, { items: items, address: address });
+            return r;
+          },
+          (e) => {
+            // Only the key buy hands back: none when it is spent (ORDER_CLOSED,
+            // IDEMPOTENCY_KEY_REUSED), and sending it again would be refused on every tap.
+            this.pending = e.idempotencyKey ? { key: e.idempotencyKey, what: what } : null;
+            throw e;
+          }
+        );
+      })
+      .then((r) => this.showOutcome(r))
+      .catch((e) => {
+        if (e && e.code === 'ADDRESS_REQUIRED') this.addressRequired = true;
+        view.showError(e);
+      })
+      .then(() => {
+        wx.hideLoading();
+        this.setData({ busy: false });
+      });
+  },
+
+  showOutcome(r) {
+    const status = r.order && r.order.status;
+    if (r.paid) {
+      const total = r.order && typeof r.order.total_fee === 'number' ? ' ¥' + view.formatFen(r.order.total_fee) : '';
+      this.setData({ outcome: 'paid', orderNo: r.out_trade_no, message: 'Paid' + total + '. Order ' + r.out_trade_no + '.' });
+    } else if (r.error) {
+      this.setData({
+        outcome: 'unknown',
+        orderNo: r.out_trade_no,
+        message: 'We could not confirm the payment yet (' + r.error.code + '). Open the order to check it.',
+      });
+    } else if (status === 'CLOSED') {
+      this.setData({ outcome: 'closed', orderNo: r.out_trade_no, message: 'This order was closed unpaid. Tap Buy to order again.' });
+    } else {
+      const why = r.cashier === 'cancel' ? 'Payment cancelled.' : 'Payment did not go through' + (r.errMsg ? ' (' + r.errMsg + ').' : '.');
+      this.setData({ outcome: 'unpaid', orderNo: r.out_trade_no, message: why + ' Tap Pay to pay order ' + r.out_trade_no + '.' });
+    }
+  },
+
+  onOrderTap() {
+    if (!this.data.orderNo) return;
+    wx.navigateTo({ url: '/pages/order/detail?out_trade_no=' + encodeURIComponent(this.data.orderNo) });
+  },
+});
