@@ -10,6 +10,7 @@ use wxlocal::gateway::Running;
 
 #[path = "reliability_support.rs"]
 mod support;
+use support::eventually_in_300_polls as eventually;
 use wxshop::domain::OutTradeNo;
 use wxshop::handlers::funds::{get_withdrawal, list_withdrawals};
 
@@ -17,66 +18,11 @@ async fn stack() -> Running {
     support::stack_with(&[("WX_FUND_TYPE", "1")]).await
 }
 
-struct Client<'a> {
-    r: &'a Running,
-    http: reqwest::Client,
-}
+type Client<'a> = support::InProcess<'a>;
 
-impl<'a> Client<'a> {
-    fn new(r: &'a Running) -> Self {
-        Client {
-            r,
-            http: reqwest::Client::new(),
-        }
-    }
-    async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.r.base_url))
-            .json(body);
-        if let Some(t) = bearer {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-    async fn control(&self, path: &str, body: &Value) -> Value {
-        let (s, v) = self
-            .post(&format!("/sandbox/_control/{path}"), None, body)
-            .await;
-        assert_eq!(s, 200, "{path}: {v}");
-        v
-    }
-    /// `qty` × tea through `unifiedOrder`: the order as answered.
-    async fn order_tea(&self, token: &str, qty: u32) -> Value {
-        let (s, order) = self
-            .post(
-                "/fn/unifiedOrder",
-                Some(token),
-                &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": qty}],
-                        "address": {"receiver_name": "Alice", "detailed_address": "1 Tea Street",
-                                    "tel_number": "13800000000"}}),
-            )
-            .await;
-        assert_eq!(s, 200, "{order}");
-        order
-    }
-    async fn login(&self, user: &str) -> String {
-        let code = self.control("login", &json!({"user": user})).await;
-        let (status, v) = self
-            .post("/fn/login", None, &json!({"code": code["code"]}))
-            .await;
-        assert_eq!(status, 200, "{v}");
-        v["token"].as_str().unwrap().to_owned()
-    }
+impl Client<'_> {
     async fn funds(&self, body: Value) -> (u16, Value) {
-        let token = self.r.admin_token.clone();
-        self.post("/admin/funds", Some(&token), &body).await
+        self.admin("/admin/funds", &body).await
     }
     async fn funds_ok(&self, body: Value) -> Value {
         let (s, v) = self.funds(body.clone()).await;
@@ -90,23 +36,6 @@ impl<'a> Client<'a> {
             b["pending_fen"].as_i64().unwrap(),
         )
     }
-    fn calls(&self, api: &str) -> usize {
-        self.r.sandbox.calls(api).len()
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn account() -> Value {
@@ -117,7 +46,7 @@ fn account() -> Value {
 /// Orders 2 × tea as a fund_type=1 order, pays it through WeChat and lets WeChat settle it.
 /// Returns the order number and its total.
 async fn buy_pay_settle(c: &Client<'_>) -> (String, i64) {
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let order = c.order_tea(&token, 2).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     let total = order["total_fee"].as_i64().unwrap();
@@ -140,14 +69,7 @@ async fn buy_pay_settle(c: &Client<'_>) -> (String, i64) {
     assert_eq!(c.calls("pay/unifiedorder"), 0, "no WeChat Pay prepay");
 
     // The user pays in WeChat: open_product_order_pay lands, the order reads PAID.
-    c.control("pay", &json!({"out_order_id": no})).await;
-    eventually("the order to read PAID", || async {
-        let (_, v) = c
-            .post("/fn/queryOrder", Some(&token), &json!({"out_trade_no": no}))
-            .await;
-        v["order"]["status"] == "PAID"
-    })
-    .await;
+    c.pay_in_wechat(&token, &no).await;
     assert_eq!(
         c.balance().await,
         (0, total),
@@ -804,7 +726,7 @@ async fn empty_account_and_unknown_actions() {
 async fn a_forged_order_pay_push_does_not_pay_the_order() {
     let r = stack().await;
     let c = Client::new(&r);
-    let token = c.login("mallory").await;
+    let (token, _) = c.login("mallory").await;
     let order = c.order_tea(&token, 1).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     let ts = std::time::SystemTime::now()
@@ -851,7 +773,7 @@ async fn a_forged_order_pay_push_does_not_pay_the_order() {
 async fn a_paid_order_whose_pay_push_was_lost_is_recorded_by_the_sweep() {
     let r = stack().await;
     let c = Client::new(&r);
-    let token = c.login("lostpush").await;
+    let (token, _) = c.login("lostpush").await;
     let order = c.order_tea(&token, 1).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     c.control(
@@ -914,7 +836,7 @@ async fn a_paid_order_whose_pay_push_was_lost_is_recorded_by_the_sweep() {
 async fn closing_a_fund_type_1_order_closes_it_at_wechat() {
     let r = stack().await;
     let c = Client::new(&r);
-    let token = c.login("closer").await;
+    let (token, _) = c.login("closer").await;
     let order = c.order_tea(&token, 1).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     let (s, v) = c
@@ -951,7 +873,7 @@ async fn fund_type_1_refund_is_made_by_wechat_on_acceptance() {
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let admin = r.admin_token.clone();
     let out = OutTradeNo::parse(no.clone()).unwrap();
 
@@ -1098,7 +1020,7 @@ async fn a_balance_below_zero_is_shown_and_withdraws_nothing() {
         .await;
     assert_eq!(c.balance().await, (0, 0));
 
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let (s, applied) = c
         .post(
             "/fn/aftersaleSync",
@@ -1154,7 +1076,7 @@ async fn a_refund_wechat_could_not_pay_is_held_for_a_person() {
     let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let admin = r.admin_token.clone();
     c.control("refund_outcome", &json!({"status": "PLATFORM_REFUND_FAIL"}))
         .await;
@@ -1577,32 +1499,17 @@ impl Client<'_> {
         v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned()
     }
     async fn admin_aftersale(&self, action: &str, id: &str) -> Value {
-        let admin = self.r.admin_token.clone();
         let (s, v) = self
-            .post(
+            .admin(
                 "/admin/aftersaleSync",
-                Some(&admin),
                 &json!({"action": action, "aftersale_id": id}),
             )
             .await;
         assert_eq!(s, 200, "{action}: {v}");
         v
     }
-    /// Every after-sale of `no`, as the merchant lists them.
-    async fn aftersales(&self, no: &str) -> Vec<Value> {
-        let admin = self.r.admin_token.clone();
-        let (s, v) = self
-            .post(
-                "/admin/aftersaleSync",
-                Some(&admin),
-                &json!({"action": "list", "out_trade_no": no}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
-        v["aftersales"].as_array().cloned().unwrap_or_default()
-    }
     async fn aftersale(&self, no: &str, id: &str) -> Value {
-        self.aftersales(no)
+        self.admin_aftersales(no)
             .await
             .into_iter()
             .find(|a| a["aftersale_id"] == id)
@@ -1619,11 +1526,9 @@ impl Client<'_> {
     }
     /// The merchant's `aftersale_wechat` events.
     async fn aftersale_events(&self) -> Vec<Value> {
-        let admin = self.r.admin_token.clone();
         let (s, v) = self
-            .post(
+            .admin(
                 "/admin/orderSync",
-                Some(&admin),
                 &json!({"action": "events", "source": "aftersale_wechat"}),
             )
             .await;
@@ -1645,7 +1550,7 @@ async fn a_refund_wechat_made_on_its_own_is_recorded() {
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
 
     // Rejected here; the platform rules for the user.
     let rejected = c.apply(&token, &no, 1990, "dented").await;
@@ -1677,7 +1582,7 @@ async fn a_refund_wechat_made_on_its_own_is_recorded() {
         )
         .await;
     let wx_unknown = opened["aftersale_id"].as_u64().unwrap();
-    assert_eq!(c.aftersales(&no).await.len(), 1, "its push was lost");
+    assert_eq!(c.admin_aftersales(&no).await.len(), 1, "its push was lost");
     c.control(
         "aftersale",
         &json!({"action": "platform_refund", "aftersale_id": wx_unknown}),
@@ -1757,7 +1662,7 @@ async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() 
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let undecided = c.apply(&token, &no, 1990, "never arrived").await;
     let (_, wx_undecided) = added_at_wechat(&r, &undecided).await;
     let rejected = c.apply(&token, &no, total - 1990, "dented").await;
@@ -1830,7 +1735,7 @@ async fn an_approved_refund_wechat_paid_after_its_sync_gave_up_is_recorded_by_th
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     c.control("refund_outcome", &json!({"status": "PLATFORM_REFUNDING"}))
         .await;
     let id = c.apply(&token, &no, total, "never arrived").await;
@@ -1956,7 +1861,7 @@ async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let id = c.apply(&token, &no, total, "never arrived").await;
     let (_, wx) = added_at_wechat(&r, &id).await;
     c.control(
@@ -2032,7 +1937,7 @@ async fn a_refund_wechat_made_of_a_request_we_never_heard_of_is_recorded_by_the_
     .await;
     let schedule = || on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET));
     let early = schedule().await;
-    assert_eq!(c.aftersales(&no).await.len(), 0, "{early}");
+    assert_eq!(c.admin_aftersales(&no).await.len(), 0, "{early}");
 
     r.app.clock.advance(11 * 60_000);
     let report = schedule().await;
@@ -2068,7 +1973,7 @@ async fn an_aftersale_edited_in_wechat_is_not_accepted_on_the_old_terms() {
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let id = c.apply(&token, &no, 1990, "dented").await;
     let (ours, wx_id) = added_at_wechat(&r, &id).await;
     // The user's edit, straight to WeChat (`ecaftersale/update`); no push.
@@ -2156,7 +2061,7 @@ async fn two_edits_of_an_aftersale_in_one_second_both_act() {
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let id = c.apply(&token, &no, 1990, "dented").await;
     let (ours, wx_id) = added_at_wechat(&r, &id).await;
     // The user's edits, straight to WeChat (`ecaftersale/update`): the pushes are ours to send.
