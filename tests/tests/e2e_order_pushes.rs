@@ -45,21 +45,7 @@ async fn push(r: &Running, event: &str, out_order_id: &str, create_time: i64, no
 /// WeChat's status of the component order of `no` (`shop/order/get`, through the app's
 /// client).
 async fn wx_status(r: &Running, no: &str) -> i64 {
-    let parsed = wxshop::domain::OutTradeNo::parse(no.to_owned()).unwrap();
-    let order = wxshop::store::repo::get_order(r.app.store.as_ref(), &parsed)
-        .await
-        .unwrap()
-        .unwrap()
-        .value;
-    r.app
-        .wx
-        .order_get(
-            &wxshop::shop::types::OrderKey::Out(no.to_owned()),
-            order.openid.as_str(),
-        )
-        .await
-        .unwrap()
-        .status
+    support::wx_order(r, no).await.status
 }
 
 /// Kept for a person by the order events ([`ORDER_EVENT_MISMATCH_EVENTS`]).
