@@ -776,30 +776,7 @@ async fn a_paid_order_whose_pay_push_was_lost_is_recorded_by_the_sweep() {
     let (token, _) = c.login("lostpush").await;
     let order = c.order_tea(&token, 1).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.control(
-        "faults",
-        &json!({"path": "shop/order/get", "mode": "http500", "count": 1000}),
-    )
-    .await;
-    c.control("pay", &json!({"out_order_id": no})).await;
-    // Three push attempts (5 s apart, time-compressed), each answered 503 after its
-    // `shop/order/get` failed; then WeChat stops.
-    eventually("WeChat to give up pushing", || async {
-        r.sandbox
-            .deliveries()
-            .iter()
-            .filter(|d| d["kind"] == "push" && d["status"] == 503)
-            .count()
-            >= 3
-    })
-    .await;
-    let resp = c
-        .http
-        .delete(format!("{}/sandbox/_control/faults", r.base_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    c.pay_in_wechat_every_push_lost(&no).await;
     let out = OutTradeNo::parse(no.clone()).unwrap();
     let stored = wxshop::store::repo::get_order(r.app.store.as_ref(), &out)
         .await

@@ -92,6 +92,53 @@ async fn funds_events(r: &Running) -> Vec<wxshop::store::repo::EventRecord> {
         .0
 }
 
+/// The one thing `list` (`orders_awaiting_flows`, `aftersales_awaiting_flows`) of the
+/// reconcile answer `v` waits for, which it will ask WeChat about again: `field` = `value`.
+fn assert_one_awaiting(v: &Value, list: &str, field: &str, value: &str) {
+    let waiting = v["funds"][list].as_array().unwrap();
+    assert_eq!(waiting.len(), 1, "{v}");
+    assert_eq!(waiting[0][field], value, "{v}");
+    assert!(
+        waiting[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("ask again"),
+        "{v}"
+    );
+}
+
+/// A run of the schedule reconciles `day` and keeps its one mismatch (`{day}/{key}`) as a
+/// `funds_mismatch` event for a person: that event.
+async fn schedule_keeps_one(
+    r: &Running,
+    day: &str,
+    key: &str,
+) -> wxshop::store::repo::Versioned<wxshop::store::repo::EventRecord> {
+    let report = run_schedule(r).await;
+    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["funds"]["kept"], 1, "{report}");
+    wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "funds_mismatch",
+        &format!("{day}/{key}"),
+    )
+    .await
+    .unwrap()
+    .expect("a funds_mismatch event for a person")
+}
+
+/// `day` reconciled again an hour on, its mark taken away (as a run cut short leaves it):
+/// the run keeps nothing more.
+async fn reconciled_again_keeps_nothing(c: &Client<'_>, day: &str) {
+    wxshop::store::kv::delete(c.r.app.store.as_ref(), "funds_reconcile/last_date")
+        .await
+        .unwrap();
+    c.advance_both(3_600_000).await;
+    let report = run_schedule(c.r).await;
+    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["funds"]["kept"], 0, "{report}");
+}
+
 fn mismatches(v: &Value) -> &Vec<Value> {
     v["funds"]["mismatches"].as_array().unwrap()
 }
@@ -291,16 +338,7 @@ async fn a_paid_order_without_its_flow_is_missing_and_pages_once() {
 
     let v = c.reconcile_ok(&day).await;
     assert_eq!(v["funds"]["mismatches"], json!([]), "{v}");
-    let waiting = v["funds"]["orders_awaiting_flows"].as_array().unwrap();
-    assert_eq!(waiting.len(), 1, "{v}");
-    assert_eq!(waiting[0]["out_trade_no"], no.as_str(), "{v}");
-    assert!(
-        waiting[0]["problem"]
-            .as_str()
-            .unwrap()
-            .contains("ask again"),
-        "{v}"
-    );
+    assert_one_awaiting(&v, "orders_awaiting_flows", "out_trade_no", &no);
 
     c.advance_to_china(10, 30).await;
     let v = c.reconcile_ok(&day).await;
@@ -311,17 +349,7 @@ async fn a_paid_order_without_its_flow_is_missing_and_pages_once() {
     assert!(!v.to_string().contains(&format!("\"{kept_no}\"")), "{v}");
 
     let before = paged();
-    let report = run_schedule(&r).await;
-    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
-    assert_eq!(report["funds"]["kept"], 1, "{report}");
-    let kept = wxshop::store::repo::get_event(
-        r.app.store.as_ref(),
-        "funds_mismatch",
-        &format!("{day}/missing_flow/{no}"),
-    )
-    .await
-    .unwrap()
-    .expect("a funds_mismatch event for a person");
+    let kept = schedule_keeps_one(&r, &day, &format!("missing_flow/{no}")).await;
     assert!(
         kept.value.body.contains("what_to_do"),
         "{}",
@@ -330,13 +358,7 @@ async fn a_paid_order_without_its_flow_is_missing_and_pages_once() {
     assert_eq!(paged() - before, 1, "paged once");
     // The day reconciled again (its mark taken away, as a run cut short leaves it): kept
     // once, paged once.
-    wxshop::store::kv::delete(r.app.store.as_ref(), "funds_reconcile/last_date")
-        .await
-        .unwrap();
-    c.advance_both(3_600_000).await;
-    let report = run_schedule(&r).await;
-    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
-    assert_eq!(report["funds"]["kept"], 0, "{report}");
+    reconciled_again_keeps_nothing(&c, &day).await;
     assert_eq!(paged() - before, 1, "still paged once");
 }
 
@@ -526,28 +548,7 @@ async fn a_flow_for_an_order_we_hold_unpaid_is_a_lost_payment() {
         .await;
     assert_eq!(s, 200, "{order}");
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.control(
-        "faults",
-        &json!({"path": "shop/order/get", "mode": "http500", "count": 1000}),
-    )
-    .await;
-    c.control("pay", &json!({"out_order_id": no})).await;
-    eventually("WeChat to give up pushing", || async {
-        r.sandbox
-            .deliveries()
-            .iter()
-            .filter(|d| d["kind"] == "push" && d["status"] == 503)
-            .count()
-            >= 3
-    })
-    .await;
-    let resp = c
-        .http
-        .delete(format!("{}/sandbox/_control/faults", r.base_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    c.pay_in_wechat_every_push_lost(&no).await;
 
     let v = c.reconcile_ok(&today(&r)).await;
     let m = mismatches(&v);
@@ -684,16 +685,7 @@ async fn a_refund_we_recorded_without_its_expense_flow_is_missing() {
     let f = &v["funds"];
     assert_eq!(f["refunds_checked"], 2, "{v}");
     assert_eq!(f["mismatches"], json!([]), "{v}");
-    let waiting = f["aftersales_awaiting_flows"].as_array().unwrap();
-    assert_eq!(waiting.len(), 1, "{v}");
-    assert_eq!(waiting[0]["aftersale_id"], id.as_str(), "{v}");
-    assert!(
-        waiting[0]["problem"]
-            .as_str()
-            .unwrap()
-            .contains("ask again"),
-        "{v}"
-    );
+    assert_one_awaiting(&v, "aftersales_awaiting_flows", "aftersale_id", &id);
 
     c.advance_to_china(10, 30).await;
     let v = c.reconcile_ok(&day).await;
@@ -705,25 +697,9 @@ async fn a_refund_we_recorded_without_its_expense_flow_is_missing() {
     assert!(!v.to_string().contains(&format!("\"{kept_id}\"")), "{v}");
 
     let before = paged();
-    let report = run_schedule(&r).await;
-    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
-    assert_eq!(report["funds"]["kept"], 1, "{report}");
-    wxshop::store::repo::get_event(
-        r.app.store.as_ref(),
-        "funds_mismatch",
-        &format!("{day}/missing_refund_flow/{id}"),
-    )
-    .await
-    .unwrap()
-    .expect("a funds_mismatch event for a person");
+    schedule_keeps_one(&r, &day, &format!("missing_refund_flow/{id}")).await;
     assert_eq!(paged() - before, 1, "paged once");
-    wxshop::store::kv::delete(r.app.store.as_ref(), "funds_reconcile/last_date")
-        .await
-        .unwrap();
-    c.advance_both(3_600_000).await;
-    let report = run_schedule(&r).await;
-    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
-    assert_eq!(report["funds"]["kept"], 0, "{report}");
+    reconciled_again_keeps_nothing(&c, &day).await;
     assert_eq!(paged() - before, 1, "still paged once");
 }
 

@@ -340,6 +340,32 @@ impl std::ops::Deref for InProcess<'_> {
     }
 }
 
+impl InProcess<'_> {
+    /// The user pays order `no` in WeChat (a `fund_type` 1 order) and every push of the
+    /// payment is lost: our check of it (`shop/order/get`) fails, so each of WeChat's three
+    /// tries (5 s apart, time-compressed) is answered 503 and WeChat stops; then the
+    /// sandbox's faults are cleared.
+    pub async fn pay_in_wechat_every_push_lost(&self, no: &str) {
+        self.control(
+            "faults",
+            &json!({"path": "shop/order/get", "mode": "http500", "count": 1000}),
+        )
+        .await;
+        self.control("pay", &json!({"out_order_id": no})).await;
+        eventually_in_300_polls("WeChat to give up pushing", || async {
+            self.r
+                .sandbox
+                .deliveries()
+                .iter()
+                .filter(|d| d["kind"] == "push" && d["status"] == 503)
+                .count()
+                >= 3
+        })
+        .await;
+        self.clear_faults().await;
+    }
+}
+
 /// A day in milliseconds.
 pub const DAY_MS: i64 = 86_400_000;
 
