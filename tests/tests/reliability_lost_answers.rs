@@ -128,6 +128,43 @@ async fn a_prepay_whose_answer_was_lost_is_closed_at_wechat_pay() {
     assert_eq!(c.stock().await, before - 1, "stock taken again");
 }
 
+/// The user's `unifiedOrder` under `key` is cut off after 1 s while WeChat answers `path`
+/// slowly (3 s, once): WeChat makes what it was asked for, and we hold one order, CREATED
+/// with no ids. Its number.
+async fn cut_off_while_wechat_answers(
+    r: &wxlocal::gateway::Running,
+    c: &Client,
+    token: &str,
+    key: &str,
+    path: &str,
+) -> String {
+    c.fault(json!({"path": path, "mode": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    order_cut_off(r, token, &order_body(key), Duration::from_millis(1000)).await;
+    let made = orders(c, token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["status"], "CREATED", "{made:?}");
+    made[0]["out_trade_no"].as_str().unwrap().to_owned()
+}
+
+/// Waits for the component order of `no` that WeChat made after our call was cut off.
+async fn late_component_order(c: &Client, no: &str) {
+    eventually(
+        "the late component order",
+        Duration::from_secs(5),
+        || async { shop_status(c, no).await == Some(10) },
+    )
+    .await;
+}
+
+/// Waits for the prepay order of `no` that WeChat Pay made after our call was cut off.
+async fn late_prepay_order(c: &Client, no: &str) {
+    eventually("the late prepay order", Duration::from_secs(5), || async {
+        pay_state(c, no).await.as_deref() == Some("NOTPAY")
+    })
+    .await;
+}
+
 /// unifiedOrder as a function that its timeout cut off, on the app as it is.
 async fn order_cut_off(r: &wxlocal::gateway::Running, token: &str, body: &Value, after: Duration) {
     let route = wxshop::handlers::find_route("POST", "/fn/unifiedOrder").unwrap();
@@ -164,12 +201,7 @@ async fn an_order_cut_off_mid_creation_is_closed_at_wechat_when_it_expires() {
     assert_eq!(made[0]["status"], "CREATED", "neither id was recorded");
     let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
     assert_eq!(pay_state(&c, &no).await.as_deref(), Some("NOTPAY"));
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(&c, &no).await == Some(10) },
-    )
-    .await;
+    late_component_order(&c, &no).await;
 
     r.app.clock.advance(16 * 60_000);
     let (s, v) = c
@@ -269,12 +301,7 @@ async fn a_paid_order_whose_component_answer_was_lost_is_shipped_at_wechat() {
     let made = orders(&c, &token).await;
     assert_eq!(made.len(), 1, "{made:?}");
     let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(&c, &no).await == Some(10) },
-    )
-    .await;
+    late_component_order(&c, &no).await;
     assert_eq!(
         stored_wx_order_id(&r, &no).await,
         None,
@@ -367,12 +394,7 @@ async fn a_payment_sync_read_back_stores_the_component_id_it_learns() {
         .as_str()
         .unwrap()
         .to_owned();
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(&c, &no).await == Some(10) },
-    )
-    .await;
+    late_component_order(&c, &no).await;
     c.fault(json!({"path": "shop/order/pay", "mode": "lost", "count": 1}))
         .await;
     let (s, v) = c
@@ -489,12 +511,7 @@ async fn an_aftersale_of_a_paid_order_whose_component_answer_was_lost_reaches_we
     order_cut_off(&r, &token, &body, Duration::from_millis(1000)).await;
     let made = orders(&c, &token).await;
     let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(&c, &no).await == Some(10) },
-    )
-    .await;
+    late_component_order(&c, &no).await;
     let (s, v) = c
         .post(
             "/sandbox/_control/pay",
@@ -558,12 +575,7 @@ async fn paid_with_its_component_id_lost(
     assert_eq!(made.len(), 1, "{made:?}");
     let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
     let total = made[0]["total_fee"].as_i64().unwrap();
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(c, &no).await == Some(10) },
-    )
-    .await;
+    late_component_order(c, &no).await;
     let pay = if secondary {
         json!({"out_order_id": no, "wait": true})
     } else {
@@ -1021,19 +1033,8 @@ async fn a_lost_add_is_read_back_when_its_key_resumes(at_wechat: LostAdd) {
     let (token, openid) = c.login("lost-add-then-resumed").await;
     let key = "tap-lost-add-then-resumed";
     let before = c.stock().await;
-    c.fault(json!({"path": "shop/order/add", "mode": "slow", "delay_ms": 3000, "count": 1}))
-        .await;
-    order_cut_off(&r, &token, &order_body(key), Duration::from_millis(1000)).await;
-    let made = orders(&c, &token).await;
-    assert_eq!(made.len(), 1, "{made:?}");
-    assert_eq!(made[0]["status"], "CREATED", "{made:?}");
-    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(&c, &no).await == Some(10) },
-    )
-    .await;
+    let no = cut_off_while_wechat_answers(&r, &c, &token, key, "shop/order/add").await;
+    late_component_order(&c, &no).await;
     match at_wechat {
         LostAdd::PaidUnpushed => {
             let (s, v) = c
@@ -1246,26 +1247,12 @@ async fn a_direct_lost_answer_resumes(lost: DirectLost) {
     } else {
         "shop/order/add"
     };
-    c.fault(json!({"path": path, "mode": "slow", "delay_ms": 3000, "count": 1}))
-        .await;
-    order_cut_off(&r, &token, &order_body(key), Duration::from_millis(1000)).await;
-    let made = orders(&c, &token).await;
-    assert_eq!(made.len(), 1, "{made:?}");
-    assert_eq!(made[0]["status"], "CREATED", "{made:?}");
-    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    let no = cut_off_while_wechat_answers(&r, &c, &token, key, path).await;
     if lost == DirectLost::Prepay {
-        eventually("the late prepay order", Duration::from_secs(5), || async {
-            pay_state(&c, &no).await.as_deref() == Some("NOTPAY")
-        })
-        .await;
+        late_prepay_order(&c, &no).await;
         assert_eq!(shop_status(&c, &no).await, None, "no component order asked");
     } else {
-        eventually(
-            "the late component order",
-            Duration::from_secs(5),
-            || async { shop_status(&c, &no).await == Some(10) },
-        )
-        .await;
+        late_component_order(&c, &no).await;
     }
     if lost == DirectLost::AddPaidUnnotified {
         let (s, v) = c
@@ -1352,17 +1339,8 @@ async fn a_direct_lost_prepay_answer_with_seconds_left_is_closed_when_its_key_re
     let (token, openid) = c.login("direct-lost-late").await;
     let key = "tap-direct-lost-late";
     let before = c.stock().await;
-    c.fault(json!({"path": "pay/unifiedorder", "mode": "slow", "delay_ms": 3000, "count": 1}))
-        .await;
-    order_cut_off(&r, &token, &order_body(key), Duration::from_millis(1000)).await;
-    let made = orders(&c, &token).await;
-    assert_eq!(made.len(), 1, "{made:?}");
-    assert_eq!(made[0]["status"], "CREATED", "{made:?}");
-    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
-    eventually("the late prepay order", Duration::from_secs(5), || async {
-        pay_state(&c, &no).await.as_deref() == Some("NOTPAY")
-    })
-    .await;
+    let no = cut_off_while_wechat_answers(&r, &c, &token, key, "pay/unifiedorder").await;
+    late_prepay_order(&c, &no).await;
     let asked = r.sandbox.calls("pay/unifiedorder").len();
 
     // 5 s before its expiry (`ORDER_TTL_SECS` 900), on both clocks.
