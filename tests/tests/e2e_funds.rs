@@ -599,14 +599,11 @@ async fn a_withdrawal_whose_submit_answer_was_lost_says_what_to_do() {
         c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
             .await;
         let amount = if whole { total } else { 1000 };
-        let (s, v) = c
-            .post(
-                "/sandbox/_control/faults",
-                None,
-                &json!({"path": "shop/funds/submitwithdraw", "mode": "lost", "count": 1}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
+        c.control(
+            "faults",
+            &json!({"path": "shop/funds/submitwithdraw", "mode": "lost", "count": 1}),
+        )
+        .await;
         let (s, v) = c
             .funds(json!({"action": "withdraw", "amount_fen": amount}))
             .await;
@@ -1856,14 +1853,11 @@ async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed
             .any(|d| matches!(d.task, wxshop::outbox::Task::AfterSaleSync { .. }))
     })
     .await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "aftersale",
+        &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
+    )
+    .await;
     assert_eq!(wx_aftersale(&r, wx).await.status, 1);
 
     r.app.clock.advance(61 * 60_000);

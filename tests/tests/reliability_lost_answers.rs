@@ -309,14 +309,8 @@ async fn a_paid_order_whose_component_answer_was_lost_is_shipped_at_wechat() {
     );
 
     // Paid after all: WeChat Pay notifies us, and the payment is synced by our number.
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/pay",
-            None,
-            &json!({"out_trade_no": no, "wait": true}),
-        )
+    c.control("pay", &json!({"out_trade_no": no, "wait": true}))
         .await;
-    assert_eq!(s, 200, "{v}");
     assert_eq!(c.status(&token, &no).await["status"], "PAID");
     eventually(
         "the payment synced to the component order",
@@ -397,14 +391,8 @@ async fn a_payment_sync_read_back_stores_the_component_id_it_learns() {
     late_component_order(&c, &no).await;
     c.fault(json!({"path": "shop/order/pay", "mode": "lost", "count": 1}))
         .await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/pay",
-            None,
-            &json!({"out_trade_no": no, "wait": true}),
-        )
+    c.control("pay", &json!({"out_trade_no": no, "wait": true}))
         .await;
-    assert_eq!(s, 200, "{v}");
     eventually(
         "the id learnt from the sync's read-back stored",
         Duration::from_secs(10),
@@ -512,14 +500,8 @@ async fn an_aftersale_of_a_paid_order_whose_component_answer_was_lost_reaches_we
     let made = orders(&c, &token).await;
     let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
     late_component_order(&c, &no).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/pay",
-            None,
-            &json!({"out_trade_no": no, "wait": true}),
-        )
+    c.control("pay", &json!({"out_trade_no": no, "wait": true}))
         .await;
-    assert_eq!(s, 200, "{v}");
     eventually(
         "the payment synced to the component order",
         Duration::from_secs(10),
@@ -797,10 +779,7 @@ async fn an_expired_order_is_settled_when_its_key_resumes(
     let no = prepaid_then_cut_off(&r, &c, &token, key).await;
     assert_eq!(c.stock().await, before - 1);
     if at_wechat == AtWechat::PaidUnnotified {
-        let (s, v) = c
-            .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-            .await;
-        assert_eq!(s, 200, "{v}");
+        c.control("pay", &json!({"out_trade_no": no})).await;
     }
     match left_ms {
         None => past_expiry(&r),
@@ -897,10 +876,7 @@ async fn a_secondary_merchant_order_paid_unpushed_is_answered_paid_when_its_key_
     let key = "tap-paid-unpushed-then-resumed";
     let before = c.stock().await;
     let no = prepaid_then_cut_off(&r, &c, &token, key).await;
-    let (s, v) = c
-        .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("pay", &json!({"out_order_id": no})).await;
     assert_eq!(shop_status(&c, &no).await, Some(20), "paid at WeChat");
     assert_eq!(
         orders(&c, &token).await[0]["status"],
@@ -960,10 +936,7 @@ async fn a_secondary_merchant_key_replayed_near_expiry(paid: bool) {
     assert_eq!(v["status"], "PREPAID", "{v}");
 
     if paid {
-        let (s, v) = c
-            .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
-            .await;
-        assert_eq!(s, 200, "{v}");
+        c.control("pay", &json!({"out_order_id": no})).await;
     }
     // 5 seconds left.
     r.app.clock.advance(115_000);
@@ -1037,10 +1010,7 @@ async fn a_lost_add_is_read_back_when_its_key_resumes(at_wechat: LostAdd) {
     late_component_order(&c, &no).await;
     match at_wechat {
         LostAdd::PaidUnpushed => {
-            let (s, v) = c
-                .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
-                .await;
-            assert_eq!(s, 200, "{v}");
+            c.control("pay", &json!({"out_order_id": no})).await;
             assert_eq!(shop_status(&c, &no).await, Some(20), "paid at WeChat");
         }
         LostAdd::Cancelled => {
@@ -1255,10 +1225,7 @@ async fn a_direct_lost_answer_resumes(lost: DirectLost) {
         late_component_order(&c, &no).await;
     }
     if lost == DirectLost::AddPaidUnnotified {
-        let (s, v) = c
-            .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-            .await;
-        assert_eq!(s, 200, "{v}");
+        c.control("pay", &json!({"out_trade_no": no})).await;
         assert_eq!(pay_state(&c, &no).await.as_deref(), Some("SUCCESS"));
     }
     assert_eq!(orders(&c, &token).await[0]["status"], "CREATED");
@@ -1389,14 +1356,12 @@ async fn a_direct_lost_add_paid_unnotified_is_answered_paid_when_its_key_resumes
 /// The user applies for a refund of all of order `no` in WeChat's own order centre; its
 /// `aftersale_new_order` push imports it here (REQUESTED). WeChat's after-sale id and ours.
 async fn applied_in_wechat(c: &Client, no: &str, total: i64) -> (u64, String) {
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
+    let v = c
+        .control(
+            "aftersale",
             &json!({"action": "apply", "out_order_id": no, "orderamt": total}),
         )
         .await;
-    assert_eq!(s, 200, "{v}");
     let wx = v["aftersale_id"].as_u64().unwrap();
     eventually(
         "the after-sale imported from WeChat",
@@ -1418,14 +1383,11 @@ async fn applied_in_wechat(c: &Client, no: &str, total: i64) -> (u64, String) {
 /// The user cancels WeChat's after-sale `wx` in WeChat's order centre, and the
 /// `aftersale_user_cancel` push never reaches us.
 async fn cancelled_in_wechat_unpushed(c: &Client, wx: u64) {
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "aftersale",
+        &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
+    )
+    .await;
 }
 
 /// Every after-sale of `no`, as the merchant lists them.
@@ -1587,14 +1549,11 @@ async fn approving_a_cancelled_aftersale_of_an_order_whose_add_answer_was_lost_a
     let (wx, ours) = applied_in_wechat(&c, &no, total).await;
     c.fault(json!({"path": "shop/order/get", "mode": "errcode", "errcode": -1, "count": 100}))
         .await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "cancel", "aftersale_id": wx}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "aftersale",
+        &json!({"action": "cancel", "aftersale_id": wx}),
+    )
+    .await;
     eventually(
         "ours cancelled by the push",
         Duration::from_secs(10),
