@@ -877,21 +877,7 @@ async fn fund_type_1_refund_is_made_by_wechat_on_acceptance() {
             approved["aftersale"]["out_refund_no"].is_null(),
             "WeChat refunds under its own number: {approved}"
         );
-        eventually("the after-sale to read REFUNDED", || async {
-            let (_, v) = c
-                .post(
-                    "/fn/aftersaleSync",
-                    Some(&token),
-                    &json!({"action": "list", "out_trade_no": no}),
-                )
-                .await;
-            v["aftersales"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["aftersale_id"] == id.as_str() && a["status"] == "REFUNDED")
-        })
-        .await;
+        c.until_refunded(&token, &no, &id).await;
     }
     let (_, q) = c
         .post("/fn/queryOrder", Some(&token), &json!({"out_trade_no": no}))
@@ -1460,18 +1446,6 @@ async fn added_at_wechat(r: &Running, id: &str) -> (wxshop::domain::AfterSale, u
 }
 
 impl Client<'_> {
-    /// The user applies for a refund of `amount`: our after-sale id.
-    async fn apply(&self, token: &str, no: &str, amount: i64, reason: &str) -> String {
-        let (s, v) = self
-            .post(
-                "/fn/aftersaleSync",
-                Some(token),
-                &json!({"action": "apply", "out_trade_no": no, "amount": amount, "reason": reason}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
-        v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned()
-    }
     async fn admin_aftersale(&self, action: &str, id: &str) -> Value {
         let (s, v) = self
             .admin(
@@ -1527,7 +1501,9 @@ async fn a_refund_wechat_made_on_its_own_is_recorded() {
     let (token, _) = c.login("alice").await;
 
     // Rejected here; the platform rules for the user.
-    let rejected = c.apply(&token, &no, 1990, "dented").await;
+    let rejected = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "dented"}))
+        .await;
     let (_, wx_rejected) = added_at_wechat(&r, &rejected).await;
     c.admin_aftersale("reject", &rejected).await;
     eventually("the rejection mirrored", || async {
@@ -1589,14 +1565,26 @@ async fn a_refund_wechat_made_on_its_own_is_recorded() {
     // the request the merchant had rejected. Not recorded (the books would exceed the
     // payment); told.
     let (no2, total2) = buy_pay_settle(&c).await;
-    let first = c.apply(&token, &no2, total2, "all of it").await;
+    let first = c
+        .apply(
+            &token,
+            &no2,
+            json!({"amount": total2, "reason": "all of it"}),
+        )
+        .await;
     let (_, wx_first) = added_at_wechat(&r, &first).await;
     c.admin_aftersale("reject", &first).await;
     eventually("the rejection mirrored", || async {
         wx_aftersale(&r, wx_first).await.status == 4
     })
     .await;
-    let second = c.apply(&token, &no2, total2, "all of it, again").await;
+    let second = c
+        .apply(
+            &token,
+            &no2,
+            json!({"amount": total2, "reason": "all of it, again"}),
+        )
+        .await;
     c.admin_aftersale("approve", &second).await;
     eventually("the second REFUNDED", || async {
         c.aftersale(&no2, &second).await["status"] == "REFUNDED"
@@ -1637,9 +1625,21 @@ async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() 
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
     let (token, _) = c.login("alice").await;
-    let undecided = c.apply(&token, &no, 1990, "never arrived").await;
+    let undecided = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "never arrived"}),
+        )
+        .await;
     let (_, wx_undecided) = added_at_wechat(&r, &undecided).await;
-    let rejected = c.apply(&token, &no, total - 1990, "dented").await;
+    let rejected = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": total - 1990, "reason": "dented"}),
+        )
+        .await;
     let (_, wx_rejected) = added_at_wechat(&r, &rejected).await;
     c.admin_aftersale("reject", &rejected).await;
     eventually("the rejection mirrored", || async {
@@ -1712,7 +1712,13 @@ async fn an_approved_refund_wechat_paid_after_its_sync_gave_up_is_recorded_by_th
     let (token, _) = c.login("alice").await;
     c.control("refund_outcome", &json!({"status": "PLATFORM_REFUNDING"}))
         .await;
-    let id = c.apply(&token, &no, total, "never arrived").await;
+    let id = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": total, "reason": "never arrived"}),
+        )
+        .await;
     let (_, wx) = added_at_wechat(&r, &id).await;
     c.admin_aftersale("approve", &id).await;
     eventually("WeChat paying the refund", || async {
@@ -1836,7 +1842,13 @@ async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
     let (token, _) = c.login("alice").await;
-    let id = c.apply(&token, &no, total, "never arrived").await;
+    let id = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": total, "reason": "never arrived"}),
+        )
+        .await;
     let (_, wx) = added_at_wechat(&r, &id).await;
     c.control(
         "faults",
@@ -1878,7 +1890,8 @@ async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed
         "the merchant is told: {events:?}"
     );
     // Its amount is free again.
-    c.apply(&token, &no, total, "again").await;
+    c.apply(&token, &no, json!({"amount": total, "reason": "again"}))
+        .await;
 }
 
 /// A secondary-merchant after-sale the user opened in WeChat's order centre, then refunded
@@ -1945,7 +1958,9 @@ async fn an_aftersale_edited_in_wechat_is_not_accepted_on_the_old_terms() {
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
     let (token, _) = c.login("alice").await;
-    let id = c.apply(&token, &no, 1990, "dented").await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "dented"}))
+        .await;
     let (ours, wx_id) = added_at_wechat(&r, &id).await;
     // The user's edit, straight to WeChat (`ecaftersale/update`); no push.
     r.app
@@ -1996,7 +2011,9 @@ async fn an_aftersale_edited_in_wechat_is_not_accepted_on_the_old_terms() {
 
     // With the edit's push (`aftersale_update_order`): ours shows it before anyone approves.
     let (no2, total2) = buy_pay_settle(&c).await;
-    let id2 = c.apply(&token, &no2, 1990, "dented").await;
+    let id2 = c
+        .apply(&token, &no2, json!({"amount": 1990, "reason": "dented"}))
+        .await;
     let (_, wx2) = added_at_wechat(&r, &id2).await;
     c.control(
         "aftersale",
@@ -2033,7 +2050,9 @@ async fn two_edits_of_an_aftersale_in_one_second_both_act() {
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
     let (token, _) = c.login("alice").await;
-    let id = c.apply(&token, &no, 1990, "dented").await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "dented"}))
+        .await;
     let (ours, wx_id) = added_at_wechat(&r, &id).await;
     // The user's edits, straight to WeChat (`ecaftersale/update`): the pushes are ours to send.
     let edit = |amount: i64, reason: &str| {

@@ -29,40 +29,11 @@ impl Client<'_> {
     }
     /// The user asks `amount` of order `no` back; the admin approves; WeChat refunds it.
     async fn refunded(&self, token: &str, no: &str, amount: i64) -> String {
-        let (s, applied) = self
-            .post(
-                "/fn/aftersaleSync",
-                Some(token),
-                &json!({"action": "apply", "out_trade_no": no, "amount": amount, "reason": "dented"}),
-            )
+        let id = self
+            .apply(token, no, json!({"amount": amount, "reason": "dented"}))
             .await;
-        assert_eq!(s, 200, "{applied}");
-        let id = applied["aftersale"]["aftersale_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let (s, v) = self
-            .admin(
-                "/admin/aftersaleSync",
-                &json!({"action": "approve", "aftersale_id": id}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
-        eventually("the after-sale to read REFUNDED", || async {
-            let (_, v) = self
-                .post(
-                    "/fn/aftersaleSync",
-                    Some(token),
-                    &json!({"action": "list", "out_trade_no": no}),
-                )
-                .await;
-            v["aftersales"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["aftersale_id"] == id.as_str() && a["status"] == "REFUNDED")
-        })
-        .await;
+        self.approve(&id).await;
+        self.until_refunded(token, no, &id).await;
         id
     }
     async fn reconcile(&self, body: Value) -> (u16, Value) {

@@ -30,29 +30,6 @@ impl Client<'_> {
         }
         self.post("/fn/unifiedOrder", Some(token), &body).await
     }
-    /// The user applies for an after-sale on `no` (`extra`: amount, reason, type): its id.
-    async fn apply(&self, token: &str, no: &str, extra: Value) -> String {
-        let mut body = json!({"action": "apply", "out_trade_no": no});
-        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
-            b.extend(e);
-        }
-        let (s, applied) = self.post("/fn/aftersaleSync", Some(token), &body).await;
-        assert_eq!(s, 200, "{applied}");
-        applied["aftersale"]["aftersale_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-    /// The merchant approves an after-sale.
-    async fn approve(&self, id: &str) {
-        let (s, v) = self
-            .admin(
-                "/admin/aftersaleSync",
-                &json!({"action": "approve", "aftersale_id": id}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
-    }
     /// The first after-sale of `no`, as the user lists it.
     async fn aftersale(&self, token: &str, no: &str) -> Value {
         self.post(

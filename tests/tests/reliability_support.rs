@@ -251,6 +251,50 @@ impl Client {
         assert_eq!(s, 200, "{v}");
     }
 
+    /// The user applies for an after-sale on `no` (`extra`: amount, reason, type): its id.
+    pub async fn apply(&self, token: &str, no: &str, extra: Value) -> String {
+        let mut body = json!({"action": "apply", "out_trade_no": no});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        let (s, applied) = self.post("/fn/aftersaleSync", Some(token), &body).await;
+        assert_eq!(s, 200, "{applied}");
+        applied["aftersale"]["aftersale_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The merchant approves an after-sale.
+    pub async fn approve(&self, id: &str) {
+        let (s, v) = self
+            .admin(
+                "/admin/aftersaleSync",
+                &json!({"action": "approve", "aftersale_id": id}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    /// Returns once the user's list of after-sales of `no` shows `id` REFUNDED.
+    pub async fn until_refunded(&self, token: &str, no: &str, id: &str) {
+        eventually_in_300_polls("the after-sale to read REFUNDED", || async {
+            let (_, v) = self
+                .post(
+                    "/fn/aftersaleSync",
+                    Some(token),
+                    &json!({"action": "list", "out_trade_no": no}),
+                )
+                .await;
+            v["aftersales"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["aftersale_id"] == id && a["status"] == "REFUNDED")
+        })
+        .await;
+    }
+
     /// Every after-sale of `no`, as the merchant lists them.
     pub async fn admin_aftersales(&self, no: &str) -> Vec<Value> {
         let (s, v) = self
