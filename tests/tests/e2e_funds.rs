@@ -1619,8 +1619,6 @@ async fn a_refund_wechat_made_on_its_own_is_recorded() {
 /// stayed REQUESTED and REJECTED, the order's refunded amount 0 and the order shippable.
 #[tokio::test]
 async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
@@ -1653,7 +1651,7 @@ async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() 
         )
         .await;
     }
-    let schedule = || on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET));
+    let schedule = || support::run_schedule(&r);
     let early = schedule().await;
     assert_eq!(c.aftersale(&no, &undecided).await["status"], "REQUESTED");
 
@@ -1704,8 +1702,6 @@ async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() 
 /// amount 0 and the order shippable, with only the dead letter to tell.
 #[tokio::test]
 async fn an_approved_refund_wechat_paid_after_its_sync_gave_up_is_recorded_by_the_schedule() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
@@ -1725,7 +1721,7 @@ async fn an_approved_refund_wechat_paid_after_its_sync_gave_up_is_recorded_by_th
         wx_aftersale(&r, wx).await.status == 15
     })
     .await;
-    let schedule = || on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET));
+    let schedule = || support::run_schedule(&r);
     let asked_about = || {
         r.sandbox
             .calls("shop/ecaftersale/get")
@@ -1836,8 +1832,6 @@ async fn an_approved_refund_wechat_paid_after_its_sync_gave_up_is_recorded_by_th
 /// user may apply for it again. It used to stay REFUNDING, the amount held for good.
 #[tokio::test]
 async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed_by_the_schedule() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
@@ -1873,7 +1867,7 @@ async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed
     assert_eq!(wx_aftersale(&r, wx).await.status, 1);
 
     r.app.clock.advance(61 * 60_000);
-    let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    let report = support::run_schedule(&r).await;
     assert_eq!(
         c.aftersale(&no, &id).await["status"],
         "CANCELLED",
@@ -1902,8 +1896,6 @@ async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed
 /// refund as the push would have: imported REFUNDED, the order REFUNDED, the merchant told.
 #[tokio::test]
 async fn a_refund_wechat_made_of_a_request_we_never_heard_of_is_recorded_by_the_schedule() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
@@ -1919,7 +1911,7 @@ async fn a_refund_wechat_made_of_a_request_we_never_heard_of_is_recorded_by_the_
         &json!({"action": "platform_refund", "aftersale_id": wx, "push": false}),
     )
     .await;
-    let schedule = || on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET));
+    let schedule = || support::run_schedule(&r);
     let early = schedule().await;
     assert_eq!(c.admin_aftersales(&no).await.len(), 0, "{early}");
 

@@ -400,8 +400,6 @@ async fn a_payment_after_our_close_pages_once_for_the_cancelled_component_order(
 /// the dead letter ("its order is in status 250").
 #[tokio::test]
 async fn a_refund_of_an_order_paid_after_wechats_cancel_is_made_without_wechats_aftersale() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let (r, paged) = stack(&[]).await;
     let c = Client::new(&r);
     let (token, no) = ordered(&r, &c, "yara", 1).await;
@@ -452,7 +450,7 @@ async fn a_refund_of_an_order_paid_after_wechats_cancel_is_made_without_wechats_
     r.app.clock.advance(11 * 60_000);
     let gets = || r.sandbox.calls("shop/ecaftersale/get").len();
     let before = gets();
-    let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    let report = support::run_schedule(&r).await;
     let sweep = &report["wechat_refunds"];
     assert_eq!(sweep["asked"], 0, "{report}");
     assert_eq!(sweep["not_at_wechat"], 1, "{report}");

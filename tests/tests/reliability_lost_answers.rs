@@ -1507,8 +1507,6 @@ async fn an_aftersale_cancelled_in_wechat_of_an_order_whose_add_answer_was_lost_
 /// WeChat shows cancelled.
 #[tokio::test]
 async fn the_schedule_reads_back_aftersales_of_an_order_whose_add_answer_was_lost() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack_with(&[]).await;
     let c = Client::new(&r);
     let (token, _) = c.login("lost-add-sweep").await;
@@ -1518,7 +1516,7 @@ async fn the_schedule_reads_back_aftersales_of_an_order_whose_add_answer_was_los
     cancelled_in_wechat_unpushed(&c, wx).await;
 
     r.app.clock.advance(11 * 60_000);
-    let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    let report = support::run_schedule(&r).await;
     assert_eq!(
         merchant_aftersale(&c, &no, &ours).await["status"],
         "CANCELLED",
@@ -1586,8 +1584,6 @@ async fn approving_a_cancelled_aftersale_of_an_order_whose_add_answer_was_lost_a
 /// `ecaftersale/get` on it that could only fail.
 #[tokio::test]
 async fn the_schedule_asks_wechat_nothing_about_aftersales_of_an_order_it_never_made() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack_with(&[]).await;
     let c = Client::new(&r);
     let (token, openid) = c.login("never-made-aftersale").await;
@@ -1631,7 +1627,7 @@ async fn the_schedule_asks_wechat_nothing_about_aftersales_of_an_order_it_never_
     // Past the grace for pushes: the after-sale is due to be read back.
     r.app.clock.advance(11 * 60_000);
     for run in 1..=2 {
-        let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+        let report = support::run_schedule(&r).await;
         let sweep = &report["wechat_refunds"];
         assert_eq!(sweep["asked"], 0, "run {run}: {report}");
         assert_eq!(sweep["not_at_wechat"], 1, "run {run}: {report}");
