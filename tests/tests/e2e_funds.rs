@@ -10,6 +10,7 @@ use wxlocal::gateway::Running;
 
 #[path = "reliability_support.rs"]
 mod support;
+use support::eventually_in_300_polls as eventually;
 use wxshop::domain::OutTradeNo;
 use wxshop::handlers::funds::{get_withdrawal, list_withdrawals};
 
@@ -17,66 +18,11 @@ async fn stack() -> Running {
     support::stack_with(&[("WX_FUND_TYPE", "1")]).await
 }
 
-struct Client<'a> {
-    r: &'a Running,
-    http: reqwest::Client,
-}
+type Client<'a> = support::InProcess<'a>;
 
-impl<'a> Client<'a> {
-    fn new(r: &'a Running) -> Self {
-        Client {
-            r,
-            http: reqwest::Client::new(),
-        }
-    }
-    async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.r.base_url))
-            .json(body);
-        if let Some(t) = bearer {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-    async fn control(&self, path: &str, body: &Value) -> Value {
-        let (s, v) = self
-            .post(&format!("/sandbox/_control/{path}"), None, body)
-            .await;
-        assert_eq!(s, 200, "{path}: {v}");
-        v
-    }
-    /// `qty` × tea through `unifiedOrder`: the order as answered.
-    async fn order_tea(&self, token: &str, qty: u32) -> Value {
-        let (s, order) = self
-            .post(
-                "/fn/unifiedOrder",
-                Some(token),
-                &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": qty}],
-                        "address": {"receiver_name": "Alice", "detailed_address": "1 Tea Street",
-                                    "tel_number": "13800000000"}}),
-            )
-            .await;
-        assert_eq!(s, 200, "{order}");
-        order
-    }
-    async fn login(&self, user: &str) -> String {
-        let code = self.control("login", &json!({"user": user})).await;
-        let (status, v) = self
-            .post("/fn/login", None, &json!({"code": code["code"]}))
-            .await;
-        assert_eq!(status, 200, "{v}");
-        v["token"].as_str().unwrap().to_owned()
-    }
+impl Client<'_> {
     async fn funds(&self, body: Value) -> (u16, Value) {
-        let token = self.r.admin_token.clone();
-        self.post("/admin/funds", Some(&token), &body).await
+        self.admin("/admin/funds", &body).await
     }
     async fn funds_ok(&self, body: Value) -> Value {
         let (s, v) = self.funds(body.clone()).await;
@@ -90,23 +36,6 @@ impl<'a> Client<'a> {
             b["pending_fen"].as_i64().unwrap(),
         )
     }
-    fn calls(&self, api: &str) -> usize {
-        self.r.sandbox.calls(api).len()
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn account() -> Value {
@@ -117,7 +46,7 @@ fn account() -> Value {
 /// Orders 2 × tea as a fund_type=1 order, pays it through WeChat and lets WeChat settle it.
 /// Returns the order number and its total.
 async fn buy_pay_settle(c: &Client<'_>) -> (String, i64) {
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let order = c.order_tea(&token, 2).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     let total = order["total_fee"].as_i64().unwrap();
@@ -140,14 +69,7 @@ async fn buy_pay_settle(c: &Client<'_>) -> (String, i64) {
     assert_eq!(c.calls("pay/unifiedorder"), 0, "no WeChat Pay prepay");
 
     // The user pays in WeChat: open_product_order_pay lands, the order reads PAID.
-    c.control("pay", &json!({"out_order_id": no})).await;
-    eventually("the order to read PAID", || async {
-        let (_, v) = c
-            .post("/fn/queryOrder", Some(&token), &json!({"out_trade_no": no}))
-            .await;
-        v["order"]["status"] == "PAID"
-    })
-    .await;
+    c.pay_in_wechat(&token, &no).await;
     assert_eq!(
         c.balance().await,
         (0, total),
@@ -677,14 +599,11 @@ async fn a_withdrawal_whose_submit_answer_was_lost_says_what_to_do() {
         c.funds_ok(json!({"action": "set_bank_account", "account": account()}))
             .await;
         let amount = if whole { total } else { 1000 };
-        let (s, v) = c
-            .post(
-                "/sandbox/_control/faults",
-                None,
-                &json!({"path": "shop/funds/submitwithdraw", "mode": "lost", "count": 1}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
+        c.control(
+            "faults",
+            &json!({"path": "shop/funds/submitwithdraw", "mode": "lost", "count": 1}),
+        )
+        .await;
         let (s, v) = c
             .funds(json!({"action": "withdraw", "amount_fen": amount}))
             .await;
@@ -804,7 +723,7 @@ async fn empty_account_and_unknown_actions() {
 async fn a_forged_order_pay_push_does_not_pay_the_order() {
     let r = stack().await;
     let c = Client::new(&r);
-    let token = c.login("mallory").await;
+    let (token, _) = c.login("mallory").await;
     let order = c.order_tea(&token, 1).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     let ts = std::time::SystemTime::now()
@@ -851,33 +770,10 @@ async fn a_forged_order_pay_push_does_not_pay_the_order() {
 async fn a_paid_order_whose_pay_push_was_lost_is_recorded_by_the_sweep() {
     let r = stack().await;
     let c = Client::new(&r);
-    let token = c.login("lostpush").await;
+    let (token, _) = c.login("lostpush").await;
     let order = c.order_tea(&token, 1).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.control(
-        "faults",
-        &json!({"path": "shop/order/get", "mode": "http500", "count": 1000}),
-    )
-    .await;
-    c.control("pay", &json!({"out_order_id": no})).await;
-    // Three push attempts (5 s apart, time-compressed), each answered 503 after its
-    // `shop/order/get` failed; then WeChat stops.
-    eventually("WeChat to give up pushing", || async {
-        r.sandbox
-            .deliveries()
-            .iter()
-            .filter(|d| d["kind"] == "push" && d["status"] == 503)
-            .count()
-            >= 3
-    })
-    .await;
-    let resp = c
-        .http
-        .delete(format!("{}/sandbox/_control/faults", r.base_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    c.pay_in_wechat_every_push_lost(&no).await;
     let out = OutTradeNo::parse(no.clone()).unwrap();
     let stored = wxshop::store::repo::get_order(r.app.store.as_ref(), &out)
         .await
@@ -914,7 +810,7 @@ async fn a_paid_order_whose_pay_push_was_lost_is_recorded_by_the_sweep() {
 async fn closing_a_fund_type_1_order_closes_it_at_wechat() {
     let r = stack().await;
     let c = Client::new(&r);
-    let token = c.login("closer").await;
+    let (token, _) = c.login("closer").await;
     let order = c.order_tea(&token, 1).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     let (s, v) = c
@@ -951,7 +847,7 @@ async fn fund_type_1_refund_is_made_by_wechat_on_acceptance() {
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let admin = r.admin_token.clone();
     let out = OutTradeNo::parse(no.clone()).unwrap();
 
@@ -981,21 +877,7 @@ async fn fund_type_1_refund_is_made_by_wechat_on_acceptance() {
             approved["aftersale"]["out_refund_no"].is_null(),
             "WeChat refunds under its own number: {approved}"
         );
-        eventually("the after-sale to read REFUNDED", || async {
-            let (_, v) = c
-                .post(
-                    "/fn/aftersaleSync",
-                    Some(&token),
-                    &json!({"action": "list", "out_trade_no": no}),
-                )
-                .await;
-            v["aftersales"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["aftersale_id"] == id.as_str() && a["status"] == "REFUNDED")
-        })
-        .await;
+        c.until_refunded(&token, &no, &id).await;
     }
     let (_, q) = c
         .post("/fn/queryOrder", Some(&token), &json!({"out_trade_no": no}))
@@ -1098,7 +980,7 @@ async fn a_balance_below_zero_is_shown_and_withdraws_nothing() {
         .await;
     assert_eq!(c.balance().await, (0, 0));
 
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let (s, applied) = c
         .post(
             "/fn/aftersaleSync",
@@ -1154,7 +1036,7 @@ async fn a_refund_wechat_could_not_pay_is_held_for_a_person() {
     let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     let admin = r.admin_token.clone();
     c.control("refund_outcome", &json!({"status": "PLATFORM_REFUND_FAIL"}))
         .await;
@@ -1564,45 +1446,18 @@ async fn added_at_wechat(r: &Running, id: &str) -> (wxshop::domain::AfterSale, u
 }
 
 impl Client<'_> {
-    /// The user applies for a refund of `amount`: our after-sale id.
-    async fn apply(&self, token: &str, no: &str, amount: i64, reason: &str) -> String {
-        let (s, v) = self
-            .post(
-                "/fn/aftersaleSync",
-                Some(token),
-                &json!({"action": "apply", "out_trade_no": no, "amount": amount, "reason": reason}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
-        v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned()
-    }
     async fn admin_aftersale(&self, action: &str, id: &str) -> Value {
-        let admin = self.r.admin_token.clone();
         let (s, v) = self
-            .post(
+            .admin(
                 "/admin/aftersaleSync",
-                Some(&admin),
                 &json!({"action": action, "aftersale_id": id}),
             )
             .await;
         assert_eq!(s, 200, "{action}: {v}");
         v
     }
-    /// Every after-sale of `no`, as the merchant lists them.
-    async fn aftersales(&self, no: &str) -> Vec<Value> {
-        let admin = self.r.admin_token.clone();
-        let (s, v) = self
-            .post(
-                "/admin/aftersaleSync",
-                Some(&admin),
-                &json!({"action": "list", "out_trade_no": no}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
-        v["aftersales"].as_array().cloned().unwrap_or_default()
-    }
     async fn aftersale(&self, no: &str, id: &str) -> Value {
-        self.aftersales(no)
+        self.admin_aftersales(no)
             .await
             .into_iter()
             .find(|a| a["aftersale_id"] == id)
@@ -1619,11 +1474,9 @@ impl Client<'_> {
     }
     /// The merchant's `aftersale_wechat` events.
     async fn aftersale_events(&self) -> Vec<Value> {
-        let admin = self.r.admin_token.clone();
         let (s, v) = self
-            .post(
+            .admin(
                 "/admin/orderSync",
-                Some(&admin),
                 &json!({"action": "events", "source": "aftersale_wechat"}),
             )
             .await;
@@ -1645,10 +1498,12 @@ async fn a_refund_wechat_made_on_its_own_is_recorded() {
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
 
     // Rejected here; the platform rules for the user.
-    let rejected = c.apply(&token, &no, 1990, "dented").await;
+    let rejected = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "dented"}))
+        .await;
     let (_, wx_rejected) = added_at_wechat(&r, &rejected).await;
     c.admin_aftersale("reject", &rejected).await;
     eventually("the rejection mirrored", || async {
@@ -1677,7 +1532,7 @@ async fn a_refund_wechat_made_on_its_own_is_recorded() {
         )
         .await;
     let wx_unknown = opened["aftersale_id"].as_u64().unwrap();
-    assert_eq!(c.aftersales(&no).await.len(), 1, "its push was lost");
+    assert_eq!(c.admin_aftersales(&no).await.len(), 1, "its push was lost");
     c.control(
         "aftersale",
         &json!({"action": "platform_refund", "aftersale_id": wx_unknown}),
@@ -1710,14 +1565,26 @@ async fn a_refund_wechat_made_on_its_own_is_recorded() {
     // the request the merchant had rejected. Not recorded (the books would exceed the
     // payment); told.
     let (no2, total2) = buy_pay_settle(&c).await;
-    let first = c.apply(&token, &no2, total2, "all of it").await;
+    let first = c
+        .apply(
+            &token,
+            &no2,
+            json!({"amount": total2, "reason": "all of it"}),
+        )
+        .await;
     let (_, wx_first) = added_at_wechat(&r, &first).await;
     c.admin_aftersale("reject", &first).await;
     eventually("the rejection mirrored", || async {
         wx_aftersale(&r, wx_first).await.status == 4
     })
     .await;
-    let second = c.apply(&token, &no2, total2, "all of it, again").await;
+    let second = c
+        .apply(
+            &token,
+            &no2,
+            json!({"amount": total2, "reason": "all of it, again"}),
+        )
+        .await;
     c.admin_aftersale("approve", &second).await;
     eventually("the second REFUNDED", || async {
         c.aftersale(&no2, &second).await["status"] == "REFUNDED"
@@ -1752,15 +1619,25 @@ async fn a_refund_wechat_made_on_its_own_is_recorded() {
 /// stayed REQUESTED and REJECTED, the order's refunded amount 0 and the order shippable.
 #[tokio::test]
 async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
-    let undecided = c.apply(&token, &no, 1990, "never arrived").await;
+    let (token, _) = c.login("alice").await;
+    let undecided = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": 1990, "reason": "never arrived"}),
+        )
+        .await;
     let (_, wx_undecided) = added_at_wechat(&r, &undecided).await;
-    let rejected = c.apply(&token, &no, total - 1990, "dented").await;
+    let rejected = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": total - 1990, "reason": "dented"}),
+        )
+        .await;
     let (_, wx_rejected) = added_at_wechat(&r, &rejected).await;
     c.admin_aftersale("reject", &rejected).await;
     eventually("the rejection mirrored", || async {
@@ -1774,7 +1651,7 @@ async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() 
         )
         .await;
     }
-    let schedule = || on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET));
+    let schedule = || support::run_schedule(&r);
     let early = schedule().await;
     assert_eq!(c.aftersale(&no, &undecided).await["status"], "REQUESTED");
 
@@ -1825,22 +1702,26 @@ async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() 
 /// amount 0 and the order shippable, with only the dead letter to tell.
 #[tokio::test]
 async fn an_approved_refund_wechat_paid_after_its_sync_gave_up_is_recorded_by_the_schedule() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
+    let (token, _) = c.login("alice").await;
     c.control("refund_outcome", &json!({"status": "PLATFORM_REFUNDING"}))
         .await;
-    let id = c.apply(&token, &no, total, "never arrived").await;
+    let id = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": total, "reason": "never arrived"}),
+        )
+        .await;
     let (_, wx) = added_at_wechat(&r, &id).await;
     c.admin_aftersale("approve", &id).await;
     eventually("WeChat paying the refund", || async {
         wx_aftersale(&r, wx).await.status == 15
     })
     .await;
-    let schedule = || on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET));
+    let schedule = || support::run_schedule(&r);
     let asked_about = || {
         r.sandbox
             .calls("shop/ecaftersale/get")
@@ -1951,13 +1832,17 @@ async fn an_approved_refund_wechat_paid_after_its_sync_gave_up_is_recorded_by_th
 /// user may apply for it again. It used to stay REFUNDING, the amount held for good.
 #[tokio::test]
 async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed_by_the_schedule() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
-    let id = c.apply(&token, &no, total, "never arrived").await;
+    let (token, _) = c.login("alice").await;
+    let id = c
+        .apply(
+            &token,
+            &no,
+            json!({"amount": total, "reason": "never arrived"}),
+        )
+        .await;
     let (_, wx) = added_at_wechat(&r, &id).await;
     c.control(
         "faults",
@@ -1974,18 +1859,15 @@ async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed
             .any(|d| matches!(d.task, wxshop::outbox::Task::AfterSaleSync { .. }))
     })
     .await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "aftersale",
+        &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
+    )
+    .await;
     assert_eq!(wx_aftersale(&r, wx).await.status, 1);
 
     r.app.clock.advance(61 * 60_000);
-    let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    let report = support::run_schedule(&r).await;
     assert_eq!(
         c.aftersale(&no, &id).await["status"],
         "CANCELLED",
@@ -2002,7 +1884,8 @@ async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed
         "the merchant is told: {events:?}"
     );
     // Its amount is free again.
-    c.apply(&token, &no, total, "again").await;
+    c.apply(&token, &no, json!({"amount": total, "reason": "again"}))
+        .await;
 }
 
 /// A secondary-merchant after-sale the user opened in WeChat's order centre, then refunded
@@ -2013,8 +1896,6 @@ async fn an_approved_refund_cancelled_at_wechat_after_its_sync_gave_up_is_closed
 /// refund as the push would have: imported REFUNDED, the order REFUNDED, the merchant told.
 #[tokio::test]
 async fn a_refund_wechat_made_of_a_request_we_never_heard_of_is_recorded_by_the_schedule() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
@@ -2030,9 +1911,9 @@ async fn a_refund_wechat_made_of_a_request_we_never_heard_of_is_recorded_by_the_
         &json!({"action": "platform_refund", "aftersale_id": wx, "push": false}),
     )
     .await;
-    let schedule = || on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET));
+    let schedule = || support::run_schedule(&r);
     let early = schedule().await;
-    assert_eq!(c.aftersales(&no).await.len(), 0, "{early}");
+    assert_eq!(c.admin_aftersales(&no).await.len(), 0, "{early}");
 
     r.app.clock.advance(11 * 60_000);
     let report = schedule().await;
@@ -2068,8 +1949,10 @@ async fn an_aftersale_edited_in_wechat_is_not_accepted_on_the_old_terms() {
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
-    let id = c.apply(&token, &no, 1990, "dented").await;
+    let (token, _) = c.login("alice").await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "dented"}))
+        .await;
     let (ours, wx_id) = added_at_wechat(&r, &id).await;
     // The user's edit, straight to WeChat (`ecaftersale/update`); no push.
     r.app
@@ -2120,7 +2003,9 @@ async fn an_aftersale_edited_in_wechat_is_not_accepted_on_the_old_terms() {
 
     // With the edit's push (`aftersale_update_order`): ours shows it before anyone approves.
     let (no2, total2) = buy_pay_settle(&c).await;
-    let id2 = c.apply(&token, &no2, 1990, "dented").await;
+    let id2 = c
+        .apply(&token, &no2, json!({"amount": 1990, "reason": "dented"}))
+        .await;
     let (_, wx2) = added_at_wechat(&r, &id2).await;
     c.control(
         "aftersale",
@@ -2156,8 +2041,10 @@ async fn two_edits_of_an_aftersale_in_one_second_both_act() {
     let r = stack().await;
     let c = Client::new(&r);
     let (no, total) = buy_pay_settle(&c).await;
-    let token = c.login("alice").await;
-    let id = c.apply(&token, &no, 1990, "dented").await;
+    let (token, _) = c.login("alice").await;
+    let id = c
+        .apply(&token, &no, json!({"amount": 1990, "reason": "dented"}))
+        .await;
     let (ours, wx_id) = added_at_wechat(&r, &id).await;
     // The user's edits, straight to WeChat (`ecaftersale/update`): the pushes are ours to send.
     let edit = |amount: i64, reason: &str| {

@@ -7,123 +7,33 @@
 //! midnight), or book one for an order we never made.
 
 use serde_json::{json, Value};
-use std::time::Duration;
 use wxlocal::gateway::Running;
 
 #[path = "reliability_support.rs"]
 mod support;
+use support::eventually_in_300_polls as eventually;
+use support::{run_schedule, DAY_MS};
 
-const DAY_MS: i64 = 86_400_000;
+type Client<'a> = support::InProcess<'a>;
 
-struct Client<'a> {
-    r: &'a Running,
-    http: reqwest::Client,
-}
-
-impl<'a> Client<'a> {
-    fn new(r: &'a Running) -> Self {
-        Client {
-            r,
-            http: reqwest::Client::new(),
-        }
-    }
-    async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.r.base_url))
-            .json(body);
-        if let Some(t) = bearer {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-    async fn control(&self, path: &str, body: &Value) -> Value {
-        let (s, v) = self
-            .post(&format!("/sandbox/_control/{path}"), None, body)
-            .await;
-        assert_eq!(s, 200, "{path}: {v}");
-        v
-    }
-    async fn admin(&self, path: &str, body: &Value) -> (u16, Value) {
-        let token = self.r.admin_token.clone();
-        self.post(path, Some(&token), body).await
-    }
-    async fn login(&self, user: &str) -> String {
-        let code = self.control("login", &json!({"user": user})).await;
-        let (status, v) = self
-            .post("/fn/login", None, &json!({"code": code["code"]}))
-            .await;
-        assert_eq!(status, 200, "{v}");
-        v["token"].as_str().unwrap().to_owned()
-    }
+impl Client<'_> {
     /// `user` orders `qty` × tea and pays it in WeChat: (token, out_trade_no, total).
     async fn paid(&self, user: &str, qty: u32) -> (String, String, i64) {
-        let token = self.login(user).await;
-        let (s, order) = self
-            .post(
-                "/fn/unifiedOrder",
-                Some(&token),
-                &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": qty}],
-                        "address": {"receiver_name": "Alice", "detailed_address": "1 Tea Street",
-                                    "tel_number": "13800000000"}}),
-            )
-            .await;
-        assert_eq!(s, 200, "{order}");
+        let (token, _) = self.login(user).await;
+        let order = self.order_tea(&token, qty).await;
         assert_eq!(order["fund_type"], 1, "{order}");
         let no = order["out_trade_no"].as_str().unwrap().to_owned();
         let total = order["total_fee"].as_i64().unwrap();
-        self.control("pay", &json!({"out_order_id": no})).await;
-        eventually("the order to read PAID", || async {
-            let (_, v) = self
-                .post("/fn/queryOrder", Some(&token), &json!({"out_trade_no": no}))
-                .await;
-            v["order"]["status"] == "PAID"
-        })
-        .await;
+        self.pay_in_wechat(&token, &no).await;
         (token, no, total)
     }
     /// The user asks `amount` of order `no` back; the admin approves; WeChat refunds it.
     async fn refunded(&self, token: &str, no: &str, amount: i64) -> String {
-        let (s, applied) = self
-            .post(
-                "/fn/aftersaleSync",
-                Some(token),
-                &json!({"action": "apply", "out_trade_no": no, "amount": amount, "reason": "dented"}),
-            )
+        let id = self
+            .apply(token, no, json!({"amount": amount, "reason": "dented"}))
             .await;
-        assert_eq!(s, 200, "{applied}");
-        let id = applied["aftersale"]["aftersale_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let (s, v) = self
-            .admin(
-                "/admin/aftersaleSync",
-                &json!({"action": "approve", "aftersale_id": id}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
-        eventually("the after-sale to read REFUNDED", || async {
-            let (_, v) = self
-                .post(
-                    "/fn/aftersaleSync",
-                    Some(token),
-                    &json!({"action": "list", "out_trade_no": no}),
-                )
-                .await;
-            v["aftersales"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["aftersale_id"] == id.as_str() && a["status"] == "REFUNDED")
-        })
-        .await;
+        self.approve(&id).await;
+        self.until_refunded(token, no, &id).await;
         id
     }
     async fn reconcile(&self, body: Value) -> (u16, Value) {
@@ -136,50 +46,14 @@ impl<'a> Client<'a> {
         assert_eq!(s, 200, "{v}");
         v
     }
-    fn calls(&self, api: &str) -> usize {
-        self.r.sandbox.calls(api).len()
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn stack() -> Running {
     support::stack_with(&[("WX_FUND_TYPE", "1")]).await
 }
 
-/// Both clocks (ours and WeChat's) forward by `ms`.
-async fn advance_both(c: &Client<'_>, ms: i64) {
-    c.r.app.clock.advance(ms);
-    c.control("clock", &json!({"advance_ms": ms})).await;
-}
-
-/// Both clocks forward to the next time it is `hour`:`minute` in China.
-async fn advance_to_china(c: &Client<'_>, hour: i64, minute: i64) {
-    let now = c.r.app.clock.now_ms();
-    let of_day = (now + 8 * 3_600_000).rem_euclid(DAY_MS);
-    let want = (hour * 60 + minute) * 60_000;
-    advance_both(c, (want - of_day).rem_euclid(DAY_MS).max(1)).await;
-}
-
 fn today(r: &Running) -> String {
     wxshop::time::beijing_date(r.app.clock.now_ms())
-}
-
-async fn run_schedule(r: &Running) -> Value {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    on_schedule(&r.app, wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET)).await
 }
 
 async fn funds_events(r: &Running) -> Vec<wxshop::store::repo::EventRecord> {
@@ -187,6 +61,53 @@ async fn funds_events(r: &Running) -> Vec<wxshop::store::repo::EventRecord> {
         .await
         .unwrap()
         .0
+}
+
+/// The one thing `list` (`orders_awaiting_flows`, `aftersales_awaiting_flows`) of the
+/// reconcile answer `v` waits for, which it will ask WeChat about again: `field` = `value`.
+fn assert_one_awaiting(v: &Value, list: &str, field: &str, value: &str) {
+    let waiting = v["funds"][list].as_array().unwrap();
+    assert_eq!(waiting.len(), 1, "{v}");
+    assert_eq!(waiting[0][field], value, "{v}");
+    assert!(
+        waiting[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("ask again"),
+        "{v}"
+    );
+}
+
+/// A run of the schedule reconciles `day` and keeps its one mismatch (`{day}/{key}`) as a
+/// `funds_mismatch` event for a person: that event.
+async fn schedule_keeps_one(
+    r: &Running,
+    day: &str,
+    key: &str,
+) -> wxshop::store::repo::Versioned<wxshop::store::repo::EventRecord> {
+    let report = run_schedule(r).await;
+    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["funds"]["kept"], 1, "{report}");
+    wxshop::store::repo::get_event(
+        r.app.store.as_ref(),
+        "funds_mismatch",
+        &format!("{day}/{key}"),
+    )
+    .await
+    .unwrap()
+    .expect("a funds_mismatch event for a person")
+}
+
+/// `day` reconciled again an hour on, its mark taken away (as a run cut short leaves it):
+/// the run keeps nothing more.
+async fn reconciled_again_keeps_nothing(c: &Client<'_>, day: &str) {
+    wxshop::store::kv::delete(c.r.app.store.as_ref(), "funds_reconcile/last_date")
+        .await
+        .unwrap();
+    c.advance_both(3_600_000).await;
+    let report = run_schedule(c.r).await;
+    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
+    assert_eq!(report["funds"]["kept"], 0, "{report}");
 }
 
 fn mismatches(v: &Value) -> &Vec<Value> {
@@ -201,7 +122,7 @@ fn mismatches(v: &Value) -> &Vec<Value> {
 async fn a_clean_fund_type_1_day_reconciles_without_mismatch() {
     let r = stack().await;
     let c = Client::new(&r);
-    advance_to_china(&c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (token, no, total) = c.paid("alice", 2).await;
     c.refunded(&token, &no, 1990).await;
     // Settle the rest and withdraw some of it, confirmed by the admin.
@@ -256,7 +177,7 @@ async fn a_clean_fund_type_1_day_reconciles_without_mismatch() {
     assert!(c.calls("shop/funds/scanorderflow") >= 1);
 
     // The schedule, the next morning: reconciled, nothing kept or paged.
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
     assert_eq!(report["funds"]["mismatches"], 0, "{report}");
@@ -275,7 +196,7 @@ async fn a_clean_fund_type_1_day_reconciles_without_mismatch() {
 async fn flows_that_disagree_are_mismatches() {
     let r = stack().await;
     let c = Client::new(&r);
-    advance_to_china(&c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_, no, total) = c.paid("bob", 2).await;
     let (_, other, _) = c.paid("carol", 1).await;
     let (_, third, _) = c.paid("dave", 1).await;
@@ -362,7 +283,7 @@ async fn flows_that_disagree_are_mismatches() {
 
     // The schedule the next morning keeps each once and pages once each.
     assert!(funds_events(&r).await.is_empty(), "by hand keeps nothing");
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
     assert_eq!(report["funds"]["mismatches"], 6, "{report}");
@@ -380,7 +301,7 @@ async fn a_paid_order_without_its_flow_is_missing_and_pages_once() {
     let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    advance_to_china(&c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_, kept_no, _) = c.paid("erin", 1).await;
     let (_, no, _) = c.paid("fred", 1).await;
     c.control("funds/flow", &json!({"drop": no})).await;
@@ -388,18 +309,9 @@ async fn a_paid_order_without_its_flow_is_missing_and_pages_once() {
 
     let v = c.reconcile_ok(&day).await;
     assert_eq!(v["funds"]["mismatches"], json!([]), "{v}");
-    let waiting = v["funds"]["orders_awaiting_flows"].as_array().unwrap();
-    assert_eq!(waiting.len(), 1, "{v}");
-    assert_eq!(waiting[0]["out_trade_no"], no.as_str(), "{v}");
-    assert!(
-        waiting[0]["problem"]
-            .as_str()
-            .unwrap()
-            .contains("ask again"),
-        "{v}"
-    );
+    assert_one_awaiting(&v, "orders_awaiting_flows", "out_trade_no", &no);
 
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let v = c.reconcile_ok(&day).await;
     let m = mismatches(&v);
     assert_eq!(m.len(), 1, "{v}");
@@ -408,17 +320,7 @@ async fn a_paid_order_without_its_flow_is_missing_and_pages_once() {
     assert!(!v.to_string().contains(&format!("\"{kept_no}\"")), "{v}");
 
     let before = paged();
-    let report = run_schedule(&r).await;
-    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
-    assert_eq!(report["funds"]["kept"], 1, "{report}");
-    let kept = wxshop::store::repo::get_event(
-        r.app.store.as_ref(),
-        "funds_mismatch",
-        &format!("{day}/missing_flow/{no}"),
-    )
-    .await
-    .unwrap()
-    .expect("a funds_mismatch event for a person");
+    let kept = schedule_keeps_one(&r, &day, &format!("missing_flow/{no}")).await;
     assert!(
         kept.value.body.contains("what_to_do"),
         "{}",
@@ -427,13 +329,7 @@ async fn a_paid_order_without_its_flow_is_missing_and_pages_once() {
     assert_eq!(paged() - before, 1, "paged once");
     // The day reconciled again (its mark taken away, as a run cut short leaves it): kept
     // once, paged once.
-    wxshop::store::kv::delete(r.app.store.as_ref(), "funds_reconcile/last_date")
-        .await
-        .unwrap();
-    advance_both(&c, 3_600_000).await;
-    let report = run_schedule(&r).await;
-    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
-    assert_eq!(report["funds"]["kept"], 0, "{report}");
+    reconciled_again_keeps_nothing(&c, &day).await;
     assert_eq!(paged() - before, 1, "still paged once");
 }
 
@@ -444,7 +340,7 @@ async fn a_paid_order_without_its_flow_is_missing_and_pages_once() {
 async fn a_wechat_error_fails_the_run_and_keeps_nothing() {
     let r = stack().await;
     let c = Client::new(&r);
-    advance_to_china(&c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_, no, _) = c.paid("gina", 1).await;
     c.control("funds/flow", &json!({"drop": no})).await;
     let day = today(&r);
@@ -472,7 +368,7 @@ async fn a_wechat_error_fails_the_run_and_keeps_nothing() {
         "{v}"
     );
 
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = run_schedule(&r).await;
     assert!(
         report["failed"]
@@ -517,13 +413,13 @@ async fn book_withdrawal_flows(c: &Client<'_>, n: usize) {
 async fn a_day_past_the_cap_is_checked_in_part_and_goes_on_by_hand() {
     let r = stack().await;
     let c = Client::new(&r);
-    advance_to_china(&c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     book_withdrawal_flows(&c, 300).await;
     let (_, no, _) = c.paid("hank", 1).await;
     let (_, lost, _) = c.paid("iris", 1).await;
     c.control("funds/flow", &json!({"drop": lost})).await;
     let day = today(&r);
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let v = c.reconcile_ok(&day).await;
     let f = &v["funds"];
     assert_eq!(f["flows_total"], 301, "{f}");
@@ -591,12 +487,12 @@ async fn a_day_past_the_cap_is_checked_in_part_and_goes_on_by_hand() {
 async fn direct_mode_is_unaffected() {
     let r = support::stack_with(&[]).await;
     let c = Client::new(&r);
-    advance_to_china(&c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let day = today(&r);
     let v = c.reconcile_ok(&day).await;
     assert!(v.get("funds").is_none(), "{v}");
     assert_eq!(v["bill_date"], day.as_str(), "{v}");
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([]), "{report}");
     assert_eq!(c.calls("shop/funds/scanorderflow"), 0);
@@ -610,8 +506,8 @@ async fn direct_mode_is_unaffected() {
 async fn a_flow_for_an_order_we_hold_unpaid_is_a_lost_payment() {
     let r = stack().await;
     let c = Client::new(&r);
-    advance_to_china(&c, 12, 0).await;
-    let token = c.login("ivan").await;
+    c.advance_to_china(12, 0).await;
+    let (token, _) = c.login("ivan").await;
     let (s, order) = c
         .post(
             "/fn/unifiedOrder",
@@ -623,28 +519,7 @@ async fn a_flow_for_an_order_we_hold_unpaid_is_a_lost_payment() {
         .await;
     assert_eq!(s, 200, "{order}");
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.control(
-        "faults",
-        &json!({"path": "shop/order/get", "mode": "http500", "count": 1000}),
-    )
-    .await;
-    c.control("pay", &json!({"out_order_id": no})).await;
-    eventually("WeChat to give up pushing", || async {
-        r.sandbox
-            .deliveries()
-            .iter()
-            .filter(|d| d["kind"] == "push" && d["status"] == 503)
-            .count()
-            >= 3
-    })
-    .await;
-    let resp = c
-        .http
-        .delete(format!("{}/sandbox/_control/faults", r.base_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    c.pay_in_wechat_every_push_lost(&no).await;
 
     let v = c.reconcile_ok(&today(&r)).await;
     let m = mismatches(&v);
@@ -674,7 +549,7 @@ async fn the_schedule_goes_through_a_busy_day_across_runs() {
     let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    advance_to_china(&c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     book_withdrawal_flows(&c, 349).await;
     let (_, kept_no, _) = c.paid("jack", 1).await;
     let (_, no, _) = c.paid("kate", 1).await;
@@ -687,7 +562,7 @@ async fn the_schedule_goes_through_a_busy_day_across_runs() {
             .unwrap()
             .map(|m| m.value)
     };
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let before = paged();
 
     let report = run_schedule(&r).await;
@@ -705,7 +580,7 @@ async fn the_schedule_goes_through_a_busy_day_across_runs() {
         "the mark waits for the day's last flows"
     );
 
-    advance_both(&c, 5 * 60_000).await;
+    c.advance_both(5 * 60_000).await;
     let report = run_schedule(&r).await;
     let f = &report["funds"];
     assert_eq!(f["reconciled"], json!([day]), "{report}");
@@ -735,7 +610,7 @@ async fn the_schedule_goes_through_a_busy_day_across_runs() {
         .unwrap()
         .is_none());
 
-    advance_both(&c, 5 * 60_000).await;
+    c.advance_both(5 * 60_000).await;
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([]), "{report}");
     assert_eq!(report["funds"]["flows_checked"], 0, "{report}");
@@ -768,7 +643,7 @@ async fn a_refund_we_recorded_without_its_expense_flow_is_missing() {
     let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    advance_to_china(&c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (token, no, _) = c.paid("lily", 2).await;
     let kept_id = c.refunded(&token, &no, 1990).await;
     let (token, other, _) = c.paid("mona", 1).await;
@@ -781,18 +656,9 @@ async fn a_refund_we_recorded_without_its_expense_flow_is_missing() {
     let f = &v["funds"];
     assert_eq!(f["refunds_checked"], 2, "{v}");
     assert_eq!(f["mismatches"], json!([]), "{v}");
-    let waiting = f["aftersales_awaiting_flows"].as_array().unwrap();
-    assert_eq!(waiting.len(), 1, "{v}");
-    assert_eq!(waiting[0]["aftersale_id"], id.as_str(), "{v}");
-    assert!(
-        waiting[0]["problem"]
-            .as_str()
-            .unwrap()
-            .contains("ask again"),
-        "{v}"
-    );
+    assert_one_awaiting(&v, "aftersales_awaiting_flows", "aftersale_id", &id);
 
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let v = c.reconcile_ok(&day).await;
     let m = mismatches(&v);
     assert_eq!(m.len(), 1, "{v}");
@@ -802,25 +668,9 @@ async fn a_refund_we_recorded_without_its_expense_flow_is_missing() {
     assert!(!v.to_string().contains(&format!("\"{kept_id}\"")), "{v}");
 
     let before = paged();
-    let report = run_schedule(&r).await;
-    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
-    assert_eq!(report["funds"]["kept"], 1, "{report}");
-    wxshop::store::repo::get_event(
-        r.app.store.as_ref(),
-        "funds_mismatch",
-        &format!("{day}/missing_refund_flow/{id}"),
-    )
-    .await
-    .unwrap()
-    .expect("a funds_mismatch event for a person");
+    schedule_keeps_one(&r, &day, &format!("missing_refund_flow/{id}")).await;
     assert_eq!(paged() - before, 1, "paged once");
-    wxshop::store::kv::delete(r.app.store.as_ref(), "funds_reconcile/last_date")
-        .await
-        .unwrap();
-    advance_both(&c, 3_600_000).await;
-    let report = run_schedule(&r).await;
-    assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
-    assert_eq!(report["funds"]["kept"], 0, "{report}");
+    reconciled_again_keeps_nothing(&c, &day).await;
     assert_eq!(paged() - before, 1, "still paged once");
 }
 
@@ -832,7 +682,7 @@ async fn a_refund_we_recorded_without_its_expense_flow_is_missing() {
 async fn a_busy_day_checks_its_refunds_at_its_last_page() {
     let r = stack().await;
     let c = Client::new(&r);
-    advance_to_china(&c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (token, no, _) = c.paid("nora", 1).await;
     let kept_id = c.refunded(&token, &no, 1990).await;
     let (token, other, _) = c.paid("otto", 1).await;
@@ -841,14 +691,14 @@ async fn a_busy_day_checks_its_refunds_at_its_last_page() {
     c.control("funds/flow", &json!({"drop": wx_id})).await;
     book_withdrawal_flows(&c, 340).await;
     let day = today(&r);
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
 
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["in_progress"], day.as_str(), "{report}");
     assert_eq!(report["funds"]["kept"], 0, "{report}");
     assert!(funds_events(&r).await.is_empty());
 
-    advance_both(&c, 5 * 60_000).await;
+    c.advance_both(5 * 60_000).await;
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
     assert_eq!(report["funds"]["mismatches"], 1, "{report}");
@@ -876,7 +726,7 @@ async fn a_flow_booked_after_midnight_is_looked_for_on_the_next_day() {
     let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    advance_to_china(&c, 23, 58).await;
+    c.advance_to_china(23, 58).await;
     let (_, late, _) = c.paid("olga", 1).await;
     let (_, lost, _) = c.paid("paul", 1).await;
     let day = today(&r);
@@ -886,7 +736,7 @@ async fn a_flow_booked_after_midnight_is_looked_for_on_the_next_day() {
     )
     .await;
     c.control("funds/flow", &json!({"drop": lost})).await;
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let next = today(&r);
     assert_ne!(next, day);
 
@@ -914,7 +764,7 @@ async fn a_flow_booked_after_midnight_is_looked_for_on_the_next_day() {
         "nobody paged for a flow booked after midnight"
     );
 
-    advance_both(&c, DAY_MS).await;
+    c.advance_both(DAY_MS).await;
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([next]), "{report}");
     assert_eq!(report["funds"]["kept"], 1, "{report}");
@@ -943,11 +793,11 @@ async fn a_flow_booked_after_midnight_is_looked_for_on_the_next_day() {
 async fn failing_bills_do_not_hide_the_funds_section() {
     let r = stack().await;
     let c = Client::new(&r);
-    advance_to_china(&c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_, no, _) = c.paid("rita", 1).await;
     c.control("funds/flow", &json!({"drop": no})).await;
     let day = today(&r);
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     c.control(
         "faults",
         &json!({"path": "pay/downloadbill", "mode": "http500"}),
@@ -1001,11 +851,11 @@ async fn a_refund_recorded_days_after_its_flow_pages_once() {
     let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    advance_to_china(&c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (token, no, _) = c.paid("nora", 2).await;
     let id = c.refunded(&token, &no, 1990).await;
     // (What the refund left in the outbox done first.)
-    advance_both(&c, 5 * 60_000).await;
+    c.advance_both(5 * 60_000).await;
     run_schedule(&r).await;
     // Here it still reads as being refunded: WeChat's pushes never came, and the schedule's
     // read-back of REFUNDING after-sales (`wechat_refunds`, the first to call
@@ -1018,7 +868,7 @@ async fn a_refund_recorded_days_after_its_flow_pages_once() {
     let day = today(&r);
     let before = paged();
 
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     busy_once().await;
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
@@ -1035,7 +885,7 @@ async fn a_refund_recorded_days_after_its_flow_pages_once() {
     assert_eq!(paged() - before, 1);
 
     // Two days after WeChat refunded it, the refund is found and recorded here.
-    advance_both(&c, DAY_MS + 90 * 60_000).await;
+    c.advance_both(DAY_MS + 90 * 60_000).await;
     busy_once().await;
     run_schedule(&r).await;
     set_aftersale(
@@ -1046,7 +896,7 @@ async fn a_refund_recorded_days_after_its_flow_pages_once() {
     )
     .await;
     let recorded = today(&r);
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let v = c.reconcile_ok(&recorded).await;
     let f = &v["funds"];
     assert_eq!(f["refunds_checked"], 1, "{v}");
@@ -1080,7 +930,7 @@ async fn a_refund_flow_booked_before_midnight_and_recorded_after_is_not_missing(
     let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    advance_to_china(&c, 23, 30).await;
+    c.advance_to_china(23, 30).await;
     let (token, no, _) = c.paid("owen", 2).await;
     let day = today(&r);
     // Our clock 40 minutes ahead of WeChat's: past midnight here, not there.
@@ -1090,11 +940,11 @@ async fn a_refund_flow_booked_before_midnight_and_recorded_after_is_not_missing(
     assert_ne!(next, day, "recorded after midnight here");
     let before = paged();
 
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([day]), "{report}");
     assert_eq!(report["funds"]["kept"], 0, "{report}");
-    advance_both(&c, DAY_MS).await;
+    c.advance_both(DAY_MS).await;
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([next]), "{report}");
     assert_eq!(report["funds"]["mismatches"], 0, "{report}");
@@ -1121,7 +971,7 @@ async fn a_day_reconciled_by_hand_hands_its_last_hour_on() {
     let r = support::stack_with_metrics(&[("WX_FUND_TYPE", "1")], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    advance_to_china(&c, 23, 58).await;
+    c.advance_to_china(23, 58).await;
     let (_, late, _) = c.paid("pia", 1).await;
     let (_, lost, _) = c.paid("quin", 1).await;
     let day = today(&r);
@@ -1131,7 +981,7 @@ async fn a_day_reconciled_by_hand_hands_its_last_hour_on() {
     )
     .await;
     c.control("funds/flow", &json!({"drop": lost})).await;
-    advance_to_china(&c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let next = today(&r);
 
     let v = c.reconcile_ok(&day).await;
@@ -1151,7 +1001,7 @@ async fn a_day_reconciled_by_hand_hands_its_last_hour_on() {
     assert!(handed.value.contains(&lost), "{}", handed.value);
 
     // The schedule's first run, the day after: it reconciles the day before it only.
-    advance_both(&c, DAY_MS).await;
+    c.advance_both(DAY_MS).await;
     let before = paged();
     let report = run_schedule(&r).await;
     assert_eq!(report["funds"]["reconciled"], json!([next]), "{report}");

@@ -45,21 +45,7 @@ async fn push(r: &Running, event: &str, out_order_id: &str, create_time: i64, no
 /// WeChat's status of the component order of `no` (`shop/order/get`, through the app's
 /// client).
 async fn wx_status(r: &Running, no: &str) -> i64 {
-    let parsed = wxshop::domain::OutTradeNo::parse(no.to_owned()).unwrap();
-    let order = wxshop::store::repo::get_order(r.app.store.as_ref(), &parsed)
-        .await
-        .unwrap()
-        .unwrap()
-        .value;
-    r.app
-        .wx
-        .order_get(
-            &wxshop::shop::types::OrderKey::Out(no.to_owned()),
-            order.openid.as_str(),
-        )
-        .await
-        .unwrap()
-        .status
+    support::wx_order(r, no).await.status
 }
 
 /// Kept for a person by the order events ([`ORDER_EVENT_MISMATCH_EVENTS`]).
@@ -107,14 +93,8 @@ async fn a_cancel_in_wechat_closes_the_unpaid_order_and_frees_its_stock() {
     let (s, v) = c.order(&other, 1, None).await;
     assert_eq!((s, v["code"].as_str()), (409, Some("SOLD_OUT")), "{v}");
 
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/order",
-            None,
-            &json!({"action": "cancel", "out_order_id": no}),
-        )
+    c.control("order", &json!({"action": "cancel", "out_order_id": no}))
         .await;
-    assert_eq!(s, 200, "{v}");
     eventually("the order closed", WAIT, || async {
         c.status(&token, &no).await["status"] == "CLOSED"
     })
@@ -261,14 +241,11 @@ async fn a_cancel_at_wechat_of_an_order_we_hold_paid_pages_and_changes_nothing()
     let (r, paged) = stack(&[]).await;
     let c = Client::new(&r);
     let (token, no) = ordered(&r, &c, "rhea", 1).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/order",
-            None,
-            &json!({"action": "cancel", "out_order_id": no, "push": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "order",
+        &json!({"action": "cancel", "out_order_id": no, "push": false}),
+    )
+    .await;
     let before = paged();
     c.pay_at_sandbox(&no).await;
     eventually("the order paid", WAIT, || async {
@@ -423,19 +400,14 @@ async fn a_payment_after_our_close_pages_once_for_the_cancelled_component_order(
 /// the dead letter ("its order is in status 250").
 #[tokio::test]
 async fn a_refund_of_an_order_paid_after_wechats_cancel_is_made_without_wechats_aftersale() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let (r, paged) = stack(&[]).await;
     let c = Client::new(&r);
     let (token, no) = ordered(&r, &c, "yara", 1).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/order",
-            None,
-            &json!({"action": "cancel", "out_order_id": no, "push": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "order",
+        &json!({"action": "cancel", "out_order_id": no, "push": false}),
+    )
+    .await;
     assert_eq!(wx_status(&r, &no).await, 250);
     // The payment sync is held back (WeChat busy), so the after-sale's sync meets WeChat's
     // cancelled order first.
@@ -478,7 +450,7 @@ async fn a_refund_of_an_order_paid_after_wechats_cancel_is_made_without_wechats_
     r.app.clock.advance(11 * 60_000);
     let gets = || r.sandbox.calls("shop/ecaftersale/get").len();
     let before = gets();
-    let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    let report = support::run_schedule(&r).await;
     let sweep = &report["wechat_refunds"];
     assert_eq!(sweep["asked"], 0, "{report}");
     assert_eq!(sweep["not_at_wechat"], 1, "{report}");
@@ -581,23 +553,13 @@ async fn a_refund_in_full_whose_aftersale_push_was_lost_is_read_back_from_wechat
     let (r, paged) = stack(&[("WX_FUND_TYPE", "1")]).await;
     let c = Client::new(&r);
     let (token, no) = ordered(&r, &c, "sara", 1).await;
-    let (s, v) = c
-        .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("pay", &json!({"out_order_id": no})).await;
     eventually("the order paid", WAIT, || async {
         c.status(&token, &no).await["status"] == "PAID"
     })
     .await;
     let (id, wx) = applied_at_wechat(&r, &c, &token, &no).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "platform_refund", "aftersale_id": wx, "push": false, "order_push": true}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("aftersale", &json!({"action": "platform_refund", "aftersale_id": wx, "push": false, "order_push": true})).await;
     eventually("the order refunded", WAIT, || async {
         c.status(&token, &no).await["status"] == "REFUNDED"
     })
@@ -633,14 +595,7 @@ async fn a_refund_in_full_our_books_do_not_show_pages_a_person() {
     let c = Client::new(&r);
     let (token, no) = paid_and_synced(&r, &c, "tess").await;
     let (_, wx) = applied_at_wechat(&r, &c, &token, &no).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "platform_refund", "aftersale_id": wx, "push": false, "order_push": true}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("aftersale", &json!({"action": "platform_refund", "aftersale_id": wx, "push": false, "order_push": true})).await;
     eventually("a person paged", WAIT, || async { paged() == 1 }).await;
     let order = c.status(&token, &no).await;
     assert_eq!(order["status"], "PAID", "{order}");
@@ -733,14 +688,8 @@ async fn a_refund_push_does_not_page_again_for_a_refund_that_paged(outcome: &str
     let user = if outcome == "CHANGE" { "yann" } else { "zoe" };
     let (token, no) = paid_and_synced(&r, &c, user).await;
     let (id, _) = applied_at_wechat(&r, &c, &token, &no).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/refund_outcome",
-            None,
-            &json!({"status": outcome, "count": 1}),
-        )
+    c.control("refund_outcome", &json!({"status": outcome, "count": 1}))
         .await;
-    assert_eq!(s, 200, "{v}");
     // The refund reaches WeChat Pay after the approval reached the after-sale
     // (`ecaftersale/acceptrefund`), as it mostly does: a refund outcome first would leave
     // nothing to accept there.

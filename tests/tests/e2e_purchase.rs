@@ -8,7 +8,8 @@ use wxlocal::gateway::{start, Options, Running};
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::stack_with;
+use support::eventually_in_300_polls as eventually;
+use support::{notification, run_schedule, stack_with, wx_order, DAY_MS};
 use wxshop::domain::{Fen, OpenId, OutRefundNo, OutTradeNo};
 use wxshop::pay::notify::{build_payment_notification, PaymentNotificationSpec};
 use wxshop::pay::SignType;
@@ -17,102 +18,17 @@ async fn stack() -> Running {
     stack_with(&[]).await
 }
 
-struct Client<'a> {
-    r: &'a Running,
-    http: reqwest::Client,
-}
+type Client<'a> = support::InProcess<'a>;
 
-impl<'a> Client<'a> {
-    fn new(r: &'a Running) -> Self {
-        Client {
-            r,
-            http: reqwest::Client::new(),
-        }
-    }
-    async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.r.base_url))
-            .json(body);
-        if let Some(t) = bearer {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-    async fn raw(&self, path: &str, body: String) -> (u16, String) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.r.base_url))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
-    }
-    async fn login(&self, user: &str) -> (String, String) {
-        let (_, code) = self
-            .post("/sandbox/_control/login", None, &json!({"user": user}))
-            .await;
-        let (status, v) = self
-            .post("/fn/login", None, &json!({"code": code["code"]}))
-            .await;
-        assert_eq!(status, 200, "{v}");
-        (
-            v["token"].as_str().unwrap().to_owned(),
-            v["openid"].as_str().unwrap().to_owned(),
-        )
-    }
+impl Client<'_> {
+    /// [`support::Client::order`] (which this shadows), the item also claiming a price of 1
+    /// fen: the catalog's price must win over it.
     async fn order(&self, token: &str, qty: u32, key: Option<&str>) -> (u16, Value) {
         let mut body = json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": qty, "price": 1, "unit_price": 1}], "address": {"receiver_name": "A", "detailed_address": "1 Road", "tel_number": "13800000000"}});
         if let Some(k) = key {
             body["idempotency_key"] = json!(k);
         }
         self.post("/fn/unifiedOrder", Some(token), &body).await
-    }
-    async fn status(&self, token: &str, no: &str) -> Value {
-        let (s, v) = self
-            .post("/fn/queryOrder", Some(token), &json!({"out_trade_no": no}))
-            .await;
-        assert_eq!(s, 200, "{v}");
-        v["order"].clone()
-    }
-    async fn admin(&self, path: &str, body: &Value) -> (u16, Value) {
-        let token = self.r.admin_token.clone();
-        self.post(path, Some(&token), body).await
-    }
-    /// Injects a sandbox fault (`/sandbox/_control/faults`).
-    async fn fault(&self, fault: Value) {
-        let (s, v) = self.post("/sandbox/_control/faults", None, &fault).await;
-        assert_eq!(s, 200, "{v}");
-    }
-    /// The user applies for an after-sale on `no` (`extra`: amount, reason, type): its id.
-    async fn apply(&self, token: &str, no: &str, extra: Value) -> String {
-        let mut body = json!({"action": "apply", "out_trade_no": no});
-        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
-            b.extend(e);
-        }
-        let (s, applied) = self.post("/fn/aftersaleSync", Some(token), &body).await;
-        assert_eq!(s, 200, "{applied}");
-        applied["aftersale"]["aftersale_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-    /// The merchant approves an after-sale.
-    async fn approve(&self, id: &str) {
-        let (s, v) = self
-            .admin(
-                "/admin/aftersaleSync",
-                &json!({"action": "approve", "aftersale_id": id}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
     }
     /// The first after-sale of `no`, as the user lists it.
     async fn aftersale(&self, token: &str, no: &str) -> Value {
@@ -125,28 +41,6 @@ impl<'a> Client<'a> {
         .1["aftersales"][0]
             .clone()
     }
-    async fn dead_letters(&self) -> Vec<Value> {
-        self.admin("/admin/orderSync", &json!({"action": "dead_letters"}))
-            .await
-            .1["dead_letters"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// `user` logs in, orders `qty` tea and pays; returns once the trading component has the
@@ -165,27 +59,6 @@ async fn paid_and_synced(r: &Running, c: &Client<'_>, user: &str, qty: u32) -> (
     })
     .await;
     (token, no)
-}
-
-fn notification(r: &Running, no: &str, openid: &str, total: i64, txid: &str) -> String {
-    let cfg = &r.app.config;
-    build_payment_notification(
-        &PaymentNotificationSpec {
-            appid: cfg.appid.clone(),
-            mch_id: cfg.mch_id.clone(),
-            sub_appid: None,
-            sub_mch_id: None,
-            openid: OpenId::parse(openid).unwrap(),
-            out_trade_no: OutTradeNo::parse(no).unwrap(),
-            transaction_id: txid.to_owned(),
-            total_fee: Fen::new(total).unwrap(),
-            time_end_ms: 1_700_000_000_000,
-            attach: None,
-            sign_type: SignType::Md5,
-            omit_sign_type: false,
-        },
-        cfg.api_key(),
-    )
 }
 
 #[tokio::test]
@@ -482,10 +355,7 @@ async fn paid_order_reads_paid_before_its_notification() {
     let (_, order) = c.order(&token, 1, None).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     assert_eq!(c.status(&token, &no).await["status"], "PREPAID");
-    let (s, v) = c
-        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("pay", &json!({"out_trade_no": no})).await;
     // queryOrder asks pay/orderquery and records the payment itself.
     assert_eq!(c.status(&token, &no).await["status"], "PAID");
     assert_eq!(
@@ -541,10 +411,7 @@ async fn an_orderquery_answer_in_another_currency_records_no_payment() {
         let (token, _) = c.login(user).await;
         let (_, order) = c.order(&token, 1, None).await;
         let no = order["out_trade_no"].as_str().unwrap().to_owned();
-        let (s, v) = c
-            .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-            .await;
-        assert_eq!(s, 200, "{v}");
+        c.control("pay", &json!({"out_trade_no": no})).await;
         // The first answer (mangled) is not believed…
         assert_eq!(c.status(&token, &no).await["status"], "PREPAID", "{user}");
         let (kept, _) =
@@ -732,9 +599,7 @@ async fn a_repeated_application_with_its_key_opens_one_aftersale() {
 /// A paid order of two lines in the trading component, once `shop/order/pay` landed: two tea
 /// (1990 each) and three cups (500 each): (token, out_trade_no).
 async fn two_lines_paid(r: &Running, c: &Client<'_>, user: &str) -> (String, String) {
-    support::Client::new(r)
-        .listed_product("cup", "cup-1", 500)
-        .await;
+    c.listed_product("cup", "cup-1", 500).await;
     let (token, _) = c.login(user).await;
     let (s, order) = c
         .post(
@@ -1059,14 +924,11 @@ async fn injected_faults_are_recovered_by_retries() {
     let (token, _) = c.login("grace").await;
     let (_, order) = c.order(&token, 1, None).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/faults",
-            None,
-            &json!({"path": "shop/order/pay", "mode": "errcode", "errcode": -1, "count": 2}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "faults",
+        &json!({"path": "shop/order/pay", "mode": "errcode", "errcode": -1, "count": 2}),
+    )
+    .await;
     c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
         .await;
     let synced = || async {
@@ -1169,14 +1031,11 @@ async fn aftersales_opened_in_wechat_are_imported_and_cancels_apply() {
             .is_some_and(|a| a.len() == 2)
     })
     .await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "cancel", "aftersale_id": second["aftersale_id"]}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "aftersale",
+        &json!({"action": "cancel", "aftersale_id": second["aftersale_id"]}),
+    )
+    .await;
     eventually("the cancel", || async {
         list().await["aftersales"]
             .as_array()
@@ -1686,14 +1545,11 @@ async fn a_refund_wechat_closed_is_issued_again_under_a_new_number() {
     let id = c
         .apply(&token, &no, json!({"amount": 1990, "reason": "broken"}))
         .await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/refund_outcome",
-            None,
-            &json!({"status": "REFUNDCLOSE", "count": 1}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "refund_outcome",
+        &json!({"status": "REFUNDCLOSE", "count": 1}),
+    )
+    .await;
     let approve = || async {
         c.approve(&id).await;
     };
@@ -1747,14 +1603,8 @@ async fn an_abnormal_refund_is_held_for_a_person_not_issued_again() {
     let id = c
         .apply(&token, &no, json!({"amount": 1990, "reason": "one tin"}))
         .await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/refund_outcome",
-            None,
-            &json!({"status": "CHANGE", "count": 1}),
-        )
+    c.control("refund_outcome", &json!({"status": "CHANGE", "count": 1}))
         .await;
-    assert_eq!(s, 200, "{v}");
     c.approve(&id).await;
     eventually("REFUND_ABNORMAL", || async {
         c.aftersale(&token, &no).await["status"] == "REFUND_ABNORMAL"
@@ -2358,7 +2208,7 @@ async fn an_unreadable_refund_reply_is_asked_again_not_recorded_failed() {
 
 /// The tea SKU's stock, as the catalog has it.
 async fn tea_stock(c: &Client<'_>) -> i64 {
-    support::Client::new(c.r).stock().await
+    c.stock().await
 }
 
 /// A payment that lands after the order was closed (the user paid as it closed): the order is
@@ -2645,24 +2495,6 @@ async fn a_cancel_push_wechat_does_not_confirm_cancels_nothing() {
     assert_eq!(c.aftersale(&token, &no).await["status"], "REQUESTED");
 }
 
-/// WeChat's own record of an order (`shop/order/get`, through the app's client).
-async fn wx_order(r: &Running, no: &str) -> wxshop::shop::order::OrderInfo {
-    let no = OutTradeNo::parse(no.to_owned()).unwrap();
-    let order = wxshop::store::repo::get_order(r.app.store.as_ref(), &no)
-        .await
-        .unwrap()
-        .unwrap()
-        .value;
-    r.app
-        .wx
-        .order_get(
-            &wxshop::shop::types::OrderKey::Out(no.to_string()),
-            order.openid.as_str(),
-        )
-        .await
-        .unwrap()
-}
-
 /// `delivery/send` calls about order `no` so far.
 fn sends_of(r: &Running, no: &str) -> Vec<Value> {
     r.sandbox
@@ -2887,14 +2719,11 @@ async fn receipt_confirmed_in_wechat_is_recorded() {
     })
     .await;
 
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/order",
-            None,
-            &json!({"action": "confirm_receipt", "out_order_id": no}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "order",
+        &json!({"action": "confirm_receipt", "out_order_id": no}),
+    )
+    .await;
     eventually("RECEIVED", || async {
         c.status(&token, &no).await["status"] == "RECEIVED"
     })
@@ -3155,14 +2984,11 @@ async fn a_refund_whose_notification_never_came_is_settled_by_the_schedule() {
     })
     .await;
     // Still processing at WeChat (a refund to a bank card takes days).
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/refund_outcome",
-            None,
-            &json!({"status": "PROCESSING", "count": 1}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "refund_outcome",
+        &json!({"status": "PROCESSING", "count": 1}),
+    )
+    .await;
     let (token2, slow_no) = paid_and_synced(&r, &c, "wim", 1).await;
     let slow = c.apply(&token2, &slow_no, json!({"amount": 1990})).await;
     c.approve(&slow).await;
@@ -3523,18 +3349,6 @@ async fn push_new_aftersale(r: &Running, c: &Client<'_>, wx_id: u64, no: &str, n
     assert_eq!(resp.status().as_u16(), 200);
 }
 
-/// Every after-sale of `no`, as the merchant lists them.
-async fn admin_aftersales(c: &Client<'_>, no: &str) -> Vec<Value> {
-    let (s, v) = c
-        .admin(
-            "/admin/aftersaleSync",
-            &json!({"action": "list", "out_trade_no": no}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["aftersales"].as_array().cloned().unwrap_or_default()
-}
-
 /// Our own after-sale, added at WeChat by the sync, comes back as an `aftersale_new_order`
 /// push (which names no `out_aftersale_id`): it is ours — WeChat's after-sale, read back,
 /// names our id — so it is adopted, never imported as a second request holding and refunding
@@ -3555,7 +3369,7 @@ async fn our_own_aftersale_pushed_back_as_new_is_adopted_not_imported() {
     .await;
     let wx_first = wx_aftersale_id(&r, &first).await.unwrap();
     push_new_aftersale(&r, &c, wx_first, &no, "n-new-1").await;
-    let listed = admin_aftersales(&c, &no).await;
+    let listed = c.admin_aftersales(&no).await;
     assert_eq!(
         listed.len(),
         1,
@@ -3590,7 +3404,7 @@ async fn our_own_aftersale_pushed_back_as_new_is_adopted_not_imported() {
     } else {
         eprintln!("the add's retry stored WeChat's id before the push; race not exercised");
     }
-    let listed = admin_aftersales(&c, &no).await;
+    let listed = c.admin_aftersales(&no).await;
     let ids: Vec<&str> = listed
         .iter()
         .filter_map(|a| a["aftersale_id"].as_str())
@@ -3604,7 +3418,7 @@ async fn our_own_aftersale_pushed_back_as_new_is_adopted_not_imported() {
     // Approved, the first is refunded once; nothing else holds or refunds its money.
     c.approve(&first).await;
     eventually("the first refunded", || async {
-        admin_aftersales(&c, &no)
+        c.admin_aftersales(&no)
             .await
             .iter()
             .any(|a| a["aftersale_id"] == first.as_str() && a["status"] == "REFUNDED")
@@ -3612,7 +3426,7 @@ async fn our_own_aftersale_pushed_back_as_new_is_adopted_not_imported() {
     .await;
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
     assert_eq!(r.sandbox.calls("secapi/pay/refund").len(), 1);
-    assert_eq!(admin_aftersales(&c, &no).await.len(), 2);
+    assert_eq!(c.admin_aftersales(&no).await.len(), 2);
 }
 
 /// The user cancels the after-sale in WeChat's own order centre (`ecaftersale/cancel`, its
@@ -3699,12 +3513,6 @@ async fn applied_at_wechat(
     (token, no, id, wx)
 }
 
-/// One run of the orderSync schedule, as its 5-minute trigger makes it: its report.
-async fn run_schedule(r: &Running) -> Value {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    on_schedule(&r.app, wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET)).await
-}
-
 /// An approved refund of an ordinary (fund_type 0) order, WeChat Pay still paying it (sandbox
 /// `refund_outcome` `PROCESSING`) hours after the approval: REFUNDING here, its refund ours.
 /// The schedule asks WeChat Pay about it (`refunds`: one `refundquery`) and never reads its
@@ -3715,14 +3523,11 @@ async fn run_schedule(r: &Running) -> Value {
 async fn the_wechat_aftersale_sweep_does_not_ask_about_our_own_refunds() {
     let r = stack().await;
     let c = Client::new(&r);
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/refund_outcome",
-            None,
-            &json!({"status": "PROCESSING", "count": 1}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "refund_outcome",
+        &json!({"status": "PROCESSING", "count": 1}),
+    )
+    .await;
     let (token, no) = paid_and_synced(&r, &c, "wendy", 1).await;
     let id = c.apply(&token, &no, json!({"amount": 1990})).await;
     c.approve(&id).await;
@@ -3772,14 +3577,11 @@ async fn an_aftersale_cancelled_in_wechat_whose_push_was_lost_is_cancelled_by_th
     let r = stack().await;
     let c = Client::new(&r);
     let (token, no, id, wx) = applied_at_wechat(&r, &c, "quinn", 1, 1990).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "aftersale",
+        &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
+    )
+    .await;
     let apply_again = || async {
         c.post(
             "/fn/aftersaleSync",
@@ -3822,14 +3624,11 @@ async fn an_aftersale_edited_in_wechat_whose_push_was_lost_takes_its_terms_from_
     let r = stack().await;
     let c = Client::new(&r);
     let (token, no, _, wx) = applied_at_wechat(&r, &c, "rosa", 2, 1990).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "update", "aftersale_id": wx, "orderamt": 3980, "push": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "aftersale",
+        &json!({"action": "update", "aftersale_id": wx, "orderamt": 3980, "push": false}),
+    )
+    .await;
     assert_eq!(c.aftersale(&token, &no).await["amount"], 1990);
 
     r.app.clock.advance(11 * 60_000);
@@ -3873,14 +3672,11 @@ async fn an_aftersale_opened_in_wechat_whose_push_was_lost_is_imported_by_the_sc
     };
     let wx = open_at_wechat(1990).await;
     let cancelled = open_at_wechat(500).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "cancel", "aftersale_id": cancelled, "push": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "aftersale",
+        &json!({"action": "cancel", "aftersale_id": cancelled, "push": false}),
+    )
+    .await;
     let imported_id = format!("WXAS{wx}");
     let imported = || async {
         c.post(
@@ -3973,14 +3769,12 @@ async fn a_return_parcel_entered_in_wechat_whose_push_was_lost_reaches_ours_by_t
 /// `/_control/merchant_refund`: WeChat numbers the refund, and its notification says
 /// `refund_request_source` `VENDOR_PLATFORM`): `out_refund_no`.
 async fn refund_in_merchant_platform(c: &Client<'_>, no: &str, fee: i64) -> String {
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/merchant_refund",
-            None,
+    let v = c
+        .control(
+            "merchant_refund",
             &json!({"out_trade_no": no, "refund_fee": fee}),
         )
         .await;
-    assert_eq!(s, 200, "{v}");
     v["out_refund_no"].as_str().unwrap().to_owned()
 }
 
@@ -4080,14 +3874,7 @@ async fn a_partial_refund_by_hand_shrinks_what_is_left_and_the_order_still_ships
     let r = stack().await;
     let c = Client::new(&r);
     let (token, no) = paid_and_synced(&r, &c, "ines", 2).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/notifications",
-            None,
-            &json!({"duplicate": 2}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("notifications", &json!({"duplicate": 2})).await;
     let out_refund_no = refund_in_merchant_platform(&c, &no, 1990).await;
     eventually("the notifications acknowledged", || async {
         r.sandbox.refund_notifications_delivered(&out_refund_no) >= 3
@@ -4415,26 +4202,6 @@ async fn holds_beyond_what_a_refund_by_hand_left_are_not_all_approved() {
 
 // ------------------------------------------------------------------ reconciliation (对账)
 
-const DAY_MS: i64 = 86_400_000;
-
-/// Moves the app's and the sandbox's clocks together by `ms`.
-async fn advance_both(r: &Running, c: &Client<'_>, ms: i64) {
-    r.app.clock.advance(ms);
-    let (s, v) = c
-        .post("/sandbox/_control/clock", None, &json!({"advance_ms": ms}))
-        .await;
-    assert_eq!(s, 200, "{v}");
-}
-
-/// Moves both clocks forward to the next time it is `hour`:`minute` in China.
-async fn advance_to_china(r: &Running, c: &Client<'_>, hour: i64, minute: i64) {
-    let now = r.app.clock.now_ms();
-    let of_day = (now + 8 * 3_600_000).rem_euclid(DAY_MS);
-    let want = (hour * 60 + minute) * 60_000;
-    let ms = (want - of_day).rem_euclid(DAY_MS);
-    advance_both(r, c, ms.max(1)).await;
-}
-
 /// `user` pays one tin of tea and gets all of it refunded through an after-sale, completed
 /// here and at WeChat Pay: (out_trade_no, out_refund_no).
 async fn paid_and_refunded(r: &Running, c: &Client<'_>, user: &str) -> (String, String) {
@@ -4491,7 +4258,7 @@ async fn tamper_refund_amount(r: &Running, out_refund_no: &str, delta: i64) {
 async fn reconciliation_checks_refunds_and_payments_both_ways() {
     let r = stack().await;
     let c = Client::new(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (no, out_refund_no) = paid_and_refunded(&r, &c, "rita").await;
     // And one refunded by a person in the merchant platform (recorded BY_HAND).
     let (_, by_hand_no) = paid_and_synced(&r, &c, "ruth", 1).await;
@@ -4579,7 +4346,7 @@ async fn reconciliation_checks_refunds_and_payments_both_ways() {
         "{v}"
     );
     // The next morning the bill is final: the order is missing from it.
-    advance_to_china(&r, &c, 10, 0).await;
+    c.advance_to_china(10, 0).await;
     let v = reconcile(&c, &day).await;
     assert_eq!(v["paid_here_checked"], 3, "{v}");
     assert_eq!(v["payments_awaiting_bill"], json!([]), "{v}");
@@ -4603,16 +4370,16 @@ async fn a_fresh_store_is_not_reconciled_for_the_days_before_it() {
     let c = Client::new(&r);
     let schedule = || run_schedule(&r);
     let bills_asked = || r.sandbox.calls("pay/downloadbill").len();
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
     assert_eq!(bills_asked(), 0);
 
     // Its first day: reconciled the next morning, and only it.
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     paid_and_synced(&r, &c, "uma", 1).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
     assert_eq!(report["bill"]["mismatches"], 0, "{report}");
@@ -4627,14 +4394,11 @@ async fn a_fresh_store_is_not_reconciled_for_the_days_before_it() {
 async fn an_unreadable_bill_line_is_reported_and_the_rest_checked() {
     let r = stack().await;
     let c = Client::new(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (garbled, out_refund_no) = paid_and_refunded(&r, &c, "gina").await;
     let (_, openid) = c.login("gina").await;
     let (_, fine) = paid_and_synced(&r, &c, "finn", 1).await;
-    let (s, v) = c
-        .post("/sandbox/_control/bill", None, &json!({"garble": garbled}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("bill", &json!({"garble": garbled})).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
 
     let v = reconcile(&c, &day).await;
@@ -4702,16 +4466,13 @@ async fn an_unreadable_bill_line_is_kept_once_wherever_it_moves() {
             .map(|e| e.body)
             .collect::<Vec<_>>()
     };
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_, first) = paid_and_synced(&r, &c, "abby", 1).await;
     let (_, abby) = c.login("abby").await;
-    let (s, v) = c
-        .post("/sandbox/_control/bill", None, &json!({"garble": first}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("bill", &json!({"garble": first})).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
 
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
     let kept = unreadable().await;
@@ -4723,18 +4484,15 @@ async fn an_unreadable_bill_line_is_kept_once_wherever_it_moves() {
 
     // A payment of that day, an hour before the first, that the bill did not have: both
     // clocks back to 11:00 of that day, paid, and forward again.
-    advance_both(&r, &c, -(23 * 3_600_000 + 30 * 60_000)).await;
+    c.advance_both(-(23 * 3_600_000 + 30 * 60_000)).await;
     assert_eq!(
         wxshop::time::beijing_date(r.app.clock.now_ms()),
         day,
         "back on the day reconciled"
     );
     let (_, second) = paid_and_synced(&r, &c, "bert", 1).await;
-    let (s, v) = c
-        .post("/sandbox/_control/bill", None, &json!({"garble": second}))
-        .await;
-    assert_eq!(s, 200, "{v}");
-    advance_to_china(&r, &c, 10, 30).await;
+    c.control("bill", &json!({"garble": second})).await;
+    c.advance_to_china(10, 30).await;
     wxshop::store::kv::delete(r.app.store.as_ref(), "reconcile/last_bill_date")
         .await
         .unwrap();
@@ -4770,19 +4528,13 @@ async fn a_refund_waits_for_the_refund_bill_of_each_of_its_days() {
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     let schedule = || run_schedule(&r);
-    advance_to_china(&r, &c, 23, 30).await;
+    c.advance_to_china(23, 30).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
     let (token, no) = paid_and_synced(&r, &c, "vera", 1).await;
     let (_, other) = paid_and_synced(&r, &c, "walt", 1).await;
     // WeChat's clock 40 minutes ahead of ours: past midnight there, not here.
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/clock",
-            None,
-            &json!({"advance_ms": 40 * 60_000}),
-        )
+    c.control("clock", &json!({"advance_ms": 40 * 60_000}))
         .await;
-    assert_eq!(s, 200, "{v}");
     let id = c.apply(&token, &no, json!({})).await;
     c.approve(&id).await;
     refunded_here_and_at_wechat(&r, &c, &token, &no, &id).await;
@@ -4829,7 +4581,7 @@ async fn a_refund_waits_for_the_refund_bill_of_each_of_its_days() {
     let before = paged();
 
     // The next morning: the next day's bill is not ready; nothing is missing yet.
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let v = reconcile(&c, &day).await;
     assert_eq!(v["our_refunds_checked"], 2, "{v}");
     assert_eq!(v["refunds_missing_from_bill"], json!([]), "{v}");
@@ -4852,7 +4604,7 @@ async fn a_refund_waits_for_the_refund_bill_of_each_of_its_days() {
 
     // The morning after: the next day's bill is read; the billed refund is clean, the
     // forged one missing — kept and paged once.
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([next_day]), "{report}");
     assert_eq!(report["bill"]["rechecked"], json!([day]), "{report}");
@@ -4876,7 +4628,7 @@ async fn a_refund_waits_for_the_refund_bill_of_each_of_its_days() {
     assert_eq!(bill_mismatch_events(&r).await.len(), 1);
     assert_eq!(paged() - before, 1, "paged once");
     // Checked: not again.
-    advance_both(&r, &c, 3_600_000).await;
+    c.advance_both(3_600_000).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["rechecked"], json!([]), "{report}");
     assert_eq!(paged() - before, 1, "still paged once");
@@ -4894,7 +4646,7 @@ async fn a_refund_of_ours_missing_from_the_refund_bill_pages_once() {
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     let schedule = || run_schedule(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     // A refund WeChat made and billed: checked from both sides, clean.
     let (_, real_refund) = paid_and_refunded(&r, &c, "vera").await;
     let (_, no) = paid_and_synced(&r, &c, "walt", 1).await;
@@ -4931,7 +4683,7 @@ async fn a_refund_of_ours_missing_from_the_refund_bill_pages_once() {
         "{v}"
     );
     // The next morning, at 10:00, it is.
-    advance_to_china(&r, &c, 10, 0).await;
+    c.advance_to_china(10, 0).await;
     let v = reconcile(&c, &day).await;
     assert_eq!(v["our_refunds_checked"], 2, "{v}");
     assert_eq!(v["refund_mismatches"], json!([]), "{v}");
@@ -4948,7 +4700,7 @@ async fn a_refund_of_ours_missing_from_the_refund_bill_pages_once() {
     assert!(!v.to_string().contains(&real_refund), "{v}");
 
     // The schedule, the next morning: kept as a bill_mismatch and paged, once.
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
     assert_eq!(report["bill"]["mismatches"], 1, "{report}");
@@ -4966,7 +4718,7 @@ async fn a_refund_of_ours_missing_from_the_refund_bill_pages_once() {
         kept.value.body
     );
     assert_eq!(paged() - before, 1, "paged once");
-    advance_both(&r, &c, 3_600_000).await;
+    c.advance_both(3_600_000).await;
     schedule().await;
     assert_eq!(paged() - before, 1, "still paged once");
 
@@ -5001,7 +4753,7 @@ async fn a_refund_of_ours_missing_from_the_refund_bill_pages_once() {
     let v = reconcile(&c, &day).await;
     assert_eq!(v["our_refunds_checked"], 2, "{v}");
     // Once today's bill is ready too, it is missing from both.
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let v = reconcile(&c, &today).await;
     let missing = &v["refunds_missing_from_bill"];
     assert_eq!(missing[0]["out_refund_no"], late, "{v}");
@@ -5090,25 +4842,18 @@ async fn a_bill_still_being_made_is_asked_again_hourly_and_given_up_after_a_week
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     let schedule = || run_schedule(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_, no) = paid_and_synced(&r, &c, "xena", 1).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
     let day_before = wxshop::time::beijing_date(r.app.clock.now_ms() - DAY_MS);
     let ghost = "RFghost0000011";
     forged_refund(&r, &c, &no, ghost, r.app.clock.now_ms() - DAY_MS).await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/bill",
-            None,
-            &json!({"creating": day_before}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("bill", &json!({"creating": day_before})).await;
     // (A refund made by hand pages on its own.)
     let before = paged();
 
     // The next morning: the day before's REFUND bill is still being made; the refund waits.
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
     assert_eq!(report["bill"]["mismatches"], 0, "{report}");
@@ -5116,12 +4861,12 @@ async fn a_bill_still_being_made_is_asked_again_hourly_and_given_up_after_a_week
     assert_eq!(bills_asked_for(&r, &day_before), 1);
     assert_eq!(days_awaiting_a_bill(&r).await, vec![day.clone()]);
     // Half an hour on: not asked again yet.
-    advance_both(&r, &c, 30 * 60_000).await;
+    c.advance_both(30 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["rechecked"], json!([]), "{report}");
     assert_eq!(bills_asked_for(&r, &day_before), 1);
     // An hour after it answered `Bill Creating`: asked again; still being made.
-    advance_both(&r, &c, 31 * 60_000).await;
+    c.advance_both(31 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["rechecked"], json!([day]), "{report}");
     assert_eq!(report["bill"]["awaiting"], 1, "{report}");
@@ -5129,7 +4874,7 @@ async fn a_bill_still_being_made_is_asked_again_hourly_and_given_up_after_a_week
     assert_eq!(bills_asked_for(&r, &day_before), 2);
 
     // Six days after it should have been ready: still waiting, no page.
-    advance_both(&r, &c, 6 * DAY_MS - 61 * 60_000).await;
+    c.advance_both(6 * DAY_MS - 61 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["rechecked"], json!([day]), "{report}");
@@ -5139,7 +4884,7 @@ async fn a_bill_still_being_made_is_asked_again_hourly_and_given_up_after_a_week
     assert!(bill_mismatch_events(&r).await.is_empty());
 
     // A week: given up on.
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["rechecked"], json!([day]), "{report}");
     assert_eq!(report["bill"]["awaiting"], 0, "{report}");
@@ -5163,7 +4908,7 @@ async fn a_bill_still_being_made_is_asked_again_hourly_and_given_up_after_a_week
     assert_eq!(paged() - before, 1, "paged once");
     assert!(days_awaiting_a_bill(&r).await.is_empty());
     let asked = bills_asked_for(&r, &day_before);
-    advance_both(&r, &c, 3_600_000).await;
+    c.advance_both(3_600_000).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["rechecked"], json!([]), "{report}");
     assert_eq!(bills_asked_for(&r, &day_before), asked);
@@ -5185,7 +4930,7 @@ async fn a_bill_past_three_months_is_skipped_and_named_not_failing_the_run() {
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     let schedule = || run_schedule(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_, no) = paid_and_synced(&r, &c, "yuri", 1).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
     let long_ago = r.app.clock.now_ms() - 100 * DAY_MS;
@@ -5194,7 +4939,7 @@ async fn a_bill_past_three_months_is_skipped_and_named_not_failing_the_run() {
     forged_refund(&r, &c, &no, ghost, long_ago).await;
     let before = paged();
 
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
@@ -5268,16 +5013,13 @@ async fn a_day_whose_own_bill_is_being_made_awaits_it_and_is_asked_for_hourly() 
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     let schedule = || run_schedule(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     paid_and_synced(&r, &c, "zoe", 1).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
-    let (s, v) = c
-        .post("/sandbox/_control/bill", None, &json!({"creating": day}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("bill", &json!({"creating": day})).await;
 
     // The next morning: WeChat is still making the day's bills.
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
@@ -5290,7 +5032,7 @@ async fn a_day_whose_own_bill_is_being_made_awaits_it_and_is_asked_for_hourly() 
     assert_eq!(bills_asked_for(&r, &day), 2);
     assert_eq!(days_awaiting_their_bill(&r).await, vec![day.clone()]);
     // The next run, 5 minutes on: WeChat not asked again, nothing failed.
-    advance_both(&r, &c, 5 * 60_000).await;
+    c.advance_both(5 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(
@@ -5318,7 +5060,7 @@ async fn a_day_whose_own_bill_is_being_made_awaits_it_and_is_asked_for_hourly() 
     let asked = bills_asked_for(&r, &day);
 
     // An hour after the schedule asked: asked again, still being made.
-    advance_both(&r, &c, 56 * 60_000).await;
+    c.advance_both(56 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(
@@ -5329,15 +5071,12 @@ async fn a_day_whose_own_bill_is_being_made_awaits_it_and_is_asked_for_hourly() 
     assert_eq!(bills_asked_for(&r, &day), asked + 2);
 
     // WeChat has made it: the run an hour on reconciles the day, clean.
-    let (s, v) = c
-        .post("/sandbox/_control/bill", None, &json!({"created": day}))
-        .await;
-    assert_eq!(s, 200, "{v}");
-    advance_both(&r, &c, 30 * 60_000).await;
+    c.control("bill", &json!({"created": day})).await;
+    c.advance_both(30 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
     assert_eq!(bills_asked_for(&r, &day), asked + 2, "an hour: not yet");
-    advance_both(&r, &c, 31 * 60_000).await;
+    c.advance_both(31 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
@@ -5362,15 +5101,12 @@ async fn a_day_whose_own_bill_never_comes_is_given_up_after_a_week() {
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     let schedule = || run_schedule(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     paid_and_synced(&r, &c, "zack", 1).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
-    let (s, v) = c
-        .post("/sandbox/_control/bill", None, &json!({"creating": day}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("bill", &json!({"creating": day})).await;
 
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(
@@ -5380,7 +5116,7 @@ async fn a_day_whose_own_bill_never_comes_is_given_up_after_a_week() {
     );
 
     // Six days on: still waiting (the days after it reconciled meanwhile), no page.
-    advance_both(&r, &c, 6 * DAY_MS).await;
+    c.advance_both(6 * DAY_MS).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(
@@ -5396,7 +5132,7 @@ async fn a_day_whose_own_bill_never_comes_is_given_up_after_a_week() {
     assert_eq!(paged(), 0, "no page while the bill may come");
 
     // A week after it should have been ready: given up on, a person told once.
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
@@ -5419,7 +5155,7 @@ async fn a_day_whose_own_bill_never_comes_is_given_up_after_a_week() {
     assert_eq!(paged(), 1, "paged once");
     assert!(days_awaiting_their_bill(&r).await.is_empty());
     let asked = bills_asked_for(&r, &day);
-    advance_both(&r, &c, 2 * 3_600_000).await;
+    c.advance_both(2 * 3_600_000).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
     assert_eq!(bills_asked_for(&r, &day), asked, "not asked again");
@@ -5461,13 +5197,13 @@ async fn a_day_whose_own_bill_fails_for_a_while_awaits_it_and_the_days_after_go_
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     let schedule = || run_schedule(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     paid_and_synced(&r, &c, "olga", 1).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
 
     // A refusal that will not pass: the phase fails loudly, nothing noted.
     bills_fail(&c, &day, None, Some("SIGN ERROR")).await;
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!(["bill"]), "{report}");
     assert_eq!(report["bill"]["days_awaiting_bill"], json!([]), "{report}");
@@ -5475,7 +5211,7 @@ async fn a_day_whose_own_bill_fails_for_a_while_awaits_it_and_the_days_after_go_
 
     // WeChat answers `SYSTEMERROR` instead: the day awaits its bills; the phase goes on.
     bills_fail(&c, &day, None, Some("SYSTEMERROR")).await;
-    advance_both(&r, &c, 5 * 60_000).await;
+    c.advance_both(5 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
@@ -5495,11 +5231,11 @@ async fn a_day_whose_own_bill_fails_for_a_while_awaits_it_and_the_days_after_go_
     assert_eq!(days_awaiting_their_bill(&r).await, vec![day.clone()]);
     let asked = bills_asked_for(&r, &day);
     // The first time, asked again at the next run; failing again, hourly.
-    advance_both(&r, &c, 5 * 60_000).await;
+    c.advance_both(5 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(bills_asked_for(&r, &day), asked + 2, "asked again");
-    advance_both(&r, &c, 30 * 60_000).await;
+    c.advance_both(30 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(
@@ -5512,7 +5248,7 @@ async fn a_day_whose_own_bill_fails_for_a_while_awaits_it_and_the_days_after_go_
     // The next morning, still failing: the day after it is reconciled all the same — and,
     // WeChat failing for a day now (past 6 hours), the phase counts as failed.
     let next_day = wxshop::time::beijing_date(r.app.clock.now_ms());
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!(["bill"]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([next_day]), "{report}");
@@ -5525,7 +5261,7 @@ async fn a_day_whose_own_bill_fails_for_a_while_awaits_it_and_the_days_after_go_
 
     // WeChat gives the bills: the run an hour after it last asked reconciles the day.
     bills_fail(&c, &day, None, None).await;
-    advance_both(&r, &c, 61 * 60_000).await;
+    c.advance_both(61 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
@@ -5554,12 +5290,12 @@ async fn a_bill_failing_for_hours_fails_the_phase_until_it_comes() {
     let phase_failures = || captured.total(wxshop::metrics::SCHEDULE_PHASE_FAILURES);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     let schedule = || run_schedule(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     paid_and_synced(&r, &c, "tomas", 1).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
     bills_fail_http(&c, &day, None, 503).await;
 
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(
@@ -5571,10 +5307,10 @@ async fn a_bill_failing_for_hours_fails_the_phase_until_it_comes() {
         "{report}"
     );
     // 5 minutes on, and hourly after: failing, not yet for long.
-    advance_both(&r, &c, 5 * 60_000).await;
+    c.advance_both(5 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
-    advance_both(&r, &c, (5 * 60 + 40) * 60_000).await;
+    c.advance_both((5 * 60 + 40) * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(phase_failures(), 0, "not for a few hours");
@@ -5582,7 +5318,7 @@ async fn a_bill_failing_for_hours_fails_the_phase_until_it_comes() {
     // Six hours after WeChat first failed: the phase fails at every run, WeChat asked
     // hourly still.
     let asked = bills_asked_for(&r, &day);
-    advance_both(&r, &c, 15 * 60_000).await;
+    c.advance_both(15 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!(["bill"]), "{report}");
     let failing = report["bill"]["failing_too_long"].as_array().unwrap();
@@ -5602,7 +5338,7 @@ async fn a_bill_failing_for_hours_fails_the_phase_until_it_comes() {
     assert_eq!(bills_asked_for(&r, &day), asked, "not asked at this run");
     assert_eq!(phase_failures(), 1);
     for _ in 0..2 {
-        advance_both(&r, &c, 5 * 60_000).await;
+        c.advance_both(5 * 60_000).await;
         let report = schedule().await;
         assert_eq!(report["failed"], json!(["bill"]), "{report}");
     }
@@ -5615,7 +5351,7 @@ async fn a_bill_failing_for_hours_fails_the_phase_until_it_comes() {
 
     // WeChat gives the bills: the next hourly run reconciles the day; the phase is well.
     bills_fail(&c, &day, None, None).await;
-    advance_both(&r, &c, 60 * 60_000).await;
+    c.advance_both(60 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
@@ -5638,22 +5374,19 @@ async fn a_day_checks_the_half_whose_bill_is_ready_and_waits_for_the_other() {
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     let schedule = || run_schedule(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_, garbled) = paid_and_synced(&r, &c, "paul", 1).await;
     let (_, no) = paid_and_synced(&r, &c, "pia", 1).await;
     let ghost = "RFghost0000021";
     forged_refund(&r, &c, &no, ghost, r.app.clock.now_ms()).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
-    let (s, v) = c
-        .post("/sandbox/_control/bill", None, &json!({"garble": garbled}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("bill", &json!({"garble": garbled})).await;
     bills_fail(&c, &day, Some("REFUND"), Some("Bill Creating")).await;
     // (A refund made by hand pages on its own.)
     let before = paged();
 
     // The next morning: the payments are checked; the refunds wait for their bill.
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
@@ -5685,7 +5418,7 @@ async fn a_day_checks_the_half_whose_bill_is_ready_and_waits_for_the_other() {
     let refund_asked = bill_of_type_asked_for(&r, &day, "REFUND");
 
     // An hour on: the REFUND bill alone asked for again; nothing counted twice.
-    advance_both(&r, &c, 61 * 60_000).await;
+    c.advance_both(61 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["mismatches"], 0, "{report}");
@@ -5701,7 +5434,7 @@ async fn a_day_checks_the_half_whose_bill_is_ready_and_waits_for_the_other() {
 
     // WeChat has made it: the refunds' half is checked, the day done.
     bills_fail(&c, &day, None, None).await;
-    advance_both(&r, &c, 61 * 60_000).await;
+    c.advance_both(61 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
@@ -5721,7 +5454,7 @@ async fn a_day_checks_the_half_whose_bill_is_ready_and_waits_for_the_other() {
     assert_eq!(paged() - before, 2, "each paged once");
     assert!(days_awaiting_their_bill(&r).await.is_empty());
     // Done: not again.
-    advance_both(&r, &c, 61 * 60_000).await;
+    c.advance_both(61 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
     assert_eq!(paged() - before, 2, "still each paged once");
@@ -5742,7 +5475,7 @@ async fn a_bill_failing_all_week_is_given_up_and_the_other_half_checked() {
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     let schedule = || run_schedule(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_, no) = paid_and_synced(&r, &c, "quinn", 1).await;
     let ghost = "RFghost0000022";
     forged_refund(&r, &c, &no, ghost, r.app.clock.now_ms()).await;
@@ -5750,7 +5483,7 @@ async fn a_bill_failing_all_week_is_given_up_and_the_other_half_checked() {
     bills_fail(&c, &day, Some("SUCCESS"), Some("SYSTEMERROR")).await;
     let before = paged();
 
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(
@@ -5767,7 +5500,7 @@ async fn a_bill_failing_all_week_is_given_up_and_the_other_half_checked() {
     assert_eq!(paged() - before, 1, "the refund no bill lists");
     let refund_asked = bill_of_type_asked_for(&r, &day, "REFUND");
     // 5 minutes on: the SUCCESS bill alone asked again.
-    advance_both(&r, &c, 5 * 60_000).await;
+    c.advance_both(5 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["mismatches"], 0, "{report}");
@@ -5775,7 +5508,7 @@ async fn a_bill_failing_all_week_is_given_up_and_the_other_half_checked() {
     assert_eq!(bill_of_type_asked_for(&r, &day, "REFUND"), refund_asked);
 
     // Six days on: still waiting, no page — the phase failed (WeChat failing over 6 hours).
-    advance_both(&r, &c, 6 * DAY_MS).await;
+    c.advance_both(6 * DAY_MS).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!(["bill"]), "{report}");
     assert_eq!(
@@ -5786,7 +5519,7 @@ async fn a_bill_failing_all_week_is_given_up_and_the_other_half_checked() {
     assert_eq!(paged() - before, 1, "no page while the bill may come");
 
     // A week after it should have been ready: given up on, counted, a person told once.
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["days_given_up"], json!([day]), "{report}");
@@ -5811,7 +5544,7 @@ async fn a_bill_failing_all_week_is_given_up_and_the_other_half_checked() {
     assert_eq!(paged() - before, 2, "paged once");
     assert_eq!(refund_asked, bill_of_type_asked_for(&r, &day, "REFUND"));
     let asked = bills_asked_for(&r, &day);
-    advance_both(&r, &c, 2 * 3_600_000).await;
+    c.advance_both(2 * 3_600_000).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["days_given_up"], json!([]), "{report}");
     assert_eq!(bills_asked_for(&r, &day), asked, "not asked again");
@@ -5842,7 +5575,7 @@ async fn another_days_refund_bill_failing_for_a_while_is_waited_for() {
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     let schedule = || run_schedule(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_, no) = paid_and_synced(&r, &c, "sven", 1).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
     let day_before = wxshop::time::beijing_date(r.app.clock.now_ms() - DAY_MS);
@@ -5853,7 +5586,7 @@ async fn another_days_refund_bill_failing_for_a_while_is_waited_for() {
     let before = paged();
 
     // The next morning: the day is reconciled; the refund waits for the bill WeChat failed.
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
@@ -5869,13 +5602,13 @@ async fn another_days_refund_bill_failing_for_a_while_is_waited_for() {
     assert_eq!(paged() - before, 0, "no page while the bill may come");
 
     // 5 minutes on: asked again, failing again; then hourly, not at every run.
-    advance_both(&r, &c, 5 * 60_000).await;
+    c.advance_both(5 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["rechecked"], json!([day]), "{report}");
     assert_eq!(report["bill"]["awaiting"], 1, "{report}");
     assert_eq!(bill_of_type_asked_for(&r, &day_before, "REFUND"), 2);
-    advance_both(&r, &c, 30 * 60_000).await;
+    c.advance_both(30 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["rechecked"], json!([]), "{report}");
@@ -5895,10 +5628,10 @@ async fn another_days_refund_bill_failing_for_a_while_is_waited_for() {
 
     // Still failing six hours after WeChat first failed (10:30): the phase fails (the
     // outage reaches `SchedulePhaseFailures`), naming the bill the refunds wait for.
-    advance_both(&r, &c, 5 * 60 * 60_000).await;
+    c.advance_both(5 * 60 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "5 h 35 min: {report}");
-    advance_both(&r, &c, 30 * 60_000).await;
+    c.advance_both(30 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!(["bill"]), "6 h 5 min: {report}");
     let failing = report["bill"]["failing_too_long"].as_array().unwrap();
@@ -5913,7 +5646,7 @@ async fn another_days_refund_bill_failing_for_a_while_is_waited_for() {
 
     // WeChat gives it: the run an hour after it last asked finds the refund in no bill.
     bills_fail(&c, &day_before, None, None).await;
-    advance_both(&r, &c, 31 * 60_000).await;
+    c.advance_both(31 * 60_000).await;
     let report = schedule().await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["rechecked"], json!([day]), "{report}");
@@ -5951,7 +5684,7 @@ async fn a_refund_whose_every_bill_is_out_of_reach_is_reported_not_paged() {
     let r = support::stack_with_metrics(&[], metrics).await;
     let c = Client::new(&r);
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_, no) = paid_and_synced(&r, &c, "yves", 1).await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
     let long_ago = r.app.clock.now_ms() - 100 * DAY_MS;
@@ -5972,7 +5705,7 @@ async fn a_refund_whose_every_bill_is_out_of_reach_is_reported_not_paged() {
     // (A refund made by hand pages on its own.)
     let before = paged();
 
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = run_schedule(&r).await;
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
@@ -6016,7 +5749,7 @@ async fn the_schedule_reconciles_yesterday_once_and_pages_once() {
     let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
     let r = support::stack_with_metrics(&[], metrics).await;
     let c = Client::new(&r);
-    advance_to_china(&r, &c, 12, 0).await;
+    c.advance_to_china(12, 0).await;
     let (_no, out_refund_no) = paid_and_refunded(&r, &c, "tess").await;
     let day = wxshop::time::beijing_date(r.app.clock.now_ms());
     tamper_refund_amount(&r, &out_refund_no, -1).await;
@@ -6024,12 +5757,12 @@ async fn the_schedule_reconciles_yesterday_once_and_pages_once() {
     let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
 
     // The next morning before 10:00: the bills may not be ready; nothing is reconciled.
-    advance_to_china(&r, &c, 9, 30).await;
+    c.advance_to_china(9, 30).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
     assert_eq!(paged(), 0);
 
-    advance_to_china(&r, &c, 10, 30).await;
+    c.advance_to_china(10, 30).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([day]), "{report}");
     assert_eq!(report["bill"]["mismatches"], 1, "{report}");
@@ -6059,14 +5792,14 @@ async fn the_schedule_reconciles_yesterday_once_and_pages_once() {
     assert_eq!(v["events"].as_array().map(Vec::len), Some(1), "{v}");
 
     // Later the same day: done already.
-    advance_both(&r, &c, 3_600_000).await;
+    c.advance_both(3_600_000).await;
     let report = schedule().await;
     assert_eq!(report["bill"]["reconciled"], json!([]), "{report}");
     assert_eq!(paged(), 1, "still paged once");
 
     // Three days without a run after 10:00 (WeChat Pay down, say): the next run does the
     // days it missed, oldest first — days without trades (`No Bill Exist`) are clean.
-    advance_both(&r, &c, 3 * DAY_MS).await;
+    c.advance_both(3 * DAY_MS).await;
     let report = schedule().await;
     assert_eq!(
         report["bill"]["reconciled"].as_array().map(Vec::len),
@@ -6152,10 +5885,7 @@ async fn a_key_replayed_after_expiry_of_an_order_paid_unnotified_is_answered_pai
     let (s, first) = c.order(&token, 1, Some("exp-paid")).await;
     assert_eq!(s, 200, "{first}");
     let no = first["out_trade_no"].as_str().unwrap().to_owned();
-    let (s, v) = c
-        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("pay", &json!({"out_trade_no": no})).await;
 
     past_expiry(&r);
     let (s, replay) = c.order(&token, 1, Some("exp-paid")).await;
@@ -6190,7 +5920,7 @@ async fn a_key_replayed_after_expiry_while_wechat_pay_fails_closes_nothing() {
     assert_eq!(replay["code"], "ORDER_STATUS_UNKNOWN", "{replay}");
     assert_eq!(tea_stock(&c).await, start - 1, "the stock stays held");
     assert_eq!(closes_of(&r, &no), 0, "nothing closed at WeChat");
-    support::Client::new(&r).clear_faults().await;
+    c.clear_faults().await;
     assert_eq!(c.status(&token, &no).await["status"], "PREPAID");
 
     let (s, replay) = c.order(&token, 1, Some("exp-down")).await;
@@ -6265,14 +5995,8 @@ async fn a_key_replayed_with_seconds_left_closes_its_order_instead_of_paying() {
     assert_eq!(s, 200, "{fresh}");
     assert_ne!(fresh["out_trade_no"], no.as_str());
     assert_eq!(fresh["status"], "PREPAID");
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/pay",
-            None,
-            &json!({"out_trade_no": fresh["out_trade_no"]}),
-        )
+    c.control("pay", &json!({"out_trade_no": fresh["out_trade_no"]}))
         .await;
-    assert_eq!(s, 200, "{v}");
 }
 
 /// GIVEN an unpaid order WHEN its key is replayed with 2 minutes left (more than the minute
@@ -6299,10 +6023,7 @@ async fn a_key_replayed_with_minutes_left_pays_the_same_order() {
     );
     assert_eq!(closes_of(&r, &no), 0, "nothing closed at WeChat");
     assert_eq!(tea_stock(&c).await, start - 1, "the stock stays held");
-    let (s, v) = c
-        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("pay", &json!({"out_trade_no": no})).await;
     eventually("the payment recorded", || async {
         c.status(&token, &no).await["status"] == "PAID"
     })
@@ -6322,10 +6043,7 @@ async fn a_key_replayed_with_seconds_left_of_an_order_paid_unnotified_is_answere
     let (s, first) = c.order(&token, 1, Some("late-paid")).await;
     assert_eq!(s, 200, "{first}");
     let no = first["out_trade_no"].as_str().unwrap().to_owned();
-    let (s, v) = c
-        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("pay", &json!({"out_trade_no": no})).await;
 
     to_before_expiry(&r, 5_000);
     let (s, replay) = c.order(&token, 1, Some("late-paid")).await;

@@ -128,6 +128,43 @@ async fn a_prepay_whose_answer_was_lost_is_closed_at_wechat_pay() {
     assert_eq!(c.stock().await, before - 1, "stock taken again");
 }
 
+/// The user's `unifiedOrder` under `key` is cut off after 1 s while WeChat answers `path`
+/// slowly (3 s, once): WeChat makes what it was asked for, and we hold one order, CREATED
+/// with no ids. Its number.
+async fn cut_off_while_wechat_answers(
+    r: &wxlocal::gateway::Running,
+    c: &Client,
+    token: &str,
+    key: &str,
+    path: &str,
+) -> String {
+    c.fault(json!({"path": path, "mode": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    order_cut_off(r, token, &order_body(key), Duration::from_millis(1000)).await;
+    let made = orders(c, token).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["status"], "CREATED", "{made:?}");
+    made[0]["out_trade_no"].as_str().unwrap().to_owned()
+}
+
+/// Waits for the component order of `no` that WeChat made after our call was cut off.
+async fn late_component_order(c: &Client, no: &str) {
+    eventually(
+        "the late component order",
+        Duration::from_secs(5),
+        || async { shop_status(c, no).await == Some(10) },
+    )
+    .await;
+}
+
+/// Waits for the prepay order of `no` that WeChat Pay made after our call was cut off.
+async fn late_prepay_order(c: &Client, no: &str) {
+    eventually("the late prepay order", Duration::from_secs(5), || async {
+        pay_state(c, no).await.as_deref() == Some("NOTPAY")
+    })
+    .await;
+}
+
 /// unifiedOrder as a function that its timeout cut off, on the app as it is.
 async fn order_cut_off(r: &wxlocal::gateway::Running, token: &str, body: &Value, after: Duration) {
     let route = wxshop::handlers::find_route("POST", "/fn/unifiedOrder").unwrap();
@@ -164,12 +201,7 @@ async fn an_order_cut_off_mid_creation_is_closed_at_wechat_when_it_expires() {
     assert_eq!(made[0]["status"], "CREATED", "neither id was recorded");
     let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
     assert_eq!(pay_state(&c, &no).await.as_deref(), Some("NOTPAY"));
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(&c, &no).await == Some(10) },
-    )
-    .await;
+    late_component_order(&c, &no).await;
 
     r.app.clock.advance(16 * 60_000);
     let (s, v) = c
@@ -269,12 +301,7 @@ async fn a_paid_order_whose_component_answer_was_lost_is_shipped_at_wechat() {
     let made = orders(&c, &token).await;
     assert_eq!(made.len(), 1, "{made:?}");
     let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(&c, &no).await == Some(10) },
-    )
-    .await;
+    late_component_order(&c, &no).await;
     assert_eq!(
         stored_wx_order_id(&r, &no).await,
         None,
@@ -282,14 +309,8 @@ async fn a_paid_order_whose_component_answer_was_lost_is_shipped_at_wechat() {
     );
 
     // Paid after all: WeChat Pay notifies us, and the payment is synced by our number.
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/pay",
-            None,
-            &json!({"out_trade_no": no, "wait": true}),
-        )
+    c.control("pay", &json!({"out_trade_no": no, "wait": true}))
         .await;
-    assert_eq!(s, 200, "{v}");
     assert_eq!(c.status(&token, &no).await["status"], "PAID");
     eventually(
         "the payment synced to the component order",
@@ -367,22 +388,11 @@ async fn a_payment_sync_read_back_stores_the_component_id_it_learns() {
         .as_str()
         .unwrap()
         .to_owned();
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(&c, &no).await == Some(10) },
-    )
-    .await;
+    late_component_order(&c, &no).await;
     c.fault(json!({"path": "shop/order/pay", "mode": "lost", "count": 1}))
         .await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/pay",
-            None,
-            &json!({"out_trade_no": no, "wait": true}),
-        )
+    c.control("pay", &json!({"out_trade_no": no, "wait": true}))
         .await;
-    assert_eq!(s, 200, "{v}");
     eventually(
         "the id learnt from the sync's read-back stored",
         Duration::from_secs(10),
@@ -489,20 +499,9 @@ async fn an_aftersale_of_a_paid_order_whose_component_answer_was_lost_reaches_we
     order_cut_off(&r, &token, &body, Duration::from_millis(1000)).await;
     let made = orders(&c, &token).await;
     let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(&c, &no).await == Some(10) },
-    )
-    .await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/pay",
-            None,
-            &json!({"out_trade_no": no, "wait": true}),
-        )
+    late_component_order(&c, &no).await;
+    c.control("pay", &json!({"out_trade_no": no, "wait": true}))
         .await;
-    assert_eq!(s, 200, "{v}");
     eventually(
         "the payment synced to the component order",
         Duration::from_secs(10),
@@ -558,12 +557,7 @@ async fn paid_with_its_component_id_lost(
     assert_eq!(made.len(), 1, "{made:?}");
     let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
     let total = made[0]["total_fee"].as_i64().unwrap();
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(c, &no).await == Some(10) },
-    )
-    .await;
+    late_component_order(c, &no).await;
     let pay = if secondary {
         json!({"out_order_id": no, "wait": true})
     } else {
@@ -785,10 +779,7 @@ async fn an_expired_order_is_settled_when_its_key_resumes(
     let no = prepaid_then_cut_off(&r, &c, &token, key).await;
     assert_eq!(c.stock().await, before - 1);
     if at_wechat == AtWechat::PaidUnnotified {
-        let (s, v) = c
-            .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-            .await;
-        assert_eq!(s, 200, "{v}");
+        c.control("pay", &json!({"out_trade_no": no})).await;
     }
     match left_ms {
         None => past_expiry(&r),
@@ -885,10 +876,7 @@ async fn a_secondary_merchant_order_paid_unpushed_is_answered_paid_when_its_key_
     let key = "tap-paid-unpushed-then-resumed";
     let before = c.stock().await;
     let no = prepaid_then_cut_off(&r, &c, &token, key).await;
-    let (s, v) = c
-        .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control("pay", &json!({"out_order_id": no})).await;
     assert_eq!(shop_status(&c, &no).await, Some(20), "paid at WeChat");
     assert_eq!(
         orders(&c, &token).await[0]["status"],
@@ -948,10 +936,7 @@ async fn a_secondary_merchant_key_replayed_near_expiry(paid: bool) {
     assert_eq!(v["status"], "PREPAID", "{v}");
 
     if paid {
-        let (s, v) = c
-            .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
-            .await;
-        assert_eq!(s, 200, "{v}");
+        c.control("pay", &json!({"out_order_id": no})).await;
     }
     // 5 seconds left.
     r.app.clock.advance(115_000);
@@ -1021,25 +1006,11 @@ async fn a_lost_add_is_read_back_when_its_key_resumes(at_wechat: LostAdd) {
     let (token, openid) = c.login("lost-add-then-resumed").await;
     let key = "tap-lost-add-then-resumed";
     let before = c.stock().await;
-    c.fault(json!({"path": "shop/order/add", "mode": "slow", "delay_ms": 3000, "count": 1}))
-        .await;
-    order_cut_off(&r, &token, &order_body(key), Duration::from_millis(1000)).await;
-    let made = orders(&c, &token).await;
-    assert_eq!(made.len(), 1, "{made:?}");
-    assert_eq!(made[0]["status"], "CREATED", "{made:?}");
-    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
-    eventually(
-        "the late component order",
-        Duration::from_secs(5),
-        || async { shop_status(&c, &no).await == Some(10) },
-    )
-    .await;
+    let no = cut_off_while_wechat_answers(&r, &c, &token, key, "shop/order/add").await;
+    late_component_order(&c, &no).await;
     match at_wechat {
         LostAdd::PaidUnpushed => {
-            let (s, v) = c
-                .post("/sandbox/_control/pay", None, &json!({"out_order_id": no}))
-                .await;
-            assert_eq!(s, 200, "{v}");
+            c.control("pay", &json!({"out_order_id": no})).await;
             assert_eq!(shop_status(&c, &no).await, Some(20), "paid at WeChat");
         }
         LostAdd::Cancelled => {
@@ -1246,32 +1217,15 @@ async fn a_direct_lost_answer_resumes(lost: DirectLost) {
     } else {
         "shop/order/add"
     };
-    c.fault(json!({"path": path, "mode": "slow", "delay_ms": 3000, "count": 1}))
-        .await;
-    order_cut_off(&r, &token, &order_body(key), Duration::from_millis(1000)).await;
-    let made = orders(&c, &token).await;
-    assert_eq!(made.len(), 1, "{made:?}");
-    assert_eq!(made[0]["status"], "CREATED", "{made:?}");
-    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
+    let no = cut_off_while_wechat_answers(&r, &c, &token, key, path).await;
     if lost == DirectLost::Prepay {
-        eventually("the late prepay order", Duration::from_secs(5), || async {
-            pay_state(&c, &no).await.as_deref() == Some("NOTPAY")
-        })
-        .await;
+        late_prepay_order(&c, &no).await;
         assert_eq!(shop_status(&c, &no).await, None, "no component order asked");
     } else {
-        eventually(
-            "the late component order",
-            Duration::from_secs(5),
-            || async { shop_status(&c, &no).await == Some(10) },
-        )
-        .await;
+        late_component_order(&c, &no).await;
     }
     if lost == DirectLost::AddPaidUnnotified {
-        let (s, v) = c
-            .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-            .await;
-        assert_eq!(s, 200, "{v}");
+        c.control("pay", &json!({"out_trade_no": no})).await;
         assert_eq!(pay_state(&c, &no).await.as_deref(), Some("SUCCESS"));
     }
     assert_eq!(orders(&c, &token).await[0]["status"], "CREATED");
@@ -1352,17 +1306,8 @@ async fn a_direct_lost_prepay_answer_with_seconds_left_is_closed_when_its_key_re
     let (token, openid) = c.login("direct-lost-late").await;
     let key = "tap-direct-lost-late";
     let before = c.stock().await;
-    c.fault(json!({"path": "pay/unifiedorder", "mode": "slow", "delay_ms": 3000, "count": 1}))
-        .await;
-    order_cut_off(&r, &token, &order_body(key), Duration::from_millis(1000)).await;
-    let made = orders(&c, &token).await;
-    assert_eq!(made.len(), 1, "{made:?}");
-    assert_eq!(made[0]["status"], "CREATED", "{made:?}");
-    let no = made[0]["out_trade_no"].as_str().unwrap().to_owned();
-    eventually("the late prepay order", Duration::from_secs(5), || async {
-        pay_state(&c, &no).await.as_deref() == Some("NOTPAY")
-    })
-    .await;
+    let no = cut_off_while_wechat_answers(&r, &c, &token, key, "pay/unifiedorder").await;
+    late_prepay_order(&c, &no).await;
     let asked = r.sandbox.calls("pay/unifiedorder").len();
 
     // 5 s before its expiry (`ORDER_TTL_SECS` 900), on both clocks.
@@ -1411,14 +1356,12 @@ async fn a_direct_lost_add_paid_unnotified_is_answered_paid_when_its_key_resumes
 /// The user applies for a refund of all of order `no` in WeChat's own order centre; its
 /// `aftersale_new_order` push imports it here (REQUESTED). WeChat's after-sale id and ours.
 async fn applied_in_wechat(c: &Client, no: &str, total: i64) -> (u64, String) {
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
+    let v = c
+        .control(
+            "aftersale",
             &json!({"action": "apply", "out_order_id": no, "orderamt": total}),
         )
         .await;
-    assert_eq!(s, 200, "{v}");
     let wx = v["aftersale_id"].as_u64().unwrap();
     eventually(
         "the after-sale imported from WeChat",
@@ -1440,14 +1383,11 @@ async fn applied_in_wechat(c: &Client, no: &str, total: i64) -> (u64, String) {
 /// The user cancels WeChat's after-sale `wx` in WeChat's order centre, and the
 /// `aftersale_user_cancel` push never reaches us.
 async fn cancelled_in_wechat_unpushed(c: &Client, wx: u64) {
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "aftersale",
+        &json!({"action": "cancel", "aftersale_id": wx, "push": false}),
+    )
+    .await;
 }
 
 /// Every after-sale of `no`, as the merchant lists them.
@@ -1567,8 +1507,6 @@ async fn an_aftersale_cancelled_in_wechat_of_an_order_whose_add_answer_was_lost_
 /// WeChat shows cancelled.
 #[tokio::test]
 async fn the_schedule_reads_back_aftersales_of_an_order_whose_add_answer_was_lost() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack_with(&[]).await;
     let c = Client::new(&r);
     let (token, _) = c.login("lost-add-sweep").await;
@@ -1578,7 +1516,7 @@ async fn the_schedule_reads_back_aftersales_of_an_order_whose_add_answer_was_los
     cancelled_in_wechat_unpushed(&c, wx).await;
 
     r.app.clock.advance(11 * 60_000);
-    let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    let report = support::run_schedule(&r).await;
     assert_eq!(
         merchant_aftersale(&c, &no, &ours).await["status"],
         "CANCELLED",
@@ -1609,14 +1547,11 @@ async fn approving_a_cancelled_aftersale_of_an_order_whose_add_answer_was_lost_a
     let (wx, ours) = applied_in_wechat(&c, &no, total).await;
     c.fault(json!({"path": "shop/order/get", "mode": "errcode", "errcode": -1, "count": 100}))
         .await;
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/aftersale",
-            None,
-            &json!({"action": "cancel", "aftersale_id": wx}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    c.control(
+        "aftersale",
+        &json!({"action": "cancel", "aftersale_id": wx}),
+    )
+    .await;
     eventually(
         "ours cancelled by the push",
         Duration::from_secs(10),
@@ -1649,8 +1584,6 @@ async fn approving_a_cancelled_aftersale_of_an_order_whose_add_answer_was_lost_a
 /// `ecaftersale/get` on it that could only fail.
 #[tokio::test]
 async fn the_schedule_asks_wechat_nothing_about_aftersales_of_an_order_it_never_made() {
-    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
-    use wxshop::time::Deadline;
     let r = stack_with(&[]).await;
     let c = Client::new(&r);
     let (token, openid) = c.login("never-made-aftersale").await;
@@ -1694,7 +1627,7 @@ async fn the_schedule_asks_wechat_nothing_about_aftersales_of_an_order_it_never_
     // Past the grace for pushes: the after-sale is due to be read back.
     r.app.clock.advance(11 * 60_000);
     for run in 1..=2 {
-        let report = on_schedule(&r.app, Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+        let report = support::run_schedule(&r).await;
         let sweep = &report["wechat_refunds"];
         assert_eq!(sweep["asked"], 0, "run {run}: {report}");
         assert_eq!(sweep["not_at_wechat"], 1, "run {run}: {report}");

@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 #![allow(dead_code)] // shared by the reliability_* tests; each uses a part
-//! Helpers shared by the `reliability_*` tests (included with `#[path]`; on its own this file
-//! is an empty test target). Everything talks to a stack over HTTP on 127.0.0.1, as its
-//! users do; every wait is bounded.
+//! Helpers shared by the `reliability_*` and `e2e_*` tests (included with `#[path]`; on its
+//! own this file is an empty test target). Everything talks to a stack over HTTP on
+//! 127.0.0.1, as its users do; every wait is bounded.
 
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -126,11 +126,19 @@ impl Client {
         self.try_raw(path, body).await.unwrap()
     }
 
+    /// A call to the sandbox's `/sandbox/_control/{path}` (what WeChat or the user does
+    /// there), which must succeed: its answer.
+    pub async fn control(&self, path: &str, body: &Value) -> Value {
+        let (s, v) = self
+            .post(&format!("/sandbox/_control/{path}"), None, body)
+            .await;
+        assert_eq!(s, 200, "{path}: {v}");
+        v
+    }
+
     /// Logs `user` in through the sandbox: (session token, openid).
     pub async fn login(&self, user: &str) -> (String, String) {
-        let (_, code) = self
-            .post("/sandbox/_control/login", None, &json!({"user": user}))
-            .await;
+        let code = self.control("login", &json!({"user": user})).await;
         let (status, v) = self
             .post("/fn/login", None, &json!({"code": code["code"]}))
             .await;
@@ -148,6 +156,35 @@ impl Client {
             body["idempotency_key"] = json!(k);
         }
         self.post("/fn/unifiedOrder", Some(token), &body).await
+    }
+
+    /// `qty` × tea through `unifiedOrder`, to Alice at 1 Tea Street, which must succeed: the
+    /// order as answered.
+    pub async fn order_tea(&self, token: &str, qty: u32) -> Value {
+        let (s, order) = self
+            .post(
+                "/fn/unifiedOrder",
+                Some(token),
+                &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": qty}],
+                        "address": {"receiver_name": "Alice", "detailed_address": "1 Tea Street",
+                                    "tel_number": "13800000000"}}),
+            )
+            .await;
+        assert_eq!(s, 200, "{order}");
+        order
+    }
+
+    /// The user pays order `no` in WeChat (a trading-component order, `fund_type` 1: the
+    /// sandbox pushes `open_product_order_pay`); returns once the order reads PAID.
+    pub async fn pay_in_wechat(&self, token: &str, no: &str) {
+        self.control("pay", &json!({"out_order_id": no})).await;
+        eventually_in_300_polls("the order to read PAID", || async {
+            let (_, v) = self
+                .post("/fn/queryOrder", Some(token), &json!({"out_trade_no": no}))
+                .await;
+            v["order"]["status"] == "PAID"
+        })
+        .await;
     }
 
     /// The caller's order as `queryOrder` shows it.
@@ -214,6 +251,62 @@ impl Client {
         assert_eq!(s, 200, "{v}");
     }
 
+    /// The user applies for an after-sale on `no` (`extra`: amount, reason, type): its id.
+    pub async fn apply(&self, token: &str, no: &str, extra: Value) -> String {
+        let mut body = json!({"action": "apply", "out_trade_no": no});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        let (s, applied) = self.post("/fn/aftersaleSync", Some(token), &body).await;
+        assert_eq!(s, 200, "{applied}");
+        applied["aftersale"]["aftersale_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The merchant approves an after-sale.
+    pub async fn approve(&self, id: &str) {
+        let (s, v) = self
+            .admin(
+                "/admin/aftersaleSync",
+                &json!({"action": "approve", "aftersale_id": id}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    /// Returns once the user's list of after-sales of `no` shows `id` REFUNDED.
+    pub async fn until_refunded(&self, token: &str, no: &str, id: &str) {
+        eventually_in_300_polls("the after-sale to read REFUNDED", || async {
+            let (_, v) = self
+                .post(
+                    "/fn/aftersaleSync",
+                    Some(token),
+                    &json!({"action": "list", "out_trade_no": no}),
+                )
+                .await;
+            v["aftersales"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["aftersale_id"] == id && a["status"] == "REFUNDED")
+        })
+        .await;
+    }
+
+    /// Every after-sale of `no`, as the merchant lists them.
+    pub async fn admin_aftersales(&self, no: &str) -> Vec<Value> {
+        let (s, v) = self
+            .admin(
+                "/admin/aftersaleSync",
+                &json!({"action": "list", "out_trade_no": no}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["aftersales"].as_array().cloned().unwrap_or_default()
+    }
+
     /// The user pays at the sandbox (WeChat Pay): the transaction id WeChat assigned.
     pub async fn pay_at_sandbox(&self, no: &str) -> String {
         let (s, v) = self
@@ -259,6 +352,122 @@ impl Client {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
     }
+}
+
+/// A [`Client`] of a stack running in this process, through which a test may also look
+/// inside it: its store and clock (`r.app`), and what the sandbox was asked (`r.sandbox`).
+/// Everything else is the [`Client`]'s (it derefs to one).
+pub struct InProcess<'a> {
+    pub r: &'a Running,
+    client: Client,
+}
+
+impl<'a> InProcess<'a> {
+    pub fn new(r: &'a Running) -> Self {
+        InProcess {
+            r,
+            client: Client::new(r),
+        }
+    }
+
+    /// How many calls of the WeChat API `api` (e.g. `shop/order/pay`) the sandbox received.
+    pub fn calls(&self, api: &str) -> usize {
+        self.r.sandbox.calls(api).len()
+    }
+}
+
+impl std::ops::Deref for InProcess<'_> {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl InProcess<'_> {
+    /// The user pays order `no` in WeChat (a `fund_type` 1 order) and every push of the
+    /// payment is lost: our check of it (`shop/order/get`) fails, so each of WeChat's three
+    /// tries (5 s apart, time-compressed) is answered 503 and WeChat stops; then the
+    /// sandbox's faults are cleared.
+    pub async fn pay_in_wechat_every_push_lost(&self, no: &str) {
+        self.control(
+            "faults",
+            &json!({"path": "shop/order/get", "mode": "http500", "count": 1000}),
+        )
+        .await;
+        self.control("pay", &json!({"out_order_id": no})).await;
+        eventually_in_300_polls("WeChat to give up pushing", || async {
+            self.r
+                .sandbox
+                .deliveries()
+                .iter()
+                .filter(|d| d["kind"] == "push" && d["status"] == 503)
+                .count()
+                >= 3
+        })
+        .await;
+        self.clear_faults().await;
+    }
+}
+
+/// A day in milliseconds.
+pub const DAY_MS: i64 = 86_400_000;
+
+impl InProcess<'_> {
+    /// Moves the app's and the sandbox's clocks together by `ms`.
+    pub async fn advance_both(&self, ms: i64) {
+        self.r.app.clock.advance(ms);
+        self.control("clock", &json!({"advance_ms": ms})).await;
+    }
+
+    /// Moves both clocks forward to the next time it is `hour`:`minute` in China.
+    pub async fn advance_to_china(&self, hour: i64, minute: i64) {
+        let now = self.r.app.clock.now_ms();
+        let of_day = (now + 8 * 3_600_000).rem_euclid(DAY_MS);
+        let want = (hour * 60 + minute) * 60_000;
+        self.advance_both((want - of_day).rem_euclid(DAY_MS).max(1))
+            .await;
+    }
+}
+
+/// One run of the orderSync schedule, as its 5-minute trigger makes it: its report.
+pub async fn run_schedule(r: &Running) -> Value {
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    on_schedule(&r.app, wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET)).await
+}
+
+/// WeChat's own record of an order (`shop/order/get`, through the app's client).
+pub async fn wx_order(r: &Running, no: &str) -> wxshop::shop::order::OrderInfo {
+    let no = OutTradeNo::parse(no.to_owned()).unwrap();
+    let order = wxshop::store::repo::get_order(r.app.store.as_ref(), &no)
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    r.app
+        .wx
+        .order_get(
+            &wxshop::shop::types::OrderKey::Out(no.to_string()),
+            order.openid.as_str(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Polls `f` up to 300 times, 20 ms apart (6 s plus what `f` takes), until it holds: the
+/// wait of the `e2e_*` files, which import it as `eventually`.
+pub async fn eventually_in_300_polls<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
 }
 
 /// Polls `f` every 25 ms until it holds or `limit` passes.
