@@ -131,7 +131,10 @@ async fn a_double_tap_on_withdraw_makes_one_withdrawal_and_never_calls_its_qr_co
             funds(&r, json!({"action": "withdraw", "amount_fen": amount})).await
         };
         let ((s1, v1), (s2, v2)) = tokio::join!(first, second);
-        assert_eq!(s1, 200, "whole={whole}: the first tap gets its QR code: {v1}");
+        assert_eq!(
+            s1, 200,
+            "whole={whole}: the first tap gets its QR code: {v1}"
+        );
         let ticket = v1["qrcode_ticket"].as_str().unwrap().to_owned();
         let id = v1["withdrawal"]["withdraw_id"].as_str().unwrap().to_owned();
         assert_ne!(
