@@ -35,6 +35,13 @@
 //! `withdrawals`. UNVERIFIED: when WeChat closes an unconfirmed withdrawal, and whether a closed
 //! one still counts as the day's.
 //!
+//! A double tap: one `withdraw` request runs at a time (a kv lock, released when it answers,
+//! expiring after a minute if its process ended first). Another one meanwhile is answered 409
+//! `WITHDRAWAL_IN_PROGRESS`, nothing submitted: repeated a few seconds later, it gets the
+//! first's QR code again (`resumed`). It used to reach WeChat, be refused as the day's second
+//! withdrawal before the first had recorded its QR ticket, and be told the QR code was lost
+//! for good and to withdraw tomorrow.
+//!
 //! Actions (`{"action": …}`):
 //! `balance` · `flows {date?: "yyyyMMdd", page?, page_size?}` · `flow {flow_id}` ·
 //! `bank_account` · `set_bank_account {account: {bank_account_type, account_bank,
@@ -51,7 +58,7 @@ use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::push::WithdrawNotify;
 use crate::shop::funds::{BankAccount, BankAccountStatus, FundsFlow, QrcodeCheck, WithdrawInfo};
 use crate::shop::WxError;
-use crate::store::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
+use crate::store::{kv, Expect, Index, Kind, Query, Record, Store, StoreError, Write};
 use base64::Engine;
 use futures::StreamExt;
 use http::StatusCode;
@@ -1050,6 +1057,65 @@ async fn withdraw(
     let amount = parse_amount(amount.as_ref())?;
     let remark = check_note("remark", remark)?;
     let bank_memo = check_note("bank_memo", bank_memo)?;
+    let lock = take_withdraw_lock(app, amount).await?;
+    let answer = withdraw_once(app, amount, remark, bank_memo).await;
+    if let Err(e) = release_withdraw_lock(app, &lock).await {
+        tracing::warn!(error = %e, "could not release the withdrawal lock; it expires by itself");
+    }
+    answer
+}
+
+/// Deletes the lock if it is still the one `mine` took (not another request's, taken after
+/// it expired).
+async fn release_withdraw_lock(app: &App, mine: &str) -> Result<(), StoreError> {
+    let store = app.store.as_ref();
+    match kv::get(store, WITHDRAW_LOCK).await? {
+        Some(held) if held.value == mine => {
+            kv::delete_if(store, WITHDRAW_LOCK, held.version).await?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The kv entry held while a `withdraw` request is under way ([`take_withdraw_lock`]).
+const WITHDRAW_LOCK: &str = "funds/withdraw_in_flight";
+/// How long a lock its request never released (the process ended mid-request) holds: longer
+/// than a request runs.
+const WITHDRAW_LOCK_SECS: i64 = 60;
+
+/// One `withdraw` request at a time. A second one while the first waits for WeChat's answer
+/// to `submitwithdraw` (a double tap, or a tool retrying early) would meet WeChat's refusal
+/// of a second withdrawal that day before the first had recorded the QR ticket, and was told
+/// the QR code was lost for good and to withdraw tomorrow — while the first request's answer
+/// carried that QR code. It is told instead to repeat shortly (409 `WITHDRAWAL_IN_PROGRESS`):
+/// once the first has answered, the repeat gets the same QR code again (`resumed`). The lock's
+/// value, unique to this request, to release it.
+async fn take_withdraw_lock(app: &App, amount: Fen) -> Result<String, ApiError> {
+    let until = app.clock.now_secs() + WITHDRAW_LOCK_SECS;
+    let value = json!({"amount_fen": amount.get(), "since_ms": app.clock.now_ms(),
+        "request": rand::random::<u64>()})
+    .to_string();
+    if kv::put_if(app.store.as_ref(), WITHDRAW_LOCK, &value, until, None).await? {
+        return Ok(value);
+    }
+    Err(ApiError::conflict(
+        "WITHDRAWAL_IN_PROGRESS",
+        "another withdraw request is under way (a double tap, or a retry sent while the \
+         first still waits for WeChat): its answer carries the withdrawal's QR code. Nothing \
+         new was submitted. Repeat this request in a few seconds (a minute at most, if that \
+         request was cut off): if WeChat took its withdrawal, the repeat answers its QR code \
+         again",
+    ))
+}
+
+/// [`withdraw`] under its lock.
+async fn withdraw_once(
+    app: &App,
+    amount: Fen,
+    remark: Option<String>,
+    bank_memo: Option<String>,
+) -> Result<Value, ApiError> {
     let balance = app.wx.funds_get_balance().await.map_err(funds_error)?;
     if !balance.available_amount.covers(amount) {
         // A retry of a submission WeChat took: the amount is held by that withdrawal now.
