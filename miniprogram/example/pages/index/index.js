@@ -6,61 +6,24 @@
 'use strict';
 
 const view = require('../../utils/view');
+const { paged } = require('../../utils/paged');
 
 const PAGE_SIZE = 10;
 
-Page({
+Page(Object.assign(paged('products', (cursor) =>
+  getApp()
+    .shop.products({ limit: PAGE_SIZE, cursor: cursor })
+    .then((page) => ({ items: page.products.map(view.productView), next: page.next }))
+), {
   data: {
     products: [],
     next: null,
     loading: false,
     loaded: false,
   },
-  // Which refresh the answers belong to: a page that arrives after a pull-down refresh started
-  // belongs to the old list.
-  generation: 0,
 
   onLoad() {
     return this.refresh();
-  },
-
-  onPullDownRefresh() {
-    return this.refresh().then(() => wx.stopPullDownRefresh());
-  },
-
-  onReachBottom() {
-    return this.loadMore();
-  },
-
-  refresh() {
-    this.generation += 1;
-    this.setData({ products: [], next: null, loaded: false });
-    return this.fetch(null, this.generation);
-  },
-
-  loadMore() {
-    if (this.data.loading || !this.data.next) return Promise.resolve();
-    return this.fetch(this.data.next, this.generation);
-  },
-
-  fetch(cursor, generation) {
-    this.setData({ loading: true });
-    const shop = getApp().shop;
-    return shop
-      .products({ limit: PAGE_SIZE, cursor: cursor })
-      .then((page) => {
-        if (generation !== this.generation) return undefined;
-        const more = page.products.map(view.productView);
-        this.setData({ products: this.data.products.concat(more), next: page.next, loading: false, loaded: true });
-        // A page may hold fewer products than asked for, even none, with more behind it. An
-        // empty one adds nothing to scroll to, so the next is fetched at once.
-        return more.length === 0 && page.next ? this.fetch(page.next, generation) : undefined;
-      })
-      .catch((e) => {
-        if (generation !== this.generation) return;
-        this.setData({ loading: false, loaded: true });
-        view.showError(e);
-      });
   },
 
   onProductTap(e) {
@@ -75,4 +38,4 @@ Page({
       url: '/pages/product/product?product_id=' + encodeURIComponent(d.productId) + '&sku_id=' + encodeURIComponent(d.skuId),
     });
   },
-});
+}));
