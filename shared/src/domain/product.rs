@@ -335,6 +335,30 @@ impl Product {
         self.submit_error = None;
     }
 
+    /// WeChat approved `approved`, a submission before the draft we hold as under audit (ours
+    /// was on its way to WeChat when it was decided): that version is on sale at WeChat, so it
+    /// sells here (the stock of SKUs on sale stays as orders left it), and ours stays under
+    /// audit as the edit, waiting for its own verdict.
+    pub fn approve_earlier(&mut self, mut approved: Content) {
+        let ours = self.draft();
+        for s in &mut approved.skus {
+            s.stock = self
+                .sku(&s.sku_id)
+                .or_else(|| ours.skus.iter().find(|k| k.sku_id == s.sku_id))
+                .map_or(0, |k| k.stock);
+        }
+        self.set_content(approved);
+        self.audit = AuditStatus::Approved;
+        self.reject_reason = None;
+        self.submit_error = None;
+        self.edit = Some(Edit {
+            content: ours,
+            audit: AuditStatus::Auditing,
+            reject_reason: None,
+            submit_error: None,
+        });
+    }
+
     /// The draft was rejected: an approved product keeps selling its approved version and
     /// the edit carries the reason; a first version is rejected.
     pub fn reject_draft(&mut self, reason: String) {

@@ -390,8 +390,10 @@ async fn on_spu_status(app: &App, body: &push::SpuStatusUpdate) -> Result<(), Ap
 /// WeChat's draft (`spu/get`, `need_edit_spu=1`: `edit_status` 4 approved, 3 rejected,
 /// WECHAT_SHOP.md §3), because the push alone is not proof: in plaintext mode its signature
 /// does not cover the body, and a late or replayed push can concern an earlier submission.
-/// The verdict applies only to a submission we hold as under audit; an approved product's
-/// online version is never taken away by it.
+/// The verdict applies only to a submission we hold as under audit, and only when WeChat's
+/// draft is that submission ([`audited_is_ours`]); an approved product's online version is
+/// never taken away by it. An approval of an earlier submission puts that one on sale (it is
+/// WeChat's online version now) and leaves ours under audit as the edit.
 async fn on_spu_audit(app: &App, body: &push::SpuAudit) -> Result<(), ApiError> {
     let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
         return Ok(());
@@ -437,10 +439,29 @@ pub(super) async fn apply_wechat_verdict(
     if !matches!(edit_status, 3 | 4) {
         tracing::info!(out_product_id = %id, edit_status, "audit event, but WeChat's draft is not decided (a later submission?); nothing to apply");
     }
+    let applied = std::sync::atomic::AtomicBool::new(false);
     update_product(app, id, |p| {
+        applied.store(false, std::sync::atomic::Ordering::Relaxed);
         if p.draft_audit() != AuditStatus::Auditing {
             return;
         }
+        if !audited_is_ours(&draft, &p.draft()) {
+            tracing::warn!(
+                out_product_id = %id,
+                edit_status,
+                "audit verdict on an earlier submission than ours; ours waits for its own"
+            );
+            if edit_status == 4 {
+                if let Some(approved) = wechat_version(&draft, &p.draft()) {
+                    p.approve_earlier(approved);
+                }
+            }
+            return;
+        }
+        applied.store(
+            matches!(edit_status, 3 | 4),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         match edit_status {
             4 => {
                 p.approve_draft();
@@ -453,7 +474,65 @@ pub(super) async fn apply_wechat_verdict(
         }
     })
     .await
-    .map(|()| matches!(edit_status, 3 | 4))
+    .map(|()| applied.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// WeChat's draft as our [`Content`], SKUs' attributes taken from `ours` (stock is set by
+/// [`crate::domain::Product::approve_earlier`]); `None` if a SKU id is not one we could
+/// have sent.
+fn wechat_version(
+    wx: &crate::shop::catalog::SpuInfo,
+    ours: &crate::domain::Content,
+) -> Option<crate::domain::Content> {
+    let mut skus = Vec::with_capacity(wx.skus.len());
+    for w in &wx.skus {
+        let sku_id = crate::domain::SkuId::parse(w.out_sku_id.clone()).ok()?;
+        let attrs = ours
+            .skus
+            .iter()
+            .find(|k| k.sku_id == sku_id)
+            .map(|k| k.attrs.clone())
+            .unwrap_or_default();
+        skus.push(crate::domain::Sku {
+            sku_id,
+            price: w.sale_price,
+            market_price: w.market_price,
+            stock: 0,
+            wx_sku_id: w.sku_id,
+            attrs,
+        });
+    }
+    // We upload `path?product_id=…` (catalog_sync::spu): the stored path is what precedes it.
+    let path = wx.path.split('?').next().unwrap_or_default().to_owned();
+    Some(crate::domain::Content {
+        title: wx.title.clone(),
+        path,
+        head_img: wx.head_img.clone(),
+        third_cat_id: wx.third_cat_id,
+        brand_id: wx.brand_id,
+        skus,
+    })
+}
+
+/// Whether WeChat's draft (`spu/get`, `need_edit_spu=1`) is the version we hold as under
+/// audit: the same title and the same SKUs at the same sale prices. WeChat's draft is the last
+/// submission *WeChat received*; ours is stored before it is sent, so a verdict on the one
+/// before (decided while ours was on its way) reads WeChat's draft as that earlier version,
+/// and applied to ours it put on sale a version nobody audited — one WeChat then rejected
+/// stayed on sale. Such a verdict is not ours: ours waits for its own push (or the sweep).
+/// A draft read without a title or SKUs is taken as ours (UNVERIFIED that WeChat's draft
+/// always carries them; the sandbox's does).
+fn audited_is_ours(wx: &crate::shop::catalog::SpuInfo, ours: &crate::domain::Content) -> bool {
+    if wx.title.is_empty() || wx.skus.is_empty() {
+        return true;
+    }
+    wx.title == ours.title
+        && wx.skus.len() == ours.skus.len()
+        && ours.skus.iter().all(|s| {
+            wx.skus
+                .iter()
+                .any(|w| w.out_sku_id == s.sku_id.as_str() && w.sale_price == s.price)
+        })
 }
 
 async fn update_product(
