@@ -514,19 +514,19 @@ fn wechat_version(
     })
 }
 
-/// Whether WeChat's draft (`spu/get`, `need_edit_spu=1`) is the version we hold as under
-/// audit: the same title and the same SKUs at the same sale prices. WeChat's draft is the last
-/// submission *WeChat received*; ours is stored before it is sent, so a verdict on the one
-/// before (decided while ours was on its way) reads WeChat's draft as that earlier version,
-/// and applied to ours it put on sale a version nobody audited — one WeChat then rejected
-/// stayed on sale. Such a verdict is not ours: ours waits for its own push (or the sweep).
-/// A draft read without a title or SKUs is taken as ours (UNVERIFIED that WeChat's draft
-/// always carries them; the sandbox's does).
+/// Whether WeChat's draft (`spu/get`, `need_edit_spu=1`) is the version we hold as under audit: the
+/// same title (but for surrounding blanks, which WeChat may trim) and the same SKUs at the same
+/// sale prices. WeChat's draft is the last submission *WeChat received*; ours is stored before it
+/// is sent, so a verdict on the one before (decided while ours was on its way) reads WeChat's draft
+/// as that earlier version, and applied to ours it put on sale a version nobody audited — one
+/// WeChat then rejected stayed on sale. Such a verdict is not ours: ours waits for its own push (or
+/// the sweep). A draft read without a title or SKUs is taken as ours (UNVERIFIED that WeChat's
+/// draft always carries them; the sandbox's does).
 fn audited_is_ours(wx: &crate::shop::catalog::SpuInfo, ours: &crate::domain::Content) -> bool {
     if wx.title.is_empty() || wx.skus.is_empty() {
         return true;
     }
-    wx.title == ours.title
+    wx.title.trim() == ours.title.trim()
         && wx.skus.len() == ours.skus.len()
         && ours.skus.iter().all(|s| {
             wx.skus
