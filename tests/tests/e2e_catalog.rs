@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{stack_with, Client};
+use support::{buy_tea, get_product, stack_with, tea, Client};
 
 fn kettle(title: &str) -> Value {
     json!({"action": "upsert", "product": {
@@ -176,36 +176,6 @@ async fn an_image_is_uploaded_to_wechat_by_url() {
         "nothing sent to WeChat"
     );
     r.stop();
-}
-
-fn tea(title: &str, price: i64, stock: u32) -> Value {
-    json!({"action": "upsert", "product": {
-        "product_id": "tea", "title": title,
-        "head_img": ["https://mmecimage.cn/p/wxlocal/tea.jpg"], "third_cat_id": 6153,
-        "brand_id": 2100000000,
-        "skus": [{"sku_id": "tea-250g", "price": price, "market_price": 2590, "stock": stock}]
-    }})
-}
-
-async fn get_product(c: &Client, id: &str) -> Value {
-    let (s, v) = c
-        .admin(
-            "/admin/catalogSync",
-            &json!({"action": "get", "product_id": id}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["product"].clone()
-}
-
-/// A buyer orders one `tea`: the amount charged (`total_fee`), or the refusal.
-async fn buy_tea(c: &Client, token: &str) -> Result<i64, Value> {
-    let (s, v) = c.order(token, 1, None).await;
-    if s == 200 {
-        Ok(v["total_fee"].as_i64().unwrap())
-    } else {
-        Err(v)
-    }
 }
 
 /// At WeChat, `spu/update` writes the draft; the approved (online) version stays on sale while

@@ -2,42 +2,12 @@
 //! What a merchant relies on in the catalog whatever the order in which things happen: the
 //! price charged is one WeChat approved, never that of a draft it did not audit.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{stack_with, Client};
-
-fn tea(title: &str, price: i64, stock: i64) -> Value {
-    json!({"action": "upsert", "product": {
-        "product_id": "tea", "title": title,
-        "head_img": ["https://mmecimage.cn/p/wxlocal/tea.jpg"], "third_cat_id": 6153,
-        "brand_id": 2100000000,
-        "skus": [{"sku_id": "tea-250g", "price": price, "market_price": 2590, "stock": stock}]
-    }})
-}
-
-async fn get_product(c: &Client, id: &str) -> Value {
-    let (s, v) = c
-        .admin(
-            "/admin/catalogSync",
-            &json!({"action": "get", "product_id": id}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["product"].clone()
-}
-
-/// A buyer orders one `tea`: the amount charged (`total_fee`), or the refusal.
-async fn buy_tea(c: &Client, token: &str) -> Result<i64, Value> {
-    let (s, v) = c.order(token, 1, None).await;
-    if s == 200 {
-        Ok(v["total_fee"].as_i64().unwrap())
-    } else {
-        Err(v)
-    }
-}
+use support::{buy_tea, get_product, stack_with, tea, Client};
 
 async fn verdict(c: &Client, approve: bool) {
     // A verdict push is told from a replay by its ids, status and `CreateTime` (seconds): let

@@ -704,3 +704,36 @@ pub fn run_wxlocal(
     }
     (ran.code == Some(0), ran.stderr)
 }
+
+/// The merchant's `upsert` of `tea` (one SKU, `tea-250g`) at `price` fen with `stock` units.
+pub fn tea(title: &str, price: i64, stock: impl Into<i64>) -> Value {
+    let stock: i64 = stock.into();
+    json!({"action": "upsert", "product": {
+        "product_id": "tea", "title": title,
+        "head_img": ["https://mmecimage.cn/p/wxlocal/tea.jpg"], "third_cat_id": 6153,
+        "brand_id": 2100000000,
+        "skus": [{"sku_id": "tea-250g", "price": price, "market_price": 2590, "stock": stock}]
+    }})
+}
+
+/// The merchant's view of product `id` (`/admin/catalogSync` `get`).
+pub async fn get_product(c: &Client, id: &str) -> Value {
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["product"].clone()
+}
+
+/// A buyer orders one `tea`: the amount charged (`total_fee`), or the refusal.
+pub async fn buy_tea(c: &Client, token: &str) -> Result<i64, Value> {
+    let (s, v) = c.order(token, 1, None).await;
+    if s == 200 {
+        Ok(v["total_fee"].as_i64().unwrap())
+    } else {
+        Err(v)
+    }
+}
