@@ -58,6 +58,19 @@ async fn mine(c: &Client, token: &str, no: &str, id: &str) -> Value {
         .unwrap_or_else(|| panic!("no after-sale {id} in {v}"))
 }
 
+/// The user pays `no` at the sandbox's cashier; returns once its payment reached WeChat's
+/// component order (`shop/order/pay`).
+async fn paid_and_synced(r: &Running, c: &Client, no: &str) {
+    c.pay_at_sandbox(no).await;
+    eventually("shop/order/pay", WAIT, || async {
+        r.sandbox
+            .calls("shop/order/pay")
+            .iter()
+            .any(|v| v.to_string().contains(no))
+    })
+    .await;
+}
+
 /// `user` buys one tea (1990) and pays; once WeChat's component order is paid, they ask for
 /// its return and refund and the merchant accepts the return (WeChat's after-sale at 6,
 /// waiting for the goods): (token, out_trade_no, after-sale id, WeChat's after-sale id).
@@ -66,14 +79,7 @@ async fn return_accepted(r: &Running, c: &Client, user: &str) -> (String, String
     let (s, order) = c.order(&token, 1, None).await;
     assert_eq!(s, 200, "{order}");
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.pay_at_sandbox(&no).await;
-    eventually("shop/order/pay", WAIT, || async {
-        r.sandbox
-            .calls("shop/order/pay")
-            .iter()
-            .any(|v| v.to_string().contains(&no))
-    })
-    .await;
+    paid_and_synced(r, c, &no).await;
     let (s, v) = c
         .post(
             "/fn/aftersaleSync",
@@ -223,14 +229,7 @@ async fn two_lines_paid(r: &Running, c: &Client, user: &str) -> (String, String)
         .await;
     assert_eq!(s, 200, "{order}");
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.pay_at_sandbox(&no).await;
-    eventually("shop/order/pay", WAIT, || async {
-        r.sandbox
-            .calls("shop/order/pay")
-            .iter()
-            .any(|v| v.to_string().contains(&no))
-    })
-    .await;
+    paid_and_synced(r, c, &no).await;
     (token, no)
 }
 
