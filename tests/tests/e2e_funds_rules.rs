@@ -46,22 +46,8 @@ async fn funds_ok(r: &Running, body: Value) -> Value {
     v
 }
 
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-/// A fund_type 1 order bought, paid in WeChat and settled: its total is available.
-async fn available_money(r: &Running) -> i64 {
+/// A fund_type 1 order of 2 × tea, ordered by alice and not paid yet: its number and total.
+async fn unpaid_order(r: &Running) -> (String, i64) {
     let code = control(r, "login", &json!({"user": "alice"})).await;
     let (s, v) = post(r, "/fn/login", None, &json!({"code": code["code"]})).await;
     assert_eq!(s, 200, "{v}");
@@ -77,17 +63,31 @@ async fn available_money(r: &Running) -> i64 {
     .await;
     assert_eq!(s, 200, "{order}");
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    let total = order["total_fee"].as_i64().unwrap();
+    (no, order["total_fee"].as_i64().unwrap())
+}
+
+/// Waits (up to 30 s: a loaded CI host is slow) for the order to read settled here.
+async fn settled(r: &Running, no: &str) {
+    let out = OutTradeNo::parse(no.to_owned()).unwrap();
+    support::eventually(
+        "the order to be settled",
+        Duration::from_secs(30),
+        || async {
+            wxshop::store::repo::get_order(r.app.store.as_ref(), &out)
+                .await
+                .unwrap()
+                .is_some_and(|o| o.value.settled_at_ms.is_some())
+        },
+    )
+    .await;
+}
+
+/// A fund_type 1 order bought, paid in WeChat and settled: its total is available.
+async fn available_money(r: &Running) -> i64 {
+    let (no, total) = unpaid_order(r).await;
     control(r, "pay", &json!({"out_order_id": no})).await;
     control(r, "settle", &json!({"out_order_id": no})).await;
-    let out = OutTradeNo::parse(no).unwrap();
-    eventually("the order to be settled", || async {
-        wxshop::store::repo::get_order(r.app.store.as_ref(), &out)
-            .await
-            .unwrap()
-            .is_some_and(|o| o.value.settled_at_ms.is_some())
-    })
-    .await;
+    settled(r, &no).await;
     let b = funds_ok(r, json!({"action": "balance"})).await;
     assert_eq!(b["available_fen"], total, "{b}");
     funds_ok(
@@ -165,4 +165,48 @@ async fn a_double_tap_on_withdraw_makes_one_withdrawal_and_never_calls_its_qr_co
         let b = funds_ok(&r, json!({"action": "balance"})).await;
         assert_eq!(b["available_fen"], total - amount, "whole={whole}: {b}");
     }
+}
+
+/// WeChat settles an order only once it is paid, but its pushes are not ordered: the
+/// settlement can arrive while the payment's push is still on its way (or after it was lost).
+/// GIVEN a paid fund_type 1 order whose `open_product_order_settle` push arrives before its
+/// `open_product_order_pay`, THEN the order still reads paid and settled and its money
+/// withdrawable. The settlement used to be acknowledged and dropped as "for an unpaid order":
+/// the money stayed pending here for good while WeChat held it available.
+#[tokio::test]
+async fn a_settlement_pushed_before_its_payment_still_makes_the_money_withdrawable() {
+    let r = stack().await;
+    let (no, total) = unpaid_order(&r).await;
+    // The sandbox holds the pay push and sends the next push (the settlement) first.
+    control(&r, "notifications", &json!({"reorder": true})).await;
+    control(&r, "pay", &json!({"out_order_id": no})).await;
+    control(&r, "settle", &json!({"out_order_id": no})).await;
+    settled(&r, &no).await;
+    let order = wxshop::store::repo::get_order(
+        r.app.store.as_ref(),
+        &OutTradeNo::parse(no.clone()).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .value;
+    assert!(order.status.is_paid(), "{:?}", order.status);
+    let pushed: Vec<String> = r
+        .sandbox
+        .deliveries()
+        .iter()
+        .filter(|d| d["kind"] == "push" && d["attempt"] == 0)
+        .map(|d| d["key"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let at = |e: &str| pushed.iter().position(|k| k == e).unwrap();
+    assert!(
+        at("open_product_order_settle") < at("open_product_order_pay"),
+        "the settlement went first: {pushed:?}"
+    );
+    let b = funds_ok(&r, json!({"action": "balance"})).await;
+    assert_eq!(
+        (b["available_fen"].as_i64(), b["pending_fen"].as_i64()),
+        (Some(total), Some(0)),
+        "{b}"
+    );
 }

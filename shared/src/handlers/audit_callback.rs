@@ -16,6 +16,7 @@
 //! |---|---|---|
 //! | `open_product_order_pay` | paid, our amount (fund_type=1 only) | the payment recorded |
 //! | `open_product_order_confirm` | 100 | SHIPPED → RECEIVED |
+//! | `open_product_order_settle` | paid, our amount, when ours is not paid yet (fund_type=1) | the payment recorded if it was not, then `settled_at` |
 //! | `open_product_order_cancel` | 181 or 250 | an unpaid order closed as the unpaid sweep closes one (stock back, WeChat Pay order closed); a paid one unchanged, kept and paged ([`ORDER_EVENT_MISMATCH_EVENTS`], once with what the payment, shipment, receipt or after-sale sync finds of the same case: [`cancelled_while_paid`]) |
 //! | `open_product_order_refund` | 200 | the order's after-sales read back from WeChat now (a refund WeChat made recorded from its after-sale, never from the push); what our refunds — recorded, under way, or failed or held (each paged on its own) — still do not account for kept and paged |
 //!
@@ -313,27 +314,7 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
         PushEvent::SpuAudit { body, .. } => on_spu_audit(app, body).await,
         PushEvent::SpuStatusUpdate { body, .. } => on_spu_status(app, body).await,
         PushEvent::OrderPay { body, .. } => on_order_pay(app, body).await,
-        PushEvent::OrderSettle { body, .. } => {
-            let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
-                return Ok(());
-            };
-            if repo::get_order(app.store.as_ref(), &no).await?.is_none() {
-                return Ok(());
-            }
-            transition_order(
-                app,
-                &no,
-                |o, now| {
-                    o.settle(now).or_else(|e| {
-                        tracing::warn!(out_order_id = %o.out_trade_no, error = %e, "settle event for an unpaid order");
-                        Ok(Change::Unchanged)
-                    })
-                },
-                |_| None,
-            )
-            .await
-            .map(|_| ())
-        }
+        PushEvent::OrderSettle { body, .. } => on_order_settle(app, body).await,
         PushEvent::AfterSale { kind, body, .. } => {
             super::aftersale_sync::on_wechat_event(app, kind, body).await
         }
@@ -601,6 +582,55 @@ async fn on_order_pay(app: &App, body: &push::OrderPay) -> Result<(), ApiError> 
         }
         ComponentPayment::Refused(why) => not_recorded(app, &no, why).await,
     }
+}
+
+/// `open_product_order_settle`: WeChat settled a fund_type=1 order into the shop's funds
+/// account. WeChat settles only what was paid, so an order that does not read paid here yet
+/// (its pay push still being handled, delayed or lost) is first asked about as the pay push
+/// would be: `shop/order/get` read back and the payment recorded, then the settlement. The
+/// settlement used to be acknowledged and dropped in that case, so the order's money never
+/// read withdrawable here. WeChat's order still reading unpaid: 503, so WeChat pushes again.
+/// A payment WeChat's record does not bear out (closed unpaid there, another amount): kept as
+/// evidence as for the pay push, acknowledged, nothing settled.
+async fn on_order_settle(app: &App, body: &push::OrderSettle) -> Result<(), ApiError> {
+    let Ok(no) = OutTradeNo::parse(body.out_order_id.clone()) else {
+        return Ok(());
+    };
+    let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
+        return Ok(());
+    };
+    let order = order.value;
+    if order.fund_type == FundType::SecondaryMerchant && !order.status.is_paid() {
+        use super::shop_orders::{query_component_payment, ComponentPayment};
+        match query_component_payment(app, &order, None).await? {
+            ComponentPayment::Recorded(_) => {}
+            ComponentPayment::Unpaid { status: 10 | 11 } => {
+                return Err(ApiError::unavailable(
+                    "NOT_PAID_AT_WECHAT",
+                    format!("WeChat's order {no} still reads unpaid; retry"),
+                ))
+            }
+            ComponentPayment::Unpaid { status } => {
+                let why =
+                    format!("settled, but WeChat's order is in status {status} (closed unpaid)");
+                return not_recorded(app, &no, why).await;
+            }
+            ComponentPayment::Refused(why) => return not_recorded(app, &no, why).await,
+        }
+    }
+    transition_order(
+        app,
+        &no,
+        |o, now| {
+            o.settle(now).or_else(|e| {
+                tracing::warn!(out_order_id = %o.out_trade_no, error = %e, "settle event for an unpaid order");
+                Ok(Change::Unchanged)
+            })
+        },
+        |_| None,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// An order pay event we do not record: a security warning, and the event kept as evidence
