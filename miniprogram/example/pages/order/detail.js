@@ -109,6 +109,8 @@ Page({
             }
             if (r.paid) wx.showToast({ title: 'Paid', icon: 'success' });
             else if (r.error) wx.showToast({ title: 'Payment not confirmed yet: pull down to check again.', icon: 'none', duration: 3000 });
+            // The cashier said paid, the server has not seen it yet: not "did not go through".
+            else if (r.cashier === 'ok') wx.showToast({ title: 'Payment made, not confirmed yet: pull down to check again.', icon: 'none', duration: 3000 });
             else wx.showToast({ title: r.cashier === 'cancel' ? 'Payment cancelled.' : 'Payment did not go through.', icon: 'none' });
             return this.load();
           },

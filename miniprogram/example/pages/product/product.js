@@ -8,8 +8,8 @@
  * The outcome is shown as the client README says: "paid" only on `paid`; a cancelled or failed
  * cashier leaves the order unpaid, and the next tap on Pay (the same SKU, quantity and address)
  * sends the key buy handed back, so it pays that order instead of making a second one; when
- * the server could not be asked (`error`), the payment is not offered again: the order page
- * asks the server later.
+ * the server could not be asked (`error`), or the cashier said paid and the server has not
+ * seen the payment yet, the payment is not offered again: the order page asks the server later.
  */
 'use strict';
 
@@ -171,6 +171,16 @@ Page({
       });
     } else if (status === 'CLOSED') {
       this.setData({ outcome: 'closed', orderNo: r.out_trade_no, message: 'This order was closed unpaid. Tap Buy to order again.' });
+    } else if (r.cashier === 'ok') {
+      // The cashier says the user paid, and the server has not seen the payment yet (WeChat
+      // Pay's notification is late, its order query did not show it): not "did not go through",
+      // and no Pay, which would open the cashier again for an order paid already, or a second
+      // purchase by a user who believes the first failed. The order page asks the server later.
+      this.setData({
+        outcome: 'unknown',
+        orderNo: r.out_trade_no,
+        message: 'Payment made; WeChat Pay has not confirmed it to us yet. Open order ' + r.out_trade_no + ' to check it.',
+      });
     } else {
       const why = r.cashier === 'cancel' ? 'Payment cancelled.' : 'Payment did not go through' + (r.errMsg ? ' (' + r.errMsg + ').' : '.');
       this.setData({ outcome: 'unpaid', orderNo: r.out_trade_no, message: why + ' Tap Pay to pay order ' + r.out_trade_no + '.' });

@@ -1,0 +1,245 @@
+// The example's pages when WeChat's cashier reports success but the server has not seen the
+// payment yet (WeChat Pay's notification is late and its order query does not show it): the
+// user has paid, so the page must not tell them the payment "did not go through", nor offer to
+// pay again, which invites a second purchase. First with a stubbed server, then against
+// `wxlocal serve` (test/support/wxlocal.js) with the sandbox holding the notification back and
+// WeChat Pay's `pay/orderquery` failing.
+//
+// The pages run as in example.test.js: each page's .js loaded with a fake `App`, `Page`,
+// `getApp` and `wx`, requires resolved inside example/, handlers called as taps would.
+'use strict';
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+const vm = require('node:vm');
+const support = require('./support/wxlocal.js');
+
+const ROOT = path.join(__dirname, '..', 'example');
+const clone = (v) => JSON.parse(JSON.stringify(v));
+
+// ---- the runtime (as in example.test.js, reduced to what these tests use) --------------------
+
+function pageInstance(def) {
+  const page = { data: clone(def.data || {}) };
+  for (const [k, v] of Object.entries(def)) {
+    if (k !== 'data') page[k] = typeof v === 'function' ? v : v === undefined ? v : clone(v);
+  }
+  page.setData = function (patch) {
+    for (const [k, v] of Object.entries(patch)) if (v !== undefined) this.data[k] = clone(v);
+  };
+  return page;
+}
+
+/** The example with `wx` as its global; its app's client made with `clientOptions`. */
+function miniProgram(wx, clientOptions) {
+  const modules = new Map();
+  const defs = new Map();
+  let app = null;
+  let loading = null;
+  function load(file) {
+    if (modules.has(file)) return modules.get(file).exports;
+    const module = { exports: {} };
+    modules.set(file, module);
+    const fn = vm.runInThisContext(`(function (require, module, exports, wx, App, Page, getApp) {${fs.readFileSync(file, 'utf8')}\n})`, { filename: file });
+    const req = (p) => {
+      const target = path.resolve(path.dirname(file), p);
+      return load(target.endsWith('.js') ? target : target + '.js');
+    };
+    fn(req, module, module.exports, wx, (def) => (app = def), (def) => defs.set(loading, def), () => app);
+    return module.exports;
+  }
+  const { createClient } = load(path.join(ROOT, 'utils', 'wxshop.js'));
+  load(path.join(ROOT, 'app.js'));
+  app.shop = createClient(Object.assign({}, load(path.join(ROOT, 'utils', 'config.js')), clientOptions, { wx }));
+  return {
+    page(route) {
+      if (!defs.has(route)) {
+        loading = route;
+        load(path.join(ROOT, route + '.js'));
+        loading = null;
+      }
+      return pageInstance(defs.get(route));
+    },
+  };
+}
+
+/** What the user sees and picks beyond the pages, added onto `wx`. */
+function withUser(wx) {
+  const user = { toasts: [], addresses: [] };
+  Object.assign(wx, {
+    showToast: (o) => user.toasts.push(o.title),
+    showLoading: () => {},
+    hideLoading: () => {},
+    showModal: (o) => setImmediate(() => o.success({ confirm: true, content: '' })),
+    chooseAddress: (o) => {
+      const a = user.addresses.shift();
+      setImmediate(() => (a ? o.success(Object.assign({ errMsg: 'chooseAddress:ok' }, a)) : o.fail({ errMsg: 'chooseAddress:fail cancel' })));
+    },
+    navigateTo: () => {},
+    redirectTo: () => {},
+    stopPullDownRefresh: () => {},
+  });
+  return user;
+}
+
+const WX_ADDRESS = { userName: 'Alice', telNumber: '13800000000', provinceName: '浙江省', cityName: '杭州市', countyName: '西湖区', detailInfo: '1 Tea Street' };
+const FAST = { payPoll: { intervalMs: 5, timeoutMs: 100, failTimeoutMs: 20 }, orderRetry: { attempts: 1, delayMs: 1, maxDelayMs: 1, budgetMs: 100 } };
+
+// ---- a stubbed server whose payments are not confirmed yet -------------------------------------
+
+/**
+ * A shop whose cashier always succeeds, while the server keeps answering the order PREPAID
+ * until `confirm()`: WeChat Pay's notification has not come and its order query shows nothing.
+ */
+function unconfirmedShop() {
+  const orders = new Map(); // idempotency key → order
+  const byNo = new Map();
+  const calls = [];
+  const cashierOpened = [];
+  const storage = new Map();
+  const answer = {
+    login: () => ({ statusCode: 200, data: { token: 'tok', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o-alice', fund_type: 0, trading_component: 'always' } }),
+    catalogSync: () => ({ statusCode: 200, data: { product: { product_id: 'tea', title: 'Tea', head_img: [], skus: [{ sku_id: 'tea-250g', price: 1990, stock: 10, attrs: [] }] } } }),
+    unifiedOrder: (d) => {
+      let o = orders.get(d.idempotency_key);
+      if (!o) {
+        o = { out_trade_no: 'T' + (orders.size + 1), status: 'PREPAID', total_fee: 1990, freight: 0, refunded_fee: 0, items: d.items.map((i) => Object.assign({ title: 'Tea', unit_price: 1990 }, i)), created_at: 0 };
+        orders.set(d.idempotency_key, o);
+        byNo.set(o.out_trade_no, o);
+      }
+      return { statusCode: 200, data: { out_trade_no: o.out_trade_no, total_fee: o.total_fee, freight: 0, status: o.status, fund_type: 0, payment: { timeStamp: '1', nonceStr: 'n', package: 'prepay_id=' + o.out_trade_no, signType: 'MD5', paySign: 'S' } } };
+    },
+    queryOrder: (d) => ({ statusCode: 200, data: { order: byNo.get(d.out_trade_no) } }),
+    aftersaleSync: () => ({ statusCode: 200, data: { aftersales: [] } }),
+  };
+  const wx = {
+    getStorageSync: (k) => (storage.has(k) ? storage.get(k) : ''),
+    setStorageSync: (k, v) => storage.set(k, v),
+    removeStorageSync: (k) => storage.delete(k),
+    getEnterOptionsSync: () => ({ scene: 1001 }),
+    login: ({ success }) => setImmediate(() => success({ code: 'c', errMsg: 'login:ok' })),
+    request: (o) => {
+      const name = o.url.replace(/^.*\/fn\//, '');
+      calls.push({ name, data: clone(o.data) });
+      const out = answer[name](o.data);
+      setImmediate(() => o.success({ statusCode: out.statusCode, data: clone(out.data), header: {} }));
+    },
+    requestPayment: (p) => {
+      cashierOpened.push(p.package);
+      setImmediate(() => p.success({ errMsg: 'requestPayment:ok' }));
+    },
+  };
+  return {
+    wx,
+    byNo,
+    cashierOpened,
+    sent: (name) => calls.filter((c) => c.name === name),
+    confirm: (no) => (byNo.get(no).status = 'PAID'),
+    place: (key, items) => answer.unifiedOrder({ idempotency_key: key, items }),
+  };
+}
+
+test('product: the cashier said paid but the server has not seen it yet: not "did not go through", and no Pay offered', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS);
+  const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  await product.onBuyTap();
+
+  assert.equal(shop.cashierOpened.length, 1);
+  assert.doesNotMatch(product.data.message, /did not go through|cancel/i, product.data.message);
+  assert.match(product.data.message, /confirm/i, 'the user is told the payment is being confirmed');
+  assert.notEqual(product.data.outcome, 'unpaid', 'no Pay button: the user paid already');
+  assert.equal(product.data.orderNo, 'T1', 'the order can be opened to check it');
+
+  // A tap where the button was opens no second cashier for this order, and makes no new one.
+  await product.onBuyTap();
+  assert.equal(shop.sent('unifiedOrder').length, 1);
+  assert.equal(shop.cashierOpened.length, 1);
+
+  // The order page reads it paid once the server has seen the payment.
+  shop.confirm('T1');
+  const mp = miniProgram(shop.wx, FAST);
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  assert.equal(detail.data.order.statusText, 'Paid, to be shipped');
+});
+
+test('order page: Pay whose cashier said paid, not yet seen by the server: not "did not go through"', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  const mp = miniProgram(shop.wx, FAST);
+  // An unpaid purchase this phone kept (the product page's cashier was cancelled).
+  const items = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+  const key = 'k-unpaid-1';
+  shop.place(key, items); // order T1, under that key
+  shop.wx.setStorageSync('example.unpaid', { T1: { key, items, address: null } });
+
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  assert.equal(detail.data.canPay, true);
+  await detail.onPayTap();
+  assert.equal(shop.cashierOpened.length, 1);
+  assert.deepEqual(shop.sent('unifiedOrder').map((c) => c.data.idempotency_key), [key], 'the same order');
+  assert.equal(user.toasts.length, 1, user.toasts.join(' | '));
+  assert.doesNotMatch(user.toasts[0], /did not go through|cancel/i, user.toasts[0]);
+  assert.match(user.toasts[0], /confirm/i);
+});
+
+// ---- against wxlocal --------------------------------------------------------------------------
+
+let server = null;
+let startError = null;
+
+test.before(
+  async () => {
+    try {
+      server = await support.startWxlocal();
+    } catch (e) {
+      startError = e;
+    }
+  },
+  { timeout: support.BUILD_TIMEOUT_MS + support.START_TIMEOUT_MS }
+);
+
+test.after(() => support.stopWxlocal(server), { timeout: 5000 });
+
+const control = (what, body) => support.postJson(`${server.baseUrl}/sandbox/_control/${what}`, body);
+
+test('against wxlocal: paid in the cashier while WeChat Pay is slow to say so: the page waits for the confirmation, then reads paid', { timeout: 20000 }, async () => {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+  // WeChat Pay's order query fails, and the payment notification is held back (up to 2 s):
+  // for a while the server cannot know the order was paid.
+  const fault = await control('faults', { path: 'pay/orderquery', mode: 'http500' });
+  assert.equal(fault.status, 200, JSON.stringify(fault.body));
+  const held = await control('notifications', { reorder: true });
+  assert.equal(held.status, 200, JSON.stringify(held.body));
+
+  const wx = support.sandboxWx(server.baseUrl, { signing: server.signing, user: 'hunt-' + Date.now(), cashier: 'pay' });
+  const user = withUser(wx);
+  user.addresses.push(WX_ADDRESS);
+  const mp = miniProgram(wx, { baseUrl: server.baseUrl, payPoll: { intervalMs: 100, timeoutMs: 500, failTimeoutMs: 200 } });
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  await product.onBuyTap();
+  const no = product.data.orderNo;
+  assert.ok(no, product.data.message);
+  assert.doesNotMatch(product.data.message, /did not go through/i, product.data.message);
+  assert.notEqual(product.data.outcome, 'unpaid', `Pay offered for an order paid in the cashier: ${product.data.message}`);
+
+  // WeChat Pay answers again and the notification goes out: the order page reads it paid.
+  await fetch(`${server.baseUrl}/sandbox/_control/faults`, { method: 'DELETE', signal: AbortSignal.timeout(5000) });
+  await control('notifications', { reorder: false });
+  const detail = mp.page('pages/order/detail');
+  for (let i = 0; i < 50; i++) {
+    await detail.onLoad({ out_trade_no: no });
+    if (detail.data.order && detail.data.order.paid) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.equal(detail.data.order.statusText, 'Paid, to be shipped');
+  assert.deepEqual(user.toasts, []);
+});
