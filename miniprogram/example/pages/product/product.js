@@ -150,6 +150,16 @@ Page({
       .then((r) => this.showOutcome(r))
       .catch((e) => {
         if (e && e.code === 'ADDRESS_REQUIRED') this.addressRequired = true;
+        if (e && e.code === 'ORDER_CLOSED') {
+          // Pay sent the key of an order that closed unpaid meanwhile (it expired, or was
+          // closed on its page): that order cannot be paid, and the next tap, with no key, is
+          // a new purchase. Say so and offer Buy, as for a CLOSED status; not Pay.
+          if (this.data.orderNo) unpaid.forget(this.data.orderNo);
+          this.setData({ outcome: 'closed', message: 'This order was closed unpaid. Tap Buy to order again.' });
+          return;
+        }
+        // No key left (the server refused it): Pay would not pay that order any more.
+        if (!this.pending && this.data.outcome === 'unpaid') this.setData({ outcome: '' });
         view.showError(e);
       })
       .then(() => {
