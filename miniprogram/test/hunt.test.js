@@ -3,7 +3,9 @@
 // user has paid, so the page must not tell them the payment "did not go through", nor offer to
 // pay again, which invites a second purchase. First with a stubbed server, then against
 // `wxlocal serve` (test/support/wxlocal.js) with the sandbox holding the notification back and
-// WeChat Pay's `pay/orderquery` failing.
+// WeChat Pay's `pay/orderquery` failing. Then the pages around it: Pay on the product page for
+// an order that closed meanwhile (ORDER_CLOSED), and the order page right after a Pay whose
+// cashier said paid (no Pay or Close until a pull-down reads the order again).
 //
 // The pages run as in example.test.js: each page's .js loaded with a fake `App`, `Page`,
 // `getApp` and `wx`, requires resolved inside example/, handlers called as taps would.

@@ -7,7 +7,8 @@
  *
  * The outcome is shown as the client README says: "paid" only on `paid`; a cancelled or failed
  * cashier leaves the order unpaid, and the next tap on Pay (the same SKU, quantity and address)
- * sends the key buy handed back, so it pays that order instead of making a second one; when
+ * sends the key buy handed back, so it pays that order instead of making a second one (once
+ * that order closed unpaid, ORDER_CLOSED, the page says so and offers Buy); when
  * the server could not be asked (`error`), or the cashier said paid and the server has not
  * seen the payment yet, the payment is not offered again: the order page asks the server later.
  */
