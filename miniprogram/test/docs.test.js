@@ -214,8 +214,11 @@ function examplePage() {
   assert.ok(m, 'no example page code block in miniprogram/README.md');
   const code = m[1];
 
-  // `cancels`: how many of the next cashiers the user cancels; `paid`: order numbers paid.
-  const server = { orders: new Map(), namesHeldOrder: true, loseAnswers: false, scene: 1001, check: { requireOrder: 0, traceId: 'tr-0' }, cancels: 0, paid: new Set() };
+  // `cancels`: how many of the next cashiers the user cancels; `fails`: how many fail
+  // (`requestPayment:fail …`, not a cancel); `unconfirmed`: how many of the next that say paid
+  // while the server does not see the payment (WeChat Pay's notification late); `paid`: order
+  // numbers paid.
+  const server = { orders: new Map(), namesHeldOrder: true, loseAnswers: false, scene: 1001, check: { requireOrder: 0, traceId: 'tr-0' }, cancels: 0, fails: 0, unconfirmed: 0, paid: new Set() };
   const addresses = [];
   const sent = []; // idempotency keys of every unifiedOrder call, in order
   const wx = {
@@ -236,6 +239,14 @@ function examplePage() {
         if (server.cancels > 0) {
           server.cancels -= 1;
           return p.fail({ errMsg: 'requestPayment:fail cancel' });
+        }
+        if (server.fails > 0) {
+          server.fails -= 1;
+          return p.fail({ errMsg: 'requestPayment:fail system error' });
+        }
+        if (server.unconfirmed > 0) {
+          server.unconfirmed -= 1;
+          return p.success({ errMsg: 'requestPayment:ok' });
         }
         server.paid.add(p.package.replace(/^prepay_id=/, ''));
         p.success({ errMsg: 'requestPayment:ok' });
@@ -405,6 +416,42 @@ test('README example page: after a cancelled cashier, the next tap pays the same
   assert.equal(server.orders.size, 1, 'one order');
   const third = await tap(HOME);
   assert.match(third.message, /^Paid: order T2/, 'once paid, the next tap is a new purchase');
+});
+
+test('README example page: each unpaid outcome gets its own words: cancelled, failed (tap Buy pays the same order), paid but not confirmed yet', async () => {
+  // A failed cashier: nothing is coming from WeChat, and the next tap pays the same order.
+  {
+    const { server, tap } = examplePage();
+    server.fails = 1;
+    const failed = await tap(HOME);
+    assert.match(failed.message, /did not go through/i, failed.message);
+    assert.match(failed.message, /tap Buy/i, 'the user is told to tap Buy again');
+    assert.match(failed.message, /same order/i, 'and that it pays the same order');
+    assert.doesNotMatch(failed.message, /we will update|when WeChat confirms|confirming/i, 'nothing is coming after a failed cashier');
+    const again = await tap(HOME);
+    assert.deepEqual(again.keys, failed.keys, 'the tap after a failure sends the same key');
+    assert.match(again.message, /^Paid: order T1/);
+    assert.equal(server.orders.size, 1, 'one order');
+  }
+  // A cancelled cashier: said so, and Buy pays this order.
+  {
+    const { server, tap } = examplePage();
+    server.cancels = 1;
+    const cancelled = await tap(HOME);
+    assert.match(cancelled.message, /cancelled/i);
+    assert.match(cancelled.message, /tap Buy/i);
+  }
+  // The cashier said paid and the server has not seen it: made, being confirmed; not a failure,
+  // and not a prompt to pay again.
+  {
+    const { server, tap } = examplePage();
+    server.unconfirmed = 1;
+    const made = await tap(HOME);
+    assert.match(made.message, /payment made/i, made.message);
+    assert.match(made.message, /confirm/i, made.message);
+    assert.match(made.message, /T1/, 'the order is named, to check it');
+    assert.doesNotMatch(made.message, /not paid|did not go through|cancel|tap Buy/i, made.message);
+  }
 });
 
 test('README example page: an order type the shop does not make is explained, and nothing is ordered', async () => {

@@ -3,7 +3,9 @@
 // user has paid, so the page must not tell them the payment "did not go through", nor offer to
 // pay again, which invites a second purchase. First with a stubbed server, then against
 // `wxlocal serve` (test/support/wxlocal.js) with the sandbox holding the notification back and
-// WeChat Pay's `pay/orderquery` failing.
+// WeChat Pay's `pay/orderquery` failing. Then the pages around it: Pay on the product page for
+// an order that closed meanwhile (ORDER_CLOSED), and the order page right after a Pay whose
+// cashier said paid (no Pay or Close until a pull-down reads the order again).
 //
 // The pages run as in example.test.js: each page's .js loaded with a fake `App`, `Page`,
 // `getApp` and `wx`, requires resolved inside example/, handlers called as taps would.
@@ -99,11 +101,17 @@ function unconfirmedShop() {
   const calls = [];
   const cashierOpened = [];
   const storage = new Map();
+  const cashierWill = []; // what the user does in the next cashiers ('cancel'); then they pay
+  const refused = new Set();
   const answer = {
     login: () => ({ statusCode: 200, data: { token: 'tok', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o-alice', fund_type: 0, trading_component: 'always' } }),
     catalogSync: () => ({ statusCode: 200, data: { product: { product_id: 'tea', title: 'Tea', head_img: [], skus: [{ sku_id: 'tea-250g', price: 1990, stock: 10, attrs: [] }] } } }),
     unifiedOrder: (d) => {
       let o = orders.get(d.idempotency_key);
+      // As the server: a key whose order closed unpaid is refused (ORDER_CLOSED); `refused`
+      // keys get 422 IDEMPOTENCY_KEY_REUSED naming no order (a server older than the client).
+      if (o && o.status === 'CLOSED') return { statusCode: 409, data: { code: 'ORDER_CLOSED', message: 'the order this idempotency key made was closed unpaid; order again with a new key' } };
+      if (refused.has(d.idempotency_key)) return { statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'this idempotency key was used for a different cart, address or enter scene' } };
       if (!o) {
         o = { out_trade_no: 'T' + (orders.size + 1), status: 'PREPAID', total_fee: 1990, freight: 0, refunded_fee: 0, items: d.items.map((i) => Object.assign({ title: 'Tea', unit_price: 1990 }, i)), created_at: 0 };
         orders.set(d.idempotency_key, o);
@@ -128,6 +136,7 @@ function unconfirmedShop() {
     },
     requestPayment: (p) => {
       cashierOpened.push(p.package);
+      if (cashierWill.shift() === 'cancel') return setImmediate(() => p.fail({ errMsg: 'requestPayment:fail cancel' }));
       setImmediate(() => p.success({ errMsg: 'requestPayment:ok' }));
     },
   };
@@ -137,6 +146,10 @@ function unconfirmedShop() {
     cashierOpened,
     sent: (name) => calls.filter((c) => c.name === name),
     confirm: (no) => (byNo.get(no).status = 'PAID'),
+    cashierWill,
+    close: (no) => (byNo.get(no).status = 'CLOSED'),
+    refuse: (key) => refused.add(key),
+    keyOf: (no) => [...orders.entries()].find((e) => e[1].out_trade_no === no)[0],
     place: (key, items) => answer.unifiedOrder({ idempotency_key: key, items }),
   };
 }
@@ -242,4 +255,183 @@ test('against wxlocal: paid in the cashier while WeChat Pay is slow to say so: t
   }
   assert.equal(detail.data.order.statusText, 'Paid, to be shipped');
   assert.deepEqual(user.toasts, []);
+});
+
+// ---- after a cancelled cashier, the order closes before Pay; after a Pay not confirmed yet ------
+
+test('product: Pay on an order that closed unpaid meanwhile (ORDER_CLOSED) says so and offers Buy; the next tap is a new purchase', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS);
+  const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', 'Pay offered after the cancel');
+  const key = shop.keyOf('T1');
+
+  shop.close('T1'); // it expired unpaid (ORDER_TTL_SECS) while the user was away
+  await product.onBuyTap();
+  assert.deepEqual(shop.sent('unifiedOrder').map((c) => c.data.idempotency_key), [key, key], 'Pay sent that order\'s key');
+  assert.equal(shop.cashierOpened.length, 1, 'no cashier for a closed order');
+  assert.notEqual(product.data.outcome, 'unpaid', 'the button still says Pay, though the next tap is a new purchase');
+  assert.equal(product.data.outcome, 'closed');
+  assert.match(product.data.message, /closed unpaid/i, product.data.message);
+  assert.match(product.data.message, /tap Buy/i, product.data.message);
+  assert.equal(product.data.orderNo, 'T1', 'the closed order can still be opened');
+  assert.ok(!('T1' in (shop.wx.getStorageSync('example.unpaid') || {})), 'the closed order is not kept to be paid');
+
+  // The next tap (Buy) is a new purchase: a new key, a new order, its cashier.
+  await product.onBuyTap();
+  const keys = shop.sent('unifiedOrder').map((c) => c.data.idempotency_key);
+  assert.equal(keys.length, 3);
+  assert.notEqual(keys[2], key, 'a new key');
+  assert.equal(product.data.orderNo, 'T2');
+  assert.equal(shop.cashierOpened.length, 2);
+});
+
+test('product: Pay whose key the server refuses without naming its order (an older server): the button says Buy, not Pay', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS);
+  const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid');
+  shop.refuse(shop.keyOf('T1'));
+  await product.onBuyTap();
+  assert.equal(user.toasts.length, 1, user.toasts.join(' | '));
+  assert.match(user.toasts[0], /^IDEMPOTENCY_KEY_REUSED: /);
+  assert.notEqual(product.data.outcome, 'unpaid', 'Pay offered though buy handed back no key: the next tap is a new purchase');
+  await product.onBuyTap();
+  const keys = shop.sent('unifiedOrder').map((c) => c.data.idempotency_key);
+  assert.equal(keys.length, 3);
+  assert.notEqual(keys[2], keys[0], 'the next tap is a new purchase');
+});
+
+test('order page: after a Pay whose cashier said paid, not yet seen by the server: no Pay or Close, "confirming", until a pull-down reads the order again', async () => {
+  const shop = unconfirmedShop();
+  withUser(shop.wx);
+  const mp = miniProgram(shop.wx, FAST);
+  const items = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+  const key = 'k-unpaid-2';
+  shop.place(key, items); // order T1, PREPAID, under that key
+  shop.wx.setStorageSync('example.unpaid', { T1: { key, items, address: null } });
+
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  assert.equal(detail.data.canPay, true);
+  await detail.onPayTap();
+  assert.equal(shop.cashierOpened.length, 1);
+  assert.equal(detail.data.order.unpaid, true, 'the server still reads it PREPAID');
+  assert.equal(detail.data.canPay, false, 'Pay offered again for an order the cashier said was paid');
+  assert.equal(detail.data.confirming, true);
+
+  // Taps where the buttons were do nothing: no second cashier, no close of a paid order.
+  await detail.onPayTap();
+  await detail.onCloseTap();
+  assert.equal(shop.cashierOpened.length, 1);
+  assert.equal(shop.sent('unifiedOrder').length, 1);
+  assert.deepEqual(shop.sent('queryOrder').filter((c) => c.data.action === 'close'), []);
+
+  // The view shows the confirming line instead of the Pay / Close card.
+  const wxml = fs.readFileSync(path.join(ROOT, 'pages', 'order', 'detail.wxml'), 'utf8');
+  const line = wxml.split('\n').find((l) => l.includes('confirming}}'));
+  assert.ok(line && /wx:if="\{\{order\.unpaid && confirming\}\}"/.test(line) && /confirming…/.test(line), line);
+  assert.match(wxml, /wx:elif="\{\{order\.unpaid\}\}"/, 'the Pay / Close card only when not confirming');
+
+  // A pull-down reads the order again: still unpaid a while later, so Pay is offered again.
+  await detail.onPullDownRefresh();
+  assert.equal(detail.data.confirming, false);
+  assert.equal(detail.data.canPay, true);
+  // Once the server has seen the payment, it reads paid.
+  shop.confirm('T1');
+  await detail.onPullDownRefresh();
+  assert.equal(detail.data.order.statusText, 'Paid, to be shipped');
+  assert.equal(detail.data.canPay, false);
+});
+
+/** wxlocal's sandbox as it starts: WeChat Pay answering, notifications sent at once. */
+async function sandboxNormal() {
+  await fetch(`${server.baseUrl}/sandbox/_control/faults`, { method: 'DELETE', signal: AbortSignal.timeout(5000) });
+  const r = await control('notifications', { reorder: false });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+}
+
+test('against wxlocal: cancelled in the cashier, the order closed on its page, then Pay on the product page: says it closed, offers Buy, which buys anew', { timeout: 20000 }, async () => {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+  await sandboxNormal();
+  const opts = { signing: server.signing, user: 'hunt-closed-' + Date.now(), cashier: 'cancel' };
+  const wx = support.sandboxWx(server.baseUrl, opts);
+  const user = withUser(wx);
+  user.addresses.push(WX_ADDRESS);
+  const mp = miniProgram(wx, { baseUrl: server.baseUrl, payPoll: { intervalMs: 100, timeoutMs: 5000, failTimeoutMs: 200 } });
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', product.data.message);
+  const first = product.data.orderNo;
+
+  // View order → Close (confirmed in the modal); back on the product page, its state is as it was.
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: first });
+  await detail.onCloseTap();
+  assert.equal(detail.data.order.statusText, 'Closed unpaid');
+
+  await product.onBuyTap(); // the button says Pay: the server refuses the key (ORDER_CLOSED)
+  assert.equal(product.data.outcome, 'closed', `still offers Pay for a closed order: ${product.data.message}`);
+  assert.match(product.data.message, /closed unpaid/i, product.data.message);
+  assert.equal(product.data.orderNo, first);
+
+  opts.cashier = 'pay';
+  await product.onBuyTap(); // the button says Buy: a new purchase, paid
+  assert.equal(product.data.outcome, 'paid', product.data.message);
+  assert.notEqual(product.data.orderNo, first);
+  assert.deepEqual(user.toasts, ['Order closed']);
+});
+
+test('against wxlocal: Pay on the order page, paid in the cashier while WeChat Pay is slow to say so: no Pay until a pull-down, then paid', { timeout: 20000 }, async () => {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+  await sandboxNormal();
+  const opts = { signing: server.signing, user: 'hunt-confirming-' + Date.now(), cashier: 'cancel' };
+  const wx = support.sandboxWx(server.baseUrl, opts);
+  const user = withUser(wx);
+  user.addresses.push(WX_ADDRESS);
+  const mp = miniProgram(wx, { baseUrl: server.baseUrl, payPoll: { intervalMs: 100, timeoutMs: 500, failTimeoutMs: 200 } });
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', product.data.message);
+  const no = product.data.orderNo;
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: no });
+  assert.equal(detail.data.canPay, true);
+
+  // WeChat Pay's order query fails and the notification is held back: the user pays in the
+  // cashier, and for a while the server cannot know.
+  try {
+    const fault = await control('faults', { path: 'pay/orderquery', mode: 'http500' });
+    assert.equal(fault.status, 200, JSON.stringify(fault.body));
+    const held = await control('notifications', { reorder: true });
+    assert.equal(held.status, 200, JSON.stringify(held.body));
+    opts.cashier = 'pay';
+    await detail.onPayTap();
+    assert.equal(detail.data.confirming, true, user.toasts.join(' | '));
+    assert.equal(detail.data.canPay, false, 'Pay offered for an order paid in the cashier');
+    await detail.onPayTap();
+    assert.equal(wx.log.filter((c) => c.name === 'unifiedOrder').length, 2, 'no second payment from a tap where Pay was');
+  } finally {
+    await sandboxNormal();
+  }
+  for (let i = 0; i < 50; i++) {
+    await detail.onPullDownRefresh();
+    if (detail.data.order && detail.data.order.paid) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.equal(detail.data.order.statusText, 'Paid, to be shipped');
+  assert.equal(detail.data.confirming, false);
+  assert.equal(detail.data.canPay, false);
 });

@@ -5,7 +5,9 @@
  *
  * - Unpaid: Pay (when this phone kept the purchase's key: shop.buy with that key, items and
  *   address pays this very order; from another entry buy closes it and pays a new one, shown
- *   then) and Close (shop.orders.close: its stock goes back).
+ *   then) and Close (shop.orders.close: its stock goes back). Right after a Pay whose cashier
+ *   said paid while the server has not seen the payment yet: neither, only "confirming", until
+ *   a pull-down refresh reads the order again.
  * - Shipped: the parcel, and Confirm receipt (shop.orders.confirmReceipt).
  * - Paid: Apply for a refund (shop.aftersale.apply, one product line at a time) and the order's
  *   after-sales (shop.aftersale.list).
@@ -32,6 +34,9 @@ Page({
     loading: true,
     order: null,
     canPay: false,
+    // The cashier said paid and the server has not seen it yet: until a pull-down refresh reads
+    // the order again, neither Pay nor Close is offered, only "confirming".
+    confirming: false,
     aftersales: [],
     busy: false,
   },
@@ -51,6 +56,9 @@ Page({
   },
 
   onPullDownRefresh() {
+    // The user asks for the status again: what the server says now is what the page offers
+    // (Pay again if it still says unpaid, by then a while after the cashier).
+    this.setData({ confirming: false });
     return this.load().then(() => wx.stopPullDownRefresh());
   },
 
@@ -72,7 +80,7 @@ Page({
   show(order) {
     const v = view.orderView(order);
     if (!v.unpaid) unpaid.forget(v.out_trade_no);
-    this.setData({ order: v, canPay: v.unpaid && Boolean(unpaid.find(v.out_trade_no)) });
+    this.setData({ order: v, canPay: v.unpaid && !this.data.confirming && Boolean(unpaid.find(v.out_trade_no)) });
   },
 
   /** Runs `work` (→ promise) with the buttons disabled; a failure is shown, then the order read again. */
@@ -90,7 +98,7 @@ Page({
   onPayTap() {
     const no = this.outTradeNo;
     const saved = unpaid.find(no);
-    if (!saved) return Promise.resolve();
+    if (!saved || this.data.confirming) return Promise.resolve();
     const purchase = { items: saved.items, address: saved.address };
     const params = { items: saved.items, idempotencyKey: saved.key };
     if (saved.address) params.address = saved.address;
@@ -108,9 +116,16 @@ Page({
               return undefined;
             }
             if (r.paid) wx.showToast({ title: 'Paid', icon: 'success' });
-            else if (r.error) wx.showToast({ title: 'Payment not confirmed yet: pull down to check again.', icon: 'none', duration: 3000 });
-            // The cashier said paid, the server has not seen it yet: not "did not go through".
-            else if (r.cashier === 'ok') wx.showToast({ title: 'Payment made, not confirmed yet: pull down to check again.', icon: 'none', duration: 3000 });
+            // The cashier said paid, the server has not seen it yet (or could not be asked):
+            // not "did not go through". The order still reads PREPAID, but Pay would open the
+            // cashier again for an order the user has just paid, and Close would try to close
+            // it. The simplest honest page hides both and says "confirming" until the user
+            // pulls down to read the status again: then it offers what the server says. No
+            // timer that guesses when the confirmation is overdue.
+            else if (r.cashier === 'ok') {
+              this.setData({ confirming: true, canPay: false });
+              wx.showToast({ title: 'Payment made, not confirmed yet: pull down to check again.', icon: 'none', duration: 3000 });
+            } else if (r.error) wx.showToast({ title: 'Payment not confirmed yet: pull down to check again.', icon: 'none', duration: 3000 });
             else wx.showToast({ title: r.cashier === 'cancel' ? 'Payment cancelled.' : 'Payment did not go through.', icon: 'none' });
             return this.load();
           },
@@ -125,6 +140,7 @@ Page({
   },
 
   onCloseTap() {
+    if (this.data.confirming) return Promise.resolve();
     return this.act(() =>
       ask({ title: 'Close this order?', content: 'It can no longer be paid, and what it holds goes back on sale.' }).then((res) => {
         if (!res.confirm) return undefined;

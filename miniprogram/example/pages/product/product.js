@@ -7,7 +7,8 @@
  *
  * The outcome is shown as the client README says: "paid" only on `paid`; a cancelled or failed
  * cashier leaves the order unpaid, and the next tap on Pay (the same SKU, quantity and address)
- * sends the key buy handed back, so it pays that order instead of making a second one; when
+ * sends the key buy handed back, so it pays that order instead of making a second one (once
+ * that order closed unpaid, ORDER_CLOSED, the page says so and offers Buy); when
  * the server could not be asked (`error`), or the cashier said paid and the server has not
  * seen the payment yet, the payment is not offered again: the order page asks the server later.
  */
@@ -150,6 +151,16 @@ Page({
       .then((r) => this.showOutcome(r))
       .catch((e) => {
         if (e && e.code === 'ADDRESS_REQUIRED') this.addressRequired = true;
+        if (e && e.code === 'ORDER_CLOSED') {
+          // Pay sent the key of an order that closed unpaid meanwhile (it expired, or was
+          // closed on its page): that order cannot be paid, and the next tap, with no key, is
+          // a new purchase. Say so and offer Buy, as for a CLOSED status; not Pay.
+          if (this.data.orderNo) unpaid.forget(this.data.orderNo);
+          this.setData({ outcome: 'closed', message: 'This order was closed unpaid. Tap Buy to order again.' });
+          return;
+        }
+        // No key left (the server refused it): Pay would not pay that order any more.
+        if (!this.pending && this.data.outcome === 'unpaid') this.setData({ outcome: '' });
         view.showError(e);
       })
       .then(() => {
