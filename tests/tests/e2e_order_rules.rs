@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 //! The rules a buyer relies on along the purchase path, end to end over HTTP: an order the
 //! user gave up in WeChat stops holding stock and stops asking to be paid, whether or not
-//! WeChat's message about it arrived.
+//! WeChat's message about it arrived; a login WeChat answered with nonsense is a passing
+//! failure, not the shop's settings.
 
 use serde_json::json;
 use std::time::Duration;
@@ -97,4 +98,33 @@ async fn the_sweep_closes_a_secondary_merchant_order_cancelled_in_wechat() {
     assert_eq!(c.stock().await, 1, "stock back: {report}");
     let orders = c.post("/fn/queryOrder", Some(&token), &json!({})).await.1;
     assert_eq!(orders["orders"][0]["status"], "CLOSED", "{orders}");
+}
+
+/// GIVEN WeChat's login answer (`sns/jscode2session`) arrives unreadable — HTTP 200 with an
+/// HTML page, as a proxy or gateway in the way answers — WHEN the user logs in, THEN the answer
+/// is 503 `WECHAT_BAD_REPLY` (a passing failure: log in again shortly), no session, and the
+/// next login goes through. It used to be 503 `LOGIN_UNAVAILABLE`, "the shop's WeChat
+/// settings need attention", with an ERROR telling the operator to check `WX_APPID` /
+/// `WX_APPSECRET`, which were fine.
+#[tokio::test]
+async fn an_unreadable_login_answer_is_a_passing_failure_not_the_shops_settings() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    c.fault(json!({"path": "sns/jscode2session", "mode": "garbled", "count": 1}))
+        .await;
+    let code = c.control("login", &json!({"user": "garbled-login"})).await;
+    let (s, v) = c
+        .post("/fn/login", None, &json!({"code": code["code"]}))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (503, Some("WECHAT_BAD_REPLY")),
+        "{v}"
+    );
+    assert!(v.get("token").is_none(), "{v}");
+    assert!(
+        !v["message"].as_str().unwrap().contains("settings"),
+        "not the shop's settings: {v}"
+    );
+    c.login("garbled-login").await;
 }
