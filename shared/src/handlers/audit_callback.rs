@@ -812,8 +812,15 @@ async fn on_order_cancel(app: &App, body: &push::OrderRef) -> Result<(), ApiErro
     } else {
         order
     };
+    if order.status == OrderStatus::Closed {
+        // Asking found WeChat's order cancelled and closed ours already (`ask_wechat_if_paid`).
+        tracing::info!(out_order_id = %no, wx_status = wx.status, "cancel event: WeChat's order is cancelled; ours closed, its stock given back");
+        return Ok(());
+    }
     if order.status.is_unpaid_open() {
-        let closed = super::common::close_and_release(app, &no, "cancelled in WeChat").await?;
+        let closed =
+            super::common::close_and_release(app, &no, super::query_order::CANCELLED_IN_WECHAT)
+                .await?;
         tracing::info!(out_order_id = %no, status = closed.status.as_str(), wx_status = wx.status, "cancel event: WeChat's order is cancelled; ours closed, its stock given back");
         return Ok(());
     }

@@ -70,6 +70,12 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
 /// itself is the caller's to fix; WeChat refusing the shop's own appid, AppSecret or server IP
 /// is ours: logged as an error for the operator (a rotated AppSecret stops every login), and
 /// answered 503 without WeChat's message, which would tell anyone what is wrong with our setup.
+///
+/// An answer we cannot read (a proxy's or gateway's HTML page with HTTP 200, a cut-off body, no
+/// usable openid) is no refusal of anything: 503 `WECHAT_BAD_REPLY`, retry shortly, as
+/// docs/API.md says. It used to be taken for a refusal of the shop's settings — 503
+/// `LOGIN_UNAVAILABLE` ("the shop's WeChat settings need attention") and an ERROR telling the
+/// operator to check `WX_APPID` / `WX_APPSECRET`, which were fine.
 fn login_error(e: &WxError) -> ApiError {
     match e.errcode() {
         // Invalid, already used: a new `wx.login` gives a new code.
@@ -94,6 +100,13 @@ fn login_error(e: &WxError) -> ApiError {
     }
     if let WxError::Invalid { .. } = e {
         return ApiError::bad_request("INVALID_CODE", format!("{e}; call wx.login again"));
+    }
+    if let WxError::Decode { .. } = e {
+        tracing::warn!(error = %e, "jscode2session answered what we cannot read");
+        return ApiError::unavailable(
+            "WECHAT_BAD_REPLY",
+            "WeChat's login answer could not be read; call wx.login again shortly",
+        );
     }
     if e.is_retryable() {
         return ApiError::unavailable(

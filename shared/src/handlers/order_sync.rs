@@ -608,9 +608,9 @@ pub enum Settled {
     Paid(crate::domain::Order),
     /// Not paid (or nothing to ask) and not expired: left open.
     Open,
-    /// Expired (or within the margin asked for) and not paid: closed, its stock given back,
-    /// and its close at WeChat queued — or, when it was closed or paid meanwhile, the order
-    /// as it is now.
+    /// Expired (or within the margin asked for) and not paid, or — a fund_type=1 order —
+    /// found cancelled at WeChat: closed, its stock given back, and its close at WeChat
+    /// queued — or, when it was closed or paid meanwhile, the order as it is now.
     Closed(crate::domain::Order),
     /// WeChat did not say whether it was paid (no answer, or one nothing may be decided on):
     /// nothing changed. An expired order (`expired`: or one within the margin) is not closed,
@@ -648,6 +648,11 @@ pub async fn settle_unpaid(
     if order.status == OrderStatus::Prepaid {
         match super::query_order::ask_wechat_if_paid(app, &order).await {
             Ok(Some(updated)) if updated.status.is_paid() => return Ok(Settled::Paid(updated)),
+            // Cancelled at WeChat (a fund_type=1 order whose cancel push was lost): closed
+            // there and then, stock back (see `ask_wechat_if_paid`).
+            Ok(Some(updated)) if updated.status == OrderStatus::Closed => {
+                return Ok(Settled::Closed(updated))
+            }
             Ok(_) => {}
             Err(error) => return Ok(Settled::Unanswered { error, expired }),
         }

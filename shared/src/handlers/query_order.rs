@@ -131,11 +131,24 @@ pub async fn refresh_unpaid(app: &App, order: Order) -> Result<Order, ApiError> 
     }
 }
 
+/// The close reason of an unpaid order WeChat's trading component reads cancelled (181, 250):
+/// the user cancelled it in WeChat's order centre, or WeChat did on an unpaid timeout.
+pub const CANCELLED_IN_WECHAT: &str = "cancelled in WeChat";
+
 /// Asks WeChat whether an unpaid order was paid and records the payment if so: WeChat Pay's
 /// `orderquery`, or for fund_type=1 (WeChat collects) the component's `shop/order/get`, since
 /// a notification or push may be late or lost. `Some(order)` when the stored order changed.
 /// An answer that contradicts our order is an error (logged as a security event): nothing may
 /// be decided on it — the sweep, for one, must not close the order.
+///
+/// A fund_type=1 order WeChat reads cancelled (181, 250: the user cancelled it in WeChat's
+/// order centre, or WeChat on an unpaid timeout) is closed here, its stock given back
+/// (`Some`, CLOSED), as the `open_product_order_cancel` push closes it — that push may never
+/// come (WeChat does not guarantee pushes). Its component order is the payment, so a
+/// cancelled one can never be paid: left open, it read PREPAID ("to pay") to the user and
+/// held its stock until its own expiry, every read and sweep taking the cancel only as "not
+/// paid". The close's outbox task closes nothing more at WeChat (cancelled already) and
+/// still records a payment WeChat reports instead, as after any close.
 pub async fn ask_wechat_if_paid(app: &App, order: &Order) -> Result<Option<Order>, ApiError> {
     match order.fund_type {
         FundType::Direct => super::pay_orders::query_and_record(app, order).await,
@@ -148,6 +161,12 @@ pub async fn ask_wechat_if_paid(app: &App, order: &Order) -> Result<Option<Order
             use super::shop_orders::{query_component_payment, ComponentPayment};
             match query_component_payment(app, order, None).await? {
                 ComponentPayment::Recorded(o) => Ok(Some(*o)),
+                ComponentPayment::Unpaid { status: 181 | 250 } => {
+                    let closed =
+                        close_and_release(app, &order.out_trade_no, CANCELLED_IN_WECHAT).await?;
+                    tracing::info!(out_trade_no = %order.out_trade_no, status = closed.status.as_str(), "WeChat's order reads cancelled (its push not applied): ours closed, its stock given back");
+                    Ok(Some(closed))
+                }
                 ComponentPayment::Unpaid { .. } => Ok(None),
                 ComponentPayment::Refused(why) => {
                     tracing::warn!(security = true, out_trade_no = %order.out_trade_no, why, "WeChat's order contradicts ours; not recorded");
