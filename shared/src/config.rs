@@ -249,11 +249,13 @@ impl Config {
         let return_address = match get("WX_RETURN_ADDRESS") {
             None => None,
             Some(raw) => match serde_json::from_str::<crate::domain::Address>(&raw) {
-                Ok(a) if a.is_valid() => Some(a),
-                Ok(_) => {
-                    problems.push("WX_RETURN_ADDRESS needs a non-empty receiver_name, detailed_address and tel_number".into());
-                    None
-                }
+                Ok(a) => match a.check() {
+                    Ok(()) => Some(a),
+                    Err(why) => {
+                        problems.push(format!("WX_RETURN_ADDRESS: {why}"));
+                        None
+                    }
+                },
                 Err(e) => {
                     problems.push(format!(
                         "WX_RETURN_ADDRESS must be JSON like {{\"receiver_name\":\"…\",\"detailed_address\":\"…\",\"tel_number\":\"…\"}}: {e}"

@@ -2,7 +2,8 @@
 //! The rules a buyer relies on along the purchase path, end to end over HTTP: an order the
 //! user gave up in WeChat stops holding stock and stops asking to be paid, whether or not
 //! WeChat's message about it arrived; a login WeChat answered with nonsense is a passing
-//! failure, not the shop's settings.
+//! failure, not the shop's settings; an address refused says which part is wrong, and makes
+//! nothing.
 
 use serde_json::json;
 use std::time::Duration;
@@ -127,4 +128,76 @@ async fn an_unreadable_login_answer_is_a_passing_failure_not_the_shops_settings(
         "not the shop's settings: {v}"
     );
     c.login("garbled-login").await;
+}
+
+/// GIVEN a buyer whose address has a part too long (a pasted block of text as the street, a
+/// province field filled with a whole address), WHEN they order, THEN the answer is 400
+/// `BAD_ADDRESS` naming the part and its limit, and nothing is made: no order, no stock held,
+/// WeChat Pay not asked. A required part too long used to be told "address needs
+/// receiver_name, detailed_address and tel_number" — all three were there — and an over-long
+/// `province`, `city` or `town` was taken, stored and sent to WeChat with the order.
+#[tokio::test]
+async fn an_address_part_too_long_is_named_and_nothing_is_made() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("long-address").await;
+    let before = c.stock().await;
+    let prepays = r.sandbox.calls("pay/unifiedorder").len();
+    let long = |n: usize| "路".repeat(n);
+    let cases = [
+        (
+            "detailed_address",
+            long(257),
+            "detailed_address is longer than 256",
+        ),
+        ("receiver_name", long(65), "receiver_name is longer than 64"),
+        ("tel_number", "1".repeat(33), "tel_number is longer than 32"),
+        ("province", long(65), "province is longer than 64"),
+        ("city", long(65), "city is longer than 64"),
+        ("town", long(65), "town is longer than 64"),
+        ("receiver_name", " ".to_owned(), "receiver_name is required"),
+    ];
+    for (part, value, said) in cases {
+        let mut address = json!({"receiver_name": "Alice", "detailed_address": "1 Tea Street",
+                                 "tel_number": "13800000000"});
+        address[part] = json!(value);
+        let (s, v) = c
+            .post(
+                "/fn/unifiedOrder",
+                Some(&token),
+                &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+                        "address": address}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (400, Some("BAD_ADDRESS")),
+            "{part}: {v}"
+        );
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains(said), "{part}: {message}");
+    }
+    // At the limits, the order is taken.
+    let address = json!({"receiver_name": long(64), "detailed_address": long(256),
+                         "tel_number": "1".repeat(32), "province": long(64)});
+    assert_eq!(
+        c.stock().await,
+        before,
+        "nothing held by the refused orders"
+    );
+    assert_eq!(
+        r.sandbox.calls("pay/unifiedorder").len(),
+        prepays,
+        "WeChat Pay not asked"
+    );
+    let (s, v) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}],
+                    "address": address}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.stock().await, before - 1);
 }

@@ -149,8 +149,38 @@ pub struct Address {
 impl Address {
     /// Required parts present and of sane length.
     pub fn is_valid(&self) -> bool {
-        let ok = |s: &str, max: usize| !s.trim().is_empty() && s.chars().count() <= max;
-        ok(&self.receiver_name, 64) && ok(&self.detailed_address, 256) && ok(&self.tel_number, 32)
+        self.check().is_ok()
+    }
+
+    /// What is wrong with the address, naming the part and its limit, so that the caller can
+    /// tell an empty part from one too long (both used to read "needs receiver_name, …"). The
+    /// optional parts are bounded too (64 characters): they go to WeChat with the order and
+    /// are kept with it, and were unbounded.
+    pub fn check(&self) -> Result<(), String> {
+        let required = [
+            ("receiver_name", self.receiver_name.as_str(), 64),
+            ("detailed_address", self.detailed_address.as_str(), 256),
+            ("tel_number", self.tel_number.as_str(), 32),
+        ];
+        for (name, value, max) in required {
+            if value.trim().is_empty() {
+                return Err(format!("{name} is required"));
+            }
+            if value.chars().count() > max {
+                return Err(format!("{name} is longer than {max} characters"));
+            }
+        }
+        let optional = [
+            ("province", &self.province),
+            ("city", &self.city),
+            ("town", &self.town),
+        ];
+        for (name, value) in optional {
+            if value.as_deref().is_some_and(|v| v.chars().count() > 64) {
+                return Err(format!("{name} is longer than 64 characters"));
+            }
+        }
+        Ok(())
     }
 }
 

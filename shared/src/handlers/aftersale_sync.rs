@@ -630,10 +630,10 @@ async fn accept_return(
                  town?} or set WX_RETURN_ADDRESS",
             )
         })?;
-    if !address.is_valid() {
+    if let Err(why) = address.check() {
         return Err(ApiError::bad_request(
             "BAD_RETURN_ADDRESS",
-            "return_address needs a receiver_name, detailed_address and tel_number",
+            format!("return_address: {why}"),
         ));
     }
     let a = update(app, id, None, |a, now| {

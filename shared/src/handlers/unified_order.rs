@@ -232,10 +232,10 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     };
     let ip = client_ip(&req);
     if let Some(a) = &address {
-        if !a.is_valid() {
+        if let Err(why) = a.check() {
             return Err(ApiError::bad_request(
                 "BAD_ADDRESS",
-                "address needs receiver_name, detailed_address and tel_number",
+                format!("address: {why}"),
             ));
         }
     }
