@@ -878,7 +878,7 @@ async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiErro
         Ok(Attempt::Commit(batch, next))
     })
     .await?;
-    tracing::info!(aftersale_id = %id, "refund that failed or was held settled by hand; after-sale refunded");
+    tracing::info!(aftersale_id = %id, "refund settled by hand; after-sale refunded");
     Ok(done)
 }
 
@@ -1289,7 +1289,8 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
             .await?;
             // The dead letter says what the merchant can do about it.
             Err(TaskError::Permanent(format!(
-                "{msg}; after-sale {id} is REFUND_FAILED: approve it again once the cause is \
+                "{msg}; after-sale {id} reads REFUND_FAILED (unless its refund moved on \
+                 meanwhile): approve it again once the cause is \
                  fixed, or — if WeChat Pay cannot refund it online (USER_ACCOUNT_ABNORMAL, \
                  TRADE_OVERDUE) — pay the user back another way and record it with \
                  /admin/aftersaleSync {{action: mark_refunded}}"
