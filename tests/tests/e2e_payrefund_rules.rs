@@ -225,3 +225,71 @@ async fn a_refund_still_under_way_cannot_be_recorded_as_paid_another_way() {
     assert_eq!(mine(&c, &token, &no, &id).await["status"], "REFUNDING");
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 0);
 }
+
+/// GIVEN an approved refund WeChat Pay refused for good (`USER_ACCOUNT_ABNORMAL`) that the
+/// merchant paid another way and recorded (`mark_refunded`: the after-sale and the order
+/// REFUNDED at 1990);
+/// WHEN WeChat Pay reports that refund `CHANGE` after all (sent twice) — it took the refund
+/// and could not pay it out: the money left the merchant a second time and waits at WeChat
+/// to be redirected;
+/// THEN each report is acknowledged, nothing is counted again (`refunded_fee` 1990), it is
+/// kept (`refund_superseded`) and a person is paged once (`MoneyNeedsAPerson`) — the 1990
+/// waiting at WeChat is the merchant's to get back. A `SUCCESS` for such a refund paged, but a
+/// `CHANGE` was only logged as a warning: the second 1990 waited at WeChat with nobody told.
+#[tokio::test]
+async fn a_second_refund_held_at_wechat_for_a_refunded_aftersale_pages_a_person() {
+    let (metrics, captured) = wxshop::metrics::Metrics::capture("test");
+    let r = support::stack_with_metrics(&[], metrics).await;
+    let c = Client::new(&r);
+    let paged = || captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
+    let (token, no) = paid(&r, &c, "sela").await;
+    let id = c.apply(&token, &no, json!({"reason": "lost"})).await;
+    c.fault(json!({"path": "secapi/pay/refund", "mode": "errcode",
+                   "err_code": "USER_ACCOUNT_ABNORMAL", "count": 1000}))
+        .await;
+    c.approve(&id).await;
+    eventually("REFUND_FAILED", WAIT, || async {
+        mine(&c, &token, &no, &id).await["status"] == "REFUND_FAILED"
+    })
+    .await;
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "mark_refunded", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+    let out_refund_no = mine(&c, &token, &no, &id).await["out_refund_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let txid = c.status(&token, &no).await["transaction_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = paged();
+    let body = refund_notification(
+        &r,
+        &no,
+        &out_refund_no,
+        &txid,
+        wxshop::pay::types::RefundStatus::Change,
+    );
+    for _ in 0..2 {
+        let (s, reply) = c.raw("/callbacks/refund", body.clone()).await;
+        assert_eq!(s, 200);
+        assert_eq!(return_code(&reply), "SUCCESS", "{reply}");
+    }
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
+    assert_eq!(mine(&c, &token, &no, &id).await["status"], "REFUNDED");
+    let (kept, _) =
+        wxshop::store::repo::events_of(r.app.store.as_ref(), "refund_superseded", 50, None)
+            .await
+            .unwrap();
+    assert!(
+        kept.iter().any(|e| e.body.contains(&out_refund_no)),
+        "kept for a person: {kept:?}"
+    );
+    assert_eq!(paged() - before, 1, "a person paged once");
+}
