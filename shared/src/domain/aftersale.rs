@@ -3,15 +3,19 @@
 //! ```text
 //! REQUESTED ─approve→ REFUNDING ─refund ok→ REFUNDED ←──────────────────────┐
 //!     │  └─reject→ REJECTED          ├─refund failed→ REFUND_FAILED ─approve→ REFUNDING
+//!     │                              │                   └─paid another way (by hand)─┤
 //!     └─cancel→ CANCELLED            └─refund abnormal→ REFUND_ABNORMAL ─refund ok / by hand┘
 //! ```
 //!
 //! REFUND_FAILED: the money did not leave (WeChat refused or closed the refund); approving
-//! again asks anew. REFUND_ABNORMAL (WeChat Pay's `CHANGE`): WeChat took the refund but could
-//! not pay it into the user's account (card closed or frozen); the money waits at WeChat
-//! until a person redirects it in the merchant platform. It is never asked for again — that
-//! would pay the user twice — and its amount stays held on the order; a person records the
-//! outcome (or a later `SUCCESS` notification does).
+//! again asks anew. Some refusals are for good — the user's WeChat account is closed
+//! (`USER_ACCOUNT_ABNORMAL`), the payment is over a year old (`TRADE_OVERDUE`): WeChat Pay
+//! cannot refund online and a person pays the user another way (WECHAT_PAY_V2.md §5), then
+//! records it ([`AfterSale::refunded_by_hand`]). REFUND_ABNORMAL (WeChat Pay's `CHANGE`):
+//! WeChat took the refund but could not pay it into the user's account (card closed or
+//! frozen); the money waits at WeChat until a person redirects it in the merchant platform.
+//! It is never asked for again — that would pay the user twice — and its amount stays held
+//! on the order; a person records the outcome (or a later `SUCCESS` notification does).
 //!
 //! A refund a person made by hand in the merchant platform may have paid an open after-sale
 //! (REQUESTED, AWAITING_RETURN, RETURNING, REFUND_FAILED): a person records that, and it goes
@@ -678,20 +682,30 @@ impl AfterSale {
     }
 
     /// A person redirected an abnormal refund (merchant platform, or paid the user another
-    /// way): REFUNDED. Only an abnormal refund is settled by hand.
+    /// way), or paid the user another way after WeChat Pay refused or closed the refund
+    /// (REFUND_FAILED: some refusals are for good, WECHAT_PAY_V2.md §5 — a closed user
+    /// account, a payment over a year old — and approving again only asks for the refund
+    /// WeChat refuses): REFUNDED. Only a refund of ours that failed or is held is settled so;
+    /// one in flight (REFUNDING) may still be paid by WeChat Pay. REFUND_FAILED used to be a
+    /// dead end: nothing but approving again took it anywhere, so such an after-sale held
+    /// its amount on the order for good, the order still shippable, although the user had
+    /// been paid.
     pub fn refunded_by_hand(
         &mut self,
         now_ms: i64,
     ) -> Result<super::Change, AfterSaleTransitionError> {
         match self.status {
-            AfterSaleStatus::RefundAbnormal => {
+            AfterSaleStatus::RefundAbnormal | AfterSaleStatus::RefundFailed => {
                 let changed = self.refunded(None, now_ms);
                 // Paid outside WeChat's flows: not looked for among the funds flows (as a
                 // refund marked refunded by hand is not among the bills).
                 self.refunded_at_ms = None;
                 changed
             }
-            _ => Err(self.err("record a refund made by hand (only an abnormal refund is)")),
+            _ => Err(self.err(
+                "record a refund made by hand (only a refund that failed or is held at WeChat \
+                 is)",
+            )),
         }
     }
 

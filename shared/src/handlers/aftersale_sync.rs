@@ -811,9 +811,19 @@ async fn secondary_at_wechat(app: &App, order: &crate::domain::Order) -> Result<
     }
 }
 
-/// A person settled an abnormal refund by hand: the after-sale REFUNDED, its refund record
-/// SUCCESS (a later SUCCESS notification is then a repeat) and the order's refunded amount,
-/// with the amount's hold given back, in one write.
+/// A person settled by hand a refund of ours that did not reach the user: the after-sale
+/// REFUNDED and the order's refunded amount, with the amount's hold given back, in one write.
+///
+/// - An abnormal refund (REFUND_ABNORMAL: WeChat Pay holds the money) a person redirected:
+///   its refund record SUCCESS too, so a later SUCCESS notification for it is a repeat.
+/// - A failed one (REFUND_FAILED: WeChat Pay refused the refund — for good, say, the user's
+///   account closed — or closed it) a person paid another way: its refund record stays
+///   FAILED, WeChat Pay having moved nothing under it, so a SUCCESS WeChat might still report
+///   for it is not taken as this payment but kept for a person as a second one
+///   (`refund_superseded`). Refused while the record says WeChat Pay may still be paying it.
+///   REFUND_FAILED used to be refused here (and by `reject`): approving again, which asks
+///   WeChat Pay anew, was the only way on, so a refund it refuses for good held the order's
+///   amount for ever, the order still shippable and the user told their refund failed.
 async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
     let done = with_retries::<_, ApiError, _, _>(app, || async {
         let current = repo::get_aftersale(app.store.as_ref(), id)
@@ -840,10 +850,27 @@ async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiErro
         let mut batch = Batch::new();
         if let Some(no) = &next.out_refund_no {
             if let Some(r) = repo::get_refund(app.store.as_ref(), no).await? {
-                let mut nr = r.value.clone();
-                nr.status = RefundStatus::Success;
-                nr.updated_at_ms = now;
-                batch.update_refund(&r, &nr);
+                match current.value.status {
+                    AfterSaleStatus::RefundAbnormal => {
+                        let mut nr = r.value.clone();
+                        nr.status = RefundStatus::Success;
+                        nr.updated_at_ms = now;
+                        batch.update_refund(&r, &nr);
+                    }
+                    // REFUND_FAILED: WeChat Pay moved nothing under this number (refused or
+                    // closed), as long as the record says so.
+                    _ if r.value.status != RefundStatus::Failed => {
+                        return Err(ApiError::conflict(
+                            "AFTERSALE_STATE",
+                            format!(
+                                "refund {no} of after-sale {id} is {} at WeChat Pay, which may \
+                                 still pay it: wait for its outcome",
+                                r.value.status.as_str()
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
             }
         }
         batch.update_aftersale(&current, &next);
@@ -851,7 +878,7 @@ async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiErro
         Ok(Attempt::Commit(batch, next))
     })
     .await?;
-    tracing::info!(aftersale_id = %id, "abnormal refund settled by hand; after-sale refunded");
+    tracing::info!(aftersale_id = %id, "refund settled by hand; after-sale refunded");
     Ok(done)
 }
 
@@ -1260,7 +1287,14 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
                 Ok(Attempt::Commit(batch, ()))
             })
             .await?;
-            Err(TaskError::Permanent(msg))
+            // The dead letter says what the merchant can do about it.
+            Err(TaskError::Permanent(format!(
+                "{msg}; after-sale {id} reads REFUND_FAILED (unless its refund moved on \
+                 meanwhile): approve it again once the cause is \
+                 fixed, or — if WeChat Pay cannot refund it online (USER_ACCOUNT_ABNORMAL, \
+                 TRADE_OVERDUE) — pay the user back another way and record it with \
+                 /admin/aftersaleSync {{action: mark_refunded}}"
+            )))
         }
         Err(e) => Err(e),
     }

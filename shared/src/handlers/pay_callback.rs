@@ -19,9 +19,10 @@
 //! [`crate::metrics::PAY_NOTIFY_UNRECORDED`]: verified yet not recorded — the store failed or
 //! it does not match our records), and the template alarms on both. What is acknowledged yet
 //! needs a person — money moved that only a person can put right: a second payment for a paid
-//! order, a refund WeChat could not pay out (`CHANGE`), a `SUCCESS` for an after-sale another
-//! refund completed, a refund made by hand in the merchant platform — is kept as an event
-//! and counted once as [`crate::metrics::MONEY_NEEDS_A_PERSON`], which pages too. So is an
+//! order, a refund WeChat could not pay out (`CHANGE`), a `SUCCESS` or `CHANGE` for an
+//! after-sale another refund completed, a refund made by hand in the merchant platform — is
+//! kept as an event and counted once as [`crate::metrics::MONEY_NEEDS_A_PERSON`], which pages
+//! too. So is an
 //! after-sale's refund WeChat closed (`REFUNDCLOSE`, a [`REFUND_CLOSED_EVENTS`] event): the
 //! user is still owed the money, and only the merchant's approval again sends it.
 //!
@@ -449,9 +450,13 @@ pub(crate) async fn settle_refund(
             aftersale_id,
             settled_by,
         }) => {
-            // A SUCCESS means the money went back a second time: a person recovers it.
-            if n.status == WxRefundStatus::Success {
-                tracing::error!(out_refund_no = %n.out_refund_no, refund_id = %n.refund_id, aftersale_id = %aftersale_id, settled_by = settled_by.as_deref().unwrap_or("by hand"), "refund SUCCESS for an after-sale refunded already by another refund: not counted again; the user may have been paid twice");
+            // A SUCCESS means the money went back a second time: a person recovers it. A
+            // CHANGE means it left the merchant a second time and waits at WeChat to be
+            // redirected: a person gets it back (it used to be a warning only, paging nobody,
+            // though a person is all that moves it).
+            let moved = matches!(n.status, WxRefundStatus::Success | WxRefundStatus::Change);
+            if moved {
+                tracing::error!(out_refund_no = %n.out_refund_no, refund_id = %n.refund_id, status = %n.status, aftersale_id = %aftersale_id, settled_by = settled_by.as_deref().unwrap_or("by hand"), "refund SUCCESS or CHANGE for an after-sale refunded already by another refund: not counted again; the money left a second time (paid to the user, or waiting at WeChat)");
             } else {
                 tracing::warn!(out_refund_no = %n.out_refund_no, status = %n.status, aftersale_id = %aftersale_id, "refund outcome for an after-sale refunded already by another refund: nothing changes");
             }
@@ -459,11 +464,12 @@ pub(crate) async fn settle_refund(
             body["aftersale_id"] = aftersale_id.as_str().into();
             body["aftersale_refunded_by"] = settled_by.into();
             body["what_to_do"] = "the after-sale's money is counted once, from the refund that \
-                completed it; if WeChat paid this refund too, recover the difference from the user"
+                completed it; if WeChat paid this refund too, recover the difference from the \
+                user; if it holds it (CHANGE), have it returned to the merchant"
                 .into();
             let key = format!("{}/{}/{}", n.out_refund_no, n.refund_id, n.status);
             let first = keep_evidence(app, "refund_superseded", key, body.to_string()).await?;
-            if first && n.status == WxRefundStatus::Success {
+            if first && moved {
                 page_a_person(app);
             }
             Ok(Settled::Superseded)
