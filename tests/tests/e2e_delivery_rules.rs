@@ -1,0 +1,143 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! The rules a merchant and a user rely on in shipping and receipt, end to end over HTTP:
+//! what `POST /admin/orderSync` `ship` answers, and that what our order says of the parcel
+//! is what WeChat's order centre shows.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use wxlocal::gateway::Running;
+
+#[path = "reliability_support.rs"]
+mod support;
+use support::{eventually, stack_with, wx_order, Client};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `user` buys one tea and pays at the sandbox's cashier; returns once WeChat's component
+/// order reads paid (20): (token, out_trade_no).
+async fn paid_and_synced(r: &Running, c: &Client, user: &str) -> (String, String) {
+    let (token, _) = c.login(user).await;
+    let order = c.order_tea(&token, 1).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.pay_at_sandbox(&no).await;
+    eventually("WeChat's component order paid", WAIT, || async {
+        wx_order(r, &no).await.status == 20
+    })
+    .await;
+    (token, no)
+}
+
+/// `ship` of `no` with this courier and waybill: (HTTP status, answer).
+async fn ship(c: &Client, no: &str, delivery_id: &str, waybill_id: &str) -> (u16, Value) {
+    c.admin(
+        "/admin/orderSync",
+        &json!({"action": "ship", "out_trade_no": no, "delivery_id": delivery_id,
+                "waybill_id": waybill_id}),
+    )
+    .await
+}
+
+/// The parcels WeChat's order holds, as (courier, waybill).
+async fn parcels_at_wechat(r: &Running, no: &str) -> Vec<(String, String)> {
+    wx_order(r, no)
+        .await
+        .order_detail
+        .delivery_detail
+        .map(|d| d.delivery_list)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.delivery_id, p.waybill_id))
+        .collect()
+}
+
+/// `delivery/send` calls the sandbox received for order `no`.
+fn sends_of(r: &Running, no: &str) -> usize {
+    r.sandbox
+        .calls("shop/delivery/send")
+        .into_iter()
+        .filter(|v| v["out_order_id"] == no)
+        .count()
+}
+
+/// GIVEN a paid order the merchant ships with a mistyped waybill, and WeChat takes the
+/// shipment but its answer to `delivery/send` is lost (so the send waits for its retry)
+/// WHEN the merchant corrects the waybill by shipping again
+/// THEN the correction is refused (409 `ORDER_NOT_SHIPPABLE`, naming the waybill WeChat holds
+/// and saying it cannot be changed there), our order keeps the waybill WeChat's order centre
+/// shows the user, and the waiting send settles without a dead letter.
+///
+/// It used to answer 200 with the new waybill: the user's order in the mini program showed
+/// one parcel and WeChat's order centre another, for good, and the re-sent `delivery/send`
+/// (refused, WeChat holding another waybill) was dead-lettered for a person.
+#[tokio::test]
+async fn a_correction_after_wechat_took_the_shipment_unheard_is_refused() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "delia").await;
+
+    c.fault(json!({"path": "shop/delivery/send", "mode": "lost", "count": 1}))
+        .await;
+    let (s, v) = ship(&c, &no, "SF", "SF-TYPO-1").await;
+    assert_eq!(s, 200, "{v}");
+    eventually("WeChat took the shipment", WAIT, || async {
+        wx_order(&r, &no).await.status == 30
+    })
+    .await;
+    assert_eq!(
+        parcels_at_wechat(&r, &no).await,
+        vec![("SF".to_owned(), "SF-TYPO-1".to_owned())]
+    );
+    // Its answer lost, the send waits for its retry (the stack's clock is all but still).
+    eventually("the lost send to wait for its retry", WAIT, || async {
+        sends_of(&r, &no) == 1
+    })
+    .await;
+
+    let (s, v) = ship(&c, &no, "YTO", "YT0000042").await;
+    assert_eq!(s, 409, "WeChat holds the shipment already: {v}");
+    assert_eq!(v["code"], "ORDER_NOT_SHIPPABLE", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("SF-TYPO-1"),
+        "names the waybill WeChat holds: {v}"
+    );
+
+    let order = c.status(&token, &no).await;
+    assert_eq!(order["status"], "SHIPPED", "{order}");
+    assert_eq!(
+        (
+            &order["delivery"]["delivery_id"],
+            &order["delivery"]["waybill_id"]
+        ),
+        (&json!("SF"), &json!("SF-TYPO-1")),
+        "our order shows the parcel WeChat shows: {order}"
+    );
+
+    // The waiting send runs again: WeChat holds our waybill, so it is done.
+    for _ in 0..20 {
+        r.app.clock.advance(60_000);
+        let (s, drained) = c
+            .admin("/admin/orderSync", &json!({"action": "drain"}))
+            .await;
+        assert_eq!(s, 200, "{drained}");
+        if sends_of(&r, &no) >= 2 {
+            break;
+        }
+    }
+    assert!(sends_of(&r, &no) >= 2, "the lost send was retried");
+    let pending = || async {
+        let no = wxshop::domain::OutTradeNo::parse(no.clone()).unwrap();
+        let subject = wxshop::outbox::Task::DeliverySend { out_trade_no: no }.subject();
+        wxshop::outbox::entries_for(r.app.store.as_ref(), &subject, 20)
+            .await
+            .unwrap()
+            .len()
+    };
+    eventually("the send settled", WAIT, || async { pending().await == 0 }).await;
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(
+        parcels_at_wechat(&r, &no).await,
+        vec![("SF".to_owned(), "SF-TYPO-1".to_owned())]
+    );
+}
