@@ -141,3 +141,75 @@ async fn a_correction_after_wechat_took_the_shipment_unheard_is_refused() {
         vec![("SF".to_owned(), "SF-TYPO-1".to_owned())]
     );
 }
+
+/// GIVEN a paid order shipped with a waybill WeChat refuses (`delivery/send` dead-lettered,
+/// WeChat's order still awaiting shipment), and the user, seeing SHIPPED in the mini
+/// program, confirms receipt once the parcel came
+/// WHEN the merchant, paged by the dead letter, corrects the waybill by shipping again
+/// THEN the correction is taken (200, the order RECEIVED with the new waybill), the shipment
+/// reaches WeChat with it, and the user's receipt follows there (WeChat's order completed,
+/// 100), with no dead letter left.
+///
+/// It used to refuse the correction (409 "order is Received; cannot correct the shipment"):
+/// a replay could only resend the refused waybill, so WeChat's order stayed unshipped for
+/// good and the receipt sync, waiting for the shipment, was dead-lettered too.
+#[tokio::test]
+async fn a_refused_shipment_is_corrected_after_the_user_confirmed_receipt() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "edgar").await;
+
+    c.fault(json!({"path": "shop/delivery/send", "mode": "errcode", "errcode": 47001, "count": 1}))
+        .await;
+    let (s, v) = ship(&c, &no, "SF", "SF-BAD-1").await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the refused send dead-lettered", WAIT, || async {
+        c.dead_letters()
+            .await
+            .iter()
+            .any(|d| d["task"]["type"] == "delivery_send" && d["task"]["out_trade_no"] == no)
+    })
+    .await;
+    assert_eq!(wx_order(&r, &no).await.status, 20, "WeChat took nothing");
+
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "confirm"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["order"]["status"], "RECEIVED", "{v}");
+
+    let (s, v) = ship(&c, &no, "YTO", "YT0000077").await;
+    assert_eq!(s, 200, "the correction: {v}");
+    assert_eq!(v["order"]["status"], "RECEIVED", "{v}");
+    assert_eq!(v["order"]["delivery"]["waybill_id"], "YT0000077", "{v}");
+
+    // The corrected send and the receipt reach WeChat (the receipt retried once the
+    // shipment is there).
+    for _ in 0..40 {
+        if wx_order(&r, &no).await.status == 100 {
+            break;
+        }
+        r.app.clock.advance(60_000);
+        let (s, drained) = c
+            .admin("/admin/orderSync", &json!({"action": "drain"}))
+            .await;
+        assert_eq!(s, 200, "{drained}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        wx_order(&r, &no).await.status,
+        100,
+        "WeChat's order shipped and received"
+    );
+    assert_eq!(
+        parcels_at_wechat(&r, &no).await,
+        vec![("YTO".to_owned(), "YT0000077".to_owned())]
+    );
+    let dead = c.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(c.status(&token, &no).await["status"], "RECEIVED");
+}

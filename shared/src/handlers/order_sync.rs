@@ -1046,7 +1046,9 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
 /// A correction is allowed while the order's `shop/delivery/send` task is still queued or
 /// dead-lettered (WeChat refused it, or has not been reached): the waybill is replaced and
 /// that same task re-queued, due now, in one write — never a second send beside it. Once
-/// the task has succeeded it is gone, and the shipment stands. A send that was tried already
+/// the task has succeeded it is gone, and the shipment stands. An order whose receipt the user
+/// confirmed meanwhile is corrected the same way (its receipt sync, if dead-lettered waiting
+/// for the shipment, queued again with the send). A send that was tried already
 /// may have landed unheard (its answer lost): WeChat's order is read back first, and a
 /// shipment it holds under another waybill refuses the correction (409, naming it), so our
 /// order keeps showing the parcel WeChat's order centre shows.
@@ -1092,11 +1094,17 @@ async fn ship(
         };
         // Shipped already, with another waybill: a correction, if WeChat has not taken the
         // shipment yet (its send task still queued or dead).
-        let sends: Vec<_> = outbox::entries_for(app.store.as_ref(), &subject, 20)
-            .await?
-            .into_iter()
-            .filter(|c| matches!(c.entry.task, Task::DeliverySend { .. }))
-            .collect();
+        let (sends, receipts): (Vec<_>, Vec<_>) =
+            outbox::entries_for(app.store.as_ref(), &subject, 20)
+                .await?
+                .into_iter()
+                .filter(|c| {
+                    matches!(
+                        c.entry.task,
+                        Task::DeliverySend { .. } | Task::DeliveryRecieve { .. }
+                    )
+                })
+                .partition(|c| matches!(c.entry.task, Task::DeliverySend { .. }));
         if current.value.delivery.is_none() || sends.is_empty() {
             let why = match &current.value.delivery {
                 // Everything paid went back (an after-sale, or a refund made by hand in the
@@ -1140,6 +1148,12 @@ async fn ship(
         batch.update_order(&current, &next);
         for send in &sends {
             batch.push(outbox::requeue_write(send, now)?);
+        }
+        // A RECEIVED order's receipt sync waited for the shipment WeChat refused, and may have
+        // run out of attempts: queued again too, to follow the corrected send (one still
+        // pending retries by itself).
+        for receipt in receipts.iter().filter(|c| c.entry.is_dead()) {
+            batch.push(outbox::requeue_write(receipt, now)?);
         }
         Ok(Attempt::Commit(batch, (next, true)))
     })
