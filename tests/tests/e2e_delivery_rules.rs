@@ -213,3 +213,44 @@ async fn a_refused_shipment_is_corrected_after_the_user_confirmed_receipt() {
     assert!(dead.is_empty(), "{dead:?}");
     assert_eq!(c.status(&token, &no).await["status"], "RECEIVED");
 }
+
+/// GIVEN a shipment whose `delivery/send` answer was lost (WeChat took it), and WeChat's
+/// order unreadable for now (`shop/order/get` failing)
+/// WHEN the merchant corrects the waybill
+/// THEN nothing is decided on a guess: 503 `WECHAT_UNAVAILABLE` (retry shortly), the order
+/// keeps its waybill; asked again once WeChat answers, the correction is refused as WeChat
+/// holds the first waybill (409 naming it).
+#[tokio::test]
+async fn a_correction_waits_for_wechat_to_say_what_it_holds() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, no) = paid_and_synced(&r, &c, "dora").await;
+    c.fault(json!({"path": "shop/delivery/send", "mode": "lost", "count": 1}))
+        .await;
+    let (s, v) = ship(&c, &no, "SF", "SF-TYPO-2").await;
+    assert_eq!(s, 200, "{v}");
+    eventually("WeChat took the shipment", WAIT, || async {
+        wx_order(&r, &no).await.status == 30
+    })
+    .await;
+
+    c.fault(json!({"path": "shop/order/get", "mode": "http500", "count": 20}))
+        .await;
+    let (s, v) = ship(&c, &no, "YTO", "YT0000043").await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["code"], "WECHAT_UNAVAILABLE", "{v}");
+    c.clear_faults().await;
+    assert_eq!(
+        c.status(&token, &no).await["delivery"]["waybill_id"],
+        "SF-TYPO-2",
+        "nothing changed"
+    );
+
+    let (s, v) = ship(&c, &no, "YTO", "YT0000043").await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("SF-TYPO-2"), "{v}");
+    assert_eq!(
+        c.status(&token, &no).await["delivery"]["waybill_id"],
+        "SF-TYPO-2"
+    );
+}
