@@ -408,16 +408,21 @@ impl Order {
         }
     }
 
-    /// A shipped order's waybill replaced (SHIPPED stays SHIPPED): the courier or waybill
-    /// entered was wrong. Whether that may still happen — WeChat has not accepted the
-    /// shipment yet — is the caller's to know; the same waybill again is `Unchanged`.
+    /// A shipped order's waybill replaced (the status stays): the courier or waybill entered
+    /// was wrong. Whether that may still happen — WeChat has not accepted the shipment yet —
+    /// is the caller's to know; the same waybill again is `Unchanged`. A RECEIVED order too:
+    /// the user confirms receipt from what our order shows (SHIPPED) when the parcel comes,
+    /// which may be before the merchant fixes a shipment WeChat refused — refused then, the
+    /// correction could never reach WeChat, whose order stayed unshipped for good.
     pub fn correct_shipment(
         &mut self,
         delivery: Delivery,
         now_ms: i64,
     ) -> Result<Change, TransitionError> {
         match self.status {
-            OrderStatus::Shipped | OrderStatus::PartiallyRefunded if self.delivery.is_some() => {
+            OrderStatus::Shipped | OrderStatus::Received | OrderStatus::PartiallyRefunded
+                if self.delivery.is_some() =>
+            {
                 if self.delivery.as_ref() == Some(&delivery) {
                     return Ok(Change::Unchanged);
                 }
@@ -889,7 +894,7 @@ pub(crate) mod tests {
         assert!(o.check_fits(&a, fen(51)).is_err());
     }
 
-    /// A waybill is corrected only on a shipped order; the status stays SHIPPED.
+    /// A waybill is corrected only on a shipped (or received) order; the status stays.
     #[test]
     fn only_a_shipped_order_has_its_waybill_corrected() {
         let d = |w: &str| Delivery {
@@ -906,8 +911,16 @@ pub(crate) mod tests {
             (o.status, o.delivery.clone()),
             (OrderStatus::Shipped, Some(d("2")))
         );
+        // Received (the user confirmed from what we showed) while WeChat may still lack the
+        // shipment: corrected, still RECEIVED. Refunded in full: nothing is owed, no change.
         o.receive(6).unwrap();
-        assert!(o.correct_shipment(d("3"), 7).is_err(), "received");
+        assert_eq!(o.correct_shipment(d("3"), 7), Ok(Change::Changed));
+        assert_eq!(
+            (o.status, o.delivery.clone()),
+            (OrderStatus::Received, Some(d("3")))
+        );
+        o.refund(Fen::new(100).unwrap(), 8).unwrap();
+        assert!(o.correct_shipment(d("4"), 9).is_err(), "refunded in full");
     }
 
     #[test]

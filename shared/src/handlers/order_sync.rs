@@ -1051,7 +1051,12 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
 /// A correction is allowed while the order's `shop/delivery/send` task is still queued or
 /// dead-lettered (WeChat refused it, or has not been reached): the waybill is replaced and
 /// that same task re-queued, due now, in one write — never a second send beside it. Once
-/// the task has succeeded it is gone, and the shipment stands.
+/// the task has succeeded it is gone, and the shipment stands. An order whose receipt the user
+/// confirmed meanwhile is corrected the same way (its receipt sync, if dead-lettered waiting
+/// for the shipment, queued again with the send). A send that was tried already
+/// may have landed unheard (its answer lost): WeChat's order is read back first, and a
+/// shipment it holds under another waybill refuses the correction (409, naming it), so our
+/// order keeps showing the parcel WeChat's order centre shows.
 async fn ship(
     app: &App,
     no: &OutTradeNo,
@@ -1094,11 +1099,17 @@ async fn ship(
         };
         // Shipped already, with another waybill: a correction, if WeChat has not taken the
         // shipment yet (its send task still queued or dead).
-        let sends: Vec<_> = outbox::entries_for(app.store.as_ref(), &subject, 20)
-            .await?
-            .into_iter()
-            .filter(|c| matches!(c.entry.task, Task::DeliverySend { .. }))
-            .collect();
+        let (sends, receipts): (Vec<_>, Vec<_>) =
+            outbox::entries_for(app.store.as_ref(), &subject, 20)
+                .await?
+                .into_iter()
+                .filter(|c| {
+                    matches!(
+                        c.entry.task,
+                        Task::DeliverySend { .. } | Task::DeliveryRecieve { .. }
+                    )
+                })
+                .partition(|c| matches!(c.entry.task, Task::DeliverySend { .. }));
         if current.value.delivery.is_none() || sends.is_empty() {
             let why = match &current.value.delivery {
                 // Everything paid went back (an after-sale, or a refund made by hand in the
@@ -1123,10 +1134,31 @@ async fn ship(
         if change == Change::Unchanged {
             return Ok(Attempt::Done((next, false)));
         }
+        // A send that was tried may have landed although its answer never reached us (a
+        // timeout, a lost reply, the function cut off): it then waits for its retry, or lies
+        // dead, while WeChat holds the old waybill, which it will not replace. Corrected here
+        // regardless, our order (the mini program) showed one parcel and WeChat's order centre
+        // another, for good, and the re-sent send was dead-lettered. So WeChat is asked first.
+        if current.value.at_wechat().component_order && sends.iter().any(|s| s.entry.attempts > 0) {
+            if let Some(held) = super::shop_orders::shipment_at_wechat(app, &current.value).await? {
+                if !held.contains(&delivery) {
+                    return Err(ApiError::conflict(
+                        "ORDER_NOT_SHIPPABLE",
+                        taken_unheard(&current.value, &held),
+                    ));
+                }
+            }
+        }
         let mut batch = Batch::new();
         batch.update_order(&current, &next);
         for send in &sends {
             batch.push(outbox::requeue_write(send, now)?);
+        }
+        // A RECEIVED order's receipt sync waited for the shipment WeChat refused, and may have
+        // run out of attempts: queued again too, to follow the corrected send (one still
+        // pending retries by itself).
+        for receipt in receipts.iter().filter(|c| c.entry.is_dead()) {
+            batch.push(outbox::requeue_write(receipt, now)?);
         }
         Ok(Attempt::Commit(batch, (next, true)))
     })
@@ -1137,6 +1169,31 @@ async fn ship(
         tracing::info!(out_trade_no = %no, "order shipped");
     }
     Ok(order)
+}
+
+/// Why a correction of `order`'s shipment is refused when WeChat's order holds `held` (read
+/// back: [`super::shop_orders::shipment_at_wechat`]) though its `delivery/send` answer never
+/// reached us: what WeChat shows the user, and that it stays.
+fn taken_unheard(order: &crate::domain::Order, held: &[Delivery]) -> String {
+    let held = if held.is_empty() {
+        "a shipment".to_owned()
+    } else {
+        held.iter()
+            .map(|d| format!("{} {}", d.delivery_id, d.waybill_id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ours = order
+        .delivery
+        .as_ref()
+        .map(|d| format!("{} {}", d.delivery_id, d.waybill_id))
+        .unwrap_or_default();
+    format!(
+        "WeChat accepted the shipment of order {} as {held} already (its answer to the \
+         delivery/send of {ours} had not reached us yet), and a shipment it accepted cannot be \
+         changed: the order keeps it, as WeChat's order centre shows it to the user",
+        order.out_trade_no
+    )
 }
 
 #[cfg(all(test, feature = "sqlite"))]

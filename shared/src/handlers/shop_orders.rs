@@ -708,6 +708,51 @@ async fn already_shipped(
     )))
 }
 
+/// What WeChat's component order holds of a shipment, read by our number (`shop/order/get`):
+/// the parcels of its `delivery_detail` (WECHAT_SHOP.md §5.3: present only after
+/// `delivery/send`), or none listed while its status says shipped (21 partly, 30, 100). `None`:
+/// WeChat holds no shipment — unpaid or paid there (10, 11, 20), cancelled (181, 250) or
+/// through after-sales (200) without a parcel, or no such order (1010011).
+///
+/// Asked before a shipment is corrected whose `delivery/send` was tried already: a send
+/// whose answer never reached us (a timeout, a lost reply, the function cut off) may have
+/// landed, and WeChat does not change a shipment it accepted (§6: re-sending is not
+/// supported). 503 `WECHAT_UNAVAILABLE` when WeChat cannot be read: nothing may be decided.
+pub async fn shipment_at_wechat(
+    app: &App,
+    order: &Order,
+) -> Result<Option<Vec<crate::domain::Delivery>>, ApiError> {
+    let info = match app.wx.order_get(&key(order), order.openid.as_str()).await {
+        Ok(info) => info,
+        Err(e) if not_found(&e) => return Ok(None),
+        Err(e) => {
+            return Err(ApiError::unavailable(
+                "WECHAT_UNAVAILABLE",
+                format!(
+                    "cannot read order {} with shop/order/get to see whether WeChat took its \
+                     shipment already ({e}); nothing changed, retry shortly",
+                    order.out_trade_no
+                ),
+            ))
+        }
+    };
+    let parcels: Vec<crate::domain::Delivery> = info
+        .order_detail
+        .delivery_detail
+        .map(|d| d.delivery_list)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| crate::domain::Delivery {
+            delivery_id: p.delivery_id,
+            waybill_id: p.waybill_id,
+        })
+        .collect();
+    if parcels.is_empty() && !matches!(info.status, 21 | 30 | 100) {
+        return Ok(None);
+    }
+    Ok(Some(parcels))
+}
+
 /// Outbox: `shop/delivery/recieve` (WeChat's spelling).
 pub async fn sync_receipt(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     let order = load(app, no).await?;
