@@ -161,9 +161,15 @@ async fn a_return_wechat_closed_for_want_of_the_goods_lets_go_of_its_amount() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    eventually("ours cancelled as WeChat closed it", WAIT, || async {
-        mine(&c, &token, &no, &id).await["status"] == "CANCELLED"
-    })
+    // The merchant's event is written after the after-sale turns CANCELLED: waited for too.
+    eventually(
+        "ours cancelled as WeChat closed it, the merchant told",
+        WAIT,
+        || async {
+            mine(&c, &token, &no, &id).await["status"] == "CANCELLED"
+                && return_closed_event(&r, &id).await.is_some()
+        },
+    )
     .await;
     let event = return_closed_event(&r, &id)
         .await
