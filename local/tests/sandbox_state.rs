@@ -104,7 +104,13 @@ async fn a_second_sandbox_on_the_file_knows_and_finishes_what_the_first_did() {
         SignType::Md5,
     )
     .await;
-    assert_eq!(q["trade_state"], "SUCCESS", "{q:?}");
+    // Paid — or REFUND: the refund left under way resumes at the usual speed as this sandbox
+    // opens, and on a loaded machine may be done before this query (it failed so once in CI).
+    assert!(
+        matches!(q["trade_state"].as_str(), "SUCCESS" | "REFUND"),
+        "the paid order is known: {q:?}"
+    );
+    assert_eq!(q["total_fee"], "1000", "{q:?}");
     // The cashier still knows the unpaid order's prepay id… and the paid one's.
     let unpaid = mch(
         &base,
