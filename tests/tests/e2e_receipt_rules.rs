@@ -79,18 +79,26 @@ async fn a_receipt_confirmed_in_wechat_whose_push_was_lost_is_read_back_by_the_s
 
     // Within the day the push is waited for: nothing asked, ours still SHIPPED.
     let report = run_schedule(&r).await;
-    assert_eq!(receipts(&report)["asked"], 0, "{report}");
     assert_eq!(c.status(&token, &no).await["status"], "SHIPPED");
+    assert_eq!(
+        receipts(&report)["asked"].as_u64().unwrap_or(0),
+        0,
+        "{report}"
+    );
 
     // A day on, the schedule reads both back.
     c.advance_both(DAY_MS + 60_000).await;
     let report = run_schedule(&r).await;
+    assert_eq!(
+        c.status(&token, &no).await["status"],
+        "RECEIVED",
+        "{report}"
+    );
     assert_eq!(receipts(&report)["asked"], 2, "{report}");
     assert_eq!(receipts(&report)["received"], 1, "{report}");
     assert_eq!(receipts(&report)["unanswered"], 0, "{report}");
     let failed = report["failed"].as_array().cloned().unwrap_or_default();
     assert!(!failed.contains(&json!("receipts")), "{report}");
-    assert_eq!(c.status(&token, &no).await["status"], "RECEIVED");
     // The guard: WeChat's order still reads 30, so ours stays SHIPPED.
     assert_eq!(wx_order(&r, &other).await.status, 30);
     assert_eq!(c.status(&other_token, &other).await["status"], "SHIPPED");
@@ -132,9 +140,9 @@ async fn a_receipt_wechat_cannot_be_read_for_is_left_for_the_next_run() {
         .await;
     let report = run_schedule(&r).await;
     c.clear_faults().await;
+    assert_eq!(c.status(&token, &no).await["status"], "SHIPPED");
     assert_eq!(receipts(&report)["unanswered"], 1, "{report}");
     assert_eq!(receipts(&report)["received"], 0, "{report}");
-    assert_eq!(c.status(&token, &no).await["status"], "SHIPPED");
 
     // The turn goes on after the order it asked about last: a run or two brings it round.
     let mut received = false;
@@ -147,4 +155,5 @@ async fn a_receipt_wechat_cannot_be_read_for_is_left_for_the_next_run() {
         }
     }
     assert!(received, "recorded once WeChat can be read");
+    assert_eq!(c.status(&token, &no).await["status"], "RECEIVED");
 }
