@@ -1,7 +1,8 @@
 //! `orderSync`: carries out the outbox — `shop/order/pay`, `shop/delivery/send`,
 //! `shop/delivery/recieve`, after-sale syncs, refunds, closes — with retry, back-off and
 //! dead letters; a schedule re-drives anything stuck, reconciles unpaid orders with
-//! `pay/orderquery` and refunds whose notification never came with `pay/refundquery`;
+//! `pay/orderquery`, refunds whose notification never came with `pay/refundquery` and
+//! receipts WeChat confirmed whose push never came with `shop/order/get`;
 //! merchants ship, re-sync and replay dead letters through `POST /admin/orderSync`.
 //!
 //! Triggers: DynamoDB stream (new outbox entries, [`on_outbox_records`]), the schedule
