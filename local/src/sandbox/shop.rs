@@ -2052,12 +2052,14 @@ pub fn user_order(sb: &Sandbox, v: &Value) -> Result<Value, String> {
         o.update_time = beijing_datetime(now);
         o.order_id
     };
-    push_event(
-        sb,
-        "open_product_order_confirm",
-        "order_info",
-        json!({"order_id": order_id, "out_order_id": out_order_id}),
-    );
+    if pushes {
+        push_event(
+            sb,
+            "open_product_order_confirm",
+            "order_info",
+            json!({"order_id": order_id, "out_order_id": out_order_id}),
+        );
+    }
     Ok(json!({"order_id": order_id, "out_order_id": out_order_id, "status": 100}))
 }
 

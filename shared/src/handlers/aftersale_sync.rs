@@ -1577,7 +1577,7 @@ pub struct WeChatRefundSweepReport {
 
 /// What WeChat holds of an order, as far as the sweep is concerned (see [`component_of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Component {
+pub(super) enum Component {
     /// WeChat was never asked to make its component order (or the order is gone).
     None,
     /// WeChat holds none that takes after-sales: asked, its answer lost, and it made none (a
@@ -1592,7 +1592,10 @@ enum Component {
 /// What WeChat holds of order `no`: one store read for the order, one for its
 /// paid-while-cancelled event, and — only for one whose `shop/order/add` answer was lost (no
 /// id stored) — one for its `component_order_missing` event.
-async fn component_of(app: &App, no: &OutTradeNo) -> Result<Component, crate::store::StoreError> {
+pub(super) async fn component_of(
+    app: &App,
+    no: &OutTradeNo,
+) -> Result<Component, crate::store::StoreError> {
     let store = app.store.as_ref();
     let Some(order) = repo::get_order(store, no).await? else {
         return Ok(Component::None);
@@ -1610,11 +1613,11 @@ async fn component_of(app: &App, no: &OutTradeNo) -> Result<Component, crate::st
         .await?
         .is_some()
     {
-        tracing::info!(out_trade_no = %no, "WeChat after-sale sweep: WeChat never made this paid order's component order (component_order_missing): its after-sales are not asked about");
+        tracing::info!(out_trade_no = %no, "sweep: WeChat never made this paid order's component order (component_order_missing): WeChat is not asked about it or its after-sales");
         return Ok(Component::Missing);
     }
     if super::audit_callback::known_cancelled_while_paid(app, no).await? {
-        tracing::info!(out_trade_no = %no, "WeChat after-sale sweep: WeChat cancelled this order while ours is paid (order_event_mismatch): its after-sales are not asked about");
+        tracing::info!(out_trade_no = %no, "sweep: WeChat cancelled this order while ours is paid (order_event_mismatch): WeChat is not asked about it or its after-sales");
         return Ok(Component::Missing);
     }
     Ok(Component::Held {

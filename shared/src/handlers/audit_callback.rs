@@ -647,22 +647,51 @@ async fn not_recorded(app: &App, no: &OutTradeNo, why: String) -> Result<(), Api
 /// WeChat confirmed it when the confirmation period ran out), which the merchant hears of
 /// only here. As with the payment push, the body alone is not proof (plaintext mode does not
 /// sign it), so receipt is recorded only as WeChat's order, read back with `shop/order/get`,
-/// states it: status 100 (completed, WECHAT_SHOP.md §5.3). The transition is the one the
-/// user's own confirmation takes (`queryOrder` `confirm`: SHIPPED → RECEIVED), without its
-/// `delivery/recieve` task — WeChat has the receipt already.
+/// states it: status 100 (completed, WECHAT_SHOP.md §5.3), by [`record_wechat_receipt`] — the
+/// same code the schedule's `receipts` phase runs for a push that never came.
 async fn on_order_confirm(app: &App, body: &push::OrderRef) -> Result<(), ApiError> {
     let Some((no, _, wx)) =
         order_as_wechat_holds_it(app, body, "open_product_order_confirm").await?
     else {
         return Ok(());
     };
-    if wx.status != 100 {
+    if record_wechat_receipt(app, &no, wx.status).await? == WeChatReceipt::NotCompleted {
         tracing::warn!(security = true, out_order_id = %no, wx_status = wx.status, "receipt event, but WeChat's order is not completed; nothing recorded");
-        return Ok(());
+    }
+    Ok(())
+}
+
+/// What [`record_wechat_receipt`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WeChatReceipt {
+    /// WeChat's order is completed: ours is RECEIVED (now, or it was already).
+    Recorded,
+    /// WeChat's order is not completed (not 100): nothing changed.
+    NotCompleted,
+    /// WeChat's order is completed but ours cannot take the receipt (not shipped, refunded):
+    /// kept as an `order_confirm_not_applied` event for a person, nothing changed.
+    NotApplied,
+}
+
+/// Receipt of component order `no` as WeChat's own order, read back (`shop/order/get`), states
+/// it (`wx_status`): at 100 (completed) ours takes the transition the user's own confirmation
+/// takes (`queryOrder` `confirm`: SHIPPED → RECEIVED), without its `delivery/recieve` task —
+/// WeChat has the receipt already. Run for the `open_product_order_confirm` push
+/// ([`on_order_confirm`]) and by the schedule for one that never came
+/// ([`super::order_sync::sweep_receipts`]). An order of ours that is not shipped (or already
+/// refunded): WeChat's receipt is kept for a person (`order_confirm_not_applied`). `Err` only
+/// when the store fails.
+pub(super) async fn record_wechat_receipt(
+    app: &App,
+    no: &OutTradeNo,
+    wx_status: i64,
+) -> Result<WeChatReceipt, ApiError> {
+    if wx_status != 100 {
+        return Ok(WeChatReceipt::NotCompleted);
     }
     let received = transition_order(
         app,
-        &no,
+        no,
         |o, now| {
             o.receive(now)
                 .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPED", e.to_string()))
@@ -673,7 +702,7 @@ async fn on_order_confirm(app: &App, body: &push::OrderRef) -> Result<(), ApiErr
     match received {
         Ok(_) => {
             tracing::info!(out_order_id = %no, "receipt confirmed in WeChat recorded");
-            Ok(())
+            Ok(WeChatReceipt::Recorded)
         }
         // Ours is not shipped (or already refunded): WeChat's receipt is kept for a person,
         // acknowledged — its retries would say the same.
@@ -683,7 +712,7 @@ async fn on_order_confirm(app: &App, body: &push::OrderRef) -> Result<(), ApiErr
                 serde_json::json!({"out_order_id": no.as_str(), "why": e.to_string()}).to_string();
             let key = format!("{no}/{}", app.clock.now_ms());
             super::common::keep_evidence(app, "order_confirm_not_applied", key, evidence).await?;
-            Ok(())
+            Ok(WeChatReceipt::NotApplied)
         }
         Err(e) => Err(e),
     }

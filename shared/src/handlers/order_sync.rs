@@ -1,7 +1,8 @@
 //! `orderSync`: carries out the outbox — `shop/order/pay`, `shop/delivery/send`,
 //! `shop/delivery/recieve`, after-sale syncs, refunds, closes — with retry, back-off and
 //! dead letters; a schedule re-drives anything stuck, reconciles unpaid orders with
-//! `pay/orderquery` and refunds whose notification never came with `pay/refundquery`;
+//! `pay/orderquery`, refunds whose notification never came with `pay/refundquery` and
+//! receipts WeChat confirmed whose push never came with `shop/order/get`;
 //! merchants ship, re-sync and replay dead letters through `POST /admin/orderSync`.
 //!
 //! Triggers: DynamoDB stream (new outbox entries, [`on_outbox_records`]), the schedule
@@ -277,6 +278,9 @@ pub enum Phase {
     /// cancel, edit or return parcel in WeChat's order centre (the name predates all but the
     /// first).
     WechatRefunds,
+    /// Component orders we hold SHIPPED whose receipt WeChat confirmed and whose
+    /// `open_product_order_confirm` push never came, read back ([`sweep_receipts`]).
+    Receipts,
     /// Audit verdicts whose push never came.
     Audits,
     /// Yesterday's WeChat Pay bills reconciled, once a day after 10:00 China time.
@@ -292,12 +296,13 @@ pub enum Phase {
     LegacyIndex,
 }
 
-pub const PHASES: [Phase; 10] = [
+pub const PHASES: [Phase; 11] = [
     Phase::Drain,
     Phase::Unpaid,
     Phase::Refunds,
     Phase::WechatNewAftersales,
     Phase::WechatRefunds,
+    Phase::Receipts,
     Phase::Audits,
     Phase::Bill,
     Phase::Funds,
@@ -313,6 +318,7 @@ pub struct ScheduleReport {
     pub refunds: super::aftersale_sync::RefundSweepReport,
     pub wechat_new_aftersales: super::aftersale_sync::WeChatNewAfterSaleReport,
     pub wechat_refunds: super::aftersale_sync::WeChatRefundSweepReport,
+    pub receipts: ReceiptSweepReport,
     pub audits: super::catalog_sync::AuditSweepReport,
     pub bill: super::reconcile::DailyReport,
     pub funds: super::funds_reconcile::DailyReport,
@@ -328,8 +334,8 @@ pub struct ScheduleReport {
 /// The schedule: drain what is due, sweep unpaid orders (ask WeChat Pay; close the expired
 /// ones and release their stock), settle refunds whose notification never came, import
 /// after-sales opened in WeChat whose push never came, record
-/// refunds WeChat made on its own whose push never came, apply audit verdicts whose push never
-/// came, reconcile yesterday's bills (once a day), purge expired records, move index entries
+/// refunds WeChat made on its own whose push never came, record receipts WeChat confirmed whose
+/// push never came, apply audit verdicts whose push never came, reconcile yesterday's bills (once a day), purge expired records, move index entries
 /// written before the sharding (DynamoDB) — all started before `deadline`.
 ///
 /// No phase starves the ones after it: in a first pass each phase gets an equal share of the
@@ -431,6 +437,19 @@ async fn run_phase(
                 report.wechat_refunds.closed += r.closed;
                 report.wechat_refunds.held += r.held;
                 report.wechat_refunds.not_at_wechat += r.not_at_wechat;
+                finished
+            })
+            .map_err(|e| e.to_string()),
+        Phase::Receipts => sweep_receipts(app, deadline)
+            .await
+            .map(|(r, finished)| {
+                let sum = &mut report.receipts;
+                sum.checked += r.checked;
+                sum.asked += r.asked;
+                sum.received += r.received;
+                sum.unanswered += r.unanswered;
+                sum.not_at_wechat += r.not_at_wechat;
+                sum.not_applied += r.not_applied;
                 finished
             })
             .map_err(|e| e.to_string()),
@@ -567,6 +586,139 @@ pub async fn sweep_unpaid(app: &App, deadline: Deadline) -> Result<(SweepReport,
             crate::metrics::EXPIRED_ORDERS_HELD,
             u64::try_from(report.held).unwrap_or(u64::MAX),
             app.clock.now_ms(),
+        );
+    }
+    Ok((report, finished))
+}
+
+/// What one run of [`sweep_receipts`] did.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct ReceiptSweepReport {
+    /// SHIPPED orders read (created over [`RECEIPT_SWEEP_AGE_MS`] ago).
+    pub checked: usize,
+    /// Of those, component orders shipped (unchanged) over [`RECEIPT_SWEEP_AGE_MS`] ago whose
+    /// WeChat order was read back (`shop/order/get`).
+    pub asked: usize,
+    /// WeChat's order read completed (100): ours RECEIVED now, as the lost push would have.
+    pub received: usize,
+    /// WeChat's order could not be read (or the receipt could not be stored): asked again on
+    /// a later turn.
+    pub unanswered: usize,
+    /// Component orders WeChat holds none of that takes a receipt (it never made it:
+    /// `component_order_missing`; it cancelled it while ours is paid: `order_event_mismatch`),
+    /// or that WeChat answers it does not hold (1010011): not asked, or nothing applied.
+    pub not_at_wechat: usize,
+    /// WeChat's order completed but ours could not take the receipt (changed meanwhile): kept
+    /// as an `order_confirm_not_applied` event.
+    pub not_applied: usize,
+}
+
+/// How long a component order stays SHIPPED, unchanged, before the schedule reads its receipt
+/// back from WeChat: a day. The `open_product_order_confirm` push comes within seconds of the
+/// receipt (WeChat's retries within about 15 s), so a day leaves it to the push with a wide
+/// margin, spares the questions about orders still on their way (most of those SHIPPED), and
+/// leaves a receipt whose push was lost for good unrecorded for about a day at most. "Shipped
+/// a day ago" is read as created and last changed (`updated_at_ms`, which the shipment sets)
+/// over a day ago: the status index is ordered by creation, which bounds the read, and a
+/// SHIPPED order's last change is its shipment or later.
+pub const RECEIPT_SWEEP_AGE_MS: i64 = 24 * 3_600_000;
+/// SHIPPED orders read per run, and of those asked about (one `shop/order/get` each): every
+/// SHIPPED order is read in turn, so the questions a day are bounded (10 a run, 2,880 a day at
+/// the 5-minute schedule) however many orders are on their way, within WeChat's daily quota.
+const RECEIPT_SWEEP_READ: usize = 100;
+const RECEIPT_SWEEP_ASK: usize = 10;
+
+/// Receipts WeChat confirmed — the user in WeChat's order centre, or WeChat itself when the
+/// confirmation period ran out — whose `open_product_order_confirm` push never came (WeChat
+/// does not guarantee pushes): nothing else reads a shipped order back, so ours stayed SHIPPED
+/// for good. Component orders we hold SHIPPED, created and unchanged over
+/// [`RECEIPT_SWEEP_AGE_MS`] ago, are taken in turn ([`Rotation`](crate::store::rotation::Rotation)
+/// of the status index, kept as kv `rotation/receipts/SHIPPED`: on from where the last run
+/// stopped), at most [`RECEIPT_SWEEP_READ`] read and [`RECEIPT_SWEEP_ASK`] asked about a run.
+/// WeChat's order is read (`shop/order/get` by our number) and, where it reads 100, the push's
+/// own code records the receipt ([`record_wechat_receipt`](super::audit_callback)): RECEIVED.
+/// Orders not in the trading component are not asked about (nor those WeChat holds none of
+/// that takes a receipt: `not_at_wechat`); WeChat unreadable leaves the order to a later turn
+/// (`unanswered`). No question is started once `deadline` has passed: `false` with the report
+/// then. (Legacy PARTIALLY_REFUNDED records are not read: no current code writes that status.)
+pub async fn sweep_receipts(
+    app: &App,
+    deadline: Deadline,
+) -> Result<(ReceiptSweepReport, bool), ApiError> {
+    use super::aftersale_sync::{component_of, Component};
+    use super::audit_callback::{record_wechat_receipt, WeChatReceipt};
+    let mut report = ReceiptSweepReport::default();
+    if !super::common::component_on(app) {
+        return Ok((report, true));
+    }
+    let store = app.store.as_ref();
+    let shipped_before = app.clock.now_ms() - RECEIPT_SWEEP_AGE_MS;
+    let name = format!("receipts/{}", OrderStatus::Shipped.as_str());
+    let mut turn = repo::order_rotation(store, &name, OrderStatus::Shipped, shipped_before).await?;
+    let outcome: Result<bool, ApiError> = loop {
+        if report.checked == RECEIPT_SWEEP_READ || report.asked == RECEIPT_SWEEP_ASK {
+            break Ok(true);
+        }
+        let rec = match turn.next_before(store, deadline).await {
+            Ok(Next::Record(rec)) => rec,
+            Ok(Next::Stop { finished }) => break Ok(finished),
+            Err(e) => break Err(e.into()),
+        };
+        report.checked += 1;
+        let order = match repo::versioned::<crate::domain::Order>(&rec) {
+            Ok(o) => o.value,
+            Err(e) => {
+                tracing::error!(id = rec.id, error = %e, "receipt sweep: unreadable order; skipped");
+                continue;
+            }
+        };
+        if order.status != OrderStatus::Shipped
+            || order.updated_at_ms > shipped_before
+            || !order.at_wechat().component_order
+        {
+            continue;
+        }
+        let no = order.out_trade_no.clone();
+        match component_of(app, &no).await {
+            Ok(Component::Held { .. }) => {}
+            Ok(Component::None) => continue,
+            Ok(Component::Missing) => {
+                report.not_at_wechat += 1;
+                continue;
+            }
+            Err(e) => break Err(e.into()),
+        }
+        report.asked += 1;
+        let key = crate::shop::types::OrderKey::Out(no.to_string());
+        let wx = match app.wx.order_get(&key, order.openid.as_str()).await {
+            Ok(wx) => wx,
+            Err(e) if e.errcode() == Some(crate::shop::error::ERRCODE_ORDER_NOT_FOUND) => {
+                tracing::warn!(out_trade_no = %no, "receipt sweep: WeChat does not hold this shipped order's component order; nothing to read");
+                report.not_at_wechat += 1;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(out_trade_no = %no, error = %e, "receipt sweep: WeChat's order not read; next turn");
+                report.unanswered += 1;
+                continue;
+            }
+        };
+        match record_wechat_receipt(app, &no, wx.status).await {
+            Ok(WeChatReceipt::Recorded) => report.received += 1,
+            Ok(WeChatReceipt::NotCompleted) => {}
+            Ok(WeChatReceipt::NotApplied) => report.not_applied += 1,
+            Err(e) => {
+                tracing::warn!(out_trade_no = %no, error = %e, "receipt sweep: the receipt WeChat holds was not stored; next turn");
+                report.unanswered += 1;
+            }
+        }
+    };
+    turn.save(store, app.clock.now_secs()).await;
+    let finished = outcome?;
+    if report.received > 0 {
+        tracing::warn!(
+            received = report.received,
+            "receipt sweep: receipts WeChat confirmed recorded; their pushes never came"
         );
     }
     Ok((report, finished))
