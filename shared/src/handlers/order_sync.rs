@@ -333,10 +333,11 @@ pub struct ScheduleReport {
 
 /// The schedule: drain what is due, sweep unpaid orders (ask WeChat Pay; close the expired
 /// ones and release their stock), settle refunds whose notification never came, import
-/// after-sales opened in WeChat whose push never came, record
-/// refunds WeChat made on its own whose push never came, record receipts WeChat confirmed whose
-/// push never came, apply audit verdicts whose push never came, reconcile yesterday's bills (once a day), purge expired records, move index entries
-/// written before the sharding (DynamoDB) — all started before `deadline`.
+/// after-sales opened in WeChat whose push never came, record refunds WeChat made on its own
+/// whose push never came, record receipts WeChat confirmed whose push never came, apply audit
+/// verdicts whose push never came, reconcile yesterday's bills (once a day), purge expired
+/// records, move index entries written before the sharding (DynamoDB) — all started before
+/// `deadline`.
 ///
 /// No phase starves the ones after it: in a first pass each phase gets an equal share of the
 /// time left (a phase that finishes early leaves its time to the next), and what remains then
