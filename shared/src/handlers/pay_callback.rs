@@ -22,9 +22,8 @@
 //! order, a refund WeChat could not pay out (`CHANGE`), a `SUCCESS` or `CHANGE` for an
 //! after-sale another refund completed, a refund made by hand in the merchant platform — is
 //! kept as an event and counted once as [`crate::metrics::MONEY_NEEDS_A_PERSON`], which pages
-//! too. So is an
-//! after-sale's refund WeChat closed (`REFUNDCLOSE`, a [`REFUND_CLOSED_EVENTS`] event): the
-//! user is still owed the money, and only the merchant's approval again sends it.
+//! too. So is an after-sale's refund WeChat closed (`REFUNDCLOSE`, a [`REFUND_CLOSED_EVENTS`]
+//! event): the user is still owed the money, and only the merchant's approval again sends it.
 //!
 //! A refund notification for a refund we never asked for (a person refunded in the WeChat Pay
 //! merchant platform) is recorded on its order when it is a `SUCCESS` of one of our payments
