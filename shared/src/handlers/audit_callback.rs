@@ -563,25 +563,39 @@ async fn on_order_pay(app: &App, body: &push::OrderPay) -> Result<(), ApiError> 
         )
         .await;
     }
-    use super::shop_orders::{query_component_payment, ComponentPayment};
     let push = Some((body.transaction_id.as_str(), body.pay_time.as_str()));
-    match query_component_payment(app, &order, push).await? {
-        ComponentPayment::Recorded(_) => Ok(()),
-        // Not paid there (yet): WeChat pushes again on our 503.
-        ComponentPayment::Unpaid { status: 10 | 11 } => Err(ApiError::unavailable(
-            "NOT_PAID_AT_WECHAT",
-            format!("WeChat's order {no} still reads unpaid; retry"),
-        )),
-        ComponentPayment::Unpaid { status } => {
-            not_recorded(
-                app,
-                &no,
-                format!("WeChat's order is in status {status} (closed unpaid)"),
-            )
-            .await
+    record_component_payment(app, &order, push)
+        .await
+        .map(|_| ())
+}
+
+/// A fund_type=1 order's payment recorded as WeChat's own order, read back
+/// (`shop/order/get`), states it: `true` once recorded (now or before). Not paid there yet
+/// (10, 11): 503, so WeChat pushes again. Closed unpaid there, or a record that contradicts
+/// ours: `false`, kept as evidence ([`not_recorded`]). For the pay push and for a settlement
+/// that arrives before it.
+async fn record_component_payment(
+    app: &App,
+    order: &Order,
+    push: Option<(&str, &str)>,
+) -> Result<bool, ApiError> {
+    use super::shop_orders::{query_component_payment, ComponentPayment};
+    let no = &order.out_trade_no;
+    let why = match query_component_payment(app, order, push).await? {
+        ComponentPayment::Recorded(_) => return Ok(true),
+        ComponentPayment::Unpaid { status: 10 | 11 } => {
+            return Err(ApiError::unavailable(
+                "NOT_PAID_AT_WECHAT",
+                format!("WeChat's order {no} still reads unpaid; retry"),
+            ))
         }
-        ComponentPayment::Refused(why) => not_recorded(app, &no, why).await,
-    }
+        ComponentPayment::Unpaid { status } => {
+            format!("WeChat's order is in status {status} (closed unpaid)")
+        }
+        ComponentPayment::Refused(why) => why,
+    };
+    not_recorded(app, no, why).await?;
+    Ok(false)
 }
 
 /// `open_product_order_settle`: WeChat settled a fund_type=1 order into the shop's funds
@@ -600,23 +614,11 @@ async fn on_order_settle(app: &App, body: &push::OrderSettle) -> Result<(), ApiE
         return Ok(());
     };
     let order = order.value;
-    if order.fund_type == FundType::SecondaryMerchant && !order.status.is_paid() {
-        use super::shop_orders::{query_component_payment, ComponentPayment};
-        match query_component_payment(app, &order, None).await? {
-            ComponentPayment::Recorded(_) => {}
-            ComponentPayment::Unpaid { status: 10 | 11 } => {
-                return Err(ApiError::unavailable(
-                    "NOT_PAID_AT_WECHAT",
-                    format!("WeChat's order {no} still reads unpaid; retry"),
-                ))
-            }
-            ComponentPayment::Unpaid { status } => {
-                let why =
-                    format!("settled, but WeChat's order is in status {status} (closed unpaid)");
-                return not_recorded(app, &no, why).await;
-            }
-            ComponentPayment::Refused(why) => return not_recorded(app, &no, why).await,
-        }
+    if order.fund_type == FundType::SecondaryMerchant
+        && !order.status.is_paid()
+        && !record_component_payment(app, &order, None).await?
+    {
+        return Ok(());
     }
     transition_order(
         app,
