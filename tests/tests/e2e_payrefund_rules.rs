@@ -3,7 +3,7 @@
 //! HTTP: what the merchant can do with a refund WeChat Pay will not make, and what the order
 //! and the user see then.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 use wxlocal::gateway::Running;
 
@@ -12,25 +12,6 @@ mod support;
 use support::{eventually, return_code, stack_with, Client};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The user's after-sale `id` of order `no`, as they list it.
-async fn mine(c: &Client, token: &str, no: &str, id: &str) -> Value {
-    let (s, v) = c
-        .post(
-            "/fn/aftersaleSync",
-            Some(token),
-            &json!({"action": "list", "out_trade_no": no}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["aftersales"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["aftersale_id"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("no after-sale {id} in {v}"))
-}
 
 /// `user` buys one tea (1990) and pays at the sandbox's cashier; returns once the order reads
 /// PAID and WeChat's component order has the payment: (token, out_trade_no).
@@ -111,7 +92,7 @@ async fn a_refund_wechat_pay_refuses_for_good_can_be_recorded_as_paid_another_wa
         .await;
     c.approve(&id).await;
     eventually("REFUND_FAILED", WAIT, || async {
-        mine(&c, &token, &no, &id).await["status"] == "REFUND_FAILED"
+        c.my_aftersale(&token, &no, &id).await["status"] == "REFUND_FAILED"
     })
     .await;
     let refund_calls = r.sandbox.calls("secapi/pay/refund").len();
@@ -124,7 +105,7 @@ async fn a_refund_wechat_pay_refuses_for_good_can_be_recorded_as_paid_another_wa
                 && d.to_string().contains("mark_refunded")),
         "{dead:?}"
     );
-    let out_refund_no = mine(&c, &token, &no, &id).await["out_refund_no"]
+    let out_refund_no = c.my_aftersale(&token, &no, &id).await["out_refund_no"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -138,7 +119,7 @@ async fn a_refund_wechat_pay_refuses_for_good_can_be_recorded_as_paid_another_wa
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["aftersale"]["status"], "REFUNDED", "{v}");
-    assert_eq!(mine(&c, &token, &no, &id).await["status"], "REFUNDED");
+    assert_eq!(c.my_aftersale(&token, &no, &id).await["status"], "REFUNDED");
     let order = c.status(&token, &no).await;
     assert_eq!(order["refunded_fee"], 1990, "{order}");
     assert_eq!(order["status"], "REFUNDED", "{order}");
@@ -222,7 +203,10 @@ async fn a_refund_still_under_way_cannot_be_recorded_as_paid_another_way() {
         .await;
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["code"], "AFTERSALE_STATE", "{v}");
-    assert_eq!(mine(&c, &token, &no, &id).await["status"], "REFUNDING");
+    assert_eq!(
+        c.my_aftersale(&token, &no, &id).await["status"],
+        "REFUNDING"
+    );
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 0);
 }
 
@@ -249,7 +233,7 @@ async fn a_second_refund_held_at_wechat_for_a_refunded_aftersale_pages_a_person(
         .await;
     c.approve(&id).await;
     eventually("REFUND_FAILED", WAIT, || async {
-        mine(&c, &token, &no, &id).await["status"] == "REFUND_FAILED"
+        c.my_aftersale(&token, &no, &id).await["status"] == "REFUND_FAILED"
     })
     .await;
     let (s, v) = c
@@ -260,7 +244,7 @@ async fn a_second_refund_held_at_wechat_for_a_refunded_aftersale_pages_a_person(
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
-    let out_refund_no = mine(&c, &token, &no, &id).await["out_refund_no"]
+    let out_refund_no = c.my_aftersale(&token, &no, &id).await["out_refund_no"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -282,7 +266,7 @@ async fn a_second_refund_held_at_wechat_for_a_refunded_aftersale_pages_a_person(
         assert_eq!(return_code(&reply), "SUCCESS", "{reply}");
     }
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
-    assert_eq!(mine(&c, &token, &no, &id).await["status"], "REFUNDED");
+    assert_eq!(c.my_aftersale(&token, &no, &id).await["status"], "REFUNDED");
     let (kept, _) =
         wxshop::store::repo::events_of(r.app.store.as_ref(), "refund_superseded", 50, None)
             .await

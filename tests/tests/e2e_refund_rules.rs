@@ -39,25 +39,6 @@ async fn wx_status(r: &Running, wx: u64) -> i64 {
         .status
 }
 
-/// The user's after-sale `id` of order `no`, as they list it.
-async fn mine(c: &Client, token: &str, no: &str, id: &str) -> Value {
-    let (s, v) = c
-        .post(
-            "/fn/aftersaleSync",
-            Some(token),
-            &json!({"action": "list", "out_trade_no": no}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["aftersales"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["aftersale_id"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("no after-sale {id} in {v}"))
-}
-
 /// The user pays `no` at the sandbox's cashier; returns once its payment reached WeChat's
 /// component order (`shop/order/pay`).
 async fn paid_and_synced(r: &Running, c: &Client, no: &str) {
@@ -166,7 +147,7 @@ async fn a_return_wechat_closed_for_want_of_the_goods_lets_go_of_its_amount() {
         "ours cancelled as WeChat closed it, the merchant told",
         WAIT,
         || async {
-            mine(&c, &token, &no, &id).await["status"] == "CANCELLED"
+            c.my_aftersale(&token, &no, &id).await["status"] == "CANCELLED"
                 && return_closed_event(&r, &id).await.is_some()
         },
     )
@@ -206,7 +187,7 @@ async fn a_return_wechat_closed_whose_push_was_lost_is_closed_by_the_schedule() 
     let report = on_schedule(&r.app, wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
     assert_eq!(report["wechat_refunds"]["closed"], 1, "{report}");
     assert_eq!(
-        mine(&c, &token, &no, &id).await["status"],
+        c.my_aftersale(&token, &no, &id).await["status"],
         "CANCELLED",
         "{report}"
     );
@@ -371,10 +352,10 @@ async fn refund_held_at_wechat(
         .await;
     assert_eq!(s, 200, "{v}");
     eventually("REFUND_ABNORMAL", WAIT, || async {
-        mine(c, &token, &no, &id).await["status"] == "REFUND_ABNORMAL"
+        c.my_aftersale(&token, &no, &id).await["status"] == "REFUND_ABNORMAL"
     })
     .await;
-    let out_refund_no = mine(c, &token, &no, &id).await["out_refund_no"]
+    let out_refund_no = c.my_aftersale(&token, &no, &id).await["out_refund_no"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -430,7 +411,7 @@ async fn a_held_refund_redirected_is_counted_once_however_its_end_is_told() {
         let (s, reply) = c.raw("/callbacks/refund", success.clone()).await;
         assert_eq!((s, return_code(&reply)), (200, "SUCCESS"), "{reply}");
     }
-    assert_eq!(mine(&c, &token, &no, &id).await["status"], "REFUNDED");
+    assert_eq!(c.my_aftersale(&token, &no, &id).await["status"], "REFUNDED");
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
     assert_eq!(c.status(&token, &no).await["status"], "REFUNDED");
     let (s, v) = c.admin("/admin/aftersaleSync", &mark(&id)).await;
@@ -449,7 +430,7 @@ async fn a_held_refund_redirected_is_counted_once_however_its_end_is_told() {
     let (s, reply) = c.raw("/callbacks/refund", success).await;
     assert_eq!((s, return_code(&reply)), (200, "SUCCESS"), "{reply}");
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
-    assert_eq!(mine(&c, &token, &no, &id).await["status"], "REFUNDED");
+    assert_eq!(c.my_aftersale(&token, &no, &id).await["status"], "REFUNDED");
     assert_eq!(
         r.sandbox.calls("secapi/pay/refund").len(),
         2,

@@ -295,6 +295,25 @@ impl Client {
         .await;
     }
 
+    /// The user's after-sale `id` of order `no`, as they list it.
+    pub async fn my_aftersale(&self, token: &str, no: &str, id: &str) -> Value {
+        let (s, v) = self
+            .post(
+                "/fn/aftersaleSync",
+                Some(token),
+                &json!({"action": "list", "out_trade_no": no}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["aftersales"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["aftersale_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no after-sale {id} in {v}"))
+    }
+
     /// Every after-sale of `no`, as the merchant lists them.
     pub async fn admin_aftersales(&self, no: &str) -> Vec<Value> {
         let (s, v) = self
