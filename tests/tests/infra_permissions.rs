@@ -346,3 +346,34 @@ async fn a_withdrawal_repeated_at_once_is_answered_as_deployed() {
         .unwrap();
     assert_eq!(stored.len(), 1, "one withdrawal: {stored:?}");
 }
+
+// ------------------------------------------------------------------ orderSync
+
+/// Guard: the 5-minute schedule — outbox drain (each finished entry deleted), sweeps,
+/// reconciliations, index migration — needs nothing orderSync's role lacks.
+#[tokio::test]
+async fn the_schedule_runs_as_deployed() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("iam-schedule").await;
+    let order = c.order_tea(&token, 1).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.pay_at_sandbox(&no).await;
+    eventually("PAID", WAIT, || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let store = AsDeployed::wrap(&r, "order-sync");
+    let mut app = r.app.clone();
+    app.store = store.clone();
+    let report = tokio::time::timeout(
+        WAIT,
+        wxshop::handlers::order_sync::on_schedule(
+            &app,
+            wxshop::time::Deadline::after(wxshop::handlers::order_sync::LOCAL_SCHEDULE_BUDGET),
+        ),
+    )
+    .await
+    .expect("the schedule ends in time");
+    assert_eq!(store.denied(), Vec::<String>::new(), "{report}");
+}
