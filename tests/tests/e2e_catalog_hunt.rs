@@ -1,13 +1,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 //! The catalog as a merchant drives it and a shopper sees it, where it used to go wrong: an
-//! audit withdrawn by WeChat's product id, and listing what cannot be listed.
+//! audit withdrawn by WeChat's product id, listing what cannot be listed, and a price change
+//! WeChat took while an order took stock.
 
 use serde_json::{json, Value};
 use std::time::Duration;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, get_product, stack_with, Client};
+use support::{buy_tea, eventually, get_product, stack_with, tea, Client};
 
 /// The merchant's `upsert` of a teapot (one SKU, `pot-1`) at `price` fen.
 fn pot(price: i64) -> Value {
@@ -164,4 +165,68 @@ async fn listing_what_wechat_never_approved_says_what_to_do() {
         (404, Some("NO_SUCH_PRODUCT")),
         "{v}"
     );
+}
+
+/// GIVEN the seeded tea, approved and listed at 1990
+/// WHEN the merchant reprices it to 2500 (`spu/update_without_audit`, no audit) and, while
+/// WeChat's answer is on its way, a shopper orders one (taking stock)
+/// THEN the upsert succeeds and the shop shows and charges 2500, the price WeChat sells at: a
+/// shopper can buy it. The upsert used to answer 409 `RETRY` after WeChat had taken the new
+/// price: ours stayed 1990, shown and charged, and WeChat's `order/add` refused every order
+/// at a price unlike its own until the merchant repeated the upsert.
+#[tokio::test]
+async fn a_price_wechat_took_while_an_order_took_stock_is_the_price_sold() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("buyer").await;
+    let (early, _) = c.login("early").await;
+    assert_eq!(buy_tea(&c, &token).await, Ok(1990));
+
+    // WeChat takes 2 s to act on (and answer) the repricing.
+    c.fault(
+        json!({"path": "shop/spu/update_without_audit", "mode": "delay",
+                   "delay_ms": 2000, "count": 1}),
+    )
+    .await;
+    let stock = c.stock().await;
+    let upsert = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.admin(
+                "/admin/catalogSync",
+                &tea("Longjing green tea 250 g", 2500, stock),
+            )
+            .await
+        }
+    });
+    eventually(
+        "the repricing to reach WeChat",
+        Duration::from_secs(20),
+        || async { !r.sandbox.calls("spu/update_without_audit").is_empty() },
+    )
+    .await;
+    // Meanwhile a shopper's order takes stock (at the price still on sale).
+    let (s, v) = c.order(&early, 1, None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = tokio::time::timeout(Duration::from_secs(30), upsert)
+        .await
+        .expect("the upsert answers")
+        .unwrap();
+
+    let (ss, shown) = c
+        .post(
+            "/fn/catalogSync",
+            Some(&token),
+            &json!({"action": "get", "product_id": "tea"}),
+        )
+        .await;
+    assert_eq!(ss, 200, "{shown}");
+    assert_eq!(shown["product"]["skus"][0]["price"], 2500, "{shown}");
+    assert_eq!(
+        buy_tea(&c, &token).await,
+        Ok(2500),
+        "the price shown is charged and WeChat takes the order"
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["skus"][0]["price"], 2500, "{v}");
 }

@@ -719,7 +719,18 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
                 // version on sale is a pending edit's, not on sale until its verdict.
                 let repriced = product.draft().repriced_in(&next);
                 match without_audit(app, &id, &next, &skus, &repriced).await {
-                    Ok(()) => apply_skus(&mut product, &next, &repriced),
+                    Ok(()) => {
+                        // WeChat sells at these prices now: ours follows, over whatever changed
+                        // here meanwhile (an order taking stock). A write conditional on the
+                        // product as read before the call answered 409 after WeChat had
+                        // changed: the shop showed and charged the old price, which WeChat's
+                        // `order/add` refused, until the merchant repeated the upsert.
+                        return modify(app, &id, |p| {
+                            apply_skus(p, &next, &repriced);
+                            Ok(())
+                        })
+                        .await;
+                    }
                     Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
                         // WeChat lost the product (deleted in the console, a fresh sandbox): its
                         // approval went with it. Upload this version as a new product.
