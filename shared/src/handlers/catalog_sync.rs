@@ -93,6 +93,33 @@ pub(super) const PRODUCT_NOT_FOUND: i64 = 9401002;
 /// `errcode` for "product under audit, do not resubmit; use `del_audit`" (§11, 1000002).
 const PRODUCT_UNDER_AUDIT: i64 = 1000002;
 
+/// `errcode` for "product never approved, no online data" (§11, 1000003): `spu/listing` of a
+/// product WeChat has not approved yet.
+const PRODUCT_NEVER_APPROVED: i64 = 1000003;
+
+/// 409 `NOT_APPROVED`: WeChat lists only a product it approved once; what to do depends on
+/// where its audit stands here.
+fn not_approved_yet(p: &Product) -> ApiError {
+    let what = match p.draft_audit() {
+        AuditStatus::Auditing => "it is under WeChat's audit: list it once approved",
+        AuditStatus::Rejected => {
+            "WeChat rejected it (see reject_reason): fix it, upsert it \
+             again, and list it once approved"
+        }
+        AuditStatus::Draft | AuditStatus::Approved => {
+            "it is not at WeChat's audit (see \
+             submit_error): upsert it again, and list it once approved"
+        }
+    };
+    ApiError::conflict(
+        "NOT_APPROVED",
+        format!(
+            "{} cannot be listed: WeChat has never approved it; {what}",
+            p.product_id
+        ),
+    )
+}
+
 /// `errcode` for "product id already exists, call `update`" (§11, 1000012).
 const PRODUCT_EXISTS: i64 = 1000012;
 
@@ -120,18 +147,54 @@ const PASS_THROUGH: &[&str] = &[
 /// Withdraws a submission from audit (the product back to `edit_status` 1 at WeChat).
 const DEL_AUDIT: &str = "shop/spu/del_audit";
 
-/// A `del_audit` WeChat took: the submission we hold as under audit is no longer at WeChat, so
-/// it becomes a draft not submitted (the next upsert submits it) instead of waiting for a
-/// verdict that will never come.
-async fn audit_withdrawn(app: &App, body: &serde_json::Value) -> Result<(), ApiError> {
-    let Some(id) = body
+/// The product of ours a `del_audit` body names: by `out_product_id`, or by WeChat's
+/// `product_id` (WeChat takes either, WECHAT_SHOP.md §0 and §3), which WeChat's own record
+/// (`spu/get`) turns into ours. Read before the withdrawal is sent, so a failure to read it
+/// changes nothing anywhere. `None`: nothing of ours (WeChat does not know that id either,
+/// or its `out_product_id` is not one we could have given).
+async fn withdrawn_product(
+    app: &App,
+    body: &serde_json::Value,
+) -> Result<Option<ProductId>, ApiError> {
+    if let Some(out) = body
         .get("out_product_id")
         .and_then(serde_json::Value::as_str)
-        .and_then(|s| ProductId::parse(s.to_owned()).ok())
-    else {
-        return Ok(()); // named by WeChat's product_id only: nothing of ours to find by it
+    {
+        return Ok(ProductId::parse(out.to_owned()).ok());
+    }
+    let wx_id = match body.get("product_id") {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
+        _ => None,
     };
-    super::common::update_product(app, &id, |p| {
+    let Some(wx_id) = wx_id else {
+        return Ok(None); // WeChat refuses the call for want of an id
+    };
+    match app.wx.spu_get(&ProductKey::Id(wx_id), false).await {
+        Ok(spu) => Ok(ProductId::parse(spu.out_product_id).ok()),
+        Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => Ok(None),
+        Err(e) => {
+            let e = wx_error(e);
+            Err(ApiError::new(
+                e.status,
+                e.code,
+                format!(
+                    "nothing was withdrawn: WeChat's product {wx_id} could not be read to find \
+                     ours ({}); call again, or name it by out_product_id",
+                    e.message
+                ),
+            ))
+        }
+    }
+}
+
+/// A `del_audit` WeChat took for our product `id`: the submission we hold as under audit is
+/// no longer at WeChat, so it becomes a draft not submitted (the next upsert submits it)
+/// instead of waiting for a verdict that will never come. Named by WeChat's `product_id`, it
+/// used to be missed: the product stayed under audit here for good, and an upsert of the
+/// same version uploaded nothing.
+async fn audit_withdrawn(app: &App, id: &ProductId) -> Result<(), ApiError> {
+    super::common::update_product(app, id, |p| {
         if p.draft_audit() == AuditStatus::Auditing {
             p.draft_not_submitted("review withdrawn (shop/spu/del_audit)".into());
         }
@@ -380,9 +443,14 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
                     "third_cat_list": list.as_ref(),
                 })));
             }
+            let withdrawn = if api == DEL_AUDIT {
+                withdrawn_product(app, &body).await?
+            } else {
+                None
+            };
             let reply: serde_json::Value = app.wx.post_json(api, &body).await.map_err(wx_error)?;
-            if api == DEL_AUDIT {
-                audit_withdrawn(app, &body).await?;
+            if let Some(id) = withdrawn {
+                audit_withdrawn(app, &id).await?;
             }
             Ok(json(&reply))
         }
@@ -651,7 +719,18 @@ async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
                 // version on sale is a pending edit's, not on sale until its verdict.
                 let repriced = product.draft().repriced_in(&next);
                 match without_audit(app, &id, &next, &skus, &repriced).await {
-                    Ok(()) => apply_skus(&mut product, &next, &repriced),
+                    Ok(()) => {
+                        // WeChat sells at these prices now: ours follows, over whatever changed
+                        // here meanwhile (an order taking stock). A write conditional on the
+                        // product as read before the call answered 409 after WeChat had
+                        // changed: the shop showed and charged the old price, which WeChat's
+                        // `order/add` refused, until the merchant repeated the upsert.
+                        return modify(app, &id, |p| {
+                            apply_skus(p, &next, &repriced);
+                            Ok(())
+                        })
+                        .await;
+                    }
                     Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
                         // WeChat lost the product (deleted in the console, a fresh sandbox): its
                         // approval went with it. Upload this version as a new product.
@@ -914,7 +993,28 @@ async fn set_listing(app: &App, id: &ProductId, listing: Listing) -> Result<Prod
         return Ok(product);
     }
     if component_on(app) {
-        app.wx.spu_listing(&key).await.map_err(wx_error)?;
+        // Ours first: an id we do not have is the caller's mistake (404), not WeChat's refusal.
+        let product = repo::get_product(app.store.as_ref(), id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))?
+            .value;
+        match app.wx.spu_listing(&key).await {
+            Ok(()) => {}
+            Err(e) if e.errcode() == Some(PRODUCT_NEVER_APPROVED) => {
+                return Err(not_approved_yet(&product));
+            }
+            Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
+                return Err(ApiError::conflict(
+                    "NOT_APPROVED",
+                    format!(
+                        "{id} cannot be listed: WeChat does not have it (stored while the \
+                         trading component was off, or deleted at WeChat); upsert it again, \
+                         which uploads it for audit, and list it once approved"
+                    ),
+                ));
+            }
+            Err(e) => return Err(wx_error(e)),
+        }
     }
     modify(app, id, |p| {
         p.listing = listing;
