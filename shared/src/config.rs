@@ -325,8 +325,10 @@ impl Config {
         // for 2 hours (WECHAT_PAY_V2.md §4); the trading component's `shop/order/add` takes an
         // `expire_time` 15 minutes to 1 day ahead. Without it, at least 5 minutes: WeChat Pay
         // wants `time_expire` a minute or more after the request (sent whole seconds, after the
-        // order is written), and a key repeated with less than a minute left is closed rather
-        // than paid (`unified_order::PAY_MARGIN_MS`), so 60 s could not be paid at all.
+        // order is written), and a key repeated with a minute and 5 s or less left (as WeChat
+        // holds the deadline, in whole seconds) is closed rather than paid
+        // (`unified_order::PAY_MARGIN_MS`), so 60 s could not be paid at all; 5 minutes leaves
+        // nearly 4 to pay in after the margin.
         let min_order_ttl = if trading_component == TradingComponent::Off {
             5 * 60
         } else {

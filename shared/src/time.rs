@@ -19,6 +19,13 @@ fn at(ms: i64) -> DateTime<FixedOffset> {
     utc.with_timezone(&beijing())
 }
 
+/// A deadline `ms` as WeChat holds it once we send it in whole seconds (WeChat Pay's
+/// `time_expire`, [`beijing_compact`]; a component order's `expire_time`, seconds): the
+/// fraction of a second dropped, as both formats drop it.
+pub fn whole_second(ms: i64) -> i64 {
+    ms.div_euclid(1000).saturating_mul(1000)
+}
+
 /// `yyyyMMddHHmmss` in Beijing time (`time_start`, `time_expire`, `time_end`).
 pub fn beijing_compact(ms: i64) -> String {
     at(ms).format("%Y%m%d%H%M%S").to_string()
@@ -188,6 +195,24 @@ mod tests {
             "",
         ] {
             assert_eq!(beijing_day_start_ms(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn whole_second_is_what_time_expire_says() {
+        for ms in [
+            1_796_486_400_000,
+            1_796_486_400_001,
+            1_796_486_400_999,
+            1_796_486_401_000,
+            1_796_486_459_500,
+        ] {
+            assert_eq!(
+                parse_beijing_compact(&beijing_compact(ms)),
+                Some(whole_second(ms)),
+                "{ms}"
+            );
+            assert_eq!(whole_second(ms) / 1000, ms / 1000, "{ms}");
         }
     }
 

@@ -71,9 +71,12 @@
 //! A repeated or resumed key's unpaid order whose deadline WeChat holds it to
 //! (`deadline_fixed`: a direct order's `time_expire`, which a resumed `pay/unifiedorder` must
 //! repeat unchanged; a secondary-merchant order's component `expire_time`, once WeChat holds
-//! it) is not handed out for payment with less than [`PAY_MARGIN_MS`] (1 minute) left: the
-//! user would open the payment sheet and WeChat Pay refuse the payment as the order expired,
-//! mid-payment. It is settled as an expired one is (`brought_up_to_date` →
+//! it) is not handed out for payment with less than [`PAY_MARGIN_MS`] (WeChat Pay's minute and
+//! 5 s of slack) left before that deadline as WeChat holds it — sent in whole seconds, so the
+//! fraction of a second dropped counts as gone: the user would open the payment sheet and
+//! WeChat Pay refuse the payment as the order expired, mid-payment, and a resumed
+//! `pay/unifiedorder` with under a minute left is refused outright (`time_expire` too short),
+//! which the user would see as a failure (502) rather than "order again". It is settled as an expired one is (`brought_up_to_date` →
 //! [`settle_unpaid`](super::order_sync::settle_unpaid)): WeChat asked first whether it was
 //! paid (a PREPAID one: WeChat Pay's `orderquery`, or the component's `shop/order/get`) — paid
 //! → recorded and answered as paid, never closed; unpaid → closed (reason "too near its expiry
@@ -83,8 +86,8 @@
 //! `ORDER_STATUS_UNKNOWN`, to retry with the same key. A direct order still CREATED (its
 //! earlier attempt cut off) is closed without asking, as an expired one is: nobody held its
 //! `prepay_id`, and a payment WeChat Pay had all the same is recorded when the close task's
-//! `closeorder` answers `ORDERPAID` (a payment after the close). With a minute or more left the
-//! key answers as before: the same order and payment parameters. A first attempt is never
+//! `closeorder` answers `ORDERPAID` (a payment after the close). With more than the margin left
+//! the key answers as before: the same order and payment parameters. A first attempt is never
 //! refused this way (its order has the whole of `ORDER_TTL_SECS`, which is why that is at least
 //! 5 minutes: at 60 s a first `pay/unifiedorder` would fall under WeChat Pay's own minute and
 //! every repeat within the margin).
@@ -267,7 +270,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         ));
     }
     let record_key = format!("unifiedOrder:{openid}:{key}");
-    let hash = payload_hash(&lines, body.scene, body.address.as_ref());
+    let fingerprint = Fingerprint::of(&lines, body.scene, body.address.as_ref());
     let now = app.clock.now_ms();
     let offered = Reservation {
         out_trade_no: OutTradeNo::generate(now),
@@ -276,14 +279,12 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     let offered_json =
         serde_json::to_string(&offered).map_err(|e| ApiError::internal(e.to_string()))?;
     let reference =
-        match idempotency::claim(
+        match claim_key(
             app.store.as_ref(),
             &record_key,
-            &hash,
+            &fingerprint,
             &offered_json,
             now,
-            IN_PROGRESS_MS,
-            IDEMPOTENCY_TTL_SECS,
         )
         .await?
         {
@@ -404,7 +405,7 @@ fn key_reused(reference: Option<&str>) -> ApiError {
 /// (409 `ORDER_CLOSED`; a new purchase takes a new key). A resumed key whose order was closed
 /// is completed with a result naming it CLOSED, answered the same way.
 ///
-/// An unpaid order past its `expires_at_ms` — or with less than [`PAY_MARGIN_MS`] left to pay
+/// An unpaid order past its `expires_at_ms` — or with [`PAY_MARGIN_MS`] or less left to pay
 /// in — is settled here as the sweep would, before answering (`brought_up_to_date`, as a
 /// resumed key's order is): its prepay order has expired at WeChat too (or will while the
 /// user pays), and the stored parameters would only fail in the cashier again and again until
@@ -415,6 +416,19 @@ fn key_reused(reference: Option<&str>) -> ApiError {
 /// is not closed (it may have been paid) and the answer is 503 `ORDER_STATUS_UNKNOWN`, which
 /// the client retries with the same key: the stored parameters would open a cashier that
 /// cannot pay, and a status read before WeChat answered might be wrong either way.
+///
+/// A secondary-merchant (fund_type 1) PREPAID order is read at WeChat (`shop/order/get`) even
+/// with time left, as `queryOrder` and the unpaid sweep read it: the user may have cancelled it
+/// in WeChat's order centre and its `open_product_order_cancel` push been lost (WeChat does not
+/// promise pushes), and its stored payment parameters would only fail in the cashier. Cancelled
+/// there → closed here, stock back, 409 `ORDER_CLOSED`; paid there → the payment recorded,
+/// answered PAID; waiting for payment → the stored parameters. WeChat not answering → the
+/// stored parameters, nothing closed, as a resumed key's order is (`place`): a 503 would stop
+/// the user paying an order that is most likely payable, over one failed read; the parameters
+/// can pay nothing WeChat would not take (it refuses to pay an order it cancelled, or one paid
+/// already), so at worst the cashier fails once, as before. Only a repeated key pays for the
+/// read; a first call never makes it. A direct order with time left is answered from the
+/// store, as before.
 async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
     let mut result: UnifiedOrderResult = serde_json::from_str(stored)
         .map_err(|e| ApiError::internal(format!("stored result unreadable: {e}")))?;
@@ -424,7 +438,10 @@ async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
     let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
         return answer(&result);
     };
-    let order = brought_up_to_date(app, order.value, false).await?;
+    // A secondary-merchant order is its component order: the user may have paid or cancelled
+    // it in WeChat's order centre and the push not landed, so WeChat's is read first.
+    let ask_open = order.value.fund_type == FundType::SecondaryMerchant;
+    let order = brought_up_to_date(app, order.value, ask_open).await?;
     result.status = order.status;
     // The amounts as the order states them (a result stored before `freight` was answered
     // has none).
@@ -433,16 +450,49 @@ async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
     answer(&result)
 }
 
-/// The least time a key's unpaid order must have left before its expiry to be handed out for
-/// payment again: WeChat Pay's own least for a new order's `time_expire`, 1 minute after the
-/// request (WECHAT_PAY_V2.md §4, "recommended ≥1 minute"; the local sandbox refuses less with
-/// `time_expire时间过短，至少1分钟`, as WeChat Pay is reported to — UNVERIFIED whether it
-/// refuses a repeated call for an order it already holds). WeChat deems a minute enough to pay
-/// in, and a resumed `pay/unifiedorder` with less may be refused outright. A margin under
+/// WeChat Pay's least `time_expire`: 1 minute after the request (WECHAT_PAY_V2.md §2.2 and §4,
+/// "recommended ≥1 minute"; the local sandbox refuses less with `time_expire时间过短，至少1分钟`,
+/// as WeChat Pay is reported to — UNVERIFIED whether it refuses a repeated call for an order it
+/// already holds). WeChat deems a minute enough to pay in.
+pub const WECHAT_PAY_LEAST_EXPIRY_MS: i64 = 60_000;
+
+/// The least time a key's unpaid order must have left before its deadline — as WeChat holds
+/// it: sent in whole seconds, the fraction dropped ([`deadline_at_wechat`]) — to be handed out
+/// for payment again: WeChat Pay's own least ([`WECHAT_PAY_LEAST_EXPIRY_MS`]) and 5 s of slack
+/// for the clock difference between us and WeChat and the time the request takes to get
+/// there. A resumed `pay/unifiedorder` with less than WeChat's minute is refused outright
+/// (`PAYMENT_REFUSED`, where 409 `ORDER_CLOSED` — order again — was due), and a margin under
 /// it would hand out payment sheets that WeChat Pay refuses as the order expires while the
-/// user is paying; one much above it would close orders a user could still pay. It also
-/// absorbs a few seconds of clock difference between us and WeChat.
-pub const PAY_MARGIN_MS: i64 = 60_000;
+/// user is paying; one much above it would close orders a user could still pay.
+pub const PAY_MARGIN_MS: i64 = WECHAT_PAY_LEAST_EXPIRY_MS + 5_000;
+
+/// `order`'s deadline as WeChat holds it: its `expires_at_ms` sent in whole seconds (a direct
+/// order's `time_expire`, a secondary-merchant one's component `expire_time`), the fraction of
+/// a second dropped.
+fn deadline_at_wechat(order: &Order) -> i64 {
+    crate::time::whole_second(order.expires_at_ms)
+}
+
+/// The margin (ms before `expires_at_ms`, as [`settle_unpaid`](super::order_sync::settle_unpaid)
+/// counts it) within which a key's unpaid order is too late to pay: [`PAY_MARGIN_MS`] before
+/// its deadline as WeChat holds it ([`deadline_at_wechat`]) for one WeChat holds to its
+/// deadline ([`deadline_fixed`]), else none (it is given the whole time instead).
+fn pay_margin_ms(order: &Order) -> i64 {
+    if !deadline_fixed(order) {
+        return 0;
+    }
+    let dropped = order
+        .expires_at_ms
+        .saturating_sub(deadline_at_wechat(order));
+    PAY_MARGIN_MS.saturating_add(dropped)
+}
+
+/// Whether a key's unpaid `order` is, at `now`, too late to be handed out for payment (or
+/// past its expiry): settled as the sweep would rather than answered (see
+/// [`brought_up_to_date`]).
+fn too_late_to_pay(order: &Order, now: i64) -> bool {
+    order.status.is_unpaid_open() && order.expires_at_ms <= now.saturating_add(pay_margin_ms(order))
+}
 
 /// Whether WeChat holds `order` to its `expires_at_ms`, so that it cannot be paid past it and
 /// the deadline cannot move: a direct order's is WeChat Pay's `time_expire`, which a resumed
@@ -459,7 +509,8 @@ fn deadline_fixed(order: &Order) -> bool {
 
 /// A key's order brought up to date before it is answered, by a completed key's `replay` and
 /// a resumed key's `place`. One unpaid and past its `expires_at_ms` — or with less than
-/// [`PAY_MARGIN_MS`] left while WeChat holds it to that deadline ([`deadline_fixed`]): its
+/// [`PAY_MARGIN_MS`] left while WeChat holds it to that deadline ([`deadline_fixed`],
+/// [`too_late_to_pay`]): its
 /// payment parameters would open a payment sheet WeChat refuses as the order expires — is
 /// settled as the sweep would ([`settle_unpaid`](super::order_sync::settle_unpaid)): paid at
 /// WeChat → recorded, the order as paid; not paid → closed (stock back, closed at WeChat, the
@@ -469,12 +520,8 @@ fn deadline_fixed(order: &Order) -> bool {
 /// say about is then left as it is.
 async fn brought_up_to_date(app: &App, order: Order, ask_open: bool) -> Result<Order, ApiError> {
     let now = app.clock.now_ms();
-    let margin_ms = if deadline_fixed(&order) {
-        PAY_MARGIN_MS
-    } else {
-        0
-    };
-    let due = order.status.is_unpaid_open() && order.expires_at_ms <= now.saturating_add(margin_ms);
+    let margin_ms = pay_margin_ms(&order);
+    let due = too_late_to_pay(&order, now);
     let ask = due || (ask_open && order.status == OrderStatus::Prepaid);
     if !ask {
         return Ok(order);
@@ -664,8 +711,74 @@ fn validate_cart(items: &[CartLine]) -> Result<Vec<Line>, ApiError> {
 
 /// What an idempotency key stands for: the cart, the scene and the delivery address — a
 /// retry under the same key with another address is another request (422), never the first
-/// order replayed with the old address.
-fn payload_hash(lines: &[Line], scene: Option<u32>, address: Option<&Address>) -> String {
+/// order replayed with the old address. The cart is a set of lines (one per SKU: see
+/// `validate_cart`), so it is fingerprinted in a canonical order — by product, then SKU — and
+/// a retry whose client rebuilt the cart in another order is the same request.
+struct Fingerprint {
+    /// The lines sorted: what a key is claimed with.
+    canonical: String,
+    /// The lines as sent, as keys were fingerprinted before the lines were sorted: a record
+    /// claimed then (they live [`IDEMPOTENCY_TTL_SECS`]) still matches its own request sent
+    /// again in the same order. The same as `canonical` when the lines came sorted (a cart of
+    /// one line always).
+    as_sent: String,
+}
+
+impl Fingerprint {
+    fn of(lines: &[Line], scene: Option<u32>, address: Option<&Address>) -> Self {
+        let mut sorted: Vec<&Line> = lines.iter().collect();
+        sorted.sort_by(|a, b| {
+            (a.product_id.as_str(), a.sku_id.as_str())
+                .cmp(&(b.product_id.as_str(), b.sku_id.as_str()))
+        });
+        Fingerprint {
+            canonical: payload_hash(sorted.iter().copied(), scene, address),
+            as_sent: payload_hash(lines.iter(), scene, address),
+        }
+    }
+}
+
+/// Claims `record_key` for the request `fingerprint` names: with its canonical hash, and —
+/// when the key was claimed for another request by that and the lines came unsorted — with the
+/// hash of the lines as sent, which a record claimed before the lines were sorted holds. The
+/// second claim is only asked when the first found a mismatch (which changes nothing), so a
+/// key is never claimed twice; a mismatch both ways is the key reused.
+async fn claim_key(
+    store: &dyn crate::store::Store,
+    record_key: &str,
+    fingerprint: &Fingerprint,
+    offered: &str,
+    now: i64,
+) -> Result<Claim, ApiError> {
+    let mut hashes = vec![fingerprint.canonical.as_str()];
+    if fingerprint.as_sent != fingerprint.canonical {
+        hashes.push(fingerprint.as_sent.as_str());
+    }
+    let mut claimed = Claim::InProgress;
+    for hash in hashes {
+        claimed = idempotency::claim(
+            store,
+            record_key,
+            hash,
+            offered,
+            now,
+            IN_PROGRESS_MS,
+            IDEMPOTENCY_TTL_SECS,
+        )
+        .await?;
+        if !matches!(claimed, Claim::PayloadMismatch { .. }) {
+            break;
+        }
+    }
+    Ok(claimed)
+}
+
+/// The hash of a request: its lines in the order given, the scene and the address.
+fn payload_hash<'a>(
+    lines: impl Iterator<Item = &'a Line>,
+    scene: Option<u32>,
+    address: Option<&Address>,
+) -> String {
     let mut h = Sha256::new();
     for l in lines {
         h.update(l.product_id.as_str().as_bytes());
@@ -1267,4 +1380,120 @@ async fn save_prepaid(app: &App, prepared: &Order) -> Result<Order, ApiError> {
         Ok(Attempt::Commit(batch, next))
     })
     .await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::domain::order::tests::sample_order;
+
+    /// WeChat Pay's rule for a `time_expire` (the sandbox's too): a minute or more after the
+    /// request, by WeChat's clock.
+    fn wechat_pay_takes(time_expire_ms: i64, wechat_now_ms: i64) -> bool {
+        time_expire_ms >= wechat_now_ms + WECHAT_PAY_LEAST_EXPIRY_MS
+    }
+
+    /// Every expiry from 55 s to 70 s ahead, to the millisecond, against `now`s at several
+    /// fractions of a second: an order handed out again is one WeChat Pay still takes — the
+    /// deadline sent in whole seconds (the fraction dropped), WeChat's clock up to 4.999 s
+    /// ahead of ours — and one closed as too late has no more than the margin left as WeChat
+    /// holds it. With the margin at WeChat's bare minute and the exact expiry, an order with
+    /// 60.5 s left and a deadline at .700 (WeChat reading 59.8 s) was handed out, and a
+    /// resumed `pay/unifiedorder` refused (502 `PAYMENT_REFUSED`).
+    #[test]
+    fn too_late_to_pay_counts_the_deadline_in_whole_seconds_with_slack() {
+        let base = 1_796_486_400_000;
+        for now in [base, base + 1, base + 300, base + 999] {
+            for left in 55_000..=70_000 {
+                let mut o = sample_order(100);
+                o.status = OrderStatus::Prepaid;
+                o.expires_at_ms = now + left;
+                let sent = crate::time::whole_second(o.expires_at_ms);
+                if too_late_to_pay(&o, now) {
+                    assert!(sent - now <= PAY_MARGIN_MS, "{now} {left}");
+                } else {
+                    for skew in [0, 1_000, 4_999] {
+                        assert!(wechat_pay_takes(sent, now + skew), "{now} {left} {skew}");
+                    }
+                }
+            }
+        }
+        // The case the bare minute let through.
+        let mut o = sample_order(100);
+        o.status = OrderStatus::Prepaid;
+        let now = base + 200;
+        o.expires_at_ms = now + 60_500;
+        assert!(!wechat_pay_takes(
+            crate::time::whole_second(o.expires_at_ms),
+            now
+        ));
+        assert!(too_late_to_pay(&o, now));
+        // More than the margin left as WeChat holds it: handed out again.
+        o.expires_at_ms = base + 66_000;
+        assert!(!too_late_to_pay(&o, base));
+        // A secondary-merchant order WeChat does not hold yet gets its whole time (its
+        // deadline is moved before it is added); a paid one is never too late.
+        let mut o = sample_order(100);
+        o.fund_type = FundType::SecondaryMerchant;
+        o.expires_at_ms = base + 1;
+        assert!(!too_late_to_pay(&o, base));
+        o.wx_order_id = Some(1);
+        assert!(too_late_to_pay(&o, base));
+        o.status = OrderStatus::Paid;
+        assert!(!too_late_to_pay(&o, base));
+    }
+
+    fn line(product: &str, sku: &str, quantity: u32) -> Line {
+        Line {
+            product_id: ProductId::parse(product.to_owned()).unwrap(),
+            sku_id: SkuId::parse(sku.to_owned()).unwrap(),
+            quantity,
+        }
+    }
+
+    /// A key claimed before the lines were sorted holds the hash of its lines as sent: the
+    /// same request sent again in that order still finds its record (the stored answer), and
+    /// another cart is still refused.
+    #[tokio::test]
+    async fn a_key_fingerprinted_before_the_lines_were_sorted_still_matches() {
+        let store = crate::store::sqlite::SqliteStore::memory().unwrap();
+        let now = crate::time::Clock::default().now_ms();
+        let unsorted = [line("tea", "tea-250g", 1), line("cake", "cake-1", 2)];
+        let old = Fingerprint::of(&unsorted, None, None);
+        assert_ne!(old.as_sent, old.canonical);
+        // As the code before the fix claimed it.
+        let claimed = idempotency::claim(&store, "k", &old.as_sent, "R", now, 30_000, 3_600)
+            .await
+            .unwrap();
+        assert!(matches!(claimed, Claim::New { .. }), "{claimed:?}");
+        idempotency::complete(&store, "k", "{\"stored\":1}")
+            .await
+            .unwrap();
+
+        let again = claim_key(&store, "k", &old, "R2", now).await.unwrap();
+        assert!(
+            matches!(&again, Claim::Completed(s) if s == "{\"stored\":1}"),
+            "{again:?}"
+        );
+        let other = Fingerprint::of(
+            &[line("tea", "tea-250g", 2), line("cake", "cake-1", 2)],
+            None,
+            None,
+        );
+        let refused = claim_key(&store, "k", &other, "R2", now).await.unwrap();
+        assert!(
+            matches!(refused, Claim::PayloadMismatch { .. }),
+            "{refused:?}"
+        );
+        // Lines in any order fingerprint alike; a cart of one line as before.
+        let swapped = Fingerprint::of(
+            &[line("cake", "cake-1", 2), line("tea", "tea-250g", 1)],
+            None,
+            None,
+        );
+        assert_eq!(swapped.canonical, old.canonical);
+        let one = Fingerprint::of(&[line("tea", "tea-250g", 1)], Some(1001), None);
+        assert_eq!(one.canonical, one.as_sent);
+    }
 }
