@@ -746,8 +746,21 @@ pub(crate) mod tests {
             waybill_id: "1".into(),
         };
         assert_eq!(o.ship(d.clone(), 5), Ok(Change::Changed));
-        assert_eq!(o.ship(d, 5), Ok(Change::Unchanged));
+        assert_eq!(o.shipped_at_ms, Some(5));
+        assert_eq!(o.ship(d.clone(), 6), Ok(Change::Unchanged));
         assert_eq!(o.receive(6), Ok(Change::Changed));
+        // The same shipment repeated after the receipt is done already; another is not.
+        assert_eq!(o.ship(d.clone(), 7), Ok(Change::Unchanged));
+        let other = Delivery {
+            waybill_id: "2".into(),
+            ..d
+        };
+        assert!(o.ship(other, 7).is_err(), "shipped once already");
+        assert_eq!(
+            (o.shipped_at_ms, o.shipped_since_ms()),
+            (Some(5), 5),
+            "a later change keeps when it shipped"
+        );
         assert_eq!(o.refund(Fen::new(40).unwrap(), 7), Ok(Change::Changed));
         assert_eq!(
             o.status,
