@@ -219,9 +219,21 @@ async fn the_shipment_lists_what_is_left_after_partial_refunds() {
         .await;
     c.approve(&tea).await;
     c.until_refunded(&token, &no, &tea).await;
+    // Part of the other tea's price back (a price adjustment): that tea still ships.
+    r.sandbox.clock().advance(60_000);
+    let adjusted = c
+        .apply(
+            &token,
+            &no,
+            json!({"product_id": "tea", "sku_id": "tea-250g", "quantity": 1, "amount": 500,
+                   "reason": "price dropped"}),
+        )
+        .await;
+    c.approve(&adjusted).await;
+    c.until_refunded(&token, &no, &adjusted).await;
     let order = c.status(&token, &no).await;
     assert_eq!(order["status"], "PAID", "{order}");
-    assert_eq!(order["refunded_fee"], 1500 + 1990, "{order}");
+    assert_eq!(order["refunded_fee"], 1500 + 1990 + 500, "{order}");
 
     let (s, v) = ship(&c, &no, "SF720").await;
     assert_eq!(s, 200, "{v}");

@@ -638,7 +638,8 @@ fn component_paid(status: i64) -> bool {
 }
 
 /// What the parcel of `order` holds: each item less what its refunded after-sales took back
-/// (their lines' quantities), an item refunded entirely left out. `delivery/send`'s
+/// (their lines' quantities, when they gave back those items' whole price), an item refunded
+/// entirely left out. `delivery/send`'s
 /// `product_info_list` is the items in the parcel (WECHAT_SHOP.md §6), and an after-sale
 /// refunded before the shipment took those items out of the order at WeChat, which counts
 /// after-sales by product line and quantity (`ecaftersale/add`'s `product_info`, §7.3). That
@@ -647,21 +648,29 @@ fn component_paid(status: i64) -> bool {
 /// before lines were) cannot be placed on an item and takes nothing out; nor does one not
 /// refunded (yet). Read from the order's after-sales as the store lists them now.
 async fn parcel_contents(app: &App, order: &Order) -> Result<Vec<DeliveryProduct>, TaskError> {
-    let refunded: Vec<crate::domain::AfterSaleLine> =
+    let refunded: Vec<(crate::domain::AfterSaleLine, crate::domain::Fen)> =
         repo::aftersales_of_order(app.store.as_ref(), &order.out_trade_no)
             .await?
             .into_iter()
             .filter(|a| a.value.status == AfterSaleStatus::Refunded)
-            .filter_map(|a| a.value.line)
+            .filter_map(|a| a.value.line.map(|l| (l, a.value.amount)))
             .collect();
     Ok(order
         .items
         .iter()
         .filter_map(|i| {
+            // Only an after-sale that gave back the whole price of its quantity took those
+            // items back; one of part of it (a price adjustment, a dented box) leaves them in
+            // the parcel, though its line names them.
             let taken: u32 = refunded
                 .iter()
-                .filter(|l| l.is_of(i))
-                .fold(0, |sum, l| sum.saturating_add(l.quantity));
+                .filter(|(l, amount)| {
+                    l.is_of(i)
+                        && i.unit_price
+                            .checked_mul(l.quantity)
+                            .is_ok_and(|whole| *amount >= whole)
+                })
+                .fold(0, |sum, (l, _)| sum.saturating_add(l.quantity));
             let left = i.quantity.saturating_sub(taken);
             (left > 0).then(|| DeliveryProduct {
                 out_product_id: i.product_id.to_string(),
