@@ -72,6 +72,7 @@ pub fn order(no: &OutTradeNo, openid: &OpenId, now: i64) -> Result<Order, String
         scene: Some(1177),
         trace_id: None,
         delivery: None,
+        shipped_at_ms: None,
         address: None,
         refunded: Fen::ZERO,
         refund_claims: Default::default(),

@@ -45,6 +45,7 @@ fn prepaid() -> Order {
         scene: Some(1177),
         trace_id: None,
         delivery: None,
+        shipped_at_ms: None,
         address: None,
         refunded: Fen::ZERO,
         refund_claims: Default::default(),

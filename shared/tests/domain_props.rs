@@ -63,6 +63,7 @@ fn new_order(total: i64) -> Order {
         scene: None,
         trace_id: None,
         delivery: None,
+        shipped_at_ms: None,
         address: None,
         refunded: Fen::ZERO,
         refund_claims: Default::default(),

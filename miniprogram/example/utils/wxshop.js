@@ -1029,7 +1029,8 @@ function createClient(options) {
   /**
    * The user's orders, all through `queryOrder` (the server's view; amounts in fen:
    * total_fee, refunded_fee, items[].unit_price). Rejects with the error shape, e.g. 404
-   * ORDER_NOT_FOUND (not this user's), 409 ORDER_PAID (close), 409 ORDER_NOT_SHIPPED (confirm).
+   * ORDER_NOT_FOUND (not this user's), 409 ORDER_PAID (close), 409 ORDER_NOT_SHIPPED or
+   * ORDER_REFUNDED (confirm).
    */
   var orders = {
     /**
@@ -1064,7 +1065,7 @@ function createClient(options) {
     close: function (outTradeNo) {
       return orderCall('orders.close', outTradeNo, 'close');
     },
-    /** Confirms receipt of a shipped order → order (RECEIVED); 409 ORDER_NOT_SHIPPED before it shipped. */
+    /** Confirms receipt of a shipped order → order (RECEIVED); 409 ORDER_NOT_SHIPPED before it shipped, ORDER_REFUNDED once refunded in full. */
     confirmReceipt: function (outTradeNo) {
       return orderCall('orders.confirmReceipt', outTradeNo, 'confirm');
     },

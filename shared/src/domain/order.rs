@@ -224,6 +224,11 @@ pub struct Order {
     pub trace_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// When the order was shipped (PAID → SHIPPED; a waybill corrected later keeps it). `None`
+    /// on orders not shipped, and on those shipped before it was kept: see
+    /// [`Order::shipped_since_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipped_at_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Address>,
     #[serde(default)]
@@ -385,10 +390,15 @@ impl Order {
     }
 
     /// PAID → SHIPPED, also after a partial refund (a legacy PARTIALLY_REFUNDED order not
-    /// shipped yet ships the same way).
+    /// shipped yet ships the same way); the time is kept as [`Order::shipped_at_ms`]. The same
+    /// shipment again is `Unchanged` on a shipped order, and also once the user confirmed its
+    /// receipt (RECEIVED, COMPLETED): a merchant's tool repeating a `ship` whose answer it
+    /// lost finds it done, whenever it repeats it.
     pub fn ship(&mut self, delivery: Delivery, now_ms: i64) -> Result<Change, TransitionError> {
         match self.status {
-            OrderStatus::Shipped if self.delivery.as_ref() == Some(&delivery) => {
+            OrderStatus::Shipped | OrderStatus::Received | OrderStatus::Completed
+                if self.delivery.as_ref() == Some(&delivery) =>
+            {
                 Ok(Change::Unchanged)
             }
             OrderStatus::PartiallyRefunded if self.delivery.is_some() => {
@@ -401,11 +411,19 @@ impl Order {
             OrderStatus::Paid | OrderStatus::PartiallyRefunded => {
                 self.status = OrderStatus::Shipped;
                 self.delivery = Some(delivery);
+                self.shipped_at_ms = Some(now_ms);
                 self.updated_at_ms = now_ms;
                 Ok(Change::Changed)
             }
             _ => Err(self.not_allowed("ship")),
         }
+    }
+
+    /// When the order counts as shipped since: [`Order::shipped_at_ms`], or for an order
+    /// shipped before that was kept its last change (`updated_at_ms`, which the shipment set,
+    /// and which a later change only moves on).
+    pub fn shipped_since_ms(&self) -> i64 {
+        self.shipped_at_ms.unwrap_or(self.updated_at_ms)
     }
 
     /// A shipped order's waybill replaced (the status stays): the courier or waybill entered
@@ -648,6 +666,7 @@ pub(crate) mod tests {
             scene: None,
             trace_id: None,
             delivery: None,
+            shipped_at_ms: None,
             address: None,
             refunded: Fen::ZERO,
             refund_claims: BTreeMap::new(),
@@ -727,8 +746,21 @@ pub(crate) mod tests {
             waybill_id: "1".into(),
         };
         assert_eq!(o.ship(d.clone(), 5), Ok(Change::Changed));
-        assert_eq!(o.ship(d, 5), Ok(Change::Unchanged));
+        assert_eq!(o.shipped_at_ms, Some(5));
+        assert_eq!(o.ship(d.clone(), 6), Ok(Change::Unchanged));
         assert_eq!(o.receive(6), Ok(Change::Changed));
+        // The same shipment repeated after the receipt is done already; another is not.
+        assert_eq!(o.ship(d.clone(), 7), Ok(Change::Unchanged));
+        let other = Delivery {
+            waybill_id: "2".into(),
+            ..d
+        };
+        assert!(o.ship(other, 7).is_err(), "shipped once already");
+        assert_eq!(
+            (o.shipped_at_ms, o.shipped_since_ms()),
+            (Some(5), 5),
+            "a later change keeps when it shipped"
+        );
         assert_eq!(o.refund(Fen::new(40).unwrap(), 7), Ok(Change::Changed));
         assert_eq!(
             o.status,

@@ -597,7 +597,7 @@ pub async fn sweep_unpaid(app: &App, deadline: Deadline) -> Result<(SweepReport,
 pub struct ReceiptSweepReport {
     /// SHIPPED orders read (created over [`RECEIPT_SWEEP_AGE_MS`] ago).
     pub checked: usize,
-    /// Of those, component orders shipped (unchanged) over [`RECEIPT_SWEEP_AGE_MS`] ago whose
+    /// Of those, component orders shipped over [`RECEIPT_SWEEP_AGE_MS`] ago whose
     /// WeChat order was read back (`shop/order/get`).
     pub asked: usize,
     /// WeChat's order read completed (100): ours RECEIVED now, as the lost push would have.
@@ -619,9 +619,13 @@ pub struct ReceiptSweepReport {
 /// receipt (WeChat's retries within about 15 s), so a day leaves it to the push with a wide
 /// margin, spares the questions about orders still on their way (most of those SHIPPED), and
 /// leaves a receipt whose push was lost for good unrecorded for about a day at most. "Shipped
-/// a day ago" is read as created and last changed (`updated_at_ms`, which the shipment sets)
-/// over a day ago: the status index is ordered by creation, which bounds the read, and a
-/// SHIPPED order's last change is its shipment or later.
+/// a day ago" is read as created and shipped over a day ago: the status index is ordered by
+/// creation, which bounds the read, and the shipment is [`Order::shipped_since_ms`] — when it
+/// happened, so a later change of the order (an after-sale applied for and withdrawn, a
+/// settlement) does not put the read-back off; for an order shipped before that was kept, its
+/// last change (`updated_at_ms`, which the shipment set).
+///
+/// [`Order::shipped_since_ms`]: crate::domain::Order::shipped_since_ms
 pub const RECEIPT_SWEEP_AGE_MS: i64 = 24 * 3_600_000;
 /// SHIPPED orders read per run, and of those asked about (one `shop/order/get` each): every
 /// SHIPPED order is read in turn, so the questions a day are bounded (10 a run, 2,880 a day at
@@ -632,7 +636,7 @@ const RECEIPT_SWEEP_ASK: usize = 10;
 /// Receipts WeChat confirmed — the user in WeChat's order centre, or WeChat itself when the
 /// confirmation period ran out — whose `open_product_order_confirm` push never came (WeChat
 /// does not guarantee pushes): nothing else reads a shipped order back, so ours stayed SHIPPED
-/// for good. Component orders we hold SHIPPED, created and unchanged over
+/// for good. Component orders we hold SHIPPED, created and shipped over
 /// [`RECEIPT_SWEEP_AGE_MS`] ago, are taken in turn ([`Rotation`](crate::store::rotation::Rotation)
 /// of the status index, kept as kv `rotation/receipts/SHIPPED`: on from where the last run
 /// stopped), at most [`RECEIPT_SWEEP_READ`] read and [`RECEIPT_SWEEP_ASK`] asked about a run.
@@ -674,7 +678,7 @@ pub async fn sweep_receipts(
             }
         };
         if order.status != OrderStatus::Shipped
-            || order.updated_at_ms > shipped_before
+            || order.shipped_since_ms() > shipped_before
             || !order.at_wechat().component_order
         {
             continue;

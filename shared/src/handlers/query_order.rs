@@ -222,10 +222,7 @@ async fn confirm_receipt(app: &App, order: Order) -> Result<Order, ApiError> {
     transition_order(
         app,
         &order.out_trade_no,
-        |o, now| {
-            o.receive(now)
-                .map_err(|e| ApiError::conflict("ORDER_NOT_SHIPPED", e.to_string()))
-        },
+        |o, now| o.receive(now).map_err(|e| receipt_refused(o, e)),
         |o| {
             o.at_wechat()
                 .component_order
@@ -235,6 +232,23 @@ async fn confirm_receipt(app: &App, order: Order) -> Result<Order, ApiError> {
         },
     )
     .await
+}
+
+/// Why the user's `confirm` of `order` is refused (`e`, from [`Order::receive`]): an order
+/// refunded in full — shipped or not — is 409 `ORDER_REFUNDED`, saying so; anything else not
+/// shipped is 409 `ORDER_NOT_SHIPPED`.
+fn receipt_refused(order: &Order, e: crate::domain::TransitionError) -> ApiError {
+    if order.status == OrderStatus::Refunded {
+        return ApiError::conflict(
+            "ORDER_REFUNDED",
+            format!(
+                "{e}: the order was refunded in full ({} fen went back to the user), so there \
+                 is no receipt to confirm",
+                order.refunded.get()
+            ),
+        );
+    }
+    ApiError::conflict("ORDER_NOT_SHIPPED", e.to_string())
 }
 
 /// Records a confirmed payment, mapping its failure for HTTP callers.

@@ -637,7 +637,51 @@ fn component_paid(status: i64) -> bool {
     matches!(status, 20 | 21 | 30 | 100 | 200)
 }
 
-/// Outbox: `shop/delivery/send` (everything in one parcel).
+/// What the parcel of `order` holds: each item less what its refunded after-sales took back
+/// (their lines' quantities, when they gave back those items' whole price), an item refunded
+/// entirely left out. `delivery/send`'s
+/// `product_info_list` is the items in the parcel (WECHAT_SHOP.md §6), and an after-sale
+/// refunded before the shipment took those items out of the order at WeChat, which counts
+/// after-sales by product line and quantity (`ecaftersale/add`'s `product_info`, §7.3). That
+/// WeChat refuses a parcel listing items already through after-sales is UNVERIFIED; listing
+/// them would tell the user's order centre they ship. An after-sale without a line (recorded
+/// before lines were) cannot be placed on an item and takes nothing out; nor does one not
+/// refunded (yet). Read from the order's after-sales as the store lists them now.
+async fn parcel_contents(app: &App, order: &Order) -> Result<Vec<DeliveryProduct>, TaskError> {
+    let refunded: Vec<(crate::domain::AfterSaleLine, crate::domain::Fen)> =
+        repo::aftersales_of_order(app.store.as_ref(), &order.out_trade_no)
+            .await?
+            .into_iter()
+            .filter(|a| a.value.status == AfterSaleStatus::Refunded)
+            .filter_map(|a| a.value.line.map(|l| (l, a.value.amount)))
+            .collect();
+    Ok(order
+        .items
+        .iter()
+        .filter_map(|i| {
+            // Only an after-sale that gave back the whole price of its quantity took those
+            // items back; one of part of it (a price adjustment, a dented box) leaves them in
+            // the parcel, though its line names them.
+            let taken: u32 = refunded
+                .iter()
+                .filter(|(l, amount)| {
+                    l.is_of(i)
+                        && i.unit_price
+                            .checked_mul(l.quantity)
+                            .is_ok_and(|whole| *amount >= whole)
+                })
+                .fold(0, |sum, (l, _)| sum.saturating_add(l.quantity));
+            let left = i.quantity.saturating_sub(taken);
+            (left > 0).then(|| DeliveryProduct {
+                out_product_id: i.product_id.to_string(),
+                out_sku_id: i.sku_id.to_string(),
+                product_cnt: i64::from(left),
+            })
+        })
+        .collect())
+}
+
+/// Outbox: `shop/delivery/send` (everything left to ship in one parcel: [`parcel_contents`]).
 pub async fn sync_delivery(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     let order = load(app, no).await?;
     let Some(d) = order.delivery.as_ref() else {
@@ -653,15 +697,7 @@ pub async fn sync_delivery(app: &App, no: &OutTradeNo) -> Result<(), TaskError> 
         delivery_list: vec![DeliveryParcel {
             delivery_id: d.delivery_id.clone(),
             waybill_id: d.waybill_id.clone(),
-            product_info_list: order
-                .items
-                .iter()
-                .map(|i| DeliveryProduct {
-                    out_product_id: i.product_id.to_string(),
-                    out_sku_id: i.sku_id.to_string(),
-                    product_cnt: i64::from(i.quantity),
-                })
-                .collect(),
+            product_info_list: parcel_contents(app, &order).await?,
         }],
         ship_done_time: Some(beijing_datetime(app.clock.now_ms())),
     };

@@ -929,6 +929,7 @@ async fn create_priced_order(
             scene: origin.scene,
             trace_id: origin.trace_id.clone(),
             delivery: None,
+            shipped_at_ms: None,
             address: address.clone(),
             refunded: Fen::ZERO,
             refund_claims: Default::default(),

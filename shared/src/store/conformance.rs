@@ -1478,6 +1478,7 @@ fn order(no: &OutTradeNo, openid: &OpenId, created: i64) -> Order {
         scene: None,
         trace_id: None,
         delivery: None,
+        shipped_at_ms: None,
         address: None,
         refunded: Fen::ZERO,
         refund_claims: Default::default(),
