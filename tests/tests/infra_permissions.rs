@@ -470,6 +470,11 @@ struct Deployed {
 
 impl Drop for Deployed {
     fn drop(&mut self) {
+        // A step that failed on the way (a refused call's 503, a wait that timed out) says
+        // which calls were refused, if any.
+        if std::thread::panicking() {
+            eprintln!("calls refused so far: {:#?}", self.denied());
+        }
         for t in &self.tasks {
             t.abort();
         }
