@@ -142,6 +142,7 @@ async fn an_audit_withdrawn_at_wechat_is_read_back_and_submitted_again() {
     let report = tokio::time::timeout(Duration::from_secs(30), run_schedule(&r))
         .await
         .expect("the schedule run ends");
+    assert_eq!(report["audits"]["withdrawn"], 1, "{report}");
     let p = get_product(&c, "pot").await;
     assert_eq!(p["audit"], "DRAFT", "schedule: {report}; product: {p}");
     let why = p["submit_error"].as_str().unwrap_or_default();

@@ -1109,9 +1109,15 @@ pub struct AuditSweepReport {
     pub asked: usize,
     pub decided: usize,
     /// Submissions WeChat reads as not under audit (withdrawn there): drafts again here.
+    /// Shown only when there were some.
+    #[serde(skip_serializing_if = "is_zero")]
     pub withdrawn: usize,
     /// Products stored before the index followed their drafts, indexed again.
     pub reindexed: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Verdicts whose push never came. WeChat does not promise to deliver message pushes
