@@ -19,4 +19,7 @@ pub use order::{
     Address, Change, Delivery, FundType, Order, OrderItem, OrderStatus, SentToWechat,
     TransitionError,
 };
-pub use product::{AuditStatus, Content, ContentChange, Edit, Listing, Product, SellError, Sku};
+pub use product::{
+    AuditStatus, Content, ContentChange, Edit, Listing, Product, SellError, Sku, NO_BRAND,
+    WX_TITLE_CHARS,
+};

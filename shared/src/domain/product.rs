@@ -11,6 +11,14 @@
 use super::{Fen, ProductId, SkuId};
 use serde::{Deserialize, Serialize};
 
+/// WeChat's `brand_id` for a product of no brand (WECHAT_SHOP.md §2.3, §3: `brand_id` is an
+/// approved brand, or this).
+pub const NO_BRAND: u64 = 2_100_000_000;
+
+/// The shortest and longest product title WeChat takes, in characters (WECHAT_SHOP.md §3,
+/// `title`: 3–60 chars).
+pub const WX_TITLE_CHARS: std::ops::RangeInclusive<usize> = 3..=60;
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AuditStatus {

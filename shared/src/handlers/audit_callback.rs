@@ -379,27 +379,49 @@ async fn on_spu_audit(app: &App, body: &push::SpuAudit) -> Result<(), ApiError> 
     let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
         return Ok(());
     };
-    apply_wechat_verdict(app, &id, &body.reject_reason)
+    apply_wechat_verdict(app, &id, &body.reject_reason, None)
         .await
         .map(|_| ())
 }
 
+/// What WeChat's draft said of a submission we hold as under audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DraftRead {
+    /// Still under audit, or nothing of ours to apply.
+    Undecided,
+    /// Approved or rejected: applied.
+    Decided,
+    /// Not under audit at WeChat (its review withdrawn there): ours is a draft not submitted.
+    Withdrawn,
+}
+
+/// `edit_status` of a draft being edited: not submitted, or its review withdrawn
+/// (`del_audit` returns a product to it; WECHAT_SHOP.md §3).
+const EDIT_STATUS_EDITING: i64 = 1;
+
 /// Applies the verdict WeChat's draft of `id` carries (`spu/get`, `need_edit_spu=1`) to the
 /// submission we hold as under audit; nothing when WeChat has not decided. `pushed_reason` is
-/// the push's reject reason, used when the draft carries none. `true` when WeChat had decided.
-/// Called for an audit push and by the schedule's [`super::catalog_sync::sweep_audits`], for
-/// verdicts whose push never came.
+/// the push's reject reason, used when the draft carries none. Called for an audit push and
+/// by the schedule's [`super::catalog_sync::sweep_audits`], for verdicts whose push never came.
+///
+/// `submitted_before` (the sweep's): a submission we last touched before then, whose draft
+/// WeChat reads as being edited (`edit_status` 1), is not under audit at WeChat — its review
+/// was withdrawn there (the console, another tool) or it never arrived — so it becomes a
+/// draft not submitted, which the next upsert submits again. It used to be taken as
+/// undecided: the product stayed AUDITING for good and an upsert of the same version uploaded
+/// nothing. A push never does this: a submission on its way to WeChat reads as editing too.
 pub(super) async fn apply_wechat_verdict(
     app: &App,
     id: &ProductId,
     pushed_reason: &str,
-) -> Result<bool, ApiError> {
+    submitted_before: Option<i64>,
+) -> Result<DraftRead, ApiError> {
     let key = ProductKey::Out(id.to_string());
     let draft = match app.wx.spu_get(&key, true).await {
         Ok(d) => d,
         Err(e) if e.errcode() == Some(super::catalog_sync::PRODUCT_NOT_FOUND) => {
             tracing::warn!(security = true, out_product_id = %id, "audit event for a product WeChat does not have; ignored");
-            return Ok(false);
+            return Ok(DraftRead::Undecided);
         }
         Err(e) => {
             tracing::warn!(out_product_id = %id, error = %e, "audit event: WeChat's draft unreadable; not acknowledged");
@@ -421,9 +443,23 @@ pub(super) async fn apply_wechat_verdict(
         tracing::info!(out_product_id = %id, edit_status, "audit event, but WeChat's draft is not decided (a later submission?); nothing to apply");
     }
     let applied = std::sync::atomic::AtomicBool::new(false);
+    let withdrawn = std::sync::atomic::AtomicBool::new(false);
     update_product(app, id, |p| {
         applied.store(false, std::sync::atomic::Ordering::Relaxed);
+        withdrawn.store(false, std::sync::atomic::Ordering::Relaxed);
         if p.draft_audit() != AuditStatus::Auditing {
+            return;
+        }
+        if edit_status == EDIT_STATUS_EDITING
+            && submitted_before.is_some_and(|t| p.audit_last_seen_ms() <= t)
+        {
+            tracing::warn!(out_product_id = %id, "WeChat's draft is not under audit (review withdrawn there); ours is a draft again");
+            p.draft_not_submitted(
+                "review withdrawn at WeChat: its draft is not under audit (edit_status 1); \
+                 upsert it again to submit it"
+                    .into(),
+            );
+            withdrawn.store(true, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         if !audited_is_ours(&draft, &p.draft()) {
@@ -455,7 +491,15 @@ pub(super) async fn apply_wechat_verdict(
         }
     })
     .await
-    .map(|()| applied.load(std::sync::atomic::Ordering::Relaxed))
+    .map(|()| {
+        if withdrawn.load(std::sync::atomic::Ordering::Relaxed) {
+            DraftRead::Withdrawn
+        } else if applied.load(std::sync::atomic::Ordering::Relaxed) {
+            DraftRead::Decided
+        } else {
+            DraftRead::Undecided
+        }
+    })
 }
 
 /// WeChat's draft as our [`Content`], SKUs' attributes taken from `ours` (stock is set by

@@ -19,7 +19,8 @@ use super::common::{authenticate, component_on};
 use super::shop_orders::wx_error;
 use crate::app::App;
 use crate::domain::{
-    AuditStatus, Content, ContentChange, Fen, Listing, Product, ProductId, Sku, SkuId,
+    AuditStatus, Content, ContentChange, Fen, Listing, Product, ProductId, Sku, SkuId, NO_BRAND,
+    WX_TITLE_CHARS,
 };
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::shop::catalog::{SkuWithoutAudit, Spu, SpuSku, SpuUpdateWithoutAudit, SpuWriteResult};
@@ -48,8 +49,9 @@ struct ProductInput {
     head_img: Vec<String>,
     #[serde(default)]
     third_cat_id: u64,
+    /// Missing: no brand ([`NO_BRAND`]).
     #[serde(default)]
-    brand_id: u64,
+    brand_id: Option<u64>,
     skus: Vec<SkuInput>,
 }
 
@@ -272,15 +274,69 @@ fn bad(code: &'static str) -> impl Fn(crate::domain::IdError) -> ApiError {
     move |e| ApiError::bad_request(code, e.to_string())
 }
 
-/// The merchant's version of a product, checked.
-fn content_from_input(input: ProductInput) -> Result<(ProductId, Content), ApiError> {
-    let product_id = ProductId::parse(input.product_id).map_err(bad("BAD_PRODUCT_ID"))?;
-    let title = input.title.trim().to_owned();
-    if title.is_empty() || title.chars().count() > 60 {
+/// What WeChat's `spu/add|update` requires of a product (WECHAT_SHOP.md §3, the SPU object),
+/// checked before anything is stored: a product it would refuse used to be stored (and, a
+/// new one, left unsubmitted) and the upsert answered 502 `WECHAT_REFUSED`.
+fn check_for_wechat(
+    title: &str,
+    head_img: &[String],
+    third_cat_id: u64,
+    brand_id: u64,
+) -> Result<(), ApiError> {
+    let chars = title.chars().count();
+    if !WX_TITLE_CHARS.contains(&chars) {
         return Err(ApiError::bad_request(
             "BAD_TITLE",
-            "title must be 1–60 characters",
+            format!(
+                "title must be {}–{} characters (WeChat's limit for a product title); \
+                 this one has {chars}",
+                WX_TITLE_CHARS.start(),
+                WX_TITLE_CHARS.end()
+            ),
         ));
+    }
+    if head_img.is_empty() || head_img.iter().any(|u| u.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "BAD_HEAD_IMG",
+            "head_img must list at least one image URL, none blank (WeChat requires a \
+             product's main images; upload them with shop/img/upload first)",
+        ));
+    }
+    if third_cat_id == 0 {
+        return Err(ApiError::bad_request(
+            "BAD_CATEGORY",
+            "third_cat_id is required: a level-3 category from shop/cat/get (WeChat requires one)",
+        ));
+    }
+    if brand_id == 0 {
+        return Err(ApiError::bad_request(
+            "BAD_BRAND",
+            format!(
+                "brand_id 0 is no brand WeChat knows: omit brand_id (or give {NO_BRAND}) for a \
+                 product of no brand, or give a brand WeChat approved (shop/audit/audit_brand)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The merchant's version of a product, checked; `for_wechat`: the trading component is on,
+/// so it must also be a product WeChat takes ([`check_for_wechat`]).
+fn content_from_input(
+    input: ProductInput,
+    for_wechat: bool,
+) -> Result<(ProductId, Content), ApiError> {
+    let product_id = ProductId::parse(input.product_id).map_err(bad("BAD_PRODUCT_ID"))?;
+    let title = input.title.trim().to_owned();
+    if title.is_empty() || title.chars().count() > *WX_TITLE_CHARS.end() {
+        return Err(ApiError::bad_request(
+            "BAD_TITLE",
+            format!("title must be 1–{} characters", WX_TITLE_CHARS.end()),
+        ));
+    }
+    let brand_id = input.brand_id.unwrap_or(NO_BRAND);
+    if for_wechat {
+        check_for_wechat(&title, &input.head_img, input.third_cat_id, brand_id)?;
     }
     if input.skus.is_empty() || input.skus.len() > 100 {
         return Err(ApiError::bad_request(
@@ -337,7 +393,7 @@ fn content_from_input(input: ProductInput) -> Result<(ProductId, Content), ApiEr
             path: input.path.unwrap_or_else(|| "pages/product/detail".into()),
             head_img: input.head_img,
             third_cat_id: input.third_cat_id,
-            brand_id: input.brand_id,
+            brand_id,
             skus,
         },
     ))
@@ -696,7 +752,7 @@ fn record_wx_ids(p: &mut Product, result: &SpuWriteResult) {
 }
 
 async fn upsert(app: &App, input: ProductInput) -> Result<Product, ApiError> {
-    let (id, next) = content_from_input(input)?;
+    let (id, next) = content_from_input(input, component_on(app))?;
     let existing = repo::get_product(app.store.as_ref(), &id).await?;
     let now = app.clock.now_ms();
     let cur = existing.as_ref().map(|p| &p.value);
@@ -1052,8 +1108,16 @@ pub struct AuditSweepReport {
     pub checked: usize,
     pub asked: usize,
     pub decided: usize,
+    /// Submissions WeChat reads as not under audit (withdrawn there): drafts again here.
+    /// Shown only when there were some.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub withdrawn: usize,
     /// Products stored before the index followed their drafts, indexed again.
     pub reindexed: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Verdicts whose push never came. WeChat does not promise to deliver message pushes
@@ -1113,13 +1177,18 @@ pub async fn sweep_audits(
             return Ok((report, false));
         }
         report.asked += 1;
-        match super::audit_callback::apply_wechat_verdict(app, &id, "").await {
-            Ok(true) => {
+        use super::audit_callback::{apply_wechat_verdict, DraftRead};
+        match apply_wechat_verdict(app, &id, "", Some(due_before)).await {
+            Ok(DraftRead::Decided) => {
                 report.decided += 1;
                 tracing::info!(product_id = %id, "audit verdict found by the sweep (its push never came)");
                 continue;
             }
-            Ok(false) => {}
+            Ok(DraftRead::Withdrawn) => {
+                report.withdrawn += 1;
+                continue;
+            }
+            Ok(DraftRead::Undecided) => {}
             Err(e) => {
                 tracing::warn!(product_id = %id, error = %e, "audit sweep: WeChat not asked successfully; asked again after the grace period");
             }

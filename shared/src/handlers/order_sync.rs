@@ -461,6 +461,7 @@ async fn run_phase(
                 report.audits.asked += r.asked;
                 report.audits.decided += r.decided;
                 report.audits.reindexed += r.reindexed;
+                report.audits.withdrawn += r.withdrawn;
                 finished
             })
             .map_err(|e| e.to_string()),
