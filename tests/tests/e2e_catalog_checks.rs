@@ -7,7 +7,7 @@ use std::time::Duration;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, get_product, run_schedule, stack_with, Client, InProcess};
+use support::{get_product, run_schedule, stack_with, Client, InProcess};
 
 /// The merchant's `upsert` of a teapot (one SKU, `pot-1`), every field WeChat requires given.
 fn pot() -> Value {
@@ -29,16 +29,6 @@ fn pot_with(field: &str, value: Value) -> Value {
         product.insert(field.to_owned(), value);
     }
     v
-}
-
-async fn audit_reads(c: &Client, id: &str, want: &str) {
-    let get = json!({"action": "get", "product_id": id});
-    eventually(
-        &format!("{id}'s audit to read {want}"),
-        Duration::from_secs(20),
-        || async { c.admin("/admin/catalogSync", &get).await.1["product"]["audit"] == want },
-    )
-    .await;
 }
 
 /// GIVEN the trading component on
@@ -98,7 +88,7 @@ async fn products_wechat_would_refuse_are_refused_before_anything_is_stored() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["product"]["brand_id"], 2100000000u64, "{v}");
-    audit_reads(&c, "pot", "APPROVED").await;
+    c.until_audit_reads("pot", "APPROVED").await;
     let (s, v) = c
         .admin(
             "/admin/catalogSync",
@@ -160,5 +150,5 @@ async fn an_audit_withdrawn_at_wechat_is_read_back_and_submitted_again() {
         )
         .await;
     assert_eq!(s, 200, "WeChat has the product under audit again: {v}");
-    audit_reads(&c, "pot", "APPROVED").await;
+    c.until_audit_reads("pot", "APPROVED").await;
 }

@@ -20,16 +20,6 @@ fn pot(price: i64) -> Value {
     }})
 }
 
-async fn audit_reads(c: &Client, id: &str, want: &str) {
-    let get = json!({"action": "get", "product_id": id});
-    eventually(
-        &format!("{id}'s audit to read {want}"),
-        Duration::from_secs(20),
-        || async { c.admin("/admin/catalogSync", &get).await.1["product"]["audit"] == want },
-    )
-    .await;
-}
-
 /// GIVEN a new product under its first audit (WeChat not deciding by itself)
 /// WHEN the merchant withdraws that audit through `wechat` `shop/spu/del_audit`, naming the
 /// product by WeChat's `product_id` (the `wx_product_id` that `get` shows; WeChat takes either
@@ -74,7 +64,7 @@ async fn an_audit_withdrawn_by_wechats_product_id_is_submitted_again() {
         )
         .await;
     assert_eq!(s, 200, "WeChat has the product under audit again: {v}");
-    audit_reads(&c, "pot", "APPROVED").await;
+    c.until_audit_reads("pot", "APPROVED").await;
     let (s, v) = c
         .admin(
             "/admin/catalogSync",
@@ -146,7 +136,7 @@ async fn listing_what_wechat_never_approved_says_what_to_do() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    audit_reads(&c, "pot", "REJECTED").await;
+    c.until_audit_reads("pot", "REJECTED").await;
     let (s, v) = c.admin("/admin/catalogSync", &listing("pot")).await;
     assert_eq!((s, v["code"].as_str()), (409, Some("NOT_APPROVED")), "{v}");
     let msg = v["message"].as_str().unwrap();

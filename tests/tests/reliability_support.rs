@@ -295,6 +295,17 @@ impl Client {
         .await;
     }
 
+    /// Returns once the merchant's `get` of product `id` reads its audit `want` (20 s at most).
+    pub async fn until_audit_reads(&self, id: &str, want: &str) {
+        let get = json!({"action": "get", "product_id": id});
+        eventually(
+            &format!("{id}'s audit to read {want}"),
+            Duration::from_secs(20),
+            || async { self.admin("/admin/catalogSync", &get).await.1["product"]["audit"] == want },
+        )
+        .await;
+    }
+
     /// The user's after-sale `id` of order `no`, as they list it.
     pub async fn my_aftersale(&self, token: &str, no: &str, id: &str) -> Value {
         let (s, v) = self
