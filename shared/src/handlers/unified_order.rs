@@ -719,21 +719,27 @@ struct Fingerprint {
     canonical: String,
     /// The lines as sent, as keys were fingerprinted before the lines were sorted: a record
     /// claimed then (they live [`IDEMPOTENCY_TTL_SECS`]) still matches its own request sent
-    /// again in the same order. The same as `canonical` when the lines came sorted (a cart of
-    /// one line always).
-    as_sent: String,
+    /// again in the same order. `None` when the lines came sorted (a cart of one line always):
+    /// it would be `canonical`, so neither sort nor second hash is made.
+    as_sent: Option<String>,
 }
 
 impl Fingerprint {
     fn of(lines: &[Line], scene: Option<u32>, address: Option<&Address>) -> Self {
+        fn order(l: &Line) -> (&str, &str) {
+            (l.product_id.as_str(), l.sku_id.as_str())
+        }
+        if lines.is_sorted_by(|a, b| order(a) <= order(b)) {
+            return Fingerprint {
+                canonical: payload_hash(lines.iter(), scene, address),
+                as_sent: None,
+            };
+        }
         let mut sorted: Vec<&Line> = lines.iter().collect();
-        sorted.sort_by(|a, b| {
-            (a.product_id.as_str(), a.sku_id.as_str())
-                .cmp(&(b.product_id.as_str(), b.sku_id.as_str()))
-        });
+        sorted.sort_by(|a, b| order(a).cmp(&order(b)));
         Fingerprint {
             canonical: payload_hash(sorted.iter().copied(), scene, address),
-            as_sent: payload_hash(lines.iter(), scene, address),
+            as_sent: Some(payload_hash(lines.iter(), scene, address)),
         }
     }
 }
@@ -750,10 +756,8 @@ async fn claim_key(
     offered: &str,
     now: i64,
 ) -> Result<Claim, ApiError> {
-    let mut hashes = vec![fingerprint.canonical.as_str()];
-    if fingerprint.as_sent != fingerprint.canonical {
-        hashes.push(fingerprint.as_sent.as_str());
-    }
+    let hashes =
+        std::iter::once(fingerprint.canonical.as_str()).chain(fingerprint.as_sent.as_deref());
     let mut claimed = Claim::InProgress;
     for hash in hashes {
         claimed = idempotency::claim(
@@ -1462,9 +1466,10 @@ mod tests {
         let now = crate::time::Clock::default().now_ms();
         let unsorted = [line("tea", "tea-250g", 1), line("cake", "cake-1", 2)];
         let old = Fingerprint::of(&unsorted, None, None);
-        assert_ne!(old.as_sent, old.canonical);
+        let as_sent = old.as_sent.clone().unwrap();
+        assert_ne!(as_sent, old.canonical);
         // As the code before the fix claimed it.
-        let claimed = idempotency::claim(&store, "k", &old.as_sent, "R", now, 30_000, 3_600)
+        let claimed = idempotency::claim(&store, "k", &as_sent, "R", now, 30_000, 3_600)
             .await
             .unwrap();
         assert!(matches!(claimed, Claim::New { .. }), "{claimed:?}");
@@ -1495,6 +1500,11 @@ mod tests {
         );
         assert_eq!(swapped.canonical, old.canonical);
         let one = Fingerprint::of(&[line("tea", "tea-250g", 1)], Some(1001), None);
-        assert_eq!(one.canonical, one.as_sent);
+        assert_eq!(one.as_sent, None);
+        assert_eq!(
+            one.canonical,
+            payload_hash([line("tea", "tea-250g", 1)].iter(), Some(1001), None),
+            "a sorted cart's fingerprint is its lines' hash as before"
+        );
     }
 }
