@@ -515,6 +515,7 @@ impl Sandbox {
             .route("/_control/pay", post(control_pay))
             .route("/_control/login", post(control_login))
             .route("/_control/audit", post(control_audit))
+            .route("/_control/platform_delist", post(control_platform_delist))
             .route("/_control/tokens/expire", post(control_expire_tokens))
             .route("/_control/expire_tokens", post(control_expire_tokens))
             .route("/_control/settle", post(control_settle))
@@ -1087,6 +1088,45 @@ async fn control_audit(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
         Err("give out_product_id (product) or audit_id (brand/category audit)".into())
     };
     match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => control_err(StatusCode::CONFLICT, e),
+    }
+}
+
+/// `{"out_product_id", "restore"?, "push"?, "reason"?}`: WeChat's platform takes the product
+/// off sale on its own (status 13), or with `"restore": true` puts it back (5), pushing
+/// `open_product_spu_status_update` unless `"push": false` ([`shop::platform_delist`]). 400
+/// for a body it does not take (an unknown field included), 409 for a product that cannot be
+/// delisted or restored so.
+async fn control_platform_delist(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        out_product_id: String,
+        #[serde(default)]
+        restore: bool,
+        #[serde(default = "yes")]
+        push: bool,
+        #[serde(default)]
+        reason: Option<String>,
+    }
+    fn yes() -> bool {
+        true
+    }
+    let r: Req = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return control_err(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{e}: give out_product_id, and optionally restore (bool), push (bool), \
+                     reason (string)"
+                ),
+            )
+        }
+    };
+    let reason = r.reason.as_deref().unwrap_or("违反平台规则");
+    match shop::platform_delist(&sb, &r.out_product_id, r.restore, r.push, reason) {
         Ok(v) => Json(v).into_response(),
         Err(e) => control_err(StatusCode::CONFLICT, e),
     }

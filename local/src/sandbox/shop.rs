@@ -1183,6 +1183,67 @@ pub fn verdict_spu(
     Ok(body)
 }
 
+/// `spu` status of a product WeChat's platform took off sale on its own (risk control, a
+/// violation), and of one listed (WECHAT_SHOP.md §3 status table).
+pub const STATUS_DELISTED_BY_PLATFORM: i64 = 13;
+pub const STATUS_LISTED: i64 = 5;
+
+/// WeChat's platform takes a product off sale on its own (`restore` false: status 13) or puts
+/// it back (`restore` true: status 5, the push's "restored"; WECHAT_SHOP.md §3, §8
+/// `open_product_spu_status_update`), and pushes `open_product_spu_status_update` unless
+/// `pushes` is false (the push lost: WeChat does not guarantee them). Only a product WeChat
+/// approved can be delisted (one that was never online has nothing on sale), and only one the
+/// platform delisted can be restored. UNVERIFIED: the status a restored product returns to
+/// when its merchant had delisted it before (11) — the push doc says 5, and 5 it is here.
+pub fn platform_delist(
+    sb: &Sandbox,
+    out_product_id: &str,
+    restore: bool,
+    pushes: bool,
+    reason: &str,
+) -> Result<Value, String> {
+    let now = sb.now_ms();
+    let body = {
+        let mut st = sb.st();
+        let Some(p) = st
+            .shop
+            .products
+            .get_mut(out_product_id)
+            .filter(|p| !p.deleted)
+        else {
+            return Err(format!("no product {out_product_id}"));
+        };
+        if p.online.is_none() {
+            return Err(format!(
+                "product {out_product_id} was never approved: nothing of it is on sale to delist"
+            ));
+        }
+        if restore && p.status != STATUS_DELISTED_BY_PLATFORM {
+            return Err(format!(
+                "product {out_product_id} is not delisted by the platform (status {})",
+                p.status
+            ));
+        }
+        p.status = if restore {
+            STATUS_LISTED
+        } else {
+            STATUS_DELISTED_BY_PLATFORM
+        };
+        p.update_time = beijing_datetime(now);
+        json!({"out_product_id": p.out_product_id, "product_id": p.product_id,
+               "status": p.status, "reason": if restore { "" } else { reason }})
+    };
+    if pushes {
+        push_event(
+            sb,
+            "open_product_spu_status_update",
+            "OpenProductSpuStatusUpdate",
+            body.clone(),
+        );
+    }
+    Ok(body)
+}
+
 fn spu_get(sb: &Sandbox, v: &Value) -> WxResult {
     let st = sb.st();
     let key = st.shop.product_key(v)?;
@@ -1241,8 +1302,18 @@ fn spu_listing(sb: &Sandbox, v: &Value, on: bool) -> WxResult {
                 "product has never been approved; it has no online data",
             ));
         }
+        if p.status == STATUS_DELISTED_BY_PLATFORM {
+            // The platform's hold is not the merchant's to lift (UNVERIFIED errcode: the
+            // legacy "SPU not allowed", as `order/add` answers for it).
+            return Err(WxErr::new(
+                E_SPU_NOT_ON_SALE,
+                "product is delisted by the platform (status 13); it cannot be listed",
+            ));
+        }
         p.status = 5;
-    } else {
+    } else if p.status != STATUS_DELISTED_BY_PLATFORM {
+        // The merchant's delisting of a product the platform holds delisted leaves the
+        // platform's hold (13) as it is (UNVERIFIED).
         p.status = 11;
     }
     p.update_time = beijing_datetime(now);
@@ -1492,6 +1563,8 @@ fn order_add(sb: &Sandbox, v: &Value) -> WxResult {
                 format!("product `{out_p}` has not passed audit"),
             ));
         }
+        // Any product not listed, the platform's delisted (13) among them. UNVERIFIED: WeChat's
+        // errcode for a product delisted by the platform (WECHAT_SHOP.md §11 lists none).
         if p.status != 5 {
             return Err(WxErr::new(
                 E_SPU_NOT_ON_SALE,

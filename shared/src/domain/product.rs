@@ -96,6 +96,13 @@ pub struct Product {
     /// crowd out the others (`catalog_sync::sweep_audits`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_asked_at_ms: Option<i64>,
+    /// WeChat's platform holds the product off sale (`spu` status 13: risk control or a
+    /// violation, WECHAT_SHOP.md §3), as its push, an order it refused or the schedule's
+    /// read-back showed: the product is `DELISTED` here for that reason, and WeChat's restore
+    /// (status 5) lists it again ([`Product::restore_by_platform`]). Never set on a product
+    /// the merchant delisted: their delisting is theirs to lift.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delisted_by_platform: bool,
 }
 
 /// What WeChat reviews of a product (everything but stock, which is ours alone).
@@ -223,6 +230,7 @@ impl Product {
             submit_error: None,
             edit: None,
             audit_asked_at_ms: None,
+            delisted_by_platform: false,
         };
         p.set_content(content);
         p
@@ -267,6 +275,30 @@ impl Product {
     /// The audit state of [`Product::draft`].
     pub fn draft_audit(&self) -> AuditStatus {
         self.edit.as_ref().map_or(self.audit, |e| e.audit)
+    }
+
+    /// WeChat's platform took the product off sale (status 13): a listed product is delisted
+    /// here, marked as the platform's doing. One already delisted — the merchant's own
+    /// delisting — stays as it is, theirs. Whether anything changed.
+    pub fn delist_by_platform(&mut self) -> bool {
+        if self.listing != Listing::Listed {
+            return false;
+        }
+        self.listing = Listing::Delisted;
+        self.delisted_by_platform = true;
+        true
+    }
+
+    /// WeChat's platform put the product back on sale (status 5, as WeChat's own record reads
+    /// it): one it had delisted here is listed again. A product the merchant delisted stays
+    /// delisted. Whether anything changed.
+    pub fn restore_by_platform(&mut self) -> bool {
+        if !self.delisted_by_platform {
+            return false;
+        }
+        self.delisted_by_platform = false;
+        self.listing = Listing::Listed;
+        true
     }
 
     /// The last time anything was done to the product or asked of WeChat about its audit.

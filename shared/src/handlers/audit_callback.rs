@@ -42,7 +42,7 @@
 use super::common::transition_order;
 use crate::app::App;
 use crate::domain::{
-    AuditStatus, Change, Fen, FundType, Listing, Order, OrderStatus, OutTradeNo, ProductId,
+    AuditStatus, Change, Fen, FundType, Order, OrderStatus, OutTradeNo, ProductId,
 };
 use crate::http::{query_params, text, ApiError, Request, Response};
 use crate::metrics::PUSH_REFUSED;
@@ -333,13 +333,21 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
 /// the product on sale only when WeChat's own record of it (`spu/get`) reads listed: the push
 /// alone is not proof (in plaintext mode its signature does not cover the body), and a late
 /// push can describe an earlier state — the product re-listed on its word alone sold what
-/// the merchant had taken off sale.
+/// the merchant had taken off sale. Only a product the platform's delisting took off sale
+/// here is put back: one the merchant delisted stays delisted
+/// ([`crate::domain::Product::restore_by_platform`]). Both are read back when the push is
+/// lost ([`super::platform_delisting`]).
 async fn on_spu_status(app: &App, body: &push::SpuStatusUpdate) -> Result<(), ApiError> {
     let Ok(id) = ProductId::parse(body.out_product_id.clone()) else {
         return Ok(());
     };
     match body.status {
-        13 => update_product(app, &id, |p| p.listing = Listing::Delisted).await,
+        13 => {
+            update_product(app, &id, |p| {
+                p.delist_by_platform();
+            })
+            .await
+        }
         5 => {
             let key = ProductKey::Out(id.to_string());
             let online = match app.wx.spu_get(&key, false).await {
@@ -361,7 +369,10 @@ async fn on_spu_status(app: &App, body: &push::SpuStatusUpdate) -> Result<(), Ap
                 tracing::warn!(security = true, out_product_id = %id, wx_status = online.status, "listed push, but WeChat's product is not listed; nothing applied");
                 return Ok(());
             }
-            update_product(app, &id, |p| p.listing = Listing::Listed).await
+            update_product(app, &id, |p| {
+                p.restore_by_platform();
+            })
+            .await
         }
         _ => Ok(()),
     }

@@ -1029,6 +1029,8 @@ async fn set_listing(app: &App, id: &ProductId, listing: Listing) -> Result<Prod
     if listing == Listing::Delisted {
         let product = modify(app, id, |p| {
             p.listing = Listing::Delisted;
+            // The merchant's own now: no platform restore lists it again.
+            p.delisted_by_platform = false;
             Ok(())
         })
         .await?;
@@ -1074,6 +1076,7 @@ async fn set_listing(app: &App, id: &ProductId, listing: Listing) -> Result<Prod
     }
     modify(app, id, |p| {
         p.listing = listing;
+        p.delisted_by_platform = false;
         Ok(())
     })
     .await
@@ -1114,6 +1117,15 @@ pub struct AuditSweepReport {
     pub withdrawn: usize,
     /// Products stored before the index followed their drafts, indexed again.
     pub reindexed: usize,
+    /// Products WeChat lists as delisted by its platform (status 13) that were on sale here,
+    /// their push lost: delisted here ([`super::platform_delisting`]). Shown only when there
+    /// were some.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub platform_delisted: usize,
+    /// Products held delisted by the platform that WeChat lists again (5), their push lost:
+    /// on sale again. Shown only when there were some.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub platform_restored: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -1133,7 +1145,8 @@ fn is_zero(n: &usize) -> bool {
 /// verdict for (or cannot find) waits another grace period (`audit_asked_at_ms`): the sweep
 /// used to ask about the first 50 in listing order every run, so 50 drafts WeChat never
 /// decides kept every other from being asked. No product is asked about once `deadline` has
-/// passed: `false` with the report then (the next run goes on).
+/// passed: `false` with the report then (the next run goes on). First, platform delistings
+/// and restores whose push never came are read back ([`super::platform_delisting::sweep`]).
 pub async fn sweep_audits(
     app: &App,
     deadline: crate::time::Deadline,
@@ -1143,6 +1156,20 @@ pub async fn sweep_audits(
         return Ok((report, true));
     }
     report.reindexed = reindex_step(app).await?;
+    // Platform delistings and restores whose push never came; a failure to read WeChat's list
+    // is logged, and leaves the audits to sweep.
+    match super::platform_delisting::sweep(app, deadline).await {
+        Ok((platform, finished)) => {
+            report.platform_delisted = platform.delisted;
+            report.platform_restored = platform.restored;
+            if !finished {
+                return Ok((report, false));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "platform delisting sweep failed; the next run tries again");
+        }
+    }
     let now = app.clock.now_ms();
     let due_before = now - AUDIT_PUSH_GRACE_MS;
     let mut due = Vec::new();

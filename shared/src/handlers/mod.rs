@@ -14,6 +14,7 @@ pub mod login;
 pub mod order_sync;
 pub mod pay_callback;
 pub mod pay_orders;
+pub mod platform_delisting;
 pub mod query_order;
 pub mod reconcile;
 pub mod shop_orders;

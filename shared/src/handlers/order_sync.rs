@@ -462,6 +462,8 @@ async fn run_phase(
                 report.audits.decided += r.decided;
                 report.audits.reindexed += r.reindexed;
                 report.audits.withdrawn += r.withdrawn;
+                report.audits.platform_delisted += r.platform_delisted;
+                report.audits.platform_restored += r.platform_restored;
                 finished
             })
             .map_err(|e| e.to_string()),

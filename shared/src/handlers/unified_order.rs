@@ -111,6 +111,7 @@ use super::common::{
 };
 use super::order_sync::Settled;
 use super::pay_orders::Prepay;
+use super::platform_delisting;
 use crate::app::App;
 use crate::config::TradingComponent;
 use crate::domain::{
@@ -1286,7 +1287,7 @@ async fn prepay(
             if order.expires_at_ms < floor {
                 order.expires_at_ms = extend_expiry(app, &order.out_trade_no, floor).await?;
             }
-            let added = super::shop_orders::add_order(app, &order, None).await?;
+            let added = add_to_component(app, &order, None).await?;
             opened.wx_order_id = Some(added.order_id);
             order.wx_order_id = Some(added.order_id);
             order.ticket = Some(added.ticket.clone());
@@ -1309,7 +1310,7 @@ async fn prepay(
         };
         opened.prepay_id = Some(prepay_id.clone());
         if use_component {
-            let added = super::shop_orders::add_order(app, &order, Some(&prepay_id)).await?;
+            let added = add_to_component(app, &order, Some(&prepay_id)).await?;
             opened.wx_order_id = Some(added.order_id);
             order.wx_order_id = Some(added.order_id);
             order.ticket = Some(added.ticket);
@@ -1323,6 +1324,30 @@ async fn prepay(
     // Store PREPAID with the ids; conditional on the version we created.
     let saved = save_prepaid(app, &order).await?;
     Ok(Prepared::Opened(result_of(&saved, payment, use_component)))
+}
+
+/// `shop/order/add` of `order`. Refused for good (502), the order's products are read back at
+/// WeChat ([`platform_delisting::refused_as_delisted`]): one WeChat's platform delisted on
+/// its own, whose push never came, is delisted here and the refusal answered 409
+/// `NOT_FOR_SALE` — the user is told the product is not for sale, and the next cart with it
+/// is refused here, WeChat not asked — instead of a bare 502 on every order of it for good.
+/// The caller closes the order either way (stock back, key released).
+async fn add_to_component(
+    app: &App,
+    order: &Order,
+    prepay_id: Option<&str>,
+) -> Result<crate::shop::order::OrderAddResult, ApiError> {
+    match super::shop_orders::add_order(app, order, prepay_id).await {
+        Err(e) if e.status == http::StatusCode::BAD_GATEWAY => {
+            let delisted = platform_delisting::refused_as_delisted(app, order).await;
+            if delisted.is_empty() {
+                Err(e)
+            } else {
+                Err(platform_delisting::not_for_sale(&delisted))
+            }
+        }
+        other => other,
+    }
 }
 
 /// A secondary-merchant order about to be added at WeChat with less left than the trading

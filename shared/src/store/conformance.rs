@@ -1515,6 +1515,7 @@ fn product(id: &ProductId, audit: AuditStatus) -> Product {
         submit_error: None,
         edit: None,
         audit_asked_at_ms: None,
+        delisted_by_platform: false,
     }
 }
 

@@ -1,0 +1,250 @@
+//! WeChat's platform taking a product off sale on its own — risk control, a violation: `spu`
+//! status 13, "delisted by platform" (WECHAT_SHOP.md §3) — and putting it back (5).
+//!
+//! Its push, `open_product_spu_status_update` (§8), is what told us, and WeChat does not
+//! promise to deliver pushes (§0: poll the `get` APIs). One lost left the product on sale here
+//! for good: users saw it and ordered it, and WeChat refused every order of it at
+//! `shop/order/add` — a bare 502 to the user, nothing to the merchant. So it is read back:
+//!
+//! - when `shop/order/add` refuses an order ([`refused_as_delisted`]): the order's products
+//!   are read at WeChat (`spu/get`), and those WeChat holds delisted by the platform are
+//!   delisted here, the order answered 409 `NOT_FOR_SALE` (it is closed, stock back, its key
+//!   released, as every refused order is). Only on a refusal: an order that goes through
+//!   costs no extra call;
+//! - by the schedule ([`sweep`], with the audit sweep): WeChat's list of products delisted by
+//!   the platform (`spu/get_list` status 13, at most [`LIST_PAGES`] pages a run) delists
+//!   those still listed here; and our products held delisted by the platform are read at
+//!   WeChat in turn (`spu/get`, at most about [`RESTORE_ASKS`] a run), those WeChat lists
+//!   again (5) put back on sale — the restore push may be lost too.
+//!
+//! A product the merchant delisted is theirs: the platform's delisting does not mark it
+//! ([`Product::delist_by_platform`]) and no restore lists it ([`Product::restore_by_platform`]).
+
+use super::common::{component_on, update_product};
+use super::shop_orders::wx_error;
+use crate::app::App;
+use crate::domain::{Order, Product, ProductId};
+use crate::http::ApiError;
+use crate::shop::catalog::SpuListRequest;
+use crate::shop::types::ProductKey;
+use crate::store::kv;
+use crate::store::repo;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `spu` status: listed (on shelf).
+pub const STATUS_LISTED: i64 = 5;
+/// `spu` status: delisted by the merchant.
+pub const STATUS_DELISTED_BY_MERCHANT: i64 = 11;
+/// `spu` status: delisted by the platform (violation, risk control).
+pub const STATUS_DELISTED_BY_PLATFORM: i64 = 13;
+
+/// Pages of WeChat's platform-delisted products read a run (100 each).
+const LIST_PAGES: u32 = 3;
+/// WeChat's page size for `spu/get_list` (its most).
+const LIST_PAGE_SIZE: u32 = 100;
+/// Our products held delisted by the platform asked about a run (one `spu/get` each); a page
+/// of [`SCAN_PAGE`] already started is finished, so a run asks fewer than this plus a page.
+const RESTORE_ASKS: usize = 20;
+/// Products of our catalog read per store query by the restore scan.
+const SCAN_PAGE: usize = 20;
+/// Products of our catalog the restore scan reads a run at most.
+const SCAN_MAX: usize = 200;
+/// Where the restore scan of our catalog stands: a store cursor, or "" for the start.
+const SCAN_KEY: &str = "rotation/platform-delisted";
+/// Products read at WeChat after one `shop/order/add` refusal, at most (a cart has 20 lines).
+const REFUSAL_READS: usize = 20;
+
+/// Marks `id` delisted by WeChat's platform here (see [`Product::delist_by_platform`]):
+/// whether it was listed and now is not. Unknown here: nothing.
+pub(super) async fn delist(app: &App, id: &ProductId) -> Result<bool, ApiError> {
+    let changed = AtomicBool::new(false);
+    update_product(app, id, |p| {
+        changed.store(p.delist_by_platform(), Ordering::Relaxed);
+        Ok(())
+    })
+    .await?;
+    Ok(changed.load(Ordering::Relaxed))
+}
+
+/// Puts `id` back on sale after WeChat's platform restored it, as WeChat's own record reads
+/// (see [`Product::restore_by_platform`]): whether it was held delisted by the platform and
+/// now is on sale. A product the merchant delisted: nothing.
+pub(super) async fn restore(app: &App, id: &ProductId) -> Result<bool, ApiError> {
+    let changed = AtomicBool::new(false);
+    update_product(app, id, |p| {
+        changed.store(p.restore_by_platform(), Ordering::Relaxed);
+        Ok(())
+    })
+    .await?;
+    Ok(changed.load(Ordering::Relaxed))
+}
+
+/// After WeChat's `shop/order/add` refused `order` for good: its products are read at WeChat
+/// (`spu/get`, online version), and each WeChat holds delisted by the platform (13) is
+/// delisted here. Those products (empty: the refusal is something else, or WeChat could not
+/// be read — the refusal then stands as it was).
+pub(super) async fn refused_as_delisted(app: &App, order: &Order) -> Vec<ProductId> {
+    let mut ids: Vec<&ProductId> = Vec::new();
+    for item in &order.items {
+        if !ids.contains(&&item.product_id) {
+            ids.push(&item.product_id);
+        }
+    }
+    let mut delisted = Vec::new();
+    for id in ids.into_iter().take(REFUSAL_READS) {
+        let key = ProductKey::Out(id.to_string());
+        match app.wx.spu_get(&key, false).await {
+            Ok(spu) if spu.status == STATUS_DELISTED_BY_PLATFORM => {
+                if let Err(e) = delist(app, id).await {
+                    tracing::warn!(product_id = %id, error = %e, "delisted by WeChat's platform; not recorded here");
+                }
+                tracing::warn!(product_id = %id, "WeChat refused an order: the product is delisted by WeChat's platform (its push never came); delisted here");
+                delisted.push(id.clone());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(product_id = %id, error = %e, "order refused by WeChat; its product could not be read back");
+            }
+        }
+    }
+    delisted
+}
+
+/// 409 `NOT_FOR_SALE` for an order WeChat refused because of `delisted`.
+pub(super) fn not_for_sale(delisted: &[ProductId]) -> ApiError {
+    let names: Vec<&str> = delisted.iter().map(ProductId::as_str).collect();
+    ApiError::conflict(
+        "NOT_FOR_SALE",
+        format!(
+            "{} is no longer for sale: WeChat's platform took it off sale",
+            names.join(", ")
+        ),
+    )
+}
+
+/// What [`sweep`] did, counted in the audit sweep's report.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PlatformSweep {
+    /// Products WeChat lists as delisted by the platform that were on sale here: delisted.
+    pub delisted: usize,
+    /// Products held delisted by the platform that WeChat lists again: back on sale.
+    pub restored: usize,
+}
+
+/// Platform delistings and restores whose push never came (see the module docs). `false`
+/// with the report when `deadline` passed first (the next run goes on).
+pub(super) async fn sweep(
+    app: &App,
+    deadline: crate::time::Deadline,
+) -> Result<(PlatformSweep, bool), ApiError> {
+    let mut report = PlatformSweep::default();
+    if !component_on(app) {
+        return Ok((report, true));
+    }
+    for page in 1..=LIST_PAGES {
+        if deadline.passed() {
+            return Ok((report, false));
+        }
+        let req = SpuListRequest {
+            status: Some(STATUS_DELISTED_BY_PLATFORM),
+            page,
+            page_size: LIST_PAGE_SIZE,
+            ..SpuListRequest::default()
+        };
+        let list = app.wx.spu_get_list(&req).await.map_err(wx_error)?;
+        for spu in &list.spus {
+            if spu.status != STATUS_DELISTED_BY_PLATFORM {
+                continue;
+            }
+            let Ok(id) = ProductId::parse(spu.out_product_id.clone()) else {
+                continue;
+            };
+            if delist(app, &id).await? {
+                report.delisted += 1;
+                tracing::warn!(product_id = %id, "delisted by WeChat's platform (its push never came): delisted here");
+            }
+        }
+        let read = i64::from(page) * i64::from(LIST_PAGE_SIZE);
+        if list.spus.len() < LIST_PAGE_SIZE as usize || read >= list.total_num {
+            break;
+        }
+    }
+    let finished = restore_scan(app, deadline, &mut report).await?;
+    Ok((report, finished))
+}
+
+/// The products of our catalog, in turn from where the last run stopped (kv [`SCAN_KEY`]),
+/// [`SCAN_MAX`] a run at most: each held delisted by the platform is read at WeChat and put
+/// back on sale when WeChat lists it (5); one WeChat reads delisted by its merchant (11: the
+/// console, another tool) is no longer the platform's hold, and stays delisted as the
+/// merchant's.
+async fn restore_scan(
+    app: &App,
+    deadline: crate::time::Deadline,
+    report: &mut PlatformSweep,
+) -> Result<bool, ApiError> {
+    let store = app.store.as_ref();
+    let saved = kv::get(store, SCAN_KEY).await?;
+    let mut cursor = saved
+        .as_ref()
+        .map(|s| s.value.clone())
+        .filter(|c| !c.is_empty());
+    let mut read = 0;
+    let mut asked = 0;
+    let mut finished = true;
+    while read < SCAN_MAX && asked < RESTORE_ASKS {
+        if deadline.passed() {
+            finished = false;
+            break;
+        }
+        let (page, next) =
+            match repo::list_products(store, repo::ProductFilter::All, SCAN_PAGE, cursor.clone())
+                .await
+            {
+                // A cursor this store no longer takes: from the start again.
+                Err(crate::store::StoreError::BadCursor) if cursor.is_some() => {
+                    cursor = None;
+                    continue;
+                }
+                other => other?,
+            };
+        read += page.len().max(1);
+        for p in page {
+            let p: Product = p.value;
+            if !p.delisted_by_platform {
+                continue;
+            }
+            asked += 1;
+            let key = ProductKey::Out(p.product_id.to_string());
+            match app.wx.spu_get(&key, false).await {
+                Ok(spu) if spu.status == STATUS_LISTED => {
+                    if restore(app, &p.product_id).await? {
+                        report.restored += 1;
+                        tracing::info!(product_id = %p.product_id, "restored by WeChat's platform (its push never came): on sale again");
+                    }
+                }
+                Ok(spu) if spu.status == STATUS_DELISTED_BY_MERCHANT => {
+                    update_product(app, &p.product_id, |p| {
+                        p.delisted_by_platform = false;
+                        Ok(())
+                    })
+                    .await?;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(product_id = %p.product_id, error = %e, "platform restore scan: WeChat not read; asked again next turn");
+                }
+            }
+        }
+        cursor = next;
+        if cursor.is_none() {
+            // The catalog's end: the next run starts again at the start.
+            break;
+        }
+    }
+    let until = app.clock.now_secs() + 30 * 24 * 3600;
+    let value = cursor.unwrap_or_default();
+    // Lost to a concurrent run, which went on from the same place.
+    kv::put_if(store, SCAN_KEY, &value, until, saved.map(|s| s.version)).await?;
+    Ok(finished)
+}
