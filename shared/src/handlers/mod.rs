@@ -17,6 +17,7 @@ pub mod pay_orders;
 pub mod query_order;
 pub mod reconcile;
 pub mod shop_orders;
+pub mod stock_back;
 pub mod unified_order;
 
 use crate::app::App;
