@@ -16,7 +16,7 @@
 //!   ran out (and was taken over) gets [`StoreError::Conflict`] and must not touch the entry.
 //!   Every task must be idempotent on the WeChat side, because a lease can expire mid-call.
 
-use crate::domain::{random_alnum, AfterSaleId, OutTradeNo};
+use crate::domain::{random_alnum, AfterSaleId, AfterSaleLine, OutTradeNo};
 use crate::store::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,13 @@ pub enum Task {
     Refund { aftersale_id: AfterSaleId },
     /// `pay/closeorder` (+ component close) for an unpaid order.
     OrderClose { out_trade_no: OutTradeNo },
+    /// Puts back on sale the units a refunded after-sale took back, decided when it was
+    /// recorded refunded ([`crate::domain::AfterSale::units_back`]); once per after-sale
+    /// (`handlers::stock_back`).
+    StockBack {
+        aftersale_id: AfterSaleId,
+        lines: Vec<AfterSaleLine>,
+    },
     /// Anything else: a named task with its own payload.
     Custom {
         name: String,
@@ -66,6 +73,7 @@ impl Task {
             Task::AfterSaleSync { .. } => "aftersale_sync",
             Task::Refund { .. } => "refund",
             Task::OrderClose { .. } => "order_close",
+            Task::StockBack { .. } => "stock_back",
             Task::Custom { name, .. } => name,
         }
     }
@@ -81,6 +89,7 @@ impl Task {
             Task::AfterSaleSync { aftersale_id } | Task::Refund { aftersale_id } => {
                 format!("aftersale:{aftersale_id}")
             }
+            Task::StockBack { aftersale_id, .. } => format!("stock:{aftersale_id}"),
             Task::Custom { name, .. } => format!("custom:{name}"),
         }
     }

@@ -747,6 +747,59 @@ impl AfterSale {
         }
     }
 
+    /// The units this after-sale, once REFUNDED, puts back on sale (none before): what it
+    /// refunded in full — the whole price of its quantity, as a parcel leaves out the units
+    /// an after-sale took back (`shop_orders::parcel_contents`) — of goods still in the
+    /// warehouse:
+    /// - the order was never shipped (any kind of after-sale: the units never left), or
+    /// - a return and refund whose goods came back (the user sent them, with a waybill, and
+    ///   the refund followed).
+    ///
+    /// A refund only after shipping (the user keeps or lost the goods), part of a line's
+    /// price (a price adjustment, a dented box), the freight alone: nothing. An after-sale of
+    /// the whole order without a line (several items, not in the trading component) puts back
+    /// every item when it refunded every item's whole price.
+    pub fn units_back(&self, order: &Order) -> Vec<AfterSaleLine> {
+        if self.status != AfterSaleStatus::Refunded {
+            return Vec::new();
+        }
+        let never_shipped = order.delivery.is_none() && order.shipped_at_ms.is_none();
+        let goods_came_back = self.kind == AfterSaleKind::ReturnAndRefund
+            && self
+                .goods_return
+                .as_ref()
+                .is_some_and(|g| g.waybill.is_some());
+        if !never_shipped && !goods_came_back {
+            return Vec::new();
+        }
+        match &self.line {
+            Some(l) => {
+                let whole = order
+                    .items
+                    .iter()
+                    .find(|i| l.is_of(i))
+                    .filter(|i| l.quantity > 0 && l.quantity <= i.quantity)
+                    .and_then(|i| i.unit_price.checked_mul(l.quantity).ok());
+                match whole {
+                    Some(whole) if self.amount >= whole => vec![l.clone()],
+                    _ => Vec::new(),
+                }
+            }
+            None => {
+                let all = order
+                    .items
+                    .iter()
+                    .try_fold(Fen::ZERO, |sum, i| sum.checked_add(i.line_total()?));
+                match all {
+                    Ok(all) if self.amount >= all && !order.items.is_empty() => {
+                        order.items.iter().map(AfterSaleLine::whole).collect()
+                    }
+                    _ => Vec::new(),
+                }
+            }
+        }
+    }
+
     pub fn refund_failed(
         &mut self,
         now_ms: i64,
@@ -948,6 +1001,76 @@ mod tests {
 
     fn fen(v: i64) -> Fen {
         Fen::new(v).unwrap()
+    }
+
+    #[test]
+    fn units_come_back_for_the_whole_price_of_goods_still_in_the_warehouse() {
+        let a1 = || AfterSaleLine {
+            product_id: ProductId::parse("A").unwrap(),
+            sku_id: SkuId::parse("a1").unwrap(),
+            quantity: 2,
+        };
+        let b1 = |q| AfterSaleLine {
+            product_id: ProductId::parse("B").unwrap(),
+            sku_id: SkuId::parse("b1").unwrap(),
+            quantity: q,
+        };
+        let refunded = |kind, line: AfterSaleLine, amount| {
+            let mut a = earlier(line, amount, AfterSaleStatus::Refunded);
+            a.kind = kind;
+            a
+        };
+        let paid = two_lines();
+        let mut shipped = two_lines();
+        shipped.delivery = Some(crate::domain::Delivery {
+            delivery_id: "SF".into(),
+            waybill_id: "SF1".into(),
+        });
+        shipped.shipped_at_ms = Some(1);
+        let only = AfterSaleKind::RefundOnly;
+        let ret = AfterSaleKind::ReturnAndRefund;
+
+        // Not shipped: the whole price of the quantity (freight too, or more) brings it back.
+        assert_eq!(refunded(only, a1(), 600).units_back(&paid), vec![a1()]);
+        assert_eq!(refunded(only, b1(2), 1000).units_back(&paid), vec![b1(2)]);
+        assert_eq!(refunded(only, b1(1), 700).units_back(&paid), vec![b1(1)]);
+        assert_eq!(refunded(ret, b1(1), 500).units_back(&paid), vec![b1(1)]);
+        // Part of it (a price adjustment), or freight alone: nothing.
+        assert!(refunded(only, a1(), 599).units_back(&paid).is_empty());
+        assert!(refunded(only, b1(3), 10).units_back(&paid).is_empty());
+        // Only once refunded: applied, approved, failed, cancelled give nothing.
+        for st in AfterSaleStatus::ALL {
+            if st != AfterSaleStatus::Refunded {
+                assert!(
+                    earlier(a1(), 600, st).units_back(&paid).is_empty(),
+                    "{st:?}"
+                );
+            }
+        }
+        // Shipped: a refund only leaves the goods with the user.
+        assert!(refunded(only, a1(), 600).units_back(&shipped).is_empty());
+        // A return whose goods came back brings them back; one never sent does not.
+        let mut back = refunded(ret, b1(3), 1500);
+        assert!(back.units_back(&shipped).is_empty());
+        back.goods_return = Some(GoodsReturn {
+            address: crate::domain::Address::default(),
+            waybill: Some(ReturnWaybill {
+                delivery_id: "SF".into(),
+                delivery_name: "顺丰".into(),
+                waybill_id: "SF2".into(),
+            }),
+        });
+        assert_eq!(back.units_back(&shipped), vec![b1(3)]);
+        back.amount = fen(1499);
+        assert!(back.units_back(&shipped).is_empty());
+        // A line the order does not have, or more of it than was ordered: nothing.
+        assert!(refunded(only, b1(4), 9999).units_back(&paid).is_empty());
+        // The whole order without a line: every item, when every item's price went back.
+        let mut whole = refunded(only, a1(), 2100);
+        whole.line = None;
+        assert_eq!(whole.units_back(&paid), vec![a1(), b1(3)]);
+        whole.amount = fen(2099);
+        assert!(whole.units_back(&paid).is_empty());
     }
 
     #[test]

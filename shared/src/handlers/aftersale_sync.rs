@@ -875,6 +875,9 @@ async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiErro
         }
         batch.update_aftersale(&current, &next);
         batch.update_order(&order, &next_order);
+        if let Some(e) = super::stock_back::due(&order.value, &next, now) {
+            batch.enqueue(e);
+        }
         Ok(Attempt::Commit(batch, next))
     })
     .await?;
@@ -1093,6 +1096,9 @@ async fn settle_by_refund_made_by_hand(
         nr.updated_at_ms = now;
         batch.update_refund(&refund, &nr);
         batch.update_aftersale(&current, &next);
+        if let Some(e) = super::stock_back::due(&order.value, &next, now) {
+            batch.enqueue(e);
+        }
         // WeChat's after-sale is told it was refunded (`acceptrefund`: an order whose money
         // we hold, so WeChat moves none) — except a return whose return was never accepted,
         // which WeChat's return steps cannot take without an address: reconciled there by
@@ -2895,6 +2901,9 @@ async fn record_wechat_refund(
                 }
                 next.amount = amount;
                 batch.update_aftersale(a, &next);
+                if let Some(e) = super::stock_back::due(&order.value, &next, now) {
+                    batch.enqueue(e);
+                }
                 let approved = matches!(
                     a.value.status,
                     AfterSaleStatus::Refunding
@@ -2916,7 +2925,7 @@ async fn record_wechat_refund(
                         refundable: order.value.refundable(),
                     }));
                 }
-                batch.create_aftersale(&AfterSale {
+                let refunded_there = AfterSale {
                     id: id.clone(),
                     out_trade_no: no.clone(),
                     openid: order.value.openid.clone(),
@@ -2934,7 +2943,11 @@ async fn record_wechat_refund(
                     created_at_ms: now,
                     updated_at_ms: now,
                     refunded_at_ms: Some(now),
-                });
+                };
+                batch.create_aftersale(&refunded_there);
+                if let Some(e) = super::stock_back::due(&order.value, &refunded_there, now) {
+                    batch.enqueue(e);
+                }
                 WeChatRefundRecord::Imported
             }
         };

@@ -18,6 +18,7 @@ pub mod platform_delisting;
 pub mod query_order;
 pub mod reconcile;
 pub mod shop_orders;
+pub mod stock_back;
 pub mod unified_order;
 
 use crate::app::App;

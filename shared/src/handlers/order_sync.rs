@@ -857,6 +857,10 @@ pub async fn run_task(app: &App, task: &Task) -> Result<(), TaskError> {
             super::aftersale_sync::issue_refund(app, aftersale_id).await
         }
         Task::OrderClose { out_trade_no } => close_at_wechat(app, out_trade_no).await,
+        Task::StockBack {
+            aftersale_id,
+            lines,
+        } => super::stock_back::put_back(app, aftersale_id, lines).await,
         Task::Custom { name, .. } => Err(TaskError::Permanent(format!(
             "no runner for custom task `{name}`"
         ))),
@@ -970,7 +974,7 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 18] = [
+pub const EVENT_SOURCES: [&str; 19] = [
     "push",
     "double_payment",
     "payment_mismatch",
@@ -989,6 +993,7 @@ pub const EVENT_SOURCES: [&str; 18] = [
     super::reconcile::BILL_MISMATCH_EVENTS,
     super::funds_reconcile::FUNDS_MISMATCH_EVENTS,
     super::shop_orders::COMPONENT_ORDER_MISSING_EVENTS,
+    super::stock_back::STOCK_BACK_EVENTS,
 ];
 
 /// `events`: one source is a page of the store's index of that source (by time received);

@@ -651,6 +651,11 @@ async fn apply_refund(
             if changed == Change::Changed {
                 refunds_order = next_a.status == AfterSaleStatus::Refunded;
                 batch.update_aftersale(a, &next_a);
+                // Its units back on sale, if it took them back (once: only this change to
+                // REFUNDED adds the task).
+                if let Some(e) = super::stock_back::due(&order.value, &next_a, now) {
+                    batch.enqueue(e);
+                }
                 if order.value.at_wechat().component_order {
                     batch.enqueue(OutboxEntry::new(
                         Task::AfterSaleSync {
