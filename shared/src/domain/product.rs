@@ -84,7 +84,9 @@ pub struct Product {
     pub wx_product_id: Option<u64>,
     #[serde(default)]
     pub updated_at_ms: i64,
-    /// Why the product's own version, `DRAFT`, is not at WeChat: its submission failed.
+    /// Why the product's own version, `DRAFT`, is not at WeChat: its submission failed. On a
+    /// version `AUDITING`: its submission's answer was lost and WeChat could not be asked
+    /// whether it took it ([`Product::draft_unconfirmed`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submit_error: Option<String>,
     /// An edit of the approved product that is not online yet; the product sells as approved
@@ -126,7 +128,8 @@ pub struct Edit {
     pub audit: AuditStatus,
     #[serde(default)]
     pub reject_reason: Option<String>,
-    /// Why the edit, `DRAFT`, is not at WeChat: its submission failed.
+    /// Why the edit, `DRAFT`, is not at WeChat: its submission failed (`AUDITING`: not known
+    /// to be at WeChat, as for the product's own `submit_error`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submit_error: Option<String>,
 }
@@ -346,6 +349,25 @@ impl Product {
         }
     }
 
+    /// The draft's submission may have reached WeChat or not (`why`: its answer was lost, and
+    /// WeChat could not be asked): it stays `AUDITING`, so WeChat's verdict on it (its push,
+    /// the audit sweep) is applied once WeChat has it, and `why` is kept as its
+    /// `submit_error`, so an upsert of the same version sends it again.
+    pub fn draft_unconfirmed(&mut self, why: String) {
+        match &mut self.edit {
+            Some(e) => e.submit_error = Some(why),
+            None => self.submit_error = Some(why),
+        }
+    }
+
+    /// Why the draft is not (or not known to be) at WeChat, if it is not.
+    pub fn draft_submit_error(&self) -> Option<&str> {
+        match &self.edit {
+            Some(e) => e.submit_error.as_deref(),
+            None => self.submit_error.as_deref(),
+        }
+    }
+
     /// WeChat no longer has the product (deleted there, a fresh account): its approval,
     /// listing and any edit went with it; what is stored becomes a version not yet submitted.
     pub fn forget_wechat(&mut self) {
@@ -381,6 +403,7 @@ impl Product {
     /// audit as the edit, waiting for its own verdict.
     pub fn approve_earlier(&mut self, mut approved: Content) {
         let ours = self.draft();
+        let unconfirmed = self.draft_submit_error().map(str::to_owned);
         for s in &mut approved.skus {
             s.stock = self
                 .sku(&s.sku_id)
@@ -395,7 +418,7 @@ impl Product {
             content: ours,
             audit: AuditStatus::Auditing,
             reject_reason: None,
-            submit_error: None,
+            submit_error: unconfirmed,
         });
     }
 
@@ -406,6 +429,7 @@ impl Product {
             Some(e) => {
                 e.audit = AuditStatus::Rejected;
                 e.reject_reason = Some(reason);
+                e.submit_error = None;
             }
             None if self.audit == AuditStatus::Approved => {
                 // Nothing of ours was under audit: the online version stands.
@@ -413,6 +437,7 @@ impl Product {
             None => {
                 self.audit = AuditStatus::Rejected;
                 self.reject_reason = Some(reason);
+                self.submit_error = None;
             }
         }
     }

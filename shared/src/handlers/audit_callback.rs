@@ -558,7 +558,10 @@ fn wechat_version(
 /// WeChat then rejected stayed on sale. Such a verdict is not ours: ours waits for its own push (or
 /// the sweep). A draft read without a title or SKUs is taken as ours (UNVERIFIED that WeChat's
 /// draft always carries them; the sandbox's does).
-fn audited_is_ours(wx: &crate::shop::catalog::SpuInfo, ours: &crate::domain::Content) -> bool {
+pub(super) fn audited_is_ours(
+    wx: &crate::shop::catalog::SpuInfo,
+    ours: &crate::domain::Content,
+) -> bool {
     if wx.title.is_empty() || wx.skus.is_empty() {
         return true;
     }

@@ -27,6 +27,7 @@ use crate::shop::catalog::{SkuWithoutAudit, Spu, SpuSku, SpuUpdateWithoutAudit, 
 use crate::shop::types::ProductKey;
 use crate::shop::WxError;
 use crate::store::repo::{self, Batch, Versioned};
+use crate::store::StoreError;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -455,25 +456,46 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
         } => {
             let id = ProductId::parse(product_id).map_err(bad("BAD_PRODUCT_ID"))?;
             let sku = SkuId::parse(sku_id).map_err(bad("BAD_SKU_ID"))?;
-            let p = set_stock(app, &id, &sku, stock).await?;
-            Ok(json(&serde_json::json!({ "product": p })))
+            let set = set_stock(app, &id, &sku, stock).await?;
+            let mut answer = serde_json::json!({ "product": set.product });
+            if set.reuploaded {
+                answer["notice"] = serde_json::json!(format!(
+                    "WeChat no longer has {id} (deleted there, or a new account): the stock is \
+                     stored, {id} is off sale here, and it was uploaded to WeChat again for \
+                     audit; list it again once it reads APPROVED"
+                ));
+            }
+            Ok(json(&answer))
         }
         Action::Get { product_id } => {
             let id = ProductId::parse(product_id).map_err(bad("BAD_PRODUCT_ID"))?;
             let p = repo::get_product(app.store.as_ref(), &id)
-                .await?
+                .await
+                .map_err(|e| unreadable_product(&id, e))?
                 .ok_or_else(|| {
                     ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}"))
                 })?;
             Ok(json(&serde_json::json!({ "product": p.value })))
         }
         Action::Products { next } => {
-            let all = repo::list_products(app.store.as_ref(), repo::ProductFilter::All, 100, next)
-                .await?;
-            let products: Vec<&Product> = all.0.iter().map(|p| &p.value).collect();
-            Ok(json(
-                &serde_json::json!({ "products": products, "next": all.1 }),
-            ))
+            let (found, unreadable, next) = repo::list_products_readable(
+                app.store.as_ref(),
+                repo::ProductFilter::All,
+                100,
+                next,
+            )
+            .await?;
+            log_unreadable(&unreadable);
+            let products: Vec<&Product> = found.iter().map(|p| &p.value).collect();
+            let mut page = serde_json::json!({ "products": products, "next": next });
+            if !unreadable.is_empty() {
+                // Shown only when there are some, so the usual page keeps its shape.
+                page["unreadable"] = unreadable
+                    .iter()
+                    .map(|u| serde_json::json!({"product_id": u.product_id, "error": u.why}))
+                    .collect();
+            }
+            Ok(json(&page))
         }
         Action::Wechat { api, body } => {
             let api = api.trim_start_matches('/');
@@ -552,7 +574,16 @@ async fn shop(app: &App, req: Request) -> Result<Response, ApiError> {
         }
         ShopAction::Get { product_id } => {
             let id = ProductId::parse(product_id).map_err(bad("BAD_PRODUCT_ID"))?;
-            match repo::get_product(app.store.as_ref(), &id).await? {
+            let found = match repo::get_product(app.store.as_ref(), &id).await {
+                // Not shown in the shop's list either: absent to the user, logged for the
+                // merchant (whose `get` names it).
+                Err(StoreError::Corrupt { id: key, why, .. }) => {
+                    tracing::error!(product_id = %key, error = %why, "stored product unreadable; not shown in the shop");
+                    None
+                }
+                other => other?,
+            };
+            match found {
                 Some(p) if p.value.is_sellable() => Ok(json(&ShopOne {
                     product: ShopProduct(&p.value),
                 })),
@@ -563,6 +594,37 @@ async fn shop(app: &App, req: Request) -> Result<Response, ApiError> {
                 )),
             }
         }
+    }
+}
+
+/// Products whose stored record cannot be read (another version's, or damaged) are left out
+/// of every list, each logged with its key: one such record used to fail every shop page
+/// (503) and the merchant's whole list. The merchant's `products` names them; `get` of one
+/// answers 500 `PRODUCT_UNREADABLE`.
+fn log_unreadable(unreadable: &[repo::UnreadableProduct]) {
+    for u in unreadable {
+        tracing::error!(product_id = %u.product_id, error = %u.why, "stored product unreadable; left out of the list");
+    }
+}
+
+/// The merchant's read of product `id` failed: a record that cannot be read as a product is
+/// named as such (500 `PRODUCT_UNREADABLE`: retrying does not help, a person must look);
+/// anything else is the store's passing failure.
+fn unreadable_product(id: &ProductId, e: StoreError) -> ApiError {
+    match e {
+        StoreError::Corrupt { why, .. } => {
+            tracing::error!(product_id = %id, error = %why, "stored product unreadable");
+            ApiError::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "PRODUCT_UNREADABLE",
+                format!(
+                    "the stored record of product {id} cannot be read ({why}): it was written \
+                     by another version of this service, or damaged; it is left out of the \
+                     shop until it is repaired in the store"
+                ),
+            )
+        }
+        other => other.into(),
     }
 }
 
@@ -577,19 +639,21 @@ async fn on_sale(
     cursor: Option<String>,
 ) -> Result<(Vec<Versioned<Product>>, Option<String>), ApiError> {
     let store = app.store.as_ref();
-    let (mut found, mut next) =
-        repo::list_products(store, repo::ProductFilter::All, limit, cursor).await?;
+    let (mut found, unreadable, mut next) =
+        repo::list_products_readable(store, repo::ProductFilter::All, limit, cursor).await?;
+    log_unreadable(&unreadable);
     found.retain(|p| p.value.is_sellable());
     let mut reads = 1;
     while found.len() < limit && reads < SHOP_PAGE_READS {
         let Some(cursor) = next.take() else { break };
-        let (more, after) = repo::list_products(
+        let (more, unreadable, after) = repo::list_products_readable(
             store,
             repo::ProductFilter::All,
             limit - found.len(),
             Some(cursor),
         )
         .await?;
+        log_unreadable(&unreadable);
         found.extend(more.into_iter().filter(|p| p.value.is_sellable()));
         next = after;
         reads += 1;
@@ -698,8 +762,12 @@ fn plan(cur: Option<&Product>, next: &Content) -> Plan {
     }
     match cur.draft().change_to(next) {
         ContentChange::Reviewed => Plan::Submit,
-        // A version that never reached WeChat goes there now, whatever changed.
+        // A version that never reached WeChat goes there now, whatever changed; so does one
+        // not known to have reached it (its answer lost, WeChat unreadable then).
         _ if draft_audit == AuditStatus::Draft => Plan::Submit,
+        _ if draft_audit == AuditStatus::Auditing && cur.draft_submit_error().is_some() => {
+            Plan::Submit
+        }
         ContentChange::Prices(skus) if online && skus.iter().all(|s| cur.sku(s).is_some()) => {
             Plan::WithoutAudit(skus)
         }
@@ -843,17 +911,25 @@ async fn submit(
     now: i64,
 ) -> Result<Product, ApiError> {
     let id = product.product_id.clone();
-    let known = product.wx_product_id.is_some();
+    let known_wx_id = product.wx_product_id;
+    let known = known_wx_id.is_some();
     product.submit_draft(next.clone());
     product.updated_at_ms = now;
     write(app, prev, &product).await?;
-    let outcome = upload(app, &id, known, &spu(&id, &next)).await;
+    let outcome = match upload(app, &id, known, &spu(&id, &next)).await {
+        Err(e) if answer_unknown(&e) => read_back(app, &id, known_wx_id, &next, e).await,
+        Ok(result) => Submitted::Taken {
+            result,
+            decided: false,
+        },
+        Err(e) => Submitted::Failed(e),
+    };
     let ours = |p: &Product| {
         p.draft_audit() == AuditStatus::Auditing
             && p.draft().change_to(&next) == ContentChange::None
     };
     let stored = match &outcome {
-        Ok(result) => {
+        Submitted::Taken { result, .. } => {
             modify(app, &id, |p| {
                 if result.readded && ours(p) {
                     // WeChat lost the product and its approval: this version is a first one.
@@ -865,7 +941,7 @@ async fn submit(
             })
             .await?
         }
-        Err(e) => {
+        Submitted::Failed(e) => {
             // Nothing of it is under audit at WeChat (an audit withdrawn to make room for it
             // included): say so, unless a later upsert has replaced this submission meanwhile.
             // The next upsert submits it.
@@ -879,9 +955,129 @@ async fn submit(
             })
             .await?
         }
+        Submitted::Unconfirmed { why } => {
+            // Kept under audit, so WeChat's verdict is applied once WeChat has it (its push,
+            // or the audit sweep's read past the grace period); an upsert of the same
+            // version sends it again meanwhile.
+            tracing::warn!(product_id = %id, why = %why, "submission's answer lost and WeChat unreadable; kept AUDITING, unconfirmed");
+            modify(app, &id, |p| {
+                if ours(p) {
+                    p.draft_unconfirmed(why.clone());
+                }
+                Ok(())
+            })
+            .await?
+        }
     };
-    outcome.map_err(wx_error)?;
-    Ok(stored)
+    match outcome {
+        Submitted::Taken { decided: true, .. } => {
+            // Decided before we heard back: applied now, as its push would (which may have
+            // come and found nothing to apply yet); failing that, the push or the sweep.
+            use super::audit_callback::apply_wechat_verdict;
+            if let Err(e) = apply_wechat_verdict(app, &id, "", None).await {
+                tracing::warn!(product_id = %id, error = %e, "verdict read back with the submission not applied; its push or the audit sweep applies it");
+                return Ok(stored);
+            }
+            Ok(repo::get_product(app.store.as_ref(), &id)
+                .await?
+                .map_or(stored, |p| p.value))
+        }
+        Submitted::Taken { .. } => Ok(stored),
+        Submitted::Failed(e) => Err(wx_error(e)),
+        Submitted::Unconfirmed { why } => Err(ApiError::unavailable(
+            "SUBMISSION_UNCONFIRMED",
+            format!(
+                "{id} was sent to WeChat for audit but its answer was lost, and WeChat could \
+                 not be asked whether it took it ({why}): it reads AUDITING, and WeChat's \
+                 verdict is applied once WeChat has it (the schedule asks WeChat after 10 \
+                 minutes); upsert the same version again to send it again"
+            ),
+        )),
+    }
+}
+
+/// How a submission (`spu/add|update`) went at WeChat.
+enum Submitted {
+    /// WeChat has it: its answer, or what `spu/get` read back when the answer was lost
+    /// (`decided`: WeChat's verdict on it was in already).
+    Taken {
+        result: SpuWriteResult,
+        decided: bool,
+    },
+    /// WeChat refused it (an errcode), the call was never sent, or WeChat, read back after the
+    /// answer was lost, does not have it: nothing of it is under audit there.
+    Failed(WxError),
+    /// The answer was lost and WeChat could not be asked: it may or may not be under audit.
+    Unconfirmed { why: String },
+}
+
+/// Whether a failed call may have been applied at WeChat all the same: its answer was lost on
+/// the way back (a timeout, a dropped connection, a gateway's 5xx, a reply that is not
+/// WeChat's). WeChat's own refusal carries an errcode; a call that could not connect, or
+/// could not be made, never reached it.
+fn answer_unknown(e: &WxError) -> bool {
+    matches!(
+        e,
+        WxError::Timeout { .. }
+            | WxError::Transport { .. }
+            | WxError::Http { .. }
+            | WxError::Decode { .. }
+    )
+}
+
+/// The answer to the submission of `next` was `lost`: WeChat's draft is read (`spu/get`,
+/// `need_edit_spu=1`) to learn whether WeChat took it — the same check the audit push makes
+/// ([`super::audit_callback::audited_is_ours`]). It used to be marked not submitted on any
+/// error: when WeChat had taken it, its approval (push and sweep) found a DRAFT and was
+/// ignored, and the product never went on sale (or the edit never took effect).
+async fn read_back(
+    app: &App,
+    id: &ProductId,
+    known: Option<u64>,
+    next: &Content,
+    lost: WxError,
+) -> Submitted {
+    let draft = match app.wx.spu_get(&ProductKey::Out(id.to_string()), true).await {
+        Ok(d) => d,
+        Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
+            tracing::warn!(product_id = %id, error = %lost, "submission's answer lost; WeChat does not have the product");
+            return Submitted::Failed(lost);
+        }
+        Err(e) => {
+            return Submitted::Unconfirmed {
+                why: format!("{lost}; then {e}"),
+            }
+        }
+    };
+    // 1: being edited, not submitted (WeChat's draft is not under audit).
+    let submitted = matches!(draft.edit_status, 2..=4);
+    if !submitted || !super::audit_callback::audited_is_ours(&draft, next) {
+        tracing::warn!(product_id = %id, edit_status = draft.edit_status, error = %lost, "submission's answer lost; WeChat's draft is not it");
+        return Submitted::Failed(lost);
+    }
+    tracing::info!(product_id = %id, edit_status = draft.edit_status, "submission's answer lost; WeChat has it (read back)");
+    let result = SpuWriteResult {
+        product_id: draft.product_id,
+        out_product_id: draft.out_product_id.clone(),
+        skus: draft
+            .skus
+            .iter()
+            .filter_map(|k| {
+                Some(crate::shop::catalog::SkuIds {
+                    sku_id: k.sku_id?,
+                    out_sku_id: k.out_sku_id.clone(),
+                })
+            })
+            .collect(),
+        // Uploaded as known and now under another WeChat id: WeChat had lost it and it was
+        // added again (`upload`), its old approval gone.
+        readded: known.is_some_and(|k| draft.product_id != 0 && draft.product_id != k),
+        ..Default::default()
+    };
+    Submitted::Taken {
+        result,
+        decided: matches!(draft.edit_status, 3 | 4),
+    }
 }
 
 /// `spu/update_without_audit`: the stock of approved SKUs, and the prices of those
@@ -973,19 +1169,32 @@ async fn withdraw_then_update(
     app.wx.spu_update(spu).await
 }
 
+/// What `set_stock` did: the product as stored, and `reuploaded` when WeChat had lost it and
+/// it went to WeChat's audit again.
+struct StockSet {
+    product: Product,
+    reuploaded: bool,
+}
+
 /// Sets a SKU's stock. WeChat shows an approved SKU's stock (`stock_num`; a Channels live
 /// room refuses to list one at 0), so it hears of it first (`spu/update_without_audit`, no
 /// audit); the stock of a SKU it never approved travels with that SKU's next submission.
+///
+/// WeChat no longer having the product (9401002: deleted in the console, a fresh account) is
+/// handled as `upsert` handles it: its approval went with it, so it is off sale here
+/// ([`Product::forget_wechat`]) and its version, with this stock, is uploaded again for audit
+/// (listed again once approved). That answered a bare 502 and stored nothing, while the shop
+/// went on selling a product WeChat no longer had, whose orders WeChat's `order/add` refuses.
 async fn set_stock(
     app: &App,
     id: &ProductId,
     sku: &SkuId,
     stock: u32,
-) -> Result<Product, ApiError> {
-    let p = repo::get_product(app.store.as_ref(), id)
+) -> Result<StockSet, ApiError> {
+    let stored = repo::get_product(app.store.as_ref(), id)
         .await?
-        .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))?
-        .value;
+        .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))?;
+    let p = &stored.value;
     let online = p.audit == AuditStatus::Approved && p.wx_product_id.is_some();
     if component_on(app) && online && p.sku(sku).is_some() {
         let req = SpuUpdateWithoutAudit {
@@ -997,12 +1206,40 @@ async fn set_stock(
                 ..Default::default()
             }],
         };
-        app.wx
-            .spu_update_without_audit(&req)
-            .await
-            .map_err(wx_error)?;
+        match app.wx.spu_update_without_audit(&req).await {
+            Ok(_) => {}
+            Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
+                tracing::warn!(product_id = %id, "WeChat lost the approved product; uploading it again with the new stock");
+                let mut product = p.clone();
+                product.forget_wechat();
+                let mut next = product.content();
+                let mut found = false;
+                for s in next.skus.iter_mut().filter(|s| &s.sku_id == sku) {
+                    s.stock = stock;
+                    found = true;
+                }
+                if !found {
+                    // Only in the approved version, which went with WeChat's copy: the
+                    // pending edit that is uploaded now has no such SKU.
+                    return Err(ApiError::not_found(
+                        "NO_SUCH_SKU",
+                        format!(
+                            "no sku {sku} in the version of {id} to upload again: WeChat no \
+                             longer has {id}; upsert it with its SKUs"
+                        ),
+                    ));
+                }
+                let now = app.clock.now_ms();
+                let product = submit(app, Some(&stored), product, next, now).await?;
+                return Ok(StockSet {
+                    product,
+                    reuploaded: true,
+                });
+            }
+            Err(e) => return Err(wx_error(e)),
+        }
     }
-    modify(app, id, |p| {
+    let product = modify(app, id, |p| {
         let edit_skus = p.edit.as_mut().map(|e| &mut e.content.skus);
         let mut found = false;
         for s in p.skus.iter_mut().chain(edit_skus.into_iter().flatten()) {
@@ -1017,7 +1254,11 @@ async fn set_stock(
             Err(ApiError::not_found("NO_SUCH_SKU", format!("no sku {sku}")))
         }
     })
-    .await
+    .await?;
+    Ok(StockSet {
+        product,
+        reuploaded: false,
+    })
 }
 
 /// Listing asks WeChat first: a product goes on sale here only once WeChat lists it.

@@ -329,6 +329,52 @@ pub async fn list_products(
     Ok((products, page.next))
 }
 
+/// A stored product that cannot be read as one (written by another version of this code,
+/// or damaged): its key and why, for the merchant and the logs. Products hold nothing secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreadableProduct {
+    pub product_id: String,
+    pub why: String,
+}
+
+/// [`list_products`], except that a record that cannot be read as a product does not fail the
+/// page: it is left out of the products and named in the second list. The cursor is the
+/// store's, so a page still ends where the store's page did.
+pub async fn list_products_readable(
+    store: &dyn Store,
+    filter: ProductFilter,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<
+    (
+        Vec<Versioned<Product>>,
+        Vec<UnreadableProduct>,
+        Option<String>,
+    ),
+    StoreError,
+> {
+    let index = match filter {
+        ProductFilter::All => Index::Owner(PRODUCTS_OWNER.to_owned()),
+        ProductFilter::Audit(a) => Index::Status(audit_str(a).to_owned()),
+    };
+    let mut q = Query::new(Kind::Product, index);
+    q.limit = limit.max(1);
+    q.cursor = cursor;
+    let page = store.query(q).await?;
+    let mut products = Vec::with_capacity(page.records.len());
+    let mut unreadable = Vec::new();
+    for rec in &page.records {
+        match versioned(rec) {
+            Ok(p) => products.push(p),
+            Err(e) => unreadable.push(UnreadableProduct {
+                product_id: rec.id.clone(),
+                why: e.to_string(),
+            }),
+        }
+    }
+    Ok((products, unreadable, page.next))
+}
+
 // ---------------------------------------------------------------- after-sales
 
 /// After-sales: id = after-sale id, owner = out_trade_no, status = status, sort = created —
