@@ -116,7 +116,7 @@ pub async fn unified_order(app: &App, order: &Order, ip: &str) -> Result<Prepay,
 /// the amount). `Some(order)` when the stored order changed.
 pub async fn query_and_record(app: &App, order: &Order) -> Result<Option<Order>, ApiError> {
     Ok(match query_payment(app, order).await? {
-        PayQuery::Recorded(paid) => Some(paid),
+        PayQuery::Recorded(paid) => Some(*paid),
         PayQuery::Closed | PayQuery::Unpaid => None,
     })
 }
@@ -126,7 +126,7 @@ pub async fn query_and_record(app: &App, order: &Order) -> Result<Option<Order>,
 pub enum PayQuery {
     /// Paid (`SUCCESS`, or `REFUND`: paid, then refunded): the payment recorded (now or
     /// before); the order as recorded.
-    Recorded(Order),
+    Recorded(Box<Order>),
     /// `CLOSED` (or `REVOKED`): final at WeChat Pay (WECHAT_PAY_V2.md §2.3) — the order can
     /// no longer be paid, nothing was.
     Closed,
@@ -178,7 +178,7 @@ pub async fn query_payment(app: &App, order: &Order) -> Result<PayQuery, ApiErro
     let paid_at = resp.time_end_ms.unwrap_or_else(|| app.clock.now_ms());
     super::query_order::record(app, order, txid, total, paid_at)
         .await
-        .map(PayQuery::Recorded)
+        .map(|paid| PayQuery::Recorded(Box::new(paid)))
 }
 
 /// `pay/closeorder`; ORDERPAID means the user paid meanwhile, which is then recorded.

@@ -166,7 +166,7 @@ pub async fn ask_wechat_if_paid(app: &App, order: &Order) -> Result<Option<Order
         FundType::Direct => {
             use super::pay_orders::{query_payment, PayQuery};
             match query_payment(app, order).await? {
-                PayQuery::Recorded(paid) => Ok(Some(paid)),
+                PayQuery::Recorded(paid) => Ok(Some(*paid)),
                 PayQuery::Unpaid => Ok(None),
                 PayQuery::Closed => {
                     let reason = if order.expires_at_ms <= app.clock.now_ms() {
