@@ -115,13 +115,38 @@ pub async fn unified_order(app: &App, order: &Order, ip: &str) -> Result<Prepay,
 /// Asks WeChat Pay about an unpaid order; records the payment if it was paid (after checking
 /// the amount). `Some(order)` when the stored order changed.
 pub async fn query_and_record(app: &App, order: &Order) -> Result<Option<Order>, ApiError> {
+    Ok(match query_payment(app, order).await? {
+        PayQuery::Recorded(paid) => Some(*paid),
+        PayQuery::Closed | PayQuery::Unpaid => None,
+    })
+}
+
+/// What WeChat Pay's `orderquery` says of an order we hold unpaid ([`query_payment`]).
+#[derive(Debug)]
+pub enum PayQuery {
+    /// Paid (`SUCCESS`, or `REFUND`: paid, then refunded): the payment recorded (now or
+    /// before); the order as recorded.
+    Recorded(Box<Order>),
+    /// `CLOSED` (or `REVOKED`): final at WeChat Pay (WECHAT_PAY_V2.md §2.3) — the order can
+    /// no longer be paid, nothing was.
+    Closed,
+    /// Not paid yet (`NOTPAY`, or a state nothing is decided on).
+    Unpaid,
+}
+
+/// [`query_and_record`], telling an order WeChat Pay holds closed (it can no longer be paid)
+/// from one still to pay.
+pub async fn query_payment(app: &App, order: &Order) -> Result<PayQuery, ApiError> {
     let resp = app
         .pay
         .order_query(OrderRef::OutTradeNo(order.out_trade_no.clone()))
         .await
         .map_err(api_error)?;
+    if matches!(resp.trade_state, TradeState::Closed | TradeState::Revoked) {
+        return Ok(PayQuery::Closed);
+    }
     if resp.trade_state != TradeState::Success && resp.trade_state != TradeState::Refund {
-        return Ok(None);
+        return Ok(PayQuery::Unpaid);
     }
     let (Some(txid), Some(total)) = (resp.transaction_id.as_deref(), resp.total_fee) else {
         return Err(ApiError::unavailable(
@@ -153,7 +178,7 @@ pub async fn query_and_record(app: &App, order: &Order) -> Result<Option<Order>,
     let paid_at = resp.time_end_ms.unwrap_or_else(|| app.clock.now_ms());
     super::query_order::record(app, order, txid, total, paid_at)
         .await
-        .map(Some)
+        .map(|paid| PayQuery::Recorded(Box::new(paid)))
 }
 
 /// `pay/closeorder`; ORDERPAID means the user paid meanwhile, which is then recorded.

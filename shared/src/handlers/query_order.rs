@@ -135,6 +135,10 @@ pub async fn refresh_unpaid(app: &App, order: Order) -> Result<Order, ApiError> 
 /// the user cancelled it in WeChat's order centre, or WeChat did on an unpaid timeout.
 pub const CANCELLED_IN_WECHAT: &str = "cancelled in WeChat";
 
+/// The close reason of a direct order WeChat Pay reads closed (`CLOSED`) while ours was still
+/// to pay ([`ask_wechat_if_paid`]).
+pub const CLOSED_AT_WECHAT_PAY: &str = "closed at WeChat Pay";
+
 /// Asks WeChat whether an unpaid order was paid and records the payment if so: WeChat Pay's
 /// `orderquery`, or for fund_type=1 (WeChat collects) the component's `shop/order/get`, since
 /// a notification or push may be late or lost. `Some(order)` when the stored order changed.
@@ -149,9 +153,33 @@ pub const CANCELLED_IN_WECHAT: &str = "cancelled in WeChat";
 /// held its stock until its own expiry, every read and sweep taking the cancel only as "not
 /// paid". The close's outbox task closes nothing more at WeChat (cancelled already) and
 /// still records a payment WeChat reports instead, as after any close.
+///
+/// A direct (fund_type 0) order whose WeChat Pay order reads `CLOSED` (or `REVOKED`) — final
+/// there (WECHAT_PAY_V2.md §2.3): it can no longer be paid, and a `pay/unifiedorder` under its
+/// number is refused `ORDERCLOSED` — is closed here too, its stock given back (`Some`,
+/// CLOSED): left PREPAID it held its stock to its expiry and a repeated key handed out payment
+/// parameters the cashier refuses. Reason [`CLOSED_AT_WECHAT_PAY`] (or
+/// [`EXPIRED_UNPAID`](super::order_sync::EXPIRED_UNPAID) once past its expiry, as the sweep
+/// would have closed it).
 pub async fn ask_wechat_if_paid(app: &App, order: &Order) -> Result<Option<Order>, ApiError> {
     match order.fund_type {
-        FundType::Direct => super::pay_orders::query_and_record(app, order).await,
+        FundType::Direct => {
+            use super::pay_orders::{query_payment, PayQuery};
+            match query_payment(app, order).await? {
+                PayQuery::Recorded(paid) => Ok(Some(*paid)),
+                PayQuery::Unpaid => Ok(None),
+                PayQuery::Closed => {
+                    let reason = if order.expires_at_ms <= app.clock.now_ms() {
+                        super::order_sync::EXPIRED_UNPAID
+                    } else {
+                        CLOSED_AT_WECHAT_PAY
+                    };
+                    let closed = close_and_release(app, &order.out_trade_no, reason).await?;
+                    tracing::info!(out_trade_no = %order.out_trade_no, status = closed.status.as_str(), "WeChat Pay reads the order closed: ours closed, its stock given back");
+                    Ok(Some(closed))
+                }
+            }
+        }
         // The stored id stands for "WeChat holds it" here: a fund_type=1 order is PREPAID
         // (the only status asked about) only once `shop/order/add` answered, its id stored in
         // the same write. One whose answer was lost stays CREATED; its close

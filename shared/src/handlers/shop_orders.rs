@@ -521,6 +521,20 @@ pub async fn query_component_payment(
     payment_of(app, order, wx, push).await
 }
 
+/// Whether WeChat's trading component reads a direct (fund_type 0) order's component order
+/// cancelled (181, 250, WECHAT_SHOP.md §5.3): the user cancelled it in WeChat's order centre,
+/// its `open_product_order_cancel` push perhaps lost. Its WeChat Pay order stays open then
+/// (ours to close), so nothing else tells: `orderquery` reads it unpaid. Read by our number
+/// (`shop/order/get`); `Err` when WeChat did not say.
+pub async fn component_cancelled(app: &App, order: &Order) -> Result<bool, ApiError> {
+    let wx = app
+        .wx
+        .order_get(&key(order), order.openid.as_str())
+        .await
+        .map_err(unreadable)?;
+    Ok(matches!(wx.status, 181 | 250))
+}
+
 /// `shop/order/get` did not answer with the order: WeChat did not say (503, retry).
 fn unreadable(e: WxError) -> ApiError {
     ApiError::unavailable(

@@ -25,12 +25,13 @@
 //! with the same `out_trade_no` and identical parameters answers with the same prepay order),
 //! or, once it has its `prepay_id`, it is answered from the store. Paid meanwhile (in WeChat's
 //! order centre, or its notification landed), it is answered as it is, as a repeated key's
-//! paid order is: nothing to pay, WeChat not asked (see `paid_payment`), and the key completed
-//! with that answer; closed meanwhile, 409 `ORDER_CLOSED`, the key completed with that too.
+//! paid order is: nothing to pay (`payment` empty: see `no_payment`), WeChat not asked for
+//! payment parameters, and the key completed with that answer; closed meanwhile, 409
+//! `ORDER_CLOSED`, the key completed with that too.
 //! Before that it is brought up to date as a repeated key's order is (`brought_up_to_date`):
-//! unpaid past its expiry, settled as the sweep would; a secondary-merchant one WeChat holds to
-//! pay is asked about first, since its payment push may not have landed and `getpaymentparams`
-//! refuses a paid order. A secondary-merchant order still CREATED with no component id (the
+//! unpaid past its expiry, settled as the sweep would; one WeChat holds to pay (PREPAID) is
+//! asked about first, since its notification or push may not have landed (and
+//! `getpaymentparams` refuses a paid secondary-merchant order). A secondary-merchant order still CREATED with no component id (the
 //! earlier attempt cut off while `shop/order/add` was on its way back, so WeChat may hold it)
 //! is read at WeChat by our number before anything is added again (`read_back_lost_add`):
 //! `add` replaces only an unpaid order — a paid one is refused, and the order would be closed
@@ -411,25 +412,34 @@ fn key_reused(reference: Option<&str>) -> ApiError {
 /// resumed key's order is): its prepay order has expired at WeChat too (or will while the
 /// user pays), and the stored parameters would only fail in the cashier again and again until
 /// the sweep (every 5 minutes) closed it. WeChat is asked whether it was paid: paid → the
-/// payment is recorded and the order answered paid (the stored `payment` stays in the answer —
-/// the client requires one — but it opens no cashier for a paid status); not paid → closed,
+/// payment is recorded and the order answered paid (with an empty `payment`: see below); not
+/// paid → closed,
 /// stock back, closed at WeChat, and 409 `ORDER_CLOSED`. When WeChat does not say, the order
 /// is not closed (it may have been paid) and the answer is 503 `ORDER_STATUS_UNKNOWN`, which
 /// the client retries with the same key: the stored parameters would open a cashier that
 /// cannot pay, and a status read before WeChat answered might be wrong either way.
 ///
-/// A secondary-merchant (fund_type 1) PREPAID order is read at WeChat (`shop/order/get`) even
-/// with time left, as `queryOrder` and the unpaid sweep read it: the user may have cancelled it
-/// in WeChat's order centre and its `open_product_order_cancel` push been lost (WeChat does not
-/// promise pushes), and its stored payment parameters would only fail in the cashier. Cancelled
-/// there → closed here, stock back, 409 `ORDER_CLOSED`; paid there → the payment recorded,
-/// answered PAID; waiting for payment → the stored parameters. WeChat not answering → the
+/// A PREPAID order is asked about at WeChat even with time left, as `queryOrder` and the
+/// unpaid sweep ask (`settle_unpaid`): the user may have paid it, or cancelled it in WeChat's
+/// order centre, and the notification or push about it been lost (WeChat does not promise
+/// them), and its stored payment parameters would only fail in the cashier — or, paid, make a
+/// client that trusts the answer show "unpaid". A secondary-merchant (fund_type 1) order is
+/// read with `shop/order/get`; a direct (fund_type 0) one with WeChat Pay's `pay/orderquery`,
+/// and — only when that reads it unpaid and the order is in the trading component — its
+/// component order with `shop/order/get` (the user's cancel there leaves the WeChat Pay order
+/// open). Paid → the payment recorded (as the notification records it: the payment sync
+/// queued once), answered PAID; cancelled at WeChat, or its WeChat Pay order `CLOSED` → closed
+/// here, stock back (and a WeChat Pay order still open closed by the close task), 409
+/// `ORDER_CLOSED`; waiting for payment → the stored parameters. WeChat not answering → the
 /// stored parameters, nothing closed, as a resumed key's order is (`place`): a 503 would stop
 /// the user paying an order that is most likely payable, over one failed read; the parameters
-/// can pay nothing WeChat would not take (it refuses to pay an order it cancelled, or one paid
-/// already), so at worst the cashier fails once, as before. Only a repeated key pays for the
-/// read; a first call never makes it. A direct order with time left is answered from the
-/// store, as before.
+/// can pay nothing WeChat would not take (it refuses to pay a paid order, or a closed one), so
+/// at worst the cashier fails once, as before. Only a repeated key pays for the read; a first
+/// call never makes it.
+///
+/// An answer whose order is no longer to pay (PAID or later) carries an empty `payment`, never
+/// the stored parameters: a client that sees parameters may open the cashier again for an order
+/// paid already.
 async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
     let mut result: UnifiedOrderResult = serde_json::from_str(stored)
         .map_err(|e| ApiError::internal(format!("stored result unreadable: {e}")))?;
@@ -439,11 +449,14 @@ async fn replay(app: &App, stored: &str) -> Result<Response, ApiError> {
     let Some(order) = repo::get_order(app.store.as_ref(), &no).await? else {
         return answer(&result);
     };
-    // A secondary-merchant order is its component order: the user may have paid or cancelled
-    // it in WeChat's order centre and the push not landed, so WeChat's is read first.
-    let ask_open = order.value.fund_type == FundType::SecondaryMerchant;
-    let order = brought_up_to_date(app, order.value, ask_open).await?;
+    // The user may have paid it (or cancelled it in WeChat's order centre) and the
+    // notification or push not landed, so WeChat is asked first.
+    let order = brought_up_to_date(app, order.value).await?;
     result.status = order.status;
+    if order.status != OrderStatus::Prepaid {
+        // Nothing to pay: a paid order's parameters would only open a cashier WeChat refuses.
+        result.payment = no_payment();
+    }
     // The amounts as the order states them (a result stored before `freight` was answered
     // has none).
     result.total_fee = order.total.get();
@@ -517,13 +530,14 @@ fn deadline_fixed(order: &Order) -> bool {
 /// WeChat → recorded, the order as paid; not paid → closed (stock back, closed at WeChat, the
 /// key answered 409 `ORDER_CLOSED`: order again with a new key); WeChat did not say → not
 /// closed (it may have been paid), 503 `ORDER_STATUS_UNKNOWN`, to retry with the same key.
-/// `ask_open`: WeChat is asked about an open PREPAID one too (paid → recorded); one it cannot
-/// say about is then left as it is.
-async fn brought_up_to_date(app: &App, order: Order, ask_open: bool) -> Result<Order, ApiError> {
+/// WeChat is asked about an open PREPAID one too — paid → recorded; held cancelled or closed
+/// there → closed here (see [`settle_unpaid`](super::order_sync::settle_unpaid)); one it
+/// cannot say about is then left as it is.
+async fn brought_up_to_date(app: &App, order: Order) -> Result<Order, ApiError> {
     let now = app.clock.now_ms();
     let margin_ms = pay_margin_ms(&order);
     let due = too_late_to_pay(&order, now);
-    let ask = due || (ask_open && order.status == OrderStatus::Prepaid);
+    let ask = due || order.status == OrderStatus::Prepaid;
     if !ask {
         return Ok(order);
     }
@@ -1020,8 +1034,7 @@ async fn place(
         } else {
             order
         };
-        let ask_open = order.fund_type == FundType::SecondaryMerchant;
-        brought_up_to_date(app, order, ask_open)
+        brought_up_to_date(app, order)
             .await
             .map_err(PlaceError::left_order)?
     };
@@ -1044,7 +1057,7 @@ async fn place(
             // (it refuses them), and its prepay id may never have been stored. The key is
             // completed with this answer.
             let payment = if order.status.is_paid() {
-                paid_payment(app, &order)?
+                no_payment()
             } else {
                 stored_payment(app, &order)
                     .await
@@ -1076,8 +1089,7 @@ async fn place(
             let paid = paid_at_wechat_pay(app, no)
                 .await
                 .map_err(PlaceError::left_order)?;
-            let payment = paid_payment(app, &paid)?;
-            Ok(result_of(&paid, payment, paid.wx_order_id.is_some()))
+            Ok(result_of(&paid, no_payment(), paid.wx_order_id.is_some()))
         }
         Err(error) => {
             // Nothing was paid: close the order and give the stock back — and close what
@@ -1142,18 +1154,13 @@ async fn stored_payment(app: &App, order: &Order) -> Result<serde_json::Value, A
     jsapi_payment(app, prepay_id)
 }
 
-/// `payment` for an order already paid, which opens no cashier on the client (it looks at the
-/// status) but must be there: a direct order's parameters signed from its stored `prepay_id`
-/// (no WeChat call), else an empty object — a secondary-merchant order's come from WeChat,
-/// which refuses them once it is paid, and a paid order whose prepay answer was lost has no
-/// `prepay_id`.
-fn paid_payment(app: &App, order: &Order) -> Result<serde_json::Value, PlaceError> {
-    match order.prepay_id.as_deref() {
-        Some(prepay_id) if order.fund_type == FundType::Direct => {
-            jsapi_payment(app, prepay_id).map_err(PlaceError::left_order)
-        }
-        _ => Ok(serde_json::json!({})),
-    }
+/// `payment` for an order with nothing to pay (paid already): an empty object, no payment
+/// parameters — a client that sees parameters may open the cashier for an order paid already,
+/// which WeChat refuses (or the user reads as "pay again"). The field stays: clients (the mini
+/// program's `wxshop.js` among them) take a result without one as malformed; they open no
+/// cashier for a paid status.
+fn no_payment() -> serde_json::Value {
+    serde_json::json!({})
 }
 
 /// `wx.requestPayment`'s parameters for `prepay_id`, signed now.
