@@ -1028,7 +1028,8 @@ function createClient(options) {
 
   /**
    * The user's orders, all through `queryOrder` (the server's view; amounts in fen:
-   * total_fee, refunded_fee, items[].unit_price). Rejects with the error shape, e.g. 404
+   * total_fee, refunded_fee, items[].unit_price; once shipped, delivery and shipped_at_ms,
+   * epoch ms). Rejects with the error shape, e.g. 404
    * ORDER_NOT_FOUND (not this user's), 409 ORDER_PAID (close), 409 ORDER_NOT_SHIPPED or
    * ORDER_REFUNDED (confirm).
    */

@@ -77,6 +77,7 @@ pub fn order(no: &OutTradeNo, openid: &OpenId, now: i64) -> Result<Order, String
         refunded: Fen::ZERO,
         refund_claims: Default::default(),
         refunds_by_hand: Default::default(),
+        aftersales: Default::default(),
         settled_at_ms: None,
         close_reason: None,
         created_at_ms: now,

@@ -50,6 +50,7 @@ fn prepaid() -> Order {
         refunded: Fen::ZERO,
         refund_claims: Default::default(),
         refunds_by_hand: Default::default(),
+        aftersales: Default::default(),
         settled_at_ms: None,
         close_reason: None,
         created_at_ms: NOW,

@@ -68,6 +68,7 @@ fn new_order(total: i64) -> Order {
         refunded: Fen::ZERO,
         refund_claims: Default::default(),
         refunds_by_hand: Default::default(),
+        aftersales: Default::default(),
         settled_at_ms: None,
         close_reason: None,
         created_at_ms: 0,

@@ -115,6 +115,7 @@ function orderView(o) {
     summary: (o.items || []).map((i) => i.title + ' × ' + i.quantity).join(', '),
     created: dateTime(o.created_at),
     delivery: o.delivery || null,
+    shipped: o.shipped_at_ms ? dateTime(o.shipped_at_ms) : '',
     unpaid: UNPAID_STATUSES.indexOf(o.status) >= 0,
     paid: paid,
     canConfirm: o.status === 'SHIPPED',

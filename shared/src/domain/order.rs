@@ -245,6 +245,15 @@ pub struct Order {
     /// none; those refunds are found through the index, long since caught up.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refunds_by_hand: Vec<OutRefundNo>,
+    /// The after-sales of this order, by id, in the order they were recorded on it: each that
+    /// held an amount on it ([`Order::claim_refund`]) or was refunded against it
+    /// ([`Order::refund_aftersale`]), kept after its hold is given back. Read by key, an
+    /// after-sale refunded a moment ago is seen as refunded, where the store's index of an
+    /// order's after-sales may lag behind (DynamoDB's are eventually consistent). Orders whose
+    /// after-sales were recorded before this was kept list none (or some); those are found
+    /// through the index, long since caught up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aftersales: Vec<AfterSaleId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -516,6 +525,7 @@ impl Order {
         }
         self.check_fits(id, amount)?;
         self.refund_claims.insert(id.clone(), amount);
+        self.list_aftersale(id);
         self.updated_at_ms = now_ms;
         Ok(Change::Changed)
     }
@@ -571,7 +581,15 @@ impl Order {
     ) -> Result<Change, TransitionError> {
         self.refund(amount, now_ms)?;
         self.release_claim(id, now_ms);
+        self.list_aftersale(id);
         Ok(Change::Changed)
+    }
+
+    /// Lists after-sale `id` in [`Order::aftersales`] (once).
+    fn list_aftersale(&mut self, id: &AfterSaleId) {
+        if !self.aftersales.contains(id) {
+            self.aftersales.push(id.clone());
+        }
     }
 
     /// Checks that `amount` may be refunded now (used before asking WeChat).
@@ -671,12 +689,35 @@ pub(crate) mod tests {
             refunded: Fen::ZERO,
             refund_claims: BTreeMap::new(),
             refunds_by_hand: Vec::new(),
+            aftersales: Vec::new(),
             settled_at_ms: None,
             close_reason: None,
             created_at_ms: 0,
             updated_at_ms: 0,
             expires_at_ms: 0,
         }
+    }
+
+    /// The order names every after-sale that held an amount on it or was refunded against
+    /// it, once each, after its hold is given back too — and names none until then (an
+    /// order's record reads and writes as before).
+    #[test]
+    fn the_order_names_its_after_sales_past_their_holds() {
+        let mut o = sample_order(300);
+        o.status = OrderStatus::Paid;
+        assert!(!serde_json::to_string(&o).unwrap().contains("aftersales"));
+        let a = AfterSaleId::generate(1);
+        let b = AfterSaleId::generate(2);
+        o.claim_refund(&a, Fen::new(100).unwrap(), 1).unwrap();
+        o.claim_refund(&b, Fen::new(100).unwrap(), 1).unwrap();
+        o.release_claim(&b, 2);
+        o.refund_aftersale(&a, Fen::new(100).unwrap(), 3).unwrap();
+        assert_eq!(o.aftersales, vec![a.clone(), b.clone()]);
+        assert!(o.refund_claims.is_empty());
+        // Refunded without a hold (imported from WeChat beyond what was left): named too.
+        let c = AfterSaleId::generate(3);
+        o.refund_aftersale(&c, Fen::new(50).unwrap(), 4).unwrap();
+        assert_eq!(o.aftersales, vec![a, b, c]);
     }
 
     /// What WeChat may hold: what it was asked to create, or an id it answered with (orders

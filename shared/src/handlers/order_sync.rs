@@ -1259,6 +1259,10 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
 /// may have landed unheard (its answer lost): WeChat's order is read back first, and a
 /// shipment it holds under another waybill refuses the correction (409, naming it), so our
 /// order keeps showing the parcel WeChat's order centre shows.
+///
+/// An order every item of which was refunded through after-sales while something (the
+/// freight) is left to refund is still PAID, but a parcel would hold nothing: its shipment is
+/// refused (409 `NOTHING_TO_SHIP`), nothing stored or sent.
 async fn ship(
     app: &App,
     no: &OutTradeNo,
@@ -1285,6 +1289,17 @@ async fn ship(
         let refused = match next.ship(delivery.clone(), now) {
             Ok(Change::Unchanged) => return Ok(Attempt::Done((next, false))),
             Ok(Change::Changed) => {
+                // Every item refunded through after-sales, the freight not: still PAID, but a
+                // parcel would hold nothing. (A refund committed after this read changes the
+                // order, so this write conflicts and the check runs again.)
+                let contents =
+                    super::shop_orders::parcel_contents(app.store.as_ref(), &current.value).await?;
+                if contents.is_empty() {
+                    return Err(ApiError::conflict(
+                        "NOTHING_TO_SHIP",
+                        super::shop_orders::nothing_to_ship(&current.value),
+                    ));
+                }
                 let mut batch = Batch::new();
                 batch.update_order(&current, &next);
                 if next.at_wechat().component_order {

@@ -42,6 +42,10 @@ pub struct OrderView<'a> {
     pub transaction_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<&'a crate::domain::Delivery>,
+    /// When the merchant shipped it (epoch ms); absent until shipped, and on orders shipped
+    /// before the time was kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipped_at_ms: Option<i64>,
     pub fund_type: u8,
     /// fund_type=1: when WeChat settled the order into the shop's funds account.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +83,7 @@ pub fn view(o: &Order) -> OrderView<'_> {
         paid_at: o.paid_at_ms,
         transaction_id: o.transaction_id.as_deref(),
         delivery: o.delivery.as_ref(),
+        shipped_at_ms: o.shipped_at_ms,
         fund_type: o.fund_type.code(),
         settled_at: o.settled_at_ms,
     }

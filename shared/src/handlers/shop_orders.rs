@@ -653,21 +653,24 @@ fn component_paid(status: i64) -> bool {
 
 /// What the parcel of `order` holds: each item less what its refunded after-sales took back
 /// (their lines' quantities, when they gave back those items' whole price), an item refunded
-/// entirely left out. `delivery/send`'s
+/// entirely left out — empty when every item was refunded so (only freight, say, is left
+/// to refund): nothing to ship. `delivery/send`'s
 /// `product_info_list` is the items in the parcel (WECHAT_SHOP.md §6), and an after-sale
 /// refunded before the shipment took those items out of the order at WeChat, which counts
 /// after-sales by product line and quantity (`ecaftersale/add`'s `product_info`, §7.3). That
 /// WeChat refuses a parcel listing items already through after-sales is UNVERIFIED; listing
 /// them would tell the user's order centre they ship. An after-sale without a line (recorded
 /// before lines were) cannot be placed on an item and takes nothing out; nor does one not
-/// refunded (yet). Read from the order's after-sales as the store lists them now.
-async fn parcel_contents(app: &App, order: &Order) -> Result<Vec<DeliveryProduct>, TaskError> {
+/// refunded (yet). The after-sales are read as [`refunded_aftersales`] finds them.
+pub(crate) async fn parcel_contents(
+    store: &dyn crate::store::Store,
+    order: &Order,
+) -> Result<Vec<DeliveryProduct>, crate::store::StoreError> {
     let refunded: Vec<(crate::domain::AfterSaleLine, crate::domain::Fen)> =
-        repo::aftersales_of_order(app.store.as_ref(), &order.out_trade_no)
+        refunded_aftersales(store, order)
             .await?
             .into_iter()
-            .filter(|a| a.value.status == AfterSaleStatus::Refunded)
-            .filter_map(|a| a.value.line.map(|l| (l, a.value.amount)))
+            .filter_map(|a| a.line.map(|l| (l, a.amount)))
             .collect();
     Ok(order
         .items
@@ -695,7 +698,72 @@ async fn parcel_contents(app: &App, order: &Order) -> Result<Vec<DeliveryProduct
         .collect())
 }
 
+/// The REFUNDED after-sales of `order`. Those the order names — [`Order::aftersales`] and the
+/// open holds (`refund_claims`: one refunded since `order` was read is named there) — are
+/// read by key, a strongly consistent read: one refunded a moment ago reads refunded, where
+/// the store's index of an order's after-sales (DynamoDB: a GSI, eventually consistent) may
+/// still hold it as it was, or not list it yet. The index is read only when the refunds the
+/// order records are not all those named after-sales' — a refund made by hand, or after-sales
+/// recorded before orders named them — and adds the ones the order does not name. Nothing is
+/// read for an order nothing was refunded of: every after-sale refund is recorded on its order
+/// in the same write.
+async fn refunded_aftersales(
+    store: &dyn crate::store::Store,
+    order: &Order,
+) -> Result<Vec<AfterSale>, crate::store::StoreError> {
+    if order.refunded == crate::domain::Fen::ZERO {
+        return Ok(Vec::new());
+    }
+    let mut named: Vec<&crate::domain::AfterSaleId> = order.aftersales.iter().collect();
+    for id in order.refund_claims.keys() {
+        if !named.contains(&id) {
+            named.push(id);
+        }
+    }
+    let mut refunded = Vec::with_capacity(named.len());
+    for id in &named {
+        if let Some(a) = repo::get_aftersale(store, id).await? {
+            if a.value.status == AfterSaleStatus::Refunded {
+                refunded.push(a.value);
+            }
+        }
+    }
+    let accounted = refunded.iter().fold(crate::domain::Fen::ZERO, |sum, a| {
+        sum.checked_add(a.amount).unwrap_or(order.total)
+    });
+    if accounted < order.refunded {
+        for a in repo::aftersales_of_order(store, &order.out_trade_no).await? {
+            if a.value.status == AfterSaleStatus::Refunded && !named.contains(&&a.value.id) {
+                refunded.push(a.value);
+            }
+        }
+    }
+    Ok(refunded)
+}
+
+/// 409 `NOTHING_TO_SHIP`: every item of `order` was refunded through after-sales
+/// ([`parcel_contents`] is empty) though the order is not refunded in full (its freight, say,
+/// is left): a parcel would hold nothing.
+pub(crate) fn nothing_to_ship(order: &Order) -> String {
+    format!(
+        "every item of order {} was refunded through after-sales ({} fen went back), so a \
+         parcel would hold nothing; {} fen (the freight) is left to refund. Nothing was \
+         shipped. To close the order, refund what is left: the user applies for an after-sale \
+         of it (aftersaleSync apply) and you approve it, or refund it in the WeChat Pay \
+         merchant platform; the order is then REFUNDED",
+        order.out_trade_no,
+        order.refunded.get(),
+        order.refundable().get()
+    )
+}
+
 /// Outbox: `shop/delivery/send` (everything left to ship in one parcel: [`parcel_contents`]).
+/// A parcel that would hold nothing — every item refunded through after-sales after `ship`
+/// took the shipment (a refund that raced it, or landed while the send waited for a retry or
+/// lay dead-lettered) — is never sent (WeChat would refuse it, or show the user an empty
+/// parcel): the task is dead-lettered saying so, for the merchant to see (`dead_letters`),
+/// and the order stays as it is (SHIPPED with its waybill) — refunding what is left closes it.
+/// An order refunded in full by then owes nothing: nothing is sent, and the task is done.
 pub async fn sync_delivery(app: &App, no: &OutTradeNo) -> Result<(), TaskError> {
     let order = load(app, no).await?;
     let Some(d) = order.delivery.as_ref() else {
@@ -704,6 +772,20 @@ pub async fn sync_delivery(app: &App, no: &OutTradeNo) -> Result<(), TaskError> 
     if component_id(app, &order).await?.is_none() {
         return Ok(());
     }
+    let contents = parcel_contents(app.store.as_ref(), &order).await?;
+    if contents.is_empty() && order.status == crate::domain::OrderStatus::Refunded {
+        // Refunded in full since it was shipped: nothing is owed, and WeChat's order, every
+        // item through after-sales, takes no shipment (200).
+        tracing::info!(out_trade_no = %order.out_trade_no, "shipment not sent to WeChat: the order was refunded in full since");
+        return Ok(());
+    }
+    if contents.is_empty() {
+        tracing::error!(out_trade_no = %order.out_trade_no, "shipment not sent to WeChat: every item was refunded through after-sales, the parcel would hold nothing");
+        return Err(TaskError::Permanent(format!(
+            "NOTHING_TO_SHIP: shop/delivery/send not sent (an empty parcel): {}",
+            nothing_to_ship(&order)
+        )));
+    }
     let req = DeliverySendRequest {
         key: key(&order),
         openid: order.openid.to_string(),
@@ -711,7 +793,7 @@ pub async fn sync_delivery(app: &App, no: &OutTradeNo) -> Result<(), TaskError> 
         delivery_list: vec![DeliveryParcel {
             delivery_id: d.delivery_id.clone(),
             waybill_id: d.waybill_id.clone(),
-            product_info_list: parcel_contents(app, &order).await?,
+            product_info_list: contents,
         }],
         ship_done_time: Some(beijing_datetime(app.clock.now_ms())),
     };
@@ -1177,6 +1259,140 @@ async fn confirm_state(
         a.status.as_str(),
         wx.status
     )))
+}
+
+#[cfg(test)]
+mod parcel_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::parcel_contents;
+    use crate::domain::order::tests::sample_order;
+    use crate::domain::{
+        AfterSale, AfterSaleId, AfterSaleKind, AfterSaleLine, AfterSaleStatus, Fen, OrderStatus,
+    };
+    use crate::store::repo::Batch;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Index, Kind, Page, Query, Record, Store, StoreError, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A store whose index of after-sales by order lags: it lists none (as a DynamoDB GSI
+    /// may, just after a write), while reads by key see every write. Counts its queries.
+    struct LaggingIndex {
+        inner: SqliteStore,
+        queries: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for LaggingIndex {
+        async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
+            self.inner.get(kind, id).await
+        }
+        async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+            self.inner.write(writes).await
+        }
+        async fn query(&self, query: Query) -> Result<Page, StoreError> {
+            if query.kind == Kind::AfterSale && matches!(query.index, Index::Owner(_)) {
+                self.queries.fetch_add(1, Ordering::SeqCst);
+                return Ok(Page {
+                    records: Vec::new(),
+                    next: None,
+                });
+            }
+            self.inner.query(query).await
+        }
+        fn backend(&self) -> &'static str {
+            "lagging"
+        }
+    }
+
+    /// A paid order of 2 × the sample item at 1,000 fen, with one of the two refunded by an
+    /// after-sale (the whole price of its unit) recorded on the order as it is now — or, with
+    /// `named` false, as orders were before they named their after-sales.
+    async fn one_of_two_refunded(store: &dyn Store, named: bool) -> crate::domain::Order {
+        let mut order = sample_order(2000);
+        order.items[0].unit_price = Fen::new(1000).unwrap();
+        order.items[0].quantity = 2;
+        order.status = OrderStatus::Paid;
+        let id = AfterSaleId::generate(1);
+        let a = AfterSale {
+            id: id.clone(),
+            out_trade_no: order.out_trade_no.clone(),
+            openid: order.openid.clone(),
+            kind: AfterSaleKind::RefundOnly,
+            amount: Fen::new(1000).unwrap(),
+            reason: "one is enough".into(),
+            status: AfterSaleStatus::Refunded,
+            out_refund_no: None,
+            refund_id: None,
+            wx_aftersale_id: None,
+            wx_add_claimed_until_ms: None,
+            reject_reason: None,
+            goods_return: None,
+            line: Some(AfterSaleLine {
+                quantity: 1,
+                ..AfterSaleLine::whole(&order.items[0])
+            }),
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            refunded_at_ms: Some(2),
+        };
+        order.claim_refund(&id, a.amount, 1).unwrap();
+        order.refund_aftersale(&id, a.amount, 2).unwrap();
+        if !named {
+            order.aftersales.clear();
+        }
+        let mut batch = Batch::new();
+        batch.create_order(&order);
+        batch.create_aftersale(&a);
+        batch.commit(store).await.unwrap();
+        order
+    }
+
+    /// The parcel of an order whose after-sale was refunded a moment ago, the store's index
+    /// not listing it yet: the refunded unit is left out all the same, and the index is not
+    /// read — the order names its after-sales, each read by key (strongly consistent). Read
+    /// from the index alone, as it was, the parcel listed both units.
+    #[tokio::test]
+    async fn the_parcel_reads_the_after_sales_the_order_names_by_key_not_the_index() {
+        let store = LaggingIndex {
+            inner: SqliteStore::memory().unwrap(),
+            queries: AtomicUsize::new(0),
+        };
+        let order = one_of_two_refunded(&store, true).await;
+        assert_eq!(order.aftersales.len(), 1, "the order names its after-sale");
+        let parcel = parcel_contents(&store, &order).await.unwrap();
+        assert_eq!(parcel.len(), 1);
+        assert_eq!(parcel[0].product_cnt, 1, "one unit of two ships");
+        assert_eq!(
+            store.queries.load(Ordering::SeqCst),
+            0,
+            "the index is not read"
+        );
+    }
+
+    /// An order that names none of its after-sales (recorded before orders named them) while
+    /// money went back: the index is read, and finds them.
+    #[tokio::test]
+    async fn an_order_naming_no_after_sales_is_read_through_the_index() {
+        let store = SqliteStore::memory().unwrap();
+        let order = one_of_two_refunded(&store, false).await;
+        let parcel = parcel_contents(&store, &order).await.unwrap();
+        assert_eq!(parcel.len(), 1);
+        assert_eq!(parcel[0].product_cnt, 1, "one unit of two ships");
+    }
+
+    /// Nothing refunded: nothing read, everything ships.
+    #[tokio::test]
+    async fn an_order_nothing_was_refunded_of_ships_whole_without_a_read() {
+        let store = LaggingIndex {
+            inner: SqliteStore::memory().unwrap(),
+            queries: AtomicUsize::new(0),
+        };
+        let mut order = sample_order(2000);
+        order.status = OrderStatus::Paid;
+        let parcel = parcel_contents(&store, &order).await.unwrap();
+        assert_eq!(parcel.len(), 1);
+        assert_eq!(store.queries.load(Ordering::SeqCst), 0);
+    }
 }
 
 #[cfg(test)]

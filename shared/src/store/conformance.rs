@@ -1483,6 +1483,7 @@ fn order(no: &OutTradeNo, openid: &OpenId, created: i64) -> Order {
         refunded: Fen::ZERO,
         refund_claims: Default::default(),
         refunds_by_hand: Default::default(),
+        aftersales: Default::default(),
         settled_at_ms: None,
         close_reason: None,
         created_at_ms: created,
