@@ -747,6 +747,22 @@ impl AfterSale {
         }
     }
 
+    /// Whether this after-sale gave back the whole price of its line's quantity of `item`
+    /// (`unit_price` × quantity, or more: freight on top): those units are taken back — out of
+    /// the parcel (`shop_orders::parcel_contents`), back on sale when still in the warehouse
+    /// ([`AfterSale::units_back`]). One of part of it (a price adjustment, a dented box) takes
+    /// nothing back though its line names them, nor does one without a line. Its status is
+    /// the caller's to check.
+    pub fn refunds_whole_units_of(&self, item: &OrderItem) -> bool {
+        self.line.as_ref().is_some_and(|l| {
+            l.is_of(item)
+                && item
+                    .unit_price
+                    .checked_mul(l.quantity)
+                    .is_ok_and(|whole| self.amount >= whole)
+        })
+    }
+
     /// The units this after-sale, once REFUNDED, puts back on sale (none before): what it
     /// refunded in full — the whole price of its quantity, as a parcel leaves out the units
     /// an after-sale took back (`shop_orders::parcel_contents`) — of goods still in the
@@ -774,15 +790,16 @@ impl AfterSale {
         }
         match &self.line {
             Some(l) => {
-                let whole = order
+                let taken = order
                     .items
                     .iter()
                     .find(|i| l.is_of(i))
                     .filter(|i| l.quantity > 0 && l.quantity <= i.quantity)
-                    .and_then(|i| i.unit_price.checked_mul(l.quantity).ok());
-                match whole {
-                    Some(whole) if self.amount >= whole => vec![l.clone()],
-                    _ => Vec::new(),
+                    .is_some_and(|i| self.refunds_whole_units_of(i));
+                if taken {
+                    vec![l.clone()]
+                } else {
+                    Vec::new()
                 }
             }
             None => {

@@ -666,12 +666,7 @@ pub(crate) async fn parcel_contents(
     store: &dyn crate::store::Store,
     order: &Order,
 ) -> Result<Vec<DeliveryProduct>, crate::store::StoreError> {
-    let refunded: Vec<(crate::domain::AfterSaleLine, crate::domain::Fen)> =
-        refunded_aftersales(store, order)
-            .await?
-            .into_iter()
-            .filter_map(|a| a.line.map(|l| (l, a.amount)))
-            .collect();
+    let refunded = refunded_aftersales(store, order).await?;
     Ok(order
         .items
         .iter()
@@ -681,13 +676,9 @@ pub(crate) async fn parcel_contents(
             // the parcel, though its line names them.
             let taken: u32 = refunded
                 .iter()
-                .filter(|(l, amount)| {
-                    l.is_of(i)
-                        && i.unit_price
-                            .checked_mul(l.quantity)
-                            .is_ok_and(|whole| *amount >= whole)
-                })
-                .fold(0, |sum, (l, _)| sum.saturating_add(l.quantity));
+                .filter(|a| a.refunds_whole_units_of(i))
+                .filter_map(|a| a.line.as_ref())
+                .fold(0, |sum, l| sum.saturating_add(l.quantity));
             let left = i.quantity.saturating_sub(taken);
             (left > 0).then(|| DeliveryProduct {
                 out_product_id: i.product_id.to_string(),
