@@ -186,7 +186,15 @@ test('the client retries exactly the server\'s transient 5xx codes: 503s yes, 50
   // The three the review found; the scan must keep seeing them.
   for (const c of ['PAYMENT_REFUSED', 'WECHAT_REFUSED', 'SCENE_CHECK_REFUSED']) assert.ok(badGateway.has(c), `${c} no longer sent as 502?`);
   for (const c of ['STORE_UNAVAILABLE', 'WECHAT_UNAVAILABLE', 'PAYMENT_UNAVAILABLE']) assert.ok(unavailable.has(c), `${c} no longer sent as 503?`);
-  assert.deepEqual(otherFiveXx, [], 'a new 5xx status: decide whether the client retries it');
+  // Decided 5xx codes other than 502/503: each is final, a person must look, and the client
+  // never sends the request again for it. PRODUCT_UNREADABLE: the merchant's catalogSync `get`
+  // of a stored product record that cannot be read (another version's, or damaged).
+  const finalServerErrors = ['shared/src/handlers/catalog_sync.rs: INTERNAL_SERVER_ERROR PRODUCT_UNREADABLE'];
+  assert.deepEqual(otherFiveXx, finalServerErrors, 'a new 5xx status: decide whether the client retries it');
+  for (const code of ['PRODUCT_UNREADABLE']) {
+    assert.equal(_internal.isRetryableOrderError({ code, statusCode: 500 }), false, `500 ${code} is final`);
+    assert.equal(_internal.isRetryableApplyError({ code, statusCode: 500 }), false, `500 ${code} is final`);
+  }
   for (const code of unavailable) {
     assert.equal(_internal.isRetryableOrderError({ code, statusCode: 503 }), true, `503 ${code} is "retry shortly"`);
   }
