@@ -306,13 +306,13 @@ pub enum ProductFilter {
     Audit(AuditStatus),
 }
 
-/// Products by id, `limit` at a time.
-pub async fn list_products(
+/// One page of the store's product records under `filter`, as stored.
+async fn product_page(
     store: &dyn Store,
     filter: ProductFilter,
     limit: usize,
     cursor: Option<String>,
-) -> Result<(Vec<Versioned<Product>>, Option<String>), StoreError> {
+) -> Result<crate::store::Page, StoreError> {
     let index = match filter {
         ProductFilter::All => Index::Owner(PRODUCTS_OWNER.to_owned()),
         ProductFilter::Audit(a) => Index::Status(audit_str(a).to_owned()),
@@ -320,7 +320,17 @@ pub async fn list_products(
     let mut q = Query::new(Kind::Product, index);
     q.limit = limit.max(1);
     q.cursor = cursor;
-    let page = store.query(q).await?;
+    store.query(q).await
+}
+
+/// Products by id, `limit` at a time.
+pub async fn list_products(
+    store: &dyn Store,
+    filter: ProductFilter,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<(Vec<Versioned<Product>>, Option<String>), StoreError> {
+    let page = product_page(store, filter, limit, cursor).await?;
     let products = page
         .records
         .iter()
@@ -353,14 +363,7 @@ pub async fn list_products_readable(
     ),
     StoreError,
 > {
-    let index = match filter {
-        ProductFilter::All => Index::Owner(PRODUCTS_OWNER.to_owned()),
-        ProductFilter::Audit(a) => Index::Status(audit_str(a).to_owned()),
-    };
-    let mut q = Query::new(Kind::Product, index);
-    q.limit = limit.max(1);
-    q.cursor = cursor;
-    let page = store.query(q).await?;
+    let page = product_page(store, filter, limit, cursor).await?;
     let mut products = Vec::with_capacity(page.records.len());
     let mut unreadable = Vec::new();
     for rec in &page.records {
