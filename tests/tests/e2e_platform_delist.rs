@@ -68,6 +68,41 @@ async fn order_of(
     .await
 }
 
+/// The merchant's `platform_delisting` events, as `(product_id, status, via)`, sorted: what
+/// WeChat's platform did to products here and how it was learnt.
+async fn platform_events(c: &InProcess<'_>) -> Vec<(String, i64, String)> {
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "source": "platform_delisting"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut out: Vec<(String, i64, String)> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let body: Value = match &e["body"] {
+                Value::String(b) => serde_json::from_str(b).unwrap(),
+                other => other.clone(),
+            };
+            (
+                body["product_id"].as_str().unwrap().to_owned(),
+                body["status"].as_i64().unwrap(),
+                body["via"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `(product_id, status, via)` as [`platform_events`] lists them.
+fn ev(id: &str, status: i64, via: &str) -> (String, i64, String) {
+    (id.to_owned(), status, via.to_owned())
+}
+
 /// One schedule run, bounded: its report.
 async fn schedule(c: &InProcess<'_>) -> Value {
     tokio::time::timeout(Duration::from_secs(60), run_schedule(c.r))
@@ -138,6 +173,11 @@ async fn a_platform_delisting_pushed_stops_sales_and_its_restore_lists_only_what
     assert!(!shop_shows(&c, &token, "cup").await);
     let (s, v) = order_of(&c, &token, "cup", "cup-1", "a-3").await;
     assert_eq!((s, v["code"].as_str()), (409, Some("NOT_FOR_SALE")), "{v}");
+    // The merchant reads what the platform did to tea (nothing to the cup here: it was theirs).
+    assert_eq!(
+        platform_events(&c).await,
+        vec![ev("tea", 5, "push"), ev("tea", 13, "push")]
+    );
 }
 
 /// GIVEN tea on sale, and WeChat's platform delists it with its push lost
@@ -166,6 +206,11 @@ async fn a_platform_delisting_whose_push_was_lost_is_read_back_when_wechat_refus
     assert_eq!(c.stock().await, stock, "the stock it took is back");
     assert_eq!(get_product(&c, "tea").await["listing"], "DELISTED");
     assert!(!shop_shows(&c, &token, "tea").await);
+    assert_eq!(
+        platform_events(&c).await,
+        vec![ev("tea", 13, "order_refused")],
+        "the merchant is told"
+    );
 
     let (prepays, adds, reads) = (
         c.calls("pay/unifiedorder"),
@@ -246,6 +291,10 @@ async fn the_schedule_reads_back_platform_delistings_and_restores_whose_pushes_w
 
     assert_eq!(get_product(&c, "cup").await["listing"], "DELISTED");
     assert!(!shop_shows(&c, &token, "cup").await);
+    assert_eq!(
+        platform_events(&c).await,
+        vec![ev("tea", 5, "schedule"), ev("tea", 13, "schedule")]
+    );
 }
 
 /// The control refuses what it does not take: an unknown field (400), a product the sandbox

@@ -40,6 +40,7 @@
 //! Requests with no signature at all (a scanner) are refused but not counted.
 
 use super::common::transition_order;
+use super::platform_delisting::{self, Via};
 use crate::app::App;
 use crate::domain::{
     AuditStatus, Change, Fen, FundType, Order, OrderStatus, OutTradeNo, ProductId,
@@ -343,10 +344,8 @@ async fn on_spu_status(app: &App, body: &push::SpuStatusUpdate) -> Result<(), Ap
     };
     match body.status {
         13 => {
-            update_product(app, &id, |p| {
-                p.delist_by_platform();
-            })
-            .await
+            let found = platform_delisting::delist(app, &id, Via::Push).await?;
+            not_stored_yet(&id, found)
         }
         5 => {
             let key = ProductKey::Out(id.to_string());
@@ -369,10 +368,8 @@ async fn on_spu_status(app: &App, body: &push::SpuStatusUpdate) -> Result<(), Ap
                 tracing::warn!(security = true, out_product_id = %id, wx_status = online.status, "listed push, but WeChat's product is not listed; nothing applied");
                 return Ok(());
             }
-            update_product(app, &id, |p| {
-                p.restore_by_platform();
-            })
-            .await
+            let found = platform_delisting::restore(app, &id, Via::Push).await?;
+            not_stored_yet(&id, found)
         }
         _ => Ok(()),
     }
@@ -584,6 +581,11 @@ async fn update_product(
         Ok(())
     })
     .await?;
+    not_stored_yet(id, found)
+}
+
+/// An event about product `id` applied, `found` what the store held (`None`: nothing).
+fn not_stored_yet<T>(id: &ProductId, found: Option<T>) -> Result<(), ApiError> {
     if found.is_none() {
         // catalogSync uploads a product (`spu/add`) before it stores it, so a quick verdict
         // (the sandbox audits in milliseconds) can overtake the store write. Acknowledged and

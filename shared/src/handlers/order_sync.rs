@@ -1011,7 +1011,7 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 19] = [
+pub const EVENT_SOURCES: [&str; 20] = [
     "push",
     "double_payment",
     "payment_mismatch",
@@ -1031,6 +1031,7 @@ pub const EVENT_SOURCES: [&str; 19] = [
     super::funds_reconcile::FUNDS_MISMATCH_EVENTS,
     super::shop_orders::COMPONENT_ORDER_MISSING_EVENTS,
     super::stock_back::STOCK_BACK_EVENTS,
+    super::platform_delisting::PLATFORM_DELISTING_EVENTS,
 ];
 
 /// `events`: one source is a page of the store's index of that source (by time received);

@@ -17,10 +17,14 @@
 //!   WeChat in turn (`spu/get`, at most about [`RESTORE_ASKS`] a run), those WeChat lists
 //!   again (5) put back on sale — the restore push may be lost too.
 //!
+//! Each delisting or restore that changes a product here, however learnt (the push
+//! included), is recorded in the same write as a [`PLATFORM_DELISTING_EVENTS`] event: the
+//! merchant's one place to see what WeChat's platform did.
+//!
 //! A product the merchant delisted is theirs: the platform's delisting does not mark it
 //! ([`Product::delist_by_platform`]) and no restore lists it ([`Product::restore_by_platform`]).
 
-use super::common::{component_on, update_product};
+use super::common::{component_on, update_product, with_retries, Attempt};
 use super::shop_orders::wx_error;
 use crate::app::App;
 use crate::domain::{Order, Product, ProductId};
@@ -28,8 +32,7 @@ use crate::http::ApiError;
 use crate::shop::catalog::SpuListRequest;
 use crate::shop::types::ProductKey;
 use crate::store::kv;
-use crate::store::repo;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::store::repo::{self, Batch, EventRecord};
 
 /// `spu` status: listed (on shelf).
 pub const STATUS_LISTED: i64 = 5;
@@ -54,29 +57,90 @@ const SCAN_KEY: &str = "rotation/platform-delisted";
 /// Products read at WeChat after one `shop/order/add` refusal, at most (a cart has 20 lines).
 const REFUSAL_READS: usize = 20;
 
-/// Marks `id` delisted by WeChat's platform here (see [`Product::delist_by_platform`]):
-/// whether it was listed and now is not. Unknown here: nothing.
-pub(super) async fn delist(app: &App, id: &ProductId) -> Result<bool, ApiError> {
-    let changed = AtomicBool::new(false);
-    update_product(app, id, |p| {
-        changed.store(p.delist_by_platform(), Ordering::Relaxed);
-        Ok(())
+/// The event source of WeChat's platform taking a product off sale here (status 13) or
+/// putting it back (5), one event each time it changed something here, whichever way it was
+/// learnt: `{product_id, status, via}` (`via`: `push`, `order_refused`, `schedule`). The
+/// merchant's one place to see it: the delisting itself comes with no answer to anyone.
+pub const PLATFORM_DELISTING_EVENTS: &str = "platform_delisting";
+
+/// How a platform delisting or restore was learnt, as its event says.
+#[derive(Clone, Copy, Debug)]
+pub enum Via {
+    /// `open_product_spu_status_update`.
+    Push,
+    /// `shop/order/add` refused an order, and `spu/get` read the product delisted.
+    OrderRefused,
+    /// The schedule's read-back (`spu/get_list`, `spu/get`).
+    Schedule,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Push => "push",
+            Via::OrderRefused => "order_refused",
+            Via::Schedule => "schedule",
+        }
+    }
+}
+
+/// Applies `change` (a platform delisting or restore: whether it changed anything) to product
+/// `id`, and records a [`PLATFORM_DELISTING_EVENTS`] event in the same write when it did.
+/// Whether it changed anything; `None`: no such product here.
+async fn apply(
+    app: &App,
+    id: &ProductId,
+    status: i64,
+    via: Via,
+    change: fn(&mut Product) -> bool,
+) -> Result<Option<bool>, ApiError> {
+    with_retries(app, || async {
+        let Some(current) = repo::get_product(app.store.as_ref(), id).await? else {
+            return Ok(Attempt::Done(None));
+        };
+        let mut next = current.value.clone();
+        if !change(&mut next) {
+            return Ok(Attempt::Done(Some(false)));
+        }
+        let now = app.clock.now_ms();
+        next.updated_at_ms = now;
+        let mut batch = Batch::new();
+        batch.update_product(&current, &next);
+        let body = serde_json::json!({
+            "product_id": id.as_str(),
+            "status": status,
+            "via": via.as_str(),
+        });
+        batch.record_event(&EventRecord::new(
+            PLATFORM_DELISTING_EVENTS,
+            format!("{id}:{now}"),
+            now,
+            body.to_string(),
+        ));
+        Ok(Attempt::Commit(batch, Some(true)))
     })
-    .await?;
-    Ok(changed.load(Ordering::Relaxed))
+    .await
+}
+
+/// Marks `id` delisted by WeChat's platform here (see [`Product::delist_by_platform`]):
+/// whether it was listed and now is not (an event recorded then); `None`: no such product.
+pub(super) async fn delist(app: &App, id: &ProductId, via: Via) -> Result<Option<bool>, ApiError> {
+    apply(
+        app,
+        id,
+        STATUS_DELISTED_BY_PLATFORM,
+        via,
+        Product::delist_by_platform,
+    )
+    .await
 }
 
 /// Puts `id` back on sale after WeChat's platform restored it, as WeChat's own record reads
 /// (see [`Product::restore_by_platform`]): whether it was held delisted by the platform and
-/// now is on sale. A product the merchant delisted: nothing.
-pub(super) async fn restore(app: &App, id: &ProductId) -> Result<bool, ApiError> {
-    let changed = AtomicBool::new(false);
-    update_product(app, id, |p| {
-        changed.store(p.restore_by_platform(), Ordering::Relaxed);
-        Ok(())
-    })
-    .await?;
-    Ok(changed.load(Ordering::Relaxed))
+/// now is on sale (an event recorded then); `None`: no such product. A product the
+/// merchant delisted: nothing.
+pub(super) async fn restore(app: &App, id: &ProductId, via: Via) -> Result<Option<bool>, ApiError> {
+    apply(app, id, STATUS_LISTED, via, Product::restore_by_platform).await
 }
 
 /// After WeChat's `shop/order/add` refused `order` for good: its products are read at WeChat
@@ -95,7 +159,7 @@ pub(super) async fn refused_as_delisted(app: &App, order: &Order) -> Vec<Product
         let key = ProductKey::Out(id.to_string());
         match app.wx.spu_get(&key, false).await {
             Ok(spu) if spu.status == STATUS_DELISTED_BY_PLATFORM => {
-                if let Err(e) = delist(app, id).await {
+                if let Err(e) = delist(app, id, Via::OrderRefused).await {
                     tracing::warn!(product_id = %id, error = %e, "delisted by WeChat's platform; not recorded here");
                 }
                 tracing::warn!(product_id = %id, "WeChat refused an order: the product is delisted by WeChat's platform (its push never came); delisted here");
@@ -159,7 +223,7 @@ pub(super) async fn sweep(
             let Ok(id) = ProductId::parse(spu.out_product_id.clone()) else {
                 continue;
             };
-            if delist(app, &id).await? {
+            if delist(app, &id, Via::Schedule).await? == Some(true) {
                 report.delisted += 1;
                 tracing::warn!(product_id = %id, "delisted by WeChat's platform (its push never came): delisted here");
             }
@@ -218,7 +282,7 @@ async fn restore_scan(
             let key = ProductKey::Out(p.product_id.to_string());
             match app.wx.spu_get(&key, false).await {
                 Ok(spu) if spu.status == STATUS_LISTED => {
-                    if restore(app, &p.product_id).await? {
+                    if restore(app, &p.product_id, Via::Schedule).await? == Some(true) {
                         report.restored += 1;
                         tracing::info!(product_id = %p.product_id, "restored by WeChat's platform (its push never came): on sale again");
                     }
