@@ -235,6 +235,49 @@ async fn a_platform_delisting_whose_push_was_lost_is_read_back_when_wechat_refus
     assert_eq!(v["total_fee"], 500, "{v}");
 }
 
+/// GIVEN tea and a cup on sale, and WeChat's platform delists both with their pushes lost
+/// WHEN a user orders a cart of both
+/// THEN the order is refused 409 `NOT_FOR_SALE` naming both, both are read at WeChat (at
+/// once) and taken off sale here, each with its `order_refused` event, and the stock is back.
+#[tokio::test]
+async fn a_refused_cart_of_several_products_delists_every_one_wechat_holds_delisted() {
+    let r = stack_with(&[]).await;
+    let c = InProcess::new(&r);
+    let (token, _) = c.login("buyer").await;
+    c.listed_product("cup", "cup-1", 500).await;
+    let stock = c.stock().await;
+    for id in ["tea", "cup"] {
+        platform(&c, id, false, false).await;
+    }
+    let reads = c.calls("shop/spu/get");
+    let (s, v) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1},
+                              {"product_id": "cup", "sku_id": "cup-1", "quantity": 1}],
+                    "idempotency_key": "d-1",
+                    "address": {"receiver_name": "Alice", "detailed_address": "1 Tea Street",
+                                "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("NOT_FOR_SALE")), "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains("tea") && message.contains("cup"), "{v}");
+    assert_eq!(c.calls("shop/spu/get"), reads + 2, "each product read once");
+    for id in ["tea", "cup"] {
+        assert_eq!(get_product(&c, id).await["listing"], "DELISTED", "{id}");
+    }
+    assert_eq!(c.stock().await, stock, "the stock it took is back");
+    assert_eq!(
+        platform_events(&c).await,
+        vec![
+            ev("cup", 13, "order_refused"),
+            ev("tea", 13, "order_refused")
+        ]
+    );
+}
+
 /// GIVEN tea on sale and a cup the merchant delisted
 /// WHEN WeChat's platform delists both with its pushes lost, and nobody orders
 /// THEN the schedule's run finds tea delisted at WeChat and takes it off the shop (its report

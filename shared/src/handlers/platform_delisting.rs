@@ -154,10 +154,17 @@ pub(super) async fn refused_as_delisted(app: &App, order: &Order) -> Vec<Product
             ids.push(&item.product_id);
         }
     }
+    // Read at once, not one after another: the user is waiting, and a slow WeChat would
+    // otherwise cost a timeout per product inside unifiedOrder's budget.
+    let ids: Vec<&ProductId> = ids.into_iter().take(REFUSAL_READS).collect();
+    let keys: Vec<ProductKey> = ids
+        .iter()
+        .map(|id| ProductKey::Out(id.to_string()))
+        .collect();
+    let reads = futures::future::join_all(keys.iter().map(|k| app.wx.spu_get(k, false))).await;
     let mut delisted = Vec::new();
-    for id in ids.into_iter().take(REFUSAL_READS) {
-        let key = ProductKey::Out(id.to_string());
-        match app.wx.spu_get(&key, false).await {
+    for (id, read) in ids.into_iter().zip(reads) {
+        match read {
             Ok(spu) if spu.status == STATUS_DELISTED_BY_PLATFORM => {
                 if let Err(e) = delist(app, id, Via::OrderRefused).await {
                     tracing::warn!(product_id = %id, error = %e, "delisted by WeChat's platform; not recorded here");
