@@ -1310,7 +1310,7 @@ fn spu_listing(sb: &Sandbox, v: &Value, on: bool) -> WxResult {
                 "product is delisted by the platform (status 13); it cannot be listed",
             ));
         }
-        p.status = 5;
+        p.status = STATUS_LISTED;
     } else if p.status != STATUS_DELISTED_BY_PLATFORM {
         // The merchant's delisting of a product the platform holds delisted leaves the
         // platform's hold (13) as it is (UNVERIFIED).
@@ -1565,7 +1565,7 @@ fn order_add(sb: &Sandbox, v: &Value) -> WxResult {
         }
         // Any product not listed, the platform's delisted (13) among them. UNVERIFIED: WeChat's
         // errcode for a product delisted by the platform (WECHAT_SHOP.md §11 lists none).
-        if p.status != 5 {
+        if p.status != STATUS_LISTED {
             return Err(WxErr::new(
                 E_SPU_NOT_ON_SALE,
                 format!("product `{out_p}` is not listed (status {})", p.status),

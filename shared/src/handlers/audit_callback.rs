@@ -364,7 +364,7 @@ async fn on_spu_status(app: &App, body: &push::SpuStatusUpdate) -> Result<(), Ap
                     ))
                 }
             };
-            if online.status != 5 {
+            if online.status != platform_delisting::STATUS_LISTED {
                 tracing::warn!(security = true, out_product_id = %id, wx_status = online.status, "listed push, but WeChat's product is not listed; nothing applied");
                 return Ok(());
             }

@@ -478,14 +478,7 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             Ok(json(&serde_json::json!({ "product": p.value })))
         }
         Action::Products { next } => {
-            let (found, unreadable, next) = repo::list_products_readable(
-                app.store.as_ref(),
-                repo::ProductFilter::All,
-                100,
-                next,
-            )
-            .await?;
-            log_unreadable(&unreadable);
+            let (found, unreadable, next) = readable_products(app, 100, next).await?;
             let products: Vec<&Product> = found.iter().map(|p| &p.value).collect();
             let mut page = serde_json::json!({ "products": products, "next": next });
             if !unreadable.is_empty() {
@@ -597,14 +590,30 @@ async fn shop(app: &App, req: Request) -> Result<Response, ApiError> {
     }
 }
 
-/// Products whose stored record cannot be read (another version's, or damaged) are left out
-/// of every list, each logged with its key: one such record used to fail every shop page
+/// A page of every product (`limit` from `cursor`), as [`repo::list_products_readable`] reads
+/// it. Products whose stored record cannot be read (another version's, or damaged) are left
+/// out of every list, each logged with its key: one such record used to fail every shop page
 /// (503) and the merchant's whole list. The merchant's `products` names them; `get` of one
 /// answers 500 `PRODUCT_UNREADABLE`.
-fn log_unreadable(unreadable: &[repo::UnreadableProduct]) {
-    for u in unreadable {
+async fn readable_products(
+    app: &App,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<
+    (
+        Vec<Versioned<Product>>,
+        Vec<repo::UnreadableProduct>,
+        Option<String>,
+    ),
+    StoreError,
+> {
+    let page =
+        repo::list_products_readable(app.store.as_ref(), repo::ProductFilter::All, limit, cursor)
+            .await?;
+    for u in &page.1 {
         tracing::error!(product_id = %u.product_id, error = %u.why, "stored product unreadable; left out of the list");
     }
+    Ok(page)
 }
 
 /// The merchant's read of product `id` failed: a record that cannot be read as a product is
@@ -638,22 +647,12 @@ async fn on_sale(
     limit: usize,
     cursor: Option<String>,
 ) -> Result<(Vec<Versioned<Product>>, Option<String>), ApiError> {
-    let store = app.store.as_ref();
-    let (mut found, unreadable, mut next) =
-        repo::list_products_readable(store, repo::ProductFilter::All, limit, cursor).await?;
-    log_unreadable(&unreadable);
+    let (mut found, _, mut next) = readable_products(app, limit, cursor).await?;
     found.retain(|p| p.value.is_sellable());
     let mut reads = 1;
     while found.len() < limit && reads < SHOP_PAGE_READS {
         let Some(cursor) = next.take() else { break };
-        let (more, unreadable, after) = repo::list_products_readable(
-            store,
-            repo::ProductFilter::All,
-            limit - found.len(),
-            Some(cursor),
-        )
-        .await?;
-        log_unreadable(&unreadable);
+        let (more, _, after) = readable_products(app, limit - found.len(), Some(cursor)).await?;
         found.extend(more.into_iter().filter(|p| p.value.is_sellable()));
         next = after;
         reads += 1;
@@ -917,7 +916,7 @@ async fn submit(
     product.updated_at_ms = now;
     write(app, prev, &product).await?;
     let outcome = match upload(app, &id, known, &spu(&id, &next)).await {
-        Err(e) if answer_unknown(&e) => read_back(app, &id, known_wx_id, &next, e).await,
+        Err(e) if e.answer_lost() => read_back(app, &id, known_wx_id, &next, e).await,
         Ok(result) => Submitted::Taken {
             result,
             decided: false,
@@ -1009,20 +1008,6 @@ enum Submitted {
     Failed(WxError),
     /// The answer was lost and WeChat could not be asked: it may or may not be under audit.
     Unconfirmed { why: String },
-}
-
-/// Whether a failed call may have been applied at WeChat all the same: its answer was lost on
-/// the way back (a timeout, a dropped connection, a gateway's 5xx, a reply that is not
-/// WeChat's). WeChat's own refusal carries an errcode; a call that could not connect, or
-/// could not be made, never reached it.
-fn answer_unknown(e: &WxError) -> bool {
-    matches!(
-        e,
-        WxError::Timeout { .. }
-            | WxError::Transport { .. }
-            | WxError::Http { .. }
-            | WxError::Decode { .. }
-    )
 }
 
 /// The answer to the submission of `next` was `lost`: WeChat's draft is read (`spu/get`,

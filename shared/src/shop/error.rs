@@ -93,6 +93,20 @@ impl WxError {
         }
     }
 
+    /// Whether the call may have been applied at WeChat all the same: its answer was lost on
+    /// the way back (a timeout, a dropped connection, a gateway's 5xx, a reply that is not
+    /// WeChat's). WeChat's own refusal carries an errcode; a call that could not connect, or
+    /// could not be made, never reached it.
+    pub fn answer_lost(&self) -> bool {
+        matches!(
+            self,
+            WxError::Timeout { .. }
+                | WxError::Transport { .. }
+                | WxError::Http { .. }
+                | WxError::Decode { .. }
+        )
+    }
+
     /// Worth trying again later (the outbox keeps it; a handler may answer "try again").
     /// A token error that survived the automatic retry counts as retryable: the next
     /// attempt fetches a new token.
