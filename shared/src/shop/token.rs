@@ -172,20 +172,6 @@ impl TokenManager {
         self.obtain(Some(failed.expose())).await
     }
 
-    /// Drops `failed` from memory and from the store, if it is still the current token.
-    pub async fn invalidate(&self, failed: &AccessToken) -> Result<(), WxError> {
-        let _one_refresh = self.refresh.lock().await;
-        self.forget_if(failed);
-        let key = self.store_key();
-        if let Some(e) = kv::get(self.store.as_ref(), &key).await? {
-            if e.value == failed.expose() {
-                // `false`: someone replaced it meanwhile; nothing left to invalidate.
-                kv::delete_if(self.store.as_ref(), &key, e.version).await?;
-            }
-        }
-        Ok(())
-    }
-
     fn cached_fresh(&self) -> Option<AccessToken> {
         let now = self.clock.now_secs();
         let guard = self.cached.lock().unwrap_or_else(|p| p.into_inner());
