@@ -46,6 +46,20 @@
 //!   `TransactionConflictException` (its item is in a transaction under way), is sent again
 //!   after a short random backoff, up to 4 attempts; any other failure is
 //!   [`StoreError::Backend`].
+//! - Throttling (no capacity right now: an on-demand table scaling up, a provisioned one over
+//!   its capacity; nothing written, so sending again is safe). A transaction cancelled with a
+//!   capacity reason (`ThrottlingError`, `ProvisionedThroughputExceeded`, alone or beside
+//!   `TransactionConflict`) — which the SDK never retries — is sent again after a longer
+//!   jittered backoff (50/100/200/400 ms plus up to as much again), up to 5 attempts, counted
+//!   apart from contention's: at most 1.5 s of waiting, under [`OPERATION_TIMEOUT`]. A
+//!   `ConditionalCheckFailed` anywhere still decides (`Conflict`); throttling that outlasts the
+//!   attempts is `Backend` saying "throttled", never `Conflict`. A conditional delete (its
+//!   retries are ours, below) throttled is sent again the same way, and a throttled attempt
+//!   never counts as one that may have deleted the item. Other single-item requests
+//!   (`PutItem`, `GetItem`, `Query`) keep the SDK's standard retry mode (3 attempts, the
+//!   throttled ones after up to 1 s then 2 s): that already fills the 3 s operation timeout,
+//!   and more attempts would only be cut by it, reporting "timed out" instead of "throttled".
+//!   When its attempts are spent the error is `Backend("dynamodb {op}: throttled: {code}: …")`.
 //! - A write the SDK retried after DynamoDB applied it (the answer was lost) fails its condition
 //!   on our own write. That is success, not a conflict: a put (or transaction) whose item
 //!   carries this call's write token, or a delete whose item is gone after more than one
