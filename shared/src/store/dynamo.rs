@@ -46,6 +46,20 @@
 //!   `TransactionConflictException` (its item is in a transaction under way), is sent again
 //!   after a short random backoff, up to 4 attempts; any other failure is
 //!   [`StoreError::Backend`].
+//! - Throttling (no capacity right now: an on-demand table scaling up, a provisioned one over
+//!   its capacity; nothing written, so sending again is safe). A transaction cancelled with a
+//!   capacity reason (`ThrottlingError`, `ProvisionedThroughputExceeded`, alone or beside
+//!   `TransactionConflict`) — which the SDK never retries — is sent again after a longer
+//!   jittered backoff (50/100/200/400 ms plus up to as much again), up to 5 attempts, counted
+//!   apart from contention's: at most 1.5 s of waiting, under [`OPERATION_TIMEOUT`]. A
+//!   `ConditionalCheckFailed` anywhere still decides (`Conflict`); throttling that outlasts the
+//!   attempts is `Backend` saying "throttled", never `Conflict`. A conditional delete (its
+//!   retries are ours, below) throttled is sent again the same way, and a throttled attempt
+//!   never counts as one that may have deleted the item. Other single-item requests
+//!   (`PutItem`, `GetItem`, `Query`) keep the SDK's standard retry mode (3 attempts, the
+//!   throttled ones after up to 1 s then 2 s): that already fills the 3 s operation timeout,
+//!   and more attempts would only be cut by it, reporting "timed out" instead of "throttled".
+//!   When its attempts are spent the error is `Backend("dynamodb {op}: throttled: {code}: …")`.
 //! - A write the SDK retried after DynamoDB applied it (the answer was lost) fails its condition
 //!   on our own write. That is success, not a conflict: a put (or transaction) whose item
 //!   carries this call's write token, or a delete whose item is gone after more than one
@@ -419,11 +433,14 @@ impl DynamoStore {
                             ReturnValuesOnConditionCheckFailure::AllOld,
                         );
                 }
-                // Attempts that went out, and those refused for contention (never applied:
-                // they do not count as attempts that may have deleted the item).
+                // Attempts that went out, and those refused for contention or for capacity
+                // (never applied: they do not count as attempts that may have deleted the
+                // item, nor against `DELETE_ATTEMPTS`).
                 let mut attempt = 0;
                 let mut contended_attempts = 0;
+                let mut throttled_attempts = 0;
                 loop {
+                    let refused_attempts = contended_attempts + throttled_attempts;
                     attempt += 1;
                     let sent = self
                         .client_once
@@ -447,7 +464,7 @@ impl DynamoStore {
                         Err(e) => match e.as_service_error() {
                             Some(DeleteItemError::ConditionalCheckFailedException(failed)) => {
                                 return condition_failed(
-                                    Refused::Delete(failed.item(), attempt - contended_attempts),
+                                    Refused::Delete(failed.item(), attempt - refused_attempts),
                                     token,
                                 )
                             }
@@ -457,9 +474,17 @@ impl DynamoStore {
                                 contended_attempts += 1;
                                 contended("DeleteItem", contended_attempts).await;
                             }
-                            _ if attempt - contended_attempts < DELETE_ATTEMPTS
-                                && may_retry(&e) =>
+                            // Throttled: refused, nothing deleted. The SDK would wait up to
+                            // 1 s, 2 s before its retries; ours wait as a throttled
+                            // transaction's do (a 25 ms pause used to be all it got).
+                            _ if is_throttling(&e)
+                                && throttled_attempts + 1 < THROTTLE_ATTEMPTS =>
                             {
+                                throttled_attempts += 1;
+                                throttled("DeleteItem", throttled_attempts).await;
+                            }
+                            _ if is_throttling(&e) => return Err(sdk_err("DeleteItem", &e)),
+                            _ if attempt - refused_attempts < DELETE_ATTEMPTS && may_retry(&e) => {
                                 tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt)))
                                     .await;
                             }
@@ -482,7 +507,10 @@ impl DynamoStore {
         for write in writes {
             items.push(self.transact_item(write, now, token)?);
         }
-        let mut attempt = 1;
+        // Cancellations for contention and for capacity, counted apart: each has its own
+        // bound, so the attempts are at most `CONTENTION_ATTEMPTS + THROTTLE_ATTEMPTS - 1`.
+        let mut contended_attempts = 1;
+        let mut throttled_attempts = 1;
         loop {
             let Err(e) = self
                 .client
@@ -505,10 +533,28 @@ impl DynamoStore {
                     let items = cancellation.iter().map(|r| r.item()).collect();
                     return condition_failed(Refused::Transaction { items, index }, token);
                 }
-                Cancelled::Contention if attempt < CONTENTION_ATTEMPTS => {
-                    tracing::debug!(attempt, "transaction cancelled by contention; retrying");
-                    tokio::time::sleep(contention_backoff(attempt)).await;
-                    attempt += 1;
+                Cancelled::Contention if contended_attempts < CONTENTION_ATTEMPTS => {
+                    tracing::debug!(
+                        attempt = contended_attempts,
+                        "transaction cancelled by contention; retrying"
+                    );
+                    tokio::time::sleep(contention_backoff(contended_attempts)).await;
+                    contended_attempts += 1;
+                }
+                Cancelled::Throttled if throttled_attempts < THROTTLE_ATTEMPTS => {
+                    throttled("TransactWriteItems", throttled_attempts).await;
+                    throttled_attempts += 1;
+                }
+                Cancelled::Throttled => {
+                    return Err(StoreError::Backend(format!(
+                        "dynamodb TransactWriteItems: throttled: cancelled for capacity \
+                         ({}) {THROTTLE_ATTEMPTS} times in a row; nothing was written",
+                        reasons
+                            .iter()
+                            .map(|r| r.unwrap_or("None"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
                 }
                 _ => return Err(sdk_err("TransactWriteItems", &e)),
             }
@@ -1260,10 +1306,30 @@ enum Cancelled {
     /// same race on SQLite is a `Conflict` that the callers' retry loops absorb, so here it is
     /// retried in place (it used to reach the buyer as a 503).
     Contention,
-    /// Anything else (throttling, validation, …): [`StoreError::Backend`].
+    /// A capacity reason ([`CAPACITY_REASONS`]: the table or an index is throttled — an
+    /// on-demand table scaling up under a flash sale, a provisioned one over its capacity),
+    /// possibly beside `TransactionConflict`. Nothing was written, and the SDK does not retry
+    /// a cancelled transaction whatever the reason, so it used to be `Backend` at once: a 503
+    /// to the buyer, an unacknowledged payment notification, an outbox entry left for the
+    /// next sweep. It is sent again after a longer backoff than contention's
+    /// ([`throttle_backoff`]): capacity takes time to come.
+    Throttled,
+    /// Anything else (validation, item collection size, an unknown code, no reasons at all):
+    /// [`StoreError::Backend`].
     Other,
 }
 
+/// Cancellation reasons that mean "not enough capacity right now", as DynamoDB documents
+/// them for `TransactWriteItems` (`TransactionCanceledException`, `CancellationReasons`):
+/// `ProvisionedThroughputExceeded` (a provisioned table or GSI over its capacity) and
+/// `ThrottlingError` (an on-demand table or GSI while DynamoDB scales it: "please try again
+/// shortly"). The other documented codes — `None`, `ConditionalCheckFailed`,
+/// `ItemCollectionSizeLimitExceeded`, `TransactionConflict`, `ValidationError` — are not.
+const CAPACITY_REASONS: &[&str] = &["ThrottlingError", "ProvisionedThroughputExceeded"];
+
+/// Why a transaction was cancelled. A failed condition decides wherever it is (the verdict
+/// would be the same on any retry); then a reason that no retry can fix; then capacity
+/// (which also covers contention beside it: the longer wait serves both); then contention.
 fn cancelled_by(reasons: &[Option<&str>]) -> Cancelled {
     if let Some(index) = reasons
         .iter()
@@ -1272,18 +1338,56 @@ fn cancelled_by(reasons: &[Option<&str>]) -> Cancelled {
         return Cancelled::Condition(index);
     }
     let mut contention = false;
+    let mut capacity = false;
     for r in reasons {
         match r {
             None | Some("None") => {}
             Some("TransactionConflict") => contention = true,
+            Some(code) if CAPACITY_REASONS.contains(code) => capacity = true,
             Some(_) => return Cancelled::Other,
         }
     }
-    if contention {
+    if capacity {
+        Cancelled::Throttled
+    } else if contention {
         Cancelled::Contention
     } else {
         Cancelled::Other
     }
+}
+
+/// Attempts of a transaction (or of a conditional delete, whose retries are ours) refused
+/// for capacity (below).
+const THROTTLE_ATTEMPTS: u32 = 5;
+
+async fn throttled(op: &str, attempt: u32) {
+    tracing::warn!(op, attempt, "throttled by DynamoDB (capacity); retrying");
+    tokio::time::sleep(throttle_backoff(attempt)).await;
+}
+
+/// 50, 100, 200, 400 ms, each with up to as much again at random (equal jitter, as
+/// [`contention_backoff`], so that the writers throttled together spread out): 0.75–1.5 s
+/// over the 5 attempts. Longer than contention's — capacity needs time to come, a concurrent
+/// transaction only to finish — and bounded so that a throttled write stays within its
+/// request's budget: the sum stays under [`OPERATION_TIMEOUT`], what one stalled call may
+/// cost, so payCallback (5 s) still answers in time.
+fn throttle_backoff(attempt: u32) -> Duration {
+    let base = 25u64 << attempt.min(6);
+    Duration::from_millis(base + rand::random::<u64>() % base)
+}
+
+/// Error codes of a whole request refused for capacity (`PutItem`, `DeleteItem`, `GetItem`,
+/// `Query`, or a `TransactWriteItems` refused before it started). The SDK classes them as
+/// throttling (`aws-runtime` `THROTTLING_ERRORS`) and retries them itself, except on the
+/// delete client, whose retries are ours.
+const THROTTLING_CODES: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+];
+
+fn is_throttling<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    matches!(err, SdkError::ServiceError(ctx) if ctx.err().code().is_some_and(|c| THROTTLING_CODES.contains(&c)))
 }
 
 /// A single-item `PutItem`/`DeleteItem` refused with `TransactionConflictException`: the item
@@ -1375,15 +1479,10 @@ fn may_retry<E: ProvideErrorMetadata>(
         }
         SdkError::ServiceError(ctx) => {
             ctx.raw().status().as_u16() >= 500
-                || matches!(
-                    ctx.err().code(),
-                    Some(
-                        "ProvisionedThroughputExceededException"
-                            | "ThrottlingException"
-                            | "RequestLimitExceeded"
-                            | "InternalServerError"
-                    )
-                )
+                || ctx
+                    .err()
+                    .code()
+                    .is_some_and(|c| c == "InternalServerError" || THROTTLING_CODES.contains(&c))
         }
         _ => false,
     }
@@ -1397,6 +1496,13 @@ where
     R: std::fmt::Debug,
 {
     let detail = match err {
+        // The SDK's (or, for deletes, our) attempts all throttled: say so first, so that the
+        // log and the admin read "throttled" and not an opaque exception name.
+        SdkError::ServiceError(_) if is_throttling(err) => format!(
+            "throttled: {}: {}",
+            err.code().unwrap_or("unknown error"),
+            err.message().unwrap_or("no message")
+        ),
         SdkError::ServiceError(_) => format!(
             "{}: {}",
             err.code().unwrap_or("unknown error"),
@@ -1414,36 +1520,102 @@ where
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    /// A DynamoDB endpoint that answers each request with the next of `script` (HTTP status
-    /// and the error's `__type`, or `None` for success), the last one again once it runs out;
-    /// and how many requests it got.
+    /// What the scripted endpoint answers to one request.
+    #[derive(Clone, Copy, Debug)]
+    enum Reply {
+        /// HTTP 200, `{}`.
+        Ok,
+        /// An error: HTTP status and the error's `__type` (without its namespace).
+        Error(u16, &'static str),
+        /// HTTP 400 `TransactionCanceledException` with these cancellation reason codes, one
+        /// per item of the transaction, shaped as DynamoDB's JSON protocol shapes them.
+        Cancelled(&'static [&'static str]),
+    }
+
+    impl Reply {
+        fn status(self) -> u16 {
+            match self {
+                Reply::Ok => 200,
+                Reply::Error(status, _) => status,
+                Reply::Cancelled(_) => 400,
+            }
+        }
+
+        fn body(self) -> String {
+            const NS: &str = "com.amazonaws.dynamodb.v20120810";
+            match self {
+                Reply::Ok => "{}".to_owned(),
+                Reply::Error(_, t) => {
+                    serde_json::json!({"__type": format!("{NS}#{t}"), "message": "injected"})
+                        .to_string()
+                }
+                Reply::Cancelled(codes) => {
+                    let reasons: Vec<serde_json::Value> = codes
+                        .iter()
+                        .map(|code| match *code {
+                            "None" => serde_json::json!({"Code": "None"}),
+                            "ThrottlingError" => serde_json::json!({
+                                "Code": "ThrottlingError",
+                                "Message": "Throughput exceeds the current capacity of your \
+                                            table or index. DynamoDB is automatically scaling \
+                                            your table or index so please try again shortly."
+                            }),
+                            code => serde_json::json!({"Code": code, "Message": "injected"}),
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "__type": format!("{NS}#TransactionCanceledException"),
+                        "message": format!(
+                            "Transaction cancelled, please refer cancellation reasons for \
+                             specific reasons [{}]",
+                            codes.join(", ")
+                        ),
+                        "CancellationReasons": reasons,
+                    })
+                    .to_string()
+                }
+            }
+        }
+    }
+
+    /// A DynamoDB endpoint that answers each request with the next of `script`, the last one
+    /// again once it runs out; and how many requests it got.
     async fn scripted_dynamodb(
-        script: &[(u16, Option<&'static str>)],
+        script: &[Reply],
     ) -> (
         super::DynamoStore,
         std::sync::Arc<std::sync::atomic::AtomicUsize>,
         tokio::task::JoinHandle<()>,
     ) {
+        let (endpoint, seen, server) = scripted_endpoint(script).await;
+        let store = super::DynamoStore::connect("wxshop-test", Some(&endpoint))
+            .await
+            .unwrap();
+        (store, seen, server)
+    }
+
+    /// The scripted endpoint alone (its URL), for a store built over another client.
+    async fn scripted_endpoint(
+        script: &[Reply],
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        tokio::task::JoinHandle<()>,
+    ) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Arc;
-        let script: Arc<Vec<(u16, Option<&'static str>)>> = Arc::new(script.to_vec());
+        let script: Arc<Vec<Reply>> = Arc::new(script.to_vec());
         let seen = Arc::new(AtomicUsize::new(0));
         let counter = seen.clone();
         let router = axum::Router::new().fallback(move || {
             let script = script.clone();
             let n = counter.fetch_add(1, Ordering::SeqCst);
             async move {
-                let (status, error) = script[n.min(script.len() - 1)];
-                let body = match error {
-                    Some(t) => format!(
-                        r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{t}","message":"injected"}}"#
-                    ),
-                    None => "{}".to_owned(),
-                };
+                let reply = script[n.min(script.len() - 1)];
                 (
-                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    axum::http::StatusCode::from_u16(reply.status()).unwrap(),
                     [("content-type", "application/x-amz-json-1.0")],
-                    body,
+                    reply.body(),
                 )
             }
         });
@@ -1452,15 +1624,12 @@ mod tests {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        let store = super::DynamoStore::connect("wxshop-test", Some(&format!("http://{addr}")))
-            .await
-            .unwrap();
-        (store, seen, server)
+        (format!("http://{addr}"), seen, server)
     }
 
-    const IN_TRANSACTION: (u16, Option<&str>) = (400, Some("TransactionConflictException"));
-    const CONDITION_FAILED: (u16, Option<&str>) = (400, Some("ConditionalCheckFailedException"));
-    const OK: (u16, Option<&str>) = (200, None);
+    const IN_TRANSACTION: Reply = Reply::Error(400, "TransactionConflictException");
+    const CONDITION_FAILED: Reply = Reply::Error(400, "ConditionalCheckFailedException");
+    const OK: Reply = Reply::Ok;
 
     fn put() -> crate::store::Write {
         let record = crate::store::Record::new(crate::store::Kind::Product, "tea", "{}".into());
@@ -1520,6 +1689,187 @@ mod tests {
         }
     }
 
+    /// Two writes: one `TransactWriteItems` of two items (a put of product `tea`, a delete
+    /// of outbox entry `e1`), as a checkout or a payment's bookkeeping writes.
+    fn two_writes() -> Vec<crate::store::Write> {
+        vec![put(), delete()]
+    }
+
+    const THROTTLED: Reply = Reply::Cancelled(&["ThrottlingError", "None"]);
+
+    /// GIVEN a transaction cancelled because the table (or an index) is throttled — an
+    /// on-demand table scaling up under a flash sale: `TransactionCanceledException` with
+    /// `ThrottlingError` (or `ProvisionedThroughputExceeded`, or throttling beside a
+    /// `TransactionConflict`), which the SDK never retries WHEN the store writes THEN it sends
+    /// the transaction again and the write succeeds. It used to be `Backend` at the first
+    /// cancellation: a 503 to the buyer, an unacknowledged payment notification.
+    #[tokio::test]
+    async fn a_transaction_cancelled_for_throttling_is_sent_again() {
+        use crate::store::Store;
+        use std::sync::atomic::Ordering;
+        let cancelled: [&'static [&'static str]; 3] = [
+            &["ThrottlingError", "None"],
+            &["None", "ProvisionedThroughputExceeded"],
+            &["ThrottlingError", "TransactionConflict"],
+        ];
+        for reasons in cancelled {
+            let (store, seen, server) =
+                scripted_dynamodb(&[Reply::Cancelled(reasons), Reply::Cancelled(reasons), OK])
+                    .await;
+            let got = store.write(two_writes()).await;
+            assert_eq!(got, Ok(()), "{reasons:?}");
+            assert_eq!(seen.load(Ordering::SeqCst), 3, "{reasons:?}");
+            server.abort();
+        }
+        // A lone check is a one-item transaction: the same.
+        let (store, seen, server) =
+            scripted_dynamodb(&[Reply::Cancelled(&["ThrottlingError"]), OK]).await;
+        let check = crate::store::Write::Check {
+            kind: crate::store::Kind::Product,
+            id: "tea".into(),
+            expect: crate::store::Expect::Version(1),
+        };
+        assert_eq!(store.write(vec![check]).await, Ok(()));
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        server.abort();
+    }
+
+    /// Throttling that does not let up is a `Backend` error saying "throttled" — never
+    /// `Conflict`, which callers read as "the condition did not hold" — after a bounded number
+    /// of attempts that all fit in the time one stalled call may take.
+    #[tokio::test]
+    async fn a_transaction_throttled_throughout_fails_as_throttled_within_its_budget() {
+        use crate::store::{Store, StoreError};
+        use std::sync::atomic::Ordering;
+        let (store, seen, server) = scripted_dynamodb(&[THROTTLED]).await;
+        let started = std::time::Instant::now();
+        let got = store.write(two_writes()).await;
+        let took = started.elapsed();
+        server.abort();
+        assert!(
+            matches!(&got, Err(StoreError::Backend(m)) if m.contains("throttled") && m.contains("ThrottlingError")),
+            "{got:?}"
+        );
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            super::THROTTLE_ATTEMPTS as usize
+        );
+        assert!(took < super::OPERATION_TIMEOUT, "took {took:?}");
+    }
+
+    /// A failed condition decides, whatever else cancelled the transaction, and also when it
+    /// comes after throttling: `Conflict` naming the item, so the caller re-reads (a sold-out
+    /// product, a version raced) — throttling is not sent again once the verdict is in.
+    #[tokio::test]
+    async fn a_failed_condition_beside_throttling_is_a_conflict() {
+        use crate::store::{Store, StoreError};
+        use std::sync::atomic::Ordering;
+        let (store, seen, server) = scripted_dynamodb(&[Reply::Cancelled(&[
+            "ThrottlingError",
+            "ConditionalCheckFailed",
+        ])])
+        .await;
+        assert_eq!(
+            store.write(two_writes()).await,
+            Err(StoreError::Conflict { index: 1 })
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        server.abort();
+
+        let (store, seen, server) = scripted_dynamodb(&[
+            THROTTLED,
+            Reply::Cancelled(&["ConditionalCheckFailed", "None"]),
+        ])
+        .await;
+        assert_eq!(
+            store.write(two_writes()).await,
+            Err(StoreError::Conflict { index: 0 })
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        server.abort();
+    }
+
+    /// A conditional delete (outbox entries, leases; our retries, the SDK's are off for it)
+    /// throttled is sent again after the throttling backoff, and a throttled attempt — refused,
+    /// nothing deleted — never counts as one that may have deleted the item: finding it gone
+    /// afterwards is someone else's delete, a `Conflict`. It used to be taken for our own
+    /// earlier attempt and reported as done.
+    #[tokio::test]
+    async fn a_throttled_delete_is_sent_again_and_never_taken_for_an_applied_one() {
+        use crate::store::{Store, StoreError};
+        use std::sync::atomic::Ordering;
+        const THROTTLED_DELETE: Reply = Reply::Error(400, "ThrottlingException");
+        let (store, seen, server) =
+            scripted_dynamodb(&[THROTTLED_DELETE, THROTTLED_DELETE, OK]).await;
+        assert_eq!(store.write(vec![delete()]).await, Ok(()));
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        server.abort();
+
+        let (store, _, server) = scripted_dynamodb(&[THROTTLED_DELETE, CONDITION_FAILED]).await;
+        assert_eq!(
+            store.write(vec![delete()]).await,
+            Err(StoreError::Conflict { index: 0 })
+        );
+        server.abort();
+
+        let (store, seen, server) = scripted_dynamodb(&[THROTTLED_DELETE]).await;
+        let got = store.write(vec![delete()]).await;
+        server.abort();
+        assert!(
+            matches!(&got, Err(StoreError::Backend(m)) if m.contains("throttled: ThrottlingException")),
+            "{got:?}"
+        );
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            super::THROTTLE_ATTEMPTS as usize
+        );
+    }
+
+    /// Single-item requests other than deletes (`PutItem`, `GetItem`, `Query`) are retried
+    /// by the SDK's standard mode when throttled (3 attempts, jittered backoff from 1 s — here
+    /// from 1 ms, on a client built like the store's); once its attempts are spent the error
+    /// is a `Backend` that says "throttled", not an opaque exception name.
+    #[tokio::test]
+    async fn a_single_write_throttled_past_the_sdk_retries_says_throttled() {
+        use crate::store::{Kind, Store, StoreError};
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+        use std::sync::atomic::Ordering;
+        let (endpoint, seen, server) =
+            scripted_endpoint(&[Reply::Error(400, "ProvisionedThroughputExceededException")]).await;
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("k", "s", None, None, "test"))
+            .http_client(crate::aws::http::ReqwestHttpClient::new().unwrap())
+            .endpoint_url(endpoint)
+            .retry_config(
+                aws_smithy_types::retry::RetryConfig::standard()
+                    .with_initial_backoff(std::time::Duration::from_millis(1)),
+            )
+            .build();
+        let store = super::DynamoStore::from_client(
+            aws_sdk_dynamodb::Client::from_conf(config),
+            "wxshop-test",
+        );
+        let got = store.write(vec![put()]).await;
+        assert!(
+            matches!(&got, Err(StoreError::Backend(m))
+                if m.starts_with("dynamodb PutItem: throttled: ProvisionedThroughputExceeded")),
+            "{got:?}"
+        );
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            3,
+            "the SDK's standard attempts"
+        );
+        let got = store.get(Kind::Order, "x").await;
+        assert!(
+            matches!(&got, Err(StoreError::Backend(m)) if m.starts_with("dynamodb GetItem: throttled:")),
+            "{got:?}"
+        );
+        server.abort();
+    }
+
     /// GIVEN a DynamoDB endpoint that accepts the connection and never answers (a stalled
     /// response) WHEN the store reads THEN it fails within the operation timeout instead of
     /// waiting for the Lambda timeout (payCallback's is 5 s).
@@ -1573,9 +1923,27 @@ mod tests {
             c(&[Some("ConditionalCheckFailed"), Some("None")]),
             Cancelled::Condition(0)
         );
-        // Anything else is not ours to retry.
+        // Capacity (throttling) is retried, with or without contention beside it…
         assert_eq!(
             c(&[Some("TransactionConflict"), Some("ThrottlingError")]),
+            Cancelled::Throttled
+        );
+        assert_eq!(
+            c(&[Some("None"), Some("ProvisionedThroughputExceeded")]),
+            Cancelled::Throttled
+        );
+        // …but a failed condition still decides.
+        assert_eq!(
+            c(&[Some("ThrottlingError"), Some("ConditionalCheckFailed")]),
+            Cancelled::Condition(1)
+        );
+        // Anything else is not ours to retry, also beside throttling.
+        assert_eq!(
+            c(&[Some("ThrottlingError"), Some("ValidationError")]),
+            Cancelled::Other
+        );
+        assert_eq!(
+            c(&[Some("ItemCollectionSizeLimitExceeded")]),
             Cancelled::Other
         );
         assert_eq!(c(&[Some("ValidationError")]), Cancelled::Other);
@@ -1586,6 +1954,21 @@ mod tests {
             let base = 10u64 << attempt;
             assert!(d.as_millis() >= u128::from(base) && d.as_millis() < u128::from(2 * base));
         }
+    }
+
+    /// Throttling waits longer than contention (capacity takes time to come), and all its
+    /// waits together stay well inside the time one stalled call may take.
+    #[test]
+    fn throttling_backs_off_longer_than_contention_and_within_the_budget() {
+        let mut most = std::time::Duration::ZERO;
+        for attempt in 1..super::THROTTLE_ATTEMPTS {
+            let base = 25u64 << attempt;
+            let d = super::throttle_backoff(attempt);
+            assert!(d.as_millis() >= u128::from(base) && d.as_millis() < u128::from(2 * base));
+            assert!(base >= 2 * (10u64 << attempt), "longer than contention's");
+            most += std::time::Duration::from_millis(2 * base);
+        }
+        assert!(most <= super::OPERATION_TIMEOUT / 2, "{most:?}");
     }
 
     use super::*;
