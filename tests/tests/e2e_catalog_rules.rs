@@ -82,6 +82,7 @@ async fn a_verdict_on_an_earlier_edit_does_not_approve_a_later_one() {
     })
     .await;
     let before = audit_pushes(&r);
+    let on_sale = get_product(&c, "tea").await["title"].clone();
     verdict(&c, true).await; // WeChat approves the edit it holds: the 2500 one
     let (s, v) = later.await.unwrap();
     assert_eq!(s, 200, "{v}");
@@ -90,7 +91,14 @@ async fn a_verdict_on_an_earlier_edit_does_not_approve_a_later_one() {
         async move { n > before }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // its handling
+    // Its handling: the push is delivered in the background, and a loaded host may take
+    // longer than any fixed pause (a 500 ms sleep here raced it); whatever edit the verdict
+    // puts on sale, the title on sale changes, and what it changed to is checked below.
+    support::eventually("the verdict handled", Duration::from_secs(20), || {
+        let (c, on_sale) = (c.clone(), on_sale.clone());
+        async move { get_product(&c, "tea").await["title"] != on_sale }
+    })
+    .await;
 
     // The 2500 edit WeChat approved is on sale (as at WeChat); the 9900 one is under audit.
     let p = get_product(&c, "tea").await;

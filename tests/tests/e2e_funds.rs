@@ -1081,6 +1081,21 @@ async fn a_refund_wechat_could_not_pay_is_held_for_a_person() {
         .await
         .unwrap();
     assert!(dead.is_empty(), "held, not dead-lettered: {dead:?}");
+    // The event and the page follow the hold, in a write of their own: the after-sale can
+    // read REFUND_ABNORMAL a moment before they are there (reading the event at once raced
+    // the task on a loaded host). Waited for, so that the sweep below reads WeChat again
+    // after them.
+    support::eventually(
+        "the refund_abnormal event kept and a person paged",
+        Duration::from_secs(20),
+        || async {
+            let kept = wxshop::store::repo::get_event(r.app.store.as_ref(), "refund_abnormal", &id)
+                .await
+                .unwrap();
+            kept.is_some() && captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON) >= 1
+        },
+    )
+    .await;
     // The schedule reads WeChat's after-sale again: still one page, one event.
     let (s, v) = c
         .post(
@@ -1985,10 +2000,21 @@ async fn an_aftersale_edited_in_wechat_is_not_accepted_on_the_old_terms() {
     assert_eq!(accepts(wx_id), 0, "not accepted on terms nobody approved");
     assert_eq!(wx_aftersale(&r, wx_id).await.status, 2);
     assert_eq!(c.balance().await, (total, 0), "nothing refunded");
-    assert!(c.aftersale_events().await.iter().any(|e| e["key"]
-        .as_str()
-        .unwrap()
-        .starts_with(&format!("terms/{wx_id}/"))));
+    // The merchant is told in a write after the after-sale's: ours can read REQUESTED a
+    // moment before the event is there (checking at once raced the sync on a loaded host).
+    support::eventually(
+        "the merchant told of WeChat's terms",
+        Duration::from_secs(20),
+        || async {
+            c.aftersale_events().await.iter().any(|e| {
+                e["key"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("terms/{wx_id}/"))
+            })
+        },
+    )
+    .await;
     // Approved again, on WeChat's amount: refunded and recorded at that amount.
     c.admin_aftersale("approve", &id).await;
     eventually("REFUNDED", || async {

@@ -5910,7 +5910,9 @@ async fn a_key_replayed_after_expiry_of_an_order_paid_unnotified_is_answered_pai
 /// takes, so the push's own retries cannot use up the fault), and once WeChat Pay answers
 /// either the pushed-again cancel or the replay closes the order.
 /// (With 50 faults and the check after clearing them, the test raced that push: CI saw
-/// CLOSED where it asked for PREPAID.)
+/// CLOSED where it asked for PREPAID.) The fault is in place before the clocks move: the
+/// sandbox expires lazily, before the next request it answers, and if that request is the
+/// one setting the fault, the cancel push and our `orderquery` could come first.
 #[tokio::test]
 async fn a_key_replayed_after_expiry_while_wechat_pay_fails_closes_nothing() {
     let r = stack().await;
@@ -5921,9 +5923,9 @@ async fn a_key_replayed_after_expiry_while_wechat_pay_fails_closes_nothing() {
     assert_eq!(s, 200, "{first}");
     let no = first["out_trade_no"].as_str().unwrap().to_owned();
 
-    past_expiry(&r);
     c.fault(json!({"path": "pay/orderquery", "mode": "http500", "count": 10_000}))
         .await;
+    past_expiry(&r);
     let (s, replay) = c.order(&token, 1, Some("exp-down")).await;
     assert_eq!(s, 503, "{replay}");
     assert_eq!(replay["code"], "ORDER_STATUS_UNKNOWN", "{replay}");

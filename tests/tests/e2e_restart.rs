@@ -466,7 +466,18 @@ async fn ctrl_c_finishes_the_requests_under_way_and_exits_cleanly() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Ctrl-C once the order is under way (WeChat Pay has it, and answers 2.5 s later), not
+    // after a fixed pause: on a loaded host the request may not have arrived 800 ms on, and a
+    // server told to stop before it arrives rightly refuses it.
+    support::eventually(
+        "the order under way at WeChat Pay",
+        Duration::from_secs(20),
+        || async {
+            let (s, v) = c.get("/sandbox/_control/calls?path=pay/unifiedorder").await;
+            s == 200 && v["calls"].as_array().is_some_and(|a| !a.is_empty())
+        },
+    )
+    .await;
     let pid = first.0.id().to_string();
     let sent = std::process::Command::new("kill")
         .args(["-INT", &pid])

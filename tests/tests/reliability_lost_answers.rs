@@ -579,6 +579,17 @@ async fn paid_with_its_component_id_lost(
     }
     // Fund_type 1: the payment is believed as `shop/order/get` by our number states it, and
     // WeChat's id read there is stored with it. Fund_type 0: `shop/order/pay` answers no id.
+    // The id is stored by a write of its own right after the payment's (best effort), so the
+    // order can read PAID a moment before it holds the id: waited for, not checked at once
+    // (that raced the push's handler on a loaded host).
+    if secondary {
+        eventually(
+            "WeChat's id stored with the payment",
+            Duration::from_secs(20),
+            || async { stored_wx_order_id(r, &no).await.is_some() },
+        )
+        .await;
+    }
     assert_eq!(
         stored_wx_order_id(r, &no).await.is_some(),
         secondary,
@@ -781,6 +792,16 @@ async fn an_expired_order_is_settled_when_its_key_resumes(
     if at_wechat == AtWechat::PaidUnnotified {
         c.control("pay", &json!({"out_trade_no": no})).await;
     }
+    if at_wechat == AtWechat::Unreachable {
+        // Before the clocks move, and every call failing (`count` the most the sandbox
+        // takes): past its expiry WeChat cancels the component order by itself, lazily at the
+        // sandbox's next request, and pushes `open_product_order_cancel`, which our handler
+        // checks with `orderquery` — answered 503 while it fails, and pushed again. Set after
+        // the clocks moved, the fault raced that push (which could close the order first), and
+        // with a small `count` the push's retries could use it up before the user's tap.
+        c.fault(json!({"path": "pay/orderquery", "mode": "http500", "count": 10_000}))
+            .await;
+    }
     match left_ms {
         None => past_expiry(&r),
         Some(left) => {
@@ -790,8 +811,6 @@ async fn an_expired_order_is_settled_when_its_key_resumes(
         }
     }
     if at_wechat == AtWechat::Unreachable {
-        c.fault(json!({"path": "pay/orderquery", "mode": "http500", "count": 50}))
-            .await;
         let (s, v) = c.order(&token, 1, Some(key)).await;
         assert_eq!(
             (s, v["code"].as_str()),

@@ -484,28 +484,41 @@ pub async fn wx_order(r: &Running, no: &str) -> wxshop::shop::order::OrderInfo {
         .unwrap()
 }
 
-/// Polls `f` up to 300 times, 20 ms apart (6 s plus what `f` takes), until it holds: the
-/// wait of the `e2e_*` files, which import it as `eventually`.
+/// Polls `f` 20 ms apart until it holds, giving up once it has been polled 300 times AND
+/// 20 s have passed: the wait of the `e2e_*` files, which import it as `eventually`. (It used
+/// to give up after the 300 polls alone — 6 s plus what `f` takes — which a CI host running
+/// every test binary at once can outlast; the name stays for the files that import it.)
 pub async fn eventually_in_300_polls<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..300 {
+    const AT_LEAST: Duration = Duration::from_secs(20);
+    let start = Instant::now();
+    let mut polls = 0;
+    while polls < 300 || start.elapsed() < AT_LEAST {
         if f().await {
             return;
         }
+        polls += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting for {what}");
+    panic!(
+        "timed out waiting for {what} ({polls} polls, {:?})",
+        start.elapsed()
+    );
 }
 
-/// Polls `f` every 25 ms until it holds or `limit` passes.
+/// Polls `f` every 25 ms until it holds or `limit` passes — never less than 20 s: `limit` is
+/// how long the wait should take on a quiet machine, and a CI host running every test binary
+/// at once can take several times that (a wait is not a measure of speed; tests that bound
+/// how long something takes measure it themselves).
 pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    let limit = limit.max(Duration::from_secs(20));
     let start = Instant::now();
     while start.elapsed() < limit {
         if f().await {
