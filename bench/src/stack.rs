@@ -157,6 +157,7 @@ async fn bench(args: &[String]) -> Result<(), String> {
         overrides: Default::default(),
         use_env: false,
         relay_every: Duration::from_millis(relay_ms),
+        schedule_every: Some(Duration::from_secs(60)),
         metrics: Default::default(),
     })
     .await?;

@@ -108,6 +108,7 @@ pub async fn run(fund_type: &str) -> Result<(), String> {
         overrides,
         use_env: false,
         relay_every: Duration::from_millis(20),
+        schedule_every: Some(Duration::from_secs(60)),
         metrics: Default::default(),
     })
     .await?;

@@ -267,6 +267,11 @@ pub struct Options {
     pub use_env: bool,
     /// How often the outbox relay looks for due work.
     pub relay_every: Duration,
+    /// How often the schedule runs (EventBridge `rate(5 minutes)` in AWS): a minute for
+    /// wxlocal. `None`: never by itself — tests run it when they choose
+    /// (`/admin/orderSync {"action":"schedule"}`), so that a test slowed down by a loaded host
+    /// never meets a sweep it did not ask for.
+    pub schedule_every: Option<Duration>,
     /// Where the handlers' CloudWatch metrics go: off, as in Lambda only the entry point turns
     /// them on; a test passes [`wxshop::metrics::Metrics::capture`] to see what would page.
     pub metrics: wxshop::metrics::Metrics,
@@ -282,6 +287,7 @@ impl Default for Options {
             overrides: HashMap::new(),
             use_env: true,
             relay_every: Duration::from_millis(100),
+            schedule_every: Some(Duration::from_secs(60)),
             metrics: wxshop::metrics::Metrics::off(),
         }
     }
@@ -583,17 +589,19 @@ pub async fn start_with_env(
             tokio::time::sleep(every).await;
         }
     }));
-    // The schedule (EventBridge rate(5 minutes) in AWS), a minute here.
-    let sched_app = app.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            let deadline =
-                wxshop::time::Deadline::after(handlers::order_sync::LOCAL_SCHEDULE_BUDGET);
-            let report = handlers::order_sync::on_schedule(&sched_app, deadline).await;
-            tracing::info!(%report, "schedule ran");
-        }
-    }));
+    // The schedule (EventBridge rate(5 minutes) in AWS), a minute here by default.
+    if let Some(every) = opts.schedule_every {
+        let sched_app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let deadline =
+                    wxshop::time::Deadline::after(handlers::order_sync::LOCAL_SCHEDULE_BUDGET);
+                let report = handlers::order_sync::on_schedule(&sched_app, deadline).await;
+                tracing::info!(%report, "schedule ran");
+            }
+        }));
+    }
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(
             listener,

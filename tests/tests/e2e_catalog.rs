@@ -91,6 +91,7 @@ async fn a_product_wechat_already_has_but_we_never_stored_is_updated() {
         overrides: [("WX_API_BASE_URL".to_owned(), api)].into_iter().collect(),
         use_env: false,
         relay_every: std::time::Duration::from_millis(20),
+        schedule_every: None,
         metrics: Default::default(),
     })
     .await
@@ -971,6 +972,7 @@ async fn a_product_made_with_the_component_off_is_uploaded_once_it_is_on() {
                 overrides,
                 use_env: false,
                 relay_every: Duration::from_millis(20),
+                schedule_every: None,
                 metrics: Default::default(),
             })
             .await

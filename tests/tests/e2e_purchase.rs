@@ -2309,6 +2309,7 @@ async fn seeding_again_on_an_existing_store_works() {
             overrides: Default::default(),
             use_env: false,
             relay_every: Duration::from_millis(20),
+            schedule_every: None,
             metrics: Default::default(),
         })
         .await
@@ -2340,6 +2341,7 @@ async fn the_schedule_purges_expired_records_on_sqlite() {
         overrides: Default::default(),
         use_env: false,
         relay_every: Duration::from_millis(20),
+        schedule_every: None,
         metrics: Default::default(),
     })
     .await

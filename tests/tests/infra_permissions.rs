@@ -564,6 +564,7 @@ async fn deployed(vars: &[(&str, &str)]) -> Deployed {
         // wxlocal's own relay (every function's store) drains once at start, then never:
         // the stream below is orderSync's.
         relay_every: Duration::from_secs(3600),
+        schedule_every: None,
         metrics: wxshop::metrics::Metrics::off(),
     })
     .await

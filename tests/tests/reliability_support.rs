@@ -47,6 +47,7 @@ pub async fn stack_with_metrics(
         overrides,
         use_env: false,
         relay_every: Duration::from_millis(20),
+        schedule_every: None,
         metrics,
     })
     .await
