@@ -258,11 +258,14 @@ async fn the_sweep_closes_a_direct_order_cancelled_in_wechat() {
         &json!({"action": "cancel", "out_order_id": no, "push": false}),
     )
     .await;
+    // No push came: the order as stored (the page of orders, which asks WeChat nothing;
+    // reading this one order through `queryOrder` would close it itself now).
+    let (_, page) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
     assert_eq!(
-        c.status(&token, &no).await["status"],
-        "PREPAID",
-        "no push came"
+        page["orders"][0]["status"], "PREPAID",
+        "no push came: {page}"
     );
+    assert_eq!(c.stock().await, 0, "still held");
 
     // The sweep looks at unpaid orders a minute old; this one has 14 minutes left.
     c.advance_both(61_000).await;

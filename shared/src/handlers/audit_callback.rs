@@ -873,7 +873,7 @@ async fn on_order_cancel(app: &App, body: &push::OrderRef) -> Result<(), ApiErro
     let Some((no, order, wx)) = order_as_wechat_holds_it(app, body, EVENT).await? else {
         return Ok(());
     };
-    if !matches!(wx.status, 181 | 250) {
+    if !crate::shop::order::is_cancelled(wx.status) {
         tracing::warn!(security = true, out_order_id = %no, wx_status = wx.status, "cancel event, but WeChat's order is not cancelled; nothing changed");
         return Ok(());
     }

@@ -794,12 +794,13 @@ pub fn status_unknown(error: ApiError, message: String) -> ApiError {
 /// Settles an unpaid order as the sweep does: one WeChat holds to pay (PREPAID) is asked
 /// whether it was paid ([`ask_wechat_if_paid`](super::query_order::ask_wechat_if_paid)) and
 /// a payment recorded; one expired (`expires_at_ms` ≤ `now`) and not paid is closed
-/// ([`close_and_release`]). One not expired that WeChat holds cancelled is closed too: a
-/// fund_type=1 order's component order (`ask_wechat_if_paid`), a direct order's WeChat Pay
-/// order `CLOSED` (the same), or a direct order's component order cancelled in WeChat's order
-/// centre (`direct_component_cancelled`: read only then, one `shop/order/get`) — its WeChat
-/// Pay order, still open, closed by the close task (`pay/closeorder`) so it can no longer be
-/// paid. Also used by `unifiedOrder` for a repeated or resumed key whose
+/// ([`close_and_release`]). One not expired is asked what WeChat holds
+/// ([`what_wechat_holds`](super::query_order::what_wechat_holds), as `queryOrder` asks), and
+/// closed too when WeChat holds it cancelled: a fund_type=1 order's component order, a direct
+/// order's WeChat Pay order `CLOSED`, or a direct order's component order cancelled in
+/// WeChat's order centre (read only when WeChat Pay reads it unpaid, one `shop/order/get`) —
+/// its WeChat Pay order, still open, closed by the close task (`pay/closeorder`) so it can no
+/// longer be paid. Also used by `unifiedOrder` for a repeated or resumed key whose
 /// order expired before the sweep came to it, or has less than `margin_ms` left (closed the
 /// same way: too near its expiry to be paid — the sweep's margin is 0), and for a resumed
 /// key's secondary-merchant order before its payment parameters are asked for. `Err` only when
@@ -812,25 +813,22 @@ pub async fn settle_unpaid(
 ) -> Result<Settled, ApiError> {
     let expired = order.expires_at_ms <= now.saturating_add(margin_ms);
     if order.status == OrderStatus::Prepaid {
-        match super::query_order::ask_wechat_if_paid(app, &order).await {
+        // Expired (or within the margin), it is closed below unless paid: only the payment
+        // is asked about then, not a direct order's component order.
+        let asked = if expired {
+            super::query_order::ask_wechat_if_paid(app, &order).await
+        } else {
+            super::query_order::what_wechat_holds(app, &order).await
+        };
+        match asked {
             Ok(Some(updated)) if updated.status.is_paid() => return Ok(Settled::Paid(updated)),
-            // Cancelled at WeChat (a fund_type=1 order whose cancel push was lost): closed
-            // there and then, stock back (see `ask_wechat_if_paid`).
+            // Cancelled or closed at WeChat (its push lost): closed there and then, stock
+            // back (see `what_wechat_holds`).
             Ok(Some(updated)) if updated.status == OrderStatus::Closed => {
                 return Ok(Settled::Closed(updated))
             }
             Ok(_) => {}
             Err(error) => return Ok(Settled::Unanswered { error, expired }),
-        }
-        if !expired && direct_component_cancelled(app, &order).await {
-            let closed = close_and_release(
-                app,
-                &order.out_trade_no,
-                super::query_order::CANCELLED_IN_WECHAT,
-            )
-            .await?;
-            tracing::info!(out_trade_no = %order.out_trade_no, status = closed.status.as_str(), "a direct order's component order reads cancelled at WeChat (its push not applied): ours closed, its stock given back, its WeChat Pay order closed by the close task");
-            return Ok(Settled::Closed(closed));
         }
     }
     if !expired {
@@ -844,27 +842,6 @@ pub async fn settle_unpaid(
     close_and_release(app, &order.out_trade_no, reason)
         .await
         .map(Settled::Closed)
-}
-
-/// Whether `order` — direct (fund_type 0), PREPAID, WeChat Pay reading it unpaid — is one whose
-/// trading-component order WeChat holds (its id stored) and reads cancelled: the user
-/// cancelled it in WeChat's order centre and the `open_product_order_cancel` push was lost
-/// (WeChat does not promise pushes). Its WeChat Pay order stays open, so the user could still
-/// pay an order the component holds cancelled — its payment sync then refused and the money
-/// left for a person to refund — and ours would read "to pay" and hold its stock until it
-/// expired. WeChat not answering is taken as not cancelled (logged): the payment question is
-/// answered already, and the sweep asks again on its next turn.
-async fn direct_component_cancelled(app: &App, order: &crate::domain::Order) -> bool {
-    if order.fund_type != crate::domain::FundType::Direct || order.wx_order_id.is_none() {
-        return false;
-    }
-    match super::shop_orders::component_cancelled(app, order).await {
-        Ok(cancelled) => cancelled,
-        Err(e) => {
-            tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "WeChat's component order not read; taken as not cancelled");
-            false
-        }
-    }
 }
 
 /// The close reason of an order closed unpaid at its expiry.

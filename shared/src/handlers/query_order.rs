@@ -8,6 +8,7 @@ use crate::app::App;
 use crate::domain::{FundType, Order, OrderStatus};
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::Task;
+use crate::shop::order::is_cancelled;
 use crate::store::repo;
 use serde::{Deserialize, Serialize};
 
@@ -120,13 +121,14 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     Ok(json(&serde_json::json!({ "order": view(&order) })))
 }
 
-/// For an unpaid order, asks WeChat whether it was paid and records it if so. A failure to
-/// ask is not the caller's problem: they get the stored state.
+/// For an unpaid order, asks WeChat what it holds ([`what_wechat_holds`]): paid → recorded,
+/// cancelled or closed there → closed here (stock back). A failure to ask is not the caller's
+/// problem: they get the stored state.
 pub async fn refresh_unpaid(app: &App, order: Order) -> Result<Order, ApiError> {
     if order.status != OrderStatus::Prepaid {
         return Ok(order);
     }
-    match ask_wechat_if_paid(app, &order).await {
+    match what_wechat_holds(app, &order).await {
         Ok(Some(updated)) => Ok(updated),
         Ok(None) => Ok(order),
         Err(e) => {
@@ -143,6 +145,55 @@ pub const CANCELLED_IN_WECHAT: &str = "cancelled in WeChat";
 /// The close reason of a direct order WeChat Pay reads closed (`CLOSED`) while ours was still
 /// to pay ([`ask_wechat_if_paid`]).
 pub const CLOSED_AT_WECHAT_PAY: &str = "closed at WeChat Pay";
+
+/// What WeChat holds for an unpaid (PREPAID) order — the one decision of the three that read
+/// it: `queryOrder`'s poll ([`refresh_unpaid`]), the schedule's unpaid sweep and a repeated
+/// `unifiedOrder` key (both through
+/// [`settle_unpaid`](super::order_sync::settle_unpaid)). `Some(order)` when the stored order
+/// changed:
+///
+/// - paid → the payment recorded, as a notification records it ([`ask_wechat_if_paid`]);
+/// - a fund_type=1 order's component order cancelled, or a direct order's WeChat Pay order
+///   `CLOSED` → closed here, stock back (the same);
+/// - a direct (fund_type 0) order WeChat Pay reads unpaid whose trading-component order WeChat
+///   holds (its `wx_order_id` stored) and reads cancelled ([`is_cancelled`]: the user cancelled
+///   it in WeChat's order centre, the `open_product_order_cancel` push lost — WeChat does not
+///   promise pushes) → closed here with [`CANCELLED_IN_WECHAT`], stock back, its WeChat Pay
+///   order (still open: the cancel leaves it payable) closed by the close task
+///   (`pay/closeorder`). Left open, ours read "to pay" and held its stock, and the user could
+///   still pay it at WeChat Pay's cashier — a payment whose component sync WeChat refuses,
+///   money for a person to refund. The component order is read (`shop/order/get`) only then:
+///   one read when WeChat Pay reads the order unpaid, none otherwise, none without a
+///   `wx_order_id`. That read failing is taken as "not cancelled" (logged): the payment
+///   question is answered already, and the next poll or sweep asks again;
+/// - else `None`: unpaid, nothing changed.
+///
+/// `Err` only when WeChat did not say whether the order was paid, or answered something
+/// contradicting it ([`ask_wechat_if_paid`]): nothing may be decided then.
+///
+/// [`is_cancelled`]: crate::shop::order::is_cancelled
+pub async fn what_wechat_holds(app: &App, order: &Order) -> Result<Option<Order>, ApiError> {
+    if let Some(changed) = ask_wechat_if_paid(app, order).await? {
+        return Ok(Some(changed));
+    }
+    // Not paid, and (a direct order) WeChat Pay's order still open: `ask_wechat_if_paid`
+    // answers `None` for a direct order only when `orderquery` reads it unpaid.
+    if order.fund_type != FundType::Direct || order.wx_order_id.is_none() {
+        return Ok(None);
+    }
+    match super::shop_orders::component_cancelled(app, order).await {
+        Ok(true) => {
+            let closed = close_and_release(app, &order.out_trade_no, CANCELLED_IN_WECHAT).await?;
+            tracing::info!(out_trade_no = %order.out_trade_no, status = closed.status.as_str(), "a direct order's component order reads cancelled at WeChat (its push not applied): ours closed, its stock given back, its WeChat Pay order closed by the close task");
+            Ok(Some(closed))
+        }
+        Ok(false) => Ok(None),
+        Err(e) => {
+            tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "WeChat's component order not read; taken as not cancelled");
+            Ok(None)
+        }
+    }
+}
 
 /// Asks WeChat whether an unpaid order was paid and records the payment if so: WeChat Pay's
 /// `orderquery`, or for fund_type=1 (WeChat collects) the component's `shop/order/get`, since
@@ -166,6 +217,10 @@ pub const CLOSED_AT_WECHAT_PAY: &str = "closed at WeChat Pay";
 /// parameters the cashier refuses. Reason [`CLOSED_AT_WECHAT_PAY`] (or
 /// [`EXPIRED_UNPAID`](super::order_sync::EXPIRED_UNPAID) once past its expiry, as the sweep
 /// would have closed it).
+///
+/// A direct order's component order is not read here: the callers that close the order
+/// anyway (the user's close, the cancel push, the sweep past its expiry) need only the payment
+/// answer; [`what_wechat_holds`] reads it for the rest.
 pub async fn ask_wechat_if_paid(app: &App, order: &Order) -> Result<Option<Order>, ApiError> {
     match order.fund_type {
         FundType::Direct => {
@@ -194,7 +249,7 @@ pub async fn ask_wechat_if_paid(app: &App, order: &Order) -> Result<Option<Order
             use super::shop_orders::{query_component_payment, ComponentPayment};
             match query_component_payment(app, order, None).await? {
                 ComponentPayment::Recorded(o) => Ok(Some(*o)),
-                ComponentPayment::Unpaid { status: 181 | 250 } => {
+                ComponentPayment::Unpaid { status } if is_cancelled(status) => {
                     let closed =
                         close_and_release(app, &order.out_trade_no, CANCELLED_IN_WECHAT).await?;
                     tracing::info!(out_trade_no = %order.out_trade_no, status = closed.status.as_str(), "WeChat's order reads cancelled (its push not applied): ours closed, its stock given back");

@@ -8,8 +8,9 @@ use crate::domain::{AfterSale, AfterSaleStatus, FundType, Order, OutTradeNo};
 use crate::http::ApiError;
 use crate::shop::error::{WxError, ERRCODE_ORDER_NOT_FOUND};
 use crate::shop::order::{
-    DeliveryDetailReq, DeliveryParcel, DeliveryProduct, DeliverySendRequest, OrderAddRequest,
-    OrderAddResult, OrderDetail, OrderPayRequest, OrderProductInfo, PayInfo, PriceInfo,
+    is_cancelled, DeliveryDetailReq, DeliveryParcel, DeliveryProduct, DeliverySendRequest,
+    OrderAddRequest, OrderAddResult, OrderDetail, OrderPayRequest, OrderProductInfo, PayInfo,
+    PriceInfo,
 };
 use crate::shop::types::OrderKey;
 use crate::store::repo;
@@ -356,7 +357,7 @@ fn step_at_wechat(status: i64, step: i64) -> StepAtWechat {
     match status {
         // Cancelled: unpaid timeout (181), user/merchant cancel (250). Numerically past
         // every step, yet none of them happened.
-        181 | 250 => StepAtWechat::Never,
+        s if is_cancelled(s) => StepAtWechat::Never,
         // Every item went through after-sales: only a paid order gets there, and nothing is
         // left to ship or receive.
         200 => StepAtWechat::Done,
@@ -398,7 +399,7 @@ async fn past_step(
                 "trading component order is in status {}, before this step's turn",
                 info.status
             ))),
-            StepAtWechat::Never if matches!(info.status, 181 | 250) && order.status.is_paid() => {
+            StepAtWechat::Never if is_cancelled(info.status) && order.status.is_paid() => {
                 let found_by = match step {
                     20 => "the payment sync (shop/order/pay refused)",
                     30 => "the shipment sync (shop/delivery/send refused)",
@@ -461,7 +462,7 @@ fn absent(app: &App, order: &Order) -> Result<(), TaskError> {
 /// A cancel refused as out of order is done only if WeChat's order is cancelled already.
 async fn cancelled_at_wechat(app: &App, order: &Order) -> Result<(), TaskError> {
     match app.wx.order_get(&key(order), order.openid.as_str()).await {
-        Ok(info) if matches!(info.status, 181 | 250) => Ok(()),
+        Ok(info) if is_cancelled(info.status) => Ok(()),
         Ok(info) => Err(TaskError::Permanent(format!(
             "cannot cancel: trading component order is in status {}",
             info.status
@@ -481,7 +482,7 @@ async fn close_component_order(app: &App, order: &Order) -> Result<(), TaskError
         Err(e) => e,
     };
     match query_component_payment(app, order, None).await? {
-        ComponentPayment::Unpaid { status: 181 | 250 } => Ok(()),
+        ComponentPayment::Unpaid { status } if is_cancelled(status) => Ok(()),
         ComponentPayment::Recorded(_) => {
             tracing::warn!(out_trade_no = %order.out_trade_no, "closed order was paid at WeChat meanwhile; payment recorded");
             Ok(())
@@ -532,7 +533,7 @@ pub async fn component_cancelled(app: &App, order: &Order) -> Result<bool, ApiEr
         .order_get(&key(order), order.openid.as_str())
         .await
         .map_err(unreadable)?;
-    Ok(matches!(wx.status, 181 | 250))
+    Ok(is_cancelled(wx.status))
 }
 
 /// `shop/order/get` did not answer with the order: WeChat did not say (503, retry).
@@ -550,7 +551,7 @@ async fn payment_of(
     wx: crate::shop::order::OrderInfo,
     push: Option<(&str, &str)>,
 ) -> Result<ComponentPayment, ApiError> {
-    if matches!(wx.status, 10 | 11 | 181 | 250) {
+    if matches!(wx.status, 10 | 11) || is_cancelled(wx.status) {
         return Ok(ComponentPayment::Unpaid { status: wx.status });
     }
     // Read by our number: WeChat's id, for an order whose `add` answer was lost, is stored
@@ -639,7 +640,7 @@ pub async fn read_back_lost_add(app: &App, order: &Order) -> Result<LostAdd, Api
     }
     Ok(match payment_of(app, order, wx, None).await? {
         ComponentPayment::Recorded(o) => LostAdd::Paid(o),
-        ComponentPayment::Unpaid { status: 181 | 250 } => LostAdd::Cancelled(id),
+        ComponentPayment::Unpaid { status } if is_cancelled(status) => LostAdd::Cancelled(id),
         ComponentPayment::Unpaid { .. } => LostAdd::Pending(id),
         ComponentPayment::Refused(why) => LostAdd::Refused(why),
     })
@@ -1066,7 +1067,7 @@ async fn aftersale_refused_early(
              order reads paid now (status {})",
             info.status
         ))),
-        StepAtWechat::Never if matches!(info.status, 181 | 250) && order.status.is_paid() => {
+        StepAtWechat::Never if is_cancelled(info.status) && order.status.is_paid() => {
             tracing::warn!(out_trade_no = %order.out_trade_no, wx_status = info.status, "after-sale refused at WeChat: its component order is cancelled there while ours is paid; not mirrored");
             super::audit_callback::cancelled_while_paid(
                 app,

@@ -189,6 +189,15 @@ pub struct OrderPayRequest {
     pub pay_time: Option<String>,
 }
 
+/// Whether a component order's `status` ([`OrderInfo::status`]) is cancelled — never paid,
+/// and no longer payable: 181, an unpaid timeout (seen in one code base only, UNVERIFIED), or
+/// 250, cancelled by the user in WeChat's order centre, by the merchant, or on an unpaid
+/// timeout (WECHAT_SHOP.md §5.3). Numerically past every step of a paid order, yet none of
+/// them happened. (200, every item through after-sales, is not: only a paid order gets there.)
+pub const fn is_cancelled(status: i64) -> bool {
+    matches!(status, 181 | 250)
+}
+
 /// An order as `order/get` / `order/get_list` return it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -197,7 +206,9 @@ pub struct OrderInfo {
     pub order_id: u64,
     pub out_order_id: String,
     pub openid: Option<String>,
-    /// 10 unpaid, 20 paid, 21 partly shipped, 30 shipped, 100 done, 200/250 cancelled.
+    /// 10 unpaid, 11 cashier done (unpaid still), 20 paid, 21 partly shipped, 30 shipped,
+    /// 100 done, 200 every item through after-sales, 181/250 cancelled ([`is_cancelled`];
+    /// WECHAT_SHOP.md §5.3).
     #[serde(deserialize_with = "serde_num::i64_or_string")]
     pub status: i64,
     pub path: String,
