@@ -66,8 +66,10 @@ async fn shop_all(c: &Client, token: &str, limit: usize) -> Vec<String> {
     panic!("the shop's pages did not end: {all:?}");
 }
 
-/// The schedule runs (at most 10 times) until its re-indexing marks every product indexed.
-async fn until_indexed(app: &App) {
+/// The schedule runs (at most 10 times) until its re-indexing marks every product indexed:
+/// whether it did. (Asserted by the callers after what the user sees, so that on a version
+/// without the mark a test fails on what the user sees.)
+async fn until_indexed(app: &App) -> bool {
     use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
     for _ in 0..10 {
         on_schedule(app, wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
@@ -75,10 +77,10 @@ async fn until_indexed(app: &App) {
             .await
             .unwrap();
         if mark.is_some_and(|m| m.value == REINDEX_DONE) {
-            return;
+            return true;
         }
     }
-    panic!("the re-indexing did not finish in 10 schedule runs");
+    false
 }
 
 /// The seeded tea, as stored: a product approved and on sale, to copy.
@@ -187,7 +189,7 @@ async fn the_first_page_shows_every_product_on_sale_past_a_catalog_off_sale() {
     let tea_stored = stored_tea(store).await;
     let mut want = catalog(store, &tea_stored, 240).await;
     want.push("tea".to_owned());
-    until_indexed(&r.app).await;
+    let indexed = until_indexed(&r.app).await;
 
     let (token, _) = c.login("window-shopper").await;
     let (ids, next) = shop_page(&c, &token, 20, None).await;
@@ -210,6 +212,7 @@ async fn the_first_page_shows_every_product_on_sale_past_a_catalog_off_sale() {
     for limit in [1, 2, 3] {
         assert_eq!(shop_all(&c, &token, limit).await, want, "pages of {limit}");
     }
+    assert!(indexed, "the re-indexing marked every product indexed");
     r.stop();
 }
 
@@ -223,7 +226,7 @@ async fn a_product_leaves_the_shop_off_sale_and_comes_back_on_sale() {
     let r = stack_with(&[]).await;
     let c = InProcess::new(&r);
     c.listed_product("cup", "cup-1", 1200).await;
-    until_indexed(&r.app).await;
+    let indexed = until_indexed(&r.app).await;
     let (token, _) = c.login("regular").await;
     let both = vec!["cup".to_owned(), "tea".to_owned()];
     assert_eq!(shop_all(&c, &token, 20).await, both);
@@ -283,6 +286,7 @@ async fn a_product_leaves_the_shop_off_sale_and_comes_back_on_sale() {
     for limit in [1, 2, 20] {
         assert_eq!(shop_all(&c, &token, limit).await, both, "pages of {limit}");
     }
+    assert!(indexed, "the re-indexing marked every product indexed");
     r.stop();
 }
 
@@ -326,12 +330,13 @@ async fn a_product_stored_by_an_earlier_version_is_still_on_sale() {
     );
 
     let report = run_schedule(&r).await;
-    assert_eq!(report["audits"]["reindexed"], 1, "{report}");
-    until_indexed(&r.app).await;
-    let rec = store.get(Kind::Product, "oolong").await.unwrap().unwrap();
-    assert_eq!(rec.status.as_deref(), Some("ON_SALE"));
+    let indexed = until_indexed(&r.app).await;
     assert_eq!(shop_all(&c, &token, 20).await, both, "after it");
     assert_eq!(shop_all(&c, &token, 1).await, both, "pages of one");
+    assert_eq!(report["audits"]["reindexed"], 1, "{report}");
+    assert!(indexed, "the re-indexing marked every product indexed");
+    let rec = store.get(Kind::Product, "oolong").await.unwrap().unwrap();
+    assert_eq!(rec.status.as_deref(), Some("ON_SALE"));
     r.stop();
 }
 
@@ -453,7 +458,7 @@ async fn on_dynamodb_the_shop_reads_only_products_on_sale() {
     }
     assert_eq!(before, want, "before the re-indexing");
 
-    until_indexed(&app).await;
+    let indexed = until_indexed(&app).await;
     counting.product_reads.store(0, Ordering::SeqCst);
     let (ids, next) = shop_page_on(&app, &token, 20).await;
     assert_eq!((ids, next), (want.clone(), None));
@@ -462,6 +467,7 @@ async fn on_dynamodb_the_shop_reads_only_products_on_sale() {
         want.len(),
         "only the products on sale are read"
     );
+    assert!(indexed, "the re-indexing marked every product indexed");
     r.stop();
     drop(moto);
 }
