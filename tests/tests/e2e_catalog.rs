@@ -774,7 +774,8 @@ async fn an_edit_stored_before_the_index_followed_drafts_is_still_swept() {
     assert_eq!(s, 200, "{v}");
     let store = r.app.store.as_ref();
     let mut rec = store.get(Kind::Product, "tea").await.unwrap().unwrap();
-    assert_eq!(rec.status.as_deref(), Some("AUDITING"));
+    // On sale (approved, listed) with its edit under audit: the sweep's on-sale partition.
+    assert_eq!(rec.status.as_deref(), Some("ON_SALE_AUDITING"));
     let version = rec.version;
     rec.status = Some("APPROVED".into());
     rec.version += 1;

@@ -638,11 +638,53 @@ fn unreadable_product(id: &ProductId, e: StoreError) -> ApiError {
 }
 
 /// Up to `limit` products on sale from `cursor`, in product-id order, and the cursor of what
-/// follows (`None`: nothing does). The store's listing holds every product, so products not
-/// on sale are skipped; each further read asks for exactly the places still empty, so every
+/// follows (`None`: nothing does).
+///
+/// Once every product is indexed by [`repo::ProductIndex`] (the re-indexing's mark,
+/// [`on_sale_indexed`]), only the products on sale are read ([`repo::list_on_sale`]): a page is
+/// full whatever else the catalog holds. Until then — products stored by a version before the
+/// on-sale partitions are not in them, and would be hidden — the listing of every product is
+/// read as before ([`on_sale_scanned`]). A cursor says which listing it continues, so a page
+/// goes on where the one before it was read.
+async fn on_sale(
+    app: &App,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<(Vec<Versioned<Product>>, Option<String>), ApiError> {
+    let indexed = match cursor.as_deref() {
+        Some(c) => repo::is_on_sale_cursor(c),
+        None => on_sale_indexed(app).await?,
+    };
+    if !indexed {
+        return on_sale_scanned(app, limit, cursor).await;
+    }
+    let (mut found, unreadable, next) = repo::list_on_sale(
+        app.store.as_ref(),
+        limit,
+        cursor.as_deref(),
+        SHOP_PAGE_READS,
+    )
+    .await?;
+    for u in &unreadable {
+        tracing::error!(product_id = %u.product_id, error = %u.why, "stored product unreadable; left out of the list");
+    }
+    // Indexed in the same write as its value, so always on sale; kept as the rule.
+    found.retain(|p| p.value.is_sellable());
+    Ok((found, next))
+}
+
+/// Whether every product stored is indexed by [`repo::ProductIndex`]: the re-indexing
+/// ([`reindex_step`]) went through the whole catalog and marked it so. One store read.
+async fn on_sale_indexed(app: &App) -> Result<bool, StoreError> {
+    let state = crate::store::kv::get(app.store.as_ref(), REINDEX_KEY).await?;
+    Ok(state.is_some_and(|s| s.value == REINDEX_DONE))
+}
+
+/// [`on_sale`] before the re-indexing is done: the store's listing of every product, products
+/// not on sale skipped; each further read asks for exactly the places still empty, so every
 /// product read is either shown or skipped and the store's own cursor stays exact. At most
 /// [`SHOP_PAGE_READS`] reads: past that the page is returned short, with its `next`.
-async fn on_sale(
+async fn on_sale_scanned(
     app: &App,
     limit: usize,
     cursor: Option<String>,
@@ -1326,10 +1368,15 @@ const AUDIT_SWEEP_MAX: usize = 50;
 /// Products of the full listing re-indexed per run until all are (see
 /// [`repo::reindex_products`]).
 const REINDEX_PAGE: usize = 100;
-/// Where the re-indexing of products stored before the index followed their drafts stands:
-/// a listing cursor, or [`REINDEX_DONE`].
+/// Where the re-indexing of products stored by an earlier version stands: a listing cursor,
+/// [`REINDEX_DONE`], or [`REINDEX_DONE_BEFORE_ON_SALE`]. (Its name is from the first
+/// re-indexing, which it goes on with.)
 const REINDEX_KEY: &str = "migration/product-audit-index";
-const REINDEX_DONE: &str = "done";
+/// Every product is indexed by [`repo::ProductIndex`]: the shop reads the on-sale partitions.
+const REINDEX_DONE: &str = "done:on-sale";
+/// The mark of the re-indexing before the on-sale partitions (the audit sweep's only): the
+/// catalog is re-indexed again, from its start.
+const REINDEX_DONE_BEFORE_ON_SALE: &str = "done";
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct AuditSweepReport {
@@ -1377,11 +1424,14 @@ pub async fn sweep_audits(
     app: &App,
     deadline: crate::time::Deadline,
 ) -> Result<(AuditSweepReport, bool), ApiError> {
-    let mut report = AuditSweepReport::default();
+    // Also with the component off: the shop reads the on-sale partitions once it is done.
+    let mut report = AuditSweepReport {
+        reindexed: reindex_step(app).await?,
+        ..AuditSweepReport::default()
+    };
     if !component_on(app) {
         return Ok((report, true));
     }
-    report.reindexed = reindex_step(app).await?;
     // Platform delistings and restores whose push never came; a failure to read WeChat's list
     // is logged, and leaves the audits to sweep.
     match super::platform_delisting::sweep(app, deadline).await {
@@ -1399,29 +1449,32 @@ pub async fn sweep_audits(
     let now = app.clock.now_ms();
     let due_before = now - AUDIT_PUSH_GRACE_MS;
     let mut due = Vec::new();
-    let mut cursor = None;
-    loop {
-        if deadline.passed() {
-            return Ok((report, false));
-        }
-        let (page, next) = repo::list_products(
-            app.store.as_ref(),
-            repo::ProductFilter::Audit(AuditStatus::Auditing),
-            100,
-            cursor,
-        )
-        .await?;
-        for p in page {
-            report.checked += 1;
-            let p = p.value;
-            // The index can lag behind a verdict just applied.
-            if p.draft_audit() == AuditStatus::Auditing && p.audit_last_seen_ms() <= due_before {
-                due.push((p.audit_last_seen_ms(), p.product_id));
+    for index in repo::ProductIndex::UNDER_AUDIT {
+        let mut cursor = None;
+        loop {
+            if deadline.passed() {
+                return Ok((report, false));
             }
-        }
-        match next {
-            Some(n) => cursor = Some(n),
-            None => break,
+            let (page, next) = repo::list_products(
+                app.store.as_ref(),
+                repo::ProductFilter::Index(index),
+                100,
+                cursor,
+            )
+            .await?;
+            for p in page {
+                report.checked += 1;
+                let p = p.value;
+                // The index can lag behind a verdict just applied.
+                if p.draft_audit() == AuditStatus::Auditing && p.audit_last_seen_ms() <= due_before
+                {
+                    due.push((p.audit_last_seen_ms(), p.product_id));
+                }
+            }
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
         }
     }
     due.sort();
@@ -1476,15 +1529,17 @@ async fn note_audit_asked(app: &App, id: &ProductId, now: i64) {
     }
 }
 
-/// One page of the re-indexing of products stored before the index followed their drafts
-/// (an approved product with an edit under audit was indexed APPROVED, where the sweep no
-/// longer looks), until the listing is done once; after that a single read a run. Returns how
-/// many were indexed again.
+/// One page of the re-indexing of products stored by an earlier version (an approved product
+/// with an edit under audit was indexed APPROVED, where the sweep no longer looks; a product
+/// on sale was indexed APPROVED or AUDITING, where the shop does not look), until the listing
+/// is done once and marked [`REINDEX_DONE`] — from then on the shop reads only the products on
+/// sale — after that a single read a run. Returns how many were indexed again.
 async fn reindex_step(app: &App) -> Result<usize, ApiError> {
     let store = app.store.as_ref();
     let state = crate::store::kv::get(store, REINDEX_KEY).await?;
     let cursor = match state.as_ref().map(|s| s.value.as_str()) {
         Some(REINDEX_DONE) => return Ok(0),
+        Some(REINDEX_DONE_BEFORE_ON_SALE) => None,
         Some(c) => Some(c.to_owned()),
         None => None,
     };
@@ -1499,7 +1554,7 @@ async fn reindex_step(app: &App) -> Result<usize, ApiError> {
     if rewritten > 0 {
         tracing::info!(
             rewritten,
-            "products stored before the audit index followed their drafts indexed again"
+            "products stored by an earlier version indexed again (audit and on-sale partitions)"
         );
     }
     let value = next.as_deref().unwrap_or(REINDEX_DONE);

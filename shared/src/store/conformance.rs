@@ -18,7 +18,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::idempotency::{self, Claim};
-use super::repo::{self, Batch, EventRecord, ProductFilter, RefundRecord, RefundStatus};
+use super::repo::{
+    self, Batch, EventRecord, ProductFilter, ProductIndex, RefundRecord, RefundStatus,
+};
 use super::rotation::Rotation;
 use super::{kv, DynStore, Expect, Index, Kind, Page, Query, Record, StoreError, Write};
 use crate::domain::{
@@ -51,6 +53,7 @@ pub async fn run_all(store: DynStore) {
     aftersales_by_refunded_at(&store).await;
     rotations(&store).await;
     product_audit_index(&store).await;
+    product_on_sale_index(&store).await;
 }
 
 // ---------------------------------------------------------------- helpers
@@ -1831,7 +1834,8 @@ pub async fn repo_round_trip(store: &DynStore) {
     b.check_order(&v2);
     b.update_product(&vp, &approved);
     b.commit(s).await.unwrap();
-    let (list, _) = repo::list_products(s, ProductFilter::Audit(AuditStatus::Approved), 1000, None)
+    // Approved and listed: on sale (the index's APPROVED is for approved products not on sale).
+    let (list, _) = repo::list_products(s, ProductFilter::Index(ProductIndex::OnSale), 1000, None)
         .await
         .unwrap();
     let approved_ids: Vec<&ProductId> = list
@@ -2047,11 +2051,11 @@ pub async fn rotations(store: &DynStore) {
 
 // ---------------------------------------------------------------- product audit index
 
-/// Whether product `id` is listed under `audit`.
-async fn listed_under(s: &dyn super::Store, audit: AuditStatus, id: &ProductId) -> bool {
+/// Whether product `id` is listed under `index`.
+async fn listed_under(s: &dyn super::Store, index: ProductIndex, id: &ProductId) -> bool {
     let mut cursor = None;
     loop {
-        let (page, next) = repo::list_products(s, ProductFilter::Audit(audit), 100, cursor)
+        let (page, next) = repo::list_products(s, ProductFilter::Index(index), 100, cursor)
             .await
             .unwrap();
         if page.iter().any(|p| &p.value.product_id == id) {
@@ -2060,6 +2064,36 @@ async fn listed_under(s: &dyn super::Store, audit: AuditStatus, id: &ProductId) 
         match next {
             Some(n) => cursor = Some(n),
             None => return false,
+        }
+    }
+}
+
+/// Whether the audit sweep's listing ([`ProductIndex::UNDER_AUDIT`]) holds `id`.
+async fn under_audit(s: &dyn super::Store, id: &ProductId) -> bool {
+    for index in ProductIndex::UNDER_AUDIT {
+        if listed_under(s, index, id).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// The ids [`repo::list_on_sale`] gives, `limit` a page, of those starting with `p`.
+async fn on_sale_ids(s: &dyn super::Store, p: &str, limit: usize) -> Vec<String> {
+    let (mut ids, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let (page, _, next) = repo::list_on_sale(s, limit, cursor.as_deref(), 3)
+            .await
+            .unwrap();
+        assert!(page.len() <= limit);
+        ids.extend(
+            page.into_iter()
+                .map(|v| v.value.product_id.as_str().to_owned())
+                .filter(|id| id.starts_with(p)),
+        );
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return ids,
         }
     }
 }
@@ -2098,8 +2132,8 @@ pub async fn product_audit_index(store: &DynStore) {
     let mut b = Batch::new();
     b.create_product(&edited(&id));
     b.commit(s).await.unwrap();
-    assert!(listed_under(s, AuditStatus::Auditing, &id).await);
-    assert!(!listed_under(s, AuditStatus::Approved, &id).await);
+    assert!(under_audit(s, &id).await);
+    assert!(!listed_under(s, ProductIndex::OnSale, &id).await);
     let v = repo::get_product(s, &id).await.unwrap().unwrap();
     assert_eq!(v.value.audit, AuditStatus::Approved, "its own status");
     let mut decided = v.value.clone();
@@ -2107,8 +2141,8 @@ pub async fn product_audit_index(store: &DynStore) {
     let mut b = Batch::new();
     b.update_product(&v, &decided);
     b.commit(s).await.unwrap();
-    assert!(listed_under(s, AuditStatus::Approved, &id).await);
-    assert!(!listed_under(s, AuditStatus::Auditing, &id).await);
+    assert!(listed_under(s, ProductIndex::OnSale, &id).await);
+    assert!(!under_audit(s, &id).await);
 
     // Stored as before: indexed by the product's own status.
     let old = ProductId::parse(format!("{p}o")).unwrap();
@@ -2125,9 +2159,9 @@ pub async fn product_audit_index(store: &DynStore) {
         "a product as stored before",
     )
     .await;
-    assert!(!listed_under(s, AuditStatus::Auditing, &old).await);
+    assert!(!under_audit(s, &old).await);
     assert!(reindex_all(s).await >= 1);
-    assert!(listed_under(s, AuditStatus::Auditing, &old).await);
+    assert!(under_audit(s, &old).await);
     let v = repo::get_product(s, &old).await.unwrap().unwrap();
     assert_eq!(v.version, 2);
     assert_eq!(v.value, edited(&old), "written again as it was");
@@ -2137,4 +2171,99 @@ pub async fn product_audit_index(store: &DynStore) {
         2,
         "indexed as it is: not written again"
     );
+}
+
+/// Products on sale have a listing of their own: ON_SALE (ON_SALE_AUDITING while an edit of
+/// one is under audit), set and cleared by the write that changes the product — delisted,
+/// refused, delisted by the platform it leaves, listed again it comes back — read by
+/// `list_on_sale` in product-id order across both, pages of any size, each product once. A
+/// product stored before the partitions (under APPROVED) is not there until
+/// `reindex_products` writes it again.
+pub async fn product_on_sale_index(store: &DynStore) {
+    let s = store.as_ref();
+    let p = prefix();
+    let id = |i: usize| ProductId::parse(format!("{p}{i:02}")).unwrap();
+    let mut b = Batch::new();
+    for i in 0..12 {
+        let mut prod = product(&id(i), AuditStatus::Approved);
+        match i % 4 {
+            0 => {}
+            1 => prod.listing = Listing::Delisted,
+            2 => prod.audit = AuditStatus::Draft,
+            _ => {
+                prod.edit = Some(Edit {
+                    content: prod.content(),
+                    audit: AuditStatus::Auditing,
+                    reject_reason: None,
+                    submit_error: None,
+                })
+            }
+        }
+        b.create_product(&prod);
+    }
+    b.commit(s).await.unwrap();
+    let want: Vec<String> = [0, 3, 4, 7, 8, 11]
+        .iter()
+        .map(|i| id(*i).as_str().to_owned())
+        .collect();
+    for limit in [1, 2, 3, 5, 100] {
+        assert_eq!(on_sale_ids(s, &p, limit).await, want, "pages of {limit}");
+    }
+    assert!(listed_under(s, ProductIndex::OnSaleAuditing, &id(3)).await);
+    assert!(
+        under_audit(s, &id(3)).await,
+        "the sweep still finds its edit"
+    );
+    assert!(listed_under(s, ProductIndex::Approved, &id(1)).await);
+
+    // Off sale and back, by the product's own writes.
+    let change = |f: fn(&mut Product)| {
+        let id0 = id(0);
+        async move {
+            let v = repo::get_product(s, &id0).await.unwrap().unwrap();
+            let mut next = v.value.clone();
+            f(&mut next);
+            let mut b = Batch::new();
+            b.update_product(&v, &next);
+            b.commit(s).await.unwrap();
+        }
+    };
+    let first = id(0).as_str().to_owned();
+    change(|p| p.listing = Listing::Delisted).await;
+    assert!(!on_sale_ids(s, &p, 100).await.contains(&first), "delisted");
+    change(|p| p.listing = Listing::Listed).await;
+    assert!(on_sale_ids(s, &p, 100).await.contains(&first), "listed");
+    change(|p| p.audit = AuditStatus::Rejected).await;
+    assert!(!on_sale_ids(s, &p, 100).await.contains(&first), "refused");
+    change(|p| p.audit = AuditStatus::Approved).await;
+    change(|p| {
+        p.delist_by_platform();
+    })
+    .await;
+    assert!(!on_sale_ids(s, &p, 100).await.contains(&first), "platform");
+    change(|p| {
+        p.restore_by_platform();
+    })
+    .await;
+    assert_eq!(on_sale_ids(s, &p, 2).await, want, "all back");
+
+    // Stored as before: under APPROVED, listed and approved.
+    let old = ProductId::parse(format!("{p}05x")).unwrap();
+    let mut r = Record::new(
+        Kind::Product,
+        old.as_str(),
+        Record::encode(&product(&old, AuditStatus::Approved)).unwrap(),
+    );
+    r.owner = Some(repo::PRODUCTS_OWNER.to_owned());
+    r.status = Some("APPROVED".into());
+    must_write(store, vec![put(r, Expect::Absent)], "a product as before").await;
+    assert_eq!(
+        on_sale_ids(s, &p, 100).await,
+        want,
+        "not in the partition yet"
+    );
+    assert!(reindex_all(s).await >= 1);
+    let mut with_old = want.clone();
+    with_old.insert(3, old.as_str().to_owned());
+    assert_eq!(on_sale_ids(s, &p, 2).await, with_old, "indexed again");
 }

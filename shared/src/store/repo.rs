@@ -178,9 +178,9 @@ pub fn index_listings() -> Vec<(Kind, Index)> {
             .map(|s| status(Kind::AfterSale, s.as_str())),
     );
     listings.extend(
-        PRODUCT_AUDITS
+        ProductIndex::ALL
             .iter()
-            .map(|a| status(Kind::Product, audit_str(*a))),
+            .map(|i| status(Kind::Product, i.as_str())),
     );
     listings.extend(
         RefundStatus::ALL
@@ -217,47 +217,92 @@ pub async fn any_order_created_before(
 /// Every product is listed under this owner, so "all products" is one index query.
 pub const PRODUCTS_OWNER: &str = "all";
 
-/// Every audit a product can be indexed under.
-pub const PRODUCT_AUDITS: [AuditStatus; 4] = [
-    AuditStatus::Draft,
-    AuditStatus::Auditing,
-    AuditStatus::Approved,
-    AuditStatus::Rejected,
-];
+/// Where a product is on the status index: what the two listings that read it need. The
+/// audit sweep reads [`ProductIndex::UNDER_AUDIT`] (a verdict can be owed for those); the
+/// shop reads [`ProductIndex::ON_SALE`], in product-id order, and never a product not on sale
+/// (a catalog accumulates drafts, delisted, refused and platform-delisted products, and the
+/// shop used to read them all to skip them).
+///
+/// The partition is computed from the product in the same write that stores it
+/// ([`product_record`]), so it can never disagree with the value: no separate write to lose.
+/// [`Product::is_sellable`] depends only on the product's own audit and listing (not on stock
+/// or a clock), so an index on it does not go stale; stock is shown as it is on read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProductIndex {
+    /// Not on sale, nothing of it under audit: by its own audit.
+    Draft,
+    Approved,
+    Rejected,
+    /// Not on sale; its own first version (or a submission) under audit at WeChat.
+    Auditing,
+    /// On sale ([`Product::is_sellable`]), nothing of it under audit.
+    OnSale,
+    /// On sale, and an edit of it under audit at WeChat (it sells as approved meanwhile).
+    OnSaleAuditing,
+}
 
-pub fn audit_str(a: AuditStatus) -> &'static str {
-    match a {
-        AuditStatus::Draft => "DRAFT",
-        AuditStatus::Auditing => "AUDITING",
-        AuditStatus::Approved => "APPROVED",
-        AuditStatus::Rejected => "REJECTED",
+impl ProductIndex {
+    /// Every partition a product can be indexed under.
+    pub const ALL: [ProductIndex; 6] = [
+        ProductIndex::Draft,
+        ProductIndex::Approved,
+        ProductIndex::Rejected,
+        ProductIndex::Auditing,
+        ProductIndex::OnSale,
+        ProductIndex::OnSaleAuditing,
+    ];
+    /// The products a verdict can be owed for (the audit sweep's listing).
+    pub const UNDER_AUDIT: [ProductIndex; 2] =
+        [ProductIndex::Auditing, ProductIndex::OnSaleAuditing];
+    /// The products on sale (the shop's listing).
+    pub const ON_SALE: [ProductIndex; 2] = [ProductIndex::OnSale, ProductIndex::OnSaleAuditing];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProductIndex::Draft => "DRAFT",
+            ProductIndex::Approved => "APPROVED",
+            ProductIndex::Rejected => "REJECTED",
+            ProductIndex::Auditing => "AUDITING",
+            ProductIndex::OnSale => "ON_SALE",
+            ProductIndex::OnSaleAuditing => "ON_SALE_AUDITING",
+        }
+    }
+
+    /// Where `p` is indexed: AUDITING-like while anything of it is under audit at WeChat — its
+    /// own first version, or an edit of the approved product, whose own status stays APPROVED
+    /// (it sells on meanwhile) — split by whether it is on sale; else ON_SALE when on sale,
+    /// else its own audit.
+    pub fn of(p: &Product) -> ProductIndex {
+        let under_audit = p.draft_audit() == AuditStatus::Auditing;
+        match (p.is_sellable(), under_audit) {
+            (true, true) => ProductIndex::OnSaleAuditing,
+            (true, false) => ProductIndex::OnSale,
+            (false, true) => ProductIndex::Auditing,
+            (false, false) => match p.audit {
+                AuditStatus::Draft => ProductIndex::Draft,
+                AuditStatus::Auditing => ProductIndex::Auditing,
+                AuditStatus::Approved => ProductIndex::Approved,
+                AuditStatus::Rejected => ProductIndex::Rejected,
+            },
+        }
     }
 }
 
-/// The audit a product is indexed under: AUDITING while anything of it is under audit at
-/// WeChat — its own first version, or an edit of the approved product, whose own status
-/// stays APPROVED (it sells on meanwhile) — else its own. So the audit sweep reads only the
-/// products a verdict can be owed for, not the catalog.
-fn product_index_audit(p: &Product) -> AuditStatus {
-    match p.draft_audit() {
-        AuditStatus::Auditing => AuditStatus::Auditing,
-        _ => p.audit,
-    }
-}
-
-/// Products: id = product_id, owner = "all", status = [`product_index_audit`], sort = 0 (so
-/// both listings are ordered by product id, stable while products change).
+/// Products: id = product_id, owner = "all", status = [`ProductIndex::of`], sort = 0 (so
+/// every listing is ordered by product id, stable while products change).
 fn product_record(p: &Product, version: u64) -> Result<Record, StoreError> {
     let mut rec = Record::new(Kind::Product, p.product_id.as_str(), Record::encode(p)?);
     rec.version = version;
     rec.owner = Some(PRODUCTS_OWNER.to_owned());
-    rec.status = Some(audit_str(product_index_audit(p)).to_owned());
+    rec.status = Some(ProductIndex::of(p).as_str().to_owned());
     rec.sort = 0;
     Ok(rec)
 }
 
-/// Products stored before they were indexed by [`product_index_audit`] (an approved product
-/// with an edit under audit was indexed APPROVED, where the audit sweep does not read):
+/// Products stored before they were indexed by [`ProductIndex::of`] (an approved product
+/// with an edit under audit was indexed APPROVED, where the audit sweep does not read; before
+/// the on-sale partitions, a product on sale was indexed APPROVED or AUDITING, where the shop
+/// does not read):
 /// from `cursor`, `limit` products of the full listing are read and those indexed otherwise
 /// than they are now written again, as they are. `(rewritten, next)`; `next` is `None` at the
 /// end of the listing. Products are never deleted, so a `next` kept between runs stays good.
@@ -275,7 +320,7 @@ pub async fn reindex_products(
         let Ok(p) = versioned::<Product>(rec) else {
             continue; // unreadable: nothing to index it by
         };
-        if rec.status.as_deref() == Some(audit_str(product_index_audit(&p.value))) {
+        if rec.status.as_deref() == Some(ProductIndex::of(&p.value).as_str()) {
             continue;
         }
         let mut batch = Batch::new();
@@ -301,9 +346,8 @@ pub async fn get_product(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProductFilter {
     All,
-    /// Those indexed at this audit: under `Auditing`, every product something of which is
-    /// under audit (an approved product's edit too); under the others, the rest by their own.
-    Audit(AuditStatus),
+    /// Those indexed under this partition of the status index ([`ProductIndex::of`]).
+    Index(ProductIndex),
 }
 
 /// One page of the store's product records under `filter`, as stored.
@@ -315,7 +359,7 @@ async fn product_page(
 ) -> Result<crate::store::Page, StoreError> {
     let index = match filter {
         ProductFilter::All => Index::Owner(PRODUCTS_OWNER.to_owned()),
-        ProductFilter::Audit(a) => Index::Status(audit_str(a).to_owned()),
+        ProductFilter::Index(i) => Index::Status(i.as_str().to_owned()),
     };
     let mut q = Query::new(Kind::Product, index);
     q.limit = limit.max(1);
@@ -376,6 +420,184 @@ pub async fn list_products_readable(
         }
     }
     Ok((products, unreadable, page.next))
+}
+
+// ---------------------------------------------------------------- the shop's listing
+
+/// What a cursor of [`list_on_sale`] starts with (the store's own cursors are URL-safe base64,
+/// which has no `.`): a caller can tell it from a cursor of the full listing.
+const ON_SALE_CURSOR: &str = "s.";
+
+/// Where [`list_on_sale`] stands: the last product id given out, and the store's cursor of
+/// the ON_SALE partition to read on from (its products up to `after` are skipped: a page can
+/// end inside what one store read returned).
+#[derive(Serialize, Deserialize)]
+struct OnSaleCursor {
+    after: Option<String>,
+    from: Option<String>,
+}
+
+/// Whether `cursor` was given out by [`list_on_sale`].
+pub fn is_on_sale_cursor(cursor: &str) -> bool {
+    cursor.starts_with(ON_SALE_CURSOR)
+}
+
+fn encode_on_sale_cursor(after: Option<String>, from: Option<String>) -> String {
+    use base64::Engine;
+    let json = serde_json::to_vec(&OnSaleCursor { after, from }).unwrap_or_default();
+    format!(
+        "{ON_SALE_CURSOR}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    )
+}
+
+fn decode_on_sale_cursor(cursor: &str) -> Result<OnSaleCursor, StoreError> {
+    use base64::Engine;
+    let raw = cursor
+        .strip_prefix(ON_SALE_CURSOR)
+        .ok_or(StoreError::BadCursor)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .map_err(|_| StoreError::BadCursor)?;
+    serde_json::from_slice(&json).map_err(|_| StoreError::BadCursor)
+}
+
+/// Reads one page of `index`'s products, readable ones apart from the others.
+async fn indexed_page(
+    store: &dyn Store,
+    index: ProductIndex,
+    limit: usize,
+    cursor: Option<String>,
+    unreadable: &mut Vec<UnreadableProduct>,
+) -> Result<(Vec<Versioned<Product>>, Option<String>, Option<String>), StoreError> {
+    let page = product_page(store, ProductFilter::Index(index), limit, cursor).await?;
+    let last = page.records.last().map(|r| r.id.clone());
+    let mut products = Vec::with_capacity(page.records.len());
+    for rec in &page.records {
+        match versioned::<Product>(rec) {
+            Ok(p) => products.push(p),
+            Err(e) => unreadable.push(UnreadableProduct {
+                product_id: rec.id.clone(),
+                why: e.to_string(),
+            }),
+        }
+    }
+    Ok((products, last, page.next))
+}
+
+/// Up to `limit` products on sale after `cursor` (one of this function's), in product-id
+/// order, read from the ON_SALE partitions only ([`ProductIndex::ON_SALE`]) — never a product
+/// not on sale — with records that cannot be read as products named apart, and the cursor of
+/// what follows (`None`: nothing does).
+///
+/// ON_SALE is read page by page (at most `reads` reads of it); ON_SALE_AUDITING (products on
+/// sale with an edit under audit at WeChat: few, for the time of an audit) is read whole and
+/// merged in by id. A page can end inside a store read (when those merged in fill it): its
+/// cursor then keeps that read's start and the last id given out, and the next page skips up
+/// to it.
+pub async fn list_on_sale(
+    store: &dyn Store,
+    limit: usize,
+    cursor: Option<&str>,
+    reads: usize,
+) -> Result<
+    (
+        Vec<Versioned<Product>>,
+        Vec<UnreadableProduct>,
+        Option<String>,
+    ),
+    StoreError,
+> {
+    let limit = limit.max(1);
+    let OnSaleCursor {
+        mut after,
+        mut from,
+    } = match cursor {
+        Some(c) => decode_on_sale_cursor(c)?,
+        None => OnSaleCursor {
+            after: None,
+            from: None,
+        },
+    };
+    let past = |after: &Option<String>, id: &str| after.as_deref().is_none_or(|a| id > a);
+    let mut unreadable = Vec::new();
+    let mut editing = std::collections::VecDeque::new();
+    let mut edit_cursor = None;
+    loop {
+        let (page, _, next) = indexed_page(
+            store,
+            ProductIndex::OnSaleAuditing,
+            100,
+            edit_cursor,
+            &mut unreadable,
+        )
+        .await?;
+        editing.extend(
+            page.into_iter()
+                .filter(|p| past(&after, p.value.product_id.as_str())),
+        );
+        match next {
+            Some(n) => edit_cursor = Some(n),
+            None => break,
+        }
+    }
+    let mut found: Vec<Versioned<Product>> = Vec::with_capacity(limit);
+    let mut read = 0;
+    loop {
+        let room = limit - found.len();
+        let (page, last, next) = indexed_page(
+            store,
+            ProductIndex::OnSale,
+            room,
+            from.clone(),
+            &mut unreadable,
+        )
+        .await?;
+        read += 1;
+        let mut batch: Vec<Versioned<Product>> = page
+            .into_iter()
+            .filter(|p| past(&after, p.value.product_id.as_str()))
+            .collect();
+        // Those under an edit's audit up to where this read reached (all, at its end).
+        while let Some(e) = editing.front() {
+            let id = e.value.product_id.as_str();
+            let within = match (&next, &last) {
+                (None, _) => true,
+                (Some(_), Some(last)) => id <= last.as_str(),
+                (Some(_), None) => false,
+            };
+            match (within, editing.pop_front()) {
+                (true, Some(e)) => batch.push(e),
+                (false, Some(e)) => {
+                    editing.push_front(e);
+                    break;
+                }
+                (_, None) => break,
+            }
+        }
+        batch.sort_by(|a, b| a.value.product_id.as_str().cmp(b.value.product_id.as_str()));
+        // Moved between the partitions between two reads: given once.
+        batch.dedup_by(|a, b| a.value.product_id == b.value.product_id);
+        if batch.len() > room {
+            batch.truncate(room);
+            after = batch.last().map(|p| p.value.product_id.as_str().to_owned());
+            found.extend(batch);
+            // The rest of this read is read again, from the same place.
+            return Ok((found, unreadable, Some(encode_on_sale_cursor(after, from))));
+        }
+        found.extend(batch);
+        if let Some(p) = found.last() {
+            after = Some(p.value.product_id.as_str().to_owned());
+        }
+        let Some(next) = next else {
+            // The end of ON_SALE: every one under an edit's audit was merged in above.
+            return Ok((found, unreadable, None));
+        };
+        from = Some(next);
+        if found.len() >= limit || read >= reads.max(1) {
+            return Ok((found, unreadable, Some(encode_on_sale_cursor(after, from))));
+        }
+    }
 }
 
 // ---------------------------------------------------------------- after-sales
