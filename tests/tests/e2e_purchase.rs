@@ -6103,14 +6103,15 @@ async fn a_key_sent_with_another_request_while_its_first_runs_is_busy() {
     let c = Client::new(&r);
     let (token, _) = c.login("rosa").await;
     let start = tea_stock(&c).await;
-    c.fault(json!({"path": "shop/scene/check", "mode": "slow", "delay_ms": 5000, "count": 1}))
+    c.fault(json!({"path": "shop/scene/check", "mode": "slow", "delay_ms": 3000, "count": 1}))
         .await;
     let first_body = scene_order(1001, "k-busy");
     let first = c.post("/fn/unifiedOrder", Some(&token), &first_body);
     let second = async {
         // Sent once the first is in its (slow) scene check, holding the key: not after a
         // fixed 300 ms, by which a loaded host may not have started the first at all (the
-        // second then took the key and the first was refused). The check answers 5 s on.
+        // second then took the key and the first was refused). The check answers 3 s on
+        // (under the 5 s WX_HTTP_TIMEOUT_MS, which a longer delay ran into).
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while r.sandbox.calls("shop/scene/check").is_empty() {
             assert!(
