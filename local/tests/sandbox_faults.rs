@@ -159,7 +159,7 @@ async fn a_slow_answer_comes_after_the_call_took_effect() {
     let tok = token(&base).await;
     post_json(
         format!("{base}/_control/faults"),
-        json!({"path": "account/update_info", "mode": "slow", "delay_ms": 400, "count": 1}),
+        json!({"path": "account/update_info", "mode": "slow", "delay_ms": SLOW_MS, "count": 1}),
     )
     .await;
     let t = Instant::now();
@@ -173,13 +173,29 @@ async fn a_slow_answer_comes_after_the_call_took_effect() {
         )
         .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let info = shop(&base, &tok, "account/get_info", json!({})).await;
+    // The change is looked for (not after a fixed 100 ms: on a loaded host the call may not
+    // have reached the sandbox by then), and must be seen while the answer is still delayed.
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let info = loop {
+        let info = shop(&base, &tok, "account/get_info", json!({})).await;
+        if info["data"]["service_agent_phone"] == "020-1" {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline && !slow.is_finished(),
+            "the change not seen before its answer: {info}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(info["data"]["service_agent_phone"], "020-1", "{info}");
     assert!(!slow.is_finished(), "the answer is still on its way");
     assert_eq!(slow.await.unwrap()["errcode"], 0);
-    assert!(t.elapsed().as_millis() >= 400);
+    assert!(t.elapsed().as_millis() >= u128::from(SLOW_MS));
 }
+
+/// The `slow` fault's delay above: long enough that a loaded host still sees the change
+/// before the answer comes.
+const SLOW_MS: u64 = 5_000;
 
 /// POSTs `body` to a control endpoint: (HTTP status, answer).
 async fn control(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {

@@ -1445,7 +1445,9 @@ async fn wx_aftersale(r: &Running, wx_id: u64) -> wxshop::shop::aftersale::EcAft
 /// Ours `id` as stored, once WeChat's id is stored with it: (ours, WeChat's id).
 async fn added_at_wechat(r: &Running, id: &str) -> (wxshop::domain::AfterSale, u64) {
     let id = wxshop::domain::AfterSaleId::parse(id.to_owned()).unwrap();
-    for _ in 0..300 {
+    // Up to 20 s (was 300 polls of the store, ~6 s: short for a loaded host).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
         let stored = wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &id)
             .await
             .unwrap()

@@ -276,7 +276,9 @@ async fn duplicate_concurrent_notifications_make_one_transition_and_one_sync() {
     c.post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
         .await;
     let mut txid = String::new();
-    for _ in 0..200 {
+    // Up to 20 s (was 200 polls, ~4 s: short for a loaded host).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
         let o = c.status(&token, &no).await;
         if o["status"] == "PAID" {
             txid = o["transaction_id"].as_str().unwrap().to_owned();
@@ -947,12 +949,8 @@ async fn injected_faults_are_recovered_by_retries() {
             .count()
             >= 3
     };
-    for _ in 0..100 {
-        if synced().await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // At least 20 s (was 100 polls, ~10 s), the retries' back-off on a loaded host.
+    eventually("shop/order/pay asked three times", synced).await;
     // Two refused attempts, then the one that landed.
     assert_eq!(
         r.sandbox
@@ -1154,7 +1152,20 @@ async fn a_caller_that_hangs_up_does_not_leave_its_order_half_made() {
         .await;
     assert!(first.is_err(), "the caller timed out first: {first:?}");
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let (s, retried) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+    // Retried as the mini program retries: while the key reads busy (409
+    // REQUEST_IN_PROGRESS, the first call not done yet — on a loaded host it can take longer
+    // than the 1.5 s above), again, for up to 20 s: well short of the half minute a dropped
+    // handler held the key.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (s, retried) = loop {
+        let (s, v) = c.post("/fn/unifiedOrder", Some(&token), &body).await;
+        if (s, v["code"].as_str()) != (409, Some("REQUEST_IN_PROGRESS"))
+            || std::time::Instant::now() > deadline
+        {
+            break (s, v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(s, 200, "{retried}");
     let (_, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
     let orders = list["orders"].as_array().unwrap();
@@ -6092,12 +6103,23 @@ async fn a_key_sent_with_another_request_while_its_first_runs_is_busy() {
     let c = Client::new(&r);
     let (token, _) = c.login("rosa").await;
     let start = tea_stock(&c).await;
-    c.fault(json!({"path": "shop/scene/check", "mode": "slow", "delay_ms": 1500, "count": 1}))
+    c.fault(json!({"path": "shop/scene/check", "mode": "slow", "delay_ms": 3000, "count": 1}))
         .await;
     let first_body = scene_order(1001, "k-busy");
     let first = c.post("/fn/unifiedOrder", Some(&token), &first_body);
     let second = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Sent once the first is in its (slow) scene check, holding the key: not after a
+        // fixed 300 ms, by which a loaded host may not have started the first at all (the
+        // second then took the key and the first was refused). The check answers 3 s on
+        // (under the 5 s WX_HTTP_TIMEOUT_MS, which a longer delay ran into).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while r.sandbox.calls("shop/scene/check").is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first request never reached its scene check"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         c.post(
             "/fn/unifiedOrder",
             Some(&token),

@@ -907,13 +907,16 @@ async fn start_moto() -> Moto {
     .expect("start moto");
     let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    for _ in 0..100 {
+    // Python's start-up (moto imports a lot) can take well over 10 s on a loaded host: up to
+    // 30 s, as the other tests' moto waits (100 polls, ~10 s, before).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         if client.get(format!("{url}/moto-api/")).send().await.is_ok() {
             return Moto { child, url };
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("moto did not start on {url}");
+    panic!("moto did not start on {url} within 30 s");
 }
 
 /// Creates a secret through moto's Secrets Manager JSON API; returns its ARN.
