@@ -214,7 +214,15 @@ pub async fn drain_until(
 /// less [`SCHEDULE_MARGIN`], what one entry may take): the rest are returned as not settled,
 /// and the stream hands them to the next invocation at once. The first always runs, so every
 /// invocation makes progress.
+///
+/// Every WeChat call an entry makes is bounded by `deadline` too ([`crate::time::bounded`]):
+/// an entry started late has its calls cut (or not sent) before it, fails cleanly and stays
+/// due, rather than being killed mid-call by the Lambda timeout.
 pub async fn on_outbox_records(app: &App, ids: Vec<String>, deadline: Deadline) -> Vec<String> {
+    crate::time::bounded(Some(deadline), outbox_records_until(app, ids, deadline)).await
+}
+
+async fn outbox_records_until(app: &App, ids: Vec<String>, deadline: Deadline) -> Vec<String> {
     let mut failed = Vec::new();
     let mut ids = ids.into_iter();
     let mut started = false;
@@ -343,7 +351,14 @@ pub struct ScheduleReport {
 /// time left (a phase that finishes early leaves its time to the next), and what remains then
 /// goes, in order, to the phases the first pass cut short. A slow WeChat thus slows the
 /// sweep, but the audits and the purge still run, and the run ends before the Lambda timeout.
+///
+/// Every WeChat call of the run is bounded by `deadline` ([`crate::time::bounded`]): an item
+/// started late has its calls cut (or not sent) before it and stays due for the next run.
 pub async fn on_schedule(app: &App, deadline: Deadline) -> serde_json::Value {
+    crate::time::bounded(Some(deadline), schedule_until(app, deadline)).await
+}
+
+async fn schedule_until(app: &App, deadline: Deadline) -> serde_json::Value {
     let mut report = ScheduleReport::default();
     let mut cut_short = Vec::new();
     for (i, phase) in PHASES.into_iter().enumerate() {
