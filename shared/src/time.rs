@@ -176,7 +176,9 @@ impl Deadline {
 
 /// What an outside call leaves for the store writes that follow it: a call's timeout ends
 /// this long before the invocation's deadline ([`call_timeout`]).
-pub const CALL_RESERVE: std::time::Duration = std::time::Duration::from_millis(1_500);
+/// 2 s: what `tests/tests/infra.rs` allows for the store after a function's chain of calls (a
+/// handful of operations, normally milliseconds each).
+pub const CALL_RESERVE: std::time::Duration = std::time::Duration::from_millis(2_000);
 
 /// The least time worth sending an outside call with: with less left (after
 /// [`CALL_RESERVE`]) the call is not sent at all ([`CallBudget::NoTime`]).
@@ -284,6 +286,8 @@ mod tests {
         use std::time::Duration;
         let four = Duration::from_secs(4);
         let ms = Duration::from_millis;
+        assert_eq!(CALL_RESERVE, ms(2_000));
+        assert_eq!(MIN_CALL_TIME, ms(300));
         // No deadline: the configured timeout, as before.
         assert_eq!(clamp_call_timeout(four, None), CallBudget::Send(four));
         // Plenty left: the configured timeout.
@@ -292,25 +296,25 @@ mod tests {
             CallBudget::Send(four)
         );
         assert_eq!(
-            clamp_call_timeout(four, Some(ms(5_500))),
+            clamp_call_timeout(four, Some(ms(6_000))),
             CallBudget::Send(four)
         );
         // Less left: what is left less the reserve.
         assert_eq!(
-            clamp_call_timeout(four, Some(ms(5_499))),
+            clamp_call_timeout(four, Some(ms(5_999))),
             CallBudget::Send(ms(3_999))
         );
         assert_eq!(
-            clamp_call_timeout(four, Some(ms(2_000))),
+            clamp_call_timeout(four, Some(ms(2_500))),
             CallBudget::Send(ms(500))
         );
         assert_eq!(
-            clamp_call_timeout(four, Some(ms(1_800))),
+            clamp_call_timeout(four, Some(ms(2_300))),
             CallBudget::Send(ms(300))
         );
         // Under the minimum after the reserve: not sent.
         assert_eq!(
-            clamp_call_timeout(four, Some(ms(1_799))),
+            clamp_call_timeout(four, Some(ms(2_299))),
             CallBudget::NoTime
         );
         assert_eq!(

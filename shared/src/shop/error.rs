@@ -191,6 +191,22 @@ mod tests {
     }
 
     #[test]
+    fn a_call_not_sent_for_want_of_time_is_retryable_but_not_answer_lost() {
+        let not_sent = WxError::NotSent {
+            path: "shop/order/add".into(),
+        };
+        assert_eq!(not_sent.kind(), WxErrorKind::Transport);
+        assert!(not_sent.is_retryable());
+        assert!(!not_sent.answer_lost(), "nothing reached WeChat");
+        // Cut mid-flight by the deadline: a timeout, which may have been applied.
+        let cut = WxError::Timeout {
+            path: "shop/order/add".into(),
+        };
+        assert!(cut.is_retryable());
+        assert!(cut.answer_lost());
+    }
+
+    #[test]
     fn classes() {
         assert_eq!(api(45009).kind(), WxErrorKind::QuotaExceeded);
         assert!(api(45009).is_retryable());
