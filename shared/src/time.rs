@@ -172,6 +172,11 @@ impl Deadline {
     pub fn passed(self) -> bool {
         self.remaining().is_zero()
     }
+
+    /// `by` later than this one.
+    pub fn later_by(self, by: std::time::Duration) -> Self {
+        Deadline(self.0 + by)
+    }
 }
 
 /// What an outside call leaves for the store writes that follow it: a call's timeout ends

@@ -215,10 +215,10 @@ enum Bound {
     Timeout { ceiling_s: u64 },
     /// The handler bounds itself with a `Deadline` (orderSync's schedule and stream batches):
     /// it starts no item in the last `SCHEDULE_MARGIN` of the invocation, and every WeChat call
-    /// of an item ends `CALL_RESERVE` before that batch deadline (`wxshop::time::bounded`), so
-    /// an item started late is cut cleanly and stays due; the margin (plus the reserve) is
-    /// left for the store writes after it. The Timeout is the schedule's budget plus the
-    /// margin.
+    /// of an item ends `CALL_RESERVE` before the invocation's deadline (`wxshop::time::bounded`),
+    /// so an item started late whose chain outlasts the margin is cut cleanly and stays due;
+    /// the reserve is left for the store writes after it. The Timeout is the schedule's budget
+    /// plus the margin.
     ItemWithinScheduleMargin,
 }
 
@@ -316,8 +316,9 @@ const CHAINS: &[Chain] = &[
 /// deadline), and one with too little time left is not sent, so such a request is cut cleanly
 /// — the call in flight timed out (answer lost) or not sent — and the handler's failure path
 /// (503, the key released or abandoned, the stock back) runs in the reserve. The caller
-/// retries. orderSync is not here: an item's calls end before its batch deadline, which
-/// leaves `SCHEDULE_MARGIN` for the store.
+/// retries. orderSync is not here: an item's chain may outlast `SCHEDULE_MARGIN` (an
+/// after-sale return synced step by step, ten calls), but its calls end `CALL_RESERVE` before
+/// the invocation's deadline, so the item is cut cleanly and stays due.
 const CANNOT_FIT: &[&str] = &["unified-order", "catalog-sync", "funds"];
 
 /// What the store needs after a chain of calls: a handful of operations, each bounded at 3 s
@@ -396,13 +397,15 @@ fn timeouts_cover_the_longest_chain_of_wechat_calls() {
                     "{id}: Timeout = LOCAL_SCHEDULE_BUDGET + SCHEDULE_MARGIN, as the schedule \
                      run by wxlocal assumes"
                 );
-                // An item's calls end by the batch deadline (cut cleanly past it): what the
-                // margin must cover is the store after them, not the item's whole chain
-                // ({needed_ms} ms, longer than the margin: a late item is retried).
-                let margin_ms = SCHEDULE_MARGIN.as_millis();
-                if u128::from(STORE_MS) > margin_ms {
-                    cannot_fit.push(c.binary);
-                }
+                // An item's calls end `CALL_RESERVE` before the invocation's deadline (cut
+                // cleanly past it, checked above to cover the store): the margin need not hold
+                // the item's whole chain (`needed_ms`, more than the margin: a late item is
+                // retried), only let an item started at its edge send a call.
+                let least = wxshop::time::CALL_RESERVE + wxshop::time::MIN_CALL_TIME;
+                assert!(
+                    SCHEDULE_MARGIN > least,
+                    "{id}: an item started at the margin could send no call ({why})"
+                );
             }
         }
     }
