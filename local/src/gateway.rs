@@ -417,6 +417,48 @@ struct GatewayState {
     app: App,
     admin_token: Arc<String>,
     life: Arc<Life>,
+    /// Each function's time ([`FUNCTION_TIME_VAR`]), as its Lambda's Timeout.
+    function_time: Arc<FunctionTimes>,
+}
+
+/// The local variable that gives functions a time of their own, as their Lambda's `Timeout`
+/// does: `unifiedOrder=3000,orderSync=60000` (function names as in the template, ms). A
+/// request to such a function gets a deadline that long after it arrives, and every WeChat
+/// and WeChat Pay call it makes is bounded by it ([`wxshop::time::bounded`]), as in Lambda.
+/// Unset, or a function not named: no deadline, calls wait `WX_HTTP_TIMEOUT_MS` each (a
+/// developer stopped at a breakpoint is not cut off).
+pub const FUNCTION_TIME_VAR: &str = "WXLOCAL_FUNCTION_TIME_MS";
+
+/// Parsed [`FUNCTION_TIME_VAR`]: function name → its time.
+pub type FunctionTimes = HashMap<&'static str, Duration>;
+
+/// Reads [`FUNCTION_TIME_VAR`]'s value; what is wrong with it, naming the functions, if it
+/// does not read.
+pub fn parse_function_times(text: &str) -> Result<FunctionTimes, String> {
+    let mut times = FunctionTimes::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            let names: Vec<&str> = handlers::Function::ALL.iter().map(|f| f.name()).collect();
+            format!(
+                "{FUNCTION_TIME_VAR}: `{part}` is not FUNCTION=MS (MS 1..=900000, FUNCTION \
+                 one of {})",
+                names.join(", ")
+            )
+        };
+        let (name, ms) = part.split_once('=').ok_or_else(bad)?;
+        let function = handlers::Function::ALL
+            .into_iter()
+            .find(|f| f.name() == name.trim())
+            .ok_or_else(bad)?;
+        let ms: u64 = ms
+            .trim()
+            .parse()
+            .ok()
+            .filter(|ms| (1..=900_000).contains(ms))
+            .ok_or_else(bad)?;
+        times.insert(function.name(), Duration::from_millis(ms));
+    }
+    Ok(times)
 }
 
 /// Binds, builds the app and the sandbox, seeds if asked, and serves in the background.
@@ -516,6 +558,10 @@ pub async fn start_with_env(
         .await
         .map_err(|e| format!("cannot open the store: {e}"))?;
     let admin_token = vars.get("ADMIN_TOKEN").unwrap_or_default();
+    let function_time = Arc::new(match vars.get(FUNCTION_TIME_VAR) {
+        Some(text) => parse_function_times(&text)?,
+        None => FunctionTimes::new(),
+    });
     let sandbox_cfg = SandboxConfig {
         appid: config.appid.clone(),
         appsecret: secrecy::ExposeSecret::expose_secret(&config.appsecret).to_owned(),
@@ -571,6 +617,7 @@ pub async fn start_with_env(
         app: app.clone(),
         admin_token: Arc::new(admin_token.clone()),
         life: life.clone(),
+        function_time: function_time.clone(),
     };
     let functions: Router = Router::new().fallback(gateway).with_state(state);
     let router = Router::new()
@@ -581,9 +628,16 @@ pub async fn start_with_env(
     // Outbox relay: in AWS the table's stream triggers orderSync; here we poll.
     let relay_app = app.clone();
     let every = opts.relay_every;
+    let relay_time = function_time
+        .get(handlers::Function::OrderSync.name())
+        .copied();
     tasks.push(tokio::spawn(async move {
         loop {
-            if let Err(e) = handlers::order_sync::drain(&relay_app, 200).await {
+            // A round of the relay is an orderSync invocation: bounded by its time, if set.
+            let deadline = relay_time.map(wxshop::time::Deadline::after);
+            let drained =
+                wxshop::time::bounded(deadline, handlers::order_sync::drain(&relay_app, 200)).await;
+            if let Err(e) = drained {
                 tracing::warn!(error = %e, "outbox relay");
             }
             tokio::time::sleep(every).await;
@@ -678,6 +732,7 @@ async fn gateway(
             .into_response(),
         );
     };
+    let arrived = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let Some(route) = handlers::find_route(parts.method.as_str(), &path) else {
@@ -744,9 +799,14 @@ async fn gateway(
     // would leave its work half done (an order created, its idempotency key never completed),
     // so a client's retry after its own timeout would meet "in progress" and then a second order.
     let app = state.app.clone();
+    // The function's own time, if it has one, from the request's arrival (as Lambda's Timeout).
+    let deadline = state
+        .function_time
+        .get(route.function.name())
+        .map(|t| wxshop::time::Deadline::after(t.saturating_sub(arrived.elapsed())));
     let handled = tokio::spawn(async move {
         let _under_way = under_way; // until the handler ends, whoever still waits for it
-        handlers::handle(&app, route, req).await
+        wxshop::time::bounded(deadline, handlers::handle(&app, route, req)).await
     });
     match handled.await {
         Ok(resp) => to_axum(resp),
@@ -823,6 +883,22 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn function_times_read_by_name() {
+        let t = parse_function_times(" unifiedOrder=3000, orderSync = 60000 ,").unwrap();
+        assert_eq!(t.get("unifiedOrder"), Some(&Duration::from_millis(3000)));
+        assert_eq!(t.get("orderSync"), Some(&Duration::from_secs(60)));
+        assert_eq!(t.get("login"), None);
+        assert!(parse_function_times("").unwrap().is_empty());
+        for bad in ["unified=3000", "unifiedOrder", "unifiedOrder=0", "login=x"] {
+            let e = parse_function_times(bad).unwrap_err();
+            assert!(
+                e.contains(FUNCTION_TIME_VAR) && e.contains("unifiedOrder"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

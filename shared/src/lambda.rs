@@ -101,15 +101,35 @@ pub trait LambdaFunction: FunctionEntry + Sized {
         payload: Value,
         deadline_ms: u64,
     ) -> impl std::future::Future<Output = Result<Value, InvocationError>> + Send {
-        let _ = deadline_ms;
-        http_function_event::<Self>(app, payload)
+        crate::time::bounded(
+            Some(invocation_deadline(deadline_ms)),
+            http_function_event::<Self>(app, payload),
+        )
     }
+}
+
+/// The invocation's deadline (`deadline_ms`, epoch ms from the Runtime API) as the bound of
+/// every WeChat and WeChat Pay call made for it ([`crate::time::bounded`]): a call's timeout
+/// ends [`crate::time::CALL_RESERVE`] before it, and one with too little left is not sent, so
+/// a chain of calls longer than the function's Timeout fails cleanly (503, retried) instead
+/// of being killed mid-call.
+pub fn invocation_deadline(deadline_ms: u64) -> crate::time::Deadline {
+    crate::time::Deadline::from_epoch_ms(deadline_ms, Duration::ZERO)
 }
 
 impl LambdaFunction for entry::Login {}
 impl LambdaFunction for entry::UnifiedOrder {}
 impl LambdaFunction for entry::QueryOrder {}
-impl LambdaFunction for entry::PayCallback {}
+/// payCallback makes no outside calls: its invocations get no deadline (no work added).
+impl LambdaFunction for entry::PayCallback {
+    fn lambda_event(
+        app: &App,
+        payload: Value,
+        _deadline_ms: u64,
+    ) -> impl std::future::Future<Output = Result<Value, InvocationError>> + Send {
+        http_function_event::<Self>(app, payload)
+    }
+}
 impl LambdaFunction for entry::AuditCallback {}
 impl LambdaFunction for entry::AftersaleSync {}
 impl LambdaFunction for entry::CatalogSync {}
@@ -618,7 +638,13 @@ async fn order_sync_event<F: FunctionEntry>(
             tracing::info!(ms = started.elapsed().as_millis() as u64, "schedule");
             Ok(result)
         }
-        Some(EventShape::Http) => http_function_event::<F>(app, payload).await,
+        Some(EventShape::Http) => {
+            crate::time::bounded(
+                Some(invocation_deadline(deadline_ms)),
+                http_function_event::<F>(app, payload),
+            )
+            .await
+        }
         None => Err(InvocationError::UnknownEvent(
             "orderSync handles DynamoDB stream records, EventBridge schedules and API Gateway HTTP API events".to_owned(),
         )),

@@ -172,6 +172,76 @@ impl Deadline {
     pub fn passed(self) -> bool {
         self.remaining().is_zero()
     }
+
+    /// `by` later than this one.
+    pub fn later_by(self, by: std::time::Duration) -> Self {
+        Deadline(self.0 + by)
+    }
+}
+
+/// What an outside call leaves for the store writes that follow it: a call's timeout ends
+/// this long before the invocation's deadline ([`call_timeout`]).
+/// 2 s: what `tests/tests/infra.rs` allows for the store after a function's chain of calls (a
+/// handful of operations, normally milliseconds each).
+pub const CALL_RESERVE: std::time::Duration = std::time::Duration::from_millis(2_000);
+
+/// The least time worth sending an outside call with: with less left (after
+/// [`CALL_RESERVE`]) the call is not sent at all ([`CallBudget::NoTime`]).
+pub const MIN_CALL_TIME: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// How long one outside call (WeChat, WeChat Pay) may take, given the invocation's deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallBudget {
+    /// Send it, with this whole-request timeout.
+    Send(std::time::Duration),
+    /// Do not send it: too little of the invocation is left. Nothing reached WeChat, so the
+    /// failure is "not sent", never "answer lost".
+    NoTime,
+}
+
+/// The clamp: `configured` (`WX_HTTP_TIMEOUT_MS`), but ending [`CALL_RESERVE`] before the
+/// deadline that is `remaining` away; [`CallBudget::NoTime`] when that leaves less than
+/// [`MIN_CALL_TIME`]. `None` (no deadline: unit tests, tools) → `configured`.
+pub fn clamp_call_timeout(
+    configured: std::time::Duration,
+    remaining: Option<std::time::Duration>,
+) -> CallBudget {
+    let Some(remaining) = remaining else {
+        return CallBudget::Send(configured);
+    };
+    let usable = remaining.saturating_sub(CALL_RESERVE);
+    if usable < MIN_CALL_TIME {
+        return CallBudget::NoTime;
+    }
+    CallBudget::Send(configured.min(usable))
+}
+
+tokio::task_local! {
+    /// The deadline of the invocation (or orderSync batch) this task runs for.
+    static INVOCATION_DEADLINE: Deadline;
+}
+
+/// Runs `fut` with `deadline` bounding every outside call it makes ([`call_timeout`]). Nested,
+/// the earlier of the two deadlines holds. `None`: `fut` as it is (no new bound).
+pub async fn bounded<F: std::future::Future>(deadline: Option<Deadline>, fut: F) -> F::Output {
+    let Some(deadline) = deadline else {
+        return fut.await;
+    };
+    let deadline = match current_deadline() {
+        Some(outer) => outer.min(deadline),
+        None => deadline,
+    };
+    INVOCATION_DEADLINE.scope(deadline, fut).await
+}
+
+/// The deadline set by [`bounded`] around this task, if any.
+pub fn current_deadline() -> Option<Deadline> {
+    INVOCATION_DEADLINE.try_with(|d| *d).ok()
+}
+
+/// [`clamp_call_timeout`] against the current task's deadline ([`bounded`]).
+pub fn call_timeout(configured: std::time::Duration) -> CallBudget {
+    clamp_call_timeout(configured, current_deadline().map(Deadline::remaining))
 }
 
 #[cfg(test)]
@@ -214,6 +284,79 @@ mod tests {
             );
             assert_eq!(whole_second(ms) / 1000, ms / 1000, "{ms}");
         }
+    }
+
+    #[test]
+    fn a_call_timeout_is_clamped_to_the_deadline_less_the_reserve() {
+        use std::time::Duration;
+        let four = Duration::from_secs(4);
+        let ms = Duration::from_millis;
+        assert_eq!(CALL_RESERVE, ms(2_000));
+        assert_eq!(MIN_CALL_TIME, ms(300));
+        // No deadline: the configured timeout, as before.
+        assert_eq!(clamp_call_timeout(four, None), CallBudget::Send(four));
+        // Plenty left: the configured timeout.
+        assert_eq!(
+            clamp_call_timeout(four, Some(ms(20_000))),
+            CallBudget::Send(four)
+        );
+        assert_eq!(
+            clamp_call_timeout(four, Some(ms(6_000))),
+            CallBudget::Send(four)
+        );
+        // Less left: what is left less the reserve.
+        assert_eq!(
+            clamp_call_timeout(four, Some(ms(5_999))),
+            CallBudget::Send(ms(3_999))
+        );
+        assert_eq!(
+            clamp_call_timeout(four, Some(ms(2_500))),
+            CallBudget::Send(ms(500))
+        );
+        assert_eq!(
+            clamp_call_timeout(four, Some(ms(2_300))),
+            CallBudget::Send(ms(300))
+        );
+        // Under the minimum after the reserve: not sent.
+        assert_eq!(
+            clamp_call_timeout(four, Some(ms(2_299))),
+            CallBudget::NoTime
+        );
+        assert_eq!(
+            clamp_call_timeout(four, Some(ms(1_000))),
+            CallBudget::NoTime
+        );
+        assert_eq!(
+            clamp_call_timeout(four, Some(Duration::ZERO)),
+            CallBudget::NoTime
+        );
+        // A configured timeout shorter than what is left stays.
+        assert_eq!(
+            clamp_call_timeout(ms(200), Some(ms(60_000))),
+            CallBudget::Send(ms(200))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_deadline_holds_within_its_task_and_the_earlier_one_wins() {
+        use std::time::Duration;
+        let four = Duration::from_secs(4);
+        assert_eq!(call_timeout(four), CallBudget::Send(four));
+        let near = Deadline::after(Duration::from_millis(500));
+        let far = Deadline::after(Duration::from_secs(60));
+        let inner = bounded(Some(near), async {
+            let nested = bounded(Some(far), async { call_timeout(four) }).await;
+            (call_timeout(four), nested)
+        })
+        .await;
+        assert_eq!(inner, (CallBudget::NoTime, CallBudget::NoTime));
+        let outer = bounded(Some(far), async { call_timeout(four) }).await;
+        assert_eq!(outer, CallBudget::Send(four));
+        assert_eq!(
+            bounded(None, async { call_timeout(four) }).await,
+            CallBudget::Send(four)
+        );
+        assert_eq!(current_deadline(), None);
     }
 
     #[test]

@@ -214,9 +214,11 @@ enum Bound {
     /// reply, and unifiedOrder's idempotency claim lasts 30 s (28, its store writes after).
     Timeout { ceiling_s: u64 },
     /// The handler bounds itself with a `Deadline` (orderSync's schedule and stream batches):
-    /// it starts no item in the last `SCHEDULE_MARGIN` of the invocation, so that margin, not
-    /// the Timeout, must cover one item's chain; the Timeout is the schedule's budget plus the
-    /// margin.
+    /// it starts no item in the last `SCHEDULE_MARGIN` of the invocation, and every WeChat call
+    /// of an item ends `CALL_RESERVE` before the invocation's deadline (`wxshop::time::bounded`),
+    /// so an item started late whose chain outlasts the margin is cut cleanly and stays due;
+    /// the reserve is left for the store writes after it. The Timeout is the schedule's budget
+    /// plus the margin.
     ItemWithinScheduleMargin,
 }
 
@@ -308,15 +310,26 @@ const CHAINS: &[Chain] = &[
     },
 ];
 
-/// Chains no Timeout can cover today (reported; each needs a handler change, not a template
-/// one): the Timeout sits at its ceiling meanwhile.
-const CANNOT_FIT: &[&str] = &["unified-order", "order-sync", "catalog-sync", "funds"];
+/// Chains no Timeout can cover (reported): the Timeout sits at its ceiling. They are no longer
+/// killed mid-call when they run long: every WeChat call is bounded by the invocation's
+/// deadline less `CALL_RESERVE` (`wxshop::time::bounded`, set from the Lambda context's
+/// deadline), and one with too little time left is not sent, so such a request is cut cleanly
+/// — the call in flight timed out (answer lost) or not sent — and the handler's failure path
+/// (503, the key released or abandoned, the stock back) runs in the reserve. The caller
+/// retries. orderSync is not here: an item's chain may outlast `SCHEDULE_MARGIN` (an
+/// after-sale return synced step by step, ten calls), but its calls end `CALL_RESERVE` before
+/// the invocation's deadline, so the item is cut cleanly and stays due.
+const CANNOT_FIT: &[&str] = &["unified-order", "catalog-sync", "funds"];
 
-/// A function that calls WeChat several times in a row must outlast the chain: cut short by
-/// its timeout, it leaves its work half done (an idempotency claim in progress, an event
+/// What the store needs after a chain of calls: a handful of operations, each bounded at 3 s
+/// but normally milliseconds.
+const STORE_MS: u64 = 2000;
+
+/// A function that calls WeChat several times in a row should outlast the chain: killed by
+/// its timeout, it would leave its work half done (an idempotency claim in progress, an event
 /// unrecorded) where a clean failure would have said "retry". Each call may take
-/// `WX_HTTP_TIMEOUT_MS`; 2 s more for the store (a handful of operations, each bounded at
-/// 3 s but normally milliseconds).
+/// `WX_HTTP_TIMEOUT_MS`; `STORE_MS` more for the store. Where no Timeout can hold the chain
+/// (`CANNOT_FIT`), the invocation's deadline cuts it cleanly instead (see there).
 #[test]
 fn timeouts_cover_the_longest_chain_of_wechat_calls() {
     use wxshop::handlers::order_sync::{LOCAL_SCHEDULE_BUDGET, SCHEDULE_MARGIN};
@@ -333,6 +346,13 @@ fn timeouts_cover_the_longest_chain_of_wechat_calls() {
         CHAINS.len(),
         "every binary's chain is counted once"
     );
+    // The deadline's clamp leaves the store its time after the last call, and lets at least
+    // one call be sent in every function's Timeout.
+    assert!(
+        wxshop::time::CALL_RESERVE.as_millis() >= u128::from(STORE_MS),
+        "CALL_RESERVE {:?} < the store's {STORE_MS} ms",
+        wxshop::time::CALL_RESERVE
+    );
     let mut cannot_fit = Vec::new();
     for c in CHAINS {
         let (id, f) = functions(&t)
@@ -340,7 +360,14 @@ fn timeouts_cover_the_longest_chain_of_wechat_calls() {
             .find(|(_, f)| binary_of(f) == c.binary)
             .expect(c.binary);
         let timeout_ms = f["Properties"]["Timeout"].as_u64().expect("Timeout") * 1000;
-        let needed_ms = c.calls * per_call_ms + 2000;
+        let needed_ms = c.calls * per_call_ms + STORE_MS;
+        if c.calls > 0 {
+            let least = wxshop::time::CALL_RESERVE + wxshop::time::MIN_CALL_TIME;
+            assert!(
+                u128::from(timeout_ms) > least.as_millis(),
+                "{id}: Timeout {timeout_ms} ms leaves no call sent under the deadline's clamp"
+            );
+        }
         let why = format!(
             "{id}: {} calls × {per_call_ms} ms + 2 s = {needed_ms} ms ({})",
             c.calls, c.why
@@ -370,10 +397,15 @@ fn timeouts_cover_the_longest_chain_of_wechat_calls() {
                     "{id}: Timeout = LOCAL_SCHEDULE_BUDGET + SCHEDULE_MARGIN, as the schedule \
                      run by wxlocal assumes"
                 );
-                let margin_ms = SCHEDULE_MARGIN.as_millis();
-                if u128::from(needed_ms) > margin_ms {
-                    cannot_fit.push(c.binary);
-                }
+                // An item's calls end `CALL_RESERVE` before the invocation's deadline (cut
+                // cleanly past it, checked above to cover the store): the margin need not hold
+                // the item's whole chain (`needed_ms`, more than the margin: a late item is
+                // retried), only let an item started at its edge send a call.
+                let least = wxshop::time::CALL_RESERVE + wxshop::time::MIN_CALL_TIME;
+                assert!(
+                    SCHEDULE_MARGIN > least,
+                    "{id}: an item started at the margin could send no call ({why})"
+                );
             }
         }
     }

@@ -214,7 +214,17 @@ pub async fn drain_until(
 /// less [`SCHEDULE_MARGIN`], what one entry may take): the rest are returned as not settled,
 /// and the stream hands them to the next invocation at once. The first always runs, so every
 /// invocation makes progress.
+///
+/// Every WeChat call an entry makes is bounded by the invocation's deadline (`deadline` plus
+/// [`SCHEDULE_MARGIN`], [`crate::time::bounded`]): an entry whose chain outlasts the margin
+/// has its calls cut (or not sent) before it, fails cleanly and stays due, rather than being
+/// killed mid-call by the Lambda timeout.
 pub async fn on_outbox_records(app: &App, ids: Vec<String>, deadline: Deadline) -> Vec<String> {
+    let calls_by = deadline.later_by(SCHEDULE_MARGIN);
+    crate::time::bounded(Some(calls_by), outbox_records_until(app, ids, deadline)).await
+}
+
+async fn outbox_records_until(app: &App, ids: Vec<String>, deadline: Deadline) -> Vec<String> {
     let mut failed = Vec::new();
     let mut ids = ids.into_iter();
     let mut started = false;
@@ -343,7 +353,18 @@ pub struct ScheduleReport {
 /// time left (a phase that finishes early leaves its time to the next), and what remains then
 /// goes, in order, to the phases the first pass cut short. A slow WeChat thus slows the
 /// sweep, but the audits and the purge still run, and the run ends before the Lambda timeout.
+///
+/// Every WeChat call of the run is bounded by the invocation's deadline (`deadline` plus
+/// [`SCHEDULE_MARGIN`], [`crate::time::bounded`]): an item started late whose chain outlasts
+/// the margin has its calls cut (or not sent) before it and stays due for the next run. (Not
+/// by `deadline` itself: an item started just before it would then have no time for a call,
+/// and fail — an attempt counted — where it is now handed to the next run untouched.)
 pub async fn on_schedule(app: &App, deadline: Deadline) -> serde_json::Value {
+    let calls_by = deadline.later_by(SCHEDULE_MARGIN);
+    crate::time::bounded(Some(calls_by), schedule_until(app, deadline)).await
+}
+
+async fn schedule_until(app: &App, deadline: Deadline) -> serde_json::Value {
     let mut report = ScheduleReport::default();
     let mut cut_short = Vec::new();
     for (i, phase) in PHASES.into_iter().enumerate() {

@@ -94,6 +94,11 @@ pub enum PayError {
     Http { status: u16 },
     #[error("WeChat Pay did not answer in time")]
     Timeout,
+    /// Not sent: too little of the invocation's time was left for the call
+    /// ([`crate::time::call_timeout`]). Nothing reached WeChat Pay, unlike a
+    /// [`PayError::Timeout`] (which a call cut mid-flight by that deadline is too).
+    #[error("not sent to WeChat Pay: the invocation's time is nearly up")]
+    NotSent,
     #[error("could not connect to WeChat Pay: {0}")]
     Connect(String),
     /// The connection broke mid-exchange.
@@ -123,7 +128,10 @@ impl PayError {
                 *retryable
             }
             PayError::Http { status } => *status >= 500 || *status == 429,
-            PayError::Timeout | PayError::Connect(_) | PayError::Transport(_) => true,
+            PayError::Timeout
+            | PayError::NotSent
+            | PayError::Connect(_)
+            | PayError::Transport(_) => true,
             _ => false,
         }
     }
@@ -499,12 +507,23 @@ impl PayClient {
         } else {
             &self.http
         };
+        let timeout = match crate::time::call_timeout(self.cfg.timeout) {
+            crate::time::CallBudget::Send(t) => t,
+            crate::time::CallBudget::NoTime => {
+                tracing::warn!(
+                    api = api.path(),
+                    "not sent: the invocation's deadline is too near"
+                );
+                return Err(PayError::NotSent);
+            }
+        };
         // A URL that does not parse goes to reqwest as text, which refuses it as before.
         let req = match self.urls.parse(&url) {
             Ok(parsed) => client.post(parsed),
             Err(_) => client.post(url),
         };
         let mut resp = req
+            .timeout(timeout)
             .header(http::header::CONTENT_TYPE, "text/xml; charset=utf-8")
             .body(body)
             .send()
@@ -853,6 +872,7 @@ mod tests {
         assert!(!Api::UnifiedOrder.retryable("ORDERPAID"));
         assert!(!Api::Refund.retryable("INVALID_REQ_TOO_MUCH"));
         assert!(PayError::Timeout.is_retryable());
+        assert!(PayError::NotSent.is_retryable());
         assert!(PayError::Http { status: 502 }.is_retryable());
         assert!(!PayError::Http { status: 404 }.is_retryable());
         assert!(!PayError::Return {

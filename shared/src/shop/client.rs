@@ -72,6 +72,9 @@ pub(crate) struct Inner {
     pub(crate) secret: SecretString,
     pub(crate) token: TokenManager,
     pub(crate) clock: Clock,
+    /// `WX_HTTP_TIMEOUT_MS`: each call's timeout, less when the invocation's deadline is
+    /// nearer ([`call_timeout`]).
+    pub(crate) timeout: Duration,
     /// `shop/cat/get` result and when it was fetched (epoch seconds).
     pub(crate) categories:
         tokio::sync::Mutex<Option<(i64, Arc<Vec<super::catalog::ThirdCategory>>)>>,
@@ -142,6 +145,7 @@ impl WxClient {
             cfg.token_mode,
             store,
             clock.clone(),
+            cfg.timeout,
         );
         Ok(WxClient {
             inner: Arc::new(Inner {
@@ -152,6 +156,7 @@ impl WxClient {
                 secret: cfg.secret,
                 token,
                 clock,
+                timeout: cfg.timeout,
                 categories: tokio::sync::Mutex::new(None),
                 companies: tokio::sync::Mutex::new(None),
             }),
@@ -266,7 +271,9 @@ impl WxClient {
         let mut url = self.url(path)?;
         url.query_pairs_mut()
             .append_pair("access_token", token.expose());
+        let timeout = call_timeout(path, self.inner.timeout)?;
         let resp = make(url)
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| WxError::from_reqwest(path, e))?;
@@ -305,10 +312,12 @@ impl WxClient {
             });
         }
         let url = self.url(PATH)?;
+        let timeout = call_timeout(PATH, self.inner.timeout)?;
         let resp = self
             .inner
             .http
             .get(url)
+            .timeout(timeout)
             .query(&[
                 ("appid", self.inner.appid.as_str()),
                 ("secret", self.inner.secret.expose_secret()),
@@ -339,6 +348,20 @@ impl WxClient {
             unionid: reply.unionid.filter(|u| !u.is_empty()),
             session_key: SecretString::from(reply.session_key),
         })
+    }
+}
+
+/// The timeout of one call to `path`: `configured`, bounded by the invocation's deadline
+/// ([`crate::time::call_timeout`]); [`WxError::NotSent`] when too little is left to send it.
+pub(crate) fn call_timeout(path: &str, configured: Duration) -> Result<Duration, WxError> {
+    match crate::time::call_timeout(configured) {
+        crate::time::CallBudget::Send(t) => Ok(t),
+        crate::time::CallBudget::NoTime => {
+            tracing::warn!(path, "not sent: the invocation's deadline is too near");
+            Err(WxError::NotSent {
+                path: path.to_owned(),
+            })
+        }
     }
 }
 

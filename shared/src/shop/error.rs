@@ -40,6 +40,10 @@ pub enum WxError {
     Http { status: u16, path: String },
     #[error("{path}: timed out")]
     Timeout { path: String },
+    /// Not sent: too little of the invocation's time was left for it
+    /// ([`crate::time::call_timeout`]). Nothing reached WeChat; worth trying again later.
+    #[error("{path}: not sent: the invocation's time is nearly up")]
+    NotSent { path: String },
     #[error("{path}: cannot connect: {why}")]
     Connect { path: String, why: String },
     /// Any other transport failure (reset connection, bad TLS, body read error).
@@ -84,9 +88,10 @@ impl WxError {
                 WxErrorKind::Transport
             }
             WxError::Http { .. } => WxErrorKind::Permanent,
-            WxError::Timeout { .. } | WxError::Connect { .. } | WxError::Transport { .. } => {
-                WxErrorKind::Transport
-            }
+            WxError::Timeout { .. }
+            | WxError::NotSent { .. }
+            | WxError::Connect { .. }
+            | WxError::Transport { .. } => WxErrorKind::Transport,
             WxError::Store(e) if e.is_conflict() => WxErrorKind::Transport,
             WxError::Store(_) => WxErrorKind::Transport,
             WxError::Decode { .. } | WxError::Invalid { .. } => WxErrorKind::Permanent,
@@ -183,6 +188,22 @@ mod tests {
             rid: None,
             path: "shop/order/add".into(),
         }
+    }
+
+    #[test]
+    fn a_call_not_sent_for_want_of_time_is_retryable_but_not_answer_lost() {
+        let not_sent = WxError::NotSent {
+            path: "shop/order/add".into(),
+        };
+        assert_eq!(not_sent.kind(), WxErrorKind::Transport);
+        assert!(not_sent.is_retryable());
+        assert!(!not_sent.answer_lost(), "nothing reached WeChat");
+        // Cut mid-flight by the deadline: a timeout, which may have been applied.
+        let cut = WxError::Timeout {
+            path: "shop/order/add".into(),
+        };
+        assert!(cut.is_retryable());
+        assert!(cut.answer_lost());
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct TokenManager {
     mode: TokenMode,
     store: DynStore,
     clock: Clock,
+    /// `WX_HTTP_TIMEOUT_MS`, bounded per call by the invocation's deadline.
+    timeout: std::time::Duration,
     cached: StdMutex<Option<AccessToken>>,
     refresh: tokio::sync::Mutex<()>,
 }
@@ -116,6 +118,7 @@ impl fmt::Debug for TokenManager {
 }
 
 impl TokenManager {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         http: reqwest::Client,
         base: impl Into<String>,
@@ -124,6 +127,7 @@ impl TokenManager {
         mode: TokenMode,
         store: DynStore,
         clock: Clock,
+        timeout: std::time::Duration,
     ) -> Self {
         TokenManager {
             http,
@@ -133,6 +137,7 @@ impl TokenManager {
             mode,
             store,
             clock,
+            timeout,
             cached: StdMutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
         }
@@ -323,8 +328,10 @@ impl TokenManager {
                     ]),
             ),
         };
+        let timeout = super::client::call_timeout(path, self.timeout)?;
         let started = self.clock.now_secs();
         let resp = req
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| WxError::from_reqwest(path, e))?;
