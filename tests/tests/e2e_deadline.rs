@@ -15,23 +15,13 @@ use std::time::{Duration, Instant};
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, stack_with, Client};
-use wxlocal::gateway::Running;
+use support::{eventually, pay_calls, stack_with, Client};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
 
 /// unifiedOrder's time in these stacks.
 const UNIFIED_ORDER_TIME: Duration = Duration::from_secs(4);
-
-/// Calls of WeChat Pay's `path` about order `no` the sandbox received.
-fn pay_calls(r: &Running, path: &str, no: &str) -> usize {
-    r.sandbox
-        .calls(path)
-        .iter()
-        .filter(|v| v["out_trade_no"] == no)
-        .count()
-}
 
 /// GIVEN unifiedOrder has 4 s to run AND WeChat Pay's `unifiedorder` takes 20 s to answer
 /// (calls may wait 30 s), WHEN a user orders, THEN the answer is a clean 503 well within the

@@ -11,41 +11,13 @@ use std::time::Duration;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, run_schedule, stack_with, Client, InProcess, DEAD_NOTIFY_URL};
-use wxlocal::gateway::Running;
+use support::{
+    component_reads, eventually, pay_calls, pay_state, run_schedule, stack_with, Client, InProcess,
+    DEAD_NOTIFY_URL,
+};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
-
-/// The WeChat Pay order for our number, as the sandbox holds it: its `trade_state`.
-async fn pay_state(c: &Client, no: &str) -> Option<String> {
-    let (_, st) = c.get("/sandbox/_control/state").await;
-    st["pay_orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["out_trade_no"] == no)
-        .and_then(|o| o["trade_state"].as_str())
-        .map(str::to_owned)
-}
-
-/// Calls of WeChat Pay's `path` (e.g. `pay/orderquery`) about order `no`.
-fn pay_calls(r: &Running, path: &str, no: &str) -> usize {
-    r.sandbox
-        .calls(path)
-        .iter()
-        .filter(|v| v["out_trade_no"] == no)
-        .count()
-}
-
-/// Reads of the component order `no` (`shop/order/get`).
-fn component_reads(r: &Running, no: &str) -> usize {
-    r.sandbox
-        .calls("shop/order/get")
-        .iter()
-        .filter(|v| v["out_order_id"] == no)
-        .count()
-}
 
 /// The answer `unifiedOrder` gives to the key `key` (one tea): (HTTP status, body).
 async fn tap(c: &Client, token: &str, key: &str) -> (u16, Value) {

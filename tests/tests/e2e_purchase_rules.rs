@@ -11,7 +11,7 @@ use std::time::Duration;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, stack_with, Client, DEAD_NOTIFY_URL};
+use support::{eventually, pay_state, stack_with, Client, DEAD_NOTIFY_URL};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(20);
@@ -81,18 +81,6 @@ async fn the_same_cart_in_another_line_order_is_the_same_request() {
     let (s, list) = c.post("/fn/queryOrder", Some(&token), &json!({})).await;
     assert_eq!(s, 200, "{list}");
     assert_eq!(list["orders"].as_array().unwrap().len(), 1, "{list}");
-}
-
-/// The WeChat Pay order for our number, as the sandbox holds it: its `trade_state`.
-async fn pay_state(c: &Client, no: &str) -> Option<String> {
-    let (_, st) = c.get("/sandbox/_control/state").await;
-    st["pay_orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["out_trade_no"] == no)
-        .and_then(|o| o["trade_state"].as_str())
-        .map(str::to_owned)
 }
 
 /// GIVEN a direct-payment order whose first `unifiedOrder` was cut off (its function killed)

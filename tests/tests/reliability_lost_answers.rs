@@ -28,18 +28,6 @@ async fn shop_status(c: &Client, no: &str) -> Option<i64> {
         .and_then(|o| o["status"].as_i64())
 }
 
-/// The WeChat Pay order for our number, as the sandbox holds it: its `trade_state`.
-async fn pay_state(c: &Client, no: &str) -> Option<String> {
-    let (_, st) = c.get("/sandbox/_control/state").await;
-    st["pay_orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["out_trade_no"] == no)
-        .and_then(|o| o["trade_state"].as_str())
-        .map(str::to_owned)
-}
-
 async fn orders(c: &Client, token: &str) -> Vec<Value> {
     let (s, list) = c.post("/fn/queryOrder", Some(token), &json!({})).await;
     assert_eq!(s, 200, "{list}");

@@ -781,3 +781,33 @@ pub async fn buy_tea(c: &Client, token: &str) -> Result<i64, Value> {
         Err(v)
     }
 }
+
+/// The WeChat Pay order for our number, as the sandbox holds it: its `trade_state`.
+pub async fn pay_state(c: &Client, no: &str) -> Option<String> {
+    let (_, st) = c.get("/sandbox/_control/state").await;
+    st["pay_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["out_trade_no"] == no)
+        .and_then(|o| o["trade_state"].as_str())
+        .map(str::to_owned)
+}
+
+/// Calls of WeChat Pay's `path` (e.g. `pay/orderquery`) about order `no` the sandbox received.
+pub fn pay_calls(r: &Running, path: &str, no: &str) -> usize {
+    r.sandbox
+        .calls(path)
+        .iter()
+        .filter(|v| v["out_trade_no"] == no)
+        .count()
+}
+
+/// Reads of the component order `no` (`shop/order/get`) the sandbox received.
+pub fn component_reads(r: &Running, no: &str) -> usize {
+    r.sandbox
+        .calls("shop/order/get")
+        .iter()
+        .filter(|v| v["out_order_id"] == no)
+        .count()
+}

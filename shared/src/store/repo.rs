@@ -391,6 +391,14 @@ pub struct UnreadableProduct {
     pub why: String,
 }
 
+/// Products read, the records that could not be read as products (named apart), and the
+/// cursor of what follows (`None`: nothing does).
+pub type ReadableProducts = (
+    Vec<Versioned<Product>>,
+    Vec<UnreadableProduct>,
+    Option<String>,
+);
+
 /// [`list_products`], except that a record that cannot be read as a product does not fail the
 /// page: it is left out of the products and named in the second list. The cursor is the
 /// store's, so a page still ends where the store's page did.
@@ -399,14 +407,7 @@ pub async fn list_products_readable(
     filter: ProductFilter,
     limit: usize,
     cursor: Option<String>,
-) -> Result<
-    (
-        Vec<Versioned<Product>>,
-        Vec<UnreadableProduct>,
-        Option<String>,
-    ),
-    StoreError,
-> {
+) -> Result<ReadableProducts, StoreError> {
     let page = product_page(store, filter, limit, cursor).await?;
     let mut products = Vec::with_capacity(page.records.len());
     let mut unreadable = Vec::new();
@@ -500,14 +501,7 @@ pub async fn list_on_sale(
     limit: usize,
     cursor: Option<&str>,
     reads: usize,
-) -> Result<
-    (
-        Vec<Versioned<Product>>,
-        Vec<UnreadableProduct>,
-        Option<String>,
-    ),
-    StoreError,
-> {
+) -> Result<ReadableProducts, StoreError> {
     let limit = limit.max(1);
     let OnSaleCursor {
         mut after,
