@@ -1564,13 +1564,13 @@ mod tests {
             let done = Arc::new(AtomicBool::new(false));
             let (t, d, f) = (tries.clone(), done.clone(), fifo.clone());
             let reader = std::thread::spawn(move || loop {
+                if d.load(Ordering::SeqCst) {
+                    return;
+                }
                 let mut bytes = Vec::new();
                 File::open(&f).unwrap().read_to_end(&mut bytes).unwrap();
                 if !bytes.is_empty() {
                     t.fetch_add(1, Ordering::SeqCst);
-                }
-                if d.load(Ordering::SeqCst) {
-                    return;
                 }
             });
             FullTries {
@@ -1585,16 +1585,25 @@ mod tests {
             self.tries.load(Ordering::SeqCst)
         }
 
+        /// Ends the reader. It may be blocked opening the FIFO (then an open from here wakes
+        /// it, and it finds `done` on its next turn), or past its open, or gone already. A
+        /// write-only open here used to wait for a reader that, having read its last bytes and
+        /// then seen `done`, never opened again: the test hung (seen in CI). A read-write open
+        /// of a FIFO never waits (Linux), so it is repeated until the reader is gone.
         fn stop(&mut self) {
             self.done.store(true, Ordering::SeqCst);
-            // Meets the reader's open, so it sees `done`.
-            drop(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&self.fifo)
-                    .unwrap(),
-            );
-            self.reader.take().unwrap().join().unwrap();
+            let reader = self.reader.take().unwrap();
+            while !reader.is_finished() {
+                drop(
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&self.fifo)
+                        .unwrap(),
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            reader.join().unwrap();
             std::fs::remove_file(&self.fifo).unwrap();
         }
     }
