@@ -12,7 +12,8 @@ use std::time::Duration;
 #[path = "reliability_support.rs"]
 mod support;
 use support::{
-    component_reads, eventually, pay_calls, pay_state, stack_with, Client, DEAD_NOTIFY_URL,
+    closed_at_wechat_pay, component_reads, pay_calls, pay_state, stack_with, Client,
+    DEAD_NOTIFY_URL,
 };
 use wxlocal::gateway::Running;
 
@@ -80,26 +81,7 @@ async fn query_order_closes_a_direct_order_cancelled_in_wechat_whose_push_was_lo
     );
     assert_eq!(c.stock().await, 1, "the unit is back on sale");
 
-    eventually("the WeChat Pay order closed", WAIT, || async {
-        pay_state(&c, &no).await.as_deref() == Some("CLOSED")
-    })
-    .await;
-    let (s, v) = c
-        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
-        .await;
-    assert_eq!(s, 409, "WeChat's cashier no longer takes it: {v}");
-    eventually(
-        "the close task done, nothing dead-lettered",
-        WAIT,
-        || async {
-            c.dead_letters().await.is_empty()
-                && r.sandbox
-                    .calls("shop/order/pay")
-                    .iter()
-                    .any(|v| v["out_order_id"] == no.as_str())
-        },
-    )
-    .await;
+    closed_at_wechat_pay(&r, &c, &no, WAIT).await;
     assert_eq!(
         pay_calls(&r, "pay/closeorder", &no),
         1,

@@ -811,3 +811,29 @@ pub fn component_reads(r: &Running, no: &str) -> usize {
         .filter(|v| v["out_order_id"] == no)
         .count()
 }
+
+/// A direct order closed here whose WeChat Pay order the close task closes: within `wait`
+/// WeChat Pay reads it CLOSED, its cashier refuses a payment (409), and the close task is done
+/// (its `shop/order/pay` call made) with nothing dead-lettered.
+pub async fn closed_at_wechat_pay(r: &Running, c: &Client, no: &str, wait: Duration) {
+    eventually("the WeChat Pay order closed", wait, || async {
+        pay_state(c, no).await.as_deref() == Some("CLOSED")
+    })
+    .await;
+    let (s, v) = c
+        .post("/sandbox/_control/pay", None, &json!({"out_trade_no": no}))
+        .await;
+    assert_eq!(s, 409, "WeChat's cashier no longer takes it: {v}");
+    eventually(
+        "the close task done, nothing dead-lettered",
+        wait,
+        || async {
+            c.dead_letters().await.is_empty()
+                && r.sandbox
+                    .calls("shop/order/pay")
+                    .iter()
+                    .any(|v| v["out_order_id"] == no)
+        },
+    )
+    .await;
+}
