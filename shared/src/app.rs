@@ -10,6 +10,7 @@ use crate::session::SessionKeys;
 use crate::shop::client::WxClient;
 use crate::store::{DynStore, StoreError};
 use crate::time::Clock;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -25,6 +26,10 @@ pub struct App {
     pub clock: Clock,
     /// Custom CloudWatch metrics: off unless the Lambda entry point turns them on.
     pub metrics: Metrics,
+    /// Set once this process has read the catalog's re-indexing mark as done: the mark never
+    /// goes back, so the shop's pages stop reading it (one store read a page view). Per `App`,
+    /// not process-wide: an `App` is built on one store, and tests run several in a process.
+    pub(crate) on_sale_indexed: Arc<AtomicBool>,
 }
 
 /// Why a container could not start; the message lists every problem.
@@ -90,6 +95,7 @@ impl App {
             refund_key,
             clock,
             metrics: Metrics::off(),
+            on_sale_indexed: Arc::new(AtomicBool::new(false)),
         })
     }
 

@@ -30,6 +30,7 @@ use crate::store::repo::{self, Batch, Versioned};
 use crate::store::StoreError;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
+use std::sync::atomic::Ordering;
 
 #[derive(Deserialize)]
 struct SkuInput {
@@ -674,10 +675,18 @@ async fn on_sale(
 }
 
 /// Whether every product stored is indexed by [`repo::ProductIndex`]: the re-indexing
-/// ([`reindex_step`]) went through the whole catalog and marked it so. One store read.
+/// ([`reindex_step`]) went through the whole catalog and marked it so. One store read until
+/// this `App` has seen the mark; none after (the mark is never taken back).
 async fn on_sale_indexed(app: &App) -> Result<bool, StoreError> {
+    if app.on_sale_indexed.load(Ordering::Relaxed) {
+        return Ok(true);
+    }
     let state = crate::store::kv::get(app.store.as_ref(), REINDEX_KEY).await?;
-    Ok(state.is_some_and(|s| s.value == REINDEX_DONE))
+    let done = state.is_some_and(|s| s.value == REINDEX_DONE);
+    if done {
+        app.on_sale_indexed.store(true, Ordering::Relaxed);
+    }
+    Ok(done)
 }
 
 /// [`on_sale`] before the re-indexing is done: the store's listing of every product, products

@@ -409,10 +409,19 @@ pub async fn list_products_readable(
     cursor: Option<String>,
 ) -> Result<ReadableProducts, StoreError> {
     let page = product_page(store, filter, limit, cursor).await?;
-    let mut products = Vec::with_capacity(page.records.len());
     let mut unreadable = Vec::new();
-    for rec in &page.records {
-        match versioned(rec) {
+    let products = readable(&page.records, &mut unreadable);
+    Ok((products, unreadable, page.next))
+}
+
+/// The records that read as products; the others named in `unreadable`.
+fn readable(
+    records: &[Record],
+    unreadable: &mut Vec<UnreadableProduct>,
+) -> Vec<Versioned<Product>> {
+    let mut products = Vec::with_capacity(records.len());
+    for rec in records {
+        match versioned::<Product>(rec) {
             Ok(p) => products.push(p),
             Err(e) => unreadable.push(UnreadableProduct {
                 product_id: rec.id.clone(),
@@ -420,7 +429,7 @@ pub async fn list_products_readable(
             }),
         }
     }
-    Ok((products, unreadable, page.next))
+    products
 }
 
 // ---------------------------------------------------------------- the shop's listing
@@ -473,17 +482,7 @@ async fn indexed_page(
 ) -> Result<(Vec<Versioned<Product>>, Option<String>, Option<String>), StoreError> {
     let page = product_page(store, ProductFilter::Index(index), limit, cursor).await?;
     let last = page.records.last().map(|r| r.id.clone());
-    let mut products = Vec::with_capacity(page.records.len());
-    for rec in &page.records {
-        match versioned::<Product>(rec) {
-            Ok(p) => products.push(p),
-            Err(e) => unreadable.push(UnreadableProduct {
-                product_id: rec.id.clone(),
-                why: e.to_string(),
-            }),
-        }
-    }
-    Ok((products, last, page.next))
+    Ok((readable(&page.records, unreadable), last, page.next))
 }
 
 /// Up to `limit` products on sale after `cursor` (one of this function's), in product-id
