@@ -378,3 +378,27 @@ async fn the_platform_delist_control_refuses_what_it_cannot_do() {
     assert_eq!(list.total_num, 1);
     assert_eq!(list.spus[0].out_product_id, "tea");
 }
+
+/// GIVEN tea on sale and a record that cannot be read as a product listed before it
+/// (`a-broken`: another version's, or damaged) WHEN WeChat's platform delists tea and restores
+/// it, both pushes lost THEN the schedule takes tea off sale and puts it back on sale, the bad
+/// record skipped. The restore scan used to fail at the bad record's page on every run: no
+/// product after it was ever restored.
+#[tokio::test]
+async fn an_unreadable_product_record_does_not_stop_the_restore_scan() {
+    let r = stack_with(&[]).await;
+    let c = InProcess::new(&r);
+    let (token, _) = c.login("buyer").await;
+    support::store_unreadable_product(&r, "a-broken", "APPROVED").await;
+    platform(&c, "tea", false, false).await;
+    let report = schedule(&c).await;
+    assert_eq!(report["audits"]["platform_delisted"], 1, "{report}");
+    assert!(!shop_shows(&c, &token, "tea").await);
+
+    platform(&c, "tea", true, false).await;
+    let report = schedule(&c).await;
+    assert_eq!(report["audits"]["platform_restored"], 1, "{report}");
+    assert_eq!(get_product(&c, "tea").await["listing"], "LISTED");
+    assert!(shop_shows(&c, &token, "tea").await);
+    r.stop();
+}

@@ -837,3 +837,25 @@ pub async fn closed_at_wechat_pay(r: &Running, c: &Client, no: &str, wait: Durat
     )
     .await;
 }
+
+/// Stores a product record `id` that cannot be read as a product (written by another version,
+/// or damaged), indexed under `status` (`APPROVED`, `AUDITING`, `ON_SALE`…) as the catalog's
+/// records are: raw bytes through the stack's own store.
+pub async fn store_unreadable_product(r: &Running, id: &str, status: &str) {
+    use wxshop::store::{Expect, Kind, Record, Write};
+    let mut rec = Record::new(
+        Kind::Product,
+        id,
+        format!(r#"{{"product_id": "{id}", "title": 42"#),
+    );
+    rec.owner = Some(wxshop::store::repo::PRODUCTS_OWNER.to_owned());
+    rec.status = Some(status.to_owned());
+    r.app
+        .store
+        .write(vec![Write::Put {
+            record: rec,
+            expect: Expect::Absent,
+        }])
+        .await
+        .unwrap();
+}

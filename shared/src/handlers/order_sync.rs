@@ -485,6 +485,7 @@ async fn run_phase(
                 report.audits.withdrawn += r.withdrawn;
                 report.audits.platform_delisted += r.platform_delisted;
                 report.audits.platform_restored += r.platform_restored;
+                report.audits.unreadable += r.unreadable;
                 finished
             })
             .map_err(|e| e.to_string()),

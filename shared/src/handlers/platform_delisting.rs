@@ -268,18 +268,27 @@ async fn restore_scan(
             finished = false;
             break;
         }
-        let (page, next) =
-            match repo::list_products(store, repo::ProductFilter::All, SCAN_PAGE, cursor.clone())
-                .await
-            {
-                // A cursor this store no longer takes: from the start again.
-                Err(crate::store::StoreError::BadCursor) if cursor.is_some() => {
-                    cursor = None;
-                    continue;
-                }
-                other => other?,
-            };
-        read += page.len().max(1);
+        let (page, unreadable, next) = match repo::list_products_readable(
+            store,
+            repo::ProductFilter::All,
+            SCAN_PAGE,
+            cursor.clone(),
+        )
+        .await
+        {
+            // A cursor this store no longer takes: from the start again.
+            Err(crate::store::StoreError::BadCursor) if cursor.is_some() => {
+                cursor = None;
+                continue;
+            }
+            other => other?,
+        };
+        // Skipped, named in the log: one such record used to stop the scan at its page for
+        // good, no product after it restored.
+        for u in &unreadable {
+            tracing::error!(product_id = %u.product_id, error = %u.why, "platform restore scan: stored product unreadable; skipped");
+        }
+        read += (page.len() + unreadable.len()).max(1);
         for p in page {
             let p: Product = p.value;
             if !p.delisted_by_platform {
