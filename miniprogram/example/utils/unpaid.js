@@ -83,7 +83,9 @@ function findPurchase(items, address) {
 
 function remember(outTradeNo, purchase) {
   const map = all();
-  map[outTradeNo] = { key: purchase.key, items: purchase.items, address: purchase.address || null, at: Date.now() };
+  // Later than every entry kept, so "newest" is well defined within the same millisecond.
+  const at = Object.keys(map).reduce((t, no) => Math.max(t, (map[no].at || 0) + 1), Date.now());
+  map[outTradeNo] = { key: purchase.key, items: purchase.items, address: purchase.address || null, at: at };
   save(map);
 }
 
