@@ -119,7 +119,11 @@ function unconfirmedShop() {
       }
       return { statusCode: 200, data: { out_trade_no: o.out_trade_no, total_fee: o.total_fee, freight: 0, status: o.status, fund_type: 0, payment: { timeStamp: '1', nonceStr: 'n', package: 'prepay_id=' + o.out_trade_no, signType: 'MD5', paySign: 'S' } } };
     },
-    queryOrder: (d) => ({ statusCode: 200, data: { order: byNo.get(d.out_trade_no) } }),
+    queryOrder: (d) => {
+      const o = byNo.get(d.out_trade_no);
+      if (d.action === 'close' && o && o.status === 'PREPAID') o.status = 'CLOSED';
+      return { statusCode: 200, data: { order: o } };
+    },
     aftersaleSync: () => ({ statusCode: 200, data: { aftersales: [] } }),
   };
   const wx = {
@@ -434,4 +438,166 @@ test('against wxlocal: Pay on the order page, paid in the cashier while WeChat P
   assert.equal(detail.data.order.statusText, 'Paid, to be shipped');
   assert.equal(detail.data.confirming, false);
   assert.equal(detail.data.canPay, false);
+});
+
+// ---- a purchase the user already made survives a reload and a refused pre-order check ----------
+
+/**
+ * utils/unpaid.js loaded on its own with `wx` as its global: a fresh module instance each
+ * time, as after the mini program was killed and reopened (only the storage outlives it).
+ */
+function loadUnpaid(wx) {
+  const file = path.join(ROOT, 'utils', 'unpaid.js');
+  const module = { exports: {} };
+  const fn = vm.runInThisContext(`(function (require, module, exports, wx) {${fs.readFileSync(file, 'utf8')}\n})`, { filename: file });
+  fn(() => assert.fail('unpaid.js requires nothing'), module, module.exports, wx);
+  return module.exports;
+}
+
+/** wx.checkBeforeAddOrder answering `says()` (res.data), as the base library with the component. */
+function checkBeforeAddOrder(says) {
+  return (o) => setImmediate(() => o.success({ errMsg: 'checkBeforeAddOrder:ok', data: says() }));
+}
+
+test('product: an unpaid purchase is offered as Pay again after the mini program reloads, and Pay pays that order (no second one)', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS);
+  const before = miniProgram(shop.wx, FAST).page('pages/product/product');
+  await before.onLoad({ product_id: 'tea' });
+  before.onPlus(); // two tins
+  shop.cashierWill.push('cancel');
+  await before.onBuyTap();
+  assert.equal(before.data.outcome, 'unpaid', before.data.message);
+  const key = shop.keyOf('T1');
+
+  // Killed and reopened: a fresh app, its modules loaded again; only the storage is the same.
+  const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  assert.equal(product.data.outcome, 'unpaid', `no Pay offered for the unpaid order after a reload: ${product.data.message}`);
+  assert.equal(product.data.orderNo, 'T1');
+  assert.match(product.data.message, /T1[\s\S]*Tap Pay/, product.data.message);
+  assert.equal(product.data.quantity, 2, 'the quantity it was bought with');
+  await product.onBuyTap();
+  assert.deepEqual(shop.sent('unifiedOrder').map((c) => c.data.idempotency_key), [key, key], 'Pay sent the kept key: the same order');
+  assert.equal(shop.byNo.size, 1, 'no second order');
+  assert.equal(product.data.orderNo, 'T1');
+  assert.equal(shop.cashierOpened.length, 2, 'the cashier opened for that order');
+  assert.equal(user.addresses.length, 0, 'no address asked for again');
+
+  // A Buy of the same cart after another reload (the button reset by a change and back) sends that key too.
+  const again = miniProgram(shop.wx, FAST).page('pages/product/product');
+  shop.cashierWill.push('cancel');
+  await again.onLoad({ product_id: 'tea' });
+  again.onMinus();
+  again.onPlus();
+  assert.equal(again.data.outcome, '', 'the quantity changed and back: the button says Buy');
+  await again.onBuyTap();
+  assert.deepEqual(shop.sent('unifiedOrder').map((c) => c.data.idempotency_key), [key, key, key], 'Buy of the same cart pays the kept order');
+  assert.equal(shop.byNo.size, 1, 'still one order');
+});
+
+test('product: after a reload, a kept purchase paid or closed meanwhile is not offered as Pay, and is forgotten', async () => {
+  for (const meanwhile of ['confirm', 'close']) {
+    const shop = unconfirmedShop();
+    const user = withUser(shop.wx);
+    user.addresses.push(WX_ADDRESS);
+    const before = miniProgram(shop.wx, FAST).page('pages/product/product');
+    await before.onLoad({ product_id: 'tea' });
+    shop.cashierWill.push('cancel');
+    await before.onBuyTap();
+    assert.equal(before.data.outcome, 'unpaid');
+    shop[meanwhile]('T1'); // paid in WeChat's order centre, or expired
+    const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    assert.equal(product.data.outcome, '', `${meanwhile}: ${product.data.message}`);
+    assert.ok(!('T1' in (shop.wx.getStorageSync('example.unpaid') || {})), `${meanwhile}: forgotten`);
+  }
+});
+
+test('pages: a kept key survives WeChat\'s pre-order check refusing this entry: Pay stays offered and, once allowed, pays the same order', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS);
+  let says = { requireOrder: 0, traceId: 't-1' };
+  shop.wx.checkBeforeAddOrder = checkBeforeAddOrder(() => says);
+  const mp = miniProgram(shop.wx, FAST);
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  shop.cashierWill.push('cancel', 'cancel');
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid');
+  const key = shop.keyOf('T1');
+
+  // The user comes back through an entry where WeChat requires a secondary-merchant order;
+  // this shop makes ordinary ones: refused before anything is sent.
+  says = { requireOrder: 1, requiredFundType: 1, traceId: 't-2' };
+  await product.onBuyTap();
+  assert.match(user.toasts.pop() || '', /^ORDER_TYPE_UNSUPPORTED: /);
+  assert.equal(product.data.outcome, 'unpaid', 'Pay is still offered: the order is still there to pay');
+  assert.equal(shop.sent('unifiedOrder').length, 1, 'nothing sent');
+  says = { requireOrder: 0, traceId: 't-3' };
+  await product.onBuyTap();
+  assert.deepEqual(shop.sent('unifiedOrder').map((c) => c.data.idempotency_key), [key, key], 'the same key: the same order');
+  assert.equal(shop.byNo.size, 1, 'no second order');
+
+  // The order page, the same: refused, the key kept (Pay still offered, also after a reload).
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  assert.equal(detail.data.canPay, true);
+  says = { requireOrder: 1, requiredFundType: 1, traceId: 't-4' };
+  await detail.onPayTap();
+  assert.match(user.toasts.pop() || '', /^ORDER_TYPE_UNSUPPORTED: /);
+  assert.equal(detail.data.canPay, true, 'Pay still offered on the order page');
+  const reloaded = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await reloaded.onLoad({ out_trade_no: 'T1' });
+  assert.equal(reloaded.data.canPay, true, 'and after a reload');
+  says = { requireOrder: 0, traceId: 't-5' };
+  await reloaded.onPayTap();
+  assert.deepEqual(shop.sent('unifiedOrder').map((c) => c.data.idempotency_key), [key, key, key]);
+  assert.equal(shop.byNo.size, 1, 'still one order');
+});
+
+test('order page: an unpaid order this phone holds no key for offers Buy again, which closes it (stock back) and opens its product', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  const navigations = [];
+  shop.wx.navigateTo = (o) => navigations.push(o.url);
+  const items = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+  shop.place('k-other-phone', items); // T1, bought on another phone: no key here
+  const detail = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  assert.equal(detail.data.canPay, false);
+  const wxml = fs.readFileSync(path.join(ROOT, 'pages', 'order', 'detail.wxml'), 'utf8');
+  assert.match(wxml, /wx:if="\{\{!canPay\}\}"[^>]*bindtap="onBuyAgainTap"/, 'Buy again offered when the key is gone');
+  await detail.onBuyAgainTap();
+  assert.equal(shop.byNo.get('T1').status, 'CLOSED', 'the old order is closed: its stock goes back');
+  assert.equal(detail.data.order.statusText, 'Closed unpaid');
+  assert.deepEqual(navigations, ['/pages/product/product?product_id=tea&sku_id=tea-250g']);
+  assert.deepEqual(user.toasts, []);
+});
+
+test('utils/unpaid: a kept key is read back by a fresh module (a reload); old entries expire and at most MAX_ENTRIES are kept', () => {
+  const shop = unconfirmedShop();
+  const items = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+  loadUnpaid(shop.wx).remember('T1', { key: 'k-1', items, address: null });
+  const fresh = loadUnpaid(shop.wx);
+  assert.equal(fresh.find('T1').key, 'k-1', 'read back after a reload');
+  assert.equal(fresh.latestFor('tea').out_trade_no, 'T1');
+  assert.equal(fresh.findPurchase(items, null).key, 'k-1');
+  assert.equal(fresh.findPurchase([{ product_id: 'tea', sku_id: 'tea-250g', quantity: 2 }], null), null, 'another cart');
+
+  // Kept longer than an order lives: forgotten.
+  const map = shop.wx.getStorageSync('example.unpaid');
+  map.T1.at = Date.now() - fresh.MAX_AGE_MS - 1000;
+  shop.wx.setStorageSync('example.unpaid', map);
+  assert.equal(loadUnpaid(shop.wx).find('T1'), null, 'an entry older than any order lives is gone');
+
+  // Bounded: the newest MAX_ENTRIES stay.
+  const many = loadUnpaid(shop.wx);
+  for (let i = 0; i < many.MAX_ENTRIES + 5; i++) many.remember('N' + i, { key: 'k-' + i, items, address: null });
+  const kept = Object.keys(shop.wx.getStorageSync('example.unpaid'));
+  assert.equal(kept.length, many.MAX_ENTRIES);
+  assert.ok(kept.includes('N' + (many.MAX_ENTRIES + 4)), 'the newest is kept');
+  assert.ok(!kept.includes('N0'), 'the oldest is dropped');
 });

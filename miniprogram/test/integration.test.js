@@ -326,6 +326,38 @@ test('a cancelled cashier, then buy again with the key the result hands back: th
   assert.equal(third.out_trade_no, first.out_trade_no);
 });
 
+test('a cancelled cashier, then a scene whose pre-order check the shop cannot serve: the key is handed back, and buy with it from an allowed scene pays that order', { timeout: TEST_TIMEOUT_MS }, async () => {
+  requireServer();
+  const user = { cashier: 'cancel', user: 'refused-check-' + Date.now(), orderCheck: { requireOrder: 0, traceId: 'it-allowed-1' } };
+  const wx = sandboxWx(server.baseUrl, user);
+  const shop = client(wx);
+  const first = await shop.buy({ items: [TEA], address: ADDRESS });
+  assert.equal(first.paid, false);
+  assert.ok(first.idempotencyKey, 'an unpaid result hands back its key');
+  const start = await teaStock();
+
+  // Back through an entry where WeChat requires a secondary-merchant order (this wxlocal makes
+  // ordinary ones): refused before anything is sent, and the key of the unpaid order kept.
+  user.orderCheck = { requireOrder: 1, requiredFundType: 1, traceId: 'it-refused-2' };
+  const refused = await shop.buy({ items: [TEA], address: ADDRESS, idempotencyKey: first.idempotencyKey }).then(
+    (x) => assert.fail(`bought: ${JSON.stringify(x)}`),
+    (e) => e
+  );
+  assert.equal(refused.code, 'ORDER_TYPE_UNSUPPORTED', JSON.stringify(refused));
+  assert.equal(refused.idempotencyKey, first.idempotencyKey, 'the key of the unpaid order is handed back');
+
+  // From an entry that allows it: the same order, paid; no second order, no stock held twice.
+  user.orderCheck = { requireOrder: 0, traceId: 'it-allowed-3' };
+  user.cashier = 'pay';
+  const again = await shop.buy({ items: [TEA], address: ADDRESS, idempotencyKey: refused.idempotencyKey });
+  assert.equal(again.paid, true, `order: ${JSON.stringify(again.order)} error: ${JSON.stringify(again.error)} cashier: ${again.errMsg}`);
+  assert.equal(again.out_trade_no, first.out_trade_no, 'the same order was paid');
+  assert.equal(await teaStock(), start, 'no more stock held');
+  const mine = await shop.orders.list();
+  assert.deepEqual(mine.orders.map((o) => o.out_trade_no), [first.out_trade_no], 'one order');
+  assert.equal((await prepays()).filter((no) => no === first.out_trade_no).length, 1, 'one prepay order at WeChat Pay');
+});
+
 test('shop.orders: the user lists and reads orders, closes an unpaid one, confirms receipt of a shipped one', { timeout: TEST_TIMEOUT_MS }, async () => {
   requireServer();
   const user = { cashier: 'cancel', user: 'orders-' + Date.now() };

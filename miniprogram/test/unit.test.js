@@ -717,7 +717,12 @@ test('buy: an order WeChat requires and the shop does not make is refused before
     assert.match(err.message, why);
     assert.equal(err.requiredFundType, check.requiredFundType);
     assert.deepEqual(err.orderCheck, Object.assign({ status: 'ok' }, check));
-    assert.equal(err.idempotencyKey, undefined, 'nothing was made: no key to pick up');
+    // A key passed back may hold an earlier attempt's unpaid order: it is handed back.
+    assert.equal(err.idempotencyKey, 'k-1', 'the passed-back key is kept for the next try');
+    // A fresh key was never sent: nothing was made, no key to pick up.
+    const fresh = await c.buy({ items: [TEA] }).catch((e) => e);
+    assert.equal(fresh.code, 'ORDER_TYPE_UNSUPPORTED', JSON.stringify(fresh));
+    assert.equal(fresh.idempotencyKey, undefined, 'nothing was made: no key to pick up');
     assert.deepEqual(sentOrders(wx), [], 'no order was asked for');
   }
   const err = _internal.orderTypeRefusal({ status: 'ok', requireOrder: 1, requiredFundType: 1 }, { fund_type: 0, trading_component: 'always' });
@@ -864,6 +869,79 @@ test('buy: after a cancelled cashier the result hands back the key, and buying a
   assert.equal(second.out_trade_no, 'T1', 'the same order was paid');
   assert.equal(orders.size, 1, 'no second order');
   assert.equal(second.idempotencyKey, undefined, 'a paid order hands back no key: the next buy is a new purchase');
+});
+
+test('buy: a passed-back key refused by the pre-order check is handed back, and buying again with it (check allowing) pays the same order', async () => {
+  // The user cancelled the cashier, left, and came back through a scene where WeChat requires a
+  // secondary-merchant order (this shop makes ordinary ones): buy refuses before anything is
+  // sent. The unpaid order still holds its stock: the key must survive the refusal, or the
+  // next tap (from a scene that allows it) makes a second order.
+  for (const refusal of ['ORDER_TYPE_UNSUPPORTED', 'ORDER_CHECK_FAILED']) {
+    const orders = new Map();
+    const cashier = [];
+    let says = { requireOrder: 0, traceId: 't-1' };
+    const wx = fakeWx(
+      {
+        login: shopLogin(0, 'always'),
+        unifiedOrder: keyedUnifiedOrder(orders),
+        queryOrder: (d) => ({ statusCode: 200, data: { order: { out_trade_no: d.out_trade_no, status: orders.get(d.out_trade_no) } } }),
+      },
+      {
+        checkBeforeAddOrder: (o) => {
+          if (says === 'fail') return setImmediate(() => o.fail({ errMsg: 'checkBeforeAddOrder:fail system error' }));
+          setImmediate(() => o.success({ errMsg: 'checkBeforeAddOrder:ok', data: says }));
+        },
+        requestPayment: (p) => {
+          cashier.push(p.package);
+          if (cashier.length === 1) return setImmediate(() => p.fail({ errMsg: 'requestPayment:fail cancel' }));
+          orders.set('T1', 'PAID');
+          setImmediate(() => p.success({ errMsg: 'requestPayment:ok' }));
+        },
+      }
+    );
+    const c = createClient({
+      baseUrl: 'http://x',
+      wx,
+      orderCheck: { required: refusal === 'ORDER_CHECK_FAILED' },
+      payPoll: { intervalMs: 5, timeoutMs: 500, failTimeoutMs: 20 },
+    });
+    const first = await c.buy({ items: [TEA] });
+    assert.equal(first.paid, false);
+    assert.ok(first.idempotencyKey, 'an unpaid result hands back its key');
+
+    says = refusal === 'ORDER_CHECK_FAILED' ? 'fail' : { requireOrder: 1, requiredFundType: 1, traceId: 't-2' };
+    const err = await c.buy({ items: [TEA], idempotencyKey: first.idempotencyKey }).then(
+      (r) => assert.fail(`bought: ${JSON.stringify(r)}`),
+      (e) => e
+    );
+    assert.equal(err.code, refusal, JSON.stringify(err));
+    assert.equal(err.idempotencyKey, first.idempotencyKey, `${refusal}: the key of the unpaid order is handed back`);
+    assert.equal(sentOrders(wx).length, 1, 'nothing sent for the refused try');
+
+    says = { requireOrder: 0, traceId: 't-3' };
+    const again = await c.buy({ items: [TEA], idempotencyKey: err.idempotencyKey });
+    assert.equal(again.paid, true, JSON.stringify(again));
+    assert.equal(again.out_trade_no, first.out_trade_no, 'the same order was paid');
+    assert.equal(orders.size, 1, 'no second order');
+    assert.deepEqual(sentOrders(wx).map((d) => d.idempotency_key), [first.idempotencyKey, first.idempotencyKey]);
+  }
+});
+
+test('buy: a passed-back key is handed back on a refusal made before anything is sent, and on a failed login', async () => {
+  const bad = await createClient({ baseUrl: 'http://x', wx: fakeWx({}) })
+    .buy({ items: [], idempotencyKey: 'k-kept' })
+    .catch((e) => e);
+  assert.equal(bad.code, 'INVALID_ARGUMENT');
+  assert.equal(bad.idempotencyKey, 'k-kept');
+  // The check asks login what the shop makes, and login fails (offline): nothing was sent.
+  const wx = fakeWx({ login: () => ({ fail: 'request:fail timeout' }) }, { checkBeforeAddOrder: checkSays({ requireOrder: 1, requiredFundType: 0 }) });
+  const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY });
+  const offline = await c.buy({ items: [TEA], idempotencyKey: 'k-kept' }).catch((e) => e);
+  assert.equal(offline.code, 'NETWORK_ERROR', JSON.stringify(offline));
+  assert.equal(offline.idempotencyKey, 'k-kept');
+  const fresh = await c.buy({ items: [TEA] }).catch((e) => e);
+  assert.equal(fresh.code, 'NETWORK_ERROR');
+  assert.equal(fresh.idempotencyKey, undefined, 'a fresh key never sent holds nothing');
 });
 
 test('pay: an order the server already reports paid opens no cashier', async () => {

@@ -639,6 +639,11 @@ function createClient(options) {
 
   // ---- buy -------------------------------------------------------------------------------
 
+  /** The server's word that an idempotency key is spent: sent again, it would be refused again. */
+  function isSpentKeyError(err) {
+    return err.code === 'IDEMPOTENCY_KEY_REUSED' || err.code === 'ORDER_CLOSED';
+  }
+
   function enterScene() {
     try {
       if (typeof w.getEnterOptionsSync === 'function') {
@@ -798,7 +803,12 @@ function createClient(options) {
    * `idempotencyKey`: buy again with the same items, address and that key to pay the same
    * order (the server answers it with the order's payment parameters), not a second one.
    * Rejects before anything is made when preOrderCheck refuses (ORDER_TYPE_UNSUPPORTED,
-   * ORDER_CHECK_FAILED; no `idempotencyKey`: there is nothing to pick up).
+   * ORDER_CHECK_FAILED): with no `idempotencyKey` for a fresh key (nothing was sent for it, there
+   * is nothing to pick up), but with the key passed in when there was one: its order (an earlier
+   * attempt's, unpaid) still holds its stock, and buy again with that key, once the check
+   * allows it, pays that order instead of making a second one. So on every rejection: a key
+   * passed in is handed back unless the server said it is spent (ORDER_CLOSED,
+   * IDEMPOTENCY_KEY_REUSED), or buy replaced its order (then the error names its own key).
    * Rejects (error shape, plus `idempotencyKey`) when it got no payment parameters: the server
    * refused the cart, or the outcome stayed unknown after placeOrder's retries, in which case
    * the order may exist. Call buy again with the same items and `idempotencyKey:
@@ -818,7 +828,9 @@ function createClient(options) {
   function buy(params) {
     params = params || {};
     if (!Array.isArray(params.items) || params.items.length === 0) {
-      return Promise.reject(makeError('INVALID_ARGUMENT', 'buy: items must be a non-empty array', 0));
+      // Nothing sent: a key passed in still holds whatever it held.
+      var kept = params.idempotencyKey ? { idempotencyKey: params.idempotencyKey } : undefined;
+      return Promise.reject(makeError('INVALID_ARGUMENT', 'buy: items must be a non-empty array', 0, kept));
     }
     var key = params.idempotencyKey || newIdempotencyKey();
     // Passed back by the page (an earlier purchase not paid yet): the one key whose order may be
@@ -836,6 +848,7 @@ function createClient(options) {
     if (params.traceId) data.trace_id = params.traceId;
     if (params.traceId && isRequireOrder(params.requireOrder)) data.require_order = params.requireOrder;
     var check = null;
+    var placed = false; // the order call was sent (under `key`)
 
     /**
      * The 422 for a passed-back key whose request changed: close the order it holds, then
@@ -861,7 +874,11 @@ function createClient(options) {
 
     return preOrderCheck(params.traceId)
       .catch(function (e) {
-        throw toError(e); // nothing was sent for this key: no idempotencyKey to hand back
+        // Refused before anything was sent. A fresh key stands for nothing: none to hand back.
+        // A key passed back still holds its order (unpaid, its stock held until it expires):
+        // handed back, so the next try (from where the check allows it) pays that order, not a
+        // second one.
+        throw assign({}, toError(e), passedBack ? { idempotencyKey: key } : null);
       })
       .then(function (c) {
         check = c;
@@ -872,6 +889,7 @@ function createClient(options) {
         // The check's verdict: with WX_TRADING_COMPONENT=scene the server goes by it instead
         // of asking WeChat's deprecated shop/scene/check.
         if (c.status === 'ok' && isRequireOrder(c.requireOrder)) data.require_order = c.requireOrder;
+        placed = true;
         return placeOrder(data)
           .catch(function (e) {
             var err = toError(e);
@@ -883,7 +901,7 @@ function createClient(options) {
             if (err.previousOrder) throw err; // replaceHeldOrder's: it carries its key
             // A key the server says is spent (used for another cart, address or scene, or its
             // order closed) must not be sent again: the next try is a new purchase.
-            if (err.code === 'IDEMPOTENCY_KEY_REUSED' || err.code === 'ORDER_CLOSED') throw err;
+            if (isSpentKeyError(err)) throw err;
             throw assign({}, err, { idempotencyKey: key }, previousOrder ? { previousOrder: previousOrder } : null);
           });
       })
@@ -899,6 +917,14 @@ function createClient(options) {
         var status = r.order && r.order.status;
         if (!r.paid && FINAL_UNPAID_STATUSES.indexOf(status) < 0) out.idempotencyKey = key;
         return out;
+      })
+      .catch(function (e) {
+        // Whatever else failed on the way (after the order call), a key the server did not
+        // refuse may hold an order: hand it back, as the steps above do.
+        var err = toError(e);
+        if (err.idempotencyKey !== undefined || err.previousOrder || isSpentKeyError(err)) throw err;
+        if (!passedBack && !placed) throw err; // a fresh key never sent: it holds nothing
+        throw assign({}, err, { idempotencyKey: key });
       });
   }
 

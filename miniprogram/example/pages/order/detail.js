@@ -3,9 +3,14 @@
  * WeChat's order centre opens with the order number the server appended (`out_trade_no`), and
  * where the other pages send the user.
  *
- * - Unpaid: Pay (when this phone kept the purchase's key: shop.buy with that key, items and
- *   address pays this very order; from another entry buy closes it and pays a new one, shown
- *   then) and Close (shop.orders.close: its stock goes back). Right after a Pay whose cashier
+ * - Unpaid: Pay (when this phone kept the purchase's key, in storage, utils/unpaid: it outlives
+ *   the mini program being closed and reopened, and this page being opened from WeChat's order
+ *   centre; shop.buy with that key, items and address pays this very order; from another entry
+ *   buy closes it and pays a new one, shown then) and Close (shop.orders.close: its stock goes
+ *   back). Without the key (bought on another phone, storage cleared, or kept longer than an
+ *   order lives) it cannot be paid here: Buy again closes it, then opens its product to buy
+ *   afresh (the server would not close it for a new purchase: it would hold its stock until it
+ *   expired). Right after a Pay whose cashier
  *   said paid while the server has not seen the payment yet: neither, only "confirming", until
  *   a pull-down refresh reads the order again.
  * - Shipped: the parcel, and Confirm receipt (shop.orders.confirmReceipt).
@@ -137,6 +142,31 @@ Page({
           }
         );
     });
+  },
+
+  /**
+   * An unpaid order this phone holds no key for: close it (its stock goes back; 409 ORDER_PAID
+   * if it was paid meanwhile, shown, and the order read again), then open its product to buy
+   * afresh. A new purchase alone would leave this one open, holding its stock until it expired.
+   */
+  onBuyAgainTap() {
+    const order = this.data.order;
+    const item = order && order.items[0];
+    if (!item || this.data.confirming) return Promise.resolve();
+    return this.act(() =>
+      ask({ title: 'Buy again?', content: 'This order is closed first (what it holds goes back on sale), then you buy afresh.' }).then((res) => {
+        if (!res.confirm) return undefined;
+        return getApp()
+          .shop.orders.close(this.outTradeNo)
+          .then((closed) => {
+            this.show(closed);
+            if (closed.status !== 'CLOSED') return;
+            wx.navigateTo({
+              url: '/pages/product/product?product_id=' + encodeURIComponent(item.product_id) + '&sku_id=' + encodeURIComponent(item.sku_id),
+            });
+          });
+      })
+    );
   },
 
   onCloseTap() {

@@ -6,14 +6,22 @@
 'use strict';
 
 const view = require('../../utils/view');
+const unpaid = require('../../utils/unpaid');
 const { paged } = require('../../utils/paged');
+
+/** An order for the list; one no longer unpaid is no longer kept to be paid (utils/unpaid). */
+function listed(order) {
+  const v = view.orderView(order);
+  if (!v.unpaid) unpaid.forget(v.out_trade_no);
+  return v;
+}
 
 const PAGE_SIZE = 10;
 
 Page(Object.assign(paged('orders', (cursor) =>
   getApp()
     .shop.orders.list({ limit: PAGE_SIZE, cursor: cursor })
-    .then((page) => ({ items: page.orders.map(view.orderView), next: page.next }))
+    .then((page) => ({ items: page.orders.map(listed), next: page.next }))
 ), {
   data: {
     orders: [],

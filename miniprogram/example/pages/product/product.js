@@ -11,6 +11,12 @@
  * that order closed unpaid, ORDER_CLOSED, the page says so and offers Buy); when
  * the server could not be asked (`error`), or the cashier said paid and the server has not
  * seen the payment yet, the payment is not offered again: the order page asks the server later.
+ *
+ * The unpaid purchase is kept in storage (utils/unpaid), not only in this page: when the mini
+ * program is closed and reopened, the page offers Pay for it again (the SKU, quantity and
+ * address it was made with) once the server says it is still unpaid, and a Buy of the same
+ * cart sends its key. Without that, the next tap would make a second order while the first
+ * still held its stock until it expired.
  */
 'use strict';
 
@@ -43,7 +49,8 @@ Page({
     message: '',
     orderNo: '',
   },
-  // The purchase not paid yet: { key, what }, `what` the items and address it was sent for.
+  // The purchase not paid yet: { key, what, items, address, no }, `what` the items and address
+  // it was sent for (JSON), `no` its order number when known.
   pending: null,
   // The server answered ADDRESS_REQUIRED: ask for one whatever login said.
   addressRequired: false,
@@ -68,10 +75,56 @@ Page({
           quantity: 1,
           maxQuantity: pick ? pick.stock : 0,
         });
+        return skus;
       })
       .catch((e) => {
         this.setData({ loading: false, product: null });
         view.showError(e);
+        return null;
+      })
+      .then((skus) => (skus ? this.restorePending(skus) : undefined))
+      .catch((e) => view.showError(e));
+  },
+
+  /**
+   * The purchase of this product left unpaid before the mini program was closed (kept by
+   * utils/unpaid), offered again as Pay with the SKU, quantity and address it was made with:
+   * its key pays that order, where Buy would make a second one. The server is asked first: an
+   * order paid or closed meanwhile is forgotten, and the page offers Buy as usual.
+   */
+  restorePending(skus) {
+    if (this.pending) return Promise.resolve(); // this page's own purchase, in memory, wins
+    const kept = unpaid.latestFor(this.productId);
+    const line = kept && kept.items[0];
+    const sku = line && skus.filter((s) => s.sku_id === line.sku_id)[0];
+    if (!sku) return Promise.resolve();
+    return getApp()
+      .shop.orders.get(kept.out_trade_no)
+      .then(
+        (order) => {
+          if (view.orderView(order).unpaid) return true;
+          unpaid.forget(kept.out_trade_no);
+          return false;
+        },
+        // Not read now: Pay sends the key, which pays that order or is refused (ORDER_CLOSED),
+        // never makes a second one.
+        () => true
+      )
+      .then((open) => {
+        if (!open || this.pending || this.data.busy) return;
+        const address = kept.address || null;
+        this.pending = { key: kept.key, what: JSON.stringify({ items: kept.items, address: address }), items: kept.items, address: address, no: kept.out_trade_no };
+        const patch = {
+          selected: sku.sku_id,
+          quantity: line.quantity,
+          // Its own order holds what it bought: the SKU may read sold out because of it.
+          maxQuantity: Math.max(sku.stock, line.quantity),
+          outcome: 'unpaid',
+          orderNo: kept.out_trade_no,
+          message: 'Order ' + kept.out_trade_no + ' is waiting for payment. Tap Pay to pay it.',
+        };
+        if (address) patch.address = address;
+        this.setData(patch);
       });
   },
 
@@ -122,28 +175,38 @@ Page({
   onBuyTap() {
     if (this.data.busy || !this.data.selected || this.data.outcome === 'unknown') return Promise.resolve();
     const shop = getApp().shop;
+    // Pay: the purchase shown unpaid, exactly as it was sent (its key names that request).
+    const paying = this.data.outcome === 'unpaid' && this.pending && this.pending.items ? this.pending : null;
     // No price: the server charges its own.
-    const items = [{ product_id: this.data.product.product_id, sku_id: this.data.selected, quantity: this.data.quantity }];
+    const items = paying ? paying.items : [{ product_id: this.data.product.product_id, sku_id: this.data.selected, quantity: this.data.quantity }];
     this.setData({ busy: true, message: '' });
-    return this.address()
+    return (paying ? Promise.resolve(paying.address) : this.address())
       .then((address) => {
         wx.showLoading({ title: 'Paying…', mask: true });
         const what = JSON.stringify({ items: items, address: address });
-        const key = this.pending && this.pending.what === what ? this.pending.key : undefined;
+        // This page's unpaid purchase of the same cart, or one kept in storage (made before the
+        // mini program was closed and reopened): its key pays that order, not a second one.
+        const kept = this.pending && this.pending.what === what ? this.pending : unpaid.findPurchase(items, address);
+        const key = kept ? kept.key : undefined;
+        const keptNo = kept ? kept.no || kept.out_trade_no : undefined;
         const params = { items: items, idempotencyKey: key };
         if (address) params.address = address;
         return shop.buy(params).then(
           (r) => {
             // Not paid: buy hands back the key, and the next tap pays this order. Paid or
             // closed: none, and the next tap is a new purchase.
-            this.pending = r.idempotencyKey ? { key: r.idempotencyKey, what: what } : null;
+            this.pending = r.idempotencyKey ? { key: r.idempotencyKey, what: what, items: items, address: address, no: r.out_trade_no } : null;
             unpaid.afterBuy(r, { items: items, address: address });
             return r;
           },
           (e) => {
-            // Only the key buy hands back: none when it is spent (ORDER_CLOSED,
-            // IDEMPOTENCY_KEY_REUSED), and sending it again would be refused on every tap.
-            this.pending = e.idempotencyKey ? { key: e.idempotencyKey, what: what } : null;
+            // Only the key buy hands back: it keeps a key it was given on every refusal that
+            // did not spend it (WeChat's pre-order check refusing this entry, a network
+            // failure), and hands back none when it is spent (ORDER_CLOSED,
+            // IDEMPOTENCY_KEY_REUSED): sent again, it would be refused on every tap.
+            const no = e.idempotencyKey === key ? keptNo : undefined;
+            this.pending = e.idempotencyKey ? { key: e.idempotencyKey, what: what, items: items, address: address, no: no } : null;
+            if (key && !e.idempotencyKey && keptNo) unpaid.forget(keptNo);
             throw e;
           }
         );
