@@ -639,9 +639,13 @@ function createClient(options) {
 
   // ---- buy -------------------------------------------------------------------------------
 
-  /** The server's word that an idempotency key is spent: sent again, it would be refused again. */
+  /**
+   * The server's word that an idempotency key is spent: sent again, it would be refused again
+   * (ORDER_NOT_OPEN: its order was closed while this call opened it — "order again with a new
+   * key"; the same key would then be ORDER_CLOSED).
+   */
   function isSpentKeyError(err) {
-    return err.code === 'IDEMPOTENCY_KEY_REUSED' || err.code === 'ORDER_CLOSED';
+    return err.code === 'IDEMPOTENCY_KEY_REUSED' || err.code === 'ORDER_CLOSED' || err.code === 'ORDER_NOT_OPEN';
   }
 
   function enterScene() {
@@ -807,7 +811,7 @@ function createClient(options) {
    * is nothing to pick up), but with the key passed in when there was one: its order (an earlier
    * attempt's, unpaid) still holds its stock, and buy again with that key, once the check
    * allows it, pays that order instead of making a second one. So on every rejection: a key
-   * passed in is handed back unless the server said it is spent (ORDER_CLOSED,
+   * passed in is handed back unless the server said it is spent (ORDER_CLOSED, ORDER_NOT_OPEN,
    * IDEMPOTENCY_KEY_REUSED), or buy replaced its order (then the error names its own key).
    * Rejects (error shape, plus `idempotencyKey`) when it got no payment parameters: the server
    * refused the cart, or the outcome stayed unknown after placeOrder's retries, in which case

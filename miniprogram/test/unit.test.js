@@ -624,6 +624,8 @@ test('buy: a key the server says is spent is not handed back for a retry', async
   for (const answer of [
     { statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'this idempotency key was used for a different cart; use a new key' } },
     { statusCode: 409, data: { code: 'ORDER_CLOSED', message: 'the order this idempotency key made was closed unpaid; order again with a new key' } },
+    // Closed while this call opened it at WeChat: the same key would be ORDER_CLOSED next.
+    { statusCode: 409, data: { code: 'ORDER_NOT_OPEN', message: 'order closed while opening it' } },
   ]) {
     const wx = fakeWx(paidRoutes(() => answer), payOk);
     const c = createClient({ baseUrl: 'http://x', wx, orderRetry: FAST_RETRY });

@@ -214,7 +214,7 @@ Page({
       .then((r) => this.showOutcome(r))
       .catch((e) => {
         if (e && e.code === 'ADDRESS_REQUIRED') this.addressRequired = true;
-        if (e && e.code === 'ORDER_CLOSED') {
+        if (e && (e.code === 'ORDER_CLOSED' || e.code === 'ORDER_NOT_OPEN')) {
           // Pay sent the key of an order that closed unpaid meanwhile (it expired, or was
           // closed on its page): that order cannot be paid, and the next tap, with no key, is
           // a new purchase. Say so and offer Buy, as for a CLOSED status; not Pay.
