@@ -2200,6 +2200,10 @@ fn aftersale_add(sb: &Sandbox, v: &Value) -> WxResult {
             "product_cnt exceeds the quantity ordered on this line",
         ));
     }
+    // `orderamt` is bounded by the order's price (freight included) less what its other
+    // after-sales ask, not by the line's value: the after-sale of an order's last units may
+    // carry its freight (docs/API.md, aftersaleSync). Whether WeChat bounds it by the line is
+    // UNVERIFIED (WECHAT_SHOP.md documents `orderamt` only as "refund amount").
     let open: i64 = st
         .shop
         .aftersales

@@ -215,8 +215,9 @@ pub struct LineChoice {
     pub line: Option<AfterSaleLine>,
     /// The value of the quantity asked (unit price × quantity), on an order with several
     /// items never more than the line's value less what live after-sales of the line claim.
-    /// `None` (all of an order's only item, or the whole order): only the order's own bound
-    /// (what it can still refund, freight included) applies.
+    /// `None` (all of an order's only item, the last unclaimed units of an order with
+    /// several, or the whole order): only the order's own bound (what it can still refund,
+    /// freight included) applies.
     pub most: Option<Fen>,
 }
 
@@ -265,9 +266,12 @@ impl AfterSaleLine {
     ///   after-sale); otherwise the whole order, without a line.
     ///
     /// On an order with several items a line is also bounded by what live after-sales of it
-    /// already claim, in goods and in money ([`LineChoice::most`]). All of an order's only
-    /// item keeps the order's own bound only (freight included), as before lines existed;
-    /// part of it is worth its unit price × quantity.
+    /// already claim, in goods and in money ([`LineChoice::most`]) — except the claim of the
+    /// order's last unclaimed units (after it, every unit of every line is under a live or
+    /// refunded after-sale), which keeps the order's own bound (freight included) so the
+    /// freight can be given back. All of an order's only item keeps the order's own bound
+    /// only (freight included), as before lines existed; part of it is worth its unit price
+    /// × quantity.
     pub fn choose(
         order: &Order,
         asked: Option<&LineAsked>,
@@ -308,7 +312,8 @@ impl AfterSaleLine {
     }
 
     /// `quantity` of `item`. On an order with several items: by default all not yet under a
-    /// live after-sale, bounded by what those already claim of the line. An order's only item:
+    /// live after-sale, bounded by what those already claim of the line — or, for the order's
+    /// last unclaimed units, by the order's own bound only. An order's only item:
     /// by default all of it, with the order's own bound (freight included), as before lines
     /// existed; part of it is worth its unit price × quantity.
     fn of_item(
@@ -349,14 +354,43 @@ impl AfterSaleLine {
                 left: if left_value == Fen::ZERO { 0 } else { left },
             });
         }
+        let line = AfterSaleLine {
+            quantity,
+            ..AfterSaleLine::whole(item)
+        };
+        if quantity == left && Self::all_else_claimed(order, item, earlier) {
+            // The last unclaimed units of the order: the order's own bound (freight
+            // included), as an only item's, so an order refunded line by line can give all
+            // its money back. Decided now: an earlier after-sale rejected or cancelled later
+            // does not change what this one was accepted for.
+            return Ok(LineChoice {
+                line: Some(line),
+                most: None,
+            });
+        }
         let value = item.unit_price.checked_mul(quantity)?;
         Ok(LineChoice {
-            line: Some(AfterSaleLine {
-                quantity,
-                ..AfterSaleLine::whole(item)
-            }),
+            line: Some(line),
             most: Some(value.min(left_value)),
         })
+    }
+
+    /// Whether every unit of every item of `order` but `item` is claimed by a live (not
+    /// rejected or cancelled; refunded ones included) after-sale among `earlier` that names
+    /// its line. After-sales of the whole order without a line claim no units.
+    fn all_else_claimed(order: &Order, item: &OrderItem, earlier: &[AfterSale]) -> bool {
+        order
+            .items
+            .iter()
+            .filter(|i| !std::ptr::eq(*i, item))
+            .all(|other| {
+                let taken = earlier
+                    .iter()
+                    .filter(|a| a.status.is_live())
+                    .filter_map(|a| a.line.as_ref().filter(|l| l.is_of(other)))
+                    .fold(0u32, |sum, l| sum.saturating_add(l.quantity));
+                taken >= other.quantity
+            })
     }
 
     /// All of `item`.
@@ -929,9 +963,53 @@ mod tests {
             AfterSaleLine::choose(&o, Some(&asked("B", "b1", Some(1))), &whole),
             Err(LineError::AlreadyClaimed { left: 0, .. })
         ));
-        // A's line is untouched by B's after-sales.
-        let a = AfterSaleLine::choose(&o, Some(&asked("A", "a1", None)), &whole).unwrap();
-        assert_eq!(a.most, Some(Fen::new(600).unwrap()));
+        // A's line is untouched by B's after-sales: part of it is worth its units. (All of
+        // it would be the order's last unclaimed units: see the test below.)
+        let a = AfterSaleLine::choose(&o, Some(&asked("A", "a1", Some(1))), &whole).unwrap();
+        assert_eq!(a.most, Some(Fen::new(300).unwrap()));
+    }
+
+    #[test]
+    fn the_last_unclaimed_units_of_an_order_keep_its_own_bound() {
+        let o = two_lines();
+        let b = |q, amount, status| {
+            earlier(
+                AfterSaleLine {
+                    product_id: ProductId::parse("B").unwrap(),
+                    sku_id: SkuId::parse("b1").unwrap(),
+                    quantity: q,
+                },
+                amount,
+                status,
+            )
+        };
+        // Every B under a live or refunded after-sale: all of A is the last units.
+        let claimed = [
+            b(1, 500, AfterSaleStatus::Refunded),
+            b(2, 1000, AfterSaleStatus::Requested),
+        ];
+        for ask in [None, Some(2)] {
+            let last = AfterSaleLine::choose(&o, Some(&asked("A", "a1", ask)), &claimed).unwrap();
+            assert_eq!((last.line.unwrap().quantity, last.most), (2, None));
+        }
+        // Part of A leaves a unit unclaimed: its line's bound.
+        let part = AfterSaleLine::choose(&o, Some(&asked("A", "a1", Some(1))), &claimed).unwrap();
+        assert_eq!(part.most, Some(Fen::new(300).unwrap()));
+        // One A claimed already: the other is the last unit.
+        let mut one_a = claimed.to_vec();
+        let a1 = AfterSaleLine::choose(&o, Some(&asked("A", "a1", Some(1))), &[]).unwrap();
+        one_a.push(earlier(a1.line.unwrap(), 300, AfterSaleStatus::Refunding));
+        let last = AfterSaleLine::choose(&o, Some(&asked("A", "a1", None)), &one_a).unwrap();
+        assert_eq!((last.line.unwrap().quantity, last.most), (1, None));
+        // A B rejected or cancelled frees its units: A is bounded by its line again.
+        for freed in [AfterSaleStatus::Rejected, AfterSaleStatus::Cancelled] {
+            let claims = [b(1, 500, AfterSaleStatus::Refunded), b(2, 1000, freed)];
+            let a = AfterSaleLine::choose(&o, Some(&asked("A", "a1", None)), &claims).unwrap();
+            assert_eq!(a.most, Some(Fen::new(600).unwrap()));
+        }
+        // Nothing claimed yet: the first line keeps its line's bound.
+        let first = AfterSaleLine::choose(&o, Some(&asked("A", "a1", None)), &[]).unwrap();
+        assert_eq!(first.most, Some(Fen::new(600).unwrap()));
     }
 
     #[test]
