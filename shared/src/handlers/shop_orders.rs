@@ -740,8 +740,9 @@ pub(crate) fn nothing_to_ship(order: &Order) -> String {
     format!(
         "every item of order {} was refunded through after-sales ({} fen went back), so a \
          parcel would hold nothing; {} fen (the freight) is left to refund. Nothing was \
-         shipped. To close the order, refund what is left: the user applies for an after-sale \
-         of it (aftersaleSync apply) and you approve it, or refund it in the WeChat Pay \
+         shipped. To close the order, refund what is left: an after-sale of an order's last \
+         unclaimed units asks for the freight too, so this one's asked for less (or came \
+         before that rule) and every line is claimed — refund the rest in the WeChat Pay \
          merchant platform; the order is then REFUNDED",
         order.out_trade_no,
         order.refunded.get(),
