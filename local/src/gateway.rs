@@ -787,6 +787,12 @@ async fn gateway(
         }
     };
     let mut req = http::Request::from_parts(parts, bytes);
+    if route.caller == Caller::Admin {
+        // Authorised above by the one admin token wxlocal has.
+        req.extensions_mut().insert(wxshop::http::AdminCaller(
+            "ADMIN_TOKEN (wxlocal)".to_owned(),
+        ));
+    }
     // The TCP peer, as API Gateway's `sourceIp`: what `spbill_create_ip` is made of.
     if let Some(peer) = req
         .extensions()

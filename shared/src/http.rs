@@ -176,6 +176,18 @@ pub fn query_params(req: &Request) -> std::collections::HashMap<String, String> 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerIp(pub std::net::IpAddr);
 
+/// Who called an admin route, as the entry point authorised it: the IAM user or role (its ARN)
+/// in Lambda, the holder of `ADMIN_TOKEN` in `wxlocal`. Nothing the caller sends can set it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminCaller(pub String);
+
+/// [`AdminCaller`] of `req`, or `"unknown"` where the entry point put none.
+pub fn admin_caller(req: &Request) -> String {
+    req.extensions()
+        .get::<AdminCaller>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.clone())
+}
+
 /// The caller's IP for `spbill_create_ip`: [`PeerIp`], else loopback.
 ///
 /// Not `X-Forwarded-For`: its first hop is whatever the caller wrote there (API Gateway

@@ -537,6 +537,10 @@ fn to_wx_request(
             req.headers_mut().insert(http::header::COOKIE, v);
         }
     }
+    // Who called an admin route (checked above), for what it records.
+    if let (Caller::Admin, Some(who)) = (route.caller, iam_caller) {
+        req.extensions_mut().insert(crate::http::AdminCaller(who));
+    }
     // API Gateway's word for the caller's address, never a header the caller wrote.
     if let Some(ip) = ctx.http.source_ip.and_then(|s| s.parse().ok()) {
         req.extensions_mut().insert(crate::http::PeerIp(ip));

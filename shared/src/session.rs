@@ -19,7 +19,11 @@
 //!   what a shared secret does risk is that whoever holds it can mint a token for any openid,
 //!   appid or not: each stack gets its own secret (docs/DEPLOY.md).
 //! - No server-side logout: the mini program forgets its token (`shop.logout()`), which stays
-//!   valid until `exp`. Rotating `SESSION_SECRET` ends every session (docs/DEPLOY.md).
+//!   valid until `exp`. Rotating `SESSION_SECRET` ends every session (docs/DEPLOY.md). To stop
+//!   one user the merchant blocks their openid instead (`handlers::user_blocks`): verifying a
+//!   token still reads no store, but `login` and `unifiedOrder` each read the block (one point
+//!   read) and refuse a blocked user — a token they already hold still reads their orders and
+//!   after-sales, on purpose.
 //! - The *current* `SESSION_TTL_SECS` also bounds every token: one is refused once `iat` plus
 //!   that TTL has passed, even if its own `exp` (set under a longer TTL) is later. Lowering the
 //!   TTL (e.g. after an incident) thus shortens sessions already issued; raising it never

@@ -5,6 +5,9 @@
 //! The answer also says which orders this shop makes (`fund_type`, `trading_component`): the
 //! mini program holds them against `wx.checkBeforeAddOrder` before it orders, so an order
 //! WeChat would not accept in the user's scene is refused before anything is made.
+//!
+//! A user the merchant blocked (`super::user_blocks`) is refused, 403 `USER_BLOCKED`, after
+//! `jscode2session` names them and before a token is issued: one point read of the store.
 
 use crate::app::App;
 use crate::domain::OpenId;
@@ -52,6 +55,9 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
         .map_err(|e| login_error(&e))?;
     let openid = OpenId::parse(session.openid.clone())
         .map_err(|e| ApiError::unavailable("WECHAT_BAD_REPLY", e.to_string()))?;
+    // A user the merchant blocked gets no token (WeChat had to be asked: only its answer
+    // says who the code is).
+    super::user_blocks::refuse_blocked_at_login(app, &openid).await?;
     let now = app.clock.now_secs();
     let ttl = app.config.session_ttl_secs;
     let token = app.sessions.issue(&openid, now, ttl);

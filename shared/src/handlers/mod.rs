@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod shop_orders;
 pub mod stock_back;
 pub mod unified_order;
+pub mod user_blocks;
 
 use crate::app::App;
 use crate::http::{ApiError, Request, Response};

@@ -1006,11 +1006,30 @@ enum AdminAction {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// Block a user (`login` and `unifiedOrder` refuse them; see `user_blocks`).
+    BlockUser {
+        #[serde(default)]
+        openid: String,
+        #[serde(default)]
+        reason: String,
+    },
+    /// Lift a user's block.
+    UnblockUser {
+        #[serde(default)]
+        openid: String,
+    },
+    /// The blocked users, newest block first.
+    BlockedUsers {
+        #[serde(default)]
+        cursor: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
 }
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 20] = [
+pub const EVENT_SOURCES: [&str; 21] = [
     "push",
     "double_payment",
     "payment_mismatch",
@@ -1031,6 +1050,7 @@ pub const EVENT_SOURCES: [&str; 20] = [
     super::shop_orders::COMPONENT_ORDER_MISSING_EVENTS,
     super::stock_back::STOCK_BACK_EVENTS,
     super::platform_delisting::PLATFORM_DELISTING_EVENTS,
+    super::user_blocks::USER_BLOCK_EVENTS,
 ];
 
 /// `events`: one source is a page of the store's index of that source (by time received);
@@ -1242,6 +1262,15 @@ pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
             cursor,
             limit,
         } => Ok(json(&list_events(app, source, cursor, limit).await?)),
+        AdminAction::BlockUser { openid, reason } => Ok(json(
+            &super::user_blocks::block(app, &req, openid, reason).await?,
+        )),
+        AdminAction::UnblockUser { openid } => {
+            Ok(json(&super::user_blocks::unblock(app, &req, openid).await?))
+        }
+        AdminAction::BlockedUsers { cursor, limit } => {
+            Ok(json(&super::user_blocks::list(app, cursor, limit).await?))
+        }
     }
 }
 

@@ -220,6 +220,8 @@ pub struct UnifiedOrderResult {
 
 pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
     let openid = authenticate(app, &req)?;
+    // A blocked user orders nothing, a repeated key included (see `user_blocks`).
+    super::user_blocks::refuse_blocked(app, &openid).await?;
     let body: UnifiedOrderRequest = parse_json(&req)?;
     let lines = validate_cart(&body.items)?;
 

@@ -54,6 +54,7 @@ pub async fn run_all(store: DynStore) {
     rotations(&store).await;
     product_audit_index(&store).await;
     product_on_sale_index(&store).await;
+    user_blocks(&store).await;
 }
 
 // ---------------------------------------------------------------- helpers
@@ -2277,4 +2278,89 @@ pub async fn product_on_sale_index(store: &DynStore) {
     let mut with_old = want.clone();
     with_old.insert(3, old.as_str().to_owned());
     assert_eq!(on_sale_ids(s, &p, 2).await, with_old, "indexed again");
+}
+
+/// The blocks listed whose openid starts `o{p}`, paging through the listing 2 at a time.
+async fn our_blocks(s: &dyn super::Store, p: &str) -> Vec<repo::UserBlock> {
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10_000 {
+        let (page, next) = repo::user_blocks(s, 2, cursor).await.unwrap();
+        seen.extend(
+            page.into_iter()
+                .filter(|b| b.openid.as_str().starts_with(&format!("o{p}"))),
+        );
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return seen,
+        }
+    }
+    panic!("user_blocks: the listing never ended");
+}
+
+/// Blocked users: a point read by openid, the listing newest block first (paged), blocking
+/// again replaces the block, unblocking deletes it (and unblocking nobody is no error).
+pub async fn user_blocks(store: &DynStore) {
+    let s = store.as_ref();
+    let p = prefix();
+    let t = past_base_ms();
+    let block = |i: usize, at: i64, reason: &str| repo::UserBlock {
+        openid: OpenId::parse(format!("o{p}u{i}")).unwrap(),
+        reason: reason.to_owned(),
+        blocked_by: "conformance".to_owned(),
+        blocked_at_ms: at,
+    };
+    let nobody = OpenId::parse(format!("o{p}u9")).unwrap();
+    assert_eq!(repo::get_user_block(s, &nobody).await.unwrap(), None);
+    for (i, at) in [(0, t), (1, t + 2), (2, t + 1)] {
+        let mut b = Batch::new();
+        b.put_user_block(&block(i, at, "first"));
+        b.commit(s).await.unwrap();
+    }
+    assert_eq!(
+        repo::get_user_block(s, &block(0, t, "").openid)
+            .await
+            .unwrap(),
+        Some(block(0, t, "first"))
+    );
+    let listed: Vec<String> = our_blocks(s, &p)
+        .await
+        .iter()
+        .map(|b| b.openid.to_string())
+        .collect();
+    assert_eq!(
+        listed,
+        [1, 2, 0].map(|i| format!("o{p}u{i}")),
+        "user_blocks: newest block first, paged"
+    );
+    // Blocking again replaces the block (reason, time), still one entry.
+    let mut b = Batch::new();
+    b.put_user_block(&block(0, t + 3, "again"));
+    b.commit(s).await.unwrap();
+    assert_eq!(
+        repo::get_user_block(s, &block(0, t, "").openid)
+            .await
+            .unwrap(),
+        Some(block(0, t + 3, "again"))
+    );
+    let listed = our_blocks(s, &p).await;
+    assert_eq!(listed.len(), 3, "user_blocks: a block again is one entry");
+    assert_eq!(listed[0], block(0, t + 3, "again"));
+    // Unblocking deletes; unblocking nobody is no error.
+    let mut b = Batch::new();
+    b.delete_user_block(&block(0, t, "").openid);
+    b.delete_user_block(&nobody);
+    b.commit(s).await.unwrap();
+    assert_eq!(
+        repo::get_user_block(s, &block(0, t, "").openid)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(our_blocks(s, &p).await.len(), 2);
+    let mut b = Batch::new();
+    b.delete_user_block(&block(1, t, "").openid);
+    b.delete_user_block(&block(2, t, "").openid);
+    b.commit(s).await.unwrap();
+    assert!(our_blocks(s, &p).await.is_empty());
 }

@@ -41,10 +41,12 @@ pub enum Kind {
     Refund,
     /// Funds withdrawals (secondary-merchant mode).
     Withdrawal,
+    /// Users the merchant blocked from logging in and ordering, keyed by openid.
+    BlockedUser,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Order,
         Kind::Product,
         Kind::AfterSale,
@@ -54,6 +56,7 @@ impl Kind {
         Kind::Event,
         Kind::Refund,
         Kind::Withdrawal,
+        Kind::BlockedUser,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl Kind {
             Kind::Event => "event",
             Kind::Refund => "refund",
             Kind::Withdrawal => "withdrawal",
+            Kind::BlockedUser => "blocked_user",
         }
     }
 

@@ -970,6 +970,50 @@ pub async fn record_event(store: &dyn Store, event: &EventRecord) -> Result<bool
     }
 }
 
+// ---------------------------------------------------------------- blocked users
+
+/// A user the merchant blocked (`/admin/orderSync {"action": "block_user"}`): `login` and
+/// `unifiedOrder` refuse them (one point read each, [`get_user_block`]); nothing else reads it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserBlock {
+    pub openid: OpenId,
+    /// Why, as the merchant wrote it (≤ 200 characters).
+    pub reason: String,
+    /// Who blocked: the admin caller (IAM user or role in AWS, `ADMIN_TOKEN` in wxlocal).
+    pub blocked_by: String,
+    pub blocked_at_ms: i64,
+}
+
+/// The one owner every block is listed under (blocks are few; one index partition).
+pub const BLOCKED_USERS_OWNER: &str = "all";
+
+/// Blocked users: id = openid, owner = [`BLOCKED_USERS_OWNER`], sort = blocked_at_ms.
+fn user_block_record(b: &UserBlock) -> Result<Record, StoreError> {
+    let mut rec = Record::new(Kind::BlockedUser, b.openid.as_str(), Record::encode(b)?);
+    rec.owner = Some(BLOCKED_USERS_OWNER.to_owned());
+    rec.sort = b.blocked_at_ms;
+    Ok(rec)
+}
+
+/// The block of `openid`, if any: one point read.
+pub async fn get_user_block(
+    store: &dyn Store,
+    openid: &OpenId,
+) -> Result<Option<UserBlock>, StoreError> {
+    Ok(get_typed(store, Kind::BlockedUser, openid.as_str())
+        .await?
+        .map(|v: Versioned<UserBlock>| v.value))
+}
+
+/// Blocked users, newest block first, `limit` at a time.
+pub async fn user_blocks(
+    store: &dyn Store,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<(Vec<UserBlock>, Option<String>), StoreError> {
+    newest_of_owner(store, Kind::BlockedUser, BLOCKED_USERS_OWNER, limit, cursor).await
+}
+
 // ---------------------------------------------------------------- batch
 
 /// Writes collected for one atomic commit. Every method adds exactly one write and returns
@@ -1102,6 +1146,21 @@ impl Batch {
     }
 
     /// Adds an outbox entry, written with the rest of the batch.
+    /// Blocks a user: writes the block whatever was there (blocking again replaces the
+    /// reason and time).
+    pub fn put_user_block(&mut self, block: &UserBlock) -> usize {
+        self.put(user_block_record(block), Expect::Any)
+    }
+
+    /// Unblocks a user (nothing to delete is no error).
+    pub fn delete_user_block(&mut self, openid: &OpenId) -> usize {
+        self.push(Write::Delete {
+            kind: Kind::BlockedUser,
+            id: openid.as_str().to_owned(),
+            expect: Expect::Any,
+        })
+    }
+
     pub fn enqueue(&mut self, entry: OutboxEntry) -> usize {
         self.put(outbox::to_record(&entry, 1), Expect::Absent)
     }
