@@ -84,6 +84,7 @@ pub async fn put_back(
             if np != p.value {
                 // As closing an unpaid order does: the stock only (no audit clock moved).
                 batch.update_product(&p, &np);
+                super::stock_mirror::add_to(app, &mut batch, &p.value, &np).await?;
             }
         }
         let body = serde_json::json!({
