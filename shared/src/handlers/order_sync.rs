@@ -1,5 +1,6 @@
 //! `orderSync`: carries out the outbox — `shop/order/pay`, `shop/delivery/send`,
-//! `shop/delivery/recieve`, after-sale syncs, refunds, closes — with retry, back-off and
+//! `shop/delivery/recieve`, after-sale syncs, refunds, closes, stock back and stock mirrors
+//! (`spu/update_without_audit`) — with retry, back-off and
 //! dead letters; a schedule re-drives anything stuck, reconciles unpaid orders with
 //! `pay/orderquery`, refunds whose notification never came with `pay/refundquery` and
 //! receipts WeChat confirmed whose push never came with `shop/order/get`;
