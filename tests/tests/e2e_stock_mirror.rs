@@ -158,3 +158,35 @@ async fn a_product_wechat_does_not_list_gets_no_stock_call() {
     assert!(c.dead_letters().await.is_empty());
     r.stop();
 }
+
+/// GIVEN the listed tea at 5, an order of 2 paid (WeChat reads 3)
+/// WHEN the user is refunded in full before shipping (the units go back on sale)
+/// THEN WeChat reads 5 again.
+#[tokio::test]
+async fn units_back_after_a_refund_reach_wechat() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    c.set_stock(5).await;
+    let (token, _) = c.login("mirror-refund").await;
+    let no = no_of(&c.order_tea(&token, 2).await);
+    c.pay_at_sandbox(&no).await;
+    eventually("the order to read PAID", WAIT, || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    until_wechat_reads(&r, &c, 3).await;
+    let id = c
+        .apply(&token, &no, json!({"reason": "changed my mind"}))
+        .await;
+    c.approve(&id).await;
+    eventually("the after-sale to read REFUNDED", WAIT, || async {
+        c.my_aftersale(&token, &no, &id).await["status"] == "REFUNDED"
+    })
+    .await;
+    eventually("the stock back here", WAIT, || async {
+        c.stock().await == 5
+    })
+    .await;
+    until_wechat_reads(&r, &c, 5).await;
+    r.stop();
+}
