@@ -16,7 +16,7 @@
 //!   ran out (and was taken over) gets [`StoreError::Conflict`] and must not touch the entry.
 //!   Every task must be idempotent on the WeChat side, because a lease can expire mid-call.
 
-use crate::domain::{random_alnum, AfterSaleId, AfterSaleLine, OutTradeNo};
+use crate::domain::{random_alnum, AfterSaleId, AfterSaleLine, OutTradeNo, ProductId};
 use crate::store::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,10 @@ pub enum Task {
         aftersale_id: AfterSaleId,
         lines: Vec<AfterSaleLine>,
     },
+    /// `spu/update_without_audit` with the current stock of a listed product's approved SKUs,
+    /// after orders, closes or refunds changed it; one entry per product at a time
+    /// (`handlers::stock_mirror`).
+    StockMirror { product_id: ProductId },
     /// Anything else: a named task with its own payload.
     Custom {
         name: String,
@@ -74,6 +78,7 @@ impl Task {
             Task::Refund { .. } => "refund",
             Task::OrderClose { .. } => "order_close",
             Task::StockBack { .. } => "stock_back",
+            Task::StockMirror { .. } => "stock_mirror",
             Task::Custom { name, .. } => name,
         }
     }
@@ -90,6 +95,7 @@ impl Task {
                 format!("aftersale:{aftersale_id}")
             }
             Task::StockBack { aftersale_id, .. } => format!("stock:{aftersale_id}"),
+            Task::StockMirror { product_id } => format!("product:{product_id}"),
             Task::Custom { name, .. } => format!("custom:{name}"),
         }
     }

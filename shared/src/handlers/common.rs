@@ -313,6 +313,7 @@ async fn take_stock_back(
             }
         }
         batch.update_product(&p, &np);
+        super::stock_mirror::add_to(app, batch, &p.value, &np).await?;
     }
     Ok(short)
 }
@@ -408,6 +409,7 @@ pub async fn close_and_release_opened(
                 np.release(&item.sku_id, item.quantity);
             }
             batch.update_product(p, &np);
+            super::stock_mirror::add_to(app, &mut batch, &p.value, &np).await?;
         }
         // Tell WeChat Pay (and the trading component) the order is closed, later and with
         // retries; if the user paid meanwhile, that task finds out and records the payment.

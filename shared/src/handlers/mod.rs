@@ -19,6 +19,7 @@ pub mod query_order;
 pub mod reconcile;
 pub mod shop_orders;
 pub mod stock_back;
+pub mod stock_mirror;
 pub mod unified_order;
 pub mod user_blocks;
 

@@ -1,5 +1,6 @@
 //! `orderSync`: carries out the outbox — `shop/order/pay`, `shop/delivery/send`,
-//! `shop/delivery/recieve`, after-sale syncs, refunds, closes — with retry, back-off and
+//! `shop/delivery/recieve`, after-sale syncs, refunds, closes, stock back and stock mirrors
+//! (`spu/update_without_audit`) — with retry, back-off and
 //! dead letters; a schedule re-drives anything stuck, reconciles unpaid orders with
 //! `pay/orderquery`, refunds whose notification never came with `pay/refundquery` and
 //! receipts WeChat confirmed whose push never came with `shop/order/get`;
@@ -84,20 +85,36 @@ pub async fn run_claimed(
     report: &mut DrainReport,
 ) -> Result<(), crate::store::StoreError> {
     let task = claimed.entry.task.clone();
-    let result = run_task(app, &task).await;
-    let now = app.clock.now_ms();
-    match result {
+    match run_task(app, &task).await {
         Ok(()) => {
             report.done += 1;
+            if let Task::StockMirror { product_id } = &task {
+                // Held a moment, and sent again if the stock changed meanwhile.
+                return super::stock_mirror::after_call(app, product_id, claimed, report).await;
+            }
             outbox::complete(app.store.as_ref(), &claimed).await
         }
-        Err(e @ (TaskError::Retry(_) | TaskError::RetryAfter(..))) => {
+        Err(e) => settle_failure(app, &claimed, e, report).await,
+    }
+}
+
+/// Settles a claimed entry whose task failed: a retry with back-off, or a dead letter.
+pub(super) async fn settle_failure(
+    app: &App,
+    claimed: &Claimed,
+    error: TaskError,
+    report: &mut DrainReport,
+) -> Result<(), crate::store::StoreError> {
+    let task = &claimed.entry.task;
+    let now = app.clock.now_ms();
+    match error {
+        e @ (TaskError::Retry(_) | TaskError::RetryAfter(..)) => {
             let (msg, not_before_ms) = match e {
                 TaskError::RetryAfter(msg, ms) => (msg, ms),
                 TaskError::Retry(msg) | TaskError::Permanent(msg) => (msg, 0),
             };
             tracing::warn!(task = task.name(), id = %claimed.entry.id, attempts = claimed.entry.attempts, error = %msg, "outbox task failed; will retry");
-            match outbox::retry(app.store.as_ref(), &claimed, &msg, now, not_before_ms).await? {
+            match outbox::retry(app.store.as_ref(), claimed, &msg, now, not_before_ms).await? {
                 outbox::RetryOutcome::Dead => {
                     tracing::error!(task = task.name(), id = %claimed.entry.id, attempts = claimed.entry.attempts, error = %msg, "outbox task out of attempts; dead-lettered");
                     dead_lettered(app, report, now);
@@ -106,8 +123,8 @@ pub async fn run_claimed(
             }
             Ok(())
         }
-        Err(TaskError::Permanent(msg)) => {
-            outbox::dead(app.store.as_ref(), &claimed, &msg, now).await?;
+        TaskError::Permanent(msg) => {
+            outbox::dead(app.store.as_ref(), claimed, &msg, now).await?;
             tracing::error!(task = task.name(), id = %claimed.entry.id, error = %msg, "outbox task failed permanently; dead-lettered");
             dead_lettered(app, report, now);
             Ok(())
@@ -897,6 +914,7 @@ pub async fn run_task(app: &App, task: &Task) -> Result<(), TaskError> {
             aftersale_id,
             lines,
         } => super::stock_back::put_back(app, aftersale_id, lines).await,
+        Task::StockMirror { product_id } => super::stock_mirror::mirror(app, product_id).await,
         Task::Custom { name, .. } => Err(TaskError::Permanent(format!(
             "no runner for custom task `{name}`"
         ))),

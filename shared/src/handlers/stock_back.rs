@@ -11,9 +11,9 @@
 //! was deleted) finds the event and adds nothing again.
 //!
 //! The units go where closing an unpaid order puts them (`Product::release`, the version on
-//! sale), and, as there, nothing is told to WeChat: stock taken by orders is not mirrored to
-//! the trading component either. A product or SKU removed since gets nothing; the event and a
-//! WARN log say so.
+//! sale), and, as there, the same write adds the product's stock mirror
+//! ([`super::stock_mirror`]): WeChat's `stock_num` of a listed product follows shortly after.
+//! A product or SKU removed since gets nothing; the event and a WARN log say so.
 
 use super::common::{with_retries, Attempt};
 use super::order_sync::TaskError;
@@ -84,6 +84,7 @@ pub async fn put_back(
             if np != p.value {
                 // As closing an unpaid order does: the stock only (no audit clock moved).
                 batch.update_product(&p, &np);
+                super::stock_mirror::add_to(app, &mut batch, &p.value, &np).await?;
             }
         }
         let body = serde_json::json!({

@@ -966,6 +966,7 @@ async fn create_priced_order(
         batch.create_order(&order);
         for (before, after) in &products {
             batch.update_product(before, after);
+            super::stock_mirror::add_to(app, &mut batch, &before.value, after).await?;
         }
         Ok(Attempt::Commit(batch, (order, true)))
     })
