@@ -78,19 +78,21 @@ pub struct DrainReport {
     pub dead: usize,
 }
 
-/// Runs one claimed entry and settles it (complete, retry or dead-letter).
+/// Runs one claimed entry and settles it (complete, retry or dead-letter). `pace`: how a
+/// stock mirror follows a change made while it ran ([`super::stock_mirror::Pace`]).
 pub async fn run_claimed(
     app: &App,
     claimed: Claimed,
     report: &mut DrainReport,
+    pace: super::stock_mirror::Pace,
 ) -> Result<(), crate::store::StoreError> {
     let task = claimed.entry.task.clone();
     match run_task(app, &task).await {
         Ok(()) => {
             report.done += 1;
             if let Task::StockMirror { product_id } = &task {
-                // Held a moment, and sent again if the stock changed meanwhile.
-                return super::stock_mirror::after_call(app, product_id, claimed, report).await;
+                return super::stock_mirror::after_call(app, product_id, claimed, report, pace)
+                    .await;
             }
             outbox::complete(app.store.as_ref(), &claimed).await
         }
@@ -204,7 +206,8 @@ pub async fn drain_until(
         ran += batch.len();
         let results = futures::future::join_all(batch.into_iter().map(|c| async {
             let mut r = DrainReport::default();
-            let outcome = run_claimed(app, c, &mut r).await;
+            // Tasks of a page run side by side: a mirror held for its spacing delays none.
+            let outcome = run_claimed(app, c, &mut r, super::stock_mirror::Pace::Spaced).await;
             (outcome, r)
         }))
         .await;
@@ -259,7 +262,11 @@ async fn outbox_records_until(app: &App, ids: Vec<String>, deadline: Deadline) -
         let mut report = DrainReport::default();
         let outcome =
             match outbox::claim_one(app.store.as_ref(), &id, app.clock.now_ms(), LEASE_MS).await {
-                Ok(Some(c)) => run_claimed(app, c, &mut report).await,
+                // One at a time: a mirror is never held here, the stream's next batch (its
+                // batching window apart) sends a change made while it ran.
+                Ok(Some(c)) => {
+                    run_claimed(app, c, &mut report, super::stock_mirror::Pace::Requeue).await
+                }
                 Ok(None) => Ok(()), // gone or leased by someone else: theirs now
                 Err(e) => Err(e),
             };

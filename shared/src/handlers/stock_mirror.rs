@@ -24,7 +24,12 @@
 //!   ([`run_claimed`]) then keeps its lease, and after holding the product's mirror for
 //!   [`SPACING_MS`] since its last call, sends again. So one product gets at most one call per
 //!   [`SPACING_MS`] however many orders take it, and the last number reaches WeChat within
-//!   about [`SPACING_MS`] of the last change.
+//!   about [`SPACING_MS`] of the last change. That hold is only where a drain runs its page's
+//!   tasks side by side (`wxlocal`, the schedule: [`Pace::Spaced`]); a DynamoDB stream batch
+//!   runs its items one after another, so there the mirror completes at once and a change made
+//!   during its call puts the entry back as a new one, which the stream's next batch (its 1 s
+//!   batching window apart) sends ([`Pace::Requeue`]) — held there, it delayed every task
+//!   behind it in the batch.
 //!
 //! A WeChat failure is retried by the outbox like any task. A product since delisted, gone,
 //! no longer approved or never uploaded (or the component off) gets nothing: the task is done
@@ -186,17 +191,40 @@ fn task_error(e: WxError) -> TaskError {
     }
 }
 
-/// What follows a successful call for `claimed` (a [`Task::StockMirror`]): the entry is held
-/// for [`SPACING_MS`], then completed; if the stock changed meanwhile (the completion
-/// conflicts with the change's bump, and the entry is still this worker's), it is leased
-/// again and the current stock sent, up to [`MAX_ROUNDS`] times.
+/// How a worker follows a stock change made while its mirror ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// Hold the entry [`SPACING_MS`] after each call and send again if the stock changed, up
+    /// to [`MAX_ROUNDS`] calls: where tasks run side by side (a drain's page: `wxlocal`, the
+    /// schedule), so the hold delays no other task.
+    Spaced,
+    /// No hold: complete at once, and if the stock changed during the call, put the entry back
+    /// as a new one — a new stream record, sent by the stream's next batch (its batching
+    /// window, 1 s, apart). For the DynamoDB stream's batches, whose items run one after
+    /// another: a held mirror there delayed every task behind it (a payment's sync, a refund)
+    /// by a second or more, up to [`MAX_ROUNDS`] seconds for a product on sale in a rush.
+    Requeue,
+}
+
+/// What follows a successful call for `claimed` (a [`Task::StockMirror`]), by `pace`. Spaced:
+/// the entry is held for [`SPACING_MS`], then completed; if the stock changed meanwhile (the
+/// completion conflicts with the change's bump, and the entry is still this worker's), it is
+/// leased again and the current stock sent, up to [`MAX_ROUNDS`] times. Requeue: completed at
+/// once, or put back as a new entry ([`requeue`]).
 pub async fn after_call(
     app: &App,
     product_id: &ProductId,
     mut claimed: Claimed,
     report: &mut DrainReport,
+    pace: Pace,
 ) -> Result<(), StoreError> {
     let store = app.store.as_ref();
+    if pace == Pace::Requeue {
+        return match outbox::complete(store, &claimed).await {
+            Err(StoreError::Conflict { .. }) => requeue(app, &claimed).await,
+            other => other,
+        };
+    }
     for round in 0..MAX_ROUNDS {
         tokio::time::sleep(std::time::Duration::from_millis(SPACING_MS)).await;
         match outbox::complete(store, &claimed).await {
@@ -216,6 +244,40 @@ pub async fn after_call(
             Ok(()) => report.done += 1,
             Err(e) => return super::order_sync::settle_failure(app, &claimed, e, report).await,
         }
+    }
+    Ok(())
+}
+
+/// The entry `claimed` named, changed since by a stock change (see [`add_to`]), deleted and
+/// added again due now: a new entry, so a new stream record. Nothing if it is not this
+/// worker's any more; a change that added its own entry in between is that entry. (A crash
+/// between the two writes loses this one send: the product's next stock change sends it.)
+async fn requeue(app: &App, claimed: &Claimed) -> Result<(), StoreError> {
+    let store = app.store.as_ref();
+    for _ in 0..5 {
+        let Some(current) = outbox::get(store, &claimed.entry.id).await? else {
+            return Ok(());
+        };
+        if current.entry.is_dead()
+            || current.entry.attempts != claimed.entry.attempts
+            || current.entry.due_at_ms != claimed.entry.due_at_ms
+        {
+            return Ok(());
+        }
+        match outbox::complete(store, &current).await {
+            Ok(()) => {}
+            // Bumped again meanwhile: read it again.
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+        let fresh = OutboxEntry {
+            id: claimed.entry.id.clone(),
+            ..OutboxEntry::new(claimed.entry.task.clone(), app.clock.now_ms())
+        };
+        return match outbox::enqueue(store, &fresh).await {
+            Err(StoreError::Conflict { .. }) => Ok(()),
+            other => other,
+        };
     }
     Ok(())
 }
@@ -264,5 +326,81 @@ async fn lease_again(
             Err(StoreError::Conflict { .. }) if tries < 5 => tries += 1,
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use std::sync::Arc;
+
+    /// A tea mirror entry enqueued and claimed by this worker, as a stream item claims it.
+    async fn claimed(app: &App) -> Claimed {
+        let tea = ProductId::parse("tea").unwrap();
+        let now = app.clock.now_ms();
+        let entry = OutboxEntry {
+            id: entry_id(&tea),
+            ..OutboxEntry::new(Task::StockMirror { product_id: tea }, now)
+        };
+        outbox::enqueue(app.store.as_ref(), &entry).await.unwrap();
+        outbox::claim_one(app.store.as_ref(), &entry.id, now, LEASE_MS)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// What `add_to` does to an entry a worker holds: its version bumped.
+    async fn bump(app: &App, c: &Claimed) {
+        let current = outbox::get(app.store.as_ref(), &c.entry.id)
+            .await
+            .unwrap()
+            .unwrap();
+        app.store
+            .write(vec![Write::put(
+                outbox::to_record(&current.entry, current.version + 1).unwrap(),
+                Expect::Version(current.version),
+            )])
+            .await
+            .unwrap();
+    }
+
+    /// In a stream batch (items one after another) a mirror is not held: with no change while
+    /// it ran its entry is gone; with one, the entry is there again as a new one (version 1,
+    /// never claimed, due now) — a new stream record, so the stream's next batch sends the
+    /// change. Held (`Spaced`), the worker slept a second or more first, and every item behind
+    /// it in the batch waited.
+    #[tokio::test]
+    async fn in_a_stream_batch_a_change_during_the_call_comes_back_as_a_new_entry() {
+        let app = App::for_tests(Arc::new(SqliteStore::memory().unwrap()));
+        let tea = ProductId::parse("tea").unwrap();
+        let mut report = DrainReport::default();
+
+        let c = claimed(&app).await;
+        after_call(&app, &tea, c, &mut report, Pace::Requeue)
+            .await
+            .unwrap();
+        assert!(outbox::get(app.store.as_ref(), &entry_id(&tea))
+            .await
+            .unwrap()
+            .is_none());
+
+        let c = claimed(&app).await;
+        assert!(c.version > 1, "claimed: a new version");
+        bump(&app, &c).await;
+        after_call(&app, &tea, c, &mut report, Pace::Requeue)
+            .await
+            .unwrap();
+        let again = outbox::get(app.store.as_ref(), &entry_id(&tea))
+            .await
+            .unwrap()
+            .expect("a change during the call is sent again");
+        assert_eq!(
+            (again.version, again.entry.attempts),
+            (1, 0),
+            "a new entry, never claimed"
+        );
+        assert!(again.entry.due_at_ms <= app.clock.now_ms());
     }
 }
