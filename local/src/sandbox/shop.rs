@@ -426,6 +426,30 @@ fn hosted(url: &str) -> bool {
     IMAGE_HOSTS.iter().any(|h| url.contains(h))
 }
 
+/// The images of a qualification audit (`audit_brand`, `audit_category`) under `field` of
+/// `v`, if any: each a URL on WeChat's image hosts or a `media_id`, both from `img/upload`
+/// (WECHAT_SHOP.md §0 "Images" and §2.3: "URL or media_id from 2.2"). A URL elsewhere is
+/// refused as `head_img` is, 47001 (UNVERIFIED: WeChat's errcode for it). Any other
+/// non-blank string is taken for a `media_id` (the sandbox does not keep the ones it gave).
+fn audit_images(v: &Value, path: &str, field: &str) -> Result<(), WxErr> {
+    let imgs: Vec<&Value> = match v.get(field) {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(one) => vec![one],
+    };
+    for i in imgs {
+        let u = i.as_str().unwrap_or_default().trim();
+        let is_url = u.starts_with("http://") || u.starts_with("https://");
+        if u.is_empty() || (is_url && !hosted(u)) {
+            return Err(WxErr::format(format!(
+                "{path}.{field} `{u}` is not a WeChat image; upload it with shop/img/upload \
+                 first (its temp_img_url or media_id)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn category(id: i64) -> Option<Category> {
     CATEGORIES.iter().find(|c| c.4 == id).copied()
 }
@@ -744,6 +768,16 @@ fn audit_brand(sb: &Sandbox, v: &Value) -> WxResult {
         .get("brand_info")
         .ok_or_else(|| WxErr::missing("audit_req.brand_info"))?;
     let wording = need_str(info, "brand_wording")?.to_owned();
+    audit_images(req, "audit_req", "license")?;
+    for field in [
+        "sale_authorization",
+        "trademark_registration_certificate",
+        "trademark_change_certificate",
+        "trademark_registration_application",
+        "imported_goods_form",
+    ] {
+        audit_images(info, "audit_req.brand_info", field)?;
+    }
     let audit_id = format!("RQAAA{}", random_alnum(18));
     sb.st().shop.audits.insert(
         audit_id.clone(),
@@ -788,6 +822,8 @@ fn audit_category(sb: &Sandbox, v: &Value) -> WxResult {
     {
         return Err(WxErr::format("at most 10 certificate images"));
     }
+    audit_images(req, "audit_req", "license")?;
+    audit_images(info, "audit_req.category_info", "certificate")?;
     let mut st = sb.st();
     if st.shop.categories.contains(&level3) {
         return Err(WxErr::new(E_CATEGORY_APPROVED, "category already approved"));
@@ -934,6 +970,21 @@ fn check_spu(st: &State, v: &Value, out_product_id: &str) -> Result<(), WxErr> {
             E_PRODUCT_QUALIFICATION,
             "qualification_pics required for this category",
         ));
+    }
+    // WeChat-hosted, like every product image (WECHAT_SHOP.md §0 "Images").
+    for i in v
+        .get("qualification_pics")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let u = i.as_str().unwrap_or_default();
+        if !hosted(u) {
+            return Err(WxErr::format(format!(
+                "qualification_pics `{u}` is not a WeChat image; upload it with \
+                 shop/img/upload first"
+            )));
+        }
     }
     let brand = u64_of(v, "brand_id").ok_or_else(|| WxErr::missing("brand_id"))?;
     if brand != NO_BRAND && !st.shop.brands.contains_key(&brand) {

@@ -73,6 +73,10 @@ pub struct Product {
     pub third_cat_id: u64,
     #[serde(default)]
     pub brand_id: u64,
+    /// The product's qualification images (`qualification_pics`), which WeChat requires of a
+    /// category whose `product_qualification_type` is 1 (WECHAT_SHOP.md §2.1, §3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qualification_pics: Vec<String>,
     pub skus: Vec<Sku>,
     #[serde(default)]
     pub audit: AuditStatus,
@@ -115,6 +119,9 @@ pub struct Content {
     pub head_img: Vec<String>,
     pub third_cat_id: u64,
     pub brand_id: u64,
+    /// See [`Product::qualification_pics`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qualification_pics: Vec<String>,
     pub skus: Vec<Sku>,
 }
 
@@ -175,6 +182,7 @@ impl Content {
             || self.head_img != next.head_img
             || self.third_cat_id != next.third_cat_id
             || self.brand_id != next.brand_id
+            || self.qualification_pics != next.qualification_pics
             || !same_skus
         {
             return ContentChange::Reviewed;
@@ -224,6 +232,7 @@ impl Product {
             head_img: Vec::new(),
             third_cat_id: 0,
             brand_id: 0,
+            qualification_pics: Vec::new(),
             skus: Vec::new(),
             audit: AuditStatus::Draft,
             reject_reason: None,
@@ -247,6 +256,7 @@ impl Product {
             head_img: self.head_img.clone(),
             third_cat_id: self.third_cat_id,
             brand_id: self.brand_id,
+            qualification_pics: self.qualification_pics.clone(),
             skus: self.skus.clone(),
         }
     }
@@ -264,6 +274,7 @@ impl Product {
         self.head_img = c.head_img;
         self.third_cat_id = c.third_cat_id;
         self.brand_id = c.brand_id;
+        self.qualification_pics = c.qualification_pics;
         self.skus = skus;
     }
 
@@ -520,6 +531,7 @@ mod tests {
             head_img: vec![],
             third_cat_id: 1,
             brand_id: 2,
+            qualification_pics: vec![],
             skus,
         }
     }

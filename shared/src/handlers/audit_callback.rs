@@ -543,6 +543,7 @@ fn wechat_version(
         head_img: wx.head_img.clone(),
         third_cat_id: wx.third_cat_id,
         brand_id: wx.brand_id,
+        qualification_pics: wx.qualification_pics.clone(),
         skus,
     })
 }

@@ -54,6 +54,10 @@ struct ProductInput {
     /// Missing: no brand ([`NO_BRAND`]).
     #[serde(default)]
     brand_id: Option<u64>,
+    /// The product's qualification images, for a category that requires them
+    /// (`product_qualification_type` 1 in `shop/cat/get`).
+    #[serde(default)]
+    qualification_pics: Vec<String>,
     skus: Vec<SkuInput>,
 }
 
@@ -340,6 +344,13 @@ fn content_from_input(
     if for_wechat {
         check_for_wechat(&title, &input.head_img, input.third_cat_id, brand_id)?;
     }
+    if input.qualification_pics.iter().any(|u| u.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "BAD_QUALIFICATION_PICS",
+            "qualification_pics must not hold a blank image URL (upload each image with \
+             shop/img/upload and give its URL)",
+        ));
+    }
     if input.skus.is_empty() || input.skus.len() > 100 {
         return Err(ApiError::bad_request(
             "BAD_SKUS",
@@ -396,6 +407,7 @@ fn content_from_input(
             head_img: input.head_img,
             third_cat_id: input.third_cat_id,
             brand_id,
+            qualification_pics: input.qualification_pics,
             skus,
         },
     ))
@@ -407,6 +419,7 @@ fn spu(id: &ProductId, p: &Content) -> Spu {
         title: p.title.clone(),
         path: format!("{}?product_id={}", p.path, id),
         head_img: p.head_img.clone(),
+        qualification_pics: p.qualification_pics.clone(),
         third_cat_id: p.third_cat_id,
         brand_id: p.brand_id,
         skus: p
@@ -1611,6 +1624,7 @@ mod tests {
             head_img: vec!["https://img/tea.jpg".into()],
             third_cat_id: 6153,
             brand_id: 2100000000,
+            qualification_pics: vec![],
             skus: vec![sku("tea-250g", 1990, 2590, 12)],
         };
         let mut p = Product::new(ProductId::parse("tea").unwrap(), content.clone(), 5);

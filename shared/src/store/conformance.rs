@@ -1515,6 +1515,7 @@ fn product(id: &ProductId, audit: AuditStatus) -> Product {
         head_img: vec![],
         third_cat_id: 1,
         brand_id: 2,
+        qualification_pics: vec![],
         skus: vec![Sku {
             sku_id: SkuId::parse("s1").unwrap(),
             price: Fen::new(100).unwrap(),
