@@ -574,27 +574,9 @@ async fn the_product_list_pages_past_100() {
 #[tokio::test]
 async fn a_verdict_whose_push_never_came_is_found_by_the_schedule() {
     let r = stack_with(&[]).await;
-    r.sandbox.set_auto_audit(false);
     let c = Client::new(&r);
-    let stock = c.stock().await;
-    let (s, v) = c
-        .admin(
-            "/admin/catalogSync",
-            &tea("Longjing green tea 250 g, autumn", 2300, stock as u32),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
-    // WeChat approves; its push is lost.
-    r.sandbox.set_push_url(None);
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/audit",
-            None,
-            &json!({"out_product_id": "tea", "approve": true}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    // WeChat approves tea's edit; its push is lost.
+    support::tea_edit_approved_push_lost(&r, &c).await;
     // Within the grace period the schedule leaves it to the push.
     wxshop::handlers::order_sync::on_schedule(
         &r.app,

@@ -28,24 +28,6 @@ async fn wechat_draft(r: &wxlocal::gateway::Running, id: &str) -> wxshop::shop::
         .unwrap()
 }
 
-/// The ids of the products the mini program's shop lists (one page of 100).
-async fn shop_ids(c: &Client, token: &str) -> Vec<String> {
-    let (s, v) = c
-        .post(
-            "/fn/catalogSync",
-            Some(token),
-            &json!({"action": "products", "limit": 100}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["products"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["product_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// WeChat's audit approves `id` now (the sandbox's control), pushing its verdict.
 async fn wechat_approves(c: &Client, id: &str) {
     c.control("audit", &json!({"out_product_id": id, "approve": true}))
@@ -81,7 +63,9 @@ async fn a_new_product_whose_upload_answer_was_lost_goes_on_sale_when_approved()
         .await;
     assert_eq!(s, 200, "{v}");
     let (token, _) = c.login("pot-buyer").await;
-    assert!(shop_ids(&c, &token).await.contains(&"pot".to_owned()));
+    assert!(support::shop_ids(&c, &token)
+        .await
+        .contains(&"pot".to_owned()));
     r.stop();
 }
 
@@ -199,7 +183,9 @@ async fn set_stock_on_a_product_wechat_lost_stores_it_and_uploads_it_again() {
     r.sandbox.set_auto_audit(false);
     let c = Client::new(&r);
     let (token, _) = c.login("stock-buyer").await;
-    assert!(shop_ids(&c, &token).await.contains(&"tea".to_owned()));
+    assert!(support::shop_ids(&c, &token)
+        .await
+        .contains(&"tea".to_owned()));
     r.app
         .wx
         .spu_del(&wxshop::shop::types::ProductKey::Out("tea".into()))
@@ -225,7 +211,9 @@ async fn set_stock_on_a_product_wechat_lost_stores_it_and_uploads_it_again() {
         (Some("AUDITING"), Some("DELISTED")),
         "{p}"
     );
-    assert!(!shop_ids(&c, &token).await.contains(&"tea".to_owned()));
+    assert!(!support::shop_ids(&c, &token)
+        .await
+        .contains(&"tea".to_owned()));
     assert!(support::buy_tea(&c, &token).await.is_err());
     let wx = wechat_draft(&r, "tea").await;
     assert_eq!(
@@ -262,7 +250,7 @@ async fn one_unreadable_product_record_does_not_empty_the_shop() {
     support::store_unreadable_product(&r, "broken", "APPROVED").await;
 
     let (token, _) = c.login("shop-reader").await;
-    assert_eq!(shop_ids(&c, &token).await, vec!["tea".to_owned()]);
+    assert_eq!(support::shop_ids(&c, &token).await, vec!["tea".to_owned()]);
     let (s, v) = c
         .post(
             "/fn/catalogSync",
@@ -323,27 +311,9 @@ async fn one_unreadable_product_record_does_not_empty_the_shop() {
 #[tokio::test]
 async fn an_unreadable_product_under_audit_does_not_stop_the_audit_sweep() {
     let r = stack_with(&[]).await;
-    r.sandbox.set_auto_audit(false);
     let c = Client::new(&r);
     support::store_unreadable_product(&r, "a-broken", "AUDITING").await;
-    let stock = c.stock().await;
-    let (s, v) = c
-        .admin(
-            "/admin/catalogSync",
-            &tea("Longjing green tea 250 g, autumn", 2300, stock as u32),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
-    r.sandbox.set_push_url(None);
-    let (s, v) = c
-        .post(
-            "/sandbox/_control/audit",
-            None,
-            &json!({"out_product_id": "tea", "approve": true}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    support::tea_edit_approved_push_lost(&r, &c).await;
     r.app.clock.advance(11 * 60_000);
     let report = run_schedule(&r).await;
     assert_eq!(report["audits"]["decided"], 1, "{report}");

@@ -51,24 +51,6 @@ fn sent(r: &wxlocal::gateway::Running, path: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The products the shop shows a buyer: their ids.
-async fn on_sale(c: &Client, token: &str) -> Vec<String> {
-    let (s, v) = c
-        .post(
-            "/fn/catalogSync",
-            Some(token),
-            &json!({"action": "products", "limit": 100}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["products"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["product_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// GIVEN a category whose products WeChat takes only with their qualification images
 /// (`shop/cat/get`: `product_qualification_type` 1; here 7419, infant formula), its category
 /// qualification approved (`shop/audit/audit_category`)
@@ -148,7 +130,9 @@ async fn a_product_needing_qualification_images_goes_on_sale_with_them() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert!(
-        on_sale(&c, &token).await.contains(&"formula".to_owned()),
+        support::shop_ids(&c, &token)
+            .await
+            .contains(&"formula".to_owned()),
         "the buyer sees it"
     );
 
@@ -169,7 +153,9 @@ async fn a_product_needing_qualification_images_goes_on_sale_with_them() {
     let updated = sent(&r, "shop/spu/update");
     assert_eq!(updated.len(), 1, "sent for audit");
     assert_eq!(updated[0]["qualification_pics"], json!([renewed]));
-    assert!(on_sale(&c, &token).await.contains(&"formula".to_owned()));
+    assert!(support::shop_ids(&c, &token)
+        .await
+        .contains(&"formula".to_owned()));
 }
 
 /// GIVEN a merchant applying for a brand or a category qualification

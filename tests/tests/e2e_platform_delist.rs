@@ -14,19 +14,7 @@ use support::{eventually, get_product, run_schedule, stack_with, InProcess};
 
 /// Whether the mini program's shop (`/fn/catalogSync` `products`) shows product `id`.
 async fn shop_shows(c: &InProcess<'_>, token: &str, id: &str) -> bool {
-    let (s, v) = c
-        .post(
-            "/fn/catalogSync",
-            Some(token),
-            &json!({"action": "products", "limit": 100}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["products"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["product_id"] == id)
+    support::shop_ids(c, token).await.iter().any(|p| p == id)
 }
 
 /// WeChat's platform delists (`restore` false) or restores product `id`; `push` false: its

@@ -859,3 +859,46 @@ pub async fn store_unreadable_product(r: &Running, id: &str, status: &str) {
         .await
         .unwrap();
 }
+
+/// The ids of the products the mini program's shop lists (`/fn/catalogSync` `products`, one
+/// page of 100), in its order.
+pub async fn shop_ids(c: &Client, token: &str) -> Vec<String> {
+    let (s, v) = c
+        .post(
+            "/fn/catalogSync",
+            Some(token),
+            &json!({"action": "products", "limit": 100}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["product_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// GIVEN the seeded tea, WeChat's audits by hand: the merchant edits tea's title (an edit under
+/// audit), WeChat approves it and its push is lost (the stack's push URL unset).
+pub async fn tea_edit_approved_push_lost(r: &Running, c: &Client) {
+    r.sandbox.set_auto_audit(false);
+    let stock = c.stock().await;
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &tea("Longjing green tea 250 g, autumn", 2300, stock as u32),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["edit"]["audit"], "AUDITING", "{v}");
+    r.sandbox.set_push_url(None);
+    let (s, v) = c
+        .post(
+            "/sandbox/_control/audit",
+            None,
+            &json!({"out_product_id": "tea", "approve": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
