@@ -15,7 +15,7 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use wxlocal::gateway::Running;
-use wxshop::domain::{Fen, OutTradeNo};
+use wxshop::domain::OutTradeNo;
 use wxshop::store::repo;
 
 #[path = "reliability_support.rs"]
@@ -68,7 +68,7 @@ async fn two_lines_with_freight(
         })
         .await;
     }
-    with_freight(r, &no).await;
+    support::tea_carries_freight(r, &no, FREIGHT).await;
     let order = c.status(&token, &no).await;
     assert_eq!(
         (&order["total_fee"], &order["freight"]),
@@ -76,34 +76,6 @@ async fn two_lines_with_freight(
         "{order}"
     );
     (token, no)
-}
-
-/// The stored order `no` charges [`FREIGHT`] of its total: the tea's unit price less it, the
-/// total unchanged (a version-checked write, retried on a conflict).
-async fn with_freight(r: &Running, no: &str) {
-    let store = r.app.store.as_ref();
-    let no = OutTradeNo::parse(no.to_owned()).unwrap();
-    let freight = Fen::new(FREIGHT).unwrap();
-    for _ in 0..50 {
-        let current = repo::get_order(store, &no).await.unwrap().unwrap();
-        let mut next = current.value.clone();
-        let tea = next
-            .items
-            .iter_mut()
-            .find(|i| i.product_id.as_str() == "tea")
-            .unwrap();
-        assert_eq!(tea.quantity, 1);
-        tea.unit_price = tea.unit_price.checked_sub(freight).unwrap();
-        next.freight = freight;
-        let mut batch = repo::Batch::new();
-        batch.update_order(&current, &next);
-        match batch.commit(store).await {
-            Ok(()) => return,
-            Err(e) if e.is_conflict() => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("could not give order {no} freight");
 }
 
 /// The user's application for an after-sale of `no` (`extra`: line, amount, reason):

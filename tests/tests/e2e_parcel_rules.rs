@@ -12,8 +12,6 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use wxlocal::gateway::Running;
-use wxshop::domain::{Fen, OutTradeNo};
-use wxshop::store::repo;
 
 #[path = "reliability_support.rs"]
 mod support;
@@ -42,30 +40,6 @@ async fn paid_and_synced(c: &InProcess<'_>, user: &str) -> (String, String) {
     c.pay_at_sandbox(&no).await;
     until_wx_status(c.r, &no, 20, "WeChat's component order paid (20)").await;
     (token, no)
-}
-
-/// The stored order `no` (one tea) charges [`FREIGHT`] of its total: the tea's unit price
-/// less it, the total unchanged (a version-checked write, retried on a conflict).
-async fn with_freight(r: &Running, no: &str) {
-    let store = r.app.store.as_ref();
-    let no = OutTradeNo::parse(no.to_owned()).unwrap();
-    let freight = Fen::new(FREIGHT).unwrap();
-    for _ in 0..50 {
-        let current = repo::get_order(store, &no).await.unwrap().unwrap();
-        let mut next = current.value.clone();
-        assert_eq!(next.items.len(), 1);
-        assert_eq!(next.items[0].quantity, 1);
-        next.freight = freight;
-        next.items[0].unit_price = next.items[0].unit_price.checked_sub(freight).unwrap();
-        let mut batch = repo::Batch::new();
-        batch.update_order(&current, &next);
-        match batch.commit(store).await {
-            Ok(()) => return,
-            Err(e) if e.is_conflict() => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("could not give order {no} freight");
 }
 
 /// The user gets the tea's whole price back (an after-sale of its one unit, 1,490 fen) and
@@ -139,7 +113,7 @@ async fn shipping_an_order_whose_every_item_was_refunded_is_refused() {
     let r = stack_with(&[]).await;
     let c = InProcess::new(&r);
     let (token, no) = paid_and_synced(&c, "nothing-left").await;
-    with_freight(&r, &no).await;
+    support::tea_carries_freight(&r, &no, FREIGHT).await;
     tea_refunded(&c, &token, &no).await;
     let order = c.status(&token, &no).await;
     assert_eq!(order["status"], "PAID", "{order}");
@@ -204,7 +178,7 @@ async fn a_send_finding_every_item_refunded_sends_no_empty_parcel() {
     let r = stack_with(&[]).await;
     let c = InProcess::new(&r);
     let (token, no) = paid_and_synced(&c, "emptied-later").await;
-    with_freight(&r, &no).await;
+    support::tea_carries_freight(&r, &no, FREIGHT).await;
 
     c.fault(
         json!({"path": "shop/delivery/send", "mode": "errcode", "errcode": 47001,

@@ -902,3 +902,33 @@ pub async fn tea_edit_approved_push_lost(r: &Running, c: &Client) {
         .await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// The stored order `no` charges `freight` of its total: its one tea's unit price less it, the
+/// total unchanged (a version-checked write, retried on a conflict) — an order with freight,
+/// which nothing in the catalog charges yet.
+pub async fn tea_carries_freight(r: &Running, no: &str, freight: i64) {
+    use wxshop::store::repo;
+    let store = r.app.store.as_ref();
+    let no = OutTradeNo::parse(no.to_owned()).unwrap();
+    let freight = Fen::new(freight).unwrap();
+    for _ in 0..50 {
+        let current = repo::get_order(store, &no).await.unwrap().unwrap();
+        let mut next = current.value.clone();
+        let tea = next
+            .items
+            .iter_mut()
+            .find(|i| i.product_id.as_str() == "tea")
+            .unwrap();
+        assert_eq!(tea.quantity, 1);
+        tea.unit_price = tea.unit_price.checked_sub(freight).unwrap();
+        next.freight = freight;
+        let mut batch = repo::Batch::new();
+        batch.update_order(&current, &next);
+        match batch.commit(store).await {
+            Ok(()) => return,
+            Err(e) if e.is_conflict() => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("could not give order {no} freight");
+}
