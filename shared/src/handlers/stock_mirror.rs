@@ -53,8 +53,10 @@ use crate::store::{Expect, Kind, StoreError, Write};
 pub const SPACING_MS: u64 = 1_000;
 
 /// How many calls in a row one worker makes for a product that keeps changing before it lets
-/// the entry go (due at once, for the next drain or schedule).
-const MAX_ROUNDS: usize = 20;
+/// the entry go (due at once, for the next drain or schedule). The drain's page waits for its
+/// tasks, so this bounds how long a product in a rush holds the other tasks of that page (a
+/// payment's sync): about this many seconds.
+const MAX_ROUNDS: usize = 3;
 
 /// WeChat no longer has the product (deleted in the console, a fresh account).
 const PRODUCT_NOT_FOUND: i64 = 9401002;
@@ -196,13 +198,15 @@ fn task_error(e: WxError) -> TaskError {
 pub enum Pace {
     /// Hold the entry [`SPACING_MS`] after each call and send again if the stock changed, up
     /// to [`MAX_ROUNDS`] calls: where tasks run side by side (a drain's page: `wxlocal`, the
-    /// schedule), so the hold delays no other task.
+    /// schedule), so the hold delays no other task's run — only the page's end, by about a
+    /// second (up to [`MAX_ROUNDS`] for a product that keeps changing).
     Spaced,
     /// No hold: complete at once, and if the stock changed during the call, put the entry back
     /// as a new one — a new stream record, sent by the stream's next batch (its batching
     /// window, 1 s, apart). For the DynamoDB stream's batches, whose items run one after
     /// another: a held mirror there delayed every task behind it (a payment's sync, a refund)
-    /// by a second or more, up to [`MAX_ROUNDS`] seconds for a product on sale in a rush.
+    /// by a second or more for each mirror in the batch (up to ten of them), and by a round
+    /// more for each change during the hold.
     Requeue,
 }
 
