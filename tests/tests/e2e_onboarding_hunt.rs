@@ -219,3 +219,49 @@ async fn qualification_images_must_be_uploaded_to_wechat_first() {
     let (s, v) = wechat(&c, "shop/audit/audit_category", category(&media_id)).await;
     assert_eq!(s, 200, "a media_id from shop/img/upload: {v}");
 }
+
+/// GIVEN a shop whose infant formula category (7419) has no approved qualification, and no
+/// brand authorised but WeChat's "no brand"
+/// WHEN the merchant upserts a formula, then a tea of an unauthorised brand
+/// THEN each is 502 `WECHAT_REFUSED` saying what to do next (`shop/audit/audit_category`,
+/// `shop/audit/audit_brand`), in our words whatever language WeChat's message is in. The
+/// refusal used to carry only WeChat's own message.
+#[tokio::test]
+async fn onboarding_refusals_say_what_to_do() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (s, v) = c.admin("/admin/catalogSync", &formula(json!([]))).await;
+    let message = v["message"].as_str().unwrap_or_default();
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (502, Some("WECHAT_REFUSED")),
+        "{v}"
+    );
+    assert!(
+        message.contains("what to do") && message.contains("shop/audit/audit_category"),
+        "{v}"
+    );
+
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "upsert", "product": {
+                "product_id": "branded", "title": "Branded green tea 250 g",
+                "head_img": ["https://mmecimage.cn/p/wxlocal/tea.jpg"], "third_cat_id": 6153,
+                "brand_id": 2100000123u64,
+                "skus": [{"sku_id": "branded-250g", "price": 2990, "stock": 5}]
+            }}),
+        )
+        .await;
+    let message = v["message"].as_str().unwrap_or_default();
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (502, Some("WECHAT_REFUSED")),
+        "{v}"
+    );
+    assert!(
+        message.contains("what to do") && message.contains("shop/audit/audit_brand"),
+        "{v}"
+    );
+    r.stop();
+}

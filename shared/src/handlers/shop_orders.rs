@@ -23,12 +23,40 @@ pub fn wx_error(e: WxError) -> ApiError {
             format!("WeChat is unavailable ({e}); retry shortly"),
         )
     } else {
-        ApiError::new(
-            http::StatusCode::BAD_GATEWAY,
-            "WECHAT_REFUSED",
-            format!("WeChat refused the request: {e}"),
-        )
+        let message = match e.errcode().and_then(what_to_do) {
+            Some(hint) => format!("WeChat refused the request: {e}; what to do: {hint}"),
+            None => format!("WeChat refused the request: {e}"),
+        };
+        ApiError::new(http::StatusCode::BAD_GATEWAY, "WECHAT_REFUSED", message)
     }
+}
+
+/// What the merchant does about a refusal WeChat documents (WECHAT_SHOP.md, error codes),
+/// whatever language WeChat's own message comes in: onboarding's refusals name a step not
+/// done yet.
+fn what_to_do(errcode: i64) -> Option<&'static str> {
+    Some(match errcode {
+        1_040_003 => {
+            "the mini program has not joined the trading component: finish access first \
+             (catalogSync `wechat` shop/register/apply, then shop/register/check)"
+        }
+        1_000_005 => {
+            "the category needs its own qualification approved first: catalogSync `wechat` \
+             shop/audit/audit_category, wait for its verdict, then upsert again"
+        }
+        1_000_006 => {
+            "the brand is not authorised for this shop: catalogSync `wechat` \
+             shop/audit/audit_brand (or no brand: brand_id 2100000000), wait for its verdict, \
+             then upsert again"
+        }
+        1_000_007 => "third_cat_id must be a level-3 category (shop/cat/get lists them)",
+        1_000_008 => {
+            "the category requires the product's qualification images: upload each with \
+             shop/img/upload and give them as qualification_pics in upsert"
+        }
+        1_000_009 => "third_cat_id is not a WeChat category (shop/cat/get lists them)",
+        _ => return None,
+    })
 }
 
 fn task_error(e: WxError) -> TaskError {
