@@ -14,9 +14,9 @@
 //! calls are bounded instead of one per order:
 //! - **One entry per product** ([`entry_id`]): the write that changes the stock adds
 //!   ([`add_to`]), in the same batch, a [`Task::StockMirror`] if none is pending — a crash
-//!   cannot lose it, and a second change while one is waiting adds nothing (only a condition
-//!   that the entry is still waiting, so a worker that claimed it meanwhile makes the write
-//!   read again).
+//!   cannot lose it, and a second change while one is waiting adds nothing (only the entry
+//!   written again as it is, on its version, so a worker that claimed it meanwhile makes the
+//!   write read again).
 //! - **The task reads the product's stock when it runs** ([`mirror`]) and sends every
 //!   approved SKU's current `stock_num`: whatever changed before it ran goes in one call.
 //! - **A change while it runs is not lost, and not sent at once**: the change's write bumps
@@ -46,7 +46,7 @@ use crate::shop::catalog::{SkuWithoutAudit, SpuUpdateWithoutAudit};
 use crate::shop::types::ProductKey;
 use crate::shop::WxError;
 use crate::store::repo::{self, Batch};
-use crate::store::{Expect, Kind, StoreError, Write};
+use crate::store::{Expect, StoreError, Write};
 
 /// The least time between two stock calls for one product, and how long a worker holds the
 /// product's mirror after a call: the changes made meanwhile go in the next call.
@@ -83,9 +83,9 @@ fn changes_mirrored_stock(before: &Product, after: &Product) -> bool {
 }
 
 /// Adds to `batch` (the write that changes `before` into `after`) what makes WeChat learn the
-/// new stock: a [`Task::StockMirror`] for the product if none is waiting; only a condition
-/// that it still waits if one does; a version bump of one a worker holds (its completion then
-/// conflicts and it sends again); a dead one back in the queue.
+/// new stock: a [`Task::StockMirror`] for the product if none is waiting; a version bump of
+/// one that exists (waiting: a worker claiming it meanwhile makes this write conflict; held by
+/// a worker: its completion then conflicts and it sends again); a dead one back in the queue.
 pub async fn add_to(
     app: &App,
     batch: &mut Batch,
@@ -119,17 +119,14 @@ pub async fn add_to(
                 Expect::Version(current.version),
             ));
         }
-        Some(current) if current.entry.attempts == 0 => {
-            // Waiting, never claimed: it will read this stock. Unless a worker claims it before
-            // this batch commits: then the batch conflicts and reads it again.
-            batch.push(Write::Check {
-                kind: Kind::Outbox,
-                id,
-                expect: Expect::Version(current.version),
-            });
-        }
         Some(current) => {
-            // Claimed (running, or waiting to retry): it may have read the stock already.
+            // Waiting, never claimed: it will read this stock — unless a worker claims it before
+            // this batch commits, which the version condition catches (the batch conflicts and
+            // reads again). Claimed (running, or waiting to retry): it may have read the stock
+            // already; the bump makes its completion conflict, so it sends again. Written as a
+            // put of the same entry, not a bare condition: every function that changes stock
+            // may put items, and a ConditionCheckItem would need its own grant in each
+            // (infra_permissions caught queryOrder's and auditCallback's missing).
             batch.push(Write::put(
                 outbox::to_record(&current.entry, current.version + 1)?,
                 Expect::Version(current.version),
