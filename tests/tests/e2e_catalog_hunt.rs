@@ -171,6 +171,20 @@ async fn a_price_wechat_took_while_an_order_took_stock_is_the_price_sold() {
     let (token, _) = c.login("buyer").await;
     let (early, _) = c.login("early").await;
     assert_eq!(buy_tea(&c, &token).await, Ok(1990));
+    // That order's stock reaches WeChat first (the stock mirror, a `update_without_audit` of
+    // stock only): the repricing below is then the next such call, the one delayed.
+    let stock = c.stock().await;
+    eventually(
+        "the order's stock to reach WeChat",
+        Duration::from_secs(20),
+        || async {
+            r.sandbox
+                .calls("spu/update_without_audit")
+                .iter()
+                .any(|v| v["skus"][0]["stock_num"] == stock)
+        },
+    )
+    .await;
 
     // WeChat takes 2 s to act on (and answer) the repricing.
     c.fault(
@@ -192,7 +206,12 @@ async fn a_price_wechat_took_while_an_order_took_stock_is_the_price_sold() {
     eventually(
         "the repricing to reach WeChat",
         Duration::from_secs(20),
-        || async { !r.sandbox.calls("spu/update_without_audit").is_empty() },
+        || async {
+            r.sandbox
+                .calls("spu/update_without_audit")
+                .iter()
+                .any(|v| v["skus"][0]["sale_price"] == 2500)
+        },
     )
     .await;
     // Meanwhile a shopper's order takes stock (at the price still on sale).
