@@ -249,6 +249,14 @@ pub async fn after_call(
     Ok(())
 }
 
+/// Whether `current` (the entry as stored now) is still the one this worker claimed: not dead,
+/// not claimed again since (a stock change only bumps its version).
+fn still_ours(current: &Claimed, claimed: &Claimed) -> bool {
+    !current.entry.is_dead()
+        && current.entry.attempts == claimed.entry.attempts
+        && current.entry.due_at_ms == claimed.entry.due_at_ms
+}
+
 /// The entry `claimed` named, changed since by a stock change (see [`add_to`]), deleted and
 /// added again due now: a new entry, so a new stream record. Nothing if it is not this
 /// worker's any more; a change that added its own entry in between is that entry. (A crash
@@ -259,10 +267,7 @@ async fn requeue(app: &App, claimed: &Claimed) -> Result<(), StoreError> {
         let Some(current) = outbox::get(store, &claimed.entry.id).await? else {
             return Ok(());
         };
-        if current.entry.is_dead()
-            || current.entry.attempts != claimed.entry.attempts
-            || current.entry.due_at_ms != claimed.entry.due_at_ms
-        {
+        if !still_ours(&current, claimed) {
             return Ok(());
         }
         match outbox::complete(store, &current).await {
@@ -297,10 +302,7 @@ async fn lease_again(
         let Some(current) = outbox::get(store, &claimed.entry.id).await? else {
             return Ok(None);
         };
-        let ours = !current.entry.is_dead()
-            && current.entry.attempts == claimed.entry.attempts
-            && current.entry.due_at_ms == claimed.entry.due_at_ms;
-        if !ours {
+        if !still_ours(&current, claimed) {
             return Ok(None);
         }
         let now = app.clock.now_ms();
