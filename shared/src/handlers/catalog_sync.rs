@@ -103,7 +103,7 @@ const PRODUCT_UNDER_AUDIT: i64 = 1000002;
 
 /// `errcode` for "product never approved, no online data" (§11, 1000003): `spu/listing` of a
 /// product WeChat has not approved yet.
-const PRODUCT_NEVER_APPROVED: i64 = 1000003;
+pub(super) const PRODUCT_NEVER_APPROVED: i64 = 1000003;
 
 /// 409 `NOT_APPROVED`: WeChat lists only a product it approved once; what to do depends on
 /// where its audit stands here.

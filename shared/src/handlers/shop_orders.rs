@@ -59,7 +59,7 @@ fn what_to_do(errcode: i64) -> Option<&'static str> {
     })
 }
 
-fn task_error(e: WxError) -> TaskError {
+pub(super) fn task_error(e: WxError) -> TaskError {
     if e.is_retryable() {
         TaskError::Retry(e.to_string())
     } else {

@@ -37,6 +37,7 @@
 //! merchant's next stock edit or upsert uploads it again (`catalog_sync`). Paying does not
 //! change stock (the order took it at `unifiedOrder`), so `payCallback` adds nothing.
 
+use super::catalog_sync::{PRODUCT_NEVER_APPROVED, PRODUCT_NOT_FOUND};
 use super::common::component_on;
 use super::order_sync::{DrainReport, TaskError, LEASE_MS};
 use crate::app::App;
@@ -44,7 +45,6 @@ use crate::domain::{AuditStatus, Listing, Product, ProductId};
 use crate::outbox::{self, Claimed, OutboxEntry, Task};
 use crate::shop::catalog::{SkuWithoutAudit, SpuUpdateWithoutAudit};
 use crate::shop::types::ProductKey;
-use crate::shop::WxError;
 use crate::store::repo::{self, Batch};
 use crate::store::{Expect, StoreError, Write};
 
@@ -57,11 +57,6 @@ pub const SPACING_MS: u64 = 1_000;
 /// tasks, so this bounds how long a product in a rush holds the other tasks of that page (a
 /// payment's sync): about this many seconds.
 const MAX_ROUNDS: usize = 3;
-
-/// WeChat no longer has the product (deleted in the console, a fresh account).
-const PRODUCT_NOT_FOUND: i64 = 9401002;
-/// WeChat never approved the product: it has no online data to update.
-const PRODUCT_NEVER_APPROVED: i64 = 1000003;
 
 /// The outbox id of a product's stock mirror: one entry per product at a time.
 pub fn entry_id(product_id: &ProductId) -> String {
@@ -178,15 +173,7 @@ pub async fn mirror(app: &App, product_id: &ProductId) -> Result<(), TaskError> 
             tracing::warn!(product_id = %product_id, error = %e, "stock mirror: WeChat holds no approved product; nothing sent (the merchant's next upsert or stock edit uploads it again)");
             Ok(())
         }
-        Err(e) => Err(task_error(e)),
-    }
-}
-
-fn task_error(e: WxError) -> TaskError {
-    if e.is_retryable() {
-        TaskError::Retry(e.to_string())
-    } else {
-        TaskError::Permanent(e.to_string())
+        Err(e) => Err(super::shop_orders::task_error(e)),
     }
 }
 
