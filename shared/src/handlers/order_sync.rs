@@ -206,7 +206,8 @@ pub async fn drain_until(
         ran += batch.len();
         let results = futures::future::join_all(batch.into_iter().map(|c| async {
             let mut r = DrainReport::default();
-            // Tasks of a page run side by side: a mirror held for its spacing delays none.
+            // Tasks of a page run side by side: a mirror held for its spacing delays no other
+            // task's run, only the page's end (about a second).
             let outcome = run_claimed(app, c, &mut r, super::stock_mirror::Pace::Spaced).await;
             (outcome, r)
         }))

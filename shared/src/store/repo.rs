@@ -1145,7 +1145,6 @@ impl Batch {
         self.put(event_record(event, 1), Expect::Absent)
     }
 
-    /// Adds an outbox entry, written with the rest of the batch.
     /// Blocks a user: writes the block whatever was there (blocking again replaces the
     /// reason and time).
     pub fn put_user_block(&mut self, block: &UserBlock) -> usize {
@@ -1161,6 +1160,7 @@ impl Batch {
         })
     }
 
+    /// Adds an outbox entry, written with the rest of the batch.
     pub fn enqueue(&mut self, entry: OutboxEntry) -> usize {
         self.put(outbox::to_record(&entry, 1), Expect::Absent)
     }
