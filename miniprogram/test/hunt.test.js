@@ -5,7 +5,10 @@
 // `wxlocal serve` (test/support/wxlocal.js) with the sandbox holding the notification back and
 // WeChat Pay's `pay/orderquery` failing. Then the pages around it: Pay on the product page for
 // an order that closed meanwhile (ORDER_CLOSED), and the order page right after a Pay whose
-// cashier said paid (no Pay or Close until a pull-down reads the order again).
+// cashier said paid (no Pay or Close until a pull-down reads the order again). Then a purchase
+// neither lost nor made twice: the key of an order buy made to replace one, whose answer was
+// lost; a key handed back on a network failure, over a reload; the same cart bought for another
+// address (the old order closed first), stubbed and against wxlocal.
 //
 // The pages run as in example.test.js: each page's .js loaded with a fake `App`, `Page`,
 // `getApp` and `wx`, requires resolved inside example/, handlers called as taps would.
@@ -760,4 +763,43 @@ test('utils/unpaid: a key with no order number is kept for its cart and address,
   for (let i = 0; i < fresh.MAX_ENTRIES + 3; i++) fresh.rememberKey({ key: 'k-' + i, items, address: null });
   assert.equal(Object.keys(shop.wx.getStorageSync('example.unpaid')).length, fresh.MAX_ENTRIES);
   assert.equal(fresh.findPurchase(items, null).key, 'k-' + (fresh.MAX_ENTRIES + 2), 'the newest is sent');
+});
+
+test('against wxlocal: the same cart bought again for another address closes the unpaid order (its stock back) and buys afresh, also when the first order\'s answer was lost', { timeout: 30000 }, async () => {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+  await sandboxNormal();
+  for (const lost of [false, true]) {
+    // lost: the server makes the first order, its answer never reaches the phone.
+    const opts = { signing: server.signing, user: `hunt-address-${lost}-${Date.now()}`, cashier: 'cancel' };
+    if (lost) opts.loseAnswer = (name, nth) => name === 'unifiedOrder' && nth === 0;
+    const wx = support.sandboxWx(server.baseUrl, opts);
+    const user = withUser(wx);
+    user.addresses.push(WX_ADDRESS, WX_ADDRESS_2);
+    const clientOptions = { baseUrl: server.baseUrl, payPoll: { intervalMs: 100, timeoutMs: 5000, failTimeoutMs: 200 }, orderRetry: { attempts: 1, delayMs: 1, maxDelayMs: 1, budgetMs: 100 } };
+    const mp = miniProgram(wx, clientOptions);
+    const stockOf = async (skuId) => {
+      const p = miniProgram(wx, clientOptions).page('pages/product/product');
+      await p.onLoad({ product_id: 'tea' });
+      return p.data.skus.filter((s) => s.sku_id === skuId)[0].stock;
+    };
+    const product = mp.page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    const sku = product.data.selected;
+    const stock = await stockOf(sku);
+    await product.onBuyTap();
+    if (lost) assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+    else assert.equal(product.data.outcome, 'unpaid', product.data.message);
+    assert.equal(await stockOf(sku), stock - 1, `lost=${lost}: the first order holds one`);
+
+    await product.onAddressTap();
+    await product.onBuyTap();
+    assert.equal(product.data.outcome, 'unpaid', `lost=${lost}: ${product.data.message} ${user.toasts.join(' | ')}`);
+    assert.equal(await stockOf(sku), stock - 1, `lost=${lost}: one order holds stock, not two: the first was closed`);
+    const list = mp.page('pages/orders/orders');
+    await list.onShow();
+    const orders = list.data.orders;
+    assert.deepEqual(orders.map((o) => o.statusText).sort(), ['Awaiting payment', 'Closed unpaid'], `lost=${lost}: ${JSON.stringify(orders)}`);
+    assert.deepEqual(user.toasts, [], `lost=${lost}`);
+  }
 });

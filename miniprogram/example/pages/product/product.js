@@ -16,7 +16,14 @@
  * program is closed and reopened, the page offers Pay for it again (the SKU, quantity and
  * address it was made with) once the server says it is still unpaid, and a Buy of the same
  * cart sends its key. Without that, the next tap would make a second order while the first
- * still held its stock until it expired.
+ * still held its stock until it expired. So is a key buy handed back with no order number (no
+ * answer, a timeout: the server may have made the order): the next Buy of the same cart and
+ * address sends it, after a reload too.
+ *
+ * The same cart bought again for another address (the user did not pay, then changed it)
+ * closes the order kept for the old address first (shop.orders.close, its stock back, as Buy
+ * again on the order page does), then buys afresh; paid meanwhile (ORDER_PAID), that order is
+ * shown paid and nothing is bought.
  */
 'use strict';
 
