@@ -7,8 +7,8 @@
  *   the mini program being closed and reopened, and this page being opened from WeChat's order
  *   centre; shop.buy with that key, items and address pays this very order; from another entry
  *   buy closes it and pays a new one, shown then; if the new one's call fails, its key is kept
- *   for the cart and address, and the product page's next Buy of them sends it) and Close (shop.orders.close: its stock goes
- *   back). Without the key (bought on another phone, storage cleared, or kept longer than an
+ *   for the cart and address, and the product page's next Buy of them sends it) and Close
+ *   (shop.orders.close: its stock goes back). Without the key (bought on another phone, storage cleared, or kept longer than an
  *   order lives) it cannot be paid here: Buy again closes it, then opens its product to buy
  *   afresh (the server would not close it for a new purchase: it would hold its stock until it
  *   expired). Right after a Pay whose cashier
