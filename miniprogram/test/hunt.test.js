@@ -5,7 +5,10 @@
 // `wxlocal serve` (test/support/wxlocal.js) with the sandbox holding the notification back and
 // WeChat Pay's `pay/orderquery` failing. Then the pages around it: Pay on the product page for
 // an order that closed meanwhile (ORDER_CLOSED), and the order page right after a Pay whose
-// cashier said paid (no Pay or Close until a pull-down reads the order again).
+// cashier said paid (no Pay or Close until a pull-down reads the order again). Then a purchase
+// neither lost nor made twice: the key of an order buy made to replace one, whose answer was
+// lost; a key handed back on a network failure, over a reload; the same cart bought for another
+// address (the old order closed first), stubbed and against wxlocal.
 //
 // The pages run as in example.test.js: each page's .js loaded with a fake `App`, `Page`,
 // `getApp` and `wx`, requires resolved inside example/, handlers called as taps would.
@@ -103,6 +106,8 @@ function unconfirmedShop() {
   const storage = new Map();
   const cashierWill = []; // what the user does in the next cashiers ('cancel'); then they pay
   const refused = new Set();
+  const naming = new Set(); // keys refused 422 IDEMPOTENCY_KEY_REUSED naming their order
+  let lose = () => false; // (name, data) → true: the call is served, its answer lost (a timeout)
   const answer = {
     login: () => ({ statusCode: 200, data: { token: 'tok', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o-alice', fund_type: 0, trading_component: 'always' } }),
     catalogSync: () => ({ statusCode: 200, data: { product: { product_id: 'tea', title: 'Tea', head_img: [], skus: [{ sku_id: 'tea-250g', price: 1990, stock: 10, attrs: [] }] } } }),
@@ -112,8 +117,16 @@ function unconfirmedShop() {
       // keys get 422 IDEMPOTENCY_KEY_REUSED naming no order (a server older than the client).
       if (o && o.status === 'CLOSED') return { statusCode: 409, data: { code: 'ORDER_CLOSED', message: 'the order this idempotency key made was closed unpaid; order again with a new key' } };
       if (refused.has(d.idempotency_key)) return { statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'this idempotency key was used for a different cart, address or enter scene' } };
+      // As the server: the key stands for its first request (cart, address; the scene is the
+      // same here); another under it, or one refused so (`naming`: the user came back through
+      // another entry), is 422 naming the order the key holds.
+      const request = JSON.stringify({ items: d.items, address: d.address || null });
+      if (o && (naming.has(d.idempotency_key) || o.request !== request)) {
+        return { statusCode: 422, data: { code: 'IDEMPOTENCY_KEY_REUSED', message: 'this idempotency key was used for a different cart, address or enter scene', out_trade_no: o.out_trade_no } };
+      }
       if (!o) {
         o = { out_trade_no: 'T' + (orders.size + 1), status: 'PREPAID', total_fee: 1990, freight: 0, refunded_fee: 0, items: d.items.map((i) => Object.assign({ title: 'Tea', unit_price: 1990 }, i)), created_at: 0 };
+        Object.defineProperty(o, 'request', { value: request }); // not part of the answer
         orders.set(d.idempotency_key, o);
         byNo.set(o.out_trade_no, o);
       }
@@ -121,6 +134,7 @@ function unconfirmedShop() {
     },
     queryOrder: (d) => {
       const o = byNo.get(d.out_trade_no);
+      if (d.action === 'close' && o && o.status === 'PAID') return { statusCode: 409, data: { code: 'ORDER_PAID', message: 'the order is paid: apply for a refund instead' } };
       if (d.action === 'close' && o && o.status === 'PREPAID') o.status = 'CLOSED';
       return { statusCode: 200, data: { order: o } };
     },
@@ -136,6 +150,7 @@ function unconfirmedShop() {
       const name = o.url.replace(/^.*\/fn\//, '');
       calls.push({ name, data: clone(o.data) });
       const out = answer[name](o.data);
+      if (lose(name, o.data)) return setImmediate(() => o.fail({ errMsg: 'request:fail timeout' }));
       setImmediate(() => o.success({ statusCode: out.statusCode, data: clone(out.data), header: {} }));
     },
     requestPayment: (p) => {
@@ -153,6 +168,8 @@ function unconfirmedShop() {
     cashierWill,
     close: (no) => (byNo.get(no).status = 'CLOSED'),
     refuse: (key) => refused.add(key),
+    refuseNaming: (key) => naming.add(key),
+    loseAnswers: (pred) => (lose = pred),
     keyOf: (no) => [...orders.entries()].find((e) => e[1].out_trade_no === no)[0],
     place: (key, items) => answer.unifiedOrder({ idempotency_key: key, items }),
   };
@@ -600,4 +617,189 @@ test('utils/unpaid: a kept key is read back by a fresh module (a reload); old en
   assert.equal(kept.length, many.MAX_ENTRIES);
   assert.ok(kept.includes('N' + (many.MAX_ENTRIES + 4)), 'the newest is kept');
   assert.ok(!kept.includes('N0'), 'the oldest is dropped');
+});
+
+// ---- a purchase neither lost nor made twice: a replaced order's key, a lost answer, a new address
+
+const WX_ADDRESS_2 = { userName: 'Alice', telNumber: '13800000000', provinceName: '浙江省', cityName: '杭州市', countyName: '上城区', detailInfo: '9 Office Road' };
+const unifiedKeys = (shop) => shop.sent('unifiedOrder').map((c) => c.data.idempotency_key);
+
+test('order page: Pay that replaces its order (another entry) and gets no answer for the new one keeps the new key for the cart and address: the next Buy pays that order, not a third', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS);
+  const mp = miniProgram(shop.wx, FAST);
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', product.data.message);
+  const first = shop.keyOf('T1');
+
+  // Back through another entry (WeChat's order centre, another scene): the server refuses T1's
+  // key for the changed request, naming T1; buy closes T1 and orders under a new key, whose
+  // order the server makes (T2) but whose answer is lost.
+  shop.refuseNaming(first);
+  shop.loseAnswers((name, d) => name === 'unifiedOrder' && d.idempotency_key !== first);
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  assert.equal(detail.data.canPay, true);
+  await detail.onPayTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  assert.equal(shop.byNo.get('T1').status, 'CLOSED', 'buy closed T1 to replace it');
+  assert.equal(shop.byNo.get('T2').status, 'PREPAID', 'T2 is made, holding its stock; the phone never heard of it');
+  const second = shop.keyOf('T2');
+  shop.loseAnswers(() => false);
+
+  // Killed and reopened; the user buys the same tea for the same address.
+  const again = miniProgram(shop.wx, FAST).page('pages/product/product');
+  await again.onLoad({ product_id: 'tea' });
+  user.addresses.push(WX_ADDRESS);
+  shop.cashierWill.push('cancel');
+  await again.onBuyTap();
+  assert.equal(unifiedKeys(shop).pop(), second, 'the Buy sent the key of the order made to replace T1 (it was lost with T1)');
+  assert.equal(shop.byNo.size, 2, 'no third order while T2 holds the stock');
+  assert.equal(again.data.orderNo, 'T2');
+  assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), ['T2'], 'kept under its own number now');
+});
+
+test('product: a key handed back on a network failure is kept in storage: after a reload the next Buy of the same cart and address sends it (no second order); once answered paid, it is forgotten', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS);
+  shop.loseAnswers((name) => name === 'unifiedOrder'); // the server makes the order, the answer is lost
+  const before = miniProgram(shop.wx, FAST).page('pages/product/product');
+  await before.onLoad({ product_id: 'tea' });
+  await before.onBuyTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  assert.equal(shop.byNo.size, 1, 'the server made T1');
+  const key = shop.keyOf('T1');
+  shop.loseAnswers(() => false);
+
+  // Killed and reopened: the page's memory is gone, the storage is not.
+  const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  user.addresses.push(WX_ADDRESS);
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  assert.deepEqual(unifiedKeys(shop), [key, key], 'the Buy after the reload sent the key of the unanswered call');
+  assert.equal(shop.byNo.size, 1, 'no second order while T1 holds the stock');
+  assert.equal(product.data.orderNo, 'T1');
+  assert.equal(product.data.outcome, 'unpaid', product.data.message);
+  assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), ['T1'], 'kept under its number once known');
+
+  shop.confirm('T1'); // paid in WeChat's order centre
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'paid', product.data.message);
+  assert.deepEqual(shop.wx.getStorageSync('example.unpaid'), {}, 'answered paid: forgotten');
+});
+
+test('product: the same cart bought again for another address closes the unpaid order first (stock back), then buys afresh; paid meanwhile, that order is shown and nothing bought', async () => {
+  for (const lost of [false, true]) {
+    const shop = unconfirmedShop();
+    const user = withUser(shop.wx);
+    user.addresses.push(WX_ADDRESS, WX_ADDRESS_2);
+    const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    // Not paid: the cashier cancelled, or (lost) the order call's answer never came.
+    if (lost) shop.loseAnswers((name) => name === 'unifiedOrder');
+    else shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    shop.loseAnswers(() => false);
+    assert.equal(shop.byNo.get('T1').status, 'PREPAID');
+    await product.onAddressTap(); // another delivery address
+    assert.equal(product.data.address.detailed_address.includes('9 Office Road'), true, JSON.stringify(product.data.address));
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    assert.equal(shop.byNo.get('T1').status, 'CLOSED', `lost=${lost}: the order for the old address is closed, its stock back`);
+    assert.equal(shop.byNo.size, 2, `lost=${lost}: one new order`);
+    assert.equal(product.data.orderNo, 'T2', product.data.message);
+    assert.equal(product.data.outcome, 'unpaid', product.data.message);
+    assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), ['T2'], `lost=${lost}: only the new order is kept`);
+  }
+
+  // Paid meanwhile (in WeChat's order centre): the close is refused ORDER_PAID; that order is
+  // shown paid, and nothing is bought again.
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS, WX_ADDRESS_2);
+  const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  shop.confirm('T1');
+  await product.onAddressTap();
+  await product.onBuyTap();
+  assert.equal(shop.byNo.size, 1, 'no second purchase of a cart already paid');
+  assert.equal(shop.sent('unifiedOrder').length, 1);
+  assert.equal(product.data.outcome, 'paid', product.data.message);
+  assert.equal(product.data.orderNo, 'T1');
+  assert.deepEqual(shop.wx.getStorageSync('example.unpaid'), {});
+  assert.deepEqual(user.toasts, []);
+});
+
+test('utils/unpaid: a key with no order number is kept for its cart and address, bounded like the rest, and forgotten once answered', () => {
+  const shop = unconfirmedShop();
+  const items = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+  const unpaid = loadUnpaid(shop.wx);
+  unpaid.afterFailure({ code: 'NETWORK_ERROR', idempotencyKey: 'k-lost' }, { items, address: null });
+  const fresh = loadUnpaid(shop.wx);
+  assert.equal(fresh.findPurchase(items, null).key, 'k-lost', 'read back after a reload');
+  assert.equal(fresh.findPurchase(items, null).out_trade_no, null);
+  assert.equal(fresh.latestFor('tea'), null, 'no order to offer Pay for');
+  assert.equal(fresh.find('?k-lost'), null);
+  // The server answered the key with T1: kept under T1 only.
+  fresh.afterBuy({ out_trade_no: 'T1', idempotencyKey: 'k-lost' }, { items, address: null, key: 'k-lost' });
+  assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), ['T1']);
+  // Refused as spent (no key handed back): forgotten.
+  fresh.afterFailure({ code: 'ORDER_CLOSED' }, { items, address: null, key: 'k-lost' }, 'T1');
+  assert.deepEqual(shop.wx.getStorageSync('example.unpaid'), {});
+  // Old ones expire, at most MAX_ENTRIES.
+  fresh.rememberKey({ key: 'k-old', items, address: null });
+  const map = shop.wx.getStorageSync('example.unpaid');
+  map['?k-old'].at = Date.now() - fresh.MAX_AGE_MS - 1000;
+  shop.wx.setStorageSync('example.unpaid', map);
+  assert.equal(loadUnpaid(shop.wx).findPurchase(items, null), null, 'older than any order lives: gone');
+  for (let i = 0; i < fresh.MAX_ENTRIES + 3; i++) fresh.rememberKey({ key: 'k-' + i, items, address: null });
+  assert.equal(Object.keys(shop.wx.getStorageSync('example.unpaid')).length, fresh.MAX_ENTRIES);
+  assert.equal(fresh.findPurchase(items, null).key, 'k-' + (fresh.MAX_ENTRIES + 2), 'the newest is sent');
+});
+
+test('against wxlocal: the same cart bought again for another address closes the unpaid order (its stock back) and buys afresh, also when the first order\'s answer was lost', { timeout: 30000 }, async () => {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+  await sandboxNormal();
+  for (const lost of [false, true]) {
+    // lost: the server makes the first order, its answer never reaches the phone.
+    const opts = { signing: server.signing, user: `hunt-address-${lost}-${Date.now()}`, cashier: 'cancel' };
+    if (lost) opts.loseAnswer = (name, nth) => name === 'unifiedOrder' && nth === 0;
+    const wx = support.sandboxWx(server.baseUrl, opts);
+    const user = withUser(wx);
+    user.addresses.push(WX_ADDRESS, WX_ADDRESS_2);
+    const clientOptions = { baseUrl: server.baseUrl, payPoll: { intervalMs: 100, timeoutMs: 5000, failTimeoutMs: 200 }, orderRetry: { attempts: 1, delayMs: 1, maxDelayMs: 1, budgetMs: 100 } };
+    const mp = miniProgram(wx, clientOptions);
+    const stockOf = async (skuId) => {
+      const p = miniProgram(wx, clientOptions).page('pages/product/product');
+      await p.onLoad({ product_id: 'tea' });
+      return p.data.skus.filter((s) => s.sku_id === skuId)[0].stock;
+    };
+    const product = mp.page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    const sku = product.data.selected;
+    const stock = await stockOf(sku);
+    await product.onBuyTap();
+    if (lost) assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+    else assert.equal(product.data.outcome, 'unpaid', product.data.message);
+    assert.equal(await stockOf(sku), stock - 1, `lost=${lost}: the first order holds one`);
+
+    await product.onAddressTap();
+    await product.onBuyTap();
+    assert.equal(product.data.outcome, 'unpaid', `lost=${lost}: ${product.data.message} ${user.toasts.join(' | ')}`);
+    assert.equal(await stockOf(sku), stock - 1, `lost=${lost}: one order holds stock, not two: the first was closed`);
+    const list = mp.page('pages/orders/orders');
+    await list.onShow();
+    const orders = list.data.orders;
+    assert.deepEqual(orders.map((o) => o.statusText).sort(), ['Awaiting payment', 'Closed unpaid'], `lost=${lost}: ${JSON.stringify(orders)}`);
+    assert.deepEqual(user.toasts, [], `lost=${lost}`);
+  }
 });

@@ -1,21 +1,61 @@
 /**
- * Purchases not paid yet, kept on the phone by order number: the idempotency key `shop.buy`
- * handed back, with the items and address it was sent for. Buying again with the same key,
- * items and address pays that order (the server answers the key with it) instead of making a
+ * Purchases not paid yet, kept on the phone: the idempotency key `shop.buy` handed back, with
+ * the items and address it was sent for, by order number — or, when buy failed before any
+ * order number was known (no answer, a timeout: the server may have made the order), by the
+ * key alone (`PENDING` + key). Buying again with the same key, items and address pays that
+ * order (the server answers the key with it, or makes it if it never did) instead of making a
  * second one; the order page uses this for its Pay button, the product page to offer Pay again
- * after the mini program was closed and reopened.
+ * after the mini program was closed and reopened, and for every Buy of the same cart and
+ * address. A key is kept under what identifies its purchase — the order number once known, the
+ * cart and address until then — never under another order's number (an order buy closed to
+ * replace it is forgotten, the new key kept for itself).
  *
  * Kept in wx.setStorageSync, so it outlives the mini program being killed and reopened (and
  * the order page being opened from WeChat's order centre). A paid or closed order is
- * forgotten as soon as a page sees it so; one older than MAX_AGE_MS is forgotten unread (its
- * order has expired: the server's ORDER_TTL_SECS is at most 7200 s); at most MAX_ENTRIES are
- * kept, the oldest dropped first, so the storage stays small whatever the user leaves unpaid.
+ * forgotten as soon as a page sees it so, and a key as soon as the server answers for it (paid,
+ * closed, refused as spent); one older than MAX_AGE_MS is forgotten unread (its order has
+ * expired: the server's ORDER_TTL_SECS is at most 7200 s); at most MAX_ENTRIES are kept, the
+ * oldest dropped first, so the storage stays small whatever the user leaves unpaid.
  */
 'use strict';
 
 const STORAGE_KEY = 'example.unpaid';
 const MAX_AGE_MS = 2 * 60 * 60 * 1000;
 const MAX_ENTRIES = 20;
+// The id of an entry whose order number is not known yet: this prefix and its key. An order
+// number never starts with it.
+const PENDING = '?';
+
+function isPending(id) {
+  return id.charAt(0) === PENDING;
+}
+
+/** The entry `id` of `map` as pages read it: { out_trade_no (null while not known), key, items, address }. */
+function entry(map, id) {
+  return Object.assign({}, map[id], { out_trade_no: isPending(id) ? null : id });
+}
+
+/** The newest of `ids` in `map`, or null. */
+function newest(map, ids) {
+  ids.sort((a, b) => (map[b].at || 0) - (map[a].at || 0));
+  return ids.length ? entry(map, ids[0]) : null;
+}
+
+function sameWhat(p, items, address) {
+  return JSON.stringify({ items: p.items, address: p.address || null }) === JSON.stringify({ items: items, address: address || null });
+}
+
+/** A time later than every entry kept, so "newest" is well defined within the same millisecond. */
+function nextAt(map) {
+  return Object.keys(map).reduce((t, id) => Math.max(t, (map[id].at || 0) + 1), Date.now());
+}
+
+/** Drops from `map` every entry of key `key`. */
+function dropKey(map, key) {
+  Object.keys(map).forEach((id) => {
+    if (map[id].key === key) delete map[id];
+  });
+}
 
 /** Kept entries still worth keeping: younger than MAX_AGE_MS, at most MAX_ENTRIES (newest). */
 function pruned(map, now) {
@@ -51,6 +91,7 @@ function save(map) {
 
 /** { key, items, address } of order `outTradeNo`, or null. */
 function find(outTradeNo) {
+  if (typeof outTradeNo !== 'string' || !outTradeNo || isPending(outTradeNo)) return null;
   const p = all()[outTradeNo];
   return p || null;
 }
@@ -63,29 +104,55 @@ function latestFor(productId) {
   const map = all();
   const mine = Object.keys(map).filter((n) => {
     const items = map[n].items;
-    return Array.isArray(items) && items.length === 1 && items[0] && items[0].product_id === productId;
+    // A key with no order number yet is not offered as Pay (there is no order to read): the
+    // next Buy of its cart and address sends it (findPurchase).
+    return !isPending(n) && Array.isArray(items) && items.length === 1 && items[0] && items[0].product_id === productId;
   });
-  mine.sort((a, b) => (map[b].at || 0) - (map[a].at || 0));
-  return mine.length ? Object.assign({ out_trade_no: mine[0] }, map[mine[0]]) : null;
+  return newest(map, mine);
 }
 
 /**
  * The newest purchase kept for exactly these `items` and `address` (as the product page sends
- * them): { out_trade_no, key, items, address }, or null.
+ * them), its order number known or not: { out_trade_no (or null), key, items, address }, or null.
  */
 function findPurchase(items, address) {
-  const what = JSON.stringify({ items: items, address: address || null });
   const map = all();
-  const same = Object.keys(map).filter((n) => JSON.stringify({ items: map[n].items, address: map[n].address || null }) === what);
-  same.sort((a, b) => (map[b].at || 0) - (map[a].at || 0));
-  return same.length ? Object.assign({ out_trade_no: same[0] }, map[same[0]]) : null;
+  return newest(map, Object.keys(map).filter((n) => sameWhat(map[n], items, address)));
 }
 
+/**
+ * The newest purchase kept of exactly these `items` for another address than `address`: {
+ * out_trade_no (or null), key, items, address }, or null. The product page closes its order
+ * before the same cart is bought for the new address.
+ */
+function findOtherAddress(items, address) {
+  const map = all();
+  const cart = JSON.stringify(items);
+  return newest(
+    map,
+    Object.keys(map).filter((n) => JSON.stringify(map[n].items) === cart && !sameWhat(map[n], items, address))
+  );
+}
+
+/** Keeps `purchase` ({ key, items, address }) for order `outTradeNo`, and no other entry of its key. */
 function remember(outTradeNo, purchase) {
   const map = all();
-  // Later than every entry kept, so "newest" is well defined within the same millisecond.
-  const at = Object.keys(map).reduce((t, no) => Math.max(t, (map[no].at || 0) + 1), Date.now());
+  const at = nextAt(map);
+  dropKey(map, purchase.key);
   map[outTradeNo] = { key: purchase.key, items: purchase.items, address: purchase.address || null, at: at };
+  save(map);
+}
+
+/**
+ * Keeps `purchase` ({ key, items, address }) whose order number is not known (buy failed
+ * before the server answered), under its key. A key kept already (under its order number or
+ * not) stays as it is, its age counted from when it was first kept: its order, if the server
+ * made one, dates from then.
+ */
+function rememberKey(purchase) {
+  const map = all();
+  if (Object.keys(map).some((id) => map[id].key === purchase.key)) return;
+  map[PENDING + purchase.key] = { key: purchase.key, items: purchase.items, address: purchase.address || null, at: nextAt(map) };
   save(map);
 }
 
@@ -96,15 +163,66 @@ function forget(outTradeNo) {
   save(map);
 }
 
+/** Forgets key `key`, whatever it is kept under: the server answered for it. */
+function forgetKey(key) {
+  if (!key) return;
+  const map = all();
+  const before = Object.keys(map).length;
+  dropKey(map, key);
+  if (Object.keys(map).length !== before) save(map);
+}
+
 /**
- * Keeps what shop.buy resolved, for `purchase` ({ items, address }): the order's key while it is
- * unpaid, nothing once it is paid or closed; an order buy closed to make this one (the user
- * came back through another entry) is forgotten.
+ * Keeps what shop.buy resolved, for `purchase` ({ items, address, key? }, `key` the one sent,
+ * if any): the order's key while it is unpaid, under its order number; nothing once it is paid
+ * or closed. The key sent is answered (by this order, or spent on one buy closed to make it),
+ * and an order buy closed to make this one (the user came back through another entry) is
+ * forgotten.
  */
 function afterBuy(r, purchase) {
+  forgetKey(purchase.key);
   if (r.previousOrder) forget(r.previousOrder.out_trade_no);
   if (r.idempotencyKey) remember(r.out_trade_no, { key: r.idempotencyKey, items: purchase.items, address: purchase.address });
   else forget(r.out_trade_no);
 }
 
-module.exports = { find, latestFor, findPurchase, remember, forget, afterBuy, MAX_AGE_MS, MAX_ENTRIES };
+/**
+ * Keeps what a rejection of shop.buy hands back, for `purchase` ({ items, address, key? }, `key`
+ * the one sent) and `keptNo`, the order number that key was kept for (if any):
+ * - no key handed back: the key sent is spent (its order closed, the key refused) or there was
+ *   none; it is forgotten.
+ * - an order buy closed (`previousOrder`, closed or missing) is forgotten, whatever was sent.
+ * - the key sent handed back, its order number known and still standing: kept under it.
+ * - any other key (a fresh one that got no answer, or the new key of an order buy made to
+ *   replace one it closed): kept for the cart and address, its order number unknown — never
+ *   under the number of an order that is gone, which would drop it with that order.
+ */
+function afterFailure(e, purchase, keptNo) {
+  const err = e || {};
+  const prev = err.previousOrder;
+  const gone = prev && prev.outcome !== 'open' ? prev.out_trade_no : null;
+  if (gone) forget(gone);
+  if (!err.idempotencyKey) {
+    forgetKey(purchase.key);
+    return;
+  }
+  if (purchase.key && err.idempotencyKey !== purchase.key) forgetKey(purchase.key);
+  const what = { key: err.idempotencyKey, items: purchase.items, address: purchase.address };
+  if (err.idempotencyKey === purchase.key && keptNo && keptNo !== gone) remember(keptNo, what);
+  else rememberKey(what);
+}
+
+module.exports = {
+  find,
+  latestFor,
+  findPurchase,
+  findOtherAddress,
+  remember,
+  rememberKey,
+  forget,
+  forgetKey,
+  afterBuy,
+  afterFailure,
+  MAX_AGE_MS,
+  MAX_ENTRIES,
+};

@@ -6,8 +6,9 @@
  * - Unpaid: Pay (when this phone kept the purchase's key, in storage, utils/unpaid: it outlives
  *   the mini program being closed and reopened, and this page being opened from WeChat's order
  *   centre; shop.buy with that key, items and address pays this very order; from another entry
- *   buy closes it and pays a new one, shown then) and Close (shop.orders.close: its stock goes
- *   back). Without the key (bought on another phone, storage cleared, or kept longer than an
+ *   buy closes it and pays a new one, shown then; if the new one's call fails, its key is kept
+ *   for the cart and address, and the product page's next Buy of them sends it) and Close
+ *   (shop.orders.close: its stock goes back). Without the key (bought on another phone, storage cleared, or kept longer than an
  *   order lives) it cannot be paid here: Buy again closes it, then opens its product to buy
  *   afresh (the server would not close it for a new purchase: it would hold its stock until it
  *   expired). Right after a Pay whose cashier
@@ -104,7 +105,7 @@ Page({
     const no = this.outTradeNo;
     const saved = unpaid.find(no);
     if (!saved || this.data.confirming) return Promise.resolve();
-    const purchase = { items: saved.items, address: saved.address };
+    const purchase = { items: saved.items, address: saved.address, key: saved.key };
     const params = { items: saved.items, idempotencyKey: saved.key };
     if (saved.address) params.address = saved.address;
     return this.act(() => {
@@ -136,8 +137,13 @@ Page({
           },
           (e) => {
             wx.hideLoading();
-            if (e.idempotencyKey) unpaid.remember(no, { key: e.idempotencyKey, items: saved.items, address: saved.address });
-            else unpaid.forget(no);
+            // The key handed back is kept under this order's number only while it is this
+            // order's key. When buy closed this order to replace it (back through another
+            // entry) and the new order's call failed, the new key is kept for the cart and
+            // address (utils/unpaid): under this number it would be dropped as soon as this
+            // order reads closed, and the next Buy would make a second order while the new one
+            // (the server may have made it) holds its stock.
+            unpaid.afterFailure(e, purchase, no);
             throw e;
           }
         );

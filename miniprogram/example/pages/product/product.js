@@ -16,7 +16,14 @@
  * program is closed and reopened, the page offers Pay for it again (the SKU, quantity and
  * address it was made with) once the server says it is still unpaid, and a Buy of the same
  * cart sends its key. Without that, the next tap would make a second order while the first
- * still held its stock until it expired.
+ * still held its stock until it expired. So is a key buy handed back with no order number (no
+ * answer, a timeout: the server may have made the order): the next Buy of the same cart and
+ * address sends it, after a reload too.
+ *
+ * The same cart bought again for another address (the user did not pay, then changed it)
+ * closes the order kept for the old address first (shop.orders.close, its stock back, as Buy
+ * again on the order page does), then buys afresh; paid meanwhile (ORDER_PAID), that order is
+ * shown paid and nothing is bought.
  */
 'use strict';
 
@@ -174,7 +181,6 @@ Page({
 
   onBuyTap() {
     if (this.data.busy || !this.data.selected || this.data.outcome === 'unknown') return Promise.resolve();
-    const shop = getApp().shop;
     // Pay: the purchase shown unpaid, exactly as it was sent (its key names that request).
     const paying = this.data.outcome === 'unpaid' && this.pending && this.pending.items ? this.pending : null;
     // No price: the server charges its own.
@@ -185,33 +191,20 @@ Page({
         wx.showLoading({ title: 'Paying…', mask: true });
         const what = JSON.stringify({ items: items, address: address });
         // This page's unpaid purchase of the same cart, or one kept in storage (made before the
-        // mini program was closed and reopened): its key pays that order, not a second one.
+        // mini program was closed and reopened, or whose order call got no answer): its key
+        // pays that order, not a second one.
         const kept = this.pending && this.pending.what === what ? this.pending : unpaid.findPurchase(items, address);
-        const key = kept ? kept.key : undefined;
-        const keptNo = kept ? kept.no || kept.out_trade_no : undefined;
-        const params = { items: items, idempotencyKey: key };
-        if (address) params.address = address;
-        return shop.buy(params).then(
-          (r) => {
-            // Not paid: buy hands back the key, and the next tap pays this order. Paid or
-            // closed: none, and the next tap is a new purchase.
-            this.pending = r.idempotencyKey ? { key: r.idempotencyKey, what: what, items: items, address: address, no: r.out_trade_no } : null;
-            unpaid.afterBuy(r, { items: items, address: address });
-            return r;
-          },
-          (e) => {
-            // Only the key buy hands back: it keeps a key it was given on every refusal that
-            // did not spend it (WeChat's pre-order check refusing this entry, a network
-            // failure), and hands back none when it is spent (ORDER_CLOSED,
-            // IDEMPOTENCY_KEY_REUSED): sent again, it would be refused on every tap.
-            const no = e.idempotencyKey === key ? keptNo : undefined;
-            this.pending = e.idempotencyKey ? { key: e.idempotencyKey, what: what, items: items, address: address, no: no } : null;
-            if (key && !e.idempotencyKey && keptNo) unpaid.forget(keptNo);
-            throw e;
-          }
-        );
+        if (kept) return this.purchase(items, address, what, kept.key, kept.no || kept.out_trade_no || undefined);
+        // The same cart kept unpaid for another address (the user changed it after not
+        // paying): that order is closed first, its stock back, as Buy again does on the order
+        // page; then this one is bought afresh. Paid meanwhile: that order is shown, nothing
+        // bought again.
+        const other = unpaid.findOtherAddress(items, address);
+        if (!other) return this.purchase(items, address, what, undefined, undefined);
+        if (!other.out_trade_no) return this.replaceUnanswered(items, address, what, other.key);
+        return this.closeOther(other).then((paid) => (paid ? { paidAlready: paid } : this.purchase(items, address, what, undefined, undefined)));
       })
-      .then((r) => this.showOutcome(r))
+      .then((r) => (r.paidAlready ? this.showPaidAlready(r.paidAlready) : this.showOutcome(r)))
       .catch((e) => {
         if (e && e.code === 'ADDRESS_REQUIRED') this.addressRequired = true;
         if (e && (e.code === 'ORDER_CLOSED' || e.code === 'ORDER_NOT_OPEN')) {
@@ -230,6 +223,92 @@ Page({
         wx.hideLoading();
         this.setData({ busy: false });
       });
+  },
+
+  /**
+   * shop.buy of `items` for `address` (`what`: both, as JSON) with `key` (a kept purchase's,
+   * whose order is `keptNo` when known; none for a new purchase) → buy's result. What buy
+   * hands back is kept in the page and in storage (utils/unpaid), a key with no order number
+   * too: a network failure's key (the server may have made the order) outlives the mini
+   * program being closed, and the next Buy of the same cart and address sends it.
+   */
+  purchase(items, address, what, key, keptNo) {
+    const params = { items: items, idempotencyKey: key };
+    if (address) params.address = address;
+    const sent = { items: items, address: address, key: key };
+    return getApp()
+      .shop.buy(params)
+      .then(
+        (r) => {
+          // Not paid: buy hands back the key, and the next tap pays this order. Paid or
+          // closed: none, and the next tap is a new purchase.
+          this.pending = r.idempotencyKey ? { key: r.idempotencyKey, what: what, items: items, address: address, no: r.out_trade_no } : null;
+          unpaid.afterBuy(r, sent);
+          return r;
+        },
+        (e) => {
+          // Only the key buy hands back: it keeps a key it was given on every refusal that
+          // did not spend it (WeChat's pre-order check refusing this entry, a network
+          // failure), and hands back none when it is spent (ORDER_CLOSED,
+          // IDEMPOTENCY_KEY_REUSED): sent again, it would be refused on every tap.
+          const no = e.idempotencyKey === key ? keptNo : undefined;
+          this.pending = e.idempotencyKey ? { key: e.idempotencyKey, what: what, items: items, address: address, no: no } : null;
+          unpaid.afterFailure(e, sent, keptNo);
+          throw e;
+        }
+      );
+  },
+
+  /**
+   * Closes `other` (with its order number), the same cart kept unpaid for another address,
+   * before it is bought for the new one → resolves its order number when it turns out paid
+   * (409 ORDER_PAID: nothing is to be bought again), else undefined once it is closed (or the
+   * server has no such order). A close that fails otherwise rejects: nothing is bought, the
+   * entry is kept, and the next tap tries again.
+   */
+  closeOther(other) {
+    if (!other.out_trade_no) return Promise.resolve(undefined);
+    return getApp()
+      .shop.orders.close(other.out_trade_no)
+      .then(
+        (order) => {
+          unpaid.forget(other.out_trade_no);
+          return order && view.orderView(order).paid ? other.out_trade_no : undefined;
+        },
+        (e) => {
+          if (e && e.code === 'ORDER_PAID') {
+            unpaid.forget(other.out_trade_no);
+            return other.out_trade_no;
+          }
+          if (e && e.code === 'ORDER_NOT_FOUND') {
+            unpaid.forget(other.out_trade_no);
+            return undefined;
+          }
+          throw e;
+        }
+      );
+  },
+
+  /**
+   * The same cart kept for another address under a key whose order call got no answer: its
+   * order number is not known, so it cannot be closed by number. Its key is sent with this
+   * address: the server answers a key it holds an order for, sent for another address, with
+   * 422 IDEMPOTENCY_KEY_REUSED naming that order, and buy closes it and buys afresh under a
+   * new key (or answers that order, paid); a key the server never took makes this purchase.
+   * A key it answers as spent (its order closed) is forgotten and a fresh one bought with.
+   */
+  replaceUnanswered(items, address, what, key) {
+    return this.purchase(items, address, what, key, undefined).catch((e) => {
+      const spent = e && !e.idempotencyKey && ['ORDER_CLOSED', 'ORDER_NOT_OPEN', 'IDEMPOTENCY_KEY_REUSED'].indexOf(e.code) >= 0;
+      if (!spent) throw e;
+      return this.purchase(items, address, what, undefined, undefined);
+    });
+  },
+
+  /** The same cart, kept unpaid for another address, turned out paid when it was to be closed. */
+  showPaidAlready(no) {
+    this.pending = null;
+    this.setData({ outcome: 'paid', orderNo: no, message: 'Order ' + no + ' (this cart, to your earlier address) was paid already. Open it to see it.' });
   },
 
   showOutcome(r) {
