@@ -245,12 +245,14 @@ async fn the_freight_left_on_an_order_refunded_line_by_line_is_refunded_by_the_m
 /// GIVEN a paid, unshipped order of a tea (1,990)
 /// WHEN the merchant refunds 300 fen of goodwill
 /// THEN WeChat Pay refunds 300, the user's `list` shows the merchant's refund (REFUNDED, `by`
-/// MERCHANT, its reason), the order stays PAID and shippable with 1,690 left: the user's later
-/// application asks for that by default and no more; no stock comes back.
+/// MERCHANT, its reason), the day's reconciliation matches the bill's refund to ours, the order
+/// stays PAID and shippable with 1,690 left: the user's later application asks for that by
+/// default and no more; no stock comes back.
 #[tokio::test]
 async fn a_goodwill_refund_leaves_the_order_shippable_with_less_to_refund() {
     let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
     let c = InProcess::new(&r);
+    c.advance_to_china(12, 0).await; // one China day for the order, its refund and the bill
     let (token, no) = paid_tea(&c, "greta").await;
     let stock = c.stock().await;
 
@@ -280,6 +282,25 @@ async fn a_goodwill_refund_leaves_the_order_shippable_with_less_to_refund() {
     })
     .await;
     assert_eq!(c.status(&token, &no).await["status"], "PAID");
+
+    // The day's bill lists the refund, and it is ours, for that amount.
+    let day = wxshop::time::beijing_date(r.app.clock.now_ms());
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "reconcile", "bill_date": day}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            &v["refunds_checked"],
+            &v["refund_mismatches"],
+            &v["mismatches"]
+        ),
+        (&json!(1), &json!([]), &json!([])),
+        "{v}"
+    );
 
     // The user's application: what is left, and no more.
     let (s, v) = apply(&c, &token, &no, json!({"amount": 1691})).await;
