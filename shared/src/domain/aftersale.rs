@@ -1,4 +1,6 @@
-//! After-sales: a user's request to get money (and maybe goods) back, with its own machine.
+//! After-sales: a user's request to get money (and maybe goods) back, with its own machine —
+//! or the merchant's own refund of a paid order ([`AfterSaleOrigin::Merchant`]), which starts
+//! at REFUNDING and goes on from there as any approved refund.
 //!
 //! ```text
 //! REQUESTED ─approve→ REFUNDING ─refund ok→ REFUNDED ←──────────────────────┐

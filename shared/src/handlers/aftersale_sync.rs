@@ -1,6 +1,8 @@
 //! `aftersaleSync`: after-sales from both sides. The user (`/fn/aftersaleSync`) applies for a
 //! refund (or return and refund), says which parcel the goods went back in, cancels, lists;
-//! the merchant (`/admin/aftersaleSync`) approves or rejects. Approving a refund fixes an
+//! the merchant (`/admin/aftersaleSync`) approves or rejects — or refunds a paid order on its
+//! own (`refund`: an after-sale it opens, approved at once, [`merchant_refund`] — the freight
+//! left on an order refunded line by line, a goodwill refund). Approving a refund fixes an
 //! `out_refund_no` once and queues `secapi/pay/refund`, so every retry asks WeChat for the
 //! same refund; the refund notification (`payCallback`) completes it. A secondary-merchant
 //! order (`fund_type` 1) is refunded by WeChat, which holds its money: approving it accepts
