@@ -326,6 +326,7 @@ fn new_aftersale(kind: AfterSaleKind) -> AfterSale {
         created_at_ms: 0,
         updated_at_ms: 0,
         refunded_at_ms: None,
+        by: Default::default(),
     }
 }
 

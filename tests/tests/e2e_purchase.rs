@@ -878,6 +878,7 @@ async fn approving_beyond_what_open_aftersales_leave_is_refused() {
         created_at_ms: 0,
         updated_at_ms: 0,
         refunded_at_ms: None,
+        by: Default::default(),
     };
     let mut batch = wxshop::store::repo::Batch::new();
     batch.create_aftersale(&unheld);

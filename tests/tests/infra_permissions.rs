@@ -938,6 +938,19 @@ async fn every_function_runs_its_paths_with_its_grants_only() {
     )
     .await;
 
+    // The merchant's own refund (aftersaleSync admin `refund`), settled by its notification.
+    let (token5, _, no5, _) = paid(&c, "iam-merchant-refund", 1).await;
+    let v = ok(
+        &c,
+        "/admin/aftersaleSync",
+        None,
+        json!({"action": "refund", "out_trade_no": no5, "amount": 300,
+               "reason": "goodwill", "idempotency_key": "iam-mr-1"}),
+    )
+    .await;
+    let mr = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+    c.until_refunded(&token5, &no5, &mr).await;
+
     // queryOrder closes an unpaid order; another is left to expire for the schedule.
     let unpaid = c.order_tea(&token, 1).await;
     ok(

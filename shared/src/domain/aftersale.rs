@@ -1,4 +1,6 @@
-//! After-sales: a user's request to get money (and maybe goods) back, with its own machine.
+//! After-sales: a user's request to get money (and maybe goods) back, with its own machine —
+//! or the merchant's own refund of a paid order ([`AfterSaleOrigin::Merchant`]), which starts
+//! at REFUNDING and goes on from there as any approved refund.
 //!
 //! ```text
 //! REQUESTED ─approve→ REFUNDING ─refund ok→ REFUNDED ←──────────────────────┐
@@ -119,6 +121,28 @@ impl AfterSaleStatus {
     }
 }
 
+/// Who opened an after-sale.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AfterSaleOrigin {
+    /// The user applied (in the mini program, or in WeChat's order centre).
+    #[default]
+    User,
+    /// The merchant refunded part or all of a paid order on its own (`aftersaleSync` admin
+    /// `refund`: the freight left over, a goodwill or price-adjustment refund, a refund the
+    /// user asked for by phone): a refund only, about no line, approved when made
+    /// ([`AfterSale::merchant_refund`]). It takes no units back (money, not goods: no stock
+    /// back) and is not mirrored to WeChat's trading component, whose `ecaftersale/add` needs a
+    /// product line — as a refund made by hand in the merchant platform is not.
+    Merchant,
+}
+
+impl AfterSaleOrigin {
+    pub fn is_user(&self) -> bool {
+        *self == AfterSaleOrigin::User
+    }
+}
+
 /// `type` in `shop/ecaftersale/add`: 1 refund only, 2 return and refund.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -176,6 +200,10 @@ pub struct AfterSale {
     /// kept (none of them is looked for among the funds flows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refunded_at_ms: Option<i64>,
+    /// Who opened it: the user, or the merchant refunding on its own. Absent (the user) on
+    /// after-sales recorded before merchants could.
+    #[serde(default, skip_serializing_if = "AfterSaleOrigin::is_user")]
+    pub by: AfterSaleOrigin,
 }
 
 /// One item of the order an after-sale is about — by our catalog ids, WeChat's
@@ -455,6 +483,44 @@ impl AfterSale {
             from: self.status,
             action,
         }
+    }
+
+    /// The merchant's own refund of `amount` of `order` (an order whose money we hold), for
+    /// `reason`: a refund only, about no line, approved at once — REFUNDING under a fresh
+    /// `out_refund_no`, from where it goes on as any approved after-sale.
+    pub fn merchant_refund(
+        id: AfterSaleId,
+        order: &Order,
+        amount: Fen,
+        reason: String,
+        now_ms: i64,
+    ) -> Self {
+        AfterSale {
+            id,
+            out_trade_no: order.out_trade_no.clone(),
+            openid: order.openid.clone(),
+            kind: AfterSaleKind::RefundOnly,
+            amount,
+            reason,
+            status: AfterSaleStatus::Refunding,
+            out_refund_no: Some(OutRefundNo::generate(now_ms)),
+            refund_id: None,
+            wx_aftersale_id: None,
+            wx_add_claimed_until_ms: None,
+            reject_reason: None,
+            goods_return: None,
+            line: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            refunded_at_ms: None,
+            by: AfterSaleOrigin::Merchant,
+        }
+    }
+
+    /// Whether it has a copy in WeChat's trading component (when its order does): not a
+    /// merchant's own refund.
+    pub fn mirrored_to_wechat(&self) -> bool {
+        self.by.is_user()
     }
 
     pub fn cancel(&mut self, now_ms: i64) -> Result<super::Change, AfterSaleTransitionError> {
@@ -809,8 +875,10 @@ impl AfterSale {
     /// price (a price adjustment, a dented box), the freight alone: nothing. An after-sale of
     /// the whole order without a line (several items, not in the trading component) puts back
     /// every item when it refunded every item's whole price.
+    ///
+    /// A merchant's own refund ([`AfterSaleOrigin::Merchant`]) is money, not units: nothing.
     pub fn units_back(&self, order: &Order) -> Vec<AfterSaleLine> {
-        if self.status != AfterSaleStatus::Refunded {
+        if self.status != AfterSaleStatus::Refunded || self.by == AfterSaleOrigin::Merchant {
             return Vec::new();
         }
         let never_shipped = order.delivery.is_none() && order.shipped_at_ms.is_none();
@@ -925,6 +993,7 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             refunded_at_ms: None,
+            by: Default::default(),
         }
     }
 
@@ -1091,6 +1160,7 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             refunded_at_ms: None,
+            by: Default::default(),
         }
     }
 
@@ -1166,6 +1236,21 @@ mod tests {
         assert_eq!(whole.units_back(&paid), vec![a1(), b1(3)]);
         whole.amount = fen(2099);
         assert!(whole.units_back(&paid).is_empty());
+        // The merchant's own refund of all of it, never shipped: money, not units.
+        let mut by_merchant = AfterSale::merchant_refund(
+            AfterSaleId::generate(0),
+            &paid,
+            paid.total,
+            "goodwill".into(),
+            1,
+        );
+        assert_eq!(
+            (by_merchant.status, by_merchant.line.as_ref()),
+            (AfterSaleStatus::Refunding, None)
+        );
+        assert!(by_merchant.out_refund_no.is_some() && !by_merchant.mirrored_to_wechat());
+        by_merchant.refunded(Some("r1".into()), 2).unwrap();
+        assert!(by_merchant.units_back(&paid).is_empty());
     }
 
     #[test]

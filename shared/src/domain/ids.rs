@@ -165,6 +165,19 @@ impl AfterSaleId {
         Self(format!("ASK{}", &hex::encode(h.finalize())[..40]))
     }
 
+    /// The after-sale a merchant's own refund with an idempotency key makes (`aftersaleSync`
+    /// admin `refund`): the same order and key always name the same refund. Apart from every
+    /// user's application (`ASM`, another hash input).
+    pub fn for_merchant_refund(order: &super::OutTradeNo, key: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in ["merchant refund", order.as_str(), key] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        Self(format!("ASM{}", &hex::encode(h.finalize())[..40]))
+    }
+
     pub fn generate(now_ms: i64) -> Self {
         Self(format!(
             "AS{}{}",

@@ -8,8 +8,8 @@ pub mod order;
 pub mod product;
 
 pub use aftersale::{
-    AfterSale, AfterSaleKind, AfterSaleLine, AfterSaleStatus, AfterSaleTransitionError,
-    GoodsReturn, LineAsked, LineChoice, LineError, ReturnWaybill,
+    AfterSale, AfterSaleKind, AfterSaleLine, AfterSaleOrigin, AfterSaleStatus,
+    AfterSaleTransitionError, GoodsReturn, LineAsked, LineChoice, LineError, ReturnWaybill,
 };
 pub use ids::{
     random_alnum, AfterSaleId, IdError, OpenId, OutRefundNo, OutTradeNo, ProductId, SkuId,

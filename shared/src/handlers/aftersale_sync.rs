@@ -1,6 +1,8 @@
 //! `aftersaleSync`: after-sales from both sides. The user (`/fn/aftersaleSync`) applies for a
 //! refund (or return and refund), says which parcel the goods went back in, cancels, lists;
-//! the merchant (`/admin/aftersaleSync`) approves or rejects. Approving a refund fixes an
+//! the merchant (`/admin/aftersaleSync`) approves or rejects — or refunds a paid order on its
+//! own (`refund`: an after-sale it opens, approved at once, [`merchant_refund`] — the freight
+//! left on an order refunded line by line, a goodwill refund). Approving a refund fixes an
 //! `out_refund_no` once and queues `secapi/pay/refund`, so every retry asks WeChat for the
 //! same refund; the refund notification (`payCallback`) completes it. A secondary-merchant
 //! order (`fund_type` 1) is refunded by WeChat, which holds its money: approving it accepts
@@ -33,8 +35,9 @@ use super::common::{authenticate, own_order, with_retries, Attempt};
 use super::order_sync::TaskError;
 use crate::app::App;
 use crate::domain::{
-    Address, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleLine, AfterSaleStatus, Change, Fen,
-    FundType, GoodsReturn, LineAsked, LineError, OutTradeNo, ProductId, ReturnWaybill, SkuId,
+    Address, AfterSale, AfterSaleId, AfterSaleKind, AfterSaleLine, AfterSaleOrigin,
+    AfterSaleStatus, Change, Fen, FundType, GoodsReturn, LineAsked, LineError, OutTradeNo,
+    ProductId, ReturnWaybill, SkuId,
 };
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::outbox::{OutboxEntry, Task};
@@ -114,6 +117,19 @@ enum AdminAction {
         #[serde(default)]
         out_refund_no: Option<String>,
     },
+    /// The merchant's own refund of a paid order (the freight left over, goodwill, a refund
+    /// the user asked for by phone): an after-sale opened by the merchant and approved at once
+    /// ([`merchant_refund`]).
+    Refund {
+        out_trade_no: String,
+        /// Fen; defaults to all the order can still refund less what open after-sales hold.
+        #[serde(default)]
+        amount: Option<i64>,
+        /// 1–200 characters; WeChat Pay's `refund_desc` gets its first 80 bytes.
+        reason: String,
+        /// 1–128 characters: the same key on the same order is the same refund.
+        idempotency_key: String,
+    },
     List {
         out_trade_no: String,
     },
@@ -125,6 +141,8 @@ struct AfterSaleView<'a> {
     out_trade_no: &'a str,
     status: AfterSaleStatus,
     kind: AfterSaleKind,
+    /// `USER`, or `MERCHANT` for the merchant's own refund.
+    by: AfterSaleOrigin,
     amount: i64,
     reason: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,6 +165,7 @@ fn view(a: &AfterSale) -> AfterSaleView<'_> {
         out_trade_no: a.out_trade_no.as_str(),
         status: a.status,
         kind: a.kind,
+        by: a.by,
         amount: a.amount.get(),
         reason: &a.reason,
         out_refund_no: a.out_refund_no.as_ref().map(|n| n.as_str()),
@@ -309,6 +328,7 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     created_at_ms: now,
                     updated_at_ms: now,
                     refunded_at_ms: None,
+                    by: AfterSaleOrigin::User,
                 };
                 let mut next_order = order.value.clone();
                 let held = next_order.claim_refund(&aftersale.id, amount, now);
@@ -439,12 +459,191 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             };
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
+        AdminAction::Refund {
+            out_trade_no,
+            amount,
+            reason,
+            idempotency_key,
+        } => {
+            let no = OutTradeNo::parse(out_trade_no)
+                .map_err(|e| ApiError::bad_request("BAD_OUT_TRADE_NO", e.to_string()))?;
+            let a = merchant_refund(app, &no, amount, &reason, &idempotency_key).await?;
+            Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
+        }
         AdminAction::List { out_trade_no } => {
             let no = OutTradeNo::parse(out_trade_no)
                 .map_err(|e| ApiError::bad_request("BAD_OUT_TRADE_NO", e.to_string()))?;
             list(app, &no).await
         }
     }
+}
+
+/// The merchant's own refund of paid order `no`: `amount` fen (default: all it can still
+/// refund, freight included, less what open after-sales hold), as an after-sale the merchant
+/// opened ([`AfterSaleOrigin::Merchant`]: a refund only, about no line) approved at once — in
+/// one write with its hold on the order, its `out_refund_no`, refund record and refund task,
+/// so from there it is any approved after-sale: `secapi/pay/refund`, the notification (or the
+/// refund sweep) settles it `REFUNDED` and the order with it, `REFUND_FAILED` /
+/// `REFUND_ABNORMAL` and `mark_refunded` as for any. It puts no stock back (money, not
+/// units) and is not mirrored to WeChat's trading component (`ecaftersale/add` needs a
+/// product line). Only an order whose money we hold: a secondary-merchant order's is WeChat's,
+/// refunded through an after-sale there. The same key on the same order answers the same
+/// refund; another amount under it is 422.
+async fn merchant_refund(
+    app: &App,
+    no: &OutTradeNo,
+    amount: Option<i64>,
+    reason: &str,
+    key: &str,
+) -> Result<AfterSale, ApiError> {
+    if key.is_empty() || key.chars().count() > 128 {
+        return Err(ApiError::bad_request(
+            "BAD_IDEMPOTENCY_KEY",
+            "idempotency_key must be 1–128 characters",
+        ));
+    }
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 200 {
+        return Err(ApiError::bad_request(
+            "BAD_REASON",
+            "reason must be 1–200 characters (the user sees it; WeChat Pay's refund_desc \
+             gets its first 80 bytes)",
+        ));
+    }
+    let amount = amount
+        .map(|a| {
+            Fen::new(a).ok().filter(|a| *a > Fen::ZERO).ok_or_else(|| {
+                ApiError::bad_request(
+                    "BAD_AMOUNT",
+                    format!(
+                        "amount {a} must be a whole number of fen of at least 1; leave it \
+                             out to refund all the order can still refund"
+                    ),
+                )
+            })
+        })
+        .transpose()?;
+    let id = AfterSaleId::for_merchant_refund(no, key);
+    let refund = with_retries(app, || async {
+        if let Some(existing) = repo::get_aftersale(app.store.as_ref(), &id).await? {
+            if amount.is_some_and(|a| a != existing.value.amount) {
+                return Err(ApiError::new(
+                    http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    format!(
+                        "this idempotency key refunded {} fen of order {no} (after-sale {id}); \
+                         use a new key for another refund",
+                        existing.value.amount.get()
+                    ),
+                ));
+            }
+            return Ok(Attempt::Done(existing.value));
+        }
+        let order = repo::get_order(app.store.as_ref(), no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?;
+        if !order.value.status.is_paid() {
+            return Err(ApiError::conflict(
+                "ORDER_NOT_PAID",
+                format!(
+                    "order {no} is {}: nothing was paid, so nothing can be refunded",
+                    order.value.status.as_str()
+                ),
+            ));
+        }
+        if order.value.fund_type == FundType::SecondaryMerchant {
+            return Err(ApiError::conflict(
+                "NOT_REFUNDABLE",
+                format!(
+                    "order {no} is a secondary-merchant order: WeChat holds its money and \
+                     refunds it only through an after-sale in the trading component, so \
+                     wxshop cannot refund it through WeChat Pay"
+                ),
+            ));
+        }
+        let earlier = aftersales_of(app, &order.value).await?;
+        let unheld = unheld_in(&order.value, &earlier)?;
+        let left = order
+            .value
+            .claimable()
+            .checked_sub(unheld)
+            .unwrap_or(Fen::ZERO);
+        let amount = amount.unwrap_or(left);
+        if amount > left || amount == Fen::ZERO {
+            return Err(not_refundable_by_merchant(
+                &order.value,
+                &earlier,
+                amount,
+                left,
+            ));
+        }
+        let now = app.clock.now_ms();
+        let mut refund =
+            AfterSale::merchant_refund(id.clone(), &order.value, amount, reason.to_owned(), now);
+        let mut next_order = order.value.clone();
+        next_order
+            .claim_refund(&id, amount, now)
+            .map_err(|_| not_refundable_by_merchant(&order.value, &earlier, amount, left))?;
+        let mut batch = Batch::new();
+        queue_wechat_pay_refund(app, &id, &mut refund, &mut batch, now).await?;
+        batch.create_aftersale(&refund);
+        batch.update_order(&order, &next_order);
+        Ok(Attempt::Commit(batch, refund))
+    })
+    .await?;
+    tracing::info!(aftersale_id = %refund.id, out_trade_no = %no, amount = refund.amount.get(), "merchant refund; refund queued");
+    Ok(refund)
+}
+
+/// 409 `NOT_REFUNDABLE` for a merchant's refund of `amount` (zero: all that is left, which is
+/// nothing) of `order`, which has `left` beside its open after-sales: what it can still
+/// refund, and the open after-sales holding the rest.
+fn not_refundable_by_merchant(
+    order: &crate::domain::Order,
+    all: &[AfterSale],
+    amount: Fen,
+    left: Fen,
+) -> ApiError {
+    if order.status == crate::domain::OrderStatus::Refunded || order.refundable() == Fen::ZERO {
+        return ApiError::conflict(
+            "NOT_REFUNDABLE",
+            format!(
+                "order {} is refunded in full ({} fen): nothing is left to refund",
+                order.out_trade_no,
+                order.refunded.get()
+            ),
+        );
+    }
+    let open: Vec<String> = all
+        .iter()
+        .filter(|a| is_open(a.status))
+        .map(|a| format!("{} ({} fen, {})", a.id, a.amount.get(), a.status.as_str()))
+        .collect();
+    let asked = if amount == Fen::ZERO {
+        "nothing is left to refund".to_owned()
+    } else {
+        format!("a refund of {} fen does not fit", amount.get())
+    };
+    ApiError::conflict(
+        "NOT_REFUNDABLE",
+        format!(
+            "{asked}: order {} has {} fen left to refund and open after-sales hold {} fen of \
+             it: {}. Refund less, or reject (or have the user cancel) the after-sales not to \
+             be paid first",
+            order.out_trade_no,
+            order.refundable().get(),
+            order
+                .refundable()
+                .checked_sub(left)
+                .unwrap_or(Fen::ZERO)
+                .get(),
+            if open.is_empty() {
+                "none".to_owned()
+            } else {
+                open.join(", ")
+            }
+        ),
+    )
 }
 
 /// After-sale states that may still end in a refund.
@@ -1215,7 +1414,8 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
     }
     // Any order WeChat was asked to make a component order of, its id stored or not (an
     // `add` answer lost): WeChat's after-sale is read by its own key, not the order's.
-    if order.value.at_wechat().component_order {
+    // (A merchant's own refund has no copy at WeChat to ask.)
+    if order.value.at_wechat().component_order && a.value.mirrored_to_wechat() {
         match standing_at_wechat(app, &a.value).await? {
             (Standing::Open, _) => {}
             (Standing::Unclear, status) => {
@@ -1729,7 +1929,7 @@ pub async fn sweep_wechat_refunds(
                     continue;
                 }
             };
-            if a.updated_at_ms > quiet_since {
+            if a.updated_at_ms > quiet_since || !a.mirrored_to_wechat() {
                 continue;
             }
             let held = match component.get(&a.out_trade_no) {
@@ -2304,6 +2504,11 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
     let a = repo::get_aftersale(app.store.as_ref(), id)
         .await?
         .ok_or_else(|| TaskError::Permanent(format!("no after-sale {id}")))?;
+    if !a.value.mirrored_to_wechat() {
+        // A merchant's own refund: WeChat's `ecaftersale/add` takes one product line, and
+        // it names none. Not sent, as a refund made by hand in the merchant platform is not.
+        return Ok(());
+    }
     let mut order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
         .await?
         .ok_or_else(|| TaskError::Permanent("order vanished".into()))?;
@@ -2943,6 +3148,7 @@ async fn record_wechat_refund(
                     created_at_ms: now,
                     updated_at_ms: now,
                     refunded_at_ms: Some(now),
+                    by: AfterSaleOrigin::User,
                 };
                 batch.create_aftersale(&refunded_there);
                 if let Some(e) = super::stock_back::due(&order.value, &refunded_there, now) {
@@ -3329,6 +3535,7 @@ async fn import_new(
             created_at_ms: now,
             updated_at_ms: now,
             refunded_at_ms: None,
+            by: AfterSaleOrigin::User,
         };
         let mut batch = Batch::new();
         let mut next_order = order.value.clone();

@@ -656,7 +656,7 @@ async fn apply_refund(
                 if let Some(e) = super::stock_back::due(&order.value, &next_a, now) {
                     batch.enqueue(e);
                 }
-                if order.value.at_wechat().component_order {
+                if order.value.at_wechat().component_order && next_a.mirrored_to_wechat() {
                     batch.enqueue(OutboxEntry::new(
                         Task::AfterSaleSync {
                             aftersale_id: next_a.id.clone(),
@@ -1034,6 +1034,7 @@ mod tests {
             created_at_ms: 1,
             updated_at_ms: 1,
             refunded_at_ms: None,
+            by: Default::default(),
         };
         let mut refund = RefundRecord::new(
             no.clone(),

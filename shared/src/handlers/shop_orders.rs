@@ -768,13 +768,14 @@ pub(crate) fn nothing_to_ship(order: &Order) -> String {
     format!(
         "every item of order {} was refunded through after-sales ({} fen went back), so a \
          parcel would hold nothing; {} fen (the freight) is left to refund. Nothing was \
-         shipped. To close the order, refund what is left: an after-sale of an order's last \
-         unclaimed units asks for the freight too, so this one's asked for less (or came \
-         before that rule) and every line is claimed — refund the rest in the WeChat Pay \
-         merchant platform; the order is then REFUNDED",
+         shipped. To close the order, refund what is left with POST /admin/aftersaleSync \
+         {{\"action\": \"refund\", \"out_trade_no\": \"{}\", \"reason\": …, \
+         \"idempotency_key\": …}} (no amount: all that is left); once WeChat Pay has \
+         refunded it the order is REFUNDED",
         order.out_trade_no,
         order.refunded.get(),
-        order.refundable().get()
+        order.refundable().get(),
+        order.out_trade_no
     )
 }
 
@@ -1355,6 +1356,7 @@ mod parcel_tests {
             created_at_ms: 1,
             updated_at_ms: 2,
             refunded_at_ms: Some(2),
+            by: Default::default(),
         };
         order.claim_refund(&id, a.amount, 1).unwrap();
         order.refund_aftersale(&id, a.amount, 2).unwrap();

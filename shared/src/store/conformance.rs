@@ -1638,6 +1638,7 @@ pub async fn aftersales_by_refunded_at(store: &DynStore) {
         created_at_ms: created,
         updated_at_ms: created,
         refunded_at_ms: None,
+        by: Default::default(),
     };
     // 0: created the day before, refunded in the window; 1: created in the window, still
     // requested; 2: refunded after the window; 3: REFUNDED without the time, created in the
@@ -1885,6 +1886,7 @@ pub async fn repo_round_trip(store: &DynStore) {
             created_at_ms: t + i as i64,
             updated_at_ms: t,
             refunded_at_ms: None,
+            by: Default::default(),
         });
     }
     b.commit(s).await.unwrap();
