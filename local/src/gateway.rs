@@ -736,17 +736,39 @@ async fn gateway(
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let Some(route) = handlers::find_route(parts.method.as_str(), &path) else {
-        let any_method = handlers::ROUTES.iter().any(|r| r.path == path);
-        let err = if any_method {
+        // Each says what to send instead: the path's own method, or where the paths are
+        // listed (a sandbox path is not one of ROUTES: its endpoints are in docs/SANDBOX.md).
+        let methods: Vec<&str> = handlers::ROUTES
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.method)
+            .collect();
+        let err = if !methods.is_empty() {
             ApiError::new(
                 http::StatusCode::METHOD_NOT_ALLOWED,
                 "METHOD_NOT_ALLOWED",
-                format!("{} is not allowed on {path}", parts.method),
+                format!(
+                    "{} is not allowed on {path}; use {}",
+                    parts.method,
+                    methods.join(" or ")
+                ),
+            )
+        } else if path.starts_with("/sandbox/") {
+            ApiError::not_found(
+                "NO_SUCH_ROUTE",
+                format!(
+                    "the WeChat sandbox has nothing at {path}: WeChat Pay is under \
+                     /sandbox/mch/, the platform under /sandbox/api/, the control endpoints \
+                     under /sandbox/_control/ (docs/SANDBOX.md)"
+                ),
             )
         } else {
             ApiError::not_found(
                 "NO_SUCH_ROUTE",
-                format!("no function at {path}; see the routes in README"),
+                format!(
+                    "no function at {path}; the routes are in README's API table \
+                     (docs/API.md)"
+                ),
             )
         };
         return to_axum(err.into_response());

@@ -2900,6 +2900,30 @@ async fn recorded_events_are_listed_newest_first_and_readable() {
     assert_eq!((s, v["code"].as_str()), (400, Some("BAD_CURSOR")), "{v}");
 }
 
+/// GIVEN a merchant reading the events kept for a person WHEN they misspell the `source`
+/// (`refunds_closed` for `refund_closed`) THEN the answer is 400 `BAD_SOURCE` naming the
+/// sources, as docs/API.md says. It was 200 with no events, which reads as "nothing here
+/// needs a person".
+#[tokio::test]
+async fn an_unknown_event_source_is_refused_naming_the_sources() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "source": "refunds_closed"}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("BAD_SOURCE")), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("refund_closed"),
+        "names the sources: {v}"
+    );
+    // A known source with nothing kept yet is still an empty page.
+    let v = events(&c, json!({"action": "events", "source": "refund_closed"})).await;
+    assert_eq!(v["events"], json!([]), "{v}");
+}
+
 /// A dead address for refund notifications: WeChat's own never arrive, as with a wrong
 /// `WXPAY_REFUND_NOTIFY_URL`.
 const DEAD_REFUND_NOTIFY_URL: &str = "http://127.0.0.1:9/callbacks/refund";
@@ -6312,5 +6336,100 @@ async fn order_answers_carry_the_freight_part_of_the_total() {
         (&replay["total_fee"], &replay["freight"]),
         (&json!(2790), &json!(800)),
         "{replay}"
+    );
+}
+
+/// GIVEN a newcomer calling by hand WHEN an id is malformed — an order number too short, a
+/// product id with a space, an after-sale id with `!` — THEN the 400 says what an id of that
+/// kind must be (its length and characters), not only "too short" or "contains a character
+/// outside the allowed set", which named no set.
+#[tokio::test]
+async fn a_malformed_id_is_refused_saying_what_it_must_be() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("ids").await;
+
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("BAD_OUT_TRADE_NO")),
+        "{v}"
+    );
+    assert!(
+        v["message"].as_str().unwrap().contains("6–32 characters"),
+        "{v}"
+    );
+
+    let (s, v) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "te a", "sku_id": "tea-250g", "quantity": 1}],
+                    "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                                "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("BAD_CART")), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("each a letter, digit, `_` or `-`"),
+        "{v}"
+    );
+
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "cancel", "aftersale_id": "bad id!"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("BAD_AFTERSALE_ID")),
+        "{v}"
+    );
+    assert!(
+        v["message"].as_str().unwrap().contains("1–64 characters"),
+        "{v}"
+    );
+}
+
+/// GIVEN a newcomer trying the routes by hand WHEN they use the wrong method on a route, or a
+/// path that is not one THEN the answer says what to send instead: the route's method (it said
+/// only "GET is not allowed on /fn/login"), and for a sandbox path where its endpoints are
+/// (it pointed every unknown path, sandbox ones included, at README's route table).
+#[tokio::test]
+async fn a_wrong_method_or_path_says_what_to_use_instead() {
+    let r = stack().await;
+    let c = Client::new(&r);
+
+    let (s, v) = c.get("/fn/login").await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (405, Some("METHOD_NOT_ALLOWED")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("use POST"), "{v}");
+
+    let (s, v) = c.post("/sandbox/_control/pya", None, &json!({})).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("NO_SUCH_ROUTE")), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("docs/SANDBOX.md"),
+        "{v}"
+    );
+
+    let (s, v) = c.post("/fn/unifiedorder", None, &json!({})).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("NO_SUCH_ROUTE")), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("docs/API.md"),
+        "{v}"
     );
 }

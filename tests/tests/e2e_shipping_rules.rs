@@ -130,6 +130,37 @@ async fn an_identical_ship_repeated_after_receipt_is_done_already() {
     assert!(c.dead_letters().await.is_empty());
 }
 
+/// GIVEN a paid order the merchant has not shipped yet WHEN the user confirms its receipt
+/// THEN the answer is 409 `ORDER_NOT_SHIPPED` saying, in the API's words, what the order is
+/// and what to do — it said "order is Paid; cannot confirm receipt" (the Rust name of the
+/// status, no way forward) — and nothing changes.
+#[tokio::test]
+async fn confirming_receipt_before_shipping_says_to_wait_for_the_shipment() {
+    let r = stack_with(&[]).await;
+    let c = InProcess::new(&r);
+    let (token, no) = paid_and_synced(&c, "early-receipt", 1).await;
+
+    let (s, v) = c
+        .post(
+            "/fn/queryOrder",
+            Some(&token),
+            &json!({"out_trade_no": no, "action": "confirm"}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["code"], "ORDER_NOT_SHIPPED", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("is PAID") && message.contains(no.as_str()),
+        "names the order and its status as the API writes it: {v}"
+    );
+    assert!(
+        message.contains("once the merchant has shipped it"),
+        "says what to do: {v}"
+    );
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+}
+
 /// GIVEN a shipped order refunded in full (an after-sale the merchant approved: REFUNDED),
 /// WHEN the user confirms its receipt THEN the answer is 409 `ORDER_REFUNDED` — saying what
 /// the order is, where it answered `ORDER_NOT_SHIPPED`, though it was shipped — and nothing

@@ -81,42 +81,65 @@ const OUT_TRADE_NO_BYTES: [bool; 256] = allowed(b"_-|*");
 const OUT_REFUND_NO_BYTES: [bool; 256] = allowed(b"_-|*@");
 const OUR_ID_BYTES: [bool; 256] = allowed(b"_-");
 
-fn charset(s: &str, min: usize, max: usize, allowed: &[bool; 256]) -> Result<(), &'static str> {
-    if s.len() < min {
-        return Err("too short");
-    }
-    if s.len() > max {
-        return Err("too long");
-    }
-    if !s.bytes().all(|b| allowed[usize::from(b)]) {
-        return Err("contains a character outside the allowed set");
+/// Checks `s` against an id's length and bytes; refused, the error is `rule`, the id's whole
+/// form ("must be 1–64 characters, …"), so the caller reads what to send instead of only
+/// what was wrong ("too long", "a character outside the allowed set" named no set).
+fn charset(
+    s: &str,
+    min: usize,
+    max: usize,
+    allowed: &[bool; 256],
+    rule: &'static str,
+) -> Result<(), &'static str> {
+    if s.len() < min || s.len() > max || !s.bytes().all(|b| allowed[usize::from(b)]) {
+        return Err(rule);
     }
     Ok(())
 }
 
+const OUR_ID_RULE: &str = "must be 1–64 characters, each a letter, digit, `_` or `-`";
+
 string_id!(
     /// Merchant order number: 6–32 chars of `[0-9A-Za-z_-|*]`, unique per merchant.
-    OutTradeNo, "out_trade_no", |s| charset(s, 6, 32, &OUT_TRADE_NO_BYTES)
+    OutTradeNo, "out_trade_no", |s| charset(
+        s,
+        6,
+        32,
+        &OUT_TRADE_NO_BYTES,
+        "must be 6–32 characters, each a letter, digit, `_`, `-`, `|` or `*`"
+    )
 );
 string_id!(
     /// Merchant refund number: ≤64 chars of `[0-9A-Za-z_-|*@]`.
-    OutRefundNo, "out_refund_no", |s| charset(s, 1, 64, &OUT_REFUND_NO_BYTES)
+    OutRefundNo, "out_refund_no", |s| charset(
+        s,
+        1,
+        64,
+        &OUT_REFUND_NO_BYTES,
+        "must be 1–64 characters, each a letter, digit, `_`, `-`, `|`, `*` or `@`"
+    )
 );
 string_id!(
     /// A user's openid under our mini program (or `sub_openid` in provider mode).
-    OpenId, "openid", |s| charset(s, 1, 128, &OUR_ID_BYTES)
+    OpenId, "openid", |s| charset(
+        s,
+        1,
+        128,
+        &OUR_ID_BYTES,
+        "must be 1–128 characters, each a letter, digit, `_` or `-`"
+    )
 );
 string_id!(
     /// Our product (SPU) id, `out_product_id` in the trading component.
-    ProductId, "product id", |s| charset(s, 1, 64, &OUR_ID_BYTES)
+    ProductId, "product id", |s| charset(s, 1, 64, &OUR_ID_BYTES, OUR_ID_RULE)
 );
 string_id!(
     /// Our SKU id, `out_sku_id` in the trading component.
-    SkuId, "sku id", |s| charset(s, 1, 64, &OUR_ID_BYTES)
+    SkuId, "sku id", |s| charset(s, 1, 64, &OUR_ID_BYTES, OUR_ID_RULE)
 );
 string_id!(
     /// Our after-sale id, `out_aftersale_id` in the trading component.
-    AfterSaleId, "after-sale id", |s| charset(s, 1, 64, &OUR_ID_BYTES)
+    AfterSaleId, "after-sale id", |s| charset(s, 1, 64, &OUR_ID_BYTES, OUR_ID_RULE)
 );
 
 const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";

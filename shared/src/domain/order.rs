@@ -288,7 +288,8 @@ impl SentToWechat {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
-    #[error("order is {from:?}; cannot {action}")]
+    /// `from` as the API writes it (`PAID`, not `Paid`): callers pass this on to users.
+    #[error("order is {}; cannot {action}", from.as_str())]
     NotAllowed {
         from: OrderStatus,
         action: &'static str,

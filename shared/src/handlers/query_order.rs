@@ -336,7 +336,20 @@ fn receipt_refused(order: &Order, e: crate::domain::TransitionError) -> ApiError
             ),
         );
     }
-    ApiError::conflict("ORDER_NOT_SHIPPED", e.to_string())
+    let what_to_do = match order.status {
+        OrderStatus::Created | OrderStatus::Prepaid => "it is not paid yet; pay it first",
+        OrderStatus::Closed => "it was closed unpaid, so nothing will be shipped",
+        OrderStatus::Completed => "it is complete; there is nothing left to confirm",
+        _ => "confirm receipt once the merchant has shipped it",
+    };
+    ApiError::conflict(
+        "ORDER_NOT_SHIPPED",
+        format!(
+            "order {} is {}, not shipped, so its receipt cannot be confirmed: {what_to_do}",
+            order.out_trade_no,
+            order.status.as_str()
+        ),
+    )
 }
 
 /// Records a confirmed payment, mapping its failure for HTTP callers.
