@@ -164,6 +164,45 @@ async fn a_product_waiting_for_its_category_is_submitted_once_the_category_is_ap
     .await;
 }
 
+/// GIVEN a product waiting for its category, the category's audit applied for
+/// WHEN WeChat approves it and its push is lost
+/// THEN the 5-minute schedule, past the push grace period (10 minutes), asks WeChat
+/// (`shop/audit/result`), finds the approval, and the product is submitted again by itself.
+#[tokio::test]
+async fn a_lost_category_approval_is_found_by_the_schedule() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let inside = support::InProcess::new(&r);
+    cream_refused_for_its_category(&r, &c).await;
+
+    let audit_id = apply_for_the_category(&c).await;
+    c.control("audit", &json!({"audit_id": audit_id, "push": false}))
+        .await;
+    // Within the grace period the schedule does not ask.
+    support::run_schedule(&r).await;
+    assert!(r.sandbox.calls("shop/audit/result").is_empty());
+    assert_eq!(get_product(&c, "cream").await["audit"], "DRAFT");
+
+    inside.advance_both(11 * 60_000).await;
+    support::run_schedule(&r).await;
+    assert_eq!(r.sandbox.calls("shop/audit/result").len(), 1, "asked once");
+    eventually(
+        "the cream submitted again by itself",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            async move { get_product(&c, "cream").await["audit"] == "AUDITING" }
+        },
+    )
+    .await;
+    assert_eq!(cream_added(&r), 2);
+    // Decided: not asked again.
+    inside.advance_both(11 * 60_000).await;
+    support::run_schedule(&r).await;
+    assert_eq!(r.sandbox.calls("shop/audit/result").len(), 1);
+}
+
 /// GIVEN a product waiting for its category's qualification
 /// WHEN WeChat rejects the category's audit (status 9, with a reason)
 /// THEN nothing is submitted; the product stays DRAFT, still waiting, and its `submit_error`

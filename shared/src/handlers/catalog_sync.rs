@@ -1831,6 +1831,10 @@ pub struct AuditSweepReport {
     /// damaged), skipped and logged. Shown only when there were some.
     #[serde(skip_serializing_if = "is_zero")]
     pub unreadable: usize,
+    /// Brand and category qualification verdicts whose push never came, read with
+    /// `shop/audit/result` and applied. Shown only when there were some.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub qualification_verdicts: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -1939,7 +1943,96 @@ pub async fn sweep_audits(
         }
         note_audit_asked(app, &id, now).await;
     }
+    if !deadline.passed() {
+        match sweep_qualification_audits(app, deadline, due_before).await {
+            Ok(n) => report.qualification_verdicts = n,
+            Err(e) => {
+                tracing::warn!(error = %e, "qualification audit sweep failed; the next run tries again");
+            }
+        }
+    }
     Ok((report, true))
+}
+
+/// At most this many qualification audits are asked about per schedule run.
+const QUALIFICATION_SWEEP_MAX: usize = 10;
+
+/// Qualification verdicts whose push never came: the audits recorded through `wechat` (the
+/// newest 100) that have no verdict yet and were applied for more than the push grace period
+/// ago are asked about (`shop/audit/result`, WECHAT_SHOP.md §2.5), each at most once a grace
+/// period, [`QUALIFICATION_SWEEP_MAX`] a run; a verdict found is applied as its push would
+/// have been ([`on_qualification_verdict`]). How many were found.
+async fn sweep_qualification_audits(
+    app: &App,
+    deadline: crate::time::Deadline,
+    due_before: i64,
+) -> Result<usize, ApiError> {
+    let store = app.store.as_ref();
+    let (audits, _) = repo::events_of(store, QUALIFICATION_AUDIT_EVENTS, 100, None).await?;
+    let (mut asked, mut decided) = (0, 0);
+    for e in audits {
+        if asked >= QUALIFICATION_SWEEP_MAX || deadline.passed() {
+            break;
+        }
+        if e.received_at_ms > due_before {
+            continue;
+        }
+        let Ok(audit) = serde_json::from_str::<QualificationAuditRecord>(&e.body) else {
+            continue;
+        };
+        let id = &audit.audit_id;
+        let mut known = false;
+        for status in [1, 9] {
+            let key = format!("{id}/{status}");
+            known |= repo::get_event(store, QUALIFICATION_VERDICT_EVENTS, &key)
+                .await?
+                .is_some();
+        }
+        if known {
+            continue;
+        }
+        let until = app.clock.now_secs() + AUDIT_PUSH_GRACE_MS / 1000;
+        let key = format!("qualification-audit-asked/{id}");
+        if !crate::store::kv::put_if(store, &key, "asked", until, None).await? {
+            continue; // asked within the grace period
+        }
+        asked += 1;
+        let answer: serde_json::Value = match app
+            .wx
+            .post_json("shop/audit/result", &serde_json::json!({ "audit_id": id }))
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(audit_id = %id, error = %e, "qualification audit sweep: shop/audit/result failed; asked again after the grace period");
+                continue;
+            }
+        };
+        let data = &answer["data"];
+        let Some(status) = data["status"]
+            .as_i64()
+            .or_else(|| data["status"].as_str().and_then(|s| s.trim().parse().ok()))
+        else {
+            continue;
+        };
+        if status != 1 && status != 9 {
+            continue;
+        }
+        let verdict = crate::push::QualificationAudit {
+            audit_id: id.clone(),
+            status,
+            audit_type: None,
+            reject_reason: data["reject_reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            brand_id: lenient_u64(&data["brand_id"]),
+        };
+        on_qualification_verdict(app, audit.kind, &verdict).await?;
+        tracing::info!(audit_id = %id, status, "qualification audit verdict found by the sweep (its push never came)");
+        decided += 1;
+    }
+    Ok(decided)
 }
 
 /// Keeps that WeChat was asked about `id`'s audit at `now` without a verdict, so it waits its
