@@ -60,6 +60,19 @@ pub enum Task {
     /// after orders, closes or refunds changed it; one entry per product at a time
     /// (`handlers::stock_mirror`).
     StockMirror { product_id: ProductId },
+    /// WeChat's verdict on the qualification audit `audit_id` of level-3 category
+    /// `third_cat_id`: approved, each product waiting for it is submitted again (one
+    /// [`Task::SubmitWaiting`] each); rejected, each is told why (`handlers::catalog_sync`).
+    CategoryVerdict {
+        audit_id: String,
+        third_cat_id: u64,
+        approved: bool,
+        #[serde(default)]
+        reject_reason: String,
+    },
+    /// Submits again for audit the stored draft of a product that waited for its category's
+    /// qualification, as the merchant's upsert of it would (`handlers::catalog_sync`).
+    SubmitWaiting { product_id: ProductId },
     /// Anything else: a named task with its own payload.
     Custom {
         name: String,
@@ -79,6 +92,8 @@ impl Task {
             Task::OrderClose { .. } => "order_close",
             Task::StockBack { .. } => "stock_back",
             Task::StockMirror { .. } => "stock_mirror",
+            Task::CategoryVerdict { .. } => "category_verdict",
+            Task::SubmitWaiting { .. } => "submit_waiting",
             Task::Custom { name, .. } => name,
         }
     }
@@ -95,7 +110,10 @@ impl Task {
                 format!("aftersale:{aftersale_id}")
             }
             Task::StockBack { aftersale_id, .. } => format!("stock:{aftersale_id}"),
-            Task::StockMirror { product_id } => format!("product:{product_id}"),
+            Task::StockMirror { product_id } | Task::SubmitWaiting { product_id } => {
+                format!("product:{product_id}")
+            }
+            Task::CategoryVerdict { third_cat_id, .. } => format!("category:{third_cat_id}"),
             Task::Custom { name, .. } => format!("custom:{name}"),
         }
     }

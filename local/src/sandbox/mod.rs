@@ -1083,7 +1083,8 @@ async fn control_audit(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
     let r = if let Some(p) = v.get("out_product_id").and_then(Value::as_str) {
         shop::verdict_spu(&sb, p, approve, &reason)
     } else if let Some(a) = v.get("audit_id").and_then(Value::as_str) {
-        shop::verdict_qualification(&sb, a, approve, &reason)
+        let push = v.get("push").and_then(Value::as_bool).unwrap_or(true);
+        shop::verdict_qualification(&sb, a, approve, &reason, push)
     } else {
         Err("give out_product_id (product) or audit_id (brand/category audit)".into())
     };

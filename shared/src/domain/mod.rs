@@ -20,6 +20,6 @@ pub use order::{
     TransitionError,
 };
 pub use product::{
-    AuditStatus, Content, ContentChange, Edit, Listing, Product, SellError, Sku, NO_BRAND,
-    WX_TITLE_CHARS,
+    AuditStatus, Content, ContentChange, Edit, Listing, Product, SellError, Sku, WaitingFor,
+    NO_BRAND, WX_TITLE_CHARS,
 };

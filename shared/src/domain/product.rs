@@ -109,6 +109,25 @@ pub struct Product {
     /// the merchant delisted: their delisting is theirs to lift.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delisted_by_platform: bool,
+    /// What WeChat must approve before the draft can go to its audit: its submission was
+    /// refused for want of it (1000005: the category's qualification; 1000006: the brand).
+    /// Set with the draft's `submit_error`, cleared when a draft is submitted again. A product
+    /// waiting for its category is submitted again by itself once WeChat approves the
+    /// category's qualification audit (`catalog_sync::on_qualification_verdict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<WaitingFor>,
+}
+
+/// What a product's draft waits for at WeChat ([`Product::waiting_for`]); as JSON
+/// `{"category": third_cat_id}` or `{"brand": brand_id}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitingFor {
+    /// The level-3 category's qualification (`shop/audit/audit_category`), WECHAT_SHOP.md §2.4.
+    Category(u64),
+    /// An authorised brand (`shop/audit/audit_brand`, §2.3): its approval gives a *new*
+    /// `brand_id`, which the merchant upserts the product with.
+    Brand(u64),
 }
 
 /// What WeChat reviews of a product (everything but stock, which is ours alone).
@@ -243,6 +262,7 @@ impl Product {
             edit: None,
             audit_asked_at_ms: None,
             delisted_by_platform: false,
+            waiting_for: None,
         };
         p.set_content(content);
         p
@@ -323,6 +343,7 @@ impl Product {
     /// The draft is being submitted for audit (the edit of an approved product, else the
     /// product's own version).
     pub fn submit_draft(&mut self, next: Content) {
+        self.waiting_for = None;
         if self.audit == AuditStatus::Approved {
             // Stock is not reviewed: it applies to the version on sale now.
             for s in &mut self.skus {

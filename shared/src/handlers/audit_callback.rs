@@ -323,8 +323,16 @@ async fn apply(app: &App, event: &PushEvent) -> Result<(), ApiError> {
         PushEvent::OrderConfirm { body, .. } => on_order_confirm(app, body).await,
         PushEvent::OrderCancel { body, .. } => on_order_cancel(app, body).await,
         PushEvent::OrderRefund { body, .. } => on_order_refund(app, body).await,
-        // Brand/category/scene/account verdicts and the rest are recorded
-        // (for the merchant to read) and acknowledged.
+        PushEvent::CategoryAudit { body, .. } => {
+            use super::catalog_sync::{on_qualification_verdict, QualificationKind};
+            on_qualification_verdict(app, QualificationKind::Category, body).await
+        }
+        PushEvent::BrandAudit { body, .. } => {
+            use super::catalog_sync::{on_qualification_verdict, QualificationKind};
+            on_qualification_verdict(app, QualificationKind::Brand, body).await
+        }
+        // Scene/account verdicts and the rest are recorded (for the merchant to read) and
+        // acknowledged.
         _ => Ok(()),
     }
 }

@@ -19,8 +19,8 @@ use super::common::{authenticate, component_on};
 use super::shop_orders::wx_error;
 use crate::app::App;
 use crate::domain::{
-    AuditStatus, Content, ContentChange, Fen, Listing, Product, ProductId, Sku, SkuId, NO_BRAND,
-    WX_TITLE_CHARS,
+    AuditStatus, Content, ContentChange, Fen, Listing, Product, ProductId, Sku, SkuId, WaitingFor,
+    NO_BRAND, WX_TITLE_CHARS,
 };
 use crate::http::{json, parse_json, ApiError, Request, Response};
 use crate::shop::catalog::{SkuWithoutAudit, Spu, SpuSku, SpuUpdateWithoutAudit, SpuWriteResult};
@@ -130,6 +130,22 @@ fn not_approved_yet(p: &Product) -> ApiError {
 
 /// `errcode` for "product id already exists, call `update`" (§11, 1000012).
 const PRODUCT_EXISTS: i64 = 1000012;
+
+/// `errcode` for "category needs special qualification, use `audit_category`" (§11, 1000005).
+const CATEGORY_UNQUALIFIED: i64 = 1000005;
+
+/// `errcode` for "product uses a brand not authorised, use `audit_brand`" (§11, 1000006).
+const BRAND_UNAUTHORISED: i64 = 1000006;
+
+/// What a refusal of a product's submission says it waits for ([`Product::waiting_for`]):
+/// the category's qualification (1000005) or an authorised brand (1000006).
+fn refused_for_want_of(e: &WxError, next: &Content) -> Option<WaitingFor> {
+    match e.errcode()? {
+        CATEGORY_UNQUALIFIED => Some(WaitingFor::Category(next.third_cat_id)),
+        BRAND_UNAUTHORISED => Some(WaitingFor::Brand(next.brand_id)),
+        _ => None,
+    }
+}
 
 /// The `shop/*` calls the merchant may make through `wechat`.
 const PASS_THROUGH: &[&str] = &[
@@ -274,6 +290,375 @@ async fn img_upload(app: &App, body: serde_json::Value) -> Result<Response, ApiE
         .await
         .map_err(wx_error)?;
     Ok(json(&serde_json::json!({ "img_info": info })))
+}
+
+// ---------------------------------------------------------------- qualification audits
+
+/// The qualification audits opened through `wechat` (`shop/audit/audit_category`,
+/// `shop/audit/audit_brand`), one event each, keyed by WeChat's `audit_id`: a category's
+/// verdict push names only the `audit_id` (WECHAT_SHOP.md §8.2), so this is what ties it to
+/// its category. The merchant reads them with orderSync `events`.
+pub const QUALIFICATION_AUDIT_EVENTS: &str = "qualification_audit";
+
+/// WeChat's verdicts on those audits (pushed), one event each, keyed `{audit_id}/{status}`:
+/// the category or brand, APPROVED or REJECTED, the reject reason, an approved brand's new
+/// `brand_id`, and what to do next.
+pub const QUALIFICATION_VERDICT_EVENTS: &str = "qualification_verdict";
+
+/// The longest `audit_id` kept (WeChat's are about two dozen characters).
+const AUDIT_ID_MAX: usize = 128;
+
+/// A brand or a category qualification audit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualificationKind {
+    Brand,
+    Category,
+}
+
+/// A qualification audit opened through `wechat`, as kept under
+/// [`QUALIFICATION_AUDIT_EVENTS`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct QualificationAuditRecord {
+    audit_id: String,
+    kind: QualificationKind,
+    /// The category's `level3` (category audits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    third_cat_id: Option<u64>,
+    /// The brand's `brand_wording` (brand audits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    brand_wording: Option<String>,
+    requested_at_ms: i64,
+}
+
+/// A number WeChat takes as a number or a numeric string.
+fn lenient_u64(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// What a JSON value is, for a message.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "true/false",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The fields WeChat requires in a pass-through's body, one of each group (WECHAT_SHOP.md §1
+/// `finish_access_info`, `apply_scene`; §2.3–2.6; §3 `spu/get`, `del_audit`).
+fn required_fields(api: &str) -> &'static [&'static [&'static str]] {
+    match api {
+        "shop/register/finish_access_info" => &[&["access_info_item"]],
+        "shop/register/apply_scene" => &[&["scene_group_id"]],
+        "shop/audit/audit_brand" | "shop/audit/audit_category" => &[&["audit_req"]],
+        "shop/audit/result" => &[&["audit_id"]],
+        "shop/audit/get_miniapp_certificate" => &[&["req_type"]],
+        "shop/spu/get" | DEL_AUDIT => &[&["product_id", "out_product_id"]],
+        _ => &[],
+    }
+}
+
+/// 400 `BAD_WECHAT_BODY` for a pass-through body WeChat could not take: not a JSON object
+/// (its request fields), or without a field `api` requires — and, for
+/// `shop/audit/audit_category`, without the `level3` its verdict is tied to. Such a body
+/// used to go to WeChat and come back a 502 `WECHAT_REFUSED` (or, not an object, a 502 from
+/// our own client), as if WeChat had refused the merchant's application.
+fn check_wechat_body(api: &str, body: &serde_json::Value) -> Result<(), ApiError> {
+    let Some(fields) = body.as_object() else {
+        return Err(ApiError::bad_request(
+            "BAD_WECHAT_BODY",
+            format!(
+                "`body` of {api} must be a JSON object of WeChat's request fields, not {}",
+                json_kind(body)
+            ),
+        ));
+    };
+    for group in required_fields(api) {
+        if !group
+            .iter()
+            .any(|f| fields.get(*f).is_some_and(|v| !v.is_null()))
+        {
+            return Err(ApiError::bad_request(
+                "BAD_WECHAT_BODY",
+                format!(
+                    "{api} needs `{}` in `body` (WeChat requires it)",
+                    group.join("` or `")
+                ),
+            ));
+        }
+    }
+    if api == "shop/audit/audit_category"
+        && lenient_u64(&body["audit_req"]["category_info"]["level3"]).is_none()
+    {
+        return Err(ApiError::bad_request(
+            "BAD_WECHAT_BODY",
+            "shop/audit/audit_category needs `audit_req.category_info.level3`, the level-3 \
+             category (a number from shop/cat/get)",
+        ));
+    }
+    Ok(())
+}
+
+/// Keeps a qualification audit WeChat just opened (`audit_id` from its `reply`), so that
+/// its verdict can be tied to its category or brand ([`on_qualification_verdict`]). Other
+/// pass-throughs: nothing.
+async fn record_qualification_audit(
+    app: &App,
+    api: &str,
+    body: &serde_json::Value,
+    reply: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let kind = match api {
+        "shop/audit/audit_category" => QualificationKind::Category,
+        "shop/audit/audit_brand" => QualificationKind::Brand,
+        _ => return Ok(()),
+    };
+    let audit_id = match reply.get("audit_id") {
+        Some(serde_json::Value::String(s)) => s.trim().to_owned(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    };
+    if audit_id.is_empty() || audit_id.len() > AUDIT_ID_MAX {
+        tracing::warn!(
+            api,
+            "WeChat's answer has no usable audit_id; the audit is not recorded"
+        );
+        return Ok(());
+    }
+    let req = &body["audit_req"];
+    let now = app.clock.now_ms();
+    let record = QualificationAuditRecord {
+        audit_id: audit_id.clone(),
+        kind,
+        third_cat_id: lenient_u64(&req["category_info"]["level3"]),
+        brand_wording: req["brand_info"]["brand_wording"]
+            .as_str()
+            .map(str::to_owned),
+        requested_at_ms: now,
+    };
+    let body = serde_json::to_string(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let event = repo::EventRecord::new(QUALIFICATION_AUDIT_EVENTS, audit_id, now, body);
+    repo::record_event(app.store.as_ref(), &event).await?;
+    Ok(())
+}
+
+/// `open_product_category_audit` / `open_product_brand_audit`: WeChat's verdict on a
+/// qualification audit (status 1 approved, 9 rejected; WECHAT_SHOP.md §8.2). For an audit
+/// opened through `wechat` (recorded: [`record_qualification_audit`]) the verdict is kept as
+/// a [`QUALIFICATION_VERDICT_EVENTS`] event and, for a category, a [`Task::CategoryVerdict`]
+/// is enqueued in the same write — the products waiting for the category are many perhaps,
+/// and each a WeChat call: the outbox submits them again (approved) or tells them why not
+/// (rejected). The push is acknowledged once both are stored; its retries change nothing more.
+/// An audit not recorded here (opened elsewhere, or a forged id), or a status that is no
+/// verdict: acknowledged and logged, nothing changed.
+///
+/// A brand's approval gives the brand a new `brand_id` (in the push): products refused for
+/// their brand are not submitted again unchanged — the event names the new `brand_id`, with
+/// which the merchant upserts them.
+pub async fn on_qualification_verdict(
+    app: &App,
+    pushed_as: QualificationKind,
+    body: &crate::push::QualificationAudit,
+) -> Result<(), ApiError> {
+    let approved = match body.status {
+        1 => true,
+        9 => false,
+        status => {
+            tracing::info!(audit_id = %body.audit_id, status, "qualification audit push with no verdict; nothing to do");
+            return Ok(());
+        }
+    };
+    let store = app.store.as_ref();
+    let found = if body.audit_id.is_empty() || body.audit_id.len() > AUDIT_ID_MAX {
+        None
+    } else {
+        repo::get_event(store, QUALIFICATION_AUDIT_EVENTS, &body.audit_id).await?
+    };
+    let Some(found) = found else {
+        tracing::warn!(audit_id = %body.audit_id, status = body.status, kind = ?pushed_as, "verdict on a qualification audit not opened through catalogSync wechat (unknown audit_id); acknowledged, nothing changed");
+        return Ok(());
+    };
+    let audit: QualificationAuditRecord = match serde_json::from_str(&found.value.body) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(audit_id = %body.audit_id, error = %e, "recorded qualification audit unreadable; verdict acknowledged, nothing changed");
+            return Ok(());
+        }
+    };
+    if audit.kind != pushed_as {
+        tracing::warn!(audit_id = %body.audit_id, recorded = ?audit.kind, pushed = ?pushed_as, "qualification verdict pushed as another kind of audit than recorded; applied as recorded");
+    }
+    let what_to_do = match (audit.kind, approved) {
+        (QualificationKind::Category, true) => format!(
+            "none: the products waiting for category {} (waiting_for.category) are submitted \
+             to WeChat's audit again by themselves",
+            audit.third_cat_id.unwrap_or_default()
+        ),
+        (QualificationKind::Category, false) => format!(
+            "fix what reject_reason says and apply again (catalogSync wechat \
+             shop/audit/audit_category); the products waiting for category {} are submitted \
+             again once it is approved",
+            audit.third_cat_id.unwrap_or_default()
+        ),
+        (QualificationKind::Brand, true) => format!(
+            "upsert the products refused for their brand (waiting_for.brand) with brand_id {}: \
+             WeChat gave the approved brand this new id",
+            body.brand_id
+                .map_or("(not in the push: shop/audit/result)".to_owned(), |b| b
+                    .to_string())
+        ),
+        (QualificationKind::Brand, false) => "fix what reject_reason says and apply again \
+             (catalogSync wechat shop/audit/audit_brand)"
+            .to_owned(),
+    };
+    let verdict = serde_json::json!({
+        "audit_id": audit.audit_id,
+        "kind": audit.kind,
+        "status": if approved { "APPROVED" } else { "REJECTED" },
+        "third_cat_id": audit.third_cat_id,
+        "brand_wording": audit.brand_wording,
+        "brand_id": body.brand_id,
+        "reject_reason": body.reject_reason,
+        "what_to_do": what_to_do,
+    });
+    let now = app.clock.now_ms();
+    let mut batch = Batch::new();
+    batch.record_event(&repo::EventRecord::new(
+        QUALIFICATION_VERDICT_EVENTS,
+        format!("{}/{}", audit.audit_id, body.status),
+        now,
+        verdict.to_string(),
+    ));
+    if let (QualificationKind::Category, Some(third_cat_id)) = (audit.kind, audit.third_cat_id) {
+        batch.enqueue(crate::outbox::OutboxEntry::new(
+            crate::outbox::Task::CategoryVerdict {
+                audit_id: audit.audit_id.clone(),
+                third_cat_id,
+                approved,
+                reject_reason: body.reject_reason.clone(),
+            },
+            now,
+        ));
+    }
+    match batch.commit(store).await {
+        Ok(()) => {
+            tracing::info!(audit_id = %audit.audit_id, kind = ?audit.kind, approved, "qualification audit verdict recorded");
+            Ok(())
+        }
+        // Recorded already (a retry of the push, a second push of the same verdict).
+        Err(e) if e.is_conflict() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`Task::CategoryVerdict`]: every product whose draft waits for category `third_cat_id`
+/// ([`WaitingFor::Category`]) is, the audit approved, submitted again (a
+/// [`Task::SubmitWaiting`] each, so a slow WeChat delays none of the others), or, rejected,
+/// given the reason as its `submit_error` (it still waits: a new application's approval
+/// submits it). The catalog is read a page at a time; a repeat of the task (a lease run out)
+/// only enqueues submissions that find nothing left to do.
+pub async fn category_verdict(
+    app: &App,
+    audit_id: &str,
+    third_cat_id: u64,
+    approved: bool,
+    reject_reason: &str,
+) -> Result<(), crate::handlers::order_sync::TaskError> {
+    use crate::outbox::{OutboxEntry, Task};
+    let store = app.store.as_ref();
+    let waits = |p: &Product| {
+        p.waiting_for == Some(WaitingFor::Category(third_cat_id))
+            && p.draft_audit() == AuditStatus::Draft
+    };
+    let why = format!(
+        "WeChat rejected the qualification audit {audit_id} of category {third_cat_id}: \
+         {reject_reason}; apply again (catalogSync wechat shop/audit/audit_category): once \
+         approved, this product is submitted again by itself"
+    );
+    let mut cursor = None;
+    let mut found = 0usize;
+    loop {
+        let (page, unreadable, next) =
+            repo::list_products_readable(store, repo::ProductFilter::All, 100, cursor).await?;
+        for u in unreadable {
+            tracing::error!(product_id = %u.product_id, error = %u.why, "category verdict: stored product unreadable; skipped");
+        }
+        for p in page.iter().filter(|p| waits(&p.value)) {
+            found += 1;
+            let id = &p.value.product_id;
+            if approved {
+                let task = Task::SubmitWaiting {
+                    product_id: id.clone(),
+                };
+                crate::outbox::enqueue(store, &OutboxEntry::new(task, app.clock.now_ms())).await?;
+            } else {
+                super::common::update_product(app, id, |p| {
+                    if waits(p) {
+                        p.draft_not_submitted(why.clone());
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    tracing::info!(
+        audit_id,
+        third_cat_id,
+        approved,
+        products = found,
+        "category qualification verdict applied to the products waiting for it"
+    );
+    Ok(())
+}
+
+/// [`Task::SubmitWaiting`]: the product's stored draft, still waiting for its category, is
+/// submitted for audit as the merchant's upsert of it would ([`submit`]). Refused again, or
+/// its answer lost: the product records it (`submit_error`, `waiting_for`), as after an
+/// upsert, and the task is done; WeChat unreachable or the product changed meanwhile: the
+/// task is retried. A product the merchant upserted meanwhile (no longer waiting): nothing.
+pub async fn submit_waiting(
+    app: &App,
+    id: &ProductId,
+) -> Result<(), crate::handlers::order_sync::TaskError> {
+    use crate::handlers::order_sync::TaskError;
+    if !component_on(app) {
+        return Ok(());
+    }
+    let Some(stored) = repo::get_product(app.store.as_ref(), id).await? else {
+        return Ok(());
+    };
+    let p = &stored.value;
+    if !matches!(p.waiting_for, Some(WaitingFor::Category(_)))
+        || p.draft_audit() != AuditStatus::Draft
+    {
+        return Ok(());
+    }
+    let next = p.draft();
+    match submit(app, Some(&stored), p.clone(), next, app.clock.now_ms()).await {
+        Ok(p) => {
+            tracing::info!(product_id = %id, audit = ?p.draft_audit(), "submitted again: its category's qualification is approved");
+            Ok(())
+        }
+        Err(e) if e.code == "WECHAT_REFUSED" || e.code == "SUBMISSION_UNCONFIRMED" => {
+            tracing::warn!(product_id = %id, error = %e, "submitted again after its category's approval: not taken; the product says why");
+            Ok(())
+        }
+        Err(e) if e.code == "RETRY" => Err(TaskError::Retry(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn bad(code: &'static str) -> impl Fn(crate::domain::IdError) -> ApiError {
@@ -517,6 +902,7 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             } else {
                 body
             };
+            check_wechat_body(api, &body)?;
             if api == IMG_UPLOAD {
                 return img_upload(app, body).await;
             }
@@ -533,9 +919,19 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             } else {
                 None
             };
-            let reply: serde_json::Value = app.wx.post_json(api, &body).await.map_err(wx_error)?;
+            let mut reply: serde_json::Value =
+                app.wx.post_json(api, &body).await.map_err(wx_error)?;
             if let Some(id) = withdrawn {
                 audit_withdrawn(app, &id).await?;
+            }
+            if let Err(e) = record_qualification_audit(app, api, &body, &reply).await {
+                // WeChat opened the audit: its answer (the audit_id) is the merchant's.
+                tracing::error!(api, error = %e, "qualification audit opened at WeChat but not recorded; its verdict will not be tied to it");
+                reply["notice"] = serde_json::json!(format!(
+                    "WeChat opened the audit, but it could not be recorded here ({e}): its \
+                     verdict will not submit waiting products again; once it is approved, \
+                     upsert them again"
+                ));
             }
             Ok(json(&reply))
         }
@@ -976,6 +1372,7 @@ async fn submit(
     let id = product.product_id.clone();
     let known_wx_id = product.wx_product_id;
     let known = known_wx_id.is_some();
+    let was_waiting = product.waiting_for;
     product.submit_draft(next.clone());
     product.updated_at_ms = now;
     write(app, prev, &product).await?;
@@ -1008,11 +1405,20 @@ async fn submit(
             // Nothing of it is under audit at WeChat (an audit withdrawn to make room for it
             // included): say so, unless a later upsert has replaced this submission meanwhile.
             // The next upsert submits it.
+            // Refused for want of a qualification: the product waits for it (and, for its
+            // category's, is submitted again once WeChat approves it). A failure that says
+            // nothing about qualifications (WeChat unreachable) leaves what it waited for.
             tracing::warn!(product_id = %id, error = %e, "submission failed; the draft stays DRAFT");
             let why = e.to_string();
+            let waiting = match refused_for_want_of(e, &next) {
+                Some(w) => Some(w),
+                None if e.is_retryable() => was_waiting,
+                None => None,
+            };
             modify(app, &id, |p| {
                 if ours(p) {
                     p.draft_not_submitted(why.clone());
+                    p.waiting_for = waiting;
                 }
                 Ok(())
             })
@@ -1425,6 +1831,10 @@ pub struct AuditSweepReport {
     /// damaged), skipped and logged. Shown only when there were some.
     #[serde(skip_serializing_if = "is_zero")]
     pub unreadable: usize,
+    /// Brand and category qualification verdicts whose push never came, read with
+    /// `shop/audit/result` and applied. Shown only when there were some.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub qualification_verdicts: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -1533,7 +1943,96 @@ pub async fn sweep_audits(
         }
         note_audit_asked(app, &id, now).await;
     }
+    if !deadline.passed() {
+        match sweep_qualification_audits(app, deadline, due_before).await {
+            Ok(n) => report.qualification_verdicts = n,
+            Err(e) => {
+                tracing::warn!(error = %e, "qualification audit sweep failed; the next run tries again");
+            }
+        }
+    }
     Ok((report, true))
+}
+
+/// At most this many qualification audits are asked about per schedule run.
+const QUALIFICATION_SWEEP_MAX: usize = 10;
+
+/// Qualification verdicts whose push never came: the audits recorded through `wechat` (the
+/// newest 100) that have no verdict yet and were applied for more than the push grace period
+/// ago are asked about (`shop/audit/result`, WECHAT_SHOP.md §2.5), each at most once a grace
+/// period, [`QUALIFICATION_SWEEP_MAX`] a run; a verdict found is applied as its push would
+/// have been ([`on_qualification_verdict`]). How many were found.
+async fn sweep_qualification_audits(
+    app: &App,
+    deadline: crate::time::Deadline,
+    due_before: i64,
+) -> Result<usize, ApiError> {
+    let store = app.store.as_ref();
+    let (audits, _) = repo::events_of(store, QUALIFICATION_AUDIT_EVENTS, 100, None).await?;
+    let (mut asked, mut decided) = (0, 0);
+    for e in audits {
+        if asked >= QUALIFICATION_SWEEP_MAX || deadline.passed() {
+            break;
+        }
+        if e.received_at_ms > due_before {
+            continue;
+        }
+        let Ok(audit) = serde_json::from_str::<QualificationAuditRecord>(&e.body) else {
+            continue;
+        };
+        let id = &audit.audit_id;
+        let mut known = false;
+        for status in [1, 9] {
+            let key = format!("{id}/{status}");
+            known |= repo::get_event(store, QUALIFICATION_VERDICT_EVENTS, &key)
+                .await?
+                .is_some();
+        }
+        if known {
+            continue;
+        }
+        let until = app.clock.now_secs() + AUDIT_PUSH_GRACE_MS / 1000;
+        let key = format!("qualification-audit-asked/{id}");
+        if !crate::store::kv::put_if(store, &key, "asked", until, None).await? {
+            continue; // asked within the grace period
+        }
+        asked += 1;
+        let answer: serde_json::Value = match app
+            .wx
+            .post_json("shop/audit/result", &serde_json::json!({ "audit_id": id }))
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(audit_id = %id, error = %e, "qualification audit sweep: shop/audit/result failed; asked again after the grace period");
+                continue;
+            }
+        };
+        let data = &answer["data"];
+        let Some(status) = data["status"]
+            .as_i64()
+            .or_else(|| data["status"].as_str().and_then(|s| s.trim().parse().ok()))
+        else {
+            continue;
+        };
+        if status != 1 && status != 9 {
+            continue;
+        }
+        let verdict = crate::push::QualificationAudit {
+            audit_id: id.clone(),
+            status,
+            audit_type: None,
+            reject_reason: data["reject_reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            brand_id: lenient_u64(&data["brand_id"]),
+        };
+        on_qualification_verdict(app, audit.kind, &verdict).await?;
+        tracing::info!(audit_id = %id, status, "qualification audit verdict found by the sweep (its push never came)");
+        decided += 1;
+    }
+    Ok(decided)
 }
 
 /// Keeps that WeChat was asked about `id`'s audit at `now` without a verdict, so it waits its

@@ -923,6 +923,24 @@ pub async fn run_task(app: &App, task: &Task) -> Result<(), TaskError> {
             lines,
         } => super::stock_back::put_back(app, aftersale_id, lines).await,
         Task::StockMirror { product_id } => super::stock_mirror::mirror(app, product_id).await,
+        Task::CategoryVerdict {
+            audit_id,
+            third_cat_id,
+            approved,
+            reject_reason,
+        } => {
+            super::catalog_sync::category_verdict(
+                app,
+                audit_id,
+                *third_cat_id,
+                *approved,
+                reject_reason,
+            )
+            .await
+        }
+        Task::SubmitWaiting { product_id } => {
+            super::catalog_sync::submit_waiting(app, product_id).await
+        }
         Task::Custom { name, .. } => Err(TaskError::Permanent(format!(
             "no runner for custom task `{name}`"
         ))),
@@ -1055,7 +1073,7 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 21] = [
+pub const EVENT_SOURCES: [&str; 23] = [
     "push",
     "double_payment",
     "payment_mismatch",
@@ -1077,6 +1095,8 @@ pub const EVENT_SOURCES: [&str; 21] = [
     super::stock_back::STOCK_BACK_EVENTS,
     super::platform_delisting::PLATFORM_DELISTING_EVENTS,
     super::user_blocks::USER_BLOCK_EVENTS,
+    super::catalog_sync::QUALIFICATION_AUDIT_EVENTS,
+    super::catalog_sync::QUALIFICATION_VERDICT_EVENTS,
 ];
 
 /// `events`: one source is a page of the store's index of that source (by time received);

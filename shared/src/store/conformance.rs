@@ -1533,6 +1533,7 @@ fn product(id: &ProductId, audit: AuditStatus) -> Product {
         edit: None,
         audit_asked_at_ms: None,
         delisted_by_platform: false,
+        waiting_for: None,
     }
 }
 

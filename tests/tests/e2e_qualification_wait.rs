@@ -1,0 +1,400 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! A product refused because its category's qualification is not approved yet (WeChat's
+//! 1000005) waits for it, and goes to WeChat's audit by itself once WeChat approves the
+//! category's qualification audit (the `open_product_category_audit` push). It used to stay
+//! a `DRAFT` until the merchant remembered to upsert every such product again.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[path = "reliability_support.rs"]
+mod support;
+use support::{eventually, get_product, stack_with, Client};
+use wxlocal::gateway::Running;
+
+/// `wechat` pass-through of `api` with `body`.
+async fn wechat(c: &Client, api: &str, body: Value) -> (u16, Value) {
+    c.admin(
+        "/admin/catalogSync",
+        &json!({"action": "wechat", "api": api, "body": body}),
+    )
+    .await
+}
+
+/// An image uploaded by URL through `shop/img/upload`: WeChat's `temp_img_url` of it.
+async fn uploaded(c: &Client, url: &str) -> String {
+    let (s, v) = wechat(
+        c,
+        "shop/img/upload",
+        json!({"resp_type": 1, "upload_type": 1, "img_url": url}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v["img_info"]["temp_img_url"].as_str().unwrap().to_owned()
+}
+
+/// The merchant's `upsert` of a face cream: WeChat's level-3 category 7231, whose products
+/// WeChat takes only once the shop's qualification for it is approved (`shop/cat/get`:
+/// `qualification_type` 1), of brand `brand_id`.
+fn cream(brand_id: u64) -> Value {
+    json!({"action": "upsert", "product": {
+        "product_id": "cream", "title": "Night cream, 50 ml",
+        "head_img": ["https://mmecimage.cn/p/wxlocal/cream.jpg"], "third_cat_id": 7231,
+        "brand_id": brand_id,
+        "skus": [{"sku_id": "cream-50ml", "price": 12800, "stock": 40}]
+    }})
+}
+
+/// How many times WeChat was asked to add the cream (`shop/spu/add`).
+fn cream_added(r: &Running) -> usize {
+    r.sandbox
+        .calls("shop/spu/add")
+        .into_iter()
+        .filter(|v| v["out_product_id"] == "cream")
+        .count()
+}
+
+/// Pushes the sandbox delivered and our endpoint acknowledged.
+fn acked_pushes(r: &Running) -> usize {
+    r.sandbox
+        .deliveries()
+        .iter()
+        .filter(|d| d["kind"] == "push" && d["acked"] == true)
+        .count()
+}
+
+/// The cream upserted while its category is not approved: refused (502, WeChat's 1000005 and
+/// what to do), stored as a draft that waits for its category.
+async fn cream_refused_for_its_category(r: &Running, c: &Client) {
+    let (s, v) = c.admin("/admin/catalogSync", &cream(2_100_000_000)).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (502, Some("WECHAT_REFUSED")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("1000005"), "{v}");
+    let p = get_product(c, "cream").await;
+    assert_eq!(p["audit"], "DRAFT", "{p}");
+    assert_eq!(
+        p["waiting_for"],
+        json!({"category": 7231}),
+        "the product says what it waits for: {p}"
+    );
+    assert_eq!(cream_added(r), 1);
+}
+
+/// The category's qualification audit applied for through `wechat`: its `audit_id`.
+async fn apply_for_the_category(c: &Client) -> String {
+    let licence = uploaded(c, "https://files.example.com/licence.jpg").await;
+    let certificate = uploaded(c, "https://files.example.com/cosmetics-permit.jpg").await;
+    let (s, v) = wechat(
+        c,
+        "shop/audit/audit_category",
+        json!({"audit_req": {"license": [licence],
+            "category_info": {"level1": 3, "level2": 301, "level3": 7231,
+                              "certificate": [certificate]}}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v["audit_id"].as_str().unwrap().to_owned()
+}
+
+/// WeChat's own record of the cream's draft (`spu/get`, `need_edit_spu` 1): its `edit_status`.
+async fn wechat_edit_status(r: &Running) -> i64 {
+    r.app
+        .wx
+        .spu_get(&wxshop::shop::types::ProductKey::Out("cream".into()), true)
+        .await
+        .unwrap()
+        .edit_status
+}
+
+/// GIVEN a product refused by WeChat because its category's qualification is not approved
+/// (1000005): stored DRAFT, `waiting_for: {category: 7231}`
+/// WHEN the merchant applies for the category (`shop/audit/audit_category`) and WeChat
+/// approves it (`open_product_category_audit`, status 1)
+/// THEN the product is submitted to WeChat's audit again by itself (the outbox): AUDITING
+/// here and under audit at WeChat (`edit_status` 2), no longer waiting; approved, it reads
+/// APPROVED. It used to stay DRAFT until the merchant upserted it again.
+#[tokio::test]
+async fn a_product_waiting_for_its_category_is_submitted_once_the_category_is_approved() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    cream_refused_for_its_category(&r, &c).await;
+
+    let audit_id = apply_for_the_category(&c).await;
+    c.control("audit", &json!({"audit_id": audit_id})).await;
+
+    eventually(
+        "the cream submitted again by itself",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            async move { get_product(&c, "cream").await["audit"] == "AUDITING" }
+        },
+    )
+    .await;
+    assert_eq!(cream_added(&r), 2, "submitted once more");
+    let p = get_product(&c, "cream").await;
+    assert!(p.get("waiting_for").is_none(), "no longer waiting: {p}");
+    assert!(p.get("submit_error").is_none(), "{p}");
+    assert_eq!(wechat_edit_status(&r).await, 2, "under audit at WeChat");
+
+    // The verdict is the merchant's to read.
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "source": "qualification_verdict"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let body = v["events"][0].to_string();
+    assert!(
+        body.contains("APPROVED") && body.contains("7231"),
+        "the category's approval recorded: {v}"
+    );
+
+    c.control("audit", &json!({"out_product_id": "cream"}))
+        .await;
+    eventually("the cream approved", Duration::from_secs(20), || {
+        let c = c.clone();
+        async move { get_product(&c, "cream").await["audit"] == "APPROVED" }
+    })
+    .await;
+}
+
+/// GIVEN a product waiting for its category, the category's audit applied for
+/// WHEN WeChat approves it and its push is lost
+/// THEN the 5-minute schedule, past the push grace period (10 minutes), asks WeChat
+/// (`shop/audit/result`), finds the approval, and the product is submitted again by itself.
+#[tokio::test]
+async fn a_lost_category_approval_is_found_by_the_schedule() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let inside = support::InProcess::new(&r);
+    cream_refused_for_its_category(&r, &c).await;
+
+    let audit_id = apply_for_the_category(&c).await;
+    c.control("audit", &json!({"audit_id": audit_id, "push": false}))
+        .await;
+    // Within the grace period the schedule does not ask.
+    support::run_schedule(&r).await;
+    assert!(r.sandbox.calls("shop/audit/result").is_empty());
+    assert_eq!(get_product(&c, "cream").await["audit"], "DRAFT");
+
+    inside.advance_both(11 * 60_000).await;
+    support::run_schedule(&r).await;
+    assert_eq!(r.sandbox.calls("shop/audit/result").len(), 1, "asked once");
+    eventually(
+        "the cream submitted again by itself",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            async move { get_product(&c, "cream").await["audit"] == "AUDITING" }
+        },
+    )
+    .await;
+    assert_eq!(cream_added(&r), 2);
+    // Decided: not asked again.
+    inside.advance_both(11 * 60_000).await;
+    support::run_schedule(&r).await;
+    assert_eq!(r.sandbox.calls("shop/audit/result").len(), 1);
+}
+
+/// GIVEN a product waiting for its category's qualification
+/// WHEN WeChat rejects the category's audit (status 9, with a reason)
+/// THEN nothing is submitted; the product stays DRAFT, still waiting, and its `submit_error`
+/// carries WeChat's reason and what to do.
+#[tokio::test]
+async fn a_rejected_category_submits_nothing_and_the_product_says_why() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    cream_refused_for_its_category(&r, &c).await;
+
+    let audit_id = apply_for_the_category(&c).await;
+    c.control(
+        "audit",
+        &json!({"audit_id": audit_id, "approve": false, "reason": "licence expired"}),
+    )
+    .await;
+    eventually(
+        "the rejection shown on the product",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            async move {
+                get_product(&c, "cream").await["submit_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("licence expired"))
+            }
+        },
+    )
+    .await;
+    let p = get_product(&c, "cream").await;
+    assert_eq!(p["audit"], "DRAFT", "{p}");
+    assert_eq!(p["waiting_for"], json!({"category": 7231}), "{p}");
+    assert!(
+        p["submit_error"]
+            .as_str()
+            .unwrap()
+            .contains("shop/audit/audit_category"),
+        "says what to do: {p}"
+    );
+    assert_eq!(cream_added(&r), 1, "nothing submitted");
+}
+
+/// GIVEN a product waiting for its category
+/// WHEN WeChat pushes the approval of an audit not applied for here (opened in WeChat's
+/// console, say: its `audit_id` unknown to us)
+/// THEN the push is acknowledged (`success`) and nothing changes: the product still waits,
+/// nothing is submitted.
+#[tokio::test]
+async fn a_verdict_on_an_unknown_audit_is_acknowledged_and_changes_nothing() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    cream_refused_for_its_category(&r, &c).await;
+
+    // Applied for directly at WeChat, not through catalogSync.
+    let licence = uploaded(&c, "https://files.example.com/licence.jpg").await;
+    let reply: Value = r
+        .app
+        .wx
+        .post_json(
+            "shop/audit/audit_category",
+            &json!({"audit_req": {"license": [licence.clone()],
+                "category_info": {"level1": 3, "level2": 301, "level3": 7231,
+                                  "certificate": [licence]}}}),
+        )
+        .await
+        .unwrap();
+    let audit_id = reply["audit_id"].as_str().unwrap().to_owned();
+    let before = acked_pushes(&r);
+    c.control("audit", &json!({"audit_id": audit_id})).await;
+    eventually("the push acknowledged", Duration::from_secs(20), || {
+        let r = &r;
+        async move { acked_pushes(r) > before }
+    })
+    .await;
+    assert!(
+        r.sandbox
+            .deliveries()
+            .iter()
+            .filter(|d| d["kind"] == "push")
+            .all(|d| d["status"] == 200),
+        "every push answered 200: {:?}",
+        r.sandbox.deliveries()
+    );
+    // The outbox relay would have run a follow-up by now; there is none.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    support::run_schedule(&r).await;
+    let p = get_product(&c, "cream").await;
+    assert_eq!(p["audit"], "DRAFT", "{p}");
+    assert_eq!(p["waiting_for"], json!({"category": 7231}), "{p}");
+    assert_eq!(cream_added(&r), 1, "nothing submitted");
+}
+
+/// GIVEN a product refused for a brand WeChat has not authorised (1000006)
+/// WHEN the merchant applies for the brand and WeChat approves it, giving it a new `brand_id`
+/// THEN the product says it waits for its brand, and the verdict (an event the merchant
+/// reads with orderSync `events`) names the new `brand_id` to upsert the product with.
+#[tokio::test]
+async fn a_brand_verdict_names_the_new_brand_id() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    // Green tea (6153) needs no category qualification; brand 123456 is no brand of ours.
+    let mut tea = support::tea("Moon green tea 250 g", 2590, 10);
+    tea["product"]["brand_id"] = json!(123_456);
+    let (s, v) = c.admin("/admin/catalogSync", &tea).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (502, Some("WECHAT_REFUSED")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("1000006"), "{v}");
+    let p = get_product(&c, "tea").await;
+    assert_eq!(p["waiting_for"], json!({"brand": 123_456}), "{p}");
+
+    let licence = uploaded(&c, "https://files.example.com/licence.jpg").await;
+    let (s, v) = wechat(
+        &c,
+        "shop/audit/audit_brand",
+        json!({"audit_req": {"license": [licence.clone()], "brand_info": {
+            "brand_wording": "Moon Cream", "sale_authorization": [licence]}}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let audit_id = v["audit_id"].as_str().unwrap().to_owned();
+    let verdict = c.control("audit", &json!({"audit_id": audit_id})).await;
+    let new_brand = verdict["brand_id"].as_u64().expect("the push's brand_id");
+    eventually("the brand verdict recorded", Duration::from_secs(20), || {
+        let c = c.clone();
+        async move {
+            let (_, v) = c
+                .admin(
+                    "/admin/orderSync",
+                    &json!({"action": "events", "source": "qualification_verdict"}),
+                )
+                .await;
+            v["events"]
+                .to_string()
+                .contains(&format!("upsert the products refused for their brand (waiting_for.brand) with brand_id {new_brand}"))
+        }
+    })
+    .await;
+}
+
+/// GIVEN the `wechat` pass-through
+/// WHEN its `body` is not a JSON object, or lacks what the api requires
+/// THEN 400 `BAD_WECHAT_BODY` naming what is wrong, and nothing is sent to WeChat. Such a
+/// body used to go to WeChat and come back 502, as if WeChat had refused the merchant.
+#[tokio::test]
+async fn a_malformed_wechat_body_is_refused_here() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let apis = [
+        "shop/audit/result",
+        "shop/audit/audit_category",
+        "shop/register/check",
+        "shop/spu/get",
+    ];
+    let before: Vec<usize> = apis.iter().map(|a| r.sandbox.calls(a).len()).collect();
+    for (api, body, says) in [
+        ("shop/audit/result", json!("RQAAB123"), "JSON object"),
+        ("shop/audit/audit_category", json!([1, 2]), "JSON object"),
+        ("shop/register/check", json!(7), "JSON object"),
+        ("shop/audit/result", Value::Null, "audit_id"),
+        ("shop/audit/result", json!({}), "audit_id"),
+        (
+            "shop/audit/audit_category",
+            json!({"audit_req": {"license": []}}),
+            "level3",
+        ),
+        (
+            "shop/spu/get",
+            json!({"need_edit_spu": 1}),
+            "out_product_id",
+        ),
+    ] {
+        let (s, v) = wechat(&c, api, body.clone()).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (400, Some("BAD_WECHAT_BODY")),
+            "{api} {body}: {v}"
+        );
+        assert!(
+            v["message"].as_str().unwrap().contains(says),
+            "{api} {body}: {v}"
+        );
+    }
+    for (api, n) in apis.iter().zip(&before) {
+        assert_eq!(r.sandbox.calls(api).len(), *n, "{api} sent to WeChat");
+    }
+    // A well-formed body still goes to WeChat.
+    wechat(&c, "shop/register/check", json!({})).await;
+    assert_eq!(r.sandbox.calls("shop/register/check").len(), before[2] + 1);
+}
