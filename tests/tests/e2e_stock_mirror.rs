@@ -366,3 +366,71 @@ async fn a_product_wechat_lost_is_reported_to_the_merchant() {
     assert!(c.dead_letters().await.is_empty());
     r.stop();
 }
+
+/// GIVEN the stack as in AWS, where the table's stream (new outbox entries only) runs the
+/// outbox — here no relay, the test hands orderSync the stream's records — the listed tea at
+/// 10 and WeChat slow to answer `update_without_audit` (applied, answer 4 s late)
+/// WHEN an order takes 1 (its stream record runs the mirror: WeChat reads 9) and a second
+/// order takes 2 while that call is on its way back
+/// THEN by the end of that same invocation WeChat reads 7 and the entry is done: the stream
+/// never sees the entry written back (a MODIFY), so the invocation that left it cooling off
+/// runs it again once due — not the 5-minute schedule, and not a delete and add again.
+#[tokio::test]
+async fn in_a_stream_invocation_a_change_during_the_call_is_sent_before_it_ends() {
+    use wxshop::handlers::order_sync::{on_outbox_records, LOCAL_SCHEDULE_BUDGET};
+    let mut overrides = std::collections::HashMap::new();
+    overrides.insert("ORDER_TTL_SECS".to_owned(), "900".to_owned());
+    overrides.insert("WX_HTTP_TIMEOUT_MS".to_owned(), "20000".to_owned());
+    let r = wxlocal::gateway::start(wxlocal::gateway::Options {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        store: Some("memory".into()),
+        seed: true,
+        time_scale: 0.001,
+        overrides,
+        use_env: false,
+        // No relay: only the "stream" below runs the outbox.
+        relay_every: Duration::from_secs(3600),
+        schedule_every: None,
+        metrics: wxshop::metrics::Metrics::off(),
+    })
+    .await
+    .expect("stack starts");
+    let c = Client::new(&r);
+    c.set_stock(10).await;
+    assert_eq!(wechat_stock(&c).await, 10);
+    c.control(
+        "faults",
+        &json!({"path": WITHOUT_AUDIT, "mode": "slow", "count": 1, "delay_ms": 4000}),
+    )
+    .await;
+    let (alice, _) = c.login("stream-alice").await;
+    let (bob, _) = c.login("stream-bob").await;
+    c.order_tea(&alice, 1).await;
+    assert!(
+        mirror_entry(&r).await.is_some(),
+        "the order added the mirror"
+    );
+    let app = r.app.clone();
+    let invocation = tokio::spawn(async move {
+        let deadline = wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET);
+        on_outbox_records(&app, vec!["stock-mirror-tea".to_owned()], deadline).await
+    });
+    eventually("WeChat to read 9", WAIT, || async {
+        wechat_stock(&c).await == 9
+    })
+    .await;
+    c.order_tea(&bob, 2).await;
+    assert_eq!(c.stock().await, 7);
+    let failed = tokio::time::timeout(WAIT, invocation)
+        .await
+        .expect("the invocation ends")
+        .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(wechat_stock(&c).await, 7, "sent by the same invocation");
+    assert!(
+        mirror_entry(&r).await.is_none(),
+        "done: {:?}",
+        mirror_entry(&r).await
+    );
+    r.stop();
+}
