@@ -16,7 +16,7 @@
 //!   ran out (and was taken over) gets [`StoreError::Conflict`] and must not touch the entry.
 //!   Every task must be idempotent on the WeChat side, because a lease can expire mid-call.
 
-use crate::domain::{random_alnum, AfterSaleId, AfterSaleLine, OutTradeNo, ProductId};
+use crate::domain::{random_alnum, AfterSaleId, AfterSaleLine, OutTradeNo, ProductId, SkuId};
 use crate::store::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,9 @@ const MAX_ERROR_LEN: usize = 1000;
 
 pub const STATUS_PENDING: &str = "pending";
 pub const STATUS_DEAD: &str = "dead";
+
+/// Units in stock by SKU, as a stock mirror last sent them to WeChat.
+pub type SentStock = std::collections::BTreeMap<SkuId, u32>;
 
 /// One external effect to perform. Serialised with a `type` tag.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,7 +62,14 @@ pub enum Task {
     /// `spu/update_without_audit` with the current stock of a listed product's approved SKUs,
     /// after orders, closes or refunds changed it; one entry per product at a time
     /// (`handlers::stock_mirror`).
-    StockMirror { product_id: ProductId },
+    StockMirror {
+        product_id: ProductId,
+        /// The stock the entry's last call sent, by SKU: after a call the entry stays, due
+        /// [`crate::handlers::stock_mirror::SPACING_MS`] later, and then sends only what
+        /// differs from this. `None`: nothing sent yet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sent: Option<SentStock>,
+    },
     /// WeChat's verdict on the qualification audit `audit_id` of level-3 category
     /// `third_cat_id`: approved, each product waiting for it is submitted again (one
     /// [`Task::SubmitWaiting`] each); rejected, each is told why (`handlers::catalog_sync`).
@@ -110,7 +120,7 @@ impl Task {
                 format!("aftersale:{aftersale_id}")
             }
             Task::StockBack { aftersale_id, .. } => format!("stock:{aftersale_id}"),
-            Task::StockMirror { product_id } | Task::SubmitWaiting { product_id } => {
+            Task::StockMirror { product_id, .. } | Task::SubmitWaiting { product_id } => {
                 format!("product:{product_id}")
             }
             Task::CategoryVerdict { third_cat_id, .. } => format!("category:{third_cat_id}"),

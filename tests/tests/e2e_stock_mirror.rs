@@ -9,7 +9,7 @@ use std::time::Duration;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, run_schedule, stack_with, Client};
+use support::{eventually, notification, run_schedule, stack_with, Client};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
@@ -188,5 +188,249 @@ async fn units_back_after_a_refund_reach_wechat() {
     })
     .await;
     until_wechat_reads(&r, &c, 5).await;
+    r.stop();
+}
+
+/// GIVEN the listed tea at 5 and an order of 2 (WeChat reads 3), closed unpaid (WeChat reads 5)
+/// WHEN the user's payment lands after the close (`payCallback`: the money is real, the order
+/// is PAID and the close's units are taken again)
+/// THEN WeChat reads 3 again: the stock taken again reaches it like any other change.
+#[tokio::test]
+async fn a_payment_after_the_close_takes_the_stock_again_at_wechat() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    c.set_stock(5).await;
+    let (token, openid) = c.login("mirror-late-payer").await;
+    let order = c.order_tea(&token, 2).await;
+    let no = no_of(&order);
+    until_wechat_reads(&r, &c, 3).await;
+    close(&c, &token, &no).await;
+    assert_eq!(c.stock().await, 5);
+    until_wechat_reads(&r, &c, 5).await;
+
+    let total = order["total_fee"].as_i64().unwrap();
+    let (s, reply) = c
+        .raw(
+            "/callbacks/pay",
+            notification(&r, &no, &openid, total, "4200000000202612070000000001"),
+        )
+        .await;
+    assert_eq!(s, 200, "{reply}");
+    assert!(reply.contains("SUCCESS"), "{reply}");
+    assert_eq!(c.status(&token, &no).await["status"], "PAID");
+    assert_eq!(c.stock().await, 3, "the paid order's units are taken again");
+    until_wechat_reads(&r, &c, 3).await;
+    r.stop();
+}
+
+/// The tea's stock mirror entry as stored (`None`: there is none), raw.
+async fn mirror_entry(r: &wxlocal::gateway::Running) -> Option<Value> {
+    let rec = r
+        .app
+        .store
+        .get(wxshop::store::Kind::Outbox, "stock-mirror-tea")
+        .await
+        .unwrap()?;
+    Some(rec.decode::<Value>().unwrap())
+}
+
+/// GIVEN the listed tea at 10, WeChat slow to answer `update_without_audit` (the call applied,
+/// its answer 4 s late)
+/// WHEN an order takes 1 (the mirror's call: WeChat reads 9) and, while that call is still on
+/// its way back, a second order takes 2
+/// THEN WeChat ends reading 7 — the change made during the call is not lost — and between the
+/// two calls the product's entry waits in the outbox, due later with the stock it sent, free
+/// (no worker holds it: a drain's page, a payment's sync in it, does not wait out the
+/// product's spacing).
+#[tokio::test]
+async fn a_change_during_the_call_is_sent_after_a_cooling_off_nobody_waits_for() {
+    let r = stack_with(&[("WX_HTTP_TIMEOUT_MS", "20000")]).await;
+    let c = Client::new(&r);
+    c.set_stock(10).await;
+    assert_eq!(wechat_stock(&c).await, 10);
+    c.control(
+        "faults",
+        &json!({"path": WITHOUT_AUDIT, "mode": "slow", "count": 1, "delay_ms": 4000}),
+    )
+    .await;
+    let (alice, _) = c.login("mirror-slow-alice").await;
+    let (bob, _) = c.login("mirror-slow-bob").await;
+    c.order_tea(&alice, 1).await;
+    // The call is applied (WeChat reads 9) and its answer not back yet.
+    eventually("WeChat to read 9", WAIT, || async {
+        wechat_stock(&c).await == 9
+    })
+    .await;
+    c.order_tea(&bob, 2).await;
+    assert_eq!(c.stock().await, 7);
+
+    // Between the calls: the entry waits, due later, not claimed, carrying what it sent.
+    let seen = std::sync::Mutex::new(None);
+    let (rr, seen_ref) = (&r, &seen);
+    eventually(
+        "the mirror entry to cool off, due later",
+        WAIT,
+        move || async move {
+            let Some(e) = mirror_entry(rr).await else {
+                return false;
+            };
+            let cooling = e["attempts"] == 0
+                && e["due_at_ms"].as_i64().unwrap() > rr.app.clock.now_ms()
+                && e["task"]["sent"].is_object();
+            if cooling {
+                *seen_ref.lock().unwrap() = Some(e);
+            }
+            cooling
+        },
+    )
+    .await;
+    let e = seen.lock().unwrap().take().unwrap();
+    let sent = e["task"]["sent"]["tea-250g"].as_i64().unwrap();
+    assert!(sent == 9 || sent == 7, "{e}");
+
+    until_wechat_reads(&r, &c, 7).await;
+    // Done once nothing changed for a cooling-off: the entry goes, nothing more is sent.
+    eventually("the mirror entry to be done", WAIT, || async {
+        mirror_entry(&r).await.is_none()
+    })
+    .await;
+    assert_eq!(wechat_stock(&c).await, 7);
+    assert!(c.dead_letters().await.is_empty());
+    r.stop();
+}
+
+/// GIVEN the listed tea at 5 (WeChat reads 5), then WeChat losing it (`update_without_audit`
+/// answers 9401002, no such product)
+/// WHEN an order takes 1
+/// THEN the merchant is told: a `stock_mirror_product_lost` event names the tea and what to do
+/// (`set_stock` or `upsert` uploads it again); the task does not upload it again itself (no
+/// `spu/add`: that would put it back in audit behind the merchant's back), the tea stays on
+/// sale here, and nothing is dead-lettered.
+#[tokio::test]
+async fn a_product_wechat_lost_is_reported_to_the_merchant() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    c.set_stock(5).await;
+    let adds = r.sandbox.calls("shop/spu/add").len();
+    c.control(
+        "faults",
+        &json!({"path": WITHOUT_AUDIT, "mode": "errcode", "errcode": 9401002, "count": 1}),
+    )
+    .await;
+    let (token, _) = c.login("mirror-lost").await;
+    c.order_tea(&token, 1).await;
+    let found = std::sync::Mutex::new(None);
+    let (cr, found_ref) = (&c, &found);
+    eventually(
+        "a stock_mirror_product_lost event",
+        WAIT,
+        move || async move {
+            let (s, v) = cr
+                .admin(
+                    "/admin/orderSync",
+                    &json!({"action": "events", "source": "stock_mirror_product_lost"}),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let event = v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["body"]["product_id"] == "tea")
+                .cloned();
+            let is = event.is_some();
+            *found_ref.lock().unwrap() = event;
+            is
+        },
+    )
+    .await;
+    let event = found.lock().unwrap().take().unwrap();
+    let what = event["body"]["what_to_do"].as_str().unwrap();
+    assert!(
+        what.contains("set_stock") && what.contains("upsert"),
+        "{event}"
+    );
+    assert!(
+        event["body"]["error"].as_str().unwrap().contains("9401002"),
+        "{event}"
+    );
+    assert_eq!(r.sandbox.calls("shop/spu/add").len(), adds);
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": "tea"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["product"]["listing"], "LISTED", "{v}");
+    assert!(c.dead_letters().await.is_empty());
+    r.stop();
+}
+
+/// GIVEN the stack as in AWS, where the table's stream (new outbox entries only) runs the
+/// outbox — here no relay, the test hands orderSync the stream's records — the listed tea at
+/// 10 and WeChat slow to answer `update_without_audit` (applied, answer 4 s late)
+/// WHEN an order takes 1 (its stream record runs the mirror: WeChat reads 9) and a second
+/// order takes 2 while that call is on its way back
+/// THEN by the end of that same invocation WeChat reads 7 and the entry is done: the stream
+/// never sees the entry written back (a MODIFY), so the invocation that left it cooling off
+/// runs it again once due — not the 5-minute schedule, and not a delete and add again.
+#[tokio::test]
+async fn in_a_stream_invocation_a_change_during_the_call_is_sent_before_it_ends() {
+    use wxshop::handlers::order_sync::{on_outbox_records, LOCAL_SCHEDULE_BUDGET};
+    let mut overrides = std::collections::HashMap::new();
+    overrides.insert("ORDER_TTL_SECS".to_owned(), "900".to_owned());
+    overrides.insert("WX_HTTP_TIMEOUT_MS".to_owned(), "20000".to_owned());
+    let r = wxlocal::gateway::start(wxlocal::gateway::Options {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        store: Some("memory".into()),
+        seed: true,
+        time_scale: 0.001,
+        overrides,
+        use_env: false,
+        // No relay: only the "stream" below runs the outbox.
+        relay_every: Duration::from_secs(3600),
+        schedule_every: None,
+        metrics: wxshop::metrics::Metrics::off(),
+    })
+    .await
+    .expect("stack starts");
+    let c = Client::new(&r);
+    c.set_stock(10).await;
+    assert_eq!(wechat_stock(&c).await, 10);
+    c.control(
+        "faults",
+        &json!({"path": WITHOUT_AUDIT, "mode": "slow", "count": 1, "delay_ms": 4000}),
+    )
+    .await;
+    let (alice, _) = c.login("stream-alice").await;
+    let (bob, _) = c.login("stream-bob").await;
+    c.order_tea(&alice, 1).await;
+    assert!(
+        mirror_entry(&r).await.is_some(),
+        "the order added the mirror"
+    );
+    let app = r.app.clone();
+    let invocation = tokio::spawn(async move {
+        let deadline = wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET);
+        on_outbox_records(&app, vec!["stock-mirror-tea".to_owned()], deadline).await
+    });
+    eventually("WeChat to read 9", WAIT, || async {
+        wechat_stock(&c).await == 9
+    })
+    .await;
+    c.order_tea(&bob, 2).await;
+    assert_eq!(c.stock().await, 7);
+    let failed = tokio::time::timeout(WAIT, invocation)
+        .await
+        .expect("the invocation ends")
+        .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(wechat_stock(&c).await, 7, "sent by the same invocation");
+    assert!(
+        mirror_entry(&r).await.is_none(),
+        "done: {:?}",
+        mirror_entry(&r).await
+    );
     r.stop();
 }

@@ -78,26 +78,26 @@ pub struct DrainReport {
     pub dead: usize,
 }
 
-/// Runs one claimed entry and settles it (complete, retry or dead-letter). `pace`: how a
-/// stock mirror follows a change made while it ran ([`super::stock_mirror::Pace`]).
+/// Runs one claimed entry and settles it (complete, retry or dead-letter). `Ok(Some(due))`:
+/// the task ran and its entry stays in the queue, due then, to run again (a stock mirror
+/// cooling off: [`super::stock_mirror`]).
 pub async fn run_claimed(
     app: &App,
     claimed: Claimed,
     report: &mut DrainReport,
-    pace: super::stock_mirror::Pace,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<Option<i64>, crate::store::StoreError> {
+    if let Task::StockMirror { .. } = &claimed.entry.task {
+        return super::stock_mirror::run(app, claimed, report).await;
+    }
     let task = claimed.entry.task.clone();
     match run_task(app, &task).await {
         Ok(()) => {
             report.done += 1;
-            if let Task::StockMirror { product_id } = &task {
-                return super::stock_mirror::after_call(app, product_id, claimed, report, pace)
-                    .await;
-            }
-            outbox::complete(app.store.as_ref(), &claimed).await
+            outbox::complete(app.store.as_ref(), &claimed).await?;
         }
-        Err(e) => settle_failure(app, &claimed, e, report).await,
+        Err(e) => settle_failure(app, &claimed, e, report).await?,
     }
+    Ok(None)
 }
 
 /// Settles a claimed entry whose task failed: a retry with back-off, or a dead letter.
@@ -206,9 +206,8 @@ pub async fn drain_until(
         ran += batch.len();
         let results = futures::future::join_all(batch.into_iter().map(|c| async {
             let mut r = DrainReport::default();
-            // Tasks of a page run side by side: a mirror held for its spacing delays no other
-            // task's run, only the page's end (about a second).
-            let outcome = run_claimed(app, c, &mut r, super::stock_mirror::Pace::Spaced).await;
+            // An entry that stays due later (a stock mirror cooling off) is the next drain's.
+            let outcome = run_claimed(app, c, &mut r).await;
             (outcome, r)
         }))
         .await;
@@ -247,6 +246,8 @@ pub async fn on_outbox_records(app: &App, ids: Vec<String>, deadline: Deadline) 
 
 async fn outbox_records_until(app: &App, ids: Vec<String>, deadline: Deadline) -> Vec<String> {
     let mut failed = Vec::new();
+    // Stock mirrors cooling off: followed once the batch's other items have run.
+    let mut cooling = Vec::new();
     let mut ids = ids.into_iter();
     let mut started = false;
     while let Some(id) = ids.next() {
@@ -263,19 +264,24 @@ async fn outbox_records_until(app: &App, ids: Vec<String>, deadline: Deadline) -
         let mut report = DrainReport::default();
         let outcome =
             match outbox::claim_one(app.store.as_ref(), &id, app.clock.now_ms(), LEASE_MS).await {
-                // One at a time: a mirror is never held here, the stream's next batch (its
-                // batching window apart) sends a change made while it ran.
-                Ok(Some(c)) => {
-                    run_claimed(app, c, &mut report, super::stock_mirror::Pace::Requeue).await
-                }
-                Ok(None) => Ok(()), // gone or leased by someone else: theirs now
+                Ok(Some(c)) => run_claimed(app, c, &mut report).await,
+                // Gone, leased by someone else (theirs now), or not due yet: the schedule's —
+                // but a stock mirror cooling off (handed over by a batch before) is this one's.
+                Ok(None) => super::stock_mirror::cooling(app, &id).await,
                 Err(e) => Err(e),
             };
-        if let Err(e) = outcome {
-            tracing::warn!(id, error = %e, "stream record not settled");
-            failed.push(id);
+        match outcome {
+            Ok(Some(due)) => cooling.push((id, due)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(id, error = %e, "stream record not settled");
+                failed.push(id);
+            }
         }
     }
+    // The stream wakes for inserts only: a mirror left cooling off (a MODIFY) would wait for
+    // the schedule, so this invocation runs it again once due, after every other item.
+    super::stock_mirror::follow(app, cooling, deadline).await;
     failed
 }
 
@@ -922,7 +928,9 @@ pub async fn run_task(app: &App, task: &Task) -> Result<(), TaskError> {
             aftersale_id,
             lines,
         } => super::stock_back::put_back(app, aftersale_id, lines).await,
-        Task::StockMirror { product_id } => super::stock_mirror::mirror(app, product_id).await,
+        Task::StockMirror { product_id, .. } => {
+            super::stock_mirror::send_now(app, product_id).await
+        }
         Task::CategoryVerdict {
             audit_id,
             third_cat_id,
@@ -1073,7 +1081,7 @@ enum AdminAction {
 
 /// The sources events are recorded under: `push` (every message-push event as received —
 /// brand, category and scene audit verdicts among them) and the evidence kept for a person.
-pub const EVENT_SOURCES: [&str; 23] = [
+pub const EVENT_SOURCES: [&str; 24] = [
     "push",
     "double_payment",
     "payment_mismatch",
@@ -1097,6 +1105,7 @@ pub const EVENT_SOURCES: [&str; 23] = [
     super::user_blocks::USER_BLOCK_EVENTS,
     super::catalog_sync::QUALIFICATION_AUDIT_EVENTS,
     super::catalog_sync::QUALIFICATION_VERDICT_EVENTS,
+    super::stock_mirror::PRODUCT_LOST_EVENTS,
 ];
 
 /// `events`: one source is a page of the store's index of that source (by time received);

@@ -15,48 +15,80 @@
 //! - **One entry per product** ([`entry_id`]): the write that changes the stock adds
 //!   ([`add_to`]), in the same batch, a [`Task::StockMirror`] if none is pending — a crash
 //!   cannot lose it, and a second change while one is waiting adds nothing (only the entry
-//!   written again as it is, on its version, so a worker that claimed it meanwhile makes the
-//!   write read again).
-//! - **The task reads the product's stock when it runs** ([`mirror`]) and sends every
-//!   approved SKU's current `stock_num`: whatever changed before it ran goes in one call.
-//! - **A change while it runs is not lost, and not sent at once**: the change's write bumps
-//!   the leased entry's version, so the worker's completion conflicts; the worker
-//!   ([`run_claimed`]) then keeps its lease, and after holding the product's mirror for
-//!   [`SPACING_MS`] since its last call, sends again. So one product gets at most one call per
-//!   [`SPACING_MS`] however many orders take it, and the last number reaches WeChat within
-//!   about [`SPACING_MS`] of the last change. That hold is only where a drain runs its page's
-//!   tasks side by side (`wxlocal`, the schedule: [`Pace::Spaced`]); a DynamoDB stream batch
-//!   runs its items one after another, so there the mirror completes at once and a change made
-//!   during its call puts the entry back as a new one, which the stream's next batch (its 1 s
-//!   batching window apart) sends ([`Pace::Requeue`]) — held there, it delayed every task
-//!   behind it in the batch.
+//!   written again as it is, on its version, so a worker that claimed it meanwhile sees its
+//!   next write conflict and reads again).
+//! - **The task reads the product's stock when it runs** ([`run`]) and sends every approved
+//!   SKU's current `stock_num`: whatever changed before it ran goes in one call.
+//! - **Cooling off is the entry's, not the worker's.** After a call the entry is not deleted:
+//!   it is written back, in one write conditioned on the version the worker holds (read again
+//!   if a change bumped it meanwhile), due [`SPACING_MS`] later and carrying the stock it
+//!   sent (`sent`, by SKU). When it runs again it calls WeChat only if the stock now differs
+//!   from `sent`, and is deleted when it does not — a deletion conditioned on the version it
+//!   claimed, so a change made meanwhile (which bumps that version) makes it fail and the
+//!   entry stays, due at once. So one product gets at most one call per [`SPACING_MS`],
+//!   however many orders take it, and the last number reaches WeChat about [`SPACING_MS`]
+//!   after the last change. No worker waits: a drain's page (`wxlocal`, the schedule) ends
+//!   as soon as its tasks have run (before, a held mirror delayed every task of its page —
+//!   a payment's sync — by one to three seconds), and nothing is deleted and added again (as
+//!   a DynamoDB stream batch did before, where a crash between the two lost the send).
 //!
-//! A WeChat failure is retried by the outbox like any task. A product since delisted, gone,
-//! no longer approved or never uploaded (or the component off) gets nothing: the task is done
-//! with nothing sent. WeChat no longer having the product (9401002) is logged and done: the
-//! merchant's next stock edit or upsert uploads it again (`catalog_sync`). Paying does not
-//! change stock (the order took it at `unifiedOrder`), so `payCallback` adds nothing.
+//! **Who runs an entry cooling off.** The DynamoDB stream wakes `orderSync` for *inserts*
+//! only (`infra/template.yaml`'s filter, and [`crate::lambda::outbox_records`]); writing the
+//! entry back is a MODIFY, and an entry the stream hands over before it is due is skipped by
+//! `claim_one`. Left there, it would wait for the 5-minute schedule: WeChat's number minutes
+//! behind. So the stream's invocation follows up what it left cooling ([`follow`]): after
+//! every other item of its batch (none of them waits for it), it waits until the entry is
+//! due (at most [`SPACING_MS`]) and runs it again — an order alone costs the invocation a
+//! second more and no call; a product still changing, one call a second. After
+//! [`FOLLOW_ROUNDS`] of them (or near the invocation's deadline) it hands the entry over to
+//! the stream's next batch ([`hand_off`]): deleted and added again, still carrying `sent` and
+//! its due time — a new stream record, which that batch follows the same way. That is the
+//! only delete-then-add left: DynamoDB refuses two writes of one item in one transaction
+//! (the store's conformance: "the same key twice in one batch is refused"), so it cannot be
+//! made atomic; a crash between the two loses the send until the product's next change, and
+//! it only happens to a product that changed in each of the last [`FOLLOW_ROUNDS`] seconds
+//! (a rush, whose next order sends it). Bounding the rounds bounds how long one product in a
+//! rush delays the stream's next batch (a payment's sync): about [`FOLLOW_ROUNDS`] seconds.
+//! In `wxlocal` the relay drains every 100 ms, so an entry cooling off runs once due. The
+//! schedule's drain (the retry path in AWS) follows nothing: what it leaves cooling waits
+//! for the next drain.
+//!
+//! A WeChat failure is retried by the outbox like any task (keeping `sent`). A product since
+//! delisted, gone, no longer approved or never uploaded (or the component off) gets nothing:
+//! the task is done with nothing sent. **WeChat no longer having the product** (9401002):
+//! `catalog_sync`'s `set_stock` uploads it again for audit and takes it off sale here, but a
+//! task must not change a product's audit state behind the merchant's back, so the mirror
+//! sends nothing more and records a [`PRODUCT_LOST_EVENTS`] event (`/admin/orderSync`
+//! `events`) naming the product and what to do: the merchant's next `set_stock` or `upsert`
+//! uploads it again (an order's stock change alone never does). Paying does not change stock
+//! (the order took it at `unifiedOrder`), so `payCallback` adds nothing — except a payment
+//! after a close, which takes the stock again and adds the mirror like any change.
 
 use super::catalog_sync::{PRODUCT_NEVER_APPROVED, PRODUCT_NOT_FOUND};
 use super::common::component_on;
 use super::order_sync::{DrainReport, TaskError, LEASE_MS};
 use crate::app::App;
 use crate::domain::{AuditStatus, Listing, Product, ProductId};
-use crate::outbox::{self, Claimed, OutboxEntry, Task};
+use crate::outbox::{self, Claimed, OutboxEntry, SentStock, Task};
 use crate::shop::catalog::{SkuWithoutAudit, SpuUpdateWithoutAudit};
 use crate::shop::types::ProductKey;
-use crate::store::repo::{self, Batch};
+use crate::store::repo::{self, Batch, EventRecord};
 use crate::store::{Expect, StoreError, Write};
+use crate::time::Deadline;
 
-/// The least time between two stock calls for one product, and how long a worker holds the
-/// product's mirror after a call: the changes made meanwhile go in the next call.
-pub const SPACING_MS: u64 = 1_000;
+/// The least time between two stock calls for one product: after a call its entry is due
+/// again this much later, and the changes made meanwhile go in that next call.
+pub const SPACING_MS: i64 = 1_000;
 
-/// How many calls in a row one worker makes for a product that keeps changing before it lets
-/// the entry go (due at once, for the next drain or schedule). The drain's page waits for its
-/// tasks, so this bounds how long a product in a rush holds the other tasks of that page (a
-/// payment's sync): about this many seconds.
-const MAX_ROUNDS: usize = 3;
+/// How many times one stream invocation runs again, once due, a mirror it left cooling off,
+/// before it hands the entry over to the stream's next batch ([`follow`]). Bounds how long
+/// one product in a rush delays the end of an invocation (and so the stream's next batch):
+/// about this many seconds.
+pub const FOLLOW_ROUNDS: usize = 3;
+
+/// Events of products WeChat no longer has (9401002) when their stock was mirrored: the
+/// merchant's next `set_stock` or `upsert` uploads them again. Key: product id and time.
+pub const PRODUCT_LOST_EVENTS: &str = "stock_mirror_product_lost";
 
 /// The outbox id of a product's stock mirror: one entry per product at a time.
 pub fn entry_id(product_id: &ProductId) -> String {
@@ -79,8 +111,9 @@ fn changes_mirrored_stock(before: &Product, after: &Product) -> bool {
 
 /// Adds to `batch` (the write that changes `before` into `after`) what makes WeChat learn the
 /// new stock: a [`Task::StockMirror`] for the product if none is waiting; a version bump of
-/// one that exists (waiting: a worker claiming it meanwhile makes this write conflict; held by
-/// a worker: its completion then conflicts and it sends again); a dead one back in the queue.
+/// one that exists (waiting or cooling off: a worker claiming it meanwhile makes this write
+/// conflict; held by a worker: its next write then conflicts, and the entry stays); a dead one
+/// back in the queue.
 pub async fn add_to(
     app: &App,
     batch: &mut Batch,
@@ -99,6 +132,7 @@ pub async fn add_to(
                 ..OutboxEntry::new(
                     Task::StockMirror {
                         product_id: after.product_id.clone(),
+                        sent: None,
                     },
                     now,
                 )
@@ -115,13 +149,14 @@ pub async fn add_to(
             ));
         }
         Some(current) => {
-            // Waiting, never claimed: it will read this stock — unless a worker claims it before
-            // this batch commits, which the version condition catches (the batch conflicts and
-            // reads again). Claimed (running, or waiting to retry): it may have read the stock
-            // already; the bump makes its completion conflict, so it sends again. Written as a
-            // put of the same entry, not a bare condition: every function that changes stock
-            // may put items, and a ConditionCheckItem would need its own grant in each
-            // (infra_permissions caught queryOrder's and auditCallback's missing).
+            // Waiting or cooling off, not claimed: it will read this stock when due — unless a
+            // worker claims it before this batch commits, which the version condition catches
+            // (the batch conflicts and reads again). Claimed (running, or waiting to retry): it
+            // may have read the stock already; the bump makes its next write conflict, so the
+            // entry stays and runs again. Written as a put of the same entry, not a bare
+            // condition: every function that changes stock may put items, and a
+            // ConditionCheckItem would need its own grant in each (infra_permissions caught
+            // queryOrder's and auditCallback's missing).
             batch.push(Write::put(
                 outbox::to_record(&current.entry, current.version + 1)?,
                 Expect::Version(current.version),
@@ -131,20 +166,42 @@ pub async fn add_to(
     Ok(())
 }
 
-/// Outbox: `spu/update_without_audit` with the current stock of every approved SKU of
-/// `product_id`, if WeChat shows it; nothing otherwise.
-pub async fn mirror(app: &App, product_id: &ProductId) -> Result<(), TaskError> {
+/// What one run of a mirror came to.
+#[derive(Debug, PartialEq)]
+enum Mirrored {
+    /// `spu/update_without_audit` took this stock.
+    Sent(SentStock),
+    /// Nothing to send: the stock is what was sent last, or WeChat does not show the product.
+    Nothing,
+}
+
+/// The stock of `p`'s SKUs, as a mirror sends it.
+fn stock_of(p: &Product) -> SentStock {
+    p.skus.iter().map(|s| (s.sku_id.clone(), s.stock)).collect()
+}
+
+/// `spu/update_without_audit` with the current stock of every approved SKU of `product_id`,
+/// if WeChat shows it and it differs from `last` (what the entry sent last; `None`: send).
+async fn mirror(
+    app: &App,
+    product_id: &ProductId,
+    last: Option<&SentStock>,
+) -> Result<Mirrored, TaskError> {
     if !component_on(app) {
-        return Ok(());
+        return Ok(Mirrored::Nothing);
     }
     let Some(p) = repo::get_product(app.store.as_ref(), product_id).await? else {
         tracing::info!(product_id = %product_id, "stock mirror: the product is gone; nothing sent");
-        return Ok(());
+        return Ok(Mirrored::Nothing);
     };
     let p = p.value;
     if !mirrored(&p) || p.skus.is_empty() {
         tracing::info!(product_id = %product_id, "stock mirror: WeChat does not list the product; nothing sent");
-        return Ok(());
+        return Ok(Mirrored::Nothing);
+    }
+    let stock = stock_of(&p);
+    if last == Some(&stock) {
+        return Ok(Mirrored::Nothing);
     }
     let req = SpuUpdateWithoutAudit {
         key: ProductKey::Out(product_id.to_string()),
@@ -162,78 +219,85 @@ pub async fn mirror(app: &App, product_id: &ProductId) -> Result<(), TaskError> 
     match app.wx.spu_update_without_audit(&req).await {
         Ok(_) => {
             tracing::info!(product_id = %product_id, "stock mirrored to WeChat");
-            Ok(())
+            Ok(Mirrored::Sent(stock))
         }
-        Err(e)
-            if matches!(
-                e.errcode(),
-                Some(PRODUCT_NOT_FOUND | PRODUCT_NEVER_APPROVED)
-            ) =>
-        {
-            tracing::warn!(product_id = %product_id, error = %e, "stock mirror: WeChat holds no approved product; nothing sent (the merchant's next upsert or stock edit uploads it again)");
-            Ok(())
+        Err(e) if e.errcode() == Some(PRODUCT_NOT_FOUND) => {
+            lost_at_wechat(app, product_id, &e.to_string()).await?;
+            Ok(Mirrored::Nothing)
+        }
+        Err(e) if e.errcode() == Some(PRODUCT_NEVER_APPROVED) => {
+            tracing::warn!(product_id = %product_id, error = %e, "stock mirror: WeChat holds no approved product; nothing sent");
+            Ok(Mirrored::Nothing)
         }
         Err(e) => Err(super::shop_orders::task_error(e)),
     }
 }
 
-/// How a worker follows a stock change made while its mirror ran.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pace {
-    /// Hold the entry [`SPACING_MS`] after each call and send again if the stock changed, up
-    /// to [`MAX_ROUNDS`] calls: where tasks run side by side (a drain's page: `wxlocal`, the
-    /// schedule), so the hold delays no other task's run — only the page's end, by about a
-    /// second (up to [`MAX_ROUNDS`] for a product that keeps changing).
-    Spaced,
-    /// No hold: complete at once, and if the stock changed during the call, put the entry back
-    /// as a new one — a new stream record, sent by the stream's next batch (its batching
-    /// window, 1 s, apart). For the DynamoDB stream's batches, whose items run one after
-    /// another: a held mirror there delayed every task behind it (a payment's sync, a refund)
-    /// by a second or more for each mirror in the batch (up to ten of them), and by a round
-    /// more for each change during the hold.
-    Requeue,
+/// WeChat answered 9401002 for a product we hold as uploaded and approved: recorded for the
+/// merchant ([`PRODUCT_LOST_EVENTS`]). Not uploaded again from here: that puts the product
+/// back in audit (as `set_stock` does when the merchant asks), which a task must not do
+/// behind the merchant's back.
+async fn lost_at_wechat(app: &App, product_id: &ProductId, error: &str) -> Result<(), StoreError> {
+    tracing::warn!(product_id = %product_id, error, "stock mirror: WeChat no longer has the product; recorded for the merchant");
+    let now = app.clock.now_ms();
+    let body = serde_json::json!({
+        "product_id": product_id,
+        "error": error,
+        "what_to_do": "WeChat no longer has this product, so it shows none of its stock: \
+                       catalogSync set_stock or upsert uploads it again (for audit; it is off \
+                       sale until approved)",
+    });
+    repo::record_event(
+        app.store.as_ref(),
+        &EventRecord::new(
+            PRODUCT_LOST_EVENTS,
+            format!("{product_id}-{now}"),
+            now,
+            body.to_string(),
+        ),
+    )
+    .await
+    .map(|_new| ())
 }
 
-/// What follows a successful call for `claimed` (a [`Task::StockMirror`]), by `pace`. Spaced:
-/// the entry is held for [`SPACING_MS`], then completed; if the stock changed meanwhile (the
-/// completion conflicts with the change's bump, and the entry is still this worker's), it is
-/// leased again and the current stock sent, up to [`MAX_ROUNDS`] times. Requeue: completed at
-/// once, or put back as a new entry ([`requeue`]).
-pub async fn after_call(
+/// A stock mirror run outside the outbox's bookkeeping (no `sent` to compare with): sends the
+/// current stock if WeChat shows the product.
+pub async fn send_now(app: &App, product_id: &ProductId) -> Result<(), TaskError> {
+    mirror(app, product_id, None).await.map(|_| ())
+}
+
+/// Runs `claimed` (a [`Task::StockMirror`]) and settles it. `Ok(Some(due))`: the entry stays,
+/// due then (it sent, and cools off; or a change came while it ran); `Ok(None)`: it is gone,
+/// or retried or dead-lettered after a failure, or no longer this worker's.
+pub async fn run(
     app: &App,
-    product_id: &ProductId,
-    mut claimed: Claimed,
+    claimed: Claimed,
     report: &mut DrainReport,
-    pace: Pace,
-) -> Result<(), StoreError> {
-    let store = app.store.as_ref();
-    if pace == Pace::Requeue {
-        return match outbox::complete(store, &claimed).await {
-            Err(StoreError::Conflict { .. }) => requeue(app, &claimed).await,
-            other => other,
-        };
+) -> Result<Option<i64>, StoreError> {
+    let Task::StockMirror { product_id, sent } = &claimed.entry.task else {
+        return Ok(None);
+    };
+    match mirror(app, product_id, sent.as_ref()).await {
+        Ok(Mirrored::Sent(stock)) => {
+            report.done += 1;
+            let due = app.clock.now_ms().saturating_add(SPACING_MS);
+            write_back(app, &claimed, Some(stock), due).await
+        }
+        Ok(Mirrored::Nothing) => {
+            report.done += 1;
+            match outbox::complete(app.store.as_ref(), &claimed).await {
+                Ok(()) => Ok(None),
+                // A change bumped it while it ran: it runs again, now (no call was made).
+                Err(StoreError::Conflict { .. }) => {
+                    write_back(app, &claimed, sent.clone(), app.clock.now_ms()).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => super::order_sync::settle_failure(app, &claimed, e, report)
+            .await
+            .map(|()| None),
     }
-    for round in 0..MAX_ROUNDS {
-        tokio::time::sleep(std::time::Duration::from_millis(SPACING_MS)).await;
-        match outbox::complete(store, &claimed).await {
-            Err(StoreError::Conflict { .. }) => {}
-            other => return other,
-        }
-        let last = round + 1 == MAX_ROUNDS;
-        let Some(relet) = lease_again(app, &claimed, last).await? else {
-            return Ok(());
-        };
-        if last {
-            tracing::info!(product_id = %product_id, "stock mirror: still changing; the next drain sends the rest");
-            return Ok(());
-        }
-        claimed = relet;
-        match mirror(app, product_id).await {
-            Ok(()) => report.done += 1,
-            Err(e) => return super::order_sync::settle_failure(app, &claimed, e, report).await,
-        }
-    }
-    Ok(())
 }
 
 /// Whether `current` (the entry as stored now) is still the one this worker claimed: not dead,
@@ -244,78 +308,125 @@ fn still_ours(current: &Claimed, claimed: &Claimed) -> bool {
         && current.entry.due_at_ms == claimed.entry.due_at_ms
 }
 
-/// The entry `claimed` named, changed since by a stock change (see [`add_to`]), deleted and
-/// added again due now: a new entry, so a new stream record. Nothing if it is not this
-/// worker's any more; a change that added its own entry in between is that entry. (A crash
-/// between the two writes loses this one send: the product's next stock change sends it.)
-async fn requeue(app: &App, claimed: &Claimed) -> Result<(), StoreError> {
-    let store = app.store.as_ref();
-    for _ in 0..5 {
-        let Some(current) = outbox::get(store, &claimed.entry.id).await? else {
-            return Ok(());
-        };
-        if !still_ours(&current, claimed) {
-            return Ok(());
-        }
-        match outbox::complete(store, &current).await {
-            Ok(()) => {}
-            // Bumped again meanwhile: read it again.
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
-        }
-        let fresh = OutboxEntry {
-            id: claimed.entry.id.clone(),
-            ..OutboxEntry::new(claimed.entry.task.clone(), app.clock.now_ms())
-        };
-        return match outbox::enqueue(store, &fresh).await {
-            Err(StoreError::Conflict { .. }) => Ok(()),
-            other => other,
-        };
-    }
-    Ok(())
-}
-
-/// The entry `claimed` named, changed since by a stock change (see [`add_to`]), leased again
-/// by this worker — or, `last`, put back in the queue due now. `None` if it is not this
-/// worker's any more (gone, or taken over after the lease ran out).
-async fn lease_again(
+/// The entry `claimed` named written back, due at `due`, carrying `sent`, its attempts reset
+/// (the run succeeded): one write conditioned on its version, read again when a stock change
+/// bumped it meanwhile. `Some(due)` once written; `None` if it is not this worker's any more.
+async fn write_back(
     app: &App,
     claimed: &Claimed,
-    last: bool,
-) -> Result<Option<Claimed>, StoreError> {
+    sent: Option<SentStock>,
+    due: i64,
+) -> Result<Option<i64>, StoreError> {
     let store = app.store.as_ref();
-    let mut tries = 0;
-    loop {
-        let Some(current) = outbox::get(store, &claimed.entry.id).await? else {
-            return Ok(None);
-        };
-        if !still_ours(&current, claimed) {
-            return Ok(None);
-        }
-        let now = app.clock.now_ms();
+    let mut current = claimed.clone();
+    for _ in 0..5 {
         let mut next = current.entry.clone();
-        // The call succeeded: the attempts count the failures to come, not the rounds.
-        (next.attempts, next.due_at_ms) = if last {
-            (0, now)
-        } else {
-            (1, now.saturating_add(LEASE_MS))
-        };
-        let version = current.version + 1;
+        if let Task::StockMirror { sent: s, .. } = &mut next.task {
+            s.clone_from(&sent);
+        }
+        (next.attempts, next.due_at_ms, next.last_error) = (0, due, None);
         let write = Write::put(
-            outbox::to_record(&next, version)?,
+            outbox::to_record(&next, current.version + 1)?,
             Expect::Version(current.version),
         );
         match store.write(vec![write]).await {
-            Ok(()) => {
-                return Ok(Some(Claimed {
-                    entry: next,
-                    version,
-                }))
-            }
-            // Another change bumped it again meanwhile: read it again.
-            Err(StoreError::Conflict { .. }) if tries < 5 => tries += 1,
+            Ok(()) => return Ok(Some(due)),
+            // A change bumped it: read it again.
+            Err(StoreError::Conflict { .. }) => {}
             Err(e) => return Err(e),
         }
+        match outbox::get(store, &claimed.entry.id).await? {
+            Some(now) if still_ours(&now, claimed) => current = now,
+            _ => return Ok(None),
+        }
+    }
+    // Still bumped after five reads: its lease runs out and it runs again then.
+    tracing::warn!(id = %claimed.entry.id, "stock mirror: could not write the entry back; it runs again when its lease ends");
+    Ok(None)
+}
+
+/// For a stream batch: whether `id` is a stock mirror cooling off (pending, not yet due, due
+/// within about [`SPACING_MS`]), and when it is due — an entry [`hand_off`] added again, which
+/// the batch follows ([`follow`]) rather than leaving it to the schedule.
+pub async fn cooling(app: &App, id: &str) -> Result<Option<i64>, StoreError> {
+    if !id.starts_with("stock-mirror-") {
+        return Ok(None);
+    }
+    let Some(c) = outbox::get(app.store.as_ref(), id).await? else {
+        return Ok(None);
+    };
+    let now = app.clock.now_ms();
+    let soon = c.entry.due_at_ms > now && c.entry.due_at_ms <= now.saturating_add(SPACING_MS);
+    let is_mirror = matches!(c.entry.task, Task::StockMirror { .. });
+    Ok((is_mirror && !c.entry.is_dead() && soon).then_some(c.entry.due_at_ms))
+}
+
+/// For a stream invocation, after every other item of its batch: the mirrors it left cooling
+/// off (`(entry id, due)`), each run again once due, up to [`FOLLOW_ROUNDS`] times, then —
+/// still cooling off — handed over to the stream's next batch ([`hand_off`]). Stops following
+/// once `deadline` passes (handing over what is left).
+pub async fn follow(app: &App, mut waiting: Vec<(String, i64)>, deadline: Deadline) {
+    let mut report = DrainReport::default();
+    for round in 0..=FOLLOW_ROUNDS {
+        if waiting.is_empty() {
+            return;
+        }
+        waiting.sort_by_key(|(_, due)| *due);
+        let mut again = Vec::new();
+        for (id, due) in waiting {
+            if round == FOLLOW_ROUNDS || deadline.passed() {
+                if let Err(e) = hand_off(app, &id).await {
+                    tracing::warn!(id, error = %e, "stock mirror: not handed over; the schedule runs it");
+                }
+                continue;
+            }
+            let wait = due.saturating_sub(app.clock.now_ms()).clamp(0, SPACING_MS);
+            tokio::time::sleep(std::time::Duration::from_millis(wait.unsigned_abs())).await;
+            let claimed =
+                outbox::claim_one(app.store.as_ref(), &id, app.clock.now_ms(), LEASE_MS).await;
+            let outcome = match claimed {
+                Ok(Some(c)) => run(app, c, &mut report).await,
+                Ok(None) => Ok(None), // gone, or another worker's
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(Some(next)) => again.push((id, next)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "stock mirror: follow-up not settled; its lease runs out and the schedule runs it");
+                }
+            }
+        }
+        waiting = again;
+    }
+}
+
+/// The stock mirror `id`, cooling off and not claimed, deleted and added again as it is
+/// (`sent` and due time kept): a new stream record, so the stream's next batch runs it once
+/// due. Nothing if it is claimed or gone. Not atomic — DynamoDB refuses two writes of one item
+/// in one transaction — so a crash between the two loses the send until the product's next
+/// change (see the module doc for why that is rare).
+pub async fn hand_off(app: &App, id: &str) -> Result<(), StoreError> {
+    let store = app.store.as_ref();
+    let Some(current) = outbox::get(store, id).await? else {
+        return Ok(());
+    };
+    let now = app.clock.now_ms();
+    let claimed = current.entry.attempts > 0 && current.entry.due_at_ms > now;
+    if current.entry.is_dead() || claimed {
+        return Ok(());
+    }
+    match outbox::complete(store, &current).await {
+        Ok(()) => {}
+        // Bumped or claimed meanwhile: whoever did runs it (a claim), or it is due when it
+        // was (a bump), and the schedule runs it.
+        Err(StoreError::Conflict { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match outbox::enqueue(store, &current.entry).await {
+        // A change added its own entry in between: that one is the product's.
+        Err(StoreError::Conflict { .. }) => Ok(()),
+        other => other,
     }
 }
 
@@ -332,7 +443,13 @@ mod tests {
         let now = app.clock.now_ms();
         let entry = OutboxEntry {
             id: entry_id(&tea),
-            ..OutboxEntry::new(Task::StockMirror { product_id: tea }, now)
+            ..OutboxEntry::new(
+                Task::StockMirror {
+                    product_id: tea,
+                    sent: None,
+                },
+                now,
+            )
         };
         outbox::enqueue(app.store.as_ref(), &entry).await.unwrap();
         outbox::claim_one(app.store.as_ref(), &entry.id, now, LEASE_MS)
@@ -341,12 +458,9 @@ mod tests {
             .unwrap()
     }
 
-    /// What `add_to` does to an entry a worker holds: its version bumped.
-    async fn bump(app: &App, c: &Claimed) {
-        let current = outbox::get(app.store.as_ref(), &c.entry.id)
-            .await
-            .unwrap()
-            .unwrap();
+    /// What `add_to` does to an entry: its version bumped.
+    async fn bump(app: &App, id: &str) {
+        let current = outbox::get(app.store.as_ref(), id).await.unwrap().unwrap();
         app.store
             .write(vec![Write::put(
                 outbox::to_record(&current.entry, current.version + 1).unwrap(),
@@ -356,41 +470,64 @@ mod tests {
             .unwrap();
     }
 
-    /// In a stream batch (items one after another) a mirror is not held: with no change while
-    /// it ran its entry is gone; with one, the entry is there again as a new one (version 1,
-    /// never claimed, due now) — a new stream record, so the stream's next batch sends the
-    /// change. Held (`Spaced`), the worker slept a second or more first, and every item behind
-    /// it in the batch waited.
+    /// An entry whose run changed nothing is deleted — unless a change bumped it while it ran:
+    /// then it stays (never deleted and added again), due at once, `sent` kept.
     #[tokio::test]
-    async fn in_a_stream_batch_a_change_during_the_call_comes_back_as_a_new_entry() {
+    async fn a_change_while_it_ran_keeps_the_entry() {
         let app = App::for_tests(Arc::new(SqliteStore::memory().unwrap()));
-        let tea = ProductId::parse("tea").unwrap();
         let mut report = DrainReport::default();
-
+        // The component is off in this app: every run sends nothing.
         let c = claimed(&app).await;
-        after_call(&app, &tea, c, &mut report, Pace::Requeue)
-            .await
-            .unwrap();
-        assert!(outbox::get(app.store.as_ref(), &entry_id(&tea))
+        assert_eq!(run(&app, c, &mut report).await.unwrap(), None);
+        let id = entry_id(&ProductId::parse("tea").unwrap());
+        assert!(outbox::get(app.store.as_ref(), &id)
             .await
             .unwrap()
             .is_none());
 
         let c = claimed(&app).await;
-        assert!(c.version > 1, "claimed: a new version");
-        bump(&app, &c).await;
-        after_call(&app, &tea, c, &mut report, Pace::Requeue)
-            .await
-            .unwrap();
-        let again = outbox::get(app.store.as_ref(), &entry_id(&tea))
-            .await
-            .unwrap()
-            .expect("a change during the call is sent again");
-        assert_eq!(
-            (again.version, again.entry.attempts),
-            (1, 0),
-            "a new entry, never claimed"
-        );
+        bump(&app, &id).await;
+        let due = run(&app, c, &mut report).await.unwrap();
+        let again = outbox::get(app.store.as_ref(), &id).await.unwrap().unwrap();
+        assert_eq!(due, Some(again.entry.due_at_ms));
         assert!(again.entry.due_at_ms <= app.clock.now_ms());
+        assert_eq!(again.entry.attempts, 0);
+    }
+
+    /// Handed over, an entry cooling off is added again as it was — a new record (version 1)
+    /// carrying its `sent` and due time; one claimed by a worker is left alone.
+    #[tokio::test]
+    async fn a_hand_off_adds_the_entry_again_as_it_was() {
+        let app = App::for_tests(Arc::new(SqliteStore::memory().unwrap()));
+        let c = claimed(&app).await;
+        let id = c.entry.id.clone();
+        hand_off(&app, &id).await.unwrap();
+        assert_eq!(
+            outbox::get(app.store.as_ref(), &id).await.unwrap().unwrap(),
+            c,
+            "claimed: not handed over"
+        );
+        let sent: SentStock = [(crate::domain::SkuId::parse("tea-250g").unwrap(), 7)].into();
+        let due = write_back(
+            &app,
+            &c,
+            Some(sent.clone()),
+            app.clock.now_ms() + SPACING_MS,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(cooling(&app, &id).await.unwrap(), Some(due));
+        hand_off(&app, &id).await.unwrap();
+        let again = outbox::get(app.store.as_ref(), &id).await.unwrap().unwrap();
+        assert_eq!(again.version, 1, "a new record");
+        assert_eq!(again.entry.due_at_ms, due);
+        assert_eq!(
+            again.entry.task,
+            Task::StockMirror {
+                product_id: ProductId::parse("tea").unwrap(),
+                sent: Some(sent)
+            }
+        );
     }
 }
