@@ -196,6 +196,12 @@ async fn serve(options: &[(&'static str, Option<String>)]) -> Result<(), String>
             .filter(|v| v.is_finite() && *v > 0.0)
             .ok_or("--time-scale must be a positive number")?,
     };
+    // `--store memory` keeps nothing: its stop must not say the state is saved.
+    let kept = if value("--store").as_deref() == Some("memory") {
+        "forgotten (--store memory)"
+    } else {
+        "saved"
+    };
     let opts = wxlocal::gateway::Options {
         addr,
         store: value("--store"),
@@ -212,7 +218,7 @@ async fn serve(options: &[(&'static str, Option<String>)]) -> Result<(), String>
         Stopped::Drained => {
             eprintln!(
                 "wxlocal: stopped; requests under way were answered and the sandbox's state \
-                 is saved"
+                 is {kept}"
             );
             Ok(())
         }

@@ -509,6 +509,10 @@ async fn ctrl_c_finishes_the_requests_under_way_and_exits_cleanly() {
         "exit after Ctrl-C: {exit:?}; log: {log}"
     );
     assert!(log.contains("wxlocal: stopped"), "says it stopped: {log}");
+    assert!(
+        log.contains("state is saved"),
+        "says its state is kept: {log}"
+    );
     stop(first);
 
     let (next, c) = serve(&bin, &dir, "127.0.0.1:0", false);
@@ -521,4 +525,48 @@ async fn ctrl_c_finishes_the_requests_under_way_and_exits_cleanly() {
     );
     stop(next);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `serve --store memory` keeps nothing: asked to stop, it must not say the sandbox's state is
+/// saved (it used to, and a developer then looked for it after the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_store_stopped_says_its_state_is_forgotten() {
+    let bin = wxlocal_bin();
+    let dir = temp_dir("restart-memory-stop");
+    let log_path = dir.join("wxlocal.log");
+    let (child, _) = spawn_wxlocal(
+        &bin,
+        &["serve", "--addr", "127.0.0.1:0", "--store", "memory"],
+        &[],
+        &log_path,
+    );
+    let mut first = Serving(child);
+    let pid = first.0.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(s) = first.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running {WAIT:?} after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "exit after Ctrl-C: {exit:?}; log: {log}"
+    );
+    assert!(
+        log.contains("state is forgotten (--store memory)") && !log.contains("is saved"),
+        "says nothing is kept: {log}"
+    );
+    stop(first);
 }
