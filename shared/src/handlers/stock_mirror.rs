@@ -38,8 +38,11 @@
 //! `claim_one`. Left there, it would wait for the 5-minute schedule: WeChat's number minutes
 //! behind. So the stream's invocation follows up what it left cooling ([`follow`]): after
 //! every other item of its batch (none of them waits for it), it waits until the entry is
-//! due (at most [`SPACING_MS`]) and runs it again — an order alone costs the invocation a
-//! second more and no call; a product still changing, one call a second. After
+//! due (at most [`SPACING_MS`]) and runs it again — a product still changing gets one call
+//! a second. One whose stock did not change since its call (an order alone) is deleted at
+//! once instead ([`done_if_unchanged`]): its next change adds a new entry, which the stream's
+//! next batch runs, its batching window (1 s) apart — so the invocation waits for nothing
+//! then. After
 //! [`FOLLOW_ROUNDS`] of them (or near the invocation's deadline) it hands the entry over to
 //! the stream's next batch ([`hand_off`]): deleted and added again, still carrying `sent` and
 //! its due time — a new stream record, which that batch follows the same way. That is the
@@ -367,6 +370,20 @@ pub async fn cooling(app: &App, id: &str) -> Result<Option<i64>, StoreError> {
 /// once `deadline` passes (handing over what is left).
 pub async fn follow(app: &App, mut waiting: Vec<(String, i64)>, deadline: Deadline) {
     let mut report = DrainReport::default();
+    // First, what nothing changed since its call is done now: the invocation (and with it
+    // the stream's next batch, a payment's sync) does not wait a second for it.
+    let mut changed = Vec::with_capacity(waiting.len());
+    for (id, due) in waiting {
+        match done_if_unchanged(app, &id).await {
+            Ok(true) => {}
+            Ok(false) => changed.push((id, due)),
+            Err(e) => {
+                tracing::warn!(id, error = %e, "stock mirror: could not read whether it changed; followed");
+                changed.push((id, due));
+            }
+        }
+    }
+    waiting = changed;
     for round in 0..=FOLLOW_ROUNDS {
         if waiting.is_empty() {
             return;
@@ -398,6 +415,41 @@ pub async fn follow(app: &App, mut waiting: Vec<(String, i64)>, deadline: Deadli
             }
         }
         waiting = again;
+    }
+}
+
+/// For a stream invocation: the stock mirror `id`, cooling off after its call, deleted at
+/// once when its product's stock is still what that call sent (`true`: nothing left to do).
+/// In a stream, spacing needs no cooling-off then: the product's next change adds a new
+/// entry, a new stream record, which the next batch runs — its batching window (1 s) apart.
+/// The deletion is conditioned on the entry's version, which a change made meanwhile bumps:
+/// then `false`, and the entry is followed as before. Not claimed first: a cooling entry is
+/// due later, so no other worker holds it.
+async fn done_if_unchanged(app: &App, id: &str) -> Result<bool, StoreError> {
+    let store = app.store.as_ref();
+    let Some(current) = outbox::get(store, id).await? else {
+        return Ok(true);
+    };
+    let Task::StockMirror {
+        product_id,
+        sent: Some(sent),
+    } = &current.entry.task
+    else {
+        return Ok(false);
+    };
+    if current.entry.is_dead() || current.entry.attempts > 0 {
+        return Ok(false);
+    }
+    let Some(p) = repo::get_product(store, product_id).await? else {
+        return Ok(false);
+    };
+    if stock_of(&p.value) != *sent {
+        return Ok(false);
+    }
+    match outbox::complete(store, &current).await {
+        Ok(()) => Ok(true),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -492,6 +544,44 @@ mod tests {
         assert_eq!(due, Some(again.entry.due_at_ms));
         assert!(again.entry.due_at_ms <= app.clock.now_ms());
         assert_eq!(again.entry.attempts, 0);
+    }
+
+    /// A tea of `stock` units stored in `app`'s store.
+    async fn store_tea(app: &App, stock: u32) {
+        let tea: Product = serde_json::from_value(serde_json::json!({
+            "product_id": "tea", "title": "Tea",
+            "skus": [{"sku_id": "tea-250g", "price": 1990, "stock": stock}],
+        }))
+        .unwrap();
+        let mut b = Batch::new();
+        b.create_product(&tea);
+        b.commit(app.store.as_ref()).await.unwrap();
+    }
+
+    /// In a stream invocation, an entry cooling off after a call whose stock did not change
+    /// since is done at once (the invocation does not wait a second for it); one whose stock
+    /// changed stays to be followed.
+    #[tokio::test]
+    async fn a_stream_leaves_no_wait_for_a_stock_that_did_not_change() {
+        let sent: SentStock = [(crate::domain::SkuId::parse("tea-250g").unwrap(), 7)].into();
+        for (stock, done) in [(7, true), (6, false)] {
+            let app = App::for_tests(Arc::new(SqliteStore::memory().unwrap()));
+            store_tea(&app, stock).await;
+            let c = claimed(&app).await;
+            let id = c.entry.id.clone();
+            let due = app.clock.now_ms() + SPACING_MS;
+            write_back(&app, &c, Some(sent.clone()), due)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                done_if_unchanged(&app, &id).await.unwrap(),
+                done,
+                "stock {stock}"
+            );
+            let left = outbox::get(app.store.as_ref(), &id).await.unwrap();
+            assert_eq!(left.is_none(), done, "stock {stock}");
+        }
     }
 
     /// Handed over, an entry cooling off is added again as it was — a new record (version 1)
