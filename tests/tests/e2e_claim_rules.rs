@@ -165,6 +165,10 @@ async fn no_line_on_an_order_of_one_item_claims_only_what_is_left_of_it() {
             (400, Some("LINE_ALREADY_CLAIMED")),
             "{v}"
         );
+        assert!(
+            v["message"].as_str().unwrap().contains("all 2 ordered"),
+            "{v}"
+        );
     }
     nothing_more_stored(&c, &no, 2, 2 * PRICE).await;
 

@@ -304,13 +304,27 @@ pub enum LineError {
          name the line with product_id and sku_id (one of: {lines}), and quantity if not all of it"
     )]
     LineRequired { lines: String },
-    #[error(
-        "{left} of the {ordered} ordered on this line are not under an after-sale already; \
-         ask for at most {left}, or cancel an after-sale of the line first"
-    )]
+    #[error("{}", already_claimed(*ordered, *left))]
     AlreadyClaimed { ordered: u32, left: u32 },
     #[error("{0}")]
     Money(#[from] MoneyError),
+}
+
+/// [`LineError::AlreadyClaimed`]'s message: what is left of the line, and what to do.
+fn already_claimed(ordered: u32, left: u32) -> String {
+    if left == 0 {
+        format!(
+            "all {ordered} ordered on this line are under after-sales already (open or \
+             refunded): nothing of it is left to ask for; to ask again, cancel an open \
+             after-sale of the line first"
+        )
+    } else {
+        format!(
+            "{left} of the {ordered} ordered on this line are not under an after-sale already; \
+             ask for at most {left} (or leave quantity out), or cancel an after-sale of the \
+             line first"
+        )
+    }
 }
 
 impl AfterSaleLine {
