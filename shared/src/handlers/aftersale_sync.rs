@@ -254,6 +254,13 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                 let order = repo::get_order(app.store.as_ref(), &order.out_trade_no)
                     .await?
                     .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+                if !order.value.status.is_paid()
+                    || order.value.status == crate::domain::OrderStatus::Refunded
+                    || order.value.refundable() == Fen::ZERO
+                {
+                    // Nothing paid, or all of it refunded: that, before which units are left.
+                    return Err(nothing_left_to_ask(&order.value));
+                }
                 let earlier = aftersales_of(app, &order.value).await?;
                 let choice = AfterSaleLine::choose(&order.value, asked.as_ref(), &earlier)
                     .map_err(line_error)?;
