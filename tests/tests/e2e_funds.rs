@@ -856,7 +856,8 @@ async fn fund_type_1_refund_is_made_by_wechat_on_acceptance() {
             .post(
                 "/fn/aftersaleSync",
                 Some(&token),
-                &json!({"action": "apply", "out_trade_no": no, "amount": amount, "reason": "dented"}),
+                &json!({"action": "apply", "out_trade_no": no, "amount": amount, "reason": "dented",
+                        "product_id": "tea", "sku_id": "tea-250g", "quantity": 1}),
             )
             .await;
         assert_eq!(s, 200, "apply {round}: {applied}");
@@ -1116,7 +1117,9 @@ async fn a_refund_wechat_could_not_pay_is_held_for_a_person() {
     );
     let paged = captured.total(wxshop::metrics::MONEY_NEEDS_A_PERSON);
     assert_eq!(paged, 1, "paged once");
-    // The money is still the shop's; a second application finds nothing left to claim.
+    // The money is still the shop's; a second application finds nothing left to claim: both
+    // teas are under the held after-sale (it was 409 NOT_REFUNDABLE, the amount held, before
+    // an only item's units were counted).
     assert_eq!(c.balance().await, (total, 0));
     let (s, v) = c
         .post(
@@ -1126,7 +1129,11 @@ async fn a_refund_wechat_could_not_pay_is_held_for_a_person() {
                     "idempotency_key": "again"}),
         )
         .await;
-    assert_eq!(s, 409, "the held amount is not claimable again: {v}");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("LINE_ALREADY_CLAIMED")),
+        "the held teas are not claimable again: {v}"
+    );
     // Refunded by hand, recorded.
     let (s, v) = c
         .post(
@@ -1644,7 +1651,8 @@ async fn a_refund_wechat_made_whose_push_was_lost_is_recorded_by_the_schedule() 
         .apply(
             &token,
             &no,
-            json!({"amount": 1990, "reason": "never arrived"}),
+            json!({"amount": 1990, "reason": "never arrived",
+                   "product_id": "tea", "sku_id": "tea-250g", "quantity": 1}),
         )
         .await;
     let (_, wx_undecided) = added_at_wechat(&r, &undecided).await;

@@ -509,9 +509,11 @@ async fn concurrent_full_refund_applications_accept_exactly_one() {
         );
         let mut codes = [a.0, b.0];
         codes.sort_unstable();
-        assert_eq!(codes, [200, 409], "round {round}: {} / {}", a.1, b.1);
-        let refused = if a.0 == 409 { &a.1 } else { &b.1 };
-        assert_eq!(refused["code"], "NOT_REFUNDABLE", "{refused}");
+        // The loser re-reads the order and finds both tins claimed by the winner (it was
+        // 409 NOT_REFUNDABLE, the amount held, before an only item's units were counted).
+        assert_eq!(codes, [200, 400], "round {round}: {} / {}", a.1, b.1);
+        let refused = if a.0 == 400 { &a.1 } else { &b.1 };
+        assert_eq!(refused["code"], "LINE_ALREADY_CLAIMED", "{refused}");
         let (_, listed) = c
             .post(
                 "/fn/aftersaleSync",
@@ -549,6 +551,7 @@ async fn a_repeated_application_with_its_key_opens_one_aftersale() {
     let c = Client::new(&r);
     let (token, no) = paid_and_synced(&r, &c, "tapper", 2).await;
     let body = json!({"action": "apply", "out_trade_no": no, "amount": 1990,
+                      "product_id": "tea", "sku_id": "tea-250g", "quantity": 1,
                       "reason": "one tin dented", "idempotency_key": "tap-7"});
     let (a, b) = tokio::join!(
         c.post("/fn/aftersaleSync", Some(&token), &body),
@@ -583,7 +586,8 @@ async fn a_repeated_application_with_its_key_opens_one_aftersale() {
     let (s, v) = c.post("/fn/aftersaleSync", Some(&token), &other).await;
     assert_eq!(s, 422, "{v}");
     assert_eq!(v["code"], "IDEMPOTENCY_KEY_REUSED");
-    // Without a key each application is its own: the second tin can still be asked for.
+    // Without a key each application is its own: the second tin can still be asked for
+    // (no line: the tin left).
     let (s, v) = c
         .post(
             "/fn/aftersaleSync",
@@ -907,7 +911,8 @@ async fn approving_beyond_what_open_aftersales_leave_is_refused() {
         .collect();
     assert!(statuses.contains(&"REFUNDING"), "{listed}");
     assert!(statuses.contains(&"REQUESTED"), "{listed}");
-    // A new application finds nothing left either.
+    // A new application finds nothing left either: both tins are claimed by the first (it
+    // was 409 NOT_REFUNDABLE, the amount held, before an only item's units were counted).
     let (s, v) = c
         .post(
             "/fn/aftersaleSync",
@@ -915,7 +920,8 @@ async fn approving_beyond_what_open_aftersales_leave_is_refused() {
             &json!({"action": "apply", "out_trade_no": no, "amount": 1}),
         )
         .await;
-    assert_eq!(s, 409, "{v}");
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "LINE_ALREADY_CLAIMED", "{v}");
 }
 
 /// WeChat answering "system busy" twice: the outbox retries with back-off and the order
@@ -1438,14 +1444,14 @@ async fn two_partial_refunds_approved_back_to_back_are_both_refunded() {
         .apply(
             &token,
             &no,
-            json!({"amount": 1990, "reason": "one tin dented"}),
+            one_tin(json!({"amount": 1990, "reason": "one tin dented"})),
         )
         .await;
     let b = c
         .apply(
             &token,
             &no,
-            json!({"amount": 1990, "reason": "the other too"}),
+            one_tin(json!({"amount": 1990, "reason": "the other too"})),
         )
         .await;
     c.approve(&a).await;
@@ -1613,7 +1619,11 @@ async fn an_abnormal_refund_is_held_for_a_person_not_issued_again() {
     let c = Client::new(&r);
     let (token, no) = paid_and_synced(&r, &c, "lena", 2).await;
     let id = c
-        .apply(&token, &no, json!({"amount": 1990, "reason": "one tin"}))
+        .apply(
+            &token,
+            &no,
+            one_tin(json!({"amount": 1990, "reason": "one tin"})),
+        )
         .await;
     c.control("refund_outcome", &json!({"status": "CHANGE", "count": 1}))
         .await;
@@ -1663,7 +1673,7 @@ async fn an_abnormal_refund_is_held_for_a_person_not_issued_again() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["aftersale"]["status"], "REFUNDED", "{v}");
     assert_eq!(c.status(&token, &no).await["refunded_fee"], 1990);
-    let rest = c.apply(&token, &no, json!({"amount": 1990})).await;
+    let rest = c.apply(&token, &no, one_tin(json!({"amount": 1990}))).await;
     assert!(!rest.is_empty());
     // Only an abnormal refund is settled by hand.
     let (s, v) = c
@@ -3273,7 +3283,7 @@ async fn a_closed_refunds_late_success_is_not_counted_twice() {
     for (user, old_first) in [("xena", true), ("yann", false)] {
         let (token, no) = paid_and_synced(&r, &c, user, 2).await;
         let txid = transaction_id(&r, &no).await;
-        let id = c.apply(&token, &no, json!({"amount": 1990})).await;
+        let id = c.apply(&token, &no, one_tin(json!({"amount": 1990}))).await;
         let (s, v) = c
             .post(
                 "/sandbox/_control/refund_outcome",
@@ -3362,7 +3372,7 @@ async fn a_closed_refunds_late_success_is_not_counted_twice() {
             "{user}: the second refund is kept for a person"
         );
         // The rest of the order can still be asked for and refunded.
-        let rest = c.apply(&token, &no, json!({"amount": 1990})).await;
+        let rest = c.apply(&token, &no, one_tin(json!({"amount": 1990}))).await;
         assert!(!rest.is_empty());
     }
 }
@@ -3399,7 +3409,11 @@ async fn our_own_aftersale_pushed_back_as_new_is_adopted_not_imported() {
     let c = Client::new(&r);
     let (token, no) = paid_and_synced(&r, &c, "olga", 2).await;
     let first = c
-        .apply(&token, &no, json!({"amount": 1990, "reason": "dented"}))
+        .apply(
+            &token,
+            &no,
+            one_tin(json!({"amount": 1990, "reason": "dented"})),
+        )
         .await;
     eventually("the after-sale added at WeChat", || async {
         wx_aftersale_id(&r, &first).await.is_some()
@@ -3418,7 +3432,11 @@ async fn our_own_aftersale_pushed_back_as_new_is_adopted_not_imported() {
     c.fault(json!({"path": "shop/ecaftersale/add", "mode": "lost", "count": 1}))
         .await;
     let second = c
-        .apply(&token, &no, json!({"amount": 1990, "reason": "scratched"}))
+        .apply(
+            &token,
+            &no,
+            one_tin(json!({"amount": 1990, "reason": "scratched"})),
+        )
         .await;
     eventually("the second add applied at WeChat", || async {
         r.sandbox.calls("shop/ecaftersale/add").len() == 2
@@ -4029,7 +4047,7 @@ async fn a_refund_by_hand_that_does_not_match_the_order_changes_nothing() {
 
 /// An application for 0 fen is bad input: 400 `BAD_AMOUNT` saying what to send, and nothing
 /// stored (it used to be 409 `NOT_REFUNDABLE`, "refund of 0 fen exceeds the 1990 fen still
-/// refundable"). One asking for the default when open after-sales hold everything says so.
+/// refundable"). One asking for the default when the only tin is claimed already says so.
 #[tokio::test]
 async fn an_application_for_no_money_is_refused_as_bad_input() {
     let r = stack().await;
@@ -4055,16 +4073,28 @@ async fn an_application_for_no_money_is_refused_as_bad_input() {
         "nothing stored"
     );
     c.apply(&token, &no, json!({})).await;
+    // The only tin is claimed: nothing of it left (it was 409 NOT_REFUNDABLE, "open
+    // after-sales hold all …", before an only item's units were counted).
     let (s, v) = apply(json!({})).await;
-    assert_eq!(s, 409, "{v}");
-    assert_eq!(v["code"], "NOT_REFUNDABLE", "{v}");
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["code"], "LINE_ALREADY_CLAIMED", "{v}");
     assert!(
         v["message"]
             .as_str()
             .unwrap()
-            .contains("open after-sales hold all"),
+            .contains("nothing of it is left"),
         "{v}"
     );
+}
+
+/// `extra` naming one tin of the order's tea line: an application for one tin of two leaves
+/// the other for a later one (without a line, an application claims every tin not yet
+/// claimed).
+fn one_tin(mut extra: Value) -> Value {
+    extra["product_id"] = json!("tea");
+    extra["sku_id"] = json!("tea-250g");
+    extra["quantity"] = json!(1);
+    extra
 }
 
 /// How many `path` calls (a WeChat Pay API) the sandbox received for order `no`.
@@ -4097,7 +4127,7 @@ async fn an_aftersale_refunded_by_hand_is_not_paid_again_on_approval() {
         .apply(
             &token,
             &no,
-            json!({"amount": 1990, "reason": "one tin dented"}),
+            one_tin(json!({"amount": 1990, "reason": "one tin dented"})),
         )
         .await;
     let by_hand = refund_in_merchant_platform(&c, &no, 1990).await;
@@ -4145,7 +4175,7 @@ async fn an_aftersale_refunded_by_hand_is_not_paid_again_on_approval() {
         .apply(
             &token,
             &no,
-            json!({"amount": 1990, "reason": "the other too"}),
+            one_tin(json!({"amount": 1990, "reason": "the other too"})),
         )
         .await;
     let (s, v) = settle(b.clone()).await;
@@ -4184,14 +4214,14 @@ async fn holds_beyond_what_a_refund_by_hand_left_are_not_all_approved() {
         .apply(
             &token,
             &no,
-            json!({"amount": 1990, "reason": "one tin dented"}),
+            one_tin(json!({"amount": 1990, "reason": "one tin dented"})),
         )
         .await;
     let b = c
         .apply(
             &token,
             &no,
-            json!({"amount": 1990, "reason": "the other too"}),
+            one_tin(json!({"amount": 1990, "reason": "the other too"})),
         )
         .await;
     let by_hand = refund_in_merchant_platform(&c, &no, 1990).await;

@@ -127,11 +127,14 @@ async fn a_return_wechat_closed_for_want_of_the_goods_lets_go_of_its_amount() {
     let r = return_stack().await;
     let c = Client::new(&r);
     let (token, no, id, wx) = return_accepted(&r, &c, "ursula").await;
+    // The only tea is claimed by the return: an application without a line is that line,
+    // nothing of it left (it was 409 NOT_REFUNDABLE, the amount held, before an only item's
+    // units counted as a named line's do).
     let (s, v) = apply_again(&c, &token, &no).await;
     assert_eq!(
         (s, v["code"].as_str()),
-        (409, Some("NOT_REFUNDABLE")),
-        "held by the return: {v}"
+        (400, Some("LINE_ALREADY_CLAIMED")),
+        "claimed by the return: {v}"
     );
 
     let (s, v) = c

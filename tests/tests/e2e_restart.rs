@@ -343,14 +343,16 @@ async fn a_second_serve_on_the_same_store_refuses_to_start_and_names_the_first()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Applies for a refund of `amount` fen of `no` as its buyer and approves it as the merchant;
+/// Applies for a refund of `amount` fen of one tea of `no` (its line, quantity 1: the other
+/// teas are left for a later application) as its buyer and approves it as the merchant;
 /// returns the after-sale's id.
 async fn refund_part(c: &Client, token: &str, no: &str, amount: i64) -> String {
     let (s, v) = c
         .post(
             "/fn/aftersaleSync",
             Some(token),
-            &json!({"action": "apply", "out_trade_no": no, "amount": amount, "reason": "one dented"}),
+            &json!({"action": "apply", "out_trade_no": no, "amount": amount, "reason": "one dented",
+                    "product_id": "tea", "sku_id": "tea-250g", "quantity": 1}),
         )
         .await;
     assert_eq!(s, 200, "apply: {v}");
@@ -404,10 +406,10 @@ async fn the_sandbox_clock_stays_where_it_was_moved_across_a_restart() {
     let (child, c) = serve(&bin, &dir, "127.0.0.1:0", true);
     let addr = c.base.trim_start_matches("http://").to_owned();
     let (ada, _) = c.login("ada").await;
-    let no = user_order(&c, &ada).await["out_trade_no"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    // Two teas: one partial refund each (an after-sale claims the units it names).
+    let (s, order) = c.order(&ada, 2, None).await;
+    assert_eq!(s, 200, "unifiedOrder: {order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
     c.pay_at_sandbox(&no).await;
     reads_paid(&c, &ada, &no).await;
     eventually(

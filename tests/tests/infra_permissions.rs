@@ -809,12 +809,14 @@ async fn every_function_runs_its_paths_with_its_grants_only() {
     .await;
 
     // aftersaleSync: one tin refunded (the refund through the stream, its SUCCESS through
-    // payCallback); another application rejected, a third cancelled by the user.
+    // payCallback); another application (the tin left) rejected, a third cancelled by the
+    // user.
     let id = c
         .apply(
             &token,
             &no,
-            json!({"amount": 1990, "reason": "one tin dented"}),
+            json!({"amount": 1990, "reason": "one tin dented",
+                   "product_id": "tea", "sku_id": "tea-250g", "quantity": 1}),
         )
         .await;
     c.approve(&id).await;

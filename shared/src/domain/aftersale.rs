@@ -114,6 +114,41 @@ impl AfterSaleStatus {
         }
     }
 
+    /// What an after-sale in this status waits for and which actions it allows (the user's
+    /// and the merchant's `aftersaleSync`), for a caller refused one that it does not.
+    pub fn allows(self) -> &'static str {
+        match self {
+            AfterSaleStatus::Requested => {
+                "It waits for the merchant: the user may `cancel` it; the merchant may \
+                 `approve` it (a return and refund: accept the return) or `reject` it"
+            }
+            AfterSaleStatus::AwaitingReturn => {
+                "It waits for the goods: the user sends them back (`return`, with the parcel) \
+                 or may `cancel` it"
+            }
+            AfterSaleStatus::Returning => {
+                "The goods are on their way back: the merchant may `approve` the refund once \
+                 they arrived, or `reject` it"
+            }
+            AfterSaleStatus::Refunding => {
+                "Its refund is under way: nothing to do but wait until it reads REFUNDED (or \
+                 REFUND_FAILED)"
+            }
+            AfterSaleStatus::RefundFailed => {
+                "Its refund failed and no money left: the merchant may `approve` it again to \
+                 ask anew, or `mark_refunded` if the user was paid another way"
+            }
+            AfterSaleStatus::RefundAbnormal => {
+                "WeChat took its refund but could not pay it out; it waits at WeChat for a \
+                 person: the merchant may `mark_refunded` once the user was paid"
+            }
+            AfterSaleStatus::Refunded => "It is refunded: nothing more can be done to it",
+            AfterSaleStatus::Cancelled | AfterSaleStatus::Rejected => {
+                "It is closed: nothing more can be done to it; the user may `apply` anew"
+            }
+        }
+    }
+
     /// Still stands as a claim on the goods it names: anything but rejected or cancelled
     /// (a refunded after-sale took its line's money for good).
     pub fn is_live(self) -> bool {
@@ -243,9 +278,9 @@ pub struct LineChoice {
     pub line: Option<AfterSaleLine>,
     /// The value of the quantity asked (unit price × quantity), on an order with several
     /// items never more than the line's value less what live after-sales of the line claim.
-    /// `None` (all of an order's only item, the last unclaimed units of an order with
-    /// several, or the whole order): only the order's own bound (what it can still refund,
-    /// freight included) applies.
+    /// `None` (the order's last unclaimed units — all that is left of an only item among them
+    /// — or the whole order): only the order's own bound (what it can still refund, freight
+    /// included) applies.
     pub most: Option<Fen>,
 }
 
@@ -269,13 +304,27 @@ pub enum LineError {
          name the line with product_id and sku_id (one of: {lines}), and quantity if not all of it"
     )]
     LineRequired { lines: String },
-    #[error(
-        "{left} of the {ordered} ordered on this line are not under an after-sale already; \
-         ask for at most {left}, or cancel an after-sale of the line first"
-    )]
+    #[error("{}", already_claimed(*ordered, *left))]
     AlreadyClaimed { ordered: u32, left: u32 },
     #[error("{0}")]
     Money(#[from] MoneyError),
+}
+
+/// [`LineError::AlreadyClaimed`]'s message: what is left of the line, and what to do.
+fn already_claimed(ordered: u32, left: u32) -> String {
+    if left == 0 {
+        format!(
+            "all {ordered} ordered on this line are under after-sales already (open or \
+             refunded): nothing of it is left to ask for; to ask again, cancel an open \
+             after-sale of the line first"
+        )
+    } else {
+        format!(
+            "{left} of the {ordered} ordered on this line are not under an after-sale already; \
+             ask for at most {left} (or leave quantity out), or cancel an after-sale of the \
+             line first"
+        )
+    }
 }
 
 impl AfterSaleLine {
@@ -287,7 +336,8 @@ impl AfterSaleLine {
     /// The line a new after-sale of `order` is about, given what the user `asked` and the
     /// order's `earlier` after-sales:
     /// - a line named must be one of the order's items, its quantity 1 to what was ordered;
-    /// - none named on an order with one item: that item, all of it;
+    /// - none named on an order with one item: that item, all of it that no live after-sale
+    ///   claims yet (as if named without a quantity);
     /// - none named on an order with several: refused if the order is in the trading
     ///   component (WeChat was asked to make it there — its id may have been lost and is
     ///   learnt later — so the after-sale is mirrored to WeChat, which takes one line per
@@ -297,9 +347,9 @@ impl AfterSaleLine {
     /// already claim, in goods and in money ([`LineChoice::most`]) — except the claim of the
     /// order's last unclaimed units (after it, every unit of every line is under a live or
     /// refunded after-sale), which keeps the order's own bound (freight included) so the
-    /// freight can be given back. All of an order's only item keeps the order's own bound
-    /// only (freight included), as before lines existed; part of it is worth its unit price
-    /// × quantity.
+    /// freight can be given back. An order's only item is bounded the same way: all that is
+    /// left of it is the order's last unclaimed units (the order's own bound, freight
+    /// included); part of it is worth its unit price × quantity.
     pub fn choose(
         order: &Order,
         asked: Option<&LineAsked>,
@@ -339,33 +389,18 @@ impl AfterSaleLine {
         Self::of_item(order, item, asked.quantity, earlier)
     }
 
-    /// `quantity` of `item`. On an order with several items: by default all not yet under a
-    /// live after-sale, bounded by what those already claim of the line — or, for the order's
-    /// last unclaimed units, by the order's own bound only. An order's only item:
-    /// by default all of it, with the order's own bound (freight included), as before lines
-    /// existed; part of it is worth its unit price × quantity.
+    /// `quantity` of `item`: by default all not yet under a live after-sale, bounded by what
+    /// those already claim of the line — or, for the order's last unclaimed units, by the
+    /// order's own bound only (freight included). An order's only item is no exception: its
+    /// earlier after-sales claim its units as a named line's do, so no line on it is that line
+    /// with the default quantity (all of it that is left; none left: `AlreadyClaimed`), and
+    /// all that is left of it is the order's last unclaimed units.
     fn of_item(
         order: &Order,
         item: &OrderItem,
         quantity: Option<NonZeroU32>,
         earlier: &[AfterSale],
     ) -> Result<LineChoice, LineError> {
-        if let [_] = order.items.as_slice() {
-            // An order's only item: refunds of part of its money (a price adjustment, a
-            // damaged box) each name all of it, so earlier after-sales bound the money only,
-            // through the order's own bound. Part of its goods is worth its units.
-            let quantity = quantity.map_or(item.quantity, NonZeroU32::get);
-            let most = (quantity < item.quantity)
-                .then(|| item.unit_price.checked_mul(quantity))
-                .transpose()?;
-            return Ok(LineChoice {
-                line: Some(AfterSaleLine {
-                    quantity,
-                    ..AfterSaleLine::whole(item)
-                }),
-                most,
-            });
-        }
         let (mut taken, mut claimed) = (0u32, Fen::ZERO);
         for a in earlier.iter().filter(|a| a.status.is_live()) {
             if let Some(l) = a.line.as_ref().filter(|l| l.is_of(item)) {
@@ -470,8 +505,15 @@ pub struct ReturnWaybill {
     pub waybill_id: String,
 }
 
+/// A transition its status does not allow. Said to callers as is (409 `AFTERSALE_STATE`):
+/// the status as the API writes it (`REQUESTED`, not `Requested`), what that status allows,
+/// and to read it again, for it may have moved on since the caller last looked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("after-sale is {from:?}; cannot {action}")]
+#[error(
+    "after-sale is {}: cannot {action}. {}; read it again (`list`) to see where it stands",
+    from.as_str(),
+    from.allows()
+)]
 pub struct AfterSaleTransitionError {
     pub from: AfterSaleStatus,
     pub action: &'static str,
@@ -1118,7 +1160,7 @@ mod tests {
     }
 
     #[test]
-    fn part_of_an_only_item_is_worth_its_units_and_all_of_it_keeps_the_freight() {
+    fn part_of_an_only_item_is_worth_its_units_and_all_that_is_left_keeps_the_freight() {
         // 3 × 500 and freight: one cup back is worth 500, not the whole order.
         let mut o = sample_order(1510);
         o.items[0].unit_price = Fen::new(500).unwrap();
@@ -1129,14 +1171,55 @@ mod tests {
         let one = AfterSaleLine::choose(&o, Some(&ask(Some(1))), &[]).unwrap();
         assert_eq!(one.most, Some(Fen::new(500).unwrap()));
         assert_eq!(one.line.clone().unwrap().quantity, 1);
-        // Partial refunds of its money each name all of it: only the order bounds them.
-        let taken = [earlier(one.line.unwrap(), 500, AfterSaleStatus::Requested)];
+        // One cup under a live after-sale: no line is the two left, as the line named without
+        // a quantity is — the last unclaimed units, so the order's bound (freight included).
+        let taken = [earlier(
+            one.line.clone().unwrap(),
+            500,
+            AfterSaleStatus::Requested,
+        )];
         for c in [
             AfterSaleLine::choose(&o, None, &taken).unwrap(),
-            AfterSaleLine::choose(&o, Some(&ask(Some(3))), &taken).unwrap(),
+            AfterSaleLine::choose(&o, Some(&ask(None)), &taken).unwrap(),
+            AfterSaleLine::choose(&o, Some(&ask(Some(2))), &taken).unwrap(),
         ] {
-            assert_eq!((c.line.unwrap().quantity, c.most), (3, None));
+            assert_eq!((c.line.unwrap().quantity, c.most), (2, None));
         }
+        // Part of what is left is worth its units; more than is left is refused.
+        let part = AfterSaleLine::choose(&o, Some(&ask(Some(1))), &taken).unwrap();
+        assert_eq!(part.most, Some(Fen::new(500).unwrap()));
+        assert_eq!(
+            AfterSaleLine::choose(&o, Some(&ask(Some(3))), &taken),
+            Err(LineError::AlreadyClaimed {
+                ordered: 3,
+                left: 2
+            })
+        );
+        // Every cup claimed (a refunded after-sale still claims its units): nothing is left,
+        // with or without the line named; a rejected one frees its units again.
+        let all = [
+            earlier(one.line.clone().unwrap(), 500, AfterSaleStatus::Refunded),
+            earlier(
+                AfterSaleLine {
+                    quantity: 2,
+                    ..one.line.clone().unwrap()
+                },
+                1010,
+                AfterSaleStatus::Requested,
+            ),
+        ];
+        for asked in [None, Some(ask(None))] {
+            assert_eq!(
+                AfterSaleLine::choose(&o, asked.as_ref(), &all),
+                Err(LineError::AlreadyClaimed {
+                    ordered: 3,
+                    left: 0
+                })
+            );
+        }
+        let freed = [earlier(one.line.unwrap(), 500, AfterSaleStatus::Rejected)];
+        let c = AfterSaleLine::choose(&o, None, &freed).unwrap();
+        assert_eq!((c.line.unwrap().quantity, c.most), (3, None));
     }
 
     // After-sales and WeChat's own moves.
@@ -1272,6 +1355,22 @@ mod tests {
         let names: std::collections::BTreeSet<_> =
             AfterSaleStatus::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(names.len(), AfterSaleStatus::ALL.len());
+    }
+
+    #[test]
+    fn a_refused_transition_names_the_status_as_the_api_writes_it_and_what_it_allows() {
+        let mut a = sample(AfterSaleKind::RefundOnly, AfterSaleStatus::Refunding);
+        let msg = a.cancel(0).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("after-sale is REFUNDING: cannot cancel."),
+            "{msg}"
+        );
+        assert!(msg.contains("wait until it reads REFUNDED"), "{msg}");
+        assert!(msg.contains("read it again"), "{msg}");
+        assert!(!msg.contains("Refunding;"), "{msg}");
+        for s in AfterSaleStatus::ALL {
+            assert!(!s.allows().is_empty(), "{s:?}");
+        }
     }
 
     #[test]

@@ -254,6 +254,13 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                 let order = repo::get_order(app.store.as_ref(), &order.out_trade_no)
                     .await?
                     .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+                if !order.value.status.is_paid()
+                    || order.value.status == crate::domain::OrderStatus::Refunded
+                    || order.value.refundable() == Fen::ZERO
+                {
+                    // Nothing paid, or all of it refunded: that, before which units are left.
+                    return Err(nothing_left_to_ask(&order.value));
+                }
                 let earlier = aftersales_of(app, &order.value).await?;
                 let choice = AfterSaleLine::choose(&order.value, asked.as_ref(), &earlier)
                     .map_err(line_error)?;
@@ -265,8 +272,10 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     .claimable()
                     .checked_sub(unheld)
                     .unwrap_or(Fen::ZERO);
+                // The most this application may ask for: its default.
+                let most_now = choice.most.map_or(left, |most| most.min(left));
                 let amount = match amount {
-                    None => choice.most.map_or(left, |most| most.min(left)),
+                    None => most_now,
                     Some(a) => Fen::new(a)
                         .ok()
                         .filter(|a| *a > Fen::ZERO)
@@ -280,18 +289,17 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                             )
                         })?,
                 };
+                // An amount that does not fit: what to ask for instead, or, with nothing left
+                // (by default: 0 fen), why rather than "… exceeds the 0 fen …".
+                let too_much = |why: String| {
+                    if most_now == Fen::ZERO {
+                        nothing_left_to_ask(&order.value)
+                    } else {
+                        ApiError::conflict("NOT_REFUNDABLE", ask_at_most(why, most_now))
+                    }
+                };
                 if amount == Fen::ZERO {
-                    // Nothing left by default: say why rather than "0 fen exceeds …".
-                    let one = Fen::new(1).map_err(|e| ApiError::internal(e.to_string()))?;
-                    let why = match order.value.check_refund(one) {
-                        Err(e) => e.to_string(),
-                        Ok(()) => format!(
-                            "nothing is left to ask for: open after-sales hold all of the {} \
-                             fen the order can still refund",
-                            order.value.refundable().get()
-                        ),
-                    };
-                    return Err(ApiError::conflict("NOT_REFUNDABLE", why));
+                    return Err(too_much(String::new()));
                 }
                 if let Some(most) = choice.most.filter(|most| amount > *most) {
                     return Err(ApiError::bad_request(
@@ -308,7 +316,12 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                 order
                     .value
                     .check_refund(amount)
-                    .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
+                    .map_err(|e| match e {
+                        crate::domain::TransitionError::RefundTooLarge { .. } => {
+                            too_much(e.to_string())
+                        }
+                        _ => nothing_left_to_ask(&order.value),
+                    })?;
                 let now = app.clock.now_ms();
                 let aftersale = AfterSale {
                     id: keyed_id.clone().unwrap_or_else(|| AfterSaleId::generate(now)),
@@ -333,14 +346,11 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                 let mut next_order = order.value.clone();
                 let held = next_order.claim_refund(&aftersale.id, amount, now);
                 if held.is_err() || amount.get() + unheld.get() > order.value.claimable().get() {
-                    return Err(ApiError::conflict(
-                        "NOT_REFUNDABLE",
-                        format!(
-                            "open after-sales already cover this amount: {} fen can still be \
-                             asked for",
-                            order.value.claimable().get().saturating_sub(unheld.get())
-                        ),
-                    ));
+                    return Err(too_much(format!(
+                        "open after-sales already cover this amount: {} fen can still be \
+                         asked for",
+                        order.value.claimable().get().saturating_sub(unheld.get())
+                    )));
                 }
                 let mut batch = Batch::new();
                 batch.create_aftersale(&aftersale);
@@ -643,6 +653,42 @@ fn not_refundable_by_merchant(
                 open.join(", ")
             }
         ),
+    )
+}
+
+/// 409 `NOT_REFUNDABLE` for an application with nothing left to ask for: why (the order not
+/// paid or refunded in full already, or open after-sales holding all that is left) and what
+/// to do.
+fn nothing_left_to_ask(order: &crate::domain::Order) -> ApiError {
+    let why = if !order.status.is_paid() {
+        format!(
+            "order is {}: nothing was paid, so nothing can be refunded",
+            order.status.as_str()
+        )
+    } else if order.status == crate::domain::OrderStatus::Refunded
+        || order.refundable() == Fen::ZERO
+    {
+        format!(
+            "order is {}: all {} fen paid was refunded already, nothing is left to ask for",
+            order.status.as_str(),
+            order.total.get()
+        )
+    } else {
+        format!(
+            "nothing is left to ask for: open after-sales hold all of the {} fen the order \
+             can still refund; wait for them to end, or cancel one of yours and apply again",
+            order.refundable().get()
+        )
+    };
+    ApiError::conflict("NOT_REFUNDABLE", why)
+}
+
+/// `why` an amount asked for does not fit, with what to do: ask for at most `most` fen (what
+/// this application may still ask for), or leave `amount` out, which asks for just that.
+fn ask_at_most(why: impl std::fmt::Display, most: Fen) -> String {
+    format!(
+        "{why}; ask for at most {} fen, or leave `amount` out to ask for all that is left",
+        most.get()
     )
 }
 
