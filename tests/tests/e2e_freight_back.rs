@@ -14,69 +14,22 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use wxlocal::gateway::Running;
 use wxshop::domain::OutTradeNo;
 use wxshop::store::repo;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, stack_with, wx_order, InProcess};
+use support::{eventually, stack_with, InProcess};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The tea (1,990) is 1,490 of goods and 500 of freight here.
-const FREIGHT: i64 = 500;
+const FREIGHT: i64 = support::TWO_LINES_FREIGHT;
 const TEA: i64 = 1990 - FREIGHT;
 /// Two cups at 500.
 const CUPS: i64 = 2 * 500;
-const TOTAL: i64 = 1990 + CUPS;
-
-/// `user` buys one tea and two cups and pays at the sandbox's cashier; the stored order then
-/// charges [`FREIGHT`] of its total. With the component on, returns once WeChat's component
-/// order reads paid (20); off, once the order reads PAID: (token, out_trade_no).
-async fn two_lines_with_freight(
-    r: &Running,
-    c: &InProcess<'_>,
-    user: &str,
-    component: bool,
-) -> (String, String) {
-    c.listed_product("cup", "cup-1", 500).await;
-    let (token, _) = c.login(user).await;
-    let (s, order) = c
-        .post(
-            "/fn/unifiedOrder",
-            Some(&token),
-            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1},
-                              {"product_id": "cup", "sku_id": "cup-1", "quantity": 2}],
-                    "address": {"receiver_name": "A", "detailed_address": "1 Road",
-                                "tel_number": "13800000000"}}),
-        )
-        .await;
-    assert_eq!(s, 200, "{order}");
-    assert_eq!(order["total_fee"], TOTAL, "{order}");
-    let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.pay_at_sandbox(&no).await;
-    if component {
-        eventually("WeChat's component order paid (20)", WAIT, || async {
-            wx_order(r, &no).await.status == 20
-        })
-        .await;
-    } else {
-        eventually("the order PAID", WAIT, || async {
-            c.status(&token, &no).await["status"] == "PAID"
-        })
-        .await;
-    }
-    support::tea_carries_freight(r, &no, FREIGHT).await;
-    let order = c.status(&token, &no).await;
-    assert_eq!(
-        (&order["total_fee"], &order["freight"]),
-        (&json!(TOTAL), &json!(FREIGHT)),
-        "{order}"
-    );
-    (token, no)
-}
+const TOTAL: i64 = support::TWO_LINES_TOTAL;
 
 /// The user's application for an after-sale of `no` (`extra`: line, amount, reason):
 /// (HTTP status, answer).
@@ -152,7 +105,7 @@ async fn stock_of(c: &InProcess<'_>, product_id: &str, sku_id: &str) -> i64 {
 async fn the_last_line_of_an_order_takes_its_freight_back() {
     let r = stack_with(&[]).await;
     let c = InProcess::new(&r);
-    let (token, no) = two_lines_with_freight(&r, &c, "frida", true).await;
+    let (token, no) = support::two_lines_with_freight(&r, &c, "frida", true).await;
     let (tea_stock, cup_stock) = (
         stock_of(&c, "tea", "tea-250g").await,
         stock_of(&c, "cup", "cup-1").await,
@@ -281,7 +234,7 @@ async fn the_last_line_of_an_order_takes_its_freight_back() {
 async fn whichever_line_is_claimed_last_takes_the_freight() {
     let r = stack_with(&[]).await;
     let c = InProcess::new(&r);
-    let (token, no) = two_lines_with_freight(&r, &c, "greta", true).await;
+    let (token, no) = support::two_lines_with_freight(&r, &c, "greta", true).await;
 
     let (s, v) = apply(&c, &token, &no, asking(cup_line(), CUPS + 1)).await;
     assert_eq!(
@@ -345,7 +298,7 @@ async fn whichever_line_is_claimed_last_takes_the_freight() {
 async fn with_the_component_off_the_last_line_takes_the_freight_too() {
     let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
     let c = InProcess::new(&r);
-    let (token, no) = two_lines_with_freight(&r, &c, "hanna", false).await;
+    let (token, no) = support::two_lines_with_freight(&r, &c, "hanna", false).await;
     let (s, v) = apply(&c, &token, &no, asking(tea_line(), TEA + 1)).await;
     assert_eq!(
         (s, v["code"].as_str()),

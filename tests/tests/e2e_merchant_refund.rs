@@ -17,45 +17,17 @@ use wxlocal::gateway::Running;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, stack_with, wx_order, InProcess};
+use support::{eventually, stack_with, InProcess};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The tea (1,990) is 1,490 of goods and 500 of freight in the freight order.
-const FREIGHT: i64 = 500;
+const FREIGHT: i64 = support::TWO_LINES_FREIGHT;
 const TEA: i64 = 1990 - FREIGHT;
 /// Two cups at 500.
 const CUPS: i64 = 2 * 500;
-const TOTAL: i64 = 1990 + CUPS;
-
-/// `user` buys one tea and two cups and pays at the sandbox's cashier; the stored order then
-/// charges [`FREIGHT`] of its total. The component is on: returns once WeChat's component
-/// order reads paid (20): (token, out_trade_no).
-async fn two_lines_with_freight(r: &Running, c: &InProcess<'_>, user: &str) -> (String, String) {
-    c.listed_product("cup", "cup-1", 500).await;
-    let (token, _) = c.login(user).await;
-    let (s, order) = c
-        .post(
-            "/fn/unifiedOrder",
-            Some(&token),
-            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1},
-                              {"product_id": "cup", "sku_id": "cup-1", "quantity": 2}],
-                    "address": {"receiver_name": "A", "detailed_address": "1 Road",
-                                "tel_number": "13800000000"}}),
-        )
-        .await;
-    assert_eq!(s, 200, "{order}");
-    assert_eq!(order["total_fee"], TOTAL, "{order}");
-    let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.pay_at_sandbox(&no).await;
-    eventually("WeChat's component order paid (20)", WAIT, || async {
-        wx_order(r, &no).await.status == 20
-    })
-    .await;
-    support::tea_carries_freight(r, &no, FREIGHT).await;
-    (token, no)
-}
+const TOTAL: i64 = support::TWO_LINES_TOTAL;
 
 /// `user` buys one tea (1,990) and pays at the sandbox's cashier (WeChat Pay; the stack's
 /// component is off); returns once the order reads PAID: (token, out_trade_no).
@@ -135,7 +107,7 @@ async fn ship(c: &InProcess<'_>, no: &str) -> (u16, Value) {
 async fn the_freight_left_on_an_order_refunded_line_by_line_is_refunded_by_the_merchant() {
     let r = stack_with(&[]).await;
     let c = InProcess::new(&r);
-    let (token, no) = two_lines_with_freight(&r, &c, "frida").await;
+    let (token, no) = support::two_lines_with_freight(&r, &c, "frida", true).await;
 
     // Each line at its price: the freight is left.
     let (s, v) = apply(

@@ -903,6 +903,59 @@ pub async fn tea_edit_approved_push_lost(r: &Running, c: &Client) {
     assert_eq!(s, 200, "{v}");
 }
 
+/// The freight order of `e2e_freight_back` and `e2e_merchant_refund`: one tea (1,990, of which
+/// [`TWO_LINES_FREIGHT`] is freight once [`tea_carries_freight`] wrote it) and two cups at 500.
+pub const TWO_LINES_FREIGHT: i64 = 500;
+/// What the freight order costs in all: the tea and two cups.
+pub const TWO_LINES_TOTAL: i64 = 1990 + 2 * 500;
+
+/// `user` buys one tea and two cups and pays at the sandbox's cashier; the stored order then
+/// charges [`TWO_LINES_FREIGHT`] of its total. With the component on, returns once WeChat's
+/// component order reads paid (20); off, once the order reads PAID: (token, out_trade_no).
+pub async fn two_lines_with_freight(
+    r: &Running,
+    c: &InProcess<'_>,
+    user: &str,
+    component: bool,
+) -> (String, String) {
+    const WAIT: Duration = Duration::from_secs(30);
+    c.listed_product("cup", "cup-1", 500).await;
+    let (token, _) = c.login(user).await;
+    let (s, order) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1},
+                              {"product_id": "cup", "sku_id": "cup-1", "quantity": 2}],
+                    "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                                "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{order}");
+    assert_eq!(order["total_fee"], TWO_LINES_TOTAL, "{order}");
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.pay_at_sandbox(&no).await;
+    if component {
+        eventually("WeChat's component order paid (20)", WAIT, || async {
+            wx_order(r, &no).await.status == 20
+        })
+        .await;
+    } else {
+        eventually("the order PAID", WAIT, || async {
+            c.status(&token, &no).await["status"] == "PAID"
+        })
+        .await;
+    }
+    tea_carries_freight(r, &no, TWO_LINES_FREIGHT).await;
+    let order = c.status(&token, &no).await;
+    assert_eq!(
+        (&order["total_fee"], &order["freight"]),
+        (&json!(TWO_LINES_TOTAL), &json!(TWO_LINES_FREIGHT)),
+        "{order}"
+    );
+    (token, no)
+}
+
 /// The stored order `no` charges `freight` of its total: its one tea's unit price less it, the
 /// total unchanged (a version-checked write, retried on a conflict) — an order with freight,
 /// which nothing in the catalog charges yet.
