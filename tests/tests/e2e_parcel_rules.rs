@@ -104,7 +104,7 @@ async fn dead_sends(c: &InProcess<'_>, no: &str) -> Vec<Value> {
 /// THEN the shipment is refused 409 `NOTHING_TO_SHIP`, saying every item was refunded and
 /// what to do (refund what is left), and nothing is stored or sent: the order stays PAID
 /// without a waybill, no `delivery/send` reaches WeChat, whose order stays paid (20). Once the
-/// freight is refunded too the order is REFUNDED, and `ship` says so.
+/// freight is refunded too (the merchant's `refund`) the order is REFUNDED, and `ship` says so.
 ///
 /// It was accepted (200, SHIPPED), and WeChat was sent a parcel listing no goods, which it
 /// took: the user's order centre showed a shipment with nothing in it.
@@ -147,12 +147,33 @@ async fn shipping_an_order_whose_every_item_was_refunded_is_refused() {
     );
 
     // What the refusal advises: the freight back too (WeChat Pay takes one refund of an
-    // order a minute), and the order is closed, REFUNDED.
+    // order a minute), and the order is closed, REFUNDED. The user cannot ask for it: the
+    // only item's every unit is under an after-sale (no line on a one-item order is that
+    // line, what is left of it — since `e2e_claim_rules`); the merchant's own refund gives
+    // it back.
     r.sandbox.clock().advance(60_000);
-    let id = c
-        .apply(&token, &no, json!({"reason": "the freight back"}))
+    let (s, v) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "the freight back"}),
+        )
         .await;
-    c.approve(&id).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (400, &json!("LINE_ALREADY_CLAIMED")),
+        "{v}"
+    );
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "refund", "out_trade_no": no, "reason": "the freight back",
+                    "idempotency_key": "freight-back"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["amount"], FREIGHT, "{v}");
+    let id = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
     c.until_refunded(&token, &no, &id).await;
     eventually("the order REFUNDED", WAIT, || async {
         c.status(&token, &no).await["status"] == "REFUNDED"
