@@ -10,27 +10,6 @@ use std::time::Duration;
 mod support;
 use support::{eventually, get_product, stack_with, Client};
 
-/// `wechat` pass-through of `api` with `body`.
-async fn wechat(c: &Client, api: &str, body: Value) -> (u16, Value) {
-    c.admin(
-        "/admin/catalogSync",
-        &json!({"action": "wechat", "api": api, "body": body}),
-    )
-    .await
-}
-
-/// An image uploaded by URL through `shop/img/upload`: WeChat's `temp_img_url` of it.
-async fn uploaded(c: &Client, url: &str) -> String {
-    let (s, v) = wechat(
-        c,
-        "shop/img/upload",
-        json!({"resp_type": 1, "upload_type": 1, "img_url": url}),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    v["img_info"]["temp_img_url"].as_str().unwrap().to_owned()
-}
-
 /// The merchant's `upsert` of infant formula (WeChat's level-3 category 7419, which needs a
 /// category qualification and, per product, `qualification_pics`).
 fn formula(pics: Value) -> Value {
@@ -65,17 +44,21 @@ async fn a_product_needing_qualification_images_goes_on_sale_with_them() {
     let r = stack_with(&[]).await;
     let c = Client::new(&r);
     let (token, _) = c.login("buyer").await;
-    let licence = uploaded(&c, "https://files.example.com/licence.jpg").await;
-    let certificate = uploaded(&c, "https://files.example.com/formula-permit.jpg").await;
+    let licence = c
+        .uploaded_image("https://files.example.com/licence.jpg")
+        .await;
+    let certificate = c
+        .uploaded_image("https://files.example.com/formula-permit.jpg")
+        .await;
 
-    let (s, v) = wechat(
-        &c,
-        "shop/audit/audit_category",
-        json!({"audit_req": {"license": [licence],
+    let (s, v) = c
+        .wechat(
+            "shop/audit/audit_category",
+            json!({"audit_req": {"license": [licence],
             "category_info": {"level1": 4, "level2": 401, "level3": 7419,
                               "certificate": [certificate]}}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let audit_id = v["audit_id"].as_str().unwrap().to_owned();
     eventually(
@@ -85,7 +68,9 @@ async fn a_product_needing_qualification_images_goes_on_sale_with_them() {
             let c = c.clone();
             let audit_id = audit_id.clone();
             async move {
-                let (s, v) = wechat(&c, "shop/audit/result", json!({"audit_id": audit_id})).await;
+                let (s, v) = c
+                    .wechat("shop/audit/result", json!({"audit_id": audit_id}))
+                    .await;
                 s == 200 && v["data"]["status"] == 1
             }
         },
@@ -108,7 +93,9 @@ async fn a_product_needing_qualification_images_goes_on_sale_with_them() {
     assert_eq!(s, 404, "nothing stored: {v}");
     assert!(sent(&r, "shop/spu/add").is_empty());
 
-    let pic = uploaded(&c, "https://files.example.com/formula-report.jpg").await;
+    let pic = c
+        .uploaded_image("https://files.example.com/formula-report.jpg")
+        .await;
     let (s, v) = c.admin("/admin/catalogSync", &formula(json!([pic]))).await;
     assert_eq!(s, 200, "WeChat takes it for audit: {v}");
     assert_eq!(v["product"]["audit"], "AUDITING", "{v}");
@@ -138,7 +125,9 @@ async fn a_product_needing_qualification_images_goes_on_sale_with_them() {
 
     // A new qualification image is reviewed again: an edit under audit, the approved
     // version on sale meanwhile.
-    let renewed = uploaded(&c, "https://files.example.com/formula-report-2027.jpg").await;
+    let renewed = c
+        .uploaded_image("https://files.example.com/formula-report-2027.jpg")
+        .await;
     r.sandbox.set_auto_audit(false);
     let (s, v) = c
         .admin("/admin/catalogSync", &formula(json!([renewed])))
@@ -176,9 +165,9 @@ async fn qualification_images_must_be_uploaded_to_wechat_first() {
         json!({"audit_req": {"license": [licence], "brand_info": {
             "brand_wording": "West Lake Tea", "sale_authorization": [authorisation]}}})
     };
-    let hosted = uploaded(&c, own).await;
+    let hosted = c.uploaded_image(own).await;
     for body in [brand(own, &hosted), brand(&hosted, own)] {
-        let (s, v) = wechat(&c, "shop/audit/audit_brand", body).await;
+        let (s, v) = c.wechat("shop/audit/audit_brand", body).await;
         assert_eq!(
             (s, v["code"].as_str()),
             (502, Some("WECHAT_REFUSED")),
@@ -190,7 +179,9 @@ async fn qualification_images_must_be_uploaded_to_wechat_first() {
             "says which image and what to do: {msg}"
         );
     }
-    let (s, v) = wechat(&c, "shop/audit/audit_brand", brand(&hosted, &hosted)).await;
+    let (s, v) = c
+        .wechat("shop/audit/audit_brand", brand(&hosted, &hosted))
+        .await;
     assert_eq!(s, 200, "{v}");
     assert!(v["audit_id"].as_str().is_some(), "{v}");
 
@@ -198,7 +189,7 @@ async fn qualification_images_must_be_uploaded_to_wechat_first() {
         json!({"audit_req": {"license": [hosted.clone()], "category_info": {
             "level1": 3, "level2": 301, "level3": 7231, "certificate": [certificate]}}})
     };
-    let (s, v) = wechat(&c, "shop/audit/audit_category", category(own)).await;
+    let (s, v) = c.wechat("shop/audit/audit_category", category(own)).await;
     assert_eq!(
         (s, v["code"].as_str()),
         (502, Some("WECHAT_REFUSED")),
@@ -208,15 +199,17 @@ async fn qualification_images_must_be_uploaded_to_wechat_first() {
         v["message"].as_str().unwrap().contains("certificate"),
         "{v}"
     );
-    let (s, v) = wechat(
-        &c,
-        "shop/img/upload",
-        json!({"resp_type": 0, "upload_type": 1, "img_url": own}),
-    )
-    .await;
+    let (s, v) = c
+        .wechat(
+            "shop/img/upload",
+            json!({"resp_type": 0, "upload_type": 1, "img_url": own}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let media_id = v["img_info"]["media_id"].as_str().unwrap().to_owned();
-    let (s, v) = wechat(&c, "shop/audit/audit_category", category(&media_id)).await;
+    let (s, v) = c
+        .wechat("shop/audit/audit_category", category(&media_id))
+        .await;
     assert_eq!(s, 200, "a media_id from shop/img/upload: {v}");
 }
 

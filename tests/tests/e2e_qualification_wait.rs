@@ -12,27 +12,6 @@ mod support;
 use support::{eventually, get_product, stack_with, Client};
 use wxlocal::gateway::Running;
 
-/// `wechat` pass-through of `api` with `body`.
-async fn wechat(c: &Client, api: &str, body: Value) -> (u16, Value) {
-    c.admin(
-        "/admin/catalogSync",
-        &json!({"action": "wechat", "api": api, "body": body}),
-    )
-    .await
-}
-
-/// An image uploaded by URL through `shop/img/upload`: WeChat's `temp_img_url` of it.
-async fn uploaded(c: &Client, url: &str) -> String {
-    let (s, v) = wechat(
-        c,
-        "shop/img/upload",
-        json!({"resp_type": 1, "upload_type": 1, "img_url": url}),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    v["img_info"]["temp_img_url"].as_str().unwrap().to_owned()
-}
-
 /// The merchant's `upsert` of a face cream: WeChat's level-3 category 7231, whose products
 /// WeChat takes only once the shop's qualification for it is approved (`shop/cat/get`:
 /// `qualification_type` 1), of brand `brand_id`.
@@ -85,16 +64,20 @@ async fn cream_refused_for_its_category(r: &Running, c: &Client) {
 
 /// The category's qualification audit applied for through `wechat`: its `audit_id`.
 async fn apply_for_the_category(c: &Client) -> String {
-    let licence = uploaded(c, "https://files.example.com/licence.jpg").await;
-    let certificate = uploaded(c, "https://files.example.com/cosmetics-permit.jpg").await;
-    let (s, v) = wechat(
-        c,
-        "shop/audit/audit_category",
-        json!({"audit_req": {"license": [licence],
+    let licence = c
+        .uploaded_image("https://files.example.com/licence.jpg")
+        .await;
+    let certificate = c
+        .uploaded_image("https://files.example.com/cosmetics-permit.jpg")
+        .await;
+    let (s, v) = c
+        .wechat(
+            "shop/audit/audit_category",
+            json!({"audit_req": {"license": [licence],
             "category_info": {"level1": 3, "level2": 301, "level3": 7231,
                               "certificate": [certificate]}}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     v["audit_id"].as_str().unwrap().to_owned()
 }
@@ -259,7 +242,9 @@ async fn a_verdict_on_an_unknown_audit_is_acknowledged_and_changes_nothing() {
     cream_refused_for_its_category(&r, &c).await;
 
     // Applied for directly at WeChat, not through catalogSync.
-    let licence = uploaded(&c, "https://files.example.com/licence.jpg").await;
+    let licence = c
+        .uploaded_image("https://files.example.com/licence.jpg")
+        .await;
     let reply: Value = r
         .app
         .wx
@@ -319,14 +304,16 @@ async fn a_brand_verdict_names_the_new_brand_id() {
     let p = get_product(&c, "tea").await;
     assert_eq!(p["waiting_for"], json!({"brand": 123_456}), "{p}");
 
-    let licence = uploaded(&c, "https://files.example.com/licence.jpg").await;
-    let (s, v) = wechat(
-        &c,
-        "shop/audit/audit_brand",
-        json!({"audit_req": {"license": [licence.clone()], "brand_info": {
+    let licence = c
+        .uploaded_image("https://files.example.com/licence.jpg")
+        .await;
+    let (s, v) = c
+        .wechat(
+            "shop/audit/audit_brand",
+            json!({"audit_req": {"license": [licence.clone()], "brand_info": {
             "brand_wording": "Moon Cream", "sale_authorization": [licence]}}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let audit_id = v["audit_id"].as_str().unwrap().to_owned();
     let verdict = c.control("audit", &json!({"audit_id": audit_id})).await;
@@ -380,7 +367,7 @@ async fn a_malformed_wechat_body_is_refused_here() {
             "out_product_id",
         ),
     ] {
-        let (s, v) = wechat(&c, api, body.clone()).await;
+        let (s, v) = c.wechat(api, body.clone()).await;
         assert_eq!(
             (s, v["code"].as_str()),
             (400, Some("BAD_WECHAT_BODY")),
@@ -395,6 +382,6 @@ async fn a_malformed_wechat_body_is_refused_here() {
         assert_eq!(r.sandbox.calls(api).len(), *n, "{api} sent to WeChat");
     }
     // A well-formed body still goes to WeChat.
-    wechat(&c, "shop/register/check", json!({})).await;
+    c.wechat("shop/register/check", json!({})).await;
     assert_eq!(r.sandbox.calls("shop/register/check").len(), before[2] + 1);
 }

@@ -202,6 +202,27 @@ impl Client {
         self.post(path, Some(&token), body).await
     }
 
+    /// catalogSync's `wechat` pass-through of `api` with `body`: (HTTP status, answer).
+    pub async fn wechat(&self, api: &str, body: Value) -> (u16, Value) {
+        self.admin(
+            "/admin/catalogSync",
+            &json!({"action": "wechat", "api": api, "body": body}),
+        )
+        .await
+    }
+
+    /// An image uploaded by URL through `shop/img/upload`: WeChat's `temp_img_url` of it.
+    pub async fn uploaded_image(&self, url: &str) -> String {
+        let (s, v) = self
+            .wechat(
+                "shop/img/upload",
+                json!({"resp_type": 1, "upload_type": 1, "img_url": url}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["img_info"]["temp_img_url"].as_str().unwrap().to_owned()
+    }
+
     pub async fn stock(&self) -> i64 {
         let (s, p) = self
             .admin(

@@ -264,14 +264,7 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                 let earlier = aftersales_of(app, &order.value).await?;
                 let choice = AfterSaleLine::choose(&order.value, asked.as_ref(), &earlier)
                     .map_err(line_error)?;
-                // Open after-sales that hold nothing on the order (recorded before holds
-                // existed, or imported from WeChat beyond what was left) count too.
-                let unheld = unheld_in(&order.value, &earlier)?;
-                let left = order
-                    .value
-                    .claimable()
-                    .checked_sub(unheld)
-                    .unwrap_or(Fen::ZERO);
+                let left = left_to_claim(&order.value, &earlier)?;
                 // The most this application may ask for: its default.
                 let most_now = choice.most.map_or(left, |most| most.min(left));
                 let amount = match amount {
@@ -572,12 +565,7 @@ async fn merchant_refund(
             ));
         }
         let earlier = aftersales_of(app, &order.value).await?;
-        let unheld = unheld_in(&order.value, &earlier)?;
-        let left = order
-            .value
-            .claimable()
-            .checked_sub(unheld)
-            .unwrap_or(Fen::ZERO);
+        let left = left_to_claim(&order.value, &earlier)?;
         let amount = amount.unwrap_or(left);
         if amount > left || amount == Fen::ZERO {
             return Err(not_refundable_by_merchant(
@@ -713,6 +701,14 @@ async fn open_unheld(app: &App, order: &crate::domain::Order) -> Result<Fen, Api
     let all = repo::aftersales_of_order(app.store.as_ref(), &order.out_trade_no).await?;
     let all: Vec<AfterSale> = all.into_iter().map(|a| a.value).collect();
     unheld_in(order, &all)
+}
+
+/// What `order` can still refund beside its after-sales `all`: what it can claim less what
+/// open after-sales that hold nothing on it ask for (recorded before holds existed, or
+/// imported from WeChat beyond what was left) — they count too.
+fn left_to_claim(order: &crate::domain::Order, all: &[AfterSale]) -> Result<Fen, ApiError> {
+    let unheld = unheld_in(order, all)?;
+    Ok(order.claimable().checked_sub(unheld).unwrap_or(Fen::ZERO))
 }
 
 /// What the open after-sales among `all` that hold nothing on `order` ask for.
