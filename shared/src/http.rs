@@ -140,8 +140,40 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Ap
             "request body is over 64 KiB",
         ));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("BAD_REQUEST", format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| body_refused(req, &e))
+}
+
+/// 400 `BAD_REQUEST` for a body `parse_json` could not read: serde's own detail (the field,
+/// the variant or the type it met, and where), then what to do about it in our words, and
+/// where the route's body is described.
+fn body_refused(req: &Request, e: &serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let detail = e.to_string();
+    // serde's wording, the position it appends aside.
+    let what = detail.split(" at line ").next().unwrap_or(&detail);
+    let todo = match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            "the body is not JSON: send one JSON object"
+        }
+        Category::Data if what.starts_with("missing field") => "give it",
+        Category::Data if what.starts_with("unknown variant") => "use one of those",
+        Category::Data if what.starts_with("unknown field") => {
+            "leave it out, or spell it as one of those"
+        }
+        Category::Data if what.starts_with("invalid") => {
+            "give each field the type the route's table shows"
+        }
+        Category::Data => "fix the body as the route's table shows",
+    };
+    ApiError::bad_request(
+        "BAD_REQUEST",
+        format!(
+            "the body must be a JSON object of the route's fields; {detail}: {todo} (see \
+             docs/API.md, {} {})",
+            req.method(),
+            req.uri().path()
+        ),
+    )
 }
 
 /// The bearer token of `Authorization`, if any.

@@ -1429,3 +1429,102 @@ async fn the_shop_route_needs_a_session_and_only_reads() {
     assert_eq!(v["products"][0]["listing"], "LISTED", "{v}");
     r.stop();
 }
+
+/// GIVEN a mini-program developer following docs/API.md by hand WHEN the shop's catalogSync
+/// gets a body it cannot read (an action misspelt, a field missing, a field of the wrong type)
+/// THEN it is still 400 `BAD_REQUEST`, with serde's detail kept, but the message also says what
+/// to do and where the route is described (it read only "invalid request body: missing field
+/// `product_id` at line 1 column 15"); AND WHEN the product asked for is not on sale THEN the
+/// 404 `NO_SUCH_PRODUCT` says why it may be gone and to reload the shop's products (it read
+/// only "no product gone on sale").
+#[tokio::test]
+async fn the_shop_says_what_to_do_with_a_body_it_cannot_read_or_a_product_not_on_sale() {
+    let r = stack_with(&[]).await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("reader").await;
+    let route = "(see docs/API.md, POST /fn/catalogSync)";
+    for (body, serde, todo) in [
+        (
+            json!({"action": "get"}),
+            "missing field `product_id`",
+            "give it",
+        ),
+        (
+            json!({"action": "prodcts"}),
+            "unknown variant `prodcts`, expected `products` or `get`",
+            "use one of those",
+        ),
+        (
+            json!({"action": "get", "product_id": 5}),
+            "invalid type: integer `5`, expected a string",
+            "give each field the type the route's table shows",
+        ),
+        (json!({}), "missing field `action`", "give it"),
+    ] {
+        let (s, v) = shop(&c, &token, body.clone()).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (400, Some("BAD_REQUEST")),
+            "{body}: {v}"
+        );
+        let m = v["message"].as_str().unwrap();
+        assert!(
+            m.starts_with("the body must be a JSON object"),
+            "{body}: {v}"
+        );
+        assert!(m.contains(serde), "{body}: {v}");
+        assert!(m.contains(todo), "{body}: {v}");
+        assert!(m.ends_with(route), "{body}: {v}");
+    }
+    // Not JSON at all.
+    let resp = c
+        .http
+        .post(format!("{}/fn/catalogSync", c.base))
+        .bearer_auth(&token)
+        .body("action=get")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], "BAD_REQUEST", "{v}");
+    let m = v["message"].as_str().unwrap();
+    assert!(
+        m.contains("the body is not JSON: send one JSON object"),
+        "{v}"
+    );
+    assert!(m.ends_with(route), "{v}");
+
+    let (s, v) = shop(&c, &token, json!({"action": "get", "product_id": "gone"})).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (404, Some("NO_SUCH_PRODUCT")),
+        "{v}"
+    );
+    let m = v["message"].as_str().unwrap();
+    assert!(m.contains("no product gone on sale"), "{v}");
+    assert!(
+        m.contains("reload the shop's products (catalogSync products)"),
+        "{v}"
+    );
+    // The merchant's side names where the catalog is listed.
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "get", "product_id": "gone"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (404, Some("NO_SUCH_PRODUCT")),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("catalogSync products"),
+        "{v}"
+    );
+    r.stop();
+}

@@ -6463,3 +6463,107 @@ async fn a_wrong_method_or_path_says_what_to_use_instead() {
         "{v}"
     );
 }
+
+/// GIVEN a merchant reconciling by hand WHEN `bill_date` is not a China-time `yyyyMMdd` THEN
+/// 400 `BAD_BILL_DATE` gives an example day (yesterday, in the form asked for) and the oldest
+/// day WeChat Pay serves bills of (it said only "bill_date must be yyyyMMdd").
+#[tokio::test]
+async fn a_malformed_bill_date_is_refused_with_an_example_and_the_days_served() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let now = r.app.clock.now_ms();
+    let yesterday = wxshop::time::beijing_date(now - DAY_MS);
+    for bad in ["2026-12-06", "yesterday", "202612"] {
+        let (s, v) = c
+            .admin(
+                "/admin/orderSync",
+                &json!({"action": "reconcile", "bill_date": bad}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (400, Some("BAD_BILL_DATE")),
+            "{bad}: {v}"
+        );
+        let m = v["message"].as_str().unwrap();
+        assert!(m.contains(&format!("e.g. {yesterday}")), "{bad}: {v}");
+        assert!(
+            m.contains("WeChat Pay serves the bills of") && m.contains("and later"),
+            "{bad}: {v}"
+        );
+    }
+    r.stop();
+}
+
+/// GIVEN a developer driving the sandbox's controls by hand (docs/SANDBOX.md) WHEN a control
+/// body lacks a field it needs THEN 400 naming the field (it was 409, which reads as "the state
+/// does not allow it"), while a well-formed call the state refuses stays 409; AND WHEN a
+/// sandbox path is called with the wrong method THEN 405 says which method to use, in a JSON
+/// body like the gateway's (it was 405 with an empty body).
+#[tokio::test]
+async fn a_malformed_sandbox_control_is_400_naming_the_field_and_a_wrong_method_says_which() {
+    let r = stack().await;
+    let c = Client::new(&r);
+
+    for (path, body, field) in [
+        ("audit", json!({}), "out_product_id"),
+        ("aftersale", json!({"action": "apply"}), "out_order_id"),
+        (
+            "aftersale",
+            json!({"action": "apply", "out_order_id": "nope"}),
+            "orderamt",
+        ),
+        ("aftersale", json!({"action": "cancel"}), "aftersale_id"),
+        ("aftersale", json!({"action": "refund2"}), "platform_refund"),
+        ("order", json!({"action": "cancel"}), "out_order_id"),
+        ("pay", json!({}), "prepay_id"),
+    ] {
+        let (s, v) = c
+            .post(&format!("/sandbox/_control/{path}"), None, &body)
+            .await;
+        assert_eq!(s, 400, "{path} {body}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains(field),
+            "{path} {body}: {v}"
+        );
+    }
+    // Well formed, refused by the state: still 409.
+    for (path, body) in [
+        (
+            "aftersale",
+            json!({"action": "apply", "out_order_id": "nope", "orderamt": 1}),
+        ),
+        ("aftersale", json!({"action": "cancel", "aftersale_id": 42})),
+        ("audit", json!({"out_product_id": "nope"})),
+        ("order", json!({"action": "cancel", "out_order_id": "nope"})),
+    ] {
+        let (s, v) = c
+            .post(&format!("/sandbox/_control/{path}"), None, &body)
+            .await;
+        assert_eq!(s, 409, "{path} {body}: {v}");
+    }
+
+    for (path, method) in [
+        ("/sandbox/_control/audit", "POST"),
+        ("/sandbox/_control/aftersale", "POST"),
+        ("/sandbox/mch/pay/unifiedorder", "POST"),
+    ] {
+        let (s, v) = c.get(path).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (405, Some("METHOD_NOT_ALLOWED")),
+            "{path}: {v}"
+        );
+        let m = v["message"].as_str().unwrap();
+        assert!(m.contains(&format!("use {method}")), "{path}: {v}");
+        assert!(m.contains(path), "{path}: {v}");
+    }
+    let (s, v) = c.post("/sandbox/_control/calls", None, &json!({})).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (405, Some("METHOD_NOT_ALLOWED")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("use GET"), "{v}");
+    r.stop();
+}

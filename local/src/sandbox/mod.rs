@@ -507,40 +507,67 @@ impl Sandbox {
     /// The routes, relative to `/sandbox`.
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/mch/{*path}", post(mch_route))
-            .route("/api/cgi-bin/token", get(token_route))
-            .route("/api/cgi-bin/stable_token", post(stable_token_route))
-            .route("/api/sns/jscode2session", get(jscode_route))
-            .route("/api/shop/{*path}", post(shop_route))
-            .route("/_control/pay", post(control_pay))
-            .route("/_control/login", post(control_login))
-            .route("/_control/audit", post(control_audit))
-            .route("/_control/platform_delist", post(control_platform_delist))
-            .route("/_control/tokens/expire", post(control_expire_tokens))
-            .route("/_control/expire_tokens", post(control_expire_tokens))
-            .route("/_control/settle", post(control_settle))
-            .route("/_control/aftersale", post(control_aftersale))
-            .route("/_control/order", post(control_order))
-            .route("/_control/refund_outcome", post(control_refund_outcome))
-            .route("/_control/bill", post(control_bill))
-            .route("/_control/merchant_refund", post(control_merchant_refund))
-            .route("/_control/funds/qrcode", post(control_qrcode))
-            .route("/_control/funds/withdraw", post(control_withdraw))
-            .route("/_control/funds/flow", post(control_flow))
+            .route("/mch/{*path}", only(post(mch_route), "POST"))
+            .route("/api/cgi-bin/token", only(get(token_route), "GET"))
+            .route(
+                "/api/cgi-bin/stable_token",
+                only(post(stable_token_route), "POST"),
+            )
+            .route("/api/sns/jscode2session", only(get(jscode_route), "GET"))
+            .route("/api/shop/{*path}", only(post(shop_route), "POST"))
+            .route("/_control/pay", only(post(control_pay), "POST"))
+            .route("/_control/login", only(post(control_login), "POST"))
+            .route("/_control/audit", only(post(control_audit), "POST"))
+            .route(
+                "/_control/platform_delist",
+                only(post(control_platform_delist), "POST"),
+            )
+            .route(
+                "/_control/tokens/expire",
+                only(post(control_expire_tokens), "POST"),
+            )
+            .route(
+                "/_control/expire_tokens",
+                only(post(control_expire_tokens), "POST"),
+            )
+            .route("/_control/settle", only(post(control_settle), "POST"))
+            .route("/_control/aftersale", only(post(control_aftersale), "POST"))
+            .route("/_control/order", only(post(control_order), "POST"))
+            .route(
+                "/_control/refund_outcome",
+                only(post(control_refund_outcome), "POST"),
+            )
+            .route("/_control/bill", only(post(control_bill), "POST"))
+            .route(
+                "/_control/merchant_refund",
+                only(post(control_merchant_refund), "POST"),
+            )
+            .route("/_control/funds/qrcode", only(post(control_qrcode), "POST"))
+            .route(
+                "/_control/funds/withdraw",
+                only(post(control_withdraw), "POST"),
+            )
+            .route("/_control/funds/flow", only(post(control_flow), "POST"))
             .route(
                 "/_control/faults",
-                post(control_faults_add)
-                    .delete(control_faults_clear)
-                    .get(control_faults_list),
+                only(
+                    post(control_faults_add)
+                        .delete(control_faults_clear)
+                        .get(control_faults_list),
+                    "POST, DELETE or GET",
+                ),
             )
             .route(
                 "/_control/notifications",
-                post(control_notifications).get(control_notifications_log),
+                only(
+                    post(control_notifications).get(control_notifications_log),
+                    "POST or GET",
+                ),
             )
-            .route("/_control/clock", post(control_clock))
-            .route("/_control/reset", post(control_reset))
-            .route("/_control/calls", get(control_calls))
-            .route("/_control/state", get(control_state))
+            .route("/_control/clock", only(post(control_clock), "POST"))
+            .route("/_control/reset", only(post(control_reset), "POST"))
+            .route("/_control/calls", only(get(control_calls), "GET"))
+            .route("/_control/state", only(get(control_state), "GET"))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 answer_when_saved,
@@ -656,6 +683,31 @@ async fn answer_when_saved(
     let resp = next.run(req).await;
     sb.saved().await;
     resp
+}
+
+/// `m`, whose methods are `allowed`, answering any other method 405 with a body that says
+/// which to use, in the gateway's error shape (`{code, message}`, as `wxlocal`'s gateway
+/// answers a wrong method on /fn and /admin paths): axum's own 405 has an empty body. axum
+/// still adds the `Allow` header. The sandbox is mounted at `/sandbox` (`bind`, the gateway).
+/// UNVERIFIED what WeChat answers a wrong method (its APIs are POST, `token` and
+/// `jscode2session` GET; no WECHAT_*.md section covers it): only the body is ours, the status
+/// stays 405.
+fn only(
+    m: axum::routing::MethodRouter<Sandbox>,
+    allowed: &'static str,
+) -> axum::routing::MethodRouter<Sandbox> {
+    m.fallback(
+        move |method: axum::http::Method, uri: axum::http::Uri| async move {
+            let message = format!(
+                "{method} is not allowed on /sandbox{}; use {allowed} (docs/SANDBOX.md)",
+                uri.path()
+            );
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({"code": "METHOD_NOT_ALLOWED", "message": message})),
+            )
+        },
+    )
 }
 
 /// The writer of a sandbox with a state file: one batch at a time, covering every change
@@ -872,6 +924,41 @@ fn control_err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({"error": msg.into()}))).into_response()
 }
 
+/// Why a control call was refused: its body (400: a field missing or of the wrong type, an
+/// unknown action), or the sandbox's state, which does not allow it now (409).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    Malformed(String),
+    Conflict(String),
+}
+
+impl ControlError {
+    pub fn malformed(msg: impl Into<String>) -> Self {
+        ControlError::Malformed(msg.into())
+    }
+
+    fn into_response(self) -> Response {
+        match self {
+            ControlError::Malformed(m) => control_err(StatusCode::BAD_REQUEST, m),
+            ControlError::Conflict(m) => control_err(StatusCode::CONFLICT, m),
+        }
+    }
+}
+
+/// A refusal written as plain text is the state's (409); a malformed body says so
+/// ([`ControlError::malformed`]).
+impl From<String> for ControlError {
+    fn from(m: String) -> Self {
+        ControlError::Conflict(m)
+    }
+}
+
+impl From<&str> for ControlError {
+    fn from(m: &str) -> Self {
+        ControlError::Conflict(m.to_owned())
+    }
+}
+
 fn parse_json_body(body: &Bytes) -> Result<Value, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
@@ -1016,7 +1103,11 @@ async fn control_pay(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
     } else if let Some(no) = v.get("out_order_id").and_then(Value::as_str) {
         shop::user_pays_order(&sb, no)
     } else {
-        Err("give prepay_id or out_trade_no (WeChat Pay order), or out_order_id (fund_type=1 order)".into())
+        return control_err(
+            StatusCode::BAD_REQUEST,
+            "give prepay_id or out_trade_no (WeChat Pay order), or out_order_id (fund_type=1 \
+             order), a string",
+        );
     };
     match r {
         Ok((result, job)) => {
@@ -1086,7 +1177,11 @@ async fn control_audit(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
         let push = v.get("push").and_then(Value::as_bool).unwrap_or(true);
         shop::verdict_qualification(&sb, a, approve, &reason, push)
     } else {
-        Err("give out_product_id (product) or audit_id (brand/category audit)".into())
+        // The body's fault, not a state that refuses it.
+        return control_err(
+            StatusCode::BAD_REQUEST,
+            "give out_product_id (a product) or audit_id (a brand or category audit), a string",
+        );
     };
     match r {
         Ok(v) => Json(v).into_response(),
@@ -1314,7 +1409,7 @@ async fn control_aftersale(AxState(sb): AxState<Sandbox>, body: Bytes) -> Respon
     };
     match shop::user_aftersale(&sb, &v) {
         Ok(v) => Json(v).into_response(),
-        Err(e) => control_err(StatusCode::CONFLICT, e),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -1325,7 +1420,7 @@ async fn control_order(AxState(sb): AxState<Sandbox>, body: Bytes) -> Response {
     };
     match shop::user_order(&sb, &v) {
         Ok(v) => Json(v).into_response(),
-        Err(e) => control_err(StatusCode::CONFLICT, e),
+        Err(e) => e.into_response(),
     }
 }
 

@@ -14,7 +14,7 @@
 
 use super::deliver::push_event;
 use super::kept::Kept;
-use super::{random_alnum, random_digits, Sandbox, State, WxErr, WxResult};
+use super::{random_alnum, random_digits, ControlError, Sandbox, State, WxErr, WxResult};
 use axum::http::HeaderMap;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -2128,16 +2128,16 @@ fn delivery_recieve(sb: &Sandbox, v: &Value) -> WxResult {
 /// `open_product_order_cancel`; its WeChat Pay order, if any, stays open, as the merchant's
 /// to close. `"push": false` loses the push. (WeChat's own unpaid timeout is
 /// [`expire_unpaid`], by the order's `expire_time`.)
-pub fn user_order(sb: &Sandbox, v: &Value) -> Result<Value, String> {
+pub fn user_order(sb: &Sandbox, v: &Value) -> Result<Value, ControlError> {
     let action = str_of(v, "action").unwrap_or("confirm_receipt");
     if !matches!(action, "confirm_receipt" | "cancel") {
-        return Err(format!(
+        return Err(ControlError::malformed(format!(
             "unknown action `{action}`: confirm_receipt or cancel"
-        ));
+        )));
     }
     let pushes = v.get("push").and_then(Value::as_bool).unwrap_or(true);
     let out_order_id = str_of(v, "out_order_id")
-        .ok_or("give out_order_id")?
+        .ok_or_else(|| ControlError::malformed("give out_order_id"))?
         .to_owned();
     let now = sb.now_ms();
     if action == "cancel" {
@@ -2152,7 +2152,8 @@ pub fn user_order(sb: &Sandbox, v: &Value) -> Result<Value, String> {
                 return Err(format!(
                     "order status {} is not unpaid (10, 11): it cannot be cancelled",
                     o.status
-                ));
+                )
+                .into());
             }
             o.status = 250;
             o.update_time = beijing_datetime(now);
@@ -2174,7 +2175,8 @@ pub fn user_order(sb: &Sandbox, v: &Value) -> Result<Value, String> {
             return Err(format!(
                 "order status {} is not shipped (30): receipt cannot be confirmed",
                 o.status
-            ));
+            )
+            .into());
         }
         o.status = 100;
         o.received_ms = Some(now);
@@ -2617,7 +2619,7 @@ fn account_brands(sb: &Sandbox) -> WxResult {
 /// `open_product_order_refund` (the order 200). `"push": false` loses the push of `apply`,
 /// `cancel`, `return`, `update` or `platform_refund`, as WeChat may (it does not guarantee
 /// callbacks); `"order_push"` (default: as `"push"`) the order's push of `platform_refund`.
-pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
+pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, ControlError> {
     let action = str_of(v, "action").unwrap_or("apply");
     let pushes = v.get("push").and_then(Value::as_bool).unwrap_or(true);
     let push_event = |sb: &Sandbox, event: &str, key: &str, body: Value| {
@@ -2628,8 +2630,12 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
     match action {
         "apply" => {
             let out_order_id = str_of(v, "out_order_id")
-                .ok_or("give out_order_id")?
+                .ok_or_else(|| ControlError::malformed("give out_order_id"))?
                 .to_owned();
+            // The body whole before the state is looked at: a field missing is 400 whatever
+            // the order.
+            let orderamt = int_of(v, "orderamt")
+                .ok_or_else(|| ControlError::malformed("give orderamt (fen)"))?;
             let (openid, line) = {
                 let st = sb.st();
                 let o = st
@@ -2645,7 +2651,7 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
             let req = json!({
                 "out_order_id": out_order_id, "openid": openid,
                 "type": int_of(v, "type").unwrap_or(1),
-                "orderamt": int_of(v, "orderamt").ok_or("give orderamt (fen)")?,
+                "orderamt": orderamt,
                 "refund_reason": str_of(v, "reason").unwrap_or("requested in WeChat"),
                 "refund_reason_type": 12,
                 "product_info": {"out_product_id": line.get("out_product_id"), "out_sku_id": line.get("out_sku_id"), "product_cnt": 1},
@@ -2671,7 +2677,8 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
             Ok(json!({"aftersale_id": id}))
         }
         "cancel" => {
-            let id = u64_of(v, "aftersale_id").ok_or("give aftersale_id")?;
+            let id = u64_of(v, "aftersale_id")
+                .ok_or_else(|| ControlError::malformed("give aftersale_id"))?;
             let (out_id, openid) = {
                 let mut st = sb.st();
                 let a = st
@@ -2680,10 +2687,9 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
                     .get_mut(&id)
                     .ok_or("no such after-sale")?;
                 if a.status != 2 {
-                    return Err(format!(
-                        "after-sale status {} cannot be cancelled",
-                        a.status
-                    ));
+                    return Err(
+                        format!("after-sale status {} cannot be cancelled", a.status).into(),
+                    );
                 }
                 a.status = 1;
                 a.update_ms = sb.now_ms();
@@ -2699,7 +2705,8 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
             Ok(json!({"aftersale_id": id, "status": 1}))
         }
         "return" => {
-            let id = u64_of(v, "aftersale_id").ok_or("give aftersale_id")?;
+            let id = u64_of(v, "aftersale_id")
+                .ok_or_else(|| ControlError::malformed("give aftersale_id"))?;
             let openid = {
                 let st = sb.st();
                 st.shop
@@ -2718,7 +2725,8 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
             Ok(json!({"aftersale_id": id, "status": 8}))
         }
         "update" => {
-            let id = u64_of(v, "aftersale_id").ok_or("give aftersale_id")?;
+            let id = u64_of(v, "aftersale_id")
+                .ok_or_else(|| ControlError::malformed("give aftersale_id"))?;
             let (openid, out_id) = {
                 let st = sb.st();
                 let a = st.shop.aftersales.get(&id).ok_or("no such after-sale")?;
@@ -2750,7 +2758,8 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
                 .unwrap_or_default())
         }
         "platform_refund" => {
-            let id = u64_of(v, "aftersale_id").ok_or("give aftersale_id")?;
+            let id = u64_of(v, "aftersale_id")
+                .ok_or_else(|| ControlError::malformed("give aftersale_id"))?;
             let now = sb.now_ms();
             let (a, in_full) = {
                 let mut st = sb.st();
@@ -2764,7 +2773,8 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
                     return Err(format!(
                         "after-sale status {} cannot be refunded by the platform",
                         a.status
-                    ));
+                    )
+                    .into());
                 }
                 let in_full = refund_to_user(&mut st, &a, now);
                 if let Some(x) = st.shop.aftersales.get_mut(&id) {
@@ -2793,7 +2803,8 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
             // WeChat closing a return whose goods the user did not send back in time:
             // 6 → 7 (RETURN_CLOSED), `aftersale_user_upload_return_info_overdue` pushed.
             // UNVERIFIED: that WeChat closes it so, and with that push.
-            let id = u64_of(v, "aftersale_id").ok_or("give aftersale_id")?;
+            let id = u64_of(v, "aftersale_id")
+                .ok_or_else(|| ControlError::malformed("give aftersale_id"))?;
             let out_id = {
                 let mut st = sb.st();
                 let a = st
@@ -2805,7 +2816,8 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
                     return Err(format!(
                         "after-sale status {} is not waiting for the goods (6)",
                         a.status
-                    ));
+                    )
+                    .into());
                 }
                 a.status = 7;
                 a.update_ms = sb.now_ms();
@@ -2819,10 +2831,10 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, String> {
             );
             Ok(json!({"aftersale_id": id, "status": 7}))
         }
-        other => Err(format!(
+        other => Err(ControlError::malformed(format!(
             "unknown action `{other}`: apply, cancel, return, update, platform_refund or \
              return_overdue"
-        )),
+        ))),
     }
 }
 

@@ -661,6 +661,17 @@ pub async fn submit_waiting(
     }
 }
 
+/// The merchant's 404 for a product id the catalog does not have.
+fn no_such_product(id: &ProductId) -> ApiError {
+    ApiError::not_found(
+        "NO_SUCH_PRODUCT",
+        format!(
+            "no product {id} in the catalog: check the id against catalogSync products, or \
+             create it with upsert"
+        ),
+    )
+}
+
 fn bad(code: &'static str) -> impl Fn(crate::domain::IdError) -> ApiError {
     move |e| ApiError::bad_request(code, e.to_string())
 }
@@ -871,9 +882,7 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             let p = repo::get_product(app.store.as_ref(), &id)
                 .await
                 .map_err(|e| unreadable_product(&id, e))?
-                .ok_or_else(|| {
-                    ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}"))
-                })?;
+                .ok_or_else(|| no_such_product(&id))?;
             Ok(json(&serde_json::json!({ "product": p.value })))
         }
         Action::Products { next } => {
@@ -993,7 +1002,10 @@ async fn shop(app: &App, req: Request) -> Result<Response, ApiError> {
                 // Not on sale reads as absent, as `unifiedOrder` would refuse it.
                 _ => Err(ApiError::not_found(
                     "NO_SUCH_PRODUCT",
-                    format!("no product {id} on sale"),
+                    format!(
+                        "no product {id} on sale: it was taken off sale or never listed; \
+                         reload the shop's products (catalogSync products) and show those"
+                    ),
                 )),
             }
         }
@@ -1648,7 +1660,7 @@ async fn set_stock(
 ) -> Result<StockSet, ApiError> {
     let stored = repo::get_product(app.store.as_ref(), id)
         .await?
-        .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))?;
+        .ok_or_else(|| no_such_product(id))?;
     let p = &stored.value;
     let online = p.audit == AuditStatus::Approved && p.wx_product_id.is_some();
     if component_on(app) && online && p.sku(sku).is_some() {
@@ -1750,7 +1762,7 @@ async fn set_listing(app: &App, id: &ProductId, listing: Listing) -> Result<Prod
         // Ours first: an id we do not have is the caller's mistake (404), not WeChat's refusal.
         let product = repo::get_product(app.store.as_ref(), id)
             .await?
-            .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))?
+            .ok_or_else(|| no_such_product(id))?
             .value;
         match app.wx.spu_listing(&key).await {
             Ok(()) => {}
@@ -1785,7 +1797,7 @@ async fn modify(
 ) -> Result<Product, ApiError> {
     super::common::update_product(app, id, f)
         .await?
-        .ok_or_else(|| ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {id}")))
+        .ok_or_else(|| no_such_product(id))
 }
 
 /// How long a submission waits for its audit push before the schedule asks WeChat itself;

@@ -867,10 +867,7 @@ async fn reconcile_part(
     deadline: Deadline,
 ) -> Result<Option<(FundsReconciliation, Progress, Option<NextDay>)>, ApiError> {
     let Some(start_ms) = beijing_day_start_ms(date) else {
-        return Err(ApiError::bad_request(
-            "BAD_BILL_DATE",
-            "bill_date must be yyyyMMdd",
-        ));
+        return Err(super::reconcile::bad_bill_date(app.clock.now_ms()));
     };
     if from % FLOW_PAGE_SIZE != 0 || from > 1_000_000 {
         return Err(ApiError::bad_request(

@@ -579,15 +579,28 @@ async fn own_bill(
     }
 }
 
+/// 400 `BAD_BILL_DATE` at `now_ms`, for a `bill_date` that is not a China-time `yyyyMMdd`:
+/// an example (yesterday, the latest day whose bills are final) and the oldest day WeChat Pay
+/// still serves bills of.
+pub(super) fn bad_bill_date(now_ms: i64) -> ApiError {
+    let yesterday = crate::time::beijing_date(now_ms - DAY_MS);
+    let earliest = crate::time::beijing_date(earliest_bill_day_ms(now_ms));
+    ApiError::bad_request(
+        "BAD_BILL_DATE",
+        format!(
+            "bill_date must be a China-time day written yyyyMMdd, e.g. {yesterday} (yesterday, \
+             whose bills are final after 10:00 China time today); WeChat Pay serves the bills \
+             of {earliest} and later"
+        ),
+    )
+}
+
 /// The start of `bill_date` (epoch ms) if it can be reconciled at `now`: 400
 /// `BAD_BILL_DATE` for a date that is not one, 400 `BILL_OUT_OF_REACH` for a day past the
 /// three months WeChat keeps bills (WeChat not asked).
 fn day_in_reach(bill_date: &str, now: i64) -> Result<i64, ApiError> {
     let Some(start_ms) = beijing_day_start_ms(bill_date) else {
-        return Err(ApiError::bad_request(
-            "BAD_BILL_DATE",
-            "bill_date must be yyyyMMdd",
-        ));
+        return Err(bad_bill_date(now));
     };
     if !bill_in_reach(bill_date, now) {
         let earliest = crate::time::beijing_date(earliest_bill_day_ms(now));
@@ -729,10 +742,7 @@ async fn recheck_refunds(
     failure_retry_ms: i64,
 ) -> Result<Option<Reconciliation>, ApiError> {
     let Some(start_ms) = beijing_day_start_ms(bill_date) else {
-        return Err(ApiError::bad_request(
-            "BAD_BILL_DATE",
-            "bill_date must be yyyyMMdd",
-        ));
+        return Err(bad_bill_date(app.clock.now_ms()));
     };
     let mut out = Reconciliation {
         bill_date: bill_date.to_owned(),
