@@ -338,11 +338,11 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                 };
                 let mut next_order = order.value.clone();
                 let held = next_order.claim_refund(&aftersale.id, amount, now);
-                if held.is_err() || amount.get() + unheld.get() > order.value.claimable().get() {
+                if held.is_err() || amount > left {
                     return Err(too_much(format!(
                         "open after-sales already cover this amount: {} fen can still be \
                          asked for",
-                        order.value.claimable().get().saturating_sub(unheld.get())
+                        left.get()
                     )));
                 }
                 let mut batch = Batch::new();
