@@ -6369,6 +6369,38 @@ async fn order_answers_carry_the_freight_part_of_the_total() {
     );
 }
 
+/// GIVEN a mini program whose product list is stale WHEN it orders a product the shop does not
+/// have (removed, or never there) THEN the 404 `NO_SUCH_PRODUCT` says what to do — reload the
+/// shop's products and order one of those — not only "no product gone", and nothing is held.
+#[tokio::test]
+async fn ordering_a_product_the_shop_does_not_have_says_to_reload_the_products() {
+    let r = stack().await;
+    let c = Client::new(&r);
+    let (token, _) = c.login("stale-list").await;
+    let before = c.stock().await;
+    let (s, v) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": [{"product_id": "tea", "sku_id": "tea-250g", "quantity": 1},
+                              {"product_id": "gone", "sku_id": "gone-1", "quantity": 1}],
+                    "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                                "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (404, Some("NO_SUCH_PRODUCT")),
+        "{v}"
+    );
+    let m = v["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("gone") && m.contains("catalogSync products"),
+        "names it and says to reload the products: {v}"
+    );
+    assert_eq!(c.stock().await, before, "no tea held");
+}
+
 /// GIVEN a newcomer calling by hand WHEN an id is malformed — an order number too short, a
 /// product id with a space, an after-sale id with `!` — THEN the 400 says what an id of that
 /// kind must be (its length and characters), not only "too short" or "contains a character

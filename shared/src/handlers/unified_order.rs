@@ -883,7 +883,15 @@ async fn create_priced_order(
             let p = repo::get_product(app.store.as_ref(), &l.product_id)
                 .await?
                 .ok_or_else(|| {
-                    ApiError::not_found("NO_SUCH_PRODUCT", format!("no product {}", l.product_id))
+                    ApiError::not_found(
+                        "NO_SUCH_PRODUCT",
+                        format!(
+                            "no product {} in the shop: it was removed or never existed; \
+                             reload the shop's products (catalogSync products) and order one \
+                             of those",
+                            l.product_id
+                        ),
+                    )
                 })?;
             let copy = p.value.clone();
             products.push((p, copy));
