@@ -6546,6 +6546,11 @@ async fn a_malformed_sandbox_control_is_400_naming_the_field_and_a_wrong_method_
             "orderamt",
         ),
         ("aftersale", json!({"action": "cancel"}), "aftersale_id"),
+        (
+            "aftersale",
+            json!({"action": "return", "aftersale_id": 42, "delivery_id": "SF"}),
+            "delivery_name",
+        ),
         ("aftersale", json!({"action": "refund2"}), "platform_refund"),
         ("order", json!({"action": "cancel"}), "out_order_id"),
         ("pay", json!({}), "prepay_id"),

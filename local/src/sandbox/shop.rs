@@ -2707,6 +2707,16 @@ pub fn user_aftersale(sb: &Sandbox, v: &Value) -> Result<Value, ControlError> {
         "return" => {
             let id = u64_of(v, "aftersale_id")
                 .ok_or_else(|| ControlError::malformed("give aftersale_id"))?;
+            // The body whole before the state is looked at: a field missing is 400 (a
+            // malformed control), not WeChat's refusal of the move (409).
+            if let Some(missing) = ["delivery_id", "delivery_name", "waybill_id"]
+                .into_iter()
+                .find(|f| str_of(v, f).is_none())
+            {
+                return Err(ControlError::malformed(format!(
+                    "give {missing} (the return parcel: delivery_id, delivery_name, waybill_id)"
+                )));
+            }
             let openid = {
                 let st = sb.st();
                 st.shop
