@@ -345,6 +345,14 @@ test('the example names every order and after-sale status the server answers', (
   assert.deepEqual(Object.keys(view.AFTERSALE_STATUS_TEXT).sort(), [...new Set(aftersale)].sort());
 });
 
+test("the order page names a refund the shop made on its own as the shop's", () => {
+  const view = require('../example/utils/view.js');
+  const shop = view.aftersaleView({ aftersale_id: 'ASM1', status: 'REFUNDING', kind: 'REFUND_ONLY', by: 'MERCHANT', amount: 500, reason: 'freight given back' });
+  assert.deepEqual([shop.kindText, shop.amountText, shop.reason], ['Refund from the shop', '5.00', 'freight given back']);
+  const user = view.aftersaleView({ aftersale_id: 'AS1', status: 'REQUESTED', kind: 'REFUND_ONLY', by: 'USER', amount: 1990 });
+  assert.equal(user.kindText, 'Refund');
+});
+
 // ---- pages against a stubbed server -------------------------------------------------------------
 
 test('index: lists the shop a page at a time, prices in yuan, sold-out SKUs not pickable', async () => {

@@ -129,7 +129,9 @@ function aftersaleView(a) {
     aftersale_id: a.aftersale_id,
     status: a.status,
     statusText: AFTERSALE_STATUS_TEXT[a.status] || a.status,
-    kindText: a.kind === 'RETURN_AND_REFUND' ? 'Return and refund' : 'Refund',
+    // A refund the shop made on its own (by: MERCHANT: the freight left over, a goodwill
+    // refund): the user did not apply for it, so say who did.
+    kindText: a.by === 'MERCHANT' ? 'Refund from the shop' : a.kind === 'RETURN_AND_REFUND' ? 'Return and refund' : 'Refund',
     amountText: typeof a.amount === 'number' ? formatFen(a.amount) : '',
     reason: a.reason || '',
     rejectReason: a.reject_reason || '',
