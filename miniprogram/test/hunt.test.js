@@ -108,9 +108,10 @@ function unconfirmedShop() {
   const refused = new Set();
   const naming = new Set(); // keys refused 422 IDEMPOTENCY_KEY_REUSED naming their order
   let lose = () => false; // (name, data) → true: the call is served, its answer lost (a timeout)
+  let closeAnswer = null; // (out_trade_no) → an answer instead of the close, or null
   const answer = {
     login: () => ({ statusCode: 200, data: { token: 'tok', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o-alice', fund_type: 0, trading_component: 'always' } }),
-    catalogSync: () => ({ statusCode: 200, data: { product: { product_id: 'tea', title: 'Tea', head_img: [], skus: [{ sku_id: 'tea-250g', price: 1990, stock: 10, attrs: [] }] } } }),
+    catalogSync: () => ({ statusCode: 200, data: { product: { product_id: 'tea', title: 'Tea', head_img: [], skus: [{ sku_id: 'tea-250g', price: 1990, stock: 10, attrs: [] }, { sku_id: 'tea-500g', price: 3590, stock: 10, attrs: [] }] } } }),
     unifiedOrder: (d) => {
       let o = orders.get(d.idempotency_key);
       // As the server: a key whose order closed unpaid is refused (ORDER_CLOSED); `refused`
@@ -134,6 +135,8 @@ function unconfirmedShop() {
     },
     queryOrder: (d) => {
       const o = byNo.get(d.out_trade_no);
+      const instead = d.action === 'close' && closeAnswer && closeAnswer(d.out_trade_no);
+      if (instead) return instead;
       if (d.action === 'close' && o && o.status === 'PAID') return { statusCode: 409, data: { code: 'ORDER_PAID', message: 'the order is paid: apply for a refund instead' } };
       if (d.action === 'close' && o && o.status === 'PREPAID') o.status = 'CLOSED';
       return { statusCode: 200, data: { order: o } };
@@ -170,6 +173,7 @@ function unconfirmedShop() {
     refuse: (key) => refused.add(key),
     refuseNaming: (key) => naming.add(key),
     loseAnswers: (pred) => (lose = pred),
+    closeAnswers: (fn) => (closeAnswer = fn),
     keyOf: (no) => [...orders.entries()].find((e) => e[1].out_trade_no === no)[0],
     place: (key, items) => answer.unifiedOrder({ idempotency_key: key, items }),
   };
@@ -802,4 +806,144 @@ test('against wxlocal: the same cart bought again for another address closes the
     assert.deepEqual(orders.map((o) => o.statusText).sort(), ['Awaiting payment', 'Closed unpaid'], `lost=${lost}: ${JSON.stringify(orders)}`);
     assert.deepEqual(user.toasts, [], `lost=${lost}`);
   }
+});
+
+// ---- the order page after a failed replacement; a changed cart of the same product -------------
+
+test('order page: Pay that replaced its order and got no answer for the new one points to the new one: it keeps offering Pay the new order (same key), then opens it, also after a reload', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS);
+  const redirects = [];
+  shop.wx.redirectTo = (o) => redirects.push(o.url);
+  const mp = miniProgram(shop.wx, FAST);
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  const first = shop.keyOf('T1');
+
+  // Back through another entry: T1's key is refused naming T1, buy closes T1 and orders under a
+  // new key; the server makes T2, the answer is lost.
+  shop.refuseNaming(first);
+  shop.loseAnswers((name, d) => name === 'unifiedOrder' && d.idempotency_key !== first);
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  await detail.onPayTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  assert.equal(detail.data.order.statusText, 'Closed unpaid');
+  const second = shop.keyOf('T2');
+  assert.deepEqual(detail.data.replacement, { no: '' }, 'the closed order\'s page points nowhere: the new order (T2, holding its stock) is lost to the user');
+  const wxml = fs.readFileSync(path.join(ROOT, 'pages', 'order', 'detail.wxml'), 'utf8');
+  assert.match(wxml, /wx:if="\{\{replacement && !replacement.no\}\}"[\s\S]*?did not arrive[\s\S]*?bindtap="onPayReplacementTap"/, 'the page says what happened and offers the retry');
+
+  // The retry fails again: still offered, the same key kept; after a reload too.
+  await detail.onPayReplacementTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  assert.deepEqual(detail.data.replacement, { no: '' }, 'still offered after a second failure');
+  const reloaded = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await reloaded.onLoad({ out_trade_no: 'T1' });
+  assert.deepEqual(reloaded.data.replacement, { no: '' }, 'and after a reload');
+
+  // The answer comes: the same order (T2), no third; the page opens it.
+  shop.loseAnswers(() => false);
+  shop.cashierWill.push('cancel');
+  await reloaded.onPayReplacementTap();
+  assert.deepEqual(unifiedKeys(shop).slice(-3), [second, second, second], 'every retry sent the new order\'s key');
+  assert.equal(shop.byNo.size, 2, 'no third order');
+  assert.deepEqual(redirects, ['/pages/order/detail?out_trade_no=T2'], 'the new order is opened');
+  assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), ['T2'], 'kept under its own number');
+  const t2 = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await t2.onLoad({ out_trade_no: 'T2' });
+  assert.equal(t2.data.canPay, true, 'the new order\'s page offers Pay (its key kept)');
+
+  // T1's page, opened again (from my orders), says it was replaced by T2 and opens it.
+  const again = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await again.onLoad({ out_trade_no: 'T1' });
+  assert.deepEqual(again.data.replacement, { no: 'T2' });
+  again.onOpenReplacementTap();
+  assert.equal(redirects.pop(), '/pages/order/detail?out_trade_no=T2');
+});
+
+test('product: a changed quantity or SKU of the same product closes the unpaid order first (no second order holding stock); paid meanwhile, shown and nothing bought; a close refused, nothing bought', async () => {
+  for (const change of ['quantity', 'sku']) {
+    const shop = unconfirmedShop();
+    const user = withUser(shop.wx);
+    user.addresses.push(WX_ADDRESS);
+    const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    assert.equal(product.data.outcome, 'unpaid', product.data.message);
+    if (change === 'quantity') product.onPlus();
+    else product.onSkuTap({ currentTarget: { dataset: { skuId: 'tea-500g' } } });
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    assert.equal(shop.byNo.size, 2, `${change}: a new order for the changed cart`);
+    assert.equal(shop.byNo.get('T1').status, 'CLOSED', `${change}: the unpaid order of the old cart is closed, its stock back (it would hold it until it expired)`);
+    assert.equal(product.data.orderNo, 'T2', product.data.message);
+    assert.equal(product.data.outcome, 'unpaid', product.data.message);
+    assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), ['T2'], `${change}: only the new order is kept`);
+    assert.deepEqual(user.toasts, []);
+  }
+
+  // Paid meanwhile (in WeChat's order centre): that order shown paid, nothing bought.
+  {
+    const shop = unconfirmedShop();
+    withUser(shop.wx).addresses.push(WX_ADDRESS);
+    const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    shop.confirm('T1');
+    product.onPlus();
+    await product.onBuyTap();
+    assert.equal(shop.byNo.size, 1, 'nothing bought on top of an order paid meanwhile');
+    assert.equal(product.data.outcome, 'paid', product.data.message);
+    assert.equal(product.data.orderNo, 'T1');
+    assert.match(product.data.message, /T1[\s\S]*paid already[\s\S]*nothing new was bought/, product.data.message);
+    // The next tap is a purchase the user chose, knowing.
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    assert.equal(shop.byNo.size, 2);
+  }
+
+  // The close refused (WeChat Pay could not say whether it was paid): nothing bought, said so;
+  // the next tap closes it and buys.
+  {
+    const shop = unconfirmedShop();
+    const user = withUser(shop.wx);
+    user.addresses.push(WX_ADDRESS);
+    const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    product.onPlus();
+    shop.closeAnswers(() => ({ statusCode: 503, data: { code: 'ORDER_STATUS_UNKNOWN', message: 'WeChat Pay could not say whether the order was paid; nothing closed' } }));
+    await product.onBuyTap();
+    assert.equal(shop.sent('unifiedOrder').length, 1, 'nothing bought while the old order may be paid or open');
+    assert.match(product.data.message, /T1[\s\S]*could not be closed[\s\S]*nothing new was bought/, product.data.message);
+    assert.equal(product.data.orderNo, 'T1', 'View order opens the one that could not be closed');
+    assert.match(user.toasts.pop() || '', /^ORDER_STATUS_UNKNOWN/);
+    shop.closeAnswers(null);
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    assert.equal(shop.byNo.get('T1').status, 'CLOSED');
+    assert.equal(shop.byNo.size, 2);
+    assert.equal(product.data.orderNo, 'T2');
+  }
+});
+
+test('utils/unpaid: a changed cart of the same product is found to close; a cart of other products is not', () => {
+  const shop = unconfirmedShop();
+  const unpaid = loadUnpaid(shop.wx);
+  const tea1 = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+  const tea2 = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 2 }];
+  const cup = [{ product_id: 'cup', sku_id: 'cup-1', quantity: 1 }];
+  unpaid.remember('T1', { key: 'k-1', items: tea1, address: null });
+  unpaid.remember('C1', { key: 'k-c', items: cup, address: null });
+  assert.deepEqual(unpaid.findChanged(tea2, null).map((p) => p.out_trade_no), ['T1'], 'another quantity of tea');
+  assert.deepEqual(unpaid.findChanged(tea1, null), [], 'the same cart is paid with its key, not closed');
+  assert.deepEqual(unpaid.findChanged([{ product_id: 'cup', sku_id: 'cup-1', quantity: 3 }], null).map((p) => p.out_trade_no), ['C1']);
+  assert.deepEqual(unpaid.findChanged([{ product_id: 'pot', sku_id: 'pot-1', quantity: 1 }], null), [], 'another product: another purchase');
 });

@@ -40,6 +40,10 @@ Page({
     loading: true,
     order: null,
     canPay: false,
+    // This order was closed to make a new one (Pay from another entry): { no } once the new
+    // order's number is known, { no: '' } while its answer has not come (the server may have
+    // made it), or null. The page points there: Pay the new order (its key), or open it.
+    replacement: null,
     // The cashier said paid and the server has not seen it yet: until a pull-down refresh reads
     // the order again, neither Pay nor Close is offered, only "confirming".
     confirming: false,
@@ -52,6 +56,9 @@ Page({
 
   onLoad(options) {
     this.outTradeNo = view.queryValue(options, 'out_trade_no');
+    // Opened right after a Pay that replaced an order and whose cashier said paid, the server
+    // not having seen it yet: "confirming", not Pay, as on the page that paid.
+    if (view.queryValue(options, 'confirming') === '1') this.setData({ confirming: true });
     this.applyKeys = {};
     if (!this.outTradeNo) {
       this.setData({ loading: false });
@@ -86,7 +93,20 @@ Page({
   show(order) {
     const v = view.orderView(order);
     if (!v.unpaid) unpaid.forget(v.out_trade_no);
-    this.setData({ order: v, canPay: v.unpaid && !this.data.confirming && Boolean(unpaid.find(v.out_trade_no)) });
+    // Closed to be replaced: the new order this phone keeps for it (its number, or its key while
+    // the answer has not come), so the user is not left with a closed order and nothing else.
+    const next = v.status === 'CLOSED' ? unpaid.replacementOf(v.out_trade_no) : null;
+    this.setData({
+      order: v,
+      canPay: v.unpaid && !this.data.confirming && Boolean(unpaid.find(v.out_trade_no)),
+      replacement: next ? { no: next.out_trade_no || '' } : null,
+    });
+  },
+
+  /** Where a Pay whose order is `r.out_trade_no` (not this one) goes: that order's page. */
+  openOrder(r) {
+    const confirming = !r.paid && !r.error && r.cashier === 'ok' ? '&confirming=1' : '';
+    wx.redirectTo({ url: '/pages/order/detail?out_trade_no=' + encodeURIComponent(r.out_trade_no) + confirming });
   },
 
   /** Runs `work` (→ promise) with the buttons disabled; a failure is shown, then the order read again. */
@@ -118,7 +138,7 @@ Page({
             unpaid.afterBuy(r, purchase);
             if (r.out_trade_no !== no) {
               // Back through another entry: buy closed this order and made a new one.
-              wx.redirectTo({ url: '/pages/order/detail?out_trade_no=' + encodeURIComponent(r.out_trade_no) });
+              this.openOrder(r);
               return undefined;
             }
             if (r.paid) wx.showToast({ title: 'Paid', icon: 'success' });
@@ -148,6 +168,47 @@ Page({
           }
         );
     });
+  },
+
+  /**
+   * This order was closed to be replaced (Pay from another entry) and the new order's call got
+   * no answer: the server may have made it, holding its stock. Sends the new order's key again
+   * with its items and address: the server answers it with that order (or makes it, if it never
+   * did), never a second one; then the page opens that order. Failing again, the key is kept
+   * and the page keeps offering this.
+   */
+  onPayReplacementTap() {
+    const no = this.outTradeNo;
+    const next = unpaid.replacementOf(no);
+    if (!next || next.out_trade_no) return Promise.resolve();
+    const purchase = { items: next.items, address: next.address, key: next.key, replaces: no };
+    const params = { items: next.items, idempotencyKey: next.key };
+    if (next.address) params.address = next.address;
+    return this.act(() => {
+      wx.showLoading({ title: 'Paying…', mask: true });
+      return getApp()
+        .shop.buy(params)
+        .then(
+          (r) => {
+            wx.hideLoading();
+            unpaid.afterBuy(r, purchase);
+            if (r.paid) wx.showToast({ title: 'Paid', icon: 'success' });
+            this.openOrder(r);
+          },
+          (e) => {
+            wx.hideLoading();
+            unpaid.afterFailure(e, purchase, undefined);
+            throw e;
+          }
+        );
+    });
+  },
+
+  /** Opens the order made to replace this one. */
+  onOpenReplacementTap() {
+    const r = this.data.replacement;
+    if (!r || !r.no) return;
+    wx.redirectTo({ url: '/pages/order/detail?out_trade_no=' + encodeURIComponent(r.no) });
   },
 
   /**
