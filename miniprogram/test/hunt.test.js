@@ -947,3 +947,85 @@ test('utils/unpaid: a changed cart of the same product is found to close; a cart
   assert.deepEqual(unpaid.findChanged([{ product_id: 'cup', sku_id: 'cup-1', quantity: 3 }], null).map((p) => p.out_trade_no), ['C1']);
   assert.deepEqual(unpaid.findChanged([{ product_id: 'pot', sku_id: 'pot-1', quantity: 1 }], null), [], 'another product: another purchase');
 });
+
+/** A failed replacement, as above: T1 bought and not paid, Pay from another entry closes it and makes T2, whose answer is lost. */
+async function failedReplacement(shop, user) {
+  user.addresses.push(WX_ADDRESS);
+  const mp = miniProgram(shop.wx, FAST);
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  const first = shop.keyOf('T1');
+  shop.refuseNaming(first);
+  shop.loseAnswers((name, d) => name === 'unifiedOrder' && d.idempotency_key !== first);
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  await detail.onPayTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  shop.loseAnswers(() => false);
+  return shop.keyOf('T2');
+}
+
+test('order page: the order made to replace one, opened from my orders before its answer came, offers Pay with its key (not Buy again, which would close it)', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  const second = await failedReplacement(shop, user);
+  const t2 = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await t2.onLoad({ out_trade_no: 'T2' });
+  assert.equal(t2.data.canPay, true, 'T2\'s page offers Buy again, which would close the order the user wants');
+  shop.cashierWill.push('cancel');
+  await t2.onPayTap();
+  assert.equal(unifiedKeys(shop).pop(), second, 'Pay sent the kept key');
+  assert.equal(shop.byNo.size, 2, 'no third order');
+  assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), ['T2'], 'kept under its number once the server answered with it');
+});
+
+test('product: a kept key whose order was closed meanwhile (the replacement, closed on its page): the next Buy of the same cart is a new purchase in one tap, not "this order was closed"', async () => {
+  // The user closes the order made to replace T1; the next Buy of the same cart on the product
+  // page is a new purchase, not "this order was closed" for an order the page never showed.
+  const other = unconfirmedShop();
+  const otherUser = withUser(other.wx);
+  await failedReplacement(other, otherUser);
+  const page = miniProgram(other.wx, FAST).page('pages/order/detail');
+  await page.onLoad({ out_trade_no: 'T2' });
+  await page.onCloseTap();
+  assert.equal(other.byNo.get('T2').status, 'CLOSED');
+  const product = miniProgram(other.wx, FAST).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  otherUser.addresses.push(WX_ADDRESS);
+  other.cashierWill.push('cancel');
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', product.data.message);
+  assert.equal(product.data.orderNo, 'T3', 'a new order, in one tap');
+});
+
+test('order page: Pay that replaced its order and whose cashier said paid, not yet seen by the server: the new order\'s page says "confirming", not Pay', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS);
+  const redirects = [];
+  shop.wx.redirectTo = (o) => redirects.push(o.url);
+  const mp = miniProgram(shop.wx, FAST);
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  shop.refuseNaming(shop.keyOf('T1'));
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  await detail.onPayTap(); // the cashier says paid; the server reads T2 PREPAID still
+  assert.equal(redirects.length, 1);
+  const url = redirects[0];
+  assert.match(url, /^\/pages\/order\/detail\?/);
+  const query = Object.fromEntries(new URLSearchParams(url.split('?')[1]));
+  assert.equal(query.out_trade_no, 'T2');
+  const t2 = mp.page('pages/order/detail');
+  await t2.onLoad(query);
+  assert.equal(t2.data.order.statusText, 'Awaiting payment');
+  assert.equal(t2.data.canPay, false, 'Pay offered for an order the user has just paid');
+  assert.equal(t2.data.confirming, true);
+  shop.confirm('T2');
+  await t2.onPullDownRefresh();
+  assert.equal(t2.data.order.statusText, 'Paid, to be shipped');
+});

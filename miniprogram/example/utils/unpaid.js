@@ -120,6 +120,28 @@ function findPurchase(items, address) {
   return newest(map, Object.keys(map).filter((n) => sameWhat(map[n], items, address)));
 }
 
+/** The lines of `items` as a purchase names them (product, SKU, quantity), in a fixed order. */
+function linesOf(items) {
+  return JSON.stringify(
+    (Array.isArray(items) ? items : [])
+      .map((i) => [i && i.product_id, i && i.sku_id, i && i.quantity])
+      .sort((a, b) => (String(a[0]) + '/' + a[1] < String(b[0]) + '/' + b[1] ? -1 : 1))
+  );
+}
+
+/**
+ * The newest key kept with no order number (its call got no answer) for the lines of an order
+ * (`items` as queryOrder gives them) → { out_trade_no: null, key, items, address }, or null.
+ * The page of an unpaid order this phone holds no number for (the order made to replace one,
+ * reached from my orders before its answer came) pays with it: the server answers the key with
+ * its order, which is most likely this one; Buy again would close the very order the user wants.
+ */
+function findUnanswered(items) {
+  const map = all();
+  const lines = linesOf(items);
+  return newest(map, Object.keys(map).filter((n) => isPending(n) && linesOf(map[n].items) === lines));
+}
+
 /** The products of `items` (an array of lines), sorted, as one string. */
 function productsOf(items) {
   return JSON.stringify(
@@ -266,6 +288,7 @@ module.exports = {
   latestFor,
   findPurchase,
   findChanged,
+  findUnanswered,
   replacementOf,
   remember,
   rememberKey,

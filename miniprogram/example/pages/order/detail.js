@@ -98,9 +98,21 @@ Page({
     const next = v.status === 'CLOSED' ? unpaid.replacementOf(v.out_trade_no) : null;
     this.setData({
       order: v,
-      canPay: v.unpaid && !this.data.confirming && Boolean(unpaid.find(v.out_trade_no)),
+      canPay: v.unpaid && !this.data.confirming && Boolean(this.kept(v)),
       replacement: next ? { no: next.out_trade_no || '' } : null,
     });
+  },
+
+  /**
+   * The purchase this phone keeps for order view `v` → { key, items, address, byNumber }, or
+   * null: kept under its number, or else a key whose call got no answer for the same lines
+   * (the order made to replace another, opened from my orders before its answer came).
+   */
+  kept(v) {
+    const byNumber = unpaid.find(v.out_trade_no);
+    if (byNumber) return Object.assign({}, byNumber, { byNumber: true });
+    const unanswered = v.unpaid ? unpaid.findUnanswered(v.items) : null;
+    return unanswered ? Object.assign({}, unanswered, { byNumber: false }) : null;
   },
 
   /** Where a Pay whose order is `r.out_trade_no` (not this one) goes: that order's page. */
@@ -123,7 +135,7 @@ Page({
 
   onPayTap() {
     const no = this.outTradeNo;
-    const saved = unpaid.find(no);
+    const saved = this.data.order ? this.kept(this.data.order) : unpaid.find(no);
     if (!saved || this.data.confirming) return Promise.resolve();
     const purchase = { items: saved.items, address: saved.address, key: saved.key };
     const params = { items: saved.items, idempotencyKey: saved.key };
@@ -163,7 +175,8 @@ Page({
             // address (utils/unpaid): under this number it would be dropped as soon as this
             // order reads closed, and the next Buy would make a second order while the new one
             // (the server may have made it) holds its stock.
-            unpaid.afterFailure(e, purchase, no);
+            // A key kept with no order number stays so: its order is not known to be this one.
+            unpaid.afterFailure(e, purchase, saved.byNumber === false ? undefined : no);
             throw e;
           }
         );

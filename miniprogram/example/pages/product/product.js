@@ -194,7 +194,11 @@ Page({
         // mini program was closed and reopened, or whose order call got no answer): its key
         // pays that order, not a second one.
         const kept = this.pending && this.pending.what === what ? this.pending : unpaid.findPurchase(items, address);
-        if (kept) return this.purchase(items, address, what, kept.key, kept.no || kept.out_trade_no || undefined);
+        const keptNo = kept ? kept.no || kept.out_trade_no || undefined : undefined;
+        // A Buy (not Pay) with a kept key whose call got no answer: its order, if any, may have
+        // been closed since (on its page); the key answered as spent, a fresh one buys.
+        if (kept && !keptNo && !paying) return this.replaceUnanswered(items, address, what, kept.key);
+        if (kept) return this.purchase(items, address, what, kept.key, keptNo);
         // This product kept unpaid with another SKU, quantity or address (the user did not
         // pay, then changed their mind): those orders are closed first, their stock back, as
         // Buy again does on the order page; then this cart is bought afresh. Paid meanwhile:
@@ -326,12 +330,13 @@ Page({
   },
 
   /**
-   * The same cart kept for another address under a key whose order call got no answer: its
-   * order number is not known, so it cannot be closed by number. Its key is sent with this
-   * address: the server answers a key it holds an order for, sent for another address, with
-   * 422 IDEMPOTENCY_KEY_REUSED naming that order, and buy closes it and buys afresh under a
-   * new key (or answers that order, paid); a key the server never took makes this purchase.
-   * A key it answers as spent (its order closed) is forgotten and a fresh one bought with.
+   * A Buy with a kept key whose order call got no answer (its order number is not known): of
+   * this cart and address, or of this product with another cart or address. Its key is sent
+   * with this cart and address: the server answers it with its order (the same request), or,
+   * for a changed request, with 422 IDEMPOTENCY_KEY_REUSED naming that order, and buy closes
+   * it and buys afresh under a new key (or answers that order, paid); a key the server never
+   * took makes this purchase. A key it answers as spent (its order closed meanwhile, e.g. on
+   * its page) is forgotten and a fresh one bought with: the user tapped Buy, not Pay.
    */
   replaceUnanswered(items, address, what, key) {
     return this.purchase(items, address, what, key, undefined).catch((e) => {
