@@ -1029,3 +1029,60 @@ test('order page: Pay that replaced its order and whose cashier said paid, not y
   await t2.onPullDownRefresh();
   assert.equal(t2.data.order.statusText, 'Paid, to be shipped');
 });
+
+test('against wxlocal: a changed quantity of the same tea closes the unpaid order (its stock back) and buys the new one; Pay from another entry whose new order\'s answer is lost: the closed order\'s page pays the new one (same key), then opens it', { timeout: 30000 }, async () => {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+  await sandboxNormal();
+  // The 4th order call (the new order's, after the refusal of the 3rd) is served, its answer lost.
+  const opts = { signing: server.signing, user: `hunt-changed-${Date.now()}`, cashier: 'cancel', loseAnswer: (name, nth) => name === 'unifiedOrder' && nth === 3 };
+  const wx = support.sandboxWx(server.baseUrl, opts);
+  const user = withUser(wx);
+  const redirects = [];
+  wx.redirectTo = (o) => redirects.push(o.url);
+  user.addresses.push(WX_ADDRESS);
+  const clientOptions = { baseUrl: server.baseUrl, payPoll: { intervalMs: 100, timeoutMs: 5000, failTimeoutMs: 200 }, orderRetry: { attempts: 1, delayMs: 1, maxDelayMs: 1, budgetMs: 100 } };
+  const mp = miniProgram(wx, clientOptions);
+  const stockOf = async (skuId) => {
+    const p = miniProgram(wx, clientOptions).page('pages/product/product');
+    await p.onLoad({ product_id: 'tea' });
+    return p.data.skus.filter((s) => s.sku_id === skuId)[0].stock;
+  };
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  const sku = product.data.selected;
+  const stock = await stockOf(sku);
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', product.data.message);
+  const first = product.data.orderNo;
+  product.onPlus(); // two tins instead of one
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', `${product.data.message} ${user.toasts.join(' | ')}`);
+  const second = product.data.orderNo;
+  assert.notEqual(second, first);
+  assert.equal(await stockOf(sku), stock - 2, 'only the order of two holds stock: the order of one was closed');
+  const list = mp.page('pages/orders/orders');
+  await list.onShow();
+  assert.deepEqual(list.data.orders.map((o) => [o.out_trade_no, o.statusText]), [[second, 'Awaiting payment'], [first, 'Closed unpaid']]);
+
+  // Back through another entry (another scene): Pay on the order page closes it and orders
+  // anew; the server makes the new order, its answer is lost.
+  opts.scene = 1089;
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: second });
+  assert.equal(detail.data.canPay, true);
+  await detail.onPayTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  assert.equal(detail.data.order.statusText, 'Closed unpaid');
+  assert.deepEqual(detail.data.replacement, { no: '' }, 'the page points to the new order');
+  assert.equal(await stockOf(sku), stock - 2, 'the new order (made, unanswered) holds the two tins');
+  await detail.onPayReplacementTap();
+  assert.equal(redirects.length, 1, JSON.stringify(redirects));
+  const third = new URLSearchParams(redirects[0].split('?')[1]).get('out_trade_no');
+  assert.ok(third && third !== second && third !== first, redirects[0]);
+  assert.equal(await stockOf(sku), stock - 2, 'no further order: the retry paid the one the server had made');
+  await list.onShow();
+  assert.deepEqual(list.data.orders.map((o) => o.statusText), ['Awaiting payment', 'Closed unpaid', 'Closed unpaid']);
+  assert.equal(list.data.orders[0].out_trade_no, third);
+  assert.deepEqual(user.toasts, []);
+});
