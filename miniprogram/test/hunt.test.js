@@ -8,7 +8,9 @@
 // cashier said paid (no Pay or Close until a pull-down reads the order again). Then a purchase
 // neither lost nor made twice: the key of an order buy made to replace one, whose answer was
 // lost; a key handed back on a network failure, over a reload; the same cart bought for another
-// address (the old order closed first), stubbed and against wxlocal.
+// address (the old order closed first), stubbed and against wxlocal. Then the closed order's
+// page after a failed replacement (it points to the new order), the new order's page, and a
+// changed quantity or SKU of the same product (the old unpaid order closed first).
 //
 // The pages run as in example.test.js: each page's .js loaded with a fake `App`, `Page`,
 // `getApp` and `wx`, requires resolved inside example/, handlers called as taps would.
@@ -1084,5 +1086,5 @@ test('against wxlocal: a changed quantity of the same tea closes the unpaid orde
   await list.onShow();
   assert.deepEqual(list.data.orders.map((o) => o.statusText), ['Awaiting payment', 'Closed unpaid', 'Closed unpaid']);
   assert.equal(list.data.orders[0].out_trade_no, third);
-  assert.deepEqual(user.toasts, []);
+  assert.deepEqual(user.toasts, ['Payment cancelled.'], 'the cashier was cancelled: said so, and the new order opened to pay it');
 });

@@ -8,7 +8,8 @@
  * after the mini program was closed and reopened, and for every Buy of the same cart and
  * address. A key is kept under what identifies its purchase — the order number once known, the
  * cart and address until then — never under another order's number (an order buy closed to
- * replace it is forgotten, the new key kept for itself).
+ * replace it is forgotten, the new key kept for itself, with that order's number as
+ * `replaces`, so the closed order's page can point to the new one).
  *
  * Kept in wx.setStorageSync, so it outlives the mini program being killed and reopened (and
  * the order page being opened from WeChat's order centre). A paid or closed order is

@@ -7,7 +7,9 @@
  *   the mini program being closed and reopened, and this page being opened from WeChat's order
  *   centre; shop.buy with that key, items and address pays this very order; from another entry
  *   buy closes it and pays a new one, shown then; if the new one's call fails, its key is kept
- *   for the cart and address, and the product page's next Buy of them sends it) and Close
+ *   for the cart and address, with this order's number: this page, closed, then offers Pay
+ *   the new order with that key, and opens it once its number is known; the new order's page
+ *   reached first, and the product page's next Buy of the cart and address, send it too) and Close
  *   (shop.orders.close: its stock goes back). Without the key (bought on another phone, storage cleared, or kept longer than an
  *   order lives) it cannot be paid here: Buy again closes it, then opens its product to buy
  *   afresh (the server would not close it for a new purchase: it would hold its stock until it
@@ -115,9 +117,14 @@ Page({
     return unanswered ? Object.assign({}, unanswered, { byNumber: false }) : null;
   },
 
-  /** Where a Pay whose order is `r.out_trade_no` (not this one) goes: that order's page. */
+  /**
+   * Where a Pay whose order is `r.out_trade_no` (not this one) goes: that order's page, told to
+   * say "confirming" (not offer Pay) when the cashier said paid and the server has not seen it.
+   */
   openOrder(r) {
-    const confirming = !r.paid && !r.error && r.cashier === 'ok' ? '&confirming=1' : '';
+    const confirming = !r.paid && r.cashier === 'ok' ? '&confirming=1' : '';
+    if (r.paid) wx.showToast({ title: 'Paid', icon: 'success' });
+    else if (r.cashier === 'cancel') wx.showToast({ title: 'Payment cancelled.', icon: 'none' });
     wx.redirectTo({ url: '/pages/order/detail?out_trade_no=' + encodeURIComponent(r.out_trade_no) + confirming });
   },
 
@@ -205,7 +212,6 @@ Page({
           (r) => {
             wx.hideLoading();
             unpaid.afterBuy(r, purchase);
-            if (r.paid) wx.showToast({ title: 'Paid', icon: 'success' });
             this.openOrder(r);
           },
           (e) => {

@@ -20,10 +20,11 @@
  * answer, a timeout: the server may have made the order): the next Buy of the same cart and
  * address sends it, after a reload too.
  *
- * The same cart bought again for another address (the user did not pay, then changed it)
- * closes the order kept for the old address first (shop.orders.close, its stock back, as Buy
- * again on the order page does), then buys afresh; paid meanwhile (ORDER_PAID), that order is
- * shown paid and nothing is bought.
+ * This product bought again with another SKU, quantity or address (the user did not pay, then
+ * changed their mind) closes the orders kept unpaid for it first (shop.orders.close, their
+ * stock back, as Buy again on the order page does), then buys afresh; paid meanwhile
+ * (ORDER_PAID), that order is shown paid and nothing is bought; a close refused otherwise,
+ * the page says so and buys nothing. A cart of other products is another purchase.
  */
 'use strict';
 
