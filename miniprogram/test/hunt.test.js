@@ -8,7 +8,9 @@
 // cashier said paid (no Pay or Close until a pull-down reads the order again). Then a purchase
 // neither lost nor made twice: the key of an order buy made to replace one, whose answer was
 // lost; a key handed back on a network failure, over a reload; the same cart bought for another
-// address (the old order closed first), stubbed and against wxlocal.
+// address (the old order closed first), stubbed and against wxlocal. Then the closed order's
+// page after a failed replacement (it points to the new order), the new order's page, and a
+// changed quantity or SKU of the same product (the old unpaid order closed first).
 //
 // The pages run as in example.test.js: each page's .js loaded with a fake `App`, `Page`,
 // `getApp` and `wx`, requires resolved inside example/, handlers called as taps would.
@@ -108,9 +110,10 @@ function unconfirmedShop() {
   const refused = new Set();
   const naming = new Set(); // keys refused 422 IDEMPOTENCY_KEY_REUSED naming their order
   let lose = () => false; // (name, data) → true: the call is served, its answer lost (a timeout)
+  let closeAnswer = null; // (out_trade_no) → an answer instead of the close, or null
   const answer = {
     login: () => ({ statusCode: 200, data: { token: 'tok', expires_at: Math.floor(Date.now() / 1000) + 3600, openid: 'o-alice', fund_type: 0, trading_component: 'always' } }),
-    catalogSync: () => ({ statusCode: 200, data: { product: { product_id: 'tea', title: 'Tea', head_img: [], skus: [{ sku_id: 'tea-250g', price: 1990, stock: 10, attrs: [] }] } } }),
+    catalogSync: () => ({ statusCode: 200, data: { product: { product_id: 'tea', title: 'Tea', head_img: [], skus: [{ sku_id: 'tea-250g', price: 1990, stock: 10, attrs: [] }, { sku_id: 'tea-500g', price: 3590, stock: 10, attrs: [] }] } } }),
     unifiedOrder: (d) => {
       let o = orders.get(d.idempotency_key);
       // As the server: a key whose order closed unpaid is refused (ORDER_CLOSED); `refused`
@@ -134,6 +137,8 @@ function unconfirmedShop() {
     },
     queryOrder: (d) => {
       const o = byNo.get(d.out_trade_no);
+      const instead = d.action === 'close' && closeAnswer && closeAnswer(d.out_trade_no);
+      if (instead) return instead;
       if (d.action === 'close' && o && o.status === 'PAID') return { statusCode: 409, data: { code: 'ORDER_PAID', message: 'the order is paid: apply for a refund instead' } };
       if (d.action === 'close' && o && o.status === 'PREPAID') o.status = 'CLOSED';
       return { statusCode: 200, data: { order: o } };
@@ -170,6 +175,7 @@ function unconfirmedShop() {
     refuse: (key) => refused.add(key),
     refuseNaming: (key) => naming.add(key),
     loseAnswers: (pred) => (lose = pred),
+    closeAnswers: (fn) => (closeAnswer = fn),
     keyOf: (no) => [...orders.entries()].find((e) => e[1].out_trade_no === no)[0],
     place: (key, items) => answer.unifiedOrder({ idempotency_key: key, items }),
   };
@@ -802,4 +808,283 @@ test('against wxlocal: the same cart bought again for another address closes the
     assert.deepEqual(orders.map((o) => o.statusText).sort(), ['Awaiting payment', 'Closed unpaid'], `lost=${lost}: ${JSON.stringify(orders)}`);
     assert.deepEqual(user.toasts, [], `lost=${lost}`);
   }
+});
+
+// ---- the order page after a failed replacement; a changed cart of the same product -------------
+
+test('order page: Pay that replaced its order and got no answer for the new one points to the new one: it keeps offering Pay the new order (same key), then opens it, also after a reload', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS);
+  const redirects = [];
+  shop.wx.redirectTo = (o) => redirects.push(o.url);
+  const mp = miniProgram(shop.wx, FAST);
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  const first = shop.keyOf('T1');
+
+  // Back through another entry: T1's key is refused naming T1, buy closes T1 and orders under a
+  // new key; the server makes T2, the answer is lost.
+  shop.refuseNaming(first);
+  shop.loseAnswers((name, d) => name === 'unifiedOrder' && d.idempotency_key !== first);
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  await detail.onPayTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  assert.equal(detail.data.order.statusText, 'Closed unpaid');
+  const second = shop.keyOf('T2');
+  assert.deepEqual(detail.data.replacement, { no: '' }, 'the closed order\'s page points nowhere: the new order (T2, holding its stock) is lost to the user');
+  const wxml = fs.readFileSync(path.join(ROOT, 'pages', 'order', 'detail.wxml'), 'utf8');
+  assert.match(wxml, /wx:if="\{\{replacement && !replacement.no\}\}"[\s\S]*?did not arrive[\s\S]*?bindtap="onPayReplacementTap"/, 'the page says what happened and offers the retry');
+
+  // The retry fails again: still offered, the same key kept; after a reload too.
+  await detail.onPayReplacementTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  assert.deepEqual(detail.data.replacement, { no: '' }, 'still offered after a second failure');
+  const reloaded = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await reloaded.onLoad({ out_trade_no: 'T1' });
+  assert.deepEqual(reloaded.data.replacement, { no: '' }, 'and after a reload');
+
+  // The answer comes: the same order (T2), no third; the page opens it.
+  shop.loseAnswers(() => false);
+  shop.cashierWill.push('cancel');
+  await reloaded.onPayReplacementTap();
+  assert.deepEqual(unifiedKeys(shop).slice(-3), [second, second, second], 'every retry sent the new order\'s key');
+  assert.equal(shop.byNo.size, 2, 'no third order');
+  assert.deepEqual(redirects, ['/pages/order/detail?out_trade_no=T2'], 'the new order is opened');
+  assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), ['T2'], 'kept under its own number');
+  const t2 = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await t2.onLoad({ out_trade_no: 'T2' });
+  assert.equal(t2.data.canPay, true, 'the new order\'s page offers Pay (its key kept)');
+
+  // T1's page, opened again (from my orders), says it was replaced by T2 and opens it.
+  const again = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await again.onLoad({ out_trade_no: 'T1' });
+  assert.deepEqual(again.data.replacement, { no: 'T2' });
+  again.onOpenReplacementTap();
+  assert.equal(redirects.pop(), '/pages/order/detail?out_trade_no=T2');
+});
+
+test('product: a changed quantity or SKU of the same product closes the unpaid order first (no second order holding stock); paid meanwhile, shown and nothing bought; a close refused, nothing bought', async () => {
+  for (const change of ['quantity', 'sku']) {
+    const shop = unconfirmedShop();
+    const user = withUser(shop.wx);
+    user.addresses.push(WX_ADDRESS);
+    const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    assert.equal(product.data.outcome, 'unpaid', product.data.message);
+    if (change === 'quantity') product.onPlus();
+    else product.onSkuTap({ currentTarget: { dataset: { skuId: 'tea-500g' } } });
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    assert.equal(shop.byNo.size, 2, `${change}: a new order for the changed cart`);
+    assert.equal(shop.byNo.get('T1').status, 'CLOSED', `${change}: the unpaid order of the old cart is closed, its stock back (it would hold it until it expired)`);
+    assert.equal(product.data.orderNo, 'T2', product.data.message);
+    assert.equal(product.data.outcome, 'unpaid', product.data.message);
+    assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), ['T2'], `${change}: only the new order is kept`);
+    assert.deepEqual(user.toasts, []);
+  }
+
+  // Paid meanwhile (in WeChat's order centre): that order shown paid, nothing bought.
+  {
+    const shop = unconfirmedShop();
+    withUser(shop.wx).addresses.push(WX_ADDRESS);
+    const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    shop.confirm('T1');
+    product.onPlus();
+    await product.onBuyTap();
+    assert.equal(shop.byNo.size, 1, 'nothing bought on top of an order paid meanwhile');
+    assert.equal(product.data.outcome, 'paid', product.data.message);
+    assert.equal(product.data.orderNo, 'T1');
+    assert.match(product.data.message, /T1[\s\S]*paid already[\s\S]*nothing new was bought/, product.data.message);
+    // The next tap is a purchase the user chose, knowing.
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    assert.equal(shop.byNo.size, 2);
+  }
+
+  // The close refused (WeChat Pay could not say whether it was paid): nothing bought, said so;
+  // the next tap closes it and buys.
+  {
+    const shop = unconfirmedShop();
+    const user = withUser(shop.wx);
+    user.addresses.push(WX_ADDRESS);
+    const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    product.onPlus();
+    shop.closeAnswers(() => ({ statusCode: 503, data: { code: 'ORDER_STATUS_UNKNOWN', message: 'WeChat Pay could not say whether the order was paid; nothing closed' } }));
+    await product.onBuyTap();
+    assert.equal(shop.sent('unifiedOrder').length, 1, 'nothing bought while the old order may be paid or open');
+    assert.match(product.data.message, /T1[\s\S]*could not be closed[\s\S]*nothing new was bought/, product.data.message);
+    assert.equal(product.data.orderNo, 'T1', 'View order opens the one that could not be closed');
+    assert.match(user.toasts.pop() || '', /^ORDER_STATUS_UNKNOWN/);
+    shop.closeAnswers(null);
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    assert.equal(shop.byNo.get('T1').status, 'CLOSED');
+    assert.equal(shop.byNo.size, 2);
+    assert.equal(product.data.orderNo, 'T2');
+  }
+});
+
+test('utils/unpaid: a changed cart of the same product is found to close; a cart of other products is not', () => {
+  const shop = unconfirmedShop();
+  const unpaid = loadUnpaid(shop.wx);
+  const tea1 = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+  const tea2 = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 2 }];
+  const cup = [{ product_id: 'cup', sku_id: 'cup-1', quantity: 1 }];
+  unpaid.remember('T1', { key: 'k-1', items: tea1, address: null });
+  unpaid.remember('C1', { key: 'k-c', items: cup, address: null });
+  assert.deepEqual(unpaid.findChanged(tea2, null).map((p) => p.out_trade_no), ['T1'], 'another quantity of tea');
+  assert.deepEqual(unpaid.findChanged(tea1, null), [], 'the same cart is paid with its key, not closed');
+  assert.deepEqual(unpaid.findChanged([{ product_id: 'cup', sku_id: 'cup-1', quantity: 3 }], null).map((p) => p.out_trade_no), ['C1']);
+  assert.deepEqual(unpaid.findChanged([{ product_id: 'pot', sku_id: 'pot-1', quantity: 1 }], null), [], 'another product: another purchase');
+});
+
+/** A failed replacement, as above: T1 bought and not paid, Pay from another entry closes it and makes T2, whose answer is lost. */
+async function failedReplacement(shop, user) {
+  user.addresses.push(WX_ADDRESS);
+  const mp = miniProgram(shop.wx, FAST);
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  const first = shop.keyOf('T1');
+  shop.refuseNaming(first);
+  shop.loseAnswers((name, d) => name === 'unifiedOrder' && d.idempotency_key !== first);
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  await detail.onPayTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  shop.loseAnswers(() => false);
+  return shop.keyOf('T2');
+}
+
+test('order page: the order made to replace one, opened from my orders before its answer came, offers Pay with its key (not Buy again, which would close it)', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  const second = await failedReplacement(shop, user);
+  const t2 = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await t2.onLoad({ out_trade_no: 'T2' });
+  assert.equal(t2.data.canPay, true, 'T2\'s page offers Buy again, which would close the order the user wants');
+  shop.cashierWill.push('cancel');
+  await t2.onPayTap();
+  assert.equal(unifiedKeys(shop).pop(), second, 'Pay sent the kept key');
+  assert.equal(shop.byNo.size, 2, 'no third order');
+  assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), ['T2'], 'kept under its number once the server answered with it');
+});
+
+test('product: a kept key whose order was closed meanwhile (the replacement, closed on its page): the next Buy of the same cart is a new purchase in one tap, not "this order was closed"', async () => {
+  // The user closes the order made to replace T1; the next Buy of the same cart on the product
+  // page is a new purchase, not "this order was closed" for an order the page never showed.
+  const other = unconfirmedShop();
+  const otherUser = withUser(other.wx);
+  await failedReplacement(other, otherUser);
+  const page = miniProgram(other.wx, FAST).page('pages/order/detail');
+  await page.onLoad({ out_trade_no: 'T2' });
+  await page.onCloseTap();
+  assert.equal(other.byNo.get('T2').status, 'CLOSED');
+  const product = miniProgram(other.wx, FAST).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  otherUser.addresses.push(WX_ADDRESS);
+  other.cashierWill.push('cancel');
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', product.data.message);
+  assert.equal(product.data.orderNo, 'T3', 'a new order, in one tap');
+});
+
+test('order page: Pay that replaced its order and whose cashier said paid, not yet seen by the server: the new order\'s page says "confirming", not Pay', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  user.addresses.push(WX_ADDRESS);
+  const redirects = [];
+  shop.wx.redirectTo = (o) => redirects.push(o.url);
+  const mp = miniProgram(shop.wx, FAST);
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  shop.refuseNaming(shop.keyOf('T1'));
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  await detail.onPayTap(); // the cashier says paid; the server reads T2 PREPAID still
+  assert.equal(redirects.length, 1);
+  const url = redirects[0];
+  assert.match(url, /^\/pages\/order\/detail\?/);
+  const query = Object.fromEntries(new URLSearchParams(url.split('?')[1]));
+  assert.equal(query.out_trade_no, 'T2');
+  const t2 = mp.page('pages/order/detail');
+  await t2.onLoad(query);
+  assert.equal(t2.data.order.statusText, 'Awaiting payment');
+  assert.equal(t2.data.canPay, false, 'Pay offered for an order the user has just paid');
+  assert.equal(t2.data.confirming, true);
+  shop.confirm('T2');
+  await t2.onPullDownRefresh();
+  assert.equal(t2.data.order.statusText, 'Paid, to be shipped');
+});
+
+test('against wxlocal: a changed quantity of the same tea closes the unpaid order (its stock back) and buys the new one; Pay from another entry whose new order\'s answer is lost: the closed order\'s page pays the new one (same key), then opens it', { timeout: 30000 }, async () => {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+  await sandboxNormal();
+  // The 4th order call (the new order's, after the refusal of the 3rd) is served, its answer lost.
+  const opts = { signing: server.signing, user: `hunt-changed-${Date.now()}`, cashier: 'cancel', loseAnswer: (name, nth) => name === 'unifiedOrder' && nth === 3 };
+  const wx = support.sandboxWx(server.baseUrl, opts);
+  const user = withUser(wx);
+  const redirects = [];
+  wx.redirectTo = (o) => redirects.push(o.url);
+  user.addresses.push(WX_ADDRESS);
+  const clientOptions = { baseUrl: server.baseUrl, payPoll: { intervalMs: 100, timeoutMs: 5000, failTimeoutMs: 200 }, orderRetry: { attempts: 1, delayMs: 1, maxDelayMs: 1, budgetMs: 100 } };
+  const mp = miniProgram(wx, clientOptions);
+  const stockOf = async (skuId) => {
+    const p = miniProgram(wx, clientOptions).page('pages/product/product');
+    await p.onLoad({ product_id: 'tea' });
+    return p.data.skus.filter((s) => s.sku_id === skuId)[0].stock;
+  };
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  const sku = product.data.selected;
+  const stock = await stockOf(sku);
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', product.data.message);
+  const first = product.data.orderNo;
+  product.onPlus(); // two tins instead of one
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', `${product.data.message} ${user.toasts.join(' | ')}`);
+  const second = product.data.orderNo;
+  assert.notEqual(second, first);
+  assert.equal(await stockOf(sku), stock - 2, 'only the order of two holds stock: the order of one was closed');
+  const list = mp.page('pages/orders/orders');
+  await list.onShow();
+  assert.deepEqual(list.data.orders.map((o) => [o.out_trade_no, o.statusText]), [[second, 'Awaiting payment'], [first, 'Closed unpaid']]);
+
+  // Back through another entry (another scene): Pay on the order page closes it and orders
+  // anew; the server makes the new order, its answer is lost.
+  opts.scene = 1089;
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: second });
+  assert.equal(detail.data.canPay, true);
+  await detail.onPayTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  assert.equal(detail.data.order.statusText, 'Closed unpaid');
+  assert.deepEqual(detail.data.replacement, { no: '' }, 'the page points to the new order');
+  assert.equal(await stockOf(sku), stock - 2, 'the new order (made, unanswered) holds the two tins');
+  await detail.onPayReplacementTap();
+  assert.equal(redirects.length, 1, JSON.stringify(redirects));
+  const third = new URLSearchParams(redirects[0].split('?')[1]).get('out_trade_no');
+  assert.ok(third && third !== second && third !== first, redirects[0]);
+  assert.equal(await stockOf(sku), stock - 2, 'no further order: the retry paid the one the server had made');
+  await list.onShow();
+  assert.deepEqual(list.data.orders.map((o) => o.statusText), ['Awaiting payment', 'Closed unpaid', 'Closed unpaid']);
+  assert.equal(list.data.orders[0].out_trade_no, third);
+  assert.deepEqual(user.toasts, ['Payment cancelled.'], 'the cashier was cancelled: said so, and the new order opened to pay it');
 });

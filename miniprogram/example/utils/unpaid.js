@@ -8,7 +8,8 @@
  * after the mini program was closed and reopened, and for every Buy of the same cart and
  * address. A key is kept under what identifies its purchase — the order number once known, the
  * cart and address until then — never under another order's number (an order buy closed to
- * replace it is forgotten, the new key kept for itself).
+ * replace it is forgotten, the new key kept for itself, with that order's number as
+ * `replaces`, so the closed order's page can point to the new one).
  *
  * Kept in wx.setStorageSync, so it outlives the mini program being killed and reopened (and
  * the order page being opened from WeChat's order centre). A paid or closed order is
@@ -120,26 +121,91 @@ function findPurchase(items, address) {
   return newest(map, Object.keys(map).filter((n) => sameWhat(map[n], items, address)));
 }
 
-/**
- * The newest purchase kept of exactly these `items` for another address than `address`: {
- * out_trade_no (or null), key, items, address }, or null. The product page closes its order
- * before the same cart is bought for the new address.
- */
-function findOtherAddress(items, address) {
-  const map = all();
-  const cart = JSON.stringify(items);
-  return newest(
-    map,
-    Object.keys(map).filter((n) => JSON.stringify(map[n].items) === cart && !sameWhat(map[n], items, address))
+/** The lines of `items` as a purchase names them (product, SKU, quantity), in a fixed order. */
+function linesOf(items) {
+  return JSON.stringify(
+    (Array.isArray(items) ? items : [])
+      .map((i) => [i && i.product_id, i && i.sku_id, i && i.quantity])
+      .sort((a, b) => (String(a[0]) + '/' + a[1] < String(b[0]) + '/' + b[1] ? -1 : 1))
   );
 }
 
-/** Keeps `purchase` ({ key, items, address }) for order `outTradeNo`, and no other entry of its key. */
+/**
+ * The newest key kept with no order number (its call got no answer) for the lines of an order
+ * (`items` as queryOrder gives them) → { out_trade_no: null, key, items, address }, or null.
+ * The page of an unpaid order this phone holds no number for (the order made to replace one,
+ * reached from my orders before its answer came) pays with it: the server answers the key with
+ * its order, which is most likely this one; Buy again would close the very order the user wants.
+ */
+function findUnanswered(items) {
+  const map = all();
+  const lines = linesOf(items);
+  return newest(map, Object.keys(map).filter((n) => isPending(n) && linesOf(map[n].items) === lines));
+}
+
+/** The products of `items` (an array of lines), sorted, as one string. */
+function productsOf(items) {
+  return JSON.stringify(
+    (Array.isArray(items) ? items : [])
+      .map((i) => (i && i.product_id) || '')
+      .filter((v, i, all) => all.indexOf(v) === i)
+      .sort()
+  );
+}
+
+/**
+ * The purchases kept of the same products as `items` (the same product page) but not exactly
+ * these `items` and `address`: another SKU or quantity, or another address. Newest first, each
+ * { out_trade_no (or null), key, items, address }. The product page closes their orders before
+ * it buys the changed cart, so an order the user changed their mind about does not hold its
+ * stock until it expires. A cart of other products is another purchase, and is not listed.
+ */
+function findChanged(items, address) {
+  const map = all();
+  const products = productsOf(items);
+  const ids = Object.keys(map).filter((n) => productsOf(map[n].items) === products && !sameWhat(map[n], items, address));
+  ids.sort((a, b) => (map[b].at || 0) - (map[a].at || 0));
+  return ids.map((id) => entry(map, id));
+}
+
+/**
+ * The purchase kept as the replacement of order `outTradeNo`: buy closed that order to make a
+ * new one (the user came back through another entry) → { out_trade_no (null while the new
+ * order's answer has not come), key, items, address }, or null. The order page of the closed
+ * order points to it: Pay the new order (its key, so the same order) or open it.
+ */
+function replacementOf(outTradeNo) {
+  if (typeof outTradeNo !== 'string' || !outTradeNo) return null;
+  const map = all();
+  return newest(map, Object.keys(map).filter((n) => map[n].replaces === outTradeNo && n !== outTradeNo));
+}
+
+/** The order the purchase kept under key `key` replaces (see replacementOf), or undefined. */
+function replacedBy(key) {
+  if (!key) return undefined;
+  const map = all();
+  const id = Object.keys(map).filter((n) => map[n].key === key && map[n].replaces)[0];
+  return id ? map[id].replaces : undefined;
+}
+
+/** What is kept of `purchase` ({ key, items, address, replaces? }) at time `at`. */
+function kept(purchase, at) {
+  const p = { key: purchase.key, items: purchase.items, address: purchase.address || null, at: at };
+  if (purchase.replaces) p.replaces = purchase.replaces;
+  return p;
+}
+
+/**
+ * Keeps `purchase` ({ key, items, address, replaces? }) for order `outTradeNo`, and no other
+ * entry of its key. `replaces`: the order buy closed to make this one (kept from the key's
+ * entry when not given), so that order's page can point here.
+ */
 function remember(outTradeNo, purchase) {
   const map = all();
   const at = nextAt(map);
+  const replaces = purchase.replaces || replacedBy(purchase.key);
   dropKey(map, purchase.key);
-  map[outTradeNo] = { key: purchase.key, items: purchase.items, address: purchase.address || null, at: at };
+  map[outTradeNo] = kept(Object.assign({}, purchase, { replaces: replaces }), at);
   save(map);
 }
 
@@ -152,7 +218,7 @@ function remember(outTradeNo, purchase) {
 function rememberKey(purchase) {
   const map = all();
   if (Object.keys(map).some((id) => map[id].key === purchase.key)) return;
-  map[PENDING + purchase.key] = { key: purchase.key, items: purchase.items, address: purchase.address || null, at: nextAt(map) };
+  map[PENDING + purchase.key] = kept(purchase, nextAt(map));
   save(map);
 }
 
@@ -180,9 +246,12 @@ function forgetKey(key) {
  * forgotten.
  */
 function afterBuy(r, purchase) {
+  // What the key sent replaced (a retry of a replacement), or what buy closed now to make this.
+  const prev = r.previousOrder && r.previousOrder.outcome !== 'paid' ? r.previousOrder.out_trade_no : null;
+  const replaces = purchase.replaces || replacedBy(purchase.key) || prev || undefined;
   forgetKey(purchase.key);
   if (r.previousOrder) forget(r.previousOrder.out_trade_no);
-  if (r.idempotencyKey) remember(r.out_trade_no, { key: r.idempotencyKey, items: purchase.items, address: purchase.address });
+  if (r.idempotencyKey) remember(r.out_trade_no, { key: r.idempotencyKey, items: purchase.items, address: purchase.address, replaces: replaces });
   else forget(r.out_trade_no);
 }
 
@@ -206,8 +275,11 @@ function afterFailure(e, purchase, keptNo) {
     forgetKey(purchase.key);
     return;
   }
+  // The order the new key stands in for: the one named by the purchase (a retry on the closed
+  // order's page), else the one buy closed now to make it.
+  const replaces = purchase.replaces || gone || undefined;
   if (purchase.key && err.idempotencyKey !== purchase.key) forgetKey(purchase.key);
-  const what = { key: err.idempotencyKey, items: purchase.items, address: purchase.address };
+  const what = { key: err.idempotencyKey, items: purchase.items, address: purchase.address, replaces: replaces };
   if (err.idempotencyKey === purchase.key && keptNo && keptNo !== gone) remember(keptNo, what);
   else rememberKey(what);
 }
@@ -216,7 +288,9 @@ module.exports = {
   find,
   latestFor,
   findPurchase,
-  findOtherAddress,
+  findChanged,
+  findUnanswered,
+  replacementOf,
   remember,
   rememberKey,
   forget,

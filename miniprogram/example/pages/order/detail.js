@@ -7,7 +7,9 @@
  *   the mini program being closed and reopened, and this page being opened from WeChat's order
  *   centre; shop.buy with that key, items and address pays this very order; from another entry
  *   buy closes it and pays a new one, shown then; if the new one's call fails, its key is kept
- *   for the cart and address, and the product page's next Buy of them sends it) and Close
+ *   for the cart and address, with this order's number: this page, closed, then offers Pay
+ *   the new order with that key, and opens it once its number is known; the new order's page
+ *   reached first, and the product page's next Buy of the cart and address, send it too) and Close
  *   (shop.orders.close: its stock goes back). Without the key (bought on another phone, storage cleared, or kept longer than an
  *   order lives) it cannot be paid here: Buy again closes it, then opens its product to buy
  *   afresh (the server would not close it for a new purchase: it would hold its stock until it
@@ -40,6 +42,10 @@ Page({
     loading: true,
     order: null,
     canPay: false,
+    // This order was closed to make a new one (Pay from another entry): { no } once the new
+    // order's number is known, { no: '' } while its answer has not come (the server may have
+    // made it), or null. The page points there: Pay the new order (its key), or open it.
+    replacement: null,
     // The cashier said paid and the server has not seen it yet: until a pull-down refresh reads
     // the order again, neither Pay nor Close is offered, only "confirming".
     confirming: false,
@@ -52,6 +58,9 @@ Page({
 
   onLoad(options) {
     this.outTradeNo = view.queryValue(options, 'out_trade_no');
+    // Opened right after a Pay that replaced an order and whose cashier said paid, the server
+    // not having seen it yet: "confirming", not Pay, as on the page that paid.
+    if (view.queryValue(options, 'confirming') === '1') this.setData({ confirming: true });
     this.applyKeys = {};
     if (!this.outTradeNo) {
       this.setData({ loading: false });
@@ -86,7 +95,37 @@ Page({
   show(order) {
     const v = view.orderView(order);
     if (!v.unpaid) unpaid.forget(v.out_trade_no);
-    this.setData({ order: v, canPay: v.unpaid && !this.data.confirming && Boolean(unpaid.find(v.out_trade_no)) });
+    // Closed to be replaced: the new order this phone keeps for it (its number, or its key while
+    // the answer has not come), so the user is not left with a closed order and nothing else.
+    const next = v.status === 'CLOSED' ? unpaid.replacementOf(v.out_trade_no) : null;
+    this.setData({
+      order: v,
+      canPay: v.unpaid && !this.data.confirming && Boolean(this.kept(v)),
+      replacement: next ? { no: next.out_trade_no || '' } : null,
+    });
+  },
+
+  /**
+   * The purchase this phone keeps for order view `v` → { key, items, address, byNumber }, or
+   * null: kept under its number, or else a key whose call got no answer for the same lines
+   * (the order made to replace another, opened from my orders before its answer came).
+   */
+  kept(v) {
+    const byNumber = unpaid.find(v.out_trade_no);
+    if (byNumber) return Object.assign({}, byNumber, { byNumber: true });
+    const unanswered = v.unpaid ? unpaid.findUnanswered(v.items) : null;
+    return unanswered ? Object.assign({}, unanswered, { byNumber: false }) : null;
+  },
+
+  /**
+   * Where a Pay whose order is `r.out_trade_no` (not this one) goes: that order's page, told to
+   * say "confirming" (not offer Pay) when the cashier said paid and the server has not seen it.
+   */
+  openOrder(r) {
+    const confirming = !r.paid && r.cashier === 'ok' ? '&confirming=1' : '';
+    if (r.paid) wx.showToast({ title: 'Paid', icon: 'success' });
+    else if (r.cashier === 'cancel') wx.showToast({ title: 'Payment cancelled.', icon: 'none' });
+    wx.redirectTo({ url: '/pages/order/detail?out_trade_no=' + encodeURIComponent(r.out_trade_no) + confirming });
   },
 
   /** Runs `work` (→ promise) with the buttons disabled; a failure is shown, then the order read again. */
@@ -103,7 +142,7 @@ Page({
 
   onPayTap() {
     const no = this.outTradeNo;
-    const saved = unpaid.find(no);
+    const saved = this.data.order ? this.kept(this.data.order) : unpaid.find(no);
     if (!saved || this.data.confirming) return Promise.resolve();
     const purchase = { items: saved.items, address: saved.address, key: saved.key };
     const params = { items: saved.items, idempotencyKey: saved.key };
@@ -118,7 +157,7 @@ Page({
             unpaid.afterBuy(r, purchase);
             if (r.out_trade_no !== no) {
               // Back through another entry: buy closed this order and made a new one.
-              wx.redirectTo({ url: '/pages/order/detail?out_trade_no=' + encodeURIComponent(r.out_trade_no) });
+              this.openOrder(r);
               return undefined;
             }
             if (r.paid) wx.showToast({ title: 'Paid', icon: 'success' });
@@ -143,11 +182,52 @@ Page({
             // address (utils/unpaid): under this number it would be dropped as soon as this
             // order reads closed, and the next Buy would make a second order while the new one
             // (the server may have made it) holds its stock.
-            unpaid.afterFailure(e, purchase, no);
+            // A key kept with no order number stays so: its order is not known to be this one.
+            unpaid.afterFailure(e, purchase, saved.byNumber === false ? undefined : no);
             throw e;
           }
         );
     });
+  },
+
+  /**
+   * This order was closed to be replaced (Pay from another entry) and the new order's call got
+   * no answer: the server may have made it, holding its stock. Sends the new order's key again
+   * with its items and address: the server answers it with that order (or makes it, if it never
+   * did), never a second one; then the page opens that order. Failing again, the key is kept
+   * and the page keeps offering this.
+   */
+  onPayReplacementTap() {
+    const no = this.outTradeNo;
+    const next = unpaid.replacementOf(no);
+    if (!next || next.out_trade_no) return Promise.resolve();
+    const purchase = { items: next.items, address: next.address, key: next.key, replaces: no };
+    const params = { items: next.items, idempotencyKey: next.key };
+    if (next.address) params.address = next.address;
+    return this.act(() => {
+      wx.showLoading({ title: 'Paying…', mask: true });
+      return getApp()
+        .shop.buy(params)
+        .then(
+          (r) => {
+            wx.hideLoading();
+            unpaid.afterBuy(r, purchase);
+            this.openOrder(r);
+          },
+          (e) => {
+            wx.hideLoading();
+            unpaid.afterFailure(e, purchase, undefined);
+            throw e;
+          }
+        );
+    });
+  },
+
+  /** Opens the order made to replace this one. */
+  onOpenReplacementTap() {
+    const r = this.data.replacement;
+    if (!r || !r.no) return;
+    wx.redirectTo({ url: '/pages/order/detail?out_trade_no=' + encodeURIComponent(r.no) });
   },
 
   /**

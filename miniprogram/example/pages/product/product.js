@@ -20,10 +20,11 @@
  * answer, a timeout: the server may have made the order): the next Buy of the same cart and
  * address sends it, after a reload too.
  *
- * The same cart bought again for another address (the user did not pay, then changed it)
- * closes the order kept for the old address first (shop.orders.close, its stock back, as Buy
- * again on the order page does), then buys afresh; paid meanwhile (ORDER_PAID), that order is
- * shown paid and nothing is bought.
+ * This product bought again with another SKU, quantity or address (the user did not pay, then
+ * changed their mind) closes the orders kept unpaid for it first (shop.orders.close, their
+ * stock back, as Buy again on the order page does), then buys afresh; paid meanwhile
+ * (ORDER_PAID), that order is shown paid and nothing is bought; a close refused otherwise,
+ * the page says so and buys nothing. A cart of other products is another purchase.
  */
 'use strict';
 
@@ -194,19 +195,36 @@ Page({
         // mini program was closed and reopened, or whose order call got no answer): its key
         // pays that order, not a second one.
         const kept = this.pending && this.pending.what === what ? this.pending : unpaid.findPurchase(items, address);
-        if (kept) return this.purchase(items, address, what, kept.key, kept.no || kept.out_trade_no || undefined);
-        // The same cart kept unpaid for another address (the user changed it after not
-        // paying): that order is closed first, its stock back, as Buy again does on the order
-        // page; then this one is bought afresh. Paid meanwhile: that order is shown, nothing
-        // bought again.
-        const other = unpaid.findOtherAddress(items, address);
-        if (!other) return this.purchase(items, address, what, undefined, undefined);
-        if (!other.out_trade_no) return this.replaceUnanswered(items, address, what, other.key);
-        return this.closeOther(other).then((paid) => (paid ? { paidAlready: paid } : this.purchase(items, address, what, undefined, undefined)));
+        const keptNo = kept ? kept.no || kept.out_trade_no || undefined : undefined;
+        // A Buy (not Pay) with a kept key whose call got no answer: its order, if any, may have
+        // been closed since (on its page); the key answered as spent, a fresh one buys.
+        if (kept && !keptNo && !paying) return this.replaceUnanswered(items, address, what, kept.key);
+        if (kept) return this.purchase(items, address, what, kept.key, keptNo);
+        // This product kept unpaid with another SKU, quantity or address (the user did not
+        // pay, then changed their mind): those orders are closed first, their stock back, as
+        // Buy again does on the order page; then this cart is bought afresh. Paid meanwhile:
+        // that order is shown, nothing bought. A close refused: nothing bought either.
+        return this.closeChanged(unpaid.findChanged(items, address)).then((left) => {
+          if (left.paid) return { paidAlready: left.paid };
+          if (left.unanswered) return this.replaceUnanswered(items, address, what, left.unanswered.key);
+          return this.purchase(items, address, what, undefined, undefined);
+        });
       })
       .then((r) => (r.paidAlready ? this.showPaidAlready(r.paidAlready) : this.showOutcome(r)))
       .catch((e) => {
         if (e && e.code === 'ADDRESS_REQUIRED') this.addressRequired = true;
+        if (e && e.closing) {
+          // The earlier unpaid order of this product could not be closed: nothing was
+          // bought (a second order would hold stock beside it). It is still kept: the next tap
+          // tries to close it again.
+          this.setData({
+            outcome: '',
+            orderNo: e.closing,
+            message: 'Your unpaid order ' + e.closing + ' of this product could not be closed (' + e.code + '), so nothing new was bought. Tap Buy to try again, or open that order.',
+          });
+          view.showError(e);
+          return;
+        }
         if (e && (e.code === 'ORDER_CLOSED' || e.code === 'ORDER_NOT_OPEN')) {
           // Pay sent the key of an order that closed unpaid meanwhile (it expired, or was
           // closed on its page): that order cannot be paid, and the next tap, with no key, is
@@ -260,42 +278,66 @@ Page({
   },
 
   /**
-   * Closes `other` (with its order number), the same cart kept unpaid for another address,
-   * before it is bought for the new one → resolves its order number when it turns out paid
-   * (409 ORDER_PAID: nothing is to be bought again), else undefined once it is closed (or the
-   * server has no such order). A close that fails otherwise rejects: nothing is bought, the
-   * entry is kept, and the next tap tries again.
+   * Closes the orders of `changed` (unpaid.findChanged: this product kept unpaid with another
+   * SKU, quantity or address), one after the other, before the changed cart is bought →
+   * resolves { paid } (the number of one that turned out paid: nothing is to be bought),
+   * { unanswered } (the newest kept key with no order number: its order, if the server made
+   * one, cannot be closed by number; replaceUnanswered sends it with the new cart), or {}.
+   * A close that fails rejects with its error plus `closing` (that order's number): nothing is
+   * bought, and the next tap tries again.
+   */
+  closeChanged(changed) {
+    const unanswered = changed.filter((p) => !p.out_trade_no)[0];
+    const numbered = changed.filter((p) => p.out_trade_no);
+    const next = (i) => {
+      if (i >= numbered.length) return Promise.resolve(unanswered ? { unanswered: unanswered } : {});
+      return this.closeOther(numbered[i]).then((paid) => (paid ? { paid: paid } : next(i + 1)));
+    };
+    return next(0);
+  },
+
+  /**
+   * Closes `other` (with its order number), kept unpaid for this product with another cart or
+   * address → resolves its order number when it turns out paid (409 ORDER_PAID, or paid by the
+   * time the close came: nothing is to be bought again), else undefined once it is closed (or
+   * the server has no such order). A close that fails otherwise rejects (its error, plus
+   * `closing`): nothing is bought, the entry is kept, and the next tap tries again.
    */
   closeOther(other) {
-    if (!other.out_trade_no) return Promise.resolve(undefined);
+    const no = other.out_trade_no;
+    const done = () => {
+      unpaid.forget(no);
+      if (this.pending && this.pending.no === no) this.pending = null;
+    };
     return getApp()
-      .shop.orders.close(other.out_trade_no)
+      .shop.orders.close(no)
       .then(
         (order) => {
-          unpaid.forget(other.out_trade_no);
-          return order && view.orderView(order).paid ? other.out_trade_no : undefined;
+          done();
+          return order && view.orderView(order).paid ? no : undefined;
         },
         (e) => {
           if (e && e.code === 'ORDER_PAID') {
-            unpaid.forget(other.out_trade_no);
-            return other.out_trade_no;
+            done();
+            return no;
           }
           if (e && e.code === 'ORDER_NOT_FOUND') {
-            unpaid.forget(other.out_trade_no);
+            done();
             return undefined;
           }
-          throw e;
+          throw Object.assign({}, e, { closing: no });
         }
       );
   },
 
   /**
-   * The same cart kept for another address under a key whose order call got no answer: its
-   * order number is not known, so it cannot be closed by number. Its key is sent with this
-   * address: the server answers a key it holds an order for, sent for another address, with
-   * 422 IDEMPOTENCY_KEY_REUSED naming that order, and buy closes it and buys afresh under a
-   * new key (or answers that order, paid); a key the server never took makes this purchase.
-   * A key it answers as spent (its order closed) is forgotten and a fresh one bought with.
+   * A Buy with a kept key whose order call got no answer (its order number is not known): of
+   * this cart and address, or of this product with another cart or address. Its key is sent
+   * with this cart and address: the server answers it with its order (the same request), or,
+   * for a changed request, with 422 IDEMPOTENCY_KEY_REUSED naming that order, and buy closes
+   * it and buys afresh under a new key (or answers that order, paid); a key the server never
+   * took makes this purchase. A key it answers as spent (its order closed meanwhile, e.g. on
+   * its page) is forgotten and a fresh one bought with: the user tapped Buy, not Pay.
    */
   replaceUnanswered(items, address, what, key) {
     return this.purchase(items, address, what, key, undefined).catch((e) => {
@@ -305,10 +347,17 @@ Page({
     });
   },
 
-  /** The same cart, kept unpaid for another address, turned out paid when it was to be closed. */
+  /**
+   * An earlier unpaid order of this product (another SKU, quantity or address) turned out
+   * paid when it was to be closed: nothing was bought. Buy now is a new purchase, on top.
+   */
   showPaidAlready(no) {
     this.pending = null;
-    this.setData({ outcome: 'paid', orderNo: no, message: 'Order ' + no + ' (this cart, to your earlier address) was paid already. Open it to see it.' });
+    this.setData({
+      outcome: 'paid',
+      orderNo: no,
+      message: 'Your earlier order ' + no + ' of this product was paid already, so nothing new was bought. Open it to see it; tap Buy to buy this as well.',
+    });
   },
 
   showOutcome(r) {
