@@ -17,7 +17,7 @@ use wxlocal::gateway::Running;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, stack_with, InProcess};
+use support::{eventually, run_schedule, stack_with, InProcess};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
@@ -417,4 +417,33 @@ async fn an_unpaid_order_is_not_refunded() {
     assert_eq!((s, v["code"].as_str()), (400, Some("BAD_REASON")), "{v}");
     assert!(c.admin_aftersales(&no).await.is_empty());
     assert!(refunds_at_wechat_pay(&r, &no).is_empty());
+}
+
+/// GIVEN a paid order of a tea (1,990)
+/// WHEN the merchant's `refund` carries a field it does not take — `product` (a typo of
+/// `product_id`), or an approval's `aftersale_id`
+/// THEN 400 `BAD_REQUEST` naming the field and listing the fields `refund` takes; nothing is
+/// stored and WeChat Pay is asked for nothing. Before, the field was ignored and the order
+/// refunded the default amount: all that was left (1,990), where the merchant meant one item.
+#[tokio::test]
+async fn a_refund_with_a_field_it_does_not_take_is_refused() {
+    let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
+    let c = InProcess::new(&r);
+    let (_token, no) = paid_tea(&c, "jo").await;
+
+    for (field, value) in [("product", json!("tea")), ("aftersale_id", json!("AS1"))] {
+        let (s, v) = merchant_refund(&c, &no, json!({ field: value })).await;
+        assert_eq!((s, v["code"].as_str()), (400, Some("BAD_REQUEST")), "{v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains(&format!("`{field}`")), "names it: {v}");
+        for accepted in ["out_trade_no", "amount", "reason", "idempotency_key"] {
+            assert!(message.contains(accepted), "lists {accepted}: {v}");
+        }
+    }
+    assert!(c.admin_aftersales(&no).await.is_empty(), "nothing stored");
+    run_schedule(&r).await;
+    assert!(
+        refunds_at_wechat_pay(&r, &no).is_empty(),
+        "nothing refunded at WeChat Pay"
+    );
 }

@@ -119,20 +119,28 @@ enum AdminAction {
     },
     /// The merchant's own refund of a paid order (the freight left over, goodwill, a refund
     /// the user asked for by phone): an after-sale opened by the merchant and approved at once
-    /// ([`merchant_refund`]).
-    Refund {
-        out_trade_no: String,
-        /// Fen; defaults to all the order can still refund less what open after-sales hold.
-        #[serde(default)]
-        amount: Option<i64>,
-        /// 1–200 characters; WeChat Pay's `refund_desc` gets its first 80 bytes.
-        reason: String,
-        /// 1–128 characters: the same key on the same order is the same refund.
-        idempotency_key: String,
-    },
+    /// ([`merchant_refund`]). Its body is read strictly: a field it does not take (a typo of
+    /// `product_id`, say) is refused rather than ignored, since ignoring it would refund the
+    /// default amount — all that is left.
+    Refund(RefundBody),
     List {
         out_trade_no: String,
     },
+}
+
+/// The body of the merchant's `refund` (beside `action`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundBody {
+    out_trade_no: String,
+    /// Fen; defaults to all the order (or the line named) can still refund less what open
+    /// after-sales hold.
+    #[serde(default)]
+    amount: Option<i64>,
+    /// 1–200 characters; WeChat Pay's `refund_desc` gets its first 80 bytes.
+    reason: String,
+    /// 1–128 characters: the same key on the same order is the same refund.
+    idempotency_key: String,
 }
 
 #[derive(Serialize)]
@@ -462,15 +470,11 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             };
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
-        AdminAction::Refund {
-            out_trade_no,
-            amount,
-            reason,
-            idempotency_key,
-        } => {
-            let no = OutTradeNo::parse(out_trade_no)
+        AdminAction::Refund(body) => {
+            let no = OutTradeNo::parse(body.out_trade_no)
                 .map_err(|e| ApiError::bad_request("BAD_OUT_TRADE_NO", e.to_string()))?;
-            let a = merchant_refund(app, &no, amount, &reason, &idempotency_key).await?;
+            let a =
+                merchant_refund(app, &no, body.amount, &body.reason, &body.idempotency_key).await?;
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
         AdminAction::List { out_trade_no } => {
