@@ -320,6 +320,7 @@ fn new_aftersale(kind: AfterSaleKind) -> AfterSale {
         refund_id: None,
         wx_aftersale_id: None,
         wx_add_claimed_until_ms: None,
+        restock: false,
         reject_reason: None,
         goods_return: None,
         line: None,

@@ -17,7 +17,7 @@ use wxlocal::gateway::Running;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, stack_with, InProcess};
+use support::{eventually, run_schedule, stack_with, InProcess};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
@@ -417,4 +417,359 @@ async fn an_unpaid_order_is_not_refunded() {
     assert_eq!((s, v["code"].as_str()), (400, Some("BAD_REASON")), "{v}");
     assert!(c.admin_aftersales(&no).await.is_empty());
     assert!(refunds_at_wechat_pay(&r, &no).is_empty());
+}
+
+/// GIVEN a paid order of a tea (1,990)
+/// WHEN the merchant's `refund` carries a field it does not take — `product` (a typo of
+/// `product_id`), or an approval's `aftersale_id`
+/// THEN 400 `BAD_REQUEST` naming the field and listing the fields `refund` takes; nothing is
+/// stored and WeChat Pay is asked for nothing. Before, the field was ignored and the order
+/// refunded the default amount: all that was left (1,990), where the merchant meant one item.
+#[tokio::test]
+async fn a_refund_with_a_field_it_does_not_take_is_refused() {
+    let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
+    let c = InProcess::new(&r);
+    let (_token, no) = paid_tea(&c, "jo").await;
+
+    for (field, value) in [("product", json!("tea")), ("aftersale_id", json!("AS1"))] {
+        let (s, v) = merchant_refund(&c, &no, json!({ field: value })).await;
+        assert_eq!((s, v["code"].as_str()), (400, Some("BAD_REQUEST")), "{v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains(&format!("`{field}`")), "names it: {v}");
+        for accepted in ["out_trade_no", "amount", "reason", "idempotency_key"] {
+            assert!(message.contains(accepted), "lists {accepted}: {v}");
+        }
+    }
+    assert!(c.admin_aftersales(&no).await.is_empty(), "nothing stored");
+    run_schedule(&r).await;
+    assert!(
+        refunds_at_wechat_pay(&r, &no).is_empty(),
+        "nothing refunded at WeChat Pay"
+    );
+}
+
+/// The cups of the freight order, as the merchant's `refund` names a line.
+fn cups(quantity: Option<u32>) -> Value {
+    let mut line = json!({"product_id": "cup", "sku_id": "cup-1"});
+    if let (Some(q), Some(l)) = (quantity, line.as_object_mut()) {
+        l.insert("quantity".into(), json!(q));
+    }
+    line
+}
+
+/// GIVEN a paid order of a tea and two cups (the freight order, WeChat Pay only)
+/// WHEN the merchant refunds the cups' line (no amount)
+/// THEN the refund is the cups' price (1,000), about that line (`list` shows it: product,
+/// SKU, quantity 2), WeChat Pay is asked for 1,000; the line is claimed as a user's after-sale
+/// of it would claim it: the user's later `apply` for the cups is 400 `LINE_ALREADY_CLAIMED`,
+/// while the tea is still applicable — for its price and the freight, the order's last
+/// unclaimed units. Before, `product_id` and `sku_id` were ignored: the merchant's refund took
+/// the default amount, all that was left (2,990), about no line.
+#[tokio::test]
+async fn a_line_refund_claims_only_that_line() {
+    let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
+    let c = InProcess::new(&r);
+    let (token, no) = support::two_lines_with_freight(&r, &c, "kai", false).await;
+
+    let (s, v) = merchant_refund(&c, &no, cups(None)).await;
+    assert_eq!(s, 200, "{v}");
+    let a = v["aftersale"].clone();
+    assert_eq!(
+        (
+            &a["amount"],
+            &a["by"],
+            &a["product_id"],
+            &a["sku_id"],
+            &a["quantity"]
+        ),
+        (
+            &json!(CUPS),
+            &json!("MERCHANT"),
+            &json!("cup"),
+            &json!("cup-1"),
+            &json!(2)
+        ),
+        "{a}"
+    );
+    let id = a["aftersale_id"].as_str().unwrap().to_owned();
+    c.until_refunded(&token, &no, &id).await;
+    let mine = c.my_aftersale(&token, &no, &id).await;
+    assert_eq!(
+        (&mine["product_id"], &mine["quantity"], &mine["amount"]),
+        (&json!("cup"), &json!(2), &json!(CUPS)),
+        "the user's list shows the line: {mine}"
+    );
+    assert_eq!(
+        refunds_at_wechat_pay(&r, &no)
+            .iter()
+            .map(|(_, fee)| *fee)
+            .collect::<Vec<_>>(),
+        vec![CUPS]
+    );
+
+    // The cups are claimed; the tea is not.
+    let (s, v) = apply(&c, &token, &no, cups(None)).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("LINE_ALREADY_CLAIMED")),
+        "{v}"
+    );
+    let (s, v) = apply(
+        &c,
+        &token,
+        &no,
+        json!({"product_id": "tea", "sku_id": "tea-250g"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["aftersale"]["amount"],
+        TEA + FREIGHT,
+        "the tea, the last units, with the freight: {v}"
+    );
+    // A merchant's refund of the cups again (another key): nothing of them is left.
+    let (s, v) = merchant_refund(
+        &c,
+        &no,
+        json!({"product_id": "cup", "sku_id": "cup-1", "idempotency_key": "k-2"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("LINE_ALREADY_CLAIMED")),
+        "{v}"
+    );
+}
+
+/// GIVEN a paid trading-component order of a tea and two cups
+/// WHEN the merchant refunds one cup
+/// THEN WeChat's trading component gets the after-sale on the user's behalf
+/// (`ecaftersale/add` with that line, 1 cup, 500 fen), its refund is accepted there and it
+/// completes (13) once WeChat Pay refunded it; ours reads REFUNDED, no dead letter. Before, a
+/// merchant's refund was never sent to the trading component: WeChat's order centre showed
+/// nothing refunded.
+#[tokio::test]
+async fn a_line_refund_of_a_component_order_reaches_wechat_and_completes() {
+    let r = stack_with(&[]).await;
+    let c = InProcess::new(&r);
+    let (token, no) = support::two_lines_with_freight(&r, &c, "lou", true).await;
+    let adds = c.calls("shop/ecaftersale/add");
+
+    let (s, v) = merchant_refund(&c, &no, cups(Some(1))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["amount"], 500, "one cup's price: {v}");
+    let id = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+    c.until_refunded(&token, &no, &id).await;
+
+    let stored = || async {
+        let id = wxshop::domain::AfterSaleId::parse(id.clone()).unwrap();
+        wxshop::store::repo::get_aftersale(r.app.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+    };
+    eventually("WeChat's after-sale id stored", WAIT, || async {
+        stored().await.wx_aftersale_id.is_some()
+    })
+    .await;
+    let sent = r.sandbox.calls("shop/ecaftersale/add");
+    assert_eq!(sent.len(), adds + 1, "{sent:?}");
+    let add = sent.last().unwrap();
+    assert_eq!(
+        (
+            &add["product_info"],
+            &add["orderamt"],
+            &add["out_aftersale_id"]
+        ),
+        (
+            &json!({"out_product_id": "cup", "out_sku_id": "cup-1", "product_cnt": 1}),
+            &json!(500),
+            &json!(id)
+        ),
+        "{add}"
+    );
+    let wx_id = stored().await.wx_aftersale_id.unwrap();
+    eventually("WeChat's after-sale completed (13)", WAIT, || async {
+        r.app
+            .wx
+            .ecaftersale_get(&wxshop::shop::types::AfterSaleKey::Id(wx_id))
+            .await
+            .is_ok_and(|wx| wx.status == 13)
+    })
+    .await;
+    assert!(c.calls("shop/ecaftersale/acceptrefund") >= 1);
+    assert!(
+        c.dead_letters().await.is_empty(),
+        "{:?}",
+        c.dead_letters().await
+    );
+}
+
+/// The refund WeChat Pay holds for `out_refund_no` (its sandbox's state): its `refund_id`.
+async fn wechat_refund_id(c: &InProcess<'_>, out_refund_no: &str) -> String {
+    let (s, v) = c.get("/sandbox/_control/state").await;
+    assert_eq!(s, 200, "{v}");
+    v["refunds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["out_refund_no"] == out_refund_no)
+        .and_then(|f| f["refund_id"].as_str())
+        .unwrap_or_else(|| panic!("no refund {out_refund_no} at WeChat Pay: {v}"))
+        .to_owned()
+}
+
+/// WeChat Pay's signed SUCCESS notification of refund `out_refund_no` (`fee` of order `no`,
+/// `total`).
+async fn refund_success(
+    r: &Running,
+    c: &InProcess<'_>,
+    no: &str,
+    out_refund_no: &str,
+    total: i64,
+    fee: i64,
+) -> String {
+    use wxshop::domain::{Fen, OutRefundNo, OutTradeNo};
+    let order_no = OutTradeNo::parse(no.to_owned()).unwrap();
+    let order = wxshop::store::repo::get_order(r.app.store.as_ref(), &order_no)
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let cfg = &r.app.config;
+    wxshop::pay::refund_notify::build_refund_notification(
+        &wxshop::pay::refund_notify::RefundNotificationSpec {
+            appid: cfg.appid.clone(),
+            mch_id: cfg.mch_id.clone(),
+            sub_appid: None,
+            sub_mch_id: None,
+            out_trade_no: order_no,
+            out_refund_no: OutRefundNo::parse(out_refund_no.to_owned()).unwrap(),
+            transaction_id: order.transaction_id.unwrap(),
+            refund_id: wechat_refund_id(c, out_refund_no).await,
+            total_fee: Fen::new(total).unwrap(),
+            refund_fee: Fen::new(fee).unwrap(),
+            success_time_ms: Some(1_700_000_000_000),
+            refund_status: wxshop::pay::types::RefundStatus::Success,
+        },
+        cfg.api_key(),
+    )
+}
+
+/// GIVEN a paid order of two teas (stock 5 → 3), shipped
+/// WHEN the merchant refunds one tea as money only (the goods stay with the user, or were
+/// damaged), then the other with `restock: true` (a return taken by phone: the tea is back on
+/// the shelf), whose refund WeChat Pay keeps processing
+/// THEN the first puts nothing back (3, once settled); the second nothing while its refund is
+/// under way (REFUNDING, 3), and its unit once WeChat Pay's notification says it succeeded (4),
+/// with a `stock_back` event. `restock` without a line is 400 `BAD_RESTOCK`, nothing stored.
+/// Before, `restock` was ignored (the merchant had to `set_stock` by hand) and so was the line.
+#[tokio::test]
+async fn a_restocked_line_refund_puts_its_units_back_once_refunded_and_not_before() {
+    let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
+    let c = InProcess::new(&r);
+    c.set_stock(5).await;
+    let (token, _) = c.login("mo").await;
+    let order = c.order_tea(&token, 2).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.pay_at_sandbox(&no).await;
+    eventually("the order PAID", WAIT, || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    let (s, v) = ship(&c, &no).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(c.stock().await, 3);
+    let tea = |extra: Value| {
+        let mut body = json!({"product_id": "tea", "sku_id": "tea-250g", "quantity": 1});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        body
+    };
+
+    let (s, v) = merchant_refund(&c, &no, json!({"restock": true})).await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("BAD_RESTOCK")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("restock"), "{v}");
+    assert!(c.admin_aftersales(&no).await.is_empty(), "nothing stored");
+
+    // Money only.
+    let (s, v) = merchant_refund(&c, &no, tea(json!({}))).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["aftersale"].get("restock").is_none(), "{v}");
+    let money = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+    c.until_refunded(&token, &no, &money).await;
+    run_schedule(&r).await;
+    run_schedule(&r).await;
+    assert_eq!(
+        c.stock().await,
+        3,
+        "a refund of money only puts nothing back"
+    );
+
+    // Restocked, its refund still processing at WeChat Pay.
+    r.sandbox.clock().advance(60_000); // WeChat Pay: one refund of an order a minute
+    c.control("refund_outcome", &json!({"status": "PROCESSING"}))
+        .await;
+    let (s, v) = merchant_refund(
+        &c,
+        &no,
+        tea(json!({"restock": true, "idempotency_key": "k-2"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aftersale"]["restock"], true, "{v}");
+    let back = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+    let out_refund_no = v["aftersale"]["out_refund_no"].as_str().unwrap().to_owned();
+    eventually("WeChat Pay asked for the refund", WAIT, || async {
+        refunds_at_wechat_pay(&r, &no).len() == 2
+    })
+    .await;
+    run_schedule(&r).await;
+    run_schedule(&r).await;
+    assert_eq!(
+        c.my_aftersale(&token, &no, &back).await["status"],
+        "REFUNDING"
+    );
+    assert_eq!(
+        c.stock().await,
+        3,
+        "nothing back before the refund succeeded"
+    );
+
+    // WeChat Pay says it succeeded: the unit is back.
+    let note = refund_success(&r, &c, &no, &out_refund_no, 2 * 1990, 1990).await;
+    let (s, reply) = c.raw("/callbacks/refund", note).await;
+    assert_eq!(
+        (s, support::return_code(&reply)),
+        (200, "SUCCESS"),
+        "{reply}"
+    );
+    c.until_refunded(&token, &no, &back).await;
+    eventually("the tea back on sale", WAIT, || async {
+        c.stock().await == 4
+    })
+    .await;
+    run_schedule(&r).await;
+    assert_eq!(c.stock().await, 4, "once");
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "source": "stock_back"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let keys: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["key"].as_str())
+        .collect();
+    assert_eq!(keys, vec![back.as_str()], "{v}");
+    assert!(
+        c.dead_letters().await.is_empty(),
+        "{:?}",
+        c.dead_letters().await
+    );
 }

@@ -876,6 +876,7 @@ async fn approving_beyond_what_open_aftersales_leave_is_refused() {
         refund_id: None,
         wx_aftersale_id: None,
         wx_add_claimed_until_ms: None,
+        restock: false,
         reject_reason: None,
         goods_return: None,
         line: None,

@@ -165,10 +165,12 @@ pub enum AfterSaleOrigin {
     User,
     /// The merchant refunded part or all of a paid order on its own (`aftersaleSync` admin
     /// `refund`: the freight left over, a goodwill or price-adjustment refund, a refund the
-    /// user asked for by phone): a refund only, about no line, approved when made
-    /// ([`AfterSale::merchant_refund`]). It takes no units back (money, not goods: no stock
-    /// back) and is not mirrored to WeChat's trading component, whose `ecaftersale/add` needs a
-    /// product line — as a refund made by hand in the merchant platform is not.
+    /// user asked for by phone): a refund only, approved when made
+    /// ([`AfterSale::merchant_refund`]). About no line, it takes no units back and is not
+    /// mirrored to WeChat's trading component, whose `ecaftersale/add` needs a product line —
+    /// as a refund made by hand in the merchant platform is not. About a line, it claims that
+    /// line's units as a user's after-sale would and is mirrored as one; its units go back on
+    /// sale only if the merchant said the goods are back ([`AfterSale::restock`]).
     Merchant,
 }
 
@@ -239,6 +241,11 @@ pub struct AfterSale {
     /// after-sales recorded before merchants could.
     #[serde(default, skip_serializing_if = "AfterSaleOrigin::is_user")]
     pub by: AfterSaleOrigin,
+    /// A merchant's refund of a line whose goods are back in the warehouse (a return taken
+    /// by phone): its units go back on sale once it is refunded ([`AfterSale::units_back`]),
+    /// shipped or not. Without it a merchant's refund is money only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restock: bool,
 }
 
 /// One item of the order an after-sale is about — by our catalog ids, WeChat's
@@ -528,13 +535,16 @@ impl AfterSale {
     }
 
     /// The merchant's own refund of `amount` of `order` (an order whose money we hold), for
-    /// `reason`: a refund only, about no line, approved at once — REFUNDING under a fresh
+    /// `reason`, about `line` (or none: money only), its units back on sale once refunded
+    /// when `restock`: a refund only, approved at once — REFUNDING under a fresh
     /// `out_refund_no`, from where it goes on as any approved after-sale.
     pub fn merchant_refund(
         id: AfterSaleId,
         order: &Order,
         amount: Fen,
         reason: String,
+        line: Option<AfterSaleLine>,
+        restock: bool,
         now_ms: i64,
     ) -> Self {
         AfterSale {
@@ -551,7 +561,8 @@ impl AfterSale {
             wx_add_claimed_until_ms: None,
             reject_reason: None,
             goods_return: None,
-            line: None,
+            restock: restock && line.is_some(),
+            line,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             refunded_at_ms: None,
@@ -559,10 +570,11 @@ impl AfterSale {
         }
     }
 
-    /// Whether it has a copy in WeChat's trading component (when its order does): not a
-    /// merchant's own refund.
+    /// Whether it has a copy in WeChat's trading component (when its order does): the user's,
+    /// and a merchant's own refund of a line (`ecaftersale/add` takes one line); not a
+    /// merchant's refund about no line.
     pub fn mirrored_to_wechat(&self) -> bool {
-        self.by.is_user()
+        self.by.is_user() || self.line.is_some()
     }
 
     pub fn cancel(&mut self, now_ms: i64) -> Result<super::Change, AfterSaleTransitionError> {
@@ -918,18 +930,26 @@ impl AfterSale {
     /// the whole order without a line (several items, not in the trading component) puts back
     /// every item when it refunded every item's whole price.
     ///
-    /// A merchant's own refund ([`AfterSaleOrigin::Merchant`]) is money, not units: nothing.
+    /// A merchant's own refund ([`AfterSaleOrigin::Merchant`]) is money, not units — nothing
+    /// — unless it refunds a line whose goods the merchant says are back ([`Self::restock`]):
+    /// that line's units, by the same rule, shipped or not.
     pub fn units_back(&self, order: &Order) -> Vec<AfterSaleLine> {
-        if self.status != AfterSaleStatus::Refunded || self.by == AfterSaleOrigin::Merchant {
+        if self.status != AfterSaleStatus::Refunded {
             return Vec::new();
         }
-        let never_shipped = order.delivery.is_none() && order.shipped_at_ms.is_none();
-        let goods_came_back = self.kind == AfterSaleKind::ReturnAndRefund
-            && self
-                .goods_return
-                .as_ref()
-                .is_some_and(|g| g.waybill.is_some());
-        if !never_shipped && !goods_came_back {
+        let in_warehouse = match self.by {
+            AfterSaleOrigin::Merchant => self.restock,
+            AfterSaleOrigin::User => {
+                let never_shipped = order.delivery.is_none() && order.shipped_at_ms.is_none();
+                let goods_came_back = self.kind == AfterSaleKind::ReturnAndRefund
+                    && self
+                        .goods_return
+                        .as_ref()
+                        .is_some_and(|g| g.waybill.is_some());
+                never_shipped || goods_came_back
+            }
+        };
+        if !in_warehouse {
             return Vec::new();
         }
         match &self.line {
@@ -1029,6 +1049,7 @@ mod tests {
             refund_id: None,
             wx_aftersale_id: None,
             wx_add_claimed_until_ms: None,
+            restock: false,
             reject_reason: None,
             goods_return: None,
             line: Some(line),
@@ -1237,6 +1258,7 @@ mod tests {
             refund_id: None,
             wx_aftersale_id: Some(1),
             wx_add_claimed_until_ms: None,
+            restock: false,
             reject_reason: None,
             goods_return: None,
             line: None,
@@ -1325,15 +1347,38 @@ mod tests {
             &paid,
             paid.total,
             "goodwill".into(),
+            None,
+            true,
             1,
         );
         assert_eq!(
             (by_merchant.status, by_merchant.line.as_ref()),
             (AfterSaleStatus::Refunding, None)
         );
+        assert!(!by_merchant.restock, "no line, nothing to restock");
         assert!(by_merchant.out_refund_no.is_some() && !by_merchant.mirrored_to_wechat());
         by_merchant.refunded(Some("r1".into()), 2).unwrap();
         assert!(by_merchant.units_back(&paid).is_empty());
+        // Of a line: mirrored; its units back only when restocked (shipped or not), and only
+        // once refunded.
+        for order in [&paid, &shipped] {
+            for restock in [false, true] {
+                let mut line = AfterSale::merchant_refund(
+                    AfterSaleId::generate(0),
+                    order,
+                    fen(1500),
+                    "taken back by phone".into(),
+                    Some(b1(3)),
+                    restock,
+                    1,
+                );
+                assert!(line.mirrored_to_wechat());
+                assert!(line.units_back(order).is_empty(), "not before the refund");
+                line.refunded(Some("r2".into()), 2).unwrap();
+                let want = if restock { vec![b1(3)] } else { Vec::new() };
+                assert_eq!(line.units_back(order), want, "restock {restock}");
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! refund (or return and refund), says which parcel the goods went back in, cancels, lists;
 //! the merchant (`/admin/aftersaleSync`) approves or rejects — or refunds a paid order on its
 //! own (`refund`: an after-sale it opens, approved at once, [`merchant_refund`] — the freight
-//! left on an order refunded line by line, a goodwill refund). Approving a refund fixes an
+//! left on an order refunded line by line, a goodwill refund, or a line's refund: claimed as
+//! the user's application of it would be, mirrored to the trading component as an approved
+//! one, its units back on sale once refunded if the merchant says `restock`). Approving a refund fixes an
 //! `out_refund_no` once and queues `secapi/pay/refund`, so every retry asks WeChat for the
 //! same refund; the refund notification (`payCallback`) completes it. A secondary-merchant
 //! order (`fund_type` 1) is refunded by WeChat, which holds its money: approving it accepts
@@ -119,20 +121,53 @@ enum AdminAction {
     },
     /// The merchant's own refund of a paid order (the freight left over, goodwill, a refund
     /// the user asked for by phone): an after-sale opened by the merchant and approved at once
-    /// ([`merchant_refund`]).
-    Refund {
-        out_trade_no: String,
-        /// Fen; defaults to all the order can still refund less what open after-sales hold.
-        #[serde(default)]
-        amount: Option<i64>,
-        /// 1–200 characters; WeChat Pay's `refund_desc` gets its first 80 bytes.
-        reason: String,
-        /// 1–128 characters: the same key on the same order is the same refund.
-        idempotency_key: String,
-    },
+    /// ([`merchant_refund`]). Its body is read strictly: a field it does not take (a typo of
+    /// `product_id`, say) is refused rather than ignored, since ignoring it would refund the
+    /// default amount — all that is left.
+    Refund(RefundBody),
     List {
         out_trade_no: String,
     },
+}
+
+/// The body of the merchant's `refund` (beside `action`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundBody {
+    out_trade_no: String,
+    /// Fen; defaults to all the order (or the line named) can still refund less what open
+    /// after-sales hold.
+    #[serde(default)]
+    amount: Option<i64>,
+    /// 1–200 characters; WeChat Pay's `refund_desc` gets its first 80 bytes.
+    reason: String,
+    /// 1–128 characters: the same key on the same order is the same refund.
+    idempotency_key: String,
+    /// The line refunded (one of the order's items, by our catalog ids), as the user's
+    /// `apply` takes it: both or neither.
+    #[serde(default)]
+    product_id: Option<String>,
+    #[serde(default)]
+    sku_id: Option<String>,
+    /// Default: all of the line that no live after-sale claims yet.
+    #[serde(default)]
+    quantity: Option<i64>,
+    /// With a line: its goods are back in the warehouse, so its units go back on sale once
+    /// the refund succeeded. Default: money only.
+    #[serde(default)]
+    restock: bool,
+}
+
+/// The merchant's `refund`, as far as it is read without the order.
+struct MerchantRefund<'a> {
+    /// Fen, when given.
+    amount: Option<i64>,
+    reason: &'a str,
+    key: &'a str,
+    /// The line refunded; none: money only, about no line.
+    line: Option<LineAsked>,
+    /// The line's units back on sale once refunded.
+    restock: bool,
 }
 
 #[derive(Serialize)]
@@ -157,6 +192,9 @@ struct AfterSaleView<'a> {
     /// The product line (`product_id`, `sku_id`, `quantity`), when known.
     #[serde(flatten)]
     line: Option<&'a AfterSaleLine>,
+    /// A merchant's refund of a line whose units go back on sale once refunded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    restock: bool,
 }
 
 fn view(a: &AfterSale) -> AfterSaleView<'_> {
@@ -173,6 +211,7 @@ fn view(a: &AfterSale) -> AfterSaleView<'_> {
         reject_reason: a.reject_reason.as_deref(),
         goods_return: a.goods_return.as_ref(),
         line: a.line.as_ref(),
+        restock: a.restock,
     }
 }
 
@@ -266,7 +305,7 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     .map_err(line_error)?;
                 let left = left_to_claim(&order.value, &earlier)?;
                 // The most this application may ask for: its default.
-                let most_now = choice.most.map_or(left, |most| most.min(left));
+                let most_now = most_now(&choice, left);
                 let amount = match amount {
                     None => most_now,
                     Some(a) => Fen::new(a)
@@ -295,16 +334,7 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     return Err(too_much(String::new()));
                 }
                 if let Some(most) = choice.most.filter(|most| amount > *most) {
-                    return Err(ApiError::bad_request(
-                        "AMOUNT_OVER_LINE",
-                        format!(
-                            "amount {} fen is more than this line can still be refunded: at \
-                             most {} fen (its unit price × the quantity asked, less what live \
-                             after-sales of the line claim); ask for less, or leave amount out",
-                            amount.get(),
-                            most.get()
-                        ),
-                    ));
+                    return Err(over_line(amount, most));
                 }
                 order
                     .value
@@ -328,6 +358,7 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     refund_id: None,
                     wx_aftersale_id: None,
                     wx_add_claimed_until_ms: None,
+                    restock: false,
                     reject_reason: None,
                     goods_return: None,
                     line: choice.line.clone(),
@@ -462,15 +493,26 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             };
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
-        AdminAction::Refund {
-            out_trade_no,
-            amount,
-            reason,
-            idempotency_key,
-        } => {
-            let no = OutTradeNo::parse(out_trade_no)
+        AdminAction::Refund(body) => {
+            let no = OutTradeNo::parse(body.out_trade_no)
                 .map_err(|e| ApiError::bad_request("BAD_OUT_TRADE_NO", e.to_string()))?;
-            let a = merchant_refund(app, &no, amount, &reason, &idempotency_key).await?;
+            let line = line_asked(body.product_id, body.sku_id, body.quantity)?;
+            if body.restock && line.is_none() {
+                return Err(ApiError::bad_request(
+                    "BAD_RESTOCK",
+                    "restock puts a line's units back on sale: name the line (product_id and \
+                     sku_id, and quantity if not all of it), or leave restock out for a refund \
+                     of money only",
+                ));
+            }
+            let asked = MerchantRefund {
+                amount: body.amount,
+                reason: &body.reason,
+                key: &body.idempotency_key,
+                line,
+                restock: body.restock,
+            };
+            let a = merchant_refund(app, &no, &asked).await?;
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
         AdminAction::List { out_trade_no } => {
@@ -483,29 +525,35 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
 
 /// The merchant's own refund of paid order `no`: `amount` fen (default: all it can still
 /// refund, freight included, less what open after-sales hold), as an after-sale the merchant
-/// opened ([`AfterSaleOrigin::Merchant`]: a refund only, about no line) approved at once — in
-/// one write with its hold on the order, its `out_refund_no`, refund record and refund task,
-/// so from there it is any approved after-sale: `secapi/pay/refund`, the notification (or the
-/// refund sweep) settles it `REFUNDED` and the order with it, `REFUND_FAILED` /
-/// `REFUND_ABNORMAL` and `mark_refunded` as for any. It puts no stock back (money, not
-/// units) and is not mirrored to WeChat's trading component (`ecaftersale/add` needs a
-/// product line). Only an order whose money we hold: a secondary-merchant order's is WeChat's,
-/// refunded through an after-sale there. The same key on the same order answers the same
-/// refund; another amount under it is 422.
+/// opened ([`AfterSaleOrigin::Merchant`]: a refund only) approved at once — in one write with
+/// its hold on the order, its `out_refund_no`, refund record and refund task, so from there
+/// it is any approved after-sale: `secapi/pay/refund`, the notification (or the refund sweep)
+/// settles it `REFUNDED` and the order with it, `REFUND_FAILED` / `REFUND_ABNORMAL` and
+/// `mark_refunded` as for any. Only an order whose money we hold: a secondary-merchant order's
+/// is WeChat's, refunded through an after-sale there. The same key on the same order answers
+/// the same refund; another amount, line or `restock` under it is 422.
+///
+/// Without a line it is money only: no stock back, not mirrored to WeChat's trading component
+/// (`ecaftersale/add` needs a product line). With one it claims the line's units as the user's
+/// `apply` of that line would ([`AfterSaleLine::choose`]: `LINE_ALREADY_CLAIMED`, the line's
+/// bound, the freight with the order's last unclaimed units), its default amount that
+/// application's, and on a trading-component order it is mirrored as an approved refund is
+/// (the sync task: `ecaftersale/add`, then `acceptrefund`); with `restock` its units go back
+/// on sale once refunded ([`AfterSale::units_back`]), which needs the whole price of them
+/// refunded (else 400 `BAD_RESTOCK`).
 async fn merchant_refund(
     app: &App,
     no: &OutTradeNo,
-    amount: Option<i64>,
-    reason: &str,
-    key: &str,
+    asked: &MerchantRefund<'_>,
 ) -> Result<AfterSale, ApiError> {
+    let key = asked.key;
     if key.is_empty() || key.chars().count() > 128 {
         return Err(ApiError::bad_request(
             "BAD_IDEMPOTENCY_KEY",
             "idempotency_key must be 1–128 characters",
         ));
     }
-    let reason = reason.trim();
+    let reason = asked.reason.trim();
     if reason.is_empty() || reason.chars().count() > 200 {
         return Err(ApiError::bad_request(
             "BAD_REASON",
@@ -513,14 +561,15 @@ async fn merchant_refund(
              gets its first 80 bytes)",
         ));
     }
-    let amount = amount
+    let amount = asked
+        .amount
         .map(|a| {
             Fen::new(a).ok().filter(|a| *a > Fen::ZERO).ok_or_else(|| {
                 ApiError::bad_request(
                     "BAD_AMOUNT",
                     format!(
                         "amount {a} must be a whole number of fen of at least 1; leave it \
-                             out to refund all the order can still refund"
+                             out to refund all the order (or the line) can still refund"
                     ),
                 )
             })
@@ -529,14 +578,28 @@ async fn merchant_refund(
     let id = AfterSaleId::for_merchant_refund(no, key);
     let refund = with_retries(app, || async {
         if let Some(existing) = repo::get_aftersale(app.store.as_ref(), &id).await? {
-            if amount.is_some_and(|a| a != existing.value.amount) {
+            let e = &existing.value;
+            let same_line = match &asked.line {
+                None => e.line.is_none(),
+                Some(l) => l.matches(e.line.as_ref()),
+            };
+            if amount.is_some_and(|a| a != e.amount) || !same_line || asked.restock != e.restock {
+                let line = e.line.as_ref().map_or(String::new(), |l| {
+                    format!(
+                        ", line {}/{} × {}{}",
+                        l.product_id,
+                        l.sku_id,
+                        l.quantity,
+                        if e.restock { ", restocked" } else { "" }
+                    )
+                });
                 return Err(ApiError::new(
                     http::StatusCode::UNPROCESSABLE_ENTITY,
                     "IDEMPOTENCY_KEY_REUSED",
                     format!(
-                        "this idempotency key refunded {} fen of order {no} (after-sale {id}); \
-                         use a new key for another refund",
-                        existing.value.amount.get()
+                        "this idempotency key refunded {} fen of order {no}{line} (after-sale \
+                         {id}); use a new key for another refund",
+                        e.amount.get()
                     ),
                 ));
             }
@@ -566,7 +629,30 @@ async fn merchant_refund(
         }
         let earlier = aftersales_of(app, &order.value).await?;
         let left = left_to_claim(&order.value, &earlier)?;
-        let amount = amount.unwrap_or(left);
+        // The line, as the user's application of it would claim it; nothing refundable left
+        // is said first, as there.
+        let choice = match &asked.line {
+            None => None,
+            Some(_) if order.value.refundable() == Fen::ZERO => {
+                return Err(not_refundable_by_merchant(
+                    &order.value,
+                    &earlier,
+                    Fen::ZERO,
+                    left,
+                ))
+            }
+            Some(l) => {
+                Some(AfterSaleLine::choose(&order.value, Some(l), &earlier).map_err(line_error)?)
+            }
+        };
+        let amount = amount.unwrap_or_else(|| choice.as_ref().map_or(left, |c| most_now(c, left)));
+        if let Some(most) = choice
+            .as_ref()
+            .and_then(|c| c.most)
+            .filter(|most| amount > *most)
+        {
+            return Err(over_line(amount, most));
+        }
         if amount > left || amount == Fen::ZERO {
             return Err(not_refundable_by_merchant(
                 &order.value,
@@ -576,8 +662,19 @@ async fn merchant_refund(
             ));
         }
         let now = app.clock.now_ms();
-        let mut refund =
-            AfterSale::merchant_refund(id.clone(), &order.value, amount, reason.to_owned(), now);
+        let line = choice.and_then(|c| c.line);
+        let mut refund = AfterSale::merchant_refund(
+            id.clone(),
+            &order.value,
+            amount,
+            reason.to_owned(),
+            line,
+            asked.restock,
+            now,
+        );
+        if refund.restock {
+            restock_fits(&order.value, &refund)?;
+        }
         let mut next_order = order.value.clone();
         next_order
             .claim_refund(&id, amount, now)
@@ -586,11 +683,71 @@ async fn merchant_refund(
         queue_wechat_pay_refund(app, &id, &mut refund, &mut batch, now).await?;
         batch.create_aftersale(&refund);
         batch.update_order(&order, &next_order);
+        if refund.mirrored_to_wechat() && order.value.at_wechat().component_order {
+            // As an approval of the user's after-sale of the line: added at WeChat on the
+            // user's behalf, then its refund accepted there.
+            batch.enqueue(OutboxEntry::new(
+                Task::AfterSaleSync {
+                    aftersale_id: id.clone(),
+                },
+                now,
+            ));
+        }
         Ok(Attempt::Commit(batch, refund))
     })
     .await?;
-    tracing::info!(aftersale_id = %refund.id, out_trade_no = %no, amount = refund.amount.get(), "merchant refund; refund queued");
+    tracing::info!(aftersale_id = %refund.id, out_trade_no = %no, amount = refund.amount.get(), restock = refund.restock, "merchant refund; refund queued");
     Ok(refund)
+}
+
+/// 400 `BAD_RESTOCK` unless `refund` (restocked, of a line) gives back the whole price of its
+/// units: the rule that takes units back ([`AfterSale::refunds_whole_units_of`]) — a parcel
+/// leaves them out, stock gets them back. Part of it would put units on sale that a parcel
+/// still ships.
+fn restock_fits(order: &crate::domain::Order, refund: &AfterSale) -> Result<(), ApiError> {
+    let Some(line) = &refund.line else {
+        return Ok(());
+    };
+    let whole = order
+        .items
+        .iter()
+        .find(|i| line.is_of(i))
+        .is_some_and(|i| refund.refunds_whole_units_of(i));
+    if whole {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "BAD_RESTOCK",
+        format!(
+            "restock puts back units whose whole price is refunded, and {} fen is less than \
+             the unit price × {} of {}/{}: refund at least that (or leave amount out), or \
+             leave restock out for a refund of money only",
+            refund.amount.get(),
+            line.quantity,
+            line.product_id,
+            line.sku_id
+        ),
+    ))
+}
+
+/// The most a new after-sale of `choice` may ask for — its default — beside `left`, what the
+/// order can still refund beside its open after-sales.
+fn most_now(choice: &crate::domain::LineChoice, left: Fen) -> Fen {
+    choice.most.map_or(left, |most| most.min(left))
+}
+
+/// 400 `AMOUNT_OVER_LINE`: `amount` is more than the line can still be refunded (`most`).
+fn over_line(amount: Fen, most: Fen) -> ApiError {
+    ApiError::bad_request(
+        "AMOUNT_OVER_LINE",
+        format!(
+            "amount {} fen is more than this line can still be refunded: at most {} fen (its \
+             unit price × the quantity asked, less what live after-sales of the line claim); \
+             ask for less, or leave amount out",
+            amount.get(),
+            most.get()
+        ),
+    )
 }
 
 /// 409 `NOT_REFUNDABLE` for a merchant's refund of `amount` (zero: all that is left, which is
@@ -1456,7 +1613,7 @@ pub async fn issue_refund(app: &App, id: &AfterSaleId) -> Result<(), TaskError> 
     }
     // Any order WeChat was asked to make a component order of, its id stored or not (an
     // `add` answer lost): WeChat's after-sale is read by its own key, not the order's.
-    // (A merchant's own refund has no copy at WeChat to ask.)
+    // (A merchant's own refund about no line has no copy at WeChat to ask.)
     if order.value.at_wechat().component_order && a.value.mirrored_to_wechat() {
         match standing_at_wechat(app, &a.value).await? {
             (Standing::Open, _) => {}
@@ -2547,8 +2704,8 @@ pub async fn sync_to_wechat(app: &App, id: &AfterSaleId) -> Result<(), TaskError
         .await?
         .ok_or_else(|| TaskError::Permanent(format!("no after-sale {id}")))?;
     if !a.value.mirrored_to_wechat() {
-        // A merchant's own refund: WeChat's `ecaftersale/add` takes one product line, and
-        // it names none. Not sent, as a refund made by hand in the merchant platform is not.
+        // A merchant's own refund about no line: WeChat's `ecaftersale/add` takes one product
+        // line. Not sent, as a refund made by hand in the merchant platform is not.
         return Ok(());
     }
     let mut order = repo::get_order(app.store.as_ref(), &a.value.out_trade_no)
@@ -3184,6 +3341,7 @@ async fn record_wechat_refund(
                     refund_id: refund_id.clone(),
                     wx_aftersale_id: Some(wx.aftersale_id),
                     wx_add_claimed_until_ms: None,
+                    restock: false,
                     reject_reason: None,
                     goods_return: None,
                     line: wechat_line(&order.value, wx),
@@ -3571,6 +3729,7 @@ async fn import_new(
             refund_id: None,
             wx_aftersale_id: Some(wx_id),
             wx_add_claimed_until_ms: None,
+            restock: false,
             reject_reason: None,
             goods_return: None,
             line: wechat_line(&order.value, wx),

@@ -1028,6 +1028,7 @@ mod tests {
             refund_id: None,
             wx_aftersale_id: None,
             wx_add_claimed_until_ms: None,
+            restock: false,
             reject_reason: None,
             goods_return: None,
             line: None,

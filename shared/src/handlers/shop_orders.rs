@@ -1347,6 +1347,7 @@ mod parcel_tests {
             refund_id: None,
             wx_aftersale_id: None,
             wx_add_claimed_until_ms: None,
+            restock: false,
             reject_reason: None,
             goods_return: None,
             line: Some(AfterSaleLine {
