@@ -773,3 +773,43 @@ async fn a_restocked_line_refund_puts_its_units_back_once_refunded_and_not_befor
         c.dead_letters().await
     );
 }
+
+/// GIVEN a paid order of two teas (stock 5 → 3), not shipped
+/// WHEN the merchant refunds one tea's line, `restock` left out (the user cancelled it by
+/// phone before the parcel left)
+/// THEN once refunded the tea is back on sale (4), as a user's after-sale of an unshipped line
+/// gives it back: the refund took it out of the parcel, so it never left the warehouse. Before,
+/// a merchant's line refund without `restock` put nothing back: the unit was neither shipped
+/// nor on sale — lost to the stock count.
+#[tokio::test]
+async fn a_line_refund_before_shipping_puts_its_units_back() {
+    let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
+    let c = InProcess::new(&r);
+    c.set_stock(5).await;
+    let (token, _) = c.login("mo").await;
+    let order = c.order_tea(&token, 2).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    c.pay_at_sandbox(&no).await;
+    eventually("the order PAID", WAIT, || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    assert_eq!(c.stock().await, 3);
+
+    let (s, v) = merchant_refund(
+        &c,
+        &no,
+        json!({"product_id": "tea", "sku_id": "tea-250g", "quantity": 1}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["aftersale"].get("restock").is_none(), "{v}");
+    let id = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
+    c.until_refunded(&token, &no, &id).await;
+    eventually("the tea back on sale", WAIT, || async {
+        c.stock().await == 4
+    })
+    .await;
+    run_schedule(&r).await;
+    assert_eq!(c.stock().await, 4, "once");
+}

@@ -170,7 +170,8 @@ pub enum AfterSaleOrigin {
     /// mirrored to WeChat's trading component, whose `ecaftersale/add` needs a product line —
     /// as a refund made by hand in the merchant platform is not. About a line, it claims that
     /// line's units as a user's after-sale would and is mirrored as one; its units go back on
-    /// sale only if the merchant said the goods are back ([`AfterSale::restock`]).
+    /// sale if never shipped, or shipped and the merchant said they came back
+    /// ([`AfterSale::restock`]).
     Merchant,
 }
 
@@ -243,7 +244,7 @@ pub struct AfterSale {
     pub by: AfterSaleOrigin,
     /// A merchant's refund of a line whose goods are back in the warehouse (a return taken
     /// by phone): its units go back on sale once it is refunded ([`AfterSale::units_back`]),
-    /// shipped or not. Without it a merchant's refund is money only.
+    /// shipped or not. Without it only a line never shipped comes back (as any after-sale's).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restock: bool,
 }
@@ -930,17 +931,21 @@ impl AfterSale {
     /// the whole order without a line (several items, not in the trading component) puts back
     /// every item when it refunded every item's whole price.
     ///
-    /// A merchant's own refund ([`AfterSaleOrigin::Merchant`]) is money, not units — nothing
-    /// — unless it refunds a line whose goods the merchant says are back ([`Self::restock`]):
-    /// that line's units, by the same rule, shipped or not.
+    /// A merchant's own refund ([`AfterSaleOrigin::Merchant`]) of no line is money, not units:
+    /// nothing. Of a line, by the same rule: its units if never shipped (the refund took them
+    /// out of the parcel, so they are in the warehouse), or if the merchant says they came
+    /// back ([`Self::restock`]).
     pub fn units_back(&self, order: &Order) -> Vec<AfterSaleLine> {
         if self.status != AfterSaleStatus::Refunded {
             return Vec::new();
         }
+        let never_shipped = order.delivery.is_none() && order.shipped_at_ms.is_none();
         let in_warehouse = match self.by {
-            AfterSaleOrigin::Merchant => self.restock,
+            // A line's units not yet shipped are in the warehouse whatever the merchant
+            // said (the refund took them out of the parcel); shipped ones only if it said
+            // they came back. A refund of no line claims no units: money only.
+            AfterSaleOrigin::Merchant => self.restock || (self.line.is_some() && never_shipped),
             AfterSaleOrigin::User => {
-                let never_shipped = order.delivery.is_none() && order.shipped_at_ms.is_none();
                 let goods_came_back = self.kind == AfterSaleKind::ReturnAndRefund
                     && self
                         .goods_return
@@ -1359,8 +1364,8 @@ mod tests {
         assert!(by_merchant.out_refund_no.is_some() && !by_merchant.mirrored_to_wechat());
         by_merchant.refunded(Some("r1".into()), 2).unwrap();
         assert!(by_merchant.units_back(&paid).is_empty());
-        // Of a line: mirrored; its units back only when restocked (shipped or not), and only
-        // once refunded.
+        // Of a line: mirrored; its units back once refunded: never shipped (in the warehouse
+        // whatever the merchant said), or restocked.
         for order in [&paid, &shipped] {
             for restock in [false, true] {
                 let mut line = AfterSale::merchant_refund(
@@ -1375,7 +1380,9 @@ mod tests {
                 assert!(line.mirrored_to_wechat());
                 assert!(line.units_back(order).is_empty(), "not before the refund");
                 line.refunded(Some("r2".into()), 2).unwrap();
-                let want = if restock { vec![b1(3)] } else { Vec::new() };
+                // Never shipped: in the warehouse, restock or not; shipped: only if restocked.
+                let back = restock || std::ptr::eq(order, &paid);
+                let want = if back { vec![b1(3)] } else { Vec::new() };
                 assert_eq!(line.units_back(order), want, "restock {restock}");
             }
         }
