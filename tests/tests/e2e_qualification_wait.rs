@@ -584,6 +584,63 @@ async fn a_brand_verdict_names_the_new_brand_id() {
     .await;
 }
 
+/// GIVEN green tea refused for a brand WeChat has not authorised (1000006)
+/// WHEN a brand audit applied for in WeChat's console is approved (its push: an `audit_id`
+/// unknown here, the new `brand_id`)
+/// THEN the verdict is an event the merchant reads, naming the new `brand_id` to upsert the
+/// products of that brand with; the tea is not submitted again (its `brand_id` is the old
+/// one) and still says it waits for its brand. Such a push used to be only logged.
+#[tokio::test]
+async fn a_console_brand_approval_is_an_event_naming_the_brand_id() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let mut tea = support::tea("Moon green tea 250 g", 2590, 10);
+    tea["product"]["brand_id"] = json!(123_456);
+    let (s, v) = c.admin("/admin/catalogSync", &tea).await;
+    assert_eq!(s, 502, "{v}");
+    let licence = c
+        .uploaded_image("https://files.example.com/licence.jpg")
+        .await;
+    let reply: Value = r
+        .app
+        .wx
+        .post_json(
+            "shop/audit/audit_brand",
+            &json!({"audit_req": {"license": [licence.clone()], "brand_info": {
+                "brand_wording": "Moon Tea", "sale_authorization": [licence]}}}),
+        )
+        .await
+        .unwrap();
+    let audit_id = reply["audit_id"].as_str().unwrap().to_owned();
+    let verdict = c.control("audit", &json!({"audit_id": audit_id})).await;
+    let new_brand = verdict["brand_id"].as_u64().expect("the push's brand_id");
+    eventually(
+        "the brand verdict recorded",
+        Duration::from_secs(20),
+        || {
+            let (c, audit_id) = (c.clone(), audit_id.clone());
+            async move {
+                let events = verdict_events(&c).await;
+                events.contains(&audit_id)
+                    && events.contains(&format!("approved brand_id {new_brand}"))
+                    && events.contains("outside wxshop")
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let added = r
+        .sandbox
+        .calls("shop/spu/add")
+        .into_iter()
+        .filter(|v| v["out_product_id"] == "tea")
+        .count();
+    assert_eq!(added, 1, "not submitted again with its old brand_id");
+    let p = get_product(&c, "tea").await;
+    assert_eq!(p["waiting_for"], json!({"brand": 123_456}), "{p}");
+}
+
 /// GIVEN the `wechat` pass-through
 /// WHEN its `body` is not a JSON object, or lacks what the api requires
 /// THEN 400 `BAD_WECHAT_BODY` naming what is wrong, and nothing is sent to WeChat. Such a
