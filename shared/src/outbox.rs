@@ -73,16 +73,26 @@ pub enum Task {
     /// WeChat's verdict on the qualification audit `audit_id` of level-3 category
     /// `third_cat_id`: approved, each product waiting for it is submitted again (one
     /// [`Task::SubmitWaiting`] each); rejected, each is told why (`handlers::catalog_sync`).
+    /// `third_cat_id` `None`: an approval of an audit applied for outside wxshop (WeChat's
+    /// console), whose push does not name its category: every product waiting for a category
+    /// is submitted again once, WeChat's answer deciding.
     CategoryVerdict {
         audit_id: String,
-        third_cat_id: u64,
+        third_cat_id: Option<u64>,
         approved: bool,
         #[serde(default)]
         reject_reason: String,
     },
     /// Submits again for audit the stored draft of a product that waited for its category's
     /// qualification, as the merchant's upsert of it would (`handlers::catalog_sync`).
-    SubmitWaiting { product_id: ProductId },
+    /// `approval`: the category approval that set it off (an `audit_id`, or our own name for
+    /// a 1050003 answer): the product is submitted at most once for it, however many tasks
+    /// name it. `None`: the schedule's daily resubmission.
+    SubmitWaiting {
+        product_id: ProductId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval: Option<String>,
+    },
     /// Anything else: a named task with its own payload.
     Custom {
         name: String,
@@ -120,10 +130,13 @@ impl Task {
                 format!("aftersale:{aftersale_id}")
             }
             Task::StockBack { aftersale_id, .. } => format!("stock:{aftersale_id}"),
-            Task::StockMirror { product_id, .. } | Task::SubmitWaiting { product_id } => {
+            Task::StockMirror { product_id, .. } | Task::SubmitWaiting { product_id, .. } => {
                 format!("product:{product_id}")
             }
-            Task::CategoryVerdict { third_cat_id, .. } => format!("category:{third_cat_id}"),
+            Task::CategoryVerdict { third_cat_id, .. } => match third_cat_id {
+                Some(c) => format!("category:{c}"),
+                None => "category:any".to_owned(),
+            },
             Task::Custom { name, .. } => format!("custom:{name}"),
         }
     }

@@ -168,8 +168,12 @@ async fn a_lost_category_approval_is_found_by_the_schedule() {
     assert_eq!(get_product(&c, "cream").await["audit"], "DRAFT");
 
     inside.advance_both(11 * 60_000).await;
-    support::run_schedule(&r).await;
+    let report = support::run_schedule(&r).await;
     assert_eq!(r.sandbox.calls("shop/audit/result").len(), 1, "asked once");
+    assert_eq!(
+        report["audits"]["qualification_verdicts"], 1,
+        "counted in the report: {report}"
+    );
     eventually(
         "the cream submitted again by itself",
         Duration::from_secs(20),
@@ -229,19 +233,33 @@ async fn a_rejected_category_submits_nothing_and_the_product_says_why() {
     assert_eq!(cream_added(&r), 1, "nothing submitted");
 }
 
-/// GIVEN a product waiting for its category
-/// WHEN WeChat pushes the approval of an audit not applied for here (opened in WeChat's
-/// console, say: its `audit_id` unknown to us)
-/// THEN the push is acknowledged (`success`) and nothing changes: the product still waits,
-/// nothing is submitted.
-#[tokio::test]
-async fn a_verdict_on_an_unknown_audit_is_acknowledged_and_changes_nothing() {
-    let r = stack_with(&[]).await;
-    r.sandbox.set_auto_audit(false);
-    let c = Client::new(&r);
-    cream_refused_for_its_category(&r, &c).await;
+/// The merchant's `upsert` of baby formula: level-3 category 7419, which needs the shop's
+/// qualification (as 7231 does) and each product's qualification images.
+async fn formula(c: &Client) -> Value {
+    let pic = c
+        .uploaded_image("https://files.example.com/formula-permit.jpg")
+        .await;
+    json!({"action": "upsert", "product": {
+        "product_id": "formula", "title": "Infant formula, 800 g",
+        "head_img": ["https://mmecimage.cn/p/wxlocal/formula.jpg"], "third_cat_id": 7419,
+        "qualification_pics": [pic],
+        "skus": [{"sku_id": "formula-800g", "price": 26800, "stock": 12}]
+    }})
+}
 
-    // Applied for directly at WeChat, not through catalogSync.
+/// How many times WeChat was asked to add the formula (`shop/spu/add`).
+fn formula_added(r: &Running) -> usize {
+    r.sandbox
+        .calls("shop/spu/add")
+        .into_iter()
+        .filter(|v| v["out_product_id"] == "formula")
+        .count()
+}
+
+/// A category qualification applied for in WeChat's console, not through catalogSync (the
+/// sandbox has no console: the call goes to WeChat directly, so nothing of it is recorded
+/// here): its `audit_id`.
+async fn apply_in_the_console(r: &Running, c: &Client, level3: u64) -> String {
     let licence = c
         .uploaded_image("https://files.example.com/licence.jpg")
         .await;
@@ -251,12 +269,50 @@ async fn a_verdict_on_an_unknown_audit_is_acknowledged_and_changes_nothing() {
         .post_json(
             "shop/audit/audit_category",
             &json!({"audit_req": {"license": [licence.clone()],
-                "category_info": {"level1": 3, "level2": 301, "level3": 7231,
+                "category_info": {"level1": 3, "level2": 301, "level3": level3,
                                   "certificate": [licence]}}}),
         )
         .await
         .unwrap();
-    let audit_id = reply["audit_id"].as_str().unwrap().to_owned();
+    reply["audit_id"].as_str().unwrap().to_owned()
+}
+
+/// The merchant's `qualification_verdict` events, as orderSync `events` lists them.
+async fn verdict_events(c: &Client) -> String {
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "source": "qualification_verdict"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["events"].to_string()
+}
+
+/// GIVEN a face cream waiting for its category (7231) and baby formula waiting for another
+/// (7419)
+/// WHEN WeChat pushes the approval of a category audit applied for in WeChat's console (its
+/// `audit_id` unknown here; the push does not name the category)
+/// THEN the push is acknowledged, the verdict is an event the merchant reads, and every
+/// product waiting for a category is submitted again once: the cream, whose category it was,
+/// goes to WeChat's audit and is approved; the formula, refused again (1000005), goes on
+/// waiting, submitted exactly once more — no loop. Such a push used to be acknowledged and
+/// only logged: the cream stayed DRAFT until the merchant upserted it again.
+#[tokio::test]
+async fn a_console_approval_submits_the_waiting_products_once() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    cream_refused_for_its_category(&r, &c).await;
+    let (s, v) = c.admin("/admin/catalogSync", &formula(&c).await).await;
+    assert_eq!(s, 502, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("1000005"), "{v}");
+    assert_eq!(
+        get_product(&c, "formula").await["waiting_for"],
+        json!({"category": 7419})
+    );
+
+    let audit_id = apply_in_the_console(&r, &c, 7231).await;
     let before = acked_pushes(&r);
     c.control("audit", &json!({"audit_id": audit_id})).await;
     eventually("the push acknowledged", Duration::from_secs(20), || {
@@ -264,22 +320,215 @@ async fn a_verdict_on_an_unknown_audit_is_acknowledged_and_changes_nothing() {
         async move { acked_pushes(r) > before }
     })
     .await;
-    assert!(
-        r.sandbox
-            .deliveries()
-            .iter()
-            .filter(|d| d["kind"] == "push")
-            .all(|d| d["status"] == 200),
-        "every push answered 200: {:?}",
-        r.sandbox.deliveries()
+    eventually(
+        "the cream submitted again by itself",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            async move { get_product(&c, "cream").await["audit"] == "AUDITING" }
+        },
+    )
+    .await;
+    assert_eq!(cream_added(&r), 2, "the cream submitted once more");
+    assert_eq!(wechat_edit_status(&r).await, 2, "under audit at WeChat");
+    eventually(
+        "the formula submitted again and refused again",
+        Duration::from_secs(20),
+        || {
+            let (r, c) = (&r, c.clone());
+            async move {
+                formula_added(r) == 2
+                    && get_product(&c, "formula").await["submit_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("1000005"))
+            }
+        },
+    )
+    .await;
+    // The outbox relay (every 20 ms) would have submitted it again by now if it looped.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(formula_added(&r), 2, "submitted exactly once more");
+    let f = get_product(&c, "formula").await;
+    assert_eq!(f["audit"], "DRAFT", "{f}");
+    assert_eq!(
+        f["waiting_for"],
+        json!({"category": 7419}),
+        "goes on waiting: {f}"
     );
-    // The outbox relay would have run a follow-up by now; there is none.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    support::run_schedule(&r).await;
+    let events = verdict_events(&c).await;
+    assert!(
+        events.contains(&audit_id) && events.contains("outside wxshop"),
+        "the console's verdict recorded: {events}"
+    );
+
+    c.control("audit", &json!({"out_product_id": "cream"}))
+        .await;
+    eventually("the cream approved", Duration::from_secs(20), || {
+        let c = c.clone();
+        async move { get_product(&c, "cream").await["audit"] == "APPROVED" }
+    })
+    .await;
+}
+
+/// GIVEN the face cream being submitted while its category's audit (applied for through
+/// catalogSync) is pending, WeChat slow to answer the submission (a `slow` fault on
+/// `spu/add`: refused 1000005 at once, the answer 8 s on its way)
+/// WHEN WeChat approves the category (its push acknowledged, its verdict applied) before the
+/// refusal reaches us — the verdict finds nothing waiting, the cream being under submission
+/// THEN once the refusal is stored (`waiting_for`), the approval is seen and the cream is
+/// submitted again by itself: AUDITING, under audit at WeChat. It used to wait for ever.
+#[tokio::test]
+async fn an_approval_landing_during_the_refusal_still_submits_the_product() {
+    let r = stack_with(&[("WX_HTTP_TIMEOUT_MS", "30000")]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let audit_id = apply_for_the_category(&c).await;
+    c.fault(json!({"path": "shop/spu/add", "mode": "slow", "delay_ms": 8000, "count": 1}))
+        .await;
+    let upsert = tokio::spawn({
+        let c = c.clone();
+        async move { c.admin("/admin/catalogSync", &cream(2_100_000_000)).await }
+    });
+    eventually(
+        "WeChat to refuse the cream",
+        Duration::from_secs(20),
+        || {
+            let r = &r;
+            async move { cream_added(r) == 1 }
+        },
+    )
+    .await;
+    // WeChat approves the category now: after refusing the cream, before we hear of it.
+    c.control("audit", &json!({"audit_id": audit_id})).await;
+    eventually("the approval recorded", Duration::from_secs(20), || {
+        let c = c.clone();
+        async move { verdict_events(&c).await.contains("APPROVED") }
+    })
+    .await;
+    assert_eq!(get_product(&c, "cream").await["audit"], "AUDITING");
+    let (s, v) = upsert.await.unwrap();
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (502, Some("WECHAT_REFUSED")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("1000005"), "{v}");
+
+    eventually(
+        "the cream submitted again by itself",
+        Duration::from_secs(20),
+        || {
+            let (r, c) = (&r, c.clone());
+            async move {
+                cream_added(r) == 2 && get_product(&c, "cream").await["audit"] == "AUDITING"
+            }
+        },
+    )
+    .await;
     let p = get_product(&c, "cream").await;
-    assert_eq!(p["audit"], "DRAFT", "{p}");
-    assert_eq!(p["waiting_for"], json!({"category": 7231}), "{p}");
-    assert_eq!(cream_added(&r), 1, "nothing submitted");
+    assert!(p.get("waiting_for").is_none(), "no longer waiting: {p}");
+    assert_eq!(wechat_edit_status(&r).await, 2, "under audit at WeChat");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cream_added(&r), 2, "submitted once");
+}
+
+/// GIVEN the face cream waiting for its category
+/// WHEN the category is approved in WeChat's console and no push ever comes
+/// THEN the schedule, a day after the cream's refusal, submits it again by itself (counted
+/// in its report: `waiting_resubmitted`), and it goes to WeChat's audit; not before the day
+/// is out, and not again the next run. It used to wait for ever.
+#[tokio::test]
+async fn the_schedule_submits_a_product_waiting_a_day_without_a_push() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let inside = support::InProcess::new(&r);
+    cream_refused_for_its_category(&r, &c).await;
+    let audit_id = apply_in_the_console(&r, &c, 7231).await;
+    c.control("audit", &json!({"audit_id": audit_id, "push": false}))
+        .await;
+
+    inside.advance_both(12 * 3_600_000).await;
+    let report = support::run_schedule(&r).await;
+    assert!(
+        !report.to_string().contains("waiting_resubmitted"),
+        "not within the day: {report}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cream_added(&r), 1);
+
+    inside.advance_both(13 * 3_600_000).await;
+    let report = support::run_schedule(&r).await;
+    assert!(
+        report.to_string().contains("\"waiting_resubmitted\":1"),
+        "{report}"
+    );
+    eventually(
+        "the cream submitted again by itself",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            async move { get_product(&c, "cream").await["audit"] == "AUDITING" }
+        },
+    )
+    .await;
+    assert_eq!(cream_added(&r), 2);
+    assert_eq!(wechat_edit_status(&r).await, 2, "under audit at WeChat");
+    let report = support::run_schedule(&r).await;
+    assert!(
+        !report.to_string().contains("waiting_resubmitted"),
+        "{report}"
+    );
+}
+
+/// GIVEN the face cream waiting for its category, the category approved in WeChat's console
+/// (no push)
+/// WHEN the merchant applies for the category through catalogSync and WeChat answers 1050003
+/// (already approved)
+/// THEN the answer is still WeChat's refusal (502), saying the waiting products go to audit,
+/// and the cream is submitted again by itself. It used to wait until upserted again.
+#[tokio::test]
+async fn an_already_approved_answer_submits_the_waiting_products() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    cream_refused_for_its_category(&r, &c).await;
+    let audit_id = apply_in_the_console(&r, &c, 7231).await;
+    c.control("audit", &json!({"audit_id": audit_id, "push": false}))
+        .await;
+
+    let licence = c
+        .uploaded_image("https://files.example.com/licence.jpg")
+        .await;
+    let (s, v) = c
+        .wechat(
+            "shop/audit/audit_category",
+            json!({"audit_req": {"license": [licence.clone()],
+            "category_info": {"level1": 3, "level2": 301, "level3": 7231,
+                              "certificate": [licence]}}}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (502, Some("WECHAT_REFUSED")),
+        "{v}"
+    );
+    let m = v["message"].as_str().unwrap();
+    assert!(
+        m.contains("1050003") && m.contains("waiting_for.category"),
+        "{v}"
+    );
+    eventually(
+        "the cream submitted again by itself",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            async move { get_product(&c, "cream").await["audit"] == "AUDITING" }
+        },
+    )
+    .await;
+    assert_eq!(cream_added(&r), 2);
+    assert_eq!(wechat_edit_status(&r).await, 2, "under audit at WeChat");
 }
 
 /// GIVEN a product refused for a brand WeChat has not authorised (1000006)
@@ -333,6 +582,63 @@ async fn a_brand_verdict_names_the_new_brand_id() {
         }
     })
     .await;
+}
+
+/// GIVEN green tea refused for a brand WeChat has not authorised (1000006)
+/// WHEN a brand audit applied for in WeChat's console is approved (its push: an `audit_id`
+/// unknown here, the new `brand_id`)
+/// THEN the verdict is an event the merchant reads, naming the new `brand_id` to upsert the
+/// products of that brand with; the tea is not submitted again (its `brand_id` is the old
+/// one) and still says it waits for its brand. Such a push used to be only logged.
+#[tokio::test]
+async fn a_console_brand_approval_is_an_event_naming_the_brand_id() {
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let mut tea = support::tea("Moon green tea 250 g", 2590, 10);
+    tea["product"]["brand_id"] = json!(123_456);
+    let (s, v) = c.admin("/admin/catalogSync", &tea).await;
+    assert_eq!(s, 502, "{v}");
+    let licence = c
+        .uploaded_image("https://files.example.com/licence.jpg")
+        .await;
+    let reply: Value = r
+        .app
+        .wx
+        .post_json(
+            "shop/audit/audit_brand",
+            &json!({"audit_req": {"license": [licence.clone()], "brand_info": {
+                "brand_wording": "Moon Tea", "sale_authorization": [licence]}}}),
+        )
+        .await
+        .unwrap();
+    let audit_id = reply["audit_id"].as_str().unwrap().to_owned();
+    let verdict = c.control("audit", &json!({"audit_id": audit_id})).await;
+    let new_brand = verdict["brand_id"].as_u64().expect("the push's brand_id");
+    eventually(
+        "the brand verdict recorded",
+        Duration::from_secs(20),
+        || {
+            let (c, audit_id) = (c.clone(), audit_id.clone());
+            async move {
+                let events = verdict_events(&c).await;
+                events.contains(&audit_id)
+                    && events.contains(&format!("approved brand_id {new_brand}"))
+                    && events.contains("outside wxshop")
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let added = r
+        .sandbox
+        .calls("shop/spu/add")
+        .into_iter()
+        .filter(|v| v["out_product_id"] == "tea")
+        .count();
+    assert_eq!(added, 1, "not submitted again with its old brand_id");
+    let p = get_product(&c, "tea").await;
+    assert_eq!(p["waiting_for"], json!({"brand": 123_456}), "{p}");
 }
 
 /// GIVEN the `wechat` pass-through

@@ -14,6 +14,29 @@
 //! fixed list of `shop/*` paths), so the merchant drives every access task from one place.
 //! The exception is `shop/img/upload`, which WeChat takes as multipart form fields: its JSON
 //! fields are sent through [`crate::shop::WxClient::img_upload`].
+//!
+//! A product WeChat refuses for want of its category's qualification (1000005) waits for it
+//! ([`Product::waiting_for`]) and is submitted again once the category is approved. Nothing may
+//! leave it waiting for an approval WeChat already gave:
+//! - *The race.* WeChat's approval can be recorded (its push, the schedule's read of
+//!   `shop/audit/result`, a 1050003 answer) between WeChat's refusal of the product and our
+//!   write of `waiting_for`. Each approval writes, in this order, (M) the category's approval
+//!   ([`note_category_approved`], with its time) and then (T) the outbox task that scans the
+//!   catalog for the products waiting for it ([`category_verdict`]). The refusal writes (W)
+//!   `waiting_for` and then (R) reads M ([`approved_meanwhile`]): an approval recorded since
+//!   the submission began submits the product again. Either R comes after M — the product is
+//!   submitted again — or R comes before M, and then W came before T's scan, which finds the
+//!   product waiting. (R is a consistent read; T's scan reads an index, eventually consistent
+//!   in DynamoDB: the schedule's daily resubmission, below, is the backstop for a scan that
+//!   missed a write made a moment before it.)
+//! - *An audit applied for outside wxshop* (WeChat's console): its approval push names no
+//!   category we know, so every product waiting for a category is submitted again once;
+//!   WeChat's answer decides, and one refused again (1000005) goes on waiting. Each product is
+//!   submitted at most once per approval (`resubmitted/{approval}/{product}` in the kv space),
+//!   however many tasks name it, so a refusal cannot loop.
+//! - *No push at all* (an approval in the console never pushed, or lost): the schedule
+//!   submits again each product waiting for a category for a day since its last refusal
+//!   ([`sweep_waiting`]), at most [`WAITING_SWEEP_MAX`] a run.
 
 use super::common::{authenticate, component_on};
 use super::shop_orders::wx_error;
@@ -136,6 +159,9 @@ const CATEGORY_UNQUALIFIED: i64 = 1000005;
 
 /// `errcode` for "product uses a brand not authorised, use `audit_brand`" (§11, 1000006).
 const BRAND_UNAUTHORISED: i64 = 1000006;
+
+/// `errcode` for "category already approved" (`shop/audit/audit_category`, §2.4, §11 1050003).
+const CATEGORY_ALREADY_APPROVED: i64 = 1050003;
 
 /// What a refusal of a product's submission says it waits for ([`Product::waiting_for`]):
 /// the category's qualification (1000005) or an authorised brand (1000006).
@@ -483,8 +509,7 @@ pub async fn on_qualification_verdict(
         repo::get_event(store, QUALIFICATION_AUDIT_EVENTS, &body.audit_id).await?
     };
     let Some(found) = found else {
-        tracing::warn!(audit_id = %body.audit_id, status = body.status, kind = ?pushed_as, "verdict on a qualification audit not opened through catalogSync wechat (unknown audit_id); acknowledged, nothing changed");
-        return Ok(());
+        return on_unknown_verdict(app, pushed_as, body, approved).await;
     };
     let audit: QualificationAuditRecord = match serde_json::from_str(&found.value.body) {
         Ok(a) => a,
@@ -538,10 +563,14 @@ pub async fn on_qualification_verdict(
         verdict.to_string(),
     ));
     if let (QualificationKind::Category, Some(third_cat_id)) = (audit.kind, audit.third_cat_id) {
+        if approved {
+            // Before the task that scans for the waiting products (see the module doc).
+            note_category_approved(app, Some(third_cat_id), &audit.audit_id, now).await?;
+        }
         batch.enqueue(crate::outbox::OutboxEntry::new(
             crate::outbox::Task::CategoryVerdict {
                 audit_id: audit.audit_id.clone(),
-                third_cat_id,
+                third_cat_id: Some(third_cat_id),
                 approved,
                 reject_reason: body.reject_reason.clone(),
             },
@@ -559,27 +588,235 @@ pub async fn on_qualification_verdict(
     }
 }
 
+/// A verdict pushed on an audit not recorded here: applied for outside wxshop (WeChat's
+/// console, or before wxshop was deployed). It is kept as a [`QUALIFICATION_VERDICT_EVENTS`]
+/// event (keyed `{audit_id}/{status}`, so a repeat of the push changes nothing more). A
+/// category's approval names no category (WECHAT_SHOP.md §8.2): every product waiting for a
+/// category is submitted again once ([`Task::CategoryVerdict`] with no category), WeChat's
+/// answer deciding. A brand's approval names its new `brand_id`, which the event gives the
+/// merchant to upsert the products waiting for that brand with (they are not submitted
+/// again: their `brand_id` is the old one).
+async fn on_unknown_verdict(
+    app: &App,
+    kind: QualificationKind,
+    body: &crate::push::QualificationAudit,
+    approved: bool,
+) -> Result<(), ApiError> {
+    if body.audit_id.is_empty() || body.audit_id.len() > AUDIT_ID_MAX {
+        tracing::warn!(audit_id = %body.audit_id, status = body.status, kind = ?kind, "qualification verdict without a usable audit_id; acknowledged, nothing changed");
+        return Ok(());
+    }
+    let what_to_do = match (kind, approved) {
+        (QualificationKind::Category, true) => "none: an audit applied for outside wxshop \
+             (WeChat's console), its category not named by WeChat: every product waiting for a \
+             category (waiting_for.category) is submitted to WeChat's audit again once; those \
+             WeChat still refuses (1000005) go on waiting"
+            .to_owned(),
+        (QualificationKind::Brand, true) => format!(
+            "an audit applied for outside wxshop (WeChat's console) approved brand_id {}: \
+             upsert the products of that brand (waiting_for.brand) with it",
+            body.brand_id
+                .map_or("(not in the push: shop/audit/result)".to_owned(), |b| b
+                    .to_string())
+        ),
+        (_, false) => "an audit applied for outside wxshop (WeChat's console) was rejected: \
+             see reject_reason, and apply again"
+            .to_owned(),
+    };
+    let verdict = serde_json::json!({
+        "audit_id": body.audit_id,
+        "kind": kind,
+        "status": if approved { "APPROVED" } else { "REJECTED" },
+        "third_cat_id": null,
+        "brand_wording": null,
+        "brand_id": body.brand_id,
+        "reject_reason": body.reject_reason,
+        "what_to_do": what_to_do,
+        "applied_for": "outside wxshop",
+    });
+    let now = app.clock.now_ms();
+    let mut batch = Batch::new();
+    batch.record_event(&repo::EventRecord::new(
+        QUALIFICATION_VERDICT_EVENTS,
+        format!("{}/{}", body.audit_id, body.status),
+        now,
+        verdict.to_string(),
+    ));
+    if (kind, approved) == (QualificationKind::Category, true) {
+        note_category_approved(app, None, &body.audit_id, now).await?;
+        batch.enqueue(crate::outbox::OutboxEntry::new(
+            crate::outbox::Task::CategoryVerdict {
+                audit_id: body.audit_id.clone(),
+                third_cat_id: None,
+                approved: true,
+                reject_reason: String::new(),
+            },
+            now,
+        ));
+    }
+    match batch.commit(app.store.as_ref()).await {
+        Ok(()) => {
+            tracing::info!(audit_id = %body.audit_id, kind = ?kind, approved, "verdict on a qualification audit applied for outside wxshop (unknown audit_id) recorded");
+            Ok(())
+        }
+        Err(e) if e.is_conflict() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How long a category's approval is kept for [`approved_meanwhile`] (the race it closes
+/// lasts as long as a WeChat call; a day is far more).
+const CATEGORY_APPROVAL_KEPT_SECS: i64 = 86_400;
+
+/// Leeway for clocks of different instances: an approval recorded up to this long before a
+/// submission began still counts as "since" it ([`approved_meanwhile`]). At most one more
+/// submission per approval follows from it.
+const CLOCK_LEEWAY_MS: i64 = 60_000;
+
+/// The kv key of the latest approval of level-3 category `c` (`None`: of an audit applied for
+/// outside wxshop, whose category WeChat does not name).
+fn category_approval_key(c: Option<u64>) -> String {
+    match c {
+        Some(c) => format!("category-approved/{c}"),
+        None => "category-approved/unknown".to_owned(),
+    }
+}
+
+/// The latest approval recorded of a category (kv [`category_approval_key`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct CategoryApproval {
+    /// The approved audit's `audit_id`, or our name of a 1050003 answer.
+    approval: String,
+    approved_at_ms: i64,
+}
+
+/// Keeps that category `c` was approved at `now` (M in the module doc); written before the
+/// task that submits the waiting products again is enqueued.
+async fn note_category_approved(
+    app: &App,
+    c: Option<u64>,
+    approval: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let value = serde_json::to_string(&CategoryApproval {
+        approval: approval.to_owned(),
+        approved_at_ms: now,
+    })
+    .map_err(|e| StoreError::Backend(e.to_string()))?;
+    crate::store::kv::put(
+        app.store.as_ref(),
+        &category_approval_key(c),
+        &value,
+        app.clock.now_secs() + CATEGORY_APPROVAL_KEPT_SECS,
+    )
+    .await
+}
+
+/// R in the module doc: `id` was just stored waiting for category `c` by a submission begun
+/// at `since`. An approval of `c` (or of a category applied for outside wxshop) recorded
+/// since then may have found nothing waiting: the product is submitted again (a
+/// [`Task::SubmitWaiting`] naming that approval). Whether one was enqueued.
+async fn approved_meanwhile(
+    app: &App,
+    id: &ProductId,
+    c: u64,
+    since: i64,
+) -> Result<bool, StoreError> {
+    use crate::outbox::{OutboxEntry, Task};
+    for key in [Some(c), None] {
+        let Some(e) =
+            crate::store::kv::get(app.store.as_ref(), &category_approval_key(key)).await?
+        else {
+            continue;
+        };
+        let Ok(a) = serde_json::from_str::<CategoryApproval>(&e.value) else {
+            continue;
+        };
+        if a.approved_at_ms + CLOCK_LEEWAY_MS < since {
+            // Approved before this submission: WeChat refused it with the approval in place.
+            continue;
+        }
+        tracing::info!(product_id = %id, third_cat_id = c, approval = %a.approval, "the category was approved while WeChat refused the product; submitting it again");
+        let task = Task::SubmitWaiting {
+            product_id: id.clone(),
+            approval: Some(a.approval),
+        };
+        crate::outbox::enqueue(
+            app.store.as_ref(),
+            &OutboxEntry::new(task, app.clock.now_ms()),
+        )
+        .await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// `wechat` `shop/audit/audit_category` answered 1050003 (category already approved,
+/// WECHAT_SHOP.md §2.4): the category is granted, however it was (WeChat's console, an
+/// earlier audit whose verdict never reached us). The products waiting for it are submitted
+/// again, as on its approval push. Whether that was arranged.
+async fn category_already_approved(app: &App, body: &serde_json::Value) -> bool {
+    let Some(level3) = lenient_u64(&body["audit_req"]["category_info"]["level3"]) else {
+        return false;
+    };
+    let now = app.clock.now_ms();
+    let approval = format!("1050003/{level3}/{now}");
+    let arranged = async {
+        note_category_approved(app, Some(level3), &approval, now).await?;
+        let task = crate::outbox::Task::CategoryVerdict {
+            audit_id: approval.clone(),
+            third_cat_id: Some(level3),
+            approved: true,
+            reject_reason: String::new(),
+        };
+        crate::outbox::enqueue(
+            app.store.as_ref(),
+            &crate::outbox::OutboxEntry::new(task, now),
+        )
+        .await
+    };
+    match arranged.await {
+        Ok(()) => {
+            tracing::info!(third_cat_id = level3, "category already approved at WeChat (1050003): its waiting products are submitted again");
+            true
+        }
+        Err(e) => {
+            tracing::error!(third_cat_id = level3, error = %e, "category already approved at WeChat (1050003), but its waiting products could not be queued for submission");
+            false
+        }
+    }
+}
+
 /// [`Task::CategoryVerdict`]: every product whose draft waits for category `third_cat_id`
-/// ([`WaitingFor::Category`]) is, the audit approved, submitted again (a
-/// [`Task::SubmitWaiting`] each, so a slow WeChat delays none of the others), or, rejected,
-/// given the reason as its `submit_error` (it still waits: a new application's approval
-/// submits it). The catalog is read a page at a time; a repeat of the task (a lease run out)
-/// only enqueues submissions that find nothing left to do.
+/// ([`WaitingFor::Category`]; `None`: for any category — an approval applied for outside
+/// wxshop, its category unnamed) is, the audit approved, submitted again (a
+/// [`Task::SubmitWaiting`] each, naming the approval, so a slow WeChat delays none of the
+/// others and none is submitted twice for it), or, rejected, given the reason as its
+/// `submit_error` (it still waits: a new application's approval submits it). The catalog is
+/// read a page at a time; a repeat of the task (a lease run out) only enqueues submissions
+/// that find nothing left to do.
 pub async fn category_verdict(
     app: &App,
     audit_id: &str,
-    third_cat_id: u64,
+    third_cat_id: Option<u64>,
     approved: bool,
     reject_reason: &str,
 ) -> Result<(), crate::handlers::order_sync::TaskError> {
     use crate::outbox::{OutboxEntry, Task};
     let store = app.store.as_ref();
     let waits = |p: &Product| {
-        p.waiting_for == Some(WaitingFor::Category(third_cat_id))
-            && p.draft_audit() == AuditStatus::Draft
+        let category = match (p.waiting_for, third_cat_id) {
+            (Some(WaitingFor::Category(c)), Some(want)) => c == want,
+            (Some(WaitingFor::Category(_)), None) => true,
+            _ => false,
+        };
+        category && p.draft_audit() == AuditStatus::Draft
     };
+    let named = third_cat_id.map_or("(not named: applied for outside wxshop)".to_owned(), |c| {
+        c.to_string()
+    });
     let why = format!(
-        "WeChat rejected the qualification audit {audit_id} of category {third_cat_id}: \
+        "WeChat rejected the qualification audit {audit_id} of category {named}: \
          {reject_reason}; apply again (catalogSync wechat shop/audit/audit_category): once \
          approved, this product is submitted again by itself"
     );
@@ -597,9 +834,10 @@ pub async fn category_verdict(
             if approved {
                 let task = Task::SubmitWaiting {
                     product_id: id.clone(),
+                    approval: Some(audit_id.to_owned()),
                 };
                 crate::outbox::enqueue(store, &OutboxEntry::new(task, app.clock.now_ms())).await?;
-            } else {
+            } else if third_cat_id.is_some() {
                 super::common::update_product(app, id, |p| {
                     if waits(p) {
                         p.draft_not_submitted(why.clone());
@@ -616,7 +854,7 @@ pub async fn category_verdict(
     }
     tracing::info!(
         audit_id,
-        third_cat_id,
+        third_cat_id = ?third_cat_id,
         approved,
         products = found,
         "category qualification verdict applied to the products waiting for it"
@@ -624,20 +862,30 @@ pub async fn category_verdict(
     Ok(())
 }
 
+/// How long a product is submitted at most once for one approval
+/// (`resubmitted/{approval}/{product}` in the kv space): far longer than the tasks naming it
+/// take to run.
+const RESUBMITTED_KEPT_SECS: i64 = 7 * 86_400;
+
 /// [`Task::SubmitWaiting`]: the product's stored draft, still waiting for its category, is
 /// submitted for audit as the merchant's upsert of it would ([`submit`]). Refused again, or
 /// its answer lost: the product records it (`submit_error`, `waiting_for`), as after an
 /// upsert, and the task is done; WeChat unreachable or the product changed meanwhile: the
 /// task is retried. A product the merchant upserted meanwhile (no longer waiting): nothing.
+/// Named by an `approval`, the product is submitted at most once for it: the first task
+/// claims it, the others (a verdict's scan and the refusal's own check both finding it, a
+/// repeat of the verdict's task) do nothing — so WeChat refusing it again cannot loop.
 pub async fn submit_waiting(
     app: &App,
     id: &ProductId,
+    approval: Option<&str>,
 ) -> Result<(), crate::handlers::order_sync::TaskError> {
     use crate::handlers::order_sync::TaskError;
     if !component_on(app) {
         return Ok(());
     }
-    let Some(stored) = repo::get_product(app.store.as_ref(), id).await? else {
+    let store = app.store.as_ref();
+    let Some(stored) = repo::get_product(store, id).await? else {
         return Ok(());
     };
     let p = &stored.value;
@@ -646,19 +894,46 @@ pub async fn submit_waiting(
     {
         return Ok(());
     }
+    let claim = approval.map(|a| format!("resubmitted/{a}/{id}"));
+    if let Some(key) = &claim {
+        let until = app.clock.now_secs() + RESUBMITTED_KEPT_SECS;
+        if !crate::store::kv::put_if(store, key, "submitted", until, None).await? {
+            tracing::debug!(product_id = %id, approval, "already submitted again for this approval");
+            return Ok(());
+        }
+    }
     let next = p.draft();
-    match submit(app, Some(&stored), p.clone(), next, app.clock.now_ms()).await {
+    let was = p.waiting_for;
+    let outcome = match submit(app, Some(&stored), p.clone(), next, app.clock.now_ms()).await {
         Ok(p) => {
             tracing::info!(product_id = %id, audit = ?p.draft_audit(), "submitted again: its category's qualification is approved");
             Ok(())
         }
         Err(e) if e.code == "WECHAT_REFUSED" || e.code == "SUBMISSION_UNCONFIRMED" => {
-            tracing::warn!(product_id = %id, error = %e, "submitted again after its category's approval: not taken; the product says why");
+            let still = repo::get_product(store, id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|p| p.value.waiting_for);
+            if still.is_some() && still == was {
+                // WeChat still lacks the qualification (an approval of another category):
+                // it waits on, as it did.
+                tracing::info!(product_id = %id, approval, "submitted again: WeChat still refuses it for its category; it goes on waiting");
+            } else {
+                tracing::warn!(product_id = %id, error = %e, "submitted again after its category's approval: not taken; the product says why");
+            }
             Ok(())
         }
         Err(e) if e.code == "RETRY" => Err(TaskError::Retry(e.to_string())),
         Err(e) => Err(e.into()),
+    };
+    if let (Err(_), Some(key)) = (&outcome, &claim) {
+        // Retried: the claim is the retry's.
+        if let Err(e) = crate::store::kv::delete(store, key).await {
+            tracing::warn!(product_id = %id, error = %e, "could not release the resubmission claim; the retry finds it taken");
+        }
     }
+    outcome
 }
 
 /// The merchant's 404 for a product id the catalog does not have.
@@ -928,8 +1203,24 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             } else {
                 None
             };
-            let mut reply: serde_json::Value =
-                app.wx.post_json(api, &body).await.map_err(wx_error)?;
+            let mut reply: serde_json::Value = match app.wx.post_json(api, &body).await {
+                Ok(r) => r,
+                Err(e)
+                    if api == "shop/audit/audit_category"
+                        && e.errcode() == Some(CATEGORY_ALREADY_APPROVED) =>
+                {
+                    let mut err = wx_error(e);
+                    if category_already_approved(app, &body).await {
+                        err.message.push_str(
+                            "; the category is approved: the products waiting for it \
+                             (waiting_for.category) are submitted to WeChat's audit again by \
+                             themselves",
+                        );
+                    }
+                    return Err(err);
+                }
+                Err(e) => return Err(wx_error(e)),
+            };
             if let Some(id) = withdrawn {
                 audit_withdrawn(app, &id).await?;
             }
@@ -1420,21 +1711,39 @@ async fn submit(
             // Refused for want of a qualification: the product waits for it (and, for its
             // category's, is submitted again once WeChat approves it). A failure that says
             // nothing about qualifications (WeChat unreachable) leaves what it waited for.
-            tracing::warn!(product_id = %id, error = %e, "submission failed; the draft stays DRAFT");
             let why = e.to_string();
-            let waiting = match refused_for_want_of(e, &next) {
+            let wanting = refused_for_want_of(e, &next);
+            if wanting.is_some() {
+                // The merchant's to act on (the product says so), not the operator's.
+                tracing::info!(product_id = %id, error = %e, "submission refused for want of a qualification; the draft stays DRAFT, waiting for it");
+            } else {
+                tracing::warn!(product_id = %id, error = %e, "submission failed; the draft stays DRAFT");
+            }
+            let waiting = match wanting {
                 Some(w) => Some(w),
                 None if e.is_retryable() => was_waiting,
                 None => None,
             };
-            modify(app, &id, |p| {
+            let stored = modify(app, &id, |p| {
                 if ours(p) {
                     p.draft_not_submitted(why.clone());
                     p.waiting_for = waiting;
                 }
                 Ok(())
             })
-            .await?
+            .await?;
+            if let (Some(WaitingFor::Category(c)), Some(WaitingFor::Category(now_waiting))) =
+                (wanting, stored.waiting_for)
+            {
+                // WeChat may have approved the category since it refused the product, its
+                // verdict finding nothing waiting (the module doc): look.
+                if c == now_waiting && stored.draft_audit() == AuditStatus::Draft {
+                    if let Err(e) = approved_meanwhile(app, &id, c, now).await {
+                        tracing::warn!(product_id = %id, error = %e, "could not look for an approval of its category since the refusal; the schedule submits it again in a day");
+                    }
+                }
+            }
+            stored
         }
         Submitted::Unconfirmed { why } => {
             // Kept under audit, so WeChat's verdict is applied once WeChat has it (its push,
@@ -1847,6 +2156,10 @@ pub struct AuditSweepReport {
     /// `shop/audit/result` and applied. Shown only when there were some.
     #[serde(skip_serializing_if = "is_zero")]
     pub qualification_verdicts: usize,
+    /// Products waiting for their category's qualification for a day, submitted again
+    /// ([`sweep_waiting`]). Shown only when there were some.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub waiting_resubmitted: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -1963,7 +2276,90 @@ pub async fn sweep_audits(
             }
         }
     }
+    if !deadline.passed() {
+        match sweep_waiting(app, deadline).await {
+            Ok(n) => report.waiting_resubmitted = n,
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting products sweep failed; the next run tries again");
+            }
+        }
+    }
     Ok((report, true))
+}
+
+/// How long a product waits for its category's qualification (since its last refusal) before
+/// the schedule submits it again by itself.
+pub const WAITING_RESUBMIT_MS: i64 = 86_400_000;
+/// At most this many waiting products are submitted again per schedule run.
+pub const WAITING_SWEEP_MAX: usize = 10;
+/// At most this many pages (of 100) of products not on sale are read per run to find them.
+const WAITING_SWEEP_PAGES: usize = 5;
+
+/// Products waiting for a category's qualification whose approval never reached us: applied
+/// for in WeChat's console (no audit of ours for the schedule to ask about) and its push lost
+/// or never sent, or a verdict's scan that missed the product (the module doc). The products
+/// not on sale (`DRAFT`, `APPROVED`, `REJECTED` indexes, at most [`WAITING_SWEEP_PAGES`] pages
+/// a run) waiting for a category, unchanged for [`WAITING_RESUBMIT_MS`], are submitted again
+/// (a [`Task::SubmitWaiting`] each, the least recently changed first, at most
+/// [`WAITING_SWEEP_MAX`] a run, each at most once a day: kv `waiting-resubmit/{product}`).
+/// WeChat's answer decides: refused again (1000005) it goes on waiting, its refusal a change
+/// that puts its next turn a day later. How many were queued.
+async fn sweep_waiting(app: &App, deadline: crate::time::Deadline) -> Result<usize, ApiError> {
+    use crate::outbox::{OutboxEntry, Task};
+    let store = app.store.as_ref();
+    let now = app.clock.now_ms();
+    let due_before = now - WAITING_RESUBMIT_MS;
+    let mut due = Vec::new();
+    let mut pages = 0;
+    'indexes: for index in [
+        repo::ProductIndex::Draft,
+        repo::ProductIndex::Approved,
+        repo::ProductIndex::Rejected,
+    ] {
+        let mut cursor = None;
+        loop {
+            if pages >= WAITING_SWEEP_PAGES || deadline.passed() {
+                break 'indexes;
+            }
+            pages += 1;
+            let (page, _, next) =
+                repo::list_products_readable(store, repo::ProductFilter::Index(index), 100, cursor)
+                    .await?;
+            for p in page {
+                let p = p.value;
+                if matches!(p.waiting_for, Some(WaitingFor::Category(_)))
+                    && p.draft_audit() == AuditStatus::Draft
+                    && p.updated_at_ms <= due_before
+                {
+                    due.push((p.updated_at_ms, p.product_id));
+                }
+            }
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+    }
+    due.sort();
+    let mut queued = 0;
+    for (_, id) in due {
+        if queued >= WAITING_SWEEP_MAX || deadline.passed() {
+            break;
+        }
+        let key = format!("waiting-resubmit/{id}");
+        let until = app.clock.now_secs() + WAITING_RESUBMIT_MS / 1000;
+        if !crate::store::kv::put_if(store, &key, "queued", until, None).await? {
+            continue; // queued within the day
+        }
+        let task = Task::SubmitWaiting {
+            product_id: id.clone(),
+            approval: None,
+        };
+        crate::outbox::enqueue(store, &OutboxEntry::new(task, now)).await?;
+        tracing::info!(product_id = %id, "waiting for its category's qualification for a day: submitted again (an approval may not have reached us)");
+        queued += 1;
+    }
+    Ok(queued)
 }
 
 /// At most this many qualification audits are asked about per schedule run.

@@ -517,6 +517,8 @@ async fn run_phase(
                 report.audits.platform_delisted += r.platform_delisted;
                 report.audits.platform_restored += r.platform_restored;
                 report.audits.unreadable += r.unreadable;
+                report.audits.qualification_verdicts += r.qualification_verdicts;
+                report.audits.waiting_resubmitted += r.waiting_resubmitted;
                 finished
             })
             .map_err(|e| e.to_string()),
@@ -946,9 +948,10 @@ pub async fn run_task(app: &App, task: &Task) -> Result<(), TaskError> {
             )
             .await
         }
-        Task::SubmitWaiting { product_id } => {
-            super::catalog_sync::submit_waiting(app, product_id).await
-        }
+        Task::SubmitWaiting {
+            product_id,
+            approval,
+        } => super::catalog_sync::submit_waiting(app, product_id, approval.as_deref()).await,
         Task::Custom { name, .. } => Err(TaskError::Permanent(format!(
             "no runner for custom task `{name}`"
         ))),

@@ -55,6 +55,18 @@ pub async fn put_if(
     }
 }
 
+/// Writes `value` whatever is there (a fact that a later one replaces, not a lock).
+pub async fn put(
+    store: &dyn Store,
+    key: &str,
+    value: &str,
+    expires_at_secs: i64,
+) -> Result<(), StoreError> {
+    let mut rec = Record::new(Kind::Kv, key, Record::encode(&value)?);
+    rec.expires_at = Some(expires_at_secs);
+    store.write(vec![Write::put(rec, Expect::Any)]).await
+}
+
 /// Deletes the entry whatever its version.
 pub async fn delete(store: &dyn Store, key: &str) -> Result<(), StoreError> {
     store
