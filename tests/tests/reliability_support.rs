@@ -29,10 +29,32 @@ pub async fn stack_with(vars: &[(&str, &str)]) -> Running {
     stack_with_metrics(vars, wxshop::metrics::Metrics::off()).await
 }
 
+/// [`stack_with`] on `store` (`memory`, `sqlite:PATH`, `dynamodb:TABLE` with
+/// `DYNAMODB_ENDPOINT` among `vars`). Off `memory` the outbox relay looks for due work every
+/// 100 ms (wxlocal's default) instead of 20: each look is a listing of the status index (nine
+/// `Query` calls on DynamoDB), and moto answers one request at a time.
+pub async fn stack_on(store: &str, vars: &[(&str, &str)]) -> Running {
+    let relay_every = if store == "memory" {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(100)
+    };
+    start_stack(store, vars, wxshop::metrics::Metrics::off(), relay_every).await
+}
+
 /// [`stack_with`], its handlers' metrics going to `metrics` (e.g. `Metrics::capture`).
 pub async fn stack_with_metrics(
     vars: &[(&str, &str)],
     metrics: wxshop::metrics::Metrics,
+) -> Running {
+    start_stack("memory", vars, metrics, Duration::from_millis(20)).await
+}
+
+async fn start_stack(
+    store: &str,
+    vars: &[(&str, &str)],
+    metrics: wxshop::metrics::Metrics,
+    relay_every: Duration,
 ) -> Running {
     let mut overrides = HashMap::new();
     overrides.insert("ORDER_TTL_SECS".to_owned(), "900".to_owned());
@@ -41,12 +63,12 @@ pub async fn stack_with_metrics(
     }
     start(Options {
         addr: "127.0.0.1:0".parse().unwrap(),
-        store: Some("memory".into()),
+        store: Some(store.into()),
         seed: true,
         time_scale: 0.001,
         overrides,
         use_env: false,
-        relay_every: Duration::from_millis(20),
+        relay_every,
         schedule_every: None,
         metrics,
     })
@@ -1005,4 +1027,90 @@ pub async fn tea_carries_freight(r: &Running, no: &str, freight: i64) {
         }
     }
     panic!("could not give order {no} freight");
+}
+
+// ------------------------------------------------------------------ DynamoDB (moto)
+
+/// moto's server (a local DynamoDB-compatible endpoint) serving one request at a time, as
+/// `shared/tests/store_dynamo.rs` runs it: its threaded server checks a condition and writes
+/// unlocked, so two conditional writes could both win, which DynamoDB never lets happen.
+/// Killed on drop; also ends by itself when this process does (it watches its stdin, whose
+/// other end only this process holds), so one kept in a `static` for a whole test file does
+/// not outlive it.
+pub struct Moto {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const MOTO_ONE_AT_A_TIME: &str = "import os, sys, threading
+def watch_parent():
+    sys.stdin.read()
+    os._exit(0)
+threading.Thread(target=watch_parent, daemon=True).start()
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import run_simple
+run_simple(sys.argv[1], int(sys.argv[2]), DomainDispatcherApplication(create_backend_app), \
+threaded=False)
+";
+
+/// Starts moto's server on 127.0.0.1 at a free port (`scripts/ensure-moto.sh` installs it
+/// when missing; `WXSHOP_PYTHON` names the Python) and waits until it listens (30 s at most).
+pub fn start_moto() -> Moto {
+    use std::process::{Command, Stdio};
+    let ensure = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/ensure-moto.sh"
+        ))
+        .status()
+        .expect("run scripts/ensure-moto.sh");
+    assert!(ensure.success(), "scripts/ensure-moto.sh failed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(std::env::var("WXSHOP_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .args(["-c", MOTO_ONE_AT_A_TIME, "127.0.0.1", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto");
+    let mut moto = Moto {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = moto.child.try_wait() {
+            panic!("moto exited with {status} before it listened");
+        }
+        assert!(Instant::now() < deadline, "moto did not listen within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    moto
+}
+
+/// A fresh DynamoDB table on `moto`, made as production's (`infra/template.yaml`: the `pk`
+/// hash key, `gsi1`/`gsi2` projecting every attribute, the stream, TTL on `ttl`): its name,
+/// `wxshop-{tag}-{pid}-{nanos}`.
+pub async fn dynamodb_table(moto: &Moto, tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let table = format!("wxshop-{tag}-{}-{nanos}", std::process::id());
+    let store = wxshop::store::dynamo::DynamoStore::connect(&table, Some(&moto.endpoint))
+        .await
+        .unwrap();
+    store.create_table().await.unwrap();
+    table
 }
