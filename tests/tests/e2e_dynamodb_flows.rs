@@ -34,13 +34,16 @@ fn moto() -> &'static Moto {
 
 /// The in-process stack (seeded with the tea) on a fresh DynamoDB table `tag`.
 async fn stack(tag: &str) -> Running {
+    stack_with_vars(tag, &[]).await
+}
+
+/// [`stack`] with the configuration `vars` too.
+async fn stack_with_vars(tag: &str, vars: &[(&str, &str)]) -> Running {
     let moto = moto();
     let table = support::dynamodb_table(moto, tag).await;
-    let r = support::stack_on(
-        &format!("dynamodb:{table}"),
-        &[("DYNAMODB_ENDPOINT", moto.endpoint.as_str())],
-    )
-    .await;
+    let mut vars = vars.to_vec();
+    vars.push(("DYNAMODB_ENDPOINT", moto.endpoint.as_str()));
+    let r = support::stack_on(&format!("dynamodb:{table}"), &vars).await;
     assert_eq!(r.app.store.backend(), "dynamodb");
     r
 }
@@ -398,5 +401,70 @@ async fn an_unpaid_order_on_dynamodb_is_closed_by_the_schedule() {
     assert_eq!(c.stock().await, start, "the two units are back");
     closed_at_wechat_pay(&r, &c, &no, WAIT).await;
     assert_eq!(c.status(&token, &no).await["status"], "CLOSED");
+    r.stop();
+}
+
+/// GIVEN the shop on DynamoDB with the trading component off, and a product of 8 SKUs whose
+/// main image the merchant gave inline (a `data:` URL of 55 KB: shown by the mini program as
+/// any image) WHEN a user orders one of each SKU and pays THEN the order is made (200, the 8
+/// units taken) and reads PAID. Each of the order's lines used to copy the image whole: the
+/// order record came to 440 KB, over DynamoDB's 400 KB item limit, and on AWS the user was
+/// answered 503 `STORE_UNAVAILABLE` "storage is unavailable; retry shortly" every time they
+/// tried (and the store-unavailable metric counted it), while SQLite took the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_of_many_lines_of_a_product_with_an_inline_image_fits_dynamodb() {
+    const SKUS: usize = 8;
+    let r = stack_with_vars("inline", &[("WX_TRADING_COMPONENT", "off")]).await;
+    let c = InProcess::new(&r);
+    let image = format!("data:image/jpeg;base64,{}", "A".repeat(55_000));
+    let skus: Vec<Value> = (0..SKUS)
+        .map(|i| json!({"sku_id": format!("v{i}"), "price": 300, "stock": 5}))
+        .collect();
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "upsert", "product": {
+                "product_id": "sampler", "title": "Tea sampler",
+                "head_img": [image], "skus": skus}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c
+        .admin(
+            "/admin/catalogSync",
+            &json!({"action": "listing", "product_id": "sampler"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    let (token, _) = c.login("dyn-gus").await;
+    let items: Vec<Value> = (0..SKUS)
+        .map(|i| json!({"product_id": "sampler", "sku_id": format!("v{i}"), "quantity": 1}))
+        .collect();
+    let (s, order) = c
+        .post(
+            "/fn/unifiedOrder",
+            Some(&token),
+            &json!({"items": items,
+                    "address": {"receiver_name": "A", "detailed_address": "1 Road",
+                                "tel_number": "13800000000"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{order}");
+    assert_eq!(order["total_fee"], 300 * SKUS as i64, "{order}");
+    let no = no_of(&order);
+    let sampler = support::get_product(&c, "sampler").await;
+    assert!(
+        sampler["skus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["stock"] == 4),
+        "one of each taken: {sampler}"
+    );
+    c.pay_at_sandbox(&no).await;
+    until_order_reads(&c, &token, &no, "PAID").await;
+    let paid = c.status(&token, &no).await;
+    assert_eq!(paid["items"].as_array().map(Vec::len), Some(SKUS), "{paid}");
     r.stop();
 }

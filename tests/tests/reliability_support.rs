@@ -47,6 +47,20 @@ pub async fn stack_with_metrics(
     vars: &[(&str, &str)],
     metrics: wxshop::metrics::Metrics,
 ) -> Running {
+    if std::env::var("WXSHOP_E2E_STORE").as_deref() == Ok("dynamodb") {
+        static MOTO: std::sync::OnceLock<Moto> = std::sync::OnceLock::new();
+        let moto = MOTO.get_or_init(start_moto);
+        let table = dynamodb_table(moto, "hunt").await;
+        let mut vars = vars.to_vec();
+        vars.push(("DYNAMODB_ENDPOINT", moto.endpoint.as_str()));
+        return start_stack(
+            &format!("dynamodb:{table}"),
+            &vars,
+            metrics,
+            Duration::from_millis(100),
+        )
+        .await;
+    }
     start_stack("memory", vars, metrics, Duration::from_millis(20)).await
 }
 
