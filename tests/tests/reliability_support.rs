@@ -1115,7 +1115,9 @@ pub fn start_moto() -> Moto {
 
 /// A fresh DynamoDB table on `moto`, made as production's (`infra/template.yaml`: the `pk`
 /// hash key, `gsi1`/`gsi2` projecting every attribute, the stream, TTL on `ttl`): its name,
-/// `wxshop-{tag}-{pid}-{nanos}`.
+/// `wxshop-{tag}-{pid}-{nanos}`. Tried up to 5 times: on a loaded host moto can take longer
+/// than the store's 3 s timeout to create a table with two GSIs (seen in `store_dynamo`); a
+/// creation that went through before its answer timed out is kept by the next try.
 pub async fn dynamodb_table(moto: &Moto, tag: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1125,6 +1127,13 @@ pub async fn dynamodb_table(moto: &Moto, tag: &str) -> String {
     let store = wxshop::store::dynamo::DynamoStore::connect(&table, Some(&moto.endpoint))
         .await
         .unwrap();
-    store.create_table().await.unwrap();
-    table
+    let mut failed = Vec::new();
+    for _ in 0..5 {
+        match store.create_table().await {
+            Ok(()) => return table,
+            Err(e) => failed.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("cannot create the table {table} on moto: {failed:?}");
 }
