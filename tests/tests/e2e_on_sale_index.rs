@@ -353,63 +353,6 @@ async fn a_product_stored_by_an_earlier_version_is_still_on_sale() {
 
 // ------------------------------------------------------------------ DynamoDB (moto)
 
-/// moto's server (a local DynamoDB-compatible endpoint), one request at a time as
-/// `shared/tests/store_dynamo.rs` runs it; killed on drop.
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const MOTO_ONE_AT_A_TIME: &str = "import sys
-from moto.server import DomainDispatcherApplication, create_backend_app
-from werkzeug.serving import run_simple
-run_simple(sys.argv[1], int(sys.argv[2]), DomainDispatcherApplication(create_backend_app), threaded=False)
-";
-
-fn start_moto() -> Moto {
-    use std::process::{Command, Stdio};
-    let ensure = Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/ensure-moto.sh"
-        ))
-        .status()
-        .expect("run scripts/ensure-moto.sh");
-    assert!(ensure.success(), "scripts/ensure-moto.sh failed");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(std::env::var("WXSHOP_PYTHON").unwrap_or_else(|_| "python3".into()))
-        .args(["-c", MOTO_ONE_AT_A_TIME, "127.0.0.1", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto");
-    let moto = Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "moto did not listen within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    moto
-}
-
 /// GIVEN the catalog of the first test (4 of 240 on sale, and the tea) and a product on sale
 /// stored by an earlier version, on DynamoDB (moto), catalogSync running on that table WHEN a
 /// user opens the shop before and after the schedule's re-indexing THEN both times the first
@@ -418,7 +361,7 @@ fn start_moto() -> Moto {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_dynamodb_the_shop_reads_only_products_on_sale() {
     use wxshop::store::dynamo::DynamoStore;
-    let moto = start_moto();
+    let moto = support::start_moto();
     let table = format!("wxshop-onsale-{}", std::process::id());
     let dynamo = DynamoStore::connect(&table, Some(&moto.endpoint))
         .await

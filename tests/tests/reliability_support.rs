@@ -29,10 +29,46 @@ pub async fn stack_with(vars: &[(&str, &str)]) -> Running {
     stack_with_metrics(vars, wxshop::metrics::Metrics::off()).await
 }
 
+/// [`stack_with`] on `store` (`memory`, `sqlite:PATH`, `dynamodb:TABLE` with
+/// `DYNAMODB_ENDPOINT` among `vars`). Off `memory` the outbox relay looks for due work every
+/// 100 ms (wxlocal's default) instead of 20: each look is a listing of the status index (nine
+/// `Query` calls on DynamoDB), and moto answers one request at a time.
+pub async fn stack_on(store: &str, vars: &[(&str, &str)]) -> Running {
+    let relay_every = if store == "memory" {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(100)
+    };
+    start_stack(store, vars, wxshop::metrics::Metrics::off(), relay_every).await
+}
+
 /// [`stack_with`], its handlers' metrics going to `metrics` (e.g. `Metrics::capture`).
 pub async fn stack_with_metrics(
     vars: &[(&str, &str)],
     metrics: wxshop::metrics::Metrics,
+) -> Running {
+    if std::env::var("WXSHOP_E2E_STORE").as_deref() == Ok("dynamodb") {
+        static MOTO: std::sync::OnceLock<Moto> = std::sync::OnceLock::new();
+        let moto = MOTO.get_or_init(start_moto);
+        let table = dynamodb_table(moto, "hunt").await;
+        let mut vars = vars.to_vec();
+        vars.push(("DYNAMODB_ENDPOINT", moto.endpoint.as_str()));
+        return start_stack(
+            &format!("dynamodb:{table}"),
+            &vars,
+            metrics,
+            Duration::from_millis(100),
+        )
+        .await;
+    }
+    start_stack("memory", vars, metrics, Duration::from_millis(20)).await
+}
+
+async fn start_stack(
+    store: &str,
+    vars: &[(&str, &str)],
+    metrics: wxshop::metrics::Metrics,
+    relay_every: Duration,
 ) -> Running {
     let mut overrides = HashMap::new();
     overrides.insert("ORDER_TTL_SECS".to_owned(), "900".to_owned());
@@ -41,12 +77,12 @@ pub async fn stack_with_metrics(
     }
     start(Options {
         addr: "127.0.0.1:0".parse().unwrap(),
-        store: Some("memory".into()),
+        store: Some(store.into()),
         seed: true,
         time_scale: 0.001,
         overrides,
         use_env: false,
-        relay_every: Duration::from_millis(20),
+        relay_every,
         schedule_every: None,
         metrics,
     })
@@ -1005,4 +1041,99 @@ pub async fn tea_carries_freight(r: &Running, no: &str, freight: i64) {
         }
     }
     panic!("could not give order {no} freight");
+}
+
+// ------------------------------------------------------------------ DynamoDB (moto)
+
+/// moto's server (a local DynamoDB-compatible endpoint) serving one request at a time, as
+/// `shared/tests/store_dynamo.rs` runs it: its threaded server checks a condition and writes
+/// unlocked, so two conditional writes could both win, which DynamoDB never lets happen.
+/// Killed on drop; also ends by itself when this process does (it watches its stdin, whose
+/// other end only this process holds), so one kept in a `static` for a whole test file does
+/// not outlive it.
+pub struct Moto {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const MOTO_ONE_AT_A_TIME: &str = "import os, sys, threading
+def watch_parent():
+    sys.stdin.read()
+    os._exit(0)
+threading.Thread(target=watch_parent, daemon=True).start()
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import run_simple
+run_simple(sys.argv[1], int(sys.argv[2]), DomainDispatcherApplication(create_backend_app), \
+threaded=False)
+";
+
+/// Starts moto's server on 127.0.0.1 at a free port (`scripts/ensure-moto.sh` installs it
+/// when missing; `WXSHOP_PYTHON` names the Python) and waits until it listens (30 s at most).
+pub fn start_moto() -> Moto {
+    use std::process::{Command, Stdio};
+    let ensure = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/ensure-moto.sh"
+        ))
+        .status()
+        .expect("run scripts/ensure-moto.sh");
+    assert!(ensure.success(), "scripts/ensure-moto.sh failed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(std::env::var("WXSHOP_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .args(["-c", MOTO_ONE_AT_A_TIME, "127.0.0.1", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto");
+    let mut moto = Moto {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = moto.child.try_wait() {
+            panic!("moto exited with {status} before it listened");
+        }
+        assert!(Instant::now() < deadline, "moto did not listen within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    moto
+}
+
+/// A fresh DynamoDB table on `moto`, made as production's (`infra/template.yaml`: the `pk`
+/// hash key, `gsi1`/`gsi2` projecting every attribute, the stream, TTL on `ttl`): its name,
+/// `wxshop-{tag}-{pid}-{nanos}`. Tried up to 5 times: on a loaded host moto can take longer
+/// than the store's 3 s timeout to create a table with two GSIs (seen in `store_dynamo`); a
+/// creation that went through before its answer timed out is kept by the next try.
+pub async fn dynamodb_table(moto: &Moto, tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let table = format!("wxshop-{tag}-{}-{nanos}", std::process::id());
+    let store = wxshop::store::dynamo::DynamoStore::connect(&table, Some(&moto.endpoint))
+        .await
+        .unwrap();
+    let mut failed = Vec::new();
+    for _ in 0..5 {
+        match store.create_table().await {
+            Ok(()) => return table,
+            Err(e) => failed.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("cannot create the table {table} on moto: {failed:?}");
 }

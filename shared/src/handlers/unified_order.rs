@@ -127,6 +127,14 @@ use sha2::{Digest, Sha256};
 
 const MAX_LINES: usize = 20;
 const MAX_QUANTITY: u32 = 99;
+/// The longest product image (bytes) an order line keeps. The line's image is only ever sent
+/// to the trading component (`shop/order/add`), which takes WeChat's own images
+/// (`shop/img/upload`'s URLs, ~100–200 bytes); a longer one is an inline `data:` image of a
+/// product the component never saw, shown nowhere from the order. Copied whole into every
+/// line, 20 lines of a 60 KB image made an order over DynamoDB's 400 KB item limit: on AWS the
+/// order was refused 503 `STORE_UNAVAILABLE` ("retry shortly") however often the user retried,
+/// while SQLite took it.
+const MAX_LINE_IMAGE_BYTES: usize = 2048;
 /// An in-progress record older than this is presumed dead: unifiedOrder's Lambda timeout (28 s,
 /// infra/template.yaml; tests/tests/infra.rs keeps it below 30 s) is shorter.
 const IN_PROGRESS_MS: i64 = 30_000;
@@ -910,7 +918,12 @@ async fn create_priced_order(
                 product_id: l.product_id.clone(),
                 sku_id: l.sku_id.clone(),
                 title: product.title.clone(),
-                head_img: product.head_img.first().cloned().unwrap_or_default(),
+                head_img: product
+                    .head_img
+                    .first()
+                    .filter(|url| url.len() <= MAX_LINE_IMAGE_BYTES)
+                    .cloned()
+                    .unwrap_or_default(),
                 unit_price,
                 quantity: l.quantity,
             };
