@@ -191,13 +191,23 @@ async fn a_settlement_pushed_before_its_payment_still_makes_the_money_withdrawab
     .unwrap()
     .value;
     assert!(order.status.is_paid(), "{:?}", order.status);
-    let pushed: Vec<String> = r
-        .sandbox
-        .deliveries()
-        .iter()
-        .filter(|d| d["kind"] == "push" && d["attempt"] == 0)
-        .map(|d| d["key"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let first_pushes = || -> Vec<String> {
+        r.sandbox
+            .deliveries()
+            .iter()
+            .filter(|d| d["kind"] == "push" && d["attempt"] == 0)
+            .map(|d| d["key"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    // The held pay push is delivered after the settlement: it may still be on its way when
+    // the order reads settled (the settlement alone can record the payment).
+    support::eventually(
+        "the held pay push delivered",
+        Duration::from_secs(30),
+        || async { first_pushes().iter().any(|k| k == "open_product_order_pay") },
+    )
+    .await;
+    let pushed = first_pushes();
     let at = |e: &str| pushed.iter().position(|k| k == e).unwrap();
     assert!(
         at("open_product_order_settle") < at("open_product_order_pay"),
