@@ -21,6 +21,8 @@ use support::{eventually, stack_with, InProcess};
 const WAIT: Duration = Duration::from_secs(30);
 /// Rounds of a race whose window is narrow (each on an order of its own).
 const ROUNDS: usize = 4;
+/// Rounds of a race between refund reports (a window of a few store reads).
+const NOTIFY_ROUNDS: usize = 20;
 /// The tea's price.
 const TEA: i64 = 1990;
 
@@ -424,6 +426,13 @@ async fn refunded_at_wechat_unheard(
 /// once
 /// THEN every copy is answered SUCCESS, the after-sale is REFUNDED and the order's
 /// `refunded_fee` is 1,990: counted once, nothing kept as a mismatch or a second refund.
+///
+/// It used to keep, in about one round in ten, a `refund_superseded` event for the very refund
+/// that had just been recorded ("SUCCESS for an after-sale refunded already by another refund:
+/// the money left a second time … recover the difference from the user") and page
+/// `MoneyNeedsAPerson`: a copy read the refund record before another copy (or the sweep)
+/// recorded it and the after-sale after, and took its own refund for a second one
+/// (`pay_callback::apply_refund` decided that on a read no condition covered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_refund_sweep_racing_late_notifications_counts_the_refund_once() {
     use wxshop::pay::types::RefundStatus;
@@ -433,7 +442,7 @@ async fn the_refund_sweep_racing_late_notifications_counts_the_refund_once() {
     ])
     .await;
     let c = InProcess::new(&r);
-    for round in 0..ROUNDS {
+    for round in 0..NOTIFY_ROUNDS {
         let (token, no, txid, id, out_refund_no, refund_id) =
             refunded_at_wechat_unheard(&c, &format!("late-{round}")).await;
         r.app.clock.advance(11 * 60_000);
@@ -446,16 +455,18 @@ async fn the_refund_sweep_racing_late_notifications_counts_the_refund_once() {
             RefundStatus::Success,
         );
         let sweep_refunds = json!({"action": "sweep_refunds"});
-        let ((ss, sweep), (s1, n1), (s2, n2)) = tokio::join!(
+        let ((ss, sweep), (s1, n1), (s2, n2), (s3, n3)) = tokio::join!(
             c.admin("/admin/orderSync", &sweep_refunds),
+            c.raw("/callbacks/refund", body.clone()),
             c.raw("/callbacks/refund", body.clone()),
             c.raw("/callbacks/refund", body.clone()),
         );
         assert_eq!(ss, 200, "{sweep}");
+        assert_eq!([s1, s2, s3].map(|s| s == 200), [true; 3], "{n1} {n2} {n3}");
         assert_eq!(
-            (s1, support::return_code(&n1), s2, support::return_code(&n2)),
-            (200, "SUCCESS", 200, "SUCCESS"),
-            "{n1} {n2}"
+            [&n1, &n2, &n3].map(|n| support::return_code(n)),
+            ["SUCCESS"; 3],
+            "{n1} {n2} {n3}"
         );
         assert_eq!(c.my_aftersale(&token, &no, &id).await["status"], "REFUNDED");
         let order = c.status(&token, &no).await;
@@ -476,13 +487,15 @@ async fn the_refund_sweep_racing_late_notifications_counts_the_refund_once() {
 /// WHEN a person records it redirected (`mark_refunded`) while WeChat's late SUCCESS for the
 /// same refund arrives
 /// THEN the notification is answered SUCCESS, the after-sale is REFUNDED and the order's
-/// `refunded_fee` is 1,990 — the refund counted once, whichever came first.
+/// `refunded_fee` is 1,990 — the refund counted once, whichever came first, and not taken
+/// for a second refund (no `refund_superseded`: the record the person's write made SUCCESS
+/// is read again, see the sweep's race above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mark_refunded_racing_a_late_success_counts_the_refund_once() {
     use wxshop::pay::types::RefundStatus;
     let r = pay_stack().await;
     let c = InProcess::new(&r);
-    for round in 0..ROUNDS {
+    for round in 0..NOTIFY_ROUNDS / 2 {
         c.control("refund_outcome", &json!({"status": "CHANGE"}))
             .await;
         let (token, no, txid) = paid(&c, &format!("held-{round}"), 1).await;
@@ -524,7 +537,9 @@ async fn mark_refunded_racing_a_late_success_counts_the_refund_once() {
             "round {round}: {order}"
         );
     }
-    assert_eq!(events(&c, "refund_mismatch").await, Vec::<Value>::new());
+    for source in ["refund_mismatch", "refund_superseded"] {
+        assert_eq!(events(&c, source).await, Vec::<Value>::new(), "{source}");
+    }
 }
 
 /// The user's close of `no` (`queryOrder` `close`): (status, answer).
@@ -562,10 +577,8 @@ async fn a_payment_racing_the_close_or_the_expiry_sweep_is_not_lost() {
         let (paid_at_wechat, closer) = if by_sweep {
             r.app.clock.advance(16 * 60_000);
             let sweep = json!({"action": "sweep"});
-            let ((sp, vp), (ss, vs)) = tokio::join!(
-                pay(no.clone()),
-                c.admin("/admin/orderSync", &sweep)
-            );
+            let ((sp, vp), (ss, vs)) =
+                tokio::join!(pay(no.clone()), c.admin("/admin/orderSync", &sweep));
             assert_eq!(ss, 200, "{vs}");
             (sp == 200, format!("pay {sp} {vp}, sweep {vs}"))
         } else {

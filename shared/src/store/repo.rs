@@ -1174,6 +1174,15 @@ impl Batch {
         })
     }
 
+    /// Only a condition: the refund record is still at the version read.
+    pub fn check_refund(&mut self, refund: &Versioned<RefundRecord>) -> usize {
+        self.push(Write::Check {
+            kind: Kind::Refund,
+            id: refund.value.out_refund_no.as_str().to_owned(),
+            expect: Expect::Version(refund.version),
+        })
+    }
+
     /// Only a condition: the product is still at the version read.
     pub fn check_product(&mut self, product: &Versioned<Product>) -> usize {
         self.push(Write::Check {
