@@ -598,3 +598,60 @@ async fn a_payment_racing_the_close_or_the_expiry_sweep_is_not_lost() {
         .await;
     }
 }
+
+/// GIVEN a secondary-merchant shop (`WX_FUND_TYPE=1`: WeChat holds the money and refunds it
+/// when the merchant accepts the after-sale at WeChat), paid orders of one tea
+/// WHEN the merchant approves the user's application for all of it: WeChat refunds at the
+/// acceptance, and its reports of the refund come at once — the `aftersale_refund_success`
+/// push, the `open_product_order_refund` push (which reads the order's after-sales back) and
+/// the sync task's own read-back
+/// THEN the refund is recorded once: the after-sale REFUNDED, the order's `refunded_fee` 1,990,
+/// and the merchant is not told WeChat refunded beyond what the order had left (no `exceeds/`
+/// event) — a report that lost the race to another finds it recorded.
+///
+/// It used to tell the merchant, in about one round in ten, "refunded by WeChat beyond what the
+/// order had left; not recorded" (an `exceeds/` `aftersale_wechat` event and an ERROR log: check
+/// the order by hand) for a refund recorded once and correctly: a report read the after-sale
+/// before another report recorded the refund and the order after, and took the order's
+/// refunded amount for WeChat refunding too much (`aftersale_sync::record_wechat_refund`
+/// decided it on reads no condition covered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wechats_reports_of_one_refund_at_once_record_it_once() {
+    let r = stack_with(&[("WX_FUND_TYPE", "1")]).await;
+    let c = InProcess::new(&r);
+    // Each push delivered three times more (WeChat retries a push it thinks lost).
+    c.control("notifications", &json!({"duplicate": 3})).await;
+    for round in 0..NOTIFY_ROUNDS / 2 {
+        let (token, _) = c.login(&format!("secondary-{round}")).await;
+        let order = c.order_tea(&token, 1).await;
+        let no = order["out_trade_no"].as_str().unwrap().to_owned();
+        c.pay_in_wechat(&token, &no).await;
+        let (s, a) = c
+            .post(
+                "/fn/aftersaleSync",
+                Some(&token),
+                &json!({"action": "apply", "out_trade_no": no, "reason": "dented",
+                        "product_id": "tea", "sku_id": "tea-250g", "quantity": 1}),
+            )
+            .await;
+        assert_eq!(s, 200, "{a}");
+        let id = id_of(&a);
+        let (s, v) = approve(&c, &id).await;
+        assert_eq!(s, 200, "{v}");
+        c.until_refunded(&token, &no, &id).await;
+        let order = c.status(&token, &no).await;
+        assert_eq!(
+            (&order["refunded_fee"], &order["status"]),
+            (&json!(TEA), &json!("REFUNDED")),
+            "round {round}: {order}"
+        );
+    }
+    // Late reports land after the last one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let told: Vec<Value> = events(&c, "aftersale_wechat")
+        .await
+        .into_iter()
+        .filter(|e| e["key"].as_str().is_some_and(|k| k.starts_with("exceeds/")))
+        .collect();
+    assert_eq!(told, Vec::<Value>::new());
+}
