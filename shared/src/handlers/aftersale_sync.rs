@@ -3299,9 +3299,19 @@ async fn record_wechat_refund(
                     return Ok(Attempt::Done(WeChatRefundRecord::Nothing));
                 }
                 if next_order.refund_aftersale(id, amount, now).is_err() {
-                    return Ok(Attempt::Done(WeChatRefundRecord::Exceeds {
-                        refundable: order.value.refundable(),
-                    }));
+                    // Only on reads a condition covers: the after-sale, read first, may be
+                    // stale — another report of this refund (its other push, the sync task's
+                    // or the schedule's read-back) recording it between the two reads — and
+                    // the merchant would be told WeChat refunded beyond the order. A stale
+                    // read retries, and finds it recorded.
+                    batch.check_aftersale(a);
+                    batch.check_order(&order);
+                    return Ok(Attempt::Commit(
+                        batch,
+                        WeChatRefundRecord::Exceeds {
+                            refundable: order.value.refundable(),
+                        },
+                    ));
                 }
                 next.amount = amount;
                 batch.update_aftersale(a, &next);
@@ -3325,9 +3335,15 @@ async fn record_wechat_refund(
             }
             None => {
                 if next_order.refund(amount, now).is_err() {
-                    return Ok(Attempt::Done(WeChatRefundRecord::Exceeds {
-                        refundable: order.value.refundable(),
-                    }));
+                    // As above: another report may have imported it since it was read absent.
+                    batch.check_no_aftersale(id);
+                    batch.check_order(&order);
+                    return Ok(Attempt::Commit(
+                        batch,
+                        WeChatRefundRecord::Exceeds {
+                            refundable: order.value.refundable(),
+                        },
+                    ));
                 }
                 let refunded_there = AfterSale {
                     id: id.clone(),

@@ -585,11 +585,21 @@ async fn apply_refund(
             .filter(|a| a.value.status == AfterSaleStatus::Refunded)
         {
             // Refunded already by another refund of it (this record is not the SUCCESS one):
-            // its money is on the order once; this report changes nothing.
-            return Ok(Attempt::Done(Applied::AlreadyRefunded {
-                aftersale_id: a.value.id.clone(),
-                settled_by: a.value.refund_id.clone(),
-            }));
+            // its money is on the order once; this report changes nothing. Decided only on the
+            // refund record as it still stands: read before the after-sale, it may be stale —
+            // a copy of this report, or the refund sweep, recording this very refund between
+            // the two reads — and this report would be taken for a second refund (kept as
+            // `refund_superseded`, a person paged to recover money paid once). A condition on
+            // the record's version makes such a read retry, and find the refund recorded.
+            let mut batch = Batch::new();
+            batch.check_refund(&refund);
+            return Ok(Attempt::Commit(
+                batch,
+                Applied::AlreadyRefunded {
+                    aftersale_id: a.value.id.clone(),
+                    settled_by: a.value.refund_id.clone(),
+                },
+            ));
         }
         if refund.value.status == RefundStatus::Failed {
             tracing::warn!(out_refund_no = %n.out_refund_no, status = %n.status, "refund recorded as failed left at WeChat: recording it");

@@ -1174,6 +1174,33 @@ impl Batch {
         })
     }
 
+    /// Only a condition: the after-sale is still at the version read.
+    pub fn check_aftersale(&mut self, aftersale: &Versioned<AfterSale>) -> usize {
+        self.push(Write::Check {
+            kind: Kind::AfterSale,
+            id: aftersale.value.id.as_str().to_owned(),
+            expect: Expect::Version(aftersale.version),
+        })
+    }
+
+    /// Only a condition: there is still no after-sale `id`, as read.
+    pub fn check_no_aftersale(&mut self, id: &AfterSaleId) -> usize {
+        self.push(Write::Check {
+            kind: Kind::AfterSale,
+            id: id.as_str().to_owned(),
+            expect: Expect::Absent,
+        })
+    }
+
+    /// Only a condition: the refund record is still at the version read.
+    pub fn check_refund(&mut self, refund: &Versioned<RefundRecord>) -> usize {
+        self.push(Write::Check {
+            kind: Kind::Refund,
+            id: refund.value.out_refund_no.as_str().to_owned(),
+            expect: Expect::Version(refund.version),
+        })
+    }
+
     /// Only a condition: the product is still at the version read.
     pub fn check_product(&mut self, product: &Versioned<Product>) -> usize {
         self.push(Write::Check {
