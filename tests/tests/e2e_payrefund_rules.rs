@@ -97,14 +97,15 @@ async fn a_refund_wechat_pay_refuses_for_good_can_be_recorded_as_paid_another_wa
     .await;
     let refund_calls = r.sandbox.calls("secapi/pay/refund").len();
     assert_eq!(refund_calls, 1, "one refusal, not retried");
-    // The merchant is told what can be done about it.
-    let dead = c.dead_letters().await;
-    assert!(
-        dead.iter()
-            .any(|d| d.to_string().contains("USER_ACCOUNT_ABNORMAL")
-                && d.to_string().contains("mark_refunded")),
-        "{dead:?}"
-    );
+    // The merchant is told what can be done about it (the dead letter is written just after
+    // the after-sale reads REFUND_FAILED).
+    eventually("the dead letter saying what to do", WAIT, || async {
+        c.dead_letters().await.iter().any(|d| {
+            d.to_string().contains("USER_ACCOUNT_ABNORMAL")
+                && d.to_string().contains("mark_refunded")
+        })
+    })
+    .await;
     let out_refund_no = c.my_aftersale(&token, &no, &id).await["out_refund_no"]
         .as_str()
         .unwrap()
