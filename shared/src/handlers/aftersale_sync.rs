@@ -153,7 +153,7 @@ struct RefundBody {
     #[serde(default)]
     quantity: Option<i64>,
     /// With a line: its goods are back in the warehouse, so its units go back on sale once
-    /// the refund succeeded. Default: money only.
+    /// the refund succeeded, shipped or not. Default: only units never shipped come back.
     #[serde(default)]
     restock: bool,
 }
@@ -538,9 +538,9 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
 /// `apply` of that line would ([`AfterSaleLine::choose`]: `LINE_ALREADY_CLAIMED`, the line's
 /// bound, the freight with the order's last unclaimed units), its default amount that
 /// application's, and on a trading-component order it is mirrored as an approved refund is
-/// (the sync task: `ecaftersale/add`, then `acceptrefund`); with `restock` its units go back
-/// on sale once refunded ([`AfterSale::units_back`]), which needs the whole price of them
-/// refunded (else 400 `BAD_RESTOCK`).
+/// (the sync task: `ecaftersale/add`, then `acceptrefund`); its units go back on sale once
+/// refunded ([`AfterSale::units_back`]) when never shipped, and shipped ones too with
+/// `restock`, which needs the whole price of them refunded (else 400 `BAD_RESTOCK`).
 async fn merchant_refund(
     app: &App,
     no: &OutTradeNo,
