@@ -180,22 +180,7 @@ async fn the_last_line_of_an_order_takes_its_freight_back() {
     .await;
     let order = c.status(&token, &no).await;
     assert_eq!(order["refunded_fee"], TOTAL, "{order}");
-    let mut refunds: Vec<(String, i64)> = r
-        .sandbox
-        .calls("secapi/pay/refund")
-        .into_iter()
-        .filter(|v| v["out_trade_no"] == no.as_str())
-        .map(|v| {
-            let fee = &v["refund_fee"];
-            let fee = fee
-                .as_i64()
-                .or_else(|| fee.as_str().and_then(|s| s.parse().ok()))
-                .unwrap();
-            (v["out_refund_no"].as_str().unwrap().to_owned(), fee)
-        })
-        .collect();
-    refunds.sort();
-    refunds.dedup();
+    let refunds = support::refunds_asked(&r, &no);
     let refunded: i64 = refunds.iter().map(|(_, fee)| fee).sum();
     assert_eq!(
         refunded, TOTAL,

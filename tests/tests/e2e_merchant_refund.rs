@@ -17,7 +17,7 @@ use wxlocal::gateway::Running;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, run_schedule, stack_with, InProcess};
+use support::{eventually, refunds_asked, run_schedule, stack_with, InProcess};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
@@ -52,28 +52,6 @@ async fn merchant_refund(c: &InProcess<'_>, no: &str, extra: Value) -> (u16, Val
         b.extend(e);
     }
     c.admin("/admin/aftersaleSync", &body).await
-}
-
-/// The refunds WeChat Pay was asked for of order `no`: (out_refund_no, refund_fee), each
-/// number once, in order of number.
-fn refunds_at_wechat_pay(r: &Running, no: &str) -> Vec<(String, i64)> {
-    let mut refunds: Vec<(String, i64)> = r
-        .sandbox
-        .calls("secapi/pay/refund")
-        .into_iter()
-        .filter(|v| v["out_trade_no"] == no)
-        .map(|v| {
-            let fee = &v["refund_fee"];
-            let fee = fee
-                .as_i64()
-                .or_else(|| fee.as_str().and_then(|s| s.parse().ok()))
-                .unwrap();
-            (v["out_refund_no"].as_str().unwrap().to_owned(), fee)
-        })
-        .collect();
-    refunds.sort();
-    refunds.dedup();
-    refunds
 }
 
 /// The user applies for an after-sale of `no` (`extra`: line, amount, reason):
@@ -189,7 +167,7 @@ async fn the_freight_left_on_an_order_refunded_line_by_line_is_refunded_by_the_m
     .await;
     let order = c.status(&token, &no).await;
     assert_eq!(order["refunded_fee"], TOTAL, "{order}");
-    let refunds = refunds_at_wechat_pay(&r, &no);
+    let refunds = refunds_asked(&r, &no);
     assert!(
         refunds.contains(&(out_refund_no.clone(), FREIGHT)),
         "WeChat Pay asked for the freight under our number: {refunds:?}"
@@ -247,8 +225,8 @@ async fn a_goodwill_refund_leaves_the_order_shippable_with_less_to_refund() {
         ),
         "{mine}"
     );
-    assert_eq!(refunds_at_wechat_pay(&r, &no).len(), 1);
-    assert_eq!(refunds_at_wechat_pay(&r, &no)[0].1, 300);
+    assert_eq!(refunds_asked(&r, &no).len(), 1);
+    assert_eq!(refunds_asked(&r, &no)[0].1, 300);
     eventually("the refund on the order", WAIT, || async {
         c.status(&token, &no).await["refunded_fee"] == 300
     })
@@ -356,7 +334,7 @@ async fn a_merchant_refund_fits_beside_open_after_sales_and_is_made_once_per_key
         "{v}"
     );
     assert_eq!(
-        refunds_at_wechat_pay(&r, &no),
+        refunds_asked(&r, &no),
         vec![(
             first["aftersale"]["out_refund_no"]
                 .as_str()
@@ -416,7 +394,7 @@ async fn an_unpaid_order_is_not_refunded() {
     let (s, v) = merchant_refund(&c, &no, json!({"reason": "x".repeat(201)})).await;
     assert_eq!((s, v["code"].as_str()), (400, Some("BAD_REASON")), "{v}");
     assert!(c.admin_aftersales(&no).await.is_empty());
-    assert!(refunds_at_wechat_pay(&r, &no).is_empty());
+    assert!(refunds_asked(&r, &no).is_empty());
 }
 
 /// GIVEN a paid order of a tea (1,990)
@@ -443,7 +421,7 @@ async fn a_refund_with_a_field_it_does_not_take_is_refused() {
     assert!(c.admin_aftersales(&no).await.is_empty(), "nothing stored");
     run_schedule(&r).await;
     assert!(
-        refunds_at_wechat_pay(&r, &no).is_empty(),
+        refunds_asked(&r, &no).is_empty(),
         "nothing refunded at WeChat Pay"
     );
 }
@@ -500,7 +478,7 @@ async fn a_line_refund_claims_only_that_line() {
         "the user's list shows the line: {mine}"
     );
     assert_eq!(
-        refunds_at_wechat_pay(&r, &no)
+        refunds_asked(&r, &no)
             .iter()
             .map(|(_, fee)| *fee)
             .collect::<Vec<_>>(),
@@ -723,7 +701,7 @@ async fn a_restocked_line_refund_puts_its_units_back_once_refunded_and_not_befor
     let back = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
     let out_refund_no = v["aftersale"]["out_refund_no"].as_str().unwrap().to_owned();
     eventually("WeChat Pay asked for the refund", WAIT, || async {
-        refunds_at_wechat_pay(&r, &no).len() == 2
+        refunds_asked(&r, &no).len() == 2
     })
     .await;
     run_schedule(&r).await;

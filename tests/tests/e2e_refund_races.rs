@@ -15,7 +15,7 @@ use wxlocal::gateway::Running;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, stack_with, InProcess};
+use support::{eventually, refunds_asked, stack_with, InProcess};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
@@ -102,28 +102,6 @@ async fn merchant_refund(
         body["amount"] = json!(a);
     }
     c.admin("/admin/aftersaleSync", &body).await
-}
-
-/// The refunds WeChat Pay was asked for of order `no`: (out_refund_no, refund_fee), each
-/// number once (a retry under the same number is the same refund).
-fn refunds_asked(r: &Running, no: &str) -> Vec<(String, i64)> {
-    let mut refunds: Vec<(String, i64)> = r
-        .sandbox
-        .calls("secapi/pay/refund")
-        .into_iter()
-        .filter(|v| v["out_trade_no"] == no)
-        .map(|v| {
-            let fee = &v["refund_fee"];
-            let fee = fee
-                .as_i64()
-                .or_else(|| fee.as_str().and_then(|s| s.parse().ok()))
-                .unwrap();
-            (v["out_refund_no"].as_str().unwrap().to_owned(), fee)
-        })
-        .collect();
-    refunds.sort();
-    refunds.dedup();
-    refunds
 }
 
 /// What WeChat Pay's sandbox holds refunded of order `no` (its refunds that succeeded).

@@ -860,6 +860,28 @@ pub fn pay_calls(r: &Running, path: &str, no: &str) -> usize {
         .count()
 }
 
+/// The refunds WeChat Pay was asked for of order `no`: (out_refund_no, refund_fee), each
+/// number once (a retry under the same number is the same refund), in order of number.
+pub fn refunds_asked(r: &Running, no: &str) -> Vec<(String, i64)> {
+    let mut refunds: Vec<(String, i64)> = r
+        .sandbox
+        .calls("secapi/pay/refund")
+        .into_iter()
+        .filter(|v| v["out_trade_no"] == no)
+        .map(|v| {
+            let fee = &v["refund_fee"];
+            let fee = fee
+                .as_i64()
+                .or_else(|| fee.as_str().and_then(|s| s.parse().ok()))
+                .unwrap();
+            (v["out_refund_no"].as_str().unwrap().to_owned(), fee)
+        })
+        .collect();
+    refunds.sort();
+    refunds.dedup();
+    refunds
+}
+
 /// Reads of the component order `no` (`shop/order/get`) the sandbox received.
 pub fn component_reads(r: &Running, no: &str) -> usize {
     r.sandbox
