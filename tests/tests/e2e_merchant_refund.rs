@@ -29,11 +29,11 @@ const TEA: i64 = 1990 - FREIGHT;
 const CUPS: i64 = 2 * 500;
 const TOTAL: i64 = support::TWO_LINES_TOTAL;
 
-/// `user` buys one tea (1,990) and pays at the sandbox's cashier (WeChat Pay; the stack's
-/// component is off); returns once the order reads PAID: (token, out_trade_no).
-async fn paid_tea(c: &InProcess<'_>, user: &str) -> (String, String) {
+/// `user` buys `quantity` teas (1,990 each) and pays at the sandbox's cashier (WeChat Pay; the
+/// stack's component is off); returns once the order reads PAID: (token, out_trade_no).
+async fn paid_tea(c: &InProcess<'_>, user: &str, quantity: u32) -> (String, String) {
     let (token, _) = c.login(user).await;
-    let order = c.order_tea(&token, 1).await;
+    let order = c.order_tea(&token, quantity).await;
     let no = order["out_trade_no"].as_str().unwrap().to_owned();
     c.pay_at_sandbox(&no).await;
     eventually("the order PAID", WAIT, || async {
@@ -203,7 +203,7 @@ async fn a_goodwill_refund_leaves_the_order_shippable_with_less_to_refund() {
     let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
     let c = InProcess::new(&r);
     c.advance_to_china(12, 0).await; // one China day for the order, its refund and the bill
-    let (token, no) = paid_tea(&c, "greta").await;
+    let (token, no) = paid_tea(&c, "greta", 1).await;
     let stock = c.stock().await;
 
     let (s, v) = merchant_refund(
@@ -290,7 +290,7 @@ async fn a_goodwill_refund_leaves_the_order_shippable_with_less_to_refund() {
 async fn a_merchant_refund_fits_beside_open_after_sales_and_is_made_once_per_key() {
     let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
     let c = InProcess::new(&r);
-    let (token, no) = paid_tea(&c, "hanna").await;
+    let (token, no) = paid_tea(&c, "hanna", 1).await;
     let (s, v) = apply(&c, &token, &no, json!({"amount": 1500})).await;
     assert_eq!(s, 200, "{v}");
     let users = v["aftersale"]["aftersale_id"].as_str().unwrap().to_owned();
@@ -407,7 +407,7 @@ async fn an_unpaid_order_is_not_refunded() {
 async fn a_refund_with_a_field_it_does_not_take_is_refused() {
     let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
     let c = InProcess::new(&r);
-    let (_token, no) = paid_tea(&c, "jo").await;
+    let (_token, no) = paid_tea(&c, "jo", 1).await;
 
     for (field, value) in [("product", json!("tea")), ("aftersale_id", json!("AS1"))] {
         let (s, v) = merchant_refund(&c, &no, json!({ field: value })).await;
@@ -648,14 +648,7 @@ async fn a_restocked_line_refund_puts_its_units_back_once_refunded_and_not_befor
     let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
     let c = InProcess::new(&r);
     c.set_stock(5).await;
-    let (token, _) = c.login("mo").await;
-    let order = c.order_tea(&token, 2).await;
-    let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.pay_at_sandbox(&no).await;
-    eventually("the order PAID", WAIT, || async {
-        c.status(&token, &no).await["status"] == "PAID"
-    })
-    .await;
+    let (token, no) = paid_tea(&c, "mo", 2).await;
     let (s, v) = ship(&c, &no).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(c.stock().await, 3);
@@ -764,14 +757,7 @@ async fn a_line_refund_before_shipping_puts_its_units_back() {
     let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
     let c = InProcess::new(&r);
     c.set_stock(5).await;
-    let (token, _) = c.login("mo").await;
-    let order = c.order_tea(&token, 2).await;
-    let no = order["out_trade_no"].as_str().unwrap().to_owned();
-    c.pay_at_sandbox(&no).await;
-    eventually("the order PAID", WAIT, || async {
-        c.status(&token, &no).await["status"] == "PAID"
-    })
-    .await;
+    let (token, no) = paid_tea(&c, "mo", 2).await;
     assert_eq!(c.stock().await, 3);
 
     let (s, v) = merchant_refund(
