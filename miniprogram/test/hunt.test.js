@@ -136,6 +136,8 @@ function unconfirmedShop() {
       return { statusCode: 200, data: { out_trade_no: o.out_trade_no, total_fee: o.total_fee, freight: 0, status: o.status, fund_type: 0, payment: { timeStamp: '1', nonceStr: 'n', package: 'prepay_id=' + o.out_trade_no, signType: 'MD5', paySign: 'S' } } };
     },
     queryOrder: (d) => {
+      // My orders: every order, newest first, on one page.
+      if (d.out_trade_no === undefined && !d.action) return { statusCode: 200, data: { orders: [...byNo.values()].reverse(), next: null } };
       const o = byNo.get(d.out_trade_no);
       const instead = d.action === 'close' && closeAnswer && closeAnswer(d.out_trade_no);
       if (instead) return instead;
@@ -177,7 +179,7 @@ function unconfirmedShop() {
     loseAnswers: (pred) => (lose = pred),
     closeAnswers: (fn) => (closeAnswer = fn),
     keyOf: (no) => [...orders.entries()].find((e) => e[1].out_trade_no === no)[0],
-    place: (key, items) => answer.unifiedOrder({ idempotency_key: key, items }),
+    place: (key, items, address) => answer.unifiedOrder({ idempotency_key: key, items, address }),
   };
 }
 
@@ -1087,4 +1089,138 @@ test('against wxlocal: a changed quantity of the same tea closes the unpaid orde
   assert.deepEqual(list.data.orders.map((o) => o.statusText), ['Awaiting payment', 'Closed unpaid', 'Closed unpaid']);
   assert.equal(list.data.orders[0].out_trade_no, third);
   assert.deepEqual(user.toasts, ['Payment cancelled.'], 'the cashier was cancelled: said so, and the new order opened to pay it');
+});
+
+// ---- an unanswered key is matched by the server's answer, not by items; older unanswered keys;
+// ---- Pay the new order answered closed; my orders' "replaced by" --------------------------------
+
+/** The delivery address the pages send for WX_ADDRESS (the example's addressFromWx). */
+const ADDRESS = require(path.join(ROOT, 'utils', 'wxshop.js')).addressFromWx(WX_ADDRESS);
+const linesOf = (order) => order.items.map((i) => ({ product_id: i.product_id, sku_id: i.sku_id, quantity: i.quantity }));
+
+test('order page: an unpaid order of the same items bought on another phone is not paid with this phone\'s unanswered key: the server is asked which order the key holds, and that one is named (no cashier for it here)', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  const redirects = [];
+  shop.wx.redirectTo = (o) => redirects.push(o.url);
+  const second = await failedReplacement(shop, user); // T1 closed, T2 made (this phone: its key, no number)
+  const cashiers = shop.cashierOpened.length;
+  shop.place('k-other-phone', linesOf(shop.byNo.get('T2')), ADDRESS); // T3: the same tea, bought on another phone
+  const t3 = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await t3.onLoad({ out_trade_no: 'T3' });
+  await t3.onPayTap();
+  assert.equal(shop.cashierOpened.length, cashiers, `Pay on T3's page opened the cashier for another order: ${shop.cashierOpened.slice(cashiers)}`);
+  assert.deepEqual(redirects, [], 'not taken away to another order as if it were this one');
+  assert.equal(shop.byNo.size, 3, 'nothing made');
+  assert.equal(t3.data.keyOrder, 'T2', 'the page names the order the key holds');
+  assert.equal(t3.data.canPay, false, 'T3 cannot be paid from this phone: it holds no key of it');
+  const wxml = fs.readFileSync(path.join(ROOT, 'pages', 'order', 'detail.wxml'), 'utf8');
+  assert.match(wxml, /wx:if="\{\{keyOrder\}\}"[\s\S]*?not this one[\s\S]*?bindtap="onOpenKeyOrderTap"/);
+  t3.onOpenKeyOrderTap();
+  assert.deepEqual(redirects, ['/pages/order/detail?out_trade_no=T2']);
+  const unpaid = loadUnpaid(shop.wx);
+  assert.equal(unpaid.find('T2').key, second, 'the key is kept under its own order now');
+  assert.equal(unpaid.find('T3'), null, 'and never under T3');
+
+  // T2's page pays T2 with it.
+  const t2 = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await t2.onLoad({ out_trade_no: 'T2' });
+  assert.equal(t2.data.canPay, true);
+  await t2.onPayTap();
+  assert.deepEqual(shop.cashierOpened.slice(cashiers), ['prepay_id=T2']);
+  assert.equal(shop.byNo.size, 3, 'no further order');
+});
+
+test('product: older unanswered purchases of the same product are asked about and closed before a changed cart is bought, not left holding stock (also a key the server never took)', async () => {
+  for (const taken of [true, false]) {
+    const shop = unconfirmedShop();
+    const user = withUser(shop.wx);
+    user.addresses.push(WX_ADDRESS);
+    const one = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+    const two = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 2 }];
+    // Two purchases of tea whose answers were lost: one, older (made at the server only when
+    // `taken`), and two, the newest (made).
+    const unpaid = loadUnpaid(shop.wx);
+    unpaid.rememberKey({ key: 'k-one', items: one, address: ADDRESS });
+    unpaid.rememberKey({ key: 'k-two', items: two, address: ADDRESS });
+    if (taken) shop.place('k-one', one, ADDRESS);
+    shop.place('k-two', two, ADDRESS);
+    const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    product.onPlus();
+    product.onPlus(); // three tins
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    assert.equal(product.data.outcome, 'unpaid', `taken=${taken}: ${product.data.message} ${user.toasts.join(' | ')}`);
+    const bought = product.data.orderNo;
+    assert.deepEqual(shop.byNo.get(bought).items.map((i) => i.quantity), [3]);
+    const open = [...shop.byNo.values()].filter((o) => o.status === 'PREPAID').map((o) => o.out_trade_no);
+    assert.deepEqual(open, [bought], `taken=${taken}: only the new order holds stock: ${JSON.stringify([...shop.byNo.values()].map((o) => [o.out_trade_no, o.status, o.items[0].quantity]))}`);
+    assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), [bought], `taken=${taken}: only the new order is kept`);
+    assert.equal(shop.cashierOpened.length, 1, 'one cashier, for the new order');
+  }
+});
+
+test('order page: Pay the new order answered that it closed unpaid meanwhile (ORDER_CLOSED): the page says so and offers Buy, a fresh purchase with a new key', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  const navigations = [];
+  shop.wx.navigateTo = (o) => navigations.push(o.url);
+  const second = await failedReplacement(shop, user);
+  shop.close('T2'); // it expired (or was closed on its page) before the user came back
+  const t1 = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await t1.onLoad({ out_trade_no: 'T1' });
+  assert.deepEqual(t1.data.replacement, { no: '' });
+  await t1.onPayReplacementTap();
+  assert.equal(unifiedKeys(shop).pop(), second);
+  assert.equal(t1.data.replacementClosed, true, 'the closed order\'s page with nothing to do: the user is stuck');
+  assert.equal(t1.data.replacement, null);
+  assert.deepEqual(user.toasts, ['The new order was closed unpaid.']);
+  const wxml = fs.readFileSync(path.join(ROOT, 'pages', 'order', 'detail.wxml'), 'utf8');
+  assert.match(wxml, /wx:if="\{\{replacementClosed\}\}"[\s\S]*?closed unpaid too[\s\S]*?bindtap="onBuyAfreshTap">Buy</);
+  t1.onBuyAfreshTap();
+  assert.deepEqual(navigations, ['/pages/product/product?product_id=tea&sku_id=tea-250g']);
+
+  // The product page buys afresh: a new key, a new order.
+  const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea', sku_id: 'tea-250g' });
+  user.addresses.push(WX_ADDRESS);
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', product.data.message);
+  assert.equal(product.data.orderNo, 'T3');
+  assert.notEqual(unifiedKeys(shop).pop(), second, 'a new key');
+});
+
+test('my orders: an order closed to be replaced reads "Replaced by order …" and opens the new one, also once the new one is paid', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  const navigations = [];
+  shop.wx.navigateTo = (o) => navigations.push(o.url);
+  await failedReplacement(shop, user);
+  const list = miniProgram(shop.wx, FAST).page('pages/orders/orders');
+  const t1 = () => list.data.orders.filter((o) => o.out_trade_no === 'T1')[0];
+  await list.onShow();
+  assert.equal(t1().replaced, true, 'the new order\'s answer has not come: T1 says it was replaced');
+  assert.equal(t1().replacedBy, '');
+
+  const detail = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  shop.cashierWill.push('cancel');
+  await detail.onPayReplacementTap(); // answered: T2
+  await list.onShow();
+  assert.equal(t1().replacedBy, 'T2', JSON.stringify(t1()));
+  const wxml = fs.readFileSync(path.join(ROOT, 'pages', 'orders', 'orders.wxml'), 'utf8');
+  assert.match(wxml, /wx:if="\{\{item.replacedBy\}\}"[^>]*data-out-trade-no="\{\{item.replacedBy\}\}"[^>]*catchtap="onReplacedByTap">Replaced by order \{\{item.replacedBy\}\}/);
+  list.onReplacedByTap({ currentTarget: { dataset: { outTradeNo: 'T2' } } });
+  assert.deepEqual(navigations, ['/pages/order/detail?out_trade_no=T2']);
+
+  // T2 paid (its purchase forgotten): the link stays, here and on T1's page.
+  shop.confirm('T2');
+  await list.onShow();
+  assert.equal(loadUnpaid(shop.wx).find('T2'), null, 'the paid order is no longer kept to be paid');
+  assert.equal(t1().replacedBy, 'T2');
+  const again = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await again.onLoad({ out_trade_no: 'T1' });
+  assert.deepEqual(again.data.replacement, { no: 'T2' });
 });
