@@ -1224,3 +1224,110 @@ test('my orders: an order closed to be replaced reads "Replaced by order …" an
   await again.onLoad({ out_trade_no: 'T1' });
   assert.deepEqual(again.data.replacement, { no: 'T2' });
 });
+
+const WXLOCAL_CLIENT = { payPoll: { intervalMs: 100, timeoutMs: 5000, failTimeoutMs: 200 }, orderRetry: { attempts: 1, delayMs: 1, maxDelayMs: 1, budgetMs: 100 } };
+
+test('against wxlocal: an order of the same tea bought on another phone is not taken for this phone\'s unanswered purchase: Pay asks the server which order the key holds (no cashier, no order made), names it, and that order\'s page pays it', { timeout: 30000 }, async () => {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+  await sandboxNormal();
+  const who = `hunt-exact-${Date.now()}`;
+  // The 3rd order call (the new order's, after the refusal of the 2nd) is served, its answer lost.
+  const opts = { signing: server.signing, user: who, cashier: 'cancel', loseAnswer: (name, nth) => name === 'unifiedOrder' && nth === 2 };
+  const wx = support.sandboxWx(server.baseUrl, opts);
+  const user = withUser(wx);
+  const cashiers = [];
+  for (const api of ['requestPayment', 'requestOrderPayment']) {
+    const open = wx[api];
+    wx[api] = (p) => {
+      cashiers.push(api);
+      open(p);
+    };
+  }
+  user.addresses.push(WX_ADDRESS);
+  const clientOptions = Object.assign({ baseUrl: server.baseUrl }, WXLOCAL_CLIENT);
+  const mp = miniProgram(wx, clientOptions);
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  const sku = product.data.selected;
+  await product.onBuyTap();
+  const first = product.data.orderNo;
+  // Back through another entry: Pay closes the first order and makes a new one, its answer lost.
+  opts.scene = 1089;
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: first });
+  await detail.onPayTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+
+  // The same user buys the same tea for the same address on another phone (not paid).
+  const otherWx = support.sandboxWx(server.baseUrl, { signing: server.signing, user: who, cashier: 'cancel', scene: 1089 });
+  withUser(otherWx).addresses.push(WX_ADDRESS);
+  const otherProduct = miniProgram(otherWx, clientOptions).page('pages/product/product');
+  await otherProduct.onLoad({ product_id: 'tea', sku_id: sku });
+  await otherProduct.onBuyTap();
+  const third = otherProduct.data.orderNo;
+  assert.ok(third, otherProduct.data.message);
+
+  const list = mp.page('pages/orders/orders');
+  await list.onShow();
+  assert.equal(list.data.orders.length, 3, JSON.stringify(list.data.orders));
+  const second = list.data.orders.map((o) => o.out_trade_no).filter((n) => n !== first && n !== third)[0];
+  const page = miniProgram(wx, clientOptions).page('pages/order/detail');
+  await page.onLoad({ out_trade_no: third });
+  const before = cashiers.length;
+  await page.onPayTap();
+  assert.deepEqual(cashiers.slice(before), [], 'Pay on the other phone\'s order opened the cashier for this phone\'s purchase');
+  assert.equal(page.data.keyOrder, second, 'the order the key holds, as the server said');
+  assert.equal(page.data.canPay, false);
+  await list.onShow();
+  assert.equal(list.data.orders.length, 3, 'asking made no order');
+
+  const mine = miniProgram(wx, clientOptions).page('pages/order/detail');
+  await mine.onLoad({ out_trade_no: second });
+  assert.equal(mine.data.canPay, true, 'its own page pays it with the key');
+  await mine.onPayTap();
+  assert.equal(cashiers.length, before + 1, 'one cashier, for that order: ' + user.toasts.join(' | '));
+  await list.onShow();
+  assert.equal(list.data.orders.length, 3, 'no further order');
+  assert.deepEqual(user.toasts.slice(-2), ['Your purchase of these items is order ' + second + ', not this one.', 'Payment cancelled.']);
+});
+
+test('against wxlocal: an older purchase of the tea whose answer was lost is asked about and closed (its stock back) when a changed cart is bought beside a newer unanswered key', { timeout: 30000 }, async () => {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+  await sandboxNormal();
+  // The first order call is served, its answer lost.
+  const opts = { signing: server.signing, user: `hunt-older-${Date.now()}`, cashier: 'cancel', loseAnswer: (name, nth) => name === 'unifiedOrder' && nth === 0 };
+  const wx = support.sandboxWx(server.baseUrl, opts);
+  const user = withUser(wx);
+  user.addresses.push(WX_ADDRESS);
+  const clientOptions = Object.assign({ baseUrl: server.baseUrl }, WXLOCAL_CLIENT);
+  const stockOf = async (skuId) => {
+    const p = miniProgram(wx, clientOptions).page('pages/product/product');
+    await p.onLoad({ product_id: 'tea' });
+    return p.data.skus.filter((s) => s.sku_id === skuId)[0].stock;
+  };
+  const product = miniProgram(wx, clientOptions).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  const sku = product.data.selected;
+  const stock = await stockOf(sku);
+  await product.onBuyTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  assert.equal(await stockOf(sku), stock - 1, 'the order of one tin was made');
+  // A newer purchase of two tins whose call never reached the server (no order), kept too.
+  loadUnpaid(wx).rememberKey({ key: `k-never-${Date.now()}`, items: [{ product_id: 'tea', sku_id: sku, quantity: 2 }], address: ADDRESS });
+
+  const again = miniProgram(wx, clientOptions).page('pages/product/product');
+  await again.onLoad({ product_id: 'tea', sku_id: sku });
+  again.onPlus();
+  again.onPlus(); // three tins
+  user.addresses.push(WX_ADDRESS);
+  await again.onBuyTap();
+  assert.equal(again.data.outcome, 'unpaid', `${again.data.message} ${user.toasts.join(' | ')} ${JSON.stringify(wx.log)}`);
+  assert.equal(await stockOf(sku), stock - 3, 'only the order of three holds stock: the lost order of one was closed');
+  const list = miniProgram(wx, clientOptions).page('pages/orders/orders');
+  await list.onShow();
+  assert.deepEqual(list.data.orders.map((o) => [o.statusText, o.summary.replace(/^.* × /, '× ')]), [['Awaiting payment', '× 3'], ['Closed unpaid', '× 1']]);
+  assert.deepEqual(Object.keys(wx.getStorageSync('example.unpaid')), [again.data.orderNo], 'only the new order is kept');
+  assert.deepEqual(user.toasts, []);
+});
