@@ -10,7 +10,10 @@
 // lost; a key handed back on a network failure, over a reload; the same cart bought for another
 // address (the old order closed first), stubbed and against wxlocal. Then the closed order's
 // page after a failed replacement (it points to the new order), the new order's page, and a
-// changed quantity or SKU of the same product (the old unpaid order closed first).
+// changed quantity or SKU of the same product (the old unpaid order closed first). Then an
+// unanswered key matched by the server's answer, not by items; older unanswered keys of a
+// product closed before a changed cart; Pay the new order answered ORDER_CLOSED; my orders'
+// "Replaced by order …".
 //
 // The pages run as in example.test.js: each page's .js loaded with a fake `App`, `Page`,
 // `getApp` and `wx`, requires resolved inside example/, handlers called as taps would.

@@ -9,7 +9,8 @@
  * address. A key is kept under what identifies its purchase — the order number once known, the
  * cart and address until then — never under another order's number (an order buy closed to
  * replace it is forgotten, the new key kept for itself, with that order's number as
- * `replaces`, so the closed order's page can point to the new one).
+ * `replaces`, so the closed order's page can point to the new one; once the new order's number
+ * is known the link is kept apart too, in LINKS_KEY, so it outlives the new order being paid).
  *
  * Kept in wx.setStorageSync, so it outlives the mini program being killed and reopened (and
  * the order page being opened from WeChat's order centre). A paid or closed order is

@@ -8,8 +8,11 @@
  *   centre; shop.buy with that key, items and address pays this very order; from another entry
  *   buy closes it and pays a new one, shown then; if the new one's call fails, its key is kept
  *   for the cart and address, with this order's number: this page, closed, then offers Pay
- *   the new order with that key, and opens it once its number is known; the new order's page
- *   reached first, and the product page's next Buy of the cart and address, send it too) and Close
+ *   the new order with that key, and opens it once its number is known; answered that the new
+ *   order closed unpaid, it offers Buy afresh; the new order's page reached first, and the
+ *   product page's next Buy of the cart and address, send it too — on an order's page, a key
+ *   with no number and the same items is used only once the server says it holds this order,
+ *   utils/keyorder) and Close
  *   (shop.orders.close: its stock goes back). Without the key (bought on another phone, storage cleared, or kept longer than an
  *   order lives) it cannot be paid here: Buy again closes it, then opens its product to buy
  *   afresh (the server would not close it for a new purchase: it would hold its stock until it

@@ -24,7 +24,9 @@
  * changed their mind) closes the orders kept unpaid for it first (shop.orders.close, their
  * stock back, as Buy again on the order page does), then buys afresh; paid meanwhile
  * (ORDER_PAID), that order is shown paid and nothing is bought; a close refused otherwise,
- * the page says so and buys nothing. A cart of other products is another purchase.
+ * the page says so and buys nothing. A cart of other products is another purchase. Of several
+ * keys of this product kept with no order number, the newest is sent with the changed cart and
+ * each older one asked which order it holds (utils/keyorder), that order then closed.
  */
 'use strict';
 
