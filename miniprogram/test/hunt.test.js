@@ -10,7 +10,10 @@
 // lost; a key handed back on a network failure, over a reload; the same cart bought for another
 // address (the old order closed first), stubbed and against wxlocal. Then the closed order's
 // page after a failed replacement (it points to the new order), the new order's page, and a
-// changed quantity or SKU of the same product (the old unpaid order closed first).
+// changed quantity or SKU of the same product (the old unpaid order closed first). Then an
+// unanswered key matched by the server's answer, not by items; older unanswered keys of a
+// product closed before a changed cart; Pay the new order answered ORDER_CLOSED; my orders'
+// "Replaced by order …".
 //
 // The pages run as in example.test.js: each page's .js loaded with a fake `App`, `Page`,
 // `getApp` and `wx`, requires resolved inside example/, handlers called as taps would.
@@ -136,6 +139,8 @@ function unconfirmedShop() {
       return { statusCode: 200, data: { out_trade_no: o.out_trade_no, total_fee: o.total_fee, freight: 0, status: o.status, fund_type: 0, payment: { timeStamp: '1', nonceStr: 'n', package: 'prepay_id=' + o.out_trade_no, signType: 'MD5', paySign: 'S' } } };
     },
     queryOrder: (d) => {
+      // My orders: every order, newest first, on one page.
+      if (d.out_trade_no === undefined && !d.action) return { statusCode: 200, data: { orders: [...byNo.values()].reverse(), next: null } };
       const o = byNo.get(d.out_trade_no);
       const instead = d.action === 'close' && closeAnswer && closeAnswer(d.out_trade_no);
       if (instead) return instead;
@@ -177,7 +182,7 @@ function unconfirmedShop() {
     loseAnswers: (pred) => (lose = pred),
     closeAnswers: (fn) => (closeAnswer = fn),
     keyOf: (no) => [...orders.entries()].find((e) => e[1].out_trade_no === no)[0],
-    place: (key, items) => answer.unifiedOrder({ idempotency_key: key, items }),
+    place: (key, items, address) => answer.unifiedOrder({ idempotency_key: key, items, address }),
   };
 }
 
@@ -1087,4 +1092,245 @@ test('against wxlocal: a changed quantity of the same tea closes the unpaid orde
   assert.deepEqual(list.data.orders.map((o) => o.statusText), ['Awaiting payment', 'Closed unpaid', 'Closed unpaid']);
   assert.equal(list.data.orders[0].out_trade_no, third);
   assert.deepEqual(user.toasts, ['Payment cancelled.'], 'the cashier was cancelled: said so, and the new order opened to pay it');
+});
+
+// ---- an unanswered key is matched by the server's answer, not by items; older unanswered keys;
+// ---- Pay the new order answered closed; my orders' "replaced by" --------------------------------
+
+/** The delivery address the pages send for WX_ADDRESS (the example's addressFromWx). */
+const ADDRESS = require(path.join(ROOT, 'utils', 'wxshop.js')).addressFromWx(WX_ADDRESS);
+const linesOf = (order) => order.items.map((i) => ({ product_id: i.product_id, sku_id: i.sku_id, quantity: i.quantity }));
+
+test('order page: an unpaid order of the same items bought on another phone is not paid with this phone\'s unanswered key: the server is asked which order the key holds, and that one is named (no cashier for it here)', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  const redirects = [];
+  shop.wx.redirectTo = (o) => redirects.push(o.url);
+  const second = await failedReplacement(shop, user); // T1 closed, T2 made (this phone: its key, no number)
+  const cashiers = shop.cashierOpened.length;
+  shop.place('k-other-phone', linesOf(shop.byNo.get('T2')), ADDRESS); // T3: the same tea, bought on another phone
+  const t3 = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await t3.onLoad({ out_trade_no: 'T3' });
+  await t3.onPayTap();
+  assert.equal(shop.cashierOpened.length, cashiers, `Pay on T3's page opened the cashier for another order: ${shop.cashierOpened.slice(cashiers)}`);
+  assert.deepEqual(redirects, [], 'not taken away to another order as if it were this one');
+  assert.equal(shop.byNo.size, 3, 'nothing made');
+  assert.equal(t3.data.keyOrder, 'T2', 'the page names the order the key holds');
+  assert.equal(t3.data.canPay, false, 'T3 cannot be paid from this phone: it holds no key of it');
+  const wxml = fs.readFileSync(path.join(ROOT, 'pages', 'order', 'detail.wxml'), 'utf8');
+  assert.match(wxml, /wx:if="\{\{keyOrder\}\}"[\s\S]*?not this one[\s\S]*?bindtap="onOpenKeyOrderTap"/);
+  t3.onOpenKeyOrderTap();
+  assert.deepEqual(redirects, ['/pages/order/detail?out_trade_no=T2']);
+  const unpaid = loadUnpaid(shop.wx);
+  assert.equal(unpaid.find('T2').key, second, 'the key is kept under its own order now');
+  assert.equal(unpaid.find('T3'), null, 'and never under T3');
+
+  // T2's page pays T2 with it.
+  const t2 = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await t2.onLoad({ out_trade_no: 'T2' });
+  assert.equal(t2.data.canPay, true);
+  await t2.onPayTap();
+  assert.deepEqual(shop.cashierOpened.slice(cashiers), ['prepay_id=T2']);
+  assert.equal(shop.byNo.size, 3, 'no further order');
+});
+
+test('product: older unanswered purchases of the same product are asked about and closed before a changed cart is bought, not left holding stock (also a key the server never took)', async () => {
+  for (const taken of [true, false]) {
+    const shop = unconfirmedShop();
+    const user = withUser(shop.wx);
+    user.addresses.push(WX_ADDRESS);
+    const one = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 1 }];
+    const two = [{ product_id: 'tea', sku_id: 'tea-250g', quantity: 2 }];
+    // Two purchases of tea whose answers were lost: one, older (made at the server only when
+    // `taken`), and two, the newest (made).
+    const unpaid = loadUnpaid(shop.wx);
+    unpaid.rememberKey({ key: 'k-one', items: one, address: ADDRESS });
+    unpaid.rememberKey({ key: 'k-two', items: two, address: ADDRESS });
+    if (taken) shop.place('k-one', one, ADDRESS);
+    shop.place('k-two', two, ADDRESS);
+    const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+    await product.onLoad({ product_id: 'tea' });
+    product.onPlus();
+    product.onPlus(); // three tins
+    shop.cashierWill.push('cancel');
+    await product.onBuyTap();
+    assert.equal(product.data.outcome, 'unpaid', `taken=${taken}: ${product.data.message} ${user.toasts.join(' | ')}`);
+    const bought = product.data.orderNo;
+    assert.deepEqual(shop.byNo.get(bought).items.map((i) => i.quantity), [3]);
+    const open = [...shop.byNo.values()].filter((o) => o.status === 'PREPAID').map((o) => o.out_trade_no);
+    assert.deepEqual(open, [bought], `taken=${taken}: only the new order holds stock: ${JSON.stringify([...shop.byNo.values()].map((o) => [o.out_trade_no, o.status, o.items[0].quantity]))}`);
+    assert.deepEqual(Object.keys(shop.wx.getStorageSync('example.unpaid')), [bought], `taken=${taken}: only the new order is kept`);
+    assert.equal(shop.cashierOpened.length, 1, 'one cashier, for the new order');
+  }
+});
+
+test('order page: Pay the new order answered that it closed unpaid meanwhile (ORDER_CLOSED): the page says so and offers Buy, a fresh purchase with a new key', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  const navigations = [];
+  shop.wx.navigateTo = (o) => navigations.push(o.url);
+  const second = await failedReplacement(shop, user);
+  shop.close('T2'); // it expired (or was closed on its page) before the user came back
+  const t1 = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await t1.onLoad({ out_trade_no: 'T1' });
+  assert.deepEqual(t1.data.replacement, { no: '' });
+  await t1.onPayReplacementTap();
+  assert.equal(unifiedKeys(shop).pop(), second);
+  assert.equal(t1.data.replacementClosed, true, 'the closed order\'s page with nothing to do: the user is stuck');
+  assert.equal(t1.data.replacement, null);
+  assert.deepEqual(user.toasts, ['The new order was closed unpaid.']);
+  const wxml = fs.readFileSync(path.join(ROOT, 'pages', 'order', 'detail.wxml'), 'utf8');
+  assert.match(wxml, /wx:if="\{\{replacementClosed\}\}"[\s\S]*?closed unpaid too[\s\S]*?bindtap="onBuyAfreshTap">Buy</);
+  t1.onBuyAfreshTap();
+  assert.deepEqual(navigations, ['/pages/product/product?product_id=tea&sku_id=tea-250g']);
+
+  // The product page buys afresh: a new key, a new order.
+  const product = miniProgram(shop.wx, FAST).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea', sku_id: 'tea-250g' });
+  user.addresses.push(WX_ADDRESS);
+  shop.cashierWill.push('cancel');
+  await product.onBuyTap();
+  assert.equal(product.data.outcome, 'unpaid', product.data.message);
+  assert.equal(product.data.orderNo, 'T3');
+  assert.notEqual(unifiedKeys(shop).pop(), second, 'a new key');
+});
+
+test('my orders: an order closed to be replaced reads "Replaced by order …" and opens the new one, also once the new one is paid', async () => {
+  const shop = unconfirmedShop();
+  const user = withUser(shop.wx);
+  const navigations = [];
+  shop.wx.navigateTo = (o) => navigations.push(o.url);
+  await failedReplacement(shop, user);
+  const list = miniProgram(shop.wx, FAST).page('pages/orders/orders');
+  const t1 = () => list.data.orders.filter((o) => o.out_trade_no === 'T1')[0];
+  await list.onShow();
+  assert.equal(t1().replaced, true, 'the new order\'s answer has not come: T1 says it was replaced');
+  assert.equal(t1().replacedBy, '');
+
+  const detail = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: 'T1' });
+  shop.cashierWill.push('cancel');
+  await detail.onPayReplacementTap(); // answered: T2
+  await list.onShow();
+  assert.equal(t1().replacedBy, 'T2', JSON.stringify(t1()));
+  const wxml = fs.readFileSync(path.join(ROOT, 'pages', 'orders', 'orders.wxml'), 'utf8');
+  assert.match(wxml, /wx:if="\{\{item.replacedBy\}\}"[^>]*data-out-trade-no="\{\{item.replacedBy\}\}"[^>]*catchtap="onReplacedByTap">Replaced by order \{\{item.replacedBy\}\}/);
+  list.onReplacedByTap({ currentTarget: { dataset: { outTradeNo: 'T2' } } });
+  assert.deepEqual(navigations, ['/pages/order/detail?out_trade_no=T2']);
+
+  // T2 paid (its purchase forgotten): the link stays, here and on T1's page.
+  shop.confirm('T2');
+  await list.onShow();
+  assert.equal(loadUnpaid(shop.wx).find('T2'), null, 'the paid order is no longer kept to be paid');
+  assert.equal(t1().replacedBy, 'T2');
+  const again = miniProgram(shop.wx, FAST).page('pages/order/detail');
+  await again.onLoad({ out_trade_no: 'T1' });
+  assert.deepEqual(again.data.replacement, { no: 'T2' });
+});
+
+const WXLOCAL_CLIENT = { payPoll: { intervalMs: 100, timeoutMs: 5000, failTimeoutMs: 200 }, orderRetry: { attempts: 1, delayMs: 1, maxDelayMs: 1, budgetMs: 100 } };
+
+test('against wxlocal: an order of the same tea bought on another phone is not taken for this phone\'s unanswered purchase: Pay asks the server which order the key holds (no cashier, no order made), names it, and that order\'s page pays it', { timeout: 30000 }, async () => {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+  await sandboxNormal();
+  const who = `hunt-exact-${Date.now()}`;
+  // The 3rd order call (the new order's, after the refusal of the 2nd) is served, its answer lost.
+  const opts = { signing: server.signing, user: who, cashier: 'cancel', loseAnswer: (name, nth) => name === 'unifiedOrder' && nth === 2 };
+  const wx = support.sandboxWx(server.baseUrl, opts);
+  const user = withUser(wx);
+  const cashiers = [];
+  for (const api of ['requestPayment', 'requestOrderPayment']) {
+    const open = wx[api];
+    wx[api] = (p) => {
+      cashiers.push(api);
+      open(p);
+    };
+  }
+  user.addresses.push(WX_ADDRESS);
+  const clientOptions = Object.assign({ baseUrl: server.baseUrl }, WXLOCAL_CLIENT);
+  const mp = miniProgram(wx, clientOptions);
+  const product = mp.page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  const sku = product.data.selected;
+  await product.onBuyTap();
+  const first = product.data.orderNo;
+  // Back through another entry: Pay closes the first order and makes a new one, its answer lost.
+  opts.scene = 1089;
+  const detail = mp.page('pages/order/detail');
+  await detail.onLoad({ out_trade_no: first });
+  await detail.onPayTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+
+  // The same user buys the same tea for the same address on another phone (not paid).
+  const otherWx = support.sandboxWx(server.baseUrl, { signing: server.signing, user: who, cashier: 'cancel', scene: 1089 });
+  withUser(otherWx).addresses.push(WX_ADDRESS);
+  const otherProduct = miniProgram(otherWx, clientOptions).page('pages/product/product');
+  await otherProduct.onLoad({ product_id: 'tea', sku_id: sku });
+  await otherProduct.onBuyTap();
+  const third = otherProduct.data.orderNo;
+  assert.ok(third, otherProduct.data.message);
+
+  const list = mp.page('pages/orders/orders');
+  await list.onShow();
+  assert.equal(list.data.orders.length, 3, JSON.stringify(list.data.orders));
+  const second = list.data.orders.map((o) => o.out_trade_no).filter((n) => n !== first && n !== third)[0];
+  const page = miniProgram(wx, clientOptions).page('pages/order/detail');
+  await page.onLoad({ out_trade_no: third });
+  const before = cashiers.length;
+  await page.onPayTap();
+  assert.deepEqual(cashiers.slice(before), [], 'Pay on the other phone\'s order opened the cashier for this phone\'s purchase');
+  assert.equal(page.data.keyOrder, second, 'the order the key holds, as the server said');
+  assert.equal(page.data.canPay, false);
+  await list.onShow();
+  assert.equal(list.data.orders.length, 3, 'asking made no order');
+
+  const mine = miniProgram(wx, clientOptions).page('pages/order/detail');
+  await mine.onLoad({ out_trade_no: second });
+  assert.equal(mine.data.canPay, true, 'its own page pays it with the key');
+  await mine.onPayTap();
+  assert.equal(cashiers.length, before + 1, 'one cashier, for that order: ' + user.toasts.join(' | '));
+  await list.onShow();
+  assert.equal(list.data.orders.length, 3, 'no further order');
+  assert.deepEqual(user.toasts.slice(-2), ['Your purchase of these items is order ' + second + ', not this one.', 'Payment cancelled.']);
+});
+
+test('against wxlocal: an older purchase of the tea whose answer was lost is asked about and closed (its stock back) when a changed cart is bought beside a newer unanswered key', { timeout: 30000 }, async () => {
+  if (startError) throw startError;
+  assert.ok(server, 'wxlocal is not running');
+  await sandboxNormal();
+  // The first order call is served, its answer lost.
+  const opts = { signing: server.signing, user: `hunt-older-${Date.now()}`, cashier: 'cancel', loseAnswer: (name, nth) => name === 'unifiedOrder' && nth === 0 };
+  const wx = support.sandboxWx(server.baseUrl, opts);
+  const user = withUser(wx);
+  user.addresses.push(WX_ADDRESS);
+  const clientOptions = Object.assign({ baseUrl: server.baseUrl }, WXLOCAL_CLIENT);
+  const stockOf = async (skuId) => {
+    const p = miniProgram(wx, clientOptions).page('pages/product/product');
+    await p.onLoad({ product_id: 'tea' });
+    return p.data.skus.filter((s) => s.sku_id === skuId)[0].stock;
+  };
+  const product = miniProgram(wx, clientOptions).page('pages/product/product');
+  await product.onLoad({ product_id: 'tea' });
+  const sku = product.data.selected;
+  const stock = await stockOf(sku);
+  await product.onBuyTap();
+  assert.match(user.toasts.pop() || '', /^NETWORK_ERROR/);
+  assert.equal(await stockOf(sku), stock - 1, 'the order of one tin was made');
+  // A newer purchase of two tins whose call never reached the server (no order), kept too.
+  loadUnpaid(wx).rememberKey({ key: `k-never-${Date.now()}`, items: [{ product_id: 'tea', sku_id: sku, quantity: 2 }], address: ADDRESS });
+
+  const again = miniProgram(wx, clientOptions).page('pages/product/product');
+  await again.onLoad({ product_id: 'tea', sku_id: sku });
+  again.onPlus();
+  again.onPlus(); // three tins
+  user.addresses.push(WX_ADDRESS);
+  await again.onBuyTap();
+  assert.equal(again.data.outcome, 'unpaid', `${again.data.message} ${user.toasts.join(' | ')} ${JSON.stringify(wx.log)}`);
+  assert.equal(await stockOf(sku), stock - 3, 'only the order of three holds stock: the lost order of one was closed');
+  const list = miniProgram(wx, clientOptions).page('pages/orders/orders');
+  await list.onShow();
+  assert.deepEqual(list.data.orders.map((o) => [o.statusText, o.summary.replace(/^.* × /, '× ')]), [['Awaiting payment', '× 3'], ['Closed unpaid', '× 1']]);
+  assert.deepEqual(Object.keys(wx.getStorageSync('example.unpaid')), [again.data.orderNo], 'only the new order is kept');
+  assert.deepEqual(user.toasts, []);
 });

@@ -9,7 +9,8 @@
  * address. A key is kept under what identifies its purchase — the order number once known, the
  * cart and address until then — never under another order's number (an order buy closed to
  * replace it is forgotten, the new key kept for itself, with that order's number as
- * `replaces`, so the closed order's page can point to the new one).
+ * `replaces`, so the closed order's page can point to the new one; once the new order's number
+ * is known the link is kept apart too, in LINKS_KEY, so it outlives the new order being paid).
  *
  * Kept in wx.setStorageSync, so it outlives the mini program being killed and reopened (and
  * the order page being opened from WeChat's order centre). A paid or closed order is
@@ -21,6 +22,11 @@
 'use strict';
 
 const STORAGE_KEY = 'example.unpaid';
+// Which order replaced which (closed order number → the new order's number), kept apart from
+// the unpaid purchases: a purchase is forgotten once paid, the link is not (my orders and the
+// closed order's page still point to the new order). At most MAX_LINKS, the newest.
+const LINKS_KEY = 'example.replaced';
+const MAX_LINKS = 20;
 const MAX_AGE_MS = 2 * 60 * 60 * 1000;
 const MAX_ENTRIES = 20;
 // The id of an entry whose order number is not known yet: this prefix and its key. An order
@@ -180,6 +186,45 @@ function replacementOf(outTradeNo) {
   return newest(map, Object.keys(map).filter((n) => map[n].replaces === outTradeNo && n !== outTradeNo));
 }
 
+function links() {
+  let v = null;
+  try {
+    v = wx.getStorageSync(LINKS_KEY);
+  } catch (e) {
+    v = null;
+  }
+  return v && typeof v === 'object' ? v : {};
+}
+
+/** Keeps that order `closedNo` was replaced by order `newNo`. */
+function link(closedNo, newNo) {
+  if (!closedNo || !newNo || closedNo === newNo) return;
+  const map = links();
+  if (map[closedNo] && map[closedNo].no === newNo) return;
+  map[closedNo] = { no: newNo, at: Date.now() };
+  const ids = Object.keys(map).sort((a, b) => map[b].at - map[a].at);
+  const out = {};
+  ids.slice(0, MAX_LINKS).forEach((id) => (out[id] = map[id]));
+  try {
+    wx.setStorageSync(LINKS_KEY, out);
+  } catch (e) {
+    // Storage full: the closed order's page still says it was closed.
+  }
+}
+
+/**
+ * What replaced order `outTradeNo` (closed by buy to make a new one), as far as this phone
+ * knows: { no } (the new order's number), { no: '' } while the new order's answer has not come
+ * (its key kept: replacementOf), or null. Read by the closed order's page and my orders; it
+ * stays known after the new order is paid (and its purchase forgotten).
+ */
+function replacedWith(outTradeNo) {
+  const next = replacementOf(outTradeNo);
+  if (next) return { no: next.out_trade_no || '' };
+  const l = typeof outTradeNo === 'string' ? links()[outTradeNo] : null;
+  return l && typeof l.no === 'string' && l.no ? { no: l.no } : null;
+}
+
 /** The order the purchase kept under key `key` replaces (see replacementOf), or undefined. */
 function replacedBy(key) {
   if (!key) return undefined;
@@ -207,6 +252,7 @@ function remember(outTradeNo, purchase) {
   dropKey(map, purchase.key);
   map[outTradeNo] = kept(Object.assign({}, purchase, { replaces: replaces }), at);
   save(map);
+  if (replaces) link(replaces, outTradeNo);
 }
 
 /**
@@ -253,6 +299,8 @@ function afterBuy(r, purchase) {
   if (r.previousOrder) forget(r.previousOrder.out_trade_no);
   if (r.idempotencyKey) remember(r.out_trade_no, { key: r.idempotencyKey, items: purchase.items, address: purchase.address, replaces: replaces });
   else forget(r.out_trade_no);
+  // Paid or closed at once (no key kept): which order replaced which is still worth knowing.
+  if (replaces) link(replaces, r.out_trade_no);
 }
 
 /**
@@ -291,6 +339,7 @@ module.exports = {
   findChanged,
   findUnanswered,
   replacementOf,
+  replacedWith,
   remember,
   rememberKey,
   forget,

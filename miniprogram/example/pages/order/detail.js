@@ -8,8 +8,11 @@
  *   centre; shop.buy with that key, items and address pays this very order; from another entry
  *   buy closes it and pays a new one, shown then; if the new one's call fails, its key is kept
  *   for the cart and address, with this order's number: this page, closed, then offers Pay
- *   the new order with that key, and opens it once its number is known; the new order's page
- *   reached first, and the product page's next Buy of the cart and address, send it too) and Close
+ *   the new order with that key, and opens it once its number is known; answered that the new
+ *   order closed unpaid, it offers Buy afresh; the new order's page reached first, and the
+ *   product page's next Buy of the cart and address, send it too — on an order's page, a key
+ *   with no number and the same items is used only once the server says it holds this order,
+ *   utils/keyorder) and Close
  *   (shop.orders.close: its stock goes back). Without the key (bought on another phone, storage cleared, or kept longer than an
  *   order lives) it cannot be paid here: Buy again closes it, then opens its product to buy
  *   afresh (the server would not close it for a new purchase: it would hold its stock until it
@@ -24,6 +27,7 @@
 
 const view = require('../../utils/view');
 const unpaid = require('../../utils/unpaid');
+const { orderOfKey } = require('../../utils/keyorder');
 
 /** wx.showModal as a promise → resolves { confirm, content }. */
 function ask(options) {
@@ -46,12 +50,21 @@ Page({
     // order's number is known, { no: '' } while its answer has not come (the server may have
     // made it), or null. The page points there: Pay the new order (its key), or open it.
     replacement: null,
+    // Pay the new order was answered that the new order closed unpaid too (it expired, or was
+    // closed): nothing to pay; the page says so and offers Buy afresh.
+    replacementClosed: false,
+    // Pay found that the purchase this phone waited for (a key with no answer, of the same
+    // items) is another order, not this one: its number, shown with a link to it.
+    keyOrder: '',
     // The cashier said paid and the server has not seen it yet: until a pull-down refresh reads
     // the order again, neither Pay nor Close is offered, only "confirming".
     confirming: false,
     aftersales: [],
     busy: false,
   },
+  // The replacement's product line ({ product_id, sku_id }) once Pay the new order was answered
+  // that the new order closed unpaid: Buy opens it.
+  replacementClosed: null,
   // Idempotency keys of refund applications that did not go through, by product line: sent
   // again, they retry that application instead of opening a second one.
   applyKeys: null,
@@ -97,18 +110,21 @@ Page({
     if (!v.unpaid) unpaid.forget(v.out_trade_no);
     // Closed to be replaced: the new order this phone keeps for it (its number, or its key while
     // the answer has not come), so the user is not left with a closed order and nothing else.
-    const next = v.status === 'CLOSED' ? unpaid.replacementOf(v.out_trade_no) : null;
+    const next = v.status === 'CLOSED' ? unpaid.replacedWith(v.out_trade_no) : null;
     this.setData({
       order: v,
       canPay: v.unpaid && !this.data.confirming && Boolean(this.kept(v)),
-      replacement: next ? { no: next.out_trade_no || '' } : null,
+      replacement: next,
+      replacementClosed: v.status === 'CLOSED' && !next && Boolean(this.replacementClosed),
     });
   },
 
   /**
    * The purchase this phone keeps for order view `v` → { key, items, address, byNumber }, or
    * null: kept under its number, or else a key whose call got no answer for the same lines
-   * (the order made to replace another, opened from my orders before its answer came).
+   * (the order made to replace another, opened from my orders before its answer came). The
+   * latter is only a candidate: Pay asks the server which order that key holds first
+   * (payUnanswered), and pays only if it is this one.
    */
   kept(v) {
     const byNumber = unpaid.find(v.out_trade_no);
@@ -144,50 +160,98 @@ Page({
     const no = this.outTradeNo;
     const saved = this.data.order ? this.kept(this.data.order) : unpaid.find(no);
     if (!saved || this.data.confirming) return Promise.resolve();
+    return this.act(() => (saved.byNumber === false ? this.payUnanswered(saved) : this.payKept(saved)));
+  },
+
+  /**
+   * Pay with a key kept with no order number whose items match this order's: the same cart may
+   * have been bought on another phone, or earlier, so the items say nothing of which order the
+   * key holds. The server is asked (utils/keyorder, no cashier): the key's order is this one →
+   * kept under this number, and paid as any kept purchase; another order → kept under that
+   * one, nothing paid here (the cashier would take money for an order this page does not
+   * show), the page names it and links to it, and offers what it offers for an order this
+   * phone holds no key for; the key spent (its order closed) → forgotten, the same.
+   */
+  payUnanswered(saved) {
+    const no = this.outTradeNo;
+    const purchase = { key: saved.key, items: saved.items, address: saved.address || null };
+    wx.showLoading({ title: 'Checking…', mask: true });
+    return orderOfKey(getApp().shop, purchase).then(
+      (r) => {
+        wx.hideLoading();
+        if (r.spent) {
+          unpaid.forgetKey(saved.key);
+          wx.showToast({ title: 'Your purchase of these items was closed unpaid; this order is not it.', icon: 'none', duration: 3000 });
+          return this.load();
+        }
+        if (r.out_trade_no === no) {
+          unpaid.remember(no, purchase);
+          return this.payKept(Object.assign({}, purchase, { byNumber: true }));
+        }
+        // The key holds another order: this phone's purchase, kept under its number now.
+        if (r.status && ['CREATED', 'PREPAID'].indexOf(r.status) < 0) unpaid.forgetKey(saved.key);
+        else unpaid.remember(r.out_trade_no, purchase);
+        this.setData({ keyOrder: r.out_trade_no });
+        wx.showToast({ title: 'Your purchase of these items is order ' + r.out_trade_no + ', not this one.', icon: 'none', duration: 3000 });
+        return this.load();
+      },
+      (e) => {
+        wx.hideLoading();
+        throw e;
+      }
+    );
+  },
+
+  /** Opens the order Pay found this phone's unanswered key holds (keyOrder). */
+  onOpenKeyOrderTap() {
+    if (!this.data.keyOrder) return;
+    wx.redirectTo({ url: '/pages/order/detail?out_trade_no=' + encodeURIComponent(this.data.keyOrder) });
+  },
+
+  /** Pay with `saved`, the purchase kept for this order ({ key, items, address, byNumber }). */
+  payKept(saved) {
+    const no = this.outTradeNo;
     const purchase = { items: saved.items, address: saved.address, key: saved.key };
     const params = { items: saved.items, idempotencyKey: saved.key };
     if (saved.address) params.address = saved.address;
-    return this.act(() => {
-      wx.showLoading({ title: 'Paying…', mask: true });
-      return getApp()
-        .shop.buy(params)
-        .then(
-          (r) => {
-            wx.hideLoading();
-            unpaid.afterBuy(r, purchase);
-            if (r.out_trade_no !== no) {
-              // Back through another entry: buy closed this order and made a new one.
-              this.openOrder(r);
-              return undefined;
-            }
-            if (r.paid) wx.showToast({ title: 'Paid', icon: 'success' });
-            // The cashier said paid, the server has not seen it yet (or could not be asked):
-            // not "did not go through". The order still reads PREPAID, but Pay would open the
-            // cashier again for an order the user has just paid, and Close would try to close
-            // it. The simplest honest page hides both and says "confirming" until the user
-            // pulls down to read the status again: then it offers what the server says. No
-            // timer that guesses when the confirmation is overdue.
-            else if (r.cashier === 'ok') {
-              this.setData({ confirming: true, canPay: false });
-              wx.showToast({ title: 'Payment made, not confirmed yet: pull down to check again.', icon: 'none', duration: 3000 });
-            } else if (r.error) wx.showToast({ title: 'Payment not confirmed yet: pull down to check again.', icon: 'none', duration: 3000 });
-            else wx.showToast({ title: r.cashier === 'cancel' ? 'Payment cancelled.' : 'Payment did not go through.', icon: 'none' });
-            return this.load();
-          },
-          (e) => {
-            wx.hideLoading();
-            // The key handed back is kept under this order's number only while it is this
-            // order's key. When buy closed this order to replace it (back through another
-            // entry) and the new order's call failed, the new key is kept for the cart and
-            // address (utils/unpaid): under this number it would be dropped as soon as this
-            // order reads closed, and the next Buy would make a second order while the new one
-            // (the server may have made it) holds its stock.
-            // A key kept with no order number stays so: its order is not known to be this one.
-            unpaid.afterFailure(e, purchase, saved.byNumber === false ? undefined : no);
-            throw e;
+    wx.showLoading({ title: 'Paying…', mask: true });
+    return getApp()
+      .shop.buy(params)
+      .then(
+        (r) => {
+          wx.hideLoading();
+          unpaid.afterBuy(r, purchase);
+          if (r.out_trade_no !== no) {
+            // Back through another entry: buy closed this order and made a new one.
+            this.openOrder(r);
+            return undefined;
           }
-        );
-    });
+          if (r.paid) wx.showToast({ title: 'Paid', icon: 'success' });
+          // The cashier said paid, the server has not seen it yet (or could not be asked):
+          // not "did not go through". The order still reads PREPAID, but Pay would open the
+          // cashier again for an order the user has just paid, and Close would try to close
+          // it. The simplest honest page hides both and says "confirming" until the user
+          // pulls down to read the status again: then it offers what the server says. No
+          // timer that guesses when the confirmation is overdue.
+          else if (r.cashier === 'ok') {
+            this.setData({ confirming: true, canPay: false });
+            wx.showToast({ title: 'Payment made, not confirmed yet: pull down to check again.', icon: 'none', duration: 3000 });
+          } else if (r.error) wx.showToast({ title: 'Payment not confirmed yet: pull down to check again.', icon: 'none', duration: 3000 });
+          else wx.showToast({ title: r.cashier === 'cancel' ? 'Payment cancelled.' : 'Payment did not go through.', icon: 'none' });
+          return this.load();
+        },
+        (e) => {
+          wx.hideLoading();
+          // The key handed back is kept under this order's number only while it is this
+          // order's key. When buy closed this order to replace it (back through another
+          // entry) and the new order's call failed, the new key is kept for the cart and
+          // address (utils/unpaid): under this number it would be dropped as soon as this
+          // order reads closed, and the next Buy would make a second order while the new one
+          // (the server may have made it) holds its stock.
+          unpaid.afterFailure(e, purchase, saved.byNumber === false ? undefined : no);
+          throw e;
+        }
+      );
   },
 
   /**
@@ -195,7 +259,9 @@ Page({
    * no answer: the server may have made it, holding its stock. Sends the new order's key again
    * with its items and address: the server answers it with that order (or makes it, if it never
    * did), never a second one; then the page opens that order. Failing again, the key is kept
-   * and the page keeps offering this.
+   * and the page keeps offering this. Answered that the new order closed unpaid meanwhile
+   * (ORDER_CLOSED, ORDER_NOT_OPEN: it expired, or was closed on its page), there is nothing to
+   * pay: the page says so and offers Buy, a fresh purchase (onBuyAfreshTap).
    */
   onPayReplacementTap() {
     const no = this.outTradeNo;
@@ -217,9 +283,30 @@ Page({
           (e) => {
             wx.hideLoading();
             unpaid.afterFailure(e, purchase, undefined);
+            if (e && !e.idempotencyKey && (e.code === 'ORDER_CLOSED' || e.code === 'ORDER_NOT_OPEN')) {
+              // The key is spent (forgotten above): without this the page would show a closed
+              // order and nothing to do.
+              const line = next.items && next.items[0];
+              this.replacementClosed = line ? { product_id: line.product_id, sku_id: line.sku_id } : {};
+              wx.showToast({ title: 'The new order was closed unpaid.', icon: 'none' });
+              return this.load();
+            }
             throw e;
           }
         );
+    });
+  },
+
+  /**
+   * The new order made to replace this one closed unpaid before it was paid (Pay the new order
+   * answered ORDER_CLOSED): opens the product to buy afresh (a new purchase, a new key).
+   */
+  onBuyAfreshTap() {
+    const c = this.replacementClosed;
+    const item = (c && c.product_id ? c : null) || (this.data.order && this.data.order.items[0]);
+    if (!item) return;
+    wx.navigateTo({
+      url: '/pages/product/product?product_id=' + encodeURIComponent(item.product_id) + '&sku_id=' + encodeURIComponent(item.sku_id),
     });
   },
 

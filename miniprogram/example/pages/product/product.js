@@ -24,13 +24,16 @@
  * changed their mind) closes the orders kept unpaid for it first (shop.orders.close, their
  * stock back, as Buy again on the order page does), then buys afresh; paid meanwhile
  * (ORDER_PAID), that order is shown paid and nothing is bought; a close refused otherwise,
- * the page says so and buys nothing. A cart of other products is another purchase.
+ * the page says so and buys nothing. A cart of other products is another purchase. Of several
+ * keys of this product kept with no order number, the newest is sent with the changed cart and
+ * each older one asked which order it holds (utils/keyorder), that order then closed.
  */
 'use strict';
 
 const { addressFromWx } = require('../../utils/wxshop');
 const view = require('../../utils/view');
 const unpaid = require('../../utils/unpaid');
+const { orderOfKey } = require('../../utils/keyorder');
 
 /** The user picks a delivery address → resolves the server's shape, or rejects (error shape). */
 function chooseAddress() {
@@ -213,6 +216,16 @@ Page({
       .then((r) => (r.paidAlready ? this.showPaidAlready(r.paidAlready) : this.showOutcome(r)))
       .catch((e) => {
         if (e && e.code === 'ADDRESS_REQUIRED') this.addressRequired = true;
+        if (e && e.asking) {
+          // An earlier purchase of this product whose answer was lost could not be asked
+          // about: its order may hold stock. Nothing bought; the next tap asks again.
+          this.setData({
+            outcome: '',
+            message: 'An earlier purchase of this product whose answer did not arrive could not be checked (' + e.code + '), so nothing new was bought. Tap Buy to try again.',
+          });
+          view.showError(e);
+          return;
+        }
         if (e && e.closing) {
           // The earlier unpaid order of this product could not be closed: nothing was
           // bought (a second order would hold stock beside it). It is still kept: the next tap
@@ -285,13 +298,43 @@ Page({
    * one, cannot be closed by number; replaceUnanswered sends it with the new cart), or {}.
    * A close that fails rejects with its error plus `closing` (that order's number): nothing is
    * bought, and the next tap tries again.
+   *
+   * The older kept keys with no order number (a second purchase of this product whose answer
+   * was lost too) are not sent with the new cart: only one key can stand for it. Each is asked
+   * which order it holds (utils/keyorder: the key with its own cart, no cashier) and that order
+   * is closed like the rest; a key answered as spent is forgotten. Asking may make the order of
+   * a key the server never took (its call never reached it): it is closed at once, its stock
+   * back. Dropping such keys instead would leave the orders the server did make holding stock
+   * until they expire, unseen here. A key that cannot be asked (no answer) rejects with
+   * `closing` '' : nothing is bought, the key is kept, the next tap asks again.
    */
   closeChanged(changed) {
-    const unanswered = changed.filter((p) => !p.out_trade_no)[0];
+    const pending = changed.filter((p) => !p.out_trade_no);
+    const unanswered = pending[0];
     const numbered = changed.filter((p) => p.out_trade_no);
+    const older = pending.slice(1);
     const next = (i) => {
-      if (i >= numbered.length) return Promise.resolve(unanswered ? { unanswered: unanswered } : {});
+      if (i >= numbered.length) return ask(0);
       return this.closeOther(numbered[i]).then((paid) => (paid ? { paid: paid } : next(i + 1)));
+    };
+    const ask = (i) => {
+      if (i >= older.length) return Promise.resolve(unanswered ? { unanswered: unanswered } : {});
+      const p = older[i];
+      const purchase = { key: p.key, items: p.items, address: p.address || null };
+      return orderOfKey(getApp().shop, purchase).then(
+        (r) => {
+          if (r.spent) {
+            unpaid.forgetKey(p.key);
+            return ask(i + 1);
+          }
+          // Known now: kept under its number, so a close that fails is tried again by number.
+          unpaid.remember(r.out_trade_no, purchase);
+          return this.closeOther({ out_trade_no: r.out_trade_no }).then((paid) => (paid ? { paid: paid } : ask(i + 1)));
+        },
+        (e) => {
+          throw Object.assign({}, e, { closing: '', asking: true });
+        }
+      );
     };
     return next(0);
   },
