@@ -681,11 +681,12 @@ async fn apply_refund(
             // REFUND_ABNORMAL, say. Read after the refund record, it may be a CHANGE of this very
             // refund recorded between the two reads — which, read again, leaves this REFUNDCLOSE
             // nothing to change (see above) — so the refusal is conditional too.
-            let changed = match match outcome {
+            let moved = match outcome {
                 RefundStatus::Success => next_a.refunded(Some(n.refund_id.clone()), now),
                 RefundStatus::Abnormal => next_a.refund_abnormal(now),
                 _ => next_a.refund_failed(now),
-            } {
+            };
+            let changed = match moved {
                 Ok(changed) => changed,
                 Err(e) => return refused_as_read(read, e.to_string()),
             };
@@ -762,7 +763,9 @@ pub const REFUND_CLOSED_EVENTS: &str = "refund_closed";
 /// of our own refunds. Answering `FAIL` only made WeChat retry for a day, changing nothing.
 ///
 /// Everything else stays a mismatch for a person (kept as evidence, `FAIL`): an order we do
-/// not have or whose total or payment differ, a refund beyond what the order has left.
+/// not have or whose total or payment differ, a refund beyond what the order has left — each
+/// only while no refund record of it appeared and the order is as read ([`refused_as_read`]):
+/// a copy of the notification that recorded it meanwhile makes this one a repeat.
 /// `PROCESSING` and `REFUNDCLOSE` moved no money: acknowledged, nothing recorded.
 /// `refundquery` asks about our own refunds only: an answer without a record stays a mismatch.
 async fn made_by_hand(
@@ -770,8 +773,8 @@ async fn made_by_hand(
     n: &RefundReport,
     by: ReportedBy,
 ) -> Result<Attempt<Applied>, RefundApplyError> {
-    // Its verdicts stand only on the records as read ([`refused_as_read`]): still no refund record
-    // (a copy of this notification recording it after our read finds it, read again: a
+    // Its verdicts stand only on the records as read ([`refused_as_read`]): still no refund
+    // record (a copy of this notification recording it after our read finds it, read again: a
     // repeat), the order still at the version read.
     let mut read = Batch::new();
     read.check_no_refund(&n.out_refund_no);
