@@ -473,7 +473,7 @@ pub(crate) async fn settle_refund(
             }
             Ok(Settled::Superseded)
         }
-        Err(RefundApplyError::Mismatch(why)) => {
+        Ok(Applied::Refused(why)) | Err(RefundApplyError::Mismatch(why)) => {
             tracing::warn!(security = true, out_refund_no = %n.out_refund_no, why, reported_by = by.as_str(), "refund report does not match our refund");
             let mut body = summary();
             body["why"] = why.clone().into();
@@ -501,6 +501,24 @@ enum Applied {
         /// The WeChat refund that completed it (`None`: a person did).
         settled_by: Option<String>,
     },
+    /// Not ours to apply ([`RefundApplyError::Mismatch`]), on the records as they still stand
+    /// ([`refused_as_read`]).
+    Refused(String),
+}
+
+/// A verdict that a report is not ours to apply — kept as `refund_mismatch`, answered `FAIL`,
+/// counted as unrecorded — made on the records read, and so committed as `conditions` on them
+/// only: that each is still at the version read (or still absent). A read another report made
+/// stale — a copy of this notification, or the other outcome of one refund, recording it
+/// between this report's reads — fails the condition, and the report reads again and decides
+/// again: it finds the refund recorded (a repeat, acknowledged), not "beyond what the order has
+/// left" or an after-sale in a state it cannot move from. It used to be returned on the reads
+/// as they were, with no condition.
+fn refused_as_read(
+    conditions: Batch,
+    why: impl Into<String>,
+) -> Result<Attempt<Applied>, RefundApplyError> {
+    Ok(Attempt::Commit(conditions, Applied::Refused(why.into())))
 }
 
 /// Refund outcome → refund record, order (refunded amount) and after-sale, atomically, plus
@@ -516,14 +534,18 @@ async fn apply_refund(
         let Some(refund) = repo::get_refund(app.store.as_ref(), &n.out_refund_no).await? else {
             return made_by_hand(app, n, by).await;
         };
+        // What this report's verdicts are read from: a refusal stands only on them as read.
+        let mut read = Batch::new();
+        read.check_refund(&refund);
         if refund.value.out_trade_no != n.out_trade_no || refund.value.amount != n.refund_fee {
-            return Err(RefundApplyError::Mismatch("order or amount differs".into()));
+            return refused_as_read(read, "order or amount differs");
         }
         let Some(order) = repo::get_order(app.store.as_ref(), &n.out_trade_no).await? else {
-            return Err(RefundApplyError::Mismatch("unknown order".into()));
+            return refused_as_read(read, "unknown order");
         };
+        read.check_order(&order);
         if order.value.total != n.total_fee {
-            return Err(RefundApplyError::Mismatch("order total differs".into()));
+            return refused_as_read(read, "order total differs");
         }
         if order
             .value
@@ -531,9 +553,7 @@ async fn apply_refund(
             .as_deref()
             .is_some_and(|t| t != n.transaction_id)
         {
-            return Err(RefundApplyError::Mismatch(
-                "the refund is of another payment than the order's".into(),
-            ));
+            return refused_as_read(read, "the refund is of another payment than the order's");
         }
         // Only SUCCESS, CHANGE and REFUNDCLOSE are outcomes; anything else changes nothing.
         let outcome = match &n.status {
@@ -568,9 +588,10 @@ async fn apply_refund(
                     .as_deref()
                     .is_some_and(|id| id != n.refund_id) =>
             {
-                return Err(RefundApplyError::Mismatch(
-                    "an outcome for another WeChat refund than the one that failed".into(),
-                ));
+                return refused_as_read(
+                    read,
+                    "an outcome for another WeChat refund than the one that failed",
+                );
             }
             _ => {}
         }
@@ -580,6 +601,10 @@ async fn apply_refund(
             return Ok(Attempt::Done(Applied::Nothing));
         };
         let aftersale = repo::get_aftersale(app.store.as_ref(), aftersale_id).await?;
+        match &aftersale {
+            Some(a) => read.check_aftersale(a),
+            None => read.check_no_aftersale(aftersale_id),
+        };
         if let Some(a) = aftersale
             .as_ref()
             .filter(|a| a.value.status == AfterSaleStatus::Refunded)
@@ -652,12 +677,19 @@ async fn apply_refund(
         }
         if let Some(a) = &aftersale {
             let mut next_a = a.value.clone();
-            let changed = match outcome {
+            // The after-sale in a state this outcome cannot move it from: a REFUNDCLOSE finding it
+            // REFUND_ABNORMAL, say. Read after the refund record, it may be a CHANGE of this very
+            // refund recorded between the two reads — which, read again, leaves this REFUNDCLOSE
+            // nothing to change (see above) — so the refusal is conditional too.
+            let moved = match outcome {
                 RefundStatus::Success => next_a.refunded(Some(n.refund_id.clone()), now),
                 RefundStatus::Abnormal => next_a.refund_abnormal(now),
                 _ => next_a.refund_failed(now),
-            }
-            .map_err(|e| RefundApplyError::Mismatch(e.to_string()))?;
+            };
+            let changed = match moved {
+                Ok(changed) => changed,
+                Err(e) => return refused_as_read(read, e.to_string()),
+            };
             if changed == Change::Changed {
                 refunds_order = next_a.status == AfterSaleStatus::Refunded;
                 batch.update_aftersale(a, &next_a);
@@ -678,9 +710,9 @@ async fn apply_refund(
         }
         if refunds_order {
             let mut next_order = order.value.clone();
-            next_order
-                .refund_aftersale(aftersale_id, n.refund_fee, now)
-                .map_err(|e| RefundApplyError::Mismatch(e.to_string()))?;
+            if let Err(e) = next_order.refund_aftersale(aftersale_id, n.refund_fee, now) {
+                return refused_as_read(read, e.to_string());
+            }
             batch.update_order(&order, &next_order);
         }
         if by == ReportedBy::Query {
@@ -731,7 +763,9 @@ pub const REFUND_CLOSED_EVENTS: &str = "refund_closed";
 /// of our own refunds. Answering `FAIL` only made WeChat retry for a day, changing nothing.
 ///
 /// Everything else stays a mismatch for a person (kept as evidence, `FAIL`): an order we do
-/// not have or whose total or payment differ, a refund beyond what the order has left.
+/// not have or whose total or payment differ, a refund beyond what the order has left — each
+/// only while no refund record of it appeared and the order is as read ([`refused_as_read`]):
+/// a copy of the notification that recorded it meanwhile makes this one a repeat.
 /// `PROCESSING` and `REFUNDCLOSE` moved no money: acknowledged, nothing recorded.
 /// `refundquery` asks about our own refunds only: an answer without a record stays a mismatch.
 async fn made_by_hand(
@@ -739,21 +773,26 @@ async fn made_by_hand(
     n: &RefundReport,
     by: ReportedBy,
 ) -> Result<Attempt<Applied>, RefundApplyError> {
-    let mismatch = |why: &str| Err(RefundApplyError::Mismatch(why.to_owned()));
+    // Its verdicts stand only on the records as read ([`refused_as_read`]): still no refund
+    // record (a copy of this notification recording it after our read finds it, read again: a
+    // repeat), the order still at the version read.
+    let mut read = Batch::new();
+    read.check_no_refund(&n.out_refund_no);
     if by != ReportedBy::Notification {
-        return mismatch("unknown out_refund_no");
+        return refused_as_read(read, "unknown out_refund_no");
     }
     let Some(order) = repo::get_order(app.store.as_ref(), &n.out_trade_no).await? else {
-        return mismatch("unknown out_refund_no, of an order we do not have");
+        return refused_as_read(read, "unknown out_refund_no, of an order we do not have");
     };
+    read.check_order(&order);
     if order.value.fund_type != crate::domain::FundType::Direct
         || !order.value.status.is_paid()
         || order.value.transaction_id.as_deref() != Some(n.transaction_id.as_str())
     {
-        return mismatch("unknown out_refund_no, of a payment we did not take");
+        return refused_as_read(read, "unknown out_refund_no, of a payment we did not take");
     }
     if order.value.total != n.total_fee {
-        return mismatch("unknown out_refund_no, and the order total differs");
+        return refused_as_read(read, "unknown out_refund_no, and the order total differs");
     }
     match &n.status {
         WxRefundStatus::Success => {}
@@ -762,14 +801,18 @@ async fn made_by_hand(
             return Ok(Attempt::Done(Applied::Nothing));
         }
         WxRefundStatus::Change => return held_by_hand(app, n, &order).await,
-        _ => return mismatch("unknown out_refund_no, and no SUCCESS"),
+        _ => return refused_as_read(read, "unknown out_refund_no, and no SUCCESS"),
     }
     let now = app.clock.now_ms();
     let mut next_order = order.value.clone();
     if let Err(e) = next_order.refund_by_hand(&n.out_refund_no, n.refund_fee, now) {
-        return Err(RefundApplyError::Mismatch(format!(
-            "unknown out_refund_no, beyond what the order has left: {e}"
-        )));
+        // Read after a copy of this notification recorded it (the record read before), the
+        // order has this refund counted already: conditional, so the copy reads again and
+        // finds the record.
+        return refused_as_read(
+            read,
+            format!("unknown out_refund_no, beyond what the order has left: {e}"),
+        );
     }
     let refunded_in_full = next_order.status == crate::domain::OrderStatus::Refunded;
     let record = repo::RefundRecord {

@@ -1201,6 +1201,15 @@ impl Batch {
         })
     }
 
+    /// Only a condition: there is still no refund record `no`, as read.
+    pub fn check_no_refund(&mut self, no: &OutRefundNo) -> usize {
+        self.push(Write::Check {
+            kind: Kind::Refund,
+            id: no.as_str().to_owned(),
+            expect: Expect::Absent,
+        })
+    }
+
     /// Only a condition: the product is still at the version read.
     pub fn check_product(&mut self, product: &Versioned<Product>) -> usize {
         self.push(Write::Check {
