@@ -897,6 +897,12 @@ async fn missing_from_bill(
 /// paid within [`PAID_AFTER_CREATED_MAX_MS`] of its creation), never a scan of every order.
 /// The bills' and the funds flows' other-way checks both walk it. `false` when `deadline`
 /// passed first.
+///
+/// Once, even when the order moves on while the walk runs: the paid statuses are walked one
+/// after another ([`OrderStatus::ALL`]'s order, the way orders move: PAID, SHIPPED, RECEIVED,
+/// COMPLETED, …, REFUNDED), so an order shipped (or received, or refunded) after the walk of
+/// its old status read it and before the walk of its new one would be read again there —
+/// counted twice in `paid_here_checked`, and, were it missing, reported twice.
 pub(super) async fn each_paid_on_day(
     app: &App,
     fund_type: FundType,
@@ -905,6 +911,7 @@ pub(super) async fn each_paid_on_day(
     mut visit: impl FnMut(Order),
 ) -> Result<bool, ApiError> {
     let end_ms = start_ms + DAY_MS;
+    let mut visited: HashSet<String> = HashSet::new();
     for status in OrderStatus::ALL.into_iter().filter(|s| s.is_paid()) {
         let mut cursor = None;
         loop {
@@ -925,6 +932,7 @@ pub(super) async fn each_paid_on_day(
                     o.fund_type == fund_type
                         && o.paid_at_ms
                             .is_some_and(|t| (start_ms..end_ms).contains(&t))
+                        && visited.insert(o.out_trade_no.as_str().to_owned())
                 })
                 .for_each(&mut visit);
             match next {

@@ -34,6 +34,16 @@
 //! `blocked_users {cursor?, limit?}`. A block or unblock is written together with a
 //! [`USER_BLOCK_EVENTS`] event (who: the admin caller — the IAM identity in AWS, `ADMIN_TOKEN`
 //! in wxlocal —, when, why), listed by `{"action": "events"}`.
+//!
+//! A block and an unblock at once: an unblock lifts only the block it read (its delete is
+//! conditioned on that block's version), so a block written meanwhile — the user blocked again
+//! by another admin, or blocked anew after another unblock — stays, and the unblock answers
+//! 409 `BLOCK_CHANGED`. A block writes over the version it read and reads again on a conflict:
+//! it always stands. Every block is listed under one index key ([`repo::BLOCKED_USERS_OWNER`]):
+//! blocks are a merchant's handful, so `blocked_users` is one query, newest first; it would
+//! only matter at thousands of blocks a second (one DynamoDB partition's write rate), which no
+//! merchant's hand makes. Nothing a user sees depends on it: `login` and `unifiedOrder` read
+//! the block by openid, never the index.
 
 use crate::app::App;
 use crate::domain::OpenId;
@@ -44,6 +54,9 @@ use serde_json::{json, Value};
 
 /// The event source of blocks and unblocks.
 pub const USER_BLOCK_EVENTS: &str = "user_block";
+
+/// How many times `block_user` writes over a block changed under it before it gives up (503).
+const WRITE_ATTEMPTS: usize = 5;
 
 /// How long a block's reason may be (characters); longer is cut.
 const MAX_REASON_CHARS: usize = 200;
@@ -152,18 +165,31 @@ pub async fn block(
         blocked_by: admin_caller(req),
         blocked_at_ms: app.clock.now_ms(),
     };
-    let mut batch = Batch::new();
-    batch.put_user_block(&block);
-    write_with_event(
-        app,
-        batch,
-        &block.openid,
-        json!({
-            "action": "block", "openid": block.openid.as_str(), "reason": block.reason,
-            "by": block.blocked_by, "at": block.blocked_at_ms,
-        }),
-    )
-    .await?;
+    // Written over the block read, one version on, so an unblock that read the block before
+    // this write fails instead of lifting it; a conflict (a block or unblock at once) reads
+    // again and blocks over that: the block, the later action, stands.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let prev = repo::get_user_block_versioned(app.store.as_ref(), &block.openid).await?;
+        let mut batch = Batch::new();
+        batch.block_user_as_read(prev.as_ref(), &block);
+        let written = write_with_event(
+            app,
+            batch,
+            &block.openid,
+            json!({
+                "action": "block", "openid": block.openid.as_str(), "reason": block.reason,
+                "by": block.blocked_by, "at": block.blocked_at_ms,
+            }),
+        )
+        .await;
+        match written {
+            Ok(()) => break,
+            Err(StoreError::Conflict { .. }) if attempts < WRITE_ATTEMPTS => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
     tracing::warn!(
         openid = %block.openid, reason = %block.reason, by = %block.blocked_by,
         "user blocked by the merchant"
@@ -182,25 +208,45 @@ pub async fn unblock(
     openid: String,
 ) -> Result<Value, ApiError> {
     let openid = parse_openid(openid)?;
-    let was = repo::get_user_block(app.store.as_ref(), &openid).await?;
+    let Some(was) = repo::get_user_block_versioned(app.store.as_ref(), &openid).await? else {
+        return Ok(json!({ "openid": openid.as_str(), "was_blocked": false }));
+    };
     let by = admin_caller(req);
-    if was.is_some() {
-        let mut batch = Batch::new();
-        batch.delete_user_block(&openid);
-        write_with_event(
-            app,
-            batch,
-            &openid,
-            json!({
-                "action": "unblock", "openid": openid.as_str(), "by": by,
-                "at": app.clock.now_ms(),
-                "was": was.as_ref().map(view),
-            }),
-        )
-        .await?;
-        tracing::warn!(openid = %openid, by = %by, "user unblocked by the merchant");
+    // The delete is conditioned on the block read: a block written after that read (the user
+    // blocked again, by another admin or a retried call) is not lifted with it.
+    let mut batch = Batch::new();
+    batch.unblock_user_as_read(&was);
+    let written = write_with_event(
+        app,
+        batch,
+        &openid,
+        json!({
+            "action": "unblock", "openid": openid.as_str(), "by": by,
+            "at": app.clock.now_ms(),
+            "was": view(&was.value),
+        }),
+    )
+    .await;
+    match written {
+        Ok(()) => {}
+        Err(StoreError::Conflict { .. }) => {
+            return match repo::get_user_block(app.store.as_ref(), &openid).await? {
+                // Lifted meanwhile by another unblock (which recorded its event): done.
+                None => Ok(json!({ "openid": openid.as_str(), "was_blocked": false })),
+                Some(now) => Err(ApiError::conflict(
+                    "BLOCK_CHANGED",
+                    format!(
+                        "the user was blocked again while this unblock ran (reason: {}, by {}); \
+                         nothing was lifted: read `blocked_users` and unblock again if meant",
+                        now.reason, now.blocked_by
+                    ),
+                )),
+            };
+        }
+        Err(e) => return Err(e.into()),
     }
-    Ok(json!({ "openid": openid.as_str(), "was_blocked": was.is_some() }))
+    tracing::warn!(openid = %openid, by = %by, "user unblocked by the merchant");
+    Ok(json!({ "openid": openid.as_str(), "was_blocked": true }))
 }
 
 /// `blocked_users`: the blocks, newest first, `limit` (1–100, default 50) a page.

@@ -1005,6 +1005,15 @@ pub async fn get_user_block(
         .map(|v: Versioned<UserBlock>| v.value))
 }
 
+/// The block of `openid` with its version, if any: what a conditional block or unblock
+/// ([`Batch::block_user_as_read`], [`Batch::unblock_user_as_read`]) is conditioned on.
+pub async fn get_user_block_versioned(
+    store: &dyn Store,
+    openid: &OpenId,
+) -> Result<Option<Versioned<UserBlock>>, StoreError> {
+    get_typed(store, Kind::BlockedUser, openid.as_str()).await
+}
+
 /// Blocked users, newest block first, `limit` at a time.
 pub async fn user_blocks(
     store: &dyn Store,
@@ -1216,6 +1225,40 @@ impl Batch {
             kind: Kind::Product,
             id: product.value.product_id.as_str().to_owned(),
             expect: Expect::Version(product.version),
+        })
+    }
+
+    /// Blocks a user over the block read (`None`: none), one version on: fails if a block was
+    /// added, changed or lifted since — so an unblock conditioned on the block it read
+    /// ([`Batch::unblock_user_as_read`]) never lifts a block written after its read.
+    ///
+    /// A new block starts at a random version (in `[2^32, 2^32 + 2^52)`: exact in DynamoDB's
+    /// numbers, SQLite's integers and JSON), not 1: a block lifted and written again must not
+    /// repeat the version an unblock read before the lift, or that unblock's condition would
+    /// hold on the new block and lift it.
+    pub fn block_user_as_read(
+        &mut self,
+        prev: Option<&Versioned<UserBlock>>,
+        block: &UserBlock,
+    ) -> usize {
+        let (version, expect) = match prev {
+            Some(p) => (p.version + 1, Expect::Version(p.version)),
+            None => ((1u64 << 32) + (rand::random::<u64>() >> 12), Expect::Absent),
+        };
+        let rec = user_block_record(block).map(|mut r| {
+            r.version = version;
+            r
+        });
+        self.put(rec, expect)
+    }
+
+    /// Lifts the block read, only as read: fails if the user was blocked again (or the block
+    /// changed, or was lifted) since.
+    pub fn unblock_user_as_read(&mut self, prev: &Versioned<UserBlock>) -> usize {
+        self.push(Write::Delete {
+            kind: Kind::BlockedUser,
+            id: prev.value.openid.as_str().to_owned(),
+            expect: Expect::Version(prev.version),
         })
     }
 
