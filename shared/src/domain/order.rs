@@ -627,17 +627,20 @@ impl Order {
     }
 
     /// A refund made by hand in the merchant platform (`no`, recorded with this change): refunded
-    /// as [`Order::refund`], and listed in [`Order::refunds_by_hand`].
+    /// as [`Order::refund`], and listed in [`Order::refunds_by_hand`]. Once: `no` already listed
+    /// is that refund again (a copy of its notification), counted already — unchanged, whatever
+    /// is left.
     pub fn refund_by_hand(
         &mut self,
         no: &OutRefundNo,
         amount: Fen,
         now_ms: i64,
     ) -> Result<Change, TransitionError> {
-        self.refund(amount, now_ms)?;
-        if !self.refunds_by_hand.contains(no) {
-            self.refunds_by_hand.push(no.clone());
+        if self.refunds_by_hand.contains(no) {
+            return Ok(Change::Unchanged);
         }
+        self.refund(amount, now_ms)?;
+        self.refunds_by_hand.push(no.clone());
         Ok(Change::Changed)
     }
 
@@ -1008,13 +1011,14 @@ pub(crate) mod tests {
         assert_eq!(o.pay("t", 3, 3), Ok(Change::Changed));
     }
 
-    /// A refund made by hand is refunded and listed on the order, once; one beyond what is
-    /// left changes nothing.
+    /// A refund made by hand is refunded and listed on the order, once: the same refund again
+    /// changes nothing; another beyond what is left is refused and changes nothing.
     #[test]
     fn a_refund_made_by_hand_is_listed_on_the_order() {
         let mut o = sample_order(100);
         o.pay("t", 1, 1).unwrap();
         let no = OutRefundNo::parse("50300000012024010100000000001").unwrap();
+        let other = OutRefundNo::parse("50300000012024010100000000002").unwrap();
         let fen = |n| Fen::new(n).unwrap();
         assert_eq!(o.refund_by_hand(&no, fen(30), 2), Ok(Change::Changed));
         assert_eq!(
@@ -1022,7 +1026,9 @@ pub(crate) mod tests {
             (fen(30), vec![no.clone()])
         );
         let before = o.clone();
-        assert!(o.refund_by_hand(&no, fen(71), 3).is_err());
+        assert_eq!(o.refund_by_hand(&no, fen(30), 3), Ok(Change::Unchanged));
+        assert_eq!(o, before, "the same refund again is counted once");
+        assert!(o.refund_by_hand(&other, fen(71), 3).is_err());
         assert_eq!(o, before);
         let json = serde_json::to_value(&o).unwrap();
         assert_eq!(json["refunds_by_hand"], serde_json::json!([no.as_str()]));
