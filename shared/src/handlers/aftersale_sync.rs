@@ -287,12 +287,18 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                                 "this idempotency key was used for another application; use a new key",
                             ));
                         }
-                        return Ok(Attempt::Done(existing.value));
+                        return Ok(Attempt::Done(Ok(existing.value)));
                     }
                 }
                 let order = repo::get_order(app.store.as_ref(), &order.out_trade_no)
                     .await?
                     .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+                // A refusal stands only on the key and the order as read: the twin of this
+                // application (a double tap, a retry after a slow answer) may have committed
+                // under this key between the two reads, holding all that was left — and this
+                // one would be told NOT_REFUNDABLE (or LINE_ALREADY_CLAIMED) of the very
+                // application it made. Decided again, it finds the key's after-sale.
+                let decided: Result<Attempt<AfterSale>, ApiError> = async {
                 if !order.value.status.is_paid()
                     || order.value.status == crate::domain::OrderStatus::Refunded
                     || order.value.refundable() == Fen::ZERO
@@ -388,8 +394,16 @@ async fn user(app: &App, req: Request) -> Result<Response, ApiError> {
                     ));
                 }
                 Ok(Attempt::Commit(batch, aftersale))
+                }
+                .await;
+                refusal_on_reads(decided, |batch| {
+                    if let Some(id) = &keyed_id {
+                        batch.check_no_aftersale(id);
+                    }
+                    batch.check_order(&order);
+                })
             })
-            .await?;
+            .await??;
             let amount = aftersale.amount;
             tracing::info!(aftersale_id = %aftersale.id, out_trade_no = %aftersale.out_trade_no, amount = amount.get(), "after-sale requested");
             Ok(json(&serde_json::json!({ "aftersale": view(&aftersale) })))
@@ -603,101 +617,134 @@ async fn merchant_refund(
                     ),
                 ));
             }
-            return Ok(Attempt::Done(existing.value));
+            return Ok(Attempt::Done(Ok(existing.value)));
         }
         let order = repo::get_order(app.store.as_ref(), no)
             .await?
             .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", format!("no order {no}")))?;
-        if !order.value.status.is_paid() {
-            return Err(ApiError::conflict(
-                "ORDER_NOT_PAID",
-                format!(
-                    "order {no} is {}: nothing was paid, so nothing can be refunded",
-                    order.value.status.as_str()
-                ),
-            ));
-        }
-        if order.value.fund_type == FundType::SecondaryMerchant {
-            return Err(ApiError::conflict(
-                "NOT_REFUNDABLE",
-                format!(
-                    "order {no} is a secondary-merchant order: WeChat holds its money and \
+        // A refusal stands only on the key and the order as read: the twin of this request
+        // (a retry of a click whose answer was slow) may have committed the refund under this
+        // key between the two reads, leaving nothing refundable — and this one would say
+        // NOT_REFUNDABLE of the very refund it asked for. Decided again, it finds the key's.
+        let decided: Result<Attempt<AfterSale>, ApiError> = async {
+            if !order.value.status.is_paid() {
+                return Err(ApiError::conflict(
+                    "ORDER_NOT_PAID",
+                    format!(
+                        "order {no} is {}: nothing was paid, so nothing can be refunded",
+                        order.value.status.as_str()
+                    ),
+                ));
+            }
+            if order.value.fund_type == FundType::SecondaryMerchant {
+                return Err(ApiError::conflict(
+                    "NOT_REFUNDABLE",
+                    format!(
+                        "order {no} is a secondary-merchant order: WeChat holds its money and \
                      refunds it only through an after-sale in the trading component, so \
                      wxshop cannot refund it through WeChat Pay"
+                    ),
+                ));
+            }
+            let earlier = aftersales_of(app, &order.value).await?;
+            let left = left_to_claim(&order.value, &earlier)?;
+            // The line, as the user's application of it would claim it; nothing refundable left
+            // is said first, as there.
+            let choice = match &asked.line {
+                None => None,
+                Some(_) if order.value.refundable() == Fen::ZERO => {
+                    return Err(not_refundable_by_merchant(
+                        &order.value,
+                        &earlier,
+                        Fen::ZERO,
+                        left,
+                    ))
+                }
+                Some(l) => Some(
+                    AfterSaleLine::choose(&order.value, Some(l), &earlier).map_err(line_error)?,
                 ),
-            ));
-        }
-        let earlier = aftersales_of(app, &order.value).await?;
-        let left = left_to_claim(&order.value, &earlier)?;
-        // The line, as the user's application of it would claim it; nothing refundable left
-        // is said first, as there.
-        let choice = match &asked.line {
-            None => None,
-            Some(_) if order.value.refundable() == Fen::ZERO => {
+            };
+            let amount =
+                amount.unwrap_or_else(|| choice.as_ref().map_or(left, |c| most_now(c, left)));
+            if let Some(most) = choice
+                .as_ref()
+                .and_then(|c| c.most)
+                .filter(|most| amount > *most)
+            {
+                return Err(over_line(amount, most));
+            }
+            if amount > left || amount == Fen::ZERO {
                 return Err(not_refundable_by_merchant(
                     &order.value,
                     &earlier,
-                    Fen::ZERO,
+                    amount,
                     left,
-                ))
+                ));
             }
-            Some(l) => {
-                Some(AfterSaleLine::choose(&order.value, Some(l), &earlier).map_err(line_error)?)
-            }
-        };
-        let amount = amount.unwrap_or_else(|| choice.as_ref().map_or(left, |c| most_now(c, left)));
-        if let Some(most) = choice
-            .as_ref()
-            .and_then(|c| c.most)
-            .filter(|most| amount > *most)
-        {
-            return Err(over_line(amount, most));
-        }
-        if amount > left || amount == Fen::ZERO {
-            return Err(not_refundable_by_merchant(
+            let now = app.clock.now_ms();
+            let line = choice.and_then(|c| c.line);
+            let mut refund = AfterSale::merchant_refund(
+                id.clone(),
                 &order.value,
-                &earlier,
                 amount,
-                left,
-            ));
-        }
-        let now = app.clock.now_ms();
-        let line = choice.and_then(|c| c.line);
-        let mut refund = AfterSale::merchant_refund(
-            id.clone(),
-            &order.value,
-            amount,
-            reason.to_owned(),
-            line,
-            asked.restock,
-            now,
-        );
-        if refund.restock {
-            restock_fits(&order.value, &refund)?;
-        }
-        let mut next_order = order.value.clone();
-        next_order
-            .claim_refund(&id, amount, now)
-            .map_err(|_| not_refundable_by_merchant(&order.value, &earlier, amount, left))?;
-        let mut batch = Batch::new();
-        queue_wechat_pay_refund(app, &id, &mut refund, &mut batch, now).await?;
-        batch.create_aftersale(&refund);
-        batch.update_order(&order, &next_order);
-        if refund.mirrored_to_wechat() && order.value.at_wechat().component_order {
-            // As an approval of the user's after-sale of the line: added at WeChat on the
-            // user's behalf, then its refund accepted there.
-            batch.enqueue(OutboxEntry::new(
-                Task::AfterSaleSync {
-                    aftersale_id: id.clone(),
-                },
+                reason.to_owned(),
+                line,
+                asked.restock,
                 now,
-            ));
+            );
+            if refund.restock {
+                restock_fits(&order.value, &refund)?;
+            }
+            let mut next_order = order.value.clone();
+            next_order
+                .claim_refund(&id, amount, now)
+                .map_err(|_| not_refundable_by_merchant(&order.value, &earlier, amount, left))?;
+            let mut batch = Batch::new();
+            queue_wechat_pay_refund(app, &id, &mut refund, &mut batch, now).await?;
+            batch.create_aftersale(&refund);
+            batch.update_order(&order, &next_order);
+            if refund.mirrored_to_wechat() && order.value.at_wechat().component_order {
+                // As an approval of the user's after-sale of the line: added at WeChat on the
+                // user's behalf, then its refund accepted there.
+                batch.enqueue(OutboxEntry::new(
+                    Task::AfterSaleSync {
+                        aftersale_id: id.clone(),
+                    },
+                    now,
+                ));
+            }
+            Ok(Attempt::Commit(batch, refund))
         }
-        Ok(Attempt::Commit(batch, refund))
+        .await;
+        refusal_on_reads(decided, |batch| {
+            batch.check_no_aftersale(&id);
+            batch.check_order(&order);
+        })
     })
-    .await?;
+    .await??;
     tracing::info!(aftersale_id = %refund.id, out_trade_no = %no, amount = refund.amount.get(), restock = refund.restock, "merchant refund; refund queued");
     Ok(refund)
+}
+
+/// `decided`, an attempt made on records read, as one whose refusal stands only on those
+/// records: a refusal (4xx) is committed as `conditions` (checks of the records it was decided
+/// on, writing nothing), so when one of them changed since it was read — another request
+/// committed in between — the decision is made again on fresh reads rather than answered from
+/// stale ones. Its answer is the attempt's result: the refusal, or what the attempt made.
+fn refusal_on_reads<T>(
+    decided: Result<Attempt<T>, ApiError>,
+    conditions: impl FnOnce(&mut Batch),
+) -> Result<Attempt<Result<T, ApiError>>, ApiError> {
+    match decided {
+        Ok(Attempt::Done(v)) => Ok(Attempt::Done(Ok(v))),
+        Ok(Attempt::Commit(batch, v)) => Ok(Attempt::Commit(batch, Ok(v))),
+        Err(refusal) if refusal.status.is_client_error() => {
+            let mut batch = Batch::new();
+            conditions(&mut batch);
+            Ok(Attempt::Commit(batch, Err(refusal)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// 400 `BAD_RESTOCK` unless `refund` (restocked, of a line) gives back the whole price of its
@@ -1222,8 +1269,15 @@ async fn secondary_at_wechat(app: &App, order: &crate::domain::Order) -> Result<
 ///   REFUND_FAILED used to be refused here (and by `reject`): approving again, which asks
 ///   WeChat Pay anew, was the only way on, so a refund it refuses for good held the order's
 ///   amount for ever, the order still shippable and the user told their refund failed.
+///
+/// Its refusals stand only on the records read (the after-sale, then its order and refund
+/// record): WeChat Pay's notification (or the refund sweep) recording the refund paid between
+/// those reads used to get the merchant "not refundable" (the order's amount refunded
+/// meanwhile) or "wait for its outcome" (the record SUCCESS meanwhile) for a refund that was
+/// paid — a refusal is committed as checks of those records, and made again on fresh reads
+/// when one changed: the after-sale REFUNDED, said as such.
 async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiError> {
-    let done = with_retries::<_, ApiError, _, _>(app, || async {
+    let done = with_retries::<Result<AfterSale, ApiError>, ApiError, _, _>(app, || async {
         let current = repo::get_aftersale(app.store.as_ref(), id)
             .await?
             .ok_or_else(|| {
@@ -1231,21 +1285,42 @@ async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiErro
             })?;
         let now = app.clock.now_ms();
         let mut next = current.value.clone();
-        if next
-            .refunded_by_hand(now)
-            .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?
-            == Change::Unchanged
-        {
-            return Ok(Attempt::Done(next));
+        let refunded_already = current.value.status == AfterSaleStatus::Refunded;
+        match next.refunded_by_hand(now) {
+            Ok(Change::Unchanged) => return Ok(Attempt::Done(Ok(next))),
+            Ok(Change::Changed) => {}
+            // Decided on this one read: nothing else to hold it to.
+            Err(_) if refunded_already => {
+                return Err(ApiError::conflict(
+                    "AFTERSALE_STATE",
+                    format!(
+                        "after-sale {id} is REFUNDED already{}: nothing to record",
+                        current
+                            .value
+                            .refund_id
+                            .as_deref()
+                            .map_or(String::new(), |r| format!(
+                                " (WeChat Pay's refund {r} paid it)"
+                            ))
+                    ),
+                ))
+            }
+            Err(e) => return Err(ApiError::conflict("AFTERSALE_STATE", e.to_string())),
         }
         let order = repo::get_order(app.store.as_ref(), &next.out_trade_no)
             .await?
             .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
-        let mut next_order = order.value.clone();
-        next_order
-            .refund_aftersale(id, next.amount, now)
-            .map_err(|e| ApiError::conflict("NOT_REFUNDABLE", e.to_string()))?;
         let mut batch = Batch::new();
+        let mut next_order = order.value.clone();
+        if let Err(e) = next_order.refund_aftersale(id, next.amount, now) {
+            // On the after-sale and order as read (see above).
+            batch.check_aftersale(&current);
+            batch.check_order(&order);
+            return Ok(Attempt::Commit(
+                batch,
+                Err(ApiError::conflict("NOT_REFUNDABLE", e.to_string())),
+            ));
+        }
         if let Some(no) = &next.out_refund_no {
             if let Some(r) = repo::get_refund(app.store.as_ref(), no).await? {
                 match current.value.status {
@@ -1257,14 +1332,21 @@ async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiErro
                     }
                     // REFUND_FAILED: WeChat Pay moved nothing under this number (refused or
                     // closed), as long as the record says so.
+                    // On the after-sale and record as read (see above).
                     _ if r.value.status != RefundStatus::Failed => {
-                        return Err(ApiError::conflict(
-                            "AFTERSALE_STATE",
-                            format!(
-                                "refund {no} of after-sale {id} is {} at WeChat Pay, which may \
-                                 still pay it: wait for its outcome",
-                                r.value.status.as_str()
-                            ),
+                        let mut checks = Batch::new();
+                        checks.check_aftersale(&current);
+                        checks.check_refund(&r);
+                        return Ok(Attempt::Commit(
+                            checks,
+                            Err(ApiError::conflict(
+                                "AFTERSALE_STATE",
+                                format!(
+                                    "refund {no} of after-sale {id} is {} at WeChat Pay, which \
+                                     may still pay it: wait for its outcome",
+                                    r.value.status.as_str()
+                                ),
+                            )),
                         ));
                     }
                     _ => {}
@@ -1276,9 +1358,9 @@ async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiErro
         if let Some(e) = super::stock_back::due(&order.value, &next, now) {
             batch.enqueue(e);
         }
-        Ok(Attempt::Commit(batch, next))
+        Ok(Attempt::Commit(batch, Ok(next)))
     })
-    .await?;
+    .await??;
     tracing::info!(aftersale_id = %id, "refund settled by hand; after-sale refunded");
     Ok(done)
 }

@@ -1,0 +1,311 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! After-sale verdicts made on stale reads, driven deterministically: request B runs on a copy
+//! of the app whose store holds B's read of the order (`HoldsTheOrder`) until request A — the
+//! same key's twin, or WeChat Pay's refund notification — has committed. What the merchant or
+//! user sees: B's answer names what A made (as a repeated key does) rather than "not
+//! refundable" of its own refund, WeChat Pay asked once, `refunded_fee` counted once.
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use wxlocal::gateway::Running;
+use wxshop::store::{Kind, Page, Query, Record, Store, StoreError, Write};
+
+#[path = "reliability_support.rs"]
+mod support;
+use support::{eventually, refunds_asked, stack_with, InProcess};
+
+/// Long enough for a loaded machine.
+const WAIT: Duration = Duration::from_secs(30);
+/// The tea's price.
+const TEA: i64 = 1990;
+
+/// A store that holds the first read of the order made after a read of an after-sale (the
+/// idempotency key's, or the after-sale acted on) until `release`, telling `reached` when it
+/// got there: the request is stopped between its two reads.
+struct HoldsTheOrder {
+    inner: wxshop::store::DynStore,
+    aftersale_read: AtomicBool,
+    held: AtomicBool,
+    reached: Notify,
+    release: Notify,
+}
+
+impl HoldsTheOrder {
+    fn new(inner: wxshop::store::DynStore) -> Arc<Self> {
+        Arc::new(HoldsTheOrder {
+            inner,
+            aftersale_read: AtomicBool::new(false),
+            held: AtomicBool::new(false),
+            reached: Notify::new(),
+            release: Notify::new(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for HoldsTheOrder {
+    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
+        if kind == Kind::AfterSale {
+            self.aftersale_read.store(true, Ordering::SeqCst);
+        }
+        if kind == Kind::Order
+            && self.aftersale_read.load(Ordering::SeqCst)
+            && !self.held.swap(true, Ordering::SeqCst)
+        {
+            let released = self.release.notified();
+            self.reached.notify_one();
+            tokio::time::timeout(WAIT, released)
+                .await
+                .expect("released in time");
+        }
+        self.inner.get(kind, id).await
+    }
+
+    async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.inner.write(writes).await
+    }
+
+    async fn query(&self, query: Query) -> Result<Page, StoreError> {
+        self.inner.query(query).await
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+/// A stack without the trading component (WeChat Pay only), taking refunds at once.
+async fn pay_stack() -> Running {
+    let r = stack_with(&[("WX_TRADING_COMPONENT", "off")]).await;
+    r.sandbox.set_refund_interval_ms(0);
+    r
+}
+
+/// `user` buys one tea and pays; returns once PAID: (token, out_trade_no, transaction id).
+async fn paid(c: &InProcess<'_>, user: &str) -> (String, String, String) {
+    let (token, _) = c.login(user).await;
+    let order = c.order_tea(&token, 1).await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let txid = c.pay_at_sandbox(&no).await;
+    eventually("the order PAID", WAIT, || async {
+        c.status(&token, &no).await["status"] == "PAID"
+    })
+    .await;
+    (token, no, txid)
+}
+
+/// `body` POSTed to `path` (bearer `token`) through `app`, in-process: (status, answer).
+async fn call(app: wxshop::app::App, path: &str, token: &str, body: Value) -> (u16, Value) {
+    let route = wxshop::handlers::find_route("POST", path).unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_string()))
+        .unwrap();
+    let resp = wxshop::handlers::handle(&app, route, req).await;
+    let status = resp.status().as_u16();
+    let v = serde_json::from_slice(resp.body()).unwrap_or(Value::Null);
+    (status, v)
+}
+
+/// Runs `b` on a copy of the app whose store holds B's order read; once B is held there, runs
+/// `a` to its end, then lets B go on: (A's answer, B's answer).
+async fn b_held_while_a_commits<FA, FB>(
+    r: &Running,
+    a: impl FnOnce() -> FA,
+    b: impl FnOnce(wxshop::app::App) -> FB,
+) -> ((u16, Value), (u16, Value))
+where
+    FA: std::future::Future<Output = (u16, Value)>,
+    FB: std::future::Future<Output = (u16, Value)> + Send + 'static,
+{
+    let gate = HoldsTheOrder::new(r.app.store.clone());
+    let mut app = r.app.clone();
+    app.store = gate.clone();
+    let reached = gate.reached.notified();
+    let b = tokio::spawn(b(app));
+    tokio::time::timeout(WAIT, reached)
+        .await
+        .expect("B reached its read of the order");
+    let a = a().await;
+    gate.release.notify_one();
+    let b = tokio::time::timeout(WAIT, b).await.unwrap().unwrap();
+    (a, b)
+}
+
+fn id_of(answer: &Value) -> String {
+    answer["aftersale"]["aftersale_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no after-sale in {answer}"))
+        .to_owned()
+}
+
+/// GIVEN a paid tea (1,990)
+/// WHEN the merchant's refund of all of it is sent twice under one key (a retry of a click
+/// whose answer was slow), the retry having read the key (nothing yet) before the first
+/// committed and the order after
+/// THEN both answers are 200 and name the same after-sale, WeChat Pay is asked for one
+/// refund, and the order's `refunded_fee` is 1,990.
+///
+/// It used to answer the retry 409 `NOT_REFUNDABLE` ("refunded in full … nothing is left")
+/// for the very refund made under its key: a merchant told so may refund by hand — twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merchant_refund_sent_twice_under_one_key_answers_one_refund() {
+    let r = pay_stack().await;
+    let c = InProcess::new(&r);
+    let (token, no, _) = paid(&c, "twin-refund").await;
+    let body = json!({"action": "refund", "out_trade_no": no, "reason": "goodwill",
+                      "idempotency_key": "click-1"});
+    let admin = c.admin_token.clone();
+    let ((sa, va), (sb, vb)) =
+        b_held_while_a_commits(&r, || c.admin("/admin/aftersaleSync", &body), {
+            let body = body.clone();
+            move |app| async move { call(app, "/admin/aftersaleSync", &admin, body).await }
+        })
+        .await;
+    assert_eq!((sa, sb), (200, 200), "A: {va}\nB: {vb}");
+    assert_eq!(id_of(&va), id_of(&vb));
+    eventually("the refund settled", WAIT, || async {
+        c.status(&token, &no).await["refunded_fee"] == json!(TEA)
+    })
+    .await;
+    assert_eq!(refunds_asked(&r, &no).len(), 1, "WeChat Pay asked once");
+    assert_eq!(c.admin_aftersales(&no).await.len(), 1);
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], json!(TEA));
+}
+
+/// GIVEN a paid tea
+/// WHEN the user's application (all of it, key `tap-1`) is sent twice — a double tap — the
+/// second having read the key before the first committed and the order after
+/// THEN both answers are 200 and name the same after-sale; the order has one after-sale.
+///
+/// It used to answer the second 409 `NOT_REFUNDABLE` ("open after-sales hold all of the
+/// 1990 fen") of the user's own application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_application_sent_twice_under_one_key_answers_one_aftersale() {
+    let r = pay_stack().await;
+    let c = InProcess::new(&r);
+    let (token, no, _) = paid(&c, "twin-apply").await;
+    let body = json!({"action": "apply", "out_trade_no": no, "reason": "not wanted",
+                      "idempotency_key": "tap-1"});
+    let ((sa, va), (sb, vb)) =
+        b_held_while_a_commits(&r, || c.post("/fn/aftersaleSync", Some(&token), &body), {
+            let body = body.clone();
+            let token = token.clone();
+            move |app| async move { call(app, "/fn/aftersaleSync", &token, body).await }
+        })
+        .await;
+    assert_eq!((sa, sb), (200, 200), "A: {va}\nB: {vb}");
+    assert_eq!(id_of(&va), id_of(&vb));
+    assert_eq!(c.admin_aftersales(&no).await.len(), 1);
+}
+
+/// Where the sandbox's own refund notifications go nowhere: only those a test sends arrive.
+fn refund_notification(
+    r: &Running,
+    no: &str,
+    out_refund_no: &str,
+    txid: &str,
+    refund_id: &str,
+) -> String {
+    use wxshop::domain::{Fen, OutRefundNo, OutTradeNo};
+    let cfg = &r.app.config;
+    wxshop::pay::refund_notify::build_refund_notification(
+        &wxshop::pay::refund_notify::RefundNotificationSpec {
+            appid: cfg.appid.clone(),
+            mch_id: cfg.mch_id.clone(),
+            sub_appid: None,
+            sub_mch_id: None,
+            out_trade_no: OutTradeNo::parse(no).unwrap(),
+            out_refund_no: OutRefundNo::parse(out_refund_no).unwrap(),
+            transaction_id: txid.to_owned(),
+            refund_id: refund_id.to_owned(),
+            total_fee: Fen::new(TEA).unwrap(),
+            refund_fee: Fen::new(TEA).unwrap(),
+            success_time_ms: Some(1_700_000_000_000),
+            refund_status: wxshop::pay::types::RefundStatus::Success,
+        },
+        cfg.api_key(),
+    )
+}
+
+/// GIVEN an approved refund of a tea WeChat Pay could not pay out (CHANGE: REFUND_ABNORMAL)
+/// WHEN the merchant records it redirected (`mark_refunded`), having read the after-sale
+/// before WeChat's late SUCCESS for the refund was recorded and the order after
+/// THEN the merchant is told the after-sale is REFUNDED already (409 `AFTERSALE_STATE`), not
+/// that the order has nothing refundable; it is REFUNDED, `refunded_fee` 1,990.
+///
+/// It used to answer 409 `NOT_REFUNDABLE` ("refund of 1990 fen exceeds …") for an after-sale
+/// WeChat had just paid, decided on the after-sale as first read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mark_refunded_after_a_late_success_says_refunded() {
+    let r = pay_stack().await;
+    let c = InProcess::new(&r);
+    c.control("refund_outcome", &json!({"status": "CHANGE"}))
+        .await;
+    let (token, no, txid) = paid(&c, "held").await;
+    let (s, a) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "not wanted"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{a}");
+    let id = id_of(&a);
+    let (s, v) = c
+        .admin(
+            "/admin/aftersaleSync",
+            &json!({"action": "approve", "aftersale_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let out_refund_no = v["aftersale"]["out_refund_no"].as_str().unwrap().to_owned();
+    eventually("the after-sale REFUND_ABNORMAL", WAIT, || async {
+        c.my_aftersale(&token, &no, &id).await["status"] == "REFUND_ABNORMAL"
+    })
+    .await;
+    let (_, st) = c.get("/sandbox/_control/state").await;
+    let refund_id = st["refunds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["out_refund_no"] == out_refund_no.as_str())
+        .unwrap()["refund_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let notification = refund_notification(&r, &no, &out_refund_no, &txid, &refund_id);
+    let admin = c.admin_token.clone();
+    let mark = json!({"action": "mark_refunded", "aftersale_id": id});
+    let ((sn, n), (sm, vm)) = b_held_while_a_commits(
+        &r,
+        || async {
+            let (s, n) = c.raw("/callbacks/refund", notification).await;
+            (s, Value::String(n))
+        },
+        move |app| async move { call(app, "/admin/aftersaleSync", &admin, mark).await },
+    )
+    .await;
+    assert_eq!(sn, 200, "{n}");
+    assert_eq!(
+        (sm, vm["code"].as_str()),
+        (409, Some("AFTERSALE_STATE")),
+        "{vm}"
+    );
+    assert!(
+        vm["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("REFUNDED"),
+        "{vm}"
+    );
+    assert_eq!(c.my_aftersale(&token, &no, &id).await["status"], "REFUNDED");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], json!(TEA));
+}
