@@ -999,6 +999,54 @@ fn check_for_wechat(
     Ok(())
 }
 
+/// At most this many main images a product (`head_img`). UNVERIFIED: WECHAT_SHOP.md's
+/// `shop/spu/add` names no count and no source found gives one; 9 is ours (a product page's
+/// usual gallery), with the per-image cap below keeping a product record far below
+/// DynamoDB's 400 KB item limit.
+pub const MAX_HEAD_IMGS: usize = 9;
+/// At most this many qualification images a product (`qualification_pics`). UNVERIFIED:
+/// ours, as [`MAX_HEAD_IMGS`].
+pub const MAX_QUALIFICATION_PICS: usize = 9;
+/// At most this many bytes an image URL. UNVERIFIED: ours (WeChat-hosted image URLs from
+/// `shop/img/upload` are a few hundred bytes); it refuses inline `data:` images, which WeChat
+/// does not take as a product image anyway. 18 images of this size are under 40 KB.
+pub const MAX_IMG_URL_BYTES: usize = 2048;
+
+/// `urls` (the input's `field`) within the catalog's bounds: at most `max` images, each URL at
+/// most [`MAX_IMG_URL_BYTES`]. A product beyond them would make a record DynamoDB cannot
+/// store (400 KB an item) — the product's every later write failing — and WeChat refuses it.
+fn check_images(
+    field: &str,
+    code: &'static str,
+    urls: &[String],
+    max: usize,
+) -> Result<(), ApiError> {
+    if urls.len() > max {
+        return Err(ApiError::bad_request(
+            code,
+            format!(
+                "{field} may list at most {max} images; this one lists {}",
+                urls.len()
+            ),
+        ));
+    }
+    if let Some((i, u)) = urls
+        .iter()
+        .enumerate()
+        .find(|(_, u)| u.len() > MAX_IMG_URL_BYTES)
+    {
+        return Err(ApiError::bad_request(
+            code,
+            format!(
+                "{field}[{i}] is {} bytes; an image URL may be at most {MAX_IMG_URL_BYTES} \
+                 (give the URL of an uploaded image, not the image itself)",
+                u.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The merchant's version of a product, checked; `for_wechat`: the trading component is on,
 /// so it must also be a product WeChat takes ([`check_for_wechat`]).
 fn content_from_input(
@@ -1017,6 +1065,13 @@ fn content_from_input(
     if for_wechat {
         check_for_wechat(&title, &input.head_img, input.third_cat_id, brand_id)?;
     }
+    check_images("head_img", "BAD_HEAD_IMG", &input.head_img, MAX_HEAD_IMGS)?;
+    check_images(
+        "qualification_pics",
+        "BAD_QUALIFICATION_PICS",
+        &input.qualification_pics,
+        MAX_QUALIFICATION_PICS,
+    )?;
     if input.qualification_pics.iter().any(|u| u.trim().is_empty()) {
         return Err(ApiError::bad_request(
             "BAD_QUALIFICATION_PICS",
