@@ -1001,25 +1001,33 @@ fn check_for_wechat(
 
 /// At most this many main images a product (`head_img`). UNVERIFIED: WECHAT_SHOP.md's
 /// `shop/spu/add` names no count and no source found gives one; 9 is ours (a product page's
-/// usual gallery), with the per-image cap below keeping a product record far below
+/// usual gallery), with the per-image caps below keeping a product record far below
 /// DynamoDB's 400 KB item limit.
 pub const MAX_HEAD_IMGS: usize = 9;
 /// At most this many qualification images a product (`qualification_pics`). UNVERIFIED:
 /// ours, as [`MAX_HEAD_IMGS`].
 pub const MAX_QUALIFICATION_PICS: usize = 9;
-/// At most this many bytes an image URL. UNVERIFIED: ours (WeChat-hosted image URLs from
-/// `shop/img/upload` are a few hundred bytes); it refuses inline `data:` images, which WeChat
-/// does not take as a product image anyway. 18 images of this size are under 40 KB.
+/// Trading component on: at most this many bytes an image URL. UNVERIFIED: ours (WeChat takes
+/// only the URLs of images uploaded to it, `shop/img/upload`, a few hundred bytes each); it
+/// refuses inline `data:` images, which WeChat does not take as a product image. 18 images of
+/// this size are under 40 KB.
 pub const MAX_IMG_URL_BYTES: usize = 2048;
+/// Trading component off: at most this many bytes an image, URL or inline `data:` image (the
+/// mini program shows either; the catalog has always taken them). Ours: a request body is at
+/// most 64 KiB anyway, so one request's images are too, and the product record, which holds
+/// one version of them when the component is off, stays far below 400 KB.
+pub const MAX_INLINE_IMG_BYTES: usize = 60_000;
 
-/// `urls` (the input's `field`) within the catalog's bounds: at most `max` images, each URL at
-/// most [`MAX_IMG_URL_BYTES`]. A product beyond them would make a record DynamoDB cannot
-/// store (400 KB an item) — the product's every later write failing — and WeChat refuses it.
+/// `urls` (the input's `field`) within the catalog's bounds: at most `max` images, each at
+/// most [`MAX_IMG_URL_BYTES`] (`for_wechat`: the trading component is on) or
+/// [`MAX_INLINE_IMG_BYTES`]. A product beyond them makes a record DynamoDB may not store (400
+/// KB an item) — the product's every later write failing — and WeChat refuses it.
 fn check_images(
     field: &str,
     code: &'static str,
     urls: &[String],
     max: usize,
+    for_wechat: bool,
 ) -> Result<(), ApiError> {
     if urls.len() > max {
         return Err(ApiError::bad_request(
@@ -1030,16 +1038,19 @@ fn check_images(
             ),
         ));
     }
-    if let Some((i, u)) = urls
-        .iter()
-        .enumerate()
-        .find(|(_, u)| u.len() > MAX_IMG_URL_BYTES)
-    {
+    let (cap, what) = if for_wechat {
+        (
+            MAX_IMG_URL_BYTES,
+            "give the URL of an image uploaded with shop/img/upload, not the image itself",
+        )
+    } else {
+        (MAX_INLINE_IMG_BYTES, "give a smaller image, or its URL")
+    };
+    if let Some((i, u)) = urls.iter().enumerate().find(|(_, u)| u.len() > cap) {
         return Err(ApiError::bad_request(
             code,
             format!(
-                "{field}[{i}] is {} bytes; an image URL may be at most {MAX_IMG_URL_BYTES} \
-                 (give the URL of an uploaded image, not the image itself)",
+                "{field}[{i}] is {} bytes; an image may be at most {cap} bytes here ({what})",
                 u.len()
             ),
         ));
@@ -1065,12 +1076,19 @@ fn content_from_input(
     if for_wechat {
         check_for_wechat(&title, &input.head_img, input.third_cat_id, brand_id)?;
     }
-    check_images("head_img", "BAD_HEAD_IMG", &input.head_img, MAX_HEAD_IMGS)?;
+    check_images(
+        "head_img",
+        "BAD_HEAD_IMG",
+        &input.head_img,
+        MAX_HEAD_IMGS,
+        for_wechat,
+    )?;
     check_images(
         "qualification_pics",
         "BAD_QUALIFICATION_PICS",
         &input.qualification_pics,
         MAX_QUALIFICATION_PICS,
+        for_wechat,
     )?;
     if input.qualification_pics.iter().any(|u| u.trim().is_empty()) {
         return Err(ApiError::bad_request(
