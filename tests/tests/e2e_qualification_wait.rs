@@ -691,3 +691,128 @@ async fn a_malformed_wechat_body_is_refused_here() {
     c.wechat("shop/register/check", json!({})).await;
     assert_eq!(r.sandbox.calls("shop/register/check").len(), before[2] + 1);
 }
+
+/// The stack's store, counting the product records read from the listings of products not
+/// on sale (`DRAFT`, `APPROVED`, `REJECTED`).
+struct CountingUnlisted {
+    inner: wxshop::store::DynStore,
+    read: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl wxshop::store::Store for CountingUnlisted {
+    async fn get(
+        &self,
+        kind: wxshop::store::Kind,
+        id: &str,
+    ) -> Result<Option<wxshop::store::Record>, wxshop::store::StoreError> {
+        self.inner.get(kind, id).await
+    }
+    async fn write(
+        &self,
+        writes: Vec<wxshop::store::Write>,
+    ) -> Result<(), wxshop::store::StoreError> {
+        self.inner.write(writes).await
+    }
+    async fn query(
+        &self,
+        query: wxshop::store::Query,
+    ) -> Result<wxshop::store::Page, wxshop::store::StoreError> {
+        let unlisted = query.kind == wxshop::store::Kind::Product
+            && matches!(&query.index, wxshop::store::Index::Status(s)
+                if ["DRAFT", "APPROVED", "REJECTED"].contains(&s.as_str()));
+        let page = self.inner.query(query).await?;
+        if unlisted {
+            self.read
+                .fetch_add(page.records.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(page)
+    }
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+/// GIVEN 520 drafts (`bulk-000`.. — before the cream in the catalog's product-id order) and
+/// the face cream waiting for its category, approved in WeChat's console with no push
+/// WHEN the schedule runs, a day after the cream's refusal
+/// THEN within 8 runs the cream is submitted again by itself and goes to WeChat's audit, and
+/// a run then reads at most 100 of the products not on sale. The sweep used to read the first
+/// 500 products not on sale on every run: the cream, after them, was never looked at and
+/// stayed DRAFT for good, and every run read 500 products for nothing.
+#[tokio::test]
+async fn the_schedule_finds_a_waiting_product_past_500_others() {
+    use wxshop::store::repo::{self, Batch};
+    let r = stack_with(&[]).await;
+    r.sandbox.set_auto_audit(false);
+    let c = Client::new(&r);
+    let inside = support::InProcess::new(&r);
+    cream_refused_for_its_category(&r, &c).await;
+    let store = r.app.store.as_ref();
+    let cream_stored = repo::get_product(
+        store,
+        &wxshop::domain::ProductId::parse("cream".to_owned()).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .value;
+    let mut batch = Batch::new();
+    for i in 0..520 {
+        let mut p = cream_stored.clone();
+        p.product_id = wxshop::domain::ProductId::parse(format!("bulk-{i:03}")).unwrap();
+        p.waiting_for = None;
+        batch.create_product(&p);
+        if batch.len() == 10 {
+            std::mem::take(&mut batch).commit(store).await.unwrap();
+        }
+    }
+    batch.commit(store).await.unwrap();
+    let audit_id = apply_in_the_console(&r, &c, 7231).await;
+    c.control("audit", &json!({"audit_id": audit_id, "push": false}))
+        .await;
+    inside.advance_both(25 * 3_600_000).await;
+
+    let mut runs = 0;
+    let mut resubmitted = false;
+    while runs < 8 && !resubmitted {
+        let report = support::run_schedule(&r).await;
+        runs += 1;
+        resubmitted = report.to_string().contains("\"waiting_resubmitted\":1");
+    }
+    assert!(
+        resubmitted,
+        "the cream submitted again within {runs} runs (the cream: {})",
+        get_product(&c, "cream").await
+    );
+    eventually(
+        "the cream submitted again by itself",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            async move { get_product(&c, "cream").await["audit"] == "AUDITING" }
+        },
+    )
+    .await;
+    assert_eq!(cream_added(&r), 2, "submitted once more");
+
+    let counting = std::sync::Arc::new(CountingUnlisted {
+        inner: r.app.store.clone(),
+        read: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let mut app = r.app.clone();
+    app.store = counting.clone();
+    use wxshop::handlers::order_sync::{on_schedule, LOCAL_SCHEDULE_BUDGET};
+    let report = on_schedule(&app, wxshop::time::Deadline::after(LOCAL_SCHEDULE_BUDGET)).await;
+    assert!(
+        !report.to_string().contains("waiting_resubmitted"),
+        "{report}"
+    );
+    let read = counting.read.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        read <= 100,
+        "a run with nothing waiting reads at most 100 products not on sale: {read}"
+    );
+    assert_eq!(cream_added(&r), 2);
+    r.stop();
+}

@@ -36,7 +36,9 @@
 //!   however many tasks name it, so a refusal cannot loop.
 //! - *No push at all* (an approval in the console never pushed, or lost): the schedule
 //!   submits again each product waiting for a category for a day since its last refusal
-//!   ([`sweep_waiting`]), at most [`WAITING_SWEEP_MAX`] a run.
+//!   ([`sweep_waiting`]), at most [`WAITING_SWEEP_MAX`] a run, reading the products not on
+//!   sale in turn ([`WAITING_SWEEP_READS`] a run, on from where the last run stopped), so
+//!   every one is seen however large the catalog.
 
 use super::common::{authenticate, component_on};
 use super::shop_orders::wx_error;
@@ -997,6 +999,65 @@ fn check_for_wechat(
     Ok(())
 }
 
+/// At most this many main images a product (`head_img`). UNVERIFIED: WECHAT_SHOP.md's
+/// `shop/spu/add` names no count and no source found gives one; 9 is ours (a product page's
+/// usual gallery), with the per-image caps below keeping a product record far below
+/// DynamoDB's 400 KB item limit.
+pub const MAX_HEAD_IMGS: usize = 9;
+/// At most this many qualification images a product (`qualification_pics`). UNVERIFIED:
+/// ours, as [`MAX_HEAD_IMGS`].
+pub const MAX_QUALIFICATION_PICS: usize = 9;
+/// Trading component on: at most this many bytes an image URL. UNVERIFIED: ours (WeChat takes
+/// only the URLs of images uploaded to it, `shop/img/upload`, a few hundred bytes each); it
+/// refuses inline `data:` images, which WeChat does not take as a product image. 18 images of
+/// this size are under 40 KB.
+pub const MAX_IMG_URL_BYTES: usize = 2048;
+/// Trading component off: at most this many bytes an image, URL or inline `data:` image (the
+/// mini program shows either; the catalog has always taken them). Ours: a request body is at
+/// most 64 KiB anyway, so one request's images are too, and the product record, which holds
+/// one version of them when the component is off, stays far below 400 KB.
+pub const MAX_INLINE_IMG_BYTES: usize = 60_000;
+
+/// `urls` (the input's `field`) within the catalog's bounds: at most `max` images, each at
+/// most [`MAX_IMG_URL_BYTES`] (`for_wechat`: the trading component is on) or
+/// [`MAX_INLINE_IMG_BYTES`]. A product beyond them makes a record DynamoDB may not store (400
+/// KB an item) — the product's every later write failing — and WeChat refuses it.
+fn check_images(
+    field: &str,
+    code: &'static str,
+    urls: &[String],
+    max: usize,
+    for_wechat: bool,
+) -> Result<(), ApiError> {
+    if urls.len() > max {
+        return Err(ApiError::bad_request(
+            code,
+            format!(
+                "{field} may list at most {max} images; this one lists {}",
+                urls.len()
+            ),
+        ));
+    }
+    let (cap, what) = if for_wechat {
+        (
+            MAX_IMG_URL_BYTES,
+            "give the URL of an image uploaded with shop/img/upload, not the image itself",
+        )
+    } else {
+        (MAX_INLINE_IMG_BYTES, "give a smaller image, or its URL")
+    };
+    if let Some((i, u)) = urls.iter().enumerate().find(|(_, u)| u.len() > cap) {
+        return Err(ApiError::bad_request(
+            code,
+            format!(
+                "{field}[{i}] is {} bytes; an image may be at most {cap} bytes here ({what})",
+                u.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The merchant's version of a product, checked; `for_wechat`: the trading component is on,
 /// so it must also be a product WeChat takes ([`check_for_wechat`]).
 fn content_from_input(
@@ -1015,6 +1076,20 @@ fn content_from_input(
     if for_wechat {
         check_for_wechat(&title, &input.head_img, input.third_cat_id, brand_id)?;
     }
+    check_images(
+        "head_img",
+        "BAD_HEAD_IMG",
+        &input.head_img,
+        MAX_HEAD_IMGS,
+        for_wechat,
+    )?;
+    check_images(
+        "qualification_pics",
+        "BAD_QUALIFICATION_PICS",
+        &input.qualification_pics,
+        MAX_QUALIFICATION_PICS,
+        for_wechat,
+    )?;
     if input.qualification_pics.iter().any(|u| u.trim().is_empty()) {
         return Err(ApiError::bad_request(
             "BAD_QUALIFICATION_PICS",
@@ -2292,72 +2367,99 @@ pub async fn sweep_audits(
 pub const WAITING_RESUBMIT_MS: i64 = 86_400_000;
 /// At most this many waiting products are submitted again per schedule run.
 pub const WAITING_SWEEP_MAX: usize = 10;
-/// At most this many pages (of 100) of products not on sale are read per run to find them.
-const WAITING_SWEEP_PAGES: usize = 5;
+/// At most this many products not on sale are read per run to find them: a turn through
+/// them all takes a run per this many (at the 5-minute schedule, 28,800 products a day).
+pub const WAITING_SWEEP_READS: usize = 100;
+/// The turn's name: its place is kept as kv `rotation/waiting/unlisted`.
+const WAITING_TURN: &str = "waiting/unlisted";
 
 /// Products waiting for a category's qualification whose approval never reached us: applied
 /// for in WeChat's console (no audit of ours for the schedule to ask about) and its push lost
 /// or never sent, or a verdict's scan that missed the product (the module doc). The products
-/// not on sale (`DRAFT`, `APPROVED`, `REJECTED` indexes, at most [`WAITING_SWEEP_PAGES`] pages
-/// a run) waiting for a category, unchanged for [`WAITING_RESUBMIT_MS`], are submitted again
-/// (a [`Task::SubmitWaiting`] each, the least recently changed first, at most
-/// [`WAITING_SWEEP_MAX`] a run, each at most once a day: kv `waiting-resubmit/{product}`).
-/// WeChat's answer decides: refused again (1000005) it goes on waiting, its refusal a change
-/// that puts its next turn a day later. How many were queued.
+/// not on sale (`DRAFT`, `APPROVED`, `REJECTED` indexes) are read in turn
+/// ([`ListingTurn`](crate::store::rotation::ListingTurn), kv `rotation/waiting/unlisted`: each
+/// run goes on from where the last one stopped, and round to the start after the last
+/// index), at most [`WAITING_SWEEP_READS`] a run. Those waiting for a category, unchanged for
+/// [`WAITING_RESUBMIT_MS`], are submitted again (a [`Task::SubmitWaiting`] each, the least
+/// recently changed of a page first, at most [`WAITING_SWEEP_MAX`] a run, each at most once a
+/// day: kv `waiting-resubmit/{product}`); a page with more due than that is read again by
+/// the next run, so none is passed by. WeChat's answer decides: refused again (1000005) it
+/// goes on waiting, its refusal a change that puts its next turn a day later. How many were
+/// queued.
+///
+/// It used to read the first 500 products not on sale on every run: in a larger catalog a
+/// product waiting after them was never submitted again (it stayed DRAFT for good), and every
+/// run read 500 products for nothing.
 async fn sweep_waiting(app: &App, deadline: crate::time::Deadline) -> Result<usize, ApiError> {
+    let store = app.store.as_ref();
+    let mut turn = repo::product_turn(
+        store,
+        WAITING_TURN,
+        &[
+            repo::ProductIndex::Draft,
+            repo::ProductIndex::Approved,
+            repo::ProductIndex::Rejected,
+        ],
+    )
+    .await?;
+    let swept = sweep_waiting_turn(app, deadline, &mut turn).await;
+    turn.save(store, app.clock.now_secs()).await;
+    swept
+}
+
+/// [`sweep_waiting`]'s run through `turn`, which it leaves where the next run should start.
+async fn sweep_waiting_turn(
+    app: &App,
+    deadline: crate::time::Deadline,
+    turn: &mut crate::store::rotation::ListingTurn,
+) -> Result<usize, ApiError> {
     use crate::outbox::{OutboxEntry, Task};
     let store = app.store.as_ref();
     let now = app.clock.now_ms();
     let due_before = now - WAITING_RESUBMIT_MS;
-    let mut due = Vec::new();
-    let mut pages = 0;
-    'indexes: for index in [
-        repo::ProductIndex::Draft,
-        repo::ProductIndex::Approved,
-        repo::ProductIndex::Rejected,
-    ] {
-        let mut cursor = None;
-        loop {
-            if pages >= WAITING_SWEEP_PAGES || deadline.passed() {
-                break 'indexes;
-            }
-            pages += 1;
-            let (page, _, next) =
-                repo::list_products_readable(store, repo::ProductFilter::Index(index), 100, cursor)
-                    .await?;
-            for p in page {
-                let p = p.value;
-                if matches!(p.waiting_for, Some(WaitingFor::Category(_)))
-                    && p.draft_audit() == AuditStatus::Draft
-                    && p.updated_at_ms <= due_before
-                {
-                    due.push((p.updated_at_ms, p.product_id));
-                }
-            }
-            match next {
-                Some(n) => cursor = Some(n),
-                None => break,
-            }
-        }
-    }
-    due.sort();
-    let mut queued = 0;
-    for (_, id) in due {
-        if queued >= WAITING_SWEEP_MAX || deadline.passed() {
-            break;
-        }
-        let key = format!("waiting-resubmit/{id}");
-        let until = app.clock.now_secs() + WAITING_RESUBMIT_MS / 1000;
-        if !crate::store::kv::put_if(store, &key, "queued", until, None).await? {
-            continue; // queued within the day
-        }
-        let task = Task::SubmitWaiting {
-            product_id: id.clone(),
-            approval: None,
+    let (mut read, mut queued) = (0, 0);
+    while read < WAITING_SWEEP_READS && queued < WAITING_SWEEP_MAX && !deadline.passed() {
+        let Some(records) = turn.page(store, WAITING_SWEEP_READS - read).await? else {
+            break; // round the catalog: the next run starts over
         };
-        crate::outbox::enqueue(store, &OutboxEntry::new(task, now)).await?;
-        tracing::info!(product_id = %id, "waiting for its category's qualification for a day: submitted again (an approval may not have reached us)");
-        queued += 1;
+        read += records.len();
+        let mut due = Vec::new();
+        for rec in &records {
+            let Ok(p) = repo::versioned::<Product>(rec) else {
+                continue; // unreadable: the catalog's listing names it to the merchant
+            };
+            let p = p.value;
+            if matches!(p.waiting_for, Some(WaitingFor::Category(_)))
+                && p.draft_audit() == AuditStatus::Draft
+                && p.updated_at_ms <= due_before
+            {
+                due.push((p.updated_at_ms, p.product_id));
+            }
+        }
+        due.sort();
+        let mut handled = true;
+        for (_, id) in due {
+            if queued >= WAITING_SWEEP_MAX || deadline.passed() {
+                handled = false;
+                break;
+            }
+            let key = format!("waiting-resubmit/{id}");
+            let until = app.clock.now_secs() + WAITING_RESUBMIT_MS / 1000;
+            if !crate::store::kv::put_if(store, &key, "queued", until, None).await? {
+                continue; // queued within the day
+            }
+            let task = Task::SubmitWaiting {
+                product_id: id.clone(),
+                approval: None,
+            };
+            crate::outbox::enqueue(store, &OutboxEntry::new(task, now)).await?;
+            tracing::info!(product_id = %id, "waiting for its category's qualification for a day: submitted again (an approval may not have reached us)");
+            queued += 1;
+        }
+        if !handled {
+            break; // the rest of this page's due products: the next run reads it again
+        }
+        turn.advance();
     }
     Ok(queued)
 }

@@ -14,7 +14,7 @@
 //! - **Record layout is fixed here, once** (which index carries what), so the backends stay
 //!   generic and the layout is the same on SQLite and DynamoDB.
 
-use super::rotation::Rotation;
+use super::rotation::{ListingTurn, Rotation};
 use super::{Expect, Index, Kind, Query, Record, Store, StoreError, Write};
 use crate::domain::{
     AfterSale, AfterSaleId, AfterSaleStatus, AuditStatus, Fen, OpenId, Order, OrderStatus,
@@ -340,6 +340,19 @@ pub async fn get_product(
     product_id: &ProductId,
 ) -> Result<Option<Versioned<Product>>, StoreError> {
     get_typed(store, Kind::Product, product_id.as_str()).await
+}
+
+/// A turn (see [`ListingTurn`]) through the products indexed under each of `indexes` in
+/// turn, by product id, from where the last run named `name` stopped. Products all have
+/// sort 0 (listed by id), so a [`Rotation`] (whose place is a sort) would read them all
+/// from the start each run; a [`ListingTurn`] keeps the store's cursor instead.
+pub async fn product_turn(
+    store: &dyn Store,
+    name: &str,
+    indexes: &[ProductIndex],
+) -> Result<ListingTurn, StoreError> {
+    let statuses: Vec<&str> = indexes.iter().map(|i| i.as_str()).collect();
+    ListingTurn::resume(store, name, Kind::Product, &statuses).await
 }
 
 /// Which products [`list_products`] returns.

@@ -213,3 +213,175 @@ fn min_of(a: Option<i64>, b: Option<i64>) -> Option<i64> {
         (a, b) => a.or(b),
     }
 }
+
+/// Where a [`ListingTurn`] stands: the listing (a status, by name, so a reordering of the
+/// listings does not move it) and the store's cursor to read it on from (`None`: its start).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ListingPlace {
+    status: String,
+    cursor: Option<String>,
+}
+
+/// A sweep's turn through listings whose records tie on `sort` — products: every one has
+/// sort 0, so each status listing is in product-id order — where a [`Rotation`], whose place
+/// is a `sort`, would read every tie from the start of the listing on every run.
+///
+/// The place kept between runs is instead the store's own cursor, which on both backends is
+/// a position in the listing's order (the sort key and id of the last record returned), not a
+/// reference to a record: it stays good when that record has left the listing, as
+/// [`repo::reindex_products`](super::repo::reindex_products) relies on too. A cursor exists
+/// only at the end of a page, so the turn goes a page at a time: [`ListingTurn::page`] reads
+/// one from the place, [`ListingTurn::advance`] moves the place past it once the sweep has
+/// handled it, or the sweep stops without advancing and the next run reads it again. Each
+/// listing is read to its end, then the next; after the last listing the place goes back to
+/// the first one's start and the run stops, so a run reads nothing twice. A cursor the store
+/// refuses (written by another version) restarts its listing, logged. Runs at once: as
+/// [`Rotation::save`].
+#[derive(Debug)]
+pub struct ListingTurn {
+    key: String,
+    kind: Kind,
+    statuses: Vec<String>,
+    /// Which listing is read, and from where.
+    at: usize,
+    cursor: Option<String>,
+    /// The kept place as read, and its entry's version (the save's condition).
+    saved: Option<ListingPlace>,
+    saved_version: Option<u64>,
+    /// The cursor after the page last read (`None`: it was the listing's last).
+    after_page: Option<Option<String>>,
+    /// The run went past the end of the last listing.
+    wrapped: bool,
+}
+
+impl ListingTurn {
+    /// The turn named `name` through `kind` records in each of `statuses` in turn, from where
+    /// its last run stopped (kv `rotation/{name}`).
+    pub async fn resume(
+        store: &dyn Store,
+        name: &str,
+        kind: Kind,
+        statuses: &[&str],
+    ) -> Result<ListingTurn, StoreError> {
+        let key = format!("rotation/{name}");
+        let entry = kv::get(store, &key).await?;
+        let saved = entry
+            .as_ref()
+            .and_then(|e| serde_json::from_str::<ListingPlace>(&e.value).ok());
+        let statuses: Vec<String> = statuses.iter().map(|s| (*s).to_owned()).collect();
+        let (at, cursor) = saved
+            .as_ref()
+            .and_then(|p| {
+                let at = statuses.iter().position(|s| *s == p.status)?;
+                Some((at, p.cursor.clone()))
+            })
+            .unwrap_or((0, None));
+        Ok(ListingTurn {
+            key,
+            kind,
+            statuses,
+            at,
+            cursor,
+            saved,
+            saved_version: entry.map(|e| e.version),
+            after_page: None,
+            wrapped: false,
+        })
+    }
+
+    /// The next page of at most `limit` records from the place, or `None` once the run has
+    /// gone past the end of the last listing. Empty listings are passed by. The place moves
+    /// past the page only with [`ListingTurn::advance`].
+    pub async fn page(
+        &mut self,
+        store: &dyn Store,
+        limit: usize,
+    ) -> Result<Option<Vec<Record>>, StoreError> {
+        loop {
+            if self.wrapped || self.statuses.is_empty() {
+                return Ok(None);
+            }
+            let Some(status) = self.statuses.get(self.at) else {
+                self.at = 0;
+                self.cursor = None;
+                continue;
+            };
+            let mut q = Query::new(self.kind, Index::Status(status.clone()));
+            q.limit = limit.clamp(1, PAGE);
+            q.cursor = self.cursor.clone();
+            let page = match store.query(q).await {
+                Ok(p) => p,
+                Err(StoreError::BadCursor) if self.cursor.is_some() => {
+                    tracing::warn!(rotation = %self.key, status = %status, "a sweep's kept place is not a cursor of its listing; the listing is read from its start");
+                    self.cursor = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.after_page = Some(page.next.clone());
+            if page.records.is_empty() {
+                // Nothing to handle: past it at once.
+                self.advance();
+                continue;
+            }
+            return Ok(Some(page.records));
+        }
+    }
+
+    /// Moves the place past the page last read: on in its listing, or to the next listing's
+    /// start (after the last listing, the first one's, and the run stops there).
+    pub fn advance(&mut self) {
+        match self.after_page.take() {
+            Some(Some(next)) => self.cursor = Some(next),
+            Some(None) => {
+                self.cursor = None;
+                self.at += 1;
+                if self.at >= self.statuses.len() {
+                    self.at = 0;
+                    self.wrapped = true;
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Keeps where this run stopped, for the next. A failure is logged: the next run then
+    /// starts where this one did, which repeats work but skips none.
+    pub async fn save(&self, store: &dyn Store, now_secs: i64) {
+        let Some(status) = self.statuses.get(self.at) else {
+            return;
+        };
+        let place = ListingPlace {
+            status: status.clone(),
+            cursor: self.cursor.clone(),
+        };
+        let unchanged = match &self.saved {
+            Some(saved) => *saved == place,
+            None => place.cursor.is_none() && self.at == 0,
+        };
+        if unchanged {
+            return;
+        }
+        let value = match serde_json::to_string(&place) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(rotation = %self.key, error = %e, "could not encode a sweep's place");
+                return;
+            }
+        };
+        match kv::put_if(
+            store,
+            &self.key,
+            &value,
+            now_secs + PLACE_TTL_SECS,
+            self.saved_version,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(rotation = %self.key, error = %e, "could not keep a sweep's place; the next run starts where this one did");
+            }
+        }
+    }
+}
