@@ -435,3 +435,55 @@ async fn a_settlement_by_hand_clicked_twice_answers_the_aftersale_refunded() {
     );
     assert_eq!(c.status(&token, &no).await["refunded_fee"], json!(TEA));
 }
+
+/// GIVEN a paid tea (1,990) the user asked 1,000 back of, then 500 refunded by hand in the
+/// merchant platform since (not this after-sale's money)
+/// WHEN one merchant approves it confirming no refund by hand paid it
+/// (`confirm_not_refunded_by_hand`), and another approves it without — the latter having read
+/// the after-sale (REQUESTED) before the first approval and its refund were made, the order and
+/// refunds by hand after
+/// THEN both answers are 200, the latter naming the after-sale REFUNDED; WeChat Pay was asked
+/// for one refund and `refunded_fee` is 1,500.
+///
+/// It used to answer the latter 409 `REFUNDED_BY_HAND` — "approving would pay the user
+/// again; if that refund was this after-sale's, record it with mark_refunded" — of an
+/// after-sale already paid through WeChat Pay: a merchant following it would record the
+/// refund by hand against it as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approval_racing_a_confirmed_one_answers_the_refund_made() {
+    let r = pay_stack().await;
+    let c = InProcess::new(&r);
+    let (token, no, _) = paid(&c, "twin-confirm").await;
+    let (s, a) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "one dented",
+                    "amount": 1000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{a}");
+    let id = id_of(&a);
+    refunded_by_hand(&r, &c, &no, 500).await;
+    let confirmed =
+        json!({"action": "approve", "aftersale_id": id, "confirm_not_refunded_by_hand": true});
+    let plain = json!({"action": "approve", "aftersale_id": id});
+    let admin = c.admin_token.clone();
+    let ((sa, va), (sb, vb)) = b_held_while_a_commits(
+        &r,
+        || async {
+            let answer = c.admin("/admin/aftersaleSync", &confirmed).await;
+            eventually("the refund paid", WAIT, || async {
+                c.my_aftersale(&token, &no, &id).await["status"] == "REFUNDED"
+            })
+            .await;
+            answer
+        },
+        move |app| async move { call(app, "/admin/aftersaleSync", &admin, plain).await },
+    )
+    .await;
+    assert_eq!((sa, sb), (200, 200), "A: {va}\nB: {vb}");
+    assert_eq!(vb["aftersale"]["status"], "REFUNDED", "{vb}");
+    assert_eq!(refunds_asked(&r, &no).len(), 1, "WeChat Pay asked once");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], json!(1500));
+}
