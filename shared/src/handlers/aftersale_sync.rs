@@ -1553,7 +1553,7 @@ async fn settle_by_refund_made_by_hand(
                     "NOT_A_REFUND_BY_HAND",
                     format!(
                         "refund {no} is not a completed refund made by hand in the merchant \
-                     platform; only those settle an after-sale this way"
+                         platform; only those settle an after-sale this way"
                     ),
                 );
             }
@@ -1576,12 +1576,12 @@ async fn settle_by_refund_made_by_hand(
                 return refused(
                     "REFUND_LARGER_THAN_AFTERSALE",
                     format!(
-                    "refund {no} paid {} fen, more than the {} fen after-sale {id} asks for: it \
-                     was not (only) this after-sale's money; reject the after-sale if it is \
-                     paid",
-                    refund.value.amount.get(),
-                    current.value.amount.get()
-                ),
+                        "refund {no} paid {} fen, more than the {} fen after-sale {id} asks \
+                         for: it was not (only) this after-sale's money; reject the after-sale \
+                         if it is paid",
+                        refund.value.amount.get(),
+                        current.value.amount.get()
+                    ),
                 );
             }
             let now = app.clock.now_ms();
