@@ -23,11 +23,12 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The tea's price.
 const TEA: i64 = 1990;
 
-/// A store that holds the first read of the order made after a read of an after-sale (the
-/// idempotency key's, or the after-sale acted on) until `release`, telling `reached` when it
-/// got there: the request is stopped between its two reads.
+/// A store that holds the first read of the order (or of `holds`: the refund record) made
+/// after a read of an after-sale (the idempotency key's, or the after-sale acted on) until
+/// `release`, telling `reached` when it got there: the request is stopped between its reads.
 struct HoldsTheOrder {
     inner: wxshop::store::DynStore,
+    holds: Kind,
     aftersale_read: AtomicBool,
     held: AtomicBool,
     reached: Notify,
@@ -35,9 +36,10 @@ struct HoldsTheOrder {
 }
 
 impl HoldsTheOrder {
-    fn new(inner: wxshop::store::DynStore) -> Arc<Self> {
+    fn new(inner: wxshop::store::DynStore, holds: Kind) -> Arc<Self> {
         Arc::new(HoldsTheOrder {
             inner,
+            holds,
             aftersale_read: AtomicBool::new(false),
             held: AtomicBool::new(false),
             reached: Notify::new(),
@@ -52,7 +54,7 @@ impl Store for HoldsTheOrder {
         if kind == Kind::AfterSale {
             self.aftersale_read.store(true, Ordering::SeqCst);
         }
-        if kind == Kind::Order
+        if kind == self.holds
             && self.aftersale_read.load(Ordering::SeqCst)
             && !self.held.swap(true, Ordering::SeqCst)
         {
@@ -125,7 +127,22 @@ where
     FA: std::future::Future<Output = (u16, Value)>,
     FB: std::future::Future<Output = (u16, Value)> + Send + 'static,
 {
-    let gate = HoldsTheOrder::new(r.app.store.clone());
+    b_held_at_while_a_commits(Kind::Order, r, a, b).await
+}
+
+/// As [`b_held_while_a_commits`], B held at its first read of a `holds` record after its read
+/// of the after-sale.
+async fn b_held_at_while_a_commits<FA, FB>(
+    holds: Kind,
+    r: &Running,
+    a: impl FnOnce() -> FA,
+    b: impl FnOnce(wxshop::app::App) -> FB,
+) -> ((u16, Value), (u16, Value))
+where
+    FA: std::future::Future<Output = (u16, Value)>,
+    FB: std::future::Future<Output = (u16, Value)> + Send + 'static,
+{
+    let gate = HoldsTheOrder::new(r.app.store.clone(), holds);
     let mut app = r.app.clone();
     app.store = gate.clone();
     let reached = gate.reached.notified();
@@ -308,4 +325,165 @@ async fn mark_refunded_after_a_late_success_says_refunded() {
     );
     assert_eq!(c.my_aftersale(&token, &no, &id).await["status"], "REFUNDED");
     assert_eq!(c.status(&token, &no).await["refunded_fee"], json!(TEA));
+}
+
+/// `user`'s paid tea, applied for in full (REQUESTED): (token, out_trade_no, after-sale id).
+async fn applied(c: &InProcess<'_>, user: &str) -> (String, String, String) {
+    let (token, no, _) = paid(c, user).await;
+    let (s, a) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "not wanted"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{a}");
+    let id = id_of(&a);
+    (token, no, id)
+}
+
+/// GIVEN a paid tea (1,990) the user asked back in full
+/// WHEN the merchant approves it twice (a double click), the second click having read the
+/// after-sale (REQUESTED) before the first was approved and WeChat Pay paid its refund, and
+/// the order (REFUNDED) after
+/// THEN both answers are 200, the second naming the after-sale REFUNDED; WeChat Pay was asked
+/// for one refund and `refunded_fee` is 1,990.
+///
+/// It used to answer the second click 409 `NOT_REFUNDABLE` ("nothing left to refund") of a
+/// refund that went fine, decided on the after-sale as first read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approval_clicked_twice_answers_the_refund_it_made() {
+    let r = pay_stack().await;
+    let c = InProcess::new(&r);
+    let (token, no, id) = applied(&c, "twin-approve").await;
+    let body = json!({"action": "approve", "aftersale_id": id});
+    let admin = c.admin_token.clone();
+    let ((sa, va), (sb, vb)) = b_held_while_a_commits(
+        &r,
+        || async {
+            let answer = c.admin("/admin/aftersaleSync", &body).await;
+            eventually("the refund paid", WAIT, || async {
+                c.my_aftersale(&token, &no, &id).await["status"] == "REFUNDED"
+            })
+            .await;
+            answer
+        },
+        {
+            let body = body.clone();
+            move |app| async move { call(app, "/admin/aftersaleSync", &admin, body).await }
+        },
+    )
+    .await;
+    assert_eq!((sa, sb), (200, 200), "A: {va}\nB: {vb}");
+    assert_eq!(vb["aftersale"]["status"], "REFUNDED", "{vb}");
+    assert_eq!(refunds_asked(&r, &no).len(), 1, "WeChat Pay asked once");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], json!(TEA));
+}
+
+/// A refund of `fee` made by hand in the WeChat Pay merchant platform (sandbox
+/// `/_control/merchant_refund`), recorded here once its notification came: `out_refund_no`.
+async fn refunded_by_hand(r: &Running, c: &InProcess<'_>, no: &str, fee: i64) -> String {
+    let v = c
+        .control(
+            "merchant_refund",
+            &json!({"out_trade_no": no, "refund_fee": fee}),
+        )
+        .await;
+    let by_hand = v["out_refund_no"].as_str().unwrap().to_owned();
+    eventually("the refund made by hand recorded", WAIT, || async {
+        r.sandbox.refund_notifications_delivered(&by_hand) == 1
+    })
+    .await;
+    by_hand
+}
+
+/// GIVEN a paid tea the user asked back in full, then refunded in full by hand in the merchant
+/// platform (recorded: `refunded_fee` 1,990)
+/// WHEN the merchant records that refund as the after-sale's twice (`mark_refunded` with its
+/// `out_refund_no`, a double click), the second having read the after-sale (REQUESTED) before
+/// the first settled it and the refund after
+/// THEN both answers are 200 and name the after-sale REFUNDED; WeChat Pay is asked nothing and
+/// `refunded_fee` stays 1,990.
+///
+/// It used to answer the second 200 with the after-sale as first read: REQUESTED, as if the
+/// refund made by hand had not been recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settlement_by_hand_clicked_twice_answers_the_aftersale_refunded() {
+    let r = pay_stack().await;
+    let c = InProcess::new(&r);
+    let (token, no, id) = applied(&c, "twin-settle").await;
+    let by_hand = refunded_by_hand(&r, &c, &no, TEA).await;
+    let body = json!({"action": "mark_refunded", "aftersale_id": id, "out_refund_no": by_hand});
+    let admin = c.admin_token.clone();
+    let ((sa, va), (sb, vb)) = b_held_at_while_a_commits(
+        Kind::Refund,
+        &r,
+        || c.admin("/admin/aftersaleSync", &body),
+        {
+            let body = body.clone();
+            move |app| async move { call(app, "/admin/aftersaleSync", &admin, body).await }
+        },
+    )
+    .await;
+    assert_eq!((sa, sb), (200, 200), "A: {va}\nB: {vb}");
+    assert_eq!(va["aftersale"]["status"], "REFUNDED", "{va}");
+    assert_eq!(vb["aftersale"]["status"], "REFUNDED", "{vb}");
+    assert_eq!(c.my_aftersale(&token, &no, &id).await["status"], "REFUNDED");
+    assert!(
+        refunds_asked(&r, &no).is_empty(),
+        "WeChat Pay asked nothing"
+    );
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], json!(TEA));
+}
+
+/// GIVEN a paid tea (1,990) the user asked 1,000 back of, then 500 refunded by hand in the
+/// merchant platform since (not this after-sale's money)
+/// WHEN one merchant approves it confirming no refund by hand paid it
+/// (`confirm_not_refunded_by_hand`), and another approves it without — the latter having read
+/// the after-sale (REQUESTED) before the first approval and its refund were made, the order and
+/// refunds by hand after
+/// THEN both answers are 200, the latter naming the after-sale REFUNDED; WeChat Pay was asked
+/// for one refund and `refunded_fee` is 1,500.
+///
+/// It used to answer the latter 409 `REFUNDED_BY_HAND` — "approving would pay the user
+/// again; if that refund was this after-sale's, record it with mark_refunded" — of an
+/// after-sale already paid through WeChat Pay: a merchant following it would record the
+/// refund by hand against it as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approval_racing_a_confirmed_one_answers_the_refund_made() {
+    let r = pay_stack().await;
+    let c = InProcess::new(&r);
+    let (token, no, _) = paid(&c, "twin-confirm").await;
+    let (s, a) = c
+        .post(
+            "/fn/aftersaleSync",
+            Some(&token),
+            &json!({"action": "apply", "out_trade_no": no, "reason": "one dented",
+                    "amount": 1000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{a}");
+    let id = id_of(&a);
+    refunded_by_hand(&r, &c, &no, 500).await;
+    let confirmed =
+        json!({"action": "approve", "aftersale_id": id, "confirm_not_refunded_by_hand": true});
+    let plain = json!({"action": "approve", "aftersale_id": id});
+    let admin = c.admin_token.clone();
+    let ((sa, va), (sb, vb)) = b_held_while_a_commits(
+        &r,
+        || async {
+            let answer = c.admin("/admin/aftersaleSync", &confirmed).await;
+            eventually("the refund paid", WAIT, || async {
+                c.my_aftersale(&token, &no, &id).await["status"] == "REFUNDED"
+            })
+            .await;
+            answer
+        },
+        move |app| async move { call(app, "/admin/aftersaleSync", &admin, plain).await },
+    )
+    .await;
+    assert_eq!((sa, sb), (200, 200), "A: {va}\nB: {vb}");
+    assert_eq!(vb["aftersale"]["status"], "REFUNDED", "{vb}");
+    assert_eq!(refunds_asked(&r, &no).len(), 1, "WeChat Pay asked once");
+    assert_eq!(c.status(&token, &no).await["refunded_fee"], json!(1500));
 }

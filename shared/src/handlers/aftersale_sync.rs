@@ -1110,7 +1110,7 @@ async fn approve(
 ) -> Result<AfterSale, ApiError> {
     let id = &current.value.id.clone();
     let mut first = Some(current);
-    let approved = with_retries(app, || {
+    let approved = with_retries::<Result<AfterSale, ApiError>, ApiError, _, _>(app, || {
         let known = first.take();
         async move {
             let current = match known {
@@ -1124,76 +1124,97 @@ async fn approve(
             let mut order = repo::get_order(app.store.as_ref(), &current.value.out_trade_no)
                 .await?
                 .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
-            let fund_type = order.value.fund_type;
-            let now = app.clock.now_ms();
-            let mut next = current.value.clone();
-            if next
-                .approve(fund_type, now)
-                .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?
-                == Change::Unchanged
-            {
-                return Ok(Attempt::Done(next));
-            }
-            // Refunds a person made in the merchant platform: one since this application may
-            // have been this after-sale's money — approving would pay it twice. A person says
-            // which.
-            let by_hand = if order.value.refunded > Fen::ZERO {
-                unlinked_refunds_by_hand(app, &order.value).await?
-            } else {
-                Vec::new()
-            };
-            let since: Vec<&RefundRecord> = by_hand
-                .iter()
-                .filter(|r| r.created_at_ms >= current.value.created_at_ms)
-                .collect();
-            if !since.is_empty() && !confirm_not_refunded_by_hand {
-                return Err(refunded_by_hand_error(id, &since));
-            }
-            // Held on the order since the application; one recorded without a hold takes it
-            // now. Either way it must fit in what is left beside the other open after-sales'
-            // holds, which a refund made by hand may have left holding more than that.
-            let amount = next.amount;
-            let fits = |o: &crate::domain::Order| {
-                o.check_fits(id, amount)
-                    .map_err(|e| not_fitting_error(o, id, amount, &by_hand, e))
-            };
-            fits(&order.value)?;
-            // Nothing here refuses it: only now is WeChat asked, if it must be. The id it
-            // answers is stored on the order (a version-checked write): read it again.
-            if fund_type == FundType::SecondaryMerchant && order.value.wx_order_id.is_none() {
-                secondary_at_wechat(app, &order.value).await?;
-                order = repo::get_order(app.store.as_ref(), &current.value.out_trade_no)
-                    .await?
-                    .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+            // The refunds made by hand read, as read: a refusal stands on them too.
+            let mut by_hand_read: Vec<repo::Versioned<RefundRecord>> = Vec::new();
+            // A refusal stands only on the after-sale, order and refunds made by hand as read:
+            // the after-sale, read first, may have moved on before the order was read — a
+            // twin approval (a double click) whose refund WeChat Pay paid meanwhile, another
+            // merchant's approval confirming no refund by hand paid it, a cancel — and the
+            // order read after it would refuse an approval that was made (NOT_REFUNDABLE of a
+            // refund that went fine; REFUNDED_BY_HAND of an approved one, inviting a
+            // settlement by hand that pays twice). Decided again, it answers the after-sale
+            // as it stands.
+            let decided: Result<Attempt<AfterSale>, ApiError> = async {
+                let fund_type = order.value.fund_type;
+                let now = app.clock.now_ms();
+                let mut next = current.value.clone();
+                if next
+                    .approve(fund_type, now)
+                    .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?
+                    == Change::Unchanged
+                {
+                    return Ok(Attempt::Done(next));
+                }
+                // Refunds a person made in the merchant platform: one since this application
+                // may have been this after-sale's money — approving would pay it twice. A
+                // person says which.
+                if order.value.refunded > Fen::ZERO {
+                    by_hand_read = unlinked_refunds_by_hand(app, &order.value).await?;
+                }
+                let by_hand: Vec<RefundRecord> =
+                    by_hand_read.iter().map(|r| r.value.clone()).collect();
+                let since: Vec<&RefundRecord> = by_hand
+                    .iter()
+                    .filter(|r| r.created_at_ms >= current.value.created_at_ms)
+                    .collect();
+                if !since.is_empty() && !confirm_not_refunded_by_hand {
+                    return Err(refunded_by_hand_error(id, &since));
+                }
+                // Held on the order since the application; one recorded without a hold takes
+                // it now. Either way it must fit in what is left beside the other open
+                // after-sales' holds, which a refund made by hand may have left holding more
+                // than that.
+                let amount = next.amount;
+                let fits = |o: &crate::domain::Order| {
+                    o.check_fits(id, amount)
+                        .map_err(|e| not_fitting_error(o, id, amount, &by_hand, e))
+                };
                 fits(&order.value)?;
+                // Nothing here refuses it: only now is WeChat asked, if it must be. The id it
+                // answers is stored on the order (a version-checked write): read it again.
+                if fund_type == FundType::SecondaryMerchant && order.value.wx_order_id.is_none() {
+                    secondary_at_wechat(app, &order.value).await?;
+                    order = repo::get_order(app.store.as_ref(), &current.value.out_trade_no)
+                        .await?
+                        .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+                    fits(&order.value)?;
+                }
+                let mut next_order = order.value.clone();
+                let held = next_order
+                    .claim_refund(id, next.amount, now)
+                    .map_err(|e| not_fitting_error(&order.value, id, next.amount, &by_hand, e))?;
+                let mut batch = Batch::new();
+                if fund_type == FundType::Direct {
+                    queue_wechat_pay_refund(app, id, &mut next, &mut batch, now).await?;
+                }
+                // After the refund number is settled (a renumbering changes the after-sale).
+                batch.update_aftersale(&current, &next);
+                if held == Change::Changed {
+                    batch.update_order(&order, &next_order);
+                } else {
+                    batch.check_order(&order);
+                }
+                if order.value.at_wechat().component_order {
+                    batch.enqueue(OutboxEntry::new(
+                        Task::AfterSaleSync {
+                            aftersale_id: id.clone(),
+                        },
+                        now,
+                    ));
+                }
+                Ok(Attempt::Commit(batch, next))
             }
-            let mut next_order = order.value.clone();
-            let held = next_order
-                .claim_refund(id, next.amount, now)
-                .map_err(|e| not_fitting_error(&order.value, id, next.amount, &by_hand, e))?;
-            let mut batch = Batch::new();
-            if fund_type == FundType::Direct {
-                queue_wechat_pay_refund(app, id, &mut next, &mut batch, now).await?;
-            }
-            // After the refund number is settled (a renumbering changes the after-sale).
-            batch.update_aftersale(&current, &next);
-            if held == Change::Changed {
-                batch.update_order(&order, &next_order);
-            } else {
+            .await;
+            refusal_on_reads(decided, |batch| {
+                batch.check_aftersale(&current);
                 batch.check_order(&order);
-            }
-            if order.value.at_wechat().component_order {
-                batch.enqueue(OutboxEntry::new(
-                    Task::AfterSaleSync {
-                        aftersale_id: id.clone(),
-                    },
-                    now,
-                ));
-            }
-            Ok(Attempt::Commit(batch, next))
+                for r in &by_hand_read {
+                    batch.check_refund(r);
+                }
+            })
         }
     })
-    .await?;
+    .await??;
     tracing::info!(aftersale_id = %id, status = approved.status.as_str(), "after-sale approved; refund queued");
     Ok(approved)
 }
@@ -1376,23 +1397,25 @@ async fn mark_refunded(app: &App, id: &AfterSaleId) -> Result<AfterSale, ApiErro
 async fn unlinked_refunds_by_hand(
     app: &App,
     order: &crate::domain::Order,
-) -> Result<Vec<RefundRecord>, ApiError> {
+) -> Result<Vec<repo::Versioned<RefundRecord>>, ApiError> {
     let store = app.store.as_ref();
-    let mut all: Vec<RefundRecord> = Vec::with_capacity(order.refunds_by_hand.len());
+    let mut all: Vec<repo::Versioned<RefundRecord>> =
+        Vec::with_capacity(order.refunds_by_hand.len());
     for no in &order.refunds_by_hand {
         if let Some(r) = repo::get_refund(store, no).await? {
-            all.push(r.value);
+            all.push(r);
         }
     }
     for r in repo::refunds_of_order(store, &order.out_trade_no).await? {
         if !order.refunds_by_hand.contains(&r.value.out_refund_no) {
-            all.push(r.value);
+            all.push(r);
         }
     }
-    all.sort_by_key(|r| r.created_at_ms);
+    all.sort_by_key(|r| r.value.created_at_ms);
     Ok(all
         .into_iter()
         .filter(|r| {
+            let r = &r.value;
             r.origin == RefundOrigin::ByHand
                 && r.status == RefundStatus::Success
                 && r.aftersale_id.is_none()
@@ -1495,7 +1518,7 @@ async fn settle_by_refund_made_by_hand(
     no: &crate::domain::OutRefundNo,
 ) -> Result<AfterSale, ApiError> {
     let refused = |code: &'static str, msg: String| Err(ApiError::conflict(code, msg));
-    let done = with_retries::<_, ApiError, _, _>(app, || async {
+    let done = with_retries::<Result<AfterSale, ApiError>, ApiError, _, _>(app, || async {
         let current = repo::get_aftersale(app.store.as_ref(), id)
             .await?
             .ok_or_else(|| {
@@ -1513,88 +1536,102 @@ async fn settle_by_refund_made_by_hand(
                 )
             })?;
         if refund.value.aftersale_id.as_ref() == Some(id) {
-            return Ok(Attempt::Done(current.value)); // a repeat
+            // A repeat: the after-sale as it stands. A twin of this call may have settled it
+            // between the two reads — the after-sale read first is then the one before
+            // (REQUESTED, not REFUNDED): answered only if it is still as read, else read again.
+            let mut still = Batch::new();
+            still.check_aftersale(&current);
+            return Ok(Attempt::Commit(still, Ok(current.value)));
         }
-        if refund.value.origin != RefundOrigin::ByHand
-            || refund.value.status != RefundStatus::Success
-        {
-            return refused(
-                "NOT_A_REFUND_BY_HAND",
-                format!(
-                    "refund {no} is not a completed refund made by hand in the merchant \
-                     platform; only those settle an after-sale this way"
-                ),
-            );
-        }
-        if refund.value.out_trade_no != current.value.out_trade_no {
-            return refused(
-                "REFUND_OF_ANOTHER_ORDER",
-                format!(
-                    "refund {no} is of order {}, after-sale {id} of order {}",
-                    refund.value.out_trade_no, current.value.out_trade_no
-                ),
-            );
-        }
-        if let Some(other) = &refund.value.aftersale_id {
-            return refused(
-                "REFUND_ALREADY_SETTLES_ANOTHER",
-                format!("refund {no} already settled after-sale {other}"),
-            );
-        }
-        if refund.value.amount > current.value.amount {
-            return refused(
-                "REFUND_LARGER_THAN_AFTERSALE",
-                format!(
-                    "refund {no} paid {} fen, more than the {} fen after-sale {id} asks for: it \
-                     was not (only) this after-sale's money; reject the after-sale if it is \
-                     paid",
-                    refund.value.amount.get(),
-                    current.value.amount.get()
-                ),
-            );
-        }
-        let now = app.clock.now_ms();
-        let mut next = current.value.clone();
-        next.settled_by_refund_made_by_hand(
-            refund.value.amount,
-            refund.value.refund_id.clone(),
-            now,
-        )
-        .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?;
-        let order = repo::get_order(app.store.as_ref(), &next.out_trade_no)
-            .await?
-            .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
-        let mut next_order = order.value.clone();
-        let mut batch = Batch::new();
-        if next_order.release_claim(id, now) == Change::Changed {
-            batch.update_order(&order, &next_order);
-        } else {
-            batch.check_order(&order);
-        }
-        let mut nr = refund.value.clone();
-        nr.aftersale_id = Some(id.clone());
-        nr.updated_at_ms = now;
-        batch.update_refund(&refund, &nr);
-        batch.update_aftersale(&current, &next);
-        if let Some(e) = super::stock_back::due(&order.value, &next, now) {
-            batch.enqueue(e);
-        }
-        // WeChat's after-sale is told it was refunded (`acceptrefund`: an order whose money
-        // we hold, so WeChat moves none) — except a return whose return was never accepted,
-        // which WeChat's return steps cannot take without an address: reconciled there by
-        // hand, as the `refund_by_hand` event says.
-        let mirrored = next.kind == AfterSaleKind::RefundOnly || next.goods_return.is_some();
-        if order.value.at_wechat().component_order && mirrored {
-            batch.enqueue(OutboxEntry::new(
-                Task::AfterSaleSync {
-                    aftersale_id: id.clone(),
-                },
+        // Its refusals stand only on the after-sale and the refund as read (as
+        // [`refusal_on_reads`] says): the after-sale, read first, may have moved on since.
+        let decided: Result<Attempt<AfterSale>, ApiError> = async {
+            if refund.value.origin != RefundOrigin::ByHand
+                || refund.value.status != RefundStatus::Success
+            {
+                return refused(
+                    "NOT_A_REFUND_BY_HAND",
+                    format!(
+                        "refund {no} is not a completed refund made by hand in the merchant \
+                         platform; only those settle an after-sale this way"
+                    ),
+                );
+            }
+            if refund.value.out_trade_no != current.value.out_trade_no {
+                return refused(
+                    "REFUND_OF_ANOTHER_ORDER",
+                    format!(
+                        "refund {no} is of order {}, after-sale {id} of order {}",
+                        refund.value.out_trade_no, current.value.out_trade_no
+                    ),
+                );
+            }
+            if let Some(other) = &refund.value.aftersale_id {
+                return refused(
+                    "REFUND_ALREADY_SETTLES_ANOTHER",
+                    format!("refund {no} already settled after-sale {other}"),
+                );
+            }
+            if refund.value.amount > current.value.amount {
+                return refused(
+                    "REFUND_LARGER_THAN_AFTERSALE",
+                    format!(
+                        "refund {no} paid {} fen, more than the {} fen after-sale {id} asks \
+                         for: it was not (only) this after-sale's money; reject the after-sale \
+                         if it is paid",
+                        refund.value.amount.get(),
+                        current.value.amount.get()
+                    ),
+                );
+            }
+            let now = app.clock.now_ms();
+            let mut next = current.value.clone();
+            next.settled_by_refund_made_by_hand(
+                refund.value.amount,
+                refund.value.refund_id.clone(),
                 now,
-            ));
+            )
+            .map_err(|e| ApiError::conflict("AFTERSALE_STATE", e.to_string()))?;
+            let order = repo::get_order(app.store.as_ref(), &next.out_trade_no)
+                .await?
+                .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "order vanished"))?;
+            let mut next_order = order.value.clone();
+            let mut batch = Batch::new();
+            if next_order.release_claim(id, now) == Change::Changed {
+                batch.update_order(&order, &next_order);
+            } else {
+                batch.check_order(&order);
+            }
+            let mut nr = refund.value.clone();
+            nr.aftersale_id = Some(id.clone());
+            nr.updated_at_ms = now;
+            batch.update_refund(&refund, &nr);
+            batch.update_aftersale(&current, &next);
+            if let Some(e) = super::stock_back::due(&order.value, &next, now) {
+                batch.enqueue(e);
+            }
+            // WeChat's after-sale is told it was refunded (`acceptrefund`: an order whose money
+            // we hold, so WeChat moves none) — except a return whose return was never accepted,
+            // which WeChat's return steps cannot take without an address: reconciled there by
+            // hand, as the `refund_by_hand` event says.
+            let mirrored = next.kind == AfterSaleKind::RefundOnly || next.goods_return.is_some();
+            if order.value.at_wechat().component_order && mirrored {
+                batch.enqueue(OutboxEntry::new(
+                    Task::AfterSaleSync {
+                        aftersale_id: id.clone(),
+                    },
+                    now,
+                ));
+            }
+            Ok(Attempt::Commit(batch, next))
         }
-        Ok(Attempt::Commit(batch, next))
+        .await;
+        refusal_on_reads(decided, |batch| {
+            batch.check_aftersale(&current);
+            batch.check_refund(&refund);
+        })
     })
-    .await?;
+    .await??;
     tracing::info!(aftersale_id = %id, out_refund_no = %no, amount = done.amount.get(), "after-sale settled by a refund made by hand; nothing paid again");
     Ok(done)
 }
