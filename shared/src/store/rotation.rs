@@ -174,29 +174,7 @@ impl Rotation {
         if self.place.as_ref() == Some(last) {
             return;
         }
-        let value = match serde_json::to_string(last) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(rotation = %self.key, error = %e, "could not encode a sweep's place");
-                return;
-            }
-        };
-        match kv::put_if(
-            store,
-            &self.key,
-            &value,
-            now_secs + PLACE_TTL_SECS,
-            self.place_version,
-        )
-        .await
-        {
-            Ok(true) => {}
-            // Another run saved its place meanwhile: either place will do.
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(rotation = %self.key, error = %e, "could not keep a sweep's place; the next run starts where this one did");
-            }
-        }
+        save_place(store, &self.key, last, now_secs, self.place_version).await;
     }
 }
 
@@ -362,26 +340,29 @@ impl ListingTurn {
         if unchanged {
             return;
         }
-        let value = match serde_json::to_string(&place) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(rotation = %self.key, error = %e, "could not encode a sweep's place");
-                return;
-            }
-        };
-        match kv::put_if(
-            store,
-            &self.key,
-            &value,
-            now_secs + PLACE_TTL_SECS,
-            self.saved_version,
-        )
-        .await
-        {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(rotation = %self.key, error = %e, "could not keep a sweep's place; the next run starts where this one did");
-            }
+        save_place(store, &self.key, &place, now_secs, self.saved_version).await;
+    }
+}
+
+/// Keeps a sweep's `place` under kv `key` for [`PLACE_TTL_SECS`], over the entry's `version`
+/// as read (`None`: there was none). Another run having saved its place meanwhile (the
+/// condition fails) is fine: either place will do. A failure is logged: the next run then
+/// starts where this one did, which repeats work but skips none.
+async fn save_place(
+    store: &dyn Store,
+    key: &str,
+    place: &impl serde::Serialize,
+    now_secs: i64,
+    version: Option<u64>,
+) {
+    let value = match serde_json::to_string(place) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(rotation = %key, error = %e, "could not encode a sweep's place");
+            return;
         }
+    };
+    if let Err(e) = kv::put_if(store, key, &value, now_secs + PLACE_TTL_SECS, version).await {
+        tracing::warn!(rotation = %key, error = %e, "could not keep a sweep's place; the next run starts where this one did");
     }
 }
