@@ -1,84 +1,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 //! After-sale verdicts made on stale reads, driven deterministically: request B runs on a copy
-//! of the app whose store holds B's read of the order (`HoldsTheOrder`) until request A — the
+//! of the app whose store holds B's read of the order (`support::HoldsOnce`) until request A — the
 //! same key's twin, or WeChat Pay's refund notification — has committed. What the merchant or
 //! user sees: B's answer names what A made (as a repeated key does) rather than "not
 //! refundable" of its own refund, WeChat Pay asked once, `refunded_fee` counted once.
 
-use bytes::Bytes;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use wxlocal::gateway::Running;
-use wxshop::store::{Kind, Page, Query, Record, Store, StoreError, Write};
+use wxshop::store::Kind;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, refunds_asked, stack_with, InProcess};
+use support::{eventually, refunds_asked, spawn_post, stack_with, HoldsOnce, InProcess, StoreCall};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
 /// The tea's price.
 const TEA: i64 = 1990;
-
-/// A store that holds the first read of the order (or of `holds`: the refund record) made
-/// after a read of an after-sale (the idempotency key's, or the after-sale acted on) until
-/// `release`, telling `reached` when it got there: the request is stopped between its reads.
-struct HoldsTheOrder {
-    inner: wxshop::store::DynStore,
-    holds: Kind,
-    aftersale_read: AtomicBool,
-    held: AtomicBool,
-    reached: Notify,
-    release: Notify,
-}
-
-impl HoldsTheOrder {
-    fn new(inner: wxshop::store::DynStore, holds: Kind) -> Arc<Self> {
-        Arc::new(HoldsTheOrder {
-            inner,
-            holds,
-            aftersale_read: AtomicBool::new(false),
-            held: AtomicBool::new(false),
-            reached: Notify::new(),
-            release: Notify::new(),
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for HoldsTheOrder {
-    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
-        if kind == Kind::AfterSale {
-            self.aftersale_read.store(true, Ordering::SeqCst);
-        }
-        if kind == self.holds
-            && self.aftersale_read.load(Ordering::SeqCst)
-            && !self.held.swap(true, Ordering::SeqCst)
-        {
-            let released = self.release.notified();
-            self.reached.notify_one();
-            tokio::time::timeout(WAIT, released)
-                .await
-                .expect("released in time");
-        }
-        self.inner.get(kind, id).await
-    }
-
-    async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        self.inner.write(writes).await
-    }
-
-    async fn query(&self, query: Query) -> Result<Page, StoreError> {
-        self.inner.query(query).await
-    }
-
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-}
 
 /// A stack without the trading component (WeChat Pay only), taking refunds at once.
 async fn pay_stack() -> Running {
@@ -102,15 +41,9 @@ async fn paid(c: &InProcess<'_>, user: &str) -> (String, String, String) {
 
 /// `body` POSTed to `path` (bearer `token`) through `app`, in-process: (status, answer).
 async fn call(app: wxshop::app::App, path: &str, token: &str, body: Value) -> (u16, Value) {
-    let route = wxshop::handlers::find_route("POST", path).unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Bytes::from(body.to_string()))
+    let resp = spawn_post(app, path, Some(token), body.to_string())
+        .await
         .unwrap();
-    let resp = wxshop::handlers::handle(&app, route, req).await;
     let status = resp.status().as_u16();
     let v = serde_json::from_slice(resp.body()).unwrap_or(Value::Null);
     (status, v)
@@ -142,16 +75,23 @@ where
     FA: std::future::Future<Output = (u16, Value)>,
     FB: std::future::Future<Output = (u16, Value)> + Send + 'static,
 {
-    let gate = HoldsTheOrder::new(r.app.store.clone(), holds);
+    // B is held before its first read of a `holds` record that follows a read of an
+    // after-sale (the key's, or the one acted on): stopped between its reads.
+    let mut aftersale_read = false;
+    let gate = HoldsOnce::before(r.app.store.clone(), move |call| match call {
+        StoreCall::Get(Kind::AfterSale, _) => {
+            aftersale_read = true;
+            false
+        }
+        StoreCall::Get(kind, _) => kind == holds && aftersale_read,
+        StoreCall::Query(_) => false,
+    });
     let mut app = r.app.clone();
     app.store = gate.clone();
-    let reached = gate.reached.notified();
     let b = tokio::spawn(b(app));
-    tokio::time::timeout(WAIT, reached)
-        .await
-        .expect("B reached its read of the order");
+    gate.wait_reached().await;
     let a = a().await;
-    gate.release.notify_one();
+    gate.let_go();
     let b = tokio::time::timeout(WAIT, b).await.unwrap().unwrap();
     (a, b)
 }

@@ -6,53 +6,16 @@
 //! that block. Deterministic: a store wrapper holds the unblock's read until the other action
 //! has committed.
 
-use bytes::Bytes;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
-use wxshop::store::{Kind, Page, Query, Record, Store, StoreError, Write};
+use wxshop::store::Kind;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{stack_with, InProcess};
+use support::{spawn_post, stack_with, HoldsOnce, InProcess, StoreCall};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A store that, once, holds the result of a read of a user's block: it tells `read` the
-/// read is done and waits for `release` before answering it.
-struct HoldsTheBlockRead {
-    inner: wxshop::store::DynStore,
-    armed: AtomicBool,
-    read: Notify,
-    release: Notify,
-}
-
-#[async_trait::async_trait]
-impl Store for HoldsTheBlockRead {
-    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
-        let got = self.inner.get(kind, id).await;
-        if kind == Kind::BlockedUser && self.armed.swap(false, Ordering::SeqCst) {
-            self.read.notify_one();
-            self.release.notified().await;
-        }
-        got
-    }
-
-    async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        self.inner.write(writes).await
-    }
-
-    async fn query(&self, query: Query) -> Result<Page, StoreError> {
-        self.inner.query(query).await
-    }
-
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-}
 
 async fn block(c: &InProcess<'_>, openid: &str, reason: &str) -> (u16, Value) {
     c.admin(
@@ -105,30 +68,17 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let r = c.r;
-    let held = Arc::new(HoldsTheBlockRead {
-        inner: r.app.store.clone(),
-        armed: AtomicBool::new(true),
-        read: Notify::new(),
-        release: Notify::new(),
+    // Held once the block is read: the unblock acts on the block as it was.
+    let held = HoldsOnce::after(r.app.store.clone(), |call| {
+        matches!(call, StoreCall::Get(Kind::BlockedUser, _))
     });
     let mut app = r.app.clone();
     app.store = held.clone();
-    let route = wxshop::handlers::find_route("POST", "/admin/orderSync").unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri("/admin/orderSync")
-        .header("authorization", format!("Bearer {}", c.admin_token))
-        .header("content-type", "application/json")
-        .body(Bytes::from(
-            json!({"action": "unblock_user", "openid": openid}).to_string(),
-        ))
-        .unwrap();
-    let run = tokio::spawn(async move { wxshop::handlers::handle(&app, route, req).await });
-    tokio::time::timeout(WAIT, held.read.notified())
-        .await
-        .expect("the unblock to read the block");
+    let body = json!({"action": "unblock_user", "openid": openid}).to_string();
+    let run = spawn_post(app, "/admin/orderSync", Some(&c.admin_token), body);
+    held.wait_reached().await;
     meanwhile().await;
-    held.release.notify_one();
+    held.let_go();
     let resp = tokio::time::timeout(WAIT, run)
         .await
         .expect("the unblock to answer")

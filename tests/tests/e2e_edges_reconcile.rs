@@ -5,56 +5,19 @@
 //! PAID walk read it and before the SHIPPED walk was read there again — counted twice.
 //! Deterministic: a store wrapper holds the SHIPPED walk until the merchant's `ship` is done.
 
-use bytes::Bytes;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
-use wxshop::store::{Index, Kind, Page, Query, Record, Store, StoreError, Write};
+use wxshop::store::{Index, Kind};
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, stack_with, InProcess};
+use support::{eventually, spawn_post, stack_with, HoldsOnce, InProcess, StoreCall};
 use wxshop::domain::{Fen, OpenId, OutTradeNo};
 use wxshop::pay::notify::{build_payment_notification, PaymentNotificationSpec};
 use wxshop::pay::SignType;
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A store that, once, holds a query of the SHIPPED orders' index before running it: it
-/// tells `reached` and waits for `release`.
-struct HoldsTheShippedWalk {
-    inner: wxshop::store::DynStore,
-    armed: AtomicBool,
-    reached: Notify,
-    release: Notify,
-}
-
-#[async_trait::async_trait]
-impl Store for HoldsTheShippedWalk {
-    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
-        self.inner.get(kind, id).await
-    }
-
-    async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        self.inner.write(writes).await
-    }
-
-    async fn query(&self, query: Query) -> Result<Page, StoreError> {
-        let shipped = query.kind == Kind::Order && query.index == Index::Status("SHIPPED".into());
-        if shipped && self.armed.swap(false, Ordering::SeqCst) {
-            self.reached.notify_one();
-            self.release.notified().await;
-        }
-        self.inner.query(query).await
-    }
-
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-}
 
 /// GIVEN two orders paid today — one in WeChat Pay's SUCCESS bill, one recorded paid here
 /// that WeChat Pay never took (a notification its bill knows nothing of) —, WHEN the merchant
@@ -113,28 +76,16 @@ async fn orders_shipped_while_the_day_is_reconciled_are_checked_once() {
     assert_eq!(awaiting(&before).len(), 1, "{before}");
     assert_eq!(awaiting(&before)[0]["out_trade_no"], ghost.as_str());
 
-    let held = Arc::new(HoldsTheShippedWalk {
-        inner: r.app.store.clone(),
-        armed: AtomicBool::new(true),
-        reached: Notify::new(),
-        release: Notify::new(),
+    // Held before the walk of the SHIPPED orders reads them: after the PAID walk.
+    let held = HoldsOnce::before(r.app.store.clone(), |call| {
+        matches!(call, StoreCall::Query(q)
+            if q.kind == Kind::Order && q.index == Index::Status("SHIPPED".into()))
     });
     let mut app = r.app.clone();
     app.store = held.clone();
-    let route = wxshop::handlers::find_route("POST", "/admin/orderSync").unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri("/admin/orderSync")
-        .header("authorization", format!("Bearer {}", c.admin_token))
-        .header("content-type", "application/json")
-        .body(Bytes::from(
-            json!({"action": "reconcile", "bill_date": day}).to_string(),
-        ))
-        .unwrap();
-    let run = tokio::spawn(async move { wxshop::handlers::handle(&app, route, req).await });
-    tokio::time::timeout(WAIT, held.reached.notified())
-        .await
-        .expect("the reconciliation to walk the SHIPPED orders");
+    let body = json!({"action": "reconcile", "bill_date": day}).to_string();
+    let run = spawn_post(app, "/admin/orderSync", Some(&c.admin_token), body);
+    held.wait_reached().await;
     for (n, waybill) in [(&no, "SF1234567890"), (&ghost, "SF1234567891")] {
         let (s, v) = c
             .admin(
@@ -146,7 +97,7 @@ async fn orders_shipped_while_the_day_is_reconciled_are_checked_once() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(c.status(&token, n).await["status"], "SHIPPED");
     }
-    held.release.notify_one();
+    held.let_go();
     let resp = tokio::time::timeout(WAIT, run)
         .await
         .expect("the reconciliation to answer")

@@ -1,25 +1,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 //! Refund reports deciding on reads another report made stale, made to happen every time: one
-//! report's read of a record is held (a store wrapper, [`HoldsOneRead`]) until its twin — a copy
+//! report's read of a record is held (a store wrapper, [`HoldsOnce`]) until its twin — a copy
 //! of the same notification, or another outcome of the same refund — has been answered, then
 //! let go. What a merchant sees afterwards: every copy answered `SUCCESS` (WeChat stops
 //! retrying), the refund counted once on the order, nothing kept as a `refund_mismatch` and no
 //! `PayNotifyUnrecorded` counted (its alarm pages a person).
 
-use bytes::Bytes;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use wxlocal::gateway::Running;
 use wxshop::metrics::{Captured, Metrics, MONEY_NEEDS_A_PERSON, PAY_NOTIFY_UNRECORDED};
 use wxshop::pay::types::RefundStatus;
-use wxshop::store::{Kind, Page, Query, Record, Store, StoreError, Write};
+use wxshop::store::Kind;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, InProcess};
+use support::{eventually, spawn_post, HoldsOnce, InProcess, StoreCall};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
@@ -27,42 +23,6 @@ const WAIT: Duration = Duration::from_secs(30);
 const TEA: i64 = 1990;
 /// Where the sandbox's own refund notifications go nowhere: only those a test sends arrive.
 const DEAD_REFUND_NOTIFY_URL: &str = "http://127.0.0.1:9/callbacks/refund";
-
-/// A store that holds the first `get` of one record (`kind`, `id`) — before it reads, so the
-/// read sees what was written meanwhile — until the test lets it go; every other call passes.
-struct HoldsOneRead {
-    inner: wxshop::store::DynStore,
-    kind: Kind,
-    id: String,
-    armed: AtomicBool,
-    /// Told once the held read is waiting.
-    reached: Arc<Notify>,
-    /// Lets the held read go.
-    release: Arc<Notify>,
-}
-
-#[async_trait::async_trait]
-impl Store for HoldsOneRead {
-    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
-        if kind == self.kind && id == self.id && self.armed.swap(false, Ordering::SeqCst) {
-            self.reached.notify_one();
-            self.release.notified().await;
-        }
-        self.inner.get(kind, id).await
-    }
-
-    async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        self.inner.write(writes).await
-    }
-
-    async fn query(&self, query: Query) -> Result<Page, StoreError> {
-        self.inner.query(query).await
-    }
-
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-}
 
 /// Posts `body` to `/callbacks/refund` through a copy of the running app whose store holds the
 /// first read of (`kind`, `id`); waits (bounded) until that read is held, runs `meanwhile`, then
@@ -78,37 +38,24 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = String>,
 {
-    let reached = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
+    let (kind, id) = (kind, id.to_owned());
+    // Held before it reads: the read sees what the twin wrote meanwhile.
+    let gate = HoldsOnce::before(
+        r.app.store.clone(),
+        move |call| matches!(call, StoreCall::Get(k, i) if k == kind && i == id),
+    );
     let mut app = r.app.clone();
-    app.store = Arc::new(HoldsOneRead {
-        inner: r.app.store.clone(),
-        kind,
-        id: id.to_owned(),
-        armed: AtomicBool::new(true),
-        reached: reached.clone(),
-        release: release.clone(),
-    });
-    let held = tokio::spawn(async move {
-        let route = wxshop::handlers::find_route("POST", "/callbacks/refund").unwrap();
-        let req = http::Request::builder()
-            .method("POST")
-            .uri("/callbacks/refund")
-            .body(Bytes::from(body))
-            .unwrap();
-        let resp = wxshop::handlers::handle(&app, route, req).await;
-        assert_eq!(resp.status(), 200, "WeChat Pay always gets 200");
-        String::from_utf8(resp.body().to_vec()).unwrap()
-    });
-    tokio::time::timeout(WAIT, reached.notified())
-        .await
-        .expect("the held report reached the read");
+    app.store = gate.clone();
+    let held = spawn_post(app, "/callbacks/refund", None, body);
+    gate.wait_reached().await;
     let other = meanwhile().await;
-    release.notify_one();
-    let reply = tokio::time::timeout(WAIT, held)
+    gate.let_go();
+    let resp = tokio::time::timeout(WAIT, held)
         .await
         .expect("the held report answered")
         .unwrap();
+    assert_eq!(resp.status(), 200, "WeChat Pay always gets 200");
+    let reply = String::from_utf8(resp.body().to_vec()).unwrap();
     (reply, other)
 }
 

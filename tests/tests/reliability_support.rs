@@ -1159,3 +1159,151 @@ pub async fn dynamodb_table(moto: &Moto, tag: &str) -> String {
     }
     panic!("cannot create the table {table} on moto: {failed:?}");
 }
+
+/// A store call a [`HoldsOnce`] may hold: a `get` of (`kind`, `id`), or a `query`.
+pub enum StoreCall<'a> {
+    Get(wxshop::store::Kind, &'a str),
+    Query(&'a wxshop::store::Query),
+}
+
+/// Which call a [`HoldsOnce`] holds: `true` for the one (asked of each call until then).
+pub type PicksACall = Box<dyn FnMut(StoreCall<'_>) -> bool + Send>;
+
+/// A store around the app's that holds, once, the first call `at` picks, telling `reached`
+/// and waiting (bounded) for `release`; every other call passes. Held *before* the call runs
+/// (it then sees what was written meanwhile) or *after* it (its answer is stale by the time the
+/// request acts on it): the two ends of a request's race with another. Installed on a copy of
+/// the running app (`app.store = held.clone()`) driven with `wxshop::handlers::handle`, it
+/// stops one request between its reads while the test makes another commit — deterministic,
+/// no luck.
+pub struct HoldsOnce {
+    inner: wxshop::store::DynStore,
+    at: std::sync::Mutex<PicksACall>,
+    after: bool,
+    armed: std::sync::atomic::AtomicBool,
+    pub reached: tokio::sync::Notify,
+    pub release: tokio::sync::Notify,
+}
+
+impl HoldsOnce {
+    /// Holds the first call `at` picks before it runs.
+    pub fn before(
+        inner: wxshop::store::DynStore,
+        at: impl FnMut(StoreCall<'_>) -> bool + Send + 'static,
+    ) -> std::sync::Arc<Self> {
+        Self::new(inner, at, false)
+    }
+
+    /// Holds the answer of the first call `at` picks.
+    pub fn after(
+        inner: wxshop::store::DynStore,
+        at: impl FnMut(StoreCall<'_>) -> bool + Send + 'static,
+    ) -> std::sync::Arc<Self> {
+        Self::new(inner, at, true)
+    }
+
+    fn new(
+        inner: wxshop::store::DynStore,
+        at: impl FnMut(StoreCall<'_>) -> bool + Send + 'static,
+        after: bool,
+    ) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(HoldsOnce {
+            inner,
+            at: std::sync::Mutex::new(Box::new(at)),
+            after,
+            armed: std::sync::atomic::AtomicBool::new(true),
+            reached: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Waits (bounded) until the picked call is held.
+    pub async fn wait_reached(&self) {
+        tokio::time::timeout(Duration::from_secs(30), self.reached.notified())
+            .await
+            .expect("the held request reached the call it is held at");
+    }
+
+    /// Lets the held call go.
+    pub fn let_go(&self) {
+        self.release.notify_one();
+    }
+
+    /// Whether `call` is the one to hold (once).
+    fn picks(&self, call: StoreCall<'_>) -> bool {
+        use std::sync::atomic::Ordering;
+        self.armed.load(Ordering::SeqCst)
+            && (self.at.lock().unwrap())(call)
+            && self.armed.swap(false, Ordering::SeqCst)
+    }
+
+    async fn hold(&self) {
+        let released = self.release.notified();
+        self.reached.notify_one();
+        tokio::time::timeout(Duration::from_secs(30), released)
+            .await
+            .expect("the held call let go in time");
+    }
+}
+
+#[async_trait::async_trait]
+impl wxshop::store::Store for HoldsOnce {
+    async fn get(
+        &self,
+        kind: wxshop::store::Kind,
+        id: &str,
+    ) -> Result<Option<wxshop::store::Record>, wxshop::store::StoreError> {
+        let held = self.picks(StoreCall::Get(kind, id));
+        if held && !self.after {
+            self.hold().await;
+        }
+        let got = self.inner.get(kind, id).await;
+        if held && self.after {
+            self.hold().await;
+        }
+        got
+    }
+
+    async fn write(
+        &self,
+        writes: Vec<wxshop::store::Write>,
+    ) -> Result<(), wxshop::store::StoreError> {
+        self.inner.write(writes).await
+    }
+
+    async fn query(
+        &self,
+        query: wxshop::store::Query,
+    ) -> Result<wxshop::store::Page, wxshop::store::StoreError> {
+        let held = self.picks(StoreCall::Query(&query));
+        if held && !self.after {
+            self.hold().await;
+        }
+        let got = self.inner.query(query).await;
+        if held && self.after {
+            self.hold().await;
+        }
+        got
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+/// `body` POSTed to `path` through `app` — a copy of the running app, e.g. with a
+/// [`HoldsOnce`] store — in-process, on a task of its own; `bearer` as its authorization.
+pub fn spawn_post(
+    app: wxshop::app::App,
+    path: &str,
+    bearer: Option<&str>,
+    body: String,
+) -> tokio::task::JoinHandle<wxshop::http::Response> {
+    let route = wxshop::handlers::find_route("POST", path).unwrap();
+    let mut req = http::Request::builder().method("POST").uri(path);
+    if let Some(token) = bearer {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req.body(bytes::Bytes::from(body)).unwrap();
+    tokio::spawn(async move { wxshop::handlers::handle(&app, route, req).await })
+}
