@@ -220,10 +220,14 @@ fn parse_id(id: &str) -> Result<AfterSaleId, ApiError> {
 }
 
 pub async fn handle(app: &App, req: Request) -> Result<Response, ApiError> {
+    // Boxed: the actions' futures nest deep (retries around decisions around WeChat calls),
+    // and unboxed their layout overflowed the compiler's query depth in the functions that
+    // await this one (a cold build of `aftersale-sync`'s main failed: "queries overflow the
+    // depth limit"). A box each way cuts the nesting for every caller.
     if req.uri().path().starts_with("/admin/") {
-        admin(app, req).await
+        Box::pin(admin(app, req)).await
     } else {
-        user(app, req).await
+        Box::pin(user(app, req)).await
     }
 }
 
@@ -472,7 +476,7 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
             {
                 accept_return(app, &id, return_address).await?
             } else {
-                approve(app, current, confirm_not_refunded_by_hand).await?
+                Box::pin(approve(app, current, confirm_not_refunded_by_hand)).await?
             };
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
@@ -498,11 +502,11 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
         } => {
             let id = parse_id(&aftersale_id)?;
             let a = match out_refund_no {
-                None => mark_refunded(app, &id).await?,
+                None => Box::pin(mark_refunded(app, &id)).await?,
                 Some(no) => {
                     let no = crate::domain::OutRefundNo::parse(no)
                         .map_err(|e| ApiError::bad_request("BAD_OUT_REFUND_NO", e.to_string()))?;
-                    settle_by_refund_made_by_hand(app, &id, &no).await?
+                    Box::pin(settle_by_refund_made_by_hand(app, &id, &no)).await?
                 }
             };
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
@@ -526,7 +530,7 @@ async fn admin(app: &App, req: Request) -> Result<Response, ApiError> {
                 line,
                 restock: body.restock,
             };
-            let a = merchant_refund(app, &no, &asked).await?;
+            let a = Box::pin(merchant_refund(app, &no, &asked)).await?;
             Ok(json(&serde_json::json!({ "aftersale": view(&a) })))
         }
         AdminAction::List { out_trade_no } => {
