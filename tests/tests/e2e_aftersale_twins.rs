@@ -12,7 +12,10 @@ use wxshop::store::Kind;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, refunds_asked, spawn_post, stack_with, HoldsOnce, InProcess, StoreCall};
+use support::{
+    eventually, refunds_asked, spawn_post, stack_with, tea_refund_notification, HoldsOnce,
+    InProcess, StoreCall,
+};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
@@ -163,35 +166,6 @@ async fn an_application_sent_twice_under_one_key_answers_one_aftersale() {
     assert_eq!(c.admin_aftersales(&no).await.len(), 1);
 }
 
-/// Where the sandbox's own refund notifications go nowhere: only those a test sends arrive.
-fn refund_notification(
-    r: &Running,
-    no: &str,
-    out_refund_no: &str,
-    txid: &str,
-    refund_id: &str,
-) -> String {
-    use wxshop::domain::{Fen, OutRefundNo, OutTradeNo};
-    let cfg = &r.app.config;
-    wxshop::pay::refund_notify::build_refund_notification(
-        &wxshop::pay::refund_notify::RefundNotificationSpec {
-            appid: cfg.appid.clone(),
-            mch_id: cfg.mch_id.clone(),
-            sub_appid: None,
-            sub_mch_id: None,
-            out_trade_no: OutTradeNo::parse(no).unwrap(),
-            out_refund_no: OutRefundNo::parse(out_refund_no).unwrap(),
-            transaction_id: txid.to_owned(),
-            refund_id: refund_id.to_owned(),
-            total_fee: Fen::new(TEA).unwrap(),
-            refund_fee: Fen::new(TEA).unwrap(),
-            success_time_ms: Some(1_700_000_000_000),
-            refund_status: wxshop::pay::types::RefundStatus::Success,
-        },
-        cfg.api_key(),
-    )
-}
-
 /// GIVEN an approved refund of a tea WeChat Pay could not pay out (CHANGE: REFUND_ABNORMAL)
 /// WHEN the merchant records it redirected (`mark_refunded`), having read the after-sale
 /// before WeChat's late SUCCESS for the refund was recorded and the order after
@@ -238,7 +212,15 @@ async fn mark_refunded_after_a_late_success_says_refunded() {
         .as_str()
         .unwrap()
         .to_owned();
-    let notification = refund_notification(&r, &no, &out_refund_no, &txid, &refund_id);
+    let notification = tea_refund_notification(
+        &r,
+        &no,
+        &out_refund_no,
+        &txid,
+        &refund_id,
+        TEA,
+        wxshop::pay::types::RefundStatus::Success,
+    );
     let admin = c.admin_token.clone();
     let mark = json!({"action": "mark_refunded", "aftersale_id": id});
     let ((sn, n), (sm, vm)) = b_held_while_a_commits(

@@ -15,7 +15,7 @@ use wxlocal::gateway::Running;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, refunds_asked, stack_with, InProcess};
+use support::{events, eventually, refunds_asked, stack_with, tea_refund_notification, InProcess};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
@@ -331,49 +331,6 @@ async fn sandbox_refund(c: &InProcess<'_>, out_refund_no: &str) -> Option<(Strin
     })
 }
 
-/// The refund notification WeChat Pay sends for refund `out_refund_no` (`refund_id`) of `no`
-/// (one tea, all of it), encrypted with our key as WeChat does.
-fn refund_notification(
-    r: &Running,
-    no: &str,
-    out_refund_no: &str,
-    txid: &str,
-    refund_id: &str,
-    status: wxshop::pay::types::RefundStatus,
-) -> String {
-    use wxshop::domain::{Fen, OutRefundNo, OutTradeNo};
-    let cfg = &r.app.config;
-    wxshop::pay::refund_notify::build_refund_notification(
-        &wxshop::pay::refund_notify::RefundNotificationSpec {
-            appid: cfg.appid.clone(),
-            mch_id: cfg.mch_id.clone(),
-            sub_appid: None,
-            sub_mch_id: None,
-            out_trade_no: OutTradeNo::parse(no).unwrap(),
-            out_refund_no: OutRefundNo::parse(out_refund_no).unwrap(),
-            transaction_id: txid.to_owned(),
-            refund_id: refund_id.to_owned(),
-            total_fee: wxshop::domain::Fen::new(TEA).unwrap(),
-            refund_fee: Fen::new(TEA).unwrap(),
-            success_time_ms: Some(1_700_000_000_000),
-            refund_status: status,
-        },
-        cfg.api_key(),
-    )
-}
-
-/// Events the merchant is shown under `source`.
-async fn events(c: &InProcess<'_>, source: &str) -> Vec<Value> {
-    let (s, v) = c
-        .admin(
-            "/admin/orderSync",
-            &json!({"action": "events", "source": source}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["events"].as_array().cloned().unwrap_or_default()
-}
-
 /// An after-sale of one tea approved, its refund made at WeChat Pay (SUCCESS there) and its
 /// notification lost: (token, out_trade_no, transaction id, after-sale id, out_refund_no,
 /// WeChat's refund_id).
@@ -424,12 +381,13 @@ async fn the_refund_sweep_racing_late_notifications_counts_the_refund_once() {
         let (token, no, txid, id, out_refund_no, refund_id) =
             refunded_at_wechat_unheard(&c, &format!("late-{round}")).await;
         r.app.clock.advance(11 * 60_000);
-        let body = refund_notification(
+        let body = tea_refund_notification(
             &r,
             &no,
             &out_refund_no,
             &txid,
             &refund_id,
+            TEA,
             RefundStatus::Success,
         );
         let sweep_refunds = json!({"action": "sweep_refunds"});
@@ -488,12 +446,13 @@ async fn mark_refunded_racing_a_late_success_counts_the_refund_once() {
         })
         .await;
         let (refund_id, _) = sandbox_refund(&c, &out_refund_no).await.unwrap();
-        let body = refund_notification(
+        let body = tea_refund_notification(
             &r,
             &no,
             &out_refund_no,
             &txid,
             &refund_id,
+            TEA,
             RefundStatus::Success,
         );
         let mark = json!({"action": "mark_refunded", "aftersale_id": id});

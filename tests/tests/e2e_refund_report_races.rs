@@ -15,7 +15,9 @@ use wxshop::store::Kind;
 
 #[path = "reliability_support.rs"]
 mod support;
-use support::{eventually, spawn_post, HoldsOnce, InProcess, StoreCall};
+use support::{
+    events, eventually, spawn_post, tea_refund_notification, HoldsOnce, InProcess, StoreCall,
+};
 
 /// Long enough for a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
@@ -88,51 +90,6 @@ async fn paid(c: &InProcess<'_>, user: &str) -> (String, String, String) {
     (token, no, txid)
 }
 
-/// The refund notification WeChat Pay sends for refund `out_refund_no` (`refund_id`) of `fee`
-/// of order `no` (one tea), encrypted with our key as WeChat does.
-fn refund_notification(
-    r: &Running,
-    no: &str,
-    out_refund_no: &str,
-    txid: &str,
-    refund_id: &str,
-    fee: i64,
-    status: RefundStatus,
-) -> String {
-    use wxshop::domain::{Fen, OutRefundNo, OutTradeNo};
-    let cfg = &r.app.config;
-    let success = status == RefundStatus::Success;
-    wxshop::pay::refund_notify::build_refund_notification(
-        &wxshop::pay::refund_notify::RefundNotificationSpec {
-            appid: cfg.appid.clone(),
-            mch_id: cfg.mch_id.clone(),
-            sub_appid: None,
-            sub_mch_id: None,
-            out_trade_no: OutTradeNo::parse(no).unwrap(),
-            out_refund_no: OutRefundNo::parse(out_refund_no).unwrap(),
-            transaction_id: txid.to_owned(),
-            refund_id: refund_id.to_owned(),
-            total_fee: Fen::new(TEA).unwrap(),
-            refund_fee: Fen::new(fee).unwrap(),
-            success_time_ms: success.then_some(1_700_000_000_000),
-            refund_status: status,
-        },
-        cfg.api_key(),
-    )
-}
-
-/// Events the merchant is shown under `source`.
-async fn events(c: &InProcess<'_>, source: &str) -> Vec<Value> {
-    let (s, v) = c
-        .admin(
-            "/admin/orderSync",
-            &json!({"action": "events", "source": source}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["events"].as_array().cloned().unwrap_or_default()
-}
-
 /// GIVEN a paid order of one tea (1,990)
 /// WHEN a person refunds it in WeChat Pay's merchant platform (an `out_refund_no` we never
 /// issued) — all of it, or 1,200 of it — and WeChat's notification of it arrives twice at once:
@@ -154,7 +111,7 @@ async fn a_refund_made_by_hand_notified_twice_at_once_is_recorded_once() {
     for (round, fee) in [TEA, 1200].into_iter().enumerate() {
         let (token, no, txid) = paid(&c, &format!("by-hand-{round}")).await;
         let out_refund_no = format!("5030000000000000000000000{round:04}");
-        let body = refund_notification(
+        let body = tea_refund_notification(
             &r,
             &no,
             &out_refund_no,
@@ -245,8 +202,9 @@ async fn a_refundclose_racing_a_change_of_one_refund_is_not_a_mismatch() {
         })
         .await;
         let refund_id = refund_id().await.unwrap();
-        let notice =
-            |status| refund_notification(&r, &no, &out_refund_no, &txid, &refund_id, TEA, status);
+        let notice = |status| {
+            tea_refund_notification(&r, &no, &out_refund_no, &txid, &refund_id, TEA, status)
+        };
         let other_status = if held_status == RefundStatus::Change {
             RefundStatus::RefundClose
         } else {

@@ -1307,3 +1307,49 @@ pub fn spawn_post(
     let req = req.body(bytes::Bytes::from(body)).unwrap();
     tokio::spawn(async move { wxshop::handlers::handle(&app, route, req).await })
 }
+
+/// The refund notification WeChat Pay sends for refund `out_refund_no` (`refund_id`) of `fee`
+/// of order `no` — one tea (1,990) — encrypted with our key as WeChat does; it carries a
+/// success time only when `status` is `SUCCESS`.
+pub fn tea_refund_notification(
+    r: &Running,
+    no: &str,
+    out_refund_no: &str,
+    txid: &str,
+    refund_id: &str,
+    fee: i64,
+    status: wxshop::pay::types::RefundStatus,
+) -> String {
+    use wxshop::domain::OutRefundNo;
+    let cfg = &r.app.config;
+    let success = status == wxshop::pay::types::RefundStatus::Success;
+    wxshop::pay::refund_notify::build_refund_notification(
+        &wxshop::pay::refund_notify::RefundNotificationSpec {
+            appid: cfg.appid.clone(),
+            mch_id: cfg.mch_id.clone(),
+            sub_appid: None,
+            sub_mch_id: None,
+            out_trade_no: OutTradeNo::parse(no).unwrap(),
+            out_refund_no: OutRefundNo::parse(out_refund_no).unwrap(),
+            transaction_id: txid.to_owned(),
+            refund_id: refund_id.to_owned(),
+            total_fee: Fen::new(1990).unwrap(),
+            refund_fee: Fen::new(fee).unwrap(),
+            success_time_ms: success.then_some(1_700_000_000_000),
+            refund_status: status,
+        },
+        cfg.api_key(),
+    )
+}
+
+/// The events the merchant is shown under `source` (`/admin/orderSync` `events`).
+pub async fn events(c: &InProcess<'_>, source: &str) -> Vec<Value> {
+    let (s, v) = c
+        .admin(
+            "/admin/orderSync",
+            &json!({"action": "events", "source": source}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["events"].as_array().cloned().unwrap_or_default()
+}
